@@ -1,0 +1,581 @@
+/*
+ * client: the public calls of grid.h. Each builds a Request and runs it on
+ * the handle's transport: the remote connection, or the embedded node's
+ * ops_execute in this process. An embedded get of a key reads the store
+ * directly: no encoding, no network, no event-loop queue.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "client_int.h"
+#include "clock.h"
+#include "config.h"
+#include "log.h"
+#include "node.h"
+#include "ops.h"
+#include "store.h"
+
+#define CLIENT_TIMEOUT_MS_DEFAULT 5000
+#define CLIENT_ARENA_BYTES 4096
+
+/* ---- opening ------------------------------------------------------------- */
+
+static int client_open_embedded(const grid_options_t *opts, grid_t *g) {
+  config_t cfg;
+  config_defaults(&cfg);
+  cfg.listen = 0; /* an embedded node listens only when its config says so */
+  char err[512];
+  if (opts && opts->config_path &&
+      config_load_file(&cfg, opts->config_path, err, sizeof err) != 0) {
+    LOG_E("client", "\"embedded config refused\" reason=\"%s\"", err);
+    return GRID_ECONFIG;
+  }
+  if (opts && opts->config_text &&
+      config_apply_text(&cfg, opts->config_text, "config_text", err, sizeof err) != 0) {
+    LOG_E("client", "\"embedded config refused\" reason=\"%s\"", err);
+    return GRID_ECONFIG;
+  }
+  int rc = node_start(&cfg, &g->node, err, sizeof err);
+  if (rc != 0) LOG_E("client", "\"embedded node did not start\" reason=\"%s\"", err);
+  return rc;
+}
+
+/* Parses "grid://host:port" (host may be [v6]). */
+static int client_parse_uri(const char *uri, char *host, size_t host_len,
+                            int *port) {
+  const char *p = uri + strlen("grid://");
+  const char *colon;
+  if (*p == '[') {
+    const char *end = strchr(p, ']');
+    if (!end || end[1] != ':') return GRID_EADDR;
+    if ((size_t)(end - p - 1) >= host_len) return GRID_EADDR;
+    memcpy(host, p + 1, (size_t)(end - p - 1));
+    host[end - p - 1] = '\0';
+    colon = end + 1;
+  } else {
+    colon = strrchr(p, ':');
+    if (!colon || colon == p || (size_t)(colon - p) >= host_len) return GRID_EADDR;
+    memcpy(host, p, (size_t)(colon - p));
+    host[colon - p] = '\0';
+  }
+  char *end;
+  long n = strtol(colon + 1, &end, 10);
+  if (*end != '\0' || n <= 0 || n > 65535) return GRID_EADDR;
+  *port = (int)n;
+  return 0;
+}
+
+int grid_open(const char *uri, const grid_options_t *opts, grid_t **out) {
+  if (!uri || !out) return GRID_EINVAL;
+  grid_t *g = calloc(1, sizeof *g);
+  if (!g) return GRID_ENOMEM;
+  g->timeout_ms = opts && opts->timeout_ms ? opts->timeout_ms : CLIENT_TIMEOUT_MS_DEFAULT;
+  int rc;
+  if (strncmp(uri, "embedded:", 9) == 0) {
+    rc = client_open_embedded(opts, g);
+  } else if (strncmp(uri, "grid://", 7) == 0) {
+    char host[256];
+    int port;
+    rc = client_parse_uri(uri, host, sizeof host, &port);
+    if (rc == 0) rc = remote_open(host, port, opts, &g->remote);
+  } else {
+    rc = GRID_EADDR;
+  }
+  if (rc != 0) {
+    free(g);
+    return rc;
+  }
+  *out = g;
+  return 0;
+}
+
+void grid_close(grid_t *g) {
+  if (!g) return;
+  if (g->node) node_stop(g->node);
+  if (g->remote) remote_close(g->remote);
+  free(g);
+}
+
+void grid_set_timeout(grid_t *g, uint32_t timeout_ms) {
+  g->timeout_ms = timeout_ms ? timeout_ms : CLIENT_TIMEOUT_MS_DEFAULT;
+}
+
+/* ---- running a request --------------------------------------------------- */
+
+void client_reply_free(client_reply_t *r) {
+  if (r->unpacked && r->rp) grid__reply__free_unpacked(r->rp, NULL);
+  else if (!r->unpacked) arena_close(&r->arena);
+  r->rp = NULL;
+}
+
+/* Runs rq and waits. Returns the transport's error, or the node's status;
+ * on 0 and on a node error *out holds the reply (free it either way when
+ * the return is not a transport error: client_call frees it itself then). */
+static int client_call(grid_t *g, Grid__Request *rq, client_reply_t *out) {
+  memset(out, 0, sizeof *out);
+  int rc;
+  if (g->node) {
+    arena_init(&out->arena, CLIENT_ARENA_BYTES);
+    grid__reply__init(&out->local);
+    ops_execute(g->node, rq, &out->local, &out->arena);
+    out->rp = &out->local;
+  } else {
+    rc = remote_call(g->remote, rq, g->timeout_ms, out);
+    if (rc != 0) return rc;
+  }
+  rc = out->rp->status;
+  if (rc != 0) client_reply_free(out);
+  return rc;
+}
+
+/* Runs rq when only its status and version matter. */
+static int client_call_version(grid_t *g, Grid__Request *rq, uint64_t *version) {
+  client_reply_t r;
+  int rc = client_call(g, rq, &r);
+  if (rc != 0) return rc;
+  if (version) *version = r.rp->version;
+  client_reply_free(&r);
+  return 0;
+}
+
+static int client_value_set(grid_value_t *v, const void *data, size_t len,
+                            uint64_t version) {
+  v->data = malloc(len + 1);
+  if (!v->data) return GRID_ENOMEM;
+  if (len) memcpy(v->data, data, len);
+  ((char *)v->data)[len] = '\0';
+  v->len = len;
+  v->version = version;
+  v->found = true;
+  return 0;
+}
+
+void grid_value_free(grid_value_t *v) {
+  if (!v) return;
+  free(v->data);
+  v->data = NULL;
+  v->len = 0;
+}
+
+static void client_request_key(Grid__Request *rq, Grid__Op op, const char *cache,
+                               const void *key, size_t key_len) {
+  grid__request__init(rq);
+  rq->op = op;
+  rq->cache = (char *)(cache ? cache : "default");
+  rq->key.data = (uint8_t *)key;
+  rq->key.len = key_len;
+}
+
+/* ---- single keys --------------------------------------------------------- */
+
+int grid_ping(grid_t *g) {
+  Grid__Request rq = GRID__REQUEST__INIT;
+  rq.op = GRID__OP__PING;
+  return client_call_version(g, &rq, NULL);
+}
+
+static void *client_malloc_cb(void *ctx, size_t n) {
+  (void)ctx;
+  return malloc(n);
+}
+
+/* The embedded read path: straight into the store, copying the value into
+ * a buffer of the caller's. */
+static int client_embedded_get(grid_t *g, const char *cache, const void *key,
+                               size_t key_len, grid_value_t *out) {
+  node_t *n = g->node;
+  int rc = store_check_sizes(n->store, key_len, 0);
+  if (rc != 0) return rc;
+  const char *name = cache ? cache : "default";
+  store_cache_t *c = store_cache_acquire(n->store, name, strlen(name));
+  if (!c) return GRID_ENOCACHE;
+  store_key_t k;
+  store_key_init(c, key, key_len, &k);
+  void *v;
+  size_t len;
+  uint64_t ver;
+  rc = store_get(c, &k, clock_wall_ms(), client_malloc_cb, NULL, &v, &len, &ver);
+  store_cache_release(n->store, c);
+  atomic_fetch_add_explicit(&n->ops, 1, memory_order_relaxed);
+  if (rc != 0) return rc;
+  out->data = v;
+  out->len = len;
+  out->version = ver;
+  out->found = true;
+  return 0;
+}
+
+int grid_get(grid_t *g, const char *cache, const void *key, size_t key_len,
+             grid_value_t *out) {
+  memset(out, 0, sizeof *out);
+  if (g->node) return client_embedded_get(g, cache, key, key_len, out);
+  Grid__Request rq;
+  client_request_key(&rq, GRID__OP__GET, cache, key, key_len);
+  client_reply_t r;
+  int rc = client_call(g, &rq, &r);
+  if (rc != 0) return rc;
+  rc = client_value_set(out, r.rp->value.data, r.rp->value.len, r.rp->version);
+  client_reply_free(&r);
+  return rc;
+}
+
+static int client_write(grid_t *g, Grid__Op op, const char *cache,
+                        const void *key, size_t key_len, const void *value,
+                        size_t value_len, uint64_t ttl_ms, uint64_t expected,
+                        uint64_t *version_out) {
+  Grid__Request rq;
+  client_request_key(&rq, op, cache, key, key_len);
+  rq.value.data = (uint8_t *)value;
+  rq.value.len = value_len;
+  rq.ttl_ms = ttl_ms;
+  rq.version = expected;
+  return client_call_version(g, &rq, version_out);
+}
+
+int grid_put(grid_t *g, const char *cache, const void *key, size_t key_len,
+             const void *value, size_t value_len, uint64_t ttl_ms,
+             uint64_t *version_out) {
+  return client_write(g, GRID__OP__PUT, cache, key, key_len, value, value_len,
+                      ttl_ms, 0, version_out);
+}
+
+int grid_put_if_absent(grid_t *g, const char *cache, const void *key,
+                       size_t key_len, const void *value, size_t value_len,
+                       uint64_t ttl_ms, uint64_t *version_out) {
+  return client_write(g, GRID__OP__PUT_IF_ABSENT, cache, key, key_len, value,
+                      value_len, ttl_ms, 0, version_out);
+}
+
+int grid_replace(grid_t *g, const char *cache, const void *key, size_t key_len,
+                 const void *value, size_t value_len, uint64_t ttl_ms,
+                 uint64_t *version_out) {
+  return client_write(g, GRID__OP__REPLACE, cache, key, key_len, value,
+                      value_len, ttl_ms, 0, version_out);
+}
+
+int grid_cas(grid_t *g, const char *cache, const void *key, size_t key_len,
+             uint64_t expected_version, const void *value, size_t value_len,
+             uint64_t ttl_ms, uint64_t *version_out) {
+  return client_write(g, GRID__OP__CAS, cache, key, key_len, value, value_len,
+                      ttl_ms, expected_version, version_out);
+}
+
+int grid_delete(grid_t *g, const char *cache, const void *key, size_t key_len) {
+  return client_write(g, GRID__OP__DELETE, cache, key, key_len, NULL, 0, 0, 0,
+                      NULL);
+}
+
+int grid_add(grid_t *g, const char *cache, const void *key, size_t key_len,
+             int64_t delta, int64_t *result) {
+  Grid__Request rq;
+  client_request_key(&rq, GRID__OP__ADD, cache, key, key_len);
+  rq.delta = delta;
+  client_reply_t r;
+  int rc = client_call(g, &rq, &r);
+  if (rc != 0) return rc;
+  if (result) *result = r.rp->number;
+  client_reply_free(&r);
+  return 0;
+}
+
+/* ---- batches ------------------------------------------------------------- */
+
+/* Points a request's repeated bytes field at the caller's keys. */
+static ProtobufCBinaryData *client_bytes_list(size_t n, const void *const *p,
+                                              const size_t *lens) {
+  ProtobufCBinaryData *b = malloc((n ? n : 1) * sizeof *b);
+  if (!b) return NULL;
+  for (size_t i = 0; i < n; i++) {
+    b[i].data = (uint8_t *)p[i];
+    b[i].len = lens[i];
+  }
+  return b;
+}
+
+int grid_get_all(grid_t *g, const char *cache, size_t n,
+                 const void *const *keys, const size_t *key_lens,
+                 grid_value_t *out) {
+  memset(out, 0, n * sizeof *out);
+  Grid__Request rq;
+  client_request_key(&rq, GRID__OP__GET_ALL, cache, NULL, 0);
+  rq.keys = client_bytes_list(n, keys, key_lens);
+  if (!rq.keys) return GRID_ENOMEM;
+  rq.n_keys = n;
+  client_reply_t r;
+  int rc = client_call(g, &rq, &r);
+  free(rq.keys);
+  if (rc != 0) return rc;
+  if (r.rp->n_entries != n) rc = GRID_EPROTO;
+  for (size_t i = 0; rc == 0 && i < n; i++) {
+    const Grid__Entry *e = r.rp->entries[i];
+    if (e->found)
+      rc = client_value_set(&out[i], e->value.data, e->value.len, e->version);
+  }
+  if (rc != 0)
+    for (size_t i = 0; i < n; i++) grid_value_free(&out[i]);
+  client_reply_free(&r);
+  return rc;
+}
+
+int grid_put_all(grid_t *g, const char *cache, size_t n,
+                 const void *const *keys, const size_t *key_lens,
+                 const void *const *values, const size_t *value_lens,
+                 uint64_t ttl_ms) {
+  Grid__Request rq;
+  client_request_key(&rq, GRID__OP__PUT_ALL, cache, NULL, 0);
+  rq.keys = client_bytes_list(n, keys, key_lens);
+  rq.values = client_bytes_list(n, values, value_lens);
+  rq.n_keys = rq.n_values = n;
+  rq.ttl_ms = ttl_ms;
+  int rc = rq.keys && rq.values ? client_call_version(g, &rq, NULL) : GRID_ENOMEM;
+  free(rq.keys);
+  free(rq.values);
+  return rc;
+}
+
+int grid_delete_all(grid_t *g, const char *cache, size_t n,
+                    const void *const *keys, const size_t *key_lens,
+                    size_t *deleted) {
+  Grid__Request rq;
+  client_request_key(&rq, GRID__OP__DELETE_ALL, cache, NULL, 0);
+  rq.keys = client_bytes_list(n, keys, key_lens);
+  if (!rq.keys) return GRID_ENOMEM;
+  rq.n_keys = n;
+  client_reply_t r;
+  int rc = client_call(g, &rq, &r);
+  free(rq.keys);
+  if (rc != 0) return rc;
+  if (deleted) *deleted = (size_t)r.rp->number;
+  client_reply_free(&r);
+  return 0;
+}
+
+/* ---- scan, size, caches, stats ------------------------------------------- */
+
+void grid_entries_free(grid_entry_t *entries, size_t n) {
+  if (!entries) return;
+  for (size_t i = 0; i < n; i++) free(entries[i].key);
+  free(entries);
+}
+
+int grid_scan(grid_t *g, const char *cache, uint32_t partition,
+              uint64_t *cursor, uint32_t count, grid_entry_t **entries,
+              size_t *n) {
+  *entries = NULL;
+  *n = 0;
+  Grid__Request rq;
+  client_request_key(&rq, GRID__OP__SCAN, cache, NULL, 0);
+  rq.partition = partition;
+  rq.cursor = *cursor;
+  rq.count = count;
+  client_reply_t r;
+  int rc = client_call(g, &rq, &r);
+  if (rc != 0) return rc;
+  size_t m = r.rp->n_entries;
+  grid_entry_t *list = calloc(m ? m : 1, sizeof *list);
+  for (size_t i = 0; list && i < m; i++) {
+    const Grid__Entry *e = r.rp->entries[i];
+    /* Key and value share one allocation, freed through the key. */
+    unsigned char *mem = malloc(e->key.len + e->value.len + 2);
+    if (!mem) {
+      grid_entries_free(list, i);
+      list = NULL;
+      break;
+    }
+    memcpy(mem, e->key.data, e->key.len);
+    mem[e->key.len] = '\0';
+    memcpy(mem + e->key.len + 1, e->value.data, e->value.len);
+    mem[e->key.len + 1 + e->value.len] = '\0';
+    list[i] = (grid_entry_t){mem, e->key.len, mem + e->key.len + 1, e->value.len,
+                             e->version};
+  }
+  if (list) {
+    *entries = list;
+    *n = m;
+    *cursor = r.rp->cursor;
+  }
+  client_reply_free(&r);
+  return list ? 0 : GRID_ENOMEM;
+}
+
+int grid_size(grid_t *g, const char *cache, uint64_t *size) {
+  Grid__Request rq;
+  client_request_key(&rq, GRID__OP__SIZE, cache, NULL, 0);
+  client_reply_t r;
+  int rc = client_call(g, &rq, &r);
+  if (rc != 0) return rc;
+  *size = (uint64_t)r.rp->number;
+  client_reply_free(&r);
+  return 0;
+}
+
+int grid_cache_create(grid_t *g, const grid_cache_config_t *cfg) {
+  if (!cfg || !cfg->name) return GRID_EINVAL;
+  Grid__CacheConfig m = GRID__CACHE_CONFIG__INIT;
+  m.name = (char *)cfg->name;
+  m.partitions = cfg->partitions;
+  m.backups = cfg->backups;
+  m.mode = cfg->mode == GRID_MODE_REPLICATED ? GRID__CACHE_MODE__REPLICATED
+                                             : GRID__CACHE_MODE__PARTITIONED;
+  m.sync = cfg->sync == GRID_SYNC_PRIMARY ? GRID__SYNC_MODE__PRIMARY_SYNC
+                                          : GRID__SYNC_MODE__FULL_SYNC;
+  m.default_ttl_ms = cfg->default_ttl_ms;
+  Grid__Request rq = GRID__REQUEST__INIT;
+  rq.op = GRID__OP__CREATE_CACHE;
+  rq.cache_config = &m;
+  return client_call_version(g, &rq, NULL);
+}
+
+int grid_cache_drop(grid_t *g, const char *name) {
+  Grid__Request rq = GRID__REQUEST__INIT;
+  rq.op = GRID__OP__DROP_CACHE;
+  rq.cache = (char *)name;
+  return client_call_version(g, &rq, NULL);
+}
+
+void grid_cache_list_free(grid_cache_config_t *caches, size_t n) {
+  if (!caches) return;
+  for (size_t i = 0; i < n; i++) free((char *)caches[i].name);
+  free(caches);
+}
+
+int grid_cache_list(grid_t *g, grid_cache_config_t **caches, size_t *n) {
+  *caches = NULL;
+  *n = 0;
+  Grid__Request rq = GRID__REQUEST__INIT;
+  rq.op = GRID__OP__LIST_CACHES;
+  client_reply_t r;
+  int rc = client_call(g, &rq, &r);
+  if (rc != 0) return rc;
+  size_t m = r.rp->n_caches;
+  grid_cache_config_t *list = calloc(m ? m : 1, sizeof *list);
+  for (size_t i = 0; list && i < m; i++) {
+    const Grid__CacheConfig *c = r.rp->caches[i];
+    char *name = strdup(c->name ? c->name : "");
+    if (!name) {
+      grid_cache_list_free(list, i);
+      list = NULL;
+      break;
+    }
+    list[i] = (grid_cache_config_t){
+        .name = name,
+        .partitions = c->partitions,
+        .backups = c->backups,
+        .mode = c->mode == GRID__CACHE_MODE__REPLICATED ? GRID_MODE_REPLICATED
+                                                        : GRID_MODE_PARTITIONED,
+        .sync = c->sync == GRID__SYNC_MODE__PRIMARY_SYNC ? GRID_SYNC_PRIMARY
+                                                         : GRID_SYNC_FULL,
+        .default_ttl_ms = c->default_ttl_ms,
+    };
+  }
+  client_reply_free(&r);
+  if (!list) return GRID_ENOMEM;
+  *caches = list;
+  *n = m;
+  return 0;
+}
+
+int grid_stats(grid_t *g, grid_stats_t *out) {
+  memset(out, 0, sizeof *out);
+  Grid__Request rq = GRID__REQUEST__INIT;
+  rq.op = GRID__OP__STATS;
+  client_reply_t r;
+  int rc = client_call(g, &rq, &r);
+  if (rc != 0) return rc;
+  const Grid__Stats *s = r.rp->stats;
+  if (s) {
+    snprintf(out->node_id, sizeof out->node_id, "%s", s->node_id ? s->node_id : "");
+    out->entries = s->entries;
+    out->memory_bytes = s->memory_bytes;
+    out->memory_bytes_max = s->memory_bytes_max;
+    out->ops = s->ops;
+    out->connections = s->connections;
+    out->caches = s->caches;
+    out->uptime_ms = s->uptime_ms;
+  } else {
+    rc = GRID_EPROTO;
+  }
+  client_reply_free(&r);
+  return rc;
+}
+
+/* ---- asynchronous calls -------------------------------------------------- */
+
+typedef struct client_async {
+  grid_get_cb get_cb;
+  grid_write_cb write_cb;
+  void *arg;
+} client_async_t;
+
+/* Turns a reply into the user's callback. */
+static void client_async_run(const client_async_t *a, int status,
+                             const Grid__Reply *rp) {
+  if (status == 0) status = rp->status;
+  if (a->get_cb) {
+    grid_value_t v = {0};
+    if (status == 0) {
+      v.data = rp->value.data;
+      v.len = rp->value.len;
+      v.version = rp->version;
+      v.found = true;
+    }
+    a->get_cb(status, status == 0 ? &v : NULL, a->arg);
+  } else {
+    a->write_cb(status, status == 0 ? rp->version : 0, a->arg);
+  }
+}
+
+/* The remote transport's completion: a was malloc'd for this call. */
+static void client_async_done(void *arg, int status, const Grid__Reply *rp) {
+  client_async_run(arg, status, rp);
+  free(arg);
+}
+
+static int client_call_async(grid_t *g, Grid__Request *rq, grid_get_cb get_cb,
+                             grid_write_cb write_cb, void *arg) {
+  if (g->node) {
+    /* Embedded: the work is done here and now, so the callback runs on the
+     * calling thread before the call returns. */
+    client_reply_t r;
+    memset(&r, 0, sizeof r);
+    arena_init(&r.arena, CLIENT_ARENA_BYTES);
+    grid__reply__init(&r.local);
+    ops_execute(g->node, rq, &r.local, &r.arena);
+    client_async_t a = {get_cb, write_cb, arg};
+    client_async_run(&a, 0, &r.local);
+    arena_close(&r.arena);
+    return 0;
+  }
+  client_async_t *a = malloc(sizeof *a);
+  if (!a) return GRID_ENOMEM;
+  *a = (client_async_t){get_cb, write_cb, arg};
+  int rc = remote_call_async(g->remote, rq, g->timeout_ms, client_async_done, a);
+  if (rc != 0) free(a);
+  return rc;
+}
+
+int grid_get_async(grid_t *g, const char *cache, const void *key,
+                   size_t key_len, grid_get_cb cb, void *arg) {
+  Grid__Request rq;
+  client_request_key(&rq, GRID__OP__GET, cache, key, key_len);
+  return client_call_async(g, &rq, cb, NULL, arg);
+}
+
+int grid_put_async(grid_t *g, const char *cache, const void *key,
+                   size_t key_len, const void *value, size_t value_len,
+                   uint64_t ttl_ms, grid_write_cb cb, void *arg) {
+  Grid__Request rq;
+  client_request_key(&rq, GRID__OP__PUT, cache, key, key_len);
+  rq.value.data = (uint8_t *)value;
+  rq.value.len = value_len;
+  rq.ttl_ms = ttl_ms;
+  return client_call_async(g, &rq, NULL, cb, arg);
+}
+
+int grid_delete_async(grid_t *g, const char *cache, const void *key,
+                      size_t key_len, grid_write_cb cb, void *arg) {
+  Grid__Request rq;
+  client_request_key(&rq, GRID__OP__DELETE, cache, key, key_len);
+  return client_call_async(g, &rq, NULL, cb, arg);
+}

@@ -1,0 +1,56 @@
+/*
+ * client_int.h: what the client's files share. The public calls (client.c)
+ * build a Request and hand it to one of two transports: remote.c (a TCP
+ * connection to a node) or the embedded node (ops_execute in this process).
+ */
+#ifndef GRID_CLIENT_INT_H
+#define GRID_CLIENT_INT_H
+
+#include <stdint.h>
+
+#include "arena.h"
+#include "grid.h"
+#include "grid.pb-c.h"
+
+typedef struct node node_t;
+typedef struct remote remote_t;
+
+struct grid {
+  uint32_t timeout_ms;
+  node_t *node;     /* embedded mode */
+  remote_t *remote; /* remote mode */
+};
+
+/* A reply a sync call got: rp is valid until client_reply_free(). */
+typedef struct client_reply {
+  Grid__Reply *rp;
+  Grid__Reply local;  /* embedded: rp points here */
+  arena_t arena;      /* embedded: what local points into */
+  int unpacked;       /* remote: rp was unpacked with malloc */
+} client_reply_t;
+
+void client_reply_free(client_reply_t *r);
+
+/* Called once per async request: status is a transport error (then rp is
+ * NULL) or 0 with the node's reply in rp, valid during the call only. */
+typedef void (*client_done_fn)(void *arg, int status, const Grid__Reply *rp);
+
+/* remote.c */
+int remote_open(const char *host, int port, const grid_options_t *opts,
+                remote_t **out);
+void remote_close(remote_t *r);
+/* Sends rq (its id is set here) and waits for the reply up to timeout_ms.
+ * 0 with out filled, or a transport error (GRID_ETIMEDOUT, GRID_ECONN,
+ * GRID_EUNKNOWN for a write that was sent, GRID_EBUSY, GRID_EFRAMETOOBIG). */
+int remote_call(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
+                client_reply_t *out);
+/* Sends rq; done runs on the reader thread when the reply (or an error)
+ * comes. A nonzero return means done will never run. */
+int remote_call_async(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
+                      client_done_fn done, void *arg);
+
+/* Whether an op changes data: its outcome is unknown if the connection is
+ * lost after it was sent. */
+int client_op_is_write(Grid__Op op);
+
+#endif

@@ -1,0 +1,551 @@
+/*
+ * remote: one pipelined TCP connection to a node.
+ *
+ * Callers write their request frames on the socket themselves (under
+ * wlock) and wait on a condition variable of their own; one reader thread
+ * per connection reads reply frames, matches them by id to the table of
+ * requests in flight and wakes the caller or runs the async callback.
+ *
+ * The table has REMOTE_INFLIGHT_MAX slots, indexed by id modulo its size;
+ * ids grow by one, so a slot is busy only when the request issued that many
+ * ids earlier is still in flight (then the call returns GRID_EBUSY).
+ *
+ * A lost connection fails every request sent on it (GRID_EUNKNOWN for
+ * writes, whose outcome is unknown; GRID_ECONN otherwise) and the next call
+ * connects again. Each connection has a generation so that a request is
+ * failed only by the loss of the connection it was sent on.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "client_int.h"
+#include "clock.h"
+#include "frame.h"
+#include "log.h"
+
+#define REMOTE_INFLIGHT_MAX 4096       /* requests in flight per handle */
+#define REMOTE_POLL_MS 50              /* reader wake-up for deadlines */
+#define REMOTE_RBUF_BYTES 65536
+#define REMOTE_STACK_FRAME_BYTES 4096  /* requests this small skip malloc */
+#define REMOTE_MAGIC 0x47524944u
+#define REMOTE_PROTOCOL_VERSION 1
+
+typedef struct remote_slot {
+  uint64_t id;              /* 0: free */
+  uint64_t gen;             /* connection it was sent on */
+  int is_write;
+  int64_t deadline_ms;
+  /* sync */
+  pthread_cond_t *cond;     /* the waiting caller's; NULL for async */
+  int done;
+  int status;               /* transport status when done */
+  Grid__Reply *rp;          /* the reply when done with status 0 */
+  /* async */
+  client_done_fn cb;
+  void *arg;
+} remote_slot_t;
+
+/* What one connection's reader thread owns. */
+typedef struct remote_conn {
+  remote_t *r;
+  int fd;
+  uint64_t gen;
+} remote_conn_t;
+
+struct remote {
+  char host[256];
+  int port;
+  char client_name[64];
+  pthread_mutex_t lock;     /* slots, conn state */
+  pthread_mutex_t wlock;    /* socket writes */
+  pthread_cond_t readers_cond;
+  int readers;              /* reader threads alive */
+  int fd;                   /* -1: not connected */
+  uint64_t gen;             /* generation of fd */
+  int closing;
+  uint64_t next_id;
+  uint64_t frame_bytes_max; /* the node's, from the handshake */
+  remote_slot_t slots[REMOTE_INFLIGHT_MAX];
+};
+
+/* ---- connecting --------------------------------------------------------- */
+
+static int remote_write_all(int fd, const unsigned char *p, size_t len) {
+  while (len) {
+    ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno == EAGAIN || errno == EWOULDBLOCK ? GRID_ETIMEDOUT : GRID_ECONN;
+    }
+    p += n;
+    len -= (size_t)n;
+  }
+  return 0;
+}
+
+/* Reads one whole frame into a malloc'd buffer, within deadline_ms. */
+static int remote_read_frame(int fd, int64_t deadline_ms, unsigned char **out,
+                             size_t *out_len) {
+  unsigned char hdr[FRAME_HEADER_BYTES];
+  unsigned char *buf = NULL;
+  size_t want = sizeof hdr, got = 0;
+  unsigned char *dst = hdr;
+  for (int phase = 0; phase < 2; phase++) {
+    while (got < want) {
+      int64_t left = deadline_ms - clock_mono_ms();
+      if (left <= 0) {
+        free(buf);
+        return GRID_ETIMEDOUT;
+      }
+      struct pollfd pfd = {.fd = fd, .events = POLLIN};
+      int pr = poll(&pfd, 1, (int)left);
+      if (pr < 0 && errno == EINTR) continue;
+      if (pr <= 0) continue;
+      ssize_t n = recv(fd, dst + got, want - got, 0);
+      if (n <= 0) {
+        if (n < 0 && errno == EINTR) continue;
+        free(buf);
+        return GRID_ECONN;
+      }
+      got += (size_t)n;
+    }
+    if (phase == 0) {
+      want = frame_get_header(hdr);
+      if (want > (64u << 20)) return GRID_EPROTO;
+      buf = malloc(want ? want : 1);
+      if (!buf) return GRID_ENOMEM;
+      dst = buf;
+      got = 0;
+    }
+  }
+  *out = buf;
+  *out_len = want;
+  return 0;
+}
+
+static int remote_connect_fd(remote_t *r, uint32_t timeout_ms, int *out_fd) {
+  int64_t deadline = clock_mono_ms() + timeout_ms;
+  char port[16];
+  snprintf(port, sizeof port, "%d", r->port);
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+  struct addrinfo *res = NULL;
+  if (getaddrinfo(r->host, port, &hints, &res) != 0) return GRID_EADDR;
+  int rc = GRID_ECONN, fd = -1;
+  for (struct addrinfo *ai = res; ai && rc != 0; ai = ai->ai_next) {
+    fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) continue;
+    if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0 && errno != EINPROGRESS) {
+      close(fd);
+      continue;
+    }
+    struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+    int64_t left = deadline - clock_mono_ms();
+    int err = 0;
+    socklen_t el = sizeof err;
+    if (left <= 0 || poll(&pfd, 1, (int)left) != 1 ||
+        getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0 || err != 0) {
+      rc = left <= 0 ? GRID_ETIMEDOUT : GRID_ECONN;
+      close(fd);
+      continue;
+    }
+    rc = 0;
+  }
+  freeaddrinfo(res);
+  if (rc != 0) return rc;
+  int flags = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &flags, sizeof flags);
+  /* Blocking from here on; a send that the node does not drain gives up
+   * after the timeout. */
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+  struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+
+  /* The handshake. */
+  Grid__Hello h = GRID__HELLO__INIT;
+  h.magic = REMOTE_MAGIC;
+  h.version = REMOTE_PROTOCOL_VERSION;
+  h.role = GRID__ROLE__ROLE_CLIENT;
+  h.client_name = r->client_name;
+  unsigned char buf[512];
+  size_t n = grid__hello__get_packed_size(&h);
+  GRID_ASSERT(n + FRAME_HEADER_BYTES <= sizeof buf);
+  frame_put_header(buf, (uint32_t)n);
+  grid__hello__pack(&h, buf + FRAME_HEADER_BYTES);
+  unsigned char *reply = NULL;
+  size_t reply_len = 0;
+  if ((rc = remote_write_all(fd, buf, n + FRAME_HEADER_BYTES)) != 0 ||
+      (rc = remote_read_frame(fd, deadline, &reply, &reply_len)) != 0) {
+    close(fd);
+    return rc;
+  }
+  Grid__HelloReply *hr = grid__hello_reply__unpack(NULL, reply_len, reply);
+  free(reply);
+  if (!hr) {
+    close(fd);
+    return GRID_EPROTO;
+  }
+  rc = hr->status;
+  if (rc == 0) r->frame_bytes_max = hr->frame_bytes_max;
+  grid__hello_reply__free_unpacked(hr, NULL);
+  if (rc != 0) {
+    close(fd);
+    return rc;
+  }
+  *out_fd = fd;
+  return 0;
+}
+
+/* ---- completing requests ------------------------------------------------ */
+
+/* Completes slot s (lock held). For an async slot the callback is returned
+ * through *cb / *arg / *rp for the caller to run after unlocking. */
+static void remote_slot_finish(remote_slot_t *s, int status, Grid__Reply *rp,
+                               client_done_fn *cb, void **arg) {
+  if (s->cond) {
+    s->done = 1;
+    s->status = status;
+    s->rp = rp;
+    pthread_cond_signal(s->cond);
+    *cb = NULL;
+  } else {
+    *cb = s->cb;
+    *arg = s->arg;
+    s->id = 0;
+  }
+}
+
+/* Fails every request sent on connection gen, and async ones past their
+ * deadline when expired_only. Callbacks run without the lock. */
+static void remote_fail_slots(remote_t *r, uint64_t gen, int expired_only) {
+  enum { BATCH = 64 };
+  for (;;) {
+    client_done_fn cbs[BATCH];
+    void *args[BATCH];
+    int statuses[BATCH];
+    int k = 0;
+    int64_t now = clock_mono_ms();
+    pthread_mutex_lock(&r->lock);
+    for (size_t i = 0; i < REMOTE_INFLIGHT_MAX && k < BATCH; i++) {
+      remote_slot_t *s = &r->slots[i];
+      if (!s->id || s->done) continue;
+      int status;
+      if (expired_only) {
+        if (s->cond || now < s->deadline_ms) continue;
+        status = GRID_ETIMEDOUT;
+      } else {
+        if (s->gen != gen) continue;
+        status = s->is_write ? GRID_EUNKNOWN : GRID_ECONN;
+      }
+      client_done_fn cb;
+      void *arg = NULL;
+      remote_slot_finish(s, status, NULL, &cb, &arg);
+      if (cb) {
+        cbs[k] = cb;
+        args[k] = arg;
+        statuses[k++] = status;
+      }
+    }
+    pthread_mutex_unlock(&r->lock);
+    for (int i = 0; i < k; i++) cbs[i](args[i], statuses[i], NULL);
+    if (k < BATCH) return;
+  }
+}
+
+static void remote_on_reply(remote_t *r, const unsigned char *p, size_t len) {
+  Grid__Reply *rp = grid__reply__unpack(NULL, len, p);
+  if (!rp) return; /* a reply we cannot read: its caller will time out */
+  client_done_fn cb = NULL;
+  void *arg = NULL;
+  pthread_mutex_lock(&r->lock);
+  remote_slot_t *s = &r->slots[rp->id & (REMOTE_INFLIGHT_MAX - 1)];
+  int mine = rp->id != 0 && s->id == rp->id && !s->done;
+  if (mine) remote_slot_finish(s, 0, rp, &cb, &arg);
+  pthread_mutex_unlock(&r->lock);
+  if (!mine) {
+    if (rp->id == 0 && rp->status != 0)
+      LOG_W("client", "\"node reported a connection error\" error=%s message=\"%s\"",
+            grid_err_name(rp->status), rp->message ? rp->message : "");
+    grid__reply__free_unpacked(rp, NULL);
+    return;
+  }
+  if (cb) {
+    cb(arg, 0, rp);
+    grid__reply__free_unpacked(rp, NULL);
+  }
+}
+
+static void *remote_reader_main(void *arg) {
+  remote_conn_t *c = arg;
+  remote_t *r = c->r;
+  size_t cap = REMOTE_RBUF_BYTES, len = 0;
+  unsigned char *buf = malloc(cap);
+  int64_t expired_checked_ms = clock_mono_ms();
+  while (buf) {
+    struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+    int pr = poll(&pfd, 1, REMOTE_POLL_MS);
+    int64_t now = clock_mono_ms();
+    if (now - expired_checked_ms >= REMOTE_POLL_MS) {
+      remote_fail_slots(r, 0, 1); /* async calls past their deadline */
+      expired_checked_ms = now;
+    }
+    if (pr < 0 && errno == EINTR) continue;
+    if (pr == 0) {
+      pthread_mutex_lock(&r->lock);
+      int stale = r->gen != c->gen;
+      pthread_mutex_unlock(&r->lock);
+      if (stale) break;
+      continue;
+    }
+    if (pr < 0) break;
+    if (cap - len < 4096) {
+      unsigned char *b = realloc(buf, cap * 2);
+      if (!b) break;
+      buf = b;
+      cap *= 2;
+    }
+    ssize_t n = recv(c->fd, buf + len, cap - len, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    len += (size_t)n;
+    size_t off = 0;
+    for (;;) {
+      const unsigned char *payload;
+      size_t plen, flen;
+      frame_result_t fr = frame_parse(buf + off, len - off, SIZE_MAX, &payload,
+                                      &plen, &flen);
+      if (fr != FRAME_OK) break;
+      remote_on_reply(r, payload, plen);
+      off += flen;
+    }
+    if (off) {
+      memmove(buf, buf + off, len - off);
+      len -= off;
+    }
+    if (len >= FRAME_HEADER_BYTES) {
+      size_t need = FRAME_HEADER_BYTES + frame_get_header(buf);
+      if (need > cap) {
+        unsigned char *b = realloc(buf, need);
+        if (!b) break;
+        buf = b;
+        cap = need;
+      }
+    }
+  }
+  free(buf);
+  pthread_mutex_lock(&r->lock);
+  if (r->gen == c->gen && r->fd == c->fd) r->fd = -1; /* next call reconnects */
+  pthread_mutex_unlock(&r->lock);
+  remote_fail_slots(r, c->gen, 0);
+  close(c->fd);
+  pthread_mutex_lock(&r->lock);
+  r->readers--;
+  pthread_cond_broadcast(&r->readers_cond);
+  pthread_mutex_unlock(&r->lock);
+  free(c);
+  return NULL;
+}
+
+/* Connects when there is no connection. Called with the lock held, which
+ * other callers then wait on: they need the connection too. */
+static int remote_ensure_connected(remote_t *r, uint32_t timeout_ms) {
+  if (r->fd >= 0) return 0;
+  if (r->closing) return GRID_ECONN;
+  int fd;
+  int rc = remote_connect_fd(r, timeout_ms, &fd);
+  if (rc != 0) return rc;
+  remote_conn_t *c = malloc(sizeof *c);
+  if (!c) {
+    close(fd);
+    return GRID_ENOMEM;
+  }
+  c->r = r;
+  c->fd = fd;
+  c->gen = ++r->gen;
+  pthread_t t;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  if (pthread_create(&t, &attr, remote_reader_main, c) != 0) {
+    pthread_attr_destroy(&attr);
+    free(c);
+    close(fd);
+    return GRID_ENOMEM;
+  }
+  pthread_attr_destroy(&attr);
+  r->readers++;
+  r->fd = fd;
+  return 0;
+}
+
+/* ---- calls --------------------------------------------------------------- */
+
+int client_op_is_write(Grid__Op op) {
+  switch (op) {
+    case GRID__OP__PUT: case GRID__OP__PUT_IF_ABSENT: case GRID__OP__REPLACE:
+    case GRID__OP__CAS: case GRID__OP__DELETE: case GRID__OP__PUT_ALL:
+    case GRID__OP__DELETE_ALL: case GRID__OP__ADD: case GRID__OP__CREATE_CACHE:
+    case GRID__OP__DROP_CACHE:
+      return 1;
+    default:
+      return 0;
+  }
+}
+
+/* Takes a slot for rq and sends it. On success *slot is the slot (id set)
+ * and *gen the connection it went out on. */
+static int remote_send(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
+                       pthread_cond_t *cond, client_done_fn cb, void *arg,
+                       remote_slot_t **slot_out) {
+  unsigned char stackbuf[REMOTE_STACK_FRAME_BYTES];
+  pthread_mutex_lock(&r->lock);
+  int rc = remote_ensure_connected(r, timeout_ms);
+  if (rc != 0) {
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+  }
+  size_t n = grid__request__get_packed_size(rq);
+  if (n > r->frame_bytes_max) {
+    pthread_mutex_unlock(&r->lock);
+    return GRID_EFRAMETOOBIG;
+  }
+  uint64_t id = ++r->next_id;
+  remote_slot_t *s = &r->slots[id & (REMOTE_INFLIGHT_MAX - 1)];
+  if (s->id != 0) {
+    r->next_id--;
+    pthread_mutex_unlock(&r->lock);
+    return GRID_EBUSY;
+  }
+  memset(s, 0, sizeof *s);
+  s->id = id;
+  s->gen = r->gen;
+  s->is_write = client_op_is_write(rq->op);
+  s->deadline_ms = clock_mono_ms() + timeout_ms;
+  s->cond = cond;
+  s->cb = cb;
+  s->arg = arg;
+  int fd = r->fd;
+  pthread_mutex_unlock(&r->lock);
+
+  rq->id = id;
+  unsigned char *buf = n + FRAME_HEADER_BYTES <= sizeof stackbuf
+                           ? stackbuf
+                           : malloc(n + FRAME_HEADER_BYTES);
+  if (!buf) {
+    rc = GRID_ENOMEM;
+  } else {
+    frame_put_header(buf, (uint32_t)n);
+    grid__request__pack(rq, buf + FRAME_HEADER_BYTES);
+    pthread_mutex_lock(&r->wlock);
+    rc = remote_write_all(fd, buf, n + FRAME_HEADER_BYTES);
+    pthread_mutex_unlock(&r->wlock);
+    if (buf != stackbuf) free(buf);
+  }
+  if (rc != 0) {
+    /* Nothing or part of the frame went out: the stream is unusable, and
+     * the reader fails what was in flight on it. */
+    pthread_mutex_lock(&r->lock);
+    if (s->id == id) s->id = 0;
+    if (r->fd == fd) shutdown(fd, SHUT_RDWR);
+    pthread_mutex_unlock(&r->lock);
+    return rc == GRID_ENOMEM ? rc : (client_op_is_write(rq->op) ? GRID_EUNKNOWN : rc);
+  }
+  *slot_out = s;
+  return 0;
+}
+
+int remote_call(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
+                client_reply_t *out) {
+  pthread_cond_t cond;
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&cond, &ca);
+  pthread_condattr_destroy(&ca);
+  remote_slot_t *s;
+  int rc = remote_send(r, rq, timeout_ms, &cond, NULL, NULL, &s);
+  if (rc != 0) {
+    pthread_cond_destroy(&cond);
+    return rc;
+  }
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  ts.tv_sec += timeout_ms / 1000;
+  ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+  if (ts.tv_nsec >= 1000000000) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000;
+  }
+  pthread_mutex_lock(&r->lock);
+  while (!s->done) {
+    if (pthread_cond_timedwait(&cond, &r->lock, &ts) == ETIMEDOUT && !s->done) break;
+  }
+  if (s->done) {
+    rc = s->status;
+    if (rc == 0) {
+      out->rp = s->rp;
+      out->unpacked = 1;
+    }
+  } else {
+    /* A write that got no reply in time may still have been applied. */
+    rc = s->is_write ? GRID_EUNKNOWN : GRID_ETIMEDOUT;
+  }
+  s->id = 0;
+  s->done = 0;
+  s->cond = NULL;
+  pthread_mutex_unlock(&r->lock);
+  pthread_cond_destroy(&cond);
+  return rc;
+}
+
+int remote_call_async(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
+                      client_done_fn done, void *arg) {
+  remote_slot_t *s;
+  return remote_send(r, rq, timeout_ms, NULL, done, arg, &s);
+}
+
+int remote_open(const char *host, int port, const grid_options_t *opts,
+                remote_t **out) {
+  remote_t *r = calloc(1, sizeof *r);
+  if (!r) return GRID_ENOMEM;
+  snprintf(r->host, sizeof r->host, "%s", host);
+  r->port = port;
+  snprintf(r->client_name, sizeof r->client_name, "%s",
+           opts && opts->client_name ? opts->client_name : "");
+  r->fd = -1;
+  pthread_mutex_init(&r->lock, NULL);
+  pthread_mutex_init(&r->wlock, NULL);
+  pthread_cond_init(&r->readers_cond, NULL);
+  uint32_t timeout = opts && opts->timeout_ms ? opts->timeout_ms : 5000;
+  pthread_mutex_lock(&r->lock);
+  int rc = remote_ensure_connected(r, timeout);
+  pthread_mutex_unlock(&r->lock);
+  if (rc != 0) {
+    remote_close(r);
+    return rc;
+  }
+  *out = r;
+  return 0;
+}
+
+void remote_close(remote_t *r) {
+  pthread_mutex_lock(&r->lock);
+  r->closing = 1;
+  if (r->fd >= 0) shutdown(r->fd, SHUT_RDWR);
+  r->gen++; /* the reader sees its connection is no longer current */
+  while (r->readers > 0) pthread_cond_wait(&r->readers_cond, &r->lock);
+  pthread_mutex_unlock(&r->lock);
+  pthread_mutex_destroy(&r->lock);
+  pthread_mutex_destroy(&r->wlock);
+  pthread_cond_destroy(&r->readers_cond);
+  free(r);
+}

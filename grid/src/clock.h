@@ -1,0 +1,29 @@
+/* clock: the two clocks the node uses. */
+#ifndef GRID_CLOCK_H
+#define GRID_CLOCK_H
+
+#include <stdint.h>
+#include <time.h>
+
+/* Wall-clock milliseconds since the Unix epoch: entry expiry is kept in this
+ * clock because it has to mean the same on every node of a cluster. */
+static inline int64_t clock_wall_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Monotonic milliseconds: timeouts and deadlines. */
+static inline int64_t clock_mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static inline uint64_t clock_mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+#endif

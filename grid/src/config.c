@@ -1,0 +1,245 @@
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "grid.h"
+
+typedef enum { CFG_INT, CFG_SIZE, CFG_BOOL, CFG_STR } config_kind_t;
+
+typedef struct config_key {
+  const char *name;
+  config_kind_t kind;
+  size_t offset;
+  int64_t min, max; /* for numbers; for strings max is the buffer size */
+} config_key_t;
+
+#define CFG_N(name, kind, min, max) {#name, kind, offsetof(config_t, name), min, max}
+#define CFG_S(name) {#name, CFG_STR, offsetof(config_t, name), 0, sizeof(((config_t *)0)->name)}
+
+static const config_key_t config_keys[] = {
+    CFG_S(bind),
+    CFG_N(port, CFG_INT, 0, 65535),
+    CFG_N(listen, CFG_BOOL, 0, 1),
+    CFG_S(port_file),
+    CFG_S(node_id),
+    CFG_N(loops, CFG_INT, 0, 64),
+    CFG_N(memory_bytes_max, CFG_SIZE, 0, INT64_MAX),
+    CFG_N(frame_bytes_max, CFG_SIZE, 1024, (int64_t)1 << 30),
+    CFG_N(key_bytes_max, CFG_SIZE, 1, (int64_t)1 << 20),
+    CFG_N(value_bytes_max, CFG_SIZE, 1, (int64_t)1 << 30),
+    CFG_N(batch_keys_max, CFG_INT, 1, 1000000),
+    CFG_N(scan_count_max, CFG_INT, 1, 1000000),
+    CFG_N(caches_max, CFG_INT, 1, 100000),
+    CFG_N(partitions_default, CFG_INT, 1, 65536),
+    CFG_N(partitions_max, CFG_INT, 1, 65536),
+    CFG_N(connections_max, CFG_INT, 1, 1000000),
+    CFG_N(output_bytes_max, CFG_SIZE, 4096, INT64_MAX),
+    CFG_N(handshake_timeout_ms, CFG_INT, 1, 3600000),
+    CFG_N(frame_timeout_ms, CFG_INT, 1, 3600000),
+    CFG_N(sweep_interval_ms, CFG_INT, 1, 3600000),
+    CFG_N(sweep_entries_per_tick, CFG_INT, 1, 10000000),
+    CFG_S(log_level),
+};
+
+void config_defaults(config_t *c) {
+  memset(c, 0, sizeof *c);
+  strcpy(c->bind, "127.0.0.1");
+  c->port = 10800;
+  c->listen = 1;
+  c->loops = 0;
+  c->memory_bytes_max = 0;
+  c->frame_bytes_max = 64 << 20;
+  c->key_bytes_max = 64 << 10;
+  c->value_bytes_max = 16 << 20;
+  c->batch_keys_max = 10000;
+  c->scan_count_max = 10000;
+  c->caches_max = 256;
+  c->partitions_default = 1024;
+  c->partitions_max = 65536;
+  c->connections_max = 10000;
+  c->output_bytes_max = 64 << 20;
+  c->handshake_timeout_ms = 5000;
+  c->frame_timeout_ms = 30000;
+  c->sweep_interval_ms = 100;
+  c->sweep_entries_per_tick = 2000;
+  strcpy(c->log_level, "info");
+}
+
+static int config_parse_number(const char *v, int is_size, int64_t *out) {
+  errno = 0;
+  char *end;
+  long long n = strtoll(v, &end, 10);
+  if (end == v || errno) return -1;
+  int64_t mul = 1;
+  if (is_size && *end) {
+    switch (toupper((unsigned char)*end)) {
+      case 'K': mul = 1024; break;
+      case 'M': mul = 1024 * 1024; break;
+      case 'G': mul = 1024 * 1024 * 1024; break;
+      default: return -1;
+    }
+    end++;
+    if (toupper((unsigned char)*end) == 'B') end++;
+  }
+  if (*end) return -1;
+  if (n != 0 && (n > INT64_MAX / mul || n < INT64_MIN / mul)) return -1;
+  *out = (int64_t)n * mul;
+  return 0;
+}
+
+int config_set(config_t *c, const char *key, const char *value, char *err,
+               size_t err_len) {
+  for (size_t i = 0; i < sizeof config_keys / sizeof config_keys[0]; i++) {
+    const config_key_t *k = &config_keys[i];
+    if (strcmp(k->name, key) != 0) continue;
+    char *field = (char *)c + k->offset;
+    if (k->kind == CFG_STR) {
+      if (strlen(value) >= (size_t)k->max) {
+        snprintf(err, err_len, "%s: value longer than %lld bytes", key,
+                 (long long)k->max - 1);
+        return GRID_ECONFIG;
+      }
+      strcpy(field, value);
+      return 0;
+    }
+    int64_t n;
+    if (k->kind == CFG_BOOL) {
+      if (!strcmp(value, "on") || !strcmp(value, "true") || !strcmp(value, "1") ||
+          !strcmp(value, "yes")) {
+        n = 1;
+      } else if (!strcmp(value, "off") || !strcmp(value, "false") ||
+                 !strcmp(value, "0") || !strcmp(value, "no")) {
+        n = 0;
+      } else {
+        snprintf(err, err_len, "%s: expected on or off, got \"%s\"", key, value);
+        return GRID_ECONFIG;
+      }
+    } else if (config_parse_number(value, k->kind == CFG_SIZE, &n) != 0) {
+      snprintf(err, err_len, "%s: expected %s, got \"%s\"", key,
+               k->kind == CFG_SIZE ? "a size such as 512M" : "a whole number",
+               value);
+      return GRID_ECONFIG;
+    }
+    if (n < k->min || n > k->max) {
+      snprintf(err, err_len, "%s: %lld is outside %lld..%lld", key,
+               (long long)n, (long long)k->min, (long long)k->max);
+      return GRID_ECONFIG;
+    }
+    *(int64_t *)(void *)field = n;
+    return 0;
+  }
+  snprintf(err, err_len, "unknown setting \"%s\"", key);
+  return GRID_ECONFIG;
+}
+
+static char *config_trim(char *s) {
+  while (isspace((unsigned char)*s)) s++;
+  char *e = s + strlen(s);
+  while (e > s && isspace((unsigned char)e[-1])) *--e = '\0';
+  return s;
+}
+
+int config_apply_text(config_t *c, const char *text, const char *origin,
+                      char *err, size_t err_len) {
+  int line_no = 0;
+  const char *p = text;
+  while (*p) {
+    line_no++;
+    const char *nl = strchr(p, '\n');
+    size_t len = nl ? (size_t)(nl - p) : strlen(p);
+    char line[1024];
+    if (len >= sizeof line) {
+      snprintf(err, err_len, "%s:%d: line longer than %zu bytes", origin,
+               line_no, sizeof line - 1);
+      return GRID_ECONFIG;
+    }
+    memcpy(line, p, len);
+    line[len] = '\0';
+    p += len + (nl ? 1 : 0);
+    char *hash = strchr(line, '#');
+    if (hash) *hash = '\0';
+    char *s = config_trim(line);
+    if (!*s) continue;
+    char *eq = strchr(s, '=');
+    if (!eq) {
+      snprintf(err, err_len, "%s:%d: expected \"key = value\"", origin, line_no);
+      return GRID_ECONFIG;
+    }
+    *eq = '\0';
+    char *key = config_trim(s);
+    char *value = config_trim(eq + 1);
+    char why[256];
+    if (config_set(c, key, value, why, sizeof why) != 0) {
+      snprintf(err, err_len, "%s:%d: %s", origin, line_no, why);
+      return GRID_ECONFIG;
+    }
+  }
+  return 0;
+}
+
+int config_load_file(config_t *c, const char *path, char *err, size_t err_len) {
+  FILE *f = fopen(path, "r");
+  if (!f) {
+    snprintf(err, err_len, "cannot read config file %s: %s", path,
+             strerror(errno));
+    return GRID_ECONFIG;
+  }
+  char *text = NULL;
+  size_t len = 0, cap = 0;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, f)) > 0) {
+    if (len + n + 1 > cap) {
+      cap = (len + n + 1) * 2;
+      char *t = realloc(text, cap);
+      if (!t) {
+        free(text);
+        fclose(f);
+        snprintf(err, err_len, "out of memory reading %s", path);
+        return GRID_ENOMEM;
+      }
+      text = t;
+    }
+    memcpy(text + len, buf, n);
+    len += n;
+  }
+  fclose(f);
+  if (!text) return 0;
+  text[len] = '\0';
+  int rc = config_apply_text(c, text, path, err, err_len);
+  free(text);
+  return rc;
+}
+
+void config_finish(config_t *c) {
+  if (c->loops == 0) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    c->loops = n > 0 ? n : 1;
+  }
+  if (c->memory_bytes_max == 0) {
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    c->memory_bytes_max = pages > 0 && page > 0 ? (int64_t)pages * page / 4
+                                                : (int64_t)1 << 30;
+  }
+  if (c->partitions_default > c->partitions_max)
+    c->partitions_default = c->partitions_max;
+}
+
+void config_print(const config_t *c, void *fp) {
+  FILE *f = fp;
+  for (size_t i = 0; i < sizeof config_keys / sizeof config_keys[0]; i++) {
+    const config_key_t *k = &config_keys[i];
+    const char *field = (const char *)c + k->offset;
+    if (k->kind == CFG_STR)
+      fprintf(f, "%s = %s\n", k->name, field);
+    else if (k->kind == CFG_BOOL)
+      fprintf(f, "%s = %s\n", k->name, *(const int64_t *)(const void *)field ? "on" : "off");
+    else
+      fprintf(f, "%s = %lld\n", k->name, (long long)*(const int64_t *)(const void *)field);
+  }
+}

@@ -1,0 +1,55 @@
+/*
+ * config: the node's settings, every limit named.
+ *
+ * A config file holds "key = value" lines; '#' starts a comment. Sizes take
+ * K, M, G suffixes (powers of 1024), times are in milliseconds. The same keys
+ * can be set from gridd's command line (--set key=value, and the short flags
+ * --port, --bind, --loops), which override the file.
+ */
+#ifndef GRID_CONFIG_H
+#define GRID_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct config {
+  char bind[64];                  /* listen address */
+  int64_t port;                   /* listen port; 0 picks a free one */
+  int64_t listen;                 /* 1: serve the native protocol on TCP */
+  char port_file[256];            /* if set, the bound port is written here */
+  char node_id[64];               /* empty: generated at start */
+  int64_t loops;                  /* event loop threads; 0 = one per core */
+  int64_t memory_bytes_max;       /* entry memory at most; 0 = 1/4 of RAM */
+  int64_t frame_bytes_max;        /* one frame's payload at most */
+  int64_t key_bytes_max;          /* one key at most */
+  int64_t value_bytes_max;        /* one value at most */
+  int64_t batch_keys_max;         /* keys in one get_all/put_all/delete_all */
+  int64_t scan_count_max;         /* entries in one scan reply */
+  int64_t caches_max;             /* caches on the node */
+  int64_t partitions_default;     /* partitions of a cache that names none */
+  int64_t partitions_max;         /* partitions of one cache at most */
+  int64_t connections_max;        /* client connections at once */
+  int64_t output_bytes_max;       /* unsent reply bytes per connection before
+                                     the node stops reading from it */
+  int64_t handshake_timeout_ms;   /* a connection must say hello by then */
+  int64_t frame_timeout_ms;       /* a started frame must be complete by then */
+  int64_t sweep_interval_ms;      /* TTL sweep period */
+  int64_t sweep_entries_per_tick; /* entries the sweep looks at per period */
+  char log_level[16];
+} config_t;
+
+/* Fills in the defaults of gridd. */
+void config_defaults(config_t *c);
+/* Sets one key from text. Returns 0, or GRID_ECONFIG with words in err. */
+int config_set(config_t *c, const char *key, const char *value, char *err,
+               size_t err_len);
+/* Applies "key = value" lines; line numbers appear in err. */
+int config_apply_text(config_t *c, const char *text, const char *origin,
+                      char *err, size_t err_len);
+int config_load_file(config_t *c, const char *path, char *err, size_t err_len);
+/* Resolves "0 = automatic" values against this machine. Call once, last. */
+void config_finish(config_t *c);
+/* Writes "key = value" lines of every setting to f (FILE *). */
+void config_print(const config_t *c, void *f);
+
+#endif

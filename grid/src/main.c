@@ -1,0 +1,125 @@
+/* gridd: one grid node in its own process. This file only wires the
+ * command line, the config and the signals to the node module. */
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "grid.h"
+#include "log.h"
+#include "node.h"
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: gridd [options]\n"
+          "\n"
+          "Runs one grid node in the foreground until SIGINT or SIGTERM.\n"
+          "\n"
+          "  --config FILE      read settings (\"key = value\" lines) from FILE\n"
+          "  --port N           listen port (default 10800; 0 picks a free port)\n"
+          "  --bind ADDR        listen address (default 127.0.0.1)\n"
+          "  --loops N          event loop threads (default: one per core)\n"
+          "  --port-file FILE   write the bound port to FILE once listening\n"
+          "  --set KEY=VALUE    any config setting; may be repeated\n"
+          "  --print-config     print the settings in effect and exit\n"
+          "  --version          print the version and exit\n"
+          "  --help             this text\n"
+          "\n"
+          "Command-line flags override the config file. Settings (sizes take\n"
+          "K, M, G; times are milliseconds):\n"
+          "  bind, port, listen, port_file, node_id, loops, memory_bytes_max,\n"
+          "  frame_bytes_max, key_bytes_max, value_bytes_max, batch_keys_max,\n"
+          "  scan_count_max, caches_max, partitions_default, partitions_max,\n"
+          "  connections_max, output_bytes_max, handshake_timeout_ms,\n"
+          "  frame_timeout_ms, sweep_interval_ms, sweep_entries_per_tick,\n"
+          "  log_level (debug, info, warn, error)\n");
+}
+
+int main(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"config", required_argument, 0, 'c'}, {"port", required_argument, 0, 'p'},
+      {"bind", required_argument, 0, 'b'},   {"loops", required_argument, 0, 'l'},
+      {"port-file", required_argument, 0, 'f'}, {"set", required_argument, 0, 's'},
+      {"print-config", no_argument, 0, 'P'}, {"version", no_argument, 0, 'V'},
+      {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
+  /* The config file is applied first and the flags after it, whatever their
+   * order on the line, so the flags are gathered in a first pass. */
+  const char *config_path = NULL;
+  int print_config = 0;
+  char **sets = calloc((size_t)argc + 1, sizeof *sets);
+  int nsets = 0;
+  int opt;
+  while ((opt = getopt_long(argc, argv, "c:p:b:l:f:s:h", opts, NULL)) != -1) {
+    const char *key = NULL;
+    switch (opt) {
+      case 'c': config_path = optarg; continue;
+      case 'p': key = "port"; break;
+      case 'b': key = "bind"; break;
+      case 'l': key = "loops"; break;
+      case 'f': key = "port_file"; break;
+      case 's': key = ""; break;
+      case 'P': print_config = 1; continue;
+      case 'V': printf("gridd %s\n", GRID_VERSION_STRING); return 0;
+      case 'h': usage(stdout); return 0;
+      default: usage(stderr); return 2;
+    }
+    size_t len = strlen(key) + strlen(optarg) + 2;
+    sets[nsets] = malloc(len);
+    snprintf(sets[nsets++], len, "%s%s%s", key, *key ? "=" : "", optarg);
+  }
+  if (optind < argc) {
+    fprintf(stderr, "gridd: unexpected argument \"%s\" (see gridd --help)\n", argv[optind]);
+    return 2;
+  }
+  config_t cfg;
+  config_defaults(&cfg);
+  char err[512];
+  if (config_path && config_load_file(&cfg, config_path, err, sizeof err) != 0) {
+    fprintf(stderr, "gridd: %s\n", err);
+    return 2;
+  }
+  for (int i = 0; i < nsets; i++) {
+    char *eq = strchr(sets[i], '=');
+    if (!eq) {
+      fprintf(stderr, "gridd: --set needs KEY=VALUE, got \"%s\"\n", sets[i]);
+      return 2;
+    }
+    *eq = '\0';
+    if (config_set(&cfg, sets[i], eq + 1, err, sizeof err) != 0) {
+      fprintf(stderr, "gridd: %s\n", err);
+      return 2;
+    }
+    free(sets[i]);
+  }
+  free(sets);
+  if (print_config) {
+    config_finish(&cfg);
+    config_print(&cfg, stdout);
+    return 0;
+  }
+
+  /* Signals are taken by sigwait on this thread only: every thread the node
+   * starts inherits the blocked mask. */
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
+  signal(SIGPIPE, SIG_IGN);
+
+  node_t *node;
+  if (node_start(&cfg, &node, err, sizeof err) != 0) {
+    LOG_E("node", "\"cannot start\" reason=\"%s\"", err);
+    fprintf(stderr, "gridd: %s\n", err);
+    return 1;
+  }
+  int sig = 0;
+  sigwait(&set, &sig);
+  LOG_I("node", "\"stopping\" signal=%s", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  node_stop(node);
+  LOG_I("node", "\"stopped\"");
+  return 0;
+}

@@ -1,0 +1,611 @@
+#include "net.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "arena.h"
+#include "clock.h"
+#include "frame.h"
+#include "grid.h"
+#include "grid.pb-c.h"
+#include "log.h"
+#include "node.h"
+#include "ops.h"
+
+#define NET_MAGIC 0x47524944u  /* "GRID" */
+#define NET_PROTOCOL_VERSION 1
+#define NET_BACKLOG 511
+#define NET_RBUF_BYTES 16384    /* a connection's read buffer at rest */
+#define NET_LINGER_MS 1000      /* a failed connection is closed by then */
+#define NET_CRON_MS_MAX 100
+
+typedef struct net_loop net_loop_t;
+
+/* One client connection. Owned by its loop; freed in its close callback,
+ * after libuv has finished every write on it. */
+typedef struct conn {
+  uv_tcp_t tcp;
+  net_loop_t *lp;
+  struct conn *prev, *next;    /* the loop's list of connections */
+  unsigned char *rbuf;         /* bytes received, not yet a whole frame */
+  size_t rlen, rcap;
+  unsigned char *wbuf;         /* replies gathered during one read callback */
+  size_t wlen, wcap;
+  size_t inflight_bytes;       /* handed to uv_write, not yet written */
+  int64_t accepted_ms;
+  int64_t frame_started_ms;    /* when the unfinished frame began; 0: none */
+  int64_t closing_since_ms;
+  unsigned handshaken : 1;
+  unsigned closing : 1;        /* failed: input is dropped, then closed */
+  unsigned paused : 1;         /* reading stopped: too much unsent output */
+  unsigned counted : 1;        /* counted in node->connections */
+  char peer[64];
+} conn_t;
+
+struct net_loop {
+  uv_loop_t loop;
+  uv_thread_t thread;
+  uv_tcp_t listener;
+  uv_async_t stop_async;
+  uv_timer_t cron;
+  net_t *net;
+  int index;
+  conn_t *conns;
+  arena_t arena;               /* one request at a time per loop */
+};
+
+struct net {
+  node_t *node;
+  int nloops;
+  int port;
+  net_loop_t *loops;
+};
+
+typedef struct net_write {
+  uv_write_t req;
+  conn_t *c;
+  unsigned char *mem;          /* whole buffer, freed when written */
+  size_t len;
+} net_write_t;
+
+static void conn_close(conn_t *c);
+static void conn_resume(conn_t *c);
+
+/* ---- output ------------------------------------------------------------ */
+
+static int conn_reserve(conn_t *c, size_t more) {
+  if (c->wcap - c->wlen >= more) return 0;
+  size_t cap = c->wcap ? c->wcap : 4096;
+  while (cap - c->wlen < more) cap *= 2;
+  unsigned char *b = realloc(c->wbuf, cap);
+  if (!b) return GRID_ENOMEM;
+  c->wbuf = b;
+  c->wcap = cap;
+  return 0;
+}
+
+/* Appends one framed message to the connection's output. */
+static int conn_send(conn_t *c, const ProtobufCMessage *m) {
+  size_t n = protobuf_c_message_get_packed_size(m);
+  GRID_ASSERT(n <= UINT32_MAX);
+  if (conn_reserve(c, FRAME_HEADER_BYTES + n) != 0) return GRID_ENOMEM;
+  frame_put_header(c->wbuf + c->wlen, (uint32_t)n);
+  size_t packed = protobuf_c_message_pack(m, c->wbuf + c->wlen + FRAME_HEADER_BYTES);
+  GRID_ASSERT(packed == n);
+  c->wlen += FRAME_HEADER_BYTES + n;
+  return 0;
+}
+
+static void conn_on_shutdown(uv_shutdown_t *req, int status) {
+  (void)status;
+  free(req);
+}
+
+/* After a failure: once everything queued is written, half-close, so the
+ * peer reads the error reply and then EOF; the cron closes the socket when
+ * the peer does not within NET_LINGER_MS. */
+static void conn_shutdown_if_drained(conn_t *c) {
+  if (!c->closing || c->inflight_bytes || c->wlen ||
+      uv_is_closing((uv_handle_t *)&c->tcp))
+    return;
+  uv_shutdown_t *req = malloc(sizeof *req);
+  if (!req || uv_shutdown(req, (uv_stream_t *)&c->tcp, conn_on_shutdown) != 0) {
+    free(req);
+    conn_close(c);
+  }
+}
+
+static void conn_on_write(uv_write_t *req, int status) {
+  net_write_t *w = (net_write_t *)req;
+  conn_t *c = w->c;
+  c->inflight_bytes -= w->len;
+  free(w->mem);
+  free(w);
+  if (status < 0) {
+    conn_close(c);
+    return;
+  }
+  if (c->paused && c->inflight_bytes <= (size_t)c->lp->net->node->cfg.output_bytes_max / 2 &&
+      !uv_is_closing((uv_handle_t *)&c->tcp)) {
+    conn_resume(c);
+  }
+  conn_shutdown_if_drained(c);
+}
+
+/* Writes what the read callback gathered: straight to the socket when it
+ * takes it all (the common case, no allocation), else through uv_write,
+ * which then owns the buffer. */
+static void conn_flush(conn_t *c) {
+  if (c->wlen == 0 || uv_is_closing((uv_handle_t *)&c->tcp)) {
+    conn_shutdown_if_drained(c);
+    return;
+  }
+  size_t off = 0;
+  if (c->inflight_bytes == 0) {
+    uv_buf_t b = uv_buf_init((char *)c->wbuf, (unsigned)c->wlen);
+    int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    if (n > 0) off = (size_t)n;
+    else if (n != UV_EAGAIN) {
+      c->wlen = 0;
+      conn_close(c);
+      return;
+    }
+  }
+  if (off == c->wlen) {
+    c->wlen = 0;
+    conn_shutdown_if_drained(c);
+    return;
+  }
+  net_write_t *w = malloc(sizeof *w);
+  if (!w) {
+    conn_close(c);
+    return;
+  }
+  w->c = c;
+  w->mem = c->wbuf;
+  w->len = c->wlen - off;
+  uv_buf_t b = uv_buf_init((char *)c->wbuf + off, (unsigned)w->len);
+  c->wbuf = NULL;
+  c->wlen = c->wcap = 0;
+  if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, conn_on_write) != 0) {
+    free(w->mem);
+    free(w);
+    conn_close(c);
+    return;
+  }
+  c->inflight_bytes += w->len;
+  if (c->inflight_bytes > (size_t)c->lp->net->node->cfg.output_bytes_max &&
+      !c->paused) {
+    /* The peer does not read its replies: stop reading its requests until
+     * it catches up, so one slow client cannot grow the node's memory. */
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->paused = 1;
+  }
+}
+
+/* Sends a connection-level error and stops serving the connection. Before
+ * the handshake the error goes in a HelloReply, which is what the peer
+ * expects to read first. */
+static void conn_fail(conn_t *c, int status, const char *detail) {
+  if (c->closing) return;
+  arena_t *a = &c->lp->arena;
+  LOG_W("net", "\"closing connection\" peer=%s error=%s detail=\"%s\"", c->peer,
+        grid_err_name(status), detail ? detail : "");
+  if (!c->handshaken) {
+    Grid__HelloReply hr = GRID__HELLO_REPLY__INIT;
+    Grid__Reply tmp = GRID__REPLY__INIT;
+    ops_reply_error(&tmp, status, detail, a);
+    hr.status = status;
+    hr.message = tmp.message;
+    hr.version = NET_PROTOCOL_VERSION;
+    conn_send(c, &hr.base);
+  } else {
+    Grid__Reply rp = GRID__REPLY__INIT;
+    ops_reply_error(&rp, status, detail, a);
+    conn_send(c, &rp.base);
+  }
+  c->closing = 1;
+  c->closing_since_ms = clock_mono_ms();
+  c->rlen = 0;
+}
+
+/* ---- input ------------------------------------------------------------- */
+
+static void conn_on_hello(conn_t *c, const unsigned char *p, size_t len) {
+  node_t *n = c->lp->net->node;
+  Grid__Hello *h = grid__hello__unpack(&c->lp->arena.pb, len, p);
+  if (!h) {
+    conn_fail(c, GRID_EPROTO, "the first frame must be a Hello message");
+    return;
+  }
+  if (h->magic != NET_MAGIC) {
+    conn_fail(c, GRID_EHANDSHAKE, "wrong magic: not a grid client");
+    return;
+  }
+  if (h->version != NET_PROTOCOL_VERSION) {
+    char detail[64];
+    snprintf(detail, sizeof detail, "client speaks version %u, node speaks %d",
+             h->version, NET_PROTOCOL_VERSION);
+    conn_fail(c, GRID_EHANDSHAKE, detail);
+    return;
+  }
+  Grid__HelloReply hr = GRID__HELLO_REPLY__INIT;
+  hr.node_id = n->node_id;
+  hr.version = NET_PROTOCOL_VERSION;
+  hr.features = 0;
+  hr.frame_bytes_max = (uint64_t)n->cfg.frame_bytes_max;
+  if (conn_send(c, &hr.base) != 0) {
+    conn_close(c);
+    return;
+  }
+  c->handshaken = 1;
+  LOG_D("net", "\"client said hello\" peer=%s name=\"%s\"", c->peer,
+        h->client_name ? h->client_name : "");
+}
+
+static void conn_on_request(conn_t *c, const unsigned char *p, size_t len) {
+  arena_t *a = &c->lp->arena;
+  Grid__Request *rq = grid__request__unpack(&a->pb, len, p);
+  if (!rq) {
+    conn_fail(c, GRID_EPROTO, "a request frame does not decode as a Request");
+    return;
+  }
+  Grid__Reply rp = GRID__REPLY__INIT;
+  ops_execute(c->lp->net->node, rq, &rp, a);
+  if (conn_send(c, &rp.base) != 0) conn_close(c);
+}
+
+static void conn_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  (void)suggested;
+  conn_t *c = h->data;
+  size_t want = NET_RBUF_BYTES;
+  if (c->rlen >= FRAME_HEADER_BYTES && !c->closing) {
+    size_t need = FRAME_HEADER_BYTES + (size_t)frame_get_header(c->rbuf);
+    if (need <= FRAME_HEADER_BYTES + (size_t)c->lp->net->node->cfg.frame_bytes_max &&
+        need > want)
+      want = need;
+  }
+  if (c->rcap - c->rlen < 1024 || c->rcap < want) {
+    size_t cap = c->rcap < want ? want : c->rcap * 2;
+    if (cap < c->rlen + 1024) cap = c->rlen + 1024;
+    unsigned char *b = realloc(c->rbuf, cap);
+    if (!b) {
+      buf->base = NULL;
+      buf->len = 0;
+      return; /* libuv reports UV_ENOBUFS to the read callback */
+    }
+    c->rbuf = b;
+    c->rcap = cap;
+  }
+  buf->base = (char *)c->rbuf + c->rlen;
+  buf->len = c->rcap - c->rlen;
+}
+
+static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  (void)buf;
+  conn_t *c = s->data;
+  if (nread < 0) {
+    if (nread != UV_EOF && !c->closing)
+      LOG_D("net", "\"connection error\" peer=%s error=\"%s\"", c->peer,
+            uv_strerror((int)nread));
+    conn_close(c);
+    return;
+  }
+  if (c->closing) {
+    c->rlen = 0; /* a failed connection's input is dropped */
+    return;
+  }
+  c->rlen += (size_t)nread;
+  node_t *n = c->lp->net->node;
+  size_t off = 0;
+  while (!c->closing && !uv_is_closing((uv_handle_t *)&c->tcp)) {
+    const unsigned char *payload;
+    size_t plen, flen;
+    frame_result_t r = frame_parse(c->rbuf + off, c->rlen - off,
+                                   (size_t)n->cfg.frame_bytes_max, &payload,
+                                   &plen, &flen);
+    if (r == FRAME_NEED_MORE) break;
+    if (r == FRAME_TOO_BIG) {
+      char detail[96];
+      snprintf(detail, sizeof detail, "%zu bytes announced, at most %lld",
+               flen, (long long)n->cfg.frame_bytes_max);
+      conn_fail(c, GRID_EFRAMETOOBIG, detail);
+      break;
+    }
+    if (c->handshaken)
+      conn_on_request(c, payload, plen);
+    else
+      conn_on_hello(c, payload, plen);
+    arena_reset(&c->lp->arena);
+    off += flen;
+  }
+  if (uv_is_closing((uv_handle_t *)&c->tcp)) return;
+  if (c->closing) {
+    c->rlen = 0;
+  } else if (off > 0) {
+    memmove(c->rbuf, c->rbuf + off, c->rlen - off);
+    c->rlen -= off;
+    c->frame_started_ms = c->rlen ? clock_mono_ms() : 0;
+    if (c->rcap > 4 * NET_RBUF_BYTES && c->rlen < NET_RBUF_BYTES) {
+      /* Give back the room a large frame needed. */
+      unsigned char *b = realloc(c->rbuf, NET_RBUF_BYTES);
+      if (b) {
+        c->rbuf = b;
+        c->rcap = NET_RBUF_BYTES;
+      }
+    }
+  } else if (c->frame_started_ms == 0 && c->rlen > 0) {
+    c->frame_started_ms = clock_mono_ms();
+  }
+  conn_flush(c);
+}
+
+static void conn_resume(conn_t *c) {
+  c->paused = 0;
+  if (uv_read_start((uv_stream_t *)&c->tcp, conn_on_alloc, conn_on_read) != 0)
+    conn_close(c);
+}
+
+/* ---- life cycle -------------------------------------------------------- */
+
+static void conn_on_close(uv_handle_t *h) {
+  conn_t *c = h->data;
+  net_loop_t *lp = c->lp;
+  if (c->prev) c->prev->next = c->next;
+  else lp->conns = c->next;
+  if (c->next) c->next->prev = c->prev;
+  if (c->counted) atomic_fetch_sub(&lp->net->node->connections, 1);
+  LOG_D("net", "\"connection closed\" peer=%s", c->peer);
+  free(c->rbuf);
+  free(c->wbuf);
+  free(c);
+}
+
+static void conn_close(conn_t *c) {
+  if (!uv_is_closing((uv_handle_t *)&c->tcp))
+    uv_close((uv_handle_t *)&c->tcp, conn_on_close);
+}
+
+static void net_on_connection(uv_stream_t *server, int status) {
+  net_loop_t *lp = server->data;
+  node_t *n = lp->net->node;
+  if (status < 0) {
+    LOG_W("net", "\"accept failed\" error=\"%s\"", uv_strerror(status));
+    return;
+  }
+  conn_t *c = calloc(1, sizeof *c);
+  if (!c) return;
+  c->lp = lp;
+  uv_tcp_init(&lp->loop, &c->tcp);
+  c->tcp.data = c;
+  c->next = lp->conns;
+  if (lp->conns) lp->conns->prev = c;
+  lp->conns = c;
+  if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+    conn_close(c);
+    return;
+  }
+  struct sockaddr_storage ss;
+  int sl = sizeof ss;
+  strcpy(c->peer, "?");
+  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
+    char ip[48] = "?";
+    int port = 0;
+    if (ss.ss_family == AF_INET) {
+      uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof ip);
+      port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    } else if (ss.ss_family == AF_INET6) {
+      uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof ip);
+      port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    }
+    snprintf(c->peer, sizeof c->peer, "%s:%d", ip, port);
+  }
+  uv_tcp_nodelay(&c->tcp, 1);
+  c->accepted_ms = clock_mono_ms();
+  if (uv_read_start((uv_stream_t *)&c->tcp, conn_on_alloc, conn_on_read) != 0) {
+    conn_close(c);
+    return;
+  }
+  uint64_t before = atomic_fetch_add(&n->connections, 1);
+  c->counted = 1;
+  if ((int64_t)before >= n->cfg.connections_max) {
+    char detail[64];
+    snprintf(detail, sizeof detail, "connections_max (%lld) reached",
+             (long long)n->cfg.connections_max);
+    conn_fail(c, GRID_ELIMIT, detail);
+    conn_flush(c);
+    return;
+  }
+  LOG_D("net", "\"connection accepted\" peer=%s loop=%d", c->peer, lp->index);
+}
+
+/* Housekeeping with work bounded by the number of connections: handshake
+ * and frame deadlines, and the last close of failed connections. */
+static void net_on_cron(uv_timer_t *t) {
+  net_loop_t *lp = t->data;
+  node_t *n = lp->net->node;
+  int64_t now = clock_mono_ms();
+  conn_t *next;
+  for (conn_t *c = lp->conns; c; c = next) {
+    next = c->next;
+    if (uv_is_closing((uv_handle_t *)&c->tcp)) continue;
+    if (c->closing) {
+      if (now - c->closing_since_ms >= NET_LINGER_MS) conn_close(c);
+      continue;
+    }
+    char detail[96];
+    if (!c->handshaken && now - c->accepted_ms >= n->cfg.handshake_timeout_ms) {
+      snprintf(detail, sizeof detail, "no handshake within handshake_timeout_ms (%lld)",
+               (long long)n->cfg.handshake_timeout_ms);
+      conn_fail(c, GRID_ETIMEDOUT, detail);
+      conn_flush(c);
+    } else if (c->frame_started_ms &&
+               now - c->frame_started_ms >= n->cfg.frame_timeout_ms) {
+      snprintf(detail, sizeof detail, "frame not completed within frame_timeout_ms (%lld)",
+               (long long)n->cfg.frame_timeout_ms);
+      conn_fail(c, GRID_ETIMEDOUT, detail);
+      conn_flush(c);
+    }
+  }
+}
+
+static void net_close_walk_cb(uv_handle_t *h, void *arg) {
+  (void)arg;
+  net_loop_t *lp = arg;
+  if (uv_is_closing(h)) return;
+  if (h->type == UV_TCP && h != (uv_handle_t *)&lp->listener) {
+    uv_close(h, conn_on_close); /* every other TCP handle is a connection */
+  } else {
+    uv_close(h, NULL);
+  }
+}
+
+static void net_on_stop(uv_async_t *a) {
+  net_loop_t *lp = a->data;
+  uv_walk(&lp->loop, net_close_walk_cb, lp);
+}
+
+static void net_loop_run(void *arg) {
+  net_loop_t *lp = arg;
+  uv_run(&lp->loop, UV_RUN_DEFAULT);
+}
+
+/* Opens a listening socket on addr; reuseport lets the loops share it. */
+static int net_bind_socket(const struct sockaddr *addr, int reuseport,
+                           char *err, size_t err_len) {
+  int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    snprintf(err, err_len, "socket: %s", strerror(errno));
+    return -1;
+  }
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (reuseport) setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+  socklen_t len = addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                              : sizeof(struct sockaddr_in);
+  if (bind(fd, addr, len) != 0) {
+    snprintf(err, err_len, "cannot bind: %s", strerror(errno));
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+static void net_set_port(struct sockaddr_storage *ss, int port) {
+  if (ss->ss_family == AF_INET6) ((struct sockaddr_in6 *)ss)->sin6_port = htons((uint16_t)port);
+  else ((struct sockaddr_in *)ss)->sin_port = htons((uint16_t)port);
+}
+
+int net_start(node_t *n, net_t **out, char *err, size_t err_len) {
+  struct sockaddr_storage ss;
+  memset(&ss, 0, sizeof ss);
+  if (uv_ip4_addr(n->cfg.bind, (int)n->cfg.port, (struct sockaddr_in *)&ss) != 0 &&
+      uv_ip6_addr(n->cfg.bind, (int)n->cfg.port, (struct sockaddr_in6 *)&ss) != 0) {
+    snprintf(err, err_len, "bind address \"%s\" is not an IPv4 or IPv6 address",
+             n->cfg.bind);
+    return GRID_ECONFIG;
+  }
+  /* A plain bind first: it fails when another process holds the port
+   * (the SO_REUSEPORT group alone would share it silently) and it picks the
+   * port when the config says 0. */
+  char why[128];
+  int probe = net_bind_socket((struct sockaddr *)&ss, 0, why, sizeof why);
+  if (probe < 0) {
+    snprintf(err, err_len, "%s:%lld: %s", n->cfg.bind, (long long)n->cfg.port, why);
+    return GRID_ECONN;
+  }
+  struct sockaddr_storage bound;
+  socklen_t bl = sizeof bound;
+  getsockname(probe, (struct sockaddr *)&bound, &bl);
+  int port = ntohs(bound.ss_family == AF_INET6
+                       ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                       : ((struct sockaddr_in *)&bound)->sin_port);
+  close(probe);
+  net_set_port(&ss, port);
+
+  net_t *net = calloc(1, sizeof *net);
+  if (!net) return GRID_ENOMEM;
+  net->node = n;
+  net->nloops = (int)n->cfg.loops;
+  net->port = port;
+  net->loops = calloc((size_t)net->nloops, sizeof *net->loops);
+  if (!net->loops) {
+    free(net);
+    return GRID_ENOMEM;
+  }
+  int64_t cron_ms = n->cfg.handshake_timeout_ms < n->cfg.frame_timeout_ms
+                        ? n->cfg.handshake_timeout_ms
+                        : n->cfg.frame_timeout_ms;
+  cron_ms /= 4;
+  if (cron_ms < 1) cron_ms = 1;
+  if (cron_ms > NET_CRON_MS_MAX) cron_ms = NET_CRON_MS_MAX;
+  int started = 0, rc = 0;
+  for (int i = 0; i < net->nloops; i++) {
+    net_loop_t *lp = &net->loops[i];
+    lp->net = net;
+    lp->index = i;
+    arena_init(&lp->arena, 16384);
+    uv_loop_init(&lp->loop);
+    uv_async_init(&lp->loop, &lp->stop_async, net_on_stop);
+    lp->stop_async.data = lp;
+    uv_timer_init(&lp->loop, &lp->cron);
+    lp->cron.data = lp;
+    uv_timer_start(&lp->cron, net_on_cron, (uint64_t)cron_ms, (uint64_t)cron_ms);
+    uv_tcp_init(&lp->loop, &lp->listener);
+    lp->listener.data = lp;
+    int fd = net_bind_socket((struct sockaddr *)&ss, 1, why, sizeof why);
+    if (fd >= 0 && (rc = uv_tcp_open(&lp->listener, fd)) != 0) close(fd);
+    if (fd >= 0 && rc == 0)
+      rc = uv_listen((uv_stream_t *)&lp->listener, NET_BACKLOG, net_on_connection);
+    if (fd < 0 || rc != 0) {
+      snprintf(err, err_len, "%s:%d: %s", n->cfg.bind, port,
+               fd < 0 ? why : uv_strerror(rc));
+      rc = GRID_ECONN;
+      uv_close((uv_handle_t *)&lp->listener, NULL);
+      uv_close((uv_handle_t *)&lp->cron, NULL);
+      uv_close((uv_handle_t *)&lp->stop_async, NULL);
+      uv_run(&lp->loop, UV_RUN_DEFAULT);
+      uv_loop_close(&lp->loop);
+      arena_close(&lp->arena);
+      break;
+    }
+    if (uv_thread_create(&lp->thread, net_loop_run, lp) != 0) {
+      snprintf(err, err_len, "cannot start loop thread %d", i);
+      rc = GRID_ENOMEM;
+      uv_walk(&lp->loop, net_close_walk_cb, lp);
+      uv_run(&lp->loop, UV_RUN_DEFAULT);
+      uv_loop_close(&lp->loop);
+      arena_close(&lp->arena);
+      break;
+    }
+    started++;
+  }
+  if (rc != 0) {
+    net->nloops = started;
+    net_stop(net);
+    return rc;
+  }
+  *out = net;
+  return 0;
+}
+
+int net_port(const net_t *net) { return net->port; }
+
+void net_stop(net_t *net) {
+  for (int i = 0; i < net->nloops; i++) uv_async_send(&net->loops[i].stop_async);
+  for (int i = 0; i < net->nloops; i++) {
+    net_loop_t *lp = &net->loops[i];
+    uv_thread_join(&lp->thread);
+    int rc = uv_loop_close(&lp->loop);
+    GRID_ASSERT(rc == 0);
+    arena_close(&lp->arena);
+  }
+  free(net->loops);
+  free(net);
+}

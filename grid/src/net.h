@@ -1,0 +1,22 @@
+/*
+ * net: the node's native-protocol listener. cfg.loops event loops, each on
+ * its own thread with its own listening socket on the same port
+ * (SO_REUSEPORT), so the kernel spreads connections over the loops and no
+ * loop hands work to another. A connection lives on one loop for its life.
+ */
+#ifndef GRID_NET_H
+#define GRID_NET_H
+
+#include <stddef.h>
+
+typedef struct node node_t;
+typedef struct net net_t;
+
+/* Binds cfg.bind:cfg.port and starts the loop threads. On failure err holds
+ * words for the user and nothing is left running. */
+int net_start(node_t *n, net_t **out, char *err, size_t err_len);
+int net_port(const net_t *net);
+/* Closes every connection and listener, joins the threads, frees net. */
+void net_stop(net_t *net);
+
+#endif

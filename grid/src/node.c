@@ -1,0 +1,132 @@
+#include "node.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "clock.h"
+#include "grid.h"
+#include "log.h"
+#include "net.h"
+
+/* The housekeeping thread: the TTL sweep, bounded to sweep_entries_per_tick
+ * entries every sweep_interval_ms, off the event loops. */
+static void *node_cron_main(void *arg) {
+  node_t *n = arg;
+  pthread_mutex_lock(&n->cron_lock);
+  while (!n->cron_stop) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t ns = (int64_t)ts.tv_nsec + n->cfg.sweep_interval_ms * 1000000;
+    ts.tv_sec += ns / 1000000000;
+    ts.tv_nsec = ns % 1000000000;
+    pthread_cond_timedwait(&n->cron_cond, &n->cron_lock, &ts);
+    if (n->cron_stop) break;
+    pthread_mutex_unlock(&n->cron_lock);
+    size_t removed = store_sweep(n->store, clock_wall_ms(),
+                                 (size_t)n->cfg.sweep_entries_per_tick);
+    if (removed) LOG_D("store", "\"expired entries swept\" removed=%zu", removed);
+    pthread_mutex_lock(&n->cron_lock);
+  }
+  pthread_mutex_unlock(&n->cron_lock);
+  return NULL;
+}
+
+static void node_make_id(node_t *n) {
+  if (n->cfg.node_id[0]) {
+    snprintf(n->node_id, sizeof n->node_id, "%s", n->cfg.node_id);
+    return;
+  }
+  unsigned char r[6];
+  if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) {
+    uint64_t t = clock_mono_ns();
+    memcpy(r, &t, sizeof r);
+  }
+  snprintf(n->node_id, sizeof n->node_id, "n-%02x%02x%02x%02x%02x%02x", r[0],
+           r[1], r[2], r[3], r[4], r[5]);
+}
+
+int node_start(const config_t *cfg, node_t **out, char *err, size_t err_len) {
+  node_t *n = calloc(1, sizeof *n);
+  if (!n) {
+    snprintf(err, err_len, "out of memory");
+    return GRID_ENOMEM;
+  }
+  n->cfg = *cfg;
+  config_finish(&n->cfg);
+  int lvl = log_level_parse(n->cfg.log_level);
+  if (lvl < 0) {
+    snprintf(err, err_len, "log_level: expected debug, info, warn or error, got \"%s\"",
+             n->cfg.log_level);
+    free(n);
+    return GRID_ECONFIG;
+  }
+  log_set_level((log_level_t)lvl);
+  node_make_id(n);
+  n->started_ms = clock_mono_ms();
+  store_limits_t lim = {
+      .memory_bytes_max = n->cfg.memory_bytes_max,
+      .key_bytes_max = n->cfg.key_bytes_max,
+      .value_bytes_max = n->cfg.value_bytes_max,
+      .caches_max = n->cfg.caches_max,
+      .partitions_default = n->cfg.partitions_default,
+      .partitions_max = n->cfg.partitions_max,
+  };
+  n->store = store_new(&lim);
+  if (!n->store) {
+    snprintf(err, err_len, "cannot create the store: memory_bytes_max (%lld) "
+             "is too small for the default cache", (long long)lim.memory_bytes_max);
+    free(n);
+    return GRID_EMEMLIMIT;
+  }
+  pthread_mutex_init(&n->cron_lock, NULL);
+  pthread_cond_init(&n->cron_cond, NULL);
+  if (pthread_create(&n->cron_thread, NULL, node_cron_main, n) != 0) {
+    snprintf(err, err_len, "cannot start the housekeeping thread");
+    store_free(n->store);
+    free(n);
+    return GRID_ENOMEM;
+  }
+  if (n->cfg.listen) {
+    int rc = net_start(n, &n->net, err, err_len);
+    if (rc != 0) {
+      n->net = NULL;
+      node_stop(n);
+      return rc;
+    }
+    if (n->cfg.port_file[0]) {
+      FILE *f = fopen(n->cfg.port_file, "w");
+      if (!f || fprintf(f, "%d\n", net_port(n->net)) < 0 || fclose(f) != 0) {
+        snprintf(err, err_len, "cannot write port_file %s: %s", n->cfg.port_file,
+                 strerror(errno));
+        node_stop(n);
+        return GRID_ECONFIG;
+      }
+    }
+    LOG_I("node", "\"listening\" node=%s addr=%s:%d loops=%lld memory_bytes_max=%lld",
+          n->node_id, n->cfg.bind, net_port(n->net), (long long)n->cfg.loops,
+          (long long)n->cfg.memory_bytes_max);
+  } else {
+    LOG_D("node", "\"started without a listener\" node=%s", n->node_id);
+  }
+  *out = n;
+  return 0;
+}
+
+int node_port(const node_t *n) { return n->net ? net_port(n->net) : 0; }
+
+void node_stop(node_t *n) {
+  if (n->net) net_stop(n->net);
+  pthread_mutex_lock(&n->cron_lock);
+  n->cron_stop = 1;
+  pthread_cond_signal(&n->cron_cond);
+  pthread_mutex_unlock(&n->cron_lock);
+  pthread_join(n->cron_thread, NULL);
+  pthread_mutex_destroy(&n->cron_lock);
+  pthread_cond_destroy(&n->cron_cond);
+  store_free(n->store);
+  free(n);
+}

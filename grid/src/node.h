@@ -1,0 +1,41 @@
+/*
+ * node: one grid node: its store, its network side (when it listens), its
+ * housekeeping. gridd runs one; an embedded grid_t runs one in the
+ * application's process.
+ */
+#ifndef GRID_NODE_H
+#define GRID_NODE_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "store.h"
+
+typedef struct net net_t;
+
+typedef struct node {
+  config_t cfg;                    /* settled: config_finish() was applied */
+  store_t *store;
+  net_t *net;                      /* NULL when cfg.listen is off */
+  char node_id[64];
+  int64_t started_ms;              /* monotonic */
+  _Atomic uint64_t ops;            /* requests served */
+  _Atomic uint64_t connections;    /* client connections open */
+  pthread_t cron_thread;           /* TTL sweep */
+  pthread_mutex_t cron_lock;
+  pthread_cond_t cron_cond;
+  int cron_stop;
+} node_t;
+
+/* Starts a node from cfg (copied; config_finish() is applied). On success
+ * *out is the caller's, to be stopped with node_stop(). On failure err
+ * holds words for the user. */
+int node_start(const config_t *cfg, node_t **out, char *err, size_t err_len);
+/* Bound port, or 0 when not listening. */
+int node_port(const node_t *n);
+/* Stops the loops, closes every connection and frees the node. */
+void node_stop(node_t *n);
+
+#endif

@@ -1,0 +1,411 @@
+#include "ops.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "clock.h"
+#include "grid.h"
+#include "log.h"
+
+void ops_reply_error(Grid__Reply *rp, int status, const char *detail,
+                     arena_t *a) {
+  rp->status = status;
+  if (!detail) {
+    rp->message = (char *)grid_strerror(status);
+    return;
+  }
+  size_t n = strlen(grid_strerror(status)) + strlen(detail) + 3;
+  char *m = arena_alloc(a, n);
+  if (!m) {
+    rp->message = (char *)grid_strerror(status);
+    return;
+  }
+  snprintf(m, n, "%s: %s", grid_strerror(status), detail);
+  rp->message = m;
+}
+
+static void *ops_arena_alloc(void *ctx, size_t n) { return arena_alloc(ctx, n); }
+
+/* Looks the request's cache up; on failure the reply says why. */
+static store_cache_t *ops_cache(node_t *n, const Grid__Request *rq,
+                                Grid__Reply *rp, arena_t *a) {
+  const char *name = rq->cache ? rq->cache : "";
+  store_cache_t *c = store_cache_acquire(n->store, name, strlen(name));
+  if (!c) {
+    char detail[96];
+    snprintf(detail, sizeof detail, "\"%.64s\"", name);
+    ops_reply_error(rp, GRID_ENOCACHE, detail, a);
+  }
+  return c;
+}
+
+static int ops_check_key(node_t *n, const ProtobufCBinaryData *key,
+                         size_t value_len, Grid__Reply *rp, arena_t *a) {
+  int rc = store_check_sizes(n->store, key->len, value_len);
+  if (rc == 0) return 0;
+  char detail[96];
+  snprintf(detail, sizeof detail, "%zu bytes, at most %lld",
+           rc == GRID_EKEYTOOBIG ? key->len : value_len,
+           (long long)(rc == GRID_EKEYTOOBIG ? n->cfg.key_bytes_max
+                                             : n->cfg.value_bytes_max));
+  ops_reply_error(rp, rc, detail, a);
+  return rc;
+}
+
+static int ops_check_batch(node_t *n, size_t count, Grid__Reply *rp,
+                           arena_t *a) {
+  if ((int64_t)count <= n->cfg.batch_keys_max) return 0;
+  char detail[96];
+  snprintf(detail, sizeof detail, "%zu keys, at most %lld", count,
+           (long long)n->cfg.batch_keys_max);
+  ops_reply_error(rp, GRID_EBATCHTOOBIG, detail, a);
+  return GRID_EBATCHTOOBIG;
+}
+
+static void ops_get(node_t *n, store_cache_t *c, const Grid__Request *rq,
+                    Grid__Reply *rp, arena_t *a) {
+  if (ops_check_key(n, &rq->key, 0, rp, a)) return;
+  store_key_t k;
+  store_key_init(c, rq->key.data, rq->key.len, &k);
+  void *v;
+  size_t vlen;
+  uint64_t ver;
+  int rc = store_get(c, &k, clock_wall_ms(), ops_arena_alloc, a, &v, &vlen, &ver);
+  if (rc != 0) {
+    ops_reply_error(rp, rc, NULL, a);
+    return;
+  }
+  rp->value.data = v;
+  rp->value.len = vlen;
+  rp->version = ver;
+}
+
+static store_op_t ops_store_op(Grid__Op op) {
+  switch (op) {
+    case GRID__OP__PUT_IF_ABSENT: return STORE_PUT_IF_ABSENT;
+    case GRID__OP__REPLACE: return STORE_REPLACE;
+    case GRID__OP__CAS: return STORE_CAS;
+    case GRID__OP__DELETE: return STORE_DELETE;
+    case GRID__OP__ADD: return STORE_ADD;
+    default: return STORE_PUT;
+  }
+}
+
+static void ops_write(node_t *n, store_cache_t *c, const Grid__Request *rq,
+                      Grid__Reply *rp, arena_t *a) {
+  if (ops_check_key(n, &rq->key, rq->value.len, rp, a)) return;
+  store_key_t k;
+  store_key_init(c, rq->key.data, rq->key.len, &k);
+  store_write_t w = {
+      .op = ops_store_op(rq->op),
+      .value = rq->value.data,
+      .value_len = rq->value.len,
+      .ttl_ms = rq->ttl_ms,
+      .expected_version = rq->version,
+      .delta = rq->delta,
+  };
+  store_result_t res = {0};
+  int rc = store_write(c, &k, &w, clock_wall_ms(), &res);
+  if (rc != 0) {
+    ops_reply_error(rp, rc, NULL, a);
+    return;
+  }
+  rp->version = res.version;
+  rp->number = res.number;
+}
+
+static void ops_get_all(node_t *n, store_cache_t *c, const Grid__Request *rq,
+                        Grid__Reply *rp, arena_t *a) {
+  if (ops_check_batch(n, rq->n_keys, rp, a)) return;
+  Grid__Entry **list = arena_alloc(a, (rq->n_keys + 1) * sizeof *list);
+  Grid__Entry *ents = arena_alloc(a, (rq->n_keys + 1) * sizeof *ents);
+  if (!list || !ents) {
+    ops_reply_error(rp, GRID_ENOMEM, NULL, a);
+    return;
+  }
+  int64_t now = clock_wall_ms();
+  for (size_t i = 0; i < rq->n_keys; i++) {
+    if (ops_check_key(n, &rq->keys[i], 0, rp, a)) return;
+    Grid__Entry *e = &ents[i];
+    grid__entry__init(e);
+    store_key_t k;
+    store_key_init(c, rq->keys[i].data, rq->keys[i].len, &k);
+    void *v;
+    size_t vlen;
+    uint64_t ver;
+    int rc = store_get(c, &k, now, ops_arena_alloc, a, &v, &vlen, &ver);
+    if (rc == GRID_ENOMEM) {
+      ops_reply_error(rp, rc, NULL, a);
+      return;
+    }
+    e->key = rq->keys[i];
+    if (rc == 0) {
+      e->found = 1;
+      e->value.data = v;
+      e->value.len = vlen;
+      e->version = ver;
+    }
+    list[i] = e;
+  }
+  rp->entries = list;
+  rp->n_entries = rq->n_keys;
+}
+
+static void ops_put_all(node_t *n, store_cache_t *c, const Grid__Request *rq,
+                        Grid__Reply *rp, arena_t *a) {
+  if (ops_check_batch(n, rq->n_keys, rp, a)) return;
+  if (rq->n_values != rq->n_keys) {
+    ops_reply_error(rp, GRID_EINVAL, "put_all needs as many values as keys", a);
+    return;
+  }
+  /* Every size is checked before anything is written, so that a refused
+   * batch leaves nothing behind. */
+  for (size_t i = 0; i < rq->n_keys; i++)
+    if (ops_check_key(n, &rq->keys[i], rq->values[i].len, rp, a)) return;
+  int64_t now = clock_wall_ms();
+  for (size_t i = 0; i < rq->n_keys; i++) {
+    store_key_t k;
+    store_key_init(c, rq->keys[i].data, rq->keys[i].len, &k);
+    store_write_t w = {.op = STORE_PUT,
+                       .value = rq->values[i].data,
+                       .value_len = rq->values[i].len,
+                       .ttl_ms = rq->ttl_ms};
+    store_result_t res;
+    int rc = store_write(c, &k, &w, now, &res);
+    if (rc != 0) {
+      char detail[64];
+      snprintf(detail, sizeof detail, "after %zu of %zu entries were written",
+               i, rq->n_keys);
+      ops_reply_error(rp, rc, detail, a);
+      rp->number = (int64_t)i;
+      return;
+    }
+  }
+  rp->number = (int64_t)rq->n_keys;
+}
+
+static void ops_delete_all(node_t *n, store_cache_t *c, const Grid__Request *rq,
+                           Grid__Reply *rp, arena_t *a) {
+  if (ops_check_batch(n, rq->n_keys, rp, a)) return;
+  for (size_t i = 0; i < rq->n_keys; i++)
+    if (ops_check_key(n, &rq->keys[i], 0, rp, a)) return;
+  int64_t now = clock_wall_ms(), deleted = 0;
+  for (size_t i = 0; i < rq->n_keys; i++) {
+    store_key_t k;
+    store_key_init(c, rq->keys[i].data, rq->keys[i].len, &k);
+    store_write_t w = {.op = STORE_DELETE};
+    store_result_t res;
+    if (store_write(c, &k, &w, now, &res) == 0) deleted++;
+  }
+  rp->number = deleted;
+}
+
+typedef struct ops_scan_ctx {
+  arena_t *a;
+  Grid__Entry **list;
+  size_t n, max;
+  int failed;
+} ops_scan_ctx_t;
+
+static int ops_scan_entry_cb(void *ctx, const void *key, size_t key_len,
+                             const void *value, size_t value_len,
+                             uint64_t version) {
+  ops_scan_ctx_t *sc = ctx;
+  if (sc->n == sc->max) {
+    /* A bucket can hold more entries than were asked for; the list grows
+     * rather than stopping inside a bucket, which the cursor cannot resume. */
+    size_t max = sc->max * 2;
+    Grid__Entry **list = arena_alloc(sc->a, max * sizeof *list);
+    if (!list) {
+      sc->failed = 1;
+      return 1;
+    }
+    memcpy(list, sc->list, sc->n * sizeof *list);
+    sc->list = list;
+    sc->max = max;
+  }
+  Grid__Entry *e = arena_alloc(sc->a, sizeof *e);
+  void *k = arena_dup(sc->a, key, key_len);
+  void *v = arena_dup(sc->a, value, value_len);
+  if (!e || !k || !v) {
+    sc->failed = 1;
+    return 1;
+  }
+  grid__entry__init(e);
+  e->key.data = k;
+  e->key.len = key_len;
+  e->value.data = v;
+  e->value.len = value_len;
+  e->version = version;
+  e->found = 1;
+  sc->list[sc->n++] = e;
+  return 0;
+}
+
+static void ops_scan(node_t *n, store_cache_t *c, const Grid__Request *rq,
+                     Grid__Reply *rp, arena_t *a) {
+  const store_cache_cfg_t *cfg = store_cache_cfg(c);
+  if (rq->partition >= cfg->partitions) {
+    char detail[64];
+    snprintf(detail, sizeof detail, "partition %u of a cache of %u",
+             rq->partition, cfg->partitions);
+    ops_reply_error(rp, GRID_EINVAL, detail, a);
+    return;
+  }
+  uint32_t count = rq->count ? rq->count : 100;
+  if ((int64_t)count > n->cfg.scan_count_max) count = (uint32_t)n->cfg.scan_count_max;
+  ops_scan_ctx_t sc = {.a = a, .max = (size_t)count + 8};
+  sc.list = arena_alloc(a, sc.max * sizeof(Grid__Entry *));
+  if (!sc.list) {
+    ops_reply_error(rp, GRID_ENOMEM, NULL, a);
+    return;
+  }
+  uint64_t cursor = rq->cursor;
+  store_scan(c, rq->partition, &cursor, count, clock_wall_ms(), ops_scan_entry_cb, &sc);
+  if (sc.failed) {
+    ops_reply_error(rp, GRID_ENOMEM, NULL, a);
+    return;
+  }
+  rp->entries = sc.list;
+  rp->n_entries = sc.n;
+  rp->cursor = cursor;
+}
+
+static Grid__CacheConfig *ops_cache_config_msg(const store_cache_cfg_t *cfg,
+                                               arena_t *a) {
+  Grid__CacheConfig *m = arena_alloc(a, sizeof *m);
+  char *name = arena_dup(a, cfg->name, strlen(cfg->name) + 1);
+  if (!m || !name) return NULL;
+  grid__cache_config__init(m);
+  m->name = name;
+  m->partitions = cfg->partitions;
+  m->backups = cfg->backups;
+  m->mode = cfg->mode == GRID_MODE_REPLICATED ? GRID__CACHE_MODE__REPLICATED
+                                              : GRID__CACHE_MODE__PARTITIONED;
+  m->sync = cfg->sync == GRID_SYNC_PRIMARY ? GRID__SYNC_MODE__PRIMARY_SYNC
+                                           : GRID__SYNC_MODE__FULL_SYNC;
+  m->default_ttl_ms = cfg->default_ttl_ms;
+  return m;
+}
+
+static void ops_create_cache(node_t *n, const Grid__Request *rq,
+                             Grid__Reply *rp, arena_t *a) {
+  const Grid__CacheConfig *m = rq->cache_config;
+  if (!m || !m->name || strlen(m->name) > STORE_CACHE_NAME_MAX) {
+    ops_reply_error(rp, GRID_EINVAL, "a cache name of 1 to 64 characters is needed", a);
+    return;
+  }
+  store_cache_cfg_t cfg = {0};
+  strcpy(cfg.name, m->name);
+  cfg.partitions = m->partitions;
+  cfg.backups = m->backups;
+  cfg.mode = m->mode == GRID__CACHE_MODE__REPLICATED ? GRID_MODE_REPLICATED
+                                                     : GRID_MODE_PARTITIONED;
+  cfg.sync = m->sync == GRID__SYNC_MODE__PRIMARY_SYNC ? GRID_SYNC_PRIMARY
+                                                     : GRID_SYNC_FULL;
+  cfg.default_ttl_ms = m->default_ttl_ms;
+  int rc = store_cache_create(n->store, &cfg);
+  if (rc == GRID_EINVAL) {
+    char detail[160];
+    snprintf(detail, sizeof detail,
+             "name must be 1-64 of [A-Za-z0-9_.-], backups 0..3, partitions "
+             "at most %lld", (long long)n->cfg.partitions_max);
+    ops_reply_error(rp, rc, detail, a);
+  } else if (rc == GRID_ELIMIT) {
+    char detail[64];
+    snprintf(detail, sizeof detail, "caches_max (%lld) caches exist",
+             (long long)n->cfg.caches_max);
+    ops_reply_error(rp, rc, detail, a);
+  } else if (rc != 0) {
+    ops_reply_error(rp, rc, NULL, a);
+  } else {
+    LOG_I("store", "\"cache created\" cache=%s partitions=%u", cfg.name,
+          cfg.partitions ? cfg.partitions : (unsigned)n->cfg.partitions_default);
+  }
+}
+
+static void ops_list_caches(node_t *n, Grid__Reply *rp, arena_t *a) {
+  size_t max = (size_t)n->cfg.caches_max;
+  store_cache_cfg_t *cfgs = arena_alloc(a, max * sizeof *cfgs);
+  Grid__CacheConfig **list = arena_alloc(a, max * sizeof *list);
+  if (!cfgs || !list) {
+    ops_reply_error(rp, GRID_ENOMEM, NULL, a);
+    return;
+  }
+  size_t count = store_cache_list(n->store, cfgs, max);
+  if (count > max) count = max;
+  for (size_t i = 0; i < count; i++) {
+    if (!(list[i] = ops_cache_config_msg(&cfgs[i], a))) {
+      ops_reply_error(rp, GRID_ENOMEM, NULL, a);
+      return;
+    }
+  }
+  rp->caches = list;
+  rp->n_caches = count;
+}
+
+static void ops_stats(node_t *n, Grid__Reply *rp, arena_t *a) {
+  Grid__Stats *st = arena_alloc(a, sizeof *st);
+  if (!st) {
+    ops_reply_error(rp, GRID_ENOMEM, NULL, a);
+    return;
+  }
+  grid__stats__init(st);
+  st->node_id = n->node_id;
+  st->entries = store_entries(n->store);
+  st->memory_bytes = (uint64_t)store_memory_bytes(n->store);
+  st->memory_bytes_max = (uint64_t)store_memory_bytes_max(n->store);
+  st->ops = atomic_load(&n->ops);
+  st->connections = atomic_load(&n->connections);
+  st->caches = store_cache_count(n->store);
+  st->uptime_ms = (uint64_t)(clock_mono_ms() - n->started_ms);
+  rp->stats = st;
+}
+
+void ops_execute(node_t *n, const Grid__Request *rq, Grid__Reply *rp,
+                 arena_t *a) {
+  rp->id = rq->id;
+  rp->status = 0;
+  atomic_fetch_add_explicit(&n->ops, 1, memory_order_relaxed);
+  switch (rq->op) {
+    case GRID__OP__PING: return;
+    case GRID__OP__CREATE_CACHE: ops_create_cache(n, rq, rp, a); return;
+    case GRID__OP__DROP_CACHE: {
+      const char *name = rq->cache ? rq->cache : "";
+      int rc = store_cache_drop(n->store, name);
+      if (rc != 0) {
+        char detail[96];
+        snprintf(detail, sizeof detail, "\"%.64s\"", name);
+        ops_reply_error(rp, rc, detail, a);
+      } else {
+        LOG_I("store", "\"cache dropped\" cache=%s", name);
+      }
+      return;
+    }
+    case GRID__OP__LIST_CACHES: ops_list_caches(n, rp, a); return;
+    case GRID__OP__STATS: ops_stats(n, rp, a); return;
+    case GRID__OP__GET: case GRID__OP__PUT: case GRID__OP__PUT_IF_ABSENT:
+    case GRID__OP__REPLACE: case GRID__OP__CAS: case GRID__OP__DELETE:
+    case GRID__OP__ADD: case GRID__OP__GET_ALL: case GRID__OP__PUT_ALL:
+    case GRID__OP__DELETE_ALL: case GRID__OP__SCAN: case GRID__OP__SIZE:
+      break;
+    default: {
+      char detail[32];
+      snprintf(detail, sizeof detail, "op %d", (int)rq->op);
+      ops_reply_error(rp, GRID_EBADOP, detail, a);
+      return;
+    }
+  }
+  store_cache_t *c = ops_cache(n, rq, rp, a);
+  if (!c) return;
+  switch (rq->op) {
+    case GRID__OP__GET: ops_get(n, c, rq, rp, a); break;
+    case GRID__OP__GET_ALL: ops_get_all(n, c, rq, rp, a); break;
+    case GRID__OP__PUT_ALL: ops_put_all(n, c, rq, rp, a); break;
+    case GRID__OP__DELETE_ALL: ops_delete_all(n, c, rq, rp, a); break;
+    case GRID__OP__SCAN: ops_scan(n, c, rq, rp, a); break;
+    case GRID__OP__SIZE: rp->number = (int64_t)store_cache_size(c); break;
+    default: ops_write(n, c, rq, rp, a); break;
+  }
+  store_cache_release(n->store, c);
+}

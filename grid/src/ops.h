@@ -1,0 +1,25 @@
+/*
+ * ops: executes one decoded request against the node's store. The network
+ * side and the embedded client share it, so that every operation has one
+ * implementation.
+ */
+#ifndef GRID_OPS_H
+#define GRID_OPS_H
+
+#include "arena.h"
+#include "grid.pb-c.h"
+#include "node.h"
+
+/* Fills rp (already initialised with grid__reply__init) for rq. Everything
+ * rp points to is either in rq, in arena a, or static: rp is valid until the
+ * arena is reset and rq is freed. Never fails as a function: errors are in
+ * rp->status / rp->message. */
+void ops_execute(node_t *n, const Grid__Request *rq, Grid__Reply *rp,
+                 arena_t *a);
+
+/* Sets rp's status and words; detail (may be NULL) is added to the code's
+ * own words. */
+void ops_reply_error(Grid__Reply *rp, int status, const char *detail,
+                     arena_t *a);
+
+#endif

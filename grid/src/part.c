@@ -1,0 +1,41 @@
+#include "part.h"
+
+#include <string.h>
+#include <xxhash.h>
+
+#include "grid.h"
+#include "log.h"
+
+void part_affinity(const void *key, size_t key_len, const void **aff,
+                   size_t *aff_len) {
+  const unsigned char *k = key;
+  const unsigned char *open = key_len ? memchr(k, '{', key_len) : NULL;
+  if (open) {
+    size_t rest = key_len - (size_t)(open - k) - 1;
+    const unsigned char *close = rest ? memchr(open + 1, '}', rest) : NULL;
+    if (close && close > open + 1) {
+      *aff = open + 1;
+      *aff_len = (size_t)(close - open - 1);
+      return;
+    }
+  }
+  *aff = key;
+  *aff_len = key_len;
+}
+
+uint64_t part_hash(const void *key, size_t key_len) {
+  const void *aff;
+  size_t aff_len;
+  part_affinity(key, key_len, &aff, &aff_len);
+  return XXH3_64bits(aff, aff_len);
+}
+
+uint32_t part_of(const void *key, size_t key_len, uint32_t partitions) {
+  GRID_ASSERT(partitions > 0);
+  return (uint32_t)(part_hash(key, key_len) % partitions);
+}
+
+uint32_t grid_partition_of(const void *key, size_t key_len,
+                           uint32_t partitions) {
+  return partitions ? part_of(key, key_len, partitions) : 0;
+}

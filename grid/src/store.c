@@ -1,0 +1,600 @@
+#include "store.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "grid.h"
+#include "log.h"
+#include "part.h"
+
+/* An entry is one allocation: the header, then the key, then the value and a
+ * NUL (so a value read in place is a C string for counters). */
+typedef struct store_entry {
+  struct store_entry *next; /* bucket chain */
+  uint64_t hash;
+  uint64_t version;
+  int64_t expire_at_ms;     /* wall clock; 0 = never */
+  uint32_t key_len;
+  uint32_t value_len;
+  unsigned char data[];
+} store_entry_t;
+
+typedef struct store_part {
+  pthread_mutex_t lock;
+  store_entry_t **buckets;  /* NULL until the first write */
+  uint64_t mask;            /* bucket count - 1 */
+  _Atomic uint64_t count;   /* entries; read without the lock by size */
+  uint64_t counter;         /* update counter: last version's low bits */
+} store_part_t;
+
+struct store_cache {
+  store_cache_cfg_t cfg;
+  uint64_t name_hash;
+  atomic_int refs;          /* the registry's reference plus users' */
+  store_t *store;
+  store_part_t *parts;
+};
+
+#define STORE_BUCKETS_MIN 8
+/* What one entry costs beyond its key and value: the header and malloc's
+ * own bookkeeping. */
+#define STORE_ENTRY_OVERHEAD (sizeof(store_entry_t) + 16)
+
+struct store {
+  store_limits_t limits;
+  pthread_rwlock_t lock;     /* guards caches[] and ncaches */
+  store_cache_t **caches;    /* caches_max slots */
+  size_t ncaches;
+  _Atomic int64_t memory_bytes;
+  uint64_t epoch;            /* high bits of every version */
+  pthread_mutex_t sweep_lock;
+  size_t sweep_cache, sweep_part; /* where the sweep goes on */
+  uint64_t sweep_cursor;
+};
+
+/* ---- memory accounting ------------------------------------------------ */
+
+/* Reserves delta bytes against memory_bytes_max; a negative delta always
+ * succeeds. Exact under concurrency: the add happens first and is undone
+ * if it went past the limit. */
+static int store_mem_reserve(store_t *s, int64_t delta) {
+  int64_t before = atomic_fetch_add(&s->memory_bytes, delta);
+  if (delta > 0 && before + delta > s->limits.memory_bytes_max) {
+    atomic_fetch_sub(&s->memory_bytes, delta);
+    return GRID_EMEMLIMIT;
+  }
+  return 0;
+}
+
+static int64_t store_entry_cost(size_t key_len, size_t value_len) {
+  return (int64_t)(STORE_ENTRY_OVERHEAD + key_len + value_len + 1);
+}
+
+/* ---- caches ------------------------------------------------------------ */
+
+static int store_name_ok(const char *name) {
+  size_t n = strlen(name);
+  if (n == 0 || n > STORE_CACHE_NAME_MAX) return 0;
+  for (size_t i = 0; i < n; i++) {
+    char ch = name[i];
+    if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+          (ch >= '0' && ch <= '9') || ch == '_' || ch == '-' || ch == '.'))
+      return 0;
+  }
+  return 1;
+}
+
+static void store_part_clear(store_t *s, store_part_t *p) {
+  int64_t freed = 0;
+  if (p->buckets) {
+    for (uint64_t b = 0; b <= p->mask; b++) {
+      store_entry_t *e = p->buckets[b];
+      while (e) {
+        store_entry_t *next = e->next;
+        freed += store_entry_cost(e->key_len, e->value_len);
+        free(e);
+        e = next;
+      }
+    }
+    freed += (int64_t)((p->mask + 1) * sizeof(store_entry_t *));
+    free(p->buckets);
+    p->buckets = NULL;
+  }
+  atomic_store(&p->count, 0);
+  atomic_fetch_sub(&s->memory_bytes, freed);
+}
+
+static void store_cache_destroy(store_cache_t *c) {
+  store_t *s = c->store;
+  for (uint32_t i = 0; i < c->cfg.partitions; i++) {
+    store_part_clear(s, &c->parts[i]);
+    pthread_mutex_destroy(&c->parts[i].lock);
+  }
+  atomic_fetch_sub(&s->memory_bytes,
+                   (int64_t)(sizeof *c + c->cfg.partitions * sizeof(store_part_t)));
+  free(c->parts);
+  free(c);
+}
+
+store_t *store_new(const store_limits_t *limits) {
+  store_t *s = calloc(1, sizeof *s);
+  if (!s) return NULL;
+  s->limits = *limits;
+  s->caches = calloc((size_t)limits->caches_max, sizeof *s->caches);
+  if (!s->caches) {
+    free(s);
+    return NULL;
+  }
+  pthread_rwlock_init(&s->lock, NULL);
+  pthread_mutex_init(&s->sweep_lock, NULL);
+  s->epoch = 1;
+  store_cache_cfg_t def = {.name = "default"};
+  if (store_cache_create(s, &def) != 0) {
+    store_free(s);
+    return NULL;
+  }
+  return s;
+}
+
+void store_free(store_t *s) {
+  if (!s) return;
+  for (size_t i = 0; i < s->ncaches; i++) store_cache_destroy(s->caches[i]);
+  free(s->caches);
+  pthread_rwlock_destroy(&s->lock);
+  pthread_mutex_destroy(&s->sweep_lock);
+  free(s);
+}
+
+static ssize_t store_find_locked(store_t *s, const char *name, size_t len,
+                                 uint64_t h) {
+  for (size_t i = 0; i < s->ncaches; i++) {
+    store_cache_t *c = s->caches[i];
+    if (c->name_hash == h && strlen(c->cfg.name) == len &&
+        memcmp(c->cfg.name, name, len) == 0)
+      return (ssize_t)i;
+  }
+  return -1;
+}
+
+int store_cache_create(store_t *s, const store_cache_cfg_t *cfg) {
+  if (!store_name_ok(cfg->name) || cfg->backups > 3 ||
+      (int64_t)cfg->partitions > s->limits.partitions_max ||
+      (cfg->mode != GRID_MODE_PARTITIONED && cfg->mode != GRID_MODE_REPLICATED) ||
+      (cfg->sync != GRID_SYNC_FULL && cfg->sync != GRID_SYNC_PRIMARY))
+    return GRID_EINVAL;
+  uint32_t parts = cfg->partitions ? cfg->partitions
+                                   : (uint32_t)s->limits.partitions_default;
+  int64_t cost = (int64_t)(sizeof(store_cache_t) + parts * sizeof(store_part_t));
+  store_cache_t *c = calloc(1, sizeof *c);
+  store_part_t *p = calloc(parts, sizeof *p);
+  if (!c || !p) {
+    free(c);
+    free(p);
+    return GRID_ENOMEM;
+  }
+  c->cfg = *cfg;
+  c->cfg.partitions = parts;
+  c->name_hash = XXH3_64bits(cfg->name, strlen(cfg->name));
+  c->store = s;
+  c->parts = p;
+  atomic_init(&c->refs, 1);
+  for (uint32_t i = 0; i < parts; i++) pthread_mutex_init(&p[i].lock, NULL);
+
+  int rc = 0;
+  pthread_rwlock_wrlock(&s->lock);
+  if (store_find_locked(s, cfg->name, strlen(cfg->name), c->name_hash) >= 0)
+    rc = GRID_ECACHEEXISTS;
+  else if ((int64_t)s->ncaches >= s->limits.caches_max)
+    rc = GRID_ELIMIT;
+  else if ((rc = store_mem_reserve(s, cost)) == 0)
+    s->caches[s->ncaches++] = c;
+  pthread_rwlock_unlock(&s->lock);
+  if (rc != 0) {
+    for (uint32_t i = 0; i < parts; i++) pthread_mutex_destroy(&p[i].lock);
+    free(p);
+    free(c);
+  }
+  return rc;
+}
+
+int store_cache_drop(store_t *s, const char *name) {
+  pthread_rwlock_wrlock(&s->lock);
+  ssize_t i = store_find_locked(s, name, strlen(name),
+                                XXH3_64bits(name, strlen(name)));
+  store_cache_t *c = NULL;
+  if (i >= 0) {
+    c = s->caches[i];
+    s->caches[i] = s->caches[--s->ncaches];
+    s->caches[s->ncaches] = NULL;
+  }
+  pthread_rwlock_unlock(&s->lock);
+  if (!c) return GRID_ENOCACHE;
+  store_cache_release(s, c);
+  return 0;
+}
+
+store_cache_t *store_cache_acquire(store_t *s, const char *name, size_t len) {
+  uint64_t h = XXH3_64bits(name, len);
+  store_cache_t *c = NULL;
+  pthread_rwlock_rdlock(&s->lock);
+  ssize_t i = store_find_locked(s, name, len, h);
+  if (i >= 0) {
+    c = s->caches[i];
+    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+  }
+  pthread_rwlock_unlock(&s->lock);
+  return c;
+}
+
+void store_cache_release(store_t *s, store_cache_t *c) {
+  (void)s;
+  if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
+    store_cache_destroy(c);
+}
+
+const store_cache_cfg_t *store_cache_cfg(const store_cache_t *c) { return &c->cfg; }
+
+size_t store_cache_list(store_t *s, store_cache_cfg_t *out, size_t max) {
+  pthread_rwlock_rdlock(&s->lock);
+  size_t n = s->ncaches;
+  for (size_t i = 0; i < n && i < max; i++) out[i] = s->caches[i]->cfg;
+  pthread_rwlock_unlock(&s->lock);
+  return n;
+}
+
+size_t store_cache_count(store_t *s) {
+  pthread_rwlock_rdlock(&s->lock);
+  size_t n = s->ncaches;
+  pthread_rwlock_unlock(&s->lock);
+  return n;
+}
+
+/* ---- entries ----------------------------------------------------------- */
+
+void store_key_init(const store_cache_t *c, const void *key, size_t len,
+                    store_key_t *k) {
+  k->data = key;
+  k->len = len;
+  k->hash = XXH3_64bits(key, len);
+  k->part = part_of(key, len, c->cfg.partitions);
+}
+
+int store_check_sizes(const store_t *s, size_t key_len, size_t value_len) {
+  if ((int64_t)key_len > s->limits.key_bytes_max) return GRID_EKEYTOOBIG;
+  if ((int64_t)value_len > s->limits.value_bytes_max) return GRID_EVALTOOBIG;
+  return 0;
+}
+
+static int store_expired(const store_entry_t *e, int64_t now_ms) {
+  return e->expire_at_ms != 0 && e->expire_at_ms <= now_ms;
+}
+
+/* Finds the entry of k in p; *link receives the pointer that points at it
+ * (for unlinking). Expired entries are found too: the caller decides. */
+static store_entry_t *store_find(store_part_t *p, const store_key_t *k,
+                                 store_entry_t ***link) {
+  if (!p->buckets) return NULL;
+  store_entry_t **l = &p->buckets[k->hash & p->mask];
+  for (store_entry_t *e = *l; e; l = &e->next, e = e->next) {
+    if (e->hash == k->hash && e->key_len == k->len &&
+        memcmp(e->data, k->data, k->len) == 0) {
+      *link = l;
+      return e;
+    }
+  }
+  return NULL;
+}
+
+static void store_unlink_free(store_t *s, store_part_t *p, store_entry_t **link,
+                              store_entry_t *e) {
+  *link = e->next;
+  atomic_fetch_sub_explicit(&p->count, 1, memory_order_relaxed);
+  atomic_fetch_sub(&s->memory_bytes, store_entry_cost(e->key_len, e->value_len));
+  free(e);
+}
+
+int store_get(store_cache_t *c, const store_key_t *k, int64_t now_ms,
+              store_alloc_fn alloc, void *ctx, void **value, size_t *value_len,
+              uint64_t *version) {
+  store_part_t *p = &c->parts[k->part];
+  int rc = GRID_ENOTFOUND;
+  pthread_mutex_lock(&p->lock);
+  store_entry_t **link;
+  store_entry_t *e = store_find(p, k, &link);
+  if (e && store_expired(e, now_ms)) {
+    store_unlink_free(c->store, p, link, e);
+    e = NULL;
+  }
+  if (e) {
+    void *v = alloc(ctx, e->value_len + 1);
+    if (!v) {
+      rc = GRID_ENOMEM;
+    } else {
+      memcpy(v, e->data + e->key_len, e->value_len + 1);
+      *value = v;
+      *value_len = e->value_len;
+      *version = e->version;
+      rc = 0;
+    }
+  }
+  pthread_mutex_unlock(&p->lock);
+  return rc;
+}
+
+/* Doubles the bucket array (or makes the first one). Called with the lock
+ * held; on failure the table stays as it was and still works. */
+static void store_grow(store_t *s, store_part_t *p) {
+  uint64_t old_n = p->buckets ? p->mask + 1 : 0;
+  uint64_t n = old_n ? old_n * 2 : STORE_BUCKETS_MIN;
+  int64_t cost = (int64_t)((n - old_n) * sizeof(store_entry_t *));
+  if (store_mem_reserve(s, cost) != 0) return;
+  store_entry_t **b = calloc(n, sizeof *b);
+  if (!b) {
+    atomic_fetch_sub(&s->memory_bytes, cost);
+    return;
+  }
+  for (uint64_t i = 0; i < old_n; i++) {
+    store_entry_t *e = p->buckets[i];
+    while (e) {
+      store_entry_t *next = e->next;
+      store_entry_t **slot = &b[e->hash & (n - 1)];
+      e->next = *slot;
+      *slot = e;
+      e = next;
+    }
+  }
+  free(p->buckets);
+  p->buckets = b;
+  p->mask = n - 1;
+}
+
+/* Parses a whole value as a signed 64-bit decimal, as Redis's INCR does:
+ * no spaces, no '+', no leading zeros except "0" itself. */
+static int store_parse_i64(const unsigned char *v, size_t len, int64_t *out) {
+  if (len == 0 || len > 20) return -1;
+  size_t i = 0;
+  int neg = 0;
+  if (v[0] == '-') {
+    neg = 1;
+    i = 1;
+    if (len == 1) return -1;
+  }
+  if (v[i] == '0' && len > i + 1) return -1;
+  if (neg && v[i] == '0') return -1;
+  uint64_t acc = 0;
+  for (; i < len; i++) {
+    if (v[i] < '0' || v[i] > '9') return -1;
+    uint64_t d = (uint64_t)(v[i] - '0');
+    if (acc > (UINT64_MAX - d) / 10) return -1;
+    acc = acc * 10 + d;
+  }
+  if (!neg && acc > (uint64_t)INT64_MAX) return -1;
+  if (neg && acc > (uint64_t)INT64_MAX + 1) return -1;
+  *out = neg ? (int64_t)(0 - acc) : (int64_t)acc;
+  return 0;
+}
+
+int store_write(store_cache_t *c, const store_key_t *k, const store_write_t *w,
+                int64_t now_ms, store_result_t *res) {
+  store_t *s = c->store;
+  store_part_t *p = &c->parts[k->part];
+  char num[24];
+  const void *value = w->value;
+  size_t value_len = w->value_len;
+  int rc = 0;
+
+  pthread_mutex_lock(&p->lock);
+  store_entry_t **link = NULL;
+  store_entry_t *old = store_find(p, k, &link);
+  if (old && store_expired(old, now_ms)) {
+    store_unlink_free(s, p, link, old);
+    old = NULL;
+  }
+  switch (w->op) {
+    case STORE_PUT: break;
+    case STORE_PUT_IF_ABSENT: if (old) rc = GRID_EEXIST; break;
+    case STORE_REPLACE: if (!old) rc = GRID_ENOTFOUND; break;
+    case STORE_CAS:
+      if (!old) rc = GRID_ENOTFOUND;
+      else if (old->version != w->expected_version) rc = GRID_EVERSION;
+      break;
+    case STORE_DELETE:
+      if (!old) rc = GRID_ENOTFOUND;
+      break;
+    case STORE_ADD: {
+      int64_t cur = 0, sum;
+      if (old && store_parse_i64(old->data + old->key_len, old->value_len, &cur) != 0)
+        rc = GRID_ENOTNUM;
+      else if (__builtin_add_overflow(cur, w->delta, &sum))
+        rc = GRID_EOVERFLOW;
+      else {
+        value_len = (size_t)snprintf(num, sizeof num, "%lld", (long long)sum);
+        value = num;
+        res->number = sum;
+      }
+      break;
+    }
+  }
+  if (rc != 0) goto out;
+  if (w->op == STORE_DELETE) {
+    res->version = old->version;
+    store_unlink_free(s, p, link, old);
+    p->counter++;
+    goto out;
+  }
+
+  int64_t cost = store_entry_cost(k->len, value_len);
+  int64_t delta = cost - (old ? store_entry_cost(old->key_len, old->value_len) : 0);
+  if ((rc = store_mem_reserve(s, delta)) != 0) goto out;
+  store_entry_t *e = malloc(sizeof *e + k->len + value_len + 1);
+  if (!e) {
+    atomic_fetch_sub(&s->memory_bytes, delta);
+    rc = GRID_ENOMEM;
+    goto out;
+  }
+  e->hash = k->hash;
+  e->key_len = (uint32_t)k->len;
+  e->value_len = (uint32_t)value_len;
+  memcpy(e->data, k->data, k->len);
+  if (value_len) memcpy(e->data + k->len, value, value_len);
+  e->data[k->len + value_len] = '\0';
+  uint64_t ttl = w->ttl_ms ? w->ttl_ms : c->cfg.default_ttl_ms;
+  if (w->op == STORE_ADD && old)
+    e->expire_at_ms = old->expire_at_ms; /* a counter keeps its expiry */
+  else
+    e->expire_at_ms = ttl ? now_ms + (int64_t)ttl : 0;
+  p->counter++;
+  e->version = (s->epoch << STORE_VERSION_COUNTER_BITS) |
+               (p->counter & ((UINT64_C(1) << STORE_VERSION_COUNTER_BITS) - 1));
+  res->version = e->version;
+  if (old) {
+    e->next = old->next;
+    *link = e;
+    free(old);
+  } else {
+    uint64_t count = atomic_load_explicit(&p->count, memory_order_relaxed);
+    if (!p->buckets || count >= p->mask + 1) store_grow(s, p);
+    if (!p->buckets) { /* not even the first array could be had */
+      atomic_fetch_sub(&s->memory_bytes, delta);
+      free(e);
+      rc = GRID_EMEMLIMIT;
+      goto out;
+    }
+    store_entry_t **slot = &p->buckets[k->hash & p->mask];
+    e->next = *slot;
+    *slot = e;
+    atomic_fetch_add_explicit(&p->count, 1, memory_order_relaxed);
+  }
+out:
+  pthread_mutex_unlock(&p->lock);
+  return rc;
+}
+
+/* ---- scan and sweep ---------------------------------------------------- */
+
+static uint64_t store_rev64(uint64_t v) {
+  v = ((v >> 1) & 0x5555555555555555ull) | ((v & 0x5555555555555555ull) << 1);
+  v = ((v >> 2) & 0x3333333333333333ull) | ((v & 0x3333333333333333ull) << 2);
+  v = ((v >> 4) & 0x0F0F0F0F0F0F0F0Full) | ((v & 0x0F0F0F0F0F0F0F0Full) << 4);
+  return __builtin_bswap64(v);
+}
+
+/* The next cursor after visiting bucket (v & mask): increments the
+ * reversed, masked cursor. 0 means the whole table was covered. */
+static uint64_t store_cursor_next(uint64_t v, uint64_t mask) {
+  v |= ~mask;
+  v = store_rev64(v);
+  v++;
+  return store_rev64(v);
+}
+
+int store_scan(store_cache_t *c, uint32_t part, uint64_t *cursor,
+               uint32_t count, int64_t now_ms, store_entry_cb cb, void *ctx) {
+  if (part >= c->cfg.partitions) return GRID_EINVAL;
+  store_part_t *p = &c->parts[part];
+  uint64_t v = *cursor;
+  uint32_t seen = 0;
+  int stop = 0;
+  pthread_mutex_lock(&p->lock);
+  if (!p->buckets) {
+    v = 0;
+  } else {
+    do {
+      for (store_entry_t *e = p->buckets[v & p->mask]; e && !stop; e = e->next) {
+        if (store_expired(e, now_ms)) continue;
+        seen++;
+        stop = cb(ctx, e->data, e->key_len, e->data + e->key_len, e->value_len,
+                  e->version);
+      }
+      v = store_cursor_next(v, p->mask);
+    } while (v != 0 && seen < count && !stop);
+  }
+  pthread_mutex_unlock(&p->lock);
+  *cursor = v;
+  return 0;
+}
+
+uint64_t store_cache_size(const store_cache_t *c) {
+  uint64_t n = 0;
+  for (uint32_t i = 0; i < c->cfg.partitions; i++)
+    n += atomic_load_explicit(&c->parts[i].count, memory_order_relaxed);
+  return n;
+}
+
+uint64_t store_entries(store_t *s) {
+  uint64_t n = 0;
+  pthread_rwlock_rdlock(&s->lock);
+  for (size_t i = 0; i < s->ncaches; i++) n += store_cache_size(s->caches[i]);
+  pthread_rwlock_unlock(&s->lock);
+  return n;
+}
+
+int64_t store_memory_bytes(const store_t *s) { return atomic_load(&s->memory_bytes); }
+int64_t store_memory_bytes_max(const store_t *s) { return s->limits.memory_bytes_max; }
+
+/* Removes expired entries of one bucket; returns how many entries it
+ * looked at. */
+static size_t store_sweep_bucket(store_t *s, store_part_t *p, uint64_t b,
+                                 int64_t now_ms, size_t *removed) {
+  size_t looked = 0;
+  store_entry_t **link = &p->buckets[b];
+  while (*link) {
+    store_entry_t *e = *link;
+    looked++;
+    if (store_expired(e, now_ms)) {
+      store_unlink_free(s, p, link, e);
+      (*removed)++;
+    } else {
+      link = &e->next;
+    }
+  }
+  return looked;
+}
+
+size_t store_sweep(store_t *s, int64_t now_ms, size_t budget) {
+  size_t removed = 0, looked = 0, parts_visited = 0;
+  pthread_mutex_lock(&s->sweep_lock);
+  pthread_rwlock_rdlock(&s->lock);
+  /* Bounded twice: by entries looked at and by partitions visited, so that
+   * a store of many empty partitions is not walked whole in one tick. */
+  size_t parts_max = budget;
+  while (looked < budget && parts_visited < parts_max && s->ncaches > 0) {
+    if (s->sweep_cache >= s->ncaches) {
+      s->sweep_cache = 0;
+      s->sweep_part = 0;
+      s->sweep_cursor = 0;
+    }
+    store_cache_t *c = s->caches[s->sweep_cache];
+    if (s->sweep_part >= c->cfg.partitions) {
+      s->sweep_cache++;
+      s->sweep_part = 0;
+      s->sweep_cursor = 0;
+      continue;
+    }
+    store_part_t *p = &c->parts[s->sweep_part];
+    pthread_mutex_lock(&p->lock);
+    uint64_t v = s->sweep_cursor;
+    if (p->buckets && atomic_load_explicit(&p->count, memory_order_relaxed) > 0) {
+      do {
+        looked += store_sweep_bucket(s, p, v & p->mask, now_ms, &removed) + 1;
+        v = store_cursor_next(v, p->mask);
+      } while (v != 0 && looked < budget);
+    } else {
+      v = 0;
+    }
+    pthread_mutex_unlock(&p->lock);
+    s->sweep_cursor = v;
+    if (v == 0) {
+      s->sweep_part++;
+      parts_visited++;
+    }
+  }
+  pthread_rwlock_unlock(&s->lock);
+  pthread_mutex_unlock(&s->sweep_lock);
+  return removed;
+}

@@ -1,0 +1,130 @@
+/*
+ * store: the node's in-memory data: caches, each split into partitions, each
+ * partition a hash table of entries guarded by its own lock. No lock is
+ * shared by two partitions on the hot path; the cache registry is read-locked
+ * only for the lookup of a cache by name.
+ *
+ * Entry versions are (epoch << 40) | partition update counter, so that a
+ * version orders every write of a partition and is never 0.
+ */
+#ifndef GRID_STORE_H
+#define GRID_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define STORE_CACHE_NAME_MAX 64
+#define STORE_VERSION_COUNTER_BITS 40
+
+typedef struct store store_t;
+typedef struct store_cache store_cache_t;
+
+typedef struct store_limits {
+  int64_t memory_bytes_max;
+  int64_t key_bytes_max;
+  int64_t value_bytes_max;
+  int64_t caches_max;
+  int64_t partitions_default;
+  int64_t partitions_max;
+} store_limits_t;
+
+typedef struct store_cache_cfg {
+  char name[STORE_CACHE_NAME_MAX + 1];
+  uint32_t partitions;
+  uint32_t backups;
+  int mode;                /* GRID_MODE_* */
+  int sync;                /* GRID_SYNC_* */
+  uint64_t default_ttl_ms;
+} store_cache_cfg_t;
+
+/* A key with its placement worked out once. */
+typedef struct store_key {
+  const void *data;
+  size_t len;
+  uint64_t hash; /* XXH3 of the whole key: bucket choice */
+  uint32_t part; /* partition, from the affinity part */
+} store_key_t;
+
+typedef enum {
+  STORE_PUT,
+  STORE_PUT_IF_ABSENT,
+  STORE_REPLACE,
+  STORE_CAS,
+  STORE_DELETE,
+  STORE_ADD,
+} store_op_t;
+
+typedef struct store_write {
+  store_op_t op;
+  const void *value;
+  size_t value_len;
+  uint64_t ttl_ms;           /* 0: the cache's default TTL */
+  uint64_t expected_version; /* STORE_CAS */
+  int64_t delta;             /* STORE_ADD */
+} store_write_t;
+
+typedef struct store_result {
+  uint64_t version; /* of the entry written */
+  int64_t number;   /* STORE_ADD: the new counter value */
+} store_result_t;
+
+/* Allocates room for a value copied out of the store; NULL on failure. It
+ * is called with the partition locked and must not call into the store. */
+typedef void *(*store_alloc_fn)(void *ctx, size_t n);
+
+/* Creates the store with a "default" cache. Returns NULL when out of memory.
+ * store_free() frees every cache, whatever references remain. */
+store_t *store_new(const store_limits_t *limits);
+void store_free(store_t *s);
+
+/* 0, GRID_EINVAL (bad name or settings), GRID_ECACHEEXISTS, GRID_ELIMIT
+ * (caches_max), GRID_EMEMLIMIT. cfg->partitions 0 takes the default. */
+int store_cache_create(store_t *s, const store_cache_cfg_t *cfg);
+/* 0 or GRID_ENOCACHE. Memory is freed when the last reference goes. */
+int store_cache_drop(store_t *s, const char *name);
+/* A counted reference, or NULL when there is no such cache. */
+store_cache_t *store_cache_acquire(store_t *s, const char *name, size_t name_len);
+void store_cache_release(store_t *s, store_cache_t *c);
+const store_cache_cfg_t *store_cache_cfg(const store_cache_t *c);
+/* Copies up to max cache configs into out; returns how many caches exist. */
+size_t store_cache_list(store_t *s, store_cache_cfg_t *out, size_t max);
+
+void store_key_init(const store_cache_t *c, const void *key, size_t len,
+                    store_key_t *k);
+/* GRID_EKEYTOOBIG / GRID_EVALTOOBIG / 0 */
+int store_check_sizes(const store_t *s, size_t key_len, size_t value_len);
+
+/* 0 with *value (from alloc), *value_len, *version; GRID_ENOTFOUND;
+ * GRID_ENOMEM when alloc fails. */
+int store_get(store_cache_t *c, const store_key_t *k, int64_t now_ms,
+              store_alloc_fn alloc, void *ctx, void **value, size_t *value_len,
+              uint64_t *version);
+/* Applies one write. 0, or GRID_EEXIST, GRID_ENOTFOUND, GRID_EVERSION,
+ * GRID_ENOTNUM, GRID_EOVERFLOW, GRID_EMEMLIMIT, GRID_ENOMEM. */
+int store_write(store_cache_t *c, const store_key_t *k, const store_write_t *w,
+                int64_t now_ms, store_result_t *res);
+
+/* Called for each live entry by store_scan, with the partition locked. The
+ * pointers are valid only during the call. Nonzero stops the scan. */
+typedef int (*store_entry_cb)(void *ctx, const void *key, size_t key_len,
+                              const void *value, size_t value_len,
+                              uint64_t version);
+/* Visits whole buckets from *cursor until at least count entries were seen;
+ * *cursor becomes the next cursor, 0 when the partition is done. Every entry
+ * present for the whole scan is visited at least once even if the partition
+ * grows in between (reverse-binary cursor, as Redis's dictScan). */
+int store_scan(store_cache_t *c, uint32_t part, uint64_t *cursor,
+               uint32_t count, int64_t now_ms, store_entry_cb cb, void *ctx);
+
+uint64_t store_cache_size(const store_cache_t *c);
+uint64_t store_entries(store_t *s);
+int64_t store_memory_bytes(const store_t *s);
+int64_t store_memory_bytes_max(const store_t *s);
+size_t store_cache_count(store_t *s);
+
+/* Looks at up to budget entries, continuing where the last call stopped,
+ * and removes the expired ones. Returns how many it removed. */
+size_t store_sweep(store_t *s, int64_t now_ms, size_t budget);
+
+#endif
