@@ -1,1 +1,259 @@
-int main(void){return 0;}
+/* gridctl: the command line for a grid node, built on grid.h only. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "grid.h"
+
+#define EXIT_NOT_FOUND 1
+#define EXIT_USAGE 2
+#define EXIT_FAILED 3
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: gridctl [--server HOST:PORT] [--timeout-ms N] <verb> [args]\n"
+          "\n"
+          "Talks to a grid node (default server 127.0.0.1:10800, or $GRID_SERVER).\n"
+          "\n"
+          "verbs:\n"
+          "  put CACHE KEY VALUE [--ttl-ms N]   write a value (TTL in milliseconds)\n"
+          "  get CACHE KEY                      print the value; exit 1 if missing\n"
+          "  del CACHE KEY                      delete; exit 1 if missing\n"
+          "  add CACHE KEY DELTA                atomic add on a counter, print the sum\n"
+          "  size CACHE                         number of entries\n"
+          "  caches                             list caches and their settings\n"
+          "  create-cache NAME [--partitions N] [--backups N]\n"
+          "               [--mode partitioned|replicated] [--sync full|primary]\n"
+          "               [--ttl-ms N]          create a cache (TTL: its default)\n"
+          "  drop-cache NAME                    drop a cache and all its entries\n"
+          "  stats                              entries, memory, ops served, connections\n"
+          "  ping                               check the node answers\n"
+          "\n"
+          "exit status: 0 done, 1 not found, 2 usage error, 3 refused or failed\n");
+}
+
+static int fail(const char *verb, int rc) {
+  fprintf(stderr, "gridctl: %s: %s\n", verb, grid_strerror(rc));
+  return EXIT_FAILED;
+}
+
+static int parse_u64(const char *s, uint64_t *out) {
+  char *end;
+  errno = 0;
+  if (*s == '-') return -1;
+  unsigned long long v = strtoull(s, &end, 10);
+  if (end == s || *end || errno) return -1;
+  *out = v;
+  return 0;
+}
+
+static int parse_i64(const char *s, int64_t *out) {
+  char *end;
+  errno = 0;
+  long long v = strtoll(s, &end, 10);
+  if (end == s || *end || errno) return -1;
+  *out = v;
+  return 0;
+}
+
+static int need_args(const char *verb, int have, int want) {
+  if (have >= want) return 0;
+  fprintf(stderr, "gridctl: %s needs %d argument%s (see gridctl --help)\n", verb,
+          want, want == 1 ? "" : "s");
+  return -1;
+}
+
+static int cmd_put(grid_t *g, int argc, char **argv) {
+  if (need_args("put", argc, 3)) return EXIT_USAGE;
+  uint64_t ttl = 0;
+  for (int i = 3; i < argc; i++) {
+    if (strcmp(argv[i], "--ttl-ms") == 0 && i + 1 < argc && parse_u64(argv[i + 1], &ttl) == 0) {
+      i++;
+    } else {
+      fprintf(stderr, "gridctl: put: unexpected \"%s\" (expected --ttl-ms N)\n", argv[i]);
+      return EXIT_USAGE;
+    }
+  }
+  int rc = grid_put(g, argv[0], argv[1], strlen(argv[1]), argv[2], strlen(argv[2]), ttl, NULL);
+  return rc ? fail("put", rc) : 0;
+}
+
+static int cmd_get(grid_t *g, int argc, char **argv) {
+  if (need_args("get", argc, 2)) return EXIT_USAGE;
+  grid_value_t v;
+  int rc = grid_get(g, argv[0], argv[1], strlen(argv[1]), &v);
+  if (rc == GRID_ENOTFOUND) {
+    fprintf(stderr, "not found\n");
+    return EXIT_NOT_FOUND;
+  }
+  if (rc) return fail("get", rc);
+  fwrite(v.data, 1, v.len, stdout);
+  fputc('\n', stdout);
+  grid_value_free(&v);
+  return 0;
+}
+
+static int cmd_del(grid_t *g, int argc, char **argv) {
+  if (need_args("del", argc, 2)) return EXIT_USAGE;
+  int rc = grid_delete(g, argv[0], argv[1], strlen(argv[1]));
+  if (rc == GRID_ENOTFOUND) {
+    fprintf(stderr, "not found\n");
+    return EXIT_NOT_FOUND;
+  }
+  return rc ? fail("del", rc) : 0;
+}
+
+static int cmd_add(grid_t *g, int argc, char **argv) {
+  if (need_args("add", argc, 3)) return EXIT_USAGE;
+  int64_t delta, sum;
+  if (parse_i64(argv[2], &delta)) {
+    fprintf(stderr, "gridctl: add: DELTA must be a whole number, got \"%s\"\n", argv[2]);
+    return EXIT_USAGE;
+  }
+  int rc = grid_add(g, argv[0], argv[1], strlen(argv[1]), delta, &sum);
+  if (rc) return fail("add", rc);
+  printf("%" PRId64 "\n", sum);
+  return 0;
+}
+
+static int cmd_size(grid_t *g, int argc, char **argv) {
+  if (need_args("size", argc, 1)) return EXIT_USAGE;
+  uint64_t n;
+  int rc = grid_size(g, argv[0], &n);
+  if (rc) return fail("size", rc);
+  printf("%" PRIu64 "\n", n);
+  return 0;
+}
+
+static int cmd_caches(grid_t *g) {
+  grid_cache_config_t *list;
+  size_t n;
+  int rc = grid_cache_list(g, &list, &n);
+  if (rc) return fail("caches", rc);
+  printf("%-24s %10s %7s %-11s %-7s %s\n", "NAME", "PARTITIONS", "BACKUPS",
+         "MODE", "SYNC", "DEFAULT_TTL_MS");
+  for (size_t i = 0; i < n; i++)
+    printf("%-24s %10u %7u %-11s %-7s %" PRIu64 "\n", list[i].name,
+           list[i].partitions, list[i].backups,
+           list[i].mode == GRID_MODE_REPLICATED ? "replicated" : "partitioned",
+           list[i].sync == GRID_SYNC_PRIMARY ? "primary" : "full",
+           list[i].default_ttl_ms);
+  grid_cache_list_free(list, n);
+  return 0;
+}
+
+static int cmd_create_cache(grid_t *g, int argc, char **argv) {
+  if (need_args("create-cache", argc, 1)) return EXIT_USAGE;
+  grid_cache_config_t cfg = {.name = argv[0]};
+  for (int i = 1; i < argc; i++) {
+    const char *opt = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+    uint64_t n;
+    if (!val) {
+      fprintf(stderr, "gridctl: create-cache: %s needs a value\n", opt);
+      return EXIT_USAGE;
+    }
+    i++;
+    if (strcmp(opt, "--partitions") == 0 && parse_u64(val, &n) == 0 && n > 0 && n <= UINT32_MAX) {
+      cfg.partitions = (uint32_t)n;
+    } else if (strcmp(opt, "--backups") == 0 && parse_u64(val, &n) == 0 && n <= 3) {
+      cfg.backups = (uint32_t)n;
+    } else if (strcmp(opt, "--mode") == 0 && strcmp(val, "partitioned") == 0) {
+      cfg.mode = GRID_MODE_PARTITIONED;
+    } else if (strcmp(opt, "--mode") == 0 && strcmp(val, "replicated") == 0) {
+      cfg.mode = GRID_MODE_REPLICATED;
+    } else if (strcmp(opt, "--sync") == 0 && strcmp(val, "full") == 0) {
+      cfg.sync = GRID_SYNC_FULL;
+    } else if (strcmp(opt, "--sync") == 0 && strcmp(val, "primary") == 0) {
+      cfg.sync = GRID_SYNC_PRIMARY;
+    } else if (strcmp(opt, "--ttl-ms") == 0 && parse_u64(val, &n) == 0) {
+      cfg.default_ttl_ms = n;
+    } else {
+      fprintf(stderr,
+              "gridctl: create-cache: bad option \"%s %s\" (--partitions N>0, "
+              "--backups 0..3, --mode partitioned|replicated, --sync full|primary, "
+              "--ttl-ms N)\n", opt, val);
+      return EXIT_USAGE;
+    }
+  }
+  int rc = grid_cache_create(g, &cfg);
+  return rc ? fail("create-cache", rc) : 0;
+}
+
+static int cmd_stats(grid_t *g) {
+  grid_stats_t s;
+  int rc = grid_stats(g, &s);
+  if (rc) return fail("stats", rc);
+  printf("node_id           %s\n", s.node_id);
+  printf("entries           %" PRIu64 "\n", s.entries);
+  printf("memory_bytes      %" PRIu64 "\n", s.memory_bytes);
+  printf("memory_bytes_max  %" PRIu64 "\n", s.memory_bytes_max);
+  printf("ops               %" PRIu64 "\n", s.ops);
+  printf("connections       %" PRIu64 "\n", s.connections);
+  printf("caches            %" PRIu64 "\n", s.caches);
+  printf("uptime_ms         %" PRIu64 "\n", s.uptime_ms);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  const char *server = getenv("GRID_SERVER");
+  if (!server || !*server) server = "127.0.0.1:10800";
+  uint64_t timeout_ms = 5000;
+  int i = 1;
+  for (; i < argc && argv[i][0] == '-'; i++) {
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+      usage(stdout);
+      return 0;
+    } else if (!strcmp(argv[i], "--server") && i + 1 < argc) {
+      server = argv[++i];
+    } else if (!strcmp(argv[i], "--timeout-ms") && i + 1 < argc &&
+               parse_u64(argv[i + 1], &timeout_ms) == 0 && timeout_ms > 0 &&
+               timeout_ms <= UINT32_MAX) {
+      i++;
+    } else {
+      fprintf(stderr, "gridctl: unknown or incomplete option \"%s\" (see gridctl --help)\n", argv[i]);
+      return EXIT_USAGE;
+    }
+  }
+  if (i >= argc) {
+    usage(stderr);
+    return EXIT_USAGE;
+  }
+  const char *verb = argv[i];
+  int vargc = argc - i - 1;
+  char **vargv = argv + i + 1;
+  static const char *const verbs[] = {"put", "get", "del", "add", "size", "caches",
+                                      "create-cache", "drop-cache", "stats", "ping"};
+  int known = 0;
+  for (size_t k = 0; k < sizeof verbs / sizeof verbs[0]; k++) known |= !strcmp(verb, verbs[k]);
+  if (!known) {
+    fprintf(stderr, "gridctl: unknown verb \"%s\" (see gridctl --help)\n", verb);
+    return EXIT_USAGE;
+  }
+
+  char uri[300];
+  snprintf(uri, sizeof uri, "grid://%s", server);
+  grid_options_t opts = {.timeout_ms = (uint32_t)timeout_ms, .client_name = "gridctl"};
+  grid_t *g;
+  int rc = grid_open(uri, &opts, &g);
+  if (rc) {
+    fprintf(stderr, "gridctl: cannot reach %s: %s\n", server, grid_strerror(rc));
+    return EXIT_FAILED;
+  }
+  int code;
+  if (!strcmp(verb, "put")) code = cmd_put(g, vargc, vargv);
+  else if (!strcmp(verb, "get")) code = cmd_get(g, vargc, vargv);
+  else if (!strcmp(verb, "del")) code = cmd_del(g, vargc, vargv);
+  else if (!strcmp(verb, "add")) code = cmd_add(g, vargc, vargv);
+  else if (!strcmp(verb, "size")) code = cmd_size(g, vargc, vargv);
+  else if (!strcmp(verb, "caches")) code = cmd_caches(g);
+  else if (!strcmp(verb, "create-cache")) code = cmd_create_cache(g, vargc, vargv);
+  else if (!strcmp(verb, "drop-cache")) {
+    code = need_args("drop-cache", vargc, 1) ? EXIT_USAGE : 0;
+    if (!code && (rc = grid_cache_drop(g, vargv[0])) != 0) code = fail("drop-cache", rc);
+  } else if (!strcmp(verb, "stats")) code = cmd_stats(g);
+  else code = (rc = grid_ping(g)) ? fail("ping", rc) : (puts("pong"), 0);
+  grid_close(g);
+  return code;
+}

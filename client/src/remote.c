@@ -413,18 +413,19 @@ static int remote_send(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
     pthread_mutex_unlock(&r->lock);
     return rc;
   }
+  uint64_t id = r->next_id + 1;
+  remote_slot_t *s = &r->slots[id & (REMOTE_INFLIGHT_MAX - 1)];
+  if (s->id != 0) {
+    pthread_mutex_unlock(&r->lock);
+    return GRID_EBUSY;
+  }
+  rq->id = id; /* before the size: the id is part of the message */
   size_t n = grid__request__get_packed_size(rq);
   if (n > r->frame_bytes_max) {
     pthread_mutex_unlock(&r->lock);
     return GRID_EFRAMETOOBIG;
   }
-  uint64_t id = ++r->next_id;
-  remote_slot_t *s = &r->slots[id & (REMOTE_INFLIGHT_MAX - 1)];
-  if (s->id != 0) {
-    r->next_id--;
-    pthread_mutex_unlock(&r->lock);
-    return GRID_EBUSY;
-  }
+  r->next_id = id;
   memset(s, 0, sizeof *s);
   s->id = id;
   s->gen = r->gen;
@@ -436,7 +437,6 @@ static int remote_send(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
   int fd = r->fd;
   pthread_mutex_unlock(&r->lock);
 
-  rq->id = id;
   unsigned char *buf = n + FRAME_HEADER_BYTES <= sizeof stackbuf
                            ? stackbuf
                            : malloc(n + FRAME_HEADER_BYTES);
