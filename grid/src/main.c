@@ -46,29 +46,20 @@ int main(int argc, char **argv) {
       {"print-config", no_argument, 0, 'P'}, {"version", no_argument, 0, 'V'},
       {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
   /* The config file is applied first and the flags after it, whatever their
-   * order on the line, so the flags are gathered in a first pass. */
+   * order on the line: a first pass finds the file, a second applies the
+   * flags (optind = 0 restarts GNU getopt). */
   const char *config_path = NULL;
   int print_config = 0;
-  char **sets = calloc((size_t)argc + 1, sizeof *sets);
-  int nsets = 0;
   int opt;
   while ((opt = getopt_long(argc, argv, "c:p:b:l:f:s:h", opts, NULL)) != -1) {
-    const char *key = NULL;
     switch (opt) {
-      case 'c': config_path = optarg; continue;
-      case 'p': key = "port"; break;
-      case 'b': key = "bind"; break;
-      case 'l': key = "loops"; break;
-      case 'f': key = "port_file"; break;
-      case 's': key = ""; break;
-      case 'P': print_config = 1; continue;
+      case 'c': config_path = optarg; break;
+      case 'P': print_config = 1; break;
       case 'V': printf("gridd %s\n", GRID_VERSION_STRING); return 0;
       case 'h': usage(stdout); return 0;
-      default: usage(stderr); return 2;
+      case '?': usage(stderr); return 2;
+      default: break;
     }
-    size_t len = strlen(key) + strlen(optarg) + 2;
-    sets[nsets] = malloc(len);
-    snprintf(sets[nsets++], len, "%s%s%s", key, *key ? "=" : "", optarg);
   }
   if (optind < argc) {
     fprintf(stderr, "gridd: unexpected argument \"%s\" (see gridd --help)\n", argv[optind]);
@@ -81,20 +72,35 @@ int main(int argc, char **argv) {
     fprintf(stderr, "gridd: %s\n", err);
     return 2;
   }
-  for (int i = 0; i < nsets; i++) {
-    char *eq = strchr(sets[i], '=');
-    if (!eq) {
-      fprintf(stderr, "gridd: --set needs KEY=VALUE, got \"%s\"\n", sets[i]);
-      return 2;
+  optind = 0;
+  while ((opt = getopt_long(argc, argv, "c:p:b:l:f:s:h", opts, NULL)) != -1) {
+    const char *key;
+    char kv[600];
+    switch (opt) {
+      case 'p': key = "port"; break;
+      case 'b': key = "bind"; break;
+      case 'l': key = "loops"; break;
+      case 'f': key = "port_file"; break;
+      case 's': key = NULL; break;
+      default: continue;
     }
-    *eq = '\0';
-    if (config_set(&cfg, sets[i], eq + 1, err, sizeof err) != 0) {
+    snprintf(kv, sizeof kv, "%s", optarg);
+    char *value = kv;
+    if (!key) {
+      char *eq = strchr(kv, '=');
+      if (!eq) {
+        fprintf(stderr, "gridd: --set needs KEY=VALUE, got \"%s\"\n", kv);
+        return 2;
+      }
+      *eq = '\0';
+      key = kv;
+      value = eq + 1;
+    }
+    if (config_set(&cfg, key, value, err, sizeof err) != 0) {
       fprintf(stderr, "gridd: %s\n", err);
       return 2;
     }
-    free(sets[i]);
   }
-  free(sets);
   if (print_config) {
     config_finish(&cfg);
     config_print(&cfg, stdout);

@@ -1,0 +1,194 @@
+#include "harness.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "frame.h"
+
+#ifndef GRIDD_PATH
+#error "GRIDD_PATH must name the gridd binary"
+#endif
+
+static void harness_sleep_ms(int ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+  nanosleep(&ts, NULL);
+}
+
+void harness_start(harness_node_t *n, const char *const *settings) {
+  memset(n, 0, sizeof *n);
+  snprintf(n->dir, sizeof n->dir, "/tmp/grid-test-XXXXXX");
+  CHECK(mkdtemp(n->dir) != NULL);
+  char port_file[300], log_file[300];
+  snprintf(port_file, sizeof port_file, "%s/port", n->dir);
+  snprintf(log_file, sizeof log_file, "%s/gridd.log", n->dir);
+  char *argv[64];
+  int argc = 0;
+  argv[argc++] = (char *)GRIDD_PATH;
+  argv[argc++] = "--port";
+  argv[argc++] = "0";
+  argv[argc++] = "--port-file";
+  argv[argc++] = port_file;
+  for (int i = 0; settings && settings[i] && argc < 60; i++) {
+    argv[argc++] = "--set";
+    argv[argc++] = (char *)settings[i];
+  }
+  argv[argc] = NULL;
+  pid_t pid = fork();
+  CHECK(pid >= 0);
+  if (pid == 0) {
+    int fd = open(log_file, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) {
+      dup2(fd, 2);
+      close(fd);
+    }
+    execv(argv[0], argv);
+    _exit(127);
+  }
+  n->pid = pid;
+  for (int i = 0; i < 2000; i++) {
+    FILE *f = fopen(port_file, "r");
+    if (f) {
+      int port = 0;
+      int ok = fscanf(f, "%d", &port) == 1 && port > 0;
+      fclose(f);
+      if (ok) {
+        n->port = port;
+        snprintf(n->uri, sizeof n->uri, "grid://127.0.0.1:%d", port);
+        return;
+      }
+    }
+    int status;
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      fprintf(stderr, "gridd exited at start; its log:\n");
+      char cmd[400];
+      snprintf(cmd, sizeof cmd, "cat %s >&2", log_file);
+      if (system(cmd)) {}
+      abort();
+    }
+    harness_sleep_ms(10);
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, NULL, 0);
+  fprintf(stderr, "gridd did not start listening within 20 s\n");
+  abort();
+}
+
+int harness_stop(harness_node_t *n) {
+  int status = 0;
+  if (n->pid > 0) {
+    kill(n->pid, SIGTERM);
+    int done = 0;
+    for (int i = 0; i < 2000 && !done; i++) {
+      if (waitpid(n->pid, &status, WNOHANG) == n->pid) done = 1;
+      else harness_sleep_ms(10);
+    }
+    if (!done) {
+      kill(n->pid, SIGKILL);
+      waitpid(n->pid, &status, 0);
+    }
+    n->pid = 0;
+  }
+  char cmd[400];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", n->dir);
+  if (n->dir[0] && system(cmd)) {}
+  return status;
+}
+
+int harness_connect(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  CHECK(fd >= 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  CHECK(connect(fd, (struct sockaddr *)&a, sizeof a) == 0);
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  return fd;
+}
+
+void harness_send_all(int fd, const void *p, size_t len) {
+  const unsigned char *b = p;
+  while (len) {
+    ssize_t n = send(fd, b, len, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    CHECK(n > 0);
+    b += n;
+    len -= (size_t)n;
+  }
+}
+
+void harness_send_frame(int fd, const ProtobufCMessage *m) {
+  size_t n = protobuf_c_message_get_packed_size(m);
+  unsigned char *buf = malloc(n + 4);
+  CHECK(buf);
+  frame_put_header(buf, (uint32_t)n);
+  protobuf_c_message_pack(m, buf + 4);
+  harness_send_all(fd, buf, n + 4);
+  free(buf);
+}
+
+void harness_send_hello(int fd) {
+  Grid__Hello h = GRID__HELLO__INIT;
+  h.magic = 0x47524944u;
+  h.version = 1;
+  h.client_name = "harness";
+  harness_send_frame(fd, &h.base);
+  unsigned char buf[1024];
+  ssize_t n = harness_read_frame(fd, buf, sizeof buf, 5000);
+  CHECK(n >= 0);
+  Grid__HelloReply *hr = grid__hello_reply__unpack(NULL, (size_t)n, buf);
+  CHECK(hr);
+  CHECK_EQ(hr->status, 0);
+  grid__hello_reply__free_unpacked(hr, NULL);
+}
+
+static ssize_t harness_read_exact(int fd, unsigned char *p, size_t len,
+                                  int timeout_ms) {
+  size_t got = 0;
+  while (got < len) {
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    int pr = poll(&pfd, 1, timeout_ms);
+    if (pr == 0) return -2;
+    if (pr < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    ssize_t n = recv(fd, p + got, len - got, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return -1;
+    got += (size_t)n;
+  }
+  return (ssize_t)got;
+}
+
+ssize_t harness_read_frame(int fd, unsigned char *buf, size_t cap, int timeout_ms) {
+  unsigned char hdr[4];
+  ssize_t r = harness_read_exact(fd, hdr, 4, timeout_ms);
+  if (r < 0) return r;
+  size_t n = frame_get_header(hdr);
+  CHECK(n <= cap);
+  r = harness_read_exact(fd, buf, n, timeout_ms);
+  return r < 0 ? r : (ssize_t)n;
+}
+
+int harness_wait_eof(int fd, int timeout_ms) {
+  unsigned char b[4096];
+  for (;;) {
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    int pr = poll(&pfd, 1, timeout_ms);
+    if (pr <= 0) return 0;
+    ssize_t n = recv(fd, b, sizeof b, 0);
+    if (n <= 0) return 1;
+  }
+}

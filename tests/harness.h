@@ -1,0 +1,42 @@
+/*
+ * harness: real gridd processes for integration tests, on 127.0.0.1 with
+ * ephemeral ports, and raw protocol access for the bad-input tests. Every
+ * process a test starts is stopped by pid.
+ */
+#ifndef GRID_TEST_HARNESS_H
+#define GRID_TEST_HARNESS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "grid.pb-c.h"
+
+typedef struct harness_node {
+  pid_t pid;
+  int port;
+  char dir[256];     /* temporary directory of this node */
+  char uri[64];      /* grid://127.0.0.1:port */
+} harness_node_t;
+
+/* Starts gridd with --port 0 and the given "key=value" settings (NULL
+ * terminated, may be NULL), waits until it listens. Aborts the test when it
+ * does not start within 20 s. */
+void harness_start(harness_node_t *n, const char *const *settings);
+/* SIGTERM, then waits for the exit (SIGKILL after 20 s). Returns the exit
+ * status as waitpid gives it. */
+int harness_stop(harness_node_t *n);
+
+/* Raw connections. */
+int harness_connect(int port);
+void harness_send_all(int fd, const void *p, size_t len);
+void harness_send_frame(int fd, const ProtobufCMessage *m);
+void harness_send_hello(int fd); /* and checks the reply */
+/* Reads one frame within timeout_ms into buf; returns its payload length,
+ * -1 on EOF or error, -2 on timeout. */
+ssize_t harness_read_frame(int fd, unsigned char *buf, size_t cap, int timeout_ms);
+/* Waits for EOF (the node closed the connection) within timeout_ms:
+ * 1 when it came, 0 when not. */
+int harness_wait_eof(int fd, int timeout_ms);
+
+#endif
