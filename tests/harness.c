@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -48,8 +49,11 @@ void harness_start(harness_node_t *n, const char *const *settings) {
   pid_t pid = fork();
   CHECK(pid >= 0);
   if (pid == 0) {
+    /* The node dies with the test, even when the test aborts. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
     int fd = open(log_file, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd >= 0) {
+      dup2(fd, 1);
       dup2(fd, 2);
       close(fd);
     }

@@ -1,5 +1,6 @@
 #include "arena.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,6 +32,7 @@ static arena_chunk_t *arena_chunk_new(size_t cap) {
 }
 
 void *arena_alloc(arena_t *a, size_t n) {
+  if (n > SIZE_MAX - sizeof(arena_chunk_t) - 16) return NULL; /* would wrap */
   n = (n + 15) & ~(size_t)15;
   arena_chunk_t *c = a->head;
   if (!c || c->cap - c->used < n) {

@@ -208,7 +208,15 @@ int config_load_file(config_t *c, const char *path, char *err, size_t err_len) {
     memcpy(text + len, buf, n);
     len += n;
   }
+  int read_failed = ferror(f);
+  int read_errno = errno;
   fclose(f);
+  if (read_failed) {
+    free(text);
+    snprintf(err, err_len, "cannot read config file %s: %s", path,
+             strerror(read_errno));
+    return GRID_ECONFIG;
+  }
   if (!text) return 0;
   text[len] = '\0';
   int rc = config_apply_text(c, text, path, err, err_len);

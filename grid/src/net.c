@@ -180,13 +180,6 @@ static void conn_flush(conn_t *c) {
     return;
   }
   c->inflight_bytes += w->len;
-  if (c->inflight_bytes > (size_t)c->lp->net->node->cfg.output_bytes_max &&
-      !c->paused) {
-    /* The peer does not read its replies: stop reading its requests until
-     * it catches up, so one slow client cannot grow the node's memory. */
-    uv_read_stop((uv_stream_t *)&c->tcp);
-    c->paused = 1;
-  }
 }
 
 /* Sends a connection-level error and stops serving the connection. Before
@@ -264,47 +257,55 @@ static void conn_on_request(conn_t *c, const unsigned char *p, size_t len) {
 static void conn_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   (void)suggested;
   conn_t *c = h->data;
+  size_t frame_max = (size_t)c->lp->net->node->cfg.frame_bytes_max;
+  /* The buffer holds at most one unfinished frame plus what arrived with
+   * it: bounded by frame_bytes_max, whatever the peer sends. */
+  size_t limit = FRAME_HEADER_BYTES + frame_max + NET_RBUF_BYTES;
   size_t want = NET_RBUF_BYTES;
   if (c->rlen >= FRAME_HEADER_BYTES && !c->closing) {
     size_t need = FRAME_HEADER_BYTES + (size_t)frame_get_header(c->rbuf);
-    if (need <= FRAME_HEADER_BYTES + (size_t)c->lp->net->node->cfg.frame_bytes_max &&
-        need > want)
-      want = need;
+    if (need <= FRAME_HEADER_BYTES + frame_max && need + NET_RBUF_BYTES > want)
+      want = need + NET_RBUF_BYTES;
   }
   if (c->rcap - c->rlen < 1024 || c->rcap < want) {
-    size_t cap = c->rcap < want ? want : c->rcap * 2;
-    if (cap < c->rlen + 1024) cap = c->rlen + 1024;
-    unsigned char *b = realloc(c->rbuf, cap);
-    if (!b) {
-      buf->base = NULL;
-      buf->len = 0;
-      return; /* libuv reports UV_ENOBUFS to the read callback */
+    size_t cap = c->rcap * 2 > want ? c->rcap * 2 : want;
+    if (cap > limit) cap = limit;
+    if (cap > c->rcap) {
+      unsigned char *b = realloc(c->rbuf, cap);
+      if (!b) {
+        buf->base = NULL;
+        buf->len = 0;
+        return; /* libuv reports UV_ENOBUFS to the read callback */
+      }
+      c->rbuf = b;
+      c->rcap = cap;
     }
-    c->rbuf = b;
-    c->rcap = cap;
   }
   buf->base = (char *)c->rbuf + c->rlen;
   buf->len = c->rcap - c->rlen;
 }
 
-static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
-  (void)buf;
-  conn_t *c = s->data;
-  if (nread < 0) {
-    if (nread != UV_EOF && !c->closing)
-      LOG_D("net", "\"connection error\" peer=%s error=\"%s\"", c->peer,
-            uv_strerror((int)nread));
-    conn_close(c);
-    return;
-  }
-  if (c->closing) {
-    c->rlen = 0; /* a failed connection's input is dropped */
-    return;
-  }
-  c->rlen += (size_t)nread;
+static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+/* Whether the connection's replies, written or waiting, are over
+ * output_bytes_max. */
+static int conn_output_full(const conn_t *c) {
+  return c->wlen + c->inflight_bytes > (size_t)c->lp->net->node->cfg.output_bytes_max;
+}
+
+/* Serves the whole frames in the read buffer. It stops early when the
+ * replies pass output_bytes_max (a pipeline of gets of large values can
+ * make far more output than input): reading pauses until the peer has
+ * taken half of them, and the frames left are served on resume. */
+static void conn_process(conn_t *c) {
   node_t *n = c->lp->net->node;
   size_t off = 0;
   while (!c->closing && !uv_is_closing((uv_handle_t *)&c->tcp)) {
+    if (conn_output_full(c)) {
+      /* Try to make room first: the socket may take it all at once. */
+      conn_flush(c);
+      if (conn_output_full(c) || uv_is_closing((uv_handle_t *)&c->tcp)) break;
+    }
     const unsigned char *payload;
     size_t plen, flen;
     frame_result_t r = frame_parse(c->rbuf + off, c->rlen - off,
@@ -344,10 +345,36 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     c->frame_started_ms = clock_mono_ms();
   }
   conn_flush(c);
+  if (!c->paused && !c->closing && conn_output_full(c) &&
+      !uv_is_closing((uv_handle_t *)&c->tcp)) {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->paused = 1;
+  }
+}
+
+static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  (void)buf;
+  conn_t *c = s->data;
+  if (nread < 0) {
+    if (nread != UV_EOF && !c->closing)
+      LOG_D("net", "\"connection error\" peer=%s error=\"%s\"", c->peer,
+            uv_strerror((int)nread));
+    conn_close(c);
+    return;
+  }
+  if (c->closing) {
+    c->rlen = 0; /* a failed connection's input is dropped */
+    return;
+  }
+  c->rlen += (size_t)nread;
+  conn_process(c);
 }
 
 static void conn_resume(conn_t *c) {
   c->paused = 0;
+  if (c->frame_started_ms) c->frame_started_ms = clock_mono_ms();
+  conn_process(c); /* frames that waited while output was full */
+  if (c->paused || c->closing || uv_is_closing((uv_handle_t *)&c->tcp)) return;
   if (uv_read_start((uv_stream_t *)&c->tcp, conn_on_alloc, conn_on_read) != 0)
     conn_close(c);
 }
@@ -445,8 +472,10 @@ static void net_on_cron(uv_timer_t *t) {
                (long long)n->cfg.handshake_timeout_ms);
       conn_fail(c, GRID_ETIMEDOUT, detail);
       conn_flush(c);
-    } else if (c->frame_started_ms &&
+    } else if (c->frame_started_ms && !c->paused &&
                now - c->frame_started_ms >= n->cfg.frame_timeout_ms) {
+      /* A paused connection's unfinished frame waits for the node, not for
+       * the peer: only a running one can be stalled by its peer. */
       snprintf(detail, sizeof detail, "frame not completed within frame_timeout_ms (%lld)",
                (long long)n->cfg.frame_timeout_ms);
       conn_fail(c, GRID_ETIMEDOUT, detail);

@@ -62,6 +62,19 @@ static int ops_check_batch(node_t *n, size_t count, Grid__Reply *rp,
   return GRID_EBATCHTOOBIG;
 }
 
+/* A reply has to fit in one frame: batches and scans whose values add up to
+ * more than frame_bytes_max are refused rather than built. */
+static int ops_reply_too_big(node_t *n, size_t bytes, Grid__Reply *rp,
+                             arena_t *a) {
+  if (bytes <= (size_t)n->cfg.frame_bytes_max) return 0;
+  char detail[128];
+  snprintf(detail, sizeof detail,
+           "the reply would pass frame_bytes_max (%lld): ask for fewer entries",
+           (long long)n->cfg.frame_bytes_max);
+  ops_reply_error(rp, GRID_ELIMIT, detail, a);
+  return GRID_ELIMIT;
+}
+
 static void ops_get(node_t *n, store_cache_t *c, const Grid__Request *rq,
                     Grid__Reply *rp, arena_t *a) {
   if (ops_check_key(n, &rq->key, 0, rp, a)) return;
@@ -124,6 +137,7 @@ static void ops_get_all(node_t *n, store_cache_t *c, const Grid__Request *rq,
     return;
   }
   int64_t now = clock_wall_ms();
+  size_t reply_bytes = 0;
   for (size_t i = 0; i < rq->n_keys; i++) {
     if (ops_check_key(n, &rq->keys[i], 0, rp, a)) return;
     Grid__Entry *e = &ents[i];
@@ -140,6 +154,8 @@ static void ops_get_all(node_t *n, store_cache_t *c, const Grid__Request *rq,
     }
     e->key = rq->keys[i];
     if (rc == 0) {
+      reply_bytes += rq->keys[i].len + vlen + 16;
+      if (ops_reply_too_big(n, reply_bytes, rp, a)) return;
       e->found = 1;
       e->value.data = v;
       e->value.len = vlen;
@@ -204,20 +220,26 @@ typedef struct ops_scan_ctx {
   arena_t *a;
   Grid__Entry **list;
   size_t n, max;
-  int failed;
+  size_t bytes, bytes_max; /* reply size so far, and its bound */
+  int failed;              /* GRID_ENOMEM or GRID_ELIMIT */
 } ops_scan_ctx_t;
 
 static int ops_scan_entry_cb(void *ctx, const void *key, size_t key_len,
                              const void *value, size_t value_len,
                              uint64_t version) {
   ops_scan_ctx_t *sc = ctx;
+  sc->bytes += key_len + value_len + 16;
+  if (sc->bytes > sc->bytes_max) {
+    sc->failed = GRID_ELIMIT;
+    return 1;
+  }
   if (sc->n == sc->max) {
     /* A bucket can hold more entries than were asked for; the list grows
      * rather than stopping inside a bucket, which the cursor cannot resume. */
     size_t max = sc->max * 2;
     Grid__Entry **list = arena_alloc(sc->a, max * sizeof *list);
     if (!list) {
-      sc->failed = 1;
+      sc->failed = GRID_ENOMEM;
       return 1;
     }
     memcpy(list, sc->list, sc->n * sizeof *list);
@@ -228,7 +250,7 @@ static int ops_scan_entry_cb(void *ctx, const void *key, size_t key_len,
   void *k = arena_dup(sc->a, key, key_len);
   void *v = arena_dup(sc->a, value, value_len);
   if (!e || !k || !v) {
-    sc->failed = 1;
+    sc->failed = GRID_ENOMEM;
     return 1;
   }
   grid__entry__init(e);
@@ -254,7 +276,8 @@ static void ops_scan(node_t *n, store_cache_t *c, const Grid__Request *rq,
   }
   uint32_t count = rq->count ? rq->count : 100;
   if ((int64_t)count > n->cfg.scan_count_max) count = (uint32_t)n->cfg.scan_count_max;
-  ops_scan_ctx_t sc = {.a = a, .max = (size_t)count + 8};
+  ops_scan_ctx_t sc = {.a = a, .max = (size_t)count + 8,
+                       .bytes_max = (size_t)n->cfg.frame_bytes_max};
   sc.list = arena_alloc(a, sc.max * sizeof(Grid__Entry *));
   if (!sc.list) {
     ops_reply_error(rp, GRID_ENOMEM, NULL, a);
@@ -262,8 +285,12 @@ static void ops_scan(node_t *n, store_cache_t *c, const Grid__Request *rq,
   }
   uint64_t cursor = rq->cursor;
   store_scan(c, rq->partition, &cursor, count, clock_wall_ms(), ops_scan_entry_cb, &sc);
+  if (sc.failed == GRID_ELIMIT) {
+    ops_reply_too_big(n, sc.bytes, rp, a);
+    return;
+  }
   if (sc.failed) {
-    ops_reply_error(rp, GRID_ENOMEM, NULL, a);
+    ops_reply_error(rp, sc.failed, NULL, a);
     return;
   }
   rp->entries = sc.list;

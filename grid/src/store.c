@@ -60,14 +60,17 @@ struct store {
 /* ---- memory accounting ------------------------------------------------ */
 
 /* Reserves delta bytes against memory_bytes_max; a negative delta always
- * succeeds. Exact under concurrency: the add happens first and is undone
- * if it went past the limit. */
+ * succeeds. A compare-and-swap loop, so that concurrent writers never pass
+ * the limit together and none is refused while there is room for it. */
 static int store_mem_reserve(store_t *s, int64_t delta) {
-  int64_t before = atomic_fetch_add(&s->memory_bytes, delta);
-  if (delta > 0 && before + delta > s->limits.memory_bytes_max) {
-    atomic_fetch_sub(&s->memory_bytes, delta);
-    return GRID_EMEMLIMIT;
+  if (delta <= 0) {
+    atomic_fetch_add(&s->memory_bytes, delta);
+    return 0;
   }
+  int64_t cur = atomic_load_explicit(&s->memory_bytes, memory_order_relaxed);
+  do {
+    if (cur + delta > s->limits.memory_bytes_max) return GRID_EMEMLIMIT;
+  } while (!atomic_compare_exchange_weak(&s->memory_bytes, &cur, cur + delta));
   return 0;
 }
 
@@ -265,8 +268,8 @@ void store_key_init(const store_cache_t *c, const void *key, size_t len,
 }
 
 int store_check_sizes(const store_t *s, size_t key_len, size_t value_len) {
-  if ((int64_t)key_len > s->limits.key_bytes_max) return GRID_EKEYTOOBIG;
-  if ((int64_t)value_len > s->limits.value_bytes_max) return GRID_EVALTOOBIG;
+  if (key_len > (uint64_t)s->limits.key_bytes_max) return GRID_EKEYTOOBIG;
+  if (value_len > (uint64_t)s->limits.value_bytes_max) return GRID_EVALTOOBIG;
   return 0;
 }
 

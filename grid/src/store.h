@@ -74,7 +74,9 @@ typedef struct store_result {
 typedef void *(*store_alloc_fn)(void *ctx, size_t n);
 
 /* Creates the store with a "default" cache. Returns NULL when out of memory.
- * store_free() frees every cache, whatever references remain. */
+ * store_free() frees every cache; every reference taken with
+ * store_cache_acquire() must have been released before (the node stops its
+ * loops first). */
 store_t *store_new(const store_limits_t *limits);
 void store_free(store_t *s);
 

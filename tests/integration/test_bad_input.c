@@ -268,11 +268,64 @@ static void test_connections_max(void) {
   witness_check();
 }
 
+/* A client that sends a long pipeline of gets and reads nothing: the node
+ * stops reading it once output_bytes_max of replies wait, and serves the
+ * rest when the client reads; every reply arrives, in order. */
+static void test_slow_reader(void) {
+  static char val[4000];
+  memset(val, 'x', sizeof val);
+  CHECK_RC(grid_put(witness, "default", "big", 3, val, sizeof val, 0, NULL), 0);
+  int fd = harness_connect(node.port);
+  harness_send_hello(fd);
+  enum { N = 2000 }; /* 8 MB of replies against 64K of output_bytes_max */
+  Grid__Request rq = GRID__REQUEST__INIT;
+  rq.op = GRID__OP__GET;
+  rq.cache = "default";
+  rq.key.data = (uint8_t *)"big";
+  rq.key.len = 3;
+  size_t one = grid__request__get_packed_size(&rq) + 8;
+  unsigned char *out = malloc(N * (one + 4));
+  size_t off = 0;
+  for (int i = 1; i <= N; i++) {
+    rq.id = (uint64_t)i;
+    size_t n = grid__request__get_packed_size(&rq);
+    frame_put_header(out + off, (uint32_t)n);
+    grid__request__pack(&rq, out + off + 4);
+    off += 4 + n;
+  }
+  harness_send_all(fd, out, off);
+  free(out);
+  usleep(200000); /* the node fills its output and pauses */
+  witness_check(); /* others are served meanwhile */
+  for (int i = 1; i <= N; i++) {
+    Grid__Reply *rp = read_reply(fd);
+    if (rp->id != (uint64_t)i)
+      fprintf(stderr, "reply %d: id %llu status %d: %s\n", i,
+              (unsigned long long)rp->id, rp->status, rp->message);
+    CHECK_EQ(rp->id, i);
+    CHECK_RC(rp->status, 0);
+    CHECK_EQ(rp->value.len, sizeof val);
+    grid__reply__free_unpacked(rp, NULL);
+  }
+  close(fd);
+
+  /* A batch whose reply would not fit in one frame is refused. */
+  const void *keys[20];
+  size_t lens[20];
+  for (int i = 0; i < 20; i++) {
+    keys[i] = "big";
+    lens[i] = 3;
+  }
+  grid_value_t vals[20];
+  CHECK_RC(grid_get_all(witness, "default", 20, keys, lens, vals), GRID_ELIMIT);
+  CHECK_RC(grid_delete(witness, "default", "big", 3), 0);
+}
+
 int main(void) {
   const char *settings[] = {"frame_bytes_max=64K", "key_bytes_max=128",
                             "value_bytes_max=4K", "batch_keys_max=100",
                             "handshake_timeout_ms=300", "frame_timeout_ms=300",
-                            "connections_max=8", NULL};
+                            "connections_max=8", "output_bytes_max=64K", NULL};
   harness_start(&node, settings);
   grid_options_t o = {.timeout_ms = 10000};
   CHECK_RC(grid_open(node.uri, &o, &witness), 0);
@@ -283,6 +336,7 @@ int main(void) {
   RUN(test_undecodable_request);
   RUN(test_request_errors_keep_connection);
   RUN(test_stalls);
+  RUN(test_slow_reader);
   RUN(test_connections_max);
   witness_check();
   grid_close(witness);
