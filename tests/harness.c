@@ -1,5 +1,6 @@
 #include "harness.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -109,6 +110,40 @@ int harness_stop(harness_node_t *n) {
   if (n->dir[0] && system(cmd)) {}
   return status;
 }
+
+/* Whether every thread of pid is stopped ('T' in /proc/PID/task/TID/stat). */
+static int harness_all_stopped(pid_t pid) {
+  char dir[64];
+  snprintf(dir, sizeof dir, "/proc/%d/task", (int)pid);
+  DIR *d = opendir(dir);
+  if (!d) return 0;
+  int all = 1;
+  struct dirent *e;
+  while (all && (e = readdir(d)) != NULL) {
+    if (e->d_name[0] == '.') continue;
+    char path[400], line[512];
+    snprintf(path, sizeof path, "%s/%s/stat", dir, e->d_name);
+    FILE *f = fopen(path, "r");
+    if (!f) continue; /* a thread that just ended */
+    if (fgets(line, sizeof line, f)) {
+      const char *p = strrchr(line, ')');
+      if (!p || p[1] != ' ' || (p[2] != 'T' && p[2] != 't')) all = 0;
+    }
+    fclose(f);
+  }
+  closedir(d);
+  return all;
+}
+
+void harness_pause(harness_node_t *n) {
+  CHECK(kill(n->pid, SIGSTOP) == 0);
+  /* kill() returns before the stop takes effect on threads running on
+   * another core; /proc says when every thread has stopped. */
+  for (int i = 0; i < 2000 && !harness_all_stopped(n->pid); i++) harness_sleep_ms(1);
+  CHECK(harness_all_stopped(n->pid));
+}
+
+void harness_resume(harness_node_t *n) { CHECK(kill(n->pid, SIGCONT) == 0); }
 
 int harness_connect(int port) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);

@@ -27,6 +27,11 @@ void harness_start(harness_node_t *n, const char *const *settings);
  * status as waitpid gives it. */
 int harness_stop(harness_node_t *n);
 
+/* SIGSTOP, and waits until every thread of the node is stopped;
+ * harness_resume sends SIGCONT. */
+void harness_pause(harness_node_t *n);
+void harness_resume(harness_node_t *n);
+
 /* Raw connections. */
 int harness_connect(int port);
 void harness_send_all(int fd, const void *p, size_t len);

@@ -118,7 +118,7 @@ static int client_call(grid_t *g, Grid__Request *rq, client_reply_t *out) {
   if (g->node) {
     arena_init(&out->arena, CLIENT_ARENA_BYTES);
     grid__reply__init(&out->local);
-    ops_execute(g->node, rq, &out->local, &out->arena);
+    ops_execute(g->node, NULL, rq, &out->local, &out->arena);
     out->rp = &out->local;
   } else {
     rc = remote_call(g->remote, rq, g->timeout_ms, out);
@@ -541,7 +541,7 @@ static int client_call_async(grid_t *g, Grid__Request *rq, grid_get_cb get_cb,
     memset(&r, 0, sizeof r);
     arena_init(&r.arena, CLIENT_ARENA_BYTES);
     grid__reply__init(&r.local);
-    ops_execute(g->node, rq, &r.local, &r.arena);
+    ops_execute(g->node, NULL, rq, &r.local, &r.arena);
     client_async_t a = {get_cb, write_cb, arg};
     client_async_run(&a, 0, &r.local);
     arena_close(&r.arena);

@@ -17,6 +17,7 @@
 #include "log.h"
 #include "node.h"
 #include "ops.h"
+#include "store.h"
 
 #define NET_MAGIC 0x47524944u  /* "GRID" */
 #define NET_PROTOCOL_VERSION 1
@@ -58,6 +59,7 @@ struct net_loop {
   int index;
   conn_t *conns;
   arena_t arena;               /* one request at a time per loop */
+  store_view_t view;           /* this loop's caches, found without a lock */
 };
 
 struct net {
@@ -250,7 +252,7 @@ static void conn_on_request(conn_t *c, const unsigned char *p, size_t len) {
     return;
   }
   Grid__Reply rp = GRID__REPLY__INIT;
-  ops_execute(c->lp->net->node, rq, &rp, a);
+  ops_execute(c->lp->net->node, &c->lp->view, rq, &rp, a);
   if (conn_send(c, &rp.base) != 0) conn_close(c);
 }
 
@@ -458,6 +460,7 @@ static void net_on_cron(uv_timer_t *t) {
   net_loop_t *lp = t->data;
   node_t *n = lp->net->node;
   int64_t now = clock_mono_ms();
+  store_view_refresh(&lp->view); /* let go of dropped caches */
   conn_t *next;
   for (conn_t *c = lp->conns; c; c = next) {
     next = c->next;
@@ -580,6 +583,12 @@ int net_start(node_t *n, net_t **out, char *err, size_t err_len) {
     lp->net = net;
     lp->index = i;
     arena_init(&lp->arena, 16384);
+    if (store_view_init(&lp->view, n->store) != 0) {
+      snprintf(err, err_len, "out of memory");
+      rc = GRID_ENOMEM;
+      arena_close(&lp->arena);
+      break;
+    }
     uv_loop_init(&lp->loop);
     uv_async_init(&lp->loop, &lp->stop_async, net_on_stop);
     lp->stop_async.data = lp;
@@ -602,6 +611,7 @@ int net_start(node_t *n, net_t **out, char *err, size_t err_len) {
       uv_run(&lp->loop, UV_RUN_DEFAULT);
       uv_loop_close(&lp->loop);
       arena_close(&lp->arena);
+      store_view_close(&lp->view);
       break;
     }
     if (uv_thread_create(&lp->thread, net_loop_run, lp) != 0) {
@@ -611,6 +621,7 @@ int net_start(node_t *n, net_t **out, char *err, size_t err_len) {
       uv_run(&lp->loop, UV_RUN_DEFAULT);
       uv_loop_close(&lp->loop);
       arena_close(&lp->arena);
+      store_view_close(&lp->view);
       break;
     }
     started++;
@@ -626,6 +637,13 @@ int net_start(node_t *n, net_t **out, char *err, size_t err_len) {
 
 int net_port(const net_t *net) { return net->port; }
 
+uint64_t net_ops_served(net_t *net) {
+  uint64_t total = 0;
+  for (int i = 0; i < net->nloops; i++)
+    total += atomic_load_explicit(&net->loops[i].view.ops, memory_order_relaxed);
+  return total;
+}
+
 void net_stop(net_t *net) {
   for (int i = 0; i < net->nloops; i++) uv_async_send(&net->loops[i].stop_async);
   for (int i = 0; i < net->nloops; i++) {
@@ -634,6 +652,7 @@ void net_stop(net_t *net) {
     int rc = uv_loop_close(&lp->loop);
     GRID_ASSERT(rc == 0);
     arena_close(&lp->arena);
+    store_view_close(&lp->view);
   }
   free(net->loops);
   free(net);

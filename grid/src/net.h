@@ -8,6 +8,7 @@
 #define GRID_NET_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct node node_t;
 typedef struct net net_t;
@@ -16,6 +17,8 @@ typedef struct net net_t;
  * words for the user and nothing is left running. */
 int net_start(node_t *n, net_t **out, char *err, size_t err_len);
 int net_port(const net_t *net);
+/* Requests served by every loop so far. */
+uint64_t net_ops_served(net_t *net);
 /* Closes every connection and listener, joins the threads, frees net. */
 void net_stop(net_t *net);
 

@@ -6,6 +6,7 @@
 #include "clock.h"
 #include "grid.h"
 #include "log.h"
+#include "net.h"
 
 void ops_reply_error(Grid__Reply *rp, int status, const char *detail,
                      arena_t *a) {
@@ -26,11 +27,14 @@ void ops_reply_error(Grid__Reply *rp, int status, const char *detail,
 
 static void *ops_arena_alloc(void *ctx, size_t n) { return arena_alloc(ctx, n); }
 
-/* Looks the request's cache up; on failure the reply says why. */
-static store_cache_t *ops_cache(node_t *n, const Grid__Request *rq,
-                                Grid__Reply *rp, arena_t *a) {
+/* Looks the request's cache up; on failure the reply says why. Without a
+ * view the caller holds a reference and releases it. */
+static store_cache_t *ops_cache(node_t *n, store_view_t *view,
+                                const Grid__Request *rq, Grid__Reply *rp,
+                                arena_t *a) {
   const char *name = rq->cache ? rq->cache : "";
-  store_cache_t *c = store_cache_acquire(n->store, name, strlen(name));
+  store_cache_t *c = view ? store_view_find(view, name, strlen(name))
+                          : store_cache_acquire(n->store, name, strlen(name));
   if (!c) {
     char detail[96];
     snprintf(detail, sizeof detail, "\"%.64s\"", name);
@@ -382,18 +386,27 @@ static void ops_stats(node_t *n, Grid__Reply *rp, arena_t *a) {
   st->entries = store_entries(n->store);
   st->memory_bytes = (uint64_t)store_memory_bytes(n->store);
   st->memory_bytes_max = (uint64_t)store_memory_bytes_max(n->store);
-  st->ops = atomic_load(&n->ops);
+  st->ops = ops_served(n);
   st->connections = atomic_load(&n->connections);
   st->caches = store_cache_count(n->store);
   st->uptime_ms = (uint64_t)(clock_mono_ms() - n->started_ms);
   rp->stats = st;
 }
 
-void ops_execute(node_t *n, const Grid__Request *rq, Grid__Reply *rp,
-                 arena_t *a) {
+uint64_t ops_served(node_t *n) {
+  return atomic_load(&n->ops) + (n->net ? net_ops_served(n->net) : 0);
+}
+
+void ops_execute(node_t *n, store_view_t *view, const Grid__Request *rq,
+                 Grid__Reply *rp, arena_t *a) {
   rp->id = rq->id;
   rp->status = 0;
-  atomic_fetch_add_explicit(&n->ops, 1, memory_order_relaxed);
+  if (view) /* one writer: a plain increment, no locked instruction */
+    atomic_store_explicit(&view->ops,
+                          atomic_load_explicit(&view->ops, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+  else
+    atomic_fetch_add_explicit(&n->ops, 1, memory_order_relaxed);
   switch (rq->op) {
     case GRID__OP__PING: return;
     case GRID__OP__CREATE_CACHE: ops_create_cache(n, rq, rp, a); return;
@@ -423,7 +436,7 @@ void ops_execute(node_t *n, const Grid__Request *rq, Grid__Reply *rp,
       return;
     }
   }
-  store_cache_t *c = ops_cache(n, rq, rp, a);
+  store_cache_t *c = ops_cache(n, view, rq, rp, a);
   if (!c) return;
   switch (rq->op) {
     case GRID__OP__GET: ops_get(n, c, rq, rp, a); break;
@@ -434,5 +447,5 @@ void ops_execute(node_t *n, const Grid__Request *rq, Grid__Reply *rp,
     case GRID__OP__SIZE: rp->number = (int64_t)store_cache_size(c); break;
     default: ops_write(n, c, rq, rp, a); break;
   }
-  store_cache_release(n->store, c);
+  if (!view) store_cache_release(n->store, c);
 }

@@ -13,9 +13,15 @@
 /* Fills rp (already initialised with grid__reply__init) for rq. Everything
  * rp points to is either in rq, in arena a, or static: rp is valid until the
  * arena is reset and rq is freed. Never fails as a function: errors are in
- * rp->status / rp->message. */
-void ops_execute(node_t *n, const Grid__Request *rq, Grid__Reply *rp,
-                 arena_t *a);
+ * rp->status / rp->message.
+ * view is the calling thread's view of the caches (an event loop's), or NULL
+ * for a thread that has none: then the cache is looked up under the
+ * registry's read lock. */
+void ops_execute(node_t *n, store_view_t *view, const Grid__Request *rq,
+                 Grid__Reply *rp, arena_t *a);
+
+/* Requests served: the node's own count plus every loop's. */
+uint64_t ops_served(node_t *n);
 
 /* Sets rp's status and words; detail (may be NULL) is added to the code's
  * own words. */

@@ -48,6 +48,7 @@ struct store_cache {
 struct store {
   store_limits_t limits;
   pthread_rwlock_t lock;     /* guards caches[] and ncaches */
+  _Atomic uint64_t gen;      /* changes with every create and drop */
   store_cache_t **caches;    /* caches_max slots */
   size_t ncaches;
   _Atomic int64_t memory_bytes;
@@ -194,8 +195,10 @@ int store_cache_create(store_t *s, const store_cache_cfg_t *cfg) {
     rc = GRID_ECACHEEXISTS;
   else if ((int64_t)s->ncaches >= s->limits.caches_max)
     rc = GRID_ELIMIT;
-  else if ((rc = store_mem_reserve(s, cost)) == 0)
+  else if ((rc = store_mem_reserve(s, cost)) == 0) {
     s->caches[s->ncaches++] = c;
+    atomic_fetch_add_explicit(&s->gen, 1, memory_order_release);
+  }
   pthread_rwlock_unlock(&s->lock);
   if (rc != 0) {
     for (uint32_t i = 0; i < parts; i++) pthread_mutex_destroy(&p[i].lock);
@@ -214,6 +217,7 @@ int store_cache_drop(store_t *s, const char *name) {
     c = s->caches[i];
     s->caches[i] = s->caches[--s->ncaches];
     s->caches[s->ncaches] = NULL;
+    atomic_fetch_add_explicit(&s->gen, 1, memory_order_release);
   }
   pthread_rwlock_unlock(&s->lock);
   if (!c) return GRID_ENOCACHE;
@@ -238,6 +242,53 @@ void store_cache_release(store_t *s, store_cache_t *c) {
   (void)s;
   if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
     store_cache_destroy(c);
+}
+
+int store_view_init(store_view_t *v, store_t *s) {
+  v->store = s;
+  v->n = 0;
+  v->gen = UINT64_MAX; /* refreshed on first use */
+  atomic_init(&v->ops, 0);
+  v->caches = calloc((size_t)s->limits.caches_max, sizeof *v->caches);
+  return v->caches ? 0 : GRID_ENOMEM;
+}
+
+static void store_view_release_all(store_view_t *v) {
+  for (size_t i = 0; i < v->n; i++) store_cache_release(v->store, v->caches[i]);
+  v->n = 0;
+}
+
+void store_view_close(store_view_t *v) {
+  if (!v->caches) return;
+  store_view_release_all(v);
+  free(v->caches);
+  v->caches = NULL;
+}
+
+void store_view_refresh(store_view_t *v) {
+  store_t *s = v->store;
+  if (atomic_load_explicit(&s->gen, memory_order_acquire) == v->gen) return;
+  store_view_release_all(v);
+  pthread_rwlock_rdlock(&s->lock);
+  v->gen = atomic_load_explicit(&s->gen, memory_order_relaxed);
+  for (size_t i = 0; i < s->ncaches; i++) {
+    store_cache_t *c = s->caches[i];
+    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+    v->caches[v->n++] = c;
+  }
+  pthread_rwlock_unlock(&s->lock);
+}
+
+store_cache_t *store_view_find(store_view_t *v, const char *name, size_t len) {
+  store_view_refresh(v);
+  uint64_t h = XXH3_64bits(name, len);
+  for (size_t i = 0; i < v->n; i++) {
+    store_cache_t *c = v->caches[i];
+    if (c->name_hash == h && strlen(c->cfg.name) == len &&
+        memcmp(c->cfg.name, name, len) == 0)
+      return c;
+  }
+  return NULL;
 }
 
 const store_cache_cfg_t *store_cache_cfg(const store_cache_t *c) { return &c->cfg; }

@@ -92,6 +92,31 @@ const store_cache_cfg_t *store_cache_cfg(const store_cache_t *c);
 /* Copies up to max cache configs into out; returns how many caches exist. */
 size_t store_cache_list(store_t *s, store_cache_cfg_t *out, size_t max);
 
+/*
+ * A thread's view of the cache registry, so that finding a cache by name on
+ * the hot path takes no lock and writes no shared memory: the view holds a
+ * reference to every cache and checks one atomic generation number, which
+ * changes when a cache is created or dropped; only then does it take the
+ * registry lock to catch up. A view is used by one thread at a time. Caches
+ * found through it stay valid until that thread's next store_view_find.
+ */
+typedef struct store_view {
+  store_t *store;
+  uint64_t gen;              /* registry generation the view reflects */
+  size_t n;
+  store_cache_t **caches;    /* caches_max counted references */
+  _Atomic uint64_t ops;      /* requests served through this view */
+} store_view_t;
+
+int store_view_init(store_view_t *v, store_t *s);
+/* Releases the view's references. */
+void store_view_close(store_view_t *v);
+/* The cache of that name, or NULL. No reference is taken for the caller. */
+store_cache_t *store_view_find(store_view_t *v, const char *name, size_t len);
+/* Catches up with created and dropped caches now (so that a dropped
+ * cache's memory is given back even by a view that is not used). */
+void store_view_refresh(store_view_t *v);
+
 void store_key_init(const store_cache_t *c, const void *key, size_t len,
                     store_key_t *k);
 /* GRID_EKEYTOOBIG / GRID_EVALTOOBIG / 0 */

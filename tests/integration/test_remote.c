@@ -253,11 +253,11 @@ static void test_threads(void) {
 static void test_timeouts(void) {
   grid_t *g = open_remote(&node);
   grid_set_timeout(g, 300);
-  CHECK_RC(kill(node.pid, SIGSTOP), 0);
+  harness_pause(&node);
   grid_value_t v;
   CHECK_RC(grid_get(g, "default", "k", 1, &v), GRID_ETIMEDOUT);
   CHECK_RC(grid_put(g, "default", "stopped", 7, "v", 1, 0, NULL), GRID_EUNKNOWN);
-  CHECK_RC(kill(node.pid, SIGCONT), 0);
+  harness_resume(&node);
   grid_set_timeout(g, 10000);
   CHECK_RC(grid_ping(g), 0);
   CHECK_RC(grid_get(g, "default", "k", 1, &v), 0);
