@@ -1,1 +1,1253 @@
-int main(void){return 0;}
+/*
+ * gridbench: latency and throughput of grid's client API (grid.h only),
+ * against a remote node ("grid://host:port") or an embedded node in this
+ * process ("embedded:").
+ *
+ * Each worker thread issues requests on its own handle (remote) or on the
+ * one shared embedded handle, either
+ *   - closed loop: the next request goes out when a previous one is done,
+ *     with --pipeline D requests in flight (D = 1: synchronous calls), or
+ *   - open loop (--rate R): request i of a thread has an intended start time
+ *     on a fixed schedule; when the thread is behind it sends at once, and the
+ *     latency is counted from the intended start, so that a stall of the
+ *     system is charged to every request it delayed (the "coordinated
+ *     omission" correction of wrk2 and HdrHistogram).
+ *
+ * Latencies go to per-thread log-bucketed histograms (128 sub-buckets per
+ * power of two: under 0.4% error at the bucket midpoint), merged at the end.
+ * See perf/README.md for how to read the numbers.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "grid.h"
+
+#define EXIT_RUN_FAILED 1 /* preload failed, interrupted before measuring, ... */
+#define EXIT_USAGE 2
+#define EXIT_CONNECT 3
+
+/* Limits on what the command line may ask for. */
+#define THREADS_MAX 256
+#define PIPELINE_MAX 1024 /* well under the client's 4096 in-flight slots */
+#define KEYS_MAX 100000000u /* keeps "key:%08u" at exactly 12 bytes */
+#define VALUE_BYTES_MAX (16u << 20) /* the node's default value_bytes_max */
+#define RATE_MAX 10000000.0
+#define DURATION_S_MAX 86400.0
+#define WARMUP_S_MAX 3600.0
+#define REQUESTS_MAX 1000000000000ull
+#define TIMEOUT_MS_MAX 3600000u
+#define SPIN_US_MAX 10000u
+#define CACHE_NAME_BYTES_MAX 64
+#define KEY_BYTES_MAX 16 /* "key:" + up to 10 digits + NUL */
+
+#define PRELOAD_BATCH_KEYS 1000
+#define PRELOAD_BATCH_BYTES_MAX (8u << 20) /* values per put_all, well below frame_bytes_max */
+#define BATCH_MEAN_GETS 1000000            /* gets in the untimed-per-call loop */
+#define BATCH_MEAN_KEYS 65536              /* precomputed keys it cycles through */
+#define TIMER_COST_READS 1000000           /* clock reads to price one read */
+#define SLEEP_CHUNK_NS 100000000ull        /* longest sleep: stays responsive to ^C */
+#define CONTROL_TICK_NS 50000000ull        /* controller wake-up */
+#define DRAIN_GRACE_MS 5000                /* beyond the timeout, for callbacks */
+#define CATCH_UP_NS 1000000000ull          /* open loop: sending what was due, after the window */
+#define ZIPF_THETA 0.99
+
+#define NS_PER_S 1000000000ull
+
+/* ---- time ---------------------------------------------------------------- */
+
+static uint64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * NS_PER_S + (uint64_t)ts.tv_nsec;
+}
+
+static void sleep_abs_ns(uint64_t t) {
+  struct timespec ts = {.tv_sec = (time_t)(t / NS_PER_S), .tv_nsec = (long)(t % NS_PER_S)};
+  while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
+  }
+}
+
+/* ---- histogram ------------------------------------------------------------ */
+
+/*
+ * Buckets, in nanoseconds:
+ *
+ *   value v              bucket index                         width
+ *   0 .. 255             v                                    1
+ *   2^e .. 2^(e+1)-1     256 + (e-8)*128 + (v>>(e-7)) - 128   2^(e-7)   (8 <= e <= 36)
+ *
+ * so a bucket is at most 1/128 of its lower bound wide. Values from 2^37 ns
+ * (137 s, far beyond any timeout) share the last bucket; max is exact.
+ *
+ * One thread writes a histogram at a time (its worker, or its connection's
+ * I/O thread under the worker's mutex); the controller reads it while it
+ * grows for the progress line. Relaxed atomic loads and stores make that
+ * race-free at the cost of a plain move on x86.
+ */
+#define HIST_SUB_BITS 7
+#define HIST_SUB (1u << HIST_SUB_BITS)
+#define HIST_EXACT (2u * HIST_SUB)
+#define HIST_TOP_BIT 37
+#define HIST_BUCKETS (HIST_EXACT + (HIST_TOP_BIT - HIST_SUB_BITS - 1) * HIST_SUB)
+
+typedef struct hist {
+  _Atomic uint64_t n;
+  _Atomic uint64_t sum_ns;
+  _Atomic uint64_t max_ns;
+  _Atomic uint64_t counts[HIST_BUCKETS];
+} hist_t;
+
+#define LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
+#define STORE(x, v) atomic_store_explicit(&(x), (v), memory_order_relaxed)
+/* Single-writer increment: no locked instruction needed. */
+#define BUMP(x, by) STORE(x, LOAD(x) + (by))
+
+static uint32_t hist_index(uint64_t v) {
+  if (v < HIST_EXACT) return (uint32_t)v;
+  if (v >= (1ull << HIST_TOP_BIT)) v = (1ull << HIST_TOP_BIT) - 1;
+  unsigned e = 63u - (unsigned)__builtin_clzll(v);
+  return HIST_EXACT + (e - HIST_SUB_BITS - 1) * HIST_SUB +
+         (uint32_t)(v >> (e - HIST_SUB_BITS)) - HIST_SUB;
+}
+
+/* The midpoint of bucket i: what a percentile falling in it reports. */
+static uint64_t hist_value_at(uint32_t i) {
+  if (i < HIST_EXACT) return i;
+  uint32_t group = (i - HIST_EXACT) / HIST_SUB, sub = (i - HIST_EXACT) % HIST_SUB;
+  unsigned shift = group + 1;
+  uint64_t low = (uint64_t)(HIST_SUB + sub) << shift;
+  return low + ((1ull << shift) >> 1);
+}
+
+static void hist_record(hist_t *h, uint64_t v) {
+  BUMP(h->counts[hist_index(v)], 1);
+  BUMP(h->n, 1);
+  BUMP(h->sum_ns, v);
+  if (v > LOAD(h->max_ns)) STORE(h->max_ns, v);
+}
+
+/* dst += src. dst is the caller's alone; src may be growing. */
+static void hist_merge(hist_t *dst, hist_t *src) {
+  uint64_t n = 0;
+  for (uint32_t i = 0; i < HIST_BUCKETS; i++) {
+    uint64_t c = LOAD(src->counts[i]);
+    if (c) {
+      BUMP(dst->counts[i], c);
+      n += c;
+    }
+  }
+  /* Counted from the buckets so that percentiles of a snapshot add up. */
+  BUMP(dst->n, n);
+  BUMP(dst->sum_ns, LOAD(src->sum_ns));
+  if (LOAD(src->max_ns) > LOAD(dst->max_ns)) STORE(dst->max_ns, LOAD(src->max_ns));
+}
+
+static void hist_clear(hist_t *h) { memset(h, 0, sizeof *h); }
+
+/* The value at or below which pct percent of the samples lie. */
+static uint64_t hist_percentile(hist_t *h, double pct) {
+  uint64_t n = LOAD(h->n);
+  if (n == 0) return 0;
+  uint64_t rank = (uint64_t)ceil(pct / 100.0 * (double)n);
+  if (rank < 1) rank = 1;
+  uint64_t seen = 0;
+  for (uint32_t i = 0; i < HIST_BUCKETS; i++) {
+    seen += LOAD(h->counts[i]);
+    if (seen >= rank) {
+      uint64_t v = hist_value_at(i), max = LOAD(h->max_ns);
+      return v > max ? max : v;
+    }
+  }
+  return LOAD(h->max_ns);
+}
+
+static double hist_mean(hist_t *h) {
+  uint64_t n = LOAD(h->n);
+  return n ? (double)LOAD(h->sum_ns) / (double)n : 0.0;
+}
+
+static hist_t *hist_new(void) { return calloc(1, sizeof(hist_t)); }
+
+/* ---- random keys ---------------------------------------------------------- */
+
+/* splitmix64: small, fast, and good enough to pick keys. */
+static uint64_t rng_next(uint64_t *s) {
+  uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+/* Uniform in [0, 1). */
+static double rng_unit(uint64_t *s) { return (double)(rng_next(s) >> 11) * 0x1.0p-53; }
+
+/*
+ * Zipfian ranks in [0, n) after Gray et al., "Quickly generating
+ * billion-record synthetic databases" (SIGMOD 1994), as YCSB's
+ * ZipfianGenerator does it. Rank 0 (key:00000000) is the hottest; keys are
+ * not scrambled, which does not matter here because the grid places keys
+ * by hash.
+ */
+typedef struct zipf {
+  uint64_t n;
+  double theta;
+  double alpha;      /* 1 / (1 - theta) */
+  double zetan;      /* sum over i = 1..n of 1 / i^theta */
+  double eta;
+  double half_pow_theta; /* 0.5^theta */
+} zipf_t;
+
+static void zipf_init(zipf_t *z, uint64_t n, double theta) {
+  double zetan = 0.0;
+  for (uint64_t i = n; i >= 1; i--) zetan += 1.0 / pow((double)i, theta); /* small terms first */
+  double zeta2 = 1.0 + pow(0.5, theta);
+  z->n = n;
+  z->theta = theta;
+  z->alpha = 1.0 / (1.0 - theta);
+  z->zetan = zetan;
+  z->half_pow_theta = pow(0.5, theta);
+  z->eta = n > 1 ? (1.0 - pow(2.0 / (double)n, 1.0 - theta)) / (1.0 - zeta2 / zetan) : 0.0;
+}
+
+static uint64_t zipf_next(const zipf_t *z, double u) {
+  double uz = u * z->zetan;
+  if (uz < 1.0) return 0;
+  if (uz < 1.0 + z->half_pow_theta) return z->n > 1 ? 1 : 0;
+  uint64_t r = (uint64_t)((double)z->n * pow(z->eta * u - z->eta + 1.0, z->alpha));
+  return r < z->n ? r : z->n - 1;
+}
+
+/* Writes "key:%08u" into buf (KEY_BYTES_MAX bytes); returns its length. */
+static size_t key_format(char *buf, uint32_t i) {
+  char digits[10];
+  int nd = 0;
+  do {
+    digits[nd++] = (char)('0' + i % 10);
+    i /= 10;
+  } while (i);
+  while (nd < 8) digits[nd++] = '0';
+  memcpy(buf, "key:", 4);
+  for (int k = 0; k < nd; k++) buf[4 + k] = digits[nd - 1 - k];
+  buf[4 + nd] = '\0';
+  return 4 + (size_t)nd;
+}
+
+/* ---- configuration --------------------------------------------------------- */
+
+typedef enum { OP_GET, OP_PUT, OP_MIX } op_kind_t;
+enum { REQ_GET = 0, REQ_PUT = 1, REQ_KINDS = 2 };
+static const char *const req_names[REQ_KINDS] = {"get", "put"};
+static const char *const op_names[] = {"get", "put", "mix"};
+
+typedef struct bench_cfg {
+  const char *uri;
+  int embedded;
+  op_kind_t op;
+  double get_ratio;      /* mix: share of gets */
+  int get_ratio_set;
+  uint32_t keys;
+  uint32_t value_bytes;
+  int zipfian;
+  const char *cache;
+  uint32_t threads;
+  uint32_t pipeline;
+  double rate;           /* total ops/s; 0 = closed loop */
+  double duration_s;
+  int duration_set;
+  double warmup_s;
+  uint64_t requests;     /* recorded requests in all; 0 = run for duration_s */
+  uint32_t timeout_ms;
+  uint32_t spin_us;      /* open loop: busy-wait this close to a start time */
+  int preload;
+  int json;
+  int quiet;
+} bench_cfg_t;
+
+static void usage(FILE *f) {
+  fprintf(f,
+    "usage: gridbench --uri URI [options]\n"
+    "\n"
+    "Measures latency and throughput of grid's client API (grid.h).\n"
+    "\n"
+    "target\n"
+    "  --uri URI            grid://HOST:PORT (a running node) or embedded: (a node in\n"
+    "                       this process, called from the worker threads directly)\n"
+    "  --cache NAME         cache to use (default \"default\"); with embedded: it is\n"
+    "                       created if missing\n"
+    "  --timeout-ms N       deadline of every call (default 5000)\n"
+    "workload\n"
+    "  --op get|put|mix     operation (default get)\n"
+    "  --get-ratio F        mix only: share of gets, 0..1 (default 0.9)\n"
+    "  --keys N             keys \"key:%%08u\" for i in [0, N) (default 100000, max %u)\n"
+    "  --value-bytes N      value size (default 100, max %u)\n"
+    "  --keyspace K         uniform | zipfian (theta %.2f, rank 0 hottest) (default uniform)\n"
+    "  --no-preload         skip writing every key first (by default all keys are\n"
+    "                       written with put_all batches of %d so gets hit)\n"
+    "load\n"
+    "  --threads T          worker threads, one handle (connection) each (default 1,\n"
+    "                       max %d); embedded: all threads share the one node\n"
+    "  --pipeline D         requests in flight per thread (default 1 = synchronous\n"
+    "                       calls; D > 1 uses grid_get_async/grid_put_async; max %d)\n"
+    "  --rate R             open loop: R ops/s in all, spread evenly over the threads;\n"
+    "                       latency counts from each request's scheduled start\n"
+    "                       (default: closed loop, as fast as replies come)\n"
+    "  --duration-s S       measured time (default 5)\n"
+    "  --warmup-s W         unrecorded time before it (default 1)\n"
+    "  --requests N         measure N requests in all instead of a duration\n"
+    "  --spin-us N          open loop: busy-wait the last N us before each scheduled\n"
+    "                       start instead of sleeping (default 0; see README)\n"
+    "output\n"
+    "  --json               one JSON object on stdout instead of the table\n"
+    "  --quiet              no progress lines on stderr\n"
+    "  --help, --version\n"
+    "\n"
+    "exit status: 0 measured (request errors are reported, not fatal), 1 run failed,\n"
+    "2 bad command line, 3 cannot connect or open the node\n",
+    KEYS_MAX, VALUE_BYTES_MAX, ZIPF_THETA, PRELOAD_BATCH_KEYS, THREADS_MAX, PIPELINE_MAX);
+}
+
+__attribute__((format(printf, 1, 2), noreturn)) static void usage_error(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "gridbench: ");
+  vfprintf(stderr, fmt, ap);
+  fprintf(stderr, "\n(see gridbench --help)\n");
+  va_end(ap);
+  exit(EXIT_USAGE);
+}
+
+static uint64_t parse_u64_in(const char *flag, const char *s, uint64_t min, uint64_t max) {
+  char *end;
+  errno = 0;
+  unsigned long long v = *s == '-' ? 0 : strtoull(s, &end, 10);
+  if (*s == '-' || end == s || *end || errno || v < min || v > max) {
+    char range[64];
+    snprintf(range, sizeof range, "%" PRIu64 "..%" PRIu64, min, max);
+    fprintf(stderr, "gridbench: %s wants an integer in %s, not \"%s\"\n(see gridbench --help)\n",
+            flag, range, s);
+    exit(EXIT_USAGE);
+  }
+  return v;
+}
+
+/* min_open: min itself is excluded. */
+static double parse_double_in(const char *flag, const char *s, double min, int min_open,
+                              double max) {
+  char *end;
+  errno = 0;
+  double v = strtod(s, &end);
+  if (end == s || *end || errno || !isfinite(v) || v < min || (min_open && v == min) ||
+      v > max) {
+    fprintf(stderr, "gridbench: %s wants a number %s %g and at most %g, not \"%s\"\n"
+            "(see gridbench --help)\n", flag, min_open ? "above" : "from", min, max, s);
+    exit(EXIT_USAGE);
+  }
+  return v;
+}
+
+static int cache_name_ok(const char *s) {
+  size_t n = strlen(s);
+  if (n == 0 || n > CACHE_NAME_BYTES_MAX) return 0;
+  for (size_t i = 0; i < n; i++) {
+    char c = s[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+          c == '_' || c == '.' || c == '-'))
+      return 0;
+  }
+  return 1;
+}
+
+static void parse_args(int argc, char **argv, bench_cfg_t *c) {
+  enum {
+    O_URI = 1000, O_OP, O_GET_RATIO, O_KEYS, O_VALUE_BYTES, O_KEYSPACE, O_CACHE, O_THREADS,
+    O_PIPELINE, O_RATE, O_DURATION, O_WARMUP, O_REQUESTS, O_TIMEOUT, O_SPIN, O_NO_PRELOAD, O_JSON,
+    O_QUIET, O_HELP, O_VERSION
+  };
+  static const struct option opts[] = {
+      {"uri", required_argument, 0, O_URI},
+      {"op", required_argument, 0, O_OP},
+      {"get-ratio", required_argument, 0, O_GET_RATIO},
+      {"keys", required_argument, 0, O_KEYS},
+      {"value-bytes", required_argument, 0, O_VALUE_BYTES},
+      {"keyspace", required_argument, 0, O_KEYSPACE},
+      {"cache", required_argument, 0, O_CACHE},
+      {"threads", required_argument, 0, O_THREADS},
+      {"pipeline", required_argument, 0, O_PIPELINE},
+      {"rate", required_argument, 0, O_RATE},
+      {"duration-s", required_argument, 0, O_DURATION},
+      {"warmup-s", required_argument, 0, O_WARMUP},
+      {"requests", required_argument, 0, O_REQUESTS},
+      {"timeout-ms", required_argument, 0, O_TIMEOUT},
+      {"spin-us", required_argument, 0, O_SPIN},
+      {"no-preload", no_argument, 0, O_NO_PRELOAD},
+      {"json", no_argument, 0, O_JSON},
+      {"quiet", no_argument, 0, O_QUIET},
+      {"help", no_argument, 0, O_HELP},
+      {"version", no_argument, 0, O_VERSION},
+      {0, 0, 0, 0},
+  };
+  *c = (bench_cfg_t){.op = OP_GET, .get_ratio = 0.9, .keys = 100000, .value_bytes = 100,
+                     .cache = "default", .threads = 1, .pipeline = 1, .duration_s = 5.0,
+                     .warmup_s = 1.0, .timeout_ms = 5000, .preload = 1};
+  opterr = 0;
+  int o;
+  while ((o = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+    switch (o) {
+      case O_URI: c->uri = optarg; break;
+      case O_OP:
+        if (strcmp(optarg, "get") == 0) c->op = OP_GET;
+        else if (strcmp(optarg, "put") == 0) c->op = OP_PUT;
+        else if (strcmp(optarg, "mix") == 0) c->op = OP_MIX;
+        else usage_error("--op wants get, put or mix, not \"%s\"", optarg);
+        break;
+      case O_GET_RATIO:
+        c->get_ratio = parse_double_in("--get-ratio", optarg, 0.0, 0, 1.0);
+        c->get_ratio_set = 1;
+        break;
+      case O_KEYS: c->keys = (uint32_t)parse_u64_in("--keys", optarg, 1, KEYS_MAX); break;
+      case O_VALUE_BYTES:
+        c->value_bytes = (uint32_t)parse_u64_in("--value-bytes", optarg, 0, VALUE_BYTES_MAX);
+        break;
+      case O_KEYSPACE:
+        if (strcmp(optarg, "uniform") == 0) c->zipfian = 0;
+        else if (strcmp(optarg, "zipfian") == 0) c->zipfian = 1;
+        else usage_error("--keyspace wants uniform or zipfian, not \"%s\"", optarg);
+        break;
+      case O_CACHE:
+        if (!cache_name_ok(optarg))
+          usage_error("--cache wants 1..64 bytes of [A-Za-z0-9_.-], not \"%s\"", optarg);
+        c->cache = optarg;
+        break;
+      case O_THREADS: c->threads = (uint32_t)parse_u64_in("--threads", optarg, 1, THREADS_MAX); break;
+      case O_PIPELINE:
+        c->pipeline = (uint32_t)parse_u64_in("--pipeline", optarg, 1, PIPELINE_MAX);
+        break;
+      case O_RATE: c->rate = parse_double_in("--rate", optarg, 0.0, 1, RATE_MAX); break;
+      case O_DURATION:
+        c->duration_s = parse_double_in("--duration-s", optarg, 0.0, 1, DURATION_S_MAX);
+        c->duration_set = 1;
+        break;
+      case O_WARMUP: c->warmup_s = parse_double_in("--warmup-s", optarg, 0.0, 0, WARMUP_S_MAX); break;
+      case O_REQUESTS: c->requests = parse_u64_in("--requests", optarg, 1, REQUESTS_MAX); break;
+      case O_TIMEOUT:
+        c->timeout_ms = (uint32_t)parse_u64_in("--timeout-ms", optarg, 1, TIMEOUT_MS_MAX);
+        break;
+      case O_SPIN: c->spin_us = (uint32_t)parse_u64_in("--spin-us", optarg, 0, SPIN_US_MAX); break;
+      case O_NO_PRELOAD: c->preload = 0; break;
+      case O_JSON: c->json = 1; break;
+      case O_QUIET: c->quiet = 1; break;
+      case O_HELP: usage(stdout); exit(0);
+      case O_VERSION: printf("gridbench %s\n", GRID_VERSION_STRING); exit(0);
+      case ':':
+        usage_error("%s needs a value", argv[optind - 1]);
+        break;
+      default:
+        usage_error("unknown option \"%s\"", argv[optind - 1]);
+    }
+  }
+  if (optind < argc) usage_error("unexpected argument \"%s\"", argv[optind]);
+  if (!c->uri) usage_error("--uri is required: grid://HOST:PORT or embedded:");
+  if (strcmp(c->uri, "embedded:") == 0) c->embedded = 1;
+  else if (strncmp(c->uri, "grid://", 7) != 0)
+    usage_error("--uri wants grid://HOST:PORT or embedded:, not \"%s\"", c->uri);
+  if (c->get_ratio_set && c->op != OP_MIX)
+    usage_error("--get-ratio only applies to --op mix");
+  if (c->requests && c->duration_set)
+    usage_error("give --duration-s or --requests, not both");
+  if (c->spin_us && c->rate <= 0) usage_error("--spin-us only applies with --rate");
+  if (c->rate > 0 && c->rate / c->threads < 1e-3)
+    usage_error("--rate is under 0.001 ops/s per thread");
+}
+
+/* ---- the run ------------------------------------------------------------- */
+
+/* Error counters: slot -code for a GRID_E* code; two of our own. */
+#define ERR_SLOTS 64
+#define ERR_SLOT_BAD_LEN 0           /* a get returned a value of the wrong size */
+#define ERR_SLOT_OTHER (ERR_SLOTS - 1)
+#define BENCH_EBADLEN 1000           /* our status for ERR_SLOT_BAD_LEN */
+
+static int err_slot(int rc) {
+  if (rc == BENCH_EBADLEN) return ERR_SLOT_BAD_LEN;
+  if (rc < 0 && rc > -ERR_SLOT_OTHER) return -rc;
+  return ERR_SLOT_OTHER;
+}
+
+static const char *err_words(int slot) {
+  if (slot == ERR_SLOT_BAD_LEN) return "get returned a value of unexpected length";
+  if (slot == ERR_SLOT_OTHER) return "unexpected error code";
+  return grid_strerror(-slot);
+}
+
+typedef struct run {
+  const bench_cfg_t *cfg;
+  zipf_t zipf;
+  unsigned char *value;      /* value_bytes of pattern, read-only */
+  uint64_t begin_ns;         /* the open-loop schedule starts here */
+  uint64_t measure_start_ns; /* requests starting (or due) from here are recorded */
+  uint64_t measure_end_ns;   /* ... until here; UINT64_MAX with --requests */
+  uint64_t send_end_ns;      /* open loop: no sending after this */
+  _Atomic int stop;          /* ^C: workers stop issuing */
+  _Atomic uint32_t workers_done;
+} run_t;
+
+typedef struct worker worker_t;
+
+/* One pipelined request in flight. */
+typedef struct req_ctx {
+  worker_t *w;
+  struct req_ctx *next_free;
+  uint64_t intended_ns; /* scheduled start (== sent_ns in closed loop) */
+  uint64_t sent_ns;
+  int kind;             /* REQ_GET or REQ_PUT */
+  int recorded;         /* started within the measured window */
+} req_ctx_t;
+
+struct worker {
+  run_t *run;
+  uint32_t idx;
+  grid_t *g;
+  pthread_t tid;
+  uint64_t rng;
+  uint64_t quota;                 /* --requests: recorded requests to issue */
+  hist_t *lat[REQ_KINDS];         /* from the intended start */
+  hist_t *svc[REQ_KINDS];         /* open loop: from the actual send */
+  _Atomic uint64_t errors[ERR_SLOTS];
+  _Atomic uint64_t completed;     /* every completion, warm-up included */
+  uint64_t unsent;                /* open loop: due in the window, never sent */
+  uint64_t finish_ns;
+  uint32_t stuck;                 /* requests never called back */
+  /* pipelining: the callbacks run on the handle's I/O thread */
+  pthread_mutex_t mu;
+  pthread_cond_t cv;              /* a request completed */
+  uint32_t inflight;
+  req_ctx_t *free_list;
+  req_ctx_t *ctxs;
+};
+
+static int op_pick(worker_t *w) {
+  const bench_cfg_t *c = w->run->cfg;
+  if (c->op == OP_GET) return REQ_GET;
+  if (c->op == OP_PUT) return REQ_PUT;
+  return rng_unit(&w->rng) < c->get_ratio ? REQ_GET : REQ_PUT;
+}
+
+static uint32_t key_pick(worker_t *w) {
+  const bench_cfg_t *c = w->run->cfg;
+  double u = rng_unit(&w->rng);
+  if (c->zipfian) return (uint32_t)zipf_next(&w->run->zipf, u);
+  uint32_t k = (uint32_t)(u * c->keys);
+  return k < c->keys ? k : c->keys - 1;
+}
+
+/* Open loop: when request i of this worker is due. Requests of all workers
+ * interleave evenly: together they form one schedule at --rate. */
+static uint64_t schedule_ns(const worker_t *w, uint64_t i) {
+  const bench_cfg_t *c = w->run->cfg;
+  double at = ((double)i * c->threads + w->idx) * (double)NS_PER_S / c->rate;
+  return w->run->begin_ns + (uint64_t)at;
+}
+
+/* Sleeps until t, waking now and then to see ^C; the last --spin-us are
+ * spent spinning, since a sleeper wakes some microseconds late. */
+static void sleep_until(run_t *r, uint64_t t) {
+  uint64_t spin_ns = (uint64_t)r->cfg->spin_us * 1000;
+  for (;;) {
+    uint64_t now = now_ns();
+    if (now >= t || LOAD(r->stop)) return;
+    if (t - now <= spin_ns) continue;
+    uint64_t wake = t - spin_ns;
+    sleep_abs_ns(wake - now > SLEEP_CHUNK_NS ? now + SLEEP_CHUNK_NS : wake);
+  }
+}
+
+/* Counts the requests due in the measured window, from request i on, that
+ * the worker will not send: it is still behind CATCH_UP_NS after the window
+ * closed. */
+static void count_unsent(worker_t *w, uint64_t i) {
+  run_t *r = w->run;
+  for (uint64_t t; (t = schedule_ns(w, i)) < r->measure_end_ns; i++)
+    if (t >= r->measure_start_ns) w->unsent++;
+}
+
+/* Books one completed request. Called by the worker (synchronous calls) or
+ * with w->mu held (pipelined). */
+static void worker_complete(worker_t *w, int kind, int rc, uint64_t intended_ns,
+                            uint64_t sent_ns, uint64_t end_ns, int recorded) {
+  BUMP(w->completed, 1);
+  if (!recorded) return;
+  if (rc != 0) {
+    BUMP(w->errors[err_slot(rc)], 1);
+    return;
+  }
+  hist_record(w->lat[kind], end_ns - intended_ns);
+  if (w->svc[kind]) hist_record(w->svc[kind], end_ns - sent_ns);
+}
+
+/* One synchronous request; the timed part is the call and, for a get, the
+ * grid_value_free() every caller must do. */
+static int worker_call_sync(worker_t *w, int kind, const char *key, size_t key_len) {
+  const bench_cfg_t *c = w->run->cfg;
+  if (kind == REQ_PUT)
+    return grid_put(w->g, c->cache, key, key_len, w->run->value, c->value_bytes, 0, NULL);
+  grid_value_t v;
+  int rc = grid_get(w->g, c->cache, key, key_len, &v);
+  if (rc == 0 && v.len != c->value_bytes) rc = BENCH_EBADLEN;
+  grid_value_free(&v);
+  return rc;
+}
+
+static void worker_run_sync(worker_t *w) {
+  run_t *r = w->run;
+  const bench_cfg_t *c = r->cfg;
+  int open = c->rate > 0;
+  uint64_t issued_recorded = 0;
+  char key[KEY_BYTES_MAX];
+  for (uint64_t i = 0;; i++) {
+    int kind = op_pick(w);
+    size_t key_len = key_format(key, key_pick(w));
+    uint64_t intended = 0;
+    if (open) {
+      intended = schedule_ns(w, i);
+      if (intended >= r->measure_end_ns) break;
+      sleep_until(r, intended);
+    }
+    if (LOAD(r->stop)) break;
+    uint64_t t0 = now_ns();
+    if (!open) {
+      intended = t0;
+      if (t0 >= r->measure_end_ns) break;
+    } else if (t0 >= r->send_end_ns) {
+      count_unsent(w, i);
+      break;
+    }
+    int recorded = intended >= r->measure_start_ns;
+    if (recorded && issued_recorded++ == w->quota) break;
+    int rc = worker_call_sync(w, kind, key, key_len);
+    uint64_t t1 = now_ns();
+    worker_complete(w, kind, rc, intended, t0, t1, recorded);
+  }
+}
+
+static void worker_async_done(req_ctx_t *q, int rc, uint64_t end_ns) {
+  worker_t *w = q->w;
+  pthread_mutex_lock(&w->mu);
+  worker_complete(w, q->kind, rc, q->intended_ns, q->sent_ns, end_ns, q->recorded);
+  q->next_free = w->free_list;
+  w->free_list = q;
+  w->inflight--;
+  pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+}
+
+static void worker_on_get_cb(int status, const grid_value_t *value, void *arg) {
+  uint64_t end = now_ns();
+  req_ctx_t *q = arg;
+  if (status == 0 && value->len != q->w->run->cfg->value_bytes) status = BENCH_EBADLEN;
+  worker_async_done(q, status, end);
+}
+
+static void worker_on_put_cb(int status, uint64_t version, void *arg) {
+  (void)version;
+  worker_async_done(arg, status, now_ns());
+}
+
+/* Waits until every request in flight has called back, within the calls'
+ * deadline and a grace period; what is still out then is reported. */
+static void worker_drain(worker_t *w) {
+  const bench_cfg_t *c = w->run->cfg;
+  uint64_t deadline = now_ns() + ((uint64_t)c->timeout_ms + DRAIN_GRACE_MS) * 1000000ull;
+  struct timespec ts = {.tv_sec = (time_t)(deadline / NS_PER_S),
+                        .tv_nsec = (long)(deadline % NS_PER_S)};
+  pthread_mutex_lock(&w->mu);
+  while (w->inflight > 0)
+    if (pthread_cond_timedwait(&w->cv, &w->mu, &ts) == ETIMEDOUT) break;
+  w->stuck = w->inflight;
+  pthread_mutex_unlock(&w->mu);
+}
+
+static void worker_run_pipelined(worker_t *w) {
+  run_t *r = w->run;
+  const bench_cfg_t *c = r->cfg;
+  int open = c->rate > 0;
+  uint64_t issued_recorded = 0;
+  char key[KEY_BYTES_MAX];
+  for (uint64_t i = 0;; i++) {
+    int kind = op_pick(w);
+    size_t key_len = key_format(key, key_pick(w));
+    uint64_t intended = 0;
+    if (open) {
+      intended = schedule_ns(w, i);
+      if (intended >= r->measure_end_ns) break;
+      sleep_until(r, intended);
+    }
+    /* A free place in the pipeline; completions come within the timeout. */
+    pthread_mutex_lock(&w->mu);
+    while (w->inflight >= c->pipeline) pthread_cond_wait(&w->cv, &w->mu);
+    req_ctx_t *q = w->free_list;
+    w->free_list = q->next_free;
+    w->inflight++;
+    pthread_mutex_unlock(&w->mu);
+    uint64_t t0 = now_ns();
+    int last = LOAD(r->stop) != 0;
+    if (!open) {
+      intended = t0;
+      last = last || t0 >= r->measure_end_ns;
+    } else if (!last && t0 >= r->send_end_ns) {
+      count_unsent(w, i);
+      last = 1;
+    }
+    int recorded = intended >= r->measure_start_ns;
+    if (!last && recorded && issued_recorded++ == w->quota) last = 1;
+    if (last) { /* give the place back unused */
+      pthread_mutex_lock(&w->mu);
+      q->next_free = w->free_list;
+      w->free_list = q;
+      w->inflight--;
+      pthread_mutex_unlock(&w->mu);
+      break;
+    }
+    *q = (req_ctx_t){.w = w, .intended_ns = intended, .sent_ns = t0, .kind = kind,
+                     .recorded = recorded};
+    /* Embedded: the callback runs inside the call, so no lock is held here. */
+    int rc = kind == REQ_GET
+                 ? grid_get_async(w->g, c->cache, key, key_len, worker_on_get_cb, q)
+                 : grid_put_async(w->g, c->cache, key, key_len, r->value, c->value_bytes, 0,
+                                  worker_on_put_cb, q);
+    if (rc != 0) worker_async_done(q, rc, now_ns()); /* no callback will come */
+  }
+  worker_drain(w);
+}
+
+static void *worker_main(void *arg) {
+  worker_t *w = arg;
+  const bench_cfg_t *c = w->run->cfg;
+  /* Open loop: wake up on schedule, not up to 50 us late (the default slack). */
+  if (c->rate > 0) prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+  if (c->pipeline > 1) worker_run_pipelined(w);
+  else worker_run_sync(w);
+  w->finish_ns = now_ns();
+  atomic_fetch_add(&w->run->workers_done, 1);
+  return NULL;
+}
+
+static int worker_init(worker_t *w, run_t *r, uint32_t idx) {
+  const bench_cfg_t *c = r->cfg;
+  memset(w, 0, sizeof *w);
+  w->run = r;
+  w->idx = idx;
+  w->rng = 0x6772696462656E63ull ^ ((uint64_t)(idx + 1) * 0x9E3779B97F4A7C15ull);
+  w->quota = UINT64_MAX;
+  if (c->requests)
+    w->quota = c->requests / c->threads + (idx < c->requests % c->threads ? 1 : 0);
+  for (int k = 0; k < REQ_KINDS; k++) {
+    if (!(w->lat[k] = hist_new())) return -1;
+    if (c->rate > 0 && !(w->svc[k] = hist_new())) return -1;
+  }
+  pthread_mutex_init(&w->mu, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&w->cv, &ca);
+  pthread_condattr_destroy(&ca);
+  if (c->pipeline > 1) {
+    if (!(w->ctxs = calloc(c->pipeline, sizeof *w->ctxs))) return -1;
+    for (uint32_t i = 0; i < c->pipeline; i++) {
+      w->ctxs[i].next_free = w->free_list;
+      w->free_list = &w->ctxs[i];
+    }
+  }
+  return 0;
+}
+
+/* ---- preload -------------------------------------------------------------- */
+
+/* Writes every key with put_all batches, halving a batch the node refuses as
+ * too big. */
+static int preload(grid_t *g, const bench_cfg_t *c, const unsigned char *value, int progress) {
+  size_t batch = PRELOAD_BATCH_KEYS;
+  size_t by_bytes = PRELOAD_BATCH_BYTES_MAX / ((size_t)c->value_bytes + KEY_BYTES_MAX);
+  if (by_bytes < 1) by_bytes = 1;
+  if (batch > by_bytes) batch = by_bytes;
+  char(*kbuf)[KEY_BYTES_MAX] = malloc(PRELOAD_BATCH_KEYS * sizeof *kbuf);
+  const void **kp = malloc(PRELOAD_BATCH_KEYS * sizeof *kp);
+  const void **vp = malloc(PRELOAD_BATCH_KEYS * sizeof *vp);
+  size_t *kl = malloc(PRELOAD_BATCH_KEYS * sizeof *kl);
+  size_t *vl = malloc(PRELOAD_BATCH_KEYS * sizeof *vl);
+  int rc = kbuf && kp && vp && kl && vl ? 0 : GRID_ENOMEM;
+  uint64_t t0 = now_ns(), shown = t0;
+  int tty = isatty(STDERR_FILENO);
+  for (uint32_t i = 0; rc == 0 && i < c->keys;) {
+    size_t n = c->keys - i < batch ? c->keys - i : batch;
+    for (size_t j = 0; j < n; j++) {
+      kl[j] = key_format(kbuf[j], i + (uint32_t)j);
+      kp[j] = kbuf[j];
+      vp[j] = value;
+      vl[j] = c->value_bytes;
+    }
+    rc = grid_put_all(g, c->cache, n, kp, kl, vp, vl, 0);
+    if ((rc == GRID_EBATCHTOOBIG || rc == GRID_EFRAMETOOBIG) && batch > 1) {
+      batch /= 2;
+      rc = 0;
+      continue;
+    }
+    i += (uint32_t)n;
+    uint64_t now = now_ns();
+    if (progress && rc == 0 && (now - shown >= NS_PER_S / 2 || i == c->keys)) {
+      fprintf(stderr, "%spreload: %u/%u keys (%.0f%%)%s", tty ? "\r" : "", i, c->keys,
+              100.0 * i / c->keys, tty ? "" : "\n");
+      shown = now;
+    }
+  }
+  if (progress && rc == 0)
+    fprintf(stderr, "%spreload: %u keys of %u bytes in %.2f s (put_all, batches of %zu)\n",
+            tty ? "\r\033[K" : "", c->keys, c->value_bytes, (now_ns() - t0) / 1e9, batch);
+  free(kbuf);
+  free(kp);
+  free(vp);
+  free(kl);
+  free(vl);
+  return rc;
+}
+
+/* ---- embedded extras: the clock's price and the batch mean --------------- */
+
+/* Mean cost of one CLOCK_MONOTONIC read. */
+static double timer_cost_ns(void) {
+  uint64_t sink = 0, t0 = now_ns();
+  for (int i = 0; i < TIMER_COST_READS; i++) sink += now_ns();
+  uint64_t t1 = now_ns();
+  __asm__ volatile("" : : "r"(sink));
+  return (double)(t1 - t0) / TIMER_COST_READS;
+}
+
+/* Mean time of a get (call + grid_value_free) over one timed loop of
+ * BATCH_MEAN_GETS gets: no clock read per call. Keys are drawn up front. */
+static int batch_mean_ns(grid_t *g, run_t *r, double *mean_ns, uint64_t *errors) {
+  const bench_cfg_t *c = r->cfg;
+  char(*keys)[KEY_BYTES_MAX] = malloc(BATCH_MEAN_KEYS * sizeof *keys);
+  size_t *lens = malloc(BATCH_MEAN_KEYS * sizeof *lens);
+  if (!keys || !lens) {
+    free(keys);
+    free(lens);
+    return GRID_ENOMEM;
+  }
+  worker_t picker = {.run = r, .rng = 0x62617463686D65ull};
+  for (uint32_t i = 0; i < BATCH_MEAN_KEYS; i++) lens[i] = key_format(keys[i], key_pick(&picker));
+  uint64_t errs = 0;
+  uint64_t t0 = now_ns();
+  for (uint32_t i = 0; i < BATCH_MEAN_GETS; i++) {
+    uint32_t k = i & (BATCH_MEAN_KEYS - 1);
+    grid_value_t v;
+    if (grid_get(g, c->cache, keys[k], lens[k], &v) != 0) errs++;
+    grid_value_free(&v);
+  }
+  uint64_t t1 = now_ns();
+  free(keys);
+  free(lens);
+  *mean_ns = (double)(t1 - t0) / BATCH_MEAN_GETS;
+  *errors = errs;
+  return 0;
+}
+
+/* ---- results -------------------------------------------------------------- */
+
+typedef struct results {
+  hist_t *lat[REQ_KINDS + 1];  /* per kind, then all */
+  hist_t *svc[REQ_KINDS + 1];  /* open loop only */
+  uint64_t errors[ERR_SLOTS];
+  uint64_t errors_total;
+  uint64_t unsent;
+  uint32_t stuck;
+  double elapsed_s;            /* the measured window */
+  int batch_measured;
+  double batch_mean_ns;
+  uint64_t batch_errors;
+  double timer_ns;
+  int interrupted;             /* ^C ended the run early */
+} results_t;
+
+/* Merges the workers' histograms into h[kind] and h[REQ_KINDS] (all). */
+static void merge_hists(worker_t *ws, uint32_t n, int service, hist_t **h) {
+  for (int k = 0; k <= REQ_KINDS; k++) hist_clear(h[k]);
+  for (uint32_t i = 0; i < n; i++)
+    for (int k = 0; k < REQ_KINDS; k++) {
+      hist_t *src = service ? ws[i].svc[k] : ws[i].lat[k];
+      if (!src) continue;
+      hist_merge(h[k], src);
+      hist_merge(h[REQ_KINDS], src);
+    }
+}
+
+static double us(uint64_t ns) { return (double)ns / 1000.0; }
+
+static void print_row(const char *label, hist_t *h, double elapsed_s) {
+  uint64_t n = LOAD(h->n);
+  printf("%-14s %10" PRIu64 " %11.1f %9.3f %9.3f %9.3f %9.3f %10.3f %9.3f\n", label, n,
+         elapsed_s > 0 ? n / elapsed_s : 0.0, us(hist_percentile(h, 50)),
+         us(hist_percentile(h, 90)), us(hist_percentile(h, 99)), us(hist_percentile(h, 99.9)),
+         us(LOAD(h->max_ns)), hist_mean(h) / 1000.0);
+}
+
+static void print_table(const bench_cfg_t *c, results_t *res) {
+  printf("gridbench %s  uri=%s  cache=%s\n", GRID_VERSION_STRING, c->uri, c->cache);
+  printf("workload: op=%s", op_names[c->op]);
+  if (c->op == OP_MIX) printf(" (get ratio %.3g)", c->get_ratio);
+  printf("  keys=%u %s%s  value=%u bytes\n", c->keys, c->zipfian ? "zipfian" : "uniform",
+         c->zipfian ? " (theta 0.99)" : "", c->value_bytes);
+  printf("load: %s loop, %u thread%s x pipeline %u%s", c->rate > 0 ? "open" : "closed",
+         c->threads, c->threads == 1 ? "" : "s", c->pipeline,
+         c->pipeline == 1 ? " (synchronous calls)" : " (async calls)");
+  if (c->rate > 0) printf(", target %.0f ops/s", c->rate);
+  if (c->spin_us) printf(", spin %u us", c->spin_us);
+  printf("\n        measured %.2f s after %.2f s of warm-up", res->elapsed_s, c->warmup_s);
+  if (c->requests) printf(" (--requests %" PRIu64 ")", c->requests);
+  if (res->interrupted) printf(" (interrupted)");
+  printf("\n\n");
+  printf("%-14s %10s %11s %9s %9s %9s %9s %10s %9s\n", "latency (us)", "ops", "ops/s", "p50",
+         "p90", "p99", "p99.9", "max", "mean");
+  int mix = c->op == OP_MIX;
+  for (int k = 0; k <= REQ_KINDS; k++) {
+    if (mix ? 0 : k != REQ_KINDS) continue;
+    print_row(k == REQ_KINDS ? (mix ? "all" : op_names[c->op]) : req_names[k], res->lat[k],
+              res->elapsed_s);
+  }
+  if (c->rate > 0) {
+    for (int k = 0; k <= REQ_KINDS; k++) {
+      if (mix ? 0 : k != REQ_KINDS) continue;
+      char label[32];
+      snprintf(label, sizeof label, "%s service", k == REQ_KINDS ? (mix ? "all" : op_names[c->op]) : req_names[k]);
+      print_row(label, res->svc[k], res->elapsed_s);
+    }
+  }
+  printf("\nerrors: ");
+  if (res->errors_total == 0) printf("none\n");
+  else {
+    printf("%" PRIu64 " (not in the latencies)\n", res->errors_total);
+    for (int s = 0; s < ERR_SLOTS; s++)
+      if (res->errors[s]) printf("  %10" PRIu64 "  %s\n", res->errors[s], err_words(s));
+  }
+  if (c->rate > 0)
+    printf("note: open loop: latency counts from each request's scheduled start (corrected\n"
+           "      for coordinated omission); \"service\" rows count from the actual send.\n");
+  if (c->pipeline > 1)
+    printf("note: a pipelined request is timed from its send to its callback.\n");
+  if (c->embedded) {
+    printf("note: embedded: each call timed on its own with CLOCK_MONOTONIC; the clock read\n"
+           "      (%.0f ns here) is included in every latency above.\n", res->timer_ns);
+    if (res->batch_measured)
+      printf("      batch mean: %.1f ns per get (%d gets in one timed loop, one thread,\n"
+             "      no per-call clock read)%s\n", res->batch_mean_ns, BATCH_MEAN_GETS,
+             res->batch_errors ? " -- with errors!" : "");
+  }
+  if (res->unsent)
+    printf("warning: %" PRIu64 " requests due in the window were never sent: the node (or\n"
+           "         this client) did not keep up with --rate, and the figures above cover\n"
+           "         only the requests sent; lower the rate.\n", res->unsent);
+  if (res->stuck)
+    printf("warning: %u requests never called back (client library bug?)\n", res->stuck);
+}
+
+static void json_string(const char *s) {
+  putchar('"');
+  for (; *s; s++) {
+    unsigned char ch = (unsigned char)*s;
+    if (ch == '"' || ch == '\\') printf("\\%c", ch);
+    else if (ch < 0x20) printf("\\u%04x", ch);
+    else putchar(ch);
+  }
+  putchar('"');
+}
+
+static void json_lat(const char *prefix, hist_t *h) {
+  printf(",\"%sp50_us\":%.3f,\"%sp90_us\":%.3f,\"%sp99_us\":%.3f,\"%sp999_us\":%.3f,"
+         "\"%smax_us\":%.3f,\"%smean_us\":%.3f",
+         prefix, us(hist_percentile(h, 50)), prefix, us(hist_percentile(h, 90)), prefix,
+         us(hist_percentile(h, 99)), prefix, us(hist_percentile(h, 99.9)), prefix,
+         us(LOAD(h->max_ns)), prefix, hist_mean(h) / 1000.0);
+}
+
+static void print_json(const bench_cfg_t *c, results_t *res) {
+  hist_t *all = res->lat[REQ_KINDS];
+  uint64_t ops = LOAD(all->n);
+  printf("{\"uri\":");
+  json_string(c->uri);
+  printf(",\"op\":\"%s\",\"threads\":%u,\"pipeline\":%u,\"rate\":%.3f,\"loop\":\"%s\","
+         "\"value_bytes\":%u,\"keys\":%u,\"keyspace\":\"%s\",\"cache\":",
+         op_names[c->op], c->threads, c->pipeline, c->rate, c->rate > 0 ? "open" : "closed",
+         c->value_bytes, c->keys, c->zipfian ? "zipfian" : "uniform");
+  json_string(c->cache);
+  printf(",\"duration_s\":%.3f,\"warmup_s\":%.3f,\"ops\":%" PRIu64 ",\"ops_per_s\":%.1f,"
+         "\"errors\":%" PRIu64,
+         res->elapsed_s, c->warmup_s, ops, res->elapsed_s > 0 ? ops / res->elapsed_s : 0.0,
+         res->errors_total);
+  json_lat("", all);
+  if (res->batch_measured) printf(",\"batch_mean_ns\":%.1f", res->batch_mean_ns);
+  if (c->embedded) printf(",\"timer_overhead_ns\":%.1f", res->timer_ns);
+  if (c->rate > 0) {
+    json_lat("service_", res->svc[REQ_KINDS]);
+    printf(",\"unsent\":%" PRIu64, res->unsent);
+  }
+  if (c->op == OP_MIX) printf(",\"get_ratio\":%.3f", c->get_ratio);
+  printf(",\"error_counts\":{");
+  int first = 1;
+  for (int s = 0; s < ERR_SLOTS; s++) {
+    if (!res->errors[s]) continue;
+    if (!first) putchar(',');
+    first = 0;
+    json_string(err_words(s));
+    printf(":%" PRIu64, res->errors[s]);
+  }
+  putchar('}');
+  if (res->stuck) printf(",\"stuck\":%u", res->stuck);
+  if (res->interrupted) printf(",\"interrupted\":true");
+  /* Last, so that a reader taking the first "p50_us" gets the overall one. */
+  if (c->op == OP_MIX) {
+    printf(",\"by_op\":{");
+    for (int k = 0; k < REQ_KINDS; k++) {
+      uint64_t n = LOAD(res->lat[k]->n);
+      printf("%s\"%s\":{\"ops\":%" PRIu64 ",\"ops_per_s\":%.1f", k ? "," : "", req_names[k], n,
+             res->elapsed_s > 0 ? n / res->elapsed_s : 0.0);
+      json_lat("", res->lat[k]);
+      putchar('}');
+    }
+    putchar('}');
+  }
+  printf("}\n");
+}
+
+/* ---- controller ---------------------------------------------------------- */
+
+static volatile sig_atomic_t interrupted;
+
+static void on_sigint(int sig) {
+  (void)sig;
+  interrupted = 1;
+}
+
+/* One line on stderr: how the measured part goes so far. */
+static void print_progress(run_t *r, worker_t *ws, hist_t **scratch, uint64_t now,
+                           uint64_t *last_completed, uint64_t *last_ns) {
+  const bench_cfg_t *c = r->cfg;
+  uint64_t completed = 0, errors = 0;
+  for (uint32_t i = 0; i < c->threads; i++) {
+    completed += LOAD(ws[i].completed);
+    for (int s = 0; s < ERR_SLOTS; s++) errors += LOAD(ws[i].errors[s]);
+  }
+  double rate_now = now > *last_ns ? (completed - *last_completed) * 1e9 / (now - *last_ns) : 0;
+  *last_completed = completed;
+  *last_ns = now;
+  if (now < r->measure_start_ns + NS_PER_S / 5) { /* too soon for a measured rate */
+    fprintf(stderr, "[%6.1fs] warm-up   ops/s now=%.0f\n", (now - r->begin_ns) / 1e9, rate_now);
+    return;
+  }
+  merge_hists(ws, c->threads, 0, scratch);
+  hist_t *all = scratch[REQ_KINDS];
+  double t = (now - r->measure_start_ns) / 1e9;
+  fprintf(stderr,
+          "[%6.1fs] measuring ops=%" PRIu64 " ops/s=%.0f (now %.0f) p99=%.1fus errors=%" PRIu64
+          "\n",
+          (now - r->begin_ns) / 1e9, LOAD(all->n), t > 0 ? LOAD(all->n) / t : 0.0, rate_now,
+          us(hist_percentile(all, 99)), errors);
+}
+
+static int open_handle(const bench_cfg_t *c, uint32_t idx, grid_t **out) {
+  char name[64];
+  snprintf(name, sizeof name, "gridbench-%u", idx);
+  grid_options_t o = {.timeout_ms = c->timeout_ms, .client_name = name};
+  int rc = grid_open(c->uri, &o, out);
+  if (rc != 0)
+    fprintf(stderr, "gridbench: cannot open %s: %s\n", c->uri, grid_strerror(rc));
+  return rc;
+}
+
+/* The cache must exist; an embedded node starts with "default" only, so a
+ * cache named on the command line is made there. */
+static int ensure_cache(grid_t *g, const bench_cfg_t *c) {
+  uint64_t size;
+  int rc = grid_size(g, c->cache, &size);
+  if (rc == GRID_ENOCACHE && c->embedded) {
+    grid_cache_config_t cc = {.name = c->cache};
+    rc = grid_cache_create(g, &cc);
+    if (rc == 0 && !c->quiet)
+      fprintf(stderr, "gridbench: created cache \"%s\" in the embedded node\n", c->cache);
+  }
+  if (rc != 0)
+    fprintf(stderr, "gridbench: cache \"%s\": %s%s\n", c->cache, grid_strerror(rc),
+            rc == GRID_ENOCACHE ? " (create it with gridctl create-cache)" : "");
+  return rc;
+}
+
+int main(int argc, char **argv) {
+  bench_cfg_t cfg;
+  parse_args(argc, argv, &cfg);
+  const bench_cfg_t *c = &cfg;
+
+  run_t run = {.cfg = c};
+  if (c->zipfian) {
+    if (!c->quiet && c->keys > 10000000)
+      fprintf(stderr, "gridbench: computing zipfian constants for %u keys...\n", c->keys);
+    zipf_init(&run.zipf, c->keys, ZIPF_THETA);
+  }
+  run.value = malloc(c->value_bytes ? c->value_bytes : 1);
+  worker_t *ws = calloc(c->threads, sizeof *ws);
+  if (!run.value || !ws) {
+    fprintf(stderr, "gridbench: out of memory\n");
+    return EXIT_RUN_FAILED;
+  }
+  for (uint32_t i = 0; i < c->value_bytes; i++) run.value[i] = (unsigned char)('a' + i % 26);
+  for (uint32_t i = 0; i < c->threads; i++) {
+    if (worker_init(&ws[i], &run, i) != 0) {
+      fprintf(stderr, "gridbench: out of memory\n");
+      return EXIT_RUN_FAILED;
+    }
+  }
+
+  /* Remote: one handle (one connection) per thread. Embedded: one node,
+   * shared, since separate handles would be separate nodes. */
+  grid_t *shared = NULL;
+  for (uint32_t i = 0; i < c->threads; i++) {
+    if (c->embedded && shared) {
+      ws[i].g = shared;
+      continue;
+    }
+    if (open_handle(c, i, &ws[i].g) != 0) return EXIT_CONNECT;
+    if (c->embedded) shared = ws[i].g;
+  }
+  int rc = ensure_cache(ws[0].g, c);
+  if (rc != 0) return rc == GRID_ECONN || rc == GRID_ETIMEDOUT ? EXIT_CONNECT : EXIT_RUN_FAILED;
+  if (c->preload && (rc = preload(ws[0].g, c, run.value, !c->quiet)) != 0) {
+    fprintf(stderr, "gridbench: preload failed: %s\n", grid_strerror(rc));
+    return rc == GRID_ECONN ? EXIT_CONNECT : EXIT_RUN_FAILED;
+  }
+  if (c->embedded && c->pipeline > 1 && !c->quiet)
+    fprintf(stderr, "gridbench: note: embedded async calls complete before they return, "
+                    "so --pipeline %u keeps at most one request in flight\n", c->pipeline);
+
+  struct sigaction sa = {.sa_handler = on_sigint, .sa_flags = SA_RESETHAND};
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, NULL);
+
+  run.begin_ns = now_ns();
+  run.measure_start_ns = run.begin_ns + (uint64_t)(c->warmup_s * 1e9);
+  run.measure_end_ns =
+      c->requests ? UINT64_MAX : run.measure_start_ns + (uint64_t)(c->duration_s * 1e9);
+  run.send_end_ns = c->requests ? UINT64_MAX : run.measure_end_ns + CATCH_UP_NS;
+  for (uint32_t i = 0; i < c->threads; i++) {
+    if (pthread_create(&ws[i].tid, NULL, worker_main, &ws[i]) != 0) {
+      fprintf(stderr, "gridbench: cannot start worker thread %u\n", i);
+      STORE(run.stop, 1);
+      for (uint32_t j = 0; j < i; j++) pthread_join(ws[j].tid, NULL);
+      return EXIT_RUN_FAILED;
+    }
+  }
+
+  hist_t *scratch[REQ_KINDS + 1];
+  hist_t *scratch_svc[REQ_KINDS + 1];
+  for (int k = 0; k <= REQ_KINDS; k++) {
+    scratch[k] = hist_new();
+    scratch_svc[k] = hist_new();
+    if (!scratch[k] || !scratch_svc[k]) {
+      fprintf(stderr, "gridbench: out of memory\n");
+      return EXIT_RUN_FAILED;
+    }
+  }
+  uint64_t stop_ns = 0, next_progress = run.begin_ns + NS_PER_S;
+  uint64_t last_completed = 0, last_ns = run.begin_ns;
+  while (atomic_load(&run.workers_done) < c->threads) {
+    sleep_abs_ns(now_ns() + CONTROL_TICK_NS);
+    uint64_t now = now_ns();
+    if (interrupted && !stop_ns) {
+      stop_ns = now;
+      STORE(run.stop, 1);
+      if (!c->quiet) fprintf(stderr, "gridbench: interrupted, finishing what is in flight\n");
+    }
+    if (now >= next_progress) {
+      if (!c->quiet && !stop_ns)
+        print_progress(&run, ws, scratch, now, &last_completed, &last_ns);
+      next_progress += NS_PER_S;
+      if (next_progress <= now) next_progress = now + NS_PER_S;
+    }
+  }
+  for (uint32_t i = 0; i < c->threads; i++) pthread_join(ws[i].tid, NULL);
+
+  results_t res = {0};
+  for (int k = 0; k <= REQ_KINDS; k++) {
+    res.lat[k] = scratch[k];
+    res.svc[k] = scratch_svc[k];
+  }
+  merge_hists(ws, c->threads, 0, res.lat);
+  if (c->rate > 0) merge_hists(ws, c->threads, 1, res.svc);
+  uint64_t last_finish = 0;
+  for (uint32_t i = 0; i < c->threads; i++) {
+    for (int s = 0; s < ERR_SLOTS; s++) {
+      res.errors[s] += LOAD(ws[i].errors[s]);
+      res.errors_total += LOAD(ws[i].errors[s]);
+    }
+    res.unsent += ws[i].unsent;
+    res.stuck += ws[i].stuck;
+    if (ws[i].finish_ns > last_finish) last_finish = ws[i].finish_ns;
+  }
+  uint64_t window_end = c->requests ? last_finish : run.measure_end_ns;
+  if (stop_ns && stop_ns < window_end) window_end = stop_ns;
+  if (window_end <= run.measure_start_ns) {
+    fprintf(stderr, "gridbench: stopped before the measured part began: nothing to report\n");
+    return EXIT_RUN_FAILED;
+  }
+  res.elapsed_s = (window_end - run.measure_start_ns) / 1e9;
+  res.interrupted = stop_ns != 0;
+
+  if (c->embedded) {
+    res.timer_ns = timer_cost_ns();
+    if (c->op == OP_GET && !stop_ns) {
+      if (!c->quiet) fprintf(stderr, "gridbench: batch mean: %d gets in one timed loop\n",
+                             BATCH_MEAN_GETS);
+      res.batch_measured = batch_mean_ns(shared, &run, &res.batch_mean_ns, &res.batch_errors) == 0;
+    }
+  }
+
+  if (c->json) print_json(c, &res);
+  else print_table(c, &res);
+  fflush(stdout);
+
+  /* A handle with requests that never called back cannot be closed (close
+   * waits for them), nor can its worker's memory be freed. */
+  int any_stuck = res.stuck > 0;
+  if (c->embedded) {
+    if (!any_stuck) grid_close(shared);
+  } else {
+    for (uint32_t i = 0; i < c->threads; i++)
+      if (!ws[i].stuck) grid_close(ws[i].g);
+  }
+  if (!any_stuck) {
+    for (uint32_t i = 0; i < c->threads; i++) {
+      for (int k = 0; k < REQ_KINDS; k++) {
+        free(ws[i].lat[k]);
+        free(ws[i].svc[k]);
+      }
+      free(ws[i].ctxs);
+      pthread_mutex_destroy(&ws[i].mu);
+      pthread_cond_destroy(&ws[i].cv);
+    }
+    free(ws);
+  }
+  for (int k = 0; k <= REQ_KINDS; k++) {
+    free(scratch[k]);
+    free(scratch_svc[k]);
+  }
+  free(run.value);
+  return any_stuck ? EXIT_RUN_FAILED : 0;
+}
