@@ -314,8 +314,16 @@ void store_key_init(const store_cache_t *c, const void *key, size_t len,
                     store_key_t *k) {
   k->data = key;
   k->len = len;
-  k->hash = XXH3_64bits(key, len);
-  k->part = part_of(key, len, c->cfg.partitions);
+  uint64_t h = XXH3_64bits(key, len);
+  const void *aff;
+  size_t aff_len;
+  part_affinity(key, len, &aff, &aff_len);
+  uint64_t ph = aff_len == len ? h : XXH3_64bits(aff, aff_len);
+  k->part = (uint32_t)(ph % c->cfg.partitions);
+  /* Buckets take the hash's high half: the partition already fixed its low
+   * bits (hash mod a power of two), so they would send every key of a
+   * partition to the same bucket. */
+  k->hash = (h >> 32) | (h << 32);
 }
 
 int store_check_sizes(const store_t *s, size_t key_len, size_t value_len) {

@@ -42,7 +42,7 @@ typedef struct store_cache_cfg {
 typedef struct store_key {
   const void *data;
   size_t len;
-  uint64_t hash; /* XXH3 of the whole key: bucket choice */
+  uint64_t hash; /* XXH3 of the whole key, halves swapped: bucket choice */
   uint32_t part; /* partition, from the affinity part */
 } store_key_t;
 

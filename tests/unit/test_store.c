@@ -1121,6 +1121,39 @@ static void test_concurrent_add(void) {
   store_free(s);
 }
 
+/* Keys of one partition spread over its buckets: a scan step of count 1
+ * returns one bucket, so no step returns many entries. (The partition
+ * fixes the low bits of the key hash; buckets taken from those bits would
+ * chain a whole partition in one bucket.) */
+static int count_all_cb(void *ctx, const void *key, size_t key_len,
+                        const void *value, size_t value_len, uint64_t version) {
+  (*(int *)ctx)++;
+  return 0;
+}
+
+static void test_buckets_spread(void) {
+  store_limits_t l = test_limits();
+  store_t *s = store_new(&l);
+  store_cache_cfg_t cfg = cache_cfg("spread", 1024);
+  CHECK_RC(store_cache_create(s, &cfg), 0);
+  store_cache_t *c = acquire(s, "spread");
+  for (unsigned i = 0; i < 100000; i++) put_numbered(c, i);
+  int max_step = 0, total = 0;
+  for (uint32_t p = 0; p < 8; p++) {
+    uint64_t cursor = 0;
+    do {
+      int step = 0;
+      CHECK_RC(store_scan(c, p, &cursor, 1, T0, count_all_cb, &step), 0);
+      if (step > max_step) max_step = step;
+      total += step;
+    } while (cursor != 0);
+  }
+  CHECK(total > 8 * 50); /* about 98 entries per partition */
+  CHECK(max_step <= 12);
+  store_cache_release(s, c);
+  store_free(s);
+}
+
 int main(void) {
   RUN(test_new_has_default_cache);
   RUN(test_put_get_delete);
@@ -1138,6 +1171,7 @@ int main(void) {
   RUN(test_drop_while_acquired);
   RUN(test_scan);
   RUN(test_scan_while_growing);
+  RUN(test_buckets_spread);
   RUN(test_concurrent_add);
   RUN(test_check_sizes_huge); /* last: it fails today, see its comment */
   fprintf(stderr, "test_store: all passed\n");
