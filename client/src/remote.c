@@ -2,19 +2,23 @@
  * remote: one pipelined TCP connection to a node.
  *
  * Callers write their request frames on the socket themselves (under
- * wlock) and wait on a condition variable of their own; one reader thread
- * per connection reads reply frames, matches them by id to the table of
- * requests in flight and wakes the caller or runs the async callback.
+ * wlock); one reader thread per connection reads reply frames and matches
+ * them by id to the table of requests in flight. A synchronous caller
+ * sleeps on a semaphore of its own, which the reader posts after it has
+ * let go of the table's lock, so the woken caller never queues on it; an
+ * asynchronous call's callback runs on the reader thread.
  *
- * The table has REMOTE_INFLIGHT_MAX slots, indexed by id modulo its size;
- * ids grow by one, so a slot is busy only when the request issued that many
- * ids earlier is still in flight (then the call returns GRID_EBUSY).
+ * The table has REMOTE_INFLIGHT_MAX slots kept on a free list; an id is
+ * (sequence << REMOTE_SLOT_BITS) | slot, so a reply finds its slot at once
+ * and a late reply to a request that gave up finds a newer id there and is
+ * dropped. GRID_EBUSY only when every slot is in use.
  *
  * A lost connection fails every request sent on it (GRID_EUNKNOWN for
  * writes, whose outcome is unknown; GRID_ECONN otherwise) and the next call
  * connects again. Each connection has a generation so that a request is
  * failed only by the loss of the connection it was sent on.
  */
+#define _GNU_SOURCE /* sem_clockwait */
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -22,6 +26,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,26 +38,30 @@
 #include "frame.h"
 #include "log.h"
 
-#define REMOTE_INFLIGHT_MAX 4096       /* requests in flight per handle */
+#define REMOTE_SLOT_BITS 12
+#define REMOTE_INFLIGHT_MAX (1u << REMOTE_SLOT_BITS) /* requests in flight per handle */
 #define REMOTE_POLL_MS 50              /* reader wake-up for deadlines */
 #define REMOTE_RBUF_BYTES 65536
 #define REMOTE_STACK_FRAME_BYTES 4096  /* requests this small skip malloc */
 #define REMOTE_MAGIC 0x47524944u
 #define REMOTE_PROTOCOL_VERSION 1
 
+/* A synchronous caller waiting for its reply, on the caller's stack. */
+typedef struct remote_waiter {
+  sem_t sem;                /* posted once status / rp are set */
+  int status;               /* transport status */
+  Grid__Reply *rp;          /* the reply when status is 0 */
+} remote_waiter_t;
+
 typedef struct remote_slot {
   uint64_t id;              /* 0: free */
   uint64_t gen;             /* connection it was sent on */
   int is_write;
-  int64_t deadline_ms;
-  /* sync */
-  pthread_cond_t *cond;     /* the waiting caller's; NULL for async */
-  int done;
-  int status;               /* transport status when done */
-  Grid__Reply *rp;          /* the reply when done with status 0 */
-  /* async */
-  client_done_fn cb;
+  int64_t deadline_ms;      /* async: when it fails with GRID_ETIMEDOUT */
+  remote_waiter_t *waiter;  /* sync; NULL for async */
+  client_done_fn cb;        /* async */
   void *arg;
+  uint32_t next_free;       /* free list: index + 1, 0 ends it */
 } remote_slot_t;
 
 /* What one connection's reader thread owns. */
@@ -73,7 +82,9 @@ struct remote {
   int fd;                   /* -1: not connected */
   uint64_t gen;             /* generation of fd */
   int closing;
-  uint64_t next_id;
+  uint64_t seq;             /* high bits of the next id */
+  uint32_t free_head;       /* first free slot: index + 1, 0 = none */
+  size_t async_inflight;    /* async requests waiting for replies */
   uint64_t frame_bytes_max; /* the node's, from the handshake */
   remote_slot_t slots[REMOTE_INFLIGHT_MAX];
 };
@@ -207,56 +218,71 @@ static int remote_connect_fd(remote_t *r, uint32_t timeout_ms, int *out_fd) {
 
 /* ---- completing requests ------------------------------------------------ */
 
-/* Completes slot s (lock held). For an async slot the callback is returned
- * through *cb / *arg / *rp for the caller to run after unlocking. */
-static void remote_slot_finish(remote_slot_t *s, int status, Grid__Reply *rp,
-                               client_done_fn *cb, void **arg) {
-  if (s->cond) {
-    s->done = 1;
-    s->status = status;
-    s->rp = rp;
-    pthread_cond_signal(s->cond);
-    *cb = NULL;
-  } else {
-    *cb = s->cb;
-    *arg = s->arg;
-    s->id = 0;
-  }
+static void remote_slot_free(remote_t *r, remote_slot_t *s) {
+  if (!s->waiter) r->async_inflight--;
+  s->id = 0;
+  s->waiter = NULL;
+  s->next_free = r->free_head;
+  r->free_head = (uint32_t)(s - r->slots) + 1;
 }
 
-/* Fails every request sent on connection gen, and async ones past their
- * deadline when expired_only. Callbacks run without the lock. */
+/* What the reader owes a request it took out of the table, to be done after
+ * the lock is let go. */
+typedef struct remote_done {
+  remote_waiter_t *waiter;
+  client_done_fn cb;
+  void *arg;
+  int status;
+} remote_done_t;
+
+/* Takes slot s out of the table (lock held). */
+static remote_done_t remote_slot_claim(remote_t *r, remote_slot_t *s, int status) {
+  remote_done_t d = {s->waiter, s->cb, s->arg, status};
+  remote_slot_free(r, s);
+  return d;
+}
+
+/* Delivers a claimed request's outcome (lock not held). rp is handed to a
+ * waiter, or freed after the callback. */
+static void remote_deliver(remote_done_t *d, Grid__Reply *rp) {
+  if (d->waiter) {
+    d->waiter->status = d->status;
+    d->waiter->rp = rp;
+    sem_post(&d->waiter->sem);
+    return;
+  }
+  d->cb(d->arg, d->status, rp);
+  if (rp) grid__reply__free_unpacked(rp, NULL);
+}
+
+/* Fails every request sent on connection gen, or (expired_only) the async
+ * ones past their deadline. Outcomes are delivered without the lock. */
 static void remote_fail_slots(remote_t *r, uint64_t gen, int expired_only) {
   enum { BATCH = 64 };
   for (;;) {
-    client_done_fn cbs[BATCH];
-    void *args[BATCH];
-    int statuses[BATCH];
+    remote_done_t done[BATCH];
     int k = 0;
     int64_t now = clock_mono_ms();
     pthread_mutex_lock(&r->lock);
+    if (expired_only && r->async_inflight == 0) {
+      pthread_mutex_unlock(&r->lock);
+      return;
+    }
     for (size_t i = 0; i < REMOTE_INFLIGHT_MAX && k < BATCH; i++) {
       remote_slot_t *s = &r->slots[i];
-      if (!s->id || s->done) continue;
+      if (!s->id) continue;
       int status;
       if (expired_only) {
-        if (s->cond || now < s->deadline_ms) continue;
-        status = GRID_ETIMEDOUT;
+        if (s->waiter || now < s->deadline_ms) continue;
+        status = s->is_write ? GRID_EUNKNOWN : GRID_ETIMEDOUT;
       } else {
         if (s->gen != gen) continue;
         status = s->is_write ? GRID_EUNKNOWN : GRID_ECONN;
       }
-      client_done_fn cb;
-      void *arg = NULL;
-      remote_slot_finish(s, status, NULL, &cb, &arg);
-      if (cb) {
-        cbs[k] = cb;
-        args[k] = arg;
-        statuses[k++] = status;
-      }
+      done[k++] = remote_slot_claim(r, s, status);
     }
     pthread_mutex_unlock(&r->lock);
-    for (int i = 0; i < k; i++) cbs[i](args[i], statuses[i], NULL);
+    for (int i = 0; i < k; i++) remote_deliver(&done[i], NULL);
     if (k < BATCH) return;
   }
 }
@@ -264,24 +290,20 @@ static void remote_fail_slots(remote_t *r, uint64_t gen, int expired_only) {
 static void remote_on_reply(remote_t *r, const unsigned char *p, size_t len) {
   Grid__Reply *rp = grid__reply__unpack(NULL, len, p);
   if (!rp) return; /* a reply we cannot read: its caller will time out */
-  client_done_fn cb = NULL;
-  void *arg = NULL;
+  remote_done_t d;
   pthread_mutex_lock(&r->lock);
   remote_slot_t *s = &r->slots[rp->id & (REMOTE_INFLIGHT_MAX - 1)];
-  int mine = rp->id != 0 && s->id == rp->id && !s->done;
-  if (mine) remote_slot_finish(s, 0, rp, &cb, &arg);
+  int mine = rp->id != 0 && s->id == rp->id;
+  if (mine) d = remote_slot_claim(r, s, 0);
   pthread_mutex_unlock(&r->lock);
-  if (!mine) {
-    if (rp->id == 0 && rp->status != 0)
-      LOG_W("client", "\"node reported a connection error\" error=%s message=\"%s\"",
-            grid_err_name(rp->status), rp->message ? rp->message : "");
-    grid__reply__free_unpacked(rp, NULL);
+  if (mine) {
+    remote_deliver(&d, rp);
     return;
   }
-  if (cb) {
-    cb(arg, 0, rp);
-    grid__reply__free_unpacked(rp, NULL);
-  }
+  if (rp->id == 0 && rp->status != 0)
+    LOG_W("client", "\"node reported a connection error\" error=%s message=\"%s\"",
+          grid_err_name(rp->status), rp->message ? rp->message : "");
+  grid__reply__free_unpacked(rp, NULL);
 }
 
 static void *remote_reader_main(void *arg) {
@@ -290,23 +312,20 @@ static void *remote_reader_main(void *arg) {
   size_t cap = REMOTE_RBUF_BYTES, len = 0;
   unsigned char *buf = malloc(cap);
   int64_t expired_checked_ms = clock_mono_ms();
+  /* recv wakes at least every REMOTE_POLL_MS (SO_RCVTIMEO), for async
+   * deadlines and to notice the handle closing: one syscall per read. */
+  struct timeval tv = {.tv_sec = 0, .tv_usec = REMOTE_POLL_MS * 1000};
+  setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   while (buf) {
-    struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
-    int pr = poll(&pfd, 1, REMOTE_POLL_MS);
     int64_t now = clock_mono_ms();
     if (now - expired_checked_ms >= REMOTE_POLL_MS) {
       remote_fail_slots(r, 0, 1); /* async calls past their deadline */
       expired_checked_ms = now;
-    }
-    if (pr < 0 && errno == EINTR) continue;
-    if (pr == 0) {
       pthread_mutex_lock(&r->lock);
       int stale = r->gen != c->gen;
       pthread_mutex_unlock(&r->lock);
       if (stale) break;
-      continue;
     }
-    if (pr < 0) break;
     if (cap - len < 4096) {
       unsigned char *b = realloc(buf, cap * 2);
       if (!b) break;
@@ -314,7 +333,7 @@ static void *remote_reader_main(void *arg) {
       cap *= 2;
     }
     ssize_t n = recv(c->fd, buf + len, cap - len, 0);
-    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) continue;
     if (n <= 0) break;
     len += (size_t)n;
     size_t off = 0;
@@ -401,11 +420,10 @@ int client_op_is_write(Grid__Op op) {
   }
 }
 
-/* Takes a slot for rq and sends it. On success *slot is the slot (id set)
- * and *gen the connection it went out on. */
+/* Takes a slot for rq and sends it. On success *id_out is the request's id. */
 static int remote_send(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
-                       pthread_cond_t *cond, client_done_fn cb, void *arg,
-                       remote_slot_t **slot_out) {
+                       remote_waiter_t *waiter, client_done_fn cb, void *arg,
+                       uint64_t *id_out) {
   unsigned char stackbuf[REMOTE_STACK_FRAME_BYTES];
   pthread_mutex_lock(&r->lock);
   int rc = remote_ensure_connected(r, timeout_ms);
@@ -413,27 +431,27 @@ static int remote_send(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
     pthread_mutex_unlock(&r->lock);
     return rc;
   }
-  uint64_t id = r->next_id + 1;
-  remote_slot_t *s = &r->slots[id & (REMOTE_INFLIGHT_MAX - 1)];
-  if (s->id != 0) {
+  if (r->free_head == 0) {
     pthread_mutex_unlock(&r->lock);
     return GRID_EBUSY;
   }
+  remote_slot_t *s = &r->slots[r->free_head - 1];
+  uint64_t id = (++r->seq << REMOTE_SLOT_BITS) | (uint64_t)(s - r->slots);
   rq->id = id; /* before the size: the id is part of the message */
   size_t n = grid__request__get_packed_size(rq);
   if (n > r->frame_bytes_max) {
     pthread_mutex_unlock(&r->lock);
     return GRID_EFRAMETOOBIG;
   }
-  r->next_id = id;
-  memset(s, 0, sizeof *s);
+  r->free_head = s->next_free;
   s->id = id;
   s->gen = r->gen;
   s->is_write = client_op_is_write(rq->op);
   s->deadline_ms = clock_mono_ms() + timeout_ms;
-  s->cond = cond;
+  s->waiter = waiter;
   s->cb = cb;
   s->arg = arg;
+  if (!waiter) r->async_inflight++;
   int fd = r->fd;
   pthread_mutex_unlock(&r->lock);
 
@@ -452,29 +470,35 @@ static int remote_send(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
   }
   if (rc != 0) {
     /* Nothing or part of the frame went out: the stream is unusable, and
-     * the reader fails what was in flight on it. */
+     * the reader fails what was in flight on it. This request is failed
+     * here, unless the reader has already taken it. */
     pthread_mutex_lock(&r->lock);
-    if (s->id == id) s->id = 0;
+    int ours = s->id == id;
+    if (ours) remote_slot_free(r, s);
     if (r->fd == fd) shutdown(fd, SHUT_RDWR);
     pthread_mutex_unlock(&r->lock);
+    if (!ours) {
+      /* The reader failed it already and delivers that outcome: the
+       * waiter's semaphore is posted, or the callback runs. */
+      *id_out = id;
+      return 0;
+    }
     return rc == GRID_ENOMEM ? rc : (client_op_is_write(rq->op) ? GRID_EUNKNOWN : rc);
   }
-  *slot_out = s;
+  *id_out = id;
   return 0;
 }
 
 int remote_call(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
                 client_reply_t *out) {
-  pthread_cond_t cond;
-  pthread_condattr_t ca;
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-  pthread_cond_init(&cond, &ca);
-  pthread_condattr_destroy(&ca);
-  remote_slot_t *s;
-  int rc = remote_send(r, rq, timeout_ms, &cond, NULL, NULL, &s);
+  remote_waiter_t w;
+  sem_init(&w.sem, 0, 0);
+  w.rp = NULL;
+  w.status = 0;
+  uint64_t id = 0;
+  int rc = remote_send(r, rq, timeout_ms, &w, NULL, NULL, &id);
   if (rc != 0) {
-    pthread_cond_destroy(&cond);
+    sem_destroy(&w.sem);
     return rc;
   }
   struct timespec ts;
@@ -485,32 +509,37 @@ int remote_call(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
     ts.tv_sec++;
     ts.tv_nsec -= 1000000000;
   }
-  pthread_mutex_lock(&r->lock);
-  while (!s->done) {
-    if (pthread_cond_timedwait(&cond, &r->lock, &ts) == ETIMEDOUT && !s->done) break;
+  int got;
+  while ((got = sem_clockwait(&w.sem, CLOCK_MONOTONIC, &ts)) != 0 && errno == EINTR) {
   }
-  if (s->done) {
-    rc = s->status;
-    if (rc == 0) {
-      out->rp = s->rp;
-      out->unpacked = 1;
+  if (got != 0) {
+    /* Timed out, unless the reader took the request in the meantime: then
+     * its post is on the way and the reply counts. */
+    pthread_mutex_lock(&r->lock);
+    remote_slot_t *s = &r->slots[id & (REMOTE_INFLIGHT_MAX - 1)];
+    int ours = id != 0 && s->id == id;
+    int is_write = client_op_is_write(rq->op);
+    if (ours) remote_slot_free(r, s);
+    pthread_mutex_unlock(&r->lock);
+    if (ours) {
+      sem_destroy(&w.sem);
+      /* A write that got no reply in time may still have been applied. */
+      return is_write ? GRID_EUNKNOWN : GRID_ETIMEDOUT;
     }
-  } else {
-    /* A write that got no reply in time may still have been applied. */
-    rc = s->is_write ? GRID_EUNKNOWN : GRID_ETIMEDOUT;
+    while (sem_wait(&w.sem) != 0 && errno == EINTR) {
+    }
   }
-  s->id = 0;
-  s->done = 0;
-  s->cond = NULL;
-  pthread_mutex_unlock(&r->lock);
-  pthread_cond_destroy(&cond);
-  return rc;
+  sem_destroy(&w.sem);
+  if (w.status != 0) return w.status;
+  out->rp = w.rp;
+  out->unpacked = 1;
+  return 0;
 }
 
 int remote_call_async(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
                       client_done_fn done, void *arg) {
-  remote_slot_t *s;
-  return remote_send(r, rq, timeout_ms, NULL, done, arg, &s);
+  uint64_t id;
+  return remote_send(r, rq, timeout_ms, NULL, done, arg, &id);
 }
 
 int remote_open(const char *host, int port, const grid_options_t *opts,
@@ -522,6 +551,9 @@ int remote_open(const char *host, int port, const grid_options_t *opts,
   snprintf(r->client_name, sizeof r->client_name, "%s",
            opts && opts->client_name ? opts->client_name : "");
   r->fd = -1;
+  for (uint32_t i = 0; i < REMOTE_INFLIGHT_MAX; i++)
+    r->slots[i].next_free = i + 1 < REMOTE_INFLIGHT_MAX ? i + 2 : 0;
+  r->free_head = 1;
   pthread_mutex_init(&r->lock, NULL);
   pthread_mutex_init(&r->wlock, NULL);
   pthread_cond_init(&r->readers_cond, NULL);
