@@ -293,18 +293,26 @@ static ProtobufCBinaryData *client_bytes_list(size_t n, const void *const *p,
   return b;
 }
 
+/* Runs a batch op that takes only keys (get_all, delete_all). */
+static int client_call_keys(grid_t *g, Grid__Op op, const char *cache, size_t n,
+                            const void *const *keys, const size_t *key_lens,
+                            client_reply_t *r) {
+  Grid__Request rq;
+  client_request_key(&rq, op, cache, NULL, 0);
+  rq.keys = client_bytes_list(n, keys, key_lens);
+  if (!rq.keys) return GRID_ENOMEM;
+  rq.n_keys = n;
+  int rc = client_call(g, &rq, r);
+  free(rq.keys);
+  return rc;
+}
+
 int grid_get_all(grid_t *g, const char *cache, size_t n,
                  const void *const *keys, const size_t *key_lens,
                  grid_value_t *out) {
   memset(out, 0, n * sizeof *out);
-  Grid__Request rq;
-  client_request_key(&rq, GRID__OP__GET_ALL, cache, NULL, 0);
-  rq.keys = client_bytes_list(n, keys, key_lens);
-  if (!rq.keys) return GRID_ENOMEM;
-  rq.n_keys = n;
   client_reply_t r;
-  int rc = client_call(g, &rq, &r);
-  free(rq.keys);
+  int rc = client_call_keys(g, GRID__OP__GET_ALL, cache, n, keys, key_lens, &r);
   if (rc != 0) return rc;
   if (r.rp->n_entries != n) rc = GRID_EPROTO;
   for (size_t i = 0; rc == 0 && i < n; i++) {
@@ -337,14 +345,8 @@ int grid_put_all(grid_t *g, const char *cache, size_t n,
 int grid_delete_all(grid_t *g, const char *cache, size_t n,
                     const void *const *keys, const size_t *key_lens,
                     size_t *deleted) {
-  Grid__Request rq;
-  client_request_key(&rq, GRID__OP__DELETE_ALL, cache, NULL, 0);
-  rq.keys = client_bytes_list(n, keys, key_lens);
-  if (!rq.keys) return GRID_ENOMEM;
-  rq.n_keys = n;
   client_reply_t r;
-  int rc = client_call(g, &rq, &r);
-  free(rq.keys);
+  int rc = client_call_keys(g, GRID__OP__DELETE_ALL, cache, n, keys, key_lens, &r);
   if (rc != 0) return rc;
   if (deleted) *deleted = (size_t)r.rp->number;
   client_reply_free(&r);
