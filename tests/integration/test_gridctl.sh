@@ -76,6 +76,23 @@ ctl create-cache c --backups 9 >/dev/null 2>"$dir/err"; rc=$?
 set -e
 
 "$GRIDD" --help | grep -q "usage: gridd" || fail "gridd --help"
+
+# A config file, with flags overriding it whatever their order.
+cat > "$dir/grid.conf" <<CONF
+# a comment
+port = 1            # overridden by --port
+memory_bytes_max = 3M
+key_bytes_max=100
+CONF
+"$GRIDD" --port 0 --config "$dir/grid.conf" --set key_bytes_max=200 --print-config > "$dir/eff"
+grep -qx 'port = 0' "$dir/eff" || fail "--port did not override the file"
+grep -qx 'memory_bytes_max = 3145728' "$dir/eff" || fail "file setting lost"
+grep -qx 'key_bytes_max = 200' "$dir/eff" || fail "--set did not override the file"
+printf 'port = 99999\n' > "$dir/bad.conf"
+set +e
+"$GRIDD" --config "$dir/bad.conf" 2>"$dir/err"; rc=$?
+set -e
+[ "$rc" -eq 2 ] && grep -q "bad.conf:1: port: 99999 is outside 0..65535" "$dir/err" || fail "bad config file ($rc): $(cat "$dir/err")"
 set +e
 "$GRIDD" --set no_such=1 2>"$dir/err"; rc=$?
 set -e
