@@ -53,7 +53,11 @@ extern "C" {
   XX(ECONFIG, -22, "bad configuration")                                        \
   XX(EADDR, -23, "bad address: expected grid://host:port or embedded:")        \
   XX(ELIMIT, -24, "a named node limit was reached")                            \
-  XX(EINTERNAL, -25, "internal error")
+  XX(EINTERNAL, -25, "internal error")                                         \
+  XX(ESTALE, -26, "request routed with a stale partition map: refresh and retry") \
+  XX(ELOST, -27, "partition lost: no copy of it is left in the cluster")       \
+  XX(ECLUSTER, -28, "cluster coordination (ZooKeeper) unavailable to this node") \
+  XX(ENOTREADY, -29, "partition changing owner: retry shortly")
 
 typedef enum {
   GRID_OK = 0,

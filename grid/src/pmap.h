@@ -1,0 +1,110 @@
+/*
+ * pmap: the partition map, as pure logic (no I/O): who owns which partition
+ * of which cache, in what state, at what epoch; how the coordinator derives
+ * the next map from the current one and the live nodes; and its encoding.
+ *
+ * Owners of partition p are the nodes ranked highest by XXH3_64(node id,
+ * seed = p) (rendezvous hashing): a join or a leave moves only the
+ * partitions it must. Where nodes name zones, no two copies of a partition
+ * share a zone (a partition then has fewer copies rather than two in one
+ * zone).
+ */
+#ifndef GRID_PMAP_H
+#define GRID_PMAP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define PMAP_NODES_MAX 255  /* node indexes are one byte in the map */
+#define PMAP_ID_MAX 64
+#define PMAP_ADDR_MAX 128
+#define PMAP_ZONE_MAX 64
+
+enum { PMAP_NONE = 0, PMAP_OWNING = 1, PMAP_MOVING = 2, PMAP_LOST = 3 };
+
+typedef struct pmap_node {
+  char id[PMAP_ID_MAX];
+  char addr[PMAP_ADDR_MAX];
+  char zone[PMAP_ZONE_MAX];
+} pmap_node_t;
+
+typedef struct pmap_cache {
+  char name[65];
+  uint32_t partitions;
+  uint32_t backups;
+  int replicated;
+  uint32_t slots;      /* copies room per partition (K) */
+  uint8_t *owners;     /* partitions * slots: node index + 1, 0 = empty */
+  uint8_t *states;     /* partitions * slots: PMAP_* */
+} pmap_cache_t;
+
+typedef struct pmap {
+  uint64_t epoch;
+  size_t nnodes;
+  pmap_node_t nodes[PMAP_NODES_MAX];
+  size_t ncaches;
+  pmap_cache_t *caches;
+  char coordinator[PMAP_ID_MAX];
+} pmap_t;
+
+/* What the coordinator knows of a cache when it computes a map. */
+typedef struct pmap_cache_def {
+  const char *name;
+  uint32_t partitions;
+  uint32_t backups;
+  int replicated;
+} pmap_cache_def_t;
+
+/* A MOVING copy that its primary reports filled, at the epoch it was
+ * filled in. */
+typedef struct pmap_ready {
+  const char *cache;
+  uint32_t partition;
+  const char *node_id;
+  uint64_t epoch;
+} pmap_ready_t;
+
+void pmap_init(pmap_t *m);
+void pmap_free(pmap_t *m);
+/* Deep copy; GRID_ENOMEM. */
+int pmap_copy(pmap_t *dst, const pmap_t *src);
+
+/* The best `want` nodes for partition p, zones respected: out[] receives
+ * node indexes, best first; returns how many (fewer than want when there
+ * are too few nodes or zones). */
+size_t pmap_ideal(const pmap_node_t *nodes, size_t n, uint32_t p, size_t want,
+                  uint32_t *out);
+
+/*
+ * The next map from cur (NULL or epoch 0: the first map), the live nodes,
+ * the caches defined and the fill reports. Rules, per partition:
+ * - copies on nodes no longer alive are dropped; when no OWNING copy is
+ *   left of a partition that had one, it is LOST (and stays so);
+ * - the primary stays while alive and OWNING, else the first OWNING copy
+ *   left takes over;
+ * - ideal owners without a copy get one, MOVING; a MOVING copy reported
+ *   filled at the current epoch becomes OWNING;
+ * - once every ideal owner is OWNING, the ideal primary leads and copies
+ *   outside the ideal set are dropped;
+ * - a cache new to the map starts with its ideal owners, all OWNING (it is
+ *   empty, so there is nothing to fill).
+ * out must be pmap_init'ed; its epoch is left for the caller. Returns 0 or
+ * GRID_ENOMEM; *changed tells whether out differs from cur in owners.
+ */
+int pmap_next(const pmap_t *cur, const pmap_node_t *alive, size_t nalive,
+              const pmap_cache_def_t *defs, size_t ndefs,
+              const pmap_ready_t *ready, size_t nready, pmap_t *out,
+              int *changed);
+
+const pmap_cache_t *pmap_find_cache(const pmap_t *m, const char *name);
+int pmap_node_index(const pmap_t *m, const char *node_id);
+/* Node index of the primary of p, or -1 (no map, no cache, lost). */
+int pmap_primary(const pmap_cache_t *c, uint32_t p);
+/* Node index and state of copy i of p (state PMAP_NONE: no such copy). */
+int pmap_copy_at(const pmap_cache_t *c, uint32_t p, uint32_t i, int *state);
+
+/* Protobuf encoding (Pmap message). Encode returns a malloc'd buffer. */
+int pmap_encode(const pmap_t *m, unsigned char **buf, size_t *len);
+int pmap_decode(const unsigned char *buf, size_t len, pmap_t *m);
+
+#endif
