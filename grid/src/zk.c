@@ -1,0 +1,153 @@
+#include "zk.h"
+
+#include <stdlib.h>
+#include <string.h>
+#define THREADED /* the synchronous calls of the mt client */
+#include <zookeeper/zookeeper.h>
+
+#include "grid.h"
+#include "log.h"
+
+struct zk {
+  zhandle_t *zh;
+  zk_event_cb cb;
+  void *arg;
+};
+
+static int zk_err(int zrc) {
+  switch (zrc) {
+    case ZOK: return 0;
+    case ZNONODE: return GRID_ENOTFOUND;
+    case ZNODEEXISTS: return GRID_EEXIST;
+    case ZBADVERSION: return GRID_EVERSION;
+    case ZNOTEMPTY: return GRID_EEXIST;
+    case ZBADARGUMENTS: return GRID_EINVAL;
+    case ZNOAUTH: case ZAUTHFAILED: return GRID_ECLUSTER;
+    default: return GRID_ECLUSTER; /* connection loss, session expired, ... */
+  }
+}
+
+static void zk_watcher(zhandle_t *zh, int type, int state, const char *path,
+                       void *ctx) {
+  (void)zh;
+  (void)path;
+  zk_t *z = ctx;
+  if (type == ZOO_SESSION_EVENT)
+    LOG_D("zk", "\"session event\" state=%d", state);
+  if (z && z->cb) z->cb(z->arg);
+}
+
+int zk_open(const char *hosts, int session_timeout_ms, zk_event_cb cb,
+            void *arg, zk_t **out) {
+  zk_t *z = calloc(1, sizeof *z);
+  if (!z) return GRID_ENOMEM;
+  z->cb = cb;
+  z->arg = arg;
+  static int log_quiet = 0;
+  if (!log_quiet) {
+    /* The C client logs to stderr at INFO by default: keep its warnings. */
+    zoo_set_debug_level(ZOO_LOG_LEVEL_WARN);
+    log_quiet = 1;
+  }
+  z->zh = zookeeper_init(hosts, zk_watcher, session_timeout_ms, NULL, z, 0);
+  if (!z->zh) {
+    free(z);
+    return GRID_ECLUSTER;
+  }
+  *out = z;
+  return 0;
+}
+
+void zk_close(zk_t *z) {
+  if (!z) return;
+  zookeeper_close(z->zh);
+  free(z);
+}
+
+int zk_connected(zk_t *z) { return zoo_state(z->zh) == ZOO_CONNECTED_STATE; }
+int zk_expired(zk_t *z) { return zoo_state(z->zh) == ZOO_EXPIRED_SESSION_STATE; }
+int zk_session_timeout_ms(zk_t *z) { return zoo_recv_timeout(z->zh); }
+
+int zk_create(zk_t *z, const char *path, const void *data, size_t len,
+              int flags, char *created, size_t created_len) {
+  int mode = 0;
+  if (flags & ZK_EPHEMERAL) mode |= ZOO_EPHEMERAL;
+  if (flags & ZK_SEQUENTIAL) mode |= ZOO_SEQUENCE;
+  char dummy[8];
+  int rc = zoo_create(z->zh, path, data, data ? (int)len : -1, &ZOO_OPEN_ACL_UNSAFE,
+                      mode, created ? created : dummy,
+                      created ? (int)created_len : (int)sizeof dummy);
+  return zk_err(rc);
+}
+
+int zk_ensure_path(zk_t *z, const char *path) {
+  char buf[512];
+  size_t n = strlen(path);
+  if (n >= sizeof buf || path[0] != '/') return GRID_EINVAL;
+  memcpy(buf, path, n + 1);
+  for (size_t i = 1; i <= n; i++) {
+    if (buf[i] != '/' && buf[i] != '\0') continue;
+    char saved = buf[i];
+    buf[i] = '\0';
+    int rc = zk_create(z, buf, NULL, 0, ZK_PERSISTENT, NULL, 0);
+    buf[i] = saved;
+    if (rc != 0 && rc != GRID_EEXIST) return rc;
+  }
+  return 0;
+}
+
+int zk_get(zk_t *z, const char *path, int watch, unsigned char **data,
+           size_t *len, int *version) {
+  char *buf = malloc(ZK_DATA_BYTES_MAX);
+  if (!buf) return GRID_ENOMEM;
+  int blen = ZK_DATA_BYTES_MAX;
+  struct Stat st;
+  int rc = watch ? zoo_wget(z->zh, path, zk_watcher, z, buf, &blen, &st)
+                 : zoo_get(z->zh, path, 0, buf, &blen, &st);
+  if (rc != ZOK) {
+    free(buf);
+    return zk_err(rc);
+  }
+  if (blen < 0) blen = 0; /* a znode without data */
+  *data = (unsigned char *)buf;
+  *len = (size_t)blen;
+  if (version) *version = st.version;
+  return 0;
+}
+
+int zk_set(zk_t *z, const char *path, const void *data, size_t len,
+           int expected_version, int *new_version) {
+  struct Stat st;
+  int rc = zoo_set2(z->zh, path, data, (int)len, expected_version, &st);
+  if (rc == ZOK && new_version) *new_version = st.version;
+  return zk_err(rc);
+}
+
+int zk_delete(zk_t *z, const char *path, int expected_version) {
+  return zk_err(zoo_delete(z->zh, path, expected_version));
+}
+
+int zk_children(zk_t *z, const char *path, int watch, char ***names,
+                size_t *n) {
+  struct String_vector sv = {0, NULL};
+  int rc = watch ? zoo_wget_children(z->zh, path, zk_watcher, z, &sv)
+                 : zoo_get_children(z->zh, path, 0, &sv);
+  if (rc != ZOK) return zk_err(rc);
+  char **out = calloc((size_t)sv.count + 1, sizeof *out);
+  int ok = out != NULL;
+  for (int i = 0; ok && i < sv.count; i++) ok = (out[i] = strdup(sv.data[i])) != NULL;
+  deallocate_String_vector(&sv);
+  if (!ok) {
+    zk_children_free(out, (size_t)sv.count);
+    return GRID_ENOMEM;
+  }
+  *names = out;
+  *n = (size_t)sv.count;
+  return 0;
+}
+
+void zk_children_free(char **names, size_t n) {
+  if (!names) return;
+  for (size_t i = 0; i < n; i++) free(names[i]);
+  free(names);
+}

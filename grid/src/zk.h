@@ -1,0 +1,55 @@
+/*
+ * zk: the node's ZooKeeper session, through the ZooKeeper C client (mt).
+ * Every call here blocks until ZooKeeper answers (or the client library
+ * gives up), so only the cluster thread calls them, never an event loop.
+ * ZooKeeper's error codes are turned into GRID_E* here, at the boundary.
+ */
+#ifndef GRID_ZK_H
+#define GRID_ZK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define ZK_DATA_BYTES_MAX (1024 * 1024) /* ZooKeeper's own znode limit */
+
+typedef struct zk zk_t;
+
+/* Called on the ZooKeeper client's thread for every session change and
+ * every watch that fires: it should only wake the cluster thread. */
+typedef void (*zk_event_cb)(void *arg);
+
+/* Starts a session with hosts ("h1:p1,h2:p2"); the session is usable once
+ * zk_connected() says so. */
+int zk_open(const char *hosts, int session_timeout_ms, zk_event_cb cb,
+            void *arg, zk_t **out);
+void zk_close(zk_t *z);
+int zk_connected(zk_t *z);
+/* The session has expired: it cannot come back; open a new one. */
+int zk_expired(zk_t *z);
+/* The session timeout ZooKeeper granted. */
+int zk_session_timeout_ms(zk_t *z);
+
+enum { ZK_PERSISTENT = 0, ZK_EPHEMERAL = 1, ZK_SEQUENTIAL = 2 };
+
+/* Creates path and its missing parents (persistent, empty). */
+int zk_ensure_path(zk_t *z, const char *path);
+/* GRID_EEXIST when it exists. created (may be NULL) receives the real path
+ * (with the sequence number for ZK_SEQUENTIAL). */
+int zk_create(zk_t *z, const char *path, const void *data, size_t len,
+              int flags, char *created, size_t created_len);
+/* *data is malloc'd (the caller frees it); *version is the znode's data
+ * version. watch: one event when the data changes or the znode goes.
+ * GRID_ENOTFOUND when it does not exist. */
+int zk_get(zk_t *z, const char *path, int watch, unsigned char **data,
+           size_t *len, int *version);
+/* expected_version -1: any. GRID_EVERSION when it does not match. */
+int zk_set(zk_t *z, const char *path, const void *data, size_t len,
+           int expected_version, int *new_version);
+int zk_delete(zk_t *z, const char *path, int expected_version);
+/* *names is a malloc'd array of malloc'd strings: free with
+ * zk_children_free(). watch: one event when the children change. */
+int zk_children(zk_t *z, const char *path, int watch, char ***names,
+                size_t *n);
+void zk_children_free(char **names, size_t n);
+
+#endif
