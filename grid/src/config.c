@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "grid.h"
+#include "pmap.h"
 
 typedef enum { CFG_INT, CFG_SIZE, CFG_BOOL, CFG_STR } config_kind_t;
 
@@ -44,6 +45,13 @@ static const config_key_t config_keys[] = {
     CFG_N(sweep_interval_ms, CFG_INT, 1, 3600000),
     CFG_N(sweep_entries_per_tick, CFG_INT, 1, 10000000),
     CFG_S(log_level),
+    CFG_S(zk),
+    CFG_S(cluster),
+    CFG_S(zone),
+    CFG_S(advertise),
+    CFG_N(zk_session_timeout_ms, CFG_INT, 200, 600000),
+    CFG_N(cluster_min_nodes, CFG_INT, 1, PMAP_NODES_MAX),
+    CFG_N(forward_timeout_ms, CFG_INT, 1, 3600000),
 };
 
 void config_defaults(config_t *c) {
@@ -68,6 +76,10 @@ void config_defaults(config_t *c) {
   c->sweep_interval_ms = 100;
   c->sweep_entries_per_tick = 2000;
   strcpy(c->log_level, "info");
+  strcpy(c->cluster, "grid");
+  c->zk_session_timeout_ms = 2000;
+  c->cluster_min_nodes = 1;
+  c->forward_timeout_ms = 5000;
 }
 
 static int config_parse_number(const char *v, int is_size, int64_t *out) {

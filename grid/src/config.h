@@ -36,6 +36,15 @@ typedef struct config {
   int64_t sweep_interval_ms;      /* TTL sweep period */
   int64_t sweep_entries_per_tick; /* entries the sweep looks at per period */
   char log_level[16];
+  /* cluster */
+  char zk[256];                   /* ZooKeeper hosts; empty: a single node */
+  char cluster[64];               /* cluster name: /grid/<cluster> in ZooKeeper */
+  char zone[64];                  /* no two copies of a partition per zone */
+  char advertise[128];            /* host:port others reach this node at;
+                                     empty: bind:port */
+  int64_t zk_session_timeout_ms;  /* the node's lease */
+  int64_t cluster_min_nodes;      /* nodes alive before the first map */
+  int64_t forward_timeout_ms;     /* a request forwarded to another node */
 } config_t;
 
 /* Fills in the defaults of gridd. */

@@ -18,63 +18,9 @@
 #include "node.h"
 #include "ops.h"
 #include "store.h"
-
-#define NET_MAGIC 0x47524944u  /* "GRID" */
-#define NET_PROTOCOL_VERSION 1
-#define NET_BACKLOG 511
-#define NET_RBUF_BYTES 16384    /* a connection's read buffer at rest */
-#define NET_LINGER_MS 1000      /* a failed connection is closed by then */
-#define NET_CRON_MS_MAX 100
-
-typedef struct net_loop net_loop_t;
-
-/* One client connection. Owned by its loop; freed in its close callback,
- * after libuv has finished every write on it. */
-typedef struct conn {
-  uv_tcp_t tcp;
-  net_loop_t *lp;
-  struct conn *prev, *next;    /* the loop's list of connections */
-  unsigned char *rbuf;         /* bytes received, not yet a whole frame */
-  size_t rlen, rcap;
-  unsigned char *wbuf;         /* replies gathered during one read callback */
-  size_t wlen, wcap;
-  size_t inflight_bytes;       /* handed to uv_write, not yet written */
-  int64_t accepted_ms;
-  int64_t frame_started_ms;    /* when the unfinished frame began; 0: none */
-  int64_t closing_since_ms;
-  unsigned handshaken : 1;
-  unsigned closing : 1;        /* failed: input is dropped, then closed */
-  unsigned paused : 1;         /* reading stopped: too much unsent output */
-  unsigned counted : 1;        /* counted in node->connections */
-  char peer[64];
-} conn_t;
-
-struct net_loop {
-  uv_loop_t loop;
-  uv_thread_t thread;
-  uv_tcp_t listener;
-  uv_async_t stop_async;
-  uv_timer_t cron;
-  net_t *net;
-  int index;
-  conn_t *conns;
-  arena_t arena;               /* one request at a time per loop */
-  store_view_t view;           /* this loop's caches, found without a lock */
-};
-
-struct net {
-  node_t *node;
-  int nloops;
-  int port;
-  net_loop_t *loops;
-};
-
-typedef struct net_write {
-  uv_write_t req;
-  conn_t *c;
-  unsigned char *mem;          /* whole buffer, freed when written */
-  size_t len;
-} net_write_t;
+#include "net_int.h"
+#include "peer.h"
+#include "route.h"
 
 static void conn_close(conn_t *c);
 static void conn_resume(conn_t *c);
@@ -240,6 +186,7 @@ static void conn_on_hello(conn_t *c, const unsigned char *p, size_t len) {
     return;
   }
   c->handshaken = 1;
+  c->peer_role = h->role == GRID__ROLE__ROLE_PEER;
   LOG_D("net", "\"client said hello\" peer=%s name=\"%s\"", c->peer,
         h->client_name ? h->client_name : "");
 }
@@ -251,6 +198,7 @@ static void conn_on_request(conn_t *c, const unsigned char *p, size_t len) {
     conn_fail(c, GRID_EPROTO, "a request frame does not decode as a Request");
     return;
   }
+  if (c->lp->net->node->cluster && route_request(c, rq)) return; /* answered later */
   Grid__Reply rp = GRID__REPLY__INIT;
   ops_execute(c->lp->net->node, &c->lp->view, rq, &rp, a);
   if (conn_send(c, &rp.base) != 0) conn_close(c);
@@ -383,6 +331,12 @@ static void conn_resume(conn_t *c) {
 
 /* ---- life cycle -------------------------------------------------------- */
 
+static void conn_free(conn_t *c) {
+  free(c->rbuf);
+  free(c->wbuf);
+  free(c);
+}
+
 static void conn_on_close(uv_handle_t *h) {
   conn_t *c = h->data;
   net_loop_t *lp = c->lp;
@@ -391,14 +345,62 @@ static void conn_on_close(uv_handle_t *h) {
   if (c->next) c->next->prev = c->prev;
   if (c->counted) atomic_fetch_sub(&lp->net->node->connections, 1);
   LOG_D("net", "\"connection closed\" peer=%s", c->peer);
-  free(c->rbuf);
-  free(c->wbuf);
-  free(c);
+  c->closed = 1;
+  if (c->refs == 0) conn_free(c);
 }
 
 static void conn_close(conn_t *c) {
   if (!uv_is_closing((uv_handle_t *)&c->tcp))
     uv_close((uv_handle_t *)&c->tcp, conn_on_close);
+}
+
+void conn_ref(conn_t *c) { c->refs++; }
+
+void conn_unref(conn_t *c) {
+  GRID_ASSERT(c->refs > 0);
+  if (--c->refs == 0 && c->closed) conn_free(c);
+}
+
+void conn_reply(conn_t *c, const Grid__Reply *rp) {
+  if (c->closed || c->closing || uv_is_closing((uv_handle_t *)&c->tcp)) return;
+  if (conn_send(c, &rp->base) != 0) {
+    conn_close(c);
+    return;
+  }
+  conn_flush(c);
+}
+
+/* ---- tasks from other threads ----------------------------------------- */
+
+int net_post(net_t *net, int index, void (*fn)(net_loop_t *lp, void *arg),
+             void *arg) {
+  net_loop_t *lp = &net->loops[index];
+  net_task_t *t = malloc(sizeof *t);
+  if (!t) return GRID_ENOMEM;
+  t->next = NULL;
+  t->fn = fn;
+  t->arg = arg;
+  pthread_mutex_lock(&lp->inbox_lock);
+  if (lp->inbox_tail) lp->inbox_tail->next = t;
+  else lp->inbox_head = t;
+  lp->inbox_tail = t;
+  pthread_mutex_unlock(&lp->inbox_lock);
+  uv_async_send(&lp->inbox_async);
+  return 0;
+}
+
+static void net_on_inbox(uv_async_t *a) {
+  net_loop_t *lp = a->data;
+  pthread_mutex_lock(&lp->inbox_lock);
+  net_task_t *t = lp->inbox_head;
+  lp->inbox_head = lp->inbox_tail = NULL;
+  pthread_mutex_unlock(&lp->inbox_lock);
+  while (t) {
+    net_task_t *next = t->next;
+    t->fn(lp, t->arg);
+    free(t);
+    t = next;
+  }
 }
 
 static void net_on_connection(uv_stream_t *server, int status) {
@@ -461,6 +463,7 @@ static void net_on_cron(uv_timer_t *t) {
   node_t *n = lp->net->node;
   int64_t now = clock_mono_ms();
   store_view_refresh(&lp->view); /* let go of dropped caches */
+  peer_cron(lp, now);
   conn_t *next;
   for (conn_t *c = lp->conns; c; c = next) {
     next = c->next;
@@ -489,17 +492,14 @@ static void net_on_cron(uv_timer_t *t) {
 
 static void net_close_walk_cb(uv_handle_t *h, void *arg) {
   (void)arg;
-  net_loop_t *lp = arg;
-  if (uv_is_closing(h)) return;
-  if (h->type == UV_TCP && h != (uv_handle_t *)&lp->listener) {
-    uv_close(h, conn_on_close); /* every other TCP handle is a connection */
-  } else {
-    uv_close(h, NULL);
-  }
+  if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
 static void net_on_stop(uv_async_t *a) {
   net_loop_t *lp = a->data;
+  net_on_inbox(&lp->inbox_async); /* tasks posted before the stop */
+  peer_close_all(lp);             /* fails what was forwarded */
+  for (conn_t *c = lp->conns; c; c = c->next) conn_close(c);
   uv_walk(&lp->loop, net_close_walk_cb, lp);
 }
 
@@ -592,6 +592,10 @@ int net_start(node_t *n, net_t **out, char *err, size_t err_len) {
     uv_loop_init(&lp->loop);
     uv_async_init(&lp->loop, &lp->stop_async, net_on_stop);
     lp->stop_async.data = lp;
+    uv_async_init(&lp->loop, &lp->inbox_async, net_on_inbox);
+    lp->inbox_async.data = lp;
+    pthread_mutex_init(&lp->inbox_lock, NULL);
+    lp->self = -1;
     uv_timer_init(&lp->loop, &lp->cron);
     lp->cron.data = lp;
     uv_timer_start(&lp->cron, net_on_cron, (uint64_t)cron_ms, (uint64_t)cron_ms);
@@ -637,6 +641,8 @@ int net_start(node_t *n, net_t **out, char *err, size_t err_len) {
 
 int net_port(const net_t *net) { return net->port; }
 
+int net_loops(const net_t *net) { return net->nloops; }
+
 uint64_t net_ops_served(net_t *net) {
   uint64_t total = 0;
   for (int i = 0; i < net->nloops; i++)
@@ -653,6 +659,11 @@ void net_stop(net_t *net) {
     GRID_ASSERT(rc == 0);
     arena_close(&lp->arena);
     store_view_close(&lp->view);
+    pthread_mutex_destroy(&lp->inbox_lock);
+    if (lp->pmap) {
+      pmap_free(lp->pmap);
+      free(lp->pmap);
+    }
   }
   free(net->loops);
   free(net);

@@ -11,6 +11,7 @@
 #include "grid.h"
 #include "log.h"
 #include "net.h"
+#include "cluster.h"
 
 /* The housekeeping thread: the TTL sweep, bounded to sweep_entries_per_tick
  * entries every sweep_interval_ms, off the event loops. */
@@ -117,6 +118,29 @@ int node_start(const config_t *cfg, node_t **out, char *err, size_t err_len) {
   } else {
     LOG_D("node", "\"started without a listener\" node=%s", n->node_id);
   }
+  if (n->cfg.zk[0]) {
+    if (!n->net) {
+      snprintf(err, err_len, "a cluster node needs its listener: set listen = on");
+      node_stop(n);
+      return GRID_ECONFIG;
+    }
+    if (n->cfg.advertise[0])
+      snprintf(n->advertise, sizeof n->advertise, "%s", n->cfg.advertise);
+    else if (strcmp(n->cfg.bind, "0.0.0.0") == 0 || strcmp(n->cfg.bind, "::") == 0) {
+      snprintf(err, err_len, "bind %s is every address: set advertise = host:port, "
+               "the address other nodes reach this one at", n->cfg.bind);
+      node_stop(n);
+      return GRID_ECONFIG;
+    } else
+      snprintf(n->advertise, sizeof n->advertise, strchr(n->cfg.bind, ':') ? "[%s]:%d" : "%s:%d",
+               n->cfg.bind, net_port(n->net));
+    int rc = cluster_start(n, &n->cluster, err, err_len);
+    if (rc != 0) {
+      n->cluster = NULL;
+      node_stop(n);
+      return rc;
+    }
+  }
   *out = n;
   return 0;
 }
@@ -124,6 +148,7 @@ int node_start(const config_t *cfg, node_t **out, char *err, size_t err_len) {
 int node_port(const node_t *n) { return n->net ? net_port(n->net) : 0; }
 
 void node_stop(node_t *n) {
+  if (n->cluster) cluster_stop(n->cluster); /* leave first: others take over */
   if (n->net) net_stop(n->net);
   pthread_mutex_lock(&n->cron_lock);
   n->cron_stop = 1;

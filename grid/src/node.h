@@ -14,11 +14,14 @@
 #include "store.h"
 
 typedef struct net net_t;
+typedef struct cluster cluster_t;
 
 typedef struct node {
   config_t cfg;                    /* settled: config_finish() was applied */
   store_t *store;
   net_t *net;                      /* NULL when cfg.listen is off */
+  cluster_t *cluster;              /* NULL for a single node (no zk) */
+  char advertise[128];             /* host:port other nodes reach us at */
   char node_id[64];
   int64_t started_ms;              /* monotonic */
   _Atomic uint64_t ops;            /* requests served */

@@ -50,8 +50,9 @@ int pmap_copy(pmap_t *dst, const pmap_t *src) {
   return 0;
 }
 
-size_t pmap_ideal(const pmap_node_t *nodes, size_t n, uint32_t p, size_t want,
-                  uint32_t *out) {
+/* The best `want` nodes by rendezvous rank; zones honoured when asked. */
+static size_t pmap_rank(const pmap_node_t *nodes, size_t n, uint32_t p,
+                        size_t want, int zones, uint32_t *out) {
   /* Selection by repeated maximum: n and want are small (<= 255). */
   uint64_t score[PMAP_NODES_MAX];
   unsigned char taken[PMAP_NODES_MAX] = {0};
@@ -69,13 +70,18 @@ size_t pmap_ideal(const pmap_node_t *nodes, size_t n, uint32_t p, size_t want,
     if (best < 0) break;
     taken[best] = 1;
     int zone_used = 0;
-    if (nodes[best].zone[0]) {
+    if (zones && nodes[best].zone[0]) {
       for (size_t k = 0; k < got; k++)
         if (strcmp(nodes[out[k]].zone, nodes[best].zone) == 0) zone_used = 1;
     }
     if (!zone_used) out[got++] = (uint32_t)best;
   }
   return got;
+}
+
+size_t pmap_ideal(const pmap_node_t *nodes, size_t n, uint32_t p, size_t want,
+                  uint32_t *out) {
+  return pmap_rank(nodes, n, p, want, 1, out);
 }
 
 const pmap_cache_t *pmap_find_cache(const pmap_t *m, const char *name) {
@@ -144,8 +150,9 @@ static void pmap_next_partition(const pmap_t *cur, const pmap_cache_t *cc,
                                 const pmap_ready_t *ready, size_t nready,
                                 pmap_list_t *l) {
   uint32_t ideal[PMAP_NODES_MAX];
+  /* A replicated cache has a copy on every node, zones or not. */
   size_t want = def->replicated ? nalive : (size_t)def->backups + 1;
-  size_t nideal = pmap_ideal(alive, nalive, p, want, ideal);
+  size_t nideal = pmap_rank(alive, nalive, p, want, !def->replicated, ideal);
   memset(l, 0, sizeof *l);
   if (!cc || cc->partitions != def->partitions) {
     /* A cache new to the map: empty, so its ideal owners own it now. */
@@ -153,7 +160,7 @@ static void pmap_next_partition(const pmap_t *cur, const pmap_cache_t *cc,
       l->node[l->n] = ideal[i];
       l->state[l->n++] = PMAP_OWNING;
     }
-    l->lost = nideal == 0;
+    /* With no node alive it has no copy (not LOST: it never had data). */
     return;
   }
   int st0;
@@ -192,7 +199,7 @@ static void pmap_next_partition(const pmap_t *cur, const pmap_cache_t *cc,
       l->node[l->n] = ideal[i];
       l->state[l->n++] = PMAP_OWNING;
     }
-    l->lost = nideal == 0;
+    /* With no node alive it has no copy (not LOST: it never had data). */
     return;
   }
   if (owning > 0) { /* promote the first copy in sync */

@@ -7,7 +7,7 @@
  * seed = p) (rendezvous hashing): a join or a leave moves only the
  * partitions it must. Where nodes name zones, no two copies of a partition
  * share a zone (a partition then has fewer copies rather than two in one
- * zone).
+ * zone); a replicated cache has a copy on every node whatever the zones.
  */
 #ifndef GRID_PMAP_H
 #define GRID_PMAP_H

@@ -588,6 +588,11 @@ uint64_t store_cache_size(const store_cache_t *c) {
   return n;
 }
 
+uint64_t store_part_size(const store_cache_t *c, uint32_t part) {
+  if (part >= c->cfg.partitions) return 0;
+  return atomic_load_explicit(&c->parts[part].count, memory_order_relaxed);
+}
+
 uint64_t store_entries(store_t *s) {
   uint64_t n = 0;
   pthread_rwlock_rdlock(&s->lock);

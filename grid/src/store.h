@@ -145,6 +145,8 @@ int store_scan(store_cache_t *c, uint32_t part, uint64_t *cursor,
                uint32_t count, int64_t now_ms, store_entry_cb cb, void *ctx);
 
 uint64_t store_cache_size(const store_cache_t *c);
+/* Entries of one partition (0 for a partition out of range). */
+uint64_t store_part_size(const store_cache_t *c, uint32_t part);
 uint64_t store_entries(store_t *s);
 int64_t store_memory_bytes(const store_t *s);
 int64_t store_memory_bytes_max(const store_t *s);

@@ -1,0 +1,683 @@
+#include "cluster.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clock.h"
+#include "grid.h"
+#include "log.h"
+#include "net.h"
+#include "net_int.h"
+#include "node.h"
+#include "pmap.h"
+#include "zk.h"
+
+#define CLUSTER_TICK_MS 50          /* reconcile at least this often */
+#define CLUSTER_RESYNC_MS 1000      /* full re-read even without a watch */
+#define CLUSTER_JOBS_MAX 1024       /* cache create/drop requests queued */
+#define CLUSTER_PATH_MAX 512
+
+typedef struct cluster_job {
+  struct cluster_job *next;
+  int create;                 /* 1: create, 0: drop */
+  store_cache_cfg_t cfg;
+  int loop_index;
+  cluster_done_fn done;
+  void *arg;
+  int status;                 /* once done: the result */
+  int64_t deadline_ms;        /* a create waits for the map until then */
+} cluster_job_t;
+
+struct cluster {
+  node_t *node;
+  pthread_t thread;
+  pthread_mutex_t lock;       /* everything below that the loops read */
+  pthread_cond_t cond;
+  int stop;
+  int dirty;                  /* a watch fired: read everything again */
+  cluster_job_t *jobs;        /* waiting for the cluster thread */
+  size_t njobs;
+  cluster_job_t *waiting;     /* creates waiting for the map */
+  /* cluster thread only */
+  zk_t *zk;
+  int registered;
+  int64_t last_connected_ms;
+  int64_t last_resync_ms;
+  char root[CLUSTER_PATH_MAX];
+  char election_path[CLUSTER_PATH_MAX];
+  pmap_t map;                 /* the map as last read (epoch 0: none) */
+  int map_version;            /* its znode version, -1: no znode */
+  /* shared with the loops (under lock) */
+  atomic_int serving;
+  int zk_ok;
+  size_t nalive;
+  pmap_node_t alive[PMAP_NODES_MAX];
+  char coordinator[PMAP_ID_MAX];
+};
+
+static void cluster_wake(void *arg) {
+  cluster_t *c = arg;
+  pthread_mutex_lock(&c->lock);
+  c->dirty = 1;
+  pthread_cond_signal(&c->cond);
+  pthread_mutex_unlock(&c->lock);
+}
+
+/* root/dir or root/dir/name. */
+static void cluster_path(cluster_t *c, char *out, const char *dir, const char *name) {
+  if (name)
+    snprintf(out, CLUSTER_PATH_MAX, "%.200s/%.32s/%.200s", c->root, dir, name);
+  else
+    snprintf(out, CLUSTER_PATH_MAX, "%.200s/%.32s", c->root, dir);
+}
+
+/* ---- this node's lease and the election -------------------------------- */
+
+static int cluster_register(cluster_t *c) {
+  node_t *n = c->node;
+  char path[CLUSTER_PATH_MAX];
+  const char *dirs[] = {"nodes", "election", "caches"};
+  for (size_t i = 0; i < 3; i++) {
+    cluster_path(c, path, dirs[i], NULL);
+    int rc = zk_ensure_path(c->zk, path);
+    if (rc != 0) return rc;
+  }
+  /* The default cache exists in every cluster, as on a single node. */
+  cluster_path(c, path, "caches", "default");
+  Grid__CacheConfig cc = GRID__CACHE_CONFIG__INIT;
+  cc.name = "default";
+  cc.partitions = (uint32_t)n->cfg.partitions_default;
+  unsigned char buf[256];
+  size_t len = grid__cache_config__pack(&cc, buf);
+  int rc = zk_create(c->zk, path, buf, len, ZK_PERSISTENT, NULL, 0);
+  if (rc != 0 && rc != GRID_EEXIST) return rc;
+
+  Grid__PmapNode me = GRID__PMAP_NODE__INIT;
+  me.id = n->node_id;
+  me.addr = n->advertise;
+  me.zone = n->cfg.zone;
+  unsigned char mb[512];
+  size_t ml = grid__pmap_node__get_packed_size(&me);
+  if (ml > sizeof mb) return GRID_EINVAL;
+  grid__pmap_node__pack(&me, mb);
+  cluster_path(c, path, "nodes", n->node_id);
+  rc = zk_create(c->zk, path, mb, ml, ZK_EPHEMERAL, NULL, 0);
+  if (rc == GRID_EEXIST) {
+    /* A znode of this id from an earlier session of this node (restarted
+     * before that session expired): take it over. */
+    LOG_W("cluster", "\"replacing a znode left by an earlier session of this node id\" node=%s",
+          n->node_id);
+    zk_delete(c->zk, path, -1);
+    rc = zk_create(c->zk, path, mb, ml, ZK_EPHEMERAL, NULL, 0);
+  }
+  if (rc != 0) return rc;
+  cluster_path(c, path, "election", "n_");
+  rc = zk_create(c->zk, path, n->node_id, strlen(n->node_id),
+                 ZK_EPHEMERAL | ZK_SEQUENTIAL, c->election_path,
+                 sizeof c->election_path);
+  if (rc != 0) return rc;
+  LOG_I("cluster", "\"joined\" cluster=%s node=%s addr=%s zone=\"%s\"",
+        n->cfg.cluster, n->node_id, n->advertise, n->cfg.zone);
+  return 0;
+}
+
+/* Reads the live nodes (watching for changes). */
+static int cluster_read_nodes(cluster_t *c, pmap_node_t *alive, size_t *nalive) {
+  char path[CLUSTER_PATH_MAX];
+  cluster_path(c, path, "nodes", NULL);
+  char **names;
+  size_t n;
+  int rc = zk_children(c->zk, path, 1, &names, &n);
+  if (rc != 0) return rc;
+  size_t k = 0;
+  for (size_t i = 0; i < n && k < PMAP_NODES_MAX; i++) {
+    char p2[CLUSTER_PATH_MAX];
+    cluster_path(c, p2, "nodes", names[i]);
+    unsigned char *data;
+    size_t len;
+    if (zk_get(c->zk, p2, 0, &data, &len, NULL) != 0) continue; /* just left */
+    Grid__PmapNode *pn = grid__pmap_node__unpack(NULL, len, data);
+    free(data);
+    if (!pn) continue;
+    snprintf(alive[k].id, PMAP_ID_MAX, "%s", pn->id);
+    snprintf(alive[k].addr, PMAP_ADDR_MAX, "%s", pn->addr);
+    snprintf(alive[k].zone, PMAP_ZONE_MAX, "%s", pn->zone);
+    k++;
+    grid__pmap_node__free_unpacked(pn, NULL);
+  }
+  zk_children_free(names, n);
+  *nalive = k;
+  return 0;
+}
+
+/* The coordinator: the node of the lowest election sequence. */
+static int cluster_read_coordinator(cluster_t *c, char *coord, size_t len) {
+  char path[CLUSTER_PATH_MAX];
+  cluster_path(c, path, "election", NULL);
+  char **names;
+  size_t n;
+  int rc = zk_children(c->zk, path, 1, &names, &n);
+  if (rc != 0) return rc;
+  const char *lowest = NULL;
+  for (size_t i = 0; i < n; i++)
+    if (!lowest || strcmp(names[i], lowest) < 0) lowest = names[i];
+  coord[0] = '\0';
+  if (lowest) {
+    char p2[CLUSTER_PATH_MAX];
+    cluster_path(c, p2, "election", lowest);
+    unsigned char *data;
+    size_t dl;
+    if (zk_get(c->zk, p2, 0, &data, &dl, NULL) == 0) {
+      snprintf(coord, len, "%.*s", (int)dl, (const char *)data);
+      free(data);
+    }
+  }
+  zk_children_free(names, n);
+  return 0;
+}
+
+/* ---- caches ---------------------------------------------------------------- */
+
+static void cluster_cfg_from_msg(const Grid__CacheConfig *m, const char *name,
+                                 store_cache_cfg_t *cfg) {
+  memset(cfg, 0, sizeof *cfg);
+  snprintf(cfg->name, sizeof cfg->name, "%s", name);
+  cfg->partitions = m->partitions;
+  cfg->backups = m->backups;
+  cfg->mode = m->mode == GRID__CACHE_MODE__REPLICATED ? GRID_MODE_REPLICATED
+                                                     : GRID_MODE_PARTITIONED;
+  cfg->sync = m->sync == GRID__SYNC_MODE__PRIMARY_SYNC ? GRID_SYNC_PRIMARY
+                                                      : GRID_SYNC_FULL;
+  cfg->default_ttl_ms = m->default_ttl_ms;
+}
+
+/* Reads the cache definitions (watching), brings the local store in step,
+ * and returns them for the coordinator. */
+static int cluster_read_caches(cluster_t *c, store_cache_cfg_t **defs, size_t *ndefs) {
+  node_t *n = c->node;
+  char path[CLUSTER_PATH_MAX];
+  cluster_path(c, path, "caches", NULL);
+  char **names;
+  size_t count;
+  int rc = zk_children(c->zk, path, 1, &names, &count);
+  if (rc != 0) return rc;
+  store_cache_cfg_t *list = calloc(count + 1, sizeof *list);
+  size_t k = 0;
+  for (size_t i = 0; list && i < count; i++) {
+    char p2[CLUSTER_PATH_MAX];
+    cluster_path(c, p2, "caches", names[i]);
+    unsigned char *data;
+    size_t len;
+    if (zk_get(c->zk, p2, 0, &data, &len, NULL) != 0) continue;
+    Grid__CacheConfig *m = grid__cache_config__unpack(NULL, len, data);
+    free(data);
+    if (!m) continue;
+    cluster_cfg_from_msg(m, names[i], &list[k++]);
+    grid__cache_config__free_unpacked(m, NULL);
+  }
+  zk_children_free(names, count);
+  if (!list) return GRID_ENOMEM;
+  /* The local store: create what is defined, drop what is not. */
+  size_t max = (size_t)n->cfg.caches_max;
+  store_cache_cfg_t *local = calloc(max, sizeof *local);
+  size_t nlocal = local ? store_cache_list(n->store, local, max) : 0;
+  for (size_t i = 0; i < k; i++) {
+    int have = 0;
+    for (size_t j = 0; j < nlocal && j < max; j++)
+      if (strcmp(local[j].name, list[i].name) == 0) have = 1;
+    if (!have && store_cache_create(n->store, &list[i]) == 0)
+      LOG_I("cluster", "\"cache created\" cache=%s partitions=%u backups=%u",
+            list[i].name, list[i].partitions, list[i].backups);
+  }
+  for (size_t j = 0; j < nlocal && j < max; j++) {
+    int defined = 0;
+    for (size_t i = 0; i < k; i++)
+      if (strcmp(local[j].name, list[i].name) == 0) defined = 1;
+    if (!defined && store_cache_drop(n->store, local[j].name) == 0)
+      LOG_I("cluster", "\"cache dropped\" cache=%s", local[j].name);
+  }
+  free(local);
+  *defs = list;
+  *ndefs = k;
+  return 0;
+}
+
+static void cluster_job_finish(cluster_t *c, cluster_job_t *j);
+
+static void cluster_run_job(cluster_t *c, cluster_job_t *j) {
+  char path[CLUSTER_PATH_MAX];
+  cluster_path(c, path, "caches", j->cfg.name);
+  if (!j->create) {
+    int rc = zk_delete(c->zk, path, -1);
+    j->status = rc == GRID_ENOTFOUND ? GRID_ENOCACHE : rc;
+    if (rc == 0) store_cache_drop(c->node->store, j->cfg.name);
+    cluster_job_finish(c, j);
+    return;
+  }
+  Grid__CacheConfig m = GRID__CACHE_CONFIG__INIT;
+  m.name = j->cfg.name;
+  m.partitions = j->cfg.partitions ? j->cfg.partitions
+                                   : (uint32_t)c->node->cfg.partitions_default;
+  j->cfg.partitions = m.partitions;
+  m.backups = j->cfg.backups;
+  m.mode = j->cfg.mode == GRID_MODE_REPLICATED ? GRID__CACHE_MODE__REPLICATED
+                                               : GRID__CACHE_MODE__PARTITIONED;
+  m.sync = j->cfg.sync == GRID_SYNC_PRIMARY ? GRID__SYNC_MODE__PRIMARY_SYNC
+                                           : GRID__SYNC_MODE__FULL_SYNC;
+  m.default_ttl_ms = j->cfg.default_ttl_ms;
+  unsigned char buf[512];
+  size_t len = grid__cache_config__pack(&m, buf);
+  int rc = zk_create(c->zk, path, buf, len, ZK_PERSISTENT, NULL, 0);
+  if (rc != 0) {
+    j->status = rc == GRID_EEXIST ? GRID_ECACHEEXISTS : rc;
+    cluster_job_finish(c, j);
+    return;
+  }
+  store_cache_create(c->node->store, &j->cfg);
+  j->status = 0;
+  /* Answered once this node's map places the cache's partitions. */
+  j->next = c->waiting;
+  c->waiting = j;
+}
+
+/* ---- the partition map ----------------------------------------------------- */
+
+typedef struct cluster_map_task {
+  pmap_t *map;
+} cluster_map_task_t;
+
+static void cluster_apply_on_loop(net_loop_t *lp, void *arg) {
+  pmap_t *m = arg;
+  if (lp->pmap) {
+    pmap_free(lp->pmap);
+    free(lp->pmap);
+  }
+  lp->pmap = m;
+  lp->self = pmap_node_index(m, lp->net->node->node_id);
+}
+
+/* Hands a copy of the map to every loop. */
+static void cluster_publish(cluster_t *c) {
+  net_t *net = c->node->net;
+  if (!net) return;
+  for (int i = 0; i < net_loops(net); i++) {
+    pmap_t *copy = malloc(sizeof *copy);
+    if (!copy || pmap_copy(copy, &c->map) != 0 ||
+        net_post(net, i, cluster_apply_on_loop, copy) != 0) {
+      if (copy) pmap_free(copy);
+      free(copy);
+      LOG_E("cluster", "\"out of memory handing the map to a loop\" loop=%d", i);
+    }
+  }
+}
+
+static int cluster_read_map(cluster_t *c) {
+  char path[CLUSTER_PATH_MAX];
+  cluster_path(c, path, "pmap", NULL);
+  unsigned char *data;
+  size_t len;
+  int version;
+  int rc = zk_get(c->zk, path, 1, &data, &len, &version);
+  if (rc == GRID_ENOTFOUND) {
+    c->map_version = -1;
+    return 0;
+  }
+  if (rc != 0) return rc;
+  if (version == c->map_version) {
+    free(data);
+    return 0;
+  }
+  pmap_t m;
+  rc = pmap_decode(data, len, &m);
+  free(data);
+  if (rc != 0) {
+    LOG_E("cluster", "\"the partition map in ZooKeeper does not decode\" version=%d", version);
+    return rc;
+  }
+  m.epoch = (uint64_t)version + 1;
+  pmap_free(&c->map);
+  c->map = m;
+  c->map_version = version;
+  int self = pmap_node_index(&c->map, c->node->node_id);
+  size_t primaries = 0, copies = 0, total = 0;
+  for (size_t i = 0; i < c->map.ncaches; i++) {
+    const pmap_cache_t *pc = &c->map.caches[i];
+    total += pc->partitions;
+    for (uint32_t p = 0; p < pc->partitions; p++) {
+      if (self >= 0 && pmap_primary(pc, p) == self) primaries++;
+      for (uint32_t k = 0; k < pc->slots; k++) {
+        int st;
+        if (pmap_copy_at(pc, p, k, &st) == self && self >= 0 && st != PMAP_NONE) copies++;
+      }
+    }
+  }
+  LOG_I("cluster", "\"partition map\" epoch=%llu nodes=%zu primary_for=%zu copies=%zu partitions=%zu",
+        (unsigned long long)c->map.epoch, c->map.nnodes, primaries, copies, total);
+  cluster_publish(c);
+  return 0;
+}
+
+/* The coordinator's part: the next map, written with a versioned set so
+ * that a coordinator that lost its place cannot overwrite a newer map. */
+static void cluster_coordinate(cluster_t *c, const store_cache_cfg_t *defs, size_t ndefs) {
+  node_t *n = c->node;
+  if (c->map_version < 0 && (int64_t)c->nalive < n->cfg.cluster_min_nodes) {
+    LOG_D("cluster", "\"waiting for nodes before the first map\" alive=%zu min=%lld",
+          c->nalive, (long long)n->cfg.cluster_min_nodes);
+    return;
+  }
+  pmap_cache_def_t *cd = calloc(ndefs + 1, sizeof *cd);
+  if (!cd) return;
+  for (size_t i = 0; i < ndefs; i++) {
+    cd[i].name = defs[i].name;
+    cd[i].partitions = defs[i].partitions;
+    cd[i].backups = defs[i].backups;
+    cd[i].replicated = defs[i].mode == GRID_MODE_REPLICATED;
+  }
+  pmap_t next;
+  pmap_init(&next);
+  int changed = 0;
+  int rc = pmap_next(c->map_version >= 0 ? &c->map : NULL, c->alive, c->nalive, cd,
+                     ndefs, NULL, 0, &next, &changed);
+  free(cd);
+  if (rc == 0 && (changed || c->map_version < 0)) {
+    snprintf(next.coordinator, sizeof next.coordinator, "%s", n->node_id);
+    unsigned char *buf;
+    size_t len;
+    if (pmap_encode(&next, &buf, &len) == 0) {
+      char path[CLUSTER_PATH_MAX];
+      cluster_path(c, path, "pmap", NULL);
+      if (c->map_version < 0)
+        rc = zk_create(c->zk, path, buf, len, ZK_PERSISTENT, NULL, 0);
+      else
+        rc = zk_set(c->zk, path, buf, len, c->map_version, NULL);
+      free(buf);
+      if (rc == 0)
+        LOG_I("cluster", "\"wrote the next partition map\" epoch=%llu nodes=%zu",
+              (unsigned long long)(c->map_version + 2), next.nnodes);
+      else if (rc != GRID_EVERSION && rc != GRID_EEXIST)
+        LOG_W("cluster", "\"cannot write the partition map\" error=%s", grid_err_name(rc));
+      c->dirty = 1; /* read back what is there now */
+    }
+  }
+  pmap_free(&next);
+}
+
+/* ---- jobs ------------------------------------------------------------------ */
+
+typedef struct cluster_done_task {
+  cluster_done_fn done;
+  void *arg;
+  int status;
+} cluster_done_task_t;
+
+static void cluster_done_on_loop(net_loop_t *lp, void *arg) {
+  cluster_done_task_t *t = arg;
+  t->done(lp, t->arg, t->status);
+  free(t);
+}
+
+static void cluster_job_finish(cluster_t *c, cluster_job_t *j) {
+  cluster_done_task_t *t = malloc(sizeof *t);
+  if (t) {
+    t->done = j->done;
+    t->arg = j->arg;
+    t->status = j->status;
+    if (net_post(c->node->net, j->loop_index, cluster_done_on_loop, t) != 0) {
+      free(t);
+      t = NULL;
+    }
+  }
+  if (!t) LOG_E("cluster", "\"out of memory answering a cache request\" cache=%s", j->cfg.name);
+  free(j);
+}
+
+/* Creates waiting for the map: answered once it places the cache (or at
+ * their deadline: the cache exists, routing catches up by itself). */
+static void cluster_check_waiting(cluster_t *c, int64_t now) {
+  cluster_job_t **l = &c->waiting;
+  while (*l) {
+    cluster_job_t *j = *l;
+    if (pmap_find_cache(&c->map, j->cfg.name) || now >= j->deadline_ms) {
+      *l = j->next;
+      cluster_job_finish(c, j);
+    } else {
+      l = &j->next;
+    }
+  }
+}
+
+static int cluster_enqueue(cluster_t *c, cluster_job_t *j) {
+  pthread_mutex_lock(&c->lock);
+  if (c->njobs >= CLUSTER_JOBS_MAX) {
+    pthread_mutex_unlock(&c->lock);
+    free(j);
+    return GRID_EBUSY;
+  }
+  j->next = c->jobs;
+  c->jobs = j;
+  c->njobs++;
+  pthread_cond_signal(&c->cond);
+  pthread_mutex_unlock(&c->lock);
+  return 0;
+}
+
+int cluster_cache_create(cluster_t *c, const store_cache_cfg_t *cfg,
+                         int loop_index, cluster_done_fn done, void *arg) {
+  cluster_job_t *j = calloc(1, sizeof *j);
+  if (!j) return GRID_ENOMEM;
+  j->create = 1;
+  j->cfg = *cfg;
+  j->loop_index = loop_index;
+  j->done = done;
+  j->arg = arg;
+  j->deadline_ms = clock_mono_ms() + c->node->cfg.forward_timeout_ms;
+  return cluster_enqueue(c, j);
+}
+
+int cluster_cache_drop(cluster_t *c, const char *name, int loop_index,
+                       cluster_done_fn done, void *arg) {
+  cluster_job_t *j = calloc(1, sizeof *j);
+  if (!j) return GRID_ENOMEM;
+  snprintf(j->cfg.name, sizeof j->cfg.name, "%s", name);
+  j->loop_index = loop_index;
+  j->done = done;
+  j->arg = arg;
+  return cluster_enqueue(c, j);
+}
+
+/* ---- the reconcile loop ---------------------------------------------------- */
+
+static void cluster_set_serving(cluster_t *c, int serving) {
+  if (atomic_exchange(&c->serving, serving) != serving)
+    LOG_W("cluster", "\"%s\" node=%s", serving ? "serving" : "fenced: not serving until ZooKeeper is back",
+          c->node->node_id);
+}
+
+static void cluster_tick(cluster_t *c) {
+  node_t *n = c->node;
+  int64_t now = clock_mono_ms();
+  if (!c->zk) {
+    if (zk_open(n->cfg.zk, (int)n->cfg.zk_session_timeout_ms, cluster_wake, c, &c->zk) != 0) {
+      c->zk = NULL;
+      return;
+    }
+    c->registered = 0;
+  }
+  if (zk_expired(c->zk)) {
+    LOG_W("cluster", "\"ZooKeeper session expired: starting a new one\" node=%s", n->node_id);
+    cluster_set_serving(c, 0);
+    zk_close(c->zk);
+    c->zk = NULL;
+    return;
+  }
+  int connected = zk_connected(c->zk);
+  pthread_mutex_lock(&c->lock);
+  c->zk_ok = connected;
+  pthread_mutex_unlock(&c->lock);
+  if (!connected) {
+    /* The lease: stop serving well before ZooKeeper can expire the session
+     * and the coordinator hand this node's partitions to others. */
+    int64_t lease = n->cfg.zk_session_timeout_ms / 4;
+    if (c->registered && now - c->last_connected_ms > lease) cluster_set_serving(c, 0);
+    return;
+  }
+  c->last_connected_ms = now;
+  if (!c->registered) {
+    int rc = cluster_register(c);
+    if (rc != 0) {
+      LOG_W("cluster", "\"cannot register with ZooKeeper\" error=%s", grid_err_name(rc));
+      return;
+    }
+    c->registered = 1;
+    c->dirty = 1;
+  }
+  /* Jobs first: a cache created now is read back below. */
+  pthread_mutex_lock(&c->lock);
+  cluster_job_t *jobs = c->jobs;
+  c->jobs = NULL;
+  c->njobs = 0;
+  int dirty = c->dirty;
+  c->dirty = 0;
+  pthread_mutex_unlock(&c->lock);
+  while (jobs) {
+    cluster_job_t *next = jobs->next;
+    cluster_run_job(c, jobs);
+    jobs = next;
+    dirty = 1;
+  }
+  if (dirty || now - c->last_resync_ms >= CLUSTER_RESYNC_MS) {
+    c->last_resync_ms = now;
+    store_cache_cfg_t *defs = NULL;
+    size_t ndefs = 0;
+    pmap_node_t *alive = malloc(sizeof(pmap_node_t) * PMAP_NODES_MAX);
+    size_t nalive = 0;
+    char coord[PMAP_ID_MAX];
+    int rc = alive ? cluster_read_caches(c, &defs, &ndefs) : GRID_ENOMEM;
+    if (rc == 0) rc = cluster_read_nodes(c, alive, &nalive);
+    if (rc == 0) rc = cluster_read_coordinator(c, coord, sizeof coord);
+    if (rc == 0) rc = cluster_read_map(c);
+    if (rc == 0) {
+      pthread_mutex_lock(&c->lock);
+      memcpy(c->alive, alive, nalive * sizeof *alive);
+      c->nalive = nalive;
+      snprintf(c->coordinator, sizeof c->coordinator, "%s", coord);
+      pthread_mutex_unlock(&c->lock);
+      if (strcmp(coord, n->node_id) == 0) cluster_coordinate(c, defs, ndefs);
+      cluster_set_serving(c, c->map_version >= 0);
+    } else {
+      c->dirty = 1;
+    }
+    free(alive);
+    free(defs);
+  }
+  cluster_check_waiting(c, now);
+}
+
+static void *cluster_main(void *arg) {
+  cluster_t *c = arg;
+  pthread_mutex_lock(&c->lock);
+  while (!c->stop) {
+    if (!c->dirty && !c->jobs) {
+      struct timespec ts;
+      clock_gettime(CLOCK_MONOTONIC, &ts);
+      ts.tv_nsec += CLUSTER_TICK_MS * 1000000L;
+      if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+      }
+      pthread_cond_timedwait(&c->cond, &c->lock, &ts);
+      if (c->stop) break;
+    }
+    pthread_mutex_unlock(&c->lock);
+    cluster_tick(c);
+    pthread_mutex_lock(&c->lock);
+  }
+  pthread_mutex_unlock(&c->lock);
+  return NULL;
+}
+
+int cluster_start(node_t *n, cluster_t **out, char *err, size_t err_len) {
+  cluster_t *c = calloc(1, sizeof *c);
+  if (!c) {
+    snprintf(err, err_len, "out of memory");
+    return GRID_ENOMEM;
+  }
+  c->node = n;
+  c->map_version = -1;
+  pmap_init(&c->map);
+  snprintf(c->root, sizeof c->root, "/grid/%s", n->cfg.cluster);
+  pthread_mutex_init(&c->lock, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&c->cond, &ca);
+  pthread_condattr_destroy(&ca);
+  atomic_init(&c->serving, 0);
+  if (pthread_create(&c->thread, NULL, cluster_main, c) != 0) {
+    snprintf(err, err_len, "cannot start the cluster thread");
+    free(c);
+    return GRID_ENOMEM;
+  }
+  *out = c;
+  return 0;
+}
+
+void cluster_stop(cluster_t *c) {
+  pthread_mutex_lock(&c->lock);
+  c->stop = 1;
+  pthread_cond_signal(&c->cond);
+  pthread_mutex_unlock(&c->lock);
+  pthread_join(c->thread, NULL);
+  if (c->zk) zk_close(c->zk); /* the session ends: this node's znodes go */
+  /* Requests still queued are answered: the node is going away. */
+  cluster_job_t *lists[2] = {c->jobs, c->waiting};
+  for (int i = 0; i < 2; i++) {
+    while (lists[i]) {
+      cluster_job_t *next = lists[i]->next;
+      if (i == 0) lists[i]->status = GRID_ECLUSTER;
+      cluster_job_finish(c, lists[i]);
+      lists[i] = next;
+    }
+  }
+  pmap_free(&c->map);
+  pthread_mutex_destroy(&c->lock);
+  pthread_cond_destroy(&c->cond);
+  free(c);
+}
+
+int cluster_serving(cluster_t *c) { return atomic_load_explicit(&c->serving, memory_order_relaxed); }
+
+void cluster_status(cluster_t *c, Grid__ClusterStatus *st) {
+  pthread_mutex_lock(&c->lock);
+  st->cluster = strdup(c->node->cfg.cluster);
+  st->node_id = strdup(c->node->node_id);
+  st->zk_connected = c->zk_ok;
+  st->alive = calloc(c->nalive + 1, sizeof *st->alive);
+  for (size_t i = 0; st->alive && i < c->nalive; i++) {
+    Grid__PmapNode *pn = calloc(1, sizeof *pn);
+    if (!pn) break;
+    grid__pmap_node__init(pn);
+    pn->id = strdup(c->alive[i].id);
+    pn->addr = strdup(c->alive[i].addr);
+    pn->zone = strdup(c->alive[i].zone);
+    st->alive[st->n_alive++] = pn;
+  }
+  pthread_mutex_unlock(&c->lock);
+}
+
+void cluster_status_free(Grid__ClusterStatus *st) {
+  free(st->cluster);
+  free(st->node_id);
+  for (size_t i = 0; i < st->n_alive; i++) {
+    free(st->alive[i]->id);
+    free(st->alive[i]->addr);
+    free(st->alive[i]->zone);
+    free(st->alive[i]);
+  }
+  free(st->alive);
+}

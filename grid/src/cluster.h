@@ -1,0 +1,52 @@
+/*
+ * cluster: the node's part in a cluster coordinated through ZooKeeper
+ * (shared/DESIGN.md section 4). One thread, the cluster thread, owns the
+ * ZooKeeper session and does every ZooKeeper call; it keeps this node's
+ * znode (its lease), takes part in the coordinator election, keeps the
+ * local caches in step with the cache definitions, hands each new partition
+ * map to the event loops, and, while it is coordinator, computes and writes
+ * the next map. It works as a reconcile loop: any watch that fires, and a
+ * periodic tick, make it read the state again and act on the difference.
+ *
+ * ZooKeeper layout under /grid/<cluster>:
+ *   nodes/<id>        ephemeral, PmapNode (address, zone): the node's lease
+ *   election/n_<seq>  ephemeral sequential, node id: lowest leads
+ *   caches/<name>     CacheConfig
+ *   pmap              Pmap; the znode's data version + 1 is the epoch
+ */
+#ifndef GRID_CLUSTER_H
+#define GRID_CLUSTER_H
+
+#include <stddef.h>
+
+#include "grid.pb-c.h"
+#include "store.h"
+
+typedef struct node node_t;
+typedef struct cluster cluster_t;
+typedef struct net_loop net_loop_t;
+
+int cluster_start(node_t *n, cluster_t **out, char *err, size_t err_len);
+/* Leaves the cluster (the session ends, so this node's znodes go at once)
+ * and stops the thread. */
+void cluster_stop(cluster_t *c);
+
+/* Whether this node may serve data now: it has a live session (or lost it
+ * for less than its lease) and has read the partition map. */
+int cluster_serving(cluster_t *c);
+
+/* Creates or drops a cache cluster-wide, from a loop. done(lp, arg, status)
+ * runs later on loop `loop_index` (once this node's map has the change, for
+ * a create). Returns an error (done never runs) or 0. */
+typedef void (*cluster_done_fn)(net_loop_t *lp, void *arg, int status);
+int cluster_cache_create(cluster_t *c, const store_cache_cfg_t *cfg,
+                         int loop_index, cluster_done_fn done, void *arg);
+int cluster_cache_drop(cluster_t *c, const char *name, int loop_index,
+                       cluster_done_fn done, void *arg);
+
+/* Fills st (strings point into memory the caller frees with
+ * cluster_status_free). */
+void cluster_status(cluster_t *c, Grid__ClusterStatus *st);
+void cluster_status_free(Grid__ClusterStatus *st);
+
+#endif

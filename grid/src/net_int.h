@@ -1,0 +1,108 @@
+/*
+ * net_int.h: what net.c shares with the files that work on its loops
+ * (peer.c: links to other nodes; route.c: requests in a cluster). Only
+ * net*.c, peer.c and route.c include it.
+ */
+#ifndef GRID_NET_INT_H
+#define GRID_NET_INT_H
+
+#include <pthread.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "arena.h"
+#include "grid.pb-c.h"
+#include "net.h"
+#include "pmap.h"
+#include "store.h"
+
+#define NET_MAGIC 0x47524944u  /* "GRID" */
+#define NET_PROTOCOL_VERSION 1
+#define NET_BACKLOG 511
+#define NET_RBUF_BYTES 16384    /* a connection's read buffer at rest */
+#define NET_LINGER_MS 1000      /* a failed connection is closed by then */
+#define NET_CRON_MS_MAX 100
+
+typedef struct net_loop net_loop_t;
+typedef struct peer peer_t;
+
+/* One client connection. Owned by its loop; freed once it is closed and no
+ * deferred request (forwarded, or waiting for the cluster thread) still
+ * refers to it. */
+typedef struct conn {
+  uv_tcp_t tcp;
+  net_loop_t *lp;
+  struct conn *prev, *next;    /* the loop's list of connections */
+  unsigned char *rbuf;         /* bytes received, not yet a whole frame */
+  size_t rlen, rcap;
+  unsigned char *wbuf;         /* replies gathered during one read callback */
+  size_t wlen, wcap;
+  size_t inflight_bytes;       /* handed to uv_write, not yet written */
+  int64_t accepted_ms;
+  int64_t frame_started_ms;    /* when the unfinished frame began; 0: none */
+  int64_t closing_since_ms;
+  unsigned handshaken : 1;
+  unsigned closing : 1;        /* failed: input is dropped, then closed */
+  unsigned paused : 1;         /* reading stopped: too much unsent output */
+  unsigned counted : 1;        /* counted in node->connections */
+  unsigned peer_role : 1;      /* the peer said hello as a grid node */
+  unsigned closed : 1;         /* libuv closed it; freed when refs is 0 */
+  int refs;                    /* deferred requests that will answer on it */
+  char peer[64];
+} conn_t;
+
+/* Work handed to a loop from another thread. */
+typedef struct net_task {
+  struct net_task *next;
+  void (*fn)(net_loop_t *lp, void *arg);
+  void *arg;
+} net_task_t;
+
+struct net_loop {
+  uv_loop_t loop;
+  uv_thread_t thread;
+  uv_tcp_t listener;
+  uv_async_t stop_async;
+  uv_timer_t cron;
+  net_t *net;
+  int index;
+  conn_t *conns;
+  arena_t arena;               /* one request at a time per loop */
+  store_view_t view;           /* this loop's caches, found without a lock */
+  uv_async_t inbox_async;      /* wakes the loop for posted tasks */
+  pthread_mutex_t inbox_lock;
+  net_task_t *inbox_head, *inbox_tail;
+  pmap_t *pmap;                /* this loop's copy of the partition map */
+  int self;                    /* this node's index in pmap, or -1 */
+  peer_t *peers;               /* links to other nodes, made on demand */
+};
+
+struct net {
+  node_t *node;
+  int nloops;
+  int port;
+  net_loop_t *loops;
+};
+
+typedef struct net_write {
+  uv_write_t req;
+  conn_t *c;
+  unsigned char *mem;          /* whole buffer, freed when written */
+  size_t len;
+} net_write_t;
+
+
+/* Runs fn(lp, arg) on loop `index`'s thread; callable from any thread.
+ * GRID_ENOMEM when the task cannot be queued (fn is then not called). */
+int net_post(net_t *net, int index, void (*fn)(net_loop_t *lp, void *arg),
+             void *arg);
+
+/* Deferred replies: a request answered later (after a forward, or after
+ * the cluster thread) holds a reference to its connection. */
+void conn_ref(conn_t *c);
+void conn_unref(conn_t *c);
+/* Sends rp (its id already set) on c and flushes, unless c has closed or
+ * failed meanwhile. */
+void conn_reply(conn_t *c, const Grid__Reply *rp);
+
+#endif

@@ -1,0 +1,363 @@
+#include "peer.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "clock.h"
+#include "frame.h"
+#include "grid.h"
+#include "log.h"
+#include "net_int.h"
+#include "node.h"
+
+#define PEER_SLOT_BITS 12
+#define PEER_RBUF_BYTES 65536
+#define PEER_QUEUED_BYTES_MAX (64u << 20) /* frames waiting for the link */
+
+enum { PEER_CONNECTING, PEER_HELLO, PEER_READY, PEER_DEAD };
+
+typedef struct peer_slot {
+  uint64_t id;          /* 0: free */
+  int is_write;
+  int64_t deadline_ms;
+  peer_reply_cb cb;
+  void *arg;
+  uint32_t next_free;   /* index + 1 */
+} peer_slot_t;
+
+struct peer {
+  uv_tcp_t tcp;
+  uv_connect_t connect_req;
+  net_loop_t *lp;
+  peer_t *next;               /* the loop's list */
+  char node_id[PMAP_ID_MAX];
+  char addr[PMAP_ADDR_MAX];
+  int state;
+  unsigned char *rbuf;
+  size_t rlen, rcap;
+  unsigned char *queued;      /* frames written before the link was ready */
+  size_t queued_len, queued_cap;
+  uint64_t seq;
+  uint32_t free_head;
+  size_t inflight;
+  peer_slot_t slots[PEER_INFLIGHT_MAX];
+};
+
+typedef struct peer_write {
+  uv_write_t req;
+  unsigned char *mem;
+} peer_write_t;
+
+static void peer_fail(peer_t *p, const char *why);
+
+static void peer_slot_release(peer_t *p, peer_slot_t *s) {
+  s->id = 0;
+  s->next_free = p->free_head;
+  p->free_head = (uint32_t)(s - p->slots) + 1;
+  p->inflight--;
+}
+
+static void peer_on_write(uv_write_t *req, int status) {
+  peer_write_t *w = (peer_write_t *)req;
+  peer_t *p = req->handle->data;
+  free(w->mem);
+  free(w);
+  if (status < 0 && p->state != PEER_DEAD) peer_fail(p, uv_strerror(status));
+}
+
+/* Writes a whole buffer, which the link then owns. */
+static int peer_write_raw(peer_t *p, unsigned char *mem, size_t len) {
+  peer_write_t *w = malloc(sizeof *w);
+  if (!w) {
+    free(mem);
+    return GRID_ENOMEM;
+  }
+  w->mem = mem;
+  uv_buf_t b = uv_buf_init((char *)mem, (unsigned)len);
+  if (uv_write(&w->req, (uv_stream_t *)&p->tcp, &b, 1, peer_on_write) != 0) {
+    free(mem);
+    free(w);
+    return GRID_ECONN;
+  }
+  return 0;
+}
+
+static int peer_frame(const ProtobufCMessage *m, unsigned char **out, size_t *len) {
+  size_t n = protobuf_c_message_get_packed_size(m);
+  unsigned char *b = malloc(n + FRAME_HEADER_BYTES);
+  if (!b) return GRID_ENOMEM;
+  frame_put_header(b, (uint32_t)n);
+  protobuf_c_message_pack(m, b + FRAME_HEADER_BYTES);
+  *out = b;
+  *len = n + FRAME_HEADER_BYTES;
+  return 0;
+}
+
+static void peer_on_close(uv_handle_t *h) {
+  peer_t *p = h->data;
+  free(p->rbuf);
+  free(p->queued);
+  free(p);
+}
+
+/* The link is unusable: every call on it fails, and it leaves the loop's
+ * list so the next call makes a new one. */
+static void peer_fail(peer_t *p, const char *why) {
+  if (p->state == PEER_DEAD) return;
+  if (p->inflight)
+    LOG_W("peer", "\"link to node lost\" node=%s addr=%s reason=\"%s\" in_flight=%zu",
+          p->node_id, p->addr, why, p->inflight);
+  p->state = PEER_DEAD;
+  net_loop_t *lp = p->lp;
+  for (peer_t **l = &lp->peers; *l; l = &(*l)->next) {
+    if (*l == p) {
+      *l = p->next;
+      break;
+    }
+  }
+  for (uint32_t i = 0; i < PEER_INFLIGHT_MAX; i++) {
+    peer_slot_t *s = &p->slots[i];
+    if (!s->id) continue;
+    peer_reply_cb cb = s->cb;
+    void *arg = s->arg;
+    int status = s->is_write ? GRID_EUNKNOWN : GRID_ECONN;
+    peer_slot_release(p, s);
+    cb(arg, status, NULL);
+  }
+  uv_close((uv_handle_t *)&p->tcp, peer_on_close);
+}
+
+static void peer_on_reply(peer_t *p, const unsigned char *buf, size_t len) {
+  Grid__Reply *rp = grid__reply__unpack(NULL, len, buf);
+  if (!rp) {
+    peer_fail(p, "a reply does not decode");
+    return;
+  }
+  peer_slot_t *s = &p->slots[rp->id & (PEER_INFLIGHT_MAX - 1)];
+  if (rp->id != 0 && s->id == rp->id) {
+    peer_reply_cb cb = s->cb;
+    void *arg = s->arg;
+    peer_slot_release(p, s);
+    cb(arg, 0, rp);
+  } else if (rp->id == 0 && rp->status != 0) {
+    LOG_W("peer", "\"node refused the link\" node=%s message=\"%s\"", p->node_id,
+          rp->message ? rp->message : "");
+  }
+  grid__reply__free_unpacked(rp, NULL);
+}
+
+static void peer_on_hello(peer_t *p, const unsigned char *buf, size_t len) {
+  Grid__HelloReply *hr = grid__hello_reply__unpack(NULL, len, buf);
+  if (!hr || hr->status != 0) {
+    char why[160];
+    snprintf(why, sizeof why, "handshake refused: %s",
+             hr && hr->message ? hr->message : "reply does not decode");
+    if (hr) grid__hello_reply__free_unpacked(hr, NULL);
+    peer_fail(p, why);
+    return;
+  }
+  grid__hello_reply__free_unpacked(hr, NULL);
+  p->state = PEER_READY;
+  if (p->queued_len) {
+    unsigned char *q = p->queued;
+    size_t n = p->queued_len;
+    p->queued = NULL;
+    p->queued_len = p->queued_cap = 0;
+    if (peer_write_raw(p, q, n) != 0) peer_fail(p, "cannot write");
+  }
+}
+
+static void peer_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  (void)suggested;
+  peer_t *p = h->data;
+  size_t want = PEER_RBUF_BYTES;
+  if (p->rlen >= FRAME_HEADER_BYTES) {
+    size_t need = FRAME_HEADER_BYTES + (size_t)frame_get_header(p->rbuf) + 1024;
+    if (need > want) want = need;
+  }
+  if (p->rcap - p->rlen < 1024 || p->rcap < want) {
+    size_t cap = p->rcap * 2 > want ? p->rcap * 2 : want;
+    unsigned char *b = realloc(p->rbuf, cap);
+    if (!b) {
+      buf->base = NULL;
+      buf->len = 0;
+      return;
+    }
+    p->rbuf = b;
+    p->rcap = cap;
+  }
+  buf->base = (char *)p->rbuf + p->rlen;
+  buf->len = p->rcap - p->rlen;
+}
+
+static void peer_on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
+  (void)buf;
+  peer_t *p = st->data;
+  if (nread < 0) {
+    peer_fail(p, nread == UV_EOF ? "closed by the node" : uv_strerror((int)nread));
+    return;
+  }
+  p->rlen += (size_t)nread;
+  size_t off = 0;
+  size_t max = (size_t)p->lp->net->node->cfg.frame_bytes_max;
+  while (p->state != PEER_DEAD) {
+    const unsigned char *payload;
+    size_t plen, flen;
+    frame_result_t r = frame_parse(p->rbuf + off, p->rlen - off, max, &payload, &plen, &flen);
+    if (r == FRAME_NEED_MORE) break;
+    if (r == FRAME_TOO_BIG) {
+      peer_fail(p, "frame over frame_bytes_max");
+      return;
+    }
+    if (p->state == PEER_HELLO) peer_on_hello(p, payload, plen);
+    else peer_on_reply(p, payload, plen);
+    off += flen;
+  }
+  if (p->state == PEER_DEAD) return;
+  memmove(p->rbuf, p->rbuf + off, p->rlen - off);
+  p->rlen -= off;
+}
+
+static void peer_on_connect(uv_connect_t *req, int status) {
+  peer_t *p = req->handle->data;
+  if (p->state == PEER_DEAD) return;
+  if (status < 0) {
+    peer_fail(p, uv_strerror(status));
+    return;
+  }
+  uv_tcp_nodelay(&p->tcp, 1);
+  node_t *n = p->lp->net->node;
+  Grid__Hello h = GRID__HELLO__INIT;
+  h.magic = 0x47524944u;
+  h.version = 1;
+  h.role = GRID__ROLE__ROLE_PEER;
+  h.client_name = n->node_id;
+  unsigned char *mem;
+  size_t len;
+  if (peer_frame(&h.base, &mem, &len) != 0 || peer_write_raw(p, mem, len) != 0 ||
+      uv_read_start((uv_stream_t *)&p->tcp, peer_on_alloc, peer_on_read) != 0) {
+    peer_fail(p, "cannot start the handshake");
+    return;
+  }
+  p->state = PEER_HELLO;
+}
+
+/* Parses "host:port" or "[v6]:port" into a socket address. */
+static int peer_parse_addr(const char *addr, struct sockaddr_storage *ss) {
+  char host[PMAP_ADDR_MAX];
+  const char *colon = strrchr(addr, ':');
+  if (!colon || colon == addr) return GRID_EADDR;
+  size_t hl = (size_t)(colon - addr);
+  if (addr[0] == '[' && hl >= 2 && addr[hl - 1] == ']') {
+    memcpy(host, addr + 1, hl - 2);
+    host[hl - 2] = '\0';
+  } else {
+    if (hl >= sizeof host) return GRID_EADDR;
+    memcpy(host, addr, hl);
+    host[hl] = '\0';
+  }
+  int port = atoi(colon + 1);
+  if (port <= 0 || port > 65535) return GRID_EADDR;
+  if (uv_ip4_addr(host, port, (struct sockaddr_in *)ss) == 0) return 0;
+  if (uv_ip6_addr(host, port, (struct sockaddr_in6 *)ss) == 0) return 0;
+  return GRID_EADDR;
+}
+
+peer_t *peer_get(net_loop_t *lp, const char *node_id, const char *addr) {
+  for (peer_t *p = lp->peers; p; p = p->next)
+    if (strcmp(p->node_id, node_id) == 0 && strcmp(p->addr, addr) == 0) return p;
+  struct sockaddr_storage ss;
+  if (peer_parse_addr(addr, &ss) != 0) {
+    LOG_W("peer", "\"node address is not host:port\" node=%s addr=%s", node_id, addr);
+    return NULL;
+  }
+  peer_t *p = calloc(1, sizeof *p);
+  if (!p) return NULL;
+  p->lp = lp;
+  snprintf(p->node_id, sizeof p->node_id, "%s", node_id);
+  snprintf(p->addr, sizeof p->addr, "%s", addr);
+  for (uint32_t i = 0; i < PEER_INFLIGHT_MAX; i++)
+    p->slots[i].next_free = i + 1 < PEER_INFLIGHT_MAX ? i + 2 : 0;
+  p->free_head = 1;
+  uv_tcp_init(&lp->loop, &p->tcp);
+  p->tcp.data = p;
+  p->state = PEER_CONNECTING;
+  p->next = lp->peers;
+  lp->peers = p;
+  if (uv_tcp_connect(&p->connect_req, &p->tcp, (struct sockaddr *)&ss, peer_on_connect) != 0)
+    peer_fail(p, "cannot connect");
+  return p->state == PEER_DEAD ? NULL : p;
+}
+
+static int peer_op_is_write(Grid__Op op) {
+  switch (op) {
+    case GRID__OP__GET: case GRID__OP__GET_ALL: case GRID__OP__SCAN:
+    case GRID__OP__SIZE: case GRID__OP__PING: case GRID__OP__LIST_CACHES:
+    case GRID__OP__STATS: case GRID__OP__PMAP:
+      return 0;
+    default:
+      return 1;
+  }
+}
+
+int peer_call(peer_t *p, Grid__Request *rq, int64_t timeout_ms,
+              peer_reply_cb cb, void *arg) {
+  if (p->state == PEER_DEAD) return GRID_ECONN;
+  if (!p->free_head) return GRID_EBUSY;
+  peer_slot_t *s = &p->slots[p->free_head - 1];
+  uint64_t id = (++p->seq << PEER_SLOT_BITS) | (uint64_t)(s - p->slots);
+  rq->id = id;
+  unsigned char *mem;
+  size_t len;
+  if (peer_frame(&rq->base, &mem, &len) != 0) return GRID_ENOMEM;
+  if (p->state != PEER_READY) {
+    if (p->queued_len + len > PEER_QUEUED_BYTES_MAX) {
+      free(mem);
+      return GRID_EBUSY;
+    }
+    if (p->queued_cap - p->queued_len < len) {
+      size_t cap = (p->queued_len + len) * 2;
+      unsigned char *q = realloc(p->queued, cap);
+      if (!q) {
+        free(mem);
+        return GRID_ENOMEM;
+      }
+      p->queued = q;
+      p->queued_cap = cap;
+    }
+    memcpy(p->queued + p->queued_len, mem, len);
+    p->queued_len += len;
+    free(mem);
+  } else if (peer_write_raw(p, mem, len) != 0) {
+    return GRID_ECONN;
+  }
+  p->free_head = s->next_free;
+  p->inflight++;
+  s->id = id;
+  s->is_write = peer_op_is_write(rq->op);
+  s->deadline_ms = clock_mono_ms() + timeout_ms;
+  s->cb = cb;
+  s->arg = arg;
+  return 0;
+}
+
+void peer_cron(net_loop_t *lp, int64_t now_ms) {
+  for (peer_t *p = lp->peers; p; p = p->next) {
+    if (!p->inflight) continue;
+    for (uint32_t i = 0; i < PEER_INFLIGHT_MAX; i++) {
+      peer_slot_t *s = &p->slots[i];
+      if (!s->id || now_ms < s->deadline_ms) continue;
+      peer_reply_cb cb = s->cb;
+      void *arg = s->arg;
+      int status = s->is_write ? GRID_EUNKNOWN : GRID_ETIMEDOUT;
+      peer_slot_release(p, s);
+      cb(arg, status, NULL);
+    }
+  }
+}
+
+void peer_close_all(net_loop_t *lp) {
+  while (lp->peers) peer_fail(lp->peers, "node stopping");
+}

@@ -1,0 +1,36 @@
+/*
+ * peer: a loop's links to other nodes of the cluster, over the native
+ * protocol with role PEER. A loop makes at most one link per node, on first
+ * use, and keeps it; requests on it are pipelined and answered by callbacks
+ * on the same loop, so a forwarded request never leaves its loop thread.
+ */
+#ifndef GRID_PEER_H
+#define GRID_PEER_H
+
+#include <stdint.h>
+
+#include "grid.pb-c.h"
+
+typedef struct net_loop net_loop_t;
+typedef struct peer peer_t;
+
+#define PEER_INFLIGHT_MAX 4096 /* requests in flight on one link */
+
+/* status is 0 with the node's reply (valid during the call only), or a
+ * transport error with rp NULL: GRID_ECONN (not sent, or lost before a
+ * read was answered), GRID_EUNKNOWN (a write sent, no reply),
+ * GRID_ETIMEDOUT, GRID_EBUSY. */
+typedef void (*peer_reply_cb)(void *arg, int status, const Grid__Reply *rp);
+
+/* The loop's link to node_id at addr ("host:port"), made if needed. */
+peer_t *peer_get(net_loop_t *lp, const char *node_id, const char *addr);
+/* Sends rq (its id is replaced). Returns 0 and calls cb exactly once
+ * later, or returns an error and never calls cb. */
+int peer_call(peer_t *p, Grid__Request *rq, int64_t timeout_ms,
+              peer_reply_cb cb, void *arg);
+/* Deadlines of calls in flight; called by the loop's cron. */
+void peer_cron(net_loop_t *lp, int64_t now_ms);
+/* Fails every call in flight and closes every link of the loop. */
+void peer_close_all(net_loop_t *lp);
+
+#endif

@@ -1,0 +1,20 @@
+/*
+ * route: where a request runs in a cluster. A keyed request runs on the
+ * primary of its partition: here when this node leads it, else it is
+ * forwarded over the loop's link to the primary (one hop: a forwarded
+ * request is never forwarded again) and the reply relayed. Batches are
+ * split by primary and merged; SIZE adds up every node's primaries; cache
+ * creation and drop go through the cluster thread to ZooKeeper.
+ */
+#ifndef GRID_ROUTE_H
+#define GRID_ROUTE_H
+
+#include "grid.pb-c.h"
+
+typedef struct conn conn_t;
+
+/* 1 when the request was taken (answered now or later on c), 0 when the
+ * caller runs it here. Only for a node in a cluster. */
+int route_request(conn_t *c, Grid__Request *rq);
+
+#endif
