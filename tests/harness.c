@@ -12,12 +12,14 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "check.h"
 #include "frame.h"
+#include "pmap.h"
 
 #ifndef GRIDD_PATH
 #error "GRIDD_PATH must name the gridd binary"
@@ -109,6 +111,142 @@ int harness_stop(harness_node_t *n) {
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", n->dir);
   if (n->dir[0] && system(cmd)) {}
   return status;
+}
+
+void harness_kill9(harness_node_t *n) {
+  if (n->pid <= 0) return;
+  kill(n->pid, SIGKILL);
+  waitpid(n->pid, NULL, 0);
+  n->pid = 0;
+}
+
+int harness_free_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  CHECK(fd >= 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  CHECK(bind(fd, (struct sockaddr *)&a, sizeof a) == 0);
+  socklen_t len = sizeof a;
+  CHECK(getsockname(fd, (struct sockaddr *)&a, &len) == 0);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+#define HARNESS_ZK_JAR "/usr/share/java/zookeeper.jar"
+
+/* ZooKeeper's "ruok" four-letter command: 1 when it answers "imok". */
+static int harness_zk_ok(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return 0;
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  int ok = 0;
+  if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0 && send(fd, "ruok", 4, MSG_NOSIGNAL) == 4) {
+    char buf[8] = {0};
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    if (poll(&pfd, 1, 1000) == 1 && recv(fd, buf, 4, 0) == 4) ok = memcmp(buf, "imok", 4) == 0;
+  }
+  close(fd);
+  return ok;
+}
+
+void harness_zk_start(harness_zk_t *z) {
+  memset(z, 0, sizeof *z);
+  if (access(HARNESS_ZK_JAR, R_OK) != 0) {
+    fprintf(stderr, "%s is missing: scripts/deps installs the zookeeper package\n", HARNESS_ZK_JAR);
+    abort();
+  }
+  snprintf(z->dir, sizeof z->dir, "/tmp/grid-zk-XXXXXX");
+  CHECK(mkdtemp(z->dir) != NULL);
+  z->port = harness_free_port();
+  snprintf(z->hosts, sizeof z->hosts, "127.0.0.1:%d", z->port);
+  char cfg[300], log_file[300], data[300];
+  snprintf(cfg, sizeof cfg, "%s/zoo.cfg", z->dir);
+  snprintf(log_file, sizeof log_file, "%s/zk.log", z->dir);
+  snprintf(data, sizeof data, "%s/data", z->dir);
+  CHECK(mkdir(data, 0755) == 0);
+  FILE *f = fopen(cfg, "w");
+  CHECK(f);
+  /* A short tick so that sessions of a second or less are allowed. */
+  fprintf(f, "tickTime=100\ndataDir=%s\nclientPort=%d\nclientPortAddress=127.0.0.1\n"
+             "minSessionTimeout=200\nmaxSessionTimeout=60000\nadmin.enableServer=false\n"
+             "4lw.commands.whitelist=ruok,srvr\n", data, z->port);
+  fclose(f);
+  pid_t pid = fork();
+  CHECK(pid >= 0);
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    int fd = open(log_file, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) {
+      dup2(fd, 1);
+      dup2(fd, 2);
+      close(fd);
+    }
+    char cp[400];
+    snprintf(cp, sizeof cp, "%s:%s", z->dir, HARNESS_ZK_JAR);
+    execl("/usr/bin/java", "java", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+          "-cp", cp, "org.apache.zookeeper.server.ZooKeeperServerMain", cfg, (char *)NULL);
+    _exit(127);
+  }
+  z->pid = pid;
+  for (int i = 0; i < 600; i++) {
+    if (harness_zk_ok(z->port)) return;
+    int status;
+    if (waitpid(pid, &status, WNOHANG) == pid) break;
+    harness_sleep_ms(100);
+  }
+  fprintf(stderr, "ZooKeeper did not start; its log:\n");
+  char cmd[400];
+  snprintf(cmd, sizeof cmd, "cat %s >&2", log_file);
+  if (system(cmd)) {}
+  kill(pid, SIGKILL);
+  waitpid(pid, NULL, 0);
+  abort();
+}
+
+void harness_zk_stop(harness_zk_t *z) {
+  if (z->pid > 0) {
+    kill(z->pid, SIGTERM);
+    int done = 0;
+    for (int i = 0; i < 1000 && !done; i++) {
+      if (waitpid(z->pid, NULL, WNOHANG) == z->pid) done = 1;
+      else harness_sleep_ms(10);
+    }
+    if (!done) {
+      kill(z->pid, SIGKILL);
+      waitpid(z->pid, NULL, 0);
+    }
+    z->pid = 0;
+  }
+  char cmd[400];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", z->dir);
+  if (z->dir[0] && system(cmd)) {}
+}
+
+void harness_pmap(int port, pmap_t *out) {
+  int fd = harness_connect(port);
+  harness_send_hello(fd);
+  Grid__Request rq = GRID__REQUEST__INIT;
+  rq.id = 1;
+  rq.op = GRID__OP__PMAP;
+  harness_send_frame(fd, &rq.base);
+  static unsigned char buf[1 << 22];
+  ssize_t n = harness_read_frame(fd, buf, sizeof buf, 10000);
+  CHECK(n >= 0);
+  close(fd);
+  Grid__Reply *rp = grid__reply__unpack(NULL, (size_t)n, buf);
+  CHECK(rp);
+  pmap_init(out);
+  if (rp->pmap) {
+    size_t len = grid__pmap__get_packed_size(rp->pmap);
+    unsigned char *pb = malloc(len + 1);
+    CHECK(pb);
+    grid__pmap__pack(rp->pmap, pb);
+    CHECK(pmap_decode(pb, len, out) == 0);
+    free(pb);
+    out->epoch = rp->epoch;
+  }
+  grid__reply__free_unpacked(rp, NULL);
 }
 
 /* Whether every thread of pid is stopped ('T' in /proc/PID/task/TID/stat). */

@@ -32,6 +32,29 @@ int harness_stop(harness_node_t *n);
 void harness_pause(harness_node_t *n);
 void harness_resume(harness_node_t *n);
 
+/* SIGKILL, as a crash: no goodbye to anyone. */
+void harness_kill9(harness_node_t *n);
+
+/* A ZooKeeper server from the Debian package, on a free loopback port with
+ * a data directory of its own. */
+typedef struct harness_zk {
+  pid_t pid;
+  int port;
+  char dir[256];
+  char hosts[64];  /* 127.0.0.1:port */
+} harness_zk_t;
+
+/* Aborts the test when it does not answer within 60 s. */
+void harness_zk_start(harness_zk_t *z);
+void harness_zk_stop(harness_zk_t *z);
+/* A port free on 127.0.0.1 right now. */
+int harness_free_port(void);
+
+/* The partition map node at port acts on (epoch 0: none yet), read with a
+ * raw PMAP request. The caller pmap_free()s it. */
+struct pmap;
+void harness_pmap(int port, struct pmap *out);
+
 /* Raw connections. */
 int harness_connect(int port);
 void harness_send_all(int fd, const void *p, size_t len);

@@ -29,6 +29,8 @@ static void usage(FILE *f) {
           "               [--ttl-ms N]          create a cache (TTL: its default)\n"
           "  drop-cache NAME                    drop a cache and all its entries\n"
           "  stats                              entries, memory, ops served, connections\n"
+          "  status [--json]                    cluster: nodes, coordinator, epoch, and\n"
+          "                                     per cache partitions owning / moving / lost\n"
           "  ping                               check the node answers\n"
           "\n"
           "exit status: 0 done, 1 not found, 2 usage error, 3 refused or failed\n");
@@ -196,6 +198,84 @@ static int cmd_stats(grid_t *g) {
   return 0;
 }
 
+/* Prints s as a JSON string. */
+static void json_str(const char *s) {
+  putchar('"');
+  for (; *s; s++) {
+    unsigned char ch = (unsigned char)*s;
+    if (ch == '"' || ch == '\\') printf("\\%c", ch);
+    else if (ch < 0x20) printf("\\u%04x", ch);
+    else putchar(ch);
+  }
+  putchar('"');
+}
+
+static int cmd_status(grid_t *g, int argc, char **argv) {
+  int json = argc > 0 && strcmp(argv[0], "--json") == 0;
+  if (argc > (json ? 1 : 0)) {
+    fprintf(stderr, "gridctl: status: unexpected \"%s\" (expected --json)\n", argv[json]);
+    return EXIT_USAGE;
+  }
+  grid_cluster_status_t *st;
+  int rc = grid_cluster_status(g, &st);
+  if (rc) return fail("status", rc);
+  if (json) {
+    printf("{\"cluster\":");
+    json_str(st->cluster);
+    printf(",\"node\":");
+    json_str(st->node_id);
+    printf(",\"coordinator\":");
+    json_str(st->coordinator);
+    printf(",\"epoch\":%" PRIu64 ",\"zk_connected\":%s,\"nodes\":[", st->epoch,
+           st->zk_connected ? "true" : "false");
+    for (size_t i = 0; i < st->nnodes; i++) {
+      const grid_node_status_t *n = &st->nodes[i];
+      printf("%s{\"id\":", i ? "," : "");
+      json_str(n->id);
+      printf(",\"addr\":");
+      json_str(n->addr);
+      printf(",\"zone\":");
+      json_str(n->zone);
+      printf(",\"alive\":%s,\"primaries\":%u,\"backups\":%u}", n->alive ? "true" : "false",
+             n->primaries, n->backups);
+    }
+    printf("],\"caches\":[");
+    for (size_t i = 0; i < st->ncaches; i++) {
+      const grid_cache_status_t *c = &st->caches[i];
+      printf("%s{\"name\":", i ? "," : "");
+      json_str(c->name);
+      printf(",\"partitions\":%u,\"owning\":%u,\"moving\":%u,\"lost\":%u}",
+             c->partitions, c->owning, c->moving, c->lost);
+    }
+    printf("]}\n");
+  } else if (!st->cluster[0]) {
+    printf("single node %s (no cluster)\n", st->node_id);
+  } else {
+    printf("cluster      %s\n", st->cluster);
+    printf("answered by  %s (ZooKeeper %s)\n", st->node_id,
+           st->zk_connected ? "connected" : "NOT connected");
+    printf("coordinator  %s\n", st->coordinator[0] ? st->coordinator : "(none yet)");
+    printf("epoch        %" PRIu64 "%s\n\n", st->epoch, st->epoch ? "" : " (no partition map yet)");
+    printf("%-20s %-24s %-10s %-6s %9s %8s\n", "NODE", "ADDRESS", "ZONE", "ALIVE",
+           "PRIMARIES", "BACKUPS");
+    for (size_t i = 0; i < st->nnodes; i++) {
+      const grid_node_status_t *n = &st->nodes[i];
+      printf("%-20s %-24s %-10s %-6s %9u %8u\n", n->id, n->addr, n->zone[0] ? n->zone : "-",
+             n->alive ? "yes" : "NO", n->primaries, n->backups);
+    }
+    printf("\n%-24s %10s %8s %8s %6s %s\n", "CACHE", "PARTITIONS", "OWNING", "MOVING", "LOST",
+           "REBALANCED");
+    for (size_t i = 0; i < st->ncaches; i++) {
+      const grid_cache_status_t *c = &st->caches[i];
+      uint32_t copies = c->owning + c->moving;
+      printf("%-24s %10u %8u %8u %6u %5.1f%%\n", c->name, c->partitions, c->owning, c->moving,
+             c->lost, copies ? 100.0 * c->owning / copies : 100.0);
+    }
+  }
+  grid_cluster_status_free(st);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   const char *server = getenv("GRID_SERVER");
   if (!server || !*server) server = "127.0.0.1:10800";
@@ -224,7 +304,7 @@ int main(int argc, char **argv) {
   int vargc = argc - i - 1;
   char **vargv = argv + i + 1;
   static const char *const verbs[] = {"put", "get", "del", "add", "size", "caches",
-                                      "create-cache", "drop-cache", "stats", "ping"};
+                                      "create-cache", "drop-cache", "stats", "ping", "status"};
   int known = 0;
   for (size_t k = 0; k < sizeof verbs / sizeof verbs[0]; k++) known |= !strcmp(verb, verbs[k]);
   if (!known) {
@@ -253,6 +333,7 @@ int main(int argc, char **argv) {
     code = need_args("drop-cache", vargc, 1) ? EXIT_USAGE : 0;
     if (!code && (rc = grid_cache_drop(g, vargv[0])) != 0) code = fail("drop-cache", rc);
   } else if (!strcmp(verb, "stats")) code = cmd_stats(g);
+  else if (!strcmp(verb, "status")) code = cmd_status(g, vargc, vargv);
   else code = (rc = grid_ping(g)) ? fail("ping", rc) : (puts("pong"), 0);
   grid_close(g);
   return code;

@@ -218,6 +218,41 @@ typedef struct grid_stats {
 
 int grid_stats(grid_t *g, grid_stats_t *out);
 
+/* One node as the partition map and ZooKeeper see it. */
+typedef struct grid_node_status {
+  char id[64];
+  char addr[128];
+  char zone[64];
+  bool alive;          /* has a live ZooKeeper session */
+  uint32_t primaries;  /* partitions it leads, all caches */
+  uint32_t backups;    /* other copies it holds (OWNING or MOVING) */
+} grid_node_status_t;
+
+typedef struct grid_cache_status {
+  char name[65];
+  uint32_t partitions;
+  uint32_t owning;     /* copies in sync */
+  uint32_t moving;     /* copies being filled (rebalancing) */
+  uint32_t lost;       /* partitions with no copy left */
+} grid_cache_status_t;
+
+typedef struct grid_cluster_status {
+  char cluster[64];    /* empty for a single node */
+  char node_id[64];    /* the node that answered */
+  char coordinator[64];
+  uint64_t epoch;      /* of the partition map; 0: none yet */
+  bool zk_connected;
+  size_t nnodes;
+  grid_node_status_t *nodes;
+  size_t ncaches;
+  grid_cache_status_t *caches;
+} grid_cluster_status_t;
+
+/* The cluster as the node g talks to sees it. *out is the caller's: free
+ * with grid_cluster_status_free(). */
+int grid_cluster_status(grid_t *g, grid_cluster_status_t **out);
+void grid_cluster_status_free(grid_cluster_status_t *st);
+
 /*
  * Asynchronous calls. The callback runs once, on the handle's I/O thread
  * (remote) or on the calling thread before the call returns (embedded). A

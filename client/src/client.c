@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "client_int.h"
 #include "clock.h"
@@ -18,6 +19,7 @@
 
 #define CLIENT_TIMEOUT_MS_DEFAULT 5000
 #define CLIENT_ARENA_BYTES 4096
+#define CLIENT_RETRY_DELAY_MS_MAX 100 /* between tries of a refused request */
 
 /* ---- opening ------------------------------------------------------------- */
 
@@ -112,7 +114,27 @@ void client_reply_free(client_reply_t *r) {
 /* Runs rq and waits. Returns the transport's error, or the node's status;
  * on 0 and on a node error *out holds the reply (free it either way when
  * the return is not a transport error: client_call frees it itself then). */
+static int client_call_once(grid_t *g, Grid__Request *rq, client_reply_t *out);
+
+/* Runs rq; when the node says the request was not run because the
+ * partition is changing owner (GRID_ENOTREADY, GRID_ESTALE), tries again
+ * until the call's deadline: such a request is safe to repeat, write or
+ * not, since it was never applied. */
 static int client_call(grid_t *g, Grid__Request *rq, client_reply_t *out) {
+  int64_t deadline = clock_mono_ms() + g->timeout_ms;
+  int delay_ms = 2;
+  for (;;) {
+    int rc = client_call_once(g, rq, out);
+    if ((rc != GRID_ENOTREADY && rc != GRID_ESTALE) ||
+        clock_mono_ms() + delay_ms >= deadline)
+      return rc;
+    struct timespec ts = {0, delay_ms * 1000000L};
+    nanosleep(&ts, NULL);
+    if (delay_ms < CLIENT_RETRY_DELAY_MS_MAX) delay_ms *= 2;
+  }
+}
+
+static int client_call_once(grid_t *g, Grid__Request *rq, client_reply_t *out) {
   memset(out, 0, sizeof *out);
   int rc;
   if (g->node) {
@@ -500,6 +522,99 @@ int grid_stats(grid_t *g, grid_stats_t *out) {
   }
   client_reply_free(&r);
   return rc;
+}
+
+/* ---- cluster status -------------------------------------------------------- */
+
+void grid_cluster_status_free(grid_cluster_status_t *st) {
+  if (!st) return;
+  free(st->nodes);
+  free(st->caches);
+  free(st);
+}
+
+/* Counts, from the map, what each node leads and holds and the state of
+ * each cache's copies. */
+static void client_status_from_map(const Grid__Pmap *pm, grid_cluster_status_t *st) {
+  for (size_t c = 0; c < pm->n_caches && c < st->ncaches; c++) {
+    const Grid__PmapCache *pc = pm->caches[c];
+    grid_cache_status_t *cs = &st->caches[c];
+    snprintf(cs->name, sizeof cs->name, "%s", pc->name);
+    cs->partitions = pc->partitions;
+    uint32_t k = pc->copies;
+    if (k == 0 || pc->owners.len != (size_t)pc->partitions * k || pc->states.len != pc->owners.len)
+      continue;
+    for (uint32_t p = 0; p < pc->partitions; p++) {
+      for (uint32_t i = 0; i < k; i++) {
+        size_t at = (size_t)p * k + i;
+        uint8_t owner = pc->owners.data[at], state = pc->states.data[at];
+        if (state == GRID__PART_STATE__PART_LOST) {
+          cs->lost++;
+          continue;
+        }
+        if (state == GRID__PART_STATE__PART_OWNING) cs->owning++;
+        if (state == GRID__PART_STATE__PART_MOVING) cs->moving++;
+        if (owner == 0 || owner > st->nnodes || state == GRID__PART_STATE__PART_NONE) continue;
+        if (i == 0 && state == GRID__PART_STATE__PART_OWNING) st->nodes[owner - 1].primaries++;
+        else st->nodes[owner - 1].backups++;
+      }
+    }
+  }
+}
+
+int grid_cluster_status(grid_t *g, grid_cluster_status_t **out) {
+  *out = NULL;
+  Grid__Request rq = GRID__REQUEST__INIT;
+  rq.op = GRID__OP__PMAP;
+  client_reply_t r;
+  int rc = client_call(g, &rq, &r);
+  if (rc != 0) return rc;
+  const Grid__Pmap *pm = r.rp->pmap;
+  const Grid__ClusterStatus *cs = r.rp->cluster;
+  size_t nmap = pm ? pm->n_nodes : 0, nalive = cs ? cs->n_alive : 0;
+  grid_cluster_status_t *st = calloc(1, sizeof *st);
+  if (st) {
+    st->nodes = calloc(nmap + nalive + 1, sizeof *st->nodes);
+    st->caches = calloc((pm ? pm->n_caches : 0) + 1, sizeof *st->caches);
+  }
+  if (!st || !st->nodes || !st->caches) {
+    grid_cluster_status_free(st);
+    client_reply_free(&r);
+    return GRID_ENOMEM;
+  }
+  if (cs) {
+    snprintf(st->cluster, sizeof st->cluster, "%s", cs->cluster ? cs->cluster : "");
+    snprintf(st->node_id, sizeof st->node_id, "%s", cs->node_id ? cs->node_id : "");
+    st->zk_connected = cs->zk_connected;
+  }
+  /* The map's nodes first (the counts refer to their positions), then any
+   * live node the map does not have yet. */
+  for (size_t i = 0; i < nmap; i++) {
+    grid_node_status_t *ns = &st->nodes[st->nnodes++];
+    snprintf(ns->id, sizeof ns->id, "%s", pm->nodes[i]->id);
+    snprintf(ns->addr, sizeof ns->addr, "%s", pm->nodes[i]->addr);
+    snprintf(ns->zone, sizeof ns->zone, "%s", pm->nodes[i]->zone);
+  }
+  for (size_t i = 0; i < nalive; i++) {
+    size_t j = 0;
+    while (j < st->nnodes && strcmp(st->nodes[j].id, cs->alive[i]->id) != 0) j++;
+    if (j == st->nnodes) {
+      grid_node_status_t *ns = &st->nodes[st->nnodes++];
+      snprintf(ns->id, sizeof ns->id, "%s", cs->alive[i]->id);
+      snprintf(ns->addr, sizeof ns->addr, "%s", cs->alive[i]->addr);
+      snprintf(ns->zone, sizeof ns->zone, "%s", cs->alive[i]->zone);
+    }
+    st->nodes[j].alive = true;
+  }
+  if (pm) {
+    st->epoch = r.rp->epoch;
+    snprintf(st->coordinator, sizeof st->coordinator, "%s", pm->coordinator ? pm->coordinator : "");
+    st->ncaches = pm->n_caches;
+    client_status_from_map(pm, st);
+  }
+  client_reply_free(&r);
+  *out = st;
+  return 0;
 }
 
 /* ---- asynchronous calls -------------------------------------------------- */

@@ -424,6 +424,18 @@ void ops_execute(node_t *n, store_view_t *view, const Grid__Request *rq,
     }
     case GRID__OP__LIST_CACHES: ops_list_caches(n, rp, a); return;
     case GRID__OP__STATS: ops_stats(n, rp, a); return;
+    case GRID__OP__PMAP: {
+      /* A single node: no map, no cluster. (route.c answers in a cluster.) */
+      Grid__ClusterStatus *st = arena_alloc(a, sizeof *st);
+      if (!st) {
+        ops_reply_error(rp, GRID_ENOMEM, NULL, a);
+        return;
+      }
+      grid__cluster_status__init(st);
+      st->node_id = n->node_id;
+      rp->cluster = st;
+      return;
+    }
     case GRID__OP__GET: case GRID__OP__PUT: case GRID__OP__PUT_IF_ABSENT:
     case GRID__OP__REPLACE: case GRID__OP__CAS: case GRID__OP__DELETE:
     case GRID__OP__ADD: case GRID__OP__GET_ALL: case GRID__OP__PUT_ALL:

@@ -1,0 +1,280 @@
+/* A cluster of real gridd processes and a real ZooKeeper, on loopback. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "grid.h"
+#include "harness.h"
+#include "pmap.h"
+
+static harness_zk_t zk;
+
+static void sleep_ms(int ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+  nanosleep(&ts, NULL);
+}
+
+static void start_node(harness_node_t *n, const char *cluster, int i, const char *zone,
+                       int min_nodes) {
+  char s_zk[128], s_cluster[96], s_id[64], s_zone[64], s_min[64];
+  snprintf(s_zk, sizeof s_zk, "zk=%s", zk.hosts);
+  snprintf(s_cluster, sizeof s_cluster, "cluster=%s", cluster);
+  snprintf(s_id, sizeof s_id, "node_id=%s-%d", cluster, i);
+  snprintf(s_zone, sizeof s_zone, "zone=%s", zone ? zone : "");
+  snprintf(s_min, sizeof s_min, "cluster_min_nodes=%d", min_nodes);
+  const char *settings[] = {s_zk, s_cluster, s_id, s_zone, s_min,
+                            "zk_session_timeout_ms=1000", "loops=2", NULL};
+  harness_start(n, settings);
+}
+
+/* Waits until the node at port acts on a map of `nodes` nodes placing
+ * `cache` (NULL: any), with an epoch of at least min_epoch. */
+static void wait_map(int port, size_t nodes, const char *cache, uint64_t min_epoch, pmap_t *out) {
+  for (int i = 0; i < 600; i++) {
+    harness_pmap(port, out);
+    if (out->epoch >= min_epoch && out->nnodes == nodes &&
+        (!cache || pmap_find_cache(out, cache)))
+      return;
+    pmap_free(out);
+    sleep_ms(50);
+  }
+  fprintf(stderr, "no map of %zu nodes%s%s on port %d within 30 s\n", nodes,
+          cache ? " with cache " : "", cache ? cache : "", port);
+  abort();
+}
+
+static grid_t *open_node(const harness_node_t *n) {
+  grid_options_t o = {.timeout_ms = 10000, .client_name = "test_cluster"};
+  grid_t *g = NULL;
+  CHECK_RC(grid_open(n->uri, &o, &g), 0);
+  return g;
+}
+
+/* Every node leads about a third of the partitions, and no partition has
+ * two copies on one node. */
+static void check_placement(const pmap_t *m, const char *cache, size_t copies_want) {
+  const pmap_cache_t *pc = pmap_find_cache(m, cache);
+  CHECK(pc);
+  uint32_t prim[PMAP_NODES_MAX] = {0};
+  for (uint32_t p = 0; p < pc->partitions; p++) {
+    int seen[PMAP_NODES_MAX] = {0};
+    size_t copies = 0;
+    for (uint32_t k = 0; k < pc->slots; k++) {
+      int st;
+      int idx = pmap_copy_at(pc, p, k, &st);
+      if (idx < 0 || st == PMAP_NONE) continue;
+      CHECK_EQ(st, PMAP_OWNING);
+      CHECK(!seen[idx]);
+      seen[idx] = 1;
+      copies++;
+    }
+    CHECK_EQ(copies, copies_want);
+    int pr = pmap_primary(pc, p);
+    CHECK(pr >= 0);
+    prim[pr]++;
+  }
+  double third = pc->partitions / (double)m->nnodes;
+  for (size_t i = 0; i < m->nnodes; i++) {
+    fprintf(stderr, "   %s leads %u of %u partitions of %s\n", m->nodes[i].id, prim[i],
+            pc->partitions, cache);
+    CHECK(prim[i] >= 0.9 * third && prim[i] <= 1.1 * third);
+  }
+}
+
+static harness_node_t nodes[3];
+static grid_t *g[3];
+
+static void test_placement(void) {
+  pmap_t m;
+  wait_map(nodes[0].port, 3, "default", 1, &m);
+  check_placement(&m, "default", 1);
+  pmap_free(&m);
+  grid_cache_config_t cc = {.name = "b1", .partitions = 512, .backups = 1};
+  CHECK_RC(grid_cache_create(g[1], &cc), 0);
+  CHECK_RC(grid_cache_create(g[2], &cc), GRID_ECACHEEXISTS);
+  for (int i = 0; i < 3; i++) {
+    wait_map(nodes[i].port, 3, "b1", 1, &m);
+    check_placement(&m, "b1", 2);
+    pmap_free(&m);
+  }
+  grid_cluster_status_t *st;
+  CHECK_RC(grid_cluster_status(g[2], &st), 0);
+  CHECK_STR(st->cluster, "c3");
+  CHECK_EQ(st->nnodes, 3);
+  CHECK(st->coordinator[0] != '\0');
+  CHECK(st->epoch >= 1);
+  CHECK(st->zk_connected);
+  uint32_t prim_total = 0;
+  for (size_t i = 0; i < st->nnodes; i++) {
+    CHECK(st->nodes[i].alive);
+    prim_total += st->nodes[i].primaries;
+  }
+  CHECK_EQ(prim_total, 1024 + 512);
+  for (size_t i = 0; i < st->ncaches; i++) {
+    CHECK_EQ(st->caches[i].lost, 0);
+    CHECK_EQ(st->caches[i].moving, 0);
+  }
+  grid_cluster_status_free(st);
+}
+
+/* Writes through any node are read through every node. */
+static void test_any_node(void) {
+  enum { N = 600 };
+  char key[32], val[32];
+  for (int i = 0; i < N; i++) {
+    snprintf(key, sizeof key, "k%d", i);
+    snprintf(val, sizeof val, "v%d", i);
+    CHECK_RC(grid_put(g[i % 3], "default", key, strlen(key), val, strlen(val), 0, NULL), 0);
+  }
+  for (int n = 0; n < 3; n++) {
+    for (int i = 0; i < N; i++) {
+      snprintf(key, sizeof key, "k%d", i);
+      snprintf(val, sizeof val, "v%d", i);
+      grid_value_t v;
+      CHECK_RC(grid_get(g[n], "default", key, strlen(key), &v), 0);
+      CHECK_STR(v.data, val);
+      grid_value_free(&v);
+    }
+    uint64_t size;
+    CHECK_RC(grid_size(g[n], "default", &size), 0);
+    CHECK_EQ(size, N);
+  }
+  int64_t sum;
+  for (int i = 0; i < 30; i++) CHECK_RC(grid_add(g[i % 3], "default", "ctr", 3, 1, &sum), 0);
+  CHECK_EQ(sum, 30);
+  /* Batches spread over the nodes that lead their keys. */
+  static char kb[N][16];
+  const void *keys[N];
+  size_t lens[N];
+  for (int i = 0; i < N; i++) {
+    snprintf(kb[i], sizeof kb[i], "batch%d", i);
+    keys[i] = kb[i];
+    lens[i] = strlen(kb[i]);
+  }
+  CHECK_RC(grid_put_all(g[0], "default", N, keys, lens, keys, lens, 0), 0);
+  grid_value_t *out = calloc(N, sizeof *out);
+  CHECK_RC(grid_get_all(g[1], "default", N, keys, lens, out), 0);
+  for (int i = 0; i < N; i++) {
+    CHECK(out[i].found);
+    CHECK_STR(out[i].data, kb[i]);
+    grid_value_free(&out[i]);
+  }
+  free(out);
+  size_t deleted;
+  CHECK_RC(grid_delete_all(g[2], "default", N, keys, lens, &deleted), 0);
+  CHECK_EQ(deleted, N);
+}
+
+static void test_caches_cluster_wide(void) {
+  grid_cache_config_t cc = {.name = "things", .partitions = 64};
+  CHECK_RC(grid_cache_create(g[0], &cc), 0);
+  CHECK_RC(grid_put(g[2], "things", "{pump}.t", 8, "21.5", 4, 0, NULL), 0);
+  grid_value_t v;
+  CHECK_RC(grid_get(g[1], "things", "{pump}.t", 8, &v), 0);
+  CHECK_STR(v.data, "21.5");
+  grid_value_free(&v);
+  CHECK_RC(grid_cache_drop(g[1], "things"), 0);
+  CHECK_RC(grid_cache_drop(g[1], "things"), GRID_ENOCACHE);
+  int rc = 0;
+  for (int i = 0; i < 200; i++) {
+    rc = grid_get(g[0], "things", "{pump}.t", 8, &v);
+    if (rc == GRID_ENOCACHE) break;
+    if (rc == 0) grid_value_free(&v);
+    sleep_ms(25);
+  }
+  CHECK_RC(rc, GRID_ENOCACHE);
+}
+
+/* With no backup, a killed node's partitions are lost, said so, and never
+ * silently empty; every other partition goes on. */
+static void test_lost_partitions(void) {
+  pmap_t before;
+  wait_map(nodes[0].port, 3, "default", 1, &before);
+  const pmap_cache_t *pc = pmap_find_cache(&before, "default");
+  int victim = pmap_node_index(&before, "c3-2");
+  CHECK(victim >= 0);
+  char lost_key[32] = "", kept_key[32] = "";
+  for (int i = 0; i < 10000 && (!lost_key[0] || !kept_key[0]); i++) {
+    char key[32];
+    snprintf(key, sizeof key, "probe%d", i);
+    int pr = pmap_primary(pc, grid_partition_of(key, strlen(key), pc->partitions));
+    if (pr == victim && !lost_key[0]) snprintf(lost_key, sizeof lost_key, "%s", key);
+    if (pr != victim && !kept_key[0]) snprintf(kept_key, sizeof kept_key, "%s", key);
+  }
+  CHECK_RC(grid_put(g[0], "default", lost_key, strlen(lost_key), "x", 1, 0, NULL), 0);
+  CHECK_RC(grid_put(g[0], "default", kept_key, strlen(kept_key), "y", 1, 0, NULL), 0);
+  uint64_t epoch = before.epoch;
+  pmap_free(&before);
+  harness_kill9(&nodes[2]);
+  grid_close(g[2]);
+  g[2] = NULL;
+  pmap_t after;
+  wait_map(nodes[0].port, 2, "default", epoch + 1, &after);
+  pmap_free(&after);
+  wait_map(nodes[1].port, 2, "default", epoch + 1, &after);
+  pmap_free(&after);
+  grid_value_t v;
+  CHECK_RC(grid_get(g[0], "default", lost_key, strlen(lost_key), &v), GRID_ELOST);
+  CHECK_RC(grid_put(g[1], "default", lost_key, strlen(lost_key), "z", 1, 0, NULL), GRID_ELOST);
+  CHECK_RC(grid_get(g[1], "default", kept_key, strlen(kept_key), &v), 0);
+  CHECK_STR(v.data, "y");
+  grid_value_free(&v);
+  grid_cluster_status_t *st;
+  CHECK_RC(grid_cluster_status(g[0], &st), 0);
+  int found = 0;
+  for (size_t i = 0; i < st->ncaches; i++) {
+    if (strcmp(st->caches[i].name, "default") == 0) {
+      found = 1;
+      CHECK(st->caches[i].lost > 250 && st->caches[i].lost < 450);
+    }
+  }
+  CHECK(found);
+  grid_cluster_status_free(st);
+}
+
+/* Zones: no two copies of a partition in one zone. */
+static void test_zones(void) {
+  harness_node_t zn[3];
+  const char *zones[3] = {"a", "b", "b"};
+  for (int i = 0; i < 3; i++) start_node(&zn[i], "zoned", i, zones[i], 3);
+  pmap_t m;
+  wait_map(zn[0].port, 3, "default", 1, &m);
+  pmap_free(&m);
+  grid_t *z = open_node(&zn[1]);
+  grid_cache_config_t cc = {.name = "zb", .partitions = 256, .backups = 1};
+  CHECK_RC(grid_cache_create(z, &cc), 0);
+  wait_map(zn[0].port, 3, "zb", 1, &m);
+  const pmap_cache_t *pc = pmap_find_cache(&m, "zb");
+  int node_a = pmap_node_index(&m, "zoned-0");
+  for (uint32_t p = 0; p < pc->partitions; p++) {
+    int st0, st1;
+    int n0 = pmap_copy_at(pc, p, 0, &st0), n1 = pmap_copy_at(pc, p, 1, &st1);
+    CHECK(n0 >= 0 && n1 >= 0);
+    CHECK(strcmp(m.nodes[n0].zone, m.nodes[n1].zone) != 0);
+    CHECK(n0 == node_a || n1 == node_a); /* zone a has one node: it holds every partition */
+  }
+  pmap_free(&m);
+  grid_close(z);
+  for (int i = 0; i < 3; i++) CHECK(harness_stop(&zn[i]) == 0);
+}
+
+int main(void) {
+  harness_zk_start(&zk);
+  for (int i = 0; i < 3; i++) start_node(&nodes[i], "c3", i, NULL, 3);
+  for (int i = 0; i < 3; i++) g[i] = open_node(&nodes[i]);
+  RUN(test_placement);
+  RUN(test_any_node);
+  RUN(test_caches_cluster_wide);
+  RUN(test_zones);
+  RUN(test_lost_partitions);
+  for (int i = 0; i < 3; i++) {
+    if (g[i]) grid_close(g[i]);
+    if (nodes[i].pid) CHECK(harness_stop(&nodes[i]) == 0);
+  }
+  harness_zk_stop(&zk);
+  printf("test_cluster: all passed\n");
+  return 0;
+}
