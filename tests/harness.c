@@ -110,6 +110,7 @@ int harness_stop(harness_node_t *n) {
   char cmd[400];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", n->dir);
   if (n->dir[0] && system(cmd)) {}
+  n->dir[0] = '\0';
   return status;
 }
 
@@ -118,6 +119,10 @@ void harness_kill9(harness_node_t *n) {
   kill(n->pid, SIGKILL);
   waitpid(n->pid, NULL, 0);
   n->pid = 0;
+  char cmd[400];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", n->dir);
+  if (n->dir[0] && system(cmd)) {}
+  n->dir[0] = '\0';
 }
 
 int harness_free_port(void) {

@@ -14,12 +14,14 @@
 #include "net_int.h"
 #include "node.h"
 #include "pmap.h"
+#include "repl.h"
 #include "zk.h"
 
 #define CLUSTER_TICK_MS 50          /* reconcile at least this often */
 #define CLUSTER_RESYNC_MS 1000      /* full re-read even without a watch */
 #define CLUSTER_JOBS_MAX 1024       /* cache create/drop requests queued */
 #define CLUSTER_PATH_MAX 512
+#define CLUSTER_REPORTS_MAX 65536   /* fill / demote reports kept */
 
 typedef struct cluster_job {
   struct cluster_job *next;
@@ -42,6 +44,9 @@ struct cluster {
   cluster_job_t *jobs;        /* waiting for the cluster thread */
   size_t njobs;
   cluster_job_t *waiting;     /* creates waiting for the map */
+  Grid__ReadyItem *reports;   /* this node's reports (cache/node strdup'd) */
+  size_t nreports;
+  int reports_dirty;          /* to be written to ZooKeeper */
   /* cluster thread only */
   zk_t *zk;
   int registered;
@@ -49,6 +54,7 @@ struct cluster {
   int64_t last_resync_ms;
   char root[CLUSTER_PATH_MAX];
   char election_path[CLUSTER_PATH_MAX];
+  pthread_rwlock_t map_lock;  /* map: written here, read by loops fencing */
   pmap_t map;                 /* the map as last read (epoch 0: none) */
   int map_version;            /* its znode version, -1: no znode */
   /* shared with the loops (under lock) */
@@ -80,8 +86,8 @@ static void cluster_path(cluster_t *c, char *out, const char *dir, const char *n
 static int cluster_register(cluster_t *c) {
   node_t *n = c->node;
   char path[CLUSTER_PATH_MAX];
-  const char *dirs[] = {"nodes", "election", "caches"};
-  for (size_t i = 0; i < 3; i++) {
+  const char *dirs[] = {"nodes", "election", "caches", "ready"};
+  for (size_t i = 0; i < 4; i++) {
     cluster_path(c, path, dirs[i], NULL);
     int rc = zk_ensure_path(c->zk, path);
     if (rc != 0) return rc;
@@ -284,6 +290,135 @@ static void cluster_run_job(cluster_t *c, cluster_job_t *j) {
   c->waiting = j;
 }
 
+/* ---- fill reports ----------------------------------------------------------- */
+
+static void cluster_report(cluster_t *c, const char *cache, uint32_t p,
+                           const char *node_id, uint64_t epoch, int demote) {
+  if (!c) return;
+  pthread_mutex_lock(&c->lock);
+  if (c->nreports < CLUSTER_REPORTS_MAX) {
+    Grid__ReadyItem *r = realloc(c->reports, (c->nreports + 1) * sizeof *r);
+    if (r) {
+      c->reports = r;
+      Grid__ReadyItem *it = &r[c->nreports];
+      grid__ready_item__init(it);
+      it->cache = strdup(cache);
+      it->node = strdup(node_id);
+      it->partition = p;
+      /* A demote names no epoch of its own: the coordinator's current one. */
+      it->epoch = demote ? 0 : epoch;
+      if (it->cache && it->node) c->nreports++;
+      else {
+        free(it->cache);
+        free(it->node);
+      }
+      c->reports_dirty = 1;
+      c->dirty = 1;
+      pthread_cond_signal(&c->cond);
+    }
+  }
+  pthread_mutex_unlock(&c->lock);
+}
+
+void cluster_report_ready(cluster_t *c, const char *cache, uint32_t p,
+                          const char *node_id, uint64_t epoch) {
+  cluster_report(c, cache, p, node_id, epoch, 0);
+}
+
+void cluster_report_demote(cluster_t *c, const char *cache, uint32_t p,
+                           const char *node_id) {
+  cluster_report(c, cache, p, node_id, 0, 1);
+}
+
+/* Writes this node's reports for the current epoch (demotes are stamped
+ * with it here); older ones are dropped: the map has moved past them. */
+static void cluster_write_reports(cluster_t *c) {
+  uint64_t epoch = c->map.epoch;
+  pthread_mutex_lock(&c->lock);
+  if (!c->reports_dirty) {
+    pthread_mutex_unlock(&c->lock);
+    return;
+  }
+  size_t k = 0;
+  for (size_t i = 0; i < c->nreports; i++) {
+    Grid__ReadyItem *it = &c->reports[i];
+    if (it->epoch == 0) it->epoch = epoch | (UINT64_C(1) << 63); /* demote mark */
+    uint64_t e = it->epoch & ~(UINT64_C(1) << 63);
+    if (e < epoch) {
+      free(it->cache);
+      free(it->node);
+      continue;
+    }
+    c->reports[k++] = *it;
+  }
+  c->nreports = k;
+  Grid__ReadyReport rr = GRID__READY_REPORT__INIT;
+  Grid__ReadyItem **items = calloc(k + 1, sizeof *items);
+  for (size_t i = 0; items && i < k; i++) items[i] = &c->reports[i];
+  rr.items = items;
+  rr.n_items = items ? k : 0;
+  size_t len = grid__ready_report__get_packed_size(&rr);
+  unsigned char *buf = malloc(len + 1);
+  if (buf) grid__ready_report__pack(&rr, buf);
+  c->reports_dirty = 0;
+  pthread_mutex_unlock(&c->lock);
+  free(items);
+  if (!buf) return;
+  char path[CLUSTER_PATH_MAX];
+  cluster_path(c, path, "ready", c->node->node_id);
+  int rc = zk_set(c->zk, path, buf, len, -1, NULL);
+  if (rc == GRID_ENOTFOUND) rc = zk_create(c->zk, path, buf, len, ZK_EPHEMERAL, NULL, 0);
+  if (rc != 0) {
+    LOG_W("cluster", "\"cannot write fill reports\" error=%s", grid_err_name(rc));
+    pthread_mutex_lock(&c->lock);
+    c->reports_dirty = 1;
+    pthread_mutex_unlock(&c->lock);
+  }
+  free(buf);
+}
+
+/* The coordinator reads every node's reports (watching them). */
+static int cluster_read_reports(cluster_t *c, pmap_ready_t **out, size_t *nout,
+                                Grid__ReadyReport ***msgs, size_t *nmsgs) {
+  char path[CLUSTER_PATH_MAX];
+  cluster_path(c, path, "ready", NULL);
+  char **names;
+  size_t n;
+  int rc = zk_children(c->zk, path, 1, &names, &n);
+  if (rc != 0) return rc;
+  Grid__ReadyReport **m = calloc(n + 1, sizeof *m);
+  size_t total = 0, k = 0;
+  for (size_t i = 0; m && i < n; i++) {
+    char p2[CLUSTER_PATH_MAX];
+    cluster_path(c, p2, "ready", names[i]);
+    unsigned char *data;
+    size_t len;
+    if (zk_get(c->zk, p2, 1, &data, &len, NULL) != 0) continue;
+    m[k] = grid__ready_report__unpack(NULL, len, data);
+    free(data);
+    if (m[k]) total += m[k++]->n_items;
+  }
+  zk_children_free(names, n);
+  pmap_ready_t *r = calloc(total + 1, sizeof *r);
+  size_t nr = 0;
+  for (size_t i = 0; r && i < k; i++) {
+    for (size_t j = 0; j < m[i]->n_items; j++) {
+      const Grid__ReadyItem *it = m[i]->items[j];
+      r[nr].cache = it->cache;
+      r[nr].partition = it->partition;
+      r[nr].node_id = it->node;
+      r[nr].demote = (it->epoch >> 63) != 0;
+      r[nr].epoch = it->epoch & ~(UINT64_C(1) << 63);
+      nr++;
+    }
+  }
+  *out = r;
+  *nout = nr;
+  *msgs = m;
+  *nmsgs = k;
+  return r || total == 0 ? 0 : GRID_ENOMEM;
+}
+
 /* ---- the partition map ----------------------------------------------------- */
 
 typedef struct cluster_map_task {
@@ -298,6 +433,7 @@ static void cluster_apply_on_loop(net_loop_t *lp, void *arg) {
   }
   lp->pmap = m;
   lp->self = pmap_node_index(m, lp->net->node->node_id);
+  repl_on_map(lp);
 }
 
 /* Hands a copy of the map to every loop. */
@@ -339,8 +475,10 @@ static int cluster_read_map(cluster_t *c) {
     return rc;
   }
   m.epoch = (uint64_t)version + 1;
+  pthread_rwlock_wrlock(&c->map_lock);
   pmap_free(&c->map);
   c->map = m;
+  pthread_rwlock_unlock(&c->map_lock);
   c->map_version = version;
   int self = pmap_node_index(&c->map, c->node->node_id);
   size_t primaries = 0, copies = 0, total = 0;
@@ -378,12 +516,19 @@ static void cluster_coordinate(cluster_t *c, const store_cache_cfg_t *defs, size
     cd[i].backups = defs[i].backups;
     cd[i].replicated = defs[i].mode == GRID_MODE_REPLICATED;
   }
+  pmap_ready_t *ready = NULL;
+  size_t nready = 0, nmsgs = 0;
+  Grid__ReadyReport **msgs = NULL;
+  if (cluster_read_reports(c, &ready, &nready, &msgs, &nmsgs) != 0) nready = 0;
   pmap_t next;
   pmap_init(&next);
   int changed = 0;
   int rc = pmap_next(c->map_version >= 0 ? &c->map : NULL, c->alive, c->nalive, cd,
-                     ndefs, NULL, 0, &next, &changed);
+                     ndefs, ready, nready, &next, &changed);
   free(cd);
+  free(ready);
+  for (size_t i = 0; i < nmsgs; i++) grid__ready_report__free_unpacked(msgs[i], NULL);
+  free(msgs);
   if (rc == 0 && (changed || c->map_version < 0)) {
     snprintf(next.coordinator, sizeof next.coordinator, "%s", n->node_id);
     unsigned char *buf;
@@ -567,6 +712,7 @@ static void cluster_tick(cluster_t *c) {
       c->nalive = nalive;
       snprintf(c->coordinator, sizeof c->coordinator, "%s", coord);
       pthread_mutex_unlock(&c->lock);
+      cluster_write_reports(c);
       if (strcmp(coord, n->node_id) == 0) cluster_coordinate(c, defs, ndefs);
       cluster_set_serving(c, c->map_version >= 0);
     } else {
@@ -610,6 +756,7 @@ int cluster_start(node_t *n, cluster_t **out, char *err, size_t err_len) {
   c->node = n;
   c->map_version = -1;
   pmap_init(&c->map);
+  pthread_rwlock_init(&c->map_lock, NULL);
   snprintf(c->root, sizeof c->root, "/grid/%s", n->cfg.cluster);
   pthread_mutex_init(&c->lock, NULL);
   pthread_condattr_t ca;
@@ -644,10 +791,51 @@ void cluster_stop(cluster_t *c) {
       lists[i] = next;
     }
   }
+  for (size_t i = 0; i < c->nreports; i++) {
+    free(c->reports[i].cache);
+    free(c->reports[i].node);
+  }
+  free(c->reports);
   pmap_free(&c->map);
+  pthread_rwlock_destroy(&c->map_lock);
   pthread_mutex_destroy(&c->lock);
   pthread_cond_destroy(&c->cond);
   free(c);
+}
+
+int cluster_accepts(cluster_t *c, const char *cache, uint32_t p, uint64_t epoch,
+                    const char *from_node) {
+  pthread_rwlock_rdlock(&c->map_lock);
+  int ok = epoch >= c->map.epoch;
+  if (!ok) {
+    const pmap_cache_t *pc = pmap_find_cache(&c->map, cache);
+    int from = pmap_node_index(&c->map, from_node);
+    ok = pc && from >= 0 && pmap_primary(pc, p) == from;
+  }
+  pthread_rwlock_unlock(&c->map_lock);
+  return ok;
+}
+
+void cluster_report_withdraw(cluster_t *c, const char *cache, uint32_t p,
+                             const char *node_id) {
+  if (!c) return;
+  pthread_mutex_lock(&c->lock);
+  size_t k = 0;
+  for (size_t i = 0; i < c->nreports; i++) {
+    Grid__ReadyItem *it = &c->reports[i];
+    if (it->partition == p && !(it->epoch >> 63) && strcmp(it->cache, cache) == 0 &&
+        strcmp(it->node, node_id) == 0) {
+      free(it->cache);
+      free(it->node);
+      c->reports_dirty = 1;
+      c->dirty = 1;
+      continue;
+    }
+    c->reports[k++] = *it;
+  }
+  c->nreports = k;
+  if (c->reports_dirty) pthread_cond_signal(&c->cond);
+  pthread_mutex_unlock(&c->lock);
 }
 
 int cluster_serving(cluster_t *c) { return atomic_load_explicit(&c->serving, memory_order_relaxed); }

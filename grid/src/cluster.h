@@ -44,6 +44,26 @@ int cluster_cache_create(cluster_t *c, const store_cache_cfg_t *cfg,
 int cluster_cache_drop(cluster_t *c, const char *name, int loop_index,
                        cluster_done_fn done, void *arg);
 
+/* From a loop: the primary has filled a MOVING copy (node_id) of a
+ * partition in map epoch `epoch`; or (demote) an OWNING backup missed a
+ * write and must be filled again. The cluster thread writes them to
+ * ZooKeeper for the coordinator. */
+void cluster_report_ready(cluster_t *c, const char *cache, uint32_t p,
+                          const char *node_id, uint64_t epoch);
+void cluster_report_demote(cluster_t *c, const char *cache, uint32_t p,
+                           const char *node_id);
+
+/* Withdraws a fill report: the copy missed a record since. */
+void cluster_report_withdraw(cluster_t *c, const char *cache, uint32_t p,
+                             const char *node_id);
+
+/* Fencing, for a backup: whether a record of partition p sent by from_node
+ * under map `epoch` may be applied. Judged against the newest map this
+ * node has (not a loop's, which may lag): a record of an older map is
+ * refused unless its sender still leads the partition. */
+int cluster_accepts(cluster_t *c, const char *cache, uint32_t p, uint64_t epoch,
+                    const char *from_node);
+
 /* Fills st (strings point into memory the caller frees with
  * cluster_status_free). */
 void cluster_status(cluster_t *c, Grid__ClusterStatus *st);

@@ -44,7 +44,9 @@ typedef struct config {
                                      empty: bind:port */
   int64_t zk_session_timeout_ms;  /* the node's lease */
   int64_t cluster_min_nodes;      /* nodes alive before the first map */
-  int64_t forward_timeout_ms;     /* a request forwarded to another node */
+  int64_t forward_timeout_ms;     /* a request forwarded to another node,
+                                     or a write waiting for its backups */
+  int64_t rebalance_bytes_per_sec;/* filling copies, per loop; 0: no limit */
 } config_t;
 
 /* Fills in the defaults of gridd. */

@@ -20,6 +20,7 @@
 #include "store.h"
 #include "net_int.h"
 #include "peer.h"
+#include "repl.h"
 #include "route.h"
 
 static void conn_close(conn_t *c);
@@ -187,6 +188,7 @@ static void conn_on_hello(conn_t *c, const unsigned char *p, size_t len) {
   }
   c->handshaken = 1;
   c->peer_role = h->role == GRID__ROLE__ROLE_PEER;
+  if (c->peer_role) snprintf(c->peer_id, sizeof c->peer_id, "%s", h->client_name ? h->client_name : "");
   LOG_D("net", "\"client said hello\" peer=%s name=\"%s\"", c->peer,
         h->client_name ? h->client_name : "");
 }
@@ -464,6 +466,7 @@ static void net_on_cron(uv_timer_t *t) {
   int64_t now = clock_mono_ms();
   store_view_refresh(&lp->view); /* let go of dropped caches */
   peer_cron(lp, now);
+  repl_cron(lp, now);
   conn_t *next;
   for (conn_t *c = lp->conns; c; c = next) {
     next = c->next;
@@ -495,10 +498,24 @@ static void net_close_walk_cb(uv_handle_t *h, void *arg) {
   if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
+/* Stopping, first step, on every loop before any closes: what waits for
+ * another node fails, so that every deferred reply is answered (possibly
+ * through another loop's inbox, which the second step drains). */
+static void net_stop_first(net_loop_t *lp, void *arg) {
+  (void)arg;
+  repl_close(lp);
+  peer_close_all(lp); /* fails what was forwarded */
+  net_t *net = lp->net;
+  pthread_mutex_lock(&net->stop_lock);
+  net->stopped_first++;
+  pthread_cond_broadcast(&net->stop_cond);
+  pthread_mutex_unlock(&net->stop_lock);
+}
+
 static void net_on_stop(uv_async_t *a) {
   net_loop_t *lp = a->data;
   net_on_inbox(&lp->inbox_async); /* tasks posted before the stop */
-  peer_close_all(lp);             /* fails what was forwarded */
+  peer_close_all(lp);
   for (conn_t *c = lp->conns; c; c = c->next) conn_close(c);
   uv_walk(&lp->loop, net_close_walk_cb, lp);
 }
@@ -565,6 +582,8 @@ int net_start(node_t *n, net_t **out, char *err, size_t err_len) {
   if (!net) return GRID_ENOMEM;
   net->node = n;
   net->nloops = (int)n->cfg.loops;
+  pthread_mutex_init(&net->stop_lock, NULL);
+  pthread_cond_init(&net->stop_cond, NULL);
   net->port = port;
   net->loops = calloc((size_t)net->nloops, sizeof *net->loops);
   if (!net->loops) {
@@ -651,6 +670,12 @@ uint64_t net_ops_served(net_t *net) {
 }
 
 void net_stop(net_t *net) {
+  int posted = 0;
+  for (int i = 0; i < net->nloops; i++)
+    if (net_post(net, i, net_stop_first, NULL) == 0) posted++;
+  pthread_mutex_lock(&net->stop_lock);
+  while (net->stopped_first < posted) pthread_cond_wait(&net->stop_cond, &net->stop_lock);
+  pthread_mutex_unlock(&net->stop_lock);
   for (int i = 0; i < net->nloops; i++) uv_async_send(&net->loops[i].stop_async);
   for (int i = 0; i < net->nloops; i++) {
     net_loop_t *lp = &net->loops[i];
@@ -665,6 +690,8 @@ void net_stop(net_t *net) {
       free(lp->pmap);
     }
   }
+  pthread_mutex_destroy(&net->stop_lock);
+  pthread_cond_destroy(&net->stop_cond);
   free(net->loops);
   free(net);
 }

@@ -47,6 +47,7 @@ typedef struct conn {
   unsigned counted : 1;        /* counted in node->connections */
   unsigned peer_role : 1;      /* the peer said hello as a grid node */
   unsigned closed : 1;         /* libuv closed it; freed when refs is 0 */
+  char peer_id[64];            /* a peer's node id, from its hello */
   int refs;                    /* deferred requests that will answer on it */
   char peer[64];
 } conn_t;
@@ -75,6 +76,8 @@ struct net_loop {
   pmap_t *pmap;                /* this loop's copy of the partition map */
   int self;                    /* this node's index in pmap, or -1 */
   peer_t *peers;               /* links to other nodes, made on demand */
+  struct repl_loop *repl;      /* replication state of the partitions this
+                                  loop owns (cluster mode) */
 };
 
 struct net {
@@ -82,6 +85,9 @@ struct net {
   int nloops;
   int port;
   net_loop_t *loops;
+  pthread_mutex_t stop_lock;   /* the stop's first step, on every loop */
+  pthread_cond_t stop_cond;
+  int stopped_first;
 };
 
 typedef struct net_write {

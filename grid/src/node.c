@@ -12,6 +12,7 @@
 #include "log.h"
 #include "net.h"
 #include "cluster.h"
+#include "repl.h"
 
 /* The housekeeping thread: the TTL sweep, bounded to sweep_entries_per_tick
  * entries every sweep_interval_ms, off the event loops. */
@@ -134,6 +135,7 @@ int node_start(const config_t *cfg, node_t **out, char *err, size_t err_len) {
     } else
       snprintf(n->advertise, sizeof n->advertise, strchr(n->cfg.bind, ':') ? "[%s]:%d" : "%s:%d",
                n->cfg.bind, net_port(n->net));
+    store_set_repl_free(n->store, repl_part_free);
     int rc = cluster_start(n, &n->cluster, err, err_len);
     if (rc != 0) {
       n->cluster = NULL;

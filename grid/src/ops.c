@@ -109,7 +109,8 @@ static store_op_t ops_store_op(Grid__Op op) {
 }
 
 static void ops_write(node_t *n, store_cache_t *c, const Grid__Request *rq,
-                      Grid__Reply *rp, arena_t *a) {
+                      Grid__Reply *rp, arena_t *a, store_applied_fn applied,
+                      void *ctx) {
   if (ops_check_key(n, &rq->key, rq->value.len, rp, a)) return;
   store_key_t k;
   store_key_init(c, rq->key.data, rq->key.len, &k);
@@ -122,7 +123,7 @@ static void ops_write(node_t *n, store_cache_t *c, const Grid__Request *rq,
       .delta = rq->delta,
   };
   store_result_t res = {0};
-  int rc = store_write(c, &k, &w, clock_wall_ms(), &res);
+  int rc = store_write_rec(c, &k, &w, clock_wall_ms(), &res, applied, ctx);
   if (rc != 0) {
     ops_reply_error(rp, rc, NULL, a);
     return;
@@ -399,6 +400,12 @@ uint64_t ops_served(node_t *n) {
 
 void ops_execute(node_t *n, store_view_t *view, const Grid__Request *rq,
                  Grid__Reply *rp, arena_t *a) {
+  ops_execute_rec(n, view, rq, rp, a, NULL, NULL);
+}
+
+void ops_execute_rec(node_t *n, store_view_t *view, const Grid__Request *rq,
+                     Grid__Reply *rp, arena_t *a, store_applied_fn applied,
+                     void *ctx) {
   rp->id = rq->id;
   rp->status = 0;
   if (view) /* one writer: a plain increment, no locked instruction */
@@ -457,7 +464,7 @@ void ops_execute(node_t *n, store_view_t *view, const Grid__Request *rq,
     case GRID__OP__DELETE_ALL: ops_delete_all(n, c, rq, rp, a); break;
     case GRID__OP__SCAN: ops_scan(n, c, rq, rp, a); break;
     case GRID__OP__SIZE: rp->number = (int64_t)store_cache_size(c); break;
-    default: ops_write(n, c, rq, rp, a); break;
+    default: ops_write(n, c, rq, rp, a, applied, ctx); break;
   }
   if (!view) store_cache_release(n->store, c);
 }

@@ -20,6 +20,12 @@
 void ops_execute(node_t *n, store_view_t *view, const Grid__Request *rq,
                  Grid__Reply *rp, arena_t *a);
 
+/* ops_execute, with applied(ctx, ...) called for a single-key write that
+ * changed the store (the record a primary sends to its backups). */
+void ops_execute_rec(node_t *n, store_view_t *view, const Grid__Request *rq,
+                     Grid__Reply *rp, arena_t *a, store_applied_fn applied,
+                     void *ctx);
+
 /* Requests served: the node's own count plus every loop's. */
 uint64_t ops_served(node_t *n);
 

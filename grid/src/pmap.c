@@ -112,6 +112,11 @@ int pmap_primary(const pmap_cache_t *c, uint32_t p) {
   return state == PMAP_OWNING ? idx : -1;
 }
 
+/* A copy made OWNING by a fill report in this very step: it may not lead
+ * yet, since its primary did not wait for its acknowledgements until now
+ * (cleared before the map is written). */
+#define PMAP_JUST_FILLED 0x80
+
 /* One partition's copies while the next map is worked out. */
 typedef struct pmap_list {
   size_t n;
@@ -126,11 +131,11 @@ static int pmap_list_find(const pmap_list_t *l, uint32_t node) {
   return -1;
 }
 
-static int pmap_is_ready(const pmap_ready_t *ready, size_t nready,
-                         const char *cache, uint32_t p, const char *node_id,
-                         uint64_t epoch) {
+static int pmap_is_reported(const pmap_ready_t *ready, size_t nready,
+                            const char *cache, uint32_t p, const char *node_id,
+                            uint64_t epoch, int demote) {
   for (size_t i = 0; i < nready; i++)
-    if (ready[i].partition == p && ready[i].epoch == epoch &&
+    if (ready[i].partition == p && ready[i].epoch == epoch && ready[i].demote == demote &&
         strcmp(ready[i].cache, cache) == 0 && strcmp(ready[i].node_id, node_id) == 0)
       return 1;
   return 0;
@@ -178,14 +183,17 @@ static void pmap_next_partition(const pmap_t *cur, const pmap_cache_t *cc,
     int a = pmap_alive_index(alive, nalive, cur->nodes[idx].id);
     if (a < 0) continue; /* its node is gone */
     if (st == PMAP_MOVING &&
-        pmap_is_ready(ready, nready, def->name, p, alive[a].id, cur->epoch))
-      st = PMAP_OWNING;
+        pmap_is_reported(ready, nready, def->name, p, alive[a].id, cur->epoch, 0))
+      st = PMAP_OWNING | PMAP_JUST_FILLED;
+    else if (st == PMAP_OWNING && i > 0 &&
+             pmap_is_reported(ready, nready, def->name, p, alive[a].id, cur->epoch, 1))
+      st = PMAP_MOVING;
     l->node[l->n] = (uint32_t)a;
     l->state[l->n++] = (uint8_t)st;
   }
   int owning = -1;
   for (size_t i = 0; i < l->n && owning < 0; i++)
-    if (l->state[i] == PMAP_OWNING) owning = (int)i;
+    if (l->state[i] == PMAP_OWNING) owning = (int)i; /* not just filled */
   if (owning < 0) {
     /* Nothing in sync is left: with data, the partition is lost; a
      * partition that never had an owner (no node was alive) starts anew. */
@@ -202,6 +210,9 @@ static void pmap_next_partition(const pmap_t *cur, const pmap_cache_t *cc,
     /* With no node alive it has no copy (not LOST: it never had data). */
     return;
   }
+  int old_primary = pmap_copy_at(cc, p, 0, &st0);
+  int same_primary = old_primary >= 0 && st0 == PMAP_OWNING &&
+                     strcmp(cur->nodes[old_primary].id, alive[l->node[owning]].id) == 0;
   if (owning > 0) { /* promote the first copy in sync */
     uint32_t nd = l->node[owning];
     memmove(&l->node[1], &l->node[0], (size_t)owning * sizeof l->node[0]);
@@ -209,6 +220,8 @@ static void pmap_next_partition(const pmap_t *cur, const pmap_cache_t *cc,
     l->node[0] = nd;
     l->state[0] = PMAP_OWNING;
   }
+  if (!same_primary)
+    for (size_t i = 1; i < l->n; i++) l->state[i] = PMAP_MOVING;
   size_t ideal_owning = 0;
   for (size_t i = 0; i < nideal; i++) {
     int at = pmap_list_find(l, ideal[i]);
@@ -219,12 +232,16 @@ static void pmap_next_partition(const pmap_t *cur, const pmap_cache_t *cc,
       ideal_owning++;
     }
   }
+  for (size_t i = 0; i < l->n; i++) l->state[i] &= (uint8_t)~PMAP_JUST_FILLED;
   if (nideal > 0 && ideal_owning == nideal) {
-    /* Every ideal owner is in sync: the ideal layout takes over. */
+    /* Every ideal owner is in sync: the ideal layout takes over. When that
+     * hands the partition to another primary, the other copies are filled
+     * again from it (see above). */
+    int handover = l->node[0] != ideal[0];
     l->n = 0;
     for (size_t i = 0; i < nideal; i++) {
       l->node[l->n] = ideal[i];
-      l->state[l->n++] = PMAP_OWNING;
+      l->state[l->n++] = i > 0 && handover ? PMAP_MOVING : PMAP_OWNING;
     }
   }
 }

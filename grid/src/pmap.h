@@ -62,6 +62,7 @@ typedef struct pmap_ready {
   uint32_t partition;
   const char *node_id;
   uint64_t epoch;
+  int demote;       /* instead: this OWNING backup missed a write */
 } pmap_ready_t;
 
 void pmap_init(pmap_t *m);
@@ -80,12 +81,18 @@ size_t pmap_ideal(const pmap_node_t *nodes, size_t n, uint32_t p, size_t want,
  * the caches defined and the fill reports. Rules, per partition:
  * - copies on nodes no longer alive are dropped; when no OWNING copy is
  *   left of a partition that had one, it is LOST (and stays so);
+ * - an OWNING backup reported (demote) at the current epoch as having
+ *   missed a write becomes MOVING;
  * - the primary stays while alive and OWNING, else the first OWNING copy
- *   left takes over;
+ *   left takes over; when the primary changes, every other copy becomes
+ *   MOVING, since it may hold writes the new primary never saw (the new
+ *   primary fills it again);
  * - ideal owners without a copy get one, MOVING; a MOVING copy reported
- *   filled at the current epoch becomes OWNING;
- * - once every ideal owner is OWNING, the ideal primary leads and copies
- *   outside the ideal set are dropped;
+ *   filled at the current epoch becomes OWNING, but may not lead in that
+ *   same step (until this map its primary did not wait for its
+ *   acknowledgements);
+ * - once every ideal owner is OWNING (and was so in cur), the ideal primary
+ *   leads and copies outside the ideal set are dropped;
  * - a cache new to the map starts with its ideal owners, all OWNING (it is
  *   empty, so there is nothing to fill).
  * out must be pmap_init'ed; its epoch is left for the caller. Returns 0 or

@@ -14,6 +14,7 @@
 #include "part.h"
 #include "peer.h"
 #include "pmap.h"
+#include "repl.h"
 
 static void route_reply_error(conn_t *c, uint64_t id, int status, const char *detail) {
   Grid__Reply rp = GRID__REPLY__INIT;
@@ -23,70 +24,126 @@ static void route_reply_error(conn_t *c, uint64_t id, int status, const char *de
   conn_reply(c, &rp);
 }
 
-/* ---- one request to one node ------------------------------------------- */
+/* ---- sinks: where replies go ------------------------------------------------ */
+
+/* A reply for a client connection, under the client's request id. */
+typedef struct route_conn_sink {
+  conn_t *c;
+  uint64_t id;
+} route_conn_sink_t;
+
+static void route_conn_sink_fn(net_loop_t *lp, void *arg, const Grid__Reply *rp) {
+  (void)lp;
+  route_conn_sink_t *s = arg;
+  Grid__Reply r = *rp;
+  r.id = s->id;
+  conn_reply(s->c, &r);
+  conn_unref(s->c);
+  free(s);
+}
+
+/* A sink answering request id on c; NULL when out of memory. */
+static int route_conn_sink(conn_t *c, uint64_t id, repl_sink_t *out) {
+  route_conn_sink_t *s = malloc(sizeof *s);
+  if (!s) return GRID_ENOMEM;
+  s->c = c;
+  s->id = id;
+  conn_ref(c);
+  *out = (repl_sink_t){route_conn_sink_fn, s, c->lp->index};
+  return 0;
+}
+
+static void route_sink_error(net_loop_t *lp, repl_sink_t sink, uint64_t id, int status,
+                             const char *detail) {
+  Grid__Reply rp = GRID__REPLY__INIT;
+  rp.id = id;
+  rp.epoch = lp->pmap ? lp->pmap->epoch : 0;
+  ops_reply_error(&rp, status, detail, &lp->arena);
+  repl_deliver(lp, sink, &rp);
+}
+
+/* ---- one keyed request ----------------------------------------------------- */
 
 typedef struct route_fwd {
-  conn_t *c;
-  uint64_t id;   /* the client's request id */
+  repl_sink_t sink;
+  net_loop_t *lp;
 } route_fwd_t;
 
 static void route_fwd_done(void *arg, int status, const Grid__Reply *rp) {
   route_fwd_t *f = arg;
-  if (status != 0) {
-    route_reply_error(f->c, f->id, status, "forwarding to the partition's primary");
-  } else {
-    Grid__Reply r = *rp;
-    r.id = f->id;
-    conn_reply(f->c, &r);
-  }
-  conn_unref(f->c);
+  if (status != 0)
+    route_sink_error(f->lp, f->sink, 0, status, "forwarding to the partition's primary");
+  else
+    repl_deliver(f->lp, f->sink, rp);
   free(f);
 }
 
-/* Sends rq to node `idx` of the loop's map; the reply goes to c. */
-static void route_forward(conn_t *c, Grid__Request *rq, int idx) {
-  net_loop_t *lp = c->lp;
-  const pmap_node_t *nd = &lp->pmap->nodes[idx];
-  uint64_t id = rq->id;
-  peer_t *p = peer_get(lp, nd->id, nd->addr);
-  route_fwd_t *f = malloc(sizeof *f);
-  if (!p || !f) {
-    free(f);
-    route_reply_error(c, id, GRID_ECONN, "no link to the partition's primary");
+/* Runs a keyed request (or SCAN) where its partition's primary is: here
+ * through repl, or forwarded over the loop's link (one hop). */
+static void route_key(net_loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc,
+                      repl_sink_t sink) {
+  uint32_t p = rq->op == GRID__OP__SCAN
+                   ? rq->partition
+                   : part_of(rq->key.data, rq->key.len, pc->partitions);
+  if (p >= pc->partitions) {
+    route_sink_error(lp, sink, rq->id, GRID_EINVAL, "partition out of range");
     return;
   }
-  f->c = c;
-  f->id = id;
-  rq->hops = 1;
-  conn_ref(c);
-  int rc = peer_call(p, rq, lp->net->node->cfg.forward_timeout_ms, route_fwd_done, f);
+  int st0;
+  pmap_copy_at(pc, p, 0, &st0);
+  if (st0 == PMAP_LOST) {
+    char detail[96];
+    snprintf(detail, sizeof detail, "cache %.64s partition %u", pc->name, p);
+    route_sink_error(lp, sink, rq->id, GRID_ELOST, detail);
+    return;
+  }
+  int prim = pmap_primary(pc, p);
+  if (prim == lp->self) {
+    repl_execute(lp, rq, p, sink);
+    return;
+  }
+  if (rq->hops || prim < 0) {
+    route_sink_error(lp, sink, rq->id, rq->hops ? GRID_ESTALE : GRID_ENOTREADY,
+                     "this node does not lead the partition");
+    return;
+  }
+  const pmap_node_t *nd = &lp->pmap->nodes[prim];
+  peer_t *peer = peer_get(lp, nd->id, nd->addr);
+  route_fwd_t *f = malloc(sizeof *f);
+  int rc = GRID_ENOMEM;
+  if (peer && f) {
+    *f = (route_fwd_t){sink, lp};
+    rq->hops = 1;
+    rc = peer_call(peer, rq, lp->net->node->cfg.forward_timeout_ms, route_fwd_done, f);
+  } else if (!peer) {
+    rc = GRID_ECONN;
+  }
   if (rc != 0) {
-    conn_unref(c);
     free(f);
-    route_reply_error(c, id, rc, "forwarding to the partition's primary");
+    route_sink_error(lp, sink, rq->id, rc, "forwarding to the partition's primary");
   }
 }
 
-/* ---- batches ------------------------------------------------------------ */
+/* ---- batches, key by key ------------------------------------------------------ */
 
-/* A batch split by primary: one part per node, merged when all are in. */
+/* A batch run as one request per key, each where its primary is, merged
+ * in the request's key order. */
 typedef struct route_batch {
   conn_t *c;
   uint64_t id;
   Grid__Op op;
   size_t nkeys;
-  int pending;             /* parts not answered yet */
-  int status;              /* first error of any part */
+  int pending;             /* keys not answered yet, plus one while sending */
+  int status;              /* first error */
   char *message;           /* its words */
-  int64_t number;          /* PUT_ALL / DELETE_ALL / SIZE: the sum */
+  int64_t number;          /* PUT_ALL written / DELETE_ALL deleted / SIZE sum */
   Grid__Entry **entries;   /* GET_ALL: in the request's key order */
   arena_t arena;           /* entries and words live here */
 } route_batch_t;
 
 typedef struct route_part {
   route_batch_t *b;
-  size_t n;
-  size_t *index;           /* request position of each key of the part */
+  size_t index;            /* the key's position in the request */
 } route_part_t;
 
 static void route_batch_finish(route_batch_t *b) {
@@ -105,52 +162,95 @@ static void route_batch_finish(route_batch_t *b) {
   free(b);
 }
 
-/* Takes one part's reply into the batch (rp NULL: transport status). */
-static void route_batch_take(route_batch_t *b, route_part_t *part, int status,
+static void route_batch_error(route_batch_t *b, int status, const char *message) {
+  if (b->status != 0) return;
+  b->status = status;
+  const char *m = message ? message : grid_strerror(status);
+  b->message = arena_dup(&b->arena, m, strlen(m) + 1);
+}
+
+/* One key's answer (rp NULL: a transport status). */
+static void route_batch_take(route_batch_t *b, size_t index, int status,
                              const Grid__Reply *rp) {
-  if (status == 0) status = rp->status;
-  if (status != 0 && b->status == 0) {
-    b->status = status;
-    const char *m = rp && rp->message ? rp->message : grid_strerror(status);
-    b->message = arena_dup(&b->arena, m, strlen(m) + 1);
-  }
-  if (status == 0) {
-    b->number += rp->number;
-    if (b->op == GRID__OP__GET_ALL && rp->n_entries == part->n) {
-      for (size_t i = 0; i < part->n; i++) {
-        const Grid__Entry *src = rp->entries[i];
-        Grid__Entry *e = arena_alloc(&b->arena, sizeof *e);
-        if (!e) {
-          b->status = GRID_ENOMEM;
-          break;
-        }
-        grid__entry__init(e);
-        e->found = src->found;
-        e->version = src->version;
-        e->key.len = src->key.len;
-        e->key.data = arena_dup(&b->arena, src->key.data, src->key.len);
-        e->value.len = src->value.len;
-        e->value.data = arena_dup(&b->arena, src->value.data, src->value.len);
-        b->entries[part->index[i]] = e;
+  if (status == 0 && rp) status = rp->status;
+  switch (b->op) {
+    case GRID__OP__GET_ALL: {
+      if (status != 0 && status != GRID_ENOTFOUND) {
+        route_batch_error(b, status, rp ? rp->message : NULL);
+        break;
       }
-    } else if (b->op == GRID__OP__GET_ALL && b->status == 0) {
-      b->status = GRID_EPROTO;
+      Grid__Entry *e = arena_alloc(&b->arena, sizeof *e);
+      if (!e) {
+        route_batch_error(b, GRID_ENOMEM, NULL);
+        break;
+      }
+      grid__entry__init(e);
+      if (status == 0) {
+        e->found = 1;
+        e->version = rp->version;
+        e->value.len = rp->value.len;
+        e->value.data = arena_dup(&b->arena, rp->value.data, rp->value.len);
+      }
+      b->entries[index] = e;
+      break;
     }
+    case GRID__OP__PUT_ALL:
+      if (status == 0) b->number++;
+      else route_batch_error(b, status, rp ? rp->message : NULL);
+      break;
+    case GRID__OP__DELETE_ALL:
+      if (status == 0) b->number++;
+      else if (status != GRID_ENOTFOUND) route_batch_error(b, status, rp ? rp->message : NULL);
+      break;
+    default: /* SIZE */
+      if (status == 0) b->number += rp->number;
+      else route_batch_error(b, status, rp ? rp->message : NULL);
+      break;
   }
-  free(part->index);
-  free(part);
   if (--b->pending == 0) route_batch_finish(b);
+}
+
+static void route_part_sink_fn(net_loop_t *lp, void *arg, const Grid__Reply *rp) {
+  (void)lp;
+  route_part_t *part = arg;
+  route_batch_t *b = part->b;
+  size_t index = part->index;
+  free(part);
+  route_batch_take(b, index, 0, rp);
 }
 
 static void route_part_done(void *arg, int status, const Grid__Reply *rp) {
   route_part_t *part = arg;
-  route_batch_take(part->b, part, status, rp);
+  route_batch_t *b = part->b;
+  size_t index = part->index;
+  free(part);
+  route_batch_take(b, index, status, rp);
 }
 
-/* Runs a batch across the nodes that lead its keys. */
+static route_batch_t *route_batch_new(conn_t *c, Grid__Request *rq, size_t n) {
+  route_batch_t *b = calloc(1, sizeof *b);
+  if (!b) return NULL;
+  arena_init(&b->arena, 4096);
+  b->c = c;
+  b->id = rq->id;
+  b->op = rq->op;
+  b->nkeys = n;
+  b->pending = 1; /* held until every key is sent */
+  if (rq->op == GRID__OP__GET_ALL) {
+    b->entries = arena_alloc(&b->arena, (n ? n : 1) * sizeof *b->entries);
+    if (!b->entries) {
+      arena_close(&b->arena);
+      free(b);
+      return NULL;
+    }
+    memset(b->entries, 0, (n ? n : 1) * sizeof *b->entries);
+  }
+  conn_ref(c);
+  return b;
+}
+
 static void route_batch(conn_t *c, Grid__Request *rq, const pmap_cache_t *pc) {
   net_loop_t *lp = c->lp;
-  const pmap_t *m = lp->pmap;
   size_t n = rq->n_keys;
   if (rq->op == GRID__OP__PUT_ALL && rq->n_values != n) {
     route_reply_error(c, rq->id, GRID_EINVAL, "put_all needs as many values as keys");
@@ -160,141 +260,97 @@ static void route_batch(conn_t *c, Grid__Request *rq, const pmap_cache_t *pc) {
     route_reply_error(c, rq->id, GRID_EBATCHTOOBIG, NULL);
     return;
   }
-  int *owner = malloc((n ? n : 1) * sizeof *owner);
-  route_batch_t *b = calloc(1, sizeof *b);
-  if (!owner || !b) {
-    free(owner);
-    free(b);
-    route_reply_error(c, rq->id, GRID_ENOMEM, NULL);
-    return;
-  }
   for (size_t i = 0; i < n; i++) {
-    uint32_t p = part_of(rq->keys[i].data, rq->keys[i].len, pc->partitions);
-    owner[i] = pmap_primary(pc, p);
-    if (owner[i] < 0) {
-      free(owner);
-      free(b);
-      route_reply_error(c, rq->id, GRID_ELOST, NULL);
+    int rc = store_check_sizes(lp->net->node->store, rq->keys[i].len,
+                               rq->op == GRID__OP__PUT_ALL ? rq->values[i].len : 0);
+    if (rc != 0) {
+      route_reply_error(c, rq->id, rc, NULL);
       return;
     }
   }
-  arena_init(&b->arena, 4096);
-  b->c = c;
-  b->id = rq->id;
-  b->op = rq->op;
-  b->nkeys = n;
-  b->pending = 1; /* held until every part is sent */
-  b->entries = arena_alloc(&b->arena, (n ? n : 1) * sizeof *b->entries);
-  conn_ref(c);
-  ProtobufCBinaryData *keys = malloc((n ? n : 1) * sizeof *keys);
-  ProtobufCBinaryData *vals = malloc((n ? n : 1) * sizeof *vals);
-  for (size_t node = 0; node < m->nnodes && keys && vals && b->entries; node++) {
-    route_part_t *part = calloc(1, sizeof *part);
-    if (part) part->index = malloc((n ? n : 1) * sizeof *part->index);
-    if (!part || !part->index) {
-      if (part) free(part);
-      b->status = GRID_ENOMEM;
+  route_batch_t *b = route_batch_new(c, rq, n);
+  if (!b) {
+    route_reply_error(c, rq->id, GRID_ENOMEM, NULL);
+    return;
+  }
+  Grid__Op op = rq->op == GRID__OP__GET_ALL ? GRID__OP__GET
+                : rq->op == GRID__OP__PUT_ALL ? GRID__OP__PUT
+                                              : GRID__OP__DELETE;
+  for (size_t i = 0; i < n; i++) {
+    route_part_t *part = malloc(sizeof *part);
+    if (!part) {
+      route_batch_error(b, GRID_ENOMEM, NULL);
       break;
     }
     part->b = b;
-    for (size_t i = 0; i < n; i++) {
-      if (owner[i] != (int)node) continue;
-      keys[part->n] = rq->keys[i];
-      if (rq->op == GRID__OP__PUT_ALL) vals[part->n] = rq->values[i];
-      part->index[part->n++] = i;
+    part->index = i;
+    Grid__Request one = GRID__REQUEST__INIT;
+    one.op = op;
+    one.cache = rq->cache;
+    one.key = rq->keys[i];
+    if (op == GRID__OP__PUT) {
+      one.value = rq->values[i];
+      one.ttl_ms = rq->ttl_ms;
     }
-    if (part->n == 0) {
-      free(part->index);
-      free(part);
-      continue;
-    }
-    Grid__Request sub = *rq;
-    sub.keys = keys;
-    sub.n_keys = part->n;
-    sub.values = rq->op == GRID__OP__PUT_ALL ? vals : NULL;
-    sub.n_values = rq->op == GRID__OP__PUT_ALL ? part->n : 0;
     b->pending++;
-    if ((int)node == lp->self) {
-      /* This node's share runs here and now. */
-      arena_t a;
-      arena_init(&a, 4096);
-      Grid__Reply rp = GRID__REPLY__INIT;
-      ops_execute(lp->net->node, &lp->view, &sub, &rp, &a);
-      route_batch_take(b, part, 0, &rp);
-      arena_close(&a);
-    } else {
-      const pmap_node_t *nd = &m->nodes[node];
-      peer_t *p = peer_get(lp, nd->id, nd->addr);
-      sub.hops = 1;
-      int rc = p ? peer_call(p, &sub, lp->net->node->cfg.forward_timeout_ms,
-                             route_part_done, part)
-                 : GRID_ECONN;
-      if (rc != 0) route_batch_take(b, part, rc, NULL);
-    }
-  }
-  if ((!keys || !vals || !b->entries) && b->status == 0) b->status = GRID_ENOMEM;
-  free(keys);
-  free(vals);
-  free(owner);
-  if (b->status == 0 && b->op == GRID__OP__GET_ALL) {
-    /* Every key has its entry unless a part failed. */
-    for (size_t i = 0; i < n && b->pending == 1; i++)
-      if (!b->entries[i]) b->status = GRID_EINTERNAL;
+    route_key(lp, &one, pc, (repl_sink_t){route_part_sink_fn, part, lp->index});
   }
   if (--b->pending == 0) route_batch_finish(b);
 }
 
 /* SIZE: every node counts the partitions it leads. */
+static int64_t route_local_size(net_loop_t *lp, const char *cache, const pmap_cache_t *pc,
+                                int *found) {
+  store_cache_t *sc = store_view_find(&lp->view, cache, strlen(cache));
+  int64_t total = 0;
+  for (uint32_t p = 0; sc && p < pc->partitions; p++)
+    if (pmap_primary(pc, p) == lp->self) total += (int64_t)store_part_size(sc, p);
+  *found = sc != NULL;
+  return total;
+}
+
 static void route_size(conn_t *c, Grid__Request *rq, const pmap_cache_t *pc) {
   net_loop_t *lp = c->lp;
   const pmap_t *m = lp->pmap;
+  int found;
   if (rq->local) {
-    store_cache_t *sc = store_view_find(&lp->view, rq->cache, strlen(rq->cache));
-    int64_t total = 0;
-    for (uint32_t p = 0; sc && p < pc->partitions; p++)
-      if (pmap_primary(pc, p) == lp->self) total += (int64_t)store_part_size(sc, p);
     Grid__Reply rp = GRID__REPLY__INIT;
     rp.id = rq->id;
-    rp.number = total;
-    if (!sc) ops_reply_error(&rp, GRID_ENOTREADY, "cache not here yet", &lp->arena);
+    rp.number = route_local_size(lp, rq->cache, pc, &found);
+    if (!found) ops_reply_error(&rp, GRID_ENOTREADY, "cache not here yet", &lp->arena);
     conn_reply(c, &rp);
     return;
   }
-  route_batch_t *b = calloc(1, sizeof *b);
+  route_batch_t *b = route_batch_new(c, rq, 0);
   if (!b) {
     route_reply_error(c, rq->id, GRID_ENOMEM, NULL);
     return;
   }
-  arena_init(&b->arena, 1024);
-  b->c = c;
-  b->id = rq->id;
-  b->op = GRID__OP__SIZE;
-  b->pending = 1;
-  conn_ref(c);
   for (size_t node = 0; node < m->nnodes; node++) {
-    route_part_t *part = calloc(1, sizeof *part);
-    if (!part) {
-      b->status = GRID_ENOMEM;
-      break;
+    b->pending++;
+    if ((int)node == lp->self) {
+      Grid__Reply rp = GRID__REPLY__INIT;
+      rp.number = route_local_size(lp, rq->cache, pc, &found);
+      route_batch_take(b, 0, found ? 0 : GRID_ENOTREADY, found ? &rp : NULL);
+      continue;
     }
-    part->b = b;
+    route_part_t *part = malloc(sizeof *part);
+    const pmap_node_t *nd = &m->nodes[node];
+    peer_t *p = peer_get(lp, nd->id, nd->addr);
     Grid__Request sub = *rq;
     sub.local = 1;
     sub.hops = 1;
-    b->pending++;
-    const pmap_node_t *nd = &m->nodes[node];
-    peer_t *p = (int)node == lp->self ? NULL : peer_get(lp, nd->id, nd->addr);
-    if ((int)node == lp->self) {
-      store_cache_t *sc = store_view_find(&lp->view, rq->cache, strlen(rq->cache));
-      Grid__Reply rp = GRID__REPLY__INIT;
-      for (uint32_t q = 0; sc && q < pc->partitions; q++)
-        if (pmap_primary(pc, q) == lp->self) rp.number += (int64_t)store_part_size(sc, q);
-      route_batch_take(b, part, sc ? 0 : GRID_ENOTREADY, sc ? &rp : NULL);
-    } else {
-      int rc = p ? peer_call(p, &sub, lp->net->node->cfg.forward_timeout_ms,
-                             route_part_done, part)
-                 : GRID_ECONN;
-      if (rc != 0) route_batch_take(b, part, rc, NULL);
+    int rc = GRID_ENOMEM;
+    if (part && p) {
+      part->b = b;
+      part->index = 0;
+      rc = peer_call(p, &sub, lp->net->node->cfg.forward_timeout_ms, route_part_done, part);
+    } else if (!p) {
+      rc = GRID_ECONN;
+    }
+    if (rc != 0) {
+      free(part);
+      route_batch_take(b, 0, rc, NULL);
     }
   }
   if (--b->pending == 0) route_batch_finish(b);
@@ -405,6 +461,17 @@ int route_request(conn_t *c, Grid__Request *rq) {
   switch (rq->op) {
     case GRID__OP__PING: case GRID__OP__STATS: case GRID__OP__LIST_CACHES:
       return 0;
+    case GRID__OP__REPL: case GRID__OP__FILL: {
+      Grid__Reply rp = GRID__REPLY__INIT;
+      if (!c->peer_role) {
+        rp.id = rq->id;
+        ops_reply_error(&rp, GRID_EBADOP, "replication is for grid nodes only", &lp->arena);
+      } else {
+        repl_on_peer_request(lp, c->peer_id, rq, &rp);
+      }
+      conn_reply(c, &rp);
+      return 1;
+    }
     case GRID__OP__PMAP:
       route_pmap(c, rq);
       return 1;
@@ -439,37 +506,14 @@ int route_request(conn_t *c, Grid__Request *rq) {
   }
   if (rq->op == GRID__OP__GET_ALL || rq->op == GRID__OP__PUT_ALL ||
       rq->op == GRID__OP__DELETE_ALL) {
-    /* All keys led here (or a forwarded part): run it here. */
-    int local = 1;
-    for (size_t i = 0; i < rq->n_keys && local; i++)
-      local = pmap_primary(pc, part_of(rq->keys[i].data, rq->keys[i].len, pc->partitions)) == lp->self;
-    if (local) return 0;
-    if (rq->hops) {
-      route_reply_error(c, rq->id, GRID_ESTALE, "keys of the batch are not led here");
-      return 1;
-    }
     route_batch(c, rq, pc);
     return 1;
   }
-  uint32_t p = rq->op == GRID__OP__SCAN
-                   ? rq->partition
-                   : part_of(rq->key.data, rq->key.len, pc->partitions);
-  if (p >= pc->partitions) return 0; /* ops_execute answers: bad partition */
-  int st0;
-  pmap_copy_at(pc, p, 0, &st0);
-  if (st0 == PMAP_LOST) {
-    char detail[96];
-    snprintf(detail, sizeof detail, "cache %.64s partition %u", name, p);
-    route_reply_error(c, rq->id, GRID_ELOST, detail);
+  repl_sink_t sink;
+  if (route_conn_sink(c, rq->id, &sink) != 0) {
+    route_reply_error(c, rq->id, GRID_ENOMEM, NULL);
     return 1;
   }
-  int prim = pmap_primary(pc, p);
-  if (prim == lp->self) return 0;
-  if (rq->hops || prim < 0) {
-    route_reply_error(c, rq->id, rq->hops ? GRID_ESTALE : GRID_ENOTREADY,
-                      "this node does not lead the partition");
-    return 1;
-  }
-  route_forward(c, rq, prim);
+  route_key(lp, rq, pc, sink);
   return 1;
 }

@@ -30,6 +30,7 @@ typedef struct store_part {
   uint64_t mask;            /* bucket count - 1 */
   _Atomic uint64_t count;   /* entries; read without the lock by size */
   uint64_t counter;         /* update counter: last version's low bits */
+  store_part_sync_t sync;   /* replication progress (cluster mode) */
 } store_part_t;
 
 struct store_cache {
@@ -52,7 +53,8 @@ struct store {
   store_cache_t **caches;    /* caches_max slots */
   size_t ncaches;
   _Atomic int64_t memory_bytes;
-  uint64_t epoch;            /* high bits of every version */
+  _Atomic uint64_t epoch;    /* high bits of every version */
+  void (*repl_free)(void *repl); /* frees store_part_sync_t.repl */
   pthread_mutex_t sweep_lock;
   size_t sweep_cache, sweep_part; /* where the sweep goes on */
   uint64_t sweep_cursor;
@@ -118,6 +120,7 @@ static void store_cache_destroy(store_cache_t *c) {
   for (uint32_t i = 0; i < c->cfg.partitions; i++) {
     store_part_clear(s, &c->parts[i]);
     pthread_mutex_destroy(&c->parts[i].lock);
+    if (c->parts[i].sync.repl && s->repl_free) s->repl_free(c->parts[i].sync.repl);
   }
   atomic_fetch_sub(&s->memory_bytes,
                    (int64_t)(sizeof *c + c->cfg.partitions * sizeof(store_part_t)));
@@ -236,6 +239,10 @@ store_cache_t *store_cache_acquire(store_t *s, const char *name, size_t len) {
   }
   pthread_rwlock_unlock(&s->lock);
   return c;
+}
+
+void store_cache_hold(store_cache_t *c) {
+  atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
 }
 
 void store_cache_release(store_t *s, store_cache_t *c) {
@@ -441,8 +448,58 @@ static int store_parse_i64(const unsigned char *v, size_t len, int64_t *out) {
   return 0;
 }
 
+/* Puts the entry of k with this value, version and expiry in place of old
+ * (found at link; NULL: a new key). Called with the partition locked; on
+ * failure nothing has changed. */
+static int store_install(store_t *s, store_part_t *p, const store_key_t *k,
+                         store_entry_t **link, store_entry_t *old,
+                         const void *value, size_t value_len, uint64_t version,
+                         int64_t expire_at_ms) {
+  int64_t cost = store_entry_cost(k->len, value_len);
+  int64_t delta = cost - (old ? store_entry_cost(old->key_len, old->value_len) : 0);
+  int rc = store_mem_reserve(s, delta);
+  if (rc != 0) return rc;
+  store_entry_t *e = malloc(sizeof *e + k->len + value_len + 1);
+  if (!e) {
+    atomic_fetch_sub(&s->memory_bytes, delta);
+    return GRID_ENOMEM;
+  }
+  e->hash = k->hash;
+  e->key_len = (uint32_t)k->len;
+  e->value_len = (uint32_t)value_len;
+  memcpy(e->data, k->data, k->len);
+  if (value_len) memcpy(e->data + k->len, value, value_len);
+  e->data[k->len + value_len] = '\0';
+  e->version = version;
+  e->expire_at_ms = expire_at_ms;
+  if (old) {
+    e->next = old->next;
+    *link = e;
+    free(old);
+    return 0;
+  }
+  uint64_t count = atomic_load_explicit(&p->count, memory_order_relaxed);
+  if (!p->buckets || count >= p->mask + 1) store_grow(s, p);
+  if (!p->buckets) { /* not even the first array could be had */
+    atomic_fetch_sub(&s->memory_bytes, delta);
+    free(e);
+    return GRID_EMEMLIMIT;
+  }
+  store_entry_t **slot = &p->buckets[k->hash & p->mask];
+  e->next = *slot;
+  *slot = e;
+  atomic_fetch_add_explicit(&p->count, 1, memory_order_relaxed);
+  return 0;
+}
+
 int store_write(store_cache_t *c, const store_key_t *k, const store_write_t *w,
                 int64_t now_ms, store_result_t *res) {
+  return store_write_rec(c, k, w, now_ms, res, NULL, NULL);
+}
+
+int store_write_rec(store_cache_t *c, const store_key_t *k, const store_write_t *w,
+                    int64_t now_ms, store_result_t *res, store_applied_fn applied,
+                    void *ctx) {
   store_t *s = c->store;
   store_part_t *p = &c->parts[k->part];
   char num[24];
@@ -487,51 +544,25 @@ int store_write(store_cache_t *c, const store_key_t *k, const store_write_t *w,
     res->version = old->version;
     store_unlink_free(s, p, link, old);
     p->counter++;
+    atomic_store_explicit(&p->sync.applied, p->counter & STORE_COUNTER_MASK, memory_order_release);
+    if (applied)
+      applied(ctx, k->data, k->len, NULL, 0,
+              (atomic_load(&s->epoch) << STORE_VERSION_COUNTER_BITS) | (p->counter & STORE_COUNTER_MASK), 0);
     goto out;
   }
 
-  int64_t cost = store_entry_cost(k->len, value_len);
-  int64_t delta = cost - (old ? store_entry_cost(old->key_len, old->value_len) : 0);
-  if ((rc = store_mem_reserve(s, delta)) != 0) goto out;
-  store_entry_t *e = malloc(sizeof *e + k->len + value_len + 1);
-  if (!e) {
-    atomic_fetch_sub(&s->memory_bytes, delta);
-    rc = GRID_ENOMEM;
-    goto out;
-  }
-  e->hash = k->hash;
-  e->key_len = (uint32_t)k->len;
-  e->value_len = (uint32_t)value_len;
-  memcpy(e->data, k->data, k->len);
-  if (value_len) memcpy(e->data + k->len, value, value_len);
-  e->data[k->len + value_len] = '\0';
   uint64_t ttl = w->ttl_ms ? w->ttl_ms : c->cfg.default_ttl_ms;
-  if (w->op == STORE_ADD && old)
-    e->expire_at_ms = old->expire_at_ms; /* a counter keeps its expiry */
-  else
-    e->expire_at_ms = ttl ? now_ms + (int64_t)ttl : 0;
+  int64_t expire_at_ms = w->op == STORE_ADD && old
+                             ? old->expire_at_ms /* a counter keeps its expiry */
+                             : (ttl ? now_ms + (int64_t)ttl : 0);
+  uint64_t version = (atomic_load(&s->epoch) << STORE_VERSION_COUNTER_BITS) |
+                     ((p->counter + 1) & STORE_COUNTER_MASK);
+  if ((rc = store_install(s, p, k, link, old, value, value_len, version, expire_at_ms)) != 0)
+    goto out;
   p->counter++;
-  e->version = (s->epoch << STORE_VERSION_COUNTER_BITS) |
-               (p->counter & ((UINT64_C(1) << STORE_VERSION_COUNTER_BITS) - 1));
-  res->version = e->version;
-  if (old) {
-    e->next = old->next;
-    *link = e;
-    free(old);
-  } else {
-    uint64_t count = atomic_load_explicit(&p->count, memory_order_relaxed);
-    if (!p->buckets || count >= p->mask + 1) store_grow(s, p);
-    if (!p->buckets) { /* not even the first array could be had */
-      atomic_fetch_sub(&s->memory_bytes, delta);
-      free(e);
-      rc = GRID_EMEMLIMIT;
-      goto out;
-    }
-    store_entry_t **slot = &p->buckets[k->hash & p->mask];
-    e->next = *slot;
-    *slot = e;
-    atomic_fetch_add_explicit(&p->count, 1, memory_order_relaxed);
-  }
+  res->version = version;
+  atomic_store_explicit(&p->sync.applied, p->counter & STORE_COUNTER_MASK, memory_order_release);
+  if (applied) applied(ctx, k->data, k->len, value, value_len, version, expire_at_ms);
 out:
   pthread_mutex_unlock(&p->lock);
   return rc;
@@ -555,8 +586,10 @@ static uint64_t store_cursor_next(uint64_t v, uint64_t mask) {
   return store_rev64(v);
 }
 
-int store_scan(store_cache_t *c, uint32_t part, uint64_t *cursor,
-               uint32_t count, int64_t now_ms, store_entry_cb cb, void *ctx) {
+/* The scan of store_scan and store_scan_full: one of cb / full is set. */
+static int store_scan_any(store_cache_t *c, uint32_t part, uint64_t *cursor,
+                          uint32_t count, int64_t now_ms, store_entry_cb cb,
+                          store_entry_full_cb full, void *ctx) {
   if (part >= c->cfg.partitions) return GRID_EINVAL;
   store_part_t *p = &c->parts[part];
   uint64_t v = *cursor;
@@ -570,8 +603,10 @@ int store_scan(store_cache_t *c, uint32_t part, uint64_t *cursor,
       for (store_entry_t *e = p->buckets[v & p->mask]; e && !stop; e = e->next) {
         if (store_expired(e, now_ms)) continue;
         seen++;
-        stop = cb(ctx, e->data, e->key_len, e->data + e->key_len, e->value_len,
-                  e->version);
+        stop = cb ? cb(ctx, e->data, e->key_len, e->data + e->key_len, e->value_len,
+                       e->version)
+                  : full(ctx, e->data, e->key_len, e->data + e->key_len, e->value_len,
+                         e->version, e->expire_at_ms);
       }
       v = store_cursor_next(v, p->mask);
     } while (v != 0 && seen < count && !stop);
@@ -579,6 +614,56 @@ int store_scan(store_cache_t *c, uint32_t part, uint64_t *cursor,
   pthread_mutex_unlock(&p->lock);
   *cursor = v;
   return 0;
+}
+
+int store_scan(store_cache_t *c, uint32_t part, uint64_t *cursor,
+               uint32_t count, int64_t now_ms, store_entry_cb cb, void *ctx) {
+  return store_scan_any(c, part, cursor, count, now_ms, cb, NULL, ctx);
+}
+
+int store_scan_full(store_cache_t *c, uint32_t part, uint64_t *cursor,
+                    uint32_t count, int64_t now_ms, store_entry_full_cb cb,
+                    void *ctx) {
+  return store_scan_any(c, part, cursor, count, now_ms, NULL, cb, ctx);
+}
+
+int store_apply(store_cache_t *c, const store_key_t *k, const void *value,
+                size_t value_len, uint64_t version, int64_t expire_at_ms) {
+  store_t *s = c->store;
+  store_part_t *p = &c->parts[k->part];
+  int rc = 0;
+  pthread_mutex_lock(&p->lock);
+  store_entry_t **link = NULL;
+  store_entry_t *old = store_find(p, k, &link);
+  uint64_t counter = version & STORE_COUNTER_MASK;
+  if (counter > p->counter) p->counter = counter;
+  atomic_store_explicit(&p->sync.applied, p->counter, memory_order_release);
+  if (!value) {
+    if (old) store_unlink_free(s, p, link, old);
+    goto out;
+  }
+  rc = store_install(s, p, k, link, old, value, value_len, version, expire_at_ms);
+out:
+  pthread_mutex_unlock(&p->lock);
+  return rc;
+}
+
+void store_part_reset(store_cache_t *c, uint32_t part) {
+  if (part >= c->cfg.partitions) return;
+  store_part_t *p = &c->parts[part];
+  pthread_mutex_lock(&p->lock);
+  store_part_clear(c->store, p);
+  pthread_mutex_unlock(&p->lock);
+}
+
+store_part_sync_t *store_part_sync(store_cache_t *c, uint32_t part) {
+  return part < c->cfg.partitions ? &c->parts[part].sync : NULL;
+}
+
+void store_set_repl_free(store_t *s, void (*fn)(void *repl)) { s->repl_free = fn; }
+
+void store_set_epoch(store_t *s, uint64_t epoch) {
+  if (epoch > atomic_load(&s->epoch)) atomic_store(&s->epoch, epoch);
 }
 
 uint64_t store_cache_size(const store_cache_t *c) {

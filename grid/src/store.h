@@ -69,6 +69,25 @@ typedef struct store_result {
   int64_t number;   /* STORE_ADD: the new counter value */
 } store_result_t;
 
+/* The state a write left behind, for its replication record: called by
+ * store_write with the partition locked; the pointers are valid only
+ * during the call. value is NULL for a delete. */
+typedef void (*store_applied_fn)(void *ctx, const void *key, size_t key_len,
+                                 const void *value, size_t value_len,
+                                 uint64_t version, int64_t expire_at_ms);
+
+/* A partition's replication progress. applied: the update counter of the
+ * last write applied here. committed: every write up to it is on every
+ * in-sync copy, so a reader may see it (shared/DESIGN.md section 5). Both
+ * are written by the loop that owns the partition and read by any loop. */
+typedef struct store_part_sync {
+  _Atomic uint64_t applied;
+  _Atomic uint64_t committed;
+  void *repl;               /* the owning loop's state for the partition */
+} store_part_sync_t;
+
+#define STORE_COUNTER_MASK ((UINT64_C(1) << STORE_VERSION_COUNTER_BITS) - 1)
+
 /* Allocates room for a value copied out of the store; NULL on failure. It
  * is called with the partition locked and must not call into the store. */
 typedef void *(*store_alloc_fn)(void *ctx, size_t n);
@@ -88,6 +107,8 @@ int store_cache_drop(store_t *s, const char *name);
 /* A counted reference, or NULL when there is no such cache. */
 store_cache_t *store_cache_acquire(store_t *s, const char *name, size_t name_len);
 void store_cache_release(store_t *s, store_cache_t *c);
+/* One more reference to a cache the caller already holds one to. */
+void store_cache_hold(store_cache_t *c);
 const store_cache_cfg_t *store_cache_cfg(const store_cache_t *c);
 /* Copies up to max cache configs into out; returns how many caches exist. */
 size_t store_cache_list(store_t *s, store_cache_cfg_t *out, size_t max);
@@ -131,6 +152,23 @@ int store_get(store_cache_t *c, const store_key_t *k, int64_t now_ms,
  * GRID_ENOTNUM, GRID_EOVERFLOW, GRID_EMEMLIMIT, GRID_ENOMEM. */
 int store_write(store_cache_t *c, const store_key_t *k, const store_write_t *w,
                 int64_t now_ms, store_result_t *res);
+/* store_write, and on success applied(ctx, ...) with the result, under the
+ * same lock (so records are made in the partition's order). */
+int store_write_rec(store_cache_t *c, const store_key_t *k, const store_write_t *w,
+                    int64_t now_ms, store_result_t *res, store_applied_fn applied,
+                    void *ctx);
+/* A backup applies its primary's record as it is: the value (NULL: the key
+ * is deleted), version and expiry. The partition's counter follows the
+ * record's. 0, GRID_EMEMLIMIT or GRID_ENOMEM. */
+int store_apply(store_cache_t *c, const store_key_t *k, const void *value,
+                size_t value_len, uint64_t version, int64_t expire_at_ms);
+/* Empties one partition (a copy about to be filled anew). */
+void store_part_reset(store_cache_t *c, uint32_t part);
+store_part_sync_t *store_part_sync(store_cache_t *c, uint32_t part);
+/* Frees a partition's sync.repl when its cache is freed. */
+void store_set_repl_free(store_t *s, void (*fn)(void *repl));
+/* The epoch put in the versions of new writes (the partition map's). */
+void store_set_epoch(store_t *s, uint64_t epoch);
 
 /* Called for each live entry by store_scan, with the partition locked. The
  * pointers are valid only during the call. Nonzero stops the scan. */
@@ -143,6 +181,14 @@ typedef int (*store_entry_cb)(void *ctx, const void *key, size_t key_len,
  * grows in between (reverse-binary cursor, as Redis's dictScan). */
 int store_scan(store_cache_t *c, uint32_t part, uint64_t *cursor,
                uint32_t count, int64_t now_ms, store_entry_cb cb, void *ctx);
+
+/* store_scan with each entry's expiry (for filling another copy). */
+typedef int (*store_entry_full_cb)(void *ctx, const void *key, size_t key_len,
+                                   const void *value, size_t value_len,
+                                   uint64_t version, int64_t expire_at_ms);
+int store_scan_full(store_cache_t *c, uint32_t part, uint64_t *cursor,
+                    uint32_t count, int64_t now_ms, store_entry_full_cb cb,
+                    void *ctx);
 
 uint64_t store_cache_size(const store_cache_t *c);
 /* Entries of one partition (0 for a partition out of range). */

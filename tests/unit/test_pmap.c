@@ -1,8 +1,9 @@
 /*
  * test_pmap: the partition map on its own: rendezvous placement with zones,
  * the rules by which pmap_next derives one epoch from the last (first map,
- * node loss, join with fill reports, stability, replicated caches, caches
- * added and removed), the protobuf encoding and the accessors.
+ * node loss, join with fill reports, a new primary refilling the other
+ * copies, demote reports, stability, replicated caches, caches added and
+ * removed), the protobuf encoding and the accessors.
  *
  * Everything here is pure computation: no clock, no sleep, no I/O. Node
  * indexes differ from map to map (they index each map's own node list), so
@@ -109,24 +110,34 @@ static uint32_t ncopies(const pmap_cache_t *c, uint32_t p) {
   return n;
 }
 
-/* p's copies are exactly ideal[0..nideal) of nodes[], in that order, all
- * OWNING, and every other slot is empty. */
-static void check_ideal_layout(const pmap_t *m, const pmap_cache_t *c,
+/* p's copies are exactly ideal[0..nideal) of nodes[], in that order, the
+ * primary OWNING and the other copies in `backup_state`, and every other
+ * slot is empty. */
+static void check_ideal_states(const pmap_t *m, const pmap_cache_t *c,
                                uint32_t p, const pmap_node_t *nodes,
-                               const uint32_t *ideal, size_t nideal) {
+                               const uint32_t *ideal, size_t nideal,
+                               int backup_state) {
   CHECK(nideal <= c->slots);
   for (uint32_t i = 0; i < c->slots; i++) {
     int st;
     int idx = pmap_copy_at(c, p, i, &st);
     if (i < nideal) {
       CHECK(idx >= 0 && (size_t)idx < m->nnodes);
-      CHECK_EQ(st, PMAP_OWNING);
+      CHECK_EQ(st, i == 0 ? PMAP_OWNING : backup_state);
       CHECK_STR(m->nodes[idx].id, nodes[ideal[i]].id);
     } else {
       CHECK_EQ(idx, -1);
       CHECK_EQ(st, PMAP_NONE);
     }
   }
+}
+
+/* p's copies are exactly ideal[0..nideal) of nodes[], in that order, all
+ * OWNING, and every other slot is empty. */
+static void check_ideal_layout(const pmap_t *m, const pmap_cache_t *c,
+                               uint32_t p, const pmap_node_t *nodes,
+                               const uint32_t *ideal, size_t nideal) {
+  check_ideal_states(m, c, p, nodes, ideal, nideal, PMAP_OWNING);
 }
 
 
@@ -508,6 +519,96 @@ static void test_node_loss_no_backup_lost(void) {
   pmap_free(&m4);
 }
 
+/* backups 2, a node dies. Where it led, the next copy leads, OWNING, and
+ * the other surviving copy turns MOVING: it may hold writes the new primary
+ * never saw, so the new primary fills it again. Where it did not lead, the
+ * primary stays and so do the other copies, OWNING. Once filled, the ideal
+ * layout of the survivors, all OWNING, and stable. */
+static void test_node_loss_backups2_refill(void) {
+  pmap_node_t nodes[4], alive[3];
+  mknodes(nodes, 4, 1);
+  pmap_cache_def_t defs[1] = {def("cache", 256, 2, 0)};
+  pmap_t m1, m2, m3, m4;
+  first_map(nodes, 4, defs, 1, &m1);
+  alive[0] = nodes[0];
+  alive[1] = nodes[1];
+  alive[2] = nodes[3];
+  const char *dead = "node-3";
+  CHECK_EQ(step(&m1, alive, 3, defs, 1, NULL, 0, &m2), 1);
+  const pmap_cache_t *c1 = cache(&m1, "cache"), *c2 = cache(&m2, "cache");
+  pmap_ready_t ready[256 * 3];
+  size_t nready = 0;
+  unsigned led = 0, backed = 0, untouched = 0;
+  for (uint32_t p = 0; p < 256; p++) {
+    int st, sd;
+    CHECK_EQ(ncopies(c1, p), 3);
+    CHECK_EQ(ncopies(c2, p), 3); /* every survivor is an ideal owner */
+    CHECK_EQ(slot_of(&m2, c2, p, dead, &sd), -1);
+    int dead_slot = slot_of(&m1, c1, p, dead, &sd);
+    const char *now = primary_id(&m2, c2, p);
+    CHECK(now != NULL);
+    if (dead_slot == 0) {
+      led++;
+      /* copy 1 is promoted, copy 2 turns MOVING */
+      int s1, s2;
+      int n1 = pmap_copy_at(c1, p, 1, &s1), n2 = pmap_copy_at(c1, p, 2, &s2);
+      CHECK_EQ(s1, PMAP_OWNING);
+      CHECK_EQ(s2, PMAP_OWNING);
+      CHECK_STR(now, m1.nodes[n1].id);
+      CHECK_EQ(slot_of(&m2, c2, p, m1.nodes[n1].id, &st), 0);
+      CHECK_EQ(st, PMAP_OWNING);
+      CHECK(slot_of(&m2, c2, p, m1.nodes[n2].id, &st) > 0);
+      CHECK_EQ(st, PMAP_MOVING);
+    } else {
+      /* the primary stays; the copies it had stay OWNING */
+      if (dead_slot > 0) backed++;
+      else untouched++;
+      CHECK_STR(now, primary_id(&m1, c1, p));
+      for (uint32_t i = 0; i < c1->slots; i++) {
+        int sa;
+        int na = pmap_copy_at(c1, p, i, &sa);
+        if (na < 0 || strcmp(m1.nodes[na].id, dead) == 0) continue;
+        CHECK(slot_of(&m2, c2, p, m1.nodes[na].id, &st) >= 0);
+        CHECK_EQ(st, PMAP_OWNING);
+      }
+    }
+    /* the survivor that had no copy gets one, MOVING */
+    for (size_t i = 0; i < 3; i++) {
+      int sc;
+      if (slot_of(&m1, c1, p, alive[i].id, &sc) >= 0) continue;
+      CHECK(slot_of(&m2, c2, p, alive[i].id, &st) > 0);
+      CHECK_EQ(st, PMAP_MOVING);
+    }
+    /* fill reports for every MOVING copy, at m2's epoch */
+    for (uint32_t i = 0; i < c2->slots; i++) {
+      int s;
+      int n = pmap_copy_at(c2, p, i, &s);
+      if (s != PMAP_MOVING) continue;
+      CHECK(i > 0);
+      ready[nready++] = (pmap_ready_t){.cache = "cache",
+                                       .partition = p,
+                                       .node_id = m2.nodes[n].id,
+                                       .epoch = m2.epoch};
+    }
+  }
+  /* three copies on four nodes: node-3 held a copy of about 3/4 */
+  CHECK(led > 0 && backed > 0 && untouched > 0);
+  /* two MOVING copies where the dead node led, one elsewhere */
+  CHECK_EQ(nready, led * 2 + backed);
+  CHECK_EQ(step(&m2, alive, 3, defs, 1, ready, nready, &m3), 1);
+  const pmap_cache_t *c3 = cache(&m3, "cache");
+  for (uint32_t p = 0; p < 256; p++) {
+    uint32_t ideal[3];
+    CHECK_EQ(pmap_ideal(alive, 3, p, 3, ideal), 3);
+    check_ideal_layout(&m3, c3, p, alive, ideal, 3);
+  }
+  CHECK_EQ(step(&m3, alive, 3, defs, 1, NULL, 0, &m4), 0);
+  pmap_free(&m1);
+  pmap_free(&m2);
+  pmap_free(&m3);
+  pmap_free(&m4);
+}
+
 /* ---- join ----------------------------------------------------------------- */
 
 static void test_join_minimal_movement(void) {
@@ -593,26 +694,79 @@ static void test_join_minimal_movement(void) {
     pmap_free(&w);
   }
 
-  /* Every MOVING copy reported at the current epoch: the ideal layout. */
+  /* Every MOVING copy reported at the current epoch: the ideal owners, in
+   * the ideal order, the ideal primary OWNING. Where that hands the
+   * partition to another primary (the newcomer leads) the other copy is
+   * MOVING: it may hold writes the new primary never saw, so the new
+   * primary fills it again. Elsewhere it is OWNING. */
   pmap_t m3, fresh;
   CHECK_EQ(step(&m2, nodes, 4, defs, 1, ready, nready, &m3), 1);
   first_map(nodes, 4, defs, 1, &fresh);
   const pmap_cache_t *c3 = cache(&m3, "cache"), *cf = cache(&fresh, "cache");
+  pmap_ready_t *refill = calloc(P, sizeof *refill);
+  CHECK(refill != NULL);
+  size_t nrefill = 0;
   for (uint32_t p = 0; p < P; p++) {
     uint32_t ideal[2];
     CHECK_EQ(pmap_ideal(m3.nodes, m3.nnodes, p, 2, ideal), 2);
-    check_ideal_layout(&m3, c3, p, m3.nodes, ideal, 2);
+    int handover =
+        strcmp(primary_id(&m2, c2, p), m3.nodes[ideal[0]].id) != 0;
+    check_ideal_states(&m3, c3, p, m3.nodes, ideal, 2,
+                       handover ? PMAP_MOVING : PMAP_OWNING);
     CHECK_EQ(ncopies(c3, p), 2);
     CHECK_STR(primary_id(&m3, c3, p), primary_id(&fresh, cf, p));
+    if (handover) {
+      CHECK_STR(primary_id(&m3, c3, p), newcomer);
+      refill[nrefill++] = (pmap_ready_t){.cache = "cache",
+                                         .partition = p,
+                                         .node_id = m3.nodes[ideal[1]].id,
+                                         .epoch = m3.epoch};
+    }
   }
-  /* and it holds still */
+  /* the primary changes exactly where the newcomer is the ideal primary */
+  CHECK_EQ(nrefill, ideal_primary);
+  CHECK(nrefill > 0);
+  /* and it holds still: without reports the MOVING copies wait */
   pmap_t m4;
   CHECK_EQ(step(&m3, nodes, 4, defs, 1, NULL, 0, &m4), 0);
+  /* Those copies reported filled at m2's epoch count for nothing. */
+  {
+    pmap_ready_t *stale = calloc(nrefill, sizeof *stale);
+    CHECK(stale != NULL);
+    for (size_t i = 0; i < nrefill; i++) {
+      stale[i] = refill[i];
+      stale[i].epoch = m2.epoch;
+    }
+    pmap_t w;
+    CHECK_EQ(step(&m3, nodes, 4, defs, 1, stale, nrefill, &w), 0);
+    pmap_free(&w);
+    free(stale);
+  }
+  /* Reported at m3's epoch: the ideal layout, all OWNING ... */
+  pmap_t m5, m6;
+  CHECK_EQ(step(&m3, nodes, 4, defs, 1, refill, nrefill, &m5), 1);
+  const pmap_cache_t *c5 = cache(&m5, "cache");
+  for (uint32_t p = 0; p < P; p++) {
+    uint32_t ideal[2];
+    CHECK_EQ(pmap_ideal(m5.nodes, m5.nnodes, p, 2, ideal), 2);
+    check_ideal_layout(&m5, c5, p, m5.nodes, ideal, 2);
+    CHECK_EQ(ncopies(c5, p), 2);
+    CHECK_STR(primary_id(&m5, c5, p), primary_id(&fresh, cf, p));
+  }
+  /* ... the same layout as a first map of the four nodes ... */
+  CHECK_EQ(c5->slots, cf->slots);
+  CHECK(memcmp(c5->owners, cf->owners, (size_t)P * cf->slots) == 0);
+  CHECK(memcmp(c5->states, cf->states, (size_t)P * cf->slots) == 0);
+  /* ... and stable. */
+  CHECK_EQ(step(&m5, nodes, 4, defs, 1, NULL, 0, &m6), 0);
   free(ready);
+  free(refill);
   pmap_free(&m1);
   pmap_free(&m2);
   pmap_free(&m3);
   pmap_free(&m4);
+  pmap_free(&m5);
+  pmap_free(&m6);
   pmap_free(&fresh);
 }
 
@@ -643,7 +797,10 @@ static void test_join_partial_ready(void) {
   const pmap_cache_t *c3 = cache(&m3, "cache");
   uint32_t ideal[2];
   CHECK_EQ(pmap_ideal(nodes, 4, moving[0], 2, ideal), 2);
-  check_ideal_layout(&m3, c3, moving[0], nodes, ideal, 2);
+  /* the ideal owners; the backup MOVING when the primary changed */
+  int handover = strcmp(primary_id(&m2, c2, moving[0]), nodes[ideal[0]].id) != 0;
+  check_ideal_states(&m3, c3, moving[0], nodes, ideal, 2,
+                     handover ? PMAP_MOVING : PMAP_OWNING);
   for (size_t i = 1; i < nmoving; i++) {
     int st;
     CHECK(slot_of(&m3, c3, moving[i], "node-4", &st) >= 1);
@@ -754,13 +911,51 @@ static void test_replicated(void) {
   /* A fifth node gets a copy of everything, MOVING. */
   CHECK_EQ(step(&m1, nodes, 5, defs, 1, NULL, 0, &m2), 1);
   check_everywhere(&m2, cache(&m2, "r"), PMAP_MOVING);
-  /* A node leaves: the others still hold everything. */
+  /* A node leaves: the others still hold everything. Where it led, the
+   * next copy leads and the others are MOVING (the new primary fills them
+   * again); elsewhere every copy stays OWNING. */
   pmap_node_t three[3] = {nodes[0], nodes[2], nodes[3]};
   CHECK_EQ(step(&m1, three, 3, defs, 1, NULL, 0, &m3), 1);
-  check_everywhere(&m3, cache(&m3, "r"), 0);
+  const pmap_cache_t *c3 = cache(&m3, "r");
+  pmap_ready_t refill[128 * 3];
+  size_t nrefill = 0;
+  unsigned led = 0;
+  for (uint32_t p = 0; p < 128; p++) {
+    CHECK_EQ(ncopies(c3, p), m3.nnodes);
+    int was_led = strcmp(primary_id(&m1, c1, p), "node-2") == 0;
+    led += was_led;
+    if (was_led) {
+      int s1;
+      int n1 = pmap_copy_at(c1, p, 1, &s1);
+      CHECK_STR(primary_id(&m3, c3, p), m1.nodes[n1].id);
+    } else {
+      CHECK_STR(primary_id(&m3, c3, p), primary_id(&m1, c1, p));
+    }
+    for (size_t i = 0; i < m3.nnodes; i++) {
+      int st;
+      int at = slot_of(&m3, c3, p, m3.nodes[i].id, &st);
+      CHECK(at >= 0);
+      if (at == 0 || !was_led) {
+        CHECK_EQ(st, PMAP_OWNING);
+      } else {
+        CHECK_EQ(st, PMAP_MOVING);
+        refill[nrefill++] = (pmap_ready_t){.cache = "r",
+                                           .partition = p,
+                                           .node_id = m3.nodes[i].id,
+                                           .epoch = m3.epoch};
+      }
+    }
+  }
+  CHECK(led > 0 && led < 128);
+  CHECK_EQ(nrefill, led * 2);
+  /* Filled again: every copy OWNING. */
+  pmap_t m4;
+  CHECK_EQ(step(&m3, three, 3, defs, 1, refill, nrefill, &m4), 1);
+  check_everywhere(&m4, cache(&m4, "r"), 0);
   pmap_free(&m1);
   pmap_free(&m2);
   pmap_free(&m3);
+  pmap_free(&m4);
 }
 
 /* A replicated cache exists so that every node reads locally; zones that
@@ -968,7 +1163,8 @@ static void test_rule_state_change_is_change(void) {
 /* A primary outside the ideal set keeps leading while an ideal owner
  * fills; once every ideal owner is OWNING, the ideal primary leads and the
  * extra copy goes. Ideal owners in sync but in the wrong order: the ideal
- * order at once. */
+ * order at once. Either way the primary changes, so the other ideal owner
+ * is MOVING until it is reported filled again. */
 static void test_rule_ideal_takes_over(void) {
   pmap_node_t n[3];
   letters(n, 3);
@@ -990,17 +1186,253 @@ static void test_rule_ideal_takes_over(void) {
   pmap_ready_t r = {.cache = "h", .partition = 0, .node_id = n[ideal[1]].id,
                     .epoch = mid.epoch};
   CHECK_EQ(step(&mid, n, 3, defs, 1, &r, 1, &out), 1);
-  check_ideal_layout(&out, cache(&out, "h"), 0, n, ideal, 2);
+  check_ideal_states(&out, cache(&out, "h"), 0, n, ideal, 2, PMAP_MOVING);
+  /* the new primary fills it: then the ideal layout, all OWNING, stable */
+  pmap_t done, still;
+  pmap_ready_t r2 = {.cache = "h", .partition = 0, .node_id = n[ideal[1]].id,
+                     .epoch = out.epoch};
+  CHECK_EQ(step(&out, n, 3, defs, 1, &r2, 1, &done), 1);
+  check_ideal_layout(&done, cache(&done, "h"), 0, n, ideal, 2);
+  CHECK_EQ(step(&done, n, 3, defs, 1, NULL, 0, &still), 0);
   pmap_free(&cur);
   pmap_free(&mid);
   pmap_free(&out);
+  pmap_free(&done);
+  pmap_free(&still);
 
   const uint8_t own2[2] = {(uint8_t)(ideal[1] + 1), (uint8_t)(ideal[0] + 1)};
   handmade(&cur, n, 3, 1, 2, own2, st);
   CHECK_EQ(step(&cur, n, 3, defs, 1, NULL, 0, &out), 1);
-  check_ideal_layout(&out, cache(&out, "h"), 0, n, ideal, 2);
+  check_ideal_states(&out, cache(&out, "h"), 0, n, ideal, 2, PMAP_MOVING);
+  r2.epoch = out.epoch;
+  CHECK_EQ(step(&out, n, 3, defs, 1, &r2, 1, &done), 1);
+  check_ideal_layout(&done, cache(&done, "h"), 0, n, ideal, 2);
+  CHECK_EQ(step(&done, n, 3, defs, 1, NULL, 0, &still), 0);
   pmap_free(&cur);
   pmap_free(&out);
+  pmap_free(&done);
+  pmap_free(&still);
+}
+
+/* backups 2, the primary dies: the first OWNING copy left leads and every
+ * other copy turns MOVING, an OWNING one included (it may hold writes the
+ * new primary never saw); it turns OWNING again only once reported filled
+ * at the new map's epoch. Done twice: the copy promoted is the survivors'
+ * ideal primary, then it is not (and the ideal layout later hands over). */
+static void test_rule_promotion_refills(void) {
+  pmap_node_t n[3];
+  letters(n, 3);
+  pmap_cache_def_t defs[1] = {def("h", 1, 2, 0)};
+  pmap_node_t alive[2] = {n[1], n[2]}; /* A dies */
+  uint32_t r[2];
+  rank_nodes(alive, 2, 0, r); /* the survivors' ideal order */
+  const uint8_t st[3] = {PMAP_OWNING, PMAP_OWNING, PMAP_OWNING};
+  for (int order = 0; order < 2; order++) {
+    uint32_t lead = order == 0 ? r[0] : r[1], other = order == 0 ? r[1] : r[0];
+    /* alive[k] is n[k + 1]: node index + 1 is k + 2 */
+    const uint8_t own[3] = {1, (uint8_t)(lead + 2), (uint8_t)(other + 2)};
+    pmap_t cur, m1, m2, w;
+    handmade(&cur, n, 3, 2, 3, own, st);
+    CHECK_EQ(step(&cur, alive, 2, defs, 1, NULL, 0, &m1), 1);
+    const pmap_cache_t *c = cache(&m1, "h");
+    int s;
+    CHECK_STR(primary_id(&m1, c, 0), alive[lead].id);
+    CHECK_EQ(slot_of(&m1, c, 0, alive[lead].id, &s), 0);
+    CHECK_EQ(s, PMAP_OWNING);
+    CHECK_EQ(slot_of(&m1, c, 0, alive[other].id, &s), 1);
+    CHECK_EQ(s, PMAP_MOVING);
+    CHECK_EQ(slot_of(&m1, c, 0, "A", &s), -1);
+    CHECK_EQ(ncopies(c, 0), 2);
+
+    /* It waits: no report, a report of the old epoch, a demote report. */
+    CHECK_EQ(step(&m1, alive, 2, defs, 1, NULL, 0, &w), 0);
+    pmap_free(&w);
+    pmap_ready_t rep = {.cache = "h", .partition = 0,
+                        .node_id = alive[other].id, .epoch = cur.epoch};
+    CHECK_EQ(step(&m1, alive, 2, defs, 1, &rep, 1, &w), 0);
+    pmap_free(&w);
+    rep.epoch = m1.epoch;
+    rep.demote = 1;
+    CHECK_EQ(step(&m1, alive, 2, defs, 1, &rep, 1, &w), 0);
+    pmap_free(&w);
+
+    /* Filled at m1's epoch. */
+    rep.demote = 0;
+    CHECK_EQ(step(&m1, alive, 2, defs, 1, &rep, 1, &m2), 1);
+    c = cache(&m2, "h");
+    if (order == 1) {
+      /* Both in sync: the ideal primary takes over, so the copy that led
+       * is filled again from it. */
+      check_ideal_states(&m2, c, 0, alive, r, 2, PMAP_MOVING);
+      pmap_ready_t rep2 = {.cache = "h", .partition = 0,
+                           .node_id = alive[r[1]].id, .epoch = m2.epoch};
+      pmap_t m3;
+      CHECK_EQ(step(&m2, alive, 2, defs, 1, &rep2, 1, &m3), 1);
+      pmap_free(&m2);
+      m2 = m3;
+      c = cache(&m2, "h");
+    }
+    check_ideal_layout(&m2, c, 0, alive, r, 2);
+    CHECK_EQ(step(&m2, alive, 2, defs, 1, NULL, 0, &w), 0);
+    pmap_free(&w);
+    pmap_free(&cur);
+    pmap_free(&m1);
+    pmap_free(&m2);
+  }
+}
+
+/* A demote report at the current epoch turns an OWNING backup MOVING, and
+ * the primary fills it again like any MOVING copy. For the primary, at
+ * another epoch, or naming another cache, partition or node, it does
+ * nothing; a fill report (demote 0) does not demote, and a demote report
+ * does not fill. */
+static void test_rule_demote(void) {
+  pmap_node_t n[3];
+  letters(n, 3);
+  pmap_cache_def_t defs[1] = {def("h", 1, 2, 0)};
+  uint32_t ideal[3];
+  rank_nodes(n, 3, 0, ideal);
+  const uint8_t own[3] = {(uint8_t)(ideal[0] + 1), (uint8_t)(ideal[1] + 1),
+                          (uint8_t)(ideal[2] + 1)};
+  const uint8_t st[3] = {PMAP_OWNING, PMAP_OWNING, PMAP_OWNING};
+  const char *prim = n[ideal[0]].id, *b1 = n[ideal[1]].id, *b2 = n[ideal[2]].id;
+  pmap_t cur, out, m2, m3;
+  int s;
+  handmade(&cur, n, 3, 2, 3, own, st); /* the ideal layout, epoch 5 */
+  CHECK_EQ(step(&cur, n, 3, defs, 1, NULL, 0, &out), 0);
+  pmap_free(&out);
+
+  /* Each backup on its own, then both. */
+  for (uint32_t k = 1; k <= 2; k++) {
+    pmap_ready_t d = {.cache = "h", .partition = 0,
+                      .node_id = n[ideal[k]].id, .epoch = 5, .demote = 1};
+    CHECK_EQ(step(&cur, n, 3, defs, 1, &d, 1, &out), 1);
+    const pmap_cache_t *c = cache(&out, "h");
+    CHECK_STR(primary_id(&out, c, 0), prim);
+    CHECK_EQ(ncopies(c, 0), 3);
+    CHECK_EQ(slot_of(&out, c, 0, n[ideal[k]].id, &s), (int)k);
+    CHECK_EQ(s, PMAP_MOVING);
+    CHECK_EQ(slot_of(&out, c, 0, n[ideal[3 - k]].id, &s), (int)(3 - k));
+    CHECK_EQ(s, PMAP_OWNING);
+    pmap_free(&out);
+  }
+  {
+    pmap_ready_t d[2] = {
+        {.cache = "h", .partition = 0, .node_id = b1, .epoch = 5, .demote = 1},
+        {.cache = "h", .partition = 0, .node_id = b2, .epoch = 5, .demote = 1}};
+    CHECK_EQ(step(&cur, n, 3, defs, 1, d, 2, &out), 1);
+    check_ideal_states(&out, cache(&out, "h"), 0, n, ideal, 3, PMAP_MOVING);
+    pmap_free(&out);
+  }
+
+  /* Reports that demote nothing. */
+  {
+    pmap_ready_t none[] = {
+        {.cache = "h", .partition = 0, .node_id = prim, .epoch = 5, .demote = 1},
+        {.cache = "h", .partition = 0, .node_id = b1, .epoch = 4, .demote = 1},
+        {.cache = "h", .partition = 0, .node_id = b1, .epoch = 6, .demote = 1},
+        {.cache = "h", .partition = 0, .node_id = b1, .epoch = 5, .demote = 0},
+        {.cache = "h", .partition = 0, .node_id = b2, .epoch = 5, .demote = 0},
+        {.cache = "other", .partition = 0, .node_id = b1, .epoch = 5,
+         .demote = 1},
+        {.cache = "h", .partition = 1, .node_id = b1, .epoch = 5, .demote = 1},
+        {.cache = "h", .partition = 0, .node_id = "D", .epoch = 5, .demote = 1},
+    };
+    CHECK_EQ(step(&cur, n, 3, defs, 1, none, sizeof none / sizeof none[0], &out),
+             0);
+    check_ideal_layout(&out, cache(&out, "h"), 0, n, ideal, 3);
+    pmap_free(&out);
+  }
+
+  /* Demoted, then filled again: a demote report for the MOVING copy does
+   * not fill it, nor does a fill report of the old epoch; one at the new
+   * epoch does, and the layout is whole and stable again. */
+  pmap_ready_t d = {.cache = "h", .partition = 0, .node_id = b1, .epoch = 5,
+                    .demote = 1};
+  CHECK_EQ(step(&cur, n, 3, defs, 1, &d, 1, &out), 1);
+  CHECK_EQ(out.epoch, 6);
+  pmap_t w;
+  pmap_ready_t again = {.cache = "h", .partition = 0, .node_id = b1,
+                        .epoch = 6, .demote = 1};
+  CHECK_EQ(step(&out, n, 3, defs, 1, &again, 1, &w), 0);
+  CHECK_EQ(slot_of(&w, cache(&w, "h"), 0, b1, &s), 1);
+  CHECK_EQ(s, PMAP_MOVING);
+  pmap_free(&w);
+  pmap_ready_t fill = {.cache = "h", .partition = 0, .node_id = b1, .epoch = 5};
+  CHECK_EQ(step(&out, n, 3, defs, 1, &fill, 1, &w), 0);
+  pmap_free(&w);
+  fill.epoch = 6;
+  CHECK_EQ(step(&out, n, 3, defs, 1, &fill, 1, &m2), 1);
+  check_ideal_layout(&m2, cache(&m2, "h"), 0, n, ideal, 3);
+  CHECK_EQ(step(&m2, n, 3, defs, 1, NULL, 0, &m3), 0);
+  pmap_free(&out);
+  pmap_free(&m2);
+  pmap_free(&m3);
+
+  /* A demoted copy is not in sync, so it cannot lead: the primary dying
+   * with b1 demoted at the same epoch, b2 leads and b1 is MOVING. */
+  pmap_node_t alive[2];
+  size_t na = 0;
+  for (size_t i = 0; i < 3; i++)
+    if (i != ideal[0]) alive[na++] = n[i];
+  CHECK_EQ(step(&cur, alive, 2, defs, 1, &d, 1, &out), 1);
+  const pmap_cache_t *c = cache(&out, "h");
+  CHECK_STR(primary_id(&out, c, 0), b2);
+  CHECK(slot_of(&out, c, 0, b1, &s) > 0);
+  CHECK_EQ(s, PMAP_MOVING);
+  CHECK_EQ(ncopies(c, 0), 2);
+  pmap_free(&out);
+  pmap_free(&cur);
+}
+
+/* Demote reports over a whole map: every backup named turns MOVING, the
+ * primaries named stay OWNING and lead; filled again, the map is the one
+ * before. */
+static void test_demote_backups(void) {
+  pmap_node_t nodes[3];
+  mknodes(nodes, 3, 1);
+  pmap_cache_def_t defs[1] = {def("cache", 64, 1, 0)};
+  pmap_t m1, m2, m3, m4;
+  first_map(nodes, 3, defs, 1, &m1);
+  const pmap_cache_t *c1 = cache(&m1, "cache");
+  pmap_ready_t rep[64 * 2];
+  size_t nrep = 0;
+  for (uint32_t p = 0; p < 64; p++)
+    for (uint32_t i = 0; i < 2; i++) {
+      int s;
+      int idx = pmap_copy_at(c1, p, i, &s);
+      CHECK_EQ(s, PMAP_OWNING);
+      rep[nrep++] = (pmap_ready_t){.cache = "cache", .partition = p,
+                                   .node_id = m1.nodes[idx].id,
+                                   .epoch = m1.epoch, .demote = 1};
+    }
+  CHECK_EQ(step(&m1, nodes, 3, defs, 1, rep, nrep, &m2), 1);
+  const pmap_cache_t *c2 = cache(&m2, "cache");
+  for (uint32_t p = 0; p < 64; p++) {
+    int s0, s1;
+    int a0 = pmap_copy_at(c1, p, 0, &s0), a1 = pmap_copy_at(c1, p, 1, &s1);
+    int b0 = pmap_copy_at(c2, p, 0, &s0), b1 = pmap_copy_at(c2, p, 1, &s1);
+    CHECK_STR(m2.nodes[b0].id, m1.nodes[a0].id);
+    CHECK_EQ(s0, PMAP_OWNING);
+    CHECK_STR(m2.nodes[b1].id, m1.nodes[a1].id);
+    CHECK_EQ(s1, PMAP_MOVING);
+    CHECK_EQ(ncopies(c2, p), 2);
+  }
+  /* filled again at m2's epoch */
+  for (size_t i = 0; i < nrep; i++) {
+    rep[i].epoch = m2.epoch;
+    rep[i].demote = 0;
+  }
+  CHECK_EQ(step(&m2, nodes, 3, defs, 1, rep, nrep, &m3), 1);
+  const pmap_cache_t *c3 = cache(&m3, "cache");
+  CHECK_EQ(c3->slots, c1->slots);
+  CHECK(memcmp(c3->owners, c1->owners, (size_t)64 * c1->slots) == 0);
+  CHECK(memcmp(c3->states, c1->states, (size_t)64 * c1->slots) == 0);
+  CHECK_EQ(step(&m3, nodes, 3, defs, 1, NULL, 0, &m4), 0);
+  pmap_free(&m1);
+  pmap_free(&m2);
+  pmap_free(&m3);
+  pmap_free(&m4);
 }
 
 /* ---- encoding ---------------------------------------------------------------- */
@@ -1374,6 +1806,7 @@ int main(int argc, char **argv) {
   RUN_ONE(test_node_loss_backup_takes_over);
   RUN_ONE(test_node_loss_all_copies);
   RUN_ONE(test_node_loss_no_backup_lost);
+  RUN_ONE(test_node_loss_backups2_refill);
   RUN_ONE(test_join_minimal_movement);
   RUN_ONE(test_join_partial_ready);
   RUN_ONE(test_join_no_backup);
@@ -1386,6 +1819,9 @@ int main(int argc, char **argv) {
   RUN_ONE(test_rule_moving_alone);
   RUN_ONE(test_rule_state_change_is_change);
   RUN_ONE(test_rule_ideal_takes_over);
+  RUN_ONE(test_rule_promotion_refills);
+  RUN_ONE(test_rule_demote);
+  RUN_ONE(test_demote_backups);
   RUN_ONE(test_encode_decode);
   RUN_ONE(test_copy);
   RUN_ONE(test_decode_garbage);

@@ -1,0 +1,862 @@
+#include "repl.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "arena.h"
+#include "cluster.h"
+#include "clock.h"
+#include "grid.h"
+#include "log.h"
+#include "net_int.h"
+#include "node.h"
+#include "ops.h"
+#include "part.h"
+#include "peer.h"
+
+#define REPL_FILL_CHUNK_ENTRIES 512      /* entries in one FILL message */
+#define REPL_FILL_CHUNK_BYTES (1u << 20) /* ... or about this many bytes */
+#define REPL_FILL_RETRY_MS 500           /* a failed fill starts again after */
+
+/* ---- replies that cross loops ------------------------------------------ */
+
+typedef struct repl_packed {
+  repl_sink_t sink;
+  size_t len;
+  unsigned char buf[];
+} repl_packed_t;
+
+static void repl_packed_on_loop(net_loop_t *lp, void *arg) {
+  repl_packed_t *pk = arg;
+  Grid__Reply *rp = grid__reply__unpack(NULL, pk->len, pk->buf);
+  if (rp) {
+    pk->sink.fn(lp, pk->sink.arg, rp);
+    grid__reply__free_unpacked(rp, NULL);
+  } else {
+    Grid__Reply err = GRID__REPLY__INIT;
+    err.status = GRID_EINTERNAL;
+    err.message = "a reply could not cross loops";
+    pk->sink.fn(lp, pk->sink.arg, &err);
+  }
+  free(pk);
+}
+
+static repl_packed_t *repl_pack(repl_sink_t sink, const Grid__Reply *rp) {
+  size_t len = grid__reply__get_packed_size(rp);
+  repl_packed_t *pk = malloc(sizeof *pk + len);
+  if (!pk) return NULL;
+  pk->sink = sink;
+  pk->len = len;
+  grid__reply__pack(rp, pk->buf);
+  return pk;
+}
+
+void repl_deliver(net_loop_t *lp, repl_sink_t sink, const Grid__Reply *rp) {
+  if (lp->index == sink.loop) {
+    sink.fn(lp, sink.arg, rp);
+    return;
+  }
+  repl_packed_t *pk = repl_pack(sink, rp);
+  if (!pk || net_post(lp->net, sink.loop, repl_packed_on_loop, pk) != 0) {
+    /* Out of memory: the sink still gets its one call, with an error. */
+    free(pk);
+    LOG_E("repl", "\"out of memory passing a reply between loops\"");
+  }
+}
+
+static void repl_fail_packed(net_loop_t *lp, repl_packed_t *pk, int status, const char *why);
+
+/* ---- per partition state (on its owner loop) ------------------------------ */
+
+enum { REPL_WAIT = 0, REPL_ACKED = 1, REPL_FAILED = 2 };
+
+typedef struct repl_backup {
+  char node_id[PMAP_ID_MAX];
+  int state;
+  int owning;                    /* counted for full_sync */
+} repl_backup_t;
+
+typedef struct repl_write {
+  struct repl_write *next;       /* the partition's FIFO, counter order */
+  struct repl_write *lnext, *lprev; /* the loop's list of pending writes */
+  struct repl_part *part;
+  store_t *store;
+  store_cache_t *cache;          /* a reference, released when done */
+  uint32_t p;
+  uint64_t counter;
+  int waiting;                   /* OWNING backups that have not acked */
+  int refs;                      /* the FIFO, plus acks in flight */
+  int answered;                  /* the sink got its reply */
+  int64_t deadline_ms;
+  repl_sink_t sink;
+  repl_packed_t *reply;          /* answered once committed */
+  size_t nbackups;
+  repl_backup_t backups[];
+} repl_write_t;
+
+typedef struct repl_wait {
+  struct repl_wait *next;
+  uint64_t release;              /* answered once committed reaches it */
+  repl_packed_t *reply;
+} repl_wait_t;
+
+typedef struct repl_part {
+  repl_write_t *head, *tail;
+  repl_wait_t *waits;
+  store_part_sync_t *sync;
+  store_t *store;
+  store_cache_t *cache;          /* not a reference: the part lives in it */
+} repl_part_t;
+
+typedef struct repl_fill {
+  struct repl_fill *next;
+  char cache[STORE_CACHE_NAME_MAX + 1];
+  uint32_t p;
+  char node_id[PMAP_ID_MAX];
+  uint64_t epoch;                /* map epoch it was started in */
+  uint64_t cursor;
+  int started, inflight, done, reported, failed;
+  int restart;                   /* start over once the chunk in flight is in */
+  int64_t retry_at_ms;           /* after a failure, not before then */
+  uint64_t entries, bytes;
+  int64_t started_ms;
+} repl_fill_t;
+
+struct repl_loop {
+  repl_write_t *writes;          /* every pending write of this loop */
+  repl_fill_t *fills;
+  int64_t window_ms;             /* fill pacing: this second's bytes */
+  uint64_t window_bytes;
+};
+
+void repl_part_free(void *repl) {
+  repl_part_t *rp = repl;
+  /* Pending work holds a reference to the cache, so none is left here. */
+  free(rp);
+}
+
+static struct repl_loop *repl_loop(net_loop_t *lp) {
+  if (!lp->repl) lp->repl = calloc(1, sizeof *lp->repl);
+  return lp->repl;
+}
+
+static repl_part_t *repl_part(store_t *store, store_cache_t *sc, uint32_t p) {
+  store_part_sync_t *sync = store_part_sync(sc, p);
+  if (!sync) return NULL;
+  if (!sync->repl) {
+    repl_part_t *rp = calloc(1, sizeof *rp);
+    if (!rp) return NULL;
+    rp->sync = sync;
+    rp->store = store;
+    rp->cache = sc;
+    sync->repl = rp;
+  }
+  return sync->repl;
+}
+
+static int repl_owner_loop(net_loop_t *lp, uint32_t p) {
+  return (int)(p % (uint32_t)net_loops(lp->net));
+}
+
+static void repl_write_unref(repl_write_t *w) {
+  if (--w->refs > 0) return;
+  free(w->reply);
+  store_cache_release(w->store, w->cache);
+  free(w);
+}
+
+/* Answers what the partition's committed counter now allows: writes at the
+ * head of the FIFO that every backup has acknowledged, then waiting reads. */
+static void repl_advance(net_loop_t *lp, repl_part_t *part) {
+  struct repl_loop *rl = lp->repl;
+  /* The writes freed here may hold the last references to the cache, and
+   * the part lives in the cache: keep it until the end. */
+  store_cache_t *cache = part->cache;
+  store_cache_hold(cache);
+  while (part->head && part->head->waiting <= 0) {
+    repl_write_t *w = part->head;
+    part->head = w->next;
+    if (!part->head) part->tail = NULL;
+    atomic_store_explicit(&part->sync->committed, w->counter, memory_order_release);
+    if (!w->answered && w->reply) {
+      w->answered = 1;
+      repl_packed_t *pk = w->reply;
+      w->reply = NULL;
+      if (lp->index == pk->sink.loop) {
+        repl_packed_on_loop(lp, pk);
+      } else if (net_post(lp->net, pk->sink.loop, repl_packed_on_loop, pk) != 0) {
+        free(pk);
+      }
+    }
+    if (w->lprev) w->lprev->lnext = w->lnext;
+    else rl->writes = w->lnext;
+    if (w->lnext) w->lnext->lprev = w->lprev;
+    repl_write_unref(w);
+  }
+  if (!part->head) {
+    /* Nothing pending: all that is applied here is as committed as it
+     * gets (after a promotion, a backup's records become the truth). */
+    uint64_t applied = atomic_load(&part->sync->applied);
+    if (atomic_load(&part->sync->committed) < applied)
+      atomic_store(&part->sync->committed, applied);
+  }
+  uint64_t committed = atomic_load(&part->sync->committed);
+  repl_wait_t **l = &part->waits;
+  while (*l) {
+    repl_wait_t *wt = *l;
+    if (wt->release <= committed) {
+      *l = wt->next;
+      repl_packed_t *pk = wt->reply;
+      if (lp->index == pk->sink.loop) repl_packed_on_loop(lp, pk);
+      else if (net_post(lp->net, pk->sink.loop, repl_packed_on_loop, pk) != 0) free(pk);
+      free(wt);
+    } else {
+      l = &wt->next;
+    }
+  }
+  store_cache_release(part->store, cache);
+}
+
+/* ---- the primary's side ------------------------------------------------------ */
+
+/* The record of a write, as store_write_rec hands it over. */
+typedef struct repl_rec {
+  int captured;
+  Grid__Request rq;     /* REPL message; key/value point into mem */
+  unsigned char *mem;
+} repl_rec_t;
+
+static void repl_capture(void *ctx, const void *key, size_t key_len,
+                         const void *value, size_t value_len, uint64_t version,
+                         int64_t expire_at_ms) {
+  repl_rec_t *r = ctx;
+  r->mem = malloc(key_len + value_len + 1);
+  if (!r->mem) return; /* the write is then answered as not replicated */
+  memcpy(r->mem, key, key_len);
+  if (value_len) memcpy(r->mem + key_len, value, value_len);
+  grid__request__init(&r->rq);
+  r->rq.op = GRID__OP__REPL;
+  r->rq.key.data = r->mem;
+  r->rq.key.len = key_len;
+  r->rq.value.data = r->mem + key_len;
+  r->rq.value.len = value_len;
+  r->rq.deleted = value == NULL;
+  r->rq.version = version;
+  r->rq.expire_at_ms = expire_at_ms;
+  r->captured = 1;
+}
+
+typedef struct repl_ack {
+  repl_write_t *w;
+  size_t backup;
+  net_loop_t *lp;
+} repl_ack_t;
+
+static repl_fill_t *repl_fill_find(struct repl_loop *rl, const char *cache, uint32_t p,
+                                   const char *node);
+
+/* A MOVING copy missed a record: its fill starts over, and a report that
+ * it was filled no longer holds. */
+static void repl_fill_restart(net_loop_t *lp, const char *cache, uint32_t p, const char *node) {
+  struct repl_loop *rl = lp->repl;
+  repl_fill_t *f = rl ? repl_fill_find(rl, cache, p, node) : NULL;
+  if (f) {
+    f->done = 0;
+    f->reported = 0;
+    if (!f->inflight) {
+      f->started = 0;
+      f->cursor = 0;
+    } else {
+      f->restart = 1; /* once the chunk in flight is answered */
+    }
+  }
+  cluster_report_withdraw(lp->net->node->cluster, cache, p, node);
+}
+
+static void repl_on_ack(void *arg, int status, const Grid__Reply *rp) {
+  repl_ack_t *a = arg;
+  repl_write_t *w = a->w;
+  repl_backup_t *b = &w->backups[a->backup];
+  if (status == 0 && rp->status != 0) status = rp->status;
+  if (status != 0 && b->state == REPL_ACKED && !b->owning)
+    repl_fill_restart(a->lp, store_cache_cfg(w->cache)->name, w->p, b->node_id);
+  if (b->state == REPL_WAIT) {
+    if (status == 0) {
+      b->state = REPL_ACKED;
+      w->waiting--;
+    } else {
+      /* The backup may have missed this record: the write stays pending
+       * until a map no longer counts that copy in sync. */
+      b->state = REPL_FAILED;
+      LOG_W("repl", "\"a backup did not acknowledge a write\" node=%s partition=%u error=%s",
+            b->node_id, w->p, grid_err_name(status));
+      cluster_report_demote(a->lp->net->node->cluster, store_cache_cfg(w->cache)->name,
+                            w->p, b->node_id);
+    }
+  }
+  if (w->waiting <= 0 && w->part) repl_advance(a->lp, w->part);
+  repl_write_unref(w);
+  free(a);
+}
+
+/* Answers rp now or once committed reaches release (on the owner loop). */
+static void repl_answer_when(net_loop_t *lp, repl_part_t *part, uint64_t release,
+                             repl_sink_t sink, const Grid__Reply *rp) {
+  if (!part || release <= atomic_load(&part->sync->committed) ||
+      (!part->head && release <= atomic_load(&part->sync->applied))) {
+    if (part && !part->head) repl_advance(lp, part);
+    repl_deliver(lp, sink, rp);
+    return;
+  }
+  repl_wait_t *wt = malloc(sizeof *wt);
+  repl_packed_t *pk = repl_pack(sink, rp);
+  if (!wt || !pk) {
+    free(wt);
+    free(pk);
+    Grid__Reply err = GRID__REPLY__INIT;
+    err.id = rp->id;
+    err.status = GRID_ENOMEM;
+    err.message = (char *)grid_strerror(GRID_ENOMEM);
+    repl_deliver(lp, sink, &err);
+    return;
+  }
+  wt->release = release;
+  wt->reply = pk;
+  wt->next = part->waits;
+  part->waits = wt;
+}
+
+/* A write (or a read) on the partition's owner loop. */
+static void repl_run(net_loop_t *lp, const Grid__Request *rq, uint32_t p, repl_sink_t sink) {
+  node_t *n = lp->net->node;
+  const pmap_cache_t *pc = lp->pmap ? pmap_find_cache(lp->pmap, rq->cache) : NULL;
+  store_cache_t *sc = store_view_find(&lp->view, rq->cache, strlen(rq->cache));
+  if (!pc || !sc || pmap_primary(pc, p) != lp->self) {
+    Grid__Reply err = GRID__REPLY__INIT;
+    err.id = rq->id;
+    err.status = GRID_ENOTREADY;
+    err.message = "the partition changed owner: retry";
+    repl_deliver(lp, sink, &err);
+    return;
+  }
+  repl_part_t *part = repl_part(n->store, sc, p);
+  arena_t a;
+  arena_init(&a, 4096);
+  Grid__Reply rp = GRID__REPLY__INIT;
+  repl_rec_t rec = {0};
+  ops_execute_rec(n, &lp->view, rq, &rp, &a, repl_capture, &rec);
+  rp.epoch = lp->pmap->epoch;
+  if (!rec.captured || !part) {
+    /* A read, or a write that changed nothing (its answer still depends
+     * on the state it saw). */
+    uint64_t release = atomic_load(&store_part_sync(sc, p)->applied);
+    if (rq->op == GRID__OP__GET && rp.status == 0) release = rp.version & STORE_COUNTER_MASK;
+    repl_answer_when(lp, part, release, sink, &rp);
+    free(rec.mem);
+    arena_close(&a);
+    return;
+  }
+  const store_cache_cfg_t *cfg = store_cache_cfg(sc);
+  size_t nb = 0;
+  uint32_t idx[PMAP_NODES_MAX];
+  int owning[PMAP_NODES_MAX];
+  for (uint32_t k = 1; k < pc->slots; k++) {
+    int st;
+    int node = pmap_copy_at(pc, p, k, &st);
+    if (node < 0 || node == lp->self || (st != PMAP_OWNING && st != PMAP_MOVING)) continue;
+    idx[nb] = (uint32_t)node;
+    owning[nb++] = st == PMAP_OWNING && cfg->sync == GRID_SYNC_FULL;
+  }
+  repl_write_t *w = calloc(1, sizeof *w + nb * sizeof(repl_backup_t));
+  if (!w) {
+    Grid__Reply err = GRID__REPLY__INIT;
+    err.id = rq->id;
+    err.status = GRID_EUNKNOWN;
+    err.message = "out of memory replicating the write";
+    repl_deliver(lp, sink, &err);
+    free(rec.mem);
+    arena_close(&a);
+    return;
+  }
+  w->part = part;
+  w->store = n->store;
+  w->cache = store_cache_acquire(n->store, rq->cache, strlen(rq->cache));
+  w->p = p;
+  w->counter = rec.rq.version & STORE_COUNTER_MASK;
+  w->refs = 1;
+  w->deadline_ms = clock_mono_ms() + n->cfg.forward_timeout_ms;
+  w->sink = sink;
+  w->nbackups = nb;
+  if (cfg->sync == GRID_SYNC_PRIMARY) {
+    /* Answered at once: the newest writes may be lost with the primary. */
+    repl_deliver(lp, sink, &rp);
+    w->answered = 1;
+  } else {
+    w->reply = repl_pack(sink, &rp);
+  }
+  arena_close(&a);
+  struct repl_loop *rl = repl_loop(lp);
+  w->lnext = rl->writes;
+  if (rl->writes) rl->writes->lprev = w;
+  rl->writes = w;
+  if (part->tail) part->tail->next = w;
+  else part->head = w;
+  part->tail = w;
+  rec.rq.cache = rq->cache;
+  rec.rq.partition = p;
+  rec.rq.epoch = lp->pmap->epoch;
+  for (size_t i = 0; i < nb; i++) {
+    const pmap_node_t *nd = &lp->pmap->nodes[idx[i]];
+    snprintf(w->backups[i].node_id, PMAP_ID_MAX, "%s", nd->id);
+    w->backups[i].state = owning[i] ? REPL_WAIT : REPL_ACKED;
+    w->backups[i].owning = owning[i];
+    if (owning[i]) w->waiting++;
+    peer_t *peer = peer_get(lp, nd->id, nd->addr);
+    repl_ack_t *ack = malloc(sizeof *ack);
+    int rc = GRID_ENOMEM;
+    if (peer && ack) {
+      *ack = (repl_ack_t){w, i, lp};
+      w->refs++;
+      rc = peer_call(peer, &rec.rq, n->cfg.forward_timeout_ms, repl_on_ack, ack);
+      if (rc != 0) w->refs--;
+    }
+    if (rc != 0) {
+      free(ack);
+      if (owning[i]) {
+        w->backups[i].state = REPL_FAILED;
+        cluster_report_demote(n->cluster, cfg->name, p, nd->id);
+      }
+    }
+  }
+  free(rec.mem);
+  repl_advance(lp, part);
+}
+
+typedef struct repl_handoff {
+  repl_sink_t sink;
+  uint32_t p;
+  size_t len;
+  unsigned char buf[];
+} repl_handoff_t;
+
+static void repl_handoff_on_loop(net_loop_t *lp, void *arg) {
+  repl_handoff_t *h = arg;
+  Grid__Request *rq = grid__request__unpack(NULL, h->len, h->buf);
+  if (rq) {
+    repl_run(lp, rq, h->p, h->sink);
+    grid__request__free_unpacked(rq, NULL);
+  } else {
+    Grid__Reply err = GRID__REPLY__INIT;
+    err.status = GRID_EINTERNAL;
+    err.message = "a request could not cross loops";
+    repl_deliver(lp, h->sink, &err);
+  }
+  free(h);
+}
+
+void repl_execute(net_loop_t *lp, const Grid__Request *rq, uint32_t p, repl_sink_t sink) {
+  int owner = repl_owner_loop(lp, p);
+  if (owner == lp->index) {
+    repl_run(lp, rq, p, sink);
+    return;
+  }
+  if (rq->op == GRID__OP__GET) {
+    /* A read answers from any loop when what it saw is committed. */
+    store_cache_t *sc = store_view_find(&lp->view, rq->cache, strlen(rq->cache));
+    store_part_sync_t *sync = sc ? store_part_sync(sc, p) : NULL;
+    if (sync && atomic_load(&sync->committed) == atomic_load(&sync->applied)) {
+      arena_t a;
+      arena_init(&a, 4096);
+      Grid__Reply rp = GRID__REPLY__INIT;
+      ops_execute(lp->net->node, &lp->view, rq, &rp, &a);
+      uint64_t release = rp.status == 0 ? (rp.version & STORE_COUNTER_MASK)
+                                        : atomic_load(&sync->applied);
+      if (release <= atomic_load(&sync->committed)) {
+        rp.epoch = lp->pmap ? lp->pmap->epoch : 0;
+        repl_deliver(lp, sink, &rp);
+        arena_close(&a);
+        return;
+      }
+      arena_close(&a);
+    }
+  }
+  size_t len = grid__request__get_packed_size(rq);
+  repl_handoff_t *h = malloc(sizeof *h + len);
+  if (!h) {
+    Grid__Reply err = GRID__REPLY__INIT;
+    err.id = rq->id;
+    err.status = GRID_ENOMEM;
+    err.message = (char *)grid_strerror(GRID_ENOMEM);
+    repl_deliver(lp, sink, &err);
+    return;
+  }
+  h->sink = sink;
+  h->p = p;
+  h->len = len;
+  grid__request__pack(rq, h->buf);
+  if (net_post(lp->net, owner, repl_handoff_on_loop, h) != 0) {
+    free(h);
+    Grid__Reply err = GRID__REPLY__INIT;
+    err.id = rq->id;
+    err.status = GRID_ENOMEM;
+    err.message = (char *)grid_strerror(GRID_ENOMEM);
+    repl_deliver(lp, sink, &err);
+  }
+}
+
+/* ---- the backup's side ------------------------------------------------------ */
+
+void repl_on_peer_request(net_loop_t *lp, const char *from_node,
+                          const Grid__Request *rq, Grid__Reply *rp) {
+  rp->id = rq->id;
+  const char *name = rq->cache ? rq->cache : "";
+  store_cache_t *sc = store_view_find(&lp->view, name, strlen(name));
+  if (!sc) {
+    ops_reply_error(rp, GRID_ENOTREADY, "cache not here yet", &lp->arena);
+    return;
+  }
+  /* Fencing: a primary of an older map is refused once this node knows
+   * another primary for the partition (from its newest map: this loop's
+   * copy may lag the loop that already acts on the new one). */
+  uint32_t part = rq->op == GRID__OP__REPL
+                      ? part_of(rq->key.data, rq->key.len, store_cache_cfg(sc)->partitions)
+                      : rq->partition;
+  if (!cluster_accepts(lp->net->node->cluster, name, part, rq->epoch, from_node)) {
+    ops_reply_error(rp, GRID_ESTALE, "not the partition's primary in this node's map", &lp->arena);
+    return;
+  }
+  if (rq->op == GRID__OP__REPL) {
+    store_key_t k;
+    store_key_init(sc, rq->key.data, rq->key.len, &k);
+    int rc = store_apply(sc, &k, rq->deleted ? NULL : rq->value.data, rq->value.len,
+                         rq->version, rq->expire_at_ms);
+    if (rc != 0) ops_reply_error(rp, rc, NULL, &lp->arena);
+    return;
+  }
+  /* FILL */
+  if (rq->partition >= store_cache_cfg(sc)->partitions) {
+    ops_reply_error(rp, GRID_EINVAL, "partition out of range", &lp->arena);
+    return;
+  }
+  if (rq->reset) store_part_reset(sc, rq->partition);
+  for (size_t i = 0; i < rq->n_values; i++) {
+    /* A chunk: values[i] is a packed Entry. */
+    Grid__Entry *e = grid__entry__unpack(&lp->arena.pb, rq->values[i].len, rq->values[i].data);
+    if (!e) {
+      ops_reply_error(rp, GRID_EPROTO, "a fill entry does not decode", &lp->arena);
+      return;
+    }
+    store_key_t k;
+    store_key_init(sc, e->key.data, e->key.len, &k);
+    int rc = store_apply(sc, &k, e->value.data ? e->value.data : (uint8_t *)"", e->value.len,
+                         e->version, e->expire_at_ms);
+    if (rc != 0) {
+      ops_reply_error(rp, rc, NULL, &lp->arena);
+      return;
+    }
+  }
+}
+
+/* ---- filling MOVING copies ---------------------------------------------------- */
+
+typedef struct repl_fill_chunk {
+  arena_t arena;
+  Grid__Request rq;
+  size_t bytes;
+  size_t n, cap;
+} repl_fill_chunk_t;
+
+static int repl_fill_entry_cb(void *ctx, const void *key, size_t key_len,
+                              const void *value, size_t value_len, uint64_t version,
+                              int64_t expire_at_ms) {
+  repl_fill_chunk_t *ch = ctx;
+  if (ch->n == ch->cap) {
+    size_t cap = ch->cap ? ch->cap * 2 : 64;
+    ProtobufCBinaryData *v = arena_alloc(&ch->arena, cap * sizeof *v);
+    if (!v) return 1;
+    if (ch->n) memcpy(v, ch->rq.values, ch->n * sizeof *v);
+    ch->rq.values = v;
+    ch->cap = cap;
+  }
+  Grid__Entry e = GRID__ENTRY__INIT;
+  e.key.data = (uint8_t *)key;
+  e.key.len = key_len;
+  e.value.data = (uint8_t *)value;
+  e.value.len = value_len;
+  e.version = version;
+  e.expire_at_ms = expire_at_ms;
+  size_t len = grid__entry__get_packed_size(&e);
+  uint8_t *buf = arena_alloc(&ch->arena, len ? len : 1);
+  if (!buf) return 1;
+  grid__entry__pack(&e, buf);
+  ch->rq.values[ch->n].data = buf;
+  ch->rq.values[ch->n].len = len;
+  ch->n++;
+  ch->bytes += len;
+  return 0;
+}
+
+static void repl_fill_step(net_loop_t *lp, repl_fill_t *f, int64_t now);
+
+typedef struct repl_fill_ack {
+  net_loop_t *lp;
+  repl_fill_t *f;
+  int last;
+} repl_fill_ack_t;
+
+static void repl_fill_on_ack(void *arg, int status, const Grid__Reply *rp) {
+  repl_fill_ack_t *a = arg;
+  repl_fill_t *f = a->f;
+  f->inflight = 0;
+  if (status == 0 && rp->status != 0) status = rp->status;
+  if (f->restart) {
+    f->restart = 0;
+    f->started = 0;
+    f->cursor = 0;
+    f->done = 0;
+    free(a);
+    return; /* the next cron tick starts it again */
+  }
+  if (status != 0) {
+    LOG_W("repl", "\"filling a copy failed: starting it again\" cache=%s partition=%u node=%s error=%s",
+          f->cache, f->p, f->node_id, grid_err_name(status));
+    f->started = 0; /* again from the first chunk, which empties the copy */
+    f->cursor = 0;
+    f->retry_at_ms = clock_mono_ms() + REPL_FILL_RETRY_MS;
+  } else if (a->last) {
+    f->done = 1;
+    node_t *n = a->lp->net->node;
+    /* The fill may have begun under an older map; it still holds in this
+     * one (a fill no longer wanted is dropped on the map change). */
+    if (a->lp->pmap) f->epoch = a->lp->pmap->epoch;
+    LOG_I("repl", "\"copy filled\" cache=%s partition=%u node=%s entries=%llu bytes=%llu ms=%lld",
+          f->cache, f->p, f->node_id, (unsigned long long)f->entries,
+          (unsigned long long)f->bytes, (long long)(clock_mono_ms() - f->started_ms));
+    cluster_report_ready(n->cluster, f->cache, f->p, f->node_id, f->epoch);
+    f->reported = 1;
+  }
+  net_loop_t *lp = a->lp;
+  free(a);
+  if (!f->done && status == 0) repl_fill_step(lp, f, clock_mono_ms()); /* the next chunk now */
+}
+
+/* Sends the fill's next chunk when pacing allows. */
+static void repl_fill_step(net_loop_t *lp, repl_fill_t *f, int64_t now) {
+  node_t *n = lp->net->node;
+  struct repl_loop *rl = lp->repl;
+  if (f->done || f->inflight || f->failed || now < f->retry_at_ms) return;
+  if (now - rl->window_ms >= 1000) {
+    rl->window_ms = now;
+    rl->window_bytes = 0;
+  }
+  if (n->cfg.rebalance_bytes_per_sec > 0 &&
+      rl->window_bytes >= (uint64_t)n->cfg.rebalance_bytes_per_sec)
+    return; /* this second's share is spent */
+  store_cache_t *sc = store_view_find(&lp->view, f->cache, strlen(f->cache));
+  int target = lp->pmap ? pmap_node_index(lp->pmap, f->node_id) : -1;
+  if (!sc || target < 0) {
+    f->failed = 1;
+    return;
+  }
+  repl_fill_chunk_t ch = {0};
+  arena_init(&ch.arena, 64 * 1024);
+  grid__request__init(&ch.rq);
+  ch.rq.op = GRID__OP__FILL;
+  ch.rq.cache = f->cache;
+  ch.rq.partition = f->p;
+  ch.rq.epoch = lp->pmap->epoch;
+  ch.rq.reset = !f->started;
+  if (!f->started) {
+    f->started = 1;
+    f->entries = f->bytes = 0;
+    f->started_ms = now;
+  }
+  /* Whole buckets until the chunk is big enough: same lock as writes, so
+   * the chunk is the partition as it is between two records. */
+  do {
+    store_scan_full(sc, f->p, &f->cursor, 64, clock_wall_ms(), repl_fill_entry_cb, &ch);
+  } while (f->cursor != 0 && ch.n < REPL_FILL_CHUNK_ENTRIES && ch.bytes < REPL_FILL_CHUNK_BYTES);
+  ch.rq.n_values = ch.n;
+  int last = f->cursor == 0;
+  ch.rq.done = last;
+  const pmap_node_t *nd = &lp->pmap->nodes[target];
+  peer_t *peer = peer_get(lp, nd->id, nd->addr);
+  repl_fill_ack_t *a = malloc(sizeof *a);
+  int rc = GRID_ENOMEM;
+  if (peer && a) {
+    *a = (repl_fill_ack_t){lp, f, last};
+    rc = peer_call(peer, &ch.rq, n->cfg.forward_timeout_ms, repl_fill_on_ack, a);
+  }
+  if (rc != 0) {
+    free(a);
+    f->started = 0;
+    f->cursor = 0;
+    f->retry_at_ms = now + REPL_FILL_RETRY_MS;
+  } else {
+    f->inflight = 1;
+    f->entries += ch.n;
+    f->bytes += ch.bytes;
+    rl->window_bytes += ch.bytes;
+  }
+  arena_close(&ch.arena);
+}
+
+static repl_fill_t *repl_fill_find(struct repl_loop *rl, const char *cache, uint32_t p,
+                                   const char *node) {
+  for (repl_fill_t *f = rl->fills; f; f = f->next)
+    if (f->p == p && strcmp(f->cache, cache) == 0 && strcmp(f->node_id, node) == 0) return f;
+  return NULL;
+}
+
+/* ---- map changes and housekeeping ------------------------------------------- */
+
+void repl_on_map(net_loop_t *lp) {
+  struct repl_loop *rl = repl_loop(lp);
+  if (!rl || !lp->pmap) return;
+  const pmap_t *m = lp->pmap;
+  node_t *n = lp->net->node;
+  store_set_epoch(n->store, m->epoch);
+  /* Pending writes: a backup no longer in sync no longer holds them; a
+   * partition no longer led here cannot finish them. */
+  repl_write_t *next;
+  for (repl_write_t *w = rl->writes; w; w = next) {
+    next = w->lnext;
+    const pmap_cache_t *pc = pmap_find_cache(m, store_cache_cfg(w->cache)->name);
+    if (!pc || pmap_primary(pc, w->p) != lp->self) {
+      if (!w->answered && w->reply) {
+        repl_fail_packed(lp, w->reply, GRID_EUNKNOWN,
+                         "the partition changed primary before every copy acknowledged the write");
+        w->reply = NULL;
+        w->answered = 1;
+      }
+      w->waiting = 0;
+      continue;
+    }
+    for (size_t i = 0; i < w->nbackups; i++) {
+      repl_backup_t *b = &w->backups[i];
+      if (b->state == REPL_ACKED) continue;
+      int idx = pmap_node_index(m, b->node_id), in_sync = 0;
+      for (uint32_t k = 1; idx >= 0 && k < pc->slots; k++) {
+        int st;
+        if (pmap_copy_at(pc, w->p, k, &st) == idx && st == PMAP_OWNING) in_sync = 1;
+      }
+      if (!in_sync) {
+        b->state = REPL_ACKED;
+        w->waiting--;
+      }
+    }
+  }
+  /* Advancing frees writes, possibly several of the list: start over after
+   * each (every round answers at least one). */
+  for (int again = 1; again;) {
+    again = 0;
+    for (repl_write_t *w = rl->writes; w; w = w->lnext) {
+      if (w->waiting <= 0 && w->part && w->part->head == w) {
+        repl_advance(lp, w->part);
+        again = 1;
+        break;
+      }
+    }
+  }
+  /* Fills: one per MOVING copy of a partition led here and owned by this
+   * loop; a fill already done is reported again for this epoch. */
+  for (repl_fill_t *f = rl->fills; f; f = f->next) f->failed = 1; /* unless still wanted */
+  for (size_t c = 0; c < m->ncaches; c++) {
+    const pmap_cache_t *pc = &m->caches[c];
+    for (uint32_t p = 0; p < pc->partitions; p++) {
+      if (repl_owner_loop(lp, p) != lp->index || pmap_primary(pc, p) != lp->self) continue;
+      for (uint32_t k = 1; k < pc->slots; k++) {
+        int st;
+        int idx = pmap_copy_at(pc, p, k, &st);
+        if (idx < 0 || st != PMAP_MOVING) continue;
+        repl_fill_t *f = repl_fill_find(rl, pc->name, p, m->nodes[idx].id);
+        if (f) {
+          f->failed = 0;
+          if (f->done) {
+            f->epoch = m->epoch;
+            cluster_report_ready(n->cluster, f->cache, p, f->node_id, f->epoch);
+          }
+          continue;
+        }
+        f = calloc(1, sizeof *f);
+        if (!f) continue;
+        snprintf(f->cache, sizeof f->cache, "%s", pc->name);
+        f->p = p;
+        snprintf(f->node_id, sizeof f->node_id, "%s", m->nodes[idx].id);
+        f->epoch = m->epoch;
+        f->next = rl->fills;
+        rl->fills = f;
+      }
+    }
+  }
+  repl_fill_t **l = &rl->fills;
+  while (*l) {
+    repl_fill_t *f = *l;
+    if (f->failed && !f->inflight) {
+      *l = f->next;
+      free(f);
+    } else {
+      l = &f->next;
+    }
+  }
+}
+
+void repl_cron(net_loop_t *lp, int64_t now_ms) {
+  struct repl_loop *rl = lp->repl;
+  if (!rl) return;
+  for (repl_write_t *w = rl->writes; w; w = w->lnext) {
+    if (w->answered || now_ms < w->deadline_ms || !w->reply) continue;
+    /* The client hears the outcome is unknown; the write stays in line
+     * (applied here) until its backups answer or the map changes. */
+    repl_fail_packed(lp, w->reply, GRID_EUNKNOWN,
+                     "backups did not acknowledge the write in time (forward_timeout_ms)");
+    w->reply = NULL;
+    w->answered = 1;
+  }
+  for (repl_fill_t *f = rl->fills; f; f = f->next) repl_fill_step(lp, f, now_ms);
+}
+
+/* Answers a packed reply's sink with an error instead, keeping its id. */
+static void repl_fail_packed(net_loop_t *lp, repl_packed_t *pk, int status, const char *why) {
+  Grid__Reply *orig = grid__reply__unpack(NULL, pk->len, pk->buf);
+  Grid__Reply err = GRID__REPLY__INIT;
+  err.id = orig ? orig->id : 0;
+  if (orig) grid__reply__free_unpacked(orig, NULL);
+  err.status = status;
+  err.message = (char *)why;
+  repl_deliver(lp, pk->sink, &err);
+  free(pk);
+}
+
+void repl_close(net_loop_t *lp) {
+  struct repl_loop *rl = lp->repl;
+  if (!rl) return;
+  while (rl->writes) {
+    repl_write_t *w = rl->writes;
+    rl->writes = w->lnext;
+    if (w->part) {
+      w->part->head = w->part->tail = NULL;
+      while (w->part->waits) {
+        repl_wait_t *wt = w->part->waits;
+        w->part->waits = wt->next;
+        repl_fail_packed(lp, wt->reply, GRID_ECONN, "the node is stopping");
+        free(wt);
+      }
+    }
+    if (!w->answered && w->reply) {
+      repl_fail_packed(lp, w->reply, GRID_EUNKNOWN, "the node stopped before every copy acknowledged the write");
+      w->reply = NULL;
+      w->answered = 1;
+    }
+    w->part = NULL;
+    repl_write_unref(w);
+  }
+  while (rl->fills) {
+    repl_fill_t *f = rl->fills;
+    rl->fills = f->next;
+    free(f);
+  }
+  free(rl);
+  lp->repl = NULL;
+}
