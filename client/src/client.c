@@ -43,31 +43,6 @@ static int client_open_embedded(const grid_options_t *opts, grid_t *g) {
   return rc;
 }
 
-/* Parses "grid://host:port" (host may be [v6]). */
-static int client_parse_uri(const char *uri, char *host, size_t host_len,
-                            int *port) {
-  const char *p = uri + strlen("grid://");
-  const char *colon;
-  if (*p == '[') {
-    const char *end = strchr(p, ']');
-    if (!end || end[1] != ':') return GRID_EADDR;
-    if ((size_t)(end - p - 1) >= host_len) return GRID_EADDR;
-    memcpy(host, p + 1, (size_t)(end - p - 1));
-    host[end - p - 1] = '\0';
-    colon = end + 1;
-  } else {
-    colon = strrchr(p, ':');
-    if (!colon || colon == p || (size_t)(colon - p) >= host_len) return GRID_EADDR;
-    memcpy(host, p, (size_t)(colon - p));
-    host[colon - p] = '\0';
-  }
-  char *end;
-  long n = strtol(colon + 1, &end, 10);
-  if (*end != '\0' || n <= 0 || n > 65535) return GRID_EADDR;
-  *port = (int)n;
-  return 0;
-}
-
 int grid_open(const char *uri, const grid_options_t *opts, grid_t **out) {
   if (!uri || !out) return GRID_EINVAL;
   grid_t *g = calloc(1, sizeof *g);
@@ -77,10 +52,7 @@ int grid_open(const char *uri, const grid_options_t *opts, grid_t **out) {
   if (strncmp(uri, "embedded:", 9) == 0) {
     rc = client_open_embedded(opts, g);
   } else if (strncmp(uri, "grid://", 7) == 0) {
-    char host[256];
-    int port;
-    rc = client_parse_uri(uri, host, sizeof host, &port);
-    if (rc == 0) rc = remote_open(host, port, opts, &g->remote);
+    rc = router_open(uri + 7, opts, &g->router);
   } else {
     rc = GRID_EADDR;
   }
@@ -95,7 +67,7 @@ int grid_open(const char *uri, const grid_options_t *opts, grid_t **out) {
 void grid_close(grid_t *g) {
   if (!g) return;
   if (g->node) node_stop(g->node);
-  if (g->remote) remote_close(g->remote);
+  if (g->router) router_close(g->router);
   free(g);
 }
 
@@ -125,9 +97,9 @@ static int client_call(grid_t *g, Grid__Request *rq, client_reply_t *out) {
   int delay_ms = 2;
   for (;;) {
     int rc = client_call_once(g, rq, out);
-    if ((rc != GRID_ENOTREADY && rc != GRID_ESTALE) ||
-        clock_mono_ms() + delay_ms >= deadline)
-      return rc;
+    if (rc != GRID_ENOTREADY && rc != GRID_ESTALE) return rc;
+    if (g->router) router_mark_stale(g->router);
+    if (clock_mono_ms() + delay_ms >= deadline) return rc;
     struct timespec ts = {0, delay_ms * 1000000L};
     nanosleep(&ts, NULL);
     if (delay_ms < CLIENT_RETRY_DELAY_MS_MAX) delay_ms *= 2;
@@ -143,8 +115,16 @@ static int client_call_once(grid_t *g, Grid__Request *rq, client_reply_t *out) {
     ops_execute(g->node, NULL, rq, &out->local, &out->arena);
     out->rp = &out->local;
   } else {
-    rc = remote_call(g->remote, rq, g->timeout_ms, out);
+    remote_t *r = router_pick(g->router, rq, g->timeout_ms);
+    rc = remote_call(r, rq, g->timeout_ms, out);
+    if (rc == GRID_ECONN && router_clustered(g->router)) {
+      /* Not sent, or a read whose connection went: the node may be gone;
+       * a fresh map names the partition's new primary. */
+      router_mark_stale(g->router);
+      return GRID_ENOTREADY;
+    }
     if (rc != 0) return rc;
+    router_saw_epoch(g->router, out->rp->epoch);
   }
   rc = out->rp->status;
   if (rc != 0) client_reply_free(out);
@@ -667,7 +647,8 @@ static int client_call_async(grid_t *g, Grid__Request *rq, grid_get_cb get_cb,
   client_async_t *a = malloc(sizeof *a);
   if (!a) return GRID_ENOMEM;
   *a = (client_async_t){get_cb, write_cb, arg};
-  int rc = remote_call_async(g->remote, rq, g->timeout_ms, client_async_done, a);
+  remote_t *r = router_pick(g->router, rq, g->timeout_ms);
+  int rc = remote_call_async(r, rq, g->timeout_ms, client_async_done, a);
   if (rc != 0) free(a);
   return rc;
 }

@@ -14,11 +14,12 @@
 
 typedef struct node node_t;
 typedef struct remote remote_t;
+typedef struct router router_t;
 
 struct grid {
   uint32_t timeout_ms;
   node_t *node;     /* embedded mode */
-  remote_t *remote; /* remote mode */
+  router_t *router; /* remote mode */
 };
 
 /* A reply a sync call got: rp is valid until client_reply_free(). */
@@ -48,6 +49,17 @@ int remote_call(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
  * comes. A nonzero return means done will never run. */
 int remote_call_async(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
                       client_done_fn done, void *arg);
+
+/* router.c: uri_list is "h1:p1,h2:p2" (after grid://). */
+int router_open(const char *uri_list, const grid_options_t *opts, router_t **out);
+void router_close(router_t *rt);
+/* The connection rq should go to (its epoch is stamped for a direct one). */
+remote_t *router_pick(router_t *rt, Grid__Request *rq, uint32_t timeout_ms);
+/* A reply carried this epoch: a newer one makes the map stale. */
+void router_saw_epoch(router_t *rt, uint64_t epoch);
+void router_mark_stale(router_t *rt);
+/* Whether the handle talks to a cluster (it has a map). */
+int router_clustered(router_t *rt);
 
 /* Whether an op changes data: its outcome is unknown if the connection is
  * lost after it was sent. */

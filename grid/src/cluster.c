@@ -292,8 +292,10 @@ static void cluster_run_job(cluster_t *c, cluster_job_t *j) {
 
 /* ---- fill reports ----------------------------------------------------------- */
 
+enum { CLUSTER_FILLED = 0, CLUSTER_DEMOTE = 1, CLUSTER_DRAINED = 2 };
+
 static void cluster_report(cluster_t *c, const char *cache, uint32_t p,
-                           const char *node_id, uint64_t epoch, int demote) {
+                           const char *node_id, uint64_t epoch, int kind) {
   if (!c) return;
   pthread_mutex_lock(&c->lock);
   if (c->nreports < CLUSTER_REPORTS_MAX) {
@@ -305,8 +307,9 @@ static void cluster_report(cluster_t *c, const char *cache, uint32_t p,
       it->cache = strdup(cache);
       it->node = strdup(node_id);
       it->partition = p;
-      /* A demote names no epoch of its own: the coordinator's current one. */
-      it->epoch = demote ? 0 : epoch;
+      /* A demote names no epoch of its own: the current one, when written. */
+      it->epoch = kind == CLUSTER_DEMOTE ? 0 : epoch;
+      it->kind = (uint32_t)kind;
       if (it->cache && it->node) c->nreports++;
       else {
         free(it->cache);
@@ -322,12 +325,16 @@ static void cluster_report(cluster_t *c, const char *cache, uint32_t p,
 
 void cluster_report_ready(cluster_t *c, const char *cache, uint32_t p,
                           const char *node_id, uint64_t epoch) {
-  cluster_report(c, cache, p, node_id, epoch, 0);
+  cluster_report(c, cache, p, node_id, epoch, CLUSTER_FILLED);
 }
 
 void cluster_report_demote(cluster_t *c, const char *cache, uint32_t p,
                            const char *node_id) {
-  cluster_report(c, cache, p, node_id, 0, 1);
+  cluster_report(c, cache, p, node_id, 0, CLUSTER_DEMOTE);
+}
+
+void cluster_report_drained(cluster_t *c, const char *cache, uint32_t p, uint64_t epoch) {
+  cluster_report(c, cache, p, c->node->node_id, epoch, CLUSTER_DRAINED);
 }
 
 /* Writes this node's reports for the current epoch (demotes are stamped
@@ -342,9 +349,8 @@ static void cluster_write_reports(cluster_t *c) {
   size_t k = 0;
   for (size_t i = 0; i < c->nreports; i++) {
     Grid__ReadyItem *it = &c->reports[i];
-    if (it->epoch == 0) it->epoch = epoch | (UINT64_C(1) << 63); /* demote mark */
-    uint64_t e = it->epoch & ~(UINT64_C(1) << 63);
-    if (e < epoch) {
+    if (it->epoch == 0) it->epoch = epoch; /* a demote: this epoch's */
+    if (it->epoch < epoch) {
       free(it->cache);
       free(it->node);
       continue;
@@ -407,8 +413,9 @@ static int cluster_read_reports(cluster_t *c, pmap_ready_t **out, size_t *nout,
       r[nr].cache = it->cache;
       r[nr].partition = it->partition;
       r[nr].node_id = it->node;
-      r[nr].demote = (it->epoch >> 63) != 0;
-      r[nr].epoch = it->epoch & ~(UINT64_C(1) << 63);
+      r[nr].demote = it->kind == CLUSTER_DEMOTE;
+      r[nr].drained = it->kind == CLUSTER_DRAINED;
+      r[nr].epoch = it->epoch;
       nr++;
     }
   }
@@ -810,7 +817,7 @@ int cluster_accepts(cluster_t *c, const char *cache, uint32_t p, uint64_t epoch,
   if (!ok) {
     const pmap_cache_t *pc = pmap_find_cache(&c->map, cache);
     int from = pmap_node_index(&c->map, from_node);
-    ok = pc && from >= 0 && pmap_primary(pc, p) == from;
+    ok = pc && from >= 0 && pmap_leader(pc, p) == from;
   }
   pthread_rwlock_unlock(&c->map_lock);
   return ok;
@@ -823,7 +830,7 @@ void cluster_report_withdraw(cluster_t *c, const char *cache, uint32_t p,
   size_t k = 0;
   for (size_t i = 0; i < c->nreports; i++) {
     Grid__ReadyItem *it = &c->reports[i];
-    if (it->partition == p && !(it->epoch >> 63) && strcmp(it->cache, cache) == 0 &&
+    if (it->partition == p && it->kind == CLUSTER_FILLED && strcmp(it->cache, cache) == 0 &&
         strcmp(it->node, node_id) == 0) {
       free(it->cache);
       free(it->node);

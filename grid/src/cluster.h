@@ -53,6 +53,10 @@ void cluster_report_ready(cluster_t *c, const char *cache, uint32_t p,
 void cluster_report_demote(cluster_t *c, const char *cache, uint32_t p,
                            const char *node_id);
 
+/* This node, handing partition p over in map `epoch`, has no write of it
+ * in flight any more. */
+void cluster_report_drained(cluster_t *c, const char *cache, uint32_t p, uint64_t epoch);
+
 /* Withdraws a fill report: the copy missed a record since. */
 void cluster_report_withdraw(cluster_t *c, const char *cache, uint32_t p,
                              const char *node_id);

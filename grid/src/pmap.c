@@ -112,6 +112,12 @@ int pmap_primary(const pmap_cache_t *c, uint32_t p) {
   return state == PMAP_OWNING ? idx : -1;
 }
 
+int pmap_leader(const pmap_cache_t *c, uint32_t p) {
+  int state;
+  int idx = pmap_copy_at(c, p, 0, &state);
+  return state == PMAP_OWNING || state == PMAP_HANDOFF ? idx : -1;
+}
+
 /* A copy made OWNING by a fill report in this very step: it may not lead
  * yet, since its primary did not wait for its acknowledgements until now
  * (cleared before the map is written). */
@@ -131,13 +137,18 @@ static int pmap_list_find(const pmap_list_t *l, uint32_t node) {
   return -1;
 }
 
+enum { PMAP_REPORT_FILLED, PMAP_REPORT_DEMOTE, PMAP_REPORT_DRAINED };
+
 static int pmap_is_reported(const pmap_ready_t *ready, size_t nready,
                             const char *cache, uint32_t p, const char *node_id,
-                            uint64_t epoch, int demote) {
-  for (size_t i = 0; i < nready; i++)
-    if (ready[i].partition == p && ready[i].epoch == epoch && ready[i].demote == demote &&
+                            uint64_t epoch, int kind) {
+  for (size_t i = 0; i < nready; i++) {
+    int k = ready[i].drained ? PMAP_REPORT_DRAINED
+            : ready[i].demote ? PMAP_REPORT_DEMOTE : PMAP_REPORT_FILLED;
+    if (ready[i].partition == p && ready[i].epoch == epoch && k == kind &&
         strcmp(ready[i].cache, cache) == 0 && strcmp(ready[i].node_id, node_id) == 0)
       return 1;
+  }
   return 0;
 }
 
@@ -179,21 +190,21 @@ static void pmap_next_partition(const pmap_t *cur, const pmap_cache_t *cc,
     int st;
     int idx = pmap_copy_at(cc, p, i, &st);
     if (idx < 0 || st == PMAP_NONE) continue;
-    if (st == PMAP_OWNING) had_owning = 1;
+    if (st == PMAP_OWNING || st == PMAP_HANDOFF) had_owning = 1;
     int a = pmap_alive_index(alive, nalive, cur->nodes[idx].id);
     if (a < 0) continue; /* its node is gone */
     if (st == PMAP_MOVING &&
-        pmap_is_reported(ready, nready, def->name, p, alive[a].id, cur->epoch, 0))
+        pmap_is_reported(ready, nready, def->name, p, alive[a].id, cur->epoch, PMAP_REPORT_FILLED))
       st = PMAP_OWNING | PMAP_JUST_FILLED;
     else if (st == PMAP_OWNING && i > 0 &&
-             pmap_is_reported(ready, nready, def->name, p, alive[a].id, cur->epoch, 1))
+             pmap_is_reported(ready, nready, def->name, p, alive[a].id, cur->epoch, PMAP_REPORT_DEMOTE))
       st = PMAP_MOVING;
     l->node[l->n] = (uint32_t)a;
     l->state[l->n++] = (uint8_t)st;
   }
-  int owning = -1;
+  int owning = -1; /* the first copy in sync (not just filled) */
   for (size_t i = 0; i < l->n && owning < 0; i++)
-    if (l->state[i] == PMAP_OWNING) owning = (int)i; /* not just filled */
+    if (l->state[i] == PMAP_OWNING || l->state[i] == PMAP_HANDOFF) owning = (int)i;
   if (owning < 0) {
     /* Nothing in sync is left: with data, the partition is lost; a
      * partition that never had an owner (no node was alive) starts anew. */
@@ -211,7 +222,7 @@ static void pmap_next_partition(const pmap_t *cur, const pmap_cache_t *cc,
     return;
   }
   int old_primary = pmap_copy_at(cc, p, 0, &st0);
-  int same_primary = old_primary >= 0 && st0 == PMAP_OWNING &&
+  int same_primary = old_primary >= 0 && (st0 == PMAP_OWNING || st0 == PMAP_HANDOFF) &&
                      strcmp(cur->nodes[old_primary].id, alive[l->node[owning]].id) == 0;
   if (owning > 0) { /* promote the first copy in sync */
     uint32_t nd = l->node[owning];
@@ -220,6 +231,7 @@ static void pmap_next_partition(const pmap_t *cur, const pmap_cache_t *cc,
     l->node[0] = nd;
     l->state[0] = PMAP_OWNING;
   }
+  int handing_off = l->state[0] == PMAP_HANDOFF;
   if (!same_primary)
     for (size_t i = 1; i < l->n; i++) l->state[i] = PMAP_MOVING;
   size_t ideal_owning = 0;
@@ -228,21 +240,29 @@ static void pmap_next_partition(const pmap_t *cur, const pmap_cache_t *cc,
     if (at < 0) {
       l->node[l->n] = ideal[i];
       l->state[l->n++] = PMAP_MOVING;
-    } else if (l->state[at] == PMAP_OWNING) {
+    } else if (l->state[at] == PMAP_OWNING || l->state[at] == PMAP_HANDOFF) {
       ideal_owning++;
     }
   }
   for (size_t i = 0; i < l->n; i++) l->state[i] &= (uint8_t)~PMAP_JUST_FILLED;
-  if (nideal > 0 && ideal_owning == nideal) {
-    /* Every ideal owner is in sync: the ideal layout takes over. When that
-     * hands the partition to another primary, the other copies are filled
-     * again from it (see above). */
-    int handover = l->node[0] != ideal[0];
-    l->n = 0;
-    for (size_t i = 0; i < nideal; i++) {
-      l->node[l->n] = ideal[i];
-      l->state[l->n++] = i > 0 && handover ? PMAP_MOVING : PMAP_OWNING;
+  if (nideal == 0 || ideal_owning < nideal) return;
+  /* Every ideal owner is in sync: the ideal layout takes over. Another
+   * primary takes over in two steps: the primary hands off (takes no new
+   * request), then, once it reported every write in flight acknowledged,
+   * the new one leads, and every copy is still in sync. */
+  if (l->node[0] != ideal[0]) {
+    if (!handing_off) {
+      l->state[0] = PMAP_HANDOFF;
+      return;
     }
+    if (!pmap_is_reported(ready, nready, def->name, p, alive[l->node[0]].id, cur->epoch,
+                          PMAP_REPORT_DRAINED))
+      return;
+  }
+  l->n = 0;
+  for (size_t i = 0; i < nideal; i++) {
+    l->node[l->n] = ideal[i];
+    l->state[l->n++] = PMAP_OWNING;
   }
 }
 
@@ -402,7 +422,7 @@ int pmap_decode(const unsigned char *buf, size_t len, pmap_t *m) {
     memcpy(c->owners, pc->owners.data, n);
     memcpy(c->states, pc->states.data, n);
     for (size_t k = 0; k < n; k++)
-      if (c->owners[k] > m->nnodes || c->states[k] > PMAP_LOST) rc = GRID_EPROTO;
+      if (c->owners[k] > m->nnodes || c->states[k] > PMAP_HANDOFF) rc = GRID_EPROTO;
   }
   grid__pmap__free_unpacked(pm, NULL);
   if (rc != 0) pmap_free(m);

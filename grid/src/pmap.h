@@ -20,7 +20,8 @@
 #define PMAP_ADDR_MAX 128
 #define PMAP_ZONE_MAX 64
 
-enum { PMAP_NONE = 0, PMAP_OWNING = 1, PMAP_MOVING = 2, PMAP_LOST = 3 };
+enum { PMAP_NONE = 0, PMAP_OWNING = 1, PMAP_MOVING = 2, PMAP_LOST = 3,
+       PMAP_HANDOFF = 4 /* copy 0 only: leads, takes no new request */ };
 
 typedef struct pmap_node {
   char id[PMAP_ID_MAX];
@@ -63,6 +64,7 @@ typedef struct pmap_ready {
   const char *node_id;
   uint64_t epoch;
   int demote;       /* instead: this OWNING backup missed a write */
+  int drained;      /* instead: this primary, handing over, has drained */
 } pmap_ready_t;
 
 void pmap_init(pmap_t *m);
@@ -92,7 +94,10 @@ size_t pmap_ideal(const pmap_node_t *nodes, size_t n, uint32_t p, size_t want,
  *   same step (until this map its primary did not wait for its
  *   acknowledgements);
  * - once every ideal owner is OWNING (and was so in cur), the ideal primary
- *   leads and copies outside the ideal set are dropped;
+ *   leads and copies outside the ideal set are dropped. When that changes
+ *   the primary, it happens in two steps: first the primary goes HANDOFF
+ *   (it takes no new request and finishes those in flight), then, once it
+ *   reports itself drained at that epoch, the new primary leads;
  * - a cache new to the map starts with its ideal owners, all OWNING (it is
  *   empty, so there is nothing to fill).
  * out must be pmap_init'ed; its epoch is left for the caller. Returns 0 or
@@ -105,8 +110,11 @@ int pmap_next(const pmap_t *cur, const pmap_node_t *alive, size_t nalive,
 
 const pmap_cache_t *pmap_find_cache(const pmap_t *m, const char *name);
 int pmap_node_index(const pmap_t *m, const char *node_id);
-/* Node index of the primary of p, or -1 (no map, no cache, lost). */
+/* Node index of the primary of p, or -1 (no map, no cache, lost, or
+ * handing over). */
 int pmap_primary(const pmap_cache_t *c, uint32_t p);
+/* Node index of the primary of p including one handing over, or -1. */
+int pmap_leader(const pmap_cache_t *c, uint32_t p);
 /* Node index and state of copy i of p (state PMAP_NONE: no such copy). */
 int pmap_copy_at(const pmap_cache_t *c, uint32_t p, uint32_t i, int *state);
 

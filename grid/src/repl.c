@@ -103,10 +103,12 @@ typedef struct repl_wait {
 
 typedef struct repl_part {
   repl_write_t *head, *tail;
+  uint64_t handoff_epoch;        /* handing over in it: report when drained */
   repl_wait_t *waits;
   store_part_sync_t *sync;
   store_t *store;
   store_cache_t *cache;          /* not a reference: the part lives in it */
+  uint32_t p;
 } repl_part_t;
 
 typedef struct repl_fill {
@@ -150,6 +152,7 @@ static repl_part_t *repl_part(store_t *store, store_cache_t *sc, uint32_t p) {
     rp->sync = sync;
     rp->store = store;
     rp->cache = sc;
+    rp->p = p;
     sync->repl = rp;
   }
   return sync->repl;
@@ -193,6 +196,11 @@ static void repl_advance(net_loop_t *lp, repl_part_t *part) {
     else rl->writes = w->lnext;
     if (w->lnext) w->lnext->lprev = w->lprev;
     repl_write_unref(w);
+  }
+  if (!part->head && part->handoff_epoch) {
+    cluster_report_drained(lp->net->node->cluster, store_cache_cfg(cache)->name, part->p,
+                           part->handoff_epoch);
+    part->handoff_epoch = 0;
   }
   if (!part->head) {
     /* Nothing pending: all that is applied here is as committed as it
@@ -723,7 +731,7 @@ void repl_on_map(net_loop_t *lp) {
   for (repl_write_t *w = rl->writes; w; w = next) {
     next = w->lnext;
     const pmap_cache_t *pc = pmap_find_cache(m, store_cache_cfg(w->cache)->name);
-    if (!pc || pmap_primary(pc, w->p) != lp->self) {
+    if (!pc || pmap_leader(pc, w->p) != lp->self) {
       if (!w->answered && w->reply) {
         repl_fail_packed(lp, w->reply, GRID_EUNKNOWN,
                          "the partition changed primary before every copy acknowledged the write");
@@ -757,6 +765,21 @@ void repl_on_map(net_loop_t *lp) {
         again = 1;
         break;
       }
+    }
+  }
+  /* Partitions handed over from here: drained once no write is pending. */
+  for (size_t c = 0; c < m->ncaches; c++) {
+    const pmap_cache_t *pc = &m->caches[c];
+    store_cache_t *sc = NULL;
+    for (uint32_t p = 0; p < pc->partitions; p++) {
+      int st;
+      if (repl_owner_loop(lp, p) != lp->index || pmap_copy_at(pc, p, 0, &st) != lp->self ||
+          st != PMAP_HANDOFF)
+        continue;
+      if (!sc) sc = store_view_find(&lp->view, pc->name, strlen(pc->name));
+      repl_part_t *part = sc ? store_part_sync(sc, p)->repl : NULL;
+      if (part && part->head) part->handoff_epoch = m->epoch;
+      else cluster_report_drained(n->cluster, pc->name, p, m->epoch);
     }
   }
   /* Fills: one per MOVING copy of a partition led here and owned by this

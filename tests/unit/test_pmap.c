@@ -1,9 +1,10 @@
 /*
  * test_pmap: the partition map on its own: rendezvous placement with zones,
  * the rules by which pmap_next derives one epoch from the last (first map,
- * node loss, join with fill reports, a new primary refilling the other
- * copies, demote reports, stability, replicated caches, caches added and
- * removed), the protobuf encoding and the accessors.
+ * node loss, join with fill reports, a copy just filled leading only a
+ * step later, a new primary refilling the other copies, demote reports,
+ * stability, replicated caches, caches added and removed), the protobuf
+ * encoding and the accessors.
  *
  * Everything here is pure computation: no clock, no sleep, no I/O. Node
  * indexes differ from map to map (they index each map's own node list), so
@@ -694,71 +695,93 @@ static void test_join_minimal_movement(void) {
     pmap_free(&w);
   }
 
-  /* Every MOVING copy reported at the current epoch: the ideal owners, in
-   * the ideal order, the ideal primary OWNING. Where that hands the
-   * partition to another primary (the newcomer leads) the other copy is
-   * MOVING: it may hold writes the new primary never saw, so the new
-   * primary fills it again. Elsewhere it is OWNING. */
+  /* Every MOVING copy reported at the current epoch: the newcomer's copies
+   * turn OWNING, but they may not lead yet (until this map the primary did
+   * not wait for their acknowledgements), nor do they count as in sync for
+   * the ideal layout: the primaries stay, and so does every copy where it
+   * was, the copy outside the ideal set included. */
   pmap_t m3, fresh;
   CHECK_EQ(step(&m2, nodes, 4, defs, 1, ready, nready, &m3), 1);
   first_map(nodes, 4, defs, 1, &fresh);
   const pmap_cache_t *c3 = cache(&m3, "cache"), *cf = cache(&fresh, "cache");
+  for (uint32_t p = 0; p < P; p++) {
+    CHECK_STR(primary_id(&m3, c3, p), primary_id(&m2, c2, p));
+    CHECK_EQ(ncopies(c3, p), ncopies(c2, p));
+    for (uint32_t i = 0; i < c2->slots; i++) {
+      int s2, s3;
+      int n2 = pmap_copy_at(c2, p, i, &s2);
+      if (n2 < 0) continue;
+      CHECK_EQ(slot_of(&m3, c3, p, m2.nodes[n2].id, &s3), (int)i);
+      CHECK_EQ(s3, PMAP_OWNING);
+    }
+  }
+
+  /* One step later, with no report: those copies were OWNING in the
+   * current map, so the ideal owners, in the ideal order, the ideal
+   * primary OWNING. Where that hands the partition to another primary (the
+   * newcomer leads) the other copy is MOVING: it may hold writes the new
+   * primary never saw, so the new primary fills it again. Elsewhere it is
+   * OWNING. */
+  pmap_t m4;
+  CHECK_EQ(step(&m3, nodes, 4, defs, 1, NULL, 0, &m4), 1);
+  const pmap_cache_t *c4 = cache(&m4, "cache");
   pmap_ready_t *refill = calloc(P, sizeof *refill);
   CHECK(refill != NULL);
   size_t nrefill = 0;
   for (uint32_t p = 0; p < P; p++) {
     uint32_t ideal[2];
-    CHECK_EQ(pmap_ideal(m3.nodes, m3.nnodes, p, 2, ideal), 2);
+    CHECK_EQ(pmap_ideal(m4.nodes, m4.nnodes, p, 2, ideal), 2);
     int handover =
-        strcmp(primary_id(&m2, c2, p), m3.nodes[ideal[0]].id) != 0;
-    check_ideal_states(&m3, c3, p, m3.nodes, ideal, 2,
+        strcmp(primary_id(&m3, c3, p), m4.nodes[ideal[0]].id) != 0;
+    check_ideal_states(&m4, c4, p, m4.nodes, ideal, 2,
                        handover ? PMAP_MOVING : PMAP_OWNING);
-    CHECK_EQ(ncopies(c3, p), 2);
-    CHECK_STR(primary_id(&m3, c3, p), primary_id(&fresh, cf, p));
+    CHECK_EQ(ncopies(c4, p), 2);
+    CHECK_STR(primary_id(&m4, c4, p), primary_id(&fresh, cf, p));
     if (handover) {
-      CHECK_STR(primary_id(&m3, c3, p), newcomer);
+      CHECK_STR(primary_id(&m4, c4, p), newcomer);
       refill[nrefill++] = (pmap_ready_t){.cache = "cache",
                                          .partition = p,
-                                         .node_id = m3.nodes[ideal[1]].id,
-                                         .epoch = m3.epoch};
+                                         .node_id = m4.nodes[ideal[1]].id,
+                                         .epoch = m4.epoch};
     }
   }
   /* the primary changes exactly where the newcomer is the ideal primary */
   CHECK_EQ(nrefill, ideal_primary);
   CHECK(nrefill > 0);
   /* and it holds still: without reports the MOVING copies wait */
-  pmap_t m4;
-  CHECK_EQ(step(&m3, nodes, 4, defs, 1, NULL, 0, &m4), 0);
-  /* Those copies reported filled at m2's epoch count for nothing. */
-  {
+  pmap_t m5;
+  CHECK_EQ(step(&m4, nodes, 4, defs, 1, NULL, 0, &m5), 0);
+  /* Those copies reported filled at m2's or m3's epoch count for nothing. */
+  for (uint64_t old = m2.epoch; old <= m3.epoch; old++) {
     pmap_ready_t *stale = calloc(nrefill, sizeof *stale);
     CHECK(stale != NULL);
     for (size_t i = 0; i < nrefill; i++) {
       stale[i] = refill[i];
-      stale[i].epoch = m2.epoch;
+      stale[i].epoch = old;
     }
     pmap_t w;
-    CHECK_EQ(step(&m3, nodes, 4, defs, 1, stale, nrefill, &w), 0);
+    CHECK_EQ(step(&m4, nodes, 4, defs, 1, stale, nrefill, &w), 0);
     pmap_free(&w);
     free(stale);
   }
-  /* Reported at m3's epoch: the ideal layout, all OWNING ... */
-  pmap_t m5, m6;
-  CHECK_EQ(step(&m3, nodes, 4, defs, 1, refill, nrefill, &m5), 1);
-  const pmap_cache_t *c5 = cache(&m5, "cache");
+  /* Reported at m4's epoch: the ideal layout, all OWNING (the primary is
+   * the ideal one already, so nothing waits for another step) ... */
+  pmap_t m6, m7;
+  CHECK_EQ(step(&m4, nodes, 4, defs, 1, refill, nrefill, &m6), 1);
+  const pmap_cache_t *c6 = cache(&m6, "cache");
   for (uint32_t p = 0; p < P; p++) {
     uint32_t ideal[2];
-    CHECK_EQ(pmap_ideal(m5.nodes, m5.nnodes, p, 2, ideal), 2);
-    check_ideal_layout(&m5, c5, p, m5.nodes, ideal, 2);
-    CHECK_EQ(ncopies(c5, p), 2);
-    CHECK_STR(primary_id(&m5, c5, p), primary_id(&fresh, cf, p));
+    CHECK_EQ(pmap_ideal(m6.nodes, m6.nnodes, p, 2, ideal), 2);
+    check_ideal_layout(&m6, c6, p, m6.nodes, ideal, 2);
+    CHECK_EQ(ncopies(c6, p), 2);
+    CHECK_STR(primary_id(&m6, c6, p), primary_id(&fresh, cf, p));
   }
   /* ... the same layout as a first map of the four nodes ... */
-  CHECK_EQ(c5->slots, cf->slots);
-  CHECK(memcmp(c5->owners, cf->owners, (size_t)P * cf->slots) == 0);
-  CHECK(memcmp(c5->states, cf->states, (size_t)P * cf->slots) == 0);
+  CHECK_EQ(c6->slots, cf->slots);
+  CHECK(memcmp(c6->owners, cf->owners, (size_t)P * cf->slots) == 0);
+  CHECK(memcmp(c6->states, cf->states, (size_t)P * cf->slots) == 0);
   /* ... and stable. */
-  CHECK_EQ(step(&m5, nodes, 4, defs, 1, NULL, 0, &m6), 0);
+  CHECK_EQ(step(&m6, nodes, 4, defs, 1, NULL, 0, &m7), 0);
   free(ready);
   free(refill);
   pmap_free(&m1);
@@ -767,6 +790,7 @@ static void test_join_minimal_movement(void) {
   pmap_free(&m4);
   pmap_free(&m5);
   pmap_free(&m6);
+  pmap_free(&m7);
   pmap_free(&fresh);
 }
 
@@ -795,27 +819,48 @@ static void test_join_partial_ready(void) {
                     .epoch = m2.epoch};
   CHECK_EQ(step(&m2, nodes, 4, defs, 1, &r, 1, &m3), 1);
   const pmap_cache_t *c3 = cache(&m3, "cache");
+  /* the reported copy is OWNING, but the primary and the copies stay as
+   * they were for this step */
+  {
+    int st;
+    CHECK(slot_of(&m3, c3, moving[0], "node-4", &st) >= 1);
+    CHECK_EQ(st, PMAP_OWNING);
+    CHECK_STR(primary_id(&m3, c3, moving[0]),
+              primary_id(&m2, c2, moving[0]));
+    CHECK_EQ(ncopies(c3, moving[0]), 3);
+  }
+  /* one step later, no report needed: the ideal owners; the backup MOVING
+   * when the primary changed */
+  pmap_t m4;
+  CHECK_EQ(step(&m3, nodes, 4, defs, 1, NULL, 0, &m4), 1);
+  const pmap_cache_t *c4 = cache(&m4, "cache");
   uint32_t ideal[2];
   CHECK_EQ(pmap_ideal(nodes, 4, moving[0], 2, ideal), 2);
-  /* the ideal owners; the backup MOVING when the primary changed */
   int handover = strcmp(primary_id(&m2, c2, moving[0]), nodes[ideal[0]].id) != 0;
-  check_ideal_states(&m3, c3, moving[0], nodes, ideal, 2,
+  check_ideal_states(&m4, c4, moving[0], nodes, ideal, 2,
                      handover ? PMAP_MOVING : PMAP_OWNING);
+  /* the copies not reported still wait, in both maps */
   for (size_t i = 1; i < nmoving; i++) {
-    int st;
-    CHECK(slot_of(&m3, c3, moving[i], "node-4", &st) >= 1);
-    CHECK_EQ(st, PMAP_MOVING);
-    CHECK_STR(primary_id(&m3, c3, moving[i]),
-              primary_id(&m2, c2, moving[i]));
-    CHECK_EQ(ncopies(c3, moving[i]), 3);
+    const pmap_t *m[2] = {&m3, &m4};
+    for (size_t k = 0; k < 2; k++) {
+      const pmap_cache_t *c = cache(m[k], "cache");
+      int st;
+      CHECK(slot_of(m[k], c, moving[i], "node-4", &st) >= 1);
+      CHECK_EQ(st, PMAP_MOVING);
+      CHECK_STR(primary_id(m[k], c, moving[i]),
+                primary_id(&m2, c2, moving[i]));
+      CHECK_EQ(ncopies(c, moving[i]), 3);
+    }
   }
   pmap_free(&m1);
   pmap_free(&m2);
   pmap_free(&m3);
+  pmap_free(&m4);
 }
 
 /* backups 0: the newcomer takes a quarter of the partitions, MOVING, and
- * the old primary keeps serving until the fill is reported. */
+ * the old primary keeps serving until the step after the fill is
+ * reported. */
 static void test_join_no_backup(void) {
   pmap_node_t nodes[4];
   mknodes(nodes, 4, 1);
@@ -1100,8 +1145,11 @@ static void test_rule_first_owning_takes_over(void) {
   pmap_free(&out);
 }
 
-/* The only copy left is MOVING: the partition is LOST, unless that copy
- * is reported filled at the current epoch, in which case it leads. */
+/* The only copy left is MOVING: the partition is LOST, even when that
+ * copy is reported filled at the current epoch (a copy made OWNING in this
+ * step may not lead in it: no copy that was OWNING before is left). Filled
+ * while the primary lives, it is OWNING at once and leads once the primary
+ * dies in a later step. */
 static void test_rule_moving_alone(void) {
   pmap_node_t n[3];
   letters(n, 3);
@@ -1127,11 +1175,27 @@ static void test_rule_moving_alone(void) {
 
   pmap_ready_t r = {.cache = "h", .partition = 0, .node_id = "B", .epoch = 5};
   CHECK_EQ(step(&cur, alive, 2, defs, 1, &r, 1, &out), 1);
+  CHECK_EQ(pmap_copy_at(cache(&out, "h"), 0, 0, &s), -1);
+  CHECK_EQ(s, PMAP_LOST);
+  CHECK_EQ(pmap_primary(cache(&out, "h"), 0), -1);
+  CHECK_EQ(ncopies(cache(&out, "h"), 0), 0);
+  pmap_free(&out);
+
+  /* Reported filled with A alive: B is OWNING behind A ... */
+  pmap_t filled;
+  CHECK_EQ(step(&cur, n, 3, defs, 1, &r, 1, &filled), 1);
+  const pmap_cache_t *cf = cache(&filled, "h");
+  CHECK_STR(primary_id(&filled, cf, 0), "A");
+  CHECK_EQ(slot_of(&filled, cf, 0, "B", &s), 1);
+  CHECK_EQ(s, PMAP_OWNING);
+  /* ... and A dying in the next step, B leads. */
+  CHECK_EQ(step(&filled, alive, 2, defs, 1, NULL, 0, &out), 1);
   const pmap_cache_t *c = cache(&out, "h");
   CHECK_STR(primary_id(&out, c, 0), "B");
   CHECK(slot_of(&out, c, 0, "C", &s) > 0); /* the other ideal owner */
   CHECK_EQ(s, PMAP_MOVING);
   CHECK_EQ(ncopies(c, 0), 2);
+  pmap_free(&filled);
   pmap_free(&cur);
   pmap_free(&out);
 }
@@ -1161,10 +1225,12 @@ static void test_rule_state_change_is_change(void) {
 }
 
 /* A primary outside the ideal set keeps leading while an ideal owner
- * fills; once every ideal owner is OWNING, the ideal primary leads and the
- * extra copy goes. Ideal owners in sync but in the wrong order: the ideal
- * order at once. Either way the primary changes, so the other ideal owner
- * is MOVING until it is reported filled again. */
+ * fills, and in the step its fill is reported (that copy turns OWNING but
+ * is not yet counted as in sync); once every ideal owner was OWNING in the
+ * current map, the ideal primary leads and the extra copy goes. Ideal
+ * owners in sync but in the wrong order: the ideal order at once. Either
+ * way the primary changes, so the other ideal owner is MOVING until it is
+ * reported filled again. */
 static void test_rule_ideal_takes_over(void) {
   pmap_node_t n[3];
   letters(n, 3);
@@ -1185,7 +1251,16 @@ static void test_rule_ideal_takes_over(void) {
   CHECK_EQ(s, PMAP_MOVING);
   pmap_ready_t r = {.cache = "h", .partition = 0, .node_id = n[ideal[1]].id,
                     .epoch = mid.epoch};
-  CHECK_EQ(step(&mid, n, 3, defs, 1, &r, 1, &out), 1);
+  pmap_t filled;
+  CHECK_EQ(step(&mid, n, 3, defs, 1, &r, 1, &filled), 1);
+  c = cache(&filled, "h");
+  CHECK_STR(primary_id(&filled, c, 0), n[ideal[2]].id);
+  CHECK(slot_of(&filled, c, 0, n[ideal[0]].id, &s) > 0);
+  CHECK_EQ(s, PMAP_OWNING);
+  CHECK(slot_of(&filled, c, 0, n[ideal[1]].id, &s) > 0);
+  CHECK_EQ(s, PMAP_OWNING);
+  CHECK_EQ(ncopies(c, 0), 3);
+  CHECK_EQ(step(&filled, n, 3, defs, 1, NULL, 0, &out), 1);
   check_ideal_states(&out, cache(&out, "h"), 0, n, ideal, 2, PMAP_MOVING);
   /* the new primary fills it: then the ideal layout, all OWNING, stable */
   pmap_t done, still;
@@ -1196,6 +1271,7 @@ static void test_rule_ideal_takes_over(void) {
   CHECK_EQ(step(&done, n, 3, defs, 1, NULL, 0, &still), 0);
   pmap_free(&cur);
   pmap_free(&mid);
+  pmap_free(&filled);
   pmap_free(&out);
   pmap_free(&done);
   pmap_free(&still);
@@ -1214,11 +1290,149 @@ static void test_rule_ideal_takes_over(void) {
   pmap_free(&still);
 }
 
+/* A MOVING copy reported filled (demote 0) turns OWNING in the next map,
+ * but in that step it may not lead: until that map its primary did not
+ * wait for its acknowledgements, so it may lack acknowledged writes. Nor
+ * does it count towards "every ideal owner is OWNING": the ideal layout,
+ * and any handover it makes, waits for the step after, once the copy was
+ * OWNING in the current map. */
+static void test_rule_fill_leads_next_step(void) {
+  pmap_node_t n[3];
+  letters(n, 3);
+  uint32_t ideal[3];
+  rank_nodes(n, 3, 0, ideal);
+  const char *i0 = n[ideal[0]].id, *i1 = n[ideal[1]].id, *i2 = n[ideal[2]].id;
+  int s;
+
+  /* The ideal primary is the copy filling, behind the ideal backup. */
+  {
+    pmap_cache_def_t defs[1] = {def("h", 1, 1, 0)};
+    const uint8_t own[2] = {(uint8_t)(ideal[1] + 1), (uint8_t)(ideal[0] + 1)};
+    const uint8_t st[2] = {PMAP_OWNING, PMAP_MOVING};
+    pmap_t cur, filled, over, w, done, still;
+    handmade(&cur, n, 3, 1, 2, own, st);
+    pmap_ready_t r = {.cache = "h", .partition = 0, .node_id = i0,
+                      .epoch = cur.epoch};
+    /* The step with the fill report: OWNING, but the primary stays. */
+    CHECK_EQ(step(&cur, n, 3, defs, 1, &r, 1, &filled), 1);
+    const pmap_cache_t *c = cache(&filled, "h");
+    CHECK_STR(primary_id(&filled, c, 0), i1);
+    CHECK_EQ(slot_of(&filled, c, 0, i1, &s), 0);
+    CHECK_EQ(s, PMAP_OWNING);
+    CHECK_EQ(slot_of(&filled, c, 0, i0, &s), 1);
+    CHECK_EQ(s, PMAP_OWNING);
+    CHECK_EQ(ncopies(c, 0), 2);
+    /* The next step, no report needed: the handover; the copy that led is
+     * MOVING, filled again from the new primary. */
+    CHECK_EQ(step(&filled, n, 3, defs, 1, NULL, 0, &over), 1);
+    check_ideal_states(&over, cache(&over, "h"), 0, n, ideal, 2, PMAP_MOVING);
+    CHECK_STR(primary_id(&over, cache(&over, "h"), 0), i0);
+    /* the old report, again, counts for nothing */
+    CHECK_EQ(step(&filled, n, 3, defs, 1, &r, 1, &w), 1);
+    check_ideal_states(&w, cache(&w, "h"), 0, n, ideal, 2, PMAP_MOVING);
+    pmap_free(&w);
+    CHECK_EQ(step(&over, n, 3, defs, 1, NULL, 0, &w), 0);
+    pmap_free(&w);
+    /* Filled at that map's epoch: whole, and stable. The primary is the
+     * ideal one already, so this fill has no leadership to wait for. */
+    pmap_ready_t r2 = {.cache = "h", .partition = 0, .node_id = i1,
+                       .epoch = over.epoch};
+    CHECK_EQ(step(&over, n, 3, defs, 1, &r2, 1, &done), 1);
+    check_ideal_layout(&done, cache(&done, "h"), 0, n, ideal, 2);
+    CHECK_EQ(step(&done, n, 3, defs, 1, NULL, 0, &still), 0);
+    pmap_free(&cur);
+    pmap_free(&filled);
+    pmap_free(&over);
+    pmap_free(&done);
+    pmap_free(&still);
+  }
+
+  /* No handover, but a copy outside the ideal set: it stays in the step
+   * with the fill report (the ideal owners are not all in sync yet), and
+   * goes in the next one. */
+  {
+    pmap_cache_def_t defs[1] = {def("h", 1, 1, 0)};
+    const uint8_t own[3] = {(uint8_t)(ideal[0] + 1), (uint8_t)(ideal[2] + 1),
+                            (uint8_t)(ideal[1] + 1)};
+    const uint8_t st[3] = {PMAP_OWNING, PMAP_OWNING, PMAP_MOVING};
+    pmap_t cur, filled, done, still;
+    handmade(&cur, n, 3, 1, 3, own, st);
+    pmap_ready_t r = {.cache = "h", .partition = 0, .node_id = i1,
+                      .epoch = cur.epoch};
+    CHECK_EQ(step(&cur, n, 3, defs, 1, &r, 1, &filled), 1);
+    const pmap_cache_t *c = cache(&filled, "h");
+    CHECK_STR(primary_id(&filled, c, 0), i0);
+    CHECK_EQ(slot_of(&filled, c, 0, i2, &s), 1);
+    CHECK_EQ(s, PMAP_OWNING);
+    CHECK_EQ(slot_of(&filled, c, 0, i1, &s), 2);
+    CHECK_EQ(s, PMAP_OWNING);
+    CHECK_EQ(ncopies(c, 0), 3);
+    CHECK_EQ(step(&filled, n, 3, defs, 1, NULL, 0, &done), 1);
+    check_ideal_layout(&done, cache(&done, "h"), 0, n, ideal, 2);
+    CHECK_EQ(step(&done, n, 3, defs, 1, NULL, 0, &still), 0);
+    pmap_free(&cur);
+    pmap_free(&filled);
+    pmap_free(&done);
+    pmap_free(&still);
+  }
+
+  /* The primary dies in the step a copy before it in the list is reported
+   * filled: the copy that was OWNING already leads, not the one just
+   * filled, which is MOVING again (the primary changed). */
+  {
+    pmap_cache_def_t defs[1] = {def("h", 1, 2, 0)};
+    const uint8_t own[3] = {1, 2, 3}; /* A, B, C */
+    const uint8_t st[3] = {PMAP_OWNING, PMAP_MOVING, PMAP_OWNING};
+    pmap_node_t alive[2] = {n[1], n[2]}; /* A dies */
+    pmap_t cur, out;
+    handmade(&cur, n, 3, 2, 3, own, st);
+    pmap_ready_t r = {.cache = "h", .partition = 0, .node_id = "B",
+                      .epoch = cur.epoch};
+    CHECK_EQ(step(&cur, alive, 2, defs, 1, &r, 1, &out), 1);
+    const pmap_cache_t *c = cache(&out, "h");
+    CHECK_STR(primary_id(&out, c, 0), "C");
+    CHECK_EQ(slot_of(&out, c, 0, "C", &s), 0);
+    CHECK_EQ(s, PMAP_OWNING);
+    CHECK(slot_of(&out, c, 0, "B", &s) > 0);
+    CHECK_EQ(s, PMAP_MOVING);
+    CHECK_EQ(ncopies(c, 0), 2);
+    pmap_free(&cur);
+    pmap_free(&out);
+  }
+
+  /* The primary dies in the step its only other copies are reported
+   * filled: no copy that was OWNING before is left, so the partition is
+   * LOST. */
+  {
+    pmap_cache_def_t defs[1] = {def("h", 1, 2, 0)};
+    const uint8_t own[3] = {1, 2, 3};
+    const uint8_t st[3] = {PMAP_OWNING, PMAP_MOVING, PMAP_MOVING};
+    pmap_node_t alive[2] = {n[1], n[2]}; /* A dies */
+    pmap_t cur, out, again;
+    handmade(&cur, n, 3, 2, 3, own, st);
+    pmap_ready_t r[2] = {
+        {.cache = "h", .partition = 0, .node_id = "B", .epoch = cur.epoch},
+        {.cache = "h", .partition = 0, .node_id = "C", .epoch = cur.epoch}};
+    CHECK_EQ(step(&cur, alive, 2, defs, 1, r, 2, &out), 1);
+    const pmap_cache_t *c = cache(&out, "h");
+    CHECK_EQ(pmap_copy_at(c, 0, 0, &s), -1);
+    CHECK_EQ(s, PMAP_LOST);
+    CHECK_EQ(pmap_primary(c, 0), -1);
+    CHECK_EQ(ncopies(c, 0), 0);
+    /* and it stays LOST */
+    CHECK_EQ(step(&out, alive, 2, defs, 1, NULL, 0, &again), 0);
+    pmap_free(&cur);
+    pmap_free(&out);
+    pmap_free(&again);
+  }
+}
+
 /* backups 2, the primary dies: the first OWNING copy left leads and every
  * other copy turns MOVING, an OWNING one included (it may hold writes the
  * new primary never saw); it turns OWNING again only once reported filled
  * at the new map's epoch. Done twice: the copy promoted is the survivors'
- * ideal primary, then it is not (and the ideal layout later hands over). */
+ * ideal primary, then it is not (and the ideal layout hands over one step
+ * after the fill, the filled copy having been OWNING for a whole map). */
 static void test_rule_promotion_refills(void) {
   pmap_node_t n[3];
   letters(n, 3);
@@ -1261,8 +1475,19 @@ static void test_rule_promotion_refills(void) {
     CHECK_EQ(step(&m1, alive, 2, defs, 1, &rep, 1, &m2), 1);
     c = cache(&m2, "h");
     if (order == 1) {
-      /* Both in sync: the ideal primary takes over, so the copy that led
-       * is filled again from it. */
+      /* The copy filled is OWNING but may not lead in this step: the
+       * primary stays. */
+      CHECK_STR(primary_id(&m2, c, 0), alive[lead].id);
+      CHECK_EQ(slot_of(&m2, c, 0, alive[other].id, &s), 1);
+      CHECK_EQ(s, PMAP_OWNING);
+      CHECK_EQ(ncopies(c, 0), 2);
+      /* One step later, both in sync: the ideal primary takes over, so the
+       * copy that led is filled again from it. */
+      pmap_t m2b;
+      CHECK_EQ(step(&m2, alive, 2, defs, 1, NULL, 0, &m2b), 1);
+      pmap_free(&m2);
+      m2 = m2b;
+      c = cache(&m2, "h");
       check_ideal_states(&m2, c, 0, alive, r, 2, PMAP_MOVING);
       pmap_ready_t rep2 = {.cache = "h", .partition = 0,
                            .node_id = alive[r[1]].id, .epoch = m2.epoch};
@@ -1819,6 +2044,7 @@ int main(int argc, char **argv) {
   RUN_ONE(test_rule_moving_alone);
   RUN_ONE(test_rule_state_change_is_change);
   RUN_ONE(test_rule_ideal_takes_over);
+  RUN_ONE(test_rule_fill_leads_next_step);
   RUN_ONE(test_rule_promotion_refills);
   RUN_ONE(test_rule_demote);
   RUN_ONE(test_demote_backups);

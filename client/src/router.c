@@ -1,0 +1,245 @@
+/*
+ * router: a remote handle's view of the cluster. It keeps one connection
+ * per node it has talked to, the partition map fetched from the cluster
+ * (PMAP), and sends each keyed request straight to its partition's primary
+ * in one hop, stamped with the map's epoch. A node answers with its own
+ * epoch; a newer one, a refusal that asks for a retry (GRID_ESTALE,
+ * GRID_ENOTREADY) or a connection that cannot be made marks the map stale,
+ * and the next call fetches it again. Requests without a key, and every
+ * request while no map is known (a single node), go to the seed connection,
+ * which any node serves.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "client_int.h"
+#include "part.h"
+#include "pmap.h"
+
+#define ROUTER_SEEDS_MAX 32
+
+typedef struct router_conn {
+  char addr[PMAP_ADDR_MAX];
+  remote_t *r;
+} router_conn_t;
+
+struct router {
+  pthread_mutex_t lock;        /* map, conns, stale */
+  grid_options_t opts;
+  char client_name[64];
+  size_t nseeds;
+  char seeds[ROUTER_SEEDS_MAX][PMAP_ADDR_MAX];
+  remote_t *any;               /* the seed connection */
+  pmap_t map;                  /* epoch 0: none (a single node) */
+  int stale;
+  size_t nconns;
+  router_conn_t conns[PMAP_NODES_MAX];
+};
+
+/* Splits "host:port" (host may be [v6]). */
+static int router_split(const char *addr, char *host, size_t host_len, int *port) {
+  const char *colon;
+  if (*addr == '[') {
+    const char *end = strchr(addr, ']');
+    if (!end || end[1] != ':' || (size_t)(end - addr - 1) >= host_len) return GRID_EADDR;
+    memcpy(host, addr + 1, (size_t)(end - addr - 1));
+    host[end - addr - 1] = '\0';
+    colon = end + 1;
+  } else {
+    colon = strrchr(addr, ':');
+    if (!colon || colon == addr || (size_t)(colon - addr) >= host_len) return GRID_EADDR;
+    memcpy(host, addr, (size_t)(colon - addr));
+    host[colon - addr] = '\0';
+  }
+  char *end;
+  long n = strtol(colon + 1, &end, 10);
+  if (*end != '\0' || n <= 0 || n > 65535) return GRID_EADDR;
+  *port = (int)n;
+  return 0;
+}
+
+static int router_connect(router_t *rt, const char *addr, remote_t **out) {
+  char host[PMAP_ADDR_MAX];
+  int port;
+  int rc = router_split(addr, host, sizeof host, &port);
+  if (rc == 0) rc = remote_open(host, port, &rt->opts, out);
+  return rc;
+}
+
+/* The connection to addr, made on first use (lock held). */
+static remote_t *router_conn(router_t *rt, const char *addr) {
+  for (size_t i = 0; i < rt->nconns; i++)
+    if (strcmp(rt->conns[i].addr, addr) == 0) return rt->conns[i].r;
+  if (rt->nconns == PMAP_NODES_MAX) return NULL;
+  remote_t *r;
+  if (router_connect(rt, addr, &r) != 0) return NULL;
+  router_conn_t *c = &rt->conns[rt->nconns++];
+  snprintf(c->addr, sizeof c->addr, "%s", addr);
+  c->r = r;
+  return r;
+}
+
+/* The seed connection failed: another node of the map, or another seed,
+ * takes its place (lock held). */
+static void router_replace_any(router_t *rt) {
+  for (size_t i = 0; i < rt->map.nnodes; i++) {
+    remote_t *r = router_conn(rt, rt->map.nodes[i].addr);
+    if (r && r != rt->any) {
+      /* It is in conns already; any is a connection of its own. */
+      remote_t *fresh;
+      if (router_connect(rt, rt->map.nodes[i].addr, &fresh) == 0) {
+        remote_close(rt->any);
+        rt->any = fresh;
+        return;
+      }
+    }
+  }
+  for (size_t i = 0; i < rt->nseeds; i++) {
+    remote_t *fresh;
+    if (router_connect(rt, rt->seeds[i], &fresh) == 0) {
+      remote_close(rt->any);
+      rt->any = fresh;
+      return;
+    }
+  }
+}
+
+/* Fetches the map from the seed connection (lock held). */
+static void router_refresh_locked(router_t *rt, uint32_t timeout_ms) {
+  Grid__Request rq = GRID__REQUEST__INIT;
+  rq.op = GRID__OP__PMAP;
+  client_reply_t r;
+  memset(&r, 0, sizeof r);
+  int rc = remote_call(rt->any, &rq, timeout_ms, &r);
+  if (rc == GRID_ECONN && rt->map.epoch) {
+    router_replace_any(rt);
+    rc = remote_call(rt->any, &rq, timeout_ms, &r);
+  }
+  if (rc != 0) return; /* stays stale */
+  rt->stale = 0;
+  if (r.rp->status == 0 && r.rp->pmap) {
+    size_t len = grid__pmap__get_packed_size(r.rp->pmap);
+    unsigned char *buf = malloc(len + 1);
+    pmap_t m;
+    if (buf) {
+      grid__pmap__pack(r.rp->pmap, buf);
+      if (pmap_decode(buf, len, &m) == 0) {
+        m.epoch = r.rp->epoch;
+        pmap_free(&rt->map);
+        rt->map = m;
+      }
+      free(buf);
+    }
+  }
+  client_reply_free(&r);
+}
+
+int router_open(const char *list, const grid_options_t *opts, router_t **out) {
+  router_t *rt = calloc(1, sizeof *rt);
+  if (!rt) return GRID_ENOMEM;
+  pthread_mutex_init(&rt->lock, NULL);
+  pmap_init(&rt->map);
+  if (opts) rt->opts = *opts;
+  snprintf(rt->client_name, sizeof rt->client_name, "%s",
+           opts && opts->client_name ? opts->client_name : "");
+  rt->opts.client_name = rt->client_name;
+  rt->opts.config_path = rt->opts.config_text = NULL;
+  const char *p = list;
+  while (*p && rt->nseeds < ROUTER_SEEDS_MAX) {
+    const char *comma = strchr(p, ',');
+    size_t n = comma ? (size_t)(comma - p) : strlen(p);
+    if (n == 0 || n >= PMAP_ADDR_MAX) {
+      router_close(rt);
+      return GRID_EADDR;
+    }
+    memcpy(rt->seeds[rt->nseeds], p, n);
+    rt->seeds[rt->nseeds++][n] = '\0';
+    p += n + (comma ? 1 : 0);
+  }
+  if (rt->nseeds == 0 || *p) {
+    router_close(rt);
+    return GRID_EADDR;
+  }
+  int rc = GRID_ECONN;
+  for (size_t i = 0; i < rt->nseeds && !rt->any; i++) {
+    char host[PMAP_ADDR_MAX];
+    int port;
+    if (router_split(rt->seeds[i], host, sizeof host, &port) != 0) {
+      rc = GRID_EADDR;
+      break;
+    }
+    rc = router_connect(rt, rt->seeds[i], &rt->any);
+  }
+  if (!rt->any) {
+    router_close(rt);
+    return rc;
+  }
+  router_refresh_locked(rt, opts && opts->timeout_ms ? opts->timeout_ms : 5000);
+  *out = rt;
+  return 0;
+}
+
+void router_close(router_t *rt) {
+  if (!rt) return;
+  for (size_t i = 0; i < rt->nconns; i++) remote_close(rt->conns[i].r);
+  if (rt->any) remote_close(rt->any);
+  pmap_free(&rt->map);
+  pthread_mutex_destroy(&rt->lock);
+  free(rt);
+}
+
+static int router_keyed(Grid__Op op) {
+  switch (op) {
+    case GRID__OP__GET: case GRID__OP__PUT: case GRID__OP__PUT_IF_ABSENT:
+    case GRID__OP__REPLACE: case GRID__OP__CAS: case GRID__OP__DELETE:
+    case GRID__OP__ADD: case GRID__OP__SCAN:
+      return 1;
+    default:
+      return 0;
+  }
+}
+
+remote_t *router_pick(router_t *rt, Grid__Request *rq, uint32_t timeout_ms) {
+  pthread_mutex_lock(&rt->lock);
+  if (rt->stale) router_refresh_locked(rt, timeout_ms);
+  remote_t *r = rt->any;
+  const pmap_cache_t *pc =
+      rt->map.epoch && router_keyed(rq->op) ? pmap_find_cache(&rt->map, rq->cache) : NULL;
+  if (pc) {
+    uint32_t p = rq->op == GRID__OP__SCAN ? rq->partition
+                                          : part_of(rq->key.data, rq->key.len, pc->partitions);
+    int prim = p < pc->partitions ? pmap_primary(pc, p) : -1;
+    if (prim >= 0) {
+      remote_t *direct = router_conn(rt, rt->map.nodes[prim].addr);
+      if (direct) {
+        r = direct;
+        rq->epoch = rt->map.epoch;
+      } else {
+        rt->stale = 1; /* that node is gone, or moved: the seed forwards */
+      }
+    }
+  }
+  pthread_mutex_unlock(&rt->lock);
+  return r;
+}
+
+void router_saw_epoch(router_t *rt, uint64_t epoch) {
+  pthread_mutex_lock(&rt->lock);
+  if (epoch > rt->map.epoch) rt->stale = 1;
+  pthread_mutex_unlock(&rt->lock);
+}
+
+void router_mark_stale(router_t *rt) {
+  pthread_mutex_lock(&rt->lock);
+  rt->stale = 1;
+  pthread_mutex_unlock(&rt->lock);
+}
+
+int router_clustered(router_t *rt) {
+  pthread_mutex_lock(&rt->lock);
+  int c = rt->map.epoch != 0;
+  pthread_mutex_unlock(&rt->lock);
+  return c;
+}
