@@ -32,6 +32,8 @@ static void usage(FILE *f) {
           "  status [--json]                    cluster: nodes, coordinator, epoch, and\n"
           "                                     per cache partitions owning / moving / lost\n"
           "  ping                               check the node answers\n"
+          "  leave                              the node leaves its cluster gracefully\n"
+          "                                     (hands its partitions over, then stops)\n"
           "\n"
           "exit status: 0 done, 1 not found, 2 usage error, 3 refused or failed\n");
 }
@@ -304,7 +306,7 @@ int main(int argc, char **argv) {
   int vargc = argc - i - 1;
   char **vargv = argv + i + 1;
   static const char *const verbs[] = {"put", "get", "del", "add", "size", "caches",
-                                      "create-cache", "drop-cache", "stats", "ping", "status"};
+                                      "create-cache", "drop-cache", "stats", "ping", "status", "leave"};
   int known = 0;
   for (size_t k = 0; k < sizeof verbs / sizeof verbs[0]; k++) known |= !strcmp(verb, verbs[k]);
   if (!known) {
@@ -334,6 +336,10 @@ int main(int argc, char **argv) {
     if (!code && (rc = grid_cache_drop(g, vargv[0])) != 0) code = fail("drop-cache", rc);
   } else if (!strcmp(verb, "stats")) code = cmd_stats(g);
   else if (!strcmp(verb, "status")) code = cmd_status(g, vargc, vargv);
+  else if (!strcmp(verb, "leave")) {
+    code = (rc = grid_leave(g)) ? fail("leave", rc) : 0;
+    if (!code) printf("%s is leaving: it hands its partitions over, then stops\n", server);
+  }
   else code = (rc = grid_ping(g)) ? fail("ping", rc) : (puts("pong"), 0);
   grid_close(g);
   return code;

@@ -253,6 +253,11 @@ typedef struct grid_cluster_status {
 int grid_cluster_status(grid_t *g, grid_cluster_status_t **out);
 void grid_cluster_status_free(grid_cluster_status_t *st);
 
+/* Asks the node g's seed connection is to (the first of grid://...) to
+ * leave its cluster gracefully: it hands its partitions over, then stops.
+ * Returns once the node has started leaving. */
+int grid_leave(grid_t *g);
+
 /*
  * Asynchronous calls. The callback runs once, on the handle's I/O thread
  * (remote) or on the calling thread before the call returns (embedded). A

@@ -597,6 +597,12 @@ int grid_cluster_status(grid_t *g, grid_cluster_status_t **out) {
   return 0;
 }
 
+int grid_leave(grid_t *g) {
+  Grid__Request rq = GRID__REQUEST__INIT;
+  rq.op = GRID__OP__LEAVE;
+  return client_call_version(g, &rq, NULL);
+}
+
 /* ---- asynchronous calls -------------------------------------------------- */
 
 typedef struct client_async {

@@ -63,6 +63,12 @@ struct cluster {
   size_t nalive;
   pmap_node_t alive[PMAP_NODES_MAX];
   char coordinator[PMAP_ID_MAX];
+  int leaving;                /* asked to leave: set in our znode */
+  int leaving_written;        /* ... and written there */
+  int left;                   /* the map gives this node no copy any more */
+  void (*on_left)(void *arg); /* told once left */
+  void *on_left_arg;
+  size_t my_copies;           /* copies the current map gives this node */
 };
 
 static void cluster_wake(void *arg) {
@@ -83,6 +89,20 @@ static void cluster_path(cluster_t *c, char *out, const char *dir, const char *n
 
 /* ---- this node's lease and the election -------------------------------- */
 
+/* This node's znode data: its address, zone, and whether it is leaving. */
+static int cluster_node_data(cluster_t *c, unsigned char *buf, size_t cap, size_t *len) {
+  node_t *n = c->node;
+  Grid__PmapNode me = GRID__PMAP_NODE__INIT;
+  me.id = n->node_id;
+  me.addr = n->advertise;
+  me.zone = n->cfg.zone;
+  me.leaving = c->leaving_written || c->leaving; /* read on the cluster thread */
+  *len = grid__pmap_node__get_packed_size(&me);
+  if (*len > cap) return GRID_EINVAL;
+  grid__pmap_node__pack(&me, buf);
+  return 0;
+}
+
 static int cluster_register(cluster_t *c) {
   node_t *n = c->node;
   char path[CLUSTER_PATH_MAX];
@@ -102,14 +122,10 @@ static int cluster_register(cluster_t *c) {
   int rc = zk_create(c->zk, path, buf, len, ZK_PERSISTENT, NULL, 0);
   if (rc != 0 && rc != GRID_EEXIST) return rc;
 
-  Grid__PmapNode me = GRID__PMAP_NODE__INIT;
-  me.id = n->node_id;
-  me.addr = n->advertise;
-  me.zone = n->cfg.zone;
   unsigned char mb[512];
-  size_t ml = grid__pmap_node__get_packed_size(&me);
-  if (ml > sizeof mb) return GRID_EINVAL;
-  grid__pmap_node__pack(&me, mb);
+  size_t ml;
+  rc = cluster_node_data(c, mb, sizeof mb, &ml);
+  if (rc != 0) return rc;
   cluster_path(c, path, "nodes", n->node_id);
   rc = zk_create(c->zk, path, mb, ml, ZK_EPHEMERAL, NULL, 0);
   if (rc == GRID_EEXIST) {
@@ -152,6 +168,7 @@ static int cluster_read_nodes(cluster_t *c, pmap_node_t *alive, size_t *nalive) 
     snprintf(alive[k].id, PMAP_ID_MAX, "%s", pn->id);
     snprintf(alive[k].addr, PMAP_ADDR_MAX, "%s", pn->addr);
     snprintf(alive[k].zone, PMAP_ZONE_MAX, "%s", pn->zone);
+    alive[k].leaving = pn->leaving;
     k++;
     grid__pmap_node__free_unpacked(pn, NULL);
   }
@@ -500,6 +517,7 @@ static int cluster_read_map(cluster_t *c) {
       }
     }
   }
+  c->my_copies = copies;
   LOG_I("cluster", "\"partition map\" epoch=%llu nodes=%zu primary_for=%zu copies=%zu partitions=%zu",
         (unsigned long long)c->map.epoch, c->map.nnodes, primaries, copies, total);
   cluster_publish(c);
@@ -695,6 +713,7 @@ static void cluster_tick(cluster_t *c) {
   c->njobs = 0;
   int dirty = c->dirty;
   c->dirty = 0;
+  int leaving = c->leaving;
   pthread_mutex_unlock(&c->lock);
   while (jobs) {
     cluster_job_t *next = jobs->next;
@@ -720,6 +739,30 @@ static void cluster_tick(cluster_t *c) {
       snprintf(c->coordinator, sizeof c->coordinator, "%s", coord);
       pthread_mutex_unlock(&c->lock);
       cluster_write_reports(c);
+      if (leaving && !c->leaving_written) {
+        unsigned char mb[512];
+        size_t ml;
+        char path[CLUSTER_PATH_MAX];
+        cluster_path(c, path, "nodes", n->node_id);
+        if (cluster_node_data(c, mb, sizeof mb, &ml) == 0 &&
+            zk_set(c->zk, path, mb, ml, -1, NULL) == 0) {
+          c->leaving_written = 1;
+          LOG_I("cluster", "\"leaving: handing partitions over\" node=%s copies=%zu", n->node_id,
+                c->my_copies);
+        }
+      }
+      size_t others = 0; /* nodes that could take partitions over */
+      for (size_t i = 0; i < c->nalive; i++)
+        if (!c->alive[i].leaving && strcmp(c->alive[i].id, n->node_id) != 0) others++;
+      if (c->leaving_written && !c->left &&
+          ((c->map_version >= 0 && c->my_copies == 0) || others == 0)) {
+        pthread_mutex_lock(&c->lock);
+        c->left = 1;
+        pthread_cond_broadcast(&c->cond);
+        pthread_mutex_unlock(&c->lock);
+        LOG_I("cluster", "\"left: no partition here any more\" node=%s", n->node_id);
+        if (c->on_left) c->on_left(c->on_left_arg);
+      }
       if (strcmp(coord, n->node_id) == 0) cluster_coordinate(c, defs, ndefs);
       cluster_set_serving(c, c->map_version >= 0);
     } else {
@@ -843,6 +886,35 @@ void cluster_report_withdraw(cluster_t *c, const char *cache, uint32_t p,
   c->nreports = k;
   if (c->reports_dirty) pthread_cond_signal(&c->cond);
   pthread_mutex_unlock(&c->lock);
+}
+
+void cluster_leave(cluster_t *c, void (*on_left)(void *arg), void *arg) {
+  pthread_mutex_lock(&c->lock);
+  if (!c->leaving) {
+    c->leaving = 1;
+    c->on_left = on_left;
+    c->on_left_arg = arg;
+    c->dirty = 1;
+    pthread_cond_signal(&c->cond);
+  }
+  pthread_mutex_unlock(&c->lock);
+}
+
+int cluster_wait_left(cluster_t *c, int64_t timeout_ms) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  ts.tv_sec += timeout_ms / 1000;
+  ts.tv_nsec += (timeout_ms % 1000) * 1000000L;
+  if (ts.tv_nsec >= 1000000000L) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000L;
+  }
+  pthread_mutex_lock(&c->lock);
+  while (!c->left && !c->stop)
+    if (pthread_cond_timedwait(&c->cond, &c->lock, &ts) == ETIMEDOUT) break;
+  int left = c->left;
+  pthread_mutex_unlock(&c->lock);
+  return left ? 0 : GRID_ETIMEDOUT;
 }
 
 int cluster_serving(cluster_t *c) { return atomic_load_explicit(&c->serving, memory_order_relaxed); }

@@ -31,6 +31,13 @@ int cluster_start(node_t *n, cluster_t **out, char *err, size_t err_len);
  * and stops the thread. */
 void cluster_stop(cluster_t *c);
 
+/* Starts a graceful leave: the node says so in its znode, the coordinator
+ * moves every copy off it (handing its primaries over), and once the map
+ * gives it none, on_left(arg) runs on the cluster thread (may be NULL). */
+void cluster_leave(cluster_t *c, void (*on_left)(void *arg), void *arg);
+/* Waits until this node has left (0) or timeout_ms passed (GRID_ETIMEDOUT). */
+int cluster_wait_left(cluster_t *c, int64_t timeout_ms);
+
 /* Whether this node may serve data now: it has a live session (or lost it
  * for less than its lease) and has read the partition map. */
 int cluster_serving(cluster_t *c);

@@ -47,6 +47,7 @@ typedef struct config {
   int64_t forward_timeout_ms;     /* a request forwarded to another node,
                                      or a write waiting for its backups */
   int64_t rebalance_bytes_per_sec;/* filling copies, per loop; 0: no limit */
+  int64_t leave_timeout_ms;       /* a graceful leave at most, then a stop */
 } config_t;
 
 /* Fills in the defaults of gridd. */

@@ -6,7 +6,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
+#include "clock.h"
+#include "cluster.h"
 #include "config.h"
 #include "grid.h"
 #include "log.h"
@@ -16,7 +20,9 @@ static void usage(FILE *f) {
   fprintf(f,
           "usage: gridd [options]\n"
           "\n"
-          "Runs one grid node in the foreground until SIGINT or SIGTERM.\n"
+          "Runs one grid node in the foreground until SIGINT or SIGTERM. In a\n"
+          "cluster the first signal makes it leave gracefully (its partitions are\n"
+          "handed over first, within leave_timeout_ms); a second stops it at once.\n"
           "\n"
           "  --config FILE      read settings (\"key = value\" lines) from FILE\n"
           "  --port N           listen port (default 10800; 0 picks a free port)\n"
@@ -35,7 +41,18 @@ static void usage(FILE *f) {
           "  scan_count_max, caches_max, partitions_default, partitions_max,\n"
           "  connections_max, output_bytes_max, handshake_timeout_ms,\n"
           "  frame_timeout_ms, sweep_interval_ms, sweep_entries_per_tick,\n"
-          "  log_level (debug, info, warn, error)\n");
+          "  log_level (debug, info, warn, error)\n"
+          "Cluster settings: zk (ZooKeeper hosts; empty: a single node), cluster,\n"
+          "  zone, advertise, zk_session_timeout_ms, cluster_min_nodes,\n"
+          "  forward_timeout_ms, rebalance_bytes_per_sec, leave_timeout_ms\n");
+}
+
+#define GRIDD_LEAVE_GRACE_MS 500
+
+/* A leave asked by gridctl is done: stop the way a signal would. */
+static void gridd_on_left(void *arg) {
+  (void)arg;
+  kill(getpid(), SIGTERM);
 }
 
 int main(int argc, char **argv) {
@@ -122,9 +139,31 @@ int main(int argc, char **argv) {
     fprintf(stderr, "gridd: %s\n", err);
     return 1;
   }
+  node->on_left = gridd_on_left;
   int sig = 0;
   sigwait(&set, &sig);
   LOG_I("node", "\"stopping\" signal=%s", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  if (node->cluster) {
+    /* A graceful leave first: the node hands its partitions over, so that
+     * clients see no error; a second signal stops it at once. */
+    cluster_leave(node->cluster, NULL, NULL);
+    int64_t deadline = clock_mono_ms() + node->cfg.leave_timeout_ms;
+    struct timespec zero = {0, 0};
+    while (cluster_wait_left(node->cluster, 100) != 0) {
+      if (sigtimedwait(&set, NULL, &zero) > 0) {
+        LOG_W("node", "\"second signal: stopping without handing the rest over\"");
+        break;
+      }
+      if (clock_mono_ms() >= deadline) {
+        LOG_W("node", "\"leave_timeout_ms passed: stopping without handing the rest over\"");
+        break;
+      }
+    }
+    /* Clients still holding the old map learn the new one from the epoch
+     * of every reply: serve (forward) a little longer before closing. */
+    struct timespec grace = {0, GRIDD_LEAVE_GRACE_MS * 1000000L};
+    nanosleep(&grace, NULL);
+  }
   node_stop(node);
   LOG_I("node", "\"stopped\"");
   return 0;

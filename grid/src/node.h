@@ -30,6 +30,7 @@ typedef struct node {
   pthread_mutex_t cron_lock;
   pthread_cond_t cron_cond;
   int cron_stop;
+  void (*on_left)(void *arg);      /* gridd: once a graceful leave is done */
 } node_t;
 
 /* Starts a node from cfg (copied; config_finish() is applied). On success

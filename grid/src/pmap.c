@@ -56,8 +56,10 @@ static size_t pmap_rank(const pmap_node_t *nodes, size_t n, uint32_t p,
   /* Selection by repeated maximum: n and want are small (<= 255). */
   uint64_t score[PMAP_NODES_MAX];
   unsigned char taken[PMAP_NODES_MAX] = {0};
-  for (size_t i = 0; i < n; i++)
+  for (size_t i = 0; i < n; i++) {
     score[i] = XXH3_64bits_withSeed(nodes[i].id, strlen(nodes[i].id), p);
+    taken[i] = nodes[i].leaving != 0; /* a leaving node is nobody's ideal */
+  }
   size_t got = 0;
   while (got < want) {
     int best = -1;
@@ -321,7 +323,8 @@ int pmap_next(const pmap_t *cur, const pmap_node_t *alive, size_t nalive,
   int diff = !cur || cur->nnodes != out->nnodes || cur->ncaches != out->ncaches;
   for (size_t i = 0; !diff && i < out->nnodes; i++)
     diff = strcmp(cur->nodes[i].id, out->nodes[i].id) != 0 ||
-           strcmp(cur->nodes[i].addr, out->nodes[i].addr) != 0;
+           strcmp(cur->nodes[i].addr, out->nodes[i].addr) != 0 ||
+           cur->nodes[i].leaving != out->nodes[i].leaving;
   for (size_t d = 0; !diff && d < out->ncaches; d++) {
     const pmap_cache_t *a = pmap_find_cache(cur, out->caches[d].name);
     const pmap_cache_t *b = &out->caches[d];
@@ -359,6 +362,7 @@ int pmap_encode(const pmap_t *m, unsigned char **buf, size_t *len) {
     nodes[i].id = (char *)m->nodes[i].id;
     nodes[i].addr = (char *)m->nodes[i].addr;
     nodes[i].zone = (char *)m->nodes[i].zone;
+    nodes[i].leaving = m->nodes[i].leaving != 0;
     np[i] = &nodes[i];
   }
   pm.nodes = np;
@@ -402,6 +406,7 @@ int pmap_decode(const unsigned char *buf, size_t len, pmap_t *m) {
     snprintf(m->nodes[i].id, PMAP_ID_MAX, "%s", pm->nodes[i]->id);
     snprintf(m->nodes[i].addr, PMAP_ADDR_MAX, "%s", pm->nodes[i]->addr);
     snprintf(m->nodes[i].zone, PMAP_ZONE_MAX, "%s", pm->nodes[i]->zone);
+    m->nodes[i].leaving = pm->nodes[i]->leaving;
     m->nnodes = i + 1;
   }
   if (rc == 0) m->caches = calloc(pm->n_caches + 1, sizeof *m->caches);

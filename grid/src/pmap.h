@@ -8,6 +8,8 @@
  * partitions it must. Where nodes name zones, no two copies of a partition
  * share a zone (a partition then has fewer copies rather than two in one
  * zone); a replicated cache has a copy on every node whatever the zones.
+ * A leaving node is no partition's ideal owner: its copies move away (and
+ * its primaries are handed over) while it still serves.
  */
 #ifndef GRID_PMAP_H
 #define GRID_PMAP_H
@@ -27,6 +29,7 @@ typedef struct pmap_node {
   char id[PMAP_ID_MAX];
   char addr[PMAP_ADDR_MAX];
   char zone[PMAP_ZONE_MAX];
+  int leaving;         /* alive, but no longer an ideal owner of anything */
 } pmap_node_t;
 
 typedef struct pmap_cache {

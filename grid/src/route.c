@@ -475,6 +475,14 @@ int route_request(conn_t *c, Grid__Request *rq) {
     case GRID__OP__PMAP:
       route_pmap(c, rq);
       return 1;
+    case GRID__OP__LEAVE: {
+      cluster_leave(n->cluster, n->on_left, n);
+      LOG_I("cluster", "\"asked to leave\" by=%s", c->peer);
+      Grid__Reply rp = GRID__REPLY__INIT;
+      rp.id = rq->id;
+      conn_reply(c, &rp);
+      return 1;
+    }
     case GRID__OP__CREATE_CACHE: case GRID__OP__DROP_CACHE:
       route_cache_op(c, rq);
       return 1;

@@ -2,9 +2,10 @@
  * test_pmap: the partition map on its own: rendezvous placement with zones,
  * the rules by which pmap_next derives one epoch from the last (first map,
  * node loss, join with fill reports, a copy just filled leading only a
- * step later, a new primary refilling the other copies, demote reports,
- * stability, replicated caches, caches added and removed), the protobuf
- * encoding and the accessors.
+ * step later, a new primary after a death refilling the other copies, a
+ * planned handover in two steps (HANDOFF, then the drained report), demote
+ * reports, stability, replicated caches, caches added and removed), the
+ * protobuf encoding and the accessors.
  *
  * Everything here is pure computation: no clock, no sleep, no I/O. Node
  * indexes differ from map to map (they index each map's own node list), so
@@ -139,6 +140,53 @@ static void check_ideal_layout(const pmap_t *m, const pmap_cache_t *c,
                                uint32_t p, const pmap_node_t *nodes,
                                const uint32_t *ideal, size_t nideal) {
   check_ideal_states(m, c, p, nodes, ideal, nideal, PMAP_OWNING);
+}
+
+/* Id of the leader of p (the primary, or the primary handing over), or
+ * NULL when it has none. */
+static const char *leader_id(const pmap_t *m, const pmap_cache_t *c,
+                             uint32_t p) {
+  int idx = pmap_leader(c, p);
+  if (idx < 0) return NULL;
+  CHECK((size_t)idx < m->nnodes);
+  return m->nodes[idx].id;
+}
+
+/* The first step of a planned handover: in m, p's primary of prev (OWNING
+ * there) hands off (copy 0 HANDOFF: no primary, but it still leads), and
+ * nothing else changed: every other copy is on the same node, in the same
+ * slot and state as in prev. */
+static void check_handoff(const pmap_t *m, const pmap_cache_t *c, uint32_t p,
+                          const pmap_t *prev, const pmap_cache_t *pc) {
+  int s;
+  int was = pmap_copy_at(pc, p, 0, &s);
+  CHECK(was >= 0 && (size_t)was < prev->nnodes);
+  CHECK_EQ(s, PMAP_OWNING);
+  CHECK_EQ(pmap_primary(c, p), -1);
+  CHECK(primary_id(m, c, p) == NULL);
+  CHECK_STR(leader_id(m, c, p), prev->nodes[was].id);
+  CHECK_EQ(ncopies(c, p), ncopies(pc, p));
+  uint32_t k = c->slots > pc->slots ? c->slots : pc->slots;
+  for (uint32_t i = 0; i < k; i++) {
+    int sp, sm;
+    int np = pmap_copy_at(pc, p, i, &sp), nm = pmap_copy_at(c, p, i, &sm);
+    if (np < 0) {
+      CHECK_EQ(nm, -1);
+      CHECK_EQ(sm, PMAP_NONE);
+      continue;
+    }
+    CHECK(nm >= 0 && (size_t)nm < m->nnodes);
+    CHECK_STR(m->nodes[nm].id, prev->nodes[np].id);
+    CHECK_EQ(sm, i == 0 ? PMAP_HANDOFF : sp);
+  }
+}
+
+/* A drained report of the primary `id` handing over p, at `epoch`. */
+static pmap_ready_t drained(const char *cache, uint32_t p, const char *id,
+                            uint64_t epoch) {
+  pmap_ready_t r = {.cache = cache, .partition = p, .node_id = id,
+                    .epoch = epoch, .drained = 1};
+  return r;
 }
 
 
@@ -717,57 +765,97 @@ static void test_join_minimal_movement(void) {
   }
 
   /* One step later, with no report: those copies were OWNING in the
-   * current map, so the ideal owners, in the ideal order, the ideal
-   * primary OWNING. Where that hands the partition to another primary (the
-   * newcomer leads) the other copy is MOVING: it may hold writes the new
-   * primary never saw, so the new primary fills it again. Elsewhere it is
-   * OWNING. */
+   * current map. Where the primary is the ideal one already, the ideal
+   * owners, in the ideal order, all OWNING, the copy outside the ideal set
+   * dropped. Where that hands the partition to another primary (the
+   * newcomer leads), it takes two steps: first the primary hands off
+   * (HANDOFF: it still leads, takes no new request, and there is no
+   * primary), and nothing else changes: every other copy stays OWNING. */
   pmap_t m4;
   CHECK_EQ(step(&m3, nodes, 4, defs, 1, NULL, 0, &m4), 1);
   const pmap_cache_t *c4 = cache(&m4, "cache");
-  pmap_ready_t *refill = calloc(P, sizeof *refill);
-  CHECK(refill != NULL);
-  size_t nrefill = 0;
+  pmap_ready_t *drain = calloc(P, sizeof *drain);
+  uint32_t *handed = calloc(P, sizeof *handed);
+  CHECK(drain != NULL && handed != NULL);
+  size_t ndrain = 0;
   for (uint32_t p = 0; p < P; p++) {
     uint32_t ideal[2];
     CHECK_EQ(pmap_ideal(m4.nodes, m4.nnodes, p, 2, ideal), 2);
     int handover =
         strcmp(primary_id(&m3, c3, p), m4.nodes[ideal[0]].id) != 0;
-    check_ideal_states(&m4, c4, p, m4.nodes, ideal, 2,
-                       handover ? PMAP_MOVING : PMAP_OWNING);
-    CHECK_EQ(ncopies(c4, p), 2);
-    CHECK_STR(primary_id(&m4, c4, p), primary_id(&fresh, cf, p));
     if (handover) {
-      CHECK_STR(primary_id(&m4, c4, p), newcomer);
-      refill[nrefill++] = (pmap_ready_t){.cache = "cache",
-                                         .partition = p,
-                                         .node_id = m4.nodes[ideal[1]].id,
-                                         .epoch = m4.epoch};
+      check_handoff(&m4, c4, p, &m3, c3);
+      CHECK_STR(m4.nodes[ideal[0]].id, newcomer);
+      CHECK_EQ(ncopies(c4, p), 3);
+      handed[ndrain] = p;
+      drain[ndrain++] = drained("cache", p, primary_id(&m3, c3, p), m4.epoch);
+    } else {
+      check_ideal_layout(&m4, c4, p, m4.nodes, ideal, 2);
+      CHECK_EQ(ncopies(c4, p), 2);
+      CHECK_STR(primary_id(&m4, c4, p), primary_id(&fresh, cf, p));
+      CHECK_STR(leader_id(&m4, c4, p), primary_id(&fresh, cf, p));
     }
   }
   /* the primary changes exactly where the newcomer is the ideal primary */
-  CHECK_EQ(nrefill, ideal_primary);
-  CHECK(nrefill > 0);
-  /* and it holds still: without reports the MOVING copies wait */
+  CHECK_EQ(ndrain, ideal_primary);
+  CHECK(ndrain > 1);
+  /* and it holds still: without a drained report the primaries handing
+   * off wait */
   pmap_t m5;
   CHECK_EQ(step(&m4, nodes, 4, defs, 1, NULL, 0, &m5), 0);
-  /* Those copies reported filled at m2's or m3's epoch count for nothing. */
-  for (uint64_t old = m2.epoch; old <= m3.epoch; old++) {
-    pmap_ready_t *stale = calloc(nrefill, sizeof *stale);
-    CHECK(stale != NULL);
-    for (size_t i = 0; i < nrefill; i++) {
-      stale[i] = refill[i];
-      stale[i].epoch = old;
+  /* Drained reports of another epoch (m2's, m3's, the next one) count for
+   * nothing; nor do fill or demote reports of the primary handing off at
+   * m4's epoch, nor drained reports naming the new primary. */
+  for (uint64_t e = m2.epoch; e <= m4.epoch + 1; e++) {
+    for (int kind = 0; kind < 4; kind++) {
+      if (e != m4.epoch && kind != 0) continue;
+      if (e == m4.epoch && kind == 0) continue;
+      pmap_ready_t *bad = calloc(ndrain, sizeof *bad);
+      CHECK(bad != NULL);
+      for (size_t i = 0; i < ndrain; i++) {
+        bad[i] = drain[i];
+        bad[i].epoch = e;
+        if (kind == 1) bad[i].drained = 0;           /* a fill report */
+        if (kind == 2) {                             /* a demote report */
+          bad[i].drained = 0;
+          bad[i].demote = 1;
+        }
+        if (kind == 3) bad[i].node_id = newcomer;    /* not the primary */
+      }
+      pmap_t w;
+      CHECK_EQ(step(&m4, nodes, 4, defs, 1, bad, ndrain, &w), 0);
+      const pmap_cache_t *cw = cache(&w, "cache");
+      for (size_t i = 0; i < ndrain; i++)
+        check_handoff(&w, cw, handed[i], &m3, c3);
+      pmap_free(&w);
+      free(bad);
     }
-    pmap_t w;
-    CHECK_EQ(step(&m4, nodes, 4, defs, 1, stale, nrefill, &w), 0);
-    pmap_free(&w);
-    free(stale);
   }
-  /* Reported at m4's epoch: the ideal layout, all OWNING (the primary is
-   * the ideal one already, so nothing waits for another step) ... */
+  /* Half of them drained at m4's epoch: those partitions hand over, the
+   * others (whatever the partition a report names) still wait. */
+  {
+    size_t half = ndrain / 2;
+    pmap_t w;
+    CHECK_EQ(step(&m4, nodes, 4, defs, 1, drain, half, &w), 1);
+    const pmap_cache_t *cw = cache(&w, "cache");
+    for (size_t i = 0; i < ndrain; i++) {
+      uint32_t p = handed[i];
+      if (i < half) {
+        uint32_t ideal[2];
+        CHECK_EQ(pmap_ideal(w.nodes, w.nnodes, p, 2, ideal), 2);
+        check_ideal_layout(&w, cw, p, w.nodes, ideal, 2);
+        CHECK_STR(primary_id(&w, cw, p), newcomer);
+      } else {
+        check_handoff(&w, cw, p, &m3, c3);
+      }
+    }
+    pmap_free(&w);
+  }
+  /* All drained at m4's epoch: the ideal layout, every copy OWNING (the
+   * copies stayed in sync through the handover, so nothing is filled
+   * again) ... */
   pmap_t m6, m7;
-  CHECK_EQ(step(&m4, nodes, 4, defs, 1, refill, nrefill, &m6), 1);
+  CHECK_EQ(step(&m4, nodes, 4, defs, 1, drain, ndrain, &m6), 1);
   const pmap_cache_t *c6 = cache(&m6, "cache");
   for (uint32_t p = 0; p < P; p++) {
     uint32_t ideal[2];
@@ -775,6 +863,7 @@ static void test_join_minimal_movement(void) {
     check_ideal_layout(&m6, c6, p, m6.nodes, ideal, 2);
     CHECK_EQ(ncopies(c6, p), 2);
     CHECK_STR(primary_id(&m6, c6, p), primary_id(&fresh, cf, p));
+    CHECK_STR(leader_id(&m6, c6, p), primary_id(&fresh, cf, p));
   }
   /* ... the same layout as a first map of the four nodes ... */
   CHECK_EQ(c6->slots, cf->slots);
@@ -783,7 +872,8 @@ static void test_join_minimal_movement(void) {
   /* ... and stable. */
   CHECK_EQ(step(&m6, nodes, 4, defs, 1, NULL, 0, &m7), 0);
   free(ready);
-  free(refill);
+  free(drain);
+  free(handed);
   pmap_free(&m1);
   pmap_free(&m2);
   pmap_free(&m3);
@@ -829,16 +919,26 @@ static void test_join_partial_ready(void) {
               primary_id(&m2, c2, moving[0]));
     CHECK_EQ(ncopies(c3, moving[0]), 3);
   }
-  /* one step later, no report needed: the ideal owners; the backup MOVING
-   * when the primary changed */
+  /* one step later, no report needed: the ideal owners, all OWNING; when
+   * the primary changes, first the primary hands off, and the ideal owners
+   * take over, all OWNING, once it reported itself drained */
   pmap_t m4;
   CHECK_EQ(step(&m3, nodes, 4, defs, 1, NULL, 0, &m4), 1);
   const pmap_cache_t *c4 = cache(&m4, "cache");
   uint32_t ideal[2];
   CHECK_EQ(pmap_ideal(nodes, 4, moving[0], 2, ideal), 2);
   int handover = strcmp(primary_id(&m2, c2, moving[0]), nodes[ideal[0]].id) != 0;
-  check_ideal_states(&m4, c4, moving[0], nodes, ideal, 2,
-                     handover ? PMAP_MOVING : PMAP_OWNING);
+  if (handover) {
+    check_handoff(&m4, c4, moving[0], &m3, c3);
+    pmap_ready_t d = drained("cache", moving[0],
+                             primary_id(&m3, c3, moving[0]), m4.epoch);
+    pmap_t m5;
+    CHECK_EQ(step(&m4, nodes, 4, defs, 1, &d, 1, &m5), 1);
+    check_ideal_layout(&m5, cache(&m5, "cache"), moving[0], nodes, ideal, 2);
+    pmap_free(&m5);
+  } else {
+    check_ideal_layout(&m4, c4, moving[0], nodes, ideal, 2);
+  }
   /* the copies not reported still wait, in both maps */
   for (size_t i = 1; i < nmoving; i++) {
     const pmap_t *m[2] = {&m3, &m4};
@@ -1227,10 +1327,10 @@ static void test_rule_state_change_is_change(void) {
 /* A primary outside the ideal set keeps leading while an ideal owner
  * fills, and in the step its fill is reported (that copy turns OWNING but
  * is not yet counted as in sync); once every ideal owner was OWNING in the
- * current map, the ideal primary leads and the extra copy goes. Ideal
- * owners in sync but in the wrong order: the ideal order at once. Either
- * way the primary changes, so the other ideal owner is MOVING until it is
- * reported filled again. */
+ * current map, the primary hands off (HANDOFF, nothing else changes), and
+ * once it reported itself drained at that map's epoch the ideal primary
+ * leads, every ideal owner OWNING, and the extra copy goes. Ideal owners
+ * in sync but in the wrong order: the same two steps at once. */
 static void test_rule_ideal_takes_over(void) {
   pmap_node_t n[3];
   letters(n, 3);
@@ -1261,13 +1361,14 @@ static void test_rule_ideal_takes_over(void) {
   CHECK_EQ(s, PMAP_OWNING);
   CHECK_EQ(ncopies(c, 0), 3);
   CHECK_EQ(step(&filled, n, 3, defs, 1, NULL, 0, &out), 1);
-  check_ideal_states(&out, cache(&out, "h"), 0, n, ideal, 2, PMAP_MOVING);
-  /* the new primary fills it: then the ideal layout, all OWNING, stable */
+  check_handoff(&out, cache(&out, "h"), 0, &filled, c);
+  CHECK_STR(leader_id(&out, cache(&out, "h"), 0), n[ideal[2]].id);
+  /* the primary drained: then the ideal layout, all OWNING, stable */
   pmap_t done, still;
-  pmap_ready_t r2 = {.cache = "h", .partition = 0, .node_id = n[ideal[1]].id,
-                     .epoch = out.epoch};
+  pmap_ready_t r2 = drained("h", 0, n[ideal[2]].id, out.epoch);
   CHECK_EQ(step(&out, n, 3, defs, 1, &r2, 1, &done), 1);
   check_ideal_layout(&done, cache(&done, "h"), 0, n, ideal, 2);
+  CHECK_EQ(ncopies(cache(&done, "h"), 0), 2);
   CHECK_EQ(step(&done, n, 3, defs, 1, NULL, 0, &still), 0);
   pmap_free(&cur);
   pmap_free(&mid);
@@ -1279,8 +1380,9 @@ static void test_rule_ideal_takes_over(void) {
   const uint8_t own2[2] = {(uint8_t)(ideal[1] + 1), (uint8_t)(ideal[0] + 1)};
   handmade(&cur, n, 3, 1, 2, own2, st);
   CHECK_EQ(step(&cur, n, 3, defs, 1, NULL, 0, &out), 1);
-  check_ideal_states(&out, cache(&out, "h"), 0, n, ideal, 2, PMAP_MOVING);
-  r2.epoch = out.epoch;
+  check_handoff(&out, cache(&out, "h"), 0, &cur, cache(&cur, "h"));
+  CHECK_STR(leader_id(&out, cache(&out, "h"), 0), n[ideal[1]].id);
+  r2 = drained("h", 0, n[ideal[1]].id, out.epoch);
   CHECK_EQ(step(&out, n, 3, defs, 1, &r2, 1, &done), 1);
   check_ideal_layout(&done, cache(&done, "h"), 0, n, ideal, 2);
   CHECK_EQ(step(&done, n, 3, defs, 1, NULL, 0, &still), 0);
@@ -1322,22 +1424,22 @@ static void test_rule_fill_leads_next_step(void) {
     CHECK_EQ(slot_of(&filled, c, 0, i0, &s), 1);
     CHECK_EQ(s, PMAP_OWNING);
     CHECK_EQ(ncopies(c, 0), 2);
-    /* The next step, no report needed: the handover; the copy that led is
-     * MOVING, filled again from the new primary. */
+    /* The next step, no report needed: the handover starts; the primary
+     * hands off, and the copy filled stays OWNING. */
     CHECK_EQ(step(&filled, n, 3, defs, 1, NULL, 0, &over), 1);
-    check_ideal_states(&over, cache(&over, "h"), 0, n, ideal, 2, PMAP_MOVING);
-    CHECK_STR(primary_id(&over, cache(&over, "h"), 0), i0);
+    check_handoff(&over, cache(&over, "h"), 0, &filled, c);
+    CHECK_STR(leader_id(&over, cache(&over, "h"), 0), i1);
     /* the old report, again, counts for nothing */
     CHECK_EQ(step(&filled, n, 3, defs, 1, &r, 1, &w), 1);
-    check_ideal_states(&w, cache(&w, "h"), 0, n, ideal, 2, PMAP_MOVING);
+    check_handoff(&w, cache(&w, "h"), 0, &filled, c);
     pmap_free(&w);
     CHECK_EQ(step(&over, n, 3, defs, 1, NULL, 0, &w), 0);
     pmap_free(&w);
-    /* Filled at that map's epoch: whole, and stable. The primary is the
-     * ideal one already, so this fill has no leadership to wait for. */
-    pmap_ready_t r2 = {.cache = "h", .partition = 0, .node_id = i1,
-                       .epoch = over.epoch};
+    /* Drained at that map's epoch: the new primary leads, whole, and
+     * stable. */
+    pmap_ready_t r2 = drained("h", 0, i1, over.epoch);
     CHECK_EQ(step(&over, n, 3, defs, 1, &r2, 1, &done), 1);
+    CHECK_STR(primary_id(&done, cache(&done, "h"), 0), i0);
     check_ideal_layout(&done, cache(&done, "h"), 0, n, ideal, 2);
     CHECK_EQ(step(&done, n, 3, defs, 1, NULL, 0, &still), 0);
     pmap_free(&cur);
@@ -1431,8 +1533,9 @@ static void test_rule_fill_leads_next_step(void) {
  * other copy turns MOVING, an OWNING one included (it may hold writes the
  * new primary never saw); it turns OWNING again only once reported filled
  * at the new map's epoch. Done twice: the copy promoted is the survivors'
- * ideal primary, then it is not (and the ideal layout hands over one step
- * after the fill, the filled copy having been OWNING for a whole map). */
+ * ideal primary, then it is not (and the promoted primary hands off one
+ * step after the fill, the filled copy having been OWNING for a whole map,
+ * and the ideal primary leads once it reported itself drained). */
 static void test_rule_promotion_refills(void) {
   pmap_node_t n[3];
   letters(n, 3);
@@ -1481,16 +1584,17 @@ static void test_rule_promotion_refills(void) {
       CHECK_EQ(slot_of(&m2, c, 0, alive[other].id, &s), 1);
       CHECK_EQ(s, PMAP_OWNING);
       CHECK_EQ(ncopies(c, 0), 2);
-      /* One step later, both in sync: the ideal primary takes over, so the
-       * copy that led is filled again from it. */
+      /* One step later, both in sync: the promoted primary hands off, the
+       * other copy stays OWNING ... */
       pmap_t m2b;
       CHECK_EQ(step(&m2, alive, 2, defs, 1, NULL, 0, &m2b), 1);
+      check_handoff(&m2b, cache(&m2b, "h"), 0, &m2, c);
+      CHECK_STR(leader_id(&m2b, cache(&m2b, "h"), 0), alive[lead].id);
       pmap_free(&m2);
       m2 = m2b;
       c = cache(&m2, "h");
-      check_ideal_states(&m2, c, 0, alive, r, 2, PMAP_MOVING);
-      pmap_ready_t rep2 = {.cache = "h", .partition = 0,
-                           .node_id = alive[r[1]].id, .epoch = m2.epoch};
+      /* ... and once it drained, the ideal primary takes over. */
+      pmap_ready_t rep2 = drained("h", 0, alive[lead].id, m2.epoch);
       pmap_t m3;
       CHECK_EQ(step(&m2, alive, 2, defs, 1, &rep2, 1, &m3), 1);
       pmap_free(&m2);
