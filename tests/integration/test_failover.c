@@ -99,6 +99,30 @@ static void *writer_main(void *arg) {
   return NULL;
 }
 
+/* Reads every writer's keys over and over: each read answers (a value, or
+ * not found for a key not written yet), whatever moves meanwhile. */
+typedef struct reader {
+  grid_t *g;
+  long reads, failed;
+} reader_t;
+
+static void *reader_main(void *arg) {
+  reader_t *r = arg;
+  for (long i = 0; !atomic_load(&stop_writers); i++) {
+    char key[32];
+    snprintf(key, sizeof key, "w%ld:k%ld", i % WRITERS, (i / WRITERS) % KEYS_PER_WRITER);
+    grid_value_t v;
+    int rc = grid_get(r->g, CACHE, key, strlen(key), &v);
+    if (rc == 0) grid_value_free(&v);
+    else if (rc != GRID_ENOTFOUND) {
+      fprintf(stderr, "   read of %s failed: %s\n", key, grid_err_name(rc));
+      r->failed++;
+    }
+    r->reads++;
+  }
+  return NULL;
+}
+
 /* Every key reads back as its last acknowledged value, or as a later
  * write whose outcome was unknown. */
 static void check_writers(grid_t *g, writer_t *w) {
@@ -223,17 +247,38 @@ int main(void) {
   check_writers(admin, w);
 
   fprintf(stderr, "-- nodes join under load: shares move, keys stay readable\n");
-  start_node(1);
-  start_node(3);
   atomic_store(&stop_writers, 0);
   atomic_store(&killed_at_ms, 0);
   for (int i = 0; i < WRITERS; i++) {
     if (!w[i].g) w[i].g = open_node(0);
+    w[i].acked = w[i].unknown = w[i].failed = 0;
     CHECK(pthread_create(&t[i], NULL, writer_main, &w[i]) == 0);
   }
+  pthread_t rt;
+  reader_t rd = {.g = open_node(0)};
+  CHECK(pthread_create(&rt, NULL, reader_main, &rd) == 0);
+  sleep_ms(300);
+  /* The clients keep the map they have; the topology changes under them. */
+  start_node(1);
+  start_node(3);
   wait_settled(nodes[0].port, 3);
+  sleep_ms(300);
   atomic_store(&stop_writers, 1);
-  for (int i = 0; i < WRITERS; i++) pthread_join(t[i], NULL);
+  pthread_join(rt, NULL);
+  acked = unknown = failed = 0;
+  for (int i = 0; i < WRITERS; i++) {
+    pthread_join(t[i], NULL);
+    acked += w[i].acked;
+    unknown += w[i].unknown;
+    failed += w[i].failed;
+  }
+  fprintf(stderr, "   writes: %ld acknowledged, %ld unknown, %ld refused; reads: %ld, %ld failed\n",
+          acked, unknown, failed, rd.reads, rd.failed);
+  CHECK(acked > 100 && rd.reads > 100);
+  CHECK_EQ(unknown, 0);
+  CHECK_EQ(failed, 0);
+  CHECK_EQ(rd.failed, 0);
+  grid_close(rd.g);
   check_writers(admin, w);
   grid_t *late = open_node(3);
   check_writers(late, w);

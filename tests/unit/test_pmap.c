@@ -1610,6 +1610,287 @@ static void test_rule_promotion_refills(void) {
   }
 }
 
+/* The copies of p in m are those of prev, node by node, slot by slot. */
+static void check_same_copies(const pmap_t *m, const pmap_cache_t *c,
+                              uint32_t p, const pmap_t *prev,
+                              const pmap_cache_t *pc) {
+  uint32_t k = c->slots > pc->slots ? c->slots : pc->slots;
+  for (uint32_t i = 0; i < k; i++) {
+    int sp, sm;
+    int np = pmap_copy_at(pc, p, i, &sp), nm = pmap_copy_at(c, p, i, &sm);
+    CHECK_EQ(sm, sp);
+    if (np < 0) {
+      CHECK_EQ(nm, -1);
+      continue;
+    }
+    CHECK(nm >= 0);
+    CHECK_STR(m->nodes[nm].id, prev->nodes[np].id);
+  }
+}
+
+/* A planned change of primary (the ideal layout taking over with another
+ * primary, every ideal owner OWNING in the current map) takes two steps,
+ * and the other copies stay OWNING throughout: first the primary hands off
+ * (copy 0 HANDOFF: pmap_primary has none, pmap_leader is the node handing
+ * off) and nothing else changes; it stays so until a drained report (demote
+ * 0) for that cache, partition and node at the current epoch; then the
+ * ideal owners, all OWNING, the ideal primary leading, the copies outside
+ * the ideal set dropped, and the map is stable. A primary handing off that
+ * dies is replaced like any dead primary. */
+static void test_rule_handoff(void) {
+  pmap_node_t n[4];
+  letters(n, 4);
+  uint32_t ideal[4];
+  rank_nodes(n, 4, 0, ideal);
+  const char *i0 = n[ideal[0]].id, *i1 = n[ideal[1]].id, *i2 = n[ideal[2]].id,
+             *i3 = n[ideal[3]].id;
+  pmap_cache_def_t defs[1] = {def("h", 1, 2, 0)};
+  /* The ideal owners in sync in the wrong order (ideal[1] leads), and a
+   * copy outside the ideal set, in sync too. */
+  const uint8_t own[4] = {(uint8_t)(ideal[1] + 1), (uint8_t)(ideal[0] + 1),
+                          (uint8_t)(ideal[3] + 1), (uint8_t)(ideal[2] + 1)};
+  const uint8_t st[4] = {PMAP_OWNING, PMAP_OWNING, PMAP_OWNING, PMAP_OWNING};
+  pmap_t cur, h, w, done, still;
+  int s;
+  handmade(&cur, n, 4, 2, 4, own, st);
+  const pmap_cache_t *cc = cache(&cur, "h");
+
+  /* Step 1: the primary hands off, nothing else changes. */
+  CHECK_EQ(step(&cur, n, 4, defs, 1, NULL, 0, &h), 1);
+  CHECK_EQ(h.epoch, 6);
+  const pmap_cache_t *c = cache(&h, "h");
+  check_handoff(&h, c, 0, &cur, cc);
+  CHECK_EQ(pmap_copy_at(c, 0, 0, &s), (int)ideal[1]);
+  CHECK_EQ(s, PMAP_HANDOFF);
+  CHECK_EQ(pmap_primary(c, 0), -1);
+  CHECK_EQ(pmap_leader(c, 0), (int)ideal[1]);
+  CHECK_STR(leader_id(&h, c, 0), i1);
+  CHECK_EQ(ncopies(c, 0), 4);
+  for (uint32_t i = 1; i < 4; i++) {
+    pmap_copy_at(c, 0, i, &s);
+    CHECK_EQ(s, PMAP_OWNING);
+  }
+  /* A drained report before the handoff does not skip it. */
+  {
+    pmap_ready_t early = drained("h", 0, i1, cur.epoch);
+    CHECK_EQ(step(&cur, n, 4, defs, 1, &early, 1, &w), 1);
+    check_handoff(&w, cache(&w, "h"), 0, &cur, cc);
+    pmap_free(&w);
+  }
+
+  /* Step 2: without a drained report it stays so. */
+  CHECK_EQ(step(&h, n, 4, defs, 1, NULL, 0, &w), 0);
+  check_same_copies(&w, cache(&w, "h"), 0, &h, c);
+  pmap_free(&w);
+  /* Reports that hand nothing over, one by one and all at once: a drained
+   * report of another epoch (the one before, the one after), of another
+   * node (the ideal primary, a backup, a node not in the map), of another
+   * partition or cache; a fill report or a demote report of the primary
+   * handing off at the current epoch. */
+  {
+    pmap_ready_t fill = {.cache = "h", .partition = 0, .node_id = i1,
+                         .epoch = h.epoch};
+    pmap_ready_t dem = {.cache = "h", .partition = 0, .node_id = i1,
+                        .epoch = h.epoch, .demote = 1};
+    pmap_ready_t none[] = {
+        drained("h", 0, i1, h.epoch - 1), drained("h", 0, i1, h.epoch + 1),
+        drained("h", 0, i0, h.epoch),     drained("h", 0, i2, h.epoch),
+        drained("h", 0, "E", h.epoch),    drained("h", 1, i1, h.epoch),
+        drained("other", 0, i1, h.epoch), fill,
+        dem,
+    };
+    size_t nnone = sizeof none / sizeof none[0];
+    for (size_t i = 0; i <= nnone; i++) {
+      const pmap_ready_t *rep = i < nnone ? &none[i] : none;
+      size_t nrep = i < nnone ? 1 : nnone;
+      CHECK_EQ(step(&h, n, 4, defs, 1, rep, nrep, &w), 0);
+      check_handoff(&w, cache(&w, "h"), 0, &cur, cc);
+      pmap_free(&w);
+    }
+  }
+
+  /* Step 3: drained at the current epoch (among reports that do nothing):
+   * the ideal owners, in the ideal order, every one OWNING (nothing to fill
+   * again), the copy outside the ideal set dropped. */
+  {
+    pmap_ready_t reps[3] = {drained("h", 0, i0, h.epoch),
+                            drained("h", 0, i1, h.epoch),
+                            drained("h", 0, i1, h.epoch - 1)};
+    CHECK_EQ(step(&h, n, 4, defs, 1, reps, 3, &done), 1);
+  }
+  const pmap_cache_t *cd = cache(&done, "h");
+  check_ideal_layout(&done, cd, 0, n, ideal, 3);
+  CHECK_EQ(ncopies(cd, 0), 3);
+  CHECK_EQ(slot_of(&done, cd, 0, i3, &s), -1);
+  CHECK_EQ(pmap_primary(cd, 0), (int)ideal[0]);
+  CHECK_EQ(pmap_leader(cd, 0), (int)ideal[0]);
+  /* Stable: with no report, the same drained report again (now of an old
+   * epoch), or one of the new primary, which hands nothing off. */
+  CHECK_EQ(step(&done, n, 4, defs, 1, NULL, 0, &still), 0);
+  pmap_free(&still);
+  {
+    pmap_ready_t again[2] = {drained("h", 0, i1, h.epoch),
+                             drained("h", 0, i0, done.epoch)};
+    CHECK_EQ(step(&done, n, 4, defs, 1, again, 2, &still), 0);
+    check_ideal_layout(&still, cache(&still, "h"), 0, n, ideal, 3);
+    pmap_free(&still);
+  }
+  pmap_free(&done);
+
+  /* The primary handing off dies (with or without its drained report):
+   * replaced like any dead primary. The first OWNING copy left (ideal[0])
+   * leads; the other copies turn MOVING. Once they are filled the
+   * survivors' ideal layout, all OWNING, at once (no handover: the primary
+   * is the ideal one), and stable. */
+  {
+    pmap_node_t alive[3];
+    size_t na = 0;
+    for (size_t i = 0; i < 4; i++)
+      if (i != ideal[1]) alive[na++] = n[i];
+    uint32_t sideal[3];
+    CHECK_EQ(pmap_ideal(alive, 3, 0, 3, sideal), 3);
+    CHECK_STR(alive[sideal[0]].id, i0);
+    pmap_ready_t d = drained("h", 0, i1, h.epoch);
+    for (int with = 0; with < 2; with++) {
+      pmap_t m1, m2, m3, m4;
+      CHECK_EQ(step(&h, alive, 3, defs, 1, &d, (size_t)with, &m1), 1);
+      const pmap_cache_t *c1 = cache(&m1, "h");
+      CHECK_STR(primary_id(&m1, c1, 0), i0);
+      CHECK_STR(leader_id(&m1, c1, 0), i0);
+      CHECK_EQ(slot_of(&m1, c1, 0, i0, &s), 0);
+      CHECK_EQ(s, PMAP_OWNING);
+      CHECK_EQ(slot_of(&m1, c1, 0, i1, &s), -1);
+      CHECK(slot_of(&m1, c1, 0, i2, &s) > 0);
+      CHECK_EQ(s, PMAP_MOVING);
+      CHECK(slot_of(&m1, c1, 0, i3, &s) > 0);
+      CHECK_EQ(s, PMAP_MOVING);
+      CHECK_EQ(ncopies(c1, 0), 3);
+      for (uint32_t i = 0; i < c1->slots; i++) {
+        pmap_copy_at(c1, 0, i, &s);
+        CHECK(s != PMAP_HANDOFF);
+      }
+      pmap_ready_t f[2] = {
+          {.cache = "h", .partition = 0, .node_id = i2, .epoch = m1.epoch},
+          {.cache = "h", .partition = 0, .node_id = i3, .epoch = m1.epoch}};
+      CHECK_EQ(step(&m1, alive, 3, defs, 1, f, 2, &m2), 1);
+      const pmap_cache_t *c2 = cache(&m2, "h");
+      CHECK_STR(primary_id(&m2, c2, 0), i0);
+      for (uint32_t i = 0; i < c2->slots; i++) {
+        if (pmap_copy_at(c2, 0, i, &s) < 0) continue;
+        CHECK_EQ(s, PMAP_OWNING);
+      }
+      step(&m2, alive, 3, defs, 1, NULL, 0, &m3);
+      check_ideal_layout(&m3, cache(&m3, "h"), 0, alive, sideal, 3);
+      CHECK_EQ(step(&m3, alive, 3, defs, 1, NULL, 0, &m4), 0);
+      pmap_free(&m1);
+      pmap_free(&m2);
+      pmap_free(&m3);
+      pmap_free(&m4);
+    }
+  }
+
+  /* The node the partition is handed to dies while the primary hands off:
+   * the primary handing off is the survivors' ideal primary, so it leads
+   * again (OWNING), every copy left OWNING. */
+  {
+    pmap_node_t alive[3];
+    size_t na = 0;
+    for (size_t i = 0; i < 4; i++)
+      if (i != ideal[0]) alive[na++] = n[i];
+    uint32_t sideal[3];
+    CHECK_EQ(pmap_ideal(alive, 3, 0, 3, sideal), 3);
+    CHECK_STR(alive[sideal[0]].id, i1);
+    pmap_t m1, m2;
+    CHECK_EQ(step(&h, alive, 3, defs, 1, NULL, 0, &m1), 1);
+    check_ideal_layout(&m1, cache(&m1, "h"), 0, alive, sideal, 3);
+    CHECK_STR(primary_id(&m1, cache(&m1, "h"), 0), i1);
+    CHECK_EQ(step(&m1, alive, 3, defs, 1, NULL, 0, &m2), 0);
+    pmap_free(&m1);
+    pmap_free(&m2);
+  }
+  pmap_free(&cur);
+  pmap_free(&h);
+
+  /* Hand-made: the primary handing off dies and the first copy behind it
+   * is MOVING: the next OWNING copy leads, the MOVING one stays MOVING. */
+  {
+    pmap_node_t m[3];
+    letters(m, 3);
+    pmap_cache_def_t d3[1] = {def("h", 1, 2, 0)};
+    const uint8_t o3[3] = {1, 2, 3}; /* A, B, C */
+    const uint8_t s3[3] = {PMAP_HANDOFF, PMAP_MOVING, PMAP_OWNING};
+    pmap_node_t alive[2] = {m[1], m[2]}; /* A dies */
+    pmap_t hc, out;
+    handmade(&hc, m, 3, 2, 3, o3, s3);
+    CHECK_EQ(pmap_primary(cache(&hc, "h"), 0), -1);
+    CHECK_EQ(pmap_leader(cache(&hc, "h"), 0), 0);
+    CHECK_EQ(step(&hc, alive, 2, d3, 1, NULL, 0, &out), 1);
+    const pmap_cache_t *co = cache(&out, "h");
+    CHECK_STR(primary_id(&out, co, 0), "C");
+    CHECK_EQ(slot_of(&out, co, 0, "C", &s), 0);
+    CHECK_EQ(s, PMAP_OWNING);
+    CHECK(slot_of(&out, co, 0, "B", &s) > 0);
+    CHECK_EQ(s, PMAP_MOVING);
+    CHECK_EQ(ncopies(co, 0), 2);
+    pmap_free(&hc);
+    pmap_free(&out);
+  }
+
+  /* ... and with no OWNING copy behind it, the partition is LOST, even
+   * when the MOVING copy is reported filled in that step. */
+  {
+    pmap_node_t m[2];
+    letters(m, 2);
+    pmap_cache_def_t d2[1] = {def("h", 1, 1, 0)};
+    const uint8_t o2[2] = {1, 2};
+    const uint8_t s2[2] = {PMAP_HANDOFF, PMAP_MOVING};
+    pmap_t hc, out;
+    handmade(&hc, m, 2, 1, 2, o2, s2);
+    pmap_ready_t f = {.cache = "h", .partition = 0, .node_id = "B",
+                      .epoch = hc.epoch};
+    for (size_t nf = 0; nf <= 1; nf++) {
+      CHECK_EQ(step(&hc, &m[1], 1, d2, 1, &f, nf, &out), 1);
+      const pmap_cache_t *co = cache(&out, "h");
+      CHECK_EQ(pmap_copy_at(co, 0, 0, &s), -1);
+      CHECK_EQ(s, PMAP_LOST);
+      CHECK_EQ(pmap_primary(co, 0), -1);
+      CHECK_EQ(pmap_leader(co, 0), -1);
+      CHECK_EQ(ncopies(co, 0), 0);
+      pmap_free(&out);
+    }
+    pmap_free(&hc);
+  }
+
+  /* backups 0: the only copy hands off to a copy filled beside it, then is
+   * dropped once drained; the new primary is the only copy. */
+  {
+    pmap_node_t m[2];
+    letters(m, 2);
+    uint32_t r[2];
+    rank_nodes(m, 2, 0, r);
+    pmap_cache_def_t d1[1] = {def("h", 1, 0, 0)};
+    const uint8_t o1[2] = {(uint8_t)(r[1] + 1), (uint8_t)(r[0] + 1)};
+    const uint8_t s1[2] = {PMAP_OWNING, PMAP_OWNING};
+    pmap_t hc, m1, m2, m3;
+    handmade(&hc, m, 2, 0, 2, o1, s1);
+    CHECK_EQ(step(&hc, m, 2, d1, 1, NULL, 0, &m1), 1);
+    check_handoff(&m1, cache(&m1, "h"), 0, &hc, cache(&hc, "h"));
+    CHECK_EQ(step(&m1, m, 2, d1, 1, NULL, 0, &m2), 0);
+    pmap_free(&m2);
+    pmap_ready_t d = drained("h", 0, m[r[1]].id, m1.epoch);
+    CHECK_EQ(step(&m1, m, 2, d1, 1, &d, 1, &m2), 1);
+    const pmap_cache_t *c2 = cache(&m2, "h");
+    check_ideal_layout(&m2, c2, 0, m, r, 1);
+    CHECK_EQ(ncopies(c2, 0), 1);
+    CHECK_STR(primary_id(&m2, c2, 0), m[r[0]].id);
+    CHECK_EQ(step(&m2, m, 2, d1, 1, NULL, 0, &m3), 0);
+    pmap_free(&hc);
+    pmap_free(&m1);
+    pmap_free(&m2);
+    pmap_free(&m3);
+  }
+}
+
 /* A demote report at the current epoch turns an OWNING backup MOVING, and
  * the primary fills it again like any MOVING copy. For the primary, at
  * another epoch, or naming another cache, partition or node, it does
@@ -1805,11 +2086,13 @@ static void busy_map(pmap_t *out) {
   pmap_free(&m1);
   CHECK_EQ(out->epoch, 42);
   /* it holds all states */
-  int seen[4] = {0};
+  int seen[PMAP_HANDOFF + 1] = {0};
   for (size_t d = 0; d < out->ncaches; d++) {
     const pmap_cache_t *c = &out->caches[d];
-    for (size_t k = 0; k < (size_t)c->partitions * c->slots; k++)
+    for (size_t k = 0; k < (size_t)c->partitions * c->slots; k++) {
+      CHECK(c->states[k] <= PMAP_HANDOFF);
       seen[c->states[k]] = 1;
+    }
   }
   CHECK(seen[PMAP_OWNING] && seen[PMAP_MOVING] && seen[PMAP_LOST]);
 }
@@ -1840,6 +2123,33 @@ static void test_encode_decode(void) {
   CHECK(lost);
   free(buf);
   pmap_free(&d);
+
+  /* A map with a primary handing off, as pmap_next makes it. */
+  {
+    pmap_node_t n[3];
+    letters(n, 3);
+    uint32_t ideal[3];
+    rank_nodes(n, 3, 0, ideal);
+    pmap_cache_def_t defs[1] = {def("h", 1, 1, 0)};
+    const uint8_t own[2] = {(uint8_t)(ideal[1] + 1), (uint8_t)(ideal[0] + 1)};
+    const uint8_t st[2] = {PMAP_OWNING, PMAP_OWNING};
+    pmap_t cur, h, hd;
+    handmade(&cur, n, 3, 1, 2, own, st);
+    CHECK_EQ(step(&cur, n, 3, defs, 1, NULL, 0, &h), 1);
+    int s;
+    pmap_copy_at(cache(&h, "h"), 0, 0, &s);
+    CHECK_EQ(s, PMAP_HANDOFF);
+    CHECK_RC(pmap_encode(&h, &buf, &len), 0);
+    CHECK_RC(pmap_decode(buf, len, &hd), 0);
+    check_same_map(&h, &hd);
+    const pmap_cache_t *ch = cache(&hd, "h");
+    CHECK_EQ(pmap_primary(ch, 0), -1);
+    CHECK_EQ(pmap_leader(ch, 0), (int)ideal[1]);
+    free(buf);
+    pmap_free(&cur);
+    pmap_free(&h);
+    pmap_free(&hd);
+  }
 
   /* An empty map too. */
   pmap_t e, e2;
@@ -1997,12 +2307,36 @@ static void test_decode_bad_shapes(void) {
   check_refused(buf, len);
   free(buf);
   pm.n_nodes = 2;
-  /* a state that does not exist */
-  unsigned char bad_states[8] = {1, 1, 1, 1, 1, 4, 1, 1};
+  /* a state that does not exist: 5 (one past PMAP_HANDOFF) and above */
+  unsigned char bad_states[8] = {1, 1, 1, 1, 1, 5, 1, 1};
   c1.states = (ProtobufCBinaryData){8, bad_states};
   buf = pack(&pm, &len);
   check_refused(buf, len);
   free(buf);
+  bad_states[5] = 255;
+  buf = pack(&pm, &len);
+  check_refused(buf, len);
+  free(buf);
+  bad_states[5] = 1;
+  bad_states[0] = 5; /* in a primary's slot too */
+  buf = pack(&pm, &len);
+  check_refused(buf, len);
+  free(buf);
+  /* state 4, PMAP_HANDOFF, is one: a primary handing over (copy 0 of
+   * partition 1 of "second", on node-2) */
+  unsigned char handoff_states[8] = {1, 1, 4, 1, 1, 2, 1, 1};
+  c1.states = (ProtobufCBinaryData){8, handoff_states};
+  buf = pack(&pm, &len);
+  CHECK_RC(pmap_decode(buf, len, &m), 0);
+  free(buf);
+  c = cache(&m, "second");
+  CHECK_EQ(pmap_copy_at(c, 1, 0, &st), 1);
+  CHECK_EQ(st, PMAP_HANDOFF);
+  CHECK_EQ(pmap_primary(c, 1), -1);
+  CHECK_EQ(pmap_leader(c, 1), 1);
+  CHECK_EQ(pmap_primary(c, 0), 0);
+  CHECK_EQ(pmap_leader(c, 0), 0);
+  pmap_free(&m);
   c1.states = (ProtobufCBinaryData){8, states};
   /* still good after all that */
   buf = pack(&pm, &len);
@@ -2069,6 +2403,7 @@ static void test_accessors(void) {
     CHECK_EQ(s0, PMAP_OWNING);
     CHECK_EQ(s1, PMAP_OWNING);
     CHECK_EQ(pmap_primary(b, p), n0);
+    CHECK_EQ(pmap_leader(b, p), n0);
     CHECK(n0 != n1 && n1 >= 0 && n1 < 3);
     /* past the slots, past the partitions: no copy */
     s2 = -5;
@@ -2083,6 +2418,8 @@ static void test_accessors(void) {
   CHECK_EQ(st, PMAP_NONE);
   CHECK_EQ(pmap_primary(b, 8), -1);
   CHECK_EQ(pmap_primary(b, UINT32_MAX), -1);
+  CHECK_EQ(pmap_leader(b, 8), -1);
+  CHECK_EQ(pmap_leader(b, UINT32_MAX), -1);
 
   /* LOST: no primary, no node in copy 0 */
   pmap_node_t alive[2] = {nodes[0], nodes[2]};
@@ -2096,9 +2433,11 @@ static void test_accessors(void) {
       lost++;
       CHECK_EQ(n, -1);
       CHECK_EQ(pmap_primary(la, p), -1);
+      CHECK_EQ(pmap_leader(la, p), -1);
     } else {
       CHECK_EQ(s, PMAP_OWNING);
       CHECK_EQ(pmap_primary(la, p), n);
+      CHECK_EQ(pmap_leader(la, p), n);
     }
   }
   /* MOVING: a copy, but not a primary */
@@ -2111,6 +2450,7 @@ static void test_accessors(void) {
         moving++;
         CHECK(n >= 0 && (size_t)n < l.nnodes);
         CHECK(pmap_primary(lb, p) != n);
+        CHECK(pmap_leader(lb, p) != n);
       }
     }
   CHECK(lost > 0);
@@ -2150,6 +2490,7 @@ int main(int argc, char **argv) {
   RUN_ONE(test_rule_ideal_takes_over);
   RUN_ONE(test_rule_fill_leads_next_step);
   RUN_ONE(test_rule_promotion_refills);
+  RUN_ONE(test_rule_handoff);
   RUN_ONE(test_rule_demote);
   RUN_ONE(test_demote_backups);
   RUN_ONE(test_encode_decode);
