@@ -278,13 +278,15 @@ static int harness_all_stopped(pid_t pid) {
   return all;
 }
 
-void harness_pause(harness_node_t *n) {
-  CHECK(kill(n->pid, SIGSTOP) == 0);
+void harness_pause_pid(pid_t pid) {
+  CHECK(kill(pid, SIGSTOP) == 0);
   /* kill() returns before the stop takes effect on threads running on
    * another core; /proc says when every thread has stopped. */
-  for (int i = 0; i < 2000 && !harness_all_stopped(n->pid); i++) harness_sleep_ms(1);
-  CHECK(harness_all_stopped(n->pid));
+  for (int i = 0; i < 2000 && !harness_all_stopped(pid); i++) harness_sleep_ms(1);
+  CHECK(harness_all_stopped(pid));
 }
+
+void harness_pause(harness_node_t *n) { harness_pause_pid(n->pid); }
 
 void harness_resume(harness_node_t *n) { CHECK(kill(n->pid, SIGCONT) == 0); }
 

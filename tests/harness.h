@@ -30,6 +30,7 @@ int harness_stop(harness_node_t *n);
 /* SIGSTOP, and waits until every thread of the node is stopped;
  * harness_resume sends SIGCONT. */
 void harness_pause(harness_node_t *n);
+void harness_pause_pid(pid_t pid);
 void harness_resume(harness_node_t *n);
 
 /* SIGKILL, as a crash: no goodbye to anyone. */

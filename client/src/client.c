@@ -89,15 +89,16 @@ void client_reply_free(client_reply_t *r) {
 static int client_call_once(grid_t *g, Grid__Request *rq, client_reply_t *out);
 
 /* Runs rq; when the node says the request was not run because the
- * partition is changing owner (GRID_ENOTREADY, GRID_ESTALE), tries again
- * until the call's deadline: such a request is safe to repeat, write or
- * not, since it was never applied. */
+ * partition is changing owner (GRID_ENOTREADY, GRID_ESTALE) or the node is
+ * not serving for now (GRID_ECLUSTER: no ZooKeeper), tries again until the
+ * call's deadline: such a request is safe to repeat, write or not, since
+ * it was never applied. */
 static int client_call(grid_t *g, Grid__Request *rq, client_reply_t *out) {
   int64_t deadline = clock_mono_ms() + g->timeout_ms;
   int delay_ms = 2;
   for (;;) {
     int rc = client_call_once(g, rq, out);
-    if (rc != GRID_ENOTREADY && rc != GRID_ESTALE) return rc;
+    if (rc != GRID_ENOTREADY && rc != GRID_ESTALE && rc != GRID_ECLUSTER) return rc;
     if (g->router) router_mark_stale(g->router);
     if (clock_mono_ms() + delay_ms >= deadline) return rc;
     struct timespec ts = {0, delay_ms * 1000000L};

@@ -50,6 +50,7 @@ struct cluster {
   /* cluster thread only */
   zk_t *zk;
   int registered;
+  int64_t registered_ms;      /* when this session registered */
   int64_t last_connected_ms;
   int64_t last_resync_ms;
   char root[CLUSTER_PATH_MAX];
@@ -554,6 +555,16 @@ static void cluster_coordinate(cluster_t *c, const store_cache_cfg_t *defs, size
   free(ready);
   for (size_t i = 0; i < nmsgs; i++) grid__ready_report__free_unpacked(msgs[i], NULL);
   free(msgs);
+  if (rc == 0 && changed && c->map_version >= 0 && next.nnodes < c->map.nnodes &&
+      clock_mono_ms() - c->registered_ms < n->cfg.zk_session_timeout_ms) {
+    /* This coordinator's session is new (ZooKeeper was away, or it just
+     * took over): give the others one session timeout to come back before
+     * a map without them is written. */
+    LOG_D("cluster", "\"waiting for nodes to re-register before dropping them\"");
+    c->dirty = 1;
+    pmap_free(&next);
+    return;
+  }
   if (rc == 0 && (changed || c->map_version < 0)) {
     snprintf(next.coordinator, sizeof next.coordinator, "%s", n->node_id);
     unsigned char *buf;
@@ -704,6 +715,7 @@ static void cluster_tick(cluster_t *c) {
       return;
     }
     c->registered = 1;
+    c->registered_ms = now;
     c->dirty = 1;
   }
   /* Jobs first: a cache created now is read back below. */

@@ -247,7 +247,12 @@ static void pmap_next_partition(const pmap_t *cur, const pmap_cache_t *cc,
     }
   }
   for (size_t i = 0; i < l->n; i++) l->state[i] &= (uint8_t)~PMAP_JUST_FILLED;
-  if (nideal == 0 || ideal_owning < nideal) return;
+  if (nideal == 0 || ideal_owning < nideal) {
+    /* The handover is off until every ideal owner is in sync again (a
+     * copy demoted, a node joined): meanwhile the primary serves. */
+    if (handing_off) l->state[0] = PMAP_OWNING;
+    return;
+  }
   /* Every ideal owner is in sync: the ideal layout takes over. Another
    * primary takes over in two steps: the primary hands off (takes no new
    * request), then, once it reported every write in flight acknowledged,

@@ -100,7 +100,8 @@ size_t pmap_ideal(const pmap_node_t *nodes, size_t n, uint32_t p, size_t want,
  *   leads and copies outside the ideal set are dropped. When that changes
  *   the primary, it happens in two steps: first the primary goes HANDOFF
  *   (it takes no new request and finishes those in flight), then, once it
- *   reports itself drained at that epoch, the new primary leads;
+ *   reports itself drained at that epoch, the new primary leads (should an
+ *   ideal owner fall out of sync meanwhile, the primary serves again);
  * - a cache new to the map starts with its ideal owners, all OWNING (it is
  *   empty, so there is nothing to fill).
  * out must be pmap_init'ed; its epoch is left for the caller. Returns 0 or

@@ -1,0 +1,87 @@
+/*
+ * The lease: a node that loses ZooKeeper stops serving before its session
+ * can expire and its partitions go to others; when ZooKeeper is back the
+ * cluster serves again with nothing lost.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "check.h"
+#include "grid.h"
+#include "harness.h"
+#include "pmap.h"
+
+static void sleep_ms(int ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+  nanosleep(&ts, NULL);
+}
+
+int main(void) {
+  harness_zk_t zk;
+  harness_zk_start(&zk);
+  harness_node_t nodes[3];
+  char s_zk[128];
+  snprintf(s_zk, sizeof s_zk, "zk=%s", zk.hosts);
+  for (int i = 0; i < 3; i++) {
+    char s_id[64];
+    snprintf(s_id, sizeof s_id, "node_id=lease-%d", i);
+    const char *settings[] = {s_zk, "cluster=lease", s_id, "cluster_min_nodes=3",
+                              "zk_session_timeout_ms=1000", NULL};
+    harness_start(&nodes[i], settings);
+  }
+  grid_options_t o = {.timeout_ms = 10000};
+  grid_t *g;
+  CHECK_RC(grid_open(nodes[0].uri, &o, &g), 0);
+  grid_cache_config_t cc = {.name = "leased", .partitions = 64, .backups = 1};
+  CHECK_RC(grid_cache_create(g, &cc), 0);
+  for (int i = 0; i < 200; i++) {
+    char key[16];
+    snprintf(key, sizeof key, "k%d", i);
+    CHECK_RC(grid_put(g, "leased", key, strlen(key), key, strlen(key), 0, NULL), 0);
+  }
+
+  fprintf(stderr, "-- ZooKeeper stops answering: every node fences itself\n");
+  harness_pause_pid(zk.pid);
+  grid_set_timeout(g, 1000);
+  int rc = 0;
+  for (int i = 0; i < 200; i++) {
+    grid_value_t v;
+    rc = grid_get(g, "leased", "k1", 2, &v);
+    if (rc == 0) grid_value_free(&v);
+    if (rc == GRID_ECLUSTER) break;
+    sleep_ms(50);
+  }
+  CHECK_RC(rc, GRID_ECLUSTER);
+  CHECK_RC(grid_put(g, "leased", "k1", 2, "new", 3, 0, NULL), GRID_ECLUSTER);
+
+  fprintf(stderr, "-- ZooKeeper is back: the cluster serves again, nothing lost\n");
+  CHECK(kill(zk.pid, SIGCONT) == 0);
+  grid_set_timeout(g, 10000);
+  for (int i = 0; i < 400; i++) {
+    rc = grid_put(g, "leased", "after", 5, "yes", 3, 0, NULL);
+    if (rc == 0) break;
+    sleep_ms(50);
+  }
+  CHECK_RC(rc, 0);
+  for (int i = 0; i < 200; i++) {
+    char key[16];
+    snprintf(key, sizeof key, "k%d", i);
+    grid_value_t v;
+    rc = grid_get(g, "leased", key, strlen(key), &v);
+    CHECK_RC(rc, 0);
+    CHECK_STR(v.data, key);
+    grid_value_free(&v);
+  }
+  grid_cluster_status_t *st;
+  CHECK_RC(grid_cluster_status(g, &st), 0);
+  for (size_t i = 0; i < st->ncaches; i++) CHECK_EQ(st->caches[i].lost, 0);
+  grid_cluster_status_free(st);
+  grid_close(g);
+  for (int i = 0; i < 3; i++) CHECK(harness_stop(&nodes[i]) == 0);
+  harness_zk_stop(&zk);
+  printf("test_lease: all passed\n");
+  return 0;
+}
