@@ -246,8 +246,8 @@ static int cmd_status(grid_t *g, int argc, char **argv) {
       const grid_cache_status_t *c = &st->caches[i];
       printf("%s{\"name\":", i ? "," : "");
       json_str(c->name);
-      printf(",\"partitions\":%u,\"owning\":%u,\"moving\":%u,\"lost\":%u}",
-             c->partitions, c->owning, c->moving, c->lost);
+      printf(",\"partitions\":%u,\"owning\":%u,\"moving\":%u,\"handoff\":%u,\"lost\":%u}",
+             c->partitions, c->owning, c->moving, c->handoff, c->lost);
     }
     printf("]}\n");
   } else if (!st->cluster[0]) {
@@ -265,13 +265,13 @@ static int cmd_status(grid_t *g, int argc, char **argv) {
       printf("%-20s %-24s %-10s %-6s %9u %8u\n", n->id, n->addr, n->zone[0] ? n->zone : "-",
              n->alive ? "yes" : "NO", n->primaries, n->backups);
     }
-    printf("\n%-24s %10s %8s %8s %6s %s\n", "CACHE", "PARTITIONS", "OWNING", "MOVING", "LOST",
-           "REBALANCED");
+    printf("\n%-24s %10s %8s %8s %8s %6s %s\n", "CACHE", "PARTITIONS", "OWNING", "MOVING",
+           "HANDOFF", "LOST", "REBALANCED");
     for (size_t i = 0; i < st->ncaches; i++) {
       const grid_cache_status_t *c = &st->caches[i];
       uint32_t copies = c->owning + c->moving;
-      printf("%-24s %10u %8u %8u %6u %5.1f%%\n", c->name, c->partitions, c->owning, c->moving,
-             c->lost, copies ? 100.0 * c->owning / copies : 100.0);
+      printf("%-24s %10u %8u %8u %8u %6u %5.1f%%\n", c->name, c->partitions, c->owning,
+             c->moving, c->handoff, c->lost, copies ? 100.0 * c->owning / copies : 100.0);
     }
   }
   grid_cluster_status_free(st);

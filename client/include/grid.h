@@ -233,6 +233,7 @@ typedef struct grid_cache_status {
   uint32_t partitions;
   uint32_t owning;     /* copies in sync */
   uint32_t moving;     /* copies being filled (rebalancing) */
+  uint32_t handoff;    /* partitions whose primary is handing over */
   uint32_t lost;       /* partitions with no copy left */
 } grid_cache_status_t;
 

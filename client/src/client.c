@@ -533,10 +533,14 @@ static void client_status_from_map(const Grid__Pmap *pm, grid_cluster_status_t *
           cs->lost++;
           continue;
         }
-        if (state == GRID__PART_STATE__PART_OWNING) cs->owning++;
+        int leads = i == 0 && (state == GRID__PART_STATE__PART_OWNING ||
+                               state == GRID__PART_STATE__PART_HANDOFF);
+        if (state == GRID__PART_STATE__PART_OWNING || state == GRID__PART_STATE__PART_HANDOFF)
+          cs->owning++;
+        if (state == GRID__PART_STATE__PART_HANDOFF) cs->handoff++;
         if (state == GRID__PART_STATE__PART_MOVING) cs->moving++;
         if (owner == 0 || owner > st->nnodes || state == GRID__PART_STATE__PART_NONE) continue;
-        if (i == 0 && state == GRID__PART_STATE__PART_OWNING) st->nodes[owner - 1].primaries++;
+        if (leads) st->nodes[owner - 1].primaries++;
         else st->nodes[owner - 1].backups++;
       }
     }

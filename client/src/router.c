@@ -76,7 +76,9 @@ static remote_t *router_conn(router_t *rt, const char *addr) {
   remote_t *r;
   if (router_connect(rt, addr, &r) != 0) return NULL;
   router_conn_t *c = &rt->conns[rt->nconns++];
-  snprintf(c->addr, sizeof c->addr, "%s", addr);
+  size_t n = strnlen(addr, sizeof c->addr - 1);
+  memmove(c->addr, addr, n); /* addr may be the map's, inside *rt */
+  c->addr[n] = '\0';
   c->r = r;
   return r;
 }
