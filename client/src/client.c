@@ -39,7 +39,22 @@ static int client_open_embedded(const grid_options_t *opts, grid_t *g) {
     return GRID_ECONFIG;
   }
   int rc = node_start(&cfg, &g->node, err, sizeof err);
-  if (rc != 0) LOG_E("client", "\"embedded node did not start\" reason=\"%s\"", err);
+  if (rc != 0) {
+    LOG_E("client", "\"embedded node did not start\" reason=\"%s\"", err);
+    return rc;
+  }
+  if (g->node->cluster) {
+    /* An embedded cluster node: the application's requests go through the
+     * node's own listener, like any client's, so that they are routed,
+     * replicated and fenced like every other request. */
+    char self[160];
+    snprintf(self, sizeof self, "%s", g->node->advertise);
+    rc = router_open(self, opts, &g->router);
+    if (rc != 0) {
+      node_stop(g->node);
+      g->node = NULL;
+    }
+  }
   return rc;
 }
 
@@ -66,8 +81,8 @@ int grid_open(const char *uri, const grid_options_t *opts, grid_t **out) {
 
 void grid_close(grid_t *g) {
   if (!g) return;
-  if (g->node) node_stop(g->node);
   if (g->router) router_close(g->router);
+  if (g->node) node_stop(g->node);
   free(g);
 }
 
@@ -110,7 +125,7 @@ static int client_call(grid_t *g, Grid__Request *rq, client_reply_t *out) {
 static int client_call_once(grid_t *g, Grid__Request *rq, client_reply_t *out) {
   memset(out, 0, sizeof *out);
   int rc;
-  if (g->node) {
+  if (!g->router) {
     arena_init(&out->arena, CLIENT_ARENA_BYTES);
     grid__reply__init(&out->local);
     ops_execute(g->node, NULL, rq, &out->local, &out->arena);
@@ -212,7 +227,7 @@ static int client_embedded_get(grid_t *g, const char *cache, const void *key,
 int grid_get(grid_t *g, const char *cache, const void *key, size_t key_len,
              grid_value_t *out) {
   memset(out, 0, sizeof *out);
-  if (g->node) return client_embedded_get(g, cache, key, key_len, out);
+  if (!g->router) return client_embedded_get(g, cache, key, key_len, out);
   Grid__Request rq;
   client_request_key(&rq, GRID__OP__GET, cache, key, key_len);
   client_reply_t r;
@@ -642,7 +657,7 @@ static void client_async_done(void *arg, int status, const Grid__Reply *rp) {
 
 static int client_call_async(grid_t *g, Grid__Request *rq, grid_get_cb get_cb,
                              grid_write_cb write_cb, void *arg) {
-  if (g->node) {
+  if (!g->router) {
     /* Embedded: the work is done here and now, so the callback runs on the
      * calling thread before the call returns. */
     client_reply_t r;

@@ -79,6 +79,34 @@ int main(void) {
   CHECK_RC(grid_cluster_status(g, &st), 0);
   for (size_t i = 0; i < st->ncaches; i++) CHECK_EQ(st->caches[i].lost, 0);
   grid_cluster_status_free(st);
+
+  fprintf(stderr, "-- an embedded node joins the cluster and serves its application\n");
+  char cfg[256];
+  snprintf(cfg, sizeof cfg, "zk = %s\ncluster = lease\nnode_id = lease-embedded\n"
+                            "listen = on\nport = 0\nzk_session_timeout_ms = 1000\n", zk.hosts);
+  grid_options_t eo = {.timeout_ms = 10000, .config_text = cfg};
+  grid_t *e;
+  CHECK_RC(grid_open("embedded:", &eo, &e), 0);
+  grid_value_t v;
+  CHECK_RC(grid_get(e, "leased", "k7", 2, &v), 0);
+  CHECK_STR(v.data, "k7");
+  grid_value_free(&v);
+  CHECK_RC(grid_put(e, "leased", "from-embedded", 13, "hi", 2, 0, NULL), 0);
+  CHECK_RC(grid_get(g, "leased", "from-embedded", 13, &v), 0);
+  CHECK_STR(v.data, "hi");
+  grid_value_free(&v);
+  for (int i = 0; i < 400; i++) { /* the map takes the embedded node in */
+    CHECK_RC(grid_cluster_status(g, &st), 0);
+    size_t n = st->nnodes;
+    grid_cluster_status_free(st);
+    if (n == 4) break;
+    sleep_ms(50);
+  }
+  CHECK_RC(grid_cluster_status(e, &st), 0);
+  CHECK_EQ(st->nnodes, 4);
+  CHECK_STR(st->node_id, "lease-embedded");
+  grid_cluster_status_free(st);
+  grid_close(e);
   grid_close(g);
   for (int i = 0; i < 3; i++) CHECK(harness_stop(&nodes[i]) == 0);
   harness_zk_stop(&zk);
