@@ -413,7 +413,8 @@ int client_op_is_write(Grid__Op op) {
     case GRID__OP__PUT: case GRID__OP__PUT_IF_ABSENT: case GRID__OP__REPLACE:
     case GRID__OP__CAS: case GRID__OP__DELETE: case GRID__OP__PUT_ALL:
     case GRID__OP__DELETE_ALL: case GRID__OP__ADD: case GRID__OP__CREATE_CACHE:
-    case GRID__OP__DROP_CACHE:
+    case GRID__OP__DROP_CACHE: case GRID__OP__APPEND: case GRID__OP__GET_AND_PUT:
+    case GRID__OP__GET_AND_DELETE: case GRID__OP__EXPIRE: case GRID__OP__LEAVE:
       return 1;
     default:
       return 0;

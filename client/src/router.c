@@ -196,7 +196,9 @@ static int router_keyed(Grid__Op op) {
   switch (op) {
     case GRID__OP__GET: case GRID__OP__PUT: case GRID__OP__PUT_IF_ABSENT:
     case GRID__OP__REPLACE: case GRID__OP__CAS: case GRID__OP__DELETE:
-    case GRID__OP__ADD: case GRID__OP__SCAN:
+    case GRID__OP__ADD: case GRID__OP__SCAN: case GRID__OP__APPEND:
+    case GRID__OP__GET_AND_PUT: case GRID__OP__GET_AND_DELETE: case GRID__OP__EXPIRE:
+    case GRID__OP__TTL:
       return 1;
     default:
       return 0;

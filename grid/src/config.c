@@ -27,6 +27,9 @@ static const config_key_t config_keys[] = {
     CFG_N(port, CFG_INT, 0, 65535),
     CFG_N(listen, CFG_BOOL, 0, 1),
     CFG_S(port_file),
+    CFG_N(resp_port, CFG_INT, -1, 65535),
+    CFG_S(resp_port_file),
+    CFG_N(resp_args_max, CFG_INT, 3, 10000000),
     CFG_S(node_id),
     CFG_N(loops, CFG_INT, 0, 64),
     CFG_N(memory_bytes_max, CFG_SIZE, 0, INT64_MAX),
@@ -61,6 +64,8 @@ void config_defaults(config_t *c) {
   strcpy(c->bind, "127.0.0.1");
   c->port = 10800;
   c->listen = 1;
+  c->resp_port = -1;
+  c->resp_args_max = 1024 * 1024;
   c->loops = 0;
   c->memory_bytes_max = 0;
   c->frame_bytes_max = 64 << 20;

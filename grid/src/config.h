@@ -17,6 +17,9 @@ typedef struct config {
   int64_t port;                   /* listen port; 0 picks a free one */
   int64_t listen;                 /* 1: serve the native protocol on TCP */
   char port_file[256];            /* if set, the bound port is written here */
+  int64_t resp_port;              /* Redis-protocol port; -1: none, 0: any */
+  char resp_port_file[256];       /* if set, the bound RESP port goes here */
+  int64_t resp_args_max;          /* arguments of one RESP command at most */
   char node_id[64];               /* empty: generated at start */
   int64_t loops;                  /* event loop threads; 0 = one per core */
   int64_t memory_bytes_max;       /* entry memory at most; 0 = 1/4 of RAM */

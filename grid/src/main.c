@@ -29,6 +29,7 @@ static void usage(FILE *f) {
           "  --bind ADDR        listen address (default 127.0.0.1)\n"
           "  --loops N          event loop threads (default: one per core)\n"
           "  --port-file FILE   write the bound port to FILE once listening\n"
+          "  --resp-port N      also serve the Redis protocol (RESP2) on port N\n"
           "  --set KEY=VALUE    any config setting; may be repeated\n"
           "  --print-config     print the settings in effect and exit\n"
           "  --version          print the version and exit\n"
@@ -36,7 +37,8 @@ static void usage(FILE *f) {
           "\n"
           "Command-line flags override the config file. Settings (sizes take\n"
           "K, M, G; times are milliseconds):\n"
-          "  bind, port, listen, port_file, node_id, loops, memory_bytes_max,\n"
+          "  bind, port, listen, port_file, resp_port, resp_port_file,\n"
+          "  resp_args_max, node_id, loops, memory_bytes_max,\n"
           "  frame_bytes_max, key_bytes_max, value_bytes_max, batch_keys_max,\n"
           "  scan_count_max, caches_max, partitions_default, partitions_max,\n"
           "  connections_max, output_bytes_max, handshake_timeout_ms,\n"
@@ -60,6 +62,7 @@ int main(int argc, char **argv) {
       {"config", required_argument, 0, 'c'}, {"port", required_argument, 0, 'p'},
       {"bind", required_argument, 0, 'b'},   {"loops", required_argument, 0, 'l'},
       {"port-file", required_argument, 0, 'f'}, {"set", required_argument, 0, 's'},
+      {"resp-port", required_argument, 0, 'r'},
       {"print-config", no_argument, 0, 'P'}, {"version", no_argument, 0, 'V'},
       {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
   /* The config file is applied first and the flags after it, whatever their
@@ -68,7 +71,7 @@ int main(int argc, char **argv) {
   const char *config_path = NULL;
   int print_config = 0;
   int opt;
-  while ((opt = getopt_long(argc, argv, "c:p:b:l:f:s:h", opts, NULL)) != -1) {
+  while ((opt = getopt_long(argc, argv, "c:p:b:l:f:s:r:h", opts, NULL)) != -1) {
     switch (opt) {
       case 'c': config_path = optarg; break;
       case 'P': print_config = 1; break;
@@ -90,7 +93,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   optind = 0;
-  while ((opt = getopt_long(argc, argv, "c:p:b:l:f:s:h", opts, NULL)) != -1) {
+  while ((opt = getopt_long(argc, argv, "c:p:b:l:f:s:r:h", opts, NULL)) != -1) {
     const char *key;
     char kv[600];
     switch (opt) {
@@ -98,6 +101,7 @@ int main(int argc, char **argv) {
       case 'b': key = "bind"; break;
       case 'l': key = "loops"; break;
       case 'f': key = "port_file"; break;
+      case 'r': key = "resp_port"; break;
       case 's': key = NULL; break;
       default: continue;
     }

@@ -22,9 +22,11 @@
 #include "peer.h"
 #include "repl.h"
 #include "route.h"
+#include "resp.h"
 
 static void conn_close(conn_t *c);
 static void conn_resume(conn_t *c);
+static void net_on_connection(uv_stream_t *server, int status);
 
 /* ---- output ------------------------------------------------------------ */
 
@@ -37,6 +39,26 @@ static int conn_reserve(conn_t *c, size_t more) {
   c->wbuf = b;
   c->wcap = cap;
   return 0;
+}
+
+int conn_out(conn_t *c, const void *p, size_t n) {
+  if (conn_reserve(c, n) != 0) return GRID_ENOMEM;
+  memcpy(c->wbuf + c->wlen, p, n);
+  c->wlen += n;
+  return 0;
+}
+
+void conn_close_when_written(conn_t *c) {
+  if (c->closing) return;
+  c->closing = 1;
+  c->closing_since_ms = clock_mono_ms();
+  c->rlen = 0;
+}
+
+void conn_pause(conn_t *c) {
+  if (c->paused || uv_is_closing((uv_handle_t *)&c->tcp)) return;
+  uv_read_stop((uv_stream_t *)&c->tcp);
+  c->paused = 1;
 }
 
 /* Appends one framed message to the connection's output. */
@@ -59,7 +81,7 @@ static void conn_on_shutdown(uv_shutdown_t *req, int status) {
 /* After a failure: once everything queued is written, half-close, so the
  * peer reads the error reply and then EOF; the cron closes the socket when
  * the peer does not within NET_LINGER_MS. */
-static void conn_shutdown_if_drained(conn_t *c) {
+void conn_shutdown_if_drained(conn_t *c) {
   if (!c->closing || c->inflight_bytes || c->wlen ||
       uv_is_closing((uv_handle_t *)&c->tcp))
     return;
@@ -90,7 +112,7 @@ static void conn_on_write(uv_write_t *req, int status) {
 /* Writes what the read callback gathered: straight to the socket when it
  * takes it all (the common case, no allocation), else through uv_write,
  * which then owns the buffer. */
-static void conn_flush(conn_t *c) {
+void conn_flush(conn_t *c) {
   if (c->wlen == 0 || uv_is_closing((uv_handle_t *)&c->tcp)) {
     conn_shutdown_if_drained(c);
     return;
@@ -136,6 +158,13 @@ static void conn_flush(conn_t *c) {
  * expects to read first. */
 static void conn_fail(conn_t *c, int status, const char *detail) {
   if (c->closing) return;
+  if (c->resp) {
+    char why[256];
+    snprintf(why, sizeof why, "%s%s%s", grid_strerror(status), detail ? ": " : "",
+             detail ? detail : "");
+    resp_fail(c, why);
+    return;
+  }
   arena_t *a = &c->lp->arena;
   LOG_W("net", "\"closing connection\" peer=%s error=%s detail=\"%s\"", c->peer,
         grid_err_name(status), detail ? detail : "");
@@ -214,7 +243,7 @@ static void conn_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
    * it: bounded by frame_bytes_max, whatever the peer sends. */
   size_t limit = FRAME_HEADER_BYTES + frame_max + NET_RBUF_BYTES;
   size_t want = NET_RBUF_BYTES;
-  if (c->rlen >= FRAME_HEADER_BYTES && !c->closing) {
+  if (c->rlen >= FRAME_HEADER_BYTES && !c->closing && !c->resp) {
     size_t need = FRAME_HEADER_BYTES + (size_t)frame_get_header(c->rbuf);
     if (need <= FRAME_HEADER_BYTES + frame_max && need + NET_RBUF_BYTES > want)
       want = need + NET_RBUF_BYTES;
@@ -241,7 +270,7 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
 /* Whether the connection's replies, written or waiting, are over
  * output_bytes_max. */
-static int conn_output_full(const conn_t *c) {
+int conn_output_full(const conn_t *c) {
   return c->wlen + c->inflight_bytes > (size_t)c->lp->net->node->cfg.output_bytes_max;
 }
 
@@ -252,6 +281,10 @@ static int conn_output_full(const conn_t *c) {
 static void conn_process(conn_t *c) {
   node_t *n = c->lp->net->node;
   size_t off = 0;
+  if (c->resp) {
+    resp_input(c);
+    return;
+  }
   while (!c->closing && !uv_is_closing((uv_handle_t *)&c->tcp)) {
     if (conn_output_full(c)) {
       /* Try to make room first: the socket may take it all at once. */
@@ -334,6 +367,7 @@ static void conn_resume(conn_t *c) {
 /* ---- life cycle -------------------------------------------------------- */
 
 static void conn_free(conn_t *c) {
+  resp_conn_free(c->resp);
   free(c->rbuf);
   free(c->wbuf);
   free(c);
@@ -423,6 +457,15 @@ static void net_on_connection(uv_stream_t *server, int status) {
   if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
     conn_close(c);
     return;
+  }
+  if (server == (uv_stream_t *)&lp->resp_listener) {
+    /* A Redis-protocol client: no handshake, commands at once. */
+    c->resp = resp_conn_new();
+    c->handshaken = 1;
+    if (!c->resp) {
+      conn_close(c);
+      return;
+    }
   }
   struct sockaddr_storage ss;
   int sl = sizeof ss;
@@ -551,32 +594,59 @@ static void net_set_port(struct sockaddr_storage *ss, int port) {
   else ((struct sockaddr_in *)ss)->sin_port = htons((uint16_t)port);
 }
 
-int net_start(node_t *n, net_t **out, char *err, size_t err_len) {
-  struct sockaddr_storage ss;
-  memset(&ss, 0, sizeof ss);
-  if (uv_ip4_addr(n->cfg.bind, (int)n->cfg.port, (struct sockaddr_in *)&ss) != 0 &&
-      uv_ip6_addr(n->cfg.bind, (int)n->cfg.port, (struct sockaddr_in6 *)&ss) != 0) {
-    snprintf(err, err_len, "bind address \"%s\" is not an IPv4 or IPv6 address",
-             n->cfg.bind);
+/* Resolves bind:port into ss, and picks the port with a plain bind (which
+ * fails when another process holds it: a SO_REUSEPORT group alone would
+ * share it silently). */
+static int net_pick_address(const char *bind_addr, int64_t port, struct sockaddr_storage *ss,
+                            int *port_out, char *err, size_t err_len) {
+  memset(ss, 0, sizeof *ss);
+  if (uv_ip4_addr(bind_addr, (int)port, (struct sockaddr_in *)ss) != 0 &&
+      uv_ip6_addr(bind_addr, (int)port, (struct sockaddr_in6 *)ss) != 0) {
+    snprintf(err, err_len, "bind address \"%s\" is not an IPv4 or IPv6 address", bind_addr);
     return GRID_ECONFIG;
   }
-  /* A plain bind first: it fails when another process holds the port
-   * (the SO_REUSEPORT group alone would share it silently) and it picks the
-   * port when the config says 0. */
   char why[128];
-  int probe = net_bind_socket((struct sockaddr *)&ss, 0, why, sizeof why);
+  int probe = net_bind_socket((struct sockaddr *)ss, 0, why, sizeof why);
   if (probe < 0) {
-    snprintf(err, err_len, "%s:%lld: %s", n->cfg.bind, (long long)n->cfg.port, why);
+    snprintf(err, err_len, "%s:%lld: %s", bind_addr, (long long)port, why);
     return GRID_ECONN;
   }
   struct sockaddr_storage bound;
   socklen_t bl = sizeof bound;
   getsockname(probe, (struct sockaddr *)&bound, &bl);
-  int port = ntohs(bound.ss_family == AF_INET6
-                       ? ((struct sockaddr_in6 *)&bound)->sin6_port
-                       : ((struct sockaddr_in *)&bound)->sin_port);
+  *port_out = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                                : ((struct sockaddr_in *)&bound)->sin_port);
   close(probe);
-  net_set_port(&ss, port);
+  net_set_port(ss, *port_out);
+  return 0;
+}
+
+/* One loop's listening socket on ss, in the SO_REUSEPORT group. */
+static int net_listen_on(net_loop_t *lp, uv_tcp_t *h, const struct sockaddr_storage *ss,
+                         char *err, size_t err_len) {
+  char why[128];
+  uv_tcp_init(&lp->loop, h);
+  h->data = lp;
+  int fd = net_bind_socket((const struct sockaddr *)ss, 1, why, sizeof why);
+  int rc = 0;
+  if (fd >= 0 && (rc = uv_tcp_open(h, fd)) != 0) close(fd);
+  if (fd >= 0 && rc == 0) rc = uv_listen((uv_stream_t *)h, NET_BACKLOG, net_on_connection);
+  if (fd < 0 || rc != 0) {
+    snprintf(err, err_len, "%s", fd < 0 ? why : uv_strerror(rc));
+    return GRID_ECONN;
+  }
+  return 0;
+}
+
+int net_start(node_t *n, net_t **out, char *err, size_t err_len) {
+  struct sockaddr_storage ss, rss;
+  int port, resp_port = 0;
+  int rc = net_pick_address(n->cfg.bind, n->cfg.port, &ss, &port, err, err_len);
+  if (rc != 0) return rc;
+  if (n->cfg.resp_port >= 0) {
+    rc = net_pick_address(n->cfg.bind, n->cfg.resp_port, &rss, &resp_port, err, err_len);
+    if (rc != 0) return rc;
+  }
 
   net_t *net = calloc(1, sizeof *net);
   if (!net) return GRID_ENOMEM;
@@ -585,6 +655,7 @@ int net_start(node_t *n, net_t **out, char *err, size_t err_len) {
   pthread_mutex_init(&net->stop_lock, NULL);
   pthread_cond_init(&net->stop_cond, NULL);
   net->port = port;
+  net->resp_port = n->cfg.resp_port >= 0 ? resp_port : 0;
   net->loops = calloc((size_t)net->nloops, sizeof *net->loops);
   if (!net->loops) {
     free(net);
@@ -596,7 +667,7 @@ int net_start(node_t *n, net_t **out, char *err, size_t err_len) {
   cron_ms /= 4;
   if (cron_ms < 1) cron_ms = 1;
   if (cron_ms > NET_CRON_MS_MAX) cron_ms = NET_CRON_MS_MAX;
-  int started = 0, rc = 0;
+  int started = 0;
   for (int i = 0; i < net->nloops; i++) {
     net_loop_t *lp = &net->loops[i];
     lp->net = net;
@@ -618,33 +689,26 @@ int net_start(node_t *n, net_t **out, char *err, size_t err_len) {
     uv_timer_init(&lp->loop, &lp->cron);
     lp->cron.data = lp;
     uv_timer_start(&lp->cron, net_on_cron, (uint64_t)cron_ms, (uint64_t)cron_ms);
-    uv_tcp_init(&lp->loop, &lp->listener);
-    lp->listener.data = lp;
-    int fd = net_bind_socket((struct sockaddr *)&ss, 1, why, sizeof why);
-    if (fd >= 0 && (rc = uv_tcp_open(&lp->listener, fd)) != 0) close(fd);
-    if (fd >= 0 && rc == 0)
-      rc = uv_listen((uv_stream_t *)&lp->listener, NET_BACKLOG, net_on_connection);
-    if (fd < 0 || rc != 0) {
-      snprintf(err, err_len, "%s:%d: %s", n->cfg.bind, port,
-               fd < 0 ? why : uv_strerror(rc));
-      rc = GRID_ECONN;
-      uv_close((uv_handle_t *)&lp->listener, NULL);
-      uv_close((uv_handle_t *)&lp->cron, NULL);
-      uv_close((uv_handle_t *)&lp->stop_async, NULL);
-      uv_run(&lp->loop, UV_RUN_DEFAULT);
-      uv_loop_close(&lp->loop);
-      arena_close(&lp->arena);
-      store_view_close(&lp->view);
-      break;
+    char why[160];
+    rc = net_listen_on(lp, &lp->listener, &ss, why, sizeof why);
+    if (rc == 0) snprintf(why, sizeof why, "cannot start loop thread %d", i);
+    else snprintf(err, err_len, "%s:%d: %s", n->cfg.bind, port, why);
+    if (rc == 0 && n->cfg.resp_port >= 0) {
+      rc = net_listen_on(lp, &lp->resp_listener, &rss, why, sizeof why);
+      lp->resp_on = rc == 0;
+      if (rc != 0) snprintf(err, err_len, "RESP %s:%d: %s", n->cfg.bind, resp_port, why);
     }
-    if (uv_thread_create(&lp->thread, net_loop_run, lp) != 0) {
+    if (rc == 0 && uv_thread_create(&lp->thread, net_loop_run, lp) != 0) {
       snprintf(err, err_len, "cannot start loop thread %d", i);
       rc = GRID_ENOMEM;
+    }
+    if (rc != 0) {
       uv_walk(&lp->loop, net_close_walk_cb, lp);
       uv_run(&lp->loop, UV_RUN_DEFAULT);
       uv_loop_close(&lp->loop);
       arena_close(&lp->arena);
       store_view_close(&lp->view);
+      pthread_mutex_destroy(&lp->inbox_lock);
       break;
     }
     started++;
@@ -659,6 +723,8 @@ int net_start(node_t *n, net_t **out, char *err, size_t err_len) {
 }
 
 int net_port(const net_t *net) { return net->port; }
+
+int net_resp_port(const net_t *net) { return net->resp_port; }
 
 int net_loops(const net_t *net) { return net->nloops; }
 

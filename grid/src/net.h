@@ -18,6 +18,8 @@ typedef struct net net_t;
 int net_start(node_t *n, net_t **out, char *err, size_t err_len);
 int net_port(const net_t *net);
 int net_loops(const net_t *net);
+/* The bound RESP port, or 0 when there is none. */
+int net_resp_port(const net_t *net);
 /* Requests served by every loop so far. */
 uint64_t net_ops_served(net_t *net);
 /* Closes every connection and listener, joins the threads, frees net. */

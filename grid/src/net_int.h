@@ -48,6 +48,7 @@ typedef struct conn {
   unsigned peer_role : 1;      /* the peer said hello as a grid node */
   unsigned closed : 1;         /* libuv closed it; freed when refs is 0 */
   char peer_id[64];            /* a peer's node id, from its hello */
+  struct resp_conn *resp;      /* a Redis-protocol client's state, or NULL */
   int refs;                    /* deferred requests that will answer on it */
   char peer[64];
 } conn_t;
@@ -63,6 +64,8 @@ struct net_loop {
   uv_loop_t loop;
   uv_thread_t thread;
   uv_tcp_t listener;
+  uv_tcp_t resp_listener;      /* the Redis-protocol port (when resp_on) */
+  int resp_on;
   uv_async_t stop_async;
   uv_timer_t cron;
   net_t *net;
@@ -88,6 +91,7 @@ struct net {
   pthread_mutex_t stop_lock;   /* the stop's first step, on every loop */
   pthread_cond_t stop_cond;
   int stopped_first;
+  int resp_port;               /* 0: no RESP listener */
 };
 
 typedef struct net_write {
@@ -110,5 +114,13 @@ void conn_unref(conn_t *c);
 /* Sends rp (its id already set) on c and flushes, unless c has closed or
  * failed meanwhile. */
 void conn_reply(conn_t *c, const Grid__Reply *rp);
+/* Raw output (the RESP front end): append, write what is gathered, close
+ * once written, stop reading while the output is full. */
+int conn_out(conn_t *c, const void *p, size_t n);
+void conn_flush(conn_t *c);
+void conn_close_when_written(conn_t *c);
+void conn_shutdown_if_drained(conn_t *c);
+int conn_output_full(const conn_t *c);
+void conn_pause(conn_t *c);
 
 #endif

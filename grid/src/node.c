@@ -104,18 +104,21 @@ int node_start(const config_t *cfg, node_t **out, char *err, size_t err_len) {
       node_stop(n);
       return rc;
     }
-    if (n->cfg.port_file[0]) {
-      FILE *f = fopen(n->cfg.port_file, "w");
-      if (!f || fprintf(f, "%d\n", net_port(n->net)) < 0 || fclose(f) != 0) {
-        snprintf(err, err_len, "cannot write port_file %s: %s", n->cfg.port_file,
-                 strerror(errno));
+    const char *files[2] = {n->cfg.port_file, n->cfg.resp_port_file};
+    int ports[2] = {net_port(n->net), net_resp_port(n->net)};
+    const char *keys[2] = {"port_file", "resp_port_file"};
+    for (int i = 0; i < 2; i++) {
+      if (!files[i][0]) continue;
+      FILE *f = fopen(files[i], "w");
+      if (!f || fprintf(f, "%d\n", ports[i]) < 0 || fclose(f) != 0) {
+        snprintf(err, err_len, "cannot write %s %s: %s", keys[i], files[i], strerror(errno));
         node_stop(n);
         return GRID_ECONFIG;
       }
     }
-    LOG_I("node", "\"listening\" node=%s addr=%s:%d loops=%lld memory_bytes_max=%lld",
-          n->node_id, n->cfg.bind, net_port(n->net), (long long)n->cfg.loops,
-          (long long)n->cfg.memory_bytes_max);
+    LOG_I("node", "\"listening\" node=%s addr=%s:%d resp_port=%d loops=%lld memory_bytes_max=%lld",
+          n->node_id, n->cfg.bind, net_port(n->net), net_resp_port(n->net),
+          (long long)n->cfg.loops, (long long)n->cfg.memory_bytes_max);
   } else {
     LOG_D("node", "\"started without a listener\" node=%s", n->node_id);
   }

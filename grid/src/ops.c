@@ -102,10 +102,26 @@ static store_op_t ops_store_op(Grid__Op op) {
     case GRID__OP__PUT_IF_ABSENT: return STORE_PUT_IF_ABSENT;
     case GRID__OP__REPLACE: return STORE_REPLACE;
     case GRID__OP__CAS: return STORE_CAS;
-    case GRID__OP__DELETE: return STORE_DELETE;
+    case GRID__OP__DELETE: case GRID__OP__GET_AND_DELETE: return STORE_DELETE;
     case GRID__OP__ADD: return STORE_ADD;
+    case GRID__OP__APPEND: return STORE_APPEND;
+    case GRID__OP__EXPIRE: return STORE_EXPIRE;
     default: return STORE_PUT;
   }
+}
+
+static void ops_ttl(node_t *n, store_cache_t *c, const Grid__Request *rq,
+                    Grid__Reply *rp, arena_t *a) {
+  if (ops_check_key(n, &rq->key, 0, rp, a)) return;
+  store_key_t k;
+  store_key_init(c, rq->key.data, rq->key.len, &k);
+  int64_t now = clock_wall_ms(), expire_at = 0;
+  int rc = store_expiry(c, &k, now, &expire_at);
+  if (rc != 0) {
+    ops_reply_error(rp, rc, NULL, a);
+    return;
+  }
+  rp->number = expire_at == 0 ? -1 : (expire_at > now ? expire_at - now : 0);
 }
 
 static void ops_write(node_t *n, store_cache_t *c, const Grid__Request *rq,
@@ -121,9 +137,22 @@ static void ops_write(node_t *n, store_cache_t *c, const Grid__Request *rq,
       .ttl_ms = rq->ttl_ms,
       .expected_version = rq->version,
       .delta = rq->delta,
+      .cond = rq->cond,
+      .keep_ttl = rq->keep_ttl,
+      .expire_ms = rq->expire_ms,
+      .persist = rq->persist,
   };
+  if (rq->op == GRID__OP__GET_AND_PUT || rq->op == GRID__OP__GET_AND_DELETE) {
+    w.old_alloc = ops_arena_alloc;
+    w.old_ctx = a;
+  }
   store_result_t res = {0};
   int rc = store_write_rec(c, &k, &w, clock_wall_ms(), &res, applied, ctx);
+  if (res.old_value) { /* also when a condition refused the write */
+    rp->found = 1;
+    rp->value.data = res.old_value;
+    rp->value.len = res.old_len;
+  }
   if (rc != 0) {
     ops_reply_error(rp, rc, NULL, a);
     return;
@@ -450,6 +479,8 @@ void ops_execute_rec(node_t *n, store_view_t *view, const Grid__Request *rq,
     case GRID__OP__REPLACE: case GRID__OP__CAS: case GRID__OP__DELETE:
     case GRID__OP__ADD: case GRID__OP__GET_ALL: case GRID__OP__PUT_ALL:
     case GRID__OP__DELETE_ALL: case GRID__OP__SCAN: case GRID__OP__SIZE:
+    case GRID__OP__APPEND: case GRID__OP__GET_AND_PUT: case GRID__OP__GET_AND_DELETE:
+    case GRID__OP__EXPIRE: case GRID__OP__TTL:
       break;
     default: {
       char detail[32];
@@ -467,6 +498,7 @@ void ops_execute_rec(node_t *n, store_view_t *view, const Grid__Request *rq,
     case GRID__OP__DELETE_ALL: ops_delete_all(n, c, rq, rp, a); break;
     case GRID__OP__SCAN: ops_scan(n, c, rq, rp, a); break;
     case GRID__OP__SIZE: rp->number = (int64_t)store_cache_size(c); break;
+    case GRID__OP__TTL: ops_ttl(n, c, rq, rp, a); break;
     default: ops_write(n, c, rq, rp, a, applied, ctx); break;
   }
   if (!view) store_cache_release(n->store, c);

@@ -295,7 +295,7 @@ static int peer_op_is_write(Grid__Op op) {
   switch (op) {
     case GRID__OP__GET: case GRID__OP__GET_ALL: case GRID__OP__SCAN:
     case GRID__OP__SIZE: case GRID__OP__PING: case GRID__OP__LIST_CACHES:
-    case GRID__OP__STATS: case GRID__OP__PMAP:
+    case GRID__OP__STATS: case GRID__OP__PMAP: case GRID__OP__TTL:
       return 0;
     default:
       return 1;

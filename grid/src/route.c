@@ -453,6 +453,25 @@ static void route_pmap(conn_t *c, Grid__Request *rq) {
   cluster_status_free(&st);
 }
 
+/* ---- for other front ends (RESP) ------------------------------------------ */
+
+void route_keyed(net_loop_t *lp, Grid__Request *rq, repl_sink_t sink) {
+  node_t *n = lp->net->node;
+  if (!cluster_serving(n->cluster)) {
+    route_sink_error(lp, sink, rq->id, GRID_ECLUSTER,
+                     "this node is not serving (no partition map, or no ZooKeeper)");
+    return;
+  }
+  const char *name = rq->cache ? rq->cache : "";
+  const pmap_cache_t *pc = lp->pmap ? pmap_find_cache(lp->pmap, name) : NULL;
+  if (!pc) {
+    int known = store_view_find(&lp->view, name, strlen(name)) != NULL;
+    route_sink_error(lp, sink, rq->id, known ? GRID_ENOTREADY : GRID_ENOCACHE, NULL);
+    return;
+  }
+  route_key(lp, rq, pc, sink);
+}
+
 /* ---- the entry point ---------------------------------------------------- */
 
 int route_request(conn_t *c, Grid__Request *rq) {
@@ -490,6 +509,8 @@ int route_request(conn_t *c, Grid__Request *rq) {
     case GRID__OP__REPLACE: case GRID__OP__CAS: case GRID__OP__DELETE:
     case GRID__OP__ADD: case GRID__OP__GET_ALL: case GRID__OP__PUT_ALL:
     case GRID__OP__DELETE_ALL: case GRID__OP__SCAN: case GRID__OP__SIZE:
+    case GRID__OP__APPEND: case GRID__OP__GET_AND_PUT: case GRID__OP__GET_AND_DELETE:
+    case GRID__OP__EXPIRE: case GRID__OP__TTL:
       break;
     default:
       return 0; /* ops_execute answers: unknown operation */

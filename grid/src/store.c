@@ -506,6 +506,7 @@ int store_write_rec(store_cache_t *c, const store_key_t *k, const store_write_t 
   const void *value = w->value;
   size_t value_len = w->value_len;
   int rc = 0;
+  unsigned char *joined = NULL; /* STORE_APPEND's new value */
 
   pthread_mutex_lock(&p->lock);
   store_entry_t **link = NULL;
@@ -514,8 +515,60 @@ int store_write_rec(store_cache_t *c, const store_key_t *k, const store_write_t 
     store_unlink_free(s, p, link, old);
     old = NULL;
   }
+  if (old && w->old_alloc) {
+    /* The previous value, whatever the write then does (Redis GETSET,
+     * SET ... GET, GETDEL). */
+    res->old_value = w->old_alloc(w->old_ctx, old->value_len + 1);
+    if (!res->old_value) {
+      rc = GRID_ENOMEM;
+      goto out;
+    }
+    memcpy(res->old_value, old->data + old->key_len, old->value_len + 1);
+    res->old_len = old->value_len;
+  }
   switch (w->op) {
-    case STORE_PUT: break;
+    case STORE_PUT:
+      if (w->cond == STORE_IF_ABSENT && old) rc = GRID_EEXIST;
+      if (w->cond == STORE_IF_PRESENT && !old) rc = GRID_ENOTFOUND;
+      break;
+    case STORE_APPEND:
+      if (old) {
+        if (old->value_len + w->value_len > (uint64_t)s->limits.value_bytes_max) {
+          rc = GRID_EVALTOOBIG;
+          break;
+        }
+        joined = malloc(old->value_len + w->value_len + 1);
+        if (!joined) {
+          rc = GRID_ENOMEM;
+          break;
+        }
+        memcpy(joined, old->data + old->key_len, old->value_len);
+        if (w->value_len) memcpy(joined + old->value_len, w->value, w->value_len);
+        value = joined;
+        value_len = old->value_len + w->value_len;
+      }
+      res->number = (int64_t)value_len;
+      break;
+    case STORE_EXPIRE:
+      if (!old || (w->persist && old->expire_at_ms == 0)) {
+        res->number = 0; /* nothing to change: not an error for Redis */
+        goto out;
+      }
+      res->number = 1;
+      if (!w->persist && w->expire_ms <= 0) {
+        /* An expiry in the past deletes the key (Redis 7). */
+        res->version = old->version;
+        store_unlink_free(s, p, link, old);
+        p->counter++;
+        atomic_store_explicit(&p->sync.applied, p->counter & STORE_COUNTER_MASK, memory_order_release);
+        if (applied)
+          applied(ctx, k->data, k->len, NULL, 0,
+                  (atomic_load(&s->epoch) << STORE_VERSION_COUNTER_BITS) | (p->counter & STORE_COUNTER_MASK), 0);
+        goto out;
+      }
+      value = old->data + old->key_len; /* same value, new expiry */
+      value_len = old->value_len;
+      break;
     case STORE_PUT_IF_ABSENT: if (old) rc = GRID_EEXIST; break;
     case STORE_REPLACE: if (!old) rc = GRID_ENOTFOUND; break;
     case STORE_CAS:
@@ -552,9 +605,11 @@ int store_write_rec(store_cache_t *c, const store_key_t *k, const store_write_t 
   }
 
   uint64_t ttl = w->ttl_ms ? w->ttl_ms : c->cfg.default_ttl_ms;
-  int64_t expire_at_ms = w->op == STORE_ADD && old
-                             ? old->expire_at_ms /* a counter keeps its expiry */
-                             : (ttl ? now_ms + (int64_t)ttl : 0);
+  int64_t expire_at_ms = ttl ? now_ms + (int64_t)ttl : 0;
+  if (old && (w->op == STORE_ADD || w->keep_ttl || (w->op == STORE_APPEND && !w->ttl_ms)))
+    expire_at_ms = old->expire_at_ms; /* counters and appends keep their expiry */
+  if (w->op == STORE_EXPIRE)
+    expire_at_ms = w->persist ? 0 : now_ms + w->expire_ms;
   uint64_t version = (atomic_load(&s->epoch) << STORE_VERSION_COUNTER_BITS) |
                      ((p->counter + 1) & STORE_COUNTER_MASK);
   if ((rc = store_install(s, p, k, link, old, value, value_len, version, expire_at_ms)) != 0)
@@ -565,6 +620,7 @@ int store_write_rec(store_cache_t *c, const store_key_t *k, const store_write_t 
   if (applied) applied(ctx, k->data, k->len, value, value_len, version, expire_at_ms);
 out:
   pthread_mutex_unlock(&p->lock);
+  free(joined);
   return rc;
 }
 
@@ -614,6 +670,21 @@ static int store_scan_any(store_cache_t *c, uint32_t part, uint64_t *cursor,
   pthread_mutex_unlock(&p->lock);
   *cursor = v;
   return 0;
+}
+
+int store_expiry(store_cache_t *c, const store_key_t *k, int64_t now_ms,
+                 int64_t *expire_at_ms) {
+  store_part_t *p = &c->parts[k->part];
+  pthread_mutex_lock(&p->lock);
+  store_entry_t **link;
+  store_entry_t *e = store_find(p, k, &link);
+  int rc = GRID_ENOTFOUND;
+  if (e && !store_expired(e, now_ms)) {
+    *expire_at_ms = e->expire_at_ms;
+    rc = 0;
+  }
+  pthread_mutex_unlock(&p->lock);
+  return rc;
 }
 
 int store_scan(store_cache_t *c, uint32_t part, uint64_t *cursor,

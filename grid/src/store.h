@@ -53,7 +53,16 @@ typedef enum {
   STORE_CAS,
   STORE_DELETE,
   STORE_ADD,
+  STORE_APPEND,       /* value appended to the entry's (a new one if none) */
+  STORE_EXPIRE,       /* only the expiry changes: ttl (<= 0 deletes) or persist */
 } store_op_t;
+
+/* STORE_PUT's condition on the key (Redis SET NX / XX). */
+enum { STORE_ANY = 0, STORE_IF_ABSENT = 1, STORE_IF_PRESENT = 2 };
+
+/* Allocates room for a value copied out of the store; NULL on failure. It
+ * is called with the partition locked and must not call into the store. */
+typedef void *(*store_alloc_fn)(void *ctx, size_t n);
 
 typedef struct store_write {
   store_op_t op;
@@ -62,11 +71,20 @@ typedef struct store_write {
   uint64_t ttl_ms;           /* 0: the cache's default TTL */
   uint64_t expected_version; /* STORE_CAS */
   int64_t delta;             /* STORE_ADD */
+  int cond;                  /* STORE_PUT: STORE_ANY / _IF_ABSENT / _IF_PRESENT */
+  int keep_ttl;              /* STORE_PUT, STORE_APPEND: keep the expiry */
+  int64_t expire_ms;         /* STORE_EXPIRE: from now; <= 0 deletes */
+  int persist;               /* STORE_EXPIRE: remove the expiry instead */
+  store_alloc_fn old_alloc;  /* if set, the previous value is copied out */
+  void *old_ctx;
 } store_write_t;
 
 typedef struct store_result {
   uint64_t version; /* of the entry written */
-  int64_t number;   /* STORE_ADD: the new counter value */
+  int64_t number;   /* STORE_ADD: the new value; STORE_APPEND: the new
+                       length; STORE_EXPIRE: 1 changed, 0 not */
+  void *old_value;  /* with old_alloc: the previous value, NULL if none */
+  size_t old_len;
 } store_result_t;
 
 /* The state a write left behind, for its replication record: called by
@@ -88,9 +106,6 @@ typedef struct store_part_sync {
 
 #define STORE_COUNTER_MASK ((UINT64_C(1) << STORE_VERSION_COUNTER_BITS) - 1)
 
-/* Allocates room for a value copied out of the store; NULL on failure. It
- * is called with the partition locked and must not call into the store. */
-typedef void *(*store_alloc_fn)(void *ctx, size_t n);
 
 /* Creates the store with a "default" cache. Returns NULL when out of memory.
  * store_free() frees every cache; every reference taken with
@@ -148,6 +163,10 @@ int store_check_sizes(const store_t *s, size_t key_len, size_t value_len);
 int store_get(store_cache_t *c, const store_key_t *k, int64_t now_ms,
               store_alloc_fn alloc, void *ctx, void **value, size_t *value_len,
               uint64_t *version);
+/* Remaining time to live of k: 0 with *expire_at_ms (0: none), or
+ * GRID_ENOTFOUND. */
+int store_expiry(store_cache_t *c, const store_key_t *k, int64_t now_ms,
+                 int64_t *expire_at_ms);
 /* Applies one write. 0, or GRID_EEXIST, GRID_ENOTFOUND, GRID_EVERSION,
  * GRID_ENOTNUM, GRID_EOVERFLOW, GRID_EMEMLIMIT, GRID_ENOMEM. */
 int store_write(store_cache_t *c, const store_key_t *k, const store_write_t *w,

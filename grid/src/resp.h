@@ -1,0 +1,22 @@
+/*
+ * resp: the Redis-protocol (RESP2) front end. A RESP connection is a
+ * connection of the net module like any other; its input goes here
+ * instead of to the frame reader. Commands become the same requests the
+ * native protocol sends (run by ops on a single node, routed to their
+ * partition's primary in a cluster), and replies are written in command
+ * order, as Redis clients expect, even when some complete later.
+ */
+#ifndef GRID_RESP_H
+#define GRID_RESP_H
+
+typedef struct conn conn_t;
+typedef struct resp_conn resp_conn_t;
+
+resp_conn_t *resp_conn_new(void);
+void resp_conn_free(resp_conn_t *r);
+/* Serves the whole commands in c's read buffer. */
+void resp_input(conn_t *c);
+/* Words for a connection-level failure, as a RESP error line. */
+void resp_fail(conn_t *c, const char *why);
+
+#endif
