@@ -1,7 +1,9 @@
 /*
  * gridbench: latency and throughput of grid's client API (grid.h only),
  * against a remote node ("grid://host:port") or an embedded node in this
- * process ("embedded:").
+ * process ("embedded:"); or, with the same workload, schedule and figures,
+ * of a Redis-protocol server ("redis://host:port": gridd --resp-port, or a
+ * real redis-server), spoken by a small blocking RESP2 client of its own.
  *
  * Each worker thread issues requests on its own handle (remote) or on the
  * one shared embedded handle, either
@@ -22,6 +24,9 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -30,6 +35,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -63,6 +70,18 @@
 #define DRAIN_GRACE_MS 5000                /* beyond the timeout, for callbacks */
 #define CATCH_UP_NS 1000000000ull          /* open loop: sending what was due, after the window */
 #define ZIPF_THETA 0.99
+
+/* RESP mode (redis://). */
+#define RESP_READ_BYTES (64u << 10)    /* reply buffer per connection; also the longest reply line */
+#define RESP_WRITE_BYTES (64u << 10)   /* commands are gathered up to this much, then sent */
+#define RESP_BULK_BYTES_MAX (512ull << 20) /* Redis's proto-max-bulk-len: longer is a bad reply */
+#define RESP_ARRAY_ITEMS_MAX 1000000   /* an array reply we skip over; more is a bad reply */
+#define RESP_NESTING_MAX 8             /* arrays within arrays */
+#define RESP_ERR_KINDS_MAX 16          /* distinct error texts counted per thread (and in all) */
+#define RESP_ERR_TEXT_BYTES 120        /* an error text is cut to this (with its NUL) */
+#define RECONNECT_DELAY_NS 100000000ull /* between failed reconnection attempts */
+#define HOST_BYTES_MAX 256
+#define PORT_BYTES_MAX 6               /* "65535" + NUL */
 
 #define NS_PER_S 1000000000ull
 
@@ -255,6 +274,9 @@ static const char *const op_names[] = {"get", "put", "mix"};
 typedef struct bench_cfg {
   const char *uri;
   int embedded;
+  int resp;              /* redis://: speak RESP over plain sockets, not grid.h */
+  char host[HOST_BYTES_MAX]; /* resp: from the URI */
+  char port[PORT_BYTES_MAX];
   op_kind_t op;
   double get_ratio;      /* mix: share of gets */
   int get_ratio_set;
@@ -262,6 +284,7 @@ typedef struct bench_cfg {
   uint32_t value_bytes;
   int zipfian;
   const char *cache;
+  int cache_set;         /* given on the command line (resp: SELECT it) */
   uint32_t threads;
   uint32_t pipeline;
   double rate;           /* total ops/s; 0 = closed loop */
@@ -280,14 +303,19 @@ static void usage(FILE *f) {
   fprintf(f,
     "usage: gridbench --uri URI [options]\n"
     "\n"
-    "Measures latency and throughput of grid's client API (grid.h).\n"
+    "Measures latency and throughput of grid's client API (grid.h), or of a Redis-\n"
+    "protocol server (gridd --resp-port, redis-server) with the same workload.\n"
     "\n"
     "target\n"
-    "  --uri URI            grid://HOST:PORT (a running node) or embedded: (a node in\n"
-    "                       this process, called from the worker threads directly)\n"
+    "  --uri URI            grid://HOST:PORT (a running node), embedded: (a node in\n"
+    "                       this process, called from the worker threads directly), or\n"
+    "                       redis://HOST:PORT (RESP mode: GET/SET over one TCP\n"
+    "                       connection per thread; gridd's --resp-port or redis-server)\n"
     "  --cache NAME         cache to use (default \"default\"); with embedded: it is\n"
-    "                       created if missing\n"
-    "  --timeout-ms N       deadline of every call (default 5000)\n"
+    "                       created if missing; with redis:// each connection sends\n"
+    "                       SELECT NAME (grid: a cache name; Redis: a db number)\n"
+    "  --timeout-ms N       deadline of every call (default 5000); redis://: the\n"
+    "                       socket timeout, after which the connection is reopened\n"
     "workload\n"
     "  --op get|put|mix     operation (default get)\n"
     "  --get-ratio F        mix only: share of gets, 0..1 (default 0.9)\n"
@@ -295,15 +323,18 @@ static void usage(FILE *f) {
     "  --value-bytes N      value size (default 100, max %u)\n"
     "  --keyspace K         uniform | zipfian (theta %.2f, rank 0 hottest) (default uniform)\n"
     "  --no-preload         skip writing every key first (by default all keys are\n"
-    "                       written with put_all batches of %d so gets hit)\n"
+    "                       written with put_all, or redis:// MSET, batches of %d so\n"
+    "                       gets hit)\n"
     "load\n"
     "  --threads T          worker threads, one handle (connection) each (default 1,\n"
     "                       max %d); embedded: all threads share the one node\n"
     "  --pipeline D         requests in flight per thread (default 1 = synchronous\n"
-    "                       calls; D > 1 uses grid_get_async/grid_put_async; max %d)\n"
+    "                       calls; D > 1 uses grid_get_async/grid_put_async; max %d);\n"
+    "                       redis://: write D commands, then read the D replies\n"
     "  --rate R             open loop: R ops/s in all, spread evenly over the threads;\n"
     "                       latency counts from each request's scheduled start\n"
-    "                       (default: closed loop, as fast as replies come)\n"
+    "                       (default: closed loop, as fast as replies come);\n"
+    "                       redis://: only with --pipeline 1\n"
     "  --duration-s S       measured time (default 5)\n"
     "  --warmup-s W         unrecorded time before it (default 1)\n"
     "  --requests N         measure N requests in all instead of a duration\n"

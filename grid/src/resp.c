@@ -380,6 +380,7 @@ typedef struct resp_cmd {
   int arity;         /* as Redis: n exact, -n at least n */
   void (*run)(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *s);
   int cmd;           /* CMD_* for the keyed ones */
+  int args_max;      /* arguments at most, command included; 0: no bound */
 } resp_cmd_t;
 
 static void run_simple_error(conn_t *c, resp_slot_t *s, const char *text) {
@@ -444,6 +445,17 @@ static void cmd_select(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *s) {
 
 static void cmd_client(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *s) {
   resp_conn_t *r = c->resp;
+  static const struct { const char *sub; int argc; } arity[] = {
+      {"setname", 3}, {"getname", 2}, {"id", 2}, {"setinfo", 4}};
+  for (size_t i = 0; i < sizeof arity / sizeof arity[0]; i++) {
+    if (arg_is(&argv[1], arity[i].sub) && argc != arity[i].argc) {
+      char line[120];
+      snprintf(line, sizeof line, "ERR wrong number of arguments for 'client|%s' command",
+               arity[i].sub);
+      run_simple_error(c, s, line);
+      return;
+    }
+  }
   if (arg_is(&argv[1], "setname") && argc == 3) {
     for (size_t i = 0; i < argv[2].len; i++) {
       if (argv[2].p[i] <= ' ' || argv[2].p[i] > '~') {
@@ -578,22 +590,22 @@ static void cmd_command(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *s) {
 }
 
 static const resp_cmd_t resp_cmds[] = {
-    {"ping", -1, cmd_ping, 0},        {"echo", 2, cmd_echo, 0},
-    {"quit", -1, cmd_quit, 0},        {"select", 2, cmd_select, 0},
-    {"client", -2, cmd_client, 0},    {"hello", -1, cmd_hello, 0},
-    {"info", -1, cmd_info, 0},        {"command", -1, cmd_command, 0},
-    {"get", 2, NULL, CMD_GET},        {"set", -3, NULL, CMD_SET},
-    {"setnx", 3, NULL, CMD_SETNX},    {"setex", 4, NULL, CMD_SETEX},
-    {"psetex", 4, NULL, CMD_SETEX},   {"getset", 3, NULL, CMD_GETSET},
-    {"getdel", 2, NULL, CMD_GETDEL},  {"del", -2, NULL, CMD_DEL},
-    {"exists", -2, NULL, CMD_EXISTS}, {"mget", -2, NULL, CMD_MGET},
-    {"mset", -3, NULL, CMD_MSET},     {"incr", 2, NULL, CMD_INCR},
-    {"decr", 2, NULL, CMD_INCR},      {"incrby", 3, NULL, CMD_INCR},
-    {"decrby", 3, NULL, CMD_INCR},    {"append", 3, NULL, CMD_APPEND},
-    {"strlen", 2, NULL, CMD_STRLEN},  {"expire", -3, NULL, CMD_EXPIRE},
-    {"pexpire", -3, NULL, CMD_EXPIRE}, {"persist", 2, NULL, CMD_PERSIST},
-    {"ttl", 2, NULL, CMD_TTL},        {"pttl", 2, NULL, CMD_PTTL},
-    {"dbsize", 1, NULL, CMD_DBSIZE},
+    {"ping", -1, cmd_ping, 0, 2},     {"echo", 2, cmd_echo, 0, 0},
+    {"quit", -1, cmd_quit, 0, 0},        {"select", 2, cmd_select, 0, 0},
+    {"client", -2, cmd_client, 0, 0},    {"hello", -1, cmd_hello, 0, 0},
+    {"info", -1, cmd_info, 0, 0},        {"command", -1, cmd_command, 0, 0},
+    {"get", 2, NULL, CMD_GET, 0},        {"set", -3, NULL, CMD_SET, 0},
+    {"setnx", 3, NULL, CMD_SETNX, 0},    {"setex", 4, NULL, CMD_SETEX, 0},
+    {"psetex", 4, NULL, CMD_SETEX, 0},   {"getset", 3, NULL, CMD_GETSET, 0},
+    {"getdel", 2, NULL, CMD_GETDEL, 0},  {"del", -2, NULL, CMD_DEL, 0},
+    {"exists", -2, NULL, CMD_EXISTS, 0}, {"mget", -2, NULL, CMD_MGET, 0},
+    {"mset", -3, NULL, CMD_MSET, 0},     {"incr", 2, NULL, CMD_INCR, 0},
+    {"decr", 2, NULL, CMD_INCR, 0},      {"incrby", 3, NULL, CMD_INCR, 0},
+    {"decrby", 3, NULL, CMD_INCR, 0},    {"append", 3, NULL, CMD_APPEND, 0},
+    {"strlen", 2, NULL, CMD_STRLEN, 0},  {"expire", -3, NULL, CMD_EXPIRE, 0},
+    {"pexpire", -3, NULL, CMD_EXPIRE, 0}, {"persist", 2, NULL, CMD_PERSIST, 0},
+    {"ttl", 2, NULL, CMD_TTL, 0},        {"pttl", 2, NULL, CMD_PTTL, 0},
+    {"dbsize", 1, NULL, CMD_DBSIZE, 0},
 };
 static const size_t resp_ncmds = sizeof resp_cmds / sizeof resp_cmds[0];
 
@@ -606,16 +618,18 @@ static void run_keyed(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *unused
   Grid__Request rq;
   /* Options are checked before anything runs, as Redis does. */
   if (cmd == CMD_SET) {
-    int nx = 0, xx = 0, get = 0, keep = 0, ex = 0;
+    int nx = 0, xx = 0, get = 0, keep = 0, ex = 0; /* ex: 1 EX, 2 PX, 3 EXAT, 4 PXAT */
     int64_t ttl_ms = 0;
     for (int i = 3; i < argc; i++) {
       int has_next = i + 1 < argc;
+      int kind = arg_is(&argv[i], "ex") ? 1 : arg_is(&argv[i], "px") ? 2
+                 : arg_is(&argv[i], "exat") ? 3 : arg_is(&argv[i], "pxat") ? 4 : 0;
+      /* As Redis: an option may come again, but not with one it excludes. */
       if (arg_is(&argv[i], "nx") && !xx) nx = 1;
       else if (arg_is(&argv[i], "xx") && !nx) xx = 1;
       else if (arg_is(&argv[i], "get")) get = 1;
       else if (arg_is(&argv[i], "keepttl") && !ex) keep = 1;
-      else if ((arg_is(&argv[i], "ex") || arg_is(&argv[i], "px") || arg_is(&argv[i], "exat") ||
-                arg_is(&argv[i], "pxat")) && !ex && !keep && has_next) {
+      else if (kind && (!ex || ex == kind) && !keep && has_next) {
         int64_t v;
         if (arg_i64(&argv[i + 1], &v) != 0) {
           resp_slot_t *s = resp_slot_new(c->resp);
@@ -630,11 +644,16 @@ static void run_keyed(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *unused
           return;
         }
         ttl_ms = secs ? v * 1000 : v;
+        if (!at && ttl_ms > INT64_MAX - clock_wall_ms()) {
+          resp_slot_t *s = resp_slot_new(c->resp);
+          if (s) run_simple_error(c, s, "ERR invalid expire time in 'set' command");
+          return;
+        }
         if (at) {
           ttl_ms -= clock_wall_ms();
           if (ttl_ms <= 0) ttl_ms = 1; /* already past: gone at once */
         }
-        ex = 1;
+        ex = kind;
         i++;
       } else {
         resp_slot_t *s = resp_slot_new(c->resp);
@@ -684,14 +703,18 @@ static void run_keyed(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *unused
       if (s) run_simple_error(c, s, line);
       return;
     }
-    if (arg_is(&argv[0], "expire")) {
-      if (num > INT64_MAX / 1000 || num < INT64_MIN / 1000) {
-        resp_slot_t *s = resp_slot_new(c->resp);
-        if (s) run_simple_error(c, s, "ERR invalid expire time in 'expire' command");
-        return;
-      }
-      num *= 1000;
+    int secs = arg_is(&argv[0], "expire");
+    int64_t now = clock_wall_ms();
+    if ((secs && (num > INT64_MAX / 1000 || num < INT64_MIN / 1000)) ||
+        (secs ? num * 1000 : num) > INT64_MAX - now) {
+      char line[80];
+      snprintf(line, sizeof line, "ERR invalid expire time in '%s' command",
+               secs ? "expire" : "pexpire");
+      resp_slot_t *s = resp_slot_new(c->resp);
+      if (s) run_simple_error(c, s, line);
+      return;
     }
+    if (secs) num *= 1000;
   }
   if (cmd == CMD_MSET && (argc - 1) % 2 != 0) {
     resp_slot_t *s = resp_slot_new(c->resp);
@@ -785,13 +808,21 @@ static void resp_dispatch(conn_t *c, resp_arg_t *argv, int argc) {
     if (!s) return;
     slot_printf(s, "-ERR unknown command '%.*s', with args beginning with: ",
                 (int)(argv[0].len > 128 ? 128 : argv[0].len), argv[0].p);
-    for (int i = 1; i < argc; i++)
-      slot_printf(s, "'%.*s' ", (int)(argv[i].len > 128 ? 128 : argv[i].len), argv[i].p);
+    /* As Redis: arguments until their text reaches 128 characters, the
+     * last one cut to what is left. */
+    size_t shown = 0;
+    for (int i = 1; i < argc && shown < 128; i++) {
+      size_t room = 128 - shown;
+      int n = (int)(argv[i].len < room ? argv[i].len : room);
+      slot_printf(s, "'%.*s' ", n, argv[i].p);
+      shown += (size_t)n + 3;
+    }
     slot_put(s, "\r\n", 2);
     s->done = 1;
     return;
   }
-  if ((cmd->arity > 0 && argc != cmd->arity) || (cmd->arity < 0 && argc < -cmd->arity)) {
+  if ((cmd->arity > 0 && argc != cmd->arity) || (cmd->arity < 0 && argc < -cmd->arity) ||
+      (cmd->args_max && argc > cmd->args_max)) {
     resp_slot_t *s = resp_slot_new(c->resp);
     if (!s) return;
     slot_printf(s, "-ERR wrong number of arguments for '%s' command\r\n", cmd->name);

@@ -605,11 +605,16 @@ int store_write_rec(store_cache_t *c, const store_key_t *k, const store_write_t 
   }
 
   uint64_t ttl = w->ttl_ms ? w->ttl_ms : c->cfg.default_ttl_ms;
-  int64_t expire_at_ms = ttl ? now_ms + (int64_t)ttl : 0;
+  /* A TTL past the end of time saturates: the entry never expires in
+   * practice, and no sum overflows. */
+  int64_t expire_at_ms = !ttl ? 0
+                         : ttl >= (uint64_t)(INT64_MAX - now_ms) ? INT64_MAX
+                                                                 : now_ms + (int64_t)ttl;
   if (old && (w->op == STORE_ADD || w->keep_ttl || (w->op == STORE_APPEND && !w->ttl_ms)))
     expire_at_ms = old->expire_at_ms; /* counters and appends keep their expiry */
   if (w->op == STORE_EXPIRE)
-    expire_at_ms = w->persist ? 0 : now_ms + w->expire_ms;
+    expire_at_ms = w->persist ? 0
+                   : w->expire_ms >= INT64_MAX - now_ms ? INT64_MAX : now_ms + w->expire_ms;
   uint64_t version = (atomic_load(&s->epoch) << STORE_VERSION_COUNTER_BITS) |
                      ((p->counter + 1) & STORE_COUNTER_MASK);
   if ((rc = store_install(s, p, k, link, old, value, value_len, version, expire_at_ms)) != 0)
