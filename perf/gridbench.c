@@ -401,6 +401,34 @@ static int cache_name_ok(const char *s) {
   return 1;
 }
 
+/* redis://HOST:PORT (HOST may be [IPv6]) into c->host and c->port. */
+static void parse_redis_uri(bench_cfg_t *c) {
+  const char *hp = c->uri + strlen("redis://");
+  const char *host = hp, *host_end, *port;
+  if (*hp == '[') {
+    host = hp + 1;
+    host_end = strchr(host, ']');
+    port = host_end && host_end[1] == ':' ? host_end + 2 : NULL;
+  } else {
+    host_end = strrchr(hp, ':');
+    port = host_end ? host_end + 1 : NULL;
+  }
+  if (!host_end || !port)
+    usage_error("--uri wants redis://HOST:PORT (the port too), not \"%s\"", c->uri);
+  size_t host_len = (size_t)(host_end - host);
+  if (host_len == 0 || host_len >= HOST_BYTES_MAX || memchr(host, '@', host_len) ||
+      memchr(host, '/', host_len))
+    usage_error("--uri wants redis://HOST:PORT with a plain host name or address (no user,\n"
+                "no password, no /db: use --cache for SELECT), not \"%s\"", c->uri);
+  size_t port_len = strlen(port);
+  if (port_len == 0 || port_len >= PORT_BYTES_MAX || strspn(port, "0123456789") != port_len ||
+      atoi(port) < 1 || atoi(port) > 65535)
+    usage_error("--uri wants a port in 1..65535 after the host, not \"%s\"", c->uri);
+  memcpy(c->host, host, host_len);
+  c->host[host_len] = '\0';
+  memcpy(c->port, port, port_len + 1);
+}
+
 static void parse_args(int argc, char **argv, bench_cfg_t *c) {
   enum {
     O_URI = 1000, O_OP, O_GET_RATIO, O_KEYS, O_VALUE_BYTES, O_KEYSPACE, O_CACHE, O_THREADS,
@@ -461,6 +489,7 @@ static void parse_args(int argc, char **argv, bench_cfg_t *c) {
         if (!cache_name_ok(optarg))
           usage_error("--cache wants 1..64 bytes of [A-Za-z0-9_.-], not \"%s\"", optarg);
         c->cache = optarg;
+        c->cache_set = 1;
         break;
       case O_THREADS: c->threads = (uint32_t)parse_u64_in("--threads", optarg, 1, THREADS_MAX); break;
       case O_PIPELINE:
@@ -490,10 +519,16 @@ static void parse_args(int argc, char **argv, bench_cfg_t *c) {
     }
   }
   if (optind < argc) usage_error("unexpected argument \"%s\"", argv[optind]);
-  if (!c->uri) usage_error("--uri is required: grid://HOST:PORT or embedded:");
-  if (strcmp(c->uri, "embedded:") == 0) c->embedded = 1;
-  else if (strncmp(c->uri, "grid://", 7) != 0)
-    usage_error("--uri wants grid://HOST:PORT or embedded:, not \"%s\"", c->uri);
+  if (!c->uri) usage_error("--uri is required: grid://HOST:PORT, embedded: or redis://HOST:PORT");
+  if (strcmp(c->uri, "embedded:") == 0) {
+    c->embedded = 1;
+  } else if (strncmp(c->uri, "redis://", 8) == 0) {
+    c->resp = 1;
+    parse_redis_uri(c);
+  } else if (strncmp(c->uri, "grid://", 7) != 0) {
+    usage_error("--uri wants grid://HOST:PORT, embedded: or redis://HOST:PORT, not \"%s\"",
+                c->uri);
+  }
   if (c->get_ratio_set && c->op != OP_MIX)
     usage_error("--get-ratio only applies to --op mix");
   if (c->requests && c->duration_set)
@@ -501,6 +536,381 @@ static void parse_args(int argc, char **argv, bench_cfg_t *c) {
   if (c->spin_us && c->rate <= 0) usage_error("--spin-us only applies with --rate");
   if (c->rate > 0 && c->rate / c->threads < 1e-3)
     usage_error("--rate is under 0.001 ops/s per thread");
+  /* The RESP client writes a whole batch and then reads it back, so a
+   * request of a batch cannot leave on a schedule of its own. */
+  if (c->resp && c->rate > 0 && c->pipeline > 1)
+    usage_error("--rate needs --pipeline 1 with redis:// (a RESP batch of D commands is\n"
+                "written at once, so its requests cannot follow the open-loop schedule);\n"
+                "use the closed loop for pipelined RESP runs");
+}
+
+/* ---- RESP client (redis://) ------------------------------------------------ */
+
+/*
+ * One blocking TCP connection per worker thread, speaking RESP2. Commands go
+ * out as multibulk:
+ *
+ *   *2\r\n $3\r\n GET\r\n $12\r\n key:00000042\r\n
+ *   *3\r\n $3\r\n SET\r\n $12\r\n key:00000042\r\n $<n>\r\n <n bytes>\r\n
+ *
+ * and replies are read back one at a time by a pull parser that blocks in
+ * recv() until the reply is whole:
+ *
+ *   first byte  rest of the line          then
+ *   +           simple string ("OK")      -
+ *   -           error ("ERR ...")         -
+ *   :           integer                   -
+ *   $           length n, or -1 (nil)     n bytes and \r\n (not kept: only n)
+ *   *           count n, or -1 (nil)      n replies (skipped, nesting bounded)
+ *
+ * A bulk reply's bytes are skipped, never stored, so a value of any size
+ * passes through the one RESP_READ_BYTES buffer; only a line must fit in it.
+ * A reply that does not parse leaves the stream out of step: the caller
+ * closes the connection and opens a new one.
+ */
+
+/* What a link operation can fail with. */
+enum {
+  LINK_ETIMEDOUT = -1, /* nothing within --timeout-ms (SO_RCVTIMEO / SO_SNDTIMEO) */
+  LINK_ECLOSED = -2,   /* the server closed the connection */
+  LINK_EPROTO = -3,    /* a reply that is not RESP2: see link->why */
+  LINK_EIO = -4,       /* a socket call failed: see link->sys_errno */
+  LINK_EREFUSED = -5,  /* PING or SELECT answered otherwise than expected: see link->why */
+};
+
+typedef struct resp_link {
+  int fd;               /* -1: not connected */
+  char *rbuf;           /* RESP_READ_BYTES; replies not parsed yet are rbuf[rpos, rlen) */
+  size_t rpos, rlen;
+  uint64_t recv_ns;     /* when the last recv() returned: the arrival of what it read */
+  char *wbuf;           /* RESP_WRITE_BYTES of commands not sent yet */
+  size_t wlen;
+  int sys_errno;        /* LINK_EIO */
+  char why[RESP_ERR_TEXT_BYTES]; /* LINK_EPROTO, LINK_EREFUSED */
+} resp_link_t;
+
+typedef struct resp_reply {
+  char type;            /* '+', '-', ':', '$' or '*' */
+  int64_t n;            /* ':' the integer; '$' the length, '*' the count (-1: nil) */
+  char text[RESP_ERR_TEXT_BYTES]; /* '+' and '-': the line, cut short, printable */
+} resp_reply_t;
+
+/* Both buffers are the caller's to free with link_free(); fd stays -1 until
+ * link_open(). */
+static int link_init(resp_link_t *l) {
+  memset(l, 0, sizeof *l);
+  l->fd = -1;
+  l->rbuf = malloc(RESP_READ_BYTES);
+  l->wbuf = malloc(RESP_WRITE_BYTES);
+  return l->rbuf && l->wbuf ? 0 : -1;
+}
+
+static void link_close(resp_link_t *l) {
+  if (l->fd >= 0) close(l->fd);
+  l->fd = -1;
+  l->rpos = l->rlen = l->wlen = 0;
+}
+
+static void link_free(resp_link_t *l) {
+  link_close(l);
+  free(l->rbuf);
+  free(l->wbuf);
+  l->rbuf = l->wbuf = NULL;
+}
+
+/* Connects to addr with TCP_NODELAY and both socket timeouts at timeout_ms
+ * (on Linux the send timeout bounds connect() too). */
+static int link_open(resp_link_t *l, const struct sockaddr *addr, socklen_t addr_len,
+                     uint32_t timeout_ms) {
+  link_close(l);
+  int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    l->sys_errno = errno;
+    return LINK_EIO;
+  }
+  int one = 1;
+  struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
+  if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0 ||
+      setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0 ||
+      setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0) {
+    l->sys_errno = errno;
+    close(fd);
+    return LINK_EIO;
+  }
+  if (connect(fd, addr, addr_len) != 0) {
+    int e = errno;
+    close(fd);
+    if (e == EINPROGRESS || e == EAGAIN) return LINK_ETIMEDOUT;
+    l->sys_errno = e;
+    return LINK_EIO;
+  }
+  l->fd = fd;
+  return 0;
+}
+
+/* Words for a link failure, for the error counts and messages. */
+static void link_error_text(const resp_link_t *l, int rc, char *buf, size_t cap) {
+  switch (rc) {
+    case LINK_ETIMEDOUT: snprintf(buf, cap, "no reply within --timeout-ms (connection reopened)"); break;
+    case LINK_ECLOSED: snprintf(buf, cap, "connection closed by the server (reopened)"); break;
+    case LINK_EPROTO: snprintf(buf, cap, "malformed reply: %s (connection reopened)", l->why); break;
+    case LINK_EIO: snprintf(buf, cap, "socket error: %s (connection reopened)", strerror(l->sys_errno)); break;
+    case LINK_EREFUSED: snprintf(buf, cap, "%s", l->why); break;
+    default: snprintf(buf, cap, "link error %d", rc);
+  }
+}
+
+static int link_send_all(resp_link_t *l, const char *p, size_t n) {
+  while (n > 0) {
+    ssize_t k = send(l->fd, p, n, MSG_NOSIGNAL);
+    if (k < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return LINK_ETIMEDOUT;
+      l->sys_errno = errno;
+      return errno == EPIPE || errno == ECONNRESET ? LINK_ECLOSED : LINK_EIO;
+    }
+    p += k;
+    n -= (size_t)k;
+  }
+  return 0;
+}
+
+static int link_flush(resp_link_t *l) {
+  int rc = link_send_all(l, l->wbuf, l->wlen);
+  l->wlen = 0;
+  return rc;
+}
+
+/* Queues n bytes; what does not fit is sent now. A piece as big as the
+ * buffer (a large value) goes out directly instead of being copied. */
+static int link_put(resp_link_t *l, const void *p, size_t n) {
+  if (n > RESP_WRITE_BYTES - l->wlen) {
+    int rc = link_flush(l);
+    if (rc != 0) return rc;
+    if (n >= RESP_WRITE_BYTES) return link_send_all(l, p, n);
+  }
+  memcpy(l->wbuf + l->wlen, p, n);
+  l->wlen += n;
+  return 0;
+}
+
+/* Writes "<prefix><v>\r\n" into buf (24 bytes or more); returns its length. */
+static size_t format_count_line(char *buf, char prefix, uint64_t v) {
+  char digits[20];
+  int nd = 0;
+  do {
+    digits[nd++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  size_t n = 0;
+  buf[n++] = prefix;
+  while (nd) buf[n++] = digits[--nd];
+  buf[n++] = '\r';
+  buf[n++] = '\n';
+  return n;
+}
+
+static int link_put_bulk(resp_link_t *l, const void *p, size_t n) {
+  char head[24];
+  int rc = link_put(l, head, format_count_line(head, '$', n));
+  if (rc == 0) rc = link_put(l, p, n);
+  if (rc == 0) rc = link_put(l, "\r\n", 2);
+  return rc;
+}
+
+/* Queues one command of argc arguments. */
+static int link_put_command(resp_link_t *l, int argc, const void *const *argv,
+                            const size_t *lens) {
+  char head[24];
+  int rc = link_put(l, head, format_count_line(head, '*', (uint64_t)argc));
+  for (int i = 0; rc == 0 && i < argc; i++) rc = link_put_bulk(l, argv[i], lens[i]);
+  return rc;
+}
+
+/* Reads more into the buffer, moving what is unread to its start first. */
+static int link_fill(resp_link_t *l) {
+  if (l->rpos > 0) {
+    memmove(l->rbuf, l->rbuf + l->rpos, l->rlen - l->rpos);
+    l->rlen -= l->rpos;
+    l->rpos = 0;
+  }
+  if (l->rlen == RESP_READ_BYTES) {
+    snprintf(l->why, sizeof l->why, "a reply line longer than %u bytes", RESP_READ_BYTES);
+    return LINK_EPROTO;
+  }
+  for (;;) {
+    ssize_t k = recv(l->fd, l->rbuf + l->rlen, RESP_READ_BYTES - l->rlen, 0);
+    if (k > 0) {
+      l->rlen += (size_t)k;
+      l->recv_ns = now_ns();
+      return 0;
+    }
+    if (k == 0) return LINK_ECLOSED;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return LINK_ETIMEDOUT;
+    l->sys_errno = errno;
+    return errno == ECONNRESET ? LINK_ECLOSED : LINK_EIO;
+  }
+}
+
+/* The next line, without its \r\n; *p stays valid until the next read. */
+static int link_line(resp_link_t *l, const char **p, size_t *n) {
+  size_t scanned = 0; /* bytes known to hold no "\r\n" */
+  for (;;) {
+    const char *b = l->rbuf + l->rpos;
+    size_t avail = l->rlen - l->rpos;
+    for (size_t i = scanned; i + 1 < avail; i++) {
+      if (b[i] == '\r' && b[i + 1] == '\n') {
+        *p = b;
+        *n = i;
+        l->rpos += i + 2;
+        return 0;
+      }
+    }
+    scanned = avail ? avail - 1 : 0;
+    int rc = link_fill(l);
+    if (rc != 0) return rc;
+  }
+}
+
+/* Consumes n bytes, buffered or still to come, without keeping them. */
+static int link_skip(resp_link_t *l, uint64_t n) {
+  while (n > 0) {
+    if (l->rpos == l->rlen) {
+      int rc = link_fill(l);
+      if (rc != 0) return rc;
+    }
+    size_t take = l->rlen - l->rpos;
+    if (take > n) take = (size_t)n;
+    l->rpos += take;
+    n -= take;
+  }
+  return 0;
+}
+
+/* A whole signed decimal, as RESP writes lengths and integers. */
+static int parse_resp_int(const char *p, size_t n, int64_t *out) {
+  size_t i = 0;
+  int neg = n > 0 && p[0] == '-';
+  if (neg) i++;
+  if (i == n || n - i > 19) return -1;
+  uint64_t v = 0;
+  for (; i < n; i++) {
+    if (p[i] < '0' || p[i] > '9') return -1;
+    v = v * 10 + (uint64_t)(p[i] - '0');
+  }
+  if (v > (uint64_t)INT64_MAX) return -1;
+  *out = neg ? -(int64_t)v : (int64_t)v;
+  return 0;
+}
+
+/* Copies a reply line for showing: cut short, control bytes as '?'. */
+static void copy_line_text(char *dst, size_t cap, const char *p, size_t n) {
+  if (n > cap - 1) n = cap - 1;
+  for (size_t i = 0; i < n; i++) dst[i] = (unsigned char)p[i] < 0x20 || p[i] == 0x7f ? '?' : p[i];
+  dst[n] = '\0';
+}
+
+static int link_read_value(resp_link_t *l, resp_reply_t *r, int depth) {
+  const char *p;
+  size_t n;
+  int rc = link_line(l, &p, &n);
+  if (rc != 0) return rc;
+  if (n == 0) {
+    snprintf(l->why, sizeof l->why, "an empty line");
+    return LINK_EPROTO;
+  }
+  r->type = p[0];
+  r->n = 0;
+  r->text[0] = '\0';
+  switch (p[0]) {
+    case '+': case '-':
+      copy_line_text(r->text, sizeof r->text, p + 1, n - 1);
+      return 0;
+    case ':':
+      if (parse_resp_int(p + 1, n - 1, &r->n) != 0) break;
+      return 0;
+    case '$':
+      if (parse_resp_int(p + 1, n - 1, &r->n) != 0 || r->n < -1 ||
+          (uint64_t)r->n > RESP_BULK_BYTES_MAX)
+        break;
+      if (r->n == -1) return 0;
+      if ((rc = link_skip(l, (uint64_t)r->n)) != 0) return rc;
+      if ((rc = link_line(l, &p, &n)) != 0) return rc;
+      if (n != 0) {
+        snprintf(l->why, sizeof l->why, "a bulk string longer than its length %" PRId64, r->n);
+        return LINK_EPROTO;
+      }
+      return 0;
+    case '*': {
+      if (parse_resp_int(p + 1, n - 1, &r->n) != 0 || r->n < -1 || r->n > RESP_ARRAY_ITEMS_MAX)
+        break;
+      if (depth == RESP_NESTING_MAX) {
+        snprintf(l->why, sizeof l->why, "arrays nested deeper than %d", RESP_NESTING_MAX);
+        return LINK_EPROTO;
+      }
+      resp_reply_t item;
+      for (int64_t i = 0; i < r->n; i++)
+        if ((rc = link_read_value(l, &item, depth + 1)) != 0) return rc;
+      return 0;
+    }
+    default: {
+      char shown[32];
+      copy_line_text(shown, sizeof shown, p, n);
+      snprintf(l->why, sizeof l->why, "a line starting \"%s\"", shown);
+      return LINK_EPROTO;
+    }
+  }
+  char shown[32];
+  copy_line_text(shown, sizeof shown, p, n);
+  snprintf(l->why, sizeof l->why, "a bad count or integer in \"%s\"", shown);
+  return LINK_EPROTO;
+}
+
+/* Reads one whole reply; its arrival time is then l->recv_ns (the recv()
+ * that brought its last byte is the latest one so far). */
+static int link_read_reply(resp_link_t *l, resp_reply_t *r) { return link_read_value(l, r, 0); }
+
+/* How a reply looked, for "unexpected reply" texts. */
+static void describe_reply(const resp_reply_t *r, char *buf, size_t cap) {
+  switch (r->type) {
+    case '+': snprintf(buf, cap, "+%.40s", r->text); break;
+    case '-': snprintf(buf, cap, "-%.40s", r->text); break;
+    case ':': snprintf(buf, cap, ":%" PRId64 " (an integer)", r->n); break;
+    case '$': snprintf(buf, cap, r->n < 0 ? "$-1 (nil)" : "$%" PRId64 " (a bulk string)", r->n); break;
+    default: snprintf(buf, cap, "*%" PRId64 " (an array)", r->n); break;
+  }
+}
+
+/* Right after connecting: PING, and SELECT when --cache was given. Tells a
+ * RESP server from something else early, with words that say so. */
+static int link_handshake(resp_link_t *l, const bench_cfg_t *c) {
+  static const char ping[] = "PING", select[] = "SELECT";
+  const void *ping_argv[1] = {ping};
+  size_t ping_lens[1] = {4};
+  int rc = link_put_command(l, 1, ping_argv, ping_lens);
+  if (rc == 0 && c->cache_set) {
+    const void *argv[2] = {select, c->cache};
+    size_t lens[2] = {6, strlen(c->cache)};
+    rc = link_put_command(l, 2, argv, lens);
+  }
+  if (rc == 0) rc = link_flush(l);
+  resp_reply_t r;
+  char shown[64];
+  if (rc == 0 && (rc = link_read_reply(l, &r)) == 0 &&
+      !(r.type == '+' && strcmp(r.text, "PONG") == 0)) {
+    describe_reply(&r, shown, sizeof shown);
+    snprintf(l->why, sizeof l->why, "PING answered %s, not +PONG", shown);
+    rc = LINK_EREFUSED;
+  }
+  if (rc == 0 && c->cache_set && (rc = link_read_reply(l, &r)) == 0 &&
+      !(r.type == '+' && strcmp(r.text, "OK") == 0)) {
+    describe_reply(&r, shown, sizeof shown);
+    snprintf(l->why, sizeof l->why, "SELECT %.32s answered %s", c->cache, shown);
+    rc = LINK_EREFUSED;
+  }
+  if (rc != 0 && rc != LINK_EREFUSED) link_close(l);
+  return rc;
 }
 
 /* ---- the run ------------------------------------------------------------- */

@@ -460,7 +460,7 @@ static void net_on_connection(uv_stream_t *server, int status) {
   }
   if (server == (uv_stream_t *)&lp->resp_listener) {
     /* A Redis-protocol client: no handshake, commands at once. */
-    c->resp = resp_conn_new();
+    c->resp = resp_conn_new(n->cluster != NULL);
     c->handshaken = 1;
     if (!c->resp) {
       conn_close(c);

@@ -34,21 +34,31 @@ typedef struct resp_slot {
   size_t len, cap;
 } resp_slot_t;
 
+typedef struct resp_job resp_job_t;
+
 struct resp_conn {
   resp_slot_t *head, *tail;  /* replies not written yet, oldest first */
+  resp_slot_t direct;        /* a single node answers every command at once:
+                                its reply is built here and written as is */
+  resp_job_t *job;           /* ... and its one command in flight here */
+  int cluster;               /* answers may come later: slots keep order */
   char cache[STORE_CACHE_NAME_MAX + 1];
   char name[128];            /* CLIENT SETNAME */
   int quit;                  /* QUIT: close once the replies are out */
 };
 
-resp_conn_t *resp_conn_new(void) {
+resp_conn_t *resp_conn_new(int cluster) {
   resp_conn_t *r = calloc(1, sizeof *r);
-  if (r) strcpy(r->cache, "default");
+  if (!r) return NULL;
+  strcpy(r->cache, "default");
+  r->cluster = cluster;
   return r;
 }
 
 void resp_conn_free(resp_conn_t *r) {
   if (!r) return;
+  free(r->direct.buf);
+  free(r->job);
   while (r->head) {
     resp_slot_t *s = r->head;
     r->head = s->next;
@@ -85,15 +95,31 @@ static void slot_printf(resp_slot_t *s, const char *fmt, ...) {
   slot_put(s, line, (size_t)n);
 }
 
+/* "<type><number>\r\n", without printf (the hot path). */
+static void slot_num_line(resp_slot_t *s, char type, int64_t v) {
+  char buf[24];
+  char *p = buf + sizeof buf;
+  *--p = '\n';
+  *--p = '\r';
+  uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+  do {
+    *--p = (char)('0' + u % 10);
+    u /= 10;
+  } while (u);
+  if (v < 0) *--p = '-';
+  *--p = type;
+  slot_put(s, p, (size_t)(buf + sizeof buf - p));
+}
+
 static void slot_bulk(resp_slot_t *s, const void *p, size_t n) {
-  slot_printf(s, "$%zu\r\n", n);
+  slot_num_line(s, '$', (int64_t)n);
   slot_put(s, p, n);
   slot_put(s, "\r\n", 2);
 }
 
 static void slot_nil(resp_slot_t *s) { slot_put(s, "$-1\r\n", 5); }
 static void slot_ok(resp_slot_t *s) { slot_put(s, "+OK\r\n", 5); }
-static void slot_int(resp_slot_t *s, int64_t v) { slot_printf(s, ":%" PRId64 "\r\n", v); }
+static void slot_int(resp_slot_t *s, int64_t v) { slot_num_line(s, ':', v); }
 
 /* A grid status as the error Redis gives in the same case. */
 static void slot_status_error(resp_slot_t *s, int status, const char *message) {
@@ -130,6 +156,10 @@ static void resp_flush_slots(conn_t *c) {
 }
 
 static resp_slot_t *resp_slot_new(resp_conn_t *r) {
+  if (!r->cluster) {
+    r->direct.done = 0;
+    return &r->direct; /* written when the command returns */
+  }
   resp_slot_t *s = calloc(1, sizeof *s);
   if (!s) return NULL;
   if (r->tail) r->tail->next = s;
@@ -147,7 +177,8 @@ enum {
 };
 
 /* A command in flight: one request per key, merged when all are in. */
-typedef struct resp_job {
+struct resp_job {
+  int embedded;             /* the connection's own (a single node's) */
   conn_t *c;
   resp_slot_t *slot;
   int cmd;
@@ -158,11 +189,12 @@ typedef struct resp_job {
   int status;               /* first error */
   char message[200];
   resp_slot_t *parts;       /* MGET: each key's reply, in order */
-} resp_job_t;
+};
 
 typedef struct resp_sub {
   resp_job_t *job;
   size_t index;
+  int heap;                 /* freed by resp_sub_fn */
 } resp_sub_t;
 
 static void resp_job_error(resp_job_t *job, int status, const char *message) {
@@ -191,6 +223,7 @@ static void resp_job_finish(resp_job_t *job) {
     free(job->parts);
   }
   s->done = 1;
+  if (job->embedded) return; /* resp_dispatch writes the reply */
   conn_t *c = job->c;
   free(job);
   resp_flush_slots(c);
@@ -204,7 +237,7 @@ static void resp_sub_fn(net_loop_t *lp, void *arg, const Grid__Reply *rp) {
   resp_sub_t *sub = arg;
   resp_job_t *job = sub->job;
   size_t i = sub->index;
-  free(sub);
+  if (sub->heap) free(sub);
   resp_slot_t *s = job->slot;
   int st = rp->status;
   const char *msg = rp->message;
@@ -301,32 +334,41 @@ static void resp_submit(resp_job_t *job, size_t index, Grid__Request *rq) {
   conn_t *c = job->c;
   net_loop_t *lp = c->lp;
   node_t *n = lp->net->node;
-  resp_sub_t *sub = malloc(sizeof *sub);
-  if (!sub) {
-    resp_job_error(job, GRID_ENOMEM, NULL);
-    return;
-  }
-  sub->job = job;
-  sub->index = index;
   job->pending++;
   rq->cache = c->resp->cache;
   if (n->cluster && rq->op != GRID__OP__SIZE) {
+    resp_sub_t *sub = malloc(sizeof *sub);
+    if (!sub) {
+      job->pending--;
+      resp_job_error(job, GRID_ENOMEM, NULL);
+      return;
+    }
+    *sub = (resp_sub_t){job, index, 1};
     route_keyed(lp, rq, (repl_sink_t){resp_sub_fn, sub, lp->index});
     return;
   }
-  arena_t a;
-  arena_init(&a, 4096);
+  /* Here and now: the loop's arena, reset after each command. */
+  resp_sub_t sub = {job, index, 0};
   Grid__Reply rp = GRID__REPLY__INIT;
-  ops_execute(n, &lp->view, rq, &rp, &a);
-  resp_sub_fn(lp, sub, &rp);
-  arena_close(&a);
+  ops_execute(n, &lp->view, rq, &rp, &lp->arena);
+  resp_sub_fn(lp, &sub, &rp);
 }
 
 static resp_job_t *resp_job_new(conn_t *c, int cmd, size_t n) {
-  resp_job_t *job = calloc(1, sizeof *job);
-  resp_slot_t *slot = job ? resp_slot_new(c->resp) : NULL;
+  resp_conn_t *r = c->resp;
+  resp_job_t *job;
+  if (!r->cluster) {
+    if (!r->job && !(r->job = malloc(sizeof *r->job))) return NULL;
+    job = r->job;
+    memset(job, 0, sizeof *job);
+    job->embedded = 1;
+  } else {
+    job = calloc(1, sizeof *job);
+    if (!job) return NULL;
+  }
+  resp_slot_t *slot = resp_slot_new(r);
   if (!slot) {
-    free(job);
+    if (!job->embedded) free(job);
     return NULL;
   }
   job->c = c;
@@ -334,7 +376,7 @@ static resp_job_t *resp_job_new(conn_t *c, int cmd, size_t n) {
   job->cmd = cmd;
   job->n = n;
   job->pending = 1;
-  conn_ref(c);
+  if (!job->embedded) conn_ref(c);
   return job;
 }
 
@@ -798,8 +840,22 @@ static void run_keyed(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *unused
   if (--job->pending == 0) resp_job_finish(job);
 }
 
-/* Runs one parsed command; its reply goes in a slot of its own. */
+static void resp_dispatch_one(conn_t *c, resp_arg_t *argv, int argc);
+
+/* Runs one parsed command; its reply goes in a slot of its own, or, on a
+ * single node, straight to the connection. */
 static void resp_dispatch(conn_t *c, resp_arg_t *argv, int argc) {
+  resp_conn_t *r = c->resp;
+  r->direct.len = 0;
+  resp_dispatch_one(c, argv, argc);
+  if (!r->cluster && r->direct.len) {
+    if (conn_out(c, r->direct.buf, r->direct.len) != 0) conn_close_when_written(c);
+    r->direct.len = 0;
+  }
+  if (!r->cluster && r->quit) conn_close_when_written(c);
+}
+
+static void resp_dispatch_one(conn_t *c, resp_arg_t *argv, int argc) {
   const resp_cmd_t *cmd = NULL;
   for (size_t i = 0; i < resp_ncmds && !cmd; i++)
     if (arg_is(&argv[0], resp_cmds[i].name)) cmd = &resp_cmds[i];
@@ -978,10 +1034,12 @@ static int resp_parse(conn_t *c, const char *buf, size_t len, resp_arg_t **argv,
     *used = pos;
     return RESP_DONE;
   }
-  *argv = malloc((size_t)count * sizeof **argv);
-  if (!*argv) {
-    *why = "out of memory";
-    return RESP_ERROR;
+  if (count > RESP_ARGV_STACK) {
+    *argv = malloc((size_t)count * sizeof **argv);
+    if (!*argv) {
+      *why = "out of memory";
+      return RESP_ERROR;
+    }
   }
   size_t bulk_max = (size_t)n->cfg.frame_bytes_max;
   for (int64_t i = 0; i < count; i++) {
@@ -1026,7 +1084,8 @@ void resp_input(conn_t *c) {
       conn_flush(c);
       if (conn_output_full(c) || uv_is_closing((uv_handle_t *)&c->tcp)) break;
     }
-    resp_arg_t *argv = NULL;
+    resp_arg_t stack_argv[RESP_ARGV_STACK];
+    resp_arg_t *argv = stack_argv; /* parse puts a bigger one here if needed */
     char *scratch = NULL;
     int argc = 0;
     size_t used = 0;
@@ -1040,7 +1099,7 @@ void resp_input(conn_t *c) {
     } else if (r == RESP_ERROR) {
       resp_fail(c, why);
     }
-    free(argv);
+    if (argv != stack_argv) free(argv);
     free(scratch);
     if (r != RESP_DONE) break;
   }

@@ -12,7 +12,8 @@
 typedef struct conn conn_t;
 typedef struct resp_conn resp_conn_t;
 
-resp_conn_t *resp_conn_new(void);
+/* cluster: replies may complete out of order (and are put back in it). */
+resp_conn_t *resp_conn_new(int cluster);
 void resp_conn_free(resp_conn_t *r);
 /* Serves the whole commands in c's read buffer. */
 void resp_input(conn_t *c);
