@@ -575,7 +575,8 @@ enum {
   LINK_ECLOSED = -2,   /* the server closed the connection */
   LINK_EPROTO = -3,    /* a reply that is not RESP2: see link->why */
   LINK_EIO = -4,       /* a socket call failed: see link->sys_errno */
-  LINK_EREFUSED = -5,  /* PING or SELECT answered otherwise than expected: see link->why */
+  LINK_EREFUSED = -5,  /* PING answered otherwise than +PONG: see link->why */
+  LINK_ESELECT = -6,   /* SELECT answered otherwise than +OK: see link->why */
 };
 
 typedef struct resp_link {
@@ -586,7 +587,7 @@ typedef struct resp_link {
   char *wbuf;           /* RESP_WRITE_BYTES of commands not sent yet */
   size_t wlen;
   int sys_errno;        /* LINK_EIO */
-  char why[RESP_ERR_TEXT_BYTES]; /* LINK_EPROTO, LINK_EREFUSED */
+  char why[RESP_ERR_TEXT_BYTES]; /* LINK_EPROTO, LINK_EREFUSED, LINK_ESELECT */
 } resp_link_t;
 
 typedef struct resp_reply {
@@ -651,11 +652,11 @@ static int link_open(resp_link_t *l, const struct sockaddr *addr, socklen_t addr
 /* Words for a link failure, for the error counts and messages. */
 static void link_error_text(const resp_link_t *l, int rc, char *buf, size_t cap) {
   switch (rc) {
-    case LINK_ETIMEDOUT: snprintf(buf, cap, "no reply within --timeout-ms (connection reopened)"); break;
-    case LINK_ECLOSED: snprintf(buf, cap, "connection closed by the server (reopened)"); break;
-    case LINK_EPROTO: snprintf(buf, cap, "malformed reply: %s (connection reopened)", l->why); break;
-    case LINK_EIO: snprintf(buf, cap, "socket error: %s (connection reopened)", strerror(l->sys_errno)); break;
-    case LINK_EREFUSED: snprintf(buf, cap, "%s", l->why); break;
+    case LINK_ETIMEDOUT: snprintf(buf, cap, "no reply within --timeout-ms"); break;
+    case LINK_ECLOSED: snprintf(buf, cap, "connection closed by the server"); break;
+    case LINK_EPROTO: snprintf(buf, cap, "malformed reply: %.96s", l->why); break;
+    case LINK_EIO: snprintf(buf, cap, "socket error: %s", strerror(l->sys_errno)); break;
+    case LINK_EREFUSED: case LINK_ESELECT: snprintf(buf, cap, "%s", l->why); break;
     default: snprintf(buf, cap, "link error %d", rc);
   }
 }
@@ -907,9 +908,9 @@ static int link_handshake(resp_link_t *l, const bench_cfg_t *c) {
       !(r.type == '+' && strcmp(r.text, "OK") == 0)) {
     describe_reply(&r, shown, sizeof shown);
     snprintf(l->why, sizeof l->why, "SELECT %.32s answered %s", c->cache, shown);
-    rc = LINK_EREFUSED;
+    rc = LINK_ESELECT;
   }
-  if (rc != 0 && rc != LINK_EREFUSED) link_close(l);
+  if (rc != 0) link_close(l);
   return rc;
 }
 
@@ -933,6 +934,38 @@ static const char *err_words(int slot) {
   return grid_strerror(-slot);
 }
 
+/*
+ * RESP mode counts its failures by text: the server's error line ("ERR ...",
+ * "OOM ...") or one of ours (a reply of the wrong kind, a timeout). Each
+ * thread has its own table (one writer; the controller only sums counts),
+ * merged by text at the end. The last entry takes whatever does not fit.
+ */
+#define ERR_TEXT_OVERFLOW "other failures (too many kinds to list)"
+
+typedef struct err_text {
+  char text[RESP_ERR_TEXT_BYTES];
+  _Atomic uint64_t count;
+} err_text_t;
+
+static void err_text_count(err_text_t *tab, uint32_t *used, const char *text, uint64_t by) {
+  for (uint32_t i = 0; i < *used; i++) {
+    if (strcmp(tab[i].text, text) == 0) {
+      BUMP(tab[i].count, by);
+      return;
+    }
+  }
+  uint32_t i = *used;
+  if (i >= RESP_ERR_KINDS_MAX - 1) {
+    i = RESP_ERR_KINDS_MAX - 1;
+    snprintf(tab[i].text, sizeof tab[i].text, "%s", ERR_TEXT_OVERFLOW);
+    *used = RESP_ERR_KINDS_MAX;
+  } else {
+    snprintf(tab[i].text, sizeof tab[i].text, "%s", text);
+    *used = i + 1;
+  }
+  BUMP(tab[i].count, by);
+}
+
 typedef struct run {
   const bench_cfg_t *cfg;
   zipf_t zipf;
@@ -941,6 +974,8 @@ typedef struct run {
   uint64_t measure_start_ns; /* requests starting (or due) from here are recorded */
   uint64_t measure_end_ns;   /* ... until here; UINT64_MAX with --requests */
   uint64_t send_end_ns;      /* open loop: no sending after this */
+  struct sockaddr_storage addr; /* resp: the server, as resolved once */
+  socklen_t addr_len;
   _Atomic int stop;          /* ^C: workers stop issuing */
   _Atomic uint32_t workers_done;
 } run_t;
@@ -977,6 +1012,12 @@ struct worker {
   uint32_t inflight;
   req_ctx_t *free_list;
   req_ctx_t *ctxs;
+  /* RESP mode: the worker's own connection, and one batch's requests */
+  resp_link_t link;
+  uint8_t *batch_kinds;           /* pipeline entries: REQ_GET or REQ_PUT */
+  uint32_t *batch_keys;           /* pipeline entries: key numbers */
+  err_text_t err_texts[RESP_ERR_KINDS_MAX];
+  uint32_t err_texts_used;
 };
 
 static int op_pick(worker_t *w) {
@@ -1173,12 +1214,152 @@ static void worker_run_pipelined(worker_t *w) {
   worker_drain(w);
 }
 
+/* ---- the run in RESP mode --------------------------------------------------- */
+
+/* Books a failed request of a RESP worker under text. */
+static void worker_fail_text(worker_t *w, const char *text, int recorded) {
+  BUMP(w->completed, 1);
+  if (recorded) err_text_count(w->err_texts, &w->err_texts_used, text, 1);
+}
+
+/* Opens the worker's connection again (after a timeout or a lost one). On
+ * failure it counts one error, waits RECONNECT_DELAY_NS, and returns -1. */
+static int worker_reconnect(worker_t *w) {
+  run_t *r = w->run;
+  const bench_cfg_t *c = r->cfg;
+  int rc = link_open(&w->link, (const struct sockaddr *)&r->addr, r->addr_len, c->timeout_ms);
+  if (rc == 0) rc = link_handshake(&w->link, c);
+  if (rc == 0) return 0;
+  char why[RESP_ERR_TEXT_BYTES], text[RESP_ERR_TEXT_BYTES];
+  link_error_text(&w->link, rc, why, sizeof why);
+  link_close(&w->link);
+  snprintf(text, sizeof text, "reconnect failed (retried every %llu ms): %.70s",
+           RECONNECT_DELAY_NS / 1000000ull, why);
+  uint64_t now = now_ns();
+  if (now >= r->measure_start_ns && now < r->measure_end_ns)
+    err_text_count(w->err_texts, &w->err_texts_used, text, 1);
+  sleep_until(r, now + RECONNECT_DELAY_NS);
+  return -1;
+}
+
+/* 0 when the reply is what kind expects; BENCH_EBADLEN for a value of the
+ * wrong size; -1 with the failure's words in text otherwise. A GET of a
+ * missing key ($-1) fails, as grid_get's GRID_ENOTFOUND does. */
+static int resp_check_reply(const bench_cfg_t *c, int kind, const resp_reply_t *r, char *text,
+                            size_t cap) {
+  if (r->type == '-') {
+    snprintf(text, cap, "%s", r->text);
+    return -1;
+  }
+  if (kind == REQ_GET && r->type == '$') {
+    if (r->n < 0) {
+      snprintf(text, cap, "GET: nil reply (key not found)");
+      return -1;
+    }
+    return r->n == c->value_bytes ? 0 : BENCH_EBADLEN;
+  }
+  if (kind == REQ_PUT && r->type == '+' && strcmp(r->text, "OK") == 0) return 0;
+  char shown[64];
+  describe_reply(r, shown, sizeof shown);
+  snprintf(text, cap, "unexpected reply to %s: %s", kind == REQ_GET ? "GET" : "SET", shown);
+  return -1;
+}
+
+/* Queues request kind on key k. */
+static int resp_put_request(worker_t *w, int kind, uint32_t k) {
+  const bench_cfg_t *c = w->run->cfg;
+  char key[KEY_BYTES_MAX];
+  size_t key_len = key_format(key, k);
+  static const char get[] = "GET", set[] = "SET";
+  const void *argv[3] = {kind == REQ_GET ? get : set, key, w->run->value};
+  size_t lens[3] = {3, key_len, c->value_bytes};
+  return link_put_command(&w->link, kind == REQ_GET ? 2 : 3, argv, lens);
+}
+
+/*
+ * Batches of D requests (D = --pipeline; 1 in the open loop): keys drawn,
+ * then the clock read (the batch's start), the D commands written, and the
+ * D replies read in order. Each request is timed from its batch's start (or,
+ * open loop, its scheduled start) to the recv() that completed its reply.
+ * A timeout or a broken connection fails every request of the batch still
+ * unanswered; the connection is reopened before the next batch.
+ */
+static void worker_run_resp(worker_t *w) {
+  run_t *r = w->run;
+  const bench_cfg_t *c = r->cfg;
+  resp_link_t *l = &w->link;
+  int open = c->rate > 0;
+  uint32_t depth = open ? 1 : c->pipeline;
+  uint64_t issued_recorded = 0;
+  char text[RESP_ERR_TEXT_BYTES];
+  for (uint64_t i = 0;;) {
+    for (uint32_t j = 0; j < depth; j++) {
+      w->batch_kinds[j] = (uint8_t)op_pick(w);
+      w->batch_keys[j] = key_pick(w);
+    }
+    uint64_t intended = 0;
+    if (open) {
+      intended = schedule_ns(w, i);
+      if (intended >= r->measure_end_ns) break;
+      sleep_until(r, intended);
+    }
+    if (LOAD(r->stop)) break;
+    /* The last batch lost the connection. Open loop: the time to reopen it
+     * is charged to this request, which counts from its schedule. */
+    if (l->fd < 0) {
+      uint64_t now = now_ns();
+      if (open ? now >= r->send_end_ns : now >= r->measure_end_ns) {
+        if (open) count_unsent(w, i);
+        break;
+      }
+      if (worker_reconnect(w) != 0) continue;
+    }
+    uint64_t t0 = now_ns();
+    if (!open) {
+      intended = t0;
+      if (t0 >= r->measure_end_ns) break;
+    } else if (t0 >= r->send_end_ns) {
+      count_unsent(w, i);
+      break;
+    }
+    int recorded = intended >= r->measure_start_ns;
+    uint32_t n = depth;
+    if (recorded) {
+      if (issued_recorded == w->quota) break;
+      if (w->quota - issued_recorded < n) n = (uint32_t)(w->quota - issued_recorded);
+      issued_recorded += n;
+    }
+    int rc = 0;
+    for (uint32_t j = 0; rc == 0 && j < n; j++)
+      rc = resp_put_request(w, w->batch_kinds[j], w->batch_keys[j]);
+    if (rc == 0) rc = link_flush(l);
+    uint32_t answered = 0;
+    for (; rc == 0 && answered < n; answered++) {
+      resp_reply_t reply;
+      if ((rc = link_read_reply(l, &reply)) != 0) break;
+      int kind = w->batch_kinds[answered];
+      int st = resp_check_reply(c, kind, &reply, text, sizeof text);
+      if (st < 0) worker_fail_text(w, text, recorded);
+      else worker_complete(w, kind, st, intended, t0, l->recv_ns, recorded);
+    }
+    if (rc != 0) {
+      char why[RESP_ERR_TEXT_BYTES];
+      link_error_text(l, rc, why, sizeof why);
+      snprintf(text, sizeof text, "%.96s (connection reopened)", why);
+      for (; answered < n; answered++) worker_fail_text(w, text, recorded);
+      link_close(l);
+    }
+    i += n;
+  }
+}
+
 static void *worker_main(void *arg) {
   worker_t *w = arg;
   const bench_cfg_t *c = w->run->cfg;
   /* Open loop: wake up on schedule, not up to 50 us late (the default slack). */
   if (c->rate > 0) prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
-  if (c->pipeline > 1) worker_run_pipelined(w);
+  if (c->resp) worker_run_resp(w);
+  else if (c->pipeline > 1) worker_run_pipelined(w);
   else worker_run_sync(w);
   w->finish_ns = now_ns();
   atomic_fetch_add(&w->run->workers_done, 1);
@@ -1204,7 +1385,12 @@ static int worker_init(worker_t *w, run_t *r, uint32_t idx) {
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
   pthread_cond_init(&w->cv, &ca);
   pthread_condattr_destroy(&ca);
-  if (c->pipeline > 1) {
+  if (c->resp) {
+    if (link_init(&w->link) != 0) return -1;
+    w->batch_kinds = calloc(c->pipeline, sizeof *w->batch_kinds);
+    w->batch_keys = calloc(c->pipeline, sizeof *w->batch_keys);
+    if (!w->batch_kinds || !w->batch_keys) return -1;
+  } else if (c->pipeline > 1) {
     if (!(w->ctxs = calloc(c->pipeline, sizeof *w->ctxs))) return -1;
     for (uint32_t i = 0; i < c->pipeline; i++) {
       w->ctxs[i].next_free = w->free_list;
@@ -1264,6 +1450,110 @@ static int preload(grid_t *g, const bench_cfg_t *c, const unsigned char *value, 
   return rc;
 }
 
+/* Writes every key with MSET batches (as preload(): at most
+ * PRELOAD_BATCH_KEYS keys and about PRELOAD_BATCH_BYTES_MAX of values each),
+ * one round trip per batch. 0, or an exit status with the reason on stderr. */
+static int resp_preload(resp_link_t *l, const bench_cfg_t *c, const unsigned char *value,
+                        int progress) {
+  static const char mset[] = "MSET";
+  size_t batch = PRELOAD_BATCH_KEYS;
+  size_t by_bytes = PRELOAD_BATCH_BYTES_MAX / ((size_t)c->value_bytes + KEY_BYTES_MAX);
+  if (by_bytes < 1) by_bytes = 1;
+  if (batch > by_bytes) batch = by_bytes;
+  uint64_t t0 = now_ns(), shown = t0;
+  int tty = isatty(STDERR_FILENO);
+  char head[24], key[KEY_BYTES_MAX], why[RESP_ERR_TEXT_BYTES];
+  for (uint32_t i = 0; i < c->keys;) {
+    size_t n = c->keys - i < batch ? c->keys - i : batch;
+    int rc = link_put(l, head, format_count_line(head, '*', 1 + 2 * (uint64_t)n));
+    if (rc == 0) rc = link_put_bulk(l, mset, 4);
+    for (size_t j = 0; rc == 0 && j < n; j++) {
+      size_t key_len = key_format(key, i + (uint32_t)j);
+      rc = link_put_bulk(l, key, key_len);
+      if (rc == 0) rc = link_put_bulk(l, value, c->value_bytes);
+    }
+    if (rc == 0) rc = link_flush(l);
+    resp_reply_t reply;
+    if (rc == 0) rc = link_read_reply(l, &reply);
+    if (rc != 0) {
+      link_error_text(l, rc, why, sizeof why);
+      fprintf(stderr, "%sgridbench: preload failed: %s\n", tty && progress ? "\n" : "", why);
+      return EXIT_CONNECT;
+    }
+    if (!(reply.type == '+' && strcmp(reply.text, "OK") == 0)) {
+      describe_reply(&reply, why, sizeof why);
+      fprintf(stderr, "%sgridbench: preload failed: MSET of %zu keys answered %s\n",
+              tty && progress ? "\n" : "", n, reply.type == '-' ? reply.text : why);
+      return EXIT_RUN_FAILED;
+    }
+    i += (uint32_t)n;
+    uint64_t now = now_ns();
+    if (progress && (now - shown >= NS_PER_S / 2 || i == c->keys)) {
+      fprintf(stderr, "%spreload: %u/%u keys (%.0f%%)%s", tty ? "\r" : "", i, c->keys,
+              100.0 * i / c->keys, tty ? "" : "\n");
+      shown = now;
+    }
+  }
+  if (progress)
+    fprintf(stderr, "%spreload: %u keys of %u bytes in %.2f s (MSET, batches of %zu)\n",
+            tty ? "\r\033[K" : "", c->keys, c->value_bytes, (now_ns() - t0) / 1e9, batch);
+  return 0;
+}
+
+/* Resolves HOST:PORT and connects the first worker's link to the first
+ * address that takes it, which the other links then use too. 0, or
+ * EXIT_CONNECT with the reason on stderr. */
+static int resp_connect_first(run_t *r, resp_link_t *l) {
+  const bench_cfg_t *c = r->cfg;
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+  struct addrinfo *res = NULL;
+  int gai = getaddrinfo(c->host, c->port, &hints, &res);
+  if (gai != 0) {
+    fprintf(stderr, "gridbench: cannot resolve %s: %s\n", c->host, gai_strerror(gai));
+    return EXIT_CONNECT;
+  }
+  int rc = LINK_EIO;
+  l->sys_errno = EADDRNOTAVAIL;
+  for (struct addrinfo *a = res; a && rc != 0; a = a->ai_next) {
+    if (a->ai_addrlen > sizeof r->addr) continue;
+    rc = link_open(l, a->ai_addr, (socklen_t)a->ai_addrlen, c->timeout_ms);
+    if (rc == 0) {
+      memcpy(&r->addr, a->ai_addr, a->ai_addrlen);
+      r->addr_len = (socklen_t)a->ai_addrlen;
+    }
+  }
+  freeaddrinfo(res);
+  if (rc != 0) {
+    fprintf(stderr, "gridbench: cannot connect to %s: %s\n", c->uri,
+            rc == LINK_ETIMEDOUT ? "timed out" : strerror(l->sys_errno));
+    return EXIT_CONNECT;
+  }
+  return 0;
+}
+
+/* Connects every worker and checks each connection with link_handshake(). */
+static int resp_connect_all(run_t *r, worker_t *ws) {
+  const bench_cfg_t *c = r->cfg;
+  int rc = resp_connect_first(r, &ws[0].link);
+  if (rc != 0) return rc;
+  for (uint32_t i = 0; i < c->threads; i++) {
+    resp_link_t *l = &ws[i].link;
+    if (i > 0) rc = link_open(l, (const struct sockaddr *)&r->addr, r->addr_len, c->timeout_ms);
+    if (rc == 0) rc = link_handshake(l, c);
+    if (rc == 0) continue;
+    char why[RESP_ERR_TEXT_BYTES];
+    link_error_text(l, rc, why, sizeof why);
+    if (rc == LINK_ETIMEDOUT) snprintf(why, sizeof why, "no reply to PING within %u ms", c->timeout_ms);
+    fprintf(stderr, "gridbench: %s, connection %u: %s\n", c->uri, i, why);
+    if (rc == LINK_ESELECT) return EXIT_RUN_FAILED; /* as a missing cache in grid:// mode */
+    fprintf(stderr, "gridbench: is %s:%s a RESP server? gridd speaks RESP only on its\n"
+                    "           --resp-port (resp_port), not on its native --port\n",
+            c->host, c->port);
+    return EXIT_CONNECT;
+  }
+  return 0;
+}
+
 /* ---- embedded extras: the clock's price and the batch mean --------------- */
 
 /* Mean cost of one CLOCK_MONOTONIC read. */
@@ -1311,6 +1601,8 @@ typedef struct results {
   hist_t *svc[REQ_KINDS + 1];  /* open loop only */
   uint64_t errors[ERR_SLOTS];
   uint64_t errors_total;
+  err_text_t err_texts[RESP_ERR_KINDS_MAX]; /* RESP mode: failures by text */
+  uint32_t err_texts_used;
   uint64_t unsent;
   uint32_t stuck;
   double elapsed_s;            /* the measured window */
@@ -1349,9 +1641,12 @@ static void print_table(const bench_cfg_t *c, results_t *res) {
   if (c->op == OP_MIX) printf(" (get ratio %.3g)", c->get_ratio);
   printf("  keys=%u %s%s  value=%u bytes\n", c->keys, c->zipfian ? "zipfian" : "uniform",
          c->zipfian ? " (theta 0.99)" : "", c->value_bytes);
+  const char *how = c->pipeline == 1 ? " (synchronous calls)" : " (async calls)";
+  if (c->resp)
+    how = c->pipeline == 1 ? " (RESP, one round trip per request)"
+                           : " (RESP, batches: write D commands, read D replies)";
   printf("load: %s loop, %u thread%s x pipeline %u%s", c->rate > 0 ? "open" : "closed",
-         c->threads, c->threads == 1 ? "" : "s", c->pipeline,
-         c->pipeline == 1 ? " (synchronous calls)" : " (async calls)");
+         c->threads, c->threads == 1 ? "" : "s", c->pipeline, how);
   if (c->rate > 0) printf(", target %.0f ops/s", c->rate);
   if (c->spin_us) printf(", spin %u us", c->spin_us);
   printf("\n        measured %.2f s after %.2f s of warm-up", res->elapsed_s, c->warmup_s);
@@ -1380,11 +1675,16 @@ static void print_table(const bench_cfg_t *c, results_t *res) {
     printf("%" PRIu64 " (not in the latencies)\n", res->errors_total);
     for (int s = 0; s < ERR_SLOTS; s++)
       if (res->errors[s]) printf("  %10" PRIu64 "  %s\n", res->errors[s], err_words(s));
+    for (uint32_t t = 0; t < res->err_texts_used; t++)
+      printf("  %10" PRIu64 "  %s\n", LOAD(res->err_texts[t].count), res->err_texts[t].text);
   }
   if (c->rate > 0)
     printf("note: open loop: latency counts from each request's scheduled start (corrected\n"
            "      for coordinated omission); \"service\" rows count from the actual send.\n");
-  if (c->pipeline > 1)
+  if (c->pipeline > 1 && c->resp)
+    printf("note: a pipelined request is timed from the start of its batch's send to the\n"
+           "      arrival of its reply.\n");
+  else if (c->pipeline > 1)
     printf("note: a pipelined request is timed from its send to its callback.\n");
   if (c->embedded) {
     printf("note: embedded: each call timed on its own with CLOCK_MONOTONIC; the clock read\n"
@@ -1452,6 +1752,12 @@ static void print_json(const bench_cfg_t *c, results_t *res) {
     json_string(err_words(s));
     printf(":%" PRIu64, res->errors[s]);
   }
+  for (uint32_t t = 0; t < res->err_texts_used; t++) {
+    if (!first) putchar(',');
+    first = 0;
+    json_string(res->err_texts[t].text);
+    printf(":%" PRIu64, LOAD(res->err_texts[t].count));
+  }
   putchar('}');
   if (res->stuck) printf(",\"stuck\":%u", res->stuck);
   if (res->interrupted) printf(",\"interrupted\":true");
@@ -1487,6 +1793,7 @@ static void print_progress(run_t *r, worker_t *ws, hist_t **scratch, uint64_t no
   for (uint32_t i = 0; i < c->threads; i++) {
     completed += LOAD(ws[i].completed);
     for (int s = 0; s < ERR_SLOTS; s++) errors += LOAD(ws[i].errors[s]);
+    for (int t = 0; t < RESP_ERR_KINDS_MAX; t++) errors += LOAD(ws[i].err_texts[t].count);
   }
   double rate_now = now > *last_ns ? (completed - *last_completed) * 1e9 / (now - *last_ns) : 0;
   *last_completed = completed;
@@ -1558,21 +1865,28 @@ int main(int argc, char **argv) {
   }
 
   /* Remote: one handle (one connection) per thread. Embedded: one node,
-   * shared, since separate handles would be separate nodes. */
+   * shared, since separate handles would be separate nodes. RESP: one
+   * socket per thread, no grid.h at all. */
   grid_t *shared = NULL;
-  for (uint32_t i = 0; i < c->threads; i++) {
-    if (c->embedded && shared) {
-      ws[i].g = shared;
-      continue;
+  if (c->resp) {
+    int rc = resp_connect_all(&run, ws);
+    if (rc == 0 && c->preload) rc = resp_preload(&ws[0].link, c, run.value, !c->quiet);
+    if (rc != 0) return rc;
+  } else {
+    for (uint32_t i = 0; i < c->threads; i++) {
+      if (c->embedded && shared) {
+        ws[i].g = shared;
+        continue;
+      }
+      if (open_handle(c, i, &ws[i].g) != 0) return EXIT_CONNECT;
+      if (c->embedded) shared = ws[i].g;
     }
-    if (open_handle(c, i, &ws[i].g) != 0) return EXIT_CONNECT;
-    if (c->embedded) shared = ws[i].g;
-  }
-  int rc = ensure_cache(ws[0].g, c);
-  if (rc != 0) return rc == GRID_ECONN || rc == GRID_ETIMEDOUT ? EXIT_CONNECT : EXIT_RUN_FAILED;
-  if (c->preload && (rc = preload(ws[0].g, c, run.value, !c->quiet)) != 0) {
-    fprintf(stderr, "gridbench: preload failed: %s\n", grid_strerror(rc));
-    return rc == GRID_ECONN ? EXIT_CONNECT : EXIT_RUN_FAILED;
+    int rc = ensure_cache(ws[0].g, c);
+    if (rc != 0) return rc == GRID_ECONN || rc == GRID_ETIMEDOUT ? EXIT_CONNECT : EXIT_RUN_FAILED;
+    if (c->preload && (rc = preload(ws[0].g, c, run.value, !c->quiet)) != 0) {
+      fprintf(stderr, "gridbench: preload failed: %s\n", grid_strerror(rc));
+      return rc == GRID_ECONN ? EXIT_CONNECT : EXIT_RUN_FAILED;
+    }
   }
   if (c->embedded && c->pipeline > 1 && !c->quiet)
     fprintf(stderr, "gridbench: note: embedded async calls complete before they return, "
@@ -1638,6 +1952,11 @@ int main(int argc, char **argv) {
       res.errors[s] += LOAD(ws[i].errors[s]);
       res.errors_total += LOAD(ws[i].errors[s]);
     }
+    for (uint32_t j = 0; j < ws[i].err_texts_used; j++) {
+      uint64_t n = LOAD(ws[i].err_texts[j].count);
+      err_text_count(res.err_texts, &res.err_texts_used, ws[i].err_texts[j].text, n);
+      res.errors_total += n;
+    }
     res.unsent += ws[i].unsent;
     res.stuck += ws[i].stuck;
     if (ws[i].finish_ns > last_finish) last_finish = ws[i].finish_ns;
@@ -1669,6 +1988,8 @@ int main(int argc, char **argv) {
   int any_stuck = res.stuck > 0;
   if (c->embedded) {
     if (!any_stuck) grid_close(shared);
+  } else if (c->resp) {
+    for (uint32_t i = 0; i < c->threads; i++) link_free(&ws[i].link);
   } else {
     for (uint32_t i = 0; i < c->threads; i++)
       if (!ws[i].stuck) grid_close(ws[i].g);
@@ -1680,6 +2001,8 @@ int main(int argc, char **argv) {
         free(ws[i].svc[k]);
       }
       free(ws[i].ctxs);
+      free(ws[i].batch_kinds);
+      free(ws[i].batch_keys);
       pthread_mutex_destroy(&ws[i].mu);
       pthread_cond_destroy(&ws[i].cv);
     }

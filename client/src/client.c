@@ -213,7 +213,7 @@ static int client_embedded_get(grid_t *g, const char *cache, const void *key,
   void *v;
   size_t len;
   uint64_t ver;
-  rc = store_get(c, &k, clock_wall_ms(), client_malloc_cb, NULL, &v, &len, &ver);
+  rc = store_get(c, &k, STORE_NOW_LAZY, client_malloc_cb, NULL, &v, &len, &ver);
   store_cache_release(n->store, c);
   atomic_fetch_add_explicit(&n->ops, 1, memory_order_relaxed);
   if (rc != 0) return rc;

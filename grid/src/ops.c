@@ -87,7 +87,7 @@ static void ops_get(node_t *n, store_cache_t *c, const Grid__Request *rq,
   void *v;
   size_t vlen;
   uint64_t ver;
-  int rc = store_get(c, &k, clock_wall_ms(), ops_arena_alloc, a, &v, &vlen, &ver);
+  int rc = store_get(c, &k, STORE_NOW_LAZY, ops_arena_alloc, a, &v, &vlen, &ver);
   if (rc != 0) {
     ops_reply_error(rp, rc, NULL, a);
     return;

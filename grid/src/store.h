@@ -158,8 +158,11 @@ void store_key_init(const store_cache_t *c, const void *key, size_t len,
 /* GRID_EKEYTOOBIG / GRID_EVALTOOBIG / 0 */
 int store_check_sizes(const store_t *s, size_t key_len, size_t value_len);
 
+/* now_ms for store_get: read the clock only if the entry can expire. */
+#define STORE_NOW_LAZY INT64_MIN
+
 /* 0 with *value (from alloc), *value_len, *version; GRID_ENOTFOUND;
- * GRID_ENOMEM when alloc fails. */
+ * GRID_ENOMEM when alloc fails. now_ms may be STORE_NOW_LAZY. */
 int store_get(store_cache_t *c, const store_key_t *k, int64_t now_ms,
               store_alloc_fn alloc, void *ctx, void **value, size_t *value_len,
               uint64_t *version);
