@@ -317,7 +317,7 @@ static void usage(FILE *f) {
     "  --timeout-ms N       deadline of every call (default 5000); redis://: the\n"
     "                       socket timeout, after which the connection is reopened\n"
     "workload\n"
-    "  --op get|put|mix     operation (default get)\n"
+    "  --op get|put|mix     operation (default get); redis://: GET, SET, or both\n"
     "  --get-ratio F        mix only: share of gets, 0..1 (default 0.9)\n"
     "  --keys N             keys \"key:%%08u\" for i in [0, N) (default 100000, max %u)\n"
     "  --value-bytes N      value size (default 100, max %u)\n"
@@ -833,7 +833,7 @@ static int link_read_value(resp_link_t *l, resp_reply_t *r, int depth) {
       return 0;
     case '$':
       if (parse_resp_int(p + 1, n - 1, &r->n) != 0 || r->n < -1 ||
-          (uint64_t)r->n > RESP_BULK_BYTES_MAX)
+          (r->n >= 0 && (uint64_t)r->n > RESP_BULK_BYTES_MAX))
         break;
       if (r->n == -1) return 0;
       if ((rc = link_skip(l, (uint64_t)r->n)) != 0) return rc;
@@ -875,8 +875,8 @@ static int link_read_reply(resp_link_t *l, resp_reply_t *r) { return link_read_v
 /* How a reply looked, for "unexpected reply" texts. */
 static void describe_reply(const resp_reply_t *r, char *buf, size_t cap) {
   switch (r->type) {
-    case '+': snprintf(buf, cap, "+%.40s", r->text); break;
-    case '-': snprintf(buf, cap, "-%.40s", r->text); break;
+    case '+': snprintf(buf, cap, "+%.48s", r->text); break;
+    case '-': snprintf(buf, cap, "-%.48s", r->text); break;
     case ':': snprintf(buf, cap, ":%" PRId64 " (an integer)", r->n); break;
     case '$': snprintf(buf, cap, r->n < 0 ? "$-1 (nil)" : "$%" PRId64 " (a bulk string)", r->n); break;
     default: snprintf(buf, cap, "*%" PRId64 " (an array)", r->n); break;
@@ -907,7 +907,8 @@ static int link_handshake(resp_link_t *l, const bench_cfg_t *c) {
   if (rc == 0 && c->cache_set && (rc = link_read_reply(l, &r)) == 0 &&
       !(r.type == '+' && strcmp(r.text, "OK") == 0)) {
     describe_reply(&r, shown, sizeof shown);
-    snprintf(l->why, sizeof l->why, "SELECT %.32s answered %s", c->cache, shown);
+    snprintf(l->why, sizeof l->why, "SELECT %.20s answered %.80s", c->cache,
+             r.type == '-' ? r.text : shown);
     rc = LINK_ESELECT;
   }
   if (rc != 0) link_close(l);

@@ -260,8 +260,10 @@ void grid_cluster_status_free(grid_cluster_status_t *st);
 int grid_leave(grid_t *g);
 
 /*
- * Asynchronous calls. The callback runs once, on the handle's I/O thread
- * (remote) or on the calling thread before the call returns (embedded). A
+ * Asynchronous calls. The callback runs once: on the thread that reads the
+ * connection at that moment (the library's own, or a thread waiting in a
+ * synchronous call on the same handle) for a remote handle, or on the
+ * calling thread before the call returns for an embedded one. A
  * value passed to a callback is valid only during the callback; copy what
  * must outlive it. Callbacks must not block.
  */

@@ -2,11 +2,14 @@
  * remote: one pipelined TCP connection to a node.
  *
  * Callers write their request frames on the socket themselves (under
- * wlock); one reader thread per connection reads reply frames and matches
- * them by id to the table of requests in flight. A synchronous caller
- * sleeps on a semaphore of its own, which the reader posts after it has
- * let go of the table's lock, so the woken caller never queues on it; an
- * asynchronous call's callback runs on the reader thread.
+ * wlock). Reading is a role, not a thread (leader/follower): a synchronous
+ * caller waiting for its reply takes the role when nobody holds it, reads
+ * reply frames and hands each to its request, and gives the role up once
+ * its own reply is in; the others sleep on the handle's condition variable
+ * until their reply is handed to them or the role is free. A lone caller
+ * thus reads its own reply, with no thread between the socket and it. A
+ * background thread takes the role only while asynchronous requests wait
+ * and nobody else reads; their callbacks run on whichever thread reads.
  *
  * The table has REMOTE_INFLIGHT_MAX slots kept on a free list; an id is
  * (sequence << REMOTE_SLOT_BITS) | slot, so a reply finds its slot at once
@@ -18,7 +21,7 @@
  * connects again. Each connection has a generation so that a request is
  * failed only by the loss of the connection it was sent on.
  */
-#define _GNU_SOURCE /* sem_clockwait */
+#define _GNU_SOURCE /* POLLRDHUP */
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -26,7 +29,6 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
-#include <semaphore.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,7 +42,7 @@
 
 #define REMOTE_SLOT_BITS 12
 #define REMOTE_INFLIGHT_MAX (1u << REMOTE_SLOT_BITS) /* requests in flight per handle */
-#define REMOTE_POLL_MS 50              /* reader wake-up for deadlines */
+#define REMOTE_POLL_MS 50              /* a reader looks up at least this often */
 #define REMOTE_RBUF_BYTES 65536
 #define REMOTE_STACK_FRAME_BYTES 4096  /* requests this small skip malloc */
 #define REMOTE_MAGIC 0x47524944u
@@ -48,7 +50,7 @@
 
 /* A synchronous caller waiting for its reply, on the caller's stack. */
 typedef struct remote_waiter {
-  sem_t sem;                /* posted once status / rp are set */
+  int done;                 /* under the handle's lock */
   int status;               /* transport status */
   Grid__Reply *rp;          /* the reply when status is 0 */
 } remote_waiter_t;
@@ -64,28 +66,28 @@ typedef struct remote_slot {
   uint32_t next_free;       /* free list: index + 1, 0 ends it */
 } remote_slot_t;
 
-/* What one connection's reader thread owns. */
-typedef struct remote_conn {
-  remote_t *r;
-  int fd;
-  uint64_t gen;
-} remote_conn_t;
-
 struct remote {
   char host[256];
   int port;
   char client_name[64];
-  pthread_mutex_t lock;     /* slots, conn state */
-  pthread_mutex_t wlock;    /* socket writes */
-  pthread_cond_t readers_cond;
-  int readers;              /* reader threads alive */
+  pthread_mutex_t lock;     /* slots, conn state, the reading role */
+  pthread_cond_t cond;      /* a reply handed over, or the role freed */
+  pthread_mutex_t wlock;    /* socket writes, and closing the socket */
   int fd;                   /* -1: not connected */
   uint64_t gen;             /* generation of fd */
+  int reading;              /* a thread holds the reading role */
   int closing;
+  pthread_t bg;             /* reads for asynchronous requests */
+  int bg_started;
   uint64_t seq;             /* high bits of the next id */
   uint32_t free_head;       /* first free slot: index + 1, 0 = none */
   size_t async_inflight;    /* async requests waiting for replies */
+  size_t inflight;          /* all requests waiting for replies */
   uint64_t frame_bytes_max; /* the node's, from the handshake */
+  unsigned char *rbuf;      /* bytes read, not yet a whole frame: only the
+                               reading role's holder touches it */
+  size_t rlen, rcap;
+  int64_t expired_checked_ms;
   remote_slot_t slots[REMOTE_INFLIGHT_MAX];
 };
 
@@ -220,43 +222,42 @@ static int remote_connect_fd(remote_t *r, uint32_t timeout_ms, int *out_fd) {
 
 static void remote_slot_free(remote_t *r, remote_slot_t *s) {
   if (!s->waiter) r->async_inflight--;
+  r->inflight--;
   s->id = 0;
   s->waiter = NULL;
   s->next_free = r->free_head;
   r->free_head = (uint32_t)(s - r->slots) + 1;
 }
 
-/* What the reader owes a request it took out of the table, to be done after
- * the lock is let go. */
+/* An async request taken out of the table, its callback still to run
+ * (without the lock). */
 typedef struct remote_done {
-  remote_waiter_t *waiter;
   client_done_fn cb;
   void *arg;
   int status;
 } remote_done_t;
 
-/* Takes slot s out of the table (lock held). */
-static remote_done_t remote_slot_claim(remote_t *r, remote_slot_t *s, int status) {
-  remote_done_t d = {s->waiter, s->cb, s->arg, status};
-  remote_slot_free(r, s);
-  return d;
-}
-
-/* Delivers a claimed request's outcome (lock not held). rp is handed to a
- * waiter, or freed after the callback. */
-static void remote_deliver(remote_done_t *d, Grid__Reply *rp) {
-  if (d->waiter) {
-    d->waiter->status = d->status;
-    d->waiter->rp = rp;
-    sem_post(&d->waiter->sem);
-    return;
+/* Completes slot s (lock held): a waiter is handed its outcome; an async
+ * request's callback is returned for the caller to run unlocked. */
+static int remote_slot_complete(remote_t *r, remote_slot_t *s, int status, Grid__Reply *rp,
+                                remote_done_t *out) {
+  if (s->waiter) {
+    s->waiter->status = status;
+    s->waiter->rp = rp;
+    s->waiter->done = 1;
+    remote_slot_free(r, s);
+    pthread_cond_broadcast(&r->cond);
+    return 0;
   }
-  d->cb(d->arg, d->status, rp);
-  if (rp) grid__reply__free_unpacked(rp, NULL);
+  out->cb = s->cb;
+  out->arg = s->arg;
+  out->status = status;
+  remote_slot_free(r, s);
+  return 1;
 }
 
 /* Fails every request sent on connection gen, or (expired_only) the async
- * ones past their deadline. Outcomes are delivered without the lock. */
+ * ones past their deadline. Callbacks run without the lock. */
 static void remote_fail_slots(remote_t *r, uint64_t gen, int expired_only) {
   enum { BATCH = 64 };
   for (;;) {
@@ -279,10 +280,10 @@ static void remote_fail_slots(remote_t *r, uint64_t gen, int expired_only) {
         if (s->gen != gen) continue;
         status = s->is_write ? GRID_EUNKNOWN : GRID_ECONN;
       }
-      done[k++] = remote_slot_claim(r, s, status);
+      if (remote_slot_complete(r, s, status, NULL, &done[k])) k++;
     }
     pthread_mutex_unlock(&r->lock);
-    for (int i = 0; i < k; i++) remote_deliver(&done[i], NULL);
+    for (int i = 0; i < k; i++) done[i].cb(done[i].arg, done[i].status, NULL);
     if (k < BATCH) return;
   }
 }
@@ -291,14 +292,18 @@ static void remote_on_reply(remote_t *r, const unsigned char *p, size_t len) {
   Grid__Reply *rp = grid__reply__unpack(NULL, len, p);
   if (!rp) return; /* a reply we cannot read: its caller will time out */
   remote_done_t d;
+  int async = 0, mine;
   pthread_mutex_lock(&r->lock);
   remote_slot_t *s = &r->slots[rp->id & (REMOTE_INFLIGHT_MAX - 1)];
-  int mine = rp->id != 0 && s->id == rp->id;
-  if (mine) d = remote_slot_claim(r, s, 0);
+  mine = rp->id != 0 && s->id == rp->id;
+  if (mine) async = remote_slot_complete(r, s, 0, rp, &d);
   pthread_mutex_unlock(&r->lock);
   if (mine) {
-    remote_deliver(&d, rp);
-    return;
+    if (async) {
+      d.cb(d.arg, 0, rp);
+      grid__reply__free_unpacked(rp, NULL);
+    }
+    return; /* a waiter now owns rp */
   }
   if (rp->id == 0 && rp->status != 0)
     LOG_W("client", "\"node reported a connection error\" error=%s message=\"%s\"",
@@ -306,71 +311,110 @@ static void remote_on_reply(remote_t *r, const unsigned char *p, size_t len) {
   grid__reply__free_unpacked(rp, NULL);
 }
 
-static void *remote_reader_main(void *arg) {
-  remote_conn_t *c = arg;
-  remote_t *r = c->r;
-  size_t cap = REMOTE_RBUF_BYTES, len = 0;
-  unsigned char *buf = malloc(cap);
-  int64_t expired_checked_ms = clock_mono_ms();
-  /* recv wakes at least every REMOTE_POLL_MS (SO_RCVTIMEO), for async
-   * deadlines and to notice the handle closing: one syscall per read. */
-  struct timeval tv = {.tv_sec = 0, .tv_usec = REMOTE_POLL_MS * 1000};
-  setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  while (buf) {
-    int64_t now = clock_mono_ms();
-    if (now - expired_checked_ms >= REMOTE_POLL_MS) {
-      remote_fail_slots(r, 0, 1); /* async calls past their deadline */
-      expired_checked_ms = now;
-      pthread_mutex_lock(&r->lock);
-      int stale = r->gen != c->gen;
-      pthread_mutex_unlock(&r->lock);
-      if (stale) break;
-    }
-    if (cap - len < 4096) {
-      unsigned char *b = realloc(buf, cap * 2);
-      if (!b) break;
-      buf = b;
-      cap *= 2;
-    }
-    ssize_t n = recv(c->fd, buf + len, cap - len, 0);
-    if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) continue;
-    if (n <= 0) break;
-    len += (size_t)n;
-    size_t off = 0;
-    for (;;) {
-      const unsigned char *payload;
-      size_t plen, flen;
-      frame_result_t fr = frame_parse(buf + off, len - off, SIZE_MAX, &payload,
-                                      &plen, &flen);
-      if (fr != FRAME_OK) break;
-      remote_on_reply(r, payload, plen);
-      off += flen;
-    }
-    if (off) {
-      memmove(buf, buf + off, len - off);
-      len -= off;
-    }
-    if (len >= FRAME_HEADER_BYTES) {
-      size_t need = FRAME_HEADER_BYTES + frame_get_header(buf);
-      if (need > cap) {
-        unsigned char *b = realloc(buf, need);
-        if (!b) break;
-        buf = b;
-        cap = need;
+/* The connection of generation gen is gone: close it and fail what was
+ * sent on it. */
+static void remote_conn_lost(remote_t *r, int fd, uint64_t gen) {
+  pthread_mutex_lock(&r->wlock);
+  pthread_mutex_lock(&r->lock);
+  int current = r->gen == gen && r->fd == fd;
+  if (current) r->fd = -1; /* the next call connects again */
+  pthread_mutex_unlock(&r->lock);
+  if (current) close(fd);
+  pthread_mutex_unlock(&r->wlock);
+  r->rlen = 0;
+  remote_fail_slots(r, gen, 0);
+}
+
+/* With the reading role held: reads what arrives within wait_ms and hands
+ * out every whole reply. Returns 0, or -1 when the connection is gone. */
+static int remote_read_some(remote_t *r, int fd, uint64_t gen, int wait_ms) {
+  if (r->rcap - r->rlen < 4096) {
+    size_t cap = r->rcap ? r->rcap * 2 : REMOTE_RBUF_BYTES;
+    unsigned char *b = realloc(r->rbuf, cap);
+    if (!b) return 0;
+    r->rbuf = b;
+    r->rcap = cap;
+  }
+  struct pollfd pfd = {.fd = fd, .events = POLLIN};
+  int pr = poll(&pfd, 1, wait_ms);
+  if (pr == 0 || (pr < 0 && errno == EINTR)) return 0;
+  ssize_t n = pr < 0 ? -1 : recv(fd, r->rbuf + r->rlen, r->rcap - r->rlen, 0);
+  if (n < 0 && (errno == EINTR || errno == EAGAIN)) return 0;
+  if (n <= 0) {
+    remote_conn_lost(r, fd, gen);
+    return -1;
+  }
+  r->rlen += (size_t)n;
+  size_t off = 0;
+  for (;;) {
+    const unsigned char *payload;
+    size_t plen, flen;
+    if (frame_parse(r->rbuf + off, r->rlen - off, SIZE_MAX, &payload, &plen, &flen) != FRAME_OK)
+      break;
+    remote_on_reply(r, payload, plen);
+    off += flen;
+  }
+  if (off) {
+    memmove(r->rbuf, r->rbuf + off, r->rlen - off);
+    r->rlen -= off;
+  }
+  if (r->rlen >= FRAME_HEADER_BYTES) {
+    size_t need = FRAME_HEADER_BYTES + frame_get_header(r->rbuf);
+    if (need > r->rcap) {
+      unsigned char *b = realloc(r->rbuf, need);
+      if (b) {
+        r->rbuf = b;
+        r->rcap = need;
       }
     }
   }
-  free(buf);
-  pthread_mutex_lock(&r->lock);
-  if (r->gen == c->gen && r->fd == c->fd) r->fd = -1; /* next call reconnects */
+  return 0;
+}
+
+/* Takes the reading role if it is free (lock held on entry and on return),
+ * reads once for up to wait_ms, and gives the role up. 1 if it read. */
+static int remote_try_read(remote_t *r, int wait_ms) {
+  if (r->reading || r->fd < 0) return 0;
+  r->reading = 1;
+  int fd = r->fd;
+  uint64_t gen = r->gen;
   pthread_mutex_unlock(&r->lock);
-  remote_fail_slots(r, c->gen, 0);
-  close(c->fd);
+  int64_t now = clock_mono_ms();
+  if (now - r->expired_checked_ms >= REMOTE_POLL_MS) {
+    r->expired_checked_ms = now;
+    remote_fail_slots(r, 0, 1); /* async calls past their deadline */
+  }
+  remote_read_some(r, fd, gen, wait_ms);
   pthread_mutex_lock(&r->lock);
-  r->readers--;
-  pthread_cond_broadcast(&r->readers_cond);
+  r->reading = 0;
+  pthread_cond_broadcast(&r->cond); /* someone else may read now */
+  return 1;
+}
+
+/* Reads for asynchronous requests while nobody else does. */
+static void *remote_bg_main(void *arg) {
+  remote_t *r = arg;
+  pthread_mutex_lock(&r->lock);
+  while (!r->closing) {
+    if (r->async_inflight > 0 && !r->reading && r->fd >= 0) {
+      remote_try_read(r, REMOTE_POLL_MS);
+      continue;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_nsec += REMOTE_POLL_MS * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+      ts.tv_sec++;
+      ts.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(&r->cond, &r->lock, &ts);
+    if (r->async_inflight > 0 && r->fd < 0) {
+      pthread_mutex_unlock(&r->lock);
+      remote_fail_slots(r, 0, 1);
+      pthread_mutex_lock(&r->lock);
+    }
+  }
   pthread_mutex_unlock(&r->lock);
-  free(c);
   return NULL;
 }
 
@@ -382,27 +426,17 @@ static int remote_ensure_connected(remote_t *r, uint32_t timeout_ms) {
   int fd;
   int rc = remote_connect_fd(r, timeout_ms, &fd);
   if (rc != 0) return rc;
-  remote_conn_t *c = malloc(sizeof *c);
-  if (!c) {
-    close(fd);
-    return GRID_ENOMEM;
-  }
-  c->r = r;
-  c->fd = fd;
-  c->gen = ++r->gen;
-  pthread_t t;
-  pthread_attr_t attr;
-  pthread_attr_init(&attr);
-  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-  if (pthread_create(&t, &attr, remote_reader_main, c) != 0) {
-    pthread_attr_destroy(&attr);
-    free(c);
-    close(fd);
-    return GRID_ENOMEM;
-  }
-  pthread_attr_destroy(&attr);
-  r->readers++;
   r->fd = fd;
+  r->gen++;
+  r->rlen = 0;
+  if (!r->bg_started) {
+    if (pthread_create(&r->bg, NULL, remote_bg_main, r) != 0) {
+      close(fd);
+      r->fd = -1;
+      return GRID_ENOMEM;
+    }
+    r->bg_started = 1;
+  }
   return 0;
 }
 
@@ -427,6 +461,19 @@ static int remote_send(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
                        uint64_t *id_out) {
   unsigned char stackbuf[REMOTE_STACK_FRAME_BYTES];
   pthread_mutex_lock(&r->lock);
+  if (r->fd >= 0 && r->inflight == 0 && !r->reading) {
+    /* Nobody reads an idle connection, so nobody has seen the node close
+     * it: look before sending, so that a request is not sent into a dead
+     * socket (a write would then be of unknown outcome). */
+    struct pollfd pfd = {.fd = r->fd, .events = POLLRDHUP};
+    if (poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
+      int fd = r->fd;
+      uint64_t gen = r->gen;
+      pthread_mutex_unlock(&r->lock);
+      remote_conn_lost(r, fd, gen);
+      pthread_mutex_lock(&r->lock);
+    }
+  }
   int rc = remote_ensure_connected(r, timeout_ms);
   if (rc != 0) {
     pthread_mutex_unlock(&r->lock);
@@ -445,6 +492,7 @@ static int remote_send(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
     return GRID_EFRAMETOOBIG;
   }
   r->free_head = s->next_free;
+  r->inflight++;
   s->id = id;
   s->gen = r->gen;
   s->is_write = client_op_is_write(rq->op);
@@ -452,8 +500,12 @@ static int remote_send(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
   s->waiter = waiter;
   s->cb = cb;
   s->arg = arg;
-  if (!waiter) r->async_inflight++;
+  if (!waiter) {
+    r->async_inflight++;
+    pthread_cond_broadcast(&r->cond); /* the background reader has work */
+  }
   int fd = r->fd;
+  uint64_t gen = r->gen;
   pthread_mutex_unlock(&r->lock);
 
   unsigned char *buf = n + FRAME_HEADER_BYTES <= sizeof stackbuf
@@ -465,23 +517,24 @@ static int remote_send(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
     frame_put_header(buf, (uint32_t)n);
     grid__request__pack(rq, buf + FRAME_HEADER_BYTES);
     pthread_mutex_lock(&r->wlock);
-    rc = remote_write_all(fd, buf, n + FRAME_HEADER_BYTES);
+    /* The socket may have been closed and replaced meanwhile. */
+    pthread_mutex_lock(&r->lock);
+    int same = r->fd == fd && r->gen == gen;
+    pthread_mutex_unlock(&r->lock);
+    rc = same ? remote_write_all(fd, buf, n + FRAME_HEADER_BYTES) : GRID_ECONN;
     pthread_mutex_unlock(&r->wlock);
     if (buf != stackbuf) free(buf);
   }
   if (rc != 0) {
-    /* Nothing or part of the frame went out: the stream is unusable, and
-     * the reader fails what was in flight on it. This request is failed
-     * here, unless the reader has already taken it. */
+    /* Nothing or part of the frame went out: the stream is unusable. This
+     * request is failed here, unless a reader has already taken it. */
     pthread_mutex_lock(&r->lock);
     int ours = s->id == id;
     if (ours) remote_slot_free(r, s);
-    if (r->fd == fd) shutdown(fd, SHUT_RDWR);
     pthread_mutex_unlock(&r->lock);
+    if (rc != GRID_ENOMEM) remote_conn_lost(r, fd, gen);
     if (!ours) {
-      /* The reader failed it already and delivers that outcome: the
-       * waiter's semaphore is posted, or the callback runs. */
-      *id_out = id;
+      *id_out = id; /* its outcome is delivered: waiter or callback */
       return 0;
     }
     return rc == GRID_ENOMEM ? rc : (client_op_is_write(rq->op) ? GRID_EUNKNOWN : rc);
@@ -492,45 +545,37 @@ static int remote_send(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
 
 int remote_call(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
                 client_reply_t *out) {
-  remote_waiter_t w;
-  sem_init(&w.sem, 0, 0);
-  w.rp = NULL;
-  w.status = 0;
+  remote_waiter_t w = {0};
   uint64_t id = 0;
   int rc = remote_send(r, rq, timeout_ms, &w, NULL, NULL, &id);
-  if (rc != 0) {
-    sem_destroy(&w.sem);
-    return rc;
+  if (rc != 0) return rc;
+  int64_t deadline = clock_mono_ms() + timeout_ms;
+  pthread_mutex_lock(&r->lock);
+  while (!w.done) {
+    int64_t left = deadline - clock_mono_ms();
+    if (left <= 0) break;
+    /* Read for everyone if nobody does; else wait to be handed the reply. */
+    if (remote_try_read(r, (int)(left < REMOTE_POLL_MS ? left : REMOTE_POLL_MS))) continue;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t wait_ms = left < REMOTE_POLL_MS ? left : REMOTE_POLL_MS;
+    ts.tv_nsec += wait_ms * 1000000L;
+    while (ts.tv_nsec >= 1000000000L) {
+      ts.tv_sec++;
+      ts.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(&r->cond, &r->lock, &ts);
   }
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  ts.tv_sec += timeout_ms / 1000;
-  ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
-  if (ts.tv_nsec >= 1000000000) {
-    ts.tv_sec++;
-    ts.tv_nsec -= 1000000000;
-  }
-  int got;
-  while ((got = sem_clockwait(&w.sem, CLOCK_MONOTONIC, &ts)) != 0 && errno == EINTR) {
-  }
-  if (got != 0) {
-    /* Timed out, unless the reader took the request in the meantime: then
-     * its post is on the way and the reply counts. */
-    pthread_mutex_lock(&r->lock);
+  if (!w.done) {
+    /* Timed out. The slot is still ours (a reply would have completed it
+     * under this same lock). */
     remote_slot_t *s = &r->slots[id & (REMOTE_INFLIGHT_MAX - 1)];
-    int ours = id != 0 && s->id == id;
-    int is_write = client_op_is_write(rq->op);
-    if (ours) remote_slot_free(r, s);
+    if (s->id == id) remote_slot_free(r, s);
     pthread_mutex_unlock(&r->lock);
-    if (ours) {
-      sem_destroy(&w.sem);
-      /* A write that got no reply in time may still have been applied. */
-      return is_write ? GRID_EUNKNOWN : GRID_ETIMEDOUT;
-    }
-    while (sem_wait(&w.sem) != 0 && errno == EINTR) {
-    }
+    /* A write that got no reply in time may still have been applied. */
+    return client_op_is_write(rq->op) ? GRID_EUNKNOWN : GRID_ETIMEDOUT;
   }
-  sem_destroy(&w.sem);
+  pthread_mutex_unlock(&r->lock);
   if (w.status != 0) return w.status;
   out->rp = w.rp;
   out->unpacked = 1;
@@ -557,7 +602,11 @@ int remote_open(const char *host, int port, const grid_options_t *opts,
   r->free_head = 1;
   pthread_mutex_init(&r->lock, NULL);
   pthread_mutex_init(&r->wlock, NULL);
-  pthread_cond_init(&r->readers_cond, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&r->cond, &ca);
+  pthread_condattr_destroy(&ca);
   uint32_t timeout = opts && opts->timeout_ms ? opts->timeout_ms : 5000;
   pthread_mutex_lock(&r->lock);
   int rc = remote_ensure_connected(r, timeout);
@@ -573,12 +622,21 @@ int remote_open(const char *host, int port, const grid_options_t *opts,
 void remote_close(remote_t *r) {
   pthread_mutex_lock(&r->lock);
   r->closing = 1;
-  if (r->fd >= 0) shutdown(r->fd, SHUT_RDWR);
-  r->gen++; /* the reader sees its connection is no longer current */
-  while (r->readers > 0) pthread_cond_wait(&r->readers_cond, &r->lock);
+  if (r->fd >= 0) shutdown(r->fd, SHUT_RDWR); /* a reader in poll wakes up */
+  pthread_cond_broadcast(&r->cond);
+  int bg = r->bg_started;
   pthread_mutex_unlock(&r->lock);
+  if (bg) pthread_join(r->bg, NULL);
+  /* Callers have returned (grid_close's contract), so nobody reads now. */
+  if (r->fd >= 0) {
+    close(r->fd);
+    uint64_t gen = r->gen;
+    r->fd = -1;
+    remote_fail_slots(r, gen, 0);
+  }
+  free(r->rbuf);
   pthread_mutex_destroy(&r->lock);
   pthread_mutex_destroy(&r->wlock);
-  pthread_cond_destroy(&r->readers_cond);
+  pthread_cond_destroy(&r->cond);
   free(r);
 }
