@@ -45,6 +45,7 @@ struct resp_conn {
   char cache[STORE_CACHE_NAME_MAX + 1];
   char name[128];            /* CLIENT SETNAME */
   int quit;                  /* QUIT: close once the replies are out */
+  char why[64];              /* words of a protocol error being reported */
 };
 
 resp_conn_t *resp_conn_new(int cluster) {
@@ -1045,9 +1046,10 @@ static int resp_parse(conn_t *c, const char *buf, size_t len, resp_arg_t **argv,
   for (int64_t i = 0; i < count; i++) {
     if (pos >= len) return RESP_NEED_MORE;
     if (buf[pos] != '$') {
-      static char msg[64];
-      snprintf(msg, sizeof msg, "Protocol error: expected '$', got '%c'", buf[pos]);
-      *why = msg;
+      /* The loop's own buffer: several loops parse at once. */
+      snprintf(c->resp->why, sizeof c->resp->why, "Protocol error: expected '$', got '%c'",
+               buf[pos]);
+      *why = c->resp->why;
       return RESP_ERROR;
     }
     ssize_t e = resp_line_end(buf + pos, len - pos);
