@@ -72,6 +72,8 @@ struct remote {
   char client_name[64];
   pthread_mutex_t lock;     /* slots, conn state, the reading role */
   pthread_cond_t cond;      /* a reply handed over, or the role freed */
+  int sleepers;             /* synchronous callers waiting on cond */
+  pthread_cond_t bg_cond;   /* wakes the background reader */
   pthread_mutex_t wlock;    /* socket writes, and closing the socket */
   int fd;                   /* -1: not connected */
   uint64_t gen;             /* generation of fd */
@@ -88,6 +90,7 @@ struct remote {
                                reading role's holder touches it */
   size_t rlen, rcap;
   int64_t expired_checked_ms;
+  int64_t last_read_ms;     /* when a reply last came */
   remote_slot_t slots[REMOTE_INFLIGHT_MAX];
 };
 
@@ -182,6 +185,8 @@ static int remote_connect_fd(remote_t *r, uint32_t timeout_ms, int *out_fd) {
   fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
   struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
   setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  struct timeval rtv = {.tv_sec = 0, .tv_usec = REMOTE_POLL_MS * 1000};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &rtv, sizeof rtv);
 
   /* The handshake. */
   Grid__Hello h = GRID__HELLO__INIT;
@@ -246,7 +251,9 @@ static int remote_slot_complete(remote_t *r, remote_slot_t *s, int status, Grid_
     s->waiter->rp = rp;
     s->waiter->done = 1;
     remote_slot_free(r, s);
-    pthread_cond_broadcast(&r->cond);
+    /* Wake sleepers only: a lone caller reading for itself needs no
+     * wake-up, and a needless one costs a thread switch per call. */
+    if (r->sleepers) pthread_cond_broadcast(&r->cond);
     return 0;
   }
   out->cb = s->cb;
@@ -335,16 +342,17 @@ static int remote_read_some(remote_t *r, int fd, uint64_t gen, int wait_ms) {
     r->rbuf = b;
     r->rcap = cap;
   }
-  struct pollfd pfd = {.fd = fd, .events = POLLIN};
-  int pr = poll(&pfd, 1, wait_ms);
-  if (pr == 0 || (pr < 0 && errno == EINTR)) return 0;
-  ssize_t n = pr < 0 ? -1 : recv(fd, r->rbuf + r->rlen, r->rcap - r->rlen, 0);
-  if (n < 0 && (errno == EINTR || errno == EAGAIN)) return 0;
+  /* One blocking recv, bounded by the socket's SO_RCVTIMEO
+   * (REMOTE_POLL_MS): a syscall fewer than poll + recv on every reply. */
+  (void)wait_ms;
+  ssize_t n = recv(fd, r->rbuf + r->rlen, r->rcap - r->rlen, 0);
+  if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
   if (n <= 0) {
     remote_conn_lost(r, fd, gen);
     return -1;
   }
   r->rlen += (size_t)n;
+  r->last_read_ms = clock_mono_ms();
   size_t off = 0;
   for (;;) {
     const unsigned char *payload;
@@ -387,7 +395,9 @@ static int remote_try_read(remote_t *r, int wait_ms) {
   remote_read_some(r, fd, gen, wait_ms);
   pthread_mutex_lock(&r->lock);
   r->reading = 0;
-  pthread_cond_broadcast(&r->cond); /* someone else may read now */
+  /* Someone else may read now. */
+  if (r->sleepers) pthread_cond_broadcast(&r->cond);
+  if (r->async_inflight) pthread_cond_signal(&r->bg_cond);
   return 1;
 }
 
@@ -407,7 +417,7 @@ static void *remote_bg_main(void *arg) {
       ts.tv_sec++;
       ts.tv_nsec -= 1000000000L;
     }
-    pthread_cond_timedwait(&r->cond, &r->lock, &ts);
+    pthread_cond_timedwait(&r->bg_cond, &r->lock, &ts);
     if (r->async_inflight > 0 && r->fd < 0) {
       pthread_mutex_unlock(&r->lock);
       remote_fail_slots(r, 0, 1);
@@ -461,10 +471,13 @@ static int remote_send(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
                        uint64_t *id_out) {
   unsigned char stackbuf[REMOTE_STACK_FRAME_BYTES];
   pthread_mutex_lock(&r->lock);
-  if (r->fd >= 0 && r->inflight == 0 && !r->reading) {
+  if (r->fd >= 0 && r->inflight == 0 && !r->reading &&
+      clock_mono_ms() - r->last_read_ms >= REMOTE_POLL_MS) {
     /* Nobody reads an idle connection, so nobody has seen the node close
      * it: look before sending, so that a request is not sent into a dead
-     * socket (a write would then be of unknown outcome). */
+     * socket (a write would then be of unknown outcome). A connection that
+     * answered a moment ago is taken as alive, which saves the look on
+     * back-to-back calls. */
     struct pollfd pfd = {.fd = r->fd, .events = POLLRDHUP};
     if (poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
       int fd = r->fd;
@@ -502,7 +515,7 @@ static int remote_send(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
   s->arg = arg;
   if (!waiter) {
     r->async_inflight++;
-    pthread_cond_broadcast(&r->cond); /* the background reader has work */
+    pthread_cond_signal(&r->bg_cond); /* the background reader has work */
   }
   int fd = r->fd;
   uint64_t gen = r->gen;
@@ -564,7 +577,9 @@ int remote_call(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
       ts.tv_sec++;
       ts.tv_nsec -= 1000000000L;
     }
+    r->sleepers++;
     pthread_cond_timedwait(&r->cond, &r->lock, &ts);
+    r->sleepers--;
   }
   if (!w.done) {
     /* Timed out. The slot is still ours (a reply would have completed it
@@ -606,6 +621,7 @@ int remote_open(const char *host, int port, const grid_options_t *opts,
   pthread_condattr_init(&ca);
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
   pthread_cond_init(&r->cond, &ca);
+  pthread_cond_init(&r->bg_cond, &ca);
   pthread_condattr_destroy(&ca);
   uint32_t timeout = opts && opts->timeout_ms ? opts->timeout_ms : 5000;
   pthread_mutex_lock(&r->lock);
@@ -622,8 +638,9 @@ int remote_open(const char *host, int port, const grid_options_t *opts,
 void remote_close(remote_t *r) {
   pthread_mutex_lock(&r->lock);
   r->closing = 1;
-  if (r->fd >= 0) shutdown(r->fd, SHUT_RDWR); /* a reader in poll wakes up */
+  if (r->fd >= 0) shutdown(r->fd, SHUT_RDWR); /* a reader in recv wakes up */
   pthread_cond_broadcast(&r->cond);
+  pthread_cond_signal(&r->bg_cond);
   int bg = r->bg_started;
   pthread_mutex_unlock(&r->lock);
   if (bg) pthread_join(r->bg, NULL);
@@ -638,5 +655,6 @@ void remote_close(remote_t *r) {
   pthread_mutex_destroy(&r->lock);
   pthread_mutex_destroy(&r->wlock);
   pthread_cond_destroy(&r->cond);
+  pthread_cond_destroy(&r->bg_cond);
   free(r);
 }
