@@ -44,6 +44,12 @@ void harness_start(harness_node_t *n, const char *const *settings) {
   argv[argc++] = "0";
   argv[argc++] = "--port-file";
   argv[argc++] = port_file;
+  char resp_file_set[330];
+  snprintf(resp_file_set, sizeof resp_file_set, "resp_port_file=%s/rport", n->dir);
+  argv[argc++] = "--set";
+  argv[argc++] = "resp_port=0";
+  argv[argc++] = "--set";
+  argv[argc++] = resp_file_set;
   for (int i = 0; settings && settings[i] && argc < 60; i++) {
     argv[argc++] = "--set";
     argv[argc++] = (char *)settings[i];
@@ -70,6 +76,13 @@ void harness_start(harness_node_t *n, const char *const *settings) {
       int port = 0;
       int ok = fscanf(f, "%d", &port) == 1 && port > 0;
       fclose(f);
+      char rpath[300];
+      snprintf(rpath, sizeof rpath, "%s/rport", n->dir);
+      FILE *rf = ok ? fopen(rpath, "r") : NULL;
+      if (rf) {
+        if (fscanf(rf, "%d", &n->resp_port) != 1) n->resp_port = 0;
+        fclose(rf);
+      }
       if (ok) {
         n->port = port;
         snprintf(n->uri, sizeof n->uri, "grid://127.0.0.1:%d", port);
@@ -289,6 +302,46 @@ void harness_pause_pid(pid_t pid) {
 void harness_pause(harness_node_t *n) { harness_pause_pid(n->pid); }
 
 void harness_resume(harness_node_t *n) { CHECK(kill(n->pid, SIGCONT) == 0); }
+
+void harness_resp(int resp_port, const char *const *words, char *out, size_t out_len) {
+  int fd = harness_connect(resp_port);
+  char req[4096];
+  size_t n = 0, count = 0;
+  while (words[count]) count++;
+  n += (size_t)snprintf(req + n, sizeof req - n, "*%zu\r\n", count);
+  for (size_t i = 0; i < count; i++)
+    n += (size_t)snprintf(req + n, sizeof req - n, "$%zu\r\n%s\r\n", strlen(words[i]), words[i]);
+  CHECK(n < sizeof req);
+  harness_send_all(fd, req, n);
+  char buf[4096];
+  size_t got = 0;
+  /* Enough for a line, and for a bulk's body after it. */
+  for (int tries = 0; tries < 500; tries++) {
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    if (poll(&pfd, 1, 10000) != 1) break;
+    ssize_t r = recv(fd, buf + got, sizeof buf - 1 - got, 0);
+    if (r <= 0) break;
+    got += (size_t)r;
+    buf[got] = '\0';
+    char *crlf = strstr(buf, "\r\n");
+    if (!crlf) continue;
+    if (buf[0] != '$' || buf[1] == '-') break;
+    long blen = atol(buf + 1);
+    if ((size_t)(crlf + 2 - buf) + (size_t)blen + 2 <= got) break;
+  }
+  close(fd);
+  buf[got] = '\0';
+  char *crlf = strstr(buf, "\r\n");
+  if (crlf) *crlf = '\0';
+  if (buf[0] == '$' && buf[1] != '-' && crlf) {
+    char *body = crlf + 2;
+    char *end = strstr(body, "\r\n");
+    if (end) *end = '\0';
+    snprintf(out, out_len, "%s", body);
+  } else {
+    snprintf(out, out_len, "%s", buf);
+  }
+}
 
 int harness_connect(int port) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);

@@ -15,6 +15,7 @@
 typedef struct harness_node {
   pid_t pid;
   int port;
+  int resp_port;     /* its Redis-protocol port */
   char dir[256];     /* temporary directory of this node */
   char uri[64];      /* grid://127.0.0.1:port */
 } harness_node_t;
@@ -55,6 +56,11 @@ int harness_free_port(void);
  * raw PMAP request. The caller pmap_free()s it. */
 struct pmap;
 void harness_pmap(int port, struct pmap *out);
+
+/* Sends one RESP command (words, NULL-terminated) to a node's RESP port
+ * and returns the first line of its reply (without CRLF) in out, and for a
+ * bulk reply the bulk's body. */
+void harness_resp(int resp_port, const char *const *words, char *out, size_t out_len);
 
 /* Raw connections. */
 int harness_connect(int port);

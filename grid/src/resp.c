@@ -337,7 +337,7 @@ static void resp_submit(resp_job_t *job, size_t index, Grid__Request *rq) {
   node_t *n = lp->net->node;
   job->pending++;
   rq->cache = c->resp->cache;
-  if (n->cluster && rq->op != GRID__OP__SIZE) {
+  if (n->cluster) {
     resp_sub_t *sub = malloc(sizeof *sub);
     if (!sub) {
       job->pending--;

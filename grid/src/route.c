@@ -42,6 +42,13 @@ static void route_conn_sink_fn(net_loop_t *lp, void *arg, const Grid__Reply *rp)
   free(s);
 }
 
+/* A conn sink that will not be used after all. */
+static void route_conn_sink_drop(void *arg) {
+  route_conn_sink_t *s = arg;
+  conn_unref(s->c);
+  free(s);
+}
+
 /* A sink answering request id on c; NULL when out of memory. */
 static int route_conn_sink(conn_t *c, uint64_t id, repl_sink_t *out) {
   route_conn_sink_t *s = malloc(sizeof *s);
@@ -129,7 +136,8 @@ static void route_key(net_loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc,
 /* A batch run as one request per key, each where its primary is, merged
  * in the request's key order. */
 typedef struct route_batch {
-  conn_t *c;
+  net_loop_t *lp;
+  repl_sink_t sink;        /* where the merged reply goes */
   uint64_t id;
   Grid__Op op;
   size_t nkeys;
@@ -156,8 +164,7 @@ static void route_batch_finish(route_batch_t *b) {
     rp.entries = b->entries;
     rp.n_entries = b->nkeys;
   }
-  conn_reply(b->c, &rp);
-  conn_unref(b->c);
+  repl_deliver(b->lp, b->sink, &rp);
   arena_close(&b->arena);
   free(b);
 }
@@ -227,11 +234,14 @@ static void route_part_done(void *arg, int status, const Grid__Reply *rp) {
   route_batch_take(b, index, status, rp);
 }
 
-static route_batch_t *route_batch_new(conn_t *c, Grid__Request *rq, size_t n) {
+/* A batch answering through sink (which it then owns). */
+static route_batch_t *route_batch_new(net_loop_t *lp, Grid__Request *rq, size_t n,
+                                      repl_sink_t sink) {
   route_batch_t *b = calloc(1, sizeof *b);
   if (!b) return NULL;
   arena_init(&b->arena, 4096);
-  b->c = c;
+  b->lp = lp;
+  b->sink = sink;
   b->id = rq->id;
   b->op = rq->op;
   b->nkeys = n;
@@ -245,7 +255,6 @@ static route_batch_t *route_batch_new(conn_t *c, Grid__Request *rq, size_t n) {
     }
     memset(b->entries, 0, (n ? n : 1) * sizeof *b->entries);
   }
-  conn_ref(c);
   return b;
 }
 
@@ -268,7 +277,12 @@ static void route_batch(conn_t *c, Grid__Request *rq, const pmap_cache_t *pc) {
       return;
     }
   }
-  route_batch_t *b = route_batch_new(c, rq, n);
+  repl_sink_t sink;
+  route_batch_t *b = NULL;
+  if (route_conn_sink(c, rq->id, &sink) == 0) {
+    b = route_batch_new(lp, rq, n, sink);
+    if (!b) route_conn_sink_drop(sink.arg);
+  }
   if (!b) {
     route_reply_error(c, rq->id, GRID_ENOMEM, NULL);
     return;
@@ -309,8 +323,8 @@ static int64_t route_local_size(net_loop_t *lp, const char *cache, const pmap_ca
   return total;
 }
 
-static void route_size(conn_t *c, Grid__Request *rq, const pmap_cache_t *pc) {
-  net_loop_t *lp = c->lp;
+static void route_size(net_loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc,
+                       repl_sink_t sink) {
   const pmap_t *m = lp->pmap;
   int found;
   if (rq->local) {
@@ -318,12 +332,12 @@ static void route_size(conn_t *c, Grid__Request *rq, const pmap_cache_t *pc) {
     rp.id = rq->id;
     rp.number = route_local_size(lp, rq->cache, pc, &found);
     if (!found) ops_reply_error(&rp, GRID_ENOTREADY, "cache not here yet", &lp->arena);
-    conn_reply(c, &rp);
+    repl_deliver(lp, sink, &rp);
     return;
   }
-  route_batch_t *b = route_batch_new(c, rq, 0);
+  route_batch_t *b = route_batch_new(lp, rq, 0, sink);
   if (!b) {
-    route_reply_error(c, rq->id, GRID_ENOMEM, NULL);
+    route_sink_error(lp, sink, rq->id, GRID_ENOMEM, NULL);
     return;
   }
   for (size_t node = 0; node < m->nnodes; node++) {
@@ -469,7 +483,8 @@ void route_keyed(net_loop_t *lp, Grid__Request *rq, repl_sink_t sink) {
     route_sink_error(lp, sink, rq->id, known ? GRID_ENOTREADY : GRID_ENOCACHE, NULL);
     return;
   }
-  route_key(lp, rq, pc, sink);
+  if (rq->op == GRID__OP__SIZE) route_size(lp, rq, pc, sink);
+  else route_key(lp, rq, pc, sink);
 }
 
 /* ---- the entry point ---------------------------------------------------- */
@@ -530,7 +545,12 @@ int route_request(conn_t *c, Grid__Request *rq) {
     return 1;
   }
   if (rq->op == GRID__OP__SIZE) {
-    route_size(c, rq, pc);
+    repl_sink_t sink;
+    if (route_conn_sink(c, rq->id, &sink) != 0) {
+      route_reply_error(c, rq->id, GRID_ENOMEM, NULL);
+      return 1;
+    }
+    route_size(lp, rq, pc, sink);
     return 1;
   }
   if (rq->op == GRID__OP__GET_ALL || rq->op == GRID__OP__PUT_ALL ||

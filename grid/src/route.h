@@ -18,8 +18,9 @@ typedef struct net_loop net_loop_t;
  * caller runs it here. Only for a node in a cluster. */
 int route_request(conn_t *c, Grid__Request *rq);
 
-/* Runs one keyed request (GET ... TTL) where its partition's primary is and
- * answers through sink. For front ends other than the native protocol. */
+/* Runs one keyed request (GET ... TTL) where its partition's primary is,
+ * or a SIZE across the cluster, and answers through sink. For front ends
+ * other than the native protocol. */
 #include "repl.h"
 void route_keyed(net_loop_t *lp, Grid__Request *rq, repl_sink_t sink);
 

@@ -188,6 +188,41 @@ static void test_caches_cluster_wide(void) {
   CHECK_RC(rc, GRID_ENOCACHE);
 }
 
+/* The Redis protocol on any node, for any key; DBSIZE counts the cluster. */
+static void test_resp_any_node(void) {
+  char out[256];
+  for (int i = 0; i < 40; i++) {
+    char key[32], val[32];
+    snprintf(key, sizeof key, "resp%d", i);
+    snprintf(val, sizeof val, "v%d", i);
+    const char *set[] = {"SET", key, val, NULL};
+    harness_resp(nodes[i % 3].resp_port, set, out, sizeof out);
+    CHECK_STR(out, "+OK");
+  }
+  for (int n = 0; n < 3; n++) {
+    for (int i = 0; i < 40; i++) {
+      char key[32], val[32];
+      snprintf(key, sizeof key, "resp%d", i);
+      snprintf(val, sizeof val, "v%d", i);
+      const char *get[] = {"GET", key, NULL};
+      harness_resp(nodes[n].resp_port, get, out, sizeof out);
+      CHECK_STR(out, val);
+    }
+  }
+  uint64_t size;
+  CHECK_RC(grid_size(g[0], "default", &size), 0);
+  char want[32];
+  snprintf(want, sizeof want, ":%llu", (unsigned long long)size);
+  const char *dbsize[] = {"DBSIZE", NULL};
+  for (int n = 0; n < 3; n++) {
+    harness_resp(nodes[n].resp_port, dbsize, out, sizeof out);
+    CHECK_STR(out, want);
+  }
+  const char *incr[] = {"INCR", "resp-counter", NULL};
+  for (int n = 0; n < 3; n++) harness_resp(nodes[n].resp_port, incr, out, sizeof out);
+  CHECK_STR(out, ":3");
+}
+
 /* With no backup, a killed node's partitions are lost, said so, and never
  * silently empty; every other partition goes on. */
 static void test_lost_partitions(void) {
@@ -269,6 +304,7 @@ int main(void) {
   RUN(test_any_node);
   RUN(test_caches_cluster_wide);
   RUN(test_zones);
+  RUN(test_resp_any_node);
   RUN(test_lost_partitions);
   for (int i = 0; i < 3; i++) {
     if (g[i]) grid_close(g[i]);
