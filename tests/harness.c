@@ -79,10 +79,12 @@ void harness_start(harness_node_t *n, const char *const *settings) {
       char rpath[300];
       snprintf(rpath, sizeof rpath, "%s/rport", n->dir);
       FILE *rf = ok ? fopen(rpath, "r") : NULL;
+      n->resp_port = 0;
       if (rf) {
         if (fscanf(rf, "%d", &n->resp_port) != 1) n->resp_port = 0;
         fclose(rf);
       }
+      ok = ok && n->resp_port > 0; /* written just after the native port */
       if (ok) {
         n->port = port;
         snprintf(n->uri, sizeof n->uri, "grid://127.0.0.1:%d", port);

@@ -12,6 +12,7 @@
 #include "log.h"
 #include "net.h"
 #include "net_int.h"
+#include "ops.h"
 #include "node.h"
 #include "pmap.h"
 #include "repl.h"
@@ -206,18 +207,6 @@ static int cluster_read_coordinator(cluster_t *c, char *coord, size_t len) {
 
 /* ---- caches ---------------------------------------------------------------- */
 
-static void cluster_cfg_from_msg(const Grid__CacheConfig *m, const char *name,
-                                 store_cache_cfg_t *cfg) {
-  memset(cfg, 0, sizeof *cfg);
-  snprintf(cfg->name, sizeof cfg->name, "%s", name);
-  cfg->partitions = m->partitions;
-  cfg->backups = m->backups;
-  cfg->mode = m->mode == GRID__CACHE_MODE__REPLICATED ? GRID_MODE_REPLICATED
-                                                     : GRID_MODE_PARTITIONED;
-  cfg->sync = m->sync == GRID__SYNC_MODE__PRIMARY_SYNC ? GRID_SYNC_PRIMARY
-                                                      : GRID_SYNC_FULL;
-  cfg->default_ttl_ms = m->default_ttl_ms;
-}
 
 /* Reads the cache definitions (watching), brings the local store in step,
  * and returns them for the coordinator. */
@@ -240,7 +229,7 @@ static int cluster_read_caches(cluster_t *c, store_cache_cfg_t **defs, size_t *n
     Grid__CacheConfig *m = grid__cache_config__unpack(NULL, len, data);
     free(data);
     if (!m) continue;
-    cluster_cfg_from_msg(m, names[i], &list[k++]);
+    ops_cfg_from_msg(m, names[i], &list[k++]);
     grid__cache_config__free_unpacked(m, NULL);
   }
   zk_children_free(names, count);

@@ -312,11 +312,18 @@ static void conn_process(conn_t *c) {
     off += flen;
   }
   if (uv_is_closing((uv_handle_t *)&c->tcp)) return;
+  conn_consumed(c, off);
+  conn_flush(c);
+  if (!c->closing && conn_output_full(c)) conn_pause(c);
+}
+
+void conn_consumed(conn_t *c, size_t off) {
   if (c->closing) {
-    c->rlen = 0;
+    c->rlen = 0; /* a failed connection's input is dropped */
   } else if (off > 0) {
     memmove(c->rbuf, c->rbuf + off, c->rlen - off);
     c->rlen -= off;
+    /* What is left is the start of the next request: its clock starts. */
     c->frame_started_ms = c->rlen ? clock_mono_ms() : 0;
     if (c->rcap > 4 * NET_RBUF_BYTES && c->rlen < NET_RBUF_BYTES) {
       /* Give back the room a large frame needed. */
@@ -328,12 +335,6 @@ static void conn_process(conn_t *c) {
     }
   } else if (c->frame_started_ms == 0 && c->rlen > 0) {
     c->frame_started_ms = clock_mono_ms();
-  }
-  conn_flush(c);
-  if (!c->paused && !c->closing && conn_output_full(c) &&
-      !uv_is_closing((uv_handle_t *)&c->tcp)) {
-    uv_read_stop((uv_stream_t *)&c->tcp);
-    c->paused = 1;
   }
 }
 

@@ -117,6 +117,8 @@ void conn_reply(conn_t *c, const Grid__Reply *rp);
 /* Raw output (the RESP front end): append, write what is gathered, close
  * once written, stop reading while the output is full. */
 int conn_out(conn_t *c, const void *p, size_t n);
+/* The first off bytes of the read buffer were served: drop them. */
+void conn_consumed(conn_t *c, size_t off);
 void conn_flush(conn_t *c);
 void conn_close_when_written(conn_t *c);
 void conn_shutdown_if_drained(conn_t *c);

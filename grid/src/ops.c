@@ -349,6 +349,31 @@ static Grid__CacheConfig *ops_cache_config_msg(const store_cache_cfg_t *cfg,
   return m;
 }
 
+void ops_cfg_from_msg(const Grid__CacheConfig *m, const char *name, store_cache_cfg_t *cfg) {
+  memset(cfg, 0, sizeof *cfg);
+  snprintf(cfg->name, sizeof cfg->name, "%s", name ? name : (m->name ? m->name : ""));
+  cfg->partitions = m->partitions;
+  cfg->backups = m->backups;
+  cfg->mode = m->mode == GRID__CACHE_MODE__REPLICATED ? GRID_MODE_REPLICATED
+                                                     : GRID_MODE_PARTITIONED;
+  cfg->sync = m->sync == GRID__SYNC_MODE__PRIMARY_SYNC ? GRID_SYNC_PRIMARY : GRID_SYNC_FULL;
+  cfg->default_ttl_ms = m->default_ttl_ms;
+}
+
+int ops_is_data_op(Grid__Op op) {
+  switch (op) {
+    case GRID__OP__GET: case GRID__OP__PUT: case GRID__OP__PUT_IF_ABSENT:
+    case GRID__OP__REPLACE: case GRID__OP__CAS: case GRID__OP__DELETE:
+    case GRID__OP__ADD: case GRID__OP__GET_ALL: case GRID__OP__PUT_ALL:
+    case GRID__OP__DELETE_ALL: case GRID__OP__SCAN: case GRID__OP__SIZE:
+    case GRID__OP__APPEND: case GRID__OP__GET_AND_PUT: case GRID__OP__GET_AND_DELETE:
+    case GRID__OP__EXPIRE: case GRID__OP__TTL:
+      return 1;
+    default:
+      return 0;
+  }
+}
+
 static void ops_create_cache(node_t *n, const Grid__Request *rq,
                              Grid__Reply *rp, arena_t *a) {
   const Grid__CacheConfig *m = rq->cache_config;
@@ -356,15 +381,8 @@ static void ops_create_cache(node_t *n, const Grid__Request *rq,
     ops_reply_error(rp, GRID_EINVAL, "a cache name of 1 to 64 characters is needed", a);
     return;
   }
-  store_cache_cfg_t cfg = {0};
-  strcpy(cfg.name, m->name);
-  cfg.partitions = m->partitions;
-  cfg.backups = m->backups;
-  cfg.mode = m->mode == GRID__CACHE_MODE__REPLICATED ? GRID_MODE_REPLICATED
-                                                     : GRID_MODE_PARTITIONED;
-  cfg.sync = m->sync == GRID__SYNC_MODE__PRIMARY_SYNC ? GRID_SYNC_PRIMARY
-                                                     : GRID_SYNC_FULL;
-  cfg.default_ttl_ms = m->default_ttl_ms;
+  store_cache_cfg_t cfg;
+  ops_cfg_from_msg(m, NULL, &cfg);
   int rc = store_cache_create(n->store, &cfg);
   if (rc == GRID_EINVAL) {
     char detail[160];
@@ -475,14 +493,8 @@ void ops_execute_rec(node_t *n, store_view_t *view, const Grid__Request *rq,
       rp->cluster = st;
       return;
     }
-    case GRID__OP__GET: case GRID__OP__PUT: case GRID__OP__PUT_IF_ABSENT:
-    case GRID__OP__REPLACE: case GRID__OP__CAS: case GRID__OP__DELETE:
-    case GRID__OP__ADD: case GRID__OP__GET_ALL: case GRID__OP__PUT_ALL:
-    case GRID__OP__DELETE_ALL: case GRID__OP__SCAN: case GRID__OP__SIZE:
-    case GRID__OP__APPEND: case GRID__OP__GET_AND_PUT: case GRID__OP__GET_AND_DELETE:
-    case GRID__OP__EXPIRE: case GRID__OP__TTL:
-      break;
     default: {
+      if (ops_is_data_op(rq->op)) break;
       char detail[32];
       snprintf(detail, sizeof detail, "op %d", (int)rq->op);
       ops_reply_error(rp, GRID_EBADOP, detail, a);

@@ -1106,15 +1106,7 @@ void resp_input(conn_t *c) {
     if (r != RESP_DONE) break;
   }
   if (uv_is_closing((uv_handle_t *)&c->tcp)) return;
-  if (c->closing) {
-    c->rlen = 0;
-  } else if (off > 0) {
-    memmove(c->rbuf, c->rbuf + off, c->rlen - off);
-    c->rlen -= off;
-    c->frame_started_ms = c->rlen ? clock_mono_ms() : 0;
-  } else if (c->frame_started_ms == 0 && c->rlen > 0) {
-    c->frame_started_ms = clock_mono_ms();
-  }
+  conn_consumed(c, off);
   resp_flush_slots(c);
   conn_flush(c);
   if (!c->closing && conn_output_full(c)) conn_pause(c);

@@ -404,18 +404,13 @@ static void route_cache_op(conn_t *c, Grid__Request *rq) {
   int rc;
   if (rq->op == GRID__OP__CREATE_CACHE) {
     const Grid__CacheConfig *m = rq->cache_config;
-    store_cache_cfg_t cfg = {0};
+    store_cache_cfg_t cfg;
     if (!m || !m->name || strlen(m->name) == 0 || strlen(m->name) > STORE_CACHE_NAME_MAX) {
       free(j);
       route_reply_error(c, rq->id, GRID_EINVAL, "a cache name of 1 to 64 characters is needed");
       return;
     }
-    snprintf(cfg.name, sizeof cfg.name, "%s", m->name);
-    cfg.partitions = m->partitions;
-    cfg.backups = m->backups;
-    cfg.mode = m->mode == GRID__CACHE_MODE__REPLICATED ? GRID_MODE_REPLICATED : GRID_MODE_PARTITIONED;
-    cfg.sync = m->sync == GRID__SYNC_MODE__PRIMARY_SYNC ? GRID_SYNC_PRIMARY : GRID_SYNC_FULL;
-    cfg.default_ttl_ms = m->default_ttl_ms;
+    ops_cfg_from_msg(m, NULL, &cfg);
     /* Checked here, as a single node would, before anything is written. */
     const char *name = cfg.name;
     int ok = cfg.backups <= 3 && (int64_t)cfg.partitions <= n->cfg.partitions_max;
@@ -520,15 +515,9 @@ int route_request(conn_t *c, Grid__Request *rq) {
     case GRID__OP__CREATE_CACHE: case GRID__OP__DROP_CACHE:
       route_cache_op(c, rq);
       return 1;
-    case GRID__OP__GET: case GRID__OP__PUT: case GRID__OP__PUT_IF_ABSENT:
-    case GRID__OP__REPLACE: case GRID__OP__CAS: case GRID__OP__DELETE:
-    case GRID__OP__ADD: case GRID__OP__GET_ALL: case GRID__OP__PUT_ALL:
-    case GRID__OP__DELETE_ALL: case GRID__OP__SCAN: case GRID__OP__SIZE:
-    case GRID__OP__APPEND: case GRID__OP__GET_AND_PUT: case GRID__OP__GET_AND_DELETE:
-    case GRID__OP__EXPIRE: case GRID__OP__TTL:
-      break;
     default:
-      return 0; /* ops_execute answers: unknown operation */
+      if (!ops_is_data_op(rq->op)) return 0; /* ops_execute answers: unknown op */
+      break;
   }
   if (!cluster_serving(n->cluster)) {
     route_reply_error(c, rq->id, GRID_ECLUSTER, "this node is not serving (no partition map, or no ZooKeeper)");

@@ -496,6 +496,20 @@ static int store_install(store_t *s, store_part_t *p, const store_key_t *k,
   return 0;
 }
 
+/* Deletes old (found at link) as a write of its own: a new update counter,
+ * and a record without a value. Partition locked. */
+static void store_delete_rec(store_t *s, store_part_t *p, const store_key_t *k,
+                             store_entry_t **link, store_entry_t *old, store_result_t *res,
+                             store_applied_fn applied, void *ctx) {
+  res->version = old->version;
+  store_unlink_free(s, p, link, old);
+  p->counter++;
+  atomic_store_explicit(&p->sync.applied, p->counter & STORE_COUNTER_MASK, memory_order_release);
+  if (applied)
+    applied(ctx, k->data, k->len, NULL, 0,
+            (atomic_load(&s->epoch) << STORE_VERSION_COUNTER_BITS) | (p->counter & STORE_COUNTER_MASK), 0);
+}
+
 int store_write(store_cache_t *c, const store_key_t *k, const store_write_t *w,
                 int64_t now_ms, store_result_t *res) {
   return store_write_rec(c, k, w, now_ms, res, NULL, NULL);
@@ -561,13 +575,7 @@ int store_write_rec(store_cache_t *c, const store_key_t *k, const store_write_t 
       res->number = 1;
       if (!w->persist && w->expire_ms <= 0) {
         /* An expiry in the past deletes the key (Redis 7). */
-        res->version = old->version;
-        store_unlink_free(s, p, link, old);
-        p->counter++;
-        atomic_store_explicit(&p->sync.applied, p->counter & STORE_COUNTER_MASK, memory_order_release);
-        if (applied)
-          applied(ctx, k->data, k->len, NULL, 0,
-                  (atomic_load(&s->epoch) << STORE_VERSION_COUNTER_BITS) | (p->counter & STORE_COUNTER_MASK), 0);
+        store_delete_rec(s, p, k, link, old, res, applied, ctx);
         goto out;
       }
       value = old->data + old->key_len; /* same value, new expiry */
@@ -598,13 +606,7 @@ int store_write_rec(store_cache_t *c, const store_key_t *k, const store_write_t 
   }
   if (rc != 0) goto out;
   if (w->op == STORE_DELETE) {
-    res->version = old->version;
-    store_unlink_free(s, p, link, old);
-    p->counter++;
-    atomic_store_explicit(&p->sync.applied, p->counter & STORE_COUNTER_MASK, memory_order_release);
-    if (applied)
-      applied(ctx, k->data, k->len, NULL, 0,
-              (atomic_load(&s->epoch) << STORE_VERSION_COUNTER_BITS) | (p->counter & STORE_COUNTER_MASK), 0);
+    store_delete_rec(s, p, k, link, old, res, applied, ctx);
     goto out;
   }
 
