@@ -325,10 +325,139 @@ static int client_call_keys(grid_t *g, Grid__Op op, const char *cache, size_t n,
   return rc;
 }
 
+/* ---- batches split by primary (in a cluster) ---------------------------- */
+
+/* One primary's share of a batch: positions in the caller's arrays. */
+typedef int (*client_share_fn)(grid_t *g, void *ctx, const size_t *idx, size_t m);
+
+/* In a cluster, a batch whose keys several nodes lead is split into one
+ * batch per primary, each sent straight to it (the router sends a batch
+ * by its first key). Returns 1 with *rc when it ran the shares, 0 when the
+ * batch should go as one. */
+static int client_split(grid_t *g, const char *cache, size_t n, const void *const *keys,
+                        const size_t *lens, client_share_fn share, void *ctx, int *rc) {
+  if (!g->router || n < 2 || !router_clustered(g->router)) return 0;
+  int *owner = malloc(n * sizeof *owner);
+  size_t *idx = malloc(n * sizeof *idx);
+  unsigned char *done = calloc(n, 1);
+  int split = 0;
+  if (owner && idx && done) {
+    for (size_t i = 0; i < n; i++) {
+      owner[i] = router_primary_of(g->router, cache ? cache : "default", keys[i], lens[i]);
+      if (owner[i] < 0) break; /* unknown: the node sorts it out */
+      if (owner[i] != owner[0]) split = 1;
+      if (i + 1 == n && split) split = 2;
+    }
+  }
+  if (split == 2) {
+    *rc = 0;
+    for (size_t i = 0; i < n && *rc == 0; i++) {
+      if (done[i]) continue;
+      size_t m = 0;
+      for (size_t j = i; j < n; j++) {
+        if (!done[j] && owner[j] == owner[i]) {
+          idx[m++] = j;
+          done[j] = 1;
+        }
+      }
+      *rc = share(g, ctx, idx, m);
+    }
+  }
+  free(owner);
+  free(idx);
+  free(done);
+  return split == 2;
+}
+
+/* The keys (and values) at positions idx, as arrays of their own. */
+typedef struct client_subset {
+  const void **keys, **values;
+  size_t *key_lens, *value_lens;
+} client_subset_t;
+
+static int client_subset_make(client_subset_t *sub, const size_t *idx, size_t m,
+                              const void *const *keys, const size_t *key_lens,
+                              const void *const *values, const size_t *value_lens) {
+  sub->keys = malloc(m * sizeof *sub->keys);
+  sub->key_lens = malloc(m * sizeof *sub->key_lens);
+  sub->values = values ? malloc(m * sizeof *sub->values) : NULL;
+  sub->value_lens = values ? malloc(m * sizeof *sub->value_lens) : NULL;
+  if (!sub->keys || !sub->key_lens || (values && (!sub->values || !sub->value_lens)))
+    return GRID_ENOMEM;
+  for (size_t j = 0; j < m; j++) {
+    sub->keys[j] = keys[idx[j]];
+    sub->key_lens[j] = key_lens[idx[j]];
+    if (values) {
+      sub->values[j] = values[idx[j]];
+      sub->value_lens[j] = value_lens[idx[j]];
+    }
+  }
+  return 0;
+}
+
+static void client_subset_free(client_subset_t *sub) {
+  free(sub->keys);
+  free(sub->key_lens);
+  free(sub->values);
+  free(sub->value_lens);
+}
+
+typedef struct client_batch_ctx {
+  const char *cache;
+  const void *const *keys;
+  const size_t *key_lens;
+  const void *const *values;
+  const size_t *value_lens;
+  uint64_t ttl_ms;
+  grid_value_t *out;     /* get_all */
+  size_t count;          /* delete_all */
+} client_batch_ctx_t;
+
+static int client_get_share(grid_t *g, void *arg, const size_t *idx, size_t m) {
+  client_batch_ctx_t *b = arg;
+  client_subset_t sub = {0};
+  grid_value_t *vals = calloc(m, sizeof *vals);
+  int rc = vals ? client_subset_make(&sub, idx, m, b->keys, b->key_lens, NULL, NULL) : GRID_ENOMEM;
+  if (rc == 0) rc = grid_get_all(g, b->cache, m, sub.keys, sub.key_lens, vals);
+  for (size_t j = 0; rc == 0 && j < m; j++) b->out[idx[j]] = vals[j];
+  client_subset_free(&sub);
+  free(vals);
+  return rc;
+}
+
+static int client_put_share(grid_t *g, void *arg, const size_t *idx, size_t m) {
+  client_batch_ctx_t *b = arg;
+  client_subset_t sub = {0};
+  int rc = client_subset_make(&sub, idx, m, b->keys, b->key_lens, b->values, b->value_lens);
+  if (rc == 0)
+    rc = grid_put_all(g, b->cache, m, sub.keys, sub.key_lens, sub.values, sub.value_lens,
+                      b->ttl_ms);
+  client_subset_free(&sub);
+  return rc;
+}
+
+static int client_delete_share(grid_t *g, void *arg, const size_t *idx, size_t m) {
+  client_batch_ctx_t *b = arg;
+  client_subset_t sub = {0};
+  size_t deleted = 0;
+  int rc = client_subset_make(&sub, idx, m, b->keys, b->key_lens, NULL, NULL);
+  if (rc == 0) rc = grid_delete_all(g, b->cache, m, sub.keys, sub.key_lens, &deleted);
+  b->count += deleted;
+  client_subset_free(&sub);
+  return rc;
+}
+
 int grid_get_all(grid_t *g, const char *cache, size_t n,
                  const void *const *keys, const size_t *key_lens,
                  grid_value_t *out) {
   memset(out, 0, n * sizeof *out);
+  client_batch_ctx_t b = {.cache = cache, .keys = keys, .key_lens = key_lens, .out = out};
+  int split_rc;
+  if (client_split(g, cache, n, keys, key_lens, client_get_share, &b, &split_rc)) {
+    if (split_rc != 0)
+      for (size_t i = 0; i < n; i++) grid_value_free(&out[i]);
+    return split_rc;
+  }
   client_reply_t r;
   int rc = client_call_keys(g, GRID__OP__GET_ALL, cache, n, keys, key_lens, &r);
   if (rc != 0) return rc;
@@ -348,6 +477,11 @@ int grid_put_all(grid_t *g, const char *cache, size_t n,
                  const void *const *keys, const size_t *key_lens,
                  const void *const *values, const size_t *value_lens,
                  uint64_t ttl_ms) {
+  client_batch_ctx_t b = {.cache = cache, .keys = keys, .key_lens = key_lens,
+                          .values = values, .value_lens = value_lens, .ttl_ms = ttl_ms};
+  int split_rc;
+  if (client_split(g, cache, n, keys, key_lens, client_put_share, &b, &split_rc))
+    return split_rc;
   Grid__Request rq;
   client_request_key(&rq, GRID__OP__PUT_ALL, cache, NULL, 0);
   rq.keys = client_bytes_list(n, keys, key_lens);
@@ -363,6 +497,12 @@ int grid_put_all(grid_t *g, const char *cache, size_t n,
 int grid_delete_all(grid_t *g, const char *cache, size_t n,
                     const void *const *keys, const size_t *key_lens,
                     size_t *deleted) {
+  client_batch_ctx_t b = {.cache = cache, .keys = keys, .key_lens = key_lens};
+  int split_rc;
+  if (client_split(g, cache, n, keys, key_lens, client_delete_share, &b, &split_rc)) {
+    if (deleted) *deleted = b.count;
+    return split_rc;
+  }
   client_reply_t r;
   int rc = client_call_keys(g, GRID__OP__DELETE_ALL, cache, n, keys, key_lens, &r);
   if (rc != 0) return rc;

@@ -58,6 +58,8 @@ remote_t *router_pick(router_t *rt, Grid__Request *rq, uint32_t timeout_ms);
 /* A reply carried this epoch: a newer one makes the map stale. */
 void router_saw_epoch(router_t *rt, uint64_t epoch);
 void router_mark_stale(router_t *rt);
+/* Node index (in the router's map) of the primary of key, or -1. */
+int router_primary_of(router_t *rt, const char *cache, const void *key, size_t len);
 /* Whether the handle talks to a cluster (it has a map). */
 int router_clustered(router_t *rt);
 

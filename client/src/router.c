@@ -209,11 +209,17 @@ remote_t *router_pick(router_t *rt, Grid__Request *rq, uint32_t timeout_ms) {
   pthread_mutex_lock(&rt->lock);
   if (rt->stale) router_refresh_locked(rt, timeout_ms);
   remote_t *r = rt->any;
-  const pmap_cache_t *pc =
-      rt->map.epoch && router_keyed(rq->op) ? pmap_find_cache(&rt->map, rq->cache) : NULL;
+  int batch = (rq->op == GRID__OP__GET_ALL || rq->op == GRID__OP__PUT_ALL ||
+               rq->op == GRID__OP__DELETE_ALL) && rq->n_keys > 0;
+  const pmap_cache_t *pc = rt->map.epoch && (router_keyed(rq->op) || batch)
+                               ? pmap_find_cache(&rt->map, rq->cache)
+                               : NULL;
   if (pc) {
+    /* A batch goes by its first key: the client splits batches so that
+     * one primary leads all their keys (else the node splits them). */
+    const ProtobufCBinaryData *key = batch ? &rq->keys[0] : &rq->key;
     uint32_t p = rq->op == GRID__OP__SCAN ? rq->partition
-                                          : part_of(rq->key.data, rq->key.len, pc->partitions);
+                                          : part_of(key->data, key->len, pc->partitions);
     int prim = p < pc->partitions ? pmap_primary(pc, p) : -1;
     if (prim >= 0) {
       remote_t *direct = router_conn(rt, rt->map.nodes[prim].addr);
@@ -227,6 +233,14 @@ remote_t *router_pick(router_t *rt, Grid__Request *rq, uint32_t timeout_ms) {
   }
   pthread_mutex_unlock(&rt->lock);
   return r;
+}
+
+int router_primary_of(router_t *rt, const char *cache, const void *key, size_t len) {
+  pthread_mutex_lock(&rt->lock);
+  const pmap_cache_t *pc = rt->map.epoch ? pmap_find_cache(&rt->map, cache) : NULL;
+  int prim = pc ? pmap_primary(pc, part_of(key, len, pc->partitions)) : -1;
+  pthread_mutex_unlock(&rt->lock);
+  return prim;
 }
 
 void router_saw_epoch(router_t *rt, uint64_t epoch) {
