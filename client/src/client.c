@@ -4,6 +4,7 @@
  * ops_execute in this process. An embedded get of a key reads the store
  * directly: no encoding, no network, no event-loop queue.
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,18 @@
 #define CLIENT_TIMEOUT_MS_DEFAULT 5000
 #define CLIENT_ARENA_BYTES 4096
 #define CLIENT_RETRY_DELAY_MS_MAX 100 /* between tries of a refused request */
+
+typedef struct client_async client_async_t;
+
+/* Asynchronous requests the cluster refused unrun, waiting to be sent
+ * again (by a thread of their own, started on the first). */
+struct client_retry {
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  pthread_t thread;
+  int started, stop;
+  client_async_t *head;      /* not in due order: few at a time */
+};
 
 /* ---- opening ------------------------------------------------------------- */
 
@@ -71,7 +84,22 @@ int grid_open(const char *uri, const grid_options_t *opts, grid_t **out) {
   } else {
     rc = GRID_EADDR;
   }
+  if (rc == 0 && g->router) {
+    g->retry = calloc(1, sizeof *g->retry);
+    if (!g->retry) {
+      rc = GRID_ENOMEM;
+    } else {
+      pthread_mutex_init(&g->retry->lock, NULL);
+      pthread_condattr_t ca;
+      pthread_condattr_init(&ca);
+      pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+      pthread_cond_init(&g->retry->cond, &ca);
+      pthread_condattr_destroy(&ca);
+    }
+  }
   if (rc != 0) {
+    if (g->router) router_close(g->router);
+    if (g->node) node_stop(g->node);
     free(g);
     return rc;
   }
@@ -81,7 +109,22 @@ int grid_open(const char *uri, const grid_options_t *opts, grid_t **out) {
 
 void grid_close(grid_t *g) {
   if (!g) return;
+  if (g->retry) {
+    /* Retries first: what waits fails; what the connections still hold
+     * then fails through client_async_done, which sees the stop. */
+    pthread_mutex_lock(&g->retry->lock);
+    g->retry->stop = 1;
+    int started = g->retry->started;
+    pthread_cond_signal(&g->retry->cond);
+    pthread_mutex_unlock(&g->retry->lock);
+    if (started) pthread_join(g->retry->thread, NULL);
+  }
   if (g->router) router_close(g->router);
+  if (g->retry) {
+    pthread_mutex_destroy(&g->retry->lock);
+    pthread_cond_destroy(&g->retry->cond);
+    free(g->retry);
+  }
   if (g->node) node_stop(g->node);
   free(g);
 }
@@ -765,11 +808,21 @@ int grid_leave(grid_t *g) {
 
 /* ---- asynchronous calls -------------------------------------------------- */
 
-typedef struct client_async {
+#define CLIENT_RETRY_SLEEP_MS_MAX 50 /* the retry thread looks up at least this often */
+
+struct client_async {
+  grid_t *g;
   grid_get_cb get_cb;
   grid_write_cb write_cb;
   void *arg;
-} client_async_t;
+  int64_t deadline_ms;       /* retries stop here */
+  int delay_ms;              /* before the next retry */
+  int64_t due_ms;            /* on the retry list: when */
+  struct client_async *next;
+  size_t req_len;            /* the request, packed, for a retry (cluster) */
+  unsigned char req[];
+};
+
 
 /* Turns a reply into the user's callback. */
 static void client_async_run(const client_async_t *a, int status,
@@ -789,10 +842,108 @@ static void client_async_run(const client_async_t *a, int status,
   }
 }
 
-/* The remote transport's completion: a was malloc'd for this call. */
+static void client_async_done(void *arg, int status, const Grid__Reply *rp);
+
+/* Sends a's request again (on the retry thread). */
+static void client_retry_send(client_async_t *a) {
+  grid_t *g = a->g;
+  Grid__Request *rq = grid__request__unpack(NULL, a->req_len, a->req);
+  int64_t left = a->deadline_ms - clock_mono_ms();
+  int rc = !rq ? GRID_ENOMEM : left <= 0 ? GRID_ETIMEDOUT : 0;
+  if (rc == 0) {
+    remote_t *r = router_pick(g->router, rq, g->timeout_ms);
+    rc = remote_call_async(r, rq, (uint32_t)left, client_async_done, a);
+  }
+  if (rq) grid__request__free_unpacked(rq, NULL);
+  if (rc != 0) {
+    client_async_run(a, rc, NULL);
+    free(a);
+  }
+}
+
+static void *client_retry_main(void *arg) {
+  struct client_retry *rt = arg;
+  pthread_mutex_lock(&rt->lock);
+  while (!rt->stop) {
+    int64_t now = clock_mono_ms(), next = now + CLIENT_RETRY_SLEEP_MS_MAX;
+    client_async_t *due = NULL, **l = &rt->head;
+    while (*l) {
+      if ((*l)->due_ms <= now) {
+        client_async_t *a = *l;
+        *l = a->next;
+        a->next = due;
+        due = a;
+      } else {
+        if ((*l)->due_ms < next) next = (*l)->due_ms;
+        l = &(*l)->next;
+      }
+    }
+    if (due) {
+      pthread_mutex_unlock(&rt->lock);
+      while (due) {
+        client_async_t *a = due;
+        due = a->next;
+        client_retry_send(a);
+      }
+      pthread_mutex_lock(&rt->lock);
+      continue;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t ns = (int64_t)ts.tv_nsec + (next - now) * 1000000;
+    ts.tv_sec += ns / 1000000000;
+    ts.tv_nsec = ns % 1000000000;
+    pthread_cond_timedwait(&rt->cond, &rt->lock, &ts);
+  }
+  /* Closing: what waits fails now (callbacks run exactly once). */
+  client_async_t *left = rt->head;
+  rt->head = NULL;
+  pthread_mutex_unlock(&rt->lock);
+  while (left) {
+    client_async_t *a = left;
+    left = a->next;
+    client_async_run(a, GRID_ECONN, NULL);
+    free(a);
+  }
+  return NULL;
+}
+
+/* Puts a on the retry list; 0, or an error when it cannot (closing). */
+static int client_retry_later(client_async_t *a) {
+  struct client_retry *rt = a->g->retry;
+  pthread_mutex_lock(&rt->lock);
+  int rc = 0;
+  if (rt->stop) {
+    rc = GRID_ECONN;
+  } else if (!rt->started) {
+    if (pthread_create(&rt->thread, NULL, client_retry_main, rt) == 0) rt->started = 1;
+    else rc = GRID_ENOMEM;
+  }
+  if (rc == 0) {
+    a->due_ms = clock_mono_ms() + a->delay_ms;
+    if (a->delay_ms < CLIENT_RETRY_DELAY_MS_MAX) a->delay_ms *= 2;
+    a->next = rt->head;
+    rt->head = a;
+    pthread_cond_signal(&rt->cond);
+  }
+  pthread_mutex_unlock(&rt->lock);
+  return rc;
+}
+
+/* The remote transport's completion: a was malloc'd for this call. A
+ * request the cluster refused unrun is sent again later, within the
+ * call's deadline, as synchronous calls do. */
 static void client_async_done(void *arg, int status, const Grid__Reply *rp) {
-  client_async_run(arg, status, rp);
-  free(arg);
+  client_async_t *a = arg;
+  int st = status ? status : rp->status;
+  int retryable = st == GRID_ENOTREADY || st == GRID_ESTALE || st == GRID_ECLUSTER ||
+                  (status == GRID_ECONN && router_clustered(a->g->router));
+  if (a->req_len && retryable && clock_mono_ms() + a->delay_ms < a->deadline_ms) {
+    router_mark_stale(a->g->router);
+    if (client_retry_later(a) == 0) return;
+  }
+  client_async_run(a, status, rp);
+  free(a);
 }
 
 static int client_call_async(grid_t *g, Grid__Request *rq, grid_get_cb get_cb,
@@ -805,14 +956,19 @@ static int client_call_async(grid_t *g, Grid__Request *rq, grid_get_cb get_cb,
     arena_init(&r.arena, CLIENT_ARENA_BYTES);
     grid__reply__init(&r.local);
     ops_execute(g->node, NULL, rq, &r.local, &r.arena);
-    client_async_t a = {get_cb, write_cb, arg};
+    client_async_t a = {.get_cb = get_cb, .write_cb = write_cb, .arg = arg};
     client_async_run(&a, 0, &r.local);
     arena_close(&r.arena);
     return 0;
   }
-  client_async_t *a = malloc(sizeof *a);
+  /* In a cluster the request is kept, packed, for a retry. */
+  size_t len = router_clustered(g->router) ? grid__request__get_packed_size(rq) : 0;
+  client_async_t *a = malloc(sizeof *a + len);
   if (!a) return GRID_ENOMEM;
-  *a = (client_async_t){get_cb, write_cb, arg};
+  *a = (client_async_t){.g = g, .get_cb = get_cb, .write_cb = write_cb, .arg = arg,
+                        .deadline_ms = clock_mono_ms() + g->timeout_ms, .delay_ms = 2,
+                        .req_len = len};
+  if (len) grid__request__pack(rq, a->req);
   remote_t *r = router_pick(g->router, rq, g->timeout_ms);
   int rc = remote_call_async(r, rq, g->timeout_ms, client_async_done, a);
   if (rc != 0) free(a);

@@ -20,6 +20,7 @@ struct grid {
   uint32_t timeout_ms;
   node_t *node;     /* embedded mode */
   router_t *router; /* remote mode */
+  struct client_retry *retry; /* remote: async requests to send again */
 };
 
 /* A reply a sync call got: rp is valid until client_reply_free(). */

@@ -623,6 +623,11 @@ static void cluster_check_waiting(cluster_t *c, int64_t now) {
 
 static int cluster_enqueue(cluster_t *c, cluster_job_t *j) {
   pthread_mutex_lock(&c->lock);
+  if (c->stop) {
+    pthread_mutex_unlock(&c->lock);
+    free(j);
+    return GRID_ECLUSTER;
+  }
   if (c->njobs >= CLUSTER_JOBS_MAX) {
     pthread_mutex_unlock(&c->lock);
     free(j);
@@ -832,8 +837,13 @@ void cluster_stop(cluster_t *c) {
   pthread_mutex_unlock(&c->lock);
   pthread_join(c->thread, NULL);
   if (c->zk) zk_close(c->zk); /* the session ends: this node's znodes go */
+  c->zk = NULL;
+  atomic_store(&c->serving, 0);
   /* Requests still queued are answered: the node is going away. */
+  pthread_mutex_lock(&c->lock);
   cluster_job_t *lists[2] = {c->jobs, c->waiting};
+  c->jobs = c->waiting = NULL;
+  pthread_mutex_unlock(&c->lock);
   for (int i = 0; i < 2; i++) {
     while (lists[i]) {
       cluster_job_t *next = lists[i]->next;
@@ -842,6 +852,9 @@ void cluster_stop(cluster_t *c) {
       lists[i] = next;
     }
   }
+}
+
+void cluster_free(cluster_t *c) {
   for (size_t i = 0; i < c->nreports; i++) {
     free(c->reports[i].cache);
     free(c->reports[i].node);

@@ -28,8 +28,10 @@ typedef struct net_loop net_loop_t;
 
 int cluster_start(node_t *n, cluster_t **out, char *err, size_t err_len);
 /* Leaves the cluster (the session ends, so this node's znodes go at once)
- * and stops the thread. */
+ * and stops the thread. The loops may still call in until cluster_free,
+ * which comes after they have stopped. */
 void cluster_stop(cluster_t *c);
+void cluster_free(cluster_t *c);
 
 /* Starts a graceful leave: the node says so in its znode, the coordinator
  * moves every copy off it (handing its primaries over), and once the map

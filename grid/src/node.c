@@ -155,6 +155,7 @@ int node_port(const node_t *n) { return n->net ? net_port(n->net) : 0; }
 void node_stop(node_t *n) {
   if (n->cluster) cluster_stop(n->cluster); /* leave first: others take over */
   if (n->net) net_stop(n->net);
+  if (n->cluster) cluster_free(n->cluster);
   pthread_mutex_lock(&n->cron_lock);
   n->cron_stop = 1;
   pthread_cond_signal(&n->cron_cond);
