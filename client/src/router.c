@@ -10,6 +10,7 @@
  * which any node serves.
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,7 @@
 #include "pmap.h"
 
 #define ROUTER_SEEDS_MAX 32
+#define ROUTER_CONNECT_MS 1000 /* handshake with a node the map names */
 
 typedef struct router_conn {
   char addr[PMAP_ADDR_MAX];
@@ -33,7 +35,11 @@ struct router {
   char seeds[ROUTER_SEEDS_MAX][PMAP_ADDR_MAX];
   remote_t *any;               /* the seed connection */
   pmap_t map;                  /* epoch 0: none (a single node) */
-  int stale;
+  /* Read and set without the lock: callbacks of replies set them, and a
+   * refresh holds the lock while it waits for a reply that a callback's
+   * thread may be the one to read. */
+  _Atomic int stale;
+  _Atomic uint64_t epoch;      /* map.epoch */
   size_t nconns;
   router_conn_t conns[PMAP_NODES_MAX];
 };
@@ -64,7 +70,13 @@ static int router_connect(router_t *rt, const char *addr, remote_t **out) {
   char host[PMAP_ADDR_MAX];
   int port;
   int rc = router_split(addr, host, sizeof host, &port);
-  if (rc == 0) rc = remote_open(host, port, &rt->opts, out);
+  /* A node that does not complete a handshake within ROUTER_CONNECT_MS is
+   * taken as unreachable for now (the seed connection forwards): a node
+   * stopping may still accept connections it will never serve, and
+   * waiting a whole call's timeout on it would hold every caller up. */
+  grid_options_t o = rt->opts;
+  if (!o.timeout_ms || o.timeout_ms > ROUTER_CONNECT_MS) o.timeout_ms = ROUTER_CONNECT_MS;
+  if (rc == 0) rc = remote_open(host, port, &o, out);
   return rc;
 }
 
@@ -120,7 +132,7 @@ static void router_refresh_locked(router_t *rt, uint32_t timeout_ms) {
     rc = remote_call(rt->any, &rq, timeout_ms, &r);
   }
   if (rc != 0) return; /* stays stale */
-  rt->stale = 0;
+  atomic_store(&rt->stale, 0);
   if (r.rp->status == 0 && r.rp->pmap) {
     size_t len = grid__pmap__get_packed_size(r.rp->pmap);
     unsigned char *buf = malloc(len + 1);
@@ -131,6 +143,7 @@ static void router_refresh_locked(router_t *rt, uint32_t timeout_ms) {
         m.epoch = r.rp->epoch;
         pmap_free(&rt->map);
         rt->map = m;
+        atomic_store(&rt->epoch, m.epoch);
       }
       free(buf);
     }
@@ -207,7 +220,7 @@ static int router_keyed(Grid__Op op) {
 
 remote_t *router_pick(router_t *rt, Grid__Request *rq, uint32_t timeout_ms) {
   pthread_mutex_lock(&rt->lock);
-  if (rt->stale) router_refresh_locked(rt, timeout_ms);
+  if (atomic_load(&rt->stale)) router_refresh_locked(rt, timeout_ms);
   remote_t *r = rt->any;
   int batch = (rq->op == GRID__OP__GET_ALL || rq->op == GRID__OP__PUT_ALL ||
                rq->op == GRID__OP__DELETE_ALL) && rq->n_keys > 0;
@@ -227,7 +240,7 @@ remote_t *router_pick(router_t *rt, Grid__Request *rq, uint32_t timeout_ms) {
         r = direct;
         rq->epoch = rt->map.epoch;
       } else {
-        rt->stale = 1; /* that node is gone, or moved: the seed forwards */
+        atomic_store(&rt->stale, 1); /* gone, or moved: the seed forwards */
       }
     }
   }
@@ -244,20 +257,9 @@ int router_primary_of(router_t *rt, const char *cache, const void *key, size_t l
 }
 
 void router_saw_epoch(router_t *rt, uint64_t epoch) {
-  pthread_mutex_lock(&rt->lock);
-  if (epoch > rt->map.epoch) rt->stale = 1;
-  pthread_mutex_unlock(&rt->lock);
+  if (epoch > atomic_load(&rt->epoch)) atomic_store(&rt->stale, 1);
 }
 
-void router_mark_stale(router_t *rt) {
-  pthread_mutex_lock(&rt->lock);
-  rt->stale = 1;
-  pthread_mutex_unlock(&rt->lock);
-}
+void router_mark_stale(router_t *rt) { atomic_store(&rt->stale, 1); }
 
-int router_clustered(router_t *rt) {
-  pthread_mutex_lock(&rt->lock);
-  int c = rt->map.epoch != 0;
-  pthread_mutex_unlock(&rt->lock);
-  return c;
-}
+int router_clustered(router_t *rt) { return atomic_load(&rt->epoch) != 0; }

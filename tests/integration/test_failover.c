@@ -123,6 +123,40 @@ static void *reader_main(void *arg) {
   return NULL;
 }
 
+/* Asynchronous writes, up to 64 in flight: the library retries what the
+ * cluster refused unrun, so a planned move is no error for them either. */
+typedef struct async_writer {
+  grid_t *g;
+  atomic_long sent, ok, failed;
+  atomic_int last_error;
+} async_writer_t;
+
+static void on_async_put(int status, uint64_t version, void *arg) {
+  async_writer_t *aw = arg;
+  (void)version;
+  if (status == 0) atomic_fetch_add(&aw->ok, 1);
+  else {
+    atomic_fetch_add(&aw->failed, 1);
+    atomic_store(&aw->last_error, status);
+  }
+}
+
+static void *async_writer_main(void *arg) {
+  async_writer_t *aw = arg;
+  for (long i = 0; !atomic_load(&stop_writers); i++) {
+    while (atomic_load(&aw->sent) - atomic_load(&aw->ok) - atomic_load(&aw->failed) >= 64)
+      sleep_ms(1);
+    char key[32];
+    snprintf(key, sizeof key, "async:%ld", i % 500);
+    int rc = grid_put_async(aw->g, CACHE, key, strlen(key), "v", 1, 0, on_async_put, aw);
+    if (rc == 0) atomic_fetch_add(&aw->sent, 1);
+    else sleep_ms(1);
+  }
+  for (int i = 0; i < 2000 && atomic_load(&aw->ok) + atomic_load(&aw->failed) < atomic_load(&aw->sent); i++)
+    sleep_ms(5);
+  return NULL;
+}
+
 /* Every key reads back as its last acknowledged value, or as a later
  * write whose outcome was unknown. */
 static void check_writers(grid_t *g, writer_t *w) {
@@ -290,11 +324,22 @@ int main(void) {
     w[i].acked = w[i].unknown = w[i].failed = 0;
     CHECK(pthread_create(&t[i], NULL, writer_main, &w[i]) == 0);
   }
+  async_writer_t aw = {.g = open_node(0)};
+  pthread_t at;
+  CHECK(pthread_create(&at, NULL, async_writer_main, &aw) == 0);
   sleep_ms(500);
   CHECK(harness_stop(&nodes[3]) == 0); /* SIGTERM: leave, then exit 0 */
   wait_settled(nodes[0].port, 2);
   sleep_ms(300);
   atomic_store(&stop_writers, 1);
+  pthread_join(at, NULL);
+  fprintf(stderr, "   async writes: %ld sent, %ld acknowledged, %ld failed (last %s)\n",
+          atomic_load(&aw.sent), atomic_load(&aw.ok), atomic_load(&aw.failed),
+          grid_err_name(atomic_load(&aw.last_error)));
+  CHECK(atomic_load(&aw.ok) > 100);
+  CHECK_EQ(atomic_load(&aw.failed), 0);
+  CHECK_EQ(atomic_load(&aw.ok), atomic_load(&aw.sent));
+  grid_close(aw.g);
   acked = unknown = failed = 0;
   for (int i = 0; i < WRITERS; i++) {
     pthread_join(t[i], NULL);
