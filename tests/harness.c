@@ -30,6 +30,18 @@ static void harness_sleep_ms(int ms) {
   nanosleep(&ts, NULL);
 }
 
+/* In a child about to exec: it dies with the test (even when the test
+ * aborts), and its output goes to log_file. */
+static void harness_child_setup(const char *log_file) {
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  int fd = open(log_file, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd >= 0) {
+    dup2(fd, 1);
+    dup2(fd, 2);
+    close(fd);
+  }
+}
+
 void harness_start(harness_node_t *n, const char *const *settings) {
   memset(n, 0, sizeof *n);
   snprintf(n->dir, sizeof n->dir, "/tmp/grid-test-XXXXXX");
@@ -58,14 +70,7 @@ void harness_start(harness_node_t *n, const char *const *settings) {
   pid_t pid = fork();
   CHECK(pid >= 0);
   if (pid == 0) {
-    /* The node dies with the test, even when the test aborts. */
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    int fd = open(log_file, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd >= 0) {
-      dup2(fd, 1);
-      dup2(fd, 2);
-      close(fd);
-    }
+    harness_child_setup(log_file);
     execv(argv[0], argv);
     _exit(127);
   }
@@ -107,25 +112,33 @@ void harness_start(harness_node_t *n, const char *const *settings) {
   abort();
 }
 
+/* SIGTERM to pid, then its exit status; SIGKILL after wait_ms. */
+static int harness_term_pid(pid_t pid, int wait_ms) {
+  int status = 0;
+  kill(pid, SIGTERM);
+  for (int i = 0; i < wait_ms / 10; i++) {
+    if (waitpid(pid, &status, WNOHANG) == pid) return status;
+    harness_sleep_ms(10);
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, &status, 0);
+  return status;
+}
+
+/* Removes a test's temporary directory (and forgets it). */
+static void harness_rm_dir(char *dir) {
+  if (!dir[0]) return;
+  char cmd[400];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  if (system(cmd)) {}
+  dir[0] = '\0';
+}
+
 int harness_stop(harness_node_t *n) {
   int status = 0;
-  if (n->pid > 0) {
-    kill(n->pid, SIGTERM);
-    int done = 0;
-    for (int i = 0; i < 2000 && !done; i++) {
-      if (waitpid(n->pid, &status, WNOHANG) == n->pid) done = 1;
-      else harness_sleep_ms(10);
-    }
-    if (!done) {
-      kill(n->pid, SIGKILL);
-      waitpid(n->pid, &status, 0);
-    }
-    n->pid = 0;
-  }
-  char cmd[400];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", n->dir);
-  if (n->dir[0] && system(cmd)) {}
-  n->dir[0] = '\0';
+  if (n->pid > 0) status = harness_term_pid(n->pid, 20000);
+  n->pid = 0;
+  harness_rm_dir(n->dir);
   return status;
 }
 
@@ -134,10 +147,7 @@ void harness_kill9(harness_node_t *n) {
   kill(n->pid, SIGKILL);
   waitpid(n->pid, NULL, 0);
   n->pid = 0;
-  char cmd[400];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", n->dir);
-  if (n->dir[0] && system(cmd)) {}
-  n->dir[0] = '\0';
+  harness_rm_dir(n->dir);
 }
 
 int harness_free_port(void) {
@@ -195,13 +205,7 @@ void harness_zk_start(harness_zk_t *z) {
   pid_t pid = fork();
   CHECK(pid >= 0);
   if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    int fd = open(log_file, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd >= 0) {
-      dup2(fd, 1);
-      dup2(fd, 2);
-      close(fd);
-    }
+    harness_child_setup(log_file);
     char cp[400];
     snprintf(cp, sizeof cp, "%s:%s", z->dir, HARNESS_ZK_JAR);
     execl("/usr/bin/java", "java", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
@@ -225,22 +229,9 @@ void harness_zk_start(harness_zk_t *z) {
 }
 
 void harness_zk_stop(harness_zk_t *z) {
-  if (z->pid > 0) {
-    kill(z->pid, SIGTERM);
-    int done = 0;
-    for (int i = 0; i < 1000 && !done; i++) {
-      if (waitpid(z->pid, NULL, WNOHANG) == z->pid) done = 1;
-      else harness_sleep_ms(10);
-    }
-    if (!done) {
-      kill(z->pid, SIGKILL);
-      waitpid(z->pid, NULL, 0);
-    }
-    z->pid = 0;
-  }
-  char cmd[400];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", z->dir);
-  if (z->dir[0] && system(cmd)) {}
+  if (z->pid > 0) harness_term_pid(z->pid, 10000);
+  z->pid = 0;
+  harness_rm_dir(z->dir);
 }
 
 void harness_pmap(int port, pmap_t *out) {
