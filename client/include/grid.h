@@ -79,6 +79,10 @@ typedef struct grid_options {
   const char *config_text;  /* embedded: "key = value" lines applied after
                                config_path, or NULL */
   const char *client_name;  /* remote: shown in the node's logs, or NULL */
+  uint64_t reply_bytes_max; /* remote: a reply frame longer than this is
+                               refused and its connection closed (calls on
+                               it fail as on a lost connection); 0 = the
+                               node's frame_bytes_max, from the handshake */
 } grid_options_t;
 
 /*

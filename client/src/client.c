@@ -586,9 +586,10 @@ int grid_scan(grid_t *g, const char *cache, uint32_t partition,
       list = NULL;
       break;
     }
-    memcpy(mem, e->key.data, e->key.len);
+    /* protobuf-c leaves an empty field's data NULL. */
+    if (e->key.len) memcpy(mem, e->key.data, e->key.len);
     mem[e->key.len] = '\0';
-    memcpy(mem + e->key.len + 1, e->value.data, e->value.len);
+    if (e->value.len) memcpy(mem + e->key.len + 1, e->value.data, e->value.len);
     mem[e->key.len + 1 + e->value.len] = '\0';
     list[i] = (grid_entry_t){mem, e->key.len, mem + e->key.len + 1, e->value.len,
                              e->version};

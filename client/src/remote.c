@@ -47,6 +47,11 @@
 #define REMOTE_STACK_FRAME_BYTES 4096  /* requests this small skip malloc */
 #define REMOTE_MAGIC 0x47524944u
 #define REMOTE_PROTOCOL_VERSION 1
+/* A reply at most, before the handshake has named the node's frame limit,
+ * and whatever the node names: the node's own frame_bytes_max is bounded
+ * the same way (config.c). */
+#define REMOTE_REPLY_BYTES_MAX ((uint64_t)1 << 30)
+#define REMOTE_HELLO_BYTES_MAX 4096    /* a HelloReply is a few dozen bytes */
 
 /* A synchronous caller waiting for its reply, on the caller's stack. */
 typedef struct remote_waiter {
@@ -86,6 +91,8 @@ struct remote {
   size_t async_inflight;    /* async requests waiting for replies */
   size_t inflight;          /* all requests waiting for replies */
   uint64_t frame_bytes_max; /* the node's, from the handshake */
+  uint64_t reply_bytes_max; /* the caller's cap (0: frame_bytes_max) */
+  uint64_t reply_max;       /* in force: a longer reply closes the link */
   unsigned char *rbuf;      /* bytes read, not yet a whole frame: only the
                                reading role's holder touches it */
   size_t rlen, rcap;
@@ -110,8 +117,8 @@ static int remote_write_all(int fd, const unsigned char *p, size_t len) {
 }
 
 /* Reads one whole frame into a malloc'd buffer, within deadline_ms. */
-static int remote_read_frame(int fd, int64_t deadline_ms, unsigned char **out,
-                             size_t *out_len) {
+static int remote_read_frame(int fd, int64_t deadline_ms, size_t max,
+                             unsigned char **out, size_t *out_len) {
   unsigned char hdr[FRAME_HEADER_BYTES];
   unsigned char *buf = NULL;
   size_t want = sizeof hdr, got = 0;
@@ -137,7 +144,7 @@ static int remote_read_frame(int fd, int64_t deadline_ms, unsigned char **out,
     }
     if (phase == 0) {
       want = frame_get_header(hdr);
-      if (want > (64u << 20)) return GRID_EPROTO;
+      if (want > max) return GRID_EPROTO;
       buf = malloc(want ? want : 1);
       if (!buf) return GRID_ENOMEM;
       dst = buf;
@@ -202,7 +209,7 @@ static int remote_connect_fd(remote_t *r, uint32_t timeout_ms, int *out_fd) {
   unsigned char *reply = NULL;
   size_t reply_len = 0;
   if ((rc = remote_write_all(fd, buf, n + FRAME_HEADER_BYTES)) != 0 ||
-      (rc = remote_read_frame(fd, deadline, &reply, &reply_len)) != 0) {
+      (rc = remote_read_frame(fd, deadline, REMOTE_HELLO_BYTES_MAX, &reply, &reply_len)) != 0) {
     close(fd);
     return rc;
   }
@@ -213,7 +220,11 @@ static int remote_connect_fd(remote_t *r, uint32_t timeout_ms, int *out_fd) {
     return GRID_EPROTO;
   }
   rc = hr->status;
-  if (rc == 0) r->frame_bytes_max = hr->frame_bytes_max;
+  if (rc == 0) {
+    r->frame_bytes_max = hr->frame_bytes_max;
+    uint64_t cap = r->reply_bytes_max ? r->reply_bytes_max : hr->frame_bytes_max;
+    r->reply_max = cap && cap < REMOTE_REPLY_BYTES_MAX ? cap : REMOTE_REPLY_BYTES_MAX;
+  }
   grid__hello_reply__free_unpacked(hr, NULL);
   if (rc != 0) {
     close(fd);
@@ -354,20 +365,30 @@ static int remote_read_some(remote_t *r, int fd, uint64_t gen, int wait_ms) {
   r->rlen += (size_t)n;
   r->last_read_ms = clock_mono_ms();
   size_t off = 0;
-  for (;;) {
-    const unsigned char *payload;
-    size_t plen, flen;
-    if (frame_parse(r->rbuf + off, r->rlen - off, SIZE_MAX, &payload, &plen, &flen) != FRAME_OK)
-      break;
+  frame_result_t fr;
+  const unsigned char *payload;
+  size_t plen, flen;
+  while ((fr = frame_parse(r->rbuf + off, r->rlen - off, (size_t)r->reply_max, &payload, &plen,
+                           &flen)) == FRAME_OK) {
     remote_on_reply(r, payload, plen);
     off += flen;
+  }
+  if (fr == FRAME_TOO_BIG) {
+    /* The buffer would have to grow to whatever the header announces: the
+     * reply is refused, and with it the connection (the stream cannot be
+     * resynchronised). */
+    LOG_W("client", "\"reply longer than reply_bytes_max: closing the connection\" "
+          "bytes=%zu reply_bytes_max=%llu node=%s:%d", flen,
+          (unsigned long long)r->reply_max, r->host, r->port);
+    remote_conn_lost(r, fd, gen);
+    return -1;
   }
   if (off) {
     memmove(r->rbuf, r->rbuf + off, r->rlen - off);
     r->rlen -= off;
   }
   if (r->rlen >= FRAME_HEADER_BYTES) {
-    size_t need = FRAME_HEADER_BYTES + frame_get_header(r->rbuf);
+    size_t need = FRAME_HEADER_BYTES + frame_get_header(r->rbuf); /* <= reply_max */
     if (need > r->rcap) {
       unsigned char *b = realloc(r->rbuf, need);
       if (b) {
@@ -611,6 +632,7 @@ int remote_open(const char *host, int port, const grid_options_t *opts,
   r->port = port;
   snprintf(r->client_name, sizeof r->client_name, "%s",
            opts && opts->client_name ? opts->client_name : "");
+  r->reply_bytes_max = opts ? opts->reply_bytes_max : 0;
   r->fd = -1;
   for (uint32_t i = 0; i < REMOTE_INFLIGHT_MAX; i++)
     r->slots[i].next_free = i + 1 < REMOTE_INFLIGHT_MAX ? i + 2 : 0;

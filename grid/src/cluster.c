@@ -1,5 +1,6 @@
 #include "cluster.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -448,6 +449,7 @@ static void cluster_apply_on_loop(net_loop_t *lp, void *arg) {
   lp->pmap = m;
   lp->self = pmap_node_index(m, lp->net->node->node_id);
   repl_on_map(lp);
+  net_loop_on_map(lp); /* peers' records that waited for this map */
 }
 
 /* Hands a copy of the map to every loop. */
@@ -867,11 +869,86 @@ void cluster_free(cluster_t *c) {
   free(c);
 }
 
+/* The host part of "host:port" or "[v6]:port" into out; 0 or -1. */
+static int cluster_addr_host(const char *addr, char *out, size_t out_len) {
+  const char *colon = strrchr(addr, ':');
+  if (!colon) return -1;
+  const char *h = addr;
+  size_t n = (size_t)(colon - addr);
+  if (n >= 2 && h[0] == '[' && h[n - 1] == ']') {
+    h++;
+    n -= 2;
+  }
+  if (n == 0 || n >= out_len) return -1;
+  memcpy(out, h, n);
+  out[n] = '\0';
+  return 0;
+}
+
+/* Whether a node advertising addr may connect from ip: when the advertised
+ * host is an IP address, the connection must come from it (a hostname is
+ * not resolved here: the id decides). */
+static int cluster_addr_matches(const char *addr, const char *ip) {
+  char host[PMAP_ADDR_MAX];
+  if (cluster_addr_host(addr, host, sizeof host) != 0) return 0;
+  unsigned char a[16], b[16];
+  int fam = strchr(host, ':') ? AF_INET6 : AF_INET;
+  if (inet_pton(fam, host, a) != 1) return 1;
+  if (inet_pton(strchr(ip, ':') ? AF_INET6 : AF_INET, ip, b) != 1) return 0;
+  return (strchr(ip, ':') != NULL) == (fam == AF_INET6) &&
+         memcmp(a, b, fam == AF_INET6 ? 16 : 4) == 0;
+}
+
+int cluster_peer_check(cluster_t *c, const char *node_id, const char *ip, char *why,
+                       size_t why_len) {
+  if (strcmp(node_id, c->node->node_id) == 0) {
+    snprintf(why, why_len, "a node does not link to itself (node id %.64s)", node_id);
+    return GRID_EHANDSHAKE;
+  }
+  const char *addr = NULL;
+  char found[PMAP_ADDR_MAX];
+  pthread_rwlock_rdlock(&c->map_lock);
+  int i = pmap_node_index(&c->map, node_id);
+  if (i >= 0) {
+    snprintf(found, sizeof found, "%s", c->map.nodes[i].addr);
+    addr = found;
+  }
+  pthread_rwlock_unlock(&c->map_lock);
+  if (!addr) { /* alive in ZooKeeper, not in a map yet (just joined) */
+    pthread_mutex_lock(&c->lock);
+    for (size_t k = 0; k < c->nalive && !addr; k++) {
+      if (strcmp(c->alive[k].id, node_id) != 0) continue;
+      snprintf(found, sizeof found, "%s", c->alive[k].addr);
+      addr = found;
+    }
+    pthread_mutex_unlock(&c->lock);
+  }
+  if (!addr) {
+    snprintf(why, why_len, "node id %.64s is not a member of this cluster", node_id);
+    return GRID_EHANDSHAKE;
+  }
+  if (!cluster_addr_matches(addr, ip)) {
+    snprintf(why, why_len, "node %.64s advertises %.128s but connects from %.64s", node_id,
+             addr, ip);
+    return GRID_EHANDSHAKE;
+  }
+  return 0;
+}
+
+uint64_t cluster_newest_epoch(cluster_t *c) {
+  pthread_rwlock_rdlock(&c->map_lock);
+  uint64_t e = c->map.epoch;
+  pthread_rwlock_unlock(&c->map_lock);
+  return e;
+}
+
 int cluster_accepts(cluster_t *c, const char *cache, uint32_t p, uint64_t epoch,
                     const char *from_node) {
   pthread_rwlock_rdlock(&c->map_lock);
-  int ok = epoch >= c->map.epoch;
-  if (!ok) {
+  /* A map this node has not read is no map at all: the caller waits for it
+   * before it asks (net), so what is still ahead here is refused. */
+  int ok = epoch == c->map.epoch;
+  if (!ok && epoch < c->map.epoch) {
     const pmap_cache_t *pc = pmap_find_cache(&c->map, cache);
     int from = pmap_node_index(&c->map, from_node);
     ok = pc && from >= 0 && pmap_leader(pc, p) == from;

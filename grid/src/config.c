@@ -30,6 +30,7 @@ static const config_key_t config_keys[] = {
     CFG_N(resp_port, CFG_INT, -1, 65535),
     CFG_S(resp_port_file),
     CFG_N(resp_args_max, CFG_INT, 3, 10000000),
+    CFG_N(resp_command_bytes_max, CFG_SIZE, 0, (int64_t)1 << 30),
     CFG_S(node_id),
     CFG_N(loops, CFG_INT, 0, 64),
     CFG_N(memory_bytes_max, CFG_SIZE, 0, INT64_MAX),
@@ -39,8 +40,8 @@ static const config_key_t config_keys[] = {
     CFG_N(batch_keys_max, CFG_INT, 1, 1000000),
     CFG_N(scan_count_max, CFG_INT, 1, 1000000),
     CFG_N(caches_max, CFG_INT, 1, 100000),
-    CFG_N(partitions_default, CFG_INT, 1, 65536),
-    CFG_N(partitions_max, CFG_INT, 1, 65536),
+    CFG_N(partitions_default, CFG_INT, 1, PMAP_PARTITIONS_MAX),
+    CFG_N(partitions_max, CFG_INT, 1, PMAP_PARTITIONS_MAX),
     CFG_N(connections_max, CFG_INT, 1, 1000000),
     CFG_N(output_bytes_max, CFG_SIZE, 4096, INT64_MAX),
     CFG_N(handshake_timeout_ms, CFG_INT, 1, 3600000),
@@ -66,6 +67,7 @@ void config_defaults(config_t *c) {
   c->listen = 1;
   c->resp_port = -1;
   c->resp_args_max = 1024 * 1024;
+  c->resp_command_bytes_max = 0; /* as frame_bytes_max */
   c->loops = 0;
   c->memory_bytes_max = 0;
   c->frame_bytes_max = 64 << 20;
@@ -257,6 +259,8 @@ void config_finish(config_t *c) {
   }
   if (c->partitions_default > c->partitions_max)
     c->partitions_default = c->partitions_max;
+  /* A RESP command is bounded as a native frame is, unless set apart. */
+  if (c->resp_command_bytes_max == 0) c->resp_command_bytes_max = c->frame_bytes_max;
 }
 
 void config_print(const config_t *c, void *fp) {

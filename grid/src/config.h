@@ -20,6 +20,8 @@ typedef struct config {
   int64_t resp_port;              /* Redis-protocol port; -1: none, 0: any */
   char resp_port_file[256];       /* if set, the bound RESP port goes here */
   int64_t resp_args_max;          /* arguments of one RESP command at most */
+  int64_t resp_command_bytes_max; /* one RESP command's bytes at most (all
+                                     its arguments); 0 = frame_bytes_max */
   char node_id[64];               /* empty: generated at start */
   int64_t loops;                  /* event loop threads; 0 = one per core */
   int64_t memory_bytes_max;       /* entry memory at most; 0 = 1/4 of RAM */

@@ -38,7 +38,7 @@ static void usage(FILE *f) {
           "Command-line flags override the config file. Settings (sizes take\n"
           "K, M, G; times are milliseconds):\n"
           "  bind, port, listen, port_file, resp_port, resp_port_file,\n"
-          "  resp_args_max, node_id, loops, memory_bytes_max,\n"
+          "  resp_args_max, resp_command_bytes_max, node_id, loops, memory_bytes_max,\n"
           "  frame_bytes_max, key_bytes_max, value_bytes_max, batch_keys_max,\n"
           "  scan_count_max, caches_max, partitions_default, partitions_max,\n"
           "  connections_max, output_bytes_max, handshake_timeout_ms,\n"

@@ -23,6 +23,7 @@
 #include "repl.h"
 #include "route.h"
 #include "resp.h"
+#include "cluster.h"
 
 static void conn_close(conn_t *c);
 static void conn_resume(conn_t *c);
@@ -206,6 +207,21 @@ static void conn_on_hello(conn_t *c, const unsigned char *p, size_t len) {
     conn_fail(c, GRID_EHANDSHAKE, detail);
     return;
   }
+  if (h->role == GRID__ROLE__ROLE_PEER) {
+    /* Until nodes authenticate (TLS), a peer must at least be a member of
+     * the cluster, connecting from the address it advertises: records from
+     * anyone else would bypass every client check. */
+    char why[256];
+    int rc = n->cluster ? cluster_peer_check(n->cluster, h->client_name ? h->client_name : "",
+                                             c->ip, why, sizeof why)
+                        : GRID_EHANDSHAKE;
+    if (!n->cluster) snprintf(why, sizeof why, "this node is not in a cluster: it has no peers");
+    if (rc != 0) {
+      LOG_W("net", "\"peer refused\" peer=%s reason=\"%s\"", c->peer, why);
+      conn_fail(c, rc, why);
+      return;
+    }
+  }
   Grid__HelloReply hr = GRID__HELLO_REPLY__INIT;
   hr.node_id = n->node_id;
   hr.version = NET_PROTOCOL_VERSION;
@@ -222,26 +238,39 @@ static void conn_on_hello(conn_t *c, const unsigned char *p, size_t len) {
         h->client_name ? h->client_name : "");
 }
 
-static void conn_on_request(conn_t *c, const unsigned char *p, size_t len) {
+/* Serves one request frame. 1 when it must wait for a newer map (the
+ * frame is not consumed), else 0. */
+static int conn_on_request(conn_t *c, const unsigned char *p, size_t len) {
   arena_t *a = &c->lp->arena;
   Grid__Request *rq = grid__request__unpack(&a->pb, len, p);
   if (!rq) {
     conn_fail(c, GRID_EPROTO, "a request frame does not decode as a Request");
-    return;
+    return 0;
   }
-  if (c->lp->net->node->cluster && route_request(c, rq)) return; /* answered later */
+  if (c->lp->net->node->cluster) {
+    int r = route_request(c, rq);
+    if (r == ROUTE_WAIT_MAP) {
+      conn_wait_map(c);
+      return 1;
+    }
+    if (r == ROUTE_TAKEN) return 0; /* answered now or later */
+  }
   Grid__Reply rp = GRID__REPLY__INIT;
   ops_execute(c->lp->net->node, &c->lp->view, rq, &rp, a);
   if (conn_send(c, &rp.base) != 0) conn_close(c);
+  return 0;
 }
 
 static void conn_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   (void)suggested;
   conn_t *c = h->data;
-  size_t frame_max = (size_t)c->lp->net->node->cfg.frame_bytes_max;
-  /* The buffer holds at most one unfinished frame plus what arrived with
-   * it: bounded by frame_bytes_max, whatever the peer sends. */
-  size_t limit = FRAME_HEADER_BYTES + frame_max + NET_RBUF_BYTES;
+  const config_t *cfg = &c->lp->net->node->cfg;
+  size_t frame_max = (size_t)cfg->frame_bytes_max;
+  /* The buffer holds at most one unfinished frame (or RESP command) plus
+   * what arrived with it: bounded by frame_bytes_max (resp_command_bytes_max),
+   * whatever the peer sends; the parsers refuse what would not fit. */
+  size_t limit = c->resp ? (size_t)cfg->resp_command_bytes_max + NET_RBUF_BYTES
+                         : FRAME_HEADER_BYTES + frame_max + NET_RBUF_BYTES;
   size_t want = NET_RBUF_BYTES;
   if (c->rlen >= FRAME_HEADER_BYTES && !c->closing && !c->resp) {
     size_t need = FRAME_HEADER_BYTES + (size_t)frame_get_header(c->rbuf);
@@ -304,10 +333,14 @@ static void conn_process(conn_t *c) {
       conn_fail(c, GRID_EFRAMETOOBIG, detail);
       break;
     }
-    if (c->handshaken)
-      conn_on_request(c, payload, plen);
-    else
+    if (c->handshaken) {
+      if (conn_on_request(c, payload, plen)) {
+        arena_reset(&c->lp->arena);
+        break; /* the frame waits for a newer map */
+      }
+    } else {
       conn_on_hello(c, payload, plen);
+    }
     arena_reset(&c->lp->arena);
     off += flen;
   }
@@ -360,9 +393,32 @@ static void conn_resume(conn_t *c) {
   c->paused = 0;
   if (c->frame_started_ms) c->frame_started_ms = clock_mono_ms();
   conn_process(c); /* frames that waited while output was full */
-  if (c->paused || c->closing || uv_is_closing((uv_handle_t *)&c->tcp)) return;
+  if (c->paused || c->map_wait || c->closing || uv_is_closing((uv_handle_t *)&c->tcp)) return;
   if (uv_read_start((uv_stream_t *)&c->tcp, conn_on_alloc, conn_on_read) != 0)
     conn_close(c);
+}
+
+void conn_wait_map(conn_t *c) {
+  if (!c->map_wait) {
+    c->map_wait = 1;
+    c->map_wait_since_ms = clock_mono_ms();
+  }
+  if (!uv_is_closing((uv_handle_t *)&c->tcp)) uv_read_stop((uv_stream_t *)&c->tcp);
+}
+
+/* A waiting connection goes on: its frame is looked at again. */
+static void conn_map_resume(conn_t *c) {
+  c->map_wait = 0;
+  if (c->paused) return; /* resumed once its output drains */
+  conn_resume(c);
+}
+
+void net_loop_on_map(net_loop_t *lp) {
+  conn_t *next;
+  for (conn_t *c = lp->conns; c; c = next) {
+    next = c->next;
+    if (c->map_wait && !uv_is_closing((uv_handle_t *)&c->tcp)) conn_map_resume(c);
+  }
 }
 
 /* ---- life cycle -------------------------------------------------------- */
@@ -482,6 +538,7 @@ static void net_on_connection(uv_stream_t *server, int status) {
       port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
     }
     snprintf(c->peer, sizeof c->peer, "%s:%d", ip, port);
+    snprintf(c->ip, sizeof c->ip, "%s", ip);
   }
   uv_tcp_nodelay(&c->tcp, 1);
   c->accepted_ms = clock_mono_ms();
@@ -517,6 +574,14 @@ static void net_on_cron(uv_timer_t *t) {
     if (uv_is_closing((uv_handle_t *)&c->tcp)) continue;
     if (c->closing) {
       if (now - c->closing_since_ms >= NET_LINGER_MS) conn_close(c);
+      continue;
+    }
+    if (c->map_wait) {
+      /* The map a peer's record names never came: refuse the record. */
+      if (now - c->map_wait_since_ms >= n->cfg.forward_timeout_ms) {
+        c->map_wait_over = 1;
+        conn_map_resume(c);
+      }
       continue;
     }
     char detail[96];

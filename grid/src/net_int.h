@@ -47,10 +47,16 @@ typedef struct conn {
   unsigned counted : 1;        /* counted in node->connections */
   unsigned peer_role : 1;      /* the peer said hello as a grid node */
   unsigned closed : 1;         /* libuv closed it; freed when refs is 0 */
+  unsigned map_wait : 1;       /* a peer's record names a map not read here
+                                  yet: reading stops, the frame waits */
+  unsigned map_wait_over : 1;  /* ... for longer than forward_timeout_ms:
+                                  the record is refused */
+  int64_t map_wait_since_ms;
   char peer_id[64];            /* a peer's node id, from its hello */
   struct resp_conn *resp;      /* a Redis-protocol client's state, or NULL */
   int refs;                    /* deferred requests that will answer on it */
-  char peer[64];
+  char peer[64];               /* "ip:port", for logs */
+  char ip[48];                 /* the peer's address alone */
 } conn_t;
 
 /* Work handed to a loop from another thread. */
@@ -124,5 +130,11 @@ void conn_close_when_written(conn_t *c);
 void conn_shutdown_if_drained(conn_t *c);
 int conn_output_full(const conn_t *c);
 void conn_pause(conn_t *c);
+/* A peer's record waits for a map this node has not read yet (route):
+ * reading stops until the loop gets a newer map or forward_timeout_ms
+ * passes. */
+void conn_wait_map(conn_t *c);
+/* The loop has a newer map: connections waiting for one go on. */
+void net_loop_on_map(net_loop_t *lp);
 
 #endif

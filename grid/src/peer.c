@@ -174,8 +174,11 @@ static void peer_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   peer_t *p = h->data;
   size_t want = PEER_RBUF_BYTES;
   if (p->rlen >= FRAME_HEADER_BYTES) {
-    size_t need = FRAME_HEADER_BYTES + (size_t)frame_get_header(p->rbuf) + 1024;
-    if (need > want) want = need;
+    /* Grown to the announced frame only within frame_bytes_max: a longer
+     * one fails the link in peer_on_read, unread. */
+    size_t announced = (size_t)frame_get_header(p->rbuf);
+    size_t need = FRAME_HEADER_BYTES + announced + 1024;
+    if (announced <= (size_t)p->lp->net->node->cfg.frame_bytes_max && need > want) want = need;
   }
   if (p->rcap - p->rlen < 1024 || p->rcap < want) {
     size_t cap = p->rcap * 2 > want ? p->rcap * 2 : want;

@@ -420,7 +420,12 @@ int pmap_decode(const unsigned char *buf, size_t len, pmap_t *m) {
     const Grid__PmapCache *pc = pm->caches[i];
     pmap_cache_t *c = &m->caches[i];
     size_t n = (size_t)pc->partitions * pc->copies;
-    if (pc->owners.len != n || pc->states.len != n || pc->copies == 0) {
+    /* A map from the network or from ZooKeeper is input like any other: a
+     * cache without partitions, or with more than any node accepts, would
+     * trip the placement arithmetic of every reader. */
+    if (pc->partitions == 0 || pc->partitions > PMAP_PARTITIONS_MAX || pc->copies == 0 ||
+        pc->copies > PMAP_NODES_MAX || pc->owners.len != n || pc->states.len != n ||
+        !pc->name || strlen(pc->name) >= sizeof c->name) {
       rc = GRID_EPROTO;
       break;
     }

@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #define PMAP_NODES_MAX 255  /* node indexes are one byte in the map */
+#define PMAP_PARTITIONS_MAX 65536 /* partitions of one cache (partitions_max's bound) */
 #define PMAP_ID_MAX 64
 #define PMAP_ADDR_MAX 128
 #define PMAP_ZONE_MAX 64

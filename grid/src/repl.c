@@ -241,7 +241,7 @@ static void repl_capture(void *ctx, const void *key, size_t key_len,
   repl_rec_t *r = ctx;
   r->mem = malloc(key_len + value_len + 1);
   if (!r->mem) return; /* the write is then answered as not replicated */
-  memcpy(r->mem, key, key_len);
+  if (key_len) memcpy(r->mem, key, key_len); /* an empty key may be NULL */
   if (value_len) memcpy(r->mem + key_len, value, value_len);
   grid__request__init(&r->rq);
   r->rq.op = GRID__OP__REPL;
@@ -534,11 +534,20 @@ void repl_on_peer_request(net_loop_t *lp, const char *from_node,
     ops_reply_error(rp, GRID_ESTALE, "not the partition's primary in this node's map", &lp->arena);
     return;
   }
+  store_t *store = lp->net->node->store;
   if (rq->op == GRID__OP__REPL) {
+    /* A record passes the limits a client's write does: a primary under
+     * other settings, or a forged record, must not put past them. */
+    int rc = store_check_sizes(store, rq->key.len, rq->deleted ? 0 : rq->value.len);
+    if (rc != 0) {
+      ops_reply_error(rp, rc, "in a replication record", &lp->arena);
+      return;
+    }
     store_key_t k;
     store_key_init(sc, rq->key.data, rq->key.len, &k);
-    int rc = store_apply(sc, &k, rq->deleted ? NULL : rq->value.data, rq->value.len,
-                         rq->version, rq->expire_at_ms);
+    /* An empty value arrives as NULL data: only `deleted` means a delete. */
+    const void *value = rq->deleted ? NULL : rq->value.data ? rq->value.data : (uint8_t *)"";
+    rc = store_apply(sc, &k, value, rq->value.len, rq->version, rq->expire_at_ms);
     if (rc != 0) ops_reply_error(rp, rc, NULL, &lp->arena);
     return;
   }
@@ -555,10 +564,15 @@ void repl_on_peer_request(net_loop_t *lp, const char *from_node,
       ops_reply_error(rp, GRID_EPROTO, "a fill entry does not decode", &lp->arena);
       return;
     }
+    int rc = store_check_sizes(store, e->key.len, e->value.len);
+    if (rc != 0) {
+      ops_reply_error(rp, rc, "in a fill entry", &lp->arena);
+      return;
+    }
     store_key_t k;
     store_key_init(sc, e->key.data, e->key.len, &k);
-    int rc = store_apply(sc, &k, e->value.data ? e->value.data : (uint8_t *)"", e->value.len,
-                         e->version, e->expire_at_ms);
+    rc = store_apply(sc, &k, e->value.data ? e->value.data : (uint8_t *)"", e->value.len,
+                     e->version, e->expire_at_ms);
     if (rc != 0) {
       ops_reply_error(rp, rc, NULL, &lp->arena);
       return;

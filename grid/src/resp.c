@@ -46,6 +46,19 @@ struct resp_conn {
   char name[128];            /* CLIENT SETNAME */
   int quit;                  /* QUIT: close once the replies are out */
   char why[64];              /* words of a protocol error being reported */
+  /* An unfinished multibulk command, so that a command arriving in many
+   * reads is looked at once, not again from its start on every read
+   * (which is quadratic in its size). Offsets count from the command's
+   * first byte, which stays the first unconsumed byte of the read buffer
+   * (the buffer may move or grow between reads: offsets survive that). */
+  int64_t mb_count;          /* arguments announced; 0: no command begun */
+  int64_t mb_got;            /* arguments complete */
+  size_t mb_pos;             /* the next byte to look at; inline: bytes
+                                already searched for the line's end */
+  struct resp_span { size_t off, len; } *spans; /* complete arguments */
+  size_t spans_cap;
+  struct resp_arg *argv;     /* a command's arguments past RESP_ARGV_STACK */
+  size_t argv_cap;
 };
 
 resp_conn_t *resp_conn_new(int cluster) {
@@ -58,6 +71,8 @@ resp_conn_t *resp_conn_new(int cluster) {
 
 void resp_conn_free(resp_conn_t *r) {
   if (!r) return;
+  free(r->spans);
+  free(r->argv);
   free(r->direct.buf);
   free(r->job);
   while (r->head) {
@@ -386,7 +401,7 @@ static resp_job_t *resp_job_new(conn_t *c, int cmd, size_t n) {
 typedef struct resp_arg {
   const char *p;
   size_t len;
-} resp_arg_t;
+} resp_arg_t; /* struct resp_arg: also in resp_conn */
 
 static int arg_is(const resp_arg_t *a, const char *word) {
   return a->len == strlen(word) && strncasecmp(a->p, word, a->len) == 0;
@@ -426,9 +441,20 @@ typedef struct resp_cmd {
   int args_max;      /* arguments at most, command included; 0: no bound */
 } resp_cmd_t;
 
+/* An error line's text may quote the client's own bytes: a CR or LF in it
+ * would end the line early and let the rest read as a reply of its own, so
+ * both become spaces (as Redis does). */
+static void resp_error_words(char *text) {
+  for (char *p = text; *p; p++)
+    if (*p == '\r' || *p == '\n') *p = ' ';
+}
+
 static void run_simple_error(conn_t *c, resp_slot_t *s, const char *text) {
   (void)c;
-  slot_printf(s, "-%s\r\n", text);
+  char line[512];
+  snprintf(line, sizeof line, "%s", text);
+  resp_error_words(line);
+  slot_printf(s, "-%s\r\n", line);
   s->done = 1;
 }
 
@@ -863,19 +889,19 @@ static void resp_dispatch_one(conn_t *c, resp_arg_t *argv, int argc) {
   if (!cmd) {
     resp_slot_t *s = resp_slot_new(c->resp);
     if (!s) return;
-    slot_printf(s, "-ERR unknown command '%.*s', with args beginning with: ",
-                (int)(argv[0].len > 128 ? 128 : argv[0].len), argv[0].p);
+    char line[512];
+    int at = snprintf(line, sizeof line, "ERR unknown command '%.*s', with args beginning with: ",
+                      (int)(argv[0].len > 128 ? 128 : argv[0].len), argv[0].p);
     /* As Redis: arguments until their text reaches 128 characters, the
      * last one cut to what is left. */
     size_t shown = 0;
-    for (int i = 1; i < argc && shown < 128; i++) {
+    for (int i = 1; i < argc && shown < 128 && at > 0 && (size_t)at < sizeof line; i++) {
       size_t room = 128 - shown;
       int n = (int)(argv[i].len < room ? argv[i].len : room);
-      slot_printf(s, "'%.*s' ", n, argv[i].p);
+      at += snprintf(line + at, sizeof line - (size_t)at, "'%.*s' ", n, argv[i].p);
       shown += (size_t)n + 3;
     }
-    slot_put(s, "\r\n", 2);
-    s->done = 1;
+    run_simple_error(c, s, line);
     return;
   }
   if ((cmd->arity > 0 && argc != cmd->arity) || (cmd->arity < 0 && argc < -cmd->arity) ||
@@ -899,8 +925,11 @@ static void resp_dispatch_one(conn_t *c, resp_arg_t *argv, int argc) {
 void resp_fail(conn_t *c, const char *why) {
   /* Whatever was answered goes first, then the error, then the close. */
   resp_flush_slots(c);
+  char words[240];
+  snprintf(words, sizeof words, "%s", why);
+  resp_error_words(words);
   char line[256];
-  int n = snprintf(line, sizeof line, "-ERR %s\r\n", why);
+  int n = snprintf(line, sizeof line, "-ERR %s\r\n", words);
   if (n > 0) conn_out(c, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
   conn_close_when_written(c);
 }
@@ -981,75 +1010,98 @@ static ssize_t resp_line_end(const char *p, size_t len) {
   return -1;
 }
 
-/* One command from buf. *used receives its bytes; argv points into buf
- * (multibulk) or into scratch (inline). */
-static int resp_parse(conn_t *c, const char *buf, size_t len, resp_arg_t **argv, int *argc,
-                      size_t *used, char **scratch, const char **why) {
+/* Room for n arguments: the caller's stack array when it is enough, else
+ * the connection's own (kept for the next command). */
+static resp_arg_t *resp_argv_room(resp_conn_t *r, resp_arg_t *stack, size_t n) {
+  if (n <= RESP_ARGV_STACK) return stack;
+  if (r->argv_cap < n) {
+    resp_arg_t *a = realloc(r->argv, n * sizeof *a);
+    if (!a) return NULL;
+    r->argv = a;
+    r->argv_cap = n;
+  }
+  return r->argv;
+}
+
+static void resp_partial_reset(resp_conn_t *r) {
+  r->mb_count = r->mb_got = 0;
+  r->mb_pos = 0;
+}
+
+/* One command from buf, continuing where the last call stopped. On
+ * RESP_DONE *used receives its bytes and *argv its arguments (pointing into
+ * buf for a multibulk, into *scratch, malloc'd, for an inline command);
+ * *argv is stack or the connection's. Bounds: resp_args_max arguments,
+ * resp_command_bytes_max bytes for the whole command. */
+static int resp_parse(conn_t *c, const char *buf, size_t len, resp_arg_t *stack,
+                      resp_arg_t **argv, int *argc, size_t *used, char **scratch,
+                      const char **why) {
   node_t *n = c->lp->net->node;
+  resp_conn_t *r = c->resp;
+  size_t cmd_max = (size_t)n->cfg.resp_command_bytes_max;
   if (buf[0] != '*') {
-    const char *nl = memchr(buf, '\n', len);
+    size_t from = r->mb_pos < len ? r->mb_pos : len;
+    const char *nl = memchr(buf + from, '\n', len - from);
     if (!nl) {
+      r->mb_pos = len;
       if (len > RESP_INLINE_BYTES_MAX) {
         *why = "Protocol error: too big inline request";
         return RESP_ERROR;
       }
       return RESP_NEED_MORE;
     }
+    r->mb_pos = 0;
     size_t line = (size_t)(nl - buf);
     size_t end = line > 0 && buf[line - 1] == '\r' ? line - 1 : line;
     *scratch = malloc(end + 1);
-    int max = (int)(end / 2 + 2);
-    *argv = malloc((size_t)max * sizeof **argv);
+    size_t max = end / 2 + 2;
+    *argv = resp_argv_room(r, stack, max);
     if (!*scratch || !*argv) {
       *why = "out of memory";
       return RESP_ERROR;
     }
-    int rc = resp_split_inline(buf, end, *scratch, *argv, max, argc);
+    int rc = resp_split_inline(buf, end, *scratch, *argv, (int)max, argc);
     if (rc != 0) {
       *why = "Protocol error: unbalanced quotes in request";
+      return RESP_ERROR;
+    }
+    if (*argc > n->cfg.resp_args_max) {
+      *why = "Protocol error: invalid multibulk length";
       return RESP_ERROR;
     }
     *used = line + 1;
     return RESP_DONE;
   }
-  ssize_t le = resp_line_end(buf, len);
-  if (le < 0) {
-    if (len > RESP_INLINE_BYTES_MAX) {
-      *why = "Protocol error: too big mbulk count string";
+  if (r->mb_count == 0) {
+    ssize_t le = resp_line_end(buf, len);
+    if (le < 0) {
+      if (len > RESP_INLINE_BYTES_MAX) {
+        *why = "Protocol error: too big mbulk count string";
+        return RESP_ERROR;
+      }
+      return RESP_NEED_MORE;
+    }
+    int64_t count;
+    resp_arg_t a = {buf + 1, (size_t)le - 1};
+    if (arg_i64(&a, &count) != 0 || count > n->cfg.resp_args_max) {
+      *why = "Protocol error: invalid multibulk length";
       return RESP_ERROR;
     }
-    return RESP_NEED_MORE;
-  }
-  char num[32];
-  size_t nl = (size_t)le - 1;
-  int64_t count;
-  resp_arg_t a = {buf + 1, nl};
-  if (nl >= sizeof num || arg_i64(&a, &count) != 0 || count > n->cfg.resp_args_max) {
-    *why = "Protocol error: invalid multibulk length";
-    return RESP_ERROR;
-  }
-  (void)num;
-  size_t pos = (size_t)le + 2;
-  if (count <= 0) { /* an empty command: nothing to run */
-    *argc = 0;
-    *used = pos;
-    return RESP_DONE;
-  }
-  if (count > RESP_ARGV_STACK) {
-    *argv = malloc((size_t)count * sizeof **argv);
-    if (!*argv) {
-      *why = "out of memory";
-      return RESP_ERROR;
+    if (count <= 0) { /* an empty command: nothing to run */
+      *argc = 0;
+      *used = (size_t)le + 2;
+      return RESP_DONE;
     }
+    r->mb_count = count;
+    r->mb_got = 0;
+    r->mb_pos = (size_t)le + 2;
   }
-  size_t bulk_max = (size_t)n->cfg.frame_bytes_max;
-  for (int64_t i = 0; i < count; i++) {
-    if (pos >= len) return RESP_NEED_MORE;
+  size_t pos = r->mb_pos;
+  while (r->mb_got < r->mb_count) {
+    if (pos >= len) break;
     if (buf[pos] != '$') {
-      /* The loop's own buffer: several loops parse at once. */
-      snprintf(c->resp->why, sizeof c->resp->why, "Protocol error: expected '$', got '%c'",
-               buf[pos]);
-      *why = c->resp->why;
+      snprintf(r->why, sizeof r->why, "Protocol error: expected '$', got '%c'", buf[pos]);
+      *why = r->why;
       return RESP_ERROR;
     }
     ssize_t e = resp_line_end(buf + pos, len - pos);
@@ -1058,22 +1110,50 @@ static int resp_parse(conn_t *c, const char *buf, size_t len, resp_arg_t **argv,
         *why = "Protocol error: too big bulk count string";
         return RESP_ERROR;
       }
-      return RESP_NEED_MORE;
+      break;
     }
     int64_t blen;
     resp_arg_t b = {buf + pos + 1, (size_t)e - 1};
-    if (arg_i64(&b, &blen) != 0 || blen < 0 || (uint64_t)blen > bulk_max) {
+    if (arg_i64(&b, &blen) != 0 || blen < 0 || (uint64_t)blen > cmd_max) {
       *why = "Protocol error: invalid bulk length";
       return RESP_ERROR;
     }
-    pos += (size_t)e + 2;
-    if (len - pos < (size_t)blen + 2) return RESP_NEED_MORE;
-    (*argv)[i].p = buf + pos;
-    (*argv)[i].len = (size_t)blen;
-    pos += (size_t)blen + 2;
+    size_t body = pos + (size_t)e + 2;
+    if (body + (size_t)blen + 2 > cmd_max) {
+      /* Refused as soon as it is announced, before its bytes arrive. */
+      *why = "Protocol error: command longer than resp_command_bytes_max";
+      return RESP_ERROR;
+    }
+    if (len - body < (size_t)blen + 2) break; /* wait for the argument */
+    if ((size_t)r->mb_got == r->spans_cap) {
+      size_t cap = r->spans_cap ? r->spans_cap * 2 : RESP_ARGV_STACK;
+      struct resp_span *sp = realloc(r->spans, cap * sizeof *sp);
+      if (!sp) {
+        *why = "out of memory";
+        return RESP_ERROR;
+      }
+      r->spans = sp;
+      r->spans_cap = cap;
+    }
+    r->spans[r->mb_got].off = body;
+    r->spans[r->mb_got].len = (size_t)blen;
+    r->mb_got++;
+    pos = body + (size_t)blen + 2;
   }
-  *argc = (int)count;
+  r->mb_pos = pos;
+  if (r->mb_got < r->mb_count) return RESP_NEED_MORE;
+  *argv = resp_argv_room(r, stack, (size_t)r->mb_count);
+  if (!*argv) {
+    *why = "out of memory";
+    return RESP_ERROR;
+  }
+  for (int64_t i = 0; i < r->mb_count; i++) {
+    (*argv)[i].p = buf + r->spans[i].off;
+    (*argv)[i].len = r->spans[i].len;
+  }
+  *argc = (int)r->mb_count;
   *used = pos;
+  resp_partial_reset(r);
   return RESP_DONE;
 }
 
@@ -1087,13 +1167,13 @@ void resp_input(conn_t *c) {
       if (conn_output_full(c) || uv_is_closing((uv_handle_t *)&c->tcp)) break;
     }
     resp_arg_t stack_argv[RESP_ARGV_STACK];
-    resp_arg_t *argv = stack_argv; /* parse puts a bigger one here if needed */
+    resp_arg_t *argv = stack_argv;
     char *scratch = NULL;
     int argc = 0;
     size_t used = 0;
     const char *why = NULL;
-    int r = resp_parse(c, (const char *)c->rbuf + off, c->rlen - off, &argv, &argc, &used,
-                       &scratch, &why);
+    int r = resp_parse(c, (const char *)c->rbuf + off, c->rlen - off, stack_argv, &argv, &argc,
+                       &used, &scratch, &why);
     if (r == RESP_DONE) {
       if (argc > 0) resp_dispatch(c, argv, argc);
       off += used;
@@ -1101,7 +1181,6 @@ void resp_input(conn_t *c) {
     } else if (r == RESP_ERROR) {
       resp_fail(c, why);
     }
-    if (argv != stack_argv) free(argv);
     free(scratch);
     if (r != RESP_DONE) break;
   }

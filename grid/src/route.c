@@ -489,39 +489,45 @@ int route_request(conn_t *c, Grid__Request *rq) {
   node_t *n = lp->net->node;
   switch (rq->op) {
     case GRID__OP__PING: case GRID__OP__STATS: case GRID__OP__LIST_CACHES:
-      return 0;
+      return ROUTE_LOCAL;
     case GRID__OP__REPL: case GRID__OP__FILL: {
       Grid__Reply rp = GRID__REPLY__INIT;
       if (!c->peer_role) {
         rp.id = rq->id;
         ops_reply_error(&rp, GRID_EBADOP, "replication is for grid nodes only", &lp->arena);
+      } else if (rq->epoch > cluster_newest_epoch(n->cluster) && !c->map_wait_over) {
+        /* The sender read a map this node has not read yet (both learn it
+         * from ZooKeeper a moment apart): its records wait, in order,
+         * rather than be refused, which would cost the copy a refill. */
+        return ROUTE_WAIT_MAP;
       } else {
+        c->map_wait_over = 0;
         repl_on_peer_request(lp, c->peer_id, rq, &rp);
       }
       conn_reply(c, &rp);
-      return 1;
+      return ROUTE_TAKEN;
     }
     case GRID__OP__PMAP:
       route_pmap(c, rq);
-      return 1;
+      return ROUTE_TAKEN;
     case GRID__OP__LEAVE: {
       cluster_leave(n->cluster, n->on_left, n);
       LOG_I("cluster", "\"asked to leave\" by=%s", c->peer);
       Grid__Reply rp = GRID__REPLY__INIT;
       rp.id = rq->id;
       conn_reply(c, &rp);
-      return 1;
+      return ROUTE_TAKEN;
     }
     case GRID__OP__CREATE_CACHE: case GRID__OP__DROP_CACHE:
       route_cache_op(c, rq);
-      return 1;
+      return ROUTE_TAKEN;
     default:
-      if (!ops_is_data_op(rq->op)) return 0; /* ops_execute answers: unknown op */
+      if (!ops_is_data_op(rq->op)) return ROUTE_LOCAL; /* ops_execute answers: unknown op */
       break;
   }
   if (!cluster_serving(n->cluster)) {
     route_reply_error(c, rq->id, GRID_ECLUSTER, "this node is not serving (no partition map, or no ZooKeeper)");
-    return 1;
+    return ROUTE_TAKEN;
   }
   const char *name = rq->cache ? rq->cache : "";
   const pmap_cache_t *pc = lp->pmap ? pmap_find_cache(lp->pmap, name) : NULL;
@@ -531,27 +537,27 @@ int route_request(conn_t *c, Grid__Request *rq) {
     char detail[96];
     snprintf(detail, sizeof detail, "\"%.64s\"", name);
     route_reply_error(c, rq->id, known ? GRID_ENOTREADY : GRID_ENOCACHE, detail);
-    return 1;
+    return ROUTE_TAKEN;
   }
   if (rq->op == GRID__OP__SIZE) {
     repl_sink_t sink;
     if (route_conn_sink(c, rq->id, &sink) != 0) {
       route_reply_error(c, rq->id, GRID_ENOMEM, NULL);
-      return 1;
+      return ROUTE_TAKEN;
     }
     route_size(lp, rq, pc, sink);
-    return 1;
+    return ROUTE_TAKEN;
   }
   if (rq->op == GRID__OP__GET_ALL || rq->op == GRID__OP__PUT_ALL ||
       rq->op == GRID__OP__DELETE_ALL) {
     route_batch(c, rq, pc);
-    return 1;
+    return ROUTE_TAKEN;
   }
   repl_sink_t sink;
   if (route_conn_sink(c, rq->id, &sink) != 0) {
     route_reply_error(c, rq->id, GRID_ENOMEM, NULL);
-    return 1;
+    return ROUTE_TAKEN;
   }
   route_key(lp, rq, pc, sink);
-  return 1;
+  return ROUTE_TAKEN;
 }

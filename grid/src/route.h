@@ -14,8 +14,13 @@
 typedef struct conn conn_t;
 typedef struct net_loop net_loop_t;
 
-/* 1 when the request was taken (answered now or later on c), 0 when the
- * caller runs it here. Only for a node in a cluster. */
+enum {
+  ROUTE_LOCAL = 0,    /* the caller runs it here (ops_execute) */
+  ROUTE_TAKEN = 1,    /* answered now, or later on c */
+  ROUTE_WAIT_MAP = 2, /* a peer's record of a map this node has not read
+                         yet: the caller keeps the frame and waits */
+};
+/* Where a request goes. Only for a node in a cluster. */
 int route_request(conn_t *c, Grid__Request *rq);
 
 /* Runs one keyed request (GET ... TTL) where its partition's primary is,

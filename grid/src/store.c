@@ -352,7 +352,7 @@ static store_entry_t *store_find(store_part_t *p, const store_key_t *k,
   store_entry_t **l = &p->buckets[k->hash & p->mask];
   for (store_entry_t *e = *l; e; l = &e->next, e = e->next) {
     if (e->hash == k->hash && e->key_len == k->len &&
-        memcmp(e->data, k->data, k->len) == 0) {
+        (k->len == 0 || memcmp(e->data, k->data, k->len) == 0)) {
       *link = l;
       return e;
     }
@@ -458,7 +458,7 @@ static int store_parse_i64(const unsigned char *v, size_t len, int64_t *out) {
 static int store_install(store_t *s, store_part_t *p, const store_key_t *k,
                          store_entry_t **link, store_entry_t *old,
                          const void *value, size_t value_len, uint64_t version,
-                         int64_t expire_at_ms) {
+                         int64_t expire_at_ms, store_entry_t **installed) {
   int64_t cost = store_entry_cost(k->len, value_len);
   int64_t delta = cost - (old ? store_entry_cost(old->key_len, old->value_len) : 0);
   int rc = store_mem_reserve(s, delta);
@@ -471,12 +471,17 @@ static int store_install(store_t *s, store_part_t *p, const store_key_t *k,
   e->hash = k->hash;
   e->key_len = (uint32_t)k->len;
   e->value_len = (uint32_t)value_len;
-  memcpy(e->data, k->data, k->len);
+  /* Empty keys and values are valid (as in Redis): their pointer may be
+   * NULL, which memcpy must not see even with length 0. */
+  if (k->len) memcpy(e->data, k->data, k->len);
   if (value_len) memcpy(e->data + k->len, value, value_len);
   e->data[k->len + value_len] = '\0';
   e->version = version;
   e->expire_at_ms = expire_at_ms;
+  if (installed) *installed = e;
   if (old) {
+    /* value may point into old (an expiry change keeps the value): it is
+     * copied above, and from here on only e holds it. */
     e->next = old->next;
     *link = e;
     free(old);
@@ -623,12 +628,16 @@ int store_write_rec(store_cache_t *c, const store_key_t *k, const store_write_t 
                    : w->expire_ms >= INT64_MAX - now_ms ? INT64_MAX : now_ms + w->expire_ms;
   uint64_t version = (atomic_load(&s->epoch) << STORE_VERSION_COUNTER_BITS) |
                      ((p->counter + 1) & STORE_COUNTER_MASK);
-  if ((rc = store_install(s, p, k, link, old, value, value_len, version, expire_at_ms)) != 0)
+  store_entry_t *e;
+  if ((rc = store_install(s, p, k, link, old, value, value_len, version, expire_at_ms, &e)) != 0)
     goto out;
   p->counter++;
   res->version = version;
   atomic_store_explicit(&p->sync.applied, p->counter & STORE_COUNTER_MASK, memory_order_release);
-  if (applied) applied(ctx, k->data, k->len, value, value_len, version, expire_at_ms);
+  /* The record is made from the entry as installed: value may have pointed
+   * into the entry it replaced, which is freed now. */
+  if (applied)
+    applied(ctx, e->data, e->key_len, e->data + e->key_len, e->value_len, version, expire_at_ms);
 out:
   pthread_mutex_unlock(&p->lock);
   free(joined);
@@ -724,7 +733,7 @@ int store_apply(store_cache_t *c, const store_key_t *k, const void *value,
     if (old) store_unlink_free(s, p, link, old);
     goto out;
   }
-  rc = store_install(s, p, k, link, old, value, value_len, version, expire_at_ms);
+  rc = store_install(s, p, k, link, old, value, value_len, version, expire_at_ms, NULL);
 out:
   pthread_mutex_unlock(&p->lock);
   return rc;
