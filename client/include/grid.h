@@ -43,7 +43,7 @@ extern "C" {
   XX(EBADOP, -12, "unknown operation")                                         \
   XX(EPROTO, -13, "protocol error: malformed frame or message")                \
   XX(EFRAMETOOBIG, -14, "frame longer than the node's frame_bytes_max")        \
-  XX(EHANDSHAKE, -15, "handshake refused: wrong magic or unsupported protocol version") \
+  XX(EHANDSHAKE, -15, "handshake refused") \
   XX(ETIMEDOUT, -16, "operation timed out")                                    \
   XX(ECONN, -17, "cannot connect to the node, or the connection was lost")     \
   XX(EUNKNOWN, -18, "a write was sent but no reply came (timeout or lost connection): its outcome is unknown") \

@@ -531,7 +531,11 @@ void repl_on_peer_request(net_loop_t *lp, const char *from_node,
                       ? part_of(rq->key.data, rq->key.len, store_cache_cfg(sc)->partitions)
                       : rq->partition;
   if (!cluster_accepts(lp->net->node->cluster, name, part, rq->epoch, from_node)) {
-    ops_reply_error(rp, GRID_ESTALE, "not the partition's primary in this node's map", &lp->arena);
+    ops_reply_error(rp, GRID_ESTALE,
+                    rq->epoch > cluster_newest_epoch(lp->net->node->cluster)
+                        ? "the record names a partition map this node never read"
+                        : "not the partition's primary in this node's map",
+                    &lp->arena);
     return;
   }
   store_t *store = lp->net->node->store;
