@@ -60,6 +60,19 @@ struct cluster {
   pthread_rwlock_t map_lock;  /* map: written here, read by loops fencing */
   pmap_t map;                 /* the map as last read (epoch 0: none) */
   int map_version;            /* its znode version, -1: no znode */
+  /* The lease (shared/DESIGN.md section 4): the loops serve data only
+   * before lease_until_ms (monotonic), which moves on each time ZooKeeper
+   * answers a ping: to the ping's send time plus half the session timeout.
+   * ZooKeeper expires the session no sooner than a session timeout after
+   * it last heard from this node, and others take its partitions only
+   * after that; so a node that was paused, or cut off, stops serving
+   * before anyone else may serve its partitions, whatever its threads
+   * were doing meanwhile. */
+  _Atomic int64_t lease_until_ms;
+  _Atomic int ping_inflight;
+  _Atomic int64_t lease_ms;      /* cluster_lease_ms, for the ping's thread */
+  _Atomic uint64_t session_gen;  /* a ping of an older session renews nothing */
+  int64_t ping_sent_ms;          /* cluster thread */
   /* shared with the loops (under lock) */
   atomic_int serving;
   int zk_ok;
@@ -306,6 +319,16 @@ static void cluster_report(cluster_t *c, const char *cache, uint32_t p,
                            const char *node_id, uint64_t epoch, int kind) {
   if (!c) return;
   pthread_mutex_lock(&c->lock);
+  /* The same report not written yet (a demote said again) is one report. */
+  for (size_t i = 0; i < c->nreports; i++) {
+    const Grid__ReadyItem *it = &c->reports[i];
+    if (it->kind == (uint32_t)kind && it->partition == p &&
+        it->epoch == (kind == CLUSTER_DEMOTE ? 0 : epoch) && strcmp(it->cache, cache) == 0 &&
+        strcmp(it->node, node_id) == 0) {
+      pthread_mutex_unlock(&c->lock);
+      return;
+    }
+  }
   if (c->nreports < CLUSTER_REPORTS_MAX) {
     Grid__ReadyItem *r = realloc(c->reports, (c->nreports + 1) * sizeof *r);
     if (r) {
@@ -675,6 +698,51 @@ static void cluster_set_serving(cluster_t *c, int serving) {
           c->node->node_id);
 }
 
+/* ---- the lease -------------------------------------------------------------- */
+
+typedef struct cluster_ping {
+  cluster_t *c;
+  int64_t sent_ms;
+  uint64_t gen;
+} cluster_ping_t;
+
+/* How long a ping's answer lets this node serve, from the ping's send. */
+static int64_t cluster_lease_ms(cluster_t *c) {
+  int64_t t = c->node->cfg.zk_session_timeout_ms;
+  int granted = c->zk ? zk_session_timeout_ms(c->zk) : 0;
+  if (granted > 0 && granted < t) t = granted;
+  return t / 2;
+}
+
+static void cluster_ping_done(void *arg, int rc) {
+  cluster_ping_t *pg = arg;
+  cluster_t *c = pg->c;
+  if (rc == 0 && pg->gen == atomic_load(&c->session_gen)) {
+    int64_t until = pg->sent_ms + atomic_load(&c->lease_ms);
+    int64_t cur = atomic_load(&c->lease_until_ms);
+    while (until > cur && !atomic_compare_exchange_weak(&c->lease_until_ms, &cur, until)) {
+    }
+  }
+  atomic_store(&c->ping_inflight, 0);
+  free(pg);
+}
+
+/* One ping in flight at most, every eighth of the session timeout: the
+ * lease (half of it) outlives three missed answers. */
+static void cluster_renew_lease(cluster_t *c, int64_t now) {
+  if (atomic_load(&c->ping_inflight) || now - c->ping_sent_ms < cluster_lease_ms(c) / 4) return;
+  cluster_ping_t *pg = malloc(sizeof *pg);
+  if (!pg) return;
+  *pg = (cluster_ping_t){c, now, atomic_load(&c->session_gen)};
+  atomic_store(&c->lease_ms, cluster_lease_ms(c));
+  atomic_store(&c->ping_inflight, 1);
+  c->ping_sent_ms = now;
+  if (zk_ping(c->zk, cluster_ping_done, pg) != 0) {
+    atomic_store(&c->ping_inflight, 0);
+    free(pg);
+  }
+}
+
 static void cluster_tick(cluster_t *c) {
   node_t *n = c->node;
   int64_t now = clock_mono_ms();
@@ -688,6 +756,8 @@ static void cluster_tick(cluster_t *c) {
   if (zk_expired(c->zk)) {
     LOG_W("cluster", "\"ZooKeeper session expired: starting a new one\" node=%s", n->node_id);
     cluster_set_serving(c, 0);
+    atomic_fetch_add(&c->session_gen, 1);
+    atomic_store(&c->lease_until_ms, 0);
     zk_close(c->zk);
     c->zk = NULL;
     return;
@@ -704,6 +774,7 @@ static void cluster_tick(cluster_t *c) {
     return;
   }
   c->last_connected_ms = now;
+  cluster_renew_lease(c, now);
   if (!c->registered) {
     int rc = cluster_register(c);
     if (rc != 0) {
@@ -1008,7 +1079,10 @@ int cluster_wait_left(cluster_t *c, int64_t timeout_ms) {
   return left ? 0 : GRID_ETIMEDOUT;
 }
 
-int cluster_serving(cluster_t *c) { return atomic_load_explicit(&c->serving, memory_order_relaxed); }
+int cluster_serving(cluster_t *c) {
+  return atomic_load_explicit(&c->serving, memory_order_relaxed) &&
+         clock_mono_ms() < atomic_load_explicit(&c->lease_until_ms, memory_order_relaxed);
+}
 
 void cluster_status(cluster_t *c, Grid__ClusterStatus *st) {
   pthread_mutex_lock(&c->lock);

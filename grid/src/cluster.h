@@ -40,8 +40,12 @@ void cluster_leave(cluster_t *c, void (*on_left)(void *arg), void *arg);
 /* Waits until this node has left (0) or timeout_ms passed (GRID_ETIMEDOUT). */
 int cluster_wait_left(cluster_t *c, int64_t timeout_ms);
 
-/* Whether this node may serve data now: it has a live session (or lost it
- * for less than its lease) and has read the partition map. */
+/* Whether this node may serve data now: it has read the partition map and
+ * holds its lease (ZooKeeper answered a ping sent less than half a session
+ * timeout ago), checked against the monotonic clock at the call. Callable
+ * from any thread; the loops call it before running a request and again
+ * before a reply that depends on the node's role leaves, so a process that
+ * was paused never answers from a role it may have lost meanwhile. */
 int cluster_serving(cluster_t *c);
 
 /* Creates or drops a cache cluster-wide, from a loop. done(lp, arg, status)

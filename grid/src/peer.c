@@ -15,12 +15,16 @@
 #define PEER_SLOT_BITS 12
 #define PEER_RBUF_BYTES 65536
 #define PEER_QUEUED_BYTES_MAX (64u << 20) /* frames waiting for the link */
+#define PEER_CONNECT_MS_MAX 2000 /* connect + handshake, at most (a cut
+                                   link would otherwise wait for TCP's own
+                                   give-up, minutes later) */
 
 enum { PEER_CONNECTING, PEER_HELLO, PEER_READY, PEER_DEAD };
 
 typedef struct peer_slot {
   uint64_t id;          /* 0: free */
   int is_write;
+  int sent;             /* handed to the socket: the node may have run it */
   int64_t deadline_ms;
   peer_reply_cb cb;
   void *arg;
@@ -35,6 +39,7 @@ struct peer {
   char node_id[PMAP_ID_MAX];
   char addr[PMAP_ADDR_MAX];
   int state;
+  int64_t started_ms;         /* when the connect began */
   unsigned char *rbuf;
   size_t rlen, rcap;
   unsigned char *queued;      /* frames written before the link was ready */
@@ -122,7 +127,9 @@ static void peer_fail(peer_t *p, const char *why) {
     if (!s->id) continue;
     peer_reply_cb cb = s->cb;
     void *arg = s->arg;
-    int status = s->is_write ? GRID_EUNKNOWN : GRID_ECONN;
+    /* A request that never left this node was not run anywhere: the
+     * caller may run it elsewhere (GRID_ECONN). */
+    int status = s->is_write && s->sent ? GRID_EUNKNOWN : GRID_ECONN;
     peer_slot_release(p, s);
     cb(arg, status, NULL);
   }
@@ -165,7 +172,12 @@ static void peer_on_hello(peer_t *p, const unsigned char *buf, size_t len) {
     size_t n = p->queued_len;
     p->queued = NULL;
     p->queued_len = p->queued_cap = 0;
-    if (peer_write_raw(p, q, n) != 0) peer_fail(p, "cannot write");
+    if (peer_write_raw(p, q, n) != 0) {
+      peer_fail(p, "cannot write"); /* nothing of it went out */
+      return;
+    }
+    for (uint32_t i = 0; i < PEER_INFLIGHT_MAX; i++)
+      if (p->slots[i].id) p->slots[i].sent = 1;
   }
 }
 
@@ -287,6 +299,7 @@ peer_t *peer_get(net_loop_t *lp, const char *node_id, const char *addr) {
   uv_tcp_init(&lp->loop, &p->tcp);
   p->tcp.data = p;
   p->state = PEER_CONNECTING;
+  p->started_ms = clock_mono_ms();
   p->next = lp->peers;
   lp->peers = p;
   if (uv_tcp_connect(&p->connect_req, &p->tcp, (struct sockaddr *)&ss, peer_on_connect) != 0)
@@ -339,6 +352,7 @@ int peer_call(peer_t *p, Grid__Request *rq, int64_t timeout_ms,
   p->free_head = s->next_free;
   p->inflight++;
   s->id = id;
+  s->sent = p->state == PEER_READY;
   s->is_write = peer_op_is_write(rq->op);
   s->deadline_ms = clock_mono_ms() + timeout_ms;
   s->cb = cb;
@@ -347,14 +361,23 @@ int peer_call(peer_t *p, Grid__Request *rq, int64_t timeout_ms,
 }
 
 void peer_cron(net_loop_t *lp, int64_t now_ms) {
-  for (peer_t *p = lp->peers; p; p = p->next) {
+  int64_t connect_ms = lp->net->node->cfg.forward_timeout_ms;
+  if (connect_ms > PEER_CONNECT_MS_MAX) connect_ms = PEER_CONNECT_MS_MAX;
+  peer_t *next;
+  for (peer_t *p = lp->peers; p; p = next) {
+    next = p->next;
+    if (p->state != PEER_READY && now_ms - p->started_ms >= connect_ms) {
+      /* What waits on it was never sent: it fails as such (GRID_ECONN). */
+      peer_fail(p, "no connection and handshake within the connect bound");
+      continue;
+    }
     if (!p->inflight) continue;
     for (uint32_t i = 0; i < PEER_INFLIGHT_MAX; i++) {
       peer_slot_t *s = &p->slots[i];
       if (!s->id || now_ms < s->deadline_ms) continue;
       peer_reply_cb cb = s->cb;
       void *arg = s->arg;
-      int status = s->is_write ? GRID_EUNKNOWN : GRID_ETIMEDOUT;
+      int status = !s->sent ? GRID_ECONN : s->is_write ? GRID_EUNKNOWN : GRID_ETIMEDOUT;
       peer_slot_release(p, s);
       cb(arg, status, NULL);
     }

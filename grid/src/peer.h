@@ -17,9 +17,9 @@ typedef struct peer peer_t;
 #define PEER_INFLIGHT_MAX 4096 /* requests in flight on one link */
 
 /* status is 0 with the node's reply (valid during the call only), or a
- * transport error with rp NULL: GRID_ECONN (not sent, or lost before a
- * read was answered), GRID_EUNKNOWN (a write sent, no reply),
- * GRID_ETIMEDOUT, GRID_EBUSY. */
+ * transport error with rp NULL: GRID_ECONN (never sent, so not run there;
+ * or a read lost before it was answered), GRID_EUNKNOWN (a write sent, no
+ * reply), GRID_ETIMEDOUT (a read sent, no reply). */
 typedef void (*peer_reply_cb)(void *arg, int status, const Grid__Reply *rp);
 
 /* The loop's link to node_id at addr ("host:port"), made if needed. */

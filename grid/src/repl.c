@@ -67,6 +67,40 @@ void repl_deliver(net_loop_t *lp, repl_sink_t sink, const Grid__Reply *rp) {
 
 static void repl_fail_packed(net_loop_t *lp, repl_packed_t *pk, int status, const char *why);
 
+/* Whether a reply that depends on this node leading the partition may
+ * leave now: the lease, read at the moment of release (after the state
+ * the reply describes was read, so that state was this node's to tell). */
+static int repl_leased(net_loop_t *lp) { return cluster_serving(lp->net->node->cluster); }
+
+#define REPL_LEASE_LOST_READ "this node's lease ran out before the reply left: not answered, retry"
+#define REPL_LEASE_LOST_WRITE "this node's lease ran out before the write's reply left: its outcome is unknown"
+
+/* Delivers rp, or an error when the lease ran out: status says which
+ * (GRID_ECLUSTER for what changed nothing, GRID_EUNKNOWN for a write). */
+static void repl_deliver_leased(net_loop_t *lp, repl_sink_t sink, const Grid__Reply *rp,
+                                int lost_status) {
+  if (repl_leased(lp)) {
+    repl_deliver(lp, sink, rp);
+    return;
+  }
+  Grid__Reply err = GRID__REPLY__INIT;
+  err.id = rp->id;
+  err.status = lost_status;
+  err.message = lost_status == GRID_EUNKNOWN ? REPL_LEASE_LOST_WRITE : REPL_LEASE_LOST_READ;
+  repl_deliver(lp, sink, &err);
+}
+
+/* A packed reply released on its loop, or failed when the lease ran out. */
+static void repl_release_packed(net_loop_t *lp, repl_packed_t *pk, int lost_status) {
+  if (!repl_leased(lp)) {
+    repl_fail_packed(lp, pk, lost_status,
+                     lost_status == GRID_EUNKNOWN ? REPL_LEASE_LOST_WRITE : REPL_LEASE_LOST_READ);
+    return;
+  }
+  if (lp->index == pk->sink.loop) repl_packed_on_loop(lp, pk);
+  else if (net_post(lp->net, pk->sink.loop, repl_packed_on_loop, pk) != 0) free(pk);
+}
+
 /* ---- per partition state (on its owner loop) ------------------------------ */
 
 enum { REPL_WAIT = 0, REPL_ACKED = 1, REPL_FAILED = 2 };
@@ -186,11 +220,7 @@ static void repl_advance(net_loop_t *lp, repl_part_t *part) {
       w->answered = 1;
       repl_packed_t *pk = w->reply;
       w->reply = NULL;
-      if (lp->index == pk->sink.loop) {
-        repl_packed_on_loop(lp, pk);
-      } else if (net_post(lp->net, pk->sink.loop, repl_packed_on_loop, pk) != 0) {
-        free(pk);
-      }
+      repl_release_packed(lp, pk, GRID_EUNKNOWN);
     }
     if (w->lprev) w->lprev->lnext = w->lnext;
     else rl->writes = w->lnext;
@@ -215,9 +245,7 @@ static void repl_advance(net_loop_t *lp, repl_part_t *part) {
     repl_wait_t *wt = *l;
     if (wt->release <= committed) {
       *l = wt->next;
-      repl_packed_t *pk = wt->reply;
-      if (lp->index == pk->sink.loop) repl_packed_on_loop(lp, pk);
-      else if (net_post(lp->net, pk->sink.loop, repl_packed_on_loop, pk) != 0) free(pk);
+      repl_release_packed(lp, wt->reply, GRID_ECLUSTER);
       free(wt);
     } else {
       l = &wt->next;
@@ -314,7 +342,7 @@ static void repl_answer_when(net_loop_t *lp, repl_part_t *part, uint64_t release
   if (!part || release <= atomic_load(&part->sync->committed) ||
       (!part->head && release <= atomic_load(&part->sync->applied))) {
     if (part && !part->head) repl_advance(lp, part);
-    repl_deliver(lp, sink, rp);
+    repl_deliver_leased(lp, sink, rp, GRID_ECLUSTER);
     return;
   }
   repl_wait_t *wt = malloc(sizeof *wt);
@@ -398,7 +426,7 @@ static void repl_run(net_loop_t *lp, const Grid__Request *rq, uint32_t p, repl_s
   w->nbackups = nb;
   if (cfg->sync == GRID_SYNC_PRIMARY) {
     /* Answered at once: the newest writes may be lost with the primary. */
-    repl_deliver(lp, sink, &rp);
+    repl_deliver_leased(lp, sink, &rp, GRID_EUNKNOWN);
     w->answered = 1;
   } else {
     w->reply = repl_pack(sink, &rp);
@@ -482,7 +510,7 @@ void repl_execute(net_loop_t *lp, const Grid__Request *rq, uint32_t p, repl_sink
                                         : atomic_load(&sync->applied);
       if (release <= atomic_load(&sync->committed)) {
         rp.epoch = lp->pmap ? lp->pmap->epoch : 0;
-        repl_deliver(lp, sink, &rp);
+        repl_deliver_leased(lp, sink, &rp, GRID_ECLUSTER);
         arena_close(&a);
         return;
       }
@@ -770,6 +798,12 @@ void repl_on_map(net_loop_t *lp) {
       if (!in_sync) {
         b->state = REPL_ACKED;
         w->waiting--;
+      } else if (b->state == REPL_FAILED) {
+        /* The map still counts a copy in sync that missed this write: the
+         * demote was not acted on (the coordinator moved to another map
+         * first, and a report names the map it was made in). Said again
+         * for this map, until a map reflects it. */
+        cluster_report_demote(n->cluster, pc->name, w->p, b->node_id);
       }
     }
   }
@@ -849,11 +883,17 @@ void repl_cron(net_loop_t *lp, int64_t now_ms) {
   for (repl_write_t *w = rl->writes; w; w = w->lnext) {
     if (w->answered || now_ms < w->deadline_ms || !w->reply) continue;
     /* The client hears the outcome is unknown; the write stays in line
-     * (applied here) until its backups answer or the map changes. */
+     * (applied here) until its backups answer or the map changes. A copy
+     * that has not answered by now is taken as out of sync: the partition
+     * is repaired (demote, refill) rather than held up without end. */
     repl_fail_packed(lp, w->reply, GRID_EUNKNOWN,
                      "backups did not acknowledge the write in time (forward_timeout_ms)");
     w->reply = NULL;
     w->answered = 1;
+    for (size_t i = 0; i < w->nbackups; i++)
+      if (w->backups[i].owning && w->backups[i].state != REPL_ACKED)
+        cluster_report_demote(lp->net->node->cluster, store_cache_cfg(w->cache)->name, w->p,
+                              w->backups[i].node_id);
   }
   for (repl_fill_t *f = rl->fills; f; f = f->next) repl_fill_step(lp, f, now_ms);
 }

@@ -76,10 +76,19 @@ typedef struct route_fwd {
   net_loop_t *lp;
 } route_fwd_t;
 
+/* A forward that never reached the primary (the link is down, or could
+ * not be made) ran nowhere: the client may send it again, so it hears
+ * GRID_ENOTREADY and retries within its deadline (once the map names the
+ * new primary, it goes there). Only a write that was sent and got no reply
+ * is of unknown outcome. */
+static int route_fwd_status(int status) { return status == GRID_ECONN ? GRID_ENOTREADY : status; }
+
 static void route_fwd_done(void *arg, int status, const Grid__Reply *rp) {
   route_fwd_t *f = arg;
   if (status != 0)
-    route_sink_error(f->lp, f->sink, 0, status, "forwarding to the partition's primary");
+    route_sink_error(f->lp, f->sink, 0, route_fwd_status(status),
+                     status == GRID_ECONN ? "the partition's primary cannot be reached: not run"
+                                          : "forwarding to the partition's primary");
   else
     repl_deliver(f->lp, f->sink, rp);
   free(f);
@@ -127,7 +136,8 @@ static void route_key(net_loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc,
   }
   if (rc != 0) {
     free(f);
-    route_sink_error(lp, sink, rq->id, rc, "forwarding to the partition's primary");
+    route_sink_error(lp, sink, rq->id, route_fwd_status(rc),
+                     "the partition's primary cannot be reached: not run");
   }
 }
 
@@ -231,7 +241,7 @@ static void route_part_done(void *arg, int status, const Grid__Reply *rp) {
   route_batch_t *b = part->b;
   size_t index = part->index;
   free(part);
-  route_batch_take(b, index, status, rp);
+  route_batch_take(b, index, route_fwd_status(status), rp);
 }
 
 /* A batch answering through sink (which it then owns). */
@@ -364,7 +374,7 @@ static void route_size(net_loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc
     }
     if (rc != 0) {
       free(part);
-      route_batch_take(b, 0, rc, NULL);
+      route_batch_take(b, 0, route_fwd_status(rc), NULL);
     }
   }
   if (--b->pending == 0) route_batch_finish(b);

@@ -68,6 +68,32 @@ int zk_connected(zk_t *z) { return zoo_state(z->zh) == ZOO_CONNECTED_STATE; }
 int zk_expired(zk_t *z) { return zoo_state(z->zh) == ZOO_EXPIRED_SESSION_STATE; }
 int zk_session_timeout_ms(zk_t *z) { return zoo_recv_timeout(z->zh); }
 
+typedef struct zk_ping_req {
+  zk_ping_cb done;
+  void *arg;
+} zk_ping_req_t;
+
+static void zk_ping_done(int rc, const struct Stat *st, const void *data) {
+  (void)st;
+  zk_ping_req_t *pr = (zk_ping_req_t *)data;
+  /* "/" always exists: ZOK and ZNONODE both mean the server answered. */
+  pr->done(pr->arg, rc == ZOK || rc == ZNONODE ? 0 : zk_err(rc));
+  free(pr);
+}
+
+int zk_ping(zk_t *z, zk_ping_cb done, void *arg) {
+  zk_ping_req_t *pr = malloc(sizeof *pr);
+  if (!pr) return GRID_ENOMEM;
+  pr->done = done;
+  pr->arg = arg;
+  int rc = zoo_aexists(z->zh, "/", 0, zk_ping_done, pr);
+  if (rc != ZOK) {
+    free(pr);
+    return zk_err(rc);
+  }
+  return 0;
+}
+
 int zk_create(zk_t *z, const char *path, const void *data, size_t len,
               int flags, char *created, size_t created_len) {
   int mode = 0;

@@ -29,6 +29,13 @@ int zk_expired(zk_t *z);
 /* The session timeout ZooKeeper granted. */
 int zk_session_timeout_ms(zk_t *z);
 
+/* A round trip to the ZooKeeper server that does not block: done(arg, rc)
+ * runs once, on the ZooKeeper client's completion thread, with 0 when the
+ * server answered within this session (so the session was alive when the
+ * request left), else an error. Returns an error (done never runs) or 0. */
+typedef void (*zk_ping_cb)(void *arg, int rc);
+int zk_ping(zk_t *z, zk_ping_cb done, void *arg);
+
 enum { ZK_PERSISTENT = 0, ZK_EPHEMERAL = 1, ZK_SEQUENTIAL = 2 };
 
 /* Creates path and its missing parents (persistent, empty). */
