@@ -4,10 +4,14 @@
  * started after the kill took to be acknowledged: the longest is the
  * failover time as a client sees it (detection, new map, new primary). The
  * client library retries writes the cluster refused unrun, so a write to a
- * partition of the dead node waits through the failover and then succeeds.
+ * partition of the dead node waits through the failover and then succeeds:
+ * a write started once the node is gone must not fail (target 0), with the
+ * 5 s deadline of every call; writes in flight at the kill may be of
+ * unknown outcome, and are counted apart.
  */
 #include <errno.h>
 #include <getopt.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -15,7 +19,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "grid.h"
 
@@ -32,22 +38,26 @@ typedef struct probe {
   int threads, keys;
   double kill_after_s, run_after_s;
   long kill_pid;
-  atomic_llong kill_at_us;
+  atomic_llong kill_at_us;   /* kill -9 sent */
+  atomic_llong dead_at_us;   /* the process is gone (its sockets closed) */
   atomic_int stop;
 } probe_t;
 
 typedef struct worker {
   probe_t *pr;
   int id;
-  long ok, unknown, failed, after_kill;
-  int64_t max_after_kill_us, sum_before_us;
+  long ok, unknown, failed;
+  long after, after_failed, after_unknown; /* started once the node was gone */
+  long inflight, inflight_unknown;         /* started before, answered after the kill */
+  int64_t max_after_us, sum_before_us;
   long n_before;
+  int first_error;                         /* of a write started after */
 } worker_t;
 
 static void *worker_main(void *arg) {
   worker_t *w = arg;
   probe_t *pr = w->pr;
-  grid_options_t o = {.timeout_ms = 10000, .client_name = "failover_probe"};
+  grid_options_t o = {.timeout_ms = 5000, .client_name = "failover_probe"};
   grid_t *g;
   int rc = grid_open(pr->uri, &o, &g);
   if (rc) {
@@ -60,21 +70,40 @@ static void *worker_main(void *arg) {
     snprintf(val, sizeof val, "%ld", i);
     int64_t t0 = now_us();
     rc = grid_put(g, pr->cache, key, strlen(key), val, strlen(val), 0, NULL);
-    int64_t dt = now_us() - t0;
-    long long kill = atomic_load(&pr->kill_at_us);
+    int64_t t1 = now_us();
+    long long kill = atomic_load(&pr->kill_at_us), dead = atomic_load(&pr->dead_at_us);
     if (rc == 0) w->ok++;
     else if (rc == GRID_EUNKNOWN) w->unknown++;
     else w->failed++;
-    if (kill && t0 >= kill) {
-      w->after_kill++;
-      if (rc == 0 && dt > w->max_after_kill_us) w->max_after_kill_us = dt;
+    if (dead && t0 >= dead) {
+      w->after++;
+      if (rc != 0) {
+        w->after_failed++;
+        if (rc == GRID_EUNKNOWN) w->after_unknown++;
+        if (!w->first_error) w->first_error = rc;
+      }
+      if (t1 - t0 > w->max_after_us) w->max_after_us = t1 - t0;
+    } else if (kill && t1 >= kill) {
+      w->inflight++;
+      if (rc == GRID_EUNKNOWN) w->inflight_unknown++;
     } else if (!kill && rc == 0) {
-      w->sum_before_us += dt;
+      w->sum_before_us += t1 - t0;
       w->n_before++;
     }
   }
   grid_close(g);
   return NULL;
+}
+
+/* Waits until pid has exited (its sockets are closed by then): through a
+ * pidfd, which becomes readable at the exit. 0, or -1 when it cannot tell. */
+static int wait_gone(long pid, int timeout_ms) {
+  int fd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+  if (fd < 0) return errno == ESRCH ? 0 : -1;
+  struct pollfd pfd = {.fd = fd, .events = POLLIN};
+  int rc = poll(&pfd, 1, timeout_ms) == 1 ? 0 : -1;
+  close(fd);
+  return rc;
 }
 
 static void usage(FILE *f) {
@@ -128,32 +157,47 @@ int main(int argc, char **argv) {
   if (kill((pid_t)pr.kill_pid, SIGKILL) != 0) {
     fprintf(stderr, "failover_probe: kill %ld: %s\n", pr.kill_pid, strerror(errno));
     atomic_store(&pr.stop, 1);
+  } else if (wait_gone(pr.kill_pid, 5000) != 0) {
+    fprintf(stderr, "failover_probe: cannot tell when pid %ld exited\n", pr.kill_pid);
   }
+  atomic_store(&pr.dead_at_us, now_us());
   fprintf(stderr, "failover_probe: killed pid %ld, writing on\n", pr.kill_pid);
   ts = (struct timespec){(time_t)pr.run_after_s, (long)((pr.run_after_s - (time_t)pr.run_after_s) * 1e9)};
   nanosleep(&ts, NULL);
   atomic_store(&pr.stop, 1);
-  long ok = 0, unknown = 0, failed = 0, after = 0, n_before = 0;
+  long ok = 0, unknown = 0, failed = 0, after = 0, after_failed = 0, after_unknown = 0;
+  long inflight = 0, inflight_unknown = 0, n_before = 0;
   int64_t max_after = 0, sum_before = 0;
+  int first_error = 0;
   for (int i = 0; i < pr.threads; i++) {
     pthread_join(t[i], NULL);
     ok += w[i].ok;
     unknown += w[i].unknown;
     failed += w[i].failed;
-    after += w[i].after_kill;
+    after += w[i].after;
+    after_failed += w[i].after_failed;
+    after_unknown += w[i].after_unknown;
+    inflight += w[i].inflight;
+    inflight_unknown += w[i].inflight_unknown;
     n_before += w[i].n_before;
     sum_before += w[i].sum_before_us;
-    if (w[i].max_after_kill_us > max_after) max_after = w[i].max_after_kill_us;
+    if (w[i].max_after_us > max_after) max_after = w[i].max_after_us;
+    if (!first_error) first_error = w[i].first_error;
   }
   double mean_before = n_before ? (double)sum_before / n_before : 0;
   if (json) {
     printf("{\"failover_ms\":%.1f,\"writes_ok\":%ld,\"writes_unknown\":%ld,\"writes_failed\":%ld,"
-           "\"writes_after_kill\":%ld,\"mean_write_before_kill_us\":%.1f}\n",
-           max_after / 1000.0, ok, unknown, failed, after, mean_before);
+           "\"writes_after_kill\":%ld,\"after_kill_failed\":%ld,\"after_kill_unknown\":%ld,"
+           "\"inflight_at_kill\":%ld,\"inflight_unknown\":%ld,\"mean_write_before_kill_us\":%.1f}\n",
+           max_after / 1000.0, ok, unknown, failed, after, after_failed, after_unknown, inflight,
+           inflight_unknown, mean_before);
   } else {
-    printf("failover (longest acknowledged write started after the kill): %.1f ms\n", max_after / 1000.0);
-    printf("writes: %ld acknowledged, %ld unknown outcome, %ld refused; %ld started after the kill\n",
-           ok, unknown, failed, after);
+    printf("writes started after the kill: %ld, failed %ld (of which unknown %ld)%s%s\n", after,
+           after_failed, after_unknown, first_error ? "; first error: " : "",
+           first_error ? grid_err_name(first_error) : "");
+    printf("longest wait of a write started after the kill: %.1f ms\n", max_after / 1000.0);
+    printf("in flight at the kill: %ld, of which unknown %ld\n", inflight, inflight_unknown);
+    printf("writes: %ld acknowledged, %ld unknown outcome, %ld refused\n", ok, unknown, failed);
     printf("mean write before the kill: %.1f us\n", mean_before);
   }
   return 0;
