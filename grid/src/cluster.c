@@ -39,6 +39,7 @@ typedef struct cluster_job {
 struct cluster {
   node_t *node;
   pthread_t thread;
+  int started;                /* the thread runs (cluster_start) */
   pthread_mutex_t lock;       /* everything below that the loops read */
   pthread_cond_t cond;
   int stop;
@@ -92,6 +93,13 @@ static void cluster_wake(void *arg) {
   pthread_mutex_lock(&c->lock);
   c->dirty = 1;
   pthread_cond_signal(&c->cond);
+  pthread_mutex_unlock(&c->lock);
+}
+
+/* Read everything again at the next tick (from the cluster thread). */
+static void cluster_mark_dirty(cluster_t *c) {
+  pthread_mutex_lock(&c->lock);
+  c->dirty = 1;
   pthread_mutex_unlock(&c->lock);
 }
 
@@ -575,7 +583,7 @@ static void cluster_coordinate(cluster_t *c, const store_cache_cfg_t *defs, size
      * took over): give the others one session timeout to come back before
      * a map without them is written. */
     LOG_D("cluster", "\"waiting for nodes to re-register before dropping them\"");
-    c->dirty = 1;
+    cluster_mark_dirty(c);
     pmap_free(&next);
     return;
   }
@@ -596,7 +604,7 @@ static void cluster_coordinate(cluster_t *c, const store_cache_cfg_t *defs, size
               (unsigned long long)(c->map_version + 2), next.nnodes);
       else if (rc != GRID_EVERSION && rc != GRID_EEXIST)
         LOG_W("cluster", "\"cannot write the partition map\" error=%s", grid_err_name(rc));
-      c->dirty = 1; /* read back what is there now */
+      cluster_mark_dirty(c); /* read back what is there now */
     }
   }
   pmap_free(&next);
@@ -783,7 +791,7 @@ static void cluster_tick(cluster_t *c) {
     }
     c->registered = 1;
     c->registered_ms = now;
-    c->dirty = 1;
+    cluster_mark_dirty(c);
   }
   /* Jobs first: a cache created now is read back below. */
   pthread_mutex_lock(&c->lock);
@@ -845,7 +853,7 @@ static void cluster_tick(cluster_t *c) {
       if (strcmp(coord, n->node_id) == 0) cluster_coordinate(c, defs, ndefs);
       cluster_set_serving(c, c->map_version >= 0);
     } else {
-      c->dirty = 1;
+      cluster_mark_dirty(c);
     }
     free(alive);
     free(defs);
@@ -876,12 +884,9 @@ static void *cluster_main(void *arg) {
   return NULL;
 }
 
-int cluster_start(node_t *n, cluster_t **out, char *err, size_t err_len) {
+int cluster_new(node_t *n, cluster_t **out) {
   cluster_t *c = calloc(1, sizeof *c);
-  if (!c) {
-    snprintf(err, err_len, "out of memory");
-    return GRID_ENOMEM;
-  }
+  if (!c) return GRID_ENOMEM;
   c->node = n;
   c->map_version = -1;
   pmap_init(&c->map);
@@ -894,12 +899,16 @@ int cluster_start(node_t *n, cluster_t **out, char *err, size_t err_len) {
   pthread_cond_init(&c->cond, &ca);
   pthread_condattr_destroy(&ca);
   atomic_init(&c->serving, 0);
+  *out = c;
+  return 0;
+}
+
+int cluster_start(cluster_t *c, char *err, size_t err_len) {
   if (pthread_create(&c->thread, NULL, cluster_main, c) != 0) {
     snprintf(err, err_len, "cannot start the cluster thread");
-    free(c);
     return GRID_ENOMEM;
   }
-  *out = c;
+  c->started = 1;
   return 0;
 }
 
@@ -908,7 +917,8 @@ void cluster_stop(cluster_t *c) {
   c->stop = 1;
   pthread_cond_signal(&c->cond);
   pthread_mutex_unlock(&c->lock);
-  pthread_join(c->thread, NULL);
+  if (c->started) pthread_join(c->thread, NULL);
+  c->started = 0;
   if (c->zk) zk_close(c->zk); /* the session ends: this node's znodes go */
   c->zk = NULL;
   atomic_store(&c->serving, 0);

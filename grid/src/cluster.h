@@ -26,7 +26,12 @@ typedef struct node node_t;
 typedef struct cluster cluster_t;
 typedef struct net_loop net_loop_t;
 
-int cluster_start(node_t *n, cluster_t **out, char *err, size_t err_len);
+/* The node's cluster state, made before its loops start (they look at
+ * node->cluster from their first request: until the thread runs and a map
+ * is read, they refuse data requests with GRID_ECLUSTER). */
+int cluster_new(node_t *n, cluster_t **out);
+/* Starts the cluster thread (node->advertise is set by then). */
+int cluster_start(cluster_t *c, char *err, size_t err_len);
 /* Leaves the cluster (the session ends, so this node's znodes go at once)
  * and stops the thread. The loops may still call in until cluster_free,
  * which comes after they have stopped. */

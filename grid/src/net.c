@@ -733,6 +733,8 @@ int net_start(node_t *n, net_t **out, char *err, size_t err_len) {
   cron_ms /= 4;
   if (cron_ms < 1) cron_ms = 1;
   if (cron_ms > NET_CRON_MS_MAX) cron_ms = NET_CRON_MS_MAX;
+  /* The node's pointer is set before any loop runs: loops read it. */
+  *out = net;
   int started = 0;
   for (int i = 0; i < net->nloops; i++) {
     net_loop_t *lp = &net->loops[i];
@@ -782,9 +784,9 @@ int net_start(node_t *n, net_t **out, char *err, size_t err_len) {
   if (rc != 0) {
     net->nloops = started;
     net_stop(net);
+    *out = NULL;
     return rc;
   }
-  *out = net;
   return 0;
 }
 

@@ -97,6 +97,20 @@ int node_start(const config_t *cfg, node_t **out, char *err, size_t err_len) {
     free(n);
     return GRID_ENOMEM;
   }
+  if (n->cfg.zk[0]) {
+    if (!n->cfg.listen) {
+      snprintf(err, err_len, "a cluster node needs its listener: set listen = on");
+      node_stop(n);
+      return GRID_ECONFIG;
+    }
+    store_set_repl_free(n->store, repl_part_free);
+    if (cluster_new(n, &n->cluster) != 0) {
+      snprintf(err, err_len, "out of memory");
+      n->cluster = NULL;
+      node_stop(n);
+      return GRID_ENOMEM;
+    }
+  }
   if (n->cfg.listen) {
     int rc = net_start(n, &n->net, err, err_len);
     if (rc != 0) {
@@ -122,12 +136,7 @@ int node_start(const config_t *cfg, node_t **out, char *err, size_t err_len) {
   } else {
     LOG_D("node", "\"started without a listener\" node=%s", n->node_id);
   }
-  if (n->cfg.zk[0]) {
-    if (!n->net) {
-      snprintf(err, err_len, "a cluster node needs its listener: set listen = on");
-      node_stop(n);
-      return GRID_ECONFIG;
-    }
+  if (n->cluster) {
     if (n->cfg.advertise[0])
       snprintf(n->advertise, sizeof n->advertise, "%s", n->cfg.advertise);
     else if (strcmp(n->cfg.bind, "0.0.0.0") == 0 || strcmp(n->cfg.bind, "::") == 0) {
@@ -138,10 +147,8 @@ int node_start(const config_t *cfg, node_t **out, char *err, size_t err_len) {
     } else
       snprintf(n->advertise, sizeof n->advertise, strchr(n->cfg.bind, ':') ? "[%s]:%d" : "%s:%d",
                n->cfg.bind, net_port(n->net));
-    store_set_repl_free(n->store, repl_part_free);
-    int rc = cluster_start(n, &n->cluster, err, err_len);
+    int rc = cluster_start(n->cluster, err, err_len);
     if (rc != 0) {
-      n->cluster = NULL;
       node_stop(n);
       return rc;
     }

@@ -6,7 +6,7 @@ set -euo pipefail
 BUILD=$1
 README=$2
 CC=$3
-SANITIZE=${4:-OFF}
+SANITIZERS=${4:-}   # what -fsanitize= the library was built with, or empty
 dir=$(mktemp -d /tmp/grid-readme-XXXXXX)
 trap 'rm -rf "$dir"' EXIT
 
@@ -17,7 +17,7 @@ lines=$(grep -cv '^\s*$' "$dir/example.c")
 echo "README example: $lines non-blank lines"
 
 flags=""
-case "$SANITIZE" in ON|on|1|TRUE|true) flags="-fsanitize=address,undefined" ;; esac
+[ -n "$SANITIZERS" ] && flags="-fsanitize=$SANITIZERS"
 export PKG_CONFIG_PATH="$dir/prefix/lib/pkgconfig:$dir/prefix/lib/x86_64-linux-gnu/pkgconfig"
 # shellcheck disable=SC2046
 "$CC" -Wall -Wextra -Werror $flags -o "$dir/example" "$dir/example.c" \
