@@ -759,6 +759,8 @@ static void cluster_tick(cluster_t *c) {
       c->zk = NULL;
       return;
     }
+    /* A ping of the closed session may never be answered. */
+    atomic_store(&c->ping_inflight, 0);
     c->registered = 0;
   }
   if (zk_expired(c->zk)) {
@@ -975,9 +977,12 @@ static int cluster_addr_matches(const char *addr, const char *ip) {
   unsigned char a[16], b[16];
   int fam = strchr(host, ':') ? AF_INET6 : AF_INET;
   if (inet_pton(fam, host, a) != 1) return 1;
-  if (inet_pton(strchr(ip, ':') ? AF_INET6 : AF_INET, ip, b) != 1) return 0;
-  return (strchr(ip, ':') != NULL) == (fam == AF_INET6) &&
-         memcmp(a, b, fam == AF_INET6 ? 16 : 4) == 0;
+  int ip_fam = strchr(ip, ':') ? AF_INET6 : AF_INET;
+  if (inet_pton(ip_fam, ip, b) != 1) return 0;
+  if (fam == ip_fam) return memcmp(a, b, fam == AF_INET6 ? 16 : 4) == 0;
+  /* An IPv4 peer on a dual-stack listener shows as ::ffff:a.b.c.d. */
+  static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  return fam == AF_INET && memcmp(b, mapped, 12) == 0 && memcmp(a, b + 12, 4) == 0;
 }
 
 int cluster_peer_check(cluster_t *c, const char *node_id, const char *ip, char *why,
