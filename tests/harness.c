@@ -368,20 +368,25 @@ void harness_send_frame(int fd, const ProtobufCMessage *m) {
   free(buf);
 }
 
-void harness_send_hello(int fd) {
+int harness_hello(int fd, int role, const char *name) {
   Grid__Hello h = GRID__HELLO__INIT;
   h.magic = 0x47524944u;
   h.version = 1;
-  h.client_name = "harness";
+  h.role = (Grid__Role)role;
+  h.client_name = (char *)name;
   harness_send_frame(fd, &h.base);
   unsigned char buf[1024];
   ssize_t n = harness_read_frame(fd, buf, sizeof buf, 5000);
   CHECK(n >= 0);
   Grid__HelloReply *hr = grid__hello_reply__unpack(NULL, (size_t)n, buf);
   CHECK(hr);
-  CHECK_EQ(hr->status, 0);
+  int status = hr->status;
+  if (status) fprintf(stderr, "   node said: %s\n", hr->message);
   grid__hello_reply__free_unpacked(hr, NULL);
+  return status;
 }
+
+void harness_send_hello(int fd) { CHECK_EQ(harness_hello(fd, GRID__ROLE__ROLE_CLIENT, "harness"), 0); }
 
 static ssize_t harness_read_exact(int fd, unsigned char *p, size_t len,
                                   int timeout_ms) {

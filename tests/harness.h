@@ -67,6 +67,8 @@ int harness_connect(int port);
 void harness_send_all(int fd, const void *p, size_t len);
 void harness_send_frame(int fd, const ProtobufCMessage *m);
 void harness_send_hello(int fd); /* and checks the reply */
+/* A Hello of role (GRID__ROLE__*) naming name; the reply's status. */
+int harness_hello(int fd, int role, const char *name);
 /* Reads one frame within timeout_ms into buf; returns its payload length,
  * -1 on EOF or error, -2 on timeout. */
 ssize_t harness_read_frame(int fd, unsigned char *buf, size_t cap, int timeout_ms);

@@ -248,23 +248,8 @@ static void test_resp_expire_replicated(void) {
   }
 }
 
-/* Sends a Hello of role PEER naming node_id; returns the reply's status. */
 static int peer_hello(int fd, const char *node_id) {
-  Grid__Hello h = GRID__HELLO__INIT;
-  h.magic = 0x47524944u;
-  h.version = 1;
-  h.role = GRID__ROLE__ROLE_PEER;
-  h.client_name = (char *)node_id;
-  harness_send_frame(fd, &h.base);
-  unsigned char buf[1024];
-  ssize_t n = harness_read_frame(fd, buf, sizeof buf, 5000);
-  CHECK(n >= 0);
-  Grid__HelloReply *hr = grid__hello_reply__unpack(NULL, (size_t)n, buf);
-  CHECK(hr);
-  int st = hr->status;
-  if (st) fprintf(stderr, "   node said: %s\n", hr->message);
-  grid__hello_reply__free_unpacked(hr, NULL);
-  return st;
+  return harness_hello(fd, GRID__ROLE__ROLE_PEER, node_id);
 }
 
 /* Sends a REPL record and returns the reply's status. */
