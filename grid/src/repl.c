@@ -103,6 +103,9 @@ static void repl_release_packed(net_loop_t *lp, repl_packed_t *pk, int lost_stat
 
 /* ---- per partition state (on its owner loop) ------------------------------ */
 
+typedef struct repl_part repl_part_t;
+static void repl_fail_waits(net_loop_t *lp, repl_part_t *part, int status, const char *why);
+
 enum { REPL_WAIT = 0, REPL_ACKED = 1, REPL_FAILED = 2 };
 
 typedef struct repl_backup {
@@ -122,6 +125,7 @@ typedef struct repl_write {
   int waiting;                   /* OWNING backups that have not acked */
   int refs;                      /* the FIFO, plus acks in flight */
   int answered;                  /* the sink got its reply */
+  int abandoned;                 /* given up: never counts as committed */
   int64_t deadline_ms;
   repl_sink_t sink;
   repl_packed_t *reply;          /* answered once committed */
@@ -135,7 +139,7 @@ typedef struct repl_wait {
   repl_packed_t *reply;
 } repl_wait_t;
 
-typedef struct repl_part {
+struct repl_part {
   repl_write_t *head, *tail;
   uint64_t handoff_epoch;        /* handing over in it: report when drained */
   repl_wait_t *waits;
@@ -143,7 +147,10 @@ typedef struct repl_part {
   store_t *store;
   store_cache_t *cache;          /* not a reference: the part lives in it */
   uint32_t p;
-} repl_part_t;
+  int abandoned;                 /* writes were given up when another node
+                                    took the lead: what is applied here past
+                                    committed is not committed */
+};
 
 typedef struct repl_fill {
   struct repl_fill *next;
@@ -215,7 +222,8 @@ static void repl_advance(net_loop_t *lp, repl_part_t *part) {
     repl_write_t *w = part->head;
     part->head = w->next;
     if (!part->head) part->tail = NULL;
-    atomic_store_explicit(&part->sync->committed, w->counter, memory_order_release);
+    if (!w->abandoned)
+      atomic_store_explicit(&part->sync->committed, w->counter, memory_order_release);
     if (!w->answered && w->reply) {
       w->answered = 1;
       repl_packed_t *pk = w->reply;
@@ -232,7 +240,7 @@ static void repl_advance(net_loop_t *lp, repl_part_t *part) {
                            part->handoff_epoch);
     part->handoff_epoch = 0;
   }
-  if (!part->head) {
+  if (!part->head && !part->abandoned) {
     /* Nothing pending: all that is applied here is as committed as it
      * gets (after a promotion, a backup's records become the truth). */
     uint64_t applied = atomic_load(&part->sync->applied);
@@ -377,6 +385,11 @@ static void repl_run(net_loop_t *lp, const Grid__Request *rq, uint32_t p, repl_s
     return;
   }
   repl_part_t *part = repl_part(n->store, sc, p);
+  if (part && part->abandoned && !part->head) {
+    /* This node leads again (promoted): what it holds is the truth now,
+     * given-up writes included (their clients heard GRID_EUNKNOWN). */
+    part->abandoned = 0;
+  }
   arena_t a;
   arena_init(&a, 4096);
   Grid__Reply rp = GRID__REPLY__INIT;
@@ -784,7 +797,15 @@ void repl_on_map(net_loop_t *lp) {
         w->reply = NULL;
         w->answered = 1;
       }
+      /* Given up, not committed: a read waiting behind it must not see it
+       * (the new primary may never have had it), so it is sent to retry
+       * there instead; nor may a later read here (committed stays). */
       w->waiting = 0;
+      w->abandoned = 1;
+      if (w->part) {
+        w->part->abandoned = 1;
+        repl_fail_waits(lp, w->part, GRID_ENOTREADY, "the partition changed primary: retry");
+      }
       continue;
     }
     for (size_t i = 0; i < w->nbackups; i++) {
@@ -910,6 +931,16 @@ static void repl_fail_packed(net_loop_t *lp, repl_packed_t *pk, int status, cons
   free(pk);
 }
 
+/* Answers every read waiting on the partition with an error instead. */
+static void repl_fail_waits(net_loop_t *lp, repl_part_t *part, int status, const char *why) {
+  while (part->waits) {
+    repl_wait_t *wt = part->waits;
+    part->waits = wt->next;
+    repl_fail_packed(lp, wt->reply, status, why);
+    free(wt);
+  }
+}
+
 void repl_close(net_loop_t *lp) {
   struct repl_loop *rl = lp->repl;
   if (!rl) return;
@@ -918,12 +949,7 @@ void repl_close(net_loop_t *lp) {
     rl->writes = w->lnext;
     if (w->part) {
       w->part->head = w->part->tail = NULL;
-      while (w->part->waits) {
-        repl_wait_t *wt = w->part->waits;
-        w->part->waits = wt->next;
-        repl_fail_packed(lp, wt->reply, GRID_ECONN, "the node is stopping");
-        free(wt);
-      }
+      repl_fail_waits(lp, w->part, GRID_ECONN, "the node is stopping");
     }
     if (!w->answered && w->reply) {
       repl_fail_packed(lp, w->reply, GRID_EUNKNOWN, "the node stopped before every copy acknowledged the write");
