@@ -87,6 +87,7 @@ void resp_conn_free(resp_conn_t *r) {
 /* ---- reply building --------------------------------------------------------- */
 
 static void slot_put(resp_slot_t *s, const void *p, size_t n) {
+  if (n == 0) return; /* an empty value may come as NULL (protobuf-c) */
   if (s->cap - s->len < n) {
     size_t cap = s->cap ? s->cap * 2 : 64;
     while (cap - s->len < n) cap *= 2;
