@@ -1,5 +1,6 @@
 #include "zk.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #define THREADED /* the synchronous calls of the mt client */
@@ -37,18 +38,18 @@ static void zk_watcher(zhandle_t *zh, int type, int state, const char *path,
   if (z && z->cb) z->cb(z->arg);
 }
 
+/* The C client logs to stderr at INFO by default: keep its warnings. */
+static void zk_log_quiet(void) { zoo_set_debug_level(ZOO_LOG_LEVEL_WARN); }
+
 int zk_open(const char *hosts, int session_timeout_ms, zk_event_cb cb,
             void *arg, zk_t **out) {
   zk_t *z = calloc(1, sizeof *z);
   if (!z) return GRID_ENOMEM;
   z->cb = cb;
   z->arg = arg;
-  static int log_quiet = 0;
-  if (!log_quiet) {
-    /* The C client logs to stderr at INFO by default: keep its warnings. */
-    zoo_set_debug_level(ZOO_LOG_LEVEL_WARN);
-    log_quiet = 1;
-  }
+  /* Once per process (several nodes may start at once in one process). */
+  static pthread_once_t log_once = PTHREAD_ONCE_INIT;
+  pthread_once(&log_once, zk_log_quiet);
   z->zh = zookeeper_init(hosts, zk_watcher, session_timeout_ms, NULL, z, 0);
   if (!z->zh) {
     free(z);
