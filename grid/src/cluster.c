@@ -58,6 +58,17 @@ struct cluster {
   int64_t last_resync_ms;
   char root[CLUSTER_PATH_MAX];
   char election_path[CLUSTER_PATH_MAX];
+  /* Coordinator: nodes of the map gone from ZooKeeper, kept in the next
+   * maps as absent for a session timeout, so that a partition whose only
+   * copies they hold waits for them (a node whose session expired while
+   * its process lived is back a moment later, data intact) instead of
+   * being declared lost at once. */
+  struct cluster_departed {
+    pmap_node_t node;         /* as the map had it, absent = 1 */
+    int64_t since_ms;
+    int warned;               /* its grace is over, and the log said so */
+  } departed[PMAP_NODES_MAX];
+  size_t ndeparted;
   pthread_rwlock_t map_lock;  /* map: written here, read by loops fencing */
   pmap_t map;                 /* the map as last read (epoch 0: none) */
   int map_version;            /* its znode version, -1: no znode */
@@ -121,6 +132,7 @@ static int cluster_node_data(cluster_t *c, unsigned char *buf, size_t cap, size_
   me.addr = n->advertise;
   me.zone = n->cfg.zone;
   me.leaving = c->leaving_written || c->leaving; /* read on the cluster thread */
+  me.incarnation = n->incarnation;
   *len = grid__pmap_node__get_packed_size(&me);
   if (*len > cap) return GRID_EINVAL;
   grid__pmap_node__pack(&me, buf);
@@ -193,6 +205,8 @@ static int cluster_read_nodes(cluster_t *c, pmap_node_t *alive, size_t *nalive) 
     snprintf(alive[k].addr, PMAP_ADDR_MAX, "%s", pn->addr);
     snprintf(alive[k].zone, PMAP_ZONE_MAX, "%s", pn->zone);
     alive[k].leaving = pn->leaving;
+    alive[k].incarnation = pn->incarnation;
+    alive[k].absent = 0;
     k++;
     grid__pmap_node__free_unpacked(pn, NULL);
   }
@@ -478,7 +492,7 @@ static void cluster_apply_on_loop(net_loop_t *lp, void *arg) {
     free(lp->pmap);
   }
   lp->pmap = m;
-  lp->self = pmap_node_index(m, lp->net->node->node_id);
+  lp->self = pmap_self_index(m, lp->net->node->node_id, lp->net->node->incarnation);
   repl_on_map(lp);
   net_loop_on_map(lp); /* peers' records that waited for this map */
 }
@@ -527,7 +541,7 @@ static int cluster_read_map(cluster_t *c) {
   c->map = m;
   pthread_rwlock_unlock(&c->map_lock);
   c->map_version = version;
-  int self = pmap_node_index(&c->map, c->node->node_id);
+  int self = pmap_self_index(&c->map, c->node->node_id, c->node->incarnation);
   size_t primaries = 0, copies = 0, total = 0;
   for (size_t i = 0; i < c->map.ncaches; i++) {
     const pmap_cache_t *pc = &c->map.caches[i];
@@ -545,6 +559,57 @@ static int cluster_read_map(cluster_t *c) {
         (unsigned long long)c->map.epoch, c->map.nnodes, primaries, copies, total);
   cluster_publish(c);
   return 0;
+}
+
+static int cluster_is_alive(const cluster_t *c, const char *id) {
+  for (size_t i = 0; i < c->nalive; i++)
+    if (strcmp(c->alive[i].id, id) == 0) return 1;
+  return 0;
+}
+
+/* The nodes the next map is made from: the live ones, and the map's nodes
+ * gone from ZooKeeper less than a session timeout ago, marked absent
+ * (pmap.h says what that changes). Returns how many are in out. */
+static size_t cluster_map_nodes(cluster_t *c, pmap_node_t *out) {
+  int64_t now = clock_mono_ms(), grace = c->node->cfg.zk_session_timeout_ms;
+  size_t k = 0;
+  for (size_t i = 0; i < c->ndeparted; i++) {
+    /* An entry lasts while the map has its node (past the grace it is
+     * simply left out of the next map), and ends when the node is back. */
+    struct cluster_departed *d = &c->departed[i];
+    if (cluster_is_alive(c, d->node.id) ||
+        (c->map_version >= 0 && pmap_node_index(&c->map, d->node.id) < 0))
+      continue;
+    c->departed[k++] = *d;
+  }
+  c->ndeparted = k;
+  for (size_t i = 0; c->map_version >= 0 && i < c->map.nnodes; i++) {
+    const pmap_node_t *m = &c->map.nodes[i];
+    int known = cluster_is_alive(c, m->id);
+    for (size_t j = 0; j < c->ndeparted && !known; j++)
+      known = strcmp(c->departed[j].node.id, m->id) == 0;
+    if (known || c->ndeparted == PMAP_NODES_MAX) continue;
+    struct cluster_departed *d = &c->departed[c->ndeparted++];
+    d->node = *m;
+    d->node.absent = 1;
+    d->since_ms = now;
+    d->warned = 0;
+    LOG_I("cluster", "\"a node is gone from ZooKeeper: waiting for it before its only copies count as lost\" "
+          "node=%s grace_ms=%lld", m->id, (long long)grace);
+  }
+  size_t n = 0;
+  for (size_t i = 0; i < c->nalive && n < PMAP_NODES_MAX; i++) out[n++] = c->alive[i];
+  for (size_t i = 0; i < c->ndeparted && n < PMAP_NODES_MAX; i++) {
+    struct cluster_departed *d = &c->departed[i];
+    if (now - d->since_ms < grace) {
+      out[n++] = d->node;
+    } else if (!d->warned) {
+      d->warned = 1;
+      LOG_W("cluster", "\"a node gone from ZooKeeper is not back: its copies are dropped\" node=%s",
+            d->node.id);
+    }
+  }
+  return n;
 }
 
 /* The coordinator's part: the next map, written with a versioned set so
@@ -571,13 +636,18 @@ static void cluster_coordinate(cluster_t *c, const store_cache_cfg_t *defs, size
   pmap_t next;
   pmap_init(&next);
   int changed = 0;
-  int rc = pmap_next(c->map_version >= 0 ? &c->map : NULL, c->alive, c->nalive, cd,
-                     ndefs, ready, nready, &next, &changed);
+  pmap_node_t *nodes = malloc(sizeof(pmap_node_t) * PMAP_NODES_MAX);
+  size_t nnodes = nodes ? cluster_map_nodes(c, nodes) : 0;
+  int rc = nodes ? pmap_next(c->map_version >= 0 ? &c->map : NULL, nodes, nnodes, cd, ndefs,
+                             ready, nready, &next, &changed)
+                 : GRID_ENOMEM;
+  free(nodes);
   free(cd);
   free(ready);
   for (size_t i = 0; i < nmsgs; i++) grid__ready_report__free_unpacked(msgs[i], NULL);
   free(msgs);
-  if (rc == 0 && changed && c->map_version >= 0 && next.nnodes < c->map.nnodes &&
+  if (rc == 0 && changed && c->map_version >= 0 &&
+      pmap_live_nodes(&next) < pmap_live_nodes(&c->map) &&
       clock_mono_ms() - c->registered_ms < n->cfg.zk_session_timeout_ms) {
     /* This coordinator's session is new (ZooKeeper was away, or it just
      * took over): give the others one session timeout to come back before

@@ -68,6 +68,9 @@ int node_start(const config_t *cfg, node_t **out, char *err, size_t err_len) {
   }
   log_set_level((log_level_t)lvl);
   node_make_id(n);
+  if (getrandom(&n->incarnation, sizeof n->incarnation, 0) != (ssize_t)sizeof n->incarnation)
+    n->incarnation = clock_mono_ns() ^ (uint64_t)clock_wall_ms() << 20;
+  if (n->incarnation == 0) n->incarnation = 1; /* 0 means "any" in a map */
   n->started_ms = clock_mono_ms();
   store_limits_t lim = {
       .memory_bytes_max = n->cfg.memory_bytes_max,

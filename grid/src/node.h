@@ -23,6 +23,8 @@ typedef struct node {
   cluster_t *cluster;              /* NULL for a single node (no zk) */
   char advertise[128];             /* host:port other nodes reach us at */
   char node_id[64];
+  uint64_t incarnation;            /* random per start: a node restarted
+                                      under the same id is a new node */
   int64_t started_ms;              /* monotonic */
   _Atomic uint64_t ops;            /* requests served */
   _Atomic uint64_t connections;    /* client connections open */

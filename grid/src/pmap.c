@@ -58,7 +58,8 @@ static size_t pmap_rank(const pmap_node_t *nodes, size_t n, uint32_t p,
   unsigned char taken[PMAP_NODES_MAX] = {0};
   for (size_t i = 0; i < n; i++) {
     score[i] = XXH3_64bits_withSeed(nodes[i].id, strlen(nodes[i].id), p);
-    taken[i] = nodes[i].leaving != 0; /* a leaving node is nobody's ideal */
+    /* A leaving or absent node is nobody's ideal owner. */
+    taken[i] = nodes[i].leaving != 0 || nodes[i].absent != 0;
   }
   size_t got = 0;
   while (got < want) {
@@ -90,6 +91,19 @@ const pmap_cache_t *pmap_find_cache(const pmap_t *m, const char *name) {
   for (size_t i = 0; i < m->ncaches; i++)
     if (strcmp(m->caches[i].name, name) == 0) return &m->caches[i];
   return NULL;
+}
+
+int pmap_self_index(const pmap_t *m, const char *node_id, uint64_t incarnation) {
+  int i = pmap_node_index(m, node_id);
+  if (i < 0) return -1;
+  uint64_t inc = m->nodes[i].incarnation;
+  return inc == 0 || incarnation == 0 || inc == incarnation ? i : -1;
+}
+
+size_t pmap_live_nodes(const pmap_t *m) {
+  size_t n = 0;
+  for (size_t i = 0; i < m->nnodes; i++) n += !m->nodes[i].absent;
+  return n;
 }
 
 int pmap_node_index(const pmap_t *m, const char *node_id) {
@@ -154,10 +168,15 @@ static int pmap_is_reported(const pmap_ready_t *ready, size_t nready,
   return 0;
 }
 
-static int pmap_alive_index(const pmap_node_t *alive, size_t nalive,
-                            const char *id) {
-  for (size_t i = 0; i < nalive; i++)
-    if (strcmp(alive[i].id, id) == 0) return (int)i;
+/* The alive node that holds what `was` held: the same id, and the same
+ * incarnation (a node restarted under its id holds none of it). */
+static int pmap_alive_index(const pmap_node_t *alive, size_t nalive, const pmap_node_t *was) {
+  for (size_t i = 0; i < nalive; i++) {
+    if (strcmp(alive[i].id, was->id) != 0) continue;
+    int same = !alive[i].incarnation || !was->incarnation ||
+               alive[i].incarnation == was->incarnation;
+    return same ? (int)i : -1;
+  }
   return -1;
 }
 
@@ -193,8 +212,8 @@ static void pmap_next_partition(const pmap_t *cur, const pmap_cache_t *cc,
     int idx = pmap_copy_at(cc, p, i, &st);
     if (idx < 0 || st == PMAP_NONE) continue;
     if (st == PMAP_OWNING || st == PMAP_HANDOFF) had_owning = 1;
-    int a = pmap_alive_index(alive, nalive, cur->nodes[idx].id);
-    if (a < 0) continue; /* its node is gone */
+    int a = pmap_alive_index(alive, nalive, &cur->nodes[idx]);
+    if (a < 0) continue; /* its node is gone, or restarted */
     if (st == PMAP_MOVING &&
         pmap_is_reported(ready, nready, def->name, p, alive[a].id, cur->epoch, PMAP_REPORT_FILLED))
       st = PMAP_OWNING | PMAP_JUST_FILLED;
@@ -204,9 +223,30 @@ static void pmap_next_partition(const pmap_t *cur, const pmap_cache_t *cc,
     l->node[l->n] = (uint32_t)a;
     l->state[l->n++] = (uint8_t)st;
   }
-  int owning = -1; /* the first copy in sync (not just filled) */
-  for (size_t i = 0; i < l->n && owning < 0; i++)
-    if (l->state[i] == PMAP_OWNING || l->state[i] == PMAP_HANDOFF) owning = (int)i;
+  int owning = -1; /* the first copy in sync (not just filled) on a live node */
+  int absent_owning = 0;
+  for (size_t i = 0; i < l->n; i++) {
+    int in_sync = l->state[i] == PMAP_OWNING || l->state[i] == PMAP_HANDOFF;
+    if (in_sync && alive[l->node[i]].absent) absent_owning = 1;
+    else if (in_sync && owning < 0) owning = (int)i;
+  }
+  if (owning < 0 && absent_owning) {
+    /* Only an absent node holds it in sync: it waits for that node as it
+     * is (nothing to promote), rather than being declared lost. */
+    for (size_t i = 0; i < l->n; i++) l->state[i] &= (uint8_t)~PMAP_JUST_FILLED;
+    return;
+  }
+  if (absent_owning || owning >= 0) {
+    /* A live copy leads: the absent node's copies go, as a dead node's. */
+    size_t k = 0;
+    for (size_t i = 0; i < l->n; i++) {
+      if (alive[l->node[i]].absent) continue;
+      if ((int)i == owning) owning = (int)k;
+      l->node[k] = l->node[i];
+      l->state[k++] = l->state[i];
+    }
+    l->n = k;
+  }
   if (owning < 0) {
     /* Nothing in sync is left: with data, the partition is lost; a
      * partition that never had an owner (no node was alive) starts anew. */
@@ -329,7 +369,9 @@ int pmap_next(const pmap_t *cur, const pmap_node_t *alive, size_t nalive,
   for (size_t i = 0; !diff && i < out->nnodes; i++)
     diff = strcmp(cur->nodes[i].id, out->nodes[i].id) != 0 ||
            strcmp(cur->nodes[i].addr, out->nodes[i].addr) != 0 ||
-           cur->nodes[i].leaving != out->nodes[i].leaving;
+           cur->nodes[i].leaving != out->nodes[i].leaving ||
+           cur->nodes[i].incarnation != out->nodes[i].incarnation ||
+           cur->nodes[i].absent != out->nodes[i].absent;
   for (size_t d = 0; !diff && d < out->ncaches; d++) {
     const pmap_cache_t *a = pmap_find_cache(cur, out->caches[d].name);
     const pmap_cache_t *b = &out->caches[d];
@@ -368,6 +410,8 @@ int pmap_encode(const pmap_t *m, unsigned char **buf, size_t *len) {
     nodes[i].addr = (char *)m->nodes[i].addr;
     nodes[i].zone = (char *)m->nodes[i].zone;
     nodes[i].leaving = m->nodes[i].leaving != 0;
+    nodes[i].incarnation = m->nodes[i].incarnation;
+    nodes[i].absent = m->nodes[i].absent != 0;
     np[i] = &nodes[i];
   }
   pm.nodes = np;
@@ -412,6 +456,8 @@ int pmap_decode(const unsigned char *buf, size_t len, pmap_t *m) {
     snprintf(m->nodes[i].addr, PMAP_ADDR_MAX, "%s", pm->nodes[i]->addr);
     snprintf(m->nodes[i].zone, PMAP_ZONE_MAX, "%s", pm->nodes[i]->zone);
     m->nodes[i].leaving = pm->nodes[i]->leaving;
+    m->nodes[i].incarnation = pm->nodes[i]->incarnation;
+    m->nodes[i].absent = pm->nodes[i]->absent;
     m->nnodes = i + 1;
   }
   if (rc == 0) m->caches = calloc(pm->n_caches + 1, sizeof *m->caches);

@@ -31,6 +31,12 @@ typedef struct pmap_node {
   char addr[PMAP_ADDR_MAX];
   char zone[PMAP_ZONE_MAX];
   int leaving;         /* alive, but no longer an ideal owner of anything */
+  uint64_t incarnation;/* random per process start; 0: matches any */
+  int absent;          /* gone from ZooKeeper within the grace period: no
+                          ideal owner; its copies stay only where no live
+                          copy is in sync (else the partition would be
+                          declared lost while the node may be back a
+                          moment later, data intact) */
 } pmap_node_t;
 
 typedef struct pmap_cache {
@@ -85,8 +91,15 @@ size_t pmap_ideal(const pmap_node_t *nodes, size_t n, uint32_t p, size_t want,
 /*
  * The next map from cur (NULL or epoch 0: the first map), the live nodes,
  * the caches defined and the fill reports. Rules, per partition:
- * - copies on nodes no longer alive are dropped; when no OWNING copy is
- *   left of a partition that had one, it is LOST (and stays so);
+ * - copies on nodes no longer alive are dropped (a node alive under a new
+ *   incarnation was restarted: its old copies are gone too); when no
+ *   OWNING copy is left of a partition that had one, it is LOST (and stays
+ *   so);
+ * - nodes marked absent (gone from ZooKeeper within the caller's grace
+ *   period) are nobody's ideal owner, and their copies count only for a
+ *   partition with no OWNING copy on a live node: such a partition keeps
+ *   its copies as they are (waiting for the node, not LOST); any other
+ *   drops them;
  * - an OWNING backup reported (demote) at the current epoch as having
  *   missed a write becomes MOVING;
  * - the primary stays while alive and OWNING, else the first OWNING copy
@@ -115,6 +128,12 @@ int pmap_next(const pmap_t *cur, const pmap_node_t *alive, size_t nalive,
 
 const pmap_cache_t *pmap_find_cache(const pmap_t *m, const char *name);
 int pmap_node_index(const pmap_t *m, const char *node_id);
+/* This node's index in m: its id, and its incarnation unless the map's is
+ * 0; -1 when the map does not name this incarnation (a node restarted
+ * under the same id holds none of the copies the map gives the old one). */
+int pmap_self_index(const pmap_t *m, const char *node_id, uint64_t incarnation);
+/* Nodes of m that are not absent. */
+size_t pmap_live_nodes(const pmap_t *m);
 /* Node index of the primary of p, or -1 (no map, no cache, lost, or
  * handing over). */
 int pmap_primary(const pmap_cache_t *c, uint32_t p);

@@ -124,6 +124,14 @@ static void route_key(net_loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc,
     return;
   }
   const pmap_node_t *nd = &lp->pmap->nodes[prim];
+  if (strcmp(nd->id, lp->net->node->node_id) == 0) {
+    /* The map names this node's id under another incarnation: this process
+     * restarted and holds none of those copies; the next map says who
+     * leads now. */
+    route_sink_error(lp, sink, rq->id, GRID_ENOTREADY,
+                     "this node restarted: the partition map does not place it yet");
+    return;
+  }
   peer_t *peer = peer_get(lp, nd->id, nd->addr);
   route_fwd_t *f = malloc(sizeof *f);
   int rc = GRID_ENOMEM;

@@ -371,6 +371,16 @@ int main(void) {
   CHECK_EQ(failed, 0);
   check_writers(admin, w);
 
+  /* A process restarted under its node id before ZooKeeper ended its old
+   * session (a supervisor restarting it at once) comes back empty: it is a
+   * new incarnation, and the copies the map gave the old one are not its
+   * to serve. Its partitions go to their backups; nothing is lost. */
+  fprintf(stderr, "-- kill -9 and restart at once under the same id: nothing lost\n");
+  harness_kill9(&nodes[1]);
+  start_node(1);
+  wait_settled(nodes[0].port, 2); /* nodes 0 and 1 (2 was killed, 3 left) */
+  check_writers(admin, w);
+
   for (int i = 0; i < WRITERS; i++) grid_close(w[i].g);
   grid_close(admin);
   for (int i = 0; i < 4; i++)

@@ -2464,6 +2464,108 @@ static void test_accessors(void) {
     if (!only || strcmp(only, #fn) == 0) RUN(fn);            \
   } while (0)
 
+/* A node restarted under its id (a new incarnation) holds none of its old
+ * copies: its primaries go to their backups at once, as after a death; a
+ * partition it held alone is lost; and the restarted node does not find
+ * itself in the old map (pmap_self_index). */
+static void test_restart_new_incarnation(void) {
+  pmap_node_t nodes[3];
+  mknodes(nodes, 3, 1);
+  for (int i = 0; i < 3; i++) nodes[i].incarnation = 100 + (uint64_t)i;
+  pmap_cache_def_t defs[2] = {def("b1", P, 1, 0), def("b0", P, 0, 0)};
+  pmap_t m1, m2;
+  first_map(nodes, 3, defs, 2, &m1);
+  CHECK_EQ(pmap_self_index(&m1, "node-2", 101), 1);
+  CHECK_EQ(pmap_self_index(&m1, "node-2", 999), -1);
+  CHECK_EQ(pmap_self_index(&m1, "node-2", 0), 1);
+  pmap_node_t again[3];
+  memcpy(again, nodes, sizeof again);
+  again[1].incarnation = 999; /* node-2 restarted */
+  CHECK_EQ(step(&m1, again, 3, defs, 2, NULL, 0, &m2), 1);
+  const pmap_cache_t *b1 = cache(&m1, "b1"), *b1n = cache(&m2, "b1");
+  const pmap_cache_t *b0 = cache(&m1, "b0"), *b0n = cache(&m2, "b0");
+  unsigned moved = 0, lost = 0;
+  for (uint32_t p = 0; p < P; p++) {
+    int st;
+    if (strcmp(primary_id(&m1, b1, p), "node-2") == 0) {
+      moved++;
+      CHECK(primary_id(&m2, b1n, p) != NULL);
+      CHECK(strcmp(primary_id(&m2, b1n, p), "node-2") != 0);
+    }
+    int at = slot_of(&m2, b1n, p, "node-2", &st);
+    CHECK(at < 0 || st == PMAP_MOVING); /* the new incarnation is filled anew */
+    if (strcmp(primary_id(&m1, b0, p), "node-2") == 0) {
+      lost++;
+      pmap_copy_at(b0n, p, 0, &st);
+      CHECK_EQ(st, PMAP_LOST);
+    }
+  }
+  CHECK(moved > 0 && lost > 0);
+  CHECK_EQ(pmap_self_index(&m2, "node-2", 999), 1);
+  /* Incarnations and absence travel with the map. */
+  m2.nodes[0].absent = 1;
+  unsigned char *buf;
+  size_t len;
+  CHECK_RC(pmap_encode(&m2, &buf, &len), 0);
+  pmap_t back;
+  CHECK_RC(pmap_decode(buf, len, &back), 0);
+  free(buf);
+  for (size_t i = 0; i < 3; i++) {
+    CHECK_EQ(back.nodes[i].incarnation, m2.nodes[i].incarnation);
+    CHECK_EQ(back.nodes[i].absent, i == 0);
+  }
+  pmap_free(&back);
+  pmap_free(&m1);
+  pmap_free(&m2);
+}
+
+/* A node gone from ZooKeeper and marked absent (the coordinator's grace
+ * period): partitions it held alone wait for it as they are, not lost; its
+ * primaries with a live backup go to that backup at once; it is nobody's
+ * ideal owner. Back (not absent), it leads its kept partitions again. */
+static void test_absent_node_waited_for(void) {
+  pmap_node_t nodes[3], absent[3];
+  mknodes(nodes, 3, 1);
+  pmap_cache_def_t defs[2] = {def("b1", P, 1, 0), def("b0", P, 0, 0)};
+  pmap_t m1, m2, m3;
+  first_map(nodes, 3, defs, 2, &m1);
+  memcpy(absent, nodes, sizeof absent);
+  absent[2].absent = 1; /* node-3 */
+  CHECK_EQ(step(&m1, absent, 3, defs, 2, NULL, 0, &m2), 1);
+  const pmap_cache_t *b1 = cache(&m1, "b1"), *b1n = cache(&m2, "b1");
+  const pmap_cache_t *b0 = cache(&m1, "b0"), *b0n = cache(&m2, "b0");
+  unsigned kept = 0, promoted = 0;
+  for (uint32_t p = 0; p < P; p++) {
+    int st;
+    if (strcmp(primary_id(&m1, b0, p), "node-3") == 0) {
+      kept++;
+      CHECK_STR(primary_id(&m2, b0n, p), "node-3"); /* waits, not LOST */
+      CHECK_EQ(ncopies(b0n, p), 1);
+    }
+    if (strcmp(primary_id(&m1, b1, p), "node-3") == 0) {
+      promoted++;
+      CHECK(strcmp(primary_id(&m2, b1n, p), "node-3") != 0);
+    }
+    CHECK(slot_of(&m2, b1n, p, "node-3", &st) < 0); /* dropped where a live copy leads */
+  }
+  CHECK(kept > 0 && promoted > 0);
+  /* Back with the same incarnation: its kept partitions are its again. */
+  CHECK_EQ(step(&m2, nodes, 3, defs, 2, NULL, 0, &m3), 1);
+  const pmap_cache_t *b0b = cache(&m3, "b0");
+  for (uint32_t p = 0; p < P; p++)
+    if (strcmp(primary_id(&m1, b0, p), "node-3") == 0) CHECK_STR(primary_id(&m3, b0b, p), "node-3");
+  /* An absent node is nobody's ideal owner. */
+  uint32_t ideal[3];
+  for (uint32_t p = 0; p < 64; p++) {
+    size_t k = pmap_ideal(absent, 3, p, 3, ideal);
+    CHECK_EQ(k, 2);
+    for (size_t i = 0; i < k; i++) CHECK(ideal[i] != 2);
+  }
+  pmap_free(&m1);
+  pmap_free(&m2);
+  pmap_free(&m3);
+}
+
 int main(int argc, char **argv) {
   const char *only = argc > 1 ? argv[1] : NULL;
   RUN_ONE(test_ideal_order);
@@ -2476,6 +2578,8 @@ int main(int argc, char **argv) {
   RUN_ONE(test_node_loss_all_copies);
   RUN_ONE(test_node_loss_no_backup_lost);
   RUN_ONE(test_node_loss_backups2_refill);
+  RUN_ONE(test_restart_new_incarnation);
+  RUN_ONE(test_absent_node_waited_for);
   RUN_ONE(test_join_minimal_movement);
   RUN_ONE(test_join_partial_ready);
   RUN_ONE(test_join_no_backup);
