@@ -59,10 +59,10 @@ struct cluster {
   char root[CLUSTER_PATH_MAX];
   char election_path[CLUSTER_PATH_MAX];
   /* Coordinator: nodes of the map gone from ZooKeeper, kept in the next
-   * maps as absent for a session timeout, so that a partition whose only
+   * maps as absent for lost_grace_ms, so that a partition whose only
    * copies they hold waits for them (a node whose session expired while
-   * its process lived is back a moment later, data intact) instead of
-   * being declared lost at once. */
+   * its process lived, paused or cut off, is back with its data intact)
+   * instead of being declared lost at once. */
   struct cluster_departed {
     pmap_node_t node;         /* as the map had it, absent = 1 */
     int64_t since_ms;
@@ -568,10 +568,10 @@ static int cluster_is_alive(const cluster_t *c, const char *id) {
 }
 
 /* The nodes the next map is made from: the live ones, and the map's nodes
- * gone from ZooKeeper less than a session timeout ago, marked absent
- * (pmap.h says what that changes). Returns how many are in out. */
+ * gone from ZooKeeper less than lost_grace_ms ago, marked absent (pmap.h
+ * says what that changes). Returns how many are in out. */
 static size_t cluster_map_nodes(cluster_t *c, pmap_node_t *out) {
-  int64_t now = clock_mono_ms(), grace = c->node->cfg.zk_session_timeout_ms;
+  int64_t now = clock_mono_ms(), grace = c->node->cfg.lost_grace_ms;
   size_t k = 0;
   for (size_t i = 0; i < c->ndeparted; i++) {
     /* An entry lasts while the map has its node (past the grace it is

@@ -58,6 +58,7 @@ static const config_key_t config_keys[] = {
     CFG_N(forward_timeout_ms, CFG_INT, 1, 3600000),
     CFG_N(rebalance_bytes_per_sec, CFG_SIZE, 0, INT64_MAX),
     CFG_N(leave_timeout_ms, CFG_INT, 0, 3600000),
+    CFG_N(lost_grace_ms, CFG_INT, 0, 86400000),
 };
 
 void config_defaults(config_t *c) {
@@ -91,6 +92,7 @@ void config_defaults(config_t *c) {
   c->forward_timeout_ms = 5000;
   c->rebalance_bytes_per_sec = 64 << 20;
   c->leave_timeout_ms = 60000;
+  c->lost_grace_ms = 30000;
 }
 
 static int config_parse_number(const char *v, int is_size, int64_t *out) {

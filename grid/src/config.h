@@ -53,6 +53,9 @@ typedef struct config {
                                      or a write waiting for its backups */
   int64_t rebalance_bytes_per_sec;/* filling copies, per loop; 0: no limit */
   int64_t leave_timeout_ms;       /* a graceful leave at most, then a stop */
+  int64_t lost_grace_ms;          /* a node gone from ZooKeeper is waited for
+                                     this long before partitions only it
+                                     holds count as lost (0: at once) */
 } config_t;
 
 /* Fills in the defaults of gridd. */

@@ -46,7 +46,8 @@ static void usage(FILE *f) {
           "  log_level (debug, info, warn, error)\n"
           "Cluster settings: zk (ZooKeeper hosts; empty: a single node), cluster,\n"
           "  zone, advertise, zk_session_timeout_ms, cluster_min_nodes,\n"
-          "  forward_timeout_ms, rebalance_bytes_per_sec, leave_timeout_ms\n");
+          "  forward_timeout_ms, rebalance_bytes_per_sec, leave_timeout_ms,\n"
+          "  lost_grace_ms\n");
 }
 
 #define GRIDD_LEAVE_GRACE_MS 500

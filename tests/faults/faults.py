@@ -536,6 +536,7 @@ def main():
         epilog="Exit status: 0 every schedule passed, 1 one failed, 2 bad usage or environment.")
     ap.add_argument("--seed", type=int, default=1, help="first seed (default %(default)s)")
     ap.add_argument("--schedules", type=int, default=1, help="schedules to run: seeds S..S+N-1 (default %(default)s)")
+    ap.add_argument("--seeds", default="", help="these seeds instead, comma-separated (schedules that once failed)")
     ap.add_argument("--duration", type=float, default=15, help="seconds of faults per schedule (default %(default)s)")
     ap.add_argument("--gridd", default=os.path.join(build, "gridd"), help="gridd binary (default %(default)s)")
     ap.add_argument("--gridctl", default=os.path.join(build, "gridctl"), help="gridctl binary (default %(default)s)")
@@ -571,7 +572,9 @@ def main():
     signal.signal(signal.SIGTERM, _on_signal)
     rows = []
     try:
-        for seed in range(args.seed, args.seed + args.schedules):
+        seeds = [int(x) for x in args.seeds.split(",") if x] or \
+            list(range(args.seed, args.seed + args.schedules))
+        for seed in seeds:
             rows.append(run_schedule(seed, args))
     except Interrupted as e:
         print("faults.py: interrupted (%s); everything started was stopped" % e, file=sys.stderr)

@@ -26,8 +26,9 @@ static void start_node(harness_node_t *n, const char *cluster, int i, const char
   snprintf(s_id, sizeof s_id, "node_id=%s-%d", cluster, i);
   snprintf(s_zone, sizeof s_zone, "zone=%s", zone ? zone : "");
   snprintf(s_min, sizeof s_min, "cluster_min_nodes=%d", min_nodes);
+  /* lost_grace_ms short: test_lost_partitions waits for the loss. */
   const char *settings[] = {s_zk, s_cluster, s_id, s_zone, s_min,
-                            "zk_session_timeout_ms=1000", "loops=2", NULL};
+                            "zk_session_timeout_ms=1000", "loops=2", "lost_grace_ms=1000", NULL};
   harness_start(n, settings);
 }
 

@@ -34,9 +34,10 @@ static void start_node(int i) {
   char s_zk[128], s_id[64];
   snprintf(s_zk, sizeof s_zk, "zk=%s", zk.hosts);
   snprintf(s_id, sizeof s_id, "node_id=fo-%d", i);
+  /* lost_grace_ms short: the test waits for maps without killed nodes. */
   const char *settings[] = {s_zk, "cluster=fo", s_id, "cluster_min_nodes=3",
                             "zk_session_timeout_ms=1000", "forward_timeout_ms=3000",
-                            "loops=2", NULL};
+                            "loops=2", "lost_grace_ms=1000", NULL};
   harness_start(&nodes[i], settings);
 }
 
