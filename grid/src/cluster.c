@@ -561,6 +561,16 @@ static int cluster_read_map(cluster_t *c) {
   return 0;
 }
 
+/* Whether node i of m holds any copy. */
+static int cluster_node_holds_copies(const pmap_t *m, size_t i) {
+  for (size_t k = 0; k < m->ncaches; k++) {
+    const pmap_cache_t *pc = &m->caches[k];
+    for (size_t at = 0; at < (size_t)pc->partitions * pc->slots; at++)
+      if (pc->owners[at] == i + 1 && pc->states[at] != PMAP_NONE) return 1;
+  }
+  return 0;
+}
+
 static int cluster_is_alive(const cluster_t *c, const char *id) {
   for (size_t i = 0; i < c->nalive; i++)
     if (strcmp(c->alive[i].id, id) == 0) return 1;
@@ -588,7 +598,8 @@ static size_t cluster_map_nodes(cluster_t *c, pmap_node_t *out) {
     int known = cluster_is_alive(c, m->id);
     for (size_t j = 0; j < c->ndeparted && !known; j++)
       known = strcmp(c->departed[j].node.id, m->id) == 0;
-    if (known || c->ndeparted == PMAP_NODES_MAX) continue;
+    if (known || c->ndeparted == PMAP_NODES_MAX || !cluster_node_holds_copies(&c->map, i))
+      continue; /* a node that left holding nothing is simply gone */
     struct cluster_departed *d = &c->departed[c->ndeparted++];
     d->node = *m;
     d->node.absent = 1;
