@@ -197,7 +197,13 @@ static int cluster_read_nodes(cluster_t *c, pmap_node_t *alive, size_t *nalive) 
     cluster_path(c, p2, "nodes", names[i]);
     unsigned char *data;
     size_t len;
-    if (zk_get(c->zk, p2, 0, &data, &len, NULL) != 0) continue; /* just left */
+    int grc = zk_get(c->zk, p2, 0, &data, &len, NULL);
+    if (grc == GRID_ENOTFOUND) continue; /* just left */
+    if (grc != 0) {
+      /* ZooKeeper went away mid-read: a node not read is not a node gone. */
+      zk_children_free(names, n);
+      return grc;
+    }
     Grid__PmapNode *pn = grid__pmap_node__unpack(NULL, len, data);
     free(data);
     if (!pn) continue;
@@ -261,10 +267,26 @@ static int cluster_read_caches(cluster_t *c, store_cache_cfg_t **defs, size_t *n
     cluster_path(c, p2, "caches", names[i]);
     unsigned char *data;
     size_t len;
-    if (zk_get(c->zk, p2, 0, &data, &len, NULL) != 0) continue;
+    rc = zk_get(c->zk, p2, 0, &data, &len, NULL);
+    if (rc == GRID_ENOTFOUND) continue; /* dropped just now */
+    if (rc != 0) {
+      /* ZooKeeper went away mid-read. Only ZooKeeper saying a cache is
+       * gone drops it here: a definition not read is not a cache dropped
+       * (all of a node's data went once, when ZooKeeper was killed
+       * between the list and the reads). */
+      zk_children_free(names, count);
+      free(list);
+      return rc;
+    }
     Grid__CacheConfig *m = grid__cache_config__unpack(NULL, len, data);
     free(data);
-    if (!m) continue;
+    if (!m) {
+      LOG_E("cluster", "\"a cache definition in ZooKeeper does not decode: nothing changes\" cache=%s",
+            names[i]);
+      zk_children_free(names, count);
+      free(list);
+      return GRID_EPROTO;
+    }
     ops_cfg_from_msg(m, names[i], &list[k++]);
     grid__cache_config__free_unpacked(m, NULL);
   }
