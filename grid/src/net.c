@@ -212,10 +212,12 @@ static void conn_on_hello(conn_t *c, const unsigned char *p, size_t len) {
      * the cluster, connecting from the address it advertises: records from
      * anyone else would bypass every client check. */
     char why[256];
-    int rc = n->cluster ? cluster_peer_check(n->cluster, h->client_name ? h->client_name : "",
-                                             c->ip, why, sizeof why)
-                        : GRID_EHANDSHAKE;
-    if (!n->cluster) snprintf(why, sizeof why, "this node is not in a cluster: it has no peers");
+    int rc = GRID_EHANDSHAKE;
+    if (!n->cluster)
+      snprintf(why, sizeof why, "this node is not in a cluster: it has no peers");
+    else
+      rc = cluster_peer_check(n->cluster, h->client_name ? h->client_name : "", c->ip, why,
+                              sizeof why);
     if (rc != 0) {
       LOG_W("net", "\"peer refused\" peer=%s reason=\"%s\"", c->peer, why);
       conn_fail(c, rc, why);
