@@ -25,51 +25,7 @@
 extern "C" {
 #endif
 
-#define GRID_VERSION_STRING "0.1.0"
-
-/* The error codes. The same numbers travel on the wire as reply statuses. */
-#define GRID_ERRNO_MAP(XX)                                                     \
-  XX(ENOTFOUND, -1, "key not found")                                           \
-  XX(EEXIST, -2, "key already exists")                                         \
-  XX(EVERSION, -3, "entry version does not match the expected version")        \
-  XX(ENOCACHE, -4, "no such cache")                                            \
-  XX(ECACHEEXISTS, -5, "a cache with this name already exists")                \
-  XX(EKEYTOOBIG, -6, "key longer than the node's key_bytes_max")               \
-  XX(EVALTOOBIG, -7, "value longer than the node's value_bytes_max")           \
-  XX(EMEMLIMIT, -8, "node memory limit (memory_bytes_max) reached, write refused") \
-  XX(ENOTNUM, -9, "value is not a 64-bit decimal integer")                     \
-  XX(EOVERFLOW, -10, "counter would overflow a signed 64-bit integer")         \
-  XX(EINVAL, -11, "invalid argument")                                          \
-  XX(EBADOP, -12, "unknown operation")                                         \
-  XX(EPROTO, -13, "protocol error: malformed frame or message")                \
-  XX(EFRAMETOOBIG, -14, "frame longer than the node's frame_bytes_max")        \
-  XX(EHANDSHAKE, -15, "handshake refused") \
-  XX(ETIMEDOUT, -16, "operation timed out")                                    \
-  XX(ECONN, -17, "cannot connect to the node, or the connection was lost")     \
-  XX(EUNKNOWN, -18, "a write was sent but no reply came (timeout or lost connection): its outcome is unknown") \
-  XX(ENOMEM, -19, "out of memory in this process")                             \
-  XX(EBUSY, -20, "too many requests in flight on this handle")                 \
-  XX(EBATCHTOOBIG, -21, "batch has more keys than the node's batch_keys_max")  \
-  XX(ECONFIG, -22, "bad configuration")                                        \
-  XX(EADDR, -23, "bad address: expected grid://host:port or embedded:")        \
-  XX(ELIMIT, -24, "a named node limit was reached")                            \
-  XX(EINTERNAL, -25, "internal error")                                         \
-  XX(ESTALE, -26, "request routed with a stale partition map: refresh and retry") \
-  XX(ELOST, -27, "partition lost: no copy of it is left in the cluster")       \
-  XX(ECLUSTER, -28, "cluster coordination (ZooKeeper) unavailable to this node") \
-  XX(ENOTREADY, -29, "partition changing owner: retry shortly")
-
-typedef enum {
-  GRID_OK = 0,
-#define GRID_ERR_ENUM_(name, code, text) GRID_##name = code,
-  GRID_ERRNO_MAP(GRID_ERR_ENUM_)
-#undef GRID_ERR_ENUM_
-} grid_errno_t;
-
-/* Words for a GRID_E* code (or 0). Never NULL; the string is static. */
-const char *grid_strerror(int err);
-/* The code's name, e.g. "GRID_ENOTFOUND". Never NULL; static. */
-const char *grid_err_name(int err);
+#include "grid_types.h"
 
 typedef struct grid grid_t;
 
@@ -93,12 +49,12 @@ typedef struct grid_options {
  * config says listen = on). opts may be NULL. On success *out is the
  * caller's and is released with grid_close().
  */
-int grid_open(const char *uri, const grid_options_t *opts, grid_t **out);
+GRID_EXPORT int grid_open(const char *uri, const grid_options_t *opts, grid_t **out);
 /* Waits for calls in flight to finish or fail, then frees the handle (and
  * stops the embedded node). No call may start on g after this begins. */
-void grid_close(grid_t *g);
+GRID_EXPORT void grid_close(grid_t *g);
 /* Changes the deadline of later calls on g. */
-void grid_set_timeout(grid_t *g, uint32_t timeout_ms);
+GRID_EXPORT void grid_set_timeout(grid_t *g, uint32_t timeout_ms);
 
 /* A value returned by the library. data is malloc'd and the caller's:
  * release it with grid_value_free(). data is NUL-terminated for
@@ -110,53 +66,53 @@ typedef struct grid_value {
   bool found;       /* grid_get_all(): false for a missing key */
 } grid_value_t;
 
-void grid_value_free(grid_value_t *v);
+GRID_EXPORT void grid_value_free(grid_value_t *v);
 
-int grid_ping(grid_t *g);
+GRID_EXPORT int grid_ping(grid_t *g);
 
 /* GRID_ENOTFOUND when the key is missing or expired. */
-int grid_get(grid_t *g, const char *cache, const void *key, size_t key_len,
+GRID_EXPORT int grid_get(grid_t *g, const char *cache, const void *key, size_t key_len,
              grid_value_t *out);
 
 /* ttl_ms 0 takes the cache's default TTL (none unless the cache has one).
  * version_out may be NULL; it receives the new entry's version. */
-int grid_put(grid_t *g, const char *cache, const void *key, size_t key_len,
+GRID_EXPORT int grid_put(grid_t *g, const char *cache, const void *key, size_t key_len,
              const void *value, size_t value_len, uint64_t ttl_ms,
              uint64_t *version_out);
 /* GRID_EEXIST when the key is present: nothing is written. */
-int grid_put_if_absent(grid_t *g, const char *cache, const void *key,
+GRID_EXPORT int grid_put_if_absent(grid_t *g, const char *cache, const void *key,
                        size_t key_len, const void *value, size_t value_len,
                        uint64_t ttl_ms, uint64_t *version_out);
 /* GRID_ENOTFOUND when the key is missing: nothing is written. */
-int grid_replace(grid_t *g, const char *cache, const void *key, size_t key_len,
+GRID_EXPORT int grid_replace(grid_t *g, const char *cache, const void *key, size_t key_len,
                  const void *value, size_t value_len, uint64_t ttl_ms,
                  uint64_t *version_out);
 /* Writes only if the entry's version is expected_version (GRID_EVERSION
  * otherwise, GRID_ENOTFOUND if the key is missing). */
-int grid_cas(grid_t *g, const char *cache, const void *key, size_t key_len,
+GRID_EXPORT int grid_cas(grid_t *g, const char *cache, const void *key, size_t key_len,
              uint64_t expected_version, const void *value, size_t value_len,
              uint64_t ttl_ms, uint64_t *version_out);
 /* GRID_ENOTFOUND when there was nothing to delete. */
-int grid_delete(grid_t *g, const char *cache, const void *key, size_t key_len);
+GRID_EXPORT int grid_delete(grid_t *g, const char *cache, const void *key, size_t key_len);
 
 /* Atomic add on a counter kept as a decimal string (so a get reads "42").
  * A missing key counts as 0. GRID_ENOTNUM when the value is not an integer,
  * GRID_EOVERFLOW when the sum leaves the int64 range. */
-int grid_add(grid_t *g, const char *cache, const void *key, size_t key_len,
+GRID_EXPORT int grid_add(grid_t *g, const char *cache, const void *key, size_t key_len,
              int64_t delta, int64_t *result);
 
 /* Batches: n keys at most the node's batch_keys_max. */
 /* out[i] receives key i (out[i].found tells whether it exists); the caller
  * frees each with grid_value_free(). out must have n elements. */
-int grid_get_all(grid_t *g, const char *cache, size_t n,
+GRID_EXPORT int grid_get_all(grid_t *g, const char *cache, size_t n,
                  const void *const *keys, const size_t *key_lens,
                  grid_value_t *out);
-int grid_put_all(grid_t *g, const char *cache, size_t n,
+GRID_EXPORT int grid_put_all(grid_t *g, const char *cache, size_t n,
                  const void *const *keys, const size_t *key_lens,
                  const void *const *values, const size_t *value_lens,
                  uint64_t ttl_ms);
 /* *deleted (may be NULL) receives how many keys existed. */
-int grid_delete_all(grid_t *g, const char *cache, size_t n,
+GRID_EXPORT int grid_delete_all(grid_t *g, const char *cache, size_t n,
                     const void *const *keys, const size_t *key_lens,
                     size_t *deleted);
 
@@ -176,20 +132,13 @@ typedef struct grid_entry {
  * while the partition grows. *entries is the caller's: free with
  * grid_entries_free(*entries, *n).
  */
-int grid_scan(grid_t *g, const char *cache, uint32_t partition,
+GRID_EXPORT int grid_scan(grid_t *g, const char *cache, uint32_t partition,
               uint64_t *cursor, uint32_t count, grid_entry_t **entries,
               size_t *n);
-void grid_entries_free(grid_entry_t *entries, size_t n);
+GRID_EXPORT void grid_entries_free(grid_entry_t *entries, size_t n);
 
 /* Entries in the cache (including expired ones not yet swept). */
-int grid_size(grid_t *g, const char *cache, uint64_t *size);
-
-typedef enum {
-  GRID_MODE_PARTITIONED = 0,
-  GRID_MODE_REPLICATED = 1
-} grid_cache_mode_t;
-
-typedef enum { GRID_SYNC_FULL = 0, GRID_SYNC_PRIMARY = 1 } grid_sync_t;
+GRID_EXPORT int grid_size(grid_t *g, const char *cache, uint64_t *size);
 
 typedef struct grid_cache_config {
   const char *name;
@@ -202,12 +151,12 @@ typedef struct grid_cache_config {
 
 /* GRID_ECACHEEXISTS when the name is taken. Names: 1..64 bytes of
  * [A-Za-z0-9_.-]. */
-int grid_cache_create(grid_t *g, const grid_cache_config_t *cfg);
+GRID_EXPORT int grid_cache_create(grid_t *g, const grid_cache_config_t *cfg);
 /* Drops the cache and every entry in it. GRID_ENOCACHE if there is none. */
-int grid_cache_drop(grid_t *g, const char *name);
+GRID_EXPORT int grid_cache_drop(grid_t *g, const char *name);
 /* *caches is the caller's (names included): free with grid_cache_list_free. */
-int grid_cache_list(grid_t *g, grid_cache_config_t **caches, size_t *n);
-void grid_cache_list_free(grid_cache_config_t *caches, size_t n);
+GRID_EXPORT int grid_cache_list(grid_t *g, grid_cache_config_t **caches, size_t *n);
+GRID_EXPORT void grid_cache_list_free(grid_cache_config_t *caches, size_t n);
 
 typedef struct grid_stats {
   char node_id[64];
@@ -220,7 +169,7 @@ typedef struct grid_stats {
   uint64_t uptime_ms;
 } grid_stats_t;
 
-int grid_stats(grid_t *g, grid_stats_t *out);
+GRID_EXPORT int grid_stats(grid_t *g, grid_stats_t *out);
 
 /* One node as the partition map and ZooKeeper see it. */
 typedef struct grid_node_status {
@@ -255,13 +204,13 @@ typedef struct grid_cluster_status {
 
 /* The cluster as the node g talks to sees it. *out is the caller's: free
  * with grid_cluster_status_free(). */
-int grid_cluster_status(grid_t *g, grid_cluster_status_t **out);
-void grid_cluster_status_free(grid_cluster_status_t *st);
+GRID_EXPORT int grid_cluster_status(grid_t *g, grid_cluster_status_t **out);
+GRID_EXPORT void grid_cluster_status_free(grid_cluster_status_t *st);
 
 /* Asks the node g's seed connection is to (the first of grid://...) to
  * leave its cluster gracefully: it hands its partitions over, then stops.
  * Returns once the node has started leaving. */
-int grid_leave(grid_t *g);
+GRID_EXPORT int grid_leave(grid_t *g);
 
 /*
  * Asynchronous calls. The callback runs once: on the thread that reads the
@@ -274,17 +223,17 @@ int grid_leave(grid_t *g);
 typedef void (*grid_get_cb)(int status, const grid_value_t *value, void *arg);
 typedef void (*grid_write_cb)(int status, uint64_t version, void *arg);
 
-int grid_get_async(grid_t *g, const char *cache, const void *key,
+GRID_EXPORT int grid_get_async(grid_t *g, const char *cache, const void *key,
                    size_t key_len, grid_get_cb cb, void *arg);
-int grid_put_async(grid_t *g, const char *cache, const void *key,
+GRID_EXPORT int grid_put_async(grid_t *g, const char *cache, const void *key,
                    size_t key_len, const void *value, size_t value_len,
                    uint64_t ttl_ms, grid_write_cb cb, void *arg);
-int grid_delete_async(grid_t *g, const char *cache, const void *key,
+GRID_EXPORT int grid_delete_async(grid_t *g, const char *cache, const void *key,
                       size_t key_len, grid_write_cb cb, void *arg);
 
 /* The partition a key belongs to in a cache of `partitions` partitions: XXH3
  * of the key, or of its {affinity} part when it has one. */
-uint32_t grid_partition_of(const void *key, size_t key_len,
+GRID_EXPORT uint32_t grid_partition_of(const void *key, size_t key_len,
                            uint32_t partitions);
 
 #ifdef __cplusplus

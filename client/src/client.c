@@ -12,11 +12,7 @@
 
 #include "client_int.h"
 #include "clock.h"
-#include "config.h"
 #include "log.h"
-#include "node.h"
-#include "ops.h"
-#include "store.h"
 
 #define CLIENT_TIMEOUT_MS_DEFAULT 5000
 #define CLIENT_ARENA_BYTES 4096
@@ -37,35 +33,16 @@ struct client_retry {
 /* ---- opening ------------------------------------------------------------- */
 
 static int client_open_embedded(const grid_options_t *opts, grid_t *g) {
-  config_t cfg;
-  config_defaults(&cfg);
-  cfg.listen = 0; /* an embedded node listens only when its config says so */
-  char err[512];
-  if (opts && opts->config_path &&
-      config_load_file(&cfg, opts->config_path, err, sizeof err) != 0) {
-    LOG_E("client", "\"embedded config refused\" reason=\"%s\"", err);
-    return GRID_ECONFIG;
-  }
-  if (opts && opts->config_text &&
-      config_apply_text(&cfg, opts->config_text, "config_text", err, sizeof err) != 0) {
-    LOG_E("client", "\"embedded config refused\" reason=\"%s\"", err);
-    return GRID_ECONFIG;
-  }
-  int rc = node_start(&cfg, &g->node, err, sizeof err);
-  if (rc != 0) {
-    LOG_E("client", "\"embedded node did not start\" reason=\"%s\"", err);
-    return rc;
-  }
-  if (g->node->cluster) {
+  char self[160];
+  int rc = embedded_open(opts, &g->embedded, self, sizeof self);
+  if (rc == 0 && self[0]) {
     /* An embedded cluster node: the application's requests go through the
      * node's own listener, like any client's, so that they are routed,
      * replicated and fenced like every other request. */
-    char self[160];
-    snprintf(self, sizeof self, "%s", g->node->advertise);
     rc = router_open(self, opts, &g->router);
     if (rc != 0) {
-      node_stop(g->node);
-      g->node = NULL;
+      embedded_close(g->embedded);
+      g->embedded = NULL;
     }
   }
   return rc;
@@ -99,7 +76,7 @@ int grid_open(const char *uri, const grid_options_t *opts, grid_t **out) {
   }
   if (rc != 0) {
     if (g->router) router_close(g->router);
-    if (g->node) node_stop(g->node);
+    if (g->embedded) embedded_close(g->embedded);
     free(g);
     return rc;
   }
@@ -125,7 +102,7 @@ void grid_close(grid_t *g) {
     pthread_cond_destroy(&g->retry->cond);
     free(g->retry);
   }
-  if (g->node) node_stop(g->node);
+  if (g->embedded) embedded_close(g->embedded);
   free(g);
 }
 
@@ -171,7 +148,7 @@ static int client_call_once(grid_t *g, Grid__Request *rq, client_reply_t *out) {
   if (!g->router) {
     arena_init(&out->arena, CLIENT_ARENA_BYTES);
     grid__reply__init(&out->local);
-    ops_execute(g->node, NULL, rq, &out->local, &out->arena);
+    embedded_call(g->embedded, rq, &out->local, &out->arena);
     out->rp = &out->local;
   } else {
     remote_t *r = router_pick(g->router, rq, g->timeout_ms);
@@ -236,29 +213,14 @@ int grid_ping(grid_t *g) {
   return client_call_version(g, &rq, NULL);
 }
 
-static void *client_malloc_cb(void *ctx, size_t n) {
-  (void)ctx;
-  return malloc(n);
-}
-
 /* The embedded read path: straight into the store, copying the value into
  * a buffer of the caller's. */
 static int client_embedded_get(grid_t *g, const char *cache, const void *key,
                                size_t key_len, grid_value_t *out) {
-  node_t *n = g->node;
-  int rc = store_check_sizes(n->store, key_len, 0);
-  if (rc != 0) return rc;
-  const char *name = cache ? cache : "default";
-  store_cache_t *c = store_cache_acquire(n->store, name, strlen(name));
-  if (!c) return GRID_ENOCACHE;
-  store_key_t k;
-  store_key_init(c, key, key_len, &k);
   void *v;
   size_t len;
   uint64_t ver;
-  rc = store_get(c, &k, STORE_NOW_LAZY, client_malloc_cb, NULL, &v, &len, &ver);
-  store_cache_release(n->store, c);
-  atomic_fetch_add_explicit(&n->ops, 1, memory_order_relaxed);
+  int rc = embedded_get(g->embedded, cache ? cache : "default", key, key_len, &v, &len, &ver);
   if (rc != 0) return rc;
   out->data = v;
   out->len = len;
@@ -956,7 +918,7 @@ static int client_call_async(grid_t *g, Grid__Request *rq, grid_get_cb get_cb,
     memset(&r, 0, sizeof r);
     arena_init(&r.arena, CLIENT_ARENA_BYTES);
     grid__reply__init(&r.local);
-    ops_execute(g->node, NULL, rq, &r.local, &r.arena);
+    embedded_call(g->embedded, rq, &r.local, &r.arena);
     client_async_t a = {.get_cb = get_cb, .write_cb = write_cb, .arg = arg};
     client_async_run(&a, 0, &r.local);
     arena_close(&r.arena);

@@ -10,15 +10,16 @@
 
 #include "arena.h"
 #include "grid.h"
+#include "op.h"
 #include "grid.pb-c.h"
 
-typedef struct node node_t;
+typedef struct embedded embedded_t;
 typedef struct remote remote_t;
 typedef struct router router_t;
 
 struct grid {
   uint32_t timeout_ms;
-  node_t *node;     /* embedded mode */
+  embedded_t *embedded; /* embedded mode */
   router_t *router; /* remote mode */
   struct client_retry *retry; /* remote: async requests to send again */
 };
@@ -64,8 +65,16 @@ int router_primary_of(router_t *rt, const char *cache, const void *key, size_t l
 /* Whether the handle talks to a cluster (it has a map). */
 int router_clustered(router_t *rt);
 
-/* Whether an op changes data: its outcome is unknown if the connection is
- * lost after it was sent. */
-int client_op_is_write(Grid__Op op);
+/* embedded.c: the node in this process. embedded_open starts it from
+ * opts' config; advertise receives the node's cluster address, or "" when
+ * it is not in a cluster. */
+int embedded_open(const grid_options_t *opts, embedded_t **out, char *advertise,
+                  size_t advertise_len);
+void embedded_close(embedded_t *e);
+/* ops_execute on the node: rp points into rq, a, or static memory. */
+void embedded_call(embedded_t *e, const Grid__Request *rq, Grid__Reply *rp, arena_t *a);
+/* Reads key straight from the store; *value is malloc'd and the caller's. */
+int embedded_get(embedded_t *e, const char *cache, const void *key, size_t key_len,
+                 void **value, size_t *value_len, uint64_t *version);
 
 #endif

@@ -46,8 +46,6 @@
 #define REMOTE_RBUF_BYTES 65536
 #define REMOTE_STACK_FRAME_BYTES 4096  /* requests this small skip malloc */
 #define REMOTE_DRAIN_READS_MAX 64      /* reads of a closed connection's last replies */
-#define REMOTE_MAGIC 0x47524944u
-#define REMOTE_PROTOCOL_VERSION 1
 /* A reply at most, before the handshake has named the node's frame limit,
  * and whatever the node names: the node's own frame_bytes_max is bounded
  * the same way (config.c). */
@@ -94,9 +92,8 @@ struct remote {
   uint64_t frame_bytes_max; /* the node's, from the handshake */
   uint64_t reply_bytes_max; /* the caller's cap (0: frame_bytes_max) */
   uint64_t reply_max;       /* in force: a longer reply closes the link */
-  unsigned char *rbuf;      /* bytes read, not yet a whole frame: only the
+  frame_buf_t rbuf;         /* bytes read, not yet a whole frame: only the
                                reading role's holder touches it */
-  size_t rlen, rcap;
   int64_t expired_checked_ms;
   int64_t last_read_ms;     /* when a reply last came */
   remote_slot_t slots[REMOTE_INFLIGHT_MAX];
@@ -198,8 +195,8 @@ static int remote_connect_fd(remote_t *r, uint32_t timeout_ms, int *out_fd) {
 
   /* The handshake. */
   Grid__Hello h = GRID__HELLO__INIT;
-  h.magic = REMOTE_MAGIC;
-  h.version = REMOTE_PROTOCOL_VERSION;
+  h.magic = FRAME_MAGIC;
+  h.version = FRAME_PROTOCOL_VERSION;
   h.role = GRID__ROLE__ROLE_CLIENT;
   h.client_name = r->client_name;
   unsigned char buf[512];
@@ -340,40 +337,32 @@ static void remote_conn_lost(remote_t *r, int fd, uint64_t gen) {
   pthread_mutex_unlock(&r->lock);
   if (current) close(fd);
   pthread_mutex_unlock(&r->wlock);
-  r->rlen = 0;
+  r->rbuf.len = 0;
   remote_fail_slots(r, gen, 0);
 }
 
 /* With the reading role held: reads what arrives within wait_ms and hands
  * out every whole reply. Returns 0, or -1 when the connection is gone. */
 static int remote_read_some(remote_t *r, int fd, uint64_t gen, int wait_ms) {
-  if (r->rcap - r->rlen < 4096) {
-    size_t cap = r->rcap ? r->rcap * 2 : REMOTE_RBUF_BYTES;
-    unsigned char *b = realloc(r->rbuf, cap);
-    if (!b) return 0;
-    r->rbuf = b;
-    r->rcap = cap;
-  }
+  size_t room = frame_buf_room(&r->rbuf, 1);
+  if (room == 0) return 0; /* no memory now: the next read tries again */
   /* One blocking recv, bounded by the socket's SO_RCVTIMEO
    * (REMOTE_POLL_MS): a syscall fewer than poll + recv on every reply. */
   (void)wait_ms;
-  ssize_t n = recv(fd, r->rbuf + r->rlen, r->rcap - r->rlen, 0);
+  ssize_t n = recv(fd, r->rbuf.data + r->rbuf.len, room, 0);
   if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
   if (n <= 0) {
     remote_conn_lost(r, fd, gen);
     return -1;
   }
-  r->rlen += (size_t)n;
+  r->rbuf.len += (size_t)n;
   r->last_read_ms = clock_mono_ms();
   size_t off = 0;
   frame_result_t fr;
   const unsigned char *payload;
   size_t plen, flen;
-  while ((fr = frame_parse(r->rbuf + off, r->rlen - off, (size_t)r->reply_max, &payload, &plen,
-                           &flen)) == FRAME_OK) {
+  while ((fr = frame_buf_next(&r->rbuf, &off, &payload, &plen, &flen)) == FRAME_OK)
     remote_on_reply(r, payload, plen);
-    off += flen;
-  }
   if (fr == FRAME_TOO_BIG) {
     /* The buffer would have to grow to whatever the header announces: the
      * reply is refused, and with it the connection (the stream cannot be
@@ -384,20 +373,7 @@ static int remote_read_some(remote_t *r, int fd, uint64_t gen, int wait_ms) {
     remote_conn_lost(r, fd, gen);
     return -1;
   }
-  if (off) {
-    memmove(r->rbuf, r->rbuf + off, r->rlen - off);
-    r->rlen -= off;
-  }
-  if (r->rlen >= FRAME_HEADER_BYTES) {
-    size_t need = FRAME_HEADER_BYTES + frame_get_header(r->rbuf); /* <= reply_max */
-    if (need > r->rcap) {
-      unsigned char *b = realloc(r->rbuf, need);
-      if (b) {
-        r->rbuf = b;
-        r->rcap = need;
-      }
-    }
-  }
+  frame_buf_consume(&r->rbuf, off);
   return 0;
 }
 
@@ -460,7 +436,9 @@ static int remote_ensure_connected(remote_t *r, uint32_t timeout_ms) {
   if (rc != 0) return rc;
   r->fd = fd;
   r->gen++;
-  r->rlen = 0;
+  /* The reader is bounded by this connection's reply_max. */
+  r->rbuf.len = 0;
+  frame_buf_set_frame_max(&r->rbuf, (size_t)r->reply_max);
   if (!r->bg_started) {
     if (pthread_create(&r->bg, NULL, remote_bg_main, r) != 0) {
       close(fd);
@@ -473,19 +451,6 @@ static int remote_ensure_connected(remote_t *r, uint32_t timeout_ms) {
 }
 
 /* ---- calls --------------------------------------------------------------- */
-
-int client_op_is_write(Grid__Op op) {
-  switch (op) {
-    case GRID__OP__PUT: case GRID__OP__PUT_IF_ABSENT: case GRID__OP__REPLACE:
-    case GRID__OP__CAS: case GRID__OP__DELETE: case GRID__OP__PUT_ALL:
-    case GRID__OP__DELETE_ALL: case GRID__OP__ADD: case GRID__OP__CREATE_CACHE:
-    case GRID__OP__DROP_CACHE: case GRID__OP__APPEND: case GRID__OP__GET_AND_PUT:
-    case GRID__OP__GET_AND_DELETE: case GRID__OP__EXPIRE: case GRID__OP__LEAVE:
-      return 1;
-    default:
-      return 0;
-  }
-}
 
 /* Takes a slot for rq and sends it. On success *id_out is the request's id. */
 static int remote_send(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
@@ -535,7 +500,7 @@ static int remote_send(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
   r->inflight++;
   s->id = id;
   s->gen = r->gen;
-  s->is_write = client_op_is_write(rq->op);
+  s->is_write = op_is_write(rq->op);
   s->deadline_ms = clock_mono_ms() + timeout_ms;
   s->waiter = waiter;
   s->cb = cb;
@@ -577,7 +542,7 @@ static int remote_send(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
       *id_out = id; /* its outcome is delivered: waiter or callback */
       return 0;
     }
-    return rc == GRID_ENOMEM ? rc : (client_op_is_write(rq->op) ? GRID_EUNKNOWN : rc);
+    return rc == GRID_ENOMEM ? rc : (op_is_write(rq->op) ? GRID_EUNKNOWN : rc);
   }
   *id_out = id;
   return 0;
@@ -615,7 +580,7 @@ int remote_call(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
     if (s->id == id) remote_slot_free(r, s);
     pthread_mutex_unlock(&r->lock);
     /* A write that got no reply in time may still have been applied. */
-    return client_op_is_write(rq->op) ? GRID_EUNKNOWN : GRID_ETIMEDOUT;
+    return op_is_write(rq->op) ? GRID_EUNKNOWN : GRID_ETIMEDOUT;
   }
   pthread_mutex_unlock(&r->lock);
   if (w.status != 0) return w.status;
@@ -633,6 +598,7 @@ int remote_call_async(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
 int remote_open(const char *host, int port, const grid_options_t *opts,
                 remote_t **out) {
   remote_t *r = calloc(1, sizeof *r);
+  if (r) frame_buf_init(&r->rbuf, REMOTE_RBUF_BYTES, REMOTE_REPLY_BYTES_MAX);
   if (!r) return GRID_ENOMEM;
   snprintf(r->host, sizeof r->host, "%s", host);
   r->port = port;
@@ -679,7 +645,7 @@ void remote_close(remote_t *r) {
     r->fd = -1;
     remote_fail_slots(r, gen, 0);
   }
-  free(r->rbuf);
+  frame_buf_free(&r->rbuf);
   pthread_mutex_destroy(&r->lock);
   pthread_mutex_destroy(&r->wlock);
   pthread_cond_destroy(&r->cond);

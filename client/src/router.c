@@ -205,33 +205,19 @@ void router_close(router_t *rt) {
   free(rt);
 }
 
-static int router_keyed(Grid__Op op) {
-  switch (op) {
-    case GRID__OP__GET: case GRID__OP__PUT: case GRID__OP__PUT_IF_ABSENT:
-    case GRID__OP__REPLACE: case GRID__OP__CAS: case GRID__OP__DELETE:
-    case GRID__OP__ADD: case GRID__OP__SCAN: case GRID__OP__APPEND:
-    case GRID__OP__GET_AND_PUT: case GRID__OP__GET_AND_DELETE: case GRID__OP__EXPIRE:
-    case GRID__OP__TTL:
-      return 1;
-    default:
-      return 0;
-  }
-}
-
 remote_t *router_pick(router_t *rt, Grid__Request *rq, uint32_t timeout_ms) {
   pthread_mutex_lock(&rt->lock);
   if (atomic_load(&rt->stale)) router_refresh_locked(rt, timeout_ms);
   remote_t *r = rt->any;
-  int batch = (rq->op == GRID__OP__GET_ALL || rq->op == GRID__OP__PUT_ALL ||
-               rq->op == GRID__OP__DELETE_ALL) && rq->n_keys > 0;
-  const pmap_cache_t *pc = rt->map.epoch && (router_keyed(rq->op) || batch)
+  int batch = op_has(rq->op, OP_BATCH) && rq->n_keys > 0;
+  const pmap_cache_t *pc = rt->map.epoch && (op_has(rq->op, OP_KEYED) || batch)
                                ? pmap_find_cache(&rt->map, rq->cache)
                                : NULL;
   if (pc) {
     /* A batch goes by its first key: the client splits batches so that
      * one primary leads all their keys (else the node splits them). */
     const ProtobufCBinaryData *key = batch ? &rq->keys[0] : &rq->key;
-    uint32_t p = rq->op == GRID__OP__SCAN ? rq->partition
+    uint32_t p = op_has(rq->op, OP_PARTITION) ? rq->partition
                                           : part_of(key->data, key->len, pc->partitions);
     int prim = p < pc->partitions ? pmap_primary(pc, p) : -1;
     if (prim >= 0) {
@@ -263,3 +249,7 @@ void router_saw_epoch(router_t *rt, uint64_t epoch) {
 void router_mark_stale(router_t *rt) { atomic_store(&rt->stale, 1); }
 
 int router_clustered(router_t *rt) { return atomic_load(&rt->epoch) != 0; }
+
+uint32_t grid_partition_of(const void *key, size_t key_len, uint32_t partitions) {
+  return partitions ? part_of(key, key_len, partitions) : 0;
+}

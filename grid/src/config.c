@@ -7,7 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "grid.h"
+#include "grid_types.h"
 #include "pmap.h"
 
 typedef enum { CFG_INT, CFG_SIZE, CFG_BOOL, CFG_STR } config_kind_t;

@@ -12,7 +12,7 @@
 #include "clock.h"
 #include "cluster.h"
 #include "config.h"
-#include "grid.h"
+#include "grid_types.h"
 #include "log.h"
 #include "node.h"
 

@@ -12,7 +12,7 @@
 #include "arena.h"
 #include "clock.h"
 #include "frame.h"
-#include "grid.h"
+#include "grid_types.h"
 #include "grid.pb-c.h"
 #include "log.h"
 #include "node.h"
@@ -53,7 +53,7 @@ void conn_close_when_written(conn_t *c) {
   if (c->closing) return;
   c->closing = 1;
   c->closing_since_ms = clock_mono_ms();
-  c->rlen = 0;
+  c->in.len = 0;
 }
 
 void conn_pause(conn_t *c) {
@@ -175,7 +175,7 @@ static void conn_fail(conn_t *c, int status, const char *detail) {
     ops_reply_error(&tmp, status, detail, a);
     hr.status = status;
     hr.message = tmp.message;
-    hr.version = NET_PROTOCOL_VERSION;
+    hr.version = FRAME_PROTOCOL_VERSION;
     conn_send(c, &hr.base);
   } else {
     Grid__Reply rp = GRID__REPLY__INIT;
@@ -184,7 +184,7 @@ static void conn_fail(conn_t *c, int status, const char *detail) {
   }
   c->closing = 1;
   c->closing_since_ms = clock_mono_ms();
-  c->rlen = 0;
+  c->in.len = 0;
 }
 
 /* ---- input ------------------------------------------------------------- */
@@ -196,14 +196,14 @@ static void conn_on_hello(conn_t *c, const unsigned char *p, size_t len) {
     conn_fail(c, GRID_EPROTO, "the first frame must be a Hello message");
     return;
   }
-  if (h->magic != NET_MAGIC) {
+  if (h->magic != FRAME_MAGIC) {
     conn_fail(c, GRID_EHANDSHAKE, "wrong magic: not a grid client");
     return;
   }
-  if (h->version != NET_PROTOCOL_VERSION) {
+  if (h->version != FRAME_PROTOCOL_VERSION) {
     char detail[64];
     snprintf(detail, sizeof detail, "client speaks version %u, node speaks %d",
-             h->version, NET_PROTOCOL_VERSION);
+             h->version, FRAME_PROTOCOL_VERSION);
     conn_fail(c, GRID_EHANDSHAKE, detail);
     return;
   }
@@ -226,7 +226,7 @@ static void conn_on_hello(conn_t *c, const unsigned char *p, size_t len) {
   }
   Grid__HelloReply hr = GRID__HELLO_REPLY__INIT;
   hr.node_id = n->node_id;
-  hr.version = NET_PROTOCOL_VERSION;
+  hr.version = FRAME_PROTOCOL_VERSION;
   hr.features = 0;
   hr.frame_bytes_max = (uint64_t)n->cfg.frame_bytes_max;
   if (conn_send(c, &hr.base) != 0) {
@@ -266,35 +266,12 @@ static int conn_on_request(conn_t *c, const unsigned char *p, size_t len) {
 static void conn_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   (void)suggested;
   conn_t *c = h->data;
-  const config_t *cfg = &c->lp->net->node->cfg;
-  size_t frame_max = (size_t)cfg->frame_bytes_max;
   /* The buffer holds at most one unfinished frame (or RESP command) plus
    * what arrived with it: bounded by frame_bytes_max (resp_command_bytes_max),
    * whatever the peer sends; the parsers refuse what would not fit. */
-  size_t limit = c->resp ? (size_t)cfg->resp_command_bytes_max + NET_RBUF_BYTES
-                         : FRAME_HEADER_BYTES + frame_max + NET_RBUF_BYTES;
-  size_t want = NET_RBUF_BYTES;
-  if (c->rlen >= FRAME_HEADER_BYTES && !c->closing && !c->resp) {
-    size_t need = FRAME_HEADER_BYTES + (size_t)frame_get_header(c->rbuf);
-    if (need <= FRAME_HEADER_BYTES + frame_max && need + NET_RBUF_BYTES > want)
-      want = need + NET_RBUF_BYTES;
-  }
-  if (c->rcap - c->rlen < 1024 || c->rcap < want) {
-    size_t cap = c->rcap * 2 > want ? c->rcap * 2 : want;
-    if (cap > limit) cap = limit;
-    if (cap > c->rcap) {
-      unsigned char *b = realloc(c->rbuf, cap);
-      if (!b) {
-        buf->base = NULL;
-        buf->len = 0;
-        return; /* libuv reports UV_ENOBUFS to the read callback */
-      }
-      c->rbuf = b;
-      c->rcap = cap;
-    }
-  }
-  buf->base = (char *)c->rbuf + c->rlen;
-  buf->len = c->rcap - c->rlen;
+  size_t room = frame_buf_room(&c->in, !c->resp && !c->closing);
+  buf->base = room ? (char *)c->in.data + c->in.len : NULL;
+  buf->len = room; /* 0: libuv reports UV_ENOBUFS to the read callback */
 }
 
 static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
@@ -324,9 +301,8 @@ static void conn_process(conn_t *c) {
     }
     const unsigned char *payload;
     size_t plen, flen;
-    frame_result_t r = frame_parse(c->rbuf + off, c->rlen - off,
-                                   (size_t)n->cfg.frame_bytes_max, &payload,
-                                   &plen, &flen);
+    size_t at = off;
+    frame_result_t r = frame_buf_next(&c->in, &at, &payload, &plen, &flen);
     if (r == FRAME_NEED_MORE) break;
     if (r == FRAME_TOO_BIG) {
       char detail[96];
@@ -354,21 +330,12 @@ static void conn_process(conn_t *c) {
 
 void conn_consumed(conn_t *c, size_t off) {
   if (c->closing) {
-    c->rlen = 0; /* a failed connection's input is dropped */
+    c->in.len = 0; /* a failed connection's input is dropped */
   } else if (off > 0) {
-    memmove(c->rbuf, c->rbuf + off, c->rlen - off);
-    c->rlen -= off;
+    frame_buf_consume(&c->in, off);
     /* What is left is the start of the next request: its clock starts. */
-    c->frame_started_ms = c->rlen ? clock_mono_ms() : 0;
-    if (c->rcap > 4 * NET_RBUF_BYTES && c->rlen < NET_RBUF_BYTES) {
-      /* Give back the room a large frame needed. */
-      unsigned char *b = realloc(c->rbuf, NET_RBUF_BYTES);
-      if (b) {
-        c->rbuf = b;
-        c->rcap = NET_RBUF_BYTES;
-      }
-    }
-  } else if (c->frame_started_ms == 0 && c->rlen > 0) {
+    c->frame_started_ms = c->in.len ? clock_mono_ms() : 0;
+  } else if (c->frame_started_ms == 0 && c->in.len > 0) {
     c->frame_started_ms = clock_mono_ms();
   }
 }
@@ -384,10 +351,10 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     return;
   }
   if (c->closing) {
-    c->rlen = 0; /* a failed connection's input is dropped */
+    c->in.len = 0; /* a failed connection's input is dropped */
     return;
   }
-  c->rlen += (size_t)nread;
+  c->in.len += (size_t)nread;
   conn_process(c);
 }
 
@@ -427,7 +394,7 @@ void net_loop_on_map(net_loop_t *lp) {
 
 static void conn_free(conn_t *c) {
   resp_conn_free(c->resp);
-  free(c->rbuf);
+  frame_buf_free(&c->in);
   free(c->wbuf);
   free(c);
 }
@@ -508,6 +475,7 @@ static void net_on_connection(uv_stream_t *server, int status) {
   conn_t *c = calloc(1, sizeof *c);
   if (!c) return;
   c->lp = lp;
+  frame_buf_init(&c->in, NET_RBUF_BYTES, (size_t)n->cfg.frame_bytes_max);
   uv_tcp_init(&lp->loop, &c->tcp);
   c->tcp.data = c;
   c->next = lp->conns;
@@ -521,6 +489,7 @@ static void net_on_connection(uv_stream_t *server, int status) {
     /* A Redis-protocol client: no handshake, commands at once. */
     c->resp = resp_conn_new(n->cluster != NULL);
     c->handshaken = 1;
+    frame_buf_set_limit(&c->in, (size_t)n->cfg.resp_command_bytes_max + NET_RBUF_BYTES);
     if (!c->resp) {
       conn_close(c);
       return;

@@ -11,13 +11,12 @@
 #include <uv.h>
 
 #include "arena.h"
+#include "frame.h"
 #include "grid.pb-c.h"
 #include "net.h"
 #include "pmap.h"
 #include "store.h"
 
-#define NET_MAGIC 0x47524944u  /* "GRID" */
-#define NET_PROTOCOL_VERSION 1
 #define NET_BACKLOG 511
 #define NET_RBUF_BYTES 16384    /* a connection's read buffer at rest */
 #define NET_LINGER_MS 1000      /* a failed connection is closed by then */
@@ -33,8 +32,8 @@ typedef struct conn {
   uv_tcp_t tcp;
   net_loop_t *lp;
   struct conn *prev, *next;    /* the loop's list of connections */
-  unsigned char *rbuf;         /* bytes received, not yet a whole frame */
-  size_t rlen, rcap;
+  frame_buf_t in;              /* bytes received, not yet a whole frame
+                                  (or RESP command) */
   unsigned char *wbuf;         /* replies gathered during one read callback */
   size_t wlen, wcap;
   size_t inflight_bytes;       /* handed to uv_write, not yet written */

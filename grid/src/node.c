@@ -8,7 +8,7 @@
 #include <time.h>
 
 #include "clock.h"
-#include "grid.h"
+#include "grid_types.h"
 #include "log.h"
 #include "net.h"
 #include "cluster.h"

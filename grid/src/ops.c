@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "clock.h"
-#include "grid.h"
+#include "grid_types.h"
 #include "log.h"
 #include "net.h"
 

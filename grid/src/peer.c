@@ -7,8 +7,9 @@
 
 #include "clock.h"
 #include "frame.h"
-#include "grid.h"
+#include "grid_types.h"
 #include "log.h"
+#include "op.h"
 #include "net_int.h"
 #include "node.h"
 
@@ -40,8 +41,7 @@ struct peer {
   char addr[PMAP_ADDR_MAX];
   int state;
   int64_t started_ms;         /* when the connect began */
-  unsigned char *rbuf;
-  size_t rlen, rcap;
+  frame_buf_t rbuf;            /* replies not yet whole */
   unsigned char *queued;      /* frames written before the link was ready */
   size_t queued_len, queued_cap;
   uint64_t seq;
@@ -102,7 +102,7 @@ static int peer_frame(const ProtobufCMessage *m, unsigned char **out, size_t *le
 
 static void peer_on_close(uv_handle_t *h) {
   peer_t *p = h->data;
-  free(p->rbuf);
+  frame_buf_free(&p->rbuf);
   free(p->queued);
   free(p);
 }
@@ -184,27 +184,11 @@ static void peer_on_hello(peer_t *p, const unsigned char *buf, size_t len) {
 static void peer_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   (void)suggested;
   peer_t *p = h->data;
-  size_t want = PEER_RBUF_BYTES;
-  if (p->rlen >= FRAME_HEADER_BYTES) {
-    /* Grown to the announced frame only within frame_bytes_max: a longer
-     * one fails the link in peer_on_read, unread. */
-    size_t announced = (size_t)frame_get_header(p->rbuf);
-    size_t need = FRAME_HEADER_BYTES + announced + 1024;
-    if (announced <= (size_t)p->lp->net->node->cfg.frame_bytes_max && need > want) want = need;
-  }
-  if (p->rcap - p->rlen < 1024 || p->rcap < want) {
-    size_t cap = p->rcap * 2 > want ? p->rcap * 2 : want;
-    unsigned char *b = realloc(p->rbuf, cap);
-    if (!b) {
-      buf->base = NULL;
-      buf->len = 0;
-      return;
-    }
-    p->rbuf = b;
-    p->rcap = cap;
-  }
-  buf->base = (char *)p->rbuf + p->rlen;
-  buf->len = p->rcap - p->rlen;
+  /* Grown to the announced frame only within frame_bytes_max: a longer
+   * one fails the link in peer_on_read, unread. */
+  size_t room = frame_buf_room(&p->rbuf, 1);
+  buf->base = room ? (char *)p->rbuf.data + p->rbuf.len : NULL;
+  buf->len = room; /* 0: libuv reports UV_ENOBUFS to peer_on_read */
 }
 
 static void peer_on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
@@ -214,13 +198,12 @@ static void peer_on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
     peer_fail(p, nread == UV_EOF ? "closed by the node" : uv_strerror((int)nread));
     return;
   }
-  p->rlen += (size_t)nread;
+  p->rbuf.len += (size_t)nread;
   size_t off = 0;
-  size_t max = (size_t)p->lp->net->node->cfg.frame_bytes_max;
   while (p->state != PEER_DEAD) {
     const unsigned char *payload;
     size_t plen, flen;
-    frame_result_t r = frame_parse(p->rbuf + off, p->rlen - off, max, &payload, &plen, &flen);
+    frame_result_t r = frame_buf_next(&p->rbuf, &off, &payload, &plen, &flen);
     if (r == FRAME_NEED_MORE) break;
     if (r == FRAME_TOO_BIG) {
       peer_fail(p, "frame over frame_bytes_max");
@@ -228,11 +211,9 @@ static void peer_on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
     }
     if (p->state == PEER_HELLO) peer_on_hello(p, payload, plen);
     else peer_on_reply(p, payload, plen);
-    off += flen;
   }
   if (p->state == PEER_DEAD) return;
-  memmove(p->rbuf, p->rbuf + off, p->rlen - off);
-  p->rlen -= off;
+  frame_buf_consume(&p->rbuf, off);
 }
 
 static void peer_on_connect(uv_connect_t *req, int status) {
@@ -245,8 +226,8 @@ static void peer_on_connect(uv_connect_t *req, int status) {
   uv_tcp_nodelay(&p->tcp, 1);
   node_t *n = p->lp->net->node;
   Grid__Hello h = GRID__HELLO__INIT;
-  h.magic = 0x47524944u;
-  h.version = 1;
+  h.magic = FRAME_MAGIC;
+  h.version = FRAME_PROTOCOL_VERSION;
   h.role = GRID__ROLE__ROLE_PEER;
   h.client_name = n->node_id;
   unsigned char *mem;
@@ -291,6 +272,7 @@ peer_t *peer_get(net_loop_t *lp, const char *node_id, const char *addr) {
   peer_t *p = calloc(1, sizeof *p);
   if (!p) return NULL;
   p->lp = lp;
+  frame_buf_init(&p->rbuf, PEER_RBUF_BYTES, (size_t)lp->net->node->cfg.frame_bytes_max);
   snprintf(p->node_id, sizeof p->node_id, "%s", node_id);
   snprintf(p->addr, sizeof p->addr, "%s", addr);
   for (uint32_t i = 0; i < PEER_INFLIGHT_MAX; i++)
@@ -305,17 +287,6 @@ peer_t *peer_get(net_loop_t *lp, const char *node_id, const char *addr) {
   if (uv_tcp_connect(&p->connect_req, &p->tcp, (struct sockaddr *)&ss, peer_on_connect) != 0)
     peer_fail(p, "cannot connect");
   return p->state == PEER_DEAD ? NULL : p;
-}
-
-static int peer_op_is_write(Grid__Op op) {
-  switch (op) {
-    case GRID__OP__GET: case GRID__OP__GET_ALL: case GRID__OP__SCAN:
-    case GRID__OP__SIZE: case GRID__OP__PING: case GRID__OP__LIST_CACHES:
-    case GRID__OP__STATS: case GRID__OP__PMAP: case GRID__OP__TTL:
-      return 0;
-    default:
-      return 1;
-  }
 }
 
 int peer_call(peer_t *p, Grid__Request *rq, int64_t timeout_ms,
@@ -353,7 +324,7 @@ int peer_call(peer_t *p, Grid__Request *rq, int64_t timeout_ms,
   p->inflight++;
   s->id = id;
   s->sent = p->state == PEER_READY;
-  s->is_write = peer_op_is_write(rq->op);
+  s->is_write = op_is_write(rq->op);
   s->deadline_ms = clock_mono_ms() + timeout_ms;
   s->cb = cb;
   s->arg = arg;

@@ -7,7 +7,7 @@
 #include "arena.h"
 #include "cluster.h"
 #include "clock.h"
-#include "grid.h"
+#include "grid_types.h"
 #include "log.h"
 #include "net_int.h"
 #include "node.h"

@@ -12,7 +12,7 @@
 
 #include "clock.h"
 #include "cluster.h"
-#include "grid.h"
+#include "grid_types.h"
 #include "log.h"
 #include "net_int.h"
 #include "node.h"
@@ -1161,7 +1161,7 @@ static int resp_parse(conn_t *c, const char *buf, size_t len, resp_arg_t *stack,
 void resp_input(conn_t *c) {
   size_t off = 0;
   while (!c->closing && !c->resp->quit && !uv_is_closing((uv_handle_t *)&c->tcp) &&
-         off < c->rlen) {
+         off < c->in.len) {
     if (conn_output_full(c)) {
       resp_flush_slots(c);
       conn_flush(c);
@@ -1173,7 +1173,7 @@ void resp_input(conn_t *c) {
     int argc = 0;
     size_t used = 0;
     const char *why = NULL;
-    int r = resp_parse(c, (const char *)c->rbuf + off, c->rlen - off, stack_argv, &argv, &argc,
+    int r = resp_parse(c, (const char *)c->in.data + off, c->in.len - off, stack_argv, &argv, &argc,
                        &used, &scratch, &why);
     if (r == RESP_DONE) {
       if (argc > 0) resp_dispatch(c, argv, argc);

@@ -6,7 +6,7 @@
 
 #include "arena.h"
 #include "cluster.h"
-#include "grid.h"
+#include "grid_types.h"
 #include "log.h"
 #include "net_int.h"
 #include "node.h"

@@ -8,7 +8,7 @@
 #include <string.h>
 #include <xxhash.h>
 
-#include "grid.h"
+#include "grid_types.h"
 #include "log.h"
 #include "clock.h"
 #include "part.h"

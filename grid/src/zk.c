@@ -6,7 +6,7 @@
 #define THREADED /* the synchronous calls of the mt client */
 #include <zookeeper/zookeeper.h>
 
-#include "grid.h"
+#include "grid_types.h"
 #include "log.h"
 
 struct zk {

@@ -5,7 +5,7 @@
 #include <string.h>
 #include <xxhash.h>
 
-#include "grid.h"
+#include "grid_types.h"
 #include "grid.pb-c.h"
 #include "log.h"
 

@@ -1,5 +1,5 @@
 /* The words and names of the GRID_E* codes, from the one list in grid.h. */
-#include "grid.h"
+#include "grid_types.h"
 
 const char *grid_strerror(int err) {
   switch (err) {

@@ -3,7 +3,7 @@
 #include <string.h>
 #include <xxhash.h>
 
-#include "grid.h"
+#include "grid_types.h"
 #include "log.h"
 
 void part_affinity(const void *key, size_t key_len, const void **aff,
@@ -33,9 +33,4 @@ uint64_t part_hash(const void *key, size_t key_len) {
 uint32_t part_of(const void *key, size_t key_len, uint32_t partitions) {
   GRID_ASSERT(partitions > 0);
   return (uint32_t)(part_hash(key, key_len) % partitions);
-}
-
-uint32_t grid_partition_of(const void *key, size_t key_len,
-                           uint32_t partitions) {
-  return partitions ? part_of(key, key_len, partitions) : 0;
 }

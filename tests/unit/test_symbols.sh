@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# test_symbols: the installed library exports only grid_* (docs/architecture.md).
+# An application that embeds grid and defines its own log_write, conn_close
+# or store_get must link: so no other global symbol may be defined in
+# libgrid.a. Sanitizer builds add their own __asan_/__odr_asan_ globals,
+# which are not ours and are allowed.
+#   test_symbols.sh LIBGRID_A
+set -euo pipefail
+lib=${1:?usage: test_symbols.sh path/to/libgrid.a}
+[ -f "$lib" ] || { echo "no such library: $lib" >&2; exit 1; }
+defined=$(nm -g --defined-only "$lib" | awk 'NF == 3 { print $3 }' |
+  grep -Ev '^(__asan_|__odr_asan|___asan|__tsan_|__ubsan_|__sancov_)' || true)
+ours=$(printf '%s\n' "$defined" | grep -c '^grid_' || true)
+others=$(printf '%s\n' "$defined" | grep -v '^grid_' | grep -v '^$' || true)
+if [ -n "$others" ]; then
+  echo "libgrid.a exports symbols without the grid_ prefix:" >&2
+  printf '  %s\n' $others >&2
+  exit 1
+fi
+# grid.h's calls are there (a library that exports nothing would pass the
+# check above).
+for sym in grid_open grid_get grid_put grid_close grid_strerror grid_partition_of; do
+  printf '%s\n' "$defined" | grep -qx "$sym" || { echo "libgrid.a lacks $sym" >&2; exit 1; }
+done
+# Internal names are gone from the public symbol table, protobuf-c's too.
+if printf '%s\n' "$defined" | grep -q '^grid__'; then
+  echo "libgrid.a exports grid__ (internal) symbols" >&2
+  exit 1
+fi
+echo "test_symbols: ok ($ours grid_* symbols, nothing else)"
