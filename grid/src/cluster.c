@@ -16,7 +16,6 @@
 #include "ops.h"
 #include "node.h"
 #include "pmap.h"
-#include "repl.h"
 #include "zk.h"
 
 #define CLUSTER_TICK_MS 50          /* reconcile at least this often */
@@ -24,9 +23,23 @@
 #define CLUSTER_JOBS_MAX 1024       /* cache create/drop requests queued */
 #define CLUSTER_PATH_MAX 512
 #define CLUSTER_REPORTS_MAX 65536   /* fill / demote reports kept */
+#define CLUSTER_MAP_LISTENERS_MAX 4 /* cluster_on_map registrations */
+
+/* One loop's mailbox for maps: the newest map not taken yet, and the task
+ * that hands it over, posted at most once at a time. A map that comes
+ * while the task waits replaces the one waiting: a loop only ever needs
+ * the newest. */
+typedef struct cluster_box {
+  net_task_t task;
+  struct cluster *c;
+  pmap_t *pending;            /* under c->lock */
+  int queued;                 /* under c->lock: task is in the inbox */
+  pmap_t *current;            /* the loop's map (lp->pmap), loop only */
+} cluster_box_t;
 
 typedef struct cluster_job {
   struct cluster_job *next;
+  net_task_t task;            /* the answer's handoff to loop_index */
   int create;                 /* 1: create, 0: drop */
   store_cache_cfg_t cfg;
   int loop_index;
@@ -97,6 +110,11 @@ struct cluster {
   void (*on_left)(void *arg); /* told once left */
   void *on_left_arg;
   size_t my_copies;           /* copies the current map gives this node */
+  cluster_box_t *boxes;       /* one per loop */
+  int nboxes;
+  int publish_failed;         /* a copy for a loop failed: publish again */
+  cluster_map_fn on_map[CLUSTER_MAP_LISTENERS_MAX]; /* set before start */
+  int n_on_map;
 };
 
 static void cluster_wake(void *arg) {
@@ -503,35 +521,61 @@ static int cluster_read_reports(cluster_t *c, pmap_ready_t **out, size_t *nout,
 
 /* ---- the partition map ----------------------------------------------------- */
 
-typedef struct cluster_map_task {
-  pmap_t *map;
-} cluster_map_task_t;
-
+/* On the loop: installs the newest map and tells the listeners. */
 static void cluster_apply_on_loop(net_loop_t *lp, void *arg) {
-  pmap_t *m = arg;
-  if (lp->pmap) {
-    pmap_free(lp->pmap);
-    free(lp->pmap);
+  cluster_box_t *box = arg;
+  cluster_t *c = box->c;
+  pthread_mutex_lock(&c->lock);
+  pmap_t *m = box->pending;
+  box->pending = NULL;
+  box->queued = 0;
+  pthread_mutex_unlock(&c->lock);
+  if (!m) return;
+  GRID_ASSERT(!box->current || m->epoch >= box->current->epoch);
+  if (box->current) {
+    pmap_free(box->current);
+    free(box->current);
   }
+  box->current = m;
   lp->pmap = m;
-  lp->self = pmap_self_index(m, lp->net->node->node_id, lp->net->node->incarnation);
-  repl_on_map(lp);
-  net_loop_on_map(lp); /* peers' records that waited for this map */
+  lp->self = pmap_self_index(m, c->node->node_id, c->node->incarnation);
+  for (int i = 0; i < c->n_on_map; i++) c->on_map[i](lp);
 }
 
-/* Hands a copy of the map to every loop. */
+/* Hands a copy of the map to every loop. A copy that cannot be made is
+ * made again at the next tick: a loop never misses the newest map. */
 static void cluster_publish(cluster_t *c) {
   net_t *net = c->node->net;
   if (!net) return;
-  for (int i = 0; i < net_loops(net); i++) {
+  c->publish_failed = 0;
+  for (int i = 0; i < c->nboxes; i++) {
+    cluster_box_t *box = &c->boxes[i];
     pmap_t *copy = malloc(sizeof *copy);
-    if (!copy || pmap_copy(copy, &c->map) != 0 ||
-        net_post(net, i, cluster_apply_on_loop, copy) != 0) {
-      if (copy) pmap_free(copy);
+    if (!copy || pmap_copy(copy, &c->map) != 0) {
       free(copy);
-      LOG_E("cluster", "\"out of memory handing the map to a loop\" loop=%d", i);
+      c->publish_failed = 1;
+      LOG_E("cluster", "\"out of memory handing the map to a loop: trying again\" loop=%d", i);
+      continue;
     }
+    pthread_mutex_lock(&c->lock);
+    pmap_t *old = box->pending;
+    box->pending = copy;
+    int post = !box->queued;
+    box->queued = 1;
+    pthread_mutex_unlock(&c->lock);
+    if (old) {
+      pmap_free(old);
+      free(old);
+    }
+    if (post) net_post(net, i, &box->task);
   }
+}
+
+int cluster_on_map(cluster_t *c, cluster_map_fn fn) {
+  GRID_ASSERT(!c->started);
+  if (c->n_on_map >= CLUSTER_MAP_LISTENERS_MAX) return GRID_ELIMIT;
+  c->on_map[c->n_on_map++] = fn;
+  return 0;
 }
 
 static int cluster_read_map(cluster_t *c) {
@@ -715,31 +759,17 @@ static void cluster_coordinate(cluster_t *c, const store_cache_cfg_t *defs, size
 
 /* ---- jobs ------------------------------------------------------------------ */
 
-typedef struct cluster_done_task {
-  cluster_done_fn done;
-  void *arg;
-  int status;
-} cluster_done_task_t;
-
 static void cluster_done_on_loop(net_loop_t *lp, void *arg) {
-  cluster_done_task_t *t = arg;
-  t->done(lp, t->arg, t->status);
-  free(t);
+  cluster_job_t *j = arg;
+  j->done(lp, j->arg, j->status);
+  free(j);
 }
 
+/* The job's answer goes to its loop; the task is in the job, so this
+ * cannot fail. */
 static void cluster_job_finish(cluster_t *c, cluster_job_t *j) {
-  cluster_done_task_t *t = malloc(sizeof *t);
-  if (t) {
-    t->done = j->done;
-    t->arg = j->arg;
-    t->status = j->status;
-    if (net_post(c->node->net, j->loop_index, cluster_done_on_loop, t) != 0) {
-      free(t);
-      t = NULL;
-    }
-  }
-  if (!t) LOG_E("cluster", "\"out of memory answering a cache request\" cache=%s", j->cfg.name);
-  free(j);
+  j->task = (net_task_t){.fn = cluster_done_on_loop, .arg = j};
+  net_post(c->node->net, j->loop_index, &j->task);
 }
 
 /* Creates waiting for the map: answered once it places the cache (or at
@@ -854,13 +884,14 @@ static void cluster_renew_lease(cluster_t *c, int64_t now) {
   }
 }
 
-static void cluster_tick(cluster_t *c) {
+/* The ZooKeeper session: opened, renewed, registered. 1 when it is up and
+ * this node is registered, so the tick may go on. */
+static int cluster_tick_session(cluster_t *c, int64_t now) {
   node_t *n = c->node;
-  int64_t now = clock_mono_ms();
   if (!c->zk) {
     if (zk_open(n->cfg.zk, (int)n->cfg.zk_session_timeout_ms, cluster_wake, c, &c->zk) != 0) {
       c->zk = NULL;
-      return;
+      return 0;
     }
     /* A ping of the closed session may never be answered. */
     atomic_store(&c->ping_inflight, 0);
@@ -873,7 +904,7 @@ static void cluster_tick(cluster_t *c) {
     atomic_store(&c->lease_until_ms, 0);
     zk_close(c->zk);
     c->zk = NULL;
-    return;
+    return 0;
   }
   int connected = zk_connected(c->zk);
   pthread_mutex_lock(&c->lock);
@@ -884,7 +915,7 @@ static void cluster_tick(cluster_t *c) {
      * and the coordinator hand this node's partitions to others. */
     int64_t lease = n->cfg.zk_session_timeout_ms / 4;
     if (c->registered && now - c->last_connected_ms > lease) cluster_set_serving(c, 0);
-    return;
+    return 0;
   }
   c->last_connected_ms = now;
   cluster_renew_lease(c, now);
@@ -892,12 +923,78 @@ static void cluster_tick(cluster_t *c) {
     int rc = cluster_register(c);
     if (rc != 0) {
       LOG_W("cluster", "\"cannot register with ZooKeeper\" error=%s", grid_err_name(rc));
-      return;
+      return 0;
     }
     c->registered = 1;
     c->registered_ms = now;
     cluster_mark_dirty(c);
   }
+  return 1;
+}
+
+/* A graceful leave: said in this node's znode, then done once the map
+ * gives the node no copy (or no other node could take one). */
+static void cluster_tick_leave(cluster_t *c, int leaving) {
+  node_t *n = c->node;
+  if (leaving && !c->leaving_written) {
+    unsigned char mb[512];
+    size_t ml;
+    char path[CLUSTER_PATH_MAX];
+    cluster_path(c, path, "nodes", n->node_id);
+    if (cluster_node_data(c, mb, sizeof mb, &ml) == 0 &&
+        zk_set(c->zk, path, mb, ml, -1, NULL) == 0) {
+      c->leaving_written = 1;
+      LOG_I("cluster", "\"leaving: handing partitions over\" node=%s copies=%zu", n->node_id,
+            c->my_copies);
+    }
+  }
+  size_t others = 0; /* nodes that could take partitions over */
+  for (size_t i = 0; i < c->nalive; i++)
+    if (!c->alive[i].leaving && strcmp(c->alive[i].id, n->node_id) != 0) others++;
+  if (c->leaving_written && !c->left &&
+      ((c->map_version >= 0 && c->my_copies == 0) || others == 0)) {
+    pthread_mutex_lock(&c->lock);
+    c->left = 1;
+    pthread_cond_broadcast(&c->cond);
+    pthread_mutex_unlock(&c->lock);
+    LOG_I("cluster", "\"left: no partition here any more\" node=%s", n->node_id);
+    if (c->on_left) c->on_left(c->on_left_arg);
+  }
+}
+
+/* Reads everything again (cache definitions, live nodes, coordinator, the
+ * map) and acts on it. A read that fails leaves everything as it was and
+ * marks the state dirty: nothing is taken for dropped. */
+static void cluster_resync(cluster_t *c, int leaving) {
+  store_cache_cfg_t *defs = NULL;
+  size_t ndefs = 0;
+  pmap_node_t *alive = malloc(sizeof(pmap_node_t) * PMAP_NODES_MAX);
+  size_t nalive = 0;
+  char coord[PMAP_ID_MAX];
+  int rc = alive ? cluster_read_caches(c, &defs, &ndefs) : GRID_ENOMEM;
+  if (rc == 0) rc = cluster_read_nodes(c, alive, &nalive);
+  if (rc == 0) rc = cluster_read_coordinator(c, coord, sizeof coord);
+  if (rc == 0) rc = cluster_read_map(c);
+  if (rc == 0) {
+    pthread_mutex_lock(&c->lock);
+    memcpy(c->alive, alive, nalive * sizeof *alive);
+    c->nalive = nalive;
+    snprintf(c->coordinator, sizeof c->coordinator, "%s", coord);
+    pthread_mutex_unlock(&c->lock);
+    cluster_write_reports(c);
+    cluster_tick_leave(c, leaving);
+    if (strcmp(coord, c->node->node_id) == 0) cluster_coordinate(c, defs, ndefs);
+    cluster_set_serving(c, c->map_version >= 0);
+  } else {
+    cluster_mark_dirty(c);
+  }
+  free(alive);
+  free(defs);
+}
+
+static void cluster_tick(cluster_t *c) {
+  int64_t now = clock_mono_ms();
+  if (!cluster_tick_session(c, now)) return;
   /* Jobs first: a cache created now is read back below. */
   pthread_mutex_lock(&c->lock);
   cluster_job_t *jobs = c->jobs;
@@ -915,54 +1012,9 @@ static void cluster_tick(cluster_t *c) {
   }
   if (dirty || now - c->last_resync_ms >= CLUSTER_RESYNC_MS) {
     c->last_resync_ms = now;
-    store_cache_cfg_t *defs = NULL;
-    size_t ndefs = 0;
-    pmap_node_t *alive = malloc(sizeof(pmap_node_t) * PMAP_NODES_MAX);
-    size_t nalive = 0;
-    char coord[PMAP_ID_MAX];
-    int rc = alive ? cluster_read_caches(c, &defs, &ndefs) : GRID_ENOMEM;
-    if (rc == 0) rc = cluster_read_nodes(c, alive, &nalive);
-    if (rc == 0) rc = cluster_read_coordinator(c, coord, sizeof coord);
-    if (rc == 0) rc = cluster_read_map(c);
-    if (rc == 0) {
-      pthread_mutex_lock(&c->lock);
-      memcpy(c->alive, alive, nalive * sizeof *alive);
-      c->nalive = nalive;
-      snprintf(c->coordinator, sizeof c->coordinator, "%s", coord);
-      pthread_mutex_unlock(&c->lock);
-      cluster_write_reports(c);
-      if (leaving && !c->leaving_written) {
-        unsigned char mb[512];
-        size_t ml;
-        char path[CLUSTER_PATH_MAX];
-        cluster_path(c, path, "nodes", n->node_id);
-        if (cluster_node_data(c, mb, sizeof mb, &ml) == 0 &&
-            zk_set(c->zk, path, mb, ml, -1, NULL) == 0) {
-          c->leaving_written = 1;
-          LOG_I("cluster", "\"leaving: handing partitions over\" node=%s copies=%zu", n->node_id,
-                c->my_copies);
-        }
-      }
-      size_t others = 0; /* nodes that could take partitions over */
-      for (size_t i = 0; i < c->nalive; i++)
-        if (!c->alive[i].leaving && strcmp(c->alive[i].id, n->node_id) != 0) others++;
-      if (c->leaving_written && !c->left &&
-          ((c->map_version >= 0 && c->my_copies == 0) || others == 0)) {
-        pthread_mutex_lock(&c->lock);
-        c->left = 1;
-        pthread_cond_broadcast(&c->cond);
-        pthread_mutex_unlock(&c->lock);
-        LOG_I("cluster", "\"left: no partition here any more\" node=%s", n->node_id);
-        if (c->on_left) c->on_left(c->on_left_arg);
-      }
-      if (strcmp(coord, n->node_id) == 0) cluster_coordinate(c, defs, ndefs);
-      cluster_set_serving(c, c->map_version >= 0);
-    } else {
-      cluster_mark_dirty(c);
-    }
-    free(alive);
-    free(defs);
+    cluster_resync(c, leaving);
   }
+  if (c->publish_failed) cluster_publish(c);
   cluster_check_waiting(c, now);
 }
 
@@ -1004,6 +1056,15 @@ int cluster_new(node_t *n, cluster_t **out) {
   pthread_cond_init(&c->cond, &ca);
   pthread_condattr_destroy(&ca);
   atomic_init(&c->serving, 0);
+  c->nboxes = (int)n->cfg.loops;
+  c->boxes = calloc((size_t)c->nboxes, sizeof *c->boxes);
+  if (!c->boxes) {
+    cluster_free(c);
+    return GRID_ENOMEM;
+  }
+  for (int i = 0; i < c->nboxes; i++)
+    c->boxes[i] = (cluster_box_t){.task = {.fn = cluster_apply_on_loop, .arg = &c->boxes[i]},
+                                  .c = c};
   *out = c;
   return 0;
 }
@@ -1048,6 +1109,15 @@ void cluster_free(cluster_t *c) {
     free(c->reports[i].node);
   }
   free(c->reports);
+  for (int i = 0; c->boxes && i < c->nboxes; i++) {
+    pmap_t *maps[2] = {c->boxes[i].pending, c->boxes[i].current};
+    for (int k = 0; k < 2; k++) {
+      if (!maps[k]) continue;
+      pmap_free(maps[k]);
+      free(maps[k]);
+    }
+  }
+  free(c->boxes);
   pmap_free(&c->map);
   pthread_rwlock_destroy(&c->map_lock);
   pthread_mutex_destroy(&c->lock);

@@ -30,6 +30,13 @@ typedef struct net_loop net_loop_t;
  * node->cluster from their first request: until the thread runs and a map
  * is read, they refuse data requests with GRID_ECLUSTER). */
 int cluster_new(node_t *n, cluster_t **out);
+/* Calls fn on each loop, on the loop's thread, once the loop has a new
+ * partition map (lp->pmap, lp->self are set by then). For the layers
+ * above (repl, the native front end): registered before cluster_start,
+ * at most CLUSTER_MAP_LISTENERS_MAX. */
+typedef void (*cluster_map_fn)(net_loop_t *lp);
+int cluster_on_map(cluster_t *c, cluster_map_fn fn);
+
 /* Starts the cluster thread (node->advertise is set by then). */
 int cluster_start(cluster_t *c, char *err, size_t err_len);
 /* Leaves the cluster (the session ends, so this node's znodes go at once)

@@ -434,21 +434,15 @@ void conn_reply(conn_t *c, const Grid__Reply *rp) {
 
 /* ---- tasks from other threads ----------------------------------------- */
 
-int net_post(net_t *net, int index, void (*fn)(net_loop_t *lp, void *arg),
-             void *arg) {
+void net_post(net_t *net, int index, net_task_t *t) {
   net_loop_t *lp = &net->loops[index];
-  net_task_t *t = malloc(sizeof *t);
-  if (!t) return GRID_ENOMEM;
   t->next = NULL;
-  t->fn = fn;
-  t->arg = arg;
   pthread_mutex_lock(&lp->inbox_lock);
   if (lp->inbox_tail) lp->inbox_tail->next = t;
   else lp->inbox_head = t;
   lp->inbox_tail = t;
   pthread_mutex_unlock(&lp->inbox_lock);
   uv_async_send(&lp->inbox_async);
-  return 0;
 }
 
 static void net_on_inbox(uv_async_t *a) {
@@ -458,9 +452,8 @@ static void net_on_inbox(uv_async_t *a) {
   lp->inbox_head = lp->inbox_tail = NULL;
   pthread_mutex_unlock(&lp->inbox_lock);
   while (t) {
-    net_task_t *next = t->next;
+    net_task_t *next = t->next; /* fn may post t again */
     t->fn(lp, t->arg);
-    free(t);
     t = next;
   }
 }
@@ -675,6 +668,8 @@ static int net_listen_on(net_loop_t *lp, uv_tcp_t *h, const struct sockaddr_stor
   return 0;
 }
 
+static uint64_t net_ops_served_cb(void *arg) { return net_ops_served(arg); }
+
 int net_start(node_t *n, net_t **out, char *err, size_t err_len) {
   struct sockaddr_storage ss, rss;
   int port, resp_port = 0;
@@ -706,6 +701,8 @@ int net_start(node_t *n, net_t **out, char *err, size_t err_len) {
   if (cron_ms > NET_CRON_MS_MAX) cron_ms = NET_CRON_MS_MAX;
   /* The node's pointer is set before any loop runs: loops read it. */
   *out = net;
+  n->loops_ops_served = net_ops_served_cb;
+  n->loops_ops_arg = net;
   int started = 0;
   for (int i = 0; i < net->nloops; i++) {
     net_loop_t *lp = &net->loops[i];
@@ -775,11 +772,13 @@ uint64_t net_ops_served(net_t *net) {
 }
 
 void net_stop(net_t *net) {
-  int posted = 0;
-  for (int i = 0; i < net->nloops; i++)
-    if (net_post(net, i, net_stop_first, NULL) == 0) posted++;
+  net->node->loops_ops_served = NULL; /* loops are gone: nothing to count */
+  for (int i = 0; i < net->nloops; i++) {
+    net->loops[i].stop_task = (net_task_t){.fn = net_stop_first};
+    net_post(net, i, &net->loops[i].stop_task);
+  }
   pthread_mutex_lock(&net->stop_lock);
-  while (net->stopped_first < posted) pthread_cond_wait(&net->stop_cond, &net->stop_lock);
+  while (net->stopped_first < net->nloops) pthread_cond_wait(&net->stop_cond, &net->stop_lock);
   pthread_mutex_unlock(&net->stop_lock);
   for (int i = 0; i < net->nloops; i++) uv_async_send(&net->loops[i].stop_async);
   for (int i = 0; i < net->nloops; i++) {
@@ -790,10 +789,6 @@ void net_stop(net_t *net) {
     arena_close(&lp->arena);
     store_view_close(&lp->view);
     pthread_mutex_destroy(&lp->inbox_lock);
-    if (lp->pmap) {
-      pmap_free(lp->pmap);
-      free(lp->pmap);
-    }
   }
   pthread_mutex_destroy(&net->stop_lock);
   pthread_cond_destroy(&net->stop_cond);

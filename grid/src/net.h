@@ -12,6 +12,7 @@
 
 typedef struct node node_t;
 typedef struct net net_t;
+typedef struct net_loop net_loop_t;
 
 /* Binds cfg.bind:cfg.port and starts the loop threads. On failure err holds
  * words for the user and nothing is left running. */
@@ -22,6 +23,9 @@ int net_loops(const net_t *net);
 int net_resp_port(const net_t *net);
 /* Requests served by every loop so far. */
 uint64_t net_ops_served(net_t *net);
+/* The loop has a newer map: connections waiting for one go on (a
+ * cluster_on_map listener). */
+void net_loop_on_map(net_loop_t *lp);
 /* Closes every connection and listener, joins the threads, frees net. */
 void net_stop(net_t *net);
 

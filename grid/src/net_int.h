@@ -58,7 +58,9 @@ typedef struct conn {
   char ip[48];                 /* the peer's address alone */
 } conn_t;
 
-/* Work handed to a loop from another thread. */
+/* Work handed to a loop from another thread. The node lives in the
+ * sender's own struct (as libuv's requests do), so posting it cannot fail:
+ * a handoff that could fail must fail before it is posted. */
 typedef struct net_task {
   struct net_task *next;
   void (*fn)(net_loop_t *lp, void *arg);
@@ -81,7 +83,9 @@ struct net_loop {
   uv_async_t inbox_async;      /* wakes the loop for posted tasks */
   pthread_mutex_t inbox_lock;
   net_task_t *inbox_head, *inbox_tail;
-  pmap_t *pmap;                /* this loop's copy of the partition map */
+  net_task_t stop_task;        /* the stop's first step */
+  pmap_t *pmap;                /* this loop's copy of the partition map:
+                                  cluster.c's, set on this loop only */
   int self;                    /* this node's index in pmap, or -1 */
   peer_t *peers;               /* links to other nodes, made on demand */
   struct repl_loop *repl;      /* replication state of the partitions this
@@ -107,10 +111,10 @@ typedef struct net_write {
 } net_write_t;
 
 
-/* Runs fn(lp, arg) on loop `index`'s thread; callable from any thread.
- * GRID_ENOMEM when the task cannot be queued (fn is then not called). */
-int net_post(net_t *net, int index, void (*fn)(net_loop_t *lp, void *arg),
-             void *arg);
+/* Runs t->fn(lp, t->arg) on loop `index`'s thread, exactly once; callable
+ * from any thread. t is the caller's and must stay valid until fn runs;
+ * it may be posted again from then on. */
+void net_post(net_t *net, int index, net_task_t *t);
 
 /* Deferred replies: a request answered later (after a forward, or after
  * the cluster thread) holds a reference to its connection. */
@@ -133,7 +137,5 @@ void conn_pause(conn_t *c);
  * reading stops until the loop gets a newer map or forward_timeout_ms
  * passes. */
 void conn_wait_map(conn_t *c);
-/* The loop has a newer map: connections waiting for one go on. */
-void net_loop_on_map(net_loop_t *lp);
 
 #endif

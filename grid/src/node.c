@@ -113,6 +113,11 @@ int node_start(const config_t *cfg, node_t **out, char *err, size_t err_len) {
       node_stop(n);
       return GRID_ENOMEM;
     }
+    /* What runs on each loop when a new map comes, in this order: the
+     * partitions' replication state first, then the connections whose
+     * requests waited for that map. */
+    cluster_on_map(n->cluster, repl_on_map);
+    cluster_on_map(n->cluster, net_loop_on_map);
   }
   if (n->cfg.listen) {
     int rc = net_start(n, &n->net, err, err_len);

@@ -26,7 +26,11 @@ typedef struct node {
   uint64_t incarnation;            /* random per start: a node restarted
                                       under the same id is a new node */
   int64_t started_ms;              /* monotonic */
-  _Atomic uint64_t ops;            /* requests served */
+  _Atomic uint64_t ops;            /* requests served outside the loops */
+  /* Requests the loops served: set by the network side before its loops
+   * run, so that ops (below it) can count them without calling up. */
+  uint64_t (*loops_ops_served)(void *arg);
+  void *loops_ops_arg;
   _Atomic uint64_t connections;    /* client connections open */
   pthread_t cron_thread;           /* TTL sweep */
   pthread_mutex_t cron_lock;

@@ -6,7 +6,7 @@
 #include "clock.h"
 #include "grid_types.h"
 #include "log.h"
-#include "net.h"
+#include "op.h"
 
 void ops_reply_error(Grid__Reply *rp, int status, const char *detail,
                      arena_t *a) {
@@ -360,20 +360,6 @@ void ops_cfg_from_msg(const Grid__CacheConfig *m, const char *name, store_cache_
   cfg->default_ttl_ms = m->default_ttl_ms;
 }
 
-int ops_is_data_op(Grid__Op op) {
-  switch (op) {
-    case GRID__OP__GET: case GRID__OP__PUT: case GRID__OP__PUT_IF_ABSENT:
-    case GRID__OP__REPLACE: case GRID__OP__CAS: case GRID__OP__DELETE:
-    case GRID__OP__ADD: case GRID__OP__GET_ALL: case GRID__OP__PUT_ALL:
-    case GRID__OP__DELETE_ALL: case GRID__OP__SCAN: case GRID__OP__SIZE:
-    case GRID__OP__APPEND: case GRID__OP__GET_AND_PUT: case GRID__OP__GET_AND_DELETE:
-    case GRID__OP__EXPIRE: case GRID__OP__TTL:
-      return 1;
-    default:
-      return 0;
-  }
-}
-
 static void ops_create_cache(node_t *n, const Grid__Request *rq,
                              Grid__Reply *rp, arena_t *a) {
   const Grid__CacheConfig *m = rq->cache_config;
@@ -442,7 +428,7 @@ static void ops_stats(node_t *n, Grid__Reply *rp, arena_t *a) {
 }
 
 uint64_t ops_served(node_t *n) {
-  return atomic_load(&n->ops) + (n->net ? net_ops_served(n->net) : 0);
+  return atomic_load(&n->ops) + (n->loops_ops_served ? n->loops_ops_served(n->loops_ops_arg) : 0);
 }
 
 void ops_execute(node_t *n, store_view_t *view, const Grid__Request *rq,
@@ -494,7 +480,7 @@ void ops_execute_rec(node_t *n, store_view_t *view, const Grid__Request *rq,
       return;
     }
     default: {
-      if (ops_is_data_op(rq->op)) break;
+      if (op_has(rq->op, OP_DATA)) break;
       char detail[32];
       snprintf(detail, sizeof detail, "op %d", (int)rq->op);
       ops_reply_error(rp, GRID_EBADOP, detail, a);

@@ -28,8 +28,6 @@ void ops_execute_rec(node_t *n, store_view_t *view, const Grid__Request *rq,
 
 /* A cache definition from its message (name from m->name unless given). */
 void ops_cfg_from_msg(const Grid__CacheConfig *m, const char *name, store_cache_cfg_t *cfg);
-/* Whether op is one of the data operations (those that name a cache). */
-int ops_is_data_op(Grid__Op op);
 
 /* Requests served: the node's own count plus every loop's. */
 uint64_t ops_served(node_t *n);

@@ -11,9 +11,11 @@
 #include "log.h"
 #include "net_int.h"
 #include "node.h"
+#include "op.h"
 #include "ops.h"
 #include "part.h"
 #include "peer.h"
+#include "sink.h"
 
 #define REPL_FILL_CHUNK_ENTRIES 512      /* entries in one FILL message */
 #define REPL_FILL_CHUNK_BYTES (1u << 20) /* ... or about this many bytes */
@@ -21,28 +23,14 @@
 
 /* ---- replies that cross loops ------------------------------------------ */
 
+/* A reply built now, released later (once what it saw is committed). */
 typedef struct repl_packed {
-  repl_sink_t sink;
+  sink_t *sink;
   size_t len;
   unsigned char buf[];
 } repl_packed_t;
 
-static void repl_packed_on_loop(net_loop_t *lp, void *arg) {
-  repl_packed_t *pk = arg;
-  Grid__Reply *rp = grid__reply__unpack(NULL, pk->len, pk->buf);
-  if (rp) {
-    pk->sink.fn(lp, pk->sink.arg, rp);
-    grid__reply__free_unpacked(rp, NULL);
-  } else {
-    Grid__Reply err = GRID__REPLY__INIT;
-    err.status = GRID_EINTERNAL;
-    err.message = "a reply could not cross loops";
-    pk->sink.fn(lp, pk->sink.arg, &err);
-  }
-  free(pk);
-}
-
-static repl_packed_t *repl_pack(repl_sink_t sink, const Grid__Reply *rp) {
+static repl_packed_t *repl_pack(sink_t *sink, const Grid__Reply *rp) {
   size_t len = grid__reply__get_packed_size(rp);
   repl_packed_t *pk = malloc(sizeof *pk + len);
   if (!pk) return NULL;
@@ -50,19 +38,6 @@ static repl_packed_t *repl_pack(repl_sink_t sink, const Grid__Reply *rp) {
   pk->len = len;
   grid__reply__pack(rp, pk->buf);
   return pk;
-}
-
-void repl_deliver(net_loop_t *lp, repl_sink_t sink, const Grid__Reply *rp) {
-  if (lp->index == sink.loop) {
-    sink.fn(lp, sink.arg, rp);
-    return;
-  }
-  repl_packed_t *pk = repl_pack(sink, rp);
-  if (!pk || net_post(lp->net, sink.loop, repl_packed_on_loop, pk) != 0) {
-    /* Out of memory: the sink still gets its one call, with an error. */
-    free(pk);
-    LOG_E("repl", "\"out of memory passing a reply between loops\"");
-  }
 }
 
 static void repl_fail_packed(net_loop_t *lp, repl_packed_t *pk, int status, const char *why);
@@ -77,17 +52,17 @@ static int repl_leased(net_loop_t *lp) { return cluster_serving(lp->net->node->c
 
 /* Delivers rp, or an error when the lease ran out: status says which
  * (GRID_ECLUSTER for what changed nothing, GRID_EUNKNOWN for a write). */
-static void repl_deliver_leased(net_loop_t *lp, repl_sink_t sink, const Grid__Reply *rp,
+static void repl_deliver_leased(net_loop_t *lp, sink_t *sink, const Grid__Reply *rp,
                                 int lost_status) {
   if (repl_leased(lp)) {
-    repl_deliver(lp, sink, rp);
+    sink_deliver(lp, sink, rp);
     return;
   }
   Grid__Reply err = GRID__REPLY__INIT;
   err.id = rp->id;
   err.status = lost_status;
   err.message = lost_status == GRID_EUNKNOWN ? REPL_LEASE_LOST_WRITE : REPL_LEASE_LOST_READ;
-  repl_deliver(lp, sink, &err);
+  sink_deliver(lp, sink, &err);
 }
 
 /* A packed reply released on its loop, or failed when the lease ran out. */
@@ -97,8 +72,7 @@ static void repl_release_packed(net_loop_t *lp, repl_packed_t *pk, int lost_stat
                      lost_status == GRID_EUNKNOWN ? REPL_LEASE_LOST_WRITE : REPL_LEASE_LOST_READ);
     return;
   }
-  if (lp->index == pk->sink.loop) repl_packed_on_loop(lp, pk);
-  else if (net_post(lp->net, pk->sink.loop, repl_packed_on_loop, pk) != 0) free(pk);
+  sink_deliver_packed(lp, pk->sink, pk, pk->buf, pk->len);
 }
 
 /* ---- per partition state (on its owner loop) ------------------------------ */
@@ -127,7 +101,7 @@ typedef struct repl_write {
   int answered;                  /* the sink got its reply */
   int abandoned;                 /* given up: never counts as committed */
   int64_t deadline_ms;
-  repl_sink_t sink;
+  sink_t *sink;
   repl_packed_t *reply;          /* answered once committed */
   size_t nbackups;
   repl_backup_t backups[];
@@ -267,6 +241,7 @@ static void repl_advance(net_loop_t *lp, repl_part_t *part) {
 /* The record of a write, as store_write_rec hands it over. */
 typedef struct repl_rec {
   int captured;
+  int failed;           /* the write was applied, its record not made */
   Grid__Request rq;     /* REPL message; key/value point into mem */
   unsigned char *mem;
 } repl_rec_t;
@@ -276,7 +251,10 @@ static void repl_capture(void *ctx, const void *key, size_t key_len,
                          int64_t expire_at_ms) {
   repl_rec_t *r = ctx;
   r->mem = malloc(key_len + value_len + 1);
-  if (!r->mem) return; /* the write is then answered as not replicated */
+  if (!r->mem) {
+    r->failed = 1; /* its backups are demoted: see repl_record_lost */
+    return;
+  }
   if (key_len) memcpy(r->mem, key, key_len); /* an empty key may be NULL */
   if (value_len) memcpy(r->mem + key_len, value, value_len);
   grid__request__init(&r->rq);
@@ -346,7 +324,7 @@ static void repl_on_ack(void *arg, int status, const Grid__Reply *rp) {
 
 /* Answers rp now or once committed reaches release (on the owner loop). */
 static void repl_answer_when(net_loop_t *lp, repl_part_t *part, uint64_t release,
-                             repl_sink_t sink, const Grid__Reply *rp) {
+                             sink_t *sink, const Grid__Reply *rp) {
   if (!part || release <= atomic_load(&part->sync->committed) ||
       (!part->head && release <= atomic_load(&part->sync->applied))) {
     if (part && !part->head) repl_advance(lp, part);
@@ -362,7 +340,7 @@ static void repl_answer_when(net_loop_t *lp, repl_part_t *part, uint64_t release
     err.id = rp->id;
     err.status = GRID_ENOMEM;
     err.message = (char *)grid_strerror(GRID_ENOMEM);
-    repl_deliver(lp, sink, &err);
+    sink_deliver(lp, sink, &err);
     return;
   }
   wt->release = release;
@@ -371,91 +349,30 @@ static void repl_answer_when(net_loop_t *lp, repl_part_t *part, uint64_t release
   part->waits = wt;
 }
 
-/* A write (or a read) on the partition's owner loop. */
-static void repl_run(net_loop_t *lp, const Grid__Request *rq, uint32_t p, repl_sink_t sink) {
-  node_t *n = lp->net->node;
-  const pmap_cache_t *pc = lp->pmap ? pmap_find_cache(lp->pmap, rq->cache) : NULL;
-  store_cache_t *sc = store_view_find(&lp->view, rq->cache, strlen(rq->cache));
-  if (!pc || !sc || pmap_primary(pc, p) != lp->self) {
-    Grid__Reply err = GRID__REPLY__INIT;
-    err.id = rq->id;
-    err.status = GRID_ENOTREADY;
-    err.message = "the partition changed owner: retry";
-    repl_deliver(lp, sink, &err);
-    return;
-  }
-  repl_part_t *part = repl_part(n->store, sc, p);
-  if (part && part->abandoned && !part->head) {
-    /* This node leads again (promoted): what it holds is the truth now,
-     * given-up writes included (their clients heard GRID_EUNKNOWN). */
-    part->abandoned = 0;
-  }
-  arena_t a;
-  arena_init(&a, 4096);
-  Grid__Reply rp = GRID__REPLY__INIT;
-  repl_rec_t rec = {0};
-  ops_execute_rec(n, &lp->view, rq, &rp, &a, repl_capture, &rec);
-  rp.epoch = lp->pmap->epoch;
-  if (!rec.captured || !part) {
-    /* A read, or a write that changed nothing (its answer still depends
-     * on the state it saw). */
-    uint64_t release = atomic_load(&store_part_sync(sc, p)->applied);
-    if (rq->op == GRID__OP__GET && rp.status == 0) release = rp.version & STORE_COUNTER_MASK;
-    repl_answer_when(lp, part, release, sink, &rp);
-    free(rec.mem);
-    arena_close(&a);
-    return;
-  }
-  const store_cache_cfg_t *cfg = store_cache_cfg(sc);
+/* The copies a write of partition p goes to besides this one: every
+ * OWNING or MOVING copy; owning[i] says whether a full_sync write waits
+ * for copy idx[i]. */
+static size_t repl_backups_of(const net_loop_t *lp, const pmap_cache_t *pc, uint32_t p,
+                              int full_sync, uint32_t *idx, int *owning) {
   size_t nb = 0;
-  uint32_t idx[PMAP_NODES_MAX];
-  int owning[PMAP_NODES_MAX];
   for (uint32_t k = 1; k < pc->slots; k++) {
     int st;
     int node = pmap_copy_at(pc, p, k, &st);
     if (node < 0 || node == lp->self || (st != PMAP_OWNING && st != PMAP_MOVING)) continue;
+    GRID_ASSERT(nb < PMAP_NODES_MAX && (size_t)node < lp->pmap->nnodes);
     idx[nb] = (uint32_t)node;
-    owning[nb++] = st == PMAP_OWNING && cfg->sync == GRID_SYNC_FULL;
+    owning[nb++] = st == PMAP_OWNING && full_sync;
   }
-  repl_write_t *w = calloc(1, sizeof *w + nb * sizeof(repl_backup_t));
-  if (!w) {
-    Grid__Reply err = GRID__REPLY__INIT;
-    err.id = rq->id;
-    err.status = GRID_EUNKNOWN;
-    err.message = "out of memory replicating the write";
-    repl_deliver(lp, sink, &err);
-    free(rec.mem);
-    arena_close(&a);
-    return;
-  }
-  w->part = part;
-  w->store = n->store;
-  w->cache = store_cache_acquire(n->store, rq->cache, strlen(rq->cache));
-  w->p = p;
-  w->counter = rec.rq.version & STORE_COUNTER_MASK;
-  w->refs = 1;
-  w->deadline_ms = clock_mono_ms() + n->cfg.forward_timeout_ms;
-  w->sink = sink;
-  w->nbackups = nb;
-  if (cfg->sync == GRID_SYNC_PRIMARY) {
-    /* Answered at once: the newest writes may be lost with the primary. */
-    repl_deliver_leased(lp, sink, &rp, GRID_EUNKNOWN);
-    w->answered = 1;
-  } else {
-    w->reply = repl_pack(sink, &rp);
-  }
-  arena_close(&a);
-  struct repl_loop *rl = repl_loop(lp);
-  w->lnext = rl->writes;
-  if (rl->writes) rl->writes->lprev = w;
-  rl->writes = w;
-  if (part->tail) part->tail->next = w;
-  else part->head = w;
-  part->tail = w;
-  rec.rq.cache = rq->cache;
-  rec.rq.partition = p;
-  rec.rq.epoch = lp->pmap->epoch;
-  for (size_t i = 0; i < nb; i++) {
+  return nb;
+}
+
+/* Sends w's record to every backup. A backup it cannot reach is demoted
+ * (it missed the write), so a full_sync write does not wait for it. */
+static void repl_send_record(net_loop_t *lp, repl_write_t *w, Grid__Request *rec,
+                             const uint32_t *idx, const int *owning) {
+  node_t *n = lp->net->node;
+  const char *cache = store_cache_cfg(w->cache)->name;
+  for (size_t i = 0; i < w->nbackups; i++) {
     const pmap_node_t *nd = &lp->pmap->nodes[idx[i]];
     snprintf(w->backups[i].node_id, PMAP_ID_MAX, "%s", nd->id);
     w->backups[i].state = owning[i] ? REPL_WAIT : REPL_ACKED;
@@ -467,23 +384,141 @@ static void repl_run(net_loop_t *lp, const Grid__Request *rq, uint32_t p, repl_s
     if (peer && ack) {
       *ack = (repl_ack_t){w, i, lp};
       w->refs++;
-      rc = peer_call(peer, &rec.rq, n->cfg.forward_timeout_ms, repl_on_ack, ack);
+      rc = peer_call(peer, rec, n->cfg.forward_timeout_ms, repl_on_ack, ack);
       if (rc != 0) w->refs--;
     }
     if (rc != 0) {
       free(ack);
       if (owning[i]) {
         w->backups[i].state = REPL_FAILED;
-        cluster_report_demote(n->cluster, cfg->name, p, nd->id);
+        cluster_report_demote(n->cluster, cache, w->p, nd->id);
+      } else {
+        repl_fill_restart(lp, cache, w->p, nd->id);
       }
     }
   }
-  free(rec.mem);
-  repl_advance(lp, part);
 }
 
+/* A write was applied here but its record could not be made (out of
+ * memory): no backup will have it, so each is demoted (OWNING) or filled
+ * again (MOVING), and the client hears that the outcome is unknown. */
+static void repl_record_lost(net_loop_t *lp, const pmap_cache_t *pc, uint32_t p, sink_t *sink,
+                             uint64_t id) {
+  node_t *n = lp->net->node;
+  uint32_t idx[PMAP_NODES_MAX];
+  int owning[PMAP_NODES_MAX];
+  size_t nb = repl_backups_of(lp, pc, p, 1, idx, owning);
+  for (size_t i = 0; i < nb; i++) {
+    const char *node = lp->pmap->nodes[idx[i]].id;
+    if (owning[i]) cluster_report_demote(n->cluster, pc->name, p, node);
+    else repl_fill_restart(lp, pc->name, p, node);
+  }
+  sink_error(lp, sink, id, GRID_EUNKNOWN, "out of memory replicating the write");
+}
+
+/* Queues w, a captured write, behind the partition's pending writes and
+ * sends its record; its reply leaves once every OWNING backup acked. */
+static void repl_start_write(net_loop_t *lp, repl_part_t *part, repl_write_t *w,
+                             repl_rec_t *rec, const Grid__Reply *rp, const uint32_t *idx,
+                             const int *owning) {
+  const store_cache_cfg_t *cfg = store_cache_cfg(w->cache);
+  w->counter = rec->rq.version & STORE_COUNTER_MASK;
+  GRID_ASSERT(w->counter > atomic_load(&part->sync->committed) || part->abandoned);
+  GRID_ASSERT(!part->tail || w->counter > part->tail->counter);
+  if (cfg->sync == GRID_SYNC_PRIMARY) {
+    /* Answered at once: the newest writes may be lost with the primary. */
+    repl_deliver_leased(lp, w->sink, rp, GRID_EUNKNOWN);
+    w->answered = 1;
+  } else {
+    w->reply = repl_pack(w->sink, rp);
+    if (!w->reply) {
+      /* Its words cannot be kept for later: the write still goes to the
+       * backups, but its client hears now that the outcome is unknown. */
+      sink_error(lp, w->sink, rp->id, GRID_EUNKNOWN, "out of memory keeping the write's reply");
+      w->answered = 1;
+    }
+  }
+  struct repl_loop *rl = repl_loop(lp);
+  w->lnext = rl->writes;
+  if (rl->writes) rl->writes->lprev = w;
+  rl->writes = w;
+  if (part->tail) part->tail->next = w;
+  else part->head = w;
+  part->tail = w;
+  rec->rq.cache = (char *)cfg->name;
+  rec->rq.partition = w->p;
+  rec->rq.epoch = lp->pmap->epoch;
+  repl_send_record(lp, w, &rec->rq, idx, owning);
+}
+
+/* A write (or a read) on the partition's owner loop. Everything a write
+ * needs is taken before it runs, so that once it has changed the store
+ * its record always goes out (or its backups are demoted). */
+static void repl_run(net_loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *sink) {
+  node_t *n = lp->net->node;
+  const pmap_cache_t *pc = lp->pmap ? pmap_find_cache(lp->pmap, rq->cache) : NULL;
+  store_cache_t *sc = store_view_find(&lp->view, rq->cache, strlen(rq->cache));
+  if (!pc || !sc || pmap_primary(pc, p) != lp->self) {
+    sink_error(lp, sink, rq->id, GRID_ENOTREADY, "the partition changed owner: retry");
+    return;
+  }
+  repl_part_t *part = repl_part(n->store, sc, p);
+  if (!part) {
+    sink_error(lp, sink, rq->id, GRID_ENOMEM, "replication state of the partition");
+    return;
+  }
+  if (part->abandoned && !part->head) {
+    /* This node leads again (promoted): what it holds is the truth now,
+     * given-up writes included (their clients heard GRID_EUNKNOWN). */
+    part->abandoned = 0;
+  }
+  uint32_t idx[PMAP_NODES_MAX];
+  int owning[PMAP_NODES_MAX];
+  size_t nb = repl_backups_of(lp, pc, p, store_cache_cfg(sc)->sync == GRID_SYNC_FULL, idx,
+                              owning);
+  repl_write_t *w = NULL;
+  if (op_is_write(rq->op)) {
+    w = calloc(1, sizeof *w + nb * sizeof(repl_backup_t));
+    if (!w) {
+      sink_error(lp, sink, rq->id, GRID_ENOMEM, "replicating the write: not run");
+      return;
+    }
+    *w = (repl_write_t){.part = part, .store = n->store, .p = p, .refs = 1, .sink = sink,
+                        .nbackups = nb,
+                        .deadline_ms = clock_mono_ms() + n->cfg.forward_timeout_ms};
+  }
+  arena_t a;
+  arena_init(&a, 4096);
+  Grid__Reply rp = GRID__REPLY__INIT;
+  repl_rec_t rec = {0};
+  ops_execute_rec(n, &lp->view, rq, &rp, &a, repl_capture, &rec);
+  rp.epoch = lp->pmap->epoch;
+  if (rec.captured && w) {
+    w->cache = store_cache_acquire(n->store, rq->cache, strlen(rq->cache));
+    GRID_ASSERT(w->cache == sc);
+    repl_start_write(lp, part, w, &rec, &rp, idx, owning);
+    repl_advance(lp, part);
+  } else if (rec.failed) {
+    free(w);
+    repl_record_lost(lp, pc, p, sink, rq->id);
+  } else {
+    /* A read, or a write that changed nothing (its answer still depends
+     * on the state it saw). */
+    free(w);
+    uint64_t release = atomic_load(&store_part_sync(sc, p)->applied);
+    if (rq->op == GRID__OP__GET && rp.status == 0) release = rp.version & STORE_COUNTER_MASK;
+    repl_answer_when(lp, part, release, sink, &rp);
+  }
+  free(rec.mem);
+  arena_close(&a);
+}
+
+/* A request on its way to the loop that owns its partition; the task is
+ * in it, so once it is made the trip cannot fail. */
 typedef struct repl_handoff {
-  repl_sink_t sink;
+  net_task_t task;
+  sink_t *sink;
+  uint64_t id;
   uint32_t p;
   size_t len;
   unsigned char buf[];
@@ -497,14 +532,15 @@ static void repl_handoff_on_loop(net_loop_t *lp, void *arg) {
     grid__request__free_unpacked(rq, NULL);
   } else {
     Grid__Reply err = GRID__REPLY__INIT;
+    err.id = h->id;
     err.status = GRID_EINTERNAL;
     err.message = "a request could not cross loops";
-    repl_deliver(lp, h->sink, &err);
+    sink_deliver(lp, h->sink, &err);
   }
   free(h);
 }
 
-void repl_execute(net_loop_t *lp, const Grid__Request *rq, uint32_t p, repl_sink_t sink) {
+void repl_execute(net_loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *sink) {
   int owner = repl_owner_loop(lp, p);
   if (owner == lp->index) {
     repl_run(lp, rq, p, sink);
@@ -533,25 +569,16 @@ void repl_execute(net_loop_t *lp, const Grid__Request *rq, uint32_t p, repl_sink
   size_t len = grid__request__get_packed_size(rq);
   repl_handoff_t *h = malloc(sizeof *h + len);
   if (!h) {
-    Grid__Reply err = GRID__REPLY__INIT;
-    err.id = rq->id;
-    err.status = GRID_ENOMEM;
-    err.message = (char *)grid_strerror(GRID_ENOMEM);
-    repl_deliver(lp, sink, &err);
+    sink_error(lp, sink, rq->id, GRID_ENOMEM, "handing the request to its partition's loop");
     return;
   }
+  h->task = (net_task_t){.fn = repl_handoff_on_loop, .arg = h};
   h->sink = sink;
+  h->id = rq->id;
   h->p = p;
   h->len = len;
   grid__request__pack(rq, h->buf);
-  if (net_post(lp->net, owner, repl_handoff_on_loop, h) != 0) {
-    free(h);
-    Grid__Reply err = GRID__REPLY__INIT;
-    err.id = rq->id;
-    err.status = GRID_ENOMEM;
-    err.message = (char *)grid_strerror(GRID_ENOMEM);
-    repl_deliver(lp, sink, &err);
-  }
+  net_post(lp->net, owner, &h->task);
 }
 
 /* ---- the backup's side ------------------------------------------------------ */
@@ -927,7 +954,7 @@ static void repl_fail_packed(net_loop_t *lp, repl_packed_t *pk, int status, cons
   if (orig) grid__reply__free_unpacked(orig, NULL);
   err.status = status;
   err.message = (char *)why;
-  repl_deliver(lp, pk->sink, &err);
+  sink_deliver(lp, pk->sink, &err);
   free(pk);
 }
 

@@ -29,22 +29,13 @@
 
 typedef struct net_loop net_loop_t;
 
-/* Where a reply goes: fn runs on loop `loop` with the reply (valid during
- * the call). */
-typedef struct repl_sink {
-  void (*fn)(net_loop_t *lp, void *arg, const Grid__Reply *rp);
-  void *arg;
-  int loop;
-} repl_sink_t;
-
-/* Delivers rp to sink, on the sink's loop (lp is the current loop). */
-void repl_deliver(net_loop_t *lp, repl_sink_t sink, const Grid__Reply *rp);
+typedef struct sink sink_t;
 
 /* Runs a keyed request (GET ... ADD) or a SCAN of partition p, which this
  * node leads in lp's map, and delivers its reply through sink once it may
  * be seen. */
 void repl_execute(net_loop_t *lp, const Grid__Request *rq, uint32_t p,
-                  repl_sink_t sink);
+                  sink_t *sink);
 
 /* A backup's side: REPL and FILL from a primary (from_node: its id). */
 void repl_on_peer_request(net_loop_t *lp, const char *from_node,

@@ -8,6 +8,7 @@
 #include "cluster.h"
 #include "grid_types.h"
 #include "log.h"
+#include "op.h"
 #include "net_int.h"
 #include "node.h"
 #include "ops.h"
@@ -15,6 +16,7 @@
 #include "peer.h"
 #include "pmap.h"
 #include "repl.h"
+#include "sink.h"
 
 static void route_reply_error(conn_t *c, uint64_t id, int status, const char *detail) {
   Grid__Reply rp = GRID__REPLY__INIT;
@@ -28,13 +30,14 @@ static void route_reply_error(conn_t *c, uint64_t id, int status, const char *de
 
 /* A reply for a client connection, under the client's request id. */
 typedef struct route_conn_sink {
+  sink_t sink;
   conn_t *c;
   uint64_t id;
 } route_conn_sink_t;
 
-static void route_conn_sink_fn(net_loop_t *lp, void *arg, const Grid__Reply *rp) {
+static void route_conn_sink_fn(net_loop_t *lp, sink_t *sk, const Grid__Reply *rp) {
   (void)lp;
-  route_conn_sink_t *s = arg;
+  route_conn_sink_t *s = (route_conn_sink_t *)sk;
   Grid__Reply r = *rp;
   r.id = s->id;
   conn_reply(s->c, &r);
@@ -42,37 +45,35 @@ static void route_conn_sink_fn(net_loop_t *lp, void *arg, const Grid__Reply *rp)
   free(s);
 }
 
-/* A conn sink that will not be used after all. */
-static void route_conn_sink_drop(void *arg) {
-  route_conn_sink_t *s = arg;
-  conn_unref(s->c);
-  free(s);
-}
-
-/* A sink answering request id on c; NULL when out of memory. */
-static int route_conn_sink(conn_t *c, uint64_t id, repl_sink_t *out) {
+/* A sink answering request id on c; NULL when out of memory (the caller
+ * answers GRID_ENOMEM itself). */
+static sink_t *route_conn_sink(conn_t *c, uint64_t id) {
   route_conn_sink_t *s = malloc(sizeof *s);
-  if (!s) return GRID_ENOMEM;
+  if (!s) return NULL;
+  sink_init(&s->sink, route_conn_sink_fn, c->lp->index);
   s->c = c;
   s->id = id;
   conn_ref(c);
-  *out = (repl_sink_t){route_conn_sink_fn, s, c->lp->index};
-  return 0;
+  return &s->sink;
 }
 
-static void route_sink_error(net_loop_t *lp, repl_sink_t sink, uint64_t id, int status,
-                             const char *detail) {
-  Grid__Reply rp = GRID__REPLY__INIT;
-  rp.id = id;
-  rp.epoch = lp->pmap ? lp->pmap->epoch : 0;
-  ops_reply_error(&rp, status, detail, &lp->arena);
-  repl_deliver(lp, sink, &rp);
+/* A sink of another front end's (repl_sink_t, on this loop). */
+typedef struct route_front_sink {
+  sink_t sink;
+  repl_sink_t to;
+} route_front_sink_t;
+
+static void route_front_sink_fn(net_loop_t *lp, sink_t *sk, const Grid__Reply *rp) {
+  route_front_sink_t *s = (route_front_sink_t *)sk;
+  repl_sink_t to = s->to;
+  free(s);
+  to.fn(lp, to.arg, rp);
 }
 
 /* ---- one keyed request ----------------------------------------------------- */
 
 typedef struct route_fwd {
-  repl_sink_t sink;
+  sink_t *sink;
   net_loop_t *lp;
 } route_fwd_t;
 
@@ -86,23 +87,23 @@ static int route_fwd_status(int status) { return status == GRID_ECONN ? GRID_ENO
 static void route_fwd_done(void *arg, int status, const Grid__Reply *rp) {
   route_fwd_t *f = arg;
   if (status != 0)
-    route_sink_error(f->lp, f->sink, 0, route_fwd_status(status),
+    sink_error(f->lp, f->sink, 0, route_fwd_status(status),
                      status == GRID_ECONN ? "the partition's primary cannot be reached: not run"
                                           : "forwarding to the partition's primary");
   else
-    repl_deliver(f->lp, f->sink, rp);
+    sink_deliver(f->lp, f->sink, rp);
   free(f);
 }
 
 /* Runs a keyed request (or SCAN) where its partition's primary is: here
  * through repl, or forwarded over the loop's link (one hop). */
 static void route_key(net_loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc,
-                      repl_sink_t sink) {
-  uint32_t p = rq->op == GRID__OP__SCAN
+                      sink_t *sink) {
+  uint32_t p = op_has(rq->op, OP_PARTITION)
                    ? rq->partition
                    : part_of(rq->key.data, rq->key.len, pc->partitions);
   if (p >= pc->partitions) {
-    route_sink_error(lp, sink, rq->id, GRID_EINVAL, "partition out of range");
+    sink_error(lp, sink, rq->id, GRID_EINVAL, "partition out of range");
     return;
   }
   int st0;
@@ -110,7 +111,7 @@ static void route_key(net_loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc,
   if (st0 == PMAP_LOST) {
     char detail[96];
     snprintf(detail, sizeof detail, "cache %.64s partition %u", pc->name, p);
-    route_sink_error(lp, sink, rq->id, GRID_ELOST, detail);
+    sink_error(lp, sink, rq->id, GRID_ELOST, detail);
     return;
   }
   int prim = pmap_primary(pc, p);
@@ -119,7 +120,7 @@ static void route_key(net_loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc,
     return;
   }
   if (rq->hops || prim < 0) {
-    route_sink_error(lp, sink, rq->id, rq->hops ? GRID_ESTALE : GRID_ENOTREADY,
+    sink_error(lp, sink, rq->id, rq->hops ? GRID_ESTALE : GRID_ENOTREADY,
                      "this node does not lead the partition");
     return;
   }
@@ -128,7 +129,7 @@ static void route_key(net_loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc,
     /* The map names this node's id under another incarnation: this process
      * restarted and holds none of those copies; the next map says who
      * leads now. */
-    route_sink_error(lp, sink, rq->id, GRID_ENOTREADY,
+    sink_error(lp, sink, rq->id, GRID_ENOTREADY,
                      "this node restarted: the partition map does not place it yet");
     return;
   }
@@ -144,7 +145,7 @@ static void route_key(net_loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc,
   }
   if (rc != 0) {
     free(f);
-    route_sink_error(lp, sink, rq->id, route_fwd_status(rc),
+    sink_error(lp, sink, rq->id, route_fwd_status(rc),
                      "the partition's primary cannot be reached: not run");
   }
 }
@@ -155,7 +156,7 @@ static void route_key(net_loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc,
  * in the request's key order. */
 typedef struct route_batch {
   net_loop_t *lp;
-  repl_sink_t sink;        /* where the merged reply goes */
+  sink_t *sink;            /* where the merged reply goes */
   uint64_t id;
   Grid__Op op;
   size_t nkeys;
@@ -168,6 +169,7 @@ typedef struct route_batch {
 } route_batch_t;
 
 typedef struct route_part {
+  sink_t sink;             /* for a key this node leads */
   route_batch_t *b;
   size_t index;            /* the key's position in the request */
 } route_part_t;
@@ -182,7 +184,7 @@ static void route_batch_finish(route_batch_t *b) {
     rp.entries = b->entries;
     rp.n_entries = b->nkeys;
   }
-  repl_deliver(b->lp, b->sink, &rp);
+  sink_deliver(b->lp, b->sink, &rp);
   arena_close(&b->arena);
   free(b);
 }
@@ -235,9 +237,9 @@ static void route_batch_take(route_batch_t *b, size_t index, int status,
   if (--b->pending == 0) route_batch_finish(b);
 }
 
-static void route_part_sink_fn(net_loop_t *lp, void *arg, const Grid__Reply *rp) {
+static void route_part_sink_fn(net_loop_t *lp, sink_t *sk, const Grid__Reply *rp) {
   (void)lp;
-  route_part_t *part = arg;
+  route_part_t *part = (route_part_t *)sk;
   route_batch_t *b = part->b;
   size_t index = part->index;
   free(part);
@@ -254,7 +256,7 @@ static void route_part_done(void *arg, int status, const Grid__Reply *rp) {
 
 /* A batch answering through sink (which it then owns). */
 static route_batch_t *route_batch_new(net_loop_t *lp, Grid__Request *rq, size_t n,
-                                      repl_sink_t sink) {
+                                      sink_t *sink) {
   route_batch_t *b = calloc(1, sizeof *b);
   if (!b) return NULL;
   arena_init(&b->arena, 4096);
@@ -295,11 +297,11 @@ static void route_batch(conn_t *c, Grid__Request *rq, const pmap_cache_t *pc) {
       return;
     }
   }
-  repl_sink_t sink;
-  route_batch_t *b = NULL;
-  if (route_conn_sink(c, rq->id, &sink) == 0) {
-    b = route_batch_new(lp, rq, n, sink);
-    if (!b) route_conn_sink_drop(sink.arg);
+  sink_t *sink = route_conn_sink(c, rq->id);
+  route_batch_t *b = sink ? route_batch_new(lp, rq, n, sink) : NULL;
+  if (sink && !b) {
+    sink_error(lp, sink, rq->id, GRID_ENOMEM, NULL);
+    return;
   }
   if (!b) {
     route_reply_error(c, rq->id, GRID_ENOMEM, NULL);
@@ -314,6 +316,7 @@ static void route_batch(conn_t *c, Grid__Request *rq, const pmap_cache_t *pc) {
       route_batch_error(b, GRID_ENOMEM, NULL);
       break;
     }
+    sink_init(&part->sink, route_part_sink_fn, lp->index);
     part->b = b;
     part->index = i;
     Grid__Request one = GRID__REQUEST__INIT;
@@ -325,7 +328,7 @@ static void route_batch(conn_t *c, Grid__Request *rq, const pmap_cache_t *pc) {
       one.ttl_ms = rq->ttl_ms;
     }
     b->pending++;
-    route_key(lp, &one, pc, (repl_sink_t){route_part_sink_fn, part, lp->index});
+    route_key(lp, &one, pc, &part->sink);
   }
   if (--b->pending == 0) route_batch_finish(b);
 }
@@ -342,7 +345,7 @@ static int64_t route_local_size(net_loop_t *lp, const char *cache, const pmap_ca
 }
 
 static void route_size(net_loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc,
-                       repl_sink_t sink) {
+                       sink_t *sink) {
   const pmap_t *m = lp->pmap;
   int found;
   if (rq->local) {
@@ -350,12 +353,12 @@ static void route_size(net_loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc
     rp.id = rq->id;
     rp.number = route_local_size(lp, rq->cache, pc, &found);
     if (!found) ops_reply_error(&rp, GRID_ENOTREADY, "cache not here yet", &lp->arena);
-    repl_deliver(lp, sink, &rp);
+    sink_deliver(lp, sink, &rp);
     return;
   }
   route_batch_t *b = route_batch_new(lp, rq, 0, sink);
   if (!b) {
-    route_sink_error(lp, sink, rq->id, GRID_ENOMEM, NULL);
+    sink_error(lp, sink, rq->id, GRID_ENOMEM, NULL);
     return;
   }
   for (size_t node = 0; node < m->nnodes; node++) {
@@ -482,10 +485,22 @@ static void route_pmap(conn_t *c, Grid__Request *rq) {
 
 /* ---- for other front ends (RESP) ------------------------------------------ */
 
-void route_keyed(net_loop_t *lp, Grid__Request *rq, repl_sink_t sink) {
+void route_keyed(net_loop_t *lp, Grid__Request *rq, repl_sink_t to) {
   node_t *n = lp->net->node;
+  GRID_ASSERT(to.loop == lp->index);
+  route_front_sink_t *fs = malloc(sizeof *fs);
+  if (!fs) {
+    Grid__Reply rp = GRID__REPLY__INIT;
+    rp.id = rq->id;
+    ops_reply_error(&rp, GRID_ENOMEM, NULL, &lp->arena);
+    to.fn(lp, to.arg, &rp);
+    return;
+  }
+  sink_init(&fs->sink, route_front_sink_fn, lp->index);
+  fs->to = to;
+  sink_t *sink = &fs->sink;
   if (!cluster_serving(n->cluster)) {
-    route_sink_error(lp, sink, rq->id, GRID_ECLUSTER,
+    sink_error(lp, sink, rq->id, GRID_ECLUSTER,
                      "this node is not serving (no partition map, or no ZooKeeper)");
     return;
   }
@@ -493,10 +508,10 @@ void route_keyed(net_loop_t *lp, Grid__Request *rq, repl_sink_t sink) {
   const pmap_cache_t *pc = lp->pmap ? pmap_find_cache(lp->pmap, name) : NULL;
   if (!pc) {
     int known = store_view_find(&lp->view, name, strlen(name)) != NULL;
-    route_sink_error(lp, sink, rq->id, known ? GRID_ENOTREADY : GRID_ENOCACHE, NULL);
+    sink_error(lp, sink, rq->id, known ? GRID_ENOTREADY : GRID_ENOCACHE, NULL);
     return;
   }
-  if (rq->op == GRID__OP__SIZE) route_size(lp, rq, pc, sink);
+  if (op_has(rq->op, OP_ALL_NODES)) route_size(lp, rq, pc, sink);
   else route_key(lp, rq, pc, sink);
 }
 
@@ -540,7 +555,7 @@ int route_request(conn_t *c, Grid__Request *rq) {
       route_cache_op(c, rq);
       return ROUTE_TAKEN;
     default:
-      if (!ops_is_data_op(rq->op)) return ROUTE_LOCAL; /* ops_execute answers: unknown op */
+      if (!op_has(rq->op, OP_DATA)) return ROUTE_LOCAL; /* ops_execute answers: unknown op */
       break;
   }
   if (!cluster_serving(n->cluster)) {
@@ -557,22 +572,21 @@ int route_request(conn_t *c, Grid__Request *rq) {
     route_reply_error(c, rq->id, known ? GRID_ENOTREADY : GRID_ENOCACHE, detail);
     return ROUTE_TAKEN;
   }
-  if (rq->op == GRID__OP__SIZE) {
-    repl_sink_t sink;
-    if (route_conn_sink(c, rq->id, &sink) != 0) {
+  if (op_has(rq->op, OP_ALL_NODES)) {
+    sink_t *sink = route_conn_sink(c, rq->id);
+    if (!sink) {
       route_reply_error(c, rq->id, GRID_ENOMEM, NULL);
       return ROUTE_TAKEN;
     }
     route_size(lp, rq, pc, sink);
     return ROUTE_TAKEN;
   }
-  if (rq->op == GRID__OP__GET_ALL || rq->op == GRID__OP__PUT_ALL ||
-      rq->op == GRID__OP__DELETE_ALL) {
+  if (op_has(rq->op, OP_BATCH)) {
     route_batch(c, rq, pc);
     return ROUTE_TAKEN;
   }
-  repl_sink_t sink;
-  if (route_conn_sink(c, rq->id, &sink) != 0) {
+  sink_t *sink = route_conn_sink(c, rq->id);
+  if (!sink) {
     route_reply_error(c, rq->id, GRID_ENOMEM, NULL);
     return ROUTE_TAKEN;
   }

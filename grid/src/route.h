@@ -23,10 +23,17 @@ enum {
 /* Where a request goes. Only for a node in a cluster. */
 int route_request(conn_t *c, Grid__Request *rq);
 
+/* Where a reply for another front end goes: fn(lp, arg, rp) runs on this
+ * loop (the caller's) exactly once. */
+typedef struct repl_sink {
+  void (*fn)(net_loop_t *lp, void *arg, const Grid__Reply *rp);
+  void *arg;
+  int loop;
+} repl_sink_t;
+
 /* Runs one keyed request (GET ... TTL) where its partition's primary is,
  * or a SIZE across the cluster, and answers through sink. For front ends
  * other than the native protocol. */
-#include "repl.h"
 void route_keyed(net_loop_t *lp, Grid__Request *rq, repl_sink_t sink);
 
 #endif
