@@ -9,38 +9,27 @@
 #include "clock.h"
 #include "grid_types.h"
 #include "log.h"
-#include "net_int.h"
 #include "node.h"
 #include "op.h"
 #include "ops.h"
-#include "part.h"
 #include "peer.h"
-#include "sink.h"
+#include "repl_int.h"
 
-#define REPL_FILL_CHUNK_ENTRIES 512      /* entries in one FILL message */
-#define REPL_FILL_CHUNK_BYTES (1u << 20) /* ... or about this many bytes */
-#define REPL_FILL_RETRY_MS 500           /* a failed fill starts again after */
+static void repl_fail_waits(net_loop_t *lp, repl_part_t *part, int status, const char *why);
 
 /* ---- replies that cross loops ------------------------------------------ */
-
-/* A reply built now, released later (once what it saw is committed). */
-typedef struct repl_packed {
-  sink_t *sink;
-  size_t len;
-  unsigned char buf[];
-} repl_packed_t;
 
 static repl_packed_t *repl_pack(sink_t *sink, const Grid__Reply *rp) {
   size_t len = grid__reply__get_packed_size(rp);
   repl_packed_t *pk = malloc(sizeof *pk + len);
   if (!pk) return NULL;
   pk->sink = sink;
+  pk->id = rp->id;
   pk->len = len;
   grid__reply__pack(rp, pk->buf);
   return pk;
 }
 
-static void repl_fail_packed(net_loop_t *lp, repl_packed_t *pk, int status, const char *why);
 
 /* Whether a reply that depends on this node leading the partition may
  * leave now: the lease, read at the moment of release (after the state
@@ -75,85 +64,13 @@ static void repl_release_packed(net_loop_t *lp, repl_packed_t *pk, int lost_stat
   sink_deliver_packed(lp, pk->sink, pk, pk->buf, pk->len);
 }
 
-/* ---- per partition state (on its owner loop) ------------------------------ */
-
-typedef struct repl_part repl_part_t;
-static void repl_fail_waits(net_loop_t *lp, repl_part_t *part, int status, const char *why);
-
-enum { REPL_WAIT = 0, REPL_ACKED = 1, REPL_FAILED = 2 };
-
-typedef struct repl_backup {
-  char node_id[PMAP_ID_MAX];
-  int state;
-  int owning;                    /* counted for full_sync */
-} repl_backup_t;
-
-typedef struct repl_write {
-  struct repl_write *next;       /* the partition's FIFO, counter order */
-  struct repl_write *lnext, *lprev; /* the loop's list of pending writes */
-  struct repl_part *part;
-  store_t *store;
-  store_cache_t *cache;          /* a reference, released when done */
-  uint32_t p;
-  uint64_t counter;
-  int waiting;                   /* OWNING backups that have not acked */
-  int refs;                      /* the FIFO, plus acks in flight */
-  int answered;                  /* the sink got its reply */
-  int abandoned;                 /* given up: never counts as committed */
-  int64_t deadline_ms;
-  sink_t *sink;
-  repl_packed_t *reply;          /* answered once committed */
-  size_t nbackups;
-  repl_backup_t backups[];
-} repl_write_t;
-
-typedef struct repl_wait {
-  struct repl_wait *next;
-  uint64_t release;              /* answered once committed reaches it */
-  repl_packed_t *reply;
-} repl_wait_t;
-
-struct repl_part {
-  repl_write_t *head, *tail;
-  uint64_t handoff_epoch;        /* handing over in it: report when drained */
-  repl_wait_t *waits;
-  store_part_sync_t *sync;
-  store_t *store;
-  store_cache_t *cache;          /* not a reference: the part lives in it */
-  uint32_t p;
-  int abandoned;                 /* writes were given up when another node
-                                    took the lead: what is applied here past
-                                    committed is not committed */
-};
-
-typedef struct repl_fill {
-  struct repl_fill *next;
-  char cache[STORE_CACHE_NAME_MAX + 1];
-  uint32_t p;
-  char node_id[PMAP_ID_MAX];
-  uint64_t epoch;                /* map epoch it was started in */
-  uint64_t cursor;
-  int started, inflight, done, reported, failed;
-  int restart;                   /* start over once the chunk in flight is in */
-  int64_t retry_at_ms;           /* after a failure, not before then */
-  uint64_t entries, bytes;
-  int64_t started_ms;
-} repl_fill_t;
-
-struct repl_loop {
-  repl_write_t *writes;          /* every pending write of this loop */
-  repl_fill_t *fills;
-  int64_t window_ms;             /* fill pacing: this second's bytes */
-  uint64_t window_bytes;
-};
-
 void repl_part_free(void *repl) {
   repl_part_t *rp = repl;
   /* Pending work holds a reference to the cache, so none is left here. */
   free(rp);
 }
 
-static struct repl_loop *repl_loop(net_loop_t *lp) {
+struct repl_loop *repl_loop(net_loop_t *lp) {
   if (!lp->repl) lp->repl = calloc(1, sizeof *lp->repl);
   return lp->repl;
 }
@@ -173,7 +90,7 @@ static repl_part_t *repl_part(store_t *store, store_cache_t *sc, uint32_t p) {
   return sync->repl;
 }
 
-static int repl_owner_loop(net_loop_t *lp, uint32_t p) {
+int repl_owner_loop(const net_loop_t *lp, uint32_t p) {
   return (int)(p % (uint32_t)net_loops(lp->net));
 }
 
@@ -274,27 +191,6 @@ typedef struct repl_ack {
   size_t backup;
   net_loop_t *lp;
 } repl_ack_t;
-
-static repl_fill_t *repl_fill_find(struct repl_loop *rl, const char *cache, uint32_t p,
-                                   const char *node);
-
-/* A MOVING copy missed a record: its fill starts over, and a report that
- * it was filled no longer holds. */
-static void repl_fill_restart(net_loop_t *lp, const char *cache, uint32_t p, const char *node) {
-  struct repl_loop *rl = lp->repl;
-  repl_fill_t *f = rl ? repl_fill_find(rl, cache, p, node) : NULL;
-  if (f) {
-    f->done = 0;
-    f->reported = 0;
-    if (!f->inflight) {
-      f->started = 0;
-      f->cursor = 0;
-    } else {
-      f->restart = 1; /* once the chunk in flight is answered */
-    }
-  }
-  cluster_report_withdraw(lp->net->node->cluster, cache, p, node);
-}
 
 static void repl_on_ack(void *arg, int status, const Grid__Reply *rp) {
   repl_ack_t *a = arg;
@@ -581,293 +477,57 @@ void repl_execute(net_loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *s
   net_post(lp->net, owner, &h->task);
 }
 
-/* ---- the backup's side ------------------------------------------------------ */
-
-void repl_on_peer_request(net_loop_t *lp, const char *from_node,
-                          const Grid__Request *rq, Grid__Reply *rp) {
-  rp->id = rq->id;
-  const char *name = rq->cache ? rq->cache : "";
-  store_cache_t *sc = store_view_find(&lp->view, name, strlen(name));
-  if (!sc) {
-    ops_reply_error(rp, GRID_ENOTREADY, "cache not here yet", &lp->arena);
-    return;
-  }
-  /* Fencing: a primary of an older map is refused once this node knows
-   * another primary for the partition (from its newest map: this loop's
-   * copy may lag the loop that already acts on the new one). */
-  uint32_t part = rq->op == GRID__OP__REPL
-                      ? part_of(rq->key.data, rq->key.len, store_cache_cfg(sc)->partitions)
-                      : rq->partition;
-  if (!cluster_accepts(lp->net->node->cluster, name, part, rq->epoch, from_node)) {
-    ops_reply_error(rp, GRID_ESTALE,
-                    rq->epoch > cluster_newest_epoch(lp->net->node->cluster)
-                        ? "the record names a partition map this node never read"
-                        : "not the partition's primary in this node's map",
-                    &lp->arena);
-    return;
-  }
-  store_t *store = lp->net->node->store;
-  if (rq->op == GRID__OP__REPL) {
-    /* A record passes the limits a client's write does: a primary under
-     * other settings, or a forged record, must not put past them. */
-    int rc = store_check_sizes(store, rq->key.len, rq->deleted ? 0 : rq->value.len);
-    if (rc != 0) {
-      ops_reply_error(rp, rc, "in a replication record", &lp->arena);
-      return;
-    }
-    store_key_t k;
-    store_key_init(sc, rq->key.data, rq->key.len, &k);
-    /* An empty value arrives as NULL data: only `deleted` means a delete. */
-    const void *value = rq->deleted ? NULL : rq->value.data ? rq->value.data : (uint8_t *)"";
-    rc = store_apply(sc, &k, value, rq->value.len, rq->version, rq->expire_at_ms);
-    if (rc != 0) ops_reply_error(rp, rc, NULL, &lp->arena);
-    return;
-  }
-  /* FILL */
-  if (rq->partition >= store_cache_cfg(sc)->partitions) {
-    ops_reply_error(rp, GRID_EINVAL, "partition out of range", &lp->arena);
-    return;
-  }
-  if (rq->reset) store_part_reset(sc, rq->partition);
-  for (size_t i = 0; i < rq->n_values; i++) {
-    /* A chunk: values[i] is a packed Entry. */
-    Grid__Entry *e = grid__entry__unpack(&lp->arena.pb, rq->values[i].len, rq->values[i].data);
-    if (!e) {
-      ops_reply_error(rp, GRID_EPROTO, "a fill entry does not decode", &lp->arena);
-      return;
-    }
-    int rc = store_check_sizes(store, e->key.len, e->value.len);
-    if (rc != 0) {
-      ops_reply_error(rp, rc, "in a fill entry", &lp->arena);
-      return;
-    }
-    store_key_t k;
-    store_key_init(sc, e->key.data, e->key.len, &k);
-    rc = store_apply(sc, &k, e->value.data ? e->value.data : (uint8_t *)"", e->value.len,
-                     e->version, e->expire_at_ms);
-    if (rc != 0) {
-      ops_reply_error(rp, rc, NULL, &lp->arena);
-      return;
-    }
-  }
-}
-
-/* ---- filling MOVING copies ---------------------------------------------------- */
-
-typedef struct repl_fill_chunk {
-  arena_t arena;
-  Grid__Request rq;
-  size_t bytes;
-  size_t n, cap;
-} repl_fill_chunk_t;
-
-static int repl_fill_entry_cb(void *ctx, const void *key, size_t key_len,
-                              const void *value, size_t value_len, uint64_t version,
-                              int64_t expire_at_ms) {
-  repl_fill_chunk_t *ch = ctx;
-  if (ch->n == ch->cap) {
-    size_t cap = ch->cap ? ch->cap * 2 : 64;
-    ProtobufCBinaryData *v = arena_alloc(&ch->arena, cap * sizeof *v);
-    if (!v) return 1;
-    if (ch->n) memcpy(v, ch->rq.values, ch->n * sizeof *v);
-    ch->rq.values = v;
-    ch->cap = cap;
-  }
-  Grid__Entry e = GRID__ENTRY__INIT;
-  e.key.data = (uint8_t *)key;
-  e.key.len = key_len;
-  e.value.data = (uint8_t *)value;
-  e.value.len = value_len;
-  e.version = version;
-  e.expire_at_ms = expire_at_ms;
-  size_t len = grid__entry__get_packed_size(&e);
-  uint8_t *buf = arena_alloc(&ch->arena, len ? len : 1);
-  if (!buf) return 1;
-  grid__entry__pack(&e, buf);
-  ch->rq.values[ch->n].data = buf;
-  ch->rq.values[ch->n].len = len;
-  ch->n++;
-  ch->bytes += len;
-  return 0;
-}
-
-static void repl_fill_step(net_loop_t *lp, repl_fill_t *f, int64_t now);
-
-typedef struct repl_fill_ack {
-  net_loop_t *lp;
-  repl_fill_t *f;
-  int last;
-} repl_fill_ack_t;
-
-static void repl_fill_on_ack(void *arg, int status, const Grid__Reply *rp) {
-  repl_fill_ack_t *a = arg;
-  repl_fill_t *f = a->f;
-  f->inflight = 0;
-  if (status == 0 && rp->status != 0) status = rp->status;
-  if (f->restart) {
-    f->restart = 0;
-    f->started = 0;
-    f->cursor = 0;
-    f->done = 0;
-    free(a);
-    return; /* the next cron tick starts it again */
-  }
-  if (status != 0) {
-    LOG_W("repl", "\"filling a copy failed: starting it again\" cache=%s partition=%u node=%s error=%s",
-          f->cache, f->p, f->node_id, grid_err_name(status));
-    f->started = 0; /* again from the first chunk, which empties the copy */
-    f->cursor = 0;
-    f->retry_at_ms = clock_mono_ms() + REPL_FILL_RETRY_MS;
-  } else if (a->last) {
-    f->done = 1;
-    node_t *n = a->lp->net->node;
-    /* The fill may have begun under an older map; it still holds in this
-     * one (a fill no longer wanted is dropped on the map change). */
-    if (a->lp->pmap) f->epoch = a->lp->pmap->epoch;
-    LOG_I("repl", "\"copy filled\" cache=%s partition=%u node=%s entries=%llu bytes=%llu ms=%lld",
-          f->cache, f->p, f->node_id, (unsigned long long)f->entries,
-          (unsigned long long)f->bytes, (long long)(clock_mono_ms() - f->started_ms));
-    cluster_report_ready(n->cluster, f->cache, f->p, f->node_id, f->epoch);
-    f->reported = 1;
-  }
-  net_loop_t *lp = a->lp;
-  free(a);
-  if (!f->done && status == 0) repl_fill_step(lp, f, clock_mono_ms()); /* the next chunk now */
-}
-
-/* Sends the fill's next chunk when pacing allows. */
-static void repl_fill_step(net_loop_t *lp, repl_fill_t *f, int64_t now) {
-  node_t *n = lp->net->node;
-  struct repl_loop *rl = lp->repl;
-  if (f->done || f->inflight || f->failed || now < f->retry_at_ms) return;
-  if (now - rl->window_ms >= 1000) {
-    rl->window_ms = now;
-    rl->window_bytes = 0;
-  }
-  if (n->cfg.rebalance_bytes_per_sec > 0 &&
-      rl->window_bytes >= (uint64_t)n->cfg.rebalance_bytes_per_sec)
-    return; /* this second's share is spent */
-  store_cache_t *sc = store_view_find(&lp->view, f->cache, strlen(f->cache));
-  int target = lp->pmap ? pmap_node_index(lp->pmap, f->node_id) : -1;
-  if (!sc || target < 0) {
-    f->failed = 1;
-    return;
-  }
-  repl_fill_chunk_t ch = {0};
-  arena_init(&ch.arena, 64 * 1024);
-  grid__request__init(&ch.rq);
-  ch.rq.op = GRID__OP__FILL;
-  ch.rq.cache = f->cache;
-  ch.rq.partition = f->p;
-  ch.rq.epoch = lp->pmap->epoch;
-  ch.rq.reset = !f->started;
-  if (!f->started) {
-    f->started = 1;
-    f->entries = f->bytes = 0;
-    f->started_ms = now;
-  }
-  /* Whole buckets until the chunk is big enough: same lock as writes, so
-   * the chunk is the partition as it is between two records. */
-  do {
-    store_scan_full(sc, f->p, &f->cursor, 64, clock_wall_ms(), repl_fill_entry_cb, &ch);
-  } while (f->cursor != 0 && ch.n < REPL_FILL_CHUNK_ENTRIES && ch.bytes < REPL_FILL_CHUNK_BYTES);
-  ch.rq.n_values = ch.n;
-  int last = f->cursor == 0;
-  ch.rq.done = last;
-  const pmap_node_t *nd = &lp->pmap->nodes[target];
-  peer_t *peer = peer_get(lp, nd->id, nd->addr);
-  repl_fill_ack_t *a = malloc(sizeof *a);
-  int rc = GRID_ENOMEM;
-  if (peer && a) {
-    *a = (repl_fill_ack_t){lp, f, last};
-    rc = peer_call(peer, &ch.rq, n->cfg.forward_timeout_ms, repl_fill_on_ack, a);
-  }
-  if (rc != 0) {
-    free(a);
-    f->started = 0;
-    f->cursor = 0;
-    f->retry_at_ms = now + REPL_FILL_RETRY_MS;
-  } else {
-    f->inflight = 1;
-    f->entries += ch.n;
-    f->bytes += ch.bytes;
-    rl->window_bytes += ch.bytes;
-  }
-  arena_close(&ch.arena);
-}
-
-static repl_fill_t *repl_fill_find(struct repl_loop *rl, const char *cache, uint32_t p,
-                                   const char *node) {
-  for (repl_fill_t *f = rl->fills; f; f = f->next)
-    if (f->p == p && strcmp(f->cache, cache) == 0 && strcmp(f->node_id, node) == 0) return f;
-  return NULL;
-}
-
 /* ---- map changes and housekeeping ------------------------------------------- */
 
-void repl_on_map(net_loop_t *lp) {
-  struct repl_loop *rl = repl_loop(lp);
-  if (!rl || !lp->pmap) return;
-  const pmap_t *m = lp->pmap;
+/* A pending write of a partition no longer led here: given up. */
+static void repl_write_abandon(net_loop_t *lp, repl_write_t *w) {
+  if (!w->answered && w->reply) {
+    repl_fail_packed(lp, w->reply, GRID_EUNKNOWN,
+                     "the partition changed primary before every copy acknowledged the write");
+    w->reply = NULL;
+    w->answered = 1;
+  }
+  /* Given up, not committed: a read waiting behind it must not see it
+   * (the new primary may never have had it), so it is sent to retry
+   * there instead; nor may a later read here (committed stays). */
+  w->waiting = 0;
+  w->abandoned = 1;
+  if (w->part) {
+    w->part->abandoned = 1;
+    repl_fail_waits(lp, w->part, GRID_ENOTREADY, "the partition changed primary: retry");
+  }
+}
+
+/* A pending write under a new map: a backup no longer in sync no longer
+ * holds it up; one the map still counts in sync after missing it is
+ * demoted again. */
+static void repl_write_on_map(net_loop_t *lp, const pmap_t *m, const pmap_cache_t *pc,
+                              repl_write_t *w) {
   node_t *n = lp->net->node;
-  store_set_epoch(n->store, m->epoch);
-  /* Pending writes: a backup no longer in sync no longer holds them; a
-   * partition no longer led here cannot finish them. */
-  repl_write_t *next;
-  for (repl_write_t *w = rl->writes; w; w = next) {
-    next = w->lnext;
-    const pmap_cache_t *pc = pmap_find_cache(m, store_cache_cfg(w->cache)->name);
-    if (!pc || pmap_leader(pc, w->p) != lp->self) {
-      if (!w->answered && w->reply) {
-        repl_fail_packed(lp, w->reply, GRID_EUNKNOWN,
-                         "the partition changed primary before every copy acknowledged the write");
-        w->reply = NULL;
-        w->answered = 1;
-      }
-      /* Given up, not committed: a read waiting behind it must not see it
-       * (the new primary may never have had it), so it is sent to retry
-       * there instead; nor may a later read here (committed stays). */
-      w->waiting = 0;
-      w->abandoned = 1;
-      if (w->part) {
-        w->part->abandoned = 1;
-        repl_fail_waits(lp, w->part, GRID_ENOTREADY, "the partition changed primary: retry");
-      }
-      continue;
+  for (size_t i = 0; i < w->nbackups; i++) {
+    repl_backup_t *b = &w->backups[i];
+    if (b->state == REPL_ACKED) continue;
+    int idx = pmap_node_index(m, b->node_id), in_sync = 0;
+    for (uint32_t k = 1; idx >= 0 && k < pc->slots; k++) {
+      int st;
+      if (pmap_copy_at(pc, w->p, k, &st) == idx && st == PMAP_OWNING) in_sync = 1;
     }
-    for (size_t i = 0; i < w->nbackups; i++) {
-      repl_backup_t *b = &w->backups[i];
-      if (b->state == REPL_ACKED) continue;
-      int idx = pmap_node_index(m, b->node_id), in_sync = 0;
-      for (uint32_t k = 1; idx >= 0 && k < pc->slots; k++) {
-        int st;
-        if (pmap_copy_at(pc, w->p, k, &st) == idx && st == PMAP_OWNING) in_sync = 1;
-      }
-      if (!in_sync) {
-        b->state = REPL_ACKED;
-        w->waiting--;
-      } else if (b->state == REPL_FAILED) {
-        /* The map still counts a copy in sync that missed this write: the
-         * demote was not acted on (the coordinator moved to another map
-         * first, and a report names the map it was made in). Said again
-         * for this map, until a map reflects it. */
-        cluster_report_demote(n->cluster, pc->name, w->p, b->node_id);
-      }
+    if (!in_sync) {
+      b->state = REPL_ACKED;
+      w->waiting--;
+    } else if (b->state == REPL_FAILED) {
+      /* The map still counts a copy in sync that missed this write: the
+       * demote was not acted on (the coordinator moved to another map
+       * first, and a report names the map it was made in). Said again
+       * for this map, until a map reflects it. */
+      cluster_report_demote(n->cluster, pc->name, w->p, b->node_id);
     }
   }
-  /* Advancing frees writes, possibly several of the list: start over after
-   * each (every round answers at least one). */
-  for (int again = 1; again;) {
-    again = 0;
-    for (repl_write_t *w = rl->writes; w; w = w->lnext) {
-      if (w->waiting <= 0 && w->part && w->part->head == w) {
-        repl_advance(lp, w->part);
-        again = 1;
-        break;
-      }
-    }
-  }
-  /* Partitions handed over from here: drained once no write is pending. */
+}
+
+/* Partitions handed over from here: drained once no write is pending. */
+static void repl_handoffs_on_map(net_loop_t *lp, const pmap_t *m) {
+  node_t *n = lp->net->node;
   for (size_t c = 0; c < m->ncaches; c++) {
     const pmap_cache_t *pc = &m->caches[c];
     store_cache_t *sc = NULL;
@@ -882,47 +542,36 @@ void repl_on_map(net_loop_t *lp) {
       else cluster_report_drained(n->cluster, pc->name, p, m->epoch);
     }
   }
-  /* Fills: one per MOVING copy of a partition led here and owned by this
-   * loop; a fill already done is reported again for this epoch. */
-  for (repl_fill_t *f = rl->fills; f; f = f->next) f->failed = 1; /* unless still wanted */
-  for (size_t c = 0; c < m->ncaches; c++) {
-    const pmap_cache_t *pc = &m->caches[c];
-    for (uint32_t p = 0; p < pc->partitions; p++) {
-      if (repl_owner_loop(lp, p) != lp->index || pmap_primary(pc, p) != lp->self) continue;
-      for (uint32_t k = 1; k < pc->slots; k++) {
-        int st;
-        int idx = pmap_copy_at(pc, p, k, &st);
-        if (idx < 0 || st != PMAP_MOVING) continue;
-        repl_fill_t *f = repl_fill_find(rl, pc->name, p, m->nodes[idx].id);
-        if (f) {
-          f->failed = 0;
-          if (f->done) {
-            f->epoch = m->epoch;
-            cluster_report_ready(n->cluster, f->cache, p, f->node_id, f->epoch);
-          }
-          continue;
-        }
-        f = calloc(1, sizeof *f);
-        if (!f) continue;
-        snprintf(f->cache, sizeof f->cache, "%s", pc->name);
-        f->p = p;
-        snprintf(f->node_id, sizeof f->node_id, "%s", m->nodes[idx].id);
-        f->epoch = m->epoch;
-        f->next = rl->fills;
-        rl->fills = f;
+}
+
+void repl_on_map(net_loop_t *lp) {
+  struct repl_loop *rl = repl_loop(lp);
+  if (!rl || !lp->pmap) return;
+  const pmap_t *m = lp->pmap;
+  store_set_epoch(lp->net->node->store, m->epoch);
+  /* Pending writes: a backup no longer in sync no longer holds them; a
+   * partition no longer led here cannot finish them. */
+  repl_write_t *next;
+  for (repl_write_t *w = rl->writes; w; w = next) {
+    next = w->lnext;
+    const pmap_cache_t *pc = pmap_find_cache(m, store_cache_cfg(w->cache)->name);
+    if (!pc || pmap_leader(pc, w->p) != lp->self) repl_write_abandon(lp, w);
+    else repl_write_on_map(lp, m, pc, w);
+  }
+  /* Advancing frees writes, possibly several of the list: start over after
+   * each (every round answers at least one). */
+  for (int again = 1; again;) {
+    again = 0;
+    for (repl_write_t *w = rl->writes; w; w = w->lnext) {
+      if (w->waiting <= 0 && w->part && w->part->head == w) {
+        repl_advance(lp, w->part);
+        again = 1;
+        break;
       }
     }
   }
-  repl_fill_t **l = &rl->fills;
-  while (*l) {
-    repl_fill_t *f = *l;
-    if (f->failed && !f->inflight) {
-      *l = f->next;
-      free(f);
-    } else {
-      l = &f->next;
-    }
-  }
+  repl_handoffs_on_map(lp, m);
+  repl_fills_on_map(lp, m);
 }
 
 void repl_cron(net_loop_t *lp, int64_t now_ms) {
@@ -943,15 +592,13 @@ void repl_cron(net_loop_t *lp, int64_t now_ms) {
         cluster_report_demote(lp->net->node->cluster, store_cache_cfg(w->cache)->name, w->p,
                               w->backups[i].node_id);
   }
+  if (rl->fills_incomplete && lp->pmap) repl_fills_on_map(lp, lp->pmap);
   for (repl_fill_t *f = rl->fills; f; f = f->next) repl_fill_step(lp, f, now_ms);
 }
 
-/* Answers a packed reply's sink with an error instead, keeping its id. */
-static void repl_fail_packed(net_loop_t *lp, repl_packed_t *pk, int status, const char *why) {
-  Grid__Reply *orig = grid__reply__unpack(NULL, pk->len, pk->buf);
+void repl_fail_packed(net_loop_t *lp, repl_packed_t *pk, int status, const char *why) {
   Grid__Reply err = GRID__REPLY__INIT;
-  err.id = orig ? orig->id : 0;
-  if (orig) grid__reply__free_unpacked(orig, NULL);
+  err.id = pk->id;
   err.status = status;
   err.message = (char *)why;
   sink_deliver(lp, pk->sink, &err);

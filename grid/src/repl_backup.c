@@ -1,0 +1,78 @@
+#include <string.h>
+
+#include "cluster.h"
+#include "grid_types.h"
+#include "node.h"
+#include "ops.h"
+#include "part.h"
+#include "repl_int.h"
+
+void repl_on_peer_request(net_loop_t *lp, const char *from_node,
+                          const Grid__Request *rq, Grid__Reply *rp) {
+  rp->id = rq->id;
+  const char *name = rq->cache ? rq->cache : "";
+  store_cache_t *sc = store_view_find(&lp->view, name, strlen(name));
+  if (!sc) {
+    ops_reply_error(rp, GRID_ENOTREADY, "cache not here yet", &lp->arena);
+    return;
+  }
+  /* Fencing: a primary of an older map is refused once this node knows
+   * another primary for the partition (from its newest map: this loop's
+   * copy may lag the loop that already acts on the new one). */
+  uint32_t part = rq->op == GRID__OP__REPL
+                      ? part_of(rq->key.data, rq->key.len, store_cache_cfg(sc)->partitions)
+                      : rq->partition;
+  if (!cluster_accepts(lp->net->node->cluster, name, part, rq->epoch, from_node)) {
+    ops_reply_error(rp, GRID_ESTALE,
+                    rq->epoch > cluster_newest_epoch(lp->net->node->cluster)
+                        ? "the record names a partition map this node never read"
+                        : "not the partition's primary in this node's map",
+                    &lp->arena);
+    return;
+  }
+  store_t *store = lp->net->node->store;
+  if (rq->op == GRID__OP__REPL) {
+    /* A record passes the limits a client's write does: a primary under
+     * other settings, or a forged record, must not put past them. */
+    int rc = store_check_sizes(store, rq->key.len, rq->deleted ? 0 : rq->value.len);
+    if (rc != 0) {
+      ops_reply_error(rp, rc, "in a replication record", &lp->arena);
+      return;
+    }
+    store_key_t k;
+    store_key_init(sc, rq->key.data, rq->key.len, &k);
+    /* An empty value arrives as NULL data: only `deleted` means a delete. */
+    const void *value = rq->deleted ? NULL : rq->value.data ? rq->value.data : (uint8_t *)"";
+    rc = store_apply(sc, &k, value, rq->value.len, rq->version, rq->expire_at_ms);
+    if (rc != 0) ops_reply_error(rp, rc, NULL, &lp->arena);
+    return;
+  }
+  /* FILL */
+  if (rq->partition >= store_cache_cfg(sc)->partitions) {
+    ops_reply_error(rp, GRID_EINVAL, "partition out of range", &lp->arena);
+    return;
+  }
+  if (rq->reset) store_part_reset(sc, rq->partition);
+  for (size_t i = 0; i < rq->n_values; i++) {
+    /* A chunk: values[i] is a packed Entry. */
+    Grid__Entry *e = grid__entry__unpack(&lp->arena.pb, rq->values[i].len, rq->values[i].data);
+    if (!e) {
+      ops_reply_error(rp, GRID_EPROTO, "a fill entry does not decode", &lp->arena);
+      return;
+    }
+    int rc = store_check_sizes(store, e->key.len, e->value.len);
+    if (rc != 0) {
+      ops_reply_error(rp, rc, "in a fill entry", &lp->arena);
+      return;
+    }
+    store_key_t k;
+    store_key_init(sc, e->key.data, e->key.len, &k);
+    rc = store_apply(sc, &k, e->value.data ? e->value.data : (uint8_t *)"", e->value.len,
+                     e->version, e->expire_at_ms);
+    if (rc != 0) {
+      ops_reply_error(rp, rc, NULL, &lp->arena);
+      return;
+    }
+  }
+}
+

@@ -1,0 +1,243 @@
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "arena.h"
+#include "clock.h"
+#include "cluster.h"
+#include "grid_types.h"
+#include "log.h"
+#include "node.h"
+#include "peer.h"
+#include "repl_int.h"
+
+typedef struct repl_fill_chunk {
+  arena_t arena;
+  Grid__Request rq;
+  size_t bytes;
+  size_t n, cap;
+  int failed;              /* out of memory: the chunk is not whole */
+} repl_fill_chunk_t;
+
+static int repl_fill_entry_cb(void *ctx, const void *key, size_t key_len,
+                              const void *value, size_t value_len, uint64_t version,
+                              int64_t expire_at_ms) {
+  repl_fill_chunk_t *ch = ctx;
+  if (ch->n == ch->cap) {
+    size_t cap = ch->cap ? ch->cap * 2 : 64;
+    ProtobufCBinaryData *v = arena_alloc(&ch->arena, cap * sizeof *v);
+    if (!v) {
+      ch->failed = 1;
+      return 1;
+    }
+    if (ch->n) memcpy(v, ch->rq.values, ch->n * sizeof *v);
+    ch->rq.values = v;
+    ch->cap = cap;
+  }
+  Grid__Entry e = GRID__ENTRY__INIT;
+  e.key.data = (uint8_t *)key;
+  e.key.len = key_len;
+  e.value.data = (uint8_t *)value;
+  e.value.len = value_len;
+  e.version = version;
+  e.expire_at_ms = expire_at_ms;
+  size_t len = grid__entry__get_packed_size(&e);
+  uint8_t *buf = arena_alloc(&ch->arena, len ? len : 1);
+  if (!buf) {
+    ch->failed = 1;
+    return 1;
+  }
+  grid__entry__pack(&e, buf);
+  ch->rq.values[ch->n].data = buf;
+  ch->rq.values[ch->n].len = len;
+  ch->n++;
+  ch->bytes += len;
+  return 0;
+}
+
+typedef struct repl_fill_ack {
+  net_loop_t *lp;
+  repl_fill_t *f;
+  int last;
+} repl_fill_ack_t;
+
+static void repl_fill_on_ack(void *arg, int status, const Grid__Reply *rp) {
+  repl_fill_ack_t *a = arg;
+  repl_fill_t *f = a->f;
+  f->inflight = 0;
+  if (status == 0 && rp->status != 0) status = rp->status;
+  if (f->restart) {
+    f->restart = 0;
+    f->started = 0;
+    f->cursor = 0;
+    f->done = 0;
+    free(a);
+    return; /* the next cron tick starts it again */
+  }
+  if (status != 0) {
+    LOG_W("repl", "\"filling a copy failed: starting it again\" cache=%s partition=%u node=%s error=%s",
+          f->cache, f->p, f->node_id, grid_err_name(status));
+    f->started = 0; /* again from the first chunk, which empties the copy */
+    f->cursor = 0;
+    f->retry_at_ms = clock_mono_ms() + REPL_FILL_RETRY_MS;
+  } else if (a->last) {
+    f->done = 1;
+    node_t *n = a->lp->net->node;
+    /* The fill may have begun under an older map; it still holds in this
+     * one (a fill no longer wanted is dropped on the map change). */
+    if (a->lp->pmap) f->epoch = a->lp->pmap->epoch;
+    LOG_I("repl", "\"copy filled\" cache=%s partition=%u node=%s entries=%llu bytes=%llu ms=%lld",
+          f->cache, f->p, f->node_id, (unsigned long long)f->entries,
+          (unsigned long long)f->bytes, (long long)(clock_mono_ms() - f->started_ms));
+    cluster_report_ready(n->cluster, f->cache, f->p, f->node_id, f->epoch);
+    f->reported = 1;
+  }
+  net_loop_t *lp = a->lp;
+  free(a);
+  if (!f->done && status == 0) repl_fill_step(lp, f, clock_mono_ms()); /* the next chunk now */
+}
+
+void repl_fill_step(net_loop_t *lp, repl_fill_t *f, int64_t now) {
+  node_t *n = lp->net->node;
+  struct repl_loop *rl = lp->repl;
+  if (f->done || f->inflight || f->failed || now < f->retry_at_ms) return;
+  if (now - rl->window_ms >= 1000) {
+    rl->window_ms = now;
+    rl->window_bytes = 0;
+  }
+  if (n->cfg.rebalance_bytes_per_sec > 0 &&
+      rl->window_bytes >= (uint64_t)n->cfg.rebalance_bytes_per_sec)
+    return; /* this second's share is spent */
+  store_cache_t *sc = store_view_find(&lp->view, f->cache, strlen(f->cache));
+  int target = lp->pmap ? pmap_node_index(lp->pmap, f->node_id) : -1;
+  if (!sc || target < 0) {
+    f->failed = 1;
+    return;
+  }
+  repl_fill_chunk_t ch = {0};
+  arena_init(&ch.arena, 64 * 1024);
+  grid__request__init(&ch.rq);
+  ch.rq.op = GRID__OP__FILL;
+  ch.rq.cache = f->cache;
+  ch.rq.partition = f->p;
+  ch.rq.epoch = lp->pmap->epoch;
+  ch.rq.reset = !f->started;
+  if (!f->started) {
+    f->started = 1;
+    f->entries = f->bytes = 0;
+    f->started_ms = now;
+  }
+  /* Whole buckets until the chunk is big enough: same lock as writes, so
+   * the chunk is the partition as it is between two records. */
+  do {
+    store_scan_full(sc, f->p, &f->cursor, 64, clock_wall_ms(), repl_fill_entry_cb, &ch);
+  } while (!ch.failed && f->cursor != 0 && ch.n < REPL_FILL_CHUNK_ENTRIES &&
+           ch.bytes < REPL_FILL_CHUNK_BYTES);
+  if (ch.failed) {
+    /* Not sent short: the copy would miss what did not fit. Again from
+     * the start, later. */
+    LOG_W("repl", "\"out of memory building a fill chunk: starting the fill again\" cache=%s "
+          "partition=%u node=%s", f->cache, f->p, f->node_id);
+    f->started = 0;
+    f->cursor = 0;
+    f->retry_at_ms = now + REPL_FILL_RETRY_MS;
+    arena_close(&ch.arena);
+    return;
+  }
+  ch.rq.n_values = ch.n;
+  int last = f->cursor == 0;
+  ch.rq.done = last;
+  const pmap_node_t *nd = &lp->pmap->nodes[target];
+  peer_t *peer = peer_get(lp, nd->id, nd->addr);
+  repl_fill_ack_t *a = malloc(sizeof *a);
+  int rc = GRID_ENOMEM;
+  if (peer && a) {
+    *a = (repl_fill_ack_t){lp, f, last};
+    rc = peer_call(peer, &ch.rq, n->cfg.forward_timeout_ms, repl_fill_on_ack, a);
+  }
+  if (rc != 0) {
+    free(a);
+    f->started = 0;
+    f->cursor = 0;
+    f->retry_at_ms = now + REPL_FILL_RETRY_MS;
+  } else {
+    f->inflight = 1;
+    f->entries += ch.n;
+    f->bytes += ch.bytes;
+    rl->window_bytes += ch.bytes;
+  }
+  arena_close(&ch.arena);
+}
+
+repl_fill_t *repl_fill_find(struct repl_loop *rl, const char *cache, uint32_t p,
+                                   const char *node) {
+  for (repl_fill_t *f = rl->fills; f; f = f->next)
+    if (f->p == p && strcmp(f->cache, cache) == 0 && strcmp(f->node_id, node) == 0) return f;
+  return NULL;
+}
+
+void repl_fill_restart(net_loop_t *lp, const char *cache, uint32_t p, const char *node) {
+  struct repl_loop *rl = lp->repl;
+  repl_fill_t *f = rl ? repl_fill_find(rl, cache, p, node) : NULL;
+  if (f) {
+    f->done = 0;
+    f->reported = 0;
+    if (!f->inflight) {
+      f->started = 0;
+      f->cursor = 0;
+    } else {
+      f->restart = 1; /* once the chunk in flight is answered */
+    }
+  }
+  cluster_report_withdraw(lp->net->node->cluster, cache, p, node);
+}
+
+void repl_fills_on_map(net_loop_t *lp, const pmap_t *m) {
+  struct repl_loop *rl = lp->repl;
+  node_t *n = lp->net->node;
+  /* A fill already done is reported again for this epoch. */
+  rl->fills_incomplete = 0;
+  for (repl_fill_t *f = rl->fills; f; f = f->next) f->failed = 1; /* unless still wanted */
+  for (size_t c = 0; c < m->ncaches; c++) {
+    const pmap_cache_t *pc = &m->caches[c];
+    for (uint32_t p = 0; p < pc->partitions; p++) {
+      if (repl_owner_loop(lp, p) != lp->index || pmap_primary(pc, p) != lp->self) continue;
+      for (uint32_t k = 1; k < pc->slots; k++) {
+        int st;
+        int idx = pmap_copy_at(pc, p, k, &st);
+        if (idx < 0 || st != PMAP_MOVING) continue;
+        repl_fill_t *f = repl_fill_find(rl, pc->name, p, m->nodes[idx].id);
+        if (f) {
+          f->failed = 0;
+          if (f->done) {
+            f->epoch = m->epoch;
+            cluster_report_ready(n->cluster, f->cache, p, f->node_id, f->epoch);
+          }
+          continue;
+        }
+        f = calloc(1, sizeof *f);
+        if (!f) {
+          rl->fills_incomplete = 1; /* repl_cron tries again */
+          continue;
+        }
+        snprintf(f->cache, sizeof f->cache, "%s", pc->name);
+        f->p = p;
+        snprintf(f->node_id, sizeof f->node_id, "%s", m->nodes[idx].id);
+        f->epoch = m->epoch;
+        f->next = rl->fills;
+        rl->fills = f;
+      }
+    }
+  }
+  repl_fill_t **l = &rl->fills;
+  while (*l) {
+    repl_fill_t *f = *l;
+    if (f->failed && !f->inflight) {
+      *l = f->next;
+      free(f);
+    } else {
+      l = &f->next;
+    }
+  }
+}
+

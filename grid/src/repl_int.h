@@ -1,0 +1,121 @@
+/*
+ * repl_int.h: what the files of repl share. repl.c keeps a partition's
+ * writes in counter order and releases replies as they commit (the
+ * primary's side); repl_backup.c applies a primary's records and fills on
+ * a backup; repl_fill.c streams a partition to its MOVING copies. Only
+ * repl*.c include it.
+ */
+#ifndef GRID_REPL_INT_H
+#define GRID_REPL_INT_H
+
+#include <stdint.h>
+
+#include "net_int.h"
+#include "pmap.h"
+#include "repl.h"
+#include "sink.h"
+#include "store.h"
+
+#define REPL_FILL_CHUNK_ENTRIES 512      /* entries in one FILL message */
+#define REPL_FILL_CHUNK_BYTES (1u << 20) /* ... or about this many bytes */
+#define REPL_FILL_RETRY_MS 500           /* a failed fill starts again after */
+
+/* A reply built now, released later (once what it saw is committed). */
+typedef struct repl_packed {
+  sink_t *sink;
+  uint64_t id;                   /* the request's: for an error instead */
+  size_t len;
+  unsigned char buf[];
+} repl_packed_t;
+
+typedef struct repl_part repl_part_t;
+
+enum { REPL_WAIT = 0, REPL_ACKED = 1, REPL_FAILED = 2 };
+
+typedef struct repl_backup {
+  char node_id[PMAP_ID_MAX];
+  int state;
+  int owning;                    /* counted for full_sync */
+} repl_backup_t;
+
+typedef struct repl_write {
+  struct repl_write *next;       /* the partition's FIFO, counter order */
+  struct repl_write *lnext, *lprev; /* the loop's list of pending writes */
+  struct repl_part *part;
+  store_t *store;
+  store_cache_t *cache;          /* a reference, released when done */
+  uint32_t p;
+  uint64_t counter;
+  int waiting;                   /* OWNING backups that have not acked */
+  int refs;                      /* the FIFO, plus acks in flight */
+  int answered;                  /* the sink got its reply */
+  int abandoned;                 /* given up: never counts as committed */
+  int64_t deadline_ms;
+  sink_t *sink;
+  repl_packed_t *reply;          /* answered once committed */
+  size_t nbackups;
+  repl_backup_t backups[];
+} repl_write_t;
+
+typedef struct repl_wait {
+  struct repl_wait *next;
+  uint64_t release;              /* answered once committed reaches it */
+  repl_packed_t *reply;
+} repl_wait_t;
+
+struct repl_part {
+  repl_write_t *head, *tail;
+  uint64_t handoff_epoch;        /* handing over in it: report when drained */
+  repl_wait_t *waits;
+  store_part_sync_t *sync;
+  store_t *store;
+  store_cache_t *cache;          /* not a reference: the part lives in it */
+  uint32_t p;
+  int abandoned;                 /* writes were given up when another node
+                                    took the lead: what is applied here past
+                                    committed is not committed */
+};
+
+typedef struct repl_fill {
+  struct repl_fill *next;
+  char cache[STORE_CACHE_NAME_MAX + 1];
+  uint32_t p;
+  char node_id[PMAP_ID_MAX];
+  uint64_t epoch;                /* map epoch it was started in */
+  uint64_t cursor;
+  int started, inflight, done, reported, failed;
+  int restart;                   /* start over once the chunk in flight is in */
+  int64_t retry_at_ms;           /* after a failure, not before then */
+  uint64_t entries, bytes;
+  int64_t started_ms;
+} repl_fill_t;
+
+struct repl_loop {
+  repl_write_t *writes;          /* every pending write of this loop */
+  repl_fill_t *fills;
+  int64_t window_ms;             /* fill pacing: this second's bytes */
+  uint64_t window_bytes;
+  int fills_incomplete;          /* a fill could not be made: look again */
+};
+
+
+/* repl.c */
+struct repl_loop *repl_loop(net_loop_t *lp);
+/* The loop that owns partition p: every write of p runs there. */
+int repl_owner_loop(const net_loop_t *lp, uint32_t p);
+/* Answers a packed reply's sink with an error instead, under its id. */
+void repl_fail_packed(net_loop_t *lp, repl_packed_t *pk, int status, const char *why);
+
+/* repl_fill.c */
+repl_fill_t *repl_fill_find(struct repl_loop *rl, const char *cache, uint32_t p,
+                            const char *node);
+/* A MOVING copy missed a record: its fill starts over, and a report that
+ * it was filled no longer holds. */
+void repl_fill_restart(net_loop_t *lp, const char *cache, uint32_t p, const char *node);
+/* Sends the fill's next chunk when pacing allows. */
+void repl_fill_step(net_loop_t *lp, repl_fill_t *f, int64_t now);
+/* One fill per MOVING copy of a partition led here and owned by this
+ * loop; fills no longer wanted go. */
+void repl_fills_on_map(net_loop_t *lp, const pmap_t *m);
+
+#endif
