@@ -25,7 +25,11 @@
 #error "GRIDD_PATH must name the gridd binary"
 #endif
 
-static void harness_sleep_ms(int ms) {
+/* Settings harness_start_cluster_node passes on besides its own three
+ * (harness_start has room for about twice that). */
+#define HARNESS_CLUSTER_SETTINGS_MAX 16
+
+void harness_sleep_ms(int ms) {
   struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
   nanosleep(&ts, NULL);
 }
@@ -226,6 +230,22 @@ void harness_zk_start(harness_zk_t *z) {
   kill(pid, SIGKILL);
   waitpid(pid, NULL, 0);
   abort();
+}
+
+void harness_start_cluster_node(harness_node_t *n, const harness_zk_t *z, const char *cluster,
+                                int i, const char *const *settings) {
+  char s_zk[96], s_cluster[96], s_id[96];
+  snprintf(s_zk, sizeof s_zk, "zk=%s", z->hosts);
+  snprintf(s_cluster, sizeof s_cluster, "cluster=%s", cluster);
+  snprintf(s_id, sizeof s_id, "node_id=%s-%d", cluster, i);
+  const char *all[3 + HARNESS_CLUSTER_SETTINGS_MAX + 1] = {s_zk, s_cluster, s_id};
+  size_t k = 3;
+  for (size_t j = 0; settings && settings[j]; j++) {
+    CHECK(k < 3 + HARNESS_CLUSTER_SETTINGS_MAX);
+    all[k++] = settings[j];
+  }
+  all[k] = NULL;
+  harness_start(n, all);
 }
 
 void harness_zk_stop(harness_zk_t *z) {

@@ -20,6 +20,10 @@ typedef struct harness_node {
   char uri[64];      /* grid://127.0.0.1:port */
 } harness_node_t;
 
+/* Sleeps ms milliseconds: a test polls for what it waits for in steps
+ * (it asserts behaviour, never a timing). */
+void harness_sleep_ms(int ms);
+
 /* Starts gridd with --port 0 and the given "key=value" settings (NULL
  * terminated, may be NULL), waits until it listens. Aborts the test when it
  * does not start within 20 s. */
@@ -49,6 +53,12 @@ typedef struct harness_zk {
 /* Aborts the test when it does not answer within 60 s. */
 void harness_zk_start(harness_zk_t *z);
 void harness_zk_stop(harness_zk_t *z);
+
+/* Starts node i of cluster `cluster` on ZooKeeper z, as harness_start:
+ * settings zk, cluster and node_id ("<cluster>-<i>"), then the given ones
+ * (NULL-terminated, at most 16, may be NULL). */
+void harness_start_cluster_node(harness_node_t *n, const harness_zk_t *z, const char *cluster,
+                                int i, const char *const *settings);
 /* A port free on 127.0.0.1 right now. */
 int harness_free_port(void);
 

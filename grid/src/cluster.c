@@ -531,7 +531,9 @@ static void cluster_apply_on_loop(net_loop_t *lp, void *arg) {
   box->queued = 0;
   pthread_mutex_unlock(&c->lock);
   if (!m) return;
-  GRID_ASSERT(!box->current || m->epoch >= box->current->epoch);
+  if (box->current && m->epoch < box->current->epoch)
+    LOG_W("cluster", "\"the partition map went back: its znode was made again\" epoch=%llu was=%llu",
+          (unsigned long long)m->epoch, (unsigned long long)box->current->epoch);
   if (box->current) {
     pmap_free(box->current);
     free(box->current);

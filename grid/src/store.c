@@ -63,19 +63,40 @@ struct store {
 
 /* ---- memory accounting ------------------------------------------------ */
 
+/* Gives back bytes reserved earlier. Every release follows the reservation
+ * it undoes (under the same partition lock, or after the last reference to
+ * a cache), so the total can never go below zero: if it does, something
+ * was released twice or never reserved. */
+static void store_mem_release(store_t *s, int64_t bytes) {
+  GRID_ASSERT(bytes >= 0);
+  int64_t before = atomic_fetch_sub(&s->memory_bytes, bytes);
+  GRID_ASSERT(before - bytes >= 0);
+}
+
 /* Reserves delta bytes against memory_bytes_max; a negative delta always
  * succeeds. A compare-and-swap loop, so that concurrent writers never pass
  * the limit together and none is refused while there is room for it. */
 static int store_mem_reserve(store_t *s, int64_t delta) {
   if (delta <= 0) {
-    atomic_fetch_add(&s->memory_bytes, delta);
+    store_mem_release(s, -delta);
     return 0;
   }
   int64_t cur = atomic_load_explicit(&s->memory_bytes, memory_order_relaxed);
   do {
     if (cur + delta > s->limits.memory_bytes_max) return GRID_EMEMLIMIT;
   } while (!atomic_compare_exchange_weak(&s->memory_bytes, &cur, cur + delta));
+  GRID_ASSERT(cur >= 0 && cur + delta <= s->limits.memory_bytes_max);
   return 0;
+}
+
+/* Undoes store_mem_reserve(s, delta) when the step it paid for failed. A
+ * negative delta gave bytes back early: they are taken again without the
+ * limit check, since they were held before. */
+static void store_mem_unreserve(store_t *s, int64_t delta) {
+  if (delta >= 0)
+    store_mem_release(s, delta);
+  else
+    atomic_fetch_add(&s->memory_bytes, -delta);
 }
 
 static int64_t store_entry_cost(size_t key_len, size_t value_len) {
@@ -113,7 +134,7 @@ static void store_part_clear(store_t *s, store_part_t *p) {
     p->buckets = NULL;
   }
   atomic_store(&p->count, 0);
-  atomic_fetch_sub(&s->memory_bytes, freed);
+  store_mem_release(s, freed);
 }
 
 static void store_cache_destroy(store_cache_t *c) {
@@ -123,8 +144,7 @@ static void store_cache_destroy(store_cache_t *c) {
     pthread_mutex_destroy(&c->parts[i].lock);
     if (c->parts[i].sync.repl && s->repl_free) s->repl_free(c->parts[i].sync.repl);
   }
-  atomic_fetch_sub(&s->memory_bytes,
-                   (int64_t)(sizeof *c + c->cfg.partitions * sizeof(store_part_t)));
+  store_mem_release(s, (int64_t)(sizeof *c + c->cfg.partitions * sizeof(store_part_t)));
   free(c->parts);
   free(c);
 }
@@ -364,7 +384,7 @@ static void store_unlink_free(store_t *s, store_part_t *p, store_entry_t **link,
                               store_entry_t *e) {
   *link = e->next;
   atomic_fetch_sub_explicit(&p->count, 1, memory_order_relaxed);
-  atomic_fetch_sub(&s->memory_bytes, store_entry_cost(e->key_len, e->value_len));
+  store_mem_release(s, store_entry_cost(e->key_len, e->value_len));
   free(e);
 }
 
@@ -408,7 +428,7 @@ static void store_grow(store_t *s, store_part_t *p) {
   if (store_mem_reserve(s, cost) != 0) return;
   store_entry_t **b = calloc(n, sizeof *b);
   if (!b) {
-    atomic_fetch_sub(&s->memory_bytes, cost);
+    store_mem_release(s, cost);
     return;
   }
   for (uint64_t i = 0; i < old_n; i++) {
@@ -459,13 +479,15 @@ static int store_install(store_t *s, store_part_t *p, const store_key_t *k,
                          store_entry_t **link, store_entry_t *old,
                          const void *value, size_t value_len, uint64_t version,
                          int64_t expire_at_ms, store_entry_t **installed) {
+  /* The lock was held since old was found, so its link still points at it. */
+  GRID_ASSERT(!old || *link == old);
   int64_t cost = store_entry_cost(k->len, value_len);
   int64_t delta = cost - (old ? store_entry_cost(old->key_len, old->value_len) : 0);
   int rc = store_mem_reserve(s, delta);
   if (rc != 0) return rc;
   store_entry_t *e = malloc(sizeof *e + k->len + value_len + 1);
   if (!e) {
-    atomic_fetch_sub(&s->memory_bytes, delta);
+    store_mem_unreserve(s, delta);
     return GRID_ENOMEM;
   }
   e->hash = k->hash;
@@ -485,12 +507,13 @@ static int store_install(store_t *s, store_part_t *p, const store_key_t *k,
     e->next = old->next;
     *link = e;
     free(old);
+    GRID_ASSERT(*link == e && e->version == version);
     return 0;
   }
   uint64_t count = atomic_load_explicit(&p->count, memory_order_relaxed);
   if (!p->buckets || count >= p->mask + 1) store_grow(s, p);
   if (!p->buckets) { /* not even the first array could be had */
-    atomic_fetch_sub(&s->memory_bytes, delta);
+    store_mem_unreserve(s, delta);
     free(e);
     return GRID_EMEMLIMIT;
   }
@@ -498,7 +521,159 @@ static int store_install(store_t *s, store_part_t *p, const store_key_t *k,
   e->next = *slot;
   *slot = e;
   atomic_fetch_add_explicit(&p->count, 1, memory_order_relaxed);
+  GRID_ASSERT(*slot == e && e->version == version);
   return 0;
+}
+
+/* ---- writes ------------------------------------------------------------ */
+
+/* What a write does once its condition holds. */
+typedef enum {
+  STORE_DO_INSTALL, /* puts the new value in place */
+  STORE_DO_DELETE,  /* removes the entry, as a write of its own */
+  STORE_DO_NOTHING, /* changes nothing, and that is no error (Redis EXPIRE
+                       of a missing key) */
+} store_action_t;
+
+/* The value a write installs: the caller's, or one made from the old
+ * entry's. */
+typedef struct store_new_value {
+  const void *data;
+  size_t len;
+  unsigned char *joined;  /* STORE_APPEND's value, malloc'd; the writer frees it */
+  char num[24];           /* STORE_ADD's value, as decimal text */
+} store_new_value_t;
+
+/* The entry of k in p, or NULL; an entry found expired is removed first, so
+ * that a write sees the key as absent. Partition locked. */
+static store_entry_t *store_find_live(store_t *s, store_part_t *p, const store_key_t *k,
+                                      int64_t now_ms, store_entry_t ***link) {
+  store_entry_t *old = store_find(p, k, link);
+  if (old && store_expired(old, now_ms)) {
+    store_unlink_free(s, p, *link, old);
+    old = NULL;
+  }
+  return old;
+}
+
+/* Copies old's value out for the caller, whatever the write then does
+ * (Redis GETSET, SET ... GET, GETDEL). 0 or GRID_ENOMEM. */
+static int store_copy_old_value(const store_write_t *w, const store_entry_t *old,
+                                store_result_t *res) {
+  res->old_value = w->old_alloc(w->old_ctx, old->value_len + 1);
+  if (!res->old_value) return GRID_ENOMEM;
+  memcpy(res->old_value, old->data + old->key_len, old->value_len + 1);
+  res->old_len = old->value_len;
+  return 0;
+}
+
+/* STORE_APPEND: old's value with w's after it (w's alone for a new key). */
+static int store_append_value(const store_t *s, const store_write_t *w,
+                              const store_entry_t *old, store_new_value_t *nv,
+                              store_result_t *res) {
+  if (old) {
+    if (old->value_len + w->value_len > (uint64_t)s->limits.value_bytes_max)
+      return GRID_EVALTOOBIG;
+    nv->joined = malloc(old->value_len + w->value_len + 1);
+    if (!nv->joined) return GRID_ENOMEM;
+    memcpy(nv->joined, old->data + old->key_len, old->value_len);
+    if (w->value_len) memcpy(nv->joined + old->value_len, w->value, w->value_len);
+    nv->data = nv->joined;
+    nv->len = old->value_len + w->value_len;
+  }
+  res->number = (int64_t)nv->len;
+  return 0;
+}
+
+/* STORE_ADD: old's value read as a number (0 for a new key) plus delta,
+ * written back as decimal text, as Redis's INCRBY keeps it. */
+static int store_add_value(const store_write_t *w, const store_entry_t *old,
+                           store_new_value_t *nv, store_result_t *res) {
+  int64_t cur = 0, sum;
+  if (old && store_parse_i64(old->data + old->key_len, old->value_len, &cur) != 0)
+    return GRID_ENOTNUM;
+  if (__builtin_add_overflow(cur, w->delta, &sum)) return GRID_EOVERFLOW;
+  nv->len = (size_t)snprintf(nv->num, sizeof nv->num, "%lld", (long long)sum);
+  nv->data = nv->num;
+  res->number = sum;
+  return 0;
+}
+
+/* STORE_EXPIRE: keeps old's value under a new expiry, or removes the key. */
+static store_action_t store_expire_action(const store_write_t *w, const store_entry_t *old,
+                                          store_new_value_t *nv, store_result_t *res) {
+  if (!old || (w->persist && old->expire_at_ms == 0)) {
+    res->number = 0; /* nothing to change: not an error for Redis */
+    return STORE_DO_NOTHING;
+  }
+  res->number = 1;
+  /* An expiry in the past deletes the key (Redis 7). */
+  if (!w->persist && w->expire_ms <= 0) return STORE_DO_DELETE;
+  nv->data = old->data + old->key_len;
+  nv->len = old->value_len;
+  return STORE_DO_INSTALL;
+}
+
+/* Checks w's condition against old (NULL: the key is absent) and works out
+ * the value to install. 0 with *action, or the error the write fails with
+ * (nothing has changed then). */
+static int store_write_decide(const store_t *s, const store_write_t *w,
+                              const store_entry_t *old, store_new_value_t *nv,
+                              store_result_t *res, store_action_t *action) {
+  *action = STORE_DO_INSTALL;
+  switch (w->op) {
+    case STORE_PUT:
+      if (w->cond == STORE_IF_ABSENT && old) return GRID_EEXIST;
+      if (w->cond == STORE_IF_PRESENT && !old) return GRID_ENOTFOUND;
+      return 0;
+    case STORE_PUT_IF_ABSENT: return old ? GRID_EEXIST : 0;
+    case STORE_REPLACE: return old ? 0 : GRID_ENOTFOUND;
+    case STORE_CAS:
+      if (!old) return GRID_ENOTFOUND;
+      return old->version == w->expected_version ? 0 : GRID_EVERSION;
+    case STORE_DELETE:
+      *action = STORE_DO_DELETE;
+      return old ? 0 : GRID_ENOTFOUND;
+    case STORE_APPEND: return store_append_value(s, w, old, nv, res);
+    case STORE_ADD: return store_add_value(w, old, nv, res);
+    case STORE_EXPIRE:
+      *action = store_expire_action(w, old, nv, res);
+      return 0;
+  }
+  return 0;
+}
+
+/* When the entry a write installs expires (0: never). */
+static int64_t store_write_expire_at(const store_cache_t *c, const store_write_t *w,
+                                     const store_entry_t *old, int64_t now_ms) {
+  if (w->op == STORE_EXPIRE)
+    return w->persist ? 0 : w->expire_ms >= INT64_MAX - now_ms ? INT64_MAX : now_ms + w->expire_ms;
+  /* Counters and appends keep their expiry, as does a put asked to. */
+  if (old && (w->op == STORE_ADD || w->keep_ttl || (w->op == STORE_APPEND && !w->ttl_ms)))
+    return old->expire_at_ms;
+  uint64_t ttl = w->ttl_ms ? w->ttl_ms : c->cfg.default_ttl_ms;
+  if (!ttl) return 0;
+  /* A TTL past the end of time saturates: the entry never expires in
+   * practice, and no sum overflows. */
+  return ttl >= (uint64_t)(INT64_MAX - now_ms) ? INT64_MAX : now_ms + (int64_t)ttl;
+}
+
+/* The version of p's next write: the map's epoch above the update counter
+ * that write brings. Partition locked. */
+static uint64_t store_next_version(store_t *s, const store_part_t *p) {
+  return (atomic_load(&s->epoch) << STORE_VERSION_COUNTER_BITS) |
+         ((p->counter + 1) & STORE_COUNTER_MASK);
+}
+
+/* Counts one write of p, made with version, and publishes it as applied.
+ * Partition locked. */
+static void store_count_write(store_part_t *p, uint64_t version) {
+  uint64_t before = p->counter;
+  /* version was worked out under the same lock: no write came between. */
+  GRID_ASSERT((version & STORE_COUNTER_MASK) == ((before + 1) & STORE_COUNTER_MASK));
+  p->counter++;
+  GRID_ASSERT(p->counter > before); /* a partition's counter only grows */
+  atomic_store_explicit(&p->sync.applied, p->counter & STORE_COUNTER_MASK, memory_order_release);
 }
 
 /* Deletes old (found at link) as a write of its own: a new update counter,
@@ -506,13 +681,31 @@ static int store_install(store_t *s, store_part_t *p, const store_key_t *k,
 static void store_delete_rec(store_t *s, store_part_t *p, const store_key_t *k,
                              store_entry_t **link, store_entry_t *old, store_result_t *res,
                              store_applied_fn applied, void *ctx) {
+  uint64_t version = store_next_version(s, p);
   res->version = old->version;
   store_unlink_free(s, p, link, old);
-  p->counter++;
-  atomic_store_explicit(&p->sync.applied, p->counter & STORE_COUNTER_MASK, memory_order_release);
+  store_count_write(p, version);
+  if (applied) applied(ctx, k->data, k->len, NULL, 0, version, 0);
+}
+
+/* Puts nv in place of old (found at link; NULL: a new key) as a write of
+ * its own: the next version, a new update counter, and a record of the
+ * entry as installed. Partition locked; on failure nothing has changed. */
+static int store_install_rec(store_t *s, store_part_t *p, const store_key_t *k,
+                             store_entry_t **link, store_entry_t *old,
+                             const store_new_value_t *nv, int64_t expire_at_ms,
+                             store_result_t *res, store_applied_fn applied, void *ctx) {
+  uint64_t version = store_next_version(s, p);
+  store_entry_t *e;
+  int rc = store_install(s, p, k, link, old, nv->data, nv->len, version, expire_at_ms, &e);
+  if (rc != 0) return rc;
+  store_count_write(p, version);
+  res->version = version;
+  /* The record is made from the entry as installed: the value may have
+   * pointed into the entry it replaced, which is freed now. */
   if (applied)
-    applied(ctx, k->data, k->len, NULL, 0,
-            (atomic_load(&s->epoch) << STORE_VERSION_COUNTER_BITS) | (p->counter & STORE_COUNTER_MASK), 0);
+    applied(ctx, e->data, e->key_len, e->data + e->key_len, e->value_len, version, expire_at_ms);
+  return 0;
 }
 
 int store_write(store_cache_t *c, const store_key_t *k, const store_write_t *w,
@@ -525,122 +718,22 @@ int store_write_rec(store_cache_t *c, const store_key_t *k, const store_write_t 
                     void *ctx) {
   store_t *s = c->store;
   store_part_t *p = &c->parts[k->part];
-  char num[24];
-  const void *value = w->value;
-  size_t value_len = w->value_len;
+  store_new_value_t nv = {.data = w->value, .len = w->value_len};
+  store_action_t action = STORE_DO_NOTHING;
   int rc = 0;
-  unsigned char *joined = NULL; /* STORE_APPEND's new value */
 
   pthread_mutex_lock(&p->lock);
   store_entry_t **link = NULL;
-  store_entry_t *old = store_find(p, k, &link);
-  if (old && store_expired(old, now_ms)) {
-    store_unlink_free(s, p, link, old);
-    old = NULL;
-  }
-  if (old && w->old_alloc) {
-    /* The previous value, whatever the write then does (Redis GETSET,
-     * SET ... GET, GETDEL). */
-    res->old_value = w->old_alloc(w->old_ctx, old->value_len + 1);
-    if (!res->old_value) {
-      rc = GRID_ENOMEM;
-      goto out;
-    }
-    memcpy(res->old_value, old->data + old->key_len, old->value_len + 1);
-    res->old_len = old->value_len;
-  }
-  switch (w->op) {
-    case STORE_PUT:
-      if (w->cond == STORE_IF_ABSENT && old) rc = GRID_EEXIST;
-      if (w->cond == STORE_IF_PRESENT && !old) rc = GRID_ENOTFOUND;
-      break;
-    case STORE_APPEND:
-      if (old) {
-        if (old->value_len + w->value_len > (uint64_t)s->limits.value_bytes_max) {
-          rc = GRID_EVALTOOBIG;
-          break;
-        }
-        joined = malloc(old->value_len + w->value_len + 1);
-        if (!joined) {
-          rc = GRID_ENOMEM;
-          break;
-        }
-        memcpy(joined, old->data + old->key_len, old->value_len);
-        if (w->value_len) memcpy(joined + old->value_len, w->value, w->value_len);
-        value = joined;
-        value_len = old->value_len + w->value_len;
-      }
-      res->number = (int64_t)value_len;
-      break;
-    case STORE_EXPIRE:
-      if (!old || (w->persist && old->expire_at_ms == 0)) {
-        res->number = 0; /* nothing to change: not an error for Redis */
-        goto out;
-      }
-      res->number = 1;
-      if (!w->persist && w->expire_ms <= 0) {
-        /* An expiry in the past deletes the key (Redis 7). */
-        store_delete_rec(s, p, k, link, old, res, applied, ctx);
-        goto out;
-      }
-      value = old->data + old->key_len; /* same value, new expiry */
-      value_len = old->value_len;
-      break;
-    case STORE_PUT_IF_ABSENT: if (old) rc = GRID_EEXIST; break;
-    case STORE_REPLACE: if (!old) rc = GRID_ENOTFOUND; break;
-    case STORE_CAS:
-      if (!old) rc = GRID_ENOTFOUND;
-      else if (old->version != w->expected_version) rc = GRID_EVERSION;
-      break;
-    case STORE_DELETE:
-      if (!old) rc = GRID_ENOTFOUND;
-      break;
-    case STORE_ADD: {
-      int64_t cur = 0, sum;
-      if (old && store_parse_i64(old->data + old->key_len, old->value_len, &cur) != 0)
-        rc = GRID_ENOTNUM;
-      else if (__builtin_add_overflow(cur, w->delta, &sum))
-        rc = GRID_EOVERFLOW;
-      else {
-        value_len = (size_t)snprintf(num, sizeof num, "%lld", (long long)sum);
-        value = num;
-        res->number = sum;
-      }
-      break;
-    }
-  }
-  if (rc != 0) goto out;
-  if (w->op == STORE_DELETE) {
+  store_entry_t *old = store_find_live(s, p, k, now_ms, &link);
+  if (old && w->old_alloc) rc = store_copy_old_value(w, old, res);
+  if (rc == 0) rc = store_write_decide(s, w, old, &nv, res, &action);
+  if (rc == 0 && action == STORE_DO_DELETE)
     store_delete_rec(s, p, k, link, old, res, applied, ctx);
-    goto out;
-  }
-
-  uint64_t ttl = w->ttl_ms ? w->ttl_ms : c->cfg.default_ttl_ms;
-  /* A TTL past the end of time saturates: the entry never expires in
-   * practice, and no sum overflows. */
-  int64_t expire_at_ms = !ttl ? 0
-                         : ttl >= (uint64_t)(INT64_MAX - now_ms) ? INT64_MAX
-                                                                 : now_ms + (int64_t)ttl;
-  if (old && (w->op == STORE_ADD || w->keep_ttl || (w->op == STORE_APPEND && !w->ttl_ms)))
-    expire_at_ms = old->expire_at_ms; /* counters and appends keep their expiry */
-  if (w->op == STORE_EXPIRE)
-    expire_at_ms = w->persist ? 0
-                   : w->expire_ms >= INT64_MAX - now_ms ? INT64_MAX : now_ms + w->expire_ms;
-  uint64_t version = (atomic_load(&s->epoch) << STORE_VERSION_COUNTER_BITS) |
-                     ((p->counter + 1) & STORE_COUNTER_MASK);
-  store_entry_t *e;
-  if ((rc = store_install(s, p, k, link, old, value, value_len, version, expire_at_ms, &e)) != 0)
-    goto out;
-  p->counter++;
-  res->version = version;
-  atomic_store_explicit(&p->sync.applied, p->counter & STORE_COUNTER_MASK, memory_order_release);
-  /* The record is made from the entry as installed: value may have pointed
-   * into the entry it replaced, which is freed now. */
-  if (applied)
-    applied(ctx, e->data, e->key_len, e->data + e->key_len, e->value_len, version, expire_at_ms);
-out:
+  if (rc == 0 && action == STORE_DO_INSTALL)
+    rc = store_install_rec(s, p, k, link, old, &nv, store_write_expire_at(c, w, old, now_ms),
+                           res, applied, ctx);
   pthread_mutex_unlock(&p->lock);
-  free(joined);
+  free(nv.joined);
   return rc;
 }
 
@@ -726,8 +819,11 @@ int store_apply(store_cache_t *c, const store_key_t *k, const void *value,
   pthread_mutex_lock(&p->lock);
   store_entry_t **link = NULL;
   store_entry_t *old = store_find(p, k, &link);
-  uint64_t counter = version & STORE_COUNTER_MASK;
+  uint64_t before = p->counter, counter = version & STORE_COUNTER_MASK;
+  /* A record of an older write (a fill sends each entry with the version it
+   * was written at) leaves the counter as it is: the counter only grows. */
   if (counter > p->counter) p->counter = counter;
+  GRID_ASSERT(p->counter >= before && p->counter >= counter);
   atomic_store_explicit(&p->sync.applied, p->counter, memory_order_release);
   if (!value) {
     if (old) store_unlink_free(s, p, link, old);
@@ -754,7 +850,13 @@ store_part_sync_t *store_part_sync(store_cache_t *c, uint32_t part) {
 void store_set_repl_free(store_t *s, void (*fn)(void *repl)) { s->repl_free = fn; }
 
 void store_set_epoch(store_t *s, uint64_t epoch) {
-  if (epoch > atomic_load(&s->epoch)) atomic_store(&s->epoch, epoch);
+  /* Every loop calls this when it takes a new map, so two may race with
+   * different epochs: a compare-and-swap keeps the larger, and the epoch
+   * never goes back. */
+  uint64_t cur = atomic_load(&s->epoch);
+  while (epoch > cur && !atomic_compare_exchange_weak(&s->epoch, &cur, epoch)) {
+  }
+  GRID_ASSERT(atomic_load(&s->epoch) >= epoch);
 }
 
 uint64_t store_cache_size(const store_cache_t *c) {

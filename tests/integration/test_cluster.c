@@ -3,7 +3,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -13,23 +12,15 @@
 
 static harness_zk_t zk;
 
-static void sleep_ms(int ms) {
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-  nanosleep(&ts, NULL);
-}
-
 static void start_node(harness_node_t *n, const char *cluster, int i, const char *zone,
                        int min_nodes) {
-  char s_zk[128], s_cluster[96], s_id[64], s_zone[64], s_min[64];
-  snprintf(s_zk, sizeof s_zk, "zk=%s", zk.hosts);
-  snprintf(s_cluster, sizeof s_cluster, "cluster=%s", cluster);
-  snprintf(s_id, sizeof s_id, "node_id=%s-%d", cluster, i);
+  char s_zone[64], s_min[64];
   snprintf(s_zone, sizeof s_zone, "zone=%s", zone ? zone : "");
   snprintf(s_min, sizeof s_min, "cluster_min_nodes=%d", min_nodes);
   /* lost_grace_ms short: test_lost_partitions waits for the loss. */
-  const char *settings[] = {s_zk, s_cluster, s_id, s_zone, s_min,
-                            "zk_session_timeout_ms=1000", "loops=2", "lost_grace_ms=1000", NULL};
-  harness_start(n, settings);
+  const char *settings[] = {s_zone, s_min, "zk_session_timeout_ms=1000", "loops=2",
+                            "lost_grace_ms=1000", NULL};
+  harness_start_cluster_node(n, &zk, cluster, i, settings);
 }
 
 /* Waits until the node at port acts on a map of `nodes` nodes placing
@@ -41,7 +32,7 @@ static void wait_map(int port, size_t nodes, const char *cache, uint64_t min_epo
         (!cache || pmap_find_cache(out, cache)))
       return;
     pmap_free(out);
-    sleep_ms(50);
+    harness_sleep_ms(50);
   }
   fprintf(stderr, "no map of %zu nodes%s%s on port %d within 30 s\n", nodes,
           cache ? " with cache " : "", cache ? cache : "", port);
@@ -185,7 +176,7 @@ static void test_caches_cluster_wide(void) {
     rc = grid_get(g[0], "things", "{pump}.t", 8, &v);
     if (rc == GRID_ENOCACHE) break;
     if (rc == 0) grid_value_free(&v);
-    sleep_ms(25);
+    harness_sleep_ms(25);
   }
   CHECK_RC(rc, GRID_ENOCACHE);
 }

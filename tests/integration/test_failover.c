@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -25,20 +24,11 @@
 static harness_zk_t zk;
 static harness_node_t nodes[4];
 
-static void sleep_ms(int ms) {
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-  nanosleep(&ts, NULL);
-}
-
 static void start_node(int i) {
-  char s_zk[128], s_id[64];
-  snprintf(s_zk, sizeof s_zk, "zk=%s", zk.hosts);
-  snprintf(s_id, sizeof s_id, "node_id=fo-%d", i);
   /* lost_grace_ms short: the test waits for maps without killed nodes. */
-  const char *settings[] = {s_zk, "cluster=fo", s_id, "cluster_min_nodes=3",
-                            "zk_session_timeout_ms=1000", "forward_timeout_ms=3000",
-                            "loops=2", "lost_grace_ms=1000", NULL};
-  harness_start(&nodes[i], settings);
+  const char *settings[] = {"cluster_min_nodes=3", "zk_session_timeout_ms=1000",
+                            "forward_timeout_ms=3000", "loops=2", "lost_grace_ms=1000", NULL};
+  harness_start_cluster_node(&nodes[i], &zk, "fo", i, settings);
 }
 
 static grid_t *open_node(int i) {
@@ -105,7 +95,7 @@ static void *writer_main(void *arg) {
     } else {
       /* Refused (connection lost, lost partition, not ready): not applied. */
       w->failed++;
-      sleep_ms(5);
+      harness_sleep_ms(5);
     }
   }
   return NULL;
@@ -157,15 +147,15 @@ static void *async_writer_main(void *arg) {
   async_writer_t *aw = arg;
   for (long i = 0; !atomic_load(&stop_writers); i++) {
     while (atomic_load(&aw->sent) - atomic_load(&aw->ok) - atomic_load(&aw->failed) >= 64)
-      sleep_ms(1);
+      harness_sleep_ms(1);
     char key[32];
     snprintf(key, sizeof key, "async:%ld", i % 500);
     int rc = grid_put_async(aw->g, CACHE, key, strlen(key), "v", 1, 0, on_async_put, aw);
     if (rc == 0) atomic_fetch_add(&aw->sent, 1);
-    else sleep_ms(1);
+    else harness_sleep_ms(1);
   }
   for (int i = 0; i < 2000 && atomic_load(&aw->ok) + atomic_load(&aw->failed) < atomic_load(&aw->sent); i++)
-    sleep_ms(5);
+    harness_sleep_ms(5);
   return NULL;
 }
 
@@ -216,7 +206,7 @@ static void wait_settled(int port, size_t n) {
       }
     pmap_free(&m);
     if (settled) return;
-    sleep_ms(50);
+    harness_sleep_ms(50);
   }
   fprintf(stderr, "the map did not settle on %zu nodes within 60 s\n", n);
   abort();
@@ -253,11 +243,11 @@ int main(void) {
     w[i].g = open_node(i % 2); /* nodes 0 and 1; node 2 is killed */
     CHECK(pthread_create(&t[i], NULL, writer_main, &w[i]) == 0);
   }
-  sleep_ms(1500);
+  harness_sleep_ms(1500);
   atomic_store(&killed_at_ms, clock_mono_ms());
   harness_kill9(&nodes[2]);
   atomic_store(&gone_at_ms, clock_mono_ms());
-  sleep_ms(3000);
+  harness_sleep_ms(3000);
   atomic_store(&stop_writers, 1);
   long acked = 0, unknown = 0, failed = 0, failed_after_gone = 0;
   int64_t first_ok = 0;
@@ -295,7 +285,7 @@ int main(void) {
     size_t nn = m.nnodes;
     pmap_free(&m);
     if (nn == 1) break;
-    sleep_ms(50);
+    harness_sleep_ms(50);
   }
   check_writers(admin, w);
 
@@ -310,12 +300,12 @@ int main(void) {
   pthread_t rt;
   reader_t rd = {.g = open_node(0)};
   CHECK(pthread_create(&rt, NULL, reader_main, &rd) == 0);
-  sleep_ms(300);
+  harness_sleep_ms(300);
   /* The clients keep the map they have; the topology changes under them. */
   start_node(1);
   start_node(3);
   wait_settled(nodes[0].port, 3);
-  sleep_ms(300);
+  harness_sleep_ms(300);
   atomic_store(&stop_writers, 1);
   pthread_join(rt, NULL);
   acked = unknown = failed = 0;
@@ -346,10 +336,10 @@ int main(void) {
   async_writer_t aw = {.g = open_node(0)};
   pthread_t at;
   CHECK(pthread_create(&at, NULL, async_writer_main, &aw) == 0);
-  sleep_ms(500);
+  harness_sleep_ms(500);
   CHECK(harness_stop(&nodes[3]) == 0); /* SIGTERM: leave, then exit 0 */
   wait_settled(nodes[0].port, 2);
-  sleep_ms(300);
+  harness_sleep_ms(300);
   atomic_store(&stop_writers, 1);
   pthread_join(at, NULL);
   fprintf(stderr, "   async writes: %ld sent, %ld acknowledged, %ld failed (last %s)\n",

@@ -7,7 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -15,11 +14,6 @@
 #include "harness.h"
 #include "part.h"
 #include "pmap.h"
-
-static void sleep_ms(int ms) {
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-  nanosleep(&ts, NULL);
-}
 
 /* The primary of key k in cache "leased" is stopped (SIGSTOP) for three
  * session timeouts; meanwhile its backup takes over and acknowledges a
@@ -54,10 +48,10 @@ static void paused_primary(grid_t *g, harness_node_t *nodes) {
   int rc = -1;
   for (int i = 0; i < 200 && rc != 0; i++) {
     rc = grid_put(gb, "leased", key, strlen(key), "new", 3, 0, NULL);
-    if (rc != 0) sleep_ms(50);
+    if (rc != 0) harness_sleep_ms(50);
   }
   CHECK_RC(rc, 0);
-  sleep_ms(2000); /* well past the stopped node's session and lease */
+  harness_sleep_ms(2000); /* well past the stopped node's session and lease */
   /* A GET already waiting in the stopped node's socket. */
   int fd = harness_connect(a->port);
   Grid__Hello h = GRID__HELLO__INIT;
@@ -95,15 +89,8 @@ int main(void) {
   harness_zk_t zk;
   harness_zk_start(&zk);
   harness_node_t nodes[3];
-  char s_zk[128];
-  snprintf(s_zk, sizeof s_zk, "zk=%s", zk.hosts);
-  for (int i = 0; i < 3; i++) {
-    char s_id[64];
-    snprintf(s_id, sizeof s_id, "node_id=lease-%d", i);
-    const char *settings[] = {s_zk, "cluster=lease", s_id, "cluster_min_nodes=3",
-                              "zk_session_timeout_ms=1000", NULL};
-    harness_start(&nodes[i], settings);
-  }
+  const char *settings[] = {"cluster_min_nodes=3", "zk_session_timeout_ms=1000", NULL};
+  for (int i = 0; i < 3; i++) harness_start_cluster_node(&nodes[i], &zk, "lease", i, settings);
   grid_options_t o = {.timeout_ms = 10000};
   grid_t *g;
   CHECK_RC(grid_open(nodes[0].uri, &o, &g), 0);
@@ -124,7 +111,7 @@ int main(void) {
     rc = grid_get(g, "leased", "k1", 2, &v);
     if (rc == 0) grid_value_free(&v);
     if (rc == GRID_ECLUSTER) break;
-    sleep_ms(50);
+    harness_sleep_ms(50);
   }
   CHECK_RC(rc, GRID_ECLUSTER);
   CHECK_RC(grid_put(g, "leased", "k1", 2, "new", 3, 0, NULL), GRID_ECLUSTER);
@@ -135,7 +122,7 @@ int main(void) {
   for (int i = 0; i < 400; i++) {
     rc = grid_put(g, "leased", "after", 5, "yes", 3, 0, NULL);
     if (rc == 0) break;
-    sleep_ms(50);
+    harness_sleep_ms(50);
   }
   CHECK_RC(rc, 0);
   for (int i = 0; i < 200; i++) {
@@ -175,7 +162,7 @@ int main(void) {
     size_t n = st->nnodes;
     grid_cluster_status_free(st);
     if (n == 4) break;
-    sleep_ms(50);
+    harness_sleep_ms(50);
   }
   CHECK_RC(grid_cluster_status(e, &st), 0);
   CHECK_EQ(st->nnodes, 4);

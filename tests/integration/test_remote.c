@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -19,11 +18,6 @@ static grid_t *open_remote(const harness_node_t *n) {
   grid_t *g = NULL;
   CHECK_RC(grid_open(n->uri, &o, &g), 0);
   return g;
-}
-
-static void sleep_ms(int ms) {
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-  nanosleep(&ts, NULL);
 }
 
 static void test_ops(void) {
@@ -130,7 +124,7 @@ static void test_ttl(void) {
   grid_value_t v;
   CHECK_RC(grid_get(g, "default", "short", 5, &v), 0);
   grid_value_free(&v);
-  sleep_ms(600);
+  harness_sleep_ms(600);
   CHECK_RC(grid_get(g, "default", "short", 5, &v), GRID_ENOTFOUND);
   CHECK_RC(grid_get(g, "default", "long", 4, &v), 0);
   grid_value_free(&v);
@@ -145,7 +139,7 @@ static void test_ttl(void) {
   }
   uint64_t size = 1;
   for (int i = 0; i < 100 && size != 0; i++) {
-    sleep_ms(50);
+    harness_sleep_ms(50);
     CHECK_RC(grid_size(g, "ttl-cache", &size), 0);
   }
   CHECK_EQ(size, 0);
@@ -181,11 +175,11 @@ static void test_async_pipelined(void) {
     /* At most 4096 in flight per handle: wait for room when it says busy. */
     while ((rc = grid_put_async(g, "default", key, strlen(key), "value:xx", 8, 0,
                                 on_put, &p)) == GRID_EBUSY)
-      sleep_ms(1);
+      harness_sleep_ms(1);
     CHECK_RC(rc, 0);
     sent++;
   }
-  for (int i = 0; i < 2000 && atomic_load(&p.done) < sent; i++) sleep_ms(5);
+  for (int i = 0; i < 2000 && atomic_load(&p.done) < sent; i++) harness_sleep_ms(5);
   CHECK_EQ(atomic_load(&p.done), N);
   CHECK_EQ(atomic_load(&p.failed), 0);
   pending_t q = {0};
@@ -194,10 +188,10 @@ static void test_async_pipelined(void) {
     snprintf(key, sizeof key, "async%d", i);
     int rc;
     while ((rc = grid_get_async(g, "default", key, strlen(key), on_get, &q)) == GRID_EBUSY)
-      sleep_ms(1);
+      harness_sleep_ms(1);
     CHECK_RC(rc, 0);
   }
-  for (int i = 0; i < 2000 && atomic_load(&q.done) < N; i++) sleep_ms(5);
+  for (int i = 0; i < 2000 && atomic_load(&q.done) < N; i++) harness_sleep_ms(5);
   CHECK_EQ(atomic_load(&q.done), N);
   CHECK_EQ(atomic_load(&q.failed), 0);
   grid_close(g);

@@ -1891,6 +1891,36 @@ static void test_rule_handoff(void) {
   }
 }
 
+/* A damaged map (pmap_decode takes it) naming one node in every slot of a
+ * partition: the node keeps one copy, the next map has no more copies than
+ * nodes (it once overflowed the list of copies), and it decodes again. */
+static void test_rule_node_named_twice(void) {
+  pmap_node_t n[2];
+  letters(n, 2);
+  pmap_cache_def_t defs[1] = {def("h", 1, 1, 0)};
+  uint8_t own[PMAP_NODES_MAX], st[PMAP_NODES_MAX];
+  memset(own, 1, sizeof own); /* A everywhere */
+  memset(st, PMAP_OWNING, sizeof st);
+  pmap_t cur, out, back;
+  handmade(&cur, n, 2, 1, PMAP_NODES_MAX, own, st);
+  step(&cur, n, 2, defs, 1, NULL, 0, &out);
+  const pmap_cache_t *c = cache(&out, "h");
+  CHECK(c->slots <= 2);
+  int s;
+  CHECK_STR(primary_id(&out, c, 0), "A");
+  CHECK(slot_of(&out, c, 0, "B", &s) > 0); /* an ideal owner, filled anew */
+  CHECK_EQ(s, PMAP_MOVING);
+  CHECK_EQ(ncopies(c, 0), 2);
+  unsigned char *buf;
+  size_t len;
+  CHECK_RC(pmap_encode(&out, &buf, &len), 0);
+  CHECK_RC(pmap_decode(buf, len, &back), 0);
+  free(buf);
+  pmap_free(&back);
+  pmap_free(&cur);
+  pmap_free(&out);
+}
+
 /* A demote report at the current epoch turns an OWNING backup MOVING, and
  * the primary fills it again like any MOVING copy. For the primary, at
  * another epoch, or naming another cache, partition or node, it does
@@ -2596,6 +2626,7 @@ int main(int argc, char **argv) {
   RUN_ONE(test_rule_promotion_refills);
   RUN_ONE(test_rule_handoff);
   RUN_ONE(test_rule_demote);
+  RUN_ONE(test_rule_node_named_twice);
   RUN_ONE(test_demote_backups);
   RUN_ONE(test_encode_decode);
   RUN_ONE(test_copy);
