@@ -39,6 +39,13 @@ typedef struct grid_options {
                                refused and its connection closed (calls on
                                it fail as on a lost connection); 0 = the
                                node's frame_bytes_max, from the handshake */
+  uint32_t async_max;       /* async requests of a handle in flight or
+                               waiting to be sent again at most (each counts
+                               until its callback returns); a call past it
+                               returns GRID_EBUSY and its callback is never
+                               called; 0 = 4096. An embedded node outside a
+                               cluster runs an async call before returning,
+                               so it needs no bound there */
 } grid_options_t;
 
 /*

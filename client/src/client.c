@@ -5,6 +5,7 @@
  * directly: no encoding, no network, no event-loop queue.
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,11 +18,17 @@
 #define CLIENT_TIMEOUT_MS_DEFAULT 5000
 #define CLIENT_ARENA_BYTES 4096
 #define CLIENT_RETRY_DELAY_MS_MAX 100 /* between tries of a refused request */
+/* Async requests of a handle in flight or on the retry list, unless
+ * grid_options_t.async_max says otherwise: as many as one connection can
+ * have in flight (remote.c's REMOTE_INFLIGHT_MAX). */
+#define CLIENT_ASYNC_MAX_DEFAULT 4096
 
 typedef struct client_async client_async_t;
 
 /* Asynchronous requests the cluster refused unrun, waiting to be sent
- * again (by a thread of their own, started on the first). */
+ * again (by a thread of their own, started on the first). The list holds
+ * at most the handle's async_max requests: every one on it was counted in
+ * grid_t.async_n when its call was accepted. */
 struct client_retry {
   pthread_mutex_t lock;
   pthread_cond_t cond;
@@ -53,6 +60,8 @@ int grid_open(const char *uri, const grid_options_t *opts, grid_t **out) {
   grid_t *g = calloc(1, sizeof *g);
   if (!g) return GRID_ENOMEM;
   g->timeout_ms = opts && opts->timeout_ms ? opts->timeout_ms : CLIENT_TIMEOUT_MS_DEFAULT;
+  g->async_max = opts && opts->async_max ? opts->async_max : CLIENT_ASYNC_MAX_DEFAULT;
+  atomic_init(&g->async_n, 0);
   int rc;
   if (strncmp(uri, "embedded:", 9) == 0) {
     rc = client_open_embedded(opts, g);
@@ -805,6 +814,18 @@ static void client_async_run(const client_async_t *a, int status,
   }
 }
 
+/* The end of an accepted async request, exactly once per accepted call:
+ * its place under the handle's async_max is given back, then its callback
+ * runs (so a callback may start the next call without meeting its own
+ * place still taken), then a is freed. */
+static void client_async_finish(client_async_t *a, int status, const Grid__Reply *rp) {
+  grid_t *g = a->g;
+  uint32_t was = atomic_fetch_sub(&g->async_n, 1);
+  GRID_ASSERT(was > 0 && was <= g->async_max);
+  client_async_run(a, status, rp);
+  free(a);
+}
+
 static void client_async_done(void *arg, int status, const Grid__Reply *rp);
 
 /* Sends a's request again (on the retry thread). */
@@ -818,10 +839,7 @@ static void client_retry_send(client_async_t *a) {
     rc = remote_call_async(r, rq, (uint32_t)left, client_async_done, a);
   }
   if (rq) grid__request__free_unpacked(rq, NULL);
-  if (rc != 0) {
-    client_async_run(a, rc, NULL);
-    free(a);
-  }
+  if (rc != 0) client_async_finish(a, rc, NULL);
 }
 
 static void *client_retry_main(void *arg) {
@@ -865,8 +883,7 @@ static void *client_retry_main(void *arg) {
   while (left) {
     client_async_t *a = left;
     left = a->next;
-    client_async_run(a, GRID_ECONN, NULL);
-    free(a);
+    client_async_finish(a, GRID_ECONN, NULL);
   }
   return NULL;
 }
@@ -905,15 +922,33 @@ static void client_async_done(void *arg, int status, const Grid__Reply *rp) {
     router_mark_stale(a->g->router);
     if (client_retry_later(a) == 0) return;
   }
-  client_async_run(a, status, rp);
-  free(a);
+  client_async_finish(a, status, rp);
+}
+
+/* Takes a place under g's async_max for a call about to be accepted, or
+ * GRID_EBUSY when all are taken. A compare-and-swap rather than an add
+ * undone on failure: a failed add would briefly count a call that never
+ * ran, and refuse another caller a place that was free. */
+static int client_async_admit(grid_t *g) {
+  uint32_t n = atomic_load(&g->async_n);
+  do {
+    if (n >= g->async_max) return GRID_EBUSY;
+  } while (!atomic_compare_exchange_weak(&g->async_n, &n, n + 1));
+  return 0;
+}
+
+/* Gives back the place of a call that returns an error (no callback). */
+static void client_async_give_back(grid_t *g) {
+  uint32_t was = atomic_fetch_sub(&g->async_n, 1);
+  GRID_ASSERT(was > 0);
 }
 
 static int client_call_async(grid_t *g, Grid__Request *rq, grid_get_cb get_cb,
                              grid_write_cb write_cb, void *arg) {
   if (!g->router) {
-    /* Embedded: the work is done here and now, so the callback runs on the
-     * calling thread before the call returns. */
+    /* Embedded (not in a cluster): the work is done here and now, so the
+     * callback runs on the calling thread before the call returns; nothing
+     * waits, so nothing needs async_max. */
     client_reply_t r;
     memset(&r, 0, sizeof r);
     arena_init(&r.arena, CLIENT_ARENA_BYTES);
@@ -924,17 +959,27 @@ static int client_call_async(grid_t *g, Grid__Request *rq, grid_get_cb get_cb,
     arena_close(&r.arena);
     return 0;
   }
+  /* Bounded before anything is allocated: a request accepted here stays
+   * until its callback has run, in flight or on the retry list. */
+  int rc = client_async_admit(g);
+  if (rc != 0) return rc;
   /* In a cluster the request is kept, packed, for a retry. */
   size_t len = router_clustered(g->router) ? grid__request__get_packed_size(rq) : 0;
   client_async_t *a = malloc(sizeof *a + len);
-  if (!a) return GRID_ENOMEM;
+  if (!a) {
+    client_async_give_back(g);
+    return GRID_ENOMEM;
+  }
   *a = (client_async_t){.g = g, .get_cb = get_cb, .write_cb = write_cb, .arg = arg,
                         .deadline_ms = clock_mono_ms() + g->timeout_ms, .delay_ms = 2,
                         .req_len = len};
   if (len) grid__request__pack(rq, a->req);
   remote_t *r = router_pick(g->router, rq, g->timeout_ms);
-  int rc = remote_call_async(r, rq, g->timeout_ms, client_async_done, a);
-  if (rc != 0) free(a);
+  rc = remote_call_async(r, rq, g->timeout_ms, client_async_done, a);
+  if (rc != 0) {
+    free(a);
+    client_async_give_back(g);
+  }
   return rc;
 }
 

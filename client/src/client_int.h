@@ -6,6 +6,7 @@
 #ifndef GRID_CLIENT_INT_H
 #define GRID_CLIENT_INT_H
 
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "arena.h"
@@ -22,6 +23,12 @@ struct grid {
   embedded_t *embedded; /* embedded mode */
   router_t *router; /* remote mode */
   struct client_retry *retry; /* remote: async requests to send again */
+  uint32_t async_max;         /* grid_options_t.async_max, 0 replaced */
+  /* Async calls accepted whose callback has not run yet: in flight on a
+   * connection or on the retry list. client_call_async refuses past
+   * async_max; client_async_finish (or the accepting call's own failure)
+   * gives the place back. */
+  _Atomic uint32_t async_n;
 };
 
 /* A reply a sync call got: rp is valid until client_reply_free(). */

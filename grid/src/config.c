@@ -31,6 +31,7 @@ static const config_key_t config_keys[] = {
     CFG_S(resp_port_file),
     CFG_N(resp_args_max, CFG_INT, 3, 10000000),
     CFG_N(resp_command_bytes_max, CFG_SIZE, 0, (int64_t)1 << 30),
+    CFG_N(resp_pipeline_max, CFG_INT, 1, 1000000),
     CFG_S(node_id),
     CFG_N(loops, CFG_INT, 0, 64),
     CFG_N(memory_bytes_max, CFG_SIZE, 0, INT64_MAX),
@@ -56,6 +57,8 @@ static const config_key_t config_keys[] = {
     CFG_N(zk_session_timeout_ms, CFG_INT, 200, 600000),
     CFG_N(cluster_min_nodes, CFG_INT, 1, PMAP_NODES_MAX),
     CFG_N(forward_timeout_ms, CFG_INT, 1, 3600000),
+    CFG_N(repl_pending_max, CFG_INT, 1, 10000000),
+    CFG_N(loop_handoffs_max, CFG_INT, 1, 10000000),
     CFG_N(rebalance_bytes_per_sec, CFG_SIZE, 0, INT64_MAX),
     CFG_N(leave_timeout_ms, CFG_INT, 0, 3600000),
     CFG_N(lost_grace_ms, CFG_INT, 0, 86400000),
@@ -69,6 +72,7 @@ void config_defaults(config_t *c) {
   c->resp_port = -1;
   c->resp_args_max = 1024 * 1024;
   c->resp_command_bytes_max = 0; /* as frame_bytes_max */
+  c->resp_pipeline_max = 1024;
   c->loops = 0;
   c->memory_bytes_max = 0;
   c->frame_bytes_max = 64 << 20;
@@ -90,6 +94,8 @@ void config_defaults(config_t *c) {
   c->zk_session_timeout_ms = 2000;
   c->cluster_min_nodes = 1;
   c->forward_timeout_ms = 5000;
+  c->repl_pending_max = 10000;
+  c->loop_handoffs_max = 100000;
   c->rebalance_bytes_per_sec = 64 << 20;
   c->leave_timeout_ms = 60000;
   c->lost_grace_ms = 30000;

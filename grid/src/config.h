@@ -22,6 +22,9 @@ typedef struct config {
   int64_t resp_args_max;          /* arguments of one RESP command at most */
   int64_t resp_command_bytes_max; /* one RESP command's bytes at most (all
                                      its arguments); 0 = frame_bytes_max */
+  int64_t resp_pipeline_max;      /* RESP commands of one connection whose
+                                     replies are not written yet, at most:
+                                     parsing stops there until half are */
   char node_id[64];               /* empty: generated at start */
   int64_t loops;                  /* event loop threads; 0 = one per core */
   int64_t memory_bytes_max;       /* entry memory at most; 0 = 1/4 of RAM */
@@ -51,6 +54,13 @@ typedef struct config {
   int64_t cluster_min_nodes;      /* nodes alive before the first map */
   int64_t forward_timeout_ms;     /* a request forwarded to another node,
                                      or a write waiting for its backups */
+  int64_t repl_pending_max;       /* requests of one partition waiting on its
+                                     primary for backups' acknowledgements
+                                     (writes, and reads behind them) at
+                                     most; more are refused with GRID_EBUSY */
+  int64_t loop_handoffs_max;      /* requests other loops handed to one loop
+                                     (its partitions' owner) not answered
+                                     yet, at most; more: GRID_EBUSY */
   int64_t rebalance_bytes_per_sec;/* filling copies, per loop; 0: no limit */
   int64_t leave_timeout_ms;       /* a graceful leave at most, then a stop */
   int64_t lost_grace_ms;          /* a node gone from ZooKeeper is waited for

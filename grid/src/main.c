@@ -38,16 +38,16 @@ static void usage(FILE *f) {
           "Command-line flags override the config file. Settings (sizes take\n"
           "K, M, G; times are milliseconds):\n"
           "  bind, port, listen, port_file, resp_port, resp_port_file,\n"
-          "  resp_args_max, resp_command_bytes_max, node_id, loops, memory_bytes_max,\n"
-          "  frame_bytes_max, key_bytes_max, value_bytes_max, batch_keys_max,\n"
-          "  scan_count_max, caches_max, partitions_default, partitions_max,\n"
-          "  connections_max, output_bytes_max, handshake_timeout_ms,\n"
+          "  resp_args_max, resp_command_bytes_max, resp_pipeline_max, node_id, loops,\n"
+          "  memory_bytes_max, frame_bytes_max, key_bytes_max, value_bytes_max,\n"
+          "  batch_keys_max, scan_count_max, caches_max, partitions_default,\n"
+          "  partitions_max, connections_max, output_bytes_max, handshake_timeout_ms,\n"
           "  frame_timeout_ms, sweep_interval_ms, sweep_entries_per_tick,\n"
           "  log_level (debug, info, warn, error)\n"
           "Cluster settings: zk (ZooKeeper hosts; empty: a single node), cluster,\n"
           "  zone, advertise, zk_session_timeout_ms, cluster_min_nodes,\n"
-          "  forward_timeout_ms, rebalance_bytes_per_sec, leave_timeout_ms,\n"
-          "  lost_grace_ms\n");
+          "  forward_timeout_ms, repl_pending_max, loop_handoffs_max,\n"
+          "  rebalance_bytes_per_sec, leave_timeout_ms, lost_grace_ms\n");
 }
 
 #define GRIDD_LEAVE_GRACE_MS 500

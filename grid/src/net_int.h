@@ -7,6 +7,7 @@
 #define GRID_NET_INT_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -90,6 +91,9 @@ struct net_loop {
   peer_t *peers;               /* links to other nodes, made on demand */
   struct repl_loop *repl;      /* replication state of the partitions this
                                   loop owns (cluster mode) */
+  _Atomic int64_t handoffs;    /* requests other loops handed to this one,
+                                  not answered yet (repl.c; at most
+                                  loop_handoffs_max) */
 };
 
 struct net {

@@ -19,11 +19,12 @@ static void repl_fail_waits(net_loop_t *lp, repl_part_t *part, int status, const
 
 /* ---- replies that cross loops ------------------------------------------ */
 
-static repl_packed_t *repl_pack(sink_t *sink, const Grid__Reply *rp) {
+static repl_packed_t *repl_pack(sink_t *sink, const Grid__Reply *rp, int handed) {
   size_t len = grid__reply__get_packed_size(rp);
   repl_packed_t *pk = malloc(sizeof *pk + len);
   if (!pk) return NULL;
   pk->sink = sink;
+  pk->handed = handed;
   pk->id = rp->id;
   pk->len = len;
   grid__reply__pack(rp, pk->buf);
@@ -34,7 +35,18 @@ static repl_packed_t *repl_pack(sink_t *sink, const Grid__Reply *rp) {
 /* Whether a reply that depends on this node leading the partition may
  * leave now: the lease, read at the moment of release (after the state
  * the reply describes was read, so that state was this node's to tell). */
-static int repl_leased(net_loop_t *lp) { return cluster_serving(lp->net->node->cluster); }
+static int repl_leased(net_loop_t *lp) {
+  if (cluster_serving(lp->net->node->cluster)) return 1;
+  /* Said at most once a second per loop: a lapse refuses every reply. */
+  struct repl_loop *rl = lp->repl;
+  int64_t now = clock_mono_ms();
+  if (rl && now - rl->lease_logged_ms >= 1000) {
+    rl->lease_logged_ms = now;
+    LOG_W("repl", "\"lease ran out: replies that depend on this node's role are refused\" loop=%d",
+          lp->index);
+  }
+  return 0;
+}
 
 #define REPL_LEASE_LOST_READ "this node's lease ran out before the reply left: not answered, retry"
 #define REPL_LEASE_LOST_WRITE "this node's lease ran out before the write's reply left: its outcome is unknown"
@@ -54,8 +66,18 @@ static void repl_deliver_leased(net_loop_t *lp, sink_t *sink, const Grid__Reply 
   sink_deliver(lp, sink, &err);
 }
 
+/* A request another loop handed here is answered (loop_handoffs_max). */
+static void repl_handoff_answered(net_loop_t *lp) {
+  int64_t before = atomic_fetch_sub_explicit(&lp->handoffs, 1, memory_order_relaxed);
+  GRID_ASSERT(before > 0);
+}
+
 /* A packed reply released on its loop, or failed when the lease ran out. */
 static void repl_release_packed(net_loop_t *lp, repl_packed_t *pk, int lost_status) {
+  if (pk->handed) {
+    pk->handed = 0;
+    repl_handoff_answered(lp);
+  }
   if (!repl_leased(lp)) {
     repl_fail_packed(lp, pk, lost_status,
                      lost_status == GRID_EUNKNOWN ? REPL_LEASE_LOST_WRITE : REPL_LEASE_LOST_READ);
@@ -113,6 +135,8 @@ static void repl_advance(net_loop_t *lp, repl_part_t *part) {
     repl_write_t *w = part->head;
     part->head = w->next;
     if (!part->head) part->tail = NULL;
+    GRID_ASSERT(part->pending > 0);
+    part->pending--;
     if (!w->abandoned)
       atomic_store_explicit(&part->sync->committed, w->counter, memory_order_release);
     if (!w->answered && w->reply) {
@@ -144,6 +168,8 @@ static void repl_advance(net_loop_t *lp, repl_part_t *part) {
     repl_wait_t *wt = *l;
     if (wt->release <= committed) {
       *l = wt->next;
+      GRID_ASSERT(part->pending > 0);
+      part->pending--;
       repl_release_packed(lp, wt->reply, GRID_ECLUSTER);
       free(wt);
     } else {
@@ -218,31 +244,30 @@ static void repl_on_ack(void *arg, int status, const Grid__Reply *rp) {
   free(a);
 }
 
-/* Answers rp now or once committed reaches release (on the owner loop). */
-static void repl_answer_when(net_loop_t *lp, repl_part_t *part, uint64_t release,
-                             sink_t *sink, const Grid__Reply *rp) {
+/* Answers rp now or once committed reaches release (on the owner loop).
+ * 1 when the reply waits (kept packed until released or failed). */
+static int repl_answer_when(net_loop_t *lp, repl_part_t *part, uint64_t release,
+                            sink_t *sink, const Grid__Reply *rp, int handed) {
   if (!part || release <= atomic_load(&part->sync->committed) ||
       (!part->head && release <= atomic_load(&part->sync->applied))) {
     if (part && !part->head) repl_advance(lp, part);
     repl_deliver_leased(lp, sink, rp, GRID_ECLUSTER);
-    return;
+    return 0;
   }
   repl_wait_t *wt = malloc(sizeof *wt);
-  repl_packed_t *pk = repl_pack(sink, rp);
+  repl_packed_t *pk = repl_pack(sink, rp, handed);
   if (!wt || !pk) {
     free(wt);
     free(pk);
-    Grid__Reply err = GRID__REPLY__INIT;
-    err.id = rp->id;
-    err.status = GRID_ENOMEM;
-    err.message = (char *)grid_strerror(GRID_ENOMEM);
-    sink_deliver(lp, sink, &err);
-    return;
+    sink_error(lp, sink, rp->id, GRID_ENOMEM, "keeping a read until what it saw is committed");
+    return 0;
   }
   wt->release = release;
   wt->reply = pk;
   wt->next = part->waits;
   part->waits = wt;
+  part->pending++;
+  return 1;
 }
 
 /* The copies a write of partition p goes to besides this one: every
@@ -314,9 +339,9 @@ static void repl_record_lost(net_loop_t *lp, const pmap_cache_t *pc, uint32_t p,
 
 /* Queues w, a captured write, behind the partition's pending writes and
  * sends its record; its reply leaves once every OWNING backup acked. */
-static void repl_start_write(net_loop_t *lp, repl_part_t *part, repl_write_t *w,
-                             repl_rec_t *rec, const Grid__Reply *rp, const uint32_t *idx,
-                             const int *owning) {
+static int repl_start_write(net_loop_t *lp, repl_part_t *part, repl_write_t *w,
+                            repl_rec_t *rec, const Grid__Reply *rp, const uint32_t *idx,
+                            const int *owning, int handed) {
   const store_cache_cfg_t *cfg = store_cache_cfg(w->cache);
   w->counter = rec->rq.version & STORE_COUNTER_MASK;
   GRID_ASSERT(w->counter > atomic_load(&part->sync->committed) || part->abandoned);
@@ -326,7 +351,7 @@ static void repl_start_write(net_loop_t *lp, repl_part_t *part, repl_write_t *w,
     repl_deliver_leased(lp, w->sink, rp, GRID_EUNKNOWN);
     w->answered = 1;
   } else {
-    w->reply = repl_pack(w->sink, rp);
+    w->reply = repl_pack(w->sink, rp, handed);
     if (!w->reply) {
       /* Its words cannot be kept for later: the write still goes to the
        * backups, but its client hears now that the outcome is unknown. */
@@ -341,27 +366,38 @@ static void repl_start_write(net_loop_t *lp, repl_part_t *part, repl_write_t *w,
   if (part->tail) part->tail->next = w;
   else part->head = w;
   part->tail = w;
+  part->pending++;
   rec->rq.cache = (char *)cfg->name;
   rec->rq.partition = w->p;
   rec->rq.epoch = lp->pmap->epoch;
   repl_send_record(lp, w, &rec->rq, idx, owning);
+  return w->reply != NULL;
 }
 
 /* A write (or a read) on the partition's owner loop. Everything a write
  * needs is taken before it runs, so that once it has changed the store
- * its record always goes out (or its backups are demoted). */
-static void repl_run(net_loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *sink) {
+ * its record always goes out (or its backups are demoted). 1 when the
+ * reply waits (kept packed until released or failed), 0 when it left. */
+static int repl_run(net_loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *sink,
+                    int handed) {
   node_t *n = lp->net->node;
   const pmap_cache_t *pc = lp->pmap ? pmap_find_cache(lp->pmap, rq->cache) : NULL;
   store_cache_t *sc = store_view_find(&lp->view, rq->cache, strlen(rq->cache));
   if (!pc || !sc || pmap_primary(pc, p) != lp->self) {
     sink_error(lp, sink, rq->id, GRID_ENOTREADY, "the partition changed owner: retry");
-    return;
+    return 0;
   }
   repl_part_t *part = repl_part(n->store, sc, p);
   if (!part) {
     sink_error(lp, sink, rq->id, GRID_ENOMEM, "replication state of the partition");
-    return;
+    return 0;
+  }
+  if ((int64_t)part->pending >= n->cfg.repl_pending_max) {
+    char detail[128];
+    snprintf(detail, sizeof detail, "repl_pending_max (%lld) requests of partition %u wait for "
+             "its backups", (long long)n->cfg.repl_pending_max, p);
+    sink_error(lp, sink, rq->id, GRID_EBUSY, detail);
+    return 0;
   }
   if (part->abandoned && !part->head) {
     /* This node leads again (promoted): what it holds is the truth now,
@@ -377,7 +413,7 @@ static void repl_run(net_loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t
     w = calloc(1, sizeof *w + nb * sizeof(repl_backup_t));
     if (!w) {
       sink_error(lp, sink, rq->id, GRID_ENOMEM, "replicating the write: not run");
-      return;
+      return 0;
     }
     *w = (repl_write_t){.part = part, .store = n->store, .p = p, .refs = 1, .sink = sink,
                         .nbackups = nb,
@@ -389,10 +425,11 @@ static void repl_run(net_loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t
   repl_rec_t rec = {0};
   ops_execute_rec(n, &lp->view, rq, &rp, &a, repl_capture, &rec);
   rp.epoch = lp->pmap->epoch;
+  int waits = 0;
   if (rec.captured && w) {
     w->cache = store_cache_acquire(n->store, rq->cache, strlen(rq->cache));
     GRID_ASSERT(w->cache == sc);
-    repl_start_write(lp, part, w, &rec, &rp, idx, owning);
+    waits = repl_start_write(lp, part, w, &rec, &rp, idx, owning, handed);
     repl_advance(lp, part);
   } else if (rec.failed) {
     free(w);
@@ -403,10 +440,11 @@ static void repl_run(net_loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t
     free(w);
     uint64_t release = atomic_load(&store_part_sync(sc, p)->applied);
     if (rq->op == GRID__OP__GET && rp.status == 0) release = rp.version & STORE_COUNTER_MASK;
-    repl_answer_when(lp, part, release, sink, &rp);
+    waits = repl_answer_when(lp, part, release, sink, &rp, handed);
   }
   free(rec.mem);
   arena_close(&a);
+  return waits;
 }
 
 /* A request on its way to the loop that owns its partition; the task is
@@ -424,9 +462,12 @@ static void repl_handoff_on_loop(net_loop_t *lp, void *arg) {
   repl_handoff_t *h = arg;
   Grid__Request *rq = grid__request__unpack(NULL, h->len, h->buf);
   if (rq) {
-    repl_run(lp, rq, h->p, h->sink);
+    /* Counted in lp->handoffs until answered: now, or when its kept reply
+     * is released or failed. */
+    if (!repl_run(lp, rq, h->p, h->sink, 1)) repl_handoff_answered(lp);
     grid__request__free_unpacked(rq, NULL);
   } else {
+    repl_handoff_answered(lp);
     Grid__Reply err = GRID__REPLY__INIT;
     err.id = h->id;
     err.status = GRID_EINTERNAL;
@@ -439,7 +480,7 @@ static void repl_handoff_on_loop(net_loop_t *lp, void *arg) {
 void repl_execute(net_loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *sink) {
   int owner = repl_owner_loop(lp, p);
   if (owner == lp->index) {
-    repl_run(lp, rq, p, sink);
+    repl_run(lp, rq, p, sink, 0);
     return;
   }
   if (rq->op == GRID__OP__GET) {
@@ -462,9 +503,20 @@ void repl_execute(net_loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *s
       arena_close(&a);
     }
   }
+  net_loop_t *to = &lp->net->loops[owner];
+  int64_t max = lp->net->node->cfg.loop_handoffs_max;
+  if (atomic_fetch_add_explicit(&to->handoffs, 1, memory_order_relaxed) >= max) {
+    atomic_fetch_sub_explicit(&to->handoffs, 1, memory_order_relaxed);
+    char detail[128];
+    snprintf(detail, sizeof detail, "loop_handoffs_max (%lld) requests wait on the loop that "
+             "owns partition %u", (long long)max, p);
+    sink_error(lp, sink, rq->id, GRID_EBUSY, detail);
+    return;
+  }
   size_t len = grid__request__get_packed_size(rq);
   repl_handoff_t *h = malloc(sizeof *h + len);
   if (!h) {
+    atomic_fetch_sub_explicit(&to->handoffs, 1, memory_order_relaxed);
     sink_error(lp, sink, rq->id, GRID_ENOMEM, "handing the request to its partition's loop");
     return;
   }
@@ -597,6 +649,7 @@ void repl_cron(net_loop_t *lp, int64_t now_ms) {
 }
 
 void repl_fail_packed(net_loop_t *lp, repl_packed_t *pk, int status, const char *why) {
+  if (pk->handed) repl_handoff_answered(lp);
   Grid__Reply err = GRID__REPLY__INIT;
   err.id = pk->id;
   err.status = status;
@@ -610,6 +663,8 @@ static void repl_fail_waits(net_loop_t *lp, repl_part_t *part, int status, const
   while (part->waits) {
     repl_wait_t *wt = part->waits;
     part->waits = wt->next;
+    GRID_ASSERT(part->pending > 0);
+    part->pending--;
     repl_fail_packed(lp, wt->reply, status, why);
     free(wt);
   }
@@ -623,6 +678,8 @@ void repl_close(net_loop_t *lp) {
     rl->writes = w->lnext;
     if (w->part) {
       w->part->head = w->part->tail = NULL;
+      GRID_ASSERT(w->part->pending > 0);
+      w->part->pending--; /* the write; its waits go just below */
       repl_fail_waits(lp, w->part, GRID_ECONN, "the node is stopping");
     }
     if (!w->answered && w->reply) {

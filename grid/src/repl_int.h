@@ -23,6 +23,8 @@
 /* A reply built now, released later (once what it saw is committed). */
 typedef struct repl_packed {
   sink_t *sink;
+  int handed;                    /* handed over by another loop: counted in
+                                    lp->handoffs until released or failed */
   uint64_t id;                   /* the request's: for an error instead */
   size_t len;
   unsigned char buf[];
@@ -65,6 +67,8 @@ typedef struct repl_wait {
 
 struct repl_part {
   repl_write_t *head, *tail;
+  size_t pending;                /* writes in the FIFO plus waits: at most
+                                    repl_pending_max */
   uint64_t handoff_epoch;        /* handing over in it: report when drained */
   repl_wait_t *waits;
   store_part_sync_t *sync;
@@ -96,6 +100,7 @@ struct repl_loop {
   int64_t window_ms;             /* fill pacing: this second's bytes */
   uint64_t window_bytes;
   int fills_incomplete;          /* a fill could not be made: look again */
+  int64_t lease_logged_ms;       /* a lapsed lease was last logged then */
 };
 
 

@@ -64,6 +64,25 @@ node_t *fuzz_node_start(const config_t *cfg) {
   return n;
 }
 
+static node_t *fuzz_run_node;
+
+static void fuzz_run_node_stop(void) {
+  if (fuzz_run_node) node_stop(fuzz_run_node);
+  fuzz_run_node = NULL;
+}
+
+node_t *fuzz_node_start_for_run(const config_t *cfg) {
+  if (fuzz_run_node) fuzz_die("fuzz_node_start_for_run called twice");
+  fuzz_run_node = fuzz_node_start(cfg);
+  atexit(fuzz_run_node_stop);
+  return fuzz_run_node;
+}
+
+void fuzz_sleep_ms(int ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
 void fuzz_store_reset(node_t *n) {
   store_cache_cfg_t cfgs[64];
   size_t k = store_cache_list(n->store, cfgs, sizeof cfgs / sizeof cfgs[0]);

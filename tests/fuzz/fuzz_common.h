@@ -26,6 +26,13 @@ void fuzz_die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2
 void fuzz_node_config(config_t *cfg);
 /* node_start, or dies. */
 node_t *fuzz_node_start(const config_t *cfg);
+/* fuzz_node_start for the one node a target drives for its whole run; the
+ * node is stopped at a normal exit (the replay driver's, or the end of a
+ * fuzzing run), so that its shutdown is exercised too. Once per process. */
+node_t *fuzz_node_start_for_run(const config_t *cfg);
+
+/* Sleeps ms milliseconds (for targets that do not link tests/harness.c). */
+void fuzz_sleep_ms(int ms);
 
 /* Brings the node's store back to one empty "default" cache: what one input
  * did does not change what the next one does. Only for a single node (no

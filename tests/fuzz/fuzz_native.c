@@ -10,20 +10,12 @@
  * is brought back to one empty "default" cache after each input.
  */
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "fuzz_common.h"
 #include "grid.pb-c.h"
 
 static node_t *node;
-
-static void stop_node(void) {
-  /* A normal exit (replay, or the end of a fuzzing run): the node's
-   * shutdown is exercised too. */
-  if (node) node_stop(node);
-  node = NULL;
-}
 static unsigned char *hello;
 static size_t hello_len;
 
@@ -32,8 +24,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argv;
   config_t cfg;
   fuzz_node_config(&cfg);
-  node = fuzz_node_start(&cfg);
-  atexit(stop_node);
+  node = fuzz_node_start_for_run(&cfg);
   Grid__Hello h = GRID__HELLO__INIT;
   h.magic = 0x47524944u;
   h.version = 1;

@@ -27,7 +27,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cluster.h"
@@ -78,10 +77,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   int serving = 0;
   for (int i = 0; i < 600 && !serving; i++) {
     serving = cluster_serving(node_a->cluster) && cluster_serving(node_b->cluster);
-    if (!serving) {
-      struct timespec ts = {0, 50 * 1000000L};
-      nanosleep(&ts, NULL);
-    }
+    if (!serving) harness_sleep_ms(50);
   }
   if (!serving) fuzz_die("the two nodes did not serve within 30 s");
   Grid__Hello h = GRID__HELLO__INIT;

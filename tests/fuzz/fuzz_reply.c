@@ -35,7 +35,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "frame.h"
@@ -244,11 +243,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   return 0;
 }
 
-static void sleep_ms(int ms) {
-  struct timespec ts = {0, (long)ms * 1000000L};
-  nanosleep(&ts, NULL);
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size == 0) return 0;
   uint8_t calls = data[0];
@@ -313,7 +307,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int open = fake_open;
     pthread_mutex_unlock(&fake_lock);
     if (open == 0) break;
-    sleep_ms(1);
+    fuzz_sleep_ms(1);
   }
   return 0;
 }

@@ -9,7 +9,6 @@
  * back to one empty "default" cache after each input.
  */
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "fuzz_common.h"
@@ -17,21 +16,13 @@
 
 static node_t *node;
 
-static void stop_node(void) {
-  /* A normal exit (replay, or the end of a fuzzing run): the node's
-   * shutdown is exercised too. */
-  if (node) node_stop(node);
-  node = NULL;
-}
-
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc;
   (void)argv;
   config_t cfg;
   fuzz_node_config(&cfg);
   cfg.resp_port = 0;
-  node = fuzz_node_start(&cfg);
-  atexit(stop_node);
+  node = fuzz_node_start_for_run(&cfg);
   return 0;
 }
 
