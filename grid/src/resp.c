@@ -1,7 +1,5 @@
 #include "resp.h"
 
-#include <ctype.h>
-#include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -16,20 +14,24 @@
 #include "log.h"
 #include "net_int.h"
 #include "node.h"
+#include "op.h"
 #include "ops.h"
-#include "repl.h"
+#include "resp_parse.h"
 #include "route.h"
 #include "store.h"
 
-#define RESP_INLINE_BYTES_MAX (64 * 1024) /* an inline command, or a count line */
-#define RESP_ARGV_STACK 16
+#define RESP_ERROR_LINE_BYTES_MAX 512 /* an error line of our own words */
+#define RESP_QUOTED_BYTES_MAX 128     /* a client's bytes quoted in an error, as Redis */
 
 /* ---- per connection ------------------------------------------------------- */
 
 /* One command's reply; replies leave in command order. */
 typedef struct resp_slot {
   struct resp_slot *next;
-  int done;
+  int done;                  /* complete (or failed): may be written */
+  int failed;                /* memory ran out while it was built: it is
+                                never written, and the connection closes
+                                after the replies before it */
   char *buf;
   size_t len, cap;
 } resp_slot_t;
@@ -38,27 +40,25 @@ typedef struct resp_job resp_job_t;
 
 struct resp_conn {
   resp_slot_t *head, *tail;  /* replies not written yet, oldest first */
+  resp_pipeline_t pipe;      /* ... how many: resp_pipeline_max at most */
   resp_slot_t direct;        /* a single node answers every command at once:
                                 its reply is built here and written as is */
   resp_job_t *job;           /* ... and its one command in flight here */
   int cluster;               /* answers may come later: slots keep order */
   char cache[STORE_CACHE_NAME_MAX + 1];
   char name[128];            /* CLIENT SETNAME */
-  int quit;                  /* QUIT: close once the replies are out */
-  char why[64];              /* words of a protocol error being reported */
-  /* An unfinished multibulk command, so that a command arriving in many
-   * reads is looked at once, not again from its start on every read
-   * (which is quadratic in its size). Offsets count from the command's
-   * first byte, which stays the first unconsumed byte of the read buffer
-   * (the buffer may move or grow between reads: offsets survive that). */
-  int64_t mb_count;          /* arguments announced; 0: no command begun */
-  int64_t mb_got;            /* arguments complete */
-  size_t mb_pos;             /* the next byte to look at; inline: bytes
-                                already searched for the line's end */
-  struct resp_span { size_t off, len; } *spans; /* complete arguments */
-  size_t spans_cap;
-  struct resp_arg *argv;     /* a command's arguments past RESP_ARGV_STACK */
-  size_t argv_cap;
+  int ending;                /* QUIT, or a command that found no memory for
+                                its slot: nothing more is parsed, and the
+                                connection closes once the replies before
+                                are written */
+  int broken;                /* a reply could not be built whole: nothing
+                                after it is written, and the connection
+                                closes once what was written is out */
+  int parsing;               /* resp_input is running: a reply completing
+                                inside it must not start it again */
+  int resume_posted;         /* resume_task is queued (holds a reference) */
+  net_task_t resume_task;    /* parses again once a full pipeline drained */
+  resp_parser_t parser;      /* the command being received */
 };
 
 resp_conn_t *resp_conn_new(int cluster) {
@@ -66,13 +66,13 @@ resp_conn_t *resp_conn_new(int cluster) {
   if (!r) return NULL;
   strcpy(r->cache, "default");
   r->cluster = cluster;
+  resp_parser_init(&r->parser);
   return r;
 }
 
 void resp_conn_free(resp_conn_t *r) {
   if (!r) return;
-  free(r->spans);
-  free(r->argv);
+  resp_parser_close(&r->parser);
   free(r->direct.buf);
   free(r->job);
   while (r->head) {
@@ -86,30 +86,44 @@ void resp_conn_free(resp_conn_t *r) {
 
 /* ---- reply building --------------------------------------------------------- */
 
+/* Room for n more bytes. When memory runs out the slot is marked failed
+ * and every later append to it is a no-op: a reply is written whole or not
+ * at all (a short one would make the client read the next reply's bytes as
+ * the end of this one). */
+static int slot_reserve(resp_slot_t *s, size_t n) {
+  if (s->failed) return -1;
+  if (s->cap - s->len >= n) return 0;
+  size_t cap = s->cap ? s->cap * 2 : 64;
+  while (cap - s->len < n) cap *= 2;
+  char *b = realloc(s->buf, cap);
+  if (!b) {
+    s->failed = 1;
+    return -1;
+  }
+  s->buf = b;
+  s->cap = cap;
+  return 0;
+}
+
 static void slot_put(resp_slot_t *s, const void *p, size_t n) {
   if (n == 0) return; /* an empty value may come as NULL (protobuf-c) */
-  if (s->cap - s->len < n) {
-    size_t cap = s->cap ? s->cap * 2 : 64;
-    while (cap - s->len < n) cap *= 2;
-    char *b = realloc(s->buf, cap);
-    if (!b) return; /* the reply comes out short; the client sees a protocol error */
-    s->buf = b;
-    s->cap = cap;
-  }
+  if (slot_reserve(s, n) != 0) return;
   memcpy(s->buf + s->len, p, n);
   s->len += n;
 }
 
 static void slot_printf(resp_slot_t *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void slot_printf(resp_slot_t *s, const char *fmt, ...) {
-  char line[512];
   va_list ap;
   va_start(ap, fmt);
-  int n = vsnprintf(line, sizeof line, fmt, ap);
+  int n = vsnprintf(NULL, 0, fmt, ap);
   va_end(ap);
-  if (n < 0) return;
-  if ((size_t)n >= sizeof line) n = sizeof line - 1;
-  slot_put(s, line, (size_t)n);
+  if (n < 0) s->failed = 1;
+  if (n < 0 || slot_reserve(s, (size_t)n + 1) != 0) return;
+  va_start(ap, fmt);
+  vsnprintf(s->buf + s->len, (size_t)n + 1, fmt, ap);
+  va_end(ap);
+  s->len += (size_t)n;
 }
 
 /* "<type><number>\r\n", without printf (the hot path). */
@@ -138,6 +152,36 @@ static void slot_nil(resp_slot_t *s) { slot_put(s, "$-1\r\n", 5); }
 static void slot_ok(resp_slot_t *s) { slot_put(s, "+OK\r\n", 5); }
 static void slot_int(resp_slot_t *s, int64_t v) { slot_num_line(s, ':', v); }
 
+/* Another slot's whole reply (an MGET key's) appended to s. */
+static void slot_put_slot(resp_slot_t *s, const resp_slot_t *part) {
+  if (part->failed) s->failed = 1;
+  else slot_put(s, part->buf, part->len);
+}
+
+/* A reply that cannot be built: the connection closes after the ones
+ * before it. */
+static void slot_fail(resp_slot_t *s) {
+  s->failed = 1;
+  s->done = 1;
+}
+
+/* An error line's text may quote the client's own bytes: a CR or LF in it
+ * would end the line early and let the rest read as a reply of its own, so
+ * both become spaces (as Redis does). */
+static void resp_error_words(char *text) {
+  for (char *p = text; *p; p++)
+    if (*p == '\r' || *p == '\n') *p = ' ';
+}
+
+/* The whole reply is the error line "-<text>\r\n". */
+static void slot_error(resp_slot_t *s, const char *text) {
+  char line[RESP_ERROR_LINE_BYTES_MAX];
+  snprintf(line, sizeof line, "%s", text);
+  resp_error_words(line);
+  slot_printf(s, "-%s\r\n", line);
+  s->done = 1;
+}
+
 /* A grid status as the error Redis gives in the same case. */
 static void slot_status_error(resp_slot_t *s, int status, const char *message) {
   switch (status) {
@@ -147,14 +191,22 @@ static void slot_status_error(resp_slot_t *s, int status, const char *message) {
       slot_printf(s, "-OOM command not allowed when used memory > 'maxmemory'.\r\n");
       break;
     default: {
-      /* No line breaks may go into an error line. */
       char words[300];
       snprintf(words, sizeof words, "%s", message && *message ? message : grid_strerror(status));
-      for (char *p = words; *p; p++)
-        if (*p == '\r' || *p == '\n') *p = ' ';
+      resp_error_words(words);
       slot_printf(s, "-ERR %s\r\n", words);
     }
   }
+}
+
+/* ---- writing replies ---------------------------------------------------------- */
+
+/* Writes one complete reply, unless one before it could not be: replies
+ * match their commands by position only. */
+static void resp_write_reply(conn_t *c, const resp_slot_t *s) {
+  resp_conn_t *r = c->resp;
+  if (r->broken) return;
+  if (s->failed || (s->len && conn_out(c, s->buf, s->len) != 0)) r->broken = 1;
 }
 
 /* Writes the replies that are complete and have no unfinished one before
@@ -165,16 +217,31 @@ static void resp_flush_slots(conn_t *c) {
     resp_slot_t *s = r->head;
     r->head = s->next;
     if (!r->head) r->tail = NULL;
-    if (s->len && conn_out(c, s->buf, s->len) != 0) conn_close_when_written(c);
+    GRID_ASSERT(r->pipe.waiting > 0);
+    r->pipe.waiting--;
+    resp_write_reply(c, s);
     free(s->buf);
     free(s);
   }
-  if (!r->head && r->quit) conn_close_when_written(c);
+  GRID_ASSERT(r->head || r->pipe.waiting == 0);
+  if (r->broken || (!r->head && r->ending)) conn_close_when_written(c);
 }
 
+/* A single node's reply, written as soon as its command returns. */
+static void resp_write_direct(conn_t *c) {
+  resp_conn_t *r = c->resp;
+  GRID_ASSERT(r->direct.done); /* a single node answers every command at once */
+  resp_write_reply(c, &r->direct);
+  r->direct.len = 0;
+  if (r->broken || r->ending) conn_close_when_written(c);
+}
+
+/* The slot of the command about to run, or NULL when there is no memory
+ * for one (the caller ends the connection after the replies before). */
 static resp_slot_t *resp_slot_new(resp_conn_t *r) {
   if (!r->cluster) {
-    r->direct.done = 0;
+    r->direct.done = r->direct.failed = 0;
+    r->direct.len = 0;
     return &r->direct; /* written when the command returns */
   }
   resp_slot_t *s = calloc(1, sizeof *s);
@@ -182,24 +249,57 @@ static resp_slot_t *resp_slot_new(resp_conn_t *r) {
   if (r->tail) r->tail->next = s;
   else r->head = s;
   r->tail = s;
+  r->pipe.waiting++;
   return s;
 }
 
-/* ---- commands that become requests ------------------------------------------ */
+/* ---- the command table ------------------------------------------------------ */
 
+typedef struct resp_cmd resp_cmd_t;
+
+/* Runs a command whose arity was checked. Its reply goes into s, now or
+ * (a request routed in a cluster) when its requests are answered; s->done
+ * says which. */
+typedef void (*resp_run_fn)(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                            resp_slot_t *s);
+/* One request's reply (the i-th of the command's), into the command's. */
+typedef void (*resp_reply_fn)(resp_job_t *job, size_t i, const Grid__Reply *rp);
+/* The command's reply once all its requests succeeded; NULL when the
+ * reply_fn wrote it already. */
+typedef void (*resp_done_fn)(resp_job_t *job);
+
+/* Where a command's keys are among its arguments (COMMAND shows it; one
+ * request per key). */
 enum {
-  CMD_GET, CMD_SET, CMD_SETNX, CMD_SETEX, CMD_GETSET, CMD_GETDEL, CMD_DEL, CMD_EXISTS,
-  CMD_MGET, CMD_MSET, CMD_INCR, CMD_APPEND, CMD_STRLEN, CMD_EXPIRE, CMD_PERSIST, CMD_TTL,
-  CMD_PTTL, CMD_DBSIZE,
+  RESP_KEYS_NONE = 0,
+  RESP_KEYS_ONE,   /* argv[1] */
+  RESP_KEYS_ALL,   /* argv[1..] */
+  RESP_KEYS_PAIRS, /* argv[1], argv[3], ...: each followed by its value */
 };
+
+/* A command is one row: its function parses its options and sends its
+ * requests; reply and done turn the replies into Redis's. */
+struct resp_cmd {
+  const char *name;    /* lower case, as COMMAND lists it */
+  int arity;           /* as Redis: n exact, -n at least n */
+  int args_max;        /* arguments at most, command included; 0: no bound */
+  Grid__Op op;         /* the request it becomes (what it is: op.h's flags);
+                          OP_NONE: answered here */
+  int keys;            /* RESP_KEYS_* */
+  resp_run_fn run;
+  resp_reply_fn reply; /* for commands that send requests */
+  resp_done_fn done;
+};
+
+/* ---- commands that become requests ------------------------------------------ */
 
 /* A command in flight: one request per key, merged when all are in. */
 struct resp_job {
   int embedded;             /* the connection's own (a single node's) */
   conn_t *c;
   resp_slot_t *slot;
-  int cmd;
-  int flag;                 /* SET: 1 = GET option */
+  const resp_cmd_t *cmd;
+  int flag;                 /* SET: the GET option */
   int pending;              /* requests not answered, plus one while sending */
   size_t n;                 /* requests */
   int64_t count;            /* DEL / EXISTS / DBSIZE */
@@ -214,27 +314,22 @@ typedef struct resp_sub {
   int heap;                 /* freed by resp_sub_fn */
 } resp_sub_t;
 
+static void resp_input_resume(conn_t *c);
+
 static void resp_job_error(resp_job_t *job, int status, const char *message) {
   if (job->status) return;
   job->status = status;
   snprintf(job->message, sizeof job->message, "%s", message ? message : "");
 }
 
+static void resp_reply_error(resp_job_t *job, const Grid__Reply *rp) {
+  resp_job_error(job, rp->status, rp->message);
+}
+
 static void resp_job_finish(resp_job_t *job) {
   resp_slot_t *s = job->slot;
-  if (job->status) {
-    slot_status_error(s, job->status, job->message);
-  } else {
-    switch (job->cmd) {
-      case CMD_DEL: case CMD_EXISTS: case CMD_DBSIZE: slot_int(s, job->count); break;
-      case CMD_MSET: slot_ok(s); break;
-      case CMD_MGET:
-        slot_printf(s, "*%zu\r\n", job->n);
-        for (size_t i = 0; i < job->n; i++) slot_put(s, job->parts[i].buf, job->parts[i].len);
-        break;
-      default: break; /* single-key commands wrote their reply already */
-    }
-  }
+  if (job->status) slot_status_error(s, job->status, job->message);
+  else if (job->cmd->done) job->cmd->done(job);
   if (job->parts) {
     for (size_t i = 0; i < job->n; i++) free(job->parts[i].buf);
     free(job->parts);
@@ -244,8 +339,14 @@ static void resp_job_finish(resp_job_t *job) {
   conn_t *c = job->c;
   free(job);
   resp_flush_slots(c);
+  resp_input_resume(c);
   conn_flush(c);
   conn_unref(c);
+}
+
+/* Every request was sent: the job's own hold on itself ends. */
+static void resp_job_sent(resp_job_t *job) {
+  if (--job->pending == 0) resp_job_finish(job);
 }
 
 /* One request's reply, turned into the command's. */
@@ -255,99 +356,12 @@ static void resp_sub_fn(net_loop_t *lp, void *arg, const Grid__Reply *rp) {
   resp_job_t *job = sub->job;
   size_t i = sub->index;
   if (sub->heap) free(sub);
-  resp_slot_t *s = job->slot;
-  int st = rp->status;
-  const char *msg = rp->message;
-  switch (job->cmd) {
-    case CMD_GET:
-      if (st == 0) slot_bulk(s, rp->value.data, rp->value.len);
-      else if (st == GRID_ENOTFOUND) slot_nil(s);
-      else resp_job_error(job, st, msg);
-      break;
-    case CMD_SET:
-      if (job->flag) { /* GET: the old value, set or not */
-        if (st == 0 || st == GRID_EEXIST || st == GRID_ENOTFOUND) {
-          if (rp->found) slot_bulk(s, rp->value.data, rp->value.len);
-          else slot_nil(s);
-        } else {
-          resp_job_error(job, st, msg);
-        }
-      } else if (st == 0) {
-        slot_ok(s);
-      } else if (st == GRID_EEXIST || st == GRID_ENOTFOUND) {
-        slot_nil(s); /* NX / XX not met */
-      } else {
-        resp_job_error(job, st, msg);
-      }
-      break;
-    case CMD_SETNX:
-      if (st == 0) slot_int(s, 1);
-      else if (st == GRID_EEXIST) slot_int(s, 0);
-      else resp_job_error(job, st, msg);
-      break;
-    case CMD_SETEX:
-      if (st == 0) slot_ok(s);
-      else resp_job_error(job, st, msg);
-      break;
-    case CMD_GETSET: case CMD_GETDEL:
-      if (st == 0 || st == GRID_ENOTFOUND) {
-        if (rp->found) slot_bulk(s, rp->value.data, rp->value.len);
-        else slot_nil(s);
-      } else {
-        resp_job_error(job, st, msg);
-      }
-      break;
-    case CMD_DEL:
-      if (st == 0) job->count++;
-      else if (st != GRID_ENOTFOUND) resp_job_error(job, st, msg);
-      break;
-    case CMD_EXISTS:
-      if (st == 0) job->count++;
-      else if (st != GRID_ENOTFOUND) resp_job_error(job, st, msg);
-      break;
-    case CMD_MGET: {
-      resp_slot_t *part = &job->parts[i];
-      if (st == 0) slot_bulk(part, rp->value.data, rp->value.len);
-      else if (st == GRID_ENOTFOUND) slot_nil(part);
-      else resp_job_error(job, st, msg);
-      break;
-    }
-    case CMD_MSET:
-      if (st != 0) resp_job_error(job, st, msg);
-      break;
-    case CMD_INCR:
-      if (st == 0) slot_int(s, rp->number);
-      else resp_job_error(job, st, msg);
-      break;
-    case CMD_APPEND:
-      if (st == 0) slot_int(s, rp->number);
-      else resp_job_error(job, st, msg);
-      break;
-    case CMD_STRLEN:
-      if (st == 0) slot_int(s, (int64_t)rp->value.len);
-      else if (st == GRID_ENOTFOUND) slot_int(s, 0);
-      else resp_job_error(job, st, msg);
-      break;
-    case CMD_EXPIRE: case CMD_PERSIST:
-      if (st == 0) slot_int(s, rp->number);
-      else resp_job_error(job, st, msg);
-      break;
-    case CMD_TTL: case CMD_PTTL:
-      if (st == GRID_ENOTFOUND) slot_int(s, -2);
-      else if (st != 0) resp_job_error(job, st, msg);
-      else if (rp->number < 0) slot_int(s, -1);
-      else slot_int(s, job->cmd == CMD_TTL ? (rp->number + 500) / 1000 : rp->number);
-      break;
-    case CMD_DBSIZE:
-      if (st == 0) job->count += rp->number;
-      else resp_job_error(job, st, msg);
-      break;
-  }
+  job->cmd->reply(job, i, rp);
   if (--job->pending == 0) resp_job_finish(job);
 }
 
 /* Runs one request of a job: here on a single node, routed in a cluster. */
-static void resp_submit(resp_job_t *job, size_t index, Grid__Request *rq) {
+static void resp_job_submit(resp_job_t *job, size_t index, Grid__Request *rq) {
   conn_t *c = job->c;
   net_loop_t *lp = c->lp;
   node_t *n = lp->net->node;
@@ -371,25 +385,25 @@ static void resp_submit(resp_job_t *job, size_t index, Grid__Request *rq) {
   resp_sub_fn(lp, &sub, &rp);
 }
 
-static resp_job_t *resp_job_new(conn_t *c, int cmd, size_t n) {
+/* A job of n requests answering into s; NULL when out of memory (s then
+ * fails: the connection closes after the replies before it). */
+static resp_job_t *resp_job_start(conn_t *c, const resp_cmd_t *cmd, resp_slot_t *s, size_t n) {
   resp_conn_t *r = c->resp;
   resp_job_t *job;
   if (!r->cluster) {
-    if (!r->job && !(r->job = malloc(sizeof *r->job))) return NULL;
+    if (!r->job && !(r->job = malloc(sizeof *r->job))) {
+      slot_fail(s);
+      return NULL;
+    }
     job = r->job;
     memset(job, 0, sizeof *job);
     job->embedded = 1;
-  } else {
-    job = calloc(1, sizeof *job);
-    if (!job) return NULL;
-  }
-  resp_slot_t *slot = resp_slot_new(r);
-  if (!slot) {
-    if (!job->embedded) free(job);
+  } else if (!(job = calloc(1, sizeof *job))) {
+    slot_fail(s);
     return NULL;
   }
   job->c = c;
-  job->slot = slot;
+  job->slot = s;
   job->cmd = cmd;
   job->n = n;
   job->pending = 1;
@@ -399,30 +413,15 @@ static resp_job_t *resp_job_new(conn_t *c, int cmd, size_t n) {
 
 /* ---- argument helpers ------------------------------------------------------- */
 
-typedef struct resp_arg {
-  const char *p;
-  size_t len;
-} resp_arg_t; /* struct resp_arg: also in resp_conn */
-
 static int arg_is(const resp_arg_t *a, const char *word) {
   return a->len == strlen(word) && strncasecmp(a->p, word, a->len) == 0;
 }
 
-/* A whole signed 64-bit decimal, as Redis's string2ll. */
-static int arg_i64(const resp_arg_t *a, int64_t *out) {
-  char buf[32];
-  if (a->len == 0 || a->len >= sizeof buf) return -1;
-  memcpy(buf, a->p, a->len);
-  buf[a->len] = '\0';
-  if (buf[0] == '+' || isspace((unsigned char)buf[0])) return -1;
-  if (buf[0] == '0' && a->len > 1) return -1;
-  if (buf[0] == '-' && (a->len == 1 || buf[1] == '0')) return -1;
-  errno = 0;
-  char *end;
-  long long v = strtoll(buf, &end, 10);
-  if (*end || errno) return -1;
-  *out = v;
-  return 0;
+static int arg_i64(const resp_arg_t *a, int64_t *out) { return resp_parse_i64(a->p, a->len, out); }
+
+/* How much of an argument an error quotes: Redis shows 128 bytes. */
+static int arg_quoted_len(const resp_arg_t *a) {
+  return (int)(a->len > RESP_QUOTED_BYTES_MAX ? RESP_QUOTED_BYTES_MAX : a->len);
 }
 
 static void key_request(Grid__Request *rq, Grid__Op op, const resp_arg_t *key) {
@@ -432,80 +431,455 @@ static void key_request(Grid__Request *rq, Grid__Op op, const resp_arg_t *key) {
   rq->key.len = key->len;
 }
 
-/* ---- the command table ------------------------------------------------------ */
-
-typedef struct resp_cmd {
-  const char *name;
-  int arity;         /* as Redis: n exact, -n at least n */
-  void (*run)(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *s);
-  int cmd;           /* CMD_* for the keyed ones */
-  int args_max;      /* arguments at most, command included; 0: no bound */
-} resp_cmd_t;
-
-/* An error line's text may quote the client's own bytes: a CR or LF in it
- * would end the line early and let the rest read as a reply of its own, so
- * both become spaces (as Redis does). */
-static void resp_error_words(char *text) {
-  for (char *p = text; *p; p++)
-    if (*p == '\r' || *p == '\n') *p = ' ';
+static void value_request(Grid__Request *rq, Grid__Op op, const resp_arg_t *key,
+                          const resp_arg_t *value) {
+  key_request(rq, op, key);
+  rq->value.data = (uint8_t *)value->p;
+  rq->value.len = value->len;
 }
 
-static void run_simple_error(conn_t *c, resp_slot_t *s, const char *text) {
-  (void)c;
-  char line[512];
-  snprintf(line, sizeof line, "%s", text);
-  resp_error_words(line);
-  slot_printf(s, "-%s\r\n", line);
-  s->done = 1;
+/* The requests a command of argc arguments sends. */
+static size_t resp_requests_of(const resp_cmd_t *cmd, int argc) {
+  switch (cmd->keys) {
+    case RESP_KEYS_ALL: return (size_t)argc - 1;
+    case RESP_KEYS_PAIRS: return (size_t)(argc - 1) / 2;
+    default: return 1;
+  }
 }
 
-static void run_keyed(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *s, int cmd);
+/* Sends one request with one request: key_request(cmd->op) plus what the
+ * caller set. */
+static void resp_send_one(conn_t *c, const resp_cmd_t *cmd, resp_slot_t *s, Grid__Request *rq,
+                          int flag) {
+  resp_job_t *job = resp_job_start(c, cmd, s, 1);
+  if (!job) return;
+  job->flag = flag;
+  resp_job_submit(job, 0, rq);
+  resp_job_sent(job);
+}
 
-static void cmd_ping(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *s) {
+/* Sends cmd->op for each key (argv[1 + i]) until one fails to be sent. */
+static void resp_send_keys(resp_job_t *job, resp_arg_t *argv) {
+  for (size_t i = 0; i < job->n && !job->status; i++) {
+    Grid__Request rq;
+    key_request(&rq, job->cmd->op, &argv[1 + i]);
+    resp_job_submit(job, i, &rq);
+  }
+  resp_job_sent(job);
+}
+
+/* ---- replies of requests ------------------------------------------------------ */
+
+/* Where the i-th reply goes: its own part (MGET) or the command's slot. */
+static resp_slot_t *resp_job_out(resp_job_t *job, size_t i) {
+  return job->parts ? &job->parts[i] : job->slot;
+}
+
+static void reply_value(resp_job_t *job, size_t i, const Grid__Reply *rp) {
+  resp_slot_t *s = resp_job_out(job, i);
+  if (rp->status == 0) slot_bulk(s, rp->value.data, rp->value.len);
+  else if (rp->status == GRID_ENOTFOUND) slot_nil(s);
+  else resp_reply_error(job, rp);
+}
+
+/* GETSET, GETDEL, SET ... GET: the value before, if there was one. */
+static void reply_old_value(resp_job_t *job, size_t i, const Grid__Reply *rp) {
+  (void)i;
+  if (rp->found) slot_bulk(job->slot, rp->value.data, rp->value.len);
+  else slot_nil(job->slot);
+}
+
+static void reply_set(resp_job_t *job, size_t i, const Grid__Reply *rp) {
+  int st = rp->status;
+  int unmet = st == GRID_EEXIST || st == GRID_ENOTFOUND; /* NX / XX not met */
+  if (job->flag && (st == 0 || unmet)) reply_old_value(job, i, rp);
+  else if (!job->flag && st == 0) slot_ok(job->slot);
+  else if (!job->flag && unmet) slot_nil(job->slot);
+  else resp_reply_error(job, rp);
+}
+
+static void reply_getset(resp_job_t *job, size_t i, const Grid__Reply *rp) {
+  if (rp->status == 0 || rp->status == GRID_ENOTFOUND) reply_old_value(job, i, rp);
+  else resp_reply_error(job, rp);
+}
+
+static void reply_setnx(resp_job_t *job, size_t i, const Grid__Reply *rp) {
+  (void)i;
+  if (rp->status == 0) slot_int(job->slot, 1);
+  else if (rp->status == GRID_EEXIST) slot_int(job->slot, 0);
+  else resp_reply_error(job, rp);
+}
+
+static void reply_ok(resp_job_t *job, size_t i, const Grid__Reply *rp) {
+  (void)i;
+  if (rp->status == 0) slot_ok(job->slot);
+  else resp_reply_error(job, rp);
+}
+
+static void reply_number(resp_job_t *job, size_t i, const Grid__Reply *rp) {
+  (void)i;
+  if (rp->status == 0) slot_int(job->slot, rp->number);
+  else resp_reply_error(job, rp);
+}
+
+static void reply_strlen(resp_job_t *job, size_t i, const Grid__Reply *rp) {
+  (void)i;
+  if (rp->status == 0) slot_int(job->slot, (int64_t)rp->value.len);
+  else if (rp->status == GRID_ENOTFOUND) slot_int(job->slot, 0);
+  else resp_reply_error(job, rp);
+}
+
+/* TTL and PTTL: -2 no key, -1 no expiry, else the time left. */
+static void reply_ttl_in(resp_job_t *job, const Grid__Reply *rp, int64_t unit_ms) {
+  if (rp->status == GRID_ENOTFOUND) slot_int(job->slot, -2);
+  else if (rp->status != 0) resp_reply_error(job, rp);
+  else if (rp->number < 0) slot_int(job->slot, -1);
+  else slot_int(job->slot, unit_ms == 1 ? rp->number : (rp->number + unit_ms / 2) / unit_ms);
+}
+
+static void reply_ttl(resp_job_t *job, size_t i, const Grid__Reply *rp) {
+  (void)i;
+  reply_ttl_in(job, rp, 1000);
+}
+
+static void reply_pttl(resp_job_t *job, size_t i, const Grid__Reply *rp) {
+  (void)i;
+  reply_ttl_in(job, rp, 1);
+}
+
+/* DEL, EXISTS: the keys found. */
+static void reply_count_found(resp_job_t *job, size_t i, const Grid__Reply *rp) {
+  (void)i;
+  if (rp->status == 0) job->count++;
+  else if (rp->status != GRID_ENOTFOUND) resp_reply_error(job, rp);
+}
+
+static void reply_count_sum(resp_job_t *job, size_t i, const Grid__Reply *rp) {
+  (void)i;
+  if (rp->status == 0) job->count += rp->number;
+  else resp_reply_error(job, rp);
+}
+
+static void reply_errors_only(resp_job_t *job, size_t i, const Grid__Reply *rp) {
+  (void)i;
+  if (rp->status != 0) resp_reply_error(job, rp);
+}
+
+static void done_count(resp_job_t *job) { slot_int(job->slot, job->count); }
+static void done_ok(resp_job_t *job) { slot_ok(job->slot); }
+
+static void done_mget(resp_job_t *job) {
+  slot_num_line(job->slot, '*', (int64_t)job->n);
+  for (size_t i = 0; i < job->n; i++) slot_put_slot(job->slot, &job->parts[i]);
+}
+
+/* ---- keyed commands ------------------------------------------------------------ */
+
+/* GET, GETDEL, STRLEN, TTL, PTTL, DEL, EXISTS: cmd->op on each key. */
+static void cmd_keys(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                     resp_slot_t *s) {
+  resp_job_t *job = resp_job_start(c, cmd, s, resp_requests_of(cmd, argc));
+  if (job) resp_send_keys(job, argv);
+}
+
+static void cmd_mget(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                     resp_slot_t *s) {
+  resp_job_t *job = resp_job_start(c, cmd, s, resp_requests_of(cmd, argc));
+  if (!job) return;
+  job->parts = calloc(job->n, sizeof *job->parts);
+  if (!job->parts) resp_job_error(job, GRID_ENOMEM, NULL);
+  resp_send_keys(job, argv);
+}
+
+/* GETSET, APPEND: cmd->op with the key and its value. */
+static void cmd_key_value(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                          resp_slot_t *s) {
+  (void)argc;
+  Grid__Request rq;
+  value_request(&rq, cmd->op, &argv[1], &argv[2]);
+  resp_send_one(c, cmd, s, &rq, 0);
+}
+
+static void cmd_setnx(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                      resp_slot_t *s) {
+  (void)argc;
+  Grid__Request rq;
+  value_request(&rq, cmd->op, &argv[1], &argv[2]);
+  rq.cond = STORE_IF_ABSENT;
+  resp_send_one(c, cmd, s, &rq, 0);
+}
+
+typedef struct resp_set_options {
+  int nx, xx, get, keep;
+  int ex;          /* the expiry given: 1 EX, 2 PX, 3 EXAT, 4 PXAT; 0 none */
+  int64_t ttl_ms;
+} resp_set_options_t;
+
+/* SET's EX/PX/EXAT/PXAT value as a TTL; NULL, or the error's words. */
+static const char *set_expiry(const resp_arg_t *value, int kind, int64_t *ttl_ms) {
+  int64_t v;
+  if (arg_i64(value, &v) != 0) return "ERR value is not an integer or out of range";
+  int secs = kind == 1 || kind == 3;
+  int at = kind == 3 || kind == 4;
+  if (v <= 0 || (secs && v > INT64_MAX / 1000)) return "ERR invalid expire time in 'set' command";
+  int64_t ms = secs ? v * 1000 : v;
+  if (!at && ms > INT64_MAX - clock_wall_ms()) return "ERR invalid expire time in 'set' command";
+  if (at) {
+    ms -= clock_wall_ms();
+    if (ms <= 0) ms = 1; /* already past: gone at once */
+  }
+  *ttl_ms = ms;
+  return NULL;
+}
+
+/* SET's options, all checked before anything runs (as Redis). NULL, or the
+ * error's words. */
+static const char *set_options(resp_arg_t *argv, int argc, resp_set_options_t *o) {
+  *o = (resp_set_options_t){0};
+  for (int i = 3; i < argc; i++) {
+    const resp_arg_t *a = &argv[i];
+    int kind = arg_is(a, "ex") ? 1 : arg_is(a, "px") ? 2 : arg_is(a, "exat") ? 3
+               : arg_is(a, "pxat") ? 4 : 0;
+    /* As Redis: an option may come again, but not with one it excludes. */
+    if (arg_is(a, "nx") && !o->xx) {
+      o->nx = 1;
+    } else if (arg_is(a, "xx") && !o->nx) {
+      o->xx = 1;
+    } else if (arg_is(a, "get")) {
+      o->get = 1;
+    } else if (arg_is(a, "keepttl") && !o->ex) {
+      o->keep = 1;
+    } else if (kind && (!o->ex || o->ex == kind) && !o->keep && i + 1 < argc) {
+      const char *why = set_expiry(&argv[i + 1], kind, &o->ttl_ms);
+      if (why) return why;
+      o->ex = kind;
+      i++;
+    } else {
+      return "ERR syntax error";
+    }
+  }
+  return NULL;
+}
+
+static void cmd_set(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                    resp_slot_t *s) {
+  resp_set_options_t o;
+  const char *why = set_options(argv, argc, &o);
+  if (why) {
+    slot_error(s, why);
+    return;
+  }
+  Grid__Request rq;
+  value_request(&rq, o.get ? GRID__OP__GET_AND_PUT : cmd->op, &argv[1], &argv[2]);
+  rq.ttl_ms = (uint64_t)o.ttl_ms;
+  rq.cond = o.nx ? STORE_IF_ABSENT : o.xx ? STORE_IF_PRESENT : STORE_ANY;
+  rq.keep_ttl = o.keep;
+  resp_send_one(c, cmd, s, &rq, o.get);
+}
+
+/* SETEX and PSETEX: key, a positive time in unit_ms, value. */
+static void run_setex(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, resp_slot_t *s,
+                      int64_t unit_ms) {
+  int64_t t;
+  if (arg_i64(&argv[2], &t) != 0) {
+    slot_error(s, "ERR value is not an integer or out of range");
+    return;
+  }
+  if (t <= 0 || t > INT64_MAX / unit_ms) {
+    char line[80];
+    snprintf(line, sizeof line, "ERR invalid expire time in '%s' command", cmd->name);
+    slot_error(s, line);
+    return;
+  }
+  Grid__Request rq;
+  value_request(&rq, cmd->op, &argv[1], &argv[3]);
+  rq.ttl_ms = (uint64_t)(t * unit_ms);
+  resp_send_one(c, cmd, s, &rq, 0);
+}
+
+static void cmd_setex(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                      resp_slot_t *s) {
+  (void)argc;
+  run_setex(c, cmd, argv, s, 1000);
+}
+
+static void cmd_psetex(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                       resp_slot_t *s) {
+  (void)argc;
+  run_setex(c, cmd, argv, s, 1);
+}
+
+static void send_add(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, resp_slot_t *s,
+                     int64_t delta) {
+  Grid__Request rq;
+  key_request(&rq, cmd->op, &argv[1]);
+  rq.delta = delta;
+  resp_send_one(c, cmd, s, &rq, 0);
+}
+
+/* INCRBY and DECRBY's amount; 0, or -1 once the error is in s. */
+static int add_amount(resp_arg_t *argv, resp_slot_t *s, int64_t *delta) {
+  if (arg_i64(&argv[2], delta) == 0) return 0;
+  slot_error(s, "ERR value is not an integer or out of range");
+  return -1;
+}
+
+static void cmd_incr(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                     resp_slot_t *s) {
+  (void)argc;
+  send_add(c, cmd, argv, s, 1);
+}
+
+static void cmd_decr(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                     resp_slot_t *s) {
+  (void)argc;
+  send_add(c, cmd, argv, s, -1);
+}
+
+static void cmd_incrby(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                       resp_slot_t *s) {
+  (void)argc;
+  int64_t delta;
+  if (add_amount(argv, s, &delta) == 0) send_add(c, cmd, argv, s, delta);
+}
+
+static void cmd_decrby(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                       resp_slot_t *s) {
+  (void)argc;
+  int64_t delta;
+  if (add_amount(argv, s, &delta) != 0) return;
+  if (delta == INT64_MIN) { /* its negation does not exist */
+    slot_error(s, "ERR decrement would overflow");
+    return;
+  }
+  send_add(c, cmd, argv, s, -delta);
+}
+
+/* EXPIRE and PEXPIRE: key, a time in unit_ms from now (none of Redis 7's
+ * NX/XX/GT/LT options). */
+static void run_expire(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                       resp_slot_t *s, int64_t unit_ms) {
+  int64_t t;
+  if (arg_i64(&argv[2], &t) != 0) {
+    slot_error(s, "ERR value is not an integer or out of range");
+    return;
+  }
+  char line[RESP_ERROR_LINE_BYTES_MAX];
+  if (argc > 3) {
+    snprintf(line, sizeof line, "ERR Unsupported option %.*s", arg_quoted_len(&argv[3]),
+             argv[3].p);
+    slot_error(s, line);
+    return;
+  }
+  if (t > INT64_MAX / unit_ms || t < INT64_MIN / unit_ms ||
+      t * unit_ms > INT64_MAX - clock_wall_ms()) {
+    snprintf(line, sizeof line, "ERR invalid expire time in '%s' command", cmd->name);
+    slot_error(s, line);
+    return;
+  }
+  Grid__Request rq;
+  key_request(&rq, cmd->op, &argv[1]);
+  rq.expire_ms = t * unit_ms;
+  resp_send_one(c, cmd, s, &rq, 0);
+}
+
+static void cmd_expire(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                       resp_slot_t *s) {
+  run_expire(c, cmd, argv, argc, s, 1000);
+}
+
+static void cmd_pexpire(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                        resp_slot_t *s) {
+  run_expire(c, cmd, argv, argc, s, 1);
+}
+
+static void cmd_persist(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                        resp_slot_t *s) {
+  (void)argc;
+  Grid__Request rq;
+  key_request(&rq, cmd->op, &argv[1]);
+  rq.persist = 1;
+  resp_send_one(c, cmd, s, &rq, 0);
+}
+
+static void cmd_mset(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                     resp_slot_t *s) {
+  if ((argc - 1) % 2 != 0) {
+    slot_error(s, "ERR wrong number of arguments for 'mset' command");
+    return;
+  }
+  resp_job_t *job = resp_job_start(c, cmd, s, resp_requests_of(cmd, argc));
+  if (!job) return;
+  for (size_t i = 0; i < job->n && !job->status; i++) {
+    Grid__Request rq;
+    value_request(&rq, cmd->op, &argv[1 + 2 * i], &argv[2 + 2 * i]);
+    resp_job_submit(job, i, &rq);
+  }
+  resp_job_sent(job);
+}
+
+static void cmd_dbsize(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                       resp_slot_t *s) {
+  (void)argv;
+  (void)argc;
+  Grid__Request rq;
+  grid__request__init(&rq);
+  rq.op = cmd->op;
+  resp_send_one(c, cmd, s, &rq, 0);
+}
+
+/* ---- commands answered here ------------------------------------------------- */
+
+static void cmd_ping(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                     resp_slot_t *s) {
   (void)c;
+  (void)cmd;
   if (argc == 1) slot_put(s, "+PONG\r\n", 7);
   else slot_bulk(s, argv[1].p, argv[1].len);
   s->done = 1;
 }
 
-static void cmd_echo(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *s) {
+static void cmd_echo(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                     resp_slot_t *s) {
   (void)c;
+  (void)cmd;
   (void)argc;
   slot_bulk(s, argv[1].p, argv[1].len);
   s->done = 1;
 }
 
-static void cmd_quit(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *s) {
+static void cmd_quit(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                     resp_slot_t *s) {
+  (void)cmd;
   (void)argv;
   (void)argc;
   slot_ok(s);
   s->done = 1;
-  c->resp->quit = 1;
+  c->resp->ending = 1;
 }
 
-static void cmd_select(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *s) {
+static void cmd_select(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                       resp_slot_t *s) {
+  (void)cmd;
   (void)argc;
   /* SELECT 0 is the default cache; SELECT <n> the cache "db<n>"; SELECT
    * <name> the cache of that name: a cache must exist to be selected. */
   char name[STORE_CACHE_NAME_MAX + 1];
   int64_t idx;
+  int ok = 1;
   if (arg_i64(&argv[1], &idx) == 0) {
-    if (idx < 0) {
-      run_simple_error(c, s, "ERR DB index is out of range");
-      return;
-    }
+    ok = idx >= 0;
     if (idx == 0) snprintf(name, sizeof name, "default");
     else snprintf(name, sizeof name, "db%" PRId64, idx);
   } else {
-    if (argv[1].len > STORE_CACHE_NAME_MAX) {
-      run_simple_error(c, s, "ERR DB index is out of range");
-      return;
+    ok = argv[1].len <= STORE_CACHE_NAME_MAX;
+    if (ok) {
+      memcpy(name, argv[1].p, argv[1].len);
+      name[argv[1].len] = '\0';
     }
-    memcpy(name, argv[1].p, argv[1].len);
-    name[argv[1].len] = '\0';
   }
-  if (!store_view_find(&c->lp->view, name, strlen(name))) {
-    run_simple_error(c, s, "ERR DB index is out of range");
+  if (!ok || !store_view_find(&c->lp->view, name, strlen(name))) {
+    slot_error(s, "ERR DB index is out of range");
     return;
   }
   snprintf(c->resp->cache, sizeof c->resp->cache, "%s", name);
@@ -513,72 +887,87 @@ static void cmd_select(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *s) {
   s->done = 1;
 }
 
-static void cmd_client(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *s) {
-  resp_conn_t *r = c->resp;
+/* CLIENT's subcommands and their arity. NULL, or the error's words in line. */
+static const char *client_arity(resp_arg_t *argv, int argc, char *line, size_t size) {
   static const struct { const char *sub; int argc; } arity[] = {
       {"setname", 3}, {"getname", 2}, {"id", 2}, {"setinfo", 4}};
   for (size_t i = 0; i < sizeof arity / sizeof arity[0]; i++) {
     if (arg_is(&argv[1], arity[i].sub) && argc != arity[i].argc) {
-      char line[120];
-      snprintf(line, sizeof line, "ERR wrong number of arguments for 'client|%s' command",
+      snprintf(line, size, "ERR wrong number of arguments for 'client|%s' command",
                arity[i].sub);
-      run_simple_error(c, s, line);
-      return;
+      return line;
     }
   }
-  if (arg_is(&argv[1], "setname") && argc == 3) {
+  return NULL;
+}
+
+static void cmd_client(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                       resp_slot_t *s) {
+  (void)cmd;
+  resp_conn_t *r = c->resp;
+  char line[RESP_ERROR_LINE_BYTES_MAX];
+  if (client_arity(argv, argc, line, sizeof line)) {
+    slot_error(s, line);
+    return;
+  }
+  if (arg_is(&argv[1], "setname")) {
     for (size_t i = 0; i < argv[2].len; i++) {
       if (argv[2].p[i] <= ' ' || argv[2].p[i] > '~') {
-        run_simple_error(c, s, "ERR Client names cannot contain spaces, newlines or special characters.");
+        slot_error(s, "ERR Client names cannot contain spaces, newlines or special characters.");
         return;
       }
     }
     snprintf(r->name, sizeof r->name, "%.*s", (int)argv[2].len, argv[2].p);
     slot_ok(s);
-  } else if (arg_is(&argv[1], "getname") && argc == 2) {
+  } else if (arg_is(&argv[1], "getname")) {
     if (r->name[0]) slot_bulk(s, r->name, strlen(r->name));
     else slot_nil(s);
-  } else if (arg_is(&argv[1], "id") && argc == 2) {
+  } else if (arg_is(&argv[1], "id")) {
     slot_int(s, (int64_t)(uintptr_t)c & 0x7fffffff);
-  } else if (arg_is(&argv[1], "setinfo") && argc == 4) {
+  } else if (arg_is(&argv[1], "setinfo")) {
     slot_ok(s);
   } else {
-    char line[200];
     snprintf(line, sizeof line, "ERR unknown subcommand '%.*s'. Try CLIENT HELP.",
-             (int)(argv[1].len > 128 ? 128 : argv[1].len), argv[1].p);
-    run_simple_error(c, s, line);
+             arg_quoted_len(&argv[1]), argv[1].p);
+    slot_error(s, line);
     return;
   }
   s->done = 1;
 }
 
-static void cmd_hello(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *s) {
-  if (argc >= 2) {
-    int64_t ver;
-    if (arg_i64(&argv[1], &ver) != 0) {
-      run_simple_error(c, s, "ERR Protocol version is not an integer or out of range");
-      return;
-    }
-    if (ver != 2) {
-      run_simple_error(c, s, "NOPROTO unsupported protocol version");
-      return;
-    }
-    for (int i = 2; i < argc; i++) {
-      if (arg_is(&argv[i], "setname") && i + 1 < argc) {
-        snprintf(c->resp->name, sizeof c->resp->name, "%.*s", (int)argv[i + 1].len, argv[i + 1].p);
-        i++;
-      } else if (arg_is(&argv[i], "auth") && i + 2 < argc) {
-        i += 2; /* no users yet: every client is let in */
-      } else {
-        char line[200];
-        snprintf(line, sizeof line, "ERR Syntax error in HELLO option '%.*s'",
-                 (int)(argv[i].len > 128 ? 128 : argv[i].len), argv[i].p);
-        run_simple_error(c, s, line);
-        return;
-      }
+/* HELLO's version and options, when given. NULL, or the error's words
+ * (static, or in line). */
+static const char *hello_check(conn_t *c, resp_arg_t *argv, int argc, char *line, size_t size) {
+  if (argc < 2) return NULL;
+  int64_t ver;
+  if (arg_i64(&argv[1], &ver) != 0) return "ERR Protocol version is not an integer or out of range";
+  if (ver != 2) return "NOPROTO unsupported protocol version";
+  for (int i = 2; i < argc; i++) {
+    if (arg_is(&argv[i], "setname") && i + 1 < argc) {
+      snprintf(c->resp->name, sizeof c->resp->name, "%.*s", (int)argv[i + 1].len, argv[i + 1].p);
+      i++;
+    } else if (arg_is(&argv[i], "auth") && i + 2 < argc) {
+      i += 2; /* no users yet: every client is let in */
+    } else {
+      snprintf(line, size, "ERR Syntax error in HELLO option '%.*s'", arg_quoted_len(&argv[i]),
+               argv[i].p);
+      return line;
     }
   }
-  slot_printf(s, "*14\r\n");
+  return NULL;
+}
+
+static void cmd_hello(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                      resp_slot_t *s) {
+  (void)cmd;
+  char line[RESP_ERROR_LINE_BYTES_MAX];
+  const char *why = hello_check(c, argv, argc, line, sizeof line);
+  if (why) {
+    slot_error(s, why);
+    return;
+  }
+  int cluster = c->lp->net->node->cluster != NULL;
+  slot_num_line(s, '*', 14);
   slot_bulk(s, "server", 6);
   slot_bulk(s, "grid", 4);
   slot_bulk(s, "version", 7);
@@ -588,21 +977,21 @@ static void cmd_hello(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *s) {
   slot_bulk(s, "id", 2);
   slot_int(s, (int64_t)(uintptr_t)c & 0x7fffffff);
   slot_bulk(s, "mode", 4);
-  slot_bulk(s, c->lp->net->node->cluster ? "cluster" : "standalone",
-            c->lp->net->node->cluster ? 7 : 10);
+  slot_bulk(s, cluster ? "cluster" : "standalone", cluster ? 7 : 10);
   slot_bulk(s, "role", 4);
   slot_bulk(s, "master", 6);
   slot_bulk(s, "modules", 7);
-  slot_printf(s, "*0\r\n");
+  slot_put(s, "*0\r\n", 4);
   s->done = 1;
 }
 
-static void cmd_info(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *s) {
+static void cmd_info(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                     resp_slot_t *s) {
+  (void)cmd;
   (void)argv;
   (void)argc;
   node_t *n = c->lp->net->node;
   char body[2048];
-  size_t caches = store_cache_count(n->store);
   int len = snprintf(body, sizeof body,
                      "# Server\r\nredis_version:7.0.0\r\ngrid_version:%s\r\nredis_mode:%s\r\n"
                      "process_id:%d\r\ntcp_port:%d\r\nuptime_in_seconds:%lld\r\n\r\n"
@@ -618,7 +1007,6 @@ static void cmd_info(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *s) {
                      (long long)store_memory_bytes_max(n->store),
                      (unsigned long long)ops_served(n),
                      (unsigned long long)store_entries(n->store));
-  (void)caches;
   if (len < 0) len = 0;
   if ((size_t)len >= sizeof body) len = sizeof body - 1;
   slot_bulk(s, body, (size_t)len);
@@ -628,300 +1016,137 @@ static void cmd_info(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *s) {
 static const resp_cmd_t resp_cmds[];
 static const size_t resp_ncmds;
 
-static void cmd_command(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *s) {
+/* One command's row of COMMAND: name, arity, flags (none given), and where
+ * its keys are. Whether it has keys is the op table's word. */
+static void command_row(resp_slot_t *s, const resp_cmd_t *d) {
+  int keyed = op_has(d->op, OP_KEYED);
+  int last = !keyed ? 0 : d->keys == RESP_KEYS_ONE ? 1 : -1;
+  int step = !keyed ? 0 : d->keys == RESP_KEYS_PAIRS ? 2 : 1;
+  slot_num_line(s, '*', 6);
+  slot_bulk(s, d->name, strlen(d->name));
+  slot_int(s, d->arity);
+  slot_put(s, "*0\r\n", 4);
+  slot_int(s, keyed ? 1 : 0);
+  slot_int(s, last);
+  slot_int(s, step);
+}
+
+static void cmd_command(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                        resp_slot_t *s) {
   (void)c;
+  (void)cmd;
   if (argc >= 2 && arg_is(&argv[1], "count")) {
     slot_int(s, (int64_t)resp_ncmds);
   } else if (argc >= 2 && arg_is(&argv[1], "docs")) {
-    slot_printf(s, "*0\r\n"); /* no documentation to offer */
+    slot_put(s, "*0\r\n", 4); /* no documentation to offer */
   } else if (argc == 1) {
-    slot_printf(s, "*%zu\r\n", resp_ncmds);
-    for (size_t i = 0; i < resp_ncmds; i++) {
-      const resp_cmd_t *d = &resp_cmds[i];
-      int keyed = d->run == NULL;
-      slot_printf(s, "*6\r\n");
-      slot_bulk(s, d->name, strlen(d->name));
-      slot_int(s, d->arity);
-      slot_printf(s, "*0\r\n");
-      slot_int(s, keyed ? 1 : 0);
-      slot_int(s, keyed ? (d->cmd == CMD_DEL || d->cmd == CMD_EXISTS || d->cmd == CMD_MGET ||
-                                   d->cmd == CMD_MSET ? -1 : 1)
-                        : 0);
-      slot_int(s, keyed ? (d->cmd == CMD_MSET ? 2 : 1) : 0);
-    }
+    slot_num_line(s, '*', (int64_t)resp_ncmds);
+    for (size_t i = 0; i < resp_ncmds; i++) command_row(s, &resp_cmds[i]);
   } else {
-    char line[200];
+    char line[RESP_ERROR_LINE_BYTES_MAX];
     snprintf(line, sizeof line, "ERR unknown subcommand '%.*s'. Try COMMAND HELP.",
-             (int)(argv[1].len > 128 ? 128 : argv[1].len), argv[1].p);
-    run_simple_error(c, s, line);
+             arg_quoted_len(&argv[1]), argv[1].p);
+    slot_error(s, line);
     return;
   }
   s->done = 1;
 }
 
+#define RESP_OP(name) GRID__OP__##name
+#define RESP_LOCAL GRID__OP__OP_NONE
+
+/* Adding a command: a row here and its function above. Columns: name,
+ * arity, args_max, op, keys, run, reply, done. */
 static const resp_cmd_t resp_cmds[] = {
-    {"ping", -1, cmd_ping, 0, 2},     {"echo", 2, cmd_echo, 0, 0},
-    {"quit", -1, cmd_quit, 0, 0},        {"select", 2, cmd_select, 0, 0},
-    {"client", -2, cmd_client, 0, 0},    {"hello", -1, cmd_hello, 0, 0},
-    {"info", -1, cmd_info, 0, 0},        {"command", -1, cmd_command, 0, 0},
-    {"get", 2, NULL, CMD_GET, 0},        {"set", -3, NULL, CMD_SET, 0},
-    {"setnx", 3, NULL, CMD_SETNX, 0},    {"setex", 4, NULL, CMD_SETEX, 0},
-    {"psetex", 4, NULL, CMD_SETEX, 0},   {"getset", 3, NULL, CMD_GETSET, 0},
-    {"getdel", 2, NULL, CMD_GETDEL, 0},  {"del", -2, NULL, CMD_DEL, 0},
-    {"exists", -2, NULL, CMD_EXISTS, 0}, {"mget", -2, NULL, CMD_MGET, 0},
-    {"mset", -3, NULL, CMD_MSET, 0},     {"incr", 2, NULL, CMD_INCR, 0},
-    {"decr", 2, NULL, CMD_INCR, 0},      {"incrby", 3, NULL, CMD_INCR, 0},
-    {"decrby", 3, NULL, CMD_INCR, 0},    {"append", 3, NULL, CMD_APPEND, 0},
-    {"strlen", 2, NULL, CMD_STRLEN, 0},  {"expire", -3, NULL, CMD_EXPIRE, 0},
-    {"pexpire", -3, NULL, CMD_EXPIRE, 0}, {"persist", 2, NULL, CMD_PERSIST, 0},
-    {"ttl", 2, NULL, CMD_TTL, 0},        {"pttl", 2, NULL, CMD_PTTL, 0},
-    {"dbsize", 1, NULL, CMD_DBSIZE, 0},
+    {"ping", -1, 2, RESP_LOCAL, RESP_KEYS_NONE, cmd_ping, NULL, NULL},
+    {"echo", 2, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_echo, NULL, NULL},
+    {"quit", -1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_quit, NULL, NULL},
+    {"select", 2, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_select, NULL, NULL},
+    {"client", -2, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_client, NULL, NULL},
+    {"hello", -1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_hello, NULL, NULL},
+    {"info", -1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_info, NULL, NULL},
+    {"command", -1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_command, NULL, NULL},
+    {"get", 2, 0, RESP_OP(GET), RESP_KEYS_ONE, cmd_keys, reply_value, NULL},
+    {"set", -3, 0, RESP_OP(PUT), RESP_KEYS_ONE, cmd_set, reply_set, NULL},
+    {"setnx", 3, 0, RESP_OP(PUT), RESP_KEYS_ONE, cmd_setnx, reply_setnx, NULL},
+    {"setex", 4, 0, RESP_OP(PUT), RESP_KEYS_ONE, cmd_setex, reply_ok, NULL},
+    {"psetex", 4, 0, RESP_OP(PUT), RESP_KEYS_ONE, cmd_psetex, reply_ok, NULL},
+    {"getset", 3, 0, RESP_OP(GET_AND_PUT), RESP_KEYS_ONE, cmd_key_value, reply_getset, NULL},
+    {"getdel", 2, 0, RESP_OP(GET_AND_DELETE), RESP_KEYS_ONE, cmd_keys, reply_getset, NULL},
+    {"del", -2, 0, RESP_OP(DELETE), RESP_KEYS_ALL, cmd_keys, reply_count_found, done_count},
+    {"exists", -2, 0, RESP_OP(TTL), RESP_KEYS_ALL, cmd_keys, reply_count_found, done_count},
+    {"mget", -2, 0, RESP_OP(GET), RESP_KEYS_ALL, cmd_mget, reply_value, done_mget},
+    {"mset", -3, 0, RESP_OP(PUT), RESP_KEYS_PAIRS, cmd_mset, reply_errors_only, done_ok},
+    {"incr", 2, 0, RESP_OP(ADD), RESP_KEYS_ONE, cmd_incr, reply_number, NULL},
+    {"decr", 2, 0, RESP_OP(ADD), RESP_KEYS_ONE, cmd_decr, reply_number, NULL},
+    {"incrby", 3, 0, RESP_OP(ADD), RESP_KEYS_ONE, cmd_incrby, reply_number, NULL},
+    {"decrby", 3, 0, RESP_OP(ADD), RESP_KEYS_ONE, cmd_decrby, reply_number, NULL},
+    {"append", 3, 0, RESP_OP(APPEND), RESP_KEYS_ONE, cmd_key_value, reply_number, NULL},
+    {"strlen", 2, 0, RESP_OP(GET), RESP_KEYS_ONE, cmd_keys, reply_strlen, NULL},
+    {"expire", -3, 0, RESP_OP(EXPIRE), RESP_KEYS_ONE, cmd_expire, reply_number, NULL},
+    {"pexpire", -3, 0, RESP_OP(EXPIRE), RESP_KEYS_ONE, cmd_pexpire, reply_number, NULL},
+    {"persist", 2, 0, RESP_OP(EXPIRE), RESP_KEYS_ONE, cmd_persist, reply_number, NULL},
+    {"ttl", 2, 0, RESP_OP(TTL), RESP_KEYS_ONE, cmd_keys, reply_ttl, NULL},
+    {"pttl", 2, 0, RESP_OP(TTL), RESP_KEYS_ONE, cmd_keys, reply_pttl, NULL},
+    {"dbsize", 1, 0, RESP_OP(SIZE), RESP_KEYS_NONE, cmd_dbsize, reply_count_sum, done_count},
 };
 static const size_t resp_ncmds = sizeof resp_cmds / sizeof resp_cmds[0];
 
-/* The keyed commands: their options first, then one request per key. */
-static void run_keyed(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *unused, int cmd) {
-  (void)unused;
-  const char *name_lc = NULL;
+/* ---- running a command ---------------------------------------------------------- */
+
+static const resp_cmd_t *resp_cmd_find(const resp_arg_t *name) {
   for (size_t i = 0; i < resp_ncmds; i++)
-    if (arg_is(&argv[0], resp_cmds[i].name)) name_lc = resp_cmds[i].name;
-  Grid__Request rq;
-  /* Options are checked before anything runs, as Redis does. */
-  if (cmd == CMD_SET) {
-    int nx = 0, xx = 0, get = 0, keep = 0, ex = 0; /* ex: 1 EX, 2 PX, 3 EXAT, 4 PXAT */
-    int64_t ttl_ms = 0;
-    for (int i = 3; i < argc; i++) {
-      int has_next = i + 1 < argc;
-      int kind = arg_is(&argv[i], "ex") ? 1 : arg_is(&argv[i], "px") ? 2
-                 : arg_is(&argv[i], "exat") ? 3 : arg_is(&argv[i], "pxat") ? 4 : 0;
-      /* As Redis: an option may come again, but not with one it excludes. */
-      if (arg_is(&argv[i], "nx") && !xx) nx = 1;
-      else if (arg_is(&argv[i], "xx") && !nx) xx = 1;
-      else if (arg_is(&argv[i], "get")) get = 1;
-      else if (arg_is(&argv[i], "keepttl") && !ex) keep = 1;
-      else if (kind && (!ex || ex == kind) && !keep && has_next) {
-        int64_t v;
-        if (arg_i64(&argv[i + 1], &v) != 0) {
-          resp_slot_t *s = resp_slot_new(c->resp);
-          if (s) run_simple_error(c, s, "ERR value is not an integer or out of range");
-          return;
-        }
-        int secs = arg_is(&argv[i], "ex") || arg_is(&argv[i], "exat");
-        int at = arg_is(&argv[i], "exat") || arg_is(&argv[i], "pxat");
-        if (v <= 0 || (secs && v > INT64_MAX / 1000)) {
-          resp_slot_t *s = resp_slot_new(c->resp);
-          if (s) run_simple_error(c, s, "ERR invalid expire time in 'set' command");
-          return;
-        }
-        ttl_ms = secs ? v * 1000 : v;
-        if (!at && ttl_ms > INT64_MAX - clock_wall_ms()) {
-          resp_slot_t *s = resp_slot_new(c->resp);
-          if (s) run_simple_error(c, s, "ERR invalid expire time in 'set' command");
-          return;
-        }
-        if (at) {
-          ttl_ms -= clock_wall_ms();
-          if (ttl_ms <= 0) ttl_ms = 1; /* already past: gone at once */
-        }
-        ex = kind;
-        i++;
-      } else {
-        resp_slot_t *s = resp_slot_new(c->resp);
-        if (s) run_simple_error(c, s, "ERR syntax error");
-        return;
-      }
-    }
-    resp_job_t *job = resp_job_new(c, cmd, 1);
-    if (!job) return;
-    job->flag = get;
-    key_request(&rq, get ? GRID__OP__GET_AND_PUT : GRID__OP__PUT, &argv[1]);
-    rq.value.data = (uint8_t *)argv[2].p;
-    rq.value.len = argv[2].len;
-    rq.ttl_ms = (uint64_t)ttl_ms;
-    rq.cond = nx ? STORE_IF_ABSENT : xx ? STORE_IF_PRESENT : STORE_ANY;
-    rq.keep_ttl = keep;
-    resp_submit(job, 0, &rq);
-    if (--job->pending == 0) resp_job_finish(job);
-    return;
-  }
-  int64_t num = 0;
-  if (cmd == CMD_SETEX || ((cmd == CMD_INCR || cmd == CMD_EXPIRE) && argc >= 3)) {
-    const resp_arg_t *a = &argv[2];
-    if (arg_i64(a, &num) != 0) {
-      resp_slot_t *s = resp_slot_new(c->resp);
-      if (s) run_simple_error(c, s, "ERR value is not an integer or out of range");
-      return;
-    }
-  }
-  if (cmd == CMD_SETEX) {
-    int secs = arg_is(&argv[0], "setex");
-    if (num <= 0 || (secs && num > INT64_MAX / 1000)) {
-      char line[80];
-      snprintf(line, sizeof line, "ERR invalid expire time in '%s' command", name_lc);
-      resp_slot_t *s = resp_slot_new(c->resp);
-      if (s) run_simple_error(c, s, line);
-      return;
-    }
-    num = secs ? num * 1000 : num;
-  }
-  if (cmd == CMD_EXPIRE) {
-    if (argc > 3) {
-      char line[200];
-      snprintf(line, sizeof line, "ERR Unsupported option %.*s",
-               (int)(argv[3].len > 128 ? 128 : argv[3].len), argv[3].p);
-      resp_slot_t *s = resp_slot_new(c->resp);
-      if (s) run_simple_error(c, s, line);
-      return;
-    }
-    int secs = arg_is(&argv[0], "expire");
-    int64_t now = clock_wall_ms();
-    if ((secs && (num > INT64_MAX / 1000 || num < INT64_MIN / 1000)) ||
-        (secs ? num * 1000 : num) > INT64_MAX - now) {
-      char line[80];
-      snprintf(line, sizeof line, "ERR invalid expire time in '%s' command",
-               secs ? "expire" : "pexpire");
-      resp_slot_t *s = resp_slot_new(c->resp);
-      if (s) run_simple_error(c, s, line);
-      return;
-    }
-    if (secs) num *= 1000;
-  }
-  if (cmd == CMD_MSET && (argc - 1) % 2 != 0) {
-    resp_slot_t *s = resp_slot_new(c->resp);
-    if (s) run_simple_error(c, s, "ERR wrong number of arguments for 'mset' command");
-    return;
-  }
-  if (cmd == CMD_INCR) {
-    if (arg_is(&argv[0], "incr")) num = 1;
-    else if (arg_is(&argv[0], "decr")) num = -1;
-    else if (arg_is(&argv[0], "decrby")) {
-      if (num == INT64_MIN) {
-        resp_slot_t *s = resp_slot_new(c->resp);
-        if (s) run_simple_error(c, s, "ERR decrement would overflow");
-        return;
-      }
-      num = -num;
-    }
-  }
-  size_t nreq = cmd == CMD_DEL || cmd == CMD_EXISTS || cmd == CMD_MGET ? (size_t)argc - 1
-                : cmd == CMD_MSET ? (size_t)(argc - 1) / 2 : 1;
-  resp_job_t *job = resp_job_new(c, cmd, nreq);
-  if (!job) return;
-  if (cmd == CMD_MGET) {
-    job->parts = calloc(nreq, sizeof *job->parts);
-    if (!job->parts) resp_job_error(job, GRID_ENOMEM, NULL);
-  }
-  for (size_t i = 0; i < nreq && !job->status; i++) {
-    switch (cmd) {
-      case CMD_GET: case CMD_STRLEN: key_request(&rq, GRID__OP__GET, &argv[1]); break;
-      case CMD_MGET: key_request(&rq, GRID__OP__GET, &argv[1 + i]); break;
-      case CMD_SETNX:
-        key_request(&rq, GRID__OP__PUT, &argv[1]);
-        rq.value.data = (uint8_t *)argv[2].p;
-        rq.value.len = argv[2].len;
-        rq.cond = STORE_IF_ABSENT;
-        break;
-      case CMD_SETEX:
-        key_request(&rq, GRID__OP__PUT, &argv[1]);
-        rq.value.data = (uint8_t *)argv[3].p;
-        rq.value.len = argv[3].len;
-        rq.ttl_ms = (uint64_t)num;
-        break;
-      case CMD_GETSET:
-        key_request(&rq, GRID__OP__GET_AND_PUT, &argv[1]);
-        rq.value.data = (uint8_t *)argv[2].p;
-        rq.value.len = argv[2].len;
-        break;
-      case CMD_GETDEL: key_request(&rq, GRID__OP__GET_AND_DELETE, &argv[1]); break;
-      case CMD_DEL: key_request(&rq, GRID__OP__DELETE, &argv[1 + i]); break;
-      case CMD_EXISTS: key_request(&rq, GRID__OP__TTL, &argv[1 + i]); break;
-      case CMD_MSET:
-        key_request(&rq, GRID__OP__PUT, &argv[1 + 2 * i]);
-        rq.value.data = (uint8_t *)argv[2 + 2 * i].p;
-        rq.value.len = argv[2 + 2 * i].len;
-        break;
-      case CMD_INCR:
-        key_request(&rq, GRID__OP__ADD, &argv[1]);
-        rq.delta = num;
-        break;
-      case CMD_APPEND:
-        key_request(&rq, GRID__OP__APPEND, &argv[1]);
-        rq.value.data = (uint8_t *)argv[2].p;
-        rq.value.len = argv[2].len;
-        break;
-      case CMD_EXPIRE:
-        key_request(&rq, GRID__OP__EXPIRE, &argv[1]);
-        rq.expire_ms = num;
-        break;
-      case CMD_PERSIST:
-        key_request(&rq, GRID__OP__EXPIRE, &argv[1]);
-        rq.persist = 1;
-        break;
-      case CMD_TTL: case CMD_PTTL: key_request(&rq, GRID__OP__TTL, &argv[1]); break;
-      case CMD_DBSIZE:
-        grid__request__init(&rq);
-        rq.op = GRID__OP__SIZE;
-        break;
-    }
-    resp_submit(job, i, &rq);
-  }
-  if (--job->pending == 0) resp_job_finish(job);
+    if (arg_is(name, resp_cmds[i].name)) return &resp_cmds[i];
+  return NULL;
 }
 
-static void resp_dispatch_one(conn_t *c, resp_arg_t *argv, int argc);
+static void resp_unknown_command(resp_slot_t *s, resp_arg_t *argv, int argc) {
+  char line[RESP_ERROR_LINE_BYTES_MAX];
+  int at = snprintf(line, sizeof line, "ERR unknown command '%.*s', with args beginning with: ",
+                    arg_quoted_len(&argv[0]), argv[0].p);
+  /* As Redis: arguments until their text reaches 128 characters, the last
+   * one cut to what is left. */
+  size_t shown = 0;
+  for (int i = 1; i < argc && shown < RESP_QUOTED_BYTES_MAX && at > 0 && (size_t)at < sizeof line;
+       i++) {
+    size_t room = RESP_QUOTED_BYTES_MAX - shown;
+    int n = (int)(argv[i].len < room ? argv[i].len : room);
+    at += snprintf(line + at, sizeof line - (size_t)at, "'%.*s' ", n, argv[i].p);
+    shown += (size_t)n + 3;
+  }
+  slot_error(s, line);
+}
+
+static void resp_run(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *s) {
+  const resp_cmd_t *cmd = resp_cmd_find(&argv[0]);
+  if (!cmd) {
+    resp_unknown_command(s, argv, argc);
+    return;
+  }
+  if ((cmd->arity > 0 && argc != cmd->arity) || (cmd->arity < 0 && argc < -cmd->arity) ||
+      (cmd->args_max && argc > cmd->args_max)) {
+    char line[RESP_ERROR_LINE_BYTES_MAX];
+    snprintf(line, sizeof line, "ERR wrong number of arguments for '%s' command", cmd->name);
+    slot_error(s, line);
+    return;
+  }
+  cmd->run(c, cmd, argv, argc, s);
+}
 
 /* Runs one parsed command; its reply goes in a slot of its own, or, on a
  * single node, straight to the connection. */
 static void resp_dispatch(conn_t *c, resp_arg_t *argv, int argc) {
   resp_conn_t *r = c->resp;
-  r->direct.len = 0;
-  resp_dispatch_one(c, argv, argc);
-  if (!r->cluster && r->direct.len) {
-    if (conn_out(c, r->direct.buf, r->direct.len) != 0) conn_close_when_written(c);
-    r->direct.len = 0;
+  resp_slot_t *s = resp_slot_new(r);
+  if (!s) {
+    r->ending = 1; /* no room for its reply: the ones before go out, then the close */
+    return;
   }
-  if (!r->cluster && r->quit) conn_close_when_written(c);
+  resp_run(c, argv, argc, s);
+  if (!r->cluster) resp_write_direct(c);
 }
 
-static void resp_dispatch_one(conn_t *c, resp_arg_t *argv, int argc) {
-  const resp_cmd_t *cmd = NULL;
-  for (size_t i = 0; i < resp_ncmds && !cmd; i++)
-    if (arg_is(&argv[0], resp_cmds[i].name)) cmd = &resp_cmds[i];
-  if (!cmd) {
-    resp_slot_t *s = resp_slot_new(c->resp);
-    if (!s) return;
-    char line[512];
-    int at = snprintf(line, sizeof line, "ERR unknown command '%.*s', with args beginning with: ",
-                      (int)(argv[0].len > 128 ? 128 : argv[0].len), argv[0].p);
-    /* As Redis: arguments until their text reaches 128 characters, the
-     * last one cut to what is left. */
-    size_t shown = 0;
-    for (int i = 1; i < argc && shown < 128 && at > 0 && (size_t)at < sizeof line; i++) {
-      size_t room = 128 - shown;
-      int n = (int)(argv[i].len < room ? argv[i].len : room);
-      at += snprintf(line + at, sizeof line - (size_t)at, "'%.*s' ", n, argv[i].p);
-      shown += (size_t)n + 3;
-    }
-    run_simple_error(c, s, line);
-    return;
-  }
-  if ((cmd->arity > 0 && argc != cmd->arity) || (cmd->arity < 0 && argc < -cmd->arity) ||
-      (cmd->args_max && argc > cmd->args_max)) {
-    resp_slot_t *s = resp_slot_new(c->resp);
-    if (!s) return;
-    slot_printf(s, "-ERR wrong number of arguments for '%s' command\r\n", cmd->name);
-    s->done = 1;
-    return;
-  }
-  if (cmd->run) {
-    resp_slot_t *s = resp_slot_new(c->resp);
-    if (s) cmd->run(c, argv, argc, s);
-    return;
-  }
-  run_keyed(c, argv, argc, NULL, cmd->cmd);
-}
-
-/* ---- parsing ---------------------------------------------------------------- */
+/* ---- input ------------------------------------------------------------------ */
 
 void resp_fail(conn_t *c, const char *why) {
   /* Whatever was answered goes first, then the error, then the close. */
@@ -935,259 +1160,78 @@ void resp_fail(conn_t *c, const char *why) {
   conn_close_when_written(c);
 }
 
-enum { RESP_NEED_MORE = 0, RESP_DONE = 1, RESP_ERROR = 2 };
-
-/* Splits an inline command as Redis's sdssplitargs: spaces separate,
- * "double" and 'single' quotes group. Copies into out (the words point
- * into it). */
-static int resp_split_inline(const char *p, size_t len, char *out, resp_arg_t *argv,
-                             int argv_max, int *argc) {
-  size_t i = 0, o = 0;
-  int n = 0;
-  while (i < len) {
-    while (i < len && isspace((unsigned char)p[i])) i++;
-    if (i >= len) break;
-    if (n == argv_max) return -2;
-    size_t start = o;
-    int inq = 0, insq = 0;
-    for (;;) {
-      if (i >= len) {
-        if (inq || insq) return -1; /* unbalanced quotes */
-        break;
-      }
-      char ch = p[i];
-      if (inq) {
-        if (ch == '\\' && i + 1 < len) {
-          char e = p[i + 1];
-          out[o++] = e == 'n' ? '\n' : e == 'r' ? '\r' : e == 't' ? '\t' : e;
-          i += 2;
-          continue;
-        }
-        if (ch == '"') {
-          if (i + 1 < len && !isspace((unsigned char)p[i + 1])) return -1;
-          inq = 0;
-          i++;
-          break;
-        }
-        out[o++] = ch;
-        i++;
-      } else if (insq) {
-        if (ch == '\\' && i + 1 < len && p[i + 1] == '\'') {
-          out[o++] = '\'';
-          i += 2;
-          continue;
-        }
-        if (ch == '\'') {
-          if (i + 1 < len && !isspace((unsigned char)p[i + 1])) return -1;
-          insq = 0;
-          i++;
-          break;
-        }
-        out[o++] = ch;
-        i++;
-      } else {
-        if (isspace((unsigned char)ch)) break;
-        if (ch == '"') inq = 1;
-        else if (ch == '\'') insq = 1;
-        else out[o++] = ch;
-        i++;
-      }
-    }
-    argv[n].p = out + start;
-    argv[n].len = o - start;
-    n++;
-  }
-  *argc = n;
-  return 0;
-}
-
-/* Finds "\r\n" in p[0..len); returns its offset or -1. */
-static ssize_t resp_line_end(const char *p, size_t len) {
-  const char *cr = len ? memchr(p, '\r', len) : NULL;
-  while (cr && (size_t)(cr - p) + 1 < len) {
-    if (cr[1] == '\n') return cr - p;
-    cr = memchr(cr + 1, '\r', len - (size_t)(cr + 1 - p));
-  }
-  return -1;
-}
-
-/* Room for n arguments: the caller's stack array when it is enough, else
- * the connection's own (kept for the next command). */
-static resp_arg_t *resp_argv_room(resp_conn_t *r, resp_arg_t *stack, size_t n) {
-  if (n <= RESP_ARGV_STACK) return stack;
-  if (r->argv_cap < n) {
-    resp_arg_t *a = realloc(r->argv, n * sizeof *a);
-    if (!a) return NULL;
-    r->argv = a;
-    r->argv_cap = n;
-  }
-  return r->argv;
-}
-
-static void resp_partial_reset(resp_conn_t *r) {
-  r->mb_count = r->mb_got = 0;
-  r->mb_pos = 0;
-}
-
-/* One command from buf, continuing where the last call stopped. On
- * RESP_DONE *used receives its bytes and *argv its arguments (pointing into
- * buf for a multibulk, into *scratch, malloc'd, for an inline command);
- * *argv is stack or the connection's. Bounds: resp_args_max arguments,
- * resp_command_bytes_max bytes for the whole command. */
-static int resp_parse(conn_t *c, const char *buf, size_t len, resp_arg_t *stack,
-                      resp_arg_t **argv, int *argc, size_t *used, char **scratch,
-                      const char **why) {
-  node_t *n = c->lp->net->node;
+/* Whether the command at off may be parsed now. Not while the replies
+ * waiting to be written pass output_bytes_max (reading pauses too), nor
+ * while resp_pipeline_max commands wait for theirs: both are tried to be
+ * written first. */
+static int resp_input_may_go_on(conn_t *c, size_t off) {
   resp_conn_t *r = c->resp;
-  size_t cmd_max = (size_t)n->cfg.resp_command_bytes_max;
-  if (buf[0] != '*') {
-    size_t from = r->mb_pos < len ? r->mb_pos : len;
-    const char *nl = memchr(buf + from, '\n', len - from);
-    if (!nl) {
-      r->mb_pos = len;
-      if (len > RESP_INLINE_BYTES_MAX) {
-        *why = "Protocol error: too big inline request";
-        return RESP_ERROR;
-      }
-      return RESP_NEED_MORE;
-    }
-    r->mb_pos = 0;
-    size_t line = (size_t)(nl - buf);
-    size_t end = line > 0 && buf[line - 1] == '\r' ? line - 1 : line;
-    *scratch = malloc(end + 1);
-    size_t max = end / 2 + 2;
-    *argv = resp_argv_room(r, stack, max);
-    if (!*scratch || !*argv) {
-      *why = "out of memory";
-      return RESP_ERROR;
-    }
-    int rc = resp_split_inline(buf, end, *scratch, *argv, (int)max, argc);
-    if (rc != 0) {
-      *why = "Protocol error: unbalanced quotes in request";
-      return RESP_ERROR;
-    }
-    if (*argc > n->cfg.resp_args_max) {
-      *why = "Protocol error: invalid multibulk length";
-      return RESP_ERROR;
-    }
-    *used = line + 1;
-    return RESP_DONE;
+  size_t pipeline_max = (size_t)c->lp->net->node->cfg.resp_pipeline_max;
+  if (c->closing || r->ending || r->broken || uv_is_closing((uv_handle_t *)&c->tcp) ||
+      off >= c->in.len)
+    return 0;
+  if (conn_output_full(c)) {
+    /* Try to make room first: the socket may take it all at once. */
+    resp_flush_slots(c);
+    conn_flush(c);
+    if (conn_output_full(c) || uv_is_closing((uv_handle_t *)&c->tcp)) return 0;
   }
-  if (r->mb_count == 0) {
-    ssize_t le = resp_line_end(buf, len);
-    if (le < 0) {
-      if (len > RESP_INLINE_BYTES_MAX) {
-        *why = "Protocol error: too big mbulk count string";
-        return RESP_ERROR;
-      }
-      return RESP_NEED_MORE;
-    }
-    int64_t count;
-    resp_arg_t a = {buf + 1, (size_t)le - 1};
-    if (arg_i64(&a, &count) != 0 || count > n->cfg.resp_args_max) {
-      *why = "Protocol error: invalid multibulk length";
-      return RESP_ERROR;
-    }
-    if (count <= 0) { /* an empty command: nothing to run */
-      *argc = 0;
-      *used = (size_t)le + 2;
-      return RESP_DONE;
-    }
-    r->mb_count = count;
-    r->mb_got = 0;
-    r->mb_pos = (size_t)le + 2;
+  if (!resp_pipeline_has_room(&r->pipe, pipeline_max)) {
+    /* Replies complete but not written still count: write them first. */
+    resp_flush_slots(c);
+    if (!resp_pipeline_has_room(&r->pipe, pipeline_max)) return 0;
   }
-  size_t pos = r->mb_pos;
-  while (r->mb_got < r->mb_count) {
-    if (pos >= len) break;
-    if (buf[pos] != '$') {
-      snprintf(r->why, sizeof r->why, "Protocol error: expected '$', got '%c'", buf[pos]);
-      *why = r->why;
-      return RESP_ERROR;
-    }
-    ssize_t e = resp_line_end(buf + pos, len - pos);
-    if (e < 0) {
-      if (len - pos > RESP_INLINE_BYTES_MAX) {
-        *why = "Protocol error: too big bulk count string";
-        return RESP_ERROR;
-      }
-      break;
-    }
-    int64_t blen;
-    resp_arg_t b = {buf + pos + 1, (size_t)e - 1};
-    if (arg_i64(&b, &blen) != 0 || blen < 0 || (uint64_t)blen > cmd_max) {
-      *why = "Protocol error: invalid bulk length";
-      return RESP_ERROR;
-    }
-    size_t body = pos + (size_t)e + 2;
-    if (body + (size_t)blen + 2 > cmd_max) {
-      /* Refused as soon as it is announced, before its bytes arrive. */
-      *why = "Protocol error: command longer than resp_command_bytes_max";
-      return RESP_ERROR;
-    }
-    if (len - body < (size_t)blen + 2) break; /* wait for the argument */
-    if ((size_t)r->mb_got == r->spans_cap) {
-      size_t cap = r->spans_cap ? r->spans_cap * 2 : RESP_ARGV_STACK;
-      struct resp_span *sp = realloc(r->spans, cap * sizeof *sp);
-      if (!sp) {
-        *why = "out of memory";
-        return RESP_ERROR;
-      }
-      r->spans = sp;
-      r->spans_cap = cap;
-    }
-    r->spans[r->mb_got].off = body;
-    r->spans[r->mb_got].len = (size_t)blen;
-    r->mb_got++;
-    pos = body + (size_t)blen + 2;
-  }
-  r->mb_pos = pos;
-  if (r->mb_got < r->mb_count) return RESP_NEED_MORE;
-  *argv = resp_argv_room(r, stack, (size_t)r->mb_count);
-  if (!*argv) {
-    *why = "out of memory";
-    return RESP_ERROR;
-  }
-  for (int64_t i = 0; i < r->mb_count; i++) {
-    (*argv)[i].p = buf + r->spans[i].off;
-    (*argv)[i].len = r->spans[i].len;
-  }
-  *argc = (int)r->mb_count;
-  *used = pos;
-  resp_partial_reset(r);
-  return RESP_DONE;
+  return !c->closing && off < c->in.len; /* a failed write closes */
 }
 
 void resp_input(conn_t *c) {
+  resp_conn_t *r = c->resp;
+  node_t *n = c->lp->net->node;
+  const resp_parse_limits_t limits = {n->cfg.resp_args_max, (size_t)n->cfg.resp_command_bytes_max,
+                                      RESP_PARSE_INLINE_BYTES_MAX};
+  if (r->parsing) return;
+  r->parsing = 1;
   size_t off = 0;
-  while (!c->closing && !c->resp->quit && !uv_is_closing((uv_handle_t *)&c->tcp) &&
-         off < c->in.len) {
-    if (conn_output_full(c)) {
-      resp_flush_slots(c);
-      conn_flush(c);
-      if (conn_output_full(c) || uv_is_closing((uv_handle_t *)&c->tcp)) break;
-    }
-    resp_arg_t stack_argv[RESP_ARGV_STACK];
-    resp_arg_t *argv = stack_argv;
-    char *scratch = NULL;
-    int argc = 0;
-    size_t used = 0;
-    const char *why = NULL;
-    int r = resp_parse(c, (const char *)c->in.data + off, c->in.len - off, stack_argv, &argv, &argc,
-                       &used, &scratch, &why);
-    if (r == RESP_DONE) {
-      if (argc > 0) resp_dispatch(c, argv, argc);
-      off += used;
-      arena_reset(&c->lp->arena);
-    } else if (r == RESP_ERROR) {
-      resp_fail(c, why);
-    }
-    free(scratch);
-    if (r != RESP_DONE) break;
+  while (resp_input_may_go_on(c, off)) {
+    resp_command_t cmd;
+    resp_parse_result_t pr = resp_parse_next(&r->parser, (const char *)c->in.data + off,
+                                             c->in.len - off, &limits, &cmd);
+    if (pr == RESP_PARSE_ERROR) resp_fail(c, cmd.why);
+    if (pr != RESP_PARSE_DONE) break;
+    if (cmd.argc > 0) resp_dispatch(c, cmd.argv, cmd.argc);
+    off += cmd.used;
+    arena_reset(&c->lp->arena);
   }
+  r->parsing = 0;
   if (uv_is_closing((uv_handle_t *)&c->tcp)) return;
   conn_consumed(c, off);
   resp_flush_slots(c);
   conn_flush(c);
   if (!c->closing && conn_output_full(c)) conn_pause(c);
+}
+
+static void resp_on_resume(net_loop_t *lp, void *arg) {
+  (void)lp;
+  conn_t *c = arg;
+  c->resp->resume_posted = 0;
+  resp_input(c);
+  conn_unref(c);
+}
+
+/* A reply was written: if that drained a full pipeline, the commands left
+ * in the read buffer are parsed again. Not from here (a reply arrives from
+ * deep in route, peer or repl, which a new request must not re-enter) but
+ * as a task of this loop, holding a reference until it runs. Reading never
+ * stopped, so a connection with nothing buffered needs no task. */
+static void resp_input_resume(conn_t *c) {
+  resp_conn_t *r = c->resp;
+  size_t pipeline_max = (size_t)c->lp->net->node->cfg.resp_pipeline_max;
+  if (!r->pipe.full || r->parsing || r->resume_posted || c->closing ||
+      uv_is_closing((uv_handle_t *)&c->tcp) || !resp_pipeline_has_room(&r->pipe, pipeline_max) ||
+      c->in.len == 0)
+    return;
+  r->resume_posted = 1;
+  r->resume_task = (net_task_t){.fn = resp_on_resume, .arg = c};
+  conn_ref(c);
+  net_post(c->lp->net, c->lp->index, &r->resume_task);
 }

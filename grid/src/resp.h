@@ -15,7 +15,10 @@ typedef struct resp_conn resp_conn_t;
 /* cluster: replies may complete out of order (and are put back in it). */
 resp_conn_t *resp_conn_new(int cluster);
 void resp_conn_free(resp_conn_t *r);
-/* Serves the whole commands in c's read buffer. */
+/* Serves the whole commands in c's read buffer (parsed by resp_parse.h).
+ * It stops at resp_pipeline_max commands whose replies are not written
+ * (in a cluster replies come later): the rest wait in the buffer and are
+ * served once half of those replies are written. */
 void resp_input(conn_t *c);
 /* Words for a connection-level failure, as a RESP error line. */
 void resp_fail(conn_t *c, const char *why);
