@@ -11,8 +11,7 @@
 #include "clock.h"
 #include "grid_types.h"
 #include "log.h"
-#include "net.h"
-#include "net_int.h"
+#include "loop.h"
 #include "ops.h"
 #include "node.h"
 #include "pmap.h"
@@ -30,7 +29,7 @@
  * while the task waits replaces the one waiting: a loop only ever needs
  * the newest. */
 typedef struct cluster_box {
-  net_task_t task;
+  loop_task_t task;
   struct cluster *c;
   pmap_t *pending;            /* under c->lock */
   int queued;                 /* under c->lock: task is in the inbox */
@@ -39,7 +38,7 @@ typedef struct cluster_box {
 
 typedef struct cluster_job {
   struct cluster_job *next;
-  net_task_t task;            /* the answer's handoff to loop_index */
+  loop_task_t task;            /* the answer's handoff to loop_index */
   int create;                 /* 1: create, 0: drop */
   store_cache_cfg_t cfg;
   int loop_index;
@@ -522,7 +521,7 @@ static int cluster_read_reports(cluster_t *c, pmap_ready_t **out, size_t *nout,
 /* ---- the partition map ----------------------------------------------------- */
 
 /* On the loop: installs the newest map and tells the listeners. */
-static void cluster_apply_on_loop(net_loop_t *lp, void *arg) {
+static void cluster_apply_on_loop(loop_t *lp, void *arg) {
   cluster_box_t *box = arg;
   cluster_t *c = box->c;
   pthread_mutex_lock(&c->lock);
@@ -547,8 +546,8 @@ static void cluster_apply_on_loop(net_loop_t *lp, void *arg) {
 /* Hands a copy of the map to every loop. A copy that cannot be made is
  * made again at the next tick: a loop never misses the newest map. */
 static void cluster_publish(cluster_t *c) {
-  net_t *net = c->node->net;
-  if (!net) return;
+  loops_t *ls = c->node->loops;
+  if (!ls) return;
   c->publish_failed = 0;
   for (int i = 0; i < c->nboxes; i++) {
     cluster_box_t *box = &c->boxes[i];
@@ -569,7 +568,7 @@ static void cluster_publish(cluster_t *c) {
       pmap_free(old);
       free(old);
     }
-    if (post) net_post(net, i, &box->task);
+    if (post) loops_post(ls, i, &box->task);
   }
 }
 
@@ -761,7 +760,7 @@ static void cluster_coordinate(cluster_t *c, const store_cache_cfg_t *defs, size
 
 /* ---- jobs ------------------------------------------------------------------ */
 
-static void cluster_done_on_loop(net_loop_t *lp, void *arg) {
+static void cluster_done_on_loop(loop_t *lp, void *arg) {
   cluster_job_t *j = arg;
   j->done(lp, j->arg, j->status);
   free(j);
@@ -770,8 +769,8 @@ static void cluster_done_on_loop(net_loop_t *lp, void *arg) {
 /* The job's answer goes to its loop; the task is in the job, so this
  * cannot fail. */
 static void cluster_job_finish(cluster_t *c, cluster_job_t *j) {
-  j->task = (net_task_t){.fn = cluster_done_on_loop, .arg = j};
-  net_post(c->node->net, j->loop_index, &j->task);
+  j->task = (loop_task_t){.fn = cluster_done_on_loop, .arg = j};
+  loops_post(c->node->loops, j->loop_index, &j->task);
 }
 
 /* Creates waiting for the map: answered once it places the cache (or at

@@ -24,7 +24,7 @@
 
 typedef struct node node_t;
 typedef struct cluster cluster_t;
-typedef struct net_loop net_loop_t;
+typedef struct loop loop_t;
 
 /* The node's cluster state, made before its loops start (they look at
  * node->cluster from their first request: until the thread runs and a map
@@ -34,7 +34,7 @@ int cluster_new(node_t *n, cluster_t **out);
  * partition map (lp->pmap, lp->self are set by then). For the layers
  * above (repl, the native front end): registered before cluster_start,
  * at most CLUSTER_MAP_LISTENERS_MAX. */
-typedef void (*cluster_map_fn)(net_loop_t *lp);
+typedef void (*cluster_map_fn)(loop_t *lp);
 int cluster_on_map(cluster_t *c, cluster_map_fn fn);
 
 /* Starts the cluster thread (node->advertise is set by then). */
@@ -63,7 +63,7 @@ int cluster_serving(cluster_t *c);
 /* Creates or drops a cache cluster-wide, from a loop. done(lp, arg, status)
  * runs later on loop `loop_index` (once this node's map has the change, for
  * a create). Returns an error (done never runs) or 0. */
-typedef void (*cluster_done_fn)(net_loop_t *lp, void *arg, int status);
+typedef void (*cluster_done_fn)(loop_t *lp, void *arg, int status);
 int cluster_cache_create(cluster_t *c, const store_cache_cfg_t *cfg,
                          int loop_index, cluster_done_fn done, void *arg);
 int cluster_cache_drop(cluster_t *c, const char *name, int loop_index,

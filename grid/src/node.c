@@ -10,8 +10,12 @@
 #include "clock.h"
 #include "grid_types.h"
 #include "log.h"
-#include "net.h"
 #include "cluster.h"
+#include "conn.h"
+#include "loop.h"
+#include "native.h"
+#include "net.h"
+#include "peer.h"
 #include "repl.h"
 
 /* The housekeeping thread: the TTL sweep, bounded to sweep_entries_per_tick
@@ -49,6 +53,36 @@ static void node_make_id(node_t *n) {
   }
   snprintf(n->node_id, sizeof n->node_id, "n-%02x%02x%02x%02x%02x%02x", r[0],
            r[1], r[2], r[3], r[4], r[5]);
+}
+
+static uint64_t node_loops_ops_served(void *arg) { return loops_ops_served(arg); }
+
+/* The event loops and what runs on them, in order: on the timer, the peer
+ * links, replication, then connection deadlines; on stop, replication
+ * fails what waits, the peer links fail what was forwarded, and then the
+ * connections close. The listeners are opened before the loops run. */
+static int node_start_loops(node_t *n, char *err, size_t err_len) {
+  int rc = loops_new(n, &n->loops, err, err_len);
+  if (rc != 0) {
+    n->loops = NULL;
+    return rc;
+  }
+  loops_t *ls = n->loops;
+  loops_on_cron(ls, peer_cron);
+  loops_on_cron(ls, repl_cron);
+  loops_on_cron(ls, conn_cron);
+  loops_on_cron(ls, native_cron);
+  loops_on_stop(ls, repl_close, NULL);
+  loops_on_stop(ls, peer_close_all, peer_close_all);
+  loops_on_stop(ls, NULL, conn_close_all);
+  rc = net_listen(n, ls, err, err_len);
+  if (rc == 0) {
+    /* Set before the loops run: STATS reads it from any thread. */
+    n->loops_ops_arg = ls;
+    n->loops_ops_served = node_loops_ops_served;
+    rc = loops_run(ls, err, err_len);
+  }
+  return rc;
 }
 
 int node_start(const config_t *cfg, node_t **out, char *err, size_t err_len) {
@@ -117,17 +151,16 @@ int node_start(const config_t *cfg, node_t **out, char *err, size_t err_len) {
      * partitions' replication state first, then the connections whose
      * requests waited for that map. */
     cluster_on_map(n->cluster, repl_on_map);
-    cluster_on_map(n->cluster, net_loop_on_map);
+    cluster_on_map(n->cluster, native_on_map);
   }
   if (n->cfg.listen) {
-    int rc = net_start(n, &n->net, err, err_len);
+    int rc = node_start_loops(n, err, err_len);
     if (rc != 0) {
-      n->net = NULL;
       node_stop(n);
       return rc;
     }
     const char *files[2] = {n->cfg.port_file, n->cfg.resp_port_file};
-    int ports[2] = {net_port(n->net), net_resp_port(n->net)};
+    int ports[2] = {n->port, n->resp_port};
     const char *keys[2] = {"port_file", "resp_port_file"};
     for (int i = 0; i < 2; i++) {
       if (!files[i][0]) continue;
@@ -139,7 +172,7 @@ int node_start(const config_t *cfg, node_t **out, char *err, size_t err_len) {
       }
     }
     LOG_I("node", "\"listening\" node=%s addr=%s:%d resp_port=%d loops=%lld memory_bytes_max=%lld",
-          n->node_id, n->cfg.bind, net_port(n->net), net_resp_port(n->net),
+          n->node_id, n->cfg.bind, n->port, n->resp_port,
           (long long)n->cfg.loops, (long long)n->cfg.memory_bytes_max);
   } else {
     LOG_D("node", "\"started without a listener\" node=%s", n->node_id);
@@ -154,7 +187,7 @@ int node_start(const config_t *cfg, node_t **out, char *err, size_t err_len) {
       return GRID_ECONFIG;
     } else
       snprintf(n->advertise, sizeof n->advertise, strchr(n->cfg.bind, ':') ? "[%s]:%d" : "%s:%d",
-               n->cfg.bind, net_port(n->net));
+               n->cfg.bind, n->port);
     int rc = cluster_start(n->cluster, err, err_len);
     if (rc != 0) {
       node_stop(n);
@@ -165,11 +198,15 @@ int node_start(const config_t *cfg, node_t **out, char *err, size_t err_len) {
   return 0;
 }
 
-int node_port(const node_t *n) { return n->net ? net_port(n->net) : 0; }
+int node_port(const node_t *n) { return n->port; }
 
 void node_stop(node_t *n) {
   if (n->cluster) cluster_stop(n->cluster); /* leave first: others take over */
-  if (n->net) net_stop(n->net);
+  if (n->loops) {
+    n->loops_ops_served = NULL; /* the loops are gone: nothing to count */
+    loops_stop(n->loops);
+    n->loops = NULL;
+  }
   if (n->cluster) cluster_free(n->cluster);
   pthread_mutex_lock(&n->cron_lock);
   n->cron_stop = 1;

@@ -13,13 +13,16 @@
 #include "config.h"
 #include "store.h"
 
-typedef struct net net_t;
+typedef struct loops loops_t;
 typedef struct cluster cluster_t;
 
 typedef struct node {
   config_t cfg;                    /* settled: config_finish() was applied */
   store_t *store;
-  net_t *net;                      /* NULL when cfg.listen is off */
+  loops_t *loops;                  /* the event loops; NULL when cfg.listen
+                                      is off */
+  int port;                        /* the bound native port, 0: none */
+  int resp_port;                   /* the bound RESP port, 0: none */
   cluster_t *cluster;              /* NULL for a single node (no zk) */
   char advertise[128];             /* host:port other nodes reach us at */
   char node_id[64];

@@ -10,7 +10,8 @@
 #include "grid_types.h"
 #include "log.h"
 #include "op.h"
-#include "net_int.h"
+#include "loop.h"
+#include "pmap.h"
 #include "node.h"
 
 #define PEER_SLOT_BITS 12
@@ -35,7 +36,7 @@ typedef struct peer_slot {
 struct peer {
   uv_tcp_t tcp;
   uv_connect_t connect_req;
-  net_loop_t *lp;
+  loop_t *lp;
   peer_t *next;               /* the loop's list */
   char node_id[PMAP_ID_MAX];
   char addr[PMAP_ADDR_MAX];
@@ -115,7 +116,7 @@ static void peer_fail(peer_t *p, const char *why) {
     LOG_W("peer", "\"link to node lost\" node=%s addr=%s reason=\"%s\" in_flight=%zu",
           p->node_id, p->addr, why, p->inflight);
   p->state = PEER_DEAD;
-  net_loop_t *lp = p->lp;
+  loop_t *lp = p->lp;
   for (peer_t **l = &lp->peers; *l; l = &(*l)->next) {
     if (*l == p) {
       *l = p->next;
@@ -224,7 +225,7 @@ static void peer_on_connect(uv_connect_t *req, int status) {
     return;
   }
   uv_tcp_nodelay(&p->tcp, 1);
-  node_t *n = p->lp->net->node;
+  node_t *n = p->lp->node;
   Grid__Hello h = GRID__HELLO__INIT;
   h.magic = FRAME_MAGIC;
   h.version = FRAME_PROTOCOL_VERSION;
@@ -261,7 +262,7 @@ static int peer_parse_addr(const char *addr, struct sockaddr_storage *ss) {
   return GRID_EADDR;
 }
 
-peer_t *peer_get(net_loop_t *lp, const char *node_id, const char *addr) {
+peer_t *peer_get(loop_t *lp, const char *node_id, const char *addr) {
   for (peer_t *p = lp->peers; p; p = p->next)
     if (strcmp(p->node_id, node_id) == 0 && strcmp(p->addr, addr) == 0) return p;
   struct sockaddr_storage ss;
@@ -272,13 +273,13 @@ peer_t *peer_get(net_loop_t *lp, const char *node_id, const char *addr) {
   peer_t *p = calloc(1, sizeof *p);
   if (!p) return NULL;
   p->lp = lp;
-  frame_buf_init(&p->rbuf, PEER_RBUF_BYTES, (size_t)lp->net->node->cfg.frame_bytes_max);
+  frame_buf_init(&p->rbuf, PEER_RBUF_BYTES, (size_t)lp->node->cfg.frame_bytes_max);
   snprintf(p->node_id, sizeof p->node_id, "%s", node_id);
   snprintf(p->addr, sizeof p->addr, "%s", addr);
   for (uint32_t i = 0; i < PEER_INFLIGHT_MAX; i++)
     p->slots[i].next_free = i + 1 < PEER_INFLIGHT_MAX ? i + 2 : 0;
   p->free_head = 1;
-  uv_tcp_init(&lp->loop, &p->tcp);
+  uv_tcp_init(&lp->uv, &p->tcp);
   p->tcp.data = p;
   p->state = PEER_CONNECTING;
   p->started_ms = clock_mono_ms();
@@ -331,8 +332,8 @@ int peer_call(peer_t *p, Grid__Request *rq, int64_t timeout_ms,
   return 0;
 }
 
-void peer_cron(net_loop_t *lp, int64_t now_ms) {
-  int64_t connect_ms = lp->net->node->cfg.forward_timeout_ms;
+void peer_cron(loop_t *lp, int64_t now_ms) {
+  int64_t connect_ms = lp->node->cfg.forward_timeout_ms;
   if (connect_ms > PEER_CONNECT_MS_MAX) connect_ms = PEER_CONNECT_MS_MAX;
   peer_t *next;
   for (peer_t *p = lp->peers; p; p = next) {
@@ -355,6 +356,6 @@ void peer_cron(net_loop_t *lp, int64_t now_ms) {
   }
 }
 
-void peer_close_all(net_loop_t *lp) {
+void peer_close_all(loop_t *lp) {
   while (lp->peers) peer_fail(lp->peers, "node stopping");
 }

@@ -11,7 +11,7 @@
 
 #include "grid.pb-c.h"
 
-typedef struct net_loop net_loop_t;
+typedef struct loop loop_t;
 typedef struct peer peer_t;
 
 #define PEER_INFLIGHT_MAX 4096 /* requests in flight on one link */
@@ -23,14 +23,14 @@ typedef struct peer peer_t;
 typedef void (*peer_reply_cb)(void *arg, int status, const Grid__Reply *rp);
 
 /* The loop's link to node_id at addr ("host:port"), made if needed. */
-peer_t *peer_get(net_loop_t *lp, const char *node_id, const char *addr);
+peer_t *peer_get(loop_t *lp, const char *node_id, const char *addr);
 /* Sends rq (its id is replaced). Returns 0 and calls cb exactly once
  * later, or returns an error and never calls cb. */
 int peer_call(peer_t *p, Grid__Request *rq, int64_t timeout_ms,
               peer_reply_cb cb, void *arg);
 /* Deadlines of calls in flight; called by the loop's cron. */
-void peer_cron(net_loop_t *lp, int64_t now_ms);
+void peer_cron(loop_t *lp, int64_t now_ms);
 /* Fails every call in flight and closes every link of the loop. */
-void peer_close_all(net_loop_t *lp);
+void peer_close_all(loop_t *lp);
 
 #endif

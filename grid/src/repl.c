@@ -15,7 +15,7 @@
 #include "peer.h"
 #include "repl_int.h"
 
-static void repl_fail_waits(net_loop_t *lp, repl_part_t *part, int status, const char *why);
+static void repl_fail_waits(loop_t *lp, repl_part_t *part, int status, const char *why);
 
 /* ---- replies that cross loops ------------------------------------------ */
 
@@ -35,8 +35,8 @@ static repl_packed_t *repl_pack(sink_t *sink, const Grid__Reply *rp, int handed)
 /* Whether a reply that depends on this node leading the partition may
  * leave now: the lease, read at the moment of release (after the state
  * the reply describes was read, so that state was this node's to tell). */
-static int repl_leased(net_loop_t *lp) {
-  if (cluster_serving(lp->net->node->cluster)) return 1;
+static int repl_leased(loop_t *lp) {
+  if (cluster_serving(lp->node->cluster)) return 1;
   /* Said at most once a second per loop: a lapse refuses every reply. */
   struct repl_loop *rl = lp->repl;
   int64_t now = clock_mono_ms();
@@ -53,7 +53,7 @@ static int repl_leased(net_loop_t *lp) {
 
 /* Delivers rp, or an error when the lease ran out: status says which
  * (GRID_ECLUSTER for what changed nothing, GRID_EUNKNOWN for a write). */
-static void repl_deliver_leased(net_loop_t *lp, sink_t *sink, const Grid__Reply *rp,
+static void repl_deliver_leased(loop_t *lp, sink_t *sink, const Grid__Reply *rp,
                                 int lost_status) {
   if (repl_leased(lp)) {
     sink_deliver(lp, sink, rp);
@@ -67,13 +67,13 @@ static void repl_deliver_leased(net_loop_t *lp, sink_t *sink, const Grid__Reply 
 }
 
 /* A request another loop handed here is answered (loop_handoffs_max). */
-static void repl_handoff_answered(net_loop_t *lp) {
+static void repl_handoff_answered(loop_t *lp) {
   int64_t before = atomic_fetch_sub_explicit(&lp->handoffs, 1, memory_order_relaxed);
   GRID_ASSERT(before > 0);
 }
 
 /* A packed reply released on its loop, or failed when the lease ran out. */
-static void repl_release_packed(net_loop_t *lp, repl_packed_t *pk, int lost_status) {
+static void repl_release_packed(loop_t *lp, repl_packed_t *pk, int lost_status) {
   if (pk->handed) {
     pk->handed = 0;
     repl_handoff_answered(lp);
@@ -92,7 +92,7 @@ void repl_part_free(void *repl) {
   free(rp);
 }
 
-struct repl_loop *repl_loop(net_loop_t *lp) {
+struct repl_loop *repl_loop(loop_t *lp) {
   if (!lp->repl) lp->repl = calloc(1, sizeof *lp->repl);
   return lp->repl;
 }
@@ -112,8 +112,8 @@ static repl_part_t *repl_part(store_t *store, store_cache_t *sc, uint32_t p) {
   return sync->repl;
 }
 
-int repl_owner_loop(const net_loop_t *lp, uint32_t p) {
-  return (int)(p % (uint32_t)net_loops(lp->net));
+int repl_owner_loop(const loop_t *lp, uint32_t p) {
+  return (int)(p % (uint32_t)loops_count(lp->set));
 }
 
 static void repl_write_unref(repl_write_t *w) {
@@ -125,7 +125,7 @@ static void repl_write_unref(repl_write_t *w) {
 
 /* Answers what the partition's committed counter now allows: writes at the
  * head of the FIFO that every backup has acknowledged, then waiting reads. */
-static void repl_advance(net_loop_t *lp, repl_part_t *part) {
+static void repl_advance(loop_t *lp, repl_part_t *part) {
   struct repl_loop *rl = lp->repl;
   /* The writes freed here may hold the last references to the cache, and
    * the part lives in the cache: keep it until the end. */
@@ -151,7 +151,7 @@ static void repl_advance(net_loop_t *lp, repl_part_t *part) {
     repl_write_unref(w);
   }
   if (!part->head && part->handoff_epoch) {
-    cluster_report_drained(lp->net->node->cluster, store_cache_cfg(cache)->name, part->p,
+    cluster_report_drained(lp->node->cluster, store_cache_cfg(cache)->name, part->p,
                            part->handoff_epoch);
     part->handoff_epoch = 0;
   }
@@ -215,7 +215,7 @@ static void repl_capture(void *ctx, const void *key, size_t key_len,
 typedef struct repl_ack {
   repl_write_t *w;
   size_t backup;
-  net_loop_t *lp;
+  loop_t *lp;
 } repl_ack_t;
 
 static void repl_on_ack(void *arg, int status, const Grid__Reply *rp) {
@@ -235,7 +235,7 @@ static void repl_on_ack(void *arg, int status, const Grid__Reply *rp) {
       b->state = REPL_FAILED;
       LOG_W("repl", "\"a backup did not acknowledge a write\" node=%s partition=%u error=%s",
             b->node_id, w->p, grid_err_name(status));
-      cluster_report_demote(a->lp->net->node->cluster, store_cache_cfg(w->cache)->name,
+      cluster_report_demote(a->lp->node->cluster, store_cache_cfg(w->cache)->name,
                             w->p, b->node_id);
     }
   }
@@ -246,7 +246,7 @@ static void repl_on_ack(void *arg, int status, const Grid__Reply *rp) {
 
 /* Answers rp now or once committed reaches release (on the owner loop).
  * 1 when the reply waits (kept packed until released or failed). */
-static int repl_answer_when(net_loop_t *lp, repl_part_t *part, uint64_t release,
+static int repl_answer_when(loop_t *lp, repl_part_t *part, uint64_t release,
                             sink_t *sink, const Grid__Reply *rp, int handed) {
   if (!part || release <= atomic_load(&part->sync->committed) ||
       (!part->head && release <= atomic_load(&part->sync->applied))) {
@@ -273,7 +273,7 @@ static int repl_answer_when(net_loop_t *lp, repl_part_t *part, uint64_t release,
 /* The copies a write of partition p goes to besides this one: every
  * OWNING or MOVING copy; owning[i] says whether a full_sync write waits
  * for copy idx[i]. */
-static size_t repl_backups_of(const net_loop_t *lp, const pmap_cache_t *pc, uint32_t p,
+static size_t repl_backups_of(const loop_t *lp, const pmap_cache_t *pc, uint32_t p,
                               int full_sync, uint32_t *idx, int *owning) {
   size_t nb = 0;
   for (uint32_t k = 1; k < pc->slots; k++) {
@@ -289,9 +289,9 @@ static size_t repl_backups_of(const net_loop_t *lp, const pmap_cache_t *pc, uint
 
 /* Sends w's record to every backup. A backup it cannot reach is demoted
  * (it missed the write), so a full_sync write does not wait for it. */
-static void repl_send_record(net_loop_t *lp, repl_write_t *w, Grid__Request *rec,
+static void repl_send_record(loop_t *lp, repl_write_t *w, Grid__Request *rec,
                              const uint32_t *idx, const int *owning) {
-  node_t *n = lp->net->node;
+  node_t *n = lp->node;
   const char *cache = store_cache_cfg(w->cache)->name;
   for (size_t i = 0; i < w->nbackups; i++) {
     const pmap_node_t *nd = &lp->pmap->nodes[idx[i]];
@@ -323,9 +323,9 @@ static void repl_send_record(net_loop_t *lp, repl_write_t *w, Grid__Request *rec
 /* A write was applied here but its record could not be made (out of
  * memory): no backup will have it, so each is demoted (OWNING) or filled
  * again (MOVING), and the client hears that the outcome is unknown. */
-static void repl_record_lost(net_loop_t *lp, const pmap_cache_t *pc, uint32_t p, sink_t *sink,
+static void repl_record_lost(loop_t *lp, const pmap_cache_t *pc, uint32_t p, sink_t *sink,
                              uint64_t id) {
-  node_t *n = lp->net->node;
+  node_t *n = lp->node;
   uint32_t idx[PMAP_NODES_MAX];
   int owning[PMAP_NODES_MAX];
   size_t nb = repl_backups_of(lp, pc, p, 1, idx, owning);
@@ -339,7 +339,7 @@ static void repl_record_lost(net_loop_t *lp, const pmap_cache_t *pc, uint32_t p,
 
 /* Queues w, a captured write, behind the partition's pending writes and
  * sends its record; its reply leaves once every OWNING backup acked. */
-static int repl_start_write(net_loop_t *lp, repl_part_t *part, repl_write_t *w,
+static int repl_start_write(loop_t *lp, repl_part_t *part, repl_write_t *w,
                             repl_rec_t *rec, const Grid__Reply *rp, const uint32_t *idx,
                             const int *owning, int handed) {
   const store_cache_cfg_t *cfg = store_cache_cfg(w->cache);
@@ -378,9 +378,9 @@ static int repl_start_write(net_loop_t *lp, repl_part_t *part, repl_write_t *w,
  * needs is taken before it runs, so that once it has changed the store
  * its record always goes out (or its backups are demoted). 1 when the
  * reply waits (kept packed until released or failed), 0 when it left. */
-static int repl_run(net_loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *sink,
+static int repl_run(loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *sink,
                     int handed) {
-  node_t *n = lp->net->node;
+  node_t *n = lp->node;
   const pmap_cache_t *pc = lp->pmap ? pmap_find_cache(lp->pmap, rq->cache) : NULL;
   store_cache_t *sc = store_view_find(&lp->view, rq->cache, strlen(rq->cache));
   if (!pc || !sc || pmap_primary(pc, p) != lp->self) {
@@ -450,7 +450,7 @@ static int repl_run(net_loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t 
 /* A request on its way to the loop that owns its partition; the task is
  * in it, so once it is made the trip cannot fail. */
 typedef struct repl_handoff {
-  net_task_t task;
+  loop_task_t task;
   sink_t *sink;
   uint64_t id;
   uint32_t p;
@@ -458,7 +458,7 @@ typedef struct repl_handoff {
   unsigned char buf[];
 } repl_handoff_t;
 
-static void repl_handoff_on_loop(net_loop_t *lp, void *arg) {
+static void repl_handoff_on_loop(loop_t *lp, void *arg) {
   repl_handoff_t *h = arg;
   Grid__Request *rq = grid__request__unpack(NULL, h->len, h->buf);
   if (rq) {
@@ -477,7 +477,7 @@ static void repl_handoff_on_loop(net_loop_t *lp, void *arg) {
   free(h);
 }
 
-void repl_execute(net_loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *sink) {
+void repl_execute(loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *sink) {
   int owner = repl_owner_loop(lp, p);
   if (owner == lp->index) {
     repl_run(lp, rq, p, sink, 0);
@@ -491,7 +491,7 @@ void repl_execute(net_loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *s
       arena_t a;
       arena_init(&a, 4096);
       Grid__Reply rp = GRID__REPLY__INIT;
-      ops_execute(lp->net->node, &lp->view, rq, &rp, &a);
+      ops_execute(lp->node, &lp->view, rq, &rp, &a);
       uint64_t release = rp.status == 0 ? (rp.version & STORE_COUNTER_MASK)
                                         : atomic_load(&sync->applied);
       if (release <= atomic_load(&sync->committed)) {
@@ -503,8 +503,8 @@ void repl_execute(net_loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *s
       arena_close(&a);
     }
   }
-  net_loop_t *to = &lp->net->loops[owner];
-  int64_t max = lp->net->node->cfg.loop_handoffs_max;
+  loop_t *to = loops_at(lp->set, owner);
+  int64_t max = lp->node->cfg.loop_handoffs_max;
   if (atomic_fetch_add_explicit(&to->handoffs, 1, memory_order_relaxed) >= max) {
     atomic_fetch_sub_explicit(&to->handoffs, 1, memory_order_relaxed);
     char detail[128];
@@ -520,19 +520,19 @@ void repl_execute(net_loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *s
     sink_error(lp, sink, rq->id, GRID_ENOMEM, "handing the request to its partition's loop");
     return;
   }
-  h->task = (net_task_t){.fn = repl_handoff_on_loop, .arg = h};
+  h->task = (loop_task_t){.fn = repl_handoff_on_loop, .arg = h};
   h->sink = sink;
   h->id = rq->id;
   h->p = p;
   h->len = len;
   grid__request__pack(rq, h->buf);
-  net_post(lp->net, owner, &h->task);
+  loop_post(lp, owner, &h->task);
 }
 
 /* ---- map changes and housekeeping ------------------------------------------- */
 
 /* A pending write of a partition no longer led here: given up. */
-static void repl_write_abandon(net_loop_t *lp, repl_write_t *w) {
+static void repl_write_abandon(loop_t *lp, repl_write_t *w) {
   if (!w->answered && w->reply) {
     repl_fail_packed(lp, w->reply, GRID_EUNKNOWN,
                      "the partition changed primary before every copy acknowledged the write");
@@ -553,9 +553,9 @@ static void repl_write_abandon(net_loop_t *lp, repl_write_t *w) {
 /* A pending write under a new map: a backup no longer in sync no longer
  * holds it up; one the map still counts in sync after missing it is
  * demoted again. */
-static void repl_write_on_map(net_loop_t *lp, const pmap_t *m, const pmap_cache_t *pc,
+static void repl_write_on_map(loop_t *lp, const pmap_t *m, const pmap_cache_t *pc,
                               repl_write_t *w) {
-  node_t *n = lp->net->node;
+  node_t *n = lp->node;
   for (size_t i = 0; i < w->nbackups; i++) {
     repl_backup_t *b = &w->backups[i];
     if (b->state == REPL_ACKED) continue;
@@ -578,8 +578,8 @@ static void repl_write_on_map(net_loop_t *lp, const pmap_t *m, const pmap_cache_
 }
 
 /* Partitions handed over from here: drained once no write is pending. */
-static void repl_handoffs_on_map(net_loop_t *lp, const pmap_t *m) {
-  node_t *n = lp->net->node;
+static void repl_handoffs_on_map(loop_t *lp, const pmap_t *m) {
+  node_t *n = lp->node;
   for (size_t c = 0; c < m->ncaches; c++) {
     const pmap_cache_t *pc = &m->caches[c];
     store_cache_t *sc = NULL;
@@ -596,11 +596,11 @@ static void repl_handoffs_on_map(net_loop_t *lp, const pmap_t *m) {
   }
 }
 
-void repl_on_map(net_loop_t *lp) {
+void repl_on_map(loop_t *lp) {
   struct repl_loop *rl = repl_loop(lp);
   if (!rl || !lp->pmap) return;
   const pmap_t *m = lp->pmap;
-  store_set_epoch(lp->net->node->store, m->epoch);
+  store_set_epoch(lp->node->store, m->epoch);
   /* Pending writes: a backup no longer in sync no longer holds them; a
    * partition no longer led here cannot finish them. */
   repl_write_t *next;
@@ -626,7 +626,7 @@ void repl_on_map(net_loop_t *lp) {
   repl_fills_on_map(lp, m);
 }
 
-void repl_cron(net_loop_t *lp, int64_t now_ms) {
+void repl_cron(loop_t *lp, int64_t now_ms) {
   struct repl_loop *rl = lp->repl;
   if (!rl) return;
   for (repl_write_t *w = rl->writes; w; w = w->lnext) {
@@ -641,14 +641,14 @@ void repl_cron(net_loop_t *lp, int64_t now_ms) {
     w->answered = 1;
     for (size_t i = 0; i < w->nbackups; i++)
       if (w->backups[i].owning && w->backups[i].state != REPL_ACKED)
-        cluster_report_demote(lp->net->node->cluster, store_cache_cfg(w->cache)->name, w->p,
+        cluster_report_demote(lp->node->cluster, store_cache_cfg(w->cache)->name, w->p,
                               w->backups[i].node_id);
   }
   if (rl->fills_incomplete && lp->pmap) repl_fills_on_map(lp, lp->pmap);
   for (repl_fill_t *f = rl->fills; f; f = f->next) repl_fill_step(lp, f, now_ms);
 }
 
-void repl_fail_packed(net_loop_t *lp, repl_packed_t *pk, int status, const char *why) {
+void repl_fail_packed(loop_t *lp, repl_packed_t *pk, int status, const char *why) {
   if (pk->handed) repl_handoff_answered(lp);
   Grid__Reply err = GRID__REPLY__INIT;
   err.id = pk->id;
@@ -659,7 +659,7 @@ void repl_fail_packed(net_loop_t *lp, repl_packed_t *pk, int status, const char 
 }
 
 /* Answers every read waiting on the partition with an error instead. */
-static void repl_fail_waits(net_loop_t *lp, repl_part_t *part, int status, const char *why) {
+static void repl_fail_waits(loop_t *lp, repl_part_t *part, int status, const char *why) {
   while (part->waits) {
     repl_wait_t *wt = part->waits;
     part->waits = wt->next;
@@ -670,7 +670,7 @@ static void repl_fail_waits(net_loop_t *lp, repl_part_t *part, int status, const
   }
 }
 
-void repl_close(net_loop_t *lp) {
+void repl_close(loop_t *lp) {
   struct repl_loop *rl = lp->repl;
   if (!rl) return;
   while (rl->writes) {

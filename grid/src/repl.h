@@ -27,27 +27,27 @@
 #include "pmap.h"
 #include "store.h"
 
-typedef struct net_loop net_loop_t;
+typedef struct loop loop_t;
 
 typedef struct sink sink_t;
 
 /* Runs a keyed request (GET ... ADD) or a SCAN of partition p, which this
  * node leads in lp's map, and delivers its reply through sink once it may
  * be seen. */
-void repl_execute(net_loop_t *lp, const Grid__Request *rq, uint32_t p,
+void repl_execute(loop_t *lp, const Grid__Request *rq, uint32_t p,
                   sink_t *sink);
 
 /* A backup's side: REPL and FILL from a primary (from_node: its id). */
-void repl_on_peer_request(net_loop_t *lp, const char *from_node,
+void repl_on_peer_request(loop_t *lp, const char *from_node,
                           const Grid__Request *rq, Grid__Reply *rp);
 
 /* The loop has a new map: pending writes are looked at again (a backup
  * that left no longer holds them up), fills start or stop. */
-void repl_on_map(net_loop_t *lp);
+void repl_on_map(loop_t *lp);
 /* Deadlines and fill pacing; from the loop's cron. */
-void repl_cron(net_loop_t *lp, int64_t now_ms);
+void repl_cron(loop_t *lp, int64_t now_ms);
 /* The loop stops: everything pending fails. */
-void repl_close(net_loop_t *lp);
+void repl_close(loop_t *lp);
 /* For store_set_repl_free. */
 void repl_part_free(void *repl);
 

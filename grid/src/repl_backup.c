@@ -7,7 +7,7 @@
 #include "part.h"
 #include "repl_int.h"
 
-void repl_on_peer_request(net_loop_t *lp, const char *from_node,
+void repl_on_peer_request(loop_t *lp, const char *from_node,
                           const Grid__Request *rq, Grid__Reply *rp) {
   rp->id = rq->id;
   const char *name = rq->cache ? rq->cache : "";
@@ -22,15 +22,15 @@ void repl_on_peer_request(net_loop_t *lp, const char *from_node,
   uint32_t part = rq->op == GRID__OP__REPL
                       ? part_of(rq->key.data, rq->key.len, store_cache_cfg(sc)->partitions)
                       : rq->partition;
-  if (!cluster_accepts(lp->net->node->cluster, name, part, rq->epoch, from_node)) {
+  if (!cluster_accepts(lp->node->cluster, name, part, rq->epoch, from_node)) {
     ops_reply_error(rp, GRID_ESTALE,
-                    rq->epoch > cluster_newest_epoch(lp->net->node->cluster)
+                    rq->epoch > cluster_newest_epoch(lp->node->cluster)
                         ? "the record names a partition map this node never read"
                         : "not the partition's primary in this node's map",
                     &lp->arena);
     return;
   }
-  store_t *store = lp->net->node->store;
+  store_t *store = lp->node->store;
   if (rq->op == GRID__OP__REPL) {
     /* A record passes the limits a client's write does: a primary under
      * other settings, or a forged record, must not put past them. */

@@ -56,7 +56,7 @@ static int repl_fill_entry_cb(void *ctx, const void *key, size_t key_len,
 }
 
 typedef struct repl_fill_ack {
-  net_loop_t *lp;
+  loop_t *lp;
   repl_fill_t *f;
   int last;
 } repl_fill_ack_t;
@@ -82,7 +82,7 @@ static void repl_fill_on_ack(void *arg, int status, const Grid__Reply *rp) {
     f->retry_at_ms = clock_mono_ms() + REPL_FILL_RETRY_MS;
   } else if (a->last) {
     f->done = 1;
-    node_t *n = a->lp->net->node;
+    node_t *n = a->lp->node;
     /* The fill may have begun under an older map; it still holds in this
      * one (a fill no longer wanted is dropped on the map change). */
     if (a->lp->pmap) f->epoch = a->lp->pmap->epoch;
@@ -92,13 +92,13 @@ static void repl_fill_on_ack(void *arg, int status, const Grid__Reply *rp) {
     cluster_report_ready(n->cluster, f->cache, f->p, f->node_id, f->epoch);
     f->reported = 1;
   }
-  net_loop_t *lp = a->lp;
+  loop_t *lp = a->lp;
   free(a);
   if (!f->done && status == 0) repl_fill_step(lp, f, clock_mono_ms()); /* the next chunk now */
 }
 
-void repl_fill_step(net_loop_t *lp, repl_fill_t *f, int64_t now) {
-  node_t *n = lp->net->node;
+void repl_fill_step(loop_t *lp, repl_fill_t *f, int64_t now) {
+  node_t *n = lp->node;
   struct repl_loop *rl = lp->repl;
   if (f->done || f->inflight || f->failed || now < f->retry_at_ms) return;
   if (now - rl->window_ms >= 1000) {
@@ -176,7 +176,7 @@ repl_fill_t *repl_fill_find(struct repl_loop *rl, const char *cache, uint32_t p,
   return NULL;
 }
 
-void repl_fill_restart(net_loop_t *lp, const char *cache, uint32_t p, const char *node) {
+void repl_fill_restart(loop_t *lp, const char *cache, uint32_t p, const char *node) {
   struct repl_loop *rl = lp->repl;
   repl_fill_t *f = rl ? repl_fill_find(rl, cache, p, node) : NULL;
   if (f) {
@@ -189,12 +189,12 @@ void repl_fill_restart(net_loop_t *lp, const char *cache, uint32_t p, const char
       f->restart = 1; /* once the chunk in flight is answered */
     }
   }
-  cluster_report_withdraw(lp->net->node->cluster, cache, p, node);
+  cluster_report_withdraw(lp->node->cluster, cache, p, node);
 }
 
-void repl_fills_on_map(net_loop_t *lp, const pmap_t *m) {
+void repl_fills_on_map(loop_t *lp, const pmap_t *m) {
   struct repl_loop *rl = lp->repl;
-  node_t *n = lp->net->node;
+  node_t *n = lp->node;
   /* A fill already done is reported again for this epoch. */
   rl->fills_incomplete = 0;
   for (repl_fill_t *f = rl->fills; f; f = f->next) f->failed = 1; /* unless still wanted */

@@ -10,7 +10,7 @@
 
 #include <stdint.h>
 
-#include "net_int.h"
+#include "loop.h"
 #include "pmap.h"
 #include "repl.h"
 #include "sink.h"
@@ -105,22 +105,22 @@ struct repl_loop {
 
 
 /* repl.c */
-struct repl_loop *repl_loop(net_loop_t *lp);
+struct repl_loop *repl_loop(loop_t *lp);
 /* The loop that owns partition p: every write of p runs there. */
-int repl_owner_loop(const net_loop_t *lp, uint32_t p);
+int repl_owner_loop(const loop_t *lp, uint32_t p);
 /* Answers a packed reply's sink with an error instead, under its id. */
-void repl_fail_packed(net_loop_t *lp, repl_packed_t *pk, int status, const char *why);
+void repl_fail_packed(loop_t *lp, repl_packed_t *pk, int status, const char *why);
 
 /* repl_fill.c */
 repl_fill_t *repl_fill_find(struct repl_loop *rl, const char *cache, uint32_t p,
                             const char *node);
 /* A MOVING copy missed a record: its fill starts over, and a report that
  * it was filled no longer holds. */
-void repl_fill_restart(net_loop_t *lp, const char *cache, uint32_t p, const char *node);
+void repl_fill_restart(loop_t *lp, const char *cache, uint32_t p, const char *node);
 /* Sends the fill's next chunk when pacing allows. */
-void repl_fill_step(net_loop_t *lp, repl_fill_t *f, int64_t now);
+void repl_fill_step(loop_t *lp, repl_fill_t *f, int64_t now);
 /* One fill per MOVING copy of a partition led here and owned by this
  * loop; fills no longer wanted go. */
-void repl_fills_on_map(net_loop_t *lp, const pmap_t *m);
+void repl_fills_on_map(loop_t *lp, const pmap_t *m);
 
 #endif

@@ -12,7 +12,8 @@
 #include "cluster.h"
 #include "grid_types.h"
 #include "log.h"
-#include "net_int.h"
+#include "conn.h"
+#include "loop.h"
 #include "node.h"
 #include "op.h"
 #include "ops.h"
@@ -57,9 +58,11 @@ struct resp_conn {
   int parsing;               /* resp_input is running: a reply completing
                                 inside it must not start it again */
   int resume_posted;         /* resume_task is queued (holds a reference) */
-  net_task_t resume_task;    /* parses again once a full pipeline drained */
+  loop_task_t resume_task;    /* parses again once a full pipeline drained */
   resp_parser_t parser;      /* the command being received */
 };
+
+static resp_conn_t *resp_of(const conn_t *c) { return c->fe; }
 
 resp_conn_t *resp_conn_new(int cluster) {
   resp_conn_t *r = calloc(1, sizeof *r);
@@ -204,7 +207,7 @@ static void slot_status_error(resp_slot_t *s, int status, const char *message) {
 /* Writes one complete reply, unless one before it could not be: replies
  * match their commands by position only. */
 static void resp_write_reply(conn_t *c, const resp_slot_t *s) {
-  resp_conn_t *r = c->resp;
+  resp_conn_t *r = resp_of(c);
   if (r->broken) return;
   if (s->failed || (s->len && conn_out(c, s->buf, s->len) != 0)) r->broken = 1;
 }
@@ -212,7 +215,7 @@ static void resp_write_reply(conn_t *c, const resp_slot_t *s) {
 /* Writes the replies that are complete and have no unfinished one before
  * them. */
 static void resp_flush_slots(conn_t *c) {
-  resp_conn_t *r = c->resp;
+  resp_conn_t *r = resp_of(c);
   while (r->head && r->head->done) {
     resp_slot_t *s = r->head;
     r->head = s->next;
@@ -229,7 +232,7 @@ static void resp_flush_slots(conn_t *c) {
 
 /* A single node's reply, written as soon as its command returns. */
 static void resp_write_direct(conn_t *c) {
-  resp_conn_t *r = c->resp;
+  resp_conn_t *r = resp_of(c);
   GRID_ASSERT(r->direct.done); /* a single node answers every command at once */
   resp_write_reply(c, &r->direct);
   r->direct.len = 0;
@@ -350,7 +353,7 @@ static void resp_job_sent(resp_job_t *job) {
 }
 
 /* One request's reply, turned into the command's. */
-static void resp_sub_fn(net_loop_t *lp, void *arg, const Grid__Reply *rp) {
+static void resp_sub_fn(loop_t *lp, void *arg, const Grid__Reply *rp) {
   (void)lp;
   resp_sub_t *sub = arg;
   resp_job_t *job = sub->job;
@@ -363,10 +366,10 @@ static void resp_sub_fn(net_loop_t *lp, void *arg, const Grid__Reply *rp) {
 /* Runs one request of a job: here on a single node, routed in a cluster. */
 static void resp_job_submit(resp_job_t *job, size_t index, Grid__Request *rq) {
   conn_t *c = job->c;
-  net_loop_t *lp = c->lp;
-  node_t *n = lp->net->node;
+  loop_t *lp = c->lp;
+  node_t *n = lp->node;
   job->pending++;
-  rq->cache = c->resp->cache;
+  rq->cache = resp_of(c)->cache;
   if (n->cluster) {
     resp_sub_t *sub = malloc(sizeof *sub);
     if (!sub) {
@@ -388,7 +391,7 @@ static void resp_job_submit(resp_job_t *job, size_t index, Grid__Request *rq) {
 /* A job of n requests answering into s; NULL when out of memory (s then
  * fails: the connection closes after the replies before it). */
 static resp_job_t *resp_job_start(conn_t *c, const resp_cmd_t *cmd, resp_slot_t *s, size_t n) {
-  resp_conn_t *r = c->resp;
+  resp_conn_t *r = resp_of(c);
   resp_job_t *job;
   if (!r->cluster) {
     if (!r->job && !(r->job = malloc(sizeof *r->job))) {
@@ -855,7 +858,7 @@ static void cmd_quit(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int arg
   (void)argc;
   slot_ok(s);
   s->done = 1;
-  c->resp->ending = 1;
+  resp_of(c)->ending = 1;
 }
 
 static void cmd_select(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
@@ -882,7 +885,7 @@ static void cmd_select(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int a
     slot_error(s, "ERR DB index is out of range");
     return;
   }
-  snprintf(c->resp->cache, sizeof c->resp->cache, "%s", name);
+  snprintf(resp_of(c)->cache, sizeof resp_of(c)->cache, "%s", name);
   slot_ok(s);
   s->done = 1;
 }
@@ -904,7 +907,7 @@ static const char *client_arity(resp_arg_t *argv, int argc, char *line, size_t s
 static void cmd_client(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
                        resp_slot_t *s) {
   (void)cmd;
-  resp_conn_t *r = c->resp;
+  resp_conn_t *r = resp_of(c);
   char line[RESP_ERROR_LINE_BYTES_MAX];
   if (client_arity(argv, argc, line, sizeof line)) {
     slot_error(s, line);
@@ -944,7 +947,7 @@ static const char *hello_check(conn_t *c, resp_arg_t *argv, int argc, char *line
   if (ver != 2) return "NOPROTO unsupported protocol version";
   for (int i = 2; i < argc; i++) {
     if (arg_is(&argv[i], "setname") && i + 1 < argc) {
-      snprintf(c->resp->name, sizeof c->resp->name, "%.*s", (int)argv[i + 1].len, argv[i + 1].p);
+      snprintf(resp_of(c)->name, sizeof resp_of(c)->name, "%.*s", (int)argv[i + 1].len, argv[i + 1].p);
       i++;
     } else if (arg_is(&argv[i], "auth") && i + 2 < argc) {
       i += 2; /* no users yet: every client is let in */
@@ -966,7 +969,7 @@ static void cmd_hello(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int ar
     slot_error(s, why);
     return;
   }
-  int cluster = c->lp->net->node->cluster != NULL;
+  int cluster = c->lp->node->cluster != NULL;
   slot_num_line(s, '*', 14);
   slot_bulk(s, "server", 6);
   slot_bulk(s, "grid", 4);
@@ -990,7 +993,7 @@ static void cmd_info(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int arg
   (void)cmd;
   (void)argv;
   (void)argc;
-  node_t *n = c->lp->net->node;
+  node_t *n = c->lp->node;
   char body[2048];
   int len = snprintf(body, sizeof body,
                      "# Server\r\nredis_version:7.0.0\r\ngrid_version:%s\r\nredis_mode:%s\r\n"
@@ -1001,7 +1004,7 @@ static void cmd_info(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int arg
                      "# Stats\r\ntotal_commands_processed:%llu\r\n\r\n"
                      "# Keyspace\r\ndb0:keys=%llu,expires=0,avg_ttl=0\r\n",
                      GRID_VERSION_STRING, n->cluster ? "cluster" : "standalone", (int)getpid(),
-                     net_resp_port(n->net), (long long)((clock_mono_ms() - n->started_ms) / 1000),
+                     n->resp_port, (long long)((clock_mono_ms() - n->started_ms) / 1000),
                      (unsigned long long)atomic_load(&n->connections),
                      (long long)n->cfg.connections_max, (long long)store_memory_bytes(n->store),
                      (long long)store_memory_bytes_max(n->store),
@@ -1136,7 +1139,7 @@ static void resp_run(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *s) {
 /* Runs one parsed command; its reply goes in a slot of its own, or, on a
  * single node, straight to the connection. */
 static void resp_dispatch(conn_t *c, resp_arg_t *argv, int argc) {
-  resp_conn_t *r = c->resp;
+  resp_conn_t *r = resp_of(c);
   resp_slot_t *s = resp_slot_new(r);
   if (!s) {
     r->ending = 1; /* no room for its reply: the ones before go out, then the close */
@@ -1165,8 +1168,8 @@ void resp_fail(conn_t *c, const char *why) {
  * while resp_pipeline_max commands wait for theirs: both are tried to be
  * written first. */
 static int resp_input_may_go_on(conn_t *c, size_t off) {
-  resp_conn_t *r = c->resp;
-  size_t pipeline_max = (size_t)c->lp->net->node->cfg.resp_pipeline_max;
+  resp_conn_t *r = resp_of(c);
+  size_t pipeline_max = (size_t)c->lp->node->cfg.resp_pipeline_max;
   if (c->closing || r->ending || r->broken || uv_is_closing((uv_handle_t *)&c->tcp) ||
       off >= c->in.len)
     return 0;
@@ -1185,8 +1188,8 @@ static int resp_input_may_go_on(conn_t *c, size_t off) {
 }
 
 void resp_input(conn_t *c) {
-  resp_conn_t *r = c->resp;
-  node_t *n = c->lp->net->node;
+  resp_conn_t *r = resp_of(c);
+  node_t *n = c->lp->node;
   const resp_parse_limits_t limits = {n->cfg.resp_args_max, (size_t)n->cfg.resp_command_bytes_max,
                                       RESP_PARSE_INLINE_BYTES_MAX};
   if (r->parsing) return;
@@ -1208,30 +1211,70 @@ void resp_input(conn_t *c) {
   resp_flush_slots(c);
   conn_flush(c);
   if (!c->closing && conn_output_full(c)) conn_pause(c);
+  /* A full pipeline stops reading too, so the buffer does not fill up
+   * with commands that cannot be parsed yet: resp_input_resume goes on. */
+  if (!c->closing && !c->held &&
+      !resp_pipeline_has_room(&r->pipe, (size_t)c->lp->node->cfg.resp_pipeline_max))
+    conn_hold(c);
 }
 
-static void resp_on_resume(net_loop_t *lp, void *arg) {
+static void resp_on_resume(loop_t *lp, void *arg) {
   (void)lp;
   conn_t *c = arg;
-  c->resp->resume_posted = 0;
-  resp_input(c);
+  resp_of(c)->resume_posted = 0;
+  if (c->held) conn_release(c); /* parses, then reads again */
+  else resp_input(c);
   conn_unref(c);
 }
 
 /* A reply was written: if that drained a full pipeline, the commands left
- * in the read buffer are parsed again. Not from here (a reply arrives from
- * deep in route, peer or repl, which a new request must not re-enter) but
- * as a task of this loop, holding a reference until it runs. Reading never
- * stopped, so a connection with nothing buffered needs no task. */
+ * in the read buffer are parsed again and reading goes on. Not from here
+ * (a reply arrives from deep in route, peer or repl, which a new request
+ * must not re-enter) but as a task of this loop, holding a reference until
+ * it runs. */
 static void resp_input_resume(conn_t *c) {
-  resp_conn_t *r = c->resp;
-  size_t pipeline_max = (size_t)c->lp->net->node->cfg.resp_pipeline_max;
+  resp_conn_t *r = resp_of(c);
+  size_t pipeline_max = (size_t)c->lp->node->cfg.resp_pipeline_max;
   if (!r->pipe.full || r->parsing || r->resume_posted || c->closing ||
       uv_is_closing((uv_handle_t *)&c->tcp) || !resp_pipeline_has_room(&r->pipe, pipeline_max) ||
-      c->in.len == 0)
+      (c->in.len == 0 && !c->held))
     return;
   r->resume_posted = 1;
-  r->resume_task = (net_task_t){.fn = resp_on_resume, .arg = c};
+  r->resume_task = (loop_task_t){.fn = resp_on_resume, .arg = c};
   conn_ref(c);
-  net_post(c->lp->net, c->lp->index, &r->resume_task);
+  loop_post(c->lp, c->lp->index, &r->resume_task);
 }
+
+/* ---- the protocol's table ----------------------------------------------------- */
+
+static int resp_open(conn_t *c) {
+  node_t *n = c->lp->node;
+  c->fe = resp_conn_new(n->cluster != NULL);
+  if (!c->fe) return GRID_ENOMEM;
+  /* No handshake: commands at once, each within resp_command_bytes_max. */
+  c->handshaken = 1;
+  frame_buf_set_limit(&c->in, (size_t)n->cfg.resp_command_bytes_max + CONN_RBUF_BYTES);
+  return 0;
+}
+
+static void resp_conn_fail(conn_t *c, int status, const char *detail) {
+  if (c->closing) return;
+  char why[256];
+  snprintf(why, sizeof why, "%s%s%s", grid_strerror(status), detail ? ": " : "",
+           detail ? detail : "");
+  resp_fail(c, why);
+}
+
+static void resp_free(conn_t *c) {
+  resp_conn_free(c->fe);
+  c->fe = NULL;
+}
+
+const conn_proto_t resp_proto = {
+    .name = "resp",
+    .framed = 0,
+    .open = resp_open,
+    .input = resp_input,
+    .fail = resp_conn_fail,
+    .free = resp_free,
+};

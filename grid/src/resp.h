@@ -1,7 +1,7 @@
 /*
  * resp: the Redis-protocol (RESP2) front end. A RESP connection is a
- * connection of the net module like any other; its input goes here
- * instead of to the frame reader. Commands become the same requests the
+ * connection (conn.h) like any other; its input goes here instead of to
+ * the native frame reader. Commands become the same requests the
  * native protocol sends (run by ops on a single node, routed to their
  * partition's primary in a cluster), and replies are written in command
  * order, as Redis clients expect, even when some complete later.
@@ -9,8 +9,12 @@
 #ifndef GRID_RESP_H
 #define GRID_RESP_H
 
-typedef struct conn conn_t;
+#include "conn.h"
+
 typedef struct resp_conn resp_conn_t;
+
+/* The Redis protocol as a connection's front end (net.c's RESP port). */
+extern const conn_proto_t resp_proto;
 
 /* cluster: replies may complete out of order (and are put back in it). */
 resp_conn_t *resp_conn_new(int cluster);

@@ -9,7 +9,7 @@
 #include "grid_types.h"
 #include "log.h"
 #include "op.h"
-#include "net_int.h"
+#include "loop.h"
 #include "node.h"
 #include "ops.h"
 #include "part.h"
@@ -18,44 +18,7 @@
 #include "repl.h"
 #include "sink.h"
 
-static void route_reply_error(conn_t *c, uint64_t id, int status, const char *detail) {
-  Grid__Reply rp = GRID__REPLY__INIT;
-  rp.id = id;
-  rp.epoch = c->lp->pmap ? c->lp->pmap->epoch : 0;
-  ops_reply_error(&rp, status, detail, &c->lp->arena);
-  conn_reply(c, &rp);
-}
-
 /* ---- sinks: where replies go ------------------------------------------------ */
-
-/* A reply for a client connection, under the client's request id. */
-typedef struct route_conn_sink {
-  sink_t sink;
-  conn_t *c;
-  uint64_t id;
-} route_conn_sink_t;
-
-static void route_conn_sink_fn(net_loop_t *lp, sink_t *sk, const Grid__Reply *rp) {
-  (void)lp;
-  route_conn_sink_t *s = (route_conn_sink_t *)sk;
-  Grid__Reply r = *rp;
-  r.id = s->id;
-  conn_reply(s->c, &r);
-  conn_unref(s->c);
-  free(s);
-}
-
-/* A sink answering request id on c; NULL when out of memory (the caller
- * answers GRID_ENOMEM itself). */
-static sink_t *route_conn_sink(conn_t *c, uint64_t id) {
-  route_conn_sink_t *s = malloc(sizeof *s);
-  if (!s) return NULL;
-  sink_init(&s->sink, route_conn_sink_fn, c->lp->index);
-  s->c = c;
-  s->id = id;
-  conn_ref(c);
-  return &s->sink;
-}
 
 /* A sink of another front end's (repl_sink_t, on this loop). */
 typedef struct route_front_sink {
@@ -63,7 +26,7 @@ typedef struct route_front_sink {
   repl_sink_t to;
 } route_front_sink_t;
 
-static void route_front_sink_fn(net_loop_t *lp, sink_t *sk, const Grid__Reply *rp) {
+static void route_front_sink_fn(loop_t *lp, sink_t *sk, const Grid__Reply *rp) {
   route_front_sink_t *s = (route_front_sink_t *)sk;
   repl_sink_t to = s->to;
   free(s);
@@ -74,7 +37,7 @@ static void route_front_sink_fn(net_loop_t *lp, sink_t *sk, const Grid__Reply *r
 
 typedef struct route_fwd {
   sink_t *sink;
-  net_loop_t *lp;
+  loop_t *lp;
 } route_fwd_t;
 
 /* A forward that never reached the primary (the link is down, or could
@@ -97,7 +60,7 @@ static void route_fwd_done(void *arg, int status, const Grid__Reply *rp) {
 
 /* Runs a keyed request (or SCAN) where its partition's primary is: here
  * through repl, or forwarded over the loop's link (one hop). */
-static void route_key(net_loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc,
+static void route_key(loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc,
                       sink_t *sink) {
   uint32_t p = op_has(rq->op, OP_PARTITION)
                    ? rq->partition
@@ -125,7 +88,7 @@ static void route_key(net_loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc,
     return;
   }
   const pmap_node_t *nd = &lp->pmap->nodes[prim];
-  if (strcmp(nd->id, lp->net->node->node_id) == 0) {
+  if (strcmp(nd->id, lp->node->node_id) == 0) {
     /* The map names this node's id under another incarnation: this process
      * restarted and holds none of those copies; the next map says who
      * leads now. */
@@ -139,7 +102,7 @@ static void route_key(net_loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc,
   if (peer && f) {
     *f = (route_fwd_t){sink, lp};
     rq->hops = 1;
-    rc = peer_call(peer, rq, lp->net->node->cfg.forward_timeout_ms, route_fwd_done, f);
+    rc = peer_call(peer, rq, lp->node->cfg.forward_timeout_ms, route_fwd_done, f);
   } else if (!peer) {
     rc = GRID_ECONN;
   }
@@ -155,7 +118,7 @@ static void route_key(net_loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc,
 /* A batch run as one request per key, each where its primary is, merged
  * in the request's key order. */
 typedef struct route_batch {
-  net_loop_t *lp;
+  loop_t *lp;
   sink_t *sink;            /* where the merged reply goes */
   uint64_t id;
   Grid__Op op;
@@ -237,7 +200,7 @@ static void route_batch_take(route_batch_t *b, size_t index, int status,
   if (--b->pending == 0) route_batch_finish(b);
 }
 
-static void route_part_sink_fn(net_loop_t *lp, sink_t *sk, const Grid__Reply *rp) {
+static void route_part_sink_fn(loop_t *lp, sink_t *sk, const Grid__Reply *rp) {
   (void)lp;
   route_part_t *part = (route_part_t *)sk;
   route_batch_t *b = part->b;
@@ -255,7 +218,7 @@ static void route_part_done(void *arg, int status, const Grid__Reply *rp) {
 }
 
 /* A batch answering through sink (which it then owns). */
-static route_batch_t *route_batch_new(net_loop_t *lp, Grid__Request *rq, size_t n,
+static route_batch_t *route_batch_new(loop_t *lp, Grid__Request *rq, size_t n,
                                       sink_t *sink) {
   route_batch_t *b = calloc(1, sizeof *b);
   if (!b) return NULL;
@@ -278,33 +241,35 @@ static route_batch_t *route_batch_new(net_loop_t *lp, Grid__Request *rq, size_t 
   return b;
 }
 
-static void route_batch(conn_t *c, Grid__Request *rq, const pmap_cache_t *pc) {
-  net_loop_t *lp = c->lp;
+/* Whether a batch may run: its values match its keys, its size and each
+ * key's and value's are within the node's limits. 0, or the error sent. */
+static int route_batch_check(loop_t *lp, const Grid__Request *rq, sink_t *sink) {
   size_t n = rq->n_keys;
   if (rq->op == GRID__OP__PUT_ALL && rq->n_values != n) {
-    route_reply_error(c, rq->id, GRID_EINVAL, "put_all needs as many values as keys");
-    return;
+    sink_error(lp, sink, rq->id, GRID_EINVAL, "put_all needs as many values as keys");
+    return GRID_EINVAL;
   }
-  if ((int64_t)n > lp->net->node->cfg.batch_keys_max) {
-    route_reply_error(c, rq->id, GRID_EBATCHTOOBIG, NULL);
-    return;
+  if ((int64_t)n > lp->node->cfg.batch_keys_max) {
+    sink_error(lp, sink, rq->id, GRID_EBATCHTOOBIG, NULL);
+    return GRID_EBATCHTOOBIG;
   }
   for (size_t i = 0; i < n; i++) {
-    int rc = store_check_sizes(lp->net->node->store, rq->keys[i].len,
+    int rc = store_check_sizes(lp->node->store, rq->keys[i].len,
                                rq->op == GRID__OP__PUT_ALL ? rq->values[i].len : 0);
     if (rc != 0) {
-      route_reply_error(c, rq->id, rc, NULL);
-      return;
+      sink_error(lp, sink, rq->id, rc, NULL);
+      return rc;
     }
   }
-  sink_t *sink = route_conn_sink(c, rq->id);
-  route_batch_t *b = sink ? route_batch_new(lp, rq, n, sink) : NULL;
-  if (sink && !b) {
-    sink_error(lp, sink, rq->id, GRID_ENOMEM, NULL);
-    return;
-  }
+  return 0;
+}
+
+static void route_batch(loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc, sink_t *sink) {
+  size_t n = rq->n_keys;
+  if (route_batch_check(lp, rq, sink) != 0) return;
+  route_batch_t *b = route_batch_new(lp, rq, n, sink);
   if (!b) {
-    route_reply_error(c, rq->id, GRID_ENOMEM, NULL);
+    sink_error(lp, sink, rq->id, GRID_ENOMEM, NULL);
     return;
   }
   Grid__Op op = rq->op == GRID__OP__GET_ALL ? GRID__OP__GET
@@ -334,7 +299,7 @@ static void route_batch(conn_t *c, Grid__Request *rq, const pmap_cache_t *pc) {
 }
 
 /* SIZE: every node counts the partitions it leads. */
-static int64_t route_local_size(net_loop_t *lp, const char *cache, const pmap_cache_t *pc,
+static int64_t route_local_size(loop_t *lp, const char *cache, const pmap_cache_t *pc,
                                 int *found) {
   store_cache_t *sc = store_view_find(&lp->view, cache, strlen(cache));
   int64_t total = 0;
@@ -344,7 +309,7 @@ static int64_t route_local_size(net_loop_t *lp, const char *cache, const pmap_ca
   return total;
 }
 
-static void route_size(net_loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc,
+static void route_size(loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc,
                        sink_t *sink) {
   const pmap_t *m = lp->pmap;
   int found;
@@ -379,7 +344,7 @@ static void route_size(net_loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc
     if (part && p) {
       part->b = b;
       part->index = 0;
-      rc = peer_call(p, &sub, lp->net->node->cfg.forward_timeout_ms, route_part_done, part);
+      rc = peer_call(p, &sub, lp->node->cfg.forward_timeout_ms, route_part_done, part);
     } else if (!p) {
       rc = GRID_ECONN;
     }
@@ -394,73 +359,64 @@ static void route_size(net_loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc
 /* ---- caches and status --------------------------------------------------- */
 
 typedef struct route_cache_job {
-  conn_t *c;
+  sink_t *sink;
   uint64_t id;
 } route_cache_job_t;
 
-static void route_cache_done(net_loop_t *lp, void *arg, int status) {
-  (void)lp;
+static void route_cache_done(loop_t *lp, void *arg, int status) {
   route_cache_job_t *j = arg;
   if (status != 0) {
-    route_reply_error(j->c, j->id, status, NULL);
+    sink_error(lp, j->sink, j->id, status, NULL);
   } else {
     Grid__Reply rp = GRID__REPLY__INIT;
     rp.id = j->id;
-    conn_reply(j->c, &rp);
+    sink_deliver(lp, j->sink, &rp);
   }
-  conn_unref(j->c);
   free(j);
 }
 
-static void route_cache_op(conn_t *c, Grid__Request *rq) {
-  net_loop_t *lp = c->lp;
-  node_t *n = lp->net->node;
+/* A cache definition a client sent: checked here, as a single node would,
+ * before anything is written to ZooKeeper. 0, or GRID_EINVAL. */
+static int route_cache_cfg(const node_t *n, const Grid__CacheConfig *m, store_cache_cfg_t *cfg) {
+  if (!m || !m->name || strlen(m->name) == 0 || strlen(m->name) > STORE_CACHE_NAME_MAX)
+    return GRID_EINVAL;
+  ops_cfg_from_msg(m, NULL, cfg);
+  int ok = cfg->backups <= 3 && (int64_t)cfg->partitions <= n->cfg.partitions_max;
+  for (const char *s = cfg->name; *s && ok; s++)
+    ok = (*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+         *s == '_' || *s == '-' || *s == '.';
+  return ok ? 0 : GRID_EINVAL;
+}
+
+/* CREATE_CACHE, DROP_CACHE: through the cluster thread to ZooKeeper. */
+static void route_cache_op(loop_t *lp, Grid__Request *rq, sink_t *sink) {
+  node_t *n = lp->node;
+  store_cache_cfg_t cfg;
+  if (rq->op == GRID__OP__CREATE_CACHE && route_cache_cfg(n, rq->cache_config, &cfg) != 0) {
+    sink_error(lp, sink, rq->id, GRID_EINVAL,
+               "name must be 1-64 of [A-Za-z0-9_.-], backups 0..3, partitions at most partitions_max");
+    return;
+  }
   route_cache_job_t *j = malloc(sizeof *j);
   if (!j) {
-    route_reply_error(c, rq->id, GRID_ENOMEM, NULL);
+    sink_error(lp, sink, rq->id, GRID_ENOMEM, NULL);
     return;
   }
-  j->c = c;
+  j->sink = sink;
   j->id = rq->id;
-  int rc;
-  if (rq->op == GRID__OP__CREATE_CACHE) {
-    const Grid__CacheConfig *m = rq->cache_config;
-    store_cache_cfg_t cfg;
-    if (!m || !m->name || strlen(m->name) == 0 || strlen(m->name) > STORE_CACHE_NAME_MAX) {
-      free(j);
-      route_reply_error(c, rq->id, GRID_EINVAL, "a cache name of 1 to 64 characters is needed");
-      return;
-    }
-    ops_cfg_from_msg(m, NULL, &cfg);
-    /* Checked here, as a single node would, before anything is written. */
-    const char *name = cfg.name;
-    int ok = cfg.backups <= 3 && (int64_t)cfg.partitions <= n->cfg.partitions_max;
-    for (const char *s = name; *s && ok; s++)
-      ok = (*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
-           (*s >= '0' && *s <= '9') || *s == '_' || *s == '-' || *s == '.';
-    if (!ok) {
-      free(j);
-      route_reply_error(c, rq->id, GRID_EINVAL,
-                        "name must be 1-64 of [A-Za-z0-9_.-], backups 0..3, partitions at most partitions_max");
-      return;
-    }
-    rc = cluster_cache_create(n->cluster, &cfg, lp->index, route_cache_done, j);
-  } else {
-    rc = cluster_cache_drop(n->cluster, rq->cache ? rq->cache : "", lp->index,
-                            route_cache_done, j);
-  }
+  int rc = rq->op == GRID__OP__CREATE_CACHE
+               ? cluster_cache_create(n->cluster, &cfg, lp->index, route_cache_done, j)
+               : cluster_cache_drop(n->cluster, rq->cache ? rq->cache : "", lp->index,
+                                    route_cache_done, j);
   if (rc != 0) {
     free(j);
-    route_reply_error(c, rq->id, rc, NULL);
-    return;
+    sink_error(lp, sink, rq->id, rc, NULL);
   }
-  conn_ref(c);
 }
 
 /* PMAP: the map this node acts on, and what it knows of the cluster. */
-static void route_pmap(conn_t *c, Grid__Request *rq) {
-  net_loop_t *lp = c->lp;
-  node_t *n = lp->net->node;
+static void route_pmap(loop_t *lp, Grid__Request *rq, sink_t *sink) {
+  node_t *n = lp->node;
   Grid__Reply rp = GRID__REPLY__INIT;
   rp.id = rq->id;
   Grid__ClusterStatus st = GRID__CLUSTER_STATUS__INIT;
@@ -478,15 +434,15 @@ static void route_pmap(conn_t *c, Grid__Request *rq) {
     if (pm) pm->epoch = lp->pmap->epoch;
   }
   rp.pmap = pm;
-  conn_reply(c, &rp);
+  sink_deliver(lp, sink, &rp);
   if (pm) grid__pmap__free_unpacked(pm, NULL);
   cluster_status_free(&st);
 }
 
 /* ---- for other front ends (RESP) ------------------------------------------ */
 
-void route_keyed(net_loop_t *lp, Grid__Request *rq, repl_sink_t to) {
-  node_t *n = lp->net->node;
+void route_keyed(loop_t *lp, Grid__Request *rq, repl_sink_t to) {
+  node_t *n = lp->node;
   GRID_ASSERT(to.loop == lp->index);
   route_front_sink_t *fs = malloc(sizeof *fs);
   if (!fs) {
@@ -515,52 +471,43 @@ void route_keyed(net_loop_t *lp, Grid__Request *rq, repl_sink_t to) {
   else route_key(lp, rq, pc, sink);
 }
 
-/* ---- the entry point ---------------------------------------------------- */
+/* ---- the entry points ---------------------------------------------------- */
 
-int route_request(conn_t *c, Grid__Request *rq) {
-  net_loop_t *lp = c->lp;
-  node_t *n = lp->net->node;
+int route_classify(loop_t *lp, const Grid__Request *rq, const route_from_t *from) {
   switch (rq->op) {
     case GRID__OP__PING: case GRID__OP__STATS: case GRID__OP__LIST_CACHES:
       return ROUTE_LOCAL;
-    case GRID__OP__REPL: case GRID__OP__FILL: {
-      Grid__Reply rp = GRID__REPLY__INIT;
-      if (!c->peer_role) {
-        rp.id = rq->id;
-        ops_reply_error(&rp, GRID_EBADOP, "replication is for grid nodes only", &lp->arena);
-      } else if (rq->epoch > cluster_newest_epoch(n->cluster) && !c->map_wait_over) {
-        /* The sender read a map this node has not read yet (both learn it
-         * from ZooKeeper a moment apart): its records wait, in order,
-         * rather than be refused, which would cost the copy a refill. */
+    case GRID__OP__REPL: case GRID__OP__FILL:
+      /* The sender read a map this node has not read yet (both learn it
+       * from ZooKeeper a moment apart): its records wait, in order,
+       * rather than be refused, which would cost the copy a refill. */
+      if (from->peer && rq->epoch > cluster_newest_epoch(lp->node->cluster) &&
+          !from->map_wait_over)
         return ROUTE_WAIT_MAP;
-      } else {
-        c->map_wait_over = 0;
-        repl_on_peer_request(lp, c->peer_id, rq, &rp);
-      }
-      conn_reply(c, &rp);
-      return ROUTE_TAKEN;
-    }
-    case GRID__OP__PMAP:
-      route_pmap(c, rq);
-      return ROUTE_TAKEN;
-    case GRID__OP__LEAVE: {
-      cluster_leave(n->cluster, n->on_left, n);
-      LOG_I("cluster", "\"asked to leave\" by=%s", c->peer);
-      Grid__Reply rp = GRID__REPLY__INIT;
-      rp.id = rq->id;
-      conn_reply(c, &rp);
-      return ROUTE_TAKEN;
-    }
-    case GRID__OP__CREATE_CACHE: case GRID__OP__DROP_CACHE:
-      route_cache_op(c, rq);
-      return ROUTE_TAKEN;
+      return ROUTE_RECORD;
     default:
-      if (!op_has(rq->op, OP_DATA)) return ROUTE_LOCAL; /* ops_execute answers: unknown op */
-      break;
+      /* Unknown ops run locally too: ops_execute answers GRID_EBADOP. */
+      return op_has(rq->op, OP_KNOWN) ? ROUTE_RUN : ROUTE_LOCAL;
   }
-  if (!cluster_serving(n->cluster)) {
-    route_reply_error(c, rq->id, GRID_ECLUSTER, "this node is not serving (no partition map, or no ZooKeeper)");
-    return ROUTE_TAKEN;
+}
+
+void route_record(loop_t *lp, const Grid__Request *rq, const route_from_t *from,
+                  Grid__Reply *rp) {
+  GRID_ASSERT(op_has(rq->op, OP_PEER));
+  if (!from->peer) {
+    rp->id = rq->id;
+    ops_reply_error(rp, GRID_EBADOP, "replication is for grid nodes only", &lp->arena);
+    return;
+  }
+  repl_on_peer_request(lp, from->peer_id, rq, rp);
+}
+
+/* A data request: the cache must be in this loop's map. */
+static void route_data(loop_t *lp, Grid__Request *rq, sink_t *sink) {
+  if (!cluster_serving(lp->node->cluster)) {
+    sink_error(lp, sink, rq->id, GRID_ECLUSTER,
+               "this node is not serving (no partition map, or no ZooKeeper)");
+    return;
   }
   const char *name = rq->cache ? rq->cache : "";
   const pmap_cache_t *pc = lp->pmap ? pmap_find_cache(lp->pmap, name) : NULL;
@@ -569,27 +516,41 @@ int route_request(conn_t *c, Grid__Request *rq) {
     int known = store_view_find(&lp->view, name, strlen(name)) != NULL;
     char detail[96];
     snprintf(detail, sizeof detail, "\"%.64s\"", name);
-    route_reply_error(c, rq->id, known ? GRID_ENOTREADY : GRID_ENOCACHE, detail);
-    return ROUTE_TAKEN;
+    sink_error(lp, sink, rq->id, known ? GRID_ENOTREADY : GRID_ENOCACHE, detail);
+    return;
   }
-  if (op_has(rq->op, OP_ALL_NODES)) {
-    sink_t *sink = route_conn_sink(c, rq->id);
-    if (!sink) {
-      route_reply_error(c, rq->id, GRID_ENOMEM, NULL);
-      return ROUTE_TAKEN;
+  if (op_has(rq->op, OP_ALL_NODES)) route_size(lp, rq, pc, sink);
+  else if (op_has(rq->op, OP_BATCH)) route_batch(lp, rq, pc, sink);
+  else route_key(lp, rq, pc, sink);
+}
+
+void route_run(loop_t *lp, Grid__Request *rq, const route_from_t *from, sink_t *sink) {
+  node_t *n = lp->node;
+  switch (rq->op) {
+    case GRID__OP__PMAP:
+      route_pmap(lp, rq, sink);
+      return;
+    case GRID__OP__LEAVE: {
+      cluster_leave(n->cluster, n->on_left, n);
+      LOG_I("cluster", "\"asked to leave\" by=%s", from->addr);
+      Grid__Reply rp = GRID__REPLY__INIT;
+      rp.id = rq->id;
+      sink_deliver(lp, sink, &rp);
+      return;
     }
-    route_size(lp, rq, pc, sink);
-    return ROUTE_TAKEN;
+    case GRID__OP__CREATE_CACHE: case GRID__OP__DROP_CACHE:
+      route_cache_op(lp, rq, sink);
+      return;
+    default:
+      break;
   }
-  if (op_has(rq->op, OP_BATCH)) {
-    route_batch(c, rq, pc);
-    return ROUTE_TAKEN;
+  if (op_has(rq->op, OP_DATA)) {
+    route_data(lp, rq, sink);
+    return;
   }
-  sink_t *sink = route_conn_sink(c, rq->id);
-  if (!sink) {
-    route_reply_error(c, rq->id, GRID_ENOMEM, NULL);
-    return ROUTE_TAKEN;
-  }
-  route_key(lp, rq, pc, sink);
-  return ROUTE_TAKEN;
+  /* Known, not data, not handled above: runs here (a peer-only op from
+   * route_classify's caller is refused by ops_execute). */
+  Grid__Reply rp = GRID__REPLY__INIT;
+  ops_execute(n, &lp->view, rq, &rp, &lp->arena);
+  sink_deliver(lp, sink, &rp);
 }

@@ -11,22 +11,39 @@
 
 #include "grid.pb-c.h"
 
-typedef struct conn conn_t;
-typedef struct net_loop net_loop_t;
+typedef struct loop loop_t;
+typedef struct sink sink_t;
+
+/* Who sent a request, as far as routing cares. */
+typedef struct route_from {
+  int peer;               /* said hello as a grid node */
+  const char *peer_id;    /* ... its node id */
+  const char *addr;       /* "ip:port", for logs */
+  int map_wait_over;      /* its record waited for a newer map for
+                             forward_timeout_ms: refuse it now */
+} route_from_t;
 
 enum {
   ROUTE_LOCAL = 0,    /* the caller runs it here (ops_execute) */
-  ROUTE_TAKEN = 1,    /* answered now, or later on c */
-  ROUTE_WAIT_MAP = 2, /* a peer's record of a map this node has not read
+  ROUTE_RUN = 1,      /* the caller hands it to route_run with a sink */
+  ROUTE_RECORD = 2,   /* a peer's record (REPL, FILL): route_record
+                         answers it at once */
+  ROUTE_WAIT_MAP = 3, /* a peer's record of a map this node has not read
                          yet: the caller keeps the frame and waits */
 };
-/* Where a request goes. Only for a node in a cluster. */
-int route_request(conn_t *c, Grid__Request *rq);
+/* How a cluster node's request goes. */
+int route_classify(loop_t *lp, const Grid__Request *rq, const route_from_t *from);
+/* A ROUTE_RECORD request: its reply, in rp, before this returns. */
+void route_record(loop_t *lp, const Grid__Request *rq, const route_from_t *from,
+                  Grid__Reply *rp);
+/* A ROUTE_RUN request: its reply goes to sink exactly once, now or later.
+ * rq may be changed. */
+void route_run(loop_t *lp, Grid__Request *rq, const route_from_t *from, sink_t *sink);
 
 /* Where a reply for another front end goes: fn(lp, arg, rp) runs on this
  * loop (the caller's) exactly once. */
 typedef struct repl_sink {
-  void (*fn)(net_loop_t *lp, void *arg, const Grid__Reply *rp);
+  void (*fn)(loop_t *lp, void *arg, const Grid__Reply *rp);
   void *arg;
   int loop;
 } repl_sink_t;
@@ -34,6 +51,6 @@ typedef struct repl_sink {
 /* Runs one keyed request (GET ... TTL) where its partition's primary is,
  * or a SIZE across the cluster, and answers through sink. For front ends
  * other than the native protocol. */
-void route_keyed(net_loop_t *lp, Grid__Request *rq, repl_sink_t sink);
+void route_keyed(loop_t *lp, Grid__Request *rq, repl_sink_t sink);
 
 #endif

@@ -6,6 +6,7 @@
 #include "grid_types.h"
 #include "log.h"
 #include "ops.h"
+#include "pmap.h"
 
 void sink_init(sink_t *s, sink_fn fn, int loop) {
   memset(s, 0, sizeof *s);
@@ -14,7 +15,7 @@ void sink_init(sink_t *s, sink_fn fn, int loop) {
 }
 
 /* On the sink's loop: the reply that crossed, or the error it became. */
-static void sink_on_loop(net_loop_t *lp, void *arg) {
+static void sink_on_loop(loop_t *lp, void *arg) {
   sink_t *s = arg;
   void *block = s->block;
   Grid__Reply *rp = block ? grid__reply__unpack(NULL, s->packed_len, s->packed) : NULL;
@@ -31,12 +32,12 @@ static void sink_on_loop(net_loop_t *lp, void *arg) {
   free(block);
 }
 
-static void sink_post(net_loop_t *lp, sink_t *s) {
-  s->task = (net_task_t){.fn = sink_on_loop, .arg = s};
-  net_post(lp->net, s->loop, &s->task);
+static void sink_post(loop_t *lp, sink_t *s) {
+  s->task = (loop_task_t){.fn = sink_on_loop, .arg = s};
+  loop_post(lp, s->loop, &s->task);
 }
 
-void sink_deliver(net_loop_t *lp, sink_t *s, const Grid__Reply *rp) {
+void sink_deliver(loop_t *lp, sink_t *s, const Grid__Reply *rp) {
   if (lp->index == s->loop) {
     s->fn(lp, s, rp);
     return;
@@ -58,7 +59,7 @@ void sink_deliver(net_loop_t *lp, sink_t *s, const Grid__Reply *rp) {
   sink_post(lp, s);
 }
 
-void sink_deliver_packed(net_loop_t *lp, sink_t *s, void *block,
+void sink_deliver_packed(loop_t *lp, sink_t *s, void *block,
                          const unsigned char *bytes, size_t len) {
   s->block = block;
   s->packed = bytes;
@@ -67,7 +68,7 @@ void sink_deliver_packed(net_loop_t *lp, sink_t *s, void *block,
   else sink_post(lp, s);
 }
 
-void sink_error(net_loop_t *lp, sink_t *s, uint64_t id, int status, const char *detail) {
+void sink_error(loop_t *lp, sink_t *s, uint64_t id, int status, const char *detail) {
   Grid__Reply rp = GRID__REPLY__INIT;
   rp.id = id;
   rp.epoch = lp->pmap ? lp->pmap->epoch : 0;

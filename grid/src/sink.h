@@ -17,16 +17,16 @@
 #include <stdint.h>
 
 #include "grid.pb-c.h"
-#include "net_int.h"
+#include "loop.h"
 
 typedef struct sink sink_t;
 /* rp is valid during the call only; fn may free the struct s is in. */
-typedef void (*sink_fn)(net_loop_t *lp, sink_t *s, const Grid__Reply *rp);
+typedef void (*sink_fn)(loop_t *lp, sink_t *s, const Grid__Reply *rp);
 
 struct sink {
   sink_fn fn;
   int loop;                 /* the loop fn runs on */
-  net_task_t task;          /* the trip to that loop */
+  loop_task_t task;          /* the trip to that loop */
   void *block;              /* crossing: freed once fn has run */
   const unsigned char *packed; /* ... the packed reply in it */
   size_t packed_len;
@@ -36,12 +36,12 @@ struct sink {
 
 void sink_init(sink_t *s, sink_fn fn, int loop);
 /* Delivers rp to s: now when s is on lp's loop, else through its inbox. */
-void sink_deliver(net_loop_t *lp, sink_t *s, const Grid__Reply *rp);
+void sink_deliver(loop_t *lp, sink_t *s, const Grid__Reply *rp);
 /* Delivers a reply packed earlier: bytes[0..len) inside block, a malloc'd
  * block that is taken over and freed once fn has run. */
-void sink_deliver_packed(net_loop_t *lp, sink_t *s, void *block,
+void sink_deliver_packed(loop_t *lp, sink_t *s, void *block,
                          const unsigned char *bytes, size_t len);
 /* Delivers an error reply (words from grid_strerror plus detail). */
-void sink_error(net_loop_t *lp, sink_t *s, uint64_t id, int status, const char *detail);
+void sink_error(loop_t *lp, sink_t *s, uint64_t id, int status, const char *detail);
 
 #endif

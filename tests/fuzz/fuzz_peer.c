@@ -34,7 +34,6 @@
 #include "fuzz_common.h"
 #include "grid.pb-c.h"
 #include "harness.h"
-#include "net.h"
 
 /* Replies to forwarded requests come later than the others; the node
  * drops them once it has read our EOF, so EOF waits for a quiet moment. */
@@ -135,7 +134,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   uint8_t control = data[0];
   fuzz_output_t out;
   if (control & 1) {
-    int fd = fuzz_connect(net_resp_port(node_a->net));
+    int fd = fuzz_connect(node_a->resp_port);
     fuzz_exchange(fd, NULL, 0, data + 1, size - 1, fuzz_chunk_bytes(control), PEER_QUIET_MS, &out);
     fuzz_check_resp_output(&out);
   } else {

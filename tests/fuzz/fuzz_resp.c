@@ -12,7 +12,6 @@
 #include <string.h>
 
 #include "fuzz_common.h"
-#include "net.h"
 
 static node_t *node;
 
@@ -28,7 +27,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size == 0) return 0;
-  int fd = fuzz_connect(net_resp_port(node->net));
+  int fd = fuzz_connect(node->resp_port);
   fuzz_output_t out;
   fuzz_exchange(fd, NULL, 0, data + 1, size - 1, fuzz_chunk_bytes(data[0]), 0, &out);
   fuzz_check_resp_output(&out);

@@ -1,0 +1,344 @@
+#include "conn.h"
+
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clock.h"
+#include "grid_types.h"
+#include "log.h"
+#include "node.h"
+
+static void conn_resume(conn_t *c);
+static void conn_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+typedef struct conn_write {
+  uv_write_t req;
+  conn_t *c;
+  unsigned char *mem;          /* whole buffer, freed when written */
+  size_t len;
+} conn_write_t;
+
+static int64_t conn_output_bytes_max(const conn_t *c) {
+  return c->lp->node->cfg.output_bytes_max;
+}
+
+/* ---- output ------------------------------------------------------------ */
+
+unsigned char *conn_out_space(conn_t *c, size_t n) {
+  if (c->wcap - c->wlen < n) {
+    size_t cap = c->wcap ? c->wcap : 4096;
+    while (cap - c->wlen < n) cap *= 2;
+    unsigned char *b = realloc(c->wbuf, cap);
+    if (!b) return NULL;
+    c->wbuf = b;
+    c->wcap = cap;
+  }
+  return c->wbuf + c->wlen;
+}
+
+void conn_out_commit(conn_t *c, size_t n) {
+  GRID_ASSERT(c->wcap - c->wlen >= n);
+  c->wlen += n;
+}
+
+int conn_out(conn_t *c, const void *p, size_t n) {
+  unsigned char *at = conn_out_space(c, n);
+  if (!at) return GRID_ENOMEM;
+  if (n) memcpy(at, p, n);
+  conn_out_commit(c, n);
+  return 0;
+}
+
+int conn_open(const conn_t *c) {
+  return !c->closed && !c->closing && !uv_is_closing((const uv_handle_t *)&c->tcp);
+}
+
+void conn_close_when_written(conn_t *c) {
+  if (c->closing) return;
+  c->closing = 1;
+  c->closing_since_ms = clock_mono_ms();
+  c->in.len = 0; /* a failed connection's input is dropped */
+}
+
+void conn_pause(conn_t *c) {
+  if (c->paused || uv_is_closing((uv_handle_t *)&c->tcp)) return;
+  uv_read_stop((uv_stream_t *)&c->tcp);
+  c->paused = 1;
+}
+
+static void conn_on_shutdown(uv_shutdown_t *req, int status) {
+  (void)status;
+  free(req);
+}
+
+/* After a failure: once everything queued is written, half-close, so the
+ * peer reads the error reply and then EOF; the cron closes the socket when
+ * the peer does not within CONN_LINGER_MS. */
+static void conn_shutdown_if_drained(conn_t *c) {
+  if (!c->closing || c->inflight_bytes || c->wlen ||
+      uv_is_closing((uv_handle_t *)&c->tcp))
+    return;
+  uv_shutdown_t *req = malloc(sizeof *req);
+  if (!req || uv_shutdown(req, (uv_stream_t *)&c->tcp, conn_on_shutdown) != 0) {
+    free(req);
+    conn_close(c);
+  }
+}
+
+static void conn_on_write(uv_write_t *req, int status) {
+  conn_write_t *w = (conn_write_t *)req;
+  conn_t *c = w->c;
+  c->inflight_bytes -= w->len;
+  free(w->mem);
+  free(w);
+  if (status < 0) {
+    conn_close(c);
+    return;
+  }
+  if (c->paused && c->inflight_bytes <= (size_t)conn_output_bytes_max(c) / 2 &&
+      !uv_is_closing((uv_handle_t *)&c->tcp)) {
+    conn_resume(c);
+  }
+  conn_shutdown_if_drained(c);
+}
+
+/* Writes what the read callback gathered: straight to the socket when it
+ * takes it all (the common case, no allocation), else through uv_write,
+ * which then owns the buffer. */
+void conn_flush(conn_t *c) {
+  if (c->wlen == 0 || uv_is_closing((uv_handle_t *)&c->tcp)) {
+    conn_shutdown_if_drained(c);
+    return;
+  }
+  size_t off = 0;
+  if (c->inflight_bytes == 0) {
+    uv_buf_t b = uv_buf_init((char *)c->wbuf, (unsigned)c->wlen);
+    int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    if (n > 0) off = (size_t)n;
+    else if (n != UV_EAGAIN) {
+      c->wlen = 0;
+      conn_close(c);
+      return;
+    }
+  }
+  if (off == c->wlen) {
+    c->wlen = 0;
+    conn_shutdown_if_drained(c);
+    return;
+  }
+  conn_write_t *w = malloc(sizeof *w);
+  if (!w) {
+    conn_close(c);
+    return;
+  }
+  w->c = c;
+  w->mem = c->wbuf;
+  w->len = c->wlen - off;
+  uv_buf_t b = uv_buf_init((char *)c->wbuf + off, (unsigned)w->len);
+  c->wbuf = NULL;
+  c->wlen = c->wcap = 0;
+  if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, conn_on_write) != 0) {
+    free(w->mem);
+    free(w);
+    conn_close(c);
+    return;
+  }
+  c->inflight_bytes += w->len;
+}
+
+/* Whether the connection's replies, written or waiting, are over
+ * output_bytes_max. */
+int conn_output_full(const conn_t *c) {
+  return c->wlen + c->inflight_bytes > (size_t)conn_output_bytes_max(c);
+}
+
+/* ---- input ------------------------------------------------------------- */
+
+static void conn_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  (void)suggested;
+  conn_t *c = h->data;
+  /* The buffer holds at most one unfinished frame (or RESP command) plus
+   * what arrived with it: bounded by frame_bytes_max (resp_command_bytes_max),
+   * whatever the peer sends; the parsers refuse what would not fit. */
+  size_t room = frame_buf_room(&c->in, c->proto->framed && !c->closing);
+  buf->base = room ? (char *)c->in.data + c->in.len : NULL;
+  buf->len = room; /* 0: libuv reports UV_ENOBUFS to the read callback */
+}
+
+void conn_consumed(conn_t *c, size_t off) {
+  if (c->closing) {
+    c->in.len = 0; /* a failed connection's input is dropped */
+  } else if (off > 0) {
+    frame_buf_consume(&c->in, off);
+    /* What is left is the start of the next request: its clock starts. */
+    c->frame_started_ms = c->in.len ? clock_mono_ms() : 0;
+  } else if (c->frame_started_ms == 0 && c->in.len > 0) {
+    c->frame_started_ms = clock_mono_ms();
+  }
+}
+
+static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  (void)buf;
+  conn_t *c = s->data;
+  if (nread < 0) {
+    if (nread != UV_EOF && !c->closing)
+      LOG_D("net", "\"connection error\" peer=%s error=\"%s\"", c->peer,
+            uv_strerror((int)nread));
+    conn_close(c);
+    return;
+  }
+  if (c->closing) {
+    c->in.len = 0; /* a failed connection's input is dropped */
+    return;
+  }
+  c->in.len += (size_t)nread;
+  c->proto->input(c);
+}
+
+/* Reading goes on once neither the output nor the front end holds it. */
+static void conn_resume(conn_t *c) {
+  c->paused = 0;
+  if (c->frame_started_ms) c->frame_started_ms = clock_mono_ms();
+  c->proto->input(c); /* what waited while output was full */
+  if (c->paused || c->held || c->closing || uv_is_closing((uv_handle_t *)&c->tcp)) return;
+  if (uv_read_start((uv_stream_t *)&c->tcp, conn_on_alloc, conn_on_read) != 0)
+    conn_close(c);
+}
+
+void conn_hold(conn_t *c) {
+  c->held = 1;
+  if (!uv_is_closing((uv_handle_t *)&c->tcp)) uv_read_stop((uv_stream_t *)&c->tcp);
+}
+
+void conn_release(conn_t *c) {
+  c->held = 0;
+  if (c->paused || uv_is_closing((uv_handle_t *)&c->tcp)) return; /* once output drains */
+  conn_resume(c);
+}
+
+/* ---- life cycle -------------------------------------------------------- */
+
+static void conn_free(conn_t *c) {
+  if (c->proto->free) c->proto->free(c);
+  frame_buf_free(&c->in);
+  free(c->wbuf);
+  free(c);
+}
+
+static void conn_on_close(uv_handle_t *h) {
+  conn_t *c = h->data;
+  loop_t *lp = c->lp;
+  if (c->prev) c->prev->next = c->next;
+  else lp->conns = c->next;
+  if (c->next) c->next->prev = c->prev;
+  if (c->counted) atomic_fetch_sub(&lp->node->connections, 1);
+  LOG_D("net", "\"connection closed\" peer=%s", c->peer);
+  c->closed = 1;
+  if (c->refs == 0) conn_free(c);
+}
+
+void conn_close(conn_t *c) {
+  if (!uv_is_closing((uv_handle_t *)&c->tcp))
+    uv_close((uv_handle_t *)&c->tcp, conn_on_close);
+}
+
+void conn_ref(conn_t *c) { c->refs++; }
+
+void conn_unref(conn_t *c) {
+  GRID_ASSERT(c->refs > 0);
+  if (--c->refs == 0 && c->closed) conn_free(c);
+}
+
+/* "ip:port" of the peer, for logs, and the ip alone. */
+static void conn_name_peer(conn_t *c) {
+  struct sockaddr_storage ss;
+  int sl = sizeof ss;
+  strcpy(c->peer, "?");
+  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) != 0) return;
+  char ip[48] = "?";
+  int port = 0;
+  if (ss.ss_family == AF_INET) {
+    uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof ip);
+    port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+  } else if (ss.ss_family == AF_INET6) {
+    uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof ip);
+    port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+  }
+  snprintf(c->peer, sizeof c->peer, "%s:%d", ip, port);
+  snprintf(c->ip, sizeof c->ip, "%s", ip);
+}
+
+void conn_accept(loop_t *lp, uv_stream_t *server, const conn_proto_t *proto) {
+  node_t *n = lp->node;
+  conn_t *c = calloc(1, sizeof *c);
+  if (!c) return; /* the connection stays in the backlog: tried again */
+  c->lp = lp;
+  c->proto = proto;
+  frame_buf_init(&c->in, CONN_RBUF_BYTES, (size_t)n->cfg.frame_bytes_max);
+  uv_tcp_init(&lp->uv, &c->tcp);
+  c->tcp.data = c;
+  c->next = lp->conns;
+  if (lp->conns) lp->conns->prev = c;
+  lp->conns = c;
+  if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 || proto->open(c) != 0) {
+    conn_close(c);
+    return;
+  }
+  conn_name_peer(c);
+  uv_tcp_nodelay(&c->tcp, 1);
+  c->accepted_ms = clock_mono_ms();
+  if (uv_read_start((uv_stream_t *)&c->tcp, conn_on_alloc, conn_on_read) != 0) {
+    conn_close(c);
+    return;
+  }
+  uint64_t before = atomic_fetch_add(&n->connections, 1);
+  c->counted = 1;
+  if ((int64_t)before >= n->cfg.connections_max) {
+    char detail[64];
+    snprintf(detail, sizeof detail, "connections_max (%lld) reached",
+             (long long)n->cfg.connections_max);
+    proto->fail(c, GRID_ELIMIT, detail);
+    conn_flush(c);
+    return;
+  }
+  LOG_D("net", "\"connection accepted\" peer=%s loop=%d proto=%s", c->peer, lp->index,
+        proto->name);
+}
+
+/* Housekeeping with work bounded by the number of connections: handshake
+ * and frame deadlines, and the last close of failed connections. */
+void conn_cron(loop_t *lp, int64_t now) {
+  const config_t *cfg = &lp->node->cfg;
+  conn_t *next;
+  for (conn_t *c = lp->conns; c; c = next) {
+    next = c->next;
+    if (uv_is_closing((uv_handle_t *)&c->tcp)) continue;
+    if (c->closing) {
+      if (now - c->closing_since_ms >= CONN_LINGER_MS) conn_close(c);
+      continue;
+    }
+    if (c->held) continue; /* its front end keeps the time */
+    char detail[96];
+    if (!c->handshaken && now - c->accepted_ms >= cfg->handshake_timeout_ms) {
+      snprintf(detail, sizeof detail, "no handshake within handshake_timeout_ms (%lld)",
+               (long long)cfg->handshake_timeout_ms);
+      c->proto->fail(c, GRID_ETIMEDOUT, detail);
+      conn_flush(c);
+    } else if (c->frame_started_ms && !c->paused &&
+               now - c->frame_started_ms >= cfg->frame_timeout_ms) {
+      /* A paused connection's unfinished frame waits for the node, not for
+       * the peer: only a running one can be stalled by its peer. */
+      snprintf(detail, sizeof detail, "frame not completed within frame_timeout_ms (%lld)",
+               (long long)cfg->frame_timeout_ms);
+      c->proto->fail(c, GRID_ETIMEDOUT, detail);
+      conn_flush(c);
+    }
+  }
+}
+
+void conn_close_all(loop_t *lp) {
+  for (conn_t *c = lp->conns; c; c = c->next) conn_close(c);
+}

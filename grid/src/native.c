@@ -1,0 +1,307 @@
+#include "native.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "arena.h"
+#include "clock.h"
+#include "cluster.h"
+#include "frame.h"
+#include "grid_types.h"
+#include "log.h"
+#include "node.h"
+#include "ops.h"
+#include "route.h"
+#include "sink.h"
+
+/* A native connection's own state (c->fe). */
+typedef struct native_conn {
+  unsigned peer_role : 1;      /* the peer said hello as a grid node */
+  unsigned map_wait : 1;       /* a peer's record names a map not read here
+                                  yet: reading stops, the frame waits */
+  unsigned map_wait_over : 1;  /* ... for longer than forward_timeout_ms:
+                                  the record is refused */
+  int64_t map_wait_since_ms;
+  char peer_id[64];            /* a peer's node id, from its hello */
+} native_conn_t;
+
+static native_conn_t *native_of(conn_t *c) { return c->fe; }
+
+/* ---- output ------------------------------------------------------------ */
+
+/* Appends one framed message to the connection's output. */
+static int native_send(conn_t *c, const ProtobufCMessage *m) {
+  size_t n = protobuf_c_message_get_packed_size(m);
+  GRID_ASSERT(n <= UINT32_MAX);
+  unsigned char *at = conn_out_space(c, FRAME_HEADER_BYTES + n);
+  if (!at) return GRID_ENOMEM;
+  frame_put_header(at, (uint32_t)n);
+  size_t packed = protobuf_c_message_pack(m, at + FRAME_HEADER_BYTES);
+  GRID_ASSERT(packed == n);
+  conn_out_commit(c, FRAME_HEADER_BYTES + n);
+  return 0;
+}
+
+/* Sends rp (its id already set) on c and flushes, unless c has closed or
+ * failed meanwhile. A reply that cannot be framed (out of memory) closes
+ * the connection: its client then knows the request's outcome is unknown,
+ * never waits for a reply that will not come. */
+static void native_reply(conn_t *c, const Grid__Reply *rp) {
+  if (!conn_open(c)) return;
+  if (native_send(c, &rp->base) != 0) {
+    conn_close(c);
+    return;
+  }
+  conn_flush(c);
+}
+
+/* Sends a connection-level error and stops serving the connection. Before
+ * the handshake the error goes in a HelloReply, which is what the peer
+ * expects to read first. */
+static void native_fail(conn_t *c, int status, const char *detail) {
+  if (c->closing) return;
+  arena_t *a = &c->lp->arena;
+  LOG_W("net", "\"closing connection\" peer=%s error=%s detail=\"%s\"", c->peer,
+        grid_err_name(status), detail ? detail : "");
+  Grid__Reply rp = GRID__REPLY__INIT;
+  ops_reply_error(&rp, status, detail, a);
+  if (!c->handshaken) {
+    Grid__HelloReply hr = GRID__HELLO_REPLY__INIT;
+    hr.status = status;
+    hr.message = rp.message;
+    hr.version = FRAME_PROTOCOL_VERSION;
+    native_send(c, &hr.base);
+  } else {
+    native_send(c, &rp.base);
+  }
+  conn_close_when_written(c);
+}
+
+/* ---- deferred replies ---------------------------------------------------- */
+
+/* A reply for request id on c, once route has it. */
+typedef struct native_pending {
+  sink_t sink;
+  conn_t *c;
+  uint64_t id;
+} native_pending_t;
+
+static void native_pending_fn(loop_t *lp, sink_t *s, const Grid__Reply *rp) {
+  (void)lp;
+  native_pending_t *pd = (native_pending_t *)s;
+  Grid__Reply r = *rp;
+  r.id = pd->id;
+  native_reply(pd->c, &r);
+  conn_unref(pd->c);
+  free(pd);
+}
+
+/* ---- input ------------------------------------------------------------- */
+
+/* Whether a peer's hello may be taken: until nodes authenticate (TLS), a
+ * peer must at least be a member of the cluster, connecting from the
+ * address it advertises: records from anyone else would bypass every
+ * client check. */
+static int native_peer_allowed(conn_t *c, const Grid__Hello *h) {
+  node_t *n = c->lp->node;
+  char why[256];
+  int rc = GRID_EHANDSHAKE;
+  if (!n->cluster)
+    snprintf(why, sizeof why, "this node is not in a cluster: it has no peers");
+  else
+    rc = cluster_peer_check(n->cluster, h->client_name ? h->client_name : "", c->ip, why,
+                            sizeof why);
+  if (rc == 0) return 1;
+  LOG_W("net", "\"peer refused\" peer=%s reason=\"%s\"", c->peer, why);
+  native_fail(c, rc, why);
+  return 0;
+}
+
+static void native_on_hello(conn_t *c, const unsigned char *p, size_t len) {
+  node_t *n = c->lp->node;
+  Grid__Hello *h = grid__hello__unpack(&c->lp->arena.pb, len, p);
+  if (!h) {
+    native_fail(c, GRID_EPROTO, "the first frame must be a Hello message");
+    return;
+  }
+  if (h->magic != FRAME_MAGIC) {
+    native_fail(c, GRID_EHANDSHAKE, "wrong magic: not a grid client");
+    return;
+  }
+  if (h->version != FRAME_PROTOCOL_VERSION) {
+    char detail[64];
+    snprintf(detail, sizeof detail, "client speaks version %u, node speaks %d",
+             h->version, FRAME_PROTOCOL_VERSION);
+    native_fail(c, GRID_EHANDSHAKE, detail);
+    return;
+  }
+  if (h->role == GRID__ROLE__ROLE_PEER && !native_peer_allowed(c, h)) return;
+  Grid__HelloReply hr = GRID__HELLO_REPLY__INIT;
+  hr.node_id = n->node_id;
+  hr.version = FRAME_PROTOCOL_VERSION;
+  hr.features = 0;
+  hr.frame_bytes_max = (uint64_t)n->cfg.frame_bytes_max;
+  if (native_send(c, &hr.base) != 0) {
+    conn_close(c);
+    return;
+  }
+  c->handshaken = 1;
+  native_conn_t *nc = native_of(c);
+  nc->peer_role = h->role == GRID__ROLE__ROLE_PEER;
+  if (nc->peer_role)
+    snprintf(nc->peer_id, sizeof nc->peer_id, "%s", h->client_name ? h->client_name : "");
+  LOG_D("net", "\"client said hello\" peer=%s name=\"%s\"", c->peer,
+        h->client_name ? h->client_name : "");
+}
+
+/* A cluster node's request: routed. 1 when it must wait for a newer map
+ * (the frame is not consumed), else 0. */
+static int native_route(conn_t *c, Grid__Request *rq) {
+  loop_t *lp = c->lp;
+  native_conn_t *nc = native_of(c);
+  route_from_t from = {.peer = nc->peer_role, .peer_id = nc->peer_id, .addr = c->peer,
+                       .map_wait_over = nc->map_wait_over};
+  switch (route_classify(lp, rq, &from)) {
+    case ROUTE_WAIT_MAP:
+      if (!nc->map_wait) {
+        nc->map_wait = 1;
+        nc->map_wait_since_ms = clock_mono_ms();
+      }
+      conn_hold(c);
+      return 1;
+    case ROUTE_RECORD: {
+      nc->map_wait_over = 0;
+      Grid__Reply rp = GRID__REPLY__INIT;
+      route_record(lp, rq, &from, &rp);
+      if (native_send(c, &rp.base) != 0) conn_close(c);
+      return 0;
+    }
+    case ROUTE_RUN: {
+      native_pending_t *pd = malloc(sizeof *pd);
+      if (!pd) {
+        Grid__Reply rp = GRID__REPLY__INIT;
+        rp.id = rq->id;
+        ops_reply_error(&rp, GRID_ENOMEM, NULL, &lp->arena);
+        if (native_send(c, &rp.base) != 0) conn_close(c);
+        return 0;
+      }
+      sink_init(&pd->sink, native_pending_fn, lp->index);
+      pd->c = c;
+      pd->id = rq->id;
+      conn_ref(c);
+      route_run(lp, rq, &from, &pd->sink);
+      return 0;
+    }
+    default: /* ROUTE_LOCAL */
+      break;
+  }
+  Grid__Reply rp = GRID__REPLY__INIT;
+  ops_execute(lp->node, &lp->view, rq, &rp, &lp->arena);
+  if (native_send(c, &rp.base) != 0) conn_close(c);
+  return 0;
+}
+
+/* Serves one request frame. 1 when it must wait for a newer map (the
+ * frame is not consumed), else 0. */
+static int native_on_request(conn_t *c, const unsigned char *p, size_t len) {
+  loop_t *lp = c->lp;
+  Grid__Request *rq = grid__request__unpack(&lp->arena.pb, len, p);
+  if (!rq) {
+    native_fail(c, GRID_EPROTO, "a request frame does not decode as a Request");
+    return 0;
+  }
+  if (lp->node->cluster) return native_route(c, rq);
+  Grid__Reply rp = GRID__REPLY__INIT;
+  ops_execute(lp->node, &lp->view, rq, &rp, &lp->arena);
+  if (native_send(c, &rp.base) != 0) conn_close(c);
+  return 0;
+}
+
+/* Serves the whole frames in the read buffer. It stops early when the
+ * replies pass output_bytes_max (a pipeline of gets of large values can
+ * make far more output than input): reading pauses until the peer has
+ * taken half of them, and the frames left are served on resume. */
+static void native_input(conn_t *c) {
+  node_t *n = c->lp->node;
+  size_t off = 0;
+  while (!c->closing && !uv_is_closing((uv_handle_t *)&c->tcp)) {
+    if (conn_output_full(c)) {
+      /* Try to make room first: the socket may take it all at once. */
+      conn_flush(c);
+      if (conn_output_full(c) || uv_is_closing((uv_handle_t *)&c->tcp)) break;
+    }
+    const unsigned char *payload;
+    size_t plen, flen, at = off;
+    frame_result_t r = frame_buf_next(&c->in, &at, &payload, &plen, &flen);
+    if (r == FRAME_NEED_MORE) break;
+    if (r == FRAME_TOO_BIG) {
+      char detail[96];
+      snprintf(detail, sizeof detail, "%zu bytes announced, at most %lld",
+               flen, (long long)n->cfg.frame_bytes_max);
+      native_fail(c, GRID_EFRAMETOOBIG, detail);
+      break;
+    }
+    int wait = 0;
+    if (c->handshaken) wait = native_on_request(c, payload, plen);
+    else native_on_hello(c, payload, plen);
+    arena_reset(&c->lp->arena);
+    if (wait) break; /* the frame waits for a newer map */
+    off = at;
+  }
+  if (uv_is_closing((uv_handle_t *)&c->tcp)) return;
+  conn_consumed(c, off);
+  conn_flush(c);
+  if (!c->closing && conn_output_full(c)) conn_pause(c);
+}
+
+/* ---- the protocol's table and hooks -------------------------------------- */
+
+static int native_open(conn_t *c) {
+  c->fe = calloc(1, sizeof(native_conn_t));
+  return c->fe ? 0 : GRID_ENOMEM;
+}
+
+static void native_free(conn_t *c) {
+  free(c->fe);
+  c->fe = NULL;
+}
+
+const conn_proto_t native_proto = {
+    .name = "native",
+    .framed = 1,
+    .open = native_open,
+    .input = native_input,
+    .fail = native_fail,
+    .free = native_free,
+};
+
+/* A waiting connection goes on: its frame is looked at again. */
+static void native_map_resume(conn_t *c) {
+  native_of(c)->map_wait = 0;
+  conn_release(c);
+}
+
+void native_on_map(loop_t *lp) {
+  conn_t *next;
+  for (conn_t *c = lp->conns; c; c = next) {
+    next = c->next;
+    if (c->proto == &native_proto && native_of(c)->map_wait &&
+        !uv_is_closing((uv_handle_t *)&c->tcp))
+      native_map_resume(c);
+  }
+}
+
+void native_cron(loop_t *lp, int64_t now) {
+  conn_t *next;
+  for (conn_t *c = lp->conns; c; c = next) {
+    next = c->next;
+    if (c->proto != &native_proto || uv_is_closing((uv_handle_t *)&c->tcp)) continue;
+    native_conn_t *nc = native_of(c);
+    /* The map a peer's record names never came: refuse the record. */
+    if (nc->map_wait && now - nc->map_wait_since_ms >= lp->node->cfg.forward_timeout_ms) {
+      nc->map_wait_over = 1;
+      native_map_resume(c);
+    }
+  }
+}
