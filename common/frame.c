@@ -61,6 +61,9 @@ size_t frame_buf_room(frame_buf_t *b, int framed) {
 frame_result_t frame_buf_next(const frame_buf_t *b, size_t *off,
                               const unsigned char **payload, size_t *payload_len,
                               size_t *frame_len) {
+  /* A buffer that never had room has no data yet: even data + 0 would be
+   * arithmetic on a null pointer. */
+  if (!b->data) return FRAME_NEED_MORE;
   frame_result_t r = frame_parse(b->data + *off, b->len - *off, b->frame_bytes_max,
                                  payload, payload_len, frame_len);
   if (r == FRAME_OK) *off += *frame_len;

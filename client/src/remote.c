@@ -154,8 +154,10 @@ static int remote_read_frame(int fd, int64_t deadline_ms, size_t max,
   return 0;
 }
 
-static int remote_connect_fd(remote_t *r, uint32_t timeout_ms, int *out_fd) {
-  int64_t deadline = clock_mono_ms() + timeout_ms;
+/* Resolves the node's address and connects to the first address that
+ * answers before deadline_ms. Each attempt is non-blocking, so that an
+ * address that never answers costs no more than the time left. */
+static int remote_dial(remote_t *r, int64_t deadline_ms, int *out_fd) {
   char port[16];
   snprintf(port, sizeof port, "%d", r->port);
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
@@ -170,7 +172,7 @@ static int remote_connect_fd(remote_t *r, uint32_t timeout_ms, int *out_fd) {
       continue;
     }
     struct pollfd pfd = {.fd = fd, .events = POLLOUT};
-    int64_t left = deadline - clock_mono_ms();
+    int64_t left = deadline_ms - clock_mono_ms();
     int err = 0;
     socklen_t el = sizeof err;
     if (left <= 0 || poll(&pfd, 1, (int)left) != 1 ||
@@ -182,7 +184,14 @@ static int remote_connect_fd(remote_t *r, uint32_t timeout_ms, int *out_fd) {
     rc = 0;
   }
   freeaddrinfo(res);
-  if (rc != 0) return rc;
+  if (rc == 0) *out_fd = fd;
+  return rc;
+}
+
+/* Makes a connected socket what the callers expect: requests go out at once
+ * (no Nagle delay on small frames), and neither a write nor a read blocks
+ * longer than its bound. */
+static void remote_set_socket_bounds(int fd, uint32_t timeout_ms) {
   int flags = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &flags, sizeof flags);
   /* Blocking from here on; a send that the node does not drain gives up
@@ -192,8 +201,12 @@ static int remote_connect_fd(remote_t *r, uint32_t timeout_ms, int *out_fd) {
   setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
   struct timeval rtv = {.tv_sec = 0, .tv_usec = REMOTE_POLL_MS * 1000};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &rtv, sizeof rtv);
+}
 
-  /* The handshake. */
+/* The handshake: sends Hello and reads the HelloReply before deadline_ms.
+ * On success the node's frame limit, and the reply limit in force, are
+ * recorded in r; on failure the caller closes fd. */
+static int remote_handshake(remote_t *r, int fd, int64_t deadline_ms) {
   Grid__Hello h = GRID__HELLO__INIT;
   h.magic = FRAME_MAGIC;
   h.version = FRAME_PROTOCOL_VERSION;
@@ -206,17 +219,13 @@ static int remote_connect_fd(remote_t *r, uint32_t timeout_ms, int *out_fd) {
   grid__hello__pack(&h, buf + FRAME_HEADER_BYTES);
   unsigned char *reply = NULL;
   size_t reply_len = 0;
+  int rc;
   if ((rc = remote_write_all(fd, buf, n + FRAME_HEADER_BYTES)) != 0 ||
-      (rc = remote_read_frame(fd, deadline, REMOTE_HELLO_BYTES_MAX, &reply, &reply_len)) != 0) {
-    close(fd);
+      (rc = remote_read_frame(fd, deadline_ms, REMOTE_HELLO_BYTES_MAX, &reply, &reply_len)) != 0)
     return rc;
-  }
   Grid__HelloReply *hr = grid__hello_reply__unpack(NULL, reply_len, reply);
   free(reply);
-  if (!hr) {
-    close(fd);
-    return GRID_EPROTO;
-  }
+  if (!hr) return GRID_EPROTO;
   rc = hr->status;
   if (rc == 0) {
     r->frame_bytes_max = hr->frame_bytes_max;
@@ -224,6 +233,18 @@ static int remote_connect_fd(remote_t *r, uint32_t timeout_ms, int *out_fd) {
     r->reply_max = cap && cap < REMOTE_REPLY_BYTES_MAX ? cap : REMOTE_REPLY_BYTES_MAX;
   }
   grid__hello_reply__free_unpacked(hr, NULL);
+  return rc;
+}
+
+/* A new connection to the node, handshake done, within timeout_ms in all.
+ * On success *out_fd is the caller's to close. */
+static int remote_connect_fd(remote_t *r, uint32_t timeout_ms, int *out_fd) {
+  int64_t deadline = clock_mono_ms() + timeout_ms;
+  int fd;
+  int rc = remote_dial(r, deadline, &fd);
+  if (rc != 0) return rc;
+  remote_set_socket_bounds(fd, timeout_ms);
+  rc = remote_handshake(r, fd, deadline);
   if (rc != 0) {
     close(fd);
     return rc;
@@ -452,50 +473,43 @@ static int remote_ensure_connected(remote_t *r, uint32_t timeout_ms) {
 
 /* ---- calls --------------------------------------------------------------- */
 
-/* Takes a slot for rq and sends it. On success *id_out is the request's id. */
-static int remote_send(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
-                       remote_waiter_t *waiter, client_done_fn cb, void *arg,
-                       uint64_t *id_out) {
-  unsigned char stackbuf[REMOTE_STACK_FRAME_BYTES];
-  pthread_mutex_lock(&r->lock);
-  if (r->fd >= 0) {
-    /* Look before sending: a node that died (or closed the connection)
-     * has sent its FIN, which nobody may have read yet (a lone caller
-     * reads only while it waits; a busy reader a moment later). A request
-     * sent into such a socket would be of unknown outcome although it can
-     * never run; found here, it is not sent at all and goes elsewhere once
-     * the map moves. One poll per request: tens of nanoseconds of a round
-     * trip of tens of microseconds. */
-    struct pollfd pfd = {.fd = r->fd, .events = POLLRDHUP};
-    if (poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
-      /* Replies the node sent before it closed are read first (requests
-       * in flight get them), then the EOF finds the connection lost. */
-      uint64_t gen = r->gen;
-      for (int i = 0; i < REMOTE_DRAIN_READS_MAX && r->fd >= 0 && r->gen == gen; i++)
-        if (!remote_try_read(r, 0)) break; /* another thread reads: it sees the EOF */
-      if (r->fd >= 0 && r->gen == gen) {
-        pthread_mutex_unlock(&r->lock);
-        return GRID_ECONN; /* not sent */
-      }
-    }
-  }
-  int rc = remote_ensure_connected(r, timeout_ms);
-  if (rc != 0) {
-    pthread_mutex_unlock(&r->lock);
-    return rc;
-  }
-  if (r->free_head == 0) {
-    pthread_mutex_unlock(&r->lock);
-    return GRID_EBUSY;
-  }
+/* Lock held, possibly released and taken again while replies are read.
+ * Returns GRID_ECONN when the node has closed the connection, so that the
+ * request is not sent; else 0 (the connection may then be gone, and is made
+ * again by remote_ensure_connected). */
+static int remote_check_not_closed(remote_t *r) {
+  if (r->fd < 0) return 0;
+  /* Look before sending: a node that died (or closed the connection)
+   * has sent its FIN, which nobody may have read yet (a lone caller
+   * reads only while it waits; a busy reader a moment later). A request
+   * sent into such a socket would be of unknown outcome although it can
+   * never run; found here, it is not sent at all and goes elsewhere once
+   * the map moves. One poll per request: tens of nanoseconds of a round
+   * trip of tens of microseconds. */
+  struct pollfd pfd = {.fd = r->fd, .events = POLLRDHUP};
+  if (poll(&pfd, 1, 0) != 1 || !(pfd.revents & (POLLRDHUP | POLLHUP | POLLERR))) return 0;
+  /* Replies the node sent before it closed are read first (requests
+   * in flight get them), then the EOF finds the connection lost. */
+  uint64_t gen = r->gen;
+  for (int i = 0; i < REMOTE_DRAIN_READS_MAX && r->fd >= 0 && r->gen == gen; i++)
+    if (!remote_try_read(r, 0)) break; /* another thread reads: it sees the EOF */
+  if (r->fd >= 0 && r->gen == gen) return GRID_ECONN; /* not sent */
+  return 0;
+}
+
+/* Lock held. Takes a free slot for rq on the current connection and gives
+ * rq its id; *packed_bytes is rq's packed size. GRID_EBUSY when every slot
+ * is in use; GRID_EFRAMETOOBIG when rq is over the node's frame limit, and
+ * then no slot is taken. */
+static int remote_slot_take(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
+                            remote_waiter_t *waiter, client_done_fn cb, void *arg,
+                            remote_slot_t **out, size_t *packed_bytes) {
+  if (r->free_head == 0) return GRID_EBUSY;
   remote_slot_t *s = &r->slots[r->free_head - 1];
   uint64_t id = (++r->seq << REMOTE_SLOT_BITS) | (uint64_t)(s - r->slots);
   rq->id = id; /* before the size: the id is part of the message */
   size_t n = grid__request__get_packed_size(rq);
-  if (n > r->frame_bytes_max) {
-    pthread_mutex_unlock(&r->lock);
-    return GRID_EFRAMETOOBIG;
-  }
+  if (n > r->frame_bytes_max) return GRID_EFRAMETOOBIG;
   r->free_head = s->next_free;
   r->inflight++;
   s->id = id;
@@ -509,43 +523,74 @@ static int remote_send(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
     r->async_inflight++;
     pthread_cond_signal(&r->bg_cond); /* the background reader has work */
   }
+  *out = s;
+  *packed_bytes = n;
+  return 0;
+}
+
+/* Lock not held. Packs rq (packed_bytes long) into one frame and writes it
+ * on fd, unless connection gen has been replaced meanwhile (GRID_ECONN). A
+ * small frame is built on the stack: most requests then cost no malloc. */
+static int remote_write_request(remote_t *r, const Grid__Request *rq, size_t packed_bytes,
+                                int fd, uint64_t gen) {
+  unsigned char stackbuf[REMOTE_STACK_FRAME_BYTES];
+  size_t frame_bytes = packed_bytes + FRAME_HEADER_BYTES;
+  unsigned char *buf = frame_bytes <= sizeof stackbuf ? stackbuf : malloc(frame_bytes);
+  if (!buf) return GRID_ENOMEM;
+  frame_put_header(buf, (uint32_t)packed_bytes);
+  grid__request__pack(rq, buf + FRAME_HEADER_BYTES);
+  pthread_mutex_lock(&r->wlock);
+  /* The socket may have been closed and replaced meanwhile. */
+  pthread_mutex_lock(&r->lock);
+  int same = r->fd == fd && r->gen == gen;
+  pthread_mutex_unlock(&r->lock);
+  int rc = same ? remote_write_all(fd, buf, frame_bytes) : GRID_ECONN;
+  pthread_mutex_unlock(&r->wlock);
+  if (buf != stackbuf) free(buf);
+  return rc;
+}
+
+/* Lock not held. Writing request id (slot s, sent on connection gen) failed
+ * with rc. Returns what remote_send returns: 0 when a reader has already
+ * completed the request (its outcome reaches its waiter or callback); else
+ * GRID_ENOMEM when its frame could not be built, and otherwise rc for a
+ * read but GRID_EUNKNOWN for a write, since part of it may have gone out. */
+static int remote_on_write_failed(remote_t *r, remote_slot_t *s, uint64_t id, int is_write,
+                                  int fd, uint64_t gen, int rc) {
+  /* Nothing or part of the frame went out: the stream is unusable. This
+   * request is failed here, unless a reader has already taken it. */
+  pthread_mutex_lock(&r->lock);
+  int ours = s->id == id;
+  if (ours) remote_slot_free(r, s);
+  pthread_mutex_unlock(&r->lock);
+  if (rc != GRID_ENOMEM) remote_conn_lost(r, fd, gen);
+  if (!ours) return 0; /* its outcome is delivered: waiter or callback */
+  return rc == GRID_ENOMEM ? rc : (is_write ? GRID_EUNKNOWN : rc);
+}
+
+/* Takes a slot for rq and sends it. On success *id_out is the request's id. */
+static int remote_send(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
+                       remote_waiter_t *waiter, client_done_fn cb, void *arg,
+                       uint64_t *id_out) {
+  remote_slot_t *s = NULL;
+  size_t n = 0;
+  pthread_mutex_lock(&r->lock);
+  int rc = remote_check_not_closed(r);
+  if (rc == 0) rc = remote_ensure_connected(r, timeout_ms);
+  if (rc == 0) rc = remote_slot_take(r, rq, timeout_ms, waiter, cb, arg, &s, &n);
+  if (rc != 0) {
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+  }
+  uint64_t id = s->id;
   int fd = r->fd;
   uint64_t gen = r->gen;
   pthread_mutex_unlock(&r->lock);
 
-  unsigned char *buf = n + FRAME_HEADER_BYTES <= sizeof stackbuf
-                           ? stackbuf
-                           : malloc(n + FRAME_HEADER_BYTES);
-  if (!buf) {
-    rc = GRID_ENOMEM;
-  } else {
-    frame_put_header(buf, (uint32_t)n);
-    grid__request__pack(rq, buf + FRAME_HEADER_BYTES);
-    pthread_mutex_lock(&r->wlock);
-    /* The socket may have been closed and replaced meanwhile. */
-    pthread_mutex_lock(&r->lock);
-    int same = r->fd == fd && r->gen == gen;
-    pthread_mutex_unlock(&r->lock);
-    rc = same ? remote_write_all(fd, buf, n + FRAME_HEADER_BYTES) : GRID_ECONN;
-    pthread_mutex_unlock(&r->wlock);
-    if (buf != stackbuf) free(buf);
-  }
-  if (rc != 0) {
-    /* Nothing or part of the frame went out: the stream is unusable. This
-     * request is failed here, unless a reader has already taken it. */
-    pthread_mutex_lock(&r->lock);
-    int ours = s->id == id;
-    if (ours) remote_slot_free(r, s);
-    pthread_mutex_unlock(&r->lock);
-    if (rc != GRID_ENOMEM) remote_conn_lost(r, fd, gen);
-    if (!ours) {
-      *id_out = id; /* its outcome is delivered: waiter or callback */
-      return 0;
-    }
-    return rc == GRID_ENOMEM ? rc : (op_is_write(rq->op) ? GRID_EUNKNOWN : rc);
-  }
-  *id_out = id;
-  return 0;
+  rc = remote_write_request(r, rq, n, fd, gen);
+  if (rc != 0) rc = remote_on_write_failed(r, s, id, op_is_write(rq->op), fd, gen, rc);
+  if (rc == 0) *id_out = id;
+  return rc;
 }
 
 int remote_call(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,

@@ -58,43 +58,54 @@ static void gridd_on_left(void *arg) {
   kill(getpid(), SIGTERM);
 }
 
-int main(int argc, char **argv) {
-  static const struct option opts[] = {
-      {"config", required_argument, 0, 'c'}, {"port", required_argument, 0, 'p'},
-      {"bind", required_argument, 0, 'b'},   {"loops", required_argument, 0, 'l'},
-      {"port-file", required_argument, 0, 'f'}, {"set", required_argument, 0, 's'},
-      {"resp-port", required_argument, 0, 'r'},
-      {"print-config", no_argument, 0, 'P'}, {"version", no_argument, 0, 'V'},
-      {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
-  /* The config file is applied first and the flags after it, whatever their
-   * order on the line: a first pass finds the file, a second applies the
-   * flags (optind = 0 restarts GNU getopt). */
-  const char *config_path = NULL;
-  int print_config = 0;
+/* The flags: a first pass reads only --config, --print-config, --version and
+ * --help; a second turns the others into config settings. */
+static const struct option gridd_options[] = {
+    {"config", required_argument, 0, 'c'}, {"port", required_argument, 0, 'p'},
+    {"bind", required_argument, 0, 'b'},   {"loops", required_argument, 0, 'l'},
+    {"port-file", required_argument, 0, 'f'}, {"set", required_argument, 0, 's'},
+    {"resp-port", required_argument, 0, 'r'},
+    {"print-config", no_argument, 0, 'P'}, {"version", no_argument, 0, 'V'},
+    {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
+#define GRIDD_SHORT_OPTIONS "c:p:b:l:f:s:r:h"
+
+/* Exit statuses, and "go on" for a step after which gridd keeps running. */
+#define GRIDD_GO_ON (-1)
+#define GRIDD_EXIT_OK 0
+#define GRIDD_EXIT_USAGE 2
+
+/* The first pass over the flags: finds the config file and --print-config,
+ * and answers --version, --help and a flag it does not know at once, so
+ * that no config file is read for them. Returns GRIDD_GO_ON or the status
+ * gridd exits with. */
+static int gridd_scan_flags(int argc, char **argv, const char **config_path,
+                            int *print_config) {
   int opt;
-  while ((opt = getopt_long(argc, argv, "c:p:b:l:f:s:r:h", opts, NULL)) != -1) {
+  while ((opt = getopt_long(argc, argv, GRIDD_SHORT_OPTIONS, gridd_options, NULL)) != -1) {
     switch (opt) {
-      case 'c': config_path = optarg; break;
-      case 'P': print_config = 1; break;
-      case 'V': printf("gridd %s\n", GRID_VERSION_STRING); return 0;
-      case 'h': usage(stdout); return 0;
-      case '?': usage(stderr); return 2;
+      case 'c': *config_path = optarg; break;
+      case 'P': *print_config = 1; break;
+      case 'V': printf("gridd %s\n", GRID_VERSION_STRING); return GRIDD_EXIT_OK;
+      case 'h': usage(stdout); return GRIDD_EXIT_OK;
+      case '?': usage(stderr); return GRIDD_EXIT_USAGE;
       default: break;
     }
   }
   if (optind < argc) {
     fprintf(stderr, "gridd: unexpected argument \"%s\" (see gridd --help)\n", argv[optind]);
-    return 2;
+    return GRIDD_EXIT_USAGE;
   }
-  config_t cfg;
-  config_defaults(&cfg);
+  return GRIDD_GO_ON;
+}
+
+/* The second pass: every flag that names a setting goes through config_set,
+ * so that the flags are checked by the same table rows as the file.
+ * Returns GRIDD_GO_ON, or GRIDD_EXIT_USAGE on the first bad setting. */
+static int gridd_apply_flags(int argc, char **argv, config_t *cfg) {
   char err[512];
-  if (config_path && config_load_file(&cfg, config_path, err, sizeof err) != 0) {
-    fprintf(stderr, "gridd: %s\n", err);
-    return 2;
-  }
+  int opt;
   optind = 0;
-  while ((opt = getopt_long(argc, argv, "c:p:b:l:f:s:r:h", opts, NULL)) != -1) {
+  while ((opt = getopt_long(argc, argv, GRIDD_SHORT_OPTIONS, gridd_options, NULL)) != -1) {
     const char *key;
     char kv[600];
     switch (opt) {
@@ -112,33 +123,88 @@ int main(int argc, char **argv) {
       char *eq = strchr(kv, '=');
       if (!eq) {
         fprintf(stderr, "gridd: --set needs KEY=VALUE, got \"%s\"\n", kv);
-        return 2;
+        return GRIDD_EXIT_USAGE;
       }
       *eq = '\0';
       key = kv;
       value = eq + 1;
     }
-    if (config_set(&cfg, key, value, err, sizeof err) != 0) {
+    if (config_set(cfg, key, value, err, sizeof err) != 0) {
       fprintf(stderr, "gridd: %s\n", err);
-      return 2;
+      return GRIDD_EXIT_USAGE;
     }
   }
+  return GRIDD_GO_ON;
+}
+
+/* Builds the settings from the defaults, the config file and the flags.
+ * Returns GRIDD_GO_ON, or the status gridd exits with. */
+static int gridd_config_from_args(int argc, char **argv, config_t *cfg, int *print_config) {
+  /* The config file is applied first and the flags after it, whatever their
+   * order on the line: a first pass finds the file, a second applies the
+   * flags (optind = 0 restarts GNU getopt). */
+  const char *config_path = NULL;
+  int status = gridd_scan_flags(argc, argv, &config_path, print_config);
+  if (status != GRIDD_GO_ON) return status;
+  config_defaults(cfg);
+  char err[512];
+  if (config_path && config_load_file(cfg, config_path, err, sizeof err) != 0) {
+    fprintf(stderr, "gridd: %s\n", err);
+    return GRIDD_EXIT_USAGE;
+  }
+  return gridd_apply_flags(argc, argv, cfg);
+}
+
+/* Signals are taken by sigwait on this thread only: every thread the node
+ * starts inherits the blocked mask. It must therefore run before the node
+ * starts a thread. */
+static void gridd_block_signals(sigset_t *set) {
+  sigemptyset(set);
+  sigaddset(set, SIGINT);
+  sigaddset(set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, set, NULL);
+  signal(SIGPIPE, SIG_IGN);
+}
+
+/* A graceful leave first: the node hands its partitions over, so that
+ * clients see no error; a second signal stops it at once. It returns when
+ * the partitions are handed over, leave_timeout_ms has passed or a second
+ * signal came, and the node is then ready to stop. */
+static void gridd_leave_cluster(node_t *node, const sigset_t *set) {
+  cluster_leave(node->cluster, NULL, NULL);
+  int64_t deadline = clock_mono_ms() + node->cfg.leave_timeout_ms;
+  struct timespec zero = {0, 0};
+  while (cluster_wait_left(node->cluster, 100) != 0) {
+    if (sigtimedwait(set, NULL, &zero) > 0) {
+      LOG_W("node", "\"second signal: stopping without handing the rest over\"");
+      break;
+    }
+    if (clock_mono_ms() >= deadline) {
+      LOG_W("node", "\"leave_timeout_ms passed: stopping without handing the rest over\"");
+      break;
+    }
+  }
+  /* Clients still holding the old map learn the new one from the epoch
+   * of every reply: serve (forward) a little longer before closing. */
+  struct timespec grace = {0, GRIDD_LEAVE_GRACE_MS * 1000000L};
+  nanosleep(&grace, NULL);
+}
+
+int main(int argc, char **argv) {
+  config_t cfg;
+  int print_config = 0;
+  int status = gridd_config_from_args(argc, argv, &cfg, &print_config);
+  if (status != GRIDD_GO_ON) return status;
   if (print_config) {
     config_finish(&cfg);
     config_print(&cfg, stdout);
-    return 0;
+    return GRIDD_EXIT_OK;
   }
 
-  /* Signals are taken by sigwait on this thread only: every thread the node
-   * starts inherits the blocked mask. */
   sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, NULL);
-  signal(SIGPIPE, SIG_IGN);
-
+  gridd_block_signals(&set);
   node_t *node;
+  char err[512];
   if (node_start(&cfg, &node, err, sizeof err) != 0) {
     LOG_E("node", "\"cannot start\" reason=\"%s\"", err);
     fprintf(stderr, "gridd: %s\n", err);
@@ -148,28 +214,8 @@ int main(int argc, char **argv) {
   int sig = 0;
   sigwait(&set, &sig);
   LOG_I("node", "\"stopping\" signal=%s", sig == SIGINT ? "SIGINT" : "SIGTERM");
-  if (node->cluster) {
-    /* A graceful leave first: the node hands its partitions over, so that
-     * clients see no error; a second signal stops it at once. */
-    cluster_leave(node->cluster, NULL, NULL);
-    int64_t deadline = clock_mono_ms() + node->cfg.leave_timeout_ms;
-    struct timespec zero = {0, 0};
-    while (cluster_wait_left(node->cluster, 100) != 0) {
-      if (sigtimedwait(&set, NULL, &zero) > 0) {
-        LOG_W("node", "\"second signal: stopping without handing the rest over\"");
-        break;
-      }
-      if (clock_mono_ms() >= deadline) {
-        LOG_W("node", "\"leave_timeout_ms passed: stopping without handing the rest over\"");
-        break;
-      }
-    }
-    /* Clients still holding the old map learn the new one from the epoch
-     * of every reply: serve (forward) a little longer before closing. */
-    struct timespec grace = {0, GRIDD_LEAVE_GRACE_MS * 1000000L};
-    nanosleep(&grace, NULL);
-  }
+  if (node->cluster) gridd_leave_cluster(node, &set);
   node_stop(node);
   LOG_I("node", "\"stopped\"");
-  return 0;
+  return GRIDD_EXIT_OK;
 }

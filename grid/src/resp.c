@@ -19,6 +19,7 @@
 #include "ops.h"
 #include "resp_parse.h"
 #include "route.h"
+#include "sink.h"
 #include "store.h"
 
 #define RESP_ERROR_LINE_BYTES_MAX 512 /* an error line of our own words */
@@ -312,6 +313,7 @@ struct resp_job {
 };
 
 typedef struct resp_sub {
+  sink_t sink;              /* in a cluster, where route answers */
   resp_job_t *job;
   size_t index;
   int heap;                 /* freed by resp_sub_fn */
@@ -353,9 +355,9 @@ static void resp_job_sent(resp_job_t *job) {
 }
 
 /* One request's reply, turned into the command's. */
-static void resp_sub_fn(loop_t *lp, void *arg, const Grid__Reply *rp) {
+static void resp_sub_fn(loop_t *lp, sink_t *s, const Grid__Reply *rp) {
   (void)lp;
-  resp_sub_t *sub = arg;
+  resp_sub_t *sub = (resp_sub_t *)s;
   resp_job_t *job = sub->job;
   size_t i = sub->index;
   if (sub->heap) free(sub);
@@ -377,15 +379,17 @@ static void resp_job_submit(resp_job_t *job, size_t index, Grid__Request *rq) {
       resp_job_error(job, GRID_ENOMEM, NULL);
       return;
     }
-    *sub = (resp_sub_t){job, index, 1};
-    route_keyed(lp, rq, (repl_sink_t){resp_sub_fn, sub, lp->index});
+    *sub = (resp_sub_t){.job = job, .index = index, .heap = 1};
+    sink_init(&sub->sink, resp_sub_fn, lp->index);
+    route_from_t from = {.addr = c->peer};
+    route_run(lp, rq, &from, &sub->sink);
     return;
   }
   /* Here and now: the loop's arena, reset after each command. */
-  resp_sub_t sub = {job, index, 0};
+  resp_sub_t sub = {.job = job, .index = index};
   Grid__Reply rp = GRID__REPLY__INIT;
   ops_execute(n, &lp->view, rq, &rp, &lp->arena);
-  resp_sub_fn(lp, &sub, &rp);
+  resp_sub_fn(lp, &sub.sink, &rp);
 }
 
 /* A job of n requests answering into s; NULL when out of memory (s then

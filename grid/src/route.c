@@ -20,19 +20,6 @@
 
 /* ---- sinks: where replies go ------------------------------------------------ */
 
-/* A sink of another front end's (repl_sink_t, on this loop). */
-typedef struct route_front_sink {
-  sink_t sink;
-  repl_sink_t to;
-} route_front_sink_t;
-
-static void route_front_sink_fn(loop_t *lp, sink_t *sk, const Grid__Reply *rp) {
-  route_front_sink_t *s = (route_front_sink_t *)sk;
-  repl_sink_t to = s->to;
-  free(s);
-  to.fn(lp, to.arg, rp);
-}
-
 /* ---- one keyed request ----------------------------------------------------- */
 
 typedef struct route_fwd {
@@ -437,38 +424,6 @@ static void route_pmap(loop_t *lp, Grid__Request *rq, sink_t *sink) {
   sink_deliver(lp, sink, &rp);
   if (pm) grid__pmap__free_unpacked(pm, NULL);
   cluster_status_free(&st);
-}
-
-/* ---- for other front ends (RESP) ------------------------------------------ */
-
-void route_keyed(loop_t *lp, Grid__Request *rq, repl_sink_t to) {
-  node_t *n = lp->node;
-  GRID_ASSERT(to.loop == lp->index);
-  route_front_sink_t *fs = malloc(sizeof *fs);
-  if (!fs) {
-    Grid__Reply rp = GRID__REPLY__INIT;
-    rp.id = rq->id;
-    ops_reply_error(&rp, GRID_ENOMEM, NULL, &lp->arena);
-    to.fn(lp, to.arg, &rp);
-    return;
-  }
-  sink_init(&fs->sink, route_front_sink_fn, lp->index);
-  fs->to = to;
-  sink_t *sink = &fs->sink;
-  if (!cluster_serving(n->cluster)) {
-    sink_error(lp, sink, rq->id, GRID_ECLUSTER,
-                     "this node is not serving (no partition map, or no ZooKeeper)");
-    return;
-  }
-  const char *name = rq->cache ? rq->cache : "";
-  const pmap_cache_t *pc = lp->pmap ? pmap_find_cache(lp->pmap, name) : NULL;
-  if (!pc) {
-    int known = store_view_find(&lp->view, name, strlen(name)) != NULL;
-    sink_error(lp, sink, rq->id, known ? GRID_ENOTREADY : GRID_ENOCACHE, NULL);
-    return;
-  }
-  if (op_has(rq->op, OP_ALL_NODES)) route_size(lp, rq, pc, sink);
-  else route_key(lp, rq, pc, sink);
 }
 
 /* ---- the entry points ---------------------------------------------------- */

@@ -40,17 +40,4 @@ void route_record(loop_t *lp, const Grid__Request *rq, const route_from_t *from,
  * rq may be changed. */
 void route_run(loop_t *lp, Grid__Request *rq, const route_from_t *from, sink_t *sink);
 
-/* Where a reply for another front end goes: fn(lp, arg, rp) runs on this
- * loop (the caller's) exactly once. */
-typedef struct repl_sink {
-  void (*fn)(loop_t *lp, void *arg, const Grid__Reply *rp);
-  void *arg;
-  int loop;
-} repl_sink_t;
-
-/* Runs one keyed request (GET ... TTL) where its partition's primary is,
- * or a SIZE across the cluster, and answers through sink. For front ends
- * other than the native protocol. */
-void route_keyed(loop_t *lp, Grid__Request *rq, repl_sink_t sink);
-
 #endif

@@ -1,6 +1,7 @@
 /*
- * test_frame: the length prefix (frame_parse, the header helpers) and the
- * per-request arena, also as the protobuf-c allocator of a decoded Request.
+ * test_frame: the length prefix (frame_parse, the header helpers), the
+ * bounded frame reader (frame_buf_t) and the per-request arena, also as the
+ * protobuf-c allocator of a decoded Request.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -135,6 +136,492 @@ static void test_header_round_trip(void) {
   CHECK(h[0] == 0xFF && h[1] == 0xFF && h[2] == 0xFF && h[3] == 0xFF);
   const unsigned char raw[4] = {0x80, 0, 0, 0x01};
   CHECK(frame_get_header(raw) == 0x80000001u);
+}
+
+/* ---- the bounded reader (frame_buf_t) ----------------------------------- */
+
+#define STREAM_FRAMES_MAX 64
+
+/* A byte stream of frames, as a sender would write it, with where each
+ * payload lies so that a reader's output can be compared with it. */
+typedef struct stream {
+  unsigned char *bytes;
+  size_t len;
+  size_t n_frames;
+  size_t payload_len[STREAM_FRAMES_MAX];
+  size_t payload_at[STREAM_FRAMES_MAX]; /* offset of the payload in bytes */
+  size_t end_at[STREAM_FRAMES_MAX];     /* offset just past the frame */
+} stream_t;
+
+/* Each frame gets its own byte pattern, so that a frame served twice, out
+ * of order or shifted by a byte does not compare equal. */
+static unsigned char stream_byte(size_t frame, size_t i) {
+  return (unsigned char)(frame * 31 + i * 7 + 1);
+}
+
+static void stream_make(stream_t *s, const size_t *sizes, size_t n) {
+  CHECK(n <= STREAM_FRAMES_MAX);
+  memset(s, 0, sizeof *s);
+  size_t total = 0;
+  for (size_t i = 0; i < n; i++) total += FRAME_HEADER_BYTES + sizes[i];
+  s->bytes = malloc(total ? total : 1);
+  CHECK(s->bytes != NULL);
+  for (size_t i = 0; i < n; i++) {
+    frame_put_header(s->bytes + s->len, (uint32_t)sizes[i]);
+    s->payload_at[i] = s->len + FRAME_HEADER_BYTES;
+    s->payload_len[i] = sizes[i];
+    for (size_t j = 0; j < sizes[i]; j++) s->bytes[s->payload_at[i] + j] = stream_byte(i, j);
+    s->len += FRAME_HEADER_BYTES + sizes[i];
+    s->end_at[i] = s->len;
+  }
+  s->n_frames = n;
+}
+
+static void stream_free(stream_t *s) {
+  free(s->bytes);
+  s->bytes = NULL;
+}
+
+/* How many bytes each simulated read brings: a fixed size, or sizes from
+ * 1 to max drawn from a fixed seed (the same every run). */
+typedef struct chunker {
+  size_t fixed;
+  uint32_t seed;
+  size_t max;
+} chunker_t;
+
+static size_t chunker_next(chunker_t *c) {
+  if (c->fixed) return c->fixed;
+  c->seed = c->seed * 1103515245u + 12345u;
+  return 1 + (size_t)(c->seed >> 8) % c->max;
+}
+
+/* Reads stream s into b the way a socket reader does (frame_buf_room,
+ * bytes written at data + len, len += n, then frame_buf_next until it
+ * needs more, then frame_buf_consume), each read as long as the chunker
+ * says and the room allows. Checks that exactly the frames of s come out,
+ * in order, each as soon as its last byte is in; that a reader with an
+ * unfinished frame always gets room; and that the buffer never passes
+ * header + frame_bytes_max + rest_bytes. Returns the largest cap seen. */
+static size_t stream_read(frame_buf_t *b, const stream_t *s, chunker_t *ch) {
+  size_t bound = FRAME_HEADER_BYTES + b->frame_bytes_max + b->rest_bytes;
+  size_t fed = 0, served = 0, cap_max = 0;
+  while (fed < s->len) {
+    size_t room = frame_buf_room(b, 1);
+    CHECK(room > 0);
+    CHECK(b->cap <= bound);
+    CHECK_EQ(room, b->cap - b->len);
+    size_t n = chunker_next(ch);
+    if (n > room) n = room;
+    if (n > s->len - fed) n = s->len - fed;
+    memcpy(b->data + b->len, s->bytes + fed, n);
+    b->len += n;
+    fed += n;
+    if (b->cap > cap_max) cap_max = b->cap;
+
+    size_t off = 0;
+    const unsigned char *payload;
+    size_t plen, flen;
+    frame_result_t r;
+    while ((r = frame_buf_next(b, &off, &payload, &plen, &flen)) == FRAME_OK) {
+      CHECK(served < s->n_frames);
+      CHECK_EQ(plen, s->payload_len[served]);
+      CHECK_EQ(flen, FRAME_HEADER_BYTES + plen);
+      CHECK(payload >= b->data && payload + plen <= b->data + b->len);
+      CHECK(plen == 0 || memcmp(payload, s->bytes + s->payload_at[served], plen) == 0);
+      served++;
+    }
+    CHECK_EQ(r, FRAME_NEED_MORE);
+    /* Every frame whose last byte has arrived was served, no other. */
+    size_t whole = 0;
+    while (whole < s->n_frames && s->end_at[whole] <= fed) whole++;
+    CHECK_EQ(served, whole);
+    frame_buf_consume(b, off);
+    CHECK(b->cap <= bound);
+  }
+  CHECK_EQ(served, s->n_frames);
+  CHECK_EQ(b->len, 0);
+  return cap_max;
+}
+
+static void test_buf_starts_empty(void) {
+  frame_buf_t b;
+  frame_buf_init(&b, 64, 1000);
+  /* No memory until the first read asks for room. */
+  CHECK(b.data == NULL);
+  CHECK_EQ(b.cap, 0);
+  CHECK_EQ(b.len, 0);
+  /* Nothing to serve yet, asked before any read: no null pointer is
+   * offset (UBSan under clang reported data + 0 here). */
+  const unsigned char *payload;
+  size_t plen, flen, off = 0;
+  CHECK_EQ(frame_buf_next(&b, &off, &payload, &plen, &flen), FRAME_NEED_MORE);
+  CHECK_EQ(off, 0);
+  frame_buf_consume(&b, 0);
+  CHECK(b.data == NULL);
+  size_t room = frame_buf_room(&b, 1);
+  CHECK(room >= 64);
+  CHECK(b.data != NULL);
+  frame_buf_free(&b);
+  CHECK(b.data == NULL);
+  CHECK_EQ(b.cap, 0);
+  /* A freed buffer can be used again, and freed twice. */
+  CHECK(frame_buf_room(&b, 1) > 0);
+  frame_buf_free(&b);
+  frame_buf_free(&b);
+}
+
+static const size_t stream_sizes[] = {5, 0, 1, 100, 3, 0, 0, 4000, 17, 999, 2, 64, 65, 1000, 0, 7};
+#define STREAM_SIZES_N (sizeof stream_sizes / sizeof stream_sizes[0])
+
+static void test_buf_byte_by_byte(void) {
+  stream_t s;
+  stream_make(&s, stream_sizes, STREAM_SIZES_N);
+  frame_buf_t b;
+  frame_buf_init(&b, 64, 8192);
+  chunker_t one = {.fixed = 1};
+  stream_read(&b, &s, &one);
+  /* The same buffer goes on with a second stream. */
+  stream_read(&b, &s, &one);
+  frame_buf_free(&b);
+  stream_free(&s);
+}
+
+static void test_buf_chunks(void) {
+  stream_t s;
+  stream_make(&s, stream_sizes, STREAM_SIZES_N);
+  /* Sizes that split headers in every way, primes, the rest size, and
+   * whole reads of all the room there is. */
+  const size_t fixed[] = {2, 3, 4, 5, 7, 13, 63, 64, 65, 1000, 5000, s.len};
+  for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
+    frame_buf_t b;
+    frame_buf_init(&b, 64, 8192);
+    chunker_t ch = {.fixed = fixed[i]};
+    stream_read(&b, &s, &ch);
+    frame_buf_free(&b);
+  }
+  for (uint32_t seed = 1; seed <= 40; seed++) {
+    frame_buf_t b;
+    /* A rest size smaller than a header, and larger ones. */
+    frame_buf_init(&b, seed % 4 == 0 ? 3 : 16u * seed, 8192);
+    chunker_t ch = {.seed = seed, .max = seed % 2 ? 10 : 700};
+    stream_read(&b, &s, &ch);
+    frame_buf_free(&b);
+  }
+  stream_free(&s);
+}
+
+static void test_buf_several_in_one_read(void) {
+  const size_t sizes[] = {1, 2, 3, 0, 40, 5, 6, 7, 8, 9};
+  stream_t s;
+  stream_make(&s, sizes, 10);
+  frame_buf_t b;
+  frame_buf_init(&b, 4096, 1000);
+  size_t room = frame_buf_room(&b, 1);
+  CHECK(room >= s.len);
+  /* Ten whole frames and half of the first again, in one read. */
+  memcpy(b.data, s.bytes, s.len);
+  memcpy(b.data + s.len, s.bytes, 3);
+  b.len = s.len + 3;
+  size_t off = 0;
+  const unsigned char *payload;
+  size_t plen, flen;
+  for (size_t i = 0; i < 10; i++) {
+    CHECK_EQ(frame_buf_next(&b, &off, &payload, &plen, &flen), FRAME_OK);
+    CHECK_EQ(plen, sizes[i]);
+    CHECK(payload == b.data + s.payload_at[i]);
+    CHECK(plen == 0 || memcmp(payload, s.bytes + s.payload_at[i], plen) == 0);
+    CHECK_EQ(off, s.end_at[i]);
+  }
+  CHECK_EQ(frame_buf_next(&b, &off, &payload, &plen, &flen), FRAME_NEED_MORE);
+  CHECK_EQ(off, s.len); /* NEED_MORE does not move off */
+  frame_buf_consume(&b, off);
+  /* The partial frame is kept, moved to the front. */
+  CHECK_EQ(b.len, 3);
+  CHECK(memcmp(b.data, s.bytes, 3) == 0);
+  CHECK(frame_buf_room(&b, 1) > 0);
+  memcpy(b.data + b.len, s.bytes + 3, s.end_at[0] - 3);
+  b.len += s.end_at[0] - 3;
+  off = 0;
+  CHECK_EQ(frame_buf_next(&b, &off, &payload, &plen, &flen), FRAME_OK);
+  CHECK_EQ(plen, 1);
+  CHECK_EQ(payload[0], stream_byte(0, 0));
+  frame_buf_consume(&b, off);
+  CHECK_EQ(b.len, 0);
+  frame_buf_free(&b);
+  stream_free(&s);
+}
+
+/* A reader writes the header it received into b and asks for room. */
+static void put_header_read(frame_buf_t *b, uint32_t announced) {
+  CHECK(frame_buf_room(b, 1) >= FRAME_HEADER_BYTES);
+  frame_put_header(b->data + b->len, announced);
+  b->len += FRAME_HEADER_BYTES;
+}
+
+static void test_buf_frame_max(void) {
+  enum { REST = 16, MAX = 1000 };
+  const size_t bound = FRAME_HEADER_BYTES + MAX + REST;
+
+  /* Exactly frame_bytes_max is accepted, byte by byte and in chunks, with
+   * small frames before and after it. */
+  const size_t sizes[] = {3, MAX, 0, MAX, 1};
+  stream_t s;
+  stream_make(&s, sizes, 5);
+  const size_t chunk[] = {1, 3, 4, 17, 999, 1000, 1003, 1004, 1005, 2000};
+  for (size_t i = 0; i < sizeof chunk / sizeof chunk[0]; i++) {
+    frame_buf_t b;
+    frame_buf_init(&b, REST, MAX);
+    chunker_t ch = {.fixed = chunk[i]};
+    size_t cap_max = stream_read(&b, &s, &ch);
+    CHECK(cap_max >= FRAME_HEADER_BYTES + MAX);
+    CHECK(cap_max <= bound);
+    frame_buf_free(&b);
+  }
+  stream_free(&s);
+
+  /* One over: refused from the header alone, byte by byte. */
+  frame_buf_t b;
+  frame_buf_init(&b, REST, MAX);
+  unsigned char hdr[FRAME_HEADER_BYTES];
+  frame_put_header(hdr, MAX + 1);
+  const unsigned char *payload;
+  size_t plen, flen = 0, off = 0;
+  for (size_t i = 0; i < FRAME_HEADER_BYTES; i++) {
+    CHECK(frame_buf_room(&b, 1) > 0);
+    b.data[b.len++] = hdr[i];
+    off = 0;
+    frame_result_t r = frame_buf_next(&b, &off, &payload, &plen, &flen);
+    CHECK_EQ(r, i + 1 < FRAME_HEADER_BYTES ? FRAME_NEED_MORE : FRAME_TOO_BIG);
+    CHECK_EQ(off, 0);
+  }
+  CHECK_EQ(flen, MAX + 1);
+  CHECK_EQ(b.len, FRAME_HEADER_BYTES); /* no byte of the body was needed */
+  frame_buf_free(&b);
+
+  /* One over after two good frames in the same read: those are served
+   * first, then the refusal. */
+  frame_buf_init(&b, REST, MAX);
+  CHECK(frame_buf_room(&b, 1) >= 3 * FRAME_HEADER_BYTES + 2);
+  b.len += make_frame(b.data + b.len, "a", 1);
+  b.len += make_frame(b.data + b.len, "b", 1);
+  frame_put_header(b.data + b.len, MAX + 1);
+  b.len += FRAME_HEADER_BYTES;
+  off = 0;
+  CHECK_EQ(frame_buf_next(&b, &off, &payload, &plen, &flen), FRAME_OK);
+  CHECK_EQ(payload[0], 'a');
+  CHECK_EQ(frame_buf_next(&b, &off, &payload, &plen, &flen), FRAME_OK);
+  CHECK_EQ(payload[0], 'b');
+  CHECK_EQ(frame_buf_next(&b, &off, &payload, &plen, &flen), FRAME_TOO_BIG);
+  CHECK_EQ(flen, MAX + 1);
+  CHECK_EQ(off, 2 * (FRAME_HEADER_BYTES + 1));
+  frame_buf_free(&b);
+
+  /* Whatever is announced (4 GiB - 1, the most a header can say; 2 GiB;
+   * one over), the buffer does not grow toward it... */
+  const uint32_t announced[] = {0xFFFFFFFFu, 0x80000000u, MAX + 1};
+  for (size_t i = 0; i < sizeof announced / sizeof announced[0]; i++) {
+    frame_buf_init(&b, REST, MAX);
+    put_header_read(&b, announced[i]);
+    CHECK(frame_buf_room(&b, 1) > 0);
+    CHECK_EQ(b.cap, REST);
+    off = 0;
+    CHECK_EQ(frame_buf_next(&b, &off, &payload, &plen, &flen), FRAME_TOO_BIG);
+    CHECK_EQ(flen, announced[i]);
+    /* ...and a reader that went on reading anyway finds the room run out
+     * at header + frame_bytes_max + rest_bytes. */
+    size_t reads = 0;
+    for (;;) {
+      size_t room = frame_buf_room(&b, 1);
+      CHECK(b.cap <= bound);
+      if (room == 0) break;
+      memset(b.data + b.len, 0xAB, room);
+      b.len += room;
+      CHECK(++reads < 1000);
+    }
+    CHECK_EQ(b.len, bound);
+    frame_buf_free(&b);
+  }
+
+  /* With a large maximum, a header announcing more than it still takes no
+   * memory toward the announced length. */
+  frame_buf_init(&b, 64, (size_t)64 << 20);
+  put_header_read(&b, 0xFFFFFFFFu);
+  CHECK(frame_buf_room(&b, 1) > 0);
+  CHECK_EQ(b.cap, 64);
+  off = 0;
+  CHECK_EQ(frame_buf_next(&b, &off, &payload, &plen, &flen), FRAME_TOO_BIG);
+  CHECK_EQ(flen, 0xFFFFFFFFu);
+  frame_buf_free(&b);
+}
+
+static void test_buf_gives_memory_back(void) {
+  enum { REST = 64, BIG = 100000 };
+  frame_buf_t b;
+  frame_buf_init(&b, REST, (size_t)1 << 20);
+  CHECK(frame_buf_room(&b, 1) > 0);
+  CHECK_EQ(b.cap, REST);
+  for (int round = 0; round < 3; round++) {
+    put_header_read(&b, BIG);
+    /* Grown toward the announced frame: its whole body fits in one read,
+     * and not much more than it was taken. */
+    size_t room = frame_buf_room(&b, 1);
+    CHECK(room >= BIG);
+    CHECK(b.cap >= FRAME_HEADER_BYTES + BIG);
+    CHECK(b.cap <= FRAME_HEADER_BYTES + BIG + REST);
+    for (size_t i = 0; i < BIG; i++) b.data[b.len + i] = stream_byte(7, i);
+    b.len += BIG;
+    /* The next frame's first two bytes came with it. */
+    b.data[b.len++] = 0;
+    b.data[b.len++] = 0;
+    size_t off = 0;
+    const unsigned char *payload;
+    size_t plen, flen;
+    CHECK_EQ(frame_buf_next(&b, &off, &payload, &plen, &flen), FRAME_OK);
+    CHECK_EQ(plen, BIG);
+    CHECK(payload[0] == stream_byte(7, 0) && payload[BIG - 1] == stream_byte(7, BIG - 1));
+    CHECK_EQ(frame_buf_next(&b, &off, &payload, &plen, &flen), FRAME_NEED_MORE);
+    frame_buf_consume(&b, off);
+    /* Served: the memory is given back, what followed is kept. */
+    CHECK_EQ(b.cap, REST);
+    CHECK_EQ(b.len, 2);
+    /* The rest of that next frame: a zero-length one. */
+    CHECK(frame_buf_room(&b, 1) >= 2);
+    b.data[b.len++] = 0;
+    b.data[b.len++] = 0;
+    off = 0;
+    CHECK_EQ(frame_buf_next(&b, &off, &payload, &plen, &flen), FRAME_OK);
+    CHECK_EQ(plen, 0);
+    frame_buf_consume(&b, off);
+    CHECK_EQ(b.len, 0);
+    CHECK_EQ(b.cap, REST);
+  }
+  frame_buf_free(&b);
+}
+
+static void test_buf_unframed_limit(void) {
+  enum { REST = 64, LIMIT = 1000 };
+  frame_buf_t b;
+  frame_buf_init(&b, REST, (size_t)1 << 20);
+  frame_buf_set_limit(&b, LIMIT);
+  /* The first bytes would announce a 512 KiB frame, within frame_bytes_max:
+   * an unframed stream (RESP) must not grow toward it. */
+  size_t room = frame_buf_room(&b, 0);
+  CHECK(room >= FRAME_HEADER_BYTES);
+  frame_put_header(b.data, 512u << 10);
+  b.len = FRAME_HEADER_BYTES;
+  size_t reads = 0, prev_cap = b.cap;
+  for (;;) {
+    room = frame_buf_room(&b, 0);
+    CHECK(b.cap <= LIMIT);
+    /* Grown by doubling at most (or to the rest size). */
+    CHECK(b.cap <= (prev_cap * 2 > REST ? prev_cap * 2 : REST));
+    prev_cap = b.cap;
+    if (room == 0) break;
+    CHECK_EQ(room, b.cap - b.len);
+    /* Short reads, so that the buffer fills step by step. */
+    size_t n = room < 50 ? room : 50;
+    memset(b.data + b.len, 'x', n);
+    b.len += n;
+    CHECK(++reads < 1000);
+  }
+  CHECK_EQ(b.cap, LIMIT);
+  CHECK_EQ(b.len, LIMIT);
+  CHECK_EQ(frame_buf_room(&b, 0), 0); /* and stays 0 */
+  CHECK_EQ(b.cap, LIMIT);
+  CHECK(frame_get_header(b.data) == 512u << 10); /* nothing was moved */
+  /* A parser that takes part of it makes room again. */
+  frame_buf_consume(&b, 600);
+  CHECK_EQ(b.len, LIMIT - 600);
+  CHECK_EQ(frame_buf_room(&b, 0), 600);
+  CHECK(b.data[0] == 'x');
+  frame_buf_free(&b);
+
+  /* A limit under the rest size is the rest size. */
+  frame_buf_init(&b, REST, (size_t)1 << 20);
+  frame_buf_set_limit(&b, 10);
+  room = frame_buf_room(&b, 0);
+  CHECK_EQ(room, REST);
+  b.len = REST;
+  CHECK_EQ(frame_buf_room(&b, 0), 0);
+  CHECK_EQ(b.cap, REST);
+  frame_buf_free(&b);
+}
+
+static void test_buf_set_frame_max(void) {
+  enum { REST = 16 };
+  const unsigned char *payload;
+  size_t plen, flen, off;
+  frame_buf_t b;
+
+  /* 150 bytes are over a maximum of 100... */
+  frame_buf_init(&b, REST, 100);
+  put_header_read(&b, 150);
+  off = 0;
+  CHECK_EQ(frame_buf_next(&b, &off, &payload, &plen, &flen), FRAME_TOO_BIG);
+  /* ...and within one of 200 set later, which also lets the buffer grow
+   * to it. */
+  frame_buf_set_frame_max(&b, 200);
+  off = 0;
+  CHECK_EQ(frame_buf_next(&b, &off, &payload, &plen, &flen), FRAME_NEED_MORE);
+  CHECK(frame_buf_room(&b, 1) >= 150);
+  CHECK(b.cap <= FRAME_HEADER_BYTES + 200 + REST);
+  memset(b.data + b.len, 'y', 150);
+  b.len += 150;
+  CHECK_EQ(frame_buf_next(&b, &off, &payload, &plen, &flen), FRAME_OK);
+  CHECK_EQ(plen, 150);
+  frame_buf_consume(&b, off);
+  frame_buf_free(&b);
+
+  /* A smaller maximum refuses what the larger one took. */
+  frame_buf_init(&b, REST, 5000);
+  frame_buf_set_frame_max(&b, 50);
+  const size_t sizes[] = {50, 0, 50};
+  stream_t s;
+  stream_make(&s, sizes, 3);
+  chunker_t ch = {.fixed = 7};
+  CHECK(stream_read(&b, &s, &ch) <= FRAME_HEADER_BYTES + 50 + REST);
+  stream_free(&s);
+  put_header_read(&b, 51);
+  off = 0;
+  CHECK_EQ(frame_buf_next(&b, &off, &payload, &plen, &flen), FRAME_TOO_BIG);
+  CHECK_EQ(flen, 51);
+  /* Reading on regardless, the buffer stops at the new bound. */
+  size_t room;
+  while ((room = frame_buf_room(&b, 1)) > 0) {
+    CHECK(b.cap <= FRAME_HEADER_BYTES + 50 + REST);
+    b.len += room;
+  }
+  CHECK_EQ(b.len, FRAME_HEADER_BYTES + 50 + REST);
+  frame_buf_free(&b);
+}
+
+static void test_buf_zero_length(void) {
+  size_t sizes[40];
+  for (size_t i = 0; i < 40; i++) sizes[i] = 0;
+  stream_t s;
+  stream_make(&s, sizes, 40);
+  CHECK_EQ(s.len, 40 * FRAME_HEADER_BYTES);
+  const size_t chunk[] = {1, 2, 3, 4, 5, 160};
+  for (size_t i = 0; i < sizeof chunk / sizeof chunk[0]; i++) {
+    frame_buf_t b;
+    frame_buf_init(&b, 256, 1000);
+    chunker_t ch = {.fixed = chunk[i]};
+    stream_read(&b, &s, &ch);
+    frame_buf_free(&b);
+  }
+  /* With a maximum of 0, empty frames are all that is accepted. */
+  frame_buf_t b;
+  frame_buf_init(&b, 16, 0);
+  chunker_t one = {.fixed = 1};
+  stream_read(&b, &s, &one);
+  put_header_read(&b, 1);
+  const unsigned char *payload;
+  size_t plen, flen, off = 0;
+  CHECK_EQ(frame_buf_next(&b, &off, &payload, &plen, &flen), FRAME_TOO_BIG);
+  CHECK_EQ(flen, 1);
+  frame_buf_free(&b);
+  stream_free(&s);
 }
 
 /* ---- arena ------------------------------------------------------------- */
@@ -324,6 +811,15 @@ int main(void) {
   RUN(test_zero_length);
   RUN(test_too_big);
   RUN(test_header_round_trip);
+  RUN(test_buf_starts_empty);
+  RUN(test_buf_byte_by_byte);
+  RUN(test_buf_chunks);
+  RUN(test_buf_several_in_one_read);
+  RUN(test_buf_frame_max);
+  RUN(test_buf_gives_memory_back);
+  RUN(test_buf_unframed_limit);
+  RUN(test_buf_set_frame_max);
+  RUN(test_buf_zero_length);
   RUN(test_arena_many);
   RUN(test_arena_big);
   RUN(test_arena_dup);
