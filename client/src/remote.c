@@ -92,6 +92,8 @@ struct remote {
   uint64_t frame_bytes_max; /* the node's, from the handshake */
   uint64_t reply_bytes_max; /* the caller's cap (0: frame_bytes_max) */
   uint64_t reply_max;       /* in force: a longer reply closes the link */
+  uint64_t rbuf_gen;        /* the connection rbuf's bytes came from: only
+                               the reading role's holder touches both */
   frame_buf_t rbuf;         /* bytes read, not yet a whole frame: only the
                                reading role's holder touches it */
   int64_t expired_checked_ms;
@@ -358,13 +360,19 @@ static void remote_conn_lost(remote_t *r, int fd, uint64_t gen) {
   pthread_mutex_unlock(&r->lock);
   if (current) close(fd);
   pthread_mutex_unlock(&r->wlock);
-  r->rbuf.len = 0;
   remote_fail_slots(r, gen, 0);
 }
 
 /* With the reading role held: reads what arrives within wait_ms and hands
  * out every whole reply. Returns 0, or -1 when the connection is gone. */
 static int remote_read_some(remote_t *r, int fd, uint64_t gen, int wait_ms) {
+  if (r->rbuf_gen != gen) {
+    /* A new connection: what an older one left unfinished is dropped
+     * here, by the reader, never by the thread that saw it go. */
+    r->rbuf_gen = gen;
+    r->rbuf.len = 0;
+    frame_buf_set_frame_max(&r->rbuf, (size_t)r->reply_max);
+  }
   size_t room = frame_buf_room(&r->rbuf, 1);
   if (room == 0) return 0; /* no memory now: the next read tries again */
   /* One blocking recv, bounded by the socket's SO_RCVTIMEO
@@ -456,10 +464,7 @@ static int remote_ensure_connected(remote_t *r, uint32_t timeout_ms) {
   int rc = remote_connect_fd(r, timeout_ms, &fd);
   if (rc != 0) return rc;
   r->fd = fd;
-  r->gen++;
-  /* The reader is bounded by this connection's reply_max. */
-  r->rbuf.len = 0;
-  frame_buf_set_frame_max(&r->rbuf, (size_t)r->reply_max);
+  r->gen++; /* the reader starts this connection's buffer afresh */
   if (!r->bg_started) {
     if (pthread_create(&r->bg, NULL, remote_bg_main, r) != 0) {
       close(fd);
