@@ -85,11 +85,14 @@ static int node_start_loops(node_t *n, char *err, size_t err_len) {
   return rc;
 }
 
-int node_start(const config_t *cfg, node_t **out, char *err, size_t err_len) {
+/* The node's own state: settings, id, incarnation, store and housekeeping
+ * thread. NULL with err set when it cannot be made (nothing is left). */
+static node_t *node_new(const config_t *cfg, int *rc, char *err, size_t err_len) {
   node_t *n = calloc(1, sizeof *n);
+  *rc = GRID_ENOMEM;
   if (!n) {
     snprintf(err, err_len, "out of memory");
-    return GRID_ENOMEM;
+    return NULL;
   }
   n->cfg = *cfg;
   config_finish(&n->cfg);
@@ -98,7 +101,8 @@ int node_start(const config_t *cfg, node_t **out, char *err, size_t err_len) {
     snprintf(err, err_len, "log_level: expected debug, info, warn or error, got \"%s\"",
              n->cfg.log_level);
     free(n);
-    return GRID_ECONFIG;
+    *rc = GRID_ECONFIG;
+    return NULL;
   }
   log_set_level((log_level_t)lvl);
   node_make_id(n);
@@ -119,7 +123,8 @@ int node_start(const config_t *cfg, node_t **out, char *err, size_t err_len) {
     snprintf(err, err_len, "cannot create the store: memory_bytes_max (%lld) "
              "is too small for the default cache", (long long)lim.memory_bytes_max);
     free(n);
-    return GRID_EMEMLIMIT;
+    *rc = GRID_EMEMLIMIT;
+    return NULL;
   }
   pthread_mutex_init(&n->cron_lock, NULL);
   /* The wait below counts in monotonic time, so must the condition. */
@@ -132,67 +137,83 @@ int node_start(const config_t *cfg, node_t **out, char *err, size_t err_len) {
     snprintf(err, err_len, "cannot start the housekeeping thread");
     store_free(n->store);
     free(n);
+    return NULL;
+  }
+  *rc = 0;
+  return n;
+}
+
+/* The node's cluster state, made before its loops run (they look at
+ * node->cluster from their first request), with what runs on each loop
+ * when a new map comes, in this order: the partitions' replication state
+ * first, then the connections whose requests waited for that map. */
+static int node_new_cluster(node_t *n, char *err, size_t err_len) {
+  if (!n->cfg.listen) {
+    snprintf(err, err_len, "a cluster node needs its listener: set listen = on");
+    return GRID_ECONFIG;
+  }
+  store_set_repl_free(n->store, repl_part_free);
+  if (cluster_new(n, &n->cluster) != 0) {
+    snprintf(err, err_len, "out of memory");
+    n->cluster = NULL;
     return GRID_ENOMEM;
   }
-  if (n->cfg.zk[0]) {
-    if (!n->cfg.listen) {
-      snprintf(err, err_len, "a cluster node needs its listener: set listen = on");
-      node_stop(n);
+  cluster_on_map(n->cluster, repl_on_map);
+  cluster_on_map(n->cluster, native_on_map);
+  return 0;
+}
+
+/* port_file and resp_port_file, for scripts that started the node with
+ * port 0. */
+static int node_write_port_files(node_t *n, char *err, size_t err_len) {
+  const char *files[2] = {n->cfg.port_file, n->cfg.resp_port_file};
+  int ports[2] = {n->port, n->resp_port};
+  const char *keys[2] = {"port_file", "resp_port_file"};
+  for (int i = 0; i < 2; i++) {
+    if (!files[i][0]) continue;
+    FILE *f = fopen(files[i], "w");
+    if (!f || fprintf(f, "%d\n", ports[i]) < 0 || fclose(f) != 0) {
+      snprintf(err, err_len, "cannot write %s %s: %s", keys[i], files[i], strerror(errno));
       return GRID_ECONFIG;
     }
-    store_set_repl_free(n->store, repl_part_free);
-    if (cluster_new(n, &n->cluster) != 0) {
-      snprintf(err, err_len, "out of memory");
-      n->cluster = NULL;
-      node_stop(n);
-      return GRID_ENOMEM;
-    }
-    /* What runs on each loop when a new map comes, in this order: the
-     * partitions' replication state first, then the connections whose
-     * requests waited for that map. */
-    cluster_on_map(n->cluster, repl_on_map);
-    cluster_on_map(n->cluster, native_on_map);
   }
-  if (n->cfg.listen) {
-    int rc = node_start_loops(n, err, err_len);
-    if (rc != 0) {
-      node_stop(n);
-      return rc;
-    }
-    const char *files[2] = {n->cfg.port_file, n->cfg.resp_port_file};
-    int ports[2] = {n->port, n->resp_port};
-    const char *keys[2] = {"port_file", "resp_port_file"};
-    for (int i = 0; i < 2; i++) {
-      if (!files[i][0]) continue;
-      FILE *f = fopen(files[i], "w");
-      if (!f || fprintf(f, "%d\n", ports[i]) < 0 || fclose(f) != 0) {
-        snprintf(err, err_len, "cannot write %s %s: %s", keys[i], files[i], strerror(errno));
-        node_stop(n);
-        return GRID_ECONFIG;
-      }
-    }
-    LOG_I("node", "\"listening\" node=%s addr=%s:%d resp_port=%d loops=%lld memory_bytes_max=%lld",
-          n->node_id, n->cfg.bind, n->port, n->resp_port,
-          (long long)n->cfg.loops, (long long)n->cfg.memory_bytes_max);
+  return 0;
+}
+
+/* The address other nodes reach this one at, then the cluster thread. */
+static int node_join_cluster(node_t *n, char *err, size_t err_len) {
+  if (n->cfg.advertise[0]) {
+    snprintf(n->advertise, sizeof n->advertise, "%s", n->cfg.advertise);
+  } else if (strcmp(n->cfg.bind, "0.0.0.0") == 0 || strcmp(n->cfg.bind, "::") == 0) {
+    snprintf(err, err_len, "bind %s is every address: set advertise = host:port, "
+             "the address other nodes reach this one at", n->cfg.bind);
+    return GRID_ECONFIG;
   } else {
+    snprintf(n->advertise, sizeof n->advertise, strchr(n->cfg.bind, ':') ? "[%s]:%d" : "%s:%d",
+             n->cfg.bind, n->port);
+  }
+  return cluster_start(n->cluster, err, err_len);
+}
+
+int node_start(const config_t *cfg, node_t **out, char *err, size_t err_len) {
+  int rc;
+  node_t *n = node_new(cfg, &rc, err, err_len);
+  if (!n) return rc;
+  if (n->cfg.zk[0]) rc = node_new_cluster(n, err, err_len);
+  if (rc == 0 && n->cfg.listen) {
+    rc = node_start_loops(n, err, err_len);
+    if (rc == 0) rc = node_write_port_files(n, err, err_len);
+    if (rc == 0)
+      LOG_I("node", "\"listening\" node=%s addr=%s:%d resp_port=%d loops=%lld memory_bytes_max=%lld",
+            n->node_id, n->cfg.bind, n->port, n->resp_port, (long long)n->cfg.loops,
+            (long long)n->cfg.memory_bytes_max);
+  } else if (rc == 0) {
     LOG_D("node", "\"started without a listener\" node=%s", n->node_id);
   }
-  if (n->cluster) {
-    if (n->cfg.advertise[0])
-      snprintf(n->advertise, sizeof n->advertise, "%s", n->cfg.advertise);
-    else if (strcmp(n->cfg.bind, "0.0.0.0") == 0 || strcmp(n->cfg.bind, "::") == 0) {
-      snprintf(err, err_len, "bind %s is every address: set advertise = host:port, "
-               "the address other nodes reach this one at", n->cfg.bind);
-      node_stop(n);
-      return GRID_ECONFIG;
-    } else
-      snprintf(n->advertise, sizeof n->advertise, strchr(n->cfg.bind, ':') ? "[%s]:%d" : "%s:%d",
-               n->cfg.bind, n->port);
-    int rc = cluster_start(n->cluster, err, err_len);
-    if (rc != 0) {
-      node_stop(n);
-      return rc;
-    }
+  if (rc == 0 && n->cluster) rc = node_join_cluster(n, err, err_len);
+  if (rc != 0) {
+    node_stop(n);
+    return rc;
   }
   *out = n;
   return 0;

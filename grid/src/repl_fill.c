@@ -97,17 +97,54 @@ static void repl_fill_on_ack(void *arg, int status, const Grid__Reply *rp) {
   if (!f->done && status == 0) repl_fill_step(lp, f, clock_mono_ms()); /* the next chunk now */
 }
 
-void repl_fill_step(loop_t *lp, repl_fill_t *f, int64_t now) {
-  node_t *n = lp->node;
+/* Whether this second's share of rebalance_bytes_per_sec has room. */
+static int repl_fill_paced(loop_t *lp, int64_t now) {
   struct repl_loop *rl = lp->repl;
-  if (f->done || f->inflight || f->failed || now < f->retry_at_ms) return;
+  int64_t per_sec = lp->node->cfg.rebalance_bytes_per_sec;
   if (now - rl->window_ms >= 1000) {
     rl->window_ms = now;
     rl->window_bytes = 0;
   }
-  if (n->cfg.rebalance_bytes_per_sec > 0 &&
-      rl->window_bytes >= (uint64_t)n->cfg.rebalance_bytes_per_sec)
-    return; /* this second's share is spent */
+  return per_sec <= 0 || rl->window_bytes < (uint64_t)per_sec;
+}
+
+/* The fill starts over from its first chunk (which empties the copy),
+ * not before REPL_FILL_RETRY_MS. */
+static void repl_fill_again_later(repl_fill_t *f, int64_t now) {
+  f->started = 0;
+  f->cursor = 0;
+  f->retry_at_ms = now + REPL_FILL_RETRY_MS;
+}
+
+/* The fill's next chunk, from its cursor: whole buckets until it is big
+ * enough, under the same lock as writes, so the chunk is the partition as
+ * it is between two records. 0, or -1 when memory ran out. */
+static int repl_fill_build(loop_t *lp, repl_fill_t *f, store_cache_t *sc, int64_t now,
+                           repl_fill_chunk_t *ch) {
+  arena_init(&ch->arena, 64 * 1024);
+  grid__request__init(&ch->rq);
+  ch->rq.op = GRID__OP__FILL;
+  ch->rq.cache = f->cache;
+  ch->rq.partition = f->p;
+  ch->rq.epoch = lp->pmap->epoch;
+  ch->rq.reset = !f->started;
+  if (!f->started) {
+    f->started = 1;
+    f->entries = f->bytes = 0;
+    f->started_ms = now;
+  }
+  do {
+    store_scan_full(sc, f->p, &f->cursor, 64, clock_wall_ms(), repl_fill_entry_cb, ch);
+  } while (!ch->failed && f->cursor != 0 && ch->n < REPL_FILL_CHUNK_ENTRIES &&
+           ch->bytes < REPL_FILL_CHUNK_BYTES);
+  ch->rq.n_values = ch->n;
+  ch->rq.done = f->cursor == 0;
+  return ch->failed ? -1 : 0;
+}
+
+void repl_fill_step(loop_t *lp, repl_fill_t *f, int64_t now) {
+  if (f->done || f->inflight || f->failed || now < f->retry_at_ms) return;
+  if (!repl_fill_paced(lp, now)) return; /* this second's share is spent */
   store_cache_t *sc = store_view_find(&lp->view, f->cache, strlen(f->cache));
   int target = lp->pmap ? pmap_node_index(lp->pmap, f->node_id) : -1;
   if (!sc || target < 0) {
@@ -115,56 +152,30 @@ void repl_fill_step(loop_t *lp, repl_fill_t *f, int64_t now) {
     return;
   }
   repl_fill_chunk_t ch = {0};
-  arena_init(&ch.arena, 64 * 1024);
-  grid__request__init(&ch.rq);
-  ch.rq.op = GRID__OP__FILL;
-  ch.rq.cache = f->cache;
-  ch.rq.partition = f->p;
-  ch.rq.epoch = lp->pmap->epoch;
-  ch.rq.reset = !f->started;
-  if (!f->started) {
-    f->started = 1;
-    f->entries = f->bytes = 0;
-    f->started_ms = now;
-  }
-  /* Whole buckets until the chunk is big enough: same lock as writes, so
-   * the chunk is the partition as it is between two records. */
-  do {
-    store_scan_full(sc, f->p, &f->cursor, 64, clock_wall_ms(), repl_fill_entry_cb, &ch);
-  } while (!ch.failed && f->cursor != 0 && ch.n < REPL_FILL_CHUNK_ENTRIES &&
-           ch.bytes < REPL_FILL_CHUNK_BYTES);
-  if (ch.failed) {
-    /* Not sent short: the copy would miss what did not fit. Again from
-     * the start, later. */
+  if (repl_fill_build(lp, f, sc, now, &ch) != 0) {
+    /* Not sent short: the copy would miss what did not fit. */
     LOG_W("repl", "\"out of memory building a fill chunk: starting the fill again\" cache=%s "
           "partition=%u node=%s", f->cache, f->p, f->node_id);
-    f->started = 0;
-    f->cursor = 0;
-    f->retry_at_ms = now + REPL_FILL_RETRY_MS;
+    repl_fill_again_later(f, now);
     arena_close(&ch.arena);
     return;
   }
-  ch.rq.n_values = ch.n;
-  int last = f->cursor == 0;
-  ch.rq.done = last;
   const pmap_node_t *nd = &lp->pmap->nodes[target];
   peer_t *peer = peer_get(lp, nd->id, nd->addr);
   repl_fill_ack_t *a = malloc(sizeof *a);
   int rc = GRID_ENOMEM;
   if (peer && a) {
-    *a = (repl_fill_ack_t){lp, f, last};
-    rc = peer_call(peer, &ch.rq, n->cfg.forward_timeout_ms, repl_fill_on_ack, a);
+    *a = (repl_fill_ack_t){lp, f, ch.rq.done};
+    rc = peer_call(peer, &ch.rq, lp->node->cfg.forward_timeout_ms, repl_fill_on_ack, a);
   }
   if (rc != 0) {
     free(a);
-    f->started = 0;
-    f->cursor = 0;
-    f->retry_at_ms = now + REPL_FILL_RETRY_MS;
+    repl_fill_again_later(f, now);
   } else {
     f->inflight = 1;
     f->entries += ch.n;
     f->bytes += ch.bytes;
-    rl->window_bytes += ch.bytes;
+    lp->repl->window_bytes += ch.bytes;
   }
   arena_close(&ch.arena);
 }
