@@ -224,9 +224,9 @@ int node_port(const node_t *n) { return n->port; }
 void node_stop(node_t *n) {
   if (n->cluster) cluster_stop(n->cluster); /* leave first: others take over */
   if (n->loops) {
-    n->loops_ops_served = NULL; /* the loops are gone: nothing to count */
     loops_stop(n->loops);
     n->loops = NULL;
+    n->loops_ops_served = NULL; /* the loops are gone: nothing to count */
   }
   if (n->cluster) cluster_free(n->cluster);
   pthread_mutex_lock(&n->cron_lock);
