@@ -447,3 +447,23 @@ int harness_wait_eof(int fd, int timeout_ms) {
     if (n <= 0) return 1;
   }
 }
+
+void harness_wait_settled(int port, const char *cache, size_t n) {
+  for (int i = 0; i < 1200; i++) {
+    pmap_t m;
+    harness_pmap(port, &m);
+    const pmap_cache_t *pc = pmap_find_cache(&m, cache);
+    int settled = pc && m.nnodes == n;
+    for (uint32_t p = 0; settled && pc && p < pc->partitions; p++)
+      for (uint32_t k = 0; k < pc->slots; k++) {
+        int st;
+        pmap_copy_at(pc, p, k, &st);
+        if (st == PMAP_MOVING || st == PMAP_LOST) settled = 0;
+      }
+    pmap_free(&m);
+    if (settled) return;
+    harness_sleep_ms(50);
+  }
+  fprintf(stderr, "the map of cache %s did not settle on %zu nodes within 60 s\n", cache, n);
+  abort();
+}

@@ -59,6 +59,11 @@ void harness_zk_stop(harness_zk_t *z);
  * (NULL-terminated, at most 16, may be NULL). */
 void harness_start_cluster_node(harness_node_t *n, const harness_zk_t *z, const char *cluster,
                                 int i, const char *const *settings);
+/* Waits until the map the node at port acts on has n nodes and every
+ * copy of cache's partitions is in sync (none MOVING or LOST): a test
+ * that takes a node away needs its backups filled first. Aborts the test
+ * after 60 s. */
+void harness_wait_settled(int port, const char *cache, size_t n);
 /* A port free on 127.0.0.1 right now. */
 int harness_free_port(void);
 

@@ -192,33 +192,13 @@ static void check_writers(grid_t *g, writer_t *w) {
 }
 
 /* Waits until the map on port has `n` nodes and no copy is MOVING. */
-static void wait_settled(int port, size_t n) {
-  for (int i = 0; i < 1200; i++) {
-    pmap_t m;
-    harness_pmap(port, &m);
-    const pmap_cache_t *pc = pmap_find_cache(&m, CACHE);
-    int settled = pc && m.nnodes == n;
-    for (uint32_t p = 0; settled && pc && p < pc->partitions; p++)
-      for (uint32_t k = 0; k < pc->slots; k++) {
-        int st;
-        pmap_copy_at(pc, p, k, &st);
-        if (st == PMAP_MOVING || st == PMAP_LOST) settled = 0;
-      }
-    pmap_free(&m);
-    if (settled) return;
-    harness_sleep_ms(50);
-  }
-  fprintf(stderr, "the map did not settle on %zu nodes within 60 s\n", n);
-  abort();
-}
-
 int main(void) {
   harness_zk_start(&zk);
   for (int i = 0; i < 3; i++) start_node(i);
   grid_t *admin = open_node(0);
   grid_cache_config_t cc = {.name = CACHE, .partitions = 128, .backups = 1};
   CHECK_RC(grid_cache_create(admin, &cc), 0);
-  wait_settled(nodes[0].port, 3);
+  harness_wait_settled(nodes[0].port, CACHE, 3);
 
   fprintf(stderr, "-- kill -9 under load\n");
   {
@@ -271,7 +251,7 @@ int main(void) {
   CHECK_EQ(failed_after_gone, 0); /* the failover is invisible but as latency */
   atomic_store(&gone_at_ms, 0);
   CHECK(acked > 100);
-  wait_settled(nodes[0].port, 2);
+  harness_wait_settled(nodes[0].port, CACHE, 2);
   check_writers(admin, w);
 
   fprintf(stderr, "-- the refilled backups hold everything: kill -9 another node\n");
@@ -304,7 +284,7 @@ int main(void) {
   /* The clients keep the map they have; the topology changes under them. */
   start_node(1);
   start_node(3);
-  wait_settled(nodes[0].port, 3);
+  harness_wait_settled(nodes[0].port, CACHE, 3);
   harness_sleep_ms(300);
   atomic_store(&stop_writers, 1);
   pthread_join(rt, NULL);
@@ -338,7 +318,7 @@ int main(void) {
   CHECK(pthread_create(&at, NULL, async_writer_main, &aw) == 0);
   harness_sleep_ms(500);
   CHECK(harness_stop(&nodes[3]) == 0); /* SIGTERM: leave, then exit 0 */
-  wait_settled(nodes[0].port, 2);
+  harness_wait_settled(nodes[0].port, CACHE, 2);
   harness_sleep_ms(300);
   atomic_store(&stop_writers, 1);
   pthread_join(at, NULL);
@@ -369,7 +349,7 @@ int main(void) {
   fprintf(stderr, "-- kill -9 and restart at once under the same id: nothing lost\n");
   harness_kill9(&nodes[1]);
   start_node(1);
-  wait_settled(nodes[0].port, 2); /* nodes 0 and 1 (2 was killed, 3 left) */
+  harness_wait_settled(nodes[0].port, CACHE, 2); /* nodes 0 and 1 (2 was killed, 3 left) */
   check_writers(admin, w);
 
   for (int i = 0; i < WRITERS; i++) grid_close(w[i].g);
