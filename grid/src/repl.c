@@ -1,5 +1,6 @@
 #include "repl.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +16,7 @@
 #include "peer.h"
 #include "repl_int.h"
 
-static void repl_fail_waits(loop_t *lp, repl_part_t *part, int status, const char *why);
+static void repl_fail_waits(loop_t *lp, repl_order_wait_t *l, int status, const char *why);
 
 /* ---- replies that cross loops ------------------------------------------ */
 
@@ -103,6 +104,7 @@ static repl_part_t *repl_part(store_t *store, store_cache_t *sc, uint32_t p) {
   if (!sync->repl) {
     repl_part_t *rp = calloc(1, sizeof *rp);
     if (!rp) return NULL;
+    repl_order_init(&rp->order);
     rp->sync = sync;
     rp->store = store;
     rp->cache = sc;
@@ -123,58 +125,64 @@ static void repl_write_unref(repl_write_t *w) {
   free(w);
 }
 
-/* Answers what the partition's committed counter now allows: writes at the
- * head of the FIFO that every backup has acknowledged, then waiting reads. */
-static void repl_advance(loop_t *lp, repl_part_t *part) {
+/* The write or the wait around an item repl_order handed back. */
+static repl_write_t *repl_write_of(repl_order_write_t *o) {
+  return (repl_write_t *)((char *)o - offsetof(repl_write_t, ord));
+}
+
+static repl_wait_t *repl_wait_of(repl_order_wait_t *o) {
+  return (repl_wait_t *)((char *)o - offsetof(repl_wait_t, ord));
+}
+
+/* A write that left its partition's FIFO: its reply goes (unless it went
+ * already), and it leaves the loop's list. */
+static void repl_write_done(loop_t *lp, repl_write_t *w) {
   struct repl_loop *rl = lp->repl;
+  if (!w->answered && w->reply) {
+    w->answered = 1;
+    repl_packed_t *pk = w->reply;
+    w->reply = NULL;
+    repl_release_packed(lp, pk, GRID_EUNKNOWN);
+  }
+  if (w->lprev) w->lprev->lnext = w->lnext;
+  else rl->writes = w->lnext;
+  if (w->lnext) w->lnext->lprev = w->lprev;
+  repl_write_unref(w);
+}
+
+/* Answers what the partition's committed counter now allows: writes at the
+ * head of the FIFO that every backup has acknowledged, then waiting reads
+ * (repl_order_advance decides which). */
+static void repl_advance(loop_t *lp, repl_part_t *part) {
   /* The writes freed here may hold the last references to the cache, and
    * the part lives in the cache: keep it until the end. */
   store_cache_t *cache = part->cache;
   store_cache_hold(cache);
-  while (part->head && part->head->waiting <= 0) {
-    repl_write_t *w = part->head;
-    part->head = w->next;
-    if (!part->head) part->tail = NULL;
-    GRID_ASSERT(part->pending > 0);
-    part->pending--;
-    if (!w->abandoned)
-      atomic_store_explicit(&part->sync->committed, w->counter, memory_order_release);
-    if (!w->answered && w->reply) {
-      w->answered = 1;
-      repl_packed_t *pk = w->reply;
-      w->reply = NULL;
-      repl_release_packed(lp, pk, GRID_EUNKNOWN);
-    }
-    if (w->lprev) w->lprev->lnext = w->lnext;
-    else rl->writes = w->lnext;
-    if (w->lnext) w->lnext->lprev = w->lprev;
-    repl_write_unref(w);
+  uint64_t before = atomic_load(&part->sync->committed);
+  repl_order_out_t out;
+  uint64_t committed = repl_order_advance(&part->order, before,
+                                          atomic_load(&part->sync->applied), &out);
+  /* Published once, before any reply leaves: a client that heard of its
+   * write finds it committed from every loop, and a sink that runs another
+   * request of the partition on this loop starts from the new value.
+   * Sequentially consistent, as the catch-up to applied always was (each
+   * write's commit was a release store: this is at least as strong). */
+  GRID_ASSERT(committed >= before);
+  if (committed != before) atomic_store(&part->sync->committed, committed);
+  for (repl_order_write_t *o = out.writes, *next; o; o = next) {
+    next = o->next;
+    repl_write_done(lp, repl_write_of(o));
   }
-  if (!part->head && part->handoff_epoch) {
+  if (repl_order_empty(&part->order) && part->handoff_epoch) {
     cluster_report_drained(lp->node->cluster, store_cache_cfg(cache)->name, part->p,
                            part->handoff_epoch);
     part->handoff_epoch = 0;
   }
-  if (!part->head && !part->abandoned) {
-    /* Nothing pending: all that is applied here is as committed as it
-     * gets (after a promotion, a backup's records become the truth). */
-    uint64_t applied = atomic_load(&part->sync->applied);
-    if (atomic_load(&part->sync->committed) < applied)
-      atomic_store(&part->sync->committed, applied);
-  }
-  uint64_t committed = atomic_load(&part->sync->committed);
-  repl_wait_t **l = &part->waits;
-  while (*l) {
-    repl_wait_t *wt = *l;
-    if (wt->release <= committed) {
-      *l = wt->next;
-      GRID_ASSERT(part->pending > 0);
-      part->pending--;
-      repl_release_packed(lp, wt->reply, GRID_ECLUSTER);
-      free(wt);
-    } else {
-      l = &wt->next;
-    }
+  for (repl_order_wait_t *o = out.waits, *next; o; o = next) {
+    next = o->next;
+    repl_wait_t *wt = repl_wait_of(o);
+    repl_release_packed(lp, wt->reply, GRID_ECLUSTER);
+    free(wt);
   }
   store_cache_release(part->store, cache);
 }
@@ -228,7 +236,7 @@ static void repl_on_ack(void *arg, int status, const Grid__Reply *rp) {
   if (b->state == REPL_WAIT) {
     if (status == 0) {
       b->state = REPL_ACKED;
-      w->waiting--;
+      repl_order_ack(&w->ord);
     } else {
       /* The backup may have missed this record: the write stays pending
        * until a map no longer counts that copy in sync. */
@@ -239,7 +247,7 @@ static void repl_on_ack(void *arg, int status, const Grid__Reply *rp) {
                             w->p, b->node_id);
     }
   }
-  if (w->waiting <= 0 && w->part) repl_advance(a->lp, w->part);
+  if (repl_order_ready(&w->ord) && w->part) repl_advance(a->lp, w->part);
   repl_write_unref(w);
   free(a);
 }
@@ -248,9 +256,10 @@ static void repl_on_ack(void *arg, int status, const Grid__Reply *rp) {
  * 1 when the reply waits (kept packed until released or failed). */
 static int repl_answer_when(loop_t *lp, repl_part_t *part, uint64_t release,
                             sink_t *sink, const Grid__Reply *rp, int handed) {
-  if (!part || release <= atomic_load(&part->sync->committed) ||
-      (!part->head && release <= atomic_load(&part->sync->applied))) {
-    if (part && !part->head) repl_advance(lp, part);
+  uint64_t committed = part ? atomic_load(&part->sync->committed) : 0;
+  if (!part || repl_order_may_answer(&part->order, committed,
+                                     atomic_load(&part->sync->applied), release)) {
+    if (part && repl_order_empty(&part->order)) repl_advance(lp, part);
     repl_deliver_leased(lp, sink, rp, GRID_ECLUSTER);
     return 0;
   }
@@ -262,11 +271,8 @@ static int repl_answer_when(loop_t *lp, repl_part_t *part, uint64_t release,
     sink_error(lp, sink, rp->id, GRID_ENOMEM, "keeping a read until what it saw is committed");
     return 0;
   }
-  wt->release = release;
   wt->reply = pk;
-  wt->next = part->waits;
-  part->waits = wt;
-  part->pending++;
+  repl_order_hold(&part->order, &wt->ord, release, committed);
   return 1;
 }
 
@@ -298,7 +304,6 @@ static void repl_send_record(loop_t *lp, repl_write_t *w, Grid__Request *rec,
     snprintf(w->backups[i].node_id, PMAP_ID_MAX, "%s", nd->id);
     w->backups[i].state = owning[i] ? REPL_WAIT : REPL_ACKED;
     w->backups[i].owning = owning[i];
-    if (owning[i]) w->waiting++;
     peer_t *peer = peer_get(lp, nd->id, nd->addr);
     repl_ack_t *ack = malloc(sizeof *ack);
     int rc = GRID_ENOMEM;
@@ -343,9 +348,6 @@ static int repl_start_write(loop_t *lp, repl_part_t *part, repl_write_t *w,
                             repl_rec_t *rec, const Grid__Reply *rp, const uint32_t *idx,
                             const int *owning, int handed) {
   const store_cache_cfg_t *cfg = store_cache_cfg(w->cache);
-  w->counter = rec->rq.version & STORE_COUNTER_MASK;
-  GRID_ASSERT(w->counter > atomic_load(&part->sync->committed) || part->abandoned);
-  GRID_ASSERT(!part->tail || w->counter > part->tail->counter);
   if (cfg->sync == GRID_SYNC_PRIMARY) {
     /* Answered at once: the newest writes may be lost with the primary. */
     repl_deliver_leased(lp, w->sink, rp, GRID_EUNKNOWN);
@@ -363,10 +365,13 @@ static int repl_start_write(loop_t *lp, repl_part_t *part, repl_write_t *w,
   w->lnext = rl->writes;
   if (rl->writes) rl->writes->lprev = w;
   rl->writes = w;
-  if (part->tail) part->tail->next = w;
-  else part->head = w;
-  part->tail = w;
-  part->pending++;
+  /* It waits for every copy owning[] names (OWNING, full_sync); one that
+   * cannot be reached is demoted as the record is sent, and the write
+   * waits for it until a map no longer counts it in sync. */
+  int waiting = 0;
+  for (size_t i = 0; i < w->nbackups; i++) waiting += owning[i] != 0;
+  repl_order_push(&part->order, &w->ord, rec->rq.version & STORE_COUNTER_MASK, waiting,
+                  atomic_load(&part->sync->committed));
   rec->rq.cache = (char *)cfg->name;
   rec->rq.partition = w->p;
   rec->rq.epoch = lp->pmap->epoch;
@@ -392,18 +397,16 @@ static int repl_run(loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *sin
     sink_error(lp, sink, rq->id, GRID_ENOMEM, "replication state of the partition");
     return 0;
   }
-  if ((int64_t)part->pending >= n->cfg.repl_pending_max) {
+  if ((int64_t)part->order.pending >= n->cfg.repl_pending_max) {
     char detail[128];
     snprintf(detail, sizeof detail, "repl_pending_max (%lld) requests of partition %u wait for "
              "its backups", (long long)n->cfg.repl_pending_max, p);
     sink_error(lp, sink, rq->id, GRID_EBUSY, detail);
     return 0;
   }
-  if (part->abandoned && !part->head) {
-    /* This node leads again (promoted): what it holds is the truth now,
-     * given-up writes included (their clients heard GRID_EUNKNOWN). */
-    part->abandoned = 0;
-  }
+  /* This node leads again (promoted): what it holds is the truth now,
+   * given-up writes included (their clients heard GRID_EUNKNOWN). */
+  repl_order_resume(&part->order);
   uint32_t idx[PMAP_NODES_MAX];
   int owning[PMAP_NODES_MAX];
   size_t nb = repl_backups_of(lp, pc, p, store_cache_cfg(sc)->sync == GRID_SYNC_FULL, idx,
@@ -542,12 +545,10 @@ static void repl_write_abandon(loop_t *lp, repl_write_t *w) {
   /* Given up, not committed: a read waiting behind it must not see it
    * (the new primary may never have had it), so it is sent to retry
    * there instead; nor may a later read here (committed stays). */
-  w->waiting = 0;
-  w->abandoned = 1;
-  if (w->part) {
-    w->part->abandoned = 1;
-    repl_fail_waits(lp, w->part, GRID_ENOTREADY, "the partition changed primary: retry");
-  }
+  GRID_ASSERT(w->part); /* a write in the loop's list is in its FIFO */
+  repl_order_abandon(&w->part->order, &w->ord);
+  repl_fail_waits(lp, repl_order_take_waits(&w->part->order), GRID_ENOTREADY,
+                  "the partition changed primary: retry");
 }
 
 /* A pending write under a new map: a backup no longer in sync no longer
@@ -566,7 +567,7 @@ static void repl_write_on_map(loop_t *lp, const pmap_t *m, const pmap_cache_t *p
     }
     if (!in_sync) {
       b->state = REPL_ACKED;
-      w->waiting--;
+      repl_order_ack(&w->ord);
     } else if (b->state == REPL_FAILED) {
       /* The map still counts a copy in sync that missed this write: the
        * demote was not acted on (the coordinator moved to another map
@@ -590,7 +591,7 @@ static void repl_handoffs_on_map(loop_t *lp, const pmap_t *m) {
         continue;
       if (!sc) sc = store_view_find(&lp->view, pc->name, strlen(pc->name));
       repl_part_t *part = sc ? store_part_sync(sc, p)->repl : NULL;
-      if (part && part->head) part->handoff_epoch = m->epoch;
+      if (part && !repl_order_empty(&part->order)) part->handoff_epoch = m->epoch;
       else cluster_report_drained(n->cluster, pc->name, p, m->epoch);
     }
   }
@@ -615,7 +616,7 @@ void repl_on_map(loop_t *lp) {
   for (int again = 1; again;) {
     again = 0;
     for (repl_write_t *w = rl->writes; w; w = w->lnext) {
-      if (w->waiting <= 0 && w->part && w->part->head == w) {
+      if (w->part && w->part->order.head == &w->ord && repl_order_ready(&w->ord)) {
         repl_advance(lp, w->part);
         again = 1;
         break;
@@ -658,13 +659,12 @@ void repl_fail_packed(loop_t *lp, repl_packed_t *pk, int status, const char *why
   free(pk);
 }
 
-/* Answers every read waiting on the partition with an error instead. */
-static void repl_fail_waits(loop_t *lp, repl_part_t *part, int status, const char *why) {
-  while (part->waits) {
-    repl_wait_t *wt = part->waits;
-    part->waits = wt->next;
-    GRID_ASSERT(part->pending > 0);
-    part->pending--;
+/* Answers every read of l, waits taken out of their partition's order,
+ * with an error instead. */
+static void repl_fail_waits(loop_t *lp, repl_order_wait_t *l, int status, const char *why) {
+  for (repl_order_wait_t *o = l, *next; o; o = next) {
+    next = o->next;
+    repl_wait_t *wt = repl_wait_of(o);
     repl_fail_packed(lp, wt->reply, status, why);
     free(wt);
   }
@@ -677,10 +677,10 @@ void repl_close(loop_t *lp) {
     repl_write_t *w = rl->writes;
     rl->writes = w->lnext;
     if (w->part) {
-      w->part->head = w->part->tail = NULL;
-      GRID_ASSERT(w->part->pending > 0);
-      w->part->pending--; /* the write; its waits go just below */
-      repl_fail_waits(lp, w->part, GRID_ECONN, "the node is stopping");
+      /* The partition's writes are all in this list, freed here one by
+       * one: its order forgets them at the first, and gives up its waits. */
+      repl_fail_waits(lp, repl_order_close(&w->part->order), GRID_ECONN,
+                      "the node is stopping");
     }
     if (!w->answered && w->reply) {
       repl_fail_packed(lp, w->reply, GRID_EUNKNOWN, "the node stopped before every copy acknowledged the write");

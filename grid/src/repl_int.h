@@ -1,9 +1,10 @@
 /*
  * repl_int.h: what the files of repl share. repl.c keeps a partition's
  * writes in counter order and releases replies as they commit (the
- * primary's side); repl_backup.c applies a primary's records and fills on
- * a backup; repl_fill.c streams a partition to its MOVING copies. Only
- * repl*.c include it.
+ * primary's side; the rules of that order are repl_order.c's, pure);
+ * repl_backup.c applies a primary's records and fills on a backup;
+ * repl_fill.c streams a partition to its MOVING copies. Only repl*.c
+ * include it.
  */
 #ifndef GRID_REPL_INT_H
 #define GRID_REPL_INT_H
@@ -13,6 +14,7 @@
 #include "loop.h"
 #include "pmap.h"
 #include "repl.h"
+#include "repl_order.h"
 #include "sink.h"
 #include "store.h"
 
@@ -41,17 +43,16 @@ typedef struct repl_backup {
 } repl_backup_t;
 
 typedef struct repl_write {
-  struct repl_write *next;       /* the partition's FIFO, counter order */
+  repl_order_write_t ord;        /* its place in the partition's FIFO:
+                                    counter, OWNING backups not acked yet,
+                                    given up (repl_order.h) */
   struct repl_write *lnext, *lprev; /* the loop's list of pending writes */
   struct repl_part *part;
   store_t *store;
   store_cache_t *cache;          /* a reference, released when done */
   uint32_t p;
-  uint64_t counter;
-  int waiting;                   /* OWNING backups that have not acked */
   int refs;                      /* the FIFO, plus acks in flight */
   int answered;                  /* the sink got its reply */
-  int abandoned;                 /* given up: never counts as committed */
   int64_t deadline_ms;
   sink_t *sink;
   repl_packed_t *reply;          /* answered once committed */
@@ -60,24 +61,19 @@ typedef struct repl_write {
 } repl_write_t;
 
 typedef struct repl_wait {
-  struct repl_wait *next;
-  uint64_t release;              /* answered once committed reaches it */
+  repl_order_wait_t ord;         /* answered once committed reaches its
+                                    release */
   repl_packed_t *reply;
 } repl_wait_t;
 
 struct repl_part {
-  repl_write_t *head, *tail;
-  size_t pending;                /* writes in the FIFO plus waits: at most
-                                    repl_pending_max */
+  repl_order_t order;            /* writes in counter order, waits, and
+                                    pending (at most repl_pending_max) */
   uint64_t handoff_epoch;        /* handing over in it: report when drained */
-  repl_wait_t *waits;
   store_part_sync_t *sync;
   store_t *store;
   store_cache_t *cache;          /* not a reference: the part lives in it */
   uint32_t p;
-  int abandoned;                 /* writes were given up when another node
-                                    took the lead: what is applied here past
-                                    committed is not committed */
 };
 
 typedef struct repl_fill {
