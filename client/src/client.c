@@ -121,12 +121,6 @@ void grid_set_timeout(grid_t *g, uint32_t timeout_ms) {
 
 /* ---- running a request --------------------------------------------------- */
 
-void client_reply_free(client_reply_t *r) {
-  if (r->unpacked && r->rp) grid__reply__free_unpacked(r->rp, NULL);
-  else if (!r->unpacked) arena_close(&r->arena);
-  r->rp = NULL;
-}
-
 /* Runs rq and waits. Returns the transport's error, or the node's status;
  * on 0 and on a node error *out holds the reply (free it either way when
  * the return is not a transport error: client_call frees it itself then). */

@@ -39,6 +39,7 @@ typedef struct client_reply {
   int unpacked;       /* remote: rp was unpacked with malloc */
 } client_reply_t;
 
+/* remote.c: frees what a reply holds (remote or embedded). */
 void client_reply_free(client_reply_t *r);
 
 /* Called once per async request: status is a transport error (then rp is

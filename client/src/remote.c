@@ -645,6 +645,16 @@ int remote_call_async(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
   return remote_send(r, rq, timeout_ms, NULL, done, arg, &id);
 }
 
+/* A reply's memory: unpacked from a remote frame, or in the arena of an
+ * embedded call. Here, in the transport, so the router (which refreshes
+ * its map through remote_call) and the public calls both free replies
+ * without calling up into client.c. */
+void client_reply_free(client_reply_t *r) {
+  if (r->unpacked && r->rp) grid__reply__free_unpacked(r->rp, NULL);
+  else if (!r->unpacked) arena_close(&r->arena);
+  r->rp = NULL;
+}
+
 int remote_open(const char *host, int port, const grid_options_t *opts,
                 remote_t **out) {
   remote_t *r = calloc(1, sizeof *r);
