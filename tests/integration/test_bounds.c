@@ -8,11 +8,15 @@
  * stay exactly as full as the test made them.
  *   repl_pending_max   requests of one partition waiting for its backups
  *   loop_handoffs_max  requests other loops handed to one loop, unanswered
+ *   resp_pipeline_max  RESP commands of one connection awaiting replies
  */
+#include <poll.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "grid.h"
@@ -200,10 +204,95 @@ static void test_loop_handoffs_max(void) {
   stop_two(&t);
 }
 
+/* A key of cache `cache` whose primary is node `cluster`-0. */
+static void key_led_by_node0(int port, const char *cluster, const char *cache, char *out,
+                             size_t out_len) {
+  char id0[64];
+  snprintf(id0, sizeof id0, "%s-0", cluster);
+  for (int tries = 0; tries < 200; tries++) {
+    pmap_t m;
+    harness_pmap(port, &m);
+    const pmap_cache_t *pc = pmap_find_cache(&m, cache);
+    int p0 = pmap_node_index(&m, id0);
+    for (int k = 0; pc && p0 >= 0 && k < 10000; k++) {
+      snprintf(out, out_len, "%s-%d", cache, k);
+      if (pmap_primary(pc, part_of(out, strlen(out), pc->partitions)) == p0) {
+        pmap_free(&m);
+        return;
+      }
+    }
+    pmap_free(&m);
+    harness_sleep_ms(50);
+  }
+  CHECK(0);
+}
+
+/* Reads from fd until `lines` RESP lines have come, or timeout_ms passed;
+ * returns how many came. */
+static int read_lines(int fd, int lines, int timeout_ms, char *buf, size_t cap) {
+  size_t len = 0;
+  int got = 0;
+  for (int waited = 0; got < lines && waited < timeout_ms; waited += 50) {
+    struct pollfd pf = {.fd = fd, .events = POLLIN};
+    if (poll(&pf, 1, 50) <= 0) continue;
+    ssize_t n = recv(fd, buf + len, cap - 1 - len, 0);
+    CHECK(n > 0);
+    len += (size_t)n;
+    buf[len] = '\0';
+    got = 0;
+    for (const char *q = buf; (q = strstr(q, "\r\n")) != NULL; q += 2) got++;
+  }
+  return got;
+}
+
+/* resp_pipeline_max = 4: a RESP client pipelines four SETs of a partition
+ * whose backup is stopped, then SELECT of a cache without backups and a
+ * SET there. The four wait for their replies, so the node parses (and
+ * reads) no further: the fifth and sixth have not run while the backup is
+ * stopped; once it is back all six are answered, in order. */
+static void test_resp_pipeline_max(void) {
+  fprintf(stderr, "-- resp_pipeline_max: RESP commands waiting for their replies\n");
+  two_nodes_t t;
+  const char *extra[] = {"loops=1", "resp_pipeline_max=4", NULL};
+  start_two(&t, "bounds-c", extra, 1);
+  grid_cache_config_t solo = {.name = "solo", .partitions = PARTITIONS, .backups = 0};
+  CHECK_RC(grid_cache_create(t.g, &solo), 0);
+  char probe[32];
+  key_led_by_node0(t.nodes[0].port, "bounds-c", "solo", probe, sizeof probe);
+  CHECK_RC(grid_put(t.g, "solo", "warm", 4, "1", 1, 0, NULL), 0);
+  int fd = harness_connect(t.nodes[t.primary].resp_port);
+  char buf[4096];
+  const char *select_bounded = "SELECT " CACHE "\r\n";
+  harness_send_all(fd, select_bounded, strlen(select_bounded));
+  CHECK_EQ(read_lines(fd, 1, 5000, buf, sizeof buf), 1);
+  CHECK_STR(buf, "+OK\r\n");
+  harness_pause(&t.nodes[1 - t.primary]);
+  char pipeline[512];
+  int n = 0;
+  for (int i = 0; i < 4; i++)
+    n += snprintf(pipeline + n, sizeof pipeline - (size_t)n, "SET %s v%d\r\n", t.keys[0], i);
+  n += snprintf(pipeline + n, sizeof pipeline - (size_t)n, "SELECT solo\r\nSET %s 1\r\n", probe);
+  harness_send_all(fd, pipeline, (size_t)n);
+  harness_sleep_ms(500);
+  grid_value_t v;
+  CHECK_RC(grid_get(t.g, "solo", probe, strlen(probe), &v), GRID_ENOTFOUND);
+  CHECK_EQ(read_lines(fd, 1, 200, buf, sizeof buf), 0); /* the first SET waits */
+  fprintf(stderr, "   4 SETs wait, the 5th and 6th commands were not run; resuming\n");
+  harness_resume(&t.nodes[1 - t.primary]);
+  CHECK_EQ(read_lines(fd, 6, 20000, buf, sizeof buf), 6);
+  CHECK_STR(buf, "+OK\r\n+OK\r\n+OK\r\n+OK\r\n+OK\r\n+OK\r\n");
+  CHECK_RC(grid_get(t.g, "solo", probe, strlen(probe), &v), 0);
+  CHECK_STR(v.data, "1");
+  grid_value_free(&v);
+  close(fd);
+  stop_two(&t);
+}
+
 int main(void) {
   harness_zk_start(&zk);
   test_repl_pending_max();
   test_loop_handoffs_max();
+  test_resp_pipeline_max();
   harness_zk_stop(&zk);
   printf("test_bounds: ok\n");
   return 0;
