@@ -41,7 +41,7 @@ typedef struct grid_options {
                                node's frame_bytes_max, from the handshake */
   uint32_t async_max;       /* async requests of a handle in flight or
                                waiting to be sent again at most (each counts
-                               until its callback returns); a call past it
+                               until its callback starts); a call past it
                                returns GRID_EBUSY and its callback is never
                                called; 0 = 4096. An embedded node outside a
                                cluster runs an async call before returning,

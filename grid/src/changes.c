@@ -19,6 +19,7 @@
 #define CHANGES_WRAP 0xffffffffu
 #define CHANGES_ALIGN 8
 #define CHANGES_BYTES_MIN 64
+#define CHANGES_BYTES_MAX ((size_t)1 << 31)
 
 static size_t changes_round(size_t n) { return (n + CHANGES_ALIGN - 1) & ~(size_t)(CHANGES_ALIGN - 1); }
 
@@ -27,6 +28,8 @@ void changes_init(changes_t *c, size_t bytes_max, uint64_t counter) {
   /* Whole records only: the ring's size is a multiple of the alignment, so
    * the end always has room for a wrap mark. */
   c->bytes_max = bytes_max ? (bytes_max < CHANGES_BYTES_MIN ? CHANGES_BYTES_MIN : bytes_max) : 0;
+  /* A record's length is a u32: no ring is larger. */
+  if (c->bytes_max > CHANGES_BYTES_MAX) c->bytes_max = CHANGES_BYTES_MAX;
   c->bytes_max &= ~(size_t)(CHANGES_ALIGN - 1);
   c->base = c->last = counter;
 }

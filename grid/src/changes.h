@@ -1,9 +1,10 @@
 /*
  * changes: a partition's recent changes, in update-counter order, in a
  * bounded byte ring: what change streams (issue 9, shared/DESIGN.md
- * section 5) resume from. Pure data: no lock, no loop, no store; its owner
- * (the store, under the partition's lock) appends each change as it
- * applies it, and readers ask for what came after a counter.
+ * section 5) are to resume from. Pure data: no lock, no loop, no store; its
+ * owner (to be the store, under the partition's lock: nothing appends to
+ * it yet) appends each change as it applies it, and readers ask for what
+ * came after a counter.
  *
  * A reader whose position is older than what the ring still holds is told
  * so (CHANGES_GAP): history is never skipped silently. The ring forgets

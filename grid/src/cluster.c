@@ -572,11 +572,9 @@ static void cluster_publish(cluster_t *c) {
   }
 }
 
-int cluster_on_map(cluster_t *c, cluster_map_fn fn) {
-  GRID_ASSERT(!c->started);
-  if (c->n_on_map >= CLUSTER_MAP_LISTENERS_MAX) return GRID_ELIMIT;
+void cluster_on_map(cluster_t *c, cluster_map_fn fn) {
+  GRID_ASSERT(!c->started && c->n_on_map < CLUSTER_MAP_LISTENERS_MAX);
   c->on_map[c->n_on_map++] = fn;
-  return 0;
 }
 
 static int cluster_read_map(cluster_t *c) {

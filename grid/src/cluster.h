@@ -35,7 +35,7 @@ int cluster_new(node_t *n, cluster_t **out);
  * above (repl, the native front end): registered before cluster_start,
  * at most CLUSTER_MAP_LISTENERS_MAX. */
 typedef void (*cluster_map_fn)(loop_t *lp);
-int cluster_on_map(cluster_t *c, cluster_map_fn fn);
+void cluster_on_map(cluster_t *c, cluster_map_fn fn);
 
 /* Starts the cluster thread (node->advertise is set by then). */
 int cluster_start(cluster_t *c, char *err, size_t err_len);

@@ -271,10 +271,40 @@ static void conn_name_peer(conn_t *c) {
   snprintf(c->ip, sizeof c->ip, "%s", ip);
 }
 
+static void conn_on_refused(uv_handle_t *h) {
+  loop_t *lp = h->data;
+  lp->refusing = 0;
+  uv_stream_t *server = lp->refuse_next;
+  lp->refuse_next = NULL;
+  if (server && !uv_is_closing((uv_handle_t *)server))
+    conn_accept(lp, server, lp->refuse_next_proto);
+}
+
+/* No memory for a connection: it is accepted on the loop's spare handle
+ * and closed at once (the client sees the connection closed), since a
+ * listener that leaves a connection unaccepted accepts no other. While the
+ * spare closes, the listener waits, and is served when it has closed. */
+static void conn_refuse(loop_t *lp, uv_stream_t *server, const conn_proto_t *proto) {
+  if (lp->refusing) {
+    lp->refuse_next = server;
+    lp->refuse_next_proto = proto;
+    return;
+  }
+  lp->refusing = 1;
+  uv_tcp_init(&lp->uv, &lp->refused);
+  lp->refused.data = lp;
+  if (uv_accept(server, (uv_stream_t *)&lp->refused) == 0)
+    LOG_W("net", "\"out of memory for a new connection: closing it\" loop=%d", lp->index);
+  uv_close((uv_handle_t *)&lp->refused, conn_on_refused);
+}
+
 void conn_accept(loop_t *lp, uv_stream_t *server, const conn_proto_t *proto) {
   node_t *n = lp->node;
   conn_t *c = calloc(1, sizeof *c);
-  if (!c) return; /* the connection stays in the backlog: tried again */
+  if (!c) {
+    conn_refuse(lp, server, proto);
+    return;
+  }
   c->lp = lp;
   c->proto = proto;
   frame_buf_init(&c->in, CONN_RBUF_BYTES, (size_t)n->cfg.frame_bytes_max);
@@ -283,11 +313,15 @@ void conn_accept(loop_t *lp, uv_stream_t *server, const conn_proto_t *proto) {
   c->next = lp->conns;
   if (lp->conns) lp->conns->prev = c;
   lp->conns = c;
-  if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 || proto->open(c) != 0) {
+  if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
     conn_close(c);
     return;
   }
   conn_name_peer(c);
+  if (proto->open(c) != 0) {
+    conn_close(c);
+    return;
+  }
   uv_tcp_nodelay(&c->tcp, 1);
   c->accepted_ms = clock_mono_ms();
   if (uv_read_start((uv_stream_t *)&c->tcp, conn_on_alloc, conn_on_read) != 0) {

@@ -19,6 +19,8 @@ struct loops {
   loop_stop_fn stop_first[LOOP_HOOKS_MAX];
   loop_stop_fn stop_last[LOOP_HOOKS_MAX];
   int nstop;
+  _Atomic int joined;          /* every thread has ended: loops_stop runs
+                                  what is still posted itself */
   pthread_mutex_t stop_lock;   /* the stop's first step, on every loop */
   pthread_cond_t stop_cond;
   int stopped_first;
@@ -31,20 +33,16 @@ loop_t *loops_at(loops_t *ls, int index) {
   return &ls->loops[index];
 }
 
-int loops_on_cron(loops_t *ls, loop_cron_fn fn) {
-  GRID_ASSERT(!ls->running);
-  if (ls->ncron >= LOOP_HOOKS_MAX) return GRID_ELIMIT;
+void loops_on_cron(loops_t *ls, loop_cron_fn fn) {
+  GRID_ASSERT(!ls->running && ls->ncron < LOOP_HOOKS_MAX);
   ls->cron[ls->ncron++] = fn;
-  return 0;
 }
 
-int loops_on_stop(loops_t *ls, loop_stop_fn first, loop_stop_fn last) {
-  GRID_ASSERT(!ls->running);
-  if (ls->nstop >= LOOP_HOOKS_MAX) return GRID_ELIMIT;
+void loops_on_stop(loops_t *ls, loop_stop_fn first, loop_stop_fn last) {
+  GRID_ASSERT(!ls->running && ls->nstop < LOOP_HOOKS_MAX);
   ls->stop_first[ls->nstop] = first;
   ls->stop_last[ls->nstop] = last;
   ls->nstop++;
-  return 0;
 }
 
 /* ---- tasks from other threads ----------------------------------------- */
@@ -57,7 +55,7 @@ void loops_post(loops_t *ls, int index, loop_task_t *t) {
   else lp->inbox_head = t;
   lp->inbox_tail = t;
   pthread_mutex_unlock(&lp->inbox_lock);
-  uv_async_send(&lp->inbox_async);
+  if (!atomic_load(&ls->joined)) uv_async_send(&lp->inbox_async);
 }
 
 static void loop_on_inbox(uv_async_t *a) {
@@ -90,6 +88,7 @@ static void loop_on_cron(uv_timer_t *t) {
 static void loop_stop_first(loop_t *lp, void *arg) {
   (void)arg;
   loops_t *ls = lp->set;
+  lp->stopping = 1;
   for (int i = 0; i < ls->nstop; i++)
     if (ls->stop_first[i]) ls->stop_first[i](lp);
   pthread_mutex_lock(&ls->stop_lock);
@@ -223,10 +222,20 @@ void loops_stop(loops_t *ls) {
     while (ls->stopped_first < ls->n) pthread_cond_wait(&ls->stop_cond, &ls->stop_lock);
     pthread_mutex_unlock(&ls->stop_lock);
     for (int i = 0; i < ls->n; i++) uv_async_send(&ls->loops[i].stop_async);
-    for (int i = 0; i < ls->n; i++) {
-      uv_thread_join(&ls->loops[i].thread);
-      loop_close(&ls->loops[i]);
+    for (int i = 0; i < ls->n; i++) uv_thread_join(&ls->loops[i].thread);
+    /* A loop's last step may have posted to a loop that had ended (a
+     * reply to a request handed over just before the stop): with every
+     * thread gone, this thread runs those tasks, so every deferred reply
+     * still reaches its (closed) connection and frees what it holds. */
+    atomic_store(&ls->joined, 1);
+    for (int again = 1, rounds = 0; again && rounds < LOOP_STOP_DRAIN_ROUNDS_MAX; rounds++) {
+      again = 0;
+      for (int i = 0; i < ls->n; i++) {
+        again |= ls->loops[i].inbox_head != NULL;
+        loop_on_inbox(&ls->loops[i].inbox_async);
+      }
     }
+    for (int i = 0; i < ls->n; i++) loop_close(&ls->loops[i]);
   }
   pthread_mutex_destroy(&ls->stop_lock);
   pthread_cond_destroy(&ls->stop_cond);

@@ -4,7 +4,7 @@
  * one loop for their whole life, so they need no lock. Other threads hand a
  * loop work as tasks. The modules above keep their per-loop state in the
  * fields below marked with their name, and hook the loop's timer and stop
- * (loop_on_cron, loop_on_stop) at start: the loop calls nothing above it.
+ * (loops_on_cron, loops_on_stop) at start: the loop calls nothing above it.
  */
 #ifndef GRID_LOOP_H
 #define GRID_LOOP_H
@@ -26,6 +26,7 @@ typedef struct pmap pmap_t;
 #define LOOP_HOOKS_MAX 8     /* cron and stop hooks, each */
 #define LOOP_ARENA_BYTES 16384
 #define LOOP_CRON_MS_MAX 100 /* the timer fires at least this often */
+#define LOOP_STOP_DRAIN_ROUNDS_MAX 16 /* inboxes run after the threads end */
 
 /* Work for a loop from any thread. The task lives in the sender's own
  * struct (as libuv's requests do), so posting it cannot fail: a handoff
@@ -50,6 +51,8 @@ struct loop {
   uv_async_t stop_async;
   loop_task_t stop_task;       /* the stop's first step */
   uv_timer_t cron;
+  int stopping;                /* the stop's first step ran: layers that
+                                  keep requests waiting take no new ones */
   /* cluster.c: this loop's copy of the partition map, set on this loop by
    * the map task; read by the layers above on this loop. */
   pmap_t *pmap;
@@ -58,14 +61,23 @@ struct loop {
   struct peer *peers;          /* links to other nodes, made on demand */
   /* repl.c */
   struct repl_loop *repl;      /* the partitions this loop owns */
-  _Atomic int64_t handoffs;    /* requests other loops handed to this one,
-                                  not answered yet (loop_handoffs_max) */
+  /* Written by every loop that hands this one a request: on a cache line
+   * of its own, away from what this loop reads on every request. */
+  _Alignas(64) _Atomic int64_t handoffs; /* requests other loops handed to
+                                  this one, not answered yet
+                                  (loop_handoffs_max) */
+  char handoffs_pad[64 - sizeof(int64_t)];
   /* conn.c */
   struct conn *conns;          /* open client connections */
+  uv_tcp_t refused;            /* takes a connection that finds no memory,
+                                  to close it: a listener whose connection
+                                  is not accepted stops accepting */
+  int refusing;                /* refused is in use (closing) */
+  uv_stream_t *refuse_next;    /* a listener waiting for it, and its */
+  const struct conn_proto *refuse_next_proto; /* front end */
   /* net.c */
   uv_tcp_t listener;           /* the native port */
-  uv_tcp_t resp_listener;      /* the Redis-protocol port (when resp_on) */
-  int resp_on;
+  uv_tcp_t resp_listener;      /* the Redis-protocol port (resp_port set) */
 };
 
 /* Makes n->cfg.loops loops, not running yet: what must be set up on them
@@ -81,8 +93,8 @@ loop_t *loops_at(loops_t *ls, int index);
  * or loop fails, so every deferred reply is answered), then last(lp). */
 typedef void (*loop_cron_fn)(loop_t *lp, int64_t now_ms);
 typedef void (*loop_stop_fn)(loop_t *lp);
-int loops_on_cron(loops_t *ls, loop_cron_fn fn);
-int loops_on_stop(loops_t *ls, loop_stop_fn first, loop_stop_fn last);
+void loops_on_cron(loops_t *ls, loop_cron_fn fn);
+void loops_on_stop(loops_t *ls, loop_stop_fn first, loop_stop_fn last);
 
 /* Starts the threads. */
 int loops_run(loops_t *ls, char *err, size_t err_len);

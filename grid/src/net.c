@@ -120,7 +120,6 @@ int net_listen(node_t *n, loops_t *ls, char *err, size_t err_len) {
         snprintf(err, err_len, "RESP %s:%d: %s", n->cfg.bind, resp_port, why);
         return rc;
       }
-      lp->resp_on = 1;
     }
   }
   n->port = port;

@@ -17,6 +17,7 @@
 #include "repl_int.h"
 
 static void repl_fail_waits(loop_t *lp, repl_order_wait_t *l, int status, const char *why);
+static void repl_backup_missed(loop_t *lp, repl_write_t *w, repl_backup_t *b);
 
 /* ---- replies that cross loops ------------------------------------------ */
 
@@ -84,7 +85,7 @@ static void repl_release_packed(loop_t *lp, repl_packed_t *pk, int lost_status) 
                      lost_status == GRID_EUNKNOWN ? REPL_LEASE_LOST_WRITE : REPL_LEASE_LOST_READ);
     return;
   }
-  sink_deliver_packed(lp, pk->sink, pk, pk->buf, pk->len);
+  sink_deliver_packed(lp, pk->sink, pk, pk->buf, pk->len, pk->id);
 }
 
 void repl_part_free(void *repl) {
@@ -231,25 +232,31 @@ static void repl_on_ack(void *arg, int status, const Grid__Reply *rp) {
   repl_write_t *w = a->w;
   repl_backup_t *b = &w->backups[a->backup];
   if (status == 0 && rp->status != 0) status = rp->status;
-  if (status != 0 && b->state == REPL_ACKED && !b->owning)
-    repl_fill_restart(a->lp, store_cache_cfg(w->cache)->name, w->p, b->node_id);
-  if (b->state == REPL_WAIT) {
-    if (status == 0) {
-      b->state = REPL_ACKED;
-      repl_order_ack(&w->ord);
-    } else {
-      /* The backup may have missed this record: the write stays pending
-       * until a map no longer counts that copy in sync. */
-      b->state = REPL_FAILED;
-      LOG_W("repl", "\"a backup did not acknowledge a write\" node=%s partition=%u error=%s",
-            b->node_id, w->p, grid_err_name(status));
-      cluster_report_demote(a->lp->node->cluster, store_cache_cfg(w->cache)->name,
-                            w->p, b->node_id);
-    }
+  if (status == 0 && b->state == REPL_WAIT) {
+    b->state = REPL_ACKED;
+    repl_order_ack(&w->ord);
+  } else if (status != 0 && b->state != REPL_FAILED && w->part) {
+    /* The backup may have missed this record (a write stopping with the
+     * node has no part, and demotes nobody). A full_sync write waits for
+     * an OWNING copy until a map no longer counts it in sync. */
+    b->state = REPL_FAILED;
+    repl_backup_missed(a->lp, w, b);
   }
   if (repl_order_ready(&w->ord) && w->part) repl_advance(a->lp, w->part);
   repl_write_unref(w);
   free(a);
+}
+
+/* Whether the partition already has repl_pending_max requests waiting for
+ * its backups: then this one is refused with GRID_EBUSY (1). */
+static int repl_full(loop_t *lp, repl_part_t *part, uint64_t id, sink_t *sink) {
+  int64_t max = lp->node->cfg.repl_pending_max;
+  if ((int64_t)part->order.pending < max) return 0;
+  char detail[128];
+  snprintf(detail, sizeof detail, "repl_pending_max (%lld) requests of partition %u wait for "
+           "its backups", (long long)max, part->p);
+  sink_error(lp, sink, id, GRID_EBUSY, detail);
+  return 1;
 }
 
 /* Answers rp now or once committed reaches release (on the owner loop).
@@ -263,6 +270,7 @@ static int repl_answer_when(loop_t *lp, repl_part_t *part, uint64_t release,
     repl_deliver_leased(lp, sink, rp, GRID_ECLUSTER);
     return 0;
   }
+  if (repl_full(lp, part, rp->id, sink)) return 0; /* it would wait */
   repl_wait_t *wt = malloc(sizeof *wt);
   repl_packed_t *pk = repl_pack(sink, rp, handed);
   if (!wt || !pk) {
@@ -277,10 +285,11 @@ static int repl_answer_when(loop_t *lp, repl_part_t *part, uint64_t release,
 }
 
 /* The copies a write of partition p goes to besides this one: every
- * OWNING or MOVING copy; owning[i] says whether a full_sync write waits
- * for copy idx[i]. */
+ * OWNING or MOVING copy. owning[i]: a full_sync write waits for copy
+ * idx[i]; moving[i]: it is being filled (one that misses a record is
+ * filled again, where an OWNING one is demoted). */
 static size_t repl_backups_of(const loop_t *lp, const pmap_cache_t *pc, uint32_t p,
-                              int full_sync, uint32_t *idx, int *owning) {
+                              int full_sync, uint32_t *idx, int *owning, int *moving) {
   size_t nb = 0;
   for (uint32_t k = 1; k < pc->slots; k++) {
     int st;
@@ -288,22 +297,36 @@ static size_t repl_backups_of(const loop_t *lp, const pmap_cache_t *pc, uint32_t
     if (node < 0 || node == lp->self || (st != PMAP_OWNING && st != PMAP_MOVING)) continue;
     GRID_ASSERT(nb < PMAP_NODES_MAX && (size_t)node < lp->pmap->nnodes);
     idx[nb] = (uint32_t)node;
+    moving[nb] = st == PMAP_MOVING;
     owning[nb++] = st == PMAP_OWNING && full_sync;
   }
   return nb;
 }
 
+/* Backup b of w may have missed w's record: an OWNING copy is demoted (the
+ * coordinator has it filled again), a MOVING one starts its fill over. */
+static void repl_backup_missed(loop_t *lp, repl_write_t *w, repl_backup_t *b) {
+  const char *cache = store_cache_cfg(w->cache)->name;
+  if (b->moving) {
+    repl_fill_restart(lp, cache, w->p, b->node_id);
+    return;
+  }
+  LOG_W("repl", "\"a backup missed a write: demoting it\" node=%s partition=%u", b->node_id,
+        w->p);
+  cluster_report_demote(lp->node->cluster, cache, w->p, b->node_id);
+}
+
 /* Sends w's record to every backup. A backup it cannot reach is demoted
  * (it missed the write), so a full_sync write does not wait for it. */
 static void repl_send_record(loop_t *lp, repl_write_t *w, Grid__Request *rec,
-                             const uint32_t *idx, const int *owning) {
+                             const uint32_t *idx, const int *owning, const int *moving) {
   node_t *n = lp->node;
-  const char *cache = store_cache_cfg(w->cache)->name;
   for (size_t i = 0; i < w->nbackups; i++) {
     const pmap_node_t *nd = &lp->pmap->nodes[idx[i]];
     snprintf(w->backups[i].node_id, PMAP_ID_MAX, "%s", nd->id);
     w->backups[i].state = owning[i] ? REPL_WAIT : REPL_ACKED;
     w->backups[i].owning = owning[i];
+    w->backups[i].moving = moving[i];
     peer_t *peer = peer_get(lp, nd->id, nd->addr);
     repl_ack_t *ack = malloc(sizeof *ack);
     int rc = GRID_ENOMEM;
@@ -315,38 +338,47 @@ static void repl_send_record(loop_t *lp, repl_write_t *w, Grid__Request *rec,
     }
     if (rc != 0) {
       free(ack);
-      if (owning[i]) {
-        w->backups[i].state = REPL_FAILED;
-        cluster_report_demote(n->cluster, cache, w->p, nd->id);
-      } else {
-        repl_fill_restart(lp, cache, w->p, nd->id);
-      }
+      w->backups[i].state = REPL_FAILED;
+      repl_backup_missed(lp, w, &w->backups[i]);
     }
   }
 }
 
 /* A write was applied here but its record could not be made (out of
- * memory): no backup will have it, so each is demoted (OWNING) or filled
- * again (MOVING), and the client hears that the outcome is unknown. */
-static void repl_record_lost(loop_t *lp, const pmap_cache_t *pc, uint32_t p, sink_t *sink,
-                             uint64_t id) {
-  node_t *n = lp->node;
-  uint32_t idx[PMAP_NODES_MAX];
-  int owning[PMAP_NODES_MAX];
-  size_t nb = repl_backups_of(lp, pc, p, 1, idx, owning);
-  for (size_t i = 0; i < nb; i++) {
-    const char *node = lp->pmap->nodes[idx[i]].id;
-    if (owning[i]) cluster_report_demote(n->cluster, pc->name, p, node);
-    else repl_fill_restart(lp, pc->name, p, node);
+ * memory): no backup will have it. Its client hears that the outcome is
+ * unknown, and it stays in the partition's line as a write every waited
+ * copy failed: it does not count as committed until a map no longer
+ * counts those copies in sync (they are demoted, and filled again). */
+static void repl_record_lost(loop_t *lp, struct repl_loop *rl, repl_part_t *part,
+                             repl_write_t *w, const uint32_t *idx, const int *owning,
+                             const int *moving, uint64_t id) {
+  sink_error(lp, w->sink, id, GRID_EUNKNOWN, "out of memory replicating the write");
+  w->answered = 1;
+  int waiting = 0;
+  for (size_t i = 0; i < w->nbackups; i++) {
+    repl_backup_t *b = &w->backups[i];
+    snprintf(b->node_id, PMAP_ID_MAX, "%s", lp->pmap->nodes[idx[i]].id);
+    b->owning = owning[i];
+    b->moving = moving[i];
+    b->state = REPL_FAILED;
+    waiting += owning[i] != 0;
+    repl_backup_missed(lp, w, b);
   }
-  sink_error(lp, sink, id, GRID_EUNKNOWN, "out of memory replicating the write");
+  w->lnext = rl->writes;
+  if (rl->writes) rl->writes->lprev = w;
+  rl->writes = w;
+  /* The write's counter is the partition's applied one: this loop alone
+   * writes the partition, and it just applied it. */
+  repl_order_push(&part->order, &w->ord, atomic_load(&part->sync->applied), waiting,
+                  atomic_load(&part->sync->committed));
 }
 
 /* Queues w, a captured write, behind the partition's pending writes and
  * sends its record; its reply leaves once every OWNING backup acked. */
-static int repl_start_write(loop_t *lp, repl_part_t *part, repl_write_t *w,
-                            repl_rec_t *rec, const Grid__Reply *rp, const uint32_t *idx,
-                            const int *owning, int handed) {
+static int repl_start_write(loop_t *lp, struct repl_loop *rl, repl_part_t *part,
+                            repl_write_t *w, repl_rec_t *rec, const Grid__Reply *rp,
+                            const uint32_t *idx, const int *owning, const int *moving,
+                            int handed) {
   const store_cache_cfg_t *cfg = store_cache_cfg(w->cache);
   if (cfg->sync == GRID_SYNC_PRIMARY) {
     /* Answered at once: the newest writes may be lost with the primary. */
@@ -361,7 +393,6 @@ static int repl_start_write(loop_t *lp, repl_part_t *part, repl_write_t *w,
       w->answered = 1;
     }
   }
-  struct repl_loop *rl = repl_loop(lp);
   w->lnext = rl->writes;
   if (rl->writes) rl->writes->lprev = w;
   rl->writes = w;
@@ -375,7 +406,7 @@ static int repl_start_write(loop_t *lp, repl_part_t *part, repl_write_t *w,
   rec->rq.cache = (char *)cfg->name;
   rec->rq.partition = w->p;
   rec->rq.epoch = lp->pmap->epoch;
-  repl_send_record(lp, w, &rec->rq, idx, owning);
+  repl_send_record(lp, w, &rec->rq, idx, owning, moving);
   return w->reply != NULL;
 }
 
@@ -386,6 +417,11 @@ static int repl_start_write(loop_t *lp, repl_part_t *part, repl_write_t *w,
 static int repl_run(loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *sink,
                     int handed) {
   node_t *n = lp->node;
+  if (lp->stopping) {
+    /* After repl_close: nothing new may wait here (nobody would answer). */
+    sink_error(lp, sink, rq->id, GRID_ECONN, "the node is stopping");
+    return 0;
+  }
   const pmap_cache_t *pc = lp->pmap ? pmap_find_cache(lp->pmap, rq->cache) : NULL;
   store_cache_t *sc = store_view_find(&lp->view, rq->cache, strlen(rq->cache));
   if (!pc || !sc || pmap_primary(pc, p) != lp->self) {
@@ -393,26 +429,23 @@ static int repl_run(loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *sin
     return 0;
   }
   repl_part_t *part = repl_part(n->store, sc, p);
-  if (!part) {
+  struct repl_loop *rl = repl_loop(lp);
+  if (!part || !rl) {
     sink_error(lp, sink, rq->id, GRID_ENOMEM, "replication state of the partition");
     return 0;
   }
-  if ((int64_t)part->order.pending >= n->cfg.repl_pending_max) {
-    char detail[128];
-    snprintf(detail, sizeof detail, "repl_pending_max (%lld) requests of partition %u wait for "
-             "its backups", (long long)n->cfg.repl_pending_max, p);
-    sink_error(lp, sink, rq->id, GRID_EBUSY, detail);
-    return 0;
-  }
+  int write = op_is_write(rq->op);
+  if (write && repl_full(lp, part, rq->id, sink)) return 0;
   /* This node leads again (promoted): what it holds is the truth now,
    * given-up writes included (their clients heard GRID_EUNKNOWN). */
   repl_order_resume(&part->order);
   uint32_t idx[PMAP_NODES_MAX];
-  int owning[PMAP_NODES_MAX];
-  size_t nb = repl_backups_of(lp, pc, p, store_cache_cfg(sc)->sync == GRID_SYNC_FULL, idx,
-                              owning);
+  int owning[PMAP_NODES_MAX], moving[PMAP_NODES_MAX];
+  size_t nb = 0;
   repl_write_t *w = NULL;
-  if (op_is_write(rq->op)) {
+  if (write) {
+    nb = repl_backups_of(lp, pc, p, store_cache_cfg(sc)->sync == GRID_SYNC_FULL, idx, owning,
+                         moving);
     w = calloc(1, sizeof *w + nb * sizeof(repl_backup_t));
     if (!w) {
       sink_error(lp, sink, rq->id, GRID_ENOMEM, "replicating the write: not run");
@@ -429,19 +462,21 @@ static int repl_run(loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *sin
   ops_execute_rec(n, &lp->view, rq, &rp, &a, repl_capture, &rec);
   rp.epoch = lp->pmap->epoch;
   int waits = 0;
-  if (rec.captured && w) {
-    w->cache = store_cache_acquire(n->store, rq->cache, strlen(rq->cache));
-    GRID_ASSERT(w->cache == sc);
-    waits = repl_start_write(lp, part, w, &rec, &rp, idx, owning, handed);
+  if (w && (rec.captured || rec.failed)) {
+    /* The write changed the store: it joins the partition's line. */
+    store_cache_hold(sc);
+    w->cache = sc;
+    if (rec.captured) {
+      waits = repl_start_write(lp, rl, part, w, &rec, &rp, idx, owning, moving, handed);
+    } else {
+      repl_record_lost(lp, rl, part, w, idx, owning, moving, rq->id);
+    }
     repl_advance(lp, part);
-  } else if (rec.failed) {
-    free(w);
-    repl_record_lost(lp, pc, p, sink, rq->id);
   } else {
     /* A read, or a write that changed nothing (its answer still depends
      * on the state it saw). */
     free(w);
-    uint64_t release = atomic_load(&store_part_sync(sc, p)->applied);
+    uint64_t release = atomic_load(&part->sync->applied);
     if (rq->op == GRID__OP__GET && rp.status == 0) release = rp.version & STORE_COUNTER_MASK;
     waits = repl_answer_when(lp, part, release, sink, &rp, handed);
   }
@@ -567,7 +602,7 @@ static void repl_write_on_map(loop_t *lp, const pmap_t *m, const pmap_cache_t *p
     }
     if (!in_sync) {
       b->state = REPL_ACKED;
-      repl_order_ack(&w->ord);
+      if (b->owning) repl_order_ack(&w->ord); /* the write waited for it */
     } else if (b->state == REPL_FAILED) {
       /* The map still counts a copy in sync that missed this write: the
        * demote was not acted on (the coordinator moved to another map
@@ -598,6 +633,7 @@ static void repl_handoffs_on_map(loop_t *lp, const pmap_t *m) {
 }
 
 void repl_on_map(loop_t *lp) {
+  if (lp->stopping) return; /* repl_close ran: nothing is kept any more */
   struct repl_loop *rl = repl_loop(lp);
   if (!rl || !lp->pmap) return;
   const pmap_t *m = lp->pmap;
@@ -640,10 +676,14 @@ void repl_cron(loop_t *lp, int64_t now_ms) {
                      "backups did not acknowledge the write in time (forward_timeout_ms)");
     w->reply = NULL;
     w->answered = 1;
-    for (size_t i = 0; i < w->nbackups; i++)
-      if (w->backups[i].owning && w->backups[i].state != REPL_ACKED)
-        cluster_report_demote(lp->node->cluster, store_cache_cfg(w->cache)->name, w->p,
-                              w->backups[i].node_id);
+    for (size_t i = 0; i < w->nbackups; i++) {
+      repl_backup_t *b = &w->backups[i];
+      if (!b->owning || b->state != REPL_WAIT) continue;
+      /* FAILED: each new map that still counts it in sync demotes it
+       * again (repl_write_on_map), until one does not. */
+      b->state = REPL_FAILED;
+      repl_backup_missed(lp, w, b);
+    }
   }
   if (rl->fills_incomplete && lp->pmap) repl_fills_on_map(lp, lp->pmap);
   for (repl_fill_t *f = rl->fills; f; f = f->next) repl_fill_step(lp, f, now_ms);
@@ -693,7 +733,10 @@ void repl_close(loop_t *lp) {
   while (rl->fills) {
     repl_fill_t *f = rl->fills;
     rl->fills = f->next;
-    free(f);
+    /* A chunk in flight is failed by peer_close_all, which runs next: its
+     * ack frees the fill. */
+    if (f->inflight) f->orphan = 1;
+    else free(f);
   }
   free(rl);
   lp->repl = NULL;

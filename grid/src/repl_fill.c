@@ -65,6 +65,11 @@ static void repl_fill_on_ack(void *arg, int status, const Grid__Reply *rp) {
   repl_fill_ack_t *a = arg;
   repl_fill_t *f = a->f;
   f->inflight = 0;
+  if (f->orphan) { /* the loop's replication state is gone (stopping) */
+    free(f);
+    free(a);
+    return;
+  }
   if (status == 0 && rp->status != 0) status = rp->status;
   if (f->restart) {
     f->restart = 0;

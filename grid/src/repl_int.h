@@ -39,7 +39,9 @@ enum { REPL_WAIT = 0, REPL_ACKED = 1, REPL_FAILED = 2 };
 typedef struct repl_backup {
   char node_id[PMAP_ID_MAX];
   int state;
-  int owning;                    /* counted for full_sync */
+  int owning;                    /* a full_sync write waits for it */
+  int moving;                    /* a MOVING copy (being filled), not an
+                                    OWNING one */
 } repl_backup_t;
 
 typedef struct repl_write {
@@ -77,6 +79,8 @@ struct repl_part {
 };
 
 typedef struct repl_fill {
+  int orphan;                    /* repl_close came while a chunk was in
+                                    flight: its ack frees it */
   struct repl_fill *next;
   char cache[STORE_CACHE_NAME_MAX + 1];
   uint32_t p;

@@ -9,7 +9,6 @@
 #include <unistd.h>
 
 #include "clock.h"
-#include "cluster.h"
 #include "grid_types.h"
 #include "log.h"
 #include "conn.h"

@@ -25,6 +25,7 @@
 typedef struct route_fwd {
   sink_t *sink;
   loop_t *lp;
+  uint64_t id;             /* the request's, for an error instead */
 } route_fwd_t;
 
 /* A forward that never reached the primary (the link is down, or could
@@ -37,7 +38,7 @@ static int route_fwd_status(int status) { return status == GRID_ECONN ? GRID_ENO
 static void route_fwd_done(void *arg, int status, const Grid__Reply *rp) {
   route_fwd_t *f = arg;
   if (status != 0)
-    sink_error(f->lp, f->sink, 0, route_fwd_status(status),
+    sink_error(f->lp, f->sink, f->id, route_fwd_status(status),
                      status == GRID_ECONN ? "the partition's primary cannot be reached: not run"
                                           : "forwarding to the partition's primary");
   else
@@ -85,9 +86,10 @@ static void route_key(loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc,
   }
   peer_t *peer = peer_get(lp, nd->id, nd->addr);
   route_fwd_t *f = malloc(sizeof *f);
+  uint64_t id = rq->id; /* peer_call puts its own id in rq */
   int rc = GRID_ENOMEM;
   if (peer && f) {
-    *f = (route_fwd_t){sink, lp};
+    *f = (route_fwd_t){sink, lp, id};
     rq->hops = 1;
     rc = peer_call(peer, rq, lp->node->cfg.forward_timeout_ms, route_fwd_done, f);
   } else if (!peer) {
@@ -95,8 +97,8 @@ static void route_key(loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc,
   }
   if (rc != 0) {
     free(f);
-    sink_error(lp, sink, rq->id, route_fwd_status(rc),
-                     "the partition's primary cannot be reached: not run");
+    sink_error(lp, sink, id, route_fwd_status(rc),
+               "the partition's primary cannot be reached: not run");
   }
 }
 
@@ -288,12 +290,21 @@ static void route_batch(loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc, s
 /* SIZE: every node counts the partitions it leads. */
 static int64_t route_local_size(loop_t *lp, const char *cache, const pmap_cache_t *pc,
                                 int *found) {
-  store_cache_t *sc = store_view_find(&lp->view, cache, strlen(cache));
+  /* A node the map does not place (it restarted under its id) leads
+   * nothing it can count yet. */
+  store_cache_t *sc = lp->self >= 0 ? store_view_find(&lp->view, cache, strlen(cache)) : NULL;
   int64_t total = 0;
   for (uint32_t p = 0; sc && p < pc->partitions; p++)
     if (pmap_primary(pc, p) == lp->self) total += (int64_t)store_part_size(sc, p);
   *found = sc != NULL;
   return total;
+}
+
+/* Whether node leads at least one partition of pc: only those are asked. */
+static int route_leads_any(const pmap_cache_t *pc, int node) {
+  for (uint32_t p = 0; p < pc->partitions; p++)
+    if (pmap_primary(pc, p) == node) return 1;
+  return 0;
 }
 
 static void route_size(loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc,
@@ -314,11 +325,18 @@ static void route_size(loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc,
     return;
   }
   for (size_t node = 0; node < m->nnodes; node++) {
+    if ((int)node != lp->self && !route_leads_any(pc, (int)node)) continue;
     b->pending++;
     if ((int)node == lp->self) {
       Grid__Reply rp = GRID__REPLY__INIT;
       rp.number = route_local_size(lp, rq->cache, pc, &found);
       route_batch_take(b, 0, found ? 0 : GRID_ENOTREADY, found ? &rp : NULL);
+      continue;
+    }
+    if (strcmp(m->nodes[node].id, lp->node->node_id) == 0) {
+      /* This node's id under an earlier incarnation: its partitions are
+       * not here, and asking our own address would count ours twice. */
+      route_batch_take(b, 0, GRID_ENOTREADY, NULL);
       continue;
     }
     route_part_t *part = malloc(sizeof *part);

@@ -47,6 +47,7 @@ void sink_deliver(loop_t *lp, sink_t *s, const Grid__Reply *rp) {
   if (b) {
     size_t packed = grid__reply__pack(rp, b);
     GRID_ASSERT(packed == len);
+    s->id = rp->id;
     s->block = b;
     s->packed = b;
     s->packed_len = len;
@@ -60,7 +61,8 @@ void sink_deliver(loop_t *lp, sink_t *s, const Grid__Reply *rp) {
 }
 
 void sink_deliver_packed(loop_t *lp, sink_t *s, void *block,
-                         const unsigned char *bytes, size_t len) {
+                         const unsigned char *bytes, size_t len, uint64_t id) {
+  s->id = id;
   s->block = block;
   s->packed = bytes;
   s->packed_len = len;

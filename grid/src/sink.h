@@ -38,9 +38,10 @@ void sink_init(sink_t *s, sink_fn fn, int loop);
 /* Delivers rp to s: now when s is on lp's loop, else through its inbox. */
 void sink_deliver(loop_t *lp, sink_t *s, const Grid__Reply *rp);
 /* Delivers a reply packed earlier: bytes[0..len) inside block, a malloc'd
- * block that is taken over and freed once fn has run. */
+ * block that is taken over and freed once fn has run. id is the request's:
+ * an error goes under it should the bytes not decode. */
 void sink_deliver_packed(loop_t *lp, sink_t *s, void *block,
-                         const unsigned char *bytes, size_t len);
+                         const unsigned char *bytes, size_t len, uint64_t id);
 /* Delivers an error reply (words from grid_strerror plus detail). */
 void sink_error(loop_t *lp, sink_t *s, uint64_t id, int status, const char *detail);
 

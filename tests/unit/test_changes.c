@@ -100,7 +100,7 @@ static void test_forgets_oldest_with_gap(void) {
   char key[16], value[64];
   for (uint64_t i = 1; i <= 100; i++) {
     snprintf(key, sizeof key, "k%llu", (unsigned long long)i);
-    snprintf(value, sizeof value, "value-%llu-xxxxxxxxxxxxxxxx", (unsigned long long)i);
+    snprintf(value, sizeof value, "value-%llu-of-some-length", (unsigned long long)i);
     put(&c, i, key, value);
   }
   CHECK(c.used <= 512);
