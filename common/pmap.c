@@ -12,19 +12,57 @@
 void pmap_init(pmap_t *m) { memset(m, 0, sizeof *m); }
 
 void pmap_free(pmap_t *m) {
-  for (size_t i = 0; i < m->ncaches; i++) {
-    free(m->caches[i].owners);
-    free(m->caches[i].states);
+  for (size_t i = 0; i < m->ngroups; i++) {
+    free(m->groups[i].owners);
+    free(m->groups[i].states);
   }
+  free(m->groups);
   free(m->caches);
+  free(m->index);
   pmap_init(m);
 }
 
-static int pmap_cache_alloc(pmap_cache_t *c) {
-  size_t n = (size_t)c->partitions * c->slots;
-  c->owners = calloc(n ? n : 1, 1);
-  c->states = calloc(n ? n : 1, 1);
-  return c->owners && c->states ? 0 : GRID_ENOMEM;
+static int pmap_group_alloc(pmap_group_t *g) {
+  size_t n = (size_t)g->partitions * g->slots;
+  g->owners = calloc(n ? n : 1, 1);
+  g->states = calloc(n ? n : 1, 1);
+  return g->owners && g->states ? 0 : GRID_ENOMEM;
+}
+
+/* The hash index of m->caches. 0 or GRID_ENOMEM. */
+static int pmap_index_build(pmap_t *m) {
+  free(m->index);
+  m->index = NULL;
+  m->index_mask = 0;
+  size_t cap = 8;
+  while (cap < m->ncaches * 2) cap *= 2;
+  m->index = calloc(cap, sizeof *m->index);
+  if (!m->index) return GRID_ENOMEM;
+  m->index_mask = cap - 1;
+  for (size_t i = 0; i < m->ncaches; i++) {
+    size_t at = XXH3_64bits(m->caches[i].name, strlen(m->caches[i].name)) & m->index_mask;
+    while (m->index[at]) at = (at + 1) & m->index_mask;
+    m->index[at] = (uint32_t)i + 1;
+  }
+  return 0;
+}
+
+/* Sorts m->caches by group then name, and sets each group's range. */
+static int pmap_cache_cmp(const void *a, const void *b) {
+  const pmap_cache_ref_t *x = a, *y = b;
+  if (x->group != y->group) return x->group < y->group ? -1 : 1;
+  return strcmp(x->name, y->name);
+}
+
+static int pmap_caches_settle(pmap_t *m) {
+  if (m->ncaches > 1) qsort(m->caches, m->ncaches, sizeof *m->caches, pmap_cache_cmp);
+  for (size_t g = 0; g < m->ngroups; g++) m->groups[g].first_cache = m->groups[g].ncaches = 0;
+  for (size_t i = 0; i < m->ncaches; i++) {
+    pmap_group_t *g = &m->groups[m->caches[i].group];
+    if (g->ncaches == 0) g->first_cache = i;
+    g->ncaches++;
+  }
+  return pmap_index_build(m);
 }
 
 int pmap_copy(pmap_t *dst, const pmap_t *src) {
@@ -34,20 +72,90 @@ int pmap_copy(pmap_t *dst, const pmap_t *src) {
   dst->nnodes = src->nnodes;
   memcpy(dst->nodes, src->nodes, src->nnodes * sizeof src->nodes[0]);
   memcpy(dst->coordinator, src->coordinator, sizeof dst->coordinator);
+  dst->groups = calloc(src->ngroups ? src->ngroups : 1, sizeof *dst->groups);
   dst->caches = calloc(src->ncaches ? src->ncaches : 1, sizeof *dst->caches);
-  if (!dst->caches) return GRID_ENOMEM;
-  for (size_t i = 0; i < src->ncaches; i++) {
-    dst->caches[i] = src->caches[i];
-    dst->ncaches = i + 1;
-    if (pmap_cache_alloc(&dst->caches[i]) != 0) {
-      dst->caches[i].owners = dst->caches[i].states = NULL;
+  if (!dst->groups || !dst->caches) {
+    pmap_free(dst);
+    return GRID_ENOMEM;
+  }
+  for (size_t i = 0; i < src->ngroups; i++) {
+    dst->groups[i] = src->groups[i];
+    dst->ngroups = i + 1;
+    if (pmap_group_alloc(&dst->groups[i]) != 0) {
       pmap_free(dst);
       return GRID_ENOMEM;
     }
-    size_t n = (size_t)src->caches[i].partitions * src->caches[i].slots;
-    memcpy(dst->caches[i].owners, src->caches[i].owners, n);
-    memcpy(dst->caches[i].states, src->caches[i].states, n);
+    size_t n = (size_t)src->groups[i].partitions * src->groups[i].slots;
+    memcpy(dst->groups[i].owners, src->groups[i].owners, n);
+    memcpy(dst->groups[i].states, src->groups[i].states, n);
   }
+  if (src->ncaches) memcpy(dst->caches, src->caches, src->ncaches * sizeof *src->caches);
+  dst->ncaches = src->ncaches;
+  if (pmap_index_build(dst) != 0) {
+    pmap_free(dst);
+    return GRID_ENOMEM;
+  }
+  return 0;
+}
+
+void pmap_group_name(uint32_t partitions, uint32_t backups, int replicated, char *out,
+                     size_t len) {
+  if (replicated) snprintf(out, len, "p%u-all", partitions);
+  else snprintf(out, len, "p%u-b%u", partitions, backups);
+}
+
+uint64_t pmap_group_bytes(uint32_t partitions, uint32_t backups, int replicated, size_t nnodes) {
+  uint64_t copies = replicated ? (nnodes ? nnodes : 1) : (uint64_t)backups + 1;
+  return 2 * (uint64_t)partitions * copies;
+}
+
+uint64_t pmap_bytes(const pmap_t *m) {
+  uint64_t n = 0;
+  for (size_t i = 0; i < m->ngroups; i++) n += 2 * (uint64_t)m->groups[i].partitions * m->groups[i].slots;
+  return n;
+}
+
+const pmap_group_t *pmap_find_group(const pmap_t *m, const char *name) {
+  for (size_t i = 0; i < m->ngroups; i++)
+    if (strcmp(m->groups[i].name, name) == 0) return &m->groups[i];
+  return NULL;
+}
+
+const char *pmap_group_cache_after(const pmap_t *m, const pmap_group_t *g, const char *after) {
+  size_t lo = g->first_cache, hi = g->first_cache + g->ncaches;
+  GRID_ASSERT(hi <= m->ncaches);
+  while (lo < hi) { /* the first name > after */
+    size_t mid = lo + (hi - lo) / 2;
+    if (strcmp(m->caches[mid].name, after) <= 0) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo < g->first_cache + g->ncaches ? m->caches[lo].name : NULL;
+}
+
+int pmap_set_caches(pmap_t *m, const pmap_cache_def_t *defs, size_t ndefs) {
+  pmap_cache_ref_t *refs = calloc(ndefs ? ndefs : 1, sizeof *refs);
+  if (!refs) return GRID_ENOMEM;
+  size_t k = 0;
+  for (size_t i = 0; i < ndefs; i++) {
+    char gname[PMAP_GROUP_NAME_MAX];
+    pmap_group_name(defs[i].partitions, defs[i].backups, defs[i].replicated, gname, sizeof gname);
+    const pmap_group_t *g = pmap_find_group(m, gname);
+    if (!g || strlen(defs[i].name) >= sizeof refs[k].name) continue;
+    snprintf(refs[k].name, sizeof refs[k].name, "%s", defs[i].name);
+    refs[k++].group = (uint32_t)(g - m->groups);
+  }
+  pmap_cache_ref_t *old = m->caches;
+  size_t nold = m->ncaches;
+  m->caches = refs;
+  m->ncaches = k;
+  if (pmap_caches_settle(m) != 0) {
+    m->caches = old;
+    m->ncaches = nold;
+    free(refs);
+    pmap_caches_settle(m); /* the old index; failing again leaves none */
+    return GRID_ENOMEM;
+  }
+  free(old);
   return 0;
 }
 
@@ -90,9 +198,11 @@ size_t pmap_ideal(const pmap_node_t *nodes, size_t n, uint32_t p, size_t want,
   return pmap_rank(nodes, n, p, want, 1, out);
 }
 
-const pmap_cache_t *pmap_find_cache(const pmap_t *m, const char *name) {
-  for (size_t i = 0; i < m->ncaches; i++)
-    if (strcmp(m->caches[i].name, name) == 0) return &m->caches[i];
+const pmap_group_t *pmap_find_cache(const pmap_t *m, const char *name) {
+  if (!m->index) return NULL;
+  size_t at = XXH3_64bits(name, strlen(name)) & m->index_mask;
+  for (uint32_t i; (i = m->index[at]) != 0; at = (at + 1) & m->index_mask)
+    if (strcmp(m->caches[i - 1].name, name) == 0) return &m->groups[m->caches[i - 1].group];
   return NULL;
 }
 
@@ -115,7 +225,7 @@ int pmap_node_index(const pmap_t *m, const char *node_id) {
   return -1;
 }
 
-int pmap_copy_at(const pmap_cache_t *c, uint32_t p, uint32_t i, int *state) {
+int pmap_copy_at(const pmap_group_t *c, uint32_t p, uint32_t i, int *state) {
   if (p >= c->partitions || i >= c->slots) {
     *state = PMAP_NONE;
     return -1;
@@ -125,13 +235,13 @@ int pmap_copy_at(const pmap_cache_t *c, uint32_t p, uint32_t i, int *state) {
   return c->owners[at] ? c->owners[at] - 1 : -1;
 }
 
-int pmap_primary(const pmap_cache_t *c, uint32_t p) {
+int pmap_primary(const pmap_group_t *c, uint32_t p) {
   int state;
   int idx = pmap_copy_at(c, p, 0, &state);
   return state == PMAP_OWNING ? idx : -1;
 }
 
-int pmap_leader(const pmap_cache_t *c, uint32_t p) {
+int pmap_leader(const pmap_group_t *c, uint32_t p) {
   int state;
   int idx = pmap_copy_at(c, p, 0, &state);
   return state == PMAP_OWNING || state == PMAP_HANDOFF ? idx : -1;
@@ -168,16 +278,16 @@ static int pmap_list_find(const pmap_list_t *l, uint32_t node) {
 
 enum { PMAP_REPORT_FILLED, PMAP_REPORT_DEMOTE, PMAP_REPORT_DRAINED };
 
-/* Whether alive node a reported (kind) on partition p of cache at the
+/* Whether alive node a reported (kind) on partition p of group at the
  * current epoch: a report made under an older map is stale. */
-static int pmap_is_reported(const pmap_step_t *st, const char *cache, uint32_t p,
+static int pmap_is_reported(const pmap_step_t *st, const char *group, uint32_t p,
                             uint32_t a, int kind) {
   const char *node_id = st->alive[a].id;
   for (size_t i = 0; i < st->nready; i++) {
     const pmap_ready_t *r = &st->ready[i];
     int k = r->drained ? PMAP_REPORT_DRAINED : r->demote ? PMAP_REPORT_DEMOTE : PMAP_REPORT_FILLED;
     if (r->partition == p && r->epoch == st->cur->epoch && k == kind &&
-        strcmp(r->cache, cache) == 0 && strcmp(r->node_id, node_id) == 0)
+        strcmp(r->group, group) == 0 && strcmp(r->node_id, node_id) == 0)
       return 1;
   }
   return 0;
@@ -212,8 +322,8 @@ static void pmap_list_clear_just_filled(pmap_list_t *l) {
  * fill and demote reports applied. A node named twice (only a damaged map
  * does that) is listed once, so that the list never holds more copies than
  * there are nodes. Returns whether any copy was in sync, alive or not. */
-static int pmap_list_current(const pmap_step_t *st, const pmap_cache_t *cc,
-                             const char *cache, uint32_t p, pmap_list_t *l) {
+static int pmap_list_current(const pmap_step_t *st, const pmap_group_t *cc,
+                             const char *group, uint32_t p, pmap_list_t *l) {
   int had_owning = 0;
   for (uint32_t i = 0; i < cc->slots; i++) {
     int s;
@@ -226,10 +336,10 @@ static int pmap_list_current(const pmap_step_t *st, const pmap_cache_t *cc,
     int a = pmap_alive_index(st->alive, st->nalive, &st->cur->nodes[idx]);
     if (a < 0) continue; /* its node is gone, or restarted */
     if (pmap_list_find(l, (uint32_t)a) >= 0) continue;
-    if (s == PMAP_MOVING && pmap_is_reported(st, cache, p, (uint32_t)a, PMAP_REPORT_FILLED))
+    if (s == PMAP_MOVING && pmap_is_reported(st, group, p, (uint32_t)a, PMAP_REPORT_FILLED))
       s = PMAP_OWNING | PMAP_JUST_FILLED;
     else if (s == PMAP_OWNING && i > 0 &&
-             pmap_is_reported(st, cache, p, (uint32_t)a, PMAP_REPORT_DEMOTE))
+             pmap_is_reported(st, group, p, (uint32_t)a, PMAP_REPORT_DEMOTE))
       s = PMAP_MOVING;
     l->node[l->n] = (uint32_t)a;
     l->state[l->n++] = (uint8_t)s;
@@ -269,7 +379,7 @@ static int pmap_list_drop_absent(pmap_list_t *l, const pmap_node_t *alive, int k
 }
 
 /* Whether alive node a holds copy 0 of p in cur, leading or handing over. */
-static int pmap_is_current_primary(const pmap_step_t *st, const pmap_cache_t *cc,
+static int pmap_is_current_primary(const pmap_step_t *st, const pmap_group_t *cc,
                                    uint32_t p, uint32_t a) {
   int s;
   int old = pmap_copy_at(cc, p, 0, &s);
@@ -316,7 +426,7 @@ static size_t pmap_list_add_ideal(pmap_list_t *l, const uint32_t *ideal, size_t 
  * primary takes over in two steps: the primary hands off (takes no new
  * request), then, once it reported every write in flight acknowledged,
  * the new one leads, and every copy is still in sync. */
-static void pmap_list_move_to_ideal(const pmap_step_t *st, const char *cache, uint32_t p,
+static void pmap_list_move_to_ideal(const pmap_step_t *st, const char *group, uint32_t p,
                                     const uint32_t *ideal, size_t nideal, int handing_off,
                                     pmap_list_t *l) {
   if (l->node[0] != ideal[0]) {
@@ -324,14 +434,15 @@ static void pmap_list_move_to_ideal(const pmap_step_t *st, const char *cache, ui
       l->state[0] = PMAP_HANDOFF;
       return;
     }
-    if (!pmap_is_reported(st, cache, p, l->node[0], PMAP_REPORT_DRAINED)) return;
+    if (!pmap_is_reported(st, group, p, l->node[0], PMAP_REPORT_DRAINED)) return;
   }
   pmap_list_set_ideal(l, ideal, nideal);
 }
 
-/* Works out the copies of partition p of one cache (the rules are in
- * pmap.h); cc is the cache in the current map, NULL when it is new. */
-static void pmap_next_partition(const pmap_step_t *st, const pmap_cache_t *cc,
+/* Works out the copies of partition p of one group (the rules are in
+ * pmap.h); def describes the group (its name is the group's), cc is the
+ * group in the current map, NULL when it is new. */
+static void pmap_next_partition(const pmap_step_t *st, const pmap_group_t *cc,
                                 const pmap_cache_def_t *def, uint32_t p, pmap_list_t *l) {
   uint32_t ideal[PMAP_NODES_MAX];
   /* A replicated cache has a copy on every node, zones or not. */
@@ -339,8 +450,9 @@ static void pmap_next_partition(const pmap_step_t *st, const pmap_cache_t *cc,
   size_t nideal = pmap_rank(st->alive, st->nalive, p, want, !def->replicated, ideal);
   memset(l, 0, sizeof *l);
   if (!cc || cc->partitions != def->partitions) {
-    /* A cache new to the map: empty, so its ideal owners own it now. With
-     * no node alive it has no copy (not LOST: it never had data). */
+    /* A group new to the map: its caches are empty, so its ideal owners
+     * own it now. With no node alive it has no copy (not LOST: it never
+     * had data). */
     pmap_list_set_ideal(l, ideal, nideal);
     return;
   }
@@ -388,7 +500,7 @@ static void pmap_next_partition(const pmap_step_t *st, const pmap_cache_t *cc,
 
 /* Writes partition p's copies, as worked out, into oc of a map of nnodes
  * nodes. */
-static void pmap_put_partition(pmap_cache_t *oc, size_t nnodes, uint32_t p,
+static void pmap_put_partition(pmap_group_t *oc, size_t nnodes, uint32_t p,
                                const pmap_list_t *l) {
   /* The first pass sized the slots for the widest partition, and a lost
    * partition keeps no copy. */
@@ -406,10 +518,10 @@ static void pmap_put_partition(pmap_cache_t *oc, size_t nnodes, uint32_t p,
   }
 }
 
-/* Fills oc, the next map's entry for def (cc: the current one, or NULL),
- * using l as scratch. 0 or GRID_ENOMEM. */
-static int pmap_next_cache(const pmap_step_t *st, const pmap_cache_def_t *def,
-                           const pmap_cache_t *cc, pmap_cache_t *oc, pmap_list_t *l) {
+/* Fills oc, the next map's entry for group def (cc: the current one, or
+ * NULL), using l as scratch. 0 or GRID_ENOMEM. */
+static int pmap_next_group(const pmap_step_t *st, const pmap_cache_def_t *def,
+                           const pmap_group_t *cc, pmap_group_t *oc, pmap_list_t *l) {
   snprintf(oc->name, sizeof oc->name, "%s", def->name);
   oc->partitions = def->partitions;
   oc->backups = def->backups;
@@ -423,7 +535,7 @@ static int pmap_next_cache(const pmap_step_t *st, const pmap_cache_def_t *def,
     if (l->n > slots) slots = (uint32_t)l->n;
   }
   oc->slots = slots;
-  int rc = pmap_cache_alloc(oc);
+  int rc = pmap_group_alloc(oc);
   if (rc != 0) return rc;
   for (uint32_t p = 0; p < def->partitions; p++) {
     pmap_next_partition(st, cc, def, p, l);
@@ -433,18 +545,18 @@ static int pmap_next_cache(const pmap_step_t *st, const pmap_cache_def_t *def,
 }
 
 /* Whether next differs from cur (NULL: there is none): other nodes, other
- * caches, or any copy moved or changed state. */
+ * groups, or any copy moved or changed state. */
 static int pmap_differs(const pmap_t *cur, const pmap_t *next) {
-  if (!cur || cur->nnodes != next->nnodes || cur->ncaches != next->ncaches) return 1;
+  if (!cur || cur->nnodes != next->nnodes || cur->ngroups != next->ngroups) return 1;
   for (size_t i = 0; i < next->nnodes; i++) {
     const pmap_node_t *a = &cur->nodes[i], *b = &next->nodes[i];
     if (strcmp(a->id, b->id) != 0 || strcmp(a->addr, b->addr) != 0 ||
         a->leaving != b->leaving || a->incarnation != b->incarnation || a->absent != b->absent)
       return 1;
   }
-  for (size_t d = 0; d < next->ncaches; d++) {
-    const pmap_cache_t *a = pmap_find_cache(cur, next->caches[d].name);
-    const pmap_cache_t *b = &next->caches[d];
+  for (size_t d = 0; d < next->ngroups; d++) {
+    const pmap_group_t *a = pmap_find_group(cur, next->groups[d].name);
+    const pmap_group_t *b = &next->groups[d];
     if (!a || a->partitions != b->partitions) return 1;
     uint32_t k = a->slots > b->slots ? a->slots : b->slots;
     for (uint32_t p = 0; p < b->partitions; p++) {
@@ -460,94 +572,209 @@ static int pmap_differs(const pmap_t *cur, const pmap_t *next) {
   return 0;
 }
 
-int pmap_next(const pmap_t *cur, const pmap_node_t *alive, size_t nalive,
+/* One group the defs need, described as a def named as the group. */
+typedef struct pmap_group_def {
+  pmap_cache_def_t def;
+  char name[PMAP_GROUP_NAME_MAX];
+} pmap_group_def_t;
+
+static int pmap_group_def_cmp(const void *a, const void *b) {
+  return strcmp(((const pmap_group_def_t *)a)->name, ((const pmap_group_def_t *)b)->name);
+}
+
+/* The groups the defs need, each once, sorted by name; *n receives how
+ * many. NULL when memory ran out. */
+static pmap_group_def_t *pmap_group_defs(const pmap_cache_def_t *defs, size_t ndefs, size_t *n) {
+  pmap_group_def_t *g = calloc(ndefs ? ndefs : 1, sizeof *g);
+  if (!g) return NULL;
+  size_t k = 0;
+  for (size_t i = 0; i < ndefs; i++) {
+    char name[PMAP_GROUP_NAME_MAX];
+    int replicated = defs[i].replicated != 0;
+    uint32_t backups = replicated ? 0 : defs[i].backups;
+    pmap_group_name(defs[i].partitions, backups, replicated, name, sizeof name);
+    size_t j = 0;
+    while (j < k && strcmp(g[j].name, name) != 0) j++;
+    if (j < k) continue; /* groups are few: a linear look is enough */
+    memcpy(g[k].name, name, sizeof name);
+    g[k].def = (pmap_cache_def_t){.name = NULL, .partitions = defs[i].partitions,
+                                  .backups = backups, .replicated = replicated};
+    k++;
+  }
+  qsort(g, k, sizeof *g, pmap_group_def_cmp);
+  for (size_t i = 0; i < k; i++) g[i].def.name = g[i].name;
+  *n = k;
+  return g;
+}
+
+/* The nodes of the next map: those of cur still alive keep their order
+ * (so copies keep their node indexes where they can), the others follow. */
+static void pmap_arrange(const pmap_t *cur, const pmap_node_t *alive, size_t nalive,
+                         pmap_node_t *out) {
+  unsigned char used[PMAP_NODES_MAX] = {0};
+  size_t k = 0;
+  for (size_t i = 0; cur && i < cur->nnodes; i++) {
+    for (size_t j = 0; j < nalive; j++) {
+      if (used[j] || strcmp(alive[j].id, cur->nodes[i].id) != 0) continue;
+      used[j] = 1;
+      out[k++] = alive[j];
+      break;
+    }
+  }
+  for (size_t j = 0; j < nalive; j++)
+    if (!used[j]) out[k++] = alive[j];
+  GRID_ASSERT(k == nalive);
+}
+
+int pmap_next(const pmap_t *cur, const pmap_node_t *alive_in, size_t nalive,
               const pmap_cache_def_t *defs, size_t ndefs,
               const pmap_ready_t *ready, size_t nready, pmap_t *out,
               int *changed) {
-  GRID_ASSERT(out->caches == NULL && out->ncaches == 0); /* pmap_init'ed */
+  GRID_ASSERT(out->groups == NULL && out->ngroups == 0); /* pmap_init'ed */
   if (cur && cur->epoch == 0) cur = NULL;
   if (nalive > PMAP_NODES_MAX) nalive = PMAP_NODES_MAX;
   out->nnodes = nalive;
-  memcpy(out->nodes, alive, nalive * sizeof *alive);
-  out->caches = calloc(ndefs ? ndefs : 1, sizeof *out->caches);
-  if (!out->caches) return GRID_ENOMEM;
+  pmap_arrange(cur, alive_in, nalive, out->nodes);
+  const pmap_node_t *alive = out->nodes;
+  size_t ngd = 0;
+  pmap_group_def_t *gd = pmap_group_defs(defs, ndefs, &ngd);
+  out->groups = calloc(ngd ? ngd : 1, sizeof *out->groups);
   pmap_list_t *l = malloc(sizeof *l);
-  if (!l) return GRID_ENOMEM;
+  if (!gd || !out->groups || !l) {
+    free(gd);
+    free(l);
+    return GRID_ENOMEM;
+  }
   const pmap_step_t st = {cur, alive, nalive, ready, nready};
   int rc = 0;
-  for (size_t d = 0; d < ndefs && rc == 0; d++) {
-    const pmap_cache_t *cc = cur ? pmap_find_cache(cur, defs[d].name) : NULL;
-    out->ncaches = d + 1;
-    rc = pmap_next_cache(&st, &defs[d], cc, &out->caches[d], l);
+  for (size_t d = 0; d < ngd && rc == 0; d++) {
+    const pmap_group_t *cc = cur ? pmap_find_group(cur, gd[d].name) : NULL;
+    out->ngroups = d + 1;
+    rc = pmap_next_group(&st, &gd[d].def, cc, &out->groups[d], l);
   }
   free(l);
+  free(gd);
+  if (rc == 0) rc = pmap_set_caches(out, defs, ndefs);
   if (rc != 0) return rc;
   *changed = pmap_differs(cur, out);
   return 0;
 }
 
-int pmap_encode(const pmap_t *m, unsigned char **buf, size_t *len) {
+/* ---- protobuf ------------------------------------------------------------- */
+
+/* The Pmap message of m, pointing into m; groups carry their owners when
+ * with_data, the caches are named when with_caches. Free with
+ * pmap_msg_free. */
+typedef struct pmap_msg {
+  Grid__Pmap pm;
+  Grid__PmapNode *nodes, **np;
+  Grid__PmapCache *groups, **gp;
+  Grid__PmapCacheGroup *refs, **rp;
+} pmap_msg_t;
+
+static void pmap_msg_free(pmap_msg_t *x) {
+  free(x->nodes);
+  free(x->np);
+  free(x->groups);
+  free(x->gp);
+  free(x->refs);
+  free(x->rp);
+}
+
+static int pmap_msg(const pmap_t *m, int with_data, int with_caches, pmap_msg_t *x) {
   GRID_ASSERT(m->nnodes <= PMAP_NODES_MAX);
-  Grid__Pmap pm = GRID__PMAP__INIT;
-  Grid__PmapNode *nodes = calloc(m->nnodes + 1, sizeof *nodes);
-  Grid__PmapNode **np = calloc(m->nnodes + 1, sizeof *np);
-  Grid__PmapCache *caches = calloc(m->ncaches + 1, sizeof *caches);
-  Grid__PmapCache **cp = calloc(m->ncaches + 1, sizeof *cp);
-  int rc = GRID_ENOMEM;
-  if (!nodes || !np || !caches || !cp) goto out;
-  pm.epoch = m->epoch;
-  pm.coordinator = (char *)m->coordinator;
-  for (size_t i = 0; i < m->nnodes; i++) {
-    grid__pmap_node__init(&nodes[i]);
-    nodes[i].id = (char *)m->nodes[i].id;
-    nodes[i].addr = (char *)m->nodes[i].addr;
-    nodes[i].zone = (char *)m->nodes[i].zone;
-    nodes[i].leaving = m->nodes[i].leaving != 0;
-    nodes[i].incarnation = m->nodes[i].incarnation;
-    nodes[i].absent = m->nodes[i].absent != 0;
-    np[i] = &nodes[i];
+  memset(x, 0, sizeof *x);
+  grid__pmap__init(&x->pm);
+  size_t nrefs = with_caches ? m->ncaches : 0;
+  x->nodes = calloc(m->nnodes + 1, sizeof *x->nodes);
+  x->np = calloc(m->nnodes + 1, sizeof *x->np);
+  x->groups = calloc(m->ngroups + 1, sizeof *x->groups);
+  x->gp = calloc(m->ngroups + 1, sizeof *x->gp);
+  x->refs = calloc(nrefs + 1, sizeof *x->refs);
+  x->rp = calloc(nrefs + 1, sizeof *x->rp);
+  if (!x->nodes || !x->np || !x->groups || !x->gp || !x->refs || !x->rp) {
+    pmap_msg_free(x);
+    return GRID_ENOMEM;
   }
-  pm.nodes = np;
-  pm.n_nodes = m->nnodes;
-  for (size_t i = 0; i < m->ncaches; i++) {
-    const pmap_cache_t *c = &m->caches[i];
+  x->pm.epoch = m->epoch;
+  x->pm.coordinator = (char *)m->coordinator;
+  for (size_t i = 0; i < m->nnodes; i++) {
+    Grid__PmapNode *n = &x->nodes[i];
+    grid__pmap_node__init(n);
+    n->id = (char *)m->nodes[i].id;
+    n->addr = (char *)m->nodes[i].addr;
+    n->zone = (char *)m->nodes[i].zone;
+    n->leaving = m->nodes[i].leaving != 0;
+    n->incarnation = m->nodes[i].incarnation;
+    n->absent = m->nodes[i].absent != 0;
+    x->np[i] = n;
+  }
+  x->pm.nodes = x->np;
+  x->pm.n_nodes = m->nnodes;
+  for (size_t i = 0; i < m->ngroups; i++) {
+    const pmap_group_t *g = &m->groups[i];
     /* Node indexes are one byte: a map with more copies to a partition
      * than that would not decode again. */
-    GRID_ASSERT(c->slots <= PMAP_NODES_MAX);
-    grid__pmap_cache__init(&caches[i]);
-    caches[i].name = (char *)c->name;
-    caches[i].partitions = c->partitions;
-    caches[i].copies = c->slots;
-    size_t n = (size_t)c->partitions * c->slots;
-    caches[i].owners = (ProtobufCBinaryData){n, c->owners};
-    caches[i].states = (ProtobufCBinaryData){n, c->states};
-    cp[i] = &caches[i];
+    GRID_ASSERT(g->slots <= PMAP_NODES_MAX);
+    Grid__PmapCache *c = &x->groups[i];
+    grid__pmap_cache__init(c);
+    c->name = (char *)g->name;
+    c->partitions = g->partitions;
+    c->copies = g->slots;
+    c->backups = g->backups;
+    c->replicated = g->replicated != 0;
+    if (with_data) {
+      size_t n = (size_t)g->partitions * g->slots;
+      c->owners = (ProtobufCBinaryData){n, g->owners};
+      c->states = (ProtobufCBinaryData){n, g->states};
+    }
+    x->gp[i] = c;
   }
-  pm.caches = cp;
-  pm.n_caches = m->ncaches;
-  *len = grid__pmap__get_packed_size(&pm);
+  x->pm.caches = x->gp;
+  x->pm.n_caches = m->ngroups;
+  for (size_t i = 0; i < nrefs; i++) {
+    Grid__PmapCacheGroup *r = &x->refs[i];
+    grid__pmap_cache_group__init(r);
+    r->cache = (char *)m->caches[i].name;
+    r->group = (char *)m->groups[m->caches[i].group].name;
+    x->rp[i] = r;
+  }
+  x->pm.cache_groups = x->rp;
+  x->pm.n_cache_groups = nrefs;
+  return 0;
+}
+
+static int pmap_pack(const Grid__Pmap *pm, unsigned char **buf, size_t *len) {
+  *len = grid__pmap__get_packed_size(pm);
   *buf = malloc(*len ? *len : 1);
-  if (*buf) {
-    grid__pmap__pack(&pm, *buf);
-    rc = 0;
-  }
-out:
-  free(nodes);
-  free(np);
-  free(caches);
-  free(cp);
+  if (!*buf) return GRID_ENOMEM;
+  grid__pmap__pack(pm, *buf);
+  return 0;
+}
+
+int pmap_encode(const pmap_t *m, unsigned char **buf, size_t *len) {
+  pmap_msg_t x;
+  int rc = pmap_msg(m, 1, 1, &x);
+  if (rc != 0) return rc;
+  rc = pmap_pack(&x.pm, buf, len);
+  pmap_msg_free(&x);
   return rc;
 }
 
-int pmap_decode(const unsigned char *buf, size_t len, pmap_t *m) {
-  pmap_init(m);
-  Grid__Pmap *pm = grid__pmap__unpack(NULL, len, buf);
-  if (!pm) return GRID_EPROTO;
-  int rc = 0;
-  if (pm->n_nodes > PMAP_NODES_MAX) rc = GRID_EPROTO;
+/* Every owner names a node of the map, every state is one a map holds. */
+static int pmap_range_ok(const uint8_t *owners, const uint8_t *states, size_t n, size_t nnodes) {
+  for (size_t k = 0; k < n; k++)
+    if (owners[k] > nnodes || states[k] > PMAP_HANDOFF) return 0;
+  return 1;
+}
+
+/* Decodes pm's nodes and groups into m (pmap_init'ed); with_data: the
+ * groups carry their owners, else they are left empty (chunks fill them). */
+static int pmap_from_msg(const Grid__Pmap *pm, int with_data, pmap_t *m) {
+  if (pm->n_nodes > PMAP_NODES_MAX) return GRID_EPROTO;
   m->epoch = pm->epoch;
   snprintf(m->coordinator, sizeof m->coordinator, "%s", pm->coordinator ? pm->coordinator : "");
-  for (size_t i = 0; rc == 0 && i < pm->n_nodes; i++) {
+  for (size_t i = 0; i < pm->n_nodes; i++) {
     snprintf(m->nodes[i].id, PMAP_ID_MAX, "%s", pm->nodes[i]->id);
     snprintf(m->nodes[i].addr, PMAP_ADDR_MAX, "%s", pm->nodes[i]->addr);
     snprintf(m->nodes[i].zone, PMAP_ZONE_MAX, "%s", pm->nodes[i]->zone);
@@ -556,31 +783,57 @@ int pmap_decode(const unsigned char *buf, size_t len, pmap_t *m) {
     m->nodes[i].absent = pm->nodes[i]->absent;
     m->nnodes = i + 1;
   }
-  if (rc == 0) m->caches = calloc(pm->n_caches + 1, sizeof *m->caches);
-  if (rc == 0 && !m->caches) rc = GRID_ENOMEM;
-  for (size_t i = 0; rc == 0 && i < pm->n_caches; i++) {
+  m->groups = calloc(pm->n_caches + 1, sizeof *m->groups);
+  if (!m->groups) return GRID_ENOMEM;
+  for (size_t i = 0; i < pm->n_caches; i++) {
     const Grid__PmapCache *pc = pm->caches[i];
-    pmap_cache_t *c = &m->caches[i];
+    pmap_group_t *g = &m->groups[i];
     size_t n = (size_t)pc->partitions * pc->copies;
     /* A map from the network or from ZooKeeper is input like any other: a
-     * cache without partitions, or with more than any node accepts, would
+     * group without partitions, or with more than any node accepts, would
      * trip the placement arithmetic of every reader. */
     if (pc->partitions == 0 || pc->partitions > PMAP_PARTITIONS_MAX || pc->copies == 0 ||
-        pc->copies > PMAP_NODES_MAX || pc->owners.len != n || pc->states.len != n ||
-        !pc->name || strlen(pc->name) >= sizeof c->name) {
+        pc->copies > PMAP_NODES_MAX || !pc->name || strlen(pc->name) >= sizeof g->name ||
+        pmap_find_group(m, pc->name) ||
+        (with_data && (pc->owners.len != n || pc->states.len != n)))
+      return GRID_EPROTO;
+    snprintf(g->name, sizeof g->name, "%s", pc->name);
+    g->partitions = pc->partitions;
+    g->slots = pc->copies;
+    g->backups = pc->backups;
+    g->replicated = pc->replicated;
+    m->ngroups = i + 1;
+    int rc = pmap_group_alloc(g);
+    if (rc != 0) return rc;
+    if (!with_data) continue;
+    memcpy(g->owners, pc->owners.data, n);
+    memcpy(g->states, pc->states.data, n);
+    if (!pmap_range_ok(g->owners, g->states, n, m->nnodes)) return GRID_EPROTO;
+  }
+  return 0;
+}
+
+int pmap_decode(const unsigned char *buf, size_t len, pmap_t *m) {
+  pmap_init(m);
+  Grid__Pmap *pm = grid__pmap__unpack(NULL, len, buf);
+  if (!pm) return GRID_EPROTO;
+  int rc = pmap_from_msg(pm, 1, m);
+  if (rc == 0) {
+    m->caches = calloc(pm->n_cache_groups + 1, sizeof *m->caches);
+    if (!m->caches) rc = GRID_ENOMEM;
+  }
+  for (size_t i = 0; rc == 0 && i < pm->n_cache_groups; i++) {
+    const Grid__PmapCacheGroup *r = pm->cache_groups[i];
+    const pmap_group_t *g = r->group ? pmap_find_group(m, r->group) : NULL;
+    if (!g || !r->cache || strlen(r->cache) >= sizeof m->caches[0].name) {
       rc = GRID_EPROTO;
       break;
     }
-    snprintf(c->name, sizeof c->name, "%s", pc->name);
-    c->partitions = pc->partitions;
-    c->slots = pc->copies;
+    snprintf(m->caches[i].name, sizeof m->caches[i].name, "%s", r->cache);
+    m->caches[i].group = (uint32_t)(g - m->groups);
     m->ncaches = i + 1;
-    if ((rc = pmap_cache_alloc(c)) != 0) break;
-    memcpy(c->owners, pc->owners.data, n);
-    memcpy(c->states, pc->states.data, n);
-    for (size_t k = 0; k < n; k++)
-      if (c->owners[k] > m->nnodes || c->states[k] > PMAP_HANDOFF) rc = GRID_EPROTO;
   }
+  if (rc == 0) rc = pmap_caches_settle(m);
   grid__pmap__free_unpacked(pm, NULL);
   if (rc != 0) {
     pmap_free(m);
@@ -588,8 +841,213 @@ int pmap_decode(const unsigned char *buf, size_t len, pmap_t *m) {
   }
   /* What every reader relies on, as the checks above give it. */
   GRID_ASSERT(m->nnodes <= PMAP_NODES_MAX);
-  for (size_t i = 0; i < m->ncaches; i++)
-    GRID_ASSERT(m->caches[i].partitions > 0 && m->caches[i].partitions <= PMAP_PARTITIONS_MAX &&
-                m->caches[i].slots > 0 && m->caches[i].slots <= PMAP_NODES_MAX);
+  for (size_t i = 0; i < m->ngroups; i++)
+    GRID_ASSERT(m->groups[i].partitions > 0 && m->groups[i].partitions <= PMAP_PARTITIONS_MAX &&
+                m->groups[i].slots > 0 && m->groups[i].slots <= PMAP_NODES_MAX);
   return 0;
+}
+
+/* ---- the map in ZooKeeper: a root and chunks ------------------------------ */
+
+void pmap_stored_free(pmap_stored_t *st) {
+  free(st->refs);
+  st->refs = NULL;
+  st->n = 0;
+}
+
+void pmap_plan_free(pmap_plan_t *plan) {
+  free(plan->root);
+  for (size_t i = 0; i < plan->nwrites; i++) free(plan->writes[i].buf);
+  free(plan->writes);
+  free(plan->obsolete);
+  pmap_stored_free(&plan->stored);
+  memset(plan, 0, sizeof *plan);
+}
+
+uint32_t pmap_chunk_partitions(uint32_t slots) {
+  uint32_t per = PMAP_CHUNK_BYTES / (2 * (slots ? slots : 1));
+  return per ? per : 1;
+}
+
+/* Whether cur holds, at ref's range, exactly the bytes next's group has. */
+static int pmap_range_same(const pmap_t *cur, const pmap_chunk_ref_t *ref,
+                           const pmap_group_t *ng) {
+  const pmap_group_t *cg = cur ? pmap_find_group(cur, ref->group) : NULL;
+  if (!cg || cg->slots != ng->slots || cg->partitions != ng->partitions) return 0;
+  size_t at = (size_t)ref->first * ng->slots, n = (size_t)ref->count * ng->slots;
+  return memcmp(cg->owners + at, ng->owners + at, n) == 0 &&
+         memcmp(cg->states + at, ng->states + at, n) == 0;
+}
+
+static const pmap_chunk_ref_t *pmap_stored_find(const pmap_stored_t *st, const char *group,
+                                                uint32_t first, uint32_t count) {
+  for (size_t i = 0; st && i < st->n; i++)
+    if (st->refs[i].first == first && st->refs[i].count == count &&
+        strcmp(st->refs[i].group, group) == 0)
+      return &st->refs[i];
+  return NULL;
+}
+
+/* One chunk's znode data: range [first, first + count) of g. */
+static int pmap_chunk_encode(const pmap_group_t *g, uint32_t first, uint32_t count,
+                             pmap_blob_t *out) {
+  Grid__PmapChunk ch = GRID__PMAP_CHUNK__INIT;
+  ch.group = (char *)g->name;
+  ch.first = first;
+  ch.count = count;
+  ch.copies = g->slots;
+  size_t at = (size_t)first * g->slots, n = (size_t)count * g->slots;
+  ch.owners = (ProtobufCBinaryData){n, g->owners + at};
+  ch.states = (ProtobufCBinaryData){n, g->states + at};
+  out->len = grid__pmap_chunk__get_packed_size(&ch);
+  out->buf = malloc(out->len ? out->len : 1);
+  if (!out->buf) return GRID_ENOMEM;
+  grid__pmap_chunk__pack(&ch, out->buf);
+  return 0;
+}
+
+int pmap_store_plan(const pmap_t *next, const pmap_t *cur, const pmap_stored_t *cur_refs,
+                    uint64_t epoch, uint64_t writer, pmap_plan_t *plan) {
+  memset(plan, 0, sizeof *plan);
+  size_t nchunks = 0;
+  for (size_t i = 0; i < next->ngroups; i++) {
+    uint32_t per = pmap_chunk_partitions(next->groups[i].slots);
+    nchunks += (next->groups[i].partitions + per - 1) / per;
+  }
+  size_t ncur = cur_refs ? cur_refs->n : 0;
+  plan->stored.refs = calloc(nchunks + 1, sizeof *plan->stored.refs);
+  plan->writes = calloc(nchunks + 1, sizeof *plan->writes);
+  plan->obsolete = calloc(ncur + 1, sizeof *plan->obsolete);
+  unsigned char *kept = calloc(ncur + 1, 1);
+  Grid__PmapChunkRef *crefs = calloc(nchunks + 1, sizeof *crefs);
+  Grid__PmapChunkRef **crp = calloc(nchunks + 1, sizeof *crp);
+  int rc = GRID_ENOMEM;
+  if (!plan->stored.refs || !plan->writes || !plan->obsolete || !kept || !crefs || !crp)
+    goto out;
+  for (size_t i = 0; i < next->ngroups; i++) {
+    const pmap_group_t *g = &next->groups[i];
+    uint32_t per = pmap_chunk_partitions(g->slots);
+    for (uint32_t first = 0; first < g->partitions; first += per) {
+      uint32_t count = g->partitions - first < per ? g->partitions - first : per;
+      pmap_chunk_ref_t *r = &plan->stored.refs[plan->stored.n++];
+      const pmap_chunk_ref_t *old = pmap_stored_find(cur_refs, g->name, first, count);
+      if (old && pmap_range_same(cur, old, g)) {
+        *r = *old; /* unchanged: the root names the same znode again */
+        kept[old - cur_refs->refs] = 1;
+        continue;
+      }
+      snprintf(r->group, sizeof r->group, "%s", g->name);
+      r->first = first;
+      r->count = count;
+      snprintf(r->znode, sizeof r->znode, "%s.%u.%llu.%016llx", g->name, first,
+               (unsigned long long)epoch, (unsigned long long)writer);
+      pmap_blob_t *w = &plan->writes[plan->nwrites];
+      if ((rc = pmap_chunk_encode(g, first, count, w)) != 0) goto out;
+      snprintf(w->znode, sizeof w->znode, "%s", r->znode);
+      r->bytes = (uint32_t)w->len;
+      plan->nwrites++;
+    }
+  }
+  for (size_t i = 0; i < ncur; i++)
+    if (!kept[i]) memcpy(plan->obsolete[plan->nobsolete++], cur_refs->refs[i].znode, PMAP_ZNODE_MAX);
+  pmap_msg_t x;
+  if ((rc = pmap_msg(next, 0, 0, &x)) != 0) goto out;
+  x.pm.epoch = epoch;
+  for (size_t i = 0; i < plan->stored.n; i++) {
+    const pmap_chunk_ref_t *r = &plan->stored.refs[i];
+    grid__pmap_chunk_ref__init(&crefs[i]);
+    crefs[i].group = (char *)r->group;
+    crefs[i].first = r->first;
+    crefs[i].count = r->count;
+    crefs[i].znode = (char *)r->znode;
+    crefs[i].bytes = r->bytes;
+    crp[i] = &crefs[i];
+  }
+  x.pm.chunks = crp;
+  x.pm.n_chunks = plan->stored.n;
+  rc = pmap_pack(&x.pm, &plan->root, &plan->root_len);
+  pmap_msg_free(&x);
+out:
+  free(kept);
+  free(crefs);
+  free(crp);
+  if (rc != 0) pmap_plan_free(plan);
+  return rc;
+}
+
+int pmap_root_decode(const unsigned char *buf, size_t len, pmap_t *m, pmap_stored_t *refs) {
+  pmap_init(m);
+  memset(refs, 0, sizeof *refs);
+  Grid__Pmap *pm = grid__pmap__unpack(NULL, len, buf);
+  if (!pm) return GRID_EPROTO;
+  int rc = pmap_from_msg(pm, 0, m);
+  if (rc == 0) {
+    refs->refs = calloc(pm->n_chunks + 1, sizeof *refs->refs);
+    if (!refs->refs) rc = GRID_ENOMEM;
+  }
+  /* Every partition of every group is in exactly one chunk. */
+  uint64_t covered = 0, want = 0;
+  for (size_t i = 0; rc == 0 && i < m->ngroups; i++) want += m->groups[i].partitions;
+  for (size_t i = 0; rc == 0 && i < pm->n_chunks; i++) {
+    const Grid__PmapChunkRef *c = pm->chunks[i];
+    pmap_chunk_ref_t *r = &refs->refs[i];
+    const pmap_group_t *g = c->group ? pmap_find_group(m, c->group) : NULL;
+    if (!g || !c->znode || strlen(c->znode) >= sizeof r->znode || c->count == 0 ||
+        c->first >= g->partitions || c->count > g->partitions - c->first ||
+        pmap_stored_find(refs, g->name, c->first, c->count)) {
+      rc = GRID_EPROTO;
+      break;
+    }
+    snprintf(r->group, sizeof r->group, "%s", g->name);
+    snprintf(r->znode, sizeof r->znode, "%s", c->znode);
+    r->first = c->first;
+    r->count = c->count;
+    r->bytes = c->bytes;
+    refs->n = i + 1;
+    covered += c->count;
+  }
+  if (rc == 0 && covered != want) rc = GRID_EPROTO;
+  if (rc == 0) rc = pmap_caches_settle(m);
+  grid__pmap__free_unpacked(pm, NULL);
+  if (rc != 0) {
+    pmap_free(m);
+    pmap_stored_free(refs);
+  }
+  return rc;
+}
+
+int pmap_chunk_apply(pmap_t *m, const pmap_chunk_ref_t *ref, const unsigned char *buf,
+                     size_t len) {
+  pmap_group_t *g = (pmap_group_t *)pmap_find_group(m, ref->group);
+  Grid__PmapChunk *ch = grid__pmap_chunk__unpack(NULL, len, buf);
+  if (!ch) return GRID_EPROTO;
+  size_t n = (size_t)ref->count * (g ? g->slots : 0);
+  int ok = g && ch->group && strcmp(ch->group, ref->group) == 0 && ch->first == ref->first &&
+           ch->count == ref->count && ch->copies == g->slots && ch->owners.len == n &&
+           ch->states.len == n && pmap_range_ok(ch->owners.data, ch->states.data, n, m->nnodes);
+  if (ok) {
+    size_t at = (size_t)ref->first * g->slots;
+    memcpy(g->owners + at, ch->owners.data, n);
+    memcpy(g->states + at, ch->states.data, n);
+  }
+  grid__pmap_chunk__free_unpacked(ch, NULL);
+  return ok ? 0 : GRID_EPROTO;
+}
+
+int pmap_chunk_reuse(pmap_t *m, const pmap_t *prev, const pmap_stored_t *prev_refs,
+                     const pmap_chunk_ref_t *ref) {
+  int named = 0;
+  for (size_t i = 0; prev_refs && i < prev_refs->n && !named; i++)
+    named = strcmp(prev_refs->refs[i].znode, ref->znode) == 0;
+  pmap_group_t *g = (pmap_group_t *)pmap_find_group(m, ref->group);
+  const pmap_group_t *pg = prev ? pmap_find_group(prev, ref->group) : NULL;
+  if (!named || !g || !pg || pg->slots != g->slots || pg->partitions != g->partitions)
+    return 0;
+  size_t at = (size_t)ref->first * g->slots, n = (size_t)ref->count * g->slots;
+  /* The bytes are the chunk's, as prev read them; they name nodes by index
+   * into the root that names the chunk, which is m's. */
+  if (!pmap_range_ok(pg->owners + at, pg->states + at, n, m->nnodes)) return 0;
+  memcpy(g->owners + at, pg->owners + at, n);
+  memcpy(g->states + at, pg->states + at, n);
+  return 1;
 }

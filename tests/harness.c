@@ -452,7 +452,7 @@ void harness_wait_settled(int port, const char *cache, size_t n) {
   for (int i = 0; i < 1200; i++) {
     pmap_t m;
     harness_pmap(port, &m);
-    const pmap_cache_t *pc = pmap_find_cache(&m, cache);
+    const pmap_group_t *pc = pmap_find_cache(&m, cache);
     int settled = pc && m.nnodes == n;
     for (uint32_t p = 0; settled && pc && p < pc->partitions; p++)
       for (uint32_t k = 0; k < pc->slots; k++) {

@@ -7,6 +7,8 @@
 
 #include "grid.h"
 
+#define STATUS_CACHES_LISTED 50 /* gridctl status names caches up to this many */
+
 #define EXIT_NOT_FOUND 1
 #define EXIT_USAGE 2
 #define EXIT_FAILED 3
@@ -241,15 +243,24 @@ static int cmd_status(grid_t *g, int argc, char **argv) {
       printf(",\"alive\":%s,\"primaries\":%u,\"backups\":%u}", n->alive ? "true" : "false",
              n->primaries, n->backups);
     }
-    printf("],\"caches\":[");
-    for (size_t i = 0; i < st->ncaches; i++) {
-      const grid_cache_status_t *c = &st->caches[i];
-      printf("%s{\"name\":", i ? "," : "");
-      json_str(c->name);
-      printf(",\"partitions\":%u,\"owning\":%u,\"moving\":%u,\"handoff\":%u,\"lost\":%u}",
-             c->partitions, c->owning, c->moving, c->handoff, c->lost);
+    for (int list = 0; list < 2; list++) {
+      size_t n = list ? st->ngroups : st->ncaches;
+      const grid_cache_status_t *cs = list ? st->groups : st->caches;
+      printf("],\"%s\":[", list ? "groups" : "caches");
+      for (size_t i = 0; i < n; i++) {
+        const grid_cache_status_t *c = &cs[i];
+        printf("%s{\"name\":", i ? "," : "");
+        json_str(c->name);
+        printf(",\"group\":");
+        json_str(c->group);
+        printf(",\"caches\":%u,\"partitions\":%u,\"owning\":%u,\"moving\":%u,\"handoff\":%u,"
+               "\"lost\":%u}", c->caches, c->partitions, c->owning, c->moving, c->handoff, c->lost);
+      }
     }
-    printf("]}\n");
+    printf("],\"map\":{\"bytes\":%" PRIu64 ",\"znodes\":%u,\"znode_bytes\":%u,"
+           "\"znode_bytes_max\":%u,\"map_bytes_max\":%" PRIu64 "}}\n",
+           st->map_bytes, st->map_znodes, st->map_znode_bytes, st->map_znode_bytes_max,
+           st->map_bytes_max);
   } else if (!st->cluster[0]) {
     printf("single node %s (no cluster)\n", st->node_id);
   } else {
@@ -257,21 +268,34 @@ static int cmd_status(grid_t *g, int argc, char **argv) {
     printf("answered by  %s (ZooKeeper %s)\n", st->node_id,
            st->zk_connected ? "connected" : "NOT connected");
     printf("coordinator  %s\n", st->coordinator[0] ? st->coordinator : "(none yet)");
-    printf("epoch        %" PRIu64 "%s\n\n", st->epoch, st->epoch ? "" : " (no partition map yet)");
-    printf("%-20s %-24s %-10s %-6s %9s %8s\n", "NODE", "ADDRESS", "ZONE", "ALIVE",
+    printf("epoch        %" PRIu64 "%s\n", st->epoch, st->epoch ? "" : " (no partition map yet)");
+    printf("\n%-20s %-24s %-10s %-6s %9s %8s\n", "NODE", "ADDRESS", "ZONE", "ALIVE",
            "PRIMARIES", "BACKUPS");
     for (size_t i = 0; i < st->nnodes; i++) {
       const grid_node_status_t *n = &st->nodes[i];
       printf("%-20s %-24s %-10s %-6s %9u %8u\n", n->id, n->addr, n->zone[0] ? n->zone : "-",
              n->alive ? "yes" : "NO", n->primaries, n->backups);
     }
-    printf("\n%-24s %10s %8s %8s %8s %6s %s\n", "CACHE", "PARTITIONS", "OWNING", "MOVING",
-           "HANDOFF", "LOST", "REBALANCED");
-    for (size_t i = 0; i < st->ncaches; i++) {
-      const grid_cache_status_t *c = &st->caches[i];
+    if (st->map_znodes)
+      printf("\nmap          %" PRIu64 " bytes in %u znodes (largest %u, a znode holds %u); "
+             "map_bytes_max %" PRIu64 "\n", st->map_bytes, st->map_znodes, st->map_znode_bytes,
+             st->map_znode_bytes_max, st->map_bytes_max);
+    printf("\n%-24s %7s %10s %8s %8s %8s %6s %s\n", "GROUP", "CACHES", "PARTITIONS", "OWNING",
+           "MOVING", "HANDOFF", "LOST", "REBALANCED");
+    for (size_t i = 0; i < st->ngroups; i++) {
+      const grid_cache_status_t *c = &st->groups[i];
       uint32_t copies = c->owning + c->moving;
-      printf("%-24s %10u %8u %8u %8u %6u %5.1f%%\n", c->name, c->partitions, c->owning,
-             c->moving, c->handoff, c->lost, copies ? 100.0 * c->owning / copies : 100.0);
+      printf("%-24s %7u %10u %8u %8u %8u %6u %5.1f%%\n", c->name, c->caches, c->partitions,
+             c->owning, c->moving, c->handoff, c->lost, copies ? 100.0 * c->owning / copies : 100.0);
+    }
+    /* Caches by name while they fit on a screen; thousands are counted. */
+    if (st->ncaches <= STATUS_CACHES_LISTED) {
+      printf("\n%-24s %s\n", "CACHE", "GROUP");
+      for (size_t i = 0; i < st->ncaches; i++)
+        printf("%-24s %s\n", st->caches[i].name, st->caches[i].group);
+    } else {
+      printf("\n%zu caches (gridctl caches lists them; --json gives each with its group)\n",
+             st->ncaches);
     }
   }
   grid_cluster_status_free(st);

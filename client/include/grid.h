@@ -188,6 +188,8 @@ typedef struct grid_node_status {
   uint32_t backups;    /* other copies it holds (OWNING or MOVING) */
 } grid_node_status_t;
 
+/* A cache, or a placement group: caches of the same partitions, backups
+ * and mode share one placement (and so the same counts). */
 typedef struct grid_cache_status {
   char name[65];
   uint32_t partitions;
@@ -195,6 +197,8 @@ typedef struct grid_cache_status {
   uint32_t moving;     /* copies being filled (rebalancing) */
   uint32_t handoff;    /* partitions whose primary is handing over */
   uint32_t lost;       /* partitions with no copy left */
+  char group[32];      /* the placement group ("p1024-b1", "p256-all") */
+  uint32_t caches;     /* in groups[]: the caches it places; else 1 */
 } grid_cache_status_t;
 
 typedef struct grid_cluster_status {
@@ -207,6 +211,15 @@ typedef struct grid_cluster_status {
   grid_node_status_t *nodes;
   size_t ncaches;
   grid_cache_status_t *caches;
+  size_t ngroups;
+  grid_cache_status_t *groups;
+  /* The partition map as stored in ZooKeeper (a root and its chunks). */
+  uint64_t map_bytes;          /* every znode of it */
+  uint32_t map_znodes;
+  uint32_t map_znode_bytes;    /* the largest */
+  uint32_t map_znode_bytes_max;/* what one znode may hold */
+  uint64_t map_bytes_max;      /* the owners of every group at most
+                                  (setting map_bytes_max) */
 } grid_cluster_status_t;
 
 /* The cluster as the node g talks to sees it. *out is the caller's: free

@@ -675,16 +675,18 @@ void grid_cluster_status_free(grid_cluster_status_t *st) {
   if (!st) return;
   free(st->nodes);
   free(st->caches);
+  free(st->groups);
   free(st);
 }
 
 /* Counts, from the map, what each node leads and holds and the state of
- * each cache's copies. */
+ * each group's copies; each cache gets its group's counts. */
 static void client_status_from_map(const Grid__Pmap *pm, grid_cluster_status_t *st) {
-  for (size_t c = 0; c < pm->n_caches && c < st->ncaches; c++) {
+  for (size_t c = 0; c < pm->n_caches && c < st->ngroups; c++) {
     const Grid__PmapCache *pc = pm->caches[c];
-    grid_cache_status_t *cs = &st->caches[c];
+    grid_cache_status_t *cs = &st->groups[c];
     snprintf(cs->name, sizeof cs->name, "%s", pc->name);
+    snprintf(cs->group, sizeof cs->group, "%s", pc->name);
     cs->partitions = pc->partitions;
     uint32_t k = pc->copies;
     if (k == 0 || pc->owners.len != (size_t)pc->partitions * k || pc->states.len != pc->owners.len)
@@ -709,6 +711,17 @@ static void client_status_from_map(const Grid__Pmap *pm, grid_cluster_status_t *
       }
     }
   }
+  for (size_t i = 0; i < pm->n_cache_groups && i < st->ncaches; i++) {
+    const Grid__PmapCacheGroup *r = pm->cache_groups[i];
+    grid_cache_status_t *cs = &st->caches[i];
+    for (size_t g = 0; g < st->ngroups; g++) {
+      if (!r->group || strcmp(st->groups[g].name, r->group) != 0) continue;
+      *cs = st->groups[g];
+      st->groups[g].caches++;
+    }
+    snprintf(cs->name, sizeof cs->name, "%s", r->cache ? r->cache : "");
+    cs->caches = 1;
+  }
 }
 
 int grid_cluster_status(grid_t *g, grid_cluster_status_t **out) {
@@ -724,9 +737,10 @@ int grid_cluster_status(grid_t *g, grid_cluster_status_t **out) {
   grid_cluster_status_t *st = calloc(1, sizeof *st);
   if (st) {
     st->nodes = calloc(nmap + nalive + 1, sizeof *st->nodes);
-    st->caches = calloc((pm ? pm->n_caches : 0) + 1, sizeof *st->caches);
+    st->caches = calloc((pm ? pm->n_cache_groups : 0) + 1, sizeof *st->caches);
+    st->groups = calloc((pm ? pm->n_caches : 0) + 1, sizeof *st->groups);
   }
-  if (!st || !st->nodes || !st->caches) {
+  if (!st || !st->nodes || !st->caches || !st->groups) {
     grid_cluster_status_free(st);
     client_reply_free(&r);
     return GRID_ENOMEM;
@@ -735,6 +749,11 @@ int grid_cluster_status(grid_t *g, grid_cluster_status_t **out) {
     snprintf(st->cluster, sizeof st->cluster, "%s", cs->cluster ? cs->cluster : "");
     snprintf(st->node_id, sizeof st->node_id, "%s", cs->node_id ? cs->node_id : "");
     st->zk_connected = cs->zk_connected;
+    st->map_bytes = cs->map_bytes;
+    st->map_znodes = cs->map_znodes;
+    st->map_znode_bytes = cs->map_znode_bytes;
+    st->map_znode_bytes_max = cs->map_znode_bytes_max;
+    st->map_bytes_max = cs->map_bytes_max;
   }
   /* The map's nodes first (the counts refer to their positions), then any
    * live node the map does not have yet. */
@@ -758,7 +777,8 @@ int grid_cluster_status(grid_t *g, grid_cluster_status_t **out) {
   if (pm) {
     st->epoch = r.rp->epoch;
     snprintf(st->coordinator, sizeof st->coordinator, "%s", pm->coordinator ? pm->coordinator : "");
-    st->ncaches = pm->n_caches;
+    st->ngroups = pm->n_caches;
+    st->ncaches = pm->n_cache_groups;
     client_status_from_map(pm, st);
   }
   client_reply_free(&r);

@@ -210,7 +210,7 @@ remote_t *router_pick(router_t *rt, Grid__Request *rq, uint32_t timeout_ms) {
   if (atomic_load(&rt->stale)) router_refresh_locked(rt, timeout_ms);
   remote_t *r = rt->any;
   int batch = op_has(rq->op, OP_BATCH) && rq->n_keys > 0;
-  const pmap_cache_t *pc = rt->map.epoch && (op_has(rq->op, OP_KEYED) || batch)
+  const pmap_group_t *pc = rt->map.epoch && (op_has(rq->op, OP_KEYED) || batch)
                                ? pmap_find_cache(&rt->map, rq->cache)
                                : NULL;
   if (pc) {
@@ -236,7 +236,7 @@ remote_t *router_pick(router_t *rt, Grid__Request *rq, uint32_t timeout_ms) {
 
 int router_primary_of(router_t *rt, const char *cache, const void *key, size_t len) {
   pthread_mutex_lock(&rt->lock);
-  const pmap_cache_t *pc = rt->map.epoch ? pmap_find_cache(&rt->map, cache) : NULL;
+  const pmap_group_t *pc = rt->map.epoch ? pmap_find_cache(&rt->map, cache) : NULL;
   int prim = pc ? pmap_primary(pc, part_of(key, len, pc->partitions)) : -1;
   pthread_mutex_unlock(&rt->lock);
   return prim;

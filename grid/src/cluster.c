@@ -45,6 +45,7 @@ typedef struct cluster_job {
   cluster_done_fn done;
   void *arg;
   int status;                 /* once done: the result */
+  char detail[320];           /* words for a refusal, or empty */
   int64_t deadline_ms;        /* a create waits for the map until then */
 } cluster_job_t;
 
@@ -83,7 +84,17 @@ struct cluster {
   size_t ndeparted;
   pthread_rwlock_t map_lock;  /* map: written here, read by loops fencing */
   pmap_t map;                 /* the map as last read (epoch 0: none) */
-  int map_version;            /* its znode version, -1: no znode */
+  int map_version;            /* its root znode's version, -1: no znode */
+  pmap_stored_t stored;       /* the chunks map was read from */
+  size_t map_root_bytes;      /* the root znode's size */
+  int swept;                  /* as coordinator: chunks no map names deleted */
+  /* The cache definitions as last read, sorted by name, and the cversion
+   * of caches/ then (cluster thread only). */
+  store_cache_cfg_t *defs;
+  size_t ndefs;
+  int defs_cversion;
+  int defs_read;
+  int caches_stale;           /* the map does not name them as defined yet */
   /* The lease (shared/DESIGN.md section 4): the loops serve data only
    * before lease_until_ms (monotonic), which moves on each time ZooKeeper
    * answers a ping: to the ping's send time plus half the session timeout.
@@ -159,8 +170,8 @@ static int cluster_node_data(cluster_t *c, unsigned char *buf, size_t cap, size_
 static int cluster_register(cluster_t *c) {
   node_t *n = c->node;
   char path[CLUSTER_PATH_MAX];
-  const char *dirs[] = {"nodes", "election", "caches", "ready"};
-  for (size_t i = 0; i < 4; i++) {
+  const char *dirs[] = {"nodes", "election", "caches", "ready", "pmap-chunks"};
+  for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
     cluster_path(c, path, dirs[i], NULL);
     int rc = zk_ensure_path(c->zk, path);
     if (rc != 0) return rc;
@@ -175,6 +186,22 @@ static int cluster_register(cluster_t *c) {
   int rc = zk_create(c->zk, path, buf, len, ZK_PERSISTENT, NULL, 0);
   if (rc != 0 && rc != GRID_EEXIST) return rc;
 
+  /* A map names at most PMAP_NODES_MAX nodes (a node is one byte in it):
+   * past that a node is refused here, in words, rather than left out of
+   * every map. */
+  char **names;
+  size_t count;
+  cluster_path(c, path, "nodes", NULL);
+  rc = zk_children(c->zk, path, 0, &names, &count, NULL);
+  if (rc != 0) return rc;
+  int known = 0;
+  for (size_t i = 0; i < count; i++) known |= strcmp(names[i], n->node_id) == 0;
+  zk_children_free(names, count);
+  if (!known && count >= PMAP_NODES_MAX) {
+    LOG_E("cluster", "\"cannot join: the cluster has as many nodes as a partition map holds\" "
+          "nodes=%zu max=%d node=%s", count, PMAP_NODES_MAX, n->node_id);
+    return GRID_ELIMIT;
+  }
   unsigned char mb[512];
   size_t ml;
   rc = cluster_node_data(c, mb, sizeof mb, &ml);
@@ -206,7 +233,7 @@ static int cluster_read_nodes(cluster_t *c, pmap_node_t *alive, size_t *nalive) 
   cluster_path(c, path, "nodes", NULL);
   char **names;
   size_t n;
-  int rc = zk_children(c->zk, path, 1, &names, &n);
+  int rc = zk_children(c->zk, path, 1, &names, &n, NULL);
   if (rc != 0) return rc;
   size_t k = 0;
   for (size_t i = 0; i < n && k < PMAP_NODES_MAX; i++) {
@@ -244,7 +271,7 @@ static int cluster_read_coordinator(cluster_t *c, char *coord, size_t len) {
   cluster_path(c, path, "election", NULL);
   char **names;
   size_t n;
-  int rc = zk_children(c->zk, path, 1, &names, &n);
+  int rc = zk_children(c->zk, path, 1, &names, &n, NULL);
   if (rc != 0) return rc;
   const char *lowest = NULL;
   for (size_t i = 0; i < n; i++)
@@ -268,24 +295,115 @@ static int cluster_read_coordinator(cluster_t *c, char *coord, size_t len) {
 
 
 /* Reads the cache definitions (watching), brings the local store in step,
- * and returns them for the coordinator. */
-static int cluster_read_caches(cluster_t *c, store_cache_cfg_t **defs, size_t *ndefs) {
+ * and keeps them in c->defs for the coordinator and the map.
+ *
+ * With thousands of caches, reading every definition on every pass would
+ * cost a round trip each: a definition is read once, and only when the
+ * children of caches/ changed (their cversion moved). When the names
+ * alone explain the change (as many made and dropped as cversion counts),
+ * only the new names are read; otherwise (a cache dropped and made again
+ * under its name between two reads) every definition is read again.
+ * *changed tells whether the definitions differ from before. */
+static int cluster_def_cmp(const void *a, const void *b) {
+  return strcmp(((const store_cache_cfg_t *)a)->name, ((const store_cache_cfg_t *)b)->name);
+}
+
+static int cluster_name_cmp(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static const store_cache_cfg_t *cluster_def_find(const store_cache_cfg_t *defs, size_t n,
+                                                 const char *name) {
+  store_cache_cfg_t key;
+  snprintf(key.name, sizeof key.name, "%s", name);
+  return n ? bsearch(&key, defs, n, sizeof *defs, cluster_def_cmp) : NULL;
+}
+
+static int cluster_def_same(const store_cache_cfg_t *a, const store_cache_cfg_t *b) {
+  return a->partitions == b->partitions && a->backups == b->backups && a->mode == b->mode &&
+         a->sync == b->sync && a->default_ttl_ms == b->default_ttl_ms;
+}
+
+/* One definition: 0, GRID_ENOTFOUND (dropped just now), or an error. */
+static int cluster_read_def(cluster_t *c, const char *name, store_cache_cfg_t *out) {
+  char path[CLUSTER_PATH_MAX];
+  cluster_path(c, path, "caches", name);
+  unsigned char *data;
+  size_t len;
+  int rc = zk_get(c->zk, path, 0, &data, &len, NULL);
+  if (rc != 0) return rc;
+  Grid__CacheConfig *m = grid__cache_config__unpack(NULL, len, data);
+  free(data);
+  if (!m) {
+    LOG_E("cluster", "\"a cache definition in ZooKeeper does not decode: nothing changes\" cache=%s",
+          name);
+    return GRID_EPROTO;
+  }
+  ops_cfg_from_msg(m, name, out);
+  grid__cache_config__free_unpacked(m, NULL);
+  return 0;
+}
+
+/* The local store: create what is defined, drop what is not, and make
+ * again a cache defined anew with another shape. */
+static void cluster_sync_store(cluster_t *c) {
   node_t *n = c->node;
+  size_t max = (size_t)n->cfg.caches_max;
+  store_cache_cfg_t *local = calloc(max + 1, sizeof *local);
+  if (!local) return;
+  size_t nlocal = store_cache_list(n->store, local, max);
+  if (nlocal > max) nlocal = max;
+  for (size_t j = 0; j < nlocal; j++) {
+    const store_cache_cfg_t *d = cluster_def_find(c->defs, c->ndefs, local[j].name);
+    if (d && cluster_def_same(d, &local[j])) continue;
+    if (store_cache_drop(n->store, local[j].name) == 0)
+      LOG_I("cluster", "\"cache dropped\" cache=%s", local[j].name);
+  }
+  qsort(local, nlocal, sizeof *local, cluster_def_cmp);
+  for (size_t i = 0; i < c->ndefs; i++) {
+    const store_cache_cfg_t *l = cluster_def_find(local, nlocal, c->defs[i].name);
+    if (l && cluster_def_same(l, &c->defs[i])) continue;
+    int rc = store_cache_create(n->store, &c->defs[i]);
+    if (rc == 0)
+      LOG_I("cluster", "\"cache created\" cache=%s partitions=%u backups=%u", c->defs[i].name,
+            c->defs[i].partitions, c->defs[i].backups);
+    else if (rc != GRID_ECACHEEXISTS)
+      LOG_E("cluster", "\"cannot hold a cache the cluster defines\" cache=%s error=%s",
+            c->defs[i].name, grid_err_name(rc));
+  }
+  free(local);
+}
+
+static int cluster_read_caches(cluster_t *c, int *changed) {
+  *changed = 0;
   char path[CLUSTER_PATH_MAX];
   cluster_path(c, path, "caches", NULL);
   char **names;
   size_t count;
-  int rc = zk_children(c->zk, path, 1, &names, &count);
+  int cversion;
+  int rc = zk_children(c->zk, path, 1, &names, &count, &cversion);
   if (rc != 0) return rc;
+  if (c->defs_read && cversion == c->defs_cversion) {
+    zk_children_free(names, count);
+    return 0;
+  }
+  qsort(names, count, sizeof *names, cluster_name_cmp);
+  size_t added = 0, removed = 0;
+  for (size_t i = 0; i < count; i++) added += !cluster_def_find(c->defs, c->ndefs, names[i]);
+  for (size_t i = 0; i < c->ndefs; i++)
+    removed += !bsearch(&(const char *){c->defs[i].name}, names, count, sizeof *names,
+                        cluster_name_cmp);
+  int all = !c->defs_read || (int64_t)cversion - c->defs_cversion != (int64_t)(added + removed);
   store_cache_cfg_t *list = calloc(count + 1, sizeof *list);
   size_t k = 0;
   for (size_t i = 0; list && i < count; i++) {
-    char p2[CLUSTER_PATH_MAX];
-    cluster_path(c, p2, "caches", names[i]);
-    unsigned char *data;
-    size_t len;
-    rc = zk_get(c->zk, p2, 0, &data, &len, NULL);
-    if (rc == GRID_ENOTFOUND) continue; /* dropped just now */
+    const store_cache_cfg_t *known = all ? NULL : cluster_def_find(c->defs, c->ndefs, names[i]);
+    if (known) {
+      list[k++] = *known;
+      continue;
+    }
+    rc = cluster_read_def(c, names[i], &list[k]);
+    if (rc == GRID_ENOTFOUND) continue; /* dropped just now: cversion moves again */
     if (rc != 0) {
       /* ZooKeeper went away mid-read. Only ZooKeeper saying a cache is
        * gone drops it here: a definition not read is not a cache dropped
@@ -295,46 +413,48 @@ static int cluster_read_caches(cluster_t *c, store_cache_cfg_t **defs, size_t *n
       free(list);
       return rc;
     }
-    Grid__CacheConfig *m = grid__cache_config__unpack(NULL, len, data);
-    free(data);
-    if (!m) {
-      LOG_E("cluster", "\"a cache definition in ZooKeeper does not decode: nothing changes\" cache=%s",
-            names[i]);
-      zk_children_free(names, count);
-      free(list);
-      return GRID_EPROTO;
-    }
-    ops_cfg_from_msg(m, names[i], &list[k++]);
-    grid__cache_config__free_unpacked(m, NULL);
+    k++;
   }
   zk_children_free(names, count);
   if (!list) return GRID_ENOMEM;
-  /* The local store: create what is defined, drop what is not. */
-  size_t max = (size_t)n->cfg.caches_max;
-  store_cache_cfg_t *local = calloc(max, sizeof *local);
-  size_t nlocal = local ? store_cache_list(n->store, local, max) : 0;
-  for (size_t i = 0; i < k; i++) {
-    int have = 0;
-    for (size_t j = 0; j < nlocal && j < max; j++)
-      if (strcmp(local[j].name, list[i].name) == 0) have = 1;
-    if (!have && store_cache_create(n->store, &list[i]) == 0)
-      LOG_I("cluster", "\"cache created\" cache=%s partitions=%u backups=%u",
-            list[i].name, list[i].partitions, list[i].backups);
-  }
-  for (size_t j = 0; j < nlocal && j < max; j++) {
-    int defined = 0;
-    for (size_t i = 0; i < k; i++)
-      if (strcmp(local[j].name, list[i].name) == 0) defined = 1;
-    if (!defined && store_cache_drop(n->store, local[j].name) == 0)
-      LOG_I("cluster", "\"cache dropped\" cache=%s", local[j].name);
-  }
-  free(local);
-  *defs = list;
-  *ndefs = k;
+  free(c->defs);
+  c->defs = list; /* sorted, as names were */
+  c->ndefs = k;
+  c->defs_cversion = cversion;
+  c->defs_read = 1;
+  *changed = 1;
+  cluster_sync_store(c);
   return 0;
 }
 
 static void cluster_job_finish(cluster_t *c, cluster_job_t *j);
+
+/* Whether the cluster could not hold a new cache of cfg's shape: more
+ * caches than caches_max, or a placement group the map has no room for
+ * (map_bytes_max). Refused at once, in words, rather than a cache defined
+ * that no map places. */
+static int cluster_refuse_create(cluster_t *c, const store_cache_cfg_t *cfg, char *why,
+                                 size_t len) {
+  const config_t *k = &c->node->cfg;
+  if (cluster_def_find(c->defs, c->ndefs, cfg->name)) return 0; /* it exists: said so later */
+  if ((int64_t)c->ndefs >= k->caches_max) {
+    snprintf(why, len, "the cluster has %zu caches, caches_max is %lld: drop a cache or raise "
+             "caches_max on every node", c->ndefs, (long long)k->caches_max);
+    return 1;
+  }
+  int replicated = cfg->mode == GRID_MODE_REPLICATED;
+  char g[PMAP_GROUP_NAME_MAX];
+  pmap_group_name(cfg->partitions, replicated ? 0 : cfg->backups, replicated, g, sizeof g);
+  if (c->map_version < 0 || pmap_find_group(&c->map, g)) return 0; /* no new group */
+  uint64_t have = pmap_bytes(&c->map);
+  uint64_t add = pmap_group_bytes(cfg->partitions, cfg->backups, replicated, c->nalive);
+  if (have + add <= (uint64_t)k->map_bytes_max) return 0;
+  snprintf(why, len, "a cache of this shape needs a new placement group (%s, %llu bytes of "
+           "map); the map holds %llu and map_bytes_max is %lld: use the partitions, backups "
+           "and mode of an existing cache, or raise map_bytes_max on every node", g,
+           (unsigned long long)add, (unsigned long long)have, (long long)k->map_bytes_max);
+  return 1;
+}
 
 static void cluster_run_job(cluster_t *c, cluster_job_t *j) {
   char path[CLUSTER_PATH_MAX];
@@ -351,6 +471,11 @@ static void cluster_run_job(cluster_t *c, cluster_job_t *j) {
   m.partitions = j->cfg.partitions ? j->cfg.partitions
                                    : (uint32_t)c->node->cfg.partitions_default;
   j->cfg.partitions = m.partitions;
+  if (cluster_refuse_create(c, &j->cfg, j->detail, sizeof j->detail)) {
+    j->status = GRID_ELIMIT;
+    cluster_job_finish(c, j);
+    return;
+  }
   m.backups = j->cfg.backups;
   m.mode = j->cfg.mode == GRID_MODE_REPLICATED ? GRID__CACHE_MODE__REPLICATED
                                                : GRID__CACHE_MODE__PARTITIONED;
@@ -376,7 +501,7 @@ static void cluster_run_job(cluster_t *c, cluster_job_t *j) {
 
 enum { CLUSTER_FILLED = 0, CLUSTER_DEMOTE = 1, CLUSTER_DRAINED = 2 };
 
-static void cluster_report(cluster_t *c, const char *cache, uint32_t p,
+static void cluster_report(cluster_t *c, const char *group, uint32_t p,
                            const char *node_id, uint64_t epoch, int kind) {
   if (!c) return;
   pthread_mutex_lock(&c->lock);
@@ -384,7 +509,7 @@ static void cluster_report(cluster_t *c, const char *cache, uint32_t p,
   for (size_t i = 0; i < c->nreports; i++) {
     const Grid__ReadyItem *it = &c->reports[i];
     if (it->kind == (uint32_t)kind && it->partition == p &&
-        it->epoch == (kind == CLUSTER_DEMOTE ? 0 : epoch) && strcmp(it->cache, cache) == 0 &&
+        it->epoch == (kind == CLUSTER_DEMOTE ? 0 : epoch) && strcmp(it->cache, group) == 0 &&
         strcmp(it->node, node_id) == 0) {
       pthread_mutex_unlock(&c->lock);
       return;
@@ -396,7 +521,7 @@ static void cluster_report(cluster_t *c, const char *cache, uint32_t p,
       c->reports = r;
       Grid__ReadyItem *it = &r[c->nreports];
       grid__ready_item__init(it);
-      it->cache = strdup(cache);
+      it->cache = strdup(group);
       it->node = strdup(node_id);
       it->partition = p;
       /* A demote names no epoch of its own: the current one, when written. */
@@ -415,18 +540,18 @@ static void cluster_report(cluster_t *c, const char *cache, uint32_t p,
   pthread_mutex_unlock(&c->lock);
 }
 
-void cluster_report_ready(cluster_t *c, const char *cache, uint32_t p,
+void cluster_report_ready(cluster_t *c, const char *group, uint32_t p,
                           const char *node_id, uint64_t epoch) {
-  cluster_report(c, cache, p, node_id, epoch, CLUSTER_FILLED);
+  cluster_report(c, group, p, node_id, epoch, CLUSTER_FILLED);
 }
 
-void cluster_report_demote(cluster_t *c, const char *cache, uint32_t p,
+void cluster_report_demote(cluster_t *c, const char *group, uint32_t p,
                            const char *node_id) {
-  cluster_report(c, cache, p, node_id, 0, CLUSTER_DEMOTE);
+  cluster_report(c, group, p, node_id, 0, CLUSTER_DEMOTE);
 }
 
-void cluster_report_drained(cluster_t *c, const char *cache, uint32_t p, uint64_t epoch) {
-  cluster_report(c, cache, p, c->node->node_id, epoch, CLUSTER_DRAINED);
+void cluster_report_drained(cluster_t *c, const char *group, uint32_t p, uint64_t epoch) {
+  cluster_report(c, group, p, c->node->node_id, epoch, CLUSTER_DRAINED);
 }
 
 /* Writes this node's reports for the current epoch (demotes are stamped
@@ -482,7 +607,7 @@ static int cluster_read_reports(cluster_t *c, pmap_ready_t **out, size_t *nout,
   cluster_path(c, path, "ready", NULL);
   char **names;
   size_t n;
-  int rc = zk_children(c->zk, path, 1, &names, &n);
+  int rc = zk_children(c->zk, path, 1, &names, &n, NULL);
   if (rc != 0) return rc;
   Grid__ReadyReport **m = calloc(n + 1, sizeof *m);
   size_t total = 0, k = 0;
@@ -502,7 +627,7 @@ static int cluster_read_reports(cluster_t *c, pmap_ready_t **out, size_t *nout,
   for (size_t i = 0; r && i < k; i++) {
     for (size_t j = 0; j < m[i]->n_items; j++) {
       const Grid__ReadyItem *it = m[i]->items[j];
-      r[nr].cache = it->cache;
+      r[nr].group = it->cache;
       r[nr].partition = it->partition;
       r[nr].node_id = it->node;
       r[nr].demote = it->kind == CLUSTER_DEMOTE;
@@ -577,7 +702,65 @@ void cluster_on_map(cluster_t *c, cluster_map_fn fn) {
   c->on_map[c->n_on_map++] = fn;
 }
 
-static int cluster_read_map(cluster_t *c) {
+/* The definitions as pmap_set_caches takes them (pointing into c->defs). */
+static pmap_cache_def_t *cluster_pmap_defs(cluster_t *c) {
+  pmap_cache_def_t *cd = calloc(c->ndefs + 1, sizeof *cd);
+  for (size_t i = 0; cd && i < c->ndefs; i++) {
+    cd[i].name = c->defs[i].name;
+    cd[i].partitions = c->defs[i].partitions;
+    cd[i].backups = c->defs[i].backups;
+    cd[i].replicated = c->defs[i].mode == GRID_MODE_REPLICATED;
+  }
+  return cd;
+}
+
+/* Names in m the caches defined now. 0 or GRID_ENOMEM. */
+static int cluster_name_caches(cluster_t *c, pmap_t *m) {
+  pmap_cache_def_t *cd = cluster_pmap_defs(c);
+  int rc = cd ? pmap_set_caches(m, cd, c->ndefs) : GRID_ENOMEM;
+  free(cd);
+  return rc;
+}
+
+/* Reads one chunk the root names into m. */
+static int cluster_read_chunk(cluster_t *c, pmap_t *m, const pmap_chunk_ref_t *ref) {
+  char path[CLUSTER_PATH_MAX];
+  cluster_path(c, path, "pmap-chunks", ref->znode);
+  unsigned char *data;
+  size_t len;
+  int rc = zk_get(c->zk, path, 0, &data, &len, NULL);
+  if (rc != 0) return rc;
+  rc = pmap_chunk_apply(m, ref, data, len);
+  free(data);
+  return rc;
+}
+
+static void cluster_log_map(cluster_t *c) {
+  int self = pmap_self_index(&c->map, c->node->node_id, c->node->incarnation);
+  size_t primaries = 0, copies = 0, total = 0;
+  for (size_t i = 0; i < c->map.ngroups; i++) {
+    const pmap_group_t *g = &c->map.groups[i];
+    total += g->partitions;
+    for (uint32_t p = 0; p < g->partitions; p++) {
+      if (self >= 0 && pmap_primary(g, p) == self) primaries++;
+      for (uint32_t k = 0; k < g->slots; k++) {
+        int st;
+        if (pmap_copy_at(g, p, k, &st) == self && self >= 0 && st != PMAP_NONE) copies++;
+      }
+    }
+  }
+  c->my_copies = copies;
+  LOG_I("cluster", "\"partition map\" epoch=%llu nodes=%zu groups=%zu caches=%zu "
+        "primary_for=%zu copies=%zu partitions=%zu",
+        (unsigned long long)c->map.epoch, c->map.nnodes, c->map.ngroups, c->map.ncaches,
+        primaries, copies, total);
+}
+
+/* Reads the map's root (watching) and the chunks it names that this node
+ * does not hold yet, and hands the map to the loops when it, or the caches
+ * it places (caches_changed), changed. A chunk gone meanwhile means a newer
+ * map was written: GRID_ENOTFOUND, read again on the next pass. */
+static int cluster_read_map(cluster_t *c, int caches_changed) {
   char path[CLUSTER_PATH_MAX];
   cluster_path(c, path, "pmap", NULL);
   unsigned char *data;
@@ -585,53 +768,67 @@ static int cluster_read_map(cluster_t *c) {
   int version;
   int rc = zk_get(c->zk, path, 1, &data, &len, &version);
   if (rc == GRID_ENOTFOUND) {
+    pthread_rwlock_wrlock(&c->map_lock);
     c->map_version = -1;
+    pthread_rwlock_unlock(&c->map_lock);
     return 0;
   }
   if (rc != 0) return rc;
   if (version == c->map_version) {
     free(data);
-    return 0;
+    if (!caches_changed) return 0;
+    pthread_rwlock_wrlock(&c->map_lock);
+    rc = cluster_name_caches(c, &c->map);
+    pthread_rwlock_unlock(&c->map_lock);
+    if (rc == 0) cluster_publish(c);
+    return rc;
   }
   pmap_t m;
-  rc = pmap_decode(data, len, &m);
+  pmap_stored_t refs;
+  rc = pmap_root_decode(data, len, &m, &refs);
   free(data);
   if (rc != 0) {
-    LOG_E("cluster", "\"the partition map in ZooKeeper does not decode\" version=%d", version);
+    LOG_E("cluster", "\"the partition map in ZooKeeper does not decode\" version=%d error=%s",
+          version, grid_err_name(rc));
+    return rc;
+  }
+  size_t fetched = 0;
+  for (size_t i = 0; rc == 0 && i < refs.n; i++) {
+    if (c->map_version >= 0 && pmap_chunk_reuse(&m, &c->map, &c->stored, &refs.refs[i])) continue;
+    rc = cluster_read_chunk(c, &m, &refs.refs[i]);
+    fetched++;
+    if (rc == GRID_EPROTO)
+      LOG_E("cluster", "\"a partition map chunk in ZooKeeper does not decode\" chunk=%s",
+            refs.refs[i].znode);
+  }
+  if (rc == 0) rc = cluster_name_caches(c, &m);
+  if (rc != 0) {
+    pmap_free(&m);
+    pmap_stored_free(&refs);
     return rc;
   }
   m.epoch = (uint64_t)version + 1;
   pthread_rwlock_wrlock(&c->map_lock);
   pmap_free(&c->map);
   c->map = m;
-  pthread_rwlock_unlock(&c->map_lock);
+  pmap_stored_free(&c->stored);
+  c->stored = refs;
+  c->map_root_bytes = len;
   c->map_version = version;
-  int self = pmap_self_index(&c->map, c->node->node_id, c->node->incarnation);
-  size_t primaries = 0, copies = 0, total = 0;
-  for (size_t i = 0; i < c->map.ncaches; i++) {
-    const pmap_cache_t *pc = &c->map.caches[i];
-    total += pc->partitions;
-    for (uint32_t p = 0; p < pc->partitions; p++) {
-      if (self >= 0 && pmap_primary(pc, p) == self) primaries++;
-      for (uint32_t k = 0; k < pc->slots; k++) {
-        int st;
-        if (pmap_copy_at(pc, p, k, &st) == self && self >= 0 && st != PMAP_NONE) copies++;
-      }
-    }
-  }
-  c->my_copies = copies;
-  LOG_I("cluster", "\"partition map\" epoch=%llu nodes=%zu primary_for=%zu copies=%zu partitions=%zu",
-        (unsigned long long)c->map.epoch, c->map.nnodes, primaries, copies, total);
+  pthread_rwlock_unlock(&c->map_lock);
+  LOG_D("cluster", "\"map read\" epoch=%llu chunks=%zu read=%zu", (unsigned long long)m.epoch,
+        refs.n, fetched);
+  cluster_log_map(c);
   cluster_publish(c);
   return 0;
 }
 
 /* Whether node i of m holds any copy. */
 static int cluster_node_holds_copies(const pmap_t *m, size_t i) {
-  for (size_t k = 0; k < m->ncaches; k++) {
-    const pmap_cache_t *pc = &m->caches[k];
-    for (size_t at = 0; at < (size_t)pc->partitions * pc->slots; at++)
-      if (pc->owners[at] == i + 1 && pc->states[at] != PMAP_NONE) return 1;
+  for (size_t k = 0; k < m->ngroups; k++) {
+    const pmap_group_t *g = &m->groups[k];
+    for (size_t at = 0; at < (size_t)g->partitions * g->slots; at++)
+      if (g->owners[at] == i + 1 && g->states[at] != PMAP_NONE) return 1;
   }
   return 0;
 }
@@ -688,23 +885,132 @@ static size_t cluster_map_nodes(cluster_t *c, pmap_node_t *out) {
   return n;
 }
 
+/* Deletes the chunk znodes no map names: left by a coordinator that
+ * stopped between writing chunks and the root, or whose root lost its
+ * versioned set. Only chunks of an epoch up to the current one: a chunk
+ * of a later epoch may belong to a map being written right now. */
+static void cluster_sweep_chunks(cluster_t *c) {
+  char path[CLUSTER_PATH_MAX];
+  cluster_path(c, path, "pmap-chunks", NULL);
+  char **names;
+  size_t n;
+  if (zk_children(c->zk, path, 0, &names, &n, NULL) != 0) return;
+  size_t deleted = 0;
+  for (size_t i = 0; i < n; i++) {
+    int named = 0;
+    for (size_t k = 0; k < c->stored.n && !named; k++)
+      named = strcmp(c->stored.refs[k].znode, names[i]) == 0;
+    /* <group>.<first>.<epoch>.<writer> */
+    const char *dot = strchr(names[i], '.');
+    const char *e = dot ? strchr(dot + 1, '.') : NULL;
+    unsigned long long epoch = e ? strtoull(e + 1, NULL, 10) : 0;
+    if (named || !e || epoch > c->map.epoch) continue;
+    char p2[CLUSTER_PATH_MAX];
+    cluster_path(c, p2, "pmap-chunks", names[i]);
+    if (zk_delete(c->zk, p2, -1) == 0) deleted++;
+  }
+  zk_children_free(names, n);
+  if (deleted) LOG_I("cluster", "\"deleted partition map chunks no map names\" chunks=%zu", deleted);
+}
+
+/* Writes next as the map after c->map: its new chunks, then the root with
+ * a versioned set (the one step that makes the new epoch), then deletes
+ * the chunks only the old map named. A set that fails (another map was
+ * written first) deletes the chunks it wrote. */
+static int cluster_write_map(cluster_t *c, const pmap_t *next) {
+  uint64_t epoch = (uint64_t)(c->map_version + 2);
+  pmap_plan_t plan;
+  int first = c->map_version < 0;
+  int rc = pmap_store_plan(next, first ? NULL : &c->map, first ? NULL : &c->stored, epoch,
+                           c->node->incarnation, &plan);
+  if (rc != 0) return rc;
+  if (plan.root_len > ZK_DATA_BYTES_MAX) {
+    LOG_E("cluster", "\"the partition map's root is over ZooKeeper's znode limit\" bytes=%zu max=%d",
+          plan.root_len, ZK_DATA_BYTES_MAX);
+    pmap_plan_free(&plan);
+    return GRID_ELIMIT;
+  }
+  char path[CLUSTER_PATH_MAX];
+  size_t written = 0, bytes = 0;
+  for (size_t i = 0; rc == 0 && i < plan.nwrites; i++) {
+    cluster_path(c, path, "pmap-chunks", plan.writes[i].znode);
+    rc = zk_create(c->zk, path, plan.writes[i].buf, plan.writes[i].len, ZK_PERSISTENT, NULL, 0);
+    if (rc == 0) {
+      written++;
+      bytes += plan.writes[i].len;
+    }
+  }
+  if (rc == 0) {
+    cluster_path(c, path, "pmap", NULL);
+    rc = first ? zk_create(c->zk, path, plan.root, plan.root_len, ZK_PERSISTENT, NULL, 0)
+               : zk_set(c->zk, path, plan.root, plan.root_len, c->map_version, NULL);
+  }
+  /* What no map names any more: the old chunks once the root is set, else
+   * the ones just written. */
+  for (size_t i = 0; i < (rc == 0 ? plan.nobsolete : written); i++) {
+    cluster_path(c, path, "pmap-chunks", rc == 0 ? plan.obsolete[i] : plan.writes[i].znode);
+    zk_delete(c->zk, path, -1);
+  }
+  if (rc == 0)
+    LOG_I("cluster", "\"wrote the next partition map\" epoch=%llu nodes=%zu groups=%zu "
+          "chunks_written=%zu chunk_bytes=%zu root_bytes=%zu",
+          (unsigned long long)epoch, next->nnodes, next->ngroups, written, bytes, plan.root_len);
+  pmap_plan_free(&plan);
+  return rc;
+}
+
+/* The definitions the next map places: each one whose group the map has,
+ * or whose new group fits in map_bytes_max (a create checks this before it
+ * defines a cache; this holds the line when two creates raced). */
+static size_t cluster_placeable(cluster_t *c, pmap_cache_def_t *cd, size_t n) {
+  uint64_t budget = (uint64_t)c->node->cfg.map_bytes_max;
+  uint64_t used = 0;
+  size_t k = 0;
+  char names[64][PMAP_GROUP_NAME_MAX]; /* new groups taken in this pass */
+  size_t nnew = 0;
+  for (size_t i = 0; i < c->map.ngroups && c->map_version >= 0; i++) {
+    const pmap_group_t *g = &c->map.groups[i];
+    used += pmap_group_bytes(g->partitions, g->backups, g->replicated, c->nalive);
+  }
+  for (size_t i = 0; i < n; i++) {
+    char g[PMAP_GROUP_NAME_MAX];
+    uint32_t backups = cd[i].replicated ? 0 : cd[i].backups;
+    pmap_group_name(cd[i].partitions, backups, cd[i].replicated, g, sizeof g);
+    int known = c->map_version >= 0 && pmap_find_group(&c->map, g);
+    for (size_t j = 0; j < nnew && !known; j++) known = strcmp(names[j], g) == 0;
+    if (!known) {
+      uint64_t add = pmap_group_bytes(cd[i].partitions, backups, cd[i].replicated, c->nalive);
+      if (used + add > budget || nnew == 64) {
+        LOG_E("cluster", "\"a cache is not placed: its placement group would pass map_bytes_max\" "
+              "cache=%s group=%s bytes=%llu map_bytes_max=%lld", cd[i].name, g,
+              (unsigned long long)(used + add), (long long)budget);
+        continue;
+      }
+      used += add;
+      snprintf(names[nnew++], PMAP_GROUP_NAME_MAX, "%s", g);
+    }
+    cd[k++] = cd[i];
+  }
+  return k;
+}
+
 /* The coordinator's part: the next map, written with a versioned set so
  * that a coordinator that lost its place cannot overwrite a newer map. */
-static void cluster_coordinate(cluster_t *c, const store_cache_cfg_t *defs, size_t ndefs) {
+static void cluster_coordinate(cluster_t *c) {
   node_t *n = c->node;
   if (c->map_version < 0 && (int64_t)c->nalive < n->cfg.cluster_min_nodes) {
     LOG_D("cluster", "\"waiting for nodes before the first map\" alive=%zu min=%lld",
           c->nalive, (long long)n->cfg.cluster_min_nodes);
     return;
   }
-  pmap_cache_def_t *cd = calloc(ndefs + 1, sizeof *cd);
-  if (!cd) return;
-  for (size_t i = 0; i < ndefs; i++) {
-    cd[i].name = defs[i].name;
-    cd[i].partitions = defs[i].partitions;
-    cd[i].backups = defs[i].backups;
-    cd[i].replicated = defs[i].mode == GRID_MODE_REPLICATED;
+  if (!c->swept && c->map_version >= 0) {
+    c->swept = 1;
+    cluster_sweep_chunks(c);
   }
+  int64_t t0 = clock_mono_ms();
+  pmap_cache_def_t *cd = cluster_pmap_defs(c);
+  if (!cd) return;
+  size_t ndefs = cluster_placeable(c, cd, c->ndefs);
   pmap_ready_t *ready = NULL;
   size_t nready = 0, nmsgs = 0;
   Grid__ReadyReport **msgs = NULL;
@@ -735,23 +1041,14 @@ static void cluster_coordinate(cluster_t *c, const store_cache_cfg_t *defs, size
   }
   if (rc == 0 && (changed || c->map_version < 0)) {
     snprintf(next.coordinator, sizeof next.coordinator, "%s", n->node_id);
-    unsigned char *buf;
-    size_t len;
-    if (pmap_encode(&next, &buf, &len) == 0) {
-      char path[CLUSTER_PATH_MAX];
-      cluster_path(c, path, "pmap", NULL);
-      if (c->map_version < 0)
-        rc = zk_create(c->zk, path, buf, len, ZK_PERSISTENT, NULL, 0);
-      else
-        rc = zk_set(c->zk, path, buf, len, c->map_version, NULL);
-      free(buf);
-      if (rc == 0)
-        LOG_I("cluster", "\"wrote the next partition map\" epoch=%llu nodes=%zu",
-              (unsigned long long)(c->map_version + 2), next.nnodes);
-      else if (rc != GRID_EVERSION && rc != GRID_EEXIST)
-        LOG_W("cluster", "\"cannot write the partition map\" error=%s", grid_err_name(rc));
-      cluster_mark_dirty(c); /* read back what is there now */
-    }
+    int64_t t1 = clock_mono_ms();
+    rc = cluster_write_map(c, &next);
+    if (rc == 0)
+      LOG_I("cluster", "\"map computed and written\" compute_ms=%lld write_ms=%lld",
+            (long long)(t1 - t0), (long long)(clock_mono_ms() - t1));
+    else if (rc != GRID_EVERSION && rc != GRID_EEXIST)
+      LOG_W("cluster", "\"cannot write the partition map\" error=%s", grid_err_name(rc));
+    cluster_mark_dirty(c); /* read back what is there now */
   }
   pmap_free(&next);
 }
@@ -760,7 +1057,7 @@ static void cluster_coordinate(cluster_t *c, const store_cache_cfg_t *defs, size
 
 static void cluster_done_on_loop(loop_t *lp, void *arg) {
   cluster_job_t *j = arg;
-  j->done(lp, j->arg, j->status);
+  j->done(lp, j->arg, j->status, j->detail[0] ? j->detail : NULL);
   free(j);
 }
 
@@ -965,15 +1262,16 @@ static void cluster_tick_leave(cluster_t *c, int leaving) {
  * map) and acts on it. A read that fails leaves everything as it was and
  * marks the state dirty: nothing is taken for dropped. */
 static void cluster_resync(cluster_t *c, int leaving) {
-  store_cache_cfg_t *defs = NULL;
-  size_t ndefs = 0;
   pmap_node_t *alive = malloc(sizeof(pmap_node_t) * PMAP_NODES_MAX);
   size_t nalive = 0;
   char coord[PMAP_ID_MAX];
-  int rc = alive ? cluster_read_caches(c, &defs, &ndefs) : GRID_ENOMEM;
+  int defs_changed = 0;
+  int rc = alive ? cluster_read_caches(c, &defs_changed) : GRID_ENOMEM;
+  if (defs_changed) c->caches_stale = 1;
   if (rc == 0) rc = cluster_read_nodes(c, alive, &nalive);
   if (rc == 0) rc = cluster_read_coordinator(c, coord, sizeof coord);
-  if (rc == 0) rc = cluster_read_map(c);
+  if (rc == 0) rc = cluster_read_map(c, c->caches_stale);
+  if (rc == 0) c->caches_stale = 0;
   if (rc == 0) {
     pthread_mutex_lock(&c->lock);
     memcpy(c->alive, alive, nalive * sizeof *alive);
@@ -982,13 +1280,13 @@ static void cluster_resync(cluster_t *c, int leaving) {
     pthread_mutex_unlock(&c->lock);
     cluster_write_reports(c);
     cluster_tick_leave(c, leaving);
-    if (strcmp(coord, c->node->node_id) == 0) cluster_coordinate(c, defs, ndefs);
+    if (strcmp(coord, c->node->node_id) == 0) cluster_coordinate(c);
+    else c->swept = 0; /* swept again on becoming coordinator */
     cluster_set_serving(c, c->map_version >= 0);
   } else {
     cluster_mark_dirty(c);
   }
   free(alive);
-  free(defs);
 }
 
 static void cluster_tick(cluster_t *c) {
@@ -1118,6 +1416,8 @@ void cluster_free(cluster_t *c) {
   }
   free(c->boxes);
   pmap_free(&c->map);
+  pmap_stored_free(&c->stored);
+  free(c->defs);
   pthread_rwlock_destroy(&c->map_lock);
   pthread_mutex_destroy(&c->lock);
   pthread_cond_destroy(&c->cond);
@@ -1207,7 +1507,7 @@ int cluster_accepts(cluster_t *c, const char *cache, uint32_t p, uint64_t epoch,
    * before it asks (net), so what is still ahead here is refused. */
   int ok = epoch == c->map.epoch;
   if (!ok && epoch < c->map.epoch) {
-    const pmap_cache_t *pc = pmap_find_cache(&c->map, cache);
+    const pmap_group_t *pc = pmap_find_cache(&c->map, cache);
     int from = pmap_node_index(&c->map, from_node);
     ok = pc && from >= 0 && pmap_leader(pc, p) == from;
   }
@@ -1215,14 +1515,14 @@ int cluster_accepts(cluster_t *c, const char *cache, uint32_t p, uint64_t epoch,
   return ok;
 }
 
-void cluster_report_withdraw(cluster_t *c, const char *cache, uint32_t p,
+void cluster_report_withdraw(cluster_t *c, const char *group, uint32_t p,
                              const char *node_id) {
   if (!c) return;
   pthread_mutex_lock(&c->lock);
   size_t k = 0;
   for (size_t i = 0; i < c->nreports; i++) {
     Grid__ReadyItem *it = &c->reports[i];
-    if (it->partition == p && it->kind == CLUSTER_FILLED && strcmp(it->cache, cache) == 0 &&
+    if (it->partition == p && it->kind == CLUSTER_FILLED && strcmp(it->cache, group) == 0 &&
         strcmp(it->node, node_id) == 0) {
       free(it->cache);
       free(it->node);
@@ -1276,6 +1576,20 @@ void cluster_status(cluster_t *c, Grid__ClusterStatus *st) {
   st->cluster = strdup(c->node->cfg.cluster);
   st->node_id = strdup(c->node->node_id);
   st->zk_connected = c->zk_ok;
+  st->map_znode_bytes_max = ZK_DATA_BYTES_MAX;
+  st->map_bytes_max = (uint64_t)c->node->cfg.map_bytes_max;
+  pthread_rwlock_rdlock(&c->map_lock);
+  st->groups = (uint32_t)c->map.ngroups;
+  if (c->map_version >= 0) {
+    st->map_bytes = c->map_root_bytes;
+    st->map_znodes = 1 + (uint32_t)c->stored.n;
+    st->map_znode_bytes = (uint32_t)c->map_root_bytes;
+    for (size_t i = 0; i < c->stored.n; i++) {
+      st->map_bytes += c->stored.refs[i].bytes;
+      if (c->stored.refs[i].bytes > st->map_znode_bytes) st->map_znode_bytes = c->stored.refs[i].bytes;
+    }
+  }
+  pthread_rwlock_unlock(&c->map_lock);
   st->alive = calloc(c->nalive + 1, sizeof *st->alive);
   for (size_t i = 0; st->alive && i < c->nalive; i++) {
     Grid__PmapNode *pn = calloc(1, sizeof *pn);

@@ -12,7 +12,11 @@
  *   nodes/<id>        ephemeral, PmapNode (address, zone): the node's lease
  *   election/n_<seq>  ephemeral sequential, node id: lowest leads
  *   caches/<name>     CacheConfig
- *   pmap              Pmap; the znode's data version + 1 is the epoch
+ *   pmap              Pmap, the map's root: nodes, placement groups, and
+ *                     the chunks that hold their owners; the znode's data
+ *                     version + 1 is the epoch (pmap.h: the map in ZooKeeper)
+ *   pmap-chunks/<c>   PmapChunk, written once, deleted once no root names it
+ *   ready/<id>        ReadyReport: this node's fill, demote, drained reports
  */
 #ifndef GRID_CLUSTER_H
 #define GRID_CLUSTER_H
@@ -60,30 +64,31 @@ int cluster_wait_left(cluster_t *c, int64_t timeout_ms);
  * was paused never answers from a role it may have lost meanwhile. */
 int cluster_serving(cluster_t *c);
 
-/* Creates or drops a cache cluster-wide, from a loop. done(lp, arg, status)
- * runs later on loop `loop_index` (once this node's map has the change, for
- * a create). Returns an error (done never runs) or 0. */
-typedef void (*cluster_done_fn)(loop_t *lp, void *arg, int status);
+/* Creates or drops a cache cluster-wide, from a loop. done(lp, arg,
+ * status, detail) runs later on loop `loop_index` (once this node's map
+ * has the change, for a create); detail: words for a refusal, or NULL.
+ * Returns an error (done never runs) or 0. */
+typedef void (*cluster_done_fn)(loop_t *lp, void *arg, int status, const char *detail);
 int cluster_cache_create(cluster_t *c, const store_cache_cfg_t *cfg,
                          int loop_index, cluster_done_fn done, void *arg);
 int cluster_cache_drop(cluster_t *c, const char *name, int loop_index,
                        cluster_done_fn done, void *arg);
 
-/* From a loop: the primary has filled a MOVING copy (node_id) of a
- * partition in map epoch `epoch`; or (demote) an OWNING backup missed a
- * write and must be filled again. The cluster thread writes them to
- * ZooKeeper for the coordinator. */
-void cluster_report_ready(cluster_t *c, const char *cache, uint32_t p,
+/* From a loop, for partition p of placement group `group` (every cache of
+ * the group): the primary has filled a MOVING copy (node_id) in map epoch
+ * `epoch`; or (demote) an OWNING backup missed a write and must be filled
+ * again. The cluster thread writes them to ZooKeeper for the coordinator. */
+void cluster_report_ready(cluster_t *c, const char *group, uint32_t p,
                           const char *node_id, uint64_t epoch);
-void cluster_report_demote(cluster_t *c, const char *cache, uint32_t p,
+void cluster_report_demote(cluster_t *c, const char *group, uint32_t p,
                            const char *node_id);
 
-/* This node, handing partition p over in map `epoch`, has no write of it
- * in flight any more. */
-void cluster_report_drained(cluster_t *c, const char *cache, uint32_t p, uint64_t epoch);
+/* This node, handing partition p of group over in map `epoch`, has no
+ * write of it in flight any more, in any cache of the group. */
+void cluster_report_drained(cluster_t *c, const char *group, uint32_t p, uint64_t epoch);
 
 /* Withdraws a fill report: the copy missed a record since. */
-void cluster_report_withdraw(cluster_t *c, const char *cache, uint32_t p,
+void cluster_report_withdraw(cluster_t *c, const char *group, uint32_t p,
                              const char *node_id);
 
 /* Fencing, for a backup: whether a record of partition p sent by from_node

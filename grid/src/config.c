@@ -62,6 +62,7 @@ static const config_key_t config_keys[] = {
     CFG_N(rebalance_bytes_per_sec, CFG_SIZE, 0, INT64_MAX),
     CFG_N(leave_timeout_ms, CFG_INT, 0, 3600000),
     CFG_N(lost_grace_ms, CFG_INT, 0, 86400000),
+    CFG_N(map_bytes_max, CFG_SIZE, 4096, (int64_t)1 << 32),
 };
 
 void config_defaults(config_t *c) {
@@ -98,6 +99,7 @@ void config_defaults(config_t *c) {
   c->loop_handoffs_max = 100000;
   c->rebalance_bytes_per_sec = 64 << 20;
   c->leave_timeout_ms = 60000;
+  c->map_bytes_max = 64 << 20;
   c->lost_grace_ms = 30000;
 }
 

@@ -66,6 +66,9 @@ typedef struct config {
   int64_t lost_grace_ms;          /* a node gone from ZooKeeper is waited for
                                      this long before partitions only it
                                      holds count as lost (0: at once) */
+  int64_t map_bytes_max;          /* the partition map's owners and states,
+                                     every group: a cache that would need
+                                     more is refused */
 } config_t;
 
 /* Fills in the defaults of gridd. */

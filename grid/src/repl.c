@@ -115,6 +115,23 @@ static repl_part_t *repl_part(store_t *store, store_cache_t *sc, uint32_t p) {
   return sync->repl;
 }
 
+const char *repl_group_of(const loop_t *lp, const char *name) {
+  const pmap_group_t *g = lp->pmap ? pmap_find_cache(lp->pmap, name) : NULL;
+  return g ? g->name : NULL;
+}
+
+/* Whether no cache of group has a write of partition p in flight here. */
+static int repl_group_drained(loop_t *lp, const pmap_group_t *g, uint32_t p) {
+  for (const char *name = pmap_group_cache_after(lp->pmap, g, ""); name;
+       name = pmap_group_cache_after(lp->pmap, g, name)) {
+    store_cache_t *sc = store_view_find(&lp->view, name, strlen(name));
+    store_part_sync_t *sync = sc ? store_part_sync(sc, p) : NULL;
+    repl_part_t *part = sync ? sync->repl : NULL;
+    if (part && !repl_order_empty(&part->order)) return 0;
+  }
+  return 1;
+}
+
 int repl_owner_loop(const loop_t *lp, uint32_t p) {
   return (int)(p % (uint32_t)loops_count(lp->set));
 }
@@ -175,8 +192,11 @@ static void repl_advance(loop_t *lp, repl_part_t *part) {
     repl_write_done(lp, repl_write_of(o));
   }
   if (repl_order_empty(&part->order) && part->handoff_epoch) {
-    cluster_report_drained(lp->node->cluster, store_cache_cfg(cache)->name, part->p,
-                           part->handoff_epoch);
+    /* The group's partition is drained once every cache's is. */
+    const pmap_group_t *g = lp->pmap ? pmap_find_cache(lp->pmap, store_cache_cfg(cache)->name)
+                                     : NULL;
+    if (g && repl_group_drained(lp, g, part->p))
+      cluster_report_drained(lp->node->cluster, g->name, part->p, part->handoff_epoch);
     part->handoff_epoch = 0;
   }
   for (repl_order_wait_t *o = out.waits, *next; o; o = next) {
@@ -288,7 +308,7 @@ static int repl_answer_when(loop_t *lp, repl_part_t *part, uint64_t release,
  * OWNING or MOVING copy. owning[i]: a full_sync write waits for copy
  * idx[i]; moving[i]: it is being filled (one that misses a record is
  * filled again, where an OWNING one is demoted). */
-static size_t repl_backups_of(const loop_t *lp, const pmap_cache_t *pc, uint32_t p,
+static size_t repl_backups_of(const loop_t *lp, const pmap_group_t *pc, uint32_t p,
                               int full_sync, uint32_t *idx, int *owning, int *moving) {
   size_t nb = 0;
   for (uint32_t k = 1; k < pc->slots; k++) {
@@ -307,13 +327,15 @@ static size_t repl_backups_of(const loop_t *lp, const pmap_cache_t *pc, uint32_t
  * coordinator has it filled again), a MOVING one starts its fill over. */
 static void repl_backup_missed(loop_t *lp, repl_write_t *w, repl_backup_t *b) {
   const char *cache = store_cache_cfg(w->cache)->name;
+  const char *group = repl_group_of(lp, cache);
+  if (!group) return; /* the map places the cache no more: nothing to repair */
   if (b->moving) {
-    repl_fill_restart(lp, cache, w->p, b->node_id);
+    repl_fill_restart(lp, group, w->p, b->node_id);
     return;
   }
-  LOG_W("repl", "\"a backup missed a write: demoting it\" node=%s partition=%u", b->node_id,
-        w->p);
-  cluster_report_demote(lp->node->cluster, cache, w->p, b->node_id);
+  LOG_W("repl", "\"a backup missed a write: demoting it\" node=%s cache=%s partition=%u",
+        b->node_id, cache, w->p);
+  cluster_report_demote(lp->node->cluster, group, w->p, b->node_id);
 }
 
 /* Sends w's record to every backup. A backup it cannot reach is demoted
@@ -422,7 +444,7 @@ static int repl_run(loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *sin
     sink_error(lp, sink, rq->id, GRID_ECONN, "the node is stopping");
     return 0;
   }
-  const pmap_cache_t *pc = lp->pmap ? pmap_find_cache(lp->pmap, rq->cache) : NULL;
+  const pmap_group_t *pc = lp->pmap ? pmap_find_cache(lp->pmap, rq->cache) : NULL;
   store_cache_t *sc = store_view_find(&lp->view, rq->cache, strlen(rq->cache));
   if (!pc || !sc || pmap_primary(pc, p) != lp->self) {
     sink_error(lp, sink, rq->id, GRID_ENOTREADY, "the partition changed owner: retry");
@@ -589,7 +611,7 @@ static void repl_write_abandon(loop_t *lp, repl_write_t *w) {
 /* A pending write under a new map: a backup no longer in sync no longer
  * holds it up; one the map still counts in sync after missing it is
  * demoted again. */
-static void repl_write_on_map(loop_t *lp, const pmap_t *m, const pmap_cache_t *pc,
+static void repl_write_on_map(loop_t *lp, const pmap_t *m, const pmap_group_t *pc,
                               repl_write_t *w) {
   node_t *n = lp->node;
   for (size_t i = 0; i < w->nbackups; i++) {
@@ -608,7 +630,7 @@ static void repl_write_on_map(loop_t *lp, const pmap_t *m, const pmap_cache_t *p
        * demote was not acted on (the coordinator moved to another map
        * first, and a report names the map it was made in). Said again
        * for this map, until a map reflects it. */
-      cluster_report_demote(n->cluster, pc->name, w->p, b->node_id);
+      cluster_report_demote(n->cluster, pc->name, w->p, b->node_id); /* the group */
     }
   }
 }
@@ -616,18 +638,27 @@ static void repl_write_on_map(loop_t *lp, const pmap_t *m, const pmap_cache_t *p
 /* Partitions handed over from here: drained once no write is pending. */
 static void repl_handoffs_on_map(loop_t *lp, const pmap_t *m) {
   node_t *n = lp->node;
-  for (size_t c = 0; c < m->ncaches; c++) {
-    const pmap_cache_t *pc = &m->caches[c];
-    store_cache_t *sc = NULL;
-    for (uint32_t p = 0; p < pc->partitions; p++) {
+  for (size_t c = 0; c < m->ngroups; c++) {
+    const pmap_group_t *g = &m->groups[c];
+    for (uint32_t p = 0; p < g->partitions; p++) {
       int st;
-      if (repl_owner_loop(lp, p) != lp->index || pmap_copy_at(pc, p, 0, &st) != lp->self ||
+      if (repl_owner_loop(lp, p) != lp->index || pmap_copy_at(g, p, 0, &st) != lp->self ||
           st != PMAP_HANDOFF)
         continue;
-      if (!sc) sc = store_view_find(&lp->view, pc->name, strlen(pc->name));
-      repl_part_t *part = sc ? store_part_sync(sc, p)->repl : NULL;
-      if (part && !repl_order_empty(&part->order)) part->handoff_epoch = m->epoch;
-      else cluster_report_drained(n->cluster, pc->name, p, m->epoch);
+      /* Every cache of the group with a write of p in flight reports when
+       * it drains (the last one for the group); none: drained now. */
+      int pending = 0;
+      for (const char *name = pmap_group_cache_after(m, g, ""); name;
+           name = pmap_group_cache_after(m, g, name)) {
+        store_cache_t *sc = store_view_find(&lp->view, name, strlen(name));
+        store_part_sync_t *sync = sc ? store_part_sync(sc, p) : NULL;
+        repl_part_t *part = sync ? sync->repl : NULL;
+        if (part && !repl_order_empty(&part->order)) {
+          part->handoff_epoch = m->epoch;
+          pending = 1;
+        }
+      }
+      if (!pending) cluster_report_drained(n->cluster, g->name, p, m->epoch);
     }
   }
 }
@@ -643,7 +674,7 @@ void repl_on_map(loop_t *lp) {
   repl_write_t *next;
   for (repl_write_t *w = rl->writes; w; w = next) {
     next = w->lnext;
-    const pmap_cache_t *pc = pmap_find_cache(m, store_cache_cfg(w->cache)->name);
+    const pmap_group_t *pc = pmap_find_cache(m, store_cache_cfg(w->cache)->name);
     if (!pc || pmap_leader(pc, w->p) != lp->self) repl_write_abandon(lp, w);
     else repl_write_on_map(lp, m, pc, w);
   }

@@ -55,6 +55,8 @@ static int repl_fill_entry_cb(void *ctx, const void *key, size_t key_len,
   return 0;
 }
 
+static void repl_fill_rewind(repl_fill_t *f);
+
 typedef struct repl_fill_ack {
   loop_t *lp;
   repl_fill_t *f;
@@ -73,29 +75,19 @@ static void repl_fill_on_ack(void *arg, int status, const Grid__Reply *rp) {
   if (status == 0 && rp->status != 0) status = rp->status;
   if (f->restart) {
     f->restart = 0;
-    f->started = 0;
-    f->cursor = 0;
-    f->done = 0;
+    repl_fill_rewind(f);
     free(a);
     return; /* the next cron tick starts it again */
   }
   if (status != 0) {
     LOG_W("repl", "\"filling a copy failed: starting it again\" cache=%s partition=%u node=%s error=%s",
           f->cache, f->p, f->node_id, grid_err_name(status));
-    f->started = 0; /* again from the first chunk, which empties the copy */
+    f->started = 0; /* the cache again from its first chunk, which empties it */
     f->cursor = 0;
     f->retry_at_ms = clock_mono_ms() + REPL_FILL_RETRY_MS;
   } else if (a->last) {
-    f->done = 1;
-    node_t *n = a->lp->node;
-    /* The fill may have begun under an older map; it still holds in this
-     * one (a fill no longer wanted is dropped on the map change). */
-    if (a->lp->pmap) f->epoch = a->lp->pmap->epoch;
-    LOG_I("repl", "\"copy filled\" cache=%s partition=%u node=%s entries=%llu bytes=%llu ms=%lld",
-          f->cache, f->p, f->node_id, (unsigned long long)f->entries,
-          (unsigned long long)f->bytes, (long long)(clock_mono_ms() - f->started_ms));
-    cluster_report_ready(n->cluster, f->cache, f->p, f->node_id, f->epoch);
-    f->reported = 1;
+    f->cache_done = 1;
+    f->caches++;
   }
   loop_t *lp = a->lp;
   free(a);
@@ -111,6 +103,50 @@ static int repl_fill_paced(loop_t *lp, int64_t now) {
     rl->window_bytes = 0;
   }
   return per_sec <= 0 || rl->window_bytes < (uint64_t)per_sec;
+}
+
+/* The fill starts over from its group's first cache. */
+static void repl_fill_rewind(repl_fill_t *f) {
+  f->cache[0] = '\0';
+  f->cache_done = 0;
+  f->caches = 0;
+  f->started = 0;
+  f->cursor = 0;
+  f->done = 0;
+  f->entries = f->bytes = 0;
+}
+
+/* Every cache of the group is filled: the copy is in sync. */
+static void repl_fill_finished(loop_t *lp, repl_fill_t *f, int64_t now) {
+  f->done = 1;
+  /* The fill may have begun under an older map; it still holds in this
+   * one (a fill no longer wanted is dropped on the map change). */
+  f->epoch = lp->pmap->epoch;
+  LOG_I("repl", "\"copy filled\" group=%s partition=%u node=%s caches=%llu entries=%llu bytes=%llu "
+        "ms=%lld", f->group, f->p, f->node_id, (unsigned long long)f->caches,
+        (unsigned long long)f->entries, (unsigned long long)f->bytes,
+        (long long)(now - f->started_ms));
+  cluster_report_ready(lp->node->cluster, f->group, f->p, f->node_id, f->epoch);
+  f->reported = 1;
+}
+
+/* The cache to fill now: the current one until its last chunk is in,
+ * then the group's next by name (a cache made or dropped meanwhile is
+ * found or skipped as the map names it). NULL when none is left. */
+static store_cache_t *repl_fill_cache(loop_t *lp, repl_fill_t *f, const pmap_group_t *g) {
+  for (;;) {
+    if (!f->cache[0] || f->cache_done) {
+      const char *next = pmap_group_cache_after(lp->pmap, g, f->cache);
+      if (!next) return NULL;
+      snprintf(f->cache, sizeof f->cache, "%s", next);
+      f->cache_done = 0;
+      f->started = 0;
+      f->cursor = 0;
+    }
+    store_cache_t *sc = store_view_find(&lp->view, f->cache, strlen(f->cache));
+    if (sc) return sc;
+    f->cache_done = 1; /* dropped here: the next one */
+  }
 }
 
 /* The fill starts over from its first chunk (which empties the copy),
@@ -133,11 +169,7 @@ static int repl_fill_build(loop_t *lp, repl_fill_t *f, store_cache_t *sc, int64_
   ch->rq.partition = f->p;
   ch->rq.epoch = lp->pmap->epoch;
   ch->rq.reset = !f->started;
-  if (!f->started) {
-    f->started = 1;
-    f->entries = f->bytes = 0;
-    f->started_ms = now;
-  }
+  f->started = 1;
   do {
     store_scan_full(sc, f->p, &f->cursor, 64, clock_wall_ms(), repl_fill_entry_cb, ch);
   } while (!ch->failed && f->cursor != 0 && ch->n < REPL_FILL_CHUNK_ENTRIES &&
@@ -150,10 +182,16 @@ static int repl_fill_build(loop_t *lp, repl_fill_t *f, store_cache_t *sc, int64_
 void repl_fill_step(loop_t *lp, repl_fill_t *f, int64_t now) {
   if (f->done || f->inflight || f->failed || now < f->retry_at_ms) return;
   if (!repl_fill_paced(lp, now)) return; /* this second's share is spent */
-  store_cache_t *sc = store_view_find(&lp->view, f->cache, strlen(f->cache));
+  const pmap_group_t *g = lp->pmap ? pmap_find_group(lp->pmap, f->group) : NULL;
   int target = lp->pmap ? pmap_node_index(lp->pmap, f->node_id) : -1;
-  if (!sc || target < 0) {
+  if (!g || target < 0) {
     f->failed = 1;
+    return;
+  }
+  if (!f->cache[0]) f->started_ms = now;
+  store_cache_t *sc = repl_fill_cache(lp, f, g);
+  if (!sc) {
+    repl_fill_finished(lp, f, now);
     return;
   }
   repl_fill_chunk_t ch = {0};
@@ -185,27 +223,23 @@ void repl_fill_step(loop_t *lp, repl_fill_t *f, int64_t now) {
   arena_close(&ch.arena);
 }
 
-repl_fill_t *repl_fill_find(struct repl_loop *rl, const char *cache, uint32_t p,
+repl_fill_t *repl_fill_find(struct repl_loop *rl, const char *group, uint32_t p,
                                    const char *node) {
   for (repl_fill_t *f = rl->fills; f; f = f->next)
-    if (f->p == p && strcmp(f->cache, cache) == 0 && strcmp(f->node_id, node) == 0) return f;
+    if (f->p == p && strcmp(f->group, group) == 0 && strcmp(f->node_id, node) == 0) return f;
   return NULL;
 }
 
-void repl_fill_restart(loop_t *lp, const char *cache, uint32_t p, const char *node) {
+void repl_fill_restart(loop_t *lp, const char *group, uint32_t p, const char *node) {
   struct repl_loop *rl = lp->repl;
-  repl_fill_t *f = rl ? repl_fill_find(rl, cache, p, node) : NULL;
+  repl_fill_t *f = rl ? repl_fill_find(rl, group, p, node) : NULL;
   if (f) {
-    f->done = 0;
     f->reported = 0;
-    if (!f->inflight) {
-      f->started = 0;
-      f->cursor = 0;
-    } else {
-      f->restart = 1; /* once the chunk in flight is answered */
-    }
+    if (!f->inflight) repl_fill_rewind(f);
+    else f->restart = 1; /* once the chunk in flight is answered */
+    f->done = 0;
   }
-  cluster_report_withdraw(lp->node->cluster, cache, p, node);
+  cluster_report_withdraw(lp->node->cluster, group, p, node);
 }
 
 void repl_fills_on_map(loop_t *lp, const pmap_t *m) {
@@ -214,8 +248,8 @@ void repl_fills_on_map(loop_t *lp, const pmap_t *m) {
   /* A fill already done is reported again for this epoch. */
   rl->fills_incomplete = 0;
   for (repl_fill_t *f = rl->fills; f; f = f->next) f->failed = 1; /* unless still wanted */
-  for (size_t c = 0; c < m->ncaches; c++) {
-    const pmap_cache_t *pc = &m->caches[c];
+  for (size_t c = 0; c < m->ngroups; c++) {
+    const pmap_group_t *pc = &m->groups[c];
     for (uint32_t p = 0; p < pc->partitions; p++) {
       if (repl_owner_loop(lp, p) != lp->index || pmap_primary(pc, p) != lp->self) continue;
       for (uint32_t k = 1; k < pc->slots; k++) {
@@ -227,7 +261,7 @@ void repl_fills_on_map(loop_t *lp, const pmap_t *m) {
           f->failed = 0;
           if (f->done) {
             f->epoch = m->epoch;
-            cluster_report_ready(n->cluster, f->cache, p, f->node_id, f->epoch);
+            cluster_report_ready(n->cluster, f->group, p, f->node_id, f->epoch);
           }
           continue;
         }
@@ -236,7 +270,7 @@ void repl_fills_on_map(loop_t *lp, const pmap_t *m) {
           rl->fills_incomplete = 1; /* repl_cron tries again */
           continue;
         }
-        snprintf(f->cache, sizeof f->cache, "%s", pc->name);
+        snprintf(f->group, sizeof f->group, "%s", pc->name);
         f->p = p;
         snprintf(f->node_id, sizeof f->node_id, "%s", m->nodes[idx].id);
         f->epoch = m->epoch;

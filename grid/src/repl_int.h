@@ -82,12 +82,19 @@ typedef struct repl_fill {
   int orphan;                    /* repl_close came while a chunk was in
                                     flight: its ack frees it */
   struct repl_fill *next;
-  char cache[STORE_CACHE_NAME_MAX + 1];
+  char group[PMAP_GROUP_NAME_MAX];/* the placement group: every cache of
+                                    it is filled, one after another, by
+                                    name */
+  char cache[STORE_CACHE_NAME_MAX + 1]; /* the cache being filled ("": none
+                                    yet) */
+  int cache_done;                /* ... and its last chunk is in */
+  uint64_t caches;               /* caches filled in this pass */
   uint32_t p;
   char node_id[PMAP_ID_MAX];
   uint64_t epoch;                /* map epoch it was started in */
-  uint64_t cursor;
-  int started, inflight, done, reported, failed;
+  uint64_t cursor;               /* in the cache being filled */
+  int started;                   /* the cache's first chunk went */
+  int inflight, done, reported, failed;
   int restart;                   /* start over once the chunk in flight is in */
   int64_t retry_at_ms;           /* after a failure, not before then */
   uint64_t entries, bytes;
@@ -111,16 +118,19 @@ int repl_owner_loop(const loop_t *lp, uint32_t p);
 /* Answers a packed reply's sink with an error instead, under its id. */
 void repl_fail_packed(loop_t *lp, repl_packed_t *pk, int status, const char *why);
 
+/* The placement group of cache `name` in lp's map, or NULL. */
+const char *repl_group_of(const loop_t *lp, const char *name);
+
 /* repl_fill.c */
-repl_fill_t *repl_fill_find(struct repl_loop *rl, const char *cache, uint32_t p,
+repl_fill_t *repl_fill_find(struct repl_loop *rl, const char *group, uint32_t p,
                             const char *node);
-/* A MOVING copy missed a record: its fill starts over, and a report that
- * it was filled no longer holds. */
-void repl_fill_restart(loop_t *lp, const char *cache, uint32_t p, const char *node);
+/* A MOVING copy missed a record: its fill (of the whole group's partition)
+ * starts over, and a report that it was filled no longer holds. */
+void repl_fill_restart(loop_t *lp, const char *group, uint32_t p, const char *node);
 /* Sends the fill's next chunk when pacing allows. */
 void repl_fill_step(loop_t *lp, repl_fill_t *f, int64_t now);
-/* One fill per MOVING copy of a partition led here and owned by this
- * loop; fills no longer wanted go. */
+/* One fill per MOVING copy of a group's partition led here and owned by
+ * this loop; fills no longer wanted go. */
 void repl_fills_on_map(loop_t *lp, const pmap_t *m);
 
 #endif

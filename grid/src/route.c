@@ -48,7 +48,7 @@ static void route_fwd_done(void *arg, int status, const Grid__Reply *rp) {
 
 /* Runs a keyed request (or SCAN) where its partition's primary is: here
  * through repl, or forwarded over the loop's link (one hop). */
-static void route_key(loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc,
+static void route_key(loop_t *lp, Grid__Request *rq, const pmap_group_t *pc,
                       sink_t *sink) {
   uint32_t p = op_has(rq->op, OP_PARTITION)
                    ? rq->partition
@@ -253,7 +253,7 @@ static int route_batch_check(loop_t *lp, const Grid__Request *rq, sink_t *sink) 
   return 0;
 }
 
-static void route_batch(loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc, sink_t *sink) {
+static void route_batch(loop_t *lp, Grid__Request *rq, const pmap_group_t *pc, sink_t *sink) {
   size_t n = rq->n_keys;
   if (route_batch_check(lp, rq, sink) != 0) return;
   route_batch_t *b = route_batch_new(lp, rq, n, sink);
@@ -288,7 +288,7 @@ static void route_batch(loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc, s
 }
 
 /* SIZE: every node counts the partitions it leads. */
-static int64_t route_local_size(loop_t *lp, const char *cache, const pmap_cache_t *pc,
+static int64_t route_local_size(loop_t *lp, const char *cache, const pmap_group_t *pc,
                                 int *found) {
   /* A node the map does not place (it restarted under its id) leads
    * nothing it can count yet. */
@@ -301,13 +301,13 @@ static int64_t route_local_size(loop_t *lp, const char *cache, const pmap_cache_
 }
 
 /* Whether node leads at least one partition of pc: only those are asked. */
-static int route_leads_any(const pmap_cache_t *pc, int node) {
+static int route_leads_any(const pmap_group_t *pc, int node) {
   for (uint32_t p = 0; p < pc->partitions; p++)
     if (pmap_primary(pc, p) == node) return 1;
   return 0;
 }
 
-static void route_size(loop_t *lp, Grid__Request *rq, const pmap_cache_t *pc,
+static void route_size(loop_t *lp, Grid__Request *rq, const pmap_group_t *pc,
                        sink_t *sink) {
   const pmap_t *m = lp->pmap;
   int found;
@@ -368,10 +368,10 @@ typedef struct route_cache_job {
   uint64_t id;
 } route_cache_job_t;
 
-static void route_cache_done(loop_t *lp, void *arg, int status) {
+static void route_cache_done(loop_t *lp, void *arg, int status, const char *detail) {
   route_cache_job_t *j = arg;
   if (status != 0) {
-    sink_error(lp, j->sink, j->id, status, NULL);
+    sink_error(lp, j->sink, j->id, status, detail);
   } else {
     Grid__Reply rp = GRID__REPLY__INIT;
     rp.id = j->id;
@@ -483,7 +483,7 @@ static void route_data(loop_t *lp, Grid__Request *rq, sink_t *sink) {
     return;
   }
   const char *name = rq->cache ? rq->cache : "";
-  const pmap_cache_t *pc = lp->pmap ? pmap_find_cache(lp->pmap, name) : NULL;
+  const pmap_group_t *pc = lp->pmap ? pmap_find_cache(lp->pmap, name) : NULL;
   if (!pc) {
     /* A cache this node knows but the map does not place yet: retry. */
     int known = store_view_find(&lp->view, name, strlen(name)) != NULL;

@@ -278,19 +278,33 @@ int store_view_init(store_view_t *v, store_t *s) {
   v->gen = UINT64_MAX; /* refreshed on first use */
   atomic_init(&v->ops, 0);
   v->caches = calloc((size_t)s->limits.caches_max, sizeof *v->caches);
-  return v->caches ? 0 : GRID_ENOMEM;
+  size_t cap = 8;
+  while (cap < (size_t)s->limits.caches_max * 2) cap *= 2;
+  v->index = calloc(cap, sizeof *v->index);
+  v->index_mask = cap - 1;
+  if (!v->caches || !v->index) {
+    free(v->caches);
+    free(v->index);
+    v->caches = NULL;
+    v->index = NULL;
+    return GRID_ENOMEM;
+  }
+  return 0;
 }
 
 static void store_view_release_all(store_view_t *v) {
   for (size_t i = 0; i < v->n; i++) store_cache_release(v->store, v->caches[i]);
   v->n = 0;
+  memset(v->index, 0, (v->index_mask + 1) * sizeof *v->index);
 }
 
 void store_view_close(store_view_t *v) {
   if (!v->caches) return;
   store_view_release_all(v);
   free(v->caches);
+  free(v->index);
   v->caches = NULL;
+  v->index = NULL;
 }
 
 void store_view_refresh(store_view_t *v) {
@@ -302,7 +316,10 @@ void store_view_refresh(store_view_t *v) {
   for (size_t i = 0; i < s->ncaches; i++) {
     store_cache_t *c = s->caches[i];
     atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+    size_t at = c->name_hash & v->index_mask;
+    while (v->index[at]) at = (at + 1) & v->index_mask;
     v->caches[v->n++] = c;
+    v->index[at] = (uint32_t)v->n;
   }
   pthread_rwlock_unlock(&s->lock);
 }
@@ -310,8 +327,8 @@ void store_view_refresh(store_view_t *v) {
 store_cache_t *store_view_find(store_view_t *v, const char *name, size_t len) {
   store_view_refresh(v);
   uint64_t h = XXH3_64bits(name, len);
-  for (size_t i = 0; i < v->n; i++) {
-    store_cache_t *c = v->caches[i];
+  for (size_t at = h & v->index_mask; v->index[at]; at = (at + 1) & v->index_mask) {
+    store_cache_t *c = v->caches[v->index[at] - 1];
     if (c->name_hash == h && strlen(c->cfg.name) == len &&
         memcmp(c->cfg.name, name, len) == 0)
       return c;

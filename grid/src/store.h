@@ -141,6 +141,10 @@ typedef struct store_view {
   uint64_t gen;              /* registry generation the view reflects */
   size_t n;
   store_cache_t **caches;    /* caches_max counted references */
+  uint32_t *index;           /* open addressing by name hash: caches[i-1],
+                                0 is empty (thousands of caches cost a
+                                lookup what one does) */
+  size_t index_mask;
   _Atomic uint64_t ops;      /* requests served through this view */
 } store_view_t;
 

@@ -125,19 +125,32 @@ int zk_ensure_path(zk_t *z, const char *path) {
 
 int zk_get(zk_t *z, const char *path, int watch, unsigned char **data,
            size_t *len, int *version) {
-  char *buf = malloc(ZK_DATA_BYTES_MAX);
-  if (!buf) return GRID_ENOMEM;
-  int blen = ZK_DATA_BYTES_MAX;
+  /* Most znodes are small: a small buffer first, the exact size when the
+   * data did not fit (ZooKeeper says how big it is). */
+  int cap = 4096;
+  char *buf = NULL;
   struct Stat st;
-  int rc = watch ? zoo_wget(z->zh, path, zk_watcher, z, buf, &blen, &st)
-                 : zoo_get(z->zh, path, 0, buf, &blen, &st);
-  if (rc != ZOK) {
-    free(buf);
-    return zk_err(rc);
+  for (;;) {
+    char *nb = realloc(buf, (size_t)cap);
+    if (!nb) {
+      free(buf);
+      return GRID_ENOMEM;
+    }
+    buf = nb;
+    int blen = cap;
+    int rc = watch ? zoo_wget(z->zh, path, zk_watcher, z, buf, &blen, &st)
+                   : zoo_get(z->zh, path, 0, buf, &blen, &st);
+    if (rc != ZOK) {
+      free(buf);
+      return zk_err(rc);
+    }
+    if (st.dataLength <= cap || cap >= ZK_DATA_BYTES_MAX) {
+      *len = blen < 0 ? 0 : (size_t)blen; /* a znode without data: -1 */
+      break;
+    }
+    cap = st.dataLength < ZK_DATA_BYTES_MAX ? st.dataLength : ZK_DATA_BYTES_MAX;
   }
-  if (blen < 0) blen = 0; /* a znode without data */
   *data = (unsigned char *)buf;
-  *len = (size_t)blen;
   if (version) *version = st.version;
   return 0;
 }
@@ -155,11 +168,13 @@ int zk_delete(zk_t *z, const char *path, int expected_version) {
 }
 
 int zk_children(zk_t *z, const char *path, int watch, char ***names,
-                size_t *n) {
+                size_t *n, int *cversion) {
   struct String_vector sv = {0, NULL};
-  int rc = watch ? zoo_wget_children(z->zh, path, zk_watcher, z, &sv)
-                 : zoo_get_children(z->zh, path, 0, &sv);
+  struct Stat st;
+  int rc = watch ? zoo_wget_children2(z->zh, path, zk_watcher, z, &sv, &st)
+                 : zoo_get_children2(z->zh, path, 0, &sv, &st);
   if (rc != ZOK) return zk_err(rc);
+  if (cversion) *cversion = st.cversion;
   char **out = calloc((size_t)sv.count + 1, sizeof *out);
   int ok = out != NULL;
   for (int i = 0; ok && i < sv.count; i++) ok = (out[i] = strdup(sv.data[i])) != NULL;

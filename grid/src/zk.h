@@ -54,9 +54,11 @@ int zk_set(zk_t *z, const char *path, const void *data, size_t len,
            int expected_version, int *new_version);
 int zk_delete(zk_t *z, const char *path, int expected_version);
 /* *names is a malloc'd array of malloc'd strings: free with
- * zk_children_free(). watch: one event when the children change. */
+ * zk_children_free(). watch: one event when the children change.
+ * cversion (may be NULL): how many times children were made or deleted
+ * under path, ever. */
 int zk_children(zk_t *z, const char *path, int watch, char ***names,
-                size_t *n);
+                size_t *n, int *cversion);
 void zk_children_free(char **names, size_t n);
 
 #endif

@@ -73,7 +73,7 @@ typedef struct two_nodes {
 static int pick_keys(two_nodes_t *t, const char *cluster, int want_per_parity) {
   pmap_t m;
   harness_pmap(t->nodes[0].port, &m);
-  const pmap_cache_t *pc = pmap_find_cache(&m, CACHE);
+  const pmap_group_t *pc = pmap_find_cache(&m, CACHE);
   if (!pc || m.nnodes < 2) {
     pmap_free(&m);
     return 0;
@@ -212,7 +212,7 @@ static void key_led_by_node0(int port, const char *cluster, const char *cache, c
   for (int tries = 0; tries < 200; tries++) {
     pmap_t m;
     harness_pmap(port, &m);
-    const pmap_cache_t *pc = pmap_find_cache(&m, cache);
+    const pmap_group_t *pc = pmap_find_cache(&m, cache);
     int p0 = pmap_node_index(&m, id0);
     for (int k = 0; pc && p0 >= 0 && k < 10000; k++) {
       snprintf(out, out_len, "%s-%d", cache, k);

@@ -49,7 +49,7 @@ static grid_t *open_node(const harness_node_t *n) {
 /* Every node leads about a third of the partitions, and no partition has
  * two copies on one node. */
 static void check_placement(const pmap_t *m, const char *cache, size_t copies_want) {
-  const pmap_cache_t *pc = pmap_find_cache(m, cache);
+  const pmap_group_t *pc = pmap_find_cache(m, cache);
   CHECK(pc);
   uint32_t prim[PMAP_NODES_MAX] = {0};
   for (uint32_t p = 0; p < pc->partitions; p++) {
@@ -298,7 +298,7 @@ static void test_peer_checks(void) {
 static void test_lost_partitions(void) {
   pmap_t before;
   wait_map(nodes[0].port, 3, "default", 1, &before);
-  const pmap_cache_t *pc = pmap_find_cache(&before, "default");
+  const pmap_group_t *pc = pmap_find_cache(&before, "default");
   int victim = pmap_node_index(&before, "c3-2");
   CHECK(victim >= 0);
   char lost_key[32] = "", kept_key[32] = "";
@@ -352,7 +352,7 @@ static void test_zones(void) {
   grid_cache_config_t cc = {.name = "zb", .partitions = 256, .backups = 1};
   CHECK_RC(grid_cache_create(z, &cc), 0);
   wait_map(zn[0].port, 3, "zb", 1, &m);
-  const pmap_cache_t *pc = pmap_find_cache(&m, "zb");
+  const pmap_group_t *pc = pmap_find_cache(&m, "zb");
   int node_a = pmap_node_index(&m, "zoned-0");
   for (uint32_t p = 0; p < pc->partitions; p++) {
     int st0, st1;

@@ -204,7 +204,7 @@ int main(void) {
   {
     pmap_t m;
     harness_pmap(nodes[0].port, &m);
-    const pmap_cache_t *pc = pmap_find_cache(&m, CACHE);
+    const pmap_group_t *pc = pmap_find_cache(&m, CACHE);
     int victim = pmap_node_index(&m, "fo-2");
     CHECK(pc && victim >= 0);
     for (int i = 0; i < WRITERS; i++)

@@ -25,7 +25,7 @@ static void paused_primary(grid_t *g, harness_node_t *nodes) {
   CHECK_RC(grid_put(g, "leased", key, strlen(key), "old", 3, 0, NULL), 0);
   pmap_t m;
   harness_pmap(nodes[0].port, &m);
-  const pmap_cache_t *pc = pmap_find_cache(&m, "leased");
+  const pmap_group_t *pc = pmap_find_cache(&m, "leased");
   CHECK(pc);
   int prim = pmap_primary(pc, part_of(key, strlen(key), pc->partitions));
   CHECK(prim >= 0);
