@@ -813,6 +813,22 @@ static int pmap_from_msg(const Grid__Pmap *pm, int with_data, pmap_t *m) {
   return 0;
 }
 
+static int pmap_name_cmp(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Whether no cache is named twice (a map from the network is input). */
+static int pmap_caches_unique(const pmap_t *m) {
+  const char **names = malloc((m->ncaches ? m->ncaches : 1) * sizeof *names);
+  if (!names) return 0;
+  for (size_t i = 0; i < m->ncaches; i++) names[i] = m->caches[i].name;
+  qsort(names, m->ncaches, sizeof *names, pmap_name_cmp);
+  int ok = 1;
+  for (size_t i = 1; ok && i < m->ncaches; i++) ok = strcmp(names[i - 1], names[i]) != 0;
+  free(names);
+  return ok;
+}
+
 int pmap_decode(const unsigned char *buf, size_t len, pmap_t *m) {
   pmap_init(m);
   Grid__Pmap *pm = grid__pmap__unpack(NULL, len, buf);
@@ -834,6 +850,7 @@ int pmap_decode(const unsigned char *buf, size_t len, pmap_t *m) {
     m->ncaches = i + 1;
   }
   if (rc == 0) rc = pmap_caches_settle(m);
+  if (rc == 0 && !pmap_caches_unique(m)) rc = GRID_EPROTO;
   grid__pmap__free_unpacked(pm, NULL);
   if (rc != 0) {
     pmap_free(m);
@@ -975,6 +992,42 @@ out:
   return rc;
 }
 
+static int pmap_ref_cmp(const void *a, const void *b) {
+  const pmap_chunk_ref_t *x = a, *y = b;
+  int c = strcmp(x->group, y->group);
+  if (c) return c;
+  return x->first < y->first ? -1 : x->first > y->first;
+}
+
+static int pmap_znode_cmp(const void *a, const void *b) {
+  return strcmp(((const pmap_chunk_ref_t *)a)->znode, ((const pmap_chunk_ref_t *)b)->znode);
+}
+
+/* Whether refs put every partition of every group of m in exactly one
+ * chunk, and name each chunk znode once. */
+static int pmap_stored_exact(const pmap_t *m, const pmap_stored_t *refs) {
+  pmap_chunk_ref_t *sorted = malloc((refs->n ? refs->n : 1) * sizeof *sorted);
+  if (!sorted) return 0;
+  if (refs->n) memcpy(sorted, refs->refs, refs->n * sizeof *sorted);
+  int ok = 1;
+  qsort(sorted, refs->n, sizeof *sorted, pmap_znode_cmp);
+  for (size_t i = 0; ok && i < refs->n; i++)
+    ok = sorted[i].znode[0] && (i == 0 || strcmp(sorted[i - 1].znode, sorted[i].znode) != 0);
+  qsort(sorted, refs->n, sizeof *sorted, pmap_ref_cmp);
+  for (size_t g = 0; ok && g < m->ngroups; g++) {
+    /* The group's chunks, by first partition, must tile it. */
+    uint32_t next = 0;
+    for (size_t i = 0; i < refs->n; i++) {
+      if (strcmp(sorted[i].group, m->groups[g].name) != 0) continue;
+      if (sorted[i].first != next) ok = 0;
+      next = sorted[i].first + sorted[i].count;
+    }
+    if (next != m->groups[g].partitions) ok = 0;
+  }
+  free(sorted);
+  return ok;
+}
+
 int pmap_root_decode(const unsigned char *buf, size_t len, pmap_t *m, pmap_stored_t *refs) {
   pmap_init(m);
   memset(refs, 0, sizeof *refs);
@@ -1006,7 +1059,7 @@ int pmap_root_decode(const unsigned char *buf, size_t len, pmap_t *m, pmap_store
     refs->n = i + 1;
     covered += c->count;
   }
-  if (rc == 0 && covered != want) rc = GRID_EPROTO;
+  if (rc == 0 && (covered != want || !pmap_stored_exact(m, refs))) rc = GRID_EPROTO;
   if (rc == 0) rc = pmap_caches_settle(m);
   grid__pmap__free_unpacked(pm, NULL);
   if (rc != 0) {

@@ -41,7 +41,12 @@ static void usage(FILE *f) {
 }
 
 static int fail(const char *verb, int rc) {
-  fprintf(stderr, "gridctl: %s: %s\n", verb, grid_strerror(rc));
+  /* The node's own words when it gave some (which limit, which argument). */
+  const char *why = grid_last_error();
+  if (why[0] && strcmp(why, grid_strerror(rc)) != 0)
+    fprintf(stderr, "gridctl: %s: %s: %s\n", verb, grid_strerror(rc), why);
+  else
+    fprintf(stderr, "gridctl: %s: %s\n", verb, grid_strerror(rc));
   return EXIT_FAILED;
 }
 

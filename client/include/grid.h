@@ -63,6 +63,12 @@ GRID_EXPORT void grid_close(grid_t *g);
 /* Changes the deadline of later calls on g. */
 GRID_EXPORT void grid_set_timeout(grid_t *g, uint32_t timeout_ms);
 
+/* The words the node gave with the last error it answered a synchronous
+ * call of the calling thread with (which limit, which argument), or its
+ * code's grid_strerror() when it gave none; "" before any. Valid until
+ * this thread's next call. */
+GRID_EXPORT const char *grid_last_error(void);
+
 /* A value returned by the library. data is malloc'd and the caller's:
  * release it with grid_value_free(). data is NUL-terminated for
  * convenience (the terminator is not counted in len). */

@@ -126,12 +126,16 @@ void grid_set_timeout(grid_t *g, uint32_t timeout_ms) {
  * the return is not a transport error: client_call frees it itself then). */
 static int client_call_once(grid_t *g, Grid__Request *rq, client_reply_t *out);
 
+/* The words of the last error a node answered a call of this thread with. */
+static __thread char client_last_error[512];
+
 /* Runs rq; when the node says the request was not run because the
  * partition is changing owner (GRID_ENOTREADY, GRID_ESTALE) or the node is
  * not serving for now (GRID_ECLUSTER: no ZooKeeper), tries again until the
  * call's deadline: such a request is safe to repeat, write or not, since
  * it was never applied. */
 static int client_call(grid_t *g, Grid__Request *rq, client_reply_t *out) {
+  client_last_error[0] = '\0';
   int64_t deadline = clock_mono_ms() + g->timeout_ms;
   int delay_ms = 2;
   for (;;) {
@@ -166,9 +170,15 @@ static int client_call_once(grid_t *g, Grid__Request *rq, client_reply_t *out) {
     router_saw_epoch(g->router, out->rp->epoch);
   }
   rc = out->rp->status;
-  if (rc != 0) client_reply_free(out);
+  if (rc != 0) {
+    snprintf(client_last_error, sizeof client_last_error, "%s",
+             out->rp->message && out->rp->message[0] ? out->rp->message : grid_strerror(rc));
+    client_reply_free(out);
+  }
   return rc;
 }
+
+const char *grid_last_error(void) { return client_last_error; }
 
 /* Runs rq when only its status and version matter. */
 static int client_call_version(grid_t *g, Grid__Request *rq, uint64_t *version) {

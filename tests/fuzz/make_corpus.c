@@ -397,6 +397,30 @@ static void resp(const char *cmds_file) {
 
 /* ---- pmap ------------------------------------------------------------------ */
 
+/* A frame of fuzz_pmap's stored form: a little-endian length, the bytes. */
+static void put_frame(buf_t *b, const unsigned char *p, size_t len) {
+  unsigned char hdr[4] = {(unsigned char)len, (unsigned char)(len >> 8),
+                          (unsigned char)(len >> 16), (unsigned char)(len >> 24)};
+  put(b, hdr, 4);
+  put(b, p, len);
+}
+
+/* The map plan stores, in fuzz_pmap's stored form: the root, then each
+ * chunk it names, from plan's writes or, when plan names it again, older's. */
+static void put_stored(buf_t *b, const pmap_plan_t *plan, const pmap_plan_t *older) {
+  put_frame(b, plan->root, plan->root_len);
+  for (size_t i = 0; i < plan->stored.n; i++) {
+    const pmap_blob_t *w = NULL;
+    const pmap_plan_t *from[2] = {plan, older};
+    for (size_t k = 0; k < 2 && !w; k++)
+      for (size_t j = 0; from[k] && j < from[k]->nwrites && !w; j++)
+        if (strcmp(from[k]->writes[j].znode, plan->stored.refs[i].znode) == 0)
+          w = &from[k]->writes[j];
+    if (!w) die("a chunk the plan names was never written");
+    put_frame(b, w->buf, w->len);
+  }
+}
+
 static void pmap_seeds(void) {
   pmap_node_t nodes[3];
   memset(nodes, 0, sizeof nodes);
@@ -406,7 +430,8 @@ static void pmap_seeds(void) {
     snprintf(nodes[i].addr, sizeof nodes[i].addr, "127.0.0.1:%d", 10801 + i);
     snprintf(nodes[i].zone, sizeof nodes[i].zone, "%c", 'a' + i);
   }
-  pmap_cache_def_t defs[2] = {{"default", 16, 1, 0}, {"everywhere", 4, 0, 1}};
+  /* Two caches share the first placement group. */
+  pmap_cache_def_t defs[3] = {{"default", 16, 1, 0}, {"everywhere", 4, 0, 1}, {"second", 16, 1, 0}};
   pmap_t m1, m2, m3;
   pmap_init(&m1);
   pmap_init(&m2);
@@ -414,16 +439,16 @@ static void pmap_seeds(void) {
   int changed;
   /* The first map: two nodes; then a third joins (MOVING copies); then
    * the first leaves (HANDOFF). */
-  if (pmap_next(NULL, nodes, 2, defs, 2, NULL, 0, &m1, &changed) != 0) die("pmap_next");
+  if (pmap_next(NULL, nodes, 2, defs, 3, NULL, 0, &m1, &changed) != 0) die("pmap_next");
   m1.epoch = 1;
   snprintf(m1.coordinator, sizeof m1.coordinator, "n-a");
-  if (pmap_next(&m1, nodes, 3, defs, 2, NULL, 0, &m2, &changed) != 0) die("pmap_next");
+  if (pmap_next(&m1, nodes, 3, defs, 3, NULL, 0, &m2, &changed) != 0) die("pmap_next");
   m2.epoch = 2;
   snprintf(m2.coordinator, sizeof m2.coordinator, "n-a");
   pmap_node_t leaving[3];
   memcpy(leaving, nodes, sizeof leaving);
   leaving[0].leaving = 1;
-  if (pmap_next(&m2, leaving, 3, defs, 2, NULL, 0, &m3, &changed) != 0) die("pmap_next");
+  if (pmap_next(&m2, leaving, 3, defs, 3, NULL, 0, &m3, &changed) != 0) die("pmap_next");
   m3.epoch = 3;
   snprintf(m3.coordinator, sizeof m3.coordinator, "n-b");
   pmap_t *maps[3] = {&m1, &m2, &m3};
@@ -436,8 +461,21 @@ static void pmap_seeds(void) {
     put(&b, enc, len);
     free(enc);
     save("fuzz_pmap", names[i], &b);
-    pmap_free(maps[i]);
   }
+  /* The same maps as stored in ZooKeeper: the third joining stored from
+   * nothing, then the first leaving stored over it (some chunks written,
+   * the others named again). */
+  pmap_plan_t p2, p3;
+  if (pmap_store_plan(&m2, NULL, NULL, m2.epoch, 1, &p2) != 0) die("pmap_store_plan");
+  if (pmap_store_plan(&m3, &m2, &p2.stored, m3.epoch, 1, &p3) != 0) die("pmap_store_plan");
+  buf_t sb = {0};
+  put_stored(&sb, &p2, NULL);
+  save("fuzz_pmap", "seed-stored-third-joins", &sb);
+  put_stored(&sb, &p3, &p2);
+  save("fuzz_pmap", "seed-stored-first-leaves", &sb);
+  pmap_plan_free(&p2);
+  pmap_plan_free(&p3);
+  for (int i = 0; i < 3; i++) pmap_free(maps[i]);
   /* Known bug: a cache with partitions = 0 was accepted and part_of
    * asserted. */
   buf_t b = {0};
@@ -457,6 +495,7 @@ static void put_reply_set(buf_t *b, int clustered) {
   Grid__ClusterStatus cs = GRID__CLUSTER_STATUS__INIT;
   Grid__PmapNode pn = GRID__PMAP_NODE__INIT, *pns[1] = {&pn};
   Grid__PmapCache pc = GRID__PMAP_CACHE__INIT, *pcs[1] = {&pc};
+  Grid__PmapCacheGroup pg = GRID__PMAP_CACHE_GROUP__INIT, *pgs[1] = {&pg};
   Grid__Pmap pm = GRID__PMAP__INIT;
   uint8_t owners[4] = {1, 1, 1, 1}, states[4] = {1, 1, 1, 4};
   rp.id = rid(1);
@@ -470,7 +509,7 @@ static void put_reply_set(buf_t *b, int clustered) {
     pn.id = "fake";
     pn.addr = "127.0.0.1:1"; /* the fuzz target refuses any other address */
     pn.zone = "z";
-    pc.name = "default";
+    pc.name = "p4-b0"; /* the placement group of "default" */
     pc.partitions = 4;
     pc.copies = 1;
     pc.owners = (ProtobufCBinaryData){4, owners};
@@ -480,6 +519,10 @@ static void put_reply_set(buf_t *b, int clustered) {
     pm.nodes = pns;
     pm.n_caches = 1;
     pm.caches = pcs;
+    pg.cache = "default";
+    pg.group = "p4-b0";
+    pm.n_cache_groups = 1;
+    pm.cache_groups = pgs;
     pm.coordinator = "fake";
     rp.pmap = &pm;
     rp.epoch = 7;

@@ -5,11 +5,17 @@
  * step later, a new primary after a death refilling the other copies, a
  * planned handover in two steps (HANDOFF, then the drained report), demote
  * reports, stability, replicated caches, caches added and removed), the
- * protobuf encoding and the accessors.
+ * placement groups that caches of one shape share (reports name groups;
+ * the map grows with shapes, not caches; the cache index and walks), the
+ * order of nodes kept from map to map, the protobuf encoding (the wire form
+ * with groups and the caches they place; the root and chunks of the map in
+ * ZooKeeper, and a new map writing only the chunks it changed), pmap_copy
+ * and the accessors.
  *
  * Everything here is pure computation: no clock, no sleep, no I/O. Node
- * indexes differ from map to map (they index each map's own node list), so
- * copies are compared by node id.
+ * indexes differ from map to map (they index each map's own node list, in
+ * which a node's place shifts when one before it goes), so copies are
+ * compared by node id.
  *
  * Run with a test name as argument to run that test alone.
  */
@@ -69,14 +75,28 @@ static int step(const pmap_t *cur, const pmap_node_t *nodes, size_t n,
   return changed;
 }
 
-static const pmap_cache_t *cache(const pmap_t *m, const char *name) {
-  const pmap_cache_t *c = pmap_find_cache(m, name);
+/* The group that places cache `name` in m (caches of one shape share it). */
+static const pmap_group_t *cache(const pmap_t *m, const char *name) {
+  const pmap_group_t *c = pmap_find_cache(m, name);
   CHECK(c != NULL);
   return c;
 }
 
+/* Group `name` of m. */
+static const pmap_group_t *group(const pmap_t *m, const char *name) {
+  const pmap_group_t *g = pmap_find_group(m, name);
+  CHECK(g != NULL);
+  return g;
+}
+
+/* The name of the group placing cache `name` in m, as reports name it; it
+ * lives as long as m. */
+static const char *grp(const pmap_t *m, const char *name) {
+  return cache(m, name)->name;
+}
+
 /* Id of the primary of p, or NULL when it has none. */
-static const char *primary_id(const pmap_t *m, const pmap_cache_t *c,
+static const char *primary_id(const pmap_t *m, const pmap_group_t *c,
                               uint32_t p) {
   int idx = pmap_primary(c, p);
   if (idx < 0) return NULL;
@@ -85,7 +105,7 @@ static const char *primary_id(const pmap_t *m, const pmap_cache_t *c,
 }
 
 /* Slot of the copy of p on node `id`, and its state; -1 when there is none. */
-static int slot_of(const pmap_t *m, const pmap_cache_t *c, uint32_t p,
+static int slot_of(const pmap_t *m, const pmap_group_t *c, uint32_t p,
                    const char *id, int *state) {
   int found = -1;
   for (uint32_t i = 0; i < c->slots; i++) {
@@ -103,7 +123,7 @@ static int slot_of(const pmap_t *m, const pmap_cache_t *c, uint32_t p,
 }
 
 /* How many copies of p the map holds (slots with a node). */
-static uint32_t ncopies(const pmap_cache_t *c, uint32_t p) {
+static uint32_t ncopies(const pmap_group_t *c, uint32_t p) {
   uint32_t n = 0;
   for (uint32_t i = 0; i < c->slots; i++) {
     int st;
@@ -115,7 +135,7 @@ static uint32_t ncopies(const pmap_cache_t *c, uint32_t p) {
 /* p's copies are exactly ideal[0..nideal) of nodes[], in that order, the
  * primary OWNING and the other copies in `backup_state`, and every other
  * slot is empty. */
-static void check_ideal_states(const pmap_t *m, const pmap_cache_t *c,
+static void check_ideal_states(const pmap_t *m, const pmap_group_t *c,
                                uint32_t p, const pmap_node_t *nodes,
                                const uint32_t *ideal, size_t nideal,
                                int backup_state) {
@@ -136,7 +156,7 @@ static void check_ideal_states(const pmap_t *m, const pmap_cache_t *c,
 
 /* p's copies are exactly ideal[0..nideal) of nodes[], in that order, all
  * OWNING, and every other slot is empty. */
-static void check_ideal_layout(const pmap_t *m, const pmap_cache_t *c,
+static void check_ideal_layout(const pmap_t *m, const pmap_group_t *c,
                                uint32_t p, const pmap_node_t *nodes,
                                const uint32_t *ideal, size_t nideal) {
   check_ideal_states(m, c, p, nodes, ideal, nideal, PMAP_OWNING);
@@ -144,7 +164,7 @@ static void check_ideal_layout(const pmap_t *m, const pmap_cache_t *c,
 
 /* Id of the leader of p (the primary, or the primary handing over), or
  * NULL when it has none. */
-static const char *leader_id(const pmap_t *m, const pmap_cache_t *c,
+static const char *leader_id(const pmap_t *m, const pmap_group_t *c,
                              uint32_t p) {
   int idx = pmap_leader(c, p);
   if (idx < 0) return NULL;
@@ -156,8 +176,8 @@ static const char *leader_id(const pmap_t *m, const pmap_cache_t *c,
  * there) hands off (copy 0 HANDOFF: no primary, but it still leads), and
  * nothing else changed: every other copy is on the same node, in the same
  * slot and state as in prev. */
-static void check_handoff(const pmap_t *m, const pmap_cache_t *c, uint32_t p,
-                          const pmap_t *prev, const pmap_cache_t *pc) {
+static void check_handoff(const pmap_t *m, const pmap_group_t *c, uint32_t p,
+                          const pmap_t *prev, const pmap_group_t *pc) {
   int s;
   int was = pmap_copy_at(pc, p, 0, &s);
   CHECK(was >= 0 && (size_t)was < prev->nnodes);
@@ -181,10 +201,11 @@ static void check_handoff(const pmap_t *m, const pmap_cache_t *c, uint32_t p,
   }
 }
 
-/* A drained report of the primary `id` handing over p, at `epoch`. */
-static pmap_ready_t drained(const char *cache, uint32_t p, const char *id,
+/* A drained report of the primary `id` handing over p of `group`, at
+ * `epoch`. */
+static pmap_ready_t drained(const char *group, uint32_t p, const char *id,
                             uint64_t epoch) {
-  pmap_ready_t r = {.cache = cache, .partition = p, .node_id = id,
+  pmap_ready_t r = {.group = group, .partition = p, .node_id = id,
                     .epoch = epoch, .drained = 1};
   return r;
 }
@@ -354,7 +375,10 @@ static void test_first_map_balance(void) {
     CHECK_STR(m.nodes[i].addr, nodes[i].addr);
   }
   CHECK_EQ(m.ncaches, 1);
-  const pmap_cache_t *c = cache(&m, "cache");
+  CHECK_EQ(m.ngroups, 1);
+  const pmap_group_t *c = cache(&m, "cache");
+  CHECK(c == &m.groups[0]);
+  CHECK_STR(c->name, "p1024-b1");
   CHECK_EQ(c->partitions, P);
   CHECK_EQ(c->backups, 1);
   CHECK_EQ(c->replicated, 0);
@@ -399,7 +423,7 @@ static void test_first_map_epoch0(void) {
   pmap_init(&out);
   CHECK_RC(pmap_next(&zero, nodes, 3, defs, 1, NULL, 0, &out, &changed), 0);
   CHECK_EQ(changed, 1);
-  const pmap_cache_t *a = cache(&fresh, "c"), *b = cache(&out, "c");
+  const pmap_group_t *a = cache(&fresh, "c"), *b = cache(&out, "c");
   for (uint32_t p = 0; p < 64; p++) {
     CHECK_STR(primary_id(&out, b, p), primary_id(&fresh, a, p));
     CHECK_EQ(ncopies(b, p), 2);
@@ -423,7 +447,7 @@ static void test_node_loss_backup_takes_over(void) {
   CHECK_EQ(step(&cur, alive, 2, defs, 1, NULL, 0, &next), 1);
   CHECK_EQ(next.nnodes, 2);
   CHECK_EQ(pmap_node_index(&next, dead), -1);
-  const pmap_cache_t *a = cache(&cur, "cache"), *b = cache(&next, "cache");
+  const pmap_group_t *a = cache(&cur, "cache"), *b = cache(&next, "cache");
   unsigned led = 0, backed = 0, untouched = 0, moving = 0;
   for (uint32_t p = 0; p < P; p++) {
     int st, sd;
@@ -488,7 +512,7 @@ static void test_node_loss_all_copies(void) {
   first_map(nodes, 3, defs, 1, &cur);
   /* node-1 and node-2 die; node-3 is left */
   CHECK_EQ(step(&cur, &nodes[2], 1, defs, 1, NULL, 0, &next), 1);
-  const pmap_cache_t *a = cache(&cur, "cache"), *b = cache(&next, "cache");
+  const pmap_group_t *a = cache(&cur, "cache"), *b = cache(&next, "cache");
   unsigned lost = 0;
   for (uint32_t p = 0; p < 256; p++) {
     int st;
@@ -518,7 +542,7 @@ static void test_node_loss_no_backup_lost(void) {
   alive[0] = nodes[0];
   alive[1] = nodes[2];
   CHECK_EQ(step(&m1, alive, 2, defs, 1, NULL, 0, &m2), 1);
-  const pmap_cache_t *c1 = cache(&m1, "cache"), *c2 = cache(&m2, "cache");
+  const pmap_group_t *c1 = cache(&m1, "cache"), *c2 = cache(&m2, "cache");
   unsigned lost = 0;
   for (uint32_t p = 0; p < P; p++) {
     const char *was = primary_id(&m1, c1, p);
@@ -544,7 +568,7 @@ static void test_node_loss_no_backup_lost(void) {
   /* node-2 comes back: its partitions stay LOST (its data is gone), the
    * others stay where they are. */
   step(&m3, nodes, 3, defs, 1, NULL, 0, &m4);
-  const pmap_cache_t *c4 = cache(&m4, "cache");
+  const pmap_group_t *c4 = cache(&m4, "cache");
   unsigned lost4 = 0;
   for (uint32_t p = 0; p < P; p++) {
     const char *was = primary_id(&m1, c1, p);
@@ -584,7 +608,7 @@ static void test_node_loss_backups2_refill(void) {
   alive[2] = nodes[3];
   const char *dead = "node-3";
   CHECK_EQ(step(&m1, alive, 3, defs, 1, NULL, 0, &m2), 1);
-  const pmap_cache_t *c1 = cache(&m1, "cache"), *c2 = cache(&m2, "cache");
+  const pmap_group_t *c1 = cache(&m1, "cache"), *c2 = cache(&m2, "cache");
   pmap_ready_t ready[256 * 3];
   size_t nready = 0;
   unsigned led = 0, backed = 0, untouched = 0;
@@ -634,7 +658,7 @@ static void test_node_loss_backups2_refill(void) {
       int n = pmap_copy_at(c2, p, i, &s);
       if (s != PMAP_MOVING) continue;
       CHECK(i > 0);
-      ready[nready++] = (pmap_ready_t){.cache = "cache",
+      ready[nready++] = (pmap_ready_t){.group = grp(&m2, "cache"),
                                        .partition = p,
                                        .node_id = m2.nodes[n].id,
                                        .epoch = m2.epoch};
@@ -645,7 +669,7 @@ static void test_node_loss_backups2_refill(void) {
   /* two MOVING copies where the dead node led, one elsewhere */
   CHECK_EQ(nready, led * 2 + backed);
   CHECK_EQ(step(&m2, alive, 3, defs, 1, ready, nready, &m3), 1);
-  const pmap_cache_t *c3 = cache(&m3, "cache");
+  const pmap_group_t *c3 = cache(&m3, "cache");
   for (uint32_t p = 0; p < 256; p++) {
     uint32_t ideal[3];
     CHECK_EQ(pmap_ideal(alive, 3, p, 3, ideal), 3);
@@ -669,7 +693,7 @@ static void test_join_minimal_movement(void) {
   first_map(nodes, 3, defs, 1, &m1);
   CHECK_EQ(step(&m1, nodes, 4, defs, 1, NULL, 0, &m2), 1);
   CHECK_EQ(m2.epoch, 2);
-  const pmap_cache_t *c1 = cache(&m1, "cache"), *c2 = cache(&m2, "cache");
+  const pmap_group_t *c1 = cache(&m1, "cache"), *c2 = cache(&m2, "cache");
 
   pmap_ready_t *ready = calloc(P, sizeof *ready);
   CHECK(ready != NULL);
@@ -697,7 +721,7 @@ static void test_join_minimal_movement(void) {
       CHECK(at >= 1);
       CHECK_EQ(st, PMAP_MOVING);
       CHECK_EQ(ncopies(c2, p), 3);
-      ready[nready++] = (pmap_ready_t){.cache = "cache",
+      ready[nready++] = (pmap_ready_t){.group = grp(&m2, "cache"),
                                        .partition = p,
                                        .node_id = newcomer,
                                        .epoch = m2.epoch};
@@ -724,7 +748,7 @@ static void test_join_minimal_movement(void) {
     }
     pmap_t w;
     CHECK_EQ(step(&m2, nodes, 4, defs, 1, bad, nready, &w), 0);
-    const pmap_cache_t *cw = cache(&w, "cache");
+    const pmap_group_t *cw = cache(&w, "cache");
     for (size_t i = 0; i < nready; i++) {
       int st;
       CHECK(slot_of(&w, cw, ready[i].partition, newcomer, &st) >= 1);
@@ -733,13 +757,15 @@ static void test_join_minimal_movement(void) {
     pmap_free(&w);
     free(bad);
   }
-  /* Reports naming another cache or node count for nothing either. */
+  /* Reports naming another group, the cache rather than its group, or
+   * another node count for nothing either. */
   {
-    pmap_ready_t other[2] = {ready[0], ready[0]};
-    other[0].cache = "other";
+    pmap_ready_t other[3] = {ready[0], ready[0], ready[0]};
+    other[0].group = "other";
     other[1].node_id = "node-1";
+    other[2].group = "cache";
     pmap_t w;
-    CHECK_EQ(step(&m2, nodes, 4, defs, 1, other, 2, &w), 0);
+    CHECK_EQ(step(&m2, nodes, 4, defs, 1, other, 3, &w), 0);
     pmap_free(&w);
   }
 
@@ -751,7 +777,7 @@ static void test_join_minimal_movement(void) {
   pmap_t m3, fresh;
   CHECK_EQ(step(&m2, nodes, 4, defs, 1, ready, nready, &m3), 1);
   first_map(nodes, 4, defs, 1, &fresh);
-  const pmap_cache_t *c3 = cache(&m3, "cache"), *cf = cache(&fresh, "cache");
+  const pmap_group_t *c3 = cache(&m3, "cache"), *cf = cache(&fresh, "cache");
   for (uint32_t p = 0; p < P; p++) {
     CHECK_STR(primary_id(&m3, c3, p), primary_id(&m2, c2, p));
     CHECK_EQ(ncopies(c3, p), ncopies(c2, p));
@@ -773,7 +799,7 @@ static void test_join_minimal_movement(void) {
    * primary), and nothing else changes: every other copy stays OWNING. */
   pmap_t m4;
   CHECK_EQ(step(&m3, nodes, 4, defs, 1, NULL, 0, &m4), 1);
-  const pmap_cache_t *c4 = cache(&m4, "cache");
+  const pmap_group_t *c4 = cache(&m4, "cache");
   pmap_ready_t *drain = calloc(P, sizeof *drain);
   uint32_t *handed = calloc(P, sizeof *handed);
   CHECK(drain != NULL && handed != NULL);
@@ -788,7 +814,8 @@ static void test_join_minimal_movement(void) {
       CHECK_STR(m4.nodes[ideal[0]].id, newcomer);
       CHECK_EQ(ncopies(c4, p), 3);
       handed[ndrain] = p;
-      drain[ndrain++] = drained("cache", p, primary_id(&m3, c3, p), m4.epoch);
+      drain[ndrain++] =
+          drained(grp(&m4, "cache"), p, primary_id(&m3, c3, p), m4.epoch);
     } else {
       check_ideal_layout(&m4, c4, p, m4.nodes, ideal, 2);
       CHECK_EQ(ncopies(c4, p), 2);
@@ -824,7 +851,7 @@ static void test_join_minimal_movement(void) {
       }
       pmap_t w;
       CHECK_EQ(step(&m4, nodes, 4, defs, 1, bad, ndrain, &w), 0);
-      const pmap_cache_t *cw = cache(&w, "cache");
+      const pmap_group_t *cw = cache(&w, "cache");
       for (size_t i = 0; i < ndrain; i++)
         check_handoff(&w, cw, handed[i], &m3, c3);
       pmap_free(&w);
@@ -837,7 +864,7 @@ static void test_join_minimal_movement(void) {
     size_t half = ndrain / 2;
     pmap_t w;
     CHECK_EQ(step(&m4, nodes, 4, defs, 1, drain, half, &w), 1);
-    const pmap_cache_t *cw = cache(&w, "cache");
+    const pmap_group_t *cw = cache(&w, "cache");
     for (size_t i = 0; i < ndrain; i++) {
       uint32_t p = handed[i];
       if (i < half) {
@@ -856,7 +883,7 @@ static void test_join_minimal_movement(void) {
    * again) ... */
   pmap_t m6, m7;
   CHECK_EQ(step(&m4, nodes, 4, defs, 1, drain, ndrain, &m6), 1);
-  const pmap_cache_t *c6 = cache(&m6, "cache");
+  const pmap_group_t *c6 = cache(&m6, "cache");
   for (uint32_t p = 0; p < P; p++) {
     uint32_t ideal[2];
     CHECK_EQ(pmap_ideal(m6.nodes, m6.nnodes, p, 2, ideal), 2);
@@ -892,7 +919,7 @@ static void test_join_partial_ready(void) {
   pmap_t m1, m2, m3;
   first_map(nodes, 3, defs, 1, &m1);
   step(&m1, nodes, 4, defs, 1, NULL, 0, &m2);
-  const pmap_cache_t *c2 = cache(&m2, "cache");
+  const pmap_group_t *c2 = cache(&m2, "cache");
   uint32_t moving[128];
   size_t nmoving = 0;
   for (uint32_t p = 0; p < 128; p++) {
@@ -903,12 +930,12 @@ static void test_join_partial_ready(void) {
     }
   }
   CHECK(nmoving >= 2);
-  pmap_ready_t r = {.cache = "cache",
+  pmap_ready_t r = {.group = grp(&m2, "cache"),
                     .partition = moving[0],
                     .node_id = "node-4",
                     .epoch = m2.epoch};
   CHECK_EQ(step(&m2, nodes, 4, defs, 1, &r, 1, &m3), 1);
-  const pmap_cache_t *c3 = cache(&m3, "cache");
+  const pmap_group_t *c3 = cache(&m3, "cache");
   /* the reported copy is OWNING, but the primary and the copies stay as
    * they were for this step */
   {
@@ -924,13 +951,13 @@ static void test_join_partial_ready(void) {
    * take over, all OWNING, once it reported itself drained */
   pmap_t m4;
   CHECK_EQ(step(&m3, nodes, 4, defs, 1, NULL, 0, &m4), 1);
-  const pmap_cache_t *c4 = cache(&m4, "cache");
+  const pmap_group_t *c4 = cache(&m4, "cache");
   uint32_t ideal[2];
   CHECK_EQ(pmap_ideal(nodes, 4, moving[0], 2, ideal), 2);
   int handover = strcmp(primary_id(&m2, c2, moving[0]), nodes[ideal[0]].id) != 0;
   if (handover) {
     check_handoff(&m4, c4, moving[0], &m3, c3);
-    pmap_ready_t d = drained("cache", moving[0],
+    pmap_ready_t d = drained(grp(&m4, "cache"), moving[0],
                              primary_id(&m3, c3, moving[0]), m4.epoch);
     pmap_t m5;
     CHECK_EQ(step(&m4, nodes, 4, defs, 1, &d, 1, &m5), 1);
@@ -943,7 +970,7 @@ static void test_join_partial_ready(void) {
   for (size_t i = 1; i < nmoving; i++) {
     const pmap_t *m[2] = {&m3, &m4};
     for (size_t k = 0; k < 2; k++) {
-      const pmap_cache_t *c = cache(m[k], "cache");
+      const pmap_group_t *c = cache(m[k], "cache");
       int st;
       CHECK(slot_of(m[k], c, moving[i], "node-4", &st) >= 1);
       CHECK_EQ(st, PMAP_MOVING);
@@ -968,7 +995,7 @@ static void test_join_no_backup(void) {
   pmap_t m1, m2;
   first_map(nodes, 3, defs, 1, &m1);
   CHECK_EQ(step(&m1, nodes, 4, defs, 1, NULL, 0, &m2), 1);
-  const pmap_cache_t *c1 = cache(&m1, "cache"), *c2 = cache(&m2, "cache");
+  const pmap_group_t *c1 = cache(&m1, "cache"), *c2 = cache(&m2, "cache");
   unsigned involved = 0;
   for (uint32_t p = 0; p < P; p++) {
     int st;
@@ -998,8 +1025,11 @@ static void test_stable(void) {
   pmap_t m1, m2, m3;
   first_map(nodes, 3, defs, 2, &m1);
   CHECK_EQ(step(&m1, nodes, 3, defs, 2, NULL, 0, &m2), 0);
+  CHECK_EQ(m1.ngroups, 2); /* two shapes */
+  CHECK_EQ(m2.ngroups, 2);
   for (size_t d = 0; d < 2; d++) {
-    const pmap_cache_t *a = &m1.caches[d], *b = cache(&m2, a->name);
+    const pmap_group_t *a = &m1.groups[d], *b = pmap_find_group(&m2, a->name);
+    CHECK(b != NULL);
     CHECK_EQ(a->slots, b->slots);
     size_t n = (size_t)a->partitions * a->slots;
     CHECK(memcmp(a->owners, b->owners, n) == 0);
@@ -1024,7 +1054,7 @@ static void test_stable(void) {
 
 /* ---- replicated ------------------------------------------------------------ */
 
-static void check_everywhere(const pmap_t *m, const pmap_cache_t *c,
+static void check_everywhere(const pmap_t *m, const pmap_group_t *c,
                              int want_state_of_last) {
   for (uint32_t p = 0; p < c->partitions; p++) {
     CHECK_EQ(ncopies(c, p), m->nnodes);
@@ -1046,7 +1076,7 @@ static void test_replicated(void) {
   pmap_cache_def_t defs[1] = {def("r", 128, 0, 1)};
   pmap_t m1, m2, m3;
   first_map(nodes, 4, defs, 1, &m1);
-  const pmap_cache_t *c1 = cache(&m1, "r");
+  const pmap_group_t *c1 = cache(&m1, "r");
   CHECK_EQ(c1->replicated, 1);
   check_everywhere(&m1, c1, 0);
   /* primaries spread over the nodes */
@@ -1061,7 +1091,7 @@ static void test_replicated(void) {
    * again); elsewhere every copy stays OWNING. */
   pmap_node_t three[3] = {nodes[0], nodes[2], nodes[3]};
   CHECK_EQ(step(&m1, three, 3, defs, 1, NULL, 0, &m3), 1);
-  const pmap_cache_t *c3 = cache(&m3, "r");
+  const pmap_group_t *c3 = cache(&m3, "r");
   pmap_ready_t refill[128 * 3];
   size_t nrefill = 0;
   unsigned led = 0;
@@ -1084,7 +1114,7 @@ static void test_replicated(void) {
         CHECK_EQ(st, PMAP_OWNING);
       } else {
         CHECK_EQ(st, PMAP_MOVING);
-        refill[nrefill++] = (pmap_ready_t){.cache = "r",
+        refill[nrefill++] = (pmap_ready_t){.group = grp(&m3, "r"),
                                            .partition = p,
                                            .node_id = m3.nodes[i].id,
                                            .epoch = m3.epoch};
@@ -1134,7 +1164,8 @@ static void test_cache_added_removed(void) {
    * owners (the newcomer among them) own it at once. */
   CHECK_EQ(step(&m1, nodes, 4, two, 2, NULL, 0, &m2), 1);
   CHECK_EQ(m2.ncaches, 2);
-  const pmap_cache_t *b = cache(&m2, "b");
+  CHECK_EQ(m2.ngroups, 2); /* "a" and "b" differ in shape */
+  const pmap_group_t *b = cache(&m2, "b");
   CHECK_EQ(b->partitions, 128);
   CHECK_EQ(b->backups, 2);
   int newcomer_owns = 0;
@@ -1147,7 +1178,7 @@ static void test_cache_added_removed(void) {
   }
   CHECK(newcomer_owns);
   /* while "a" moves as a join says */
-  const pmap_cache_t *a1 = cache(&m1, "a"), *a2 = cache(&m2, "a");
+  const pmap_group_t *a1 = cache(&m1, "a"), *a2 = cache(&m2, "a");
   for (uint32_t p = 0; p < 256; p++)
     CHECK_STR(primary_id(&m2, a2, p), primary_id(&m1, a1, p));
 
@@ -1157,7 +1188,10 @@ static void test_cache_added_removed(void) {
   CHECK_EQ(step(&m3, nodes, 4, only_b, 1, NULL, 0, &m4), 1);
   CHECK_EQ(m4.ncaches, 1);
   CHECK(pmap_find_cache(&m4, "a") == NULL);
-  const pmap_cache_t *b3 = cache(&m3, "b"), *b4 = cache(&m4, "b");
+  /* and so is its group, which placed no other cache */
+  CHECK_EQ(m4.ngroups, 1);
+  CHECK(pmap_find_group(&m4, cache(&m3, "a")->name) == NULL);
+  const pmap_group_t *b3 = cache(&m3, "b"), *b4 = cache(&m4, "b");
   for (uint32_t p = 0; p < 128; p++)
     CHECK_STR(primary_id(&m4, b4, p), primary_id(&m3, b3, p));
   pmap_free(&m1);
@@ -1175,10 +1209,10 @@ static void test_no_nodes_then_nodes(void) {
   pmap_cache_def_t defs[1] = {def("c", 16, 1, 0)};
   pmap_t m1, m2;
   first_map(nodes, 0, defs, 1, &m1);
-  const pmap_cache_t *c1 = cache(&m1, "c");
+  const pmap_group_t *c1 = cache(&m1, "c");
   for (uint32_t p = 0; p < 16; p++) CHECK_EQ(pmap_primary(c1, p), -1);
   CHECK_EQ(step(&m1, nodes, 2, defs, 1, NULL, 0, &m2), 1);
-  const pmap_cache_t *c2 = cache(&m2, "c");
+  const pmap_group_t *c2 = cache(&m2, "c");
   for (uint32_t p = 0; p < 16; p++) {
     int st;
     pmap_copy_at(c2, p, 0, &st);
@@ -1193,7 +1227,9 @@ static void test_no_nodes_then_nodes(void) {
 /* ---- the rules one by one, on hand-made current maps ------------------------ */
 
 /* A current map at epoch 5 with nodes[0..n) and one cache "h" of one
- * partition whose copies are owners[] (node index + 1) and states[]. */
+ * partition, placed by its group (named as pmap_next names it, so that the
+ * next map finds it) whose copies are owners[] (node index + 1) and
+ * states[]. */
 static void handmade(pmap_t *m, const pmap_node_t *nodes, size_t n,
                      uint32_t backups, uint32_t slots, const uint8_t *owners,
                      const uint8_t *states) {
@@ -1201,11 +1237,11 @@ static void handmade(pmap_t *m, const pmap_node_t *nodes, size_t n,
   m->epoch = 5;
   m->nnodes = n;
   memcpy(m->nodes, nodes, n * sizeof *nodes);
-  m->caches = calloc(1, sizeof *m->caches);
-  CHECK(m->caches != NULL);
-  m->ncaches = 1;
-  pmap_cache_t *c = &m->caches[0];
-  snprintf(c->name, sizeof c->name, "h");
+  m->groups = calloc(1, sizeof *m->groups);
+  CHECK(m->groups != NULL);
+  m->ngroups = 1;
+  pmap_group_t *c = &m->groups[0];
+  pmap_group_name(1, backups, 0, c->name, sizeof c->name);
   c->partitions = 1;
   c->backups = backups;
   c->slots = slots;
@@ -1214,6 +1250,9 @@ static void handmade(pmap_t *m, const pmap_node_t *nodes, size_t n,
   CHECK(c->owners && c->states);
   memcpy(c->owners, owners, slots);
   memcpy(c->states, states, slots);
+  pmap_cache_def_t h = def("h", 1, backups, 0);
+  CHECK_RC(pmap_set_caches(m, &h, 1), 0);
+  CHECK(pmap_find_cache(m, "h") == c);
 }
 
 static void letters(pmap_node_t *nodes, size_t n) {
@@ -1233,7 +1272,7 @@ static void test_rule_first_owning_takes_over(void) {
   handmade(&cur, n, 3, 2, 3, own, st);
   pmap_node_t alive[2] = {n[1], n[2]}; /* A died */
   CHECK_EQ(step(&cur, alive, 2, defs, 1, NULL, 0, &out), 1);
-  const pmap_cache_t *c = cache(&out, "h");
+  const pmap_group_t *c = cache(&out, "h");
   int s;
   CHECK_STR(primary_id(&out, c, 0), "C");
   CHECK_EQ(slot_of(&out, c, 0, "C", &s), 0);
@@ -1258,6 +1297,7 @@ static void test_rule_moving_alone(void) {
   const uint8_t st[2] = {PMAP_OWNING, PMAP_MOVING};
   pmap_t cur, out;
   handmade(&cur, n, 3, 1, 2, own, st);
+  const char *H = grp(&cur, "h"); /* its group, as reports name it */
   pmap_node_t alive[2] = {n[1], n[2]}; /* A died */
   int s;
 
@@ -1266,14 +1306,14 @@ static void test_rule_moving_alone(void) {
   CHECK_EQ(s, PMAP_LOST);
   pmap_free(&out);
 
-  pmap_ready_t stale = {.cache = "h", .partition = 0, .node_id = "B",
+  pmap_ready_t stale = {.group = H, .partition = 0, .node_id = "B",
                         .epoch = 4};
   step(&cur, alive, 2, defs, 1, &stale, 1, &out);
   pmap_copy_at(cache(&out, "h"), 0, 0, &s);
   CHECK_EQ(s, PMAP_LOST);
   pmap_free(&out);
 
-  pmap_ready_t r = {.cache = "h", .partition = 0, .node_id = "B", .epoch = 5};
+  pmap_ready_t r = {.group = H, .partition = 0, .node_id = "B", .epoch = 5};
   CHECK_EQ(step(&cur, alive, 2, defs, 1, &r, 1, &out), 1);
   CHECK_EQ(pmap_copy_at(cache(&out, "h"), 0, 0, &s), -1);
   CHECK_EQ(s, PMAP_LOST);
@@ -1284,13 +1324,13 @@ static void test_rule_moving_alone(void) {
   /* Reported filled with A alive: B is OWNING behind A ... */
   pmap_t filled;
   CHECK_EQ(step(&cur, n, 3, defs, 1, &r, 1, &filled), 1);
-  const pmap_cache_t *cf = cache(&filled, "h");
+  const pmap_group_t *cf = cache(&filled, "h");
   CHECK_STR(primary_id(&filled, cf, 0), "A");
   CHECK_EQ(slot_of(&filled, cf, 0, "B", &s), 1);
   CHECK_EQ(s, PMAP_OWNING);
   /* ... and A dying in the next step, B leads. */
   CHECK_EQ(step(&filled, alive, 2, defs, 1, NULL, 0, &out), 1);
-  const pmap_cache_t *c = cache(&out, "h");
+  const pmap_group_t *c = cache(&out, "h");
   CHECK_STR(primary_id(&out, c, 0), "B");
   CHECK(slot_of(&out, c, 0, "C", &s) > 0); /* the other ideal owner */
   CHECK_EQ(s, PMAP_MOVING);
@@ -1309,10 +1349,11 @@ static void test_rule_state_change_is_change(void) {
   const uint8_t st[3] = {PMAP_OWNING, PMAP_MOVING, PMAP_MOVING};
   pmap_t cur, out, again;
   handmade(&cur, n, 3, 2, 3, own, st);
+  const char *H = grp(&cur, "h"); /* its group, as reports name it */
   CHECK_EQ(step(&cur, n, 3, defs, 1, NULL, 0, &again), 0);
-  pmap_ready_t r = {.cache = "h", .partition = 0, .node_id = "B", .epoch = 5};
+  pmap_ready_t r = {.group = H, .partition = 0, .node_id = "B", .epoch = 5};
   CHECK_EQ(step(&cur, n, 3, defs, 1, &r, 1, &out), 1);
-  const pmap_cache_t *c = cache(&out, "h");
+  const pmap_group_t *c = cache(&out, "h");
   int s;
   CHECK_STR(primary_id(&out, c, 0), "A");
   CHECK_EQ(slot_of(&out, c, 0, "B", &s), 1);
@@ -1341,15 +1382,16 @@ static void test_rule_ideal_takes_over(void) {
   const uint8_t st[2] = {PMAP_OWNING, PMAP_OWNING};
   pmap_t cur, mid, out;
   handmade(&cur, n, 3, 1, 2, own, st);
+  const char *H = grp(&cur, "h"); /* its group, as reports name it */
   CHECK_EQ(step(&cur, n, 3, defs, 1, NULL, 0, &mid), 1);
-  const pmap_cache_t *c = cache(&mid, "h");
+  const pmap_group_t *c = cache(&mid, "h");
   int s;
   CHECK_STR(primary_id(&mid, c, 0), n[ideal[2]].id);
   CHECK(slot_of(&mid, c, 0, n[ideal[0]].id, &s) > 0);
   CHECK_EQ(s, PMAP_OWNING);
   CHECK(slot_of(&mid, c, 0, n[ideal[1]].id, &s) > 0);
   CHECK_EQ(s, PMAP_MOVING);
-  pmap_ready_t r = {.cache = "h", .partition = 0, .node_id = n[ideal[1]].id,
+  pmap_ready_t r = {.group = H, .partition = 0, .node_id = n[ideal[1]].id,
                     .epoch = mid.epoch};
   pmap_t filled;
   CHECK_EQ(step(&mid, n, 3, defs, 1, &r, 1, &filled), 1);
@@ -1365,7 +1407,7 @@ static void test_rule_ideal_takes_over(void) {
   CHECK_STR(leader_id(&out, cache(&out, "h"), 0), n[ideal[2]].id);
   /* the primary drained: then the ideal layout, all OWNING, stable */
   pmap_t done, still;
-  pmap_ready_t r2 = drained("h", 0, n[ideal[2]].id, out.epoch);
+  pmap_ready_t r2 = drained(H, 0, n[ideal[2]].id, out.epoch);
   CHECK_EQ(step(&out, n, 3, defs, 1, &r2, 1, &done), 1);
   check_ideal_layout(&done, cache(&done, "h"), 0, n, ideal, 2);
   CHECK_EQ(ncopies(cache(&done, "h"), 0), 2);
@@ -1379,10 +1421,11 @@ static void test_rule_ideal_takes_over(void) {
 
   const uint8_t own2[2] = {(uint8_t)(ideal[1] + 1), (uint8_t)(ideal[0] + 1)};
   handmade(&cur, n, 3, 1, 2, own2, st);
+  H = grp(&cur, "h");
   CHECK_EQ(step(&cur, n, 3, defs, 1, NULL, 0, &out), 1);
   check_handoff(&out, cache(&out, "h"), 0, &cur, cache(&cur, "h"));
   CHECK_STR(leader_id(&out, cache(&out, "h"), 0), n[ideal[1]].id);
-  r2 = drained("h", 0, n[ideal[1]].id, out.epoch);
+  r2 = drained(H, 0, n[ideal[1]].id, out.epoch);
   CHECK_EQ(step(&out, n, 3, defs, 1, &r2, 1, &done), 1);
   check_ideal_layout(&done, cache(&done, "h"), 0, n, ideal, 2);
   CHECK_EQ(step(&done, n, 3, defs, 1, NULL, 0, &still), 0);
@@ -1413,11 +1456,12 @@ static void test_rule_fill_leads_next_step(void) {
     const uint8_t st[2] = {PMAP_OWNING, PMAP_MOVING};
     pmap_t cur, filled, over, w, done, still;
     handmade(&cur, n, 3, 1, 2, own, st);
-    pmap_ready_t r = {.cache = "h", .partition = 0, .node_id = i0,
+    const char *H = grp(&cur, "h"); /* its group, as reports name it */
+    pmap_ready_t r = {.group = H, .partition = 0, .node_id = i0,
                       .epoch = cur.epoch};
     /* The step with the fill report: OWNING, but the primary stays. */
     CHECK_EQ(step(&cur, n, 3, defs, 1, &r, 1, &filled), 1);
-    const pmap_cache_t *c = cache(&filled, "h");
+    const pmap_group_t *c = cache(&filled, "h");
     CHECK_STR(primary_id(&filled, c, 0), i1);
     CHECK_EQ(slot_of(&filled, c, 0, i1, &s), 0);
     CHECK_EQ(s, PMAP_OWNING);
@@ -1437,7 +1481,7 @@ static void test_rule_fill_leads_next_step(void) {
     pmap_free(&w);
     /* Drained at that map's epoch: the new primary leads, whole, and
      * stable. */
-    pmap_ready_t r2 = drained("h", 0, i1, over.epoch);
+    pmap_ready_t r2 = drained(H, 0, i1, over.epoch);
     CHECK_EQ(step(&over, n, 3, defs, 1, &r2, 1, &done), 1);
     CHECK_STR(primary_id(&done, cache(&done, "h"), 0), i0);
     check_ideal_layout(&done, cache(&done, "h"), 0, n, ideal, 2);
@@ -1459,10 +1503,11 @@ static void test_rule_fill_leads_next_step(void) {
     const uint8_t st[3] = {PMAP_OWNING, PMAP_OWNING, PMAP_MOVING};
     pmap_t cur, filled, done, still;
     handmade(&cur, n, 3, 1, 3, own, st);
-    pmap_ready_t r = {.cache = "h", .partition = 0, .node_id = i1,
+    const char *H = grp(&cur, "h"); /* its group, as reports name it */
+    pmap_ready_t r = {.group = H, .partition = 0, .node_id = i1,
                       .epoch = cur.epoch};
     CHECK_EQ(step(&cur, n, 3, defs, 1, &r, 1, &filled), 1);
-    const pmap_cache_t *c = cache(&filled, "h");
+    const pmap_group_t *c = cache(&filled, "h");
     CHECK_STR(primary_id(&filled, c, 0), i0);
     CHECK_EQ(slot_of(&filled, c, 0, i2, &s), 1);
     CHECK_EQ(s, PMAP_OWNING);
@@ -1488,10 +1533,11 @@ static void test_rule_fill_leads_next_step(void) {
     pmap_node_t alive[2] = {n[1], n[2]}; /* A dies */
     pmap_t cur, out;
     handmade(&cur, n, 3, 2, 3, own, st);
-    pmap_ready_t r = {.cache = "h", .partition = 0, .node_id = "B",
+    const char *H = grp(&cur, "h"); /* its group, as reports name it */
+    pmap_ready_t r = {.group = H, .partition = 0, .node_id = "B",
                       .epoch = cur.epoch};
     CHECK_EQ(step(&cur, alive, 2, defs, 1, &r, 1, &out), 1);
-    const pmap_cache_t *c = cache(&out, "h");
+    const pmap_group_t *c = cache(&out, "h");
     CHECK_STR(primary_id(&out, c, 0), "C");
     CHECK_EQ(slot_of(&out, c, 0, "C", &s), 0);
     CHECK_EQ(s, PMAP_OWNING);
@@ -1512,11 +1558,12 @@ static void test_rule_fill_leads_next_step(void) {
     pmap_node_t alive[2] = {n[1], n[2]}; /* A dies */
     pmap_t cur, out, again;
     handmade(&cur, n, 3, 2, 3, own, st);
+    const char *H = grp(&cur, "h"); /* its group, as reports name it */
     pmap_ready_t r[2] = {
-        {.cache = "h", .partition = 0, .node_id = "B", .epoch = cur.epoch},
-        {.cache = "h", .partition = 0, .node_id = "C", .epoch = cur.epoch}};
+        {.group = H, .partition = 0, .node_id = "B", .epoch = cur.epoch},
+        {.group = H, .partition = 0, .node_id = "C", .epoch = cur.epoch}};
     CHECK_EQ(step(&cur, alive, 2, defs, 1, r, 2, &out), 1);
-    const pmap_cache_t *c = cache(&out, "h");
+    const pmap_group_t *c = cache(&out, "h");
     CHECK_EQ(pmap_copy_at(c, 0, 0, &s), -1);
     CHECK_EQ(s, PMAP_LOST);
     CHECK_EQ(pmap_primary(c, 0), -1);
@@ -1550,8 +1597,9 @@ static void test_rule_promotion_refills(void) {
     const uint8_t own[3] = {1, (uint8_t)(lead + 2), (uint8_t)(other + 2)};
     pmap_t cur, m1, m2, w;
     handmade(&cur, n, 3, 2, 3, own, st);
+    const char *H = grp(&cur, "h"); /* its group, as reports name it */
     CHECK_EQ(step(&cur, alive, 2, defs, 1, NULL, 0, &m1), 1);
-    const pmap_cache_t *c = cache(&m1, "h");
+    const pmap_group_t *c = cache(&m1, "h");
     int s;
     CHECK_STR(primary_id(&m1, c, 0), alive[lead].id);
     CHECK_EQ(slot_of(&m1, c, 0, alive[lead].id, &s), 0);
@@ -1564,7 +1612,7 @@ static void test_rule_promotion_refills(void) {
     /* It waits: no report, a report of the old epoch, a demote report. */
     CHECK_EQ(step(&m1, alive, 2, defs, 1, NULL, 0, &w), 0);
     pmap_free(&w);
-    pmap_ready_t rep = {.cache = "h", .partition = 0,
+    pmap_ready_t rep = {.group = H, .partition = 0,
                         .node_id = alive[other].id, .epoch = cur.epoch};
     CHECK_EQ(step(&m1, alive, 2, defs, 1, &rep, 1, &w), 0);
     pmap_free(&w);
@@ -1594,7 +1642,7 @@ static void test_rule_promotion_refills(void) {
       m2 = m2b;
       c = cache(&m2, "h");
       /* ... and once it drained, the ideal primary takes over. */
-      pmap_ready_t rep2 = drained("h", 0, alive[lead].id, m2.epoch);
+      pmap_ready_t rep2 = drained(H, 0, alive[lead].id, m2.epoch);
       pmap_t m3;
       CHECK_EQ(step(&m2, alive, 2, defs, 1, &rep2, 1, &m3), 1);
       pmap_free(&m2);
@@ -1611,9 +1659,9 @@ static void test_rule_promotion_refills(void) {
 }
 
 /* The copies of p in m are those of prev, node by node, slot by slot. */
-static void check_same_copies(const pmap_t *m, const pmap_cache_t *c,
+static void check_same_copies(const pmap_t *m, const pmap_group_t *c,
                               uint32_t p, const pmap_t *prev,
-                              const pmap_cache_t *pc) {
+                              const pmap_group_t *pc) {
   uint32_t k = c->slots > pc->slots ? c->slots : pc->slots;
   for (uint32_t i = 0; i < k; i++) {
     int sp, sm;
@@ -1633,7 +1681,7 @@ static void check_same_copies(const pmap_t *m, const pmap_cache_t *c,
  * and the other copies stay OWNING throughout: first the primary hands off
  * (copy 0 HANDOFF: pmap_primary has none, pmap_leader is the node handing
  * off) and nothing else changes; it stays so until a drained report (demote
- * 0) for that cache, partition and node at the current epoch; then the
+ * 0) for that group, partition and node at the current epoch; then the
  * ideal owners, all OWNING, the ideal primary leading, the copies outside
  * the ideal set dropped, and the map is stable. A primary handing off that
  * dies is replaced like any dead primary. */
@@ -1653,12 +1701,13 @@ static void test_rule_handoff(void) {
   pmap_t cur, h, w, done, still;
   int s;
   handmade(&cur, n, 4, 2, 4, own, st);
-  const pmap_cache_t *cc = cache(&cur, "h");
+  const char *H = grp(&cur, "h"); /* its group, as reports name it */
+  const pmap_group_t *cc = cache(&cur, "h");
 
   /* Step 1: the primary hands off, nothing else changes. */
   CHECK_EQ(step(&cur, n, 4, defs, 1, NULL, 0, &h), 1);
   CHECK_EQ(h.epoch, 6);
-  const pmap_cache_t *c = cache(&h, "h");
+  const pmap_group_t *c = cache(&h, "h");
   check_handoff(&h, c, 0, &cur, cc);
   CHECK_EQ(pmap_copy_at(c, 0, 0, &s), (int)ideal[1]);
   CHECK_EQ(s, PMAP_HANDOFF);
@@ -1672,7 +1721,7 @@ static void test_rule_handoff(void) {
   }
   /* A drained report before the handoff does not skip it. */
   {
-    pmap_ready_t early = drained("h", 0, i1, cur.epoch);
+    pmap_ready_t early = drained(H, 0, i1, cur.epoch);
     CHECK_EQ(step(&cur, n, 4, defs, 1, &early, 1, &w), 1);
     check_handoff(&w, cache(&w, "h"), 0, &cur, cc);
     pmap_free(&w);
@@ -1685,19 +1734,20 @@ static void test_rule_handoff(void) {
   /* Reports that hand nothing over, one by one and all at once: a drained
    * report of another epoch (the one before, the one after), of another
    * node (the ideal primary, a backup, a node not in the map), of another
-   * partition or cache; a fill report or a demote report of the primary
-   * handing off at the current epoch. */
+   * partition or group, or naming the cache rather than its group; a fill
+   * report or a demote report of the primary handing off at the current
+   * epoch. */
   {
-    pmap_ready_t fill = {.cache = "h", .partition = 0, .node_id = i1,
+    pmap_ready_t fill = {.group = H, .partition = 0, .node_id = i1,
                          .epoch = h.epoch};
-    pmap_ready_t dem = {.cache = "h", .partition = 0, .node_id = i1,
+    pmap_ready_t dem = {.group = H, .partition = 0, .node_id = i1,
                         .epoch = h.epoch, .demote = 1};
     pmap_ready_t none[] = {
-        drained("h", 0, i1, h.epoch - 1), drained("h", 0, i1, h.epoch + 1),
-        drained("h", 0, i0, h.epoch),     drained("h", 0, i2, h.epoch),
-        drained("h", 0, "E", h.epoch),    drained("h", 1, i1, h.epoch),
-        drained("other", 0, i1, h.epoch), fill,
-        dem,
+        drained(H, 0, i1, h.epoch - 1), drained(H, 0, i1, h.epoch + 1),
+        drained(H, 0, i0, h.epoch),     drained(H, 0, i2, h.epoch),
+        drained(H, 0, "E", h.epoch),    drained(H, 1, i1, h.epoch),
+        drained("other", 0, i1, h.epoch), drained("h", 0, i1, h.epoch),
+        fill,                             dem,
     };
     size_t nnone = sizeof none / sizeof none[0];
     for (size_t i = 0; i <= nnone; i++) {
@@ -1713,12 +1763,12 @@ static void test_rule_handoff(void) {
    * the ideal owners, in the ideal order, every one OWNING (nothing to fill
    * again), the copy outside the ideal set dropped. */
   {
-    pmap_ready_t reps[3] = {drained("h", 0, i0, h.epoch),
-                            drained("h", 0, i1, h.epoch),
-                            drained("h", 0, i1, h.epoch - 1)};
+    pmap_ready_t reps[3] = {drained(H, 0, i0, h.epoch),
+                            drained(H, 0, i1, h.epoch),
+                            drained(H, 0, i1, h.epoch - 1)};
     CHECK_EQ(step(&h, n, 4, defs, 1, reps, 3, &done), 1);
   }
-  const pmap_cache_t *cd = cache(&done, "h");
+  const pmap_group_t *cd = cache(&done, "h");
   check_ideal_layout(&done, cd, 0, n, ideal, 3);
   CHECK_EQ(ncopies(cd, 0), 3);
   CHECK_EQ(slot_of(&done, cd, 0, i3, &s), -1);
@@ -1729,8 +1779,8 @@ static void test_rule_handoff(void) {
   CHECK_EQ(step(&done, n, 4, defs, 1, NULL, 0, &still), 0);
   pmap_free(&still);
   {
-    pmap_ready_t again[2] = {drained("h", 0, i1, h.epoch),
-                             drained("h", 0, i0, done.epoch)};
+    pmap_ready_t again[2] = {drained(H, 0, i1, h.epoch),
+                             drained(H, 0, i0, done.epoch)};
     CHECK_EQ(step(&done, n, 4, defs, 1, again, 2, &still), 0);
     check_ideal_layout(&still, cache(&still, "h"), 0, n, ideal, 3);
     pmap_free(&still);
@@ -1750,11 +1800,11 @@ static void test_rule_handoff(void) {
     uint32_t sideal[3];
     CHECK_EQ(pmap_ideal(alive, 3, 0, 3, sideal), 3);
     CHECK_STR(alive[sideal[0]].id, i0);
-    pmap_ready_t d = drained("h", 0, i1, h.epoch);
+    pmap_ready_t d = drained(H, 0, i1, h.epoch);
     for (int with = 0; with < 2; with++) {
       pmap_t m1, m2, m3, m4;
       CHECK_EQ(step(&h, alive, 3, defs, 1, &d, (size_t)with, &m1), 1);
-      const pmap_cache_t *c1 = cache(&m1, "h");
+      const pmap_group_t *c1 = cache(&m1, "h");
       CHECK_STR(primary_id(&m1, c1, 0), i0);
       CHECK_STR(leader_id(&m1, c1, 0), i0);
       CHECK_EQ(slot_of(&m1, c1, 0, i0, &s), 0);
@@ -1770,10 +1820,10 @@ static void test_rule_handoff(void) {
         CHECK(s != PMAP_HANDOFF);
       }
       pmap_ready_t f[2] = {
-          {.cache = "h", .partition = 0, .node_id = i2, .epoch = m1.epoch},
-          {.cache = "h", .partition = 0, .node_id = i3, .epoch = m1.epoch}};
+          {.group = H, .partition = 0, .node_id = i2, .epoch = m1.epoch},
+          {.group = H, .partition = 0, .node_id = i3, .epoch = m1.epoch}};
       CHECK_EQ(step(&m1, alive, 3, defs, 1, f, 2, &m2), 1);
-      const pmap_cache_t *c2 = cache(&m2, "h");
+      const pmap_group_t *c2 = cache(&m2, "h");
       CHECK_STR(primary_id(&m2, c2, 0), i0);
       for (uint32_t i = 0; i < c2->slots; i++) {
         if (pmap_copy_at(c2, 0, i, &s) < 0) continue;
@@ -1825,7 +1875,7 @@ static void test_rule_handoff(void) {
     CHECK_EQ(pmap_primary(cache(&hc, "h"), 0), -1);
     CHECK_EQ(pmap_leader(cache(&hc, "h"), 0), 0);
     CHECK_EQ(step(&hc, alive, 2, d3, 1, NULL, 0, &out), 1);
-    const pmap_cache_t *co = cache(&out, "h");
+    const pmap_group_t *co = cache(&out, "h");
     CHECK_STR(primary_id(&out, co, 0), "C");
     CHECK_EQ(slot_of(&out, co, 0, "C", &s), 0);
     CHECK_EQ(s, PMAP_OWNING);
@@ -1846,11 +1896,12 @@ static void test_rule_handoff(void) {
     const uint8_t s2[2] = {PMAP_HANDOFF, PMAP_MOVING};
     pmap_t hc, out;
     handmade(&hc, m, 2, 1, 2, o2, s2);
-    pmap_ready_t f = {.cache = "h", .partition = 0, .node_id = "B",
+    const char *hg = grp(&hc, "h"); /* its group, as reports name it */
+    pmap_ready_t f = {.group = hg, .partition = 0, .node_id = "B",
                       .epoch = hc.epoch};
     for (size_t nf = 0; nf <= 1; nf++) {
       CHECK_EQ(step(&hc, &m[1], 1, d2, 1, &f, nf, &out), 1);
-      const pmap_cache_t *co = cache(&out, "h");
+      const pmap_group_t *co = cache(&out, "h");
       CHECK_EQ(pmap_copy_at(co, 0, 0, &s), -1);
       CHECK_EQ(s, PMAP_LOST);
       CHECK_EQ(pmap_primary(co, 0), -1);
@@ -1873,13 +1924,14 @@ static void test_rule_handoff(void) {
     const uint8_t s1[2] = {PMAP_OWNING, PMAP_OWNING};
     pmap_t hc, m1, m2, m3;
     handmade(&hc, m, 2, 0, 2, o1, s1);
+    const char *hg = grp(&hc, "h"); /* its group, as reports name it */
     CHECK_EQ(step(&hc, m, 2, d1, 1, NULL, 0, &m1), 1);
     check_handoff(&m1, cache(&m1, "h"), 0, &hc, cache(&hc, "h"));
     CHECK_EQ(step(&m1, m, 2, d1, 1, NULL, 0, &m2), 0);
     pmap_free(&m2);
-    pmap_ready_t d = drained("h", 0, m[r[1]].id, m1.epoch);
+    pmap_ready_t d = drained(hg, 0, m[r[1]].id, m1.epoch);
     CHECK_EQ(step(&m1, m, 2, d1, 1, &d, 1, &m2), 1);
-    const pmap_cache_t *c2 = cache(&m2, "h");
+    const pmap_group_t *c2 = cache(&m2, "h");
     check_ideal_layout(&m2, c2, 0, m, r, 1);
     CHECK_EQ(ncopies(c2, 0), 1);
     CHECK_STR(primary_id(&m2, c2, 0), m[r[0]].id);
@@ -1904,7 +1956,7 @@ static void test_rule_node_named_twice(void) {
   pmap_t cur, out, back;
   handmade(&cur, n, 2, 1, PMAP_NODES_MAX, own, st);
   step(&cur, n, 2, defs, 1, NULL, 0, &out);
-  const pmap_cache_t *c = cache(&out, "h");
+  const pmap_group_t *c = cache(&out, "h");
   CHECK(c->slots <= 2);
   int s;
   CHECK_STR(primary_id(&out, c, 0), "A");
@@ -1923,8 +1975,8 @@ static void test_rule_node_named_twice(void) {
 
 /* A demote report at the current epoch turns an OWNING backup MOVING, and
  * the primary fills it again like any MOVING copy. For the primary, at
- * another epoch, or naming another cache, partition or node, it does
- * nothing; a fill report (demote 0) does not demote, and a demote report
+ * another epoch, or naming another group (or the cache, not its group),
+ * partition or node, it does nothing; a fill report (demote 0) does not demote, and a demote report
  * does not fill. */
 static void test_rule_demote(void) {
   pmap_node_t n[3];
@@ -1939,15 +1991,16 @@ static void test_rule_demote(void) {
   pmap_t cur, out, m2, m3;
   int s;
   handmade(&cur, n, 3, 2, 3, own, st); /* the ideal layout, epoch 5 */
+  const char *H = grp(&cur, "h"); /* its group, as reports name it */
   CHECK_EQ(step(&cur, n, 3, defs, 1, NULL, 0, &out), 0);
   pmap_free(&out);
 
   /* Each backup on its own, then both. */
   for (uint32_t k = 1; k <= 2; k++) {
-    pmap_ready_t d = {.cache = "h", .partition = 0,
+    pmap_ready_t d = {.group = H, .partition = 0,
                       .node_id = n[ideal[k]].id, .epoch = 5, .demote = 1};
     CHECK_EQ(step(&cur, n, 3, defs, 1, &d, 1, &out), 1);
-    const pmap_cache_t *c = cache(&out, "h");
+    const pmap_group_t *c = cache(&out, "h");
     CHECK_STR(primary_id(&out, c, 0), prim);
     CHECK_EQ(ncopies(c, 0), 3);
     CHECK_EQ(slot_of(&out, c, 0, n[ideal[k]].id, &s), (int)k);
@@ -1958,8 +2011,8 @@ static void test_rule_demote(void) {
   }
   {
     pmap_ready_t d[2] = {
-        {.cache = "h", .partition = 0, .node_id = b1, .epoch = 5, .demote = 1},
-        {.cache = "h", .partition = 0, .node_id = b2, .epoch = 5, .demote = 1}};
+        {.group = H, .partition = 0, .node_id = b1, .epoch = 5, .demote = 1},
+        {.group = H, .partition = 0, .node_id = b2, .epoch = 5, .demote = 1}};
     CHECK_EQ(step(&cur, n, 3, defs, 1, d, 2, &out), 1);
     check_ideal_states(&out, cache(&out, "h"), 0, n, ideal, 3, PMAP_MOVING);
     pmap_free(&out);
@@ -1968,15 +2021,17 @@ static void test_rule_demote(void) {
   /* Reports that demote nothing. */
   {
     pmap_ready_t none[] = {
-        {.cache = "h", .partition = 0, .node_id = prim, .epoch = 5, .demote = 1},
-        {.cache = "h", .partition = 0, .node_id = b1, .epoch = 4, .demote = 1},
-        {.cache = "h", .partition = 0, .node_id = b1, .epoch = 6, .demote = 1},
-        {.cache = "h", .partition = 0, .node_id = b1, .epoch = 5, .demote = 0},
-        {.cache = "h", .partition = 0, .node_id = b2, .epoch = 5, .demote = 0},
-        {.cache = "other", .partition = 0, .node_id = b1, .epoch = 5,
+        {.group = H, .partition = 0, .node_id = prim, .epoch = 5, .demote = 1},
+        {.group = H, .partition = 0, .node_id = b1, .epoch = 4, .demote = 1},
+        {.group = H, .partition = 0, .node_id = b1, .epoch = 6, .demote = 1},
+        {.group = H, .partition = 0, .node_id = b1, .epoch = 5, .demote = 0},
+        {.group = H, .partition = 0, .node_id = b2, .epoch = 5, .demote = 0},
+        {.group = "other", .partition = 0, .node_id = b1, .epoch = 5,
          .demote = 1},
-        {.cache = "h", .partition = 1, .node_id = b1, .epoch = 5, .demote = 1},
-        {.cache = "h", .partition = 0, .node_id = "D", .epoch = 5, .demote = 1},
+        {.group = "h", .partition = 0, .node_id = b1, .epoch = 5,
+         .demote = 1}, /* the cache, not its group */
+        {.group = H, .partition = 1, .node_id = b1, .epoch = 5, .demote = 1},
+        {.group = H, .partition = 0, .node_id = "D", .epoch = 5, .demote = 1},
     };
     CHECK_EQ(step(&cur, n, 3, defs, 1, none, sizeof none / sizeof none[0], &out),
              0);
@@ -1987,18 +2042,18 @@ static void test_rule_demote(void) {
   /* Demoted, then filled again: a demote report for the MOVING copy does
    * not fill it, nor does a fill report of the old epoch; one at the new
    * epoch does, and the layout is whole and stable again. */
-  pmap_ready_t d = {.cache = "h", .partition = 0, .node_id = b1, .epoch = 5,
+  pmap_ready_t d = {.group = H, .partition = 0, .node_id = b1, .epoch = 5,
                     .demote = 1};
   CHECK_EQ(step(&cur, n, 3, defs, 1, &d, 1, &out), 1);
   CHECK_EQ(out.epoch, 6);
   pmap_t w;
-  pmap_ready_t again = {.cache = "h", .partition = 0, .node_id = b1,
+  pmap_ready_t again = {.group = H, .partition = 0, .node_id = b1,
                         .epoch = 6, .demote = 1};
   CHECK_EQ(step(&out, n, 3, defs, 1, &again, 1, &w), 0);
   CHECK_EQ(slot_of(&w, cache(&w, "h"), 0, b1, &s), 1);
   CHECK_EQ(s, PMAP_MOVING);
   pmap_free(&w);
-  pmap_ready_t fill = {.cache = "h", .partition = 0, .node_id = b1, .epoch = 5};
+  pmap_ready_t fill = {.group = H, .partition = 0, .node_id = b1, .epoch = 5};
   CHECK_EQ(step(&out, n, 3, defs, 1, &fill, 1, &w), 0);
   pmap_free(&w);
   fill.epoch = 6;
@@ -2016,7 +2071,7 @@ static void test_rule_demote(void) {
   for (size_t i = 0; i < 3; i++)
     if (i != ideal[0]) alive[na++] = n[i];
   CHECK_EQ(step(&cur, alive, 2, defs, 1, &d, 1, &out), 1);
-  const pmap_cache_t *c = cache(&out, "h");
+  const pmap_group_t *c = cache(&out, "h");
   CHECK_STR(primary_id(&out, c, 0), b2);
   CHECK(slot_of(&out, c, 0, b1, &s) > 0);
   CHECK_EQ(s, PMAP_MOVING);
@@ -2034,7 +2089,7 @@ static void test_demote_backups(void) {
   pmap_cache_def_t defs[1] = {def("cache", 64, 1, 0)};
   pmap_t m1, m2, m3, m4;
   first_map(nodes, 3, defs, 1, &m1);
-  const pmap_cache_t *c1 = cache(&m1, "cache");
+  const pmap_group_t *c1 = cache(&m1, "cache");
   pmap_ready_t rep[64 * 2];
   size_t nrep = 0;
   for (uint32_t p = 0; p < 64; p++)
@@ -2042,12 +2097,12 @@ static void test_demote_backups(void) {
       int s;
       int idx = pmap_copy_at(c1, p, i, &s);
       CHECK_EQ(s, PMAP_OWNING);
-      rep[nrep++] = (pmap_ready_t){.cache = "cache", .partition = p,
+      rep[nrep++] = (pmap_ready_t){.group = grp(&m1, "cache"), .partition = p,
                                    .node_id = m1.nodes[idx].id,
                                    .epoch = m1.epoch, .demote = 1};
     }
   CHECK_EQ(step(&m1, nodes, 3, defs, 1, rep, nrep, &m2), 1);
-  const pmap_cache_t *c2 = cache(&m2, "cache");
+  const pmap_group_t *c2 = cache(&m2, "cache");
   for (uint32_t p = 0; p < 64; p++) {
     int s0, s1;
     int a0 = pmap_copy_at(c1, p, 0, &s0), a1 = pmap_copy_at(c1, p, 1, &s1);
@@ -2064,7 +2119,7 @@ static void test_demote_backups(void) {
     rep[i].demote = 0;
   }
   CHECK_EQ(step(&m2, nodes, 3, defs, 1, rep, nrep, &m3), 1);
-  const pmap_cache_t *c3 = cache(&m3, "cache");
+  const pmap_group_t *c3 = cache(&m3, "cache");
   CHECK_EQ(c3->slots, c1->slots);
   CHECK(memcmp(c3->owners, c1->owners, (size_t)64 * c1->slots) == 0);
   CHECK(memcmp(c3->states, c1->states, (size_t)64 * c1->slots) == 0);
@@ -2077,7 +2132,25 @@ static void test_demote_backups(void) {
 
 /* ---- encoding ---------------------------------------------------------------- */
 
-static void check_same_map(const pmap_t *a, const pmap_t *b) {
+/* The same groups, in the same order, with the same owners and states byte
+ * for byte. */
+static void check_same_groups(const pmap_t *a, const pmap_t *b) {
+  CHECK_EQ(a->ngroups, b->ngroups);
+  for (size_t d = 0; d < a->ngroups; d++) {
+    const pmap_group_t *x = &a->groups[d], *y = &b->groups[d];
+    CHECK_STR(x->name, y->name);
+    CHECK_EQ(x->partitions, y->partitions);
+    CHECK_EQ(x->backups, y->backups);
+    CHECK_EQ(x->replicated, y->replicated);
+    CHECK_EQ(x->slots, y->slots);
+    size_t n = (size_t)x->partitions * x->slots;
+    CHECK(memcmp(x->owners, y->owners, n) == 0);
+    CHECK(memcmp(x->states, y->states, n) == 0);
+  }
+}
+
+/* The same nodes (every field), coordinator and epoch. */
+static void check_same_nodes(const pmap_t *a, const pmap_t *b) {
   CHECK_EQ(a->epoch, b->epoch);
   CHECK_STR(a->coordinator, b->coordinator);
   CHECK_EQ(a->nnodes, b->nnodes);
@@ -2085,16 +2158,23 @@ static void check_same_map(const pmap_t *a, const pmap_t *b) {
     CHECK_STR(a->nodes[i].id, b->nodes[i].id);
     CHECK_STR(a->nodes[i].addr, b->nodes[i].addr);
     CHECK_STR(a->nodes[i].zone, b->nodes[i].zone);
+    CHECK_EQ(a->nodes[i].leaving, b->nodes[i].leaving);
+    CHECK_EQ(a->nodes[i].incarnation, b->nodes[i].incarnation);
+    CHECK_EQ(a->nodes[i].absent, b->nodes[i].absent);
   }
+}
+
+/* The same map: nodes, groups and the caches they place. */
+static void check_same_map(const pmap_t *a, const pmap_t *b) {
+  check_same_nodes(a, b);
+  check_same_groups(a, b);
+  /* the same caches, each placed by the group of the same name */
   CHECK_EQ(a->ncaches, b->ncaches);
-  for (size_t d = 0; d < a->ncaches; d++) {
-    const pmap_cache_t *x = &a->caches[d], *y = &b->caches[d];
-    CHECK_STR(x->name, y->name);
-    CHECK_EQ(x->partitions, y->partitions);
-    CHECK_EQ(x->slots, y->slots);
-    size_t n = (size_t)x->partitions * x->slots;
-    CHECK(memcmp(x->owners, y->owners, n) == 0);
-    CHECK(memcmp(x->states, y->states, n) == 0);
+  for (size_t i = 0; i < a->ncaches; i++) {
+    CHECK_STR(a->caches[i].name, b->caches[i].name);
+    CHECK_STR(a->groups[a->caches[i].group].name,
+              b->groups[b->caches[i].group].name);
+    CHECK_STR(cache(b, a->caches[i].name)->name, cache(a, a->caches[i].name)->name);
   }
 }
 
@@ -2117,8 +2197,9 @@ static void busy_map(pmap_t *out) {
   CHECK_EQ(out->epoch, 42);
   /* it holds all states */
   int seen[PMAP_HANDOFF + 1] = {0};
-  for (size_t d = 0; d < out->ncaches; d++) {
-    const pmap_cache_t *c = &out->caches[d];
+  CHECK_EQ(out->ngroups, 2);
+  for (size_t d = 0; d < out->ngroups; d++) {
+    const pmap_group_t *c = &out->groups[d];
     for (size_t k = 0; k < (size_t)c->partitions * c->slots; k++) {
       CHECK(c->states[k] <= PMAP_HANDOFF);
       seen[c->states[k]] = 1;
@@ -2140,7 +2221,7 @@ static void test_encode_decode(void) {
   CHECK_STR(d.nodes[2].zone, "");
   CHECK_STR(d.nodes[1].addr, "127.0.0.1:7003");
   /* what was decoded serves as the current map */
-  const pmap_cache_t *c = cache(&d, "single");
+  const pmap_group_t *c = cache(&d, "single");
   int lost = 0;
   for (uint32_t p = 0; p < c->partitions; p++) {
     int st;
@@ -2172,7 +2253,7 @@ static void test_encode_decode(void) {
     CHECK_RC(pmap_encode(&h, &buf, &len), 0);
     CHECK_RC(pmap_decode(buf, len, &hd), 0);
     check_same_map(&h, &hd);
-    const pmap_cache_t *ch = cache(&hd, "h");
+    const pmap_group_t *ch = cache(&hd, "h");
     CHECK_EQ(pmap_primary(ch, 0), -1);
     CHECK_EQ(pmap_leader(ch, 0), (int)ideal[1]);
     free(buf);
@@ -2199,19 +2280,23 @@ static void test_copy(void) {
   CHECK_RC(pmap_copy(&c, &m), 0);
   check_same_map(&m, &c);
   /* deep: changing the copy leaves the original alone */
+  CHECK(c.groups != m.groups);
   CHECK(c.caches != m.caches);
-  CHECK(c.caches[0].owners != m.caches[0].owners);
-  CHECK(c.caches[0].states != m.caches[0].states);
-  uint8_t o = m.caches[0].owners[0], s = m.caches[0].states[0];
-  c.caches[0].owners[0] = (uint8_t)(o + 1);
-  c.caches[0].states[0] = PMAP_LOST;
+  CHECK(c.index != m.index);
+  CHECK(c.groups[0].owners != m.groups[0].owners);
+  CHECK(c.groups[0].states != m.groups[0].states);
+  uint8_t o = m.groups[0].owners[0], s = m.groups[0].states[0];
+  c.groups[0].owners[0] = (uint8_t)(o + 1);
+  c.groups[0].states[0] = PMAP_LOST;
   snprintf(c.nodes[0].id, sizeof c.nodes[0].id, "changed");
-  CHECK_EQ(m.caches[0].owners[0], o);
-  CHECK_EQ(m.caches[0].states[0], s);
+  CHECK_EQ(m.groups[0].owners[0], o);
+  CHECK_EQ(m.groups[0].states[0], s);
   CHECK_STR(m.nodes[0].id, "node-1");
   pmap_free(&m);
-  /* the copy lives on alone */
-  CHECK_EQ(c.caches[0].owners[0], o + 1);
+  /* the copy lives on alone, its caches found through its own index */
+  CHECK_EQ(c.groups[0].owners[0], o + 1);
+  CHECK(cache(&c, "parted") == pmap_find_group(&c, "p64-b1"));
+  CHECK(cache(&c, "single") == pmap_find_group(&c, "p32-b0"));
   pmap_free(&c);
 }
 
@@ -2291,7 +2376,7 @@ static void test_decode_bad_shapes(void) {
   CHECK_EQ(m.epoch, 9);
   CHECK_EQ(m.nnodes, 2);
   CHECK_STR(m.coordinator, "node-1");
-  const pmap_cache_t *c = cache(&m, "second");
+  const pmap_group_t *c = group(&m, "second");
   CHECK_EQ(c->slots, 2);
   CHECK_EQ(pmap_primary(c, 1), 1);
   int st;
@@ -2359,7 +2444,7 @@ static void test_decode_bad_shapes(void) {
   buf = pack(&pm, &len);
   CHECK_RC(pmap_decode(buf, len, &m), 0);
   free(buf);
-  c = cache(&m, "second");
+  c = group(&m, "second");
   CHECK_EQ(pmap_copy_at(c, 1, 0, &st), 1);
   CHECK_EQ(st, PMAP_HANDOFF);
   CHECK_EQ(pmap_primary(c, 1), -1);
@@ -2413,11 +2498,14 @@ static void test_accessors(void) {
   CHECK_EQ(pmap_node_index(&m, "node-"), -1);
   CHECK_EQ(pmap_node_index(&m, ""), -1);
 
-  const pmap_cache_t *a = pmap_find_cache(&m, "a");
-  const pmap_cache_t *b = pmap_find_cache(&m, "b");
-  CHECK(a != NULL && b != NULL && a != b);
-  CHECK_STR(a->name, "a");
-  CHECK_STR(b->name, "b");
+  const pmap_group_t *a = pmap_find_cache(&m, "a");
+  const pmap_group_t *b = pmap_find_cache(&m, "b");
+  CHECK(a != NULL && b != NULL && a != b); /* two shapes, two groups */
+  CHECK_STR(a->name, "p64-b0");
+  CHECK_STR(b->name, "p8-b1");
+  CHECK(pmap_find_group(&m, "p64-b0") == a);
+  CHECK(pmap_find_group(&m, "p8-b1") == b);
+  CHECK(pmap_find_group(&m, "a") == NULL); /* caches are not groups */
   CHECK(pmap_find_cache(&m, "c") == NULL);
   CHECK(pmap_find_cache(&m, "") == NULL);
   CHECK(pmap_find_cache(&m, "aa") == NULL);
@@ -2454,7 +2542,7 @@ static void test_accessors(void) {
   /* LOST: no primary, no node in copy 0 */
   pmap_node_t alive[2] = {nodes[0], nodes[2]};
   step(&m, alive, 2, defs, 2, NULL, 0, &l);
-  const pmap_cache_t *la = cache(&l, "a");
+  const pmap_group_t *la = cache(&l, "a");
   unsigned lost = 0, moving = 0;
   for (uint32_t p = 0; p < 64; p++) {
     int s;
@@ -2471,7 +2559,7 @@ static void test_accessors(void) {
     }
   }
   /* MOVING: a copy, but not a primary */
-  const pmap_cache_t *lb = cache(&l, "b");
+  const pmap_group_t *lb = cache(&l, "b");
   for (uint32_t p = 0; p < 8; p++)
     for (uint32_t i = 1; i < lb->slots; i++) {
       int s;
@@ -2487,6 +2575,1141 @@ static void test_accessors(void) {
   CHECK(moving > 0);
   pmap_free(&m);
   pmap_free(&l);
+}
+
+/* ---- placement groups ----------------------------------------------------------- */
+
+/* Caches named "<prefix>-<i>", for i in [0, n), each of shape shapes[i %
+ * nshapes] (its name as given); names[] holds the names. */
+typedef char cache_name_t[24];
+
+static void many_defs(pmap_cache_def_t *defs, cache_name_t *names, size_t n,
+                      const char *prefix, const pmap_cache_def_t *shapes,
+                      size_t nshapes) {
+  for (size_t i = 0; i < n; i++) {
+    snprintf(names[i], sizeof names[i], "%s-%04zu", prefix, i);
+    defs[i] = shapes[i % nshapes];
+    defs[i].name = names[i];
+  }
+}
+
+/* Caches of one shape share a group, placed as one cache of that shape
+ * alone would be; a cache of another shape has its own. The group's name
+ * says its shape. */
+static void test_groups_shared(void) {
+  pmap_node_t nodes[4];
+  mknodes(nodes, 4, 1);
+  pmap_cache_def_t defs[3] = {def("x", 64, 1, 0), def("y", 64, 1, 0),
+                              def("z", 32, 1, 0)};
+  pmap_t m, alone;
+  first_map(nodes, 4, defs, 3, &m);
+  CHECK_EQ(m.ncaches, 3);
+  CHECK_EQ(m.ngroups, 2);
+  const pmap_group_t *x = cache(&m, "x"), *y = cache(&m, "y"), *z = cache(&m, "z");
+  CHECK(x == y);
+  CHECK(x != z);
+  CHECK_STR(x->name, "p64-b1");
+  CHECK_STR(z->name, "p32-b1");
+  CHECK(group(&m, "p64-b1") == x);
+  CHECK(group(&m, "p32-b1") == z);
+  CHECK_EQ(x->partitions, 64);
+  CHECK_EQ(x->backups, 1);
+  CHECK_EQ(x->replicated, 0);
+  CHECK_EQ(x->ncaches, 2);
+  CHECK_EQ(z->ncaches, 1);
+  char name[PMAP_GROUP_NAME_MAX];
+  pmap_group_name(64, 1, 0, name, sizeof name);
+  CHECK_STR(name, "p64-b1");
+  /* groups are sorted by name */
+  CHECK(strcmp(m.groups[0].name, m.groups[1].name) < 0);
+  /* the shared group is placed as "x" alone would be */
+  first_map(nodes, 4, defs, 1, &alone);
+  const pmap_group_t *xa = cache(&alone, "x");
+  CHECK_EQ(xa->slots, x->slots);
+  CHECK(memcmp(xa->owners, x->owners, (size_t)64 * x->slots) == 0);
+  CHECK(memcmp(xa->states, x->states, (size_t)64 * x->slots) == 0);
+
+  /* A report names the group: it moves the copy of every cache in it. A
+   * join leaves copies MOVING; their fill reports, one per partition and
+   * group, make them OWNING for "x" and "y" alike. */
+  pmap_t m2, m3;
+  pmap_node_t five[5];
+  mknodes(five, 5, 1);
+  CHECK_EQ(step(&m, five, 5, defs, 3, NULL, 0, &m2), 1);
+  const pmap_group_t *g2 = cache(&m2, "x");
+  CHECK(cache(&m2, "y") == g2);
+  pmap_ready_t rep[64];
+  size_t nrep = 0;
+  for (uint32_t p = 0; p < 64; p++) {
+    int st;
+    if (slot_of(&m2, g2, p, "node-5", &st) < 0) continue;
+    CHECK_EQ(st, PMAP_MOVING);
+    rep[nrep++] = (pmap_ready_t){.group = g2->name, .partition = p,
+                                 .node_id = "node-5", .epoch = m2.epoch};
+  }
+  CHECK(nrep > 0);
+  CHECK_EQ(step(&m2, five, 5, defs, 3, rep, nrep, &m3), 1);
+  const pmap_group_t *g3 = cache(&m3, "y");
+  for (size_t i = 0; i < nrep; i++) {
+    int st;
+    CHECK(slot_of(&m3, g3, rep[i].partition, "node-5", &st) >= 1);
+    CHECK_EQ(st, PMAP_OWNING);
+  }
+  /* ... and leaves the other group alone */
+  const pmap_group_t *z2 = cache(&m2, "z"), *z3 = cache(&m3, "z");
+  CHECK_EQ(z2->slots, z3->slots);
+  CHECK(memcmp(z2->owners, z3->owners, (size_t)32 * z2->slots) == 0);
+  CHECK(memcmp(z2->states, z3->states, (size_t)32 * z2->slots) == 0);
+
+  /* Another cache of a shape the map has is placed at once, by the group
+   * it joins: no owner moves, so the map does not change. */
+  pmap_cache_def_t more[4] = {defs[0], defs[1], defs[2], def("w", 32, 1, 0)};
+  pmap_t m4;
+  CHECK_EQ(step(&m, nodes, 4, more, 4, NULL, 0, &m4), 0);
+  CHECK_EQ(m4.ncaches, 4);
+  CHECK_EQ(m4.ngroups, 2);
+  CHECK(cache(&m4, "w") == cache(&m4, "z"));
+  CHECK_EQ(cache(&m4, "w")->ncaches, 2);
+  pmap_free(&m);
+  pmap_free(&alone);
+  pmap_free(&m2);
+  pmap_free(&m3);
+  pmap_free(&m4);
+}
+
+/* The map grows with the shapes of caches, not their number: a thousand
+ * caches of one shape take the bytes of one. */
+static void test_groups_map_bytes(void) {
+  pmap_node_t nodes[3];
+  mknodes(nodes, 3, 1);
+  static pmap_cache_def_t defs[1000];
+  static cache_name_t names[1000];
+  const pmap_cache_def_t shape[1] = {def(NULL, 256, 1, 0)};
+  many_defs(defs, names, 1000, "c", shape, 1);
+  pmap_t one, thousand, two_shapes;
+  first_map(nodes, 3, defs, 1, &one);
+  first_map(nodes, 3, defs, 1000, &thousand);
+  CHECK_EQ(one.ngroups, 1);
+  CHECK_EQ(thousand.ngroups, 1);
+  CHECK_EQ(thousand.ncaches, 1000);
+  CHECK_EQ(pmap_bytes(&thousand), pmap_bytes(&one));
+  /* settled (every copy in place), a group takes what pmap_group_bytes
+   * says: owners and states, a byte each per copy */
+  CHECK_EQ(pmap_bytes(&one), pmap_group_bytes(256, 1, 0, 3));
+  CHECK_EQ(pmap_bytes(&one), 2 * 256 * 2);
+  /* a second shape adds its own group's bytes, once */
+  static pmap_cache_def_t mixed[1001];
+  memcpy(mixed, defs, sizeof defs);
+  mixed[1000] = def("replicated", 64, 0, 1);
+  first_map(nodes, 3, mixed, 1001, &two_shapes);
+  CHECK_EQ(two_shapes.ngroups, 2);
+  CHECK_EQ(pmap_group_bytes(64, 0, 1, 3), 2 * 64 * 3);
+  CHECK_EQ(pmap_bytes(&two_shapes), pmap_bytes(&one) + pmap_group_bytes(64, 0, 1, 3));
+  /* the encoded map grows with the names of the caches only */
+  unsigned char *b1, *b2;
+  size_t l1, l2;
+  CHECK_RC(pmap_encode(&one, &b1, &l1), 0);
+  CHECK_RC(pmap_encode(&thousand, &b2, &l2), 0);
+  CHECK(l2 - l1 < 999 * 64);
+  free(b1);
+  free(b2);
+  pmap_free(&one);
+  pmap_free(&thousand);
+  pmap_free(&two_shapes);
+}
+
+/* pmap_find_cache finds every one of a thousand caches (by its hash index),
+ * each in the group of its shape, and nothing for a name not defined. */
+static void test_groups_find_many(void) {
+  pmap_node_t nodes[3];
+  mknodes(nodes, 3, 1);
+  static pmap_cache_def_t defs[1000];
+  static cache_name_t names[1000];
+  const pmap_cache_def_t shapes[3] = {def(NULL, 16, 1, 0), def(NULL, 8, 0, 0),
+                                      def(NULL, 4, 0, 1)};
+  many_defs(defs, names, 1000, "cache", shapes, 3);
+  pmap_t m;
+  first_map(nodes, 3, defs, 1000, &m);
+  CHECK_EQ(m.ncaches, 1000);
+  CHECK_EQ(m.ngroups, 3);
+  const pmap_group_t *g[3] = {group(&m, "p16-b1"), group(&m, "p8-b0"),
+                              group(&m, "p4-all")};
+  for (size_t i = 0; i < 3; i++) CHECK_EQ(g[i]->ncaches, i == 0 ? 334 : 333);
+  for (size_t i = 0; i < 1000; i++) CHECK(pmap_find_cache(&m, names[i]) == g[i % 3]);
+  const char *unknown[] = {"cache-1000", "cache-", "cache", "", "Cache-0001",
+                           "cache-0001 ", "cache-00001", "p16-b1"};
+  for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++)
+    CHECK(pmap_find_cache(&m, unknown[i]) == NULL);
+  /* every cache the map holds is one defined, once */
+  for (size_t i = 0; i < m.ncaches; i++) {
+    CHECK_EQ(strncmp(m.caches[i].name, "cache-", 6), 0);
+    CHECK(i == 0 || m.caches[i - 1].group < m.caches[i].group ||
+          (m.caches[i - 1].group == m.caches[i].group &&
+           strcmp(m.caches[i - 1].name, m.caches[i].name) < 0));
+  }
+  pmap_free(&m);
+}
+
+/* pmap_group_cache_after walks a group's caches in name order, whatever
+ * the order they were defined in and the caches of other groups between
+ * them; it starts after any name, in the group or not. */
+static void test_group_cache_after(void) {
+  pmap_node_t nodes[2];
+  mknodes(nodes, 2, 1);
+  pmap_cache_def_t defs[7] = {def("delta", 8, 1, 0),  def("aardvark", 4, 0, 0),
+                              def("alpha", 8, 1, 0),  def("zulu", 4, 0, 0),
+                              def("charlie", 8, 1, 0), def("bravo", 8, 1, 0),
+                              def("echo", 4, 0, 0)};
+  pmap_t m;
+  first_map(nodes, 2, defs, 7, &m);
+  const pmap_group_t *g = group(&m, "p8-b1"), *o = group(&m, "p4-b0");
+  CHECK_EQ(g->ncaches, 4);
+  CHECK_EQ(o->ncaches, 3);
+  const char *want[4] = {"alpha", "bravo", "charlie", "delta"};
+  const char *at = "";
+  for (size_t i = 0; i < 4; i++) {
+    at = pmap_group_cache_after(&m, g, at);
+    CHECK_STR(at, want[i]);
+    CHECK(cache(&m, at) == g);
+  }
+  CHECK(pmap_group_cache_after(&m, g, at) == NULL);
+  const char *want_o[3] = {"aardvark", "echo", "zulu"};
+  at = "";
+  for (size_t i = 0; i < 3; i++) {
+    at = pmap_group_cache_after(&m, o, at);
+    CHECK_STR(at, want_o[i]);
+  }
+  CHECK(pmap_group_cache_after(&m, o, at) == NULL);
+  /* after names not in the group */
+  CHECK_STR(pmap_group_cache_after(&m, g, "aardvark"), "alpha");
+  CHECK_STR(pmap_group_cache_after(&m, g, "b"), "bravo");
+  CHECK_STR(pmap_group_cache_after(&m, g, "bravo"), "charlie");
+  CHECK_STR(pmap_group_cache_after(&m, g, "bravo0"), "charlie");
+  CHECK_STR(pmap_group_cache_after(&m, g, "cz"), "delta");
+  CHECK(pmap_group_cache_after(&m, g, "delta") == NULL);
+  CHECK(pmap_group_cache_after(&m, g, "zz") == NULL);
+  CHECK_STR(pmap_group_cache_after(&m, o, "alpha"), "echo");
+  /* A walk goes on over a map that changed under it: "charlie" dropped,
+   * "bravo2" added, the walk that stood at "bravo" finds "bravo2" next. */
+  pmap_cache_def_t later[7] = {defs[0], defs[1], defs[2], defs[3],
+                               def("bravo2", 8, 1, 0), defs[5], defs[6]};
+  pmap_t m2;
+  CHECK_EQ(step(&m, nodes, 2, later, 7, NULL, 0, &m2), 0);
+  const pmap_group_t *g2 = group(&m2, "p8-b1");
+  CHECK_STR(pmap_group_cache_after(&m2, g2, "bravo"), "bravo2");
+  CHECK_STR(pmap_group_cache_after(&m2, g2, "bravo2"), "delta");
+  CHECK_STR(pmap_group_cache_after(&m2, g2, "charlie"), "delta");
+  pmap_free(&m);
+  pmap_free(&m2);
+}
+
+/* A group lives while some cache is of its shape: dropping one of its
+ * caches changes no owner, dropping the last drops the group; the other
+ * groups stay as they were. */
+static void test_group_dropped(void) {
+  pmap_node_t nodes[3];
+  mknodes(nodes, 3, 1);
+  pmap_cache_def_t abc[3] = {def("a", 16, 1, 0), def("b", 16, 1, 0), def("c", 8, 0, 0)};
+  pmap_cache_def_t bc[2] = {abc[1], abc[2]};
+  pmap_cache_def_t c_only[1] = {abc[2]};
+  pmap_t m1, m2, m3;
+  first_map(nodes, 3, abc, 3, &m1);
+  CHECK_EQ(m1.ngroups, 2);
+  CHECK_EQ(step(&m1, nodes, 3, bc, 2, NULL, 0, &m2), 0);
+  CHECK_EQ(m2.ngroups, 2);
+  CHECK_EQ(m2.ncaches, 2);
+  CHECK(pmap_find_cache(&m2, "a") == NULL);
+  CHECK(cache(&m2, "b") == group(&m2, "p16-b1"));
+  CHECK_EQ(cache(&m2, "b")->ncaches, 1);
+  CHECK_EQ(step(&m2, nodes, 3, c_only, 1, NULL, 0, &m3), 1);
+  CHECK_EQ(m3.ngroups, 1);
+  CHECK_EQ(m3.ncaches, 1);
+  CHECK(pmap_find_group(&m3, "p16-b1") == NULL);
+  CHECK(pmap_find_cache(&m3, "b") == NULL);
+  const pmap_group_t *c1 = cache(&m1, "c"), *c3 = cache(&m3, "c");
+  CHECK(c3 == &m3.groups[0]);
+  CHECK_EQ(c1->slots, c3->slots);
+  CHECK(memcmp(c1->owners, c3->owners, (size_t)8 * c1->slots) == 0);
+  CHECK(memcmp(c1->states, c3->states, (size_t)8 * c1->slots) == 0);
+  CHECK(pmap_bytes(&m3) < pmap_bytes(&m1));
+  /* Defined again, it comes back as a new group, owned at once. */
+  pmap_t m4;
+  CHECK_EQ(step(&m3, nodes, 3, abc, 3, NULL, 0, &m4), 1);
+  const pmap_group_t *a4 = cache(&m4, "a");
+  CHECK(a4 == cache(&m4, "b"));
+  for (uint32_t p = 0; p < 16; p++) {
+    uint32_t ideal[2];
+    CHECK_EQ(pmap_ideal(nodes, 3, p, 2, ideal), 2);
+    check_ideal_layout(&m4, a4, p, nodes, ideal, 2);
+  }
+  pmap_free(&m1);
+  pmap_free(&m2);
+  pmap_free(&m3);
+  pmap_free(&m4);
+}
+
+/* Replicated caches share a group by their partitions alone (their backups
+ * mean nothing: the group says "all"), apart from partitioned caches of the
+ * same partitions, each shape apart from the others. */
+static void test_groups_replicated(void) {
+  pmap_node_t nodes[4];
+  mknodes(nodes, 4, 1);
+  pmap_cache_def_t defs[5] = {def("r", 16, 2, 1), def("r0", 16, 0, 1),
+                              def("p0", 16, 0, 0), def("p2", 16, 2, 0),
+                              def("r8", 8, 1, 1)};
+  pmap_t m;
+  first_map(nodes, 4, defs, 5, &m);
+  CHECK_EQ(m.ngroups, 4);
+  const pmap_group_t *r = cache(&m, "r");
+  CHECK(cache(&m, "r0") == r);
+  CHECK_STR(r->name, "p16-all");
+  CHECK_EQ(r->replicated, 1);
+  CHECK_EQ(r->backups, 0);
+  CHECK_EQ(r->slots, 4);
+  check_everywhere(&m, r, 0);
+  const pmap_group_t *p0 = cache(&m, "p0"), *p2 = cache(&m, "p2"), *r8 = cache(&m, "r8");
+  CHECK_STR(p0->name, "p16-b0");
+  CHECK_STR(p2->name, "p16-b2");
+  CHECK_STR(r8->name, "p8-all");
+  CHECK(p0 != r && p2 != r && p0 != p2);
+  CHECK_EQ(p0->replicated, 0);
+  CHECK_EQ(p0->slots, 1);
+  CHECK_EQ(p2->slots, 3);
+  check_everywhere(&m, r8, 0);
+  char name[PMAP_GROUP_NAME_MAX];
+  pmap_group_name(16, 2, 1, name, sizeof name);
+  CHECK_STR(name, "p16-all");
+  CHECK_EQ(pmap_group_bytes(16, 2, 1, 4), 2 * 16 * 4);
+  /* A demote report for the replicated group leaves the partitioned groups
+   * of the same partitions alone, and the other way round. */
+  int s;
+  int b = pmap_copy_at(r, 3, 1, &s);
+  CHECK(b >= 0);
+  pmap_ready_t d = {.group = r->name, .partition = 3, .node_id = m.nodes[b].id,
+                    .epoch = m.epoch, .demote = 1};
+  pmap_t out;
+  CHECK_EQ(step(&m, nodes, 4, defs, 5, &d, 1, &out), 1);
+  CHECK_EQ(slot_of(&out, cache(&out, "r0"), 3, m.nodes[b].id, &s), 1);
+  CHECK_EQ(s, PMAP_MOVING);
+  const pmap_group_t *q = cache(&out, "p2");
+  CHECK(memcmp(q->states, p2->states, (size_t)16 * p2->slots) == 0);
+  CHECK(memcmp(q->owners, p2->owners, (size_t)16 * p2->slots) == 0);
+  pmap_free(&out);
+  int pb = pmap_copy_at(p2, 3, 1, &s);
+  d = (pmap_ready_t){.group = p2->name, .partition = 3, .node_id = m.nodes[pb].id,
+                     .epoch = m.epoch, .demote = 1};
+  CHECK_EQ(step(&m, nodes, 4, defs, 5, &d, 1, &out), 1);
+  check_everywhere(&out, cache(&out, "r"), 0);
+  CHECK_EQ(slot_of(&out, cache(&out, "p2"), 3, m.nodes[pb].id, &s), 1);
+  CHECK_EQ(s, PMAP_MOVING);
+  pmap_free(&out);
+  pmap_free(&m);
+}
+
+/* ---- node order ------------------------------------------------------------------- */
+
+/* The nodes of the next map keep their order in the current one, whatever
+ * the order of the live nodes given: a node in the middle dies, the
+ * survivors keep their relative order and the newcomer comes last, and the
+ * same live nodes in yet another order change nothing. Copies follow their
+ * nodes. */
+static void test_node_order_kept(void) {
+  pmap_node_t nodes[6];
+  mknodes(nodes, 6, 1);
+  pmap_cache_def_t defs[2] = {def("c", 128, 1, 0), def("r", 16, 0, 1)};
+  pmap_t m1, m2, m3;
+  first_map(nodes, 5, defs, 2, &m1);
+  for (size_t i = 0; i < 5; i++) CHECK_STR(m1.nodes[i].id, nodes[i].id);
+  /* node-3 dies, node-6 joins; the live nodes come in a scrambled order */
+  pmap_node_t alive[5] = {nodes[5], nodes[4], nodes[0], nodes[3], nodes[1]};
+  CHECK_EQ(step(&m1, alive, 5, defs, 2, NULL, 0, &m2), 1);
+  const char *want[5] = {"node-1", "node-2", "node-4", "node-5", "node-6"};
+  CHECK_EQ(m2.nnodes, 5);
+  for (size_t i = 0; i < 5; i++) {
+    CHECK_STR(m2.nodes[i].id, want[i]);
+    CHECK_EQ(pmap_node_index(&m2, want[i]), (int)i);
+    /* the whole node, not only its id */
+    char addr[PMAP_ADDR_MAX];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", 7000 + (want[i][5] - '0'));
+    CHECK_STR(m2.nodes[i].addr, addr);
+  }
+  /* copies on survivors stay on them (by id) where the dead node had none */
+  const pmap_group_t *c1 = cache(&m1, "c"), *c2 = cache(&m2, "c");
+  unsigned untouched = 0;
+  for (uint32_t p = 0; p < 128; p++) {
+    int st;
+    if (slot_of(&m1, c1, p, "node-3", &st) >= 0) continue;
+    untouched++;
+    CHECK_STR(primary_id(&m2, c2, p), primary_id(&m1, c1, p));
+    for (uint32_t i = 0; i < c1->slots; i++) {
+      int s1;
+      int n1 = pmap_copy_at(c1, p, i, &s1);
+      if (n1 < 0) continue;
+      CHECK_EQ(slot_of(&m2, c2, p, m1.nodes[n1].id, &st), (int)i);
+      CHECK_EQ(st, PMAP_OWNING);
+    }
+  }
+  CHECK(untouched > 0);
+  /* the newcomer, last, gets a copy of every replicated partition, to
+   * fill */
+  const pmap_group_t *r2 = cache(&m2, "r");
+  for (uint32_t p = 0; p < 16; p++) {
+    int st;
+    CHECK_EQ(ncopies(r2, p), 5);
+    CHECK(slot_of(&m2, r2, p, "node-6", &st) > 0);
+    CHECK_EQ(st, PMAP_MOVING);
+  }
+  /* the same nodes in another order: nothing changes */
+  pmap_node_t again[5] = {nodes[3], nodes[1], nodes[5], nodes[0], nodes[4]};
+  CHECK_EQ(step(&m2, again, 5, defs, 2, NULL, 0, &m3), 0);
+  for (size_t i = 0; i < 5; i++) CHECK_STR(m3.nodes[i].id, want[i]);
+  check_same_groups(&m2, &m3);
+  pmap_free(&m1);
+  pmap_free(&m2);
+  pmap_free(&m3);
+}
+
+/* ---- the wire form with groups ------------------------------------------------------ */
+
+/* A map whose groups place several caches each (a replicated one among
+ * them), with copies MOVING, encoded and decoded: the same nodes, groups,
+ * owners and states, and every cache named in the group of the same name;
+ * what was decoded steps as the original does. */
+static void test_encode_groups(void) {
+  pmap_node_t nodes[4];
+  mknodes(nodes, 4, 1);
+  for (size_t i = 0; i < 4; i++) {
+    snprintf(nodes[i].zone, sizeof nodes[i].zone, "z%zu", i % 2);
+    nodes[i].incarnation = 1000 + i;
+  }
+  pmap_cache_def_t defs[6] = {def("a1", 64, 1, 0), def("a3", 64, 1, 0),
+                              def("a2", 64, 1, 0), def("r1", 8, 0, 1),
+                              def("r2", 8, 3, 1),  def("s", 32, 0, 0)};
+  pmap_t m1, m, d;
+  first_map(nodes, 3, defs, 6, &m1);
+  CHECK_EQ(step(&m1, nodes, 4, defs, 6, NULL, 0, &m), 1); /* node-4 joins */
+  snprintf(m.coordinator, sizeof m.coordinator, "node-2");
+  m.nodes[1].leaving = 1;
+  CHECK_EQ(m.ngroups, 3);
+  CHECK_EQ(m.ncaches, 6);
+  unsigned char *buf;
+  size_t len;
+  CHECK_RC(pmap_encode(&m, &buf, &len), 0);
+  CHECK_RC(pmap_decode(buf, len, &d), 0);
+  free(buf);
+  check_same_map(&m, &d);
+  int moving = 0;
+  for (size_t i = 0; i < (size_t)d.groups[0].partitions * d.groups[0].slots; i++)
+    moving |= d.groups[0].states[i] == PMAP_MOVING;
+  CHECK(moving);
+  for (size_t i = 0; i < 6; i++) {
+    const pmap_group_t *g = cache(&d, defs[i].name);
+    CHECK_STR(g->name, cache(&m, defs[i].name)->name);
+    CHECK(g == group(&d, g->name));
+  }
+  CHECK(cache(&d, "a1") == cache(&d, "a2") && cache(&d, "a2") == cache(&d, "a3"));
+  CHECK(cache(&d, "r1") == cache(&d, "r2"));
+  CHECK(pmap_find_cache(&d, "p64-b1") == NULL);
+  const pmap_group_t *a = group(&d, "p64-b1");
+  CHECK_EQ(a->ncaches, 3);
+  CHECK_STR(pmap_group_cache_after(&d, a, ""), "a1");
+  CHECK_STR(pmap_group_cache_after(&d, a, "a1"), "a2");
+  CHECK_STR(pmap_group_cache_after(&d, a, "a2"), "a3");
+  CHECK(pmap_group_cache_after(&d, a, "a3") == NULL);
+  /* the decoded map serves as the current one */
+  m.nodes[1].leaving = 0;
+  d.nodes[1].leaving = 0;
+  pmap_t n1, n2;
+  CHECK_EQ(step(&m, nodes, 4, defs, 6, NULL, 0, &n1), step(&d, nodes, 4, defs, 6, NULL, 0, &n2));
+  check_same_map(&n1, &n2);
+  pmap_free(&m1);
+  pmap_free(&m);
+  pmap_free(&d);
+  pmap_free(&n1);
+  pmap_free(&n2);
+}
+
+/* The caches a PMAP reply names must name its groups, whose names are
+ * unique, and owners name nodes of the map. */
+static void test_decode_bad_groups(void) {
+  Grid__PmapNode n1 = GRID__PMAP_NODE__INIT, n2 = GRID__PMAP_NODE__INIT;
+  n1.id = "node-1";
+  n2.id = "node-2";
+  Grid__PmapNode *np[2] = {&n1, &n2};
+  unsigned char owners[8] = {1, 2, 2, 1, 1, 2, 2, 1};
+  unsigned char states[8] = {1, 1, 1, 1, 1, 2, 1, 1};
+  Grid__PmapCache g0 = GRID__PMAP_CACHE__INIT, g1;
+  g0.name = "p4-b1";
+  g0.partitions = 4;
+  g0.copies = 2;
+  g0.backups = 1;
+  g0.owners = (ProtobufCBinaryData){8, owners};
+  g0.states = (ProtobufCBinaryData){8, states};
+  g1 = g0;
+  g1.name = "p4-all";
+  g1.backups = 0;
+  g1.replicated = 1;
+  Grid__PmapCache *gp[2] = {&g0, &g1};
+  Grid__PmapCacheGroup c[3];
+  Grid__PmapCacheGroup *cp[3] = {&c[0], &c[1], &c[2]};
+  const char *cache_names[3] = {"a", "b", "c"};
+  const char *group_names[3] = {"p4-b1", "p4-all", "p4-b1"};
+  for (size_t i = 0; i < 3; i++) {
+    grid__pmap_cache_group__init(&c[i]);
+    c[i].cache = (char *)cache_names[i];
+    c[i].group = (char *)group_names[i];
+  }
+  Grid__Pmap pm = GRID__PMAP__INIT;
+  pm.epoch = 3;
+  pm.nodes = np;
+  pm.n_nodes = 2;
+  pm.caches = gp;
+  pm.n_caches = 2;
+  pm.cache_groups = cp;
+  pm.n_cache_groups = 3;
+
+  size_t len;
+  unsigned char *buf = pack(&pm, &len);
+  pmap_t m;
+  CHECK_RC(pmap_decode(buf, len, &m), 0);
+  free(buf);
+  CHECK_EQ(m.ngroups, 2);
+  CHECK_EQ(m.ncaches, 3);
+  CHECK(cache(&m, "a") == group(&m, "p4-b1"));
+  CHECK(cache(&m, "c") == group(&m, "p4-b1"));
+  CHECK(cache(&m, "b") == group(&m, "p4-all"));
+  CHECK_EQ(group(&m, "p4-all")->replicated, 1);
+  CHECK_EQ(group(&m, "p4-b1")->backups, 1);
+  CHECK_EQ(group(&m, "p4-b1")->ncaches, 2);
+  pmap_free(&m);
+
+  /* a cache in a group the map does not have */
+  c[1].group = "p4-b2";
+  buf = pack(&pm, &len);
+  check_refused(buf, len);
+  free(buf);
+  c[1].group = "";
+  buf = pack(&pm, &len);
+  check_refused(buf, len);
+  free(buf);
+  c[1].group = "p4-all";
+  /* a cache name longer than a map holds */
+  char long_name[80];
+  memset(long_name, 'x', sizeof long_name - 1);
+  long_name[sizeof long_name - 1] = '\0';
+  c[2].cache = long_name;
+  buf = pack(&pm, &len);
+  check_refused(buf, len);
+  free(buf);
+  c[2].cache = "c";
+  /* two groups of one name */
+  g1.name = "p4-b1";
+  buf = pack(&pm, &len);
+  check_refused(buf, len);
+  free(buf);
+  g1.name = "p4-all";
+  /* an owner past the node list, in a group caches name */
+  unsigned char bad_owners[8] = {1, 2, 2, 1, 1, 3, 2, 1};
+  g1.owners = (ProtobufCBinaryData){8, bad_owners};
+  buf = pack(&pm, &len);
+  check_refused(buf, len);
+  free(buf);
+  g1.owners = (ProtobufCBinaryData){8, owners};
+  /* still good after all that */
+  buf = pack(&pm, &len);
+  CHECK_RC(pmap_decode(buf, len, &m), 0);
+  free(buf);
+  pmap_free(&m);
+}
+
+/* ---- the map in ZooKeeper: root and chunks -------------------------------------------- */
+
+/* The chunk written under znode by plan, or NULL. */
+static const pmap_blob_t *plan_write(const pmap_plan_t *plan, const char *znode) {
+  for (size_t i = 0; i < plan->nwrites; i++)
+    if (strcmp(plan->writes[i].znode, znode) == 0) return &plan->writes[i];
+  return NULL;
+}
+
+/* A reader of the stored map: decodes plan's root into out and refs, takes
+ * each chunk from prev (read from prev_refs) where it may, else reads it
+ * from what plan wrote or, when older is not NULL, what older wrote.
+ * Returns how many chunks it took from prev. */
+static size_t read_stored_over(const pmap_plan_t *plan, const pmap_plan_t *older,
+                               const pmap_t *prev, const pmap_stored_t *prev_refs,
+                               pmap_t *out, pmap_stored_t *refs) {
+  CHECK_RC(pmap_root_decode(plan->root, plan->root_len, out, refs), 0);
+  size_t reused = 0;
+  for (size_t i = 0; i < refs->n; i++) {
+    const pmap_chunk_ref_t *r = &refs->refs[i];
+    if (pmap_chunk_reuse(out, prev, prev_refs, r)) {
+      reused++;
+      continue;
+    }
+    const pmap_blob_t *w = plan_write(plan, r->znode);
+    if (!w && older) w = plan_write(older, r->znode);
+    CHECK(w != NULL);
+    CHECK_EQ(w->len, r->bytes);
+    CHECK_RC(pmap_chunk_apply(out, r, w->buf, w->len), 0);
+  }
+  return reused;
+}
+
+/* read_stored_over, of a root whose chunks plan wrote alone. */
+static size_t read_stored(const pmap_plan_t *plan, const pmap_t *prev,
+                          const pmap_stored_t *prev_refs, pmap_t *out,
+                          pmap_stored_t *refs) {
+  return read_stored_over(plan, NULL, prev, prev_refs, out, refs);
+}
+
+/* The same chunk references. */
+static void check_same_refs(const pmap_stored_t *a, const pmap_stored_t *b) {
+  CHECK_EQ(a->n, b->n);
+  for (size_t i = 0; i < a->n; i++) {
+    CHECK_STR(a->refs[i].group, b->refs[i].group);
+    CHECK_EQ(a->refs[i].first, b->refs[i].first);
+    CHECK_EQ(a->refs[i].count, b->refs[i].count);
+    CHECK_EQ(a->refs[i].bytes, b->refs[i].bytes);
+    CHECK_STR(a->refs[i].znode, b->refs[i].znode);
+  }
+}
+
+/* The chunk of refs holding partition p of group g, or NULL. */
+static const pmap_chunk_ref_t *ref_of(const pmap_stored_t *refs, const char *g, uint32_t p) {
+  for (size_t i = 0; i < refs->n; i++)
+    if (strcmp(refs->refs[i].group, g) == 0 && p >= refs->refs[i].first &&
+        p - refs->refs[i].first < refs->refs[i].count)
+      return &refs->refs[i];
+  return NULL;
+}
+
+/* m stored from nothing: every chunk is written, none is obsolete, every
+ * partition of every group is in exactly one chunk of at most
+ * PMAP_CHUNK_BYTES (owners and states), znode names are unique, and a
+ * reader of the root and the chunks gets m back: nodes, groups, owners and
+ * states byte for byte; the caches come from their definitions. */
+static void check_store_first(const pmap_t *m, const pmap_cache_def_t *defs, size_t ndefs) {
+  pmap_plan_t plan;
+  CHECK_RC(pmap_store_plan(m, NULL, NULL, m->epoch, 0xabcdef, &plan), 0);
+  size_t want = 0;
+  for (size_t g = 0; g < m->ngroups; g++) {
+    uint32_t per = pmap_chunk_partitions(m->groups[g].slots);
+    want += (m->groups[g].partitions + per - 1) / per;
+  }
+  CHECK(plan.root != NULL && plan.root_len > 0);
+  CHECK_EQ(plan.stored.n, want);
+  CHECK_EQ(plan.nwrites, want);
+  CHECK_EQ(plan.nobsolete, 0);
+  for (size_t g = 0; g < m->ngroups; g++) {
+    const pmap_group_t *grp_g = &m->groups[g];
+    uint32_t next = 0;
+    for (size_t i = 0; i < plan.stored.n; i++) {
+      const pmap_chunk_ref_t *r = &plan.stored.refs[i];
+      if (strcmp(r->group, grp_g->name) != 0) continue;
+      CHECK_EQ(r->first, next); /* in order, no gap, no overlap */
+      CHECK(r->count > 0 && r->count <= pmap_chunk_partitions(grp_g->slots));
+      CHECK(2 * (uint64_t)r->count * grp_g->slots <= PMAP_CHUNK_BYTES);
+      next += r->count;
+    }
+    CHECK_EQ(next, grp_g->partitions);
+  }
+  for (size_t i = 0; i < plan.stored.n; i++) {
+    CHECK(pmap_find_group(m, plan.stored.refs[i].group) != NULL);
+    for (size_t k = 0; k < i; k++)
+      CHECK(strcmp(plan.stored.refs[i].znode, plan.stored.refs[k].znode) != 0);
+    const pmap_blob_t *w = plan_write(&plan, plan.stored.refs[i].znode);
+    CHECK(w != NULL && w->buf != NULL);
+    CHECK_EQ(w->len, plan.stored.refs[i].bytes);
+  }
+  pmap_t back;
+  pmap_stored_t refs;
+  CHECK_EQ(read_stored(&plan, NULL, NULL, &back, &refs), 0);
+  check_same_nodes(m, &back);
+  check_same_groups(m, &back);
+  check_same_refs(&refs, &plan.stored);
+  CHECK_EQ(back.ncaches, 0); /* the root names no cache */
+  CHECK_RC(pmap_set_caches(&back, defs, ndefs), 0);
+  check_same_map(m, &back);
+  pmap_free(&back);
+  pmap_stored_free(&refs);
+  pmap_plan_free(&plan);
+}
+
+/* A large group, 65536 partitions of three copies, for the storage tests:
+ * more than one chunk. */
+#define BIG_PARTITIONS 65536
+
+static void test_store_first_map(void) {
+  pmap_t busy;
+  busy_map(&busy);
+  pmap_cache_def_t busy_defs[2] = {def("parted", 64, 1, 0), def("single", 32, 0, 0)};
+  check_store_first(&busy, busy_defs, 2);
+  pmap_free(&busy);
+
+  pmap_node_t nodes[4];
+  mknodes(nodes, 4, 1);
+  pmap_cache_def_t defs[5] = {def("big", BIG_PARTITIONS, 2, 0), def("big2", BIG_PARTITIONS, 2, 0),
+                              def("r", 16, 0, 1), def("s1", 32, 0, 0), def("s2", 32, 0, 0)};
+  pmap_t m1, m;
+  first_map(nodes, 3, defs, 5, &m1);
+  CHECK_EQ(step(&m1, nodes, 4, defs, 5, NULL, 0, &m), 1); /* copies MOVING */
+  snprintf(m.coordinator, sizeof m.coordinator, "node-1");
+  CHECK(pmap_chunk_partitions(cache(&m, "big")->slots) < BIG_PARTITIONS);
+  check_store_first(&m, defs, 5);
+  /* An empty map is a root alone. */
+  pmap_t e, eb;
+  pmap_init(&e);
+  e.epoch = 1;
+  pmap_plan_t plan;
+  CHECK_RC(pmap_store_plan(&e, NULL, NULL, 1, 1, &plan), 0);
+  CHECK_EQ(plan.nwrites, 0);
+  CHECK_EQ(plan.stored.n, 0);
+  pmap_stored_t refs;
+  CHECK_EQ(read_stored(&plan, NULL, NULL, &eb, &refs), 0);
+  check_same_map(&e, &eb);
+  pmap_free(&eb);
+  pmap_stored_free(&refs);
+  pmap_plan_free(&plan);
+  pmap_free(&m1);
+  pmap_free(&m);
+}
+
+/* A new map that changes one partition of one group writes that
+ * partition's chunk alone, under a new name; the root names the other
+ * chunks again, and the replaced chunk is obsolete. A reader that holds the
+ * last map reads that one chunk. A map that changes nothing writes no
+ * chunk. */
+static void test_store_one_chunk(void) {
+  pmap_node_t nodes[3];
+  mknodes(nodes, 3, 1);
+  pmap_cache_def_t defs[2] = {def("big", BIG_PARTITIONS, 2, 0), def("small", 16, 1, 0)};
+  pmap_t m1, m2;
+  first_map(nodes, 3, defs, 2, &m1);
+  const pmap_group_t *b1 = cache(&m1, "big");
+  CHECK_EQ(b1->slots, 3);
+  uint32_t per = pmap_chunk_partitions(3);
+  CHECK_EQ(per, PMAP_CHUNK_BYTES / 6);
+  CHECK(per < BIG_PARTITIONS);
+  CHECK(2 * (uint64_t)per >= BIG_PARTITIONS); /* two chunks */
+  pmap_plan_t plan1, plan2, plan3, other;
+  CHECK_RC(pmap_store_plan(&m1, NULL, NULL, m1.epoch, 0x1111, &plan1), 0);
+  CHECK_EQ(plan1.stored.n, 3); /* "big" in two, "small" in one */
+  pmap_t r1;
+  pmap_stored_t refs1;
+  CHECK_EQ(read_stored(&plan1, NULL, NULL, &r1, &refs1), 0);
+  check_same_groups(&m1, &r1);
+
+  /* Another writer, the same map and epoch: other names. */
+  CHECK_RC(pmap_store_plan(&m1, NULL, NULL, m1.epoch, 0x2222, &other), 0);
+  for (size_t i = 0; i < other.stored.n; i++)
+    for (size_t k = 0; k < plan1.stored.n; k++)
+      CHECK(strcmp(other.stored.refs[i].znode, plan1.stored.refs[k].znode) != 0);
+  pmap_plan_free(&other);
+
+  /* One backup of partition p, in the second chunk of "big", demoted: one
+   * state changes. */
+  const uint32_t p = per + 1000;
+  int s;
+  int b = pmap_copy_at(b1, p, 1, &s);
+  CHECK(b >= 0);
+  CHECK_EQ(s, PMAP_OWNING);
+  pmap_ready_t d = {.group = b1->name, .partition = p, .node_id = m1.nodes[b].id,
+                    .epoch = m1.epoch, .demote = 1};
+  CHECK_EQ(step(&m1, nodes, 3, defs, 2, &d, 1, &m2), 1);
+  const pmap_group_t *b2 = cache(&m2, "big");
+  size_t diff = 0;
+  for (size_t k = 0; k < (size_t)BIG_PARTITIONS * 3; k++)
+    diff += (b1->owners[k] != b2->owners[k]) + (b1->states[k] != b2->states[k]);
+  CHECK_EQ(diff, 1);
+  CHECK_EQ(b2->states[(size_t)p * 3 + 1], PMAP_MOVING);
+
+  CHECK_RC(pmap_store_plan(&m2, &m1, &plan1.stored, m2.epoch, 0x1111, &plan2), 0);
+  CHECK_EQ(plan2.stored.n, 3);
+  CHECK_EQ(plan2.nwrites, 1);
+  const pmap_chunk_ref_t *was = ref_of(&plan1.stored, b2->name, p);
+  const pmap_chunk_ref_t *now = ref_of(&plan2.stored, b2->name, p);
+  CHECK(was != NULL && now != NULL);
+  CHECK_EQ(now->first, per);
+  CHECK_EQ(now->count, BIG_PARTITIONS - per);
+  CHECK_EQ(now->first, was->first);
+  CHECK_EQ(now->count, was->count);
+  CHECK_STR(plan2.writes[0].znode, now->znode);
+  CHECK(strcmp(now->znode, was->znode) != 0);
+  for (size_t i = 0; i < plan2.stored.n; i++) {
+    const pmap_chunk_ref_t *r = &plan2.stored.refs[i];
+    if (r == now) continue;
+    const pmap_chunk_ref_t *old = ref_of(&plan1.stored, r->group, r->first);
+    CHECK(old != NULL);
+    CHECK_EQ(r->count, old->count);
+    CHECK_EQ(r->bytes, old->bytes);
+    CHECK_STR(r->znode, old->znode); /* named again, not written */
+    CHECK(plan_write(&plan2, r->znode) == NULL);
+  }
+  CHECK_EQ(plan2.nobsolete, 1);
+  CHECK_STR(plan2.obsolete[0], was->znode);
+
+  /* The reader that holds m1 reads one chunk and has m2. */
+  pmap_t r2;
+  pmap_stored_t refs2;
+  CHECK_EQ(read_stored(&plan2, &r1, &refs1, &r2, &refs2), 2);
+  check_same_nodes(&m2, &r2);
+  check_same_groups(&m2, &r2);
+  /* A reader with nothing reads every chunk (two of them written by the
+   * first plan) and has m2 too. */
+  pmap_t r2b;
+  pmap_stored_t refs2b;
+  CHECK_EQ(read_stored_over(&plan2, &plan1, NULL, NULL, &r2b, &refs2b), 0);
+  check_same_groups(&m2, &r2b);
+
+  /* Nothing changed: no chunk written, none obsolete, the same refs. */
+  CHECK_RC(pmap_store_plan(&m2, &m2, &plan2.stored, m2.epoch + 1, 0x1111, &plan3), 0);
+  CHECK_EQ(plan3.nwrites, 0);
+  CHECK_EQ(plan3.nobsolete, 0);
+  check_same_refs(&plan3.stored, &plan2.stored);
+
+  pmap_plan_free(&plan1);
+  pmap_plan_free(&plan2);
+  pmap_plan_free(&plan3);
+  pmap_stored_free(&refs1);
+  pmap_stored_free(&refs2);
+  pmap_stored_free(&refs2b);
+  pmap_free(&r1);
+  pmap_free(&r2);
+  pmap_free(&r2b);
+  pmap_free(&m1);
+  pmap_free(&m2);
+}
+
+/* pmap_chunk_reuse takes a chunk from the previous map only when the
+ * previous root named that very chunk (its znode); otherwise it touches
+ * nothing and the chunk must be read. */
+static void test_chunk_reuse(void) {
+  pmap_node_t nodes[3];
+  mknodes(nodes, 3, 1);
+  pmap_cache_def_t defs[2] = {def("a", 32, 1, 0), def("b", 16, 0, 0)};
+  pmap_t m1, m2;
+  first_map(nodes, 3, defs, 2, &m1);
+  const pmap_group_t *a1 = cache(&m1, "a");
+  int s;
+  int b = pmap_copy_at(a1, 5, 1, &s);
+  pmap_ready_t d = {.group = a1->name, .partition = 5, .node_id = m1.nodes[b].id,
+                    .epoch = m1.epoch, .demote = 1};
+  CHECK_EQ(step(&m1, nodes, 3, defs, 2, &d, 1, &m2), 1);
+  pmap_plan_t plan1, plan2;
+  CHECK_RC(pmap_store_plan(&m1, NULL, NULL, m1.epoch, 7, &plan1), 0);
+  CHECK_RC(pmap_store_plan(&m2, &m1, &plan1.stored, m2.epoch, 7, &plan2), 0);
+  CHECK_EQ(plan2.nwrites, 1); /* "a"'s one chunk */
+  pmap_t r1, fresh;
+  pmap_stored_t refs1, refs;
+  CHECK_EQ(read_stored(&plan1, NULL, NULL, &r1, &refs1), 0);
+  CHECK_RC(pmap_root_decode(plan2.root, plan2.root_len, &fresh, &refs), 0);
+  CHECK_EQ(refs.n, 2);
+  const pmap_chunk_ref_t *ra = ref_of(&refs, cache(&m2, "a")->name, 0);
+  const pmap_chunk_ref_t *rb = ref_of(&refs, cache(&m2, "b")->name, 0);
+  CHECK(ra != NULL && rb != NULL);
+  const pmap_group_t *fa = group(&fresh, ra->group), *fb = group(&fresh, rb->group);
+  uint8_t zero[64] = {0};
+  /* Not named by the previous root (it replaced "a"'s chunk): 0, untouched. */
+  CHECK_EQ(pmap_chunk_reuse(&fresh, &r1, &refs1, ra), 0);
+  CHECK(memcmp(fa->owners, zero, (size_t)32 * fa->slots) == 0);
+  CHECK(memcmp(fa->states, zero, (size_t)32 * fa->slots) == 0);
+  /* No previous map, or one without the group: 0. */
+  CHECK_EQ(pmap_chunk_reuse(&fresh, NULL, NULL, rb), 0);
+  CHECK_EQ(pmap_chunk_reuse(&fresh, &r1, NULL, rb), 0);
+  CHECK_EQ(pmap_chunk_reuse(&fresh, NULL, &refs1, rb), 0);
+  pmap_t empty;
+  pmap_init(&empty);
+  CHECK_EQ(pmap_chunk_reuse(&fresh, &empty, &refs1, rb), 0);
+  CHECK(memcmp(fb->owners, zero, (size_t)16 * fb->slots) == 0);
+  CHECK(memcmp(fb->states, zero, (size_t)16 * fb->slots) == 0);
+  /* Named by the previous root: 1, the bytes of the previous map. */
+  CHECK_EQ(pmap_chunk_reuse(&fresh, &r1, &refs1, rb), 1);
+  const pmap_group_t *pb = group(&r1, rb->group);
+  CHECK(memcmp(fb->owners, pb->owners, (size_t)16 * fb->slots) == 0);
+  CHECK(memcmp(fb->states, pb->states, (size_t)16 * fb->slots) == 0);
+  CHECK(memcmp(fb->owners, cache(&m2, "b")->owners, (size_t)16 * fb->slots) == 0);
+  pmap_plan_free(&plan1);
+  pmap_plan_free(&plan2);
+  pmap_stored_free(&refs1);
+  pmap_stored_free(&refs);
+  pmap_free(&r1);
+  pmap_free(&fresh);
+  pmap_free(&m1);
+  pmap_free(&m2);
+}
+
+/* A hand-made root of two nodes and groups "g" (8 partitions, 2 copies) and
+ * "h" (4 partitions, 1 copy), naming the chunks refs[0..n). */
+static unsigned char *root_with(const Grid__PmapChunkRef *const *refs, size_t n, size_t *len) {
+  static Grid__PmapNode n1 = GRID__PMAP_NODE__INIT, n2 = GRID__PMAP_NODE__INIT;
+  n1.id = "node-1";
+  n2.id = "node-2";
+  Grid__PmapNode *np[2] = {&n1, &n2};
+  Grid__PmapCache g = GRID__PMAP_CACHE__INIT, h = GRID__PMAP_CACHE__INIT;
+  g.name = "g";
+  g.partitions = 8;
+  g.copies = 2;
+  h.name = "h";
+  h.partitions = 4;
+  h.copies = 1;
+  Grid__PmapCache *gp[2] = {&g, &h};
+  Grid__Pmap pm = GRID__PMAP__INIT;
+  pm.epoch = 4;
+  pm.nodes = np;
+  pm.n_nodes = 2;
+  pm.caches = gp;
+  pm.n_caches = 2;
+  pm.chunks = (Grid__PmapChunkRef **)refs;
+  pm.n_chunks = n;
+  return pack(&pm, len);
+}
+
+static Grid__PmapChunkRef chunk_ref(const char *group, uint32_t first, uint32_t count,
+                                    const char *znode) {
+  Grid__PmapChunkRef r = GRID__PMAP_CHUNK_REF__INIT;
+  r.group = (char *)group;
+  r.first = first;
+  r.count = count;
+  r.znode = (char *)znode;
+  r.bytes = 10;
+  return r;
+}
+
+/* pmap_root_decode must refuse the root with GRID_EPROTO, leaving nothing
+ * behind (LeakSanitizer would say). */
+static void check_root_refused(const Grid__PmapChunkRef *const *refs, size_t n) {
+  size_t len;
+  unsigned char *buf = root_with(refs, n, &len);
+  pmap_t m;
+  pmap_stored_t st;
+  memset(&m, 0xa5, sizeof m);
+  memset(&st, 0xa5, sizeof st);
+  CHECK_RC(pmap_root_decode(buf, len, &m, &st), GRID_EPROTO);
+  free(buf);
+}
+
+/* A root names chunks that cover every partition of every group exactly
+ * once, each chunk within its group and under a name a znode can have. */
+static void test_root_decode_refused(void) {
+  Grid__PmapChunkRef g0 = chunk_ref("g", 0, 4, "g.0"), g4 = chunk_ref("g", 4, 4, "g.4"),
+                     h0 = chunk_ref("h", 0, 4, "h.0");
+  const Grid__PmapChunkRef *good[3] = {&g0, &g4, &h0};
+  size_t len;
+  unsigned char *buf = root_with(good, 3, &len);
+  pmap_t m;
+  pmap_stored_t st;
+  CHECK_RC(pmap_root_decode(buf, len, &m, &st), 0);
+  free(buf);
+  CHECK_EQ(m.epoch, 4);
+  CHECK_EQ(m.nnodes, 2);
+  CHECK_EQ(m.ngroups, 2);
+  CHECK_EQ(m.ncaches, 0);
+  CHECK_EQ(st.n, 3);
+  CHECK_STR(st.refs[1].group, "g");
+  CHECK_EQ(st.refs[1].first, 4);
+  CHECK_EQ(st.refs[1].count, 4);
+  CHECK_STR(st.refs[1].znode, "g.4");
+  CHECK_EQ(st.refs[1].bytes, 10);
+  /* the owners wait for the chunks */
+  const pmap_group_t *g = group(&m, "g");
+  for (uint32_t p = 0; p < 8; p++) CHECK_EQ(pmap_leader(g, p), -1);
+  pmap_free(&m);
+  pmap_stored_free(&st);
+  /* in any order */
+  const Grid__PmapChunkRef *shuffled[3] = {&h0, &g4, &g0};
+  buf = root_with(shuffled, 3, &len);
+  CHECK_RC(pmap_root_decode(buf, len, &m, &st), 0);
+  free(buf);
+  pmap_free(&m);
+  pmap_stored_free(&st);
+
+  /* a chunk missing; none at all */
+  const Grid__PmapChunkRef *missing[2] = {&g0, &h0};
+  check_root_refused(missing, 2);
+  check_root_refused(NULL, 0);
+  /* a chunk twice */
+  const Grid__PmapChunkRef *twice[4] = {&g0, &g4, &h0, &g0};
+  check_root_refused(twice, 4);
+  /* a chunk of a group the root does not have */
+  Grid__PmapChunkRef x0 = chunk_ref("x", 0, 4, "x.0");
+  const Grid__PmapChunkRef *unknown[4] = {&g0, &g4, &h0, &x0};
+  check_root_refused(unknown, 4);
+  const Grid__PmapChunkRef *instead[3] = {&g0, &g4, &x0};
+  check_root_refused(instead, 3);
+  /* empty, or past its group's partitions */
+  Grid__PmapChunkRef bad[4] = {chunk_ref("g", 4, 0, "g.4"), chunk_ref("g", 8, 4, "g.8"),
+                               chunk_ref("g", 6, 4, "g.6"), chunk_ref("g", 4, UINT32_MAX, "g.4")};
+  for (size_t i = 0; i < 4; i++) {
+    const Grid__PmapChunkRef *refs[3] = {&g0, &bad[i], &h0};
+    check_root_refused(refs, 3);
+  }
+  /* a znode name longer than a map holds */
+  char long_name[PMAP_ZNODE_MAX + 8];
+  memset(long_name, 'z', sizeof long_name - 1);
+  long_name[sizeof long_name - 1] = '\0';
+  Grid__PmapChunkRef lz = chunk_ref("h", 0, 4, long_name);
+  const Grid__PmapChunkRef *lzr[3] = {&g0, &g4, &lz};
+  check_root_refused(lzr, 3);
+  /* not a root at all */
+  static const unsigned char junk[] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+  CHECK_RC(pmap_root_decode(junk, sizeof junk, &m, &st), GRID_EPROTO);
+}
+
+/* Chunks that overlap while their counts add up to the partitions: some
+ * partition is in two chunks and another in none, which the root must not
+ * be taken with (pmap.h: "every partition of every group is in exactly
+ * one chunk"). */
+static void test_root_decode_overlap(void) {
+  Grid__PmapChunkRef g0 = chunk_ref("g", 0, 4, "g.0"), g4 = chunk_ref("g", 4, 4, "g.4"),
+                     h0 = chunk_ref("h", 0, 4, "h.0"), g2 = chunk_ref("g", 2, 4, "g.2");
+  /* "g": [0,4) and [2,6): 8 partitions counted, 6 and 7 in none */
+  const Grid__PmapChunkRef *overlap[3] = {&g0, &g2, &h0};
+  check_root_refused(overlap, 3);
+  /* "g" covered one and a half times, "h" not at all: 12 counted of 12 */
+  const Grid__PmapChunkRef *other_group[3] = {&g0, &g4, &g2};
+  check_root_refused(other_group, 3);
+}
+
+/* pmap_chunk_apply takes only the chunk its ref names: the same group,
+ * range and copies, owners and states of the right length, owners naming
+ * nodes of the root and states a map holds; a refused chunk leaves the map
+ * as it was. */
+static void test_chunk_apply_refused(void) {
+  pmap_node_t nodes[2];
+  mknodes(nodes, 2, 1);
+  pmap_cache_def_t defs[2] = {def("a", 8, 1, 0), def("b", 4, 0, 0)};
+  pmap_t m;
+  first_map(nodes, 2, defs, 2, &m);
+  pmap_plan_t plan;
+  CHECK_RC(pmap_store_plan(&m, NULL, NULL, m.epoch, 1, &plan), 0);
+  pmap_t r;
+  pmap_stored_t refs;
+  CHECK_RC(pmap_root_decode(plan.root, plan.root_len, &r, &refs), 0);
+  CHECK_EQ(refs.n, 2);
+  const pmap_chunk_ref_t *ra = ref_of(&refs, "p8-b1", 0), *rb = ref_of(&refs, "p4-b0", 0);
+  CHECK(ra != NULL && rb != NULL);
+  const pmap_blob_t *wa = plan_write(&plan, ra->znode), *wb = plan_write(&plan, rb->znode);
+  CHECK(wa != NULL && wb != NULL);
+  const pmap_group_t *ga = group(&r, "p8-b1");
+  CHECK_EQ(ga->slots, 2);
+  uint8_t zero[16] = {0};
+
+  /* the other group's chunk */
+  CHECK_RC(pmap_chunk_apply(&r, ra, wb->buf, wb->len), GRID_EPROTO);
+  CHECK_RC(pmap_chunk_apply(&r, rb, wa->buf, wa->len), GRID_EPROTO);
+  /* not a chunk */
+  static const unsigned char junk[] = {0xff, 0xff, 0xff, 0xff};
+  CHECK_RC(pmap_chunk_apply(&r, ra, junk, sizeof junk), GRID_EPROTO);
+  /* a ref of a group the map does not have */
+  pmap_chunk_ref_t rx = *ra;
+  snprintf(rx.group, sizeof rx.group, "p8-b2");
+  CHECK_RC(pmap_chunk_apply(&r, &rx, wa->buf, wa->len), GRID_EPROTO);
+
+  /* The chunk of "a", altered one field at a time. */
+  Grid__PmapChunk *ch = grid__pmap_chunk__unpack(NULL, wa->len, wa->buf);
+  CHECK(ch != NULL);
+  CHECK_STR(ch->group, "p8-b1");
+  CHECK_EQ(ch->first, 0);
+  CHECK_EQ(ch->count, 8);
+  CHECK_EQ(ch->copies, 2);
+  CHECK_EQ(ch->owners.len, 16);
+  uint8_t owners[16], states[16];
+  memcpy(owners, ch->owners.data, 16);
+  memcpy(states, ch->states.data, 16);
+  Grid__PmapChunk c = *ch;
+  c.owners = (ProtobufCBinaryData){16, owners};
+  c.states = (ProtobufCBinaryData){16, states};
+  for (int k = 0; k <= 9; k++) {
+    Grid__PmapChunk v = c;
+    uint8_t vo[17], vs[17];
+    memcpy(vo, owners, 16);
+    memcpy(vs, states, 16);
+    vo[16] = vs[16] = 1;
+    v.owners = (ProtobufCBinaryData){16, vo};
+    v.states = (ProtobufCBinaryData){16, vs};
+    switch (k) {
+      case 0: v.group = "p4-b0"; break;
+      case 1: v.first = 1; break;
+      case 2: v.count = 7; break;
+      case 3: v.copies = 3; break;
+      case 4: v.owners.len = 15; break;
+      case 5: v.states.len = 17; break;
+      case 6: vo[3] = 3; break;          /* node index past the two */
+      case 7: vs[3] = PMAP_HANDOFF + 1; break;
+      case 8: vs[0] = 255; break;
+      case 9: break;                     /* as written: taken */
+    }
+    size_t len = grid__pmap_chunk__get_packed_size(&v);
+    unsigned char *buf = malloc(len + 1);
+    CHECK(buf != NULL);
+    grid__pmap_chunk__pack(&v, buf);
+    if (k < 9) {
+      CHECK_RC(pmap_chunk_apply(&r, ra, buf, len), GRID_EPROTO);
+      CHECK(memcmp(ga->owners, zero, 16) == 0);
+      CHECK(memcmp(ga->states, zero, 16) == 0);
+    } else {
+      CHECK_RC(pmap_chunk_apply(&r, ra, buf, len), 0);
+      CHECK(memcmp(ga->owners, cache(&m, "a")->owners, 16) == 0);
+      CHECK(memcmp(ga->states, cache(&m, "a")->states, 16) == 0);
+    }
+    free(buf);
+  }
+  /* the ref must match the chunk too: another range of the same group */
+  pmap_chunk_ref_t shifted = *ra;
+  shifted.first = 1;
+  shifted.count = 7;
+  CHECK_RC(pmap_chunk_apply(&r, &shifted, wa->buf, wa->len), GRID_EPROTO);
+  grid__pmap_chunk__free_unpacked(ch, NULL);
+  pmap_plan_free(&plan);
+  pmap_stored_free(&refs);
+  pmap_free(&r);
+  pmap_free(&m);
+}
+
+/* ---- pmap_copy's index ---------------------------------------------------------------- */
+
+/* A copy finds every cache of the original, in the group of the same
+ * place, through an index of its own (it still does once the original is
+ * gone), and walks each group's caches alike. */
+static void test_copy_index(void) {
+  pmap_node_t nodes[3];
+  mknodes(nodes, 3, 1);
+  static pmap_cache_def_t defs[1000];
+  static cache_name_t names[1000];
+  const pmap_cache_def_t shapes[2] = {def(NULL, 16, 1, 0), def(NULL, 8, 0, 1)};
+  many_defs(defs, names, 1000, "k", shapes, 2);
+  pmap_t m, c;
+  first_map(nodes, 3, defs, 1000, &m);
+  CHECK_RC(pmap_copy(&c, &m), 0);
+  check_same_map(&m, &c);
+  CHECK(c.index != NULL && c.index != m.index);
+  CHECK_EQ(c.index_mask, m.index_mask);
+  long at[1000];
+  for (size_t i = 0; i < 1000; i++) {
+    const pmap_group_t *g = pmap_find_cache(&c, names[i]);
+    CHECK(g != NULL);
+    at[i] = g - c.groups;
+    CHECK_EQ(at[i], pmap_find_cache(&m, names[i]) - m.groups);
+  }
+  for (size_t g = 0; g < c.ngroups; g++) {
+    const char *x = "", *y = "";
+    do {
+      x = pmap_group_cache_after(&c, &c.groups[g], x);
+      y = pmap_group_cache_after(&m, &m.groups[g], y);
+      CHECK((x == NULL) == (y == NULL));
+      if (x) CHECK_STR(x, y);
+    } while (x);
+  }
+  pmap_free(&m);
+  for (size_t i = 0; i < 1000; i++) CHECK_EQ(pmap_find_cache(&c, names[i]) - c.groups, at[i]);
+  CHECK(pmap_find_cache(&c, "k-1000") == NULL);
+  /* the copy of an empty map finds nothing */
+  pmap_t e, ec;
+  pmap_init(&e);
+  CHECK_RC(pmap_copy(&ec, &e), 0);
+  CHECK(pmap_find_cache(&ec, "k-0000") == NULL);
+  pmap_free(&ec);
+  pmap_free(&c);
 }
 
 #define RUN_ONE(fn)                                          \
@@ -2512,8 +3735,8 @@ static void test_restart_new_incarnation(void) {
   memcpy(again, nodes, sizeof again);
   again[1].incarnation = 999; /* node-2 restarted */
   CHECK_EQ(step(&m1, again, 3, defs, 2, NULL, 0, &m2), 1);
-  const pmap_cache_t *b1 = cache(&m1, "b1"), *b1n = cache(&m2, "b1");
-  const pmap_cache_t *b0 = cache(&m1, "b0"), *b0n = cache(&m2, "b0");
+  const pmap_group_t *b1 = cache(&m1, "b1"), *b1n = cache(&m2, "b1");
+  const pmap_group_t *b0 = cache(&m1, "b0"), *b0n = cache(&m2, "b0");
   unsigned moved = 0, lost = 0;
   for (uint32_t p = 0; p < P; p++) {
     int st;
@@ -2562,8 +3785,8 @@ static void test_absent_node_waited_for(void) {
   memcpy(absent, nodes, sizeof absent);
   absent[2].absent = 1; /* node-3 */
   CHECK_EQ(step(&m1, absent, 3, defs, 2, NULL, 0, &m2), 1);
-  const pmap_cache_t *b1 = cache(&m1, "b1"), *b1n = cache(&m2, "b1");
-  const pmap_cache_t *b0 = cache(&m1, "b0"), *b0n = cache(&m2, "b0");
+  const pmap_group_t *b1 = cache(&m1, "b1"), *b1n = cache(&m2, "b1");
+  const pmap_group_t *b0 = cache(&m1, "b0"), *b0n = cache(&m2, "b0");
   unsigned kept = 0, promoted = 0;
   for (uint32_t p = 0; p < P; p++) {
     int st;
@@ -2581,7 +3804,7 @@ static void test_absent_node_waited_for(void) {
   CHECK(kept > 0 && promoted > 0);
   /* Back with the same incarnation: its kept partitions are its again. */
   CHECK_EQ(step(&m2, nodes, 3, defs, 2, NULL, 0, &m3), 1);
-  const pmap_cache_t *b0b = cache(&m3, "b0");
+  const pmap_group_t *b0b = cache(&m3, "b0");
   for (uint32_t p = 0; p < P; p++)
     if (strcmp(primary_id(&m1, b0, p), "node-3") == 0) CHECK_STR(primary_id(&m3, b0b, p), "node-3");
   /* An absent node is nobody's ideal owner. */
@@ -2633,6 +3856,22 @@ int main(int argc, char **argv) {
   RUN_ONE(test_decode_garbage);
   RUN_ONE(test_decode_bad_shapes);
   RUN_ONE(test_accessors);
+  RUN_ONE(test_groups_shared);
+  RUN_ONE(test_groups_map_bytes);
+  RUN_ONE(test_groups_find_many);
+  RUN_ONE(test_group_cache_after);
+  RUN_ONE(test_group_dropped);
+  RUN_ONE(test_groups_replicated);
+  RUN_ONE(test_node_order_kept);
+  RUN_ONE(test_encode_groups);
+  RUN_ONE(test_decode_bad_groups);
+  RUN_ONE(test_store_first_map);
+  RUN_ONE(test_store_one_chunk);
+  RUN_ONE(test_chunk_reuse);
+  RUN_ONE(test_root_decode_refused);
+  RUN_ONE(test_chunk_apply_refused);
+  RUN_ONE(test_copy_index);
+  RUN_ONE(test_root_decode_overlap);
   fprintf(stderr, "test_pmap: all passed\n");
   return 0;
 }

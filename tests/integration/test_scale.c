@@ -1,0 +1,227 @@
+/*
+ * test_scale: a cluster with many caches and one with many nodes, on real
+ * gridd processes and a real ZooKeeper.
+ *
+ * - 1,000 caches on three nodes share one placement group, so the map in
+ *   ZooKeeper stays the size of one cache's; every cache stays readable and
+ *   writable, with what was written, after a kill -9 of a node, a join and
+ *   a graceful leave.
+ * - Creates past a named limit (caches_max, map_bytes_max) are refused at
+ *   once with words that name the limit, and the cluster keeps serving.
+ * - 32 nodes form one cluster, lose one to kill -9, and heal.
+ *
+ * Run with a test name as argument to run that test alone.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "clock.h"
+#include "grid.h"
+#include "harness.h"
+#include "pmap.h"
+
+#define NCACHES 1000
+#define CACHE_PARTITIONS 128 /* kept small: 128,000 cache partitions a node */
+#define MANY_NODES 32
+
+static harness_zk_t zk;
+
+static grid_t *open_uri(const char *uri) {
+  grid_options_t o = {.timeout_ms = 15000, .client_name = "test_scale"};
+  grid_t *g = NULL;
+  CHECK_RC(grid_open(uri, &o, &g), 0);
+  return g;
+}
+
+static void cache_name(int i, char *out, size_t len) { snprintf(out, len, "thing-%04d", i); }
+
+/* Every cache holds key "k" with value "<round>-<cache>"; then each is
+ * written with round + 1. */
+static void check_all_caches(grid_t *g, int round) {
+  for (int i = 0; i < NCACHES; i++) {
+    char name[32], want[64], next[64];
+    cache_name(i, name, sizeof name);
+    snprintf(want, sizeof want, "%d-%s", round, name);
+    grid_value_t v;
+    int rc = grid_get(g, name, "k", 1, &v);
+    if (rc != 0) fprintf(stderr, "cache %s: get: %s\n", name, grid_err_name(rc));
+    CHECK_RC(rc, 0);
+    CHECK(v.len == strlen(want) && memcmp(v.data, want, v.len) == 0);
+    grid_value_free(&v);
+    snprintf(next, sizeof next, "%d-%s", round + 1, name);
+    CHECK_RC(grid_put(g, name, "k", 1, next, strlen(next), 0, NULL), 0);
+  }
+}
+
+static void start_scale_node(harness_node_t *n, const char *cluster, int i) {
+  const char *settings[] = {"zk_session_timeout_ms=1500", "loops=1", "caches_max=1001",
+                            "lost_grace_ms=1000", "memory_bytes_max=1g", NULL};
+  harness_start_cluster_node(n, &zk, cluster, i, settings);
+}
+
+static void test_many_caches(void) {
+  printf("-- 1,000 caches on three nodes: one placement group; kill -9, join, leave\n");
+  harness_node_t nodes[4] = {0};
+  for (int i = 0; i < 3; i++) start_scale_node(&nodes[i], "many", i);
+  grid_t *g = open_uri(nodes[0].uri);
+  for (int i = 0; i < NCACHES; i++) {
+    char name[32];
+    cache_name(i, name, sizeof name);
+    grid_cache_config_t cfg = {.name = name, .partitions = CACHE_PARTITIONS, .backups = 1};
+    int rc = grid_cache_create(g, &cfg);
+    if (rc != 0) fprintf(stderr, "create %s: %s\n", name, grid_err_name(rc));
+    CHECK_RC(rc, 0);
+    char value[64];
+    snprintf(value, sizeof value, "0-%s", name);
+    CHECK_RC(grid_put(g, name, "k", 1, value, strlen(value), 0, NULL), 0);
+  }
+  harness_wait_settled(nodes[0].port, "thing-0000", 3);
+
+  /* One group places all 1,000; the map stays small. */
+  grid_cluster_status_t *st;
+  CHECK_RC(grid_cluster_status(g, &st), 0);
+  CHECK_EQ(st->ncaches, NCACHES + 1); /* and "default" */
+  size_t thing_groups = 0;
+  for (size_t i = 0; i < st->ngroups; i++)
+    if (st->groups[i].caches == NCACHES) thing_groups++;
+  CHECK_EQ(thing_groups, 1);
+  CHECK_EQ(st->ngroups, 2);
+  printf("   map: %llu bytes in %u znodes, largest %u\n", (unsigned long long)st->map_bytes,
+         st->map_znodes, st->map_znode_bytes);
+  /* Two groups: 128 partitions x 2 copies and 1024 x 1, twice (owners and
+   * states), plus the root: far below one znode, whatever the caches. */
+  CHECK(st->map_bytes < 64 * 1024);
+  grid_cluster_status_free(st);
+  check_all_caches(g, 0);
+
+  printf("   kill -9 of a node\n");
+  harness_kill9(&nodes[2]);
+  harness_wait_settled(nodes[0].port, "thing-0000", 2);
+  check_all_caches(g, 1);
+
+  printf("   a node joins\n");
+  start_scale_node(&nodes[3], "many", 3);
+  harness_wait_settled(nodes[0].port, "thing-0000", 3);
+  check_all_caches(g, 2);
+
+  printf("   a node leaves gracefully\n");
+  CHECK(harness_stop(&nodes[1]) == 0);
+  harness_wait_settled(nodes[0].port, "thing-0000", 2);
+  check_all_caches(g, 3);
+
+  /* Through the joined node too: it holds every cache. */
+  grid_t *g3 = open_uri(nodes[3].uri);
+  check_all_caches(g3, 4);
+  grid_close(g3);
+  grid_close(g);
+  CHECK(harness_stop(&nodes[3]) == 0);
+  CHECK(harness_stop(&nodes[0]) == 0);
+}
+
+/* The error's words name the limit. */
+static void check_refusal(grid_t *g, const grid_cache_config_t *cfg, const char *words) {
+  int rc = grid_cache_create(g, cfg);
+  CHECK_RC(rc, GRID_ELIMIT);
+  const char *msg = grid_last_error();
+  printf("   %s: %s\n", cfg->name, msg ? msg : "(no words)");
+  CHECK(msg && strstr(msg, words));
+}
+
+static void test_limits(void) {
+  printf("-- creates past caches_max and map_bytes_max are refused in words\n");
+  harness_node_t nodes[2] = {0};
+  const char *settings[] = {"zk_session_timeout_ms=1500", "loops=1", "caches_max=4",
+                            "map_bytes_max=20000", NULL};
+  for (int i = 0; i < 2; i++) harness_start_cluster_node(&nodes[i], &zk, "limits", i, settings);
+  grid_t *g = open_uri(nodes[0].uri);
+  /* "default" (1024 x 1 copy: 2,048 bytes of map) is the first of four. */
+  grid_cache_config_t a = {.name = "a", .partitions = 1024, .backups = 1};
+  CHECK_RC(grid_cache_create(g, &a), 0);
+  /* 4,096 partitions x 2 copies x 2 bytes would pass 20,000 bytes. */
+  grid_cache_config_t big = {.name = "big", .partitions = 4096, .backups = 1};
+  check_refusal(g, &big, "map_bytes_max");
+  /* The same shape as "a": no new group, so it fits. */
+  grid_cache_config_t b = {.name = "b", .partitions = 1024, .backups = 1};
+  CHECK_RC(grid_cache_create(g, &b), 0);
+  grid_cache_config_t c = {.name = "c", .partitions = 1024, .backups = 1};
+  CHECK_RC(grid_cache_create(g, &c), 0);
+  grid_cache_config_t d = {.name = "d", .partitions = 1024, .backups = 1};
+  check_refusal(g, &d, "caches_max");
+  /* The cluster serves on, and the refused caches do not exist. */
+  CHECK_RC(grid_put(g, "c", "k", 1, "v", 1, 0, NULL), 0);
+  grid_value_t v;
+  CHECK_RC(grid_get(g, "big", "k", 1, &v), GRID_ENOCACHE);
+  CHECK_RC(grid_get(g, "d", "k", 1, &v), GRID_ENOCACHE);
+  /* A drop makes room again. */
+  CHECK_RC(grid_cache_drop(g, "b"), 0);
+  CHECK_RC(grid_cache_create(g, &d), 0);
+  grid_close(g);
+  for (int i = 0; i < 2; i++) CHECK(harness_stop(&nodes[i]) == 0);
+}
+
+static void test_many_nodes(void) {
+  printf("-- %d nodes form one cluster, lose one to kill -9, and heal\n", MANY_NODES);
+  static harness_node_t nodes[MANY_NODES];
+  memset(nodes, 0, sizeof nodes);
+  const char *settings[] = {"zk_session_timeout_ms=2000", "loops=1", "partitions_default=256",
+                            "memory_bytes_max=64m", "lost_grace_ms=1000", NULL};
+  int64_t t0 = clock_mono_ms();
+  for (int i = 0; i < MANY_NODES; i++)
+    harness_start_cluster_node(&nodes[i], &zk, "wide", i, settings);
+  int64_t t1 = clock_mono_ms();
+  grid_t *g = open_uri(nodes[0].uri);
+  grid_cache_config_t cfg = {.name = "wide", .partitions = 256, .backups = 1};
+  CHECK_RC(grid_cache_create(g, &cfg), 0);
+  harness_wait_settled(nodes[0].port, "wide", MANY_NODES);
+  printf("   (started in %lld ms, settled %lld ms later)\n", (long long)(t1 - t0),
+         (long long)(clock_mono_ms() - t1));
+  for (int k = 0; k < 200; k++) {
+    char key[16];
+    snprintf(key, sizeof key, "key-%d", k);
+    CHECK_RC(grid_put(g, "wide", key, strlen(key), key, strlen(key), 0, NULL), 0);
+  }
+  /* Every node leads some partitions. */
+  grid_cluster_status_t *st;
+  CHECK_RC(grid_cluster_status(g, &st), 0);
+  CHECK_EQ(st->nnodes, MANY_NODES);
+  for (size_t i = 0; i < st->nnodes; i++) CHECK(st->nodes[i].alive && st->nodes[i].primaries > 0);
+  grid_cluster_status_free(st);
+
+  int64_t t2 = clock_mono_ms();
+  harness_kill9(&nodes[MANY_NODES / 2]);
+  harness_wait_settled(nodes[0].port, "wide", MANY_NODES - 1);
+  printf("   (healed %lld ms after the kill)\n", (long long)(clock_mono_ms() - t2));
+  for (int k = 0; k < 200; k++) {
+    char key[16];
+    snprintf(key, sizeof key, "key-%d", k);
+    grid_value_t v;
+    CHECK_RC(grid_get(g, "wide", key, strlen(key), &v), 0);
+    CHECK(v.len == strlen(key) && memcmp(v.data, key, v.len) == 0);
+    grid_value_free(&v);
+  }
+  grid_close(g);
+  /* Thirty-one graceful leaves would each hand partitions over: this test
+   * is about forming and healing, so its nodes end as the one above did. */
+  for (int i = 0; i < MANY_NODES; i++)
+    if (i != MANY_NODES / 2) harness_kill9(&nodes[i]);
+}
+
+int main(int argc, char **argv) {
+  const struct {
+    const char *name;
+    void (*fn)(void);
+  } tests[] = {
+      {"test_limits", test_limits},
+      {"test_many_caches", test_many_caches},
+      {"test_many_nodes", test_many_nodes},
+  };
+  harness_zk_start(&zk);
+  for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++)
+    if (argc < 2 || strcmp(argv[1], tests[i].name) == 0) tests[i].fn();
+  harness_zk_stop(&zk);
+  printf("test_scale: ok\n");
+  return 0;
+}
