@@ -23,6 +23,11 @@
 #define CLUSTER_PATH_MAX 512
 #define CLUSTER_REPORTS_MAX 65536   /* fill / demote reports kept */
 #define CLUSTER_MAP_LISTENERS_MAX 4 /* cluster_on_map registrations */
+/* The map's znodes. Named anew when the map's stored form changed (it was
+ * one "pmap" znode): a cluster restarted on this version starts a map of
+ * its own instead of failing to read an older one. */
+#define CLUSTER_MAP_ROOT "map"
+#define CLUSTER_MAP_CHUNKS "map-chunks"
 
 /* One loop's mailbox for maps: the newest map not taken yet, and the task
  * that hands it over, posted at most once at a time. A map that comes
@@ -100,6 +105,8 @@ struct cluster {
   int known_cversion;
   int known_read;
   int caches_stale;           /* the map does not name them as defined yet */
+  size_t creating;            /* caches defined here since defs were read */
+  int64_t unplaced_logged_ms; /* a cache no map can place was last logged */
   /* The lease (shared/DESIGN.md section 4): the loops serve data only
    * before lease_until_ms (monotonic), which moves on each time ZooKeeper
    * answers a ping: to the ping's send time plus half the session timeout.
@@ -175,7 +182,7 @@ static int cluster_node_data(cluster_t *c, unsigned char *buf, size_t cap, size_
 static int cluster_register(cluster_t *c) {
   node_t *n = c->node;
   char path[CLUSTER_PATH_MAX];
-  const char *dirs[] = {"nodes", "election", "caches", "ready", "pmap-chunks", "leaving"};
+  const char *dirs[] = {"nodes", "election", "caches", "ready", CLUSTER_MAP_CHUNKS, "leaving"};
   for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
     cluster_path(c, path, dirs[i], NULL);
     int rc = zk_ensure_path(c->zk, path);
@@ -435,6 +442,7 @@ static int cluster_read_caches(cluster_t *c, int *changed) {
   if (rc != 0) return rc;
   if (c->defs_read && cversion == c->defs_cversion) {
     zk_children_free(names, count);
+    c->creating = 0;
     return 0;
   }
   qsort(names, count, sizeof *names, cluster_name_cmp);
@@ -472,6 +480,7 @@ static int cluster_read_caches(cluster_t *c, int *changed) {
   c->ndefs = k;
   c->defs_cversion = cversion;
   c->defs_read = 1;
+  c->creating = 0;
   *changed = 1;
   cluster_sync_store(c);
   return 0;
@@ -487,15 +496,22 @@ static int cluster_refuse_create(cluster_t *c, const store_cache_cfg_t *cfg, cha
                                  size_t len) {
   const config_t *k = &c->node->cfg;
   if (cluster_def_find(c->defs, c->ndefs, cfg->name)) return 0; /* it exists: said so later */
-  if ((int64_t)c->ndefs >= k->caches_max) {
+  if ((int64_t)(c->ndefs + c->creating) >= k->caches_max) {
     snprintf(why, len, "the cluster has %zu caches, caches_max is %lld: drop a cache or raise "
-             "caches_max on every node", c->ndefs, (long long)k->caches_max);
+             "caches_max on every node", c->ndefs + c->creating, (long long)k->caches_max);
     return 1;
   }
   int replicated = cfg->mode == GRID_MODE_REPLICATED;
   char g[PMAP_GROUP_NAME_MAX];
   pmap_group_name(cfg->partitions, replicated ? 0 : cfg->backups, replicated, g, sizeof g);
   if (c->map_version < 0 || pmap_find_group(&c->map, g)) return 0; /* no new group */
+  if ((int64_t)c->map.ngroups >= k->map_groups_max) {
+    snprintf(why, len, "a cache of this shape needs a new placement group (%s); the map has "
+             "%zu groups and map_groups_max is %lld: use the partitions, backups and mode of an "
+             "existing cache, or raise map_groups_max on every node", g, c->map.ngroups,
+             (long long)k->map_groups_max);
+    return 1;
+  }
   uint64_t have = pmap_bytes(&c->map);
   uint64_t add = pmap_group_bytes(cfg->partitions, cfg->backups, replicated, c->nalive);
   if (have + add <= (uint64_t)k->map_bytes_max) return 0;
@@ -541,6 +557,7 @@ static void cluster_run_job(cluster_t *c, cluster_job_t *j) {
     return;
   }
   store_cache_create(c->node->store, &j->cfg);
+  c->creating++; /* counted until the definitions are read again */
   j->status = 0;
   /* Answered once this node's map places the cache's partitions. */
   j->next = c->waiting;
@@ -775,7 +792,7 @@ static int cluster_name_caches(cluster_t *c, pmap_t *m) {
 /* Reads one chunk the root names into m. */
 static int cluster_read_chunk(cluster_t *c, pmap_t *m, const pmap_chunk_ref_t *ref) {
   char path[CLUSTER_PATH_MAX];
-  cluster_path(c, path, "pmap-chunks", ref->znode);
+  cluster_path(c, path, CLUSTER_MAP_CHUNKS, ref->znode);
   unsigned char *data;
   size_t len;
   int rc = zk_get(c->zk, path, 0, &data, &len, NULL);
@@ -812,7 +829,7 @@ static void cluster_log_map(cluster_t *c) {
  * map was written: GRID_ENOTFOUND, read again on the next pass. */
 static int cluster_read_map(cluster_t *c, int caches_changed) {
   char path[CLUSTER_PATH_MAX];
-  cluster_path(c, path, "pmap", NULL);
+  cluster_path(c, path, CLUSTER_MAP_ROOT, NULL);
   unsigned char *data;
   size_t len;
   int version;
@@ -941,7 +958,7 @@ static size_t cluster_map_nodes(cluster_t *c, pmap_node_t *out) {
  * of a later epoch may belong to a map being written right now. */
 static void cluster_sweep_chunks(cluster_t *c) {
   char path[CLUSTER_PATH_MAX];
-  cluster_path(c, path, "pmap-chunks", NULL);
+  cluster_path(c, path, CLUSTER_MAP_CHUNKS, NULL);
   char **names;
   size_t n;
   if (zk_children(c->zk, path, 0, &names, &n, NULL) != 0) return;
@@ -956,7 +973,7 @@ static void cluster_sweep_chunks(cluster_t *c) {
     unsigned long long epoch = e ? strtoull(e + 1, NULL, 10) : 0;
     if (named || !e || epoch > c->map.epoch) continue;
     char p2[CLUSTER_PATH_MAX];
-    cluster_path(c, p2, "pmap-chunks", names[i]);
+    cluster_path(c, p2, CLUSTER_MAP_CHUNKS, names[i]);
     if (zk_delete(c->zk, p2, -1) == 0) deleted++;
   }
   zk_children_free(names, n);
@@ -983,7 +1000,7 @@ static int cluster_write_map(cluster_t *c, const pmap_t *next) {
   char path[CLUSTER_PATH_MAX];
   size_t written = 0, bytes = 0;
   for (size_t i = 0; rc == 0 && i < plan.nwrites; i++) {
-    cluster_path(c, path, "pmap-chunks", plan.writes[i].znode);
+    cluster_path(c, path, CLUSTER_MAP_CHUNKS, plan.writes[i].znode);
     rc = zk_create(c->zk, path, plan.writes[i].buf, plan.writes[i].len, ZK_PERSISTENT, NULL, 0);
     if (rc == 0) {
       written++;
@@ -991,14 +1008,14 @@ static int cluster_write_map(cluster_t *c, const pmap_t *next) {
     }
   }
   if (rc == 0) {
-    cluster_path(c, path, "pmap", NULL);
+    cluster_path(c, path, CLUSTER_MAP_ROOT, NULL);
     rc = first ? zk_create(c->zk, path, plan.root, plan.root_len, ZK_PERSISTENT, NULL, 0)
                : zk_set(c->zk, path, plan.root, plan.root_len, c->map_version, NULL);
   }
   /* What no map names any more: the old chunks once the root is set, else
    * the ones just written. */
   for (size_t i = 0; i < (rc == 0 ? plan.nobsolete : written); i++) {
-    cluster_path(c, path, "pmap-chunks", rc == 0 ? plan.obsolete[i] : plan.writes[i].znode);
+    cluster_path(c, path, CLUSTER_MAP_CHUNKS, rc == 0 ? plan.obsolete[i] : plan.writes[i].znode);
     zk_delete(c->zk, path, -1);
   }
   if (rc == 0)
@@ -1014,10 +1031,11 @@ static int cluster_write_map(cluster_t *c, const pmap_t *next) {
  * defines a cache; this holds the line when two creates raced). */
 static size_t cluster_placeable(cluster_t *c, pmap_cache_def_t *cd, size_t n) {
   uint64_t budget = (uint64_t)c->node->cfg.map_bytes_max;
+  size_t groups_max = (size_t)c->node->cfg.map_groups_max;
   uint64_t used = 0;
   size_t k = 0;
   char names[64][PMAP_GROUP_NAME_MAX]; /* new groups taken in this pass */
-  size_t nnew = 0;
+  size_t nnew = 0, ngroups = c->map_version >= 0 ? c->map.ngroups : 0;
   for (size_t i = 0; i < c->map.ngroups && c->map_version >= 0; i++) {
     const pmap_group_t *g = &c->map.groups[i];
     used += pmap_group_bytes(g->partitions, g->backups, g->replicated, c->nalive);
@@ -1030,10 +1048,14 @@ static size_t cluster_placeable(cluster_t *c, pmap_cache_def_t *cd, size_t n) {
     for (size_t j = 0; j < nnew && !known; j++) known = strcmp(names[j], g) == 0;
     if (!known) {
       uint64_t add = pmap_group_bytes(cd[i].partitions, backups, cd[i].replicated, c->nalive);
-      if (used + add > budget || nnew == 64) {
-        LOG_E("cluster", "\"a cache is not placed: its placement group would pass map_bytes_max\" "
-              "cache=%s group=%s bytes=%llu map_bytes_max=%lld", cd[i].name, g,
-              (unsigned long long)(used + add), (long long)budget);
+      if (used + add > budget || ngroups + nnew >= groups_max || nnew == 64) {
+        int64_t now = clock_mono_ms();
+        if (now - c->unplaced_logged_ms < 10000) continue; /* said every 10 s at most */
+        c->unplaced_logged_ms = now;
+        LOG_E("cluster", "\"a cache is not placed: its placement group would pass map_bytes_max "
+              "or map_groups_max\" cache=%s group=%s bytes=%llu map_bytes_max=%lld groups=%zu "
+              "map_groups_max=%zu", cd[i].name, g, (unsigned long long)(used + add),
+              (long long)budget, ngroups + nnew + 1, groups_max);
         continue;
       }
       used += add;
@@ -1124,8 +1146,15 @@ static void cluster_check_waiting(cluster_t *c, int64_t now) {
   cluster_job_t **l = &c->waiting;
   while (*l) {
     cluster_job_t *j = *l;
-    if (pmap_find_cache(&c->map, j->cfg.name) || now >= j->deadline_ms) {
+    int placed = pmap_find_cache(&c->map, j->cfg.name) != NULL;
+    if (placed || now >= j->deadline_ms) {
       *l = j->next;
+      if (!placed) {
+        j->status = GRID_ETIMEDOUT;
+        snprintf(j->detail, sizeof j->detail,
+                 "the cache is defined, but no partition map places it yet: the coordinator "
+                 "(%s) may be unable to write the map; its log says why", c->coordinator);
+      }
       cluster_job_finish(c, j);
     } else {
       l = &j->next;

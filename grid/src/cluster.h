@@ -9,13 +9,15 @@
  * periodic tick, make it read the state again and act on the difference.
  *
  * ZooKeeper layout under /grid/<cluster>:
- *   nodes/<id>        ephemeral, PmapNode (address, zone): the node's lease
+ *   nodes/<id>        ephemeral, PmapNode (address, zone), written once per
+ *                     session: the node's lease
  *   election/n_<seq>  ephemeral sequential, node id: lowest leads
  *   caches/<name>     CacheConfig
- *   pmap              Pmap, the map's root: nodes, placement groups, and
+ *   leaving/<id>      ephemeral: the node is leaving gracefully
+ *   map               Pmap, the map's root: nodes, placement groups, and
  *                     the chunks that hold their owners; the znode's data
  *                     version + 1 is the epoch (pmap.h: the map in ZooKeeper)
- *   pmap-chunks/<c>   PmapChunk, written once, deleted once no root names it
+ *   map-chunks/<c>    PmapChunk, written once, deleted once no root names it
  *   ready/<id>        ReadyReport: this node's fill, demote, drained reports
  */
 #ifndef GRID_CLUSTER_H

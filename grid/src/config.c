@@ -63,6 +63,7 @@ static const config_key_t config_keys[] = {
     CFG_N(leave_timeout_ms, CFG_INT, 0, 3600000),
     CFG_N(lost_grace_ms, CFG_INT, 0, 86400000),
     CFG_N(map_bytes_max, CFG_SIZE, 4096, (int64_t)1 << 32),
+    CFG_N(map_groups_max, CFG_INT, 1, 4096),
 };
 
 void config_defaults(config_t *c) {
@@ -100,6 +101,7 @@ void config_defaults(config_t *c) {
   c->rebalance_bytes_per_sec = 64 << 20;
   c->leave_timeout_ms = 60000;
   c->map_bytes_max = 64 << 20;
+  c->map_groups_max = 1024;
   c->lost_grace_ms = 30000;
 }
 

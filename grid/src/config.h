@@ -69,6 +69,9 @@ typedef struct config {
   int64_t map_bytes_max;          /* the partition map's owners and states,
                                      every group: a cache that would need
                                      more is refused */
+  int64_t map_groups_max;         /* placement groups (kinds of caches): the
+                                     map's root names each, and must fit in
+                                     one znode */
 } config_t;
 
 /* Fills in the defaults of gridd. */

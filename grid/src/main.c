@@ -47,7 +47,8 @@ static void usage(FILE *f) {
           "Cluster settings: zk (ZooKeeper hosts; empty: a single node), cluster,\n"
           "  zone, advertise, zk_session_timeout_ms, cluster_min_nodes,\n"
           "  forward_timeout_ms, repl_pending_max, loop_handoffs_max,\n"
-          "  rebalance_bytes_per_sec, leave_timeout_ms, lost_grace_ms, map_bytes_max\n");
+          "  rebalance_bytes_per_sec, leave_timeout_ms, lost_grace_ms, map_bytes_max,\n"
+          "  map_groups_max\n");
 }
 
 #define GRIDD_LEAVE_GRACE_MS 500

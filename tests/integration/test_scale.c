@@ -6,8 +6,9 @@
  *   ZooKeeper stays the size of one cache's; every cache stays readable and
  *   writable, with what was written, after a kill -9 of a node, a join and
  *   a graceful leave.
- * - Creates past a named limit (caches_max, map_bytes_max) are refused at
- *   once with words that name the limit, and the cluster keeps serving.
+ * - Creates past a named limit (caches_max, map_bytes_max, map_groups_max)
+ *   are refused at once with words that name the limit, and the cluster
+ *   keeps serving.
  * - 32 nodes form one cluster, lose one to kill -9, and heal.
  *
  * Run with a test name as argument to run that test alone.
@@ -133,8 +134,8 @@ static void check_refusal(grid_t *g, const grid_cache_config_t *cfg, const char 
 static void test_limits(void) {
   printf("-- creates past caches_max and map_bytes_max are refused in words\n");
   harness_node_t nodes[2] = {0};
-  const char *settings[] = {"zk_session_timeout_ms=1500", "loops=1", "caches_max=4",
-                            "map_bytes_max=20000", NULL};
+  const char *settings[] = {"zk_session_timeout_ms=1500", "loops=1", "caches_max=5",
+                            "map_bytes_max=20000", "map_groups_max=3", NULL};
   for (int i = 0; i < 2; i++) harness_start_cluster_node(&nodes[i], &zk, "limits", i, settings);
   grid_t *g = open_uri(nodes[0].uri);
   /* "default" (1024 x 1 copy: 2,048 bytes of map) is the first of four. */
@@ -146,18 +147,45 @@ static void test_limits(void) {
   /* The same shape as "a": no new group, so it fits. */
   grid_cache_config_t b = {.name = "b", .partitions = 1024, .backups = 1};
   CHECK_RC(grid_cache_create(g, &b), 0);
-  grid_cache_config_t c = {.name = "c", .partitions = 1024, .backups = 1};
+  /* A third group fits (2,048 bytes more); a fourth is past map_groups_max. */
+  grid_cache_config_t c = {.name = "c", .partitions = 512, .backups = 1};
   CHECK_RC(grid_cache_create(g, &c), 0);
+  grid_cache_config_t e = {.name = "e", .partitions = 256, .backups = 1};
+  check_refusal(g, &e, "map_groups_max");
   grid_cache_config_t d = {.name = "d", .partitions = 1024, .backups = 1};
-  check_refusal(g, &d, "caches_max");
+  CHECK_RC(grid_cache_create(g, &d), 0);
+  /* "default", a, b, c, d: five caches, caches_max. */
+  grid_cache_config_t f = {.name = "f", .partitions = 1024, .backups = 1};
+  check_refusal(g, &f, "caches_max");
   /* The cluster serves on, and the refused caches do not exist. */
   CHECK_RC(grid_put(g, "c", "k", 1, "v", 1, 0, NULL), 0);
   grid_value_t v;
   CHECK_RC(grid_get(g, "big", "k", 1, &v), GRID_ENOCACHE);
-  CHECK_RC(grid_get(g, "d", "k", 1, &v), GRID_ENOCACHE);
+  CHECK_RC(grid_get(g, "e", "k", 1, &v), GRID_ENOCACHE);
+  CHECK_RC(grid_get(g, "f", "k", 1, &v), GRID_ENOCACHE);
   /* A drop makes room again. */
   CHECK_RC(grid_cache_drop(g, "b"), 0);
-  CHECK_RC(grid_cache_create(g, &d), 0);
+  CHECK_RC(grid_cache_create(g, &f), 0);
+  /* A cache dropped and made again in another shape takes it on every
+   * node: the other node reports it in the new shape's group and serves
+   * it (the old group goes with its last cache). */
+  CHECK_RC(grid_cache_drop(g, "c"), 0);
+  grid_cache_config_t c2 = {.name = "c", .partitions = 1024, .backups = 1};
+  CHECK_RC(grid_cache_create(g, &c2), 0);
+  grid_t *g1 = open_uri(nodes[1].uri);
+  int seen = 0;
+  for (int tries = 0; tries < 200 && !seen; tries++) {
+    grid_cluster_status_t *st;
+    CHECK_RC(grid_cluster_status(g1, &st), 0);
+    for (size_t i = 0; i < st->ncaches; i++)
+      if (strcmp(st->caches[i].name, "c") == 0 && strcmp(st->caches[i].group, "p1024-b1") == 0)
+        seen = st->ngroups == 2;
+    grid_cluster_status_free(st);
+    if (!seen) harness_sleep_ms(50);
+  }
+  CHECK(seen);
+  CHECK_RC(grid_put(g1, "c", "k2", 2, "v", 1, 0, NULL), 0);
+  grid_close(g1);
   grid_close(g);
   for (int i = 0; i < 2; i++) CHECK(harness_stop(&nodes[i]) == 0);
 }
