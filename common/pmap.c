@@ -69,6 +69,7 @@ int pmap_copy(pmap_t *dst, const pmap_t *src) {
   pmap_init(dst);
   GRID_ASSERT(src->nnodes <= PMAP_NODES_MAX);
   dst->epoch = src->epoch;
+  dst->caches_version = src->caches_version;
   dst->nnodes = src->nnodes;
   memcpy(dst->nodes, src->nodes, src->nnodes * sizeof src->nodes[0]);
   memcpy(dst->coordinator, src->coordinator, sizeof dst->coordinator);
@@ -698,6 +699,7 @@ static int pmap_msg(const pmap_t *m, int with_data, int with_caches, pmap_msg_t 
   }
   x->pm.epoch = m->epoch;
   x->pm.coordinator = (char *)m->coordinator;
+  x->pm.caches_version = m->caches_version;
   for (size_t i = 0; i < m->nnodes; i++) {
     Grid__PmapNode *n = &x->nodes[i];
     grid__pmap_node__init(n);
@@ -773,6 +775,7 @@ static int pmap_range_ok(const uint8_t *owners, const uint8_t *states, size_t n,
 static int pmap_from_msg(const Grid__Pmap *pm, int with_data, pmap_t *m) {
   if (pm->n_nodes > PMAP_NODES_MAX) return GRID_EPROTO;
   m->epoch = pm->epoch;
+  m->caches_version = pm->caches_version;
   snprintf(m->coordinator, sizeof m->coordinator, "%s", pm->coordinator ? pm->coordinator : "");
   for (size_t i = 0; i < pm->n_nodes; i++) {
     snprintf(m->nodes[i].id, PMAP_ID_MAX, "%s", pm->nodes[i]->id);

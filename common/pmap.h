@@ -76,6 +76,8 @@ typedef struct pmap {
   pmap_cache_ref_t *caches;
   uint32_t *index;
   size_t index_mask;
+  int32_t caches_version; /* the cache definitions' version it was made
+                             from (the cluster's; pmap_next leaves it) */
 } pmap_t;
 
 /* What the coordinator knows of a cache when it computes a map. */

@@ -52,6 +52,9 @@ typedef struct cluster_job {
   int status;                 /* once done: the result */
   char detail[320];           /* words for a refusal, or empty */
   int64_t deadline_ms;        /* a create waits for the map until then */
+  int caches_version;         /* ... made from this cversion of caches/ or
+                                 a later one (so every node that has read
+                                 the map knows the cache) */
 } cluster_job_t;
 
 struct cluster {
@@ -559,6 +562,9 @@ static void cluster_run_job(cluster_t *c, cluster_job_t *j) {
   store_cache_create(c->node->store, &j->cfg);
   c->creating++; /* counted until the definitions are read again */
   j->status = 0;
+  cluster_path(c, path, "caches", NULL);
+  if (zk_cversion(c->zk, path, &j->caches_version) != 0)
+    j->caches_version = 0; /* not known: the map placing it will do */
   /* Answered once this node's map places the cache's partitions. */
   j->next = c->waiting;
   c->waiting = j;
@@ -868,6 +874,13 @@ static int cluster_read_map(cluster_t *c, int caches_changed) {
       LOG_E("cluster", "\"a partition map chunk in ZooKeeper does not decode\" chunk=%s",
             refs.refs[i].znode);
   }
+  if (rc == 0 && m.caches_version > c->defs_cversion) {
+    /* The map was made from definitions this node has not read yet: read
+     * them first, so that a node acting on the map knows every cache it
+     * was made with. */
+    int defs_changed = 0;
+    rc = cluster_read_caches(c, &defs_changed);
+  }
   if (rc == 0) rc = cluster_name_caches(c, &m);
   if (rc != 0) {
     pmap_free(&m);
@@ -1111,6 +1124,12 @@ static void cluster_coordinate(cluster_t *c) {
     pmap_free(&next);
     return;
   }
+  /* A map is written when the caches defined changed too, placed or not:
+   * its epoch tells every node, and every client, that a cache was made or
+   * dropped (a request routed with it waits for a node that has not read
+   * it, rather than being told the cache does not exist). */
+  next.caches_version = c->defs_cversion;
+  if (c->map_version >= 0 && next.caches_version != c->map.caches_version) changed = 1;
   if (rc == 0 && (changed || c->map_version < 0)) {
     snprintf(next.coordinator, sizeof next.coordinator, "%s", n->node_id);
     int64_t t1 = clock_mono_ms();
@@ -1146,7 +1165,8 @@ static void cluster_check_waiting(cluster_t *c, int64_t now) {
   cluster_job_t **l = &c->waiting;
   while (*l) {
     cluster_job_t *j = *l;
-    int placed = pmap_find_cache(&c->map, j->cfg.name) != NULL;
+    int placed = pmap_find_cache(&c->map, j->cfg.name) != NULL &&
+                 c->map.caches_version >= j->caches_version;
     if (placed || now >= j->deadline_ms) {
       *l = j->next;
       if (!placed) {

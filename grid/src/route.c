@@ -485,8 +485,11 @@ static void route_data(loop_t *lp, Grid__Request *rq, sink_t *sink) {
   const char *name = rq->cache ? rq->cache : "";
   const pmap_group_t *pc = lp->pmap ? pmap_find_cache(lp->pmap, name) : NULL;
   if (!pc) {
-    /* A cache this node knows but the map does not place yet: retry. */
-    int known = store_view_find(&lp->view, name, strlen(name)) != NULL;
+    /* A cache this node knows but the map does not place yet, or a request
+     * routed with a map this node has not read (it may name a cache made
+     * since): retry. */
+    int known = store_view_find(&lp->view, name, strlen(name)) != NULL ||
+                (lp->pmap && rq->epoch > lp->pmap->epoch);
     char detail[96];
     snprintf(detail, sizeof detail, "\"%.64s\"", name);
     sink_error(lp, sink, rq->id, known ? GRID_ENOTREADY : GRID_ENOCACHE, detail);

@@ -188,6 +188,13 @@ int zk_children(zk_t *z, const char *path, int watch, char ***names,
   return 0;
 }
 
+int zk_cversion(zk_t *z, const char *path, int *cversion) {
+  struct Stat st;
+  int rc = zoo_exists(z->zh, path, 0, &st);
+  if (rc == ZOK) *cversion = st.cversion;
+  return zk_err(rc);
+}
+
 void zk_children_free(char **names, size_t n) {
   if (!names) return;
   for (size_t i = 0; i < n; i++) free(names[i]);

@@ -60,5 +60,7 @@ int zk_delete(zk_t *z, const char *path, int expected_version);
 int zk_children(zk_t *z, const char *path, int watch, char ***names,
                 size_t *n, int *cversion);
 void zk_children_free(char **names, size_t n);
+/* How many times children were made or deleted under path, ever. */
+int zk_cversion(zk_t *z, const char *path, int *cversion);
 
 #endif

@@ -24,10 +24,12 @@ exported=$(sed -n 's/^GRID_EXPORT [^(]*[ *]\(grid_[a-z0-9_]*\)(.*/\1/p' \
   "$src/client/include/grid.h" "$src/common/include/grid_types.h")
 [ -n "$exported" ] || { echo "no GRID_EXPORT call found in the public headers" >&2; exit 1; }
 for sym in $exported; do
-  printf '%s\n' "$defined" | grep -qx "$sym" || { echo "libgrid.a lacks $sym" >&2; exit 1; }
+  # A here-string, not a pipe: grep -q stops at the first match, and under
+  # pipefail the writer's SIGPIPE would fail the check at random.
+  grep -qx "$sym" <<<"$defined" || { echo "libgrid.a lacks $sym" >&2; exit 1; }
 done
 # Internal names are gone from the public symbol table, protobuf-c's too.
-if printf '%s\n' "$defined" | grep -q '^grid__'; then
+if grep -q '^grid__' <<<"$defined"; then
   echo "libgrid.a exports grid__ (internal) symbols" >&2
   exit 1
 fi
