@@ -182,6 +182,8 @@ static int cluster_node_data(cluster_t *c, unsigned char *buf, size_t cap, size_
   return 0;
 }
 
+static int cluster_read_nodes(cluster_t *c, pmap_node_t *alive, size_t *nalive);
+
 static int cluster_register(cluster_t *c) {
   node_t *n = c->node;
   char path[CLUSTER_PATH_MAX];
@@ -217,6 +219,20 @@ static int cluster_register(cluster_t *c) {
           "nodes=%zu max=%d node=%s", count, PMAP_NODES_MAX, n->node_id);
     return GRID_ELIMIT;
   }
+  /* The members before this node is one of them: the map that gives this
+   * node copies comes right after its znode, and their primaries link to
+   * it to fill them, which it accepts only from members it knows. */
+  pmap_node_t *alive = malloc(sizeof(pmap_node_t) * PMAP_NODES_MAX);
+  size_t nalive = 0;
+  rc = alive ? cluster_read_nodes(c, alive, &nalive) : GRID_ENOMEM;
+  if (rc == 0) {
+    pthread_mutex_lock(&c->lock);
+    memcpy(c->alive, alive, nalive * sizeof *alive);
+    c->nalive = nalive;
+    pthread_mutex_unlock(&c->lock);
+  }
+  free(alive);
+  if (rc != 0) return rc;
   unsigned char mb[512];
   size_t ml;
   rc = cluster_node_data(c, mb, sizeof mb, &ml);

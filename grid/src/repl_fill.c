@@ -61,6 +61,7 @@ typedef struct repl_fill_ack {
   loop_t *lp;
   repl_fill_t *f;
   int last;
+  uint64_t entries, bytes;       /* in the chunk: counted once acked */
 } repl_fill_ack_t;
 
 static void repl_fill_on_ack(void *arg, int status, const Grid__Reply *rp) {
@@ -85,9 +86,13 @@ static void repl_fill_on_ack(void *arg, int status, const Grid__Reply *rp) {
     f->started = 0; /* the cache again from its first chunk, which empties it */
     f->cursor = 0;
     f->retry_at_ms = clock_mono_ms() + REPL_FILL_RETRY_MS;
-  } else if (a->last) {
-    f->cache_done = 1;
-    f->caches++;
+  } else {
+    f->entries += a->entries;
+    f->bytes += a->bytes;
+    if (a->last) {
+      f->cache_done = 1;
+      f->caches++;
+    }
   }
   loop_t *lp = a->lp;
   free(a);
@@ -208,7 +213,7 @@ void repl_fill_step(loop_t *lp, repl_fill_t *f, int64_t now) {
   repl_fill_ack_t *a = malloc(sizeof *a);
   int rc = GRID_ENOMEM;
   if (peer && a) {
-    *a = (repl_fill_ack_t){lp, f, ch.rq.done};
+    *a = (repl_fill_ack_t){lp, f, ch.rq.done, ch.n, ch.bytes};
     rc = peer_call(peer, &ch.rq, lp->node->cfg.forward_timeout_ms, repl_fill_on_ack, a);
   }
   if (rc != 0) {
@@ -216,8 +221,6 @@ void repl_fill_step(loop_t *lp, repl_fill_t *f, int64_t now) {
     repl_fill_again_later(f, now);
   } else {
     f->inflight = 1;
-    f->entries += ch.n;
-    f->bytes += ch.bytes;
     lp->repl->window_bytes += ch.bytes;
   }
   arena_close(&ch.arena);

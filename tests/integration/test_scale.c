@@ -9,7 +9,8 @@
  * - Creates past a named limit (caches_max, map_bytes_max, map_groups_max)
  *   are refused at once with words that name the limit, and the cluster
  *   keeps serving.
- * - 32 nodes form one cluster, lose one to kill -9, and heal.
+ * - 32 nodes form one cluster, lose one to kill -9, and heal; a node that
+ *   joins then takes its fills at once (none refused or started again).
  *
  * Run with a test name as argument to run that test alone.
  */
@@ -230,11 +231,35 @@ static void test_many_nodes(void) {
     CHECK(v.len == strlen(key) && memcmp(v.data, key, v.len) == 0);
     grid_value_free(&v);
   }
+  /* A node joins the 31: the primaries link to it to fill its copies at
+   * once, and it takes them (it knew the members before they knew it: a
+   * joining node once refused the first fills, "not a member", and every
+   * refused fill started again). */
+  static harness_node_t joined;
+  memset(&joined, 0, sizeof joined);
+  harness_start_cluster_node(&joined, &zk, "wide", MANY_NODES, settings);
+  harness_wait_settled(nodes[0].port, "wide", MANY_NODES);
+  for (int i = 0; i <= MANY_NODES; i++) {
+    const harness_node_t *n = i < MANY_NODES ? &nodes[i] : &joined;
+    if (!n->pid) continue;
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "grep -c -e 'not a member of this cluster' -e 'filling a copy failed' "
+             "%s/gridd.log", n->dir);
+    FILE *p = popen(cmd, "r");
+    CHECK(p);
+    int refused = -1;
+    CHECK(fscanf(p, "%d", &refused) == 1);
+    pclose(p);
+    if (refused) fprintf(stderr, "node %d: %d fills refused or failed (%s/gridd.log)\n", i, refused,
+                         n->dir);
+    CHECK_EQ(refused, 0);
+  }
   grid_close(g);
-  /* Thirty-one graceful leaves would each hand partitions over: this test
+  /* Thirty-two graceful leaves would each hand partitions over: this test
    * is about forming and healing, so its nodes end as the one above did. */
   for (int i = 0; i < MANY_NODES; i++)
     if (i != MANY_NODES / 2) harness_kill9(&nodes[i]);
+  harness_kill9(&joined);
 }
 
 int main(int argc, char **argv) {
