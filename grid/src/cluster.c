@@ -1404,7 +1404,22 @@ static void cluster_resync(cluster_t *c, int leaving) {
 
 static void cluster_tick(cluster_t *c) {
   int64_t now = clock_mono_ms();
-  if (!cluster_tick_session(c, now)) return;
+  if (!cluster_tick_session(c, now)) {
+    /* Asked to leave a cluster it never joined (refused, or ZooKeeper
+     * never answered): it holds nothing to hand over, so it has left. */
+    pthread_mutex_lock(&c->lock);
+    int leave_now = c->leaving && !c->left && c->registered_ms == 0;
+    if (leave_now) {
+      c->left = 1;
+      pthread_cond_broadcast(&c->cond);
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (leave_now) {
+      LOG_I("cluster", "\"left: this node never joined the cluster\" node=%s", c->node->node_id);
+      if (c->on_left) c->on_left(c->on_left_arg);
+    }
+    return;
+  }
   /* Jobs first: a cache created now is read back below. */
   pthread_mutex_lock(&c->lock);
   cluster_job_t *jobs = c->jobs;

@@ -9,6 +9,8 @@
  * - Creates past a named limit (caches_max, map_bytes_max, map_groups_max)
  *   are refused at once with words that name the limit, and the cluster
  *   keeps serving.
+ * - A node past the 255 nodes a map can name is refused at join, and says
+ *   why in its log (the cluster's nodes are made directly in ZooKeeper).
  * - 32 nodes form one cluster, lose one to kill -9, and heal; a node that
  *   joins then takes its fills at once (none refused or started again).
  *
@@ -18,6 +20,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#define THREADED /* the synchronous calls of ZooKeeper's mt client */
+#include <zookeeper/zookeeper.h>
 
 #include "check.h"
 #include "clock.h"
@@ -262,12 +266,66 @@ static void test_many_nodes(void) {
   harness_kill9(&joined);
 }
 
+static void zk_quiet_watcher(zhandle_t *zh, int type, int state, const char *path, void *ctx) {
+  (void)zh, (void)type, (void)state, (void)path, (void)ctx;
+}
+
+/* Whether the file holds the text. */
+static int file_has(const char *path, const char *text) {
+  FILE *f = fopen(path, "r");
+  if (!f) return 0;
+  char line[2048];
+  int found = 0;
+  while (!found && fgets(line, sizeof line, f)) found = strstr(line, text) != NULL;
+  fclose(f);
+  return found;
+}
+
+static void test_node_limit(void) {
+  printf("-- a node past the %d a map names is refused at join, in words\n", PMAP_NODES_MAX);
+  zoo_set_debug_level(ZOO_LOG_LEVEL_ERROR);
+  zhandle_t *zh = zookeeper_init(zk.hosts, zk_quiet_watcher, 10000, NULL, NULL, 0);
+  CHECK(zh);
+  for (int i = 0; i < 200 && zoo_state(zh) != ZOO_CONNECTED_STATE; i++) harness_sleep_ms(50);
+  CHECK(zoo_state(zh) == ZOO_CONNECTED_STATE);
+  const char *dirs[] = {"/grid", "/grid/full", "/grid/full/nodes"};
+  for (size_t i = 0; i < 3; i++) {
+    int rc = zoo_create(zh, dirs[i], NULL, -1, &ZOO_OPEN_ACL_UNSAFE, 0, NULL, 0);
+    CHECK(rc == ZOK || rc == ZNODEEXISTS);
+  }
+  /* As many members as a map holds: ephemeral, gone with this session. */
+  for (int i = 0; i < PMAP_NODES_MAX; i++) {
+    char path[64];
+    snprintf(path, sizeof path, "/grid/full/nodes/member-%03d", i);
+    CHECK_EQ(zoo_create(zh, path, NULL, -1, &ZOO_OPEN_ACL_UNSAFE, ZOO_EPHEMERAL, NULL, 0), ZOK);
+  }
+  harness_node_t n = {0};
+  const char *settings[] = {"zk_session_timeout_ms=1500", "loops=1", NULL};
+  harness_start_cluster_node(&n, &zk, "full", 0, settings);
+  char log[300];
+  snprintf(log, sizeof log, "%s/gridd.log", n.dir);
+  int said = 0;
+  for (int i = 0; i < 200 && !said; i++) {
+    said = file_has(log, "cannot join: the cluster has as many nodes as a partition map holds");
+    if (!said) harness_sleep_ms(50);
+  }
+  CHECK(said);
+  /* Not a member, so it serves no data; it answers, and says why. */
+  grid_t *g = open_uri(n.uri);
+  grid_set_timeout(g, 500);
+  CHECK_RC(grid_put(g, "default", "k", 1, "v", 1, 0, NULL), GRID_ECLUSTER);
+  grid_close(g);
+  CHECK(harness_stop(&n) == 0);
+  zookeeper_close(zh);
+}
+
 int main(int argc, char **argv) {
   const struct {
     const char *name;
     void (*fn)(void);
   } tests[] = {
       {"test_limits", test_limits},
+      {"test_node_limit", test_node_limit},
       {"test_many_caches", test_many_caches},
       {"test_many_nodes", test_many_nodes},
   };
