@@ -23,6 +23,7 @@
 #define CLUSTER_PATH_MAX 512
 #define CLUSTER_REPORTS_MAX 65536   /* fill / demote reports kept */
 #define CLUSTER_MAP_LISTENERS_MAX 4 /* cluster_on_map registrations */
+#define CLUSTER_REFUSED_RETRY_MS 5000 /* a node refused at join asks again */
 /* The map's znodes. Named anew when the map's stored form changed (it was
  * one "pmap" znode): a cluster restarted on this version starts a map of
  * its own instead of failing to read an older one. */
@@ -95,7 +96,11 @@ struct cluster {
   int map_version;            /* its root znode's version, -1: no znode */
   pmap_stored_t stored;       /* the chunks map was read from */
   size_t map_root_bytes;      /* the root znode's size */
-  int swept;                  /* as coordinator: chunks no map names deleted */
+  int coordinating;           /* this node coordinated on its last pass */
+  uint64_t sweep_at_epoch;    /* once the map reaches this epoch, delete the
+                                 chunks no map names (0: nothing pending) */
+  uint64_t map_writes;        /* attempts to write a map: each names its
+                                 chunks apart */
   /* The cache definitions as last read, sorted by name, and the cversion
    * of caches/ then (cluster thread only). */
   store_cache_cfg_t *defs;
@@ -110,6 +115,7 @@ struct cluster {
   int caches_stale;           /* the map does not name them as defined yet */
   size_t creating;            /* caches defined here since defs were read */
   int64_t unplaced_logged_ms; /* a cache no map can place was last logged */
+  int64_t register_after_ms;  /* refused at join: not asked again before */
   /* The lease (shared/DESIGN.md section 4): the loops serve data only
    * before lease_until_ms (monotonic), which moves on each time ZooKeeper
    * answers a ping: to the ping's send time plus half the session timeout.
@@ -501,7 +507,6 @@ static int cluster_read_caches(cluster_t *c, int *changed) {
   c->defs_read = 1;
   c->creating = 0;
   *changed = 1;
-  cluster_sync_store(c);
   return 0;
 }
 
@@ -580,7 +585,7 @@ static void cluster_run_job(cluster_t *c, cluster_job_t *j) {
   j->status = 0;
   cluster_path(c, path, "caches", NULL);
   if (zk_cversion(c->zk, path, &j->caches_version) != 0)
-    j->caches_version = 0; /* not known: the map placing it will do */
+    j->caches_version = -1; /* taken from the definitions once they name it */
   /* Answered once this node's map places the cache's partitions. */
   j->next = c->waiting;
   c->waiting = j;
@@ -896,6 +901,7 @@ static int cluster_read_map(cluster_t *c, int caches_changed) {
      * was made with. */
     int defs_changed = 0;
     rc = cluster_read_caches(c, &defs_changed);
+    if (rc == 0) cluster_sync_store(c);
   }
   if (rc == 0) rc = cluster_name_caches(c, &m);
   if (rc != 0) {
@@ -1011,14 +1017,20 @@ static void cluster_sweep_chunks(cluster_t *c) {
 
 /* Writes next as the map after c->map: its new chunks, then the root with
  * a versioned set (the one step that makes the new epoch), then deletes
- * the chunks only the old map named. A set that fails (another map was
- * written first) deletes the chunks it wrote. */
+ * the chunks only the old map named. When the root was surely not set
+ * (another map was written first, or a chunk failed before it), the
+ * chunks written are deleted; when the outcome is unknown (the connection
+ * went with the set in flight), nothing is: the root may name them, and
+ * the sweep takes what no map names once the map has passed that epoch.
+ * Every attempt names its chunks apart, so a chunk an earlier attempt
+ * made without hearing back never stands in the way. */
 static int cluster_write_map(cluster_t *c, const pmap_t *next) {
   uint64_t epoch = (uint64_t)(c->map_version + 2);
   pmap_plan_t plan;
   int first = c->map_version < 0;
+  uint64_t writer = c->node->incarnation + ++c->map_writes;
   int rc = pmap_store_plan(next, first ? NULL : &c->map, first ? NULL : &c->stored, epoch,
-                           c->node->incarnation, &plan);
+                           writer, &plan);
   if (rc != 0) return rc;
   if (plan.root_len > ZK_DATA_BYTES_MAX) {
     LOG_E("cluster", "\"the partition map's root is over ZooKeeper's znode limit\" bytes=%zu max=%d",
@@ -1036,17 +1048,25 @@ static int cluster_write_map(cluster_t *c, const pmap_t *next) {
       bytes += plan.writes[i].len;
     }
   }
-  if (rc == 0) {
+  int root_tried = rc == 0;
+  if (root_tried) {
     cluster_path(c, path, CLUSTER_MAP_ROOT, NULL);
     rc = first ? zk_create(c->zk, path, plan.root, plan.root_len, ZK_PERSISTENT, NULL, 0)
                : zk_set(c->zk, path, plan.root, plan.root_len, c->map_version, NULL);
   }
-  /* What no map names any more: the old chunks once the root is set, else
-   * the ones just written. */
-  for (size_t i = 0; i < (rc == 0 ? plan.nobsolete : written); i++) {
+  /* The root surely not set: another map came first (a versioned set
+   * refused, or the first root made by another), or it was never tried. */
+  int not_set = rc != 0 && (!root_tried || rc == GRID_EVERSION || rc == GRID_EEXIST);
+  size_t ndelete = rc == 0 ? plan.nobsolete : not_set ? written : 0;
+  for (size_t i = 0; i < ndelete; i++) {
     cluster_path(c, path, CLUSTER_MAP_CHUNKS, rc == 0 ? plan.obsolete[i] : plan.writes[i].znode);
     zk_delete(c->zk, path, -1);
   }
+  /* A chunk whose create or root whose set was not heard back from may
+   * exist: swept once the map has passed this epoch, unless a root names
+   * it. */
+  if (rc != 0 && (!not_set || (written < plan.nwrites && rc != GRID_EEXIST)))
+    c->sweep_at_epoch = epoch;
   if (rc == 0)
     LOG_I("cluster", "\"wrote the next partition map\" epoch=%llu nodes=%zu groups=%zu "
           "chunks_written=%zu chunk_bytes=%zu root_bytes=%zu",
@@ -1104,8 +1124,12 @@ static void cluster_coordinate(cluster_t *c) {
           c->nalive, (long long)n->cfg.cluster_min_nodes);
     return;
   }
-  if (!c->swept && c->map_version >= 0) {
-    c->swept = 1;
+  if (!c->coordinating) { /* just became coordinator: sweep what others left */
+    c->coordinating = 1;
+    c->sweep_at_epoch = 1;
+  }
+  if (c->sweep_at_epoch && c->map_version >= 0 && c->map.epoch >= c->sweep_at_epoch) {
+    c->sweep_at_epoch = 0;
     cluster_sweep_chunks(c);
   }
   int64_t t0 = clock_mono_ms();
@@ -1155,7 +1179,9 @@ static void cluster_coordinate(cluster_t *c) {
             (long long)(t1 - t0), (long long)(clock_mono_ms() - t1));
     else if (rc != GRID_EVERSION && rc != GRID_EEXIST)
       LOG_W("cluster", "\"cannot write the partition map\" error=%s", grid_err_name(rc));
-    cluster_mark_dirty(c); /* read back what is there now */
+    /* Read back what is there now; a map too big to store is tried again
+     * at the next periodic pass, not at once. */
+    if (rc != GRID_ELIMIT) cluster_mark_dirty(c);
   }
   pmap_free(&next);
 }
@@ -1181,7 +1207,9 @@ static void cluster_check_waiting(cluster_t *c, int64_t now) {
   cluster_job_t **l = &c->waiting;
   while (*l) {
     cluster_job_t *j = *l;
-    int placed = pmap_find_cache(&c->map, j->cfg.name) != NULL &&
+    if (j->caches_version < 0 && cluster_def_find(c->defs, c->ndefs, j->cfg.name))
+      j->caches_version = c->defs_cversion;
+    int placed = j->caches_version >= 0 && pmap_find_cache(&c->map, j->cfg.name) != NULL &&
                  c->map.caches_version >= j->caches_version;
     if (placed || now >= j->deadline_ms) {
       *l = j->next;
@@ -1331,9 +1359,13 @@ static int cluster_tick_session(cluster_t *c, int64_t now) {
   c->last_connected_ms = now;
   cluster_renew_lease(c, now);
   if (!c->registered) {
+    if (now < c->register_after_ms) return 0;
     int rc = cluster_register(c);
     if (rc != 0) {
-      LOG_W("cluster", "\"cannot register with ZooKeeper\" error=%s", grid_err_name(rc));
+      /* Refused (the cluster is full): asked again every few seconds, not
+       * every tick. */
+      if (rc == GRID_ELIMIT) c->register_after_ms = now + CLUSTER_REFUSED_RETRY_MS;
+      else LOG_W("cluster", "\"cannot register with ZooKeeper\" error=%s", grid_err_name(rc));
       return 0;
     }
     c->registered = 1;
@@ -1381,6 +1413,9 @@ static void cluster_resync(cluster_t *c, int leaving) {
   int defs_changed = 0;
   int rc = alive ? cluster_read_caches(c, &defs_changed) : GRID_ENOMEM;
   if (defs_changed) c->caches_stale = 1;
+  /* Every pass, not only when the definitions change: a cache this node
+   * could not make (no memory, its own caches_max) is tried again. */
+  if (rc == 0) cluster_sync_store(c);
   if (rc == 0) rc = cluster_read_nodes(c, alive, &nalive);
   if (rc == 0) rc = cluster_read_coordinator(c, coord, sizeof coord);
   if (rc == 0) rc = cluster_read_map(c, c->caches_stale);
@@ -1394,7 +1429,7 @@ static void cluster_resync(cluster_t *c, int leaving) {
     cluster_write_reports(c);
     cluster_tick_leave(c, leaving);
     if (strcmp(coord, c->node->node_id) == 0) cluster_coordinate(c);
-    else c->swept = 0; /* swept again on becoming coordinator */
+    else c->coordinating = 0; /* sweeps again on becoming coordinator */
     cluster_set_serving(c, c->map_version >= 0);
   } else {
     cluster_mark_dirty(c);

@@ -62,7 +62,9 @@ static const config_key_t config_keys[] = {
     CFG_N(rebalance_bytes_per_sec, CFG_SIZE, 0, INT64_MAX),
     CFG_N(leave_timeout_ms, CFG_INT, 0, 3600000),
     CFG_N(lost_grace_ms, CFG_INT, 0, 86400000),
-    CFG_N(map_bytes_max, CFG_SIZE, 4096, (int64_t)1 << 32),
+    /* 1G: 4,096 chunks of 256K, whose names keep the root well under
+     * ZooKeeper's 1 MB. */
+    CFG_N(map_bytes_max, CFG_SIZE, 4096, (int64_t)1 << 30),
     CFG_N(map_groups_max, CFG_INT, 1, 4096),
 };
 

@@ -137,8 +137,13 @@ static void repl_fill_finished(loop_t *lp, repl_fill_t *f, int64_t now) {
 
 /* The cache to fill now: the current one until its last chunk is in,
  * then the group's next by name (a cache made or dropped meanwhile is
- * found or skipped as the map names it). NULL when none is left. */
-static store_cache_t *repl_fill_cache(loop_t *lp, repl_fill_t *f, const pmap_group_t *g) {
+ * found or skipped as the map names it). NULL when none is left, or
+ * (*wait) when the map names a cache this node does not hold yet (not
+ * made here yet, or no memory for it): the fill waits for it rather than
+ * call a copy filled without it. */
+static store_cache_t *repl_fill_cache(loop_t *lp, repl_fill_t *f, const pmap_group_t *g,
+                                      int *wait) {
+  *wait = 0;
   for (;;) {
     if (!f->cache[0] || f->cache_done) {
       const char *next = pmap_group_cache_after(lp->pmap, g, f->cache);
@@ -150,7 +155,12 @@ static store_cache_t *repl_fill_cache(loop_t *lp, repl_fill_t *f, const pmap_gro
     }
     store_cache_t *sc = store_view_find(&lp->view, f->cache, strlen(f->cache));
     if (sc) return sc;
-    f->cache_done = 1; /* dropped here: the next one */
+    if (pmap_find_cache(lp->pmap, f->cache) != g) {
+      f->cache_done = 1; /* dropped: the map no longer names it here */
+      continue;
+    }
+    *wait = 1;
+    return NULL;
   }
 }
 
@@ -194,7 +204,12 @@ void repl_fill_step(loop_t *lp, repl_fill_t *f, int64_t now) {
     return;
   }
   if (!f->cache[0]) f->started_ms = now;
-  store_cache_t *sc = repl_fill_cache(lp, f, g);
+  int wait;
+  store_cache_t *sc = repl_fill_cache(lp, f, g, &wait);
+  if (wait) {
+    f->retry_at_ms = now + REPL_FILL_RETRY_MS;
+    return;
+  }
   if (!sc) {
     repl_fill_finished(lp, f, now);
     return;
