@@ -1,0 +1,107 @@
+#include "notify.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "grid.pb-c.h"
+
+/* Each letter with its flag, in the order the canonical form lists the
+ * classes of A. */
+static const struct {
+  char letter;
+  unsigned flag;
+} notify_classes[] = {
+    {'g', NOTIFY_GENERIC}, {'$', NOTIFY_STRING}, {'l', NOTIFY_LIST},
+    {'s', NOTIFY_SET},     {'h', NOTIFY_HASH},   {'z', NOTIFY_ZSET},
+    {'x', NOTIFY_EXPIRED}, {'e', NOTIFY_EVICTED}, {'t', NOTIFY_STREAM},
+    {'d', NOTIFY_MODULE},
+};
+
+/* ... and the letters outside A, in the order they follow. */
+static const struct {
+  char letter;
+  unsigned flag;
+} notify_others[] = {
+    {'K', NOTIFY_KEYSPACE}, {'E', NOTIFY_KEYEVENT}, {'m', NOTIFY_KEY_MISS}, {'n', NOTIFY_NEW},
+};
+
+#define NOTIFY_COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+static unsigned notify_letter(char c) {
+  if (c == 'A') return NOTIFY_ALL;
+  for (size_t i = 0; i < NOTIFY_COUNT(notify_classes); i++)
+    if (notify_classes[i].letter == c) return notify_classes[i].flag;
+  for (size_t i = 0; i < NOTIFY_COUNT(notify_others); i++)
+    if (notify_others[i].letter == c) return notify_others[i].flag;
+  return 0;
+}
+
+int notify_parse(const char *text, unsigned *flags) {
+  unsigned f = 0;
+  for (const char *p = text; *p; p++) {
+    unsigned one = notify_letter(*p);
+    if (!one) return -1;
+    f |= one;
+  }
+  *flags = f;
+  return 0;
+}
+
+void notify_format(unsigned flags, char out[NOTIFY_FLAGS_TEXT_MAX]) {
+  size_t n = 0;
+  if ((flags & NOTIFY_ALL) == NOTIFY_ALL) {
+    out[n++] = 'A';
+  } else {
+    for (size_t i = 0; i < NOTIFY_COUNT(notify_classes); i++)
+      if (flags & notify_classes[i].flag) out[n++] = notify_classes[i].letter;
+  }
+  for (size_t i = 0; i < NOTIFY_COUNT(notify_others); i++)
+    if (flags & notify_others[i].flag) out[n++] = notify_others[i].letter;
+  out[n] = '\0';
+}
+
+int notify_wanted(unsigned flags, unsigned cls) {
+  return (flags & (NOTIFY_KEYSPACE | NOTIFY_KEYEVENT)) != 0 && (flags & cls) != 0;
+}
+
+notify_event_t notify_event_of(int op, notify_change_t change) {
+  switch (change) {
+    case NOTIFY_CHANGE_EXPIRED:
+      return (notify_event_t){"expired", NOTIFY_EXPIRED};
+    case NOTIFY_CHANGE_DELETE:
+      return (notify_event_t){"del", NOTIFY_GENERIC};
+    case NOTIFY_CHANGE_TTL:
+      return (notify_event_t){"expire", NOTIFY_GENERIC};
+    case NOTIFY_CHANGE_PERSIST:
+      return (notify_event_t){"persist", NOTIFY_GENERIC};
+    case NOTIFY_CHANGE_PUT:
+      break;
+  }
+  switch (op) {
+    case GRID__OP__ADD:
+      return (notify_event_t){"incrby", NOTIFY_STRING};
+    case GRID__OP__APPEND:
+      return (notify_event_t){"append", NOTIFY_STRING};
+    case GRID__OP__PUT: case GRID__OP__PUT_IF_ABSENT: case GRID__OP__REPLACE:
+    case GRID__OP__CAS: case GRID__OP__GET_AND_PUT: case GRID__OP__PUT_ALL:
+      return (notify_event_t){"set", NOTIFY_STRING};
+    default:
+      return (notify_event_t){NULL, 0};
+  }
+}
+
+size_t notify_keyspace_channel(int db, const void *key, size_t key_len, char *out,
+                               size_t cap) {
+  int head = snprintf(out, cap, "__keyspace@%d__:", db);
+  size_t need = (size_t)(head < 0 ? 0 : head) + key_len;
+  if (head >= 0 && need < cap) {
+    memcpy(out + head, key, key_len);
+    out[need] = '\0';
+  }
+  return need;
+}
+
+size_t notify_keyevent_channel(int db, const char *event, char *out, size_t cap) {
+  int n = snprintf(out, cap, "__keyevent@%d__:%s", db, event);
+  return n < 0 ? 0 : (size_t)n;
+}
