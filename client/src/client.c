@@ -805,6 +805,10 @@ int grid_leave(grid_t *g) {
 /* ---- asynchronous calls -------------------------------------------------- */
 
 #define CLIENT_RETRY_SLEEP_MS_MAX 50 /* the retry thread looks up at least this often */
+/* An attempt is sent again only with at least this long left after its
+ * delay: one sent with a few milliseconds left would time out, and the
+ * call end "outcome unknown" where the node had refused it unrun. */
+#define CLIENT_RETRY_LAST_MS 50
 
 struct client_async {
   grid_t *g;
@@ -814,6 +818,7 @@ struct client_async {
   int64_t deadline_ms;       /* retries stop here */
   int delay_ms;              /* before the next retry */
   int64_t due_ms;            /* on the retry list: when */
+  int refused;               /* the last refusal (a retryable status) */
   struct client_async *next;
   size_t req_len;            /* the request, packed, for a retry (cluster) */
   unsigned char req[];
@@ -857,7 +862,10 @@ static void client_retry_send(client_async_t *a) {
   grid_t *g = a->g;
   Grid__Request *rq = grid__request__unpack(NULL, a->req_len, a->req);
   int64_t left = a->deadline_ms - clock_mono_ms();
-  int rc = !rq ? GRID_ENOMEM : left <= 0 ? GRID_ETIMEDOUT : 0;
+  /* Past the deadline before it could be sent again (the retry thread woke
+   * late): the call ends as the node last answered it, refused unrun, not
+   * as a timeout, which would say its outcome is unknown. */
+  int rc = !rq ? GRID_ENOMEM : left <= 0 ? (a->refused ? a->refused : GRID_ETIMEDOUT) : 0;
   if (rc == 0) {
     remote_t *r = router_pick(g->router, rq, g->timeout_ms);
     rc = remote_call_async(r, rq, (uint32_t)left, client_async_done, a);
@@ -942,7 +950,9 @@ static void client_async_done(void *arg, int status, const Grid__Reply *rp) {
   int st = status ? status : rp->status;
   int retryable = st == GRID_ENOTREADY || st == GRID_ESTALE || st == GRID_ECLUSTER ||
                   (status == GRID_ECONN && router_clustered(a->g->router));
-  if (a->req_len && retryable && clock_mono_ms() + a->delay_ms < a->deadline_ms) {
+  if (a->req_len && retryable &&
+      clock_mono_ms() + a->delay_ms + CLIENT_RETRY_LAST_MS < a->deadline_ms) {
+    a->refused = st;
     router_mark_stale(a->g->router);
     if (client_retry_later(a) == 0) return;
   }
