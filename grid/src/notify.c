@@ -17,18 +17,20 @@ static const struct {
     {'d', NOTIFY_MODULE},
 };
 
-/* ... and the letters outside A, in the order they follow. */
+/* ... and the letters outside A, in the order they follow (n comes with
+ * the classes, see notify_format). */
 static const struct {
   char letter;
   unsigned flag;
 } notify_others[] = {
-    {'K', NOTIFY_KEYSPACE}, {'E', NOTIFY_KEYEVENT}, {'m', NOTIFY_KEY_MISS}, {'n', NOTIFY_NEW},
+    {'K', NOTIFY_KEYSPACE}, {'E', NOTIFY_KEYEVENT}, {'m', NOTIFY_KEY_MISS},
 };
 
 #define NOTIFY_COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
 static unsigned notify_letter(char c) {
   if (c == 'A') return NOTIFY_ALL;
+  if (c == 'n') return NOTIFY_NEW;
   for (size_t i = 0; i < NOTIFY_COUNT(notify_classes); i++)
     if (notify_classes[i].letter == c) return notify_classes[i].flag;
   for (size_t i = 0; i < NOTIFY_COUNT(notify_others); i++)
@@ -48,12 +50,16 @@ int notify_parse(const char *text, unsigned *flags) {
 }
 
 void notify_format(unsigned flags, char out[NOTIFY_FLAGS_TEXT_MAX]) {
+  /* As Redis 7 shows it (checked against redis-server 7.0.15): the classes
+   * of A in their order, then n, or "A" alone when every class of A is
+   * set, which then leaves n unshown; then K, E, m. */
   size_t n = 0;
   if ((flags & NOTIFY_ALL) == NOTIFY_ALL) {
     out[n++] = 'A';
   } else {
     for (size_t i = 0; i < NOTIFY_COUNT(notify_classes); i++)
       if (flags & notify_classes[i].flag) out[n++] = notify_classes[i].letter;
+    if (flags & NOTIFY_NEW) out[n++] = 'n';
   }
   for (size_t i = 0; i < NOTIFY_COUNT(notify_others); i++)
     if (flags & notify_others[i].flag) out[n++] = notify_others[i].letter;

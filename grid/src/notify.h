@@ -42,8 +42,10 @@ enum {
  * is none). 0, or -1 when a letter is not one of Redis's (the setting is
  * refused, as Redis refuses it). */
 int notify_parse(const char *text, unsigned *flags);
-/* The text CONFIG GET shows for flags: "A" for every class of A, else the
- * classes' letters, then K, E, m, n. out holds NOTIFY_FLAGS_TEXT_MAX. */
+/* The text CONFIG GET shows for flags, as Redis 7 shows it: "A" for every
+ * class of A, else the classes' letters and n; then K, E, m. (With A, Redis
+ * does not show n though it keeps it: so does this.) out holds
+ * NOTIFY_FLAGS_TEXT_MAX. */
 void notify_format(unsigned flags, char out[NOTIFY_FLAGS_TEXT_MAX]);
 /* Whether an event of class cls is published under flags. */
 int notify_wanted(unsigned flags, unsigned cls);

@@ -49,10 +49,17 @@ static void test_format(void) {
   check_format("KEg$lshzxetd", "AKE");
   check_format("Ex", "xE");
   check_format("E$g", "g$E");
-  check_format("nmEKA", "AKEmn");
+  /* As redis-server 7.0.15 shows them (CONFIG SET, then CONFIG GET). */
   check_format("Kg$lshzxet", "g$lshzxetK"); /* no d: not all of A */
-  /* What is shown parses back to the same flags. */
-  const char *texts[] = {"", "K", "AKE", "g$xE", "lszhKEmn", "etdK", "A"};
+  check_format("lszhKEmn", "lshznKEm");
+  check_format("g$lshzxetnmKE", "g$lshzxetnKEm");
+  check_format("nd", "dn");
+  check_format("md", "dm");
+  check_format("etdK", "etdK");
+  check_format("nmEKA", "AKEm"); /* with A, Redis does not show n */
+  check_format("An", "A");
+  /* What is shown parses back to the same flags (but n beside A). */
+  const char *texts[] = {"", "K", "AKE", "g$xE", "lszhKEmn", "etdK", "A", "dnm"};
   for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
     char out[NOTIFY_FLAGS_TEXT_MAX];
     notify_format(parse(texts[i]), out);
