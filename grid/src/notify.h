@@ -70,7 +70,9 @@ typedef enum {
  * writes of a value (PUT, PUT_IF_ABSENT, REPLACE, CAS, GET_AND_PUT,
  * PUT_ALL), "incrby" for ADD, "append" for APPEND, "del" for deletes,
  * "expire" and "persist" for TTL changes, "expired" for a TTL run out
- * (whatever op). */
+ * (whatever op). A value written with a TTL raises two, as Redis's SET
+ * with EX or PX does: the put's, then NOTIFY_CHANGE_TTL's "expire" (seen
+ * on redis-server 7.0.15, as every name here). */
 notify_event_t notify_event_of(int op, notify_change_t change);
 
 /* The channels an event is published on, NUL-terminated; each returns the
