@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -190,6 +191,16 @@ static int cluster_node_data(cluster_t *c, unsigned char *buf, size_t cap, size_
 
 static int cluster_read_nodes(cluster_t *c, pmap_node_t *alive, size_t *nalive);
 
+/* Whether a listing's znodes must all be read again: never read yet, or
+ * its cversion (children made or deleted, ever) moved by more than the
+ * names made and dropped since the last read explain: a name was dropped
+ * and made again between two reads, and its znode may say something new.
+ * Otherwise only the new names need reading. */
+static int cluster_read_whole(int read_before, int cversion_before, int cversion,
+                              size_t added, size_t removed) {
+  return !read_before || (int64_t)cversion - cversion_before != (int64_t)(added + removed);
+}
+
 static int cluster_register(cluster_t *c) {
   node_t *n = c->node;
   char path[CLUSTER_PATH_MAX];
@@ -300,7 +311,7 @@ static int cluster_read_nodes(cluster_t *c, pmap_node_t *alive, size_t *nalive) 
     for (size_t i = 0; i < n && !there; i++) there = strcmp(names[i], c->known[j].id) == 0;
     removed += !there;
   }
-  int all = !c->known_read || (int64_t)cversion - c->known_cversion != (int64_t)(added + removed);
+  int all = cluster_read_whole(c->known_read, c->known_cversion, cversion, added, removed);
   size_t k = 0;
   for (size_t i = 0; i < n && k < PMAP_NODES_MAX; i++) {
     int at = all ? -1 : cluster_cached_node(c, names[i]);
@@ -476,7 +487,7 @@ static int cluster_read_caches(cluster_t *c, int *changed) {
   for (size_t i = 0; i < c->ndefs; i++)
     removed += !bsearch(&(const char *){c->defs[i].name}, names, count, sizeof *names,
                         cluster_name_cmp);
-  int all = !c->defs_read || (int64_t)cversion - c->defs_cversion != (int64_t)(added + removed);
+  int all = cluster_read_whole(c->defs_read, c->defs_cversion, cversion, added, removed);
   store_cache_cfg_t *list = calloc(count + 1, sizeof *list);
   size_t k = 0;
   for (size_t i = 0; list && i < count; i++) {
@@ -512,10 +523,35 @@ static int cluster_read_caches(cluster_t *c, int *changed) {
 
 static void cluster_job_finish(cluster_t *c, cluster_job_t *j);
 
+/* Whether a new placement group of this shape fits beside `groups` groups
+ * whose owners take `bytes` (map_groups_max, map_bytes_max): 1, or 0 with
+ * words for why not in why. The create's check and the coordinator's. */
+static int cluster_group_fits(const cluster_t *c, size_t groups, uint64_t bytes,
+                              uint32_t partitions, uint32_t backups, int replicated, char *why,
+                              size_t len) {
+  const config_t *k = &c->node->cfg;
+  char g[PMAP_GROUP_NAME_MAX];
+  pmap_group_name(partitions, replicated ? 0 : backups, replicated, g, sizeof g);
+  if ((int64_t)groups >= k->map_groups_max) {
+    snprintf(why, len, "a cache of this shape needs a new placement group (%s); the map has "
+             "%zu groups and map_groups_max is %lld: use the partitions, backups and mode of an "
+             "existing cache, or raise map_groups_max on every node", g, groups,
+             (long long)k->map_groups_max);
+    return 0;
+  }
+  uint64_t add = pmap_group_bytes(partitions, backups, replicated, c->nalive);
+  if (bytes + add <= (uint64_t)k->map_bytes_max) return 1;
+  snprintf(why, len, "a cache of this shape needs a new placement group (%s, %llu bytes of "
+           "map); the map holds %llu and map_bytes_max is %lld: use the partitions, backups "
+           "and mode of an existing cache, or raise map_bytes_max on every node", g,
+           (unsigned long long)add, (unsigned long long)bytes, (long long)k->map_bytes_max);
+  return 0;
+}
+
 /* Whether the cluster could not hold a new cache of cfg's shape: more
- * caches than caches_max, or a placement group the map has no room for
- * (map_bytes_max). Refused at once, in words, rather than a cache defined
- * that no map places. */
+ * caches than caches_max, or a placement group the map has no room for.
+ * Refused at once, in words, rather than a cache defined that no map
+ * places. */
 static int cluster_refuse_create(cluster_t *c, const store_cache_cfg_t *cfg, char *why,
                                  size_t len) {
   const config_t *k = &c->node->cfg;
@@ -529,21 +565,8 @@ static int cluster_refuse_create(cluster_t *c, const store_cache_cfg_t *cfg, cha
   char g[PMAP_GROUP_NAME_MAX];
   pmap_group_name(cfg->partitions, replicated ? 0 : cfg->backups, replicated, g, sizeof g);
   if (c->map_version < 0 || pmap_find_group(&c->map, g)) return 0; /* no new group */
-  if ((int64_t)c->map.ngroups >= k->map_groups_max) {
-    snprintf(why, len, "a cache of this shape needs a new placement group (%s); the map has "
-             "%zu groups and map_groups_max is %lld: use the partitions, backups and mode of an "
-             "existing cache, or raise map_groups_max on every node", g, c->map.ngroups,
-             (long long)k->map_groups_max);
-    return 1;
-  }
-  uint64_t have = pmap_bytes(&c->map);
-  uint64_t add = pmap_group_bytes(cfg->partitions, cfg->backups, replicated, c->nalive);
-  if (have + add <= (uint64_t)k->map_bytes_max) return 0;
-  snprintf(why, len, "a cache of this shape needs a new placement group (%s, %llu bytes of "
-           "map); the map holds %llu and map_bytes_max is %lld: use the partitions, backups "
-           "and mode of an existing cache, or raise map_bytes_max on every node", g,
-           (unsigned long long)add, (unsigned long long)have, (long long)k->map_bytes_max);
-  return 1;
+  return !cluster_group_fits(c, c->map.ngroups, pmap_bytes(&c->map), cfg->partitions,
+                             cfg->backups, replicated, why, len);
 }
 
 static void cluster_run_job(cluster_t *c, cluster_job_t *j) {
@@ -1076,42 +1099,40 @@ static int cluster_write_map(cluster_t *c, const pmap_t *next) {
 }
 
 /* The definitions the next map places: each one whose group the map has,
- * or whose new group fits in map_bytes_max (a create checks this before it
- * defines a cache; this holds the line when two creates raced). */
+ * or whose new group fits (cluster_group_fits: a create checks this before
+ * it defines a cache; this holds the line when two creates raced). Moved
+ * to the front of cd; returns how many, or SIZE_MAX when memory ran out. */
 static size_t cluster_placeable(cluster_t *c, pmap_cache_def_t *cd, size_t n) {
-  uint64_t budget = (uint64_t)c->node->cfg.map_bytes_max;
-  size_t groups_max = (size_t)c->node->cfg.map_groups_max;
-  uint64_t used = 0;
-  size_t k = 0;
-  char names[64][PMAP_GROUP_NAME_MAX]; /* new groups taken in this pass */
-  size_t nnew = 0, ngroups = c->map_version >= 0 ? c->map.ngroups : 0;
-  for (size_t i = 0; i < c->map.ngroups && c->map_version >= 0; i++) {
-    const pmap_group_t *g = &c->map.groups[i];
-    used += pmap_group_bytes(g->partitions, g->backups, g->replicated, c->nalive);
-  }
+  int have_map = c->map_version >= 0;
+  size_t groups = have_map ? c->map.ngroups : 0;
+  uint64_t bytes = have_map ? pmap_bytes(&c->map) : 0;
+  /* The new groups taken in this pass: at most one per definition. */
+  char (*taken)[PMAP_GROUP_NAME_MAX] = malloc((n ? n : 1) * sizeof *taken);
+  if (!taken) return SIZE_MAX;
+  size_t ntaken = 0, k = 0;
   for (size_t i = 0; i < n; i++) {
     char g[PMAP_GROUP_NAME_MAX];
-    uint32_t backups = cd[i].replicated ? 0 : cd[i].backups;
-    pmap_group_name(cd[i].partitions, backups, cd[i].replicated, g, sizeof g);
-    int known = c->map_version >= 0 && pmap_find_group(&c->map, g);
-    for (size_t j = 0; j < nnew && !known; j++) known = strcmp(names[j], g) == 0;
+    pmap_group_name(cd[i].partitions, cd[i].replicated ? 0 : cd[i].backups, cd[i].replicated, g,
+                    sizeof g);
+    int known = have_map && pmap_find_group(&c->map, g);
+    for (size_t j = 0; j < ntaken && !known; j++) known = strcmp(taken[j], g) == 0;
     if (!known) {
-      uint64_t add = pmap_group_bytes(cd[i].partitions, backups, cd[i].replicated, c->nalive);
-      if (used + add > budget || ngroups + nnew >= groups_max || nnew == 64) {
+      char why[320];
+      if (!cluster_group_fits(c, groups + ntaken, bytes, cd[i].partitions, cd[i].backups,
+                              cd[i].replicated, why, sizeof why)) {
         int64_t now = clock_mono_ms();
-        if (now - c->unplaced_logged_ms < 10000) continue; /* said every 10 s at most */
-        c->unplaced_logged_ms = now;
-        LOG_E("cluster", "\"a cache is not placed: its placement group would pass map_bytes_max "
-              "or map_groups_max\" cache=%s group=%s bytes=%llu map_bytes_max=%lld groups=%zu "
-              "map_groups_max=%zu", cd[i].name, g, (unsigned long long)(used + add),
-              (long long)budget, ngroups + nnew + 1, groups_max);
+        if (now - c->unplaced_logged_ms >= 10000) { /* said every 10 s at most */
+          c->unplaced_logged_ms = now;
+          LOG_E("cluster", "\"a cache is not placed\" cache=%s why=\"%s\"", cd[i].name, why);
+        }
         continue;
       }
-      used += add;
-      snprintf(names[nnew++], PMAP_GROUP_NAME_MAX, "%s", g);
+      bytes += pmap_group_bytes(cd[i].partitions, cd[i].backups, cd[i].replicated, c->nalive);
+      memcpy(taken[ntaken++], g, sizeof g);
     }
     cd[k++] = cd[i];
   }
+  free(taken);
   return k;
 }
 
@@ -1136,6 +1157,10 @@ static void cluster_coordinate(cluster_t *c) {
   pmap_cache_def_t *cd = cluster_pmap_defs(c);
   if (!cd) return;
   size_t ndefs = cluster_placeable(c, cd, c->ndefs);
+  if (ndefs == SIZE_MAX) { /* out of memory: no map this pass (none without its caches) */
+    free(cd);
+    return;
+  }
   pmap_ready_t *ready = NULL;
   size_t nready = 0, nmsgs = 0;
   Grid__ReadyReport **msgs = NULL;

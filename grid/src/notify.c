@@ -5,12 +5,14 @@
 
 #include "grid.pb-c.h"
 
-/* Each letter with its flag, in the order the canonical form lists the
- * classes of A. */
-static const struct {
+typedef struct notify_letter_flag {
   char letter;
   unsigned flag;
-} notify_classes[] = {
+} notify_letter_flag_t;
+
+/* Each letter with its flag, in the order the canonical form lists the
+ * classes of A. */
+static const notify_letter_flag_t notify_classes[] = {
     {'g', NOTIFY_GENERIC}, {'$', NOTIFY_STRING}, {'l', NOTIFY_LIST},
     {'s', NOTIFY_SET},     {'h', NOTIFY_HASH},   {'z', NOTIFY_ZSET},
     {'x', NOTIFY_EXPIRED}, {'e', NOTIFY_EVICTED}, {'t', NOTIFY_STREAM},
@@ -19,10 +21,7 @@ static const struct {
 
 /* ... and the letters outside A, in the order they follow (n comes with
  * the classes, see notify_format). */
-static const struct {
-  char letter;
-  unsigned flag;
-} notify_others[] = {
+static const notify_letter_flag_t notify_others[] = {
     {'K', NOTIFY_KEYSPACE}, {'E', NOTIFY_KEYEVENT}, {'m', NOTIFY_KEY_MISS},
 };
 

@@ -120,15 +120,20 @@ const char *repl_group_of(const loop_t *lp, const char *name) {
   return g ? g->name : NULL;
 }
 
-/* Whether no cache of group has a write of partition p in flight here. */
+/* Partition p of cache `name` when a write of it is in flight here, else
+ * NULL. */
+static repl_part_t *repl_busy_part(loop_t *lp, const char *name, uint32_t p) {
+  store_cache_t *sc = store_view_find(&lp->view, name, strlen(name));
+  store_part_sync_t *sync = sc ? store_part_sync(sc, p) : NULL;
+  repl_part_t *part = sync ? sync->repl : NULL;
+  return part && !repl_order_empty(&part->order) ? part : NULL;
+}
+
+/* Whether no cache of group g (of lp's map) has a write of partition p in
+ * flight here. */
 static int repl_group_drained(loop_t *lp, const pmap_group_t *g, uint32_t p) {
-  for (const char *name = pmap_group_cache_after(lp->pmap, g, ""); name;
-       name = pmap_group_cache_after(lp->pmap, g, name)) {
-    store_cache_t *sc = store_view_find(&lp->view, name, strlen(name));
-    store_part_sync_t *sync = sc ? store_part_sync(sc, p) : NULL;
-    repl_part_t *part = sync ? sync->repl : NULL;
-    if (part && !repl_order_empty(&part->order)) return 0;
-  }
+  for (size_t i = g->first_cache; i < g->first_cache + g->ncaches; i++)
+    if (repl_busy_part(lp, lp->pmap->caches[i].name, p)) return 0;
   return 1;
 }
 
@@ -648,12 +653,9 @@ static void repl_handoffs_on_map(loop_t *lp, const pmap_t *m) {
       /* Every cache of the group with a write of p in flight reports when
        * it drains (the last one for the group); none: drained now. */
       int pending = 0;
-      for (const char *name = pmap_group_cache_after(m, g, ""); name;
-           name = pmap_group_cache_after(m, g, name)) {
-        store_cache_t *sc = store_view_find(&lp->view, name, strlen(name));
-        store_part_sync_t *sync = sc ? store_part_sync(sc, p) : NULL;
-        repl_part_t *part = sync ? sync->repl : NULL;
-        if (part && !repl_order_empty(&part->order)) {
+      for (size_t i = g->first_cache; i < g->first_cache + g->ncaches; i++) {
+        repl_part_t *part = repl_busy_part(lp, m->caches[i].name, p);
+        if (part) {
           part->handoff_epoch = m->epoch;
           pending = 1;
         }

@@ -137,13 +137,14 @@ static void check_refusal(grid_t *g, const grid_cache_config_t *cfg, const char 
 }
 
 static void test_limits(void) {
-  printf("-- creates past caches_max and map_bytes_max are refused in words\n");
+  printf("-- creates past caches_max, map_bytes_max and map_groups_max are refused in words\n");
   harness_node_t nodes[2] = {0};
   const char *settings[] = {"zk_session_timeout_ms=1500", "loops=1", "caches_max=5",
                             "map_bytes_max=20000", "map_groups_max=3", NULL};
   for (int i = 0; i < 2; i++) harness_start_cluster_node(&nodes[i], &zk, "limits", i, settings);
   grid_t *g = open_uri(nodes[0].uri);
-  /* "default" (1024 x 1 copy: 2,048 bytes of map) is the first of four. */
+  /* "default" (1024 x 1 copy: 2,048 bytes of map) is the first of five
+   * caches and of three groups. */
   grid_cache_config_t a = {.name = "a", .partitions = 1024, .backups = 1};
   CHECK_RC(grid_cache_create(g, &a), 0);
   /* 4,096 partitions x 2 copies x 2 bytes would pass 20,000 bytes. */
