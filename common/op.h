@@ -25,6 +25,8 @@ enum {
   OP_PEER = 1u << 6,       /* node to node only: refused from a client */
   OP_DATA = 1u << 7,       /* names a cache and runs against its data */
   OP_ALL_NODES = 1u << 8,  /* answered from every node's primaries (SIZE) */
+  OP_STREAM = 1u << 9,     /* a change stream on the connection it came on:
+                              served by the front end, never routed */
 };
 
 #define OP_READ_KEYED_ (OP_KEYED | OP_DATA | OP_IDEMPOTENT)
@@ -57,7 +59,9 @@ enum {
   X(GET_AND_PUT, OP_WRITE_KEYED_)                          \
   X(GET_AND_DELETE, OP_WRITE_KEYED_)                       \
   X(EXPIRE, OP_WRITE_KEYED_)                               \
-  X(TTL, OP_READ_KEYED_)
+  X(TTL, OP_READ_KEYED_)                                   \
+  X(SUBSCRIBE, OP_STREAM | OP_IDEMPOTENT)                  \
+  X(UNSUBSCRIBE, OP_STREAM | OP_IDEMPOTENT)
 
 #define OP_NUMBER_MAX 64 /* room in op_flags_table; grid.proto's ops stay below */
 

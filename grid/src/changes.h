@@ -34,6 +34,8 @@ typedef enum {
  * while read: valid during the callback only). */
 typedef struct change {
   change_kind_t kind;
+  uint8_t how;               /* what made it, for those who name it (the
+                                store's op + 1; 0: not known) */
   uint64_t counter;          /* the partition's update counter */
   uint64_t version;          /* the entry's version after the change */
   int64_t expire_at_ms;      /* PUT: wall-clock expiry, 0: none */
@@ -44,7 +46,9 @@ typedef struct change {
 } change_t;
 
 typedef struct changes {
-  unsigned char *buf;        /* bytes_max bytes, taken at the first append */
+  unsigned char *buf;        /* cap bytes, taken at the first append */
+  size_t cap;                /* the ring's size now: it grows (changes_grow)
+                                up to bytes_max */
   size_t bytes_max;          /* 0: the ring keeps nothing (every read after
                                 an append is a GAP) */
   size_t head, tail;         /* oldest record's offset, end of the newest */
@@ -65,6 +69,15 @@ void changes_free(changes_t *c);
 /* History restarts after counter: the ring forgets what it holds, and a
  * reader at an earlier position gets a GAP. */
 void changes_reset(changes_t *c, uint64_t counter);
+/* The ring's first size: it starts small and doubles as it fills, so a
+ * partition written rarely costs little. */
+#define CHANGES_BYTES_FIRST 4096
+/* The size the ring would grow to before keeping ch, or 0 when it has room
+ * or is as large as it may be (then the oldest changes go instead). */
+size_t changes_grow_wanted(const changes_t *c, const change_t *ch);
+/* Grows the ring to cap bytes (its changes kept). 0, or -1 when out of
+ * memory (nothing changed). */
+int changes_grow(changes_t *c, size_t cap);
 /* Appends ch (ch->counter > the newest held), forgetting the oldest
  * changes to make room. A change larger than the whole ring, or one the
  * ring has no memory for, cannot be kept: the ring resets at its counter

@@ -66,6 +66,9 @@ static const config_key_t config_keys[] = {
      * ZooKeeper's 1 MB. */
     CFG_N(map_bytes_max, CFG_SIZE, 4096, (int64_t)1 << 30),
     CFG_N(map_groups_max, CFG_INT, 1, 4096),
+    CFG_N(change_buffer_bytes, CFG_SIZE, 0, (int64_t)1 << 30),
+    CFG_N(subscriptions_max, CFG_INT, 0, 1000000),
+    CFG_N(subscription_keys_max, CFG_INT, 1, 1000000),
 };
 
 void config_defaults(config_t *c) {
@@ -105,6 +108,9 @@ void config_defaults(config_t *c) {
   c->map_bytes_max = 64 << 20;
   c->map_groups_max = 1024;
   c->lost_grace_ms = 30000;
+  c->change_buffer_bytes = 64 << 10;
+  c->subscriptions_max = 1024;
+  c->subscription_keys_max = 1024;
 }
 
 static int config_parse_number(const char *v, int is_size, int64_t *out) {

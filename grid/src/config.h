@@ -72,6 +72,12 @@ typedef struct config {
   int64_t map_groups_max;         /* placement groups (kinds of caches): the
                                      map's root names each, and must fit in
                                      one znode */
+  int64_t change_buffer_bytes;    /* a partition's change history (what a
+                                     subscription resumes from) at most; it
+                                     grows from 4K as it fills; 0: none */
+  int64_t subscriptions_max;      /* change-stream subscriptions served by
+                                     this node at once, every connection */
+  int64_t subscription_keys_max;  /* affinity keys one subscription names */
 } config_t;
 
 /* Fills in the defaults of gridd. */

@@ -61,6 +61,9 @@ struct loop {
   struct peer *peers;          /* links to other nodes, made on demand */
   /* repl.c */
   struct repl_loop *repl;      /* the partitions this loop owns */
+  /* stream.c */
+  struct stream_watch *stream_watches; /* caches this loop's subscriptions
+                                  watch */
   /* Written by every loop that hands this one a request: on a cache line
    * of its own, away from what this loop reads on every request. */
   _Alignas(64) _Atomic int64_t handoffs; /* requests other loops handed to

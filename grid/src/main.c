@@ -43,6 +43,7 @@ static void usage(FILE *f) {
           "  batch_keys_max, scan_count_max, caches_max, partitions_default,\n"
           "  partitions_max, connections_max, output_bytes_max, handshake_timeout_ms,\n"
           "  frame_timeout_ms, sweep_interval_ms, sweep_entries_per_tick,\n"
+          "  change_buffer_bytes, subscriptions_max, subscription_keys_max,\n"
           "  log_level (debug, info, warn, error)\n"
           "Cluster settings: zk (ZooKeeper hosts; empty: a single node), cluster,\n"
           "  zone, advertise, zk_session_timeout_ms, cluster_min_nodes,\n"

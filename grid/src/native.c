@@ -1,5 +1,6 @@
 #include "native.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,9 +12,12 @@
 #include "grid_types.h"
 #include "log.h"
 #include "node.h"
+#include "op.h"
+#include "pmap.h"
 #include "ops.h"
 #include "route.h"
 #include "sink.h"
+#include "stream.h"
 
 /* A native connection's own state (c->fe). */
 typedef struct native_conn {
@@ -24,6 +28,8 @@ typedef struct native_conn {
                                   the record is refused */
   int64_t map_wait_since_ms;
   char peer_id[64];            /* a peer's node id, from its hello */
+  stream_sub_t **subs;         /* change-stream subscriptions on it */
+  size_t nsubs, subs_cap;
 } native_conn_t;
 
 static native_conn_t *native_of(conn_t *c) { return c->fe; }
@@ -155,6 +161,256 @@ static void native_on_hello(conn_t *c, const unsigned char *p, size_t len) {
         h->client_name ? h->client_name : "");
 }
 
+/* ---- change streams ------------------------------------------------------ */
+
+static int native_event(void *ctx, stream_sub_t *s, uint32_t p, int what, const change_t *ch,
+                        uint64_t pos) {
+  conn_t *c = ctx;
+  if (!conn_open(c)) return 1;
+  Grid__Event ev = GRID__EVENT__INIT;
+  Grid__Event *evp = &ev;
+  ev.partition = p;
+  ev.counter = pos;
+  if (what == STREAM_EV_GAP) {
+    ev.kind = GRID__EVENT_KIND__EVENT_GAP;
+  } else if (what == STREAM_EV_END) {
+    ev.kind = GRID__EVENT_KIND__EVENT_END;
+  } else {
+    ev.kind = ch->kind == CHANGE_PUT      ? GRID__EVENT_KIND__EVENT_PUT
+              : ch->kind == CHANGE_EXPIRE ? GRID__EVENT_KIND__EVENT_EXPIRE
+                                          : GRID__EVENT_KIND__EVENT_DELETE;
+    ev.version = ch->version;
+    ev.op = ch->how;
+    ev.key.data = (uint8_t *)ch->key;
+    ev.key.len = ch->key_len;
+    if (ch->kind == CHANGE_PUT) {
+      ev.expire_at_ms = ch->expire_at_ms;
+      if (!(stream_keys_only(s))) {
+        ev.value.data = (uint8_t *)ch->value;
+        ev.value.len = ch->value_len;
+      }
+    }
+  }
+  Grid__Reply rp = GRID__REPLY__INIT;
+  rp.sub = stream_id(s);
+  rp.n_events = 1;
+  rp.events = &evp;
+  if (native_send(c, &rp.base) != 0) {
+    conn_close(c);
+    return 1;
+  }
+  if (!conn_output_full(c)) return 0;
+  /* Full: reading stops too, and both go on once the output drains
+   * (native_input resumes the subscriptions). */
+  conn_flush(c);
+  if (!conn_output_full(c)) return 0;
+  conn_pause(c);
+  return 1;
+}
+
+static void native_stream_flush(void *ctx) { conn_flush(ctx); }
+
+static const stream_out_t native_stream_out = {native_event, native_stream_flush};
+
+static stream_sub_t *native_sub_find(native_conn_t *nc, uint64_t id, size_t *at) {
+  for (size_t i = 0; i < nc->nsubs; i++) {
+    if (stream_id(nc->subs[i]) == id) {
+      if (at) *at = i;
+      return nc->subs[i];
+    }
+  }
+  return NULL;
+}
+
+static void native_sub_error(conn_t *c, Grid__Reply *rp, int status, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void native_sub_error(conn_t *c, Grid__Reply *rp, int status, const char *fmt, ...) {
+  char detail[256];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(detail, sizeof detail, fmt, ap);
+  va_end(ap);
+  ops_reply_error(rp, status, detail, &c->lp->arena);
+}
+
+/* Checks a SUBSCRIBE's filter: 0, or the error already in rp. */
+static int native_sub_check(conn_t *c, const Grid__Request *rq, Grid__Reply *rp) {
+  node_t *n = c->lp->node;
+  if (rq->sub == 0) {
+    native_sub_error(c, rp, GRID_EINVAL, "a subscription needs an id (sub) other than 0");
+    return -1;
+  }
+  if ((int64_t)rq->prefix.len > n->cfg.key_bytes_max) {
+    native_sub_error(c, rp, GRID_EKEYTOOBIG, "the prefix is %zu bytes, key_bytes_max is %lld",
+                     rq->prefix.len, (long long)n->cfg.key_bytes_max);
+    return -1;
+  }
+  if ((int64_t)rq->n_keys > n->cfg.subscription_keys_max) {
+    native_sub_error(c, rp, GRID_ELIMIT, "%zu affinity keys, subscription_keys_max is %lld",
+                     rq->n_keys, (long long)n->cfg.subscription_keys_max);
+    return -1;
+  }
+  for (size_t i = 0; i < rq->n_keys; i++) {
+    if (rq->keys[i].len == 0) {
+      native_sub_error(c, rp, GRID_EINVAL, "affinity key %zu is empty", i);
+      return -1;
+    }
+    if ((int64_t)rq->keys[i].len > n->cfg.key_bytes_max) {
+      native_sub_error(c, rp, GRID_EKEYTOOBIG, "affinity key %zu is %zu bytes, key_bytes_max "
+                       "is %lld", i, rq->keys[i].len, (long long)n->cfg.key_bytes_max);
+      return -1;
+    }
+  }
+  if (rq->prefix.len && rq->n_keys) {
+    native_sub_error(c, rp, GRID_EINVAL, "a subscription filters by a prefix or by affinity "
+                     "keys, not both");
+    return -1;
+  }
+  return 0;
+}
+
+/* SUBSCRIBE: the partitions asked for that this node leads are taken (the
+ * reply says where each starts), the others are named in moved. */
+static void native_subscribe(conn_t *c, const Grid__Request *rq, Grid__Reply *rp) {
+  loop_t *lp = c->lp;
+  native_conn_t *nc = native_of(c);
+  arena_t *a = &lp->arena;
+  if (native_sub_check(c, rq, rp) != 0) return;
+  const char *name = rq->cache && rq->cache[0] ? rq->cache : "default";
+  store_cache_t *cache = store_view_find(&lp->view, name, strlen(name));
+  if (!cache) {
+    native_sub_error(c, rp, GRID_ENOCACHE, "\"%.64s\"", name);
+    return;
+  }
+  stream_sub_t *s = native_sub_find(nc, rq->sub, NULL);
+  int made = 0;
+  if (!s) {
+    if (nc->nsubs == nc->subs_cap) {
+      size_t cap = nc->subs_cap ? nc->subs_cap * 2 : 4;
+      stream_sub_t **v = realloc(nc->subs, cap * sizeof *v);
+      if (!v) {
+        ops_reply_error(rp, GRID_ENOMEM, NULL, a);
+        return;
+      }
+      nc->subs = v;
+      nc->subs_cap = cap;
+    }
+    const void **keys = rq->n_keys ? arena_alloc(a, rq->n_keys * sizeof *keys) : NULL;
+    size_t *lens = rq->n_keys ? arena_alloc(a, rq->n_keys * sizeof *lens) : NULL;
+    if (rq->n_keys && (!keys || !lens)) {
+      ops_reply_error(rp, GRID_ENOMEM, NULL, a);
+      return;
+    }
+    for (size_t i = 0; i < rq->n_keys; i++) {
+      keys[i] = rq->keys[i].data;
+      lens[i] = rq->keys[i].len;
+    }
+    stream_filter_t f = {.prefix = rq->prefix.len ? rq->prefix.data : NULL,
+                         .prefix_len = rq->prefix.len,
+                         .keys = (const void *const *)keys,
+                         .key_lens = lens,
+                         .nkeys = rq->n_keys,
+                         .keys_only = rq->keys_only};
+    int rc = stream_open(lp, cache, rq->sub, &f, &native_stream_out, c, &s);
+    if (rc == GRID_ELIMIT) {
+      native_sub_error(c, rp, rc, "this node serves subscriptions_max (%lld) subscriptions",
+                       (long long)lp->node->cfg.subscriptions_max);
+      return;
+    }
+    if (rc != 0) {
+      ops_reply_error(rp, rc, NULL, a);
+      return;
+    }
+    nc->subs[nc->nsubs++] = s;
+    made = 1;
+  }
+  Grid__SubPosition **taken = arena_alloc(a, (rq->n_positions + 1) * sizeof *taken);
+  Grid__SubPosition *tk = arena_alloc(a, (rq->n_positions + 1) * sizeof *tk);
+  uint32_t *moved = arena_alloc(a, (rq->n_positions + 1) * sizeof *moved);
+  if (!taken || !tk || !moved) {
+    if (made) {
+      stream_close(s);
+      nc->nsubs--;
+    }
+    ops_reply_error(rp, GRID_ENOMEM, NULL, a);
+    return;
+  }
+  for (size_t i = 0; i < rq->n_positions; i++) {
+    const Grid__SubPosition *sp = rq->positions[i];
+    uint64_t pos;
+    int rc = stream_take(s, sp->partition, sp->after, sp->now, &pos);
+    if (rc == GRID_EINVAL) {
+      if (made) {
+        stream_close(s);
+        nc->nsubs--;
+      }
+      native_sub_error(c, rp, rc, "partition %u is out of range: cache %.64s has %u", sp->partition,
+                       name, store_cache_cfg(cache)->partitions);
+      return;
+    }
+    if (rc != 0) {
+      moved[rp->n_moved++] = sp->partition;
+      continue;
+    }
+    grid__sub_position__init(&tk[rp->n_positions]);
+    tk[rp->n_positions].partition = sp->partition;
+    tk[rp->n_positions].after = pos;
+    taken[rp->n_positions] = &tk[rp->n_positions];
+    rp->n_positions++;
+  }
+  rp->positions = taken;
+  rp->moved = moved;
+  rp->epoch = lp->pmap ? lp->pmap->epoch : 0;
+}
+
+static void native_unsubscribe(conn_t *c, const Grid__Request *rq, Grid__Reply *rp) {
+  native_conn_t *nc = native_of(c);
+  size_t at;
+  stream_sub_t *s = native_sub_find(nc, rq->sub, &at);
+  if (!s) {
+    native_sub_error(c, rp, GRID_ENOTFOUND, "no subscription %llu on this connection",
+                     (unsigned long long)rq->sub);
+    return;
+  }
+  if (rq->n_positions) {
+    for (size_t i = 0; i < rq->n_positions; i++) stream_drop(s, rq->positions[i]->partition);
+    return;
+  }
+  stream_close(s);
+  nc->subs[at] = nc->subs[--nc->nsubs];
+}
+
+/* SUBSCRIBE and UNSUBSCRIBE: served on this connection, never routed. */
+static void native_stream_request(conn_t *c, const Grid__Request *rq) {
+  Grid__Reply rp = GRID__REPLY__INIT;
+  rp.id = rq->id;
+  if (native_of(c)->peer_role) {
+    ops_reply_error(&rp, GRID_EINVAL, "a change stream is a client's, not a peer's",
+                    &c->lp->arena);
+  } else if (c->lp->node->cluster && !cluster_serving(c->lp->node->cluster)) {
+    ops_reply_error(&rp, GRID_ECLUSTER, "this node is not serving (no partition map, or no "
+                    "ZooKeeper)", &c->lp->arena);
+  } else if (rq->op == GRID__OP__SUBSCRIBE) {
+    native_subscribe(c, rq, &rp);
+  } else {
+    native_unsubscribe(c, rq, &rp);
+  }
+  if (native_send(c, &rp.base) != 0) {
+    conn_close(c);
+    return;
+  }
+  /* What the history holds already follows the reply. */
+  if (rq->op == GRID__OP__SUBSCRIBE && rp.status == 0) {
+    stream_sub_t *s = native_sub_find(native_of(c), rq->sub, NULL);
+    if (s) stream_start(s);
+  }
+}
+
+static void native_streams_resume(conn_t *c) {
+  native_conn_t *nc = native_of(c);
+  for (size_t i = 0; i < nc->nsubs && !conn_output_full(c); i++) stream_resume(nc->subs[i]);
+}
+
 /* A cluster node's request: routed. 1 when it must wait for a newer map
  * (the frame is not consumed), else 0. */
 static int native_route(conn_t *c, Grid__Request *rq) {
@@ -211,6 +467,10 @@ static int native_on_request(conn_t *c, const unsigned char *p, size_t len) {
     native_fail(c, GRID_EPROTO, "a request frame does not decode as a Request");
     return 0;
   }
+  if (op_has(rq->op, OP_STREAM)) {
+    native_stream_request(c, rq);
+    return 0;
+  }
   if (lp->node->cluster) return native_route(c, rq);
   Grid__Reply rp = GRID__REPLY__INIT;
   ops_execute(lp->node, &lp->view, rq, &rp, &lp->arena);
@@ -225,6 +485,7 @@ static int native_on_request(conn_t *c, const unsigned char *p, size_t len) {
 static void native_input(conn_t *c) {
   node_t *n = c->lp->node;
   size_t off = 0;
+  if (native_of(c)->nsubs && !c->closing) native_streams_resume(c);
   while (!c->closing && !uv_is_closing((uv_handle_t *)&c->tcp)) {
     if (conn_output_full(c)) {
       /* Try to make room first: the socket may take it all at once. */
@@ -263,6 +524,9 @@ static int native_open(conn_t *c) {
 }
 
 static void native_free(conn_t *c) {
+  native_conn_t *nc = native_of(c);
+  for (size_t i = 0; i < nc->nsubs; i++) stream_close(nc->subs[i]);
+  free(nc->subs);
   free(c->fe);
   c->fe = NULL;
 }

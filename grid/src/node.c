@@ -17,6 +17,7 @@
 #include "net.h"
 #include "peer.h"
 #include "repl.h"
+#include "stream.h"
 
 /* The housekeeping thread: the TTL sweep, bounded to sweep_entries_per_tick
  * entries every sweep_interval_ms, off the event loops. */
@@ -117,8 +118,12 @@ static node_t *node_new(const config_t *cfg, int *rc, char *err, size_t err_len)
       .caches_max = n->cfg.caches_max,
       .partitions_default = n->cfg.partitions_default,
       .partitions_max = n->cfg.partitions_max,
+      .change_buffer_bytes = n->cfg.change_buffer_bytes,
   };
   n->store = store_new(&lim);
+  /* A single node announces a change once applied; a cluster's, once
+   * committed (repl). */
+  if (n->store) store_set_announce_applied(n->store, !n->cfg.zk[0]);
   if (!n->store) {
     snprintf(err, err_len, "cannot create the store: memory_bytes_max (%lld) "
              "is too small for the default cache", (long long)lim.memory_bytes_max);
@@ -160,6 +165,7 @@ static int node_new_cluster(node_t *n, char *err, size_t err_len) {
   }
   cluster_on_map(n->cluster, repl_on_map);
   cluster_on_map(n->cluster, native_on_map);
+  cluster_on_map(n->cluster, stream_on_map);
   return 0;
 }
 

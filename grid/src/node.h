@@ -35,6 +35,8 @@ typedef struct node {
   uint64_t (*loops_ops_served)(void *arg);
   void *loops_ops_arg;
   _Atomic uint64_t connections;    /* client connections open */
+  _Atomic int64_t subscriptions;   /* change-stream subscriptions served
+                                      (subscriptions_max) */
   pthread_t cron_thread;           /* TTL sweep */
   pthread_mutex_t cron_lock;
   pthread_cond_t cron_cond;

@@ -141,6 +141,7 @@ static void ops_write(node_t *n, store_cache_t *c, const Grid__Request *rq,
       .keep_ttl = rq->keep_ttl,
       .expire_ms = rq->expire_ms,
       .persist = rq->persist,
+      .how = (uint8_t)rq->op,
   };
   if (rq->op == GRID__OP__GET_AND_PUT || rq->op == GRID__OP__GET_AND_DELETE) {
     w.old_alloc = ops_arena_alloc;
@@ -216,7 +217,7 @@ static void ops_put_all(node_t *n, store_cache_t *c, const Grid__Request *rq,
   for (size_t i = 0; i < rq->n_keys; i++) {
     store_key_t k;
     store_key_init(c, rq->keys[i].data, rq->keys[i].len, &k);
-    store_write_t w = {.op = STORE_PUT,
+    store_write_t w = {.op = STORE_PUT, .how = GRID__OP__PUT_ALL,
                        .value = rq->values[i].data,
                        .value_len = rq->values[i].len,
                        .ttl_ms = rq->ttl_ms};
@@ -243,7 +244,7 @@ static void ops_delete_all(node_t *n, store_cache_t *c, const Grid__Request *rq,
   for (size_t i = 0; i < rq->n_keys; i++) {
     store_key_t k;
     store_key_init(c, rq->keys[i].data, rq->keys[i].len, &k);
-    store_write_t w = {.op = STORE_DELETE};
+    store_write_t w = {.op = STORE_DELETE, .how = GRID__OP__DELETE_ALL};
     store_result_t res;
     if (store_write(c, &k, &w, now, &res) == 0) deleted++;
   }
@@ -481,6 +482,10 @@ void ops_execute_rec(node_t *n, store_view_t *view, const Grid__Request *rq,
     }
     default: {
       if (op_has(rq->op, OP_DATA)) break;
+      if (op_has(rq->op, OP_STREAM)) {
+        ops_reply_error(rp, GRID_EINVAL, "a change stream is served on a connection to a node", a);
+        return;
+      }
       char detail[32];
       snprintf(detail, sizeof detail, "op %d", (int)rq->op);
       ops_reply_error(rp, GRID_EBADOP, detail, a);

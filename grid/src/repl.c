@@ -191,7 +191,8 @@ static void repl_advance(loop_t *lp, repl_part_t *part) {
    * Sequentially consistent, as the catch-up to applied always was (each
    * write's commit was a release store: this is at least as strong). */
   GRID_ASSERT(committed >= before);
-  if (committed != before) atomic_store(&part->sync->committed, committed);
+  /* Published (and change streams told) once, before any reply leaves. */
+  if (committed != before) store_part_commit(cache, part->p, committed);
   for (repl_order_write_t *o = out.writes, *next; o; o = next) {
     next = o->next;
     repl_write_done(lp, repl_write_of(o));
@@ -494,6 +495,7 @@ static int repl_run(loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *sin
     store_cache_hold(sc);
     w->cache = sc;
     if (rec.captured) {
+      rec.rq.change_op = (uint32_t)rq->op; /* backups keep it with the change */
       waits = repl_start_write(lp, rl, part, w, &rec, &rp, idx, owning, moving, handed);
     } else {
       repl_record_lost(lp, rl, part, w, idx, owning, moving, rq->id);
@@ -665,6 +667,28 @@ static void repl_handoffs_on_map(loop_t *lp, const pmap_t *m) {
   }
 }
 
+/* A partition this loop leads with no write pending: what it applied is
+ * as committed as it gets (reads answer from it already), so its change
+ * stream may go on to there. A promoted backup gets here before any write
+ * comes, and subscribers resume at once. */
+static void repl_commit_idle(loop_t *lp, const pmap_t *m) {
+  store_view_refresh(&lp->view);
+  int loops = loops_count(lp->set);
+  for (size_t i = 0; i < lp->view.n; i++) {
+    store_cache_t *sc = lp->view.caches[i];
+    const pmap_group_t *g = pmap_find_cache(m, store_cache_cfg(sc)->name);
+    if (!g) continue;
+    for (uint32_t p = (uint32_t)lp->index; p < g->partitions; p += (uint32_t)loops) {
+      store_part_sync_t *sy = store_part_sync(sc, p);
+      uint64_t applied = atomic_load(&sy->applied);
+      if (applied == atomic_load(&sy->committed) || pmap_primary(g, p) != lp->self) continue;
+      repl_part_t *part = sy->repl;
+      if (part && !repl_order_empty(&part->order)) continue;
+      store_part_commit(sc, p, applied);
+    }
+  }
+}
+
 void repl_on_map(loop_t *lp) {
   if (lp->stopping) return; /* repl_close ran: nothing is kept any more */
   struct repl_loop *rl = repl_loop(lp);
@@ -694,6 +718,7 @@ void repl_on_map(loop_t *lp) {
   }
   repl_handoffs_on_map(lp, m);
   repl_fills_on_map(lp, m);
+  repl_commit_idle(lp, m);
 }
 
 void repl_cron(loop_t *lp, int64_t now_ms) {

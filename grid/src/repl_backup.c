@@ -43,7 +43,8 @@ void repl_on_peer_request(loop_t *lp, const char *from_node,
     store_key_init(sc, rq->key.data, rq->key.len, &k);
     /* An empty value arrives as NULL data: only `deleted` means a delete. */
     const void *value = rq->deleted ? NULL : rq->value.data ? rq->value.data : (uint8_t *)"";
-    rc = store_apply(sc, &k, value, rq->value.len, rq->version, rq->expire_at_ms);
+    rc = store_apply_change(sc, &k, value, rq->value.len, rq->version, rq->expire_at_ms,
+                            (uint8_t)rq->change_op);
     if (rc != 0) ops_reply_error(rp, rc, NULL, &lp->arena);
     return;
   }
@@ -52,7 +53,7 @@ void repl_on_peer_request(loop_t *lp, const char *from_node,
     ops_reply_error(rp, GRID_EINVAL, "partition out of range", &lp->arena);
     return;
   }
-  if (rq->reset) store_part_reset(sc, rq->partition);
+  if (rq->reset) store_part_reset(sc, rq->partition, rq->version);
   for (size_t i = 0; i < rq->n_values; i++) {
     /* A chunk: values[i] is a packed Entry. */
     Grid__Entry *e = grid__entry__unpack(&lp->arena.pb, rq->values[i].len, rq->values[i].data);

@@ -32,6 +32,7 @@ typedef struct store_part {
   _Atomic uint64_t count;   /* entries; read without the lock by size */
   uint64_t counter;         /* update counter: last version's low bits */
   store_part_sync_t sync;   /* replication progress (cluster mode) */
+  changes_t *changes;       /* recent changes, NULL until the first */
 } store_part_t;
 
 struct store_cache {
@@ -40,6 +41,9 @@ struct store_cache {
   atomic_int refs;          /* the registry's reference plus users' */
   store_t *store;
   store_part_t *parts;
+  pthread_mutex_t watch_lock; /* guards watchers */
+  store_watch_t *watchers;
+  _Atomic int nwatchers;
 };
 
 #define STORE_BUCKETS_MIN 8
@@ -59,6 +63,8 @@ struct store {
   pthread_mutex_t sweep_lock;
   size_t sweep_cache, sweep_part; /* where the sweep goes on */
   uint64_t sweep_cursor;
+  int announce_applied;      /* a single node: changes announced as applied */
+  _Atomic int64_t changes_bytes; /* held by change histories */
 };
 
 /* ---- memory accounting ------------------------------------------------ */
@@ -137,10 +143,24 @@ static void store_part_clear(store_t *s, store_part_t *p) {
   store_mem_release(s, freed);
 }
 
+/* Frees p's change history and gives its memory back. */
+static void store_changes_free(store_t *s, store_part_t *p) {
+  if (!p->changes) return;
+  int64_t bytes = (int64_t)(p->changes->cap + sizeof *p->changes);
+  changes_free(p->changes);
+  free(p->changes);
+  p->changes = NULL;
+  atomic_fetch_sub(&s->changes_bytes, bytes);
+  store_mem_release(s, bytes);
+}
+
 static void store_cache_destroy(store_cache_t *c) {
   store_t *s = c->store;
+  GRID_ASSERT(c->watchers == NULL);
+  pthread_mutex_destroy(&c->watch_lock);
   for (uint32_t i = 0; i < c->cfg.partitions; i++) {
     store_part_clear(s, &c->parts[i]);
+    store_changes_free(s, &c->parts[i]);
     pthread_mutex_destroy(&c->parts[i].lock);
     if (c->parts[i].sync.repl && s->repl_free) s->repl_free(c->parts[i].sync.repl);
   }
@@ -211,6 +231,7 @@ int store_cache_create(store_t *s, const store_cache_cfg_t *cfg) {
   c->store = s;
   c->parts = p;
   atomic_init(&c->refs, 1);
+  pthread_mutex_init(&c->watch_lock, NULL);
   for (uint32_t i = 0; i < parts; i++) pthread_mutex_init(&p[i].lock, NULL);
 
   int rc = 0;
@@ -226,6 +247,7 @@ int store_cache_create(store_t *s, const store_cache_cfg_t *cfg) {
   pthread_rwlock_unlock(&s->lock);
   if (rc != 0) {
     for (uint32_t i = 0; i < parts; i++) pthread_mutex_destroy(&p[i].lock);
+    pthread_mutex_destroy(&c->watch_lock);
     free(p);
     free(c);
   }
@@ -693,15 +715,52 @@ static void store_count_write(store_part_t *p, uint64_t version) {
   atomic_store_explicit(&p->sync.applied, p->counter & STORE_COUNTER_MASK, memory_order_release);
 }
 
+/* Keeps a change of p in its history: the ring is made at the first
+ * change and grows while memory_bytes_max allows (a ring that cannot keep
+ * it forgets what it held: its readers hear of a GAP). Partition locked. */
+static void store_keep_change(store_t *s, store_part_t *p, const change_t *ch) {
+  if (!p->changes) {
+    int64_t cost = (int64_t)sizeof *p->changes;
+    if (store_mem_reserve(s, cost) != 0) return; /* no history: readers get a GAP */
+    if (!(p->changes = malloc(sizeof *p->changes))) {
+      store_mem_unreserve(s, cost);
+      return;
+    }
+    atomic_fetch_add(&s->changes_bytes, cost);
+    changes_init(p->changes, (size_t)s->limits.change_buffer_bytes, ch->counter - 1);
+  }
+  changes_t *r = p->changes;
+  if (ch->counter <= r->last) return; /* an older record (after a reset) */
+  size_t want = changes_grow_wanted(r, ch);
+  if (want) {
+    int64_t delta = (int64_t)(want - r->cap);
+    if (store_mem_reserve(s, delta) == 0) {
+      if (changes_grow(r, want) == 0) atomic_fetch_add(&s->changes_bytes, delta);
+      else store_mem_unreserve(s, delta);
+    }
+  }
+  changes_append(r, ch);
+}
+
+static void store_keep(store_t *s, store_part_t *p, change_kind_t kind, uint8_t how,
+                       const void *key, size_t key_len, const void *value, size_t value_len,
+                       uint64_t version, int64_t expire_at_ms) {
+  change_t ch = {.kind = kind, .how = how, .counter = version & STORE_COUNTER_MASK,
+                 .version = version, .expire_at_ms = expire_at_ms, .key = key,
+                 .key_len = key_len, .value = value, .value_len = value_len};
+  store_keep_change(s, p, &ch);
+}
+
 /* Deletes old (found at link) as a write of its own: a new update counter,
  * and a record without a value. Partition locked. */
 static void store_delete_rec(store_t *s, store_part_t *p, const store_key_t *k,
                              store_entry_t **link, store_entry_t *old, store_result_t *res,
-                             store_applied_fn applied, void *ctx) {
+                             uint8_t how, store_applied_fn applied, void *ctx) {
   uint64_t version = store_next_version(s, p);
   res->version = old->version;
   store_unlink_free(s, p, link, old);
   store_count_write(p, version);
+  store_keep(s, p, CHANGE_DELETE, how, k->data, k->len, NULL, 0, version, 0);
   if (applied) applied(ctx, k->data, k->len, NULL, 0, version, 0);
 }
 
@@ -711,12 +770,15 @@ static void store_delete_rec(store_t *s, store_part_t *p, const store_key_t *k,
 static int store_install_rec(store_t *s, store_part_t *p, const store_key_t *k,
                              store_entry_t **link, store_entry_t *old,
                              const store_new_value_t *nv, int64_t expire_at_ms,
-                             store_result_t *res, store_applied_fn applied, void *ctx) {
+                             store_result_t *res, uint8_t how, store_applied_fn applied,
+                             void *ctx) {
   uint64_t version = store_next_version(s, p);
   store_entry_t *e;
   int rc = store_install(s, p, k, link, old, nv->data, nv->len, version, expire_at_ms, &e);
   if (rc != 0) return rc;
   store_count_write(p, version);
+  store_keep(s, p, CHANGE_PUT, how, e->data, e->key_len, e->data + e->key_len, e->value_len,
+             version, expire_at_ms);
   res->version = version;
   /* The record is made from the entry as installed: the value may have
    * pointed into the entry it replaced, which is freed now. */
@@ -745,12 +807,14 @@ int store_write_rec(store_cache_t *c, const store_key_t *k, const store_write_t 
   if (old && w->old_alloc) rc = store_copy_old_value(w, old, res);
   if (rc == 0) rc = store_write_decide(s, w, old, &nv, res, &action);
   if (rc == 0 && action == STORE_DO_DELETE)
-    store_delete_rec(s, p, k, link, old, res, applied, ctx);
+    store_delete_rec(s, p, k, link, old, res, w->how, applied, ctx);
   if (rc == 0 && action == STORE_DO_INSTALL)
     rc = store_install_rec(s, p, k, link, old, &nv, store_write_expire_at(c, w, old, now_ms),
-                           res, applied, ctx);
+                           res, w->how, applied, ctx);
   pthread_mutex_unlock(&p->lock);
   free(nv.joined);
+  if (rc == 0 && action != STORE_DO_NOTHING && s->announce_applied && store_watched(c))
+    store_part_commit(c, k->part, 0);
   return rc;
 }
 
@@ -828,8 +892,24 @@ int store_scan_full(store_cache_t *c, uint32_t part, uint64_t *cursor,
   return store_scan_any(c, part, cursor, count, now_ms, NULL, cb, ctx);
 }
 
+static int store_apply_any(store_cache_t *c, const store_key_t *k, const void *value,
+                           size_t value_len, uint64_t version, int64_t expire_at_ms,
+                           int keep, uint8_t how);
+
 int store_apply(store_cache_t *c, const store_key_t *k, const void *value,
                 size_t value_len, uint64_t version, int64_t expire_at_ms) {
+  return store_apply_any(c, k, value, value_len, version, expire_at_ms, 0, 0);
+}
+
+int store_apply_change(store_cache_t *c, const store_key_t *k, const void *value,
+                       size_t value_len, uint64_t version, int64_t expire_at_ms,
+                       uint8_t how) {
+  return store_apply_any(c, k, value, value_len, version, expire_at_ms, 1, how);
+}
+
+static int store_apply_any(store_cache_t *c, const store_key_t *k, const void *value,
+                           size_t value_len, uint64_t version, int64_t expire_at_ms,
+                           int keep, uint8_t how) {
   store_t *s = c->store;
   store_part_t *p = &c->parts[k->part];
   int rc = 0;
@@ -844,21 +924,119 @@ int store_apply(store_cache_t *c, const store_key_t *k, const void *value,
   atomic_store_explicit(&p->sync.applied, p->counter, memory_order_release);
   if (!value) {
     if (old) store_unlink_free(s, p, link, old);
-    goto out;
+  } else {
+    rc = store_install(s, p, k, link, old, value, value_len, version, expire_at_ms, NULL);
   }
-  rc = store_install(s, p, k, link, old, value, value_len, version, expire_at_ms, NULL);
-out:
+  /* A record is a change (kept even when the key was not here: a copy
+   * being filled may not have it yet); a fill's entry is not. */
+  if (rc == 0 && keep)
+    store_keep(s, p, value ? CHANGE_PUT : CHANGE_DELETE, how, k->data, k->len, value,
+               value ? value_len : 0, version, value ? expire_at_ms : 0);
   pthread_mutex_unlock(&p->lock);
+  if (rc == 0 && keep && s->announce_applied && store_watched(c))
+    store_part_commit(c, k->part, 0);
   return rc;
 }
 
-void store_part_reset(store_cache_t *c, uint32_t part) {
+void store_part_reset(store_cache_t *c, uint32_t part, uint64_t counter) {
   if (part >= c->cfg.partitions) return;
   store_part_t *p = &c->parts[part];
   pthread_mutex_lock(&p->lock);
   store_part_clear(c->store, p);
+  if (p->changes) changes_reset(p->changes, counter & STORE_COUNTER_MASK);
   pthread_mutex_unlock(&p->lock);
 }
+
+/* ---- change history and watchers ----------------------------------------- */
+
+void store_set_announce_applied(store_t *s, int on) { s->announce_applied = on; }
+
+int store_watched(const store_cache_t *c) {
+  return atomic_load_explicit(&c->nwatchers, memory_order_acquire) > 0;
+}
+
+int store_watch_add(store_cache_t *c, store_watch_t *w) {
+  w->words = (c->cfg.partitions + 63) / 64;
+  w->dirty = calloc(w->words, sizeof *w->dirty);
+  if (!w->dirty) return GRID_ENOMEM;
+  atomic_init(&w->woken, 0);
+  pthread_mutex_lock(&c->watch_lock);
+  w->next = c->watchers;
+  c->watchers = w;
+  atomic_fetch_add(&c->nwatchers, 1);
+  pthread_mutex_unlock(&c->watch_lock);
+  return 0;
+}
+
+void store_watch_remove(store_cache_t *c, store_watch_t *w) {
+  pthread_mutex_lock(&c->watch_lock);
+  for (store_watch_t **at = &c->watchers; *at; at = &(*at)->next) {
+    if (*at == w) {
+      *at = w->next;
+      atomic_fetch_sub(&c->nwatchers, 1);
+      break;
+    }
+  }
+  pthread_mutex_unlock(&c->watch_lock);
+  free(w->dirty);
+  w->dirty = NULL;
+}
+
+void store_watch_take(store_watch_t *w, void (*fn)(void *ctx, uint32_t p), void *ctx) {
+  /* woken first: a partition marked after its word was read wakes again. */
+  atomic_store(&w->woken, 0);
+  for (size_t i = 0; i < w->words; i++) {
+    uint64_t bits = atomic_exchange(&w->dirty[i], 0);
+    while (bits) {
+      int b = __builtin_ctzll(bits);
+      bits &= bits - 1;
+      fn(ctx, (uint32_t)(i * 64 + (size_t)b));
+    }
+  }
+}
+
+void store_part_commit(store_cache_t *c, uint32_t part, uint64_t committed) {
+  if (part >= c->cfg.partitions) return;
+  if (!c->store->announce_applied) atomic_store(&c->parts[part].sync.committed, committed);
+  if (!store_watched(c)) return;
+  pthread_mutex_lock(&c->watch_lock);
+  for (store_watch_t *w = c->watchers; w; w = w->next) {
+    atomic_fetch_or(&w->dirty[part / 64], UINT64_C(1) << (part % 64));
+    if (!atomic_exchange(&w->woken, 1)) w->wake(w);
+  }
+  pthread_mutex_unlock(&c->watch_lock);
+}
+
+uint64_t store_part_announced(store_cache_t *c, uint32_t part) {
+  if (part >= c->cfg.partitions) return 0;
+  store_part_sync_t *sy = &c->parts[part].sync;
+  return c->store->announce_applied ? atomic_load(&sy->applied) : atomic_load(&sy->committed);
+}
+
+int store_changes_read(store_cache_t *c, uint32_t part, uint64_t after, size_t max,
+                       changes_cb cb, void *ctx, uint64_t *next, uint64_t *upto) {
+  store_part_t *p = &c->parts[part];
+  pthread_mutex_lock(&p->lock);
+  uint64_t announced = store_part_announced(c, part);
+  *upto = announced;
+  int rc;
+  if (after >= announced) {
+    /* Nothing new (or a position this copy has not reached yet). */
+    *next = after;
+    rc = CHANGES_OK;
+  } else if (!p->changes) {
+    *next = announced;
+    rc = CHANGES_GAP;
+  } else {
+    rc = changes_read(p->changes, after, announced, max, cb, ctx, next);
+    if (rc == CHANGES_GAP)
+      *next = p->changes->base < announced ? p->changes->base : announced;
+  }
+  pthread_mutex_unlock(&p->lock);
+  return rc;
+}
+
+int64_t store_changes_bytes(const store_t *s) { return atomic_load(&s->changes_bytes); }
 
 store_part_sync_t *store_part_sync(store_cache_t *c, uint32_t part) {
   return part < c->cfg.partitions ? &c->parts[part].sync : NULL;

@@ -10,9 +10,12 @@
 #ifndef GRID_STORE_H
 #define GRID_STORE_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "changes.h"
 
 #define STORE_CACHE_NAME_MAX 64
 #define STORE_VERSION_COUNTER_BITS 40
@@ -27,6 +30,8 @@ typedef struct store_limits {
   int64_t caches_max;
   int64_t partitions_default;
   int64_t partitions_max;
+  int64_t change_buffer_bytes; /* a partition's change history at most
+                                  (0: none kept) */
 } store_limits_t;
 
 typedef struct store_cache_cfg {
@@ -77,6 +82,8 @@ typedef struct store_write {
   int persist;               /* STORE_EXPIRE: remove the expiry instead */
   store_alloc_fn old_alloc;  /* if set, the previous value is copied out */
   void *old_ctx;
+  uint8_t how;               /* kept with the change for whoever names it
+                                (the request's op); 0: not known */
 } store_write_t;
 
 typedef struct store_result {
@@ -188,8 +195,15 @@ int store_write_rec(store_cache_t *c, const store_key_t *k, const store_write_t 
  * record's. 0, GRID_EMEMLIMIT or GRID_ENOMEM. */
 int store_apply(store_cache_t *c, const store_key_t *k, const void *value,
                 size_t value_len, uint64_t version, int64_t expire_at_ms);
-/* Empties one partition (a copy about to be filled anew). */
-void store_part_reset(store_cache_t *c, uint32_t part);
+/* store_apply for a replication record (not a fill's entry): the change
+ * is kept in the partition's history, with how (the primary's op). */
+int store_apply_change(store_cache_t *c, const store_key_t *k, const void *value,
+                       size_t value_len, uint64_t version, int64_t expire_at_ms,
+                       uint8_t how);
+/* Empties one partition (a copy about to be filled anew); its change
+ * history starts again after counter (the primary's when the fill began:
+ * every record after it follows on the same link). */
+void store_part_reset(store_cache_t *c, uint32_t part, uint64_t counter);
 store_part_sync_t *store_part_sync(store_cache_t *c, uint32_t part);
 /* Frees a partition's sync.repl when its cache is freed. */
 void store_set_repl_free(store_t *s, void (*fn)(void *repl));
@@ -223,6 +237,57 @@ uint64_t store_entries(store_t *s);
 int64_t store_memory_bytes(const store_t *s);
 int64_t store_memory_bytes_max(const store_t *s);
 size_t store_cache_count(store_t *s);
+
+/* ---- change history: what change streams read ---------------------------
+ *
+ * Each partition keeps its recent changes (changes.h) in counter order, at
+ * most change_buffer_bytes, charged to memory_bytes_max (a ring refused
+ * memory keeps nothing: its readers get a GAP). Every copy keeps them: a
+ * primary its writes, a backup its primary's records, so a promoted backup
+ * goes on where the old primary stopped.
+ *
+ * A change may be announced once it cannot be taken back: in a cluster
+ * once it is committed (store_part_commit), on a single node once applied.
+ * Watchers (one per event loop that serves subscriptions of the cache, or
+ * an embedded subscription) hear of it: a bit per partition is set, and
+ * their wake runs once until they take the bits. */
+typedef struct store_watch store_watch_t;
+struct store_watch {
+  store_watch_t *next;             /* the cache's watchers (the store's) */
+  _Atomic uint64_t *dirty;         /* a bit per partition: changes to read */
+  size_t words;
+  _Atomic int woken;               /* wake ran, the bits not yet taken */
+  /* Runs on the announcing thread, the cache's watch lock held: it may
+   * only hand off (post a task, signal a condition). */
+  void (*wake)(store_watch_t *w);
+};
+
+/* Announcing on apply (a single node) or on commit (a cluster's
+ * replication calls store_part_commit). Set before writes run. */
+void store_set_announce_applied(store_t *s, int on);
+/* 0 or GRID_ENOMEM. w->wake set by the caller. */
+int store_watch_add(store_cache_t *c, store_watch_t *w);
+/* After it returns, w's wake does not run again. */
+void store_watch_remove(store_cache_t *c, store_watch_t *w);
+/* Clears w's woken flag, then calls fn(ctx, p) for each partition marked
+ * since the last take. */
+void store_watch_take(store_watch_t *w, void (*fn)(void *ctx, uint32_t p), void *ctx);
+/* Whether the cache has watchers (cheap: one atomic load). */
+int store_watched(const store_cache_t *c);
+/* committed moved on for p (cluster mode, the partition's owner loop):
+ * publishes it and tells the watchers. */
+void store_part_commit(store_cache_t *c, uint32_t part, uint64_t committed);
+/* The counter up to which p's changes may be announced. */
+uint64_t store_part_announced(store_cache_t *c, uint32_t part);
+/* Reads p's history after `after`, up to what may be announced, at most
+ * max changes, the partition locked during the call (cb must not call the
+ * store). CHANGES_GAP when changes after `after` are gone (*next is then
+ * the oldest position still held, or the announced one when nothing is).
+ * *upto receives the announced counter. */
+int store_changes_read(store_cache_t *c, uint32_t part, uint64_t after, size_t max,
+                       changes_cb cb, void *ctx, uint64_t *next, uint64_t *upto);
+/* Memory held by change histories (within store_memory_bytes). */
+int64_t store_changes_bytes(const store_t *s);
 
 /* Looks at up to budget entries, continuing where the last call stopped,
  * and removes the expired ones. Returns how many it removed. */

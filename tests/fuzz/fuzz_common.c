@@ -102,7 +102,7 @@ void fuzz_store_reset(node_t *n) {
 void fuzz_cache_clear(node_t *n, const char *cache) {
   store_cache_t *c = store_cache_acquire(n->store, cache, strlen(cache));
   if (!c) return;
-  for (uint32_t p = 0; p < store_cache_cfg(c)->partitions; p++) store_part_reset(c, p);
+  for (uint32_t p = 0; p < store_cache_cfg(c)->partitions; p++) store_part_reset(c, p, 0);
   store_cache_release(n->store, c);
 }
 

@@ -33,11 +33,22 @@ static int collect(void *ctx, const change_t *ch) {
   return s->stop_after && s->n >= s->stop_after;
 }
 
+/* Appends as the store does: the ring grows first while it may. */
+static void append(changes_t *c, const change_t *ch) {
+  size_t want = changes_grow_wanted(c, ch);
+  if (want) {
+    size_t before = c->cap;
+    CHECK_EQ(changes_grow(c, want), 0);
+    CHECK(c->cap > before && c->cap <= c->bytes_max);
+  }
+  changes_append(c, ch);
+}
+
 static void put(changes_t *c, uint64_t counter, const char *key, const char *value) {
-  change_t ch = {.kind = CHANGE_PUT, .counter = counter, .version = counter | (7ull << 48),
+  change_t ch = {.kind = CHANGE_PUT, .how = 3, .counter = counter, .version = counter | (7ull << 48),
                  .expire_at_ms = (int64_t)counter * 10, .key = key, .key_len = strlen(key),
                  .value = value, .value_len = strlen(value)};
-  changes_append(c, &ch);
+  append(c, &ch);
 }
 
 static int read_all(const changes_t *c, uint64_t after, seen_t *s, uint64_t *next) {
@@ -52,7 +63,7 @@ static void test_in_order(void) {
   put(&c, 102, "b", "two");
   change_t del = {.kind = CHANGE_DELETE, .counter = 103, .version = 103, .key = "a", .key_len = 1,
                   .value = "ignored", .value_len = 7};
-  changes_append(&c, &del);
+  append(&c, &del);
   static seen_t s;
   uint64_t next;
   CHECK_EQ(read_all(&c, 100, &s, &next), CHANGES_OK);
@@ -171,7 +182,8 @@ static void test_against_model(void) {
   static seen_t s;
   for (unsigned seed = 1; seed <= 20; seed++) {
     srand(seed);
-    size_t bytes_max = 128 + (size_t)(rand() % 2000);
+    /* Small rings, and rings that grow through several sizes. */
+    size_t bytes_max = 128 + (size_t)(rand() % (seed % 2 ? 2000 : 40000));
     changes_t c;
     changes_init(&c, bytes_max, 0);
     for (uint64_t i = 1; i < 3000; i++) {
@@ -181,11 +193,12 @@ static void test_against_model(void) {
       model_keys[i][kl] = '\0';
       for (int k = 0; k < vl; k++) model_values[i][k] = (char)('A' + (i * 7 + (uint64_t)k) % 26);
       model_values[i][del ? 0 : vl] = '\0';
-      change_t ch = {.kind = del ? CHANGE_DELETE : CHANGE_PUT, .counter = i, .version = i,
+      change_t ch = {.kind = del ? CHANGE_DELETE : CHANGE_PUT, .how = (uint8_t)(i % 9),
+                     .counter = i, .version = i,
                      .key = model_keys[i], .key_len = (size_t)kl, .value = model_values[i],
                      .value_len = del ? 0 : (size_t)vl};
-      changes_append(&c, &ch);
-      CHECK(c.used <= c.bytes_max);
+      append(&c, &ch);
+      CHECK(c.used <= c.cap && c.cap <= c.bytes_max);
       CHECK_EQ(c.last, i);
       if (i % 13 != 0) continue; /* a full check every few appends */
       uint64_t next;
@@ -195,6 +208,7 @@ static void test_against_model(void) {
       for (size_t k = 0; k < s.n; k++) {
         uint64_t want = c.base + 1 + k;
         CHECK_EQ(s.ch[k].counter, want);
+        CHECK_EQ(s.ch[k].how, want % 9);
         CHECK_STR(s.keys[k], model_keys[want]);
         CHECK_STR(s.values[k], model_values[want]);
       }
