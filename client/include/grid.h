@@ -257,6 +257,80 @@ GRID_EXPORT int grid_put_async(grid_t *g, const char *cache, const void *key,
 GRID_EXPORT int grid_delete_async(grid_t *g, const char *cache, const void *key,
                       size_t key_len, grid_write_cb cb, void *arg);
 
+/*
+ * Change streams: every committed change of a cache, as it happens, in
+ * each partition's commit order, across reconnects, failover and
+ * rebalancing. The library keeps a position per partition and subscribes
+ * again where the partition's primary moved; events it has passed on
+ * already are dropped, so each change reaches the application once.
+ * Where the history needed to go on is gone (the node's per-partition
+ * history, change_buffer_bytes, rolled over, or the subscriber fell too
+ * far behind), a GRID_EVENT_GAP for that partition says so: re-read it
+ * (grid_scan) to catch up. Nothing is dropped without a GAP.
+ */
+typedef enum grid_event_kind {
+  GRID_EVENT_PUT = 1,     /* a value written: key, value, version */
+  GRID_EVENT_DELETE = 2,  /* a key deleted */
+  GRID_EVENT_EXPIRE = 3,  /* a key gone because its time to live ran out */
+  GRID_EVENT_GAP = 4,     /* changes of this partition were lost to the
+                             subscriber: the stream goes on after them */
+} grid_event_kind_t;
+
+typedef struct grid_event {
+  grid_event_kind_t kind;
+  uint32_t partition;
+  uint64_t version;       /* the entry's version after the change (0: GAP) */
+  const void *key;        /* valid until the next grid_sub_next, or the end
+                             of the callback */
+  size_t key_len;
+  const void *value;      /* GRID_EVENT_PUT, unless keys_only */
+  size_t value_len;
+  int64_t expire_at_ms;   /* GRID_EVENT_PUT: wall-clock expiry, 0: none */
+  uint32_t op;            /* the write's op, as grid.proto numbers them
+                             (0: not known) */
+} grid_event_t;
+
+typedef void (*grid_event_cb)(const grid_event_t *ev, void *arg);
+
+typedef struct grid_sub_options {
+  const void *prefix;     /* only keys that start with it (NULL: every
+                             key; an empty prefix is refused) */
+  size_t prefix_len;
+  const void *const *affinity_keys; /* or only keys with one of these
+                             affinity keys ("{pump-7}"): only their
+                             partitions are followed */
+  const size_t *affinity_key_lens;
+  size_t n_affinity_keys;
+  int keys_only;          /* events without values */
+  grid_event_cb callback; /* set: each event is passed to it on the
+                             subscription's own thread (it must not call
+                             grid_unsubscribe); NULL: grid_sub_next */
+  void *arg;
+  uint32_t queue_max;     /* grid_sub_next: events held for the caller at
+                             most (0 = 65536); when full the library stops
+                             reading and the node holds the rest (a GAP if
+                             its history rolls over meanwhile) */
+} grid_sub_options_t;
+
+typedef struct grid_sub grid_sub_t;
+
+/* Subscribes to cache's changes from now on (opts may be NULL: every key,
+ * with values, pulled with grid_sub_next). 0 once every partition's
+ * primary took the subscription (one that cannot be reached now is taken
+ * later, from the same position); GRID_ENOCACHE, GRID_EINVAL (an empty
+ * prefix, both filters, an empty affinity key), GRID_EKEYTOOBIG,
+ * GRID_ELIMIT (the node's subscriptions_max or subscription_keys_max:
+ * grid_last_error() says which). */
+GRID_EXPORT int grid_subscribe(grid_t *g, const char *cache, const grid_sub_options_t *opts,
+                               grid_sub_t **out);
+/* The next event: 0 with *ev (valid until the next call or
+ * grid_unsubscribe), GRID_ETIMEDOUT when none came within timeout_ms,
+ * GRID_EINVAL for a subscription with a callback. */
+GRID_EXPORT int grid_sub_next(grid_sub_t *s, uint32_t timeout_ms, grid_event_t *ev);
+/* Ends the subscription and frees it; its callback is not called after
+ * this returns. The handle must outlive its subscriptions. */
+GRID_EXPORT void grid_unsubscribe(grid_sub_t *s);
+
 /* The partition a key belongs to in a cache of `partitions` partitions: XXH3
  * of the key, or of its {affinity} part when it has one. */
 GRID_EXPORT uint32_t grid_partition_of(const void *key, size_t key_len,

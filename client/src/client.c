@@ -180,6 +180,10 @@ static int client_call_once(grid_t *g, Grid__Request *rq, client_reply_t *out) {
 
 const char *grid_last_error(void) { return client_last_error; }
 
+void client_set_error(const char *words) {
+  snprintf(client_last_error, sizeof client_last_error, "%s", words);
+}
+
 /* Runs rq when only its status and version matter. */
 static int client_call_version(grid_t *g, Grid__Request *rq, uint64_t *version) {
   client_reply_t r;

@@ -39,6 +39,9 @@ typedef struct client_reply {
   int unpacked;       /* remote: rp was unpacked with malloc */
 } client_reply_t;
 
+/* client.c: what grid_last_error() says on this thread from now. */
+void client_set_error(const char *words);
+
 /* remote.c: frees what a reply holds (remote or embedded). */
 void client_reply_free(client_reply_t *r);
 
@@ -60,6 +63,13 @@ int remote_call(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
 int remote_call_async(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
                       client_done_fn done, void *arg);
 
+/* A connection of its own (a subscription's), handshake done: *fd is the
+ * caller's; *reply_max the longest frame to accept on it. */
+int remote_dial_fd(const char *host, int port, const grid_options_t *opts, uint32_t timeout_ms,
+                   int *fd, uint64_t *reply_max);
+/* "host:port" of r's node. */
+void remote_addr(const remote_t *r, char *out, size_t len);
+
 /* router.c: uri_list is "h1:p1,h2:p2" (after grid://). */
 int router_open(const char *uri_list, const grid_options_t *opts, router_t **out);
 void router_close(router_t *rt);
@@ -72,6 +82,23 @@ void router_mark_stale(router_t *rt);
 int router_primary_of(router_t *rt, const char *cache, const void *key, size_t len);
 /* Whether the handle talks to a cluster (it has a map). */
 int router_clustered(router_t *rt);
+/* Where a cache's partitions are led: for each partition the index in
+ * addrs of its primary's "host:port", or -1 (none now). Without a map (a
+ * single node) every partition is the seed's, and *partitions is 0 (the
+ * node says how many). refresh fetches the map first. 0, GRID_ENOCACHE
+ * (the map does not place it), GRID_ENOMEM. */
+typedef struct router_place {
+  uint64_t epoch;
+  uint32_t partitions;
+  int *primary;                  /* partitions entries */
+  size_t naddrs;
+  char (*addrs)[128];            /* PMAP_ADDR_MAX */
+} router_place_t;
+int router_place(router_t *rt, const char *cache, int refresh, uint32_t timeout_ms,
+                 router_place_t *out);
+void router_place_free(router_place_t *p);
+/* Splits "host:port" (host may be [v6]). */
+int router_split(const char *addr, char *host, size_t host_len, int *port);
 
 /* embedded.c: the node in this process. embedded_open starts it from
  * opts' config; advertise receives the node's cluster address, or "" when

@@ -712,3 +712,22 @@ void remote_close(remote_t *r) {
   pthread_cond_destroy(&r->bg_cond);
   free(r);
 }
+
+int remote_dial_fd(const char *host, int port, const grid_options_t *opts, uint32_t timeout_ms,
+                   int *fd, uint64_t *reply_max) {
+  remote_t *r = calloc(1, sizeof *r);
+  if (!r) return GRID_ENOMEM;
+  snprintf(r->host, sizeof r->host, "%s", host);
+  r->port = port;
+  snprintf(r->client_name, sizeof r->client_name, "%s",
+           opts && opts->client_name ? opts->client_name : "");
+  r->reply_bytes_max = opts ? opts->reply_bytes_max : 0;
+  int rc = remote_connect_fd(r, timeout_ms, fd);
+  if (rc == 0) *reply_max = r->reply_max;
+  free(r);
+  return rc;
+}
+
+void remote_addr(const remote_t *r, char *out, size_t len) {
+  snprintf(out, len, strchr(r->host, ':') ? "[%s]:%d" : "%s:%d", r->host, r->port);
+}

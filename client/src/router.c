@@ -45,7 +45,7 @@ struct router {
 };
 
 /* Splits "host:port" (host may be [v6]). */
-static int router_split(const char *addr, char *host, size_t host_len, int *port) {
+int router_split(const char *addr, char *host, size_t host_len, int *port) {
   const char *colon;
   if (*addr == '[') {
     const char *end = strchr(addr, ']');
@@ -252,4 +252,50 @@ int router_clustered(router_t *rt) { return atomic_load(&rt->epoch) != 0; }
 
 uint32_t grid_partition_of(const void *key, size_t key_len, uint32_t partitions) {
   return partitions ? part_of(key, key_len, partitions) : 0;
+}
+
+int router_place(router_t *rt, const char *cache, int refresh, uint32_t timeout_ms,
+                 router_place_t *out) {
+  memset(out, 0, sizeof *out);
+  pthread_mutex_lock(&rt->lock);
+  if (refresh || atomic_load(&rt->stale)) router_refresh_locked(rt, timeout_ms);
+  int rc = 0;
+  out->epoch = rt->map.epoch;
+  if (!rt->map.epoch) {
+    out->addrs = calloc(1, sizeof *out->addrs);
+    if (out->addrs) {
+      remote_addr(rt->any, out->addrs[0], sizeof out->addrs[0]);
+      out->naddrs = 1;
+    } else {
+      rc = GRID_ENOMEM;
+    }
+    pthread_mutex_unlock(&rt->lock);
+    return rc;
+  }
+  const pmap_group_t *g = pmap_find_cache(&rt->map, cache);
+  if (!g) {
+    pthread_mutex_unlock(&rt->lock);
+    return GRID_ENOCACHE;
+  }
+  out->partitions = g->partitions;
+  out->primary = calloc(g->partitions, sizeof *out->primary);
+  out->addrs = calloc(rt->map.nnodes ? rt->map.nnodes : 1, sizeof *out->addrs);
+  if (!out->primary || !out->addrs) {
+    pthread_mutex_unlock(&rt->lock);
+    router_place_free(out);
+    return GRID_ENOMEM;
+  }
+  out->naddrs = rt->map.nnodes;
+  _Static_assert(sizeof out->addrs[0] >= PMAP_ADDR_MAX, "an address fits");
+  for (size_t i = 0; i < rt->map.nnodes; i++)
+    snprintf(out->addrs[i], sizeof out->addrs[i], "%s", rt->map.nodes[i].addr);
+  for (uint32_t p = 0; p < g->partitions; p++) out->primary[p] = pmap_primary(g, p);
+  pthread_mutex_unlock(&rt->lock);
+  return 0;
+}
+
+void router_place_free(router_place_t *p) {
+  free(p->primary);
+  free(p->addrs);
+  memset(p, 0, sizeof *p);
 }

@@ -360,6 +360,7 @@ static void native_subscribe(conn_t *c, const Grid__Request *rq, Grid__Reply *rp
   }
   rp->positions = taken;
   rp->moved = moved;
+  rp->number = store_cache_cfg(cache)->partitions;
   rp->epoch = lp->pmap ? lp->pmap->epoch : 0;
 }
 

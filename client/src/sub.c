@@ -1,0 +1,675 @@
+/*
+ * sub: change-stream subscriptions (grid_subscribe). Each subscription has
+ * a thread of its own and connections of its own, one per node that leads
+ * some of its partitions (the handle's connections serve calls; a stream
+ * would hold their readers up). The thread:
+ *
+ *   - subscribes each partition at its primary (SUBSCRIBE with the
+ *     partition's position: "now" the first time, then the counter of the
+ *     last change passed on);
+ *   - passes each event on once: one at or before the partition's position
+ *     is a repeat (the same change, heard again from a new primary) and is
+ *     dropped; a GAP moves the position past what was lost;
+ *   - where a partition's node says END (a new map moved it), closes, or
+ *     the map names another primary, subscribes it again where the map
+ *     says, from its position, every SUB_RETRY_MS until one takes it.
+ *
+ * Events go to the callback on this thread, or into a queue of at most
+ * queue_max events for grid_sub_next; a full queue stops the reading, so
+ * the node holds what follows (within its output_bytes_max, then the
+ * history, then a GAP): no memory grows without bound on either side.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "client_int.h"
+#include "clock.h"
+#include "frame.h"
+#include "log.h"
+#include "part.h"
+
+#define SUB_RETRY_MS 100        /* a partition with no primary is asked again */
+#define SUB_MAP_CHECK_MS 1000   /* the map is looked at again this often */
+#define SUB_QUEUE_DEFAULT 65536
+#define SUB_CONNS_MAX 256
+#define SUB_RBUF_BYTES 65536
+
+enum { SUB_UNWANTED = -3, SUB_ASKING = -2, SUB_HOMELESS = -1 };
+
+typedef struct sub_conn {
+  char addr[128];
+  int fd;                       /* -1: closed */
+  frame_buf_t in;
+  uint64_t next_id;
+} sub_conn_t;
+
+typedef struct sub_item {
+  struct sub_item *next;
+  grid_event_t ev;
+  unsigned char data[];         /* key then value */
+} sub_item_t;
+
+struct grid_sub {
+  grid_t *g;
+  char cache[65];
+  grid_sub_options_t opts;
+  unsigned char *prefix;
+  unsigned char **akeys;
+  size_t *akey_lens;
+  uint64_t id;                  /* the subscription's id on every node */
+  pthread_t thread;
+  int efd;                      /* wakes the thread to stop */
+  _Atomic int stop;
+  /* the thread's own */
+  uint32_t nparts;
+  uint64_t *pos;
+  int *home;                    /* conn index, or SUB_* */
+  int *asking_on;               /* SUB_ASKING: the conn asked */
+  unsigned char *fresh;         /* never positioned: from now */
+  sub_conn_t conns[SUB_CONNS_MAX];
+  size_t nconns;
+  int64_t retry_at_ms, map_check_at_ms;
+  /* the first round, for grid_subscribe */
+  int init_pending;             /* SUBSCRIBE replies awaited */
+  int init_status;
+  char init_error[256];
+  int init_done;
+  /* the queue (pull mode) */
+  pthread_mutex_t lock;
+  pthread_cond_t cond;          /* an event queued / room made / init done */
+  sub_item_t *head, *tail;
+  size_t queued;
+  sub_item_t *current;          /* the last one grid_sub_next returned */
+};
+
+static uint64_t sub_next_id(void) {
+  static _Atomic uint64_t seq = 0;
+  return atomic_fetch_add(&seq, 1) + 1;
+}
+
+/* ---- delivery ----------------------------------------------------------- */
+
+/* Passes ev on: to the callback, or queued (waiting while the queue is
+ * full, unless stopping). */
+static void sub_deliver(grid_sub_t *s, const grid_event_t *ev) {
+  if (s->opts.callback) {
+    s->opts.callback(ev, s->opts.arg);
+    return;
+  }
+  sub_item_t *it = malloc(sizeof *it + ev->key_len + ev->value_len + 1);
+  if (!it) {
+    LOG_E("client", "\"out of memory queueing an event: the subscription stops\" cache=%s",
+          s->cache);
+    atomic_store(&s->stop, 1);
+    return;
+  }
+  it->next = NULL;
+  it->ev = *ev;
+  if (ev->key_len) memcpy(it->data, ev->key, ev->key_len);
+  if (ev->value_len) memcpy(it->data + ev->key_len, ev->value, ev->value_len);
+  it->data[ev->key_len + ev->value_len] = '\0';
+  it->ev.key = it->data;
+  it->ev.value = ev->value_len || ev->value ? it->data + ev->key_len : NULL;
+  pthread_mutex_lock(&s->lock);
+  size_t max = s->opts.queue_max ? s->opts.queue_max : SUB_QUEUE_DEFAULT;
+  while (s->queued >= max && !atomic_load(&s->stop)) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_nsec += 100 * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+      ts.tv_sec++;
+      ts.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+  }
+  if (s->tail) s->tail->next = it;
+  else s->head = it;
+  s->tail = it;
+  s->queued++;
+  pthread_cond_broadcast(&s->cond);
+  pthread_mutex_unlock(&s->lock);
+}
+
+/* ---- connections ---------------------------------------------------------- */
+
+static int sub_send(sub_conn_t *c, const Grid__Request *rq) {
+  size_t n = grid__request__get_packed_size(rq);
+  unsigned char *buf = malloc(FRAME_HEADER_BYTES + n);
+  if (!buf) return GRID_ENOMEM;
+  frame_put_header(buf, (uint32_t)n);
+  grid__request__pack(rq, buf + FRAME_HEADER_BYTES);
+  size_t off = 0, len = FRAME_HEADER_BYTES + n;
+  int rc = 0;
+  while (off < len) {
+    ssize_t w = send(c->fd, buf + off, len - off, MSG_NOSIGNAL);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      rc = GRID_ECONN;
+      break;
+    }
+    off += (size_t)w;
+  }
+  free(buf);
+  return rc;
+}
+
+static void sub_conn_lost(grid_sub_t *s, size_t ci) {
+  sub_conn_t *c = &s->conns[ci];
+  if (c->fd >= 0) close(c->fd);
+  c->fd = -1;
+  c->in.len = 0;
+  for (uint32_t p = 0; p < s->nparts; p++) {
+    if (s->home[p] == (int)ci || (s->home[p] == SUB_ASKING && s->asking_on[p] == (int)ci)) {
+      s->home[p] = SUB_HOMELESS;
+      if (s->init_pending && !s->init_done) s->init_pending = 0;
+    }
+  }
+  s->retry_at_ms = 0;
+}
+
+/* The connection to addr, made now if need be; -1 when it cannot be. */
+static int sub_conn_get(grid_sub_t *s, const char *addr) {
+  size_t ci = s->nconns;
+  for (size_t i = 0; i < s->nconns; i++) {
+    if (strcmp(s->conns[i].addr, addr) == 0) {
+      if (s->conns[i].fd >= 0) return (int)i;
+      ci = i;
+      break;
+    }
+  }
+  if (ci == SUB_CONNS_MAX) return -1;
+  char host[128];
+  int port, fd;
+  uint64_t reply_max;
+  grid_options_t o = {0};
+  o.client_name = "subscription";
+  if (router_split(addr, host, sizeof host, &port) != 0 ||
+      remote_dial_fd(host, port, &o, s->g->timeout_ms, &fd, &reply_max) != 0)
+    return -1;
+  sub_conn_t *c = &s->conns[ci];
+  if (ci == s->nconns) {
+    memset(c, 0, sizeof *c);
+    snprintf(c->addr, sizeof c->addr, "%s", addr);
+    frame_buf_init(&c->in, SUB_RBUF_BYTES, (size_t)reply_max);
+    s->nconns++;
+  } else {
+    frame_buf_set_frame_max(&c->in, (size_t)reply_max);
+  }
+  c->fd = fd;
+  c->in.len = 0;
+  return (int)ci;
+}
+
+/* Sends SUBSCRIBE for the partitions in ps (n of them) on conn ci. */
+static int sub_ask(grid_sub_t *s, int ci, const uint32_t *ps, size_t n) {
+  sub_conn_t *c = &s->conns[ci];
+  Grid__Request rq = GRID__REQUEST__INIT;
+  rq.op = GRID__OP__SUBSCRIBE;
+  rq.id = ++c->next_id;
+  rq.cache = s->cache;
+  rq.sub = s->id;
+  rq.keys_only = s->opts.keys_only;
+  if (s->prefix) {
+    rq.prefix.data = s->prefix;
+    rq.prefix.len = s->opts.prefix_len;
+  }
+  ProtobufCBinaryData *keys = NULL;
+  if (s->opts.n_affinity_keys) {
+    keys = calloc(s->opts.n_affinity_keys, sizeof *keys);
+    if (!keys) return GRID_ENOMEM;
+    for (size_t i = 0; i < s->opts.n_affinity_keys; i++) {
+      keys[i].data = s->akeys[i];
+      keys[i].len = s->akey_lens[i];
+    }
+    rq.keys = keys;
+    rq.n_keys = s->opts.n_affinity_keys;
+  }
+  Grid__SubPosition *sp = calloc(n ? n : 1, sizeof *sp);
+  Grid__SubPosition **spp = calloc(n ? n : 1, sizeof *spp);
+  int rc = GRID_ENOMEM;
+  if (sp && spp) {
+    for (size_t i = 0; i < n; i++) {
+      grid__sub_position__init(&sp[i]);
+      sp[i].partition = ps[i];
+      sp[i].after = s->pos[ps[i]];
+      sp[i].now = s->fresh[ps[i]];
+      spp[i] = &sp[i];
+    }
+    rq.positions = spp;
+    rq.n_positions = n;
+    rc = sub_send(c, &rq);
+  }
+  free(sp);
+  free(spp);
+  free(keys);
+  if (rc != 0) return rc;
+  for (size_t i = 0; i < n; i++) {
+    s->home[ps[i]] = SUB_ASKING;
+    s->asking_on[ps[i]] = ci;
+  }
+  return 0;
+}
+
+/* ---- what the nodes send ---------------------------------------------------- */
+
+static void sub_on_event(grid_sub_t *s, size_t ci, const Grid__Event *e) {
+  uint32_t p = e->partition;
+  if (p >= s->nparts || s->home[p] != (int)ci) return; /* not from its home now */
+  switch (e->kind) {
+    case GRID__EVENT_KIND__EVENT_END:
+      s->home[p] = SUB_HOMELESS;
+      s->retry_at_ms = 0;
+      return;
+    case GRID__EVENT_KIND__EVENT_GAP: {
+      grid_event_t ev = {.kind = GRID_EVENT_GAP, .partition = p};
+      if (e->counter > s->pos[p]) s->pos[p] = e->counter;
+      sub_deliver(s, &ev);
+      return;
+    }
+    default:
+      break;
+  }
+  if (e->counter <= s->pos[p]) return; /* passed on already */
+  s->pos[p] = e->counter;
+  grid_event_t ev = {
+      .kind = e->kind == GRID__EVENT_KIND__EVENT_PUT      ? GRID_EVENT_PUT
+              : e->kind == GRID__EVENT_KIND__EVENT_EXPIRE ? GRID_EVENT_EXPIRE
+                                                          : GRID_EVENT_DELETE,
+      .partition = p,
+      .version = e->version,
+      .key = e->key.data,
+      .key_len = e->key.len,
+      .value = e->kind == GRID__EVENT_KIND__EVENT_PUT && !s->opts.keys_only
+                   ? (e->value.data ? (const void *)e->value.data : "")
+                   : NULL,
+      .value_len = e->value.len,
+      .expire_at_ms = e->expire_at_ms,
+      .op = e->op,
+  };
+  sub_deliver(s, &ev);
+}
+
+static void sub_on_reply(grid_sub_t *s, size_t ci, const Grid__Reply *rp) {
+  if (rp->sub) {
+    for (size_t i = 0; i < rp->n_events; i++) sub_on_event(s, ci, rp->events[i]);
+    return;
+  }
+  if (rp->id == 0) return; /* a connection-level error: the close follows */
+  if (rp->status != 0) {
+    /* A refusal of the whole request: its partitions are asked again
+     * later, and the first round reports it. */
+    for (uint32_t p = 0; p < s->nparts; p++)
+      if (s->home[p] == SUB_ASKING && s->asking_on[p] == (int)ci) s->home[p] = SUB_HOMELESS;
+    if (!s->init_done && !s->init_status) {
+      s->init_status = rp->status;
+      snprintf(s->init_error, sizeof s->init_error, "%s",
+               rp->message ? rp->message : grid_strerror(rp->status));
+    }
+    if (s->init_pending) s->init_pending--;
+    return;
+  }
+  if (!s->nparts && rp->number) {
+    /* A single node: it says how many partitions there are. */
+    s->nparts = (uint32_t)rp->number;
+  }
+  for (size_t i = 0; i < rp->n_positions; i++) {
+    uint32_t p = rp->positions[i]->partition;
+    if (p >= s->nparts || s->home[p] != SUB_ASKING || s->asking_on[p] != (int)ci) continue;
+    s->home[p] = (int)ci;
+    if (s->fresh[p]) s->pos[p] = rp->positions[i]->after;
+    s->fresh[p] = 0;
+  }
+  for (size_t i = 0; i < rp->n_moved; i++) {
+    uint32_t p = rp->moved[i];
+    if (p < s->nparts && s->home[p] == SUB_ASKING) s->home[p] = SUB_HOMELESS;
+  }
+  if (s->init_pending) s->init_pending--;
+}
+
+/* Reads what conn ci has; -1 when it closed. */
+static int sub_read(grid_sub_t *s, size_t ci) {
+  sub_conn_t *c = &s->conns[ci];
+  size_t room = frame_buf_room(&c->in, 1);
+  if (room == 0) return 0;
+  ssize_t n = recv(c->fd, c->in.data + c->in.len, room, MSG_DONTWAIT);
+  if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
+  if (n <= 0) return -1;
+  c->in.len += (size_t)n;
+  size_t off = 0;
+  frame_result_t fr;
+  const unsigned char *payload;
+  size_t plen, flen;
+  while (!atomic_load(&s->stop) &&
+         (fr = frame_buf_next(&c->in, &off, &payload, &plen, &flen)) == FRAME_OK) {
+    Grid__Reply *rp = grid__reply__unpack(NULL, plen, payload);
+    if (!rp) return -1;
+    sub_on_reply(s, ci, rp);
+    grid__reply__free_unpacked(rp, NULL);
+    if (c->fd < 0) return 0;
+  }
+  if (!atomic_load(&s->stop) && fr == FRAME_TOO_BIG) return -1;
+  frame_buf_consume(&c->in, off);
+  return 0;
+}
+
+/* ---- placing partitions ------------------------------------------------------- */
+
+/* Asks each homeless partition's primary to take it. */
+static void sub_place(grid_sub_t *s, int refresh) {
+  router_place_t pl;
+  int rc = router_place(s->g->router, s->cache, refresh, s->g->timeout_ms, &pl);
+  if (rc != 0) {
+    if (!s->init_done && !s->init_status) {
+      s->init_status = rc;
+      snprintf(s->init_error, sizeof s->init_error, "%s", grid_strerror(rc));
+    }
+    return;
+  }
+  if (pl.partitions && !s->nparts) s->nparts = pl.partitions;
+  uint32_t *ps = malloc((s->nparts ? s->nparts : 1) * sizeof *ps);
+  for (size_t a = 0; ps && a < pl.naddrs; a++) {
+    size_t n = 0;
+    for (uint32_t p = 0; p < s->nparts; p++) {
+      if (s->home[p] >= 0 && pl.partitions && pl.primary[p] != (int)a &&
+          strcmp(s->conns[s->home[p]].addr, pl.addrs[a]) == 0) {
+        /* Led elsewhere now: this node will END it; ask the new one. */
+        s->home[p] = SUB_HOMELESS;
+      }
+      if (s->home[p] != SUB_HOMELESS) continue;
+      if (pl.partitions ? pl.primary[p] == (int)a : a == 0) ps[n++] = p;
+    }
+    if (!n) continue;
+    int ci = sub_conn_get(s, pl.addrs[a]);
+    if (ci < 0 || sub_ask(s, ci, ps, n) != 0) {
+      if (ci >= 0) sub_conn_lost(s, (size_t)ci);
+      continue;
+    }
+    s->init_pending++;
+  }
+  free(ps);
+  router_place_free(&pl);
+}
+
+static int sub_homeless(const grid_sub_t *s) {
+  for (uint32_t p = 0; p < s->nparts; p++)
+    if (s->home[p] == SUB_HOMELESS) return 1;
+  return 0;
+}
+
+/* A single node's first round: how many partitions, then all of them. */
+static int sub_size(grid_sub_t *s) {
+  if (s->nparts) return 0;
+  router_place_t pl;
+  int rc = router_place(s->g->router, s->cache, 0, s->g->timeout_ms, &pl);
+  if (rc != 0) return rc;
+  if (pl.partitions) {
+    s->nparts = pl.partitions;
+    router_place_free(&pl);
+    return 0;
+  }
+  int ci = sub_conn_get(s, pl.addrs[0]);
+  router_place_free(&pl);
+  if (ci < 0) return GRID_ECONN;
+  rc = sub_ask(s, ci, NULL, 0);
+  if (rc != 0) return rc;
+  s->init_pending = 1;
+  int64_t deadline = clock_mono_ms() + s->g->timeout_ms;
+  while (s->init_pending && !s->init_status && s->conns[ci].fd >= 0 &&
+         clock_mono_ms() < deadline) {
+    struct pollfd pfd = {.fd = s->conns[ci].fd, .events = POLLIN};
+    if (poll(&pfd, 1, 100) > 0 && sub_read(s, (size_t)ci) != 0) sub_conn_lost(s, (size_t)ci);
+  }
+  if (s->init_status) return s->init_status;
+  return s->nparts ? 0 : GRID_ETIMEDOUT;
+}
+
+static int sub_alloc_parts(grid_sub_t *s) {
+  s->pos = calloc(s->nparts, sizeof *s->pos);
+  s->home = calloc(s->nparts, sizeof *s->home);
+  s->asking_on = calloc(s->nparts, sizeof *s->asking_on);
+  s->fresh = calloc(s->nparts, 1);
+  if (!s->pos || !s->home || !s->asking_on || !s->fresh) return GRID_ENOMEM;
+  for (uint32_t p = 0; p < s->nparts; p++) {
+    s->home[p] = s->opts.n_affinity_keys ? SUB_UNWANTED : SUB_HOMELESS;
+    s->fresh[p] = 1;
+  }
+  for (size_t i = 0; i < s->opts.n_affinity_keys; i++)
+    s->home[part_of(s->akeys[i], s->akey_lens[i], s->nparts)] = SUB_HOMELESS;
+  return 0;
+}
+
+/* ---- the thread ---------------------------------------------------------------- */
+
+static void sub_init_finish(grid_sub_t *s) {
+  pthread_mutex_lock(&s->lock);
+  s->init_done = 1;
+  pthread_cond_broadcast(&s->cond);
+  pthread_mutex_unlock(&s->lock);
+}
+
+static void *sub_main(void *arg) {
+  grid_sub_t *s = arg;
+  int rc = sub_size(s);
+  if (rc == 0) rc = sub_alloc_parts(s);
+  if (rc != 0) {
+    if (!s->init_status) {
+      s->init_status = rc;
+      snprintf(s->init_error, sizeof s->init_error, "%s", grid_strerror(rc));
+    }
+    sub_init_finish(s);
+    return NULL;
+  }
+  s->init_pending = 0;
+  sub_place(s, 0);
+  int64_t init_deadline = clock_mono_ms() + s->g->timeout_ms;
+  while (!atomic_load(&s->stop)) {
+    int64_t now = clock_mono_ms();
+    if (!s->init_done && (s->init_status || !s->init_pending || now >= init_deadline))
+      sub_init_finish(s);
+    if (s->init_done && s->init_status) break; /* grid_subscribe fails */
+    if (s->init_done && now >= s->map_check_at_ms) {
+      s->map_check_at_ms = now + SUB_MAP_CHECK_MS;
+      sub_place(s, 1);
+    } else if (s->init_done && now >= s->retry_at_ms && sub_homeless(s)) {
+      s->retry_at_ms = now + SUB_RETRY_MS;
+      sub_place(s, 1);
+    }
+    struct pollfd pfd[SUB_CONNS_MAX + 1];
+    size_t idx[SUB_CONNS_MAX];
+    nfds_t n = 0;
+    pfd[n++] = (struct pollfd){.fd = s->efd, .events = POLLIN};
+    for (size_t i = 0; i < s->nconns; i++) {
+      if (s->conns[i].fd < 0) continue;
+      idx[n - 1] = i;
+      pfd[n++] = (struct pollfd){.fd = s->conns[i].fd, .events = POLLIN};
+    }
+    int wait = sub_homeless(s) ? SUB_RETRY_MS : SUB_MAP_CHECK_MS / 2;
+    if (poll(pfd, n, wait) <= 0) continue;
+    for (nfds_t i = 1; i < n && !atomic_load(&s->stop); i++) {
+      if (!pfd[i].revents) continue;
+      if (sub_read(s, idx[i - 1]) != 0) sub_conn_lost(s, idx[i - 1]);
+    }
+  }
+  if (!s->init_done) sub_init_finish(s);
+  return NULL;
+}
+
+/* ---- the calls ------------------------------------------------------------------- */
+
+static void sub_free(grid_sub_t *s) {
+  for (size_t i = 0; i < s->nconns; i++) {
+    if (s->conns[i].fd >= 0) close(s->conns[i].fd);
+    free(s->conns[i].in.data);
+  }
+  for (size_t i = 0; i < s->opts.n_affinity_keys && s->akeys; i++) free(s->akeys[i]);
+  free(s->akeys);
+  free(s->akey_lens);
+  free(s->prefix);
+  free(s->pos);
+  free(s->home);
+  free(s->asking_on);
+  free(s->fresh);
+  while (s->head) {
+    sub_item_t *it = s->head;
+    s->head = it->next;
+    free(it);
+  }
+  free(s->current);
+  if (s->efd >= 0) close(s->efd);
+  pthread_mutex_destroy(&s->lock);
+  pthread_cond_destroy(&s->cond);
+  free(s);
+}
+
+static int sub_check_opts(const grid_sub_options_t *o) {
+  if (o->prefix && o->prefix_len == 0) {
+    client_set_error("an empty prefix: leave it NULL to follow every key");
+    return GRID_EINVAL;
+  }
+  if (!o->prefix && o->prefix_len) {
+    client_set_error("prefix_len without a prefix");
+    return GRID_EINVAL;
+  }
+  if (o->prefix && o->n_affinity_keys) {
+    client_set_error("a subscription filters by a prefix or by affinity keys, not both");
+    return GRID_EINVAL;
+  }
+  if (o->n_affinity_keys && (!o->affinity_keys || !o->affinity_key_lens)) {
+    client_set_error("n_affinity_keys without affinity_keys and affinity_key_lens");
+    return GRID_EINVAL;
+  }
+  for (size_t i = 0; i < o->n_affinity_keys; i++) {
+    if (!o->affinity_keys[i] || o->affinity_key_lens[i] == 0) {
+      client_set_error("an empty affinity key");
+      return GRID_EINVAL;
+    }
+  }
+  return 0;
+}
+
+int grid_subscribe(grid_t *g, const char *cache, const grid_sub_options_t *opts,
+                   grid_sub_t **out) {
+  if (!g || !out) return GRID_EINVAL;
+  grid_sub_options_t o = {0};
+  if (opts) o = *opts;
+  int rc = sub_check_opts(&o);
+  if (rc != 0) return rc;
+  if (!cache) cache = "default";
+  if (strlen(cache) > 64) {
+    client_set_error("a cache name is at most 64 bytes");
+    return GRID_EINVAL;
+  }
+  if (!g->router) {
+    client_set_error("change streams of an embedded node outside a cluster are not served "
+                     "in-process yet: connect with grid://host:port");
+    return GRID_EINVAL;
+  }
+  grid_sub_t *s = calloc(1, sizeof *s);
+  if (!s) return GRID_ENOMEM;
+  s->efd = -1;
+  pthread_mutex_init(&s->lock, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&s->cond, &ca);
+  pthread_condattr_destroy(&ca);
+  s->g = g;
+  snprintf(s->cache, sizeof s->cache, "%s", cache);
+  s->opts = o;
+  s->id = sub_next_id();
+  s->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  rc = s->efd >= 0 ? 0 : GRID_ENOMEM;
+  if (rc == 0 && o.prefix) {
+    s->prefix = malloc(o.prefix_len);
+    if (s->prefix) memcpy(s->prefix, o.prefix, o.prefix_len);
+    else rc = GRID_ENOMEM;
+  }
+  if (rc == 0 && o.n_affinity_keys) {
+    s->akeys = calloc(o.n_affinity_keys, sizeof *s->akeys);
+    s->akey_lens = calloc(o.n_affinity_keys, sizeof *s->akey_lens);
+    if (!s->akeys || !s->akey_lens) rc = GRID_ENOMEM;
+    for (size_t i = 0; rc == 0 && i < o.n_affinity_keys; i++) {
+      s->akeys[i] = malloc(o.affinity_key_lens[i]);
+      if (!s->akeys[i]) {
+        rc = GRID_ENOMEM;
+        break;
+      }
+      memcpy(s->akeys[i], o.affinity_keys[i], o.affinity_key_lens[i]);
+      s->akey_lens[i] = o.affinity_key_lens[i];
+    }
+  }
+  if (rc == 0 && pthread_create(&s->thread, NULL, sub_main, s) != 0) rc = GRID_ENOMEM;
+  if (rc != 0) {
+    sub_free(s);
+    return rc;
+  }
+  pthread_mutex_lock(&s->lock);
+  while (!s->init_done) pthread_cond_wait(&s->cond, &s->lock);
+  pthread_mutex_unlock(&s->lock);
+  if (s->init_status) {
+    rc = s->init_status;
+    client_set_error(s->init_error);
+    atomic_store(&s->stop, 1);
+    uint64_t one = 1;
+    (void)!write(s->efd, &one, sizeof one);
+    pthread_join(s->thread, NULL);
+    sub_free(s);
+    return rc;
+  }
+  *out = s;
+  return 0;
+}
+
+int grid_sub_next(grid_sub_t *s, uint32_t timeout_ms, grid_event_t *ev) {
+  if (!s || !ev) return GRID_EINVAL;
+  if (s->opts.callback) return GRID_EINVAL;
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  ts.tv_sec += timeout_ms / 1000;
+  ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+  if (ts.tv_nsec >= 1000000000L) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000L;
+  }
+  pthread_mutex_lock(&s->lock);
+  free(s->current);
+  s->current = NULL;
+  int rc = 0;
+  while (!s->head) {
+    if (pthread_cond_timedwait(&s->cond, &s->lock, &ts) == ETIMEDOUT && !s->head) {
+      rc = GRID_ETIMEDOUT;
+      break;
+    }
+  }
+  if (rc == 0) {
+    sub_item_t *it = s->head;
+    s->head = it->next;
+    if (!s->head) s->tail = NULL;
+    s->queued--;
+    s->current = it;
+    *ev = it->ev;
+    pthread_cond_broadcast(&s->cond); /* room for the reader */
+  }
+  pthread_mutex_unlock(&s->lock);
+  return rc;
+}
+
+void grid_unsubscribe(grid_sub_t *s) {
+  if (!s) return;
+  atomic_store(&s->stop, 1);
+  uint64_t one = 1;
+  (void)!write(s->efd, &one, sizeof one);
+  pthread_mutex_lock(&s->lock);
+  pthread_cond_broadcast(&s->cond);
+  pthread_mutex_unlock(&s->lock);
+  pthread_join(s->thread, NULL);
+  /* Closing the connections ends the subscriptions on the nodes. */
+  sub_free(s);
+}
