@@ -274,6 +274,8 @@ typedef enum grid_event_kind {
   GRID_EVENT_EXPIRE = 3,  /* a key gone because its time to live ran out */
   GRID_EVENT_GAP = 4,     /* changes of this partition were lost to the
                              subscriber: the stream goes on after them */
+  GRID_EVENT_SYNCED = 5,  /* (snapshot) every partition's entries were
+                             passed on: what follows are changes. Once */
 } grid_event_kind_t;
 
 typedef struct grid_event {
@@ -288,6 +290,9 @@ typedef struct grid_event {
   int64_t expire_at_ms;   /* GRID_EVENT_PUT: wall-clock expiry, 0: none */
   uint32_t op;            /* the write's op, as grid.proto numbers them
                              (0: not known) */
+  int snapshot;           /* a GRID_EVENT_PUT of the initial snapshot: the
+                             entry as it was when its partition's snapshot
+                             was taken (its later changes follow) */
 } grid_event_t;
 
 typedef void (*grid_event_cb)(const grid_event_t *ev, void *arg);
@@ -302,6 +307,13 @@ typedef struct grid_sub_options {
   const size_t *affinity_key_lens;
   size_t n_affinity_keys;
   int keys_only;          /* events without values */
+  int snapshot;           /* a continuous query: first every matching entry
+                             (GRID_EVENT_PUT with snapshot set), each
+                             partition's as of one point in its history,
+                             then the changes after that point, with no gap
+                             and no repeat between the two; then
+                             GRID_EVENT_SYNCED. A partition whose primary
+                             moves during its snapshot is sent again whole */
   grid_event_cb callback; /* set: each event is passed to it on the
                              subscription's own thread (it must not call
                              grid_unsubscribe); NULL: grid_sub_next */

@@ -73,6 +73,8 @@ struct grid_sub {
   int *home;                    /* conn index, or SUB_* */
   int *asking_on;               /* SUB_ASKING: the conn asked */
   unsigned char *fresh;         /* never positioned: from now */
+  unsigned char *snapdue;       /* its snapshot is still to come */
+  uint32_t snaps_left;          /* partitions whose snapshot is to come */
   sub_conn_t conns[SUB_CONNS_MAX];
   size_t nconns;
   int64_t retry_at_ms, map_check_at_ms;
@@ -240,6 +242,7 @@ static int sub_ask(grid_sub_t *s, int ci, const uint32_t *ps, size_t n) {
       sp[i].partition = ps[i];
       sp[i].after = s->pos[ps[i]];
       sp[i].now = s->fresh[ps[i]];
+      sp[i].snapshot = s->snapdue[ps[i]];
       spp[i] = &sp[i];
     }
     rq.positions = spp;
@@ -266,6 +269,25 @@ static void sub_on_event(grid_sub_t *s, size_t ci, const Grid__Event *e) {
     case GRID__EVENT_KIND__EVENT_END:
       s->home[p] = SUB_HOMELESS;
       s->retry_at_ms = 0;
+      return;
+    case GRID__EVENT_KIND__EVENT_SNAPSHOT: {
+      if (!s->snapdue[p]) return; /* a snapshot taken again: had it */
+      grid_event_t ev = {
+          .kind = GRID_EVENT_PUT, .partition = p, .version = e->version,
+          .key = e->key.data, .key_len = e->key.len,
+          .value = s->opts.keys_only ? NULL : e->value.data ? (const void *)e->value.data : "",
+          .value_len = e->value.len, .expire_at_ms = e->expire_at_ms, .snapshot = 1};
+      sub_deliver(s, &ev);
+      return;
+    }
+    case GRID__EVENT_KIND__EVENT_SNAPSHOT_END:
+      if (!s->snapdue[p]) return;
+      s->snapdue[p] = 0;
+      s->pos[p] = e->counter;
+      if (--s->snaps_left == 0) {
+        grid_event_t ev = {.kind = GRID_EVENT_SYNCED, .partition = p};
+        sub_deliver(s, &ev);
+      }
       return;
     case GRID__EVENT_KIND__EVENT_GAP: {
       grid_event_t ev = {.kind = GRID_EVENT_GAP, .partition = p};
@@ -304,10 +326,13 @@ static void sub_on_reply(grid_sub_t *s, size_t ci, const Grid__Reply *rp) {
   if (rp->id == 0) return; /* a connection-level error: the close follows */
   if (rp->status != 0) {
     /* A refusal of the whole request: its partitions are asked again
-     * later, and the first round reports it. */
+     * later; the first round reports one that is not about the moment (a
+     * node not serving, or not placing the cache yet). */
     for (uint32_t p = 0; p < s->nparts; p++)
       if (s->home[p] == SUB_ASKING && s->asking_on[p] == (int)ci) s->home[p] = SUB_HOMELESS;
-    if (!s->init_done && !s->init_status) {
+    int transient = rp->status == GRID_ECLUSTER || rp->status == GRID_ENOTREADY ||
+                    rp->status == GRID_ESTALE || rp->status == GRID_EBUSY;
+    if (!transient && !s->init_done && !s->init_status) {
       s->init_status = rp->status;
       snprintf(s->init_error, sizeof s->init_error, "%s",
                rp->message ? rp->message : grid_strerror(rp->status));
@@ -435,13 +460,19 @@ static int sub_alloc_parts(grid_sub_t *s) {
   s->home = calloc(s->nparts, sizeof *s->home);
   s->asking_on = calloc(s->nparts, sizeof *s->asking_on);
   s->fresh = calloc(s->nparts, 1);
-  if (!s->pos || !s->home || !s->asking_on || !s->fresh) return GRID_ENOMEM;
+  s->snapdue = calloc(s->nparts, 1);
+  if (!s->pos || !s->home || !s->asking_on || !s->fresh || !s->snapdue) return GRID_ENOMEM;
   for (uint32_t p = 0; p < s->nparts; p++) {
     s->home[p] = s->opts.n_affinity_keys ? SUB_UNWANTED : SUB_HOMELESS;
     s->fresh[p] = 1;
   }
   for (size_t i = 0; i < s->opts.n_affinity_keys; i++)
     s->home[part_of(s->akeys[i], s->akey_lens[i], s->nparts)] = SUB_HOMELESS;
+  for (uint32_t p = 0; s->opts.snapshot && p < s->nparts; p++) {
+    if (s->home[p] == SUB_UNWANTED) continue;
+    s->snapdue[p] = 1;
+    s->snaps_left++;
+  }
   return 0;
 }
 
@@ -516,6 +547,7 @@ static void sub_free(grid_sub_t *s) {
   free(s->home);
   free(s->asking_on);
   free(s->fresh);
+  free(s->snapdue);
   while (s->head) {
     sub_item_t *it = s->head;
     s->head = it->next;

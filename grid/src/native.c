@@ -175,8 +175,11 @@ static int native_event(void *ctx, stream_sub_t *s, uint32_t p, int what, const 
     ev.kind = GRID__EVENT_KIND__EVENT_GAP;
   } else if (what == STREAM_EV_END) {
     ev.kind = GRID__EVENT_KIND__EVENT_END;
+  } else if (what == STREAM_EV_SNAPSHOT_END) {
+    ev.kind = GRID__EVENT_KIND__EVENT_SNAPSHOT_END;
   } else {
-    ev.kind = ch->kind == CHANGE_PUT      ? GRID__EVENT_KIND__EVENT_PUT
+    ev.kind = what == STREAM_EV_SNAPSHOT    ? GRID__EVENT_KIND__EVENT_SNAPSHOT
+              : ch->kind == CHANGE_PUT      ? GRID__EVENT_KIND__EVENT_PUT
               : ch->kind == CHANGE_EXPIRE ? GRID__EVENT_KIND__EVENT_EXPIRE
                                           : GRID__EVENT_KIND__EVENT_DELETE;
     ev.version = ch->version;
@@ -279,7 +282,9 @@ static void native_subscribe(conn_t *c, const Grid__Request *rq, Grid__Reply *rp
   const char *name = rq->cache && rq->cache[0] ? rq->cache : "default";
   store_cache_t *cache = store_view_find(&lp->view, name, strlen(name));
   if (!cache) {
-    native_sub_error(c, rp, GRID_ENOCACHE, "\"%.64s\"", name);
+    /* A cache the map places that this node has not made yet: retry. */
+    int placed = lp->pmap && pmap_find_cache(lp->pmap, name);
+    native_sub_error(c, rp, placed ? GRID_ENOTREADY : GRID_ENOCACHE, "\"%.64s\"", name);
     return;
   }
   stream_sub_t *s = native_sub_find(nc, rq->sub, NULL);
@@ -338,7 +343,7 @@ static void native_subscribe(conn_t *c, const Grid__Request *rq, Grid__Reply *rp
   for (size_t i = 0; i < rq->n_positions; i++) {
     const Grid__SubPosition *sp = rq->positions[i];
     uint64_t pos;
-    int rc = stream_take(s, sp->partition, sp->after, sp->now, &pos);
+    int rc = stream_take(s, sp->partition, sp->after, sp->now, sp->snapshot, &pos);
     if (rc == GRID_EINVAL) {
       if (made) {
         stream_close(s);

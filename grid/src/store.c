@@ -1036,6 +1036,24 @@ int store_changes_read(store_cache_t *c, uint32_t part, uint64_t after, size_t m
   return rc;
 }
 
+void store_snapshot(store_cache_t *c, uint32_t part, int64_t now_ms, store_entry_full_cb cb,
+                    void *ctx, uint64_t *upto) {
+  *upto = 0;
+  if (part >= c->cfg.partitions) return;
+  store_part_t *p = &c->parts[part];
+  pthread_mutex_lock(&p->lock);
+  uint64_t announced = store_part_announced(c, part);
+  *upto = announced;
+  for (uint64_t b = 0; p->buckets && b <= p->mask; b++) {
+    for (store_entry_t *e = p->buckets[b]; e; e = e->next) {
+      if (store_expired(e, now_ms) || (e->version & STORE_COUNTER_MASK) > announced) continue;
+      cb(ctx, e->data, e->key_len, e->data + e->key_len, e->value_len, e->version,
+         e->expire_at_ms);
+    }
+  }
+  pthread_mutex_unlock(&p->lock);
+}
+
 int64_t store_changes_bytes(const store_t *s) { return atomic_load(&s->changes_bytes); }
 
 store_part_sync_t *store_part_sync(store_cache_t *c, uint32_t part) {

@@ -286,6 +286,12 @@ uint64_t store_part_announced(store_cache_t *c, uint32_t part);
  * *upto receives the announced counter. */
 int store_changes_read(store_cache_t *c, uint32_t part, uint64_t after, size_t max,
                        changes_cb cb, void *ctx, uint64_t *next, uint64_t *upto);
+/* A continuous query's first step: every live entry of p whose last
+ * change is at or before what may be announced (*upto), under the
+ * partition's lock (cb must not call the store). An entry changed later
+ * is left out: its change follows in the history after *upto. */
+void store_snapshot(store_cache_t *c, uint32_t part, int64_t now_ms, store_entry_full_cb cb,
+                    void *ctx, uint64_t *upto);
 /* Memory held by change histories (within store_memory_bytes). */
 int64_t store_changes_bytes(const store_t *s);
 

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
 #include "grid_types.h"
 #include "log.h"
 #include "node.h"
@@ -40,6 +41,7 @@ struct stream_sub {
   uint64_t *pos;                 /* per partition: the last counter passed */
   uint64_t *on;                  /* bitmap: partitions held */
   uint64_t *backlog;             /* bitmap: more to read once there is room */
+  uint64_t *snap;                /* bitmap: a snapshot is due first */
   int stalled;                   /* the front end took no more */
 };
 
@@ -125,6 +127,7 @@ static void stream_free(stream_sub_t *s) {
   free(s->pos);
   free(s->on);
   free(s->backlog);
+  free(s->snap);
   free(s);
 }
 
@@ -154,7 +157,8 @@ int stream_open(loop_t *lp, store_cache_t *cache, uint64_t id, const stream_filt
     s->pos = calloc(parts, sizeof *s->pos);
     s->on = calloc(words, sizeof *s->on);
     s->backlog = calloc(words, sizeof *s->backlog);
-    ok = s->pos && s->on && s->backlog;
+    s->snap = calloc(words, sizeof *s->snap);
+    ok = s->pos && s->on && s->backlog && s->snap;
   }
   if (ok && f->prefix) {
     s->prefix = stream_dup(f->prefix, f->prefix_len);
@@ -200,11 +204,14 @@ static int stream_leads(const stream_sub_t *s, uint32_t p) {
   return g && p < g->partitions && pmap_primary(g, p) == lp->self;
 }
 
-int stream_take(stream_sub_t *s, uint32_t p, uint64_t after, int now, uint64_t *pos) {
+int stream_take(stream_sub_t *s, uint32_t p, uint64_t after, int now, int snapshot,
+                uint64_t *pos) {
   if (p >= s->nparts) return GRID_EINVAL;
   if (!stream_leads(s, p)) return GRID_ENOTREADY;
-  if (now) after = store_part_announced(s->watch->cache, p);
+  if (now || snapshot) after = store_part_announced(s->watch->cache, p);
   s->pos[p] = after;
+  if (snapshot) stream_set(s->snap, p);
+  else stream_clear(s->snap, p);
   stream_set(s->on, p);
   stream_set(s->backlog, p);
   *pos = after;
@@ -215,11 +222,13 @@ void stream_drop(stream_sub_t *s, uint32_t p) {
   if (p == UINT32_MAX) {
     memset(s->on, 0, (s->nparts + 63) / 64 * sizeof *s->on);
     memset(s->backlog, 0, (s->nparts + 63) / 64 * sizeof *s->backlog);
+    memset(s->snap, 0, (s->nparts + 63) / 64 * sizeof *s->snap);
     return;
   }
   if (p >= s->nparts) return;
   stream_clear(s->on, p);
   stream_clear(s->backlog, p);
+  stream_clear(s->snap, p);
 }
 
 void stream_close(stream_sub_t *s) {
@@ -264,10 +273,38 @@ static int stream_read_cb(void *ctx, const change_t *ch) {
   return r->full;
 }
 
+static int stream_snapshot_cb(void *ctx, const void *key, size_t key_len, const void *value,
+                              size_t value_len, uint64_t version, int64_t expire_at_ms) {
+  stream_read_t *r = ctx;
+  stream_sub_t *s = r->s;
+  if (!stream_passes(s, key, key_len)) return 0;
+  change_t ch = {.kind = CHANGE_PUT, .counter = version & STORE_COUNTER_MASK,
+                 .version = version, .expire_at_ms = expire_at_ms, .key = key,
+                 .key_len = key_len, .value = value, .value_len = value_len};
+  /* A snapshot is sent whole (one partition's matching entries, past
+   * output_bytes_max if need be): it cannot stop halfway under the lock. */
+  r->full |= s->out->event(s->ctx, s, r->p, STREAM_EV_SNAPSHOT, &ch, 0);
+  return 0;
+}
+
 /* Reads partition p past the subscription's position, until it has caught
- * up or the front end is full (then p waits in the backlog). */
+ * up or the front end is full (then p waits in the backlog). A snapshot
+ * due comes first: the entries as of a counter, then the changes after. */
 static void stream_pump(stream_sub_t *s, uint32_t p) {
   stream_clear(s->backlog, p);
+  if (stream_bit(s->snap, p)) {
+    stream_clear(s->snap, p);
+    stream_read_t r = {s, p, 0};
+    uint64_t upto;
+    store_snapshot(s->watch->cache, p, clock_wall_ms(), stream_snapshot_cb, &r, &upto);
+    s->pos[p] = upto;
+    r.full |= s->out->event(s->ctx, s, p, STREAM_EV_SNAPSHOT_END, NULL, upto);
+    if (r.full) {
+      s->stalled = 1;
+      stream_set(s->backlog, p);
+      return;
+    }
+  }
   for (;;) {
     stream_read_t r = {s, p, 0};
     uint64_t next, upto, before = s->pos[p];

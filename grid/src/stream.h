@@ -33,6 +33,9 @@ enum {
   STREAM_EV_CHANGE = 0,    /* ch: a change that passed the filter */
   STREAM_EV_GAP = 1,       /* changes before pos are gone (ch NULL) */
   STREAM_EV_END = 2,       /* the partition is not led here any more */
+  STREAM_EV_SNAPSHOT = 3,  /* ch: an entry of the partition's snapshot */
+  STREAM_EV_SNAPSHOT_END = 4, /* the snapshot is whole; changes after pos
+                                 follow */
 };
 
 typedef struct stream_out {
@@ -59,10 +62,12 @@ typedef struct stream_filter {
  * holds no partition until stream_take. */
 int stream_open(loop_t *lp, store_cache_t *cache, uint64_t id, const stream_filter_t *f,
                 const stream_out_t *out, void *ctx, stream_sub_t **sub);
-/* Takes partition p from after (now: from what is announced now); the
- * position taken goes in *pos. GRID_ENOTREADY when this node does not
+/* Takes partition p from after (now: from what is announced now; with
+ * snapshot: the partition's entries first, then the changes after them);
+ * the position taken goes in *pos. GRID_ENOTREADY when this node does not
  * lead p (cluster), GRID_EINVAL when p is out of range. */
-int stream_take(stream_sub_t *s, uint32_t p, uint64_t after, int now, uint64_t *pos);
+int stream_take(stream_sub_t *s, uint32_t p, uint64_t after, int now, int snapshot,
+                uint64_t *pos);
 /* Drops partition p (or every partition: p = UINT32_MAX). */
 void stream_drop(stream_sub_t *s, uint32_t p);
 /* Sends what is there already, for the partitions just taken. */
