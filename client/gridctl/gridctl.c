@@ -1,6 +1,7 @@
 /* gridctl: the command line for a grid node, built on grid.h only. */
 #include <errno.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,10 @@ static void usage(FILE *f) {
           "  stats                              entries, memory, ops served, connections\n"
           "  status [--json]                    cluster: nodes, coordinator, epoch, and\n"
           "                                     per cache partitions owning / moving / lost\n"
+          "  watch CACHE [--prefix P] [--affinity A]... [--snapshot] [--keys-only]\n"
+          "              [--json] [--count N]   print the cache's changes as they come,\n"
+          "                                     one line each (--snapshot: its entries\n"
+          "                                     first); stops after N events, or on ^C\n"
           "  ping                               check the node answers\n"
           "  leave                              the node leaves its cluster gracefully\n"
           "                                     (hands its partitions over, then stops)\n"
@@ -219,6 +224,133 @@ static void json_str(const char *s) {
   putchar('"');
 }
 
+/* Prints n bytes as a JSON string. */
+static void json_bytes(const void *p, size_t n) {
+  const unsigned char *b = p;
+  putchar('"');
+  for (size_t i = 0; i < n; i++) {
+    if (b[i] == '"' || b[i] == '\\') printf("\\%c", b[i]);
+    else if (b[i] < 0x20 || b[i] >= 0x7f) printf("\\u%04x", b[i]);
+    else putchar(b[i]);
+  }
+  putchar('"');
+}
+
+/* Prints n bytes as text, bytes that are not printable as \xHH. */
+static void text_bytes(const void *p, size_t n) {
+  const unsigned char *b = p;
+  for (size_t i = 0; i < n; i++) {
+    if (b[i] >= 0x20 && b[i] < 0x7f && b[i] != '\\') putchar(b[i]);
+    else printf("\\x%02x", b[i]);
+  }
+}
+
+static volatile sig_atomic_t watch_stop;
+static void watch_on_signal(int sig) {
+  (void)sig;
+  watch_stop = 1;
+}
+
+static const char *event_name(grid_event_kind_t k) {
+  switch (k) {
+    case GRID_EVENT_PUT: return "put";
+    case GRID_EVENT_DELETE: return "delete";
+    case GRID_EVENT_EXPIRE: return "expire";
+    case GRID_EVENT_GAP: return "gap";
+    case GRID_EVENT_SYNCED: return "synced";
+  }
+  return "?";
+}
+
+static void watch_print(const grid_event_t *ev, int json) {
+  const char *kind = ev->snapshot ? "snapshot" : event_name(ev->kind);
+  if (json) {
+    printf("{\"event\":\"%s\",\"partition\":%" PRIu32, kind, ev->partition);
+    if (ev->kind == GRID_EVENT_PUT || ev->kind == GRID_EVENT_DELETE ||
+        ev->kind == GRID_EVENT_EXPIRE) {
+      printf(",\"version\":%" PRIu64 ",\"key\":", ev->version);
+      json_bytes(ev->key, ev->key_len);
+      if (ev->value) {
+        printf(",\"value\":");
+        json_bytes(ev->value, ev->value_len);
+      }
+      if (ev->expire_at_ms) printf(",\"expire_at_ms\":%" PRId64, ev->expire_at_ms);
+    }
+    printf("}\n");
+  } else if (ev->kind == GRID_EVENT_GAP) {
+    printf("gap      partition=%" PRIu32 " (changes lost: re-read the partition)\n",
+           ev->partition);
+  } else if (ev->kind == GRID_EVENT_SYNCED) {
+    printf("synced   (the snapshot is whole: changes follow)\n");
+  } else {
+    printf("%-8s ", kind);
+    text_bytes(ev->key, ev->key_len);
+    if (ev->value) {
+      printf(" = ");
+      text_bytes(ev->value, ev->value_len);
+    }
+    printf("  version=%" PRIu64 " partition=%" PRIu32 "\n", ev->version, ev->partition);
+  }
+  fflush(stdout);
+}
+
+static int cmd_watch(grid_t *g, int argc, char **argv) {
+  if (need_args("watch", argc, 1)) return EXIT_USAGE;
+  const char *cache = argv[0];
+  grid_sub_options_t o = {0};
+  int json = 0;
+  uint64_t count = 0;
+  const void *akeys[64];
+  size_t alens[64];
+  size_t nak = 0;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--prefix") && i + 1 < argc) {
+      o.prefix = argv[++i];
+      o.prefix_len = strlen(argv[i]);
+    } else if (!strcmp(argv[i], "--affinity") && i + 1 < argc) {
+      if (nak == sizeof akeys / sizeof akeys[0]) {
+        fprintf(stderr, "gridctl: watch: at most %zu --affinity keys\n", nak);
+        return EXIT_USAGE;
+      }
+      akeys[nak] = argv[++i];
+      alens[nak++] = strlen(argv[i]);
+    } else if (!strcmp(argv[i], "--snapshot")) {
+      o.snapshot = 1;
+    } else if (!strcmp(argv[i], "--keys-only")) {
+      o.keys_only = 1;
+    } else if (!strcmp(argv[i], "--json")) {
+      json = 1;
+    } else if (!strcmp(argv[i], "--count") && i + 1 < argc &&
+               parse_u64(argv[i + 1], &count) == 0 && count > 0) {
+      i++;
+    } else {
+      fprintf(stderr, "gridctl: watch: unexpected \"%s\" (see gridctl --help)\n", argv[i]);
+      return EXIT_USAGE;
+    }
+  }
+  if (nak) {
+    o.affinity_keys = akeys;
+    o.affinity_key_lens = alens;
+    o.n_affinity_keys = nak;
+  }
+  grid_sub_t *s;
+  int rc = grid_subscribe(g, cache, &o, &s);
+  if (rc) return fail("watch", rc);
+  struct sigaction sa = {.sa_handler = watch_on_signal};
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+  if (!json) fprintf(stderr, "watching %s (^C stops)\n", cache);
+  uint64_t seen = 0;
+  while (!watch_stop && (!count || seen < count)) {
+    grid_event_t ev;
+    if (grid_sub_next(s, 200, &ev) != 0) continue;
+    watch_print(&ev, json);
+    seen++;
+  }
+  grid_unsubscribe(s);
+  return 0;
+}
+
 static int cmd_status(grid_t *g, int argc, char **argv) {
   int json = argc > 0 && strcmp(argv[0], "--json") == 0;
   if (argc > (json ? 1 : 0)) {
@@ -335,7 +467,8 @@ int main(int argc, char **argv) {
   int vargc = argc - i - 1;
   char **vargv = argv + i + 1;
   static const char *const verbs[] = {"put", "get", "del", "add", "size", "caches",
-                                      "create-cache", "drop-cache", "stats", "ping", "status", "leave"};
+                                      "create-cache", "drop-cache", "stats", "ping", "status", "leave",
+                                      "watch"};
   int known = 0;
   for (size_t k = 0; k < sizeof verbs / sizeof verbs[0]; k++) known |= !strcmp(verb, verbs[k]);
   if (!known) {
@@ -365,6 +498,7 @@ int main(int argc, char **argv) {
     if (!code && (rc = grid_cache_drop(g, vargv[0])) != 0) code = fail("drop-cache", rc);
   } else if (!strcmp(verb, "stats")) code = cmd_stats(g);
   else if (!strcmp(verb, "status")) code = cmd_status(g, vargc, vargv);
+  else if (!strcmp(verb, "watch")) code = cmd_watch(g, vargc, vargv);
   else if (!strcmp(verb, "leave")) {
     code = (rc = grid_leave(g)) ? fail("leave", rc) : 0;
     if (!code) printf("%s is leaving: it hands its partitions over, then stops\n", server);

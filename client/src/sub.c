@@ -562,7 +562,7 @@ static void sub_free(grid_sub_t *s) {
 
 static int sub_check_opts(const grid_sub_options_t *o) {
   if (o->prefix && o->prefix_len == 0) {
-    client_set_error("an empty prefix: leave it NULL to follow every key");
+    client_set_error("an empty prefix (omit the prefix to follow every key)");
     return GRID_EINVAL;
   }
   if (!o->prefix && o->prefix_len) {

@@ -67,6 +67,42 @@ echo "$stats" | grep -Eq '^connections +1$' || { echo "$stats"; fail "stats conn
 echo "$stats" | grep -Eq '^ops +[0-9]+$' || fail "stats ops"
 echo "$stats" | grep -Eq '^memory_bytes +[1-9][0-9]*$' || fail "stats memory"
 
+# watch: the snapshot, then each change as it comes, one line each (and
+# --json); it stops after --count events. Each waits for its snapshot to
+# be whole before the changes are made, and gives up after 60 s.
+wctl() { timeout 60 "$GRIDCTL" --server "127.0.0.1:$(cat "$dir/port")" "$@"; }
+wait_synced() {
+  for _ in $(seq 1 3000); do grep -q 'synced' "$1" 2>/dev/null && return 0; sleep 0.02; done
+  fail "watch never synced: $(cat "$1")"
+}
+ctl create-cache watched --partitions 8
+ctl put watched before 1
+wctl watch watched --snapshot --count 4 > "$dir/watch" 2>"$dir/watch.err" &
+wpid=$!
+wait_synced "$dir/watch"
+ctl put watched sensor:1 "21.5"
+ctl del watched before
+wait "$wpid" || fail "watch exit $?: $(cat "$dir/watch.err")"
+grep -Eq '^snapshot +before = 1 ' "$dir/watch" || fail "watch snapshot: $(cat "$dir/watch")"
+grep -Eq '^put +sensor:1 = 21.5 ' "$dir/watch" || fail "watch put: $(cat "$dir/watch")"
+grep -Eq '^delete +before ' "$dir/watch" || fail "watch delete: $(cat "$dir/watch")"
+wctl watch watched --json --prefix sensor: --snapshot --count 3 > "$dir/watch" &
+wpid=$!
+wait_synced "$dir/watch"
+ctl put watched other x
+ctl put watched sensor:2 '"q"'
+wait "$wpid" || fail "watch --json exit $?"
+grep -q '^{"event":"snapshot","partition":[0-9]*,"version":[0-9]*,"key":"sensor:1","value":"21.5"}$' \
+  "$dir/watch" || fail "watch --json snapshot: $(cat "$dir/watch")"
+grep -q '^{"event":"put","partition":[0-9]*,"version":[0-9]*,"key":"sensor:2","value":"\\"q\\""}$' \
+  "$dir/watch" || fail "watch --json: $(cat "$dir/watch")"
+! grep -q '"other"' "$dir/watch" || fail "watch --prefix let another key through"
+set +e; msg=$(ctl watch nosuch 2>&1); rc=$?; set -e
+[ "$rc" -eq 3 ] && echo "$msg" | grep -q "no such cache" || fail "watch unknown cache: $rc $msg"
+set +e; msg=$(ctl watch watched --prefix "" 2>&1); rc=$?; set -e
+[ "$rc" -eq 3 ] && echo "$msg" | grep -q "empty prefix" || fail "watch empty prefix: $rc $msg"
+ctl drop-cache watched
+
 # Usage errors: words and exit 2.
 set +e
 ctl frobnicate >/dev/null 2>"$dir/err"; rc=$?
