@@ -79,7 +79,7 @@ struct grid_sub {
   size_t nconns;
   int64_t retry_at_ms, map_check_at_ms;
   /* the first round, for grid_subscribe */
-  int init_pending;             /* SUBSCRIBE replies awaited */
+  int asks;                     /* SUBSCRIBE replies awaited */
   int init_status;
   char init_error[256];
   int init_done;
@@ -170,7 +170,7 @@ static void sub_conn_lost(grid_sub_t *s, size_t ci) {
   for (uint32_t p = 0; p < s->nparts; p++) {
     if (s->home[p] == (int)ci || (s->home[p] == SUB_ASKING && s->asking_on[p] == (int)ci)) {
       s->home[p] = SUB_HOMELESS;
-      if (s->init_pending && !s->init_done) s->init_pending = 0;
+      s->asks = 0; /* those of other connections may still come: no matter */
     }
   }
   s->retry_at_ms = 0;
@@ -337,7 +337,7 @@ static void sub_on_reply(grid_sub_t *s, size_t ci, const Grid__Reply *rp) {
       snprintf(s->init_error, sizeof s->init_error, "%s",
                rp->message ? rp->message : grid_strerror(rp->status));
     }
-    if (s->init_pending) s->init_pending--;
+    if (s->asks) s->asks--;
     return;
   }
   if (!s->nparts && rp->number) {
@@ -355,7 +355,7 @@ static void sub_on_reply(grid_sub_t *s, size_t ci, const Grid__Reply *rp) {
     uint32_t p = rp->moved[i];
     if (p < s->nparts && s->home[p] == SUB_ASKING) s->home[p] = SUB_HOMELESS;
   }
-  if (s->init_pending) s->init_pending--;
+  if (s->asks) s->asks--;
 }
 
 /* Reads what conn ci has; -1 when it closed. */
@@ -416,7 +416,7 @@ static void sub_place(grid_sub_t *s, int refresh) {
       if (ci >= 0) sub_conn_lost(s, (size_t)ci);
       continue;
     }
-    s->init_pending++;
+    s->asks++;
   }
   free(ps);
   router_place_free(&pl);
@@ -444,9 +444,9 @@ static int sub_size(grid_sub_t *s) {
   if (ci < 0) return GRID_ECONN;
   rc = sub_ask(s, ci, NULL, 0);
   if (rc != 0) return rc;
-  s->init_pending = 1;
+  s->asks = 1;
   int64_t deadline = clock_mono_ms() + s->g->timeout_ms;
-  while (s->init_pending && !s->init_status && s->conns[ci].fd >= 0 &&
+  while (s->asks && !s->init_status && s->conns[ci].fd >= 0 &&
          clock_mono_ms() < deadline) {
     struct pollfd pfd = {.fd = s->conns[ci].fd, .events = POLLIN};
     if (poll(&pfd, 1, 100) > 0 && sub_read(s, (size_t)ci) != 0) sub_conn_lost(s, (size_t)ci);
@@ -497,18 +497,30 @@ static void *sub_main(void *arg) {
     sub_init_finish(s);
     return NULL;
   }
-  s->init_pending = 0;
+  s->asks = 0;
   sub_place(s, 0);
   int64_t init_deadline = clock_mono_ms() + s->g->timeout_ms;
   while (!atomic_load(&s->stop)) {
     int64_t now = clock_mono_ms();
-    if (!s->init_done && (s->init_status || !s->init_pending || now >= init_deadline))
-      sub_init_finish(s);
+    if (!s->init_done) {
+      /* grid_subscribe returns once every partition is taken: one taken
+       * later "from now" would miss what was written in between. */
+      int homeless = sub_homeless(s);
+      if (!s->init_status && homeless && !s->asks && now >= init_deadline) {
+        uint32_t left = 0;
+        for (uint32_t p = 0; p < s->nparts; p++) left += s->home[p] == SUB_HOMELESS;
+        s->init_status = GRID_ETIMEDOUT;
+        snprintf(s->init_error, sizeof s->init_error,
+                 "%u partitions have no primary that takes the subscription now "
+                 "(the cluster is changing): subscribe again", left);
+      }
+      if (s->init_status || (!s->asks && !homeless)) sub_init_finish(s);
+    }
     if (s->init_done && s->init_status) break; /* grid_subscribe fails */
     if (s->init_done && now >= s->map_check_at_ms) {
       s->map_check_at_ms = now + SUB_MAP_CHECK_MS;
       sub_place(s, 1);
-    } else if (s->init_done && now >= s->retry_at_ms && sub_homeless(s)) {
+    } else if (now >= s->retry_at_ms && !s->asks && sub_homeless(s)) {
       s->retry_at_ms = now + SUB_RETRY_MS;
       sub_place(s, 1);
     }

@@ -186,6 +186,32 @@ int main(void) {
   size_t n = atomic_load(&nlog);
   fprintf(stderr, "%zu events logged, %d gaps, %zu acknowledged writes missing\n", n,
           atomic_load(&gaps), missing);
+  if (missing) {
+    /* What is missing, where: the partition, its counter, and the last
+     * change of the key the subscriber had. */
+    size_t shown = 0;
+    for (int i = 0; i < WRITERS && shown < 20; i++) {
+      for (size_t j = 0; j < w[i].nacked && shown < 20; j++) {
+        acked_t *a = &w[i].acked[j];
+        int found = 0;
+        uint64_t last = 0;
+        for (size_t e = 0; e < n; e++) {
+          if (evlog[e].key != a->key) continue;
+          if (evlog[e].version == a->version) found = 1;
+          if (evlog[e].version > last) last = evlog[e].version;
+        }
+        if (found) continue;
+        char key[32];
+        snprintf(key, sizeof key, "w%d:%d", a->key / KEYS, a->key % KEYS);
+        fprintf(stderr, "missing %s version %llu (epoch %llu counter %llu) partition %u; "
+                "last logged version %llu\n", key, (unsigned long long)a->version,
+                (unsigned long long)(a->version >> 40),
+                (unsigned long long)(a->version & ((1ull << 40) - 1)),
+                grid_partition_of(key, strlen(key), 64), (unsigned long long)last);
+        shown++;
+      }
+    }
+  }
   CHECK_EQ(atomic_load(&gaps), 0);
   CHECK_EQ(missing, 0);
   /* Exactly once, each key in version order: the log, key by key, grows. */
