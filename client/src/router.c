@@ -273,6 +273,12 @@ int router_place(router_t *rt, const char *cache, int refresh, uint32_t timeout_
     return rc;
   }
   const pmap_group_t *g = pmap_find_cache(&rt->map, cache);
+  if (!g && !refresh) {
+    /* Made since this map was fetched, perhaps. */
+    router_refresh_locked(rt, timeout_ms);
+    out->epoch = rt->map.epoch;
+    g = rt->map.epoch ? pmap_find_cache(&rt->map, cache) : NULL;
+  }
   if (!g) {
     pthread_mutex_unlock(&rt->lock);
     return GRID_ENOCACHE;

@@ -238,7 +238,7 @@ int main(void) {
   }
   grid_close(admin);
   for (int i = 0; i < 4; i++)
-    if (i != 1) harness_stop(&nodes[i]);
+    if (i != 1) CHECK_EQ(harness_stop(&nodes[i]), 0);
   harness_zk_stop(&zk);
   free(evlog);
   printf("test_stream_cluster: ok\n");
