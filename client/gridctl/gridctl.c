@@ -258,6 +258,7 @@ static const char *event_name(grid_event_kind_t k) {
     case GRID_EVENT_EXPIRE: return "expire";
     case GRID_EVENT_GAP: return "gap";
     case GRID_EVENT_SYNCED: return "synced";
+    case GRID_EVENT_ENDED: return "ended";
   }
   return "?";
 }
@@ -276,12 +277,15 @@ static void watch_print(const grid_event_t *ev, int json) {
       }
       if (ev->expire_at_ms) printf(",\"expire_at_ms\":%" PRId64, ev->expire_at_ms);
     }
+    if (ev->kind == GRID_EVENT_ENDED) printf(",\"error\":\"%s\"", grid_err_name(ev->status));
     printf("}\n");
   } else if (ev->kind == GRID_EVENT_GAP) {
     printf("gap      partition=%" PRIu32 " (changes lost: re-read the partition)\n",
            ev->partition);
   } else if (ev->kind == GRID_EVENT_SYNCED) {
     printf("synced   (the snapshot is whole: changes follow)\n");
+  } else if (ev->kind == GRID_EVENT_ENDED) {
+    printf("ended    %s\n", grid_strerror(ev->status));
   } else {
     printf("%-8s ", kind);
     text_bytes(ev->key, ev->key_len);
@@ -346,6 +350,10 @@ static int cmd_watch(grid_t *g, int argc, char **argv) {
     if (grid_sub_next(s, 200, &ev) != 0) continue;
     watch_print(&ev, json);
     seen++;
+    if (ev.kind == GRID_EVENT_ENDED) {
+      grid_unsubscribe(s);
+      return EXIT_FAILED;
+    }
   }
   grid_unsubscribe(s);
   return 0;

@@ -276,6 +276,9 @@ typedef enum grid_event_kind {
                              subscriber: the stream goes on after them */
   GRID_EVENT_SYNCED = 5,  /* (snapshot) every partition's entries were
                              passed on: what follows are changes. Once */
+  GRID_EVENT_ENDED = 6,   /* the subscription ended (status says why:
+                             GRID_ENOCACHE when the cache was dropped,
+                             GRID_ENOMEM): no event follows. Once */
 } grid_event_kind_t;
 
 typedef struct grid_event {
@@ -293,6 +296,7 @@ typedef struct grid_event {
   int snapshot;           /* a GRID_EVENT_PUT of the initial snapshot: the
                              entry as it was when its partition's snapshot
                              was taken (its later changes follow) */
+  int status;             /* GRID_EVENT_ENDED: why */
 } grid_event_t;
 
 typedef void (*grid_event_cb)(const grid_event_t *ev, void *arg);
@@ -312,8 +316,9 @@ typedef struct grid_sub_options {
                              partition's as of one point in its history,
                              then the changes after that point, with no gap
                              and no repeat between the two; then
-                             GRID_EVENT_SYNCED. A partition whose primary
-                             moves during its snapshot is sent again whole */
+                             GRID_EVENT_SYNCED. A partition's entries are
+                             passed on once its snapshot is whole (one cut
+                             short by a move is taken again) */
   grid_event_cb callback; /* set: each event is passed to it on the
                              subscription's own thread (it must not call
                              grid_unsubscribe); NULL: grid_sub_next */
@@ -337,10 +342,12 @@ GRID_EXPORT int grid_subscribe(grid_t *g, const char *cache, const grid_sub_opti
                                grid_sub_t **out);
 /* The next event: 0 with *ev (valid until the next call or
  * grid_unsubscribe), GRID_ETIMEDOUT when none came within timeout_ms,
- * GRID_EINVAL for a subscription with a callback. */
+ * GRID_EINVAL for a subscription with a callback. After GRID_EVENT_ENDED,
+ * its status; GRID_ECONN to a thread waiting while another unsubscribes. */
 GRID_EXPORT int grid_sub_next(grid_sub_t *s, uint32_t timeout_ms, grid_event_t *ev);
 /* Ends the subscription and frees it; its callback is not called after
- * this returns. The handle must outlive its subscriptions. */
+ * this returns, and threads waiting in grid_sub_next return first. The
+ * handle must outlive its subscriptions. */
 GRID_EXPORT void grid_unsubscribe(grid_sub_t *s);
 
 /* The partition a key belongs to in a cache of `partitions` partitions: XXH3

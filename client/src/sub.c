@@ -36,7 +36,8 @@
 #include "part.h"
 
 #define SUB_RETRY_MS 100        /* a partition with no primary is asked again */
-#define SUB_MAP_CHECK_MS 1000   /* the map is looked at again this often */
+#define SUB_MAP_CHECK_MS 5000   /* the map is looked at again this often (a
+                                   node cut off cannot say END) */
 #define SUB_QUEUE_DEFAULT 65536
 #define SUB_CONNS_MAX 256
 #define SUB_RBUF_BYTES 65536
@@ -75,6 +76,9 @@ struct grid_sub {
   unsigned char *fresh;         /* never positioned: from now */
   unsigned char *snapdue;       /* its snapshot is still to come */
   uint32_t snaps_left;          /* partitions whose snapshot is to come */
+  sub_item_t **held, **held_tail; /* per partition: its snapshot's entries
+                                   so far, passed on once it is whole */
+  int64_t *asked_ms;            /* SUB_ASKING: since when */
   sub_conn_t conns[SUB_CONNS_MAX];
   size_t nconns;
   int64_t retry_at_ms, map_check_at_ms;
@@ -89,6 +93,11 @@ struct grid_sub {
   sub_item_t *head, *tail;
   size_t queued;
   sub_item_t *current;          /* the last one grid_sub_next returned */
+  int ended;                    /* the subscription ended with this status
+                                   (GRID_EVENT_ENDED): no more events */
+  int ended_told;               /* ... and grid_sub_next passed it on */
+  int closing;                  /* grid_unsubscribe runs: waiters leave */
+  int waiters;                  /* threads in grid_sub_next */
 };
 
 static uint64_t sub_next_id(void) {
@@ -98,20 +107,10 @@ static uint64_t sub_next_id(void) {
 
 /* ---- delivery ----------------------------------------------------------- */
 
-/* Passes ev on: to the callback, or queued (waiting while the queue is
- * full, unless stopping). */
-static void sub_deliver(grid_sub_t *s, const grid_event_t *ev) {
-  if (s->opts.callback) {
-    s->opts.callback(ev, s->opts.arg);
-    return;
-  }
+/* A copy of ev that owns its bytes, or NULL. */
+static sub_item_t *sub_item_new(const grid_event_t *ev) {
   sub_item_t *it = malloc(sizeof *it + ev->key_len + ev->value_len + 1);
-  if (!it) {
-    LOG_E("client", "\"out of memory queueing an event: the subscription stops\" cache=%s",
-          s->cache);
-    atomic_store(&s->stop, 1);
-    return;
-  }
+  if (!it) return NULL;
   it->next = NULL;
   it->ev = *ev;
   if (ev->key_len) memcpy(it->data, ev->key, ev->key_len);
@@ -119,9 +118,34 @@ static void sub_deliver(grid_sub_t *s, const grid_event_t *ev) {
   it->data[ev->key_len + ev->value_len] = '\0';
   it->ev.key = it->data;
   it->ev.value = ev->value_len || ev->value ? it->data + ev->key_len : NULL;
+  return it;
+}
+
+/* The subscription ends with status: the callback hears it, or
+ * grid_sub_next once the queue is drained; nothing more is read. */
+static void sub_end(grid_sub_t *s, int status, const char *why) {
+  if (s->ended) return;
+  LOG_W("client", "\"a subscription ended\" cache=%s error=%s reason=\"%s\"", s->cache,
+        grid_err_name(status), why);
+  atomic_store(&s->stop, 1);
+  if (s->opts.callback) {
+    s->ended = status;
+    grid_event_t ev = {.kind = GRID_EVENT_ENDED, .status = status};
+    s->opts.callback(&ev, s->opts.arg);
+    return;
+  }
+  pthread_mutex_lock(&s->lock);
+  s->ended = status;
+  pthread_cond_broadcast(&s->cond);
+  pthread_mutex_unlock(&s->lock);
+}
+
+/* Queues it for grid_sub_next, waiting while the queue is full (except in
+ * the first round: grid_subscribe has not returned, nobody reads yet). */
+static void sub_enqueue(grid_sub_t *s, sub_item_t *it) {
   pthread_mutex_lock(&s->lock);
   size_t max = s->opts.queue_max ? s->opts.queue_max : SUB_QUEUE_DEFAULT;
-  while (s->queued >= max && !atomic_load(&s->stop)) {
+  while (s->init_done && s->queued >= max && !atomic_load(&s->stop)) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     ts.tv_nsec += 100 * 1000000L;
@@ -137,6 +161,64 @@ static void sub_deliver(grid_sub_t *s, const grid_event_t *ev) {
   s->queued++;
   pthread_cond_broadcast(&s->cond);
   pthread_mutex_unlock(&s->lock);
+}
+
+/* Passes ev on: to the callback, or queued. */
+static void sub_deliver(grid_sub_t *s, const grid_event_t *ev) {
+  if (s->ended) return;
+  if (s->opts.callback) {
+    s->opts.callback(ev, s->opts.arg);
+    return;
+  }
+  sub_item_t *it = sub_item_new(ev);
+  if (!it) {
+    sub_end(s, GRID_ENOMEM, "out of memory queueing an event");
+    return;
+  }
+  sub_enqueue(s, it);
+}
+
+/* Holds a snapshot entry of p until its snapshot is whole. */
+static void sub_hold(grid_sub_t *s, uint32_t p, const grid_event_t *ev) {
+  sub_item_t *it = sub_item_new(ev);
+  if (!it) {
+    sub_end(s, GRID_ENOMEM, "out of memory holding a snapshot");
+    return;
+  }
+  if (s->held_tail[p]) s->held_tail[p]->next = it;
+  else s->held[p] = it;
+  s->held_tail[p] = it;
+}
+
+/* p's snapshot is whole: its entries go on, in the order they came. */
+static void sub_release_held(grid_sub_t *s, uint32_t p) {
+  sub_item_t *it = s->held[p];
+  s->held[p] = s->held_tail[p] = NULL;
+  while (it) {
+    sub_item_t *next = it->next;
+    it->next = NULL;
+    if (s->ended) {
+      free(it);
+    } else if (s->opts.callback) {
+      s->opts.callback(&it->ev, s->opts.arg);
+      free(it);
+    } else {
+      sub_enqueue(s, it);
+    }
+    it = next;
+  }
+}
+
+/* p's snapshot was cut short (its node went, or moved it): what came of
+ * it is dropped; the next one is sent whole. */
+static void sub_drop_held(grid_sub_t *s, uint32_t p) {
+  sub_item_t *it = s->held[p];
+  s->held[p] = s->held_tail[p] = NULL;
+  while (it) {
+    sub_item_t *next = it->next;
+    free(it);
+    it = next;
+  }
 }
 
 /* ---- connections ---------------------------------------------------------- */
@@ -170,7 +252,7 @@ static void sub_conn_lost(grid_sub_t *s, size_t ci) {
   for (uint32_t p = 0; p < s->nparts; p++) {
     if (s->home[p] == (int)ci || (s->home[p] == SUB_ASKING && s->asking_on[p] == (int)ci)) {
       s->home[p] = SUB_HOMELESS;
-      s->asks = 0; /* those of other connections may still come: no matter */
+      sub_drop_held(s, p);
     }
   }
   s->retry_at_ms = 0;
@@ -253,9 +335,11 @@ static int sub_ask(grid_sub_t *s, int ci, const uint32_t *ps, size_t n) {
   free(spp);
   free(keys);
   if (rc != 0) return rc;
+  int64_t now = clock_mono_ms();
   for (size_t i = 0; i < n; i++) {
     s->home[ps[i]] = SUB_ASKING;
     s->asking_on[ps[i]] = ci;
+    s->asked_ms[ps[i]] = now;
   }
   return 0;
 }
@@ -267,7 +351,11 @@ static void sub_on_event(grid_sub_t *s, size_t ci, const Grid__Event *e) {
   if (p >= s->nparts || s->home[p] != (int)ci) return; /* not from its home now */
   switch (e->kind) {
     case GRID__EVENT_KIND__EVENT_END:
+      /* The last frame of p on this connection: its counter is where the
+       * node got to (past changes the filter left out). */
+      if (!s->snapdue[p] && e->counter > s->pos[p]) s->pos[p] = e->counter;
       s->home[p] = SUB_HOMELESS;
+      sub_drop_held(s, p);
       s->retry_at_ms = 0;
       return;
     case GRID__EVENT_KIND__EVENT_SNAPSHOT: {
@@ -277,13 +365,14 @@ static void sub_on_event(grid_sub_t *s, size_t ci, const Grid__Event *e) {
           .key = e->key.data, .key_len = e->key.len,
           .value = s->opts.keys_only ? NULL : e->value.data ? (const void *)e->value.data : "",
           .value_len = e->value.len, .expire_at_ms = e->expire_at_ms, .snapshot = 1};
-      sub_deliver(s, &ev);
+      sub_hold(s, p, &ev);
       return;
     }
     case GRID__EVENT_KIND__EVENT_SNAPSHOT_END:
       if (!s->snapdue[p]) return;
       s->snapdue[p] = 0;
       s->pos[p] = e->counter;
+      sub_release_held(s, p);
       if (--s->snaps_left == 0) {
         grid_event_t ev = {.kind = GRID_EVENT_SYNCED, .partition = p};
         sub_deliver(s, &ev);
@@ -291,7 +380,9 @@ static void sub_on_event(grid_sub_t *s, size_t ci, const Grid__Event *e) {
       return;
     case GRID__EVENT_KIND__EVENT_GAP: {
       grid_event_t ev = {.kind = GRID_EVENT_GAP, .partition = p};
-      if (e->counter > s->pos[p]) s->pos[p] = e->counter;
+      /* Where the node goes on: past what was lost, or back to where its
+       * history starts when the position came from another history. */
+      s->pos[p] = e->counter;
       sub_deliver(s, &ev);
       return;
     }
@@ -332,10 +423,12 @@ static void sub_on_reply(grid_sub_t *s, size_t ci, const Grid__Reply *rp) {
       if (s->home[p] == SUB_ASKING && s->asking_on[p] == (int)ci) s->home[p] = SUB_HOMELESS;
     int transient = rp->status == GRID_ECLUSTER || rp->status == GRID_ENOTREADY ||
                     rp->status == GRID_ESTALE || rp->status == GRID_EBUSY;
+    const char *why = rp->message ? rp->message : grid_strerror(rp->status);
     if (!transient && !s->init_done && !s->init_status) {
       s->init_status = rp->status;
-      snprintf(s->init_error, sizeof s->init_error, "%s",
-               rp->message ? rp->message : grid_strerror(rp->status));
+      snprintf(s->init_error, sizeof s->init_error, "%s", why);
+    } else if (!transient && s->init_done) {
+      sub_end(s, rp->status, why); /* the cache was dropped, say */
     }
     if (s->asks) s->asks--;
     return;
@@ -343,6 +436,9 @@ static void sub_on_reply(grid_sub_t *s, size_t ci, const Grid__Reply *rp) {
   if (!s->nparts && rp->number) {
     /* A single node: it says how many partitions there are. */
     s->nparts = (uint32_t)rp->number;
+  } else if (rp->number && rp->number != s->nparts) {
+    sub_end(s, GRID_ENOCACHE, "the cache was made again with other partitions");
+    return;
   }
   for (size_t i = 0; i < rp->n_positions; i++) {
     uint32_t p = rp->positions[i]->partition;
@@ -394,10 +490,17 @@ static void sub_place(grid_sub_t *s, int refresh) {
     if (!s->init_done && !s->init_status) {
       s->init_status = rc;
       snprintf(s->init_error, sizeof s->init_error, "%s", grid_strerror(rc));
+    } else if (s->init_done && rc == GRID_ENOCACHE) {
+      sub_end(s, rc, "the cache was dropped");
     }
     return;
   }
   if (pl.partitions && !s->nparts) s->nparts = pl.partitions;
+  if (pl.partitions && pl.partitions != s->nparts) {
+    router_place_free(&pl);
+    sub_end(s, GRID_ENOCACHE, "the cache was made again with other partitions");
+    return;
+  }
   uint32_t *ps = malloc((s->nparts ? s->nparts : 1) * sizeof *ps);
   for (size_t a = 0; ps && a < pl.naddrs; a++) {
     size_t n = 0;
@@ -426,6 +529,27 @@ static int sub_homeless(const grid_sub_t *s) {
   for (uint32_t p = 0; p < s->nparts; p++)
     if (s->home[p] == SUB_HOMELESS) return 1;
   return 0;
+}
+
+/* Partitions not taken yet: HOMELESS or ASKING. */
+static uint32_t sub_untaken(const grid_sub_t *s) {
+  uint32_t n = 0;
+  for (uint32_t p = 0; p < s->nparts; p++)
+    n += s->home[p] == SUB_HOMELESS || s->home[p] == SUB_ASKING;
+  return n;
+}
+
+/* A SUBSCRIBE not answered within the handle's timeout: its node is
+ * taken as gone (cut off, stopped), its connection closed, its partitions
+ * asked again where the map says. */
+static void sub_check_asks(grid_sub_t *s, int64_t now) {
+  for (uint32_t p = 0; p < s->nparts; p++) {
+    if (s->home[p] != SUB_ASKING || now - s->asked_ms[p] < (int64_t)s->g->timeout_ms) continue;
+    int ci = s->asking_on[p];
+    LOG_W("client", "\"a node did not answer a subscription: asking again\" node=%s",
+          s->conns[ci].addr);
+    sub_conn_lost(s, (size_t)ci);
+  }
 }
 
 /* A single node's first round: how many partitions, then all of them. */
@@ -461,7 +585,12 @@ static int sub_alloc_parts(grid_sub_t *s) {
   s->asking_on = calloc(s->nparts, sizeof *s->asking_on);
   s->fresh = calloc(s->nparts, 1);
   s->snapdue = calloc(s->nparts, 1);
-  if (!s->pos || !s->home || !s->asking_on || !s->fresh || !s->snapdue) return GRID_ENOMEM;
+  s->held = calloc(s->nparts, sizeof *s->held);
+  s->held_tail = calloc(s->nparts, sizeof *s->held_tail);
+  s->asked_ms = calloc(s->nparts, sizeof *s->asked_ms);
+  if (!s->pos || !s->home || !s->asking_on || !s->fresh || !s->snapdue || !s->held ||
+      !s->held_tail || !s->asked_ms)
+    return GRID_ENOMEM;
   for (uint32_t p = 0; p < s->nparts; p++) {
     s->home[p] = s->opts.n_affinity_keys ? SUB_UNWANTED : SUB_HOMELESS;
     s->fresh[p] = 1;
@@ -502,28 +631,28 @@ static void *sub_main(void *arg) {
   int64_t init_deadline = clock_mono_ms() + s->g->timeout_ms;
   while (!atomic_load(&s->stop)) {
     int64_t now = clock_mono_ms();
+    sub_check_asks(s, now);
     if (!s->init_done) {
       /* grid_subscribe returns once every partition is taken: one taken
        * later "from now" would miss what was written in between. */
-      int homeless = sub_homeless(s);
-      if (!s->init_status && homeless && !s->asks && now >= init_deadline) {
-        uint32_t left = 0;
-        for (uint32_t p = 0; p < s->nparts; p++) left += s->home[p] == SUB_HOMELESS;
+      uint32_t left = sub_untaken(s);
+      if (!s->init_status && left && now >= init_deadline) {
         s->init_status = GRID_ETIMEDOUT;
         snprintf(s->init_error, sizeof s->init_error,
                  "%u partitions have no primary that takes the subscription now "
                  "(the cluster is changing): subscribe again", left);
       }
-      if (s->init_status || (!s->asks && !homeless)) sub_init_finish(s);
+      if (s->init_status || !left) sub_init_finish(s);
     }
     if (s->init_done && s->init_status) break; /* grid_subscribe fails */
     if (s->init_done && now >= s->map_check_at_ms) {
       s->map_check_at_ms = now + SUB_MAP_CHECK_MS;
       sub_place(s, 1);
-    } else if (now >= s->retry_at_ms && !s->asks && sub_homeless(s)) {
+    } else if (now >= s->retry_at_ms && sub_homeless(s)) {
       s->retry_at_ms = now + SUB_RETRY_MS;
       sub_place(s, 1);
     }
+    if (atomic_load(&s->stop)) break;
     struct pollfd pfd[SUB_CONNS_MAX + 1];
     size_t idx[SUB_CONNS_MAX];
     nfds_t n = 0;
@@ -533,7 +662,7 @@ static void *sub_main(void *arg) {
       idx[n - 1] = i;
       pfd[n++] = (struct pollfd){.fd = s->conns[i].fd, .events = POLLIN};
     }
-    int wait = sub_homeless(s) ? SUB_RETRY_MS : SUB_MAP_CHECK_MS / 2;
+    int wait = sub_untaken(s) ? SUB_RETRY_MS : SUB_MAP_CHECK_MS / 2;
     if (poll(pfd, n, wait) <= 0) continue;
     for (nfds_t i = 1; i < n && !atomic_load(&s->stop); i++) {
       if (!pfd[i].revents) continue;
@@ -560,6 +689,10 @@ static void sub_free(grid_sub_t *s) {
   free(s->asking_on);
   free(s->fresh);
   free(s->snapdue);
+  for (uint32_t p = 0; s->held && p < s->nparts; p++) sub_drop_held(s, p);
+  free(s->held);
+  free(s->held_tail);
+  free(s->asked_ms);
   while (s->head) {
     sub_item_t *it = s->head;
     s->head = it->next;
@@ -683,16 +816,14 @@ int grid_sub_next(grid_sub_t *s, uint32_t timeout_ms, grid_event_t *ev) {
     ts.tv_nsec -= 1000000000L;
   }
   pthread_mutex_lock(&s->lock);
+  s->waiters++;
   free(s->current);
   s->current = NULL;
   int rc = 0;
-  while (!s->head) {
-    if (pthread_cond_timedwait(&s->cond, &s->lock, &ts) == ETIMEDOUT && !s->head) {
-      rc = GRID_ETIMEDOUT;
-      break;
-    }
+  while (!s->head && !s->closing && !s->ended) {
+    if (pthread_cond_timedwait(&s->cond, &s->lock, &ts) == ETIMEDOUT) break;
   }
-  if (rc == 0) {
+  if (s->head) {
     sub_item_t *it = s->head;
     s->head = it->next;
     if (!s->head) s->tail = NULL;
@@ -700,7 +831,18 @@ int grid_sub_next(grid_sub_t *s, uint32_t timeout_ms, grid_event_t *ev) {
     s->current = it;
     *ev = it->ev;
     pthread_cond_broadcast(&s->cond); /* room for the reader */
+  } else if (s->closing) {
+    rc = GRID_ECONN;
+  } else if (s->ended && !s->ended_told) {
+    /* Once, the event that says why; then the status itself. */
+    s->ended_told = 1;
+    *ev = (grid_event_t){.kind = GRID_EVENT_ENDED, .status = s->ended};
+  } else if (s->ended) {
+    rc = s->ended;
+  } else {
+    rc = GRID_ETIMEDOUT;
   }
+  if (--s->waiters == 0 && s->closing) pthread_cond_broadcast(&s->cond);
   pthread_mutex_unlock(&s->lock);
   return rc;
 }
@@ -710,10 +852,13 @@ void grid_unsubscribe(grid_sub_t *s) {
   atomic_store(&s->stop, 1);
   uint64_t one = 1;
   (void)!write(s->efd, &one, sizeof one);
-  pthread_mutex_lock(&s->lock);
-  pthread_cond_broadcast(&s->cond);
-  pthread_mutex_unlock(&s->lock);
   pthread_join(s->thread, NULL);
+  /* Threads waiting in grid_sub_next leave (GRID_ECONN) before it goes. */
+  pthread_mutex_lock(&s->lock);
+  s->closing = 1;
+  pthread_cond_broadcast(&s->cond);
+  while (s->waiters) pthread_cond_wait(&s->cond, &s->lock);
+  pthread_mutex_unlock(&s->lock);
   /* Closing the connections ends the subscriptions on the nodes. */
   sub_free(s);
 }

@@ -82,6 +82,7 @@ int changes_grow(changes_t *c, size_t cap) {
   free(c->buf);
   c->buf = nb;
   c->cap = cap;
+  c->gen++;
   c->head = 0;
   c->tail = at == cap ? 0 : at;
   c->used = at;
@@ -91,6 +92,7 @@ int changes_grow(changes_t *c, size_t cap) {
 void changes_reset(changes_t *c, uint64_t counter) {
   c->head = c->tail = c->used = c->count = 0;
   c->base = c->last = counter;
+  c->gen++;
 }
 
 static uint32_t changes_len_at(const changes_t *c, size_t pos) {
@@ -139,6 +141,7 @@ static void changes_evict(changes_t *c) {
   c->head = changes_skip(c, c->head);
   if (--c->count == 0) {
     c->head = c->tail = c->used = 0;
+    c->gen++;
   } else if (c->head != 0 && changes_len_at(c, c->head) == CHANGES_WRAP) {
     /* The mark after the evicted record goes too: the oldest is at 0. */
     c->used -= c->cap - c->head;
@@ -151,6 +154,7 @@ static void changes_evict(changes_t *c) {
 static size_t changes_make_room(changes_t *c, size_t n) {
   for (;;) {
     if (c->count == 0) {
+      if (c->head || c->tail) c->gen++;
       c->head = c->tail = c->used = 0;
       return 0;
     }
@@ -162,6 +166,9 @@ static size_t changes_make_room(changes_t *c, size_t n) {
       memcpy(c->buf + c->tail, &mark, sizeof mark);
       c->used += c->cap - c->tail;
       c->tail = 0;
+      /* A hint made at the old tail points at this mark, which goes once
+       * the head passes it: hints of before are not used. */
+      c->gen++;
       continue;
     }
     if (n <= c->head - c->tail) return c->tail;
@@ -199,20 +206,36 @@ void changes_append(changes_t *c, const change_t *ch) {
 
 int changes_read(const changes_t *c, uint64_t after, uint64_t upto, size_t max,
                  changes_cb cb, void *ctx, uint64_t *next) {
+  return changes_read_hinted(c, after, upto, max, cb, ctx, next, NULL);
+}
+
+int changes_read_hinted(const changes_t *c, uint64_t after, uint64_t upto, size_t max,
+                        changes_cb cb, void *ctx, uint64_t *next, changes_hint_t *hint) {
   *next = after;
   if (after < c->base) return CHANGES_GAP;
-  size_t pos = c->head, passed = 0;
-  for (size_t i = 0; i < c->count && passed < max; i++) {
+  if (after >= c->last || c->count == 0 || max == 0) return CHANGES_OK;
+  /* Every record after `after` is held (after >= base): a hint made at
+   * this position in this gen still points at the first of them, or at
+   * where it will be written. */
+  size_t pos = hint && hint->gen == c->gen && hint->counter == after ? hint->pos : c->head;
+  size_t passed = 0;
+  for (;;) {
     if (changes_len_at(c, pos) == CHANGES_WRAP) pos = 0;
     change_t ch;
     changes_decode(c, pos, &ch);
     if (ch.counter > upto) break;
+    int stop = 0;
     if (ch.counter > after) {
       *next = ch.counter;
       passed++;
-      if (cb(ctx, &ch) != 0) break;
+      stop = cb(ctx, &ch) != 0;
     }
     pos = changes_skip(c, pos);
+    if (stop || ch.counter == c->last || passed == max) break;
   }
+  /* A wrap mark goes once the head passes it: a hint points past it. (At
+   * the tail nothing is written yet: a mark made there changes gen.) */
+  if (pos != c->tail && changes_len_at(c, pos) == CHANGES_WRAP) pos = 0;
+  if (hint) *hint = (changes_hint_t){c->gen, *next, pos};
   return CHANGES_OK;
 }

@@ -57,7 +57,18 @@ typedef struct changes {
   uint64_t base;             /* the counter just before the oldest record
                                 held: positions below it are gone */
   uint64_t last;             /* the newest record's counter (base if none) */
+  uint64_t gen;              /* changes when records move (grow, reset,
+                                emptied): a read hint of another gen is
+                                not used */
 } changes_t;
+
+/* Where a reader stopped, so that its next read starts there instead of
+ * walking the ring from its oldest record. */
+typedef struct changes_hint {
+  uint64_t gen;
+  uint64_t counter;          /* the position it was made at */
+  size_t pos;                /* the offset of the record after it */
+} changes_hint_t;
 
 enum {
   CHANGES_OK = 0,
@@ -90,5 +101,10 @@ void changes_append(changes_t *c, const change_t *ch);
 typedef int (*changes_cb)(void *ctx, const change_t *ch);
 int changes_read(const changes_t *c, uint64_t after, uint64_t upto, size_t max,
                  changes_cb cb, void *ctx, uint64_t *next);
+/* changes_read, starting where hint says when it is still good (made by
+ * the last read at position `after` of this ring), and leaving in it
+ * where this read stopped. hint may be NULL. */
+int changes_read_hinted(const changes_t *c, uint64_t after, uint64_t upto, size_t max,
+                        changes_cb cb, void *ctx, uint64_t *next, changes_hint_t *hint);
 
 #endif

@@ -67,6 +67,7 @@ static const config_key_t config_keys[] = {
     CFG_N(map_bytes_max, CFG_SIZE, 4096, (int64_t)1 << 30),
     CFG_N(map_groups_max, CFG_INT, 1, 4096),
     CFG_N(change_buffer_bytes, CFG_SIZE, 0, (int64_t)1 << 30),
+    CFG_N(change_buffers_bytes_max, CFG_SIZE, 0, INT64_MAX),
     CFG_N(subscriptions_max, CFG_INT, 0, 1000000),
     CFG_N(subscription_keys_max, CFG_INT, 1, 1000000),
 };
@@ -277,6 +278,7 @@ void config_finish(config_t *c) {
     c->memory_bytes_max = pages > 0 && page > 0 ? (int64_t)pages * page / 4
                                                 : (int64_t)1 << 30;
   }
+  if (c->change_buffers_bytes_max == 0) c->change_buffers_bytes_max = c->memory_bytes_max / 8;
   if (c->partitions_default > c->partitions_max)
     c->partitions_default = c->partitions_max;
   /* A RESP command is bounded as a native frame is, unless set apart. */

@@ -75,6 +75,10 @@ typedef struct config {
   int64_t change_buffer_bytes;    /* a partition's change history (what a
                                      subscription resumes from) at most; it
                                      grows from 4K as it fills; 0: none */
+  int64_t change_buffers_bytes_max;/* every partition's history together, at
+                                     most (within memory_bytes_max, so that
+                                     data always has the rest); 0: an eighth
+                                     of memory_bytes_max */
   int64_t subscriptions_max;      /* change-stream subscriptions served by
                                      this node at once, every connection */
   int64_t subscription_keys_max;  /* affinity keys one subscription names */

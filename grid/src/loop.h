@@ -61,6 +61,8 @@ struct loop {
   struct peer *peers;          /* links to other nodes, made on demand */
   /* repl.c */
   struct repl_loop *repl;      /* the partitions this loop owns */
+  _Atomic uint64_t repl_epoch; /* the map this loop's partitions were last
+                                  brought up to (read by other loops) */
   /* stream.c */
   struct stream_watch *stream_watches; /* caches this loop's subscriptions
                                   watch */

@@ -287,7 +287,14 @@ static void native_subscribe(conn_t *c, const Grid__Request *rq, Grid__Reply *rp
     native_sub_error(c, rp, placed ? GRID_ENOTREADY : GRID_ENOCACHE, "\"%.64s\"", name);
     return;
   }
-  stream_sub_t *s = native_sub_find(nc, rq->sub, NULL);
+  size_t at;
+  stream_sub_t *s = native_sub_find(nc, rq->sub, &at);
+  if (s && stream_dead(s)) {
+    /* Its cache was dropped under it: a subscription anew. */
+    stream_close(s);
+    nc->subs[at] = nc->subs[--nc->nsubs];
+    s = NULL;
+  }
   int made = 0;
   if (!s) {
     if (nc->nsubs == nc->subs_cap) {

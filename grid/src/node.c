@@ -73,6 +73,7 @@ static int node_start_loops(node_t *n, char *err, size_t err_len) {
   loops_on_cron(ls, repl_cron);
   loops_on_cron(ls, conn_cron);
   loops_on_cron(ls, native_cron);
+  loops_on_cron(ls, stream_cron);
   loops_on_stop(ls, repl_close, NULL);
   loops_on_stop(ls, peer_close_all, peer_close_all);
   loops_on_stop(ls, NULL, conn_close_all);
@@ -119,6 +120,7 @@ static node_t *node_new(const config_t *cfg, int *rc, char *err, size_t err_len)
       .partitions_default = n->cfg.partitions_default,
       .partitions_max = n->cfg.partitions_max,
       .change_buffer_bytes = n->cfg.change_buffer_bytes,
+      .change_buffers_bytes_max = n->cfg.change_buffers_bytes_max,
   };
   n->store = store_new(&lim);
   /* A single node announces a change once applied; a cluster's, once

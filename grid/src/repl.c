@@ -719,6 +719,7 @@ void repl_on_map(loop_t *lp) {
   repl_handoffs_on_map(lp, m);
   repl_fills_on_map(lp, m);
   repl_commit_idle(lp, m);
+  atomic_store(&lp->repl_epoch, m->epoch);
 }
 
 void repl_cron(loop_t *lp, int64_t now_ms) {

@@ -718,26 +718,51 @@ static void store_count_write(store_part_t *p, uint64_t version) {
 /* Keeps a change of p in its history: the ring is made at the first
  * change and grows while memory_bytes_max allows (a ring that cannot keep
  * it forgets what it held: its readers hear of a GAP). Partition locked. */
+/* Reserves delta bytes for change histories: within
+ * change_buffers_bytes_max and memory_bytes_max. 0 or -1. */
+static int store_changes_reserve(store_t *s, int64_t delta) {
+  int64_t cur = atomic_load(&s->changes_bytes);
+  do {
+    if (cur + delta > s->limits.change_buffers_bytes_max) return -1;
+  } while (!atomic_compare_exchange_weak(&s->changes_bytes, &cur, cur + delta));
+  if (store_mem_reserve(s, delta) != 0) {
+    atomic_fetch_sub(&s->changes_bytes, delta);
+    return -1;
+  }
+  return 0;
+}
+
+static void store_changes_unreserve(store_t *s, int64_t delta) {
+  atomic_fetch_sub(&s->changes_bytes, delta);
+  store_mem_release(s, delta);
+}
+
+/* Keeps a change of p in its history: the ring is made at the first
+ * change and grows while its bounds allow (a ring that cannot keep it
+ * forgets what it held: its readers hear of a GAP). Partition locked. */
 static void store_keep_change(store_t *s, store_part_t *p, const change_t *ch) {
   if (!p->changes) {
     int64_t cost = (int64_t)sizeof *p->changes;
-    if (store_mem_reserve(s, cost) != 0) return; /* no history: readers get a GAP */
+    if (store_changes_reserve(s, cost) != 0) return; /* no history: readers get a GAP */
     if (!(p->changes = malloc(sizeof *p->changes))) {
-      store_mem_unreserve(s, cost);
+      store_changes_unreserve(s, cost);
       return;
     }
-    atomic_fetch_add(&s->changes_bytes, cost);
     changes_init(p->changes, (size_t)s->limits.change_buffer_bytes, ch->counter - 1);
   }
   changes_t *r = p->changes;
-  if (ch->counter <= r->last) return; /* an older record (after a reset) */
+  if (ch->counter <= r->last) {
+    /* Not after what the history holds (it should not happen: records
+     * come in counter order, and a fill restarts the history at its
+     * counter): forget it all rather than pass a change out of order. */
+    changes_reset(r, ch->counter);
+    return;
+  }
   size_t want = changes_grow_wanted(r, ch);
   if (want) {
     int64_t delta = (int64_t)(want - r->cap);
-    if (store_mem_reserve(s, delta) == 0) {
-      if (changes_grow(r, want) == 0) atomic_fetch_add(&s->changes_bytes, delta);
-      else store_mem_unreserve(s, delta);
-    }
+    if (store_changes_reserve(s, delta) == 0 && changes_grow(r, want) != 0)
+      store_changes_unreserve(s, delta);
   }
   changes_append(r, ch);
 }
@@ -943,7 +968,15 @@ void store_part_reset(store_cache_t *c, uint32_t part, uint64_t counter) {
   store_part_t *p = &c->parts[part];
   pthread_mutex_lock(&p->lock);
   store_part_clear(c->store, p);
-  if (p->changes) changes_reset(p->changes, counter & STORE_COUNTER_MASK);
+  /* The copy takes the primary's counter: the entries to come were
+   * written at or before it, the records after it follow. (Its own
+   * counter may be lower: its newest writes were deletes.) */
+  counter &= STORE_COUNTER_MASK;
+  if (counter > p->counter) {
+    p->counter = counter;
+    atomic_store_explicit(&p->sync.applied, counter, memory_order_release);
+  }
+  if (p->changes) changes_reset(p->changes, counter);
   pthread_mutex_unlock(&p->lock);
 }
 
@@ -995,6 +1028,11 @@ void store_watch_take(store_watch_t *w, void (*fn)(void *ctx, uint32_t p), void 
   }
 }
 
+void store_watch_poke(store_watch_t *w, uint32_t p) {
+  atomic_fetch_or(&w->dirty[p / 64], UINT64_C(1) << (p % 64));
+  if (!atomic_exchange(&w->woken, 1)) w->wake(w);
+}
+
 void store_part_commit(store_cache_t *c, uint32_t part, uint64_t committed) {
   if (part >= c->cfg.partitions) return;
   if (!c->store->announce_applied) atomic_store(&c->parts[part].sync.committed, committed);
@@ -1014,13 +1052,18 @@ uint64_t store_part_announced(store_cache_t *c, uint32_t part) {
 }
 
 int store_changes_read(store_cache_t *c, uint32_t part, uint64_t after, size_t max,
-                       changes_cb cb, void *ctx, uint64_t *next, uint64_t *upto) {
+                       changes_cb cb, void *ctx, uint64_t *next, uint64_t *upto,
+                       changes_hint_t *hint) {
   store_part_t *p = &c->parts[part];
   pthread_mutex_lock(&p->lock);
   uint64_t announced = store_part_announced(c, part);
   *upto = announced;
   int rc;
-  if (after >= announced) {
+  if (after > (p->counter & STORE_COUNTER_MASK)) {
+    /* A position this copy never reached: another history's. */
+    *next = announced;
+    rc = CHANGES_GAP;
+  } else if (after >= announced) {
     /* Nothing new (or a position this copy has not reached yet). */
     *next = after;
     rc = CHANGES_OK;
@@ -1028,7 +1071,7 @@ int store_changes_read(store_cache_t *c, uint32_t part, uint64_t after, size_t m
     *next = announced;
     rc = CHANGES_GAP;
   } else {
-    rc = changes_read(p->changes, after, announced, max, cb, ctx, next);
+    rc = changes_read_hinted(p->changes, after, announced, max, cb, ctx, next, hint);
     if (rc == CHANGES_GAP)
       *next = p->changes->base < announced ? p->changes->base : announced;
   }

@@ -32,6 +32,7 @@ typedef struct store_limits {
   int64_t partitions_max;
   int64_t change_buffer_bytes; /* a partition's change history at most
                                   (0: none kept) */
+  int64_t change_buffers_bytes_max; /* every history together (0: none) */
 } store_limits_t;
 
 typedef struct store_cache_cfg {
@@ -241,8 +242,10 @@ size_t store_cache_count(store_t *s);
 /* ---- change history: what change streams read ---------------------------
  *
  * Each partition keeps its recent changes (changes.h) in counter order, at
- * most change_buffer_bytes, charged to memory_bytes_max (a ring refused
- * memory keeps nothing: its readers get a GAP). Every copy keeps them: a
+ * most change_buffer_bytes, all of them at most change_buffers_bytes_max,
+ * charged to memory_bytes_max too (a ring refused memory keeps what it
+ * holds, or nothing: its readers get a GAP; data is never refused for a
+ * history's sake beyond that share). Every copy keeps them: a
  * primary its writes, a backup its primary's records, so a promoted backup
  * goes on where the old primary stopped.
  *
@@ -272,6 +275,9 @@ void store_watch_remove(store_cache_t *c, store_watch_t *w);
 /* Clears w's woken flag, then calls fn(ctx, p) for each partition marked
  * since the last take. */
 void store_watch_take(store_watch_t *w, void (*fn)(void *ctx, uint32_t p), void *ctx);
+/* Marks p for w alone and wakes it (a reader that stopped early goes on
+ * later). */
+void store_watch_poke(store_watch_t *w, uint32_t p);
 /* Whether the cache has watchers (cheap: one atomic load). */
 int store_watched(const store_cache_t *c);
 /* committed moved on for p (cluster mode, the partition's owner loop):
@@ -282,10 +288,14 @@ uint64_t store_part_announced(store_cache_t *c, uint32_t part);
 /* Reads p's history after `after`, up to what may be announced, at most
  * max changes, the partition locked during the call (cb must not call the
  * store). CHANGES_GAP when changes after `after` are gone (*next is then
- * the oldest position still held, or the announced one when nothing is).
- * *upto receives the announced counter. */
+ * the oldest position still held, or the announced one when nothing is),
+ * or when `after` is past what this copy ever applied (a position from a
+ * history this copy does not share: changes lost with an old primary, a
+ * cache made again). *upto receives the announced counter. hint (may be
+ * NULL) is the reader's, as changes_read_hinted keeps it. */
 int store_changes_read(store_cache_t *c, uint32_t part, uint64_t after, size_t max,
-                       changes_cb cb, void *ctx, uint64_t *next, uint64_t *upto);
+                       changes_cb cb, void *ctx, uint64_t *next, uint64_t *upto,
+                       changes_hint_t *hint);
 /* A continuous query's first step: every live entry of p whose last
  * change is at or before what may be announced (*upto), under the
  * partition's lock (cb must not call the store). An entry changed later

@@ -12,6 +12,8 @@
 #include "pmap.h"
 
 #define STREAM_READ_BATCH 256  /* changes read under one partition lock */
+#define STREAM_PUMP_BATCHES 4  /* ... and batches read in a row: then the
+                                  partition waits its turn again */
 
 /* The loop's watcher of one cache, shared by its subscriptions of it. */
 typedef struct stream_watch {
@@ -27,7 +29,8 @@ typedef struct stream_watch {
 
 struct stream_sub {
   stream_sub_t *next;            /* the watch's subscriptions */
-  stream_watch_t *watch;
+  stream_watch_t *watch;         /* NULL: its cache was dropped (dead) */
+  loop_t *lp;
   uint64_t id;
   const stream_out_t *out;
   void *ctx;
@@ -42,6 +45,8 @@ struct stream_sub {
   uint64_t *on;                  /* bitmap: partitions held */
   uint64_t *backlog;             /* bitmap: more to read once there is room */
   uint64_t *snap;                /* bitmap: a snapshot is due first */
+  changes_hint_t *hints;         /* per partition: where the last read
+                                    stopped in the history */
   int stalled;                   /* the front end took no more */
 };
 
@@ -128,6 +133,7 @@ static void stream_free(stream_sub_t *s) {
   free(s->on);
   free(s->backlog);
   free(s->snap);
+  free(s->hints);
   free(s);
 }
 
@@ -158,7 +164,8 @@ int stream_open(loop_t *lp, store_cache_t *cache, uint64_t id, const stream_filt
     s->on = calloc(words, sizeof *s->on);
     s->backlog = calloc(words, sizeof *s->backlog);
     s->snap = calloc(words, sizeof *s->snap);
-    ok = s->pos && s->on && s->backlog && s->snap;
+    s->hints = calloc(parts, sizeof *s->hints);
+    ok = s->pos && s->on && s->backlog && s->snap && s->hints;
   }
   if (ok && f->prefix) {
     s->prefix = stream_dup(f->prefix, f->prefix_len);
@@ -186,18 +193,22 @@ int stream_open(loop_t *lp, store_cache_t *cache, uint64_t id, const stream_filt
     return GRID_ENOMEM;
   }
   s->watch = wt;
+  s->lp = lp;
   s->next = wt->subs;
   wt->subs = s;
   *sub = s;
   return 0;
 }
 
+int stream_dead(const stream_sub_t *s) { return s->watch == NULL; }
+
 uint64_t stream_id(const stream_sub_t *s) { return s->id; }
 int stream_keys_only(const stream_sub_t *s) { return s->keys_only; }
 
 /* Whether this node leads p now (a single node leads every partition). */
 static int stream_leads(const stream_sub_t *s, uint32_t p) {
-  loop_t *lp = s->watch->lp;
+  loop_t *lp = s->lp;
+  if (!s->watch) return 0;
   if (!lp->node->cluster) return 1;
   if (!lp->pmap) return 0;
   const pmap_group_t *g = pmap_find_cache(lp->pmap, store_cache_cfg(s->watch->cache)->name);
@@ -206,8 +217,17 @@ static int stream_leads(const stream_sub_t *s, uint32_t p) {
 
 int stream_take(stream_sub_t *s, uint32_t p, uint64_t after, int now, int snapshot,
                 uint64_t *pos) {
+  if (!s->watch) return GRID_ENOCACHE;
   if (p >= s->nparts) return GRID_EINVAL;
   if (!stream_leads(s, p)) return GRID_ENOTREADY;
+  loop_t *lp = s->lp;
+  if (lp->node->cluster) {
+    /* The loop that owns p must have brought it up to this map (a
+     * promoted copy's committed catches up there) before a position is
+     * taken from it. */
+    loop_t *owner = loops_at(lp->set, (int)(p % (uint32_t)loops_count(lp->set)));
+    if (atomic_load(&owner->repl_epoch) < lp->pmap->epoch) return GRID_ENOTREADY;
+  }
   if (now || snapshot) after = store_part_announced(s->watch->cache, p);
   s->pos[p] = after;
   if (snapshot) stream_set(s->snap, p);
@@ -231,17 +251,23 @@ void stream_drop(stream_sub_t *s, uint32_t p) {
   stream_clear(s->snap, p);
 }
 
-void stream_close(stream_sub_t *s) {
+static void stream_detach(stream_sub_t *s) {
   stream_watch_t *wt = s->watch;
+  if (!wt) return;
   for (stream_sub_t **at = &wt->subs; *at; at = &(*at)->next) {
     if (*at == s) {
       *at = s->next;
       break;
     }
   }
-  atomic_fetch_sub(&wt->lp->node->subscriptions, 1);
-  stream_free(s);
+  s->watch = NULL;
   stream_watch_put(wt);
+}
+
+void stream_close(stream_sub_t *s) {
+  atomic_fetch_sub(&s->lp->node->subscriptions, 1);
+  stream_detach(s);
+  stream_free(s);
 }
 
 /* Whether key passes s's filter. */
@@ -305,11 +331,17 @@ static void stream_pump(stream_sub_t *s, uint32_t p) {
       return;
     }
   }
-  for (;;) {
+  for (int batch = 0;; batch++) {
+    if (batch == STREAM_PUMP_BATCHES) {
+      /* Its turn again later: the loop has other work. */
+      stream_set(s->backlog, p);
+      store_watch_poke(&s->watch->w, p);
+      return;
+    }
     stream_read_t r = {s, p, 0};
     uint64_t next, upto, before = s->pos[p];
     int rc = store_changes_read(s->watch->cache, p, before, STREAM_READ_BATCH,
-                                stream_read_cb, &r, &next, &upto);
+                                stream_read_cb, &r, &next, &upto, &s->hints[p]);
     if (rc == CHANGES_OK && next == before && before < upto) {
       /* Announced, yet not in the history (it kept nothing since): a gap
        * too, never a silent skip. */
@@ -336,6 +368,7 @@ void stream_start(stream_sub_t *s) {
 }
 
 void stream_resume(stream_sub_t *s) {
+  if (!s->watch) return;
   s->stalled = 0;
   size_t words = (s->nparts + 63) / 64;
   for (size_t i = 0; i < words && !s->stalled; i++) {
@@ -367,5 +400,36 @@ void stream_on_map(loop_t *lp) {
       }
       if (ended) s->out->flush(s->ctx);
     }
+  }
+}
+
+void stream_cron(loop_t *lp, int64_t now_ms) {
+  (void)now_ms;
+  stream_watch_t *next;
+  for (stream_watch_t *wt = lp->stream_watches; wt; wt = next) {
+    next = wt->next;
+    const char *name = store_cache_cfg(wt->cache)->name;
+    if (store_view_find(&lp->view, name, strlen(name)) == wt->cache) continue;
+    /* Dropped (perhaps made again): its subscriptions end here. A client
+     * that subscribes again finds the new cache, or none. */
+    stream_sub_t *list = wt->subs;
+    wt->subs = NULL;
+    for (stream_sub_t *s = list, *sn; s; s = sn) {
+      sn = s->next;
+      size_t words = (s->nparts + 63) / 64;
+      for (size_t i = 0; i < words; i++) {
+        uint64_t bits = s->on[i];
+        while (bits) {
+          uint32_t p = (uint32_t)(i * 64 + (size_t)__builtin_ctzll(bits));
+          bits &= bits - 1;
+          s->out->event(s->ctx, s, p, STREAM_EV_END, NULL, s->pos[p]);
+        }
+      }
+      stream_drop(s, UINT32_MAX);
+      s->out->flush(s->ctx);
+      s->watch = NULL;
+      s->next = NULL;
+    }
+    stream_watch_put(wt);
   }
 }

@@ -81,5 +81,10 @@ void stream_resume(stream_sub_t *s);
 /* A new map on lp: partitions of lp's subscriptions no longer led here
  * end (registered with cluster_on_map). */
 void stream_on_map(loop_t *lp);
+/* The loop's timer: subscriptions of a dropped cache end (END for each
+ * partition) and let the cache go; they are dead from then on. */
+void stream_cron(loop_t *lp, int64_t now_ms);
+/* Whether s's cache was dropped under it (stream_take: GRID_ENOCACHE). */
+int stream_dead(const stream_sub_t *s);
 
 #endif

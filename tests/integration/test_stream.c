@@ -8,6 +8,7 @@
  */
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -364,6 +365,77 @@ static void test_slow_subscriber_gap(void) {
   grid_close(g);
 }
 
+/* A snapshot larger than the queue: grid_subscribe still returns (nobody
+ * can read before it does), and every entry then comes. (Found in review:
+ * it waited for room forever.) */
+static void test_snapshot_past_queue(void) {
+  grid_t *g = open_remote();
+  grid_cache_config_t cc = {.name = "snapq", .partitions = 4};
+  CHECK_RC(grid_cache_create(g, &cc), 0);
+  for (int i = 0; i < 200; i++) {
+    char key[16];
+    snprintf(key, sizeof key, "s%d", i);
+    CHECK_RC(grid_put(g, "snapq", key, strlen(key), "v", 1, 0, NULL), 0);
+  }
+  grid_sub_options_t o = {.snapshot = 1, .queue_max = 4};
+  grid_sub_t *s;
+  CHECK_RC(grid_subscribe(g, "snapq", &o, &s), 0);
+  int entries = 0, synced = 0;
+  grid_event_t ev;
+  while (!synced) {
+    ev = next_event(s);
+    if (ev.kind == GRID_EVENT_SYNCED) synced = 1;
+    else entries += ev.snapshot;
+  }
+  CHECK_EQ(entries, 200);
+  grid_unsubscribe(s);
+  CHECK_RC(grid_cache_drop(g, "snapq"), 0);
+  grid_close(g);
+}
+
+/* The cache is dropped under a subscription: it ends, and says why. */
+static void test_dropped_cache_ends(void) {
+  grid_t *g = open_remote();
+  grid_cache_config_t cc = {.name = "gone", .partitions = 4};
+  CHECK_RC(grid_cache_create(g, &cc), 0);
+  grid_sub_t *s;
+  CHECK_RC(grid_subscribe(g, "gone", NULL, &s), 0);
+  CHECK_RC(grid_put(g, "gone", "k", 1, "v", 1, 0, NULL), 0);
+  grid_event_t ev = next_event(s);
+  CHECK_EQ(ev.kind, GRID_EVENT_PUT);
+  CHECK_RC(grid_cache_drop(g, "gone"), 0);
+  ev = next_event(s);
+  CHECK_EQ(ev.kind, GRID_EVENT_ENDED);
+  CHECK_EQ(ev.status, GRID_ENOCACHE);
+  CHECK_RC(grid_sub_next(s, 10, &ev), GRID_ENOCACHE);
+  grid_unsubscribe(s);
+  grid_close(g);
+}
+
+/* grid_unsubscribe while another thread waits in grid_sub_next: the
+ * waiter returns first. (Found in review: it was freed under the waiter.) */
+static void *waiter_main(void *arg) {
+  grid_event_t ev;
+  int rc = grid_sub_next(arg, 30000, &ev);
+  return (void *)(intptr_t)rc;
+}
+
+static void test_unsubscribe_with_waiter(void) {
+  grid_t *g = open_remote();
+  grid_sub_t *s;
+  CHECK_RC(grid_subscribe(g, "default", NULL, &s), 0);
+  pthread_t t;
+  pthread_create(&t, NULL, waiter_main, s);
+  /* Time for the waiter to be waiting (one that has not called yet would
+   * call on a freed subscription: that is the caller's error). */
+  harness_sleep_ms(300);
+  grid_unsubscribe(s);
+  void *rc;
+  pthread_join(t, &rc);
+  CHECK_EQ((intptr_t)rc, GRID_ECONN);
+  grid_close(g);
+}
+
 static void test_bad_input(void) {
   grid_t *g = open_remote();
   grid_sub_t *s;
@@ -437,6 +509,9 @@ int main(void) {
   RUN(test_callback);
   RUN(test_continuous_query);
   RUN(test_slow_subscriber_gap);
+  RUN(test_snapshot_past_queue);
+  RUN(test_dropped_cache_ends);
+  RUN(test_unsubscribe_with_waiter);
   RUN(test_bad_input);
   CHECK_EQ(harness_stop(&node), 0);
   printf("test_stream: ok\n");

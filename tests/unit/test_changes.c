@@ -179,13 +179,17 @@ static void test_keeps_nothing_at_zero(void) {
  * base+1 to the last, and never more bytes than its bound. */
 static void test_against_model(void) {
   static char model_keys[3000][64], model_values[3000][300];
-  static seen_t s;
+  static seen_t s, hs;
   for (unsigned seed = 1; seed <= 20; seed++) {
     srand(seed);
     /* Small rings, and rings that grow through several sizes. */
     size_t bytes_max = 128 + (size_t)(rand() % (seed % 2 ? 2000 : 40000));
     changes_t c;
     changes_init(&c, bytes_max, 0);
+    /* A reader that keeps up in small steps with a hint: it sees every
+     * change held, in order, each once, or a GAP when it fell behind. */
+    changes_hint_t hint = {0};
+    uint64_t hpos = 0;
     for (uint64_t i = 1; i < 3000; i++) {
       int kl = 1 + rand() % 40, vl = rand() % 290;
       int del = rand() % 5 == 0;
@@ -200,6 +204,25 @@ static void test_against_model(void) {
       append(&c, &ch);
       CHECK(c.used <= c.cap && c.cap <= c.bytes_max);
       CHECK_EQ(c.last, i);
+      if (rand() % 3 == 0) {
+        memset(&hs, 0, sizeof hs);
+        uint64_t hnext;
+        size_t step = 1 + (size_t)(rand() % 6);
+        int rc = changes_read_hinted(&c, hpos, UINT64_MAX, step, collect, &hs, &hnext, &hint);
+        if (rc == CHANGES_GAP) {
+          CHECK(hpos < c.base);
+          hpos = c.base;
+        } else {
+          CHECK(hs.n <= step);
+          for (size_t k = 0; k < hs.n; k++) {
+            CHECK_EQ(hs.ch[k].counter, hpos + 1 + k);
+            CHECK_STR(hs.keys[k], model_keys[hpos + 1 + k]);
+            CHECK_STR(hs.values[k], model_values[hpos + 1 + k]);
+          }
+          CHECK_EQ(hnext, hpos + hs.n);
+          hpos = hnext;
+        }
+      }
       if (i % 13 != 0) continue; /* a full check every few appends */
       uint64_t next;
       CHECK_EQ(read_all(&c, c.base, &s, &next), CHANGES_OK);
