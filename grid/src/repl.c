@@ -496,6 +496,7 @@ static int repl_run(loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *sin
     w->cache = sc;
     if (rec.captured) {
       rec.rq.change_op = (uint32_t)rq->op; /* backups keep it with the change */
+      rec.rq.history = store_history_kept(sc);
       waits = repl_start_write(lp, rl, part, w, &rec, &rp, idx, owning, moving, handed);
     } else {
       repl_record_lost(lp, rl, part, w, idx, owning, moving, rq->id);

@@ -31,6 +31,9 @@ void repl_on_peer_request(loop_t *lp, const char *from_node,
     return;
   }
   store_t *store = lp->node->store;
+  /* The primary keeps this cache's changes (it is followed): this copy
+   * keeps them from now on too, so that it can take over its streams. */
+  if (rq->history && !store_history_kept(sc)) store_keep_history(sc);
   if (rq->op == GRID__OP__REPL) {
     /* A record passes the limits a client's write does: a primary under
      * other settings, or a forged record, must not put past them. */

@@ -187,6 +187,7 @@ static int repl_fill_build(loop_t *lp, repl_fill_t *f, store_cache_t *sc, int64_
   /* The copy's change history restarts here: the records after this
    * counter follow on the same link. */
   if (ch->rq.reset) ch->rq.version = atomic_load(&store_part_sync(sc, f->p)->applied);
+  ch->rq.history = store_history_kept(sc);
   f->started = 1;
   do {
     store_scan_full(sc, f->p, &f->cursor, 64, clock_wall_ms(), repl_fill_entry_cb, ch);

@@ -44,6 +44,8 @@ struct store_cache {
   pthread_mutex_t watch_lock; /* guards watchers */
   store_watch_t *watchers;
   _Atomic int nwatchers;
+  _Atomic int history;        /* changes are kept: once the cache is watched
+                                 here, or its primary's records say so */
 };
 
 #define STORE_BUCKETS_MIN 8
@@ -780,12 +782,12 @@ static void store_keep(store_t *s, store_part_t *p, change_kind_t kind, uint8_t 
  * and a record without a value. Partition locked. */
 static void store_delete_rec(store_t *s, store_part_t *p, const store_key_t *k,
                              store_entry_t **link, store_entry_t *old, store_result_t *res,
-                             uint8_t how, store_applied_fn applied, void *ctx) {
+                             uint8_t how, int keep, store_applied_fn applied, void *ctx) {
   uint64_t version = store_next_version(s, p);
   res->version = old->version;
   store_unlink_free(s, p, link, old);
   store_count_write(p, version);
-  store_keep(s, p, CHANGE_DELETE, how, k->data, k->len, NULL, 0, version, 0);
+  if (keep) store_keep(s, p, CHANGE_DELETE, how, k->data, k->len, NULL, 0, version, 0);
   if (applied) applied(ctx, k->data, k->len, NULL, 0, version, 0);
 }
 
@@ -795,15 +797,16 @@ static void store_delete_rec(store_t *s, store_part_t *p, const store_key_t *k,
 static int store_install_rec(store_t *s, store_part_t *p, const store_key_t *k,
                              store_entry_t **link, store_entry_t *old,
                              const store_new_value_t *nv, int64_t expire_at_ms,
-                             store_result_t *res, uint8_t how, store_applied_fn applied,
-                             void *ctx) {
+                             store_result_t *res, uint8_t how, int keep,
+                             store_applied_fn applied, void *ctx) {
   uint64_t version = store_next_version(s, p);
   store_entry_t *e;
   int rc = store_install(s, p, k, link, old, nv->data, nv->len, version, expire_at_ms, &e);
   if (rc != 0) return rc;
   store_count_write(p, version);
-  store_keep(s, p, CHANGE_PUT, how, e->data, e->key_len, e->data + e->key_len, e->value_len,
-             version, expire_at_ms);
+  if (keep)
+    store_keep(s, p, CHANGE_PUT, how, e->data, e->key_len, e->data + e->key_len, e->value_len,
+               version, expire_at_ms);
   res->version = version;
   /* The record is made from the entry as installed: the value may have
    * pointed into the entry it replaced, which is freed now. */
@@ -831,11 +834,12 @@ int store_write_rec(store_cache_t *c, const store_key_t *k, const store_write_t 
   store_entry_t *old = store_find_live(s, p, k, now_ms, &link);
   if (old && w->old_alloc) rc = store_copy_old_value(w, old, res);
   if (rc == 0) rc = store_write_decide(s, w, old, &nv, res, &action);
+  int keep = atomic_load_explicit(&c->history, memory_order_relaxed);
   if (rc == 0 && action == STORE_DO_DELETE)
-    store_delete_rec(s, p, k, link, old, res, w->how, applied, ctx);
+    store_delete_rec(s, p, k, link, old, res, w->how, keep, applied, ctx);
   if (rc == 0 && action == STORE_DO_INSTALL)
     rc = store_install_rec(s, p, k, link, old, &nv, store_write_expire_at(c, w, old, now_ms),
-                           res, w->how, applied, ctx);
+                           res, w->how, keep, applied, ctx);
   pthread_mutex_unlock(&p->lock);
   free(nv.joined);
   if (rc == 0 && action != STORE_DO_NOTHING && s->announce_applied && store_watched(c))
@@ -954,7 +958,7 @@ static int store_apply_any(store_cache_t *c, const store_key_t *k, const void *v
   }
   /* A record is a change (kept even when the key was not here: a copy
    * being filled may not have it yet); a fill's entry is not. */
-  if (rc == 0 && keep)
+  if (rc == 0 && keep && atomic_load_explicit(&c->history, memory_order_relaxed))
     store_keep(s, p, value ? CHANGE_PUT : CHANGE_DELETE, how, k->data, k->len, value,
                value ? value_len : 0, version, value ? expire_at_ms : 0);
   pthread_mutex_unlock(&p->lock);
@@ -988,7 +992,25 @@ int store_watched(const store_cache_t *c) {
   return atomic_load_explicit(&c->nwatchers, memory_order_acquire) > 0;
 }
 
+void store_keep_history(store_cache_t *c) { atomic_store(&c->history, 1); }
+
+int store_history_kept(const store_cache_t *c) { return atomic_load(&c->history); }
+
+uint64_t store_part_now(store_cache_t *c, uint32_t part) {
+  if (part >= c->cfg.partitions) return 0;
+  store_part_t *p = &c->parts[part];
+  pthread_mutex_lock(&p->lock);
+  uint64_t now = store_part_announced(c, part);
+  /* Writes in flight when the history began are not in it: "from now"
+   * starts after them (they were concurrent with the subscription). */
+  uint64_t base = p->changes ? p->changes->base : (p->counter & STORE_COUNTER_MASK);
+  if (base > now) now = base;
+  pthread_mutex_unlock(&p->lock);
+  return now;
+}
+
 int store_watch_add(store_cache_t *c, store_watch_t *w) {
+  store_keep_history(c);
   w->words = (c->cfg.partitions + 63) / 64;
   w->dirty = calloc(w->words, sizeof *w->dirty);
   if (!w->dirty) return GRID_ENOMEM;

@@ -247,7 +247,9 @@ size_t store_cache_count(store_t *s);
  * holds, or nothing: its readers get a GAP; data is never refused for a
  * history's sake beyond that share). Every copy keeps them: a
  * primary its writes, a backup its primary's records, so a promoted backup
- * goes on where the old primary stopped.
+ * goes on where the old primary stopped. Only caches followed keep them
+ * (store_keep_history: the first watcher, or a primary's record that says
+ * its cache is followed).
  *
  * A change may be announced once it cannot be taken back: in a cluster
  * once it is committed (store_part_commit), on a single node once applied.
@@ -264,6 +266,15 @@ struct store_watch {
    * only hand off (post a task, signal a condition). */
   void (*wake)(store_watch_t *w);
 };
+
+/* A cache's changes are kept from the first watcher on (or from a record
+ * of a primary that keeps them): a cache nobody follows costs nothing. */
+void store_keep_history(store_cache_t *c);
+int store_history_kept(const store_cache_t *c);
+/* Where a subscription "from now" starts in p: what may be announced, or
+ * the start of p's history when that is later (writes in flight when the
+ * history began are not in it: the caller waits for them to commit). */
+uint64_t store_part_now(store_cache_t *c, uint32_t part);
 
 /* Announcing on apply (a single node) or on commit (a cluster's
  * replication calls store_part_commit). Set before writes run. */

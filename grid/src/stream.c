@@ -228,7 +228,12 @@ int stream_take(stream_sub_t *s, uint32_t p, uint64_t after, int now, int snapsh
     loop_t *owner = loops_at(lp->set, (int)(p % (uint32_t)loops_count(lp->set)));
     if (atomic_load(&owner->repl_epoch) < lp->pmap->epoch) return GRID_ENOTREADY;
   }
-  if (now || snapshot) after = store_part_announced(s->watch->cache, p);
+  if (now || snapshot) {
+    /* Writes in flight when the history began are not in it: wait until
+     * they are committed (it takes a round trip to the backups). */
+    after = store_part_now(s->watch->cache, p);
+    if (after > store_part_announced(s->watch->cache, p)) return GRID_ENOTREADY;
+  }
   s->pos[p] = after;
   if (snapshot) stream_set(s->snap, p);
   else stream_clear(s->snap, p);

@@ -1187,6 +1187,9 @@ static store_t *history_store(int64_t per_part, int64_t total) {
   store_set_announce_applied(s, 1); /* a single node */
   store_cache_cfg_t cfg = cache_cfg("h", 1);
   CHECK_RC(store_cache_create(s, &cfg), 0);
+  store_cache_t *c = acquire(s, "h");
+  store_keep_history(c); /* as a first watcher does */
+  store_cache_release(s, c);
   return s;
 }
 
@@ -1197,6 +1200,26 @@ static void put_key(store_cache_t *c, const char *key, const char *value) {
                      .value_len = value ? strlen(value) : 0, .how = 3};
   store_result_t r = {0};
   CHECK_RC(store_write(c, &k, &w, T0, &r), 0);
+}
+
+/* A cache nobody follows keeps no history: it costs nothing. */
+static void test_history_off_until_followed(void) {
+  store_limits_t l = test_limits();
+  l.change_buffer_bytes = 4096;
+  l.change_buffers_bytes_max = 1 << 20;
+  store_t *s = store_new(&l);
+  store_set_announce_applied(s, 1);
+  store_cache_cfg_t cfg = cache_cfg("quiet", 4);
+  CHECK_RC(store_cache_create(s, &cfg), 0);
+  store_cache_t *c = acquire(s, "quiet");
+  put_key(c, "a", "1");
+  CHECK(!store_history_kept(c));
+  CHECK_EQ(store_changes_bytes(s), 0);
+  store_keep_history(c);
+  put_key(c, "a", "2");
+  CHECK(store_changes_bytes(s) > 0);
+  store_cache_release(s, c);
+  store_free(s);
 }
 
 /* Every write of a partition is kept in order, deletes included, and read
@@ -1274,6 +1297,7 @@ static void test_history_budget(void) {
   store_cache_cfg_t cfg = cache_cfg("big", 64);
   CHECK_RC(store_cache_create(s, &cfg), 0);
   store_cache_t *c = acquire(s, "big");
+  store_keep_history(c);
   char value[900];
   memset(value, 'v', sizeof value - 1);
   value[sizeof value - 1] = '\0';
@@ -1354,6 +1378,7 @@ int main(void) {
   RUN(test_scan_while_growing);
   RUN(test_buckets_spread);
   RUN(test_concurrent_add);
+  RUN(test_history_off_until_followed);
   RUN(test_history_in_order);
   RUN(test_history_reset_takes_counter);
   RUN(test_history_position_from_elsewhere);
