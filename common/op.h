@@ -61,7 +61,8 @@ enum {
   X(EXPIRE, OP_WRITE_KEYED_)                               \
   X(TTL, OP_READ_KEYED_)                                   \
   X(SUBSCRIBE, OP_STREAM | OP_IDEMPOTENT)                  \
-  X(UNSUBSCRIBE, OP_STREAM | OP_IDEMPOTENT)
+  X(UNSUBSCRIBE, OP_STREAM | OP_IDEMPOTENT)                \
+  X(EXPIRE_DUE, OP_WRITE_KEYED_)
 
 #define OP_NUMBER_MAX 64 /* room in op_flags_table; grid.proto's ops stay below */
 

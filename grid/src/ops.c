@@ -106,6 +106,7 @@ static store_op_t ops_store_op(Grid__Op op) {
     case GRID__OP__ADD: return STORE_ADD;
     case GRID__OP__APPEND: return STORE_APPEND;
     case GRID__OP__EXPIRE: return STORE_EXPIRE;
+    case GRID__OP__EXPIRE_DUE: return STORE_REMOVE_EXPIRED;
     default: return STORE_PUT;
   }
 }

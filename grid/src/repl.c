@@ -497,6 +497,7 @@ static int repl_run(loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *sin
     if (rec.captured) {
       rec.rq.change_op = (uint32_t)rq->op; /* backups keep it with the change */
       rec.rq.history = store_history_kept(sc);
+      rec.rq.expired = rq->op == GRID__OP__EXPIRE_DUE;
       waits = repl_start_write(lp, rl, part, w, &rec, &rp, idx, owning, moving, handed);
     } else {
       repl_record_lost(lp, rl, part, w, idx, owning, moving, rq->id);
@@ -543,6 +544,11 @@ static void repl_handoff_on_loop(loop_t *lp, void *arg) {
     sink_deliver(lp, h->sink, &err);
   }
   free(h);
+}
+
+void repl_run_here(loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *sink) {
+  GRID_ASSERT(repl_owner_loop(lp, p) == lp->index);
+  repl_run(lp, rq, p, sink, 0);
 }
 
 void repl_execute(loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *sink) {
@@ -746,6 +752,7 @@ void repl_cron(loop_t *lp, int64_t now_ms) {
     }
   }
   if (rl->fills_incomplete && lp->pmap) repl_fills_on_map(lp, lp->pmap);
+  repl_expire_cron(lp, now_ms);
   for (repl_fill_t *f = rl->fills; f; f = f->next) repl_fill_step(lp, f, now_ms);
 }
 

@@ -47,7 +47,7 @@ void repl_on_peer_request(loop_t *lp, const char *from_node,
     /* An empty value arrives as NULL data: only `deleted` means a delete. */
     const void *value = rq->deleted ? NULL : rq->value.data ? rq->value.data : (uint8_t *)"";
     rc = store_apply_change(sc, &k, value, rq->value.len, rq->version, rq->expire_at_ms,
-                            (uint8_t)rq->change_op);
+                            (uint8_t)rq->change_op, rq->expired);
     if (rc != 0) ops_reply_error(rp, rc, NULL, &lp->arena);
     return;
   }

@@ -108,6 +108,11 @@ struct repl_loop {
   uint64_t window_bytes;
   int fills_incomplete;          /* a fill could not be made: look again */
   int64_t lease_logged_ms;       /* a lapsed lease was last logged then */
+  /* expiry of followed caches (repl_expire.c): where it goes on */
+  int64_t expire_at_ms;          /* the next round, not before */
+  size_t expire_cache;           /* index in the loop's view of caches */
+  uint32_t expire_part;
+  uint64_t expire_cursor;
 };
 
 
@@ -120,6 +125,15 @@ void repl_fail_packed(loop_t *lp, repl_packed_t *pk, int status, const char *why
 
 /* The placement group of cache `name` in lp's map, or NULL. */
 const char *repl_group_of(const loop_t *lp, const char *name);
+
+/* repl_expire.c: a primary removes the keys of followed caches whose time
+ * to live ran out, each as a write of its own (EXPIRE_DUE) sent to its
+ * backups, so that every copy's change history says the same. */
+void repl_expire_cron(loop_t *lp, int64_t now_ms);
+
+/* repl.c: runs rq (a keyed request of partition p, which this loop owns)
+ * here, as repl_execute does for the owner loop. */
+void repl_run_here(loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *sink);
 
 /* repl_fill.c */
 repl_fill_t *repl_fill_find(struct repl_loop *rl, const char *group, uint32_t p,

@@ -585,18 +585,6 @@ typedef struct store_new_value {
   char num[24];           /* STORE_ADD's value, as decimal text */
 } store_new_value_t;
 
-/* The entry of k in p, or NULL; an entry found expired is removed first, so
- * that a write sees the key as absent. Partition locked. */
-static store_entry_t *store_find_live(store_t *s, store_part_t *p, const store_key_t *k,
-                                      int64_t now_ms, store_entry_t ***link) {
-  store_entry_t *old = store_find(p, k, link);
-  if (old && store_expired(old, now_ms)) {
-    store_unlink_free(s, p, *link, old);
-    old = NULL;
-  }
-  return old;
-}
-
 /* Copies old's value out for the caller, whatever the write then does
  * (Redis GETSET, SET ... GET, GETDEL). 0 or GRID_ENOMEM. */
 static int store_copy_old_value(const store_write_t *w, const store_entry_t *old,
@@ -680,6 +668,9 @@ static int store_write_decide(const store_t *s, const store_write_t *w,
     case STORE_EXPIRE:
       *action = store_expire_action(w, old, nv, res);
       return 0;
+    case STORE_REMOVE_EXPIRED:
+      return GRID_ENOTFOUND; /* a live entry, or none: store_write_rec
+                                handles an expired one */
   }
   return 0;
 }
@@ -782,12 +773,13 @@ static void store_keep(store_t *s, store_part_t *p, change_kind_t kind, uint8_t 
  * and a record without a value. Partition locked. */
 static void store_delete_rec(store_t *s, store_part_t *p, const store_key_t *k,
                              store_entry_t **link, store_entry_t *old, store_result_t *res,
-                             uint8_t how, int keep, store_applied_fn applied, void *ctx) {
+                             change_kind_t kind, uint8_t how, int keep,
+                             store_applied_fn applied, void *ctx) {
   uint64_t version = store_next_version(s, p);
   res->version = old->version;
   store_unlink_free(s, p, link, old);
   store_count_write(p, version);
-  if (keep) store_keep(s, p, CHANGE_DELETE, how, k->data, k->len, NULL, 0, version, 0);
+  if (keep) store_keep(s, p, kind, how, k->data, k->len, NULL, 0, version, 0);
   if (applied) applied(ctx, k->data, k->len, NULL, 0, version, 0);
 }
 
@@ -831,15 +823,31 @@ int store_write_rec(store_cache_t *c, const store_key_t *k, const store_write_t 
 
   pthread_mutex_lock(&p->lock);
   store_entry_t **link = NULL;
-  store_entry_t *old = store_find_live(s, p, k, now_ms, &link);
+  int keep = atomic_load_explicit(&c->history, memory_order_relaxed);
+  store_entry_t *found = store_find(p, k, &link), *old = found;
+  if (found && store_expired(found, now_ms)) {
+    /* The write sees the key as absent. Where changes are kept, its
+     * removal is a change of its own (the sweep's, or the primary's), so
+     * the entry stays until then, or is replaced by this write. */
+    old = NULL;
+    if (w->op == STORE_REMOVE_EXPIRED) {
+      store_delete_rec(s, p, k, link, found, res, CHANGE_EXPIRE, w->how, keep, applied, ctx);
+      action = STORE_DO_DELETE;
+      goto done;
+    }
+    if (!keep) {
+      store_unlink_free(s, p, link, found);
+      found = NULL;
+    }
+  }
   if (old && w->old_alloc) rc = store_copy_old_value(w, old, res);
   if (rc == 0) rc = store_write_decide(s, w, old, &nv, res, &action);
-  int keep = atomic_load_explicit(&c->history, memory_order_relaxed);
   if (rc == 0 && action == STORE_DO_DELETE)
-    store_delete_rec(s, p, k, link, old, res, w->how, keep, applied, ctx);
+    store_delete_rec(s, p, k, link, old, res, CHANGE_DELETE, w->how, keep, applied, ctx);
   if (rc == 0 && action == STORE_DO_INSTALL)
-    rc = store_install_rec(s, p, k, link, old, &nv, store_write_expire_at(c, w, old, now_ms),
+    rc = store_install_rec(s, p, k, link, found, &nv, store_write_expire_at(c, w, old, now_ms),
                            res, w->how, keep, applied, ctx);
+done:
   pthread_mutex_unlock(&p->lock);
   free(nv.joined);
   if (rc == 0 && action != STORE_DO_NOTHING && s->announce_applied && store_watched(c))
@@ -923,22 +931,22 @@ int store_scan_full(store_cache_t *c, uint32_t part, uint64_t *cursor,
 
 static int store_apply_any(store_cache_t *c, const store_key_t *k, const void *value,
                            size_t value_len, uint64_t version, int64_t expire_at_ms,
-                           int keep, uint8_t how);
+                           int keep, uint8_t how, int expired);
 
 int store_apply(store_cache_t *c, const store_key_t *k, const void *value,
                 size_t value_len, uint64_t version, int64_t expire_at_ms) {
-  return store_apply_any(c, k, value, value_len, version, expire_at_ms, 0, 0);
+  return store_apply_any(c, k, value, value_len, version, expire_at_ms, 0, 0, 0);
 }
 
 int store_apply_change(store_cache_t *c, const store_key_t *k, const void *value,
                        size_t value_len, uint64_t version, int64_t expire_at_ms,
-                       uint8_t how) {
-  return store_apply_any(c, k, value, value_len, version, expire_at_ms, 1, how);
+                       uint8_t how, int expired) {
+  return store_apply_any(c, k, value, value_len, version, expire_at_ms, 1, how, expired);
 }
 
 static int store_apply_any(store_cache_t *c, const store_key_t *k, const void *value,
                            size_t value_len, uint64_t version, int64_t expire_at_ms,
-                           int keep, uint8_t how) {
+                           int keep, uint8_t how, int expired) {
   store_t *s = c->store;
   store_part_t *p = &c->parts[k->part];
   int rc = 0;
@@ -959,8 +967,8 @@ static int store_apply_any(store_cache_t *c, const store_key_t *k, const void *v
   /* A record is a change (kept even when the key was not here: a copy
    * being filled may not have it yet); a fill's entry is not. */
   if (rc == 0 && keep && atomic_load_explicit(&c->history, memory_order_relaxed))
-    store_keep(s, p, value ? CHANGE_PUT : CHANGE_DELETE, how, k->data, k->len, value,
-               value ? value_len : 0, version, value ? expire_at_ms : 0);
+    store_keep(s, p, value ? CHANGE_PUT : expired ? CHANGE_EXPIRE : CHANGE_DELETE, how, k->data,
+               k->len, value, value ? value_len : 0, version, value ? expire_at_ms : 0);
   pthread_mutex_unlock(&p->lock);
   if (rc == 0 && keep && s->announce_applied && store_watched(c))
     store_part_commit(c, k->part, 0);
@@ -1119,6 +1127,32 @@ void store_snapshot(store_cache_t *c, uint32_t part, int64_t now_ms, store_entry
   pthread_mutex_unlock(&p->lock);
 }
 
+size_t store_expired_keys(store_cache_t *c, uint32_t part, int64_t now_ms, uint64_t *cursor,
+                          size_t budget, store_key_cb cb, void *ctx) {
+  if (part >= c->cfg.partitions) {
+    *cursor = 0;
+    return 0;
+  }
+  store_part_t *p = &c->parts[part];
+  size_t looked = 0;
+  uint64_t v = *cursor;
+  pthread_mutex_lock(&p->lock);
+  if (!p->buckets || atomic_load_explicit(&p->count, memory_order_relaxed) == 0) {
+    v = 0;
+  } else {
+    do {
+      for (store_entry_t *e = p->buckets[v & p->mask]; e; e = e->next) {
+        looked++;
+        if (store_expired(e, now_ms)) cb(ctx, e->data, e->key_len);
+      }
+      v = store_cursor_next(v, p->mask);
+    } while (v != 0 && looked < budget);
+  }
+  pthread_mutex_unlock(&p->lock);
+  *cursor = v;
+  return looked;
+}
+
 int64_t store_changes_bytes(const store_t *s) { return atomic_load(&s->changes_bytes); }
 
 store_part_sync_t *store_part_sync(store_cache_t *c, uint32_t part) {
@@ -1163,14 +1197,22 @@ int64_t store_memory_bytes_max(const store_t *s) { return s->limits.memory_bytes
 /* Removes expired entries of one bucket; returns how many entries it
  * looked at. */
 static size_t store_sweep_bucket(store_t *s, store_part_t *p, uint64_t b,
-                                 int64_t now_ms, size_t *removed) {
+                                 int64_t now_ms, int counted, size_t *removed) {
   size_t looked = 0;
   store_entry_t **link = &p->buckets[b];
   while (*link) {
     store_entry_t *e = *link;
     looked++;
     if (store_expired(e, now_ms)) {
-      store_unlink_free(s, p, link, e);
+      if (counted) {
+        /* A change of its own: a counter, and the history says so. */
+        uint64_t version = store_next_version(s, p);
+        store_keep(s, p, CHANGE_EXPIRE, 0, e->data, e->key_len, NULL, 0, version, 0);
+        store_unlink_free(s, p, link, e);
+        store_count_write(p, version);
+      } else {
+        store_unlink_free(s, p, link, e);
+      }
       (*removed)++;
     } else {
       link = &e->next;
@@ -1199,18 +1241,31 @@ size_t store_sweep(store_t *s, int64_t now_ms, size_t budget) {
       s->sweep_cursor = 0;
       continue;
     }
+    int history = atomic_load_explicit(&c->history, memory_order_relaxed);
+    if (history && !s->announce_applied) {
+      /* A cluster's: its primaries remove them, as changes of their own
+       * sent to every copy (repl). */
+      s->sweep_cache++;
+      s->sweep_part = 0;
+      s->sweep_cursor = 0;
+      parts_visited++;
+      continue;
+    }
     store_part_t *p = &c->parts[s->sweep_part];
+    size_t removed_before = removed;
     pthread_mutex_lock(&p->lock);
     uint64_t v = s->sweep_cursor;
     if (p->buckets && atomic_load_explicit(&p->count, memory_order_relaxed) > 0) {
       do {
-        looked += store_sweep_bucket(s, p, v & p->mask, now_ms, &removed) + 1;
+        looked += store_sweep_bucket(s, p, v & p->mask, now_ms, history, &removed) + 1;
         v = store_cursor_next(v, p->mask);
       } while (v != 0 && looked < budget);
     } else {
       v = 0;
     }
     pthread_mutex_unlock(&p->lock);
+    if (history && removed != removed_before && store_watched(c))
+      store_part_commit(c, (uint32_t)s->sweep_part, 0);
     s->sweep_cursor = v;
     if (v == 0) {
       s->sweep_part++;

@@ -61,6 +61,9 @@ typedef enum {
   STORE_ADD,
   STORE_APPEND,       /* value appended to the entry's (a new one if none) */
   STORE_EXPIRE,       /* only the expiry changes: ttl (<= 0 deletes) or persist */
+  STORE_REMOVE_EXPIRED, /* removes the entry if its time to live ran out
+                           (GRID_ENOTFOUND if not): a change of its own,
+                           CHANGE_EXPIRE in the history */
 } store_op_t;
 
 /* STORE_PUT's condition on the key (Redis SET NX / XX). */
@@ -97,7 +100,8 @@ typedef struct store_result {
 
 /* The state a write left behind, for its replication record: called by
  * store_write with the partition locked; the pointers are valid only
- * during the call. value is NULL for a delete. */
+ * during the call. value is NULL for a delete (STORE_REMOVE_EXPIRED's
+ * too). */
 typedef void (*store_applied_fn)(void *ctx, const void *key, size_t key_len,
                                  const void *value, size_t value_len,
                                  uint64_t version, int64_t expire_at_ms);
@@ -200,7 +204,7 @@ int store_apply(store_cache_t *c, const store_key_t *k, const void *value,
  * is kept in the partition's history, with how (the primary's op). */
 int store_apply_change(store_cache_t *c, const store_key_t *k, const void *value,
                        size_t value_len, uint64_t version, int64_t expire_at_ms,
-                       uint8_t how);
+                       uint8_t how, int expired);
 /* Empties one partition (a copy about to be filled anew); its change
  * history starts again after counter (the primary's when the fill began:
  * every record after it follows on the same link). */
@@ -317,7 +321,19 @@ void store_snapshot(store_cache_t *c, uint32_t part, int64_t now_ms, store_entry
 int64_t store_changes_bytes(const store_t *s);
 
 /* Looks at up to budget entries, continuing where the last call stopped,
- * and removes the expired ones. Returns how many it removed. */
+ * and removes the expired ones. Returns how many it removed. Caches whose
+ * changes are kept: on a single node each removal is a change of its own
+ * (CHANGE_EXPIRE, announced); in a cluster they are left to their
+ * primaries (store_expired_keys, then STORE_REMOVE_EXPIRED through
+ * replication), so that every copy's history says the same. */
 size_t store_sweep(store_t *s, int64_t now_ms, size_t budget);
+
+/* The keys of p whose time to live ran out, from *cursor (0 starts; 0
+ * again when p is done), passed to cb with p locked (cb must not call the
+ * store). Looks at whole buckets until budget entries were seen; returns
+ * how many it looked at. */
+typedef void (*store_key_cb)(void *ctx, const void *key, size_t key_len);
+size_t store_expired_keys(store_cache_t *c, uint32_t part, int64_t now_ms, uint64_t *cursor,
+                          size_t budget, store_key_cb cb, void *ctx);
 
 #endif

@@ -278,6 +278,27 @@ static void test_continuous_query(void) {
   grid_close(g);
 }
 
+/* A key whose time to live runs out: its subscriber hears EXPIRE. */
+static void test_expire_event(void) {
+  grid_t *g = open_remote();
+  grid_sub_t *s;
+  CHECK_RC(grid_subscribe(g, "default", NULL, &s), 0);
+  uint64_t v;
+  CHECK_RC(grid_put(g, "default", "brief", 5, "x", 1, 50, &v), 0);
+  grid_event_t ev = next_event(s);
+  check_put(&ev, "brief", "x", v);
+  CHECK(ev.expire_at_ms > 0);
+  ev = next_event(s); /* the sweep (every 100 ms) removes it */
+  CHECK_EQ(ev.kind, GRID_EVENT_EXPIRE);
+  CHECK_EQ(ev.key_len, 5);
+  CHECK(memcmp(ev.key, "brief", 5) == 0);
+  CHECK(ev.version > v);
+  grid_value_t gv;
+  CHECK_RC(grid_get(g, "default", "brief", 5, &gv), GRID_ENOTFOUND);
+  grid_unsubscribe(s);
+  grid_close(g);
+}
+
 typedef struct counted {
   atomic_int puts;
   atomic_int gaps;
@@ -507,6 +528,7 @@ int main(void) {
   RUN(test_many_writes);
   RUN(test_filters);
   RUN(test_callback);
+  RUN(test_expire_event);
   RUN(test_continuous_query);
   RUN(test_slow_subscriber_gap);
   RUN(test_snapshot_past_queue);

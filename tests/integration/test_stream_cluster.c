@@ -231,6 +231,42 @@ int main(void) {
   CHECK(n <= acked_total + (size_t)unknown);
 
   grid_unsubscribe(sub);
+
+  /* Keys whose time to live runs out: each removed once, by its primary,
+   * and heard once as EXPIRE (not once per copy). */
+  enum { TTL_KEYS = 40 };
+  grid_sub_t *tsub;
+  grid_sub_options_t to = {.prefix = "ttl:", .prefix_len = 4};
+  CHECK_RC(grid_subscribe(gs, CACHE, &to, &tsub), 0);
+  for (int i = 0; i < TTL_KEYS; i++) {
+    char key[32];
+    snprintf(key, sizeof key, "ttl:%d", i);
+    CHECK_RC(grid_put(w[0].g, CACHE, key, strlen(key), "x", 1, 100, NULL), 0);
+  }
+  int puts = 0, expires = 0;
+  static int expired_seen[TTL_KEYS];
+  for (int t = 0; t < 300 && expires < TTL_KEYS; t++) {
+    grid_event_t ev;
+    if (grid_sub_next(tsub, 100, &ev) != 0) continue;
+    char key[32];
+    CHECK(ev.key_len < sizeof key);
+    memcpy(key, ev.key, ev.key_len);
+    key[ev.key_len] = '\0';
+    int k = atoi(key + 4);
+    CHECK(k >= 0 && k < TTL_KEYS);
+    if (ev.kind == GRID_EVENT_PUT) puts++;
+    if (ev.kind == GRID_EVENT_EXPIRE) {
+      CHECK_EQ(expired_seen[k], 0);
+      expired_seen[k] = 1;
+      expires++;
+    }
+  }
+  fprintf(stderr, "ttl keys: %d puts, %d expire events\n", puts, expires);
+  CHECK_EQ(puts, TTL_KEYS);
+  CHECK_EQ(expires, TTL_KEYS);
+  grid_event_t extra;
+  CHECK_RC(grid_sub_next(tsub, 500, &extra), GRID_ETIMEDOUT); /* no repeat */
+  grid_unsubscribe(tsub);
   grid_close(gs);
   for (int i = 0; i < WRITERS; i++) {
     grid_close(w[i].g);

@@ -1314,6 +1314,47 @@ static void test_history_budget(void) {
   store_free(s);
 }
 
+/* Where changes are kept, a key whose time to live ran out is removed as a
+ * change of its own (CHANGE_EXPIRE) by the sweep of a single node; a write
+ * to it meanwhile sees it absent: a delete finds nothing (the removal
+ * still comes), a put replaces it. */
+static void test_history_expiry(void) {
+  store_t *s = history_store(4096, 1 << 20);
+  store_cache_t *c = acquire(s, "h");
+  store_key_t k, k2;
+  store_key_init(c, "t", 1, &k);
+  store_key_init(c, "u", 1, &k2);
+  store_write_t w = {.op = STORE_PUT, .value = "v", .value_len = 1, .ttl_ms = 10};
+  store_result_t r = {0};
+  CHECK_RC(store_write(c, &k, &w, T0, &r), 0);   /* counter 1 */
+  CHECK_RC(store_write(c, &k2, &w, T0, &r), 0);  /* counter 2 */
+  store_write_t del = {.op = STORE_DELETE};
+  CHECK_RC(store_write(c, &k, &del, T0 + 20, &r), GRID_ENOTFOUND);
+  store_write_t put = {.op = STORE_PUT, .value = "w", .value_len = 1};
+  CHECK_RC(store_write(c, &k2, &put, T0 + 20, &r), 0); /* counter 3: replaces */
+  CHECK_EQ(store_part_size(c, 0), 2); /* t stays until it is removed */
+  CHECK_EQ(store_sweep(s, T0 + 20, 100), 1);
+  CHECK_EQ(store_part_size(c, 0), 1);
+  hist_t h;
+  uint64_t next;
+  CHECK_EQ(hist_read(c, 0, 0, &h, &next), CHANGES_OK);
+  CHECK_EQ(h.n, 4);
+  CHECK_EQ(h.kinds[2], CHANGE_PUT);
+  CHECK_EQ(h.kinds[3], CHANGE_EXPIRE);
+  CHECK_EQ(h.counters[3], 4);
+  /* The primary's way (a cluster): STORE_REMOVE_EXPIRED, only if due. */
+  store_write_t rm = {.op = STORE_REMOVE_EXPIRED};
+  CHECK_RC(store_write(c, &k2, &rm, T0 + 20, &r), GRID_ENOTFOUND); /* live */
+  store_write_t ttl = {.op = STORE_PUT, .value = "x", .value_len = 1, .ttl_ms = 5};
+  CHECK_RC(store_write(c, &k2, &ttl, T0 + 20, &r), 0);            /* counter 5 */
+  CHECK_RC(store_write(c, &k2, &rm, T0 + 30, &r), 0);             /* counter 6 */
+  CHECK_EQ(hist_read(c, 0, 5, &h, &next), CHANGES_OK);
+  CHECK_EQ(h.n, 1);
+  CHECK_EQ(h.kinds[0], CHANGE_EXPIRE);
+  store_cache_release(s, c);
+  store_free(s);
+}
+
 typedef struct woken {
   store_watch_t w;
   int wakes;
@@ -1383,6 +1424,7 @@ int main(void) {
   RUN(test_history_reset_takes_counter);
   RUN(test_history_position_from_elsewhere);
   RUN(test_history_budget);
+  RUN(test_history_expiry);
   RUN(test_history_watchers);
   RUN(test_check_sizes_huge); /* last: it fails today, see its comment */
   fprintf(stderr, "test_store: all passed\n");
