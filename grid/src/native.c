@@ -30,14 +30,31 @@ typedef struct native_conn {
   char peer_id[64];            /* a peer's node id, from its hello */
   stream_sub_t **subs;         /* change-stream subscriptions on it */
   size_t nsubs, subs_cap;
+  int batch_open;              /* an event frame is being filled in the
+                                  output, from batch_at */
+  size_t batch_at;
+  uint64_t batch_sub;
 } native_conn_t;
+
+#define NATIVE_BATCH_BYTES 65536 /* events put in one frame, about */
 
 static native_conn_t *native_of(conn_t *c) { return c->fe; }
 
 /* ---- output ------------------------------------------------------------ */
 
+/* Ends the event frame being filled: its length goes in its header. */
+static void native_batch_close(conn_t *c) {
+  native_conn_t *nc = c->fe;
+  if (!nc || !nc->batch_open) return;
+  nc->batch_open = 0;
+  size_t len = c->wlen - nc->batch_at - FRAME_HEADER_BYTES;
+  GRID_ASSERT(len <= UINT32_MAX);
+  frame_put_header(c->wbuf + nc->batch_at, (uint32_t)len);
+}
+
 /* Appends one framed message to the connection's output. */
 static int native_send(conn_t *c, const ProtobufCMessage *m) {
+  native_batch_close(c); /* frames never interleave */
   size_t n = protobuf_c_message_get_packed_size(m);
   GRID_ASSERT(n <= UINT32_MAX);
   unsigned char *at = conn_out_space(c, FRAME_HEADER_BYTES + n);
@@ -163,12 +180,50 @@ static void native_on_hello(conn_t *c, const unsigned char *p, size_t len) {
 
 /* ---- change streams ------------------------------------------------------ */
 
+static size_t native_varint(unsigned char *at, uint64_t v) {
+  size_t n = 0;
+  while (v >= 0x80) {
+    at[n++] = (unsigned char)(v | 0x80);
+    v >>= 7;
+  }
+  at[n++] = (unsigned char)v;
+  return n;
+}
+
+/* Adds ev to the event frame of subscription sub being filled (a Reply
+ * with sub and events, encoded field by field), opening one if need be:
+ * a burst of events leaves in a few frames, not one each. */
+static int native_batch_add(conn_t *c, uint64_t sub, const Grid__Event *ev) {
+  native_conn_t *nc = native_of(c);
+  if (nc->batch_open && (nc->batch_sub != sub || c->wlen - nc->batch_at > NATIVE_BATCH_BYTES))
+    native_batch_close(c);
+  if (!nc->batch_open) {
+    unsigned char *at = conn_out_space(c, FRAME_HEADER_BYTES + 1 + 10);
+    if (!at) return GRID_ENOMEM;
+    size_t n = FRAME_HEADER_BYTES;
+    at[n++] = (15 << 3) | 0; /* Reply.sub, a varint */
+    n += native_varint(at + n, sub);
+    nc->batch_at = c->wlen;
+    nc->batch_sub = sub;
+    nc->batch_open = 1;
+    conn_out_commit(c, n);
+  }
+  size_t len = grid__event__get_packed_size(ev);
+  unsigned char *at = conn_out_space(c, 2 + 10 + len);
+  if (!at) return GRID_ENOMEM;
+  size_t n = native_varint(at, (16 << 3) | 2); /* Reply.events, length-delimited */
+  n += native_varint(at + n, len);
+  size_t packed = grid__event__pack(ev, at + n);
+  GRID_ASSERT(packed == len);
+  conn_out_commit(c, n + len);
+  return 0;
+}
+
 static int native_event(void *ctx, stream_sub_t *s, uint32_t p, int what, const change_t *ch,
                         uint64_t pos) {
   conn_t *c = ctx;
   if (!conn_open(c)) return 1;
   Grid__Event ev = GRID__EVENT__INIT;
-  Grid__Event *evp = &ev;
   ev.partition = p;
   ev.counter = pos;
   if (what == STREAM_EV_GAP) {
@@ -194,24 +249,24 @@ static int native_event(void *ctx, stream_sub_t *s, uint32_t p, int what, const 
       }
     }
   }
-  Grid__Reply rp = GRID__REPLY__INIT;
-  rp.sub = stream_id(s);
-  rp.n_events = 1;
-  rp.events = &evp;
-  if (native_send(c, &rp.base) != 0) {
+  if (native_batch_add(c, stream_id(s), &ev) != 0) {
     conn_close(c);
     return 1;
   }
   if (!conn_output_full(c)) return 0;
   /* Full: reading stops too, and both go on once the output drains
    * (native_input resumes the subscriptions). */
+  native_batch_close(c);
   conn_flush(c);
   if (!conn_output_full(c)) return 0;
   conn_pause(c);
   return 1;
 }
 
-static void native_stream_flush(void *ctx) { conn_flush(ctx); }
+static void native_stream_flush(void *ctx) {
+  native_batch_close(ctx);
+  conn_flush(ctx);
+}
 
 static const stream_out_t native_stream_out = {native_event, native_stream_flush};
 
@@ -502,6 +557,7 @@ static void native_input(conn_t *c) {
   while (!c->closing && !uv_is_closing((uv_handle_t *)&c->tcp)) {
     if (conn_output_full(c)) {
       /* Try to make room first: the socket may take it all at once. */
+      native_batch_close(c);
       conn_flush(c);
       if (conn_output_full(c) || uv_is_closing((uv_handle_t *)&c->tcp)) break;
     }
@@ -525,6 +581,7 @@ static void native_input(conn_t *c) {
   }
   if (uv_is_closing((uv_handle_t *)&c->tcp)) return;
   conn_consumed(c, off);
+  native_batch_close(c);
   conn_flush(c);
   if (!c->closing && conn_output_full(c)) conn_pause(c);
 }
