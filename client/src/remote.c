@@ -655,16 +655,22 @@ void client_reply_free(client_reply_t *r) {
   r->rp = NULL;
 }
 
-int remote_open(const char *host, int port, const grid_options_t *opts,
-                remote_t **out) {
-  remote_t *r = calloc(1, sizeof *r);
-  if (r) frame_buf_init(&r->rbuf, REMOTE_RBUF_BYTES, REMOTE_REPLY_BYTES_MAX);
-  if (!r) return GRID_ENOMEM;
+/* Who r talks to, and as whom. */
+static void remote_set_ident(remote_t *r, const char *host, int port,
+                             const grid_options_t *opts) {
   snprintf(r->host, sizeof r->host, "%s", host);
   r->port = port;
   snprintf(r->client_name, sizeof r->client_name, "%s",
            opts && opts->client_name ? opts->client_name : "");
   r->reply_bytes_max = opts ? opts->reply_bytes_max : 0;
+}
+
+int remote_open(const char *host, int port, const grid_options_t *opts,
+                remote_t **out) {
+  remote_t *r = calloc(1, sizeof *r);
+  if (r) frame_buf_init(&r->rbuf, REMOTE_RBUF_BYTES, REMOTE_REPLY_BYTES_MAX);
+  if (!r) return GRID_ENOMEM;
+  remote_set_ident(r, host, port, opts);
   r->fd = -1;
   for (uint32_t i = 0; i < REMOTE_INFLIGHT_MAX; i++)
     r->slots[i].next_free = i + 1 < REMOTE_INFLIGHT_MAX ? i + 2 : 0;
@@ -717,11 +723,7 @@ int remote_dial_fd(const char *host, int port, const grid_options_t *opts, uint3
                    int *fd, uint64_t *reply_max) {
   remote_t *r = calloc(1, sizeof *r);
   if (!r) return GRID_ENOMEM;
-  snprintf(r->host, sizeof r->host, "%s", host);
-  r->port = port;
-  snprintf(r->client_name, sizeof r->client_name, "%s",
-           opts && opts->client_name ? opts->client_name : "");
-  r->reply_bytes_max = opts ? opts->reply_bytes_max : 0;
+  remote_set_ident(r, host, port, opts);
   int rc = remote_connect_fd(r, timeout_ms, fd);
   if (rc == 0) *reply_max = r->reply_max;
   free(r);

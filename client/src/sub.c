@@ -107,6 +107,19 @@ static uint64_t sub_next_id(void) {
 
 /* ---- delivery ----------------------------------------------------------- */
 
+/* The monotonic time ms from now, for pthread_cond_timedwait. */
+static struct timespec sub_deadline(uint32_t ms) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  ts.tv_sec += ms / 1000;
+  ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+  if (ts.tv_nsec >= 1000000000L) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000L;
+  }
+  return ts;
+}
+
 /* A copy of ev that owns its bytes, or NULL. */
 static sub_item_t *sub_item_new(const grid_event_t *ev) {
   sub_item_t *it = malloc(sizeof *it + ev->key_len + ev->value_len + 1);
@@ -146,13 +159,7 @@ static void sub_enqueue(grid_sub_t *s, sub_item_t *it) {
   pthread_mutex_lock(&s->lock);
   size_t max = s->opts.queue_max ? s->opts.queue_max : SUB_QUEUE_DEFAULT;
   while (s->init_done && s->queued >= max && !atomic_load(&s->stop)) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_nsec += 100 * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-      ts.tv_sec++;
-      ts.tv_nsec -= 1000000000L;
-    }
+    struct timespec ts = sub_deadline(100); /* stop is looked at again */
     pthread_cond_timedwait(&s->cond, &s->lock, &ts);
   }
   if (s->tail) s->tail->next = it;
@@ -807,14 +814,7 @@ int grid_subscribe(grid_t *g, const char *cache, const grid_sub_options_t *opts,
 int grid_sub_next(grid_sub_t *s, uint32_t timeout_ms, grid_event_t *ev) {
   if (!s || !ev) return GRID_EINVAL;
   if (s->opts.callback) return GRID_EINVAL;
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  ts.tv_sec += timeout_ms / 1000;
-  ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-  if (ts.tv_nsec >= 1000000000L) {
-    ts.tv_sec++;
-    ts.tv_nsec -= 1000000000L;
-  }
+  struct timespec ts = sub_deadline(timeout_ms);
   pthread_mutex_lock(&s->lock);
   s->waiters++;
   free(s->current);
