@@ -112,4 +112,37 @@ void embedded_call(embedded_t *e, const Grid__Request *rq, Grid__Reply *rp, aren
 int embedded_get(embedded_t *e, const char *cache, const void *key, size_t key_len,
                  void **value, size_t *value_len, uint64_t *version);
 
+/* embedded.c: a change stream of a cache of the embedded node outside a
+ * cluster (sub.c reads it as it reads a node's frames). */
+typedef struct embedded_watch embedded_watch_t;
+typedef struct embedded_change {
+  int kind;                 /* 1 put, 2 delete, 3 expire */
+  uint8_t how;              /* the write's op */
+  uint64_t counter, version;
+  int64_t expire_at_ms;
+  const void *key;
+  size_t key_len;
+  const void *value;
+  size_t value_len;
+} embedded_change_t;
+int embedded_watch_open(embedded_t *e, const char *cache, embedded_watch_t **out,
+                        uint32_t *partitions);
+void embedded_watch_close(embedded_watch_t *ew);
+/* Waits up to timeout_ms for a change to be announced: 1 if one was. */
+int embedded_watch_wait(embedded_watch_t *ew, uint32_t timeout_ms);
+/* The partitions marked since the last take. */
+void embedded_watch_take(embedded_watch_t *ew, void (*fn)(void *ctx, uint32_t p), void *ctx);
+/* Whether the cache was dropped (or made again) under the watch. */
+int embedded_watch_dropped(embedded_watch_t *ew);
+/* Where "from now" starts in p. */
+uint64_t embedded_watch_now(embedded_watch_t *ew, uint32_t p);
+/* p's changes after `after`, as store_changes_read: 1 for a GAP (*next is
+ * where it goes on), else 0. hint: the reader's, zeroed at first. */
+int embedded_watch_read(embedded_watch_t *ew, uint32_t p, uint64_t after, size_t max,
+                        int (*cb)(void *ctx, const embedded_change_t *ch), void *ctx,
+                        uint64_t *next, uint64_t *upto, uint64_t hint[3]);
+/* p's snapshot (entries at or before the returned counter). */
+uint64_t embedded_watch_snapshot(embedded_watch_t *ew, uint32_t p,
+                                 int (*cb)(void *ctx, const embedded_change_t *ch), void *ctx);
+
 #endif

@@ -3,12 +3,14 @@
  * the client that includes the node's headers (docs/architecture.md): the
  * rest of the client sees an embedded_t and these calls.
  */
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "client_int.h"
+#include "clock.h"
 #include "config.h"
 #include "log.h"
 #include "node.h"
@@ -77,4 +79,142 @@ int embedded_get(embedded_t *e, const char *cache, const void *key, size_t key_l
   store_cache_release(n->store, c);
   atomic_fetch_add_explicit(&n->ops, 1, memory_order_relaxed);
   return rc;
+}
+
+/* ---- change streams of an embedded node outside a cluster ---------------- */
+
+struct embedded_watch {
+  store_watch_t w;              /* first: the store hands it back */
+  node_t *node;
+  store_cache_t *cache;         /* a reference */
+  pthread_mutex_t lock;
+  pthread_cond_t cond;          /* woken */
+  int woken;
+};
+
+/* From a writing thread, the cache's watch lock held: a signal only. */
+static void embedded_wake(store_watch_t *w) {
+  embedded_watch_t *ew = (embedded_watch_t *)w;
+  pthread_mutex_lock(&ew->lock);
+  ew->woken = 1;
+  pthread_cond_signal(&ew->cond);
+  pthread_mutex_unlock(&ew->lock);
+}
+
+int embedded_watch_open(embedded_t *e, const char *cache, embedded_watch_t **out,
+                        uint32_t *partitions) {
+  store_cache_t *c = store_cache_acquire(e->node->store, cache, strlen(cache));
+  if (!c) return GRID_ENOCACHE;
+  embedded_watch_t *ew = calloc(1, sizeof *ew);
+  if (!ew) {
+    store_cache_release(e->node->store, c);
+    return GRID_ENOMEM;
+  }
+  ew->node = e->node;
+  ew->cache = c;
+  ew->w.wake = embedded_wake;
+  pthread_mutex_init(&ew->lock, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&ew->cond, &ca);
+  pthread_condattr_destroy(&ca);
+  if (store_watch_add(c, &ew->w) != 0) {
+    embedded_watch_close(ew);
+    return GRID_ENOMEM;
+  }
+  *partitions = store_cache_cfg(c)->partitions;
+  *out = ew;
+  return 0;
+}
+
+void embedded_watch_close(embedded_watch_t *ew) {
+  if (!ew) return;
+  if (ew->w.dirty) store_watch_remove(ew->cache, &ew->w);
+  store_cache_release(ew->node->store, ew->cache);
+  pthread_mutex_destroy(&ew->lock);
+  pthread_cond_destroy(&ew->cond);
+  free(ew);
+}
+
+int embedded_watch_wait(embedded_watch_t *ew, uint32_t timeout_ms) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  ts.tv_sec += timeout_ms / 1000;
+  ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+  if (ts.tv_nsec >= 1000000000L) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000L;
+  }
+  pthread_mutex_lock(&ew->lock);
+  while (!ew->woken && pthread_cond_timedwait(&ew->cond, &ew->lock, &ts) == 0) {
+  }
+  int woken = ew->woken;
+  ew->woken = 0;
+  pthread_mutex_unlock(&ew->lock);
+  return woken;
+}
+
+void embedded_watch_take(embedded_watch_t *ew, void (*fn)(void *ctx, uint32_t p), void *ctx) {
+  store_watch_take(&ew->w, fn, ctx);
+}
+
+int embedded_watch_dropped(embedded_watch_t *ew) {
+  const char *name = store_cache_cfg(ew->cache)->name;
+  store_cache_t *now = store_cache_acquire(ew->node->store, name, strlen(name));
+  if (now) store_cache_release(ew->node->store, now);
+  return now != ew->cache;
+}
+
+uint64_t embedded_watch_now(embedded_watch_t *ew, uint32_t p) {
+  return store_part_now(ew->cache, p);
+}
+
+typedef struct embedded_read {
+  int (*cb)(void *ctx, const embedded_change_t *ch);
+  void *ctx;
+} embedded_read_t;
+
+static int embedded_read_cb(void *ctx, const change_t *c) {
+  embedded_read_t *r = ctx;
+  embedded_change_t ch = {.kind = (int)c->kind, .how = c->how, .counter = c->counter,
+                          .version = c->version, .expire_at_ms = c->expire_at_ms,
+                          .key = c->key, .key_len = c->key_len, .value = c->value,
+                          .value_len = c->value_len};
+  return r->cb(r->ctx, &ch);
+}
+
+int embedded_watch_read(embedded_watch_t *ew, uint32_t p, uint64_t after, size_t max,
+                        int (*cb)(void *ctx, const embedded_change_t *ch), void *ctx,
+                        uint64_t *next, uint64_t *upto, uint64_t hint[3]) {
+  changes_hint_t h = {hint[0], hint[1], (size_t)hint[2]};
+  embedded_read_t r = {cb, ctx};
+  int rc = store_changes_read(ew->cache, p, after, max, embedded_read_cb, &r, next, upto, &h);
+  hint[0] = h.gen;
+  hint[1] = h.counter;
+  hint[2] = h.pos;
+  return rc == CHANGES_GAP ? 1 : 0;
+}
+
+typedef struct embedded_snap {
+  int (*cb)(void *ctx, const embedded_change_t *ch);
+  void *ctx;
+} embedded_snap_t;
+
+static int embedded_snap_cb(void *ctx, const void *key, size_t key_len, const void *value,
+                            size_t value_len, uint64_t version, int64_t expire_at_ms) {
+  embedded_snap_t *sn = ctx;
+  embedded_change_t ch = {.kind = CHANGE_PUT, .counter = version & STORE_COUNTER_MASK,
+                          .version = version, .expire_at_ms = expire_at_ms, .key = key,
+                          .key_len = key_len, .value = value, .value_len = value_len};
+  sn->cb(sn->ctx, &ch);
+  return 0;
+}
+
+uint64_t embedded_watch_snapshot(embedded_watch_t *ew, uint32_t p,
+                                 int (*cb)(void *ctx, const embedded_change_t *ch), void *ctx) {
+  embedded_snap_t sn = {cb, ctx};
+  uint64_t upto;
+  store_snapshot(ew->cache, p, clock_wall_ms(), embedded_snap_cb, &sn, &upto);
+  return upto;
 }

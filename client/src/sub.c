@@ -59,6 +59,8 @@ typedef struct sub_item {
 
 struct grid_sub {
   grid_t *g;
+  embedded_watch_t *ew;         /* an embedded node outside a cluster: its
+                                   store is read in this process */
   char cache[65];
   grid_sub_options_t opts;
   unsigned char *prefix;
@@ -680,6 +682,134 @@ static void *sub_main(void *arg) {
   return NULL;
 }
 
+/* ---- an embedded node outside a cluster --------------------------------------- */
+
+/* Whether key passes the subscription's filter (the node applies it for a
+ * remote subscription, stream.c). */
+static int sub_passes(const grid_sub_t *s, const void *key, size_t key_len) {
+  if (s->prefix &&
+      (key_len < s->opts.prefix_len || memcmp(key, s->prefix, s->opts.prefix_len) != 0))
+    return 0;
+  if (!s->opts.n_affinity_keys) return 1;
+  const void *tag;
+  size_t tag_len;
+  part_affinity(key, key_len, &tag, &tag_len);
+  for (size_t i = 0; i < s->opts.n_affinity_keys; i++) {
+    const void *want;
+    size_t want_len;
+    part_affinity(s->akeys[i], s->akey_lens[i], &want, &want_len);
+    if (want_len == tag_len && memcmp(want, tag, tag_len) == 0) return 1;
+  }
+  return 0;
+}
+
+typedef struct sub_local_read {
+  grid_sub_t *s;
+  uint32_t p;
+  int snapshot;
+} sub_local_read_t;
+
+/* A change (or a snapshot's entry) read from the store, as a node would
+ * have sent it. */
+static int sub_local_change(void *ctx, const embedded_change_t *ch) {
+  sub_local_read_t *r = ctx;
+  grid_sub_t *s = r->s;
+  if (!sub_passes(s, ch->key, ch->key_len)) return 0;
+  Grid__Event e = GRID__EVENT__INIT;
+  e.kind = r->snapshot       ? GRID__EVENT_KIND__EVENT_SNAPSHOT
+           : ch->kind == 1 ? GRID__EVENT_KIND__EVENT_PUT
+           : ch->kind == 3 ? GRID__EVENT_KIND__EVENT_EXPIRE
+                           : GRID__EVENT_KIND__EVENT_DELETE;
+  e.partition = r->p;
+  e.counter = ch->counter;
+  e.version = ch->version;
+  e.op = ch->how;
+  e.key.data = (uint8_t *)ch->key;
+  e.key.len = ch->key_len;
+  if (ch->kind == 1) {
+    e.expire_at_ms = ch->expire_at_ms;
+    if (!s->opts.keys_only) {
+      e.value.data = (uint8_t *)ch->value;
+      e.value.len = ch->value_len;
+    }
+  }
+  sub_on_event(s, 0, &e);
+  return atomic_load(&s->stop);
+}
+
+/* Reads p from its position up to what is announced. */
+static void sub_local_pump(grid_sub_t *s, uint32_t p, uint64_t (*hints)[3]) {
+  if (s->snapdue[p]) {
+    sub_local_read_t r = {s, p, 1};
+    Grid__Event e = GRID__EVENT__INIT;
+    e.kind = GRID__EVENT_KIND__EVENT_SNAPSHOT_END;
+    e.partition = p;
+    e.counter = embedded_watch_snapshot(s->ew, p, sub_local_change, &r);
+    sub_on_event(s, 0, &e);
+  }
+  for (int batch = 0; batch < 64 && !atomic_load(&s->stop); batch++) {
+    sub_local_read_t r = {s, p, 0};
+    uint64_t next, upto, before = s->pos[p];
+    if (embedded_watch_read(s->ew, p, before, 256, sub_local_change, &r, &next, &upto,
+                            hints[p])) {
+      Grid__Event e = GRID__EVENT__INIT;
+      e.kind = GRID__EVENT_KIND__EVENT_GAP;
+      e.partition = p;
+      e.counter = next;
+      sub_on_event(s, 0, &e);
+    }
+    /* Past the changes the filter left out too. */
+    if (next > s->pos[p]) s->pos[p] = next;
+    if (s->pos[p] >= upto || next == before) return;
+  }
+}
+
+static void sub_local_mark(void *ctx, uint32_t p) {
+  unsigned char *dirty = ctx;
+  dirty[p] = 1;
+}
+
+static void *sub_local_main(void *arg) {
+  grid_sub_t *s = arg;
+  int rc = embedded_watch_open(s->g->embedded, s->cache, &s->ew, &s->nparts);
+  if (rc == 0) rc = sub_alloc_parts(s);
+  uint64_t (*hints)[3] = rc == 0 ? calloc(s->nparts, sizeof *hints) : NULL;
+  unsigned char *dirty = rc == 0 ? calloc(s->nparts, 1) : NULL;
+  if (rc == 0 && (!hints || !dirty)) rc = GRID_ENOMEM;
+  if (rc != 0) {
+    s->init_status = rc;
+    snprintf(s->init_error, sizeof s->init_error, "%s",
+             rc == GRID_ENOCACHE ? "no such cache" : grid_strerror(rc));
+    free(hints);
+    free(dirty);
+    sub_init_finish(s);
+    return NULL;
+  }
+  /* Every partition is here: taken at once, from now. */
+  for (uint32_t p = 0; p < s->nparts; p++) {
+    if (s->home[p] == SUB_UNWANTED) continue;
+    s->home[p] = 0;
+    s->fresh[p] = 0;
+    s->pos[p] = embedded_watch_now(s->ew, p);
+    if (s->snapdue[p]) sub_local_pump(s, p, hints);
+  }
+  sub_init_finish(s);
+  while (!atomic_load(&s->stop)) {
+    if (embedded_watch_dropped(s->ew)) {
+      sub_end(s, GRID_ENOCACHE, "the cache was dropped");
+      break;
+    }
+    if (!embedded_watch_wait(s->ew, 100)) continue;
+    memset(dirty, 0, s->nparts);
+    embedded_watch_take(s->ew, sub_local_mark, dirty);
+    for (uint32_t p = 0; p < s->nparts && !atomic_load(&s->stop); p++)
+      if (dirty[p] && s->home[p] == 0) sub_local_pump(s, p, hints);
+  }
+  free(hints);
+  free(dirty);
+  return NULL;
+}
+
 /* ---- the calls ------------------------------------------------------------------- */
 
 static void sub_free(grid_sub_t *s) {
@@ -707,6 +837,7 @@ static void sub_free(grid_sub_t *s) {
   }
   free(s->current);
   if (s->efd >= 0) close(s->efd);
+  embedded_watch_close(s->ew);
   pthread_mutex_destroy(&s->lock);
   pthread_cond_destroy(&s->cond);
   free(s);
@@ -750,11 +881,6 @@ int grid_subscribe(grid_t *g, const char *cache, const grid_sub_options_t *opts,
     client_set_error("a cache name is at most 64 bytes");
     return GRID_EINVAL;
   }
-  if (!g->router) {
-    client_set_error("change streams of an embedded node outside a cluster are not served "
-                     "in-process yet: connect with grid://host:port");
-    return GRID_EINVAL;
-  }
   grid_sub_t *s = calloc(1, sizeof *s);
   if (!s) return GRID_ENOMEM;
   s->efd = -1;
@@ -789,7 +915,9 @@ int grid_subscribe(grid_t *g, const char *cache, const grid_sub_options_t *opts,
       s->akey_lens[i] = o.affinity_key_lens[i];
     }
   }
-  if (rc == 0 && pthread_create(&s->thread, NULL, sub_main, s) != 0) rc = GRID_ENOMEM;
+  if (rc == 0 &&
+      pthread_create(&s->thread, NULL, g->router ? sub_main : sub_local_main, s) != 0)
+    rc = GRID_ENOMEM;
   if (rc != 0) {
     sub_free(s);
     return rc;

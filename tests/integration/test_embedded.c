@@ -243,6 +243,62 @@ static void test_embedded_listener(void) {
   rmdir(dir);
 }
 
+/* Change streams work the same in-process: every write once, in each
+ * key's order, the filter, a continuous query, expiry, and the end of a
+ * dropped cache. */
+static grid_event_t next_event(grid_sub_t *s) {
+  grid_event_t ev;
+  CHECK_RC(grid_sub_next(s, 10000, &ev), 0);
+  return ev;
+}
+
+static void test_change_stream(void) {
+  grid_t *g = open_embedded(NULL);
+  grid_cache_config_t cc = {.name = "things", .partitions = 8};
+  CHECK_RC(grid_cache_create(g, &cc), 0);
+  CHECK_RC(grid_put(g, "things", "pump:0", 6, "before", 6, 0, NULL), 0);
+  grid_sub_options_t o = {.prefix = "pump:", .prefix_len = 5, .snapshot = 1};
+  grid_sub_t *s;
+  CHECK_RC(grid_subscribe(g, "things", &o, &s), 0);
+  grid_event_t ev = next_event(s);
+  CHECK_EQ(ev.kind, GRID_EVENT_PUT);
+  CHECK(ev.snapshot);
+  CHECK_EQ(ev.value_len, 6);
+  CHECK(memcmp(ev.value, "before", 6) == 0);
+  ev = next_event(s);
+  CHECK_EQ(ev.kind, GRID_EVENT_SYNCED);
+  uint64_t want[50];
+  for (int i = 0; i < 50; i++) {
+    char key[16];
+    snprintf(key, sizeof key, "pump:%d", i % 5);
+    CHECK_RC(grid_put(g, "things", key, strlen(key), "v", 1, 0, &want[i]), 0);
+    CHECK_RC(grid_put(g, "things", "valve", 5, "v", 1, 0, NULL), 0); /* filtered out */
+  }
+  uint64_t last[5] = {0};
+  for (int i = 0; i < 50; i++) {
+    ev = next_event(s);
+    CHECK_EQ(ev.kind, GRID_EVENT_PUT);
+    CHECK(ev.key_len == 6 && memcmp(ev.key, "pump:", 5) == 0);
+    int k = ((const char *)ev.key)[5] - '0';
+    CHECK(ev.version > last[k]);
+    last[k] = ev.version;
+  }
+  for (int k = 0; k < 5; k++) CHECK_EQ(last[k], want[45 + k]);
+  CHECK_RC(grid_sub_next(s, 200, &ev), GRID_ETIMEDOUT);
+  CHECK_RC(grid_put(g, "things", "pump:brief", 10, "x", 1, 50, NULL), 0);
+  ev = next_event(s);
+  CHECK_EQ(ev.kind, GRID_EVENT_PUT);
+  ev = next_event(s); /* the node's sweep removes it */
+  CHECK_EQ(ev.kind, GRID_EVENT_EXPIRE);
+  CHECK_RC(grid_cache_drop(g, "things"), 0);
+  ev = next_event(s);
+  CHECK_EQ(ev.kind, GRID_EVENT_ENDED);
+  CHECK_EQ(ev.status, GRID_ENOCACHE);
+  grid_unsubscribe(s);
+  CHECK_RC(grid_subscribe(g, "nosuch", NULL, &s), GRID_ENOCACHE);
+  grid_close(g);
+}
+
 int main(void) {
   RUN(test_basic_ops);
   RUN(test_memory_limit);
@@ -250,6 +306,7 @@ int main(void) {
   RUN(test_async_inline);
   RUN(test_threads);
   RUN(test_embedded_listener);
+  RUN(test_change_stream);
   printf("test_embedded: all passed\n");
   return 0;
 }
