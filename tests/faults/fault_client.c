@@ -61,6 +61,7 @@ typedef struct fc_options {
   int final_read;
   int64_t deadline_ms;
   int rate;         /* operations per second over all threads; 0: no bound */
+  const char *events; /* a change stream of the cache, logged here */
 } fc_options_t;
 
 static fc_options_t opt = {
@@ -325,6 +326,101 @@ static int final_read(grid_t *g) {
   return stuck;
 }
 
+/* ---- the change stream (--events) ------------------------------------- */
+
+/* A subscriber from before the workload to after it: every event as a JSON
+ * line, {"e": "put"|"delete"|"expire"|"gap"|"ended", "k", "v", "ver",
+ * "part"}, for tests/faults/stream_check.py. */
+typedef struct fc_events {
+  grid_t *g;
+  grid_sub_t *sub;
+  FILE *f;
+  pthread_t thread;
+  atomic_int workload_done;
+  long events;
+} fc_events_t;
+
+#define FC_EVENTS_QUIET_MS 3000    /* drained: no event for this long after */
+#define FC_EVENTS_DRAIN_MS 60000   /* ... the workload, at most */
+
+static const char *event_kind_name(grid_event_kind_t k) {
+  switch (k) {
+  case GRID_EVENT_PUT: return "put";
+  case GRID_EVENT_DELETE: return "delete";
+  case GRID_EVENT_EXPIRE: return "expire";
+  case GRID_EVENT_GAP: return "gap";
+  case GRID_EVENT_SYNCED: return "synced";
+  case GRID_EVENT_ENDED: return "ended";
+  }
+  return "?";
+}
+
+static void *events_main(void *arg) {
+  fc_events_t *ev = arg;
+  int64_t quiet_since = 0, done_at = 0;
+  for (;;) {
+    grid_event_t e;
+    int rc = grid_sub_next(ev->sub, 100, &e);
+    int64_t now = now_ns();
+    if (atomic_load(&ev->workload_done) && !done_at) done_at = now;
+    if (rc == 0) {
+      quiet_since = now;
+      ev->events++;
+      fprintf(ev->f, "{\"e\":\"%s\",\"part\":%u", event_kind_name(e.kind), e.partition);
+      if (e.key) {
+        fprintf(ev->f, ",\"k\":");
+        put_json_string(ev->f, e.key, e.key_len);
+        fprintf(ev->f, ",\"ver\":%" PRIu64, e.version);
+      }
+      if (e.value) {
+        fprintf(ev->f, ",\"v\":");
+        put_json_string(ev->f, e.value, e.value_len);
+      }
+      if (e.kind == GRID_EVENT_ENDED) fprintf(ev->f, ",\"err\":\"%s\"", grid_err_name(e.status));
+      fprintf(ev->f, "}\n");
+      if (e.kind == GRID_EVENT_ENDED) break;
+      continue;
+    }
+    if (rc != GRID_ETIMEDOUT) break;
+    if (done_at && (now - quiet_since > FC_EVENTS_QUIET_MS * 1000000LL ||
+                    now - done_at > FC_EVENTS_DRAIN_MS * 1000000LL))
+      break;
+  }
+  return NULL;
+}
+
+/* Subscribes before the workload starts (the cluster is healthy then, but
+ * settling: tried for a while). */
+static int events_start(fc_events_t *ev, const grid_options_t *go) {
+  ev->f = fopen(opt.events, "w");
+  if (!ev->f) {
+    fprintf(stderr, "fault_client: cannot open %s: %s\n", opt.events, strerror(errno));
+    return 3;
+  }
+  setvbuf(ev->f, NULL, _IOFBF, FC_OUT_BUFFER_BYTES);
+  int rc = grid_open(opt.uri, go, &ev->g);
+  for (int i = 0; rc == 0 && i < 20; i++) {
+    rc = grid_subscribe(ev->g, opt.cache, NULL, &ev->sub);
+    if (rc == 0) break;
+    fprintf(stderr, "fault_client: subscribe: %s (%s): again\n", grid_err_name(rc),
+            grid_last_error());
+    sleep_ms(500);
+  }
+  if (rc != 0) {
+    fprintf(stderr, "fault_client: cannot subscribe to %s: %s\n", opt.cache, grid_strerror(rc));
+    return 3;
+  }
+  return pthread_create(&ev->thread, NULL, events_main, ev) == 0 ? 0 : 3;
+}
+
+static void events_stop(fc_events_t *ev) {
+  atomic_store(&ev->workload_done, 1);
+  pthread_join(ev->thread, NULL);
+  grid_unsubscribe(ev->sub);
+  grid_close(ev->g);
+  fclose(ev->f);
+}
+
 static void usage(FILE *f) {
   fprintf(f,
           "usage: fault_client --uri grid://[addr]:port,... [options]\n"
@@ -351,6 +447,9 @@ static void usage(FILE *f) {
           "                     retrying each until --deadline-ms; exit 1 if a key\n"
           "                     could not be read (liveness)\n"
           "  --deadline-ms D    bound of --final-read over all keys (default 20000)\n"
+          "  --events FILE      also follow the cache's change stream from before the\n"
+          "                     workload until it has drained after it, every event a\n"
+          "                     JSON line in FILE (tests/faults/stream_check.py)\n"
           "  --help             this text\n"
           "\n"
           "Exit status: 0 done, 1 a key unreadable by the deadline (--final-read),\n"
@@ -369,7 +468,7 @@ static int parse_long(const char *s, long long lo, long long hi, long long *out)
 
 int main(int argc, char **argv) {
   enum { O_URI = 1, O_CACHE, O_THREADS, O_KEYS, O_COUNTERS, O_DURATION, O_SEED, O_TIMEOUT,
-         O_OUT, O_FINAL, O_DEADLINE, O_RATE, O_HELP };
+         O_OUT, O_FINAL, O_DEADLINE, O_RATE, O_EVENTS, O_HELP };
   static const struct option longopts[] = {
       {"uri", required_argument, 0, O_URI},
       {"cache", required_argument, 0, O_CACHE},
@@ -383,6 +482,7 @@ int main(int argc, char **argv) {
       {"final-read", no_argument, 0, O_FINAL},
       {"deadline-ms", required_argument, 0, O_DEADLINE},
       {"rate", required_argument, 0, O_RATE},
+      {"events", required_argument, 0, O_EVENTS},
       {"help", no_argument, 0, O_HELP},
       {0, 0, 0, 0}};
   int c;
@@ -402,6 +502,7 @@ int main(int argc, char **argv) {
     case O_FINAL: opt.final_read = 1; break;
     case O_DEADLINE: bad = parse_long(optarg, 0, 86400000, &n); opt.deadline_ms = n; break;
     case O_RATE: bad = parse_long(optarg, 0, 10000000, &n); opt.rate = (int)n; break;
+    case O_EVENTS: opt.events = optarg; break;
     case O_HELP: case 'h': usage(stdout); return 0;
     default: usage(stderr); return 2;
     }
@@ -440,6 +541,8 @@ int main(int argc, char **argv) {
     status = final_read(g) ? 1 : 0;
     grid_close(g);
   } else {
+    static fc_events_t evs;
+    if (opt.events && events_start(&evs, &go) != 0) return 3;
     static fc_thread_t th[FC_THREADS_MAX];
     for (int i = 0; i < opt.threads; i++) {
       th[i].id = i;
@@ -457,6 +560,10 @@ int main(int argc, char **argv) {
     for (int i = 0; i < opt.threads; i++) pthread_join(th[i].thread, NULL);
     for (int i = 0; i < opt.threads; i++) grid_close(th[i].g);
     printf("{");
+    if (opt.events) {
+      events_stop(&evs);
+      printf("\"events\":%ld,", evs.events);
+    }
   }
   fclose(out_file);
   printf("\"ok\":%ld,\"fail\":%ld,\"info\":%ld,\"errors\":{", atomic_load(&count_ok),

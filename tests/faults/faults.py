@@ -429,11 +429,12 @@ def run_schedule(seed, args):
         log("cluster of %d nodes ready, cache %s created (64 partitions, 1 backup, full_sync)" % (NODES, CACHE))
 
         history = os.path.join(out, "history.jsonl")
+        events = os.path.join(out, "events.jsonl")
         duration_s = WARMUP_S + args.duration + COOLDOWN_S
         client_cmd = [args.client, "--uri", c.uri(), "--cache", CACHE, "--threads", str(CLIENT_THREADS),
                       "--keys", str(CLIENT_KEYS), "--duration-ms", str(int(duration_s * 1000)),
                       "--seed", str(seed), "--timeout-ms", str(CLIENT_TIMEOUT_MS), "--rate", str(CLIENT_RATE),
-                      "--out", history]
+                      "--out", history, "--events", events]
         client_out = os.path.join(out, "client.out")
         workload = c.spawn("client", "cl", client_cmd, client_out)
         time.sleep(WARMUP_S)
@@ -443,7 +444,8 @@ def run_schedule(seed, args):
         log("nemesis done: %d faults; everything healed" % len(nem.done))
         row["faults"] = len(nem.done)
         try:
-            workload.wait(timeout=duration_s + 60)
+            # The stream drains after the workload (fault_client --events).
+            workload.wait(timeout=duration_s + 120)
         except subprocess.TimeoutExpired:
             log("the workload client did not stop in time: killed")
             c.kill9("client")
@@ -486,7 +488,20 @@ def run_schedule(seed, args):
                    lost=len(s["lost"]))
         if s["unknown"]:
             row["linearizable"] += " (%d unknown)" % len(s["unknown"])
-        good = s["linearizable"] and not s["lost"] and not stuck
+        # The change stream against the same history: every acknowledged
+        # write once, in order, nothing else (stream_check.py).
+        stream_json = os.path.join(out, "stream.json")
+        sc = run([sys.executable, os.path.join(HERE, "stream_check.py"), history, events,
+                  "--json", stream_json], check=False, timeout=CHECKER_TIMEOUT_S)
+        with open(os.path.join(out, "stream.txt"), "w") as f:
+            f.write(sc.stdout + sc.stderr)
+        if sc.returncode not in (0, 1):
+            raise RuntimeError("stream_check failed: %s" % sc.stderr.strip()[-500:])
+        log(sc.stdout.splitlines()[0] if sc.stdout else "stream_check printed nothing")
+        with open(stream_json) as f:
+            st = json.load(f)
+        row["stream"] = "ok" if st["ok"] else "FAIL"
+        good = s["linearizable"] and not s["lost"] and not stuck and st["ok"]
         row["result"] = "pass" if good else "FAIL"
         if not good:
             for line in chk.stdout.splitlines():
@@ -514,7 +529,8 @@ def run_schedule(seed, args):
 
 
 def print_table(rows):
-    hdr = ("seed", "faults", "ops", "ok", "info", "fail", "linearizable", "lost", "stuck", "result", "secs")
+    hdr = ("seed", "faults", "ops", "ok", "info", "fail", "linearizable", "lost", "stuck", "stream",
+           "result", "secs")
     table = [[str(r.get(h, "")) for h in hdr] for r in rows]
     widths = [max(len(h), *(len(t[i]) for t in table)) if table else len(h) for i, h in enumerate(hdr)]
     print("  ".join(h.ljust(w) for h, w in zip(hdr, widths)))
@@ -522,7 +538,7 @@ def print_table(rows):
         print("  ".join(x.ljust(w) for x, w in zip(t, widths)))
     for r in rows:
         if r["result"] != "pass":
-            why = r.get("error") or "see checker.txt and faults.log"
+            why = r.get("error") or "see checker.txt, stream.txt and faults.log"
             print("seed %d: %s: %s (node logs, history, checker report in %s)" % (r["seed"], r["result"], why, r["out"]))
 
 
