@@ -170,51 +170,101 @@ uint64_t embedded_watch_now(embedded_watch_t *ew, uint32_t p) {
   return store_part_now(ew->cache, p);
 }
 
-typedef struct embedded_read {
-  int (*cb)(void *ctx, const embedded_change_t *ch);
-  void *ctx;
-} embedded_read_t;
+/* Changes copied out of the store under its partition lock, passed on
+ * after it is released: the receiver may block (a full queue) or write to
+ * the same partition (a callback) without holding writers up. */
+typedef struct embedded_batch {
+  embedded_change_t *v;
+  unsigned char **mem;
+  size_t n, cap;
+  int failed;
+} embedded_batch_t;
+
+static void embedded_batch_add(embedded_batch_t *b, const embedded_change_t *ch) {
+  if (b->failed) return;
+  if (b->n == b->cap) {
+    size_t cap = b->cap ? b->cap * 2 : 64;
+    embedded_change_t *v = realloc(b->v, cap * sizeof *v);
+    if (v) b->v = v;
+    unsigned char **m = v ? realloc(b->mem, cap * sizeof *m) : NULL;
+    if (m) b->mem = m;
+    if (!v || !m) {
+      b->failed = 1;
+      return;
+    }
+    b->cap = cap;
+  }
+  unsigned char *mem = malloc(ch->key_len + ch->value_len + 1);
+  if (!mem) {
+    b->failed = 1;
+    return;
+  }
+  if (ch->key_len) memcpy(mem, ch->key, ch->key_len);
+  if (ch->value_len) memcpy(mem + ch->key_len, ch->value, ch->value_len);
+  embedded_change_t *c = &b->v[b->n];
+  *c = *ch;
+  c->key = mem;
+  c->value = ch->value ? mem + ch->key_len : NULL;
+  b->mem[b->n++] = mem;
+}
+
+/* Passes the batch on and frees it; 1 when the receiver asked to stop. */
+static int embedded_batch_deliver(embedded_batch_t *b,
+                                  int (*cb)(void *ctx, const embedded_change_t *ch), void *ctx) {
+  int stop = 0;
+  for (size_t i = 0; i < b->n; i++) {
+    if (!stop) stop = cb(ctx, &b->v[i]);
+    free(b->mem[i]);
+  }
+  free(b->v);
+  free(b->mem);
+  return stop;
+}
 
 static int embedded_read_cb(void *ctx, const change_t *c) {
-  embedded_read_t *r = ctx;
   embedded_change_t ch = {.kind = (int)c->kind, .how = c->how, .counter = c->counter,
                           .version = c->version, .expire_at_ms = c->expire_at_ms,
-                          .key = c->key, .key_len = c->key_len, .value = c->value,
+                          .key = c->key, .key_len = c->key_len,
+                          .value = c->kind == CHANGE_PUT ? c->value : NULL,
                           .value_len = c->value_len};
-  return r->cb(r->ctx, &ch);
+  embedded_batch_add(ctx, &ch);
+  return ((embedded_batch_t *)ctx)->failed;
 }
 
 int embedded_watch_read(embedded_watch_t *ew, uint32_t p, uint64_t after, size_t max,
                         int (*cb)(void *ctx, const embedded_change_t *ch), void *ctx,
                         uint64_t *next, uint64_t *upto, uint64_t hint[3]) {
   changes_hint_t h = {hint[0], hint[1], (size_t)hint[2]};
-  embedded_read_t r = {cb, ctx};
-  int rc = store_changes_read(ew->cache, p, after, max, embedded_read_cb, &r, next, upto, &h);
+  embedded_batch_t b = {0};
+  int rc = store_changes_read(ew->cache, p, after, max, embedded_read_cb, &b, next, upto, &h);
   hint[0] = h.gen;
   hint[1] = h.counter;
   hint[2] = h.pos;
+  if (b.failed) {
+    /* Out of memory: what was copied goes on; the rest is read again. */
+    *next = b.n ? b.v[b.n - 1].counter : after;
+    hint[0] = 0;
+  }
+  embedded_batch_deliver(&b, cb, ctx);
   return rc == CHANGES_GAP ? 1 : 0;
 }
 
-typedef struct embedded_snap {
-  int (*cb)(void *ctx, const embedded_change_t *ch);
-  void *ctx;
-} embedded_snap_t;
-
 static int embedded_snap_cb(void *ctx, const void *key, size_t key_len, const void *value,
                             size_t value_len, uint64_t version, int64_t expire_at_ms) {
-  embedded_snap_t *sn = ctx;
   embedded_change_t ch = {.kind = CHANGE_PUT, .counter = version & STORE_COUNTER_MASK,
                           .version = version, .expire_at_ms = expire_at_ms, .key = key,
                           .key_len = key_len, .value = value, .value_len = value_len};
-  sn->cb(sn->ctx, &ch);
+  embedded_batch_add(ctx, &ch);
   return 0;
 }
 
 uint64_t embedded_watch_snapshot(embedded_watch_t *ew, uint32_t p,
-                                 int (*cb)(void *ctx, const embedded_change_t *ch), void *ctx) {
-  embedded_snap_t sn = {cb, ctx};
+                                 int (*cb)(void *ctx, const embedded_change_t *ch), void *ctx,
+                                 int *failed) {
+  embedded_batch_t b = {0};
   uint64_t upto;
-  store_snapshot(ew->cache, p, clock_wall_ms(), embedded_snap_cb, &sn, &upto);
+  store_snapshot(ew->cache, p, clock_wall_ms(), embedded_snap_cb, &b, &upto);
+  *failed = b.failed;
+  embedded_batch_deliver(&b, cb, ctx);
   return upto;
 }

@@ -41,6 +41,7 @@
 #define SUB_QUEUE_DEFAULT 65536
 #define SUB_CONNS_MAX 256
 #define SUB_RBUF_BYTES 65536
+#define SUB_ASK_PARTITIONS_MAX 32 /* partitions one SUBSCRIBE names */
 
 enum { SUB_UNWANTED = -3, SUB_ASKING = -2, SUB_HOMELESS = -1 };
 
@@ -357,6 +358,10 @@ static int sub_ask(grid_sub_t *s, int ci, const uint32_t *ps, size_t n) {
 
 static void sub_on_event(grid_sub_t *s, size_t ci, const Grid__Event *e) {
   uint32_t p = e->partition;
+  if (e->kind == GRID__EVENT_KIND__EVENT_DROPPED) {
+    sub_end(s, GRID_ENOCACHE, "the cache was dropped");
+    return;
+  }
   if (p >= s->nparts || s->home[p] != (int)ci) return; /* not from its home now */
   switch (e->kind) {
     case GRID__EVENT_KIND__EVENT_END:
@@ -430,8 +435,11 @@ static void sub_on_reply(grid_sub_t *s, size_t ci, const Grid__Reply *rp) {
      * node not serving, or not placing the cache yet). */
     for (uint32_t p = 0; p < s->nparts; p++)
       if (s->home[p] == SUB_ASKING && s->asking_on[p] == (int)ci) s->home[p] = SUB_HOMELESS;
+    /* (A node at subscriptions_max may have room later: after the first
+     * round, asked again.) */
     int transient = rp->status == GRID_ECLUSTER || rp->status == GRID_ENOTREADY ||
-                    rp->status == GRID_ESTALE || rp->status == GRID_EBUSY;
+                    rp->status == GRID_ESTALE || rp->status == GRID_EBUSY ||
+                    (rp->status == GRID_ELIMIT && s->init_done);
     const char *why = rp->message ? rp->message : grid_strerror(rp->status);
     if (!transient && !s->init_done && !s->init_status) {
       s->init_status = rp->status;
@@ -524,11 +532,17 @@ static void sub_place(grid_sub_t *s, int refresh) {
     }
     if (!n) continue;
     int ci = sub_conn_get(s, pl.addrs[a]);
-    if (ci < 0 || sub_ask(s, ci, ps, n) != 0) {
-      if (ci >= 0) sub_conn_lost(s, (size_t)ci);
-      continue;
+    /* In requests of a few partitions each: a reply names them all, and
+     * must fit the node's frame_bytes_max (1K at least). */
+    for (size_t at = 0; ci >= 0 && at < n; at += SUB_ASK_PARTITIONS_MAX) {
+      size_t k = n - at < SUB_ASK_PARTITIONS_MAX ? n - at : SUB_ASK_PARTITIONS_MAX;
+      if (sub_ask(s, ci, ps + at, k) != 0) {
+        sub_conn_lost(s, (size_t)ci);
+        ci = -1;
+        break;
+      }
+      s->asks++;
     }
-    s->asks++;
   }
   free(ps);
   router_place_free(&pl);
@@ -737,14 +751,20 @@ static int sub_local_change(void *ctx, const embedded_change_t *ch) {
   return atomic_load(&s->stop);
 }
 
-/* Reads p from its position up to what is announced. */
-static void sub_local_pump(grid_sub_t *s, uint32_t p, uint64_t (*hints)[3]) {
+/* Reads p from its position up to what is announced; 1 when more is
+ * left for later (its turn comes again). */
+static int sub_local_pump(grid_sub_t *s, uint32_t p, uint64_t (*hints)[3]) {
   if (s->snapdue[p]) {
     sub_local_read_t r = {s, p, 1};
     Grid__Event e = GRID__EVENT__INIT;
     e.kind = GRID__EVENT_KIND__EVENT_SNAPSHOT_END;
     e.partition = p;
-    e.counter = embedded_watch_snapshot(s->ew, p, sub_local_change, &r);
+    int failed = 0;
+    e.counter = embedded_watch_snapshot(s->ew, p, sub_local_change, &r, &failed);
+    if (failed) {
+      sub_drop_held(s, p); /* not whole: taken again */
+      return 1;
+    }
     sub_on_event(s, 0, &e);
   }
   for (int batch = 0; batch < 64 && !atomic_load(&s->stop); batch++) {
@@ -760,8 +780,9 @@ static void sub_local_pump(grid_sub_t *s, uint32_t p, uint64_t (*hints)[3]) {
     }
     /* Past the changes the filter left out too. */
     if (next > s->pos[p]) s->pos[p] = next;
-    if (s->pos[p] >= upto || next == before) return;
+    if (s->pos[p] >= upto || next == before) return 0;
   }
+  return !atomic_load(&s->stop);
 }
 
 static void sub_local_mark(void *ctx, uint32_t p) {
@@ -791,19 +812,24 @@ static void *sub_local_main(void *arg) {
     s->home[p] = 0;
     s->fresh[p] = 0;
     s->pos[p] = embedded_watch_now(s->ew, p);
-    if (s->snapdue[p]) sub_local_pump(s, p, hints);
+    if (s->snapdue[p]) dirty[p] = 1;
   }
   sub_init_finish(s);
+  int more = 1; /* snapshots to take first */
   while (!atomic_load(&s->stop)) {
     if (embedded_watch_dropped(s->ew)) {
       sub_end(s, GRID_ENOCACHE, "the cache was dropped");
       break;
     }
-    if (!embedded_watch_wait(s->ew, 100)) continue;
-    memset(dirty, 0, s->nparts);
+    /* With partitions left to read, no waiting: their turn is now. */
+    if (!embedded_watch_wait(s->ew, more ? 0 : 100) && !more) continue;
     embedded_watch_take(s->ew, sub_local_mark, dirty);
-    for (uint32_t p = 0; p < s->nparts && !atomic_load(&s->stop); p++)
-      if (dirty[p] && s->home[p] == 0) sub_local_pump(s, p, hints);
+    more = 0;
+    for (uint32_t p = 0; p < s->nparts && !atomic_load(&s->stop); p++) {
+      if (!dirty[p] || s->home[p] != 0) continue;
+      dirty[p] = (unsigned char)sub_local_pump(s, p, hints);
+      more |= dirty[p];
+    }
   }
   free(hints);
   free(dirty);

@@ -195,7 +195,13 @@ static size_t native_varint(unsigned char *at, uint64_t v) {
  * a burst of events leaves in a few frames, not one each. */
 static int native_batch_add(conn_t *c, uint64_t sub, const Grid__Event *ev) {
   native_conn_t *nc = native_of(c);
-  if (nc->batch_open && (nc->batch_sub != sub || c->wlen - nc->batch_at > NATIVE_BATCH_BYTES))
+  size_t len = grid__event__get_packed_size(ev);
+  /* A frame stays within what the client takes (frame_bytes_max, told at
+   * the handshake): an event joins the open one only if both fit. */
+  size_t max = (size_t)c->lp->node->cfg.frame_bytes_max;
+  if (max > NATIVE_BATCH_BYTES) max = NATIVE_BATCH_BYTES;
+  if (nc->batch_open &&
+      (nc->batch_sub != sub || c->wlen - nc->batch_at - FRAME_HEADER_BYTES + 12 + len > max))
     native_batch_close(c);
   if (!nc->batch_open) {
     unsigned char *at = conn_out_space(c, FRAME_HEADER_BYTES + 1 + 10);
@@ -208,7 +214,6 @@ static int native_batch_add(conn_t *c, uint64_t sub, const Grid__Event *ev) {
     nc->batch_open = 1;
     conn_out_commit(c, n);
   }
-  size_t len = grid__event__get_packed_size(ev);
   unsigned char *at = conn_out_space(c, 2 + 10 + len);
   if (!at) return GRID_ENOMEM;
   size_t n = native_varint(at, (16 << 3) | 2); /* Reply.events, length-delimited */
@@ -232,6 +237,8 @@ static int native_event(void *ctx, stream_sub_t *s, uint32_t p, int what, const 
     ev.kind = GRID__EVENT_KIND__EVENT_END;
   } else if (what == STREAM_EV_SNAPSHOT_END) {
     ev.kind = GRID__EVENT_KIND__EVENT_SNAPSHOT_END;
+  } else if (what == STREAM_EV_DROPPED) {
+    ev.kind = GRID__EVENT_KIND__EVENT_DROPPED;
   } else {
     ev.kind = what == STREAM_EV_SNAPSHOT    ? GRID__EVENT_KIND__EVENT_SNAPSHOT
               : ch->kind == CHANGE_PUT      ? GRID__EVENT_KIND__EVENT_PUT

@@ -674,8 +674,9 @@ static void repl_handoffs_on_map(loop_t *lp, const pmap_t *m) {
   }
 }
 
-/* A partition this loop leads with no write pending: what it applied is
- * as committed as it gets (reads answer from it already), so its change
+/* Each partition this loop owns learns whether it is led here (the sweep
+ * reads it). One it leads with no write pending: what it applied is as
+ * committed as it gets (reads answer from it already), so its change
  * stream may go on to there. A promoted backup gets here before any write
  * comes, and subscribers resume at once. */
 static void repl_commit_idle(loop_t *lp, const pmap_t *m) {
@@ -687,8 +688,10 @@ static void repl_commit_idle(loop_t *lp, const pmap_t *m) {
     if (!g) continue;
     for (uint32_t p = (uint32_t)lp->index; p < g->partitions; p += (uint32_t)loops) {
       store_part_sync_t *sy = store_part_sync(sc, p);
+      int led = pmap_primary(g, p) == lp->self;
+      atomic_store_explicit(&sy->led, led, memory_order_relaxed);
       uint64_t applied = atomic_load(&sy->applied);
-      if (applied == atomic_load(&sy->committed) || pmap_primary(g, p) != lp->self) continue;
+      if (applied == atomic_load(&sy->committed) || !led) continue;
       repl_part_t *part = sy->repl;
       if (part && !repl_order_empty(&part->order)) continue;
       store_part_commit(sc, p, applied);

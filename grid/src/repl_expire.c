@@ -94,15 +94,21 @@ void repl_expire_cron(loop_t *lp, int64_t now_ms) {
       rl->expire_part = (uint32_t)lp->index;
       rl->expire_cursor = 0;
     }
+    /* A reference of its own: running a removal may refresh the view,
+     * which lets a cache dropped meanwhile go. */
     store_cache_t *sc = lp->view.caches[rl->expire_cache];
+    store_cache_hold(sc);
     const pmap_group_t *g = pmap_find_cache(lp->pmap, store_cache_cfg(sc)->name);
-    while (budget && g && store_history_kept(sc) && rl->expire_part < g->partitions) {
+    int kept = store_history_kept(sc);
+    while (budget && g && kept && rl->expire_part < g->partitions) {
       uint32_t p = rl->expire_part;
       if (pmap_primary(g, p) == lp->self) budget = repl_expire_part(lp, sc, p, budget);
       else rl->expire_cursor = 0;
       if (rl->expire_cursor == 0) rl->expire_part += (uint32_t)loops;
     }
-    if (budget || !g || !store_history_kept(sc) || rl->expire_part >= g->partitions) {
+    int done = budget || !g || !kept || rl->expire_part >= g->partitions;
+    store_cache_release(n->store, sc);
+    if (done) {
       rl->expire_cache++;
       rl->expire_part = (uint32_t)lp->index;
       rl->expire_cursor = 0;

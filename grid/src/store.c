@@ -33,6 +33,8 @@ typedef struct store_part {
   uint64_t counter;         /* update counter: last version's low bits */
   store_part_sync_t sync;   /* replication progress (cluster mode) */
   changes_t *changes;       /* recent changes, NULL until the first */
+  uint64_t began;           /* the counter the history began after (its
+                               first record, or a fill's reset) */
 } store_part_t;
 
 struct store_cache {
@@ -441,7 +443,10 @@ int store_get(store_cache_t *c, const store_key_t *k, int64_t now_ms,
    * the read is a good part of a get's cost. */
   if (e && e->expire_at_ms && now_ms == STORE_NOW_LAZY) now_ms = clock_wall_ms();
   if (e && store_expired(e, now_ms)) {
-    store_unlink_free(c->store, p, link, e);
+    /* Where changes are kept, its removal is a change of its own (the
+     * sweep's, or the primary's): a read only sees it absent. */
+    if (!atomic_load_explicit(&c->history, memory_order_relaxed))
+      store_unlink_free(c->store, p, link, e);
     e = NULL;
   }
   if (e) {
@@ -742,6 +747,7 @@ static void store_keep_change(store_t *s, store_part_t *p, const change_t *ch) {
       return;
     }
     changes_init(p->changes, (size_t)s->limits.change_buffer_bytes, ch->counter - 1);
+    p->began = ch->counter - 1;
   }
   changes_t *r = p->changes;
   if (ch->counter <= r->last) {
@@ -988,7 +994,10 @@ void store_part_reset(store_cache_t *c, uint32_t part, uint64_t counter) {
     p->counter = counter;
     atomic_store_explicit(&p->sync.applied, counter, memory_order_release);
   }
-  if (p->changes) changes_reset(p->changes, counter);
+  if (p->changes) {
+    changes_reset(p->changes, counter);
+    p->began = counter;
+  }
   pthread_mutex_unlock(&p->lock);
 }
 
@@ -1010,9 +1019,10 @@ uint64_t store_part_now(store_cache_t *c, uint32_t part) {
   pthread_mutex_lock(&p->lock);
   uint64_t now = store_part_announced(c, part);
   /* Writes in flight when the history began are not in it: "from now"
-   * starts after them (they were concurrent with the subscription). */
-  uint64_t base = p->changes ? p->changes->base : (p->counter & STORE_COUNTER_MASK);
-  if (base > now) now = base;
+   * starts after them (they were concurrent with the subscription). (Not
+   * the ring's base, which moves as it forgets.) */
+  uint64_t began = p->changes ? p->began : (p->counter & STORE_COUNTER_MASK);
+  if (began > now) now = began;
   pthread_mutex_unlock(&p->lock);
   return now;
 }
@@ -1197,13 +1207,13 @@ int64_t store_memory_bytes_max(const store_t *s) { return s->limits.memory_bytes
 /* Removes expired entries of one bucket; returns how many entries it
  * looked at. */
 static size_t store_sweep_bucket(store_t *s, store_part_t *p, uint64_t b,
-                                 int64_t now_ms, int counted, size_t *removed) {
+                                 int64_t now_ms, int counted, int64_t grace_ms, size_t *removed) {
   size_t looked = 0;
   store_entry_t **link = &p->buckets[b];
   while (*link) {
     store_entry_t *e = *link;
     looked++;
-    if (store_expired(e, now_ms)) {
+    if (store_expired(e, now_ms) && (!grace_ms || e->expire_at_ms < now_ms - grace_ms)) {
       if (counted) {
         /* A change of its own: a counter, and the history says so. */
         uint64_t version = store_next_version(s, p);
@@ -1242,29 +1252,35 @@ size_t store_sweep(store_t *s, int64_t now_ms, size_t budget) {
       continue;
     }
     int history = atomic_load_explicit(&c->history, memory_order_relaxed);
-    if (history && !s->announce_applied) {
-      /* A cluster's: its primaries remove them, as changes of their own
-       * sent to every copy (repl). */
-      s->sweep_cache++;
-      s->sweep_part = 0;
-      s->sweep_cursor = 0;
-      parts_visited++;
-      continue;
-    }
     store_part_t *p = &c->parts[s->sweep_part];
+    int64_t grace_ms = 0;
+    if (history && !s->announce_applied) {
+      /* A cluster's: the primary removes them, as changes of their own
+       * sent to every copy (repl_expire.c); a copy of a partition led
+       * elsewhere removes them itself only long after (its primary may
+       * not keep changes, and sweep silently). */
+      if (atomic_load_explicit(&p->sync.led, memory_order_relaxed)) {
+        s->sweep_part++;
+        s->sweep_cursor = 0;
+        parts_visited++;
+        continue;
+      }
+      grace_ms = STORE_BACKUP_EXPIRE_GRACE_MS;
+    }
     size_t removed_before = removed;
     pthread_mutex_lock(&p->lock);
     uint64_t v = s->sweep_cursor;
     if (p->buckets && atomic_load_explicit(&p->count, memory_order_relaxed) > 0) {
       do {
-        looked += store_sweep_bucket(s, p, v & p->mask, now_ms, history, &removed) + 1;
+        looked += store_sweep_bucket(s, p, v & p->mask, now_ms, history && !grace_ms, grace_ms,
+                                     &removed) + 1;
         v = store_cursor_next(v, p->mask);
       } while (v != 0 && looked < budget);
     } else {
       v = 0;
     }
     pthread_mutex_unlock(&p->lock);
-    if (history && removed != removed_before && store_watched(c))
+    if (history && !grace_ms && removed != removed_before && store_watched(c))
       store_part_commit(c, (uint32_t)s->sweep_part, 0);
     s->sweep_cursor = v;
     if (v == 0) {

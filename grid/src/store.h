@@ -113,10 +113,17 @@ typedef void (*store_applied_fn)(void *ctx, const void *key, size_t key_len,
 typedef struct store_part_sync {
   _Atomic uint64_t applied;
   _Atomic uint64_t committed;
+  _Atomic int led;          /* this node leads the partition (repl sets it
+                               with each map): its sweep leaves followed
+                               caches' expired keys to repl_expire.c */
   void *repl;               /* the owning loop's state for the partition */
 } store_part_sync_t;
 
 #define STORE_COUNTER_MASK ((UINT64_C(1) << STORE_VERSION_COUNTER_BITS) - 1)
+/* A copy of a followed cache's partition led elsewhere removes an expired
+ * key itself this long after it expired (its primary removes it first,
+ * with a record, unless it keeps no changes for the cache). */
+#define STORE_BACKUP_EXPIRE_GRACE_MS 10000
 
 
 /* Creates the store with a "default" cache. Returns NULL when out of memory.

@@ -377,8 +377,12 @@ void stream_resume(stream_sub_t *s) {
   s->stalled = 0;
   size_t words = (s->nparts + 63) / 64;
   for (size_t i = 0; i < words && !s->stalled; i++) {
-    while (s->backlog[i] && !s->stalled) {
-      uint32_t p = (uint32_t)(i * 64 + (size_t)__builtin_ctzll(s->backlog[i]));
+    /* The partitions waiting now, each once: one that stops at its bound
+     * is marked again, and waits its turn (store_watch_poke). */
+    uint64_t bits = s->backlog[i];
+    while (bits && !s->stalled) {
+      uint32_t p = (uint32_t)(i * 64 + (size_t)__builtin_ctzll(bits));
+      bits &= bits - 1;
       stream_pump(s, p);
     }
   }
@@ -421,15 +425,8 @@ void stream_cron(loop_t *lp, int64_t now_ms) {
     wt->subs = NULL;
     for (stream_sub_t *s = list, *sn; s; s = sn) {
       sn = s->next;
-      size_t words = (s->nparts + 63) / 64;
-      for (size_t i = 0; i < words; i++) {
-        uint64_t bits = s->on[i];
-        while (bits) {
-          uint32_t p = (uint32_t)(i * 64 + (size_t)__builtin_ctzll(bits));
-          bits &= bits - 1;
-          s->out->event(s->ctx, s, p, STREAM_EV_END, NULL, s->pos[p]);
-        }
-      }
+      /* Not END: its positions mean nothing in a cache made anew. */
+      s->out->event(s->ctx, s, 0, STREAM_EV_DROPPED, NULL, 0);
       stream_drop(s, UINT32_MAX);
       s->out->flush(s->ctx);
       s->watch = NULL;

@@ -36,6 +36,7 @@ enum {
   STREAM_EV_SNAPSHOT = 3,  /* ch: an entry of the partition's snapshot */
   STREAM_EV_SNAPSHOT_END = 4, /* the snapshot is whole; changes after pos
                                  follow */
+  STREAM_EV_DROPPED = 5,   /* the cache was dropped: the subscription ends */
 };
 
 typedef struct stream_out {

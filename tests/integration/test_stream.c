@@ -457,6 +457,40 @@ static void test_unsubscribe_with_waiter(void) {
   grid_close(g);
 }
 
+/* A node with small frames: event frames stay within frame_bytes_max
+ * (found in review: a 64 KB batch was refused by the client, which
+ * subscribed again to the same batch, for ever). */
+static void test_small_frames(void) {
+  harness_node_t small;
+  const char *settings[] = {"frame_bytes_max=4K", NULL};
+  harness_start(&small, settings);
+  grid_options_t o = {.timeout_ms = 10000, .client_name = "test_stream"};
+  grid_t *g = NULL;
+  CHECK_RC(grid_open(small.uri, &o, &g), 0);
+  char val[1000];
+  memset(val, 'v', sizeof val);
+  for (int i = 0; i < 100; i++) {
+    char key[16];
+    snprintf(key, sizeof key, "b%d", i);
+    CHECK_RC(grid_put(g, "default", key, strlen(key), val, sizeof val, 0, NULL), 0);
+  }
+  grid_sub_options_t so = {.snapshot = 1};
+  grid_sub_t *s;
+  CHECK_RC(grid_subscribe(g, "default", &so, &s), 0);
+  int entries = 0;
+  grid_event_t ev;
+  for (;;) {
+    ev = next_event(s);
+    if (ev.kind == GRID_EVENT_SYNCED) break;
+    CHECK_EQ(ev.value_len, sizeof val);
+    entries++;
+  }
+  CHECK_EQ(entries, 100);
+  grid_unsubscribe(s);
+  grid_close(g);
+  CHECK_EQ(harness_stop(&small), 0);
+}
+
 static void test_bad_input(void) {
   grid_t *g = open_remote();
   grid_sub_t *s;
@@ -534,6 +568,7 @@ int main(void) {
   RUN(test_snapshot_past_queue);
   RUN(test_dropped_cache_ends);
   RUN(test_unsubscribe_with_waiter);
+  RUN(test_small_frames);
   RUN(test_bad_input);
   CHECK_EQ(harness_stop(&node), 0);
   printf("test_stream: ok\n");
