@@ -125,6 +125,14 @@ typedef struct embedded_change {
   const void *value;
   size_t value_len;
 } embedded_change_t;
+/* What a subscription keeps: keep(ctx, key) is called with the store's
+ * partition locked (it must not call the store), before anything is
+ * copied. */
+typedef struct embedded_filter {
+  int (*keep)(void *ctx, const void *key, size_t key_len);
+  void *ctx;
+  int keys_only;
+} embedded_filter_t;
 int embedded_watch_open(embedded_t *e, const char *cache, embedded_watch_t **out,
                         uint32_t *partitions);
 void embedded_watch_close(embedded_watch_t *ew);
@@ -136,17 +144,19 @@ void embedded_watch_take(embedded_watch_t *ew, void (*fn)(void *ctx, uint32_t p)
 int embedded_watch_dropped(embedded_watch_t *ew);
 /* Where "from now" starts in p. */
 uint64_t embedded_watch_now(embedded_watch_t *ew, uint32_t p);
-/* p's changes after `after`, as store_changes_read, copied out and passed
- * on once the store's lock is released (cb may block or write): 1 for a
- * GAP (*next is where it goes on), else 0. hint: the reader's, zeroed at
- * first. */
+/* p's changes after `after` that f keeps, as store_changes_read, copied
+ * out and passed on once the store's lock is released (cb may block or
+ * write): 1 for a GAP (*next is where it goes on), -1 when memory ran out
+ * (*next: what was passed; read again later), else 0. hint: the
+ * reader's, zeroed at first. */
 int embedded_watch_read(embedded_watch_t *ew, uint32_t p, uint64_t after, size_t max,
+                        const embedded_filter_t *f,
                         int (*cb)(void *ctx, const embedded_change_t *ch), void *ctx,
                         uint64_t *next, uint64_t *upto, uint64_t hint[3]);
 /* p's snapshot (entries at or before the returned counter), passed on
  * once copied out (cb may block or write); *failed when memory ran out
  * (the snapshot is not whole: take it again). */
-uint64_t embedded_watch_snapshot(embedded_watch_t *ew, uint32_t p,
+uint64_t embedded_watch_snapshot(embedded_watch_t *ew, uint32_t p, const embedded_filter_t *f,
                                  int (*cb)(void *ctx, const embedded_change_t *ch), void *ctx,
                                  int *failed);
 

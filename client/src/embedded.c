@@ -178,10 +178,23 @@ typedef struct embedded_batch {
   unsigned char **mem;
   size_t n, cap;
   int failed;
+  const embedded_filter_t *filter; /* applied before copying */
+  uint64_t last;                /* the counter of the last change looked at
+                                   and left out, or copied */
 } embedded_batch_t;
 
 static void embedded_batch_add(embedded_batch_t *b, const embedded_change_t *ch) {
   if (b->failed) return;
+  if (b->filter && !b->filter->keep(b->filter->ctx, ch->key, ch->key_len)) {
+    b->last = ch->counter;
+    return;
+  }
+  embedded_change_t c0 = *ch;
+  if (b->filter && b->filter->keys_only) {
+    c0.value = NULL;
+    c0.value_len = 0;
+  }
+  ch = &c0;
   if (b->n == b->cap) {
     size_t cap = b->cap ? b->cap * 2 : 64;
     embedded_change_t *v = realloc(b->v, cap * sizeof *v);
@@ -206,6 +219,7 @@ static void embedded_batch_add(embedded_batch_t *b, const embedded_change_t *ch)
   c->key = mem;
   c->value = ch->value ? mem + ch->key_len : NULL;
   b->mem[b->n++] = mem;
+  b->last = ch->counter;
 }
 
 /* Passes the batch on and frees it; 1 when the receiver asked to stop. */
@@ -232,21 +246,23 @@ static int embedded_read_cb(void *ctx, const change_t *c) {
 }
 
 int embedded_watch_read(embedded_watch_t *ew, uint32_t p, uint64_t after, size_t max,
+                        const embedded_filter_t *f,
                         int (*cb)(void *ctx, const embedded_change_t *ch), void *ctx,
                         uint64_t *next, uint64_t *upto, uint64_t hint[3]) {
   changes_hint_t h = {hint[0], hint[1], (size_t)hint[2]};
-  embedded_batch_t b = {0};
+  embedded_batch_t b = {.filter = f, .last = after};
   int rc = store_changes_read(ew->cache, p, after, max, embedded_read_cb, &b, next, upto, &h);
   hint[0] = h.gen;
   hint[1] = h.counter;
   hint[2] = h.pos;
-  if (b.failed) {
+  int failed = b.failed;
+  if (failed) {
     /* Out of memory: what was copied goes on; the rest is read again. */
-    *next = b.n ? b.v[b.n - 1].counter : after;
+    *next = b.last;
     hint[0] = 0;
   }
   embedded_batch_deliver(&b, cb, ctx);
-  return rc == CHANGES_GAP ? 1 : 0;
+  return failed ? -1 : rc == CHANGES_GAP ? 1 : 0;
 }
 
 static int embedded_snap_cb(void *ctx, const void *key, size_t key_len, const void *value,
@@ -258,10 +274,10 @@ static int embedded_snap_cb(void *ctx, const void *key, size_t key_len, const vo
   return 0;
 }
 
-uint64_t embedded_watch_snapshot(embedded_watch_t *ew, uint32_t p,
+uint64_t embedded_watch_snapshot(embedded_watch_t *ew, uint32_t p, const embedded_filter_t *f,
                                  int (*cb)(void *ctx, const embedded_change_t *ch), void *ctx,
                                  int *failed) {
-  embedded_batch_t b = {0};
+  embedded_batch_t b = {.filter = f};
   uint64_t upto;
   store_snapshot(ew->cache, p, clock_wall_ms(), embedded_snap_cb, &b, &upto);
   *failed = b.failed;

@@ -82,6 +82,7 @@ struct grid_sub {
   sub_item_t **held, **held_tail; /* per partition: its snapshot's entries
                                    so far, passed on once it is whole */
   int64_t *asked_ms;            /* SUB_ASKING: since when */
+  uint64_t *asked_id;           /* ... and the request's id */
   sub_conn_t conns[SUB_CONNS_MAX];
   size_t nconns;
   int64_t retry_at_ms, map_check_at_ms;
@@ -350,6 +351,7 @@ static int sub_ask(grid_sub_t *s, int ci, const uint32_t *ps, size_t n) {
     s->home[ps[i]] = SUB_ASKING;
     s->asking_on[ps[i]] = ci;
     s->asked_ms[ps[i]] = now;
+    s->asked_id[ps[i]] = rq.id;
   }
   return 0;
 }
@@ -434,12 +436,14 @@ static void sub_on_reply(grid_sub_t *s, size_t ci, const Grid__Reply *rp) {
      * later; the first round reports one that is not about the moment (a
      * node not serving, or not placing the cache yet). */
     for (uint32_t p = 0; p < s->nparts; p++)
-      if (s->home[p] == SUB_ASKING && s->asking_on[p] == (int)ci) s->home[p] = SUB_HOMELESS;
+      if (s->home[p] == SUB_ASKING && s->asking_on[p] == (int)ci && s->asked_id[p] == rp->id)
+        s->home[p] = SUB_HOMELESS;
     /* (A node at subscriptions_max may have room later: after the first
-     * round, asked again.) */
+     * round, asked again. Other limits do not pass.) */
     int transient = rp->status == GRID_ECLUSTER || rp->status == GRID_ENOTREADY ||
                     rp->status == GRID_ESTALE || rp->status == GRID_EBUSY ||
-                    (rp->status == GRID_ELIMIT && s->init_done);
+                    (rp->status == GRID_ELIMIT && s->init_done && rp->message &&
+                     strstr(rp->message, "subscriptions_max"));
     const char *why = rp->message ? rp->message : grid_strerror(rp->status);
     if (!transient && !s->init_done && !s->init_status) {
       s->init_status = rp->status;
@@ -611,8 +615,9 @@ static int sub_alloc_parts(grid_sub_t *s) {
   s->held = calloc(s->nparts, sizeof *s->held);
   s->held_tail = calloc(s->nparts, sizeof *s->held_tail);
   s->asked_ms = calloc(s->nparts, sizeof *s->asked_ms);
+  s->asked_id = calloc(s->nparts, sizeof *s->asked_id);
   if (!s->pos || !s->home || !s->asking_on || !s->fresh || !s->snapdue || !s->held ||
-      !s->held_tail || !s->asked_ms)
+      !s->held_tail || !s->asked_ms || !s->asked_id)
     return GRID_ENOMEM;
   for (uint32_t p = 0; p < s->nparts; p++) {
     s->home[p] = s->opts.n_affinity_keys ? SUB_UNWANTED : SUB_HOMELESS;
@@ -751,27 +756,38 @@ static int sub_local_change(void *ctx, const embedded_change_t *ch) {
   return atomic_load(&s->stop);
 }
 
-/* Reads p from its position up to what is announced; 1 when more is
- * left for later (its turn comes again). */
+static int sub_local_keep(void *ctx, const void *key, size_t key_len) {
+  return sub_passes(ctx, key, key_len);
+}
+
+/* Reads p from its position up to what is announced: 0 when it caught up,
+ * 1 when more is left for its next turn, 2 when memory ran out (its turn
+ * comes after a pause). */
 static int sub_local_pump(grid_sub_t *s, uint32_t p, uint64_t (*hints)[3]) {
+  embedded_filter_t f = {sub_local_keep, s, s->opts.keys_only};
   if (s->snapdue[p]) {
     sub_local_read_t r = {s, p, 1};
     Grid__Event e = GRID__EVENT__INIT;
     e.kind = GRID__EVENT_KIND__EVENT_SNAPSHOT_END;
     e.partition = p;
     int failed = 0;
-    e.counter = embedded_watch_snapshot(s->ew, p, sub_local_change, &r, &failed);
+    e.counter = embedded_watch_snapshot(s->ew, p, &f, sub_local_change, &r, &failed);
     if (failed) {
       sub_drop_held(s, p); /* not whole: taken again */
-      return 1;
+      return 2;
     }
     sub_on_event(s, 0, &e);
   }
   for (int batch = 0; batch < 64 && !atomic_load(&s->stop); batch++) {
     sub_local_read_t r = {s, p, 0};
     uint64_t next, upto, before = s->pos[p];
-    if (embedded_watch_read(s->ew, p, before, 256, sub_local_change, &r, &next, &upto,
-                            hints[p])) {
+    int rc = embedded_watch_read(s->ew, p, before, 256, &f, sub_local_change, &r, &next, &upto,
+                                 hints[p]);
+    if (rc < 0) {
+      if (next > s->pos[p]) s->pos[p] = next;
+      return 2;
+    }
+    if (rc > 0) {
       Grid__Event e = GRID__EVENT__INIT;
       e.kind = GRID__EVENT_KIND__EVENT_GAP;
       e.partition = p;
@@ -815,20 +831,24 @@ static void *sub_local_main(void *arg) {
     if (s->snapdue[p]) dirty[p] = 1;
   }
   sub_init_finish(s);
-  int more = 1; /* snapshots to take first */
+  int more = 1, pause = 0; /* snapshots to take first */
   while (!atomic_load(&s->stop)) {
     if (embedded_watch_dropped(s->ew)) {
       sub_end(s, GRID_ENOCACHE, "the cache was dropped");
       break;
     }
-    /* With partitions left to read, no waiting: their turn is now. */
-    if (!embedded_watch_wait(s->ew, more ? 0 : 100) && !more) continue;
+    /* With partitions left to read, no waiting: their turn is now (after
+     * a pause when memory ran out). */
+    int wait = more && !pause ? 0 : 100;
+    if (!embedded_watch_wait(s->ew, (uint32_t)wait) && !more) continue;
     embedded_watch_take(s->ew, sub_local_mark, dirty);
-    more = 0;
+    more = pause = 0;
     for (uint32_t p = 0; p < s->nparts && !atomic_load(&s->stop); p++) {
       if (!dirty[p] || s->home[p] != 0) continue;
-      dirty[p] = (unsigned char)sub_local_pump(s, p, hints);
-      more |= dirty[p];
+      int got = sub_local_pump(s, p, hints);
+      dirty[p] = got != 0;
+      more |= got != 0;
+      pause |= got == 2;
     }
   }
   free(hints);
@@ -856,6 +876,7 @@ static void sub_free(grid_sub_t *s) {
   free(s->held);
   free(s->held_tail);
   free(s->asked_ms);
+  free(s->asked_id);
   while (s->head) {
     sub_item_t *it = s->head;
     s->head = it->next;

@@ -439,11 +439,15 @@ static int cluster_read_def(cluster_t *c, const char *name, store_cache_cfg_t *o
 
 /* The local store: create what is defined, drop what is not, and make
  * again a cache defined anew with another shape. */
-static void cluster_sync_store(cluster_t *c) {
+/* Makes and drops this node's caches as defined; 1 when it made one (the
+ * loops then take the map again: what they keep per partition, such as
+ * whether it is led here, covers the new cache). */
+static int cluster_sync_store(cluster_t *c) {
   node_t *n = c->node;
   size_t max = (size_t)n->cfg.caches_max;
   store_cache_cfg_t *local = calloc(max + 1, sizeof *local);
-  if (!local) return;
+  if (!local) return 0;
+  int made = 0;
   size_t nlocal = store_cache_list(n->store, local, max);
   if (nlocal > max) nlocal = max;
   for (size_t j = 0; j < nlocal; j++) {
@@ -457,6 +461,7 @@ static void cluster_sync_store(cluster_t *c) {
     const store_cache_cfg_t *l = cluster_def_find(local, nlocal, c->defs[i].name);
     if (l && cluster_def_same(l, &c->defs[i])) continue;
     int rc = store_cache_create(n->store, &c->defs[i]);
+    made |= rc == 0;
     if (rc == 0)
       LOG_I("cluster", "\"cache created\" cache=%s partitions=%u backups=%u", c->defs[i].name,
             c->defs[i].partitions, c->defs[i].backups);
@@ -465,6 +470,7 @@ static void cluster_sync_store(cluster_t *c) {
             c->defs[i].name, grid_err_name(rc));
   }
   free(local);
+  return made;
 }
 
 static int cluster_read_caches(cluster_t *c, int *changed) {
@@ -924,7 +930,7 @@ static int cluster_read_map(cluster_t *c, int caches_changed) {
      * was made with. */
     int defs_changed = 0;
     rc = cluster_read_caches(c, &defs_changed);
-    if (rc == 0) cluster_sync_store(c);
+    if (rc == 0 && cluster_sync_store(c)) c->caches_stale = 1;
   }
   if (rc == 0) rc = cluster_name_caches(c, &m);
   if (rc != 0) {
@@ -1440,7 +1446,7 @@ static void cluster_resync(cluster_t *c, int leaving) {
   if (defs_changed) c->caches_stale = 1;
   /* Every pass, not only when the definitions change: a cache this node
    * could not make (no memory, its own caches_max) is tried again. */
-  if (rc == 0) cluster_sync_store(c);
+  if (rc == 0 && cluster_sync_store(c)) c->caches_stale = 1;
   if (rc == 0) rc = cluster_read_nodes(c, alive, &nalive);
   if (rc == 0) rc = cluster_read_coordinator(c, coord, sizeof coord);
   if (rc == 0) rc = cluster_read_map(c, c->caches_stale);

@@ -688,7 +688,7 @@ static void repl_commit_idle(loop_t *lp, const pmap_t *m) {
     if (!g) continue;
     for (uint32_t p = (uint32_t)lp->index; p < g->partitions; p += (uint32_t)loops) {
       store_part_sync_t *sy = store_part_sync(sc, p);
-      int led = pmap_primary(g, p) == lp->self;
+      int led = lp->self >= 0 && pmap_primary(g, p) == lp->self;
       atomic_store_explicit(&sy->led, led, memory_order_relaxed);
       uint64_t applied = atomic_load(&sy->applied);
       if (applied == atomic_load(&sy->committed) || !led) continue;

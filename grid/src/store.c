@@ -755,6 +755,7 @@ static void store_keep_change(store_t *s, store_part_t *p, const change_t *ch) {
      * come in counter order, and a fill restarts the history at its
      * counter): forget it all rather than pass a change out of order. */
     changes_reset(r, ch->counter);
+    p->began = ch->counter;
     return;
   }
   size_t want = changes_grow_wanted(r, ch);
@@ -763,7 +764,11 @@ static void store_keep_change(store_t *s, store_part_t *p, const change_t *ch) {
     if (store_changes_reserve(s, delta) == 0 && changes_grow(r, want) != 0)
       store_changes_unreserve(s, delta);
   }
+  uint64_t base = r->base;
   changes_append(r, ch);
+  /* A change the ring could not keep reset it: the history begins again
+   * after it. */
+  if (r->base > base && r->count == 0) p->began = r->base;
 }
 
 static void store_keep(store_t *s, store_part_t *p, change_kind_t kind, uint8_t how,
