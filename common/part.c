@@ -34,3 +34,15 @@ uint32_t part_of(const void *key, size_t key_len, uint32_t partitions) {
   GRID_ASSERT(partitions > 0);
   return (uint32_t)(part_hash(key, key_len) % partitions);
 }
+
+int part_key_passes(const void *key, size_t key_len, const void *prefix, size_t prefix_len,
+                    const void *const *tags, const size_t *tag_lens, size_t ntags) {
+  if (prefix && (key_len < prefix_len || memcmp(key, prefix, prefix_len) != 0)) return 0;
+  if (!ntags) return 1;
+  const void *tag;
+  size_t tag_len;
+  part_affinity(key, key_len, &tag, &tag_len);
+  for (size_t i = 0; i < ntags; i++)
+    if (tag_lens[i] == tag_len && memcmp(tags[i], tag, tag_len) == 0) return 1;
+  return 0;
+}

@@ -16,6 +16,11 @@
 void part_affinity(const void *key, size_t key_len, const void **aff,
                    size_t *aff_len);
 uint64_t part_hash(const void *key, size_t key_len);
+/* A change stream's filter: whether key starts with prefix (NULL: any),
+ * and, when ntags > 0, whether its affinity part is one of tags (affinity
+ * parts already taken with part_affinity). */
+int part_key_passes(const void *key, size_t key_len, const void *prefix, size_t prefix_len,
+                    const void *const *tags, const size_t *tag_lens, size_t ntags);
 uint32_t part_of(const void *key, size_t key_len, uint32_t partitions);
 
 #endif

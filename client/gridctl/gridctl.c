@@ -251,20 +251,8 @@ static void watch_on_signal(int sig) {
   watch_stop = 1;
 }
 
-static const char *event_name(grid_event_kind_t k) {
-  switch (k) {
-    case GRID_EVENT_PUT: return "put";
-    case GRID_EVENT_DELETE: return "delete";
-    case GRID_EVENT_EXPIRE: return "expire";
-    case GRID_EVENT_GAP: return "gap";
-    case GRID_EVENT_SYNCED: return "synced";
-    case GRID_EVENT_ENDED: return "ended";
-  }
-  return "?";
-}
-
 static void watch_print(const grid_event_t *ev, int json) {
-  const char *kind = ev->snapshot ? "snapshot" : event_name(ev->kind);
+  const char *kind = ev->snapshot ? "snapshot" : grid_event_name(ev->kind);
   if (json) {
     printf("{\"event\":\"%s\",\"partition\":%" PRIu32, kind, ev->partition);
     if (ev->kind == GRID_EVENT_PUT || ev->kind == GRID_EVENT_DELETE ||

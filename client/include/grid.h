@@ -299,6 +299,10 @@ typedef struct grid_event {
   int status;             /* GRID_EVENT_ENDED: why */
 } grid_event_t;
 
+/* The kind's name: "put", "delete", "expire", "gap", "synced", "ended"
+ * ("?" for another value). Static. */
+GRID_EXPORT const char *grid_event_name(grid_event_kind_t kind);
+
 typedef void (*grid_event_cb)(const grid_event_t *ev, void *arg);
 
 typedef struct grid_sub_options {

@@ -138,14 +138,7 @@ void embedded_watch_close(embedded_watch_t *ew) {
 }
 
 int embedded_watch_wait(embedded_watch_t *ew, uint32_t timeout_ms) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  ts.tv_sec += timeout_ms / 1000;
-  ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-  if (ts.tv_nsec >= 1000000000L) {
-    ts.tv_sec++;
-    ts.tv_nsec -= 1000000000L;
-  }
+  struct timespec ts = clock_mono_deadline(timeout_ms);
   pthread_mutex_lock(&ew->lock);
   while (!ew->woken && pthread_cond_timedwait(&ew->cond, &ew->lock, &ts) == 0) {
   }

@@ -67,6 +67,8 @@ struct grid_sub {
   unsigned char *prefix;
   unsigned char **akeys;
   size_t *akey_lens;
+  const void **atags;           /* their affinity parts (into akeys) */
+  size_t *atag_lens;
   uint64_t id;                  /* the subscription's id on every node */
   pthread_t thread;
   int efd;                      /* wakes the thread to stop */
@@ -111,19 +113,6 @@ static uint64_t sub_next_id(void) {
 
 /* ---- delivery ----------------------------------------------------------- */
 
-/* The monotonic time ms from now, for pthread_cond_timedwait. */
-static struct timespec sub_deadline(uint32_t ms) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  ts.tv_sec += ms / 1000;
-  ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-  if (ts.tv_nsec >= 1000000000L) {
-    ts.tv_sec++;
-    ts.tv_nsec -= 1000000000L;
-  }
-  return ts;
-}
-
 /* A copy of ev that owns its bytes, or NULL. */
 static sub_item_t *sub_item_new(const grid_event_t *ev) {
   sub_item_t *it = malloc(sizeof *it + ev->key_len + ev->value_len + 1);
@@ -163,7 +152,7 @@ static void sub_enqueue(grid_sub_t *s, sub_item_t *it) {
   pthread_mutex_lock(&s->lock);
   size_t max = s->opts.queue_max ? s->opts.queue_max : SUB_QUEUE_DEFAULT;
   while (s->init_done && s->queued >= max && !atomic_load(&s->stop)) {
-    struct timespec ts = sub_deadline(100); /* stop is looked at again */
+    struct timespec ts = clock_mono_deadline(100); /* stop is looked at again */
     pthread_cond_timedwait(&s->cond, &s->lock, &ts);
   }
   if (s->tail) s->tail->next = it;
@@ -706,20 +695,8 @@ static void *sub_main(void *arg) {
 /* Whether key passes the subscription's filter (the node applies it for a
  * remote subscription, stream.c). */
 static int sub_passes(const grid_sub_t *s, const void *key, size_t key_len) {
-  if (s->prefix &&
-      (key_len < s->opts.prefix_len || memcmp(key, s->prefix, s->opts.prefix_len) != 0))
-    return 0;
-  if (!s->opts.n_affinity_keys) return 1;
-  const void *tag;
-  size_t tag_len;
-  part_affinity(key, key_len, &tag, &tag_len);
-  for (size_t i = 0; i < s->opts.n_affinity_keys; i++) {
-    const void *want;
-    size_t want_len;
-    part_affinity(s->akeys[i], s->akey_lens[i], &want, &want_len);
-    if (want_len == tag_len && memcmp(want, tag, tag_len) == 0) return 1;
-  }
-  return 0;
+  return part_key_passes(key, key_len, s->prefix, s->opts.prefix_len, s->atags, s->atag_lens,
+                         s->opts.n_affinity_keys);
 }
 
 typedef struct sub_local_read {
@@ -866,6 +843,8 @@ static void sub_free(grid_sub_t *s) {
   for (size_t i = 0; i < s->opts.n_affinity_keys && s->akeys; i++) free(s->akeys[i]);
   free(s->akeys);
   free(s->akey_lens);
+  free(s->atags);
+  free(s->atag_lens);
   free(s->prefix);
   free(s->pos);
   free(s->home);
@@ -951,7 +930,9 @@ int grid_subscribe(grid_t *g, const char *cache, const grid_sub_options_t *opts,
   if (rc == 0 && o.n_affinity_keys) {
     s->akeys = calloc(o.n_affinity_keys, sizeof *s->akeys);
     s->akey_lens = calloc(o.n_affinity_keys, sizeof *s->akey_lens);
-    if (!s->akeys || !s->akey_lens) rc = GRID_ENOMEM;
+    s->atags = calloc(o.n_affinity_keys, sizeof *s->atags);
+    s->atag_lens = calloc(o.n_affinity_keys, sizeof *s->atag_lens);
+    if (!s->akeys || !s->akey_lens || !s->atags || !s->atag_lens) rc = GRID_ENOMEM;
     for (size_t i = 0; rc == 0 && i < o.n_affinity_keys; i++) {
       s->akeys[i] = malloc(o.affinity_key_lens[i]);
       if (!s->akeys[i]) {
@@ -960,6 +941,7 @@ int grid_subscribe(grid_t *g, const char *cache, const grid_sub_options_t *opts,
       }
       memcpy(s->akeys[i], o.affinity_keys[i], o.affinity_key_lens[i]);
       s->akey_lens[i] = o.affinity_key_lens[i];
+      part_affinity(s->akeys[i], s->akey_lens[i], &s->atags[i], &s->atag_lens[i]);
     }
   }
   if (rc == 0 &&
@@ -989,7 +971,7 @@ int grid_subscribe(grid_t *g, const char *cache, const grid_sub_options_t *opts,
 int grid_sub_next(grid_sub_t *s, uint32_t timeout_ms, grid_event_t *ev) {
   if (!s || !ev) return GRID_EINVAL;
   if (s->opts.callback) return GRID_EINVAL;
-  struct timespec ts = sub_deadline(timeout_ms);
+  struct timespec ts = clock_mono_deadline(timeout_ms);
   pthread_mutex_lock(&s->lock);
   s->waiters++;
   free(s->current);
@@ -1036,4 +1018,16 @@ void grid_unsubscribe(grid_sub_t *s) {
   pthread_mutex_unlock(&s->lock);
   /* Closing the connections ends the subscriptions on the nodes. */
   sub_free(s);
+}
+
+const char *grid_event_name(grid_event_kind_t kind) {
+  switch (kind) {
+    case GRID_EVENT_PUT: return "put";
+    case GRID_EVENT_DELETE: return "delete";
+    case GRID_EVENT_EXPIRE: return "expire";
+    case GRID_EVENT_GAP: return "gap";
+    case GRID_EVENT_SYNCED: return "synced";
+    case GRID_EVENT_ENDED: return "ended";
+  }
+  return "?";
 }

@@ -277,15 +277,8 @@ void stream_close(stream_sub_t *s) {
 
 /* Whether key passes s's filter. */
 static int stream_passes(const stream_sub_t *s, const void *key, size_t key_len) {
-  if (s->prefix && (key_len < s->prefix_len || memcmp(key, s->prefix, s->prefix_len) != 0))
-    return 0;
-  if (!s->nkeys) return 1;
-  const void *tag;
-  size_t tag_len;
-  part_affinity(key, key_len, &tag, &tag_len);
-  for (size_t i = 0; i < s->nkeys; i++)
-    if (s->key_lens[i] == tag_len && memcmp(s->keys[i], tag, tag_len) == 0) return 1;
-  return 0;
+  return part_key_passes(key, key_len, s->prefix, s->prefix_len,
+                         (const void *const *)s->keys, s->key_lens, s->nkeys);
 }
 
 typedef struct stream_read {

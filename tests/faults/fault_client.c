@@ -343,18 +343,6 @@ typedef struct fc_events {
 #define FC_EVENTS_QUIET_MS 3000    /* drained: no event for this long after */
 #define FC_EVENTS_DRAIN_MS 60000   /* ... the workload, at most */
 
-static const char *event_kind_name(grid_event_kind_t k) {
-  switch (k) {
-  case GRID_EVENT_PUT: return "put";
-  case GRID_EVENT_DELETE: return "delete";
-  case GRID_EVENT_EXPIRE: return "expire";
-  case GRID_EVENT_GAP: return "gap";
-  case GRID_EVENT_SYNCED: return "synced";
-  case GRID_EVENT_ENDED: return "ended";
-  }
-  return "?";
-}
-
 static void *events_main(void *arg) {
   fc_events_t *ev = arg;
   int64_t quiet_since = 0, done_at = 0;
@@ -366,7 +354,7 @@ static void *events_main(void *arg) {
     if (rc == 0) {
       quiet_since = now;
       ev->events++;
-      fprintf(ev->f, "{\"e\":\"%s\",\"part\":%u", event_kind_name(e.kind), e.partition);
+      fprintf(ev->f, "{\"e\":\"%s\",\"part\":%u", grid_event_name(e.kind), e.partition);
       if (e.key) {
         fprintf(ev->f, ",\"k\":");
         put_json_string(ev->f, e.key, e.key_len);
