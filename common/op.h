@@ -62,7 +62,8 @@ enum {
   X(TTL, OP_READ_KEYED_)                                   \
   X(SUBSCRIBE, OP_STREAM | OP_IDEMPOTENT)                  \
   X(UNSUBSCRIBE, OP_STREAM | OP_IDEMPOTENT)                \
-  X(EXPIRE_DUE, OP_WRITE_KEYED_)
+  X(EXPIRE_DUE, OP_WRITE_KEYED_)                           \
+  X(PUBLISH, OP_PEER)
 
 #define OP_NUMBER_MAX 64 /* room in op_flags_table; grid.proto's ops stay below */
 

@@ -70,6 +70,7 @@ static const config_key_t config_keys[] = {
     CFG_N(change_buffers_bytes_max, CFG_SIZE, 0, INT64_MAX),
     CFG_N(subscriptions_max, CFG_INT, 0, 1000000),
     CFG_N(subscription_keys_max, CFG_INT, 1, 1000000),
+    CFG_S(notify_keyspace_events),
 };
 
 void config_defaults(config_t *c) {

@@ -82,6 +82,8 @@ typedef struct config {
   int64_t subscriptions_max;      /* change-stream subscriptions served by
                                      this node at once, every connection */
   int64_t subscription_keys_max;  /* affinity keys one subscription names */
+  char notify_keyspace_events[24];/* Redis keyspace notifications: Redis's
+                                     letters (notify.h); empty: none */
 } config_t;
 
 /* Fills in the defaults of gridd. */

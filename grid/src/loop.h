@@ -63,6 +63,9 @@ struct loop {
   struct repl_loop *repl;      /* the partitions this loop owns */
   _Atomic uint64_t repl_epoch; /* the map this loop's partitions were last
                                   brought up to (read by other loops) */
+  /* keyspace.c (the first loop only) */
+  struct keyspace *keyspace;   /* the databases keyspace notifications
+                                  follow */
   /* stream.c */
   struct stream_watch *stream_watches; /* caches this loop's subscriptions
                                   watch */

@@ -17,6 +17,7 @@
 #include "ops.h"
 #include "route.h"
 #include "sink.h"
+#include "pubsub.h"
 #include "stream.h"
 
 /* A native connection's own state (c->fe). */
@@ -486,6 +487,24 @@ static void native_streams_resume(conn_t *c) {
   for (size_t i = 0; i < nc->nsubs && !conn_output_full(c); i++) stream_resume(nc->subs[i]);
 }
 
+/* Another node passes on a Redis PUBLISH: for this node's subscribers. */
+static void native_publish(conn_t *c, const Grid__Request *rq) {
+  Grid__Reply rp = GRID__REPLY__INIT;
+  rp.id = rq->id;
+  int64_t receivers = 0;
+  int rc = GRID_EBADOP;
+  if (native_of(c)->peer_role && c->lp->node->pubsub)
+    rc = pubsub_publish(c->lp, rq->key.data, rq->key.len, rq->value.data, rq->value.len, 0,
+                        &receivers);
+  if (rc != 0) {
+    ops_reply_error(&rp, rc, rc == GRID_EBADOP ? "PUBLISH is passed on by grid nodes only" : NULL,
+                    &c->lp->arena);
+  } else {
+    rp.number = receivers;
+  }
+  if (native_send(c, &rp.base) != 0) conn_close(c);
+}
+
 /* A cluster node's request: routed. 1 when it must wait for a newer map
  * (the frame is not consumed), else 0. */
 static int native_route(conn_t *c, Grid__Request *rq) {
@@ -544,6 +563,10 @@ static int native_on_request(conn_t *c, const unsigned char *p, size_t len) {
   }
   if (op_has(rq->op, OP_STREAM)) {
     native_stream_request(c, rq);
+    return 0;
+  }
+  if (rq->op == GRID__OP__PUBLISH) {
+    native_publish(c, rq);
     return 0;
   }
   if (lp->node->cluster) return native_route(c, rq);

@@ -17,6 +17,9 @@
 #include "net.h"
 #include "peer.h"
 #include "repl.h"
+#include "keyspace.h"
+#include "notify.h"
+#include "pubsub.h"
 #include "stream.h"
 
 /* The housekeeping thread: the TTL sweep, bounded to sweep_entries_per_tick
@@ -63,6 +66,11 @@ static uint64_t node_loops_ops_served(void *arg) { return loops_ops_served(arg);
  * fails what waits, the peer links fail what was forwarded, and then the
  * connections close. The listeners are opened before the loops run. */
 static int node_start_loops(node_t *n, char *err, size_t err_len) {
+  n->pubsub = pubsub_new();
+  if (!n->pubsub) {
+    snprintf(err, err_len, "out of memory");
+    return GRID_ENOMEM;
+  }
   int rc = loops_new(n, &n->loops, err, err_len);
   if (rc != 0) {
     n->loops = NULL;
@@ -74,9 +82,11 @@ static int node_start_loops(node_t *n, char *err, size_t err_len) {
   loops_on_cron(ls, conn_cron);
   loops_on_cron(ls, native_cron);
   loops_on_cron(ls, stream_cron);
+  loops_on_cron(ls, keyspace_cron);
   loops_on_stop(ls, repl_close, NULL);
   loops_on_stop(ls, peer_close_all, peer_close_all);
   loops_on_stop(ls, NULL, conn_close_all);
+  loops_on_stop(ls, keyspace_stop, NULL);
   rc = net_listen(n, ls, err, err_len);
   if (rc == 0) {
     /* Set before the loops run: STATS reads it from any thread. */
@@ -107,6 +117,15 @@ static node_t *node_new(const config_t *cfg, int *rc, char *err, size_t err_len)
     return NULL;
   }
   log_set_level((log_level_t)lvl);
+  unsigned notify_flags;
+  if (notify_parse(n->cfg.notify_keyspace_events, &notify_flags) != 0) {
+    snprintf(err, err_len, "notify_keyspace_events: \"%s\" has a letter that is not one of "
+             "Redis's (K E g $ l s h z x e t d m n A)", n->cfg.notify_keyspace_events);
+    free(n);
+    *rc = GRID_ECONFIG;
+    return NULL;
+  }
+  atomic_init(&n->notify_flags, notify_flags);
   node_make_id(n);
   if (getrandom(&n->incarnation, sizeof n->incarnation, 0) != (ssize_t)sizeof n->incarnation)
     n->incarnation = clock_mono_ns() ^ (uint64_t)clock_wall_ms() << 20;
@@ -168,6 +187,7 @@ static int node_new_cluster(node_t *n, char *err, size_t err_len) {
   cluster_on_map(n->cluster, repl_on_map);
   cluster_on_map(n->cluster, native_on_map);
   cluster_on_map(n->cluster, stream_on_map);
+  cluster_on_map(n->cluster, keyspace_on_map);
   return 0;
 }
 
@@ -245,5 +265,6 @@ void node_stop(node_t *n) {
   pthread_mutex_destroy(&n->cron_lock);
   pthread_cond_destroy(&n->cron_cond);
   store_free(n->store);
+  pubsub_free(n->pubsub);
   free(n);
 }

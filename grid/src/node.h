@@ -37,6 +37,10 @@ typedef struct node {
   _Atomic uint64_t connections;    /* client connections open */
   _Atomic int64_t subscriptions;   /* change-stream subscriptions served
                                       (subscriptions_max) */
+  struct pubsub *pubsub;           /* Redis pub/sub's registry (pubsub.h);
+                                      NULL without a listener */
+  _Atomic unsigned notify_flags;   /* notify_keyspace_events (notify.h),
+                                      changed by CONFIG SET */
   pthread_t cron_thread;           /* TTL sweep */
   pthread_mutex_t cron_lock;
   pthread_cond_t cron_cond;

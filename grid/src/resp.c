@@ -1,5 +1,6 @@
 #include "resp.h"
 
+#include <ctype.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -14,8 +15,11 @@
 #include "conn.h"
 #include "loop.h"
 #include "node.h"
+#include "glob.h"
+#include "notify.h"
 #include "op.h"
 #include "ops.h"
+#include "pubsub.h"
 #include "resp_parse.h"
 #include "route.h"
 #include "sink.h"
@@ -33,6 +37,8 @@ typedef struct resp_slot {
   int failed;                /* memory ran out while it was built: it is
                                 never written, and the connection closes
                                 after the replies before it */
+  int push;                  /* a pub/sub message, not a command's reply:
+                                not counted in resp_pipeline_max */
   char *buf;
   size_t len, cap;
 } resp_slot_t;
@@ -40,6 +46,11 @@ typedef struct resp_slot {
 typedef struct resp_job resp_job_t;
 
 struct resp_conn {
+  conn_t *conn;
+  pubsub_client_t ps;        /* SUBSCRIBE, PSUBSCRIBE: while it holds any,
+                                only those commands run (Redis's RESP2
+                                subscribed mode) */
+  resp_slot_t msg;           /* a pub/sub message being built */
   resp_slot_t *head, *tail;  /* replies not written yet, oldest first */
   resp_pipeline_t pipe;      /* ... how many: resp_pipeline_max at most */
   resp_slot_t direct;        /* a single node answers every command at once:
@@ -77,6 +88,7 @@ void resp_conn_free(resp_conn_t *r) {
   if (!r) return;
   resp_parser_close(&r->parser);
   free(r->direct.buf);
+  free(r->msg.buf);
   free(r->job);
   while (r->head) {
     resp_slot_t *s = r->head;
@@ -220,8 +232,10 @@ static void resp_flush_slots(conn_t *c) {
     resp_slot_t *s = r->head;
     r->head = s->next;
     if (!r->head) r->tail = NULL;
-    GRID_ASSERT(r->pipe.waiting > 0);
-    r->pipe.waiting--;
+    if (!s->push) {
+      GRID_ASSERT(r->pipe.waiting > 0);
+      r->pipe.waiting--;
+    }
     resp_write_reply(c, s);
     free(s->buf);
     free(s);
@@ -838,10 +852,17 @@ static void cmd_dbsize(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int a
 
 static void cmd_ping(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
                      resp_slot_t *s) {
-  (void)c;
   (void)cmd;
-  if (argc == 1) slot_put(s, "+PONG\r\n", 7);
-  else slot_bulk(s, argv[1].p, argv[1].len);
+  if (pubsub_client_count(&resp_of(c)->ps)) {
+    /* As Redis in RESP2's subscribed mode: an array, as messages are. */
+    slot_put(s, "*2\r\n$4\r\npong\r\n", 14);
+    if (argc == 1) slot_put(s, "$0\r\n\r\n", 6);
+    else slot_bulk(s, argv[1].p, argv[1].len);
+  } else if (argc == 1) {
+    slot_put(s, "+PONG\r\n", 7);
+  } else {
+    slot_bulk(s, argv[1].p, argv[1].len);
+  }
   s->done = 1;
 }
 
@@ -1058,6 +1079,266 @@ static void cmd_command(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int 
   s->done = 1;
 }
 
+
+/* ---- publish / subscribe ---------------------------------------------------- */
+
+static pubsub_t *resp_pubsub(const conn_t *c) { return c->lp->node->pubsub; }
+
+/* A message for a subscribed connection, on its loop: after the replies
+ * still waiting (a cluster's slots), else at once. A subscriber whose
+ * unsent output passes output_bytes_max is disconnected, as Redis does
+ * past its pubsub output limit: the publisher never waits for it. */
+static void resp_deliver(pubsub_client_t *cl, const pubsub_name_t *pattern, const void *channel,
+                         size_t channel_len, const void *msg, size_t msg_len) {
+  resp_conn_t *r = (resp_conn_t *)(void *)((char *)cl - offsetof(resp_conn_t, ps));
+  conn_t *c = r->conn;
+  if (!conn_open(c) || r->broken || r->ending) return;
+  resp_slot_t *m = &r->msg;
+  m->len = 0;
+  m->failed = 0;
+  if (pattern) {
+    slot_put(m, "*4\r\n$8\r\npmessage\r\n", 18);
+    slot_bulk(m, pattern->bytes, pattern->len);
+  } else {
+    slot_put(m, "*3\r\n$7\r\nmessage\r\n", 17);
+  }
+  slot_bulk(m, channel, channel_len);
+  slot_bulk(m, msg, msg_len);
+  if (m->failed) {
+    LOG_W("resp", "\"subscriber closed: no memory for a message\" addr=%s", c->peer);
+    conn_close(c);
+    return;
+  }
+  if (r->head) {
+    resp_slot_t *s = calloc(1, sizeof *s);
+    if (!s) {
+      conn_close(c);
+      return;
+    }
+    *s = *m;
+    s->next = NULL;
+    s->done = s->push = 1;
+    *m = (resp_slot_t){0};
+    r->tail->next = s;
+    r->tail = s;
+  } else if (conn_out(c, m->buf, m->len) != 0) {
+    conn_close(c);
+    return;
+  }
+  conn_flush(c);
+  if (conn_open(c) && conn_output_full(c)) {
+    LOG_W("resp", "\"subscriber closed: it does not read its messages\" addr=%s "
+          "output_bytes_max=%lld", c->peer, (long long)c->lp->node->cfg.output_bytes_max);
+    conn_close(c);
+  }
+}
+
+/* "*3 kind name count": what SUBSCRIBE and the others answer for each
+ * name (name NULL: nil, an UNSUBSCRIBE of nothing). */
+static void slot_sub_line(resp_slot_t *s, const char *kind, const pubsub_name_t *name,
+                          size_t count) {
+  slot_put(s, "*3\r\n", 4);
+  slot_bulk(s, kind, strlen(kind));
+  if (name) slot_bulk(s, name->bytes, name->len);
+  else slot_nil(s);
+  slot_int(s, (int64_t)count);
+}
+
+static void cmd_subscribe(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                          resp_slot_t *s) {
+  resp_conn_t *r = resp_of(c);
+  int pattern = cmd->name[0] == 'p';
+  for (int i = 1; i < argc; i++) {
+    if (pubsub_subscribe(resp_pubsub(c), &r->ps, argv[i].p, argv[i].len, pattern) != 0) {
+      slot_fail(s); /* no memory: the connection closes after the replies before */
+      return;
+    }
+    pubsub_name_t nm = {argv[i].len, (unsigned char *)argv[i].p};
+    slot_sub_line(s, cmd->name, &nm, pubsub_client_count(&r->ps));
+  }
+  s->done = 1;
+}
+
+/* UNSUBSCRIBE, PUNSUBSCRIBE: the names given, or every one held (in the
+ * order subscribed). */
+static void resp_unsubscribe(conn_t *c, const char *kind, int pattern, resp_arg_t *argv,
+                             int argc, resp_slot_t *s) {
+  resp_conn_t *r = resp_of(c);
+  pubsub_t *ps = resp_pubsub(c);
+  if (argc > 1) {
+    for (int i = 1; i < argc; i++) {
+      pubsub_unsubscribe(ps, &r->ps, argv[i].p, argv[i].len, pattern);
+      pubsub_name_t nm = {argv[i].len, (unsigned char *)argv[i].p};
+      slot_sub_line(s, kind, &nm, pubsub_client_count(&r->ps));
+    }
+    return;
+  }
+  size_t *held = pattern ? &r->ps.npatterns : &r->ps.nchannels;
+  if (*held == 0) slot_sub_line(s, kind, NULL, pubsub_client_count(&r->ps));
+  while (*held) {
+    pubsub_name_t first = pattern ? r->ps.patterns[0] : r->ps.channels[0];
+    slot_put(s, "*3\r\n", 4);
+    slot_bulk(s, kind, strlen(kind));
+    slot_bulk(s, first.bytes, first.len); /* before the name is freed */
+    pubsub_unsubscribe(ps, &r->ps, first.bytes, first.len, pattern);
+    slot_int(s, (int64_t)pubsub_client_count(&r->ps));
+  }
+}
+
+static void cmd_unsubscribe(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                            resp_slot_t *s) {
+  resp_unsubscribe(c, cmd->name, cmd->name[0] == 'p', argv, argc, s);
+  s->done = 1;
+}
+
+static void cmd_publish(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                        resp_slot_t *s) {
+  (void)cmd;
+  (void)argc;
+  int64_t receivers = 0;
+  int rc = pubsub_publish(c->lp, argv[1].p, argv[1].len, argv[2].p, argv[2].len, 1, &receivers);
+  if (rc != 0) slot_status_error(s, rc, rc == GRID_EBUSY ? "too many messages on their way to "
+                                 "subscribers: try again" : NULL);
+  else slot_int(s, receivers);
+  s->done = 1;
+}
+
+typedef struct resp_names {
+  resp_slot_t body;
+  int64_t n;
+} resp_names_t;
+
+static void resp_names_add(void *ctx, const void *name, size_t len) {
+  resp_names_t *nm = ctx;
+  slot_bulk(&nm->body, name, len);
+  nm->n++;
+}
+
+/* A subcommand Redis does not know, or one it knows given the wrong number
+ * of arguments (known), in Redis's words. */
+static void resp_subcommand_error(resp_slot_t *s, const char *command, const resp_arg_t *sub,
+                                  int known) {
+  char line[RESP_ERROR_LINE_BYTES_MAX];
+  if (known) {
+    char lower[32];
+    size_t n = sub->len < sizeof lower - 1 ? sub->len : sizeof lower - 1;
+    for (size_t i = 0; i < n; i++) lower[i] = (char)tolower((unsigned char)sub->p[i]);
+    lower[n] = '\0';
+    snprintf(line, sizeof line, "ERR wrong number of arguments for '%s|%s' command", command,
+             lower);
+  } else {
+    char upper[16];
+    snprintf(upper, sizeof upper, "%s", command);
+    for (char *p = upper; *p; p++) *p = (char)toupper((unsigned char)*p);
+    snprintf(line, sizeof line, "ERR unknown subcommand '%.*s'. Try %s HELP.",
+             arg_quoted_len(sub), sub->p, upper);
+  }
+  slot_error(s, line);
+}
+
+/* PUBSUB CHANNELS [pattern] | NUMSUB [channel ...] | NUMPAT, on this node
+ * (as in Redis Cluster). */
+static void cmd_pubsub(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                       resp_slot_t *s) {
+  (void)cmd;
+  pubsub_t *ps = resp_pubsub(c);
+  if (arg_is(&argv[1], "channels") && argc <= 3) {
+    resp_names_t nm = {0};
+    pubsub_channels(ps, argc == 3 ? argv[2].p : NULL, argc == 3 ? argv[2].len : 0,
+                    resp_names_add, &nm);
+    slot_num_line(s, '*', nm.n);
+    slot_put_slot(s, &nm.body);
+    free(nm.body.buf);
+  } else if (arg_is(&argv[1], "numsub")) {
+    slot_num_line(s, '*', (int64_t)(argc - 2) * 2);
+    for (int i = 2; i < argc; i++) {
+      slot_bulk(s, argv[i].p, argv[i].len);
+      slot_int(s, pubsub_numsub(ps, argv[i].p, argv[i].len));
+    }
+  } else if (arg_is(&argv[1], "numpat") && argc == 2) {
+    slot_int(s, pubsub_numpat(ps));
+  } else {
+    char line[RESP_ERROR_LINE_BYTES_MAX];
+    if (arg_is(&argv[1], "channels") || arg_is(&argv[1], "numpat")) {
+      /* Redis 7.0 counts PUBSUB's arguments itself, and says so thus. */
+      snprintf(line, sizeof line, "ERR unknown subcommand or wrong number of arguments for "
+               "'%.*s'. Try PUBSUB HELP.", arg_quoted_len(&argv[1]), argv[1].p);
+      slot_error(s, line);
+    } else {
+      resp_subcommand_error(s, "pubsub", &argv[1], 0);
+    }
+    return;
+  }
+  s->done = 1;
+}
+
+/* RESET: the connection as new (no subscriptions, database 0, no name). */
+static void cmd_reset(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                      resp_slot_t *s) {
+  (void)cmd;
+  (void)argv;
+  (void)argc;
+  resp_conn_t *r = resp_of(c);
+  pubsub_client_close(resp_pubsub(c), &r->ps);
+  strcpy(r->cache, "default");
+  r->name[0] = '\0';
+  slot_put(s, "+RESET\r\n", 8);
+  s->done = 1;
+}
+
+#define RESP_NOTIFY_PARAM "notify-keyspace-events"
+
+/* CONFIG GET / SET: notify-keyspace-events only (on this node, as Redis
+ * Cluster's nodes each have their own); GET of anything else is an empty
+ * list, as Redis answers a parameter it does not have. */
+static void cmd_config(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                       resp_slot_t *s) {
+  (void)cmd;
+  node_t *n = c->lp->node;
+  char line[RESP_ERROR_LINE_BYTES_MAX];
+  if (arg_is(&argv[1], "get") && argc >= 3) {
+    int match = 0;
+    for (int i = 2; i < argc && !match; i++)
+      match = glob_match(argv[i].p, argv[i].len, RESP_NOTIFY_PARAM, strlen(RESP_NOTIFY_PARAM)) ||
+              arg_is(&argv[i], RESP_NOTIFY_PARAM);
+    if (!match) {
+      slot_put(s, "*0\r\n", 4);
+    } else {
+      char text[NOTIFY_FLAGS_TEXT_MAX];
+      notify_format(atomic_load(&n->notify_flags), text);
+      slot_put(s, "*2\r\n", 4);
+      slot_bulk(s, RESP_NOTIFY_PARAM, strlen(RESP_NOTIFY_PARAM));
+      slot_bulk(s, text, strlen(text));
+    }
+  } else if (arg_is(&argv[1], "set") && argc >= 4 && argc % 2 == 0) {
+    unsigned flags = 0;
+    for (int i = 2; i < argc; i += 2) {
+      char text[64];
+      if (!arg_is(&argv[i], RESP_NOTIFY_PARAM)) {
+        snprintf(line, sizeof line, "ERR Unknown option or number of arguments for CONFIG SET - "
+                 "'%.*s'", arg_quoted_len(&argv[i]), argv[i].p);
+        slot_error(s, line);
+        return;
+      }
+      snprintf(text, sizeof text, "%.*s", (int)(argv[i + 1].len < 63 ? argv[i + 1].len : 63),
+               argv[i + 1].p);
+      if (argv[i + 1].len >= sizeof text || memchr(argv[i + 1].p, '\0', argv[i + 1].len) ||
+          notify_parse(text, &flags) != 0) {
+        slot_error(s, "ERR CONFIG SET failed (possibly related to argument "
+                   "'notify-keyspace-events') - Invalid event class character. Use "
+                   "'Ag$lshzxeKEtmdn'.");
+        return;
+      }
+    }
+    atomic_store(&n->notify_flags, flags);
+    slot_ok(s);
+  } else {
+    resp_subcommand_error(s, "config", &argv[1], arg_is(&argv[1], "get") || arg_is(&argv[1], "set"));
+    return;
+  }
+  s->done = 1;
+}
+
 #define RESP_OP(name) GRID__OP__##name
 #define RESP_LOCAL GRID__OP__OP_NONE
 
@@ -1072,6 +1353,14 @@ static const resp_cmd_t resp_cmds[] = {
     {"hello", -1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_hello, NULL, NULL},
     {"info", -1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_info, NULL, NULL},
     {"command", -1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_command, NULL, NULL},
+    {"subscribe", -2, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_subscribe, NULL, NULL},
+    {"psubscribe", -2, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_subscribe, NULL, NULL},
+    {"unsubscribe", -1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_unsubscribe, NULL, NULL},
+    {"punsubscribe", -1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_unsubscribe, NULL, NULL},
+    {"publish", 3, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_publish, NULL, NULL},
+    {"pubsub", -2, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_pubsub, NULL, NULL},
+    {"reset", 1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_reset, NULL, NULL},
+    {"config", -2, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_config, NULL, NULL},
     {"get", 2, 0, RESP_OP(GET), RESP_KEYS_ONE, cmd_keys, reply_value, NULL},
     {"set", -3, 0, RESP_OP(PUT), RESP_KEYS_ONE, cmd_set, reply_set, NULL},
     {"setnx", 3, 0, RESP_OP(PUT), RESP_KEYS_ONE, cmd_setnx, reply_setnx, NULL},
@@ -1123,6 +1412,12 @@ static void resp_unknown_command(resp_slot_t *s, resp_arg_t *argv, int argc) {
   slot_error(s, line);
 }
 
+/* Whether cmd may run on a subscribed connection (RESP2). */
+static int resp_cmd_subscribed(const resp_cmd_t *cmd) {
+  return cmd->run == cmd_subscribe || cmd->run == cmd_unsubscribe || cmd->run == cmd_ping ||
+         cmd->run == cmd_quit || cmd->run == cmd_reset;
+}
+
 static void resp_run(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *s) {
   const resp_cmd_t *cmd = resp_cmd_find(&argv[0]);
   if (!cmd) {
@@ -1133,6 +1428,13 @@ static void resp_run(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *s) {
       (cmd->args_max && argc > cmd->args_max)) {
     char line[RESP_ERROR_LINE_BYTES_MAX];
     snprintf(line, sizeof line, "ERR wrong number of arguments for '%s' command", cmd->name);
+    slot_error(s, line);
+    return;
+  }
+  if (pubsub_client_count(&resp_of(c)->ps) && !resp_cmd_subscribed(cmd)) {
+    char line[RESP_ERROR_LINE_BYTES_MAX];
+    snprintf(line, sizeof line, "ERR Can't execute '%s': only (P|S)SUBSCRIBE / "
+             "(P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context", cmd->name);
     slot_error(s, line);
     return;
   }
@@ -1252,8 +1554,11 @@ static void resp_input_resume(conn_t *c) {
 
 static int resp_open(conn_t *c) {
   node_t *n = c->lp->node;
-  c->fe = resp_conn_new(n->cluster != NULL);
-  if (!c->fe) return GRID_ENOMEM;
+  resp_conn_t *r = resp_conn_new(n->cluster != NULL);
+  if (!r) return GRID_ENOMEM;
+  c->fe = r;
+  r->conn = c;
+  pubsub_client_init(&r->ps, c->lp, resp_deliver);
   /* No handshake: commands at once, each within resp_command_bytes_max. */
   c->handshaken = 1;
   frame_buf_set_limit(&c->in, (size_t)n->cfg.resp_command_bytes_max + CONN_RBUF_BYTES);
@@ -1269,6 +1574,8 @@ static void resp_conn_fail(conn_t *c, int status, const char *detail) {
 }
 
 static void resp_free(conn_t *c) {
+  resp_conn_t *r = c->fe;
+  if (r) pubsub_client_close(c->lp->node->pubsub, &r->ps);
   resp_conn_free(c->fe);
   c->fe = NULL;
 }

@@ -1,8 +1,11 @@
 /* A cluster of real gridd processes and a real ZooKeeper, on loopback. */
+#define _GNU_SOURCE /* memmem */
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -18,8 +21,10 @@ static void start_node(harness_node_t *n, const char *cluster, int i, const char
   snprintf(s_zone, sizeof s_zone, "zone=%s", zone ? zone : "");
   snprintf(s_min, sizeof s_min, "cluster_min_nodes=%d", min_nodes);
   /* lost_grace_ms short: test_lost_partitions waits for the loss. */
+  /* Keyspace notifications on: test_resp_pubsub hears them, and every
+   * other test runs with the nodes following their default cache. */
   const char *settings[] = {s_zone, s_min, "zk_session_timeout_ms=1000", "loops=2",
-                            "lost_grace_ms=1000", NULL};
+                            "lost_grace_ms=1000", "notify_keyspace_events=KEA", NULL};
   harness_start_cluster_node(n, &zk, cluster, i, settings);
 }
 
@@ -273,6 +278,60 @@ static int peer_record(int fd, uint64_t epoch, size_t key_len) {
 /* Only members of the cluster may link as peers, and their records pass
  * the limits a client's write does and the map fencing, whatever epoch
  * they claim. */
+/* Reads from fd until every one of the n needles has been seen, or 10 s
+ * pass; returns how many were seen. */
+static int read_until_seen(int fd, const char *const *needles, int n) {
+  static char buf[1 << 20];
+  size_t got = 0;
+  int seen = 0;
+  for (int rounds = 0; rounds < 1000 && seen < n; rounds++) {
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    if (poll(&pfd, 1, 10000) != 1) break;
+    ssize_t r = recv(fd, buf + got, sizeof buf - 1 - got, 0);
+    if (r <= 0) break;
+    got += (size_t)r;
+    buf[got] = '\0';
+    seen = 0;
+    for (int i = 0; i < n; i++) seen += memmem(buf, got, needles[i], strlen(needles[i])) != NULL;
+  }
+  return seen;
+}
+
+/* Redis pub/sub is cluster-wide: a subscriber on node 2 hears a PUBLISH
+ * made on node 0, and the keyspace notifications of keys whose primaries
+ * are on every node. */
+static void test_resp_pubsub(void) {
+  int fd = harness_connect(nodes[2].resp_port);
+  const char *sub = "*2\r\n$9\r\nSUBSCRIBE\r\n$4\r\nnews\r\n"
+                    "*2\r\n$10\r\nPSUBSCRIBE\r\n$19\r\n__keyspace@0__:ps-*\r\n";
+  harness_send_all(fd, sub, strlen(sub));
+  const char *confirmed[] = {"subscribe\r\n$4\r\nnews\r\n:1\r\n",
+                             "psubscribe\r\n$19\r\n__keyspace@0__:ps-*\r\n:2\r\n"};
+  CHECK(read_until_seen(fd, confirmed, 2) == 2);
+  char out[256];
+  const char *publish[] = {"PUBLISH", "news", "hello-cluster", NULL};
+  harness_resp(nodes[0].resp_port, publish, out, sizeof out);
+  CHECK_STR(out, ":0"); /* node 0's own subscribers: none, as Redis Cluster counts */
+  const char *message[] = {"$4\r\nnews\r\n$13\r\nhello-cluster\r\n"};
+  CHECK(read_until_seen(fd, message, 1) == 1);
+  enum { KEYS = 30 };
+  char names[KEYS][64];
+  const char *needles[KEYS];
+  for (int i = 0; i < KEYS; i++) {
+    char key[16];
+    snprintf(key, sizeof key, "ps-%d", i);
+    const char *set[] = {"SET", key, "v", NULL};
+    harness_resp(nodes[i % 3].resp_port, set, out, sizeof out);
+    CHECK_STR(out, "+OK");
+    snprintf(names[i], sizeof names[i], "__keyspace@0__:%s\r\n$3\r\nset\r\n", key);
+    needles[i] = names[i];
+  }
+  /* Their primaries are spread over the three nodes: each one's notifier
+   * published to node 2. */
+  CHECK(read_until_seen(fd, needles, KEYS) == KEYS);
+  close(fd);
+}
+
 static void test_peer_checks(void) {
   int fd = harness_connect(nodes[0].port);
   CHECK_RC(peer_hello(fd, "intruder"), GRID_EHANDSHAKE);
@@ -376,6 +435,7 @@ int main(void) {
   RUN(test_zones);
   RUN(test_resp_any_node);
   RUN(test_resp_expire_replicated);
+  RUN(test_resp_pubsub);
   RUN(test_peer_checks);
   RUN(test_lost_partitions);
   for (int i = 0; i < 3; i++) {

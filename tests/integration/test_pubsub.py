@@ -1,0 +1,439 @@
+#!/usr/bin/env python3
+"""Redis pub/sub and keyspace notifications on gridd's RESP port, against a
+real redis-server 7: the same steps on both, what each client receives
+compared reply by reply (bytes as RESP sends them).
+
+    test_pubsub.py GRIDD
+
+Starts one redis-server and one gridd on 127.0.0.1 (ports they pick, or
+free ones), both with notify-keyspace-events KEA, and stops exactly those
+two by pid. Needs redis-server 7.x (scripts/deps installs it).
+
+Where the two may differ by design, the comparison says so:
+- a change's notifications come from the change stream of its key's
+  partition: one key's events keep their order, keys of different
+  partitions may interleave differently than Redis's single thread does,
+  so keyspace events are compared key by key;
+- a key expires when each server's sweep finds it, so only that an
+  'expired' event comes is compared, not when.
+"""
+import os
+import select
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+REPLY_TIMEOUT_S = 5.0      # one reply
+QUIET_S = 0.5              # no notification for this long: all have come
+EVENTS_WAIT_S = 10.0       # notifications of one batch, at most
+START_WAIT_S = 10.0
+
+failures = []
+
+
+def check(cond, what):
+    if cond:
+        print(f"ok   {what}")
+    else:
+        print(f"FAIL {what}")
+        failures.append(what)
+
+
+def encode(*args):
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        a = a if isinstance(a, bytes) else str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+class Client:
+    """One RESP connection; replies are parsed and kept as their raw bytes."""
+
+    def __init__(self, port):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=REPLY_TIMEOUT_S)
+        self.buf = b""
+
+    def close(self):
+        self.s.close()
+
+    def send(self, *args):
+        self.s.sendall(encode(*args))
+
+    def send_raw(self, data):
+        self.s.sendall(data)
+
+    def _fill(self, deadline):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        r, _, _ = select.select([self.s], [], [], left)
+        if not r:
+            return False
+        chunk = self.s.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed")
+        self.buf += chunk
+        return True
+
+    def _parse(self, at):
+        """(end, value) of the reply starting at at, or None if incomplete."""
+        nl = self.buf.find(b"\r\n", at)
+        if nl < 0:
+            return None
+        kind, line = self.buf[at:at + 1], self.buf[at + 1:nl]
+        if kind in (b"+", b"-", b":"):
+            return nl + 2, self.buf[at:nl + 2]
+        if kind == b"$":
+            n = int(line)
+            if n < 0:
+                return nl + 2, None
+            end = nl + 2 + n + 2
+            if len(self.buf) < end:
+                return None
+            return end, self.buf[nl + 2:nl + 2 + n]
+        if kind == b"*":
+            n = int(line)
+            items, pos = [], nl + 2
+            for _ in range(max(n, 0)):
+                r = self._parse(pos)
+                if r is None:
+                    return None
+                pos, v = r
+                items.append(v)
+            return pos, items
+        raise ValueError(f"not RESP: {self.buf[at:at + 40]!r}")
+
+    def read(self, timeout=REPLY_TIMEOUT_S):
+        """The next reply: (raw bytes, parsed), or None on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.buf:
+                r = self._parse(0)
+                if r is not None:
+                    end, v = r
+                    raw, self.buf = self.buf[:end], self.buf[end:]
+                    return raw, v
+            if not self._fill(deadline):
+                return None
+
+    def call(self, *args):
+        self.send(*args)
+        r = self.read()
+        return r[0] if r else b"(no reply)"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_ping(port, proc):
+    deadline = time.monotonic() + START_WAIT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            c = Client(port)
+            ok = c.call("PING") == b"+PONG\r\n"
+            c.close()
+            if ok:
+                return True
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return False
+
+
+def start_redis(work):
+    for _ in range(5):
+        port = free_port()
+        p = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                              "--save", "", "--appendonly", "no", "--dir", work,
+                              "--notify-keyspace-events", "KEA"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if wait_ping(port, p):
+            return p, port
+        p.kill()
+        p.wait()
+    sys.exit("test_pubsub: redis-server did not start")
+
+
+def start_gridd(gridd, work):
+    port_file = os.path.join(work, "resp.port")
+    log = open(os.path.join(work, "gridd.log"), "wb")
+    p = subprocess.Popen([gridd, "--port", "0", "--set", "resp_port=0",
+                          "--set", f"resp_port_file={port_file}",
+                          "--set", "notify_keyspace_events=KEA",
+                          "--set", "sweep_interval_ms=50"], stdout=log, stderr=log)
+    deadline = time.monotonic() + START_WAIT_S
+    port = None
+    while time.monotonic() < deadline and p.poll() is None:
+        try:
+            port = int(open(port_file).read())
+            break
+        except (OSError, ValueError):
+            time.sleep(0.05)
+    if not port or not wait_ping(port, p):
+        p.kill()
+        print(open(os.path.join(work, "gridd.log")).read())
+        sys.exit("test_pubsub: gridd did not serve RESP")
+    return p, port
+
+
+# ---- the steps ---------------------------------------------------------------
+
+def pubsub_steps(port):
+    """Pub/sub replies and messages, in the order they come: a transcript."""
+    out = []
+    a, b, c = Client(port), Client(port), Client(port)
+
+    def call(cl, name, *args, replies=1):
+        cl.send(*args)
+        for i in range(replies):
+            r = cl.read()
+            out.append((name, " ".join(str(x) for x in args) + (f" [{i}]" if replies > 1 else ""),
+                        r[0] if r else b"(no reply)"))
+
+    def msg(cl, name, what):
+        r = cl.read()
+        out.append((name, what, r[0] if r else b"(none)"))
+
+    call(a, "A", "SUBSCRIBE", "ch1", "ch2", replies=2)
+    call(a, "A", "SUBSCRIBE", "ch1")                     # again: no change
+    call(c, "C", "PSUBSCRIBE", "ch?", "x[ab]*", replies=2)
+    call(b, "B", "PUBLISH", "ch1", "hello")              # A and C
+    msg(a, "A", "message ch1")
+    msg(c, "C", "pmessage ch? ch1")
+    call(b, "B", "PUBLISH", "xb-1", "to a pattern")
+    msg(c, "C", "pmessage x[ab]*")
+    call(b, "B", "PUBLISH", "nobody", "lost")            # 0 receivers
+    call(b, "B", "PUBLISH", b"bin\r\n\x00ch2", b"a\r\nb\x00c")
+    call(b, "B", "PUBLISH", "ch2", b"a\r\nb\x00c")
+    msg(a, "A", "binary message ch2")
+    msg(c, "C", "pmessage ch? ch2")
+    # Subscribed mode: only these commands.
+    call(a, "A", "PING")
+    call(a, "A", "PING", "there")
+    call(a, "A", "GET", "k")
+    call(a, "A", "SET", "k", "v")
+    call(a, "A", "PUBLISH", "ch1", "from a subscriber")
+    call(a, "A", "NOSUCHCOMMAND")
+    call(b, "B", "PUBSUB", "NUMSUB", "ch1", "ch2", "none")
+    call(b, "B", "PUBSUB", "NUMPAT")
+    call(b, "B", "PUBSUB", "CHANNELS", "ch1")
+    call(b, "B", "PUBSUB", "CHANNELS", "nomatch*")
+    call(b, "B", "PUBSUB", "NOSUCH")
+    call(b, "B", "PUBSUB", "CHANNELS", "a", "b")
+    call(b, "B", "CONFIG", "GET")
+    call(b, "B", "CONFIG", "NOSUCH")
+    call(b, "B", "SUBSCRIBE")
+    call(b, "B", "PUBLISH", "only-channel")
+    # A command and a subscribe in one write, then a message.
+    b.send_raw(encode("PING") + encode("SUBSCRIBE", "ch3") + encode("PING"))
+    for what in ("PING before", "SUBSCRIBE ch3", "PING after"):
+        msg(b, "B", what)
+    call(c, "C", "PUBLISH", "ch3", "three")  # C is subscribed: refused
+    call(a, "A", "UNSUBSCRIBE", "ch1")
+    call(a, "A", "UNSUBSCRIBE", "ch1")       # not subscribed: count stays
+    call(a, "A", "UNSUBSCRIBE")              # every one left: ch2
+    call(a, "A", "UNSUBSCRIBE")              # none: nil
+    call(a, "A", "GET", "pubsub-test-none")  # normal mode again
+    call(c, "C", "PUNSUBSCRIBE", "x[ab]*")
+    call(c, "C", "PUNSUBSCRIBE")             # every one left: ch?
+    call(b, "B", "RESET")
+    call(b, "B", "PUBSUB", "NUMSUB", "ch3")
+    call(b, "B", "PUBLISH", "ch2", "after all left")
+    for cl in (a, b, c):
+        cl.close()
+    return out
+
+
+def events_by_key(msgs):
+    """pmessage replies as {key: [(channel kind, event)]}, each key's in order."""
+    keys = {}
+    for m in msgs:
+        _, _pattern, channel, payload = m
+        if b"__keyspace@" in channel:
+            key, ev = channel.split(b"__:", 1)[1], payload
+            kind = "keyspace"
+        else:
+            key, ev = payload, channel.split(b"__:", 1)[1]
+            kind = "keyevent"
+        keys.setdefault(key, []).append((kind, ev))
+    return keys
+
+
+def collect(sub, until_key, until_event, timeout=EVENTS_WAIT_S):
+    """Messages until until_key's until_event came and then none for QUIET_S."""
+    msgs, seen, deadline = [], False, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = sub.read(QUIET_S if seen else max(0.01, deadline - time.monotonic()))
+        if r is None:
+            if seen:
+                break
+            continue
+        msgs.append(r[1])
+        _, _, channel, payload = r[1]
+        if channel.endswith(b"__:" + until_key) and payload == until_event:
+            seen = True
+    return msgs
+
+
+KEYSPACE_BATCH = [
+    ("SET", "ks:a", "1"),
+    ("SET", "ks:b", "v", "EX", "100"),
+    ("SETEX", "ks:c", "100", "v"),
+    ("PSETEX", "ks:d", "100000", "v"),
+    ("SETNX", "ks:e", "v"),
+    ("SETNX", "ks:e", "again"),            # not set: no event
+    ("GETSET", "ks:a", "2"),
+    ("GETDEL", "ks:e"),
+    ("GETDEL", "ks:missing"),              # nothing deleted: no event
+    ("MSET", "ks:f", "1", "ks:g", "2"),
+    ("INCR", "ks:h"),
+    ("DECR", "ks:h"),
+    ("INCRBY", "ks:h", "5"),
+    ("DECRBY", "ks:h", "2"),
+    ("APPEND", "ks:f", "x"),
+    ("APPEND", "ks:i", "new"),
+    ("EXPIRE", "ks:a", "100"),
+    ("PEXPIRE", "ks:a", "100000"),
+    ("PERSIST", "ks:a"),
+    ("PERSIST", "ks:a"),                   # no TTL: no event
+    ("EXPIRE", "ks:missing", "100"),
+    ("EXPIRE", "ks:g", "-1"),              # deletes
+    ("DEL", "ks:b", "ks:c", "ks:missing"),
+    ("SET", "ks:j", "v", "PX", "100"),     # expires soon
+    ("SET", "ks:end", "1"),
+]
+
+
+def keyspace_steps(port, flags_list):
+    """For each flags, the notifications of KEYSPACE_BATCH key by key."""
+    out = {}
+    sub, w = Client(port), Client(port)
+    sub.call("PSUBSCRIBE", "__key*@0__:*")
+    for flags in flags_list:
+        res = {"config set": w.call("CONFIG", "SET", "notify-keyspace-events", flags),
+               "config get": w.call("CONFIG", "GET", "notify-keyspace-events")}
+        for i, cmd in enumerate(KEYSPACE_BATCH):
+            res[f"{i}: " + " ".join(cmd)] = w.call(*cmd)
+        # Until ks:j's expiry, or ks:end's set when expiry is not asked for.
+        wants_x = "x" in flags or "A" in flags
+        wants_set = "$" in flags or "A" in flags
+        if wants_x:
+            msgs = collect(sub, b"ks:j", b"expired")
+        elif wants_set:
+            msgs = collect(sub, b"ks:end", b"set")
+        else:
+            msgs = collect(sub, b"ks:end", b"(never)", timeout=1.0)
+        res["events"] = events_by_key(msgs)
+        w.call("DEL", *[k for k in res["events"]])   # the next round starts alike
+        w.call("DEL", "ks:a", "ks:d", "ks:f", "ks:h", "ks:i", "ks:end")
+        collect(sub, b"(none)", b"(never)", timeout=1.0)  # and hears nothing of it
+        out[flags] = res
+    sub.close()
+    w.close()
+    return out
+
+
+def config_steps(port):
+    c = Client(port)
+    out = []
+    for args in (("CONFIG", "GET", "notify-keyspace-events"),
+                 ("CONFIG", "SET", "notify-keyspace-events", "KEQ"),
+                 ("CONFIG", "SET", "notify-keyspace-events", "gK$x"),
+                 ("CONFIG", "GET", "notify-keyspace-events"),
+                 ("CONFIG", "SET", "notify-keyspace-events", "AKEn"),
+                 ("CONFIG", "GET", "notify-*"),
+                 ("CONFIG", "GET", "no-such-parameter"),
+                 ("CONFIG", "SET", "notify-keyspace-events", "KEA"),
+                 ("CONFIG", "GET", "notify-keyspace-events")):
+        out.append(("", " ".join(args), c.call(*args)))
+    c.close()
+    return out
+
+
+def compare_transcripts(name, r, g):
+    for i, (rs, gs) in enumerate(zip(r, g)):
+        check(rs == gs, f"{name} {i}: {rs[0]} {rs[1]}: redis {rs[2]!r} grid {gs[2]!r}")
+    check(len(r) == len(g), f"{name}: as many steps ({len(r)}, {len(g)})")
+
+
+def grid_only_steps(port):
+    """What Redis has no counterpart for: notifications switched on at run
+    time reach a subscriber once the node follows the database."""
+    w, sub = Client(port), Client(port)
+    check(w.call("CONFIG", "SET", "notify-keyspace-events", "") == b"+OK\r\n",
+          "grid: notifications off")
+    sub.call("SUBSCRIBE", "__keyevent@0__:set")
+    w.call("CONFIG", "SET", "notify-keyspace-events", "E$")
+    got, deadline, n = None, time.monotonic() + EVENTS_WAIT_S, 0
+    while time.monotonic() < deadline and got is None:
+        n += 1
+        w.call("SET", f"probe:{n}", "v")
+        r = sub.read(0.2)
+        got = r[1] if r else None
+    check(got is not None and got[0] == b"message" and got[2].startswith(b"probe:"),
+          f"grid: a set after CONFIG SET is heard ({got})")
+    w.call("CONFIG", "SET", "notify-keyspace-events", "KEA")
+    w.close()
+    sub.close()
+
+
+def main():
+    if len(sys.argv) != 2 or sys.argv[1] in ("-h", "--help"):
+        print(__doc__)
+        sys.exit(0 if len(sys.argv) == 2 else 2)
+    gridd = sys.argv[1]
+    if not shutil.which("redis-server"):
+        sys.exit("test_pubsub: redis-server not found; scripts/deps installs it")
+    work = tempfile.mkdtemp(prefix="grid-pubsub-")
+    procs = []
+    try:
+        rp, rport = start_redis(work)
+        procs.append(rp)
+        gp, gport = start_gridd(gridd, work)
+        procs.append(gp)
+
+        compare_transcripts("pubsub", pubsub_steps(rport), pubsub_steps(gport))
+        compare_transcripts("config", config_steps(rport), config_steps(gport))
+
+        flags_list = ["KEA", "Kg", "E$", "Ex", "Kl", "AE"]
+        rk, gk = keyspace_steps(rport, flags_list), keyspace_steps(gport, flags_list)
+        for flags in flags_list:
+            for what in rk[flags]:
+                if what == "events":
+                    rev, gev = rk[flags][what], gk[flags][what]
+                    for key in sorted(set(rev) | set(gev)):
+                        check(rev.get(key) == gev.get(key),
+                              f"keyspace {flags} {key!r}: redis {rev.get(key)} grid {gev.get(key)}")
+                else:
+                    check(rk[flags][what] == gk[flags][what],
+                          f"keyspace {flags} {what}: redis {rk[flags][what]!r} "
+                          f"grid {gk[flags][what]!r}")
+        check(any(rk[f]["events"] for f in flags_list), "redis raised keyspace events at all")
+        grid_only_steps(gport)
+        check(gp.poll() is None, "gridd still running")
+    finally:
+        for p in procs:
+            p.terminate()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"test_pubsub: {len(failures)} failed")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
