@@ -719,7 +719,7 @@ static int sub_local_change(void *ctx, const embedded_change_t *ch) {
   e.partition = r->p;
   e.counter = ch->counter;
   e.version = ch->version;
-  e.op = ch->how;
+  e.op = ch->how & 0x7f; /* CHANGE_HOW_OP: the op, without the new-key bit */
   e.key.data = (uint8_t *)ch->key;
   e.key.len = ch->key_len;
   if (ch->kind == 1) {

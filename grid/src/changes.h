@@ -34,8 +34,9 @@ typedef enum {
  * while read: valid during the callback only). */
 typedef struct change {
   change_kind_t kind;
-  uint8_t how;               /* what made it, for those who name it (the
-                                store's op + 1; 0: not known) */
+  uint8_t how;               /* what made it, for those who name it: the
+                                request's op (CHANGE_HOW_OP; 0: not known),
+                                and CHANGE_HOW_NEW */
   uint64_t counter;          /* the partition's update counter */
   uint64_t version;          /* the entry's version after the change */
   int64_t expire_at_ms;      /* PUT: wall-clock expiry, 0: none */
@@ -44,6 +45,10 @@ typedef struct change {
   const void *value;         /* PUT only */
   size_t value_len;
 } change_t;
+
+#define CHANGE_HOW_OP 0x7f   /* how's op */
+#define CHANGE_HOW_NEW 0x80  /* a put that made the key (it was absent), as
+                                its primary saw it: Redis's "new" event */
 
 typedef struct changes {
   unsigned char *buf;        /* cap bytes, taken at the first append */

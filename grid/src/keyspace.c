@@ -81,7 +81,7 @@ static void keyspace_publish(loop_t *lp, int db, unsigned flags, notify_event_t 
 /* A change, as the events Redis raises for the command that made it. */
 static void keyspace_change(loop_t *lp, int db, const change_t *ch) {
   unsigned flags = atomic_load(&lp->node->notify_flags);
-  int op = ch->how;
+  int op = ch->how & CHANGE_HOW_OP;
   switch (ch->kind) {
     case CHANGE_EXPIRE:
       keyspace_publish(lp, db, flags, notify_event_of(op, NOTIFY_CHANGE_EXPIRED), ch->key,
@@ -99,6 +99,10 @@ static void keyspace_change(loop_t *lp, int db, const change_t *ch) {
     keyspace_publish(lp, db, flags, notify_event_of(op, c), ch->key, ch->key_len);
     return;
   }
+  /* A key made: "new" first, as Redis raises it when the key is added. */
+  if (ch->how & CHANGE_HOW_NEW)
+    keyspace_publish(lp, db, flags, notify_event_of(op, NOTIFY_CHANGE_NEW), ch->key,
+                     ch->key_len);
   keyspace_publish(lp, db, flags, notify_event_of(op, NOTIFY_CHANGE_PUT), ch->key, ch->key_len);
   /* SET with EX or PX: "set", then "expire", as Redis. */
   if (ch->expire_at_ms && keyspace_is_set(op))

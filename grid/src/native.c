@@ -246,7 +246,7 @@ static int native_event(void *ctx, stream_sub_t *s, uint32_t p, int what, const 
               : ch->kind == CHANGE_EXPIRE ? GRID__EVENT_KIND__EVENT_EXPIRE
                                           : GRID__EVENT_KIND__EVENT_DELETE;
     ev.version = ch->version;
-    ev.op = ch->how;
+    ev.op = ch->how & CHANGE_HOW_OP;
     ev.key.data = (uint8_t *)ch->key;
     ev.key.len = ch->key_len;
     if (ch->kind == CHANGE_PUT) {

@@ -79,6 +79,8 @@ notify_event_t notify_event_of(int op, notify_change_t change) {
       return (notify_event_t){"expire", NOTIFY_GENERIC};
     case NOTIFY_CHANGE_PERSIST:
       return (notify_event_t){"persist", NOTIFY_GENERIC};
+    case NOTIFY_CHANGE_NEW:
+      return (notify_event_t){"new", NOTIFY_NEW};
     case NOTIFY_CHANGE_PUT:
       break;
   }

@@ -64,6 +64,8 @@ typedef enum {
   NOTIFY_CHANGE_EXPIRED = 3,  /* a key gone because its TTL ran out */
   NOTIFY_CHANGE_TTL = 4,      /* a TTL set on a key that stays */
   NOTIFY_CHANGE_PERSIST = 5,  /* a TTL taken off */
+  NOTIFY_CHANGE_NEW = 6,      /* a key made (Redis raises it before the
+                                 write's own event) */
 } notify_change_t;
 
 /* The event of a change made by op (a GRID__OP__ number): "set" for the

@@ -857,7 +857,8 @@ int store_write_rec(store_cache_t *c, const store_key_t *k, const store_write_t 
     store_delete_rec(s, p, k, link, old, res, CHANGE_DELETE, w->how, keep, applied, ctx);
   if (rc == 0 && action == STORE_DO_INSTALL)
     rc = store_install_rec(s, p, k, link, found, &nv, store_write_expire_at(c, w, old, now_ms),
-                           res, w->how, keep, applied, ctx);
+                           res, (uint8_t)(w->how | (old ? 0 : CHANGE_HOW_NEW)), keep, applied,
+                           ctx);
 done:
   pthread_mutex_unlock(&p->lock);
   free(nv.joined);

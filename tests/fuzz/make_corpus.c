@@ -370,6 +370,28 @@ static void resp_seeds(const char *target, unsigned char control, const char *cm
     }
   }
 
+  /* Pub/sub and keyspace notifications: subscribed mode on the same
+   * connection, a message from PUBLISH, and the node's notifications. */
+  put_byte(&b, control);
+  CMD(&b, "CONFIG", "SET", "notify-keyspace-events", "KEA");
+  CMD(&b, "PUBLISH", "ch", "nobody");
+  CMD(&b, "SUBSCRIBE", "ch", "other");
+  CMD(&b, "PSUBSCRIBE", "c[h]*", "__key*__:*");
+  CMD(&b, "PING", "x");
+  CMD(&b, "GET", "a");
+  CMD(&b, "PUBSUB", "NUMSUB", "ch");
+  CMD(&b, "UNSUBSCRIBE", "ch");
+  CMD(&b, "PUNSUBSCRIBE");
+  CMD(&b, "UNSUBSCRIBE");
+  CMD(&b, "PUBSUB", "CHANNELS", "*");
+  CMD(&b, "PUBSUB", "NUMPAT");
+  CMD(&b, "SET", "k", "v", "EX", "100");
+  CMD(&b, "CONFIG", "GET", "notify-*");
+  CMD(&b, "SUBSCRIBE", "z");
+  CMD(&b, "RESET");
+  CMD(&b, "CONFIG", "SET", "notify-keyspace-events", "");
+  save(target, "seed-pubsub", &b);
+
   /* Known bug: a use-after-free in cluster mode (reachable through
    * fuzz_peer's cluster node; harmless on a single node). */
   put_byte(&b, control);

@@ -406,7 +406,7 @@ def main():
         compare_transcripts("pubsub", pubsub_steps(rport), pubsub_steps(gport))
         compare_transcripts("config", config_steps(rport), config_steps(gport))
 
-        flags_list = ["KEA", "Kg", "E$", "Ex", "Kl", "AE"]
+        flags_list = ["KEA", "Kg", "E$", "Ex", "Kl", "AE", "KEAn", "Kn"]
         rk, gk = keyspace_steps(rport, flags_list), keyspace_steps(gport, flags_list)
         for flags in flags_list:
             for what in rk[flags]:
@@ -422,6 +422,12 @@ def main():
         check(any(rk[f]["events"] for f in flags_list), "redis raised keyspace events at all")
         grid_only_steps(gport)
         check(gp.poll() is None, "gridd still running")
+        # Stopped: a sanitizer's report (a leak, a race) fails its exit.
+        gp.terminate()
+        rc = gp.wait(timeout=30)
+        check(rc == 0, f"gridd stopped cleanly (exit status {rc})")
+        if rc != 0:
+            print(open(os.path.join(work, "gridd.log")).read()[-4000:])
     finally:
         for p in procs:
             p.terminate()

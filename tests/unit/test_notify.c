@@ -99,6 +99,8 @@ static void test_events(void) {
   /* EXPIRE: a TTL set, taken off, or (none left) a delete, as Redis. */
   check_event(GRID__OP__EXPIRE, NOTIFY_CHANGE_TTL, "expire", NOTIFY_GENERIC);
   check_event(GRID__OP__EXPIRE, NOTIFY_CHANGE_PERSIST, "persist", NOTIFY_GENERIC);
+  check_event(GRID__OP__PUT, NOTIFY_CHANGE_NEW, "new", NOTIFY_NEW);
+  check_event(GRID__OP__ADD, NOTIFY_CHANGE_NEW, "new", NOTIFY_NEW);
   check_event(GRID__OP__EXPIRE, NOTIFY_CHANGE_DELETE, "del", NOTIFY_GENERIC);
   /* A TTL that runs out is "expired", whatever wrote the key. */
   check_event(GRID__OP__PUT, NOTIFY_CHANGE_EXPIRED, "expired", NOTIFY_EXPIRED);
