@@ -71,6 +71,32 @@ static void loop_on_inbox(uv_async_t *a) {
   }
 }
 
+static void loop_run_deferred(loop_t *lp) {
+  /* Tasks deferred by these tasks wait for the next round. */
+  loop_task_t *t = lp->defer_head;
+  lp->defer_head = lp->defer_tail = NULL;
+  while (t) {
+    loop_task_t *next = t->next;
+    t->fn(lp, t->arg);
+    t = next;
+  }
+}
+
+static void loop_on_prepare(uv_prepare_t *h) {
+  loop_t *lp = h->data;
+  loop_run_deferred(lp);
+  if (!lp->defer_head) uv_prepare_stop(&lp->defer_prepare);
+}
+
+void loop_defer(loop_t *lp, loop_task_t *t) {
+  t->next = NULL;
+  if (lp->defer_tail) lp->defer_tail->next = t;
+  else lp->defer_head = t;
+  lp->defer_tail = t;
+  if (!uv_is_closing((uv_handle_t *)&lp->defer_prepare))
+    uv_prepare_start(&lp->defer_prepare, loop_on_prepare);
+}
+
 /* ---- housekeeping ------------------------------------------------------ */
 
 static void loop_on_cron(uv_timer_t *t) {
@@ -105,13 +131,26 @@ static void loop_close_walk_cb(uv_handle_t *h, void *arg) {
 static void loop_on_stop(uv_async_t *a) {
   loop_t *lp = a->data;
   loop_on_inbox(&lp->inbox_async); /* tasks posted before the stop */
+  loop_run_deferred(lp);
   for (int i = 0; i < lp->set->nstop; i++)
     if (lp->set->stop_last[i]) lp->set->stop_last[i](lp);
+  loop_run_deferred(lp);
   uv_walk(&lp->uv, loop_close_walk_cb, lp);
+}
+
+static _Thread_local loop_t *loop_current;
+
+loop_t *loop_self(void) { return loop_current; }
+
+void loops_post_or_defer(loops_t *ls, int index, loop_task_t *t) {
+  loop_t *lp = loops_at(ls, index);
+  if (loop_current == lp) loop_defer(lp, t);
+  else loops_post(ls, index, t);
 }
 
 static void loop_thread_main(void *arg) {
   loop_t *lp = arg;
+  loop_current = lp;
   uv_run(&lp->uv, UV_RUN_DEFAULT);
 }
 
@@ -147,6 +186,8 @@ static int loop_init(loops_t *ls, int i, int64_t cron_ms) {
   pthread_mutex_init(&lp->inbox_lock, NULL);
   uv_async_init(&lp->uv, &lp->inbox_async, loop_on_inbox);
   lp->inbox_async.data = lp;
+  uv_prepare_init(&lp->uv, &lp->defer_prepare);
+  lp->defer_prepare.data = lp;
   uv_async_init(&lp->uv, &lp->stop_async, loop_on_stop);
   lp->stop_async.data = lp;
   uv_timer_init(&lp->uv, &lp->cron);
@@ -231,8 +272,9 @@ void loops_stop(loops_t *ls) {
     for (int again = 1, rounds = 0; again && rounds < LOOP_STOP_DRAIN_ROUNDS_MAX; rounds++) {
       again = 0;
       for (int i = 0; i < ls->n; i++) {
-        again |= ls->loops[i].inbox_head != NULL;
+        again |= ls->loops[i].inbox_head != NULL || ls->loops[i].defer_head != NULL;
         loop_on_inbox(&ls->loops[i].inbox_async);
+        loop_run_deferred(&ls->loops[i]);
       }
     }
     for (int i = 0; i < ls->n; i++) loop_close(&ls->loops[i]);

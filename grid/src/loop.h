@@ -48,6 +48,8 @@ struct loop {
   uv_async_t inbox_async;      /* wakes the loop for posted tasks */
   pthread_mutex_t inbox_lock;
   loop_task_t *inbox_head, *inbox_tail;
+  uv_prepare_t defer_prepare;  /* runs the deferred tasks before polling */
+  loop_task_t *defer_head, *defer_tail; /* loop_defer's, this thread's only */
   uv_async_t stop_async;
   loop_task_t stop_task;       /* the stop's first step */
   uv_timer_t cron;
@@ -117,6 +119,16 @@ void loops_post(loops_t *ls, int index, loop_task_t *t);
 static inline void loop_post(loop_t *from, int index, loop_task_t *t) {
   loops_post(from->set, index, t);
 }
+/* Runs t->fn(lp, t->arg) once, on lp's own thread (the caller's), when
+ * the loop has done what is ready now and before it waits for I/O again:
+ * what many tasks or callbacks gathered for one connection leaves in one
+ * write (Redis's "before sleep"). t must stay valid until fn runs. */
+void loop_defer(loop_t *lp, loop_task_t *t);
+/* The loop whose thread calls, or NULL on any other thread. */
+loop_t *loop_self(void);
+/* Runs t on loop index: at once deferred (loop_defer) when the caller is
+ * that loop's own thread, else posted (loops_post). */
+void loops_post_or_defer(loops_t *ls, int index, loop_task_t *t);
 /* Requests served through every loop's view so far. */
 uint64_t loops_ops_served(loops_t *ls);
 

@@ -51,6 +51,9 @@ struct resp_conn {
                                 only those commands run (Redis's RESP2
                                 subscribed mode) */
   resp_slot_t msg;           /* a pub/sub message being built */
+  int msg_flush_deferred;    /* msg_flush_task waits for the loop (holds a
+                                reference): messages leave together */
+  loop_task_t msg_flush_task;
   resp_slot_t *head, *tail;  /* replies not written yet, oldest first */
   resp_pipeline_t pipe;      /* ... how many: resp_pipeline_max at most */
   resp_slot_t direct;        /* a single node answers every command at once:
@@ -1084,10 +1087,31 @@ static void cmd_command(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int 
 
 static pubsub_t *resp_pubsub(const conn_t *c) { return c->lp->node->pubsub; }
 
+/* Writes the messages gathered; a subscriber whose unsent output is still
+ * past output_bytes_max is disconnected. */
+static void resp_msg_flush(loop_t *lp, conn_t *c) {
+  (void)lp;
+  if (!conn_open(c)) return;
+  conn_flush(c);
+  if (conn_open(c) && conn_output_full(c)) {
+    LOG_W("resp", "\"subscriber closed: it does not read its messages\" addr=%s "
+          "output_bytes_max=%lld", c->peer, (long long)c->lp->node->cfg.output_bytes_max);
+    conn_close(c);
+  }
+}
+
+static void resp_msg_flush_task(loop_t *lp, void *arg) {
+  conn_t *c = arg;
+  resp_of(c)->msg_flush_deferred = 0;
+  resp_msg_flush(lp, c);
+  conn_unref(c);
+}
+
 /* A message for a subscribed connection, on its loop: after the replies
  * still waiting (a cluster's slots), else at once. A subscriber whose
  * unsent output passes output_bytes_max is disconnected, as Redis does
- * past its pubsub output limit: the publisher never waits for it. */
+ * past its pubsub output limit: the publisher never waits for it. The
+ * messages of one loop round leave in one write (loop_defer). */
 static void resp_deliver(pubsub_client_t *cl, const pubsub_name_t *pattern, const void *channel,
                          size_t channel_len, const void *msg, size_t msg_len) {
   resp_conn_t *r = (resp_conn_t *)(void *)((char *)cl - offsetof(resp_conn_t, ps));
@@ -1125,11 +1149,15 @@ static void resp_deliver(pubsub_client_t *cl, const pubsub_name_t *pattern, cons
     conn_close(c);
     return;
   }
-  conn_flush(c);
-  if (conn_open(c) && conn_output_full(c)) {
-    LOG_W("resp", "\"subscriber closed: it does not read its messages\" addr=%s "
-          "output_bytes_max=%lld", c->peer, (long long)c->lp->node->cfg.output_bytes_max);
-    conn_close(c);
+  if (conn_output_full(c)) {
+    resp_msg_flush(c->lp, c); /* it may take it all at once */
+    return;
+  }
+  if (!r->msg_flush_deferred) {
+    r->msg_flush_deferred = 1;
+    r->msg_flush_task = (loop_task_t){.fn = resp_msg_flush_task, .arg = c};
+    conn_ref(c);
+    loop_defer(c->lp, &r->msg_flush_task);
   }
 }
 

@@ -81,7 +81,9 @@ static void stream_task(loop_t *lp, void *arg) {
 /* From the announcing thread, the cache's watch lock held. */
 static void stream_wake(store_watch_t *w) {
   stream_watch_t *wt = (stream_watch_t *)w;
-  loops_post(wt->lp->set, wt->lp->index, &wt->task);
+  /* On the subscriber's own loop (the writer's too) no wake-up is needed:
+   * the changes leave before the loop next waits. */
+  loops_post_or_defer(wt->lp->set, wt->lp->index, &wt->task);
 }
 
 static stream_watch_t *stream_watch_get(loop_t *lp, store_cache_t *cache) {
