@@ -209,6 +209,8 @@ static int cmd_stats(grid_t *g) {
   printf("connections       %" PRIu64 "\n", s.connections);
   printf("caches            %" PRIu64 "\n", s.caches);
   printf("uptime_ms         %" PRIu64 "\n", s.uptime_ms);
+  printf("loop_ops          %" PRIu64 "\n", s.loop_ops);
+  printf("local_reads       %" PRIu64 "\n", s.local_reads);
   return 0;
 }
 

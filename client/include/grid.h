@@ -180,6 +180,10 @@ typedef struct grid_stats {
   uint64_t connections; /* client connections open now */
   uint64_t caches;
   uint64_t uptime_ms;
+  uint64_t loop_ops;    /* of ops: those the node's event loops served (its
+                           listeners' requests, other nodes') */
+  uint64_t local_reads; /* of ops: reads an embedded cluster member served
+                           in its application's thread, with no socket */
 } grid_stats_t;
 
 GRID_EXPORT int grid_stats(grid_t *g, grid_stats_t *out);

@@ -250,6 +250,19 @@ int grid_get(grid_t *g, const char *cache, const void *key, size_t key_len,
              grid_value_t *out) {
   memset(out, 0, sizeof *out);
   if (!g->router) return client_embedded_get(g, cache, key, key_len, out);
+  if (g->embedded) {
+    /* An embedded cluster member reads what it leads in this thread. */
+    void *v;
+    size_t len;
+    uint64_t ver;
+    int rc = embedded_get_led(g->embedded, cache ? cache : "default", key, key_len, &v, &len,
+                              &ver);
+    if (rc == 0) {
+      *out = (grid_value_t){.data = v, .len = len, .version = ver, .found = true};
+      return 0;
+    }
+    if (rc != GRID_ENOTREADY) return rc;
+  }
   Grid__Request rq;
   client_request_key(&rq, GRID__OP__GET, cache, key, key_len);
   client_reply_t r;
@@ -676,6 +689,8 @@ int grid_stats(grid_t *g, grid_stats_t *out) {
     out->connections = s->connections;
     out->caches = s->caches;
     out->uptime_ms = s->uptime_ms;
+    out->loop_ops = s->loop_ops;
+    out->local_reads = s->local_reads;
   } else {
     rc = GRID_EPROTO;
   }

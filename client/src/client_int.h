@@ -108,6 +108,11 @@ int embedded_open(const grid_options_t *opts, embedded_t **out, char *advertise,
 void embedded_close(embedded_t *e);
 /* ops_execute on the node: rp points into rq, a, or static memory. */
 void embedded_call(embedded_t *e, const Grid__Request *rq, Grid__Reply *rp, arena_t *a);
+/* An embedded cluster member's read of a key whose partition it leads,
+ * from its committed state in the calling thread; GRID_ENOTREADY: ask the
+ * key's primary as any client does. *value is malloc'd and the caller's. */
+int embedded_get_led(embedded_t *e, const char *cache, const void *key, size_t key_len,
+                     void **value, size_t *value_len, uint64_t *version);
 /* Reads key straight from the store; *value is malloc'd and the caller's. */
 int embedded_get(embedded_t *e, const char *cache, const void *key, size_t key_len,
                  void **value, size_t *value_len, uint64_t *version);

@@ -11,6 +11,7 @@
 
 #include "client_int.h"
 #include "clock.h"
+#include "cluster.h"
 #include "config.h"
 #include "log.h"
 #include "node.h"
@@ -78,6 +79,36 @@ int embedded_get(embedded_t *e, const char *cache, const void *key, size_t key_l
   rc = store_get(c, &k, STORE_NOW_LAZY, embedded_malloc_cb, NULL, value, value_len, version);
   store_cache_release(n->store, c);
   atomic_fetch_add_explicit(&n->ops, 1, memory_order_relaxed);
+  return rc;
+}
+
+/* An embedded cluster member's read of a key it leads, in the calling
+ * thread: GRID_ENOTREADY sends it the way of any client's (the node does
+ * not lead the key's partition, a write to it is not committed yet, the
+ * node is not serving, or the cache is not here yet). */
+int embedded_get_led(embedded_t *e, const char *cache, const void *key, size_t key_len,
+                     void **value, size_t *value_len, uint64_t *version) {
+  node_t *n = e->node;
+  if (!n->cluster || !cluster_serving(n->cluster)) return GRID_ENOTREADY;
+  int rc = store_check_sizes(n->store, key_len, 0);
+  if (rc != 0) return rc;
+  store_cache_t *c = store_cache_acquire(n->store, cache, strlen(cache));
+  if (!c) return GRID_ENOTREADY;
+  store_key_t k;
+  store_key_init(c, key, key_len, &k);
+  rc = store_get_committed(c, &k, STORE_NOW_LAZY, embedded_malloc_cb, NULL, value, value_len,
+                           version);
+  store_cache_release(n->store, c);
+  if (rc == GRID_ENOTREADY) return rc;
+  /* The lease is checked again after the read, as a loop checks it before
+   * a reply leaves: a process paused past its session never answers from a
+   * role it may have lost meanwhile. */
+  if (!cluster_serving(n->cluster)) {
+    if (rc == 0) free(*value);
+    return GRID_ENOTREADY;
+  }
+  atomic_fetch_add_explicit(&n->ops, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&n->local_reads, 1, memory_order_relaxed);
   return rc;
 }
 

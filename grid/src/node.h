@@ -35,6 +35,9 @@ typedef struct node {
   uint64_t (*loops_ops_served)(void *arg);
   void *loops_ops_arg;
   _Atomic uint64_t connections;    /* client connections open */
+  _Atomic uint64_t local_reads;    /* of ops: an embedded cluster member's
+                                      application's reads served in its own
+                                      thread */
   _Atomic int64_t subscriptions;   /* change-stream subscriptions served
                                       (subscriptions_max) */
   struct pubsub *pubsub;           /* Redis pub/sub's registry (pubsub.h);

@@ -426,6 +426,8 @@ static void ops_stats(node_t *n, Grid__Reply *rp, arena_t *a) {
   st->connections = atomic_load(&n->connections);
   st->caches = store_cache_count(n->store);
   st->uptime_ms = (uint64_t)(clock_mono_ms() - n->started_ms);
+  st->loop_ops = n->loops_ops_served ? n->loops_ops_served(n->loops_ops_arg) : 0;
+  st->local_reads = atomic_load(&n->local_reads);
   rp->stats = st;
 }
 

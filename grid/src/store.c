@@ -431,12 +431,11 @@ static void store_unlink_free(store_t *s, store_part_t *p, store_entry_t **link,
   free(e);
 }
 
-int store_get(store_cache_t *c, const store_key_t *k, int64_t now_ms,
-              store_alloc_fn alloc, void *ctx, void **value, size_t *value_len,
-              uint64_t *version) {
-  store_part_t *p = &c->parts[k->part];
+/* store_get's read, the partition locked. */
+static int store_get_locked(store_cache_t *c, store_part_t *p, const store_key_t *k,
+                            int64_t now_ms, store_alloc_fn alloc, void *ctx, void **value,
+                            size_t *value_len, uint64_t *version) {
   int rc = GRID_ENOTFOUND;
-  pthread_mutex_lock(&p->lock);
   store_entry_t **link;
   store_entry_t *e = store_find(p, k, &link);
   /* The clock is read only for an entry that can expire: most cannot, and
@@ -461,6 +460,15 @@ int store_get(store_cache_t *c, const store_key_t *k, int64_t now_ms,
       rc = 0;
     }
   }
+  return rc;
+}
+
+int store_get(store_cache_t *c, const store_key_t *k, int64_t now_ms,
+              store_alloc_fn alloc, void *ctx, void **value, size_t *value_len,
+              uint64_t *version) {
+  store_part_t *p = &c->parts[k->part];
+  pthread_mutex_lock(&p->lock);
+  int rc = store_get_locked(c, p, k, now_ms, alloc, ctx, value, value_len, version);
   pthread_mutex_unlock(&p->lock);
   return rc;
 }
@@ -1170,6 +1178,21 @@ size_t store_expired_keys(store_cache_t *c, uint32_t part, int64_t now_ms, uint6
 }
 
 int64_t store_changes_bytes(const store_t *s) { return atomic_load(&s->changes_bytes); }
+
+int store_get_committed(store_cache_t *c, const store_key_t *k, int64_t now_ms,
+                        store_alloc_fn alloc, void *ctx, void **value, size_t *value_len,
+                        uint64_t *version) {
+  store_part_t *p = &c->parts[k->part];
+  pthread_mutex_lock(&p->lock);
+  int rc = GRID_ENOTREADY;
+  /* Every write applied here is committed (the counter is moved under
+   * this lock as a write is applied): what the read sees, a key found or
+   * not, no failover can take back. */
+  if (atomic_load(&p->sync.led) && p->counter <= atomic_load(&p->sync.committed))
+    rc = store_get_locked(c, p, k, now_ms, alloc, ctx, value, value_len, version);
+  pthread_mutex_unlock(&p->lock);
+  return rc;
+}
 
 store_part_sync_t *store_part_sync(store_cache_t *c, uint32_t part) {
   return part < c->cfg.partitions ? &c->parts[part].sync : NULL;

@@ -189,6 +189,13 @@ int store_check_sizes(const store_t *s, size_t key_len, size_t value_len);
 int store_get(store_cache_t *c, const store_key_t *k, int64_t now_ms,
               store_alloc_fn alloc, void *ctx, void **value, size_t *value_len,
               uint64_t *version);
+/* store_get in a cluster, outside the partition's loop (an embedded
+ * node's application): as store_get where this node leads the partition
+ * and every write applied to it is committed, else GRID_ENOTREADY (the
+ * read goes through the owner loop, which holds it until then). */
+int store_get_committed(store_cache_t *c, const store_key_t *k, int64_t now_ms,
+                        store_alloc_fn alloc, void *ctx, void **value, size_t *value_len,
+                        uint64_t *version);
 /* Remaining time to live of k: 0 with *expire_at_ms (0: none), or
  * GRID_ENOTFOUND. */
 int store_expiry(store_cache_t *c, const store_key_t *k, int64_t now_ms,

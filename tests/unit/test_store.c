@@ -1416,8 +1416,47 @@ static void test_history_watchers(void) {
   store_free(s);
 }
 
+/* An embedded cluster member reads in its own thread only what it leads
+ * and only once every write it applied is committed: a key written and
+ * not yet committed, or deleted and not yet committed, is read through
+ * the owner loop instead (GRID_ENOTREADY), never seen. */
+static void test_get_committed(void) {
+  store_limits_t l = test_limits();
+  store_t *s = store_new(&l);
+  store_cache_cfg_t cfg = cache_cfg("led", 1);
+  CHECK_RC(store_cache_create(s, &cfg), 0);
+  store_cache_t *c = acquire(s, "led");
+  store_part_sync_t *sy = store_part_sync(c, 0);
+  store_key_t k;
+  store_key_init(c, "a", 1, &k);
+  void *v;
+  size_t len;
+  uint64_t ver;
+  put_key(c, "a", "1");
+  /* Not led here: never read locally. */
+  CHECK_RC(store_get_committed(c, &k, T0, test_alloc, NULL, &v, &len, &ver), GRID_ENOTREADY);
+  atomic_store(&sy->led, 1);
+  /* Led, but write 1 is applied and not committed. */
+  CHECK_RC(store_get_committed(c, &k, T0, test_alloc, NULL, &v, &len, &ver), GRID_ENOTREADY);
+  atomic_store(&sy->committed, 1);
+  CHECK_RC(store_get_committed(c, &k, T0, test_alloc, NULL, &v, &len, &ver), 0);
+  CHECK_STR(v, "1");
+  free(v);
+  /* A delete applied, not committed: the key's absence is not told yet. */
+  put_key(c, "a", NULL);
+  CHECK_RC(store_get_committed(c, &k, T0, test_alloc, NULL, &v, &len, &ver), GRID_ENOTREADY);
+  atomic_store(&sy->committed, 2);
+  CHECK_RC(store_get_committed(c, &k, T0, test_alloc, NULL, &v, &len, &ver), GRID_ENOTFOUND);
+  /* Led no more (a new map): back to the owner loop. */
+  atomic_store(&sy->led, 0);
+  CHECK_RC(store_get_committed(c, &k, T0, test_alloc, NULL, &v, &len, &ver), GRID_ENOTREADY);
+  store_cache_release(s, c);
+  store_free(s);
+}
+
 int main(void) {
   RUN(test_new_has_default_cache);
+  RUN(test_get_committed);
   RUN(test_put_get_delete);
   RUN(test_put_if_absent_replace);
   RUN(test_cas);

@@ -1,0 +1,155 @@
+/*
+ * An embedded cluster member (issue 10): its application reads the keys
+ * the node leads in its own thread (no socket, no loop: the node's loops
+ * serve none of those reads), sees its own acknowledged writes and other
+ * handles' acknowledged writes, and goes on reading every key while a
+ * node is killed with kill -9. Two gridd processes, the embedded node in
+ * this one, a real ZooKeeper.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "grid.h"
+#include "harness.h"
+#include "part.h"
+#include "pmap.h"
+
+#define KEYS 600
+#define CACHE "ec"
+
+static harness_zk_t zk;
+static harness_node_t nodes[2];
+static char values[KEYS][32];
+
+static void key_of(int i, char *out, size_t len) { snprintf(out, len, "ec-%d", i); }
+
+/* Which keys the embedded node leads now (map read from node 0). */
+static int led_keys(int *led, int *n_led) {
+  pmap_t m;
+  harness_pmap(nodes[0].port, &m);
+  int self = pmap_node_index(&m, "ec-embedded");
+  const pmap_group_t *g = pmap_find_cache(&m, CACHE);
+  CHECK(g != NULL);
+  int n = 0;
+  for (int i = 0; i < KEYS; i++) {
+    char key[32];
+    key_of(i, key, sizeof key);
+    led[i] = self >= 0 && pmap_primary(g, part_of(key, strlen(key), g->partitions)) == self;
+    n += led[i];
+  }
+  *n_led = n;
+  pmap_free(&m);
+  return self;
+}
+
+static void check_value(grid_t *e, int i) {
+  char key[32];
+  key_of(i, key, sizeof key);
+  grid_value_t v;
+  CHECK_RC(grid_get(e, CACHE, key, strlen(key), &v), 0);
+  CHECK_STR(v.data, values[i]);
+  grid_value_free(&v);
+}
+
+static void stats(grid_t *e, grid_stats_t *s) { CHECK_RC(grid_stats(e, s), 0); }
+
+int main(void) {
+  harness_zk_start(&zk);
+  const char *settings[] = {"cluster_min_nodes=3", "zk_session_timeout_ms=1000",
+                            "lost_grace_ms=1000", NULL};
+  for (int i = 0; i < 2; i++) harness_start_cluster_node(&nodes[i], &zk, "ec", i, settings);
+  char cfg[512];
+  snprintf(cfg, sizeof cfg,
+           "zk = %s\ncluster = ec\nnode_id = ec-embedded\nlisten = on\nport = 0\n"
+           "zk_session_timeout_ms = 1000\ncluster_min_nodes = 3\nlost_grace_ms = 1000\n",
+           zk.hosts);
+  grid_options_t eo = {.timeout_ms = 10000, .config_text = cfg};
+  grid_t *e, *g;
+  CHECK_RC(grid_open("embedded:", &eo, &e), 0);
+  grid_options_t o = {.timeout_ms = 10000};
+  CHECK_RC(grid_open(nodes[0].uri, &o, &g), 0);
+  grid_cache_config_t cc = {.name = CACHE, .partitions = 64, .backups = 1};
+  CHECK_RC(grid_cache_create(g, &cc), 0);
+  for (int i = 0; i < KEYS; i++) {
+    char key[32];
+    key_of(i, key, sizeof key);
+    snprintf(values[i], sizeof values[i], "v0-%d", i);
+    CHECK_RC(grid_put(e, CACHE, key, strlen(key), values[i], strlen(values[i]), 0, NULL), 0);
+  }
+  harness_wait_settled(nodes[0].port, CACHE, 3);
+  int led[KEYS], n_led;
+  CHECK(led_keys(led, &n_led) >= 0);
+  fprintf(stderr, "-- the embedded node leads %d of %d keys\n", n_led, KEYS);
+  CHECK(n_led > KEYS / 10 && n_led < KEYS - KEYS / 10);
+
+  fprintf(stderr, "-- reads of what it leads: in this thread, none through its loops\n");
+  grid_stats_t s0, s1;
+  stats(e, &s0);
+  uint64_t n = 0;
+  for (int round = 0; round < 5; round++)
+    for (int i = 0; i < KEYS; i++)
+      if (led[i]) {
+        check_value(e, i);
+        n++;
+      }
+  stats(e, &s1);
+  CHECK_EQ(s1.local_reads - s0.local_reads, n);
+  /* The loops served the STATS calls, and perhaps a peer's ping: not the
+   * thousands of reads. */
+  CHECK(s1.loop_ops - s0.loop_ops < 20);
+
+  fprintf(stderr, "-- reads of what others lead: to their primaries\n");
+  for (int i = 0; i < KEYS; i++)
+    if (!led[i]) check_value(e, i);
+  stats(e, &s0);
+  CHECK_EQ(s0.local_reads, s1.local_reads);
+
+  fprintf(stderr, "-- a write acknowledged, through this handle or another, is read\n");
+  for (int i = 0; i < KEYS; i++) {
+    char key[32];
+    key_of(i, key, sizeof key);
+    snprintf(values[i], sizeof values[i], "v1-%d", i);
+    grid_t *w = i % 2 ? e : g;
+    CHECK_RC(grid_put(w, CACHE, key, strlen(key), values[i], strlen(values[i]), 0, NULL), 0);
+    check_value(e, i);
+  }
+  /* A key deleted and acknowledged is gone at once. */
+  CHECK_RC(grid_delete(g, CACHE, "ec-0", 4), 0);
+  grid_value_t v;
+  CHECK_RC(grid_get(e, CACHE, "ec-0", 4, &v), GRID_ENOTFOUND);
+  CHECK_RC(grid_put(g, CACHE, "ec-0", 4, values[0], strlen(values[0]), 0, NULL), 0);
+
+  fprintf(stderr, "-- node 1 is killed (kill -9): every key is still read\n");
+  harness_kill9(&nodes[1]);
+  for (int round = 0; round < 3; round++)
+    for (int i = 0; i < KEYS; i++) check_value(e, i);
+  /* Once the map gives it node 1's primaries, it reads those here too. */
+  int before = n_led;
+  for (int tries = 0; tries < 400; tries++) {
+    led_keys(led, &n_led);
+    if (n_led > before) break;
+    harness_sleep_ms(50);
+  }
+  CHECK(n_led > before);
+  stats(e, &s0);
+  n = 0;
+  for (int i = 0; i < KEYS; i++)
+    if (led[i]) {
+      check_value(e, i);
+      n++;
+    }
+  stats(e, &s1);
+  /* A partition just promoted may still wait for its last writes to be
+   * committed (read through the loop then); most are read here. */
+  CHECK(s1.local_reads - s0.local_reads > n / 2);
+
+  grid_close(g);
+  grid_close(e);
+  CHECK(harness_stop(&nodes[0]) == 0);
+  harness_zk_stop(&zk);
+  printf("test_embedded_cluster: all passed\n");
+  return 0;
+}
