@@ -297,6 +297,8 @@ typedef struct bench_cfg {
   int preload;
   int json;
   int quiet;
+  const char *config;    /* embedded: the node's settings file */
+  int keys_led;          /* only keys the handle's own node leads */
 } bench_cfg_t;
 
 static void usage(FILE *f) {
@@ -314,6 +316,10 @@ static void usage(FILE *f) {
     "  --cache NAME         cache to use (default \"default\"); with embedded: it is\n"
     "                       created if missing; with redis:// each connection sends\n"
     "                       SELECT NAME (grid: a cache name; Redis: a db number)\n"
+    "  --config FILE        embedded: the node's settings file (zk = ... makes it a\n"
+    "                       member of that cluster)\n"
+    "  --keys-led           only the keys whose partition the handle's own node leads\n"
+    "                       now (grid_key_owner): an embedded member's local reads\n"
     "  --timeout-ms N       deadline of every call (default 5000); redis://: the\n"
     "                       socket timeout, after which the connection is reopened\n"
     "workload\n"
@@ -433,7 +439,7 @@ static void parse_args(int argc, char **argv, bench_cfg_t *c) {
   enum {
     O_URI = 1000, O_OP, O_GET_RATIO, O_KEYS, O_VALUE_BYTES, O_KEYSPACE, O_CACHE, O_THREADS,
     O_PIPELINE, O_RATE, O_DURATION, O_WARMUP, O_REQUESTS, O_TIMEOUT, O_SPIN, O_NO_PRELOAD, O_JSON,
-    O_QUIET, O_HELP, O_VERSION
+    O_QUIET, O_HELP, O_VERSION, O_CONFIG, O_KEYS_LED
   };
   static const struct option opts[] = {
       {"uri", required_argument, 0, O_URI},
@@ -454,6 +460,8 @@ static void parse_args(int argc, char **argv, bench_cfg_t *c) {
       {"no-preload", no_argument, 0, O_NO_PRELOAD},
       {"json", no_argument, 0, O_JSON},
       {"quiet", no_argument, 0, O_QUIET},
+      {"config", required_argument, 0, O_CONFIG},
+      {"keys-led", no_argument, 0, O_KEYS_LED},
       {"help", no_argument, 0, O_HELP},
       {"version", no_argument, 0, O_VERSION},
       {0, 0, 0, 0},
@@ -509,6 +517,8 @@ static void parse_args(int argc, char **argv, bench_cfg_t *c) {
       case O_NO_PRELOAD: c->preload = 0; break;
       case O_JSON: c->json = 1; break;
       case O_QUIET: c->quiet = 1; break;
+      case O_CONFIG: c->config = optarg; break;
+      case O_KEYS_LED: c->keys_led = 1; break;
       case O_HELP: usage(stdout); exit(0);
       case O_VERSION: printf("gridbench %s\n", GRID_VERSION_STRING); exit(0);
       case ':':
@@ -538,6 +548,8 @@ static void parse_args(int argc, char **argv, bench_cfg_t *c) {
     usage_error("--rate is under 0.001 ops/s per thread");
   /* The RESP client writes a whole batch and then reads it back, so a
    * request of a batch cannot leave on a schedule of its own. */
+  if (c->config && !c->embedded) usage_error("--config only applies to embedded:");
+  if (c->keys_led && c->resp) usage_error("--keys-led needs grid.h (grid:// or embedded:)");
   if (c->resp && c->rate > 0 && c->pipeline > 1)
     usage_error("--rate needs --pipeline 1 with redis:// (a RESP batch of D commands is\n"
                 "written at once, so its requests cannot follow the open-loop schedule);\n"
@@ -977,6 +989,9 @@ typedef struct run {
   uint64_t send_end_ns;      /* open loop: no sending after this */
   struct sockaddr_storage addr; /* resp: the server, as resolved once */
   socklen_t addr_len;
+  uint32_t *led;             /* --keys-led: the indexes of those keys */
+  _Atomic uint64_t gets;     /* gets called, warm-up included */
+  uint32_t nled;
   _Atomic int stop;          /* ^C: workers stop issuing */
   _Atomic uint32_t workers_done;
 } run_t;
@@ -1031,9 +1046,14 @@ static int op_pick(worker_t *w) {
 static uint32_t key_pick(worker_t *w) {
   const bench_cfg_t *c = w->run->cfg;
   double u = rng_unit(&w->rng);
-  if (c->zipfian) return (uint32_t)zipf_next(&w->run->zipf, u);
-  uint32_t k = (uint32_t)(u * c->keys);
-  return k < c->keys ? k : c->keys - 1;
+  uint32_t k;
+  if (c->zipfian) {
+    k = (uint32_t)zipf_next(&w->run->zipf, u);
+  } else {
+    k = (uint32_t)(u * c->keys);
+    if (k >= c->keys) k = c->keys - 1;
+  }
+  return w->run->led ? w->run->led[k % w->run->nled] : k;
 }
 
 /* Open loop: when request i of this worker is due. Requests of all workers
@@ -1087,6 +1107,7 @@ static int worker_call_sync(worker_t *w, int kind, const char *key, size_t key_l
   if (kind == REQ_PUT)
     return grid_put(w->g, c->cache, key, key_len, w->run->value, c->value_bytes, 0, NULL);
   grid_value_t v;
+  atomic_fetch_add_explicit(&w->run->gets, 1, memory_order_relaxed);
   int rc = grid_get(w->g, c->cache, key, key_len, &v);
   if (rc == 0 && v.len != c->value_bytes) rc = BENCH_EBADLEN;
   grid_value_free(&v);
@@ -1206,6 +1227,7 @@ static void worker_run_pipelined(worker_t *w) {
     *q = (req_ctx_t){.w = w, .intended_ns = intended, .sent_ns = t0, .kind = kind,
                      .recorded = recorded};
     /* Embedded: the callback runs inside the call, so no lock is held here. */
+    if (kind == REQ_GET) atomic_fetch_add_explicit(&r->gets, 1, memory_order_relaxed);
     int rc = kind == REQ_GET
                  ? grid_get_async(w->g, c->cache, key, key_len, worker_on_get_cb, q)
                  : grid_put_async(w->g, c->cache, key, key_len, r->value, c->value_bytes, 0,
@@ -1612,6 +1634,9 @@ typedef struct results {
   uint64_t batch_errors;
   double timer_ns;
   int interrupted;             /* ^C ended the run early */
+  int local_measured;          /* embedded: the node's counters were read */
+  uint64_t local_reads;        /* ... reads served in the calling thread */
+  uint64_t gets;               /* ... of the gets called (warm-up included) */
 } results_t;
 
 /* Merges the workers' histograms into h[kind] and h[REQ_KINDS] (all). */
@@ -1694,6 +1719,10 @@ static void print_table(const bench_cfg_t *c, results_t *res) {
       printf("      batch mean: %.1f ns per get (%d gets in one timed loop, one thread,\n"
              "      no per-call clock read)%s\n", res->batch_mean_ns, BATCH_MEAN_GETS,
              res->batch_errors ? " -- with errors!" : "");
+    if (res->local_measured && res->gets)
+      printf("      served in the calling thread (no socket, no loop): %" PRIu64 " of the %"
+             PRIu64 " gets (warm-up included, %.1f%%)\n", res->local_reads, res->gets,
+             100.0 * (double)res->local_reads / (double)res->gets);
   }
   if (res->unsent)
     printf("warning: %" PRIu64 " requests due in the window were never sent: the node (or\n"
@@ -1739,6 +1768,8 @@ static void print_json(const bench_cfg_t *c, results_t *res) {
   json_lat("", all);
   if (res->batch_measured) printf(",\"batch_mean_ns\":%.1f", res->batch_mean_ns);
   if (c->embedded) printf(",\"timer_overhead_ns\":%.1f", res->timer_ns);
+  if (res->local_measured)
+    printf(",\"local_reads\":%" PRIu64 ",\"gets_called\":%" PRIu64, res->local_reads, res->gets);
   if (c->rate > 0) {
     json_lat("service_", res->svc[REQ_KINDS]);
     printf(",\"unsent\":%" PRIu64, res->unsent);
@@ -1816,11 +1847,42 @@ static void print_progress(run_t *r, worker_t *ws, hist_t **scratch, uint64_t no
 static int open_handle(const bench_cfg_t *c, uint32_t idx, grid_t **out) {
   char name[64];
   snprintf(name, sizeof name, "gridbench-%u", idx);
-  grid_options_t o = {.timeout_ms = c->timeout_ms, .client_name = name};
+  grid_options_t o = {.timeout_ms = c->timeout_ms, .client_name = name,
+                      .config_path = c->embedded ? c->config : NULL};
   int rc = grid_open(c->uri, &o, out);
   if (rc != 0)
     fprintf(stderr, "gridbench: cannot open %s: %s\n", c->uri, grid_strerror(rc));
   return rc;
+}
+
+/* --keys-led: the keys whose partition the handle's own node leads now. */
+static int led_keys_find(grid_t *g, const bench_cfg_t *c, run_t *run) {
+  grid_stats_t st;
+  int rc = grid_stats(g, &st);
+  if (rc != 0) {
+    fprintf(stderr, "gridbench: --keys-led: cannot ask the node its id: %s\n", grid_strerror(rc));
+    return EXIT_RUN_FAILED;
+  }
+  run->led = malloc((size_t)c->keys * sizeof *run->led);
+  if (!run->led) return EXIT_RUN_FAILED;
+  char key[KEY_BYTES_MAX], owner[64];
+  for (uint32_t i = 0; i < c->keys; i++) {
+    size_t n = key_format(key, i);
+    rc = grid_key_owner(g, c->cache, key, n, owner, sizeof owner);
+    if (rc != 0) {
+      fprintf(stderr, "gridbench: --keys-led: %s\n", grid_strerror(rc));
+      return EXIT_RUN_FAILED;
+    }
+    if (strcmp(owner, st.node_id) == 0) run->led[run->nled++] = i;
+  }
+  if (!c->quiet)
+    fprintf(stderr, "gridbench: --keys-led: %u of %u keys are led by %s\n", run->nled, c->keys,
+            st.node_id);
+  if (run->nled == 0) {
+    fprintf(stderr, "gridbench: --keys-led: node %s leads none of the keys\n", st.node_id);
+    return EXIT_RUN_FAILED;
+  }
+  return 0;
 }
 
 /* The cache must exist; an embedded node starts with "default" only, so a
@@ -1889,6 +1951,12 @@ int main(int argc, char **argv) {
       return rc == GRID_ECONN ? EXIT_CONNECT : EXIT_RUN_FAILED;
     }
   }
+  if (c->keys_led && !c->resp) {
+    int rc = led_keys_find(ws[0].g, c, &run);
+    if (rc != 0) return rc;
+  }
+  grid_stats_t stats_before = {0};
+  int stats_ok = c->embedded && grid_stats(ws[0].g, &stats_before) == 0;
   if (c->embedded && c->pipeline > 1 && !c->quiet)
     fprintf(stderr, "gridbench: note: embedded async calls complete before they return, "
                     "so --pipeline %u keeps at most one request in flight\n", c->pipeline);
@@ -1971,6 +2039,12 @@ int main(int argc, char **argv) {
   res.elapsed_s = (window_end - run.measure_start_ns) / 1e9;
   res.interrupted = stop_ns != 0;
 
+  grid_stats_t stats_after;
+  if (stats_ok && grid_stats(shared, &stats_after) == 0) {
+    res.local_reads = stats_after.local_reads - stats_before.local_reads;
+    res.gets = atomic_load(&run.gets);
+    res.local_measured = 1;
+  }
   if (c->embedded) {
     res.timer_ns = timer_cost_ns();
     if (c->op == OP_GET && !stop_ns) {

@@ -358,6 +358,14 @@ GRID_EXPORT int grid_sub_next(grid_sub_t *s, uint32_t timeout_ms, grid_event_t *
  * handle must outlive its subscriptions. */
 GRID_EXPORT void grid_unsubscribe(grid_sub_t *s);
 
+/* The id of the node whose copy of key's partition is its primary now, as
+ * this handle's partition map says (it may lag a change of the map by a
+ * moment), into node_id (node_id_len bytes, 64 are enough): as Ignite's
+ * affinity mapKeyToNode. A single node leads every key. 0, GRID_ENOCACHE,
+ * GRID_ENOTREADY (the partition has no primary now), or a call's error. */
+GRID_EXPORT int grid_key_owner(grid_t *g, const char *cache, const void *key, size_t key_len,
+                               char *node_id, size_t node_id_len);
+
 /* The partition a key belongs to in a cache of `partitions` partitions: XXH3
  * of the key, or of its {affinity} part when it has one. */
 GRID_EXPORT uint32_t grid_partition_of(const void *key, size_t key_len,

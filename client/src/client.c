@@ -698,6 +698,20 @@ int grid_stats(grid_t *g, grid_stats_t *out) {
   return rc;
 }
 
+int grid_key_owner(grid_t *g, const char *cache, const void *key, size_t key_len,
+                   char *node_id, size_t node_id_len) {
+  if (!cache) cache = "default";
+  if (g->router && router_clustered(g->router))
+    return router_owner_of(g->router, cache, key, key_len, g->timeout_ms, node_id, node_id_len);
+  /* A single node: it leads every key of its caches. */
+  uint64_t size;
+  int rc = grid_size(g, cache, &size);
+  grid_stats_t st;
+  if (rc == 0) rc = grid_stats(g, &st);
+  if (rc == 0) snprintf(node_id, node_id_len, "%s", st.node_id);
+  return rc;
+}
+
 /* ---- cluster status -------------------------------------------------------- */
 
 void grid_cluster_status_free(grid_cluster_status_t *st) {

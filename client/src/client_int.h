@@ -80,6 +80,11 @@ void router_saw_epoch(router_t *rt, uint64_t epoch);
 void router_mark_stale(router_t *rt);
 /* Node index (in the router's map) of the primary of key, or -1. */
 int router_primary_of(router_t *rt, const char *cache, const void *key, size_t len);
+/* The id of the node leading key's partition in the router's map
+ * (refreshed first when stale): 0, GRID_ENOCACHE (the map does not place
+ * the cache), GRID_ENOTREADY (no primary now). */
+int router_owner_of(router_t *rt, const char *cache, const void *key, size_t len,
+                    uint32_t timeout_ms, char *node_id, size_t node_id_len);
 /* Whether the handle talks to a cluster (it has a map). */
 int router_clustered(router_t *rt);
 /* Where a cache's partitions are led: for each partition the index in

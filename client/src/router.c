@@ -242,6 +242,21 @@ int router_primary_of(router_t *rt, const char *cache, const void *key, size_t l
   return prim;
 }
 
+int router_owner_of(router_t *rt, const char *cache, const void *key, size_t len,
+                    uint32_t timeout_ms, char *node_id, size_t node_id_len) {
+  pthread_mutex_lock(&rt->lock);
+  if (atomic_load(&rt->stale)) router_refresh_locked(rt, timeout_ms);
+  int rc = GRID_ENOCACHE;
+  const pmap_group_t *pc = rt->map.epoch ? pmap_find_cache(&rt->map, cache) : NULL;
+  if (pc) {
+    int prim = pmap_primary(pc, part_of(key, len, pc->partitions));
+    rc = prim >= 0 && (size_t)prim < rt->map.nnodes ? 0 : GRID_ENOTREADY;
+    if (rc == 0) snprintf(node_id, node_id_len, "%s", rt->map.nodes[prim].id);
+  }
+  pthread_mutex_unlock(&rt->lock);
+  return rc;
+}
+
 void router_saw_epoch(router_t *rt, uint64_t epoch) {
   if (epoch > atomic_load(&rt->epoch)) atomic_store(&rt->stale, 1);
 }
