@@ -152,11 +152,21 @@ static int client_call(grid_t *g, Grid__Request *rq, client_reply_t *out) {
 static int client_call_once(grid_t *g, Grid__Request *rq, client_reply_t *out) {
   memset(out, 0, sizeof *out);
   int rc;
+  uint32_t part;
   if (!g->router) {
     arena_init(&out->arena, CLIENT_ARENA_BYTES);
     grid__reply__init(&out->local);
     embedded_call(g->embedded, rq, &out->local, &out->arena);
     out->rp = &out->local;
+  } else if (g->embedded && op_has(rq->op, OP_KEYED) && op_is_write(rq->op) &&
+             embedded_leads(g->embedded, rq->cache ? rq->cache : "default", rq->key.data,
+                            rq->key.len, &part)) {
+    /* An embedded member's write of a key it leads: straight to the
+     * partition's loop, no socket. */
+    rc = embedded_call_loop(g->embedded, rq, part, g->timeout_ms, &out->rp);
+    if (rc != 0) return rc;
+    out->unpacked = 1;
+    router_saw_epoch(g->router, out->rp->epoch);
   } else {
     remote_t *r = router_pick(g->router, rq, g->timeout_ms);
     rc = remote_call(r, rq, g->timeout_ms, out);

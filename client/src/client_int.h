@@ -118,6 +118,17 @@ void embedded_call(embedded_t *e, const Grid__Request *rq, Grid__Reply *rp, aren
  * key's primary as any client does. *value is malloc'd and the caller's. */
 int embedded_get_led(embedded_t *e, const char *cache, const void *key, size_t key_len,
                      void **value, size_t *value_len, uint64_t *version);
+/* Whether the embedded node is a cluster member leading key's partition now
+ * (its map's view: it may change the next moment, and then the node
+ * forwards what it was handed); *part: the key's partition. */
+int embedded_leads(embedded_t *e, const char *cache, const void *key, size_t key_len,
+                   uint32_t *part);
+/* Runs rq on the embedded node's loop that owns partition part, as a
+ * client's request (routed, replicated, fenced), without a socket; waits
+ * up to timeout_ms. 0 with *out (grid__reply__free_unpacked), or
+ * GRID_ETIMEDOUT, GRID_EUNKNOWN (a write without its reply), GRID_ENOMEM. */
+int embedded_call_loop(embedded_t *e, const Grid__Request *rq, uint32_t part, uint32_t timeout_ms,
+                       Grid__Reply **out);
 /* Reads key straight from the store; *value is malloc'd and the caller's. */
 int embedded_get(embedded_t *e, const char *cache, const void *key, size_t key_len,
                  void **value, size_t *value_len, uint64_t *version);

@@ -14,8 +14,11 @@
 #include "cluster.h"
 #include "config.h"
 #include "log.h"
+#include "loop.h"
 #include "node.h"
 #include "ops.h"
+#include "route.h"
+#include "sink.h"
 #include "store.h"
 
 struct embedded {
@@ -110,6 +113,136 @@ int embedded_get_led(embedded_t *e, const char *cache, const void *key, size_t k
   atomic_fetch_add_explicit(&n->ops, 1, memory_order_relaxed);
   atomic_fetch_add_explicit(&n->local_reads, 1, memory_order_relaxed);
   return rc;
+}
+
+/* ---- an embedded cluster member's requests, handed to its loops ----------- */
+
+int embedded_leads(embedded_t *e, const char *cache, const void *key, size_t key_len,
+                   uint32_t *part) {
+  node_t *n = e->node;
+  if (!n->cluster || !n->loops) return 0;
+  store_cache_t *c = store_cache_acquire(n->store, cache, strlen(cache));
+  if (!c) return 0;
+  store_key_t k;
+  store_key_init(c, key, key_len, &k);
+  int led = atomic_load(&store_part_sync(c, k.part)->led);
+  *part = k.part;
+  store_cache_release(n->store, c);
+  return led;
+}
+
+/* One request on its way through the node: the caller waits for it, or
+ * gives up (a deadline); the last of the two to let go frees it. */
+typedef struct embedded_req {
+  loop_task_t task;
+  sink_t sink;
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  int refs;
+  int done;
+  unsigned char *rq_bytes;    /* the request, packed: the caller may be gone
+                                 by the time it runs */
+  size_t rq_len;
+  unsigned char *rp_bytes;    /* the reply, packed */
+  size_t rp_len;
+  int status;                 /* GRID_ENOMEM: the reply could not be kept */
+} embedded_req_t;
+
+static void embedded_req_unref(embedded_req_t *q) {
+  pthread_mutex_lock(&q->lock);
+  int last = --q->refs == 0;
+  pthread_mutex_unlock(&q->lock);
+  if (!last) return;
+  pthread_mutex_destroy(&q->lock);
+  pthread_cond_destroy(&q->cond);
+  free(q->rq_bytes);
+  free(q->rp_bytes);
+  free(q);
+}
+
+/* On the loop: the reply, kept packed for the caller's thread. */
+static void embedded_req_reply(loop_t *lp, sink_t *s, const Grid__Reply *rp) {
+  (void)lp;
+  embedded_req_t *q = (embedded_req_t *)(void *)((char *)s - offsetof(embedded_req_t, sink));
+  size_t len = grid__reply__get_packed_size(rp);
+  unsigned char *b = malloc(len ? len : 1);
+  pthread_mutex_lock(&q->lock);
+  if (b) {
+    grid__reply__pack(rp, b);
+    q->rp_bytes = b;
+    q->rp_len = len;
+  } else {
+    q->status = GRID_ENOMEM;
+  }
+  q->done = 1;
+  pthread_cond_signal(&q->cond);
+  pthread_mutex_unlock(&q->lock);
+  embedded_req_unref(q);
+}
+
+/* On the loop: the request runs as a client's would (route_run). */
+static void embedded_req_run(loop_t *lp, void *arg) {
+  embedded_req_t *q = arg;
+  Grid__Request *rq = grid__request__unpack(&lp->arena.pb, q->rq_len, q->rq_bytes);
+  if (!rq) {
+    sink_error(lp, &q->sink, 0, GRID_ENOMEM, NULL);
+  } else {
+    route_from_t from = {.addr = "embedded"};
+    route_run(lp, rq, &from, &q->sink);
+  }
+  arena_reset(&lp->arena);
+}
+
+int embedded_call_loop(embedded_t *e, const Grid__Request *rq, uint32_t part, uint32_t timeout_ms,
+                       Grid__Reply **out) {
+  node_t *n = e->node;
+  embedded_req_t *q = calloc(1, sizeof *q);
+  size_t len = grid__request__get_packed_size(rq);
+  unsigned char *b = q ? malloc(len ? len : 1) : NULL;
+  if (!b) {
+    free(q);
+    return GRID_ENOMEM;
+  }
+  grid__request__pack(rq, b);
+  q->rq_bytes = b;
+  q->rq_len = len;
+  q->refs = 2; /* the caller's, and the reply's */
+  pthread_mutex_init(&q->lock, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&q->cond, &ca);
+  pthread_condattr_destroy(&ca);
+  /* The loop that owns the partition: no handoff there. */
+  int loop = (int)(part % (uint32_t)loops_count(n->loops));
+  sink_init(&q->sink, embedded_req_reply, loop);
+  q->task = (loop_task_t){.fn = embedded_req_run, .arg = q};
+  loops_post(n->loops, loop, &q->task);
+  struct timespec until;
+  clock_gettime(CLOCK_MONOTONIC, &until);
+  until.tv_sec += timeout_ms / 1000;
+  until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+  if (until.tv_nsec >= 1000000000L) {
+    until.tv_sec++;
+    until.tv_nsec -= 1000000000L;
+  }
+  pthread_mutex_lock(&q->lock);
+  while (!q->done && pthread_cond_timedwait(&q->cond, &q->lock, &until) == 0) {
+  }
+  int done = q->done, status = q->status;
+  unsigned char *rp_bytes = q->rp_bytes;
+  size_t rp_len = q->rp_len;
+  q->rp_bytes = NULL;
+  pthread_mutex_unlock(&q->lock);
+  embedded_req_unref(q);
+  if (!done) return op_is_write(rq->op) ? GRID_EUNKNOWN : GRID_ETIMEDOUT;
+  if (status != 0) {
+    free(rp_bytes);
+    return status;
+  }
+  *out = grid__reply__unpack(NULL, rp_len, rp_bytes);
+  free(rp_bytes);
+  return *out ? 0 : GRID_ENOMEM;
 }
 
 /* ---- change streams of an embedded node outside a cluster ---------------- */
