@@ -299,6 +299,7 @@ typedef struct bench_cfg {
   int quiet;
   const char *config;    /* embedded: the node's settings file */
   int keys_led;          /* only keys the handle's own node leads */
+  uint64_t near_bytes;   /* a near cache of this many bytes per handle */
 } bench_cfg_t;
 
 static void usage(FILE *f) {
@@ -318,6 +319,8 @@ static void usage(FILE *f) {
     "                       SELECT NAME (grid: a cache name; Redis: a db number)\n"
     "  --config FILE        embedded: the node's settings file (zk = ... makes it a\n"
     "                       member of that cluster)\n"
+    "  --near-cache-bytes N a near cache of N bytes in each handle (grid:// or an\n"
+    "                       embedded member): reads of other nodes' keys kept here\n"
     "  --keys-led           only the keys whose partition the handle's own node leads\n"
     "                       now (grid_key_owner): an embedded member's local reads\n"
     "  --timeout-ms N       deadline of every call (default 5000); redis://: the\n"
@@ -439,7 +442,7 @@ static void parse_args(int argc, char **argv, bench_cfg_t *c) {
   enum {
     O_URI = 1000, O_OP, O_GET_RATIO, O_KEYS, O_VALUE_BYTES, O_KEYSPACE, O_CACHE, O_THREADS,
     O_PIPELINE, O_RATE, O_DURATION, O_WARMUP, O_REQUESTS, O_TIMEOUT, O_SPIN, O_NO_PRELOAD, O_JSON,
-    O_QUIET, O_HELP, O_VERSION, O_CONFIG, O_KEYS_LED
+    O_QUIET, O_HELP, O_VERSION, O_CONFIG, O_KEYS_LED, O_NEAR
   };
   static const struct option opts[] = {
       {"uri", required_argument, 0, O_URI},
@@ -462,6 +465,7 @@ static void parse_args(int argc, char **argv, bench_cfg_t *c) {
       {"quiet", no_argument, 0, O_QUIET},
       {"config", required_argument, 0, O_CONFIG},
       {"keys-led", no_argument, 0, O_KEYS_LED},
+      {"near-cache-bytes", required_argument, 0, O_NEAR},
       {"help", no_argument, 0, O_HELP},
       {"version", no_argument, 0, O_VERSION},
       {0, 0, 0, 0},
@@ -519,6 +523,7 @@ static void parse_args(int argc, char **argv, bench_cfg_t *c) {
       case O_QUIET: c->quiet = 1; break;
       case O_CONFIG: c->config = optarg; break;
       case O_KEYS_LED: c->keys_led = 1; break;
+      case O_NEAR: c->near_bytes = parse_u64_in("--near-cache-bytes", optarg, 1, UINT64_MAX); break;
       case O_HELP: usage(stdout); exit(0);
       case O_VERSION: printf("gridbench %s\n", GRID_VERSION_STRING); exit(0);
       case ':':
@@ -550,6 +555,7 @@ static void parse_args(int argc, char **argv, bench_cfg_t *c) {
    * request of a batch cannot leave on a schedule of its own. */
   if (c->config && !c->embedded) usage_error("--config only applies to embedded:");
   if (c->keys_led && c->resp) usage_error("--keys-led needs grid.h (grid:// or embedded:)");
+  if (c->near_bytes && c->resp) usage_error("--near-cache-bytes needs grid.h (grid:// or embedded:)");
   if (c->resp && c->rate > 0 && c->pipeline > 1)
     usage_error("--rate needs --pipeline 1 with redis:// (a RESP batch of D commands is\n"
                 "written at once, so its requests cannot follow the open-loop schedule);\n"
@@ -1848,7 +1854,8 @@ static int open_handle(const bench_cfg_t *c, uint32_t idx, grid_t **out) {
   char name[64];
   snprintf(name, sizeof name, "gridbench-%u", idx);
   grid_options_t o = {.timeout_ms = c->timeout_ms, .client_name = name,
-                      .config_path = c->embedded ? c->config : NULL};
+                      .config_path = c->embedded ? c->config : NULL,
+                      .near_cache_bytes = c->near_bytes};
   int rc = grid_open(c->uri, &o, out);
   if (rc != 0)
     fprintf(stderr, "gridbench: cannot open %s: %s\n", c->uri, grid_strerror(rc));

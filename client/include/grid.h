@@ -46,6 +46,14 @@ typedef struct grid_options {
                                called; 0 = 4096. An embedded node outside a
                                cluster runs an async call before returning,
                                so it needs no bound there */
+  uint64_t near_cache_bytes; /* remote, or an embedded cluster member: keep
+                               recently read entries of other nodes in this
+                               handle, at most this many bytes (least
+                               recently used out first), each forgotten when
+                               its key changes (a change stream per cache,
+                               keys only); 0 = no near cache */
+  const char *near_caches;  /* with near_cache_bytes: the caches held near,
+                               comma-separated; NULL = every cache read */
 } grid_options_t;
 
 /*

@@ -70,6 +70,7 @@ int grid_open(const char *uri, const grid_options_t *opts, grid_t **out) {
   } else {
     rc = GRID_EADDR;
   }
+  if (rc == 0 && g->router) rc = near_open(g, opts, &g->near);
   if (rc == 0 && g->router) {
     g->retry = calloc(1, sizeof *g->retry);
     if (!g->retry) {
@@ -84,6 +85,7 @@ int grid_open(const char *uri, const grid_options_t *opts, grid_t **out) {
     }
   }
   if (rc != 0) {
+    near_close(g->near);
     if (g->router) router_close(g->router);
     if (g->embedded) embedded_close(g->embedded);
     free(g);
@@ -105,6 +107,7 @@ void grid_close(grid_t *g) {
     pthread_mutex_unlock(&g->retry->lock);
     if (started) pthread_join(g->retry->thread, NULL);
   }
+  near_close(g->near); /* its streams use the router */
   if (g->router) router_close(g->router);
   if (g->retry) {
     pthread_mutex_destroy(&g->retry->lock);
@@ -134,8 +137,19 @@ static __thread char client_last_error[512];
  * not serving for now (GRID_ECLUSTER: no ZooKeeper), tries again until the
  * call's deadline: such a request is safe to repeat, write or not, since
  * it was never applied. */
+/* A write through a handle with a near cache: its keys' entries go first
+ * (read-your-writes), and a get in flight of them keeps nothing. */
+static void client_near_forget(grid_t *g, const Grid__Request *rq) {
+  if (!g->near || !op_is_write(rq->op)) return;
+  const char *cache = rq->cache ? rq->cache : "default";
+  if (op_has(rq->op, OP_KEYED)) near_forget(g->near, cache, rq->key.data, rq->key.len);
+  for (size_t i = 0; i < rq->n_keys; i++)
+    near_forget(g->near, cache, rq->keys[i].data, rq->keys[i].len);
+}
+
 static int client_call(grid_t *g, Grid__Request *rq, client_reply_t *out) {
   client_last_error[0] = '\0';
+  client_near_forget(g, rq);
   int64_t deadline = clock_mono_ms() + g->timeout_ms;
   int delay_ms = 2;
   for (;;) {
@@ -273,12 +287,28 @@ int grid_get(grid_t *g, const char *cache, const void *key, size_t key_len,
     }
     if (rc != GRID_ENOTREADY) return rc;
   }
+  near_ticket_t ticket;
+  int fill = 0;
+  if (g->near) {
+    void *v;
+    size_t len;
+    uint64_t ver;
+    const char *c = cache ? cache : "default";
+    if (near_get(g->near, c, key, key_len, &v, &len, &ver) == 0) {
+      *out = (grid_value_t){.data = v, .len = len, .version = ver, .found = true};
+      return 0;
+    }
+    fill = near_ticket(g->near, c, key, key_len, &ticket);
+  }
   Grid__Request rq;
   client_request_key(&rq, GRID__OP__GET, cache, key, key_len);
   client_reply_t r;
   int rc = client_call(g, &rq, &r);
   if (rc != 0) return rc;
   rc = client_value_set(out, r.rp->value.data, r.rp->value.len, r.rp->version);
+  if (rc == 0 && fill)
+    near_fill(g->near, &ticket, key, key_len, r.rp->value.data, r.rp->value.len,
+              r.rp->version);
   client_reply_free(&r);
   return rc;
 }
@@ -1022,6 +1052,7 @@ static void client_async_give_back(grid_t *g) {
 
 static int client_call_async(grid_t *g, Grid__Request *rq, grid_get_cb get_cb,
                              grid_write_cb write_cb, void *arg) {
+  client_near_forget(g, rq);
   if (!g->router) {
     /* Embedded (not in a cluster): the work is done here and now, so the
      * callback runs on the calling thread before the call returns; nothing

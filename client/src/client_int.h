@@ -22,6 +22,7 @@ struct grid {
   uint32_t timeout_ms;
   embedded_t *embedded; /* embedded mode */
   router_t *router; /* remote mode */
+  struct near *near; /* near_cache_bytes set: the near cache */
   struct client_retry *retry; /* remote: async requests to send again */
   uint32_t async_max;         /* grid_options_t.async_max, 0 replaced */
   /* Async calls accepted whose callback has not run yet: in flight on a
@@ -132,6 +133,37 @@ int embedded_call_loop(embedded_t *e, const Grid__Request *rq, uint32_t part, ui
 /* Reads key straight from the store; *value is malloc'd and the caller's. */
 int embedded_get(embedded_t *e, const char *cache, const void *key, size_t key_len,
                  void **value, size_t *value_len, uint64_t *version);
+
+/* sub.c: partition p's life in subscription s, from any thread: odd while
+ * a connection reads p's changes, and moved on each time that starts or
+ * stops (so a value seen at one odd life is not told of a change only as
+ * long as the life stays the same). 0 before the partitions are known. */
+uint32_t sub_life(const grid_sub_t *s, uint32_t p);
+/* The cache's partitions as s knows them (0: not yet). */
+uint32_t sub_partitions(const grid_sub_t *s);
+
+/* near.c: a handle's near cache (grid_options_t.near_cache_bytes). */
+typedef struct near near_t;
+int near_open(grid_t *g, const grid_options_t *opts, near_t **out);
+void near_close(near_t *n);
+/* A hit: 0 with the value copied out (malloc'd, NUL-terminated), else
+ * GRID_ENOTFOUND (not held, or not known to be current). */
+int near_get(near_t *n, const char *cache, const void *key, size_t key_len, void **value,
+             size_t *len, uint64_t *version);
+/* Before a get goes to the node: where the key's partition stands, to be
+ * given to near_fill with what the get read. 0: the cache is not held
+ * near (or its stream is not up): no fill. */
+typedef struct near_ticket {
+  void *cache;
+  uint32_t part, life, gen;
+} near_ticket_t;
+int near_ticket(near_t *n, const char *cache, const void *key, size_t key_len,
+                near_ticket_t *t);
+/* Keeps what the get read, unless the partition changed since the ticket. */
+void near_fill(near_t *n, const near_ticket_t *t, const void *key, size_t key_len,
+               const void *value, size_t len, uint64_t version);
+/* A write through this handle: the key's entry goes first. */
+void near_forget(near_t *n, const char *cache, const void *key, size_t key_len);
 
 /* embedded.c: a change stream of a cache of the embedded node outside a
  * cluster (sub.c reads it as it reads a node's frames). */

@@ -77,6 +77,9 @@ struct grid_sub {
   uint32_t nparts;
   uint64_t *pos;
   int *home;                    /* conn index, or SUB_* */
+  _Atomic uint32_t *life;       /* per partition: odd while it is taken (a
+                                   connection reads its changes), moved on
+                                   at every change of that (sub_life) */
   int *asking_on;               /* SUB_ASKING: the conn asked */
   unsigned char *fresh;         /* never positioned: from now */
   unsigned char *snapdue;       /* its snapshot is still to come */
@@ -129,8 +132,21 @@ static sub_item_t *sub_item_new(const grid_event_t *ev) {
 
 /* The subscription ends with status: the callback hears it, or
  * grid_sub_next once the queue is drained; nothing more is read. */
+/* Sets p's home, moving its life on where it is taken or let go. */
+static void sub_set_home(grid_sub_t *s, uint32_t p, int home) {
+  if ((s->home[p] >= 0) != (home >= 0)) atomic_fetch_add(&s->life[p], 1);
+  s->home[p] = home;
+}
+
+uint32_t sub_life(const grid_sub_t *s, uint32_t p) {
+  return s->life && p < s->nparts ? atomic_load(&s->life[p]) : 0;
+}
+
+uint32_t sub_partitions(const grid_sub_t *s) { return s->life ? s->nparts : 0; }
+
 static void sub_end(grid_sub_t *s, int status, const char *why) {
   if (s->ended) return;
+  for (uint32_t p = 0; s->home && p < s->nparts; p++) sub_set_home(s, p, SUB_HOMELESS);
   LOG_W("client", "\"a subscription ended\" cache=%s error=%s reason=\"%s\"", s->cache,
         grid_err_name(status), why);
   atomic_store(&s->stop, 1);
@@ -251,7 +267,7 @@ static void sub_conn_lost(grid_sub_t *s, size_t ci) {
   c->in.len = 0;
   for (uint32_t p = 0; p < s->nparts; p++) {
     if (s->home[p] == (int)ci || (s->home[p] == SUB_ASKING && s->asking_on[p] == (int)ci)) {
-      s->home[p] = SUB_HOMELESS;
+      sub_set_home(s, p, SUB_HOMELESS);
       sub_drop_held(s, p);
     }
   }
@@ -359,7 +375,7 @@ static void sub_on_event(grid_sub_t *s, size_t ci, const Grid__Event *e) {
       /* The last frame of p on this connection: its counter is where the
        * node got to (past changes the filter left out). */
       if (!s->snapdue[p] && e->counter > s->pos[p]) s->pos[p] = e->counter;
-      s->home[p] = SUB_HOMELESS;
+      sub_set_home(s, p, SUB_HOMELESS);
       sub_drop_held(s, p);
       s->retry_at_ms = 0;
       return;
@@ -453,7 +469,7 @@ static void sub_on_reply(grid_sub_t *s, size_t ci, const Grid__Reply *rp) {
   for (size_t i = 0; i < rp->n_positions; i++) {
     uint32_t p = rp->positions[i]->partition;
     if (p >= s->nparts || s->home[p] != SUB_ASKING || s->asking_on[p] != (int)ci) continue;
-    s->home[p] = (int)ci;
+    sub_set_home(s, p, (int)ci);
     if (s->fresh[p]) s->pos[p] = rp->positions[i]->after;
     s->fresh[p] = 0;
   }
@@ -518,7 +534,7 @@ static void sub_place(grid_sub_t *s, int refresh) {
       if (s->home[p] >= 0 && pl.partitions && pl.primary[p] != (int)a &&
           strcmp(s->conns[s->home[p]].addr, pl.addrs[a]) == 0) {
         /* Led elsewhere now: this node will END it; ask the new one. */
-        s->home[p] = SUB_HOMELESS;
+        sub_set_home(s, p, SUB_HOMELESS);
       }
       if (s->home[p] != SUB_HOMELESS) continue;
       if (pl.partitions ? pl.primary[p] == (int)a : a == 0) ps[n++] = p;
@@ -605,9 +621,13 @@ static int sub_alloc_parts(grid_sub_t *s) {
   s->held_tail = calloc(s->nparts, sizeof *s->held_tail);
   s->asked_ms = calloc(s->nparts, sizeof *s->asked_ms);
   s->asked_id = calloc(s->nparts, sizeof *s->asked_id);
+  _Atomic uint32_t *life = calloc(s->nparts, sizeof *life);
   if (!s->pos || !s->home || !s->asking_on || !s->fresh || !s->snapdue || !s->held ||
-      !s->held_tail || !s->asked_ms || !s->asked_id)
+      !s->held_tail || !s->asked_ms || !s->asked_id || !life) {
+    free(life);
     return GRID_ENOMEM;
+  }
+  s->life = life;
   for (uint32_t p = 0; p < s->nparts; p++) {
     s->home[p] = s->opts.n_affinity_keys ? SUB_UNWANTED : SUB_HOMELESS;
     s->fresh[p] = 1;
@@ -802,7 +822,7 @@ static void *sub_local_main(void *arg) {
   /* Every partition is here: taken at once, from now. */
   for (uint32_t p = 0; p < s->nparts; p++) {
     if (s->home[p] == SUB_UNWANTED) continue;
-    s->home[p] = 0;
+    sub_set_home(s, p, 0);
     s->fresh[p] = 0;
     s->pos[p] = embedded_watch_now(s->ew, p);
     if (s->snapdue[p]) dirty[p] = 1;
@@ -856,6 +876,7 @@ static void sub_free(grid_sub_t *s) {
   free(s->held_tail);
   free(s->asked_ms);
   free(s->asked_id);
+  free((void *)s->life);
   while (s->head) {
     sub_item_t *it = s->head;
     s->head = it->next;
