@@ -1185,11 +1185,34 @@ int store_get_committed(store_cache_t *c, const store_key_t *k, int64_t now_ms,
   store_part_t *p = &c->parts[k->part];
   pthread_mutex_lock(&p->lock);
   int rc = GRID_ENOTREADY;
-  /* Every write applied here is committed (the counter is moved under
-   * this lock as a write is applied): what the read sees, a key found or
-   * not, no failover can take back. */
-  if (atomic_load(&p->sync.led) && p->counter <= atomic_load(&p->sync.committed))
+  uint64_t committed = atomic_load(&p->sync.committed);
+  if (!atomic_load(&p->sync.led)) {
+    /* Not the primary here: the owner loop's way. */
+  } else if (p->counter <= committed) {
+    /* Every write applied here is committed (the counter is moved under
+     * this lock as a write is applied): what the read sees, a key found
+     * or not, no failover can take back. */
     rc = store_get_locked(c, p, k, now_ms, alloc, ctx, value, value_len, version);
+  } else {
+    /* Writes in flight: the key's own entry is committed if its version
+     * is (a later write of it would have replaced it); an absence may be
+     * a delete in flight, so it is not told. */
+    store_entry_t **link;
+    store_entry_t *e = store_find(p, k, &link);
+    if (e && e->expire_at_ms && now_ms == STORE_NOW_LAZY) now_ms = clock_wall_ms();
+    if (e && !store_expired(e, now_ms) && (e->version & STORE_COUNTER_MASK) <= committed) {
+      void *v = alloc(ctx, e->value_len + 1);
+      if (!v) {
+        rc = GRID_ENOMEM;
+      } else {
+        memcpy(v, e->data + e->key_len, e->value_len + 1);
+        *value = v;
+        *value_len = e->value_len;
+        *version = e->version;
+        rc = 0;
+      }
+    }
+  }
   pthread_mutex_unlock(&p->lock);
   return rc;
 }

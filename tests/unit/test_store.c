@@ -1442,10 +1442,25 @@ static void test_get_committed(void) {
   CHECK_RC(store_get_committed(c, &k, T0, test_alloc, NULL, &v, &len, &ver), 0);
   CHECK_STR(v, "1");
   free(v);
+  /* b written and not committed: b waits, a (committed) is read. */
+  put_key(c, "b", "2");
+  store_key_t kb;
+  store_key_init(c, "b", 1, &kb);
+  CHECK_RC(store_get_committed(c, &kb, T0, test_alloc, NULL, &v, &len, &ver), GRID_ENOTREADY);
+  CHECK_RC(store_get_committed(c, &k, T0, test_alloc, NULL, &v, &len, &ver), 0);
+  CHECK_STR(v, "1");
+  free(v);
+  store_key_t kz;
+  store_key_init(c, "z", 1, &kz); /* absent, with a write in flight: not told */
+  CHECK_RC(store_get_committed(c, &kz, T0, test_alloc, NULL, &v, &len, &ver), GRID_ENOTREADY);
+  atomic_store(&sy->committed, 2);
+  CHECK_RC(store_get_committed(c, &kb, T0, test_alloc, NULL, &v, &len, &ver), 0);
+  CHECK_STR(v, "2");
+  free(v);
   /* A delete applied, not committed: the key's absence is not told yet. */
   put_key(c, "a", NULL);
   CHECK_RC(store_get_committed(c, &k, T0, test_alloc, NULL, &v, &len, &ver), GRID_ENOTREADY);
-  atomic_store(&sy->committed, 2);
+  atomic_store(&sy->committed, 3);
   CHECK_RC(store_get_committed(c, &k, T0, test_alloc, NULL, &v, &len, &ver), GRID_ENOTFOUND);
   /* Led no more (a new map): back to the owner loop. */
   atomic_store(&sy->led, 0);
