@@ -7,11 +7,14 @@
  * this one, a real ZooKeeper.
  */
 #include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "check.h"
+#include "clock.h"
 #include "grid.h"
 #include "harness.h"
 #include "part.h"
@@ -55,6 +58,46 @@ static void check_value(grid_t *e, int i) {
 }
 
 static void stats(grid_t *e, grid_stats_t *s) { CHECK_RC(grid_stats(e, s), 0); }
+
+/* Writes keys ec-0..ec-19 round and round through another handle. */
+typedef struct writer {
+  grid_t *g;
+  _Atomic int stop;
+  _Atomic uint64_t acked;
+} writer_t;
+
+static void *writer_main(void *arg) {
+  writer_t *w = arg;
+  char key[32], val[32];
+  for (uint64_t i = 0; !atomic_load(&w->stop); i++) {
+    key_of((int)(i % 20), key, sizeof key);
+    snprintf(val, sizeof val, "w-%llu", (unsigned long long)i);
+    if (grid_put(w->g, CACHE, key, strlen(key), val, strlen(val), 0, NULL) == 0)
+      atomic_fetch_add(&w->acked, 1);
+  }
+  return NULL;
+}
+
+/* Reads ec-0..ec-19 through the embedded handle for ms: no version ever
+ * goes back (nothing a failover took back, nothing older than what was
+ * read before). Returns the reads made. */
+static uint64_t read_monotonic(grid_t *e, uint64_t *last, int64_t ms) {
+  uint64_t n = 0;
+  int64_t until = clock_mono_ms() + ms;
+  while (clock_mono_ms() < until) {
+    for (int i = 0; i < 20; i++) {
+      char key[32];
+      key_of(i, key, sizeof key);
+      grid_value_t v;
+      CHECK_RC(grid_get(e, CACHE, key, strlen(key), &v), 0);
+      CHECK(v.version >= last[i]);
+      last[i] = v.version;
+      grid_value_free(&v);
+      n++;
+    }
+  }
+  return n;
+}
 
 int main(void) {
   harness_zk_start(&zk);
@@ -146,9 +189,27 @@ int main(void) {
    * committed (read through the loop then); most are read here. */
   CHECK(s1.local_reads - s0.local_reads > n / 2);
 
+  fprintf(stderr, "-- under writes: node 1 comes back and partitions move to it\n");
+  harness_wait_settled(nodes[0].port, CACHE, 2);
+  writer_t w = {.g = g};
+  pthread_t t;
+  CHECK(pthread_create(&t, NULL, writer_main, &w) == 0);
+  uint64_t last[20] = {0};
+  uint64_t reads = read_monotonic(e, last, 1000);
+  harness_start_cluster_node(&nodes[1], &zk, "ec", 1, settings);
+  reads += read_monotonic(e, last, 3000);
+  harness_wait_settled(nodes[0].port, CACHE, 3);
+  reads += read_monotonic(e, last, 1000);
+  atomic_store(&w.stop, 1);
+  pthread_join(t, NULL);
+  fprintf(stderr, "   %llu reads, %llu writes acknowledged\n", (unsigned long long)reads,
+          (unsigned long long)atomic_load(&w.acked));
+  CHECK(atomic_load(&w.acked) > 0);
+
   grid_close(g);
   grid_close(e);
   CHECK(harness_stop(&nodes[0]) == 0);
+  CHECK(harness_stop(&nodes[1]) == 0);
   harness_zk_stop(&zk);
   printf("test_embedded_cluster: all passed\n");
   return 0;
