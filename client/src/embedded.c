@@ -218,14 +218,7 @@ int embedded_call_loop(embedded_t *e, const Grid__Request *rq, uint32_t part, ui
   sink_init(&q->sink, embedded_req_reply, loop);
   q->task = (loop_task_t){.fn = embedded_req_run, .arg = q};
   loops_post(n->loops, loop, &q->task);
-  struct timespec until;
-  clock_gettime(CLOCK_MONOTONIC, &until);
-  until.tv_sec += timeout_ms / 1000;
-  until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-  if (until.tv_nsec >= 1000000000L) {
-    until.tv_sec++;
-    until.tv_nsec -= 1000000000L;
-  }
+  struct timespec until = clock_mono_deadline(timeout_ms);
   pthread_mutex_lock(&q->lock);
   while (!q->done && pthread_cond_timedwait(&q->cond, &q->lock, &until) == 0) {
   }

@@ -431,6 +431,18 @@ static void store_unlink_free(store_t *s, store_part_t *p, store_entry_t **link,
   free(e);
 }
 
+/* An entry's value into memory from alloc (NUL kept). Partition locked. */
+static int store_copy_value(const store_entry_t *e, store_alloc_fn alloc, void *ctx,
+                            void **value, size_t *value_len, uint64_t *version) {
+  void *v = alloc(ctx, e->value_len + 1);
+  if (!v) return GRID_ENOMEM;
+  memcpy(v, e->data + e->key_len, e->value_len + 1);
+  *value = v;
+  *value_len = e->value_len;
+  *version = e->version;
+  return 0;
+}
+
 /* store_get's read, the partition locked. */
 static int store_get_locked(store_cache_t *c, store_part_t *p, const store_key_t *k,
                             int64_t now_ms, store_alloc_fn alloc, void *ctx, void **value,
@@ -448,18 +460,7 @@ static int store_get_locked(store_cache_t *c, store_part_t *p, const store_key_t
       store_unlink_free(c->store, p, link, e);
     e = NULL;
   }
-  if (e) {
-    void *v = alloc(ctx, e->value_len + 1);
-    if (!v) {
-      rc = GRID_ENOMEM;
-    } else {
-      memcpy(v, e->data + e->key_len, e->value_len + 1);
-      *value = v;
-      *value_len = e->value_len;
-      *version = e->version;
-      rc = 0;
-    }
-  }
+  if (e) rc = store_copy_value(e, alloc, ctx, value, value_len, version);
   return rc;
 }
 
@@ -1200,18 +1201,8 @@ int store_get_committed(store_cache_t *c, const store_key_t *k, int64_t now_ms,
     store_entry_t **link;
     store_entry_t *e = store_find(p, k, &link);
     if (e && e->expire_at_ms && now_ms == STORE_NOW_LAZY) now_ms = clock_wall_ms();
-    if (e && !store_expired(e, now_ms) && (e->version & STORE_COUNTER_MASK) <= committed) {
-      void *v = alloc(ctx, e->value_len + 1);
-      if (!v) {
-        rc = GRID_ENOMEM;
-      } else {
-        memcpy(v, e->data + e->key_len, e->value_len + 1);
-        *value = v;
-        *value_len = e->value_len;
-        *version = e->version;
-        rc = 0;
-      }
-    }
+    if (e && !store_expired(e, now_ms) && (e->version & STORE_COUNTER_MASK) <= committed)
+      rc = store_copy_value(e, alloc, ctx, value, value_len, version);
   }
   pthread_mutex_unlock(&p->lock);
   return rc;
