@@ -63,7 +63,8 @@ enum {
   X(SUBSCRIBE, OP_STREAM | OP_IDEMPOTENT)                  \
   X(UNSUBSCRIBE, OP_STREAM | OP_IDEMPOTENT)                \
   X(EXPIRE_DUE, OP_WRITE_KEYED_)                           \
-  X(PUBLISH, OP_PEER | OP_WRITE)
+  X(PUBLISH, OP_PEER | OP_WRITE)                           \
+  X(COMMITTED, OP_PEER | OP_WRITE)
 
 #define OP_NUMBER_MAX 64 /* room in op_flags_table; grid.proto's ops stay below */
 

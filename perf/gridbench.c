@@ -300,6 +300,7 @@ typedef struct bench_cfg {
   const char *config;    /* embedded: the node's settings file */
   int keys_led;          /* only keys the handle's own node leads */
   uint64_t near_bytes;   /* a near cache of this many bytes per handle */
+  int replicated;        /* embedded: a cache made here is replicated */
 } bench_cfg_t;
 
 static void usage(FILE *f) {
@@ -319,6 +320,8 @@ static void usage(FILE *f) {
     "                       SELECT NAME (grid: a cache name; Redis: a db number)\n"
     "  --config FILE        embedded: the node's settings file (zk = ... makes it a\n"
     "                       member of that cluster)\n"
+    "  --cache-mode M       embedded: partitioned (default) or replicated, for a\n"
+    "                       cache it makes\n"
     "  --near-cache-bytes N a near cache of N bytes in each handle (grid:// or an\n"
     "                       embedded member): reads of other nodes' keys kept here\n"
     "  --keys-led           only the keys whose partition the handle's own node leads\n"
@@ -442,7 +445,7 @@ static void parse_args(int argc, char **argv, bench_cfg_t *c) {
   enum {
     O_URI = 1000, O_OP, O_GET_RATIO, O_KEYS, O_VALUE_BYTES, O_KEYSPACE, O_CACHE, O_THREADS,
     O_PIPELINE, O_RATE, O_DURATION, O_WARMUP, O_REQUESTS, O_TIMEOUT, O_SPIN, O_NO_PRELOAD, O_JSON,
-    O_QUIET, O_HELP, O_VERSION, O_CONFIG, O_KEYS_LED, O_NEAR
+    O_QUIET, O_HELP, O_VERSION, O_CONFIG, O_KEYS_LED, O_NEAR, O_CACHE_MODE
   };
   static const struct option opts[] = {
       {"uri", required_argument, 0, O_URI},
@@ -466,6 +469,7 @@ static void parse_args(int argc, char **argv, bench_cfg_t *c) {
       {"config", required_argument, 0, O_CONFIG},
       {"keys-led", no_argument, 0, O_KEYS_LED},
       {"near-cache-bytes", required_argument, 0, O_NEAR},
+      {"cache-mode", required_argument, 0, O_CACHE_MODE},
       {"help", no_argument, 0, O_HELP},
       {"version", no_argument, 0, O_VERSION},
       {0, 0, 0, 0},
@@ -523,6 +527,11 @@ static void parse_args(int argc, char **argv, bench_cfg_t *c) {
       case O_QUIET: c->quiet = 1; break;
       case O_CONFIG: c->config = optarg; break;
       case O_KEYS_LED: c->keys_led = 1; break;
+      case O_CACHE_MODE:
+        if (strcmp(optarg, "replicated") == 0) c->replicated = 1;
+        else if (strcmp(optarg, "partitioned") == 0) c->replicated = 0;
+        else usage_error("--cache-mode wants partitioned or replicated, not \"%s\"", optarg);
+        break;
       case O_NEAR: c->near_bytes = parse_u64_in("--near-cache-bytes", optarg, 1, UINT64_MAX); break;
       case O_HELP: usage(stdout); exit(0);
       case O_VERSION: printf("gridbench %s\n", GRID_VERSION_STRING); exit(0);
@@ -1898,7 +1907,8 @@ static int ensure_cache(grid_t *g, const bench_cfg_t *c) {
   uint64_t size;
   int rc = grid_size(g, c->cache, &size);
   if (rc == GRID_ENOCACHE && c->embedded) {
-    grid_cache_config_t cc = {.name = c->cache};
+    grid_cache_config_t cc = {.name = c->cache,
+                              .mode = c->replicated ? GRID_MODE_REPLICATED : GRID_MODE_PARTITIONED};
     rc = grid_cache_create(g, &cc);
     if (rc == 0 && !c->quiet)
       fprintf(stderr, "gridbench: created cache \"%s\" in the embedded node\n", c->cache);

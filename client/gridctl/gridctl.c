@@ -29,7 +29,9 @@ static void usage(FILE *f) {
           "  caches                             list caches and their settings\n"
           "  create-cache NAME [--partitions N] [--backups N]\n"
           "               [--mode partitioned|replicated] [--sync full|primary]\n"
-          "               [--ttl-ms N]          create a cache (TTL: its default)\n"
+          "               [--ttl-ms N] [--read-from-backup on|off]\n"
+          "                                     create a cache (TTL: its default; an\n"
+          "                                     embedded member reads its backups)\n"
           "  drop-cache NAME                    drop a cache and all its entries\n"
           "  stats                              entries, memory, ops served, connections\n"
           "  status [--json]                    cluster: nodes, coordinator, epoch, and\n"
@@ -185,11 +187,15 @@ static int cmd_create_cache(grid_t *g, int argc, char **argv) {
       cfg.sync = GRID_SYNC_PRIMARY;
     } else if (strcmp(opt, "--ttl-ms") == 0 && parse_u64(val, &n) == 0) {
       cfg.default_ttl_ms = n;
+    } else if (strcmp(opt, "--read-from-backup") == 0 && strcmp(val, "on") == 0) {
+      cfg.read_from_backup = 1;
+    } else if (strcmp(opt, "--read-from-backup") == 0 && strcmp(val, "off") == 0) {
+      cfg.read_from_backup = -1;
     } else {
       fprintf(stderr,
               "gridctl: create-cache: bad option \"%s %s\" (--partitions N>0, "
               "--backups 0..3, --mode partitioned|replicated, --sync full|primary, "
-              "--ttl-ms N)\n", opt, val);
+              "--ttl-ms N, --read-from-backup on|off)\n", opt, val);
       return EXIT_USAGE;
     }
   }

@@ -168,6 +168,10 @@ typedef struct grid_cache_config {
   grid_cache_mode_t mode;
   grid_sync_t sync;
   uint64_t default_ttl_ms; /* 0 = no expiry by default */
+  int read_from_backup;    /* an embedded cluster member reads keys of its
+                              in-sync backup copies itself (committed values
+                              only, as Ignite's readFromBackup): 1 on, -1
+                              off, 0 = on for replicated caches only */
 } grid_cache_config_t;
 
 /* GRID_ECACHEEXISTS when the name is taken. Names: 1..64 bytes of

@@ -657,6 +657,7 @@ int grid_cache_create(grid_t *g, const grid_cache_config_t *cfg) {
   m.sync = cfg->sync == GRID_SYNC_PRIMARY ? GRID__SYNC_MODE__PRIMARY_SYNC
                                           : GRID__SYNC_MODE__FULL_SYNC;
   m.default_ttl_ms = cfg->default_ttl_ms;
+  m.read_from_backup = cfg->read_from_backup > 0 ? 1 : cfg->read_from_backup < 0 ? -1 : 0;
   Grid__Request rq = GRID__REQUEST__INIT;
   rq.op = GRID__OP__CREATE_CACHE;
   rq.cache_config = &m;
@@ -703,6 +704,7 @@ int grid_cache_list(grid_t *g, grid_cache_config_t **caches, size_t *n) {
         .sync = c->sync == GRID__SYNC_MODE__PRIMARY_SYNC ? GRID_SYNC_PRIMARY
                                                          : GRID_SYNC_FULL,
         .default_ttl_ms = c->default_ttl_ms,
+        .read_from_backup = c->read_from_backup,
     };
   }
   client_reply_free(&r);

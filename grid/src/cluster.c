@@ -414,7 +414,8 @@ static const store_cache_cfg_t *cluster_def_find(const store_cache_cfg_t *defs, 
 
 static int cluster_def_same(const store_cache_cfg_t *a, const store_cache_cfg_t *b) {
   return a->partitions == b->partitions && a->backups == b->backups && a->mode == b->mode &&
-         a->sync == b->sync && a->default_ttl_ms == b->default_ttl_ms;
+         a->sync == b->sync && a->default_ttl_ms == b->default_ttl_ms &&
+         a->read_from_backup == b->read_from_backup;
 }
 
 /* One definition: 0, GRID_ENOTFOUND (dropped just now), or an error. */
@@ -601,6 +602,7 @@ static void cluster_run_job(cluster_t *c, cluster_job_t *j) {
   m.sync = j->cfg.sync == GRID_SYNC_PRIMARY ? GRID__SYNC_MODE__PRIMARY_SYNC
                                            : GRID__SYNC_MODE__FULL_SYNC;
   m.default_ttl_ms = j->cfg.default_ttl_ms;
+  m.read_from_backup = j->cfg.read_from_backup;
   unsigned char buf[512];
   size_t len = grid__cache_config__pack(&m, buf);
   int rc = zk_create(c->zk, path, buf, len, ZK_PERSISTENT, NULL, 0);

@@ -348,6 +348,7 @@ static Grid__CacheConfig *ops_cache_config_msg(const store_cache_cfg_t *cfg,
   m->sync = cfg->sync == GRID_SYNC_PRIMARY ? GRID__SYNC_MODE__PRIMARY_SYNC
                                            : GRID__SYNC_MODE__FULL_SYNC;
   m->default_ttl_ms = cfg->default_ttl_ms;
+  m->read_from_backup = cfg->read_from_backup;
   return m;
 }
 
@@ -360,6 +361,7 @@ void ops_cfg_from_msg(const Grid__CacheConfig *m, const char *name, store_cache_
                                                      : GRID_MODE_PARTITIONED;
   cfg->sync = m->sync == GRID__SYNC_MODE__PRIMARY_SYNC ? GRID_SYNC_PRIMARY : GRID_SYNC_FULL;
   cfg->default_ttl_ms = m->default_ttl_ms;
+  cfg->read_from_backup = m->read_from_backup > 0 ? 1 : m->read_from_backup < 0 ? -1 : 0;
 }
 
 static void ops_create_cache(node_t *n, const Grid__Request *rq,

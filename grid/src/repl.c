@@ -173,6 +173,39 @@ static void repl_write_done(loop_t *lp, repl_write_t *w) {
   repl_write_unref(w);
 }
 
+static size_t repl_backups_of(const loop_t *lp, const pmap_group_t *pc, uint32_t p,
+                              int full_sync, uint32_t *idx, int *owning, int *moving);
+
+static void repl_told(void *arg, int status, const Grid__Reply *rp) {
+  (void)arg;
+  (void)status;
+  (void)rp; /* a backup that missed it serves reads from its primary until
+               the next record or notice */
+}
+
+/* Tells the partition's backups its committed counter (read_from_backup:
+ * what they may serve). Not waited for, not retried. */
+static void repl_tell_committed(loop_t *lp, repl_part_t *part, uint64_t committed) {
+  const char *name = store_cache_cfg(part->cache)->name;
+  const pmap_group_t *pc = lp->pmap ? pmap_find_cache(lp->pmap, name) : NULL;
+  if (!pc || pmap_primary(pc, part->p) != lp->self) return;
+  uint32_t idx[PMAP_NODES_MAX];
+  int owning[PMAP_NODES_MAX], moving[PMAP_NODES_MAX];
+  size_t nb = repl_backups_of(lp, pc, part->p, 0, idx, owning, moving);
+  Grid__Request rq = GRID__REQUEST__INIT;
+  rq.op = GRID__OP__COMMITTED;
+  rq.cache = (char *)name;
+  rq.partition = part->p;
+  rq.epoch = lp->pmap->epoch;
+  rq.committed = committed;
+  for (size_t i = 0; i < nb; i++) {
+    if (moving[i]) continue; /* a copy being filled is not read */
+    const pmap_node_t *nd = &lp->pmap->nodes[idx[i]];
+    peer_t *peer = peer_get(lp, nd->id, nd->addr);
+    if (peer) (void)peer_call(peer, &rq, lp->node->cfg.forward_timeout_ms, repl_told, NULL);
+  }
+}
+
 /* Answers what the partition's committed counter now allows: writes at the
  * head of the FIFO that every backup has acknowledged, then waiting reads
  * (repl_order_advance decides which). */
@@ -193,6 +226,11 @@ static void repl_advance(loop_t *lp, repl_part_t *part) {
   GRID_ASSERT(committed >= before);
   /* Published (and change streams told) once, before any reply leaves. */
   if (committed != before) store_part_commit(cache, part->p, committed);
+  /* The line is empty: the backups hear where it got to (records carry the
+   * committed counter of their time; the last ones' commit needs this). */
+  if (committed != before && repl_order_empty(&part->order) &&
+      store_reads_backup(store_cache_cfg(cache)))
+    repl_tell_committed(lp, part, committed);
   for (repl_order_write_t *o = out.writes, *next; o; o = next) {
     next = o->next;
     repl_write_done(lp, repl_write_of(o));
@@ -498,6 +536,7 @@ static int repl_run(loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *sin
       rec.rq.change_op = (uint32_t)rq->op; /* backups keep it with the change */
       rec.rq.history = store_history_kept(sc);
       rec.rq.expired = rq->op == GRID__OP__EXPIRE_DUE;
+      rec.rq.committed = atomic_load(&part->sync->committed);
       waits = repl_start_write(lp, rl, part, w, &rec, &rp, idx, owning, moving, handed);
     } else {
       repl_record_lost(lp, rl, part, w, idx, owning, moving, rq->id);
@@ -690,6 +729,12 @@ static void repl_commit_idle(loop_t *lp, const pmap_t *m) {
       store_part_sync_t *sy = store_part_sync(sc, p);
       int led = lp->self >= 0 && pmap_primary(g, p) == lp->self;
       atomic_store_explicit(&sy->led, led, memory_order_relaxed);
+      int in_sync = 0;
+      for (uint32_t k = 1; !led && lp->self >= 0 && k < g->slots && !in_sync; k++) {
+        int st;
+        in_sync = pmap_copy_at(g, p, k, &st) == lp->self && st == PMAP_OWNING;
+      }
+      atomic_store_explicit(&sy->backup_in_sync, in_sync, memory_order_relaxed);
       uint64_t applied = atomic_load(&sy->applied);
       if (applied == atomic_load(&sy->committed) || !led) continue;
       repl_part_t *part = sy->repl;

@@ -22,6 +22,10 @@ void repl_on_peer_request(loop_t *lp, const char *from_node,
   uint32_t part = rq->op == GRID__OP__REPL
                       ? part_of(rq->key.data, rq->key.len, store_cache_cfg(sc)->partitions)
                       : rq->partition;
+  if (part >= store_cache_cfg(sc)->partitions) {
+    ops_reply_error(rp, GRID_EINVAL, "partition out of range", &lp->arena);
+    return;
+  }
   if (!cluster_accepts(lp->node->cluster, name, part, rq->epoch, from_node)) {
     ops_reply_error(rp, GRID_ESTALE,
                     rq->epoch > cluster_newest_epoch(lp->node->cluster)
@@ -49,13 +53,16 @@ void repl_on_peer_request(loop_t *lp, const char *from_node,
     rc = store_apply_change(sc, &k, value, rq->value.len, rq->version, rq->expire_at_ms,
                             (uint8_t)rq->change_op, rq->expired);
     if (rc != 0) ops_reply_error(rp, rc, NULL, &lp->arena);
+    /* What the primary had committed when it sent this (read_from_backup
+     * reads up to it here). */
+    else store_part_committed_to(sc, part, rq->committed);
+    return;
+  }
+  if (rq->op == GRID__OP__COMMITTED) {
+    store_part_committed_to(sc, part, rq->committed);
     return;
   }
   /* FILL */
-  if (rq->partition >= store_cache_cfg(sc)->partitions) {
-    ops_reply_error(rp, GRID_EINVAL, "partition out of range", &lp->arena);
-    return;
-  }
   if (rq->reset) store_part_reset(sc, rq->partition, rq->version);
   for (size_t i = 0; i < rq->n_values; i++) {
     /* A chunk: values[i] is a packed Entry. */

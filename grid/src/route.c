@@ -450,7 +450,7 @@ int route_classify(loop_t *lp, const Grid__Request *rq, const route_from_t *from
   switch (rq->op) {
     case GRID__OP__PING: case GRID__OP__STATS: case GRID__OP__LIST_CACHES:
       return ROUTE_LOCAL;
-    case GRID__OP__REPL: case GRID__OP__FILL:
+    case GRID__OP__REPL: case GRID__OP__FILL: case GRID__OP__COMMITTED:
       /* The sender read a map this node has not read yet (both learn it
        * from ZooKeeper a moment apart): its records wait, in order,
        * rather than be refused, which would cost the copy a refill. */

@@ -1187,8 +1187,10 @@ int store_get_committed(store_cache_t *c, const store_key_t *k, int64_t now_ms,
   pthread_mutex_lock(&p->lock);
   int rc = GRID_ENOTREADY;
   uint64_t committed = atomic_load(&p->sync.committed);
-  if (!atomic_load(&p->sync.led)) {
-    /* Not the primary here: the owner loop's way. */
+  if (!atomic_load(&p->sync.led) &&
+      !(atomic_load(&p->sync.backup_in_sync) && store_reads_backup(&c->cfg))) {
+    /* Neither the primary here nor a backup that may be read: the owner
+     * loop's way. */
   } else if (p->counter <= committed) {
     /* Every write applied here is committed (the counter is moved under
      * this lock as a write is applied): what the read sees, a key found
@@ -1206,6 +1208,15 @@ int store_get_committed(store_cache_t *c, const store_key_t *k, int64_t now_ms,
   }
   pthread_mutex_unlock(&p->lock);
   return rc;
+}
+
+void store_part_committed_to(store_cache_t *c, uint32_t part, uint64_t committed) {
+  if (part >= c->cfg.partitions) return;
+  store_part_t *p = &c->parts[part];
+  pthread_mutex_lock(&p->lock);
+  if (committed > p->counter) committed = p->counter;
+  if (committed > atomic_load(&p->sync.committed)) atomic_store(&p->sync.committed, committed);
+  pthread_mutex_unlock(&p->lock);
 }
 
 store_part_sync_t *store_part_sync(store_cache_t *c, uint32_t part) {

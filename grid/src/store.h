@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "changes.h"
+#include "grid_types.h"
 
 #define STORE_CACHE_NAME_MAX 64
 #define STORE_VERSION_COUNTER_BITS 40
@@ -42,7 +43,15 @@ typedef struct store_cache_cfg {
   int mode;                /* GRID_MODE_* */
   int sync;                /* GRID_SYNC_* */
   uint64_t default_ttl_ms;
+  int read_from_backup;    /* 1 on, -1 off, 0 the mode's default (on for
+                              replicated caches): store_reads_backup */
 } store_cache_cfg_t;
+
+/* Whether an in-sync backup copy of the cache serves its node's reads. */
+static inline int store_reads_backup(const store_cache_cfg_t *cfg) {
+  return cfg->read_from_backup > 0 ||
+         (cfg->read_from_backup == 0 && cfg->mode == GRID_MODE_REPLICATED);
+}
 
 /* A key with its placement worked out once. */
 typedef struct store_key {
@@ -116,6 +125,10 @@ typedef struct store_part_sync {
   _Atomic int led;          /* this node leads the partition (repl sets it
                                with each map): its sweep leaves followed
                                caches' expired keys to repl_expire.c */
+  _Atomic int backup_in_sync; /* this node holds an OWNING backup copy of it
+                               (repl sets it with each map): with
+                               read_from_backup, its committed values are
+                               read here (store_get_committed) */
   void *repl;               /* the owning loop's state for the partition */
 } store_part_sync_t;
 
@@ -191,11 +204,16 @@ int store_get(store_cache_t *c, const store_key_t *k, int64_t now_ms,
               uint64_t *version);
 /* store_get in a cluster, outside the partition's loop (an embedded
  * node's application): as store_get where this node leads the partition
- * and every write applied to it is committed, else GRID_ENOTREADY (the
- * read goes through the owner loop, which holds it until then). */
+ * (or holds an in-sync backup copy of a read_from_backup cache) and what
+ * the read sees is committed (every write applied to the partition, or
+ * the key's own entry), else GRID_ENOTREADY (the read goes through the
+ * owner loop, which holds it until then). */
 int store_get_committed(store_cache_t *c, const store_key_t *k, int64_t now_ms,
                         store_alloc_fn alloc, void *ctx, void **value, size_t *value_len,
                         uint64_t *version);
+/* A backup copy hears its primary's committed counter (with a record, or
+ * alone): committed rises to it, never past what this copy applied. */
+void store_part_committed_to(store_cache_t *c, uint32_t part, uint64_t committed);
 /* Remaining time to live of k: 0 with *expire_at_ms (0: none), or
  * GRID_ENOTFOUND. */
 int store_expiry(store_cache_t *c, const store_key_t *k, int64_t now_ms,

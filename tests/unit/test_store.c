@@ -1469,9 +1469,54 @@ static void test_get_committed(void) {
   store_free(s);
 }
 
+/* A backup copy serves its node's reads only for a read_from_backup cache
+ * (on for replicated ones), only while it is in sync, and only what its
+ * primary said is committed; what it hears never passes what it applied. */
+static void test_get_committed_backup(void) {
+  store_limits_t l = test_limits();
+  store_t *s = store_new(&l);
+  store_cache_cfg_t part = cache_cfg("part", 1), rep = cache_cfg("rep", 1);
+  rep.mode = GRID_MODE_REPLICATED;
+  CHECK_RC(store_cache_create(s, &part), 0);
+  CHECK_RC(store_cache_create(s, &rep), 0);
+  const char *names[2] = {"part", "rep"};
+  for (int i = 0; i < 2; i++) {
+    store_cache_t *c = acquire(s, names[i]);
+    store_part_sync_t *sy = store_part_sync(c, 0);
+    store_key_t k;
+    store_key_init(c, "a", 1, &k);
+    void *v;
+    size_t len;
+    uint64_t ver;
+    put_key(c, "a", "1"); /* a record applied: counter 1 */
+    atomic_store(&sy->backup_in_sync, 1);
+    store_part_committed_to(c, 0, 5); /* never past what it applied */
+    CHECK_EQ(atomic_load(&sy->committed), 1);
+    int rc = store_get_committed(c, &k, T0, test_alloc, NULL, &v, &len, &ver);
+    if (i == 0) {
+      CHECK_RC(rc, GRID_ENOTREADY); /* a partitioned cache: off by default */
+    } else {
+      CHECK_RC(rc, 0);
+      CHECK_STR(v, "1");
+      free(v);
+      put_key(c, "a", "2"); /* applied, its commit not heard yet */
+      CHECK_RC(store_get_committed(c, &k, T0, test_alloc, NULL, &v, &len, &ver), GRID_ENOTREADY);
+      store_part_committed_to(c, 0, 2);
+      CHECK_RC(store_get_committed(c, &k, T0, test_alloc, NULL, &v, &len, &ver), 0);
+      CHECK_STR(v, "2");
+      free(v);
+      atomic_store(&sy->backup_in_sync, 0); /* demoted, or being filled */
+      CHECK_RC(store_get_committed(c, &k, T0, test_alloc, NULL, &v, &len, &ver), GRID_ENOTREADY);
+    }
+    store_cache_release(s, c);
+  }
+  store_free(s);
+}
+
 int main(void) {
   RUN(test_new_has_default_cache);
   RUN(test_get_committed);
+  RUN(test_get_committed_backup);
   RUN(test_put_get_delete);
   RUN(test_put_if_absent_replace);
   RUN(test_cas);
