@@ -418,7 +418,9 @@ def run_schedule(seed, args):
             c.wait_listening(i)
         deadline = time.monotonic() + CLUSTER_READY_S
         while True:
-            p = c.ctl(1, ["create-cache", CACHE, "--partitions", "64", "--backups", "1", "--sync", "full"], check=False)
+            # read_from_backup: the backups also hear the COMMITTED notices.
+            p = c.ctl(1, ["create-cache", CACHE, "--partitions", "64", "--backups", "1", "--sync", "full",
+                          "--read-from-backup", "on"], check=False)
             if p.returncode == 0:
                 break
             if time.monotonic() > deadline:
@@ -426,7 +428,8 @@ def run_schedule(seed, args):
             time.sleep(0.3)
         if not c.wait_settled(CLUSTER_READY_S):
             raise RuntimeError("the cluster did not settle on %d nodes within %d s" % (NODES, CLUSTER_READY_S))
-        log("cluster of %d nodes ready, cache %s created (64 partitions, 1 backup, full_sync)" % (NODES, CACHE))
+        log("cluster of %d nodes ready, cache %s created (64 partitions, 1 backup, full_sync, "
+            "read_from_backup)" % (NODES, CACHE))
 
         history = os.path.join(out, "history.jsonl")
         events = os.path.join(out, "events.jsonl")

@@ -680,6 +680,20 @@ static void peer(const char *cmds_file) {
   put_msg(&b, &rq.base);
   save("fuzz_peer", "seed-repl", &b);
 
+  /* COMMITTED notices (read_from_backup): in range, out of range, and a
+   * counter far past anything applied. */
+  put_byte(&b, 0x00);
+  for (int i = 0; i < 3; i++) {
+    Grid__Request cm = GRID__REQUEST__INIT;
+    cm.id = 10 + (uint64_t)i;
+    cm.op = GRID__OP__COMMITTED;
+    cm.cache = "default";
+    cm.partition = i == 1 ? 0x7fffffffu : (uint32_t)i;
+    cm.committed = i == 2 ? UINT64_MAX : 1;
+    put_msg(&b, &cm.base);
+  }
+  save("fuzz_peer", "seed-committed", &b);
+
   put_byte(&b, 0x00);
   put_msg(&b, &rq.base);
   rq.epoch = epoch_far;
