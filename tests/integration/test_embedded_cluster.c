@@ -59,7 +59,8 @@ static void check_value(grid_t *e, int i) {
 
 static void stats(grid_t *e, grid_stats_t *s) { CHECK_RC(grid_stats(e, s), 0); }
 
-/* Writes keys ec-0..ec-19 round and round through another handle. */
+/* Writes keys ec-0..ec-19 of both caches ("ec" partitioned, "ecr"
+ * replicated: read from backups) round and round through another handle. */
 typedef struct writer {
   grid_t *g;
   _Atomic int stop;
@@ -72,24 +73,26 @@ static void *writer_main(void *arg) {
   for (uint64_t i = 0; !atomic_load(&w->stop); i++) {
     key_of((int)(i % 20), key, sizeof key);
     snprintf(val, sizeof val, "w-%llu", (unsigned long long)i);
-    if (grid_put(w->g, CACHE, key, strlen(key), val, strlen(val), 0, NULL) == 0)
+    const char *cache = i % 2 ? "ecr" : CACHE;
+    if (grid_put(w->g, cache, key, strlen(key), val, strlen(val), 0, NULL) == 0)
       atomic_fetch_add(&w->acked, 1);
   }
   return NULL;
 }
 
-/* Reads ec-0..ec-19 through the embedded handle for ms: no version ever
- * goes back (nothing a failover took back, nothing older than what was
- * read before). Returns the reads made. */
+/* Reads ec-0..ec-19 of both caches through the embedded handle for ms:
+ * no version ever goes back (nothing a failover took back, nothing older
+ * than what was read before, from a primary or a backup copy). Returns
+ * the reads made. */
 static uint64_t read_monotonic(grid_t *e, uint64_t *last, int64_t ms) {
   uint64_t n = 0;
   int64_t until = clock_mono_ms() + ms;
   while (clock_mono_ms() < until) {
-    for (int i = 0; i < 20; i++) {
+    for (int i = 0; i < 40; i++) {
       char key[32];
-      key_of(i, key, sizeof key);
+      key_of(i % 20, key, sizeof key);
       grid_value_t v;
-      CHECK_RC(grid_get(e, CACHE, key, strlen(key), &v), 0);
+      CHECK_RC(grid_get(e, i < 20 ? CACHE : "ecr", key, strlen(key), &v), 0);
       CHECK(v.version >= last[i]);
       last[i] = v.version;
       grid_value_free(&v);
@@ -232,7 +235,7 @@ int main(void) {
   writer_t w = {.g = g};
   pthread_t t;
   CHECK(pthread_create(&t, NULL, writer_main, &w) == 0);
-  uint64_t last[20] = {0};
+  uint64_t last[40] = {0};
   uint64_t reads = read_monotonic(e, last, 1000);
   harness_start_cluster_node(&nodes[1], &zk, "ec", 1, settings);
   reads += read_monotonic(e, last, 3000);
