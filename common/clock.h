@@ -2,6 +2,7 @@
 #ifndef GRID_CLOCK_H
 #define GRID_CLOCK_H
 
+#include <pthread.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -18,6 +19,16 @@ static inline int64_t clock_mono_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A condition variable whose timed waits take monotonic deadlines
+ * (clock_mono_deadline). */
+static inline void clock_cond_init(pthread_cond_t *cond) {
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(cond, &ca);
+  pthread_condattr_destroy(&ca);
 }
 
 /* The monotonic time ms from now, for a timed wait on a condition made

@@ -77,11 +77,7 @@ int grid_open(const char *uri, const grid_options_t *opts, grid_t **out) {
       rc = GRID_ENOMEM;
     } else {
       pthread_mutex_init(&g->retry->lock, NULL);
-      pthread_condattr_t ca;
-      pthread_condattr_init(&ca);
-      pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-      pthread_cond_init(&g->retry->cond, &ca);
-      pthread_condattr_destroy(&ca);
+      clock_cond_init(&g->retry->cond);
     }
   }
   if (rc != 0) {

@@ -208,11 +208,7 @@ int embedded_call_loop(embedded_t *e, const Grid__Request *rq, uint32_t part, ui
   q->rq_len = len;
   q->refs = 2; /* the caller's, and the reply's */
   pthread_mutex_init(&q->lock, NULL);
-  pthread_condattr_t ca;
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-  pthread_cond_init(&q->cond, &ca);
-  pthread_condattr_destroy(&ca);
+  clock_cond_init(&q->cond);
   /* The loop that owns the partition: no handoff there. */
   int loop = (int)(part % (uint32_t)loops_count(n->loops));
   sink_init(&q->sink, embedded_req_reply, loop);
@@ -271,11 +267,7 @@ int embedded_watch_open(embedded_t *e, const char *cache, embedded_watch_t **out
   ew->cache = c;
   ew->w.wake = embedded_wake;
   pthread_mutex_init(&ew->lock, NULL);
-  pthread_condattr_t ca;
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-  pthread_cond_init(&ew->cond, &ca);
-  pthread_condattr_destroy(&ca);
+  clock_cond_init(&ew->cond);
   if (store_watch_add(c, &ew->w) != 0) {
     embedded_watch_close(ew);
     return GRID_ENOMEM;

@@ -677,12 +677,8 @@ int remote_open(const char *host, int port, const grid_options_t *opts,
   r->free_head = 1;
   pthread_mutex_init(&r->lock, NULL);
   pthread_mutex_init(&r->wlock, NULL);
-  pthread_condattr_t ca;
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-  pthread_cond_init(&r->cond, &ca);
-  pthread_cond_init(&r->bg_cond, &ca);
-  pthread_condattr_destroy(&ca);
+  clock_cond_init(&r->cond);
+  clock_cond_init(&r->bg_cond);
   uint32_t timeout = opts && opts->timeout_ms ? opts->timeout_ms : 5000;
   pthread_mutex_lock(&r->lock);
   int rc = remote_ensure_connected(r, timeout);

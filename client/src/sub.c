@@ -932,11 +932,7 @@ int grid_subscribe(grid_t *g, const char *cache, const grid_sub_options_t *opts,
   if (!s) return GRID_ENOMEM;
   s->efd = -1;
   pthread_mutex_init(&s->lock, NULL);
-  pthread_condattr_t ca;
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-  pthread_cond_init(&s->cond, &ca);
-  pthread_condattr_destroy(&ca);
+  clock_cond_init(&s->cond);
   s->g = g;
   snprintf(s->cache, sizeof s->cache, "%s", cache);
   s->opts = o;

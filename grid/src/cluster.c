@@ -1543,11 +1543,7 @@ int cluster_new(node_t *n, cluster_t **out) {
   pthread_rwlock_init(&c->map_lock, NULL);
   snprintf(c->root, sizeof c->root, "/grid/%s", n->cfg.cluster);
   pthread_mutex_init(&c->lock, NULL);
-  pthread_condattr_t ca;
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-  pthread_cond_init(&c->cond, &ca);
-  pthread_condattr_destroy(&ca);
+  clock_cond_init(&c->cond);
   atomic_init(&c->serving, 0);
   c->nboxes = (int)n->cfg.loops;
   c->boxes = calloc((size_t)c->nboxes, sizeof *c->boxes);

@@ -154,11 +154,7 @@ static node_t *node_new(const config_t *cfg, int *rc, char *err, size_t err_len)
   }
   pthread_mutex_init(&n->cron_lock, NULL);
   /* The wait below counts in monotonic time, so must the condition. */
-  pthread_condattr_t ca;
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-  pthread_cond_init(&n->cron_cond, &ca);
-  pthread_condattr_destroy(&ca);
+  clock_cond_init(&n->cron_cond);
   if (pthread_create(&n->cron_thread, NULL, node_cron_main, n) != 0) {
     snprintf(err, err_len, "cannot start the housekeeping thread");
     store_free(n->store);
