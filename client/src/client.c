@@ -143,9 +143,19 @@ static void client_near_forget(grid_t *g, const Grid__Request *rq) {
     near_forget(g->near, cache, rq->keys[i].data, rq->keys[i].len);
 }
 
+static int client_call_retrying(grid_t *g, Grid__Request *rq, client_reply_t *out);
+
 static int client_call(grid_t *g, Grid__Request *rq, client_reply_t *out) {
   client_last_error[0] = '\0';
   client_near_forget(g, rq);
+  int rc = client_call_retrying(g, rq, out);
+  /* Again once answered: a get sent while the write was in flight may
+   * have kept the value it replaced. */
+  client_near_forget(g, rq);
+  return rc;
+}
+
+static int client_call_retrying(grid_t *g, Grid__Request *rq, client_reply_t *out) {
   int64_t deadline = clock_mono_ms() + g->timeout_ms;
   int delay_ms = 2;
   for (;;) {
@@ -1021,11 +1031,20 @@ static void client_async_done(void *arg, int status, const Grid__Reply *rp) {
   int st = status ? status : rp->status;
   int retryable = st == GRID_ENOTREADY || st == GRID_ESTALE || st == GRID_ECLUSTER ||
                   (status == GRID_ECONN && router_clustered(a->g->router));
-  if (a->req_len && retryable &&
+  if (a->req_len && retryable && router_clustered(a->g->router) &&
       clock_mono_ms() + a->delay_ms + CLIENT_RETRY_LAST_MS < a->deadline_ms) {
     a->refused = st;
     router_mark_stale(a->g->router);
     if (client_retry_later(a) == 0) return;
+  }
+  if (a->g->near && a->req_len) {
+    /* A write's keys go again once it is answered: a get sent while it was
+     * in flight may have kept the value it replaced. */
+    Grid__Request *rq = grid__request__unpack(NULL, a->req_len, a->req);
+    if (rq) {
+      client_near_forget(a->g, rq);
+      grid__request__free_unpacked(rq, NULL);
+    }
   }
   client_async_finish(a, status, rp);
 }
@@ -1069,8 +1088,11 @@ static int client_call_async(grid_t *g, Grid__Request *rq, grid_get_cb get_cb,
    * until its callback has run, in flight or on the retry list. */
   int rc = client_async_admit(g);
   if (rc != 0) return rc;
-  /* In a cluster the request is kept, packed, for a retry. */
-  size_t len = router_clustered(g->router) ? grid__request__get_packed_size(rq) : 0;
+  /* In a cluster the request is kept, packed, for a retry (and, with a
+   * near cache, a write's keys to forget once it is answered). */
+  size_t len = router_clustered(g->router) || (g->near && op_is_write(rq->op))
+                   ? grid__request__get_packed_size(rq)
+                   : 0;
   client_async_t *a = malloc(sizeof *a + len);
   if (!a) {
     client_async_give_back(g);

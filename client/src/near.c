@@ -198,18 +198,20 @@ static void near_start(near_t *n, near_cache_t *c) {
   int rc = grid_subscribe(n->g, c->name, &so, &sub);
   uint32_t parts = rc == 0 ? sub_partitions(sub) : 0;
   uint32_t *gen = parts ? calloc(parts, sizeof *gen) : NULL;
+  int ok = rc == 0 && gen;
   pthread_mutex_lock(&n->lock);
-  if (rc == 0 && gen) {
+  if (ok) {
     c->sub = sub;
     c->nparts = parts;
     c->gen = gen;
-    c->state = NEAR_READY;
+    /* Unless the stream ended already (the cache dropped): then off. */
+    if (c->state == NEAR_STARTING) c->state = NEAR_READY;
   } else {
     c->state = NEAR_FAILED;
     c->retry_at_ms = clock_mono_ms() + NEAR_RETRY_MS;
   }
   pthread_mutex_unlock(&n->lock);
-  if (c->state != NEAR_READY) {
+  if (!ok) { /* decided above, under the lock: the state may move since */
     LOG_W("client", "\"near cache off for a while: its change stream did not start\" cache=%s "
           "error=%s", c->name, grid_err_name(rc ? rc : GRID_ENOMEM));
     free(gen);
@@ -219,7 +221,7 @@ static void near_start(near_t *n, near_cache_t *c) {
 
 int near_ticket(near_t *n, const char *cache, const void *key, size_t key_len,
                 near_ticket_t *t) {
-  if (!near_wanted(n, cache)) return 0;
+  if (strlen(cache) > 64 || !near_wanted(n, cache)) return 0; /* no such cache name */
   pthread_mutex_lock(&n->lock);
   near_cache_t *c = near_cache_find(n, cache);
   int start = 0;

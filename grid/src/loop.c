@@ -84,8 +84,17 @@ static void loop_run_deferred(loop_t *lp) {
 
 static void loop_on_prepare(uv_prepare_t *h) {
   loop_t *lp = h->data;
-  loop_run_deferred(lp);
-  if (!lp->defer_head) uv_prepare_stop(&lp->defer_prepare);
+  /* A deferred task may defer another (a change read, then its message's
+   * flush): rounds until none is left, at most LOOP_DEFER_ROUNDS_MAX. */
+  for (int round = 0; lp->defer_head && round < LOOP_DEFER_ROUNDS_MAX; round++)
+    loop_run_deferred(lp);
+  if (!lp->defer_head) {
+    uv_prepare_stop(&lp->defer_prepare);
+    return;
+  }
+  /* A prepare handle does not keep the poll from blocking: wake the loop
+   * so that what is left runs at once. */
+  uv_async_send(&lp->inbox_async);
 }
 
 void loop_defer(loop_t *lp, loop_task_t *t) {
@@ -138,9 +147,7 @@ static void loop_on_stop(uv_async_t *a) {
   uv_walk(&lp->uv, loop_close_walk_cb, lp);
 }
 
-static _Thread_local loop_t *loop_current;
-
-loop_t *loop_self(void) { return loop_current; }
+static _Thread_local loop_t *loop_current; /* the loop whose thread this is */
 
 void loops_post_or_defer(loops_t *ls, int index, loop_task_t *t) {
   loop_t *lp = loops_at(ls, index);

@@ -27,6 +27,8 @@ typedef struct pmap pmap_t;
 #define LOOP_ARENA_BYTES 16384
 #define LOOP_CRON_MS_MAX 100 /* the timer fires at least this often */
 #define LOOP_STOP_DRAIN_ROUNDS_MAX 16 /* inboxes run after the threads end */
+#define LOOP_DEFER_ROUNDS_MAX 8  /* deferred tasks deferring more, run
+                                    before the loop polls again */
 
 /* Work for a loop from any thread. The task lives in the sender's own
  * struct (as libuv's requests do), so posting it cannot fail: a handoff
@@ -124,8 +126,6 @@ static inline void loop_post(loop_t *from, int index, loop_task_t *t) {
  * what many tasks or callbacks gathered for one connection leaves in one
  * write (Redis's "before sleep"). t must stay valid until fn runs. */
 void loop_defer(loop_t *lp, loop_task_t *t);
-/* The loop whose thread calls, or NULL on any other thread. */
-loop_t *loop_self(void);
 /* Runs t on loop index: at once deferred (loop_defer) when the caller is
  * that loop's own thread, else posted (loops_post). */
 void loops_post_or_defer(loops_t *ls, int index, loop_task_t *t);

@@ -37,6 +37,7 @@ struct pubsub {
   pubsub_pat_t *pats;
   size_t npats, pats_cap;
   _Atomic size_t inflight_bytes;  /* messages posted, not delivered yet */
+  _Atomic int forwards;           /* PUBLISH to other nodes, unanswered */
   _Atomic uint64_t dropped;
 };
 
@@ -376,6 +377,7 @@ static int pubsub_post(loop_t *lp, uint64_t mask, const void *channel, size_t ch
 
 static void pubsub_peer_done(void *arg, int status, const Grid__Reply *rp) {
   pubsub_t *ps = arg;
+  atomic_fetch_sub(&ps->forwards, 1);
   if (status != 0 || !rp || rp->status != 0) atomic_fetch_add(&ps->dropped, 1);
 }
 
@@ -393,8 +395,12 @@ static void pubsub_forward(loop_t *lp, const void *channel, size_t channel_len, 
     rq.op = GRID__OP__PUBLISH;
     rq.key = (ProtobufCBinaryData){channel_len, (uint8_t *)(uintptr_t)channel};
     rq.value = (ProtobufCBinaryData){msg_len, (uint8_t *)(uintptr_t)msg};
-    if (!p || peer_call(p, &rq, n->cfg.forward_timeout_ms, pubsub_peer_done, n->pubsub) != 0)
-      atomic_fetch_add(&n->pubsub->dropped, 1);
+    pubsub_t *ps = n->pubsub;
+    if (atomic_fetch_add(&ps->forwards, 1) >= PUBSUB_FORWARD_INFLIGHT_MAX ||
+        !p || peer_call(p, &rq, n->cfg.forward_timeout_ms, pubsub_peer_done, ps) != 0) {
+      atomic_fetch_sub(&ps->forwards, 1);
+      atomic_fetch_add(&ps->dropped, 1);
+    }
   }
 }
 
@@ -440,16 +446,25 @@ int64_t pubsub_numsub(pubsub_t *ps, const void *channel, size_t len) {
   return n;
 }
 
+static int pubsub_u64_cmp(const void *a, const void *b) {
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
 int64_t pubsub_numpat(pubsub_t *ps) {
-  /* Redis counts distinct patterns, not clients' subscriptions to them. */
+  /* Redis counts distinct patterns, not clients' subscriptions to them:
+   * their 64-bit hashes are taken under the lock (linear), then sorted and
+   * counted outside it. */
   pthread_mutex_lock(&ps->lock);
-  int64_t n = 0;
-  for (size_t i = 0; i < ps->npats; i++) {
-    int seen = 0;
-    for (size_t j = 0; j < i && !seen; j++)
-      seen = pubsub_name_is(&ps->pats[j].name, ps->pats[i].name.bytes, ps->pats[i].name.len);
-    n += !seen;
-  }
+  size_t n = ps->npats;
+  uint64_t *h = n ? malloc(n * sizeof *h) : NULL;
+  for (size_t i = 0; h && i < n; i++)
+    h[i] = XXH3_64bits(ps->pats[i].name.bytes, ps->pats[i].name.len);
   pthread_mutex_unlock(&ps->lock);
-  return n;
+  if (!h) return (int64_t)n; /* no memory to tell repeats apart */
+  qsort(h, n, sizeof *h, pubsub_u64_cmp);
+  int64_t distinct = 0;
+  for (size_t i = 0; i < n; i++) distinct += i == 0 || h[i] != h[i - 1];
+  free(h);
+  return distinct;
 }

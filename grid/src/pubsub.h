@@ -26,6 +26,12 @@
  * node: past it a publish is refused (GRID_EBUSY), as a full queue is. */
 #define PUBSUB_INFLIGHT_BYTES_MAX ((size_t)256 << 20)
 
+/* PUBLISH requests passed to other nodes and not answered yet, over the
+ * whole node: they share the peer links with forwarded client requests
+ * (PEER_INFLIGHT_MAX each), so past this a message is not passed on (it is
+ * dropped, as on a link that is down). */
+#define PUBSUB_FORWARD_INFLIGHT_MAX 1024
+
 typedef struct pubsub pubsub_t;
 typedef struct pubsub_client pubsub_client_t;
 typedef struct pubsub_name pubsub_name_t;

@@ -27,6 +27,7 @@
 
 #define RESP_ERROR_LINE_BYTES_MAX 512 /* an error line of our own words */
 #define RESP_QUOTED_BYTES_MAX 128     /* a client's bytes quoted in an error, as Redis */
+#define RESP_MSG_KEEP_BYTES 65536     /* a subscriber's message buffer kept past this: freed */
 
 /* ---- per connection ------------------------------------------------------- */
 
@@ -51,6 +52,8 @@ struct resp_conn {
                                 only those commands run (Redis's RESP2
                                 subscribed mode) */
   resp_slot_t msg;           /* a pub/sub message being built */
+  size_t push_bytes;         /* messages queued behind replies not written
+                                yet (they count against output_bytes_max) */
   int msg_flush_deferred;    /* msg_flush_task waits for the loop (holds a
                                 reference): messages leave together */
   loop_task_t msg_flush_task;
@@ -238,6 +241,8 @@ static void resp_flush_slots(conn_t *c) {
     if (!s->push) {
       GRID_ASSERT(r->pipe.waiting > 0);
       r->pipe.waiting--;
+    } else {
+      r->push_bytes -= s->len;
     }
     resp_write_reply(c, s);
     free(s->buf);
@@ -1145,9 +1150,24 @@ static void resp_deliver(pubsub_client_t *cl, const pubsub_name_t *pattern, cons
     *m = (resp_slot_t){0};
     r->tail->next = s;
     r->tail = s;
-  } else if (conn_out(c, m->buf, m->len) != 0) {
-    conn_close(c);
-    return;
+    r->push_bytes += s->len;
+    if (r->push_bytes + c->wlen + c->inflight_bytes >
+        (size_t)c->lp->node->cfg.output_bytes_max) {
+      LOG_W("resp", "\"subscriber closed: messages wait behind a reply past output_bytes_max\" "
+            "addr=%s output_bytes_max=%lld", c->peer, (long long)c->lp->node->cfg.output_bytes_max);
+      conn_close(c);
+      return;
+    }
+  } else {
+    int rc = conn_out(c, m->buf, m->len);
+    if (m->cap > RESP_MSG_KEEP_BYTES) { /* one large message: not kept for life */
+      free(m->buf);
+      *m = (resp_slot_t){0};
+    }
+    if (rc != 0) {
+      conn_close(c);
+      return;
+    }
   }
   if (conn_output_full(c)) {
     resp_msg_flush(c->lp, c); /* it may take it all at once */
