@@ -137,7 +137,7 @@ GRID_EXPORT int grid_delete_all(grid_t *g, const char *cache, size_t n,
                     const void *const *keys, const size_t *key_lens,
                     size_t *deleted);
 
-/* One entry returned by grid_scan(). */
+/* One entry returned by grid_scan() and grid_get_prefix(). */
 typedef struct grid_entry {
   void *key;
   size_t key_len;
@@ -145,6 +145,68 @@ typedef struct grid_entry {
   size_t value_len;
   uint64_t version;
 } grid_entry_t;
+
+/*
+ * Atomic batches: writes and checks of keys of one partition (give them one
+ * affinity part: "{pump-7}.temp", "{pump-7}.rpm"), all or none. Every
+ * condition is checked first, against the entries as they were before the
+ * batch; then every write is made, and the batch is replicated as one
+ * record and committed as one: no reader, backup or change-stream
+ * subscriber sees part of it, and a failover keeps all of it or none.
+ * Change streams pass its changes on one after another, with op
+ * GRID_OP_BATCH.
+ */
+typedef enum grid_batch_kind {
+  GRID_BATCH_PUT = 1,     /* key := value (ttl_ms 0: the cache's default) */
+  GRID_BATCH_DELETE = 2,  /* key removed (nothing when it is missing) */
+  GRID_BATCH_CHECK = 3,   /* the condition alone: writes nothing */
+} grid_batch_kind_t;
+
+typedef enum grid_cond {
+  GRID_IF_ANY = 0,
+  GRID_IF_ABSENT = 1,     /* the key must be missing: GRID_EEXIST */
+  GRID_IF_PRESENT = 2,    /* the key must exist: GRID_ENOTFOUND */
+  GRID_IF_VERSION = 3,    /* the entry's version must be `version`:
+                             GRID_EVERSION (GRID_ENOTFOUND if missing) */
+} grid_cond_t;
+
+typedef struct grid_batch_op {
+  grid_batch_kind_t kind;
+  const void *key;
+  size_t key_len;
+  const void *value;      /* GRID_BATCH_PUT */
+  size_t value_len;
+  uint64_t ttl_ms;
+  grid_cond_t cond;
+  uint64_t version;       /* GRID_IF_VERSION */
+  uint64_t version_out;   /* set on success: the version written (a delete:
+                             the removal's, 0 when nothing was there), or
+                             the version checked (0: missing) */
+  bool existed;           /* set on success: the key existed before */
+} grid_batch_op_t;
+
+/* GRID_BATCH_* ops, the op number change-stream events of a batch carry. */
+#define GRID_OP_BATCH 32
+
+/* Runs ops[0..n) as one atomic batch (n at most the node's batch_keys_max).
+ * 0: all done, each op's version_out set. A condition that does not hold:
+ * its error (GRID_EEXIST, GRID_ENOTFOUND, GRID_EVERSION) with *failed (may
+ * be NULL) the op's index, and nothing written. GRID_EINVAL (keys of two
+ * partitions, a key named twice, an empty batch: *failed and
+ * grid_last_error() say which), GRID_ELIMIT (the batch's record would pass
+ * the node's frame_bytes_max), GRID_EMEMLIMIT: nothing written. */
+GRID_EXPORT int grid_batch(grid_t *g, const char *cache, grid_batch_op_t *ops, size_t n,
+                           size_t *failed);
+
+/* Every entry whose key starts with prefix, in one request, as of one
+ * moment (no write of the partition is seen in part). The prefix must hold
+ * a whole affinity part ("{pump-7}." or "{pump-7}"), so that its keys share
+ * one partition; the node looks at every entry of that partition. max: at
+ * most this many (0 = the node's batch_keys_max); more match: GRID_ELIMIT.
+ * *entries is the caller's (grid_entries_free), in no particular order. */
+GRID_EXPORT int grid_get_prefix(grid_t *g, const char *cache, const void *prefix,
+                                size_t prefix_len, uint32_t max, grid_entry_t **entries,
+                                size_t *n);
 
 /*
  * Scans one partition. Start with *cursor = 0; each call returns up to count

@@ -127,6 +127,9 @@ static int client_call_once(grid_t *g, Grid__Request *rq, client_reply_t *out);
 
 /* The words of the last error a node answered a call of this thread with. */
 static __thread char client_last_error[512];
+/* The number the node answered the last error with (BATCH: the op whose
+ * condition failed). */
+static __thread int64_t client_last_error_number;
 
 /* Runs rq; when the node says the request was not run because the
  * partition is changing owner (GRID_ENOTREADY, GRID_ESTALE) or the node is
@@ -141,12 +144,15 @@ static void client_near_forget(grid_t *g, const Grid__Request *rq) {
   if (op_has(rq->op, OP_KEYED)) near_forget(g->near, cache, rq->key.data, rq->key.len);
   for (size_t i = 0; i < rq->n_keys; i++)
     near_forget(g->near, cache, rq->keys[i].data, rq->keys[i].len);
+  for (size_t i = 0; i < rq->n_batch; i++)
+    near_forget(g->near, cache, rq->batch[i]->key.data, rq->batch[i]->key.len);
 }
 
 static int client_call_retrying(grid_t *g, Grid__Request *rq, client_reply_t *out);
 
 static int client_call(grid_t *g, Grid__Request *rq, client_reply_t *out) {
   client_last_error[0] = '\0';
+  client_last_error_number = 0;
   client_near_forget(g, rq);
   int rc = client_call_retrying(g, rq, out);
   /* Again once answered: a get sent while the write was in flight may
@@ -203,6 +209,7 @@ static int client_call_once(grid_t *g, Grid__Request *rq, client_reply_t *out) {
   if (rc != 0) {
     snprintf(client_last_error, sizeof client_last_error, "%s",
              out->rp->message && out->rp->message[0] ? out->rp->message : grid_strerror(rc));
+    client_last_error_number = out->rp->number;
     client_reply_free(out);
   }
   return rc;
@@ -600,6 +607,29 @@ void grid_entries_free(grid_entry_t *entries, size_t n) {
   free(entries);
 }
 
+/* A reply's entries as the caller's list (one allocation per entry: key
+ * and value, freed through the key). NULL when memory fails. */
+static grid_entry_t *client_entries(const Grid__Reply *rp) {
+  size_t m = rp->n_entries;
+  grid_entry_t *list = calloc(m ? m : 1, sizeof *list);
+  for (size_t i = 0; list && i < m; i++) {
+    const Grid__Entry *e = rp->entries[i];
+    unsigned char *mem = malloc(e->key.len + e->value.len + 2);
+    if (!mem) {
+      grid_entries_free(list, i);
+      return NULL;
+    }
+    /* protobuf-c leaves an empty field's data NULL. */
+    if (e->key.len) memcpy(mem, e->key.data, e->key.len);
+    mem[e->key.len] = '\0';
+    if (e->value.len) memcpy(mem + e->key.len + 1, e->value.data, e->value.len);
+    mem[e->key.len + 1 + e->value.len] = '\0';
+    list[i] = (grid_entry_t){mem, e->key.len, mem + e->key.len + 1, e->value.len,
+                             e->version};
+  }
+  return list;
+}
+
 int grid_scan(grid_t *g, const char *cache, uint32_t partition,
               uint64_t *cursor, uint32_t count, grid_entry_t **entries,
               size_t *n) {
@@ -613,32 +643,81 @@ int grid_scan(grid_t *g, const char *cache, uint32_t partition,
   client_reply_t r;
   int rc = client_call(g, &rq, &r);
   if (rc != 0) return rc;
-  size_t m = r.rp->n_entries;
-  grid_entry_t *list = calloc(m ? m : 1, sizeof *list);
-  for (size_t i = 0; list && i < m; i++) {
-    const Grid__Entry *e = r.rp->entries[i];
-    /* Key and value share one allocation, freed through the key. */
-    unsigned char *mem = malloc(e->key.len + e->value.len + 2);
-    if (!mem) {
-      grid_entries_free(list, i);
-      list = NULL;
-      break;
-    }
-    /* protobuf-c leaves an empty field's data NULL. */
-    if (e->key.len) memcpy(mem, e->key.data, e->key.len);
-    mem[e->key.len] = '\0';
-    if (e->value.len) memcpy(mem + e->key.len + 1, e->value.data, e->value.len);
-    mem[e->key.len + 1 + e->value.len] = '\0';
-    list[i] = (grid_entry_t){mem, e->key.len, mem + e->key.len + 1, e->value.len,
-                             e->version};
-  }
+  grid_entry_t *list = client_entries(r.rp);
   if (list) {
     *entries = list;
-    *n = m;
+    *n = r.rp->n_entries;
     *cursor = r.rp->cursor;
   }
   client_reply_free(&r);
   return list ? 0 : GRID_ENOMEM;
+}
+
+int grid_get_prefix(grid_t *g, const char *cache, const void *prefix, size_t prefix_len,
+                    uint32_t max, grid_entry_t **entries, size_t *n) {
+  *entries = NULL;
+  *n = 0;
+  Grid__Request rq;
+  client_request_key(&rq, GRID__OP__GET_PREFIX, cache, prefix, prefix_len);
+  rq.count = max;
+  client_reply_t r;
+  int rc = client_call(g, &rq, &r);
+  if (rc != 0) return rc;
+  grid_entry_t *list = client_entries(r.rp);
+  if (list) {
+    *entries = list;
+    *n = r.rp->n_entries;
+  }
+  client_reply_free(&r);
+  return list ? 0 : GRID_ENOMEM;
+}
+
+int grid_batch(grid_t *g, const char *cache, grid_batch_op_t *ops, size_t n, size_t *failed) {
+  if (failed) *failed = 0;
+  if (n == 0) {
+    client_set_error("an empty batch");
+    return GRID_EINVAL;
+  }
+  Grid__BatchOp *bo = calloc(n, sizeof *bo);
+  Grid__BatchOp **list = calloc(n, sizeof *list);
+  if (!bo || !list) {
+    free(bo);
+    free(list);
+    return GRID_ENOMEM;
+  }
+  for (size_t i = 0; i < n; i++) {
+    grid__batch_op__init(&bo[i]);
+    bo[i].kind = (Grid__BatchKind)ops[i].kind;
+    bo[i].key = (ProtobufCBinaryData){ops[i].key_len, (uint8_t *)ops[i].key};
+    if (ops[i].kind == GRID_BATCH_PUT)
+      bo[i].value = (ProtobufCBinaryData){ops[i].value_len, (uint8_t *)ops[i].value};
+    bo[i].ttl_ms = ops[i].ttl_ms;
+    bo[i].cond = (Grid__BatchCond)ops[i].cond;
+    bo[i].version = ops[i].version;
+    list[i] = &bo[i];
+  }
+  Grid__Request rq;
+  /* Routed by its first key; the node checks that every key is of that
+   * partition. */
+  client_request_key(&rq, GRID__OP__BATCH, cache, ops[0].key, ops[0].key_len);
+  rq.batch = list;
+  rq.n_batch = n;
+  client_reply_t r;
+  int rc = client_call(g, &rq, &r);
+  if (rc == 0) {
+    for (size_t i = 0; i < n && i < r.rp->n_entries; i++) {
+      ops[i].version_out = r.rp->entries[i]->version;
+      ops[i].existed = r.rp->entries[i]->found;
+    }
+    client_reply_free(&r);
+  } else if (failed && (rc == GRID_EEXIST || rc == GRID_ENOTFOUND || rc == GRID_EVERSION ||
+                        rc == GRID_EINVAL)) {
+    *failed = client_last_error_number >= 0 && (size_t)client_last_error_number < n
+                  ? (size_t)client_last_error_number : 0;
+  }
+  free(bo);
+  free(list);
+  return rc;
 }
 
 int grid_size(grid_t *g, const char *cache, uint64_t *size) {

@@ -7,6 +7,7 @@
 #include "grid_types.h"
 #include "log.h"
 #include "op.h"
+#include "part.h"
 
 void ops_reply_error(Grid__Reply *rp, int status, const char *detail,
                      arena_t *a) {
@@ -250,6 +251,191 @@ static void ops_delete_all(node_t *n, store_cache_t *c, const Grid__Request *rq,
     if (store_write(c, &k, &w, now, &res) == 0) deleted++;
   }
   rp->number = deleted;
+}
+
+/* BATCH: the writes and checks of one partition, all or none. */
+static void ops_batch(node_t *n, store_cache_t *c, const Grid__Request *rq,
+                      Grid__Reply *rp, arena_t *a, store_applied_fn applied, void *ctx) {
+  size_t cnt = rq->n_batch;
+  if (cnt == 0) {
+    ops_reply_error(rp, GRID_EINVAL, "an empty batch", a);
+    return;
+  }
+  if (ops_check_batch(n, cnt, rp, a)) return;
+  store_batch_op_t *ops = arena_alloc(a, cnt * sizeof *ops);
+  if (!ops) {
+    ops_reply_error(rp, GRID_ENOMEM, NULL, a);
+    return;
+  }
+  store_key_t routed;
+  store_key_init(c, rq->key.data, rq->key.len, &routed);
+  /* Its record carries every entry in one frame: refused here rather than
+   * written and then not replicated. */
+  size_t bytes = 0;
+  char detail[160];
+  for (size_t i = 0; i < cnt; i++) {
+    const Grid__BatchOp *bo = rq->batch[i];
+    if (ops_check_key(n, &bo->key, bo->kind == GRID__BATCH_KIND__BATCH_PUT ? bo->value.len : 0,
+                      rp, a))
+      return;
+    store_batch_op_t *op = &ops[i];
+    memset(op, 0, sizeof *op);
+    store_key_init(c, bo->key.data, bo->key.len, &op->key);
+    if (op->key.part != routed.part) {
+      snprintf(detail, sizeof detail,
+               "op %zu: its key is in another partition than the batch's (a batch is one "
+               "partition's: give its keys one affinity part, \"{thing}.name\")", i);
+      ops_reply_error(rp, GRID_EINVAL, detail, a);
+      rp->number = (int64_t)i;
+      return;
+    }
+    if (bo->kind < GRID__BATCH_KIND__BATCH_PUT || bo->kind > GRID__BATCH_KIND__BATCH_CHECK ||
+        bo->cond < GRID__BATCH_COND__COND_ANY || bo->cond > GRID__BATCH_COND__COND_VERSION) {
+      snprintf(detail, sizeof detail, "op %zu: kind %d or condition %d is not known", i,
+               (int)bo->kind, (int)bo->cond);
+      ops_reply_error(rp, GRID_EINVAL, detail, a);
+      rp->number = (int64_t)i;
+      return;
+    }
+    op->kind = (int)bo->kind; /* the store's numbers are the protocol's */
+    op->cond = (int)bo->cond;
+    op->value = bo->value.data ? bo->value.data : (const uint8_t *)"";
+    op->value_len = bo->value.len;
+    op->ttl_ms = bo->ttl_ms;
+    op->version = bo->version;
+    bytes += bo->key.len + bo->value.len + 48;
+  }
+  if (bytes + 1024 > (size_t)n->cfg.frame_bytes_max) {
+    snprintf(detail, sizeof detail,
+             "the batch's record would pass frame_bytes_max (%lld): write fewer entries",
+             (long long)n->cfg.frame_bytes_max);
+    ops_reply_error(rp, GRID_ELIMIT, detail, a);
+    return;
+  }
+  size_t failed = 0;
+  int rc = store_write_batch(c, ops, cnt, clock_wall_ms(), (uint8_t)GRID__OP__BATCH, &failed,
+                             applied, ctx);
+  if (rc == GRID_EINVAL) {
+    snprintf(detail, sizeof detail, "op %zu names a key an earlier op of the batch names",
+             failed);
+    ops_reply_error(rp, rc, detail, a);
+    rp->number = (int64_t)failed;
+    return;
+  }
+  if (rc == GRID_EEXIST || rc == GRID_ENOTFOUND || rc == GRID_EVERSION) {
+    snprintf(detail, sizeof detail, "op %zu's condition does not hold: nothing was written",
+             failed);
+    ops_reply_error(rp, rc, detail, a);
+    rp->number = (int64_t)failed;
+    return;
+  }
+  if (rc != 0) {
+    ops_reply_error(rp, rc, "nothing was written", a);
+    return;
+  }
+  Grid__Entry **list = arena_alloc(a, cnt * sizeof *list);
+  Grid__Entry *ents = arena_alloc(a, cnt * sizeof *ents);
+  if (!list || !ents) {
+    /* Written: only the versions are not told. */
+    rp->number = -1;
+    return;
+  }
+  for (size_t i = 0; i < cnt; i++) {
+    grid__entry__init(&ents[i]);
+    ents[i].version = ops[i].version_out;
+    ents[i].found = ops[i].existed;
+    list[i] = &ents[i];
+  }
+  rp->entries = list;
+  rp->n_entries = cnt;
+  rp->version = ops[cnt - 1].version_out;
+}
+
+/* GET_PREFIX: a prefix's entries, gathered by ops_prefix_cb. */
+typedef struct ops_prefix_ctx {
+  arena_t *a;
+  const ProtobufCBinaryData *prefix;
+  Grid__Entry **list;
+  size_t n, max;
+  size_t bytes, bytes_max;
+  int failed;
+} ops_prefix_ctx_t;
+
+static int ops_prefix_cb(void *ctx, const void *key, size_t key_len, const void *value,
+                         size_t value_len, uint64_t version) {
+  ops_prefix_ctx_t *pc = ctx;
+  if (key_len < pc->prefix->len || memcmp(key, pc->prefix->data, pc->prefix->len) != 0)
+    return 0;
+  if (pc->n == pc->max) {
+    pc->failed = GRID_ELIMIT;
+    return 1;
+  }
+  pc->bytes += key_len + value_len + 16;
+  if (pc->bytes > pc->bytes_max) {
+    pc->failed = GRID_EFRAMETOOBIG;
+    return 1;
+  }
+  Grid__Entry *e = arena_alloc(pc->a, sizeof *e);
+  void *k = arena_dup(pc->a, key, key_len);
+  void *v = arena_dup(pc->a, value, value_len);
+  if (!e || !k || !v) {
+    pc->failed = GRID_ENOMEM;
+    return 1;
+  }
+  grid__entry__init(e);
+  e->key = (ProtobufCBinaryData){key_len, k};
+  e->value = (ProtobufCBinaryData){value_len, v};
+  e->version = version;
+  e->found = 1;
+  pc->list[pc->n++] = e;
+  return 0;
+}
+
+static void ops_get_prefix(node_t *n, store_cache_t *c, const Grid__Request *rq,
+                           Grid__Reply *rp, arena_t *a) {
+  if (ops_check_key(n, &rq->key, 0, rp, a)) return;
+  const void *aff;
+  size_t aff_len;
+  part_affinity(rq->key.data, rq->key.len, &aff, &aff_len);
+  if (aff_len >= rq->key.len) {
+    ops_reply_error(rp, GRID_EINVAL,
+                    "the prefix must hold a whole affinity part, as \"{thing}.\", so that "
+                    "its keys share a partition", a);
+    return;
+  }
+  size_t max = rq->count ? rq->count : (size_t)n->cfg.batch_keys_max;
+  if (max > (size_t)n->cfg.batch_keys_max) max = (size_t)n->cfg.batch_keys_max;
+  ops_prefix_ctx_t pc = {.a = a, .prefix = &rq->key, .max = max,
+                         .bytes_max = (size_t)n->cfg.frame_bytes_max};
+  pc.list = arena_alloc(a, (max ? max : 1) * sizeof *pc.list);
+  if (!pc.list) {
+    ops_reply_error(rp, GRID_ENOMEM, NULL, a);
+    return;
+  }
+  store_key_t k;
+  store_key_init(c, rq->key.data, rq->key.len, &k);
+  uint64_t cursor = 0;
+  /* One pass over the partition under its lock: the entries as of one
+   * moment. */
+  store_scan(c, k.part, &cursor, UINT32_MAX, clock_wall_ms(), ops_prefix_cb, &pc);
+  char detail[160];
+  if (pc.failed == GRID_ELIMIT) {
+    snprintf(detail, sizeof detail, "more than %zu keys start with the prefix (count, at most "
+             "batch_keys_max)", max);
+    ops_reply_error(rp, GRID_ELIMIT, detail, a);
+    return;
+  }
+  if (pc.failed == GRID_EFRAMETOOBIG) {
+    ops_reply_too_big(n, pc.bytes, rp, a);
+    return;
+  }
+  if (pc.failed) {
+    ops_reply_error(rp, pc.failed, NULL, a);
+    return;
+  }
+  rp->entries = pc.list;
+  rp->n_entries = pc.n;
+  rp->number = (int64_t)pc.n;
 }
 
 typedef struct ops_scan_ctx {
@@ -507,6 +693,8 @@ void ops_execute_rec(node_t *n, store_view_t *view, const Grid__Request *rq,
     case GRID__OP__SCAN: ops_scan(n, c, rq, rp, a); break;
     case GRID__OP__SIZE: rp->number = (int64_t)store_cache_size(c); break;
     case GRID__OP__TTL: ops_ttl(n, c, rq, rp, a); break;
+    case GRID__OP__BATCH: ops_batch(n, c, rq, rp, a, applied, ctx); break;
+    case GRID__OP__GET_PREFIX: ops_get_prefix(n, c, rq, rp, a); break;
     default: ops_write(n, c, rq, rp, a, applied, ctx); break;
   }
   if (!view) store_cache_release(n->store, c);

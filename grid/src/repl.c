@@ -254,18 +254,72 @@ static void repl_advance(loop_t *lp, repl_part_t *part) {
 
 /* ---- the primary's side ------------------------------------------------------ */
 
-/* The record of a write, as store_write_rec hands it over. */
+/* The record of a write, as store_write_rec hands it over; a batch's
+ * gathers every entry it wrote (records), sent as one REPL. */
 typedef struct repl_rec {
   int captured;
   int failed;           /* the write was applied, its record not made */
+  int batch;            /* BATCH: entries go to records */
   Grid__Request rq;     /* REPL message; key/value point into mem */
   unsigned char *mem;
+  Grid__Entry **records;/* BATCH: each malloc'd with its key and value */
+  size_t nrecords, cap;
 } repl_rec_t;
+
+static void repl_rec_free(repl_rec_t *r) {
+  free(r->mem);
+  for (size_t i = 0; i < r->nrecords; i++) free(r->records[i]);
+  free(r->records);
+}
+
+/* A batch's entry joins its record. */
+static void repl_capture_entry(repl_rec_t *r, const void *key, size_t key_len,
+                               const void *value, size_t value_len, uint64_t version,
+                               int64_t expire_at_ms) {
+  if (r->nrecords == r->cap) {
+    size_t cap = r->cap ? r->cap * 2 : 8;
+    Grid__Entry **l = realloc(r->records, cap * sizeof *l);
+    if (!l) {
+      r->failed = 1;
+      return;
+    }
+    r->records = l;
+    r->cap = cap;
+  }
+  Grid__Entry *e = malloc(sizeof *e + key_len + value_len + 1);
+  if (!e) {
+    r->failed = 1;
+    return;
+  }
+  unsigned char *mem = (unsigned char *)(e + 1);
+  grid__entry__init(e);
+  if (key_len) memcpy(mem, key, key_len);
+  if (value_len) memcpy(mem + key_len, value, value_len);
+  e->key = (ProtobufCBinaryData){key_len, mem};
+  e->value = (ProtobufCBinaryData){value_len, mem + key_len};
+  e->deleted = value == NULL;
+  e->version = version;
+  e->expire_at_ms = expire_at_ms;
+  r->records[r->nrecords++] = e;
+  if (r->nrecords == 1) {
+    grid__request__init(&r->rq);
+    r->rq.op = GRID__OP__REPL;
+    r->rq.key = e->key; /* the backup finds the partition by it */
+  }
+  r->rq.records = r->records;
+  r->rq.n_records = r->nrecords;
+  r->rq.version = version;
+  r->captured = !r->failed;
+}
 
 static void repl_capture(void *ctx, const void *key, size_t key_len,
                          const void *value, size_t value_len, uint64_t version,
                          int64_t expire_at_ms) {
   repl_rec_t *r = ctx;
+  if (r->batch) {
+    repl_capture_entry(r, key, key_len, value, value_len, version, expire_at_ms);
+    return;
+  }
   r->mem = malloc(key_len + value_len + 1);
   if (!r->mem) {
     r->failed = 1; /* its backups are demoted: see repl_record_lost */
@@ -524,8 +578,9 @@ static int repl_run(loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *sin
   arena_t a;
   arena_init(&a, 4096);
   Grid__Reply rp = GRID__REPLY__INIT;
-  repl_rec_t rec = {0};
+  repl_rec_t rec = {.batch = rq->op == GRID__OP__BATCH};
   ops_execute_rec(n, &lp->view, rq, &rp, &a, repl_capture, &rec);
+  if (rec.failed) rec.captured = 0;
   rp.epoch = lp->pmap->epoch;
   int waits = 0;
   if (w && (rec.captured || rec.failed)) {
@@ -550,7 +605,7 @@ static int repl_run(loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *sin
     if (rq->op == GRID__OP__GET && rp.status == 0) release = rp.version & STORE_COUNTER_MASK;
     waits = repl_answer_when(lp, part, release, sink, &rp, handed);
   }
-  free(rec.mem);
+  repl_rec_free(&rec);
   arena_close(&a);
   return waits;
 }

@@ -7,6 +7,46 @@
 #include "part.h"
 #include "repl_int.h"
 
+/* A primary's BATCH record: every entry applied together (no reader here
+ * sees part of it), each checked as a client's write is. */
+static void repl_apply_batch(loop_t *lp, store_cache_t *sc, uint32_t part,
+                             const Grid__Request *rq, Grid__Reply *rp) {
+  store_t *store = lp->node->store;
+  if ((int64_t)rq->n_records > lp->node->cfg.batch_keys_max) {
+    ops_reply_error(rp, GRID_EBATCHTOOBIG, "in a replication record", &lp->arena);
+    return;
+  }
+  store_record_t *recs = arena_alloc(&lp->arena, rq->n_records * sizeof *recs);
+  if (!recs) {
+    ops_reply_error(rp, GRID_ENOMEM, NULL, &lp->arena);
+    return;
+  }
+  for (size_t i = 0; i < rq->n_records; i++) {
+    const Grid__Entry *e = rq->records[i];
+    int rc = store_check_sizes(store, e->key.len, e->deleted ? 0 : e->value.len);
+    if (rc != 0) {
+      ops_reply_error(rp, rc, "in a replication record", &lp->arena);
+      return;
+    }
+    store_record_t *r = &recs[i];
+    store_key_init(sc, e->key.data, e->key.len, &r->key);
+    if (r->key.part != part) {
+      ops_reply_error(rp, GRID_EINVAL, "a batch record's entries are of two partitions",
+                      &lp->arena);
+      return;
+    }
+    /* An empty value arrives as NULL data: only `deleted` means a delete. */
+    r->value = e->deleted ? NULL : e->value.data ? e->value.data : (uint8_t *)"";
+    r->value_len = e->deleted ? 0 : e->value.len;
+    r->version = e->version;
+    r->expire_at_ms = e->expire_at_ms;
+  }
+  size_t applied = 0;
+  int rc = store_apply_batch(sc, recs, rq->n_records, (uint8_t)rq->change_op, &applied);
+  if (rc != 0) ops_reply_error(rp, rc, NULL, &lp->arena);
+  else store_part_committed_to(sc, part, rq->committed);
+}
+
 void repl_on_peer_request(loop_t *lp, const char *from_node,
                           const Grid__Request *rq, Grid__Reply *rp) {
   rp->id = rq->id;
@@ -38,6 +78,10 @@ void repl_on_peer_request(loop_t *lp, const char *from_node,
   /* The primary keeps this cache's changes (it is followed): this copy
    * keeps them from now on too, so that it can take over its streams. */
   if (rq->history && !store_history_kept(sc)) store_keep_history(sc);
+  if (rq->op == GRID__OP__REPL && rq->n_records > 0) {
+    repl_apply_batch(lp, sc, part, rq, rp);
+    return;
+  }
   if (rq->op == GRID__OP__REPL) {
     /* A record passes the limits a client's write does: a primary under
      * other settings, or a forged record, must not put past them. */

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
 #include <xxhash.h>
 
 #include "grid_types.h"
@@ -527,24 +528,12 @@ static int store_parse_i64(const unsigned char *v, size_t len, int64_t *out) {
   return 0;
 }
 
-/* Puts the entry of k with this value, version and expiry in place of old
- * (found at link; NULL: a new key). Called with the partition locked; on
- * failure nothing has changed. */
-static int store_install(store_t *s, store_part_t *p, const store_key_t *k,
-                         store_entry_t **link, store_entry_t *old,
-                         const void *value, size_t value_len, uint64_t version,
-                         int64_t expire_at_ms, store_entry_t **installed) {
-  /* The lock was held since old was found, so its link still points at it. */
-  GRID_ASSERT(!old || *link == old);
-  int64_t cost = store_entry_cost(k->len, value_len);
-  int64_t delta = cost - (old ? store_entry_cost(old->key_len, old->value_len) : 0);
-  int rc = store_mem_reserve(s, delta);
-  if (rc != 0) return rc;
+/* A new entry of k with this value, version and expiry, linked nowhere;
+ * NULL when malloc fails. */
+static store_entry_t *store_entry_new(const store_key_t *k, const void *value, size_t value_len,
+                                      uint64_t version, int64_t expire_at_ms) {
   store_entry_t *e = malloc(sizeof *e + k->len + value_len + 1);
-  if (!e) {
-    store_mem_unreserve(s, delta);
-    return GRID_ENOMEM;
-  }
+  if (!e) return NULL;
   e->hash = k->hash;
   e->key_len = (uint32_t)k->len;
   e->value_len = (uint32_t)value_len;
@@ -555,28 +544,60 @@ static int store_install(store_t *s, store_part_t *p, const store_key_t *k,
   e->data[k->len + value_len] = '\0';
   e->version = version;
   e->expire_at_ms = expire_at_ms;
-  if (installed) *installed = e;
+  e->next = NULL;
+  return e;
+}
+
+/* Links e (its memory paid for) in place of old (found at link; NULL: a
+ * new key, for which the table grows when full). Fails only when p has no
+ * bucket array and none can be had (GRID_EMEMLIMIT): nothing changed then.
+ * Partition locked. */
+static int store_link(store_t *s, store_part_t *p, store_entry_t **link, store_entry_t *old,
+                      store_entry_t *e) {
+  /* The lock was held since old was found, so its link still points at it. */
+  GRID_ASSERT(!old || *link == old);
   if (old) {
-    /* value may point into old (an expiry change keeps the value): it is
-     * copied above, and from here on only e holds it. */
+    /* e's value may have come from old (an expiry change keeps the value):
+     * it was copied, and from here on only e holds it. */
     e->next = old->next;
     *link = e;
     free(old);
-    GRID_ASSERT(*link == e && e->version == version);
     return 0;
   }
   uint64_t count = atomic_load_explicit(&p->count, memory_order_relaxed);
   if (!p->buckets || count >= p->mask + 1) store_grow(s, p);
-  if (!p->buckets) { /* not even the first array could be had */
-    store_mem_unreserve(s, delta);
-    free(e);
-    return GRID_EMEMLIMIT;
-  }
-  store_entry_t **slot = &p->buckets[k->hash & p->mask];
+  if (!p->buckets) return GRID_EMEMLIMIT; /* not even the first array could be had */
+  store_entry_t **slot = &p->buckets[e->hash & p->mask];
   e->next = *slot;
   *slot = e;
   atomic_fetch_add_explicit(&p->count, 1, memory_order_relaxed);
-  GRID_ASSERT(*slot == e && e->version == version);
+  return 0;
+}
+
+/* Puts the entry of k with this value, version and expiry in place of old
+ * (found at link; NULL: a new key). Called with the partition locked; on
+ * failure nothing has changed. */
+static int store_install(store_t *s, store_part_t *p, const store_key_t *k,
+                         store_entry_t **link, store_entry_t *old,
+                         const void *value, size_t value_len, uint64_t version,
+                         int64_t expire_at_ms, store_entry_t **installed) {
+  int64_t cost = store_entry_cost(k->len, value_len);
+  int64_t delta = cost - (old ? store_entry_cost(old->key_len, old->value_len) : 0);
+  int rc = store_mem_reserve(s, delta);
+  if (rc != 0) return rc;
+  store_entry_t *e = store_entry_new(k, value, value_len, version, expire_at_ms);
+  if (!e) {
+    store_mem_unreserve(s, delta);
+    return GRID_ENOMEM;
+  }
+  rc = store_link(s, p, link, old, e);
+  if (rc != 0) {
+    store_mem_unreserve(s, delta);
+    free(e);
+    return rc;
+  }
+  if (installed) *installed = e;
+  GRID_ASSERT(e->version == version);
   return 0;
 }
 
@@ -876,6 +897,144 @@ done:
   return rc;
 }
 
+/* ---- batches: one partition's writes, all or none ---------------------- */
+
+static int store_batch_hash_cmp(const void *a, const void *b) {
+  const store_batch_op_t *x = *(store_batch_op_t *const *)a, *y = *(store_batch_op_t *const *)b;
+  if (x->key.hash != y->key.hash) return x->key.hash < y->key.hash ? -1 : 1;
+  if (x->key.len != y->key.len) return x->key.len < y->key.len ? -1 : 1;
+  return x->key.len ? memcmp(x->key.data, y->key.data, x->key.len) : 0;
+}
+
+/* An op naming a key another op names (the later of the two): its index
+ * + 1, or 0 when every key is named once; -1 when memory fails. */
+static ssize_t store_batch_twice(store_batch_op_t *ops, size_t n) {
+  if (n < 2) return 0;
+  store_batch_op_t **by = malloc(n * sizeof *by);
+  if (!by) return -1;
+  for (size_t i = 0; i < n; i++) by[i] = &ops[i];
+  qsort(by, n, sizeof *by, store_batch_hash_cmp);
+  ssize_t twice = 0;
+  for (size_t i = 1; i < n && !twice; i++)
+    if (store_batch_hash_cmp(&by[i - 1], &by[i]) == 0)
+      twice = (by[i] > by[i - 1] ? by[i] : by[i - 1]) - ops + 1;
+  free(by);
+  return twice;
+}
+
+/* op's condition against the live entry (NULL: absent). */
+static int store_batch_cond(const store_batch_op_t *op, const store_entry_t *live) {
+  switch (op->cond) {
+    case STORE_COND_ABSENT: return live ? GRID_EEXIST : 0;
+    case STORE_COND_PRESENT: return live ? 0 : GRID_ENOTFOUND;
+    case STORE_COND_VERSION:
+      if (!live) return GRID_ENOTFOUND;
+      return live->version == op->version ? 0 : GRID_EVERSION;
+    default: return 0;
+  }
+}
+
+int store_write_batch(store_cache_t *c, store_batch_op_t *ops, size_t n, int64_t now_ms,
+                      uint8_t how, size_t *failed, store_applied_fn applied, void *ctx) {
+  store_t *s = c->store;
+  *failed = 0;
+  if (n == 0) return 0;
+  uint32_t part = ops[0].key.part;
+  for (size_t i = 0; i < n; i++) {
+    if (ops[i].key.part != part) {
+      *failed = i;
+      return GRID_EINVAL; /* the caller says which */
+    }
+    if (ops[i].kind < STORE_BATCH_PUT || ops[i].kind > STORE_BATCH_CHECK ||
+        ops[i].cond < STORE_COND_ANY || ops[i].cond > STORE_COND_VERSION) {
+      *failed = i;
+      return GRID_EINVAL;
+    }
+  }
+  ssize_t twice = store_batch_twice(ops, n);
+  if (twice < 0) return GRID_ENOMEM;
+  if (twice) {
+    *failed = (size_t)twice - 1;
+    return GRID_EINVAL;
+  }
+  store_entry_t **made = calloc(n, sizeof *made);
+  if (!made) return GRID_ENOMEM;
+  store_part_t *p = &c->parts[part];
+  int rc = 0, wrote = 0;
+  int64_t delta = 0;
+  pthread_mutex_lock(&p->lock);
+  int keep = atomic_load_explicit(&c->history, memory_order_relaxed);
+  /* 1. Every condition against the entries as they are, and the memory
+   * the puts need, before anything changes. */
+  int new_keys = 0;
+  for (size_t i = 0; i < n && rc == 0; i++) {
+    store_batch_op_t *op = &ops[i];
+    store_entry_t **link;
+    store_entry_t *e = store_find(p, &op->key, &link);
+    store_entry_t *live = e && !store_expired(e, now_ms) ? e : NULL;
+    rc = store_batch_cond(op, live);
+    if (rc != 0) {
+      *failed = i;
+      break;
+    }
+    op->version_out = live ? live->version : 0;
+    op->existed = live != NULL;
+    if (op->kind != STORE_BATCH_PUT) continue;
+    store_write_t w = {.op = STORE_PUT, .ttl_ms = op->ttl_ms};
+    int64_t expire_at = store_write_expire_at(c, &w, live, now_ms);
+    made[i] = store_entry_new(&op->key, op->value, op->value_len, 0, expire_at);
+    if (!made[i]) rc = GRID_ENOMEM;
+    delta += store_entry_cost(op->key.len, op->value_len) -
+             (e ? store_entry_cost(e->key_len, e->value_len) : 0);
+    new_keys += e == NULL;
+  }
+  if (rc == 0) rc = store_mem_reserve(s, delta);
+  else delta = 0;
+  if (rc == 0 && new_keys && !p->buckets) store_grow(s, p);
+  if (rc == 0 && new_keys && !p->buckets) {
+    store_mem_unreserve(s, delta);
+    rc = GRID_EMEMLIMIT;
+  }
+  /* 2. Every write, each with the next counter: none can fail now. */
+  for (size_t i = 0; i < n && rc == 0; i++) {
+    store_batch_op_t *op = &ops[i];
+    if (op->kind == STORE_BATCH_CHECK) continue;
+    store_entry_t **link = NULL;
+    store_entry_t *e = store_find(p, &op->key, &link);
+    uint64_t version = store_next_version(s, p);
+    if (op->kind == STORE_BATCH_DELETE) {
+      if (!op->existed) continue; /* nothing to remove (an expired entry
+                                     is left to its own removal) */
+      store_result_t res;
+      store_delete_rec(s, p, &op->key, link, e, &res, CHANGE_DELETE, how, keep, applied, ctx);
+      op->version_out = version;
+      wrote = 1;
+      continue;
+    }
+    store_entry_t *ne = made[i];
+    made[i] = NULL;
+    ne->version = version;
+    int lrc = store_link(s, p, link, e, ne);
+    GRID_ASSERT(lrc == 0); /* the bucket array exists: linking cannot fail */
+    (void)lrc;
+    store_count_write(p, version);
+    uint8_t h = (uint8_t)(how | (op->existed ? 0 : CHANGE_HOW_NEW));
+    if (keep)
+      store_keep(s, p, CHANGE_PUT, h, ne->data, ne->key_len, ne->data + ne->key_len,
+                 ne->value_len, version, ne->expire_at_ms);
+    if (applied)
+      applied(ctx, ne->data, ne->key_len, ne->data + ne->key_len, ne->value_len, version,
+              ne->expire_at_ms);
+    op->version_out = version;
+    wrote = 1;
+  }
+  pthread_mutex_unlock(&p->lock);
+  for (size_t i = 0; i < n; i++) free(made[i]);
+  free(made);
+  if (rc == 0 && wrote && s->announce_applied && store_watched(c)) store_part_commit(c, part, 0);
+  return rc;
+}
+
 /* ---- scan and sweep ---------------------------------------------------- */
 
 static uint64_t store_rev64(uint64_t v) {
@@ -965,13 +1124,12 @@ int store_apply_change(store_cache_t *c, const store_key_t *k, const void *value
   return store_apply_any(c, k, value, value_len, version, expire_at_ms, 1, how, expired);
 }
 
-static int store_apply_any(store_cache_t *c, const store_key_t *k, const void *value,
-                           size_t value_len, uint64_t version, int64_t expire_at_ms,
-                           int keep, uint8_t how, int expired) {
+/* One record or fill entry applied, the partition locked. */
+static int store_apply_locked(store_cache_t *c, store_part_t *p, const store_key_t *k,
+                              const void *value, size_t value_len, uint64_t version,
+                              int64_t expire_at_ms, int keep, uint8_t how, int expired) {
   store_t *s = c->store;
-  store_part_t *p = &c->parts[k->part];
   int rc = 0;
-  pthread_mutex_lock(&p->lock);
   store_entry_t **link = NULL;
   store_entry_t *old = store_find(p, k, &link);
   uint64_t before = p->counter, counter = version & STORE_COUNTER_MASK;
@@ -990,9 +1148,40 @@ static int store_apply_any(store_cache_t *c, const store_key_t *k, const void *v
   if (rc == 0 && keep && atomic_load_explicit(&c->history, memory_order_relaxed))
     store_keep(s, p, value ? CHANGE_PUT : expired ? CHANGE_EXPIRE : CHANGE_DELETE, how, k->data,
                k->len, value, value ? value_len : 0, version, value ? expire_at_ms : 0);
+  return rc;
+}
+
+static int store_apply_any(store_cache_t *c, const store_key_t *k, const void *value,
+                           size_t value_len, uint64_t version, int64_t expire_at_ms,
+                           int keep, uint8_t how, int expired) {
+  store_part_t *p = &c->parts[k->part];
+  pthread_mutex_lock(&p->lock);
+  int rc = store_apply_locked(c, p, k, value, value_len, version, expire_at_ms, keep, how,
+                              expired);
   pthread_mutex_unlock(&p->lock);
-  if (rc == 0 && keep && s->announce_applied && store_watched(c))
+  if (rc == 0 && keep && c->store->announce_applied && store_watched(c))
     store_part_commit(c, k->part, 0);
+  return rc;
+}
+
+int store_apply_batch(store_cache_t *c, const store_record_t *recs, size_t n, uint8_t how,
+                      size_t *applied) {
+  *applied = 0;
+  if (n == 0) return 0;
+  uint32_t part = recs[0].key.part;
+  for (size_t i = 0; i < n; i++)
+    if (recs[i].key.part != part) return GRID_EINVAL;
+  store_part_t *p = &c->parts[part];
+  int rc = 0;
+  pthread_mutex_lock(&p->lock);
+  for (size_t i = 0; i < n && rc == 0; i++) {
+    const store_record_t *r = &recs[i];
+    rc = store_apply_locked(c, p, &r->key, r->value, r->value_len, r->version, r->expire_at_ms,
+                            1, how, 0);
+    if (rc == 0) (*applied)++;
+  }
+  pthread_mutex_unlock(&p->lock);
+  if (*applied && c->store->announce_applied && store_watched(c)) store_part_commit(c, part, 0);
   return rc;
 }
 

@@ -227,6 +227,46 @@ int store_write(store_cache_t *c, const store_key_t *k, const store_write_t *w,
 int store_write_rec(store_cache_t *c, const store_key_t *k, const store_write_t *w,
                     int64_t now_ms, store_result_t *res, store_applied_fn applied,
                     void *ctx);
+/* One step of store_write_batch. */
+typedef enum {
+  STORE_BATCH_PUT = 1,        /* key := value (ttl_ms: 0 the cache's default) */
+  STORE_BATCH_DELETE = 2,     /* key removed (nothing when it is absent) */
+  STORE_BATCH_CHECK = 3,      /* the condition alone */
+} store_batch_kind_t;
+
+enum {
+  STORE_COND_ANY = 0,
+  STORE_COND_ABSENT = 1,      /* GRID_EEXIST when the key is live */
+  STORE_COND_PRESENT = 2,     /* GRID_ENOTFOUND when it is not */
+  STORE_COND_VERSION = 3,     /* GRID_EVERSION unless its version is
+                                 version (GRID_ENOTFOUND: absent) */
+};
+
+typedef struct store_batch_op {
+  int kind;                   /* store_batch_kind_t */
+  store_key_t key;
+  const void *value;
+  size_t value_len;
+  uint64_t ttl_ms;
+  int cond;
+  uint64_t version;           /* STORE_COND_VERSION */
+  uint64_t version_out;       /* out: the entry's version written (a
+                                 delete: the removal's), or checked (0:
+                                 absent) */
+  int existed;                /* out: the key was live before the batch */
+} store_batch_op_t;
+
+/* A batch of one partition's writes, all or none, under its lock: every
+ * condition is checked against the entries as they were before the batch,
+ * and the memory of every put reserved, before anything changes; then each
+ * write takes the next update counter (applied(ctx, ...) for each, in
+ * order, as store_write_rec). No reader (of the partition, of its change
+ * history) sees part of it. 0; a condition's error with *failed its op's
+ * index (nothing written); GRID_EINVAL with *failed an op of another
+ * partition than op 0's, of an unknown kind or condition, or naming a key
+ * an earlier op names; GRID_EMEMLIMIT, GRID_ENOMEM (nothing written). */
+int store_write_batch(store_cache_t *c, store_batch_op_t *ops, size_t n, int64_t now_ms,
+                      uint8_t how, size_t *failed, store_applied_fn applied, void *ctx);
 /* A backup applies its primary's record as it is: the value (NULL: the key
  * is deleted), version and expiry. The partition's counter follows the
  * record's. 0, GRID_EMEMLIMIT or GRID_ENOMEM. */
@@ -237,6 +277,22 @@ int store_apply(store_cache_t *c, const store_key_t *k, const void *value,
 int store_apply_change(store_cache_t *c, const store_key_t *k, const void *value,
                        size_t value_len, uint64_t version, int64_t expire_at_ms,
                        uint8_t how, int expired);
+/* One record of a primary's batch, as a backup applies it. */
+typedef struct store_record {
+  store_key_t key;
+  const void *value;          /* NULL: the key was removed */
+  size_t value_len;
+  uint64_t version;
+  int64_t expire_at_ms;
+} store_record_t;
+
+/* A primary's batch record: every entry applied under one lock (so no
+ * reader sees part of it), each kept in the history with how. 0, or the
+ * error of record *applied (the ones before it are applied: the primary
+ * hears of the failure and has this copy filled again); GRID_EINVAL for
+ * records of two partitions. */
+int store_apply_batch(store_cache_t *c, const store_record_t *recs, size_t n, uint8_t how,
+                      size_t *applied);
 /* Empties one partition (a copy about to be filled anew); its change
  * history starts again after counter (the primary's when the fill began:
  * every record after it follows on the same link). */

@@ -1513,9 +1513,251 @@ static void test_get_committed_backup(void) {
   store_free(s);
 }
 
+/* ---- atomic batches ------------------------------------------------------ */
+
+static store_batch_op_t bop(store_cache_t *c, int kind, const char *key, const char *value,
+                            int cond, uint64_t version) {
+  store_batch_op_t op = {.kind = kind, .value = value, .value_len = value ? strlen(value) : 0,
+                         .cond = cond, .version = version};
+  store_key_init(c, key, strlen(key), &op.key);
+  return op;
+}
+
+typedef struct rec_log {
+  uint64_t versions[16];
+  int deleted[16];
+  size_t n;
+} rec_log_t;
+
+static void rec_log_cb(void *ctx, const void *key, size_t key_len, const void *value,
+                       size_t value_len, uint64_t version, int64_t expire_at_ms) {
+  (void)key; (void)key_len; (void)value_len; (void)expire_at_ms;
+  rec_log_t *l = ctx;
+  CHECK(l->n < 16);
+  l->versions[l->n] = version;
+  l->deleted[l->n++] = value == NULL;
+}
+
+/* Every condition is checked before anything is written: one that fails
+ * leaves every key as it was and says which op; one that holds writes
+ * every op, each with the next counter, one record each, in order. */
+static void test_batch_all_or_none(void) {
+  store_t *s = history_store(4096, 1 << 20);
+  store_cache_t *c = acquire(s, "h");
+  put_key(c, "{t}.a", "1"); /* counter 1 */
+  put_key(c, "{t}.b", "2"); /* counter 2 */
+  uint64_t va;
+  CHECK_RC(get(c, "{t}.a", T0, NULL, NULL, &va), 0);
+  store_batch_op_t ops[4] = {
+      bop(c, STORE_BATCH_PUT, "{t}.a", "10", STORE_COND_VERSION, va),
+      bop(c, STORE_BATCH_PUT, "{t}.c", "30", STORE_COND_ABSENT, 0),
+      bop(c, STORE_BATCH_DELETE, "{t}.b", NULL, STORE_COND_ANY, 0),
+      bop(c, STORE_BATCH_CHECK, "{t}.z", NULL, STORE_COND_PRESENT, 0), /* fails */
+  };
+  size_t failed = 99;
+  rec_log_t log = {0};
+  int64_t mem = store_memory_bytes(s);
+  CHECK_RC(store_write_batch(c, ops, 4, T0, 32, &failed, rec_log_cb, &log), GRID_ENOTFOUND);
+  CHECK_EQ(failed, 3);
+  CHECK_EQ(log.n, 0);
+  CHECK_EQ(store_memory_bytes(s), mem);
+  check_value(c, "{t}.a", T0, "1");
+  check_value(c, "{t}.b", T0, "2");
+  check_missing(c, "{t}.c", T0);
+  CHECK_EQ(atomic_load(&store_part_sync(c, 0)->applied), 2);
+  /* A version that moved on fails the first op. */
+  ops[3] = bop(c, STORE_BATCH_CHECK, "{t}.z", NULL, STORE_COND_ABSENT, 0);
+  ops[0].version = va + 1;
+  CHECK_RC(store_write_batch(c, ops, 4, T0, 32, &failed, rec_log_cb, &log), GRID_EVERSION);
+  CHECK_EQ(failed, 0);
+  ops[0].version = va;
+  CHECK_RC(store_write_batch(c, ops, 4, T0, 32, &failed, rec_log_cb, &log), 0);
+  check_value(c, "{t}.a", T0, "10");
+  check_value(c, "{t}.c", T0, "30");
+  check_missing(c, "{t}.b", T0);
+  CHECK_EQ(log.n, 3); /* the check writes nothing */
+  CHECK_EQ(log.versions[0] & STORE_COUNTER_MASK, 3);
+  CHECK_EQ(log.versions[1] & STORE_COUNTER_MASK, 4);
+  CHECK_EQ(log.versions[2] & STORE_COUNTER_MASK, 5);
+  CHECK(log.deleted[2] && !log.deleted[0]);
+  CHECK_EQ(ops[0].version_out, log.versions[0]);
+  CHECK(ops[0].existed && !ops[1].existed);
+  hist_t h;
+  uint64_t next;
+  CHECK_EQ(hist_read(c, 0, 2, &h, &next), CHANGES_OK);
+  CHECK_EQ(h.n, 3);
+  CHECK_EQ(h.counters[0], 3);
+  CHECK_EQ(h.kinds[2], CHANGE_DELETE);
+  /* A delete of a missing key does nothing, and is no error. */
+  store_batch_op_t del = bop(c, STORE_BATCH_DELETE, "{t}.none", NULL, STORE_COND_ANY, 0);
+  CHECK_RC(store_write_batch(c, &del, 1, T0, 32, &failed, NULL, NULL), 0);
+  CHECK_EQ(atomic_load(&store_part_sync(c, 0)->applied), 5);
+  store_cache_release(s, c);
+  store_free(s);
+}
+
+/* Refused before anything: a key named twice, a key of another partition,
+ * and a batch past memory_bytes_max (whose first puts would fit). */
+static void test_batch_refusals(void) {
+  store_limits_t l = test_limits();
+  l.memory_bytes_max = 64 * 1024;
+  store_t *s = store_new(&l);
+  store_cache_cfg_t cfg = cache_cfg("b", 8);
+  CHECK_RC(store_cache_create(s, &cfg), 0);
+  store_cache_t *c = acquire(s, "b");
+  size_t failed = 99;
+  store_batch_op_t two[3] = {
+      bop(c, STORE_BATCH_PUT, "{x}.a", "1", 0, 0),
+      bop(c, STORE_BATCH_PUT, "{x}.b", "1", 0, 0),
+      bop(c, STORE_BATCH_DELETE, "{x}.a", NULL, 0, 0),
+  };
+  CHECK_RC(store_write_batch(c, two, 3, T0, 32, &failed, NULL, NULL), GRID_EINVAL);
+  CHECK_EQ(failed, 2);
+  check_missing(c, "{x}.a", T0);
+  /* Another partition: find a key whose partition differs. */
+  char other[32] = "";
+  for (int i = 0; i < 100 && !other[0]; i++) {
+    char k[32];
+    snprintf(k, sizeof k, "{y%d}.a", i);
+    store_key_t sk;
+    store_key_init(c, k, strlen(k), &sk);
+    if (sk.part != two[0].key.part) snprintf(other, sizeof other, "%s", k);
+  }
+  CHECK(other[0]);
+  two[2] = bop(c, STORE_BATCH_PUT, other, "1", 0, 0);
+  CHECK_RC(store_write_batch(c, two, 3, T0, 32, &failed, NULL, NULL), GRID_EINVAL);
+  CHECK_EQ(failed, 2);
+  check_missing(c, "{x}.a", T0);
+  /* Memory: 100 values of 1000 bytes do not fit in 64 KB. */
+  static char big[1001];
+  memset(big, 'v', 1000);
+  store_batch_op_t many[100];
+  char keys[100][16];
+  for (int i = 0; i < 100; i++) {
+    snprintf(keys[i], sizeof keys[i], "{x}.%d", i);
+    many[i] = bop(c, STORE_BATCH_PUT, keys[i], big, 0, 0);
+  }
+  int64_t mem = store_memory_bytes(s);
+  CHECK_RC(store_write_batch(c, many, 100, T0, 32, &failed, NULL, NULL), GRID_EMEMLIMIT);
+  CHECK_EQ(store_memory_bytes(s), mem);
+  CHECK_EQ(store_cache_size(c), 0);
+  CHECK_RC(store_write_batch(c, many, 20, T0, 32, &failed, NULL, NULL), 0);
+  CHECK_EQ(store_cache_size(c), 20);
+  store_cache_release(s, c);
+  store_free(s);
+}
+
+/* A reader that takes the partition's lock sees a batch whole or not at
+ * all: one thread writes batches setting every key to the same round,
+ * another reads all of them in one scan and finds one round throughout. */
+typedef struct batch_race {
+  store_cache_t *c;
+  _Atomic int stop;
+  int torn;
+  int reads;
+} batch_race_t;
+
+typedef struct batch_seen {
+  char first[16];
+  int mixed, n;
+} batch_seen_t;
+
+static int batch_seen_cb(void *ctx, const void *key, size_t key_len, const void *value,
+                         size_t value_len, uint64_t version) {
+  (void)key; (void)key_len; (void)version;
+  batch_seen_t *b = ctx;
+  char v[16];
+  snprintf(v, sizeof v, "%.*s", (int)value_len, (const char *)value);
+  if (b->n++ == 0) snprintf(b->first, sizeof b->first, "%s", v);
+  else if (strcmp(v, b->first) != 0) b->mixed = 1;
+  return 0;
+}
+
+static void *batch_reader(void *arg) {
+  batch_race_t *r = arg;
+  while (!atomic_load(&r->stop)) {
+    batch_seen_t b = {0};
+    uint64_t cursor = 0;
+    store_scan(r->c, 0, &cursor, UINT32_MAX, T0, batch_seen_cb, &b);
+    if (b.mixed) r->torn++;
+    r->reads++;
+  }
+  return NULL;
+}
+
+static void test_batch_readers_see_all_or_none(void) {
+  store_limits_t l = test_limits();
+  store_t *s = store_new(&l);
+  store_cache_cfg_t cfg = cache_cfg("r", 1);
+  CHECK_RC(store_cache_create(s, &cfg), 0);
+  store_cache_t *c = acquire(s, "r");
+  char keys[10][16];
+  store_batch_op_t ops[10];
+  for (int i = 0; i < 10; i++) {
+    snprintf(keys[i], sizeof keys[i], "{t}.p%d", i);
+    ops[i] = bop(c, STORE_BATCH_PUT, keys[i], "0", 0, 0);
+  }
+  size_t failed;
+  CHECK_RC(store_write_batch(c, ops, 10, T0, 32, &failed, NULL, NULL), 0);
+  batch_race_t r = {.c = c};
+  pthread_t th;
+  CHECK(pthread_create(&th, NULL, batch_reader, &r) == 0);
+  char round[16];
+  for (int k = 1; k <= 20000; k++) {
+    snprintf(round, sizeof round, "%d", k);
+    for (int i = 0; i < 10; i++) {
+      ops[i].value = round;
+      ops[i].value_len = strlen(round);
+    }
+    CHECK_RC(store_write_batch(c, ops, 10, T0, 32, &failed, NULL, NULL), 0);
+  }
+  atomic_store(&r.stop, 1);
+  pthread_join(th, NULL);
+  CHECK(r.reads > 0);
+  CHECK_EQ(r.torn, 0);
+  check_value(c, "{t}.p9", T0, "20000");
+  store_cache_release(s, c);
+  store_free(s);
+}
+
+/* A backup applies a batch's records together: counters and values as the
+ * primary's, kept in its history. */
+static void test_apply_batch(void) {
+  store_t *s = history_store(4096, 1 << 20);
+  store_cache_t *c = acquire(s, "h");
+  store_record_t recs[2];
+  memset(recs, 0, sizeof recs);
+  store_key_init(c, "{t}.a", 5, &recs[0].key);
+  recs[0].value = "x";
+  recs[0].value_len = 1;
+  recs[0].version = (UINT64_C(3) << STORE_VERSION_COUNTER_BITS) | 7;
+  store_key_init(c, "{t}.b", 5, &recs[1].key);
+  recs[1].value = NULL;
+  recs[1].version = (UINT64_C(3) << STORE_VERSION_COUNTER_BITS) | 8;
+  size_t applied = 0;
+  CHECK_RC(store_apply_batch(c, recs, 2, 32, &applied), 0);
+  CHECK_EQ(applied, 2);
+  CHECK_EQ(atomic_load(&store_part_sync(c, 0)->applied), 8);
+  uint64_t v;
+  CHECK_RC(get(c, "{t}.a", T0, NULL, NULL, &v), 0);
+  CHECK_EQ(v, recs[0].version);
+  hist_t h;
+  uint64_t next;
+  CHECK_EQ(hist_read(c, 0, 6, &h, &next), CHANGES_OK);
+  CHECK_EQ(h.n, 2);
+  CHECK_EQ(h.counters[1], 8);
+  CHECK_EQ(h.kinds[1], CHANGE_DELETE);
+  store_cache_release(s, c);
+  store_free(s);
+}
+
 int main(void) {
   RUN(test_new_has_default_cache);
   RUN(test_get_committed);
+  RUN(test_batch_all_or_none);
+  RUN(test_batch_refusals);
+  RUN(test_batch_readers_see_all_or_none);
+  RUN(test_apply_batch);
   RUN(test_get_committed_backup);
   RUN(test_put_get_delete);
   RUN(test_put_if_absent_replace);
