@@ -10,8 +10,8 @@
  *                    the grant's fencing token. Versions of a partition
  *                    only grow (epoch above counter), so each grant's token
  *                    is greater than every earlier one's.
- * A grant is one atomic batch: [lock absent?] fence := me, lock := me
- * (TTL). A renewal: [fence still my token?] lock := me (TTL, only if
+ * A grant is one atomic batch: lock := me (TTL, only if absent), fence :=
+ * me. A renewal: [fence still my token?] lock := me (TTL, only if
  * present). A fenced write carries [fence still my token? lock present?]
  * in its own batch, so a holder whose lease ran out (paused, cut off)
  * cannot write once another was granted, nor after its lease ended.
@@ -57,16 +57,14 @@ void thing_lock_forget(thing_lock_t *l) {
 static int thing_lock_try(thing_lock_t *l) {
   thing_store_t *ts = l->ts;
   size_t mlen = strlen(ts->member);
-  grid_batch_op_t ops[3] = {
-      {.kind = GRID_BATCH_CHECK, .key = l->lock_key, .key_len = l->lock_len,
-       .cond = GRID_IF_ABSENT},
+  grid_batch_op_t ops[2] = {
+      {.kind = GRID_BATCH_PUT, .key = l->lock_key, .key_len = l->lock_len,
+       .value = ts->member, .value_len = mlen, .ttl_ms = l->lease_ms, .cond = GRID_IF_ABSENT},
       {.kind = GRID_BATCH_PUT, .key = l->fence_key, .key_len = l->fence_len,
        .value = ts->member, .value_len = mlen},
-      {.kind = GRID_BATCH_PUT, .key = l->lock_key, .key_len = l->lock_len,
-       .value = ts->member, .value_len = mlen, .ttl_ms = l->lease_ms},
   };
   int64_t sent = thing_mono_ms();
-  int rc = grid_batch(ts->g, ts->cache, ops, 3, NULL);
+  int rc = grid_batch(ts->g, ts->cache, ops, 2, NULL);
   if (rc == GRID_EEXIST) return THING_ELOCKED;
   if (rc != 0) return rc;
   l->token = ops[1].version_out;

@@ -1,0 +1,296 @@
+/*
+ * test_thing: foundation-shim over one node, embedded and remote (a real
+ * gridd): properties keep their base type, a write of several is seen
+ * whole, only-if-newer skips what is not newer, compare-and-set, reading a
+ * whole Thing in one request, locks with fencing tokens (a write fenced by
+ * an old grant is refused), subscriptions with old and new values and the
+ * VALUE filter; and the grid calls under them (grid_batch's refusals,
+ * grid_get_prefix's).
+ */
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "harness.h"
+#include "thing.h"
+
+static int64_t now_ms(void) { return INT64_C(1796000000000); }
+
+static void test_types_and_batches(thing_store_t *ts) {
+  thing_update_t msg[3] = {
+      {.prop = "temp", .vtq = thing_vtq_number(20.5, now_ms(), THING_GOOD)},
+      {.prop = "rpm", .vtq = thing_vtq_integer(1500, now_ms(), THING_GOOD)},
+      {.prop = "state", .vtq = thing_vtq_string("on", now_ms(), THING_GOOD)},
+  };
+  CHECK_RC(thing_write(ts, "pump-1", msg, 3, 0, NULL), 0);
+  CHECK(msg[0].version != 0 && msg[2].version > msg[0].version);
+  thing_prop_t p;
+  CHECK_RC(thing_read(ts, "pump-1", "rpm", &p), 0);
+  CHECK_EQ(p.vtq.value.type, THING_INTEGER);
+  CHECK_EQ(p.vtq.value.u.integer, 1500);
+  CHECK_EQ(p.version, msg[1].version);
+  thing_prop_free(&p);
+  CHECK_RC(thing_read(ts, "pump-1", "none", &p), GRID_ENOTFOUND);
+
+  /* A wrong type anywhere in a message: nothing of it is written. */
+  thing_update_t bad[2] = {
+      {.prop = "temp", .vtq = thing_vtq_number(99, now_ms() + 1, THING_GOOD)},
+      {.prop = "rpm", .vtq = thing_vtq_string("fast", now_ms() + 1, THING_GOOD)},
+  };
+  CHECK_RC(thing_write(ts, "pump-1", bad, 2, 0, NULL), THING_ETYPE);
+  CHECK_RC(thing_read(ts, "pump-1", "temp", &p), 0);
+  CHECK(p.vtq.value.u.number == 20.5);
+  thing_prop_free(&p);
+
+  /* Only if newer: the late update is skipped, the new one written. */
+  thing_update_t late[2] = {
+      {.prop = "temp", .vtq = thing_vtq_number(1.0, now_ms() - 10, THING_GOOD)},
+      {.prop = "rpm", .vtq = thing_vtq_integer(1600, now_ms() + 10, THING_GOOD)},
+  };
+  CHECK_RC(thing_write(ts, "pump-1", late, 2, THING_IF_NEWER, NULL), 0);
+  CHECK(late[0].skipped && !late[1].skipped);
+  CHECK(late[0].version == 0 && late[1].version != 0);
+  /* A duplicate of a message already written: all skipped. */
+  CHECK_RC(thing_write(ts, "pump-1", late, 2, THING_IF_NEWER, NULL), 0);
+  CHECK(late[0].skipped && late[1].skipped);
+  thing_prop_t *all;
+  size_t n;
+  CHECK_RC(thing_read_all(ts, "pump-1", &all, &n), 0);
+  CHECK_EQ(n, 3);
+  CHECK_STR(all[0].name, "rpm"); /* sorted by name */
+  CHECK_EQ(all[0].vtq.value.u.integer, 1600);
+  CHECK_STR(all[1].name, "state");
+  CHECK_STR(all[1].vtq.value.u.bytes.data, "on");
+  CHECK_STR(all[2].name, "temp");
+  CHECK(all[2].vtq.value.u.number == 20.5);
+  thing_props_free(all, n);
+  /* Another Thing whose name starts the same is not read with it. */
+  CHECK_RC(thing_write_one(ts, "pump-10", "temp", &msg[0].vtq, 0, NULL), 0);
+  CHECK_RC(thing_read_all(ts, "pump-1", &all, &n), 0);
+  CHECK_EQ(n, 3);
+  thing_props_free(all, n);
+  CHECK_RC(thing_read_all(ts, "nobody", &all, &n), 0);
+  CHECK_EQ(n, 0);
+  thing_props_free(all, n);
+
+  /* Compare-and-set. */
+  CHECK_RC(thing_read(ts, "pump-1", "temp", &p), 0);
+  thing_vtq_t v = thing_vtq_number(21, now_ms() + 20, THING_GOOD);
+  uint64_t ver;
+  CHECK_RC(thing_cas(ts, "pump-1", "temp", p.version, &v, &ver), 0);
+  CHECK(ver > p.version);
+  CHECK_RC(thing_cas(ts, "pump-1", "temp", p.version, &v, &ver), GRID_EVERSION);
+  CHECK_RC(thing_cas(ts, "pump-1", "gone", p.version, &v, &ver), GRID_ENOTFOUND);
+  thing_prop_free(&p);
+
+  /* Bad names and values. */
+  CHECK_RC(thing_write_one(ts, "a{b", "x", &v, 0, NULL), THING_ENAME);
+  CHECK_RC(thing_write_one(ts, "", "x", &v, 0, NULL), THING_ENAME);
+  thing_vtq_t json = {.value = {.type = THING_JSON}, .time_ms = now_ms()};
+  json.value.u.bytes.data = "[1, 2";
+  json.value.u.bytes.len = 5;
+  CHECK_RC(thing_write_one(ts, "pump-1", "cfg", &json, 0, NULL), THING_EJSON);
+  thing_update_t twice[2] = {{.prop = "a", .vtq = v}, {.prop = "a", .vtq = v}};
+  CHECK_RC(thing_write(ts, "pump-1", twice, 2, 0, NULL), GRID_EINVAL);
+  CHECK_RC(thing_delete(ts, "pump-1", "state"), 0);
+  CHECK_RC(thing_delete(ts, "pump-1", "state"), GRID_ENOTFOUND);
+}
+
+static void test_locks(thing_store_t *ts) {
+  thing_lock_t *a, *b;
+  CHECK_RC(thing_lock(ts, "valve-3", 60000, 0, &a), 0);
+  CHECK(thing_lock_held(a));
+  uint64_t t1 = thing_lock_token(a);
+  CHECK(t1 != 0);
+  CHECK_RC(thing_lock(ts, "valve-3", 60000, 0, &b), THING_ELOCKED);
+  CHECK_RC(thing_lock(ts, "valve-3", 60000, 50, &b), THING_ELOCKED); /* waited */
+  CHECK_RC(thing_lock_renew(a), 0);
+  CHECK_EQ(thing_lock_token(a), t1); /* the same grant */
+  thing_fence_t f1 = {t1};
+  thing_update_t u = {.prop = "pos", .vtq = thing_vtq_integer(1, now_ms(), THING_GOOD)};
+  CHECK_RC(thing_write(ts, "valve-3", &u, 1, 0, &f1), 0);
+  CHECK_RC(thing_unlock(a), 0);
+  /* Unlocked: a write fenced by the old grant is refused. */
+  u.vtq.value.u.integer = 2;
+  CHECK_RC(thing_write(ts, "valve-3", &u, 1, 0, &f1), THING_EFENCED);
+  CHECK_RC(thing_lock(ts, "valve-3", 60000, 0, &b), 0);
+  uint64_t t2 = thing_lock_token(b);
+  CHECK(t2 > t1);
+  CHECK_RC(thing_write(ts, "valve-3", &u, 1, 0, &f1), THING_EFENCED);
+  thing_fence_t f2 = {t2};
+  CHECK_RC(thing_write(ts, "valve-3", &u, 1, 0, &f2), 0);
+  thing_prop_t p;
+  CHECK_RC(thing_read(ts, "valve-3", "pos", &p), 0);
+  CHECK_EQ(p.vtq.value.u.integer, 2);
+  thing_prop_free(&p);
+  /* The lock's entries are not properties. */
+  thing_prop_t *all;
+  size_t n;
+  CHECK_RC(thing_read_all(ts, "valve-3", &all, &n), 0);
+  CHECK_EQ(n, 1);
+  thing_props_free(all, n);
+  CHECK_RC(thing_unlock(b), 0);
+
+  /* A lease that runs out lets another in, with a greater token; the old
+   * holder can neither renew nor write. */
+  CHECK_RC(thing_lock(ts, "valve-4", 300, 0, &a), 0);
+  uint64_t ta = thing_lock_token(a);
+  CHECK_RC(thing_lock(ts, "valve-4", 60000, 10000, &b), 0); /* waits it out */
+  CHECK(thing_lock_token(b) > ta);
+  CHECK(!thing_lock_held(a));
+  CHECK_RC(thing_lock_renew(a), THING_ENOTHELD);
+  thing_fence_t fa = {ta};
+  CHECK_RC(thing_write(ts, "valve-4", &u, 1, 0, &fa), THING_EFENCED);
+  CHECK_RC(thing_unlock(a), THING_ENOTHELD); /* b's lock stays */
+  CHECK_RC(thing_lock(ts, "valve-4", 60000, 0, &a), THING_ELOCKED);
+  CHECK_RC(thing_unlock(b), 0);
+}
+
+typedef struct seen {
+  int n;
+  char prop[8][16];
+  double oldv[8], newv[8];
+  int had_old[8], had_new[8];
+} seen_t;
+
+static void on_change(const thing_change_t *ch, void *arg) {
+  seen_t *s = arg;
+  if (s->n >= 8) return;
+  snprintf(s->prop[s->n], sizeof s->prop[0], "%s", ch->prop);
+  s->had_old[s->n] = ch->old_vtq != NULL;
+  s->had_new[s->n] = ch->new_vtq != NULL;
+  s->oldv[s->n] = ch->old_vtq ? ch->old_vtq->value.u.number : 0;
+  s->newv[s->n] = ch->new_vtq ? ch->new_vtq->value.u.number : 0;
+  s->n++;
+}
+
+static void wait_seen(seen_t *s, int n) {
+  for (int i = 0; i < 1000 && __atomic_load_n(&s->n, __ATOMIC_SEQ_CST) < n; i++)
+    harness_sleep_ms(10);
+  CHECK_EQ(__atomic_load_n(&s->n, __ATOMIC_SEQ_CST), n);
+}
+
+static void test_subscriptions(thing_store_t *ts) {
+  thing_vtq_t v = thing_vtq_number(1, now_ms(), THING_GOOD);
+  CHECK_RC(thing_write_one(ts, "fan-1", "speed", &v, 0, NULL), 0);
+  static seen_t always, value;
+  memset(&always, 0, sizeof always);
+  memset(&value, 0, sizeof value);
+  const char *things[] = {"fan-1"};
+  thing_sub_options_t o = {.things = things, .n_things = 1, .callback = on_change,
+                           .arg = &always};
+  thing_sub_t *sa, *sv;
+  CHECK_RC(thing_subscribe(ts, &o, &sa), 0);
+  o.type = THING_CHANGE_VALUE;
+  o.arg = &value;
+  o.prop = "speed";
+  CHECK_RC(thing_subscribe(ts, &o, &sv), 0);
+  v.time_ms++;
+  CHECK_RC(thing_write_one(ts, "fan-1", "speed", &v, 0, NULL), 0); /* same value */
+  v.value.u.number = 2;
+  v.time_ms++;
+  CHECK_RC(thing_write_one(ts, "fan-1", "speed", &v, 0, NULL), 0);
+  CHECK_RC(thing_write_one(ts, "fan-1", "mode", &v, 0, NULL), 0); /* new property */
+  CHECK_RC(thing_write_one(ts, "fan-2", "speed", &v, 0, NULL), 0); /* not followed */
+  CHECK_RC(thing_delete(ts, "fan-1", "speed"), 0);
+  wait_seen(&always, 4);
+  CHECK_STR(always.prop[0], "speed");
+  CHECK(always.had_old[0] && always.oldv[0] == 1 && always.newv[0] == 1);
+  CHECK(always.oldv[1] == 1 && always.newv[1] == 2);
+  CHECK_STR(always.prop[2], "mode");
+  CHECK(!always.had_old[2] && always.had_new[2]);
+  CHECK(always.had_old[3] && !always.had_new[3] && always.oldv[3] == 2);
+  wait_seen(&value, 2); /* the same-value write and "mode" left out */
+  CHECK(value.oldv[0] == 1 && value.newv[0] == 2);
+  CHECK(!value.had_new[1]);
+  CHECK_EQ(thing_sub_delivered(sa), 4);
+  thing_unsubscribe(sa);
+  thing_unsubscribe(sv);
+}
+
+/* The grid calls under the shim, refusing what they must. */
+static void test_grid_calls(grid_t *g) {
+  grid_cache_config_t cfg = {.name = "b", .partitions = 64};
+  CHECK_RC(grid_cache_create(g, &cfg), 0);
+  grid_batch_op_t ops[3] = {
+      {.kind = GRID_BATCH_PUT, .key = "{t}.a", .key_len = 5, .value = "1", .value_len = 1},
+      {.kind = GRID_BATCH_PUT, .key = "{t}.b", .key_len = 5, .value = "2", .value_len = 1},
+      {.kind = GRID_BATCH_CHECK, .key = "{t}.c", .key_len = 5, .cond = GRID_IF_PRESENT},
+  };
+  size_t failed = 99;
+  CHECK_RC(grid_batch(g, "b", ops, 3, &failed), GRID_ENOTFOUND);
+  CHECK_EQ(failed, 2);
+  CHECK(strstr(grid_last_error(), "op 2") != NULL);
+  grid_value_t v;
+  CHECK_RC(grid_get(g, "b", "{t}.a", 5, &v), GRID_ENOTFOUND);
+  ops[2].cond = GRID_IF_ABSENT;
+  CHECK_RC(grid_batch(g, "b", ops, 3, &failed), 0);
+  CHECK(ops[0].version_out != 0 && ops[1].version_out > ops[0].version_out);
+  CHECK(!ops[0].existed && ops[2].version_out == 0);
+  /* Keys of two partitions. */
+  char other[16];
+  for (int i = 0;; i++) {
+    snprintf(other, sizeof other, "{u%d}.a", i);
+    if (grid_partition_of(other, strlen(other), 64) != grid_partition_of("{t}", 3, 64)) break;
+  }
+  ops[2] = (grid_batch_op_t){.kind = GRID_BATCH_PUT, .key = other, .key_len = strlen(other)};
+  CHECK_RC(grid_batch(g, "b", ops, 3, &failed), GRID_EINVAL);
+  CHECK_EQ(failed, 2);
+  CHECK(strstr(grid_last_error(), "partition") != NULL);
+  CHECK_RC(grid_batch(g, "b", ops, 0, &failed), GRID_EINVAL);
+  /* Versions as conditions, and a delete. */
+  grid_batch_op_t cas[2] = {
+      {.kind = GRID_BATCH_PUT, .key = "{t}.a", .key_len = 5, .value = "3", .value_len = 1,
+       .cond = GRID_IF_VERSION, .version = ops[0].version_out},
+      {.kind = GRID_BATCH_DELETE, .key = "{t}.b", .key_len = 5},
+  };
+  CHECK_RC(grid_batch(g, "b", cas, 2, &failed), 0);
+  CHECK_RC(grid_batch(g, "b", cas, 2, &failed), GRID_EVERSION);
+  CHECK_EQ(failed, 0);
+  CHECK_RC(grid_get(g, "b", "{t}.a", 5, &v), 0);
+  CHECK_STR(v.data, "3");
+  grid_value_free(&v);
+  /* get_prefix: a whole affinity part is needed; a bound on what it returns. */
+  grid_entry_t *ents;
+  size_t n;
+  CHECK_RC(grid_get_prefix(g, "b", "{t", 2, 0, &ents, &n), GRID_EINVAL);
+  CHECK_RC(grid_get_prefix(g, "b", "plain", 5, 0, &ents, &n), GRID_EINVAL);
+  CHECK_RC(grid_put(g, "b", "{t}.z", 5, "9", 1, 0, NULL), 0);
+  CHECK_RC(grid_get_prefix(g, "b", "{t}.", 4, 0, &ents, &n), 0);
+  CHECK_EQ(n, 2);
+  grid_entries_free(ents, n);
+  CHECK_RC(grid_get_prefix(g, "b", "{t}.", 4, 1, &ents, &n), GRID_ELIMIT);
+  CHECK_RC(grid_get_prefix(g, "b", "{t}.q", 5, 0, &ents, &n), 0);
+  CHECK_EQ(n, 0);
+  grid_entries_free(ents, n);
+}
+
+static void run_all(grid_t *g) {
+  thing_store_t *ts;
+  CHECK_RC(thing_open(g, NULL, &ts), 0);
+  test_types_and_batches(ts);
+  test_locks(ts);
+  test_subscriptions(ts);
+  thing_close(ts);
+  test_grid_calls(g);
+}
+
+int main(void) {
+  grid_t *g;
+  fprintf(stderr, "-- embedded node\n");
+  CHECK_RC(grid_open("embedded:", NULL, &g), 0);
+  run_all(g);
+  grid_close(g);
+
+  fprintf(stderr, "-- remote node\n");
+  harness_node_t node;
+  harness_start(&node, NULL);
+  CHECK_RC(grid_open(node.uri, NULL, &g), 0);
+  run_all(g);
+  grid_close(g);
+  harness_stop(&node);
+  fprintf(stderr, "test_thing: all passed\n");
+  return 0;
+}
