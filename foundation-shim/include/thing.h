@@ -12,8 +12,8 @@
  * the entry "{thing}.property" (so one Thing's properties share a
  * partition, and a Thing's reads and writes go to one primary), its value
  * a packed grid.thing.Vtq (proto/thing.proto). A Thing's lock is the
- * entries "{thing}#lock" and "{thing}#fence". Thing names must not hold
- * '{' or '}'.
+ * entries "{thing}#lock", "{thing}#fence" and "{thing}#wait". Thing names
+ * must not hold '{' or '}'.
  *
  * Conventions are grid.h's: 0 or a negative code (GRID_E* or THING_E*;
  * thing_strerror() has the words, grid_last_error() the node's), memory
@@ -234,7 +234,10 @@ typedef struct thing_lock thing_lock_t;
  * for another holder to let go or its lease to run out (0: try once,
  * THING_ELOCKED). The lease runs out unless renewed: a holder that dies
  * or stops loses the lock after at most lease_ms. Each grant has a fencing
- * token greater than every earlier grant's. */
+ * token greater than every earlier grant's. A waiter claims the next
+ * grant while it waits, so a holder that unlocks and locks again at once
+ * goes behind it (a waiter is not starved; among several waiters the
+ * order is not promised). */
 int thing_lock(thing_store_t *ts, const char *thing, uint32_t lease_ms, uint32_t wait_ms,
                thing_lock_t **out);
 /* The grant's fencing token (the same through renewals). */

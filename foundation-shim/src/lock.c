@@ -10,8 +10,11 @@
  *                    the grant's fencing token. Versions of a partition
  *                    only grow (epoch above counter), so each grant's token
  *                    is greater than every earlier one's.
+ *   "{thing}#wait"   a waiter's claim on the next grant (a short TTL,
+ *                    renewed while it waits): a holder that lets go and
+ *                    locks again at once does not starve the waiters.
  * A grant is one atomic batch: lock := me (TTL, only if absent), fence :=
- * me. A renewal: [fence still my token?] lock := me (TTL, only if
+ * me, and the claim is mine (taken away) or nobody's. A renewal: [fence still my token?] lock := me (TTL, only if
  * present). A fenced write carries [fence still my token? lock present?]
  * in its own batch, so a holder whose lease ran out (paused, cut off)
  * cannot write once another was granted, nor after its lease ended.
@@ -26,11 +29,13 @@
 
 #define THING_LEASE_DEFAULT_MS 10000
 #define THING_LOCK_POLL_MS 20         /* a waiting thing_lock tries again */
+#define THING_LOCK_CLAIM_MS 100       /* a waiter's claim on the next grant
+                                         lasts (renewed at each try) */
 
 struct thing_lock {
   thing_store_t *ts;
-  char *lock_key, *fence_key;
-  size_t lock_len, fence_len;
+  char *lock_key, *fence_key, *wait_key;
+  size_t lock_len, fence_len, wait_len;
   uint32_t lease_ms;
   uint64_t token;
   int64_t held_until;                /* monotonic ms: believed held until */
@@ -50,26 +55,47 @@ void thing_lock_forget(thing_lock_t *l) {
   if (!l) return;
   free(l->lock_key);
   free(l->fence_key);
+  free(l->wait_key);
   free(l);
 }
 
-/* One attempt at a grant: 0, THING_ELOCKED, or a call's error. */
-static int thing_lock_try(thing_lock_t *l) {
+/* One attempt at a grant: 0, THING_ELOCKED, or a call's error. claim: the
+ * version of this waiter's claim on the next grant ("{thing}#wait"), 0
+ * for none: without one, a grant also needs that nobody else claims it;
+ * with one, the grant takes it away. *claim_lost: the claim ran out. */
+static int thing_lock_try(thing_lock_t *l, uint64_t claim, int *claim_lost) {
   thing_store_t *ts = l->ts;
   size_t mlen = strlen(ts->member);
-  grid_batch_op_t ops[2] = {
+  grid_batch_op_t ops[3] = {
       {.kind = GRID_BATCH_PUT, .key = l->lock_key, .key_len = l->lock_len,
        .value = ts->member, .value_len = mlen, .ttl_ms = l->lease_ms, .cond = GRID_IF_ABSENT},
       {.kind = GRID_BATCH_PUT, .key = l->fence_key, .key_len = l->fence_len,
        .value = ts->member, .value_len = mlen},
+      {.kind = claim ? GRID_BATCH_DELETE : GRID_BATCH_CHECK, .key = l->wait_key,
+       .key_len = l->wait_len, .cond = claim ? GRID_IF_VERSION : GRID_IF_ABSENT,
+       .version = claim},
   };
   int64_t sent = thing_mono_ms();
-  int rc = grid_batch(ts->g, ts->cache, ops, 2, NULL);
-  if (rc == GRID_EEXIST) return THING_ELOCKED;
+  size_t failed = 0;
+  int rc = grid_batch(ts->g, ts->cache, ops, 3, &failed);
+  *claim_lost = claim && failed == 2 && (rc == GRID_EVERSION || rc == GRID_ENOTFOUND);
+  if (rc == GRID_EEXIST || *claim_lost) return THING_ELOCKED;
   if (rc != 0) return rc;
   l->token = ops[1].version_out;
   l->held_until = sent + thing_trusted(l->lease_ms);
   return 0;
+}
+
+/* A waiter keeps a claim on the next grant while it waits, so that a
+ * holder that lets go and locks again at once does not starve it: makes
+ * or renews it (*claim: its version, 0 when another waiter has it). */
+static void thing_lock_claim(thing_lock_t *l, uint64_t *claim) {
+  thing_store_t *ts = l->ts;
+  grid_batch_op_t op = {.kind = GRID_BATCH_PUT, .key = l->wait_key, .key_len = l->wait_len,
+                        .value = ts->member, .value_len = strlen(ts->member),
+                        .ttl_ms = THING_LOCK_CLAIM_MS,
+                        .cond = *claim ? GRID_IF_VERSION : GRID_IF_ABSENT, .version = *claim};
+  *claim = grid_batch(ts->g, ts->cache, &op, 1, NULL) == 0 ? op.version_out : 0;
 }
 
 int thing_lock(thing_store_t *ts, const char *thing, uint32_t lease_ms, uint32_t wait_ms,
@@ -82,17 +108,28 @@ int thing_lock(thing_store_t *ts, const char *thing, uint32_t lease_ms, uint32_t
   l->lease_ms = lease_ms ? lease_ms : THING_LEASE_DEFAULT_MS;
   l->lock_key = thing_key(thing, "#lock", NULL, &l->lock_len, &rc);
   if (l->lock_key) l->fence_key = thing_key(thing, "#fence", NULL, &l->fence_len, &rc);
-  if (!l->fence_key) {
+  if (l->fence_key) l->wait_key = thing_key(thing, "#wait", NULL, &l->wait_len, &rc);
+  if (!l->wait_key) {
     thing_lock_forget(l);
     return rc;
   }
   int64_t deadline = thing_mono_ms() + wait_ms;
+  uint64_t claim = 0;
   for (;;) {
-    rc = thing_lock_try(l);
+    int lost = 0;
+    rc = thing_lock_try(l, claim, &lost);
+    if (lost) claim = 0;
     if (rc != THING_ELOCKED) break;
     int64_t left = deadline - thing_mono_ms();
     if (left <= 0) break;
+    thing_lock_claim(l, &claim);
     thing_sleep_ms(left < THING_LOCK_POLL_MS ? left : THING_LOCK_POLL_MS);
+  }
+  if (claim && rc != 0) {
+    /* Given up: the claim goes, so that others need not wait it out. */
+    grid_batch_op_t op = {.kind = GRID_BATCH_DELETE, .key = l->wait_key, .key_len = l->wait_len,
+                          .cond = GRID_IF_VERSION, .version = claim};
+    (void)grid_batch(ts->g, ts->cache, &op, 1, NULL);
   }
   if (rc != 0) {
     thing_lock_forget(l);
