@@ -76,20 +76,30 @@ static double pct_us(samples_t *s, double p) {
   return (double)s->ns[i] / 1000.0;
 }
 
+static grid_t *g;
+static uint64_t local_before; /* the node's local_reads when the case began */
+
+static uint64_t local_reads(void) {
+  grid_stats_t st;
+  return grid_stats(g, &st) == 0 ? st.local_reads : 0;
+}
+
 static void report(const char *label, const char *kase, samples_t *s, double seconds,
                    int threads, const char *extra) {
   qsort(s->ns, s->n, sizeof *s->ns, cmp64);
+  uint64_t local = local_reads() - local_before;
   printf("{\"label\": \"%s\", \"case\": \"%s\", \"ops\": %zu, \"ops_per_s\": %.0f, "
-         "\"threads\": %d, \"p50_us\": %.1f, \"p99_us\": %.1f, \"p999_us\": %.1f%s}\n",
+         "\"threads\": %d, \"p50_us\": %.1f, \"p99_us\": %.1f, \"p999_us\": %.1f, "
+         "\"local_reads\": %llu%s}\n",
          label, kase, s->n, (double)s->n / seconds, threads, pct_us(s, 0.5), pct_us(s, 0.99),
-         pct_us(s, 0.999), extra ? extra : "");
+         pct_us(s, 0.999), (unsigned long long)local, extra ? extra : "");
   fflush(stdout);
+  local_before = local_reads();
 }
 
 /* Options of "run". */
 static const char *uri = "embedded:", *config_path, *label = "";
 static int seconds = 5, threads = 2, led;
-static grid_t *g;
 static thing_store_t *ts;
 static char self_id[64];
 
@@ -224,6 +234,7 @@ static void open_store(void) {
   if (rc) die("thing_open", rc);
   grid_stats_t st;
   if (grid_stats(g, &st) == 0) snprintf(self_id, sizeof self_id, "%s", st.node_id);
+  local_before = st.local_reads;
 }
 
 /* ---- takeover ---------------------------------------------------------------- */

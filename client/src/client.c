@@ -539,6 +539,25 @@ int grid_get_all(grid_t *g, const char *cache, size_t n,
                  const void *const *keys, const size_t *key_lens,
                  grid_value_t *out) {
   memset(out, 0, n * sizeof *out);
+  if (g->embedded && g->router && n > 0) {
+    /* An embedded member reads keys it leads in this thread, each as
+     * grid_get does; if any is not its to read, the whole batch goes the
+     * way of any client's. */
+    const char *c = cache ? cache : "default";
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+      void *v;
+      size_t len;
+      uint64_t ver;
+      rc = embedded_get_led(g->embedded, c, keys[i], key_lens[i], &v, &len, &ver);
+      if (rc == 0) out[i] = (grid_value_t){.data = v, .len = len, .version = ver, .found = true};
+      if (rc == GRID_ENOTFOUND) rc = 0;
+    }
+    if (rc == 0) return 0;
+    for (size_t i = 0; i < n; i++) grid_value_free(&out[i]);
+    memset(out, 0, n * sizeof *out);
+    if (rc != GRID_ENOTREADY) return rc;
+  }
   client_batch_ctx_t b = {.cache = cache, .keys = keys, .key_lens = key_lens, .out = out};
   int split_rc;
   if (client_split(g, cache, n, keys, key_lens, client_get_share, &b, &split_rc)) {
@@ -657,6 +676,12 @@ int grid_get_prefix(grid_t *g, const char *cache, const void *prefix, size_t pre
                     uint32_t max, grid_entry_t **entries, size_t *n) {
   *entries = NULL;
   *n = 0;
+  if (g->embedded && g->router) {
+    /* An embedded member reads a Thing it leads in this thread. */
+    int rc = embedded_get_prefix_led(g->embedded, cache ? cache : "default", prefix, prefix_len,
+                                     max, entries, n);
+    if (rc != GRID_ENOTREADY) return rc;
+  }
   Grid__Request rq;
   client_request_key(&rq, GRID__OP__GET_PREFIX, cache, prefix, prefix_len);
   rq.count = max;

@@ -119,6 +119,12 @@ void embedded_call(embedded_t *e, const Grid__Request *rq, Grid__Reply *rp, aren
  * key's primary as any client does. *value is malloc'd and the caller's. */
 int embedded_get_led(embedded_t *e, const char *cache, const void *key, size_t key_len,
                      void **value, size_t *value_len, uint64_t *version);
+/* grid_get_prefix of an embedded cluster member, in the calling thread, as
+ * embedded_get_led reads: GRID_ENOTREADY sends it the way of any client's
+ * (also for what the node refuses, which it words). *entries as
+ * grid_get_prefix's. */
+int embedded_get_prefix_led(embedded_t *e, const char *cache, const void *prefix,
+                            size_t prefix_len, uint32_t max, grid_entry_t **entries, size_t *n);
 /* Whether the embedded node is a cluster member leading key's partition now
  * (its map's view: it may change the next moment, and then the node
  * forwards what it was handed); *part: the key's partition. */

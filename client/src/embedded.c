@@ -17,6 +17,7 @@
 #include "loop.h"
 #include "node.h"
 #include "ops.h"
+#include "part.h"
 #include "route.h"
 #include "sink.h"
 #include "store.h"
@@ -113,6 +114,79 @@ int embedded_get_led(embedded_t *e, const char *cache, const void *key, size_t k
   atomic_fetch_add_explicit(&n->ops, 1, memory_order_relaxed);
   atomic_fetch_add_explicit(&n->local_reads, 1, memory_order_relaxed);
   return rc;
+}
+
+/* GET_PREFIX's gathering, in the calling thread. */
+typedef struct embedded_prefix {
+  const void *prefix;
+  size_t len, max, n, cap;
+  grid_entry_t *list;
+  int failed;
+} embedded_prefix_t;
+
+static int embedded_prefix_cb(void *ctx, const void *key, size_t key_len, const void *value,
+                              size_t value_len, uint64_t version) {
+  embedded_prefix_t *p = ctx;
+  if (key_len < p->len || memcmp(key, p->prefix, p->len) != 0) return 0;
+  if (p->n == p->max) {
+    p->failed = GRID_ELIMIT;
+    return 1;
+  }
+  if (p->n == p->cap) {
+    size_t cap = p->cap ? p->cap * 2 : 64;
+    grid_entry_t *l = realloc(p->list, cap * sizeof *l);
+    if (!l) {
+      p->failed = GRID_ENOMEM;
+      return 1;
+    }
+    p->list = l;
+    p->cap = cap;
+  }
+  /* As client.c's lists: key and value in one allocation, freed by key. */
+  unsigned char *mem = malloc(key_len + value_len + 2);
+  if (!mem) {
+    p->failed = GRID_ENOMEM;
+    return 1;
+  }
+  if (key_len) memcpy(mem, key, key_len);
+  mem[key_len] = '\0';
+  if (value_len) memcpy(mem + key_len + 1, value, value_len);
+  mem[key_len + 1 + value_len] = '\0';
+  p->list[p->n++] = (grid_entry_t){mem, key_len, mem + key_len + 1, value_len, version};
+  return 0;
+}
+
+int embedded_get_prefix_led(embedded_t *e, const char *cache, const void *prefix,
+                            size_t prefix_len, uint32_t max, grid_entry_t **entries, size_t *n) {
+  node_t *nd = e->node;
+  if (!nd->cluster || !cluster_serving(nd->cluster)) return GRID_ENOTREADY;
+  const void *aff;
+  size_t aff_len;
+  part_affinity(prefix, prefix_len, &aff, &aff_len);
+  if (aff_len >= prefix_len || store_check_sizes(nd->store, prefix_len, 0) != 0)
+    return GRID_ENOTREADY; /* the node's words for it */
+  store_cache_t *c = store_cache_acquire(nd->store, cache, strlen(cache));
+  if (!c) return GRID_ENOTREADY;
+  size_t limit = (size_t)nd->cfg.batch_keys_max;
+  embedded_prefix_t p = {.prefix = prefix, .len = prefix_len,
+                         .max = max && max < limit ? max : limit};
+  store_key_t k;
+  store_key_init(c, prefix, prefix_len, &k);
+  int rc = store_scan_committed(c, k.part, clock_wall_ms(), embedded_prefix_cb, &p);
+  store_cache_release(nd->store, c);
+  if (rc == 0) rc = p.failed;
+  /* The lease again after the read, as embedded_get_led. */
+  if (rc == 0 && !cluster_serving(nd->cluster)) rc = GRID_ENOTREADY;
+  if (rc != 0) {
+    for (size_t i = 0; i < p.n; i++) free(p.list[i].key);
+    free(p.list);
+    return rc == GRID_ELIMIT ? GRID_ENOTREADY : rc; /* the node words a refusal */
+  }
+  atomic_fetch_add_explicit(&nd->ops, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&nd->local_reads, 1, memory_order_relaxed);
+  *entries = p.list ? p.list : calloc(1, sizeof **entries);
+  *n = p.n;
+  return *entries ? 0 : GRID_ENOMEM;
 }
 
 /* ---- an embedded cluster member's requests, handed to its loops ----------- */

@@ -1399,6 +1399,28 @@ int store_get_committed(store_cache_t *c, const store_key_t *k, int64_t now_ms,
   return rc;
 }
 
+int store_scan_committed(store_cache_t *c, uint32_t part, int64_t now_ms, store_entry_cb cb,
+                         void *ctx) {
+  if (part >= c->cfg.partitions) return GRID_EINVAL;
+  store_part_t *p = &c->parts[part];
+  int rc = GRID_ENOTREADY;
+  pthread_mutex_lock(&p->lock);
+  int readable = atomic_load(&p->sync.led) ||
+                 (atomic_load(&p->sync.backup_in_sync) && store_reads_backup(&c->cfg));
+  /* Only with every write applied here committed: then no entry seen (nor
+   * any missing) can be taken back, and a batch is seen whole. */
+  if (readable && p->counter <= atomic_load(&p->sync.committed)) {
+    rc = 0;
+    int stop = 0;
+    for (uint64_t b = 0; p->buckets && b <= p->mask && !stop; b++)
+      for (store_entry_t *e = p->buckets[b]; e && !stop; e = e->next)
+        if (!store_expired(e, now_ms))
+          stop = cb(ctx, e->data, e->key_len, e->data + e->key_len, e->value_len, e->version);
+  }
+  pthread_mutex_unlock(&p->lock);
+  return rc;
+}
+
 void store_part_committed_to(store_cache_t *c, uint32_t part, uint64_t committed) {
   if (part >= c->cfg.partitions) return;
   store_part_t *p = &c->parts[part];

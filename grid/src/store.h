@@ -315,6 +315,13 @@ typedef int (*store_entry_cb)(void *ctx, const void *key, size_t key_len,
 int store_scan(store_cache_t *c, uint32_t part, uint64_t *cursor,
                uint32_t count, int64_t now_ms, store_entry_cb cb, void *ctx);
 
+/* Every live entry of partition part, under its lock (cb must not call
+ * the store; nonzero stops), as store_get_committed reads: where this node
+ * leads the partition (or holds a readable in-sync backup copy) and every
+ * write applied to it is committed; else GRID_ENOTREADY. */
+int store_scan_committed(store_cache_t *c, uint32_t part, int64_t now_ms, store_entry_cb cb,
+                         void *ctx);
+
 /* store_scan with each entry's expiry (for filling another copy). */
 typedef int (*store_entry_full_cb)(void *ctx, const void *key, size_t key_len,
                                    const void *value, size_t value_len,

@@ -148,6 +148,56 @@ int main(void) {
    * thousands of reads. */
   CHECK(s1.loop_ops - s0.loop_ops < 20);
 
+  fprintf(stderr, "-- batch reads of what it leads (get_all, get_prefix): in this thread\n");
+  {
+    /* A Thing it leads and one it does not, three properties each, written
+     * as one batch through the other handle. */
+    char things[2][32] = {"", ""};
+    for (int i = 0; i < 1000 && (!things[0][0] || !things[1][0]); i++) {
+      char t[32], owner[64];
+      int tl = snprintf(t, sizeof t, "{th-%d}", i);
+      CHECK_RC(grid_key_owner(e, CACHE, t, (size_t)tl, owner, sizeof owner), 0);
+      int mine = !strcmp(owner, "ec-embedded");
+      if (!things[mine ? 0 : 1][0]) snprintf(things[mine ? 0 : 1], sizeof things[0], "%s", t);
+    }
+    CHECK(things[0][0] && things[1][0]);
+    for (int t = 0; t < 2; t++) {
+      char keys[3][48];
+      const void *kp[3];
+      size_t kl[3];
+      grid_batch_op_t ops[3];
+      for (int k = 0; k < 3; k++) {
+        kl[k] = (size_t)snprintf(keys[k], sizeof keys[k], "%s.p%d", things[t], k);
+        kp[k] = keys[k];
+        ops[k] = (grid_batch_op_t){.kind = GRID_BATCH_PUT, .key = keys[k], .key_len = kl[k],
+                                   .value = keys[k], .value_len = kl[k]};
+      }
+      CHECK_RC(grid_batch(g, CACHE, ops, 3, NULL), 0);
+      grid_stats(e, &s0);
+      grid_value_t vals[3];
+      CHECK_RC(grid_get_all(e, CACHE, 3, kp, kl, vals), 0);
+      for (int k = 0; k < 3; k++) {
+        CHECK(vals[k].found);
+        CHECK_STR(vals[k].data, keys[k]);
+        CHECK_EQ(vals[k].version, ops[k].version_out);
+        grid_value_free(&vals[k]);
+      }
+      grid_entry_t *ents;
+      size_t ne;
+      char prefix[48];
+      size_t pl = (size_t)snprintf(prefix, sizeof prefix, "%s.", things[t]);
+      CHECK_RC(grid_get_prefix(e, CACHE, prefix, pl, 0, &ents, &ne), 0);
+      CHECK_EQ(ne, 3);
+      for (size_t k = 0; k < ne; k++) CHECK(!memcmp(ents[k].key, prefix, pl));
+      grid_entries_free(ents, ne);
+      CHECK_RC(grid_get_prefix(e, CACHE, prefix, pl, 2, &ents, &ne), GRID_ELIMIT);
+      grid_stats(e, &s1);
+      /* The Thing it leads: 3 gets and a prefix read here; the other's: none. */
+      if (t == 0) CHECK_EQ(s1.local_reads - s0.local_reads, 4);
+      else CHECK_EQ(s1.local_reads - s0.local_reads, 0);
+    }
+  }
+
   fprintf(stderr, "-- reads of what others lead: to their primaries\n");
   for (int i = 0; i < KEYS; i++)
     if (!led[i]) check_value(e, i);

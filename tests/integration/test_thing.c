@@ -210,6 +210,61 @@ static void test_subscriptions(thing_store_t *ts) {
   thing_unsubscribe(sv);
 }
 
+typedef struct role_log {
+  _Atomic int gains, losses;
+  _Atomic uint64_t last_token;
+} role_log_t;
+
+static void role_gain(uint64_t token, void *arg) {
+  role_log_t *r = arg;
+  atomic_store(&r->last_token, token);
+  atomic_fetch_add(&r->gains, 1);
+}
+
+static void role_loss(uint64_t token, void *arg) {
+  (void)token;
+  atomic_fetch_add(&((role_log_t *)arg)->losses, 1);
+}
+
+static int wait_gains(role_log_t *r, int n) {
+  for (int i = 0; i < 2000 && atomic_load(&r->gains) < n; i++) harness_sleep_ms(5);
+  return atomic_load(&r->gains) >= n;
+}
+
+/* Two members of one role: one holds it; released on request, the other
+ * takes it with a greater token; stopping the holder hands it back. */
+static void test_singleton(thing_store_t *ts) {
+  static role_log_t a, b;
+  memset(&a, 0, sizeof a);
+  memset(&b, 0, sizeof b);
+  thing_singleton_options_t o = {.name = "timers", .lease_ms = 500, .on_gain = role_gain,
+                                 .on_loss = role_loss, .arg = &a};
+  thing_singleton_t *sa, *sb;
+  CHECK_RC(thing_singleton_start(ts, &o, &sa), 0);
+  CHECK(wait_gains(&a, 1));
+  o.arg = &b;
+  CHECK_RC(thing_singleton_start(ts, &o, &sb), 0);
+  uint64_t ta;
+  CHECK(thing_singleton_held(sa, &ta));
+  CHECK_EQ(ta, atomic_load(&a.last_token));
+  harness_sleep_ms(1200); /* past two leases: renewed, not lost */
+  CHECK(thing_singleton_held(sa, NULL));
+  CHECK(!thing_singleton_held(sb, NULL));
+  CHECK_EQ(atomic_load(&b.gains), 0);
+  CHECK_RC(thing_singleton_release(sb), THING_ENOTHELD);
+  CHECK_RC(thing_singleton_release(sa), 0);
+  CHECK(wait_gains(&b, 1));
+  CHECK_EQ(atomic_load(&a.losses), 1);
+  CHECK(atomic_load(&b.last_token) > ta);
+  CHECK(!thing_singleton_held(sa, NULL));
+  thing_singleton_stop(sb); /* lets go: a takes it again */
+  CHECK(wait_gains(&a, 2));
+  CHECK_EQ(atomic_load(&b.losses), 1);
+  thing_singleton_stop(sa);
+  thing_singleton_options_t bad = {.name = "a{b"};
+  CHECK_RC(thing_singleton_start(ts, &bad, &sa), THING_ENAME);
+}
+
 /* The grid calls under the shim, refusing what they must. */
 static void test_grid_calls(grid_t *g) {
   grid_cache_config_t cfg = {.name = "b", .partitions = 64};
@@ -273,6 +328,7 @@ static void run_all(grid_t *g) {
   test_types_and_batches(ts);
   test_locks(ts);
   test_subscriptions(ts);
+  test_singleton(ts);
   thing_close(ts);
   test_grid_calls(g);
 }
