@@ -8,7 +8,8 @@ checks every C file under common/, grid/src/ and client/src/:
     (system headers, and the generated grid.pb-c.h, are open to all);
   - no two modules include each other;
   - nothing below the client includes grid.h, and no client file but
-    embedded.c includes a header of grid/src/.
+    embedded.c includes a header of grid/src/;
+  - foundation-shim/ (Thing state) sees grid through grid.h alone.
 
 usage: test_layers.py SOURCE_DIR
 """
@@ -32,7 +33,7 @@ def read_table(root):
 
 def sources(root):
     out = []
-    for d in ("common", "grid/src", "client/src"):
+    for d in ("common", "grid/src", "client/src", "foundation-shim"):
         for dirpath, _, names in os.walk(os.path.join(root, d)):
             for n in names:
                 if n.endswith((".c", ".h")):
@@ -43,7 +44,7 @@ def sources(root):
 def resolve(root, including, name):
     """The repository path an #include "name" refers to, or None."""
     for d in (os.path.dirname(including), "common", "common/include", "grid/src",
-              "client/src", "client/include"):
+              "client/src", "client/include", "foundation-shim/include", "foundation-shim/src"):
         p = os.path.normpath(os.path.join(d, name))
         if os.path.exists(os.path.join(root, p)):
             return p
@@ -71,10 +72,10 @@ def main():
             if not m:
                 continue
             name = m.group(1)
-            if name == "grid.pb-c.h":
+            if name in ("grid.pb-c.h", "thing.pb-c.h"):
                 continue
             if name == "grid.h":
-                if not f.startswith("client/"):
+                if not f.startswith(("client/", "foundation-shim/")):
                     errors.append(f"{f}:{n}: includes grid.h, the client's public header")
                 continue
             target = resolve(root, f, name)
@@ -83,6 +84,9 @@ def main():
                     errors.append(f"{f}:{n}: includes {name}, which is not in the table")
                 continue
             tlayer, tmodule = table[target]
+            if f.startswith("foundation-shim/") and not target.startswith("foundation-shim/"):
+                errors.append(f"{f}:{n}: includes {name}: foundation-shim sees grid "
+                              "through grid.h alone")
             if (f.startswith("client/") and target.startswith("grid/src/")
                     and module != "embedded"):
                 errors.append(f"{f}:{n}: a client file includes the node's {name} "
