@@ -13,7 +13,12 @@
  * machine (network namespaces do not change it), so the final read of a
  * second run orders after the workload.
  *
- * Keys: "r<i>" are registers (put, get, cas), "c<i>" counters (add, get).
+ * Keys: "r<i>" are registers (put, get, cas), "c<i>" counters (add, get),
+ * "b<i>" batch registers: one register kept as the four entries
+ * "{b<i>}.0" .. "{b<i>}.3", put by one atomic grid_batch of the same value
+ * into all four and got by one grid_get_prefix, which records the value
+ * only when all four hold it (else "TORN", a value nobody wrote: the
+ * checker then finds no linearization).
  * Written values are unique ("t<thread>-<seq>"), which lets the checker
  * tell every write apart and makes a version-based cas equal to a
  * value-based one.
@@ -54,6 +59,7 @@ typedef struct fc_options {
   int threads;
   int keys;         /* registers r0..r<keys-1> */
   int counters;     /* counters c0..c<counters-1> */
+  int batches;      /* batch registers b0..b<batches-1> */
   int64_t duration_ms;
   uint64_t seed;
   uint32_t timeout_ms;
@@ -65,7 +71,7 @@ typedef struct fc_options {
 } fc_options_t;
 
 static fc_options_t opt = {
-    .cache = "faults", .threads = 4, .keys = 16, .counters = -1, .duration_ms = 10000,
+    .cache = "faults", .threads = 4, .keys = 16, .counters = -1, .batches = 4, .duration_ms = 10000,
     .seed = 1, .timeout_ms = 1500, .out = "history.jsonl", .deadline_ms = 20000,
 };
 
@@ -202,6 +208,67 @@ static fc_result_t do_get(grid_t *g, int p, const char *key, char *buf, size_t c
   return FC_FAIL;
 }
 
+#define FC_BATCH_ENTRIES 4
+
+/* A batch register's get: one grid_get_prefix of its four entries. */
+static fc_result_t do_get_batch(grid_t *g, int p, const char *key, int final, int *rc_out) {
+  char prefix[FC_KEY_BYTES_MAX + 4];
+  int pl = snprintf(prefix, sizeof prefix, "{%s}.", key);
+  grid_entry_t *ents = NULL;
+  size_t n = 0;
+  int64_t t0 = now_ns();
+  int rc = grid_get_prefix(g, opt.cache, prefix, (size_t)pl, 0, &ents, &n);
+  int64_t t1 = now_ns();
+  *rc_out = rc;
+  if (rc != 0) {
+    record(p, "get", key, NULL, 0, NULL, t0, t1, FC_FAIL, NULL, 0, 0, rc, final);
+    count_result(FC_FAIL, rc);
+    return FC_FAIL;
+  }
+  const char *v = NULL;
+  size_t vlen = 0;
+  int torn = n != 0 && n != FC_BATCH_ENTRIES;
+  for (size_t i = 0; i < n && !torn; i++) {
+    if (i == 0) {
+      v = ents[0].value;
+      vlen = ents[0].value_len;
+    } else if (ents[i].value_len != vlen || memcmp(ents[i].value, v, vlen) != 0) {
+      torn = 1;
+    }
+  }
+  if (torn) {
+    v = "TORN";
+    vlen = 4;
+  }
+  record(p, "get", key, NULL, 0, NULL, t0, t1, FC_OK, v, vlen, 0, 0, final);
+  count_result(FC_OK, 0);
+  grid_entries_free(ents, n);
+  return FC_OK;
+}
+
+static fc_result_t classify_write(int rc);
+
+/* A batch register's put: one atomic grid_batch of val into its four
+ * entries. */
+static fc_result_t do_put_batch(grid_t *g, int p, const char *key, const char *val,
+                                int *rc_out) {
+  char keys[FC_BATCH_ENTRIES][FC_KEY_BYTES_MAX + 8];
+  grid_batch_op_t ops[FC_BATCH_ENTRIES];
+  for (int i = 0; i < FC_BATCH_ENTRIES; i++) {
+    int kl = snprintf(keys[i], sizeof keys[i], "{%s}.%d", key, i);
+    ops[i] = (grid_batch_op_t){.kind = GRID_BATCH_PUT, .key = keys[i], .key_len = (size_t)kl,
+                               .value = val, .value_len = strlen(val)};
+  }
+  int64_t t0 = now_ns();
+  int rc = grid_batch(g, opt.cache, ops, FC_BATCH_ENTRIES, NULL);
+  int64_t t1 = now_ns();
+  fc_result_t r = classify_write(rc);
+  record(p, "put", key, val, 0, NULL, t0, t1, r, NULL, 0, 0, rc, 0);
+  count_result(r, rc);
+  *rc_out = rc;
+  return r;
+}
+
 static fc_result_t classify_write(int rc) {
   if (rc == 0) return FC_OK;
   return write_error_is_not_applied(rc) ? FC_FAIL : FC_INFO;
@@ -255,6 +322,14 @@ static void *workload_main(void *arg) {
       snprintf(key, sizeof key, "c%d", (int)(rng_next(&rng) % (uint64_t)opt.counters));
       int found;
       r = do_get(th->g, p, key, cur, sizeof cur, &found, NULL, 0, &rc);
+    } else if (pick < 42 && opt.batches > 0) {
+      snprintf(key, sizeof key, "b%d", (int)(rng_next(&rng) % (uint64_t)opt.batches));
+      if (rng_next(&rng) % 2) {
+        snprintf(val, sizeof val, "t%d-%ld", th->id, seq++);
+        r = do_put_batch(th->g, p, key, val, &rc);
+      } else {
+        r = do_get_batch(th->g, p, key, 0, &rc);
+      }
     } else {
       snprintf(key, sizeof key, "r%d", (int)(rng_next(&rng) % (uint64_t)opt.keys));
       uint64_t kind = rng_next(&rng) % 3;
@@ -302,15 +377,21 @@ static int final_read(grid_t *g) {
   int64_t deadline = now_ns() + opt.deadline_ms * 1000000;
   int stuck = 0;
   char key[FC_KEY_BYTES_MAX], buf[FC_VALUE_BYTES_MAX];
-  int total = opt.keys + (opt.counters > 0 ? opt.counters : 0);
+  int ncounters = opt.counters > 0 ? opt.counters : 0;
+  int total = opt.keys + ncounters + opt.batches;
   fprintf(stdout, "{\"stuck\":[");
   for (int i = 0; i < total; i++) {
+    int batch = i >= opt.keys + ncounters;
     if (i < opt.keys) snprintf(key, sizeof key, "r%d", i);
-    else snprintf(key, sizeof key, "c%d", i - opt.keys);
+    else if (!batch) snprintf(key, sizeof key, "c%d", i - opt.keys);
+    else snprintf(key, sizeof key, "b%d", i - opt.keys - ncounters);
     int last_rc = 0;
     for (;;) {
       int found, rc;
-      if (do_get(g, FC_FINAL_PROCESS, key, buf, sizeof buf, &found, NULL, 1, &rc) == FC_OK) break;
+      fc_result_t fr = batch ? do_get_batch(g, FC_FINAL_PROCESS, key, 1, &rc)
+                             : do_get(g, FC_FINAL_PROCESS, key, buf, sizeof buf, &found, NULL,
+                                      1, &rc);
+      if (fr == FC_OK) break;
       last_rc = rc;
       if (now_ns() + (int64_t)FC_FINAL_RETRY_MS * 1000000 >= deadline) {
         fprintf(stderr, "fault_client: key %s could not be read within --deadline-ms %" PRId64
@@ -425,6 +506,9 @@ static void usage(FILE *f) {
           "                     (default 4, at most %d)\n"
           "  --keys K           register keys r0..r<K-1> (default 16)\n"
           "  --counters C       counter keys c0..c<C-1> (default K/4, at least 1; 0: none)\n"
+          "  --batches B        batch registers b0..b<B-1>, four entries each, put by one\n"
+          "                     atomic grid_batch, got by one grid_get_prefix (default 4;\n"
+          "                     0: none)\n"
           "  --duration-ms D    how long the workload runs (default 10000)\n"
           "  --seed S           seeds the choice of operations and keys (default 1)\n"
           "  --timeout-ms T     deadline of every call (default 1500)\n"
@@ -455,7 +539,7 @@ static int parse_long(const char *s, long long lo, long long hi, long long *out)
 }
 
 int main(int argc, char **argv) {
-  enum { O_URI = 1, O_CACHE, O_THREADS, O_KEYS, O_COUNTERS, O_DURATION, O_SEED, O_TIMEOUT,
+  enum { O_URI = 1, O_CACHE, O_THREADS, O_KEYS, O_COUNTERS, O_BATCHES, O_DURATION, O_SEED, O_TIMEOUT,
          O_OUT, O_FINAL, O_DEADLINE, O_RATE, O_EVENTS, O_HELP };
   static const struct option longopts[] = {
       {"uri", required_argument, 0, O_URI},
@@ -463,6 +547,7 @@ int main(int argc, char **argv) {
       {"threads", required_argument, 0, O_THREADS},
       {"keys", required_argument, 0, O_KEYS},
       {"counters", required_argument, 0, O_COUNTERS},
+      {"batches", required_argument, 0, O_BATCHES},
       {"duration-ms", required_argument, 0, O_DURATION},
       {"seed", required_argument, 0, O_SEED},
       {"timeout-ms", required_argument, 0, O_TIMEOUT},
@@ -483,6 +568,7 @@ int main(int argc, char **argv) {
     case O_THREADS: bad = parse_long(optarg, 1, FC_THREADS_MAX, &n); opt.threads = (int)n; break;
     case O_KEYS: bad = parse_long(optarg, 1, 1000000, &n); opt.keys = (int)n; break;
     case O_COUNTERS: bad = parse_long(optarg, 0, 1000000, &n); opt.counters = (int)n; break;
+    case O_BATCHES: bad = parse_long(optarg, 0, 100000, &n); opt.batches = (int)n; break;
     case O_DURATION: bad = parse_long(optarg, 0, 86400000, &n); opt.duration_ms = n; break;
     case O_SEED: bad = parse_long(optarg, 0, INT64_MAX, &n); opt.seed = (uint64_t)n; break;
     case O_TIMEOUT: bad = parse_long(optarg, 1, 3600000, &n); opt.timeout_ms = (uint32_t)n; break;

@@ -15,7 +15,9 @@ told apart by its (key, value). The rules:
     one before);
   - the stream did not end (GRID_EVENT_ENDED).
 
-Counters (add) are left out: their values are not unique. Prints a summary
+Batch registers (b<i>, written as four entries "{b<i>}.0".."{b<i>}.3" by
+one atomic batch) are followed by their first entry's events. Counters
+(add) are left out: their values are not unique. Prints a summary
 and, with --json FILE, writes it as JSON. Exit status 0 when every rule
 holds, 1 when one does not, 2 on bad input.
 """
@@ -41,7 +43,7 @@ def load_jsonl(path):
 def check(history, events):
     acked, written = set(), set()
     for op in history:
-        if op.get("f") not in ("put", "cas") or not str(op.get("k", "")).startswith("r"):
+        if op.get("f") not in ("put", "cas") or not str(op.get("k", "")).startswith(("r", "b")):
             continue
         kv = (op["k"], str(op.get("v")))
         if op.get("r") == "ok":
@@ -62,7 +64,9 @@ def check(history, events):
             ended = ev.get("err", "?")
             continue
         k = ev.get("k")
-        if k is None or not k.startswith("r"):
+        if k is not None and k.startswith("{b") and k.endswith("}.0"):
+            k = k[1:-3]  # a batch register, by its first entry
+        if k is None or not k.startswith(("r", "b")):
             continue
         part_of[k] = ev.get("part")
         ver = ev.get("ver", 0)

@@ -209,6 +209,50 @@ static void native(void) {
   put_rq(&b, 2, GRID__OP__GET, "k", NULL);
   save("fuzz_native", "seed-put-get", &b);
 
+  /* Atomic batches (a put, a delete, a check; a condition that fails, a
+   * key of another partition, a key twice) and a Thing's prefix read. */
+  put_byte(&b, 0x01);
+  {
+    Grid__BatchOp ops[3] = {GRID__BATCH_OP__INIT, GRID__BATCH_OP__INIT, GRID__BATCH_OP__INIT};
+    Grid__BatchOp *list[3] = {&ops[0], &ops[1], &ops[2]};
+    ops[0].kind = GRID__BATCH_KIND__BATCH_PUT;
+    ops[0].key = bin("{t}.a");
+    ops[0].value = bin("1");
+    ops[0].cond = GRID__BATCH_COND__COND_ABSENT;
+    ops[1].kind = GRID__BATCH_KIND__BATCH_DELETE;
+    ops[1].key = bin("{t}.b");
+    ops[2].kind = GRID__BATCH_KIND__BATCH_CHECK;
+    ops[2].key = bin("{t}.c");
+    ops[2].cond = GRID__BATCH_COND__COND_VERSION;
+    ops[2].version = ((uint64_t)1 << 40) | 1;
+    Grid__Request rq = GRID__REQUEST__INIT;
+    rq.id = 1;
+    rq.op = GRID__OP__BATCH;
+    rq.cache = "default";
+    rq.key = bin("{t}.a");
+    rq.batch = list;
+    rq.n_batch = 3;
+    put_msg(&b, &rq.base);
+    rq.id = 2;
+    ops[2].cond = GRID__BATCH_COND__COND_ANY;
+    put_msg(&b, &rq.base);
+    rq.id = 3;
+    ops[2].key = bin("{u}.c");
+    put_msg(&b, &rq.base);
+    rq.id = 4;
+    ops[2].key = bin("{t}.a");
+    put_msg(&b, &rq.base);
+    rq.id = 5;
+    ops[2].kind = (Grid__BatchKind)9;
+    put_msg(&b, &rq.base);
+    rq.id = 6;
+    rq.n_batch = 0;
+    put_msg(&b, &rq.base);
+    put_rq(&b, 7, GRID__OP__GET_PREFIX, "{t}.", NULL);
+    put_rq(&b, 8, GRID__OP__GET_PREFIX, "{t", NULL);
+  }
+  save("fuzz_native", "seed-batch", &b);
+
   put_byte(&b, 0x01);
   put_every_op(&b);
   save("fuzz_native", "seed-every-op", &b);
@@ -693,6 +737,34 @@ static void peer(const char *cmds_file) {
     put_msg(&b, &cm.base);
   }
   save("fuzz_peer", "seed-committed", &b);
+
+  /* A batch's record: two entries, one a delete; then entries of two
+   * partitions. */
+  put_byte(&b, 0x00);
+  {
+    Grid__Entry e[2] = {GRID__ENTRY__INIT, GRID__ENTRY__INIT};
+    Grid__Entry *recs[2] = {&e[0], &e[1]};
+    e[0].key = bin("{t}.a");
+    e[0].value = bin("1");
+    e[0].version = ((uint64_t)1 << 40) | 5;
+    e[1].key = bin("{t}.b");
+    e[1].deleted = 1;
+    e[1].version = ((uint64_t)1 << 40) | 6;
+    Grid__Request br = GRID__REQUEST__INIT;
+    br.id = 20;
+    br.op = GRID__OP__REPL;
+    br.cache = "default";
+    br.key = bin("{t}.a");
+    br.records = recs;
+    br.n_records = 2;
+    br.version = e[1].version;
+    br.change_op = GRID__OP__BATCH;
+    put_msg(&b, &br.base);
+    br.id = 21;
+    e[1].key = bin("{u}.b");
+    put_msg(&b, &br.base);
+  }
+  save("fuzz_peer", "seed-batch-record", &b);
 
   put_byte(&b, 0x00);
   put_msg(&b, &rq.base);
