@@ -649,6 +649,22 @@ static grid_entry_t *client_entries(const Grid__Reply *rp) {
   return list;
 }
 
+/* Runs rq, whose reply is a list of entries (and, for SCAN, a cursor). */
+static int client_call_entries(grid_t *g, Grid__Request *rq, grid_entry_t **entries, size_t *n,
+                               uint64_t *cursor) {
+  client_reply_t r;
+  int rc = client_call(g, rq, &r);
+  if (rc != 0) return rc;
+  grid_entry_t *list = client_entries(r.rp);
+  if (list) {
+    *entries = list;
+    *n = r.rp->n_entries;
+    if (cursor) *cursor = r.rp->cursor;
+  }
+  client_reply_free(&r);
+  return list ? 0 : GRID_ENOMEM;
+}
+
 int grid_scan(grid_t *g, const char *cache, uint32_t partition,
               uint64_t *cursor, uint32_t count, grid_entry_t **entries,
               size_t *n) {
@@ -659,17 +675,7 @@ int grid_scan(grid_t *g, const char *cache, uint32_t partition,
   rq.partition = partition;
   rq.cursor = *cursor;
   rq.count = count;
-  client_reply_t r;
-  int rc = client_call(g, &rq, &r);
-  if (rc != 0) return rc;
-  grid_entry_t *list = client_entries(r.rp);
-  if (list) {
-    *entries = list;
-    *n = r.rp->n_entries;
-    *cursor = r.rp->cursor;
-  }
-  client_reply_free(&r);
-  return list ? 0 : GRID_ENOMEM;
+  return client_call_entries(g, &rq, entries, n, cursor);
 }
 
 int grid_get_prefix(grid_t *g, const char *cache, const void *prefix, size_t prefix_len,
@@ -685,16 +691,7 @@ int grid_get_prefix(grid_t *g, const char *cache, const void *prefix, size_t pre
   Grid__Request rq;
   client_request_key(&rq, GRID__OP__GET_PREFIX, cache, prefix, prefix_len);
   rq.count = max;
-  client_reply_t r;
-  int rc = client_call(g, &rq, &r);
-  if (rc != 0) return rc;
-  grid_entry_t *list = client_entries(r.rp);
-  if (list) {
-    *entries = list;
-    *n = r.rp->n_entries;
-  }
-  client_reply_free(&r);
-  return list ? 0 : GRID_ENOMEM;
+  return client_call_entries(g, &rq, entries, n, NULL);
 }
 
 int grid_batch(grid_t *g, const char *cache, grid_batch_op_t *ops, size_t n, size_t *failed) {

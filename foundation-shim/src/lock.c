@@ -221,14 +221,7 @@ static void singleton_lost(thing_singleton_t *s, int let_go) {
 /* Waits up to ms, or until stop or release is asked. */
 static void singleton_wait(thing_singleton_t *s, int64_t ms) {
   if (ms <= 0) return;
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  ts.tv_sec += ms / 1000;
-  ts.tv_nsec += (ms % 1000) * 1000000L;
-  if (ts.tv_nsec >= 1000000000L) {
-    ts.tv_sec++;
-    ts.tv_nsec -= 1000000000L;
-  }
+  struct timespec ts = thing_deadline(ms);
   pthread_mutex_lock(&s->mu);
   if (!s->stop && !s->release) pthread_cond_timedwait(&s->cv, &s->mu, &ts);
   pthread_mutex_unlock(&s->mu);
@@ -295,11 +288,7 @@ int thing_singleton_start(thing_store_t *ts, const thing_singleton_options_t *op
   if (!s->o.lease_ms) s->o.lease_ms = THING_SINGLETON_LEASE_DEFAULT_MS;
   if (!s->o.check_ms) s->o.check_ms = s->o.lease_ms / 10 ? s->o.lease_ms / 10 : 1;
   pthread_mutex_init(&s->mu, NULL);
-  pthread_condattr_t ca;
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-  pthread_cond_init(&s->cv, &ca);
-  pthread_condattr_destroy(&ca);
+  thing_cond_init(&s->cv);
   if (pthread_create(&s->thread, NULL, singleton_main, s) != 0) {
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);

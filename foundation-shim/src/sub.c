@@ -263,11 +263,7 @@ int thing_subscribe(thing_store_t *ts, const thing_sub_options_t *opts, thing_su
   s->table = calloc(s->mask + 1, sizeof *s->table);
   s->prop = opts->prop ? strdup(opts->prop) : NULL;
   pthread_mutex_init(&s->mu, NULL);
-  pthread_condattr_t ca;
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-  pthread_cond_init(&s->cv, &ca);
-  pthread_condattr_destroy(&ca);
+  thing_cond_init(&s->cv);
   if (!s->table || (opts->prop && !s->prop)) {
     sub_free(s);
     return GRID_ENOMEM;
@@ -304,9 +300,7 @@ int thing_subscribe(thing_store_t *ts, const thing_sub_options_t *opts, thing_su
     return rc;
   }
   /* Old values are known once the snapshot is whole. */
-  struct timespec dl;
-  clock_gettime(CLOCK_MONOTONIC, &dl);
-  dl.tv_sec += SUB_SYNC_WAIT_MS / 1000;
+  struct timespec dl = thing_deadline(SUB_SYNC_WAIT_MS);
   pthread_mutex_lock(&s->mu);
   int w = 0;
   while (!s->synced && !s->ended && w == 0) w = pthread_cond_timedwait(&s->cv, &s->mu, &dl);

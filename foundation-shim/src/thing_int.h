@@ -7,6 +7,7 @@
 #ifndef THING_INT_H
 #define THING_INT_H
 
+#include <pthread.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -35,6 +36,28 @@ int thing_name_ok(const char *thing);
 /* Whether two VTQs hold the same value (type and value; not time or
  * quality): THING_CHANGE_VALUE. */
 int thing_value_equal(const thing_value_t *a, const thing_value_t *b);
+
+/* A condition variable whose timed waits count on the monotonic clock. */
+static inline void thing_cond_init(pthread_cond_t *cv) {
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(cv, &ca);
+  pthread_condattr_destroy(&ca);
+}
+
+/* The monotonic time ms from now, for thing_cond_init's waits. */
+static inline struct timespec thing_deadline(int64_t ms) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  ts.tv_sec += ms / 1000;
+  ts.tv_nsec += (ms % 1000) * 1000000L;
+  if (ts.tv_nsec >= 1000000000L) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000L;
+  }
+  return ts;
+}
 
 static inline int64_t thing_mono_ms(void) {
   struct timespec ts;
