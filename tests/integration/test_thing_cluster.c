@@ -156,7 +156,8 @@ typedef struct writer {
   _Atomic int stop;
   int64_t next[SUB_KEYS];       /* the next value of each property */
   unsigned char *acked[SUB_KEYS], *unknown[SUB_KEYS];
-  int writes, failures;
+  _Atomic int writes;
+  int failures;
 } writer_t;
 
 static void *writer_main(void *arg) {
@@ -217,7 +218,7 @@ static void test_subscriptions_through_kill(void) {
   pthread_t wt;
   CHECK(pthread_create(&wt, NULL, writer_main, &w) == 0);
   harness_sleep_ms(1500);
-  fprintf(stderr, "subscriptions: kill -9 node 2 after %d writes\n", w.writes);
+  fprintf(stderr, "subscriptions: kill -9 node 2 after %d writes\n", atomic_load(&w.writes));
   harness_kill9(&nodes[2]);
   harness_wait_settled(nodes[0].port, "things", 2);
   harness_sleep_ms(1500);
