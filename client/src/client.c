@@ -727,7 +727,12 @@ int grid_batch(grid_t *g, const char *cache, grid_batch_op_t *ops, size_t n, siz
   client_reply_t r;
   int rc = client_call(g, &rq, &r);
   if (rc == 0) {
-    for (size_t i = 0; i < n && i < r.rp->n_entries; i++) {
+    if (r.rp->n_entries != n) {
+      /* Written, but not what each op wrote: no version is made up. */
+      client_set_error("the node's reply to a batch does not carry every op's version");
+      rc = GRID_EUNKNOWN;
+    }
+    for (size_t i = 0; rc == 0 && i < n; i++) {
       ops[i].version_out = r.rp->entries[i]->version;
       ops[i].existed = r.rp->entries[i]->found;
     }

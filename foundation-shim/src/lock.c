@@ -30,7 +30,9 @@
 #define THING_LEASE_DEFAULT_MS 10000
 #define THING_LOCK_POLL_MS 20         /* a waiting thing_lock tries again */
 #define THING_LOCK_CLAIM_MS 100       /* a waiter's claim on the next grant
-                                         lasts (renewed at each try) */
+                                         lasts at least (renewed at each
+                                         try; four rounds of its own when
+                                         they are slower) */
 
 struct thing_lock {
   thing_store_t *ts;
@@ -88,13 +90,14 @@ static int thing_lock_try(thing_lock_t *l, uint64_t claim, int *claim_lost) {
 
 /* A waiter keeps a claim on the next grant while it waits, so that a
  * holder that lets go and locks again at once does not starve it: makes
- * or renews it (*claim: its version, 0 when another waiter has it). */
-static void thing_lock_claim(thing_lock_t *l, uint64_t *claim) {
+ * or renews it (*claim: its version, 0 when another waiter has it) for
+ * ttl_ms. */
+static void thing_lock_claim(thing_lock_t *l, uint64_t *claim, uint32_t ttl_ms) {
   thing_store_t *ts = l->ts;
   grid_batch_op_t op = {.kind = GRID_BATCH_PUT, .key = l->wait_key, .key_len = l->wait_len,
                         .value = ts->member, .value_len = strlen(ts->member),
-                        .ttl_ms = THING_LOCK_CLAIM_MS,
-                        .cond = *claim ? GRID_IF_VERSION : GRID_IF_ABSENT, .version = *claim};
+                        .ttl_ms = ttl_ms, .cond = *claim ? GRID_IF_VERSION : GRID_IF_ABSENT,
+                        .version = *claim};
   *claim = grid_batch(ts->g, ts->cache, &op, 1, NULL) == 0 ? op.version_out : 0;
 }
 
@@ -116,13 +119,23 @@ int thing_lock(thing_store_t *ts, const char *thing, uint32_t lease_ms, uint32_t
   int64_t deadline = thing_mono_ms() + wait_ms;
   uint64_t claim = 0;
   for (;;) {
+    int64_t round = thing_mono_ms();
     int lost = 0;
     rc = thing_lock_try(l, claim, &lost);
-    if (lost) claim = 0;
+    if (lost) {
+      /* The claim ran out (a slow round): the lock may be free all the
+       * same, so at once again as anyone would. */
+      claim = 0;
+      rc = thing_lock_try(l, 0, &lost);
+    }
     if (rc != THING_ELOCKED) break;
     int64_t left = deadline - thing_mono_ms();
     if (left <= 0) break;
-    thing_lock_claim(l, &claim);
+    /* The claim outlives a few rounds of this waiter's, however slow its
+     * round trips are. */
+    int64_t took = thing_mono_ms() - round + THING_LOCK_POLL_MS;
+    thing_lock_claim(l, &claim,
+                     (uint32_t)(took * 4 > THING_LOCK_CLAIM_MS ? took * 4 : THING_LOCK_CLAIM_MS));
     thing_sleep_ms(left < THING_LOCK_POLL_MS ? left : THING_LOCK_POLL_MS);
   }
   if (claim && rc != 0) {

@@ -20,7 +20,12 @@
 
 #define SUB_SYNC_WAIT_MS 60000  /* thing_subscribe waits this long for the
                                    first values at most */
-#define SUB_SCAN_COUNT 512      /* entries per grid_scan while healing */
+#define SUB_SCAN_COUNT 10000    /* entries per grid_scan while healing (a
+                                   partition in one page is read at one
+                                   moment) */
+#define SUB_HEAL_TRIES 100      /* a heal's read tried again at most, */
+#define SUB_HEAL_RETRY_MS 50    /* ... this far apart; then at the
+                                   partition's next event */
 
 typedef struct sub_known {
   struct sub_known *next;
@@ -37,6 +42,14 @@ struct thing_sub {
   thing_store_t *ts;
   thing_sub_options_t o;
   char *prop;                   /* the caller's, copied */
+  char **things;                /* the caller's, copied (n_things) */
+  size_t n_things;
+  /* Per partition (grown as partitions are seen): the newest version a
+   * heal read, and whether a heal is owed. An event of a key not known
+   * here at or below the floor is older than what the heal told. */
+  uint64_t *floor;
+  unsigned char *owed;
+  size_t nparts;
   grid_sub_t *gs;
   sub_known_t **table;
   size_t mask, count;
@@ -122,6 +135,26 @@ static int sub_parse(thing_sub_t *s, const void *key, size_t len, char *buf, siz
   *thing = buf + 1;
   *prop = buf + t + 2;
   if (s->prop && strcmp(*prop, s->prop) != 0) return 0;
+  if (!s->n_things) return 1;
+  for (size_t i = 0; i < s->n_things; i++)
+    if (!strcmp(s->things[i], *thing)) return 1;
+  return 0; /* another Thing of a followed partition (a heal reads them all) */
+}
+
+/* Room for partition p's floor; 0 when memory fails. */
+static int sub_part_room(thing_sub_t *s, uint32_t p) {
+  if (p < s->nparts) return 1;
+  size_t n = s->nparts ? s->nparts : 64;
+  while (n <= p) n *= 2;
+  uint64_t *f = realloc(s->floor, n * sizeof *f);
+  if (!f) return 0;
+  s->floor = f;
+  unsigned char *o = realloc(s->owed, n);
+  if (!o) return 0;
+  s->owed = o;
+  memset(s->floor + s->nparts, 0, (n - s->nparts) * sizeof *f);
+  memset(s->owed + s->nparts, 0, n - s->nparts);
+  s->nparts = n;
   return 1;
 }
 
@@ -144,7 +177,10 @@ static void sub_tell(thing_sub_t *s, const void *key, size_t key_len, uint32_t p
   }
   sub_known_t **l = sub_find(s, key, key_len, sub_hash(key, key_len));
   sub_known_t *known = *l;
-  if (known && new_bytes && known->version >= version) { /* told already */
+  /* Told already: a change at or before what is known of the key, or, for
+   * a key not known, at or before what a heal of its partition read. */
+  if ((known && known->version >= version) ||
+      (!known && part < s->nparts && version <= s->floor[part])) {
     free(heap);
     return;
   }
@@ -170,26 +206,67 @@ static void sub_tell(thing_sub_t *s, const void *key, size_t key_len, uint32_t p
   free(heap);
 }
 
-/* A GAP in partition p: read it again and tell what differs. */
+static int sub_followed(thing_sub_t *s, const void *key, size_t len);
+
+/* A GAP in partition p: read it again and tell what differs. The whole
+ * partition is read first (every page; again from the start when a page
+ * fails), and only then are changes told, deletions last. */
 static void sub_heal(thing_sub_t *s, uint32_t p) {
+  if (!sub_part_room(s, p)) return;
+  grid_entry_t *all = NULL;
+  size_t nall = 0;
+  int whole = 0;
+  for (int tries = 0; tries < SUB_HEAL_TRIES && !whole; tries++) {
+    if (tries) {
+      struct timespec t = {0, SUB_HEAL_RETRY_MS * 1000000L};
+      nanosleep(&t, NULL);
+    }
+    grid_entries_free(all, nall);
+    all = NULL;
+    nall = 0;
+    uint64_t cursor = 0;
+    whole = 1;
+    do {
+      grid_entry_t *ents = NULL;
+      size_t n = 0;
+      if (grid_scan(s->ts->g, s->ts->cache, p, &cursor, SUB_SCAN_COUNT, &ents, &n) != 0) {
+        whole = 0;
+        break;
+      }
+      grid_entry_t *grown = n ? realloc(all, (nall + n) * sizeof *all) : all;
+      if (n && !grown) {
+        grid_entries_free(ents, n);
+        whole = 0;
+        break;
+      }
+      all = grown;
+      memcpy(all + nall, ents, n * sizeof *ents);
+      nall += n;
+      free(ents); /* the entries' memory moved to all */
+    } while (cursor != 0);
+  }
+  if (!whole) {
+    grid_entries_free(all, nall);
+    s->owed[p] = 1; /* tried again at the partition's next event */
+    return;
+  }
+  s->owed[p] = 0;
   atomic_fetch_add(&s->gaps, 1);
   for (size_t i = 0; i <= s->mask; i++)
     for (sub_known_t *k = s->table[i]; k; k = k->next) k->mark = 0;
-  uint64_t cursor = 0;
-  do {
-    grid_entry_t *ents = NULL;
-    size_t n = 0;
-    if (grid_scan(s->ts->g, s->ts->cache, p, &cursor, SUB_SCAN_COUNT, &ents, &n) != 0) return;
-    for (size_t i = 0; i < n; i++) {
-      const grid_entry_t *e = &ents[i];
-      sub_known_t *k = *sub_find(s, e->key, e->key_len, sub_hash(e->key, e->key_len));
-      if (!k || k->version != e->version)
-        sub_tell(s, e->key, e->key_len, p, e->version, e->value, e->value_len);
-      k = *sub_find(s, e->key, e->key_len, sub_hash(e->key, e->key_len));
-      if (k) k->mark = 1;
+  uint64_t newest = s->floor[p];
+  for (size_t i = 0; i < nall; i++) {
+    const grid_entry_t *e = &all[i];
+    if (e->version > newest) newest = e->version;
+    if (!sub_followed(s, e->key, e->key_len)) continue;
+    sub_known_t *k = *sub_find(s, e->key, e->key_len, sub_hash(e->key, e->key_len));
+    if (!k || k->version != e->version) {
+      if (k) k->version = 0; /* what the heal read replaces it, older or not */
+      sub_tell(s, e->key, e->key_len, p, e->version, e->value, e->value_len);
     }
-    grid_entries_free(ents, n);
-  } while (cursor != 0);
+    k = *sub_find(s, e->key, e->key_len, sub_hash(e->key, e->key_len));
+    if (k) k->mark = 1;
+  }
   /* Known here, gone there: deleted during the gap. */
   for (size_t i = 0; i <= s->mask; i++) {
     for (sub_known_t *k = s->table[i], *next; k; k = next) {
@@ -197,6 +274,8 @@ static void sub_heal(thing_sub_t *s, uint32_t p) {
       if (k->partition == p && !k->mark) sub_tell(s, k->key, k->key_len, p, k->version + 1, NULL, 0);
     }
   }
+  s->floor[p] = newest;
+  grid_entries_free(all, nall);
 }
 
 static int sub_followed(thing_sub_t *s, const void *key, size_t len) {
@@ -208,6 +287,8 @@ static int sub_followed(thing_sub_t *s, const void *key, size_t len) {
 
 static void sub_on_event(const grid_event_t *ev, void *arg) {
   thing_sub_t *s = arg;
+  if (ev->kind != GRID_EVENT_GAP && ev->partition < s->nparts && s->owed[ev->partition])
+    sub_heal(s, ev->partition);
   switch (ev->kind) {
     case GRID_EVENT_PUT:
       if (ev->snapshot) {
@@ -244,6 +325,10 @@ static void sub_free(thing_sub_t *s) {
     }
   free(s->table);
   free(s->prop);
+  for (size_t i = 0; i < s->n_things; i++) free(s->things[i]);
+  free(s->things);
+  free(s->floor);
+  free(s->owed);
   pthread_cond_destroy(&s->cv);
   pthread_mutex_destroy(&s->mu);
   free(s);
@@ -262,9 +347,16 @@ int thing_subscribe(thing_store_t *ts, const thing_sub_options_t *opts, thing_su
   s->mask = 255;
   s->table = calloc(s->mask + 1, sizeof *s->table);
   s->prop = opts->prop ? strdup(opts->prop) : NULL;
+  s->things = opts->n_things ? calloc(opts->n_things, sizeof *s->things) : NULL;
+  int copied = !opts->n_things || s->things;
+  for (size_t i = 0; copied && i < opts->n_things; i++) {
+    s->things[i] = strdup(opts->things[i]);
+    copied = s->things[i] != NULL;
+    s->n_things = i + 1;
+  }
   pthread_mutex_init(&s->mu, NULL);
   thing_cond_init(&s->cv);
-  if (!s->table || (opts->prop && !s->prop)) {
+  if (!s->table || (opts->prop && !s->prop) || !copied) {
     sub_free(s);
     return GRID_ENOMEM;
   }

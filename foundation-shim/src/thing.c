@@ -95,6 +95,7 @@ static int thing_prop_from(const char *name, size_t name_len, const void *value,
 
 int thing_read(thing_store_t *ts, const char *thing, const char *prop, thing_prop_t *out) {
   memset(out, 0, sizeof *out);
+  if (!prop || !prop[0]) return GRID_EINVAL;
   size_t klen;
   int rc;
   char *key = thing_key(thing, ".", prop, &klen, &rc);
@@ -311,7 +312,7 @@ int thing_write_one(thing_store_t *ts, const char *thing, const char *prop,
 
 int thing_cas(thing_store_t *ts, const char *thing, const char *prop, uint64_t expected_version,
               const thing_vtq_t *vtq, uint64_t *version) {
-  if (expected_version == 0) return GRID_EINVAL;
+  if (expected_version == 0 || !prop || !prop[0]) return GRID_EINVAL;
   thing_update_t u = {.prop = prop, .vtq = *vtq};
   int rc = thing_write_core(ts, thing, &u, 1, 0, NULL, expected_version);
   if (rc == 0 && version) *version = u.version;
@@ -319,6 +320,7 @@ int thing_cas(thing_store_t *ts, const char *thing, const char *prop, uint64_t e
 }
 
 int thing_delete(thing_store_t *ts, const char *thing, const char *prop) {
+  if (!prop || !prop[0]) return GRID_EINVAL;
   size_t klen;
   int rc;
   char *key = thing_key(thing, ".", prop, &klen, &rc);

@@ -312,6 +312,13 @@ static void ops_batch(node_t *n, store_cache_t *c, const Grid__Request *rq,
     ops_reply_error(rp, GRID_ELIMIT, detail, a);
     return;
   }
+  /* The reply's room first: once written, every op's version is told. */
+  Grid__Entry **list = arena_alloc(a, cnt * sizeof *list);
+  Grid__Entry *ents = arena_alloc(a, cnt * sizeof *ents);
+  if (!list || !ents) {
+    ops_reply_error(rp, GRID_ENOMEM, "nothing was written", a);
+    return;
+  }
   size_t failed = 0;
   int rc = store_write_batch(c, ops, cnt, clock_wall_ms(), (uint8_t)GRID__OP__BATCH, &failed,
                              applied, ctx);
@@ -331,13 +338,6 @@ static void ops_batch(node_t *n, store_cache_t *c, const Grid__Request *rq,
   }
   if (rc != 0) {
     ops_reply_error(rp, rc, "nothing was written", a);
-    return;
-  }
-  Grid__Entry **list = arena_alloc(a, cnt * sizeof *list);
-  Grid__Entry *ents = arena_alloc(a, cnt * sizeof *ents);
-  if (!list || !ents) {
-    /* Written: only the versions are not told. */
-    rp->number = -1;
     return;
   }
   for (size_t i = 0; i < cnt; i++) {
