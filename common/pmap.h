@@ -181,6 +181,14 @@ size_t pmap_live_nodes(const pmap_t *m);
 /* Node index of the primary of p, or -1 (no map, no cache, lost, or
  * handing over). */
 int pmap_primary(const pmap_group_t *c, uint32_t p);
+/* Whether node self (its index in the map; -1: the map does not name it)
+ * leads p. A node the map does not name never does: pmap_primary's -1
+ * means "no one" (a partition handing over, lost), not "any node outside
+ * the map" (found in test_lease: a node that had just joined, not yet in
+ * its first map, served a partition handing over from its empty store). */
+static inline int pmap_leads(const pmap_group_t *c, uint32_t p, int self) {
+  return self >= 0 && pmap_primary(c, p) == self;
+}
 /* Node index of the primary of p including one handing over, or -1. */
 int pmap_leader(const pmap_group_t *c, uint32_t p);
 /* Node index and state of copy i of p (state PMAP_NONE: no such copy). */

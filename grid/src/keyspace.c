@@ -159,7 +159,7 @@ static int keyspace_leads(const keyspace_db_t *d, uint32_t p) {
   if (!lp->node->cluster) return 1;
   const pmap_group_t *g = lp->pmap ? pmap_find_cache(lp->pmap, store_cache_cfg(d->cache)->name)
                                    : NULL;
-  return g && p < g->partitions && pmap_primary(g, p) == lp->self;
+  return g && p < g->partitions && pmap_leads(g, p, lp->self);
 }
 
 /* Takes the partitions of d this node leads and does not hold yet; 1 when

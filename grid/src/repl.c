@@ -188,7 +188,7 @@ static void repl_told(void *arg, int status, const Grid__Reply *rp) {
 static void repl_tell_committed(loop_t *lp, repl_part_t *part, uint64_t committed) {
   const char *name = store_cache_cfg(part->cache)->name;
   const pmap_group_t *pc = lp->pmap ? pmap_find_cache(lp->pmap, name) : NULL;
-  if (!pc || pmap_primary(pc, part->p) != lp->self) return;
+  if (!pc || !pmap_leads(pc, part->p, lp->self)) return;
   uint32_t idx[PMAP_NODES_MAX];
   int owning[PMAP_NODES_MAX], moving[PMAP_NODES_MAX];
   size_t nb = repl_backups_of(lp, pc, part->p, 0, idx, owning, moving);
@@ -544,7 +544,7 @@ static int repl_run(loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *sin
   }
   const pmap_group_t *pc = lp->pmap ? pmap_find_cache(lp->pmap, rq->cache) : NULL;
   store_cache_t *sc = store_view_find(&lp->view, rq->cache, strlen(rq->cache));
-  if (!pc || !sc || pmap_primary(pc, p) != lp->self) {
+  if (!pc || !sc || !pmap_leads(pc, p, lp->self)) {
     sink_error(lp, sink, rq->id, GRID_ENOTREADY, "the partition changed owner: retry");
     return 0;
   }
@@ -782,7 +782,7 @@ static void repl_commit_idle(loop_t *lp, const pmap_t *m) {
     if (!g) continue;
     for (uint32_t p = (uint32_t)lp->index; p < g->partitions; p += (uint32_t)loops) {
       store_part_sync_t *sy = store_part_sync(sc, p);
-      int led = lp->self >= 0 && pmap_primary(g, p) == lp->self;
+      int led = pmap_leads(g, p, lp->self);
       atomic_store_explicit(&sy->led, led, memory_order_relaxed);
       int in_sync = 0;
       for (uint32_t k = 1; !led && lp->self >= 0 && k < g->slots && !in_sync; k++) {
@@ -811,7 +811,7 @@ void repl_on_map(loop_t *lp) {
   for (repl_write_t *w = rl->writes; w; w = next) {
     next = w->lnext;
     const pmap_group_t *pc = pmap_find_cache(m, store_cache_cfg(w->cache)->name);
-    if (!pc || pmap_leader(pc, w->p) != lp->self) repl_write_abandon(lp, w);
+    if (!pc || lp->self < 0 || pmap_leader(pc, w->p) != lp->self) repl_write_abandon(lp, w);
     else repl_write_on_map(lp, m, pc, w);
   }
   /* Advancing frees writes, possibly several of the list: start over after

@@ -102,7 +102,7 @@ void repl_expire_cron(loop_t *lp, int64_t now_ms) {
     int kept = store_history_kept(sc);
     while (budget && g && kept && rl->expire_part < g->partitions) {
       uint32_t p = rl->expire_part;
-      if (pmap_primary(g, p) == lp->self) budget = repl_expire_part(lp, sc, p, budget);
+      if (pmap_leads(g, p, lp->self)) budget = repl_expire_part(lp, sc, p, budget);
       else rl->expire_cursor = 0;
       if (rl->expire_cursor == 0) rl->expire_part += (uint32_t)loops;
     }

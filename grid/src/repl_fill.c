@@ -273,7 +273,7 @@ void repl_fills_on_map(loop_t *lp, const pmap_t *m) {
   for (size_t c = 0; c < m->ngroups; c++) {
     const pmap_group_t *pc = &m->groups[c];
     for (uint32_t p = 0; p < pc->partitions; p++) {
-      if (repl_owner_loop(lp, p) != lp->index || pmap_primary(pc, p) != lp->self) continue;
+      if (repl_owner_loop(lp, p) != lp->index || !pmap_leads(pc, p, lp->self)) continue;
       for (uint32_t k = 1; k < pc->slots; k++) {
         int st;
         int idx = pmap_copy_at(pc, p, k, &st);

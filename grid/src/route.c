@@ -66,7 +66,7 @@ static void route_key(loop_t *lp, Grid__Request *rq, const pmap_group_t *pc,
     return;
   }
   int prim = pmap_primary(pc, p);
-  if (prim == lp->self) {
+  if (pmap_leads(pc, p, lp->self)) {
     repl_execute(lp, rq, p, sink);
     return;
   }
@@ -295,7 +295,7 @@ static int64_t route_local_size(loop_t *lp, const char *cache, const pmap_group_
   store_cache_t *sc = lp->self >= 0 ? store_view_find(&lp->view, cache, strlen(cache)) : NULL;
   int64_t total = 0;
   for (uint32_t p = 0; sc && p < pc->partitions; p++)
-    if (pmap_primary(pc, p) == lp->self) total += (int64_t)store_part_size(sc, p);
+    if (pmap_leads(pc, p, lp->self)) total += (int64_t)store_part_size(sc, p);
   *found = sc != NULL;
   return total;
 }

@@ -214,7 +214,7 @@ static int stream_leads(const stream_sub_t *s, uint32_t p) {
   if (!lp->node->cluster) return 1;
   if (!lp->pmap) return 0;
   const pmap_group_t *g = pmap_find_cache(lp->pmap, store_cache_cfg(s->watch->cache)->name);
-  return g && p < g->partitions && pmap_primary(g, p) == lp->self;
+  return g && p < g->partitions && pmap_leads(g, p, lp->self);
 }
 
 int stream_take(stream_sub_t *s, uint32_t p, uint64_t after, int now, int snapshot,

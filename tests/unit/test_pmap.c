@@ -237,6 +237,26 @@ static void rank_nodes(const pmap_node_t *nodes, size_t n, uint32_t p,
 
 /* ---- pmap_ideal ---------------------------------------------------------- */
 
+/* A node the map does not name (self -1) never leads a partition, not even
+ * one whose primary is "no one" (handing over, lost, no copy): found in
+ * test_lease, where a node not yet in its first map served a partition
+ * handing over from its empty store. */
+static void test_leads_needs_a_place(void) {
+  uint8_t owners[6] = {1, 2, 2, 1, 0, 0};
+  uint8_t states[6] = {PMAP_HANDOFF, PMAP_OWNING, PMAP_OWNING, PMAP_OWNING, PMAP_NONE,
+                       PMAP_NONE};
+  pmap_group_t g = {.name = "g", .partitions = 3, .backups = 1, .slots = 2, .owners = owners,
+                    .states = states};
+  CHECK_EQ(pmap_primary(&g, 0), -1); /* handing over */
+  CHECK(!pmap_leads(&g, 0, -1));
+  CHECK(!pmap_leads(&g, 0, 0));
+  CHECK(pmap_leads(&g, 1, 1));
+  CHECK(!pmap_leads(&g, 1, 0));
+  CHECK(!pmap_leads(&g, 1, -1));
+  CHECK_EQ(pmap_primary(&g, 2), -1); /* no copy */
+  CHECK(!pmap_leads(&g, 2, -1));
+}
+
 static void test_ideal_order(void) {
   pmap_node_t nodes[8];
   mknodes(nodes, 8, 1);
@@ -3821,6 +3841,7 @@ static void test_absent_node_waited_for(void) {
 
 int main(int argc, char **argv) {
   const char *only = argc > 1 ? argv[1] : NULL;
+  RUN_ONE(test_leads_needs_a_place);
   RUN_ONE(test_ideal_order);
   RUN_ONE(test_ideal_order_independent);
   RUN_ONE(test_ideal_zones);
