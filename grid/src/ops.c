@@ -123,7 +123,8 @@ static void ops_ttl(node_t *n, store_cache_t *c, const Grid__Request *rq,
     ops_reply_error(rp, rc, NULL, a);
     return;
   }
-  rp->number = expire_at == 0 ? -1 : (expire_at > now ? expire_at - now : 0);
+  if (rq->expire_absolute) rp->number = expire_at == 0 ? -1 : expire_at;
+  else rp->number = expire_at == 0 ? -1 : (expire_at > now ? expire_at - now : 0);
 }
 
 static void ops_write(node_t *n, store_cache_t *c, const Grid__Request *rq,
@@ -143,6 +144,8 @@ static void ops_write(node_t *n, store_cache_t *c, const Grid__Request *rq,
       .keep_ttl = rq->keep_ttl,
       .expire_ms = rq->expire_ms,
       .persist = rq->persist,
+      .expire_absolute = rq->expire_absolute,
+      .expire_cond = rq->op == GRID__OP__EXPIRE ? rq->cond : 0,
       .how = (uint8_t)rq->op,
   };
   if (rq->op == GRID__OP__GET_AND_PUT || rq->op == GRID__OP__GET_AND_DELETE) {

@@ -325,6 +325,7 @@ struct resp_job {
   resp_slot_t *slot;
   const resp_cmd_t *cmd;
   int flag;                 /* SET: the GET option */
+  int64_t range[2];         /* GETRANGE: start and end */
   int pending;              /* requests not answered, plus one while sending */
   size_t n;                 /* requests */
   int64_t count;            /* DEL / EXISTS / DBSIZE */
@@ -557,6 +558,40 @@ static void reply_strlen(resp_job_t *job, size_t i, const Grid__Reply *rp) {
   else resp_reply_error(job, rp);
 }
 
+/* GETRANGE / SUBSTR: the bytes from start to end of the value, both
+ * counted from the end when negative, as Redis 7's getrangeCommand. */
+static void reply_getrange(resp_job_t *job, size_t i, const Grid__Reply *rp) {
+  (void)i;
+  if (rp->status == GRID_ENOTFOUND) {
+    slot_bulk(job->slot, "", 0);
+    return;
+  }
+  if (rp->status != 0) {
+    resp_reply_error(job, rp);
+    return;
+  }
+  int64_t len = (int64_t)rp->value.len, start = job->range[0], end = job->range[1];
+  if (start < 0 && end < 0 && start > end) {
+    slot_bulk(job->slot, "", 0);
+    return;
+  }
+  if (start < 0) start = len + start;
+  if (end < 0) end = len + end;
+  if (start < 0) start = 0;
+  if (end < 0) end = 0;
+  if (end >= len) end = len - 1;
+  if (start > end || len == 0) slot_bulk(job->slot, "", 0);
+  else slot_bulk(job->slot, rp->value.data + start, (size_t)(end - start + 1));
+}
+
+/* TYPE: every value grid keeps over RESP is a string. */
+static void reply_type(resp_job_t *job, size_t i, const Grid__Reply *rp) {
+  (void)i;
+  if (rp->status == 0) slot_put(job->slot, "+string\r\n", 9);
+  else if (rp->status == GRID_ENOTFOUND) slot_put(job->slot, "+none\r\n", 7);
+  else resp_reply_error(job, rp);
+}
+
 /* TTL and PTTL: -2 no key, -1 no expiry, else the time left. */
 static void reply_ttl_in(resp_job_t *job, const Grid__Reply *rp, int64_t unit_ms) {
   if (rp->status == GRID_ENOTFOUND) slot_int(job->slot, -2);
@@ -608,6 +643,21 @@ static void cmd_keys(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int arg
                      resp_slot_t *s) {
   resp_job_t *job = resp_job_start(c, cmd, s, resp_requests_of(cmd, argc));
   if (job) resp_send_keys(job, argv);
+}
+
+static void cmd_getrange(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                         resp_slot_t *s) {
+  (void)argc;
+  int64_t start, end;
+  if (arg_i64(&argv[2], &start) != 0 || arg_i64(&argv[3], &end) != 0) {
+    slot_error(s, "ERR value is not an integer or out of range");
+    return;
+  }
+  resp_job_t *job = resp_job_start(c, cmd, s, 1);
+  if (!job) return;
+  job->range[0] = start;
+  job->range[1] = end;
+  resp_send_keys(job, argv);
 }
 
 static void cmd_mget(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
@@ -783,24 +833,40 @@ static void cmd_decrby(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int a
   send_add(c, cmd, argv, s, -delta);
 }
 
-/* EXPIRE and PEXPIRE: key, a time in unit_ms from now (none of Redis 7's
- * NX/XX/GT/LT options). */
+/* EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT: key, a time in unit_ms (from now,
+ * or since 1970 with absolute), then Redis 7's NX | XX | GT | LT, checked
+ * as Redis checks them: the options first, then the time. */
 static void run_expire(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
-                       resp_slot_t *s, int64_t unit_ms) {
+                       resp_slot_t *s, int64_t unit_ms, int absolute) {
+  char line[RESP_ERROR_LINE_BYTES_MAX];
+  int cond = 0;
+  for (int i = 3; i < argc; i++) {
+    if (arg_is(&argv[i], "nx")) cond |= STORE_EXPIRE_NX;
+    else if (arg_is(&argv[i], "xx")) cond |= STORE_EXPIRE_XX;
+    else if (arg_is(&argv[i], "gt")) cond |= STORE_EXPIRE_GT;
+    else if (arg_is(&argv[i], "lt")) cond |= STORE_EXPIRE_LT;
+    else {
+      snprintf(line, sizeof line, "ERR Unsupported option %.*s", arg_quoted_len(&argv[i]),
+               argv[i].p);
+      slot_error(s, line);
+      return;
+    }
+  }
+  if ((cond & STORE_EXPIRE_NX) && (cond & (STORE_EXPIRE_XX | STORE_EXPIRE_GT | STORE_EXPIRE_LT))) {
+    slot_error(s, "ERR NX and XX, GT or LT options at the same time are not compatible");
+    return;
+  }
+  if ((cond & STORE_EXPIRE_GT) && (cond & STORE_EXPIRE_LT)) {
+    slot_error(s, "ERR GT and LT options at the same time are not compatible");
+    return;
+  }
   int64_t t;
   if (arg_i64(&argv[2], &t) != 0) {
     slot_error(s, "ERR value is not an integer or out of range");
     return;
   }
-  char line[RESP_ERROR_LINE_BYTES_MAX];
-  if (argc > 3) {
-    snprintf(line, sizeof line, "ERR Unsupported option %.*s", arg_quoted_len(&argv[3]),
-             argv[3].p);
-    slot_error(s, line);
-    return;
-  }
-  if (t > INT64_MAX / unit_ms || t < INT64_MIN / unit_ms ||
-      t * unit_ms > INT64_MAX - clock_wall_ms()) {
+  int64_t base = absolute ? 0 : clock_wall_ms();
+  if (t > INT64_MAX / unit_ms || t < INT64_MIN / unit_ms || t * unit_ms > INT64_MAX - base) {
     snprintf(line, sizeof line, "ERR invalid expire time in '%s' command", cmd->name);
     slot_error(s, line);
     return;
@@ -808,17 +874,39 @@ static void run_expire(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int a
   Grid__Request rq;
   key_request(&rq, cmd->op, &argv[1]);
   rq.expire_ms = t * unit_ms;
+  rq.expire_absolute = absolute;
+  rq.cond = cond;
   resp_send_one(c, cmd, s, &rq, 0);
 }
 
 static void cmd_expire(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
                        resp_slot_t *s) {
-  run_expire(c, cmd, argv, argc, s, 1000);
+  run_expire(c, cmd, argv, argc, s, 1000, 0);
 }
 
 static void cmd_pexpire(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
                         resp_slot_t *s) {
-  run_expire(c, cmd, argv, argc, s, 1);
+  run_expire(c, cmd, argv, argc, s, 1, 0);
+}
+
+static void cmd_expireat(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                         resp_slot_t *s) {
+  run_expire(c, cmd, argv, argc, s, 1000, 1);
+}
+
+static void cmd_pexpireat(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                          resp_slot_t *s) {
+  run_expire(c, cmd, argv, argc, s, 1, 1);
+}
+
+/* EXPIRETIME, PEXPIRETIME: the expiry's wall-clock time (TTL, absolute). */
+static void cmd_expiretime(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                           resp_slot_t *s) {
+  (void)argc;
+  Grid__Request rq;
+  key_request(&rq, cmd->op, &argv[1]);
+  rq.expire_absolute = 1;
+  resp_send_one(c, cmd, s, &rq, 0);
 }
 
 static void cmd_persist(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
@@ -1417,7 +1505,9 @@ static const resp_cmd_t resp_cmds[] = {
     {"getset", 3, 0, RESP_OP(GET_AND_PUT), RESP_KEYS_ONE, cmd_key_value, reply_getset, NULL},
     {"getdel", 2, 0, RESP_OP(GET_AND_DELETE), RESP_KEYS_ONE, cmd_keys, reply_getset, NULL},
     {"del", -2, 0, RESP_OP(DELETE), RESP_KEYS_ALL, cmd_keys, reply_count_found, done_count},
+    {"unlink", -2, 0, RESP_OP(DELETE), RESP_KEYS_ALL, cmd_keys, reply_count_found, done_count},
     {"exists", -2, 0, RESP_OP(TTL), RESP_KEYS_ALL, cmd_keys, reply_count_found, done_count},
+    {"touch", -2, 0, RESP_OP(TTL), RESP_KEYS_ALL, cmd_keys, reply_count_found, done_count},
     {"mget", -2, 0, RESP_OP(GET), RESP_KEYS_ALL, cmd_mget, reply_value, done_mget},
     {"mset", -3, 0, RESP_OP(PUT), RESP_KEYS_PAIRS, cmd_mset, reply_errors_only, done_ok},
     {"incr", 2, 0, RESP_OP(ADD), RESP_KEYS_ONE, cmd_incr, reply_number, NULL},
@@ -1426,8 +1516,15 @@ static const resp_cmd_t resp_cmds[] = {
     {"decrby", 3, 0, RESP_OP(ADD), RESP_KEYS_ONE, cmd_decrby, reply_number, NULL},
     {"append", 3, 0, RESP_OP(APPEND), RESP_KEYS_ONE, cmd_key_value, reply_number, NULL},
     {"strlen", 2, 0, RESP_OP(GET), RESP_KEYS_ONE, cmd_keys, reply_strlen, NULL},
+    {"getrange", 4, 0, RESP_OP(GET), RESP_KEYS_ONE, cmd_getrange, reply_getrange, NULL},
+    {"substr", 4, 0, RESP_OP(GET), RESP_KEYS_ONE, cmd_getrange, reply_getrange, NULL},
+    {"type", 2, 0, RESP_OP(TTL), RESP_KEYS_ONE, cmd_keys, reply_type, NULL},
     {"expire", -3, 0, RESP_OP(EXPIRE), RESP_KEYS_ONE, cmd_expire, reply_number, NULL},
     {"pexpire", -3, 0, RESP_OP(EXPIRE), RESP_KEYS_ONE, cmd_pexpire, reply_number, NULL},
+    {"expireat", -3, 0, RESP_OP(EXPIRE), RESP_KEYS_ONE, cmd_expireat, reply_number, NULL},
+    {"pexpireat", -3, 0, RESP_OP(EXPIRE), RESP_KEYS_ONE, cmd_pexpireat, reply_number, NULL},
+    {"expiretime", 2, 0, RESP_OP(TTL), RESP_KEYS_ONE, cmd_expiretime, reply_ttl, NULL},
+    {"pexpiretime", 2, 0, RESP_OP(TTL), RESP_KEYS_ONE, cmd_expiretime, reply_pttl, NULL},
     {"persist", 2, 0, RESP_OP(EXPIRE), RESP_KEYS_ONE, cmd_persist, reply_number, NULL},
     {"ttl", 2, 0, RESP_OP(TTL), RESP_KEYS_ONE, cmd_keys, reply_ttl, NULL},
     {"pttl", 2, 0, RESP_OP(TTL), RESP_KEYS_ONE, cmd_keys, reply_pttl, NULL},

@@ -663,16 +663,29 @@ static int store_add_value(const store_write_t *w, const store_entry_t *old,
   return 0;
 }
 
+/* STORE_EXPIRE: the wall-clock time w asks for (saturating). */
+static int64_t store_expire_when(const store_write_t *w, int64_t now_ms) {
+  if (w->expire_absolute) return w->expire_ms;
+  return w->expire_ms >= INT64_MAX - now_ms ? INT64_MAX : now_ms + w->expire_ms;
+}
+
 /* STORE_EXPIRE: keeps old's value under a new expiry, or removes the key. */
 static store_action_t store_expire_action(const store_write_t *w, const store_entry_t *old,
-                                          store_new_value_t *nv, store_result_t *res) {
-  if (!old || (w->persist && old->expire_at_ms == 0)) {
-    res->number = 0; /* nothing to change: not an error for Redis */
-    return STORE_DO_NOTHING;
+                                          int64_t now_ms, store_new_value_t *nv,
+                                          store_result_t *res) {
+  res->number = 0; /* nothing to change: not an error for Redis */
+  if (!old || (w->persist && old->expire_at_ms == 0)) return STORE_DO_NOTHING;
+  int64_t when = w->persist ? 0 : store_expire_when(w, now_ms), cur = old->expire_at_ms;
+  if (!w->persist && w->expire_cond) {
+    int c = w->expire_cond;
+    if ((c & STORE_EXPIRE_NX) && cur) return STORE_DO_NOTHING;
+    if ((c & STORE_EXPIRE_XX) && !cur) return STORE_DO_NOTHING;
+    if ((c & STORE_EXPIRE_GT) && (!cur || when <= cur)) return STORE_DO_NOTHING;
+    if ((c & STORE_EXPIRE_LT) && cur && when >= cur) return STORE_DO_NOTHING;
   }
   res->number = 1;
   /* An expiry in the past deletes the key (Redis 7). */
-  if (!w->persist && w->expire_ms <= 0) return STORE_DO_DELETE;
+  if (!w->persist && when <= now_ms) return STORE_DO_DELETE;
   nv->data = old->data + old->key_len;
   nv->len = old->value_len;
   return STORE_DO_INSTALL;
@@ -682,7 +695,7 @@ static store_action_t store_expire_action(const store_write_t *w, const store_en
  * the value to install. 0 with *action, or the error the write fails with
  * (nothing has changed then). */
 static int store_write_decide(const store_t *s, const store_write_t *w,
-                              const store_entry_t *old, store_new_value_t *nv,
+                              const store_entry_t *old, int64_t now_ms, store_new_value_t *nv,
                               store_result_t *res, store_action_t *action) {
   *action = STORE_DO_INSTALL;
   switch (w->op) {
@@ -701,7 +714,7 @@ static int store_write_decide(const store_t *s, const store_write_t *w,
     case STORE_APPEND: return store_append_value(s, w, old, nv, res);
     case STORE_ADD: return store_add_value(w, old, nv, res);
     case STORE_EXPIRE:
-      *action = store_expire_action(w, old, nv, res);
+      *action = store_expire_action(w, old, now_ms, nv, res);
       return 0;
     case STORE_REMOVE_EXPIRED:
       return GRID_ENOTFOUND; /* a live entry, or none: store_write_rec
@@ -713,8 +726,7 @@ static int store_write_decide(const store_t *s, const store_write_t *w,
 /* When the entry a write installs expires (0: never). */
 static int64_t store_write_expire_at(const store_cache_t *c, const store_write_t *w,
                                      const store_entry_t *old, int64_t now_ms) {
-  if (w->op == STORE_EXPIRE)
-    return w->persist ? 0 : w->expire_ms >= INT64_MAX - now_ms ? INT64_MAX : now_ms + w->expire_ms;
+  if (w->op == STORE_EXPIRE) return w->persist ? 0 : store_expire_when(w, now_ms);
   /* Counters and appends keep their expiry, as does a put asked to. */
   if (old && (w->op == STORE_ADD || w->keep_ttl || (w->op == STORE_APPEND && !w->ttl_ms)))
     return old->expire_at_ms;
@@ -882,7 +894,7 @@ int store_write_rec(store_cache_t *c, const store_key_t *k, const store_write_t 
     }
   }
   if (old && w->old_alloc) rc = store_copy_old_value(w, old, res);
-  if (rc == 0) rc = store_write_decide(s, w, old, &nv, res, &action);
+  if (rc == 0) rc = store_write_decide(s, w, old, now_ms, &nv, res, &action);
   if (rc == 0 && action == STORE_DO_DELETE)
     store_delete_rec(s, p, k, link, old, res, CHANGE_DELETE, w->how, keep, applied, ctx);
   if (rc == 0 && action == STORE_DO_INSTALL)

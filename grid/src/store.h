@@ -75,6 +75,10 @@ typedef enum {
                            CHANGE_EXPIRE in the history */
 } store_op_t;
 
+/* STORE_EXPIRE's conditions (EXPIRE ... NX|XX|GT|LT; no expiry counts as
+ * never expiring: GT never holds for it, LT always does). */
+enum { STORE_EXPIRE_NX = 1, STORE_EXPIRE_XX = 2, STORE_EXPIRE_GT = 4, STORE_EXPIRE_LT = 8 };
+
 /* STORE_PUT's condition on the key (Redis SET NX / XX). */
 enum { STORE_ANY = 0, STORE_IF_ABSENT = 1, STORE_IF_PRESENT = 2 };
 
@@ -93,6 +97,11 @@ typedef struct store_write {
   int keep_ttl;              /* STORE_PUT, STORE_APPEND: keep the expiry */
   int64_t expire_ms;         /* STORE_EXPIRE: from now; <= 0 deletes */
   int persist;               /* STORE_EXPIRE: remove the expiry instead */
+  int expire_absolute;       /* STORE_EXPIRE: expire_ms is a wall-clock
+                                time, not a time from now */
+  int expire_cond;           /* STORE_EXPIRE: STORE_EXPIRE_NX | _XX | _GT |
+                                _LT (Redis 7's options); one that does not
+                                hold changes nothing (number 0) */
   store_alloc_fn old_alloc;  /* if set, the previous value is copied out */
   void *old_ctx;
   uint8_t how;               /* kept with the change for whoever names it
