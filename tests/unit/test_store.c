@@ -1513,6 +1513,63 @@ static void test_get_committed_backup(void) {
   store_free(s);
 }
 
+/* ---- EXPIRE's options and absolute times ------------------------------- */
+
+/* EXPIRE with cond bits (and an absolute time): 1 changed, 0 not. */
+static int64_t expire_op(store_cache_t *c, const char *key, int64_t ms, int absolute, int cond,
+                         int64_t now_ms) {
+  store_key_t k;
+  store_key_init(c, key, strlen(key), &k);
+  store_write_t w = {.op = STORE_EXPIRE, .expire_ms = ms, .expire_absolute = absolute,
+                     .expire_cond = cond};
+  store_result_t res = {0};
+  CHECK_RC(store_write(c, &k, &w, now_ms, &res), 0);
+  return res.number;
+}
+
+static int64_t expiry_of(store_cache_t *c, const char *key, int64_t now_ms) {
+  store_key_t k;
+  store_key_init(c, key, strlen(key), &k);
+  int64_t at = -2;
+  if (store_expiry(c, &k, now_ms, &at) != 0) return -2;
+  return at;
+}
+
+/* Redis 7's NX / XX / GT / LT: no expiry counts as never expiring (GT
+ * never holds for it, LT always does); a time in the past deletes the key
+ * once the options hold. */
+static void test_expire_options(void) {
+  store_t *s = store_new(&(store_limits_t){.memory_bytes_max = 1 << 20, .key_bytes_max = 64,
+                                           .value_bytes_max = 1024, .caches_max = 4,
+                                           .partitions_default = 4, .partitions_max = 64});
+  store_cache_t *c = acquire(s, "default");
+  CHECK_RC(put(c, "k", "v", 0, T0), 0);
+  CHECK_EQ(expire_op(c, "k", 1000, 0, STORE_EXPIRE_XX, T0), 0);
+  CHECK_EQ(expire_op(c, "k", 1000, 0, STORE_EXPIRE_GT, T0), 0);
+  CHECK_EQ(expiry_of(c, "k", T0), 0);
+  CHECK_EQ(expire_op(c, "k", 5000, 0, STORE_EXPIRE_LT, T0), 1);
+  CHECK_EQ(expiry_of(c, "k", T0), T0 + 5000);
+  CHECK_EQ(expire_op(c, "k", 1000, 0, STORE_EXPIRE_NX, T0), 0);
+  CHECK_EQ(expire_op(c, "k", 4000, 0, STORE_EXPIRE_GT, T0), 0);
+  CHECK_EQ(expire_op(c, "k", 6000, 0, STORE_EXPIRE_GT | STORE_EXPIRE_XX, T0), 1);
+  CHECK_EQ(expiry_of(c, "k", T0), T0 + 6000);
+  CHECK_EQ(expire_op(c, "k", 6000, 0, STORE_EXPIRE_LT, T0), 0); /* not earlier */
+  /* Absolute: a wall-clock time. */
+  CHECK_EQ(expire_op(c, "k", T0 + 9000, 1, 0, T0), 1);
+  CHECK_EQ(expiry_of(c, "k", T0), T0 + 9000);
+  /* The options refuse: nothing is deleted even by a time in the past. */
+  CHECK_EQ(expire_op(c, "k", T0 - 1, 1, STORE_EXPIRE_GT, T0), 0);
+  CHECK_EQ(expiry_of(c, "k", T0), T0 + 9000);
+  /* They hold: the key goes. */
+  CHECK_EQ(expire_op(c, "k", T0 - 1, 1, STORE_EXPIRE_LT, T0), 1);
+  CHECK_EQ(expiry_of(c, "k", T0), -2);
+  /* A missing key: 0 whatever the options. */
+  CHECK_EQ(expire_op(c, "none", 1000, 0, STORE_EXPIRE_NX, T0), 0);
+  CHECK_EQ(expire_op(c, "none", 1000, 0, 0, T0), 0);
+  store_cache_release(s, c);
+  store_free(s);
+}
+
 /* ---- atomic batches ------------------------------------------------------ */
 
 static store_batch_op_t bop(store_cache_t *c, int kind, const char *key, const char *value,
@@ -1754,6 +1811,7 @@ static void test_apply_batch(void) {
 int main(void) {
   RUN(test_new_has_default_cache);
   RUN(test_get_committed);
+  RUN(test_expire_options);
   RUN(test_batch_all_or_none);
   RUN(test_batch_refusals);
   RUN(test_batch_readers_see_all_or_none);
