@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "clock.h"
@@ -1108,31 +1110,117 @@ static void cmd_hello(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int ar
   s->done = 1;
 }
 
+/* INFO's sections, in Redis's order; "default", "all" and "everything"
+ * name every one of them here (grid has no modules, command or error
+ * statistics yet). */
+enum {
+  INFO_SERVER = 1 << 0, INFO_CLIENTS = 1 << 1, INFO_MEMORY = 1 << 2, INFO_PERSISTENCE = 1 << 3,
+  INFO_STATS = 1 << 4, INFO_REPLICATION = 1 << 5, INFO_CPU = 1 << 6, INFO_CLUSTER = 1 << 7,
+  INFO_KEYSPACE = 1 << 8, INFO_ALL = (1 << 9) - 1,
+};
+
+static unsigned info_section_of(const resp_arg_t *a) {
+  static const struct { const char *name; unsigned bit; } names[] = {
+      {"server", INFO_SERVER},     {"clients", INFO_CLIENTS}, {"memory", INFO_MEMORY},
+      {"persistence", INFO_PERSISTENCE}, {"stats", INFO_STATS},
+      {"replication", INFO_REPLICATION}, {"cpu", INFO_CPU}, {"cluster", INFO_CLUSTER},
+      {"keyspace", INFO_KEYSPACE}, {"default", INFO_ALL}, {"all", INFO_ALL},
+      {"everything", INFO_ALL}};
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+    if (arg_is(a, names[i].name)) return names[i].bit;
+  return 0; /* Redis answers nothing for a section it does not know */
+}
+
+/* Appends one section (its header, then lines), with the blank line that
+ * separates it from the one before. */
+static size_t info_section(char *buf, size_t cap, size_t at, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static size_t info_section(char *buf, size_t cap, size_t at, const char *fmt, ...) {
+  if (at >= cap) return at;
+  if (at > 0) {
+    int n = snprintf(buf + at, cap - at, "\r\n");
+    at += n > 0 ? (size_t)n : 0;
+    if (at >= cap) return cap - 1;
+  }
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(buf + at, cap - at, fmt, ap);
+  va_end(ap);
+  if (n < 0) return at;
+  return at + (size_t)n >= cap ? cap - 1 : at + (size_t)n;
+}
+
 static void cmd_info(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
                      resp_slot_t *s) {
   (void)cmd;
+  unsigned want = argc > 1 ? 0 : INFO_ALL;
+  for (int i = 1; i < argc; i++) want |= info_section_of(&argv[i]);
+  node_t *n = c->lp->node;
+  char body[4096];
+  size_t at = 0, cap = sizeof body;
+  int64_t up_s = (clock_mono_ms() - n->started_ms) / 1000;
+  if (want & INFO_SERVER)
+    at = info_section(body, cap, at,
+                      "# Server\r\nredis_version:7.0.0\r\ngrid_version:%s\r\nredis_mode:%s\r\n"
+                      "arch_bits:%d\r\nprocess_id:%d\r\ntcp_port:%d\r\nuptime_in_seconds:%lld\r\n"
+                      "uptime_in_days:%lld\r\n",
+                      GRID_VERSION_STRING, n->cluster ? "cluster" : "standalone",
+                      (int)(sizeof(void *) * 8), (int)getpid(), n->resp_port, (long long)up_s,
+                      (long long)(up_s / 86400));
+  if (want & INFO_CLIENTS)
+    at = info_section(body, cap, at, "# Clients\r\nconnected_clients:%llu\r\nmaxclients:%lld\r\n",
+                      (unsigned long long)atomic_load(&n->connections),
+                      (long long)n->cfg.connections_max);
+  if (want & INFO_MEMORY)
+    at = info_section(body, cap, at,
+                      "# Memory\r\nused_memory:%lld\r\nmaxmemory:%lld\r\n"
+                      "maxmemory_policy:noeviction\r\n",
+                      (long long)store_memory_bytes(n->store),
+                      (long long)store_memory_bytes_max(n->store));
+  /* No persistence yet: nothing loads, nothing is saved. */
+  if (want & INFO_PERSISTENCE)
+    at = info_section(body, cap, at,
+                      "# Persistence\r\nloading:0\r\nasync_loading:0\r\n"
+                      "rdb_bgsave_in_progress:0\r\naof_enabled:0\r\n");
+  if (want & INFO_STATS)
+    at = info_section(body, cap, at, "# Stats\r\ntotal_commands_processed:%llu\r\n",
+                      (unsigned long long)ops_served(n));
+  /* Every node answers for every key as a primary would (grid's backups are
+   * not Redis replicas). */
+  if (want & INFO_REPLICATION)
+    at = info_section(body, cap, at, "# Replication\r\nrole:master\r\nconnected_slaves:0\r\n");
+  if (want & INFO_CPU) {
+    struct rusage ru;
+    memset(&ru, 0, sizeof ru);
+    getrusage(RUSAGE_SELF, &ru);
+    at = info_section(body, cap, at, "# CPU\r\nused_cpu_sys:%ld.%06ld\r\nused_cpu_user:%ld.%06ld\r\n",
+                      (long)ru.ru_stime.tv_sec, (long)ru.ru_stime.tv_usec,
+                      (long)ru.ru_utime.tv_sec, (long)ru.ru_utime.tv_usec);
+  }
+  /* Not Redis Cluster's protocol (no MOVED): any node answers any key. */
+  if (want & INFO_CLUSTER) at = info_section(body, cap, at, "# Cluster\r\ncluster_enabled:0\r\n");
+  if (want & INFO_KEYSPACE)
+    at = info_section(body, cap, at, "# Keyspace\r\ndb0:keys=%llu,expires=0,avg_ttl=0\r\n",
+                      (unsigned long long)store_entries(n->store));
+  slot_bulk(s, body, at);
+  s->done = 1;
+}
+
+/* TIME: the wall clock, seconds and microseconds, as two bulk strings. */
+static void cmd_time(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                     resp_slot_t *s) {
+  (void)c;
+  (void)cmd;
   (void)argv;
   (void)argc;
-  node_t *n = c->lp->node;
-  char body[2048];
-  int len = snprintf(body, sizeof body,
-                     "# Server\r\nredis_version:7.0.0\r\ngrid_version:%s\r\nredis_mode:%s\r\n"
-                     "process_id:%d\r\ntcp_port:%d\r\nuptime_in_seconds:%lld\r\n\r\n"
-                     "# Clients\r\nconnected_clients:%llu\r\nmaxclients:%lld\r\n\r\n"
-                     "# Memory\r\nused_memory:%lld\r\nmaxmemory:%lld\r\n"
-                     "maxmemory_policy:noeviction\r\n\r\n"
-                     "# Stats\r\ntotal_commands_processed:%llu\r\n\r\n"
-                     "# Keyspace\r\ndb0:keys=%llu,expires=0,avg_ttl=0\r\n",
-                     GRID_VERSION_STRING, n->cluster ? "cluster" : "standalone", (int)getpid(),
-                     n->resp_port, (long long)((clock_mono_ms() - n->started_ms) / 1000),
-                     (unsigned long long)atomic_load(&n->connections),
-                     (long long)n->cfg.connections_max, (long long)store_memory_bytes(n->store),
-                     (long long)store_memory_bytes_max(n->store),
-                     (unsigned long long)ops_served(n),
-                     (unsigned long long)store_entries(n->store));
-  if (len < 0) len = 0;
-  if ((size_t)len >= sizeof body) len = sizeof body - 1;
-  slot_bulk(s, body, (size_t)len);
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  char sec[24], usec[24];
+  int ns = snprintf(sec, sizeof sec, "%lld", (long long)ts.tv_sec);
+  int nu = snprintf(usec, sizeof usec, "%ld", ts.tv_nsec / 1000);
+  slot_num_line(s, '*', 2);
+  slot_bulk(s, sec, (size_t)ns);
+  slot_bulk(s, usec, (size_t)nu);
   s->done = 1;
 }
 
@@ -1485,6 +1573,7 @@ static const resp_cmd_t resp_cmds[] = {
     {"echo", 2, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_echo, NULL, NULL},
     {"quit", -1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_quit, NULL, NULL},
     {"select", 2, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_select, NULL, NULL},
+    {"time", 1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_time, NULL, NULL},
     {"client", -2, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_client, NULL, NULL},
     {"hello", -1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_hello, NULL, NULL},
     {"info", -1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_info, NULL, NULL},

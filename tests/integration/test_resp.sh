@@ -216,12 +216,41 @@ check_info() {
   local out section
   # redis-cli prints INFO's text as it is, CRLF line ends included.
   out=$(cli "$1" INFO 2>&1 | tr -d '\r') || { why="redis-cli failed: $out"; return; }
-  for section in Server Clients Memory Stats Keyspace; do
+  for section in Server Clients Memory Persistence Stats Replication CPU Keyspace; do
     grep -qx "# $section" <<<"$out" || { why="no '# $section' line in INFO"; return; }
   done
+  # The fields client libraries and monitoring read.
+  local field
+  for field in redis_version arch_bits uptime_in_days connected_clients used_memory loading \
+               total_commands_processed role used_cpu_sys used_cpu_user; do
+    grep -q "^$field:" <<<"$out" || { why="no '$field:' in INFO"; return; }
+  done
+  # Sections asked for by name (any case), and nothing for an unknown one.
+  out=$(cli "$1" INFO server CLIENTS 2>&1 | tr -d '\r')
+  grep -qx "# Server" <<<"$out" && grep -qx "# Clients" <<<"$out" ||
+    { why="INFO server CLIENTS lacks a section it asked for"; return; }
+  ! grep -qx "# Memory" <<<"$out" || { why="INFO server CLIENTS has # Memory"; return; }
+  out=$(cli "$1" INFO keyspace 2>&1 | tr -d '\r')
+  grep -qx "# Keyspace" <<<"$out" && ! grep -qx "# Server" <<<"$out" ||
+    { why="INFO keyspace is not the keyspace section alone"; return; }
+  out=$(cli "$1" INFO nosuchsection 2>&1)
+  [ -z "$out" ] || { why="INFO nosuchsection printed '$out'"; return; }
   # INFO is one bulk string, not an array or a status line.
   raw "$1" first '*1\r\n$4\r\nINFO\r\n' > "$dir/info.raw"
   head -n1 "$dir/info.raw" | grep -Eqx '\$[1-9][0-9]*' || why="INFO reply starts with '$(head -n1 "$dir/info.raw")', not a bulk length"
+}
+
+check_time() {
+  local out sec usec now
+  out=$(cli "$1" TIME 2>&1) || { why="redis-cli TIME failed: $out"; return; }
+  # redis-cli prints 1) "s" 2) "us" (or the bare values, unformatted).
+  out=$(sed -E 's/^[0-9]+\) //; s/"//g' <<<"$out")
+  sec=$(sed -n 1p <<<"$out")
+  usec=$(sed -n 2p <<<"$out")
+  [[ "$sec" =~ ^[0-9]+$ && "$usec" =~ ^[0-9]+$ ]] || { why="TIME printed '$out'"; return; }
+  [ "$usec" -lt 1000000 ] || { why="TIME's microseconds $usec"; return; }
+  now=$(date +%s)
+  [ $((sec - now)) -le 5 ] && [ $((now - sec)) -le 5 ] || why="TIME says $sec, the clock $now"
 }
 
 check_command() {
@@ -332,6 +361,7 @@ check_raw_case() {
 
 check "redis-cli PING" check_ping_cli
 check "INFO sections" check_info
+check "TIME" check_time
 check "COMMAND" check_command
 check "HELLO 2" check_hello2
 check "DBSIZE counts a new key" check_dbsize
