@@ -750,8 +750,8 @@ static void repl_handoffs_on_map(loop_t *lp, const pmap_t *m) {
     const pmap_group_t *g = &m->groups[c];
     for (uint32_t p = 0; p < g->partitions; p++) {
       int st;
-      if (repl_owner_loop(lp, p) != lp->index || pmap_copy_at(g, p, 0, &st) != lp->self ||
-          st != PMAP_HANDOFF)
+      if (lp->self < 0 || repl_owner_loop(lp, p) != lp->index ||
+          pmap_copy_at(g, p, 0, &st) != lp->self || st != PMAP_HANDOFF)
         continue;
       /* Every cache of the group with a write of p in flight reports when
        * it drains (the last one for the group); none: drained now. */

@@ -599,7 +599,10 @@ static void reply_ttl_in(resp_job_t *job, const Grid__Reply *rp, int64_t unit_ms
   if (rp->status == GRID_ENOTFOUND) slot_int(job->slot, -2);
   else if (rp->status != 0) resp_reply_error(job, rp);
   else if (rp->number < 0) slot_int(job->slot, -1);
-  else slot_int(job->slot, unit_ms == 1 ? rp->number : (rp->number + unit_ms / 2) / unit_ms);
+  /* Rounded to the nearest unit without (n + unit/2) overflowing: an
+   * expiry can be INT64_MAX (PEXPIREAT's largest time). */
+  else slot_int(job->slot, rp->number / unit_ms + (rp->number % unit_ms >= (unit_ms + 1) / 2 &&
+                                                   unit_ms > 1));
 }
 
 static void reply_ttl(resp_job_t *job, size_t i, const Grid__Reply *rp) {
