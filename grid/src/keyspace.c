@@ -56,7 +56,7 @@ static int keyspace_db_of(const char *name) {
 static int keyspace_is_set(int op) {
   return op == GRID__OP__PUT || op == GRID__OP__PUT_IF_ABSENT || op == GRID__OP__REPLACE ||
          op == GRID__OP__CAS || op == GRID__OP__GET_AND_PUT || op == GRID__OP__PUT_ALL ||
-         op == GRID__OP__BATCH;
+         op == GRID__OP__BATCH || op == GRID__OP__EXEC;
 }
 
 static void keyspace_publish(loop_t *lp, int db, unsigned flags, notify_event_t ev,

@@ -91,7 +91,7 @@ notify_event_t notify_event_of(int op, notify_change_t change) {
       return (notify_event_t){"append", NOTIFY_STRING};
     case GRID__OP__PUT: case GRID__OP__PUT_IF_ABSENT: case GRID__OP__REPLACE:
     case GRID__OP__CAS: case GRID__OP__GET_AND_PUT: case GRID__OP__PUT_ALL:
-    case GRID__OP__BATCH:
+    case GRID__OP__BATCH: case GRID__OP__EXEC:
       return (notify_event_t){"set", NOTIFY_STRING};
     default:
       return (notify_event_t){NULL, 0};

@@ -118,11 +118,13 @@ static void ops_ttl(node_t *n, store_cache_t *c, const Grid__Request *rq,
   store_key_t k;
   store_key_init(c, rq->key.data, rq->key.len, &k);
   int64_t now = clock_wall_ms(), expire_at = 0;
-  int rc = store_expiry(c, &k, now, &expire_at);
+  uint64_t version = 0;
+  int rc = store_expiry(c, &k, now, &expire_at, &version);
   if (rc != 0) {
     ops_reply_error(rp, rc, NULL, a);
     return;
   }
+  rp->version = version; /* what WATCH remembers */
   if (rq->expire_absolute) rp->number = expire_at == 0 ? -1 : expire_at;
   else rp->number = expire_at == 0 ? -1 : (expire_at > now ? expire_at - now : 0);
 }
@@ -626,6 +628,112 @@ uint64_t ops_served(node_t *n) {
   return atomic_load(&n->ops) + (n->loops_ops_served ? n->loops_ops_served(n->loops_ops_arg) : 0);
 }
 
+static void ops_exec(node_t *n, store_cache_t *c, const Grid__Request *rq, Grid__Reply *rp,
+                     arena_t *a, store_applied_fn applied, void *ctx);
+
+/* One data request against its cache, found already. */
+static void ops_on_cache(node_t *n, store_cache_t *c, const Grid__Request *rq, Grid__Reply *rp,
+                         arena_t *a, store_applied_fn applied, void *ctx) {
+  switch (rq->op) {
+    case GRID__OP__GET: ops_get(n, c, rq, rp, a); break;
+    case GRID__OP__GET_ALL: ops_get_all(n, c, rq, rp, a); break;
+    case GRID__OP__PUT_ALL: ops_put_all(n, c, rq, rp, a); break;
+    case GRID__OP__DELETE_ALL: ops_delete_all(n, c, rq, rp, a); break;
+    case GRID__OP__SCAN: ops_scan(n, c, rq, rp, a); break;
+    case GRID__OP__SIZE: rp->number = (int64_t)store_cache_size(c); break;
+    case GRID__OP__TTL: ops_ttl(n, c, rq, rp, a); break;
+    case GRID__OP__BATCH: ops_batch(n, c, rq, rp, a, applied, ctx); break;
+    case GRID__OP__GET_PREFIX: ops_get_prefix(n, c, rq, rp, a); break;
+    case GRID__OP__EXEC: ops_exec(n, c, rq, rp, a, applied, ctx); break;
+    default: ops_write(n, c, rq, rp, a, applied, ctx); break;
+  }
+}
+
+/* Whether a request may be a step of an EXEC: a data request of one key
+ * (SIZE too on a single node, where a transaction holds the cache). */
+static int ops_exec_step_ok(const node_t *n, Grid__Op op) {
+  if (op == GRID__OP__EXEC || op == GRID__OP__BATCH || op == GRID__OP__EXPIRE_DUE ||
+      op_has(op, OP_PARTITION))
+    return 0;
+  if (op_has(op, OP_KEYED) && op_has(op, OP_DATA)) return 1;
+  return op == GRID__OP__SIZE && !n->cluster;
+}
+
+/* A watch of an EXEC against the key as it is (held): 0 when it holds. */
+static int ops_exec_watch(store_cache_t *c, const Grid__BatchOp *w, int64_t now_ms) {
+  store_key_t k;
+  store_key_init(c, w->key.data, w->key.len, &k);
+  int64_t expire_at = 0;
+  uint64_t version = 0;
+  int live = store_expiry(c, &k, now_ms, &expire_at, &version) == 0;
+  if (w->cond == GRID__BATCH_COND__COND_ABSENT) return live ? GRID_EVERSION : 0;
+  return live && version == w->version ? 0 : GRID_EVERSION;
+}
+
+/* EXEC: the watches, then every step, under one hold of the partitions
+ * they name (in a cluster, the one partition of rq->key). */
+static void ops_exec(node_t *n, store_cache_t *c, const Grid__Request *rq, Grid__Reply *rp,
+                     arena_t *a, store_applied_fn applied, void *ctx) {
+  size_t ns = rq->n_steps, nw = rq->n_watch;
+  if (ops_check_batch(n, ns + nw, rp, a)) return;
+  uint32_t *parts = arena_alloc(a, (ns + nw + 1) * sizeof *parts);
+  Grid__Reply **out = arena_alloc(a, (ns ? ns : 1) * sizeof *out);
+  Grid__Reply *srps = arena_alloc(a, (ns ? ns : 1) * sizeof *srps);
+  if (!parts || !out || !srps) {
+    ops_reply_error(rp, GRID_ENOMEM, NULL, a);
+    return;
+  }
+  store_key_t k;
+  store_key_init(c, rq->key.data, rq->key.len, &k);
+  size_t m = 0;
+  parts[m++] = k.part;
+  for (size_t i = 0; i < ns + nw; i++) {
+    int step = i < ns;
+    if (step && !op_has(rq->steps[i]->op, OP_KEYED)) continue;
+    const ProtobufCBinaryData *key = step ? &rq->steps[i]->key : &rq->watch[i - ns]->key;
+    store_key_init(c, key->data, key->len, &k);
+    if (n->cluster && k.part != parts[0]) {
+      char detail[96];
+      snprintf(detail, sizeof detail, "a transaction's keys are of one partition: %s %zu is of "
+               "partition %u, not %u", step ? "step" : "watch", step ? i : i - ns, k.part, parts[0]);
+      ops_reply_error(rp, GRID_EINVAL, detail, a);
+      return;
+    }
+    parts[m++] = k.part;
+  }
+  store_hold_t *hold = store_hold(c, parts, m);
+  if (!hold) {
+    ops_reply_error(rp, GRID_ENOMEM, NULL, a);
+    return;
+  }
+  int64_t now = clock_wall_ms();
+  for (size_t i = 0; i < nw; i++) {
+    if (ops_exec_watch(c, rq->watch[i], now) != 0) {
+      store_release(hold);
+      ops_reply_error(rp, GRID_EVERSION, "a watched key changed: the transaction did not run", a);
+      return;
+    }
+  }
+  for (size_t i = 0; i < ns; i++) {
+    const Grid__Request *st = rq->steps[i];
+    Grid__Reply *srp = &srps[i];
+    grid__reply__init(srp);
+    out[i] = srp;
+    if (!ops_exec_step_ok(n, st->op)) {
+      char detail[64];
+      snprintf(detail, sizeof detail, "op %d cannot be a step of a transaction", (int)st->op);
+      ops_reply_error(srp, GRID_EBADOP, detail, a);
+    } else if (st->cache && *st->cache && strcmp(st->cache, rq->cache ? rq->cache : "") != 0) {
+      ops_reply_error(srp, GRID_EINVAL, "a transaction's steps are of one cache", a);
+    } else {
+      ops_on_cache(n, c, st, srp, a, applied, ctx);
+    }
+  }
+  store_release(hold);
+  rp->steps = out;
+  rp->n_steps = ns;
+}
+
 void ops_execute(node_t *n, store_view_t *view, const Grid__Request *rq,
                  Grid__Reply *rp, arena_t *a) {
   ops_execute_rec(n, view, rq, rp, a, NULL, NULL);
@@ -688,17 +796,6 @@ void ops_execute_rec(node_t *n, store_view_t *view, const Grid__Request *rq,
   }
   store_cache_t *c = ops_cache(n, view, rq, rp, a);
   if (!c) return;
-  switch (rq->op) {
-    case GRID__OP__GET: ops_get(n, c, rq, rp, a); break;
-    case GRID__OP__GET_ALL: ops_get_all(n, c, rq, rp, a); break;
-    case GRID__OP__PUT_ALL: ops_put_all(n, c, rq, rp, a); break;
-    case GRID__OP__DELETE_ALL: ops_delete_all(n, c, rq, rp, a); break;
-    case GRID__OP__SCAN: ops_scan(n, c, rq, rp, a); break;
-    case GRID__OP__SIZE: rp->number = (int64_t)store_cache_size(c); break;
-    case GRID__OP__TTL: ops_ttl(n, c, rq, rp, a); break;
-    case GRID__OP__BATCH: ops_batch(n, c, rq, rp, a, applied, ctx); break;
-    case GRID__OP__GET_PREFIX: ops_get_prefix(n, c, rq, rp, a); break;
-    default: ops_write(n, c, rq, rp, a, applied, ctx); break;
-  }
+  ops_on_cache(n, c, rq, rp, a, applied, ctx);
   if (!view) store_cache_release(n->store, c);
 }

@@ -578,7 +578,7 @@ static int repl_run(loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *sin
   arena_t a;
   arena_init(&a, 4096);
   Grid__Reply rp = GRID__REPLY__INIT;
-  repl_rec_t rec = {.batch = rq->op == GRID__OP__BATCH};
+  repl_rec_t rec = {.batch = rq->op == GRID__OP__BATCH || rq->op == GRID__OP__EXEC};
   ops_execute_rec(n, &lp->view, rq, &rp, &a, repl_capture, &rec);
   if (rec.failed) rec.captured = 0;
   rp.epoch = lp->pmap->epoch;

@@ -47,6 +47,19 @@ typedef struct resp_slot {
 } resp_slot_t;
 
 typedef struct resp_job resp_job_t;
+typedef struct resp_tx resp_tx_t;
+typedef struct resp_exec resp_exec_t;
+
+/* A key WATCH remembers: its version then (0: absent; ~0: not known, so
+ * EXEC aborts), in the database it was watched in. */
+typedef struct resp_watch {
+  uint64_t version;
+  char cache[STORE_CACHE_NAME_MAX + 1];
+  size_t len;
+  char key[];
+} resp_watch_t;
+
+#define RESP_WATCH_UNKNOWN UINT64_MAX
 
 struct resp_conn {
   conn_t *conn;
@@ -79,6 +92,14 @@ struct resp_conn {
   int resume_posted;         /* resume_task is queued (holds a reference) */
   loop_task_t resume_task;    /* parses again once a full pipeline drained */
   resp_parser_t parser;      /* the command being received */
+  resp_tx_t *tx;             /* MULTI: the commands queued */
+  resp_exec_t *collect;      /* EXEC running the queued commands: their
+                                requests are gathered into one */
+  resp_watch_t **watch;      /* WATCH's keys, until EXEC, DISCARD,
+                                UNWATCH or RESET */
+  size_t nwatch, watch_cap;
+  int watch_pending;         /* WATCH reads not answered: nothing more is
+                                parsed until they are (EXEC needs them) */
 };
 
 static resp_conn_t *resp_of(const conn_t *c) { return c->fe; }
@@ -92,8 +113,14 @@ resp_conn_t *resp_conn_new(int cluster) {
   return r;
 }
 
+static void resp_tx_free(resp_tx_t *tx);
+static void resp_unwatch(resp_conn_t *r);
+
 void resp_conn_free(resp_conn_t *r) {
   if (!r) return;
+  resp_tx_free(r->tx);
+  resp_unwatch(r);
+  free(r->watch);
   resp_parser_close(&r->parser);
   free(r->direct.buf);
   free(r->msg.buf);
@@ -334,6 +361,11 @@ struct resp_job {
   int status;               /* first error */
   char message[200];
   resp_slot_t *parts;       /* MGET: each key's reply, in order */
+  resp_exec_t *in_exec;     /* a queued command run by EXEC: its requests
+                               are steps of EXEC's, its reply a part */
+  size_t queued;            /* ... its place in the transaction */
+  resp_exec_t *exec;        /* EXEC's own job: what it runs */
+  size_t base;              /* WATCH: its first key's place in r->watch */
 };
 
 typedef struct resp_sub {
@@ -355,6 +387,14 @@ static void resp_reply_error(resp_job_t *job, const Grid__Reply *rp) {
   resp_job_error(job, rp->status, rp->message);
 }
 
+static void resp_exec_free(resp_exec_t *x);
+static void resp_exec_job_started(resp_exec_t *x, resp_job_t *job);
+static int resp_exec_add_step(resp_exec_t *x, resp_job_t *job, size_t index,
+                              const Grid__Request *rq);
+static void resp_exec_job_done(resp_exec_t *x, resp_job_t *job);
+static void cmd_watch(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                      resp_slot_t *s);
+
 static void resp_job_finish(resp_job_t *job) {
   resp_slot_t *s = job->slot;
   if (job->status) slot_status_error(s, job->status, job->message);
@@ -364,6 +404,17 @@ static void resp_job_finish(resp_job_t *job) {
     free(job->parts);
   }
   s->done = 1;
+  if (job->exec) {
+    resp_exec_free(job->exec);
+    job->exec = NULL;
+  }
+  if (job->in_exec) { /* its reply is a part of EXEC's */
+    resp_exec_job_done(job->in_exec, job);
+    free(job);
+    return;
+  }
+  if (job->cmd->run == cmd_watch && resp_of(job->c)->watch_pending > 0)
+    resp_of(job->c)->watch_pending--;
   if (job->embedded) return; /* resp_dispatch writes the reply */
   conn_t *c = job->c;
   free(job);
@@ -396,6 +447,13 @@ static void resp_job_submit(resp_job_t *job, size_t index, Grid__Request *rq) {
   node_t *n = lp->node;
   job->pending++;
   rq->cache = resp_of(c)->cache;
+  if (job->in_exec) { /* a step of EXEC's request, sent with the others */
+    if (resp_exec_add_step(job->in_exec, job, index, rq) != 0) {
+      job->pending--;
+      resp_job_error(job, GRID_ENOMEM, NULL);
+    }
+    return;
+  }
   if (n->cluster) {
     resp_sub_t *sub = malloc(sizeof *sub);
     if (!sub) {
@@ -421,7 +479,14 @@ static void resp_job_submit(resp_job_t *job, size_t index, Grid__Request *rq) {
 static resp_job_t *resp_job_start(conn_t *c, const resp_cmd_t *cmd, resp_slot_t *s, size_t n) {
   resp_conn_t *r = resp_of(c);
   resp_job_t *job;
-  if (!r->cluster) {
+  if (r->collect) { /* EXEC runs a queued command: a job of its own */
+    if (!(job = calloc(1, sizeof *job))) {
+      slot_fail(s);
+      return NULL;
+    }
+    job->in_exec = r->collect;
+    resp_exec_job_started(r->collect, job);
+  } else if (!r->cluster) {
     if (!r->job && !(r->job = malloc(sizeof *r->job))) {
       slot_fail(s);
       return NULL;
@@ -438,7 +503,7 @@ static resp_job_t *resp_job_start(conn_t *c, const resp_cmd_t *cmd, resp_slot_t 
   job->cmd = cmd;
   job->n = n;
   job->pending = 1;
-  if (!job->embedded) conn_ref(c);
+  if (!job->embedded && !job->in_exec) conn_ref(c);
   return job;
 }
 
@@ -1507,6 +1572,9 @@ static void cmd_reset(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int ar
   (void)argc;
   resp_conn_t *r = resp_of(c);
   pubsub_client_close(resp_pubsub(c), &r->ps);
+  resp_tx_free(r->tx);
+  r->tx = NULL;
+  resp_unwatch(r);
   strcpy(r->cache, "default");
   r->name[0] = '\0';
   slot_put(s, "+RESET\r\n", 8);
@@ -1566,6 +1634,449 @@ static void cmd_config(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int a
   s->done = 1;
 }
 
+/* ---- transactions: MULTI, EXEC, DISCARD, WATCH, UNWATCH ------------------------
+ *
+ * MULTI queues each command (its arguments copied; unknown commands and
+ * wrong arities are refused at once and make EXEC answer EXECABORT, as
+ * Redis). EXEC runs every queued command's function as usual, but their
+ * requests are gathered (resp_exec_add_step) into one EXEC request that
+ * runs them as one step where the keys live (ops.c: under one hold of
+ * their partitions; in a cluster one partition, replicated as one record).
+ * Its reply holds each step's reply, handed to the command that sent it;
+ * the commands' replies are the parts of EXEC's array. WATCH remembers each
+ * key's version; EXEC sends them as checks that must hold before anything
+ * runs, and answers a null array when one does not. */
+
+/* A command queued after MULTI, its arguments copied. */
+typedef struct resp_queued {
+  const resp_cmd_t *cmd;
+  int argc;
+  resp_arg_t *argv; /* and the bytes, in the same allocation */
+} resp_queued_t;
+
+struct resp_tx {
+  int dirty;          /* a command was refused when queued: EXECABORT */
+  size_t n, cap;
+  size_t bytes;       /* of every queued argument: at most frame_bytes_max
+                         (EXEC's request has to cross to another node) */
+  resp_queued_t *q;
+};
+
+typedef struct resp_step_owner {
+  resp_job_t *job;
+  size_t index;
+} resp_step_owner_t;
+
+/* EXEC in flight: owned by its job. */
+struct resp_exec {
+  resp_tx_t *tx;
+  resp_slot_t *parts;        /* each queued command's reply */
+  resp_job_t **jobs;         /* each one's job while it waits for steps */
+  Grid__Request *steps;      /* the requests gathered, in order */
+  Grid__Request **stepp;
+  resp_step_owner_t *owner;  /* who sent each */
+  size_t nsteps, cap;
+  Grid__BatchOp *watch;      /* WATCH's versions, as checks */
+  Grid__BatchOp **watchp;
+  size_t nwatch;
+  int aborted;               /* a watched key changed */
+  size_t current;            /* the queued command running */
+};
+
+static void resp_tx_free(resp_tx_t *tx) {
+  if (!tx) return;
+  for (size_t i = 0; i < tx->n; i++) free(tx->q[i].argv);
+  free(tx->q);
+  free(tx);
+}
+
+static void resp_unwatch(resp_conn_t *r) {
+  for (size_t i = 0; i < r->nwatch; i++) free(r->watch[i]);
+  r->nwatch = 0;
+}
+
+/* Copies a command into the transaction; 0, or -1 when out of memory. */
+static int resp_tx_queue(resp_tx_t *tx, const resp_cmd_t *cmd, const resp_arg_t *argv, int argc) {
+  size_t bytes = 0;
+  for (int i = 0; i < argc; i++) bytes += argv[i].len + 1;
+  if (tx->n == tx->cap) {
+    size_t cap = tx->cap ? tx->cap * 2 : 8;
+    resp_queued_t *q = realloc(tx->q, cap * sizeof *q);
+    if (!q) return -1;
+    tx->q = q;
+    tx->cap = cap;
+  }
+  resp_arg_t *copy = malloc((size_t)argc * sizeof *copy + bytes);
+  if (!copy) return -1;
+  char *at = (char *)(copy + argc);
+  for (int i = 0; i < argc; i++) {
+    if (argv[i].len) memcpy(at, argv[i].p, argv[i].len);
+    at[argv[i].len] = '\0';
+    copy[i] = (resp_arg_t){.p = at, .len = argv[i].len};
+    at += argv[i].len + 1;
+  }
+  tx->q[tx->n++] = (resp_queued_t){cmd, argc, copy};
+  tx->bytes += bytes;
+  return 0;
+}
+
+static void resp_exec_free(resp_exec_t *x) {
+  if (!x) return;
+  /* Commands still waiting for steps (EXEC failed whole): their jobs go. */
+  for (size_t i = 0; x->jobs && i < x->tx->n; i++) {
+    if (!x->jobs[i]) continue;
+    if (x->jobs[i]->parts) {
+      for (size_t k = 0; k < x->jobs[i]->n; k++) free(x->jobs[i]->parts[k].buf);
+      free(x->jobs[i]->parts);
+    }
+    free(x->jobs[i]);
+  }
+  for (size_t i = 0; x->parts && i < x->tx->n; i++) free(x->parts[i].buf);
+  free(x->parts);
+  free(x->jobs);
+  free(x->steps);
+  free(x->stepp);
+  free(x->owner);
+  free(x->watch);
+  free(x->watchp);
+  resp_tx_free(x->tx);
+  free(x);
+}
+
+static void resp_exec_job_started(resp_exec_t *x, resp_job_t *job) {
+  job->queued = x->current;
+  x->jobs[x->current] = job;
+}
+
+static void resp_exec_job_done(resp_exec_t *x, resp_job_t *job) {
+  if (x && job->queued < x->tx->n && x->jobs[job->queued] == job) x->jobs[job->queued] = NULL;
+}
+
+static int resp_exec_add_step(resp_exec_t *x, resp_job_t *job, size_t index,
+                              const Grid__Request *rq) {
+  if (x->nsteps == x->cap) {
+    size_t cap = x->cap ? x->cap * 2 : 16;
+    Grid__Request *st = realloc(x->steps, cap * sizeof *st);
+    if (!st) return -1;
+    x->steps = st;
+    resp_step_owner_t *ow = realloc(x->owner, cap * sizeof *ow);
+    if (!ow) return -1;
+    x->owner = ow;
+    x->cap = cap;
+  }
+  x->steps[x->nsteps] = *rq; /* its bytes are the queued arguments' */
+  x->owner[x->nsteps] = (resp_step_owner_t){job, index};
+  x->nsteps++;
+  return 0;
+}
+
+/* The reply to EXEC: each step's reply to its command, then the array. */
+static void reply_exec(resp_job_t *job, size_t i, const Grid__Reply *rp) {
+  (void)i;
+  resp_exec_t *x = job->exec;
+  if (rp->status == GRID_EVERSION && rp->n_steps == 0 && x->nwatch) {
+    x->aborted = 1;
+    return;
+  }
+  if (rp->status != 0) {
+    resp_reply_error(job, rp);
+    return;
+  }
+  for (size_t k = 0; k < x->nsteps; k++) {
+    resp_step_owner_t *ow = &x->owner[k];
+    if (k < rp->n_steps) {
+      ow->job->cmd->reply(ow->job, ow->index, rp->steps[k]);
+    } else {
+      resp_job_error(ow->job, GRID_EINTERNAL, "the transaction's reply lacks this command's");
+    }
+    if (--ow->job->pending == 0) resp_job_finish(ow->job);
+  }
+}
+
+static void done_exec(resp_job_t *job) {
+  resp_exec_t *x = job->exec;
+  if (x->aborted) {
+    slot_put(job->slot, "*-1\r\n", 5);
+    return;
+  }
+  slot_printf(job->slot, "*%zu\r\n", x->tx->n);
+  for (size_t k = 0; k < x->tx->n; k++) slot_put_slot(job->slot, &x->parts[k]);
+}
+
+/* Every key of the transaction in one partition of the cache (a cluster's
+ * rule, as Redis Cluster's slots): 0, or -1. */
+static int resp_exec_one_partition(conn_t *c, resp_exec_t *x) {
+  store_cache_t *sc = store_view_find(&c->lp->view, resp_of(c)->cache,
+                                      strlen(resp_of(c)->cache));
+  if (!sc) return 0; /* the request says there is no such cache */
+  int have = 0;
+  uint32_t part = 0;
+  for (size_t i = 0; i < x->nsteps + x->nwatch; i++) {
+    const ProtobufCBinaryData *key;
+    if (i < x->nsteps) {
+      if (!op_has(x->steps[i].op, OP_KEYED)) continue;
+      key = &x->steps[i].key;
+    } else {
+      key = &x->watch[i - x->nsteps].key;
+    }
+    store_key_t k;
+    store_key_init(sc, key->data, key->len, &k);
+    if (have && k.part != part) return -1;
+    have = 1;
+    part = k.part;
+  }
+  return 0;
+}
+
+/* The request that runs the transaction; its key routes it. */
+static void resp_exec_request(resp_exec_t *x, Grid__Request *rq) {
+  grid__request__init(rq);
+  rq->op = GRID__OP__EXEC;
+  for (size_t i = 0; i < x->nsteps; i++) x->stepp[i] = &x->steps[i];
+  rq->steps = x->stepp;
+  rq->n_steps = x->nsteps;
+  rq->watch = x->watchp;
+  rq->n_watch = x->nwatch;
+  for (size_t i = 0; i < x->nsteps && !rq->key.len; i++)
+    if (op_has(x->steps[i].op, OP_KEYED)) rq->key = x->steps[i].key;
+  if (!rq->key.len && x->nwatch) rq->key = x->watch[0].key;
+}
+
+/* WATCH's keys as EXEC's checks. -1: out of memory; -2: a key watched in
+ * another database than EXEC's. */
+static int resp_exec_watches(resp_conn_t *r, resp_exec_t *x) {
+  if (!r->nwatch) return 0;
+  x->watch = calloc(r->nwatch, sizeof *x->watch);
+  x->watchp = calloc(r->nwatch, sizeof *x->watchp);
+  if (!x->watch || !x->watchp) return -1;
+  for (size_t i = 0; i < r->nwatch; i++) {
+    const resp_watch_t *w = r->watch[i];
+    if (strcmp(w->cache, r->cache) != 0) return -2;
+    Grid__BatchOp *b = &x->watch[i];
+    grid__batch_op__init(b);
+    b->kind = GRID__BATCH_KIND__BATCH_CHECK;
+    b->key = (ProtobufCBinaryData){w->len, (uint8_t *)w->key};
+    b->cond = w->version ? GRID__BATCH_COND__COND_VERSION : GRID__BATCH_COND__COND_ABSENT;
+    b->version = w->version;
+    x->watchp[i] = b;
+  }
+  x->nwatch = r->nwatch;
+  return 0;
+}
+
+static void cmd_multi(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                      resp_slot_t *s) {
+  (void)cmd;
+  (void)argv;
+  (void)argc;
+  resp_conn_t *r = resp_of(c);
+  if (r->tx) {
+    slot_error(s, "ERR MULTI calls can not be nested");
+    return;
+  }
+  if (!(r->tx = calloc(1, sizeof *r->tx))) {
+    slot_fail(s);
+    return;
+  }
+  slot_ok(s);
+  s->done = 1;
+}
+
+static void cmd_discard(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                        resp_slot_t *s) {
+  (void)cmd;
+  (void)argv;
+  (void)argc;
+  resp_conn_t *r = resp_of(c);
+  if (!r->tx) {
+    slot_error(s, "ERR DISCARD without MULTI");
+    return;
+  }
+  resp_tx_free(r->tx);
+  r->tx = NULL;
+  resp_unwatch(r);
+  slot_ok(s);
+  s->done = 1;
+}
+
+/* Refuses EXEC as a whole: the words in s, the transaction gone. */
+static void resp_exec_refuse(resp_exec_t *x, resp_slot_t *s, const char *line) {
+  resp_exec_free(x);
+  slot_error(s, line);
+}
+
+static void cmd_exec(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                     resp_slot_t *s) {
+  (void)argv;
+  (void)argc;
+  resp_conn_t *r = resp_of(c);
+  node_t *n = c->lp->node;
+  resp_tx_t *tx = r->tx;
+  if (!tx) {
+    slot_error(s, "ERR EXEC without MULTI");
+    return;
+  }
+  r->tx = NULL;
+  resp_exec_t *x = calloc(1, sizeof *x);
+  if (!x) {
+    resp_tx_free(tx);
+    resp_unwatch(r);
+    slot_fail(s);
+    return;
+  }
+  x->tx = tx;
+  int wrc = tx->dirty ? 0 : resp_exec_watches(r, x);
+  resp_unwatch(r);
+  if (tx->dirty) {
+    resp_exec_refuse(x, s, "EXECABORT Transaction discarded because of previous errors.");
+    return;
+  }
+  if (wrc == -2) {
+    resp_exec_refuse(x, s, "ERR a transaction runs in the database its keys were watched in: "
+                     "SELECT it again before EXEC");
+    return;
+  }
+  x->parts = calloc(tx->n ? tx->n : 1, sizeof *x->parts);
+  x->jobs = calloc(tx->n ? tx->n : 1, sizeof *x->jobs);
+  if (wrc == -1 || !x->parts || !x->jobs) {
+    resp_exec_free(x);
+    slot_fail(s);
+    return;
+  }
+  /* Each queued command runs as it would alone, its requests gathered. */
+  r->collect = x;
+  for (x->current = 0; x->current < tx->n; x->current++) {
+    resp_queued_t *q = &tx->q[x->current];
+    q->cmd->run(c, q->cmd, q->argv, q->argc, &x->parts[x->current]);
+  }
+  r->collect = NULL;
+  char line[RESP_ERROR_LINE_BYTES_MAX];
+  if ((int64_t)(x->nsteps + x->nwatch) > n->cfg.batch_keys_max) {
+    snprintf(line, sizeof line, "ERR transaction too large: %zu keys, at most batch_keys_max "
+             "(%lld)", x->nsteps + x->nwatch, (long long)n->cfg.batch_keys_max);
+    resp_exec_refuse(x, s, line);
+    return;
+  }
+  if (r->cluster && resp_exec_one_partition(c, x) != 0) {
+    resp_exec_refuse(x, s, "CROSSSLOT Keys in request don't hash to the same slot");
+    return;
+  }
+  if (!(x->stepp = calloc(x->nsteps ? x->nsteps : 1, sizeof *x->stepp))) {
+    resp_exec_free(x);
+    slot_fail(s);
+    return;
+  }
+  resp_job_t *job = resp_job_start(c, cmd, s, 1);
+  if (!job) {
+    resp_exec_free(x);
+    return;
+  }
+  job->exec = x;
+  if (x->nsteps || x->nwatch) { /* else nothing runs where the data lives */
+    Grid__Request rq;
+    resp_exec_request(x, &rq);
+    resp_job_submit(job, 0, &rq);
+  }
+  resp_job_sent(job);
+}
+
+static void reply_watch(resp_job_t *job, size_t i, const Grid__Reply *rp) {
+  resp_conn_t *r = resp_of(job->c);
+  size_t at = job->base + i;
+  if (at >= r->nwatch) return;
+  if (rp->status == 0) r->watch[at]->version = rp->version;
+  else if (rp->status == GRID_ENOTFOUND) r->watch[at]->version = 0;
+  /* else not known: EXEC will abort (WATCH itself never fails in Redis) */
+}
+
+static void cmd_watch(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                      resp_slot_t *s) {
+  resp_conn_t *r = resp_of(c);
+  if (r->tx) {
+    slot_error(s, "ERR WATCH inside MULTI is not allowed");
+    return;
+  }
+  size_t add = (size_t)argc - 1;
+  if (r->nwatch + add > r->watch_cap) {
+    size_t cap = r->watch_cap ? r->watch_cap : 8;
+    while (cap < r->nwatch + add) cap *= 2;
+    resp_watch_t **w = realloc(r->watch, cap * sizeof *w);
+    if (!w) {
+      slot_fail(s);
+      return;
+    }
+    r->watch = w;
+    r->watch_cap = cap;
+  }
+  size_t base = r->nwatch;
+  for (size_t i = 0; i < add; i++) {
+    resp_watch_t *w = malloc(sizeof *w + argv[1 + i].len + 1);
+    if (!w) {
+      slot_fail(s);
+      return;
+    }
+    w->version = RESP_WATCH_UNKNOWN;
+    snprintf(w->cache, sizeof w->cache, "%s", r->cache);
+    w->len = argv[1 + i].len;
+    if (w->len) memcpy(w->key, argv[1 + i].p, w->len);
+    r->watch[r->nwatch++] = w;
+  }
+  resp_job_t *job = resp_job_start(c, cmd, s, add);
+  if (!job) return;
+  job->base = base;
+  /* EXEC needs these versions: nothing after WATCH is parsed until they
+   * are in (a cluster answers later; a single node at once). */
+  if (!job->embedded) r->watch_pending++;
+  resp_send_keys(job, argv);
+}
+
+static void cmd_unwatch(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                        resp_slot_t *s) {
+  (void)cmd;
+  (void)argv;
+  (void)argc;
+  resp_unwatch(resp_of(c));
+  slot_ok(s);
+  s->done = 1;
+}
+
+/* Whether a command is queued after MULTI (the others run at once). */
+static int resp_cmd_queued(const resp_cmd_t *cmd) {
+  return cmd->run != cmd_multi && cmd->run != cmd_exec && cmd->run != cmd_discard &&
+         cmd->run != cmd_watch && cmd->run != cmd_quit && cmd->run != cmd_reset;
+}
+
+/* A command after MULTI: queued ("+QUEUED"), or refused, which makes EXEC
+ * answer EXECABORT. */
+static void resp_tx_add(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                        resp_slot_t *s) {
+  resp_tx_t *tx = resp_of(c)->tx;
+  node_t *n = c->lp->node;
+  char line[RESP_ERROR_LINE_BYTES_MAX];
+  size_t bytes = 0;
+  for (int i = 0; i < argc; i++) bytes += argv[i].len + 1;
+  if (cmd->run == cmd_select || cmd->run == cmd_subscribe || cmd->run == cmd_unsubscribe) {
+    snprintf(line, sizeof line, "ERR %s inside MULTI is not supported by grid: run it before "
+             "MULTI or after EXEC", cmd->name);
+    slot_error(s, line);
+    tx->dirty = 1;
+    return;
+  }
+  if (tx->bytes + bytes > (size_t)n->cfg.frame_bytes_max) {
+    snprintf(line, sizeof line, "ERR transaction too large: its commands pass frame_bytes_max "
+             "(%lld bytes)", (long long)n->cfg.frame_bytes_max);
+    slot_error(s, line);
+    tx->dirty = 1;
+    return;
+  }
+  if (resp_tx_queue(tx, cmd, argv, argc) != 0) {
+    slot_fail(s);
+    return;
+  }
+  slot_put(s, "+QUEUED\r\n", 9);
+  s->done = 1;
+}
+
 #define RESP_OP(name) GRID__OP__##name
 #define RESP_LOCAL GRID__OP__OP_NONE
 
@@ -1589,6 +2100,11 @@ static const resp_cmd_t resp_cmds[] = {
     {"pubsub", -2, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_pubsub, NULL, NULL},
     {"reset", 1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_reset, NULL, NULL},
     {"config", -2, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_config, NULL, NULL},
+    {"multi", 1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_multi, NULL, NULL},
+    {"exec", 1, 0, RESP_OP(EXEC), RESP_KEYS_NONE, cmd_exec, reply_exec, done_exec},
+    {"discard", 1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_discard, NULL, NULL},
+    {"watch", -2, 0, RESP_OP(TTL), RESP_KEYS_ALL, cmd_watch, reply_watch, done_ok},
+    {"unwatch", 1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_unwatch, NULL, NULL},
     {"get", 2, 0, RESP_OP(GET), RESP_KEYS_ONE, cmd_keys, reply_value, NULL},
     {"set", -3, 0, RESP_OP(PUT), RESP_KEYS_ONE, cmd_set, reply_set, NULL},
     {"setnx", 3, 0, RESP_OP(PUT), RESP_KEYS_ONE, cmd_setnx, reply_setnx, NULL},
@@ -1656,16 +2172,26 @@ static int resp_cmd_subscribed(const resp_cmd_t *cmd) {
 }
 
 static void resp_run(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *s) {
+  resp_tx_t *tx = resp_of(c)->tx;
   const resp_cmd_t *cmd = resp_cmd_find(&argv[0]);
   if (!cmd) {
     resp_unknown_command(s, argv, argc);
+    if (tx) tx->dirty = 1;
     return;
   }
   if ((cmd->arity > 0 && argc != cmd->arity) || (cmd->arity < 0 && argc < -cmd->arity) ||
       (cmd->args_max && argc > cmd->args_max)) {
     char line[RESP_ERROR_LINE_BYTES_MAX];
     snprintf(line, sizeof line, "ERR wrong number of arguments for '%s' command", cmd->name);
+    if (cmd->run == cmd_exec) { /* as Redis: EXEC refused ends the transaction */
+      snprintf(line, sizeof line, "EXECABORT Transaction discarded because of: wrong number of "
+               "arguments for '%s' command", cmd->name);
+      resp_tx_free(tx);
+      resp_of(c)->tx = tx = NULL;
+      resp_unwatch(resp_of(c));
+    }
     slot_error(s, line);
+    if (tx) tx->dirty = 1;
     return;
   }
   if (pubsub_client_count(&resp_of(c)->ps) && !resp_cmd_subscribed(cmd)) {
@@ -1673,6 +2199,10 @@ static void resp_run(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *s) {
     snprintf(line, sizeof line, "ERR Can't execute '%s': only (P|S)SUBSCRIBE / "
              "(P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context", cmd->name);
     slot_error(s, line);
+    return;
+  }
+  if (tx && resp_cmd_queued(cmd)) {
+    resp_tx_add(c, cmd, argv, argc, s);
     return;
   }
   cmd->run(c, cmd, argv, argc, s);
@@ -1721,6 +2251,7 @@ static int resp_input_may_go_on(conn_t *c, size_t off) {
     conn_flush(c);
     if (conn_output_full(c) || uv_is_closing((uv_handle_t *)&c->tcp)) return 0;
   }
+  if (r->watch_pending) return 0; /* resp_input_resume goes on */
   if (!resp_pipeline_has_room(&r->pipe, pipeline_max)) {
     /* Replies complete but not written still count: write them first. */
     resp_flush_slots(c);
@@ -1756,7 +2287,8 @@ void resp_input(conn_t *c) {
   /* A full pipeline stops reading too, so the buffer does not fill up
    * with commands that cannot be parsed yet: resp_input_resume goes on. */
   if (!c->closing && !c->held &&
-      !resp_pipeline_has_room(&r->pipe, (size_t)c->lp->node->cfg.resp_pipeline_max))
+      (r->watch_pending ||
+       !resp_pipeline_has_room(&r->pipe, (size_t)c->lp->node->cfg.resp_pipeline_max)))
     conn_hold(c);
 }
 
@@ -1777,7 +2309,8 @@ static void resp_on_resume(loop_t *lp, void *arg) {
 static void resp_input_resume(conn_t *c) {
   resp_conn_t *r = resp_of(c);
   size_t pipeline_max = (size_t)c->lp->node->cfg.resp_pipeline_max;
-  if (!r->pipe.full || r->parsing || r->resume_posted || c->closing ||
+  if ((!r->pipe.full && !c->held) || r->watch_pending || r->parsing || r->resume_posted ||
+      c->closing ||
       uv_is_closing((uv_handle_t *)&c->tcp) || !resp_pipeline_has_room(&r->pipe, pipeline_max) ||
       (c->in.len == 0 && !c->held))
     return;

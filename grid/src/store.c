@@ -51,6 +51,42 @@ struct store_cache {
                                  here, or its primary's records say so */
 };
 
+/* ---- a thread's hold on partitions (store_hold) --------------------------
+ *
+ * While a thread holds partitions, the store's own calls on them from that
+ * thread take no lock: they run inside the hold, and no other thread sees
+ * the partition in between. The partitions are sorted by address, which is
+ * also the order they were locked in (one order for every hold: two never
+ * wait on each other). */
+struct store_hold {
+  size_t n;
+  store_part_t *parts[]; /* sorted by address, each once */
+};
+
+static _Thread_local const struct store_hold *store_held;
+
+static int store_part_held(const store_part_t *p) {
+  const struct store_hold *h = store_held;
+  if (!h) return 0;
+  size_t lo = 0, hi = h->n;
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    const store_part_t *at = h->parts[mid];
+    if (at == p) return 1;
+    if ((uintptr_t)at < (uintptr_t)p) lo = mid + 1;
+    else hi = mid;
+  }
+  return 0;
+}
+
+static void part_lock(store_part_t *p) {
+  if (!store_held || !store_part_held(p)) pthread_mutex_lock(&p->lock);
+}
+
+static void part_unlock(store_part_t *p) {
+  if (!store_held || !store_part_held(p)) pthread_mutex_unlock(&p->lock);
+}
+
 #define STORE_BUCKETS_MIN 8
 /* What one entry costs beyond its key and value: the header and malloc's
  * own bookkeeping. */
@@ -469,9 +505,9 @@ int store_get(store_cache_t *c, const store_key_t *k, int64_t now_ms,
               store_alloc_fn alloc, void *ctx, void **value, size_t *value_len,
               uint64_t *version) {
   store_part_t *p = &c->parts[k->part];
-  pthread_mutex_lock(&p->lock);
+  part_lock(p);
   int rc = store_get_locked(c, p, k, now_ms, alloc, ctx, value, value_len, version);
-  pthread_mutex_unlock(&p->lock);
+  part_unlock(p);
   return rc;
 }
 
@@ -874,7 +910,7 @@ int store_write_rec(store_cache_t *c, const store_key_t *k, const store_write_t 
   store_action_t action = STORE_DO_NOTHING;
   int rc = 0;
 
-  pthread_mutex_lock(&p->lock);
+  part_lock(p);
   store_entry_t **link = NULL;
   int keep = atomic_load_explicit(&c->history, memory_order_relaxed);
   store_entry_t *found = store_find(p, k, &link), *old = found;
@@ -902,11 +938,43 @@ int store_write_rec(store_cache_t *c, const store_key_t *k, const store_write_t 
                            res, (uint8_t)(w->how | (old ? 0 : CHANGE_HOW_NEW)), keep, applied,
                            ctx);
 done:
-  pthread_mutex_unlock(&p->lock);
+  part_unlock(p);
   free(nv.joined);
   if (rc == 0 && action != STORE_DO_NOTHING && s->announce_applied && store_watched(c))
     store_part_commit(c, k->part, 0);
   return rc;
+}
+
+/* ---- holds: several writes as one step ---------------------------------- */
+
+static int store_ptr_cmp(const void *a, const void *b) {
+  uintptr_t x = (uintptr_t) * (store_part_t *const *)a, y = (uintptr_t) * (store_part_t *const *)b;
+  return x < y ? -1 : x > y;
+}
+
+store_hold_t *store_hold(store_cache_t *c, const uint32_t *parts, size_t n) {
+  GRID_ASSERT(store_held == NULL); /* one hold at a time per thread */
+  store_hold_t *h = malloc(sizeof *h + (n ? n : 1) * sizeof h->parts[0]);
+  if (!h) return NULL;
+  size_t m = 0;
+  for (size_t i = 0; i < n; i++)
+    if (parts[i] < c->cfg.partitions) h->parts[m++] = &c->parts[parts[i]];
+  qsort(h->parts, m, sizeof h->parts[0], store_ptr_cmp);
+  size_t u = 0;
+  for (size_t i = 0; i < m; i++)
+    if (u == 0 || h->parts[u - 1] != h->parts[i]) h->parts[u++] = h->parts[i];
+  h->n = u;
+  for (size_t i = 0; i < u; i++) pthread_mutex_lock(&h->parts[i]->lock);
+  store_held = h;
+  return h;
+}
+
+void store_release(store_hold_t *h) {
+  if (!h) return;
+  GRID_ASSERT(store_held == h);
+  store_held = NULL;
+  for (size_t i = h->n; i-- > 0;) pthread_mutex_unlock(&h->parts[i]->lock);
+  free(h);
 }
 
 /* ---- batches: one partition's writes, all or none ---------------------- */
@@ -974,7 +1042,7 @@ int store_write_batch(store_cache_t *c, store_batch_op_t *ops, size_t n, int64_t
   store_part_t *p = &c->parts[part];
   int rc = 0, wrote = 0;
   int64_t delta = 0;
-  pthread_mutex_lock(&p->lock);
+  part_lock(p);
   int keep = atomic_load_explicit(&c->history, memory_order_relaxed);
   /* 1. Every condition against the entries as they are, and the memory
    * the puts need, before anything changes. */
@@ -1040,7 +1108,7 @@ int store_write_batch(store_cache_t *c, store_batch_op_t *ops, size_t n, int64_t
     op->version_out = version;
     wrote = 1;
   }
-  pthread_mutex_unlock(&p->lock);
+  part_unlock(p);
   for (size_t i = 0; i < n; i++) free(made[i]);
   free(made);
   if (rc == 0 && wrote && s->announce_applied && store_watched(c)) store_part_commit(c, part, 0);
@@ -1074,7 +1142,7 @@ static int store_scan_any(store_cache_t *c, uint32_t part, uint64_t *cursor,
   uint64_t v = *cursor;
   uint32_t seen = 0;
   int stop = 0;
-  pthread_mutex_lock(&p->lock);
+  part_lock(p);
   if (!p->buckets) {
     v = 0;
   } else {
@@ -1090,23 +1158,24 @@ static int store_scan_any(store_cache_t *c, uint32_t part, uint64_t *cursor,
       v = store_cursor_next(v, p->mask);
     } while (v != 0 && seen < count && !stop);
   }
-  pthread_mutex_unlock(&p->lock);
+  part_unlock(p);
   *cursor = v;
   return 0;
 }
 
 int store_expiry(store_cache_t *c, const store_key_t *k, int64_t now_ms,
-                 int64_t *expire_at_ms) {
+                 int64_t *expire_at_ms, uint64_t *version) {
   store_part_t *p = &c->parts[k->part];
-  pthread_mutex_lock(&p->lock);
+  part_lock(p);
   store_entry_t **link;
   store_entry_t *e = store_find(p, k, &link);
   int rc = GRID_ENOTFOUND;
   if (e && !store_expired(e, now_ms)) {
     *expire_at_ms = e->expire_at_ms;
+    if (version) *version = e->version;
     rc = 0;
   }
-  pthread_mutex_unlock(&p->lock);
+  part_unlock(p);
   return rc;
 }
 
@@ -1167,10 +1236,10 @@ static int store_apply_any(store_cache_t *c, const store_key_t *k, const void *v
                            size_t value_len, uint64_t version, int64_t expire_at_ms,
                            int keep, uint8_t how, int expired) {
   store_part_t *p = &c->parts[k->part];
-  pthread_mutex_lock(&p->lock);
+  part_lock(p);
   int rc = store_apply_locked(c, p, k, value, value_len, version, expire_at_ms, keep, how,
                               expired);
-  pthread_mutex_unlock(&p->lock);
+  part_unlock(p);
   if (rc == 0 && keep && c->store->announce_applied && store_watched(c))
     store_part_commit(c, k->part, 0);
   return rc;
@@ -1185,14 +1254,14 @@ int store_apply_batch(store_cache_t *c, const store_record_t *recs, size_t n, ui
     if (recs[i].key.part != part) return GRID_EINVAL;
   store_part_t *p = &c->parts[part];
   int rc = 0;
-  pthread_mutex_lock(&p->lock);
+  part_lock(p);
   for (size_t i = 0; i < n && rc == 0; i++) {
     const store_record_t *r = &recs[i];
     rc = store_apply_locked(c, p, &r->key, r->value, r->value_len, r->version, r->expire_at_ms,
                             1, how, 0);
     if (rc == 0) (*applied)++;
   }
-  pthread_mutex_unlock(&p->lock);
+  part_unlock(p);
   if (*applied && c->store->announce_applied && store_watched(c)) store_part_commit(c, part, 0);
   return rc;
 }
@@ -1200,7 +1269,7 @@ int store_apply_batch(store_cache_t *c, const store_record_t *recs, size_t n, ui
 void store_part_reset(store_cache_t *c, uint32_t part, uint64_t counter) {
   if (part >= c->cfg.partitions) return;
   store_part_t *p = &c->parts[part];
-  pthread_mutex_lock(&p->lock);
+  part_lock(p);
   store_part_clear(c->store, p);
   /* The copy takes the primary's counter: the entries to come were
    * written at or before it, the records after it follow. (Its own
@@ -1214,7 +1283,7 @@ void store_part_reset(store_cache_t *c, uint32_t part, uint64_t counter) {
     changes_reset(p->changes, counter);
     p->began = counter;
   }
-  pthread_mutex_unlock(&p->lock);
+  part_unlock(p);
 }
 
 /* ---- change history and watchers ----------------------------------------- */
@@ -1232,14 +1301,14 @@ int store_history_kept(const store_cache_t *c) { return atomic_load(&c->history)
 uint64_t store_part_now(store_cache_t *c, uint32_t part) {
   if (part >= c->cfg.partitions) return 0;
   store_part_t *p = &c->parts[part];
-  pthread_mutex_lock(&p->lock);
+  part_lock(p);
   uint64_t now = store_part_announced(c, part);
   /* Writes in flight when the history began are not in it: "from now"
    * starts after them (they were concurrent with the subscription). (Not
    * the ring's base, which moves as it forgets.) */
   uint64_t began = p->changes ? p->began : (p->counter & STORE_COUNTER_MASK);
   if (began > now) now = began;
-  pthread_mutex_unlock(&p->lock);
+  part_unlock(p);
   return now;
 }
 
@@ -1311,7 +1380,7 @@ int store_changes_read(store_cache_t *c, uint32_t part, uint64_t after, size_t m
                        changes_cb cb, void *ctx, uint64_t *next, uint64_t *upto,
                        changes_hint_t *hint) {
   store_part_t *p = &c->parts[part];
-  pthread_mutex_lock(&p->lock);
+  part_lock(p);
   uint64_t announced = store_part_announced(c, part);
   *upto = announced;
   int rc;
@@ -1331,7 +1400,7 @@ int store_changes_read(store_cache_t *c, uint32_t part, uint64_t after, size_t m
     if (rc == CHANGES_GAP)
       *next = p->changes->base < announced ? p->changes->base : announced;
   }
-  pthread_mutex_unlock(&p->lock);
+  part_unlock(p);
   return rc;
 }
 
@@ -1340,7 +1409,7 @@ void store_snapshot(store_cache_t *c, uint32_t part, int64_t now_ms, store_entry
   *upto = 0;
   if (part >= c->cfg.partitions) return;
   store_part_t *p = &c->parts[part];
-  pthread_mutex_lock(&p->lock);
+  part_lock(p);
   uint64_t announced = store_part_announced(c, part);
   *upto = announced;
   for (uint64_t b = 0; p->buckets && b <= p->mask; b++) {
@@ -1350,7 +1419,7 @@ void store_snapshot(store_cache_t *c, uint32_t part, int64_t now_ms, store_entry
          e->expire_at_ms);
     }
   }
-  pthread_mutex_unlock(&p->lock);
+  part_unlock(p);
 }
 
 size_t store_expired_keys(store_cache_t *c, uint32_t part, int64_t now_ms, uint64_t *cursor,
@@ -1362,7 +1431,7 @@ size_t store_expired_keys(store_cache_t *c, uint32_t part, int64_t now_ms, uint6
   store_part_t *p = &c->parts[part];
   size_t looked = 0;
   uint64_t v = *cursor;
-  pthread_mutex_lock(&p->lock);
+  part_lock(p);
   if (!p->buckets || atomic_load_explicit(&p->count, memory_order_relaxed) == 0) {
     v = 0;
   } else {
@@ -1374,7 +1443,7 @@ size_t store_expired_keys(store_cache_t *c, uint32_t part, int64_t now_ms, uint6
       v = store_cursor_next(v, p->mask);
     } while (v != 0 && looked < budget);
   }
-  pthread_mutex_unlock(&p->lock);
+  part_unlock(p);
   *cursor = v;
   return looked;
 }
@@ -1385,7 +1454,7 @@ int store_get_committed(store_cache_t *c, const store_key_t *k, int64_t now_ms,
                         store_alloc_fn alloc, void *ctx, void **value, size_t *value_len,
                         uint64_t *version) {
   store_part_t *p = &c->parts[k->part];
-  pthread_mutex_lock(&p->lock);
+  part_lock(p);
   int rc = GRID_ENOTREADY;
   uint64_t committed = atomic_load(&p->sync.committed);
   if (!atomic_load(&p->sync.led) &&
@@ -1407,7 +1476,7 @@ int store_get_committed(store_cache_t *c, const store_key_t *k, int64_t now_ms,
     if (e && !store_expired(e, now_ms) && (e->version & STORE_COUNTER_MASK) <= committed)
       rc = store_copy_value(e, alloc, ctx, value, value_len, version);
   }
-  pthread_mutex_unlock(&p->lock);
+  part_unlock(p);
   return rc;
 }
 
@@ -1416,7 +1485,7 @@ int store_scan_committed(store_cache_t *c, uint32_t part, int64_t now_ms, store_
   if (part >= c->cfg.partitions) return GRID_EINVAL;
   store_part_t *p = &c->parts[part];
   int rc = GRID_ENOTREADY;
-  pthread_mutex_lock(&p->lock);
+  part_lock(p);
   int readable = atomic_load(&p->sync.led) ||
                  (atomic_load(&p->sync.backup_in_sync) && store_reads_backup(&c->cfg));
   /* Only with every write applied here committed: then no entry seen (nor
@@ -1429,17 +1498,17 @@ int store_scan_committed(store_cache_t *c, uint32_t part, int64_t now_ms, store_
         if (!store_expired(e, now_ms))
           stop = cb(ctx, e->data, e->key_len, e->data + e->key_len, e->value_len, e->version);
   }
-  pthread_mutex_unlock(&p->lock);
+  part_unlock(p);
   return rc;
 }
 
 void store_part_committed_to(store_cache_t *c, uint32_t part, uint64_t committed) {
   if (part >= c->cfg.partitions) return;
   store_part_t *p = &c->parts[part];
-  pthread_mutex_lock(&p->lock);
+  part_lock(p);
   if (committed > p->counter) committed = p->counter;
   if (committed > atomic_load(&p->sync.committed)) atomic_store(&p->sync.committed, committed);
-  pthread_mutex_unlock(&p->lock);
+  part_unlock(p);
 }
 
 store_part_sync_t *store_part_sync(store_cache_t *c, uint32_t part) {
@@ -1545,7 +1614,7 @@ size_t store_sweep(store_t *s, int64_t now_ms, size_t budget) {
       grace_ms = STORE_BACKUP_EXPIRE_GRACE_MS;
     }
     size_t removed_before = removed;
-    pthread_mutex_lock(&p->lock);
+    part_lock(p);
     uint64_t v = s->sweep_cursor;
     if (p->buckets && atomic_load_explicit(&p->count, memory_order_relaxed) > 0) {
       do {
@@ -1556,7 +1625,7 @@ size_t store_sweep(store_t *s, int64_t now_ms, size_t budget) {
     } else {
       v = 0;
     }
-    pthread_mutex_unlock(&p->lock);
+    part_unlock(p);
     if (history && !grace_ms && removed != removed_before && store_watched(c))
       store_part_commit(c, (uint32_t)s->sweep_part, 0);
     s->sweep_cursor = v;

@@ -223,10 +223,10 @@ int store_get_committed(store_cache_t *c, const store_key_t *k, int64_t now_ms,
 /* A backup copy hears its primary's committed counter (with a record, or
  * alone): committed rises to it, never past what this copy applied. */
 void store_part_committed_to(store_cache_t *c, uint32_t part, uint64_t committed);
-/* Remaining time to live of k: 0 with *expire_at_ms (0: none), or
- * GRID_ENOTFOUND. */
+/* Remaining time to live of k: 0 with *expire_at_ms (0: none) and, when
+ * version is not NULL, *version; or GRID_ENOTFOUND. */
 int store_expiry(store_cache_t *c, const store_key_t *k, int64_t now_ms,
-                 int64_t *expire_at_ms);
+                 int64_t *expire_at_ms, uint64_t *version);
 /* Applies one write. 0, or GRID_EEXIST, GRID_ENOTFOUND, GRID_EVERSION,
  * GRID_ENOTNUM, GRID_EOVERFLOW, GRID_EMEMLIMIT, GRID_ENOMEM. */
 int store_write(store_cache_t *c, const store_key_t *k, const store_write_t *w,
@@ -236,6 +236,16 @@ int store_write(store_cache_t *c, const store_key_t *k, const store_write_t *w,
 int store_write_rec(store_cache_t *c, const store_key_t *k, const store_write_t *w,
                     int64_t now_ms, store_result_t *res, store_applied_fn applied,
                     void *ctx);
+/* Several steps as one (a Redis transaction): the calling thread holds
+ * the partitions named (each locked, in one order every hold uses) until
+ * store_release; the store's calls on them from this thread run inside
+ * the hold, so no other thread sees part of what it did. One hold per
+ * thread at a time; no cache registry call (store_cache_acquire, a view's
+ * refresh) while holding. NULL when out of memory. */
+typedef struct store_hold store_hold_t;
+store_hold_t *store_hold(store_cache_t *c, const uint32_t *parts, size_t n);
+void store_release(store_hold_t *h);
+
 /* One step of store_write_batch. */
 typedef enum {
   STORE_BATCH_PUT = 1,        /* key := value (ttl_ms: 0 the cache's default) */

@@ -126,7 +126,18 @@ bad=$(awk '/^[[:space:]]*(#|$)/ { next }
 
 # Each command is preceded by ECHO "@@ i": its reply line marks where the
 # replies of command i begin, so a difference is shown next to its command.
-awk '{ printf "ECHO \"@@ %d\"\n%s\n", NR, $0 }' "$dir/cmds" > "$dir/stream"
+# Not inside MULTI ... EXEC / DISCARD / RESET, where the ECHO would be queued
+# too: a transaction's lines are one block, the MULTI line's (the others'
+# blocks are left empty, listed in "inside").
+awk -v inside="$dir/inside" '
+  { up = toupper($1) }
+  !tx { printf "ECHO \"@@ %d\"\n", NR }
+  tx { print NR > inside }
+  { print }
+  !tx && up == "MULTI" && NF == 1 { tx = 1; next }
+  tx && (up == "EXEC" || up == "DISCARD" || up == "RESET") && NF == 1 { tx = 0 }' \
+  "$dir/cmds" > "$dir/stream"
+touch "$dir/inside"
 
 run_stream() { # PORT NAME — redis-cli reads the lines of the stream from stdin
   local rc=0
@@ -139,6 +150,8 @@ run_stream() { # PORT NAME — redis-cli reads the lines of the stream from stdi
     BEGIN { f = out "/0"; printf "" > f }
     /^"@@ [0-9]+"$/ { close(f); n = $2; sub(/"$/, "", n); f = out "/" n; printf "" > f; next }
     { print > f }' "$dir/$2.out"
+  local i
+  while read -r i; do : > "$dir/$2/$i"; done < "$dir/inside"
 }
 
 run_stream "$redis_port" redis

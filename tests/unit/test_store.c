@@ -1531,7 +1531,7 @@ static int64_t expiry_of(store_cache_t *c, const char *key, int64_t now_ms) {
   store_key_t k;
   store_key_init(c, key, strlen(key), &k);
   int64_t at = -2;
-  if (store_expiry(c, &k, now_ms, &at) != 0) return -2;
+  if (store_expiry(c, &k, now_ms, &at, NULL) != 0) return -2;
   return at;
 }
 
