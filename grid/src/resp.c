@@ -1678,6 +1678,7 @@ struct resp_exec {
   size_t nsteps, cap;
   Grid__BatchOp *watch;      /* WATCH's versions, as checks */
   Grid__BatchOp **watchp;
+  resp_watch_t **watched;    /* WATCH's keys, taken from the connection */
   size_t nwatch;
   int aborted;               /* a watched key changed */
   size_t current;            /* the queued command running */
@@ -1739,6 +1740,8 @@ static void resp_exec_free(resp_exec_t *x) {
   free(x->owner);
   free(x->watch);
   free(x->watchp);
+  for (size_t i = 0; x->watched && i < x->nwatch; i++) free(x->watched[i]);
+  free(x->watched);
   resp_tx_free(x->tx);
   free(x);
 }
@@ -1848,9 +1851,14 @@ static int resp_exec_watches(resp_conn_t *r, resp_exec_t *x) {
   if (!r->nwatch) return 0;
   x->watch = calloc(r->nwatch, sizeof *x->watch);
   x->watchp = calloc(r->nwatch, sizeof *x->watchp);
-  if (!x->watch || !x->watchp) return -1;
-  for (size_t i = 0; i < r->nwatch; i++) {
-    const resp_watch_t *w = r->watch[i];
+  x->watched = calloc(r->nwatch, sizeof *x->watched);
+  if (!x->watch || !x->watchp || !x->watched) return -1;
+  /* The keys move to x: the checks point into them. */
+  memcpy(x->watched, r->watch, r->nwatch * sizeof *x->watched);
+  x->nwatch = r->nwatch;
+  r->nwatch = 0;
+  for (size_t i = 0; i < x->nwatch; i++) {
+    const resp_watch_t *w = x->watched[i];
     if (strcmp(w->cache, r->cache) != 0) return -2;
     Grid__BatchOp *b = &x->watch[i];
     grid__batch_op__init(b);
@@ -1860,7 +1868,6 @@ static int resp_exec_watches(resp_conn_t *r, resp_exec_t *x) {
     b->version = w->version;
     x->watchp[i] = b;
   }
-  x->nwatch = r->nwatch;
   return 0;
 }
 

@@ -11,6 +11,7 @@
 #include "check.h"
 #include "grid.h"
 #include "harness.h"
+#include "part.h"
 #include "pmap.h"
 
 static harness_zk_t zk;
@@ -425,6 +426,82 @@ static void test_zones(void) {
   for (int i = 0; i < 3; i++) CHECK(harness_stop(&zn[i]) == 0);
 }
 
+
+/* Sends text on fd and checks that the replies that come back are want,
+ * byte for byte. */
+static void resp_expect(int fd, const char *text, const char *want) {
+  harness_send_all(fd, text, strlen(text));
+  char buf[4096];
+  size_t got = 0, len = strlen(want);
+  while (got < len) {
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    if (poll(&pfd, 1, 10000) != 1) break;
+    ssize_t r = recv(fd, buf + got, sizeof buf - got, 0);
+    if (r <= 0) break;
+    got += (size_t)r;
+  }
+  if (got != len || memcmp(buf, want, len) != 0) {
+    fprintf(stderr, "   sent: %s\n   want: %s\n   got:  %.*s\n", text, want, (int)got, buf);
+    CHECK(!"the replies Redis gives");
+  }
+}
+
+/* MULTI / EXEC on any node: keys of one partition ({tag}) run as one step
+ * on their primary, a change made through the native protocol on another
+ * node aborts a WATCH, and keys of two partitions get Redis Cluster's
+ * CROSSSLOT. */
+static void test_resp_transactions(void) {
+  for (int n = 0; n < 3; n++) {
+    int fd = harness_connect(nodes[n].resp_port);
+    char key_a[32], key_n[32], text[512], want[256];
+    snprintf(key_a, sizeof key_a, "{tx%d}a", n);
+    snprintf(key_n, sizeof key_n, "{tx%d}n", n);
+    snprintf(text, sizeof text,
+             "MULTI\r\nSET %s 1\r\nINCR %s\r\nINCR %s\r\nGET %s\r\nEXEC\r\n", key_a, key_n,
+             key_n, key_a);
+    resp_expect(fd, text,
+                "+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n"
+                "*4\r\n+OK\r\n:1\r\n:2\r\n$1\r\n1\r\n");
+    /* WATCH, then the key changes through another node's native protocol:
+     * EXEC runs nothing. */
+    snprintf(text, sizeof text, "WATCH %s\r\n", key_a);
+    resp_expect(fd, text, "+OK\r\n");
+    CHECK_RC(grid_put(g[(n + 1) % 3], "default", key_a, strlen(key_a), "2", 1, 0, NULL), 0);
+    snprintf(text, sizeof text, "MULTI\r\nSET %s 3\r\nEXEC\r\n", key_a);
+    resp_expect(fd, text, "+OK\r\n+QUEUED\r\n*-1\r\n");
+    /* Unchanged: it runs. */
+    snprintf(text, sizeof text, "WATCH %s\r\nMULTI\r\nSET %s 4\r\nGET %s\r\nEXEC\r\n", key_a,
+             key_a, key_a);
+    resp_expect(fd, text, "+OK\r\n+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n+OK\r\n$1\r\n4\r\n");
+    /* Keys of two partitions. */
+    pmap_t m;
+    harness_pmap(nodes[n].port, &m);
+    const pmap_group_t *pc = pmap_find_cache(&m, "default");
+    CHECK(pc);
+    uint32_t parts = pc->partitions;
+    pmap_free(&m);
+    uint32_t pa = part_of(key_a, strlen(key_a), parts), pb = pa;
+    char other[32];
+    for (int i = 0; pb == pa; i++) {
+      snprintf(other, sizeof other, "{other%d}", i);
+      pb = part_of(other, strlen(other), parts);
+    }
+    snprintf(text, sizeof text, "MULTI\r\nSET %s 5\r\nSET %s 5\r\nEXEC\r\nGET %s\r\n", key_a,
+             other, key_a);
+    snprintf(want, sizeof want, "+OK\r\n+QUEUED\r\n+QUEUED\r\n-CROSSSLOT Keys in request don't "
+             "hash to the same slot\r\n$1\r\n4\r\n");
+    resp_expect(fd, text, want);
+    close(fd);
+    /* What EXEC wrote is on every node. */
+    for (int k = 0; k < 3; k++) {
+      char out[64];
+      const char *get[] = {"GET", key_n, NULL};
+      harness_resp(nodes[k].resp_port, get, out, sizeof out);
+      CHECK_STR(out, "2");
+    }
+  }
+}
+
 int main(void) {
   harness_zk_start(&zk);
   for (int i = 0; i < 3; i++) start_node(&nodes[i], "c3", i, NULL, 3);
@@ -436,6 +513,7 @@ int main(void) {
   RUN(test_resp_any_node);
   RUN(test_resp_expire_replicated);
   RUN(test_resp_pubsub);
+  RUN(test_resp_transactions);
   RUN(test_peer_checks);
   RUN(test_lost_partitions);
   for (int i = 0; i < 3; i++) {

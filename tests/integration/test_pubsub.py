@@ -26,10 +26,12 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from resp_servers import start_gridd, start_redis  # noqa: E402
+
 REPLY_TIMEOUT_S = 5.0      # one reply
 QUIET_S = 0.5              # no notification for this long: all have come
 EVENTS_WAIT_S = 10.0       # notifications of one batch, at most
-START_WAIT_S = 10.0
 
 failures = []
 
@@ -124,67 +126,6 @@ class Client:
         self.send(*args)
         r = self.read()
         return r[0] if r else b"(no reply)"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def wait_ping(port, proc):
-    deadline = time.monotonic() + START_WAIT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            c = Client(port)
-            ok = c.call("PING") == b"+PONG\r\n"
-            c.close()
-            if ok:
-                return True
-        except OSError:
-            pass
-        time.sleep(0.05)
-    return False
-
-
-def start_redis(work):
-    for _ in range(5):
-        port = free_port()
-        p = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                              "--save", "", "--appendonly", "no", "--dir", work,
-                              "--notify-keyspace-events", "KEA"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if wait_ping(port, p):
-            return p, port
-        p.kill()
-        p.wait()
-    sys.exit("test_pubsub: redis-server did not start")
-
-
-def start_gridd(gridd, work):
-    port_file = os.path.join(work, "resp.port")
-    log = open(os.path.join(work, "gridd.log"), "wb")
-    p = subprocess.Popen([gridd, "--port", "0", "--set", "resp_port=0",
-                          "--set", f"resp_port_file={port_file}",
-                          "--set", "notify_keyspace_events=KEA",
-                          "--set", "sweep_interval_ms=50"], stdout=log, stderr=log)
-    deadline = time.monotonic() + START_WAIT_S
-    port = None
-    while time.monotonic() < deadline and p.poll() is None:
-        try:
-            port = int(open(port_file).read())
-            break
-        except (OSError, ValueError):
-            time.sleep(0.05)
-    if not port or not wait_ping(port, p):
-        p.kill()
-        print(open(os.path.join(work, "gridd.log")).read())
-        sys.exit("test_pubsub: gridd did not serve RESP")
-    return p, port
 
 
 # ---- the steps ---------------------------------------------------------------
@@ -398,9 +339,10 @@ def main():
     work = tempfile.mkdtemp(prefix="grid-pubsub-")
     procs = []
     try:
-        rp, rport = start_redis(work)
+        rp, rport = start_redis(work, ["--notify-keyspace-events", "KEA"], who="test_pubsub")
         procs.append(rp)
-        gp, gport = start_gridd(gridd, work)
+        gp, gport = start_gridd(gridd, work, ["notify_keyspace_events=KEA", "sweep_interval_ms=50"],
+                               who="test_pubsub")
         procs.append(gp)
 
         compare_transcripts("pubsub", pubsub_steps(rport), pubsub_steps(gport))
