@@ -32,6 +32,7 @@ static const config_key_t config_keys[] = {
     CFG_N(resp_args_max, CFG_INT, 3, 10000000),
     CFG_N(resp_command_bytes_max, CFG_SIZE, 0, (int64_t)1 << 30),
     CFG_N(resp_pipeline_max, CFG_INT, 1, 1000000),
+    CFG_N(databases, CFG_INT, 1, 100000),
     CFG_S(node_id),
     CFG_N(loops, CFG_INT, 0, 64),
     CFG_N(memory_bytes_max, CFG_SIZE, 0, INT64_MAX),
@@ -82,6 +83,7 @@ void config_defaults(config_t *c) {
   c->resp_args_max = 1024 * 1024;
   c->resp_command_bytes_max = 0; /* as frame_bytes_max */
   c->resp_pipeline_max = 1024;
+  c->databases = 16;
   c->loops = 0;
   c->memory_bytes_max = 0;
   c->frame_bytes_max = 64 << 20;

@@ -25,6 +25,9 @@ typedef struct config {
   int64_t resp_pipeline_max;      /* RESP commands of one connection whose
                                      replies are not written yet, at most:
                                      parsing stops there until half are */
+  int64_t databases;              /* Redis databases: SELECT 0..databases-1
+                                     (cache "default", then "db<n>", made
+                                     on the first SELECT) */
   char node_id[64];               /* empty: generated at start */
   int64_t loops;                  /* event loop threads; 0 = one per core */
   int64_t memory_bytes_max;       /* entry memory at most; 0 = 1/4 of RAM */

@@ -35,6 +35,7 @@ typedef struct native_conn {
                                   output, from batch_at */
   size_t batch_at;
   uint64_t batch_sub;
+  size_t running;              /* requests handed to route, not answered */
 } native_conn_t;
 
 #define NATIVE_BATCH_BYTES 65536 /* events put in one frame, about */
@@ -114,6 +115,7 @@ typedef struct native_pending {
 static void native_pending_fn(loop_t *lp, sink_t *s, const Grid__Reply *rp) {
   (void)lp;
   native_pending_t *pd = (native_pending_t *)s;
+  if (native_of(pd->c) && native_of(pd->c)->running) native_of(pd->c)->running--;
   Grid__Reply r = *rp;
   r.id = pd->id;
   native_reply(pd->c, &r);
@@ -540,6 +542,8 @@ static int native_route(conn_t *c, Grid__Request *rq) {
       pd->c = c;
       pd->id = rq->id;
       conn_ref(c);
+      from.behind = nc->running > 0;
+      nc->running++;
       route_run(lp, rq, &from, &pd->sink);
       return 0;
     }

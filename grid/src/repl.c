@@ -645,14 +645,15 @@ void repl_run_here(loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *sink
   repl_run(lp, rq, p, sink, 0);
 }
 
-void repl_execute(loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *sink) {
+void repl_execute(loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *sink, int ordered) {
   int owner = repl_owner_loop(lp, p);
   if (owner == lp->index) {
     repl_run(lp, rq, p, sink, 0);
     return;
   }
-  if (rq->op == GRID__OP__GET) {
-    /* A read answers from any loop when what it saw is committed. */
+  if (rq->op == GRID__OP__GET && !ordered) {
+    /* A read answers from any loop when what it saw is committed (and
+     * nothing of its connection is ahead of it, in the owner's line). */
     store_cache_t *sc = store_view_find(&lp->view, rq->cache, strlen(rq->cache));
     store_part_sync_t *sync = sc ? store_part_sync(sc, p) : NULL;
     if (sync && atomic_load(&sync->committed) == atomic_load(&sync->applied)) {

@@ -33,9 +33,11 @@ typedef struct sink sink_t;
 
 /* Runs a keyed request (GET ... ADD) or a SCAN of partition p, which this
  * node leads in lp's map, and delivers its reply through sink once it may
- * be seen. */
+ * be seen. ordered: earlier requests of its connection are in flight, so
+ * a read takes the owner loop's line (behind them) instead of answering
+ * from this loop. */
 void repl_execute(loop_t *lp, const Grid__Request *rq, uint32_t p,
-                  sink_t *sink);
+                  sink_t *sink, int ordered);
 
 /* A backup's side: REPL and FILL from a primary (from_node: its id). */
 void repl_on_peer_request(loop_t *lp, const char *from_node,

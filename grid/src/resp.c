@@ -98,8 +98,13 @@ struct resp_conn {
   resp_watch_t **watch;      /* WATCH's keys, until EXEC, DISCARD,
                                 UNWATCH or RESET */
   size_t nwatch, watch_cap;
-  int watch_pending;         /* WATCH reads not answered: nothing more is
-                                parsed until they are (EXEC needs them) */
+  size_t running;            /* a cluster's commands sent, not answered:
+                                a request of a later one must not overtake
+                                them (route_from_t.behind) */
+  int state_pending;         /* commands in flight that later ones depend
+                                on (WATCH's reads: EXEC needs them;
+                                SELECT making its database): nothing
+                                more is parsed until they are answered */
 };
 
 static resp_conn_t *resp_of(const conn_t *c) { return c->fe; }
@@ -366,6 +371,8 @@ struct resp_job {
   size_t queued;            /* ... its place in the transaction */
   resp_exec_t *exec;        /* EXEC's own job: what it runs */
   size_t base;              /* WATCH: its first key's place in r->watch */
+  char db[STORE_CACHE_NAME_MAX + 1]; /* SELECT: the database's cache */
+  int holds_state;          /* counted in state_pending until answered */
 };
 
 typedef struct resp_sub {
@@ -413,8 +420,8 @@ static void resp_job_finish(resp_job_t *job) {
     free(job);
     return;
   }
-  if (job->cmd->run == cmd_watch && resp_of(job->c)->watch_pending > 0)
-    resp_of(job->c)->watch_pending--;
+  if (job->holds_state) resp_of(job->c)->state_pending--;
+  if (!job->embedded) resp_of(job->c)->running--;
   if (job->embedded) return; /* resp_dispatch writes the reply */
   conn_t *c = job->c;
   free(job);
@@ -463,7 +470,8 @@ static void resp_job_submit(resp_job_t *job, size_t index, Grid__Request *rq) {
     }
     *sub = (resp_sub_t){.job = job, .index = index, .heap = 1};
     sink_init(&sub->sink, resp_sub_fn, lp->index);
-    route_from_t from = {.addr = c->peer};
+    /* This job counts itself once: anything more is an earlier command's. */
+    route_from_t from = {.addr = c->peer, .behind = resp_of(c)->running > 1};
     route_run(lp, rq, &from, &sub->sink);
     return;
   }
@@ -503,8 +511,19 @@ static resp_job_t *resp_job_start(conn_t *c, const resp_cmd_t *cmd, resp_slot_t 
   job->cmd = cmd;
   job->n = n;
   job->pending = 1;
-  if (!job->embedded && !job->in_exec) conn_ref(c);
+  if (!job->embedded && !job->in_exec) {
+    conn_ref(c);
+    r->running++;
+  }
   return job;
+}
+
+/* Later commands depend on this one's outcome: in a cluster (which answers
+ * later) nothing more is parsed until it is answered. */
+static void resp_job_hold_state(resp_job_t *job) {
+  if (job->embedded || job->in_exec) return;
+  job->holds_state = 1;
+  resp_of(job->c)->state_pending++;
 }
 
 /* ---- argument helpers ------------------------------------------------------- */
@@ -1071,13 +1090,45 @@ static void cmd_select(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int a
       name[argv[1].len] = '\0';
     }
   }
-  if (!ok || !store_view_find(&c->lp->view, name, strlen(name))) {
+  if (ok && store_view_find(&c->lp->view, name, strlen(name))) {
+    snprintf(resp_of(c)->cache, sizeof resp_of(c)->cache, "%s", name);
+    slot_ok(s);
+    s->done = 1;
+    return;
+  }
+  /* Databases 1 .. databases-1 always exist for a client: the cache of one
+   * is made (default settings, cluster-wide) by its first SELECT. */
+  if (arg_i64(&argv[1], &idx) != 0) { /* and no cache of that name */
+    slot_error(s, "ERR value is not an integer or out of range");
+    return;
+  }
+  if (!ok || idx < 1 || idx >= c->lp->node->cfg.databases) {
     slot_error(s, "ERR DB index is out of range");
     return;
   }
-  snprintf(resp_of(c)->cache, sizeof resp_of(c)->cache, "%s", name);
-  slot_ok(s);
-  s->done = 1;
+  resp_job_t *job = resp_job_start(c, cmd, s, 1);
+  if (!job) return;
+  snprintf(job->db, sizeof job->db, "%s", name);
+  resp_job_hold_state(job);
+  Grid__CacheConfig cc = GRID__CACHE_CONFIG__INIT;
+  cc.name = job->db;
+  Grid__Request rq;
+  grid__request__init(&rq);
+  rq.op = GRID__OP__CREATE_CACHE;
+  rq.cache_config = &cc;
+  resp_job_submit(job, 0, &rq);
+  resp_job_sent(job);
+}
+
+static void reply_select(resp_job_t *job, size_t i, const Grid__Reply *rp) {
+  (void)i;
+  if (rp->status != 0 && rp->status != GRID_ECACHEEXISTS) {
+    resp_reply_error(job, rp);
+    return;
+  }
+  resp_conn_t *r = resp_of(job->c);
+  snprintf(r->cache, sizeof r->cache, "%s", job->db);
+  slot_ok(job->slot);
 }
 
 /* CLIENT's subcommands and their arity. NULL, or the error's words in line. */
@@ -1298,7 +1349,7 @@ static const size_t resp_ncmds;
 /* One command's row of COMMAND: name, arity, flags (none given), and where
  * its keys are. Whether it has keys is the op table's word. */
 static void command_row(resp_slot_t *s, const resp_cmd_t *d) {
-  int keyed = op_has(d->op, OP_KEYED);
+  int keyed = op_has(d->op, OP_KEYED) && d->keys != RESP_KEYS_NONE;
   int last = !keyed ? 0 : d->keys == RESP_KEYS_ONE ? 1 : -1;
   int step = !keyed ? 0 : d->keys == RESP_KEYS_PAIRS ? 2 : 1;
   slot_num_line(s, '*', 6);
@@ -2033,7 +2084,7 @@ static void cmd_watch(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int ar
   job->base = base;
   /* EXEC needs these versions: nothing after WATCH is parsed until they
    * are in (a cluster answers later; a single node at once). */
-  if (!job->embedded) r->watch_pending++;
+  resp_job_hold_state(job);
   resp_send_keys(job, argv);
 }
 
@@ -2093,7 +2144,7 @@ static const resp_cmd_t resp_cmds[] = {
     {"ping", -1, 2, RESP_LOCAL, RESP_KEYS_NONE, cmd_ping, NULL, NULL},
     {"echo", 2, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_echo, NULL, NULL},
     {"quit", -1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_quit, NULL, NULL},
-    {"select", 2, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_select, NULL, NULL},
+    {"select", 2, 0, RESP_OP(CREATE_CACHE), RESP_KEYS_NONE, cmd_select, reply_select, NULL},
     {"time", 1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_time, NULL, NULL},
     {"client", -2, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_client, NULL, NULL},
     {"hello", -1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_hello, NULL, NULL},
@@ -2258,7 +2309,7 @@ static int resp_input_may_go_on(conn_t *c, size_t off) {
     conn_flush(c);
     if (conn_output_full(c) || uv_is_closing((uv_handle_t *)&c->tcp)) return 0;
   }
-  if (r->watch_pending) return 0; /* resp_input_resume goes on */
+  if (r->state_pending) return 0; /* resp_input_resume goes on */
   if (!resp_pipeline_has_room(&r->pipe, pipeline_max)) {
     /* Replies complete but not written still count: write them first. */
     resp_flush_slots(c);
@@ -2294,7 +2345,7 @@ void resp_input(conn_t *c) {
   /* A full pipeline stops reading too, so the buffer does not fill up
    * with commands that cannot be parsed yet: resp_input_resume goes on. */
   if (!c->closing && !c->held &&
-      (r->watch_pending ||
+      (r->state_pending ||
        !resp_pipeline_has_room(&r->pipe, (size_t)c->lp->node->cfg.resp_pipeline_max)))
     conn_hold(c);
 }
@@ -2316,7 +2367,7 @@ static void resp_on_resume(loop_t *lp, void *arg) {
 static void resp_input_resume(conn_t *c) {
   resp_conn_t *r = resp_of(c);
   size_t pipeline_max = (size_t)c->lp->node->cfg.resp_pipeline_max;
-  if ((!r->pipe.full && !c->held) || r->watch_pending || r->parsing || r->resume_posted ||
+  if ((!r->pipe.full && !c->held) || r->state_pending || r->parsing || r->resume_posted ||
       c->closing ||
       uv_is_closing((uv_handle_t *)&c->tcp) || !resp_pipeline_has_room(&r->pipe, pipeline_max) ||
       (c->in.len == 0 && !c->held))

@@ -49,7 +49,7 @@ static void route_fwd_done(void *arg, int status, const Grid__Reply *rp) {
 /* Runs a keyed request (or SCAN) where its partition's primary is: here
  * through repl, or forwarded over the loop's link (one hop). */
 static void route_key(loop_t *lp, Grid__Request *rq, const pmap_group_t *pc,
-                      sink_t *sink) {
+                      sink_t *sink, int ordered) {
   uint32_t p = op_has(rq->op, OP_PARTITION)
                    ? rq->partition
                    : part_of(rq->key.data, rq->key.len, pc->partitions);
@@ -67,7 +67,7 @@ static void route_key(loop_t *lp, Grid__Request *rq, const pmap_group_t *pc,
   }
   int prim = pmap_primary(pc, p);
   if (pmap_leads(pc, p, lp->self)) {
-    repl_execute(lp, rq, p, sink);
+    repl_execute(lp, rq, p, sink, ordered);
     return;
   }
   if (rq->hops || prim < 0) {
@@ -282,7 +282,7 @@ static void route_batch(loop_t *lp, Grid__Request *rq, const pmap_group_t *pc, s
       one.ttl_ms = rq->ttl_ms;
     }
     b->pending++;
-    route_key(lp, &one, pc, &part->sink);
+    route_key(lp, &one, pc, &part->sink, 1);
   }
   if (--b->pending == 0) route_batch_finish(b);
 }
@@ -476,7 +476,7 @@ void route_record(loop_t *lp, const Grid__Request *rq, const route_from_t *from,
 }
 
 /* A data request: the cache must be in this loop's map. */
-static void route_data(loop_t *lp, Grid__Request *rq, sink_t *sink) {
+static void route_data(loop_t *lp, Grid__Request *rq, const route_from_t *from, sink_t *sink) {
   if (!cluster_serving(lp->node->cluster)) {
     sink_error(lp, sink, rq->id, GRID_ECLUSTER,
                "this node is not serving (no partition map, or no ZooKeeper)");
@@ -497,7 +497,7 @@ static void route_data(loop_t *lp, Grid__Request *rq, sink_t *sink) {
   }
   if (op_has(rq->op, OP_ALL_NODES)) route_size(lp, rq, pc, sink);
   else if (op_has(rq->op, OP_BATCH)) route_batch(lp, rq, pc, sink);
-  else route_key(lp, rq, pc, sink);
+  else route_key(lp, rq, pc, sink, from->behind);
 }
 
 void route_run(loop_t *lp, Grid__Request *rq, const route_from_t *from, sink_t *sink) {
@@ -521,7 +521,7 @@ void route_run(loop_t *lp, Grid__Request *rq, const route_from_t *from, sink_t *
       break;
   }
   if (op_has(rq->op, OP_DATA)) {
-    route_data(lp, rq, sink);
+    route_data(lp, rq, from, sink);
     return;
   }
   /* Known, not data, not handled above: runs here (a peer-only op from

@@ -21,6 +21,11 @@ typedef struct route_from {
   const char *addr;       /* "ip:port", for logs */
   int map_wait_over;      /* its record waited for a newer map for
                              forward_timeout_ms: refuse it now */
+  int behind;             /* requests of its connection sent before this
+                             one are not answered yet: this one must not
+                             overtake them (a pipelined GET sees the SET
+                             before it, as Redis answers a connection in
+                             order) */
 } route_from_t;
 
 enum {

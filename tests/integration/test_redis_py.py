@@ -64,6 +64,9 @@ def plain_steps(r, out):
                                            r.get(b"py:\x00b\r\n")))))
     big = os.urandom(LARGE_BYTES)
     out.append(("large", outcome(lambda: (r.set("py:big", big), r.get("py:big") == big))))
+    db1 = redis.Redis(host="127.0.0.1", port=r.connection_pool.connection_kwargs["port"], db=1)
+    out.append(("db=1", outcome(lambda: (db1.set("py:a", "in db1"), db1.get("py:a"), r.get("py:a")))))
+    db1.close()
     out.append(("incr non-number", outcome(lambda: (r.set("py:s", "text"), r.incr("py:s")))))
 
 
