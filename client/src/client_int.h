@@ -177,6 +177,7 @@ typedef struct embedded_watch embedded_watch_t;
 typedef struct embedded_change {
   int kind;                 /* 1 put, 2 delete, 3 expire */
   uint8_t how;              /* the write's op */
+  uint8_t type;             /* put: the value's type (grid_value_type_t) */
   uint64_t counter, version;
   int64_t expire_at_ms;
   const void *key;

@@ -452,7 +452,8 @@ static int embedded_batch_deliver(embedded_batch_t *b,
 }
 
 static int embedded_read_cb(void *ctx, const change_t *c) {
-  embedded_change_t ch = {.kind = (int)c->kind, .how = c->how, .counter = c->counter,
+  embedded_change_t ch = {.kind = (int)c->kind, .how = c->how, .type = c->type,
+                          .counter = c->counter,
                           .version = c->version, .expire_at_ms = c->expire_at_ms,
                           .key = c->key, .key_len = c->key_len,
                           .value = c->kind == CHANGE_PUT ? c->value : NULL,
@@ -482,8 +483,9 @@ int embedded_watch_read(embedded_watch_t *ew, uint32_t p, uint64_t after, size_t
 }
 
 static int embedded_snap_cb(void *ctx, const void *key, size_t key_len, const void *value,
-                            size_t value_len, uint64_t version, int64_t expire_at_ms) {
-  embedded_change_t ch = {.kind = CHANGE_PUT, .counter = version & STORE_COUNTER_MASK,
+                            size_t value_len, uint8_t type, uint64_t version,
+                            int64_t expire_at_ms) {
+  embedded_change_t ch = {.kind = CHANGE_PUT, .type = type, .counter = version & STORE_COUNTER_MASK,
                           .version = version, .expire_at_ms = expire_at_ms, .key = key,
                           .key_len = key_len, .value = value, .value_len = value_len};
   embedded_batch_add(ctx, &ch);

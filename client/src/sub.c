@@ -744,6 +744,7 @@ static int sub_local_change(void *ctx, const embedded_change_t *ch) {
   e.key.len = ch->key_len;
   if (ch->kind == 1) {
     e.expire_at_ms = ch->expire_at_ms;
+    e.value_type = ch->type;
     if (!s->opts.keys_only) {
       e.value.data = (uint8_t *)ch->value;
       e.value.len = ch->value_len;

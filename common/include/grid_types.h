@@ -53,7 +53,8 @@ extern "C" {
   XX(ESTALE, -26, "request routed with a stale partition map: refresh and retry") \
   XX(ELOST, -27, "partition lost: no copy of it is left in the cluster")       \
   XX(ECLUSTER, -28, "cluster coordination (ZooKeeper) unavailable to this node") \
-  XX(ENOTREADY, -29, "partition changing owner: retry shortly")
+  XX(ENOTREADY, -29, "partition changing owner: retry shortly")               \
+  XX(EWRONGTYPE, -30, "the key holds another type of value (a string, hash, list or set)")
 
 typedef enum {
   GRID_OK = 0,
@@ -73,6 +74,16 @@ typedef enum {
 } grid_cache_mode_t;
 
 typedef enum { GRID_SYNC_FULL = 0, GRID_SYNC_PRIMARY = 1 } grid_sync_t;
+
+/* What an entry's value is: bytes (what grid_put writes), or one of the
+ * collections the Redis protocol and grid's hash calls keep as one entry. */
+typedef enum {
+  GRID_TYPE_STRING = 0,
+  GRID_TYPE_HASH = 1,
+  GRID_TYPE_LIST = 2,
+  GRID_TYPE_SET = 3,
+} grid_value_type_t;
+#define GRID_TYPE_MAX GRID_TYPE_SET
 
 #ifdef __cplusplus
 }

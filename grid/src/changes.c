@@ -11,6 +11,8 @@
  *   +------+------+-----+--------+--------+-----------+---------+---------+-----+-------+
  *   | len  | kind | how | counter| version| expire_at | key_len | val_len | key | value |
  *   | u32  | u8   | u8  | u64    | u64    | i64       | u32     | u32     |     |       |
+ *
+ * kind's byte holds the value's type in its high four bits.
  *   +------+------+-----+--------+--------+-----------+---------+---------+-----+-------+
  *
  * len counts the whole record with its padding; CHANGES_WRAP in len marks
@@ -112,7 +114,8 @@ static size_t changes_skip(const changes_t *c, size_t pos) {
 static void changes_decode(const changes_t *c, size_t pos, change_t *ch) {
   const unsigned char *p = c->buf + pos;
   uint32_t key_len, value_len;
-  ch->kind = (change_kind_t)p[4];
+  ch->kind = (change_kind_t)(p[4] & 0x0f);
+  ch->type = (uint8_t)(p[4] >> 4);
   ch->how = p[5];
   memcpy(&ch->counter, p + 6, 8);
   memcpy(&ch->version, p + 14, 8);
@@ -188,7 +191,7 @@ void changes_append(changes_t *c, const change_t *ch) {
   uint32_t len = (uint32_t)n, key_len = (uint32_t)ch->key_len;
   uint32_t value_len = ch->kind == CHANGE_PUT ? (uint32_t)ch->value_len : 0;
   memcpy(p, &len, 4);
-  p[4] = (unsigned char)ch->kind;
+  p[4] = (unsigned char)(ch->kind | (ch->type & 0x0f) << 4);
   p[5] = ch->how;
   memcpy(p + 6, &ch->counter, 8);
   memcpy(p + 14, &ch->version, 8);

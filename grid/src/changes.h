@@ -34,6 +34,7 @@ typedef enum {
  * while read: valid during the callback only). */
 typedef struct change {
   change_kind_t kind;
+  uint8_t type;              /* PUT: the value's type (grid_value_type_t) */
   uint8_t how;               /* what made it, for those who name it: the
                                 request's op (CHANGE_HOW_OP; 0: not known),
                                 and CHANGE_HOW_NEW */

@@ -253,6 +253,7 @@ static int native_event(void *ctx, stream_sub_t *s, uint32_t p, int what, const 
     ev.key.len = ch->key_len;
     if (ch->kind == CHANGE_PUT) {
       ev.expire_at_ms = ch->expire_at_ms;
+      ev.value_type = ch->type;
       if (!(stream_keys_only(s))) {
         ev.value.data = (uint8_t *)ch->value;
         ev.value.len = ch->value_len;

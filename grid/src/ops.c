@@ -119,12 +119,14 @@ static void ops_ttl(node_t *n, store_cache_t *c, const Grid__Request *rq,
   store_key_init(c, rq->key.data, rq->key.len, &k);
   int64_t now = clock_wall_ms(), expire_at = 0;
   uint64_t version = 0;
-  int rc = store_expiry(c, &k, now, &expire_at, &version);
+  uint8_t type = 0;
+  int rc = store_expiry(c, &k, now, &expire_at, &version, &type);
   if (rc != 0) {
     ops_reply_error(rp, rc, NULL, a);
     return;
   }
   rp->version = version; /* what WATCH remembers */
+  rp->value_type = type;  /* what TYPE says */
   if (rq->expire_absolute) rp->number = expire_at == 0 ? -1 : expire_at;
   else rp->number = expire_at == 0 ? -1 : (expire_at > now ? expire_at - now : 0);
 }
@@ -665,7 +667,7 @@ static int ops_exec_watch(store_cache_t *c, const Grid__BatchOp *w, int64_t now_
   store_key_init(c, w->key.data, w->key.len, &k);
   int64_t expire_at = 0;
   uint64_t version = 0;
-  int live = store_expiry(c, &k, now_ms, &expire_at, &version) == 0;
+  int live = store_expiry(c, &k, now_ms, &expire_at, &version, NULL) == 0;
   if (w->cond == GRID__BATCH_COND__COND_ABSENT) return live ? GRID_EVERSION : 0;
   return live && version == w->version ? 0 : GRID_EVERSION;
 }

@@ -274,8 +274,8 @@ static void repl_rec_free(repl_rec_t *r) {
 
 /* A batch's entry joins its record. */
 static void repl_capture_entry(repl_rec_t *r, const void *key, size_t key_len,
-                               const void *value, size_t value_len, uint64_t version,
-                               int64_t expire_at_ms) {
+                               const void *value, size_t value_len, uint8_t type,
+                               uint64_t version, int64_t expire_at_ms) {
   if (r->nrecords == r->cap) {
     size_t cap = r->cap ? r->cap * 2 : 8;
     Grid__Entry **l = realloc(r->records, cap * sizeof *l);
@@ -298,6 +298,7 @@ static void repl_capture_entry(repl_rec_t *r, const void *key, size_t key_len,
   e->key = (ProtobufCBinaryData){key_len, mem};
   e->value = (ProtobufCBinaryData){value_len, mem + key_len};
   e->deleted = value == NULL;
+  e->type = type;
   e->version = version;
   e->expire_at_ms = expire_at_ms;
   r->records[r->nrecords++] = e;
@@ -313,11 +314,11 @@ static void repl_capture_entry(repl_rec_t *r, const void *key, size_t key_len,
 }
 
 static void repl_capture(void *ctx, const void *key, size_t key_len,
-                         const void *value, size_t value_len, uint64_t version,
+                         const void *value, size_t value_len, uint8_t type, uint64_t version,
                          int64_t expire_at_ms) {
   repl_rec_t *r = ctx;
   if (r->batch) {
-    repl_capture_entry(r, key, key_len, value, value_len, version, expire_at_ms);
+    repl_capture_entry(r, key, key_len, value, value_len, type, version, expire_at_ms);
     return;
   }
   r->mem = malloc(key_len + value_len + 1);
@@ -334,6 +335,7 @@ static void repl_capture(void *ctx, const void *key, size_t key_len,
   r->rq.value.data = r->mem + key_len;
   r->rq.value.len = value_len;
   r->rq.deleted = value == NULL;
+  r->rq.value_type = type;
   r->rq.version = version;
   r->rq.expire_at_ms = expire_at_ms;
   r->captured = 1;

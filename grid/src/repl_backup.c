@@ -38,6 +38,7 @@ static void repl_apply_batch(loop_t *lp, store_cache_t *sc, uint32_t part,
     /* An empty value arrives as NULL data: only `deleted` means a delete. */
     r->value = e->deleted ? NULL : e->value.data ? e->value.data : (uint8_t *)"";
     r->value_len = e->deleted ? 0 : e->value.len;
+    r->type = (uint8_t)(e->type <= GRID_TYPE_MAX ? e->type : UINT8_MAX); /* refused */
     r->version = e->version;
     r->expire_at_ms = e->expire_at_ms;
   }
@@ -94,7 +95,8 @@ void repl_on_peer_request(loop_t *lp, const char *from_node,
     store_key_init(sc, rq->key.data, rq->key.len, &k);
     /* An empty value arrives as NULL data: only `deleted` means a delete. */
     const void *value = rq->deleted ? NULL : rq->value.data ? rq->value.data : (uint8_t *)"";
-    rc = store_apply_change(sc, &k, value, rq->value.len, rq->version, rq->expire_at_ms,
+    uint8_t type = (uint8_t)(rq->value_type <= GRID_TYPE_MAX ? rq->value_type : UINT8_MAX);
+    rc = store_apply_change(sc, &k, value, rq->value.len, type, rq->version, rq->expire_at_ms,
                             (uint8_t)rq->change_op, rq->expired);
     if (rc != 0) ops_reply_error(rp, rc, NULL, &lp->arena);
     /* What the primary had committed when it sent this (read_from_backup
@@ -123,7 +125,8 @@ void repl_on_peer_request(loop_t *lp, const char *from_node,
     store_key_t k;
     store_key_init(sc, e->key.data, e->key.len, &k);
     rc = store_apply(sc, &k, e->value.data ? e->value.data : (uint8_t *)"", e->value.len,
-                     e->version, e->expire_at_ms);
+                     (uint8_t)(e->type <= GRID_TYPE_MAX ? e->type : UINT8_MAX), e->version,
+                     e->expire_at_ms);
     if (rc != 0) {
       ops_reply_error(rp, rc, NULL, &lp->arena);
       return;

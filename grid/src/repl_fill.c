@@ -20,8 +20,8 @@ typedef struct repl_fill_chunk {
 } repl_fill_chunk_t;
 
 static int repl_fill_entry_cb(void *ctx, const void *key, size_t key_len,
-                              const void *value, size_t value_len, uint64_t version,
-                              int64_t expire_at_ms) {
+                              const void *value, size_t value_len, uint8_t type,
+                              uint64_t version, int64_t expire_at_ms) {
   repl_fill_chunk_t *ch = ctx;
   if (ch->n == ch->cap) {
     size_t cap = ch->cap ? ch->cap * 2 : 64;
@@ -39,6 +39,7 @@ static int repl_fill_entry_cb(void *ctx, const void *key, size_t key_len,
   e.key.len = key_len;
   e.value.data = (uint8_t *)value;
   e.value.len = value_len;
+  e.type = type;
   e.version = version;
   e.expire_at_ms = expire_at_ms;
   size_t len = grid__entry__get_packed_size(&e);

@@ -21,10 +21,13 @@ typedef struct store_entry {
   uint64_t hash;
   uint64_t version;
   int64_t expire_at_ms;     /* wall clock; 0 = never */
-  uint32_t key_len;
+  uint32_t key_len : 24;    /* key_bytes_max is at most 1 MiB */
+  uint32_t type : 8;        /* grid_value_type_t */
   uint32_t value_len;
   unsigned char data[];
 } store_entry_t;
+
+#define STORE_KEY_BYTES_LIMIT ((size_t)1 << 24) /* what key_len holds */
 
 typedef struct store_part {
   pthread_mutex_t lock;
@@ -483,7 +486,7 @@ static int store_copy_value(const store_entry_t *e, store_alloc_fn alloc, void *
 /* store_get's read, the partition locked. */
 static int store_get_locked(store_cache_t *c, store_part_t *p, const store_key_t *k,
                             int64_t now_ms, store_alloc_fn alloc, void *ctx, void **value,
-                            size_t *value_len, uint64_t *version) {
+                            size_t *value_len, uint64_t *version, uint8_t *type) {
   int rc = GRID_ENOTFOUND;
   store_entry_t **link;
   store_entry_t *e = store_find(p, k, &link);
@@ -497,7 +500,10 @@ static int store_get_locked(store_cache_t *c, store_part_t *p, const store_key_t
       store_unlink_free(c->store, p, link, e);
     e = NULL;
   }
+  /* No type asked for: a string is. */
+  if (e && !type && e->type != GRID_TYPE_STRING) return GRID_EWRONGTYPE;
   if (e) rc = store_copy_value(e, alloc, ctx, value, value_len, version);
+  if (e && type) *type = (uint8_t)e->type;
   return rc;
 }
 
@@ -506,7 +512,17 @@ int store_get(store_cache_t *c, const store_key_t *k, int64_t now_ms,
               uint64_t *version) {
   store_part_t *p = &c->parts[k->part];
   part_lock(p);
-  int rc = store_get_locked(c, p, k, now_ms, alloc, ctx, value, value_len, version);
+  int rc = store_get_locked(c, p, k, now_ms, alloc, ctx, value, value_len, version, NULL);
+  part_unlock(p);
+  return rc;
+}
+
+int store_get_typed(store_cache_t *c, const store_key_t *k, int64_t now_ms,
+                    store_alloc_fn alloc, void *ctx, void **value, size_t *value_len,
+                    uint64_t *version, uint8_t *type) {
+  store_part_t *p = &c->parts[k->part];
+  part_lock(p);
+  int rc = store_get_locked(c, p, k, now_ms, alloc, ctx, value, value_len, version, type);
   part_unlock(p);
   return rc;
 }
@@ -567,11 +583,13 @@ static int store_parse_i64(const unsigned char *v, size_t len, int64_t *out) {
 /* A new entry of k with this value, version and expiry, linked nowhere;
  * NULL when malloc fails. */
 static store_entry_t *store_entry_new(const store_key_t *k, const void *value, size_t value_len,
-                                      uint64_t version, int64_t expire_at_ms) {
+                                      uint8_t type, uint64_t version, int64_t expire_at_ms) {
+  GRID_ASSERT(k->len < STORE_KEY_BYTES_LIMIT); /* store_install refuses longer ones */
   store_entry_t *e = malloc(sizeof *e + k->len + value_len + 1);
   if (!e) return NULL;
   e->hash = k->hash;
   e->key_len = (uint32_t)k->len;
+  e->type = type;
   e->value_len = (uint32_t)value_len;
   /* Empty keys and values are valid (as in Redis): their pointer may be
    * NULL, which memcpy must not see even with length 0. */
@@ -615,13 +633,14 @@ static int store_link(store_t *s, store_part_t *p, store_entry_t **link, store_e
  * failure nothing has changed. */
 static int store_install(store_t *s, store_part_t *p, const store_key_t *k,
                          store_entry_t **link, store_entry_t *old,
-                         const void *value, size_t value_len, uint64_t version,
+                         const void *value, size_t value_len, uint8_t type, uint64_t version,
                          int64_t expire_at_ms, store_entry_t **installed) {
+  if (k->len >= STORE_KEY_BYTES_LIMIT) return GRID_EKEYTOOBIG;
   int64_t cost = store_entry_cost(k->len, value_len);
   int64_t delta = cost - (old ? store_entry_cost(old->key_len, old->value_len) : 0);
   int rc = store_mem_reserve(s, delta);
   if (rc != 0) return rc;
-  store_entry_t *e = store_entry_new(k, value, value_len, version, expire_at_ms);
+  store_entry_t *e = store_entry_new(k, value, value_len, type, version, expire_at_ms);
   if (!e) {
     store_mem_unreserve(s, delta);
     return GRID_ENOMEM;
@@ -652,6 +671,7 @@ typedef enum {
 typedef struct store_new_value {
   const void *data;
   size_t len;
+  uint8_t type;           /* grid_value_type_t */
   unsigned char *joined;  /* STORE_APPEND's value, malloc'd; the writer frees it */
   char num[24];           /* STORE_ADD's value, as decimal text */
 } store_new_value_t;
@@ -724,6 +744,7 @@ static store_action_t store_expire_action(const store_write_t *w, const store_en
   if (!w->persist && when <= now_ms) return STORE_DO_DELETE;
   nv->data = old->data + old->key_len;
   nv->len = old->value_len;
+  nv->type = (uint8_t)old->type;
   return STORE_DO_INSTALL;
 }
 
@@ -734,6 +755,12 @@ static int store_write_decide(const store_t *s, const store_write_t *w,
                               const store_entry_t *old, int64_t now_ms, store_new_value_t *nv,
                               store_result_t *res, store_action_t *action) {
   *action = STORE_DO_INSTALL;
+  nv->type = w->op == STORE_PUT ? w->type : GRID_TYPE_STRING;
+  /* The string ops need a string (a plain PUT replaces whatever was there,
+   * as Redis's SET). */
+  if (old && old->type != GRID_TYPE_STRING &&
+      (w->op == STORE_ADD || w->op == STORE_APPEND || w->old_alloc))
+    return GRID_EWRONGTYPE;
   switch (w->op) {
     case STORE_PUT:
       if (w->cond == STORE_IF_ABSENT && old) return GRID_EEXIST;
@@ -851,8 +878,8 @@ static void store_keep_change(store_t *s, store_part_t *p, const change_t *ch) {
 
 static void store_keep(store_t *s, store_part_t *p, change_kind_t kind, uint8_t how,
                        const void *key, size_t key_len, const void *value, size_t value_len,
-                       uint64_t version, int64_t expire_at_ms) {
-  change_t ch = {.kind = kind, .how = how, .counter = version & STORE_COUNTER_MASK,
+                       uint8_t type, uint64_t version, int64_t expire_at_ms) {
+  change_t ch = {.kind = kind, .type = type, .how = how, .counter = version & STORE_COUNTER_MASK,
                  .version = version, .expire_at_ms = expire_at_ms, .key = key,
                  .key_len = key_len, .value = value, .value_len = value_len};
   store_keep_change(s, p, &ch);
@@ -868,8 +895,8 @@ static void store_delete_rec(store_t *s, store_part_t *p, const store_key_t *k,
   res->version = old->version;
   store_unlink_free(s, p, link, old);
   store_count_write(p, version);
-  if (keep) store_keep(s, p, kind, how, k->data, k->len, NULL, 0, version, 0);
-  if (applied) applied(ctx, k->data, k->len, NULL, 0, version, 0);
+  if (keep) store_keep(s, p, kind, how, k->data, k->len, NULL, 0, 0, version, 0);
+  if (applied) applied(ctx, k->data, k->len, NULL, 0, 0, version, 0);
 }
 
 /* Puts nv in place of old (found at link; NULL: a new key) as a write of
@@ -882,17 +909,19 @@ static int store_install_rec(store_t *s, store_part_t *p, const store_key_t *k,
                              store_applied_fn applied, void *ctx) {
   uint64_t version = store_next_version(s, p);
   store_entry_t *e;
-  int rc = store_install(s, p, k, link, old, nv->data, nv->len, version, expire_at_ms, &e);
+  int rc = store_install(s, p, k, link, old, nv->data, nv->len, nv->type, version, expire_at_ms,
+                         &e);
   if (rc != 0) return rc;
   store_count_write(p, version);
   if (keep)
     store_keep(s, p, CHANGE_PUT, how, e->data, e->key_len, e->data + e->key_len, e->value_len,
-               version, expire_at_ms);
+               nv->type, version, expire_at_ms);
   res->version = version;
   /* The record is made from the entry as installed: the value may have
    * pointed into the entry it replaced, which is freed now. */
   if (applied)
-    applied(ctx, e->data, e->key_len, e->data + e->key_len, e->value_len, version, expire_at_ms);
+    applied(ctx, e->data, e->key_len, e->data + e->key_len, e->value_len, nv->type, version,
+            expire_at_ms);
   return 0;
 }
 
@@ -1062,7 +1091,9 @@ int store_write_batch(store_cache_t *c, store_batch_op_t *ops, size_t n, int64_t
     if (op->kind != STORE_BATCH_PUT) continue;
     store_write_t w = {.op = STORE_PUT, .ttl_ms = op->ttl_ms};
     int64_t expire_at = store_write_expire_at(c, &w, live, now_ms);
-    made[i] = store_entry_new(&op->key, op->value, op->value_len, 0, expire_at);
+    made[i] = op->key.len < STORE_KEY_BYTES_LIMIT && op->type <= GRID_TYPE_MAX
+                  ? store_entry_new(&op->key, op->value, op->value_len, op->type, 0, expire_at)
+                  : NULL;
     if (!made[i]) rc = GRID_ENOMEM;
     delta += store_entry_cost(op->key.len, op->value_len) -
              (e ? store_entry_cost(e->key_len, e->value_len) : 0);
@@ -1100,10 +1131,10 @@ int store_write_batch(store_cache_t *c, store_batch_op_t *ops, size_t n, int64_t
     store_count_write(p, version);
     uint8_t h = (uint8_t)(how | (op->existed ? 0 : CHANGE_HOW_NEW));
     if (keep)
-      store_keep(s, p, CHANGE_PUT, h, ne->data, ne->key_len, ne->data + ne->key_len,
+      store_keep(s, p, CHANGE_PUT, h, ne->data, ne->key_len, ne->data + ne->key_len, op->type,
                  ne->value_len, version, ne->expire_at_ms);
     if (applied)
-      applied(ctx, ne->data, ne->key_len, ne->data + ne->key_len, ne->value_len, version,
+      applied(ctx, ne->data, ne->key_len, ne->data + ne->key_len, ne->value_len, op->type, version,
               ne->expire_at_ms);
     op->version_out = version;
     wrote = 1;
@@ -1153,7 +1184,7 @@ static int store_scan_any(store_cache_t *c, uint32_t part, uint64_t *cursor,
         stop = cb ? cb(ctx, e->data, e->key_len, e->data + e->key_len, e->value_len,
                        e->version)
                   : full(ctx, e->data, e->key_len, e->data + e->key_len, e->value_len,
-                         e->version, e->expire_at_ms);
+                         (uint8_t)e->type, e->version, e->expire_at_ms);
       }
       v = store_cursor_next(v, p->mask);
     } while (v != 0 && seen < count && !stop);
@@ -1164,7 +1195,7 @@ static int store_scan_any(store_cache_t *c, uint32_t part, uint64_t *cursor,
 }
 
 int store_expiry(store_cache_t *c, const store_key_t *k, int64_t now_ms,
-                 int64_t *expire_at_ms, uint64_t *version) {
+                 int64_t *expire_at_ms, uint64_t *version, uint8_t *type) {
   store_part_t *p = &c->parts[k->part];
   part_lock(p);
   store_entry_t **link;
@@ -1173,6 +1204,7 @@ int store_expiry(store_cache_t *c, const store_key_t *k, int64_t now_ms,
   if (e && !store_expired(e, now_ms)) {
     *expire_at_ms = e->expire_at_ms;
     if (version) *version = e->version;
+    if (type) *type = (uint8_t)e->type;
     rc = 0;
   }
   part_unlock(p);
@@ -1191,24 +1223,26 @@ int store_scan_full(store_cache_t *c, uint32_t part, uint64_t *cursor,
 }
 
 static int store_apply_any(store_cache_t *c, const store_key_t *k, const void *value,
-                           size_t value_len, uint64_t version, int64_t expire_at_ms,
-                           int keep, uint8_t how, int expired);
+                           size_t value_len, uint8_t type, uint64_t version,
+                           int64_t expire_at_ms, int keep, uint8_t how, int expired);
 
 int store_apply(store_cache_t *c, const store_key_t *k, const void *value,
-                size_t value_len, uint64_t version, int64_t expire_at_ms) {
-  return store_apply_any(c, k, value, value_len, version, expire_at_ms, 0, 0, 0);
+                size_t value_len, uint8_t type, uint64_t version, int64_t expire_at_ms) {
+  return store_apply_any(c, k, value, value_len, type, version, expire_at_ms, 0, 0, 0);
 }
 
 int store_apply_change(store_cache_t *c, const store_key_t *k, const void *value,
-                       size_t value_len, uint64_t version, int64_t expire_at_ms,
+                       size_t value_len, uint8_t type, uint64_t version, int64_t expire_at_ms,
                        uint8_t how, int expired) {
-  return store_apply_any(c, k, value, value_len, version, expire_at_ms, 1, how, expired);
+  return store_apply_any(c, k, value, value_len, type, version, expire_at_ms, 1, how, expired);
 }
 
 /* One record or fill entry applied, the partition locked. */
 static int store_apply_locked(store_cache_t *c, store_part_t *p, const store_key_t *k,
-                              const void *value, size_t value_len, uint64_t version,
-                              int64_t expire_at_ms, int keep, uint8_t how, int expired) {
+                              const void *value, size_t value_len, uint8_t type,
+                              uint64_t version, int64_t expire_at_ms, int keep, uint8_t how,
+                              int expired) {
+  if (value && type > GRID_TYPE_MAX) return GRID_EINVAL; /* a newer peer's type */
   store_t *s = c->store;
   int rc = 0;
   store_entry_t **link = NULL;
@@ -1222,22 +1256,23 @@ static int store_apply_locked(store_cache_t *c, store_part_t *p, const store_key
   if (!value) {
     if (old) store_unlink_free(s, p, link, old);
   } else {
-    rc = store_install(s, p, k, link, old, value, value_len, version, expire_at_ms, NULL);
+    rc = store_install(s, p, k, link, old, value, value_len, type, version, expire_at_ms, NULL);
   }
   /* A record is a change (kept even when the key was not here: a copy
    * being filled may not have it yet); a fill's entry is not. */
   if (rc == 0 && keep && atomic_load_explicit(&c->history, memory_order_relaxed))
     store_keep(s, p, value ? CHANGE_PUT : expired ? CHANGE_EXPIRE : CHANGE_DELETE, how, k->data,
-               k->len, value, value ? value_len : 0, version, value ? expire_at_ms : 0);
+               k->len, value, value ? value_len : 0, value ? type : 0, version,
+               value ? expire_at_ms : 0);
   return rc;
 }
 
 static int store_apply_any(store_cache_t *c, const store_key_t *k, const void *value,
-                           size_t value_len, uint64_t version, int64_t expire_at_ms,
-                           int keep, uint8_t how, int expired) {
+                           size_t value_len, uint8_t type, uint64_t version,
+                           int64_t expire_at_ms, int keep, uint8_t how, int expired) {
   store_part_t *p = &c->parts[k->part];
   part_lock(p);
-  int rc = store_apply_locked(c, p, k, value, value_len, version, expire_at_ms, keep, how,
+  int rc = store_apply_locked(c, p, k, value, value_len, type, version, expire_at_ms, keep, how,
                               expired);
   part_unlock(p);
   if (rc == 0 && keep && c->store->announce_applied && store_watched(c))
@@ -1257,7 +1292,8 @@ int store_apply_batch(store_cache_t *c, const store_record_t *recs, size_t n, ui
   part_lock(p);
   for (size_t i = 0; i < n && rc == 0; i++) {
     const store_record_t *r = &recs[i];
-    rc = store_apply_locked(c, p, &r->key, r->value, r->value_len, r->version, r->expire_at_ms,
+    rc = store_apply_locked(c, p, &r->key, r->value, r->value_len, r->type, r->version,
+                            r->expire_at_ms,
                             1, how, 0);
     if (rc == 0) (*applied)++;
   }
@@ -1415,8 +1451,8 @@ void store_snapshot(store_cache_t *c, uint32_t part, int64_t now_ms, store_entry
   for (uint64_t b = 0; p->buckets && b <= p->mask; b++) {
     for (store_entry_t *e = p->buckets[b]; e; e = e->next) {
       if (store_expired(e, now_ms) || (e->version & STORE_COUNTER_MASK) > announced) continue;
-      cb(ctx, e->data, e->key_len, e->data + e->key_len, e->value_len, e->version,
-         e->expire_at_ms);
+      cb(ctx, e->data, e->key_len, e->data + e->key_len, e->value_len, (uint8_t)e->type,
+         e->version, e->expire_at_ms);
     }
   }
   part_unlock(p);
@@ -1465,7 +1501,7 @@ int store_get_committed(store_cache_t *c, const store_key_t *k, int64_t now_ms,
     /* Every write applied here is committed (the counter is moved under
      * this lock as a write is applied): what the read sees, a key found
      * or not, no failover can take back. */
-    rc = store_get_locked(c, p, k, now_ms, alloc, ctx, value, value_len, version);
+    rc = store_get_locked(c, p, k, now_ms, alloc, ctx, value, value_len, version, NULL);
   } else {
     /* Writes in flight: the key's own entry is committed if its version
      * is (a later write of it would have replaced it); an absence may be
@@ -1563,7 +1599,7 @@ static size_t store_sweep_bucket(store_t *s, store_part_t *p, uint64_t b,
       if (counted) {
         /* A change of its own: a counter, and the history says so. */
         uint64_t version = store_next_version(s, p);
-        store_keep(s, p, CHANGE_EXPIRE, 0, e->data, e->key_len, NULL, 0, version, 0);
+        store_keep(s, p, CHANGE_EXPIRE, 0, e->data, e->key_len, NULL, 0, 0, version, 0);
         store_unlink_free(s, p, link, e);
         store_count_write(p, version);
       } else {

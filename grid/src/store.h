@@ -106,6 +106,11 @@ typedef struct store_write {
   void *old_ctx;
   uint8_t how;               /* kept with the change for whoever names it
                                 (the request's op); 0: not known */
+  uint8_t type;              /* STORE_PUT: the value's type
+                                (grid_value_type_t); the string ops (ADD,
+                                APPEND, a PUT or DELETE that copies the old
+                                value out) refuse a key of another type:
+                                GRID_EWRONGTYPE */
 } store_write_t;
 
 typedef struct store_result {
@@ -121,7 +126,7 @@ typedef struct store_result {
  * during the call. value is NULL for a delete (STORE_REMOVE_EXPIRED's
  * too). */
 typedef void (*store_applied_fn)(void *ctx, const void *key, size_t key_len,
-                                 const void *value, size_t value_len,
+                                 const void *value, size_t value_len, uint8_t type,
                                  uint64_t version, int64_t expire_at_ms);
 
 /* A partition's replication progress. applied: the update counter of the
@@ -207,10 +212,15 @@ int store_check_sizes(const store_t *s, size_t key_len, size_t value_len);
 #define STORE_NOW_LAZY INT64_MIN
 
 /* 0 with *value (from alloc), *value_len, *version; GRID_ENOTFOUND;
- * GRID_ENOMEM when alloc fails. now_ms may be STORE_NOW_LAZY. */
+ * GRID_EWRONGTYPE for a key that holds no string; GRID_ENOMEM when alloc
+ * fails. now_ms may be STORE_NOW_LAZY. */
 int store_get(store_cache_t *c, const store_key_t *k, int64_t now_ms,
               store_alloc_fn alloc, void *ctx, void **value, size_t *value_len,
               uint64_t *version);
+/* store_get of a value of any type, which goes in *type. */
+int store_get_typed(store_cache_t *c, const store_key_t *k, int64_t now_ms,
+                    store_alloc_fn alloc, void *ctx, void **value, size_t *value_len,
+                    uint64_t *version, uint8_t *type);
 /* store_get in a cluster, outside the partition's loop (an embedded
  * node's application): as store_get where this node leads the partition
  * (or holds an in-sync backup copy of a read_from_backup cache) and what
@@ -223,10 +233,10 @@ int store_get_committed(store_cache_t *c, const store_key_t *k, int64_t now_ms,
 /* A backup copy hears its primary's committed counter (with a record, or
  * alone): committed rises to it, never past what this copy applied. */
 void store_part_committed_to(store_cache_t *c, uint32_t part, uint64_t committed);
-/* Remaining time to live of k: 0 with *expire_at_ms (0: none) and, when
- * version is not NULL, *version; or GRID_ENOTFOUND. */
+/* Remaining time to live of k: 0 with *expire_at_ms (0: none) and, where
+ * not NULL, *version and *type; or GRID_ENOTFOUND. */
 int store_expiry(store_cache_t *c, const store_key_t *k, int64_t now_ms,
-                 int64_t *expire_at_ms, uint64_t *version);
+                 int64_t *expire_at_ms, uint64_t *version, uint8_t *type);
 /* Applies one write. 0, or GRID_EEXIST, GRID_ENOTFOUND, GRID_EVERSION,
  * GRID_ENOTNUM, GRID_EOVERFLOW, GRID_EMEMLIMIT, GRID_ENOMEM. */
 int store_write(store_cache_t *c, const store_key_t *k, const store_write_t *w,
@@ -269,6 +279,7 @@ typedef struct store_batch_op {
   uint64_t ttl_ms;
   int cond;
   uint64_t version;           /* STORE_COND_VERSION */
+  uint8_t type;               /* STORE_BATCH_PUT: the value's type */
   uint64_t version_out;       /* out: the entry's version written (a
                                  delete: the removal's), or checked (0:
                                  absent) */
@@ -290,17 +301,18 @@ int store_write_batch(store_cache_t *c, store_batch_op_t *ops, size_t n, int64_t
  * is deleted), version and expiry. The partition's counter follows the
  * record's. 0, GRID_EMEMLIMIT or GRID_ENOMEM. */
 int store_apply(store_cache_t *c, const store_key_t *k, const void *value,
-                size_t value_len, uint64_t version, int64_t expire_at_ms);
+                size_t value_len, uint8_t type, uint64_t version, int64_t expire_at_ms);
 /* store_apply for a replication record (not a fill's entry): the change
  * is kept in the partition's history, with how (the primary's op). */
 int store_apply_change(store_cache_t *c, const store_key_t *k, const void *value,
-                       size_t value_len, uint64_t version, int64_t expire_at_ms,
+                       size_t value_len, uint8_t type, uint64_t version, int64_t expire_at_ms,
                        uint8_t how, int expired);
 /* One record of a primary's batch, as a backup applies it. */
 typedef struct store_record {
   store_key_t key;
   const void *value;          /* NULL: the key was removed */
   size_t value_len;
+  uint8_t type;
   uint64_t version;
   int64_t expire_at_ms;
 } store_record_t;
@@ -343,7 +355,7 @@ int store_scan_committed(store_cache_t *c, uint32_t part, int64_t now_ms, store_
 
 /* store_scan with each entry's expiry (for filling another copy). */
 typedef int (*store_entry_full_cb)(void *ctx, const void *key, size_t key_len,
-                                   const void *value, size_t value_len,
+                                   const void *value, size_t value_len, uint8_t type,
                                    uint64_t version, int64_t expire_at_ms);
 int store_scan_full(store_cache_t *c, uint32_t part, uint64_t *cursor,
                     uint32_t count, int64_t now_ms, store_entry_full_cb cb,

@@ -300,11 +300,12 @@ static int stream_read_cb(void *ctx, const change_t *ch) {
 }
 
 static int stream_snapshot_cb(void *ctx, const void *key, size_t key_len, const void *value,
-                              size_t value_len, uint64_t version, int64_t expire_at_ms) {
+                              size_t value_len, uint8_t type, uint64_t version,
+                              int64_t expire_at_ms) {
   stream_read_t *r = ctx;
   stream_sub_t *s = r->s;
   if (!stream_passes(s, key, key_len)) return 0;
-  change_t ch = {.kind = CHANGE_PUT, .counter = version & STORE_COUNTER_MASK,
+  change_t ch = {.kind = CHANGE_PUT, .type = type, .counter = version & STORE_COUNTER_MASK,
                  .version = version, .expire_at_ms = expire_at_ms, .key = key,
                  .key_len = key_len, .value = value, .value_len = value_len};
   /* A snapshot is sent whole (one partition's matching entries, past

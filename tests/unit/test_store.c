@@ -1531,7 +1531,7 @@ static int64_t expiry_of(store_cache_t *c, const char *key, int64_t now_ms) {
   store_key_t k;
   store_key_init(c, key, strlen(key), &k);
   int64_t at = -2;
-  if (store_expiry(c, &k, now_ms, &at, NULL) != 0) return -2;
+  if (store_expiry(c, &k, now_ms, &at, NULL, NULL) != 0) return -2;
   return at;
 }
 
@@ -1587,8 +1587,8 @@ typedef struct rec_log {
 } rec_log_t;
 
 static void rec_log_cb(void *ctx, const void *key, size_t key_len, const void *value,
-                       size_t value_len, uint64_t version, int64_t expire_at_ms) {
-  (void)key; (void)key_len; (void)value_len; (void)expire_at_ms;
+                       size_t value_len, uint8_t type, uint64_t version, int64_t expire_at_ms) {
+  (void)key; (void)key_len; (void)value_len; (void)expire_at_ms; (void)type;
   rec_log_t *l = ctx;
   CHECK(l->n < 16);
   l->versions[l->n] = version;
