@@ -67,7 +67,8 @@ enum {
   X(COMMITTED, OP_PEER | OP_WRITE)                         \
   X(BATCH, OP_WRITE_KEYED_)                                \
   X(GET_PREFIX, OP_READ_KEYED_)                            \
-  X(EXEC, OP_WRITE_KEYED_)
+  X(EXEC, OP_WRITE_KEYED_)                                 \
+  X(COLL, OP_WRITE_KEYED_)
 
 #define OP_NUMBER_MAX 64 /* room in op_flags_table; grid.proto's ops stay below */
 

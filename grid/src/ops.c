@@ -1,9 +1,12 @@
 #include "ops.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "clock.h"
+#include "coll.h"
+#include "glob.h"
 #include "grid_types.h"
 #include "log.h"
 #include "op.h"
@@ -632,6 +635,8 @@ uint64_t ops_served(node_t *n) {
 
 static void ops_exec(node_t *n, store_cache_t *c, const Grid__Request *rq, Grid__Reply *rp,
                      arena_t *a, store_applied_fn applied, void *ctx);
+static void ops_coll(node_t *n, store_cache_t *c, const Grid__Request *rq, Grid__Reply *rp,
+                     arena_t *a, store_applied_fn applied, void *ctx);
 
 /* One data request against its cache, found already. */
 static void ops_on_cache(node_t *n, store_cache_t *c, const Grid__Request *rq, Grid__Reply *rp,
@@ -647,8 +652,141 @@ static void ops_on_cache(node_t *n, store_cache_t *c, const Grid__Request *rq, G
     case GRID__OP__BATCH: ops_batch(n, c, rq, rp, a, applied, ctx); break;
     case GRID__OP__GET_PREFIX: ops_get_prefix(n, c, rq, rp, a); break;
     case GRID__OP__EXEC: ops_exec(n, c, rq, rp, a, applied, ctx); break;
+    case GRID__OP__COLL: ops_coll(n, c, rq, rp, a, applied, ctx); break;
     default: ops_write(n, c, rq, rp, a, applied, ctx); break;
   }
+}
+
+/* ---- hashes, lists and sets (COLL) ---------------------------------------- */
+
+/* SPOP, SRANDMEMBER, HRANDFIELD: each thread's own generator (xorshift64*,
+ * seeded from the clock and the thread). */
+static uint64_t ops_rand(void *ctx) {
+  (void)ctx;
+  static _Thread_local uint64_t x;
+  if (!x) x = ((uint64_t)clock_wall_ms() << 20) ^ (uint64_t)(uintptr_t)&x ^ 0x9e3779b97f4a7c15u;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  return x * 0x2545f4914f6cdd1dULL;
+}
+
+static int ops_coll_match(void *ctx, const void *p, size_t len) {
+  const ProtobufCBinaryData *pattern = ctx;
+  return glob_match(pattern->data, pattern->len, p, len);
+}
+
+/* An answer's bytes, copied into the arena (they may be the collection's
+ * own, freed with it). */
+static int ops_coll_bytes(arena_t *a, const coll_item_t *it, ProtobufCBinaryData *out) {
+  out->len = it->len;
+  out->data = arena_alloc(a, it->len ? it->len : 1);
+  if (!out->data) return -1;
+  if (it->len) memcpy(out->data, it->p, it->len);
+  return 0;
+}
+
+static int ops_coll_reply(const coll_out_t *o, Grid__Reply *rp, arena_t *a) {
+  rp->number = o->number;
+  rp->found = o->has_number; /* LPOS: a position, or (has_value) a nil */
+  if (o->has_value) {
+    rp->found = !o->nil_value;
+    if (rp->found && ops_coll_bytes(a, &o->value, &rp->value) != 0) return -1;
+  }
+  if (o->array || o->nil_array) {
+    rp->found = !o->nil_array;
+    size_t n = o->items.n;
+    Grid__Entry *es = arena_alloc(a, (n ? n : 1) * sizeof *es);
+    Grid__Entry **ep = arena_alloc(a, (n ? n : 1) * sizeof *ep);
+    if (!es || !ep) return -1;
+    for (size_t i = 0; i < n; i++) {
+      grid__entry__init(&es[i]);
+      es[i].found = !(o->nils && o->nils[i]);
+      if (es[i].found && ops_coll_bytes(a, &o->items.v[i], &es[i].value) != 0) return -1;
+      ep[i] = &es[i];
+    }
+    rp->entries = ep;
+    rp->n_entries = n;
+  }
+  return 0;
+}
+
+/* A command on a hash, list or set: the entry read, changed and written
+ * back (or removed, when the collection is left empty) as one step under
+ * its partition's hold (within an EXEC's, when it is one of its steps). */
+static void ops_coll(node_t *n, store_cache_t *c, const Grid__Request *rq, Grid__Reply *rp,
+                     arena_t *a, store_applied_fn applied, void *ctx) {
+  int type = coll_cmd_type((int)rq->coll_cmd);
+  if (!type) {
+    ops_reply_error(rp, GRID_EBADOP, "unknown collection command", a);
+    return;
+  }
+  if (ops_check_key(n, &rq->key, 0, rp, a)) return;
+  store_key_t k;
+  store_key_init(c, rq->key.data, rq->key.len, &k);
+  coll_item_t *args = arena_alloc(a, (rq->n_values ? rq->n_values : 1) * sizeof *args);
+  if (!args) {
+    ops_reply_error(rp, GRID_ENOMEM, NULL, a);
+    return;
+  }
+  for (size_t i = 0; i < rq->n_values; i++) args[i] = (coll_item_t){rq->values[i].data, rq->values[i].len};
+  coll_req_t req = {.cmd = (int)rq->coll_cmd, .args = args, .nargs = rq->n_values,
+                    .n1 = rq->delta, .n2 = rq->n2, .n3 = rq->n3, .flags = (int)rq->coll_flags,
+                    .rand = ops_rand};
+  if ((req.flags & COLL_F_MATCH) && req.nargs > 0) {
+    req.match = ops_coll_match;
+    req.match_ctx = &rq->values[0];
+    req.args++;
+    req.nargs--;
+  }
+  store_hold_t *hold = store_hold(c, &k.part, 1);
+  if (!hold) {
+    ops_reply_error(rp, GRID_EINVAL, "a transaction's step of a partition it does not hold", a);
+    return;
+  }
+  void *v = NULL;
+  size_t vlen = 0;
+  uint64_t ver;
+  uint8_t have = 0;
+  int rc = store_get_typed(c, &k, STORE_NOW_LAZY, ops_arena_alloc, a, &v, &vlen, &ver, &have);
+  int exists = rc == 0;
+  coll_vec_t vec = {0};
+  coll_out_t out = {0};
+  if (rc != 0 && rc != GRID_ENOTFOUND) {
+    ops_reply_error(rp, rc, NULL, a);
+  } else if (exists && have != type) {
+    ops_reply_error(rp, GRID_EWRONGTYPE, NULL, a);
+  } else if (exists && (rc = coll_decode(v, vlen, &vec)) != 0) {
+    ops_reply_error(rp, rc == -2 ? GRID_ENOMEM : GRID_EINTERNAL,
+                    rc == -2 ? NULL : "the collection's value does not decode", a);
+  } else {
+    coll_run(&req, &vec, exists, &out);
+    if (out.status) {
+      rp->status = out.status;
+      rp->message = (char *)out.err; /* Redis's words: the front ends show them */
+    } else if (out.write != COLL_KEEP) {
+      store_write_t w = {.op = out.write == COLL_PUT ? STORE_PUT : STORE_DELETE,
+                         .keep_ttl = 1, .type = (uint8_t)type, .how = (uint8_t)rq->op};
+      size_t len = 0;
+      unsigned char *buf = out.write == COLL_PUT ? coll_encode(&vec, &len) : NULL;
+      store_result_t res = {0};
+      if (out.write == COLL_PUT && !buf) rc = GRID_ENOMEM;
+      else if (out.write == COLL_PUT && (rc = store_check_sizes(n->store, k.len, len)) != 0) {
+      } else {
+        w.value = buf;
+        w.value_len = len;
+        rc = store_write_rec(c, &k, &w, clock_wall_ms(), &res, applied, ctx);
+      }
+      free(buf);
+      if (rc != 0) ops_reply_error(rp, rc, rc == GRID_EVALTOOBIG ? "the collection would pass "
+                                   "value_bytes_max" : NULL, a);
+      else rp->version = res.version;
+    }
+    if (!rp->status && ops_coll_reply(&out, rp, a) != 0) ops_reply_error(rp, GRID_ENOMEM, NULL, a);
+  }
+  store_release(hold);
+  coll_out_free(&out);
+  coll_vec_free(&vec);
 }
 
 /* Whether a request may be a step of an EXEC: a data request of one key

@@ -11,7 +11,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <errno.h>
+
 #include "clock.h"
+#include "coll.h"
 #include "grid_types.h"
 #include "log.h"
 #include "conn.h"
@@ -242,6 +245,9 @@ static void slot_status_error(resp_slot_t *s, int status, const char *message) {
   switch (status) {
     case GRID_ENOTNUM: slot_printf(s, "-ERR value is not an integer or out of range\r\n"); break;
     case GRID_EOVERFLOW: slot_printf(s, "-ERR increment or decrement would overflow\r\n"); break;
+    case GRID_EWRONGTYPE:
+      slot_printf(s, "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n");
+      break;
     case GRID_EMEMLIMIT:
       slot_printf(s, "-OOM command not allowed when used memory > 'maxmemory'.\r\n");
       break;
@@ -348,6 +354,7 @@ struct resp_cmd {
   resp_run_fn run;
   resp_reply_fn reply; /* for commands that send requests */
   resp_done_fn done;
+  int sub;             /* COLL: the collection command (coll.h) */
 };
 
 /* ---- commands that become requests ------------------------------------------ */
@@ -673,7 +680,10 @@ static void reply_getrange(resp_job_t *job, size_t i, const Grid__Reply *rp) {
 /* TYPE: every value grid keeps over RESP is a string. */
 static void reply_type(resp_job_t *job, size_t i, const Grid__Reply *rp) {
   (void)i;
-  if (rp->status == 0) slot_put(job->slot, "+string\r\n", 9);
+  static const char *const names[] = {"string", "hash", "list", "set"};
+  if (rp->status == 0)
+    slot_printf(job->slot, "+%s\r\n", rp->value_type <= GRID_TYPE_MAX ? names[rp->value_type]
+                                                                      : "unknown");
   else if (rp->status == GRID_ENOTFOUND) slot_put(job->slot, "+none\r\n", 7);
   else resp_reply_error(job, rp);
 }
@@ -2135,66 +2145,406 @@ static void resp_tx_add(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int 
   s->done = 1;
 }
 
+/* ---- hashes, lists and sets ---------------------------------------------------
+ *
+ * Each command is one COLL request (coll.h names them): its arguments
+ * after the key, numbers and options parsed here with Redis's errors. */
+
+/* How a collection command's reply looks. */
+enum {
+  COLL_R_NUMBER,     /* :n */
+  COLL_R_OK,         /* +OK (HMSET, LSET, LTRIM) */
+  COLL_R_VALUE,      /* a bulk, or nil */
+  COLL_R_ARRAY,      /* bulks (nil items as nil), or a null array */
+  COLL_R_NUMBERS,    /* integers (SMISMEMBER, LPOS ... COUNT) */
+  COLL_R_SCAN,       /* cursor "0" and the items */
+  COLL_R_NUMBER_NIL, /* :n, or nil (LPOS without COUNT) */
+};
+
+static int coll_shape(int sub, int flags, const resp_cmd_t *cmd) {
+  switch (sub) {
+    case COLL_HSET: return strcmp(cmd->name, "hmset") == 0 ? COLL_R_OK : COLL_R_NUMBER;
+    case COLL_LSET: case COLL_LTRIM: return COLL_R_OK;
+    case COLL_HGET: case COLL_HINCRBYFLOAT: case COLL_LINDEX: return COLL_R_VALUE;
+    case COLL_HRANDFIELD: case COLL_SPOP: case COLL_SRANDMEMBER: case COLL_LPOP: case COLL_RPOP:
+      return flags & COLL_F_COUNT ? COLL_R_ARRAY : COLL_R_VALUE;
+    case COLL_HMGET: case COLL_HGETALL: case COLL_HKEYS: case COLL_HVALS: case COLL_SMEMBERS:
+    case COLL_LRANGE:
+      return COLL_R_ARRAY;
+    case COLL_SMISMEMBER: return COLL_R_NUMBERS;
+    case COLL_LPOS: return flags & COLL_F_COUNT ? COLL_R_NUMBERS : COLL_R_NUMBER_NIL;
+    case COLL_HSCAN: case COLL_SSCAN: return COLL_R_SCAN;
+    default: return COLL_R_NUMBER;
+  }
+}
+
+static void reply_coll(resp_job_t *job, size_t i, const Grid__Reply *rp) {
+  (void)i;
+  resp_slot_t *s = job->slot;
+  if (rp->status != 0) {
+    if (rp->status == GRID_EWRONGTYPE || rp->status == GRID_EMEMLIMIT) {
+      slot_status_error(s, rp->status, rp->message);
+    } else {
+      char words[300];
+      snprintf(words, sizeof words, "%s", rp->message && *rp->message ? rp->message
+                                                                      : grid_strerror(rp->status));
+      resp_error_words(words);
+      slot_printf(s, "-ERR %s\r\n", words);
+    }
+    return;
+  }
+  switch (coll_shape(job->cmd->sub, job->flag, job->cmd)) {
+    case COLL_R_NUMBER: slot_int(s, rp->number); return;
+    case COLL_R_OK: slot_ok(s); return;
+    case COLL_R_VALUE:
+      if (rp->found) slot_bulk(s, rp->value.data, rp->value.len);
+      else slot_nil(s);
+      return;
+    case COLL_R_NUMBER_NIL:
+      if (rp->found) slot_int(s, rp->number);
+      else slot_nil(s);
+      return;
+    case COLL_R_SCAN: slot_put(s, "*2\r\n$1\r\n0\r\n", 11); break;
+    default: break;
+  }
+  if (!rp->found) {
+    slot_put(s, "*-1\r\n", 5);
+    return;
+  }
+  slot_num_line(s, '*', (int64_t)rp->n_entries);
+  int numbers = coll_shape(job->cmd->sub, job->flag, job->cmd) == COLL_R_NUMBERS;
+  for (size_t k = 0; k < rp->n_entries; k++) {
+    const Grid__Entry *e = rp->entries[k];
+    if (!e->found) slot_nil(s);
+    else if (numbers) slot_printf(s, ":%.*s\r\n", (int)e->value.len, (const char *)e->value.data);
+    else slot_bulk(s, e->value.data, e->value.len);
+  }
+}
+
+/* A count argument Redis wants at least 0. */
+static int coll_positive(const resp_arg_t *a, int64_t *out, resp_slot_t *s) {
+  if (arg_i64(a, out) != 0 || *out < 0) {
+    slot_error(s, "ERR value is out of range, must be positive");
+    return -1;
+  }
+  return 0;
+}
+
+static int coll_int(const resp_arg_t *a, int64_t *out, resp_slot_t *s) {
+  if (arg_i64(a, out) != 0) {
+    slot_error(s, "ERR value is not an integer or out of range");
+    return -1;
+  }
+  return 0;
+}
+
+/* HSCAN / SSCAN key cursor [MATCH pattern] [COUNT n]: the whole collection
+ * at cursor 0 (so a cursor other than 0 has nothing left). */
+static int coll_scan_options(resp_arg_t *argv, int argc, int *flags, int *first, int *nargs,
+                             int *empty, resp_slot_t *s) {
+  uint64_t cursor = 0;
+  char *end;
+  char buf[32];
+  if (argv[2].len == 0 || argv[2].len >= sizeof buf) {
+    slot_error(s, "ERR invalid cursor");
+    return -1;
+  }
+  memcpy(buf, argv[2].p, argv[2].len);
+  buf[argv[2].len] = '\0';
+  errno = 0;
+  cursor = strtoull(buf, &end, 10);
+  if (*end || errno || buf[0] == '-') {
+    slot_error(s, "ERR invalid cursor");
+    return -1;
+  }
+  *empty = cursor != 0;
+  *first = argc; /* no arguments unless MATCH */
+  *nargs = 0;
+  for (int i = 3; i < argc; i += 2) {
+    if (i + 1 >= argc) {
+      slot_error(s, "ERR syntax error");
+      return -1;
+    }
+    int64_t count;
+    if (arg_is(&argv[i], "count")) {
+      if (coll_int(&argv[i + 1], &count, s) != 0) return -1;
+      if (count < 1) {
+        slot_error(s, "ERR syntax error");
+        return -1;
+      }
+    } else if (arg_is(&argv[i], "match")) {
+      *flags |= COLL_F_MATCH;
+      *first = i + 1;
+      *nargs = 1;
+    } else {
+      slot_error(s, "ERR syntax error");
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* LPOS key element [RANK r] [COUNT n] [MAXLEN m]. */
+static int coll_lpos_options(resp_arg_t *argv, int argc, int *flags, int64_t *n, resp_slot_t *s) {
+  for (int i = 3; i < argc; i += 2) {
+    if (i + 1 >= argc) {
+      slot_error(s, "ERR syntax error");
+      return -1;
+    }
+    int64_t v;
+    if (arg_is(&argv[i], "rank")) {
+      if (coll_int(&argv[i + 1], &v, s) != 0) return -1;
+      if (v == 0) {
+        slot_error(s, "ERR RANK can't be zero: use 1 to start from the first match, 2 from the "
+                      "second ... or use negative to start from the end of the list");
+        return -1;
+      }
+      if (v == INT64_MIN) {
+        slot_error(s, "ERR value is out of range, value must between -9223372036854775807 and "
+                      "9223372036854775807");
+        return -1;
+      }
+      *flags |= COLL_F_RANK;
+      n[0] = v;
+    } else if (arg_is(&argv[i], "count")) {
+      if (coll_int(&argv[i + 1], &v, s) != 0) return -1;
+      if (v < 0) {
+        slot_error(s, "ERR COUNT can't be negative");
+        return -1;
+      }
+      *flags |= COLL_F_COUNT;
+      n[1] = v;
+    } else if (arg_is(&argv[i], "maxlen")) {
+      if (coll_int(&argv[i + 1], &v, s) != 0) return -1;
+      if (v < 0) {
+        slot_error(s, "ERR MAXLEN can't be negative");
+        return -1;
+      }
+      *flags |= COLL_F_MAXLEN;
+      n[2] = v;
+    } else {
+      slot_error(s, "ERR syntax error");
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* The options and numbers of one command: 0, or -1 with its error in s.
+ * first / nargs: the arguments the request carries. */
+static int coll_parse(const resp_cmd_t *cmd, resp_arg_t *argv, int argc, int64_t *n, int *flags,
+                      int *first, int *nargs, int *empty, resp_slot_t *s) {
+  *first = 2;
+  *nargs = argc - 2;
+  switch (cmd->sub) {
+    case COLL_HSET:
+      if ((argc - 2) % 2) {
+        char line[RESP_ERROR_LINE_BYTES_MAX];
+        snprintf(line, sizeof line, "ERR wrong number of arguments for '%s' command", cmd->name);
+        slot_error(s, line);
+        return -1;
+      }
+      return 0;
+    case COLL_HINCRBY:
+      *nargs = 1;
+      return coll_int(&argv[3], &n[0], s);
+    case COLL_HRANDFIELD:
+      *nargs = 0;
+      if (argc > 4) {
+        slot_error(s, "ERR syntax error");
+        return -1;
+      }
+      if (argc >= 3) {
+        if (coll_int(&argv[2], &n[0], s) != 0) return -1;
+        *flags |= COLL_F_COUNT;
+      }
+      if (argc == 4) {
+        if (!arg_is(&argv[3], "withvalues")) {
+          slot_error(s, "ERR syntax error");
+          return -1;
+        }
+        *flags |= COLL_F_WITHVALUES;
+      }
+      return 0;
+    case COLL_HSCAN: case COLL_SSCAN:
+      return coll_scan_options(argv, argc, flags, first, nargs, empty, s);
+    case COLL_SPOP: case COLL_SRANDMEMBER: case COLL_LPOP: case COLL_RPOP:
+      *nargs = 0;
+      if (argc > 3) {
+        if (cmd->sub == COLL_LPOP || cmd->sub == COLL_RPOP) {
+          char line[RESP_ERROR_LINE_BYTES_MAX];
+          snprintf(line, sizeof line, "ERR wrong number of arguments for '%s' command", cmd->name);
+          slot_error(s, line);
+        } else {
+          slot_error(s, "ERR syntax error");
+        }
+        return -1;
+      }
+      if (argc == 3) {
+        int rc = cmd->sub == COLL_SRANDMEMBER ? coll_int(&argv[2], &n[0], s)
+                                              : coll_positive(&argv[2], &n[0], s);
+        if (rc != 0) return -1;
+        *flags |= COLL_F_COUNT;
+      }
+      return 0;
+    case COLL_LRANGE: case COLL_LTRIM:
+      *nargs = 0;
+      if (coll_int(&argv[2], &n[0], s) != 0 || coll_int(&argv[3], &n[1], s) != 0) return -1;
+      return 0;
+    case COLL_LINDEX: case COLL_LSET: case COLL_LREM:
+      *first = 3;
+      *nargs = argc - 3;
+      return coll_int(&argv[2], &n[0], s);
+    case COLL_LINSERT:
+      *first = 3;
+      *nargs = 2;
+      if (arg_is(&argv[2], "after")) *flags |= COLL_F_AFTER;
+      else if (!arg_is(&argv[2], "before")) {
+        slot_error(s, "ERR syntax error");
+        return -1;
+      }
+      return 0;
+    case COLL_LPOS:
+      *nargs = 1;
+      return coll_lpos_options(argv, argc, flags, n, s);
+    default:
+      return 0;
+  }
+}
+
+static void cmd_coll(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                     resp_slot_t *s) {
+  int64_t n[3] = {0, 0, 0};
+  int flags = 0, first, nargs, empty = 0;
+  if (coll_parse(cmd, argv, argc, n, &flags, &first, &nargs, &empty, s) != 0) return;
+  if (empty) { /* a scan past its only cursor */
+    slot_put(s, "*2\r\n$1\r\n0\r\n*0\r\n", 15);
+    s->done = 1;
+    return;
+  }
+  ProtobufCBinaryData *vals = arena_alloc(&c->lp->arena, (size_t)(nargs ? nargs : 1) * sizeof *vals);
+  if (!vals) {
+    slot_fail(s);
+    return;
+  }
+  for (int i = 0; i < nargs; i++)
+    vals[i] = (ProtobufCBinaryData){argv[first + i].len, (uint8_t *)argv[first + i].p};
+  Grid__Request rq;
+  key_request(&rq, GRID__OP__COLL, &argv[1]);
+  rq.coll_cmd = (uint32_t)cmd->sub;
+  rq.coll_flags = (uint32_t)flags;
+  rq.delta = n[0];
+  rq.n2 = n[1];
+  rq.n3 = n[2];
+  rq.values = vals;
+  rq.n_values = (size_t)nargs;
+  resp_send_one(c, cmd, s, &rq, flags);
+}
+
 #define RESP_OP(name) GRID__OP__##name
 #define RESP_LOCAL GRID__OP__OP_NONE
 
 /* Adding a command: a row here and its function above. Columns: name,
  * arity, args_max, op, keys, run, reply, done. */
 static const resp_cmd_t resp_cmds[] = {
-    {"ping", -1, 2, RESP_LOCAL, RESP_KEYS_NONE, cmd_ping, NULL, NULL},
-    {"echo", 2, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_echo, NULL, NULL},
-    {"quit", -1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_quit, NULL, NULL},
-    {"select", 2, 0, RESP_OP(CREATE_CACHE), RESP_KEYS_NONE, cmd_select, reply_select, NULL},
-    {"time", 1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_time, NULL, NULL},
-    {"client", -2, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_client, NULL, NULL},
-    {"hello", -1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_hello, NULL, NULL},
-    {"info", -1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_info, NULL, NULL},
-    {"command", -1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_command, NULL, NULL},
-    {"subscribe", -2, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_subscribe, NULL, NULL},
-    {"psubscribe", -2, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_subscribe, NULL, NULL},
-    {"unsubscribe", -1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_unsubscribe, NULL, NULL},
-    {"punsubscribe", -1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_unsubscribe, NULL, NULL},
-    {"publish", 3, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_publish, NULL, NULL},
-    {"pubsub", -2, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_pubsub, NULL, NULL},
-    {"reset", 1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_reset, NULL, NULL},
-    {"config", -2, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_config, NULL, NULL},
-    {"multi", 1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_multi, NULL, NULL},
-    {"exec", 1, 0, RESP_OP(EXEC), RESP_KEYS_NONE, cmd_exec, reply_exec, done_exec},
-    {"discard", 1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_discard, NULL, NULL},
-    {"watch", -2, 0, RESP_OP(TTL), RESP_KEYS_ALL, cmd_watch, reply_watch, done_ok},
-    {"unwatch", 1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_unwatch, NULL, NULL},
-    {"get", 2, 0, RESP_OP(GET), RESP_KEYS_ONE, cmd_keys, reply_value, NULL},
-    {"set", -3, 0, RESP_OP(PUT), RESP_KEYS_ONE, cmd_set, reply_set, NULL},
-    {"setnx", 3, 0, RESP_OP(PUT), RESP_KEYS_ONE, cmd_setnx, reply_setnx, NULL},
-    {"setex", 4, 0, RESP_OP(PUT), RESP_KEYS_ONE, cmd_setex, reply_ok, NULL},
-    {"psetex", 4, 0, RESP_OP(PUT), RESP_KEYS_ONE, cmd_psetex, reply_ok, NULL},
-    {"getset", 3, 0, RESP_OP(GET_AND_PUT), RESP_KEYS_ONE, cmd_key_value, reply_getset, NULL},
-    {"getdel", 2, 0, RESP_OP(GET_AND_DELETE), RESP_KEYS_ONE, cmd_keys, reply_getset, NULL},
-    {"del", -2, 0, RESP_OP(DELETE), RESP_KEYS_ALL, cmd_keys, reply_count_found, done_count},
-    {"unlink", -2, 0, RESP_OP(DELETE), RESP_KEYS_ALL, cmd_keys, reply_count_found, done_count},
-    {"exists", -2, 0, RESP_OP(TTL), RESP_KEYS_ALL, cmd_keys, reply_count_found, done_count},
-    {"touch", -2, 0, RESP_OP(TTL), RESP_KEYS_ALL, cmd_keys, reply_count_found, done_count},
-    {"mget", -2, 0, RESP_OP(GET), RESP_KEYS_ALL, cmd_mget, reply_value, done_mget},
-    {"mset", -3, 0, RESP_OP(PUT), RESP_KEYS_PAIRS, cmd_mset, reply_errors_only, done_ok},
-    {"incr", 2, 0, RESP_OP(ADD), RESP_KEYS_ONE, cmd_incr, reply_number, NULL},
-    {"decr", 2, 0, RESP_OP(ADD), RESP_KEYS_ONE, cmd_decr, reply_number, NULL},
-    {"incrby", 3, 0, RESP_OP(ADD), RESP_KEYS_ONE, cmd_incrby, reply_number, NULL},
-    {"decrby", 3, 0, RESP_OP(ADD), RESP_KEYS_ONE, cmd_decrby, reply_number, NULL},
-    {"append", 3, 0, RESP_OP(APPEND), RESP_KEYS_ONE, cmd_key_value, reply_number, NULL},
-    {"strlen", 2, 0, RESP_OP(GET), RESP_KEYS_ONE, cmd_keys, reply_strlen, NULL},
-    {"getrange", 4, 0, RESP_OP(GET), RESP_KEYS_ONE, cmd_getrange, reply_getrange, NULL},
-    {"substr", 4, 0, RESP_OP(GET), RESP_KEYS_ONE, cmd_getrange, reply_getrange, NULL},
-    {"type", 2, 0, RESP_OP(TTL), RESP_KEYS_ONE, cmd_keys, reply_type, NULL},
-    {"expire", -3, 0, RESP_OP(EXPIRE), RESP_KEYS_ONE, cmd_expire, reply_number, NULL},
-    {"pexpire", -3, 0, RESP_OP(EXPIRE), RESP_KEYS_ONE, cmd_pexpire, reply_number, NULL},
-    {"expireat", -3, 0, RESP_OP(EXPIRE), RESP_KEYS_ONE, cmd_expireat, reply_number, NULL},
-    {"pexpireat", -3, 0, RESP_OP(EXPIRE), RESP_KEYS_ONE, cmd_pexpireat, reply_number, NULL},
-    {"expiretime", 2, 0, RESP_OP(TTL), RESP_KEYS_ONE, cmd_expiretime, reply_ttl, NULL},
-    {"pexpiretime", 2, 0, RESP_OP(TTL), RESP_KEYS_ONE, cmd_expiretime, reply_pttl, NULL},
-    {"persist", 2, 0, RESP_OP(EXPIRE), RESP_KEYS_ONE, cmd_persist, reply_number, NULL},
-    {"ttl", 2, 0, RESP_OP(TTL), RESP_KEYS_ONE, cmd_keys, reply_ttl, NULL},
-    {"pttl", 2, 0, RESP_OP(TTL), RESP_KEYS_ONE, cmd_keys, reply_pttl, NULL},
-    {"dbsize", 1, 0, RESP_OP(SIZE), RESP_KEYS_NONE, cmd_dbsize, reply_count_sum, done_count},
+    {"ping", -1, 2, RESP_LOCAL, RESP_KEYS_NONE, cmd_ping, NULL, NULL, 0},
+    {"echo", 2, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_echo, NULL, NULL, 0},
+    {"quit", -1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_quit, NULL, NULL, 0},
+    {"select", 2, 0, RESP_OP(CREATE_CACHE), RESP_KEYS_NONE, cmd_select, reply_select, NULL, 0},
+    {"time", 1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_time, NULL, NULL, 0},
+    {"client", -2, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_client, NULL, NULL, 0},
+    {"hello", -1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_hello, NULL, NULL, 0},
+    {"info", -1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_info, NULL, NULL, 0},
+    {"command", -1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_command, NULL, NULL, 0},
+    {"subscribe", -2, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_subscribe, NULL, NULL, 0},
+    {"psubscribe", -2, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_subscribe, NULL, NULL, 0},
+    {"unsubscribe", -1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_unsubscribe, NULL, NULL, 0},
+    {"punsubscribe", -1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_unsubscribe, NULL, NULL, 0},
+    {"publish", 3, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_publish, NULL, NULL, 0},
+    {"pubsub", -2, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_pubsub, NULL, NULL, 0},
+    {"reset", 1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_reset, NULL, NULL, 0},
+    {"config", -2, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_config, NULL, NULL, 0},
+    {"multi", 1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_multi, NULL, NULL, 0},
+    {"exec", 1, 0, RESP_OP(EXEC), RESP_KEYS_NONE, cmd_exec, reply_exec, done_exec, 0},
+    {"discard", 1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_discard, NULL, NULL, 0},
+    {"watch", -2, 0, RESP_OP(TTL), RESP_KEYS_ALL, cmd_watch, reply_watch, done_ok, 0},
+    {"unwatch", 1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_unwatch, NULL, NULL, 0},
+    {"get", 2, 0, RESP_OP(GET), RESP_KEYS_ONE, cmd_keys, reply_value, NULL, 0},
+    {"set", -3, 0, RESP_OP(PUT), RESP_KEYS_ONE, cmd_set, reply_set, NULL, 0},
+    {"setnx", 3, 0, RESP_OP(PUT), RESP_KEYS_ONE, cmd_setnx, reply_setnx, NULL, 0},
+    {"setex", 4, 0, RESP_OP(PUT), RESP_KEYS_ONE, cmd_setex, reply_ok, NULL, 0},
+    {"psetex", 4, 0, RESP_OP(PUT), RESP_KEYS_ONE, cmd_psetex, reply_ok, NULL, 0},
+    {"getset", 3, 0, RESP_OP(GET_AND_PUT), RESP_KEYS_ONE, cmd_key_value, reply_getset, NULL, 0},
+    {"getdel", 2, 0, RESP_OP(GET_AND_DELETE), RESP_KEYS_ONE, cmd_keys, reply_getset, NULL, 0},
+    {"del", -2, 0, RESP_OP(DELETE), RESP_KEYS_ALL, cmd_keys, reply_count_found, done_count, 0},
+    {"unlink", -2, 0, RESP_OP(DELETE), RESP_KEYS_ALL, cmd_keys, reply_count_found, done_count, 0},
+    {"exists", -2, 0, RESP_OP(TTL), RESP_KEYS_ALL, cmd_keys, reply_count_found, done_count, 0},
+    {"touch", -2, 0, RESP_OP(TTL), RESP_KEYS_ALL, cmd_keys, reply_count_found, done_count, 0},
+    {"mget", -2, 0, RESP_OP(GET), RESP_KEYS_ALL, cmd_mget, reply_value, done_mget, 0},
+    {"mset", -3, 0, RESP_OP(PUT), RESP_KEYS_PAIRS, cmd_mset, reply_errors_only, done_ok, 0},
+    {"incr", 2, 0, RESP_OP(ADD), RESP_KEYS_ONE, cmd_incr, reply_number, NULL, 0},
+    {"decr", 2, 0, RESP_OP(ADD), RESP_KEYS_ONE, cmd_decr, reply_number, NULL, 0},
+    {"incrby", 3, 0, RESP_OP(ADD), RESP_KEYS_ONE, cmd_incrby, reply_number, NULL, 0},
+    {"decrby", 3, 0, RESP_OP(ADD), RESP_KEYS_ONE, cmd_decrby, reply_number, NULL, 0},
+    {"append", 3, 0, RESP_OP(APPEND), RESP_KEYS_ONE, cmd_key_value, reply_number, NULL, 0},
+    {"strlen", 2, 0, RESP_OP(GET), RESP_KEYS_ONE, cmd_keys, reply_strlen, NULL, 0},
+    {"getrange", 4, 0, RESP_OP(GET), RESP_KEYS_ONE, cmd_getrange, reply_getrange, NULL, 0},
+    {"substr", 4, 0, RESP_OP(GET), RESP_KEYS_ONE, cmd_getrange, reply_getrange, NULL, 0},
+    {"type", 2, 0, RESP_OP(TTL), RESP_KEYS_ONE, cmd_keys, reply_type, NULL, 0},
+    {"expire", -3, 0, RESP_OP(EXPIRE), RESP_KEYS_ONE, cmd_expire, reply_number, NULL, 0},
+    {"pexpire", -3, 0, RESP_OP(EXPIRE), RESP_KEYS_ONE, cmd_pexpire, reply_number, NULL, 0},
+    {"expireat", -3, 0, RESP_OP(EXPIRE), RESP_KEYS_ONE, cmd_expireat, reply_number, NULL, 0},
+    {"pexpireat", -3, 0, RESP_OP(EXPIRE), RESP_KEYS_ONE, cmd_pexpireat, reply_number, NULL, 0},
+    {"expiretime", 2, 0, RESP_OP(TTL), RESP_KEYS_ONE, cmd_expiretime, reply_ttl, NULL, 0},
+    {"pexpiretime", 2, 0, RESP_OP(TTL), RESP_KEYS_ONE, cmd_expiretime, reply_pttl, NULL, 0},
+    {"persist", 2, 0, RESP_OP(EXPIRE), RESP_KEYS_ONE, cmd_persist, reply_number, NULL, 0},
+    {"ttl", 2, 0, RESP_OP(TTL), RESP_KEYS_ONE, cmd_keys, reply_ttl, NULL, 0},
+    {"pttl", 2, 0, RESP_OP(TTL), RESP_KEYS_ONE, cmd_keys, reply_pttl, NULL, 0},
+    {"dbsize", 1, 0, RESP_OP(SIZE), RESP_KEYS_NONE, cmd_dbsize, reply_count_sum, done_count, 0},
+    {"hset", -4, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_HSET},
+    {"hmset", -4, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_HSET},
+    {"hsetnx", 4, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_HSETNX},
+    {"hget", 3, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_HGET},
+    {"hmget", -3, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_HMGET},
+    {"hdel", -3, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_HDEL},
+    {"hexists", 3, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_HEXISTS},
+    {"hlen", 2, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_HLEN},
+    {"hstrlen", 3, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_HSTRLEN},
+    {"hgetall", 2, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_HGETALL},
+    {"hkeys", 2, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_HKEYS},
+    {"hvals", 2, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_HVALS},
+    {"hincrby", 4, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_HINCRBY},
+    {"hincrbyfloat", 4, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL,
+     COLL_HINCRBYFLOAT},
+    {"hrandfield", -2, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL,
+     COLL_HRANDFIELD},
+    {"hscan", -3, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_HSCAN},
+    {"sadd", -3, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_SADD},
+    {"srem", -3, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_SREM},
+    {"smembers", 2, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_SMEMBERS},
+    {"sismember", 3, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL,
+     COLL_SISMEMBER},
+    {"smismember", -3, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL,
+     COLL_SMISMEMBER},
+    {"scard", 2, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_SCARD},
+    {"spop", -2, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_SPOP},
+    {"srandmember", -2, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL,
+     COLL_SRANDMEMBER},
+    {"sscan", -3, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_SSCAN},
+    {"lpush", -3, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_LPUSH},
+    {"rpush", -3, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_RPUSH},
+    {"lpushx", -3, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_LPUSHX},
+    {"rpushx", -3, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_RPUSHX},
+    {"lpop", -2, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_LPOP},
+    {"rpop", -2, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_RPOP},
+    {"lrange", 4, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_LRANGE},
+    {"llen", 2, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_LLEN},
+    {"lindex", 3, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_LINDEX},
+    {"lset", 4, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_LSET},
+    {"lrem", 4, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_LREM},
+    {"ltrim", 4, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_LTRIM},
+    {"linsert", 5, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_LINSERT},
+    {"lpos", -3, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_LPOS},
 };
 static const size_t resp_ncmds = sizeof resp_cmds / sizeof resp_cmds[0];
 

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "num.h"
+
 /* The first growth of the argument arrays: most commands have fewer. */
 #define RESP_PARSE_ARGV_FIRST 16
 
@@ -31,21 +33,7 @@ static resp_parse_result_t resp_parse_fail(resp_parser_t *p, resp_command_t *out
   return RESP_PARSE_ERROR;
 }
 
-int resp_parse_i64(const char *p, size_t len, int64_t *out) {
-  char buf[32];
-  if (len == 0 || len >= sizeof buf) return -1;
-  memcpy(buf, p, len);
-  buf[len] = '\0';
-  if (buf[0] == '+' || isspace((unsigned char)buf[0])) return -1;
-  if (buf[0] == '0' && len > 1) return -1;
-  if (buf[0] == '-' && (len == 1 || buf[1] == '0')) return -1;
-  errno = 0;
-  char *end;
-  long long v = strtoll(buf, &end, 10);
-  if (*end || errno) return -1;
-  *out = v;
-  return 0;
-}
+int resp_parse_i64(const char *p, size_t len, int64_t *out) { return num_parse_i64(p, len, out); }
 
 /* Room for n arguments in p->argv. */
 static int resp_parse_argv_room(resp_parser_t *p, size_t n) {

@@ -12,6 +12,7 @@
 #include "grid_types.h"
 #include "log.h"
 #include "clock.h"
+#include "num.h"
 #include "part.h"
 
 /* An entry is one allocation: the header, then the key, then the value and a
@@ -556,29 +557,6 @@ static void store_grow(store_t *s, store_part_t *p) {
 
 /* Parses a whole value as a signed 64-bit decimal, as Redis's INCR does:
  * no spaces, no '+', no leading zeros except "0" itself. */
-static int store_parse_i64(const unsigned char *v, size_t len, int64_t *out) {
-  if (len == 0 || len > 20) return -1;
-  size_t i = 0;
-  int neg = 0;
-  if (v[0] == '-') {
-    neg = 1;
-    i = 1;
-    if (len == 1) return -1;
-  }
-  if (v[i] == '0' && len > i + 1) return -1;
-  if (neg && v[i] == '0') return -1;
-  uint64_t acc = 0;
-  for (; i < len; i++) {
-    if (v[i] < '0' || v[i] > '9') return -1;
-    uint64_t d = (uint64_t)(v[i] - '0');
-    if (acc > (UINT64_MAX - d) / 10) return -1;
-    acc = acc * 10 + d;
-  }
-  if (!neg && acc > (uint64_t)INT64_MAX) return -1;
-  if (neg && acc > (uint64_t)INT64_MAX + 1) return -1;
-  *out = neg ? (int64_t)(0 - acc) : (int64_t)acc;
-  return 0;
-}
 
 /* A new entry of k with this value, version and expiry, linked nowhere;
  * NULL when malloc fails. */
@@ -710,7 +688,7 @@ static int store_append_value(const store_t *s, const store_write_t *w,
 static int store_add_value(const store_write_t *w, const store_entry_t *old,
                            store_new_value_t *nv, store_result_t *res) {
   int64_t cur = 0, sum;
-  if (old && store_parse_i64(old->data + old->key_len, old->value_len, &cur) != 0)
+  if (old && num_parse_i64(old->data + old->key_len, old->value_len, &cur) != 0)
     return GRID_ENOTNUM;
   if (__builtin_add_overflow(cur, w->delta, &sum)) return GRID_EOVERFLOW;
   nv->len = (size_t)snprintf(nv->num, sizeof nv->num, "%lld", (long long)sum);
@@ -981,8 +959,15 @@ static int store_ptr_cmp(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
+/* What store_hold returns inside a hold that covers what it asks for. */
+static struct store_hold store_hold_within;
+
 store_hold_t *store_hold(store_cache_t *c, const uint32_t *parts, size_t n) {
-  GRID_ASSERT(store_held == NULL); /* one hold at a time per thread */
+  if (store_held) { /* one hold at a time: within it, only what it holds */
+    for (size_t i = 0; i < n; i++)
+      if (parts[i] >= c->cfg.partitions || !store_part_held(&c->parts[parts[i]])) return NULL;
+    return &store_hold_within;
+  }
   store_hold_t *h = malloc(sizeof *h + (n ? n : 1) * sizeof h->parts[0]);
   if (!h) return NULL;
   size_t m = 0;
@@ -999,7 +984,7 @@ store_hold_t *store_hold(store_cache_t *c, const uint32_t *parts, size_t n) {
 }
 
 void store_release(store_hold_t *h) {
-  if (!h) return;
+  if (!h || h == &store_hold_within) return;
   GRID_ASSERT(store_held == h);
   store_held = NULL;
   for (size_t i = h->n; i-- > 0;) pthread_mutex_unlock(&h->parts[i]->lock);

@@ -250,8 +250,10 @@ int store_write_rec(store_cache_t *c, const store_key_t *k, const store_write_t 
  * the partitions named (each locked, in one order every hold uses) until
  * store_release; the store's calls on them from this thread run inside
  * the hold, so no other thread sees part of what it did. One hold per
- * thread at a time; no cache registry call (store_cache_acquire, a view's
- * refresh) while holding. NULL when out of memory. */
+ * thread at a time: inside one, store_hold of partitions it holds returns
+ * a hold whose release does nothing, and of others NULL. No cache
+ * registry call (store_cache_acquire, a view's refresh) while holding.
+ * NULL when out of memory. */
 typedef struct store_hold store_hold_t;
 store_hold_t *store_hold(store_cache_t *c, const uint32_t *parts, size_t n);
 void store_release(store_hold_t *h);

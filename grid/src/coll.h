@@ -1,0 +1,121 @@
+/*
+ * coll: hashes, lists and sets as one entry's value, and what each Redis
+ * command does to one. Pure: a command takes the entry's items as they
+ * are (decoded), and says what the entry becomes and what to answer; ops.c
+ * reads and writes the store around it, under the partition's hold.
+ *
+ * A collection's value is its items, each length-prefixed:
+ *
+ *   varint(count) { varint(len) bytes }*
+ *
+ * (LEB128 varints). A hash's items are field, value, field, value ... in
+ * the order fields were first set (as a small Redis hash); a list's are
+ * its elements, head first; a set's its members, in ascending numeric
+ * order while every member is a 64-bit integer (as Redis's intset), else
+ * in the order they were added. Every command costs O(the collection):
+ * it is one entry, read and written (and replicated) whole.
+ */
+#ifndef GRID_COLL_H
+#define GRID_COLL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct coll_item {
+  const unsigned char *p;
+  size_t len;
+} coll_item_t;
+
+/* A collection being worked on: items point into the old value, the
+ * command's arguments, or memory the vector owns (own). */
+typedef struct coll_vec {
+  coll_item_t *v;
+  size_t n, cap;
+  unsigned char **own;
+  size_t nown, own_cap;
+} coll_vec_t;
+
+void coll_vec_free(coll_vec_t *c);
+/* Decodes value into c (items point into value). 0, or -1 for bytes that
+ * are not a collection, -2 when out of memory. */
+int coll_decode(const void *value, size_t len, coll_vec_t *c);
+/* The value of c's items (malloc'd), NULL when out of memory. */
+unsigned char *coll_encode(const coll_vec_t *c, size_t *len);
+
+/* The commands. */
+typedef enum {
+  COLL_NONE = 0,
+  /* hashes */
+  COLL_HSET = 1, COLL_HSETNX, COLL_HGET, COLL_HMGET, COLL_HDEL, COLL_HEXISTS, COLL_HLEN,
+  COLL_HSTRLEN, COLL_HGETALL, COLL_HKEYS, COLL_HVALS, COLL_HINCRBY, COLL_HINCRBYFLOAT,
+  COLL_HRANDFIELD, COLL_HSCAN,
+  /* sets */
+  COLL_SADD = 32, COLL_SREM, COLL_SMEMBERS, COLL_SISMEMBER, COLL_SMISMEMBER, COLL_SCARD,
+  COLL_SPOP, COLL_SRANDMEMBER, COLL_SSCAN,
+  /* lists */
+  COLL_LPUSH = 64, COLL_RPUSH, COLL_LPUSHX, COLL_RPUSHX, COLL_LPOP, COLL_RPOP, COLL_LRANGE,
+  COLL_LLEN, COLL_LINDEX, COLL_LSET, COLL_LREM, COLL_LTRIM, COLL_LINSERT, COLL_LPOS,
+  COLL_CMD_MAX = 127,
+} coll_cmd_t;
+
+/* The value type a command works on (grid_value_type_t); 0 for none. */
+int coll_cmd_type(int cmd);
+/* Whether a command may change the entry. */
+int coll_cmd_writes(int cmd);
+
+/* Flags of a request. */
+enum {
+  COLL_F_COUNT = 1,      /* LPOP / RPOP / SPOP / SRANDMEMBER / HRANDFIELD:
+                            a count was given (n1) */
+  COLL_F_WITHVALUES = 2, /* HRANDFIELD */
+  COLL_F_AFTER = 4,      /* LINSERT AFTER (else BEFORE) */
+  COLL_F_RANK = 8,       /* LPOS: n1 is RANK */
+  COLL_F_MAXLEN = 16,    /* LPOS: n3 is MAXLEN */
+  COLL_F_MATCH = 32,     /* HSCAN / SSCAN: args[0] is the pattern */
+};
+
+typedef struct coll_req {
+  int cmd;
+  const coll_item_t *args;   /* the command's arguments after the key */
+  size_t nargs;
+  int64_t n1, n2, n3;        /* counts, indexes, ranks (as each command says) */
+  int flags;
+  uint64_t (*rand)(void *ctx); /* SPOP, SRANDMEMBER, HRANDFIELD */
+  void *rand_ctx;
+  /* HSCAN, SSCAN: whether a field or member is wanted (NULL: all). A scan
+   * answers the whole collection at once (cursor 0), as Redis does for a
+   * small one. */
+  int (*match)(void *ctx, const void *p, size_t len);
+  void *match_ctx;
+} coll_req_t;
+
+/* What a command answers. nils[i] marks an item that is a nil (HMGET). */
+typedef struct coll_out {
+  int status;                /* 0, or a GRID_E* code with words in err */
+  const char *err;           /* Redis's words (without "ERR "), static */
+  int write;                 /* COLL_KEEP / COLL_PUT / COLL_DELETE */
+  int64_t number;            /* the integer answer */
+  int has_number;
+  int has_value;             /* a single bulk answer (value) ... */
+  coll_item_t value;         /* ... or nil when has_value and !value.p */
+  int nil_value;
+  coll_vec_t items;          /* an array answer */
+  unsigned char *nils;       /* HMGET, LPOS: per item */
+  int array;                 /* the answer is items (even if empty) */
+  int nil_array;             /* the answer is a null array (LPOP of a missing
+                                key with a count) */
+  char num[48];              /* HINCRBYFLOAT's, LPOS's text */
+} coll_out_t;
+
+enum { COLL_KEEP = 0, COLL_PUT = 1, COLL_DELETE = 2 };
+
+/* Runs req against c (the entry's items; exists: the key was there).
+ * c is changed in place when the command writes (out->write says what
+ * becomes of the entry). */
+void coll_run(const coll_req_t *req, coll_vec_t *c, int exists, coll_out_t *out);
+void coll_out_free(coll_out_t *out);
+
+/* Whether bytes are a 64-bit decimal integer as Redis reads one. */
+int coll_parse_i64(const void *p, size_t len, int64_t *out);
+
+#endif
