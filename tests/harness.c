@@ -19,6 +19,7 @@
 
 #include "check.h"
 #include "frame.h"
+#include "grid.h"
 #include "pmap.h"
 
 #ifndef GRIDD_PATH
@@ -466,4 +467,59 @@ void harness_wait_settled(int port, const char *cache, size_t n) {
   }
   fprintf(stderr, "the map of cache %s did not settle on %zu nodes within 60 s\n", cache, n);
   abort();
+}
+
+void harness_check_hashes(struct grid *g, const char *cache, const char *tag) {
+  char key[64], str[64];
+  snprintf(key, sizeof key, "h:%s", tag);
+  snprintf(str, sizeof str, "s:%s", tag);
+  size_t kl = strlen(key), n;
+  const void *fields[] = {"temp", "rpm", "state"};
+  const size_t flens[] = {4, 3, 5};
+  const void *vals[] = {"21.5", "1200", "on"};
+  const size_t vlens[] = {4, 4, 2};
+  size_t added, removed;
+  CHECK_RC(grid_hset(g, cache, key, kl, 3, fields, flens, vals, vlens, &added), 0);
+  CHECK_EQ(added, 3);
+  const void *vals2[] = {"22.0"};
+  const size_t vlens2[] = {4};
+  CHECK_RC(grid_hset(g, cache, key, kl, 1, fields, flens, vals2, vlens2, &added), 0);
+  CHECK_EQ(added, 0);
+  grid_value_t v;
+  CHECK_RC(grid_hget(g, cache, key, kl, "temp", 4, &v), 0);
+  CHECK(v.found);
+  CHECK_STR(v.data, "22.0");
+  CHECK(v.version != 0);
+  grid_value_free(&v);
+  CHECK_RC(grid_hget(g, cache, key, kl, "nope", 4, &v), 0);
+  CHECK(!v.found);
+  CHECK_RC(grid_hget(g, cache, "h:missing", 9, "temp", 4, &v), 0);
+  CHECK(!v.found);
+  int64_t r;
+  CHECK_RC(grid_hincrby(g, cache, key, kl, "rpm", 3, 30, &r), 0);
+  CHECK_EQ(r, 1230);
+  CHECK_RC(grid_hincrby(g, cache, key, kl, "state", 5, 1, &r), GRID_ENOTNUM);
+  grid_entry_t *es;
+  CHECK_RC(grid_hgetall(g, cache, key, kl, &es, &n), 0);
+  CHECK_EQ(n, 3);
+  CHECK_STR(es[0].key, "temp"); /* in the order fields were first set */
+  CHECK_STR(es[0].value, "22.0");
+  CHECK_STR(es[1].key, "rpm");
+  CHECK_STR(es[1].value, "1230");
+  CHECK_STR(es[2].key, "state");
+  grid_entries_free(es, n);
+  /* A key holds a hash or a string. */
+  CHECK_RC(grid_get(g, cache, key, kl, &v), GRID_EWRONGTYPE);
+  CHECK_RC(grid_put(g, cache, str, strlen(str), "x", 1, 0, NULL), 0);
+  CHECK_RC(grid_hget(g, cache, str, strlen(str), "temp", 4, &v), GRID_EWRONGTYPE);
+  CHECK_RC(grid_hset(g, cache, str, strlen(str), 1, fields, flens, vals, vlens, NULL),
+           GRID_EWRONGTYPE);
+  /* The last field removed removes the key. */
+  CHECK_RC(grid_hdel(g, cache, key, kl, 3, fields, flens, &removed), 0);
+  CHECK_EQ(removed, 3);
+  CHECK_RC(grid_hgetall(g, cache, key, kl, &es, &n), 0);
+  CHECK_EQ(n, 0);
+  grid_entries_free(es, n);
+  CHECK_RC(grid_get(g, cache, key, kl, &v), GRID_ENOTFOUND);
+  CHECK_RC(grid_delete(g, cache, str, strlen(str)), 0);
 }

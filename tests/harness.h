@@ -77,6 +77,13 @@ void harness_pmap(int port, struct pmap *out);
  * bulk reply the bulk's body. */
 void harness_resp(int resp_port, const char *const *words, char *out, size_t out_len);
 
+/* grid.h's hash calls on key "h:<tag>" of cache through g (an embedded
+ * node, a remote one, a cluster): set, get, increment, delete, the whole
+ * hash, WRONGTYPE against a string, and the key gone with its last field.
+ * Checks abort the test. */
+struct grid;
+void harness_check_hashes(struct grid *g, const char *cache, const char *tag);
+
 /* Raw connections. */
 int harness_connect(int port);
 void harness_send_all(int fd, const void *p, size_t len);

@@ -220,6 +220,39 @@ GRID_EXPORT int grid_scan(grid_t *g, const char *cache, uint32_t partition,
               size_t *n);
 GRID_EXPORT void grid_entries_free(grid_entry_t *entries, size_t n);
 
+/*
+ * Hashes: one key holding fields, as Redis's HSET keeps them (and the same
+ * key Redis clients read with HGET): a Thing with a field per property,
+ * read and changed field by field, each call one atomic step on the key
+ * (replicated as one write). A key holds a hash or a string: these calls on
+ * a string key, and grid_get of a hash key, give GRID_EWRONGTYPE. A hash
+ * left with no field is removed. A hash is one entry: every call costs
+ * O(its size), and it is at most value_bytes_max encoded.
+ */
+/* Sets n fields (new ones added, others replaced); *added (may be NULL)
+ * receives how many were new. */
+GRID_EXPORT int grid_hset(grid_t *g, const char *cache, const void *key, size_t key_len,
+                          size_t n, const void *const *fields, const size_t *field_lens,
+                          const void *const *values, const size_t *value_lens, size_t *added);
+/* out->found tells whether the field (and the key) exist; free out with
+ * grid_value_free(). out->version is the hash's. */
+GRID_EXPORT int grid_hget(grid_t *g, const char *cache, const void *key, size_t key_len,
+                          const void *field, size_t field_len, grid_value_t *out);
+/* Removes n fields; *removed (may be NULL) receives how many existed. */
+GRID_EXPORT int grid_hdel(grid_t *g, const char *cache, const void *key, size_t key_len,
+                          size_t n, const void *const *fields, const size_t *field_lens,
+                          size_t *removed);
+/* Every field: entries[i].key is a field, .value its value (in the order
+ * fields were first set); none when the key is missing. Free with
+ * grid_entries_free(). */
+GRID_EXPORT int grid_hgetall(grid_t *g, const char *cache, const void *key, size_t key_len,
+                             grid_entry_t **entries, size_t *n);
+/* Adds delta to a field kept as a decimal integer (a missing one counts as
+ * 0): GRID_ENOTNUM when it is not one, GRID_EOVERFLOW past int64. */
+GRID_EXPORT int grid_hincrby(grid_t *g, const char *cache, const void *key, size_t key_len,
+                             const void *field, size_t field_len, int64_t delta,
+                             int64_t *result);
+
 /* Entries in the cache (including expired ones not yet swept). */
 GRID_EXPORT int grid_size(grid_t *g, const char *cache, uint64_t *size);
 

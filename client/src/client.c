@@ -385,6 +385,122 @@ int grid_add(grid_t *g, const char *cache, const void *key, size_t key_len,
   return 0;
 }
 
+/* ---- hashes --------------------------------------------------------------- */
+
+/* A COLL request of cmd on key, its arguments the n pairs (or singles when
+ * b is NULL) a / b. */
+static int client_hash_call(grid_t *g, const char *cache, const void *key, size_t key_len,
+                            int cmd, size_t n, const void *const *a, const size_t *a_lens,
+                            const void *const *b, const size_t *b_lens, int64_t delta,
+                            client_reply_t *r) {
+  size_t nv = b ? 2 * n : n;
+  ProtobufCBinaryData *vals = malloc((nv ? nv : 1) * sizeof *vals);
+  if (!vals) return GRID_ENOMEM;
+  for (size_t i = 0; i < n; i++) {
+    if (b) {
+      vals[2 * i] = (ProtobufCBinaryData){a_lens[i], (uint8_t *)a[i]};
+      vals[2 * i + 1] = (ProtobufCBinaryData){b_lens[i], (uint8_t *)b[i]};
+    } else {
+      vals[i] = (ProtobufCBinaryData){a_lens[i], (uint8_t *)a[i]};
+    }
+  }
+  Grid__Request rq;
+  client_request_key(&rq, GRID__OP__COLL, cache, key, key_len);
+  rq.coll_cmd = (uint32_t)cmd;
+  rq.values = vals;
+  rq.n_values = nv;
+  rq.delta = delta;
+  int rc = client_call(g, &rq, r);
+  free(vals);
+  return rc;
+}
+
+int grid_hset(grid_t *g, const char *cache, const void *key, size_t key_len, size_t n,
+              const void *const *fields, const size_t *field_lens, const void *const *values,
+              const size_t *value_lens, size_t *added) {
+  if (n == 0) {
+    client_set_error("grid_hset: no field");
+    return GRID_EINVAL;
+  }
+  client_reply_t r;
+  int rc = client_hash_call(g, cache, key, key_len, GRID__COLL_CMD__HSET, n, fields, field_lens, values,
+                            value_lens, 0, &r);
+  if (rc != 0) return rc;
+  if (added) *added = (size_t)r.rp->number;
+  client_reply_free(&r);
+  return 0;
+}
+
+int grid_hget(grid_t *g, const char *cache, const void *key, size_t key_len, const void *field,
+              size_t field_len, grid_value_t *out) {
+  memset(out, 0, sizeof *out);
+  client_reply_t r;
+  int rc = client_hash_call(g, cache, key, key_len, GRID__COLL_CMD__HGET, 1, &field, &field_len, NULL,
+                            NULL, 0, &r);
+  if (rc != 0) return rc;
+  if (r.rp->found) rc = client_value_set(out, r.rp->value.data, r.rp->value.len, r.rp->version);
+  client_reply_free(&r);
+  return rc;
+}
+
+int grid_hdel(grid_t *g, const char *cache, const void *key, size_t key_len, size_t n,
+              const void *const *fields, const size_t *field_lens, size_t *removed) {
+  if (n == 0) {
+    client_set_error("grid_hdel: no field");
+    return GRID_EINVAL;
+  }
+  client_reply_t r;
+  int rc = client_hash_call(g, cache, key, key_len, GRID__COLL_CMD__HDEL, n, fields, field_lens, NULL,
+                            NULL, 0, &r);
+  if (rc != 0) return rc;
+  if (removed) *removed = (size_t)r.rp->number;
+  client_reply_free(&r);
+  return 0;
+}
+
+int grid_hgetall(grid_t *g, const char *cache, const void *key, size_t key_len,
+                 grid_entry_t **entries, size_t *n) {
+  *entries = NULL;
+  *n = 0;
+  client_reply_t r;
+  int rc = client_hash_call(g, cache, key, key_len, GRID__COLL_CMD__HGETALL, 0, NULL, NULL, NULL, NULL, 0,
+                            &r);
+  if (rc != 0) return rc;
+  size_t pairs = r.rp->n_entries / 2;
+  grid_entry_t *list = calloc(pairs ? pairs : 1, sizeof *list);
+  for (size_t i = 0; list && i < pairs; i++) {
+    const Grid__Entry *f = r.rp->entries[2 * i], *v = r.rp->entries[2 * i + 1];
+    char *mem = malloc(f->value.len + v->value.len + 2);
+    if (!mem) {
+      grid_entries_free(list, i);
+      list = NULL;
+      break;
+    }
+    if (f->value.len) memcpy(mem, f->value.data, f->value.len);
+    mem[f->value.len] = '\0';
+    if (v->value.len) memcpy(mem + f->value.len + 1, v->value.data, v->value.len);
+    mem[f->value.len + 1 + v->value.len] = '\0';
+    list[i] = (grid_entry_t){mem, f->value.len, mem + f->value.len + 1, v->value.len,
+                             r.rp->version};
+  }
+  client_reply_free(&r);
+  if (!list) return GRID_ENOMEM;
+  *entries = list;
+  *n = pairs;
+  return 0;
+}
+
+int grid_hincrby(grid_t *g, const char *cache, const void *key, size_t key_len,
+                 const void *field, size_t field_len, int64_t delta, int64_t *result) {
+  client_reply_t r;
+  int rc = client_hash_call(g, cache, key, key_len, GRID__COLL_CMD__HINCRBY, 1, &field, &field_len, NULL,
+                            NULL, delta, &r);
+  if (rc != 0) return rc;
+  if (result) *result = r.rp->number;
+  client_reply_free(&r);
+  return 0;
+}
+
 /* ---- batches ------------------------------------------------------------- */
 
 /* Points a request's repeated bytes field at the caller's keys. */

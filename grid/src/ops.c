@@ -750,6 +750,7 @@ static void ops_coll(node_t *n, store_cache_t *c, const Grid__Request *rq, Grid_
   uint8_t have = 0;
   int rc = store_get_typed(c, &k, STORE_NOW_LAZY, ops_arena_alloc, a, &v, &vlen, &ver, &have);
   int exists = rc == 0;
+  if (exists) rp->version = ver;
   coll_vec_t vec = {0};
   coll_out_t out = {0};
   if (rc != 0 && rc != GRID_ENOTFOUND) {

@@ -506,6 +506,28 @@ static void test_resp_transactions(void) {
 /* SELECT 1..15 works on any node without a cache made first: the first
  * SELECT makes it cluster-wide (the commands pipelined behind it wait for
  * it), and keys in it are apart from database 0's. */
+/* grid.h's hashes through any node of a cluster, and the same key read as
+ * a Redis hash on another node. */
+static void test_hashes_cluster(void) {
+  for (int n = 0; n < 3; n++) {
+    char tag[16];
+    snprintf(tag, sizeof tag, "c%d", n);
+    harness_check_hashes(g[n], "default", tag);
+  }
+  const void *f[] = {"temp"};
+  const size_t fl[] = {4};
+  const void *v[] = {"19.5"};
+  const size_t vl[] = {4};
+  CHECK_RC(grid_hset(g[0], "default", "{pump-7}", 8, 1, f, fl, v, vl, NULL), 0);
+  char out[64];
+  const char *hget[] = {"HGET", "{pump-7}", "temp", NULL};
+  harness_resp(nodes[2].resp_port, hget, out, sizeof out);
+  CHECK_STR(out, "19.5");
+  const char *type[] = {"TYPE", "{pump-7}", NULL};
+  harness_resp(nodes[1].resp_port, type, out, sizeof out);
+  CHECK_STR(out, "+hash");
+}
+
 static void test_resp_databases(void) {
   int a = harness_connect(nodes[0].resp_port), b = harness_connect(nodes[2].resp_port);
   resp_expect(a, "SELECT 7\r\nSET dbkey seven\r\nGET dbkey\r\n", "+OK\r\n+OK\r\n$5\r\nseven\r\n");
@@ -551,6 +573,7 @@ int main(void) {
   RUN(test_resp_pubsub);
   RUN(test_resp_transactions);
   RUN(test_resp_databases);
+  RUN(test_hashes_cluster);
   RUN(test_resp_pipeline_order);
   RUN(test_peer_checks);
   RUN(test_lost_partitions);

@@ -7,6 +7,7 @@
 
 #include "check.h"
 #include "grid.h"
+#include "harness.h"
 
 static grid_t *open_embedded(const char *config_text) {
   grid_options_t o = {.config_text = config_text};
@@ -91,6 +92,13 @@ static void test_basic_ops(void) {
   CHECK_EQ(st.caches, 1);
   CHECK(st.ops > 10);
   CHECK_EQ(st.connections, 0);
+  grid_close(g);
+}
+
+/* grid.h's hash calls, on the node in this process. */
+static void test_hashes(void) {
+  grid_t *g = open_embedded(NULL);
+  harness_check_hashes(g, "default", "embedded");
   grid_close(g);
 }
 
@@ -335,6 +343,7 @@ static void test_slow_subscriber_never_blocks_writers(void) {
 
 int main(void) {
   RUN(test_basic_ops);
+  RUN(test_hashes);
   RUN(test_memory_limit);
   RUN(test_bad_config);
   RUN(test_async_inline);

@@ -117,6 +117,13 @@ static void test_ops(void) {
   grid_close(g);
 }
 
+/* grid.h's hash calls, over the socket. */
+static void test_hashes(void) {
+  grid_t *g = open_remote(&node);
+  harness_check_hashes(g, "default", "remote");
+  grid_close(g);
+}
+
 static void test_ttl(void) {
   grid_t *g = open_remote(&node);
   CHECK_RC(grid_put(g, "default", "short", 5, "x", 1, 200, NULL), 0);
@@ -314,6 +321,7 @@ int main(void) {
   harness_start(&node, NULL);
   RUN(test_ops);
   RUN(test_ttl);
+  RUN(test_hashes);
   RUN(test_async_pipelined);
   RUN(test_threads);
   RUN(test_timeouts);
