@@ -137,10 +137,12 @@ unsigned char *coll_encode(const coll_vec_t *c, size_t *len) {
 
 int coll_cmd_type(int cmd) {
   if (cmd >= COLL_HSET && cmd <= COLL_HSCAN) return GRID_TYPE_HASH;
-  if (cmd >= COLL_SADD && cmd <= COLL_SSCAN) return GRID_TYPE_SET;
-  if (cmd >= COLL_LPUSH && cmd <= COLL_LPOS) return GRID_TYPE_LIST;
+  if (cmd >= COLL_SADD && cmd <= COLL_SMOVE) return GRID_TYPE_SET;
+  if (cmd >= COLL_LPUSH && cmd <= COLL_LMOVE) return GRID_TYPE_LIST;
   return 0;
 }
+
+int coll_cmd_keys(int cmd) { return (cmd >= COLL_SINTER && cmd <= COLL_SMOVE) || cmd == COLL_LMOVE; }
 
 int coll_cmd_writes(int cmd) {
   switch (cmd) {
@@ -148,6 +150,8 @@ int coll_cmd_writes(int cmd) {
     case COLL_SADD: case COLL_SREM: case COLL_SPOP:
     case COLL_LPUSH: case COLL_RPUSH: case COLL_LPUSHX: case COLL_RPUSHX: case COLL_LPOP:
     case COLL_RPOP: case COLL_LSET: case COLL_LREM: case COLL_LTRIM: case COLL_LINSERT:
+    case COLL_SINTERSTORE: case COLL_SUNIONSTORE: case COLL_SDIFFSTORE: case COLL_SMOVE:
+    case COLL_LMOVE:
       return 1;
     default:
       return 0;
@@ -757,6 +761,110 @@ void coll_run(const coll_req_t *req, coll_vec_t *c, int exists, coll_out_t *out)
     case GRID_TYPE_HASH: run_hash(req, c, exists, out); return;
     case GRID_TYPE_SET: run_set(req, c, exists, out); return;
     case GRID_TYPE_LIST: run_list(req, c, exists, out); return;
+    default: out_error(out, GRID_EBADOP, "unknown collection command"); return;
+  }
+}
+
+/* ---- several keys -------------------------------------------------------------- */
+
+/* The sources' intersection, union or difference into r: in the smallest
+ * source's order for an intersection answered as it is (as Redis walks
+ * it), else as a set is kept (numeric order while every member is an
+ * integer). */
+static int set_algebra(int kind, coll_vec_t *const *src, size_t n, int as_set, coll_vec_t *r) {
+  int ints = 1;
+  if (kind == COLL_SINTER) {
+    size_t m = 0;
+    for (size_t i = 1; i < n; i++)
+      if (src[i]->n < src[m]->n) m = i;
+    for (size_t k = 0; k < src[m]->n; k++) {
+      const coll_item_t *x = &src[m]->v[k];
+      int all = 1;
+      for (size_t i = 0; i < n && all; i++)
+        all = i == m || set_find(src[i], x->p, x->len) >= 0;
+      if (!all || set_find(r, x->p, x->len) >= 0) continue;
+      if ((as_set ? set_add(r, x, &ints) : vec_push(r, x->p, x->len)) != 0) return -1;
+    }
+    return 0;
+  }
+  for (size_t i = 0; i < (kind == COLL_SDIFF ? 1 : n); i++) {
+    for (size_t k = 0; k < src[i]->n; k++) {
+      const coll_item_t *x = &src[i]->v[k];
+      if (set_find(r, x->p, x->len) >= 0) continue;
+      int out = 0;
+      for (size_t j = 1; kind == COLL_SDIFF && j < n && !out; j++)
+        out = set_find(src[j], x->p, x->len) >= 0;
+      if (!out && set_add(r, x, &ints) != 0) return -1;
+    }
+  }
+  return 0;
+}
+
+static void run_smove(const coll_req_t *req, coll_vec_t *const *v, coll_out_t *o) {
+  const coll_item_t *m = &req->args[0];
+  ssize_t at = set_find(v[0], m->p, m->len);
+  if (at < 0 || v[0] == v[1]) { /* not there, or moved onto itself */
+    out_number(o, at >= 0);
+    return;
+  }
+  vec_remove(v[0], (size_t)at, 1);
+  out_changed(o, v[0]);
+  out_number(o, 1);
+  if (set_find(v[1], m->p, m->len) >= 0) return;
+  int ints = set_all_ints(v[1]);
+  if (set_add(v[1], m, &ints) != 0) {
+    out_error(o, GRID_ENOMEM, "out of memory");
+    return;
+  }
+  o->write2 = COLL_PUT;
+}
+
+static void run_lmove(const coll_req_t *req, coll_vec_t *const *v, const int *exists,
+                      coll_out_t *o) {
+  if (!exists[0] || v[0]->n == 0) {
+    out_value(o, NULL);
+    return;
+  }
+  size_t at = (req->flags & COLL_F_FROM_RIGHT) ? v[0]->n - 1 : 0;
+  coll_item_t x = v[0]->v[at];
+  vec_remove(v[0], at, 1);
+  if (vec_insert(v[1], (req->flags & COLL_F_TO_RIGHT) ? v[1]->n : 0, x.p, x.len) != 0) {
+    out_error(o, GRID_ENOMEM, "out of memory");
+    return;
+  }
+  out_value(o, &x);
+  out_changed(o, v[0]);
+  if (v[1] != v[0]) o->write2 = COLL_PUT;
+}
+
+void coll_run_keys(const coll_req_t *req, coll_vec_t *const *v, const int *exists, size_t n,
+                   coll_out_t *out) {
+  memset(out, 0, sizeof *out);
+  switch (req->cmd) {
+    case COLL_SINTER: case COLL_SUNION: case COLL_SDIFF:
+      if (set_algebra(req->cmd, v, n, req->cmd != COLL_SINTER, &out->items) != 0)
+        out_error(out, GRID_ENOMEM, "out of memory");
+      out->array = 1;
+      return;
+    case COLL_SINTERSTORE: case COLL_SUNIONSTORE: case COLL_SDIFFSTORE: {
+      coll_vec_t r = {0};
+      int kind = req->cmd - COLL_SINTERSTORE + COLL_SINTER;
+      if (set_algebra(kind, v + 1, n - 1, 1, &r) != 0) {
+        coll_vec_free(&r);
+        out_error(out, GRID_ENOMEM, "out of memory");
+        return;
+      }
+      /* The destination is made anew (its items point into the sources). */
+      free(v[0]->v);
+      v[0]->v = r.v;
+      v[0]->n = r.n;
+      v[0]->cap = r.cap;
+      out_number(out, (int64_t)r.n);
+      out_changed(out, v[0]);
+      return;
+    }
+    case COLL_SMOVE: run_smove(req, v, out); return;
+    case COLL_LMOVE: run_lmove(req, v, exists, out); return;
     default: out_error(out, GRID_EBADOP, "unknown collection command"); return;
   }
 }

@@ -72,6 +72,13 @@ typedef enum {
   COLL_SPOP = GRID__COLL_CMD__SPOP,
   COLL_SRANDMEMBER = GRID__COLL_CMD__SRANDMEMBER,
   COLL_SSCAN = GRID__COLL_CMD__SSCAN,
+  COLL_SINTER = GRID__COLL_CMD__SINTER,
+  COLL_SUNION = GRID__COLL_CMD__SUNION,
+  COLL_SDIFF = GRID__COLL_CMD__SDIFF,
+  COLL_SINTERSTORE = GRID__COLL_CMD__SINTERSTORE,
+  COLL_SUNIONSTORE = GRID__COLL_CMD__SUNIONSTORE,
+  COLL_SDIFFSTORE = GRID__COLL_CMD__SDIFFSTORE,
+  COLL_SMOVE = GRID__COLL_CMD__SMOVE,
   COLL_LPUSH = GRID__COLL_CMD__LPUSH,
   COLL_RPUSH = GRID__COLL_CMD__RPUSH,
   COLL_LPUSHX = GRID__COLL_CMD__LPUSHX,
@@ -86,6 +93,7 @@ typedef enum {
   COLL_LTRIM = GRID__COLL_CMD__LTRIM,
   COLL_LINSERT = GRID__COLL_CMD__LINSERT,
   COLL_LPOS = GRID__COLL_CMD__LPOS,
+  COLL_LMOVE = GRID__COLL_CMD__LMOVE,
 } coll_cmd_t;
 
 /* The value type a command works on (grid_value_type_t); 0 for none. */
@@ -102,6 +110,8 @@ enum {
   COLL_F_RANK = 8,       /* LPOS: n1 is RANK */
   COLL_F_MAXLEN = 16,    /* LPOS: n3 is MAXLEN */
   COLL_F_MATCH = 32,     /* HSCAN / SSCAN: args[0] is the pattern */
+  COLL_F_FROM_RIGHT = 64, /* LMOVE: pop the source's tail (else head) */
+  COLL_F_TO_RIGHT = 128,  /* LMOVE: push at the destination's tail */
 };
 
 typedef struct coll_req {
@@ -124,6 +134,7 @@ typedef struct coll_out {
   int status;                /* 0, or a GRID_E* code with words in err */
   const char *err;           /* Redis's words (without "ERR "), static */
   int write;                 /* COLL_KEEP / COLL_PUT / COLL_DELETE */
+  int write2;                /* ... of the second key (SMOVE, LMOVE) */
   int64_t number;            /* the integer answer */
   int has_number;
   int has_value;             /* a single bulk answer (value) ... */
@@ -144,6 +155,16 @@ enum { COLL_KEEP = 0, COLL_PUT = 1, COLL_DELETE = 2 };
  * becomes of the entry). */
 void coll_run(const coll_req_t *req, coll_vec_t *c, int exists, coll_out_t *out);
 void coll_out_free(coll_out_t *out);
+
+/* Whether a command names several keys (coll_run_keys runs it). */
+int coll_cmd_keys(int cmd);
+/* A command of several keys: v[i] (exists[i]) the i-th key's items, the
+ * same vector where two keys are one. SINTER, SUNION, SDIFF: every key a
+ * source; their STORE forms: v[0] the destination (made anew: write),
+ * sources after it; SMOVE, LMOVE: v[0] the source (write), v[1] the
+ * destination (write2). */
+void coll_run_keys(const coll_req_t *req, coll_vec_t *const *v, const int *exists, size_t n,
+                   coll_out_t *out);
 
 /* Whether bytes are a 64-bit decimal integer as Redis reads one. */
 int coll_parse_i64(const void *p, size_t len, int64_t *out);

@@ -711,83 +711,144 @@ static int ops_coll_reply(const coll_out_t *o, Grid__Reply *rp, arena_t *a) {
   return 0;
 }
 
-/* A command on a hash, list or set: the entry read, changed and written
- * back (or removed, when the collection is left empty) as one step under
- * its partition's hold (within an EXEC's, when it is one of its steps). */
+/* Writes a collection's key as a command left it: its items (type), or
+ * nothing (removed). replace: the key is made anew (no expiry kept). */
+static int ops_coll_write(node_t *n, store_cache_t *c, const store_key_t *k, int what,
+                          const coll_vec_t *v, int type, int replace, uint8_t how,
+                          store_applied_fn applied, void *ctx, uint64_t *version) {
+  if (what == COLL_KEEP) return 0;
+  store_write_t w = {.op = what == COLL_PUT ? STORE_PUT : STORE_DELETE, .keep_ttl = !replace,
+                     .type = (uint8_t)type, .how = how};
+  size_t len = 0;
+  unsigned char *buf = what == COLL_PUT ? coll_encode(v, &len) : NULL;
+  store_result_t res = {0};
+  int rc;
+  if (what == COLL_PUT && !buf) rc = GRID_ENOMEM;
+  else if (what == COLL_PUT && (rc = store_check_sizes(n->store, k->len, len)) != 0) {
+  } else {
+    w.value = buf;
+    w.value_len = len;
+    rc = store_write_rec(c, k, &w, clock_wall_ms(), &res, applied, ctx);
+    if (rc == GRID_ENOTFOUND && what == COLL_DELETE) rc = 0; /* a STORE of nothing */
+  }
+  free(buf);
+  if (rc == 0) *version = res.version;
+  return rc;
+}
+
+/* A command on a hash, list or set: its entries read, changed and written
+ * back (or removed, when a collection is left empty) as one step under
+ * the hold of their partitions (within an EXEC's, when it is one of its
+ * steps); a command of several keys (key, then keys) is replicated as one
+ * record. */
 static void ops_coll(node_t *n, store_cache_t *c, const Grid__Request *rq, Grid__Reply *rp,
                      arena_t *a, store_applied_fn applied, void *ctx) {
-  int type = coll_cmd_type((int)rq->coll_cmd);
-  if (!type) {
+  int cmd = (int)rq->coll_cmd, type = coll_cmd_type(cmd), multi = coll_cmd_keys(cmd);
+  if (!type || (!multi && rq->n_keys)) {
     ops_reply_error(rp, GRID_EBADOP, "unknown collection command", a);
     return;
   }
-  if (ops_check_key(n, &rq->key, 0, rp, a)) return;
-  store_key_t k;
-  store_key_init(c, rq->key.data, rq->key.len, &k);
+  size_t nk = 1 + (multi ? rq->n_keys : 0);
+  if (nk > (size_t)n->cfg.batch_keys_max) {
+    ops_check_batch(n, nk, rp, a);
+    return;
+  }
+  store_key_t *ks = arena_alloc(a, nk * sizeof *ks);
+  uint32_t *parts = arena_alloc(a, nk * sizeof *parts);
+  size_t *same = arena_alloc(a, nk * sizeof *same);
+  int *exists = arena_alloc(a, nk * sizeof *exists);
+  coll_vec_t *vecs = arena_alloc(a, nk * sizeof *vecs);
+  coll_vec_t **vp = arena_alloc(a, nk * sizeof *vp);
   coll_item_t *args = arena_alloc(a, (rq->n_values ? rq->n_values : 1) * sizeof *args);
-  if (!args) {
+  if (!ks || !parts || !same || !exists || !vecs || !vp || !args) {
     ops_reply_error(rp, GRID_ENOMEM, NULL, a);
     return;
   }
+  memset(vecs, 0, nk * sizeof *vecs);
+  for (size_t i = 0; i < nk; i++) {
+    const ProtobufCBinaryData *key = i == 0 ? &rq->key : &rq->keys[i - 1];
+    if (ops_check_key(n, key, 0, rp, a)) return;
+    store_key_init(c, key->data, key->len, &ks[i]);
+    parts[i] = ks[i].part;
+    if (n->cluster && parts[i] != parts[0]) {
+      ops_reply_error(rp, GRID_EINVAL, "a command's keys are of one partition", a);
+      return;
+    }
+    same[i] = i;
+    for (size_t j = 0; j < i; j++)
+      if (ks[j].len == ks[i].len && (!ks[i].len || memcmp(ks[j].data, ks[i].data, ks[i].len) == 0)) {
+        same[i] = j;
+        break;
+      }
+    vp[i] = &vecs[same[i]];
+  }
   for (size_t i = 0; i < rq->n_values; i++) args[i] = (coll_item_t){rq->values[i].data, rq->values[i].len};
-  coll_req_t req = {.cmd = (int)rq->coll_cmd, .args = args, .nargs = rq->n_values,
-                    .n1 = rq->delta, .n2 = rq->n2, .n3 = rq->n3, .flags = (int)rq->coll_flags,
-                    .rand = ops_rand};
+  coll_req_t req = {.cmd = cmd, .args = args, .nargs = rq->n_values, .n1 = rq->delta,
+                    .n2 = rq->n2, .n3 = rq->n3, .flags = (int)rq->coll_flags, .rand = ops_rand};
   if ((req.flags & COLL_F_MATCH) && req.nargs > 0) {
     req.match = ops_coll_match;
     req.match_ctx = &rq->values[0];
     req.args++;
     req.nargs--;
   }
-  store_hold_t *hold = store_hold(c, &k.part, 1);
+  /* A STORE form's destination is made anew: whatever it held is not read
+   * (unless it is also a source). */
+  int store_form = cmd == COLL_SINTERSTORE || cmd == COLL_SUNIONSTORE || cmd == COLL_SDIFFSTORE;
+  int dest_read = !store_form;
+  for (size_t i = 1; i < nk && !dest_read; i++) dest_read = same[i] == 0;
+  store_hold_t *hold = store_hold(c, parts, nk);
   if (!hold) {
     ops_reply_error(rp, GRID_EINVAL, "a transaction's step of a partition it does not hold", a);
     return;
   }
-  void *v = NULL;
-  size_t vlen = 0;
-  uint64_t ver;
-  uint8_t have = 0;
-  int rc = store_get_typed(c, &k, STORE_NOW_LAZY, ops_arena_alloc, a, &v, &vlen, &ver, &have);
-  int exists = rc == 0;
-  if (exists) rp->version = ver;
-  coll_vec_t vec = {0};
   coll_out_t out = {0};
-  if (rc != 0 && rc != GRID_ENOTFOUND) {
-    ops_reply_error(rp, rc, NULL, a);
-  } else if (exists && have != type) {
-    ops_reply_error(rp, GRID_EWRONGTYPE, NULL, a);
-  } else if (exists && (rc = coll_decode(v, vlen, &vec)) != 0) {
-    ops_reply_error(rp, rc == -2 ? GRID_ENOMEM : GRID_EINTERNAL,
-                    rc == -2 ? NULL : "the collection's value does not decode", a);
+  int rc = 0;
+  for (size_t i = 0; i < nk && rc == 0; i++) {
+    exists[i] = 0;
+    if (same[i] != i) {
+      exists[i] = exists[same[i]];
+      continue;
+    }
+    if (i == 0 && !dest_read) continue;
+    void *v = NULL;
+    size_t vlen = 0;
+    uint64_t ver;
+    uint8_t have = 0;
+    rc = store_get_typed(c, &ks[i], STORE_NOW_LAZY, ops_arena_alloc, a, &v, &vlen, &ver, &have);
+    if (rc == GRID_ENOTFOUND) {
+      rc = 0;
+      continue;
+    }
+    if (rc != 0) break;
+    exists[i] = 1;
+    if (i == 0) rp->version = ver;
+    if (have != type) rc = GRID_EWRONGTYPE;
+    else if ((rc = coll_decode(v, vlen, &vecs[i])) != 0) rc = rc == -2 ? GRID_ENOMEM : GRID_EINTERNAL;
+  }
+  if (rc != 0) {
+    ops_reply_error(rp, rc, rc == GRID_EINTERNAL ? "a collection's value does not decode" : NULL, a);
   } else {
-    coll_run(&req, &vec, exists, &out);
+    if (multi) coll_run_keys(&req, vp, exists, nk, &out);
+    else coll_run(&req, vp[0], exists[0], &out);
+    uint64_t version = rp->version;
     if (out.status) {
       rp->status = out.status;
       rp->message = (char *)out.err; /* Redis's words: the front ends show them */
-    } else if (out.write != COLL_KEEP) {
-      store_write_t w = {.op = out.write == COLL_PUT ? STORE_PUT : STORE_DELETE,
-                         .keep_ttl = 1, .type = (uint8_t)type, .how = (uint8_t)rq->op};
-      size_t len = 0;
-      unsigned char *buf = out.write == COLL_PUT ? coll_encode(&vec, &len) : NULL;
-      store_result_t res = {0};
-      if (out.write == COLL_PUT && !buf) rc = GRID_ENOMEM;
-      else if (out.write == COLL_PUT && (rc = store_check_sizes(n->store, k.len, len)) != 0) {
-      } else {
-        w.value = buf;
-        w.value_len = len;
-        rc = store_write_rec(c, &k, &w, clock_wall_ms(), &res, applied, ctx);
-      }
-      free(buf);
+    } else {
+      rc = ops_coll_write(n, c, &ks[0], out.write, vp[0], type, store_form, (uint8_t)rq->op,
+                          applied, ctx, &version);
+      if (rc == 0 && nk > 1)
+        rc = ops_coll_write(n, c, &ks[1], out.write2, vp[1], type, 0, (uint8_t)rq->op, applied,
+                            ctx, &version);
       if (rc != 0) ops_reply_error(rp, rc, rc == GRID_EVALTOOBIG ? "the collection would pass "
                                    "value_bytes_max" : NULL, a);
-      else rp->version = res.version;
+      else rp->version = version;
     }
     if (!rp->status && ops_coll_reply(&out, rp, a) != 0) ops_reply_error(rp, GRID_ENOMEM, NULL, a);
   }
   store_release(hold);
   coll_out_free(&out);
-  coll_vec_free(&vec);
+  for (size_t i = 0; i < nk; i++) coll_vec_free(&vecs[i]);
 }
 
 /* Whether a request may be a step of an EXEC: a data request of one key
@@ -815,9 +876,10 @@ static int ops_exec_watch(store_cache_t *c, const Grid__BatchOp *w, int64_t now_
  * they name (in a cluster, the one partition of rq->key). */
 static void ops_exec(node_t *n, store_cache_t *c, const Grid__Request *rq, Grid__Reply *rp,
                      arena_t *a, store_applied_fn applied, void *ctx) {
-  size_t ns = rq->n_steps, nw = rq->n_watch;
-  if (ops_check_batch(n, ns + nw, rp, a)) return;
-  uint32_t *parts = arena_alloc(a, (ns + nw + 1) * sizeof *parts);
+  size_t ns = rq->n_steps, nw = rq->n_watch, nmore = 0;
+  for (size_t i = 0; i < ns; i++) nmore += rq->steps[i]->n_keys; /* a COLL step's other keys */
+  if (ops_check_batch(n, ns + nw + nmore, rp, a)) return;
+  uint32_t *parts = arena_alloc(a, (ns + nw + nmore + 1) * sizeof *parts);
   Grid__Reply **out = arena_alloc(a, (ns ? ns : 1) * sizeof *out);
   Grid__Reply *srps = arena_alloc(a, (ns ? ns : 1) * sizeof *srps);
   if (!parts || !out || !srps) {
@@ -831,16 +893,22 @@ static void ops_exec(node_t *n, store_cache_t *c, const Grid__Request *rq, Grid_
   for (size_t i = 0; i < ns + nw; i++) {
     int step = i < ns;
     if (step && !op_has(rq->steps[i]->op, OP_KEYED)) continue;
-    const ProtobufCBinaryData *key = step ? &rq->steps[i]->key : &rq->watch[i - ns]->key;
-    store_key_init(c, key->data, key->len, &k);
-    if (n->cluster && k.part != parts[0]) {
-      char detail[96];
-      snprintf(detail, sizeof detail, "a transaction's keys are of one partition: %s %zu is of "
-               "partition %u, not %u", step ? "step" : "watch", step ? i : i - ns, k.part, parts[0]);
-      ops_reply_error(rp, GRID_EINVAL, detail, a);
-      return;
+    size_t nkeys = 1 + (step ? rq->steps[i]->n_keys : 0); /* a COLL step's other keys */
+    for (size_t j = 0; j < nkeys; j++) {
+      const ProtobufCBinaryData *key = !step   ? &rq->watch[i - ns]->key
+                                       : j == 0 ? &rq->steps[i]->key
+                                                : &rq->steps[i]->keys[j - 1];
+      store_key_init(c, key->data, key->len, &k);
+      if (n->cluster && k.part != parts[0]) {
+        char detail[96];
+        snprintf(detail, sizeof detail, "a transaction's keys are of one partition: %s %zu is of "
+                 "partition %u, not %u", step ? "step" : "watch", step ? i : i - ns, k.part,
+                 parts[0]);
+        ops_reply_error(rp, GRID_EINVAL, detail, a);
+        return;
+      }
+      parts[m++] = k.part;
     }
-    parts[m++] = k.part;
   }
   store_hold_t *hold = store_hold(c, parts, m);
   if (!hold) {

@@ -580,7 +580,10 @@ static int repl_run(loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *sin
   arena_t a;
   arena_init(&a, 4096);
   Grid__Reply rp = GRID__REPLY__INIT;
-  repl_rec_t rec = {.batch = rq->op == GRID__OP__BATCH || rq->op == GRID__OP__EXEC};
+  /* Writes of several keys are one record: BATCH, EXEC, a collection
+   * command of several keys (SMOVE, LMOVE, a STORE form). */
+  repl_rec_t rec = {.batch = rq->op == GRID__OP__BATCH || rq->op == GRID__OP__EXEC ||
+                             (rq->op == GRID__OP__COLL && rq->n_keys > 0)};
   ops_execute_rec(n, &lp->view, rq, &rp, &a, repl_capture, &rec);
   if (rec.failed) rec.captured = 0;
   rp.epoch = lp->pmap->epoch;

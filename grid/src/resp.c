@@ -1877,17 +1877,22 @@ static int resp_exec_one_partition(conn_t *c, resp_exec_t *x) {
   uint32_t part = 0;
   for (size_t i = 0; i < x->nsteps + x->nwatch; i++) {
     const ProtobufCBinaryData *key;
+    size_t nkeys = 1;
     if (i < x->nsteps) {
       if (!op_has(x->steps[i].op, OP_KEYED)) continue;
       key = &x->steps[i].key;
+      nkeys += x->steps[i].n_keys; /* a COLL step's other keys */
     } else {
       key = &x->watch[i - x->nsteps].key;
     }
-    store_key_t k;
-    store_key_init(sc, key->data, key->len, &k);
-    if (have && k.part != part) return -1;
-    have = 1;
-    part = k.part;
+    for (size_t j = 0; j < nkeys; j++) {
+      const ProtobufCBinaryData *kj = j == 0 ? key : &x->steps[i].keys[j - 1];
+      store_key_t k;
+      store_key_init(sc, kj->data, kj->len, &k);
+      if (have && k.part != part) return -1;
+      have = 1;
+      part = k.part;
+    }
   }
   return 0;
 }
@@ -2165,7 +2170,9 @@ static int coll_shape(int sub, int flags, const resp_cmd_t *cmd) {
   switch (sub) {
     case COLL_HSET: return strcmp(cmd->name, "hmset") == 0 ? COLL_R_OK : COLL_R_NUMBER;
     case COLL_LSET: case COLL_LTRIM: return COLL_R_OK;
-    case COLL_HGET: case COLL_HINCRBYFLOAT: case COLL_LINDEX: return COLL_R_VALUE;
+    case COLL_HGET: case COLL_HINCRBYFLOAT: case COLL_LINDEX: case COLL_LMOVE:
+      return COLL_R_VALUE;
+    case COLL_SINTER: case COLL_SUNION: case COLL_SDIFF: return COLL_R_ARRAY;
     case COLL_HRANDFIELD: case COLL_SPOP: case COLL_SRANDMEMBER: case COLL_LPOP: case COLL_RPOP:
       return flags & COLL_F_COUNT ? COLL_R_ARRAY : COLL_R_VALUE;
     case COLL_HMGET: case COLL_HGETALL: case COLL_HKEYS: case COLL_HVALS: case COLL_SMEMBERS:
@@ -2407,28 +2414,84 @@ static int coll_parse(const resp_cmd_t *cmd, resp_arg_t *argv, int argc, int64_t
     case COLL_LPOS:
       *nargs = 1;
       return coll_lpos_options(argv, argc, flags, n, s);
+    case COLL_SINTER: case COLL_SUNION: case COLL_SDIFF: case COLL_SINTERSTORE:
+    case COLL_SUNIONSTORE: case COLL_SDIFFSTORE:
+      *nargs = 0; /* keys only */
+      return 0;
+    case COLL_SMOVE:
+      *first = 3;
+      *nargs = 1;
+      return 0;
+    case COLL_LMOVE: {
+      *nargs = 0;
+      if (strcmp(cmd->name, "rpoplpush") == 0) {
+        *flags |= COLL_F_FROM_RIGHT;
+        return 0;
+      }
+      int from_right = arg_is(&argv[3], "right"), to_right = arg_is(&argv[4], "right");
+      if ((!from_right && !arg_is(&argv[3], "left")) || (!to_right && !arg_is(&argv[4], "left"))) {
+        slot_error(s, "ERR syntax error");
+        return -1;
+      }
+      *flags |= (from_right ? COLL_F_FROM_RIGHT : 0) | (to_right ? COLL_F_TO_RIGHT : 0);
+      return 0;
+    }
     default:
       return 0;
   }
 }
 
+/* The keys after the first of a command of several (SINTER's sources,
+ * SMOVE's and LMOVE's destination): how many, from argv[2]. */
+static int coll_more_keys(int sub, int argc) {
+  switch (sub) {
+    case COLL_SINTER: case COLL_SUNION: case COLL_SDIFF: case COLL_SINTERSTORE:
+    case COLL_SUNIONSTORE: case COLL_SDIFFSTORE:
+      return argc - 2;
+    case COLL_SMOVE: case COLL_LMOVE: return 1;
+    default: return 0;
+  }
+}
+
+/* In a cluster, a command's keys are of one partition (as Redis Cluster's
+ * slots): 0, or -1 with CROSSSLOT in s. */
+static int resp_keys_one_partition(conn_t *c, const resp_arg_t *keys, int n, resp_slot_t *s) {
+  if (!resp_of(c)->cluster || n < 2) return 0;
+  store_cache_t *sc = store_view_find(&c->lp->view, resp_of(c)->cache, strlen(resp_of(c)->cache));
+  if (!sc) return 0; /* the request says there is no such cache */
+  store_key_t k0, k;
+  store_key_init(sc, keys[0].p, keys[0].len, &k0);
+  for (int i = 1; i < n; i++) {
+    store_key_init(sc, keys[i].p, keys[i].len, &k);
+    if (k.part != k0.part) {
+      slot_error(s, "CROSSSLOT Keys in request don't hash to the same slot");
+      return -1;
+    }
+  }
+  return 0;
+}
+
 static void cmd_coll(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
                      resp_slot_t *s) {
   int64_t n[3] = {0, 0, 0};
-  int flags = 0, first, nargs, empty = 0;
+  int flags = 0, first, nargs, empty = 0, more = coll_more_keys(cmd->sub, argc);
   if (coll_parse(cmd, argv, argc, n, &flags, &first, &nargs, &empty, s) != 0) return;
+  if (resp_keys_one_partition(c, &argv[1], 1 + more, s) != 0) return;
   if (empty) { /* a scan past its only cursor */
     slot_put(s, "*2\r\n$1\r\n0\r\n*0\r\n", 15);
     s->done = 1;
     return;
   }
-  ProtobufCBinaryData *vals = arena_alloc(&c->lp->arena, (size_t)(nargs ? nargs : 1) * sizeof *vals);
+  ProtobufCBinaryData *vals = arena_alloc(&c->lp->arena, (size_t)(nargs + more + 1) * sizeof *vals);
   if (!vals) {
     slot_fail(s);
     return;
   }
   for (int i = 0; i < nargs; i++)
     vals[i] = (ProtobufCBinaryData){argv[first + i].len, (uint8_t *)argv[first + i].p};
+  ProtobufCBinaryData *keys = vals + nargs;
+  for (int i = 0; i < more; i++)
+    keys[i] = (ProtobufCBinaryData){argv[2 + i].len, (uint8_t *)argv[2 + i].p};
   Grid__Request rq;
   key_request(&rq, GRID__OP__COLL, &argv[1]);
   rq.coll_cmd = (uint32_t)cmd->sub;
@@ -2438,6 +2501,8 @@ static void cmd_coll(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int arg
   rq.n3 = n[2];
   rq.values = vals;
   rq.n_values = (size_t)nargs;
+  rq.keys = keys;
+  rq.n_keys = (size_t)more;
   resp_send_one(c, cmd, s, &rq, flags);
 }
 
@@ -2531,6 +2596,16 @@ static const resp_cmd_t resp_cmds[] = {
     {"srandmember", -2, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL,
      COLL_SRANDMEMBER},
     {"sscan", -3, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_SSCAN},
+    {"sinter", -2, 0, RESP_OP(COLL), RESP_KEYS_ALL, cmd_coll, reply_coll, NULL, COLL_SINTER},
+    {"sunion", -2, 0, RESP_OP(COLL), RESP_KEYS_ALL, cmd_coll, reply_coll, NULL, COLL_SUNION},
+    {"sdiff", -2, 0, RESP_OP(COLL), RESP_KEYS_ALL, cmd_coll, reply_coll, NULL, COLL_SDIFF},
+    {"sinterstore", -3, 0, RESP_OP(COLL), RESP_KEYS_ALL, cmd_coll, reply_coll, NULL,
+     COLL_SINTERSTORE},
+    {"sunionstore", -3, 0, RESP_OP(COLL), RESP_KEYS_ALL, cmd_coll, reply_coll, NULL,
+     COLL_SUNIONSTORE},
+    {"sdiffstore", -3, 0, RESP_OP(COLL), RESP_KEYS_ALL, cmd_coll, reply_coll, NULL,
+     COLL_SDIFFSTORE},
+    {"smove", 4, 0, RESP_OP(COLL), RESP_KEYS_ALL, cmd_coll, reply_coll, NULL, COLL_SMOVE},
     {"lpush", -3, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_LPUSH},
     {"rpush", -3, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_RPUSH},
     {"lpushx", -3, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_LPUSHX},
@@ -2545,6 +2620,8 @@ static const resp_cmd_t resp_cmds[] = {
     {"ltrim", 4, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_LTRIM},
     {"linsert", 5, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_LINSERT},
     {"lpos", -3, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_LPOS},
+    {"lmove", 5, 0, RESP_OP(COLL), RESP_KEYS_ALL, cmd_coll, reply_coll, NULL, COLL_LMOVE},
+    {"rpoplpush", 3, 0, RESP_OP(COLL), RESP_KEYS_ALL, cmd_coll, reply_coll, NULL, COLL_LMOVE},
 };
 static const size_t resp_ncmds = sizeof resp_cmds / sizeof resp_cmds[0];
 
