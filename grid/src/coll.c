@@ -49,20 +49,29 @@ static void vec_remove(coll_vec_t *c, size_t at, size_t k) {
   c->n -= k;
 }
 
-/* A copy of n bytes the vector keeps (NULL when out of memory). */
-static unsigned char *vec_keep(coll_vec_t *c, const void *p, size_t n) {
+/* Memory the vector frees with itself: m, or NULL (freed) when out of
+ * memory. */
+static unsigned char *vec_adopt(coll_vec_t *c, unsigned char *m) {
+  if (!m) return NULL;
   if (c->nown == c->own_cap) {
     size_t cap = c->own_cap ? c->own_cap * 2 : 4;
     unsigned char **o = realloc(c->own, cap * sizeof *o);
-    if (!o) return NULL;
+    if (!o) {
+      free(m);
+      return NULL;
+    }
     c->own = o;
     c->own_cap = cap;
   }
-  unsigned char *m = malloc(n ? n : 1);
-  if (!m) return NULL;
-  if (n) memcpy(m, p, n);
   c->own[c->nown++] = m;
   return m;
+}
+
+/* A copy of n bytes the vector keeps (NULL when out of memory). */
+static unsigned char *vec_keep(coll_vec_t *c, const void *p, size_t n) {
+  unsigned char *m = malloc(n ? n : 1);
+  if (m && n) memcpy(m, p, n);
+  return vec_adopt(c, m);
 }
 
 static int item_eq(const coll_item_t *a, const void *p, size_t len) {
@@ -139,7 +148,8 @@ int coll_cmd_type(int cmd) {
   if (cmd >= COLL_HSET && cmd <= COLL_HSCAN) return GRID_TYPE_HASH;
   if (cmd >= COLL_SADD && cmd <= COLL_SMOVE) return GRID_TYPE_SET;
   if (cmd >= COLL_LPUSH && cmd <= COLL_LMOVE) return GRID_TYPE_LIST;
-  return 0;
+  if (cmd >= COLL_INCRBYFLOAT && cmd <= COLL_BITCOUNT) return GRID_TYPE_STRING;
+  return -1;
 }
 
 int coll_cmd_keys(int cmd) { return (cmd >= COLL_SINTER && cmd <= COLL_SMOVE) || cmd == COLL_LMOVE; }
@@ -151,7 +161,7 @@ int coll_cmd_writes(int cmd) {
     case COLL_LPUSH: case COLL_RPUSH: case COLL_LPUSHX: case COLL_RPUSHX: case COLL_LPOP:
     case COLL_RPOP: case COLL_LSET: case COLL_LREM: case COLL_LTRIM: case COLL_LINSERT:
     case COLL_SINTERSTORE: case COLL_SUNIONSTORE: case COLL_SDIFFSTORE: case COLL_SMOVE:
-    case COLL_LMOVE:
+    case COLL_LMOVE: case COLL_INCRBYFLOAT: case COLL_SETRANGE: case COLL_SETBIT:
       return 1;
     default:
       return 0;
@@ -755,9 +765,120 @@ static void run_list(const coll_req_t *req, coll_vec_t *c, int exists, coll_out_
   }
 }
 
+/* ---- strings ------------------------------------------------------------------- */
+
+#define COLL_STRING_BYTES_MAX ((int64_t)512 << 20) /* Redis's proto-max-bulk-len */
+
+/* The string as it becomes at least len bytes long (zeros added): its own
+ * copy, the vector's item 0. */
+static unsigned char *string_grow(coll_vec_t *c, size_t len) {
+  size_t cur = c->n ? c->v[0].len : 0, n = len > cur ? len : cur;
+  unsigned char *b = vec_adopt(c, calloc(1, n ? n : 1));
+  if (!b) return NULL;
+  if (cur) memcpy(b, c->v[0].p, cur);
+  if (!c->n && vec_push(c, b, n) != 0) return NULL;
+  c->v[0] = (coll_item_t){b, n};
+  return b;
+}
+
+static void run_string(const coll_req_t *req, coll_vec_t *c, int exists, coll_out_t *o) {
+  const coll_item_t *s = exists && c->n ? &c->v[0] : NULL;
+  size_t len = s ? s->len : 0;
+  switch (req->cmd) {
+    case COLL_INCRBYFLOAT: {
+      long double cur = 0, incr;
+      if ((s && parse_ld(s->p, s->len, &cur) != 0) ||
+          parse_ld(req->args[0].p, req->args[0].len, &incr) != 0) {
+        out_error(o, GRID_ENOTNUM, "value is not a valid float");
+        return;
+      }
+      long double sum = cur + incr;
+      if (isnan(sum) || isinf(sum)) {
+        out_error(o, GRID_EINVAL, "increment would produce NaN or Infinity");
+        return;
+      }
+      char text[COLL_FLOAT_CHARS_MAX];
+      size_t n = format_ld(text, sizeof text, sum);
+      unsigned char *m = vec_keep(c, text, n);
+      if (!m || (!c->n && vec_push(c, m, n) != 0)) {
+        out_error(o, GRID_ENOMEM, "out of memory");
+        return;
+      }
+      c->v[0] = (coll_item_t){m, n};
+      out_value(o, &c->v[0]);
+      o->write = COLL_PUT;
+      return;
+    }
+    case COLL_SETRANGE: {
+      const coll_item_t *v = &req->args[0];
+      if (v->len == 0) { /* nothing to write: the length as it is */
+        out_number(o, (int64_t)len);
+        return;
+      }
+      if (req->n1 + (int64_t)v->len > COLL_STRING_BYTES_MAX) {
+        out_error(o, GRID_EINVAL, "string exceeds maximum allowed size (proto-max-bulk-len)");
+        return;
+      }
+      unsigned char *b = string_grow(c, (size_t)req->n1 + v->len);
+      if (!b) {
+        out_error(o, GRID_ENOMEM, "out of memory");
+        return;
+      }
+      memcpy(b + req->n1, v->p, v->len);
+      out_number(o, (int64_t)c->v[0].len);
+      o->write = COLL_PUT;
+      return;
+    }
+    case COLL_GETBIT: {
+      uint64_t byte = (uint64_t)req->n1 >> 3;
+      int bit = byte < len ? (s->p[byte] >> (7 - (req->n1 & 7))) & 1 : 0;
+      out_number(o, bit);
+      return;
+    }
+    case COLL_SETBIT: {
+      size_t byte = (size_t)((uint64_t)req->n1 >> 3);
+      unsigned char *b = string_grow(c, byte + 1);
+      if (!b) {
+        out_error(o, GRID_ENOMEM, "out of memory");
+        return;
+      }
+      int shift = 7 - (int)(req->n1 & 7);
+      out_number(o, (b[byte] >> shift) & 1);
+      if (req->n2) b[byte] = (unsigned char)(b[byte] | (1u << shift));
+      else b[byte] = (unsigned char)(b[byte] & ~(1u << shift));
+      o->write = COLL_PUT;
+      return;
+    }
+    case COLL_BITCOUNT: {
+      /* As Redis: negative ends count from the end, in bytes or bits. */
+      int64_t total = (req->flags & COLL_F_BITS) ? (int64_t)len * 8 : (int64_t)len;
+      int64_t start = 0, end = total - 1, count = 0;
+      if (req->flags & COLL_F_RANGE) {
+        start = req->n1 < 0 ? total + req->n1 : req->n1;
+        end = req->n2 < 0 ? total + req->n2 : req->n2;
+        if (start < 0) start = 0;
+        if (end < 0) end = 0;
+        if (end >= total) end = total - 1;
+      }
+      if (!s || start > end) {
+        out_number(o, 0);
+        return;
+      }
+      for (int64_t i = start; i <= end; i++) {
+        if (req->flags & COLL_F_BITS) count += (s->p[i >> 3] >> (7 - (i & 7))) & 1;
+        else count += __builtin_popcount(s->p[i]);
+      }
+      out_number(o, count);
+      return;
+    }
+    default: return;
+  }
+}
+
 void coll_run(const coll_req_t *req, coll_vec_t *c, int exists, coll_out_t *out) {
   memset(out, 0, sizeof *out);
   switch (coll_cmd_type(req->cmd)) {
+    case GRID_TYPE_STRING: run_string(req, c, exists, out); return;
     case GRID_TYPE_HASH: run_hash(req, c, exists, out); return;
     case GRID_TYPE_SET: run_set(req, c, exists, out); return;
     case GRID_TYPE_LIST: run_list(req, c, exists, out); return;

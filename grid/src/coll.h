@@ -94,9 +94,15 @@ typedef enum {
   COLL_LINSERT = GRID__COLL_CMD__LINSERT,
   COLL_LPOS = GRID__COLL_CMD__LPOS,
   COLL_LMOVE = GRID__COLL_CMD__LMOVE,
+  COLL_INCRBYFLOAT = GRID__COLL_CMD__INCRBYFLOAT,
+  COLL_SETRANGE = GRID__COLL_CMD__SETRANGE,
+  COLL_GETBIT = GRID__COLL_CMD__GETBIT,
+  COLL_SETBIT = GRID__COLL_CMD__SETBIT,
+  COLL_BITCOUNT = GRID__COLL_CMD__BITCOUNT,
 } coll_cmd_t;
 
-/* The value type a command works on (grid_value_type_t); 0 for none. */
+/* The value type a command works on (grid_value_type_t); -1 for none. A
+ * string command's collection is one item, the string (none: absent). */
 int coll_cmd_type(int cmd);
 /* Whether a command may change the entry. */
 int coll_cmd_writes(int cmd);
@@ -112,6 +118,8 @@ enum {
   COLL_F_MATCH = 32,     /* HSCAN / SSCAN: args[0] is the pattern */
   COLL_F_FROM_RIGHT = 64, /* LMOVE: pop the source's tail (else head) */
   COLL_F_TO_RIGHT = 128,  /* LMOVE: push at the destination's tail */
+  COLL_F_RANGE = 256,     /* BITCOUNT: n1 .. n2 is the range */
+  COLL_F_BITS = 512,      /* BITCOUNT: ... in bits (else bytes) */
 };
 
 typedef struct coll_req {

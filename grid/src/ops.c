@@ -720,7 +720,13 @@ static int ops_coll_write(node_t *n, store_cache_t *c, const store_key_t *k, int
   store_write_t w = {.op = what == COLL_PUT ? STORE_PUT : STORE_DELETE, .keep_ttl = !replace,
                      .type = (uint8_t)type, .how = how};
   size_t len = 0;
-  unsigned char *buf = what == COLL_PUT ? coll_encode(v, &len) : NULL;
+  unsigned char *buf = NULL;
+  if (what == COLL_PUT && type == GRID_TYPE_STRING) { /* the string's bytes as they are */
+    len = v->n ? v->v[0].len : 0;
+    if ((buf = malloc(len ? len : 1)) && len) memcpy(buf, v->v[0].p, len);
+  } else if (what == COLL_PUT) {
+    buf = coll_encode(v, &len);
+  }
   store_result_t res = {0};
   int rc;
   if (what == COLL_PUT && !buf) rc = GRID_ENOMEM;
@@ -744,7 +750,7 @@ static int ops_coll_write(node_t *n, store_cache_t *c, const store_key_t *k, int
 static void ops_coll(node_t *n, store_cache_t *c, const Grid__Request *rq, Grid__Reply *rp,
                      arena_t *a, store_applied_fn applied, void *ctx) {
   int cmd = (int)rq->coll_cmd, type = coll_cmd_type(cmd), multi = coll_cmd_keys(cmd);
-  if (!type || (!multi && rq->n_keys)) {
+  if (type < 0 || (!multi && rq->n_keys)) {
     ops_reply_error(rp, GRID_EBADOP, "unknown collection command", a);
     return;
   }
@@ -823,7 +829,13 @@ static void ops_coll(node_t *n, store_cache_t *c, const Grid__Request *rq, Grid_
     exists[i] = 1;
     if (i == 0) rp->version = ver;
     if (have != type) rc = GRID_EWRONGTYPE;
+    else if (type == GRID_TYPE_STRING) /* a string command's one item */
+      rc = (vecs[i].v = malloc(sizeof *vecs[i].v)) ? 0 : GRID_ENOMEM;
     else if ((rc = coll_decode(v, vlen, &vecs[i])) != 0) rc = rc == -2 ? GRID_ENOMEM : GRID_EINTERNAL;
+    if (rc == 0 && type == GRID_TYPE_STRING) {
+      vecs[i].v[0] = (coll_item_t){v, vlen};
+      vecs[i].n = vecs[i].cap = 1;
+    }
   }
   if (rc != 0) {
     ops_reply_error(rp, rc, rc == GRID_EINTERNAL ? "a collection's value does not decode" : NULL, a);

@@ -2171,6 +2171,7 @@ static int coll_shape(int sub, int flags, const resp_cmd_t *cmd) {
     case COLL_HSET: return strcmp(cmd->name, "hmset") == 0 ? COLL_R_OK : COLL_R_NUMBER;
     case COLL_LSET: case COLL_LTRIM: return COLL_R_OK;
     case COLL_HGET: case COLL_HINCRBYFLOAT: case COLL_LINDEX: case COLL_LMOVE:
+    case COLL_INCRBYFLOAT:
       return COLL_R_VALUE;
     case COLL_SINTER: case COLL_SUNION: case COLL_SDIFF: return COLL_R_ARRAY;
     case COLL_HRANDFIELD: case COLL_SPOP: case COLL_SRANDMEMBER: case COLL_LPOP: case COLL_RPOP:
@@ -2422,6 +2423,48 @@ static int coll_parse(const resp_cmd_t *cmd, resp_arg_t *argv, int argc, int64_t
       *first = 3;
       *nargs = 1;
       return 0;
+    case COLL_SETRANGE:
+      *first = 3;
+      *nargs = 1;
+      if (coll_int(&argv[2], &n[0], s) != 0) return -1;
+      if (n[0] < 0) {
+        slot_error(s, "ERR offset is out of range");
+        return -1;
+      }
+      return 0;
+    case COLL_GETBIT: case COLL_SETBIT:
+      *nargs = 0;
+      /* a bit of a string of at most 512 MB */
+      if (arg_i64(&argv[2], &n[0]) != 0 || n[0] < 0 || n[0] >= ((int64_t)512 << 23)) {
+        slot_error(s, "ERR bit offset is not an integer or out of range");
+        return -1;
+      }
+      if (cmd->sub == COLL_SETBIT) {
+        if (!arg_is(&argv[3], "0") && !arg_is(&argv[3], "1")) {
+          slot_error(s, "ERR bit is not an integer or out of range");
+          return -1;
+        }
+        n[1] = argv[3].p[0] == '1';
+      }
+      return 0;
+    case COLL_BITCOUNT:
+      *nargs = 0;
+      if (argc == 3 || argc > 5) {
+        slot_error(s, "ERR syntax error");
+        return -1;
+      }
+      if (argc >= 4) {
+        if (coll_int(&argv[2], &n[0], s) != 0 || coll_int(&argv[3], &n[1], s) != 0) return -1;
+        *flags |= COLL_F_RANGE;
+      }
+      if (argc == 5) {
+        if (arg_is(&argv[4], "bit")) *flags |= COLL_F_BITS;
+        else if (!arg_is(&argv[4], "byte")) {
+          slot_error(s, "ERR syntax error");
+          return -1;
+        }
+      }
+      return 0;
     case COLL_LMOVE: {
       *nargs = 0;
       if (strcmp(cmd->name, "rpoplpush") == 0) {
@@ -2621,6 +2664,12 @@ static const resp_cmd_t resp_cmds[] = {
     {"linsert", 5, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_LINSERT},
     {"lpos", -3, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_LPOS},
     {"lmove", 5, 0, RESP_OP(COLL), RESP_KEYS_ALL, cmd_coll, reply_coll, NULL, COLL_LMOVE},
+    {"incrbyfloat", 3, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL,
+     COLL_INCRBYFLOAT},
+    {"setrange", 4, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_SETRANGE},
+    {"getbit", 3, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_GETBIT},
+    {"setbit", 4, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_SETBIT},
+    {"bitcount", -2, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_BITCOUNT},
     {"rpoplpush", 3, 0, RESP_OP(COLL), RESP_KEYS_ALL, cmd_coll, reply_coll, NULL, COLL_LMOVE},
 };
 static const size_t resp_ncmds = sizeof resp_cmds / sizeof resp_cmds[0];
