@@ -148,11 +148,14 @@ int coll_cmd_type(int cmd) {
   if (cmd >= COLL_HSET && cmd <= COLL_HSCAN) return GRID_TYPE_HASH;
   if (cmd >= COLL_SADD && cmd <= COLL_SMOVE) return GRID_TYPE_SET;
   if (cmd >= COLL_LPUSH && cmd <= COLL_LMOVE) return GRID_TYPE_LIST;
-  if (cmd >= COLL_INCRBYFLOAT && cmd <= COLL_BITCOUNT) return GRID_TYPE_STRING;
+  if (cmd >= COLL_INCRBYFLOAT && cmd <= COLL_GETEX) return GRID_TYPE_STRING;
   return -1;
 }
 
-int coll_cmd_keys(int cmd) { return (cmd >= COLL_SINTER && cmd <= COLL_SMOVE) || cmd == COLL_LMOVE; }
+int coll_cmd_keys(int cmd) {
+  return (cmd >= COLL_SINTER && cmd <= COLL_SMOVE) || cmd == COLL_LMOVE ||
+         (cmd >= COLL_RENAME && cmd <= COLL_COPY);
+}
 
 int coll_cmd_writes(int cmd) {
   switch (cmd) {
@@ -161,7 +164,8 @@ int coll_cmd_writes(int cmd) {
     case COLL_LPUSH: case COLL_RPUSH: case COLL_LPUSHX: case COLL_RPUSHX: case COLL_LPOP:
     case COLL_RPOP: case COLL_LSET: case COLL_LREM: case COLL_LTRIM: case COLL_LINSERT:
     case COLL_SINTERSTORE: case COLL_SUNIONSTORE: case COLL_SDIFFSTORE: case COLL_SMOVE:
-    case COLL_LMOVE: case COLL_INCRBYFLOAT: case COLL_SETRANGE: case COLL_SETBIT:
+    case COLL_LMOVE: case COLL_INCRBYFLOAT: case COLL_SETRANGE: case COLL_SETBIT: case COLL_GETEX:
+    case COLL_RENAME: case COLL_RENAMENX: case COLL_COPY:
       return 1;
     default:
       return 0;
@@ -849,6 +853,13 @@ static void run_string(const coll_req_t *req, coll_vec_t *c, int exists, coll_ou
       o->write = COLL_PUT;
       return;
     }
+    case COLL_GETEX:
+      out_value(o, s);
+      if (s && (req->flags & (COLL_F_PERSIST | COLL_F_EXPIRE))) {
+        o->write = COLL_EXPIRE;
+        o->expire_at = (req->flags & COLL_F_PERSIST) ? 0 : req->n1;
+      }
+      return;
     case COLL_BITCOUNT: {
       /* As Redis: negative ends count from the end, in bytes or bits. */
       int64_t total = (req->flags & COLL_F_BITS) ? (int64_t)len * 8 : (int64_t)len;

@@ -99,6 +99,10 @@ typedef enum {
   COLL_GETBIT = GRID__COLL_CMD__GETBIT,
   COLL_SETBIT = GRID__COLL_CMD__SETBIT,
   COLL_BITCOUNT = GRID__COLL_CMD__BITCOUNT,
+  COLL_GETEX = GRID__COLL_CMD__GETEX,
+  COLL_RENAME = GRID__COLL_CMD__RENAME,
+  COLL_RENAMENX = GRID__COLL_CMD__RENAMENX,
+  COLL_COPY = GRID__COLL_CMD__COPY,
 } coll_cmd_t;
 
 /* The value type a command works on (grid_value_type_t); -1 for none. A
@@ -120,6 +124,10 @@ enum {
   COLL_F_TO_RIGHT = 128,  /* LMOVE: push at the destination's tail */
   COLL_F_RANGE = 256,     /* BITCOUNT: n1 .. n2 is the range */
   COLL_F_BITS = 512,      /* BITCOUNT: ... in bits (else bytes) */
+  COLL_F_PERSIST = 1024,  /* GETEX: the expiry removed */
+  COLL_F_EXPIRE = 2048,   /* GETEX: n1 is the new expiry (wall clock, ms) */
+  COLL_F_REPLACE = 4096,  /* COPY: the destination may exist */
+  COLL_F_RELATIVE = 8192, /* GETEX: n1 is a time from now (ms) */
 };
 
 typedef struct coll_req {
@@ -143,6 +151,7 @@ typedef struct coll_out {
   const char *err;           /* Redis's words (without "ERR "), static */
   int write;                 /* COLL_KEEP / COLL_PUT / COLL_DELETE */
   int write2;                /* ... of the second key (SMOVE, LMOVE) */
+  int64_t expire_at;         /* COLL_EXPIRE: the new expiry (0: none) */
   int64_t number;            /* the integer answer */
   int has_number;
   int has_value;             /* a single bulk answer (value) ... */
@@ -156,7 +165,7 @@ typedef struct coll_out {
   char num[48];              /* HINCRBYFLOAT's, LPOS's text */
 } coll_out_t;
 
-enum { COLL_KEEP = 0, COLL_PUT = 1, COLL_DELETE = 2 };
+enum { COLL_KEEP = 0, COLL_PUT = 1, COLL_DELETE = 2, COLL_EXPIRE = 3 };
 
 /* Runs req against c (the entry's items; exists: the key was there).
  * c is changed in place when the command writes (out->write says what

@@ -716,7 +716,7 @@ static int ops_coll_reply(const coll_out_t *o, Grid__Reply *rp, arena_t *a) {
 static int ops_coll_write(node_t *n, store_cache_t *c, const store_key_t *k, int what,
                           const coll_vec_t *v, int type, int replace, uint8_t how,
                           store_applied_fn applied, void *ctx, uint64_t *version) {
-  if (what == COLL_KEEP) return 0;
+  if (what == COLL_KEEP || what == COLL_EXPIRE) return 0; /* ops_coll_expire's */
   store_write_t w = {.op = what == COLL_PUT ? STORE_PUT : STORE_DELETE, .keep_ttl = !replace,
                      .type = (uint8_t)type, .how = how};
   size_t len = 0;
@@ -742,6 +742,80 @@ static int ops_coll_write(node_t *n, store_cache_t *c, const store_key_t *k, int
   return rc;
 }
 
+/* GETEX: the key's expiry as the command asked (a time in the past
+ * removes the key). */
+static int ops_coll_expire(store_cache_t *c, const store_key_t *k, const Grid__Request *rq,
+                           const coll_out_t *out, store_applied_fn applied, void *ctx,
+                           uint64_t *version) {
+  store_write_t w = {.op = STORE_EXPIRE, .how = GRID__OP__EXPIRE};
+  if (rq->coll_flags & COLL_F_PERSIST) w.persist = 1;
+  w.expire_ms = out->expire_at;
+  w.expire_absolute = !(rq->coll_flags & COLL_F_RELATIVE);
+  store_result_t res = {0};
+  int rc = store_write_rec(c, k, &w, clock_wall_ms(), &res, applied, ctx);
+  if (rc == 0 && res.version) *version = res.version;
+  return rc;
+}
+
+/* RENAME, RENAMENX, COPY: the source's value, type and expiry to the
+ * destination (ks[1]) as one step; RENAME's source removed. The caller
+ * holds both partitions. 0 with the answer in rp, or an error. */
+static int ops_move(node_t *n, store_cache_t *c, const store_key_t *ks, const Grid__Request *rq,
+                    Grid__Reply *rp, arena_t *a, store_applied_fn applied, void *ctx) {
+  (void)n;
+  int cmd = (int)rq->coll_cmd;
+  int same = ks[0].len == ks[1].len && (!ks[0].len || memcmp(ks[0].data, ks[1].data, ks[0].len) == 0);
+  if (cmd == COLL_COPY && same) {
+    rp->status = GRID_EINVAL;
+    rp->message = "source and destination objects are the same";
+    return 0;
+  }
+  void *v = NULL;
+  size_t vlen = 0;
+  uint64_t ver;
+  uint8_t type = 0;
+  int64_t now = clock_wall_ms(), expire_at = 0;
+  int rc = store_get_typed(c, &ks[0], now, ops_arena_alloc, a, &v, &vlen, &ver, &type);
+  if (rc == GRID_ENOTFOUND) {
+    if (cmd == COLL_COPY) return 0; /* number 0 */
+    rp->status = GRID_ENOTFOUND;
+    rp->message = "no such key";
+    return 0;
+  }
+  if (rc != 0) return rc;
+  if (same) { /* RENAME onto itself: nothing changes */
+    rp->number = cmd == COLL_RENAME;
+    return 0;
+  }
+  store_expiry(c, &ks[0], now, &expire_at, NULL, NULL);
+  int64_t dexp;
+  if (cmd != COLL_RENAME && !(rq->coll_flags & COLL_F_REPLACE) &&
+      store_expiry(c, &ks[1], now, &dexp, NULL, NULL) == 0)
+    return 0; /* the destination exists: number 0 */
+  /* The destination takes the expiry as a time from now (at least 1 ms
+   * while it has not passed). */
+  uint64_t ttl = expire_at ? (uint64_t)(expire_at > now ? expire_at - now : 1) : 0;
+  store_write_t w = {.op = STORE_PUT, .value = v, .value_len = vlen, .ttl_ms = ttl,
+                     .type = type, .how = (uint8_t)GRID__OP__PUT};
+  store_result_t res = {0};
+  rc = store_write_rec(c, &ks[1], &w, now, &res, applied, ctx);
+  if (rc != 0) return rc;
+  if (!expire_at && ttl == 0 && store_cache_cfg(c)->default_ttl_ms) {
+    /* a source without expiry: so is its copy, whatever the cache's default */
+    store_write_t p = {.op = STORE_EXPIRE, .persist = 1, .how = (uint8_t)GRID__OP__EXPIRE};
+    store_result_t pr;
+    store_write_rec(c, &ks[1], &p, now, &pr, applied, ctx);
+  }
+  rp->version = res.version;
+  if (cmd != COLL_COPY) {
+    store_write_t d = {.op = STORE_DELETE, .how = (uint8_t)GRID__OP__DELETE};
+    rc = store_write_rec(c, &ks[0], &d, now, &res, applied, ctx);
+    if (rc != 0) return rc;
+  }
+  rp->number = 1;
+  return 0;
+}
+
 /* A command on a hash, list or set: its entries read, changed and written
  * back (or removed, when a collection is left empty) as one step under
  * the hold of their partitions (within an EXEC's, when it is one of its
@@ -750,6 +824,7 @@ static int ops_coll_write(node_t *n, store_cache_t *c, const store_key_t *k, int
 static void ops_coll(node_t *n, store_cache_t *c, const Grid__Request *rq, Grid__Reply *rp,
                      arena_t *a, store_applied_fn applied, void *ctx) {
   int cmd = (int)rq->coll_cmd, type = coll_cmd_type(cmd), multi = coll_cmd_keys(cmd);
+  if (cmd >= COLL_RENAME && cmd <= COLL_COPY) type = GRID_TYPE_STRING; /* any: ops_move */
   if (type < 0 || (!multi && rq->n_keys)) {
     ops_reply_error(rp, GRID_EBADOP, "unknown collection command", a);
     return;
@@ -807,6 +882,12 @@ static void ops_coll(node_t *n, store_cache_t *c, const Grid__Request *rq, Grid_
     ops_reply_error(rp, GRID_EINVAL, "a transaction's step of a partition it does not hold", a);
     return;
   }
+  if (cmd >= COLL_RENAME && cmd <= COLL_COPY) {
+    int mrc = nk == 2 ? ops_move(n, c, ks, rq, rp, a, applied, ctx) : GRID_EINVAL;
+    store_release(hold);
+    if (mrc != 0) ops_reply_error(rp, mrc, NULL, a);
+    return;
+  }
   coll_out_t out = {0};
   int rc = 0;
   for (size_t i = 0; i < nk && rc == 0; i++) {
@@ -849,6 +930,8 @@ static void ops_coll(node_t *n, store_cache_t *c, const Grid__Request *rq, Grid_
     } else {
       rc = ops_coll_write(n, c, &ks[0], out.write, vp[0], type, store_form, (uint8_t)rq->op,
                           applied, ctx, &version);
+      if (rc == 0 && out.write == COLL_EXPIRE)
+        rc = ops_coll_expire(c, &ks[0], rq, &out, applied, ctx, &version);
       if (rc == 0 && nk > 1)
         rc = ops_coll_write(n, c, &ks[1], out.write2, vp[1], type, 0, (uint8_t)rq->op, applied,
                             ctx, &version);

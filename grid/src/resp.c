@@ -408,6 +408,8 @@ static int resp_exec_add_step(resp_exec_t *x, resp_job_t *job, size_t index,
 static void resp_exec_job_done(resp_exec_t *x, resp_job_t *job);
 static void cmd_watch(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
                       resp_slot_t *s);
+static void cmd_msetnx(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                       resp_slot_t *s);
 
 static void resp_job_finish(resp_job_t *job) {
   resp_slot_t *s = job->slot;
@@ -2128,7 +2130,8 @@ static void resp_tx_add(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int 
   char line[RESP_ERROR_LINE_BYTES_MAX];
   size_t bytes = 0;
   for (int i = 0; i < argc; i++) bytes += argv[i].len + 1;
-  if (cmd->run == cmd_select || cmd->run == cmd_subscribe || cmd->run == cmd_unsubscribe) {
+  if (cmd->run == cmd_select || cmd->run == cmd_subscribe || cmd->run == cmd_unsubscribe ||
+      cmd->run == cmd_msetnx) {
     snprintf(line, sizeof line, "ERR %s inside MULTI is not supported by grid: run it before "
              "MULTI or after EXEC", cmd->name);
     slot_error(s, line);
@@ -2169,7 +2172,8 @@ enum {
 static int coll_shape(int sub, int flags, const resp_cmd_t *cmd) {
   switch (sub) {
     case COLL_HSET: return strcmp(cmd->name, "hmset") == 0 ? COLL_R_OK : COLL_R_NUMBER;
-    case COLL_LSET: case COLL_LTRIM: return COLL_R_OK;
+    case COLL_LSET: case COLL_LTRIM: case COLL_RENAME: return COLL_R_OK;
+    case COLL_GETEX: return COLL_R_VALUE;
     case COLL_HGET: case COLL_HINCRBYFLOAT: case COLL_LINDEX: case COLL_LMOVE:
     case COLL_INCRBYFLOAT:
       return COLL_R_VALUE;
@@ -2338,10 +2342,39 @@ static int coll_lpos_options(resp_arg_t *argv, int argc, int *flags, int64_t *n,
   return 0;
 }
 
+/* GETEX key [EX s | PX ms | EXAT s | PXAT ms | PERSIST], as Redis checks
+ * them. */
+static int getex_options(resp_arg_t *argv, int argc, int *flags, int64_t *n, resp_slot_t *s) {
+  int have = 0;
+  for (int i = 2; i < argc; i++) {
+    int ex = arg_is(&argv[i], "ex"), px = arg_is(&argv[i], "px");
+    int exat = arg_is(&argv[i], "exat"), pxat = arg_is(&argv[i], "pxat");
+    if ((ex || px || exat || pxat) && !have && i + 1 < argc) {
+      int64_t v;
+      if (coll_int(&argv[++i], &v, s) != 0) return -1;
+      int64_t unit = ex || exat ? 1000 : 1;
+      if (v <= 0 || v > INT64_MAX / unit) {
+        slot_error(s, "ERR invalid expire time in 'getex' command");
+        return -1;
+      }
+      n[0] = v * unit;
+      *flags |= COLL_F_EXPIRE | (ex || px ? COLL_F_RELATIVE : 0);
+      have = 1;
+    } else if (arg_is(&argv[i], "persist") && !have) {
+      *flags |= COLL_F_PERSIST;
+      have = 1;
+    } else {
+      slot_error(s, "ERR syntax error");
+      return -1;
+    }
+  }
+  return 0;
+}
+
 /* The options and numbers of one command: 0, or -1 with its error in s.
  * first / nargs: the arguments the request carries. */
-static int coll_parse(const resp_cmd_t *cmd, resp_arg_t *argv, int argc, int64_t *n, int *flags,
-                      int *first, int *nargs, int *empty, resp_slot_t *s) {
+static int coll_parse(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc, int64_t *n,
+                      int *flags, int *first, int *nargs, int *empty, resp_slot_t *s) {
   *first = 2;
   *nargs = argc - 2;
   switch (cmd->sub) {
@@ -2447,6 +2480,34 @@ static int coll_parse(const resp_cmd_t *cmd, resp_arg_t *argv, int argc, int64_t
         n[1] = argv[3].p[0] == '1';
       }
       return 0;
+    case COLL_GETEX:
+      *nargs = 0;
+      return getex_options(argv, argc, flags, n, s);
+    case COLL_RENAME: case COLL_RENAMENX:
+      *nargs = 0;
+      return 0;
+    case COLL_COPY:
+      *nargs = 0;
+      for (int i = 3; i < argc; i++) {
+        int64_t db;
+        if (arg_is(&argv[i], "replace")) {
+          *flags |= COLL_F_REPLACE;
+        } else if (arg_is(&argv[i], "db") && i + 1 < argc) {
+          if (coll_int(&argv[++i], &db, s) != 0) return -1;
+          /* the database this connection is in: its cache's name */
+          char name[STORE_CACHE_NAME_MAX + 1];
+          if (db == 0) snprintf(name, sizeof name, "default");
+          else snprintf(name, sizeof name, "db%" PRId64, db);
+          if (strcmp(name, resp_of(c)->cache) != 0) {
+            slot_error(s, "ERR COPY to another database is not supported by grid");
+            return -1;
+          }
+        } else {
+          slot_error(s, "ERR syntax error");
+          return -1;
+        }
+      }
+      return 0;
     case COLL_BITCOUNT:
       *nargs = 0;
       if (argc == 3 || argc > 5) {
@@ -2491,7 +2552,8 @@ static int coll_more_keys(int sub, int argc) {
     case COLL_SINTER: case COLL_SUNION: case COLL_SDIFF: case COLL_SINTERSTORE:
     case COLL_SUNIONSTORE: case COLL_SDIFFSTORE:
       return argc - 2;
-    case COLL_SMOVE: case COLL_LMOVE: return 1;
+    case COLL_SMOVE: case COLL_LMOVE: case COLL_RENAME: case COLL_RENAMENX: case COLL_COPY:
+      return 1;
     default: return 0;
   }
 }
@@ -2518,7 +2580,7 @@ static void cmd_coll(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int arg
                      resp_slot_t *s) {
   int64_t n[3] = {0, 0, 0};
   int flags = 0, first, nargs, empty = 0, more = coll_more_keys(cmd->sub, argc);
-  if (coll_parse(cmd, argv, argc, n, &flags, &first, &nargs, &empty, s) != 0) return;
+  if (coll_parse(c, cmd, argv, argc, n, &flags, &first, &nargs, &empty, s) != 0) return;
   if (resp_keys_one_partition(c, &argv[1], 1 + more, s) != 0) return;
   if (empty) { /* a scan past its only cursor */
     slot_put(s, "*2\r\n$1\r\n0\r\n*0\r\n", 15);
@@ -2547,6 +2609,64 @@ static void cmd_coll(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int arg
   rq.keys = keys;
   rq.n_keys = (size_t)more;
   resp_send_one(c, cmd, s, &rq, flags);
+}
+
+/* MSETNX: one EXEC of the puts, each key checked absent first. */
+static void reply_msetnx(resp_job_t *job, size_t i, const Grid__Reply *rp) {
+  (void)i;
+  if (rp->status == GRID_EVERSION) { /* a key exists: nothing was set */
+    slot_int(job->slot, 0);
+    return;
+  }
+  if (rp->status) {
+    resp_reply_error(job, rp);
+    return;
+  }
+  for (size_t k = 0; k < rp->n_steps; k++) {
+    if (rp->steps[k]->status) {
+      resp_reply_error(job, rp->steps[k]);
+      return;
+    }
+  }
+  slot_int(job->slot, 1);
+}
+
+static void cmd_msetnx(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                       resp_slot_t *s) {
+  if ((argc - 1) % 2) {
+    slot_error(s, "ERR wrong number of arguments for 'msetnx' command");
+    return;
+  }
+  size_t k = (size_t)(argc - 1) / 2;
+  arena_t *a = &c->lp->arena;
+  Grid__Request *steps = arena_alloc(a, k * sizeof *steps);
+  Grid__Request **stepp = arena_alloc(a, k * sizeof *stepp);
+  Grid__BatchOp *w = arena_alloc(a, k * sizeof *w);
+  Grid__BatchOp **wp = arena_alloc(a, k * sizeof *wp);
+  resp_arg_t *keys = arena_alloc(a, k * sizeof *keys);
+  if (!steps || !stepp || !w || !wp || !keys) {
+    slot_fail(s);
+    return;
+  }
+  for (size_t i = 0; i < k; i++) {
+    value_request(&steps[i], GRID__OP__PUT, &argv[1 + 2 * i], &argv[2 + 2 * i]);
+    steps[i].cache = resp_of(c)->cache;
+    stepp[i] = &steps[i];
+    grid__batch_op__init(&w[i]);
+    w[i].kind = GRID__BATCH_KIND__BATCH_CHECK;
+    w[i].cond = GRID__BATCH_COND__COND_ABSENT;
+    w[i].key = steps[i].key;
+    wp[i] = &w[i];
+    keys[i] = argv[1 + 2 * i];
+  }
+  if (resp_keys_one_partition(c, keys, (int)k, s) != 0) return;
+  Grid__Request rq;
+  key_request(&rq, GRID__OP__EXEC, &argv[1]);
+  rq.steps = stepp;
+  rq.n_steps = k;
+  rq.watch = wp;
+  rq.n_watch = k;
+  resp_send_one(c, cmd, s, &rq, 0);
 }
 
 #define RESP_OP(name) GRID__OP__##name
@@ -2590,6 +2710,7 @@ static const resp_cmd_t resp_cmds[] = {
     {"touch", -2, 0, RESP_OP(TTL), RESP_KEYS_ALL, cmd_keys, reply_count_found, done_count, 0},
     {"mget", -2, 0, RESP_OP(GET), RESP_KEYS_ALL, cmd_mget, reply_value, done_mget, 0},
     {"mset", -3, 0, RESP_OP(PUT), RESP_KEYS_PAIRS, cmd_mset, reply_errors_only, done_ok, 0},
+    {"msetnx", -3, 0, RESP_OP(EXEC), RESP_KEYS_PAIRS, cmd_msetnx, reply_msetnx, NULL, 0},
     {"incr", 2, 0, RESP_OP(ADD), RESP_KEYS_ONE, cmd_incr, reply_number, NULL, 0},
     {"decr", 2, 0, RESP_OP(ADD), RESP_KEYS_ONE, cmd_decr, reply_number, NULL, 0},
     {"incrby", 3, 0, RESP_OP(ADD), RESP_KEYS_ONE, cmd_incrby, reply_number, NULL, 0},
@@ -2670,6 +2791,10 @@ static const resp_cmd_t resp_cmds[] = {
     {"getbit", 3, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_GETBIT},
     {"setbit", 4, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_SETBIT},
     {"bitcount", -2, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_BITCOUNT},
+    {"getex", -2, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_GETEX},
+    {"rename", 3, 0, RESP_OP(COLL), RESP_KEYS_ALL, cmd_coll, reply_coll, NULL, COLL_RENAME},
+    {"renamenx", 3, 0, RESP_OP(COLL), RESP_KEYS_ALL, cmd_coll, reply_coll, NULL, COLL_RENAMENX},
+    {"copy", -3, 0, RESP_OP(COLL), RESP_KEYS_ALL, cmd_coll, reply_coll, NULL, COLL_COPY},
     {"rpoplpush", 3, 0, RESP_OP(COLL), RESP_KEYS_ALL, cmd_coll, reply_coll, NULL, COLL_LMOVE},
 };
 static const size_t resp_ncmds = sizeof resp_cmds / sizeof resp_cmds[0];
