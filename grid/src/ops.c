@@ -454,12 +454,14 @@ typedef struct ops_scan_ctx {
   size_t n, max;
   size_t bytes, bytes_max; /* reply size so far, and its bound */
   int failed;              /* GRID_ENOMEM or GRID_ELIMIT */
+  int keys_only;           /* SCAN: entries without values */
 } ops_scan_ctx_t;
 
 static int ops_scan_entry_cb(void *ctx, const void *key, size_t key_len,
                              const void *value, size_t value_len,
                              uint64_t version) {
   ops_scan_ctx_t *sc = ctx;
+  if (sc->keys_only) value_len = 0;
   sc->bytes += key_len + value_len + 16;
   if (sc->bytes > sc->bytes_max) {
     sc->failed = GRID_ELIMIT;
@@ -496,6 +498,20 @@ static int ops_scan_entry_cb(void *ctx, const void *key, size_t key_len,
   return 0;
 }
 
+/* SCAN's: each entry with its type and expiry. */
+static int ops_scan_full_cb(void *ctx, const void *key, size_t key_len, const void *value,
+                            size_t value_len, uint8_t type, uint64_t version,
+                            int64_t expire_at_ms) {
+  ops_scan_ctx_t *sc = ctx;
+  size_t before = sc->n;
+  int stop = ops_scan_entry_cb(ctx, key, key_len, value, value_len, version);
+  if (sc->n > before) {
+    sc->list[before]->type = type;
+    sc->list[before]->expire_at_ms = expire_at_ms;
+  }
+  return stop;
+}
+
 static void ops_scan(node_t *n, store_cache_t *c, const Grid__Request *rq,
                      Grid__Reply *rp, arena_t *a) {
   const store_cache_cfg_t *cfg = store_cache_cfg(c);
@@ -509,14 +525,14 @@ static void ops_scan(node_t *n, store_cache_t *c, const Grid__Request *rq,
   uint32_t count = rq->count ? rq->count : 100;
   if ((int64_t)count > n->cfg.scan_count_max) count = (uint32_t)n->cfg.scan_count_max;
   ops_scan_ctx_t sc = {.a = a, .max = (size_t)count + 8,
-                       .bytes_max = (size_t)n->cfg.frame_bytes_max};
+                       .bytes_max = (size_t)n->cfg.frame_bytes_max, .keys_only = rq->keys_only};
   sc.list = arena_alloc(a, sc.max * sizeof(Grid__Entry *));
   if (!sc.list) {
     ops_reply_error(rp, GRID_ENOMEM, NULL, a);
     return;
   }
   uint64_t cursor = rq->cursor;
-  store_scan(c, rq->partition, &cursor, count, clock_wall_ms(), ops_scan_entry_cb, &sc);
+  store_scan_full(c, rq->partition, &cursor, count, clock_wall_ms(), ops_scan_full_cb, &sc);
   if (sc.failed == GRID_ELIMIT) {
     ops_reply_too_big(n, sc.bytes, rp, a);
     return;

@@ -379,6 +379,7 @@ struct resp_job {
   resp_exec_t *exec;        /* EXEC's own job: what it runs */
   size_t base;              /* WATCH: its first key's place in r->watch */
   char db[STORE_CACHE_NAME_MAX + 1]; /* SELECT: the database's cache */
+  struct resp_walk *walk;   /* SCAN, KEYS, RANDOMKEY, FLUSHDB/ALL: its state */
   int holds_state;          /* counted in state_pending until answered */
 };
 
@@ -402,6 +403,7 @@ static void resp_reply_error(resp_job_t *job, const Grid__Reply *rp) {
 }
 
 static void resp_exec_free(resp_exec_t *x);
+static void resp_walk_free(struct resp_walk *w);
 static void resp_exec_job_started(resp_exec_t *x, resp_job_t *job);
 static int resp_exec_add_step(resp_exec_t *x, resp_job_t *job, size_t index,
                               const Grid__Request *rq);
@@ -410,6 +412,8 @@ static void cmd_watch(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int ar
                       resp_slot_t *s);
 static void cmd_msetnx(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
                        resp_slot_t *s);
+static void cmd_walk(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                     resp_slot_t *s);
 
 static void resp_job_finish(resp_job_t *job) {
   resp_slot_t *s = job->slot;
@@ -423,6 +427,10 @@ static void resp_job_finish(resp_job_t *job) {
   if (job->exec) {
     resp_exec_free(job->exec);
     job->exec = NULL;
+  }
+  if (job->walk) {
+    resp_walk_free(job->walk);
+    job->walk = NULL;
   }
   if (job->in_exec) { /* its reply is a part of EXEC's */
     resp_exec_job_done(job->in_exec, job);
@@ -462,7 +470,7 @@ static void resp_job_submit(resp_job_t *job, size_t index, Grid__Request *rq) {
   loop_t *lp = c->lp;
   node_t *n = lp->node;
   job->pending++;
-  rq->cache = resp_of(c)->cache;
+  if (!rq->cache || !*rq->cache) rq->cache = resp_of(c)->cache;
   if (job->in_exec) { /* a step of EXEC's request, sent with the others */
     if (resp_exec_add_step(job->in_exec, job, index, rq) != 0) {
       job->pending--;
@@ -2131,7 +2139,7 @@ static void resp_tx_add(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int 
   size_t bytes = 0;
   for (int i = 0; i < argc; i++) bytes += argv[i].len + 1;
   if (cmd->run == cmd_select || cmd->run == cmd_subscribe || cmd->run == cmd_unsubscribe ||
-      cmd->run == cmd_msetnx) {
+      cmd->run == cmd_msetnx || cmd->run == cmd_walk) {
     snprintf(line, sizeof line, "ERR %s inside MULTI is not supported by grid: run it before "
              "MULTI or after EXEC", cmd->name);
     slot_error(s, line);
@@ -2669,6 +2677,313 @@ static void cmd_msetnx(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int a
   resp_send_one(c, cmd, s, &rq, 0);
 }
 
+/* ---- walks over every partition: SCAN, KEYS, RANDOMKEY, FLUSHDB, FLUSHALL ------
+ *
+ * A database is its cache's partitions; a walk reads them one after
+ * another with grid's SCAN (keys only), each where its primary is. SCAN's
+ * cursor is the partition's cursor times the partition count, plus the
+ * partition: 0 starts, 0 again is the end, and every key present for the
+ * whole scan is returned at least once (as Redis's). A FLUSH deletes what
+ * each page found (DELETE_ALL) and reads the partition on: not one step
+ * as Redis's, but every key there before it began is gone when it
+ * answers. */
+
+enum { WALK_SCAN = 1, WALK_KEYS, WALK_RANDOM, WALK_FLUSH };
+
+#define RESP_SCAN_PARTS_PER_CALL 64 /* partitions one SCAN call reads at least
+                                       (COUNT more), unless COUNT keys came first */
+
+typedef struct resp_walk {
+  int kind;
+  char cache[STORE_CACHE_NAME_MAX + 1];
+  uint32_t part, parts, visited;
+  uint64_t pcursor;
+  uint64_t count;           /* SCAN: keys wanted (Redis's COUNT hint) */
+  char *match;              /* MATCH's pattern (copied), NULL: every key */
+  size_t match_len;
+  int type;                 /* SCAN TYPE: grid_value_type_t, -1 any */
+  resp_slot_t acc;          /* the keys found, as bulks */
+  size_t nacc;
+  int found;                /* RANDOMKEY: acc holds one */
+  int sending, again;       /* resp_walk_send's loop runs; a reply asked
+                               for the next request meanwhile */
+  int deleting;             /* FLUSH: acc's keys are to be deleted next */
+  int all;                  /* FLUSHALL: every database, one after another */
+  int64_t db;               /* FLUSHALL: the database being flushed */
+} resp_walk_t;
+
+static void resp_walk_free(struct resp_walk *w) {
+  if (!w) return;
+  free(w->match);
+  free(w->acc.buf);
+  free(w);
+}
+
+/* Points w at a database's cache: 0, or -1 when it does not exist. */
+static int resp_walk_cache(conn_t *c, resp_walk_t *w, const char *name) {
+  store_cache_t *sc = store_view_find(&c->lp->view, name, strlen(name));
+  if (!sc) return -1;
+  snprintf(w->cache, sizeof w->cache, "%s", name);
+  w->parts = store_cache_cfg(sc)->partitions;
+  w->part = 0;
+  w->pcursor = 0;
+  w->visited = 0;
+  return 0;
+}
+
+/* FLUSHALL: the next database whose cache exists; 0, or -1 when none is left. */
+static int resp_walk_next_db(conn_t *c, resp_walk_t *w) {
+  for (w->db++; w->db < c->lp->node->cfg.databases; w->db++) {
+    char name[STORE_CACHE_NAME_MAX + 1];
+    snprintf(name, sizeof name, "db%" PRId64, w->db);
+    if (resp_walk_cache(c, w, name) == 0) return 0;
+  }
+  return -1;
+}
+
+static void resp_walk_send(resp_job_t *job);
+
+/* Whether the walk is over after a page (the cursor moved on). Partitions
+ * are walked in order; RANDOMKEY's from a random one, around. */
+static int resp_walk_over(resp_job_t *job) {
+  resp_walk_t *w = job->walk;
+  if (job->status) return 1;
+  if (w->pcursor == 0) {
+    w->part++;
+    w->visited++;
+    if (w->kind == WALK_RANDOM && w->part >= w->parts) w->part = 0;
+  }
+  int end = w->kind == WALK_RANDOM ? w->visited >= w->parts : w->part >= w->parts;
+  switch (w->kind) {
+    case WALK_SCAN:
+      /* COUNT is the work a call does, as Redis's: partitions too */
+      return end || w->nacc >= w->count ||
+             w->visited >= (w->count > RESP_SCAN_PARTS_PER_CALL ? w->count : RESP_SCAN_PARTS_PER_CALL);
+    case WALK_RANDOM:
+      return w->found || end;
+    case WALK_KEYS:
+      return end;
+    default:
+      if (end && w->all && resp_walk_next_db(job->c, w) == 0) return 0;
+      return end;
+  }
+}
+
+/* A page's keys (i == 0) or a deletion's answer (i == 1). */
+static void reply_walk(resp_job_t *job, size_t i, const Grid__Reply *rp) {
+  resp_walk_t *w = job->walk;
+  if (rp->status != 0) {
+    resp_reply_error(job, rp);
+    return;
+  }
+  if (i == 1) { /* the page's keys are gone */
+    w->deleting = 0;
+    w->acc.len = 0;
+    w->nacc = 0;
+  } else {
+    for (size_t k = 0; k < rp->n_entries; k++) {
+      const Grid__Entry *e = rp->entries[k];
+      if (w->type >= 0 && (int)e->type != w->type) continue;
+      if (w->match && !glob_match(w->match, w->match_len, e->key.data, e->key.len)) continue;
+      if (w->kind == WALK_RANDOM && w->found) break;
+      slot_bulk(&w->acc, e->key.data, e->key.len);
+      w->nacc++;
+      w->found = 1;
+    }
+    w->pcursor = rp->cursor;
+    if (w->kind == WALK_FLUSH && w->nacc > 0) {
+      w->deleting = 1;
+      resp_walk_send(job);
+      return;
+    }
+  }
+  if (!resp_walk_over(job)) resp_walk_send(job);
+}
+
+/* acc's keys (bulks) as a request's keys. */
+static ProtobufCBinaryData *resp_walk_keys(resp_job_t *job) {
+  resp_walk_t *w = job->walk;
+  ProtobufCBinaryData *ks = arena_alloc(&job->c->lp->arena, w->nacc * sizeof *ks);
+  if (!ks) return NULL;
+  const char *at = w->acc.buf;
+  for (size_t k = 0; k < w->nacc; k++) {
+    size_t len = (size_t)strtoull(at + 1, NULL, 10);
+    at = strchr(at, '\n') + 1;
+    ks[k] = (ProtobufCBinaryData){len, (uint8_t *)at};
+    at += len + 2;
+  }
+  return ks;
+}
+
+/* Sends the walk's next request: a page, or the deletion of one. A single
+ * node answers inside the send, and its reply asks for the next request
+ * then: this loop sends it (no recursion, however many partitions). */
+static void resp_walk_send(resp_job_t *job) {
+  resp_walk_t *w = job->walk;
+  if (w->sending) {
+    w->again = 1;
+    return;
+  }
+  w->sending = 1;
+  do {
+    w->again = 0;
+    Grid__Request rq;
+    grid__request__init(&rq);
+    rq.cache = w->cache;
+    if (w->deleting) {
+      rq.op = GRID__OP__DELETE_ALL;
+      if (!(rq.keys = resp_walk_keys(job))) {
+        resp_job_error(job, GRID_ENOMEM, NULL);
+        break;
+      }
+      rq.n_keys = w->nacc;
+      resp_job_submit(job, 1, &rq);
+      continue;
+    }
+    rq.op = GRID__OP__SCAN;
+    rq.partition = w->part;
+    rq.cursor = w->pcursor;
+    rq.keys_only = 1;
+    rq.count = w->kind == WALK_RANDOM ? 1
+               : w->kind == WALK_SCAN ? (uint32_t)(w->count > w->nacc ? w->count - w->nacc : 1)
+                                      : (uint32_t)job->c->lp->node->cfg.scan_count_max;
+    resp_job_submit(job, 0, &rq);
+  } while (w->again && !job->status);
+  w->sending = 0;
+}
+
+static void done_walk(resp_job_t *job) {
+  resp_walk_t *w = job->walk;
+  resp_slot_t *s = job->slot;
+  switch (w->kind) {
+    case WALK_SCAN: {
+      uint64_t next = w->part >= w->parts ? 0 : w->pcursor * w->parts + w->part;
+      char cur[24];
+      int n = snprintf(cur, sizeof cur, "%" PRIu64, next);
+      slot_put(s, "*2\r\n", 4);
+      slot_bulk(s, cur, (size_t)n);
+      slot_num_line(s, '*', (int64_t)w->nacc);
+      slot_put(s, w->acc.buf, w->acc.len);
+      return;
+    }
+    case WALK_KEYS:
+      slot_num_line(s, '*', (int64_t)w->nacc);
+      slot_put(s, w->acc.buf, w->acc.len);
+      return;
+    case WALK_RANDOM:
+      if (w->found) slot_put(s, w->acc.buf, w->acc.len);
+      else slot_nil(s);
+      return;
+    default:
+      slot_ok(s);
+      return;
+  }
+}
+
+/* SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]. */
+static int scan_options(resp_arg_t *argv, int argc, resp_walk_t *w, uint64_t *cursor,
+                        resp_slot_t *s) {
+  char buf[32], *end;
+  if (argv[1].len == 0 || argv[1].len >= sizeof buf) {
+    slot_error(s, "ERR invalid cursor");
+    return -1;
+  }
+  memcpy(buf, argv[1].p, argv[1].len);
+  buf[argv[1].len] = '\0';
+  errno = 0;
+  *cursor = strtoull(buf, &end, 10);
+  if (*end || errno || buf[0] == '-') {
+    slot_error(s, "ERR invalid cursor");
+    return -1;
+  }
+  w->count = 10;
+  for (int i = 2; i < argc; i += 2) {
+    if (i + 1 >= argc) {
+      slot_error(s, "ERR syntax error");
+      return -1;
+    }
+    int64_t count;
+    if (arg_is(&argv[i], "count")) {
+      if (coll_int(&argv[i + 1], &count, s) != 0) return -1;
+      if (count < 1) {
+        slot_error(s, "ERR syntax error");
+        return -1;
+      }
+      w->count = (uint64_t)count;
+    } else if (arg_is(&argv[i], "match")) {
+      w->match_len = argv[i + 1].len;
+      if (!(w->match = malloc(w->match_len + 1))) return -2;
+      memcpy(w->match, argv[i + 1].p, w->match_len);
+    } else if (arg_is(&argv[i], "type")) {
+      static const char *const names[] = {"string", "hash", "list", "set"};
+      w->type = 99; /* a type no key has: nothing matches (as Redis) */
+      for (int t = 0; t <= GRID_TYPE_MAX; t++)
+        if (arg_is(&argv[i + 1], names[t])) w->type = t;
+    } else {
+      slot_error(s, "ERR syntax error");
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* SCAN, KEYS, RANDOMKEY, FLUSHDB, FLUSHALL. */
+static void cmd_walk(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                     resp_slot_t *s) {
+  resp_walk_t *w = calloc(1, sizeof *w);
+  if (!w) {
+    slot_fail(s);
+    return;
+  }
+  w->kind = cmd->sub;
+  w->type = -1;
+  uint64_t cursor = 0;
+  if (w->kind == WALK_SCAN) {
+    int rc = scan_options(argv, argc, w, &cursor, s);
+    if (rc != 0) {
+      resp_walk_free(w);
+      if (rc == -2) slot_fail(s);
+      return;
+    }
+  } else if (w->kind == WALK_KEYS) {
+    w->match_len = argv[1].len;
+    if (!(w->match = malloc(w->match_len + 1))) {
+      resp_walk_free(w);
+      slot_fail(s);
+      return;
+    }
+    memcpy(w->match, argv[1].p, w->match_len);
+  } else if (w->kind == WALK_FLUSH && argc > 1) {
+    if (argc > 2 || (!arg_is(&argv[1], "async") && !arg_is(&argv[1], "sync"))) {
+      resp_walk_free(w);
+      slot_error(s, "ERR syntax error");
+      return;
+    }
+  }
+  w->all = w->kind == WALK_FLUSH && strcmp(cmd->name, "flushall") == 0;
+  if (resp_walk_cache(c, w, w->all ? "default" : resp_of(c)->cache) != 0) {
+    if (!w->all) {
+      resp_walk_free(w);
+      slot_status_error(s, GRID_ENOCACHE, NULL);
+      s->done = 1;
+      return;
+    }
+  }
+  if (w->kind == WALK_SCAN && w->parts) {
+    w->part = (uint32_t)(cursor % w->parts);
+    w->pcursor = cursor / w->parts;
+  }
+  if (w->kind == WALK_RANDOM && w->parts) w->part = (uint32_t)(clock_mono_ms() % w->parts);
+  resp_job_t *job = resp_job_start(c, cmd, s, 1);
+  if (!job) {
+    resp_walk_free(w);
+    return;
+  }
+  job->walk = w;
+  resp_walk_send(job);
+  resp_job_sent(job);
+}
+
 #define RESP_OP(name) GRID__OP__##name
 #define RESP_LOCAL GRID__OP__OP_NONE
 
@@ -2711,6 +3026,14 @@ static const resp_cmd_t resp_cmds[] = {
     {"mget", -2, 0, RESP_OP(GET), RESP_KEYS_ALL, cmd_mget, reply_value, done_mget, 0},
     {"mset", -3, 0, RESP_OP(PUT), RESP_KEYS_PAIRS, cmd_mset, reply_errors_only, done_ok, 0},
     {"msetnx", -3, 0, RESP_OP(EXEC), RESP_KEYS_PAIRS, cmd_msetnx, reply_msetnx, NULL, 0},
+    {"scan", -2, 0, RESP_OP(SCAN), RESP_KEYS_NONE, cmd_walk, reply_walk, done_walk, WALK_SCAN},
+    {"keys", 2, 0, RESP_OP(SCAN), RESP_KEYS_NONE, cmd_walk, reply_walk, done_walk, WALK_KEYS},
+    {"randomkey", 1, 0, RESP_OP(SCAN), RESP_KEYS_NONE, cmd_walk, reply_walk, done_walk,
+     WALK_RANDOM},
+    {"flushdb", -1, 0, RESP_OP(SCAN), RESP_KEYS_NONE, cmd_walk, reply_walk, done_walk,
+     WALK_FLUSH},
+    {"flushall", -1, 0, RESP_OP(SCAN), RESP_KEYS_NONE, cmd_walk, reply_walk, done_walk,
+     WALK_FLUSH},
     {"incr", 2, 0, RESP_OP(ADD), RESP_KEYS_ONE, cmd_incr, reply_number, NULL, 0},
     {"decr", 2, 0, RESP_OP(ADD), RESP_KEYS_ONE, cmd_decr, reply_number, NULL, 0},
     {"incrby", 3, 0, RESP_OP(ADD), RESP_KEYS_ONE, cmd_incrby, reply_number, NULL, 0},

@@ -70,6 +70,64 @@ def plain_steps(r, out):
     out.append(("incr non-number", outcome(lambda: (r.set("py:s", "text"), r.incr("py:s")))))
 
 
+def types_steps(r, out):
+    """Hashes, sets and lists as Python code uses them (sets compared as sets:
+    Redis keeps no order for them)."""
+    out.append(("hset mapping", outcome(lambda: r.hset("py:thing", mapping={
+        "temperature": "21.5", "rpm": "1200", "state": "on"}))))
+    out.append(("hgetall", outcome(lambda: r.hgetall("py:thing"))))
+    out.append(("hincrby", outcome(lambda: r.hincrby("py:thing", "rpm", 30))))
+    out.append(("hincrbyfloat", outcome(lambda: r.hincrbyfloat("py:thing", "temperature", 0.25))))
+    out.append(("hmget", outcome(lambda: r.hmget("py:thing", ["rpm", "nope", "state"]))))
+    out.append(("hscan_iter", outcome(lambda: sorted(r.hscan_iter("py:thing", match="r*")))))
+    out.append(("hdel hlen", outcome(lambda: (r.hdel("py:thing", "state"), r.hlen("py:thing")))))
+    out.append(("sadd", outcome(lambda: r.sadd("py:set", "a", "b", "c", "a"))))
+    out.append(("smembers", outcome(lambda: r.smembers("py:set"))))
+    out.append(("sinter", outcome(lambda: (r.sadd("py:set2", "b", "c", "d"),
+                                          r.sinter("py:set", "py:set2"),
+                                          r.sunion("py:set", "py:set2"),
+                                          r.sdiff("py:set", "py:set2")))))
+    out.append(("sscan_iter", outcome(lambda: sorted(r.sscan_iter("py:set")))))
+    out.append(("lists", outcome(lambda: (r.rpush("py:list", *range(6)), r.lpop("py:list"),
+                                         r.rpop("py:list", 2), r.lrange("py:list", 0, -1),
+                                         r.lmove("py:list", "py:list2", "LEFT", "RIGHT"),
+                                         r.lrange("py:list2", 0, -1), r.llen("py:list"),
+                                         r.lpos("py:list", "3")))))
+    out.append(("wrongtype", outcome(lambda: r.lpush("py:thing", "x"))))
+    out.append(("types", outcome(lambda: [r.type(k) for k in
+                                          ("py:thing", "py:set", "py:list", "py:a", "py:none")])))
+
+
+def keyspace_steps(r, out):
+    """KEYS, SCAN (every key once, whatever the cursor's form), RANDOMKEY,
+    RENAME, FLUSHDB and FLUSHALL, in database 3 and 4."""
+    port = r.connection_pool.connection_kwargs["port"]
+    d3 = redis.Redis(host="127.0.0.1", port=port, db=3)
+    d4 = redis.Redis(host="127.0.0.1", port=port, db=4)
+    try:
+        d3.flushdb()
+        for i in range(300):
+            d3.set(f"ks:{i}", i)
+        d3.hset("ks:hash", "f", "v")
+        d3.sadd("ks:set", "m")
+        d4.set("other", "1")
+        out.append(("keys", outcome(lambda: sorted(d3.keys("ks:*")))))
+        out.append(("scan_iter", outcome(lambda: sorted(d3.scan_iter(count=7)))))
+        out.append(("scan match", outcome(lambda: sorted(d3.scan_iter(match="ks:1?")))))
+        out.append(("scan type", outcome(lambda: sorted(d3.scan_iter(_type="hash")))))
+        out.append(("randomkey", outcome(lambda: d3.randomkey().startswith(b"ks:"))))
+        out.append(("rename", outcome(lambda: (d3.rename("ks:1", "ks:one"), d3.get("ks:one"),
+                                              d3.exists("ks:1")))))
+        out.append(("dbsize", outcome(d3.dbsize)))
+        out.append(("flushdb", outcome(lambda: (d3.flushdb(), d3.dbsize(), d4.dbsize()))))
+        d3.set("again", "1")
+        out.append(("flushall", outcome(lambda: (r.flushall(), d3.dbsize(), d4.dbsize(),
+                                                r.dbsize()))))
+    finally:
+        d3.close()
+        d4.close()
+
+
 def pipeline_steps(r, out):
     p = r.pipeline(transaction=False)
     p.set("py:p1", "x").get("py:p1").incr("py:p2").incr("py:p2").delete("py:p1").exists("py:p1")
@@ -182,9 +240,11 @@ def session(port, restart):
     r, other = client(port), client(port)
     try:
         plain_steps(r, out)
+        types_steps(r, out)
         pipeline_steps(r, out)
         watch_steps(r, other, out)
         reconnect_steps(r, restart, out)
+        keyspace_steps(r, out)
     finally:
         r.close()
         other.close()
