@@ -1000,3 +1000,28 @@ void coll_run_keys(const coll_req_t *req, coll_vec_t *const *v, const int *exist
     default: out_error(out, GRID_EBADOP, "unknown collection command"); return;
   }
 }
+
+const char *coll_encoding(int type, const void *value, size_t len) {
+  int64_t v;
+  coll_vec_t c;
+  const char *enc;
+  switch (type) {
+    case GRID_TYPE_STRING:
+      if (len <= 20 && coll_parse_i64(value, len, &v) == 0) return "int";
+      return len <= 44 ? "embstr" : "raw";
+    case GRID_TYPE_LIST: return "quicklist";
+    case GRID_TYPE_HASH:
+      if (coll_decode(value, len, &c) != 0) return "hashtable";
+      enc = c.n / 2 <= 128 ? "listpack" : "hashtable";
+      for (size_t i = 0; i < c.n; i++)
+        if (c.v[i].len > 64) enc = "hashtable";
+      coll_vec_free(&c);
+      return enc;
+    case GRID_TYPE_SET:
+      if (coll_decode(value, len, &c) != 0) return "hashtable";
+      enc = c.n <= 512 && set_all_ints(&c) ? "intset" : "hashtable";
+      coll_vec_free(&c);
+      return enc;
+    default: return "unknown";
+  }
+}

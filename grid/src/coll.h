@@ -103,6 +103,7 @@ typedef enum {
   COLL_RENAME = GRID__COLL_CMD__RENAME,
   COLL_RENAMENX = GRID__COLL_CMD__RENAMENX,
   COLL_COPY = GRID__COLL_CMD__COPY,
+  COLL_OBJECT_ENCODING = GRID__COLL_CMD__OBJECT_ENCODING,
 } coll_cmd_t;
 
 /* The value type a command works on (grid_value_type_t); -1 for none. A
@@ -172,6 +173,10 @@ enum { COLL_KEEP = 0, COLL_PUT = 1, COLL_DELETE = 2, COLL_EXPIRE = 3 };
  * becomes of the entry). */
 void coll_run(const coll_req_t *req, coll_vec_t *c, int exists, coll_out_t *out);
 void coll_out_free(coll_out_t *out);
+
+/* The encoding Redis 7.0 would keep a value of this type in (its default
+ * thresholds): what OBJECT ENCODING answers. */
+const char *coll_encoding(int type, const void *value, size_t len);
 
 /* Whether a command names several keys (coll_run_keys runs it). */
 int coll_cmd_keys(int cmd);

@@ -44,6 +44,11 @@ typedef struct node {
                                       NULL without a listener */
   _Atomic unsigned notify_flags;   /* notify_keyspace_events (notify.h),
                                       changed by CONFIG SET */
+  _Atomic uint64_t resp_errors;    /* RESP error replies written (INFO's
+                                      total_error_replies) */
+  _Atomic uint64_t resp_rejected;  /* RESP commands refused before running:
+                                      unknown, wrong arity, not allowed now
+                                      (INFO's rejected_calls) */
   pthread_t cron_thread;           /* TTL sweep */
   pthread_mutex_t cron_lock;
   pthread_cond_t cron_cond;

@@ -840,6 +840,27 @@ static int ops_move(node_t *n, store_cache_t *c, const store_key_t *ks, const Gr
 static void ops_coll(node_t *n, store_cache_t *c, const Grid__Request *rq, Grid__Reply *rp,
                      arena_t *a, store_applied_fn applied, void *ctx) {
   int cmd = (int)rq->coll_cmd, type = coll_cmd_type(cmd), multi = coll_cmd_keys(cmd);
+  if (cmd == COLL_OBJECT_ENCODING) { /* any type */
+    if (ops_check_key(n, &rq->key, 0, rp, a)) return;
+    store_key_t k;
+    store_key_init(c, rq->key.data, rq->key.len, &k);
+    void *v = NULL;
+    size_t vlen = 0;
+    uint64_t ver;
+    uint8_t have = 0;
+    int rc = store_get_typed(c, &k, STORE_NOW_LAZY, ops_arena_alloc, a, &v, &vlen, &ver, &have);
+    if (rc != 0 && rc != GRID_ENOTFOUND) {
+      ops_reply_error(rp, rc, NULL, a);
+      return;
+    }
+    rp->found = rc == 0;
+    if (rc == 0) {
+      const char *enc = coll_encoding(have, v, vlen);
+      rp->value = (ProtobufCBinaryData){strlen(enc), (uint8_t *)enc};
+      rp->version = ver;
+    }
+    return;
+  }
   if (cmd >= COLL_RENAME && cmd <= COLL_COPY) type = GRID_TYPE_STRING; /* any: ops_move */
   if (type < 0 || (!multi && rq->n_keys)) {
     ops_reply_error(rp, GRID_EBADOP, "unknown collection command", a);

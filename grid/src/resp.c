@@ -267,6 +267,8 @@ static void slot_status_error(resp_slot_t *s, int status, const char *message) {
 static void resp_write_reply(conn_t *c, const resp_slot_t *s) {
   resp_conn_t *r = resp_of(c);
   if (r->broken) return;
+  if (s->len && s->buf[0] == '-' && !s->push)
+    atomic_fetch_add_explicit(&c->lp->node->resp_errors, 1, memory_order_relaxed);
   if (s->failed || (s->len && conn_out(c, s->buf, s->len) != 0)) r->broken = 1;
 }
 
@@ -1322,8 +1324,11 @@ static void cmd_info(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int arg
                       "# Persistence\r\nloading:0\r\nasync_loading:0\r\n"
                       "rdb_bgsave_in_progress:0\r\naof_enabled:0\r\n");
   if (want & INFO_STATS)
-    at = info_section(body, cap, at, "# Stats\r\ntotal_commands_processed:%llu\r\n",
-                      (unsigned long long)ops_served(n));
+    at = info_section(body, cap, at, "# Stats\r\ntotal_commands_processed:%llu\r\n"
+                      "total_error_replies:%llu\r\nrejected_calls:%llu\r\n",
+                      (unsigned long long)ops_served(n),
+                      (unsigned long long)atomic_load(&n->resp_errors),
+                      (unsigned long long)atomic_load(&n->resp_rejected));
   /* Every node answers for every key as a primary would (grid's backups are
    * not Redis replicas). */
   if (want & INFO_REPLICATION)
@@ -1338,9 +1343,27 @@ static void cmd_info(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int arg
   }
   /* Not Redis Cluster's protocol (no MOVED): any node answers any key. */
   if (want & INFO_CLUSTER) at = info_section(body, cap, at, "# Cluster\r\ncluster_enabled:0\r\n");
-  if (want & INFO_KEYSPACE)
-    at = info_section(body, cap, at, "# Keyspace\r\ndb0:keys=%llu,expires=0,avg_ttl=0\r\n",
-                      (unsigned long long)store_entries(n->store));
+  if (want & INFO_KEYSPACE) {
+    /* Each database with keys: its cache's entries here (in a cluster,
+     * this node's copies), and how many of them expire. */
+    char dbs[2048];
+    size_t len = 0;
+    for (int64_t db = 0; db < n->cfg.databases && len < sizeof dbs; db++) {
+      char name[STORE_CACHE_NAME_MAX + 1];
+      if (db == 0) snprintf(name, sizeof name, "default");
+      else snprintf(name, sizeof name, "db%" PRId64, db);
+      store_cache_t *sc = store_view_find(&c->lp->view, name, strlen(name));
+      uint64_t keys = sc ? store_cache_size(sc) : 0;
+      if (!keys) continue;
+      int k = snprintf(dbs + len, sizeof dbs - len, "db%" PRId64 ":keys=%llu,expires=%llu,"
+                       "avg_ttl=0\r\n", db, (unsigned long long)keys,
+                       (unsigned long long)store_cache_expiring(sc));
+      if (k < 0 || (size_t)k >= sizeof dbs - len) break; /* the lines that fit */
+      len += (size_t)k;
+    }
+    dbs[len] = '\0';
+    at = info_section(body, cap, at, "# Keyspace\r\n%s", dbs);
+  }
   slot_bulk(s, body, at);
   s->done = 1;
 }
@@ -1654,6 +1677,33 @@ static void cmd_reset(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int ar
 
 #define RESP_NOTIFY_PARAM "notify-keyspace-events"
 
+/* What CONFIG GET answers: Redis's names for grid's settings (read-only
+ * but notify-keyspace-events), and the values Redis clients and tools ask
+ * for on connect. */
+static const char *const resp_config_params[] = {
+    RESP_NOTIFY_PARAM, "databases", "maxmemory", "maxmemory-policy", "maxclients", "timeout",
+    "save", "appendonly", "bind", "proto-max-bulk-len", "cluster-enabled",
+};
+#define RESP_CONFIG_PARAMS ((int)(sizeof resp_config_params / sizeof resp_config_params[0]))
+
+static void resp_config_value(conn_t *c, int p, char *out, size_t cap) {
+  node_t *n = c->lp->node;
+  const config_t *cfg = &n->cfg;
+  switch (p) {
+    case 0: notify_format(atomic_load(&n->notify_flags), out); return;
+    case 1: snprintf(out, cap, "%" PRId64, cfg->databases); return;
+    case 2: snprintf(out, cap, "%" PRId64, store_memory_bytes_max(n->store)); return;
+    case 3: snprintf(out, cap, "noeviction"); return; /* writes past the limit are refused */
+    case 4: snprintf(out, cap, "%" PRId64, cfg->connections_max); return;
+    case 5: snprintf(out, cap, "0"); return;
+    case 6: snprintf(out, cap, "%s", ""); return;
+    case 7: snprintf(out, cap, "no"); return;
+    case 8: snprintf(out, cap, "%s", cfg->bind); return;
+    case 9: snprintf(out, cap, "%" PRId64, cfg->resp_command_bytes_max); return;
+    default: snprintf(out, cap, "no"); return; /* not Redis Cluster's protocol */
+  }
+}
+
 /* CONFIG GET / SET: notify-keyspace-events only (on this node, as Redis
  * Cluster's nodes each have their own); GET of anything else is an empty
  * list, as Redis answers a parameter it does not have. */
@@ -1663,26 +1713,37 @@ static void cmd_config(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int a
   node_t *n = c->lp->node;
   char line[RESP_ERROR_LINE_BYTES_MAX];
   if (arg_is(&argv[1], "get") && argc >= 3) {
-    int match = 0;
-    for (int i = 2; i < argc && !match; i++)
-      match = glob_match(argv[i].p, argv[i].len, RESP_NOTIFY_PARAM, strlen(RESP_NOTIFY_PARAM)) ||
-              arg_is(&argv[i], RESP_NOTIFY_PARAM);
-    if (!match) {
-      slot_put(s, "*0\r\n", 4);
-    } else {
-      char text[NOTIFY_FLAGS_TEXT_MAX];
-      notify_format(atomic_load(&n->notify_flags), text);
-      slot_put(s, "*2\r\n", 4);
-      slot_bulk(s, RESP_NOTIFY_PARAM, strlen(RESP_NOTIFY_PARAM));
-      slot_bulk(s, text, strlen(text));
+    /* Each parameter once, in the table's order, if a pattern names it. */
+    char values[RESP_CONFIG_PARAMS][64];
+    int take[RESP_CONFIG_PARAMS] = {0}, count = 0;
+    for (int p = 0; p < RESP_CONFIG_PARAMS; p++) {
+      const char *name = resp_config_params[p];
+      for (int i = 2; i < argc && !take[p]; i++)
+        take[p] = glob_match(argv[i].p, argv[i].len, name, strlen(name)) || arg_is(&argv[i], name);
+      if (!take[p]) continue;
+      count++;
+      resp_config_value(c, p, values[p], sizeof values[p]);
+    }
+    slot_num_line(s, '*', 2 * count);
+    for (int p = 0; p < RESP_CONFIG_PARAMS; p++) {
+      if (!take[p]) continue;
+      slot_bulk(s, resp_config_params[p], strlen(resp_config_params[p]));
+      slot_bulk(s, values[p], strlen(values[p]));
     }
   } else if (arg_is(&argv[1], "set") && argc >= 4 && argc % 2 == 0) {
     unsigned flags = 0;
     for (int i = 2; i < argc; i += 2) {
       char text[64];
       if (!arg_is(&argv[i], RESP_NOTIFY_PARAM)) {
-        snprintf(line, sizeof line, "ERR Unknown option or number of arguments for CONFIG SET - "
-                 "'%.*s'", arg_quoted_len(&argv[i]), argv[i].p);
+        int known = 0;
+        for (int p = 0; p < RESP_CONFIG_PARAMS && !known; p++)
+          known = arg_is(&argv[i], resp_config_params[p]);
+        if (known)
+          snprintf(line, sizeof line, "ERR CONFIG SET '%.*s' is not supported by grid: it is a "
+                   "node setting (gridd --set, see README)", arg_quoted_len(&argv[i]), argv[i].p);
+        else
+          snprintf(line, sizeof line, "ERR Unknown option or number of arguments for CONFIG "
+                   "SET - '%.*s'", arg_quoted_len(&argv[i]), argv[i].p);
         slot_error(s, line);
         return;
       }
@@ -2984,6 +3045,44 @@ static void cmd_walk(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int arg
   resp_job_sent(job);
 }
 
+/* OBJECT ENCODING | REFCOUNT | IDLETIME | FREQ key: one COLL request (the
+ * value's encoding as Redis would keep it; grid keeps no reference counts
+ * nor access times: 1 and 0). */
+static void reply_object(resp_job_t *job, size_t i, const Grid__Reply *rp) {
+  (void)i;
+  if (rp->status) {
+    resp_reply_error(job, rp);
+    return;
+  }
+  if (!rp->found) slot_nil(job->slot);
+  else if (job->flag == 1) slot_int(job->slot, 1);
+  else if (job->flag == 2) slot_int(job->slot, 0);
+  else slot_bulk(job->slot, rp->value.data, rp->value.len);
+}
+
+static void cmd_object(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                       resp_slot_t *s) {
+  int flag;
+  if (arg_is(&argv[1], "encoding") && argc == 3) flag = 0;
+  else if (arg_is(&argv[1], "refcount") && argc == 3) flag = 1;
+  else if (arg_is(&argv[1], "idletime") && argc == 3) flag = 2;
+  else if (arg_is(&argv[1], "freq") && argc == 3) {
+    slot_error(s, "ERR An LFU maxmemory policy is not selected, access frequency not tracked. "
+                  "Please note that when switching between policies at runtime LRU and LFU "
+                  "data will take some time to adjust.");
+    return;
+  } else {
+    resp_subcommand_error(s, "object", &argv[1],
+                          arg_is(&argv[1], "encoding") || arg_is(&argv[1], "refcount") ||
+                              arg_is(&argv[1], "idletime") || arg_is(&argv[1], "freq"));
+    return;
+  }
+  Grid__Request rq;
+  key_request(&rq, GRID__OP__COLL, &argv[2]);
+  rq.coll_cmd = COLL_OBJECT_ENCODING;
+  resp_send_one(c, cmd, s, &rq, flag);
+}
+
 #define RESP_OP(name) GRID__OP__##name
 #define RESP_LOCAL GRID__OP__OP_NONE
 
@@ -3115,6 +3214,7 @@ static const resp_cmd_t resp_cmds[] = {
     {"setbit", 4, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_SETBIT},
     {"bitcount", -2, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_BITCOUNT},
     {"getex", -2, 0, RESP_OP(COLL), RESP_KEYS_ONE, cmd_coll, reply_coll, NULL, COLL_GETEX},
+    {"object", -2, 0, RESP_OP(COLL), RESP_KEYS_NONE, cmd_object, reply_object, NULL, 0},
     {"rename", 3, 0, RESP_OP(COLL), RESP_KEYS_ALL, cmd_coll, reply_coll, NULL, COLL_RENAME},
     {"renamenx", 3, 0, RESP_OP(COLL), RESP_KEYS_ALL, cmd_coll, reply_coll, NULL, COLL_RENAMENX},
     {"copy", -3, 0, RESP_OP(COLL), RESP_KEYS_ALL, cmd_coll, reply_coll, NULL, COLL_COPY},
@@ -3157,6 +3257,7 @@ static void resp_run(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *s) {
   resp_tx_t *tx = resp_of(c)->tx;
   const resp_cmd_t *cmd = resp_cmd_find(&argv[0]);
   if (!cmd) {
+    atomic_fetch_add_explicit(&c->lp->node->resp_rejected, 1, memory_order_relaxed);
     resp_unknown_command(s, argv, argc);
     if (tx) tx->dirty = 1;
     return;
@@ -3164,6 +3265,7 @@ static void resp_run(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *s) {
   if ((cmd->arity > 0 && argc != cmd->arity) || (cmd->arity < 0 && argc < -cmd->arity) ||
       (cmd->args_max && argc > cmd->args_max)) {
     char line[RESP_ERROR_LINE_BYTES_MAX];
+    atomic_fetch_add_explicit(&c->lp->node->resp_rejected, 1, memory_order_relaxed);
     snprintf(line, sizeof line, "ERR wrong number of arguments for '%s' command", cmd->name);
     if (cmd->run == cmd_exec) { /* as Redis: EXEC refused ends the transaction */
       snprintf(line, sizeof line, "EXECABORT Transaction discarded because of: wrong number of "
@@ -3178,6 +3280,7 @@ static void resp_run(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *s) {
   }
   if (pubsub_client_count(&resp_of(c)->ps) && !resp_cmd_subscribed(cmd)) {
     char line[RESP_ERROR_LINE_BYTES_MAX];
+    atomic_fetch_add_explicit(&c->lp->node->resp_rejected, 1, memory_order_relaxed);
     snprintf(line, sizeof line, "ERR Can't execute '%s': only (P|S)SUBSCRIBE / "
              "(P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context", cmd->name);
     slot_error(s, line);

@@ -35,6 +35,7 @@ typedef struct store_part {
   store_entry_t **buckets;  /* NULL until the first write */
   uint64_t mask;            /* bucket count - 1 */
   _Atomic uint64_t count;   /* entries; read without the lock by size */
+  _Atomic uint64_t expiring; /* ... of them with an expiry */
   uint64_t counter;         /* update counter: last version's low bits */
   store_part_sync_t sync;   /* replication progress (cluster mode) */
   changes_t *changes;       /* recent changes, NULL until the first */
@@ -185,6 +186,7 @@ static void store_part_clear(store_t *s, store_part_t *p) {
     p->buckets = NULL;
   }
   atomic_store(&p->count, 0);
+  atomic_store(&p->expiring, 0);
   store_mem_release(s, freed);
 }
 
@@ -468,6 +470,7 @@ static void store_unlink_free(store_t *s, store_part_t *p, store_entry_t **link,
                               store_entry_t *e) {
   *link = e->next;
   atomic_fetch_sub_explicit(&p->count, 1, memory_order_relaxed);
+  if (e->expire_at_ms) atomic_fetch_sub_explicit(&p->expiring, 1, memory_order_relaxed);
   store_mem_release(s, store_entry_cost(e->key_len, e->value_len));
   free(e);
 }
@@ -593,6 +596,10 @@ static int store_link(store_t *s, store_part_t *p, store_entry_t **link, store_e
      * it was copied, and from here on only e holds it. */
     e->next = old->next;
     *link = e;
+    if ((e->expire_at_ms != 0) != (old->expire_at_ms != 0)) {
+      if (e->expire_at_ms) atomic_fetch_add_explicit(&p->expiring, 1, memory_order_relaxed);
+      else atomic_fetch_sub_explicit(&p->expiring, 1, memory_order_relaxed);
+    }
     free(old);
     return 0;
   }
@@ -603,6 +610,7 @@ static int store_link(store_t *s, store_part_t *p, store_entry_t **link, store_e
   e->next = *slot;
   *slot = e;
   atomic_fetch_add_explicit(&p->count, 1, memory_order_relaxed);
+  if (e->expire_at_ms) atomic_fetch_add_explicit(&p->expiring, 1, memory_order_relaxed);
   return 0;
 }
 
@@ -1552,6 +1560,13 @@ uint64_t store_cache_size(const store_cache_t *c) {
   uint64_t n = 0;
   for (uint32_t i = 0; i < c->cfg.partitions; i++)
     n += atomic_load_explicit(&c->parts[i].count, memory_order_relaxed);
+  return n;
+}
+
+uint64_t store_cache_expiring(const store_cache_t *c) {
+  uint64_t n = 0;
+  for (uint32_t i = 0; i < c->cfg.partitions; i++)
+    n += atomic_load_explicit(&c->parts[i].expiring, memory_order_relaxed);
   return n;
 }
 

@@ -364,6 +364,8 @@ int store_scan_full(store_cache_t *c, uint32_t part, uint64_t *cursor,
                     void *ctx);
 
 uint64_t store_cache_size(const store_cache_t *c);
+/* Entries of the cache with an expiry (Redis INFO's expires=). */
+uint64_t store_cache_expiring(const store_cache_t *c);
 /* Entries of one partition (0 for a partition out of range). */
 uint64_t store_part_size(const store_cache_t *c, uint32_t part);
 uint64_t store_entries(store_t *s);
