@@ -45,6 +45,8 @@ typedef struct resp_slot {
                                 after the replies before it */
   int push;                  /* a pub/sub message, not a command's reply:
                                 not counted in resp_pipeline_max */
+  int resp3;                 /* built for RESP3 (HELLO 3): nulls, maps,
+                                sets and pushes of their own */
   char *buf;
   size_t len, cap;
 } resp_slot_t;
@@ -83,6 +85,7 @@ struct resp_conn {
   int cluster;               /* answers may come later: slots keep order */
   char cache[STORE_CACHE_NAME_MAX + 1];
   char name[128];            /* CLIENT SETNAME */
+  int resp3;                 /* HELLO 3 switched the connection to RESP3 */
   int ending;                /* QUIT, or a command that found no memory for
                                 its slot: nothing more is parsed, and the
                                 connection closes once the replies before
@@ -206,7 +209,30 @@ static void slot_bulk(resp_slot_t *s, const void *p, size_t n) {
   slot_put(s, "\r\n", 2);
 }
 
-static void slot_nil(resp_slot_t *s) { slot_put(s, "$-1\r\n", 5); }
+static void slot_nil(resp_slot_t *s) {
+  if (s->resp3) slot_put(s, "_\r\n", 3);
+  else slot_put(s, "$-1\r\n", 5);
+}
+
+/* A null array (RESP3: the one null). */
+static void slot_null_array(resp_slot_t *s) {
+  if (s->resp3) slot_put(s, "_\r\n", 3);
+  else slot_put(s, "*-1\r\n", 5);
+}
+
+/* An aggregate's header: a map of n pairs ('%'), a set ('~') or a push
+ * ('>') in RESP3; in RESP2 each is an array (a map's of 2n items). */
+static void slot_agg(resp_slot_t *s, char kind, int64_t n) {
+  if (!s->resp3) {
+    char line[32];
+    int len = snprintf(line, sizeof line, "*%lld\r\n", (long long)(kind == '%' ? 2 * n : n));
+    slot_put(s, line, (size_t)len);
+    return;
+  }
+  char line[32];
+  int len = snprintf(line, sizeof line, "%c%lld\r\n", kind, (long long)n);
+  slot_put(s, line, (size_t)len);
+}
 static void slot_ok(resp_slot_t *s) { slot_put(s, "+OK\r\n", 5); }
 static void slot_int(resp_slot_t *s, int64_t v) { slot_num_line(s, ':', v); }
 
@@ -309,10 +335,12 @@ static resp_slot_t *resp_slot_new(resp_conn_t *r) {
   if (!r->cluster) {
     r->direct.done = r->direct.failed = 0;
     r->direct.len = 0;
+    r->direct.resp3 = r->resp3;
     return &r->direct; /* written when the command returns */
   }
   resp_slot_t *s = calloc(1, sizeof *s);
   if (!s) return NULL;
+  s->resp3 = r->resp3;
   if (r->tail) r->tail->next = s;
   else r->head = s;
   r->tail = s;
@@ -612,7 +640,8 @@ static resp_slot_t *resp_job_out(resp_job_t *job, size_t i) {
 static void reply_value(resp_job_t *job, size_t i, const Grid__Reply *rp) {
   resp_slot_t *s = resp_job_out(job, i);
   if (rp->status == 0) slot_bulk(s, rp->value.data, rp->value.len);
-  else if (rp->status == GRID_ENOTFOUND) slot_nil(s);
+  /* MGET answers nil for a key of another type, as Redis */
+  else if (rp->status == GRID_ENOTFOUND || (job->parts && rp->status == GRID_EWRONGTYPE)) slot_nil(s);
   else resp_reply_error(job, rp);
 }
 
@@ -776,6 +805,7 @@ static void cmd_mget(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int arg
   resp_job_t *job = resp_job_start(c, cmd, s, resp_requests_of(cmd, argc));
   if (!job) return;
   job->parts = calloc(job->n, sizeof *job->parts);
+  for (size_t i = 0; job->parts && i < job->n; i++) job->parts[i].resp3 = s->resp3;
   if (!job->parts) resp_job_error(job, GRID_ENOMEM, NULL);
   resp_send_keys(job, argv);
 }
@@ -1207,7 +1237,7 @@ static const char *hello_check(conn_t *c, resp_arg_t *argv, int argc, char *line
   if (argc < 2) return NULL;
   int64_t ver;
   if (arg_i64(&argv[1], &ver) != 0) return "ERR Protocol version is not an integer or out of range";
-  if (ver != 2) return "NOPROTO unsupported protocol version";
+  if (ver != 2 && ver != 3) return "NOPROTO unsupported protocol version";
   for (int i = 2; i < argc; i++) {
     if (arg_is(&argv[i], "setname") && i + 1 < argc) {
       snprintf(resp_of(c)->name, sizeof resp_of(c)->name, "%.*s", (int)argv[i + 1].len, argv[i + 1].p);
@@ -1233,13 +1263,16 @@ static void cmd_hello(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int ar
     return;
   }
   int cluster = c->lp->node->cluster != NULL;
-  slot_num_line(s, '*', 14);
+  /* HELLO 3 answers in RESP3 already (a map), as Redis does. */
+  int64_t ver = 0;
+  if (argc >= 2 && arg_i64(&argv[1], &ver) == 0) resp_of(c)->resp3 = s->resp3 = ver == 3;
+  slot_agg(s, '%', 7);
   slot_bulk(s, "server", 6);
   slot_bulk(s, "grid", 4);
   slot_bulk(s, "version", 7);
   slot_bulk(s, GRID_VERSION_STRING, strlen(GRID_VERSION_STRING));
   slot_bulk(s, "proto", 5);
-  slot_int(s, 2);
+  slot_int(s, resp_of(c)->resp3 ? 3 : 2);
   slot_bulk(s, "id", 2);
   slot_int(s, (int64_t)(uintptr_t)c & 0x7fffffff);
   slot_bulk(s, "mode", 4);
@@ -1463,11 +1496,14 @@ static void resp_deliver(pubsub_client_t *cl, const pubsub_name_t *pattern, cons
   resp_slot_t *m = &r->msg;
   m->len = 0;
   m->failed = 0;
+  m->resp3 = r->resp3;
   if (pattern) {
-    slot_put(m, "*4\r\n$8\r\npmessage\r\n", 18);
+    slot_agg(m, '>', 4);
+    slot_put(m, "$8\r\npmessage\r\n", 14);
     slot_bulk(m, pattern->bytes, pattern->len);
   } else {
-    slot_put(m, "*3\r\n$7\r\nmessage\r\n", 17);
+    slot_agg(m, '>', 3);
+    slot_put(m, "$7\r\nmessage\r\n", 13);
   }
   slot_bulk(m, channel, channel_len);
   slot_bulk(m, msg, msg_len);
@@ -1523,7 +1559,7 @@ static void resp_deliver(pubsub_client_t *cl, const pubsub_name_t *pattern, cons
  * name (name NULL: nil, an UNSUBSCRIBE of nothing). */
 static void slot_sub_line(resp_slot_t *s, const char *kind, const pubsub_name_t *name,
                           size_t count) {
-  slot_put(s, "*3\r\n", 4);
+  slot_agg(s, '>', 3); /* RESP3: a push */
   slot_bulk(s, kind, strlen(kind));
   if (name) slot_bulk(s, name->bytes, name->len);
   else slot_nil(s);
@@ -1669,6 +1705,7 @@ static void cmd_reset(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int ar
   resp_tx_free(r->tx);
   r->tx = NULL;
   resp_unwatch(r);
+  r->resp3 = 0;
   strcpy(r->cache, "default");
   r->name[0] = '\0';
   slot_put(s, "+RESET\r\n", 8);
@@ -1724,7 +1761,7 @@ static void cmd_config(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int a
       count++;
       resp_config_value(c, p, values[p], sizeof values[p]);
     }
-    slot_num_line(s, '*', 2 * count);
+    slot_agg(s, '%', count);
     for (int p = 0; p < RESP_CONFIG_PARAMS; p++) {
       if (!take[p]) continue;
       slot_bulk(s, resp_config_params[p], strlen(resp_config_params[p]));
@@ -1931,7 +1968,7 @@ static void reply_exec(resp_job_t *job, size_t i, const Grid__Reply *rp) {
 static void done_exec(resp_job_t *job) {
   resp_exec_t *x = job->exec;
   if (x->aborted) {
-    slot_put(job->slot, "*-1\r\n", 5);
+    slot_null_array(job->slot);
     return;
   }
   slot_printf(job->slot, "*%zu\r\n", x->tx->n);
@@ -2081,6 +2118,7 @@ static void cmd_exec(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int arg
     return;
   }
   x->parts = calloc(tx->n ? tx->n : 1, sizeof *x->parts);
+  for (size_t i = 0; x->parts && i < tx->n; i++) x->parts[i].resp3 = s->resp3;
   x->jobs = calloc(tx->n ? tx->n : 1, sizeof *x->jobs);
   if (wrc == -1 || !x->parts || !x->jobs) {
     resp_exec_free(x);
@@ -2289,10 +2327,25 @@ static void reply_coll(resp_job_t *job, size_t i, const Grid__Reply *rp) {
     default: break;
   }
   if (!rp->found) {
-    slot_put(s, "*-1\r\n", 5);
+    slot_null_array(s);
     return;
   }
-  slot_num_line(s, '*', (int64_t)rp->n_entries);
+  int sub = job->cmd->sub;
+  if (s->resp3 && sub == COLL_HRANDFIELD && (job->flag & COLL_F_WITHVALUES)) {
+    /* RESP3: [field, value] pairs */
+    slot_num_line(s, '*', (int64_t)rp->n_entries / 2);
+    for (size_t k = 0; k + 1 < rp->n_entries; k += 2) {
+      slot_put(s, "*2\r\n", 4);
+      slot_bulk(s, rp->entries[k]->value.data, rp->entries[k]->value.len);
+      slot_bulk(s, rp->entries[k + 1]->value.data, rp->entries[k + 1]->value.len);
+    }
+    return;
+  }
+  if (sub == COLL_HGETALL) slot_agg(s, '%', (int64_t)rp->n_entries / 2);
+  else if (sub == COLL_SMEMBERS || sub == COLL_SINTER || sub == COLL_SUNION || sub == COLL_SDIFF ||
+           (sub == COLL_SPOP && (job->flag & COLL_F_COUNT)))
+    slot_agg(s, '~', (int64_t)rp->n_entries);
+  else slot_num_line(s, '*', (int64_t)rp->n_entries);
   int numbers = coll_shape(job->cmd->sub, job->flag, job->cmd) == COLL_R_NUMBERS;
   for (size_t k = 0; k < rp->n_entries; k++) {
     const Grid__Entry *e = rp->entries[k];
@@ -3278,7 +3331,8 @@ static void resp_run(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *s) {
     if (tx) tx->dirty = 1;
     return;
   }
-  if (pubsub_client_count(&resp_of(c)->ps) && !resp_cmd_subscribed(cmd)) {
+  /* RESP2's subscribed mode; RESP3 takes every command alongside pushes. */
+  if (!resp_of(c)->resp3 && pubsub_client_count(&resp_of(c)->ps) && !resp_cmd_subscribed(cmd)) {
     char line[RESP_ERROR_LINE_BYTES_MAX];
     atomic_fetch_add_explicit(&c->lp->node->resp_rejected, 1, memory_order_relaxed);
     snprintf(line, sizeof line, "ERR Can't execute '%s': only (P|S)SUBSCRIBE / "

@@ -87,7 +87,7 @@ class Client:
         if nl < 0:
             return None
         kind, line = self.buf[at:at + 1], self.buf[at + 1:nl]
-        if kind in (b"+", b"-", b":"):
+        if kind in (b"+", b"-", b":", b",", b"#", b"_"):  # "_": RESP3's null
             return nl + 2, self.buf[at:nl + 2]
         if kind == b"$":
             n = int(line)
@@ -97,8 +97,8 @@ class Client:
             if len(self.buf) < end:
                 return None
             return end, self.buf[nl + 2:nl + 2 + n]
-        if kind == b"*":
-            n = int(line)
+        if kind in (b"*", b"~", b">", b"%"):  # RESP3: set, push, map (pairs)
+            n = int(line) * (2 if kind == b"%" else 1)
             items, pos = [], nl + 2
             for _ in range(max(n, 0)):
                 r = self._parse(pos)
@@ -302,6 +302,48 @@ def config_steps(port):
     return out
 
 
+def resp3_steps(port):
+    """RESP3's own bytes (HELLO 3): nulls, maps, sets, and pub/sub as pushes
+    on a connection that goes on running commands."""
+    out = []
+    a, b = Client(port), Client(port)
+
+    def call(cl, name, *args, replies=1):
+        cl.send(*args)
+        for i in range(replies):
+            r = cl.read()
+            out.append((name, " ".join(str(x) for x in args) + (f" [{i}]" if replies > 1 else ""),
+                        r[0] if r else b"(no reply)"))
+
+    a.send("HELLO", "3")
+    hello = a.read()
+    out.append(("A", "HELLO 3 proto", b"proto" in hello[0] and b":3\r\n" in hello[0]
+                if hello else False))
+    call(a, "A", "GET", "r3:none")
+    call(a, "A", "HSET", "r3:h", "f", "v")
+    call(a, "A", "HGETALL", "r3:h")
+    call(a, "A", "SADD", "r3:s", "7")
+    call(a, "A", "SMEMBERS", "r3:s")
+    call(a, "A", "MGET", "r3:none", "r3:h")
+    call(a, "A", "LPOP", "r3:nolist", "2")
+    call(a, "A", "SUBSCRIBE", "r3ch")
+    call(a, "A", "GET", "r3:none")                       # RESP3: still any command
+    call(b, "B", "PUBLISH", "r3ch", "hi")
+    r = a.read()
+    out.append(("A", "message push", r[0] if r else b"(none)"))
+    call(a, "A", "UNSUBSCRIBE", "r3ch")
+    call(a, "A", "WATCH", "r3:h")
+    call(b, "B", "SET", "r3:h", "changed")
+    call(a, "A", "MULTI")
+    call(a, "A", "GET", "r3:h")
+    call(a, "A", "EXEC")                                 # aborted: a null
+    call(a, "A", "RESET")
+    call(a, "A", "GET", "r3:none")                       # RESP2 again
+    a.close()
+    b.close()
+    return out
+
+
 def compare_transcripts(name, r, g):
     for i, (rs, gs) in enumerate(zip(r, g)):
         check(rs == gs, f"{name} {i}: {rs[0]} {rs[1]}: redis {rs[2]!r} grid {gs[2]!r}")
@@ -347,6 +389,7 @@ def main():
 
         compare_transcripts("pubsub", pubsub_steps(rport), pubsub_steps(gport))
         compare_transcripts("config", config_steps(rport), config_steps(gport))
+        compare_transcripts("resp3", resp3_steps(rport), resp3_steps(gport))
 
         flags_list = ["KEA", "Kg", "E$", "Ex", "Kl", "AE", "KEAn", "Kn"]
         rk, gk = keyspace_steps(rport, flags_list), keyspace_steps(gport, flags_list)

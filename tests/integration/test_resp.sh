@@ -112,16 +112,20 @@ if [ "$REDIS_ONLY" -eq 0 ]; then
   fi
 fi
 
-passed=0
-failed=0
-
-# --- 1. The command file, one connection per server, replies diffed.
+# --- 1. A command file, one connection per server, replies diffed; once
+# in RESP2 (resp_commands.txt), once in RESP3 (resp3_commands.txt, through
+# redis-cli -3: it shows maps, sets and nulls as such).
+diff_commands() { # FILE REDIS_CLI_FLAGS TAG
+pfile=$1
+pflags=$2
+pdir="$dir/$3"
+mkdir -p "$pdir"
 # Comments and blank lines go; what is left must be sent as it is, so the
 # lines redis-cli would act on itself are refused.
-grep -Ev '^[[:space:]]*(#|$)' "$COMMANDS" | sed 's/\r$//' > "$dir/cmds"
-n_cmds=$(wc -l < "$dir/cmds")
+grep -Ev '^[[:space:]]*(#|$)' "$pfile" | sed 's/\r$//' > "$pdir/cmds"
+n_cmds=$(wc -l < "$pdir/cmds")
 bad=$(awk '/^[[:space:]]*(#|$)/ { next }
-  tolower($1) ~ /^(quit|exit|help|connect|clear|:.*)$/ || $1 ~ /^[0-9]+$/ { print FILENAME ":" NR ": " $0 }' "$COMMANDS")
+  tolower($1) ~ /^(quit|exit|help|connect|clear|:.*)$/ || $1 ~ /^[0-9]+$/ { print FILENAME ":" NR ": " $0 }' "$pfile")
 [ -z "$bad" ] || { echo "test_resp: redis-cli would not send these lines as they are:"; echo "$bad"; exit 2; }
 
 # Each command is preceded by ECHO "@@ i": its reply line marks where the
@@ -129,45 +133,45 @@ bad=$(awk '/^[[:space:]]*(#|$)/ { next }
 # Not inside MULTI ... EXEC / DISCARD / RESET, where the ECHO would be queued
 # too: a transaction's lines are one block, the MULTI line's (the others'
 # blocks are left empty, listed in "inside").
-awk -v inside="$dir/inside" '
+awk -v inside="$pdir/inside" '
   { up = toupper($1) }
   !tx { printf "ECHO \"@@ %d\"\n", NR }
   tx { print NR > inside }
   { print }
   !tx && up == "MULTI" && NF == 1 { tx = 1; next }
   tx && (up == "EXEC" || up == "DISCARD" || up == "RESET") && NF == 1 { tx = 0 }' \
-  "$dir/cmds" > "$dir/stream"
-touch "$dir/inside"
+  "$pdir/cmds" > "$pdir/stream"
+touch "$pdir/inside"
 
 run_stream() { # PORT NAME — redis-cli reads the lines of the stream from stdin
   local rc=0
-  timeout "$STREAM_TIMEOUT_S" redis-cli -h 127.0.0.1 -p "$1" --no-raw \
-    < "$dir/stream" > "$dir/$2.out" 2>&1 || rc=$?
-  [ "$rc" -eq 0 ] || echo "(redis-cli exit status $rc)" >> "$dir/$2.out"
+  timeout "$STREAM_TIMEOUT_S" redis-cli $pflags -h 127.0.0.1 -p "$1" --no-raw \
+    < "$pdir/stream" > "$pdir/$2.out" 2>&1 || rc=$?
+  [ "$rc" -eq 0 ] || echo "(redis-cli exit status $rc)" >> "$pdir/$2.out"
   # Block i holds the reply lines of command i; block 0 whatever came first.
-  mkdir -p "$dir/$2"
-  awk -v out="$dir/$2" '
+  mkdir -p "$pdir/$2"
+  awk -v out="$pdir/$2" '
     BEGIN { f = out "/0"; printf "" > f }
     /^"@@ [0-9]+"$/ { close(f); n = $2; sub(/"$/, "", n); f = out "/" n; printf "" > f; next }
-    { print > f }' "$dir/$2.out"
+    { print > f }' "$pdir/$2.out"
   local i
-  while read -r i; do : > "$dir/$2/$i"; done < "$dir/inside"
+  while read -r i; do : > "$pdir/$2/$i"; done < "$pdir/inside"
 }
 
 run_stream "$redis_port" redis
 for ((i = 1; i <= n_cmds; i++)); do
-  [ -f "$dir/redis/$i" ] || { echo "test_resp: Redis gave no reply to line $i of the commands:"; cat "$dir/redis.out"; exit 1; }
+  [ -f "$pdir/redis/$i" ] || { echo "test_resp: Redis gave no reply to line $i of the commands:"; cat "$pdir/redis.out"; exit 1; }
 done
 # redis-cli answers a line it cannot split (an open quote) itself.
-if grep -qx 'Invalid argument(s)' "$dir/redis.out"; then
-  echo "test_resp: redis-cli could not split a line of $COMMANDS (unbalanced quotes?)"; exit 2
+if grep -qx 'Invalid argument(s)' "$pdir/redis.out"; then
+  echo "test_resp: redis-cli could not split a line of $pfile (unbalanced quotes?)"; exit 2
 fi
-if [ -s "$dir/redis/0" ]; then echo "test_resp: redis-cli printed before the first command:"; cat "$dir/redis/0"; exit 1; fi
+if [ -s "$pdir/redis/0" ]; then echo "test_resp: redis-cli printed before the first command:"; cat "$pdir/redis/0"; exit 1; fi
 
 if [ "$REDIS_ONLY" -eq 1 ]; then
   for ((i = 1; i <= n_cmds; i++)); do
-    echo "> $(sed -n "${i}p" "$dir/cmds")"
-    sed 's/^/  /' "$dir/redis/$i"
+    echo "> $(sed -n "${i}p" "$pdir/cmds")"
+    sed 's/^/  /' "$pdir/redis/$i"
   done
   passed=$n_cmds
 else
@@ -175,22 +179,22 @@ else
   differ=0
   missing=0
   for ((i = 1; i <= n_cmds; i++)); do
-    [ -f "$dir/grid/$i" ] || missing=$((missing + 1))
+    [ -f "$pdir/grid/$i" ] || missing=$((missing + 1))
   done
   if [ "$missing" -gt 0 ]; then
     # Without the markers (ECHO broken, or gridd gone) replies cannot be
     # paired with commands: the whole outputs then, markers included.
     echo "test_resp: $missing of the ECHO \"@@ i\" markers missing from grid's replies; whole outputs:"
-    diff -u --label redis --label grid "$dir/redis.out" "$dir/grid.out" | head -n 300 || true
+    diff -u --label redis --label grid "$pdir/redis.out" "$pdir/grid.out" | head -n 300 || true
   fi
   for ((i = 0; i <= n_cmds; i++)); do
-    if [ ! -f "$dir/grid/$i" ]; then differ=$((differ + 1)); continue; fi
+    if [ ! -f "$pdir/grid/$i" ]; then differ=$((differ + 1)); continue; fi
     if [ "$i" -eq 0 ] && [ "$missing" -gt 0 ]; then failed=$((failed + 1)); continue; fi
-    if ! cmp -s "$dir/redis/$i" "$dir/grid/$i"; then
+    if ! cmp -s "$pdir/redis/$i" "$pdir/grid/$i"; then
       # Block 0 is no command of the file but fails the test all the same.
       if [ "$i" -eq 0 ]; then failed=$((failed + 1)); else differ=$((differ + 1)); fi
-      if [ "$i" -eq 0 ]; then what="(before the first command)"; else what=$(sed -n "${i}p" "$dir/cmds"); fi
-      diff -u --label "redis: $what" --label "grid:  $what" "$dir/redis/$i" "$dir/grid/$i" || true
+      if [ "$i" -eq 0 ]; then what="(before the first command)"; else what=$(sed -n "${i}p" "$pdir/cmds"); fi
+      diff -u --label "redis: $what" --label "grid:  $what" "$pdir/redis/$i" "$pdir/grid/$i" || true
     fi
   done
   if [ "$differ" -eq 0 ]; then
@@ -201,6 +205,13 @@ else
   failed=$((failed + differ))
   passed=$((passed + n_cmds - differ))
 fi
+}
+passed=0
+failed=0
+diff_commands "$COMMANDS" "" resp2
+RESP3_COMMANDS=$(dirname "$COMMANDS")/resp3_commands.txt
+[ -r "$RESP3_COMMANDS" ] || { echo "test_resp: cannot read $RESP3_COMMANDS"; exit 2; }
+diff_commands "$RESP3_COMMANDS" "-3" resp3
 
 # --- 2. Checks that cannot be a plain diff; each runs on Redis too, which
 # proves the check itself right.
