@@ -266,7 +266,7 @@ static size_t key_format(char *buf, uint32_t i) {
 
 /* ---- configuration --------------------------------------------------------- */
 
-typedef enum { OP_GET, OP_PUT, OP_MIX } op_kind_t;
+typedef enum { OP_GET, OP_PUT, OP_MIX, OP_MULTI } op_kind_t;
 enum { REQ_GET = 0, REQ_PUT = 1, REQ_KINDS = 2 };
 static const char *const req_names[REQ_KINDS] = {"get", "put"};
 static const char *const op_names[] = {"get", "put", "mix"};
@@ -330,6 +330,8 @@ static void usage(FILE *f) {
     "                       socket timeout, after which the connection is reopened\n"
     "workload\n"
     "  --op get|put|mix     operation (default get); redis://: GET, SET, or both\n"
+    "  --op multi           redis:// only: a transaction of 3 commands on one key's\n"
+    "                       {tag}: MULTI, SET, INCR, GET, EXEC (counted as a put)\n"
     "  --get-ratio F        mix only: share of gets, 0..1 (default 0.9)\n"
     "  --keys N             keys \"key:%%08u\" for i in [0, N) (default 100000, max %u)\n"
     "  --value-bytes N      value size (default 100, max %u)\n"
@@ -486,7 +488,8 @@ static void parse_args(int argc, char **argv, bench_cfg_t *c) {
         if (strcmp(optarg, "get") == 0) c->op = OP_GET;
         else if (strcmp(optarg, "put") == 0) c->op = OP_PUT;
         else if (strcmp(optarg, "mix") == 0) c->op = OP_MIX;
-        else usage_error("--op wants get, put or mix, not \"%s\"", optarg);
+        else if (strcmp(optarg, "multi") == 0) c->op = OP_MULTI;
+        else usage_error("--op wants get, put, mix or multi, not \"%s\"", optarg);
         break;
       case O_GET_RATIO:
         c->get_ratio = parse_double_in("--get-ratio", optarg, 0.0, 0, 1.0);
@@ -553,6 +556,7 @@ static void parse_args(int argc, char **argv, bench_cfg_t *c) {
     usage_error("--uri wants grid://HOST:PORT, embedded: or redis://HOST:PORT, not \"%s\"",
                 c->uri);
   }
+  if (c->op == OP_MULTI && !c->resp) usage_error("--op multi needs redis:// (MULTI / EXEC)");
   if (c->get_ratio_set && c->op != OP_MIX)
     usage_error("--get-ratio only applies to --op mix");
   if (c->requests && c->duration_set)
@@ -1054,7 +1058,7 @@ struct worker {
 static int op_pick(worker_t *w) {
   const bench_cfg_t *c = w->run->cfg;
   if (c->op == OP_GET) return REQ_GET;
-  if (c->op == OP_PUT) return REQ_PUT;
+  if (c->op == OP_PUT || c->op == OP_MULTI) return REQ_PUT;
   return rng_unit(&w->rng) < c->get_ratio ? REQ_GET : REQ_PUT;
 }
 
@@ -1309,6 +1313,22 @@ static int resp_put_request(worker_t *w, int kind, uint32_t k) {
   char key[KEY_BYTES_MAX];
   size_t key_len = key_format(key, k);
   static const char get[] = "GET", set[] = "SET";
+  if (c->op == OP_MULTI) {
+    /* One key's {tag}, so a cluster runs it on one partition. */
+    char tk[KEY_BYTES_MAX + 8], nk[KEY_BYTES_MAX + 8];
+    int tl = snprintf(tk, sizeof tk, "{%.*s}", (int)key_len, key);
+    int nl = snprintf(nk, sizeof nk, "{%.*s}:n", (int)key_len, key);
+    const void *multi[1] = {"MULTI"}, *exec[1] = {"EXEC"};
+    const void *sv[3] = {set, tk, w->run->value}, *iv[2] = {"INCR", nk}, *gv[2] = {get, tk};
+    size_t ml[1] = {5}, el[1] = {4}, sl[3] = {3, (size_t)tl, c->value_bytes},
+           il[2] = {4, (size_t)nl}, gl[2] = {3, (size_t)tl};
+    int rc = link_put_command(&w->link, 1, multi, ml);
+    if (rc == 0) rc = link_put_command(&w->link, 3, sv, sl);
+    if (rc == 0) rc = link_put_command(&w->link, 2, iv, il);
+    if (rc == 0) rc = link_put_command(&w->link, 2, gv, gl);
+    if (rc == 0) rc = link_put_command(&w->link, 1, exec, el);
+    return rc;
+  }
   const void *argv[3] = {kind == REQ_GET ? get : set, key, w->run->value};
   size_t lens[3] = {3, key_len, c->value_bytes};
   return link_put_command(&w->link, kind == REQ_GET ? 2 : 3, argv, lens);
@@ -1374,9 +1394,22 @@ static void worker_run_resp(worker_t *w) {
     uint32_t answered = 0;
     for (; rc == 0 && answered < n; answered++) {
       resp_reply_t reply;
-      if ((rc = link_read_reply(l, &reply)) != 0) break;
+      /* A transaction: +OK and three +QUEUED before EXEC's array. */
+      int st = 0;
+      for (int q = 0; c->op == OP_MULTI && q < 4 && rc == 0; q++) {
+        if ((rc = link_read_reply(l, &reply)) == 0 && reply.type != '+' && st == 0) {
+          describe_reply(&reply, text, sizeof text);
+          st = -1;
+        }
+      }
+      if (rc != 0 || (rc = link_read_reply(l, &reply)) != 0) break;
       int kind = w->batch_kinds[answered];
-      int st = resp_check_reply(c, kind, &reply, text, sizeof text);
+      if (st == 0 && c->op == OP_MULTI) {
+        st = reply.type == '*' && reply.n == 3 ? 0 : -1;
+        if (st) describe_reply(&reply, text, sizeof text);
+      } else if (st == 0) {
+        st = resp_check_reply(c, kind, &reply, text, sizeof text);
+      }
       if (st < 0) worker_fail_text(w, text, recorded);
       else worker_complete(w, kind, st, intended, t0, l->recv_ns, recorded);
     }
