@@ -65,8 +65,11 @@ struct store_cache {
  * wait on each other). */
 struct store_hold {
   size_t n;
+  int small;             /* the thread's own (store_hold_small): not freed */
   store_part_t *parts[]; /* sorted by address, each once */
 };
+
+#define STORE_HOLD_SMALL 16 /* partitions a hold names without a malloc */
 
 static _Thread_local const struct store_hold *store_held;
 
@@ -970,14 +973,21 @@ static int store_ptr_cmp(const void *a, const void *b) {
 /* What store_hold returns inside a hold that covers what it asks for. */
 static struct store_hold store_hold_within;
 
+/* A thread's hold of a few partitions (most: a collection command holds
+ * one), so that taking one costs no malloc. */
+static _Thread_local _Alignas(struct store_hold) unsigned char
+    store_hold_small[sizeof(struct store_hold) + STORE_HOLD_SMALL * sizeof(store_part_t *)];
+
 store_hold_t *store_hold(store_cache_t *c, const uint32_t *parts, size_t n) {
   if (store_held) { /* one hold at a time: within it, only what it holds */
     for (size_t i = 0; i < n; i++)
       if (parts[i] >= c->cfg.partitions || !store_part_held(&c->parts[parts[i]])) return NULL;
     return &store_hold_within;
   }
-  store_hold_t *h = malloc(sizeof *h + (n ? n : 1) * sizeof h->parts[0]);
+  store_hold_t *h = n <= STORE_HOLD_SMALL ? (store_hold_t *)(void *)store_hold_small
+                                          : malloc(sizeof *h + n * sizeof h->parts[0]);
   if (!h) return NULL;
+  h->small = n <= STORE_HOLD_SMALL;
   size_t m = 0;
   for (size_t i = 0; i < n; i++)
     if (parts[i] < c->cfg.partitions) h->parts[m++] = &c->parts[parts[i]];
@@ -996,7 +1006,7 @@ void store_release(store_hold_t *h) {
   GRID_ASSERT(store_held == h);
   store_held = NULL;
   for (size_t i = h->n; i-- > 0;) pthread_mutex_unlock(&h->parts[i]->lock);
-  free(h);
+  if (!h->small) free(h);
 }
 
 /* ---- batches: one partition's writes, all or none ---------------------- */
