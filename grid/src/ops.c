@@ -901,6 +901,12 @@ static void ops_coll(node_t *n, store_cache_t *c, const Grid__Request *rq, Grid_
     vp[i] = &vecs[same[i]];
   }
   for (size_t i = 0; i < rq->n_values; i++) args[i] = (coll_item_t){rq->values[i].data, rq->values[i].len};
+  /* A random pick with repeats has no other bound (native clients too). */
+  if ((cmd == COLL_SRANDMEMBER || cmd == COLL_HRANDFIELD) && (rq->coll_flags & COLL_F_COUNT) &&
+      rq->delta < -n->cfg.batch_keys_max) {
+    ops_check_batch(n, rq->delta == INT64_MIN ? SIZE_MAX : (size_t)-rq->delta, rp, a);
+    return;
+  }
   coll_req_t req = {.cmd = cmd, .args = args, .nargs = rq->n_values, .n1 = rq->delta,
                     .n2 = rq->n2, .n3 = rq->n3, .flags = (int)rq->coll_flags, .rand = ops_rand};
   if ((req.flags & COLL_F_MATCH) && req.nargs > 0) {

@@ -2372,6 +2372,25 @@ static int coll_int(const resp_arg_t *a, int64_t *out, resp_slot_t *s) {
   return 0;
 }
 
+/* HRANDFIELD / SRANDMEMBER's count: a negative one may repeat members, so
+ * nothing else bounds its reply: at most batch_keys_max of them. */
+static int coll_random_count(conn_t *c, int64_t count, resp_slot_t *s) {
+  if (count == INT64_MIN) {
+    slot_error(s, "ERR value is out of range, value must between -9223372036854775807 and "
+                  "9223372036854775807");
+    return -1;
+  }
+  int64_t max = c->lp->node->cfg.batch_keys_max;
+  if (count < -max) {
+    char line[RESP_ERROR_LINE_BYTES_MAX];
+    snprintf(line, sizeof line, "ERR a count of %lld is past batch_keys_max (%lld): ask for fewer",
+             (long long)count, (long long)max);
+    slot_error(s, line);
+    return -1;
+  }
+  return 0;
+}
+
 /* HSCAN / SSCAN key cursor [MATCH pattern] [COUNT n]: the whole collection
  * at cursor 0 (so a cursor other than 0 has nothing left). */
 static int coll_scan_options(resp_arg_t *argv, int argc, int *flags, int *first, int *nargs,
@@ -2431,11 +2450,6 @@ static int coll_lpos_options(resp_arg_t *argv, int argc, int *flags, int64_t *n,
       if (v == 0) {
         slot_error(s, "ERR RANK can't be zero: use 1 to start from the first match, 2 from the "
                       "second ... or use negative to start from the end of the list");
-        return -1;
-      }
-      if (v == INT64_MIN) {
-        slot_error(s, "ERR value is out of range, value must between -9223372036854775807 and "
-                      "9223372036854775807");
         return -1;
       }
       *flags |= COLL_F_RANK;
@@ -2518,7 +2532,7 @@ static int coll_parse(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int ar
         return -1;
       }
       if (argc >= 3) {
-        if (coll_int(&argv[2], &n[0], s) != 0) return -1;
+        if (coll_int(&argv[2], &n[0], s) != 0 || coll_random_count(c, n[0], s) != 0) return -1;
         *flags |= COLL_F_COUNT;
       }
       if (argc == 4) {
@@ -2544,8 +2558,9 @@ static int coll_parse(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int ar
         return -1;
       }
       if (argc == 3) {
-        int rc = cmd->sub == COLL_SRANDMEMBER ? coll_int(&argv[2], &n[0], s)
-                                              : coll_positive(&argv[2], &n[0], s);
+        int rc = cmd->sub == COLL_SRANDMEMBER
+                     ? (coll_int(&argv[2], &n[0], s) || coll_random_count(c, n[0], s))
+                     : coll_positive(&argv[2], &n[0], s);
         if (rc != 0) return -1;
         *flags |= COLL_F_COUNT;
       }

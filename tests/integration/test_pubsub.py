@@ -367,6 +367,15 @@ def grid_only_steps(port):
     check(got is not None and got[0] == b"message" and got[2].startswith(b"probe:"),
           f"grid: a set after CONFIG SET is heard ({got})")
     w.call("CONFIG", "SET", "notify-keyspace-events", "KEA")
+    # A random pick that may repeat has no bound of its own: grid keeps it
+    # within batch_keys_max (Redis would try to answer 10^18 members).
+    w.call("SADD", "bound:s", "m")
+    w.call("HSET", "bound:h", "f", "v")
+    for cmd in (("SRANDMEMBER", "bound:s", "-9223372036854775807"),
+                ("HRANDFIELD", "bound:h", "-100000", "WITHVALUES")):
+        r = w.call(*cmd)
+        check(r.startswith(b"-ERR") and b"batch_keys_max" in r, f"grid: {cmd[0]} bounded ({r!r})")
+    check(w.call("PING") == b"+PONG\r\n", "grid: still serving")
     w.close()
     sub.close()
 
