@@ -823,6 +823,10 @@ static void run_string(const coll_req_t *req, coll_vec_t *c, int exists, coll_ou
         out_error(o, GRID_EINVAL, "string exceeds maximum allowed size (proto-max-bulk-len)");
         return;
       }
+      if (req->bytes_max && (uint64_t)req->n1 + v->len > req->bytes_max) {
+        out_error(o, GRID_EVALTOOBIG, "string exceeds maximum allowed size (value_bytes_max)");
+        return;
+      }
       unsigned char *b = string_grow(c, (size_t)req->n1 + v->len);
       if (!b) {
         out_error(o, GRID_ENOMEM, "out of memory");
@@ -834,13 +838,18 @@ static void run_string(const coll_req_t *req, coll_vec_t *c, int exists, coll_ou
       return;
     }
     case COLL_GETBIT: {
-      uint64_t byte = (uint64_t)req->n1 >> 3;
+      uint64_t byte = (uint64_t)req->n1 >> 3; /* n1 >= 0: the front end checks */
       int bit = byte < len ? (s->p[byte] >> (7 - (req->n1 & 7))) & 1 : 0;
       out_number(o, bit);
       return;
     }
     case COLL_SETBIT: {
       size_t byte = (size_t)((uint64_t)req->n1 >> 3);
+      if (req->n1 < 0 || (req->bytes_max && (uint64_t)byte + 1 > req->bytes_max) ||
+          (int64_t)byte + 1 > COLL_STRING_BYTES_MAX) {
+        out_error(o, GRID_EVALTOOBIG, "string exceeds maximum allowed size (value_bytes_max)");
+        return;
+      }
       unsigned char *b = string_grow(c, byte + 1);
       if (!b) {
         out_error(o, GRID_ENOMEM, "out of memory");
@@ -886,8 +895,30 @@ static void run_string(const coll_req_t *req, coll_vec_t *c, int exists, coll_ou
   }
 }
 
+/* The arguments a command needs at least (the front end checks Redis's
+ * arity; a request from elsewhere is checked here). */
+static size_t coll_args_min(int cmd) {
+  switch (cmd) {
+    case COLL_HSET: case COLL_HSETNX: case COLL_HINCRBYFLOAT: case COLL_LINSERT: return 2;
+    case COLL_HGET: case COLL_HMGET: case COLL_HDEL: case COLL_HEXISTS: case COLL_HSTRLEN:
+    case COLL_HINCRBY: case COLL_SADD: case COLL_SREM: case COLL_SISMEMBER: case COLL_SMISMEMBER:
+    case COLL_SMOVE: case COLL_LPUSH: case COLL_RPUSH: case COLL_LPUSHX: case COLL_RPUSHX:
+    case COLL_LSET: case COLL_LREM: case COLL_LPOS: case COLL_INCRBYFLOAT: case COLL_SETRANGE:
+      return 1;
+    default: return 0;
+  }
+}
+
+static int coll_args_ok(const coll_req_t *req, coll_out_t *out) {
+  if (req->nargs >= coll_args_min(req->cmd) && (req->cmd != COLL_HSET || req->nargs % 2 == 0))
+    return 1;
+  out_error(out, GRID_EINVAL, "wrong number of arguments");
+  return 0;
+}
+
 void coll_run(const coll_req_t *req, coll_vec_t *c, int exists, coll_out_t *out) {
   memset(out, 0, sizeof *out);
+  if (!coll_args_ok(req, out)) return;
   switch (coll_cmd_type(req->cmd)) {
     case GRID_TYPE_STRING: run_string(req, c, exists, out); return;
     case GRID_TYPE_HASH: run_hash(req, c, exists, out); return;
@@ -972,6 +1003,11 @@ static void run_lmove(const coll_req_t *req, coll_vec_t *const *v, const int *ex
 void coll_run_keys(const coll_req_t *req, coll_vec_t *const *v, const int *exists, size_t n,
                    coll_out_t *out) {
   memset(out, 0, sizeof *out);
+  if (!coll_args_ok(req, out)) return;
+  if (n < 2 && req->cmd != COLL_SINTER && req->cmd != COLL_SUNION && req->cmd != COLL_SDIFF) {
+    out_error(out, GRID_EINVAL, "wrong number of keys");
+    return;
+  }
   switch (req->cmd) {
     case COLL_SINTER: case COLL_SUNION: case COLL_SDIFF:
       if (set_algebra(req->cmd, v, n, req->cmd != COLL_SINTER, &out->items) != 0)

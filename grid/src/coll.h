@@ -144,6 +144,9 @@ typedef struct coll_req {
    * small one. */
   int (*match)(void *ctx, const void *p, size_t len);
   void *match_ctx;
+  uint64_t bytes_max;        /* SETRANGE, SETBIT: the string's size at most
+                                (value_bytes_max), refused before it is
+                                made; 0: Redis's 512 MB */
 } coll_req_t;
 
 /* What a command answers. nils[i] marks an item that is a nil (HMGET). */

@@ -908,7 +908,8 @@ static void ops_coll(node_t *n, store_cache_t *c, const Grid__Request *rq, Grid_
     return;
   }
   coll_req_t req = {.cmd = cmd, .args = args, .nargs = rq->n_values, .n1 = rq->delta,
-                    .n2 = rq->n2, .n3 = rq->n3, .flags = (int)rq->coll_flags, .rand = ops_rand};
+                    .n2 = rq->n2, .n3 = rq->n3, .flags = (int)rq->coll_flags, .rand = ops_rand,
+                    .bytes_max = (uint64_t)n->cfg.value_bytes_max};
   if ((req.flags & COLL_F_MATCH) && req.nargs > 0) {
     req.match = ops_coll_match;
     req.match_ctx = &rq->values[0];

@@ -325,6 +325,12 @@ static long resp_value(const unsigned char *p, size_t len, int depth, const char
   switch (p[0]) {
     case '+': case '-':
       return (long)head;
+    case '_': /* RESP3 (after HELLO 3): the null */
+      if (ll != 0) {
+        *why = "a RESP3 null with bytes after it";
+        return RESP_BAD;
+      }
+      return (long)head;
     case ':':
       if (resp_int(p + 1, ll, &v) != 0) {
         *why = "an integer reply that is not an integer";
@@ -343,11 +349,12 @@ static long resp_value(const unsigned char *p, size_t len, int depth, const char
         return RESP_BAD;
       }
       return (long)(head + v + 2);
-    case '*': {
-      if (resp_int(p + 1, ll, &v) != 0 || v < -1) {
+    case '*': case '%': case '~': case '>': { /* RESP3: map (pairs), set, push */
+      if (resp_int(p + 1, ll, &v) != 0 || v < -1 || (p[0] != '*' && v < 0)) {
         *why = "an array length that is not -1 or a count";
         return RESP_BAD;
       }
+      if (p[0] == '%') v *= 2;
       size_t off = head;
       for (long long i = 0; i < v; i++) {
         long e = resp_value(p + off, len - off, depth + 1, why);

@@ -4,7 +4,8 @@
  * Input: byte 0 is a control byte, the rest goes to the RESP port as is.
  *   bits 4..7  cut the rest into sends of 2^(k-1) bytes (0: one send), so
  *              that the parser also sees commands arrive in small reads
- * Every reply must be well-formed RESP2, and no simple string or error line
+ * Every reply must be well-formed RESP2 (RESP3 once HELLO 3 asked for it),
+ * and no simple string or error line
  * may hold a CR or LF (the check aborts otherwise). The store is brought
  * back to one empty "default" cache after each input.
  */

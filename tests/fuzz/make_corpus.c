@@ -16,6 +16,7 @@
 
 #include "frame.h"
 #include "grid.pb-c.h"
+#include "coll.h"
 #include "pmap.h"
 
 static const char *root;
@@ -453,6 +454,46 @@ static void resp(const char *cmds_file) {
   put_str(&b, "*2\r\n$3\r\nFOO\r\n$6\r\na\r\n:12\r\n");
   save("fuzz_resp", "regress-error-injection", &b);
 
+  /* Known bug: a random pick that may repeat, with a count of -2^63+1,
+   * looped for ever on the node's loop (now bounded by batch_keys_max). */
+  put_byte(&b, 0x00);
+  CMD(&b, "SADD", "s", "m");
+  CMD(&b, "SRANDMEMBER", "s", "-9223372036854775807");
+  CMD(&b, "HSET", "h", "f", "v");
+  CMD(&b, "HRANDFIELD", "h", "-9223372036854775807", "WITHVALUES");
+  CMD(&b, "PING");
+  save("fuzz_resp", "regress-random-pick-unbounded", &b);
+
+  /* Transactions, collections and RESP3. */
+  put_byte(&b, 0x00);
+  CMD(&b, "WATCH", "w");
+  CMD(&b, "MULTI");
+  CMD(&b, "HSET", "h", "a", "1", "b", "2");
+  CMD(&b, "HINCRBYFLOAT", "h", "a", "0.5");
+  CMD(&b, "RPUSH", "l", "x", "y");
+  CMD(&b, "LMOVE", "l", "l2", "LEFT", "RIGHT");
+  CMD(&b, "SADD", "s", "1", "2");
+  CMD(&b, "SINTERSTORE", "d", "s", "s");
+  CMD(&b, "NOSUCH");
+  CMD(&b, "EXEC");
+  CMD(&b, "MULTI");
+  CMD(&b, "SETRANGE", "str", "3", "abc");
+  CMD(&b, "SETBIT", "str", "100", "1");
+  CMD(&b, "GETEX", "str", "PX", "100000");
+  CMD(&b, "EXEC");
+  CMD(&b, "SCAN", "0", "MATCH", "*", "COUNT", "5", "TYPE", "hash");
+  CMD(&b, "KEYS", "*");
+  CMD(&b, "HELLO", "3");
+  CMD(&b, "HGETALL", "h");
+  CMD(&b, "SMEMBERS", "s");
+  CMD(&b, "GET", "nokey");
+  CMD(&b, "SUBSCRIBE", "ch");
+  CMD(&b, "GET", "nokey");
+  CMD(&b, "CONFIG", "GET", "*");
+  CMD(&b, "RESET");
+  CMD(&b, "FLUSHALL");
+  save("fuzz_resp", "seed-transactions-collections-resp3", &b);
+
   /* Known bug: a multibulk of 20,000 one-byte arguments arriving in small
    * reads was parsed again from its start on every read (quadratic). */
   put_byte(&b, 0x70); /* 64-byte sends */
@@ -861,6 +902,58 @@ static void peer(const char *cmds_file) {
   save("fuzz_peer", "regress-empty-key-value", &b);
 }
 
+/* ---- coll ------------------------------------------------------------------ */
+
+/* fuzz_coll's input: command index, flags, n1..n3, arguments, the value. */
+static void coll_seed(const char *name, unsigned char cmd_index, uint16_t flags, int64_t n1,
+                      int64_t n2, const char *const *args, int nargs, const coll_vec_t *value,
+                      const char *raw) {
+  buf_t b = {0};
+  put_byte(&b, cmd_index);
+  put_byte(&b, (unsigned char)(flags & 0xff));
+  put_byte(&b, (unsigned char)(flags >> 8));
+  int64_t ns[3] = {n1, n2, 0};
+  for (int k = 0; k < 3; k++)
+    for (int i = 0; i < 8; i++) put_byte(&b, (unsigned char)((uint64_t)ns[k] >> (8 * i)));
+  put_byte(&b, (unsigned char)nargs);
+  for (int i = 0; i < nargs; i++) {
+    put_byte(&b, (unsigned char)strlen(args[i]));
+    put_str(&b, args[i]);
+  }
+  if (value) {
+    size_t len;
+    unsigned char *v = coll_encode(value, &len);
+    if (!v) die("coll_encode");
+    put(&b, v, len);
+    free(v);
+  } else if (raw) {
+    put_str(&b, raw);
+  }
+  save("fuzz_coll", name, &b);
+}
+
+static void coll_seeds(void) {
+  coll_item_t items[6] = {{(const unsigned char *)"f1", 2}, {(const unsigned char *)"v1", 2},
+                          {(const unsigned char *)"2", 1},  {(const unsigned char *)"10", 2},
+                          {(const unsigned char *)"", 0},   {(const unsigned char *)"x", 1}};
+  coll_vec_t v = {.v = items, .n = 6, .cap = 6};
+  const char *fv[] = {"f2", "v2"}, *one[] = {"2"}, *two[] = {"2", "new"};
+  /* indexes into fuzz_coll's command table */
+  coll_seed("seed-hset", 0, 0, 0, 0, fv, 2, &v, NULL);
+  coll_seed("seed-hincrbyfloat", 12, 0, 0, 0, two, 2, &v, NULL);
+  coll_seed("seed-hrandfield", 13, COLL_F_COUNT | COLL_F_WITHVALUES, -5, 0, NULL, 0, &v, NULL);
+  coll_seed("seed-sadd", 15, 0, 0, 0, fv, 2, &v, NULL);
+  coll_seed("seed-spop", 21, COLL_F_COUNT, 3, 0, NULL, 0, &v, NULL);
+  coll_seed("seed-sunionstore", 28, 0, 0, 0, NULL, 0, &v, NULL);
+  coll_seed("seed-lrange", 37, 0, -100, 100, NULL, 0, &v, NULL);
+  coll_seed("seed-linsert", 43, COLL_F_AFTER, 0, 0, two, 2, &v, NULL);
+  coll_seed("seed-lpos", 44, COLL_F_RANK | COLL_F_COUNT, -1, 0, one, 1, &v, NULL);
+  coll_seed("seed-lmove", 45, COLL_F_FROM_RIGHT, 0, 0, NULL, 0, &v, NULL);
+  coll_seed("seed-setrange", 47, 0, 7, 0, one, 1, NULL, "hello");
+  coll_seed("seed-bitcount", 50, COLL_F_RANGE | COLL_F_BITS, 3, -2, NULL, 0, NULL, "foobar");
+  coll_seed("seed-truncated", 2, 0, 0, 0, one, 1, NULL, "\x05\x02" "f1" "\x02");
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     fprintf(stderr, "usage: %s CORPUS_DIR [resp_commands.txt]\n", argv[0]);
@@ -872,6 +965,7 @@ int main(int argc, char **argv) {
   native();
   resp(cmds);
   pmap_seeds();
+  coll_seeds();
   reply();
   peer(cmds);
   return 0;
