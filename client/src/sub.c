@@ -740,6 +740,7 @@ static int sub_local_change(void *ctx, const embedded_change_t *ch) {
   e.counter = ch->counter;
   e.version = ch->version;
   e.op = ch->how & 0x7f; /* CHANGE_HOW_OP: the op, without the new-key bit */
+  if (e.op >= 64) e.op = GRID__OP__COLL; /* NOTIFY_HOW_EVENT: a collection command's */
   e.key.data = (uint8_t *)ch->key;
   e.key.len = ch->key_len;
   if (ch->kind == 1) {

@@ -855,11 +855,14 @@ static void run_string(const coll_req_t *req, coll_vec_t *c, int exists, coll_ou
         out_error(o, GRID_ENOMEM, "out of memory");
         return;
       }
-      int shift = 7 - (int)(req->n1 & 7);
-      out_number(o, (b[byte] >> shift) & 1);
+      int shift = 7 - (int)(req->n1 & 7), old = (b[byte] >> shift) & 1;
+      size_t had = exists && s ? len : 0;
+      out_number(o, old);
       if (req->n2) b[byte] = (unsigned char)(b[byte] | (1u << shift));
       else b[byte] = (unsigned char)(b[byte] & ~(1u << shift));
-      o->write = COLL_PUT;
+      /* As Redis 7: a bit that does not change, in a string that did not
+       * grow, is no write (no event). */
+      if (old != (req->n2 != 0) || byte >= had) o->write = COLL_PUT;
       return;
     }
     case COLL_GETEX:

@@ -91,6 +91,11 @@ static void keyspace_change(loop_t *lp, int db, const change_t *ch) {
     case CHANGE_DELETE:
       keyspace_publish(lp, db, flags, notify_event_of(op, NOTIFY_CHANGE_DELETE), ch->key,
                        ch->key_len);
+      /* A collection command that left it empty: its event, then "del"
+       * (RENAME's source: rename_from alone), as Redis. */
+      if (op >= NOTIFY_HOW_EVENT && op != NOTIFY_HOW_EVENT + NOTIFY_EV_RENAME_FROM)
+        keyspace_publish(lp, db, flags, notify_event_of(GRID__OP__DELETE, NOTIFY_CHANGE_DELETE),
+                         ch->key, ch->key_len);
       return;
     case CHANGE_PUT:
       break;

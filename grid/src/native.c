@@ -14,6 +14,7 @@
 #include "node.h"
 #include "op.h"
 #include "pmap.h"
+#include "notify.h"
 #include "ops.h"
 #include "route.h"
 #include "sink.h"
@@ -249,6 +250,7 @@ static int native_event(void *ctx, stream_sub_t *s, uint32_t p, int what, const 
                                           : GRID__EVENT_KIND__EVENT_DELETE;
     ev.version = ch->version;
     ev.op = ch->how & CHANGE_HOW_OP;
+    if (ev.op >= NOTIFY_HOW_EVENT) ev.op = GRID__OP__COLL; /* a collection command's */
     ev.key.data = (uint8_t *)ch->key;
     ev.key.len = ch->key_len;
     if (ch->kind == CHANGE_PUT) {

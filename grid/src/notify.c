@@ -69,7 +69,38 @@ int notify_wanted(unsigned flags, unsigned cls) {
   return (flags & (NOTIFY_KEYSPACE | NOTIFY_KEYEVENT)) != 0 && (flags & cls) != 0;
 }
 
+/* The events of NOTIFY_HOW_EVENT + n, Redis's names and classes. */
+static const notify_event_t notify_coll_events[NOTIFY_EV_COUNT] = {
+    [NOTIFY_EV_HSET] = {"hset", NOTIFY_HASH},
+    [NOTIFY_EV_HDEL] = {"hdel", NOTIFY_HASH},
+    [NOTIFY_EV_HINCRBY] = {"hincrby", NOTIFY_HASH},
+    [NOTIFY_EV_HINCRBYFLOAT] = {"hincrbyfloat", NOTIFY_HASH},
+    [NOTIFY_EV_SADD] = {"sadd", NOTIFY_SET},
+    [NOTIFY_EV_SREM] = {"srem", NOTIFY_SET},
+    [NOTIFY_EV_SPOP] = {"spop", NOTIFY_SET},
+    [NOTIFY_EV_SINTERSTORE] = {"sinterstore", NOTIFY_SET},
+    [NOTIFY_EV_SUNIONSTORE] = {"sunionstore", NOTIFY_SET},
+    [NOTIFY_EV_SDIFFSTORE] = {"sdiffstore", NOTIFY_SET},
+    [NOTIFY_EV_LPUSH] = {"lpush", NOTIFY_LIST},
+    [NOTIFY_EV_RPUSH] = {"rpush", NOTIFY_LIST},
+    [NOTIFY_EV_LPOP] = {"lpop", NOTIFY_LIST},
+    [NOTIFY_EV_RPOP] = {"rpop", NOTIFY_LIST},
+    [NOTIFY_EV_LSET] = {"lset", NOTIFY_LIST},
+    [NOTIFY_EV_LREM] = {"lrem", NOTIFY_LIST},
+    [NOTIFY_EV_LTRIM] = {"ltrim", NOTIFY_LIST},
+    [NOTIFY_EV_LINSERT] = {"linsert", NOTIFY_LIST},
+    [NOTIFY_EV_INCRBYFLOAT] = {"incrbyfloat", NOTIFY_STRING},
+    [NOTIFY_EV_SETRANGE] = {"setrange", NOTIFY_STRING},
+    [NOTIFY_EV_SETBIT] = {"setbit", NOTIFY_STRING},
+    [NOTIFY_EV_RENAME_FROM] = {"rename_from", NOTIFY_GENERIC},
+    [NOTIFY_EV_RENAME_TO] = {"rename_to", NOTIFY_GENERIC},
+    [NOTIFY_EV_COPY_TO] = {"copy_to", NOTIFY_GENERIC},
+};
+
 notify_event_t notify_event_of(int op, notify_change_t change) {
+  if (op >= NOTIFY_HOW_EVENT && op < NOTIFY_HOW_EVENT + NOTIFY_EV_COUNT &&
+      (change == NOTIFY_CHANGE_PUT || change == NOTIFY_CHANGE_DELETE))
+    return notify_coll_events[op - NOTIFY_HOW_EVENT]; /* a delete: the command's, then "del" */
   switch (change) {
     case NOTIFY_CHANGE_EXPIRED:
       return (notify_event_t){"expired", NOTIFY_EXPIRED};

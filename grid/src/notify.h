@@ -77,6 +77,20 @@ typedef enum {
  * on redis-server 7.0.15, as every name here). */
 notify_event_t notify_event_of(int op, notify_change_t change);
 
+/* A write of a hash, list or set command (or a string one changed in place)
+ * names its event instead of an op: its "how" is NOTIFY_HOW_EVENT + the
+ * event (ops.c picks it per key; the change streams show such a write as
+ * op COLL). */
+#define NOTIFY_HOW_EVENT 64
+enum {
+  NOTIFY_EV_HSET, NOTIFY_EV_HDEL, NOTIFY_EV_HINCRBY, NOTIFY_EV_HINCRBYFLOAT, NOTIFY_EV_SADD,
+  NOTIFY_EV_SREM, NOTIFY_EV_SPOP, NOTIFY_EV_SINTERSTORE, NOTIFY_EV_SUNIONSTORE,
+  NOTIFY_EV_SDIFFSTORE, NOTIFY_EV_LPUSH, NOTIFY_EV_RPUSH, NOTIFY_EV_LPOP, NOTIFY_EV_RPOP,
+  NOTIFY_EV_LSET, NOTIFY_EV_LREM, NOTIFY_EV_LTRIM, NOTIFY_EV_LINSERT, NOTIFY_EV_INCRBYFLOAT,
+  NOTIFY_EV_SETRANGE, NOTIFY_EV_SETBIT, NOTIFY_EV_RENAME_FROM, NOTIFY_EV_RENAME_TO,
+  NOTIFY_EV_COPY_TO, NOTIFY_EV_COUNT,
+};
+
 /* The channels an event is published on, NUL-terminated; each returns the
  * length it needs (without the NUL), as snprintf does, so a key that does
  * not fit is seen. */

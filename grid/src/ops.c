@@ -9,6 +9,7 @@
 #include "glob.h"
 #include "grid_types.h"
 #include "log.h"
+#include "notify.h"
 #include "op.h"
 #include "part.h"
 
@@ -727,6 +728,44 @@ static int ops_coll_reply(const coll_out_t *o, Grid__Reply *rp, arena_t *a) {
   return 0;
 }
 
+/* What a collection command's write of its key-th key is called, for
+ * keyspace notifications (notify.h: NOTIFY_HOW_EVENT + the event). */
+static uint8_t ops_coll_how(int cmd, int key, int flags) {
+  int ev;
+  switch (cmd) {
+    case COLL_HSET: case COLL_HSETNX: ev = NOTIFY_EV_HSET; break;
+    case COLL_HDEL: ev = NOTIFY_EV_HDEL; break;
+    case COLL_HINCRBY: ev = NOTIFY_EV_HINCRBY; break;
+    case COLL_HINCRBYFLOAT: ev = NOTIFY_EV_HINCRBYFLOAT; break;
+    case COLL_SADD: ev = NOTIFY_EV_SADD; break;
+    case COLL_SREM: ev = NOTIFY_EV_SREM; break;
+    case COLL_SPOP: ev = NOTIFY_EV_SPOP; break;
+    case COLL_SINTERSTORE: ev = NOTIFY_EV_SINTERSTORE; break;
+    case COLL_SUNIONSTORE: ev = NOTIFY_EV_SUNIONSTORE; break;
+    case COLL_SDIFFSTORE: ev = NOTIFY_EV_SDIFFSTORE; break;
+    case COLL_SMOVE: ev = key ? NOTIFY_EV_SADD : NOTIFY_EV_SREM; break;
+    case COLL_LPUSH: case COLL_LPUSHX: ev = NOTIFY_EV_LPUSH; break;
+    case COLL_RPUSH: case COLL_RPUSHX: ev = NOTIFY_EV_RPUSH; break;
+    case COLL_LPOP: ev = NOTIFY_EV_LPOP; break;
+    case COLL_RPOP: ev = NOTIFY_EV_RPOP; break;
+    case COLL_LMOVE:
+      if (key) ev = (flags & COLL_F_TO_RIGHT) ? NOTIFY_EV_RPUSH : NOTIFY_EV_LPUSH;
+      else ev = (flags & COLL_F_FROM_RIGHT) ? NOTIFY_EV_RPOP : NOTIFY_EV_LPOP;
+      break;
+    case COLL_LSET: ev = NOTIFY_EV_LSET; break;
+    case COLL_LREM: ev = NOTIFY_EV_LREM; break;
+    case COLL_LTRIM: ev = NOTIFY_EV_LTRIM; break;
+    case COLL_LINSERT: ev = NOTIFY_EV_LINSERT; break;
+    case COLL_INCRBYFLOAT: ev = NOTIFY_EV_INCRBYFLOAT; break;
+    case COLL_SETRANGE: ev = NOTIFY_EV_SETRANGE; break;
+    case COLL_SETBIT: ev = NOTIFY_EV_SETBIT; break;
+    case COLL_RENAME: case COLL_RENAMENX: ev = key ? NOTIFY_EV_RENAME_TO : NOTIFY_EV_RENAME_FROM; break;
+    case COLL_COPY: ev = NOTIFY_EV_COPY_TO; break;
+    default: return GRID__OP__COLL;
+  }
+  return (uint8_t)(NOTIFY_HOW_EVENT + ev);
+}
+
 /* Writes a collection's key as a command left it: its items (type), or
  * nothing (removed). replace: the key is made anew (no expiry kept). */
 static int ops_coll_write(node_t *n, store_cache_t *c, const store_key_t *k, int what,
@@ -812,7 +851,7 @@ static int ops_move(node_t *n, store_cache_t *c, const store_key_t *ks, const Gr
    * while it has not passed). */
   uint64_t ttl = expire_at ? (uint64_t)(expire_at > now ? expire_at - now : 1) : 0;
   store_write_t w = {.op = STORE_PUT, .value = v, .value_len = vlen, .ttl_ms = ttl,
-                     .type = type, .how = (uint8_t)GRID__OP__PUT};
+                     .type = type, .how = ops_coll_how(cmd, 1, 0)};
   store_result_t res = {0};
   rc = store_write_rec(c, &ks[1], &w, now, &res, applied, ctx);
   if (rc != 0) return rc;
@@ -824,7 +863,7 @@ static int ops_move(node_t *n, store_cache_t *c, const store_key_t *ks, const Gr
   }
   rp->version = res.version;
   if (cmd != COLL_COPY) {
-    store_write_t d = {.op = STORE_DELETE, .how = (uint8_t)GRID__OP__DELETE};
+    store_write_t d = {.op = STORE_DELETE, .how = ops_coll_how(cmd, 0, 0)};
     rc = store_write_rec(c, &ks[0], &d, now, &res, applied, ctx);
     if (rc != 0) return rc;
   }
@@ -972,12 +1011,12 @@ static void ops_coll(node_t *n, store_cache_t *c, const Grid__Request *rq, Grid_
       rp->status = out.status;
       rp->message = (char *)out.err; /* Redis's words: the front ends show them */
     } else {
-      rc = ops_coll_write(n, c, &ks[0], out.write, vp[0], type, store_form, (uint8_t)rq->op,
-                          applied, ctx, &version);
+      rc = ops_coll_write(n, c, &ks[0], out.write, vp[0], type, store_form,
+                          ops_coll_how(cmd, 0, req.flags), applied, ctx, &version);
       if (rc == 0 && out.write == COLL_EXPIRE)
         rc = ops_coll_expire(c, &ks[0], rq, &out, applied, ctx, &version);
       if (rc == 0 && nk > 1)
-        rc = ops_coll_write(n, c, &ks[1], out.write2, vp[1], type, 0, (uint8_t)rq->op, applied,
+        rc = ops_coll_write(n, c, &ks[1], out.write2, vp[1], type, 0, ops_coll_how(cmd, 1, req.flags), applied,
                             ctx, &version);
       if (rc != 0) ops_reply_error(rp, rc, rc == GRID_EVALTOOBIG ? "the collection would pass "
                                    "value_bytes_max" : NULL, a);

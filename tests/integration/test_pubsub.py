@@ -251,6 +251,36 @@ KEYSPACE_BATCH = [
     ("EXPIRE", "ks:missing", "100"),
     ("EXPIRE", "ks:g", "-1"),              # deletes
     ("DEL", "ks:b", "ks:c", "ks:missing"),
+    # hashes, sets, lists, strings changed in place: their own events, and
+    # "del" after the command that leaves a collection empty
+    ("HSET", "ks:hh", "a", "1", "b", "2"),
+    ("HSETNX", "ks:hh", "a", "x"),         # not set: no event
+    ("HINCRBY", "ks:hh", "n", "2"),
+    ("HINCRBYFLOAT", "ks:hh", "f", "1.5"),
+    ("HDEL", "ks:hh", "a", "b", "n", "f"),
+    ("SADD", "ks:s", "1", "2"),
+    ("SREM", "ks:s", "1"),
+    ("SPOP", "ks:s"),
+    ("RPUSH", "ks:l", "a", "b", "c"),
+    ("LPUSHX", "ks:l", "z"),
+    ("LPOP", "ks:l"),
+    ("RPOP", "ks:l"),
+    ("LSET", "ks:l", "0", "q"),
+    ("LINSERT", "ks:l", "BEFORE", "q", "p"),
+    ("LREM", "ks:l", "1", "p"),
+    ("RPUSH", "ks:l2", "x"),
+    ("LMOVE", "ks:l2", "ks:l", "LEFT", "RIGHT"),
+    ("LTRIM", "ks:l", "5", "6"),
+    ("SADD", "ks:s2", "a"),
+    ("SADD", "ks:s3", "a", "b"),
+    ("SINTERSTORE", "ks:s4", "ks:s2", "ks:s3"),
+    ("SMOVE", "ks:s2", "ks:s3", "a"),
+    ("SET", "ks:str", "hello"),
+    ("SETRANGE", "ks:str", "1", "a"),
+    ("SETBIT", "ks:str", "1", "1"),
+    ("INCRBYFLOAT", "ks:fl", "1.5"),
+    ("RENAME", "ks:str", "ks:str2"),
+    ("COPY", "ks:str2", "ks:str3"),
     ("SET", "ks:j", "v", "PX", "100"),     # expires soon
     ("SET", "ks:end", "1"),
 ]
@@ -277,7 +307,8 @@ def keyspace_steps(port, flags_list):
             msgs = collect(sub, b"ks:end", b"(never)", timeout=1.0)
         res["events"] = events_by_key(msgs)
         w.call("DEL", *[k for k in res["events"]])   # the next round starts alike
-        w.call("DEL", "ks:a", "ks:d", "ks:f", "ks:h", "ks:i", "ks:end")
+        w.call("DEL", "ks:a", "ks:d", "ks:f", "ks:h", "ks:i", "ks:end", "ks:s3", "ks:s4", "ks:fl",
+               "ks:str2", "ks:str3", "ks:l", "ks:l2", "ks:s", "ks:s2", "ks:hh")
         collect(sub, b"(none)", b"(never)", timeout=1.0)  # and hears nothing of it
         out[flags] = res
     sub.close()
