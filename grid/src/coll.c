@@ -819,7 +819,11 @@ static void run_string(const coll_req_t *req, coll_vec_t *c, int exists, coll_ou
         out_number(o, (int64_t)len);
         return;
       }
-      if (req->n1 + (int64_t)v->len > COLL_STRING_BYTES_MAX) {
+      if (req->n1 < 0) { /* the RESP front end says so first; a native request too */
+        out_error(o, GRID_EINVAL, "offset is out of range");
+        return;
+      }
+      if (req->n1 > COLL_STRING_BYTES_MAX - (int64_t)v->len) {
         out_error(o, GRID_EINVAL, "string exceeds maximum allowed size (proto-max-bulk-len)");
         return;
       }

@@ -951,6 +951,10 @@ static void coll_seeds(void) {
   coll_seed("seed-lmove", 45, COLL_F_FROM_RIGHT, 0, 0, NULL, 0, &v, NULL);
   coll_seed("seed-setrange", 47, 0, 7, 0, one, 1, NULL, "hello");
   coll_seed("seed-bitcount", 50, COLL_F_RANGE | COLL_F_BITS, 3, -2, NULL, 0, NULL, "foobar");
+  /* Known bug (found by fuzz_coll): SETRANGE at a negative offset, which
+   * only the RESP front end refused, wrote before the string (a native
+   * request reaches coll directly). */
+  coll_seed("regress-setrange-negative-offset", 47, 0, -1, 0, one, 1, NULL, "hello");
   coll_seed("seed-truncated", 2, 0, 0, 0, one, 1, NULL, "\x05\x02" "f1" "\x02");
 }
 
