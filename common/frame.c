@@ -92,3 +92,41 @@ void frame_buf_free(frame_buf_t *b) {
   b->data = NULL;
   b->len = b->cap = 0;
 }
+
+static int frame_varint(const unsigned char *p, size_t len, size_t *at, uint64_t *out) {
+  uint64_t v = 0;
+  for (int shift = 0; shift < 64 && *at < len; shift += 7) {
+    unsigned char b = p[(*at)++];
+    v |= (uint64_t)(b & 0x7f) << shift;
+    if (!(b & 0x80)) {
+      *out = v;
+      return 0;
+    }
+  }
+  return -1;
+}
+
+int frame_nesting_ok(const unsigned char *buf, size_t len, unsigned field, int depth_max) {
+  size_t at = 0;
+  while (at < len) {
+    uint64_t key, n;
+    if (frame_varint(buf, len, &at, &key) != 0) return 1;
+    switch (key & 7) {
+      case 0:
+        if (frame_varint(buf, len, &at, &n) != 0) return 1;
+        break;
+      case 1: at += 8; break;
+      case 5: at += 4; break;
+      case 2:
+        if (frame_varint(buf, len, &at, &n) != 0 || n > len - at) return 1;
+        if ((key >> 3) == field &&
+            (depth_max <= 0 || !frame_nesting_ok(buf + at, (size_t)n, field, depth_max - 1)))
+          return 0;
+        at += (size_t)n;
+        break;
+      default:
+        return 1; /* groups: protobuf-c refuses them */
+    }
+  }
+  return 1;
+}

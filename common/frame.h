@@ -86,4 +86,13 @@ frame_result_t frame_buf_next(const frame_buf_t *b, size_t *off,
 void frame_buf_consume(frame_buf_t *b, size_t off);
 void frame_buf_free(frame_buf_t *b);
 
+/* Request.steps (EXEC's) and Reply.steps are messages of their own type:
+ * protobuf-c unpacks nesting by recursion, so a frame of steps within steps
+ * would run a thread out of stack. Whether the message in buf nests its
+ * field `field` at most depth_max deep (1: steps, but no steps in them).
+ * Malformed bytes pass (the unpack refuses them). */
+#define FRAME_FIELD_REQUEST_STEPS 37
+#define FRAME_FIELD_REPLY_STEPS 19
+int frame_nesting_ok(const unsigned char *buf, size_t len, unsigned field, int depth_max);
+
 #endif

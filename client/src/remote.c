@@ -328,7 +328,9 @@ static void remote_fail_slots(remote_t *r, uint64_t gen, int expired_only) {
 }
 
 static void remote_on_reply(remote_t *r, const unsigned char *p, size_t len) {
-  Grid__Reply *rp = grid__reply__unpack(NULL, len, p);
+  Grid__Reply *rp = frame_nesting_ok(p, len, FRAME_FIELD_REPLY_STEPS, 1)
+                        ? grid__reply__unpack(NULL, len, p)
+                        : NULL;
   if (!rp) return; /* a reply we cannot read: its caller will time out */
   remote_done_t d;
   int async = 0, mine;

@@ -563,6 +563,10 @@ static int native_route(conn_t *c, Grid__Request *rq) {
  * frame is not consumed), else 0. */
 static int native_on_request(conn_t *c, const unsigned char *p, size_t len) {
   loop_t *lp = c->lp;
+  if (!frame_nesting_ok(p, len, FRAME_FIELD_REQUEST_STEPS, 1)) {
+    native_fail(c, GRID_EPROTO, "a request's steps hold steps of their own");
+    return 0;
+  }
   Grid__Request *rq = grid__request__unpack(&lp->arena.pb, len, p);
   if (!rq) {
     native_fail(c, GRID_EPROTO, "a request frame does not decode as a Request");

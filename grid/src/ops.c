@@ -770,7 +770,7 @@ static uint8_t ops_coll_how(int cmd, int key, int flags) {
  * nothing (removed). replace: the key is made anew (no expiry kept). */
 static int ops_coll_write(node_t *n, store_cache_t *c, const store_key_t *k, int what,
                           const coll_vec_t *v, int type, int replace, uint8_t how,
-                          store_applied_fn applied, void *ctx, uint64_t *version) {
+                          store_applied_fn applied, void *ctx, int64_t now, uint64_t *version) {
   if (what == COLL_KEEP || what == COLL_EXPIRE) return 0; /* ops_coll_expire's */
   store_write_t w = {.op = what == COLL_PUT ? STORE_PUT : STORE_DELETE, .keep_ttl = !replace,
                      .type = (uint8_t)type, .how = how};
@@ -789,7 +789,9 @@ static int ops_coll_write(node_t *n, store_cache_t *c, const store_key_t *k, int
   } else {
     w.value = buf;
     w.value_len = len;
-    rc = store_write_rec(c, k, &w, clock_wall_ms(), &res, applied, ctx);
+    /* The clock the entry was read with: a key that expired since would
+     * otherwise come back as new, without its expiry. */
+    rc = store_write_rec(c, k, &w, now, &res, applied, ctx);
     if (rc == GRID_ENOTFOUND && what == COLL_DELETE) rc = 0; /* a STORE of nothing */
   }
   free(buf);
@@ -973,6 +975,7 @@ static void ops_coll(node_t *n, store_cache_t *c, const Grid__Request *rq, Grid_
   }
   coll_out_t out = {0};
   int rc = 0;
+  int64_t now = clock_wall_ms();
   for (size_t i = 0; i < nk && rc == 0; i++) {
     exists[i] = 0;
     if (same[i] != i) {
@@ -984,7 +987,7 @@ static void ops_coll(node_t *n, store_cache_t *c, const Grid__Request *rq, Grid_
     size_t vlen = 0;
     uint64_t ver;
     uint8_t have = 0;
-    rc = store_get_typed(c, &ks[i], STORE_NOW_LAZY, ops_arena_alloc, a, &v, &vlen, &ver, &have);
+    rc = store_get_typed(c, &ks[i], now, ops_arena_alloc, a, &v, &vlen, &ver, &have);
     if (rc == GRID_ENOTFOUND) {
       rc = 0;
       continue;
@@ -1011,13 +1014,16 @@ static void ops_coll(node_t *n, store_cache_t *c, const Grid__Request *rq, Grid_
       rp->status = out.status;
       rp->message = (char *)out.err; /* Redis's words: the front ends show them */
     } else {
-      rc = ops_coll_write(n, c, &ks[0], out.write, vp[0], type, store_form,
-                          ops_coll_how(cmd, 0, req.flags), applied, ctx, &version);
+      /* A STORE form that leaves nothing only deletes (Redis's "del"). */
+      uint8_t how0 = store_form && out.write == COLL_DELETE ? (uint8_t)GRID__OP__DELETE
+                                                             : ops_coll_how(cmd, 0, req.flags);
+      rc = ops_coll_write(n, c, &ks[0], out.write, vp[0], type, store_form, how0, applied, ctx,
+                          now, &version);
       if (rc == 0 && out.write == COLL_EXPIRE)
         rc = ops_coll_expire(c, &ks[0], rq, &out, applied, ctx, &version);
       if (rc == 0 && nk > 1)
-        rc = ops_coll_write(n, c, &ks[1], out.write2, vp[1], type, 0, ops_coll_how(cmd, 1, req.flags), applied,
-                            ctx, &version);
+        rc = ops_coll_write(n, c, &ks[1], out.write2, vp[1], type, 0,
+                            ops_coll_how(cmd, 1, req.flags), applied, ctx, now, &version);
       if (rc != 0) ops_reply_error(rp, rc, rc == GRID_EVALTOOBIG ? "the collection would pass "
                                    "value_bytes_max" : NULL, a);
       else rp->version = version;

@@ -138,7 +138,9 @@ static void peer_fail(peer_t *p, const char *why) {
 }
 
 static void peer_on_reply(peer_t *p, const unsigned char *buf, size_t len) {
-  Grid__Reply *rp = grid__reply__unpack(NULL, len, buf);
+  Grid__Reply *rp = frame_nesting_ok(buf, len, FRAME_FIELD_REPLY_STEPS, 1)
+                        ? grid__reply__unpack(NULL, len, buf)
+                        : NULL;
   if (!rp) {
     peer_fail(p, "a reply does not decode");
     return;

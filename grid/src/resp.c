@@ -1599,7 +1599,7 @@ static void resp_unsubscribe(conn_t *c, const char *kind, int pattern, resp_arg_
   if (*held == 0) slot_sub_line(s, kind, NULL, pubsub_client_count(&r->ps));
   while (*held) {
     pubsub_name_t first = pattern ? r->ps.patterns[0] : r->ps.channels[0];
-    slot_put(s, "*3\r\n", 4);
+    slot_agg(s, '>', 3); /* RESP3: a push */
     slot_bulk(s, kind, strlen(kind));
     slot_bulk(s, first.bytes, first.len); /* before the name is freed */
     pubsub_unsubscribe(ps, &r->ps, first.bytes, first.len, pattern);
@@ -1971,6 +1971,10 @@ static void done_exec(resp_job_t *job) {
     slot_null_array(job->slot);
     return;
   }
+  for (size_t k = 0; k < x->tx->n; k++) { /* the commands answered here, in order */
+    resp_queued_t *q = &x->tx->q[k];
+    if (q->cmd->op == GRID__OP__OP_NONE) q->cmd->run(job->c, q->cmd, q->argv, q->argc, &x->parts[k]);
+  }
   slot_printf(job->slot, "*%zu\r\n", x->tx->n);
   for (size_t k = 0; k < x->tx->n; k++) slot_put_slot(job->slot, &x->parts[k]);
 }
@@ -2125,10 +2129,13 @@ static void cmd_exec(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int arg
     slot_fail(s);
     return;
   }
-  /* Each queued command runs as it would alone, its requests gathered. */
+  /* Each queued command runs as it would alone, its requests gathered;
+   * one answered here (PING, PUBLISH, CLIENT SETNAME, ...) runs once the
+   * transaction did (done_exec), and not at all when it did not. */
   r->collect = x;
   for (x->current = 0; x->current < tx->n; x->current++) {
     resp_queued_t *q = &tx->q[x->current];
+    if (q->cmd->op == GRID__OP__OP_NONE) continue;
     q->cmd->run(c, q->cmd, q->argv, q->argc, &x->parts[x->current]);
   }
   r->collect = NULL;
@@ -2241,6 +2248,13 @@ static void resp_tx_add(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int 
       cmd->run == cmd_msetnx || cmd->run == cmd_walk) {
     snprintf(line, sizeof line, "ERR %s inside MULTI is not supported by grid: run it before "
              "MULTI or after EXEC", cmd->name);
+    slot_error(s, line);
+    tx->dirty = 1;
+    return;
+  }
+  if ((int64_t)tx->n >= n->cfg.batch_keys_max) {
+    snprintf(line, sizeof line, "ERR transaction too large: more than batch_keys_max (%lld) "
+             "commands", (long long)n->cfg.batch_keys_max);
     slot_error(s, line);
     tx->dirty = 1;
     return;
@@ -2932,7 +2946,8 @@ static void reply_walk(resp_job_t *job, size_t i, const Grid__Reply *rp) {
 /* acc's keys (bulks) as a request's keys. */
 static ProtobufCBinaryData *resp_walk_keys(resp_job_t *job) {
   resp_walk_t *w = job->walk;
-  ProtobufCBinaryData *ks = arena_alloc(&job->c->lp->arena, w->nacc * sizeof *ks);
+  if (w->acc.failed) return NULL; /* keys missing from acc: out of memory */
+  ProtobufCBinaryData *ks = malloc((w->nacc ? w->nacc : 1) * sizeof *ks);
   if (!ks) return NULL;
   const char *at = w->acc.buf;
   for (size_t k = 0; k < w->nacc; k++) {
@@ -2966,7 +2981,8 @@ static void resp_walk_send(resp_job_t *job) {
         break;
       }
       rq.n_keys = w->nacc;
-      resp_job_submit(job, 1, &rq);
+      resp_job_submit(job, 1, &rq); /* sent (or answered) before it returns */
+      free(rq.keys);
       continue;
     }
     rq.op = GRID__OP__SCAN;
@@ -2977,6 +2993,9 @@ static void resp_walk_send(resp_job_t *job) {
                : w->kind == WALK_SCAN ? (uint32_t)(w->count > w->nacc ? w->count - w->nacc : 1)
                                       : (uint32_t)job->c->lp->node->cfg.scan_count_max;
     resp_job_submit(job, 0, &rq);
+    /* A single node answered the page in the loop's arena: nothing of it is
+     * kept (keys go to acc), so a walk of any size takes one page's room. */
+    if (job->embedded) arena_reset(&job->c->lp->arena);
   } while (w->again && !job->status);
   w->sending = 0;
 }
@@ -3040,6 +3059,7 @@ static int scan_options(resp_arg_t *argv, int argc, resp_walk_t *w, uint64_t *cu
       }
       w->count = (uint64_t)count;
     } else if (arg_is(&argv[i], "match")) {
+      free(w->match); /* the last MATCH counts, as Redis */
       w->match_len = argv[i + 1].len;
       if (!(w->match = malloc(w->match_len + 1))) return -2;
       memcpy(w->match, argv[i + 1].p, w->match_len);
@@ -3109,6 +3129,9 @@ static void cmd_walk(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int arg
     return;
   }
   job->walk = w;
+  /* A flush must be over before the commands after it run (a pipelined
+   * SET after FLUSHDB survives it); the other walks answer in order anyway. */
+  if (w->kind == WALK_FLUSH) resp_job_hold_state(job);
   resp_walk_send(job);
   resp_job_sent(job);
 }

@@ -1134,8 +1134,8 @@ int store_write_batch(store_cache_t *c, store_batch_op_t *ops, size_t n, int64_t
     store_count_write(p, version);
     uint8_t h = (uint8_t)(how | (op->existed ? 0 : CHANGE_HOW_NEW));
     if (keep)
-      store_keep(s, p, CHANGE_PUT, h, ne->data, ne->key_len, ne->data + ne->key_len, op->type,
-                 ne->value_len, version, ne->expire_at_ms);
+      store_keep(s, p, CHANGE_PUT, h, ne->data, ne->key_len, ne->data + ne->key_len,
+                 ne->value_len, op->type, version, ne->expire_at_ms);
     if (applied)
       applied(ctx, ne->data, ne->key_len, ne->data + ne->key_len, ne->value_len, op->type, version,
               ne->expire_at_ms);

@@ -303,6 +303,36 @@ static void native(void) {
   put_rq(&b, 4, GRID__OP__GET_AND_PUT, "k", "");
   put_rq(&b, 5, GRID__OP__GET, "k", NULL);
   save("fuzz_native", "regress-empty-value", &b);
+
+  /* Known bug (found in review): EXEC's steps are Requests, and protobuf-c
+   * unpacks nesting by recursion: 60,000 levels of steps within steps ran
+   * the loop thread out of stack. Refused before the unpack now. */
+  put_byte(&b, 0x01);
+  {
+    size_t levels = 60000, cap = levels * 5 + 16, len = 0;
+    unsigned char *deep = malloc(cap);
+    if (!deep) die("malloc");
+    for (size_t i = 0; i < levels; i++) { /* inside out, at the end of deep */
+      unsigned char hdr[8];
+      size_t h = 0;
+      hdr[h++] = 0xaa; /* field 37 (steps), length-delimited */
+      hdr[h++] = 0x02;
+      for (size_t v = len;; v >>= 7) {
+        hdr[h++] = (unsigned char)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+        if (v <= 0x7f) break;
+      }
+      memmove(deep + cap - len - h, hdr, h);
+      len += h;
+    }
+    unsigned char hdr[4], op[4] = {0x08, 0x01, 0x10, GRID__OP__EXEC}; /* id 1, op EXEC */
+    frame_put_header(hdr, (uint32_t)(len + sizeof op));
+    put(&b, hdr, 4);
+    put(&b, op, sizeof op);
+    put(&b, deep + cap - len, len);
+    free(deep);
+  }
+  put_rq(&b, 2, GRID__OP__PING, NULL, NULL);
+  save("fuzz_native", "regress-steps-nested-deep", &b);
 }
 
 /* ---- RESP ------------------------------------------------------------------ */

@@ -805,8 +805,53 @@ static void test_arena_alloc_overflow(void) {
   arena_close(&a);
 }
 
+/* Steps may not hold steps: protobuf-c unpacks nesting by recursion, so a
+ * frame of steps within steps would run the thread out of stack; the check
+ * runs on the bytes before the unpack. */
+static void test_steps_nesting(void) {
+  Grid__Request inner = GRID__REQUEST__INIT, step = GRID__REQUEST__INIT,
+                exec = GRID__REQUEST__INIT;
+  inner.op = GRID__OP__GET;
+  Grid__Request *inner_p = &inner, *step_p = &step;
+  step.op = GRID__OP__GET;
+  exec.op = GRID__OP__EXEC;
+  exec.steps = &step_p;
+  exec.n_steps = 1;
+  unsigned char buf[256];
+  size_t n = grid__request__pack(&exec, buf);
+  CHECK(frame_nesting_ok(buf, n, FRAME_FIELD_REQUEST_STEPS, 1));
+  step.steps = &inner_p; /* a step with a step of its own */
+  step.n_steps = 1;
+  n = grid__request__pack(&exec, buf);
+  CHECK(!frame_nesting_ok(buf, n, FRAME_FIELD_REQUEST_STEPS, 1));
+  CHECK(frame_nesting_ok(buf, n, FRAME_FIELD_REQUEST_STEPS, 2));
+  /* A million levels, made by hand: refused without recursing a million
+   * times, in a bounded number of steps. */
+  size_t levels = 1000000, cap = levels * 6 + 16, len = 0;
+  unsigned char *deep = malloc(cap);
+  CHECK(deep);
+  for (size_t i = 0; i < levels; i++) { /* from the inside out, at the end of deep */
+    unsigned char hdr[8];
+    size_t h = 0;
+    hdr[h++] = 0xaa; /* field 37, length-delimited: (37 << 3 | 2) as a varint */
+    hdr[h++] = 0x02;
+    for (size_t v = len; ; v >>= 7) {
+      hdr[h++] = (unsigned char)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+      if (v <= 0x7f) break;
+    }
+    memmove(deep + cap - len - h, hdr, h);
+    len += h;
+  }
+  CHECK(!frame_nesting_ok(deep + cap - len, len, FRAME_FIELD_REQUEST_STEPS, 1));
+  free(deep);
+  /* Malformed bytes pass: the unpack refuses them. */
+  const unsigned char junk[] = {0xaa, 0x02, 0x7f};
+  CHECK(frame_nesting_ok(junk, sizeof junk, FRAME_FIELD_REQUEST_STEPS, 1));
+}
+
 int main(void) {
   RUN(test_need_more);
+  RUN(test_steps_nesting);
   RUN(test_exact_and_back_to_back);
   RUN(test_zero_length);
   RUN(test_too_big);
