@@ -7,6 +7,8 @@
 #include <string.h>
 #include <sys/types.h>
 
+#include <xxhash.h>
+
 #include "grid_types.h"
 #include "num.h"
 
@@ -76,6 +78,83 @@ static unsigned char *vec_keep(coll_vec_t *c, const void *p, size_t n) {
 
 static int item_eq(const coll_item_t *a, const void *p, size_t len) {
   return a->len == len && (len == 0 || memcmp(a->p, p, len) == 0);
+}
+
+/* ---- an index of a vector's items (every stride-th) ------------------------
+ *
+ * A command that looks up k items in a collection of n, or removes k from
+ * it, builds one (O(n)) instead of k linear searches (O(k n)): a client's
+ * one command of a million arguments must not stall a loop for hours. */
+typedef struct coll_index {
+  uint32_t *slot;  /* an item's position + 1; 0 empty */
+  size_t mask;
+  size_t used;
+  const coll_vec_t *c;
+  size_t stride;
+} coll_index_t;
+
+static uint64_t item_hash(const void *p, size_t len) { return XXH3_64bits(p, len); }
+
+static void index_free(coll_index_t *ix) {
+  free(ix->slot);
+  ix->slot = NULL;
+}
+
+static void index_put(coll_index_t *ix, size_t pos) {
+  const coll_item_t *it = &ix->c->v[pos];
+  size_t i = item_hash(it->p, it->len) & ix->mask;
+  while (ix->slot[i]) i = (i + 1) & ix->mask;
+  ix->slot[i] = (uint32_t)(pos + 1);
+  ix->used++;
+}
+
+/* Indexes c's items 0, stride, 2 stride, ...: 0, or -1 out of memory. */
+static int index_build(coll_index_t *ix, const coll_vec_t *c, size_t stride, size_t more) {
+  size_t want = (c->n / stride + more) * 2 + 16, cap = 16;
+  while (cap < want) cap *= 2;
+  if (c->n + more >= UINT32_MAX) return -1;
+  ix->slot = calloc(cap, sizeof *ix->slot);
+  if (!ix->slot) return -1;
+  ix->mask = cap - 1;
+  ix->used = 0;
+  ix->c = c;
+  ix->stride = stride;
+  for (size_t i = 0; i + stride - 1 < c->n; i += stride) index_put(ix, i);
+  return 0;
+}
+
+/* An item added at pos (after the build): 0, or -1 out of memory. */
+static int index_add(coll_index_t *ix, size_t pos) {
+  if ((ix->used + 1) * 2 > ix->mask + 1) { /* grow: index everything again */
+    coll_index_t bigger;
+    if (index_build(&bigger, ix->c, ix->stride, ix->used + 1) != 0) return -1;
+    index_free(ix);
+    *ix = bigger;
+    return 0; /* pos is in the vector already: the build took it */
+  }
+  index_put(ix, pos);
+  return 0;
+}
+
+/* The position of an item equal to p, or -1. */
+static ssize_t index_find(const coll_index_t *ix, const void *p, size_t len) {
+  size_t i = item_hash(p, len) & ix->mask;
+  for (; ix->slot[i]; i = (i + 1) & ix->mask) {
+    size_t pos = ix->slot[i] - 1;
+    if (item_eq(&ix->c->v[pos], p, len)) return (ssize_t)pos;
+  }
+  return -1;
+}
+
+/* Removes every item (and the stride-1 after it) marked in gone, keeping
+ * the others' order: one pass. */
+static void vec_compact(coll_vec_t *c, const unsigned char *gone, size_t stride) {
+  size_t w = 0;
+  for (size_t i = 0; i < c->n; i += stride) {
+    if (gone[i]) continue;
+    for (size_t k = 0; k < stride && i + k < c->n; k++) c->v[w++] = c->v[i + k];
+  }
+  c->n = w;
 }
 
 /* ---- the encoding ---------------------------------------------------------- */
@@ -377,19 +456,55 @@ static void rand_pick(const coll_req_t *req, const coll_vec_t *c, size_t step, i
   free(idx);
 }
 
+/* HDEL, SREM: the arguments' items removed (with their values: stride 2)
+ * in one pass; the number removed. */
+static void removed_of(const coll_req_t *req, coll_vec_t *c, size_t stride, coll_out_t *o) {
+  coll_index_t ix;
+  unsigned char *gone = calloc(c->n ? c->n : 1, 1);
+  if (!gone || index_build(&ix, c, stride, 0) != 0) {
+    free(gone);
+    out_error(o, GRID_ENOMEM, "out of memory");
+    return;
+  }
+  int64_t removed = 0;
+  for (size_t i = 0; i < req->nargs; i++) {
+    ssize_t at = index_find(&ix, req->args[i].p, req->args[i].len);
+    if (at < 0 || gone[at]) continue;
+    gone[at] = 1;
+    removed++;
+  }
+  index_free(&ix);
+  if (removed) vec_compact(c, gone, stride);
+  free(gone);
+  out_number(o, removed);
+  if (removed) out_changed(o, c);
+}
+
 static void run_hash(const coll_req_t *req, coll_vec_t *c, int exists, coll_out_t *o) {
   const coll_item_t *a = req->args;
   switch (req->cmd) {
     case COLL_HSET: {
       int64_t added = 0;
+      coll_index_t ix;
+      if (index_build(&ix, c, 2, req->nargs / 2) != 0) {
+        out_error(o, GRID_ENOMEM, "out of memory");
+        return;
+      }
       for (size_t i = 0; i + 1 < req->nargs; i += 2) {
-        int r = hash_set(c, &a[i], &a[i + 1]);
-        if (r < 0) {
+        ssize_t at = index_find(&ix, a[i].p, a[i].len);
+        if (at >= 0) {
+          c->v[at + 1] = a[i + 1];
+          continue;
+        }
+        if (vec_push(c, a[i].p, a[i].len) != 0 || vec_push(c, a[i + 1].p, a[i + 1].len) != 0 ||
+            index_add(&ix, c->n - 2) != 0) {
+          index_free(&ix);
           out_error(o, GRID_ENOMEM, "out of memory");
           return;
         }
-        added += r;
+        added++;
       }
+      index_free(&ix);
       out_number(o, added);
       out_changed(o, c);
       return;
@@ -411,26 +526,22 @@ static void run_hash(const coll_req_t *req, coll_vec_t *c, int exists, coll_out_
       out_value(o, at >= 0 ? &c->v[at + 1] : NULL);
       return;
     }
-    case COLL_HMGET:
+    case COLL_HMGET: {
+      coll_index_t ix;
+      if (index_build(&ix, c, 2, 0) != 0) {
+        out_error(o, GRID_ENOMEM, "out of memory");
+        return;
+      }
       for (size_t i = 0; i < req->nargs; i++) {
-        ssize_t at = hash_find(c, &a[i]);
+        ssize_t at = index_find(&ix, a[i].p, a[i].len);
         if (out_item_nil(o, at >= 0 ? c->v[at + 1].p : NULL, at >= 0 ? c->v[at + 1].len : 0,
                          at < 0) != 0)
-          return;
+          break;
       }
-      return;
-    case COLL_HDEL: {
-      int64_t removed = 0;
-      for (size_t i = 0; i < req->nargs; i++) {
-        ssize_t at = hash_find(c, &a[i]);
-        if (at < 0) continue;
-        vec_remove(c, (size_t)at, 2);
-        removed++;
-      }
-      out_number(o, removed);
-      if (removed) out_changed(o, c);
+      index_free(&ix);
       return;
     }
+    case COLL_HDEL: removed_of(req, c, 2, o); return;
     case COLL_HEXISTS: out_number(o, hash_find(c, &a[0]) >= 0); return;
     case COLL_HLEN: out_number(o, (int64_t)(c->n / 2)); return;
     case COLL_HSTRLEN: {
@@ -494,36 +605,48 @@ static int set_add(coll_vec_t *c, const coll_item_t *m, int *ints) {
   return vec_push(c, m->p, m->len);
 }
 
+static int int_item_cmp(const void *a, const void *b) {
+  const coll_item_t *x = a, *y = b;
+  int64_t u = 0, v = 0;
+  coll_parse_i64(x->p, x->len, &u);
+  coll_parse_i64(y->p, y->len, &v);
+  return u < v ? -1 : u > v;
+}
+
+/* Adds the items not in c yet, each once, through an index (the members
+ * of c are unique): appended, then the set sorted numerically when every
+ * member is an integer. The number added, or -1 out of memory. */
+static int64_t set_add_all(coll_vec_t *c, const coll_item_t *items, size_t n) {
+  coll_index_t ix;
+  if (index_build(&ix, c, 1, n) != 0) return -1;
+  int64_t added = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (index_find(&ix, items[i].p, items[i].len) >= 0) continue;
+    if (vec_push(c, items[i].p, items[i].len) != 0 || index_add(&ix, c->n - 1) != 0) {
+      index_free(&ix);
+      return -1;
+    }
+    added++;
+  }
+  index_free(&ix);
+  if (added && set_all_ints(c)) qsort(c->v, c->n, sizeof *c->v, int_item_cmp);
+  return added;
+}
+
 static void run_set(const coll_req_t *req, coll_vec_t *c, int exists, coll_out_t *o) {
   const coll_item_t *a = req->args;
   switch (req->cmd) {
     case COLL_SADD: {
-      int ints = set_all_ints(c);
-      int64_t added = 0;
-      for (size_t i = 0; i < req->nargs; i++) {
-        if (set_find(c, a[i].p, a[i].len) >= 0) continue;
-        if (set_add(c, &a[i], &ints) != 0) {
-          out_error(o, GRID_ENOMEM, "out of memory");
-          return;
-        }
-        added++;
+      int64_t added = set_add_all(c, a, req->nargs);
+      if (added < 0) {
+        out_error(o, GRID_ENOMEM, "out of memory");
+        return;
       }
       out_number(o, added);
       if (added) out_changed(o, c);
       return;
     }
-    case COLL_SREM: {
-      int64_t removed = 0;
-      for (size_t i = 0; i < req->nargs; i++) {
-        ssize_t at = set_find(c, a[i].p, a[i].len);
-        if (at < 0) continue;
-        vec_remove(c, (size_t)at, 1);
-        removed++;
-      }
-      out_number(o, removed);
-      if (removed) out_changed(o, c);
-      return;
-    }
+    case COLL_SREM: removed_of(req, c, 1, o); return;
     case COLL_SMEMBERS: case COLL_SSCAN:
       o->array = 1;
       for (size_t i = 0; i < c->n; i++) {
@@ -534,14 +657,21 @@ static void run_set(const coll_req_t *req, coll_vec_t *c, int exists, coll_out_t
       }
       return;
     case COLL_SISMEMBER: out_number(o, set_find(c, a[0].p, a[0].len) >= 0); return;
-    case COLL_SMISMEMBER:
+    case COLL_SMISMEMBER: {
+      coll_index_t ix;
+      if (index_build(&ix, c, 1, 0) != 0) {
+        out_error(o, GRID_ENOMEM, "out of memory");
+        return;
+      }
       o->array = 1;
       for (size_t i = 0; i < req->nargs; i++) {
-        char d = set_find(c, a[i].p, a[i].len) >= 0 ? '1' : '0';
+        int in = index_find(&ix, a[i].p, a[i].len) >= 0;
         /* numbers: items of "0" / "1" the front end answers as integers */
-        if (out_item(o, d == '1' ? "1" : "0", 1) != 0) return;
+        if (out_item(o, in ? "1" : "0", 1) != 0) break;
       }
+      index_free(&ix);
       return;
+    }
     case COLL_SCARD: out_number(o, (int64_t)c->n); return;
     case COLL_SPOP: {
       if (!(req->flags & COLL_F_COUNT)) {
@@ -555,14 +685,33 @@ static void run_set(const coll_req_t *req, coll_vec_t *c, int exists, coll_out_t
         out_changed(o, c);
         return;
       }
+      /* Distinct picks (a shuffled prefix), removed in one pass. */
       o->array = 1;
-      uint64_t want = (uint64_t)req->n1;
-      while (want-- > 0 && c->n > 0) {
-        size_t i = (size_t)(req->rand(req->rand_ctx) % c->n);
-        if (out_item(o, c->v[i].p, c->v[i].len) != 0) return;
-        vec_remove(c, i, 1);
+      size_t want = (uint64_t)req->n1 < c->n ? (size_t)req->n1 : c->n;
+      if (want == 0) return;
+      size_t *idx = malloc(c->n * sizeof *idx);
+      unsigned char *gone = calloc(c->n, 1);
+      if (!idx || !gone) {
+        free(idx);
+        free(gone);
+        out_error(o, GRID_ENOMEM, "out of memory");
+        return;
       }
-      if (o->items.n) out_changed(o, c);
+      for (size_t i = 0; i < c->n; i++) idx[i] = i;
+      int failed = 0;
+      for (size_t k = 0; k < want && !failed; k++) {
+        size_t j = k + (size_t)(req->rand(req->rand_ctx) % (c->n - k)), t = idx[k];
+        idx[k] = idx[j];
+        idx[j] = t;
+        gone[idx[k]] = 1;
+        failed = out_item(o, c->v[idx[k]].p, c->v[idx[k]].len) != 0;
+      }
+      if (!failed) {
+        vec_compact(c, gone, 1);
+        out_changed(o, c);
+      }
+      free(idx);
+      free(gone);
       return;
     }
     case COLL_SRANDMEMBER:
@@ -621,13 +770,14 @@ static void list_pop(const coll_req_t *req, coll_vec_t *c, int exists, coll_out_
     return;
   }
   o->array = 1;
-  uint64_t want = (uint64_t)req->n1;
-  while (want-- > 0 && c->n > 0) {
-    size_t at = left ? 0 : c->n - 1;
+  size_t want = (uint64_t)req->n1 < c->n ? (size_t)req->n1 : c->n;
+  for (size_t k = 0; k < want; k++) { /* from the end popped: nearest first */
+    size_t at = left ? k : c->n - 1 - k;
     if (out_item(o, c->v[at].p, c->v[at].len) != 0) return;
-    vec_remove(c, at, 1);
   }
-  if (o->items.n) out_changed(o, c);
+  if (!want) return;
+  vec_remove(c, left ? 0 : c->n - want, want); /* one move, not one per element */
+  out_changed(o, c);
 }
 
 static void list_pos(const coll_req_t *req, const coll_vec_t *c, coll_out_t *o) {
@@ -669,12 +819,18 @@ static void run_list(const coll_req_t *req, coll_vec_t *c, int exists, coll_out_
       /* fall through */
     case COLL_LPUSH: case COLL_RPUSH: {
       int left = req->cmd == COLL_LPUSH || req->cmd == COLL_LPUSHX;
-      for (size_t i = 0; i < req->nargs; i++) {
-        if (vec_insert(c, left ? 0 : c->n, a[i].p, a[i].len) != 0) {
-          out_error(o, GRID_ENOMEM, "out of memory");
-          return;
-        }
+      size_t k = req->nargs;
+      if (vec_room(c, k) != 0) {
+        out_error(o, GRID_ENOMEM, "out of memory");
+        return;
       }
+      if (left) { /* one move; the last argument ends up first, as Redis */
+        memmove(&c->v[k], &c->v[0], c->n * sizeof *c->v);
+        for (size_t i = 0; i < k; i++) c->v[k - 1 - i] = a[i];
+      } else {
+        for (size_t i = 0; i < k; i++) c->v[c->n + i] = a[i];
+      }
+      c->n += k;
       out_number(o, (int64_t)c->n);
       out_changed(o, c);
       return;
@@ -712,23 +868,19 @@ static void run_list(const coll_req_t *req, coll_vec_t *c, int exists, coll_out_
       /* count > 0 from the head, < 0 from the tail, 0 every one */
       int64_t want = req->n1;
       uint64_t limit = want < 0 ? (uint64_t)(-(want + 1)) + 1 : (uint64_t)want, removed = 0;
-      if (want >= 0) {
-        for (size_t i = 0; i < c->n && (want == 0 || removed < limit);) {
-          if (item_eq(&c->v[i], a[0].p, a[0].len)) {
-            vec_remove(c, i, 1);
-            removed++;
-          } else {
-            i++;
-          }
-        }
-      } else {
-        for (size_t k = c->n; k-- > 0 && removed < limit;) {
-          if (item_eq(&c->v[k], a[0].p, a[0].len)) {
-            vec_remove(c, k, 1);
-            removed++;
-          }
-        }
+      unsigned char *gone = calloc(c->n ? c->n : 1, 1);
+      if (!gone) {
+        out_error(o, GRID_ENOMEM, "out of memory");
+        return;
       }
+      for (size_t k = 0; k < c->n && (want == 0 || removed < limit); k++) {
+        size_t i = want >= 0 ? k : c->n - 1 - k;
+        if (!item_eq(&c->v[i], a[0].p, a[0].len)) continue;
+        gone[i] = 1;
+        removed++;
+      }
+      if (removed) vec_compact(c, gone, 1); /* one pass */
+      free(gone);
       out_number(o, (int64_t)removed);
       if (removed) out_changed(o, c);
       return;
@@ -942,32 +1094,36 @@ void coll_run(const coll_req_t *req, coll_vec_t *c, int exists, coll_out_t *out)
  * it), else as a set is kept (numeric order while every member is an
  * integer). */
 static int set_algebra(int kind, coll_vec_t *const *src, size_t n, int as_set, coll_vec_t *r) {
-  int ints = 1;
-  if (kind == COLL_SINTER) {
-    size_t m = 0;
-    for (size_t i = 1; i < n; i++)
-      if (src[i]->n < src[m]->n) m = i;
-    for (size_t k = 0; k < src[m]->n; k++) {
-      const coll_item_t *x = &src[m]->v[k];
-      int all = 1;
-      for (size_t i = 0; i < n && all; i++)
-        all = i == m || set_find(src[i], x->p, x->len) >= 0;
-      if (!all || set_find(r, x->p, x->len) >= 0) continue;
-      if ((as_set ? set_add(r, x, &ints) : vec_push(r, x->p, x->len)) != 0) return -1;
-    }
+  if (kind == COLL_SUNION) {
+    for (size_t i = 0; i < n; i++)
+      if (set_add_all(r, src[i]->v, src[i]->n) < 0) return -1;
     return 0;
   }
-  for (size_t i = 0; i < (kind == COLL_SDIFF ? 1 : n); i++) {
-    for (size_t k = 0; k < src[i]->n; k++) {
-      const coll_item_t *x = &src[i]->v[k];
-      if (set_find(r, x->p, x->len) >= 0) continue;
-      int out = 0;
-      for (size_t j = 1; kind == COLL_SDIFF && j < n && !out; j++)
-        out = set_find(src[j], x->p, x->len) >= 0;
-      if (!out && set_add(r, x, &ints) != 0) return -1;
+  /* INTER: the smallest source's members in every other; DIFF: the first
+   * source's in none of the others. Each other source gets an index. */
+  size_t m = 0;
+  if (kind == COLL_SINTER)
+    for (size_t i = 1; i < n; i++)
+      if (src[i]->n < src[m]->n) m = i;
+  coll_index_t *ix = calloc(n ? n : 1, sizeof *ix);
+  if (!ix) return -1;
+  int rc = 0;
+  for (size_t i = 0; i < n && rc == 0; i++)
+    if (i != m) rc = index_build(&ix[i], src[i], 1, 0);
+  for (size_t k = 0; k < src[m]->n && rc == 0; k++) {
+    const coll_item_t *x = &src[m]->v[k];
+    int keep = 1;
+    for (size_t i = 0; i < n && keep; i++) {
+      if (i == m) continue;
+      int in = index_find(&ix[i], x->p, x->len) >= 0;
+      keep = kind == COLL_SINTER ? in : !in;
     }
+    if (keep) rc = vec_push(r, x->p, x->len); /* src[m]'s members are unique */
   }
-  return 0;
+  for (size_t i = 0; i < n; i++) index_free(&ix[i]);
+  free(ix);
+  if (rc == 0 && as_set && r->n && set_all_ints(r)) qsort(r->v, r->n, sizeof *r->v, int_item_cmp);
+  return rc;
 }
 
 static void run_smove(const coll_req_t *req, coll_vec_t *const *v, coll_out_t *o) {
