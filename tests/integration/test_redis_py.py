@@ -9,18 +9,20 @@ Runs with Debian's /usr/bin/python3 (python3-redis is installed for it).
 Starts one redis-server and one gridd on 127.0.0.1 and stops exactly those
 by pid; restarts each once on its port (the reconnect step).
 
-What it covers: plain commands, pipelines with and without a transaction
-(redis-py's default pipeline() is MULTI/EXEC), errors inside a transaction,
-WATCH with the retry loop redis-py documents (a change from another
-connection forces one retry), r.transaction(), concurrent WATCH increments
-from several threads (none lost, none doubled), binary and large values,
-and a client that reconnects after its server restarted.
+What it covers: plain commands; hashes, sets and lists; pipelines with and
+without a transaction (redis-py's default pipeline() is MULTI/EXEC), errors
+inside a transaction, WATCH with the retry loop redis-py documents (a change
+from another connection forces one retry), r.transaction(), concurrent
+WATCH increments from several threads (none lost, none doubled); PubSub;
+binary and large values; databases; KEYS, scan_iter, RENAME, FLUSHDB and
+FLUSHALL; and a client that reconnects after its server restarted.
 """
 import os
 import shutil
 import sys
 import tempfile
 import threading
+import time
 
 import redis
 
@@ -223,6 +225,33 @@ def watch_steps(r, other, out):
     out.append(("concurrent total", outcome(lambda: r.get("py:c"))))
 
 
+def pubsub_steps(r, other, out):
+    """redis-py's PubSub: subscribe, a message from another connection, a
+    pattern, unsubscribe."""
+    p = r.pubsub()
+    try:
+        p.subscribe("py:ch")
+        p.psubscribe("py:c*")
+        got = []
+        deadline = time.monotonic() + SOCKET_TIMEOUT_S
+        while len(got) < 2 and time.monotonic() < deadline:  # the confirmations
+            m = p.get_message(timeout=1.0)
+            if m:
+                got.append((m["type"], m["channel"], m["data"]))
+        out.append(("pubsub confirmations", got))
+        out.append(("publish", outcome(lambda: other.publish("py:ch", "hello"))))
+        msgs = []
+        while len(msgs) < 2 and time.monotonic() < deadline:  # message and pmessage
+            m = p.get_message(timeout=1.0)
+            if m:
+                msgs.append((m["type"], m.get("pattern"), m["channel"], m["data"]))
+        out.append(("pubsub messages", sorted(msgs, key=str)))
+        p.unsubscribe()
+        p.punsubscribe()
+    finally:
+        p.close()
+
+
 def reconnect_steps(r, restart, out):
     out.append(("before restart", outcome(lambda: r.set("py:r", "1"))))
     restart()
@@ -243,6 +272,7 @@ def session(port, restart):
         types_steps(r, out)
         pipeline_steps(r, out)
         watch_steps(r, other, out)
+        pubsub_steps(r, other, out)
         reconnect_steps(r, restart, out)
         keyspace_steps(r, out)
     finally:
