@@ -94,3 +94,15 @@ def stop(procs):
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+def gridd_stops_cleanly(p, work):
+    """SIGTERM to a gridd still running: its exit status (a sanitizer's
+    report, a leak or a race, fails it), with its log's end when not 0."""
+    if p.poll() is not None:
+        return p.returncode if p.returncode is not None else -1
+    p.terminate()
+    rc = p.wait(timeout=30)
+    if rc != 0:
+        print(open(os.path.join(work, "gridd.log")).read()[-4000:])
+    return rc

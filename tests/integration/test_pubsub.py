@@ -21,13 +21,12 @@ import os
 import select
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from resp_servers import start_gridd, start_redis  # noqa: E402
+from resp_servers import gridd_stops_cleanly, start_gridd, start_redis, stop  # noqa: E402
 
 REPLY_TIMEOUT_S = 5.0      # one reply
 QUIET_S = 0.5              # no notification for this long: all have come
@@ -447,20 +446,10 @@ def main():
         check(any(rk[f]["events"] for f in flags_list), "redis raised keyspace events at all")
         grid_only_steps(gport)
         check(gp.poll() is None, "gridd still running")
-        # Stopped: a sanitizer's report (a leak, a race) fails its exit.
-        gp.terminate()
-        rc = gp.wait(timeout=30)
+        rc = gridd_stops_cleanly(gp, work)
         check(rc == 0, f"gridd stopped cleanly (exit status {rc})")
-        if rc != 0:
-            print(open(os.path.join(work, "gridd.log")).read()[-4000:])
     finally:
-        for p in procs:
-            p.terminate()
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop(procs)
         shutil.rmtree(work, ignore_errors=True)
     print(f"test_pubsub: {len(failures)} failed")
     sys.exit(1 if failures else 0)
