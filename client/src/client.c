@@ -415,28 +415,39 @@ static int client_hash_call(grid_t *g, const char *cache, const void *key, size_
   return rc;
 }
 
-int grid_hset(grid_t *g, const char *cache, const void *key, size_t key_len, size_t n,
-              const void *const *fields, const size_t *field_lens, const void *const *values,
-              const size_t *value_lens, size_t *added) {
+/* HSET, HDEL: n fields (and values), the number the node counted. */
+static int client_hash_count(grid_t *g, const char *cache, const void *key, size_t key_len,
+                             int cmd, const char *who, size_t n, const void *const *fields,
+                             const size_t *field_lens, const void *const *values,
+                             const size_t *value_lens, size_t *count) {
   if (n == 0) {
-    client_set_error("grid_hset: no field");
+    char words[64];
+    snprintf(words, sizeof words, "%s: no field", who);
+    client_set_error(words);
     return GRID_EINVAL;
   }
   client_reply_t r;
-  int rc = client_hash_call(g, cache, key, key_len, GRID__COLL_CMD__HSET, n, fields, field_lens, values,
-                            value_lens, 0, &r);
+  int rc = client_hash_call(g, cache, key, key_len, cmd, n, fields, field_lens, values, value_lens,
+                            0, &r);
   if (rc != 0) return rc;
-  if (added) *added = (size_t)r.rp->number;
+  if (count) *count = (size_t)r.rp->number;
   client_reply_free(&r);
   return 0;
+}
+
+int grid_hset(grid_t *g, const char *cache, const void *key, size_t key_len, size_t n,
+              const void *const *fields, const size_t *field_lens, const void *const *values,
+              const size_t *value_lens, size_t *added) {
+  return client_hash_count(g, cache, key, key_len, GRID__COLL_CMD__HSET, "grid_hset", n, fields,
+                           field_lens, values, value_lens, added);
 }
 
 int grid_hget(grid_t *g, const char *cache, const void *key, size_t key_len, const void *field,
               size_t field_len, grid_value_t *out) {
   memset(out, 0, sizeof *out);
   client_reply_t r;
-  int rc = client_hash_call(g, cache, key, key_len, GRID__COLL_CMD__HGET, 1, &field, &field_len, NULL,
-                            NULL, 0, &r);
+  int rc = client_hash_call(g, cache, key, key_len, GRID__COLL_CMD__HGET, 1, &field, &field_len,
+                            NULL, NULL, 0, &r);
   if (rc != 0) return rc;
   if (r.rp->found) rc = client_value_set(out, r.rp->value.data, r.rp->value.len, r.rp->version);
   client_reply_free(&r);
@@ -445,17 +456,8 @@ int grid_hget(grid_t *g, const char *cache, const void *key, size_t key_len, con
 
 int grid_hdel(grid_t *g, const char *cache, const void *key, size_t key_len, size_t n,
               const void *const *fields, const size_t *field_lens, size_t *removed) {
-  if (n == 0) {
-    client_set_error("grid_hdel: no field");
-    return GRID_EINVAL;
-  }
-  client_reply_t r;
-  int rc = client_hash_call(g, cache, key, key_len, GRID__COLL_CMD__HDEL, n, fields, field_lens, NULL,
-                            NULL, 0, &r);
-  if (rc != 0) return rc;
-  if (removed) *removed = (size_t)r.rp->number;
-  client_reply_free(&r);
-  return 0;
+  return client_hash_count(g, cache, key, key_len, GRID__COLL_CMD__HDEL, "grid_hdel", n, fields,
+                           field_lens, NULL, NULL, removed);
 }
 
 int grid_hgetall(grid_t *g, const char *cache, const void *key, size_t key_len,
@@ -463,8 +465,8 @@ int grid_hgetall(grid_t *g, const char *cache, const void *key, size_t key_len,
   *entries = NULL;
   *n = 0;
   client_reply_t r;
-  int rc = client_hash_call(g, cache, key, key_len, GRID__COLL_CMD__HGETALL, 0, NULL, NULL, NULL, NULL, 0,
-                            &r);
+  int rc = client_hash_call(g, cache, key, key_len, GRID__COLL_CMD__HGETALL, 0, NULL, NULL, NULL,
+                            NULL, 0, &r);
   if (rc != 0) return rc;
   size_t pairs = r.rp->n_entries / 2;
   grid_entry_t *list = calloc(pairs ? pairs : 1, sizeof *list);
@@ -493,8 +495,8 @@ int grid_hgetall(grid_t *g, const char *cache, const void *key, size_t key_len,
 int grid_hincrby(grid_t *g, const char *cache, const void *key, size_t key_len,
                  const void *field, size_t field_len, int64_t delta, int64_t *result) {
   client_reply_t r;
-  int rc = client_hash_call(g, cache, key, key_len, GRID__COLL_CMD__HINCRBY, 1, &field, &field_len, NULL,
-                            NULL, delta, &r);
+  int rc = client_hash_call(g, cache, key, key_len, GRID__COLL_CMD__HINCRBY, 1, &field,
+                            &field_len, NULL, NULL, delta, &r);
   if (rc != 0) return rc;
   if (result) *result = r.rp->number;
   client_reply_free(&r);

@@ -384,8 +384,11 @@ struct resp_cmd {
   resp_run_fn run;
   resp_reply_fn reply; /* for commands that send requests */
   resp_done_fn done;
-  int sub;             /* COLL: the collection command (coll.h) */
+  int sub;             /* COLL: the collection command (coll.h); the
+                          EXPIRE family: RESP_EXPIRE_* */
 };
+
+enum { RESP_EXPIRE_SECONDS = 1, RESP_EXPIRE_AT = 2 };
 
 /* ---- commands that become requests ------------------------------------------ */
 
@@ -977,8 +980,12 @@ static void cmd_decrby(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int a
 /* EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT: key, a time in unit_ms (from now,
  * or since 1970 with absolute), then Redis 7's NX | XX | GT | LT, checked
  * as Redis checks them: the options first, then the time. */
-static void run_expire(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
-                       resp_slot_t *s, int64_t unit_ms, int absolute) {
+/* EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT: the row's sub says which
+ * (RESP_EXPIRE_SECONDS, RESP_EXPIRE_AT). */
+static void cmd_expire(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                       resp_slot_t *s) {
+  int64_t unit_ms = (cmd->sub & RESP_EXPIRE_SECONDS) ? 1000 : 1;
+  int absolute = (cmd->sub & RESP_EXPIRE_AT) != 0;
   char line[RESP_ERROR_LINE_BYTES_MAX];
   int cond = 0;
   for (int i = 3; i < argc; i++) {
@@ -1018,26 +1025,6 @@ static void run_expire(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int a
   rq.expire_absolute = absolute;
   rq.cond = cond;
   resp_send_one(c, cmd, s, &rq, 0);
-}
-
-static void cmd_expire(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
-                       resp_slot_t *s) {
-  run_expire(c, cmd, argv, argc, s, 1000, 0);
-}
-
-static void cmd_pexpire(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
-                        resp_slot_t *s) {
-  run_expire(c, cmd, argv, argc, s, 1, 0);
-}
-
-static void cmd_expireat(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
-                         resp_slot_t *s) {
-  run_expire(c, cmd, argv, argc, s, 1000, 1);
-}
-
-static void cmd_pexpireat(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
-                          resp_slot_t *s) {
-  run_expire(c, cmd, argv, argc, s, 1, 1);
 }
 
 /* EXPIRETIME, PEXPIRETIME: the expiry's wall-clock time (TTL, absolute). */
@@ -3233,10 +3220,13 @@ static const resp_cmd_t resp_cmds[] = {
     {"getrange", 4, 0, RESP_OP(GET), RESP_KEYS_ONE, cmd_getrange, reply_getrange, NULL, 0},
     {"substr", 4, 0, RESP_OP(GET), RESP_KEYS_ONE, cmd_getrange, reply_getrange, NULL, 0},
     {"type", 2, 0, RESP_OP(TTL), RESP_KEYS_ONE, cmd_keys, reply_type, NULL, 0},
-    {"expire", -3, 0, RESP_OP(EXPIRE), RESP_KEYS_ONE, cmd_expire, reply_number, NULL, 0},
-    {"pexpire", -3, 0, RESP_OP(EXPIRE), RESP_KEYS_ONE, cmd_pexpire, reply_number, NULL, 0},
-    {"expireat", -3, 0, RESP_OP(EXPIRE), RESP_KEYS_ONE, cmd_expireat, reply_number, NULL, 0},
-    {"pexpireat", -3, 0, RESP_OP(EXPIRE), RESP_KEYS_ONE, cmd_pexpireat, reply_number, NULL, 0},
+    {"expire", -3, 0, RESP_OP(EXPIRE), RESP_KEYS_ONE, cmd_expire, reply_number, NULL,
+     RESP_EXPIRE_SECONDS},
+    {"pexpire", -3, 0, RESP_OP(EXPIRE), RESP_KEYS_ONE, cmd_expire, reply_number, NULL, 0},
+    {"expireat", -3, 0, RESP_OP(EXPIRE), RESP_KEYS_ONE, cmd_expire, reply_number, NULL,
+     RESP_EXPIRE_SECONDS | RESP_EXPIRE_AT},
+    {"pexpireat", -3, 0, RESP_OP(EXPIRE), RESP_KEYS_ONE, cmd_expire, reply_number, NULL,
+     RESP_EXPIRE_AT},
     {"expiretime", 2, 0, RESP_OP(TTL), RESP_KEYS_ONE, cmd_expiretime, reply_ttl, NULL, 0},
     {"pexpiretime", 2, 0, RESP_OP(TTL), RESP_KEYS_ONE, cmd_expiretime, reply_pttl, NULL, 0},
     {"persist", 2, 0, RESP_OP(EXPIRE), RESP_KEYS_ONE, cmd_persist, reply_number, NULL, 0},

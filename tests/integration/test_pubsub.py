@@ -129,17 +129,22 @@ class Client:
 
 # ---- the steps ---------------------------------------------------------------
 
+def transcript_call(out, cl, name, *args, replies=1):
+    """Sends a command on cl and puts its replies' raw bytes in out."""
+    cl.send(*args)
+    for i in range(replies):
+        r = cl.read()
+        out.append((name, " ".join(str(x) for x in args) + (f" [{i}]" if replies > 1 else ""),
+                    r[0] if r else b"(no reply)"))
+
+
 def pubsub_steps(port):
     """Pub/sub replies and messages, in the order they come: a transcript."""
     out = []
     a, b, c = Client(port), Client(port), Client(port)
 
     def call(cl, name, *args, replies=1):
-        cl.send(*args)
-        for i in range(replies):
-            r = cl.read()
-            out.append((name, " ".join(str(x) for x in args) + (f" [{i}]" if replies > 1 else ""),
-                        r[0] if r else b"(no reply)"))
+        transcript_call(out, cl, name, *args, replies=replies)
 
     def msg(cl, name, what):
         r = cl.read()
@@ -339,11 +344,7 @@ def resp3_steps(port):
     a, b = Client(port), Client(port)
 
     def call(cl, name, *args, replies=1):
-        cl.send(*args)
-        for i in range(replies):
-            r = cl.read()
-            out.append((name, " ".join(str(x) for x in args) + (f" [{i}]" if replies > 1 else ""),
-                        r[0] if r else b"(no reply)"))
+        transcript_call(out, cl, name, *args, replies=replies)
 
     a.send("HELLO", "3")
     hello = a.read()

@@ -40,16 +40,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_pong() { # PORT PID
-  local i
-  for ((i = 0; i < START_WAIT_STEPS; i++)); do
-    kill -0 "$2" 2>/dev/null || return 1
-    [ "$(timeout 2 redis-cli -h 127.0.0.1 -p "$1" PING 2>/dev/null)" = "PONG" ] && return 0
-    sleep 0.05
-  done
-  return 1
-}
+# free_port, wait_pong
+# shellcheck source=resp_servers.sh
+. "$(dirname "$0")/resp_servers.sh"
 
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" \

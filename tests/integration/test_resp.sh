@@ -61,23 +61,9 @@ cli() { # PORT ARGS... — one redis-cli call, typed (non-raw) output
   timeout "$CLI_TIMEOUT_S" redis-cli -h 127.0.0.1 -p "$port" --no-raw "$@"
 }
 
-free_port() {
-  if command -v python3 >/dev/null; then
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-  else
-    echo $((20000 + RANDOM % 40000))
-  fi
-}
-
-wait_pong() { # PORT PID — 0 once PORT answers PING, 1 if PID died or never answered
-  local i
-  for ((i = 0; i < START_WAIT_STEPS; i++)); do
-    kill -0 "$2" 2>/dev/null || return 1
-    [ "$(timeout 2 redis-cli -h 127.0.0.1 -p "$1" PING 2>/dev/null)" = "PONG" ] && return 0
-    sleep 0.05
-  done
-  return 1
-}
+# free_port, wait_pong
+# shellcheck source=resp_servers.sh
+. "$(dirname "$0")/resp_servers.sh"
 
 # --- Redis, on a free port; another process may take the port between the
 # probe and the bind, so a few attempts.

@@ -274,7 +274,7 @@ static void test_subscription_gap(grid_t *g, thing_store_t *ts) {
     int kl = snprintf(key, sizeof key, "{%.*s}", n, other);
     if (grid_partition_of(key, (size_t)kl, parts) == pa) break;
   }
-  /* Values of 2 KB ("<n>|xxx..."), so that what the subscriber leaves
+  /* Values of 2 KB ("<n>|" and filler), so that what the subscriber leaves
    * unread passes the sockets' buffers and the node's history. */
   char names[5][8];
   static char text[2048];
