@@ -30,8 +30,12 @@ static void usage(FILE *f) {
           "  create-cache NAME [--partitions N] [--backups N]\n"
           "               [--mode partitioned|replicated] [--sync full|primary]\n"
           "               [--ttl-ms N] [--read-from-backup on|off]\n"
+          "               [--persistence on|off] [--fsync always|never|every-ms=N]\n"
           "                                     create a cache (TTL: its default; an\n"
-          "                                     embedded member reads its backups)\n"
+          "                                     embedded member reads its backups;\n"
+          "                                     persistence: kept in each node's\n"
+          "                                     data_dir too, fsync: when a write is\n"
+          "                                     on disk, default always)\n"
           "  drop-cache NAME                    drop a cache and all its entries\n"
           "  stats                              entries, memory, ops served, connections\n"
           "  status [--json]                    cluster: nodes, coordinator, epoch, and\n"
@@ -150,14 +154,21 @@ static int cmd_caches(grid_t *g) {
   size_t n;
   int rc = grid_cache_list(g, &list, &n);
   if (rc) return fail("caches", rc);
-  printf("%-24s %10s %7s %-11s %-7s %s\n", "NAME", "PARTITIONS", "BACKUPS",
-         "MODE", "SYNC", "DEFAULT_TTL_MS");
-  for (size_t i = 0; i < n; i++)
-    printf("%-24s %10u %7u %-11s %-7s %" PRIu64 "\n", list[i].name,
+  printf("%-24s %10s %7s %-11s %-7s %14s %-11s %s\n", "NAME", "PARTITIONS", "BACKUPS",
+         "MODE", "SYNC", "DEFAULT_TTL_MS", "PERSISTENCE", "FSYNC");
+  for (size_t i = 0; i < n; i++) {
+    char fsync[32];
+    if (!list[i].persistence) snprintf(fsync, sizeof fsync, "-");
+    else if (list[i].fsync == GRID_FSYNC_NEVER) snprintf(fsync, sizeof fsync, "never");
+    else if (list[i].fsync == GRID_FSYNC_EVERY_MS)
+      snprintf(fsync, sizeof fsync, "every-ms=%u", list[i].fsync_every_ms);
+    else snprintf(fsync, sizeof fsync, "always");
+    printf("%-24s %10u %7u %-11s %-7s %14" PRIu64 " %-11s %s\n", list[i].name,
            list[i].partitions, list[i].backups,
            list[i].mode == GRID_MODE_REPLICATED ? "replicated" : "partitioned",
            list[i].sync == GRID_SYNC_PRIMARY ? "primary" : "full",
-           list[i].default_ttl_ms);
+           list[i].default_ttl_ms, list[i].persistence ? "on" : "off", fsync);
+  }
   grid_cache_list_free(list, n);
   return 0;
 }
@@ -191,11 +202,24 @@ static int cmd_create_cache(grid_t *g, int argc, char **argv) {
       cfg.read_from_backup = 1;
     } else if (strcmp(opt, "--read-from-backup") == 0 && strcmp(val, "off") == 0) {
       cfg.read_from_backup = -1;
+    } else if (strcmp(opt, "--persistence") == 0 && strcmp(val, "on") == 0) {
+      cfg.persistence = 1;
+    } else if (strcmp(opt, "--persistence") == 0 && strcmp(val, "off") == 0) {
+      cfg.persistence = 0;
+    } else if (strcmp(opt, "--fsync") == 0 && strcmp(val, "always") == 0) {
+      cfg.fsync = GRID_FSYNC_ALWAYS;
+    } else if (strcmp(opt, "--fsync") == 0 && strcmp(val, "never") == 0) {
+      cfg.fsync = GRID_FSYNC_NEVER;
+    } else if (strcmp(opt, "--fsync") == 0 && strncmp(val, "every-ms=", 9) == 0 &&
+               parse_u64(val + 9, &n) == 0 && n >= 1 && n <= 60000) {
+      cfg.fsync = GRID_FSYNC_EVERY_MS;
+      cfg.fsync_every_ms = (uint32_t)n;
     } else {
       fprintf(stderr,
               "gridctl: create-cache: bad option \"%s %s\" (--partitions N>0, "
               "--backups 0..3, --mode partitioned|replicated, --sync full|primary, "
-              "--ttl-ms N, --read-from-backup on|off)\n", opt, val);
+              "--ttl-ms N, --read-from-backup on|off, --persistence on|off, "
+              "--fsync always|never|every-ms=N with N 1..60000)\n", opt, val);
       return EXIT_USAGE;
     }
   }

@@ -267,6 +267,13 @@ typedef struct grid_cache_config {
                               in-sync backup copies itself (committed values
                               only, as Ignite's readFromBackup): 1 on, -1
                               off, 0 = on for replicated caches only */
+  int persistence;         /* 1: every node holding a copy keeps it in its
+                              RocksDB too (its data_dir) and loads it when
+                              restarted; 0 = memory only */
+  grid_fsync_t fsync;      /* persistent caches: when a write is on disk
+                              before it is acknowledged (README) */
+  uint32_t fsync_every_ms; /* GRID_FSYNC_EVERY_MS: the group commit's window
+                              (0 = 100) */
 } grid_cache_config_t;
 
 /* GRID_ECACHEEXISTS when the name is taken. Names: 1..64 bytes of

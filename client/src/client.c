@@ -888,6 +888,11 @@ int grid_cache_create(grid_t *g, const grid_cache_config_t *cfg) {
                                           : GRID__SYNC_MODE__FULL_SYNC;
   m.default_ttl_ms = cfg->default_ttl_ms;
   m.read_from_backup = cfg->read_from_backup > 0 ? 1 : cfg->read_from_backup < 0 ? -1 : 0;
+  m.persistence = cfg->persistence != 0;
+  m.fsync = cfg->fsync == GRID_FSYNC_NEVER      ? GRID__FSYNC_POLICY__FSYNC_NEVER
+            : cfg->fsync == GRID_FSYNC_EVERY_MS ? GRID__FSYNC_POLICY__FSYNC_EVERY_MS
+                                                : GRID__FSYNC_POLICY__FSYNC_ALWAYS;
+  m.fsync_every_ms = cfg->fsync_every_ms;
   Grid__Request rq = GRID__REQUEST__INIT;
   rq.op = GRID__OP__CREATE_CACHE;
   rq.cache_config = &m;
@@ -935,6 +940,11 @@ int grid_cache_list(grid_t *g, grid_cache_config_t **caches, size_t *n) {
                                                          : GRID_SYNC_FULL,
         .default_ttl_ms = c->default_ttl_ms,
         .read_from_backup = c->read_from_backup,
+        .persistence = c->persistence,
+        .fsync = c->fsync == GRID__FSYNC_POLICY__FSYNC_NEVER      ? GRID_FSYNC_NEVER
+                 : c->fsync == GRID__FSYNC_POLICY__FSYNC_EVERY_MS ? GRID_FSYNC_EVERY_MS
+                                                                  : GRID_FSYNC_ALWAYS,
+        .fsync_every_ms = c->fsync_every_ms,
     };
   }
   client_reply_free(&r);

@@ -12,6 +12,7 @@
 #include "client_int.h"
 #include "clock.h"
 #include "cluster.h"
+#include "disk.h"
 #include "config.h"
 #include "log.h"
 #include "loop.h"
@@ -64,6 +65,8 @@ void embedded_close(embedded_t *e) {
 
 void embedded_call(embedded_t *e, const Grid__Request *rq, Grid__Reply *rp, arena_t *a) {
   ops_execute(e->node, NULL, rq, rp, a);
+  /* A write of an fsync = always cache returns once it is on disk. */
+  if (disk_pending()) disk_settle();
 }
 
 static void *embedded_malloc_cb(void *ctx, size_t n) {
@@ -237,6 +240,7 @@ static void embedded_req_unref(embedded_req_t *q) {
 /* On the loop: the reply, kept packed for the caller's thread. */
 static void embedded_req_reply(loop_t *lp, sink_t *s, const Grid__Reply *rp) {
   (void)lp;
+  if (disk_pending()) disk_settle(); /* the reply covers only what is on disk */
   embedded_req_t *q = (embedded_req_t *)(void *)((char *)s - offsetof(embedded_req_t, sink));
   size_t len = grid__reply__get_packed_size(rp);
   unsigned char *b = malloc(len ? len : 1);

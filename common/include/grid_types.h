@@ -54,7 +54,8 @@ extern "C" {
   XX(ELOST, -27, "partition lost: no copy of it is left in the cluster")       \
   XX(ECLUSTER, -28, "cluster coordination (ZooKeeper) unavailable to this node") \
   XX(ENOTREADY, -29, "partition changing owner: retry shortly")               \
-  XX(EWRONGTYPE, -30, "the key holds another type of value (a string, hash, list or set)")
+  XX(EWRONGTYPE, -30, "the key holds another type of value (a string, hash, list or set)") \
+  XX(EDISK, -31, "the node's data directory refused the write (disk full, or an I/O error): nothing was written")
 
 typedef enum {
   GRID_OK = 0,
@@ -74,6 +75,13 @@ typedef enum {
 } grid_cache_mode_t;
 
 typedef enum { GRID_SYNC_FULL = 0, GRID_SYNC_PRIMARY = 1 } grid_sync_t;
+
+/* When a persistent cache's writes reach the disk (README, "Persistence"):
+ * ALWAYS before the write is acknowledged, on every in-sync copy;
+ * EVERY_MS in a group commit at most fsync_every_ms later; NEVER when the
+ * operating system writes its pages (a process crash loses nothing, a
+ * machine's crash what the OS had not written). */
+typedef enum { GRID_FSYNC_ALWAYS = 0, GRID_FSYNC_EVERY_MS = 1, GRID_FSYNC_NEVER = 2 } grid_fsync_t;
 
 /* What an entry's value is: bytes (what grid_put writes), or one of the
  * collections the Redis protocol and grid's hash calls keep as one entry. */

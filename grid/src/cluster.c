@@ -415,7 +415,8 @@ static const store_cache_cfg_t *cluster_def_find(const store_cache_cfg_t *defs, 
 static int cluster_def_same(const store_cache_cfg_t *a, const store_cache_cfg_t *b) {
   return a->partitions == b->partitions && a->backups == b->backups && a->mode == b->mode &&
          a->sync == b->sync && a->default_ttl_ms == b->default_ttl_ms &&
-         a->read_from_backup == b->read_from_backup;
+         a->read_from_backup == b->read_from_backup && a->persistence == b->persistence &&
+         a->fsync == b->fsync && a->fsync_every_ms == b->fsync_every_ms;
 }
 
 /* One definition: 0, GRID_ENOTFOUND (dropped just now), or an error. */
@@ -586,23 +587,14 @@ static void cluster_run_job(cluster_t *c, cluster_job_t *j) {
     cluster_job_finish(c, j);
     return;
   }
-  Grid__CacheConfig m = GRID__CACHE_CONFIG__INIT;
-  m.name = j->cfg.name;
-  m.partitions = j->cfg.partitions ? j->cfg.partitions
-                                   : (uint32_t)c->node->cfg.partitions_default;
-  j->cfg.partitions = m.partitions;
+  if (!j->cfg.partitions) j->cfg.partitions = (uint32_t)c->node->cfg.partitions_default;
   if (cluster_refuse_create(c, &j->cfg, j->detail, sizeof j->detail)) {
     j->status = GRID_ELIMIT;
     cluster_job_finish(c, j);
     return;
   }
-  m.backups = j->cfg.backups;
-  m.mode = j->cfg.mode == GRID_MODE_REPLICATED ? GRID__CACHE_MODE__REPLICATED
-                                               : GRID__CACHE_MODE__PARTITIONED;
-  m.sync = j->cfg.sync == GRID_SYNC_PRIMARY ? GRID__SYNC_MODE__PRIMARY_SYNC
-                                           : GRID__SYNC_MODE__FULL_SYNC;
-  m.default_ttl_ms = j->cfg.default_ttl_ms;
-  m.read_from_backup = j->cfg.read_from_backup;
+  Grid__CacheConfig m;
+  ops_cfg_to_msg(&j->cfg, &m);
   unsigned char buf[512];
   size_t len = grid__cache_config__pack(&m, buf);
   int rc = zk_create(c->zk, path, buf, len, ZK_PERSISTENT, NULL, 0);

@@ -34,6 +34,7 @@ static const config_key_t config_keys[] = {
     CFG_N(resp_pipeline_max, CFG_INT, 1, 1000000),
     CFG_N(databases, CFG_INT, 1, 100000),
     CFG_S(node_id),
+    CFG_S(data_dir),
     CFG_N(loops, CFG_INT, 0, 64),
     CFG_N(memory_bytes_max, CFG_SIZE, 0, INT64_MAX),
     CFG_N(frame_bytes_max, CFG_SIZE, 1024, (int64_t)1 << 30),

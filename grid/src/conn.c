@@ -1,4 +1,5 @@
 #include "conn.h"
+#include "disk.h"
 
 #include <netinet/in.h>
 #include <stdio.h>
@@ -108,7 +109,37 @@ static void conn_on_write(uv_write_t *req, int status) {
 /* Writes what the read callback gathered: straight to the socket when it
  * takes it all (the common case, no allocation), else through uv_write,
  * which then owns the buffer. */
+/* Before the loop sleeps: one sync covers the writes of every connection
+ * whose replies wait for it (a group commit, as Redis's before-sleep AOF
+ * write), then they leave. */
+static void conn_settle_run(loop_t *lp, void *arg) {
+  (void)arg;
+  lp->conn_settle_deferred = 0;
+  disk_settle();
+  for (conn_t *c = lp->conns, *next; c; c = next) {
+    next = c->next;
+    if (!c->settle_wait) continue;
+    c->settle_wait = 0;
+    conn_flush(c);
+    if (c->paused && !c->closing && !conn_output_full(c) &&
+        !uv_is_closing((uv_handle_t *)&c->tcp))
+      conn_resume(c);
+  }
+}
+
 void conn_flush(conn_t *c) {
+  if (c->wlen && disk_pending()) {
+    /* Replies telling of writes to fsync = always caches leave once those
+     * are on disk. */
+    c->settle_wait = 1;
+    if (!c->lp->conn_settle_deferred) {
+      c->lp->conn_settle_deferred = 1;
+      c->lp->conn_settle_task.fn = conn_settle_run;
+      c->lp->conn_settle_task.arg = NULL;
+      loop_defer(c->lp, &c->lp->conn_settle_task);
+    }
+    return;
+  }
   if (c->wlen == 0 || uv_is_closing((uv_handle_t *)&c->tcp)) {
     conn_shutdown_if_drained(c);
     return;

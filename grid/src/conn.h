@@ -60,6 +60,7 @@ struct conn {
   unsigned held : 1;           /* reading stopped by the front end */
   unsigned counted : 1;        /* counted in node->connections */
   unsigned closed : 1;         /* libuv closed it; freed when refs is 0 */
+  unsigned settle_wait : 1;    /* its output waits for the disk's sync */
   int refs;                    /* deferred requests that will answer on it */
   char peer[64];               /* "ip:port", for logs */
   char ip[48];                 /* the peer's address alone */

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "clock.h"
+#include "disk.h"
 #include "grid_types.h"
 #include "log.h"
 #include "node.h"
@@ -49,6 +50,9 @@ void loops_on_stop(loops_t *ls, loop_stop_fn first, loop_stop_fn last) {
 
 void loops_post(loops_t *ls, int index, loop_task_t *t) {
   loop_t *lp = loops_at(ls, index);
+  /* What this thread hands on (a reply, above all) may tell of writes to
+   * fsync = always caches: they are on disk first. */
+  if (disk_pending()) disk_settle();
   t->next = NULL;
   pthread_mutex_lock(&lp->inbox_lock);
   if (lp->inbox_tail) lp->inbox_tail->next = t;

@@ -81,6 +81,8 @@ struct loop {
   char handoffs_pad[64 - sizeof(int64_t)];
   /* conn.c */
   struct conn *conns;          /* open client connections */
+  loop_task_t conn_settle_task; /* their replies' wait for the disk */
+  int conn_settle_deferred;
   uv_tcp_t refused;            /* takes a connection that finds no memory,
                                   to close it: a listener whose connection
                                   is not accepted stops accepting */

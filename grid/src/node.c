@@ -6,11 +6,14 @@
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "clock.h"
 #include "grid_types.h"
 #include "log.h"
 #include "cluster.h"
+#include "disk.h"
+#include "ops.h"
 #include "conn.h"
 #include "loop.h"
 #include "native.h"
@@ -57,6 +60,157 @@ static void node_make_id(node_t *n) {
   }
   snprintf(n->node_id, sizeof n->node_id, "n-%02x%02x%02x%02x%02x%02x", r[0],
            r[1], r[2], r[3], r[4], r[5]);
+}
+
+/* ---- persistence: the store's persist hooks over disk.h ------------------ */
+
+_Static_assert((int)STORE_PART_WHOLE == (int)DISK_PART_WHOLE &&
+                   (int)STORE_PART_FILLING == (int)DISK_PART_FILLING,
+               "store and disk name a partition's state alike");
+
+typedef struct node_load {
+  store_cache_t *c;
+  int64_t now_ms;
+  uint64_t entries, expired;
+  char err[256];
+} node_load_t;
+
+static int node_load_entry(void *ctx, uint32_t part, const void *key, size_t key_len,
+                           const void *value, size_t value_len, uint8_t type, uint64_t version,
+                           int64_t expire_at_ms) {
+  node_load_t *l = ctx;
+  if (expire_at_ms && expire_at_ms <= l->now_ms) {
+    l->expired++;
+    return 0;
+  }
+  store_key_t k;
+  store_key_init(l->c, key, key_len, &k);
+  if (k.part != part) {
+    snprintf(l->err, sizeof l->err, "an entry on disk is in partition %u, its key's is %u", part,
+             k.part);
+    return 1;
+  }
+  int rc = store_apply(l->c, &k, value, value_len, type, version, expire_at_ms);
+  if (rc != 0) {
+    snprintf(l->err, sizeof l->err, "%s after %llu entries (%s)",
+             rc == GRID_EMEMLIMIT ? "it does not fit in memory_bytes_max" : "loading failed",
+             (unsigned long long)l->entries, grid_strerror(rc));
+    return 1;
+  }
+  l->entries++;
+  return 0;
+}
+
+static void *node_persist_open(void *ctx, store_cache_t *c) {
+  node_t *n = ctx;
+  const store_cache_cfg_t *cfg = store_cache_cfg(c);
+  Grid__CacheConfig m;
+  ops_cfg_to_msg(cfg, &m);
+  unsigned char def[512];
+  size_t def_len = grid__cache_config__pack(&m, def);
+  char err[1400];
+  disk_cache_t *dc = disk_cache_open(n->disk, cfg->name, def, def_len, cfg->fsync,
+                                     cfg->fsync_every_ms, err, sizeof err);
+  if (!dc) {
+    LOG_E("disk", "\"a persistent cache cannot be opened\" cache=%s error=\"%s\"", cfg->name, err);
+    return NULL;
+  }
+  int64_t t0 = clock_mono_ms();
+  node_load_t l = {.c = c, .now_ms = clock_wall_ms()};
+  int rc = disk_cache_load(dc, node_load_entry, &l, err, sizeof err);
+  if (rc == 0 && l.err[0]) {
+    snprintf(err, sizeof err, "%s", l.err);
+    rc = GRID_EDISK;
+  }
+  if (rc != 0) {
+    LOG_E("disk", "\"a persistent cache cannot be loaded\" cache=%s dir=%s error=\"%s\"",
+          cfg->name, n->cfg.data_dir, err);
+    disk_cache_free(dc);
+    return NULL;
+  }
+  uint32_t filling = 0;
+  for (uint32_t p = 0; p < cfg->partitions; p++) {
+    uint64_t version;
+    int state;
+    disk_part_state(dc, p, &version, &state);
+    if (state == DISK_PART_FILLING) {
+      /* A fill that did not finish: no copy (it is filled again). */
+      store_part_reset(c, p, 0);
+      filling++;
+    }
+    store_part_restore(c, p, version);
+  }
+  LOG_I("disk", "\"persistent cache loaded\" cache=%s entries=%llu expired=%llu "
+        "unfinished_fills=%u ms=%lld", cfg->name, (unsigned long long)l.entries,
+        (unsigned long long)l.expired, filling, (long long)(clock_mono_ms() - t0));
+  return dc;
+}
+
+static void node_persist_add(void *disk, uint32_t part, const void *key, size_t key_len,
+                             const void *value, size_t value_len, uint8_t type,
+                             uint64_t version, int64_t expire_at_ms) {
+  disk_add(disk, part, key, key_len, value, value_len, type, version, expire_at_ms);
+}
+
+static int node_persist_commit(void *disk, uint32_t part, uint64_t last_version, int state) {
+  return disk_commit(disk, part, last_version, state);
+}
+
+static void node_persist_reset(void *disk, uint32_t part) {
+  if (disk_part_reset(disk, part) != 0) {
+    /* The disk would keep entries the fill replaces: it cannot be trusted
+     * after a restart, so this node stops (its copies live elsewhere). */
+    LOG_E("disk", "\"emptying a partition on disk failed: stopping the node\" partition=%u",
+          part);
+    _exit(75);
+  }
+}
+
+static void node_persist_drop(void *disk) { disk_cache_drop(disk); }
+static void node_persist_free(void *disk) { disk_cache_free(disk); }
+
+static void node_recreate_cache(void *ctx, const char *name, const void *def, size_t len) {
+  node_t *n = ctx;
+  Grid__CacheConfig *m = grid__cache_config__unpack(NULL, len, def);
+  if (!m) {
+    LOG_E("disk", "\"a cache's definition on disk cannot be read: left out\" cache=%s", name);
+    return;
+  }
+  store_cache_cfg_t cfg;
+  ops_cfg_from_msg(m, name, &cfg);
+  grid__cache_config__free_unpacked(m, NULL);
+  int rc = store_cache_create(n->store, &cfg);
+  if (rc != 0 && !n->disk_failed) {
+    n->disk_failed = rc;
+    LOG_E("disk", "\"a persistent cache cannot be made again\" cache=%s error=\"%s\"", name,
+          grid_strerror(rc));
+  }
+}
+
+/* The data directory: opened, its identity checked, the store's hooks
+ * set; a single node makes its persistent caches again from it (a
+ * cluster's come from ZooKeeper). */
+static int node_open_disk(node_t *n, char *err, size_t err_len) {
+  if (!n->cfg.data_dir[0]) return 0;
+  int rc = disk_open(n->cfg.data_dir, n->cfg.zk[0] ? n->cfg.cluster : "", &n->disk, err,
+                     err_len);
+  if (rc != 0) return rc;
+  store_persist_t ps = {.ctx = n, .open = node_persist_open, .add = node_persist_add,
+                        .commit = node_persist_commit, .reset = node_persist_reset,
+                        .drop = node_persist_drop, .free = node_persist_free};
+  store_set_persist(n->store, &ps);
+  if (n->cfg.zk[0]) return 0;
+  int64_t t0 = clock_mono_ms();
+  disk_cache_defs(n->disk, node_recreate_cache, n);
+  if (n->disk_failed) {
+    snprintf(err, err_len, "data_dir %s: a persistent cache cannot be loaded (the log says "
+             "which and why)", n->cfg.data_dir);
+    return n->disk_failed == GRID_EMEMLIMIT ? GRID_EMEMLIMIT : GRID_EDISK;
+  }
+  LOG_I("disk", "\"data directory loaded\" dir=%s disk_id=%016llx entries=%llu ms=%lld",
+        n->cfg.data_dir, (unsigned long long)disk_id(n->disk),
+        (unsigned long long)store_entries(n->store), (long long)(clock_mono_ms() - t0));
+  return 0;
 }
 
 static uint64_t node_loops_ops_served(void *arg) { return loops_ops_served(arg); }
@@ -223,7 +377,8 @@ int node_start(const config_t *cfg, node_t **out, char *err, size_t err_len) {
   int rc;
   node_t *n = node_new(cfg, &rc, err, err_len);
   if (!n) return rc;
-  if (n->cfg.zk[0]) rc = node_new_cluster(n, err, err_len);
+  rc = node_open_disk(n, err, err_len);
+  if (rc == 0 && n->cfg.zk[0]) rc = node_new_cluster(n, err, err_len);
   if (rc == 0 && n->cfg.listen) {
     rc = node_start_loops(n, err, err_len);
     if (rc == 0) rc = node_write_port_files(n, err, err_len);
@@ -261,6 +416,7 @@ void node_stop(node_t *n) {
   pthread_mutex_destroy(&n->cron_lock);
   pthread_cond_destroy(&n->cron_cond);
   store_free(n->store);
+  disk_close(n->disk);
   pubsub_free(n->pubsub);
   free(n);
 }

@@ -15,6 +15,7 @@
 
 typedef struct loops loops_t;
 typedef struct cluster cluster_t;
+struct disk;
 
 typedef struct node {
   config_t cfg;                    /* settled: config_finish() was applied */
@@ -24,6 +25,10 @@ typedef struct node {
   int port;                        /* the bound native port, 0: none */
   int resp_port;                   /* the bound RESP port, 0: none */
   cluster_t *cluster;              /* NULL for a single node (no zk) */
+  struct disk *disk;               /* data_dir's RocksDB (disk.h); NULL
+                                      without a data_dir */
+  int disk_failed;                 /* a persistent cache failed to load at
+                                      start (its error) */
   char advertise[128];             /* host:port other nodes reach us at */
   char node_id[64];
   uint64_t incarnation;            /* random per start: a node restarted

@@ -547,13 +547,9 @@ static void ops_scan(node_t *n, store_cache_t *c, const Grid__Request *rq,
   rp->cursor = cursor;
 }
 
-static Grid__CacheConfig *ops_cache_config_msg(const store_cache_cfg_t *cfg,
-                                               arena_t *a) {
-  Grid__CacheConfig *m = arena_alloc(a, sizeof *m);
-  char *name = arena_dup(a, cfg->name, strlen(cfg->name) + 1);
-  if (!m || !name) return NULL;
+void ops_cfg_to_msg(const store_cache_cfg_t *cfg, Grid__CacheConfig *m) {
   grid__cache_config__init(m);
-  m->name = name;
+  m->name = (char *)cfg->name;
   m->partitions = cfg->partitions;
   m->backups = cfg->backups;
   m->mode = cfg->mode == GRID_MODE_REPLICATED ? GRID__CACHE_MODE__REPLICATED
@@ -562,6 +558,20 @@ static Grid__CacheConfig *ops_cache_config_msg(const store_cache_cfg_t *cfg,
                                            : GRID__SYNC_MODE__FULL_SYNC;
   m->default_ttl_ms = cfg->default_ttl_ms;
   m->read_from_backup = cfg->read_from_backup;
+  m->persistence = cfg->persistence != 0;
+  m->fsync = cfg->fsync == GRID_FSYNC_NEVER      ? GRID__FSYNC_POLICY__FSYNC_NEVER
+             : cfg->fsync == GRID_FSYNC_EVERY_MS ? GRID__FSYNC_POLICY__FSYNC_EVERY_MS
+                                                 : GRID__FSYNC_POLICY__FSYNC_ALWAYS;
+  m->fsync_every_ms = cfg->fsync_every_ms;
+}
+
+static Grid__CacheConfig *ops_cache_config_msg(const store_cache_cfg_t *cfg,
+                                               arena_t *a) {
+  Grid__CacheConfig *m = arena_alloc(a, sizeof *m);
+  char *name = arena_dup(a, cfg->name, strlen(cfg->name) + 1);
+  if (!m || !name) return NULL;
+  ops_cfg_to_msg(cfg, m);
+  m->name = name;
   return m;
 }
 
@@ -575,6 +585,21 @@ void ops_cfg_from_msg(const Grid__CacheConfig *m, const char *name, store_cache_
   cfg->sync = m->sync == GRID__SYNC_MODE__PRIMARY_SYNC ? GRID_SYNC_PRIMARY : GRID_SYNC_FULL;
   cfg->default_ttl_ms = m->default_ttl_ms;
   cfg->read_from_backup = m->read_from_backup > 0 ? 1 : m->read_from_backup < 0 ? -1 : 0;
+  cfg->persistence = m->persistence ? 1 : 0;
+  cfg->fsync = m->fsync == GRID__FSYNC_POLICY__FSYNC_NEVER      ? GRID_FSYNC_NEVER
+               : m->fsync == GRID__FSYNC_POLICY__FSYNC_EVERY_MS ? GRID_FSYNC_EVERY_MS
+                                                                : GRID_FSYNC_ALWAYS;
+  cfg->fsync_every_ms = m->fsync_every_ms;
+}
+
+const char *ops_cache_cfg_refused(const node_t *n, const store_cache_cfg_t *cfg) {
+  if (!cfg->persistence) return NULL;
+  if (!n->cfg.data_dir[0])
+    return "persistence = on needs a data directory on the node: start gridd with "
+           "--set data_dir=DIR";
+  if (cfg->fsync == GRID_FSYNC_EVERY_MS && cfg->fsync_every_ms > 60000)
+    return "fsync every_ms takes 1..60000 milliseconds";
+  return NULL;
 }
 
 static void ops_create_cache(node_t *n, const Grid__Request *rq,
@@ -586,8 +611,15 @@ static void ops_create_cache(node_t *n, const Grid__Request *rq,
   }
   store_cache_cfg_t cfg;
   ops_cfg_from_msg(m, NULL, &cfg);
+  const char *refused = ops_cache_cfg_refused(n, &cfg);
+  if (refused) {
+    ops_reply_error(rp, GRID_EINVAL, refused, a);
+    return;
+  }
   int rc = store_cache_create(n->store, &cfg);
-  if (rc == GRID_EINVAL) {
+  if (rc == GRID_EDISK) {
+    ops_reply_error(rp, rc, "the cache cannot be kept in data_dir (the node's log says why)", a);
+  } else if (rc == GRID_EINVAL) {
     char detail[160];
     snprintf(detail, sizeof detail,
              "name must be 1-64 of [A-Za-z0-9_.-], backups 0..3, partitions "

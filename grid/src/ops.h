@@ -27,6 +27,12 @@ void ops_execute_rec(node_t *n, store_view_t *view, const Grid__Request *rq,
                      void *ctx);
 
 /* A cache definition from its message (name from m->name unless given). */
+/* A cache's settings as the wire carries them (m's name points at
+ * cfg's). */
+void ops_cfg_to_msg(const store_cache_cfg_t *cfg, Grid__CacheConfig *m);
+/* Words for why a node refuses a cache definition's persistence settings
+ * (no data_dir, a window out of range), or NULL. */
+const char *ops_cache_cfg_refused(const node_t *n, const store_cache_cfg_t *cfg);
 void ops_cfg_from_msg(const Grid__CacheConfig *m, const char *name, store_cache_cfg_t *cfg);
 
 /* Requests served: the node's own count plus every loop's. */

@@ -402,6 +402,12 @@ static void route_cache_op(loop_t *lp, Grid__Request *rq, sink_t *sink) {
                "name must be 1-64 of [A-Za-z0-9_.-], backups 0..3, partitions at most partitions_max");
     return;
   }
+  const char *refused =
+      rq->op == GRID__OP__CREATE_CACHE ? ops_cache_cfg_refused(n, &cfg) : NULL;
+  if (refused) {
+    sink_error(lp, sink, rq->id, GRID_EINVAL, refused);
+    return;
+  }
   route_cache_job_t *j = malloc(sizeof *j);
   if (!j) {
     sink_error(lp, sink, rq->id, GRID_ENOMEM, NULL);

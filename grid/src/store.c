@@ -54,6 +54,8 @@ struct store_cache {
   _Atomic int nwatchers;
   _Atomic int history;        /* changes are kept: once the cache is watched
                                  here, or its primary's records say so */
+  void *disk;                 /* a persistent cache's disk (persist.open's),
+                                 set before it serves */
 };
 
 /* ---- a thread's hold on partitions (store_hold) --------------------------
@@ -113,6 +115,7 @@ struct store {
   size_t sweep_cache, sweep_part; /* where the sweep goes on */
   uint64_t sweep_cursor;
   int announce_applied;      /* a single node: changes announced as applied */
+  store_persist_t persist;   /* persistent caches' disk (open NULL: none) */
   _Atomic int64_t changes_bytes; /* held by change histories */
 };
 
@@ -215,6 +218,7 @@ static void store_cache_destroy(store_cache_t *c) {
     if (c->parts[i].sync.repl && s->repl_free) s->repl_free(c->parts[i].sync.repl);
   }
   store_mem_release(s, (int64_t)(sizeof *c + c->cfg.partitions * sizeof(store_part_t)));
+  if (c->disk) s->persist.free(c->disk);
   free(c->parts);
   free(c);
 }
@@ -285,17 +289,34 @@ int store_cache_create(store_t *s, const store_cache_cfg_t *cfg) {
   for (uint32_t i = 0; i < parts; i++) pthread_mutex_init(&p[i].lock, NULL);
 
   int rc = 0;
-  pthread_rwlock_wrlock(&s->lock);
-  if (store_find_locked(s, cfg->name, strlen(cfg->name), c->name_hash) >= 0)
-    rc = GRID_ECACHEEXISTS;
-  else if ((int64_t)s->ncaches >= s->limits.caches_max)
-    rc = GRID_ELIMIT;
-  else if ((rc = store_mem_reserve(s, cost)) == 0) {
-    s->caches[s->ncaches++] = c;
-    atomic_fetch_add_explicit(&s->gen, 1, memory_order_release);
+  if (cfg->persistence) {
+    /* Its entries are loaded from disk before anyone sees it (and before
+     * the registry's lock: a load may take a while). */
+    pthread_rwlock_rdlock(&s->lock);
+    int exists = store_find_locked(s, cfg->name, strlen(cfg->name), c->name_hash) >= 0;
+    pthread_rwlock_unlock(&s->lock);
+    if (exists) rc = GRID_ECACHEEXISTS;
+    else if (!s->persist.open) rc = GRID_EINVAL; /* the node has no data_dir */
+    else if (!(c->disk = s->persist.open(s->persist.ctx, c))) rc = GRID_EDISK;
   }
-  pthread_rwlock_unlock(&s->lock);
+  if (rc == 0) {
+    pthread_rwlock_wrlock(&s->lock);
+    if (store_find_locked(s, cfg->name, strlen(cfg->name), c->name_hash) >= 0)
+      rc = GRID_ECACHEEXISTS;
+    else if ((int64_t)s->ncaches >= s->limits.caches_max)
+      rc = GRID_ELIMIT;
+    else if ((rc = store_mem_reserve(s, cost)) == 0) {
+      s->caches[s->ncaches++] = c;
+      atomic_fetch_add_explicit(&s->gen, 1, memory_order_release);
+    }
+    pthread_rwlock_unlock(&s->lock);
+  }
   if (rc != 0) {
+    if (c->disk) {
+      /* Loaded, then refused: its entries go, its disk stays as it was. */
+      for (uint32_t i = 0; i < parts; i++) store_part_clear(s, &p[i]);
+      s->persist.free(c->disk);
+    }
     for (uint32_t i = 0; i < parts; i++) pthread_mutex_destroy(&p[i].lock);
     pthread_mutex_destroy(&c->watch_lock);
     free(p);
@@ -317,6 +338,7 @@ int store_cache_drop(store_t *s, const char *name) {
   }
   pthread_rwlock_unlock(&s->lock);
   if (!c) return GRID_ENOCACHE;
+  if (c->disk) s->persist.drop(c->disk);
   store_cache_release(s, c);
   return 0;
 }
@@ -874,33 +896,63 @@ static void store_keep(store_t *s, store_part_t *p, change_kind_t kind, uint8_t 
   store_keep_change(s, p, &ch);
 }
 
+/* One change of a persistent cache to its disk, before memory: 0, or the
+ * disk's error (nothing changed). last: the partition's last version. */
+static int store_persist_one(store_cache_t *c, uint32_t part, const void *key, size_t key_len,
+                             const void *value, size_t value_len, uint8_t type,
+                             uint64_t version, int64_t expire_at_ms, uint64_t last) {
+  const store_persist_t *ps = &c->store->persist;
+  ps->add(c->disk, part, key, key_len, value, value_len, type, version, expire_at_ms);
+  return ps->commit(c->disk, part, last, STORE_PART_KEEP);
+}
+
 /* Deletes old (found at link) as a write of its own: a new update counter,
  * and a record without a value. Partition locked. */
-static void store_delete_rec(store_t *s, store_part_t *p, const store_key_t *k,
-                             store_entry_t **link, store_entry_t *old, store_result_t *res,
-                             change_kind_t kind, uint8_t how, int keep,
-                             store_applied_fn applied, void *ctx) {
+static int store_delete_rec(store_cache_t *c, store_part_t *p, const store_key_t *k,
+                            store_entry_t **link, store_entry_t *old, store_result_t *res,
+                            change_kind_t kind, uint8_t how, int keep,
+                            store_applied_fn applied, void *ctx, int persist) {
+  store_t *s = c->store;
   uint64_t version = store_next_version(s, p);
+  if (persist && c->disk) {
+    int rc = store_persist_one(c, k->part, k->data, k->len, NULL, 0, 0, version, 0, version);
+    if (rc != 0) return rc;
+  }
   res->version = old->version;
   store_unlink_free(s, p, link, old);
   store_count_write(p, version);
   if (keep) store_keep(s, p, kind, how, k->data, k->len, NULL, 0, 0, version, 0);
   if (applied) applied(ctx, k->data, k->len, NULL, 0, 0, version, 0);
+  return 0;
 }
 
 /* Puts nv in place of old (found at link; NULL: a new key) as a write of
  * its own: the next version, a new update counter, and a record of the
  * entry as installed. Partition locked; on failure nothing has changed. */
-static int store_install_rec(store_t *s, store_part_t *p, const store_key_t *k,
+static int store_install_rec(store_cache_t *c, store_part_t *p, const store_key_t *k,
                              store_entry_t **link, store_entry_t *old,
                              const store_new_value_t *nv, int64_t expire_at_ms,
                              store_result_t *res, uint8_t how, int keep,
                              store_applied_fn applied, void *ctx) {
+  store_t *s = c->store;
   uint64_t version = store_next_version(s, p);
   store_entry_t *e;
+  if (c->disk) {
+    int rc = store_persist_one(c, k->part, k->data, k->len, nv->data, nv->len, nv->type, version,
+                               expire_at_ms, version);
+    if (rc != 0) return rc;
+  }
   int rc = store_install(s, p, k, link, old, nv->data, nv->len, nv->type, version, expire_at_ms,
                          &e);
-  if (rc != 0) return rc;
+  if (rc != 0) {
+    /* Memory refused it after the disk took it: the disk gets the entry
+     * back as memory keeps it. */
+    if (c->disk)
+      store_persist_one(c, k->part, k->data, k->len, old ? old->data + old->key_len : NULL,
+                        old ? old->value_len : 0, old ? old->type : 0, old ? old->version : 0,
+                        old ? old->expire_at_ms : 0, 0);
+    return rc;
+  }
   store_count_write(p, version);
   if (keep)
     store_keep(s, p, CHANGE_PUT, how, e->data, e->key_len, e->data + e->key_len, e->value_len,
@@ -938,8 +990,9 @@ int store_write_rec(store_cache_t *c, const store_key_t *k, const store_write_t 
      * the entry stays until then, or is replaced by this write. */
     old = NULL;
     if (w->op == STORE_REMOVE_EXPIRED) {
-      store_delete_rec(s, p, k, link, found, res, CHANGE_EXPIRE, w->how, keep, applied, ctx);
-      action = STORE_DO_DELETE;
+      rc = store_delete_rec(c, p, k, link, found, res, CHANGE_EXPIRE, w->how, keep, applied, ctx,
+                            1);
+      action = rc == 0 ? STORE_DO_DELETE : STORE_DO_NOTHING;
       goto done;
     }
     if (!keep) {
@@ -950,14 +1003,15 @@ int store_write_rec(store_cache_t *c, const store_key_t *k, const store_write_t 
   if (old && w->old_alloc) rc = store_copy_old_value(w, old, res);
   if (rc == 0) rc = store_write_decide(s, w, old, now_ms, &nv, res, &action);
   if (rc == 0 && action == STORE_DO_DELETE)
-    store_delete_rec(s, p, k, link, old, res, CHANGE_DELETE, w->how, keep, applied, ctx);
+    rc = store_delete_rec(c, p, k, link, old, res, CHANGE_DELETE, w->how, keep, applied, ctx, 1);
   if (rc == 0 && action == STORE_DO_INSTALL)
-    rc = store_install_rec(s, p, k, link, found, &nv, store_write_expire_at(c, w, old, now_ms),
+    rc = store_install_rec(c, p, k, link, found, &nv, store_write_expire_at(c, w, old, now_ms),
                            res, (uint8_t)(w->how | (old ? 0 : CHANGE_HOW_NEW)), keep, applied,
                            ctx);
 done:
   part_unlock(p);
   free(nv.joined);
+  if (rc != 0) action = STORE_DO_NOTHING;
   if (rc == 0 && action != STORE_DO_NOTHING && s->announce_applied && store_watched(c))
     store_part_commit(c, k->part, 0);
   return rc;
@@ -1109,6 +1163,24 @@ int store_write_batch(store_cache_t *c, store_batch_op_t *ops, size_t n, int64_t
     store_mem_unreserve(s, delta);
     rc = GRID_EMEMLIMIT;
   }
+  if (rc == 0 && c->disk) {
+    /* The disk takes the whole batch as one write, with the versions step
+     * 2 gives (the next counters, in order), before memory changes. */
+    uint64_t counter = p->counter, epoch = atomic_load(&s->epoch), version = 0;
+    for (size_t i = 0; i < n; i++) {
+      store_batch_op_t *op = &ops[i];
+      if (op->kind == STORE_BATCH_CHECK || (op->kind == STORE_BATCH_DELETE && !op->existed))
+        continue;
+      version = (epoch << STORE_VERSION_COUNTER_BITS) | (++counter & STORE_COUNTER_MASK);
+      if (op->kind == STORE_BATCH_DELETE)
+        s->persist.add(c->disk, part, op->key.data, op->key.len, NULL, 0, 0, version, 0);
+      else
+        s->persist.add(c->disk, part, op->key.data, op->key.len, op->value, op->value_len,
+                       op->type, version, made[i]->expire_at_ms);
+    }
+    if (version && (rc = s->persist.commit(c->disk, part, version, STORE_PART_KEEP)) != 0)
+      store_mem_unreserve(s, delta);
+  }
   /* 2. Every write, each with the next counter: none can fail now. */
   for (size_t i = 0; i < n && rc == 0; i++) {
     store_batch_op_t *op = &ops[i];
@@ -1120,7 +1192,7 @@ int store_write_batch(store_cache_t *c, store_batch_op_t *ops, size_t n, int64_t
       if (!op->existed) continue; /* nothing to remove (an expired entry
                                      is left to its own removal) */
       store_result_t res;
-      store_delete_rec(s, p, &op->key, link, e, &res, CHANGE_DELETE, how, keep, applied, ctx);
+      store_delete_rec(c, p, &op->key, link, e, &res, CHANGE_DELETE, how, keep, applied, ctx, 0);
       op->version_out = version;
       wrote = 1;
       continue;
@@ -1275,8 +1347,15 @@ static int store_apply_any(store_cache_t *c, const store_key_t *k, const void *v
                            int64_t expire_at_ms, int keep, uint8_t how, int expired) {
   store_part_t *p = &c->parts[k->part];
   part_lock(p);
-  int rc = store_apply_locked(c, p, k, value, value_len, type, version, expire_at_ms, keep, how,
-                              expired);
+  int rc = 0;
+  /* A fill's entry leaves the partition's last version as it is (it comes
+   * in no order); a record moves it on. */
+  if (c->disk)
+    rc = store_persist_one(c, k->part, k->data, k->len, value, value_len, type, version,
+                           expire_at_ms, keep ? version : 0);
+  if (rc == 0)
+    rc = store_apply_locked(c, p, k, value, value_len, type, version, expire_at_ms, keep, how,
+                            expired);
   part_unlock(p);
   if (rc == 0 && keep && c->store->announce_applied && store_watched(c))
     store_part_commit(c, k->part, 0);
@@ -1293,6 +1372,13 @@ int store_apply_batch(store_cache_t *c, const store_record_t *recs, size_t n, ui
   store_part_t *p = &c->parts[part];
   int rc = 0;
   part_lock(p);
+  if (c->disk) {
+    for (size_t i = 0; i < n; i++)
+      c->store->persist.add(c->disk, part, recs[i].key.data, recs[i].key.len, recs[i].value,
+                            recs[i].value_len, recs[i].type, recs[i].version,
+                            recs[i].expire_at_ms);
+    rc = c->store->persist.commit(c->disk, part, recs[n - 1].version, STORE_PART_KEEP);
+  }
   for (size_t i = 0; i < n && rc == 0; i++) {
     const store_record_t *r = &recs[i];
     rc = store_apply_locked(c, p, &r->key, r->value, r->value_len, r->type, r->version,
@@ -1309,6 +1395,7 @@ void store_part_reset(store_cache_t *c, uint32_t part, uint64_t counter) {
   if (part >= c->cfg.partitions) return;
   store_part_t *p = &c->parts[part];
   part_lock(p);
+  if (c->disk) c->store->persist.reset(c->disk, part);
   store_part_clear(c->store, p);
   /* The copy takes the primary's counter: the entries to come were
    * written at or before it, the records after it follow. (Its own
@@ -1328,6 +1415,31 @@ void store_part_reset(store_cache_t *c, uint32_t part, uint64_t counter) {
 /* ---- change history and watchers ----------------------------------------- */
 
 void store_set_announce_applied(store_t *s, int on) { s->announce_applied = on; }
+
+void store_set_persist(store_t *s, const store_persist_t *p) { s->persist = *p; }
+
+void *store_cache_disk(const store_cache_t *c) { return c->disk; }
+
+void store_part_restore(store_cache_t *c, uint32_t part, uint64_t version) {
+  if (part >= c->cfg.partitions) return;
+  store_part_t *p = &c->parts[part];
+  part_lock(p);
+  uint64_t counter = version & STORE_COUNTER_MASK;
+  if (counter > p->counter) p->counter = counter;
+  atomic_store_explicit(&p->sync.applied, p->counter, memory_order_release);
+  if (p->changes) changes_reset(p->changes, p->counter);
+  p->began = p->counter;
+  part_unlock(p);
+}
+
+void store_part_filled(store_cache_t *c, uint32_t part) {
+  if (!c->disk || part >= c->cfg.partitions) return;
+  store_part_t *p = &c->parts[part];
+  part_lock(p);
+  int rc = c->store->persist.commit(c->disk, part, 0, STORE_PART_WHOLE);
+  part_unlock(p);
+  if (rc != 0) LOG_W("store", "\"a filled copy could not be marked whole on disk: it is filled again after a restart\" cache=%s partition=%u", c->cfg.name, part);
+}
 
 int store_watched(const store_cache_t *c) {
   return atomic_load_explicit(&c->nwatchers, memory_order_acquire) > 0;
@@ -1598,14 +1710,20 @@ int64_t store_memory_bytes_max(const store_t *s) { return s->limits.memory_bytes
 
 /* Removes expired entries of one bucket; returns how many entries it
  * looked at. */
-static size_t store_sweep_bucket(store_t *s, store_part_t *p, uint64_t b,
+static size_t store_sweep_bucket(store_cache_t *c, store_part_t *p, uint64_t b,
                                  int64_t now_ms, int counted, int64_t grace_ms, size_t *removed) {
+  store_t *s = c->store;
   size_t looked = 0;
   store_entry_t **link = &p->buckets[b];
   while (*link) {
     store_entry_t *e = *link;
     looked++;
     if (store_expired(e, now_ms) && (!grace_ms || e->expire_at_ms < now_ms - grace_ms)) {
+      /* The disk forgets it too (should it not, a load skips it). */
+      if (c->disk)
+        store_persist_one(c, (uint32_t)(p - c->parts), e->data, e->key_len, NULL, 0, 0,
+                          counted ? store_next_version(s, p) : e->version, 0,
+                          counted ? store_next_version(s, p) : 0);
       if (counted) {
         /* A change of its own: a counter, and the history says so. */
         uint64_t version = store_next_version(s, p);
@@ -1664,7 +1782,7 @@ size_t store_sweep(store_t *s, int64_t now_ms, size_t budget) {
     uint64_t v = s->sweep_cursor;
     if (p->buckets && atomic_load_explicit(&p->count, memory_order_relaxed) > 0) {
       do {
-        looked += store_sweep_bucket(s, p, v & p->mask, now_ms, history && !grace_ms, grace_ms,
+        looked += store_sweep_bucket(c, p, v & p->mask, now_ms, history && !grace_ms, grace_ms,
                                      &removed) + 1;
         v = store_cursor_next(v, p->mask);
       } while (v != 0 && looked < budget);

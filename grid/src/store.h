@@ -45,6 +45,10 @@ typedef struct store_cache_cfg {
   uint64_t default_ttl_ms;
   int read_from_backup;    /* 1 on, -1 off, 0 the mode's default (on for
                               replicated caches): store_reads_backup */
+  int persistence;         /* 1: kept on disk too (the store's persist
+                              hooks, set by the node that has a data_dir) */
+  int fsync;               /* GRID_FSYNC_* */
+  uint32_t fsync_every_ms; /* GRID_FSYNC_EVERY_MS's window */
 } store_cache_cfg_t;
 
 /* Whether an in-sync backup copy of the cache serves its node's reads. */
@@ -331,6 +335,43 @@ int store_apply_batch(store_cache_t *c, const store_record_t *recs, size_t n, ui
  * every record after it follows on the same link). */
 void store_part_reset(store_cache_t *c, uint32_t part, uint64_t counter);
 store_part_sync_t *store_part_sync(store_cache_t *c, uint32_t part);
+/* ---- persistence: a persistent cache's changes reach its disk -----------
+ *
+ * The node that has a data_dir sets these (node.c, over disk.h): a cache
+ * made with cfg.persistence gets its disk from open, which loads what the
+ * disk holds into it (store_apply, store_part_restore) before anyone sees
+ * it. Every change of the cache then goes to its disk first, with the
+ * partition locked (so in counter order): a local write's, a backup's
+ * record, a fill's entry, an expired key's removal; a write the disk
+ * refuses changes nothing (GRID_EDISK). Without a data_dir, a persistent
+ * cache is refused (GRID_EINVAL). */
+enum { STORE_PART_KEEP = 0, STORE_PART_WHOLE = 1, STORE_PART_FILLING = 2 };
+typedef struct store_persist {
+  void *ctx;
+  /* The disk of new cache c, loaded into it; NULL (logged) when it cannot
+   * be had. */
+  void *(*open)(void *ctx, store_cache_t *c);
+  /* One change of partition part (value NULL: removed), gathered by the
+   * calling thread until commit writes what it gathered as one, with the
+   * partition's last version (0: as it was) and state (STORE_PART_*).
+   * commit: 0, or an error with nothing written. */
+  void (*add)(void *disk, uint32_t part, const void *key, size_t key_len, const void *value,
+              size_t value_len, uint8_t type, uint64_t version, int64_t expire_at_ms);
+  int (*commit)(void *disk, uint32_t part, uint64_t last_version, int state);
+  /* Empties the partition on disk, STORE_PART_FILLING. */
+  void (*reset)(void *disk, uint32_t part);
+  void (*drop)(void *disk);  /* the cache was dropped */
+  void (*free)(void *disk);  /* its last reference went */
+} store_persist_t;
+void store_set_persist(store_t *s, const store_persist_t *p);
+/* Where a loaded partition goes on: its counter (and history) after
+ * version's. */
+void store_part_restore(store_cache_t *c, uint32_t part, uint64_t version);
+/* A fill of part is complete here: its disk copy is whole. */
+void store_part_filled(store_cache_t *c, uint32_t part);
+/* The cache's disk (NULL: memory only). */
+void *store_cache_disk(const store_cache_t *c);
+
 /* Frees a partition's sync.repl when its cache is freed. */
 void store_set_repl_free(store_t *s, void (*fn)(void *repl));
 /* The epoch put in the versions of new writes (the partition map's). */
