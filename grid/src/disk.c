@@ -167,7 +167,12 @@ static int disk_meta_get(disk_t *d, const char *key, char *out, size_t out_len, 
   size_t len = 0;
   char *v = rocksdb_get(d->db, d->ropts, key, strlen(key), &len, &rerr);
   if (rerr) {
-    disk_words(err, err_len, "reading the data directory's identity failed", rerr);
+    char what[1200];
+    snprintf(what, sizeof what,
+             "data_dir %s is damaged (its identity cannot be read); restore it from a snapshot, "
+             "or give the node an empty data_dir and its copies come from other nodes",
+             d->dir);
+    disk_words(err, err_len, what, rerr);
     return GRID_EDISK;
   }
   out[0] = '\0';
@@ -295,11 +300,13 @@ int disk_open(const char *dir, const char *cluster, disk_t **out, char *err, siz
   if (names) rocksdb_list_column_families_destroy(names, ncf);
   if (!d->db) {
     char what[1200];
-    snprintf(what, sizeof what,
-             "data_dir %s cannot be opened (a damaged or truncated file, or another gridd "
-             "using it); restore it from a snapshot, or give the node an empty data_dir and "
-             "its copies come from other nodes",
-             dir);
+    if (rerr && strstr(rerr, "While lock file"))
+      snprintf(what, sizeof what, "data_dir %s is in use by another process (a gridd)", dir);
+    else
+      snprintf(what, sizeof what,
+               "data_dir %s is damaged (it cannot be opened); restore it from a snapshot, or "
+               "give the node an empty data_dir and its copies come from other nodes",
+               dir);
     disk_words(err, err_len, what, rerr);
     disk_close(d);
     return GRID_EDISK;
@@ -348,6 +355,23 @@ void disk_close(disk_t *d) {
   pthread_cond_destroy(&d->cond);
   if (disk_unsynced == d) disk_unsynced = NULL;
   free(d);
+}
+
+void disk_flush(disk_t *d) {
+  if (!d) return;
+  rocksdb_flushoptions_t *fo = rocksdb_flushoptions_create();
+  rocksdb_flushoptions_set_wait(fo, 1);
+  char *rerr = NULL;
+  rocksdb_flush(d->db, fo, &rerr);
+  free(rerr);
+  pthread_mutex_lock(&d->lock);
+  for (disk_cache_t *c = d->caches; c; c = c->next) {
+    rerr = NULL;
+    if (!atomic_load(&c->dropped)) rocksdb_flush_cf(d->db, fo, c->cf, &rerr);
+    free(rerr);
+  }
+  pthread_mutex_unlock(&d->lock);
+  rocksdb_flushoptions_destroy(fo);
 }
 
 uint64_t disk_id(const disk_t *d) { return d->id; }

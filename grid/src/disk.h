@@ -45,6 +45,9 @@ enum {
  * newer format, or damaged is refused with words in err. 0 or GRID_EDISK
  * / GRID_ECONFIG. */
 int disk_open(const char *dir, const char *cluster, disk_t **out, char *err, size_t err_len);
+/* Writes the memtables to files (a clean stop: the next start reads them
+ * instead of replaying the log). */
+void disk_flush(disk_t *d);
 /* Syncs what was written and closes. */
 void disk_close(disk_t *d);
 /* The data directory's identity: random, made with it. */

@@ -415,6 +415,7 @@ void node_stop(node_t *n) {
   pthread_join(n->cron_thread, NULL);
   pthread_mutex_destroy(&n->cron_lock);
   pthread_cond_destroy(&n->cron_cond);
+  disk_flush(n->disk);
   store_free(n->store);
   disk_close(n->disk);
   pubsub_free(n->pubsub);
