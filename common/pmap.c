@@ -105,6 +105,13 @@ void pmap_group_name(uint32_t partitions, uint32_t backups, int replicated, char
   else snprintf(out, len, "p%u-b%u", partitions, backups);
 }
 
+void pmap_group_name_of(const pmap_cache_def_t *def, char *out, size_t len) {
+  int replicated = def->replicated != 0;
+  char base[PMAP_GROUP_NAME_MAX];
+  pmap_group_name(def->partitions, replicated ? 0 : def->backups, replicated, base, sizeof base);
+  snprintf(out, len, "%s%s", base, def->persistent ? "-d" : "");
+}
+
 uint64_t pmap_group_bytes(uint32_t partitions, uint32_t backups, int replicated, size_t nnodes) {
   uint64_t copies = replicated ? (nnodes ? nnodes : 1) : (uint64_t)backups + 1;
   return 2 * (uint64_t)partitions * copies;
@@ -139,7 +146,7 @@ int pmap_set_caches(pmap_t *m, const pmap_cache_def_t *defs, size_t ndefs) {
   size_t k = 0;
   for (size_t i = 0; i < ndefs; i++) {
     char gname[PMAP_GROUP_NAME_MAX];
-    pmap_group_name(defs[i].partitions, defs[i].backups, defs[i].replicated, gname, sizeof gname);
+    pmap_group_name_of(&defs[i], gname, sizeof gname);
     const pmap_group_t *g = pmap_find_group(m, gname);
     if (!g || strlen(defs[i].name) >= sizeof refs[k].name) continue;
     snprintf(refs[k].name, sizeof refs[k].name, "%s", defs[i].name);
@@ -162,7 +169,7 @@ int pmap_set_caches(pmap_t *m, const pmap_cache_def_t *defs, size_t ndefs) {
 
 /* The best `want` nodes by rendezvous rank; zones honoured when asked. */
 static size_t pmap_rank(const pmap_node_t *nodes, size_t n, uint32_t p,
-                        size_t want, int zones, uint32_t *out) {
+                        size_t want, int zones, int need_disk, uint32_t *out) {
   /* Selection by repeated maximum: n and want are small (<= 255). */
   GRID_ASSERT(n <= PMAP_NODES_MAX);
   uint64_t score[PMAP_NODES_MAX];
@@ -171,6 +178,8 @@ static size_t pmap_rank(const pmap_node_t *nodes, size_t n, uint32_t p,
     score[i] = XXH3_64bits_withSeed(nodes[i].id, strlen(nodes[i].id), p);
     /* A leaving or absent node is nobody's ideal owner. */
     taken[i] = nodes[i].leaving != 0 || nodes[i].absent != 0;
+    /* A persistent group's copies are only where a data_dir keeps them. */
+    if (need_disk && !nodes[i].disk_id) taken[i] = 1;
   }
   size_t got = 0;
   while (got < want) {
@@ -196,7 +205,7 @@ static size_t pmap_rank(const pmap_node_t *nodes, size_t n, uint32_t p,
 
 size_t pmap_ideal(const pmap_node_t *nodes, size_t n, uint32_t p, size_t want,
                   uint32_t *out) {
-  return pmap_rank(nodes, n, p, want, 1, out);
+  return pmap_rank(nodes, n, p, want, 1, 0, out);
 }
 
 const pmap_group_t *pmap_find_cache(const pmap_t *m, const char *name) {
@@ -252,6 +261,10 @@ int pmap_leader(const pmap_group_t *c, uint32_t p) {
  * yet, since its primary did not wait for its acknowledgements until now
  * (cleared before the map is written). */
 #define PMAP_JUST_FILLED 0x80
+/* A persistent copy whose node was restarted with its disk: in sync only
+ * if no copy on a node that stayed up is (then that one has writes it
+ * missed). */
+#define PMAP_RESTARTED 0x40
 
 /* One partition's copies while the next map is worked out. */
 typedef struct pmap_list {
@@ -295,7 +308,8 @@ static int pmap_is_reported(const pmap_step_t *st, const char *group, uint32_t p
 }
 
 /* The alive node that holds what `was` held: the same id, and the same
- * incarnation (a node restarted under its id holds none of it). */
+ * incarnation (a node restarted under its id holds none of it; the copies
+ * of persistent groups: see pmap_restarted_index). */
 static int pmap_alive_index(const pmap_node_t *alive, size_t nalive, const pmap_node_t *was) {
   for (size_t i = 0; i < nalive; i++) {
     if (strcmp(alive[i].id, was->id) != 0) continue;
@@ -323,9 +337,47 @@ static void pmap_list_clear_just_filled(pmap_list_t *l) {
  * fill and demote reports applied. A node named twice (only a damaged map
  * does that) is listed once, so that the list never holds more copies than
  * there are nodes. Returns whether any copy was in sync, alive or not. */
+/* The alive node that is `was` restarted with the same data directory:
+ * its persistent copies are on its disk still. -1 when there is none. */
+static int pmap_restarted_index(const pmap_node_t *alive, size_t nalive,
+                                const pmap_node_t *was) {
+  for (size_t i = 0; i < nalive; i++)
+    if (strcmp(alive[i].id, was->id) == 0)
+      return was->disk_id && alive[i].disk_id == was->disk_id && !alive[i].absent ? (int)i : -1;
+  return -1;
+}
+
+/* Restarted copies (PMAP_RESTARTED): when a copy on a node that stayed up
+ * is in sync, they missed writes, and are filled again (by delta, from what
+ * their disk holds). Else (the whole cluster restarted) the first of them
+ * in sync (the old primary when it is back) holds every acknowledged
+ * write (each was on the disk of every in-sync copy) and leads; the others
+ * may lack or hold writes it does not (not acknowledged), so they are
+ * filled from it. */
+static void pmap_list_settle_restarted(pmap_list_t *l, const pmap_node_t *alive) {
+  int stayed = 0;
+  for (size_t i = 0; i < l->n; i++) {
+    int st = l->state[i] & 0x0f;
+    int in_sync = st == PMAP_OWNING || st == PMAP_HANDOFF;
+    if (in_sync && !(l->state[i] & PMAP_RESTARTED) && !alive[l->node[i]].absent) stayed = 1;
+  }
+  int kept = stayed;
+  for (size_t i = 0; i < l->n; i++) {
+    if (!(l->state[i] & PMAP_RESTARTED)) continue;
+    l->state[i] &= (uint8_t)~PMAP_RESTARTED;
+    int in_sync = l->state[i] == PMAP_OWNING || l->state[i] == PMAP_HANDOFF;
+    if (in_sync && !kept) {
+      l->state[i] = PMAP_OWNING;
+      kept = 1;
+    } else {
+      l->state[i] = PMAP_MOVING;
+    }
+  }
+}
+
 static int pmap_list_current(const pmap_step_t *st, const pmap_group_t *cc,
                              const char *group, uint32_t p, pmap_list_t *l) {
-  int had_owning = 0;
+  int had_owning = 0, restarted = 0;
   for (uint32_t i = 0; i < cc->slots; i++) {
     int s;
     int idx = pmap_copy_at(cc, p, i, &s);
@@ -335,6 +387,10 @@ static int pmap_list_current(const pmap_step_t *st, const pmap_group_t *cc,
     GRID_ASSERT((size_t)idx < st->cur->nnodes);
     if (s == PMAP_OWNING || s == PMAP_HANDOFF) had_owning = 1;
     int a = pmap_alive_index(st->alive, st->nalive, &st->cur->nodes[idx]);
+    int again = 0;
+    if (a < 0 && cc->persistent &&
+        (a = pmap_restarted_index(st->alive, st->nalive, &st->cur->nodes[idx])) >= 0)
+      again = 1;
     if (a < 0) continue; /* its node is gone, or restarted */
     if (pmap_list_find(l, (uint32_t)a) >= 0) continue;
     if (s == PMAP_MOVING && pmap_is_reported(st, group, p, (uint32_t)a, PMAP_REPORT_FILLED))
@@ -342,9 +398,14 @@ static int pmap_list_current(const pmap_step_t *st, const pmap_group_t *cc,
     else if (s == PMAP_OWNING && i > 0 &&
              pmap_is_reported(st, group, p, (uint32_t)a, PMAP_REPORT_DEMOTE))
       s = PMAP_MOVING;
+    if (again) {
+      s |= PMAP_RESTARTED;
+      restarted = 1;
+    }
     l->node[l->n] = (uint32_t)a;
     l->state[l->n++] = (uint8_t)s;
   }
+  if (restarted) pmap_list_settle_restarted(l, st->alive);
   return had_owning;
 }
 
@@ -448,7 +509,8 @@ static void pmap_next_partition(const pmap_step_t *st, const pmap_group_t *cc,
   uint32_t ideal[PMAP_NODES_MAX];
   /* A replicated cache has a copy on every node, zones or not. */
   size_t want = def->replicated ? st->nalive : (size_t)def->backups + 1;
-  size_t nideal = pmap_rank(st->alive, st->nalive, p, want, !def->replicated, ideal);
+  size_t nideal =
+      pmap_rank(st->alive, st->nalive, p, want, !def->replicated, def->persistent, ideal);
   memset(l, 0, sizeof *l);
   if (!cc || cc->partitions != def->partitions) {
     /* A group new to the map: its caches are empty, so its ideal owners
@@ -527,6 +589,7 @@ static int pmap_next_group(const pmap_step_t *st, const pmap_cache_def_t *def,
   oc->partitions = def->partitions;
   oc->backups = def->backups;
   oc->replicated = def->replicated;
+  oc->persistent = def->persistent;
   /* Two passes: the first finds how many slots the widest partition
    * needs, the second fills them (the rules are pure functions, so both
    * passes work out the same copies). */
@@ -552,7 +615,8 @@ static int pmap_differs(const pmap_t *cur, const pmap_t *next) {
   for (size_t i = 0; i < next->nnodes; i++) {
     const pmap_node_t *a = &cur->nodes[i], *b = &next->nodes[i];
     if (strcmp(a->id, b->id) != 0 || strcmp(a->addr, b->addr) != 0 ||
-        a->leaving != b->leaving || a->incarnation != b->incarnation || a->absent != b->absent)
+        a->leaving != b->leaving || a->incarnation != b->incarnation || a->absent != b->absent ||
+        a->disk_id != b->disk_id)
       return 1;
   }
   for (size_t d = 0; d < next->ngroups; d++) {
@@ -593,13 +657,14 @@ static pmap_group_def_t *pmap_group_defs(const pmap_cache_def_t *defs, size_t nd
     char name[PMAP_GROUP_NAME_MAX];
     int replicated = defs[i].replicated != 0;
     uint32_t backups = replicated ? 0 : defs[i].backups;
-    pmap_group_name(defs[i].partitions, backups, replicated, name, sizeof name);
+    pmap_group_name_of(&defs[i], name, sizeof name);
     size_t j = 0;
     while (j < k && strcmp(g[j].name, name) != 0) j++;
     if (j < k) continue; /* groups are few: a linear look is enough */
     memcpy(g[k].name, name, sizeof name);
     g[k].def = (pmap_cache_def_t){.name = NULL, .partitions = defs[i].partitions,
-                                  .backups = backups, .replicated = replicated};
+                                  .backups = backups, .replicated = replicated,
+                                  .persistent = defs[i].persistent != 0};
     k++;
   }
   qsort(g, k, sizeof *g, pmap_group_def_cmp);
@@ -709,6 +774,7 @@ static int pmap_msg(const pmap_t *m, int with_data, int with_caches, pmap_msg_t 
     n->leaving = m->nodes[i].leaving != 0;
     n->incarnation = m->nodes[i].incarnation;
     n->absent = m->nodes[i].absent != 0;
+    n->disk_id = m->nodes[i].disk_id;
     x->np[i] = n;
   }
   x->pm.nodes = x->np;
@@ -725,6 +791,7 @@ static int pmap_msg(const pmap_t *m, int with_data, int with_caches, pmap_msg_t 
     c->copies = g->slots;
     c->backups = g->backups;
     c->replicated = g->replicated != 0;
+    c->persistent = g->persistent != 0;
     if (with_data) {
       size_t n = (size_t)g->partitions * g->slots;
       c->owners = (ProtobufCBinaryData){n, g->owners};
@@ -784,6 +851,7 @@ static int pmap_from_msg(const Grid__Pmap *pm, int with_data, pmap_t *m) {
     m->nodes[i].leaving = pm->nodes[i]->leaving;
     m->nodes[i].incarnation = pm->nodes[i]->incarnation;
     m->nodes[i].absent = pm->nodes[i]->absent;
+    m->nodes[i].disk_id = pm->nodes[i]->disk_id;
     m->nnodes = i + 1;
   }
   m->groups = calloc(pm->n_caches + 1, sizeof *m->groups);
@@ -805,6 +873,7 @@ static int pmap_from_msg(const Grid__Pmap *pm, int with_data, pmap_t *m) {
     g->slots = pc->copies;
     g->backups = pc->backups;
     g->replicated = pc->replicated;
+    g->persistent = pc->persistent;
     m->ngroups = i + 1;
     int rc = pmap_group_alloc(g);
     if (rc != 0) return rc;

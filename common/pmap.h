@@ -32,6 +32,9 @@ typedef struct pmap_node {
   char zone[PMAP_ZONE_MAX];
   int leaving;         /* alive, but no longer an ideal owner of anything */
   uint64_t incarnation;/* random per process start; 0: matches any */
+  uint64_t disk_id;    /* its data_dir's identity (0: none): only such a
+                          node holds persistent groups, and one restarted
+                          with the same disk keeps their copies */
   int absent;          /* gone from ZooKeeper within the grace period: no
                           ideal owner; its copies stay only where no live
                           copy is in sync (else the partition would be
@@ -50,6 +53,7 @@ typedef struct pmap_group {
   uint32_t partitions;
   uint32_t backups;
   int replicated;
+  int persistent;      /* its caches are on disk: "-d" ends the name */
   uint32_t slots;      /* copies room per partition (K) */
   uint8_t *owners;     /* partitions * slots: node index + 1, 0 = empty */
   uint8_t *states;     /* partitions * slots: PMAP_* */
@@ -86,6 +90,7 @@ typedef struct pmap_cache_def {
   uint32_t partitions;
   uint32_t backups;
   int replicated;
+  int persistent;
 } pmap_cache_def_t;
 
 /* A MOVING copy that its primary reports filled, at the epoch it was
@@ -107,6 +112,9 @@ int pmap_copy(pmap_t *dst, const pmap_t *src);
 /* The name of the group that places a cache of this kind. */
 void pmap_group_name(uint32_t partitions, uint32_t backups, int replicated, char *out,
                      size_t len);
+/* The name of the group that places a cache of def's kind, persistence
+ * included ("p1024-b1-d"). */
+void pmap_group_name_of(const pmap_cache_def_t *def, char *out, size_t len);
 /* The bytes a group of this kind takes in the map with nnodes nodes. */
 uint64_t pmap_group_bytes(uint32_t partitions, uint32_t backups, int replicated, size_t nnodes);
 /* The bytes of every group's owners and states. */

@@ -1,4 +1,5 @@
 #include "cluster.h"
+#include "disk.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -183,6 +184,7 @@ static int cluster_node_data(cluster_t *c, unsigned char *buf, size_t cap, size_
   me.zone = n->cfg.zone;
   me.leaving = c->leaving_written || c->leaving; /* read on the cluster thread */
   me.incarnation = n->incarnation;
+  me.disk_id = n->disk ? disk_id(n->disk) : 0;
   *len = grid__pmap_node__get_packed_size(&me);
   if (*len > cap) return GRID_EINVAL;
   grid__pmap_node__pack(&me, buf);
@@ -340,6 +342,7 @@ static int cluster_read_nodes(cluster_t *c, pmap_node_t *alive, size_t *nalive) 
     snprintf(alive[k].zone, PMAP_ZONE_MAX, "%s", pn->zone);
     alive[k].leaving = pn->leaving;
     alive[k].incarnation = pn->incarnation;
+    alive[k].disk_id = pn->disk_id;
     alive[k].absent = 0;
     k++;
     grid__pmap_node__free_unpacked(pn, NULL);
@@ -535,11 +538,12 @@ static void cluster_job_finish(cluster_t *c, cluster_job_t *j);
  * whose owners take `bytes` (map_groups_max, map_bytes_max): 1, or 0 with
  * words for why not in why. The create's check and the coordinator's. */
 static int cluster_group_fits(const cluster_t *c, size_t groups, uint64_t bytes,
-                              uint32_t partitions, uint32_t backups, int replicated, char *why,
-                              size_t len) {
+                              const pmap_cache_def_t *def, char *why, size_t len) {
   const config_t *k = &c->node->cfg;
+  uint32_t partitions = def->partitions, backups = def->backups;
+  int replicated = def->replicated;
   char g[PMAP_GROUP_NAME_MAX];
-  pmap_group_name(partitions, replicated ? 0 : backups, replicated, g, sizeof g);
+  pmap_group_name_of(def, g, sizeof g);
   if ((int64_t)groups >= k->map_groups_max) {
     snprintf(why, len, "a cache of this shape needs a new placement group (%s); the map has "
              "%zu groups and map_groups_max is %lld: use the partitions, backups and mode of an "
@@ -569,12 +573,14 @@ static int cluster_refuse_create(cluster_t *c, const store_cache_cfg_t *cfg, cha
              "caches_max on every node", c->ndefs + c->creating, (long long)k->caches_max);
     return 1;
   }
-  int replicated = cfg->mode == GRID_MODE_REPLICATED;
+  pmap_cache_def_t def = {.name = cfg->name, .partitions = cfg->partitions,
+                          .backups = cfg->backups,
+                          .replicated = cfg->mode == GRID_MODE_REPLICATED,
+                          .persistent = cfg->persistence != 0};
   char g[PMAP_GROUP_NAME_MAX];
-  pmap_group_name(cfg->partitions, replicated ? 0 : cfg->backups, replicated, g, sizeof g);
+  pmap_group_name_of(&def, g, sizeof g);
   if (c->map_version < 0 || pmap_find_group(&c->map, g)) return 0; /* no new group */
-  return !cluster_group_fits(c, c->map.ngroups, pmap_bytes(&c->map), cfg->partitions,
-                             cfg->backups, replicated, why, len);
+  return !cluster_group_fits(c, c->map.ngroups, pmap_bytes(&c->map), &def, why, len);
 }
 
 static void cluster_run_job(cluster_t *c, cluster_job_t *j) {
@@ -827,6 +833,7 @@ static pmap_cache_def_t *cluster_pmap_defs(cluster_t *c) {
     cd[i].partitions = c->defs[i].partitions;
     cd[i].backups = c->defs[i].backups;
     cd[i].replicated = c->defs[i].mode == GRID_MODE_REPLICATED;
+    cd[i].persistent = c->defs[i].persistence != 0;
   }
   return cd;
 }
@@ -1112,14 +1119,12 @@ static size_t cluster_placeable(cluster_t *c, pmap_cache_def_t *cd, size_t n) {
   size_t ntaken = 0, k = 0;
   for (size_t i = 0; i < n; i++) {
     char g[PMAP_GROUP_NAME_MAX];
-    pmap_group_name(cd[i].partitions, cd[i].replicated ? 0 : cd[i].backups, cd[i].replicated, g,
-                    sizeof g);
+    pmap_group_name_of(&cd[i], g, sizeof g);
     int known = have_map && pmap_find_group(&c->map, g);
     for (size_t j = 0; j < ntaken && !known; j++) known = strcmp(taken[j], g) == 0;
     if (!known) {
       char why[320];
-      if (!cluster_group_fits(c, groups + ntaken, bytes, cd[i].partitions, cd[i].backups,
-                              cd[i].replicated, why, sizeof why)) {
+      if (!cluster_group_fits(c, groups + ntaken, bytes, &cd[i], why, sizeof why)) {
         int64_t now = clock_mono_ms();
         if (now - c->unplaced_logged_ms >= 10000) { /* said every 10 s at most */
           c->unplaced_logged_ms = now;

@@ -312,7 +312,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   for (size_t c = 0; c < m.ngroups; c++) {
     const pmap_group_t *pc = &m.groups[c];
     pmap_cache_def_t shape = {pc->name, pc->partitions, pc->backups,
-                              (pc->replicated != 0) != (c < 64 && ((m.epoch >> c) & 1))};
+                              (pc->replicated != 0) != (c < 64 && ((m.epoch >> c) & 1)),
+                              pc->persistent};
     if (pc->ncaches == 0) defs[ndefs++] = shape;
     for (size_t k = 0; k < pc->ncaches; k++) {
       defs[ndefs] = shape;

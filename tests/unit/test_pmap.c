@@ -3839,6 +3839,168 @@ static void test_absent_node_waited_for(void) {
   pmap_free(&m3);
 }
 
+
+static pmap_cache_def_t pdef(const char *name, uint32_t partitions, uint32_t backups) {
+  pmap_cache_def_t d = def(name, partitions, backups, 0);
+  d.persistent = 1;
+  return d;
+}
+
+/* A persistent cache's group is a group of its own ("-d"), placed only on
+ * nodes with a data directory (disk_id), and says so on the wire. */
+static void test_persistent_group_needs_disks(void) {
+  pmap_node_t nodes[4];
+  mknodes(nodes, 4, 1);
+  for (int i = 0; i < 3; i++) nodes[i].disk_id = 0xd00 + (uint64_t)i; /* node-4 has none */
+  pmap_cache_def_t defs[2] = {pdef("kept", 256, 1), def("mem", 256, 1, 0)};
+  pmap_t m;
+  first_map(nodes, 4, defs, 2, &m);
+  CHECK_STR(grp(&m, "kept"), "p256-b1-d");
+  CHECK_STR(grp(&m, "mem"), "p256-b1");
+  char name[PMAP_GROUP_NAME_MAX];
+  pmap_group_name_of(&defs[0], name, sizeof name);
+  CHECK_STR(name, "p256-b1-d");
+  const pmap_group_t *k = cache(&m, "kept"), *mem = cache(&m, "mem");
+  CHECK(k->persistent && !mem->persistent);
+  unsigned on4 = 0;
+  for (uint32_t p = 0; p < 256; p++) {
+    int st;
+    CHECK(slot_of(&m, k, p, "node-4", &st) < 0);
+    CHECK_EQ(ncopies(k, p), 2);
+    on4 += slot_of(&m, mem, p, "node-4", &st) >= 0;
+  }
+  CHECK(on4 > 0); /* memory-only caches go everywhere */
+  unsigned char *buf;
+  size_t len;
+  CHECK_RC(pmap_encode(&m, &buf, &len), 0);
+  pmap_t back;
+  CHECK_RC(pmap_decode(buf, len, &back), 0);
+  free(buf);
+  CHECK(group(&back, "p256-b1-d")->persistent);
+  for (size_t i = 0; i < 4; i++) CHECK_EQ(back.nodes[i].disk_id, m.nodes[i].disk_id);
+  pmap_free(&back);
+  pmap_free(&m);
+}
+
+/* A node restarted (new incarnation) with the same data directory keeps
+ * its persistent copies, but as MOVING where a copy on a node that stayed
+ * up is in sync (it missed writes meanwhile: filled by delta); its memory
+ * copies are gone as before. With another disk_id (an empty or other
+ * data directory) its persistent copies are gone too. */
+static void test_persistent_restart_one(void) {
+  pmap_node_t nodes[3];
+  mknodes(nodes, 3, 1);
+  for (int i = 0; i < 3; i++) {
+    nodes[i].incarnation = 100 + (uint64_t)i;
+    nodes[i].disk_id = 0xd00 + (uint64_t)i;
+  }
+  pmap_cache_def_t defs[2] = {pdef("kept", P, 1), def("mem", P, 0, 0)};
+  pmap_t m1, m2, m3;
+  first_map(nodes, 3, defs, 2, &m1);
+  pmap_node_t again[3];
+  memcpy(again, nodes, sizeof again);
+  again[1].incarnation = 999; /* node-2 restarted with its disk */
+  CHECK_EQ(step(&m1, again, 3, defs, 2, NULL, 0, &m2), 1);
+  const pmap_group_t *k1 = cache(&m1, "kept"), *k2 = cache(&m2, "kept");
+  const pmap_group_t *mem1 = cache(&m1, "mem"), *mem2 = cache(&m2, "mem");
+  unsigned had = 0, lost = 0;
+  for (uint32_t p = 0; p < P; p++) {
+    int st1, st2;
+    if (slot_of(&m1, k1, p, "node-2", &st1) >= 0) {
+      had++;
+      CHECK(slot_of(&m2, k2, p, "node-2", &st2) >= 0); /* kept, on its disk */
+      CHECK_EQ(st2, PMAP_MOVING);
+      CHECK(strcmp(primary_id(&m2, k2, p), "node-2") != 0);
+    }
+    if (strcmp(primary_id(&m1, mem1, p), "node-2") == 0) {
+      lost++;
+      pmap_copy_at(mem2, p, 0, &st2);
+      CHECK_EQ(st2, PMAP_LOST);
+    }
+  }
+  CHECK(had > 0 && lost > 0);
+  /* Another data directory under the same id: nothing of it is kept. */
+  again[1].incarnation = 1000;
+  again[1].disk_id = 0xbad;
+  CHECK_EQ(step(&m2, again, 3, defs, 2, NULL, 0, &m3), 1);
+  const pmap_group_t *k3 = cache(&m3, "kept");
+  for (uint32_t p = 0; p < P; p++) {
+    int st;
+    int at = slot_of(&m3, k3, p, "node-2", &st);
+    CHECK(at < 0 || st == PMAP_MOVING);
+    CHECK(primary_id(&m3, k3, p) != NULL);
+  }
+  pmap_free(&m1);
+  pmap_free(&m2);
+  pmap_free(&m3);
+}
+
+/* The whole cluster stopped and came back, one node at a time: each
+ * partition of a persistent cache is served only by a node that held it in
+ * sync; one whose in-sync copies are all on nodes not back yet waits for
+ * them (never led by a node without it); a node coming back later leads
+ * nothing it missed, and is filled. */
+static void test_persistent_whole_cluster_restart(void) {
+  pmap_node_t nodes[3];
+  mknodes(nodes, 3, 1);
+  for (int i = 0; i < 3; i++) {
+    nodes[i].incarnation = 100 + (uint64_t)i;
+    nodes[i].disk_id = 0xd00 + (uint64_t)i;
+  }
+  pmap_cache_def_t defs[1] = {pdef("kept", P, 1)};
+  pmap_t m1, m2, m3;
+  first_map(nodes, 3, defs, 1, &m1);
+  /* Only node-3 is back (new incarnation); node-1 and node-2 are absent
+   * (the coordinator waits for nodes holding persistent copies). */
+  pmap_node_t back[3];
+  memcpy(back, nodes, sizeof back);
+  back[0].absent = 1;
+  back[1].absent = 1;
+  back[2].incarnation = 777;
+  step(&m1, back, 3, defs, 1, NULL, 0, &m2);
+  const pmap_group_t *k1 = cache(&m1, "kept"), *k2 = cache(&m2, "kept");
+  unsigned led = 0, waiting = 0;
+  for (uint32_t p = 0; p < P; p++) {
+    int st;
+    int had = slot_of(&m1, k1, p, "node-3", &st) >= 0;
+    const char *prim = primary_id(&m2, k2, p);
+    CHECK(prim != NULL);
+    if (had) {
+      led++;
+      CHECK_STR(prim, "node-3");
+    } else {
+      waiting++;
+      CHECK(strcmp(prim, "node-3") != 0); /* waits for its own copies' nodes */
+      CHECK_STR(prim, primary_id(&m1, k1, p));
+    }
+  }
+  CHECK(led > 0 && waiting > 0);
+  /* node-1 and node-2 back: nothing lost, each partition led by a node
+   * that held it; copies of the restarted nodes that are not the one kept
+   * in sync are filled (MOVING). */
+  pmap_node_t all[3];
+  memcpy(all, nodes, sizeof all);
+  all[0].incarnation = 501;
+  all[1].incarnation = 502;
+  all[2].incarnation = 777;
+  step(&m2, all, 3, defs, 1, NULL, 0, &m3);
+  const pmap_group_t *k3 = cache(&m3, "kept");
+  for (uint32_t p = 0; p < P; p++) {
+    int st0, st;
+    CHECK(pmap_copy_at(k3, p, 0, &st0) >= 0);
+    CHECK(st0 == PMAP_OWNING);
+    const char *prim = primary_id(&m3, k3, p);
+    CHECK(slot_of(&m1, k1, p, prim, &st) >= 0); /* it held the partition */
+    for (uint32_t i = 1; i < k3->slots; i++) {
+      int idx = pmap_copy_at(k3, p, i, &st);
+      if (idx >= 0 && st != PMAP_NONE) CHECK_EQ(st, PMAP_MOVING);
+    }
+  }
+  pmap_free(&m1);
+  pmap_free(&m2);
+  pmap_free(&m3);
+}
+
 int main(int argc, char **argv) {
   const char *only = argc > 1 ? argv[1] : NULL;
   RUN_ONE(test_leads_needs_a_place);
@@ -3854,6 +4016,9 @@ int main(int argc, char **argv) {
   RUN_ONE(test_node_loss_backups2_refill);
   RUN_ONE(test_restart_new_incarnation);
   RUN_ONE(test_absent_node_waited_for);
+  RUN_ONE(test_persistent_group_needs_disks);
+  RUN_ONE(test_persistent_restart_one);
+  RUN_ONE(test_persistent_whole_cluster_restart);
   RUN_ONE(test_join_minimal_movement);
   RUN_ONE(test_join_partial_ready);
   RUN_ONE(test_join_no_backup);
