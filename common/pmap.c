@@ -307,6 +307,17 @@ static int pmap_is_reported(const pmap_step_t *st, const char *group, uint32_t p
   return 0;
 }
 
+/* Whether the operator accepted the loss of group's partition p. */
+static int pmap_restart_reported(const pmap_step_t *st, const char *group, uint32_t p) {
+  for (size_t i = 0; i < st->nready; i++) {
+    const pmap_ready_t *r = &st->ready[i];
+    if (r->restart && (r->partition == p || r->partition == UINT32_MAX) &&
+        strcmp(r->group, group) == 0)
+      return 1;
+  }
+  return 0;
+}
+
 /* The alive node that holds what `was` held: the same id, and the same
  * incarnation (a node restarted under its id holds none of it; the copies
  * of persistent groups: see pmap_restarted_index). */
@@ -521,8 +532,10 @@ static void pmap_next_partition(const pmap_step_t *st, const pmap_group_t *cc,
   }
   int state0;
   pmap_copy_at(cc, p, 0, &state0);
+  int restart = def->persistent && pmap_restart_reported(st, def->name, p);
   if (state0 == PMAP_LOST) {
-    l->lost = 1;
+    if (restart) pmap_list_set_ideal(l, ideal, nideal); /* again, empty */
+    else l->lost = 1;
     return;
   }
   int had_owning = pmap_list_current(st, cc, def->name, p, l);
@@ -538,7 +551,7 @@ static void pmap_next_partition(const pmap_step_t *st, const pmap_group_t *cc,
     /* Nothing in sync is left: with data, the partition is lost; a
      * partition that never had an owner (no node was alive) starts anew,
      * with no copy while no node is alive. */
-    if (had_owning) {
+    if (had_owning && !restart) {
       l->lost = 1;
       l->n = 0;
     } else {

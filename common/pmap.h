@@ -102,6 +102,10 @@ typedef struct pmap_ready {
   uint64_t epoch;
   int demote;       /* instead: this OWNING backup missed a write */
   int drained;      /* instead: this primary, handing over, has drained */
+  int restart;      /* instead: the operator accepted the loss of a
+                       persistent group's partitions (partition UINT32_MAX:
+                       each of them): one with no copy left starts again,
+                       empty, on its ideal owners (node_id unused) */
 } pmap_ready_t;
 
 void pmap_init(pmap_t *m);
@@ -160,7 +164,14 @@ size_t pmap_ideal(const pmap_node_t *nodes, size_t n, uint32_t p, size_t want,
  *   reports itself drained at that epoch, the new primary leads (should an
  *   ideal owner fall out of sync meanwhile, the primary serves again);
  * - a group new to the map starts with its ideal owners, all OWNING (its
- *   caches are empty, so there is nothing to fill).
+ *   caches are empty, so there is nothing to fill);
+ * - persistent groups (their caches on disk): only nodes with a disk_id
+ *   are their ideal owners; a node alive under a new incarnation with the
+ *   disk_id it had keeps its copies: MOVING where a copy on a node that
+ *   stayed up is in sync, else (the whole cluster restarted) the first in
+ *   sync leads and the others are MOVING; a LOST partition (or one whose
+ *   last in-sync copy just went) with a restart report starts again,
+ *   empty.
  * The rules work on placement groups: the defs are grouped by kind, a
  * group is kept while some def is of its kind, and reports name groups.
  * Nodes of cur keep their places in out (those that stay, in cur's order,

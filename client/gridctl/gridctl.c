@@ -47,6 +47,9 @@ static void usage(FILE *f) {
           "  ping                               check the node answers\n"
           "  leave                              the node leaves its cluster gracefully\n"
           "                                     (hands its partitions over, then stops)\n"
+          "  accept-loss NODE                   go on without NODE, gone for good:\n"
+          "                                     partitions only it held stop waiting\n"
+          "                                     (persistent ones start again, empty)\n"
           "\n"
           "exit status: 0 done, 1 not found, 2 usage error, 3 refused or failed\n");
 }
@@ -170,6 +173,14 @@ static int cmd_caches(grid_t *g) {
            list[i].default_ttl_ms, list[i].persistence ? "on" : "off", fsync);
   }
   grid_cache_list_free(list, n);
+  return 0;
+}
+
+static int cmd_accept_loss(grid_t *g, int argc, char **argv) {
+  if (need_args("accept-loss", argc, 1)) return EXIT_USAGE;
+  int rc = grid_accept_loss(g, argv[0]);
+  if (rc) return fail("accept-loss", rc);
+  printf("the loss of %s is accepted: the coordinator's next map goes on without it\n", argv[0]);
   return 0;
 }
 
@@ -419,7 +430,8 @@ static int cmd_status(grid_t *g, int argc, char **argv) {
         printf(",\"group\":");
         json_str(c->group);
         printf(",\"caches\":%u,\"partitions\":%u,\"owning\":%u,\"moving\":%u,\"handoff\":%u,"
-               "\"lost\":%u}", c->caches, c->partitions, c->owning, c->moving, c->handoff, c->lost);
+               "\"lost\":%u,\"waiting\":%u}", c->caches, c->partitions, c->owning, c->moving,
+               c->handoff, c->lost, c->waiting);
       }
     }
     printf("],\"map\":{\"bytes\":%" PRIu64 ",\"znodes\":%u,\"znode_bytes\":%u,"
@@ -445,14 +457,20 @@ static int cmd_status(grid_t *g, int argc, char **argv) {
       printf("\nmap          %" PRIu64 " bytes in %u znodes (largest %u, a znode holds %u); "
              "map_bytes_max %" PRIu64 "\n", st->map_bytes, st->map_znodes, st->map_znode_bytes,
              st->map_znode_bytes_max, st->map_bytes_max);
-    printf("\n%-24s %7s %10s %8s %8s %8s %6s %s\n", "GROUP", "CACHES", "PARTITIONS", "OWNING",
-           "MOVING", "HANDOFF", "LOST", "REBALANCED");
+    printf("\n%-24s %7s %10s %8s %8s %8s %6s %10s %7s\n", "GROUP", "CACHES", "PARTITIONS",
+           "OWNING", "MOVING", "HANDOFF", "LOST", "REBALANCED", "WAITING");
+    uint32_t waiting = 0;
     for (size_t i = 0; i < st->ngroups; i++) {
       const grid_cache_status_t *c = &st->groups[i];
       uint32_t copies = c->owning + c->moving;
-      printf("%-24s %7u %10u %8u %8u %8u %6u %5.1f%%\n", c->name, c->caches, c->partitions,
-             c->owning, c->moving, c->handoff, c->lost, copies ? 100.0 * c->owning / copies : 100.0);
+      printf("%-24s %7u %10u %8u %8u %8u %6u %9.1f%% %7u\n", c->name, c->caches, c->partitions,
+             c->owning, c->moving, c->handoff, c->lost,
+             copies ? 100.0 * c->owning / copies : 100.0, c->waiting);
+      waiting += c->waiting;
     }
+    if (waiting)
+      printf("\n%u partitions wait for nodes that are gone (ALIVE NO above): they are served "
+             "once those are back, or after gridctl accept-loss NODE\n", waiting);
     /* Caches by name while they fit on a screen; thousands are counted. */
     if (st->ncaches <= STATUS_CACHES_LISTED) {
       printf("\n%-24s %s\n", "CACHE", "GROUP");
@@ -496,6 +514,7 @@ int main(int argc, char **argv) {
   char **vargv = argv + i + 1;
   static const char *const verbs[] = {"put", "get", "del", "add", "size", "caches",
                                       "create-cache", "drop-cache", "stats", "ping", "status", "leave",
+                                      "accept-loss",
                                       "watch"};
   int known = 0;
   for (size_t k = 0; k < sizeof verbs / sizeof verbs[0]; k++) known |= !strcmp(verb, verbs[k]);
@@ -521,6 +540,7 @@ int main(int argc, char **argv) {
   else if (!strcmp(verb, "size")) code = cmd_size(g, vargc, vargv);
   else if (!strcmp(verb, "caches")) code = cmd_caches(g);
   else if (!strcmp(verb, "create-cache")) code = cmd_create_cache(g, vargc, vargv);
+  else if (!strcmp(verb, "accept-loss")) code = cmd_accept_loss(g, vargc, vargv);
   else if (!strcmp(verb, "drop-cache")) {
     code = need_args("drop-cache", vargc, 1) ? EXIT_USAGE : 0;
     if (!code && (rc = grid_cache_drop(g, vargv[0])) != 0) code = fail("drop-cache", rc);

@@ -321,6 +321,9 @@ typedef struct grid_cache_status {
   uint32_t moving;     /* copies being filled (rebalancing) */
   uint32_t handoff;    /* partitions whose primary is handing over */
   uint32_t lost;       /* partitions with no copy left */
+  uint32_t waiting;    /* partitions whose in-sync copies are all on nodes
+                          that are gone (a persistent cache's wait for
+                          them, or for gridctl accept-loss) */
   char group[32];      /* the placement group ("p1024-b1", "p256-all") */
   uint32_t caches;     /* in groups[]: the caches it places; else 1 */
 } grid_cache_status_t;
@@ -355,6 +358,12 @@ GRID_EXPORT void grid_cluster_status_free(grid_cluster_status_t *st);
  * leave its cluster gracefully: it hands its partitions over, then stops.
  * Returns once the node has started leaving. */
 GRID_EXPORT int grid_leave(grid_t *g);
+
+/* The operator accepts that node node_id, gone from the cluster, is not
+ * coming back: partitions only it held in sync are no longer waited for
+ * (a persistent cache's start again, empty: what only that node had is
+ * lost). GRID_EINVAL when the map names no such node or it is alive. */
+GRID_EXPORT int grid_accept_loss(grid_t *g, const char *node_id);
 
 /*
  * Asynchronous calls. The callback runs once: on the thread that reads the

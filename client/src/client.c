@@ -1030,6 +1030,8 @@ static void client_status_from_map(const Grid__Pmap *pm, grid_cluster_status_t *
           cs->owning++;
         if (state == GRID__PART_STATE__PART_HANDOFF) cs->handoff++;
         if (state == GRID__PART_STATE__PART_MOVING) cs->moving++;
+        if (leads && owner > 0 && owner <= pm->n_nodes && pm->nodes[owner - 1]->absent)
+          cs->waiting++;
         if (owner == 0 || owner > st->nnodes || state == GRID__PART_STATE__PART_NONE) continue;
         if (leads) st->nodes[owner - 1].primaries++;
         else st->nodes[owner - 1].backups++;
@@ -1109,6 +1111,15 @@ int grid_cluster_status(grid_t *g, grid_cluster_status_t **out) {
   client_reply_free(&r);
   *out = st;
   return 0;
+}
+
+int grid_accept_loss(grid_t *g, const char *node_id) {
+  if (!node_id || !node_id[0]) return GRID_EINVAL;
+  Grid__Request rq = GRID__REQUEST__INIT;
+  rq.op = GRID__OP__ACCEPT_LOSS;
+  rq.key.data = (uint8_t *)node_id;
+  rq.key.len = strlen(node_id);
+  return client_call_version(g, &rq, NULL);
 }
 
 int grid_leave(grid_t *g) {

@@ -44,10 +44,15 @@ typedef struct cluster_box {
   pmap_t *current;            /* the loop's map (lp->pmap), loop only */
 } cluster_box_t;
 
+/* Nodes whose loss the operator accepted (gridctl accept-loss): a znode
+ * each, until a map no longer names the node. */
+#define CLUSTER_ACCEPT_LOSS "accept-loss"
+
 typedef struct cluster_job {
   struct cluster_job *next;
   loop_task_t task;            /* the answer's handoff to loop_index */
-  int create;                 /* 1: create, 0: drop */
+  int create;                 /* 1: create, 0: drop, 2: accept the loss of
+                                 node cfg.name */
   store_cache_cfg_t cfg;
   int loop_index;
   cluster_done_fn done;
@@ -93,6 +98,10 @@ struct cluster {
     int warned;               /* its grace is over, and the log said so */
   } departed[PMAP_NODES_MAX];
   size_t ndeparted;
+  /* Coordinator: the nodes whose loss the operator accepted (read from
+   * ZooKeeper each pass): no longer waited for. */
+  char (*accepted)[PMAP_ID_MAX];
+  size_t naccepted;
   pthread_rwlock_t map_lock;  /* map: written here, read by loops fencing */
   pmap_t map;                 /* the map as last read (epoch 0: none) */
   int map_version;            /* its root znode's version, -1: no znode */
@@ -206,7 +215,8 @@ static int cluster_read_whole(int read_before, int cversion_before, int cversion
 static int cluster_register(cluster_t *c) {
   node_t *n = c->node;
   char path[CLUSTER_PATH_MAX];
-  const char *dirs[] = {"nodes", "election", "caches", "ready", CLUSTER_MAP_CHUNKS, "leaving"};
+  const char *dirs[] = {"nodes",   "election", "caches",     "ready", CLUSTER_MAP_CHUNKS,
+                        "leaving", CLUSTER_ACCEPT_LOSS};
   for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
     cluster_path(c, path, dirs[i], NULL);
     int rc = zk_ensure_path(c->zk, path);
@@ -583,8 +593,41 @@ static int cluster_refuse_create(cluster_t *c, const store_cache_cfg_t *cfg, cha
   return !cluster_group_fits(c, c->map.ngroups, pmap_bytes(&c->map), &def, why, len);
 }
 
+static int cluster_is_alive(const cluster_t *c, const char *id);
+
+/* accept-loss: node j->cfg.name is gone and its partitions are not to be
+ * waited for. Written for the coordinator to act on. */
+static void cluster_run_accept_loss(cluster_t *c, cluster_job_t *j) {
+  const char *id = j->cfg.name;
+  int idx = c->map_version >= 0 ? pmap_node_index(&c->map, id) : -1;
+  if (idx < 0) {
+    j->status = GRID_EINVAL;
+    snprintf(j->detail, sizeof j->detail, "the partition map names no node \"%s\"", id);
+  } else if (cluster_is_alive(c, id)) {
+    j->status = GRID_EINVAL;
+    snprintf(j->detail, sizeof j->detail,
+             "node \"%s\" is alive: accept-loss is for a node that is gone and not coming "
+             "back", id);
+  } else {
+    char path[CLUSTER_PATH_MAX];
+    cluster_path(c, path, CLUSTER_ACCEPT_LOSS, id);
+    int rc = zk_create(c->zk, path, NULL, 0, ZK_PERSISTENT, NULL, 0);
+    j->status = rc == GRID_EEXIST ? 0 : rc;
+    if (j->status == 0) {
+      LOG_W("cluster", "\"the operator accepts the loss of a node: partitions only it held "
+            "start again empty\" node=%s", id);
+      cluster_mark_dirty(c);
+    }
+  }
+  cluster_job_finish(c, j);
+}
+
 static void cluster_run_job(cluster_t *c, cluster_job_t *j) {
   char path[CLUSTER_PATH_MAX];
+  if (j->create == 2) {
+    cluster_run_accept_loss(c, j);
+    return;
+  }
   cluster_path(c, path, "caches", j->cfg.name);
   if (!j->create) {
     int rc = zk_delete(c->zk, path, -1);
@@ -974,6 +1017,25 @@ static int cluster_is_alive(const cluster_t *c, const char *id) {
 /* The nodes the next map is made from: the live ones, and the map's nodes
  * gone from ZooKeeper less than lost_grace_ms ago, marked absent (pmap.h
  * says what that changes). Returns how many are in out. */
+static int cluster_is_accepted(const cluster_t *c, const char *id) {
+  for (size_t i = 0; i < c->naccepted; i++)
+    if (strcmp(c->accepted[i], id) == 0) return 1;
+  return 0;
+}
+
+/* Whether node i of m holds a copy of a persistent group: its data is on
+ * its disk, so it is waited for until it is back or the operator accepts
+ * its loss. */
+static int cluster_node_holds_disk_copies(const pmap_t *m, size_t i) {
+  for (size_t k = 0; k < m->ngroups; k++) {
+    const pmap_group_t *g = &m->groups[k];
+    if (!g->persistent) continue;
+    for (size_t at = 0; at < (size_t)g->partitions * g->slots; at++)
+      if (g->owners[at] == i + 1 && g->states[at] != PMAP_NONE) return 1;
+  }
+  return 0;
+}
+
 static size_t cluster_map_nodes(cluster_t *c, pmap_node_t *out) {
   int64_t now = clock_mono_ms(), grace = c->node->cfg.lost_grace_ms;
   size_t k = 0;
@@ -981,7 +1043,7 @@ static size_t cluster_map_nodes(cluster_t *c, pmap_node_t *out) {
     /* An entry lasts while the map has its node (past the grace it is
      * simply left out of the next map), and ends when the node is back. */
     struct cluster_departed *d = &c->departed[i];
-    if (cluster_is_alive(c, d->node.id) ||
+    if (cluster_is_alive(c, d->node.id) || cluster_is_accepted(c, d->node.id) ||
         (c->map_version >= 0 && pmap_node_index(&c->map, d->node.id) < 0))
       continue;
     c->departed[k++] = *d;
@@ -992,7 +1054,8 @@ static size_t cluster_map_nodes(cluster_t *c, pmap_node_t *out) {
     int known = cluster_is_alive(c, m->id);
     for (size_t j = 0; j < c->ndeparted && !known; j++)
       known = strcmp(c->departed[j].node.id, m->id) == 0;
-    if (known || c->ndeparted == PMAP_NODES_MAX || !cluster_node_holds_copies(&c->map, i))
+    if (known || c->ndeparted == PMAP_NODES_MAX || !cluster_node_holds_copies(&c->map, i) ||
+        cluster_is_accepted(c, m->id))
       continue; /* a node that left holding nothing is simply gone */
     struct cluster_departed *d = &c->departed[c->ndeparted++];
     d->node = *m;
@@ -1006,8 +1069,16 @@ static size_t cluster_map_nodes(cluster_t *c, pmap_node_t *out) {
   for (size_t i = 0; i < c->nalive && n < PMAP_NODES_MAX; i++) out[n++] = c->alive[i];
   for (size_t i = 0; i < c->ndeparted && n < PMAP_NODES_MAX; i++) {
     struct cluster_departed *d = &c->departed[i];
-    if (now - d->since_ms < grace) {
+    int idx = c->map_version >= 0 ? pmap_node_index(&c->map, d->node.id) : -1;
+    int on_disk = idx >= 0 && cluster_node_holds_disk_copies(&c->map, (size_t)idx);
+    if (now - d->since_ms < grace || on_disk) {
       out[n++] = d->node;
+      if (on_disk && now - d->since_ms >= grace && !d->warned) {
+        d->warned = 1;
+        LOG_W("cluster", "\"a node holding persistent copies is gone: its partitions that no "
+              "other node holds in sync wait for it (gridctl accept-loss %s goes on without "
+              "it)\" node=%s", d->node.id, d->node.id);
+      }
     } else if (!d->warned) {
       d->warned = 1;
       LOG_W("cluster", "\"a node gone from ZooKeeper is not back: its copies are dropped\" node=%s",
@@ -1143,6 +1214,30 @@ static size_t cluster_placeable(cluster_t *c, pmap_cache_def_t *cd, size_t n) {
 
 /* The coordinator's part: the next map, written with a versioned set so
  * that a coordinator that lost its place cannot overwrite a newer map. */
+/* The nodes whose loss the operator accepted; a znode whose node the map
+ * no longer names has done its work and goes. */
+static void cluster_read_accepted(cluster_t *c) {
+  char path[CLUSTER_PATH_MAX];
+  cluster_path(c, path, CLUSTER_ACCEPT_LOSS, NULL);
+  char **names;
+  size_t n;
+  c->naccepted = 0;
+  if (zk_children(c->zk, path, 0, &names, &n, NULL) != 0) return;
+  free(c->accepted);
+  c->accepted = calloc(n + 1, sizeof *c->accepted);
+  for (size_t i = 0; c->accepted && i < n; i++) {
+    if (c->map_version >= 0 && pmap_node_index(&c->map, names[i]) < 0) {
+      char p2[CLUSTER_PATH_MAX];
+      cluster_path(c, p2, CLUSTER_ACCEPT_LOSS, names[i]);
+      if (zk_delete(c->zk, p2, -1) == 0)
+        LOG_I("cluster", "\"the loss of a node is accepted, and done\" node=%s", names[i]);
+      continue;
+    }
+    snprintf(c->accepted[c->naccepted++], PMAP_ID_MAX, "%s", names[i]);
+  }
+  zk_children_free(names, n);
+}
+
 static void cluster_coordinate(cluster_t *c) {
   node_t *n = c->node;
   if (c->map_version < 0 && (int64_t)c->nalive < n->cfg.cluster_min_nodes) {
@@ -1170,6 +1265,19 @@ static void cluster_coordinate(cluster_t *c) {
   size_t nready = 0, nmsgs = 0;
   Grid__ReadyReport **msgs = NULL;
   if (cluster_read_reports(c, &ready, &nready, &msgs, &nmsgs) != 0) nready = 0;
+  cluster_read_accepted(c);
+  if (c->naccepted && c->map_version >= 0) {
+    /* The operator's word: persistent partitions left with no copy start
+     * again, empty. */
+    pmap_ready_t *more = realloc(ready, (nready + c->map.ngroups + 1) * sizeof *more);
+    if (more) {
+      ready = more;
+      for (size_t g = 0; g < c->map.ngroups; g++)
+        if (c->map.groups[g].persistent)
+          ready[nready++] = (pmap_ready_t){.group = c->map.groups[g].name,
+                                           .partition = UINT32_MAX, .restart = 1};
+    }
+  }
   pmap_t next;
   pmap_init(&next);
   int changed = 0;
@@ -1294,6 +1402,18 @@ int cluster_cache_drop(cluster_t *c, const char *name, int loop_index,
   cluster_job_t *j = calloc(1, sizeof *j);
   if (!j) return GRID_ENOMEM;
   snprintf(j->cfg.name, sizeof j->cfg.name, "%s", name);
+  j->loop_index = loop_index;
+  j->done = done;
+  j->arg = arg;
+  return cluster_enqueue(c, j);
+}
+
+int cluster_accept_loss(cluster_t *c, const char *node_id, int loop_index,
+                        cluster_done_fn done, void *arg) {
+  cluster_job_t *j = calloc(1, sizeof *j);
+  if (!j) return GRID_ENOMEM;
+  j->create = 2;
+  snprintf(j->cfg.name, sizeof j->cfg.name, "%s", node_id);
   j->loop_index = loop_index;
   j->done = done;
   j->arg = arg;
@@ -1607,6 +1727,7 @@ void cluster_free(cluster_t *c) {
   pmap_free(&c->map);
   pmap_stored_free(&c->stored);
   free(c->defs);
+  free(c->accepted);
   pthread_rwlock_destroy(&c->map_lock);
   pthread_mutex_destroy(&c->lock);
   pthread_cond_destroy(&c->cond);

@@ -73,6 +73,11 @@ int cluster_serving(cluster_t *c);
 typedef void (*cluster_done_fn)(loop_t *lp, void *arg, int status, const char *detail);
 int cluster_cache_create(cluster_t *c, const store_cache_cfg_t *cfg,
                          int loop_index, cluster_done_fn done, void *arg);
+/* The operator accepts that node_id, gone, is not coming back: its
+ * partitions are no longer waited for (persistent ones only it held start
+ * again, empty). As cluster_cache_create's done. */
+int cluster_accept_loss(cluster_t *c, const char *node_id, int loop_index,
+                        cluster_done_fn done, void *arg);
 int cluster_cache_drop(cluster_t *c, const char *name, int loop_index,
                        cluster_done_fn done, void *arg);
 

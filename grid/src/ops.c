@@ -1194,6 +1194,9 @@ void ops_execute_rec(node_t *n, store_view_t *view, const Grid__Request *rq,
     case GRID__OP__LEAVE:
       ops_reply_error(rp, GRID_EINVAL, "a single node has no cluster to leave: stop it instead", a);
       return;
+    case GRID__OP__ACCEPT_LOSS:
+      ops_reply_error(rp, GRID_EINVAL, "a single node has no other node to lose", a);
+      return;
     case GRID__OP__STATS: ops_stats(n, rp, a); return;
     case GRID__OP__PMAP: {
       /* A single node: no map, no cluster. (route.c answers in a cluster.) */

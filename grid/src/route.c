@@ -393,7 +393,8 @@ static int route_cache_cfg(const node_t *n, const Grid__CacheConfig *m, store_ca
   return ok ? 0 : GRID_EINVAL;
 }
 
-/* CREATE_CACHE, DROP_CACHE: through the cluster thread to ZooKeeper. */
+/* CREATE_CACHE, DROP_CACHE, ACCEPT_LOSS: through the cluster thread to
+ * ZooKeeper. */
 static void route_cache_op(loop_t *lp, Grid__Request *rq, sink_t *sink) {
   node_t *n = lp->node;
   store_cache_cfg_t cfg;
@@ -415,7 +416,12 @@ static void route_cache_op(loop_t *lp, Grid__Request *rq, sink_t *sink) {
   }
   j->sink = sink;
   j->id = rq->id;
-  int rc = rq->op == GRID__OP__CREATE_CACHE
+  char node_id[PMAP_ID_MAX];
+  snprintf(node_id, sizeof node_id, "%.*s", (int)rq->key.len,
+           rq->key.data ? (const char *)rq->key.data : "");
+  int rc = rq->op == GRID__OP__ACCEPT_LOSS
+               ? cluster_accept_loss(n->cluster, node_id, lp->index, route_cache_done, j)
+           : rq->op == GRID__OP__CREATE_CACHE
                ? cluster_cache_create(n->cluster, &cfg, lp->index, route_cache_done, j)
                : cluster_cache_drop(n->cluster, rq->cache ? rq->cache : "", lp->index,
                                     route_cache_done, j);
@@ -520,7 +526,7 @@ void route_run(loop_t *lp, Grid__Request *rq, const route_from_t *from, sink_t *
       sink_deliver(lp, sink, &rp);
       return;
     }
-    case GRID__OP__CREATE_CACHE: case GRID__OP__DROP_CACHE:
+    case GRID__OP__CREATE_CACHE: case GRID__OP__DROP_CACHE: case GRID__OP__ACCEPT_LOSS:
       route_cache_op(lp, rq, sink);
       return;
     default:

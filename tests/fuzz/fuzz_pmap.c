@@ -324,8 +324,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         int st;
         int idx = pmap_copy_at(pc, p, i, &st);
         if (idx < 0) continue;
-        pmap_ready_t r = {pc->name, p, m.nodes[idx].id, m.epoch, 0, 0};
+        pmap_ready_t r = {pc->name, p, m.nodes[idx].id, m.epoch, 0, 0, 0};
         if (st == PMAP_MOVING && (p + i) % 2 == 0) ready[nready++] = r;
+        else if (st == PMAP_LOST && pc->persistent && p % 2 == 0) {
+          r.restart = 1;
+          ready[nready++] = r;
+        }
         else if (st == PMAP_OWNING && i > 0 && (p + i) % 3 == 0) {
           r.demote = 1;
           ready[nready++] = r;

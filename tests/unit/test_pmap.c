@@ -4001,6 +4001,45 @@ static void test_persistent_whole_cluster_restart(void) {
   pmap_free(&m3);
 }
 
+/* The operator accepts the loss of an absent node: the partitions of a
+ * persistent group only it held start again, empty, on live nodes (a
+ * restart report); without one they stay lost, and a memory group's lost
+ * partitions stay lost either way. */
+static void test_persistent_accept_loss(void) {
+  pmap_node_t nodes[2];
+  mknodes(nodes, 2, 1);
+  for (int i = 0; i < 2; i++) nodes[i].disk_id = 0xd00 + (uint64_t)i;
+  pmap_cache_def_t defs[2] = {pdef("kept", 64, 0), def("mem", 64, 0, 0)};
+  pmap_t m1, m2, m3;
+  first_map(nodes, 2, defs, 2, &m1);
+  /* node-2 is gone and its loss accepted: it is no longer in the nodes. */
+  step(&m1, nodes, 1, defs, 2, NULL, 0, &m2);
+  const pmap_group_t *k2 = cache(&m2, "kept"), *mem2 = cache(&m2, "mem");
+  unsigned lost = 0;
+  for (uint32_t p = 0; p < 64; p++) {
+    int st;
+    pmap_copy_at(k2, p, 0, &st);
+    if (st == PMAP_LOST) lost++;
+  }
+  CHECK(lost > 0);
+  pmap_ready_t r[2] = {{.group = grp(&m2, "kept"), .partition = UINT32_MAX, .restart = 1},
+                       {.group = grp(&m2, "mem"), .partition = UINT32_MAX, .restart = 1}};
+  step(&m2, nodes, 1, defs, 2, r, 2, &m3);
+  const pmap_group_t *k3 = cache(&m3, "kept"), *mem3 = cache(&m3, "mem");
+  for (uint32_t p = 0; p < 64; p++) {
+    int st, stm2, stm3;
+    pmap_copy_at(k3, p, 0, &st);
+    CHECK_EQ(st, PMAP_OWNING);
+    CHECK_STR(primary_id(&m3, k3, p), "node-1");
+    pmap_copy_at(mem2, p, 0, &stm2);
+    pmap_copy_at(mem3, p, 0, &stm3);
+    CHECK_EQ(stm2 == PMAP_LOST, stm3 == PMAP_LOST);
+  }
+  pmap_free(&m1);
+  pmap_free(&m2);
+  pmap_free(&m3);
+}
+
 int main(int argc, char **argv) {
   const char *only = argc > 1 ? argv[1] : NULL;
   RUN_ONE(test_leads_needs_a_place);
@@ -4019,6 +4058,7 @@ int main(int argc, char **argv) {
   RUN_ONE(test_persistent_group_needs_disks);
   RUN_ONE(test_persistent_restart_one);
   RUN_ONE(test_persistent_whole_cluster_restart);
+  RUN_ONE(test_persistent_accept_loss);
   RUN_ONE(test_join_minimal_movement);
   RUN_ONE(test_join_partial_ready);
   RUN_ONE(test_join_no_backup);
