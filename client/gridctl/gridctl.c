@@ -252,6 +252,9 @@ static int cmd_stats(grid_t *g) {
   printf("uptime_ms         %" PRIu64 "\n", s.uptime_ms);
   printf("loop_ops          %" PRIu64 "\n", s.loop_ops);
   printf("local_reads       %" PRIu64 "\n", s.local_reads);
+  printf("fill_bytes_in     %" PRIu64 "\n", s.fill_bytes_in);
+  printf("fill_delta_parts  %" PRIu64 "\n", s.fill_delta_parts);
+  printf("disk_bytes_written %" PRIu64 "\n", s.disk_bytes_written);
   return 0;
 }
 

@@ -298,6 +298,10 @@ typedef struct grid_stats {
                            listeners' requests, other nodes') */
   uint64_t local_reads; /* of ops: reads an embedded cluster member served
                            in its application's thread, with no socket */
+  uint64_t fill_bytes_in;    /* bytes of fills this node's copies received */
+  uint64_t fill_delta_parts; /* partitions a restarted copy of this node
+                                caught up by delta, from its disk */
+  uint64_t disk_bytes_written; /* to its data_dir (persistent caches) */
 } grid_stats_t;
 
 GRID_EXPORT int grid_stats(grid_t *g, grid_stats_t *out);

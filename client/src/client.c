@@ -973,6 +973,9 @@ int grid_stats(grid_t *g, grid_stats_t *out) {
     out->uptime_ms = s->uptime_ms;
     out->loop_ops = s->loop_ops;
     out->local_reads = s->local_reads;
+    out->fill_bytes_in = s->fill_bytes_in;
+    out->fill_delta_parts = s->fill_delta_parts;
+    out->disk_bytes_written = s->disk_bytes_written;
   } else {
     rc = GRID_EPROTO;
   }

@@ -594,7 +594,7 @@ int disk_commit(disk_cache_t *dc, uint32_t part, uint64_t last_version, int stat
   return 0;
 }
 
-int disk_part_reset(disk_cache_t *dc, uint32_t part) {
+int disk_part_reset(disk_cache_t *dc, uint32_t part, uint64_t version) {
   if (atomic_load(&dc->dropped)) return 0;
   unsigned char from[4], to[4];
   disk_put_be32(from, part);
@@ -606,7 +606,7 @@ int disk_part_reset(disk_cache_t *dc, uint32_t part) {
     return GRID_EINVAL;
   }
   rocksdb_writebatch_delete_range_cf(b, dc->cf, (const char *)from, 4, (const char *)to, 4);
-  return disk_commit(dc, part, 0, DISK_PART_FILLING);
+  return disk_commit(dc, part, version, DISK_PART_FILLING);
 }
 
 void disk_part_state(disk_cache_t *dc, uint32_t part, uint64_t *version, int *state) {

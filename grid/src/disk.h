@@ -78,9 +78,10 @@ void disk_add(disk_cache_t *dc, uint32_t part, const void *key, size_t key_len,
 int disk_commit(disk_cache_t *dc, uint32_t part, uint64_t last_version, int state);
 /* Forgets what this thread added and did not commit. */
 void disk_discard(void);
-/* Empties partition part on disk (a copy about to be filled): it is
- * DISK_PART_FILLING until a commit says otherwise. */
-int disk_part_reset(disk_cache_t *dc, uint32_t part);
+/* Empties partition part on disk (a copy about to be filled, from the
+ * primary's change at version): it is DISK_PART_FILLING until a commit
+ * says otherwise. */
+int disk_part_reset(disk_cache_t *dc, uint32_t part, uint64_t version);
 /* The partition's last version and state as kept. */
 void disk_part_state(disk_cache_t *dc, uint32_t part, uint64_t *version, int *state);
 

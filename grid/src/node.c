@@ -156,14 +156,18 @@ static int node_persist_commit(void *disk, uint32_t part, uint64_t last_version,
   return disk_commit(disk, part, last_version, state);
 }
 
-static void node_persist_reset(void *disk, uint32_t part) {
-  if (disk_part_reset(disk, part) != 0) {
+static void node_persist_reset(void *disk, uint32_t part, uint64_t version) {
+  if (disk_part_reset(disk, part, version) != 0) {
     /* The disk would keep entries the fill replaces: it cannot be trusted
      * after a restart, so this node stops (its copies live elsewhere). */
     LOG_E("disk", "\"emptying a partition on disk failed: stopping the node\" partition=%u",
           part);
     _exit(75);
   }
+}
+
+static void node_persist_state(void *disk, uint32_t part, uint64_t *version, int *state) {
+  disk_part_state(disk, part, version, state);
 }
 
 static void node_persist_drop(void *disk) { disk_cache_drop(disk); }
@@ -197,6 +201,7 @@ static int node_open_disk(node_t *n, char *err, size_t err_len) {
   if (rc != 0) return rc;
   store_persist_t ps = {.ctx = n, .open = node_persist_open, .add = node_persist_add,
                         .commit = node_persist_commit, .reset = node_persist_reset,
+                        .state = node_persist_state,
                         .drop = node_persist_drop, .free = node_persist_free};
   store_set_persist(n->store, &ps);
   if (n->cfg.zk[0]) return 0;

@@ -27,6 +27,8 @@ typedef struct node {
   cluster_t *cluster;              /* NULL for a single node (no zk) */
   struct disk *disk;               /* data_dir's RocksDB (disk.h); NULL
                                       without a data_dir */
+  _Atomic uint64_t fill_bytes_in;  /* fills this node's copies received */
+  _Atomic uint64_t fill_delta_parts; /* ... partitions caught up by delta */
   int disk_failed;                 /* a persistent cache failed to load at
                                       start (its error) */
   char advertise[128];             /* host:port other nodes reach us at */

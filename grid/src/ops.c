@@ -6,6 +6,7 @@
 
 #include "clock.h"
 #include "coll.h"
+#include "disk.h"
 #include "glob.h"
 #include "grid_types.h"
 #include "log.h"
@@ -675,6 +676,9 @@ static void ops_stats(node_t *n, Grid__Reply *rp, arena_t *a) {
   st->uptime_ms = (uint64_t)(clock_mono_ms() - n->started_ms);
   st->loop_ops = n->loops_ops_served ? n->loops_ops_served(n->loops_ops_arg) : 0;
   st->local_reads = atomic_load(&n->local_reads);
+  st->fill_bytes_in = atomic_load(&n->fill_bytes_in);
+  st->fill_delta_parts = atomic_load(&n->fill_delta_parts);
+  st->disk_bytes_written = n->disk ? disk_bytes_written(n->disk) : 0;
   rp->stats = st;
 }
 

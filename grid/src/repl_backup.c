@@ -9,31 +9,29 @@
 
 /* A primary's BATCH record: every entry applied together (no reader here
  * sees part of it), each checked as a client's write is. */
-static void repl_apply_batch(loop_t *lp, store_cache_t *sc, uint32_t part,
-                             const Grid__Request *rq, Grid__Reply *rp) {
+/* Entries of partition part applied together, as records (deleted: a
+ * removal): a batch's REPL, or a delta fill's chunk. 0, or the error
+ * answered in rp. */
+static int repl_apply_entries(loop_t *lp, store_cache_t *sc, uint32_t part,
+                              Grid__Entry *const *es, size_t n, uint8_t how, Grid__Reply *rp) {
   store_t *store = lp->node->store;
-  if ((int64_t)rq->n_records > lp->node->cfg.batch_keys_max) {
-    ops_reply_error(rp, GRID_EBATCHTOOBIG, "in a replication record", &lp->arena);
-    return;
-  }
-  store_record_t *recs = arena_alloc(&lp->arena, rq->n_records * sizeof *recs);
+  store_record_t *recs = arena_alloc(&lp->arena, (n ? n : 1) * sizeof *recs);
   if (!recs) {
     ops_reply_error(rp, GRID_ENOMEM, NULL, &lp->arena);
-    return;
+    return GRID_ENOMEM;
   }
-  for (size_t i = 0; i < rq->n_records; i++) {
-    const Grid__Entry *e = rq->records[i];
+  for (size_t i = 0; i < n; i++) {
+    const Grid__Entry *e = es[i];
     int rc = store_check_sizes(store, e->key.len, e->deleted ? 0 : e->value.len);
     if (rc != 0) {
       ops_reply_error(rp, rc, "in a replication record", &lp->arena);
-      return;
+      return rc;
     }
     store_record_t *r = &recs[i];
     store_key_init(sc, e->key.data, e->key.len, &r->key);
     if (r->key.part != part) {
-      ops_reply_error(rp, GRID_EINVAL, "a batch record's entries are of two partitions",
-                      &lp->arena);
-      return;
+      ops_reply_error(rp, GRID_EINVAL, "a record's entries are of two partitions", &lp->arena);
+      return GRID_EINVAL;
     }
     /* An empty value arrives as NULL data: only `deleted` means a delete. */
     r->value = e->deleted ? NULL : e->value.data ? e->value.data : (uint8_t *)"";
@@ -43,9 +41,39 @@ static void repl_apply_batch(loop_t *lp, store_cache_t *sc, uint32_t part,
     r->expire_at_ms = e->expire_at_ms;
   }
   size_t applied = 0;
-  int rc = store_apply_batch(sc, recs, rq->n_records, (uint8_t)rq->change_op, &applied);
+  int rc = store_apply_batch(sc, recs, n, how, &applied);
   if (rc != 0) ops_reply_error(rp, rc, NULL, &lp->arena);
-  else store_part_committed_to(sc, part, rq->committed);
+  return rc;
+}
+
+static void repl_apply_batch(loop_t *lp, store_cache_t *sc, uint32_t part,
+                             const Grid__Request *rq, Grid__Reply *rp) {
+  if ((int64_t)rq->n_records > lp->node->cfg.batch_keys_max) {
+    ops_reply_error(rp, GRID_EBATCHTOOBIG, "in a replication record", &lp->arena);
+    return;
+  }
+  if (repl_apply_entries(lp, sc, part, rq->records, rq->n_records, (uint8_t)rq->change_op, rp) ==
+      0)
+    store_part_committed_to(sc, part, rq->committed);
+}
+
+/* A delta fill's chunk: the primary's changes after what this copy held,
+ * in counter order, applied as its records are. */
+static void repl_apply_delta(loop_t *lp, store_cache_t *sc, uint32_t part,
+                             const Grid__Request *rq, Grid__Reply *rp) {
+  Grid__Entry **es = arena_alloc(&lp->arena, (rq->n_values ? rq->n_values : 1) * sizeof *es);
+  if (!es) {
+    ops_reply_error(rp, GRID_ENOMEM, NULL, &lp->arena);
+    return;
+  }
+  for (size_t i = 0; i < rq->n_values; i++) {
+    es[i] = grid__entry__unpack(&lp->arena.pb, rq->values[i].len, rq->values[i].data);
+    if (!es[i]) {
+      ops_reply_error(rp, GRID_EPROTO, "a fill entry does not decode", &lp->arena);
+      return;
+    }
+  }
+  repl_apply_entries(lp, sc, part, es, rq->n_values, 0, rp);
 }
 
 void repl_on_peer_request(loop_t *lp, const char *from_node,
@@ -109,6 +137,25 @@ void repl_on_peer_request(loop_t *lp, const char *from_node,
     return;
   }
   /* FILL */
+  for (size_t i = 0; i < rq->n_values; i++)
+    atomic_fetch_add_explicit(&lp->node->fill_bytes_in, rq->values[i].len, memory_order_relaxed);
+  if (rq->fill_mode == 1) {
+    /* A probe: what this copy holds on disk; a fill follows, so until it
+     * is complete the copy on disk is not one. */
+    int whole;
+    store_part_disk_state(sc, part, &rp->version, &whole);
+    rp->found = whole != 0;
+    store_part_mark_filling(sc, part);
+    return;
+  }
+  if (rq->fill_mode == 2) {
+    repl_apply_delta(lp, sc, part, rq, rp);
+    if (rp->status == 0 && rq->done) {
+      store_part_filled(sc, part);
+      atomic_fetch_add_explicit(&lp->node->fill_delta_parts, 1, memory_order_relaxed);
+    }
+    return;
+  }
   if (rq->reset) store_part_reset(sc, rq->partition, rq->version);
   for (size_t i = 0; i < rq->n_values; i++) {
     /* A chunk: values[i] is a packed Entry. */
@@ -132,5 +179,6 @@ void repl_on_peer_request(loop_t *lp, const char *from_node,
       return;
     }
   }
+  if (rq->done) store_part_filled(sc, part);
 }
 

@@ -86,6 +86,7 @@ static void repl_fill_on_ack(void *arg, int status, const Grid__Reply *rp) {
           f->cache, f->p, f->node_id, grid_err_name(status));
     f->started = 0; /* the cache again from its first chunk, which empties it */
     f->cursor = 0;
+    f->mode = REPL_FILL_ASK;
     f->retry_at_ms = clock_mono_ms() + REPL_FILL_RETRY_MS;
   } else {
     f->entries += a->entries;
@@ -118,6 +119,7 @@ static void repl_fill_rewind(repl_fill_t *f) {
   f->caches = 0;
   f->started = 0;
   f->cursor = 0;
+  f->mode = REPL_FILL_ASK;
   f->done = 0;
   f->entries = f->bytes = 0;
 }
@@ -153,6 +155,7 @@ static store_cache_t *repl_fill_cache(loop_t *lp, repl_fill_t *f, const pmap_gro
       f->cache_done = 0;
       f->started = 0;
       f->cursor = 0;
+      f->mode = REPL_FILL_ASK;
     }
     store_cache_t *sc = store_view_find(&lp->view, f->cache, strlen(f->cache));
     if (sc) return sc;
@@ -170,6 +173,7 @@ static store_cache_t *repl_fill_cache(loop_t *lp, repl_fill_t *f, const pmap_gro
 static void repl_fill_again_later(repl_fill_t *f, int64_t now) {
   f->started = 0;
   f->cursor = 0;
+  f->mode = REPL_FILL_ASK;
   f->retry_at_ms = now + REPL_FILL_RETRY_MS;
 }
 
@@ -187,7 +191,7 @@ static int repl_fill_build(loop_t *lp, repl_fill_t *f, store_cache_t *sc, int64_
   ch->rq.reset = !f->started;
   /* The copy's change history restarts here: the records after this
    * counter follow on the same link. */
-  if (ch->rq.reset) ch->rq.version = atomic_load(&store_part_sync(sc, f->p)->applied);
+  if (ch->rq.reset) ch->rq.version = store_part_last_version(sc, f->p);
   ch->rq.history = store_history_kept(sc);
   f->started = 1;
   do {
@@ -197,6 +201,124 @@ static int repl_fill_build(loop_t *lp, repl_fill_t *f, store_cache_t *sc, int64_
   ch->rq.n_values = ch->n;
   ch->rq.done = f->cursor == 0;
   return ch->failed ? -1 : 0;
+}
+
+/* A delta chunk's change: an entry as a record (deleted: removed). */
+static int repl_fill_change_cb(void *ctx, const change_t *c) {
+  repl_fill_chunk_t *ch = ctx;
+  int stop = repl_fill_entry_cb(ctx, c->key, c->key_len, c->kind == CHANGE_PUT ? c->value : NULL,
+                                c->kind == CHANGE_PUT ? c->value_len : 0, c->type, c->version,
+                                c->kind == CHANGE_PUT ? c->expire_at_ms : 0);
+  if (stop) return 1;
+  if (c->kind != CHANGE_PUT) {
+    /* Packed again with the flag: the entry callback makes puts. */
+    Grid__Entry e = GRID__ENTRY__INIT;
+    e.key.data = (uint8_t *)c->key;
+    e.key.len = c->key_len;
+    e.version = c->version;
+    e.deleted = 1;
+    size_t len = grid__entry__get_packed_size(&e);
+    uint8_t *buf = arena_alloc(&ch->arena, len ? len : 1);
+    if (!buf) {
+      ch->failed = 1;
+      return 1;
+    }
+    grid__entry__pack(&e, buf);
+    ch->bytes += len - ch->rq.values[ch->n - 1].len;
+    ch->rq.values[ch->n - 1].data = buf;
+    ch->rq.values[ch->n - 1].len = len;
+  }
+  return ch->n >= REPL_FILL_CHUNK_ENTRIES || ch->bytes >= REPL_FILL_CHUNK_BYTES;
+}
+
+/* The next delta chunk: the changes after f->delta_after, as the
+ * partition's history has them. 0; 1 when the history no longer has them
+ * (the fill becomes a whole copy); -1 when memory ran out. */
+static int repl_fill_build_delta(loop_t *lp, repl_fill_t *f, store_cache_t *sc,
+                                 repl_fill_chunk_t *ch) {
+  arena_init(&ch->arena, 64 * 1024);
+  grid__request__init(&ch->rq);
+  ch->rq.op = GRID__OP__FILL;
+  ch->rq.cache = f->cache;
+  ch->rq.partition = f->p;
+  ch->rq.epoch = lp->pmap->epoch;
+  ch->rq.fill_mode = 2;
+  ch->rq.history = store_history_kept(sc);
+  uint64_t next, upto;
+  if (store_changes_since(sc, f->p, f->delta_after, REPL_FILL_CHUNK_ENTRIES, repl_fill_change_cb,
+                          ch, &next, &upto) != CHANGES_OK)
+    return 1;
+  if (ch->failed) return -1;
+  f->delta_after = next;
+  ch->rq.n_values = ch->n;
+  ch->rq.done = next >= upto;
+  return 0;
+}
+
+typedef struct repl_fill_probe {
+  loop_t *lp;
+  repl_fill_t *f;
+} repl_fill_probe_t;
+
+/* The copy said what its disk holds: a delta from there, or a whole copy. */
+static void repl_fill_on_probe(void *arg, int status, const Grid__Reply *rp) {
+  repl_fill_probe_t *pr = arg;
+  repl_fill_t *f = pr->f;
+  loop_t *lp = pr->lp;
+  free(pr);
+  f->inflight = 0;
+  if (f->orphan) {
+    free(f);
+    return;
+  }
+  if (status == 0 && rp->status != 0) status = rp->status;
+  if (f->restart) {
+    f->restart = 0;
+    repl_fill_rewind(f);
+    return;
+  }
+  if (status != 0) {
+    repl_fill_again_later(f, clock_mono_ms());
+    return;
+  }
+  store_cache_t *sc = store_view_find(&lp->view, f->cache, strlen(f->cache));
+  int d = sc ? store_delta_from(sc, f->p, rp->version, rp->found) : STORE_DELTA_NO;
+  if (d == STORE_DELTA_NO) {
+    f->mode = REPL_FILL_WHOLE;
+  } else {
+    f->mode = REPL_FILL_DELTA;
+    f->started = 1; /* no reset: the copy keeps what it has */
+    f->delta_after = rp->version & STORE_COUNTER_MASK;
+  }
+  LOG_I("repl", "\"a restarted copy says what its disk holds\" cache=%s partition=%u node=%s "
+        "version=%llu fill=%s", f->cache, f->p, f->node_id, (unsigned long long)rp->version,
+        d == STORE_DELTA_NO ? "whole" : d == STORE_DELTA_NONE ? "nothing" : "delta");
+  if (!f->done) repl_fill_step(lp, f, clock_mono_ms());
+}
+
+static int repl_fill_probe(loop_t *lp, repl_fill_t *f, int64_t now) {
+  const pmap_node_t *nd = &lp->pmap->nodes[pmap_node_index(lp->pmap, f->node_id)];
+  peer_t *peer = peer_get(lp, nd->id, nd->addr);
+  repl_fill_probe_t *pr = malloc(sizeof *pr);
+  Grid__Request rq = GRID__REQUEST__INIT;
+  rq.op = GRID__OP__FILL;
+  rq.cache = f->cache;
+  rq.partition = f->p;
+  rq.epoch = lp->pmap->epoch;
+  rq.fill_mode = 1;
+  int rc = GRID_ENOMEM;
+  if (peer && pr) {
+    *pr = (repl_fill_probe_t){lp, f};
+    rc = peer_call(peer, &rq, lp->node->cfg.forward_timeout_ms, repl_fill_on_probe, pr);
+  }
+  if (rc != 0) {
+    free(pr);
+    repl_fill_again_later(f, now);
+    return rc;
+  }
+  f->inflight = 1;
+  f->mode = REPL_FILL_PROBING;
+  return 0;
 }
 
 void repl_fill_step(loop_t *lp, repl_fill_t *f, int64_t now) {
@@ -219,8 +341,29 @@ void repl_fill_step(loop_t *lp, repl_fill_t *f, int64_t now) {
     repl_fill_finished(lp, f, now);
     return;
   }
+  /* A persistent cache's copy may hold most of it on disk: asked first. */
+  if (f->mode == REPL_FILL_ASK && store_cache_disk(sc)) {
+    repl_fill_probe(lp, f, now);
+    return;
+  }
+  if (f->mode == REPL_FILL_PROBING) return;
   repl_fill_chunk_t ch = {0};
-  if (repl_fill_build(lp, f, sc, now, &ch) != 0) {
+  int built = -1;
+  if (f->mode == REPL_FILL_DELTA) {
+    built = repl_fill_build_delta(lp, f, sc, &ch);
+    if (built == 1) {
+      /* The history moved past the copy meanwhile: a whole copy. */
+      arena_close(&ch.arena);
+      f->mode = REPL_FILL_WHOLE;
+      f->started = 0;
+      f->cursor = 0;
+      memset(&ch, 0, sizeof ch);
+      built = repl_fill_build(lp, f, sc, now, &ch);
+    }
+  } else {
+    built = repl_fill_build(lp, f, sc, now, &ch);
+  }
+  if (built != 0) {
     /* Not sent short: the copy would miss what did not fit. */
     LOG_W("repl", "\"out of memory building a fill chunk: starting the fill again\" cache=%s "
           "partition=%u node=%s", f->cache, f->p, f->node_id);

@@ -78,6 +78,11 @@ struct repl_part {
   uint32_t p;
 };
 
+/* How a persistent cache's copy is filled: the copy says what its disk
+ * holds (a probe), and gets the changes after it where the primary's
+ * history still has them, else a whole copy. */
+enum { REPL_FILL_ASK = 0, REPL_FILL_PROBING = 1, REPL_FILL_DELTA = 2, REPL_FILL_WHOLE = 3 };
+
 typedef struct repl_fill {
   int orphan;                    /* repl_close came while a chunk was in
                                     flight: its ack frees it */
@@ -96,6 +101,9 @@ typedef struct repl_fill {
   int started;                   /* the cache's first chunk went */
   int inflight, done, reported, failed;
   int restart;                   /* start over once the chunk in flight is in */
+  int mode;                      /* the cache's fill: REPL_FILL_* */
+  uint64_t delta_after;          /* REPL_FILL_DELTA: the changes after this
+                                    counter are sent next */
   int64_t retry_at_ms;           /* after a failure, not before then */
   uint64_t entries, bytes;
   int64_t started_ms;

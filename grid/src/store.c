@@ -41,6 +41,8 @@ typedef struct store_part {
   changes_t *changes;       /* recent changes, NULL until the first */
   uint64_t began;           /* the counter the history began after (its
                                first record, or a fill's reset) */
+  uint64_t last_version;    /* the version of the newest change applied
+                               (what a restarted copy says it holds) */
 } store_part_t;
 
 struct store_cache {
@@ -295,9 +297,14 @@ int store_cache_create(store_t *s, const store_cache_cfg_t *cfg) {
     pthread_rwlock_rdlock(&s->lock);
     int exists = store_find_locked(s, cfg->name, strlen(cfg->name), c->name_hash) >= 0;
     pthread_rwlock_unlock(&s->lock);
+    /* A node without a data_dir holds no copy of it (the map places
+     * persistent groups on nodes with one): the cache is only named here,
+     * for the requests it passes on. */
     if (exists) rc = GRID_ECACHEEXISTS;
-    else if (!s->persist.open) rc = GRID_EINVAL; /* the node has no data_dir */
-    else if (!(c->disk = s->persist.open(s->persist.ctx, c))) rc = GRID_EDISK;
+    else if (s->persist.open && !(c->disk = s->persist.open(s->persist.ctx, c))) rc = GRID_EDISK;
+    /* Its changes are kept from the start: a copy restarted with its disk
+     * catches up from them (a delta), instead of a whole copy. */
+    atomic_store(&c->history, 1);
   }
   if (rc == 0) {
     pthread_rwlock_wrlock(&s->lock);
@@ -825,6 +832,7 @@ static void store_count_write(store_part_t *p, uint64_t version) {
   /* version was worked out under the same lock: no write came between. */
   GRID_ASSERT((version & STORE_COUNTER_MASK) == ((before + 1) & STORE_COUNTER_MASK));
   p->counter++;
+  p->last_version = version;
   GRID_ASSERT(p->counter > before); /* a partition's counter only grows */
   atomic_store_explicit(&p->sync.applied, p->counter & STORE_COUNTER_MASK, memory_order_release);
 }
@@ -904,6 +912,18 @@ static int store_persist_one(store_cache_t *c, uint32_t part, const void *key, s
   const store_persist_t *ps = &c->store->persist;
   ps->add(c->disk, part, key, key_len, value, value_len, type, version, expire_at_ms);
   return ps->commit(c->disk, part, last, STORE_PART_KEEP);
+}
+
+typedef struct store_delta_probe {
+  uint64_t version;
+  int seen, same;
+} store_delta_probe_t;
+
+static int store_delta_probe_cb(void *ctx, const change_t *ch) {
+  store_delta_probe_t *pr = ctx;
+  pr->seen = 1;
+  pr->same = ch->version == pr->version;
+  return 1;
 }
 
 /* Deletes old (found at link) as a write of its own: a new update counter,
@@ -1325,7 +1345,10 @@ static int store_apply_locked(store_cache_t *c, store_part_t *p, const store_key
   uint64_t before = p->counter, counter = version & STORE_COUNTER_MASK;
   /* A record of an older write (a fill sends each entry with the version it
    * was written at) leaves the counter as it is: the counter only grows. */
-  if (counter > p->counter) p->counter = counter;
+  if (counter > p->counter) {
+    p->counter = counter;
+    p->last_version = version;
+  }
   GRID_ASSERT(p->counter >= before && p->counter >= counter);
   atomic_store_explicit(&p->sync.applied, p->counter, memory_order_release);
   if (!value) {
@@ -1391,18 +1414,19 @@ int store_apply_batch(store_cache_t *c, const store_record_t *recs, size_t n, ui
   return rc;
 }
 
-void store_part_reset(store_cache_t *c, uint32_t part, uint64_t counter) {
+void store_part_reset(store_cache_t *c, uint32_t part, uint64_t version) {
   if (part >= c->cfg.partitions) return;
   store_part_t *p = &c->parts[part];
   part_lock(p);
-  if (c->disk) c->store->persist.reset(c->disk, part);
+  if (c->disk) c->store->persist.reset(c->disk, part, version);
   store_part_clear(c->store, p);
   /* The copy takes the primary's counter: the entries to come were
    * written at or before it, the records after it follow. (Its own
    * counter may be lower: its newest writes were deletes.) */
-  counter &= STORE_COUNTER_MASK;
-  if (counter > p->counter) {
+  uint64_t counter = version & STORE_COUNTER_MASK;
+  if (counter >= p->counter) {
     p->counter = counter;
+    p->last_version = version;
     atomic_store_explicit(&p->sync.applied, counter, memory_order_release);
   }
   if (p->changes) {
@@ -1410,6 +1434,15 @@ void store_part_reset(store_cache_t *c, uint32_t part, uint64_t counter) {
     p->began = counter;
   }
   part_unlock(p);
+}
+
+uint64_t store_part_last_version(store_cache_t *c, uint32_t part) {
+  if (part >= c->cfg.partitions) return 0;
+  store_part_t *p = &c->parts[part];
+  part_lock(p);
+  uint64_t v = p->last_version ? p->last_version : p->counter;
+  part_unlock(p);
+  return v;
 }
 
 /* ---- change history and watchers ----------------------------------------- */
@@ -1425,10 +1458,76 @@ void store_part_restore(store_cache_t *c, uint32_t part, uint64_t version) {
   store_part_t *p = &c->parts[part];
   part_lock(p);
   uint64_t counter = version & STORE_COUNTER_MASK;
-  if (counter > p->counter) p->counter = counter;
+  if (counter >= p->counter) {
+    p->counter = counter;
+    p->last_version = version;
+  }
   atomic_store_explicit(&p->sync.applied, p->counter, memory_order_release);
   if (p->changes) changes_reset(p->changes, p->counter);
   p->began = p->counter;
+  part_unlock(p);
+}
+
+int store_delta_from(store_cache_t *c, uint32_t part, uint64_t version, int whole) {
+  if (part >= c->cfg.partitions) return STORE_DELTA_NO;
+  store_part_t *p = &c->parts[part];
+  uint64_t counter = version & STORE_COUNTER_MASK;
+  int rc = STORE_DELTA_NO;
+  part_lock(p);
+  if (!whole) {
+    rc = STORE_DELTA_NO;
+  } else if (counter == p->counter && version == p->last_version) {
+    rc = STORE_DELTA_NONE;
+  } else if (counter < p->counter && p->changes) {
+    /* The change at the copy's counter must be the very one it holds (a
+     * copy's tail the primary never had is another change there). */
+    store_delta_probe_t probe = {.version = version};
+    uint64_t next;
+    if (counter == 0)
+      probe.same = p->changes->base == 0;
+    else if (changes_read(p->changes, counter - 1, counter, 1, store_delta_probe_cb, &probe,
+                          &next) == CHANGES_OK)
+      probe.same = probe.seen && probe.same;
+    else
+      probe.same = 0;
+    if (probe.same) rc = STORE_DELTA_OK;
+  }
+  part_unlock(p);
+  return rc;
+}
+
+int store_changes_since(store_cache_t *c, uint32_t part, uint64_t after, size_t max,
+                        changes_cb cb, void *ctx, uint64_t *next, uint64_t *upto) {
+  if (part >= c->cfg.partitions) return CHANGES_GAP;
+  store_part_t *p = &c->parts[part];
+  part_lock(p);
+  *upto = p->counter;
+  int rc = CHANGES_GAP;
+  *next = after;
+  if (after == p->counter) rc = CHANGES_OK;
+  else if (p->changes) rc = changes_read(p->changes, after, p->counter, max, cb, ctx, next);
+  part_unlock(p);
+  return rc;
+}
+
+void store_part_disk_state(store_cache_t *c, uint32_t part, uint64_t *version, int *whole) {
+  *version = 0;
+  *whole = 0;
+  if (!c->disk || part >= c->cfg.partitions || !c->store->persist.state) return;
+  store_part_t *p = &c->parts[part];
+  part_lock(p);
+  int state;
+  c->store->persist.state(c->disk, part, version, &state);
+  *whole = state == STORE_PART_WHOLE || state == 0;
+  if (*whole && state == 0) *version = 0; /* nothing written: an empty copy */
+  part_unlock(p);
+}
+
+void store_part_mark_filling(store_cache_t *c, uint32_t part) {
+  if (!c->disk || part >= c->cfg.partitions) return;
+  store_part_t *p = &c->parts[part];
+  part_lock(p);
+  c->store->persist.commit(c->disk, part, 0, STORE_PART_FILLING);
   part_unlock(p);
 }
 

@@ -331,9 +331,12 @@ typedef struct store_record {
 int store_apply_batch(store_cache_t *c, const store_record_t *recs, size_t n, uint8_t how,
                       size_t *applied);
 /* Empties one partition (a copy about to be filled anew); its change
- * history starts again after counter (the primary's when the fill began:
- * every record after it follows on the same link). */
-void store_part_reset(store_cache_t *c, uint32_t part, uint64_t counter);
+ * history starts again after version's counter (the primary's last change
+ * when the fill began: every record after it follows on the same link). */
+void store_part_reset(store_cache_t *c, uint32_t part, uint64_t version);
+/* The version of the partition's newest change (its counter alone when
+ * that is not known). */
+uint64_t store_part_last_version(store_cache_t *c, uint32_t part);
 store_part_sync_t *store_part_sync(store_cache_t *c, uint32_t part);
 /* ---- persistence: a persistent cache's changes reach its disk -----------
  *
@@ -358,8 +361,10 @@ typedef struct store_persist {
   void (*add)(void *disk, uint32_t part, const void *key, size_t key_len, const void *value,
               size_t value_len, uint8_t type, uint64_t version, int64_t expire_at_ms);
   int (*commit)(void *disk, uint32_t part, uint64_t last_version, int state);
-  /* Empties the partition on disk, STORE_PART_FILLING. */
-  void (*reset)(void *disk, uint32_t part);
+  /* Empties the partition on disk, STORE_PART_FILLING at version. */
+  void (*reset)(void *disk, uint32_t part, uint64_t version);
+  /* The partition's last version and state as the disk keeps them. */
+  void (*state)(void *disk, uint32_t part, uint64_t *version, int *state);
   void (*drop)(void *disk);  /* the cache was dropped */
   void (*free)(void *disk);  /* its last reference went */
 } store_persist_t;
@@ -369,6 +374,23 @@ void store_set_persist(store_t *s, const store_persist_t *p);
 void store_part_restore(store_cache_t *c, uint32_t part, uint64_t version);
 /* A fill of part is complete here: its disk copy is whole. */
 void store_part_filled(store_cache_t *c, uint32_t part);
+/* A fill of part begins here (by delta): until it is complete the copy
+ * on disk is not one. */
+void store_part_mark_filling(store_cache_t *c, uint32_t part);
+/* What this copy of part holds on disk, for a fill by delta: the version
+ * of its last change and whether it is whole (0 and 0 without a disk). */
+void store_part_disk_state(store_cache_t *c, uint32_t part, uint64_t *version, int *whole);
+/* A primary's answer to a copy holding `version` (whole: a complete one):
+ * STORE_DELTA_NONE it has every change, STORE_DELTA_OK the changes after it
+ * are in the history (store_changes_since), STORE_DELTA_NO a whole copy is
+ * needed (too old, or a tail this copy never had). */
+enum { STORE_DELTA_NO = 0, STORE_DELTA_NONE = 1, STORE_DELTA_OK = 2 };
+int store_delta_from(store_cache_t *c, uint32_t part, uint64_t version, int whole);
+/* A partition's changes after `after`, up to what it applied (*upto), at
+ * most max, for a fill by delta (cb must not call the store). CHANGES_GAP
+ * when they are no longer held. */
+int store_changes_since(store_cache_t *c, uint32_t part, uint64_t after, size_t max,
+                        changes_cb cb, void *ctx, uint64_t *next, uint64_t *upto);
 /* The cache's disk (NULL: memory only). */
 void *store_cache_disk(const store_cache_t *c);
 
