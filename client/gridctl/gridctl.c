@@ -47,6 +47,9 @@ static void usage(FILE *f) {
           "  ping                               check the node answers\n"
           "  leave                              the node leaves its cluster gracefully\n"
           "                                     (hands its partitions over, then stops)\n"
+          "  snapshot create NAME               every node copies its persistent data\n"
+          "                                     to data_dir/snapshots/NAME (gridd\n"
+          "                                     --restore NAME goes back to it)\n"
           "  accept-loss NODE                   go on without NODE, gone for good:\n"
           "                                     partitions only it held stop waiting\n"
           "                                     (persistent ones start again, empty)\n"
@@ -173,6 +176,19 @@ static int cmd_caches(grid_t *g) {
            list[i].default_ttl_ms, list[i].persistence ? "on" : "off", fsync);
   }
   grid_cache_list_free(list, n);
+  return 0;
+}
+
+static int cmd_snapshot(grid_t *g, int argc, char **argv) {
+  if (argc != 2 || strcmp(argv[0], "create") != 0) {
+    fprintf(stderr, "gridctl: snapshot: usage: snapshot create NAME\n");
+    return EXIT_USAGE;
+  }
+  uint64_t nodes = 0;
+  int rc = grid_snapshot_create(g, argv[1], &nodes);
+  if (rc) return fail("snapshot create", rc);
+  printf("snapshot %s made on %" PRIu64 " node%s (data_dir/snapshots/%s; gridd --restore %s "
+         "brings a node back to it)\n", argv[1], nodes, nodes == 1 ? "" : "s", argv[1], argv[1]);
   return 0;
 }
 
@@ -517,7 +533,7 @@ int main(int argc, char **argv) {
   char **vargv = argv + i + 1;
   static const char *const verbs[] = {"put", "get", "del", "add", "size", "caches",
                                       "create-cache", "drop-cache", "stats", "ping", "status", "leave",
-                                      "accept-loss",
+                                      "accept-loss", "snapshot",
                                       "watch"};
   int known = 0;
   for (size_t k = 0; k < sizeof verbs / sizeof verbs[0]; k++) known |= !strcmp(verb, verbs[k]);
@@ -544,6 +560,7 @@ int main(int argc, char **argv) {
   else if (!strcmp(verb, "caches")) code = cmd_caches(g);
   else if (!strcmp(verb, "create-cache")) code = cmd_create_cache(g, vargc, vargv);
   else if (!strcmp(verb, "accept-loss")) code = cmd_accept_loss(g, vargc, vargv);
+  else if (!strcmp(verb, "snapshot")) code = cmd_snapshot(g, vargc, vargv);
   else if (!strcmp(verb, "drop-cache")) {
     code = need_args("drop-cache", vargc, 1) ? EXIT_USAGE : 0;
     if (!code && (rc = grid_cache_drop(g, vargv[0])) != 0) code = fail("drop-cache", rc);

@@ -363,6 +363,14 @@ GRID_EXPORT void grid_cluster_status_free(grid_cluster_status_t *st);
  * Returns once the node has started leaving. */
 GRID_EXPORT int grid_leave(grid_t *g);
 
+/* Every node makes a snapshot of its data named name (1..64 of
+ * [A-Za-z0-9_.-]): a consistent point-in-time copy of its data_dir (a
+ * RocksDB checkpoint: table files hard-linked) in data_dir/snapshots/name;
+ * gridd --restore name brings a node back to it. *nodes (may be NULL):
+ * how many nodes made it. An error when any node could not (one away, no
+ * data_dir, the name taken). */
+GRID_EXPORT int grid_snapshot_create(grid_t *g, const char *name, uint64_t *nodes);
+
 /* The operator accepts that node node_id, gone from the cluster, is not
  * coming back: partitions only it held in sync are no longer waited for
  * (a persistent cache's start again, empty: what only that node had is

@@ -1116,6 +1116,20 @@ int grid_cluster_status(grid_t *g, grid_cluster_status_t **out) {
   return 0;
 }
 
+int grid_snapshot_create(grid_t *g, const char *name, uint64_t *nodes) {
+  if (!name || !name[0]) return GRID_EINVAL;
+  Grid__Request rq = GRID__REQUEST__INIT;
+  rq.op = GRID__OP__SNAPSHOT;
+  rq.key.data = (uint8_t *)name;
+  rq.key.len = strlen(name);
+  client_reply_t r;
+  int rc = client_call(g, &rq, &r);
+  if (rc != 0) return rc;
+  if (nodes) *nodes = (uint64_t)r.rp->number;
+  client_reply_free(&r);
+  return 0;
+}
+
 int grid_accept_loss(grid_t *g, const char *node_id) {
   if (!node_id || !node_id[0]) return GRID_EINVAL;
   Grid__Request rq = GRID__REQUEST__INIT;

@@ -35,6 +35,7 @@ static const config_key_t config_keys[] = {
     CFG_N(databases, CFG_INT, 1, 100000),
     CFG_S(node_id),
     CFG_S(data_dir),
+    CFG_N(disk_free_bytes_min, CFG_SIZE, 0, (int64_t)1 << 50),
     CFG_N(loops, CFG_INT, 0, 64),
     CFG_N(memory_bytes_max, CFG_SIZE, 0, INT64_MAX),
     CFG_N(frame_bytes_max, CFG_SIZE, 1024, (int64_t)1 << 30),
@@ -114,6 +115,7 @@ void config_defaults(config_t *c) {
   c->map_groups_max = 1024;
   c->lost_grace_ms = 30000;
   c->change_buffer_bytes = 64 << 10;
+  c->disk_free_bytes_min = 64 << 20;
   c->subscriptions_max = 1024;
   c->subscription_keys_max = 1024;
 }

@@ -32,6 +32,9 @@ typedef struct config {
   char data_dir[512];             /* where persistent caches are kept (the
                                      node's RocksDB); empty: none, and
                                      persistent caches are refused */
+  int64_t disk_free_bytes_min;    /* free space data_dir keeps: writes to
+                                     persistent caches that would leave
+                                     less are refused (GRID_EDISK) */
   int64_t loops;                  /* event loop threads; 0 = one per core */
   int64_t memory_bytes_max;       /* entry memory at most; 0 = 1/4 of RAM */
   int64_t frame_bytes_max;        /* one frame's payload at most */

@@ -8,7 +8,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -20,6 +23,10 @@
 #define DISK_META_PART_BYTES 9    /* version, state */
 #define DISK_IDLE_SYNC_MS 1000    /* the disk thread's period with no
                                      every_ms cache */
+#define DISK_SPACE_CHECK_BYTES (1u << 20) /* free space is looked at again
+                                     after this much was written */
+#define DISK_SPACE_RECHECK_MS 100 /* ... and by a refused write, at most
+                                     this often */
 
 struct disk {
   rocksdb_t *db;
@@ -41,6 +48,15 @@ struct disk {
   _Atomic uint64_t synced;
   _Atomic uint64_t bytes;
   pthread_mutex_t sync_lock;
+  /* Free space (disk_free_bytes_min): as last looked at, and the bytes
+   * written then; a write that would go below the minimum is refused. */
+  int64_t free_min;
+  _Atomic int64_t free_bytes;
+  _Atomic uint64_t bytes_at_check;
+  _Atomic int64_t checked_ms;
+  _Atomic int low;            /* below the minimum (logged once a time) */
+  _Atomic int broken;         /* RocksDB refused a write: it takes no more
+                                 (a restart with room recovers) */
   /* The disk thread (every_ms caches). */
   pthread_t thread;
   pthread_cond_t cond;
@@ -115,11 +131,53 @@ static void disk_words(char *err, size_t err_len, const char *what, char *rerr) 
   free(rerr);
 }
 
+/* ---- free space -------------------------------------------------------------- */
+
+static void disk_space_check(disk_t *d) {
+  struct statvfs v;
+  if (statvfs(d->dir, &v) != 0) return;
+  atomic_store(&d->bytes_at_check, atomic_load(&d->bytes));
+  atomic_store(&d->free_bytes, (int64_t)v.f_bavail * (int64_t)v.f_frsize);
+  atomic_store(&d->checked_ms, clock_mono_ms());
+}
+
+/* Whether a write of size bytes leaves disk_free_bytes_min free, as far as
+ * the last look and what was written since tell. */
+static int disk_space_ok(disk_t *d, size_t size) {
+  uint64_t since = atomic_load(&d->bytes) - atomic_load(&d->bytes_at_check);
+  int low = atomic_load(&d->low);
+  if (since >= DISK_SPACE_CHECK_BYTES ||
+      (low && clock_mono_ms() - atomic_load(&d->checked_ms) >= DISK_SPACE_RECHECK_MS)) {
+    disk_space_check(d);
+    since = 0;
+  }
+  int64_t left = atomic_load(&d->free_bytes) - (int64_t)since - (int64_t)size;
+  int now_low = left < d->free_min;
+  if (now_low != low && atomic_exchange(&d->low, now_low) != now_low) {
+    if (now_low)
+      LOG_W("disk", "\"data_dir is nearly full: writes to persistent caches are refused\" "
+            "dir=%s free_bytes=%lld disk_free_bytes_min=%lld", d->dir,
+            (long long)atomic_load(&d->free_bytes), (long long)d->free_min);
+    else
+      LOG_I("disk", "\"data_dir has room again: writes to persistent caches are taken\" dir=%s "
+            "free_bytes=%lld", d->dir, (long long)atomic_load(&d->free_bytes));
+  }
+  return !now_low;
+}
+
 /* ---- the disk thread: every_ms caches' syncs ------------------------------ */
 
 static void disk_sync_now(disk_t *d) {
   pthread_mutex_lock(&d->sync_lock);
   uint64_t upto = atomic_load(&d->written);
+  if (atomic_load(&d->synced) < upto && atomic_load(&d->broken)) {
+    /* RocksDB refused a write: its log takes no more calls, so what was
+     * written before cannot be synced, and replies waiting for it must
+     * not leave. */
+    LOG_E("disk", "\"writes wait for a sync the data directory can no longer do: stopping the "
+          "node\" dir=%s", d->dir);
+    _exit(75);
+  }
   if (atomic_load(&d->synced) < upto) {
     char *rerr = NULL;
     rocksdb_flush_wal(d->db, 1, &rerr);
@@ -152,7 +210,8 @@ static void *disk_thread_main(void *arg) {
     if (d->stopping) break;
     int any = d->every_ms_min != 0;
     pthread_mutex_unlock(&d->lock);
-    if (any) disk_sync_now(d);
+    if (any && !atomic_load(&d->broken)) disk_sync_now(d);
+    disk_space_check(d);
     pthread_mutex_lock(&d->lock);
   }
   pthread_mutex_unlock(&d->lock);
@@ -245,20 +304,52 @@ static int disk_identity(disk_t *d, const char *cluster, char *err, size_t err_l
   return 0;
 }
 
-int disk_open(const char *dir, const char *cluster, disk_t **out, char *err, size_t err_len) {
+/* What a directory holds: -1 it cannot be read, 0 nothing, 1 files
+ * without RocksDB's CURRENT (a damaged database), 2 a database. */
+static int disk_dir_state(const char *path) {
+  DIR *dh = opendir(path);
+  if (!dh) return errno == ENOENT ? 0 : -1;
+  int any = 0, current = 0;
+  struct dirent *e;
+  while ((e = readdir(dh)) != NULL) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+    any = 1;
+    if (strcmp(e->d_name, "CURRENT") == 0) current = 1;
+  }
+  closedir(dh);
+  return current ? 2 : any ? 1 : 0;
+}
+
+int disk_open(const char *data_dir, const char *cluster, int64_t free_min, disk_t **out,
+              char *err, size_t err_len) {
   *out = NULL;
-  if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
-    snprintf(err, err_len, "data_dir %s cannot be made: %s", dir, strerror(errno));
+  char dir[1100];
+  snprintf(dir, sizeof dir, "%s/" DISK_DB_DIR, data_dir);
+  if ((mkdir(data_dir, 0755) != 0 && errno != EEXIST) || (mkdir(dir, 0755) != 0 && errno != EEXIST)) {
+    snprintf(err, err_len, "data_dir %s cannot be made: %s", data_dir, strerror(errno));
     return GRID_ECONFIG;
+  }
+  int state = disk_dir_state(dir);
+  if (state < 0 || state == 1) {
+    /* Files, and no CURRENT: RocksDB would make a new, empty database over
+     * them, and the node would serve nothing as if it had nothing. */
+    snprintf(err, err_len,
+             "data_dir %s is damaged (%s has no CURRENT file); restore it from a snapshot "
+             "(gridd --restore NAME), or give the node an empty data_dir and its copies come "
+             "from other nodes",
+             data_dir, dir);
+    return GRID_EDISK;
   }
   disk_t *d = calloc(1, sizeof *d);
   if (!d) return GRID_ENOMEM;
-  snprintf(d->dir, sizeof d->dir, "%s", dir);
+  snprintf(d->dir, sizeof d->dir, "%s", data_dir);
+  d->free_min = free_min;
+  disk_space_check(d);
   pthread_mutex_init(&d->lock, NULL);
   pthread_mutex_init(&d->sync_lock, NULL);
   pthread_cond_init(&d->cond, NULL);
   d->opts = rocksdb_options_create();
-  rocksdb_options_set_create_if_missing(d->opts, 1);
+  rocksdb_options_set_create_if_missing(d->opts, state == 0);
   rocksdb_options_set_create_missing_column_families(d->opts, 1);
   rocksdb_options_set_paranoid_checks(d->opts, 1);
   rocksdb_options_set_info_log_level(d->opts, 2 /* WARN */);
@@ -301,12 +392,14 @@ int disk_open(const char *dir, const char *cluster, disk_t **out, char *err, siz
   if (!d->db) {
     char what[1200];
     if (rerr && strstr(rerr, "While lock file"))
-      snprintf(what, sizeof what, "data_dir %s is in use by another process (a gridd)", dir);
+      snprintf(what, sizeof what, "data_dir %s is in use by another process (a gridd)",
+               data_dir);
     else
       snprintf(what, sizeof what,
-               "data_dir %s is damaged (it cannot be opened); restore it from a snapshot, or "
-               "give the node an empty data_dir and its copies come from other nodes",
-               dir);
+               "data_dir %s is damaged (it cannot be opened); restore it from a snapshot "
+               "(gridd --restore NAME), or give the node an empty data_dir and its copies come "
+               "from other nodes",
+               data_dir);
     disk_words(err, err_len, what, rerr);
     disk_close(d);
     return GRID_EDISK;
@@ -575,11 +668,18 @@ int disk_commit(disk_cache_t *dc, uint32_t part, uint64_t last_version, int stat
   }
   size_t size = 0;
   rocksdb_writebatch_data(b, &size);
+  if (atomic_load(&d->broken) || !disk_space_ok(d, size)) {
+    rocksdb_writebatch_clear(b);
+    return GRID_EDISK;
+  }
   char *rerr = NULL;
   rocksdb_write(d->db, d->wopts, b, &rerr);
   rocksdb_writebatch_clear(b);
   if (rerr) {
-    LOG_W("disk", "\"a write to the data directory failed: refused\" cache=%s dir=%s error=\"%s\"",
+    /* RocksDB's log writer is in error now: no more writes to it. */
+    atomic_store(&d->broken, 1);
+    LOG_E("disk", "\"a write to the data directory failed: writes to persistent caches are "
+          "refused until the node restarts\" cache=%s dir=%s error=\"%s\"",
           dc->name, d->dir, rerr);
     free(rerr);
     return GRID_EDISK;
@@ -677,5 +777,184 @@ int disk_cache_load(disk_cache_t *dc, disk_entry_cb cb, void *ctx, char *err, si
     disk_words(err, err_len, what, rerr);
     rc = GRID_EDISK;
   }
+  return rc;
+}
+
+/* ---- snapshots -------------------------------------------------------------- */
+
+static int disk_snapshot_name_ok(const char *name) {
+  size_t n = strlen(name);
+  if (n == 0 || n > DISK_SNAPSHOT_NAME_MAX || name[0] == '.') return 0;
+  for (const char *s = name; *s; s++)
+    if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+          *s == '_' || *s == '-' || *s == '.'))
+      return 0;
+  return 1;
+}
+
+int disk_snapshot(disk_t *d, const char *name, char *err, size_t err_len) {
+  if (!disk_snapshot_name_ok(name)) {
+    snprintf(err, err_len, "a snapshot name is 1-%d of [A-Za-z0-9_.-], not starting with '.'",
+             DISK_SNAPSHOT_NAME_MAX);
+    return GRID_EINVAL;
+  }
+  char path[1200];
+  snprintf(path, sizeof path, "%s/" DISK_SNAPSHOTS_DIR, d->dir);
+  if (mkdir(path, 0755) != 0 && errno != EEXIST) {
+    snprintf(err, err_len, "%s cannot be made: %s", path, strerror(errno));
+    return GRID_EDISK;
+  }
+  snprintf(path, sizeof path, "%s/" DISK_SNAPSHOTS_DIR "/%s", d->dir, name);
+  struct stat st;
+  if (stat(path, &st) == 0) {
+    snprintf(err, err_len, "a snapshot named %s exists on this node (%s)", name, path);
+    return GRID_EEXIST;
+  }
+  char *rerr = NULL;
+  rocksdb_checkpoint_t *cp = rocksdb_checkpoint_object_create(d->db, &rerr);
+  /* log_size_for_flush 0: the memtables are written first, so the
+   * snapshot is its table files (hard links) and needs no log replay. */
+  if (cp) rocksdb_checkpoint_create(cp, path, 0, &rerr);
+  if (cp) rocksdb_checkpoint_object_destroy(cp);
+  if (rerr) {
+    disk_words(err, err_len, "making the snapshot failed", rerr);
+    return GRID_EDISK;
+  }
+  LOG_I("disk", "\"snapshot made\" name=%s path=%s", name, path);
+  return 0;
+}
+
+/* Every entry of every family of the database at path read once, its
+ * checksums checked, and its identity there: 0, or GRID_EDISK with words. */
+static int disk_verify(const char *path, const char *what, char *err, size_t err_len) {
+  rocksdb_options_t *o = rocksdb_options_create();
+  rocksdb_options_set_paranoid_checks(o, 1);
+  char *rerr = NULL;
+  size_t n = 0;
+  char **names = rocksdb_list_column_families(o, path, &n, &rerr);
+  int rc = 0;
+  rocksdb_t *db = NULL;
+  rocksdb_column_family_handle_t **h = NULL;
+  if (names && n) {
+    const rocksdb_options_t **opts = calloc(n, sizeof *opts);
+    h = calloc(n, sizeof *h);
+    for (size_t i = 0; opts && i < n; i++) opts[i] = o;
+    if (opts && h)
+      db = rocksdb_open_for_read_only_column_families(o, path, (int)n,
+                                                      (const char *const *)names, opts, h, 0,
+                                                      &rerr);
+    free(opts);
+  }
+  rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
+  rocksdb_readoptions_set_verify_checksums(ro, 1);
+  rocksdb_readoptions_set_fill_cache(ro, 0);
+  uint64_t entries = 0;
+  for (size_t i = 0; db && !rerr && i < n; i++) {
+    rocksdb_iterator_t *it = rocksdb_create_iterator_cf(db, ro, h[i]);
+    for (rocksdb_iter_seek_to_first(it); rocksdb_iter_valid(it); rocksdb_iter_next(it)) entries++;
+    rocksdb_iter_get_error(it, &rerr);
+    rocksdb_iter_destroy(it);
+  }
+  if (db && !rerr) {
+    size_t len = 0;
+    char *v = rocksdb_get(db, ro, "grid.disk_id", 12, &len, &rerr);
+    if (!v && !rerr) rerr = strdup("no grid.disk_id: not a grid data directory");
+    free(v);
+  }
+  if (!db || rerr) {
+    char w[1500];
+    snprintf(w, sizeof w, "%s is damaged or incomplete (%s)", what, path);
+    disk_words(err, err_len, w, rerr ? rerr : strdup("it cannot be opened"));
+    rc = GRID_EDISK;
+  }
+  rocksdb_readoptions_destroy(ro);
+  for (size_t i = 0; h && i < n; i++)
+    if (h[i]) rocksdb_column_family_handle_destroy(h[i]);
+  free(h);
+  if (db) rocksdb_close(db);
+  if (names) rocksdb_list_column_families_destroy(names, n);
+  rocksdb_options_destroy(o);
+  if (rc == 0)
+    LOG_I("disk", "\"snapshot checked\" path=%s entries=%llu", path, (unsigned long long)entries);
+  return rc;
+}
+
+/* Copies file from to to (a snapshot's small files: RocksDB may write to
+ * its own copy of them). */
+static int disk_copy_file(const char *from, const char *to) {
+  int in = open(from, O_RDONLY | O_CLOEXEC);
+  if (in < 0) return -1;
+  int out = open(to, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (out < 0) {
+    close(in);
+    return -1;
+  }
+  char buf[65536];
+  ssize_t n;
+  int rc = 0;
+  while ((n = read(in, buf, sizeof buf)) > 0)
+    if (write(out, buf, (size_t)n) != n) rc = -1;
+  if (n < 0 || fsync(out) != 0) rc = -1;
+  close(in);
+  if (close(out) != 0) rc = -1;
+  return rc;
+}
+
+int disk_restore(const char *data_dir, const char *name, char *err, size_t err_len) {
+  if (!disk_snapshot_name_ok(name)) {
+    snprintf(err, err_len, "--restore: a snapshot name is 1-%d of [A-Za-z0-9_.-]",
+             DISK_SNAPSHOT_NAME_MAX);
+    return GRID_ECONFIG;
+  }
+  char snap[1200], db[1200], aside[1300], what[200];
+  snprintf(snap, sizeof snap, "%s/" DISK_SNAPSHOTS_DIR "/%s", data_dir, name);
+  snprintf(db, sizeof db, "%s/" DISK_DB_DIR, data_dir);
+  struct stat st;
+  if (stat(snap, &st) != 0 || !S_ISDIR(st.st_mode)) {
+    snprintf(err, err_len, "--restore: no snapshot %s in %s/" DISK_SNAPSHOTS_DIR
+             " (gridctl snapshot create %s makes one on every node)", name, data_dir, name);
+    return GRID_ECONFIG;
+  }
+  snprintf(what, sizeof what, "snapshot %s", name);
+  int rc = disk_verify(snap, what, err, err_len);
+  if (rc != 0) return rc; /* nothing changed */
+  /* The data it replaces is kept aside, not deleted: the operator's. */
+  snprintf(aside, sizeof aside, "%s/" DISK_DB_DIR ".before-restore-%lld", data_dir,
+           (long long)clock_wall_ms());
+  if (stat(db, &st) == 0 && rename(db, aside) != 0) {
+    snprintf(err, err_len, "--restore: %s cannot be moved aside: %s", db, strerror(errno));
+    return GRID_EDISK;
+  }
+  if (mkdir(db, 0755) != 0) {
+    snprintf(err, err_len, "--restore: %s cannot be made: %s", db, strerror(errno));
+    return GRID_EDISK;
+  }
+  DIR *dh = opendir(snap);
+  struct dirent *e;
+  rc = 0;
+  while (dh && rc == 0 && (e = readdir(dh)) != NULL) {
+    if (e->d_name[0] == '.') continue;
+    char from[1500], to[1500];
+    snprintf(from, sizeof from, "%s/%s", snap, e->d_name);
+    snprintf(to, sizeof to, "%s/%s", db, e->d_name);
+    size_t n = strlen(e->d_name);
+    /* Table files never change: linked. The rest RocksDB may write to. */
+    int linked = n > 4 && strcmp(e->d_name + n - 4, ".sst") == 0 && link(from, to) == 0;
+    if (!linked && disk_copy_file(from, to) != 0) {
+      snprintf(err, err_len, "--restore: %s cannot be copied to %s: %s", from, to,
+               strerror(errno));
+      rc = GRID_EDISK;
+    }
+  }
+  if (dh) closedir(dh);
+  if (!dh) rc = GRID_EDISK;
+  int dfd = open(db, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    if (fsync(dfd) != 0) rc = GRID_EDISK;
+    close(dfd);
+  }
+  if (rc == 0)
+    LOG_W("disk", "\"restored from a snapshot: the data it replaced is kept aside (delete it "
+          "once the node serves)\" snapshot=%s aside=%s", name, aside);
   return rc;
 }

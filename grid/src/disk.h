@@ -29,6 +29,9 @@
 #include <stdint.h>
 
 #define DISK_FORMAT 1  /* the layout above; a newer one is refused */
+#define DISK_DB_DIR "db"               /* data_dir/db: the RocksDB */
+#define DISK_SNAPSHOTS_DIR "snapshots" /* data_dir/snapshots/NAME: checkpoints */
+#define DISK_SNAPSHOT_NAME_MAX 64
 
 typedef struct disk disk_t;
 typedef struct disk_cache disk_cache_t;
@@ -42,9 +45,11 @@ enum {
 
 /* Opens (making it when empty) the data directory dir of a node of
  * `cluster` ("" for a single node). A directory of another cluster, of a
- * newer format, or damaged is refused with words in err. 0 or GRID_EDISK
- * / GRID_ECONFIG. */
-int disk_open(const char *dir, const char *cluster, disk_t **out, char *err, size_t err_len);
+ * newer format, or damaged is refused with words in err. Writes that would
+ * leave less than free_min bytes free are refused (GRID_EDISK), before
+ * RocksDB meets a full disk. 0 or GRID_EDISK / GRID_ECONFIG. */
+int disk_open(const char *data_dir, const char *cluster, int64_t free_min, disk_t **out,
+              char *err, size_t err_len);
 /* Writes the memtables to files (a clean stop: the next start reads them
  * instead of replaying the log). */
 void disk_flush(disk_t *d);
@@ -98,6 +103,16 @@ typedef int (*disk_entry_cb)(void *ctx, uint32_t part, const void *key, size_t k
                              const void *value, size_t value_len, uint8_t type,
                              uint64_t version, int64_t expire_at_ms);
 int disk_cache_load(disk_cache_t *dc, disk_entry_cb cb, void *ctx, char *err, size_t err_len);
+
+/* A consistent point-in-time copy of the node's data (a RocksDB
+ * checkpoint: table files hard-linked) in data_dir/snapshots/name. 0,
+ * GRID_EINVAL (a bad name), GRID_EEXIST, or GRID_EDISK, with words. */
+int disk_snapshot(disk_t *d, const char *name, char *err, size_t err_len);
+/* Before a node opens data_dir: checks snapshot `name` whole (every entry
+ * read, its checksums checked), then makes it the data (the data it
+ * replaces is moved aside, not deleted). Nothing changes when the check
+ * fails. 0, or an error with words. */
+int disk_restore(const char *data_dir, const char *name, char *err, size_t err_len);
 
 /* Bytes written to RocksDB since the start (entries and meta). */
 uint64_t disk_bytes_written(const disk_t *d);

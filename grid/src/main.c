@@ -14,6 +14,7 @@
 #include "config.h"
 #include "grid_types.h"
 #include "log.h"
+#include "disk.h"
 #include "node.h"
 
 static void usage(FILE *f) {
@@ -32,6 +33,10 @@ static void usage(FILE *f) {
           "  --resp-port N      also serve the Redis protocol (RESP2) on port N\n"
           "  --set KEY=VALUE    any config setting; may be repeated\n"
           "  --print-config     print the settings in effect and exit\n"
+          "  --restore NAME     first make snapshot NAME (gridctl snapshot create) the\n"
+          "                     node's data: it is checked whole before anything\n"
+          "                     changes; the data it replaces is kept aside in\n"
+          "                     data_dir/db.before-restore-<time>\n"
           "  --version          print the version and exit\n"
           "  --help             this text\n"
           "\n"
@@ -46,7 +51,7 @@ static void usage(FILE *f) {
           "  change_buffer_bytes, change_buffers_bytes_max, subscriptions_max,\n"
           "  subscription_keys_max, notify_keyspace_events (Redis's letters, as KEA;\n"
           "  empty: none)\n"
-          "  log_level (debug, info, warn, error)\n"
+          "  log_level (debug, info, warn, error), data_dir (persistent caches)\n"
           "Cluster settings: zk (ZooKeeper hosts; empty: a single node), cluster,\n"
           "  zone, advertise, zk_session_timeout_ms, cluster_min_nodes,\n"
           "  forward_timeout_ms, repl_pending_max, loop_handoffs_max,\n"
@@ -70,6 +75,7 @@ static const struct option gridd_options[] = {
     {"port-file", required_argument, 0, 'f'}, {"set", required_argument, 0, 's'},
     {"resp-port", required_argument, 0, 'r'},
     {"print-config", no_argument, 0, 'P'}, {"version", no_argument, 0, 'V'},
+    {"restore", required_argument, 0, 'R'},
     {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
 #define GRIDD_SHORT_OPTIONS "c:p:b:l:f:s:r:h"
 
@@ -82,12 +88,15 @@ static const struct option gridd_options[] = {
  * and answers --version, --help and a flag it does not know at once, so
  * that no config file is read for them. Returns GRIDD_GO_ON or the status
  * gridd exits with. */
+static const char *gridd_restore; /* --restore NAME */
+
 static int gridd_scan_flags(int argc, char **argv, const char **config_path,
                             int *print_config) {
   int opt;
   while ((opt = getopt_long(argc, argv, GRIDD_SHORT_OPTIONS, gridd_options, NULL)) != -1) {
     switch (opt) {
       case 'c': *config_path = optarg; break;
+      case 'R': gridd_restore = optarg; break;
       case 'P': *print_config = 1; break;
       case 'V': printf("gridd %s\n", GRID_VERSION_STRING); return GRIDD_EXIT_OK;
       case 'h': usage(stdout); return GRIDD_EXIT_OK;
@@ -205,10 +214,21 @@ int main(int argc, char **argv) {
     return GRIDD_EXIT_OK;
   }
 
+  char err[2048];
+  if (gridd_restore) {
+    if (!cfg.data_dir[0]) {
+      fprintf(stderr, "gridd: --restore needs the node's data_dir (--set data_dir=DIR)\n");
+      return GRIDD_EXIT_USAGE;
+    }
+    if (disk_restore(cfg.data_dir, gridd_restore, err, sizeof err) != 0) {
+      LOG_E("node", "\"cannot restore\" reason=\"%s\"", err);
+      fprintf(stderr, "gridd: %s\n", err);
+      return 1;
+    }
+  }
   sigset_t set;
   gridd_block_signals(&set);
   node_t *node;
-  char err[512];
   if (node_start(&cfg, &node, err, sizeof err) != 0) {
     LOG_E("node", "\"cannot start\" reason=\"%s\"", err);
     fprintf(stderr, "gridd: %s\n", err);

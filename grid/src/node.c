@@ -196,8 +196,8 @@ static void node_recreate_cache(void *ctx, const char *name, const void *def, si
  * cluster's come from ZooKeeper). */
 static int node_open_disk(node_t *n, char *err, size_t err_len) {
   if (!n->cfg.data_dir[0]) return 0;
-  int rc = disk_open(n->cfg.data_dir, n->cfg.zk[0] ? n->cfg.cluster : "", &n->disk, err,
-                     err_len);
+  int rc = disk_open(n->cfg.data_dir, n->cfg.zk[0] ? n->cfg.cluster : "",
+                     n->cfg.disk_free_bytes_min, &n->disk, err, err_len);
   if (rc != 0) return rc;
   store_persist_t ps = {.ctx = n, .open = node_persist_open, .add = node_persist_add,
                         .commit = node_persist_commit, .reset = node_persist_reset,

@@ -1198,6 +1198,19 @@ void ops_execute_rec(node_t *n, store_view_t *view, const Grid__Request *rq,
     case GRID__OP__LEAVE:
       ops_reply_error(rp, GRID_EINVAL, "a single node has no cluster to leave: stop it instead", a);
       return;
+    case GRID__OP__SNAPSHOT: {
+      char name[DISK_SNAPSHOT_NAME_MAX + 2], words[1600];
+      snprintf(name, sizeof name, "%.*s", (int)(rq->key.len < sizeof name - 1 ? rq->key.len : sizeof name - 1),
+               rq->key.data ? (const char *)rq->key.data : "");
+      if (!n->disk) {
+        ops_reply_error(rp, GRID_EINVAL, "this node has no data_dir to snapshot", a);
+        return;
+      }
+      int rc = disk_snapshot(n->disk, name, words, sizeof words);
+      if (rc != 0) ops_reply_error(rp, rc, words, a);
+      else rp->number = 1;
+      return;
+    }
     case GRID__OP__ACCEPT_LOSS:
       ops_reply_error(rp, GRID_EINVAL, "a single node has no other node to lose", a);
       return;

@@ -512,6 +512,56 @@ static void route_data(loop_t *lp, Grid__Request *rq, const route_from_t *from, 
   else route_key(lp, rq, pc, sink, from->behind);
 }
 
+/* SNAPSHOT in a cluster: every node of the map makes it (a node away
+ * makes it fail: a snapshot is on every node or it is not one). */
+static void route_snapshot(loop_t *lp, Grid__Request *rq, sink_t *sink) {
+  const pmap_t *m = lp->pmap;
+  if (rq->local || !m) {
+    Grid__Reply rp = GRID__REPLY__INIT;
+    ops_execute(lp->node, &lp->view, rq, &rp, &lp->arena);
+    rp.id = rq->id;
+    sink_deliver(lp, sink, &rp);
+    return;
+  }
+  route_batch_t *b = route_batch_new(lp, rq, 0, sink);
+  if (!b) {
+    sink_error(lp, sink, rq->id, GRID_ENOMEM, NULL);
+    return;
+  }
+  for (size_t node = 0; node < m->nnodes; node++) {
+    b->pending++;
+    if ((int)node == lp->self) {
+      Grid__Reply rp = GRID__REPLY__INIT;
+      ops_execute(lp->node, &lp->view, rq, &rp, &lp->arena);
+      route_batch_take(b, 0, 0, &rp);
+      continue;
+    }
+    const pmap_node_t *nd = &m->nodes[node];
+    if (nd->absent) {
+      route_batch_take(b, 0, GRID_ECONN, NULL);
+      continue;
+    }
+    route_part_t *part = malloc(sizeof *part);
+    peer_t *p = peer_get(lp, nd->id, nd->addr);
+    Grid__Request sub = *rq;
+    sub.local = 1;
+    sub.hops = 1;
+    int rc = GRID_ENOMEM;
+    if (part && p) {
+      part->b = b;
+      part->index = 0;
+      rc = peer_call(p, &sub, lp->node->cfg.forward_timeout_ms, route_part_done, part);
+    } else if (!p) {
+      rc = GRID_ECONN;
+    }
+    if (rc != 0) {
+      free(part);
+      route_batch_take(b, 0, route_fwd_status(rc), NULL);
+    }
+  }
+  if (--b->pending == 0) route_batch_finish(b);
+}
+
 void route_run(loop_t *lp, Grid__Request *rq, const route_from_t *from, sink_t *sink) {
   node_t *n = lp->node;
   switch (rq->op) {
@@ -526,6 +576,9 @@ void route_run(loop_t *lp, Grid__Request *rq, const route_from_t *from, sink_t *
       sink_deliver(lp, sink, &rp);
       return;
     }
+    case GRID__OP__SNAPSHOT:
+      route_snapshot(lp, rq, sink);
+      return;
     case GRID__OP__CREATE_CACHE: case GRID__OP__DROP_CACHE: case GRID__OP__ACCEPT_LOSS:
       route_cache_op(lp, rq, sink);
       return;
