@@ -47,6 +47,11 @@ struct disk {
   _Atomic uint64_t written;
   _Atomic uint64_t synced;
   _Atomic uint64_t bytes;
+  /* Writes go in one at a time: RocksDB's write path is one queue anyway
+   * (its leader would merge our threads' batches, reading memory of
+   * another thread under RocksDB's own ordering, which ThreadSanitizer
+   * cannot see in the library's uninstrumented build). */
+  pthread_mutex_t write_lock;
   pthread_mutex_t sync_lock;
   /* Free space (disk_free_bytes_min): as last looked at, and the bytes
    * written then; a write that would go below the minimum is refused. */
@@ -246,7 +251,9 @@ static int disk_meta_put(disk_t *d, const char *key, const char *val, char *err,
   char *rerr = NULL;
   rocksdb_writeoptions_t *w = rocksdb_writeoptions_create();
   rocksdb_writeoptions_set_sync(w, 1);
+  pthread_mutex_lock(&d->write_lock);
   rocksdb_put(d->db, w, key, strlen(key), val, strlen(val), &rerr);
+  pthread_mutex_unlock(&d->write_lock);
   rocksdb_writeoptions_destroy(w);
   if (rerr) {
     disk_words(err, err_len, "writing the data directory's identity failed", rerr);
@@ -347,6 +354,7 @@ int disk_open(const char *data_dir, const char *cluster, int64_t free_min, disk_
   disk_space_check(d);
   pthread_mutex_init(&d->lock, NULL);
   pthread_mutex_init(&d->sync_lock, NULL);
+  pthread_mutex_init(&d->write_lock, NULL);
   pthread_cond_init(&d->cond, NULL);
   d->opts = rocksdb_options_create();
   rocksdb_options_set_create_if_missing(d->opts, state == 0);
@@ -445,6 +453,7 @@ void disk_close(disk_t *d) {
   if (d->ropts) rocksdb_readoptions_destroy(d->ropts);
   pthread_mutex_destroy(&d->lock);
   pthread_mutex_destroy(&d->sync_lock);
+  pthread_mutex_destroy(&d->write_lock);
   pthread_cond_destroy(&d->cond);
   if (disk_unsynced == d) disk_unsynced = NULL;
   free(d);
@@ -521,7 +530,9 @@ disk_cache_t *disk_cache_open(disk_t *d, const char *name, const void *def, size
   int kn = snprintf(key, sizeof key, "c/%s", name);
   rocksdb_writeoptions_t *w = rocksdb_writeoptions_create();
   rocksdb_writeoptions_set_sync(w, 1);
+  pthread_mutex_lock(&d->write_lock);
   rocksdb_put(d->db, w, key, (size_t)kn, def, def_len, &rerr);
+  pthread_mutex_unlock(&d->write_lock);
   rocksdb_writeoptions_destroy(w);
   if (rerr) {
     disk_words(err, err_len, "keeping the cache's definition failed", rerr);
@@ -583,7 +594,9 @@ void disk_cache_drop(disk_cache_t *dc) {
   rocksdb_writebatch_delete_range(b, (const char *)from, fn, (const char *)to, fn + 1);
   rocksdb_writeoptions_t *w = rocksdb_writeoptions_create();
   rocksdb_writeoptions_set_sync(w, 1);
+  pthread_mutex_lock(&d->write_lock);
   rocksdb_write(d->db, w, b, &rerr);
+  pthread_mutex_unlock(&d->write_lock);
   rocksdb_writeoptions_destroy(w);
   rocksdb_writebatch_destroy(b);
   if (rerr) {
@@ -673,7 +686,9 @@ int disk_commit(disk_cache_t *dc, uint32_t part, uint64_t last_version, int stat
     return GRID_EDISK;
   }
   char *rerr = NULL;
+  pthread_mutex_lock(&d->write_lock);
   rocksdb_write(d->db, d->wopts, b, &rerr);
+  pthread_mutex_unlock(&d->write_lock);
   rocksdb_writebatch_clear(b);
   if (rerr) {
     /* RocksDB's log writer is in error now: no more writes to it. */

@@ -159,7 +159,16 @@ static void test_restart_catches_up_by_delta(void) {
     }
     grid_close(gn);
   }
-  /* node 2 leads again where it should: its copies are read as primaries. */
+  /* A snapshot on every node, each in its data_dir. */
+  uint64_t made = 0;
+  CHECK_RC(grid_snapshot_create(g, "after-delta", &made), 0);
+  CHECK_EQ(made, NODES);
+  for (int n = 0; n < NODES; n++) {
+    char path[256];
+    snprintf(path, sizeof path, "%s/snapshots/after-delta/CURRENT", data_dirs[n]);
+    CHECK(access(path, F_OK) == 0);
+  }
+  CHECK_RC(grid_snapshot_create(g, "after-delta", &made), GRID_EEXIST);
   grid_close(g);
 }
 
@@ -328,6 +337,8 @@ static void test_accept_loss(void) {
   harness_sleep_ms(4000); /* well past lost_grace_ms */
   grid_close(g);
   g = open_node(0, 1500);
+  /* A snapshot needs every node of the map. */
+  CHECK(grid_snapshot_create(g, "one-away", NULL) != 0);
   grid_value_t v;
   snprintf(key, sizeof key, "s:%d", on2[0]);
   int rc = grid_get(g, SOLO, key, strlen(key), &v);
