@@ -106,10 +106,9 @@ void pmap_group_name(uint32_t partitions, uint32_t backups, int replicated, char
 }
 
 void pmap_group_name_of(const pmap_cache_def_t *def, char *out, size_t len) {
-  int replicated = def->replicated != 0;
-  char base[PMAP_GROUP_NAME_MAX];
-  pmap_group_name(def->partitions, replicated ? 0 : def->backups, replicated, base, sizeof base);
-  snprintf(out, len, "%s%s", base, def->persistent ? "-d" : "");
+  const char *disk = def->persistent ? "-d" : "";
+  if (def->replicated) snprintf(out, len, "p%u-all%s", def->partitions, disk);
+  else snprintf(out, len, "p%u-b%u%s", def->partitions, def->backups, disk);
 }
 
 uint64_t pmap_group_bytes(uint32_t partitions, uint32_t backups, int replicated, size_t nnodes) {

@@ -202,6 +202,9 @@ class Cluster:
                "--set", "node_id=" + host, "--set", "zk_session_timeout_ms=%d" % SESSION_MS,
                "--set", "cluster_min_nodes=%d" % NODES,
                "--set", "forward_timeout_ms=%d" % FORWARD_TIMEOUT_MS, "--set", "loops=1"]
+        if self.args.persistence:
+            # The node's disk outlives its restarts within the schedule.
+            cmd += ["--set", "data_dir=" + os.path.join(self.out, host + "-data")]
         self.spawn(host, host, cmd, os.path.join(self.out, host + ".log"))
 
     def wait_listening(self, i):
@@ -420,7 +423,9 @@ def run_schedule(seed, args):
         while True:
             # read_from_backup: the backups also hear the COMMITTED notices.
             p = c.ctl(1, ["create-cache", CACHE, "--partitions", "64", "--backups", "1", "--sync", "full",
-                          "--read-from-backup", "on"], check=False)
+                          "--read-from-backup", "on"] +
+                      (["--persistence", "on", "--fsync", "always"] if args.persistence else []),
+                      check=False)
             if p.returncode == 0:
                 break
             if time.monotonic() > deadline:
@@ -560,6 +565,9 @@ def main():
     ap.add_argument("--gridd", default=os.path.join(build, "gridd"), help="gridd binary (default %(default)s)")
     ap.add_argument("--gridctl", default=os.path.join(build, "gridctl"), help="gridctl binary (default %(default)s)")
     ap.add_argument("--client", default=os.path.join(build, "fault_client"), help="fault_client binary (default %(default)s)")
+    ap.add_argument("--persistence", action="store_true",
+                    help="the cache is persistent (fsync always), each node with a data_dir that "
+                         "outlives its restarts: kill -9 and restarts catch up from disk")
     ap.add_argument("--out", default="/tmp/grid-faults", help="output directory: one seed-S folder per schedule (default %(default)s)")
     ap.add_argument("--faults", default=",".join(Nemesis.KINDS),
                     help="fault kinds the nemesis picks from, comma-separated (default %(default)s)")
