@@ -42,9 +42,11 @@ struct disk {
   char **found_names;
   rocksdb_column_family_handle_t **found;
   uint32_t every_ms_min;          /* 0: no every_ms cache */
-  /* The group commit: writes counted as they return from RocksDB, syncs
-   * as they cover them. */
+  /* The group commit: writes counted as they return from RocksDB (in its
+   * log buffer: manual_wal_flush), handed to the OS (flushed) and synced
+   * as a FlushWAL covers them. */
   _Atomic uint64_t written;
+  _Atomic uint64_t flushed;
   _Atomic uint64_t synced;
   _Atomic uint64_t bytes;
   /* Writes go in one at a time: RocksDB's write path is one queue anyway
@@ -68,6 +70,14 @@ struct disk {
   int stopping;
 };
 
+/* A partition's meta as last read or written (read once, then kept:
+ * every write of it is under its partition's lock). */
+typedef struct disk_part {
+  uint64_t version;
+  uint8_t state;
+  uint8_t known;
+} disk_part_t;
+
 struct disk_cache {
   disk_cache_t *next;
   disk_t *disk;
@@ -76,6 +86,8 @@ struct disk_cache {
   int fsync;
   uint32_t every_ms;
   _Atomic int dropped;
+  uint32_t partitions;
+  disk_part_t *parts;
 };
 
 /* ---- this thread's batch and what it left unsynced ---------------------- */
@@ -85,6 +97,9 @@ static pthread_once_t disk_batch_once = PTHREAD_ONCE_INIT;
 static _Thread_local rocksdb_writebatch_t *disk_batch;
 static _Thread_local disk_t *disk_unsynced;   /* the disk of pending writes */
 static _Thread_local uint64_t disk_unsynced_at; /* written count to cover */
+static _Thread_local int disk_unsynced_sync;  /* ... of an fsync = always
+                                                 cache: synced, not only
+                                                 handed to the OS */
 static _Thread_local int disk_batch_failed;   /* an add found no memory */
 
 static void disk_batch_destroy(void *b) { rocksdb_writebatch_destroy(b); }
@@ -172,31 +187,36 @@ static int disk_space_ok(disk_t *d, size_t size) {
 
 /* ---- the disk thread: every_ms caches' syncs ------------------------------ */
 
-static void disk_sync_now(disk_t *d) {
+/* Hands RocksDB's log to the OS (sync: and to the disk) up to every write
+ * made so far; one call covers every thread waiting. */
+static void disk_flush_log(disk_t *d, int sync) {
   pthread_mutex_lock(&d->sync_lock);
   uint64_t upto = atomic_load(&d->written);
-  if (atomic_load(&d->synced) < upto && atomic_load(&d->broken)) {
-    /* RocksDB refused a write: its log takes no more calls, so what was
-     * written before cannot be synced, and replies waiting for it must
-     * not leave. */
-    LOG_E("disk", "\"writes wait for a sync the data directory can no longer do: stopping the "
-          "node\" dir=%s", d->dir);
-    _exit(75);
-  }
-  if (atomic_load(&d->synced) < upto) {
+  if (atomic_load(sync ? &d->synced : &d->flushed) < upto) {
+    if (atomic_load(&d->broken)) {
+      /* RocksDB refused a write: its log takes no more calls, so what was
+       * written before cannot be made durable, and replies waiting for it
+       * must not leave. */
+      LOG_E("disk", "\"writes wait for a log the data directory can no longer write: stopping "
+            "the node\" dir=%s", d->dir);
+      _exit(75);
+    }
     char *rerr = NULL;
-    rocksdb_flush_wal(d->db, 1, &rerr);
+    rocksdb_flush_wal(d->db, (unsigned char)sync, &rerr);
     if (rerr) {
       /* What was acknowledged as on disk may not be: this node must not
        * go on as if it were (its copies are filled again elsewhere). */
-      LOG_E("disk", "\"syncing the data directory failed: stopping the node\" dir=%s error=\"%s\"",
-            d->dir, rerr);
+      LOG_E("disk", "\"writing the data directory's log failed: stopping the node\" dir=%s "
+            "error=\"%s\"", d->dir, rerr);
       _exit(75);
     }
-    atomic_store(&d->synced, upto);
+    atomic_store(&d->flushed, upto);
+    if (sync) atomic_store(&d->synced, upto);
   }
   pthread_mutex_unlock(&d->sync_lock);
 }
+
+static void disk_sync_now(disk_t *d) { disk_flush_log(d, 1); }
 
 static void *disk_thread_main(void *arg) {
   disk_t *d = arg;
@@ -362,10 +382,24 @@ int disk_open(const char *data_dir, const char *cluster, int64_t free_min, disk_
   rocksdb_options_set_paranoid_checks(d->opts, 1);
   rocksdb_options_set_info_log_level(d->opts, 2 /* WARN */);
   rocksdb_options_set_keep_log_file_num(d->opts, 2);
-  rocksdb_options_set_max_total_wal_size(d->opts, 256u << 20);
   rocksdb_options_set_compression(d->opts, rocksdb_lz4_compression);
+  /* The log is handed to the OS by disk_settle, once for every reply of a
+   * loop round, not by each write (a system call each). */
+  rocksdb_options_set_manual_wal_flush(d->opts, 1);
+  /* Memtables only take writes (reads are served from grid's memory, and
+   * a load reads the files): an append-only vector instead of a skip list
+   * (whose ordered insert was most of a write's cost), sorted when it is
+   * written out. Writes are one at a time (write_lock). */
+  rocksdb_options_set_memtable_vector_rep(d->opts);
+  rocksdb_options_set_allow_concurrent_memtable_write(d->opts, 0);
+  /* Less log to replay after a kill -9: memtables are written out once
+   * the log holds this much. */
+  rocksdb_options_set_max_total_wal_size(d->opts, 64u << 20);
   d->wopts = rocksdb_writeoptions_create();
   rocksdb_writeoptions_set_sync(d->wopts, 0);
+  /* A write racing its cache's drop is dropped with it, not an error that
+   * would stop every write. */
+  rocksdb_writeoptions_set_ignore_missing_column_families(d->wopts, 1);
   d->ropts = rocksdb_readoptions_create();
   rocksdb_readoptions_set_verify_checksums(d->ropts, 1);
 
@@ -445,6 +479,7 @@ void disk_close(disk_t *d) {
   for (disk_cache_t *c = d->caches, *next; c; c = next) {
     next = c->next;
     rocksdb_column_family_handle_destroy(c->cf);
+    free(c->parts);
     free(c);
   }
   if (d->db) rocksdb_close(d->db);
@@ -494,13 +529,19 @@ static void disk_every_ms_update(disk_t *d) {
   }
 }
 
-disk_cache_t *disk_cache_open(disk_t *d, const char *name, const void *def, size_t def_len,
-                              int fsync, uint32_t every_ms, char *err, size_t err_len) {
+disk_cache_t *disk_cache_open(disk_t *d, const char *name, uint32_t partitions, const void *def,
+                              size_t def_len, int fsync, uint32_t every_ms, char *err,
+                              size_t err_len) {
   disk_cache_t *dc = calloc(1, sizeof *dc);
-  if (!dc) {
+  disk_part_t *parts = calloc(partitions ? partitions : 1, sizeof *parts);
+  if (!dc || !parts) {
+    free(dc);
+    free(parts);
     snprintf(err, err_len, "out of memory");
     return NULL;
   }
+  dc->parts = parts;
+  dc->partitions = partitions;
   dc->disk = d;
   snprintf(dc->name, sizeof dc->name, "%s", name);
   dc->fsync = fsync;
@@ -523,6 +564,7 @@ disk_cache_t *disk_cache_open(disk_t *d, const char *name, const void *def, size
     snprintf(what, sizeof what, "the cache's column family %s cannot be made in %s", cfname,
              d->dir);
     disk_words(err, err_len, what, rerr);
+    free(dc->parts);
     free(dc);
     return NULL;
   }
@@ -537,6 +579,7 @@ disk_cache_t *disk_cache_open(disk_t *d, const char *name, const void *def, size
   if (rerr) {
     disk_words(err, err_len, "keeping the cache's definition failed", rerr);
     rocksdb_column_family_handle_destroy(dc->cf);
+    free(dc->parts);
     free(dc);
     return NULL;
   }
@@ -621,6 +664,7 @@ void disk_cache_free(disk_cache_t *dc) {
   disk_every_ms_update(d);
   pthread_mutex_unlock(&d->lock);
   rocksdb_column_family_handle_destroy(dc->cf);
+  free(dc->parts);
   free(dc);
 }
 
@@ -669,14 +713,22 @@ int disk_commit(disk_cache_t *dc, uint32_t part, uint64_t last_version, int stat
     rocksdb_writebatch_clear(b);
     return 0;
   }
+  uint64_t mv_version = 0;
+  uint8_t mv_state = 0;
+  if (part >= dc->partitions) {
+    rocksdb_writebatch_clear(b);
+    return GRID_EINVAL;
+  }
   if (last_version || state) {
     unsigned char mk[96], mv[DISK_META_PART_BYTES];
     size_t mn = disk_meta_key(dc, part, mk);
     uint64_t v0 = 0;
     int s0 = DISK_PART_WHOLE;
     if (!last_version || !state) disk_part_state(dc, part, &v0, &s0);
-    disk_put_u64(mv, last_version ? last_version : v0);
-    mv[8] = (unsigned char)(state ? state : s0 ? s0 : DISK_PART_WHOLE);
+    mv_version = last_version ? last_version : v0;
+    mv_state = (uint8_t)(state ? state : s0 ? s0 : DISK_PART_WHOLE);
+    disk_put_u64(mv, mv_version);
+    mv[8] = mv_state;
     rocksdb_writebatch_put(b, (const char *)mk, mn, (const char *)mv, sizeof mv);
   }
   size_t size = 0;
@@ -701,11 +753,18 @@ int disk_commit(disk_cache_t *dc, uint32_t part, uint64_t last_version, int stat
   }
   uint64_t at = atomic_fetch_add(&d->written, 1) + 1;
   atomic_fetch_add_explicit(&d->bytes, size, memory_order_relaxed);
-  if (dc->fsync == GRID_FSYNC_ALWAYS) {
-    if (disk_unsynced && disk_unsynced != d) disk_settle();
-    disk_unsynced = d;
-    disk_unsynced_at = at;
+  if (last_version || state) {
+    disk_part_t *dp = &dc->parts[part];
+    dp->version = mv_version;
+    dp->state = mv_state;
+    dp->known = 1;
   }
+  /* Every reply telling of it waits: for the OS to have it, and for the
+   * disk with fsync = always. */
+  if (disk_unsynced && disk_unsynced != d) disk_settle();
+  disk_unsynced = d;
+  disk_unsynced_at = at;
+  if (dc->fsync == GRID_FSYNC_ALWAYS) disk_unsynced_sync = 1;
   return 0;
 }
 
@@ -725,6 +784,15 @@ int disk_part_reset(disk_cache_t *dc, uint32_t part, uint64_t version) {
 }
 
 void disk_part_state(disk_cache_t *dc, uint32_t part, uint64_t *version, int *state) {
+  *version = 0;
+  *state = DISK_PART_NONE;
+  if (part >= dc->partitions) return;
+  disk_part_t *dp = &dc->parts[part];
+  if (dp->known) {
+    *version = dp->version;
+    *state = dp->state;
+    return;
+  }
   unsigned char mk[96];
   size_t mn = disk_meta_key(dc, part, mk);
   char *rerr = NULL;
@@ -738,6 +806,9 @@ void disk_part_state(disk_cache_t *dc, uint32_t part, uint64_t *version, int *st
     *state = (unsigned char)v[8];
   }
   free(v);
+  dp->version = *version;
+  dp->state = (uint8_t)*state;
+  dp->known = 1;
 }
 
 /* ---- the group commit ----------------------------------------------------- */
@@ -748,9 +819,11 @@ void disk_settle(void) {
   disk_t *d = disk_unsynced;
   if (!d) return;
   uint64_t want = disk_unsynced_at;
+  int sync = disk_unsynced_sync;
   disk_unsynced = NULL;
-  if (atomic_load(&d->synced) >= want) return;
-  disk_sync_now(d);
+  disk_unsynced_sync = 0;
+  if (atomic_load(sync ? &d->synced : &d->flushed) >= want) return;
+  disk_flush_log(d, sync);
 }
 
 /* ---- load ----------------------------------------------------------------- */

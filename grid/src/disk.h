@@ -61,8 +61,9 @@ const char *disk_dir(const disk_t *d);
 
 /* A cache's column family, made when new; its definition (def, opaque
  * bytes) is kept with it. fsync: GRID_FSYNC_*. NULL with words in err. */
-disk_cache_t *disk_cache_open(disk_t *d, const char *name, const void *def, size_t def_len,
-                              int fsync, uint32_t every_ms, char *err, size_t err_len);
+disk_cache_t *disk_cache_open(disk_t *d, const char *name, uint32_t partitions, const void *def,
+                              size_t def_len, int fsync, uint32_t every_ms, char *err,
+                              size_t err_len);
 /* Calls cb for each cache definition kept (those opened and not dropped). */
 int disk_cache_defs(disk_t *d, void (*cb)(void *ctx, const char *name, const void *def,
                                           size_t len),
@@ -90,10 +91,12 @@ int disk_part_reset(disk_cache_t *dc, uint32_t part, uint64_t version);
 /* The partition's last version and state as kept. */
 void disk_part_state(disk_cache_t *dc, uint32_t part, uint64_t *version, int *state);
 
-/* Whether this thread wrote changes of an fsync = always cache that are not
- * synced yet; disk_settle syncs them (and whatever else was written before:
- * one sync serves every thread waiting). A sync that fails stops the
- * process: replies it was to cover must not leave. */
+/* Whether this thread wrote changes whose replies must wait: until the OS
+ * has them (RocksDB's log is flushed by hand, once for many writes), and
+ * for an fsync = always cache until they are synced; disk_settle does it
+ * (for whatever else was written before too: one call serves every thread
+ * waiting). A flush or sync that fails stops the process: replies it was
+ * to cover must not leave. */
 int disk_pending(void);
 void disk_settle(void);
 

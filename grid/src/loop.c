@@ -48,11 +48,52 @@ void loops_on_stop(loops_t *ls, loop_stop_fn first, loop_stop_fn last) {
 
 /* ---- tasks from other threads ----------------------------------------- */
 
+static _Thread_local loop_t *loop_current; /* the loop whose thread this is */
+static void loops_post_now(loops_t *ls, int index, loop_task_t *t);
+
+/* Before the loop sleeps: one flush (a sync for fsync = always) covers the
+ * writes its held tasks tell of, then they go. */
+static void loop_held_run(loop_t *lp, void *arg) {
+  (void)arg;
+  lp->held_deferred = 0;
+  disk_settle();
+  loop_task_t *t = lp->held_head;
+  lp->held_head = lp->held_tail = NULL;
+  while (t) {
+    loop_task_t *next = t->next;
+    loops_post_now(lp->set, t->to, t);
+    t = next;
+  }
+}
+
 void loops_post(loops_t *ls, int index, loop_task_t *t) {
-  loop_t *lp = loops_at(ls, index);
   /* What this thread hands on (a reply, above all) may tell of writes to
-   * fsync = always caches: they are on disk first. */
-  if (disk_pending()) disk_settle();
+   * persistent caches: they are in the OS (on disk for fsync = always)
+   * first. A loop holds it until the round's one flush; another thread
+   * flushes now. */
+  if (disk_pending()) {
+    loop_t *cur = loop_current;
+    if (cur && cur->set == ls) {
+      t->to = index;
+      t->next = NULL;
+      if (cur->held_tail) cur->held_tail->next = t;
+      else cur->held_head = t;
+      cur->held_tail = t;
+      if (!cur->held_deferred) {
+        cur->held_deferred = 1;
+        cur->held_task.fn = loop_held_run;
+        cur->held_task.arg = NULL;
+        loop_defer(cur, &cur->held_task);
+      }
+      return;
+    }
+    disk_settle();
+  }
+  loops_post_now(ls, index, t);
+}
+
+static void loops_post_now(loops_t *ls, int index, loop_task_t *t) {
+  loop_t *lp = loops_at(ls, index);
   t->next = NULL;
   pthread_mutex_lock(&lp->inbox_lock);
   if (lp->inbox_tail) lp->inbox_tail->next = t;
@@ -151,7 +192,6 @@ static void loop_on_stop(uv_async_t *a) {
   uv_walk(&lp->uv, loop_close_walk_cb, lp);
 }
 
-static _Thread_local loop_t *loop_current; /* the loop whose thread this is */
 
 void loops_post_or_defer(loops_t *ls, int index, loop_task_t *t) {
   loop_t *lp = loops_at(ls, index);

@@ -37,6 +37,7 @@ typedef struct loop_task {
   struct loop_task *next;
   void (*fn)(loop_t *lp, void *arg);
   void *arg;
+  int to;                      /* held for the disk: the loop it goes to */
 } loop_task_t;
 
 struct loop {
@@ -83,6 +84,11 @@ struct loop {
   struct conn *conns;          /* open client connections */
   loop_task_t conn_settle_task; /* their replies' wait for the disk */
   int conn_settle_deferred;
+  /* loop.c: tasks this loop posts while its writes wait for the disk
+   * (replies on their way), posted once one flush covers them all. */
+  loop_task_t *held_head, *held_tail;
+  loop_task_t held_task;
+  int held_deferred;
   uv_tcp_t refused;            /* takes a connection that finds no memory,
                                   to close it: a listener whose connection
                                   is not accepted stops accepting */

@@ -109,8 +109,8 @@ static void *node_persist_open(void *ctx, store_cache_t *c) {
   unsigned char def[512];
   size_t def_len = grid__cache_config__pack(&m, def);
   char err[1400];
-  disk_cache_t *dc = disk_cache_open(n->disk, cfg->name, def, def_len, cfg->fsync,
-                                     cfg->fsync_every_ms, err, sizeof err);
+  disk_cache_t *dc = disk_cache_open(n->disk, cfg->name, cfg->partitions, def, def_len,
+                                     cfg->fsync, cfg->fsync_every_ms, err, sizeof err);
   if (!dc) {
     LOG_E("disk", "\"a persistent cache cannot be opened\" cache=%s error=\"%s\"", cfg->name, err);
     return NULL;
