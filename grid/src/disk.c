@@ -704,6 +704,8 @@ void disk_discard(void) {
 
 int disk_commit(disk_cache_t *dc, uint32_t part, uint64_t last_version, int state) {
   disk_t *d = dc->disk;
+  int sync = (state & DISK_PART_SYNC) != 0;
+  state &= ~DISK_PART_SYNC;
   rocksdb_writebatch_t *b = disk_thread_batch();
   if (disk_batch_failed) {
     disk_discard();
@@ -764,7 +766,9 @@ int disk_commit(disk_cache_t *dc, uint32_t part, uint64_t last_version, int stat
   if (disk_unsynced && disk_unsynced != d) disk_settle();
   disk_unsynced = d;
   disk_unsynced_at = at;
-  if (dc->fsync == GRID_FSYNC_ALWAYS) disk_unsynced_sync = 1;
+  /* A copy marked whole is synced whatever its policy: a map may count
+   * it in sync once its fill is acknowledged. */
+  if (dc->fsync == GRID_FSYNC_ALWAYS || sync) disk_unsynced_sync = 1;
   return 0;
 }
 

@@ -41,6 +41,8 @@ enum {
   DISK_PART_NONE = 0,     /* nothing written for it */
   DISK_PART_WHOLE = 1,    /* every change up to its version */
   DISK_PART_FILLING = 2,  /* a fill began and did not finish: not a copy */
+  DISK_PART_SYNC = 0x10,  /* disk_commit's state with it: synced before the
+                             replies telling of it, whatever the policy */
 };
 
 /* Opens (making it when empty) the data directory dir of a node of

@@ -65,7 +65,8 @@ static void node_make_id(node_t *n) {
 /* ---- persistence: the store's persist hooks over disk.h ------------------ */
 
 _Static_assert((int)STORE_PART_WHOLE == (int)DISK_PART_WHOLE &&
-                   (int)STORE_PART_FILLING == (int)DISK_PART_FILLING,
+                   (int)STORE_PART_FILLING == (int)DISK_PART_FILLING &&
+                   (int)STORE_PART_SYNC == (int)DISK_PART_SYNC,
                "store and disk name a partition's state alike");
 
 typedef struct node_load {
@@ -137,8 +138,10 @@ static void *node_persist_open(void *ctx, store_cache_t *c) {
       /* A fill that did not finish: no copy (it is filled again). */
       store_part_reset(c, p, 0);
       filling++;
+      LOG_I("disk", "\"a partition's fill did not finish: it is no copy\" cache=%s partition=%u",
+            cfg->name, p);
     }
-    store_part_restore(c, p, version);
+    store_part_restore(c, p, version, state != DISK_PART_FILLING);
   }
   LOG_I("disk", "\"persistent cache loaded\" cache=%s entries=%llu expired=%llu "
         "unfinished_fills=%u ms=%lld", cfg->name, (unsigned long long)l.entries,

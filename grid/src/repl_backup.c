@@ -145,14 +145,16 @@ void repl_on_peer_request(loop_t *lp, const char *from_node,
     int whole;
     store_part_disk_state(sc, part, &rp->version, &whole);
     rp->found = whole != 0;
-    store_part_mark_filling(sc, part);
+    int rc = store_part_mark_filling(sc, part);
+    if (rc != 0) ops_reply_error(rp, rc, "marking the copy on disk as being filled", &lp->arena);
     return;
   }
   if (rq->fill_mode == 2) {
     repl_apply_delta(lp, sc, part, rq, rp);
     if (rp->status == 0 && rq->done) {
-      store_part_filled(sc, part);
-      atomic_fetch_add_explicit(&lp->node->fill_delta_parts, 1, memory_order_relaxed);
+      int rc = store_part_filled(sc, part);
+      if (rc != 0) ops_reply_error(rp, rc, "marking the filled copy whole on disk", &lp->arena);
+      else atomic_fetch_add_explicit(&lp->node->fill_delta_parts, 1, memory_order_relaxed);
     }
     return;
   }
@@ -179,6 +181,7 @@ void repl_on_peer_request(loop_t *lp, const char *from_node,
       return;
     }
   }
-  if (rq->done) store_part_filled(sc, part);
+  int rc = rq->done ? store_part_filled(sc, part) : 0;
+  if (rc != 0) ops_reply_error(rp, rc, "marking the filled copy whole on disk", &lp->arena);
 }
 

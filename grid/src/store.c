@@ -41,8 +41,11 @@ typedef struct store_part {
   changes_t *changes;       /* recent changes, NULL until the first */
   uint64_t began;           /* the counter the history began after (its
                                first record, or a fill's reset) */
-  uint64_t last_version;    /* the version of the newest change applied
-                               (what a restarted copy says it holds) */
+  uint64_t last_version;    /* the version of the newest change applied */
+  uint64_t base_version;    /* a persistent copy: it holds every change up
+                               to this one (loaded whole from disk, or a
+                               fill completed), the start of a delta */
+  int base_whole;           /* ... base_version holds (0: no base) */
 } store_part_t;
 
 struct store_cache {
@@ -319,10 +322,14 @@ int store_cache_create(store_t *s, const store_cache_cfg_t *cfg) {
     pthread_rwlock_unlock(&s->lock);
   }
   if (rc != 0) {
-    if (c->disk) {
-      /* Loaded, then refused: its entries go, its disk stays as it was. */
-      for (uint32_t i = 0; i < parts; i++) store_part_clear(s, &p[i]);
-      s->persist.free(c->disk);
+    if (cfg->persistence) {
+      /* Loaded (in part, when the load failed), then refused: its entries
+       * go, its disk stays as it was. */
+      for (uint32_t i = 0; i < parts; i++) {
+        store_part_clear(s, &p[i]);
+        store_changes_free(s, &p[i]);
+      }
+      if (c->disk) s->persist.free(c->disk);
     }
     for (uint32_t i = 0; i < parts; i++) pthread_mutex_destroy(&p[i].lock);
     pthread_mutex_destroy(&c->watch_lock);
@@ -904,6 +911,15 @@ static void store_keep(store_t *s, store_part_t *p, change_kind_t kind, uint8_t 
   store_keep_change(s, p, &ch);
 }
 
+/* The disk state a record of counter `counter` leaves. Records come in
+ * counter order (a persistent cache's every change is one), so a copy
+ * that gets the very next one is as whole as it was; one that sees a jump
+ * missed changes (it was not in sync, or is being filled) and is no copy
+ * to trust after a restart until a fill completes. Partition locked. */
+static int store_record_state(const store_part_t *p, uint64_t counter) {
+  return (counter & STORE_COUNTER_MASK) > p->counter + 1 ? STORE_PART_FILLING : STORE_PART_KEEP;
+}
+
 /* One change of a persistent cache to its disk, before memory: 0, or the
  * disk's error (nothing changed). last: the partition's last version. */
 static int store_persist_one(store_cache_t *c, uint32_t part, const void *key, size_t key_len,
@@ -1346,6 +1362,12 @@ static int store_apply_locked(store_cache_t *c, store_part_t *p, const store_key
   /* A record of an older write (a fill sends each entry with the version it
    * was written at) leaves the counter as it is: the counter only grows. */
   if (counter > p->counter) {
+    /* The very next change keeps a persistent copy's base whole up to it;
+     * a jump leaves the base where it was (what is after it is replayed
+     * by a delta). */
+    if (keep && counter == p->counter + 1 && p->base_whole &&
+        (p->base_version & STORE_COUNTER_MASK) == p->counter)
+      p->base_version = version;
     p->counter = counter;
     p->last_version = version;
   }
@@ -1369,13 +1391,17 @@ static int store_apply_any(store_cache_t *c, const store_key_t *k, const void *v
                            size_t value_len, uint8_t type, uint64_t version,
                            int64_t expire_at_ms, int keep, uint8_t how, int expired) {
   store_part_t *p = &c->parts[k->part];
+  if (value && type > GRID_TYPE_MAX) return GRID_EINVAL; /* a newer peer's type */
   part_lock(p);
   int rc = 0;
   /* A fill's entry leaves the partition's last version as it is (it comes
    * in no order); a record moves it on. */
-  if (c->disk)
-    rc = store_persist_one(c, k->part, k->data, k->len, value, value_len, type, version,
-                           expire_at_ms, keep ? version : 0);
+  if (c->disk) {
+    c->store->persist.add(c->disk, k->part, k->data, k->len, value, value_len, type, version,
+                          expire_at_ms);
+    rc = c->store->persist.commit(c->disk, k->part, keep ? version : 0,
+                                  keep ? store_record_state(p, version) : STORE_PART_KEEP);
+  }
   if (rc == 0)
     rc = store_apply_locked(c, p, k, value, value_len, type, version, expire_at_ms, keep, how,
                             expired);
@@ -1394,13 +1420,19 @@ int store_apply_batch(store_cache_t *c, const store_record_t *recs, size_t n, ui
     if (recs[i].key.part != part) return GRID_EINVAL;
   store_part_t *p = &c->parts[part];
   int rc = 0;
+  for (size_t i = 0; i < n; i++)
+    if (recs[i].value && recs[i].type > GRID_TYPE_MAX) {
+      *applied = 0;
+      return GRID_EINVAL; /* a newer peer's type: refused before the disk has it */
+    }
   part_lock(p);
   if (c->disk) {
     for (size_t i = 0; i < n; i++)
       c->store->persist.add(c->disk, part, recs[i].key.data, recs[i].key.len, recs[i].value,
                             recs[i].value_len, recs[i].type, recs[i].version,
                             recs[i].expire_at_ms);
-    rc = c->store->persist.commit(c->disk, part, recs[n - 1].version, STORE_PART_KEEP);
+    rc = c->store->persist.commit(c->disk, part, recs[n - 1].version,
+                                  store_record_state(p, recs[0].version));
   }
   for (size_t i = 0; i < n && rc == 0; i++) {
     const store_record_t *r = &recs[i];
@@ -1409,6 +1441,10 @@ int store_apply_batch(store_cache_t *c, const store_record_t *recs, size_t n, ui
                             1, how, 0);
     if (rc == 0) (*applied)++;
   }
+  /* Memory refused part of what the disk took: the copy on disk is no
+   * copy (it is filled again). */
+  if (rc != 0 && *applied < n && c->disk)
+    c->store->persist.commit(c->disk, part, 0, STORE_PART_FILLING);
   part_unlock(p);
   if (*applied && c->store->announce_applied && store_watched(c)) store_part_commit(c, part, 0);
   return rc;
@@ -1420,6 +1456,7 @@ void store_part_reset(store_cache_t *c, uint32_t part, uint64_t version) {
   part_lock(p);
   if (c->disk) c->store->persist.reset(c->disk, part, version);
   store_part_clear(c->store, p);
+  p->base_whole = 0;
   /* The copy takes the primary's counter: the entries to come were
    * written at or before it, the records after it follow. (Its own
    * counter may be lower: its newest writes were deletes.) */
@@ -1453,7 +1490,7 @@ void store_set_persist(store_t *s, const store_persist_t *p) { s->persist = *p; 
 
 void *store_cache_disk(const store_cache_t *c) { return c->disk; }
 
-void store_part_restore(store_cache_t *c, uint32_t part, uint64_t version) {
+void store_part_restore(store_cache_t *c, uint32_t part, uint64_t version, int whole) {
   if (part >= c->cfg.partitions) return;
   store_part_t *p = &c->parts[part];
   part_lock(p);
@@ -1465,6 +1502,8 @@ void store_part_restore(store_cache_t *c, uint32_t part, uint64_t version) {
   atomic_store_explicit(&p->sync.applied, p->counter, memory_order_release);
   if (p->changes) changes_reset(p->changes, p->counter);
   p->began = p->counter;
+  p->base_version = version;
+  p->base_whole = whole;
   part_unlock(p);
 }
 
@@ -1513,31 +1552,37 @@ int store_changes_since(store_cache_t *c, uint32_t part, uint64_t after, size_t 
 void store_part_disk_state(store_cache_t *c, uint32_t part, uint64_t *version, int *whole) {
   *version = 0;
   *whole = 0;
-  if (!c->disk || part >= c->cfg.partitions || !c->store->persist.state) return;
-  store_part_t *p = &c->parts[part];
-  part_lock(p);
-  int state;
-  c->store->persist.state(c->disk, part, version, &state);
-  *whole = state == STORE_PART_WHOLE || state == 0;
-  if (*whole && state == 0) *version = 0; /* nothing written: an empty copy */
-  part_unlock(p);
-}
-
-void store_part_mark_filling(store_cache_t *c, uint32_t part) {
   if (!c->disk || part >= c->cfg.partitions) return;
   store_part_t *p = &c->parts[part];
   part_lock(p);
-  c->store->persist.commit(c->disk, part, 0, STORE_PART_FILLING);
+  /* Not what the disk's meta says now: records applied to a copy that is
+   * not in sync may have skipped changes; its base has none missing. */
+  *version = p->base_version;
+  *whole = p->base_whole;
   part_unlock(p);
 }
 
-void store_part_filled(store_cache_t *c, uint32_t part) {
-  if (!c->disk || part >= c->cfg.partitions) return;
+int store_part_mark_filling(store_cache_t *c, uint32_t part) {
+  if (!c->disk || part >= c->cfg.partitions) return 0;
   store_part_t *p = &c->parts[part];
   part_lock(p);
-  int rc = c->store->persist.commit(c->disk, part, 0, STORE_PART_WHOLE);
+  int rc = c->store->persist.commit(c->disk, part, 0, STORE_PART_FILLING);
   part_unlock(p);
-  if (rc != 0) LOG_W("store", "\"a filled copy could not be marked whole on disk: it is filled again after a restart\" cache=%s partition=%u", c->cfg.name, part);
+  return rc;
+}
+
+int store_part_filled(store_cache_t *c, uint32_t part) {
+  if (!c->disk || part >= c->cfg.partitions) return 0;
+  store_part_t *p = &c->parts[part];
+  part_lock(p);
+  int rc = c->store->persist.commit(c->disk, part, p->last_version,
+                                    STORE_PART_WHOLE | STORE_PART_SYNC);
+  if (rc == 0) {
+    p->base_version = p->last_version;
+    p->base_whole = 1;
+  }
+  part_unlock(p);
+  return rc;
 }
 
 int store_watched(const store_cache_t *c) {

@@ -348,7 +348,8 @@ store_part_sync_t *store_part_sync(store_cache_t *c, uint32_t part);
  * record, a fill's entry, an expired key's removal; a write the disk
  * refuses changes nothing (GRID_EDISK). Without a data_dir, a persistent
  * cache is refused (GRID_EINVAL). */
-enum { STORE_PART_KEEP = 0, STORE_PART_WHOLE = 1, STORE_PART_FILLING = 2 };
+enum { STORE_PART_KEEP = 0, STORE_PART_WHOLE = 1, STORE_PART_FILLING = 2,
+       STORE_PART_SYNC = 0x10 /* with a state: synced whatever the policy */ };
 typedef struct store_persist {
   void *ctx;
   /* The disk of new cache c, loaded into it; NULL (logged) when it cannot
@@ -371,14 +372,16 @@ typedef struct store_persist {
 void store_set_persist(store_t *s, const store_persist_t *p);
 /* Where a loaded partition goes on: its counter (and history) after
  * version's. */
-void store_part_restore(store_cache_t *c, uint32_t part, uint64_t version);
-/* A fill of part is complete here: its disk copy is whole. */
-void store_part_filled(store_cache_t *c, uint32_t part);
+void store_part_restore(store_cache_t *c, uint32_t part, uint64_t version, int whole);
+/* A fill of part is complete here: its disk copy is whole (synced), the
+ * base of a later delta. 0, or the disk's error (the fill is not). */
+int store_part_filled(store_cache_t *c, uint32_t part);
 /* A fill of part begins here (by delta): until it is complete the copy
  * on disk is not one. */
-void store_part_mark_filling(store_cache_t *c, uint32_t part);
-/* What this copy of part holds on disk, for a fill by delta: the version
- * of its last change and whether it is whole (0 and 0 without a disk). */
+int store_part_mark_filling(store_cache_t *c, uint32_t part);
+/* What this copy of part holds for a fill by delta: the version up to
+ * which it has every change (loaded whole from disk, or its last fill's),
+ * and whether it has such a base (0 and 0 without a disk). */
 void store_part_disk_state(store_cache_t *c, uint32_t part, uint64_t *version, int *whole);
 /* A primary's answer to a copy holding `version` (whole: a complete one):
  * STORE_DELTA_NONE it has every change, STORE_DELTA_OK the changes after it

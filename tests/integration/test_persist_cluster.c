@@ -117,62 +117,7 @@ static void check_value(grid_t *g, const char *cache, const char *key, const cha
   grid_value_free(&v);
 }
 
-/* 1. */
-static void test_restart_catches_up_by_delta(void) {
-  fprintf(stderr, "-- a restarted node catches up by delta\n");
-  grid_t *g = open_node(0, 8000);
-  const int keys = 3000, updates = 150;
-  char key[32], val[128];
-  for (int k = 0; k < keys; k++) {
-    snprintf(key, sizeof key, "d:%d", k);
-    value_of(val, sizeof val, key, 0);
-    put_value(g, CACHE, key, val);
-  }
-  wait_settled(nodes[0].port, CACHE, NODES);
-  grid_stats_t before = stats_of(2);
-  harness_kill9(&nodes[2]);
-  for (int k = 0; k < updates; k++) {
-    snprintf(key, sizeof key, "d:%d", k * 7);
-    value_of(val, sizeof val, key, 1);
-    put_value(g, CACHE, key, val);
-  }
-  start_node(2);
-  wait_settled(nodes[0].port, CACHE, NODES);
-  grid_stats_t after = stats_of(2);
-  /* A whole copy of what node 2 holds: its share of the entries (2 copies
-   * of each, on 3 nodes), each over 100 bytes with its key. */
-  uint64_t whole = (uint64_t)keys * 2 / NODES * 100;
-  fprintf(stderr, "   node 2 held %llu entries; after its restart it received %llu fill bytes "
-          "(%llu partitions by delta); a whole copy is over %llu bytes\n",
-          (unsigned long long)before.entries, (unsigned long long)after.fill_bytes_in,
-          (unsigned long long)after.fill_delta_parts, (unsigned long long)whole);
-  CHECK(after.entries >= before.entries); /* loaded from its disk */
-  CHECK(after.fill_delta_parts > 0);
-  CHECK(after.fill_bytes_in * 5 < whole);
-  /* Every key reads its last value, from every node's view. */
-  for (int n = 0; n < NODES; n++) {
-    grid_t *gn = open_node(n, 8000);
-    for (int k = 0; k < keys; k++) {
-      snprintf(key, sizeof key, "d:%d", k);
-      value_of(val, sizeof val, key, (k % 7 == 0 && k / 7 < updates) ? 1 : 0);
-      check_value(gn, CACHE, key, val);
-    }
-    grid_close(gn);
-  }
-  /* A snapshot on every node, each in its data_dir. */
-  uint64_t made = 0;
-  CHECK_RC(grid_snapshot_create(g, "after-delta", &made), 0);
-  CHECK_EQ(made, NODES);
-  for (int n = 0; n < NODES; n++) {
-    char path[256];
-    snprintf(path, sizeof path, "%s/snapshots/after-delta/CURRENT", data_dirs[n]);
-    CHECK(access(path, F_OK) == 0);
-  }
-  CHECK_RC(grid_snapshot_create(g, "after-delta", &made), GRID_EEXIST);
-  grid_close(g);
-}
-
-/* 2. A writer's keys and what it knows of each. */
+/* A writer's keys and what it knows of each. */
 typedef struct key_state {
   long acked;        /* -1: never acknowledged */
   long unknown[64];
@@ -211,13 +156,41 @@ static void *writer_main(void *arg) {
   return NULL;
 }
 
-static void check_writers(grid_t *g, writer_t *w) {
-  long checked = 0;
-  for (int i = 0; i < WRITERS; i++) {
+/* Every key of w reads its last acknowledged value (or a later write whose
+ * outcome is unknown); with partial set, a key may also answer an error
+ * (its partition waits for a node that is away), never a wrong value or
+ * "not found" for a key that was written. */
+/* Whether key's partition is led by live node `only` in the map on port
+ * (-1: any key). */
+static int key_led_by(const pmap_t *m, const char *key, int only) {
+  if (only < 0) return 1;
+  const pmap_group_t *pc = pmap_find_cache(m, CACHE);
+  if (!pc) return 0;
+  int prim = pmap_primary(pc, part_of(key, strlen(key), pc->partitions));
+  return prim >= 0 && !m->nodes[prim].absent &&
+         strcmp(m->nodes[prim].id, m->nodes[only].id) == 0;
+}
+
+static void check_writers_on(grid_t *g, writer_t *w, int nw, int partial) {
+  long checked = 0, refused = 0;
+  pmap_t m;
+  int only = -1;
+  if (partial) { /* only the keys the one node left leads */
+    harness_pmap(nodes[2].port, &m);
+    char id2[32];
+    node_id(2, id2, sizeof id2);
+    only = pmap_node_index(&m, id2);
+    CHECK(only >= 0);
+  }
+  for (int i = 0; i < nw; i++) {
     for (int k = 0; k < KEYS_PER_WRITER; k++) {
       key_state_t *ks = &w[i].keys[k];
       char key[32];
       snprintf(key, sizeof key, "w%d:k%d", i, k);
+      if (!key_led_by(&m, key, only)) {
+        refused++;
+        continue;
+      }
       grid_value_t v;
       int rc = grid_get(g, CACHE, key, strlen(key), &v);
       if (rc == GRID_ENOTFOUND && ks->acked < 0) continue;
@@ -234,7 +207,132 @@ static void check_writers(grid_t *g, writer_t *w) {
       checked++;
     }
   }
-  fprintf(stderr, "   %ld keys read back with their last acknowledged value\n", checked);
+  if (partial) pmap_free(&m);
+  fprintf(stderr, "   %ld keys read back with their last acknowledged value%s\n", checked,
+          partial ? " from the one node left" : "");
+  CHECK(checked > 0);
+}
+
+static void check_writers(grid_t *g, writer_t *w, int nw) { check_writers_on(g, w, nw, 0); }
+
+/* 1. */
+static void test_restart_catches_up_by_delta(void) {
+  fprintf(stderr, "-- a restarted node catches up by delta\n");
+  grid_t *g = open_node(0, 8000);
+  const int keys = 3000, updates = 150;
+  char key[32], val[128];
+  for (int k = 0; k < keys; k++) {
+    snprintf(key, sizeof key, "d:%d", k);
+    value_of(val, sizeof val, key, 0);
+    put_value(g, CACHE, key, val);
+  }
+  wait_settled(nodes[0].port, CACHE, NODES);
+  grid_stats_t before = stats_of(2);
+  harness_kill9(&nodes[2]);
+  for (int k = 0; k < updates; k++) {
+    snprintf(key, sizeof key, "d:%d", k * 7);
+    value_of(val, sizeof val, key, 1);
+    put_value(g, CACHE, key, val);
+  }
+  /* Writes go on while node 2 comes back: its copies get records before
+   * and during their fills. */
+  static writer_t w[2];
+  pthread_t th[2];
+  atomic_store(&stop_writers, 0);
+  for (int i = 0; i < 2; i++) {
+    memset(&w[i], 0, sizeof w[i]);
+    w[i].id = i;
+    w[i].g = open_node(i, 8000);
+    CHECK(pthread_create(&th[i], NULL, writer_main, &w[i]) == 0);
+  }
+  harness_sleep_ms(300);
+  start_node(2);
+  wait_settled(nodes[0].port, CACHE, NODES);
+  harness_sleep_ms(300);
+  atomic_store(&stop_writers, 1);
+  for (int i = 0; i < 2; i++) {
+    pthread_join(th[i], NULL);
+    grid_close(w[i].g);
+  }
+  grid_stats_t after = stats_of(2);
+  /* A whole copy of what node 2 holds: its share of the entries (2 copies
+   * of each, on 3 nodes), each over 100 bytes with its key. */
+  uint64_t whole = (uint64_t)keys * 2 / NODES * 100;
+  fprintf(stderr, "   node 2 held %llu entries; after its restart it received %llu fill bytes "
+          "(%llu partitions by delta); a whole copy is over %llu bytes\n",
+          (unsigned long long)before.entries, (unsigned long long)after.fill_bytes_in,
+          (unsigned long long)after.fill_delta_parts, (unsigned long long)whole);
+  CHECK(after.entries >= before.entries); /* loaded from its disk */
+  CHECK(after.fill_delta_parts > 0);
+  CHECK(after.fill_bytes_in * 5 < whole);
+  /* Every key reads its last value, from every node's view. */
+  for (int n = 0; n < NODES; n++) {
+    grid_t *gn = open_node(n, 8000);
+    for (int k = 0; k < keys; k++) {
+      snprintf(key, sizeof key, "d:%d", k);
+      value_of(val, sizeof val, key, (k % 7 == 0 && k / 7 < updates) ? 1 : 0);
+      check_value(gn, CACHE, key, val);
+    }
+    grid_close(gn);
+  }
+  /* A snapshot on every node, each in its data_dir. */
+  uint64_t made = 0;
+  CHECK_RC(grid_snapshot_create(g, "after-delta", &made), 0);
+  CHECK_EQ(made, NODES);
+  for (int n = 0; n < NODES; n++) {
+    char path[256];
+    snprintf(path, sizeof path, "%s/snapshots/after-delta/CURRENT", data_dirs[n]);
+    CHECK(access(path, F_OK) == 0);
+  }
+  CHECK_RC(grid_snapshot_create(g, "after-delta", &made), GRID_EEXIST);
+  grid_close(g);
+  /* Node 2's copies alone: the others killed, what node 2 serves (the
+   * partitions it holds in sync) is every write, the ones made while it
+   * was filled too. */
+  harness_kill9(&nodes[0]);
+  harness_kill9(&nodes[1]);
+  harness_sleep_ms(500);
+  g = open_node(2, 3000);
+  /* Until node 2 leads what it holds in sync (a map without the others). */
+  for (int t = 0; t < 200; t++) {
+    pmap_t m2;
+    harness_pmap(nodes[2].port, &m2);
+    int absent = 0;
+    for (size_t i = 0; i < m2.nnodes; i++) absent += m2.nodes[i].absent;
+    pmap_free(&m2);
+    if (absent == 2) break;
+    harness_sleep_ms(100);
+  }
+  check_writers_on(g, w, 2, 1);
+  pmap_t m2;
+  harness_pmap(nodes[2].port, &m2);
+  char id2[32];
+  node_id(2, id2, sizeof id2);
+  int idx2 = pmap_node_index(&m2, id2);
+  long served = 0;
+  for (int k = 0; k < keys; k++) {
+    snprintf(key, sizeof key, "d:%d", k);
+    if (!key_led_by(&m2, key, idx2)) continue;
+    grid_value_t v;
+    int rc = grid_get(g, CACHE, key, strlen(key), &v);
+    if (rc != 0) fprintf(stderr, "get %s from node 2 alone: %s\n", key, grid_err_name(rc));
+    CHECK_RC(rc, 0);
+    value_of(val, sizeof val, key, (k % 7 == 0 && k / 7 < updates) ? 1 : 0);
+    CHECK_STR(v.data, val);
+    grid_value_free(&v);
+    served++;
+  }
+  pmap_free(&m2);
+  fprintf(stderr, "   node 2 alone served %ld of %d keys, each with its last value\n", served,
+          keys);
+  CHECK(served > 0);
+  grid_close(g);
+  start_node(0);
+  start_node(1);
+  wait_settled(nodes[0].port, CACHE, NODES);
+  g = open_node(0, 8000);
+  check_writers(g, w, 2);
+  grid_close(g);
 }
 
 static void test_whole_cluster_kill9(void) {
@@ -282,6 +380,20 @@ static void test_whole_cluster_kill9(void) {
       snprintf(key, sizeof key, "w%d:k%d", i, k);
       grid_value_t v;
       int rc = grid_get(g, CACHE, key, strlen(key), &v);
+      if (rc == GRID_ENOTFOUND) {
+        pmap_t m;
+        harness_pmap(nodes[2].port, &m);
+        const pmap_group_t *pc = pmap_find_cache(&m, CACHE);
+        uint32_t p = part_of(key, strlen(key), pc->partitions);
+        fprintf(stderr, "key %s (partition %u) not found; its copies:", key, p);
+        for (uint32_t s = 0; s < pc->slots; s++) {
+          int cst, idx = pmap_copy_at(pc, p, s, &cst);
+          if (idx >= 0)
+            fprintf(stderr, " %s:%d%s", m.nodes[idx].id, cst, m.nodes[idx].absent ? "(absent)" : "");
+        }
+        fprintf(stderr, "\n");
+        pmap_free(&m);
+      }
       CHECK(rc != GRID_ENOTFOUND); /* never the answer of a node without it */
       if (rc == 0) {
         answered++;
@@ -300,7 +412,7 @@ static void test_whole_cluster_kill9(void) {
   start_node(1);
   wait_settled(nodes[0].port, CACHE, NODES);
   g = open_node(1, 8000);
-  check_writers(g, w);
+  check_writers(g, w, WRITERS);
   grid_close(g);
 }
 
