@@ -429,7 +429,7 @@ static int cluster_def_same(const store_cache_cfg_t *a, const store_cache_cfg_t 
   return a->partitions == b->partitions && a->backups == b->backups && a->mode == b->mode &&
          a->sync == b->sync && a->default_ttl_ms == b->default_ttl_ms &&
          a->read_from_backup == b->read_from_backup && a->persistence == b->persistence &&
-         a->fsync == b->fsync && a->fsync_every_ms == b->fsync_every_ms;
+         a->fsync == b->fsync && a->fsync_every_ms == b->fsync_every_ms && a->id == b->id;
 }
 
 /* One definition: 0, GRID_ENOTFOUND (dropped just now), or an error. */
@@ -637,6 +637,7 @@ static void cluster_run_job(cluster_t *c, cluster_job_t *j) {
     return;
   }
   if (!j->cfg.partitions) j->cfg.partitions = (uint32_t)c->node->cfg.partitions_default;
+  if (!j->cfg.id) j->cfg.id = ops_cache_id();
   if (cluster_refuse_create(c, &j->cfg, j->detail, sizeof j->detail)) {
     j->status = GRID_ELIMIT;
     cluster_job_finish(c, j);

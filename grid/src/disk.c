@@ -53,7 +53,8 @@ struct disk {
    * (its leader would merge our threads' batches, reading memory of
    * another thread under RocksDB's own ordering, which ThreadSanitizer
    * cannot see in the library's uninstrumented build). */
-  pthread_mutex_t write_lock;
+  pthread_spinlock_t write_lock; /* held for a memtable append: a spin,
+                                    not a sleep and a wake, on 2 loops */
   pthread_mutex_t sync_lock;
   /* Free space (disk_free_bytes_min): as last looked at, and the bytes
    * written then; a write that would go below the minimum is refused. */
@@ -271,9 +272,9 @@ static int disk_meta_put(disk_t *d, const char *key, const char *val, char *err,
   char *rerr = NULL;
   rocksdb_writeoptions_t *w = rocksdb_writeoptions_create();
   rocksdb_writeoptions_set_sync(w, 1);
-  pthread_mutex_lock(&d->write_lock);
+  pthread_spin_lock(&d->write_lock);
   rocksdb_put(d->db, w, key, strlen(key), val, strlen(val), &rerr);
-  pthread_mutex_unlock(&d->write_lock);
+  pthread_spin_unlock(&d->write_lock);
   rocksdb_writeoptions_destroy(w);
   if (rerr) {
     disk_words(err, err_len, "writing the data directory's identity failed", rerr);
@@ -357,7 +358,11 @@ int disk_open(const char *data_dir, const char *cluster, int64_t free_min, disk_
     return GRID_ECONFIG;
   }
   int state = disk_dir_state(dir);
-  if (state < 0 || state == 1) {
+  if (state < 0) {
+    snprintf(err, err_len, "data_dir %s cannot be read: %s", dir, strerror(errno));
+    return GRID_ECONFIG;
+  }
+  if (state == 1) {
     /* Files, and no CURRENT: RocksDB would make a new, empty database over
      * them, and the node would serve nothing as if it had nothing. */
     snprintf(err, err_len,
@@ -374,7 +379,7 @@ int disk_open(const char *data_dir, const char *cluster, int64_t free_min, disk_
   disk_space_check(d);
   pthread_mutex_init(&d->lock, NULL);
   pthread_mutex_init(&d->sync_lock, NULL);
-  pthread_mutex_init(&d->write_lock, NULL);
+  pthread_spin_init(&d->write_lock, PTHREAD_PROCESS_PRIVATE);
   pthread_cond_init(&d->cond, NULL);
   d->opts = rocksdb_options_create();
   rocksdb_options_set_create_if_missing(d->opts, state == 0);
@@ -488,7 +493,7 @@ void disk_close(disk_t *d) {
   if (d->ropts) rocksdb_readoptions_destroy(d->ropts);
   pthread_mutex_destroy(&d->lock);
   pthread_mutex_destroy(&d->sync_lock);
-  pthread_mutex_destroy(&d->write_lock);
+  pthread_spin_destroy(&d->write_lock);
   pthread_cond_destroy(&d->cond);
   if (disk_unsynced == d) disk_unsynced = NULL;
   free(d);
@@ -572,9 +577,9 @@ disk_cache_t *disk_cache_open(disk_t *d, const char *name, uint32_t partitions, 
   int kn = snprintf(key, sizeof key, "c/%s", name);
   rocksdb_writeoptions_t *w = rocksdb_writeoptions_create();
   rocksdb_writeoptions_set_sync(w, 1);
-  pthread_mutex_lock(&d->write_lock);
+  pthread_spin_lock(&d->write_lock);
   rocksdb_put(d->db, w, key, (size_t)kn, def, def_len, &rerr);
-  pthread_mutex_unlock(&d->write_lock);
+  pthread_spin_unlock(&d->write_lock);
   rocksdb_writeoptions_destroy(w);
   if (rerr) {
     disk_words(err, err_len, "keeping the cache's definition failed", rerr);
@@ -615,6 +620,19 @@ int disk_cache_defs(disk_t *d, void (*cb)(void *ctx, const char *name, const voi
   return 0;
 }
 
+int disk_cache_def(disk_t *d, const char *name, void **def, size_t *len) {
+  char key[80];
+  int kn = snprintf(key, sizeof key, "c/%s", name);
+  char *rerr = NULL;
+  *def = rocksdb_get(d->db, d->ropts, key, (size_t)kn, len, &rerr);
+  if (rerr) {
+    free(rerr);
+    *def = NULL;
+    return GRID_EDISK;
+  }
+  return *def ? 0 : GRID_ENOTFOUND;
+}
+
 void disk_cache_drop(disk_cache_t *dc) {
   disk_t *d = dc->disk;
   if (atomic_exchange(&dc->dropped, 1)) return;
@@ -637,9 +655,9 @@ void disk_cache_drop(disk_cache_t *dc) {
   rocksdb_writebatch_delete_range(b, (const char *)from, fn, (const char *)to, fn + 1);
   rocksdb_writeoptions_t *w = rocksdb_writeoptions_create();
   rocksdb_writeoptions_set_sync(w, 1);
-  pthread_mutex_lock(&d->write_lock);
+  pthread_spin_lock(&d->write_lock);
   rocksdb_write(d->db, w, b, &rerr);
-  pthread_mutex_unlock(&d->write_lock);
+  pthread_spin_unlock(&d->write_lock);
   rocksdb_writeoptions_destroy(w);
   rocksdb_writebatch_destroy(b);
   if (rerr) {
@@ -740,9 +758,9 @@ int disk_commit(disk_cache_t *dc, uint32_t part, uint64_t last_version, int stat
     return GRID_EDISK;
   }
   char *rerr = NULL;
-  pthread_mutex_lock(&d->write_lock);
+  pthread_spin_lock(&d->write_lock);
   rocksdb_write(d->db, d->wopts, b, &rerr);
-  pthread_mutex_unlock(&d->write_lock);
+  pthread_spin_unlock(&d->write_lock);
   rocksdb_writebatch_clear(b);
   if (rerr) {
     /* RocksDB's log writer is in error now: no more writes to it. */
@@ -1033,18 +1051,24 @@ int disk_restore(const char *data_dir, const char *name, char *err, size_t err_l
     /* Table files never change: linked. The rest RocksDB may write to. */
     int linked = n > 4 && strcmp(e->d_name + n - 4, ".sst") == 0 && link(from, to) == 0;
     if (!linked && disk_copy_file(from, to) != 0) {
-      snprintf(err, err_len, "--restore: %s cannot be copied to %s: %s", from, to,
-               strerror(errno));
+      snprintf(err, err_len, "--restore: %s cannot be copied to %s: %s (the data it was to "
+               "replace is in %s: move it back to %s to go on without the restore)",
+               from, to, strerror(errno), aside, db);
       rc = GRID_EDISK;
     }
   }
   if (dh) closedir(dh);
-  if (!dh) rc = GRID_EDISK;
-  int dfd = open(db, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    if (fsync(dfd) != 0) rc = GRID_EDISK;
-    close(dfd);
+  if (!dh) {
+    snprintf(err, err_len, "--restore: snapshot %s cannot be read: %s (the data it was to "
+             "replace is in %s)", snap, strerror(errno), aside);
+    rc = GRID_EDISK;
   }
+  int dfd = open(db, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (rc == 0 && (dfd < 0 || fsync(dfd) != 0)) {
+    snprintf(err, err_len, "--restore: %s cannot be synced: %s", db, strerror(errno));
+    rc = GRID_EDISK;
+  }
+  if (dfd >= 0) close(dfd);
   if (rc == 0)
     LOG_W("disk", "\"restored from a snapshot: the data it replaced is kept aside (delete it "
           "once the node serves)\" snapshot=%s aside=%s", name, aside);

@@ -70,6 +70,9 @@ disk_cache_t *disk_cache_open(disk_t *d, const char *name, uint32_t partitions, 
 int disk_cache_defs(disk_t *d, void (*cb)(void *ctx, const char *name, const void *def,
                                           size_t len),
                     void *ctx);
+/* The definition kept for cache name (*def malloc'd): 0, GRID_ENOTFOUND
+ * or GRID_EDISK. */
+int disk_cache_def(disk_t *d, const char *name, void **def, size_t *len);
 /* Forgets the cache: its column family, definition and partitions. The
  * handle stays valid (writes to it are dropped) until disk_cache_free. */
 void disk_cache_drop(disk_cache_t *dc);

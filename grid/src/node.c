@@ -110,6 +110,28 @@ static void *node_persist_open(void *ctx, store_cache_t *c) {
   unsigned char def[512];
   size_t def_len = grid__cache_config__pack(&m, def);
   char err[1400];
+  /* A cache of that name the disk holds may be another one: dropped while
+   * this node was away and made again (another id), or of another shape.
+   * Its entries are not this cache's. */
+  void *kept;
+  size_t kept_len;
+  if (disk_cache_def(n->disk, cfg->name, &kept, &kept_len) == 0) {
+    Grid__CacheConfig *old = grid__cache_config__unpack(NULL, kept_len, kept);
+    free(kept);
+    int other = !old || old->partitions != cfg->partitions ||
+                (old->cache_id && cfg->id && old->cache_id != cfg->id);
+    if (old) grid__cache_config__free_unpacked(old, NULL);
+    disk_cache_t *stale = other ? disk_cache_open(n->disk, cfg->name, cfg->partitions, def,
+                                                  def_len, cfg->fsync, cfg->fsync_every_ms,
+                                                  err, sizeof err)
+                                : NULL;
+    if (stale) {
+      LOG_W("disk", "\"the disk held another cache of this name (dropped and made again while "
+            "this node was away): its entries are forgotten\" cache=%s", cfg->name);
+      disk_cache_drop(stale);
+      disk_cache_free(stale);
+    }
+  }
   disk_cache_t *dc = disk_cache_open(n->disk, cfg->name, cfg->partitions, def, def_len,
                                      cfg->fsync, cfg->fsync_every_ms, err, sizeof err);
   if (!dc) {

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include "clock.h"
 #include "coll.h"
@@ -564,6 +565,7 @@ void ops_cfg_to_msg(const store_cache_cfg_t *cfg, Grid__CacheConfig *m) {
              : cfg->fsync == GRID_FSYNC_EVERY_MS ? GRID__FSYNC_POLICY__FSYNC_EVERY_MS
                                                  : GRID__FSYNC_POLICY__FSYNC_ALWAYS;
   m->fsync_every_ms = cfg->fsync_every_ms;
+  m->cache_id = cfg->id;
 }
 
 static Grid__CacheConfig *ops_cache_config_msg(const store_cache_cfg_t *cfg,
@@ -591,6 +593,13 @@ void ops_cfg_from_msg(const Grid__CacheConfig *m, const char *name, store_cache_
                : m->fsync == GRID__FSYNC_POLICY__FSYNC_EVERY_MS ? GRID_FSYNC_EVERY_MS
                                                                 : GRID_FSYNC_ALWAYS;
   cfg->fsync_every_ms = m->fsync_every_ms;
+  cfg->id = m->cache_id;
+}
+
+uint64_t ops_cache_id(void) {
+  uint64_t id = 0;
+  if (getrandom(&id, sizeof id, 0) != (ssize_t)sizeof id) id = clock_mono_ns() ^ (uint64_t)clock_wall_ms();
+  return id ? id : 1;
 }
 
 const char *ops_cache_cfg_refused(const node_t *n, const store_cache_cfg_t *cfg) {
@@ -599,7 +608,7 @@ const char *ops_cache_cfg_refused(const node_t *n, const store_cache_cfg_t *cfg)
     return "persistence = on needs a data directory on the node: start gridd with "
            "--set data_dir=DIR";
   if (cfg->fsync == GRID_FSYNC_EVERY_MS && cfg->fsync_every_ms > 60000)
-    return "fsync every_ms takes 1..60000 milliseconds";
+    return "fsync every-ms=N takes N of 1..60000 milliseconds (0: 100)";
   return NULL;
 }
 
@@ -617,6 +626,7 @@ static void ops_create_cache(node_t *n, const Grid__Request *rq,
     ops_reply_error(rp, GRID_EINVAL, refused, a);
     return;
   }
+  cfg.id = ops_cache_id();
   int rc = store_cache_create(n->store, &cfg);
   if (rc == GRID_EDISK) {
     ops_reply_error(rp, rc, "the cache cannot be kept in data_dir (the node's log says why)", a);

@@ -30,6 +30,8 @@ void ops_execute_rec(node_t *n, store_view_t *view, const Grid__Request *rq,
 /* A cache's settings as the wire carries them (m's name points at
  * cfg's). */
 void ops_cfg_to_msg(const store_cache_cfg_t *cfg, Grid__CacheConfig *m);
+/* A new cache's id: random, never 0. */
+uint64_t ops_cache_id(void);
 /* Words for why a node refuses a cache definition's persistence settings
  * (no data_dir, a window out of range), or NULL. */
 const char *ops_cache_cfg_refused(const node_t *n, const store_cache_cfg_t *cfg);

@@ -1864,13 +1864,12 @@ static size_t store_sweep_bucket(store_cache_t *c, store_part_t *p, uint64_t b,
     looked++;
     if (store_expired(e, now_ms) && (!grace_ms || e->expire_at_ms < now_ms - grace_ms)) {
       /* The disk forgets it too (should it not, a load skips it). */
+      uint64_t version = store_next_version(s, p);
       if (c->disk)
         store_persist_one(c, (uint32_t)(p - c->parts), e->data, e->key_len, NULL, 0, 0,
-                          counted ? store_next_version(s, p) : e->version, 0,
-                          counted ? store_next_version(s, p) : 0);
+                          counted ? version : e->version, 0, counted ? version : 0);
       if (counted) {
         /* A change of its own: a counter, and the history says so. */
-        uint64_t version = store_next_version(s, p);
         store_keep(s, p, CHANGE_EXPIRE, 0, e->data, e->key_len, NULL, 0, 0, version, 0);
         store_unlink_free(s, p, link, e);
         store_count_write(p, version);

@@ -49,6 +49,7 @@ typedef struct store_cache_cfg {
                               hooks, set by the node that has a data_dir) */
   int fsync;               /* GRID_FSYNC_* */
   uint32_t fsync_every_ms; /* GRID_FSYNC_EVERY_MS's window */
+  uint64_t id;             /* random, made with the cache (0: not known) */
 } store_cache_cfg_t;
 
 /* Whether an in-sync backup copy of the cache serves its node's reads. */
