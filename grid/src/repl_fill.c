@@ -19,10 +19,11 @@ typedef struct repl_fill_chunk {
   int failed;              /* out of memory: the chunk is not whole */
 } repl_fill_chunk_t;
 
-static int repl_fill_entry_cb(void *ctx, const void *key, size_t key_len,
-                              const void *value, size_t value_len, uint8_t type,
-                              uint64_t version, int64_t expire_at_ms) {
-  repl_fill_chunk_t *ch = ctx;
+/* One entry packed into the chunk (deleted: a delta's removal). 0, or 1
+ * when memory ran out. */
+static int repl_fill_add(repl_fill_chunk_t *ch, const void *key, size_t key_len,
+                         const void *value, size_t value_len, uint8_t type, uint64_t version,
+                         int64_t expire_at_ms, int deleted) {
   if (ch->n == ch->cap) {
     size_t cap = ch->cap ? ch->cap * 2 : 64;
     ProtobufCBinaryData *v = arena_alloc(&ch->arena, cap * sizeof *v);
@@ -42,6 +43,7 @@ static int repl_fill_entry_cb(void *ctx, const void *key, size_t key_len,
   e.type = type;
   e.version = version;
   e.expire_at_ms = expire_at_ms;
+  e.deleted = deleted != 0;
   size_t len = grid__entry__get_packed_size(&e);
   uint8_t *buf = arena_alloc(&ch->arena, len ? len : 1);
   if (!buf) {
@@ -54,6 +56,12 @@ static int repl_fill_entry_cb(void *ctx, const void *key, size_t key_len,
   ch->n++;
   ch->bytes += len;
   return 0;
+}
+
+static int repl_fill_entry_cb(void *ctx, const void *key, size_t key_len,
+                              const void *value, size_t value_len, uint8_t type,
+                              uint64_t version, int64_t expire_at_ms) {
+  return repl_fill_add(ctx, key, key_len, value, value_len, type, version, expire_at_ms, 0);
 }
 
 static void repl_fill_rewind(repl_fill_t *f);
@@ -206,28 +214,10 @@ static int repl_fill_build(loop_t *lp, repl_fill_t *f, store_cache_t *sc, int64_
 /* A delta chunk's change: an entry as a record (deleted: removed). */
 static int repl_fill_change_cb(void *ctx, const change_t *c) {
   repl_fill_chunk_t *ch = ctx;
-  int stop = repl_fill_entry_cb(ctx, c->key, c->key_len, c->kind == CHANGE_PUT ? c->value : NULL,
-                                c->kind == CHANGE_PUT ? c->value_len : 0, c->type, c->version,
-                                c->kind == CHANGE_PUT ? c->expire_at_ms : 0);
-  if (stop) return 1;
-  if (c->kind != CHANGE_PUT) {
-    /* Packed again with the flag: the entry callback makes puts. */
-    Grid__Entry e = GRID__ENTRY__INIT;
-    e.key.data = (uint8_t *)c->key;
-    e.key.len = c->key_len;
-    e.version = c->version;
-    e.deleted = 1;
-    size_t len = grid__entry__get_packed_size(&e);
-    uint8_t *buf = arena_alloc(&ch->arena, len ? len : 1);
-    if (!buf) {
-      ch->failed = 1;
-      return 1;
-    }
-    grid__entry__pack(&e, buf);
-    ch->bytes += len - ch->rq.values[ch->n - 1].len;
-    ch->rq.values[ch->n - 1].data = buf;
-    ch->rq.values[ch->n - 1].len = len;
-  }
+  int put = c->kind == CHANGE_PUT;
+  if (repl_fill_add(ch, c->key, c->key_len, put ? c->value : NULL, put ? c->value_len : 0,
+                    c->type, c->version, put ? c->expire_at_ms : 0, !put))
+    return 1;
   return ch->n >= REPL_FILL_CHUNK_ENTRIES || ch->bytes >= REPL_FILL_CHUNK_BYTES;
 }
 

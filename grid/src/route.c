@@ -307,6 +307,29 @@ static int route_leads_any(const pmap_group_t *pc, int node) {
   return 0;
 }
 
+/* rq for node nd alone (local, one hop), its answer taken into b (an
+ * answer counted in b->pending already). */
+static void route_ask_node(loop_t *lp, route_batch_t *b, const Grid__Request *rq,
+                           const pmap_node_t *nd) {
+  route_part_t *part = malloc(sizeof *part);
+  peer_t *p = peer_get(lp, nd->id, nd->addr);
+  Grid__Request sub = *rq;
+  sub.local = 1;
+  sub.hops = 1;
+  int rc = GRID_ENOMEM;
+  if (part && p) {
+    part->b = b;
+    part->index = 0;
+    rc = peer_call(p, &sub, lp->node->cfg.forward_timeout_ms, route_part_done, part);
+  } else if (!p) {
+    rc = GRID_ECONN;
+  }
+  if (rc != 0) {
+    free(part);
+    route_batch_take(b, 0, route_fwd_status(rc), NULL);
+  }
+}
+
 static void route_size(loop_t *lp, Grid__Request *rq, const pmap_group_t *pc,
                        sink_t *sink) {
   const pmap_t *m = lp->pmap;
@@ -339,24 +362,7 @@ static void route_size(loop_t *lp, Grid__Request *rq, const pmap_group_t *pc,
       route_batch_take(b, 0, GRID_ENOTREADY, NULL);
       continue;
     }
-    route_part_t *part = malloc(sizeof *part);
-    const pmap_node_t *nd = &m->nodes[node];
-    peer_t *p = peer_get(lp, nd->id, nd->addr);
-    Grid__Request sub = *rq;
-    sub.local = 1;
-    sub.hops = 1;
-    int rc = GRID_ENOMEM;
-    if (part && p) {
-      part->b = b;
-      part->index = 0;
-      rc = peer_call(p, &sub, lp->node->cfg.forward_timeout_ms, route_part_done, part);
-    } else if (!p) {
-      rc = GRID_ECONN;
-    }
-    if (rc != 0) {
-      free(part);
-      route_batch_take(b, 0, route_fwd_status(rc), NULL);
-    }
+    route_ask_node(lp, b, rq, &m->nodes[node]);
   }
   if (--b->pending == 0) route_batch_finish(b);
 }
@@ -537,27 +543,8 @@ static void route_snapshot(loop_t *lp, Grid__Request *rq, sink_t *sink) {
       continue;
     }
     const pmap_node_t *nd = &m->nodes[node];
-    if (nd->absent) {
-      route_batch_take(b, 0, GRID_ECONN, NULL);
-      continue;
-    }
-    route_part_t *part = malloc(sizeof *part);
-    peer_t *p = peer_get(lp, nd->id, nd->addr);
-    Grid__Request sub = *rq;
-    sub.local = 1;
-    sub.hops = 1;
-    int rc = GRID_ENOMEM;
-    if (part && p) {
-      part->b = b;
-      part->index = 0;
-      rc = peer_call(p, &sub, lp->node->cfg.forward_timeout_ms, route_part_done, part);
-    } else if (!p) {
-      rc = GRID_ECONN;
-    }
-    if (rc != 0) {
-      free(part);
-      route_batch_take(b, 0, route_fwd_status(rc), NULL);
-    }
+    if (nd->absent) route_batch_take(b, 0, GRID_ECONN, NULL);
+    else route_ask_node(lp, b, rq, nd);
   }
   if (--b->pending == 0) route_batch_finish(b);
 }
