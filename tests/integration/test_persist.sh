@@ -199,6 +199,13 @@ for sst in "$data"/db/*.sst; do
   refused "is damaged" --set data_dir="$dir/damaged"
 done
 [ "$n" -ge 2 ] || fail "a clean stop left $n table files"
+# ... and each truncated (a copy cut short, a disk that lost its end).
+for sst in "$data"/db/*.sst; do
+  rm -rf "$dir/damaged"; cp -a "$data" "$dir/damaged"
+  f="$dir/damaged/db/$(basename "$sst")"
+  truncate -s $(( $(stat -c %s "$f") / 2 )) "$f"
+  refused "is damaged" --set data_dir="$dir/damaged"
+done
 cp -a "$data" "$dir/nocurrent"
 echo "MANIFEST-999999" > "$dir/nocurrent/db/CURRENT"
 refused "is damaged" --set data_dir="$dir/nocurrent"
