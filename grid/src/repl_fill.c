@@ -185,22 +185,28 @@ static void repl_fill_again_later(repl_fill_t *f, int64_t now) {
   f->retry_at_ms = now + REPL_FILL_RETRY_MS;
 }
 
+/* A FILL request of f's cache and partition, in ch (its arena made). */
+static void repl_fill_chunk_start(loop_t *lp, const repl_fill_t *f, store_cache_t *sc,
+                                  repl_fill_chunk_t *ch) {
+  arena_init(&ch->arena, 64 * 1024);
+  grid__request__init(&ch->rq);
+  ch->rq.op = GRID__OP__FILL;
+  ch->rq.cache = (char *)f->cache;
+  ch->rq.partition = f->p;
+  ch->rq.epoch = lp->pmap->epoch;
+  ch->rq.history = store_history_kept(sc);
+}
+
 /* The fill's next chunk, from its cursor: whole buckets until it is big
  * enough, under the same lock as writes, so the chunk is the partition as
  * it is between two records. 0, or -1 when memory ran out. */
 static int repl_fill_build(loop_t *lp, repl_fill_t *f, store_cache_t *sc, int64_t now,
                            repl_fill_chunk_t *ch) {
-  arena_init(&ch->arena, 64 * 1024);
-  grid__request__init(&ch->rq);
-  ch->rq.op = GRID__OP__FILL;
-  ch->rq.cache = f->cache;
-  ch->rq.partition = f->p;
-  ch->rq.epoch = lp->pmap->epoch;
+  repl_fill_chunk_start(lp, f, sc, ch);
   ch->rq.reset = !f->started;
   /* The copy's change history restarts here: the records after this
    * counter follow on the same link. */
   if (ch->rq.reset) ch->rq.version = store_part_last_version(sc, f->p);
-  ch->rq.history = store_history_kept(sc);
   f->started = 1;
   do {
     store_scan_full(sc, f->p, &f->cursor, 64, clock_wall_ms(), repl_fill_entry_cb, ch);
@@ -226,14 +232,8 @@ static int repl_fill_change_cb(void *ctx, const change_t *c) {
  * (the fill becomes a whole copy); -1 when memory ran out. */
 static int repl_fill_build_delta(loop_t *lp, repl_fill_t *f, store_cache_t *sc,
                                  repl_fill_chunk_t *ch) {
-  arena_init(&ch->arena, 64 * 1024);
-  grid__request__init(&ch->rq);
-  ch->rq.op = GRID__OP__FILL;
-  ch->rq.cache = f->cache;
-  ch->rq.partition = f->p;
-  ch->rq.epoch = lp->pmap->epoch;
+  repl_fill_chunk_start(lp, f, sc, ch);
   ch->rq.fill_mode = 2;
-  ch->rq.history = store_history_kept(sc);
   uint64_t next, upto;
   if (store_changes_since(sc, f->p, f->delta_after, REPL_FILL_CHUNK_ENTRIES, repl_fill_change_cb,
                           ch, &next, &upto) != CHANGES_OK)
