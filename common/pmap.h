@@ -29,6 +29,7 @@ enum { PMAP_NONE = 0, PMAP_OWNING = 1, PMAP_MOVING = 2, PMAP_LOST = 3,
 typedef struct pmap_node {
   char id[PMAP_ID_MAX];
   char addr[PMAP_ADDR_MAX];
+  char tls_addr[PMAP_ADDR_MAX]; /* its TLS port's host:port; "": none */
   char zone[PMAP_ZONE_MAX];
   int leaving;         /* alive, but no longer an ideal owner of anything */
   uint64_t incarnation;/* random per process start; 0: matches any */

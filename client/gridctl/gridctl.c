@@ -16,9 +16,16 @@
 
 static void usage(FILE *f) {
   fprintf(f,
-          "usage: gridctl [--server HOST:PORT] [--timeout-ms N] <verb> [args]\n"
+          "usage: gridctl [--server HOST:PORT] [--timeout-ms N] [--tls] [--cacert F]\n"
+          "               [--cert F] [--key F] [--user U] [--password P] <verb> [args]\n"
           "\n"
-          "Talks to a grid node (default server 127.0.0.1:10800, or $GRID_SERVER).\n"
+          "Talks to a grid node (default server 127.0.0.1:10800, or $GRID_SERVER;\n"
+          "grids://HOST:PORT or --tls: over TLS, to the node's tls_port).\n"
+          "  --tls               TLS; the node's certificate is checked against\n"
+          "                      --cacert F (PEM CA certificates; default: the system's)\n"
+          "  --cert F --key F    this client's certificate and key (mutual TLS)\n"
+          "  --user U            who to log in as, on nodes with auth = on\n"
+          "  --password P        its password (default: $GRID_PASSWORD)\n"
           "\n"
           "verbs:\n"
           "  put CACHE KEY VALUE [--ttl-ms N]   write a value (TTL in milliseconds)\n"
@@ -508,6 +515,8 @@ int main(int argc, char **argv) {
   const char *server = getenv("GRID_SERVER");
   if (!server || !*server) server = "127.0.0.1:10800";
   uint64_t timeout_ms = 5000;
+  grid_options_t opts = {.client_name = "gridctl"};
+  int tls = 0;
   int i = 1;
   for (; i < argc && argv[i][0] == '-'; i++) {
     if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -515,6 +524,18 @@ int main(int argc, char **argv) {
       return 0;
     } else if (!strcmp(argv[i], "--server") && i + 1 < argc) {
       server = argv[++i];
+    } else if (!strcmp(argv[i], "--tls")) {
+      tls = 1;
+    } else if (!strcmp(argv[i], "--cacert") && i + 1 < argc) {
+      opts.tls_ca_file = argv[++i];
+    } else if (!strcmp(argv[i], "--cert") && i + 1 < argc) {
+      opts.tls_cert_file = argv[++i];
+    } else if (!strcmp(argv[i], "--key") && i + 1 < argc) {
+      opts.tls_key_file = argv[++i];
+    } else if (!strcmp(argv[i], "--user") && i + 1 < argc) {
+      opts.user = argv[++i];
+    } else if (!strcmp(argv[i], "--password") && i + 1 < argc) {
+      opts.password = argv[++i];
     } else if (!strcmp(argv[i], "--timeout-ms") && i + 1 < argc &&
                parse_u64(argv[i + 1], &timeout_ms) == 0 && timeout_ms > 0 &&
                timeout_ms <= UINT32_MAX) {
@@ -543,12 +564,27 @@ int main(int argc, char **argv) {
   }
 
   char uri[300];
-  snprintf(uri, sizeof uri, "grid://%s", server);
-  grid_options_t opts = {.timeout_ms = (uint32_t)timeout_ms, .client_name = "gridctl"};
+  if (!strncmp(server, "grids://", 8)) {
+    tls = 1;
+    server += 8;
+  } else if (!strncmp(server, "grid://", 7)) {
+    server += 7;
+  }
+  snprintf(uri, sizeof uri, "%s://%s", tls ? "grids" : "grid", server);
+  opts.timeout_ms = (uint32_t)timeout_ms;
+  if (!opts.password && getenv("GRID_PASSWORD")) opts.password = getenv("GRID_PASSWORD");
+  if (opts.password && !opts.user) opts.user = "default";
+  if ((opts.tls_cert_file || opts.tls_key_file || opts.tls_ca_file) && !tls) {
+    fprintf(stderr, "gridctl: --cacert, --cert and --key are for TLS: add --tls "
+            "(or --server grids://HOST:PORT)\n");
+    return EXIT_USAGE;
+  }
   grid_t *g;
   int rc = grid_open(uri, &opts, &g);
   if (rc) {
-    fprintf(stderr, "gridctl: cannot reach %s: %s\n", server, grid_strerror(rc));
+    const char *why = grid_last_error();
+    fprintf(stderr, "gridctl: cannot reach %s: %s%s%s\n", server, grid_strerror(rc),
+            why && *why ? ": " : "", why && *why ? why : "");
     return EXIT_FAILED;
   }
   int code;

@@ -54,12 +54,23 @@ typedef struct grid_options {
                                keys only); 0 = no near cache */
   const char *near_caches;  /* with near_cache_bytes: the caches held near,
                                comma-separated; NULL = every cache read */
+  /* grids:// (TLS). The node's certificate must be signed by a CA of
+   * tls_ca_file and name the host of the URI (or of the map's address). */
+  const char *tls_ca_file;   /* PEM CA certificates; NULL = the system's */
+  const char *tls_cert_file; /* this client's certificate, for nodes that
+                                ask for one (tls_auth_clients); or NULL */
+  const char *tls_key_file;  /* its private key */
+  /* Nodes with auth = on: who this handle is. Copied at grid_open and sent
+   * on every connection's handshake. */
+  const char *user;          /* NULL: "default" */
+  const char *password;
 } grid_options_t;
 
 /*
  * Opens a handle.
  * uri "grid://host:port" connects to a remote node (one TCP connection,
- * pipelined). uri "embedded:" starts a node inside this process from
+ * pipelined); "grids://host:port" does the same over TLS, to the node's
+ * tls_port (a list "h1:p1,h2:p2" names several seeds). uri "embedded:" starts a node inside this process from
  * opts->config_path / opts->config_text (no network listener unless the
  * config says listen = on). opts may be NULL. On success *out is the
  * caller's and is released with grid_close().

@@ -46,7 +46,7 @@ static int client_open_embedded(const grid_options_t *opts, grid_t *g) {
     /* An embedded cluster node: the application's requests go through the
      * node's own listener, like any client's, so that they are routed,
      * replicated and fenced like every other request. */
-    rc = router_open(self, opts, &g->router);
+    rc = router_open(self, opts, 0, &g->router);
     if (rc != 0) {
       embedded_close(g->embedded);
       g->embedded = NULL;
@@ -66,7 +66,9 @@ int grid_open(const char *uri, const grid_options_t *opts, grid_t **out) {
   if (strncmp(uri, "embedded:", 9) == 0) {
     rc = client_open_embedded(opts, g);
   } else if (strncmp(uri, "grid://", 7) == 0) {
-    rc = router_open(uri + 7, opts, &g->router);
+    rc = router_open(uri + 7, opts, 0, &g->router);
+  } else if (strncmp(uri, "grids://", 8) == 0) {
+    rc = router_open(uri + 8, opts, 1, &g->router);
   } else {
     rc = GRID_EADDR;
   }

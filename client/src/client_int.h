@@ -50,8 +50,30 @@ void client_reply_free(client_reply_t *r);
  * NULL) or 0 with the node's reply in rp, valid during the call only. */
 typedef void (*client_done_fn)(void *arg, int status, const Grid__Reply *rp);
 
-/* remote.c */
-int remote_open(const char *host, int port, const grid_options_t *opts,
+/* remote.c: a connection's TLS (NULL on a plain one): the session, used by
+ * a writer and a reader at once under its lock, and counted references
+ * (the connection, a reader, a writer), so that a thread still in it when
+ * the connection is replaced finds it whole. */
+typedef struct client_link client_link_t;
+struct tls_ctx;
+/* Over fd (connected, blocking), the TLS handshake within deadline_ms; the
+ * server's certificate must name server_name. On failure the reason is in
+ * grid_last_error(). */
+int client_link_open(struct tls_ctx *ctx, const char *server_name, int fd, int64_t deadline_ms,
+                     client_link_t **out);
+void client_link_ref(client_link_t *l);
+void client_link_unref(client_link_t *l);
+/* Sends all n bytes (blocking, within the socket's SO_SNDTIMEO): 0,
+ * GRID_ETIMEDOUT or GRID_ECONN. l NULL: plain. */
+int client_link_send(client_link_t *l, int fd, const void *p, size_t n);
+/* As recv(2): plaintext > 0, 0 when the connection ended, -1 with errno
+ * (EAGAIN: nothing whole yet). Plaintext the session holds comes first,
+ * without touching the socket. flags: recv's (MSG_DONTWAIT). */
+ssize_t client_link_recv(client_link_t *l, int fd, void *p, size_t n, int flags);
+/* The client's TLS context for opts (grids://): CA, certificate, key. */
+int client_tls_ctx(const grid_options_t *opts, struct tls_ctx **out);
+
+int remote_open(const char *host, int port, const grid_options_t *opts, struct tls_ctx *tls,
                 remote_t **out);
 void remote_close(remote_t *r);
 /* Sends rq (its id is set here) and waits for the reply up to timeout_ms.
@@ -64,15 +86,20 @@ int remote_call(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
 int remote_call_async(remote_t *r, Grid__Request *rq, uint32_t timeout_ms,
                       client_done_fn done, void *arg);
 
-/* A connection of its own (a subscription's), handshake done: *fd is the
- * caller's; *reply_max the longest frame to accept on it. */
-int remote_dial_fd(const char *host, int port, const grid_options_t *opts, uint32_t timeout_ms,
-                   int *fd, uint64_t *reply_max);
+/* A connection of its own (a subscription's), handshake done: *fd and
+ * *link (NULL without tls) are the caller's; *reply_max the longest frame
+ * to accept on it. */
+int remote_dial_fd(const char *host, int port, const grid_options_t *opts, struct tls_ctx *tls,
+                   uint32_t timeout_ms, int *fd, client_link_t **link, uint64_t *reply_max);
 /* "host:port" of r's node. */
 void remote_addr(const remote_t *r, char *out, size_t len);
 
-/* router.c: uri_list is "h1:p1,h2:p2" (after grid://). */
-int router_open(const char *uri_list, const grid_options_t *opts, router_t **out);
+/* router.c: uri_list is "h1:p1,h2:p2" (after grid:// or grids://: tls). */
+int router_open(const char *uri_list, const grid_options_t *opts, int tls, router_t **out);
+/* What the router's connections are made with, for connections of their
+ * own (subscriptions): its options (strings the router's) and TLS context
+ * (NULL: plain). */
+void router_link_opts(router_t *rt, grid_options_t *opts, struct tls_ctx **tls);
 void router_close(router_t *rt);
 /* The connection rq should go to (its epoch is stamped for a direct one). */
 remote_t *router_pick(router_t *rt, Grid__Request *rq, uint32_t timeout_ms);

@@ -39,6 +39,7 @@
 #include "clock.h"
 #include "frame.h"
 #include "log.h"
+#include "tls.h"
 
 #define REMOTE_SLOT_BITS 12
 #define REMOTE_INFLIGHT_MAX (1u << REMOTE_SLOT_BITS) /* requests in flight per handle */
@@ -80,6 +81,8 @@ struct remote {
   pthread_cond_t bg_cond;   /* wakes the background reader */
   pthread_mutex_t wlock;    /* socket writes, and closing the socket */
   int fd;                   /* -1: not connected */
+  client_link_t *link;      /* fd's TLS; NULL: plain */
+  struct tls_ctx *tls;      /* grids://: the handle's context (not ours) */
   uint64_t gen;             /* generation of fd */
   int reading;              /* a thread holds the reading role */
   int closing;
@@ -101,9 +104,18 @@ struct remote {
   remote_slot_t slots[REMOTE_INFLIGHT_MAX];
 };
 
-/* ---- connecting --------------------------------------------------------- */
+/* ---- TLS links ------------------------------------------------------------ */
 
-static int remote_write_all(int fd, const unsigned char *p, size_t len) {
+struct client_link {
+  pthread_mutex_t lock;     /* the session: a reader and a writer share it */
+  tls_sess_t *sess;
+  _Atomic int refs;
+};
+
+#define CLIENT_LINK_STACK_BYTES 8192  /* a small write's records skip malloc */
+#define CLIENT_LINK_READ_BYTES 16640  /* one TLS record and its header */
+
+static int client_send_all(int fd, const unsigned char *p, size_t len) {
   while (len) {
     ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
     if (n < 0) {
@@ -116,8 +128,151 @@ static int remote_write_all(int fd, const unsigned char *p, size_t len) {
   return 0;
 }
 
+int client_tls_ctx(const grid_options_t *opts, struct tls_ctx **out) {
+  tls_settings_t s;
+  memset(&s, 0, sizeof s);
+  if (opts) {
+    s.cert_file = opts->tls_cert_file;
+    s.key_file = opts->tls_key_file;
+    s.ca_file = opts->tls_ca_file;
+  }
+  char err[400];
+  int rc = tls_ctx_new(0, &s, out, err, sizeof err);
+  if (rc != 0) client_set_error(err);
+  return rc;
+}
+
+void client_link_ref(client_link_t *l) { atomic_fetch_add(&l->refs, 1); }
+
+void client_link_unref(client_link_t *l) {
+  if (!l || atomic_fetch_sub(&l->refs, 1) != 1) return;
+  tls_sess_free(l->sess);
+  pthread_mutex_destroy(&l->lock);
+  free(l);
+}
+
+/* Sends what the session has to send. Taken under the lock, sent without
+ * it: a writer blocked on a full socket must not keep the reader from
+ * decrypting the replies that would drain it. Writers are one at a time
+ * (the caller's), so records leave in the order they were made. */
+static int client_link_push(client_link_t *l, int fd) {
+  unsigned char stackbuf[CLIENT_LINK_STACK_BYTES];
+  pthread_mutex_lock(&l->lock);
+  size_t k = tls_sess_pending(l->sess);
+  unsigned char *buf = k <= sizeof stackbuf ? stackbuf : malloc(k);
+  if (buf) tls_sess_take(l->sess, buf, k);
+  pthread_mutex_unlock(&l->lock);
+  if (!buf) return GRID_ENOMEM;
+  int rc = k ? client_send_all(fd, buf, k) : 0;
+  if (buf != stackbuf) free(buf);
+  return rc;
+}
+
+int client_link_send(client_link_t *l, int fd, const void *p, size_t n) {
+  if (!l) return client_send_all(fd, p, n);
+  pthread_mutex_lock(&l->lock);
+  int rc = tls_sess_write(l->sess, p, n);
+  pthread_mutex_unlock(&l->lock);
+  if (rc != 0) return GRID_ECONN;
+  return client_link_push(l, fd);
+}
+
+/* The session's answer to a read, as recv's. */
+static ssize_t client_link_result(client_link_t *l, ssize_t r) {
+  if (r > 0) return r;
+  if (r == TLS_CLOSED) return 0;
+  if (r == TLS_AGAIN) {
+    errno = EAGAIN;
+    return -1;
+  }
+  char words[320];
+  pthread_mutex_lock(&l->lock);
+  const char *e = tls_sess_error(l->sess);
+  snprintf(words, sizeof words, "TLS: %s%s", e,
+           strstr(e, "certificate") ? " (the node wants a client certificate its CA "
+                                      "signed: tls_cert_file / --cert and --key)" : "");
+  pthread_mutex_unlock(&l->lock);
+  client_set_error(words);
+  errno = EPROTO; /* the session failed: GRID_ETLS */
+  return -1;
+}
+
+ssize_t client_link_recv(client_link_t *l, int fd, void *p, size_t n, int flags) {
+  if (!l) return recv(fd, p, n, flags);
+  pthread_mutex_lock(&l->lock);
+  ssize_t r = tls_sess_read(l->sess, p, n);
+  pthread_mutex_unlock(&l->lock);
+  if (r != TLS_AGAIN) return client_link_result(l, r);
+  unsigned char buf[CLIENT_LINK_READ_BYTES];
+  ssize_t k = recv(fd, buf, sizeof buf, flags);
+  if (k <= 0) return k;
+  pthread_mutex_lock(&l->lock);
+  r = tls_sess_feed(l->sess, buf, (size_t)k);
+  if (r == 0) r = tls_sess_read(l->sess, p, n);
+  pthread_mutex_unlock(&l->lock);
+  return client_link_result(l, r);
+}
+
+int client_link_open(struct tls_ctx *ctx, const char *server_name, int fd, int64_t deadline_ms,
+                     client_link_t **out) {
+  client_link_t *l = calloc(1, sizeof *l);
+  if (!l) return GRID_ENOMEM;
+  pthread_mutex_init(&l->lock, NULL);
+  atomic_init(&l->refs, 1);
+  l->sess = tls_sess_new(ctx, server_name);
+  if (!l->sess) {
+    client_link_unref(l);
+    return GRID_ENOMEM;
+  }
+  int rc = 0;
+  for (;;) {
+    int h = tls_sess_handshake(l->sess);
+    if ((rc = client_link_push(l, fd)) != 0) break;
+    if (h == 1) break;
+    if (h == TLS_FAILED) {
+      char words[320];
+      snprintf(words, sizeof words, "TLS handshake with the node failed: %s%s",
+               tls_sess_error(l->sess),
+               strstr(tls_sess_error(l->sess), "wrong version") ||
+                       strstr(tls_sess_error(l->sess), "packet length")
+                   ? " (is this the node's TLS port, tls_port?)" : "");
+      client_set_error(words);
+      rc = GRID_ETLS;
+      break;
+    }
+    int64_t left = deadline_ms - clock_mono_ms();
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    if (left <= 0 || poll(&pfd, 1, (int)left) == 0) {
+      client_set_error("TLS handshake with the node not completed in time");
+      rc = GRID_ETIMEDOUT;
+      break;
+    }
+    unsigned char buf[CLIENT_LINK_READ_BYTES];
+    ssize_t k = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (k < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) continue;
+    if (k <= 0) {
+      client_set_error("the node closed the connection during the TLS handshake "
+                       "(is this the node's TLS port, tls_port?)");
+      rc = GRID_ETLS;
+      break;
+    }
+    if (tls_sess_feed(l->sess, buf, (size_t)k) != 0) {
+      rc = GRID_ENOMEM;
+      break;
+    }
+  }
+  if (rc != 0) {
+    client_link_unref(l);
+    return rc;
+  }
+  *out = l;
+  return 0;
+}
+
+/* ---- connecting --------------------------------------------------------- */
+
 /* Reads one whole frame into a malloc'd buffer, within deadline_ms. */
-static int remote_read_frame(int fd, int64_t deadline_ms, size_t max,
+static int remote_read_frame(int fd, client_link_t *link, int64_t deadline_ms, size_t max,
                              unsigned char **out, size_t *out_len) {
   unsigned char hdr[FRAME_HEADER_BYTES];
   unsigned char *buf = NULL;
@@ -130,17 +285,20 @@ static int remote_read_frame(int fd, int64_t deadline_ms, size_t max,
         free(buf);
         return GRID_ETIMEDOUT;
       }
-      struct pollfd pfd = {.fd = fd, .events = POLLIN};
-      int pr = poll(&pfd, 1, (int)left);
-      if (pr < 0 && errno == EINTR) continue;
-      if (pr <= 0) continue;
-      ssize_t n = recv(fd, dst + got, want - got, 0);
-      if (n <= 0) {
-        if (n < 0 && errno == EINTR) continue;
-        free(buf);
-        return GRID_ECONN;
+      /* What the TLS session holds first, then the socket when it has
+       * something. */
+      ssize_t n = client_link_recv(link, fd, dst + got, want - got, MSG_DONTWAIT);
+      if (n > 0) {
+        got += (size_t)n;
+        continue;
       }
-      got += (size_t)n;
+      if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) {
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        poll(&pfd, 1, (int)left);
+        continue;
+      }
+      free(buf);
+      return n < 0 && errno == EPROTO ? GRID_ETLS : GRID_ECONN;
     }
     if (phase == 0) {
       want = frame_get_header(hdr);
@@ -208,7 +366,7 @@ static void remote_set_socket_bounds(int fd, uint32_t timeout_ms) {
 /* The handshake: sends Hello and reads the HelloReply before deadline_ms.
  * On success the node's frame limit, and the reply limit in force, are
  * recorded in r; on failure the caller closes fd. */
-static int remote_handshake(remote_t *r, int fd, int64_t deadline_ms) {
+static int remote_handshake(remote_t *r, int fd, client_link_t *link, int64_t deadline_ms) {
   Grid__Hello h = GRID__HELLO__INIT;
   h.magic = FRAME_MAGIC;
   h.version = FRAME_PROTOCOL_VERSION;
@@ -222,13 +380,15 @@ static int remote_handshake(remote_t *r, int fd, int64_t deadline_ms) {
   unsigned char *reply = NULL;
   size_t reply_len = 0;
   int rc;
-  if ((rc = remote_write_all(fd, buf, n + FRAME_HEADER_BYTES)) != 0 ||
-      (rc = remote_read_frame(fd, deadline_ms, REMOTE_HELLO_BYTES_MAX, &reply, &reply_len)) != 0)
+  if ((rc = client_link_send(link, fd, buf, n + FRAME_HEADER_BYTES)) != 0 ||
+      (rc = remote_read_frame(fd, link, deadline_ms, REMOTE_HELLO_BYTES_MAX, &reply,
+                              &reply_len)) != 0)
     return rc;
   Grid__HelloReply *hr = grid__hello_reply__unpack(NULL, reply_len, reply);
   free(reply);
   if (!hr) return GRID_EPROTO;
   rc = hr->status;
+  if (rc != 0 && hr->message && hr->message[0]) client_set_error(hr->message);
   if (rc == 0) {
     r->frame_bytes_max = hr->frame_bytes_max;
     uint64_t cap = r->reply_bytes_max ? r->reply_bytes_max : hr->frame_bytes_max;
@@ -238,20 +398,26 @@ static int remote_handshake(remote_t *r, int fd, int64_t deadline_ms) {
   return rc;
 }
 
-/* A new connection to the node, handshake done, within timeout_ms in all.
- * On success *out_fd is the caller's to close. */
-static int remote_connect_fd(remote_t *r, uint32_t timeout_ms, int *out_fd) {
+/* A new connection to the node, TLS and handshake done, within timeout_ms
+ * in all. On success *out_fd is the caller's to close and *out_link (NULL
+ * without TLS) to unref. */
+static int remote_connect_fd(remote_t *r, uint32_t timeout_ms, int *out_fd,
+                             client_link_t **out_link) {
   int64_t deadline = clock_mono_ms() + timeout_ms;
   int fd;
+  client_link_t *link = NULL;
   int rc = remote_dial(r, deadline, &fd);
   if (rc != 0) return rc;
   remote_set_socket_bounds(fd, timeout_ms);
-  rc = remote_handshake(r, fd, deadline);
+  if (r->tls) rc = client_link_open(r->tls, r->host, fd, deadline, &link);
+  if (rc == 0) rc = remote_handshake(r, fd, link, deadline);
   if (rc != 0) {
+    client_link_unref(link);
     close(fd);
     return rc;
   }
   *out_fd = fd;
+  *out_link = link;
   return 0;
 }
 
@@ -358,16 +524,22 @@ static void remote_conn_lost(remote_t *r, int fd, uint64_t gen) {
   pthread_mutex_lock(&r->wlock);
   pthread_mutex_lock(&r->lock);
   int current = r->gen == gen && r->fd == fd;
-  if (current) r->fd = -1; /* the next call connects again */
+  client_link_t *link = current ? r->link : NULL;
+  if (current) {
+    r->fd = -1; /* the next call connects again */
+    r->link = NULL;
+  }
   pthread_mutex_unlock(&r->lock);
   if (current) close(fd);
+  client_link_unref(link);
   pthread_mutex_unlock(&r->wlock);
   remote_fail_slots(r, gen, 0);
 }
 
 /* With the reading role held: reads what arrives within wait_ms and hands
  * out every whole reply. Returns 0, or -1 when the connection is gone. */
-static int remote_read_some(remote_t *r, int fd, uint64_t gen, int wait_ms) {
+static int remote_read_some(remote_t *r, int fd, client_link_t *link, uint64_t gen,
+                            int wait_ms) {
   if (r->rbuf_gen != gen) {
     /* A new connection: what an older one left unfinished is dropped
      * here, by the reader, never by the thread that saw it go. */
@@ -380,7 +552,7 @@ static int remote_read_some(remote_t *r, int fd, uint64_t gen, int wait_ms) {
   /* One blocking recv, bounded by the socket's SO_RCVTIMEO
    * (REMOTE_POLL_MS): a syscall fewer than poll + recv on every reply. */
   (void)wait_ms;
-  ssize_t n = recv(fd, r->rbuf.data + r->rbuf.len, room, 0);
+  ssize_t n = client_link_recv(link, fd, r->rbuf.data + r->rbuf.len, room, 0);
   if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
   if (n <= 0) {
     remote_conn_lost(r, fd, gen);
@@ -415,13 +587,16 @@ static int remote_try_read(remote_t *r, int wait_ms) {
   r->reading = 1;
   int fd = r->fd;
   uint64_t gen = r->gen;
+  client_link_t *link = r->link;
+  if (link) client_link_ref(link);
   pthread_mutex_unlock(&r->lock);
   int64_t now = clock_mono_ms();
   if (now - r->expired_checked_ms >= REMOTE_POLL_MS) {
     r->expired_checked_ms = now;
     remote_fail_slots(r, 0, 1); /* async calls past their deadline */
   }
-  remote_read_some(r, fd, gen, wait_ms);
+  remote_read_some(r, fd, link, gen, wait_ms);
+  client_link_unref(link);
   pthread_mutex_lock(&r->lock);
   r->reading = 0;
   /* Someone else may read now. */
@@ -463,14 +638,18 @@ static int remote_ensure_connected(remote_t *r, uint32_t timeout_ms) {
   if (r->fd >= 0) return 0;
   if (r->closing) return GRID_ECONN;
   int fd;
-  int rc = remote_connect_fd(r, timeout_ms, &fd);
+  client_link_t *link;
+  int rc = remote_connect_fd(r, timeout_ms, &fd, &link);
   if (rc != 0) return rc;
   r->fd = fd;
+  r->link = link;
   r->gen++; /* the reader starts this connection's buffer afresh */
   if (!r->bg_started) {
     if (pthread_create(&r->bg, NULL, remote_bg_main, r) != 0) {
       close(fd);
+      client_link_unref(link);
       r->fd = -1;
+      r->link = NULL;
       return GRID_ENOMEM;
     }
     r->bg_started = 1;
@@ -550,9 +729,12 @@ static int remote_write_request(remote_t *r, const Grid__Request *rq, size_t pac
   /* The socket may have been closed and replaced meanwhile. */
   pthread_mutex_lock(&r->lock);
   int same = r->fd == fd && r->gen == gen;
+  client_link_t *link = same ? r->link : NULL;
+  if (link) client_link_ref(link);
   pthread_mutex_unlock(&r->lock);
-  int rc = same ? remote_write_all(fd, buf, frame_bytes) : GRID_ECONN;
+  int rc = same ? client_link_send(link, fd, buf, frame_bytes) : GRID_ECONN;
   pthread_mutex_unlock(&r->wlock);
+  client_link_unref(link);
   if (buf != stackbuf) free(buf);
   return rc;
 }
@@ -667,12 +849,13 @@ static void remote_set_ident(remote_t *r, const char *host, int port,
   r->reply_bytes_max = opts ? opts->reply_bytes_max : 0;
 }
 
-int remote_open(const char *host, int port, const grid_options_t *opts,
+int remote_open(const char *host, int port, const grid_options_t *opts, struct tls_ctx *tls,
                 remote_t **out) {
   remote_t *r = calloc(1, sizeof *r);
   if (r) frame_buf_init(&r->rbuf, REMOTE_RBUF_BYTES, REMOTE_REPLY_BYTES_MAX);
   if (!r) return GRID_ENOMEM;
   remote_set_ident(r, host, port, opts);
+  r->tls = tls;
   r->fd = -1;
   for (uint32_t i = 0; i < REMOTE_INFLIGHT_MAX; i++)
     r->slots[i].next_free = i + 1 < REMOTE_INFLIGHT_MAX ? i + 2 : 0;
@@ -709,6 +892,8 @@ void remote_close(remote_t *r) {
     r->fd = -1;
     remote_fail_slots(r, gen, 0);
   }
+  client_link_unref(r->link);
+  r->link = NULL;
   frame_buf_free(&r->rbuf);
   pthread_mutex_destroy(&r->lock);
   pthread_mutex_destroy(&r->wlock);
@@ -717,12 +902,13 @@ void remote_close(remote_t *r) {
   free(r);
 }
 
-int remote_dial_fd(const char *host, int port, const grid_options_t *opts, uint32_t timeout_ms,
-                   int *fd, uint64_t *reply_max) {
+int remote_dial_fd(const char *host, int port, const grid_options_t *opts, struct tls_ctx *tls,
+                   uint32_t timeout_ms, int *fd, client_link_t **link, uint64_t *reply_max) {
   remote_t *r = calloc(1, sizeof *r);
   if (!r) return GRID_ENOMEM;
   remote_set_ident(r, host, port, opts);
-  int rc = remote_connect_fd(r, timeout_ms, fd);
+  r->tls = tls;
+  int rc = remote_connect_fd(r, timeout_ms, fd, link);
   if (rc == 0) *reply_max = r->reply_max;
   free(r);
   return rc;

@@ -18,6 +18,7 @@
 #include "client_int.h"
 #include "part.h"
 #include "pmap.h"
+#include "tls.h"
 
 #define ROUTER_SEEDS_MAX 32
 #define ROUTER_CONNECT_MS 1000 /* handshake with a node the map names */
@@ -30,7 +31,9 @@ typedef struct router_conn {
 struct router {
   pthread_mutex_t lock;        /* map, conns, stale */
   grid_options_t opts;
+  struct tls_ctx *tls;         /* grids://; NULL: plain */
   char client_name[64];
+  char user[256], password[256];
   size_t nseeds;
   char seeds[ROUTER_SEEDS_MAX][PMAP_ADDR_MAX];
   remote_t *any;               /* the seed connection */
@@ -76,8 +79,18 @@ static int router_connect(router_t *rt, const char *addr, remote_t **out) {
    * waiting a whole call's timeout on it would hold every caller up. */
   grid_options_t o = rt->opts;
   if (!o.timeout_ms || o.timeout_ms > ROUTER_CONNECT_MS) o.timeout_ms = ROUTER_CONNECT_MS;
-  if (rc == 0) rc = remote_open(host, port, &o, out);
+  if (rc == 0) rc = remote_open(host, port, &o, rt->tls, out);
   return rc;
+}
+
+/* Where a node of the map is reached: its TLS port's address over TLS. */
+static const char *router_node_addr(const router_t *rt, size_t i) {
+  return rt->tls ? rt->map.nodes[i].tls_addr : rt->map.nodes[i].addr;
+}
+
+void router_link_opts(router_t *rt, grid_options_t *opts, struct tls_ctx **tls) {
+  *opts = rt->opts;
+  *tls = rt->tls;
 }
 
 /* The connection to addr, made on first use (lock held). */
@@ -99,11 +112,12 @@ static remote_t *router_conn(router_t *rt, const char *addr) {
  * takes its place (lock held). */
 static void router_replace_any(router_t *rt) {
   for (size_t i = 0; i < rt->map.nnodes; i++) {
-    remote_t *r = router_conn(rt, rt->map.nodes[i].addr);
+    if (!router_node_addr(rt, i)[0]) continue;
+    remote_t *r = router_conn(rt, router_node_addr(rt, i));
     if (r && r != rt->any) {
       /* It is in conns already; any is a connection of its own. */
       remote_t *fresh;
-      if (router_connect(rt, rt->map.nodes[i].addr, &fresh) == 0) {
+      if (router_connect(rt, router_node_addr(rt, i), &fresh) == 0) {
         remote_close(rt->any);
         rt->any = fresh;
         return;
@@ -151,7 +165,7 @@ static void router_refresh_locked(router_t *rt, uint32_t timeout_ms) {
   client_reply_free(&r);
 }
 
-int router_open(const char *list, const grid_options_t *opts, router_t **out) {
+int router_open(const char *list, const grid_options_t *opts, int tls, router_t **out) {
   router_t *rt = calloc(1, sizeof *rt);
   if (!rt) return GRID_ENOMEM;
   pthread_mutex_init(&rt->lock, NULL);
@@ -161,6 +175,28 @@ int router_open(const char *list, const grid_options_t *opts, router_t **out) {
            opts && opts->client_name ? opts->client_name : "");
   rt->opts.client_name = rt->client_name;
   rt->opts.config_path = rt->opts.config_text = NULL;
+  /* The caller's strings are not kept: what reconnecting needs is copied,
+   * the TLS files are read once, here. */
+  if ((opts && opts->user && strlen(opts->user) >= sizeof rt->user) ||
+      (opts && opts->password && strlen(opts->password) >= sizeof rt->password)) {
+    client_set_error("user and password: at most 255 bytes each");
+    router_close(rt);
+    return GRID_EINVAL;
+  }
+  snprintf(rt->user, sizeof rt->user, "%s", opts && opts->user ? opts->user : "");
+  snprintf(rt->password, sizeof rt->password, "%s",
+           opts && opts->password ? opts->password : "");
+  rt->opts.user = opts && opts->user ? rt->user : NULL;
+  rt->opts.password = opts && opts->password ? rt->password : NULL;
+  rt->opts.tls_ca_file = rt->opts.tls_cert_file = rt->opts.tls_key_file = NULL;
+  rt->opts.near_caches = NULL;
+  if (tls) {
+    int rc = client_tls_ctx(opts, &rt->tls);
+    if (rc != 0) {
+      router_close(rt);
+      return rc;
+    }
+  }
   const char *p = list;
   while (*p && rt->nseeds < ROUTER_SEEDS_MAX) {
     const char *comma = strchr(p, ',');
@@ -202,6 +238,7 @@ void router_close(router_t *rt) {
   if (rt->any) remote_close(rt->any);
   pmap_free(&rt->map);
   pthread_mutex_destroy(&rt->lock);
+  tls_ctx_free(rt->tls);
   free(rt);
 }
 
@@ -221,7 +258,9 @@ remote_t *router_pick(router_t *rt, Grid__Request *rq, uint32_t timeout_ms) {
                                           : part_of(key->data, key->len, pc->partitions);
     int prim = p < pc->partitions ? pmap_primary(pc, p) : -1;
     if (prim >= 0) {
-      remote_t *direct = router_conn(rt, rt->map.nodes[prim].addr);
+      remote_t *direct = router_node_addr(rt, (size_t)prim)[0]
+                             ? router_conn(rt, router_node_addr(rt, (size_t)prim))
+                             : NULL;
       if (direct) {
         r = direct;
         rq->epoch = rt->map.epoch;
@@ -309,7 +348,7 @@ int router_place(router_t *rt, const char *cache, int refresh, uint32_t timeout_
   out->naddrs = rt->map.nnodes;
   _Static_assert(sizeof out->addrs[0] >= PMAP_ADDR_MAX, "an address fits");
   for (size_t i = 0; i < rt->map.nnodes; i++)
-    snprintf(out->addrs[i], sizeof out->addrs[i], "%s", rt->map.nodes[i].addr);
+    snprintf(out->addrs[i], sizeof out->addrs[i], "%s", router_node_addr(rt, i));
   for (uint32_t p = 0; p < g->partitions; p++) out->primary[p] = pmap_primary(g, p);
   pthread_mutex_unlock(&rt->lock);
   return 0;

@@ -48,6 +48,7 @@ enum { SUB_UNWANTED = -3, SUB_ASKING = -2, SUB_HOMELESS = -1 };
 typedef struct sub_conn {
   char addr[128];
   int fd;                       /* -1: closed */
+  client_link_t *link;          /* its TLS; NULL: plain */
   frame_buf_t in;
   uint64_t next_id;
 } sub_conn_t;
@@ -245,17 +246,7 @@ static int sub_send(sub_conn_t *c, const Grid__Request *rq) {
   if (!buf) return GRID_ENOMEM;
   frame_put_header(buf, (uint32_t)n);
   grid__request__pack(rq, buf + FRAME_HEADER_BYTES);
-  size_t off = 0, len = FRAME_HEADER_BYTES + n;
-  int rc = 0;
-  while (off < len) {
-    ssize_t w = send(c->fd, buf + off, len - off, MSG_NOSIGNAL);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) {
-      rc = GRID_ECONN;
-      break;
-    }
-    off += (size_t)w;
-  }
+  int rc = client_link_send(c->link, c->fd, buf, FRAME_HEADER_BYTES + n) ? GRID_ECONN : 0;
   free(buf);
   return rc;
 }
@@ -264,6 +255,8 @@ static void sub_conn_lost(grid_sub_t *s, size_t ci) {
   sub_conn_t *c = &s->conns[ci];
   if (c->fd >= 0) close(c->fd);
   c->fd = -1;
+  client_link_unref(c->link);
+  c->link = NULL;
   c->in.len = 0;
   for (uint32_t p = 0; p < s->nparts; p++) {
     if (s->home[p] == (int)ci || (s->home[p] == SUB_ASKING && s->asking_on[p] == (int)ci)) {
@@ -288,10 +281,13 @@ static int sub_conn_get(grid_sub_t *s, const char *addr) {
   char host[128];
   int port, fd;
   uint64_t reply_max;
-  grid_options_t o = {0};
+  grid_options_t o;
+  struct tls_ctx *tls;
+  client_link_t *link;
+  router_link_opts(s->g->router, &o, &tls);
   o.client_name = "subscription";
   if (router_split(addr, host, sizeof host, &port) != 0 ||
-      remote_dial_fd(host, port, &o, s->g->timeout_ms, &fd, &reply_max) != 0)
+      remote_dial_fd(host, port, &o, tls, s->g->timeout_ms, &fd, &link, &reply_max) != 0)
     return -1;
   sub_conn_t *c = &s->conns[ci];
   if (ci == s->nconns) {
@@ -303,6 +299,7 @@ static int sub_conn_get(grid_sub_t *s, const char *addr) {
     frame_buf_set_frame_max(&c->in, (size_t)reply_max);
   }
   c->fd = fd;
+  c->link = link;
   c->in.len = 0;
   return (int)ci;
 }
@@ -480,12 +477,13 @@ static void sub_on_reply(grid_sub_t *s, size_t ci, const Grid__Reply *rp) {
   if (s->asks) s->asks--;
 }
 
-/* Reads what conn ci has; -1 when it closed. */
-static int sub_read(grid_sub_t *s, size_t ci) {
+/* One read of conn ci: 1 when it read, 0 when nothing was there, -1 when
+ * it closed. */
+static int sub_read_once(grid_sub_t *s, size_t ci) {
   sub_conn_t *c = &s->conns[ci];
   size_t room = frame_buf_room(&c->in, 1);
   if (room == 0) return 0;
-  ssize_t n = recv(c->fd, c->in.data + c->in.len, room, MSG_DONTWAIT);
+  ssize_t n = client_link_recv(c->link, c->fd, c->in.data + c->in.len, room, MSG_DONTWAIT);
   if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
   if (n <= 0) return -1;
   c->in.len += (size_t)n;
@@ -503,7 +501,17 @@ static int sub_read(grid_sub_t *s, size_t ci) {
   }
   if (!atomic_load(&s->stop) && fr == FRAME_TOO_BIG) return -1;
   frame_buf_consume(&c->in, off);
-  return 0;
+  return 1;
+}
+
+/* Reads what conn ci has; -1 when it closed. Over TLS, until the session
+ * and the socket have nothing more: poll sees only the socket. */
+static int sub_read(grid_sub_t *s, size_t ci) {
+  sub_conn_t *c = &s->conns[ci];
+  int rc;
+  while ((rc = sub_read_once(s, ci)) == 1 && c->link && c->fd >= 0) {
+  }
+  return rc < 0 ? -1 : 0;
 }
 
 /* ---- placing partitions ------------------------------------------------------- */
@@ -860,6 +868,7 @@ static void *sub_local_main(void *arg) {
 static void sub_free(grid_sub_t *s) {
   for (size_t i = 0; i < s->nconns; i++) {
     if (s->conns[i].fd >= 0) close(s->conns[i].fd);
+    client_link_unref(s->conns[i].link);
     free(s->conns[i].in.data);
   }
   for (size_t i = 0; i < s->opts.n_affinity_keys && s->akeys; i++) free(s->akeys[i]);

@@ -47,7 +47,7 @@ extern "C" {
   XX(EBUSY, -20, "too many requests in flight on this handle")                 \
   XX(EBATCHTOOBIG, -21, "batch has more keys than the node's batch_keys_max")  \
   XX(ECONFIG, -22, "bad configuration")                                        \
-  XX(EADDR, -23, "bad address: expected grid://host:port or embedded:")        \
+  XX(EADDR, -23, "bad address: expected grid://host:port, grids://host:port or embedded:")        \
   XX(ELIMIT, -24, "a named node limit was reached")                            \
   XX(EINTERNAL, -25, "internal error")                                         \
   XX(ESTALE, -26, "request routed with a stale partition map: refresh and retry") \
@@ -55,7 +55,10 @@ extern "C" {
   XX(ECLUSTER, -28, "cluster coordination (ZooKeeper) unavailable to this node") \
   XX(ENOTREADY, -29, "partition changing owner: retry shortly")               \
   XX(EWRONGTYPE, -30, "the key holds another type of value (a string, hash, list or set)") \
-  XX(EDISK, -31, "the node's data directory refused the write (disk full, or an I/O error): nothing was written")
+  XX(EDISK, -31, "the node's data directory refused the write (disk full, or an I/O error): nothing was written") \
+  XX(ETLS, -32, "TLS refused: a certificate, the CA, the protocol or the port did not match") \
+  XX(EAUTH, -33, "authentication failed: unknown user or wrong password, or none given to a node that requires one") \
+  XX(ENOPERM, -34, "the user's roles do not permit this operation")
 
 typedef enum {
   GRID_OK = 0,

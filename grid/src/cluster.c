@@ -190,6 +190,7 @@ static int cluster_node_data(cluster_t *c, unsigned char *buf, size_t cap, size_
   Grid__PmapNode me = GRID__PMAP_NODE__INIT;
   me.id = n->node_id;
   me.addr = n->advertise;
+  me.tls_addr = n->advertise_tls;
   me.zone = n->cfg.zone;
   me.leaving = c->leaving_written || c->leaving; /* read on the cluster thread */
   me.incarnation = n->incarnation;
@@ -349,6 +350,7 @@ static int cluster_read_nodes(cluster_t *c, pmap_node_t *alive, size_t *nalive) 
     memset(&alive[k], 0, sizeof alive[k]);
     snprintf(alive[k].id, PMAP_ID_MAX, "%s", pn->id);
     snprintf(alive[k].addr, PMAP_ADDR_MAX, "%s", pn->addr);
+    snprintf(alive[k].tls_addr, PMAP_ADDR_MAX, "%s", pn->tls_addr);
     snprintf(alive[k].zone, PMAP_ZONE_MAX, "%s", pn->zone);
     alive[k].leaving = pn->leaving;
     alive[k].incarnation = pn->incarnation;

@@ -10,21 +10,24 @@
 #include "grid_types.h"
 #include "pmap.h"
 
-typedef enum { CFG_INT, CFG_SIZE, CFG_BOOL, CFG_STR } config_kind_t;
+typedef enum { CFG_INT, CFG_SIZE, CFG_BOOL, CFG_STR, CFG_CHOICE } config_kind_t;
 
 typedef struct config_key {
   const char *name;
   config_kind_t kind;
   size_t offset;
   int64_t min, max; /* for numbers; for strings max is the buffer size */
+  const char *choices; /* CFG_CHOICE: the values allowed, "|"-separated */
 } config_key_t;
 
-#define CFG_N(name, kind, min, max) {#name, kind, offsetof(config_t, name), min, max}
-#define CFG_S(name) {#name, CFG_STR, offsetof(config_t, name), 0, sizeof(((config_t *)0)->name)}
+#define CFG_N(name, kind, min, max) {#name, kind, offsetof(config_t, name), min, max, NULL}
+#define CFG_S(name) {#name, CFG_STR, offsetof(config_t, name), 0, sizeof(((config_t *)0)->name), NULL}
+#define CFG_C(name, choices) \
+  {#name, CFG_CHOICE, offsetof(config_t, name), 0, sizeof(((config_t *)0)->name), choices}
 
 static const config_key_t config_keys[] = {
     CFG_S(bind),
-    CFG_N(port, CFG_INT, 0, 65535),
+    CFG_N(port, CFG_INT, -1, 65535),
     CFG_N(listen, CFG_BOOL, 0, 1),
     CFG_S(port_file),
     CFG_N(resp_port, CFG_INT, -1, 65535),
@@ -74,7 +77,31 @@ static const config_key_t config_keys[] = {
     CFG_N(subscriptions_max, CFG_INT, 0, 1000000),
     CFG_N(subscription_keys_max, CFG_INT, 1, 1000000),
     CFG_S(notify_keyspace_events),
+    CFG_N(tls_port, CFG_INT, -1, 65535),
+    CFG_S(tls_port_file),
+    CFG_N(tls_resp_port, CFG_INT, -1, 65535),
+    CFG_S(tls_resp_port_file),
+    CFG_S(tls_cert_file),
+    CFG_S(tls_key_file),
+    CFG_S(tls_ca_cert_file),
+    CFG_C(tls_auth_clients, "yes|no|optional"),
+    CFG_S(tls_protocols),
+    CFG_S(tls_ciphers),
+    CFG_S(tls_ciphersuites),
+    CFG_N(tls_replication, CFG_BOOL, 0, 1),
 };
+
+/* Whether value is one of choices ("a|b|c"). */
+static int config_choice_ok(const char *choices, const char *value) {
+  size_t vl = strlen(value);
+  for (const char *p = choices; *p;) {
+    const char *bar = strchr(p, '|');
+    size_t l = bar ? (size_t)(bar - p) : strlen(p);
+    if (l == vl && !strncmp(p, value, l)) return 1;
+    p += l + (bar ? 1 : 0);
+  }
+  return 0;
+}
 
 void config_defaults(config_t *c) {
   memset(c, 0, sizeof *c);
@@ -118,6 +145,9 @@ void config_defaults(config_t *c) {
   c->disk_free_bytes_min = 64 << 20;
   c->subscriptions_max = 1024;
   c->subscription_keys_max = 1024;
+  c->tls_port = -1;
+  c->tls_resp_port = -1;
+  strcpy(c->tls_auth_clients, "yes");
 }
 
 static int config_parse_number(const char *v, int is_size, int64_t *out) {
@@ -148,7 +178,11 @@ int config_set(config_t *c, const char *key, const char *value, char *err,
     const config_key_t *k = &config_keys[i];
     if (strcmp(k->name, key) != 0) continue;
     char *field = (char *)c + k->offset;
-    if (k->kind == CFG_STR) {
+    if (k->kind == CFG_CHOICE && !config_choice_ok(k->choices, value)) {
+      snprintf(err, err_len, "%s: expected one of %s, got \"%s\"", key, k->choices, value);
+      return GRID_ECONFIG;
+    }
+    if (k->kind == CFG_STR || k->kind == CFG_CHOICE) {
       if (strlen(value) >= (size_t)k->max) {
         snprintf(err, err_len, "%s: value longer than %lld bytes", key,
                  (long long)k->max - 1);
@@ -296,7 +330,7 @@ void config_print(const config_t *c, void *fp) {
   for (size_t i = 0; i < sizeof config_keys / sizeof config_keys[0]; i++) {
     const config_key_t *k = &config_keys[i];
     const char *field = (const char *)c + k->offset;
-    if (k->kind == CFG_STR)
+    if (k->kind == CFG_STR || k->kind == CFG_CHOICE)
       fprintf(f, "%s = %s\n", k->name, field);
     else if (k->kind == CFG_BOOL)
       fprintf(f, "%s = %s\n", k->name, *(const int64_t *)(const void *)field ? "on" : "off");

@@ -14,7 +14,8 @@
 
 typedef struct config {
   char bind[64];                  /* listen address */
-  int64_t port;                   /* listen port; 0 picks a free one */
+  int64_t port;                   /* listen port; 0 picks a free one; -1:
+                                     none (TLS only, with tls_port) */
   int64_t listen;                 /* 1: serve the native protocol on TCP */
   char port_file[256];            /* if set, the bound port is written here */
   int64_t resp_port;              /* Redis-protocol port; -1: none, 0: any */
@@ -93,6 +94,21 @@ typedef struct config {
   int64_t subscription_keys_max;  /* affinity keys one subscription names */
   char notify_keyspace_events[24];/* Redis keyspace notifications: Redis's
                                      letters (notify.h); empty: none */
+  /* TLS (Redis's names). A port of -1 is off, 0 picks a free one. */
+  int64_t tls_port;               /* the native protocol over TLS */
+  char tls_port_file[256];
+  int64_t tls_resp_port;          /* the Redis protocol over TLS */
+  char tls_resp_port_file[256];
+  char tls_cert_file[512];        /* the node's PEM certificate (chain) */
+  char tls_key_file[512];         /* its private key */
+  char tls_ca_cert_file[512];     /* CA certificates that sign clients'
+                                     and other nodes' certificates */
+  char tls_auth_clients[16];      /* yes (a client certificate is
+                                     required), no, optional */
+  char tls_protocols[64];         /* "TLSv1.2 TLSv1.3"; empty: 1.2 and up */
+  char tls_ciphers[512];          /* TLS 1.2 cipher list; empty: OpenSSL's */
+  char tls_ciphersuites[256];     /* TLS 1.3 suites; empty: OpenSSL's */
+  int64_t tls_replication;        /* links between nodes use TLS */
 } config_t;
 
 /* Fills in the defaults of gridd. */

@@ -16,6 +16,7 @@
 
 #include "frame.h"
 #include "loop.h"
+#include "tls.h"
 
 #define CONN_RBUF_BYTES 16384  /* a connection's read buffer at rest */
 #define CONN_LINGER_MS 1000    /* a failed connection is closed by then */
@@ -61,14 +62,19 @@ struct conn {
   unsigned counted : 1;        /* counted in node->connections */
   unsigned closed : 1;         /* libuv closed it; freed when refs is 0 */
   unsigned settle_wait : 1;    /* its output waits for the disk's sync */
+  unsigned tls_fed : 1;        /* TLS: bytes have arrived */
+  unsigned tls_dead : 1;       /* TLS: failed, nothing more to say in it */
+  unsigned tls_notified : 1;   /* TLS: close_notify sent */
+  tls_sess_t *tls;             /* NULL: plain TCP */
   int refs;                    /* deferred requests that will answer on it */
   char peer[64];               /* "ip:port", for logs */
   char ip[48];                 /* the peer's address alone */
 };
 
-/* Accepts a connection on server (a listener of lp) for front end proto.
- * Connections past connections_max are refused. */
-void conn_accept(loop_t *lp, uv_stream_t *server, const conn_proto_t *proto);
+/* Accepts a connection on server (a listener of lp) for front end proto,
+ * over TLS when tls is not NULL. Connections past connections_max are
+ * refused. */
+void conn_accept(loop_t *lp, uv_stream_t *server, const conn_proto_t *proto, tls_ctx_t *tls);
 
 /* Output: append, and write what is gathered. conn_out_space returns room
  * for n bytes at the end of the output (NULL when out of memory), which

@@ -95,9 +95,12 @@ struct loop {
   int refusing;                /* refused is in use (closing) */
   uv_stream_t *refuse_next;    /* a listener waiting for it, and its */
   const struct conn_proto *refuse_next_proto; /* front end */
+  struct tls_ctx *refuse_next_tls;            /* and its TLS */
   /* net.c */
   uv_tcp_t listener;           /* the native port */
   uv_tcp_t resp_listener;      /* the Redis-protocol port (resp_port set) */
+  uv_tcp_t tls_listener;       /* the native port over TLS (tls_port set) */
+  uv_tcp_t tls_resp_listener;  /* RESP over TLS (tls_resp_port set) */
 };
 
 /* Makes n->cfg.loops loops, not running yet: what must be set up on them

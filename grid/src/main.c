@@ -56,7 +56,13 @@ static void usage(FILE *f) {
           "  zone, advertise, zk_session_timeout_ms, cluster_min_nodes,\n"
           "  forward_timeout_ms, repl_pending_max, loop_handoffs_max,\n"
           "  rebalance_bytes_per_sec, leave_timeout_ms, lost_grace_ms, map_bytes_max,\n"
-          "  map_groups_max\n");
+          "  map_groups_max\n"
+          "TLS settings (Redis's names; SIGHUP reloads the files): tls_port,\n"
+          "  tls_port_file, tls_resp_port, tls_resp_port_file (-1: off, 0: any free\n"
+          "  port; port = -1 turns the plain native port off), tls_cert_file,\n"
+          "  tls_key_file, tls_ca_cert_file, tls_auth_clients (yes, no, optional),\n"
+          "  tls_protocols (\"TLSv1.2 TLSv1.3\"), tls_ciphers, tls_ciphersuites,\n"
+          "  tls_replication (links between nodes over TLS)\n");
 }
 
 #define GRIDD_LEAVE_GRACE_MS 500
@@ -175,6 +181,7 @@ static void gridd_block_signals(sigset_t *set) {
   sigemptyset(set);
   sigaddset(set, SIGINT);
   sigaddset(set, SIGTERM);
+  sigaddset(set, SIGHUP); /* reload the TLS certificates */
   pthread_sigmask(SIG_BLOCK, set, NULL);
   signal(SIGPIPE, SIG_IGN);
 }
@@ -188,7 +195,8 @@ static void gridd_leave_cluster(node_t *node, const sigset_t *set) {
   int64_t deadline = clock_mono_ms() + node->cfg.leave_timeout_ms;
   struct timespec zero = {0, 0};
   while (cluster_wait_left(node->cluster, 100) != 0) {
-    if (sigtimedwait(set, NULL, &zero) > 0) {
+    int s = sigtimedwait(set, NULL, &zero);
+    if (s == SIGINT || s == SIGTERM) {
       LOG_W("node", "\"second signal: stopping without handing the rest over\"");
       break;
     }
@@ -236,7 +244,17 @@ int main(int argc, char **argv) {
   }
   node->on_left = gridd_on_left;
   int sig = 0;
-  sigwait(&set, &sig);
+  while (sigwait(&set, &sig) == 0 && sig == SIGHUP) {
+    /* New connections take the files as they are now; open ones keep
+     * theirs. A file that does not load leaves the old ones in force. */
+    if (!node->tls_server && !node->tls_client) {
+      LOG_I("node", "\"SIGHUP: no TLS to reload\"");
+    } else if (node_tls_reload(node, err, sizeof err) != 0) {
+      LOG_E("node", "\"SIGHUP: TLS files not reloaded, the old ones stay\" reason=\"%s\"", err);
+    } else {
+      LOG_I("node", "\"SIGHUP: TLS certificate, key and CA reloaded\"");
+    }
+  }
   LOG_I("node", "\"stopping\" signal=%s", sig == SIGINT ? "SIGINT" : "SIGTERM");
   if (node->cluster) gridd_leave_cluster(node, &set);
   node_stop(node);

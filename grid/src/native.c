@@ -126,16 +126,19 @@ static void native_pending_fn(loop_t *lp, sink_t *s, const Grid__Reply *rp) {
 
 /* ---- input ------------------------------------------------------------- */
 
-/* Whether a peer's hello may be taken: until nodes authenticate (TLS), a
- * peer must at least be a member of the cluster, connecting from the
- * address it advertises: records from anyone else would bypass every
- * client check. */
+/* Whether a peer's hello may be taken: a member of the cluster, connecting
+ * from the address it advertises, and with tls_replication over TLS with a
+ * certificate the cluster's CA signed: records from anyone else would
+ * bypass every client check. */
 static int native_peer_allowed(conn_t *c, const Grid__Hello *h) {
   node_t *n = c->lp->node;
   char why[256];
   int rc = GRID_EHANDSHAKE;
   if (!n->cluster)
     snprintf(why, sizeof why, "this node is not in a cluster: it has no peers");
+  else if (n->cfg.tls_replication && (!c->tls || !tls_sess_peer_verified(c->tls)))
+    snprintf(why, sizeof why, "tls_replication = yes: a node links over TLS, to tls_port, "
+             "with a certificate signed by tls_ca_cert_file");
   else
     rc = cluster_peer_check(n->cluster, h->client_name ? h->client_name : "", c->ip, why,
                             sizeof why);

@@ -1,6 +1,7 @@
 #include "net.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
@@ -23,8 +24,12 @@ static void net_on_connection(uv_stream_t *server, int status) {
     LOG_W("net", "\"accept failed\" error=\"%s\"", uv_strerror(status));
     return;
   }
-  conn_accept(lp, server, server == (uv_stream_t *)&lp->resp_listener ? &resp_proto
-                                                                        : &native_proto);
+  node_t *n = lp->node;
+  if (server == (uv_stream_t *)&lp->listener) conn_accept(lp, server, &native_proto, NULL);
+  else if (server == (uv_stream_t *)&lp->resp_listener) conn_accept(lp, server, &resp_proto, NULL);
+  else if (server == (uv_stream_t *)&lp->tls_listener)
+    conn_accept(lp, server, &native_proto, n->tls_server);
+  else conn_accept(lp, server, &resp_proto, n->tls_server);
 }
 
 /* Opens a listening socket on addr; reuseport lets the loops share it. */
@@ -97,32 +102,43 @@ static int net_listen_on(loop_t *lp, uv_tcp_t *h, const struct sockaddr_storage 
   return 0;
 }
 
+/* The node's listeners: a port setting (-1: none), the loop's handle, the
+ * bound port, and what logs call it. */
+typedef struct net_port {
+  int64_t want;
+  size_t handle_off;
+  int *bound;
+  const char *what;
+} net_port_t;
+
 int net_listen(node_t *n, loops_t *ls, char *err, size_t err_len) {
-  struct sockaddr_storage ss, rss;
-  int port, resp_port = 0;
-  int rc = net_pick_address(n->cfg.bind, n->cfg.port, &ss, &port, err, err_len);
-  if (rc != 0) return rc;
-  if (n->cfg.resp_port >= 0) {
-    rc = net_pick_address(n->cfg.bind, n->cfg.resp_port, &rss, &resp_port, err, err_len);
+  net_port_t ports[] = {
+      {n->cfg.port, offsetof(loop_t, listener), &n->port, ""},
+      {n->cfg.resp_port, offsetof(loop_t, resp_listener), &n->resp_port, "RESP "},
+      {n->cfg.tls_port, offsetof(loop_t, tls_listener), &n->tls_port, "TLS "},
+      {n->cfg.tls_resp_port, offsetof(loop_t, tls_resp_listener), &n->tls_resp_port,
+       "TLS RESP "},
+  };
+  struct sockaddr_storage ss[4];
+  int rc;
+  for (size_t k = 0; k < 4; k++) {
+    *ports[k].bound = 0;
+    if (ports[k].want < 0) continue;
+    rc = net_pick_address(n->cfg.bind, ports[k].want, &ss[k], ports[k].bound, err, err_len);
     if (rc != 0) return rc;
   }
   for (int i = 0; i < loops_count(ls); i++) {
     loop_t *lp = loops_at(ls, i);
-    char why[160];
-    rc = net_listen_on(lp, &lp->listener, &ss, why, sizeof why);
-    if (rc != 0) {
-      snprintf(err, err_len, "%s:%d: %s", n->cfg.bind, port, why);
-      return rc;
-    }
-    if (n->cfg.resp_port >= 0) {
-      rc = net_listen_on(lp, &lp->resp_listener, &rss, why, sizeof why);
+    for (size_t k = 0; k < 4; k++) {
+      if (ports[k].want < 0) continue;
+      char why[160];
+      uv_tcp_t *h = (uv_tcp_t *)(void *)((char *)lp + ports[k].handle_off);
+      rc = net_listen_on(lp, h, &ss[k], why, sizeof why);
       if (rc != 0) {
-        snprintf(err, err_len, "RESP %s:%d: %s", n->cfg.bind, resp_port, why);
+        snprintf(err, err_len, "%s%s:%d: %s", ports[k].what, n->cfg.bind, *ports[k].bound, why);
         return rc;
       }
     }
   }
-  n->port = port;
-  n->resp_port = n->cfg.resp_port >= 0 ? resp_port : 0;
   return 0;
 }

@@ -24,6 +24,7 @@
 #include "notify.h"
 #include "pubsub.h"
 #include "stream.h"
+#include "tls.h"
 
 /* The housekeeping thread: the TTL sweep, bounded to sweep_entries_per_tick
  * entries every sweep_interval_ms, off the event loops. */
@@ -371,13 +372,66 @@ static int node_new_cluster(node_t *n, char *err, size_t err_len) {
   return 0;
 }
 
-/* port_file and resp_port_file, for scripts that started the node with
- * port 0. */
+/* The TLS settings, as tls.c takes them. */
+static void node_tls_settings(const config_t *c, tls_settings_t *s) {
+  memset(s, 0, sizeof *s);
+  s->cert_file = c->tls_cert_file;
+  s->key_file = c->tls_key_file;
+  s->ca_file = c->tls_ca_cert_file;
+  s->clients = !strcmp(c->tls_auth_clients, "no")         ? TLS_CLIENTS_NO
+               : !strcmp(c->tls_auth_clients, "optional") ? TLS_CLIENTS_OPTIONAL
+                                                          : TLS_CLIENTS_YES;
+  /* Nodes linking with tls_replication show their certificates: asked for
+   * even when clients need none. */
+  if (s->clients == TLS_CLIENTS_NO && c->tls_replication) s->clients = TLS_CLIENTS_OPTIONAL;
+  s->protocols = c->tls_protocols;
+  s->ciphers = c->tls_ciphers;
+  s->ciphersuites = c->tls_ciphersuites;
+}
+
+/* The TLS contexts: the listeners' (tls_port, tls_resp_port) and the links
+ * to other nodes' (tls_replication), from the same certificate and CA. */
+static int node_open_tls(node_t *n, char *err, size_t err_len) {
+  const config_t *c = &n->cfg;
+  if (c->listen && c->port < 0 && c->tls_port < 0) {
+    snprintf(err, err_len, "port = -1 leaves no native listener: set tls_port");
+    return GRID_ECONFIG;
+  }
+  if (c->tls_replication && c->tls_port < 0) {
+    snprintf(err, err_len, "tls_replication = yes needs tls_port: nodes link to each "
+             "other's TLS port");
+    return GRID_ECONFIG;
+  }
+  int serve = c->listen && (c->tls_port >= 0 || c->tls_resp_port >= 0);
+  if (!serve && !c->tls_replication) return 0;
+  tls_settings_t s;
+  node_tls_settings(c, &s);
+  char why[384];
+  int rc = serve ? tls_ctx_new(1, &s, &n->tls_server, why, sizeof why) : 0;
+  if (rc == 0 && c->tls_replication) rc = tls_ctx_new(0, &s, &n->tls_client, why, sizeof why);
+  if (rc != 0) snprintf(err, err_len, "TLS: %s", why);
+  return rc;
+}
+
+int node_tls_reload(node_t *n, char *err, size_t err_len) {
+  tls_settings_t s;
+  node_tls_settings(&n->cfg, &s);
+  char why[384];
+  int rc = 0;
+  if (n->tls_server) rc = tls_ctx_reload(n->tls_server, &s, why, sizeof why);
+  if (rc == 0 && n->tls_client) rc = tls_ctx_reload(n->tls_client, &s, why, sizeof why);
+  if (rc != 0) snprintf(err, err_len, "TLS: %s", why);
+  return rc;
+}
+
+/* port_file, resp_port_file and the TLS ones, for scripts that started the
+ * node with port 0. */
 static int node_write_port_files(node_t *n, char *err, size_t err_len) {
-  const char *files[2] = {n->cfg.port_file, n->cfg.resp_port_file};
-  int ports[2] = {n->port, n->resp_port};
-  const char *keys[2] = {"port_file", "resp_port_file"};
-  for (int i = 0; i < 2; i++) {
+  const char *files[4] = {n->cfg.port_file, n->cfg.resp_port_file, n->cfg.tls_port_file,
+                          n->cfg.tls_resp_port_file};
+  int ports[4] = {n->port, n->resp_port, n->tls_port, n->tls_resp_port};
+  const char *keys[4] = {"port_file", "resp_port_file", "tls_port_file", "tls_resp_port_file"};
+  for (int i = 0; i < 4; i++) {
     if (!files[i][0]) continue;
     FILE *f = fopen(files[i], "w");
     if (!f || fprintf(f, "%d\n", ports[i]) < 0 || fclose(f) != 0) {
@@ -400,6 +454,11 @@ static int node_join_cluster(node_t *n, char *err, size_t err_len) {
     snprintf(n->advertise, sizeof n->advertise, strchr(n->cfg.bind, ':') ? "[%s]:%d" : "%s:%d",
              n->cfg.bind, n->port);
   }
+  /* The TLS port at the advertised host. */
+  const char *colon = strrchr(n->advertise, ':');
+  if (n->tls_port && colon)
+    snprintf(n->advertise_tls, sizeof n->advertise_tls, "%.*s:%d", (int)(colon - n->advertise),
+             n->advertise, n->tls_port);
   return cluster_start(n->cluster, err, err_len);
 }
 
@@ -408,14 +467,16 @@ int node_start(const config_t *cfg, node_t **out, char *err, size_t err_len) {
   node_t *n = node_new(cfg, &rc, err, err_len);
   if (!n) return rc;
   rc = node_open_disk(n, err, err_len);
+  if (rc == 0) rc = node_open_tls(n, err, err_len);
   if (rc == 0 && n->cfg.zk[0]) rc = node_new_cluster(n, err, err_len);
   if (rc == 0 && n->cfg.listen) {
     rc = node_start_loops(n, err, err_len);
     if (rc == 0) rc = node_write_port_files(n, err, err_len);
     if (rc == 0)
-      LOG_I("node", "\"listening\" node=%s addr=%s:%d resp_port=%d loops=%lld memory_bytes_max=%lld",
-            n->node_id, n->cfg.bind, n->port, n->resp_port, (long long)n->cfg.loops,
-            (long long)n->cfg.memory_bytes_max);
+      LOG_I("node", "\"listening\" node=%s addr=%s:%d resp_port=%d tls_port=%d "
+            "tls_resp_port=%d loops=%lld memory_bytes_max=%lld",
+            n->node_id, n->cfg.bind, n->port, n->resp_port, n->tls_port, n->tls_resp_port,
+            (long long)n->cfg.loops, (long long)n->cfg.memory_bytes_max);
   } else if (rc == 0) {
     LOG_D("node", "\"started without a listener\" node=%s", n->node_id);
   }
@@ -449,5 +510,7 @@ void node_stop(node_t *n) {
   store_free(n->store);
   disk_close(n->disk);
   pubsub_free(n->pubsub);
+  tls_ctx_free(n->tls_server);
+  tls_ctx_free(n->tls_client);
   free(n);
 }

@@ -24,6 +24,11 @@ typedef struct node {
                                       is off */
   int port;                        /* the bound native port, 0: none */
   int resp_port;                   /* the bound RESP port, 0: none */
+  int tls_port, tls_resp_port;     /* the bound TLS ports, 0: none */
+  struct tls_ctx *tls_server;      /* the TLS listeners' context (tls.h);
+                                      NULL without TLS */
+  struct tls_ctx *tls_client;      /* links to other nodes over TLS
+                                      (tls_replication); NULL: plain */
   cluster_t *cluster;              /* NULL for a single node (no zk) */
   struct disk *disk;               /* data_dir's RocksDB (disk.h); NULL
                                       without a data_dir */
@@ -32,6 +37,7 @@ typedef struct node {
   int disk_failed;                 /* a persistent cache failed to load at
                                       start (its error) */
   char advertise[128];             /* host:port other nodes reach us at */
+  char advertise_tls[128];         /* ... at our TLS port; "": none */
   char node_id[64];
   uint64_t incarnation;            /* random per start: a node restarted
                                       under the same id is a new node */
@@ -71,5 +77,9 @@ int node_start(const config_t *cfg, node_t **out, char *err, size_t err_len);
 int node_port(const node_t *n);
 /* Stops the loops, closes every connection and frees the node. */
 void node_stop(node_t *n);
+/* Reads the TLS certificate, key and CA files again (SIGHUP): new
+ * connections use them, open ones keep theirs. On failure the old ones stay
+ * and err says why. */
+int node_tls_reload(node_t *n, char *err, size_t err_len);
 
 #endif

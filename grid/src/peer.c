@@ -13,6 +13,7 @@
 #include "loop.h"
 #include "pmap.h"
 #include "node.h"
+#include "tls.h"
 
 #define PEER_SLOT_BITS 12
 #define PEER_RBUF_BYTES 65536
@@ -21,7 +22,11 @@
                                    link would otherwise wait for TCP's own
                                    give-up, minutes later) */
 
-enum { PEER_CONNECTING, PEER_HELLO, PEER_READY, PEER_DEAD };
+enum { PEER_CONNECTING, PEER_TLS, PEER_HELLO, PEER_READY, PEER_DEAD };
+
+/* TLS: a loop thread's buffer for the bytes of one read. */
+#define PEER_TLS_BUF_BYTES 65536
+static _Thread_local unsigned char peer_tls_in[PEER_TLS_BUF_BYTES];
 
 typedef struct peer_slot {
   uint64_t id;          /* 0: free */
@@ -43,6 +48,7 @@ struct peer {
   int state;
   int64_t started_ms;         /* when the connect began */
   frame_buf_t rbuf;            /* replies not yet whole */
+  tls_sess_t *tls;             /* tls_replication; NULL: plain */
   unsigned char *queued;      /* frames written before the link was ready */
   size_t queued_len, queued_cap;
   uint64_t seq;
@@ -73,8 +79,19 @@ static void peer_on_write(uv_write_t *req, int status) {
   if (status < 0 && p->state != PEER_DEAD) peer_fail(p, uv_strerror(status));
 }
 
-/* Writes a whole buffer, which the link then owns. */
+/* Writes a whole buffer, which the link then owns. Over TLS, its records
+ * instead (mem is freed). */
 static int peer_write_raw(peer_t *p, unsigned char *mem, size_t len) {
+  if (p->tls) {
+    int rc = len ? tls_sess_write(p->tls, mem, len) : 0;
+    free(mem);
+    if (rc != 0) return GRID_ECONN;
+    len = tls_sess_pending(p->tls);
+    if (len == 0) return 0;
+    mem = malloc(len);
+    if (!mem) return GRID_ENOMEM;
+    tls_sess_take(p->tls, mem, len);
+  }
   peer_write_t *w = malloc(sizeof *w);
   if (!w) {
     free(mem);
@@ -104,6 +121,7 @@ static int peer_frame(const ProtobufCMessage *m, unsigned char **out, size_t *le
 static void peer_on_close(uv_handle_t *h) {
   peer_t *p = h->data;
   frame_buf_free(&p->rbuf);
+  tls_sess_free(p->tls);
   free(p->queued);
   free(p);
 }
@@ -187,6 +205,11 @@ static void peer_on_hello(peer_t *p, const unsigned char *buf, size_t len) {
 static void peer_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   (void)suggested;
   peer_t *p = h->data;
+  if (p->tls) { /* records go to the session at once */
+    buf->base = (char *)peer_tls_in;
+    buf->len = sizeof peer_tls_in;
+    return;
+  }
   /* Grown to the announced frame only within frame_bytes_max: a longer
    * one fails the link in peer_on_read, unread. */
   size_t room = frame_buf_room(&p->rbuf, 1);
@@ -194,14 +217,8 @@ static void peer_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   buf->len = room; /* 0: libuv reports UV_ENOBUFS to peer_on_read */
 }
 
-static void peer_on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
-  (void)buf;
-  peer_t *p = st->data;
-  if (nread < 0) {
-    peer_fail(p, nread == UV_EOF ? "closed by the node" : uv_strerror((int)nread));
-    return;
-  }
-  p->rbuf.len += (size_t)nread;
+/* Serves the whole frames in rbuf. Returns how many bytes it took. */
+static size_t peer_on_frames(peer_t *p) {
   size_t off = 0;
   while (p->state != PEER_DEAD) {
     const unsigned char *payload;
@@ -210,13 +227,98 @@ static void peer_on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
     if (r == FRAME_NEED_MORE) break;
     if (r == FRAME_TOO_BIG) {
       peer_fail(p, "frame over frame_bytes_max");
-      return;
+      return off;
     }
     if (p->state == PEER_HELLO) peer_on_hello(p, payload, plen);
     else peer_on_reply(p, payload, plen);
   }
-  if (p->state == PEER_DEAD) return;
+  if (p->state == PEER_DEAD) return off;
   frame_buf_consume(&p->rbuf, off);
+  return off;
+}
+
+static void peer_send_hello(peer_t *p);
+
+/* The link failed in its TLS session: say why, whatever waits on it. */
+static void peer_tls_failed(peer_t *p, const char *what) {
+  char why[256];
+  snprintf(why, sizeof why, "%s: %s", what, tls_sess_error(p->tls));
+  LOG_W("peer", "\"TLS link to node failed\" node=%s addr=%s reason=\"%s\"", p->node_id,
+        p->addr, why);
+  peer_fail(p, why);
+}
+
+/* Sends what the session has to say (handshake, alerts). */
+static int peer_tls_flush(peer_t *p) {
+  if (tls_sess_pending(p->tls) == 0) return 0;
+  return peer_write_raw(p, NULL, 0);
+}
+
+/* TLS bytes arrived: the handshake, then the plaintext into rbuf as room
+ * allows, served frame by frame. */
+static void peer_tls_read(peer_t *p, const unsigned char *b, size_t n) {
+  if (tls_sess_feed(p->tls, b, n) != 0) {
+    peer_fail(p, "out of memory");
+    return;
+  }
+  if (p->state == PEER_TLS) {
+    int h = tls_sess_handshake(p->tls);
+    if (h == TLS_FAILED) {
+      peer_tls_failed(p, "TLS handshake");
+      return;
+    }
+    if (peer_tls_flush(p) != 0) {
+      peer_fail(p, "cannot write");
+      return;
+    }
+    if (h != 1) return;
+    peer_send_hello(p);
+    if (p->state == PEER_DEAD) return;
+  }
+  for (;;) {
+    int full = 0, got = 0;
+    for (;;) {
+      size_t room = frame_buf_room(&p->rbuf, 1);
+      if (room == 0) {
+        full = 1;
+        break;
+      }
+      ssize_t r = tls_sess_read(p->tls, p->rbuf.data + p->rbuf.len, room);
+      if (r > 0) {
+        p->rbuf.len += (size_t)r;
+        got = 1;
+        continue;
+      }
+      if (r == TLS_AGAIN) break;
+      if (r == TLS_CLOSED) peer_fail(p, "closed by the node");
+      else peer_tls_failed(p, "TLS");
+      return;
+    }
+    if (peer_tls_flush(p) != 0) {
+      peer_fail(p, "cannot write");
+      return;
+    }
+    size_t took = got || full ? peer_on_frames(p) : 0;
+    if (p->state == PEER_DEAD || !full) return;
+    if (!took && frame_buf_room(&p->rbuf, 1) == 0) {
+      peer_fail(p, "out of memory for a reply");
+      return;
+    }
+  }
+}
+
+static void peer_on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
+  peer_t *p = st->data;
+  if (nread < 0) {
+    peer_fail(p, nread == UV_EOF ? "closed by the node" : uv_strerror((int)nread));
+    return;
+  }
+  if (p->tls) {
+    if (nread > 0) peer_tls_read(p, (const unsigned char *)buf->base, (size_t)nread);
+    return;
+  }
+  p->rbuf.len += (size_t)nread;
+  peer_on_frames(p);
 }
 
 static void peer_on_connect(uv_connect_t *req, int status) {
@@ -227,6 +329,21 @@ static void peer_on_connect(uv_connect_t *req, int status) {
     return;
   }
   uv_tcp_nodelay(&p->tcp, 1);
+  if (uv_read_start((uv_stream_t *)&p->tcp, peer_on_alloc, peer_on_read) != 0) {
+    peer_fail(p, "cannot start reading");
+    return;
+  }
+  if (p->tls) {
+    /* The TLS handshake first; the Hello once it is done. */
+    p->state = PEER_TLS;
+    if (tls_sess_handshake(p->tls) == TLS_FAILED) peer_tls_failed(p, "TLS handshake");
+    else if (peer_tls_flush(p) != 0) peer_fail(p, "cannot write");
+    return;
+  }
+  peer_send_hello(p);
+}
+
+static void peer_send_hello(peer_t *p) {
   node_t *n = p->lp->node;
   Grid__Hello h = GRID__HELLO__INIT;
   h.magic = FRAME_MAGIC;
@@ -235,8 +352,7 @@ static void peer_on_connect(uv_connect_t *req, int status) {
   h.client_name = n->node_id;
   unsigned char *mem;
   size_t len;
-  if (peer_frame(&h.base, &mem, &len) != 0 || peer_write_raw(p, mem, len) != 0 ||
-      uv_read_start((uv_stream_t *)&p->tcp, peer_on_alloc, peer_on_read) != 0) {
+  if (peer_frame(&h.base, &mem, &len) != 0 || peer_write_raw(p, mem, len) != 0) {
     peer_fail(p, "cannot start the handshake");
     return;
   }
@@ -264,16 +380,40 @@ static int peer_parse_addr(const char *addr, struct sockaddr_storage *ss) {
   return GRID_EADDR;
 }
 
-peer_t *peer_get(loop_t *lp, const char *node_id, const char *addr) {
+/* The host of "host:port" or "[v6]:port", which the node's certificate
+ * must name. */
+static void peer_host(const char *addr, char *host, size_t len) {
+  const char *colon = strrchr(addr, ':');
+  size_t hl = colon ? (size_t)(colon - addr) : strlen(addr);
+  if (addr[0] == '[' && hl >= 2) {
+    addr++;
+    hl -= 2;
+  }
+  snprintf(host, len, "%.*s", (int)hl, addr);
+}
+
+peer_t *peer_get(loop_t *lp, const pmap_node_t *nd) {
+  tls_ctx_t *tls = lp->node->tls_client;
+  const char *node_id = nd->id, *addr = tls ? nd->tls_addr : nd->addr;
   for (peer_t *p = lp->peers; p; p = p->next)
     if (strcmp(p->node_id, node_id) == 0 && strcmp(p->addr, addr) == 0) return p;
   struct sockaddr_storage ss;
   if (peer_parse_addr(addr, &ss) != 0) {
-    LOG_W("peer", "\"node address is not host:port\" node=%s addr=%s", node_id, addr);
+    LOG_W("peer", "\"node address is not host:port\" node=%s addr=%s%s", node_id, addr,
+          tls && !addr[0] ? " (it has no tls_port: tls_replication needs one on every node)"
+                          : "");
     return NULL;
   }
   peer_t *p = calloc(1, sizeof *p);
   if (!p) return NULL;
+  if (tls) {
+    char host[PMAP_ADDR_MAX];
+    peer_host(addr, host, sizeof host);
+    if (!(p->tls = tls_sess_new(tls, host))) {
+      free(p);
+      return NULL;
+    }
+  }
   p->lp = lp;
   frame_buf_init(&p->rbuf, PEER_RBUF_BYTES, (size_t)lp->node->cfg.frame_bytes_max);
   snprintf(p->node_id, sizeof p->node_id, "%s", node_id);

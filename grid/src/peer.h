@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "grid.pb-c.h"
+#include "pmap.h"
 
 typedef struct loop loop_t;
 typedef struct peer peer_t;
@@ -22,8 +23,10 @@ typedef struct peer peer_t;
  * reply), GRID_ETIMEDOUT (a read sent, no reply). */
 typedef void (*peer_reply_cb)(void *arg, int status, const Grid__Reply *rp);
 
-/* The loop's link to node_id at addr ("host:port"), made if needed. */
-peer_t *peer_get(loop_t *lp, const char *node_id, const char *addr);
+/* The loop's link to node nd, made if needed: to its native port, or with
+ * tls_replication over TLS to its TLS port (its certificate checked
+ * against tls_ca_cert_file, this node showing its own). */
+peer_t *peer_get(loop_t *lp, const pmap_node_t *nd);
 /* Sends rq (its id is replaced). Returns 0 and calls cb exactly once
  * later, or returns an error and never calls cb. */
 int peer_call(peer_t *p, Grid__Request *rq, int64_t timeout_ms,

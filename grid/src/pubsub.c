@@ -390,7 +390,7 @@ static void pubsub_forward(loop_t *lp, const void *channel, size_t channel_len, 
   for (size_t i = 0; i < m->nnodes; i++) {
     const pmap_node_t *nd = &m->nodes[i];
     if ((int)i == lp->self || strcmp(nd->id, n->node_id) == 0) continue;
-    peer_t *p = peer_get(lp, nd->id, nd->addr);
+    peer_t *p = peer_get(lp, nd);
     Grid__Request rq = GRID__REQUEST__INIT;
     rq.op = GRID__OP__PUBLISH;
     rq.key = (ProtobufCBinaryData){channel_len, (uint8_t *)(uintptr_t)channel};

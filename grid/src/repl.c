@@ -201,7 +201,7 @@ static void repl_tell_committed(loop_t *lp, repl_part_t *part, uint64_t committe
   for (size_t i = 0; i < nb; i++) {
     if (moving[i]) continue; /* a copy being filled is not read */
     const pmap_node_t *nd = &lp->pmap->nodes[idx[i]];
-    peer_t *peer = peer_get(lp, nd->id, nd->addr);
+    peer_t *peer = peer_get(lp, nd);
     if (peer) (void)peer_call(peer, &rq, lp->node->cfg.forward_timeout_ms, repl_told, NULL);
   }
 }
@@ -449,7 +449,7 @@ static void repl_send_record(loop_t *lp, repl_write_t *w, Grid__Request *rec,
     w->backups[i].state = owning[i] ? REPL_WAIT : REPL_ACKED;
     w->backups[i].owning = owning[i];
     w->backups[i].moving = moving[i];
-    peer_t *peer = peer_get(lp, nd->id, nd->addr);
+    peer_t *peer = peer_get(lp, nd);
     repl_ack_t *ack = malloc(sizeof *ack);
     int rc = GRID_ENOMEM;
     if (peer && ack) {

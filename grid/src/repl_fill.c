@@ -288,7 +288,7 @@ static void repl_fill_on_probe(void *arg, int status, const Grid__Reply *rp) {
 
 static int repl_fill_probe(loop_t *lp, repl_fill_t *f, int64_t now) {
   const pmap_node_t *nd = &lp->pmap->nodes[pmap_node_index(lp->pmap, f->node_id)];
-  peer_t *peer = peer_get(lp, nd->id, nd->addr);
+  peer_t *peer = peer_get(lp, nd);
   repl_fill_probe_t *pr = malloc(sizeof *pr);
   Grid__Request rq = GRID__REQUEST__INIT;
   rq.op = GRID__OP__FILL;
@@ -362,7 +362,7 @@ void repl_fill_step(loop_t *lp, repl_fill_t *f, int64_t now) {
     return;
   }
   const pmap_node_t *nd = &lp->pmap->nodes[target];
-  peer_t *peer = peer_get(lp, nd->id, nd->addr);
+  peer_t *peer = peer_get(lp, nd);
   repl_fill_ack_t *a = malloc(sizeof *a);
   int rc = GRID_ENOMEM;
   if (peer && a) {

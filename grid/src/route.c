@@ -84,7 +84,7 @@ static void route_key(loop_t *lp, Grid__Request *rq, const pmap_group_t *pc,
                      "this node restarted: the partition map does not place it yet");
     return;
   }
-  peer_t *peer = peer_get(lp, nd->id, nd->addr);
+  peer_t *peer = peer_get(lp, nd);
   route_fwd_t *f = malloc(sizeof *f);
   uint64_t id = rq->id; /* peer_call puts its own id in rq */
   int rc = GRID_ENOMEM;
@@ -312,7 +312,7 @@ static int route_leads_any(const pmap_group_t *pc, int node) {
 static void route_ask_node(loop_t *lp, route_batch_t *b, const Grid__Request *rq,
                            const pmap_node_t *nd) {
   route_part_t *part = malloc(sizeof *part);
-  peer_t *p = peer_get(lp, nd->id, nd->addr);
+  peer_t *p = peer_get(lp, nd);
   Grid__Request sub = *rq;
   sub.local = 1;
   sub.hops = 1;

@@ -134,7 +134,7 @@ printf 'port = 99999\n' > "$dir/bad.conf"
 set +e
 "$GRIDD" --config "$dir/bad.conf" 2>"$dir/err"; rc=$?
 set -e
-[ "$rc" -eq 2 ] && grep -q "bad.conf:1: port: 99999 is outside 0..65535" "$dir/err" || fail "bad config file ($rc): $(cat "$dir/err")"
+[ "$rc" -eq 2 ] && grep -q "bad.conf:1: port: 99999 is outside -1..65535" "$dir/err" || fail "bad config file ($rc): $(cat "$dir/err")"
 set +e
 "$GRIDD" --set no_such=1 2>"$dir/err"; rc=$?
 set -e

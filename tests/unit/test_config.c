@@ -103,9 +103,19 @@ static void test_set_ints_and_ranges(void) {
   check_contains(err, "70000");
   CHECK_EQ(c.port, 65535);
   CHECK_RC(config_set(&c, "port", "65536", err, sizeof err), GRID_ECONFIG);
-  CHECK_RC(config_set(&c, "port", "-1", err, sizeof err), GRID_ECONFIG);
+  CHECK_RC(config_set(&c, "port", "-2", err, sizeof err), GRID_ECONFIG);
   CHECK_RC(config_set(&c, "port", "80x", err, sizeof err), GRID_ECONFIG);
   CHECK_EQ(c.port, 65535);
+  CHECK_RC(config_set(&c, "port", "-1", err, sizeof err), 0); /* no plain port: TLS only */
+  CHECK_EQ(c.port, -1);
+  CHECK_RC(config_set(&c, "port", "65535", err, sizeof err), 0);
+  /* A setting with named choices takes only those. */
+  CHECK_RC(config_set(&c, "tls_auth_clients", "optional", err, sizeof err), 0);
+  CHECK(strcmp(c.tls_auth_clients, "optional") == 0);
+  CHECK_RC(config_set(&c, "tls_auth_clients", "opt", err, sizeof err), GRID_ECONFIG);
+  check_contains(err, "yes|no|optional");
+  CHECK(strcmp(c.tls_auth_clients, "optional") == 0);
+  CHECK_RC(config_set(&c, "tls_auth_clients", "", err, sizeof err), GRID_ECONFIG);
   CHECK_RC(config_set(&c, "loops", "4", err, sizeof err), 0);
   CHECK_EQ(c.loops, 4);
   CHECK_RC(config_set(&c, "loops", "65", err, sizeof err), GRID_ECONFIG);
