@@ -70,7 +70,8 @@ enum {
   X(EXEC, OP_WRITE_KEYED_)                                 \
   X(COLL, OP_WRITE_KEYED_)                                 \
   X(ACCEPT_LOSS, OP_WRITE)                                 \
-  X(SNAPSHOT, OP_WRITE)
+  X(SNAPSHOT, OP_WRITE)                                    \
+  X(USER, OP_WRITE)
 
 #define OP_NUMBER_MAX 64 /* room in op_flags_table; grid.proto's ops stay below */
 

@@ -60,17 +60,30 @@ static void usage(FILE *f) {
           "  accept-loss NODE                   go on without NODE, gone for good:\n"
           "                                     partitions only it held stop waiting\n"
           "                                     (persistent ones start again, empty)\n"
+          "  user add NAME [--password P | --cert] [--role R]...\n"
+          "                                     a user of nodes with auth = on (roles:\n"
+          "                                     read, write, admin, alone or role:CACHE;\n"
+          "                                     --cert: logs in with a TLS client\n"
+          "                                     certificate whose common name is NAME)\n"
+          "  user del NAME | user passwd NAME --password P | user roles NAME --role R...\n"
+          "  user list                          users, how they log in, their roles\n"
           "\n"
           "exit status: 0 done, 1 not found, 2 usage error, 3 refused or failed\n");
 }
 
+/* The error's words, and the node's own when it gave some (which limit,
+ * which argument): once each, though the node's may repeat the code's. */
+static void print_error(const char *prefix, int rc) {
+  const char *why = grid_last_error(), *code = grid_strerror(rc);
+  size_t cl = strlen(code);
+  if (why[0] && !strncmp(why, code, cl)) why += cl;
+  if (!strncmp(why, ": ", 2)) why += 2;
+  if (why[0]) fprintf(stderr, "gridctl: %s: %s: %s\n", prefix, code, why);
+  else fprintf(stderr, "gridctl: %s: %s\n", prefix, code);
+}
+
 static int fail(const char *verb, int rc) {
-  /* The node's own words when it gave some (which limit, which argument). */
-  const char *why = grid_last_error();
-  if (why[0] && strcmp(why, grid_strerror(rc)) != 0)
-    fprintf(stderr, "gridctl: %s: %s: %s\n", verb, grid_strerror(rc), why);
-  else
-    fprintf(stderr, "gridctl: %s: %s\n", verb, grid_strerror(rc));
+  print_error(verb, rc);
   return EXIT_FAILED;
 }
 
@@ -204,6 +217,77 @@ static int cmd_accept_loss(grid_t *g, int argc, char **argv) {
   int rc = grid_accept_loss(g, argv[0]);
   if (rc) return fail("accept-loss", rc);
   printf("the loss of %s is accepted: the coordinator's next map goes on without it\n", argv[0]);
+  return 0;
+}
+
+#define GRIDCTL_ROLES_MAX 32
+
+/* user add NAME [--password P | --cert] [--role R]..., user del NAME,
+ * user passwd NAME --password P, user roles NAME --role R..., user list. */
+static int cmd_user(grid_t *g, int argc, char **argv) {
+  if (argc < 1) {
+    fprintf(stderr, "gridctl: user: expected add, del, passwd, roles or list (see gridctl --help)\n");
+    return EXIT_USAGE;
+  }
+  const char *sub = argv[0];
+  if (!strcmp(sub, "list")) {
+    grid_user_t *us;
+    size_t n;
+    int rc = grid_user_list(g, &us, &n);
+    if (rc) return fail("user list", rc);
+    printf("%-24s %-10s %s\n", "USER", "LOGIN", "ROLES");
+    for (size_t i = 0; i < n; i++) {
+      char roles[1024] = "";
+      size_t at = 0;
+      for (size_t k = 0; k < us[i].n_roles && at < sizeof roles; k++)
+        at += (size_t)snprintf(roles + at, sizeof roles - at, "%s%s", k ? "," : "", us[i].roles[k]);
+      const char *login = us[i].password && us[i].cert ? "both" : us[i].cert ? "cert" : "password";
+      printf("%-24s %-10s %s\n", us[i].name, login, us[i].n_roles ? roles : "-");
+    }
+    grid_user_list_free(us, n);
+    return 0;
+  }
+  int known = !strcmp(sub, "add") || !strcmp(sub, "del") || !strcmp(sub, "passwd") ||
+              !strcmp(sub, "roles");
+  if (!known || argc < 2) {
+    fprintf(stderr, "gridctl: user %s: usage: user add NAME [--password P | --cert] [--role R]..., "
+            "user del NAME, user passwd NAME --password P, user roles NAME --role R..., "
+            "user list\n", sub);
+    return EXIT_USAGE;
+  }
+  const char *name = argv[1], *password = NULL;
+  const char *roles[GRIDCTL_ROLES_MAX];
+  size_t nroles = 0;
+  bool cert = false;
+  for (int i = 2; i < argc; i++) {
+    if (!strcmp(argv[i], "--cert")) {
+      cert = true;
+    } else if (!strcmp(argv[i], "--password") && i + 1 < argc) {
+      password = argv[++i];
+    } else if (!strcmp(argv[i], "--role") && i + 1 < argc && nroles < GRIDCTL_ROLES_MAX) {
+      roles[nroles++] = argv[++i];
+    } else {
+      fprintf(stderr, "gridctl: user %s: unknown or incomplete option \"%s\"\n", sub, argv[i]);
+      return EXIT_USAGE;
+    }
+  }
+  char verb[32];
+  snprintf(verb, sizeof verb, "user %s", sub);
+  int rc;
+  if (!strcmp(sub, "add")) {
+    rc = grid_user_add(g, name, password, roles, nroles, cert);
+  } else if (!strcmp(sub, "del")) {
+    rc = grid_user_del(g, name);
+  } else if (!strcmp(sub, "passwd")) {
+    if (!password) {
+      fprintf(stderr, "gridctl: user passwd: --password P is the new password\n");
+      return EXIT_USAGE;
+    }
+    rc = grid_user_passwd(g, name, password);
+  } else {
+    rc = grid_user_roles(g, name, roles, nroles);
+  }
+  if (rc) return fail(verb, rc);
   return 0;
 }
 
@@ -554,7 +638,7 @@ int main(int argc, char **argv) {
   char **vargv = argv + i + 1;
   static const char *const verbs[] = {"put", "get", "del", "add", "size", "caches",
                                       "create-cache", "drop-cache", "stats", "ping", "status", "leave",
-                                      "accept-loss", "snapshot",
+                                      "accept-loss", "snapshot", "user",
                                       "watch"};
   int known = 0;
   for (size_t k = 0; k < sizeof verbs / sizeof verbs[0]; k++) known |= !strcmp(verb, verbs[k]);
@@ -582,9 +666,9 @@ int main(int argc, char **argv) {
   grid_t *g;
   int rc = grid_open(uri, &opts, &g);
   if (rc) {
-    const char *why = grid_last_error();
-    fprintf(stderr, "gridctl: cannot reach %s: %s%s%s\n", server, grid_strerror(rc),
-            why && *why ? ": " : "", why && *why ? why : "");
+    char prefix[320];
+    snprintf(prefix, sizeof prefix, "cannot reach %s", server);
+    print_error(prefix, rc);
     return EXIT_FAILED;
   }
   int code;
@@ -597,6 +681,7 @@ int main(int argc, char **argv) {
   else if (!strcmp(verb, "create-cache")) code = cmd_create_cache(g, vargc, vargv);
   else if (!strcmp(verb, "accept-loss")) code = cmd_accept_loss(g, vargc, vargv);
   else if (!strcmp(verb, "snapshot")) code = cmd_snapshot(g, vargc, vargv);
+  else if (!strcmp(verb, "user")) code = cmd_user(g, vargc, vargv);
   else if (!strcmp(verb, "drop-cache")) {
     code = need_args("drop-cache", vargc, 1) ? EXIT_USAGE : 0;
     if (!code && (rc = grid_cache_drop(g, vargv[0])) != 0) code = fail("drop-cache", rc);

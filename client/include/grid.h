@@ -389,6 +389,32 @@ GRID_EXPORT int grid_snapshot_create(grid_t *g, const char *name, uint64_t *node
 GRID_EXPORT int grid_accept_loss(grid_t *g, const char *node_id);
 
 /*
+ * Users, on nodes with auth = on (an admin's handle; a cluster keeps them
+ * in ZooKeeper, every node reads them). A password is stored only hashed
+ * (PBKDF2-HMAC-SHA256, salted). Roles: "read", "write" (reads too),
+ * "admin" (everything), each alone (every cache) or as "role:cache".
+ * cert: the user may log in with a TLS client certificate whose common name
+ * is its name (password may then be NULL). GRID_EEXIST, GRID_ENOTFOUND,
+ * GRID_EINVAL (grid_last_error() says which name or role).
+ */
+GRID_EXPORT int grid_user_add(grid_t *g, const char *name, const char *password,
+                              const char *const *roles, size_t n_roles, bool cert);
+GRID_EXPORT int grid_user_del(grid_t *g, const char *name);
+GRID_EXPORT int grid_user_passwd(grid_t *g, const char *name, const char *password);
+GRID_EXPORT int grid_user_roles(grid_t *g, const char *name, const char *const *roles,
+                                size_t n_roles);
+typedef struct grid_user {
+  char *name;
+  char **roles;
+  size_t n_roles;
+  bool cert;              /* logs in with a TLS client certificate */
+  bool password;          /* has a password */
+} grid_user_t;
+/* *users is the caller's: free with grid_user_list_free. */
+GRID_EXPORT int grid_user_list(grid_t *g, grid_user_t **users, size_t *n);
+GRID_EXPORT void grid_user_list_free(grid_user_t *users, size_t n);
+
+/*
  * Asynchronous calls. The callback runs once: on the thread that reads the
  * connection at that moment (the library's own, or a thread waiting in a
  * synchronous call on the same handle) for a remote handle, or on the

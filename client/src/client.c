@@ -1141,6 +1141,90 @@ int grid_accept_loss(grid_t *g, const char *node_id) {
   return client_call_version(g, &rq, NULL);
 }
 
+/* ---- users ---------------------------------------------------------------- */
+
+static int client_user(grid_t *g, Grid__UserAction action, const char *name, const char *password,
+                       const char *const *roles, size_t n_roles, bool cert) {
+  if (!name || !name[0] || (n_roles && !roles)) return GRID_EINVAL;
+  Grid__Request rq = GRID__REQUEST__INIT;
+  rq.op = GRID__OP__USER;
+  rq.user_action = action;
+  rq.key.data = (uint8_t *)name;
+  rq.key.len = strlen(name);
+  if (password) {
+    rq.value.data = (uint8_t *)password;
+    rq.value.len = strlen(password);
+  }
+  rq.roles = (char **)roles;
+  rq.n_roles = n_roles;
+  rq.user_cert = cert;
+  return client_call_version(g, &rq, NULL);
+}
+
+int grid_user_add(grid_t *g, const char *name, const char *password, const char *const *roles,
+                  size_t n_roles, bool cert) {
+  return client_user(g, GRID__USER_ACTION__USER_ADD, name, password, roles, n_roles, cert);
+}
+
+int grid_user_del(grid_t *g, const char *name) {
+  return client_user(g, GRID__USER_ACTION__USER_DEL, name, NULL, NULL, 0, false);
+}
+
+int grid_user_passwd(grid_t *g, const char *name, const char *password) {
+  if (!password || !password[0]) return GRID_EINVAL;
+  return client_user(g, GRID__USER_ACTION__USER_PASSWD, name, password, NULL, 0, false);
+}
+
+int grid_user_roles(grid_t *g, const char *name, const char *const *roles, size_t n_roles) {
+  return client_user(g, GRID__USER_ACTION__USER_ROLES, name, NULL, roles, n_roles, false);
+}
+
+void grid_user_list_free(grid_user_t *users, size_t n) {
+  for (size_t i = 0; users && i < n; i++) {
+    free(users[i].name);
+    for (size_t k = 0; k < users[i].n_roles; k++) free(users[i].roles[k]);
+    free(users[i].roles);
+  }
+  free(users);
+}
+
+int grid_user_list(grid_t *g, grid_user_t **out, size_t *n) {
+  Grid__Request rq = GRID__REQUEST__INIT;
+  rq.op = GRID__OP__USER;
+  rq.user_action = GRID__USER_ACTION__USER_LIST;
+  client_reply_t r;
+  int rc = client_call(g, &rq, &r);
+  if (rc != 0) return rc;
+  size_t k = r.rp->n_users;
+  grid_user_t *us = calloc(k ? k : 1, sizeof *us);
+  for (size_t i = 0; us && i < k; i++) {
+    const Grid__User *u = r.rp->users[i];
+    us[i].name = strdup(u->name ? u->name : "");
+    us[i].cert = u->cert;
+    us[i].password = u->iterations != 0;
+    us[i].roles = calloc(u->n_roles ? u->n_roles : 1, sizeof *us[i].roles);
+    if (!us[i].name || !us[i].roles) {
+      grid_user_list_free(us, i + 1);
+      us = NULL;
+      break;
+    }
+    for (size_t j = 0; j < u->n_roles; j++) {
+      us[i].roles[j] = strdup(u->roles[j]);
+      us[i].n_roles = j + 1;
+      if (!us[i].roles[j]) {
+        grid_user_list_free(us, i + 1);
+        us = NULL;
+        break;
+      }
+    }
+  }
+  client_reply_free(&r);
+  if (!us) return GRID_ENOMEM;
+  *out = us;
+  *n = k;
+  return 0;
+}
+
 int grid_leave(grid_t *g) {
   Grid__Request rq = GRID__REQUEST__INIT;
   rq.op = GRID__OP__LEAVE;

@@ -75,6 +75,7 @@ struct remote {
   char host[256];
   int port;
   char client_name[64];
+  char user[256], password[256]; /* auth = on: the login, "": none */
   pthread_mutex_t lock;     /* slots, conn state, the reading role */
   pthread_cond_t cond;      /* a reply handed over, or the role freed */
   int sleepers;             /* synchronous callers waiting on cond */
@@ -372,7 +373,9 @@ static int remote_handshake(remote_t *r, int fd, client_link_t *link, int64_t de
   h.version = FRAME_PROTOCOL_VERSION;
   h.role = GRID__ROLE__ROLE_CLIENT;
   h.client_name = r->client_name;
-  unsigned char buf[512];
+  h.user = r->user;
+  h.password = r->password;
+  unsigned char buf[1024];
   size_t n = grid__hello__get_packed_size(&h);
   GRID_ASSERT(n + FRAME_HEADER_BYTES <= sizeof buf);
   frame_put_header(buf, (uint32_t)n);
@@ -846,6 +849,8 @@ static void remote_set_ident(remote_t *r, const char *host, int port,
   r->port = port;
   snprintf(r->client_name, sizeof r->client_name, "%s",
            opts && opts->client_name ? opts->client_name : "");
+  snprintf(r->user, sizeof r->user, "%s", opts && opts->user ? opts->user : "");
+  snprintf(r->password, sizeof r->password, "%s", opts && opts->password ? opts->password : "");
   r->reply_bytes_max = opts ? opts->reply_bytes_max : 0;
 }
 

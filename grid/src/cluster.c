@@ -1,4 +1,5 @@
 #include "cluster.h"
+#include "auth.h"
 #include "disk.h"
 
 #include <arpa/inet.h>
@@ -63,7 +64,13 @@ typedef struct cluster_job {
   int caches_version;         /* ... made from this cversion of caches/ or
                                  a later one (so every node that has read
                                  the map knows the cache) */
+  unsigned char *user_rq;     /* create 3: the USER request, packed */
+  size_t user_rq_len;
 } cluster_job_t;
+
+/* The users (auth.h): one znode holds them all, as a packed UserList. */
+#define CLUSTER_USERS "users"
+#define CLUSTER_USER_TRIES 16 /* a change that races another is made again */
 
 struct cluster {
   node_t *node;
@@ -85,6 +92,7 @@ struct cluster {
   int64_t registered_ms;      /* when this session registered */
   int64_t last_connected_ms;
   int64_t last_resync_ms;
+  int users_version;          /* of the users znode last read; -2: never */
   char root[CLUSTER_PATH_MAX];
   char election_path[CLUSTER_PATH_MAX];
   /* Coordinator: nodes of the map gone from ZooKeeper, kept in the next
@@ -624,10 +632,81 @@ static void cluster_run_accept_loss(cluster_t *c, cluster_job_t *j) {
   cluster_job_finish(c, j);
 }
 
+/* The users as ZooKeeper has them: *data malloc'd (NULL, 0 when there are
+ * none yet: *version -1). */
+static int cluster_get_users(cluster_t *c, int watch, unsigned char **data, size_t *len,
+                             int *version) {
+  char path[CLUSTER_PATH_MAX];
+  cluster_path(c, path, CLUSTER_USERS, NULL);
+  int rc = zk_get(c->zk, path, watch, data, len, version);
+  if (rc == GRID_ENOTFOUND) {
+    *data = NULL;
+    *len = 0;
+    *version = -1;
+    return 0;
+  }
+  return rc;
+}
+
+/* Reads the users again when their znode changed, for this node's logins. */
+static int cluster_read_users(cluster_t *c) {
+  unsigned char *data;
+  size_t len;
+  int version;
+  int rc = cluster_get_users(c, 1, &data, &len, &version);
+  if (rc != 0) return rc;
+  if (version != c->users_version) {
+    rc = auth_set_stored(c->node->auth, data, len);
+    if (rc == 0) c->users_version = version;
+    else LOG_E("cluster", "\"the users znode does not decode: the users stay as they were\"");
+    rc = 0;
+  }
+  free(data);
+  return rc;
+}
+
+/* USER: read the users, change them, write them back if nobody else did
+ * meanwhile (else again). */
+static void cluster_run_user(cluster_t *c, cluster_job_t *j) {
+  Grid__Request *rq = grid__request__unpack(NULL, j->user_rq_len, j->user_rq);
+  j->status = rq ? GRID_EBUSY : GRID_ENOMEM;
+  char path[CLUSTER_PATH_MAX];
+  cluster_path(c, path, CLUSTER_USERS, NULL);
+  for (int t = 0; rq && t < CLUSTER_USER_TRIES && j->status == GRID_EBUSY; t++) {
+    unsigned char *cur = NULL, *next = NULL;
+    size_t cur_len = 0, next_len = 0;
+    int version, nv = 0;
+    int rc = cluster_get_users(c, 0, &cur, &cur_len, &version);
+    if (rc == 0) rc = auth_change(cur, cur_len, rq, &next, &next_len, j->detail, sizeof j->detail);
+    if (rc == 0) {
+      rc = version < 0 ? zk_create(c->zk, path, next, next_len, ZK_PERSISTENT, NULL, 0)
+                       : zk_set(c->zk, path, next, next_len, version, &nv);
+      if (rc == GRID_EEXIST || rc == GRID_EVERSION) rc = GRID_EBUSY; /* raced: again */
+    }
+    if (rc == 0) {
+      auth_set_stored(c->node->auth, next, next_len);
+      c->users_version = version < 0 ? 0 : nv;
+      LOG_I("cluster", "\"users changed\" action=%d user=\"%.*s\"", (int)rq->user_action,
+            (int)(rq->key.len < 64 ? rq->key.len : 64), (const char *)rq->key.data);
+    }
+    j->status = rc;
+    free(cur);
+    free(next);
+  }
+  if (rq) grid__request__free_unpacked(rq, NULL);
+  if (j->status == GRID_EBUSY)
+    snprintf(j->detail, sizeof j->detail, "the users kept changing under this change: try again");
+  cluster_job_finish(c, j);
+}
+
 static void cluster_run_job(cluster_t *c, cluster_job_t *j) {
   char path[CLUSTER_PATH_MAX];
   if (j->create == 2) {
     cluster_run_accept_loss(c, j);
+    return;
+  }
+  if (j->create == 3) {
+    cluster_run_user(c, j);
     return;
   }
   cluster_path(c, path, "caches", j->cfg.name);
@@ -1332,6 +1411,7 @@ static void cluster_coordinate(cluster_t *c) {
 static void cluster_done_on_loop(loop_t *lp, void *arg) {
   cluster_job_t *j = arg;
   j->done(lp, j->arg, j->status, j->detail[0] ? j->detail : NULL);
+  free(j->user_rq);
   free(j);
 }
 
@@ -1371,11 +1451,13 @@ static int cluster_enqueue(cluster_t *c, cluster_job_t *j) {
   pthread_mutex_lock(&c->lock);
   if (c->stop) {
     pthread_mutex_unlock(&c->lock);
+    free(j->user_rq);
     free(j);
     return GRID_ECLUSTER;
   }
   if (c->njobs >= CLUSTER_JOBS_MAX) {
     pthread_mutex_unlock(&c->lock);
+    free(j->user_rq);
     free(j);
     return GRID_EBUSY;
   }
@@ -1405,6 +1487,24 @@ int cluster_cache_drop(cluster_t *c, const char *name, int loop_index,
   cluster_job_t *j = calloc(1, sizeof *j);
   if (!j) return GRID_ENOMEM;
   snprintf(j->cfg.name, sizeof j->cfg.name, "%s", name);
+  j->loop_index = loop_index;
+  j->done = done;
+  j->arg = arg;
+  return cluster_enqueue(c, j);
+}
+
+int cluster_user_change(cluster_t *c, const Grid__Request *rq, int loop_index,
+                        cluster_done_fn done, void *arg) {
+  cluster_job_t *j = calloc(1, sizeof *j);
+  if (!j) return GRID_ENOMEM;
+  j->create = 3;
+  j->user_rq_len = grid__request__get_packed_size(rq);
+  j->user_rq = malloc(j->user_rq_len ? j->user_rq_len : 1);
+  if (!j->user_rq) {
+    free(j);
+    return GRID_ENOMEM;
+  }
+  grid__request__pack(rq, j->user_rq);
   j->loop_index = loop_index;
   j->done = done;
   j->arg = arg;
@@ -1569,6 +1669,7 @@ static void cluster_resync(cluster_t *c, int leaving) {
   /* Every pass, not only when the definitions change: a cache this node
    * could not make (no memory, its own caches_max) is tried again. */
   if (rc == 0 && cluster_sync_store(c)) c->caches_stale = 1;
+  if (rc == 0) rc = cluster_read_users(c);
   if (rc == 0) rc = cluster_read_nodes(c, alive, &nalive);
   if (rc == 0) rc = cluster_read_coordinator(c, coord, sizeof coord);
   if (rc == 0) rc = cluster_read_map(c, c->caches_stale);
@@ -1659,6 +1760,7 @@ int cluster_new(node_t *n, cluster_t **out) {
   if (!c) return GRID_ENOMEM;
   c->node = n;
   c->map_version = -1;
+  c->users_version = -2;
   pmap_init(&c->map);
   pthread_rwlock_init(&c->map_lock, NULL);
   snprintf(c->root, sizeof c->root, "/grid/%s", n->cfg.cluster);

@@ -80,6 +80,10 @@ int cluster_accept_loss(cluster_t *c, const char *node_id, int loop_index,
                         cluster_done_fn done, void *arg);
 int cluster_cache_drop(cluster_t *c, const char *name, int loop_index,
                        cluster_done_fn done, void *arg);
+/* USER's add, del, passwd or roles, cluster-wide: the users znode changed
+ * (and this node's users at once). As cluster_cache_create's done. */
+int cluster_user_change(cluster_t *c, const Grid__Request *rq, int loop_index,
+                        cluster_done_fn done, void *arg);
 
 /* From a loop, for partition p of placement group `group` (every cache of
  * the group): the primary has filled a MOVING copy (node_id) in map epoch

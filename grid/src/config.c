@@ -89,6 +89,13 @@ static const config_key_t config_keys[] = {
     CFG_S(tls_ciphers),
     CFG_S(tls_ciphersuites),
     CFG_N(tls_replication, CFG_BOOL, 0, 1),
+    CFG_N(auth, CFG_BOOL, 0, 1),
+    CFG_S(requirepass),
+    CFG_N(auth_failures_max, CFG_INT, 1, 1000000),
+    CFG_N(auth_lockout_ms, CFG_INT, 1, 3600000),
+    CFG_N(unauthenticated_bytes_max, CFG_SIZE, 64, (int64_t)1 << 30),
+    CFG_S(cluster_secret),
+    CFG_S(zk_auth),
 };
 
 /* Whether value is one of choices ("a|b|c"). */
@@ -148,6 +155,9 @@ void config_defaults(config_t *c) {
   c->tls_port = -1;
   c->tls_resp_port = -1;
   strcpy(c->tls_auth_clients, "yes");
+  c->auth_failures_max = 5;
+  c->auth_lockout_ms = 1000;
+  c->unauthenticated_bytes_max = 16384;
 }
 
 static int config_parse_number(const char *v, int is_size, int64_t *out) {
@@ -321,6 +331,7 @@ void config_finish(config_t *c) {
   if (c->change_buffers_bytes_max == 0) c->change_buffers_bytes_max = c->memory_bytes_max / 8;
   if (c->partitions_default > c->partitions_max)
     c->partitions_default = c->partitions_max;
+  if (c->requirepass[0]) c->auth = 1; /* as Redis's requirepass */
   /* A RESP command is bounded as a native frame is, unless set apart. */
   if (c->resp_command_bytes_max == 0) c->resp_command_bytes_max = c->frame_bytes_max;
 }
@@ -330,7 +341,11 @@ void config_print(const config_t *c, void *fp) {
   for (size_t i = 0; i < sizeof config_keys / sizeof config_keys[0]; i++) {
     const config_key_t *k = &config_keys[i];
     const char *field = (const char *)c + k->offset;
-    if (k->kind == CFG_STR || k->kind == CFG_CHOICE)
+    int secret = !strcmp(k->name, "requirepass") || !strcmp(k->name, "cluster_secret") ||
+                 !strcmp(k->name, "zk_auth");
+    if (secret && field[0])
+      fprintf(f, "%s = (set, not shown)\n", k->name);
+    else if (k->kind == CFG_STR || k->kind == CFG_CHOICE)
       fprintf(f, "%s = %s\n", k->name, field);
     else if (k->kind == CFG_BOOL)
       fprintf(f, "%s = %s\n", k->name, *(const int64_t *)(const void *)field ? "on" : "off");

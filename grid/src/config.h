@@ -109,6 +109,20 @@ typedef struct config {
   char tls_ciphers[512];          /* TLS 1.2 cipher list; empty: OpenSSL's */
   char tls_ciphersuites[256];     /* TLS 1.3 suites; empty: OpenSSL's */
   int64_t tls_replication;        /* links between nodes use TLS */
+  /* Authentication (auth.h). */
+  int64_t auth;                   /* clients log in (users and roles) */
+  char requirepass[256];          /* user "default"'s password (admin), as
+                                     Redis's; set: auth is on */
+  int64_t auth_failures_max;      /* failed logins from one address before
+                                     it is refused for a while */
+  int64_t auth_lockout_ms;        /* ... that while, doubled per failure */
+  int64_t unauthenticated_bytes_max; /* a connection not logged in yet: its
+                                     request or command at most */
+  char cluster_secret[256];       /* without tls_replication: what a node
+                                     shows the others to link to them */
+  char zk_auth[256];              /* "user:password": ZooKeeper digest
+                                     credentials; grid's znodes are then
+                                     theirs alone */
 } config_t;
 
 /* Fills in the defaults of gridd. */

@@ -20,6 +20,7 @@
 #include "sink.h"
 #include "pubsub.h"
 #include "stream.h"
+#include "auth.h"
 
 /* A native connection's own state (c->fe). */
 typedef struct native_conn {
@@ -37,6 +38,8 @@ typedef struct native_conn {
   size_t batch_at;
   uint64_t batch_sub;
   size_t running;              /* requests handed to route, not answered */
+  auth_principal_t *who;       /* auth = on: the client's user; NULL for
+                                  a node, or without auth */
 } native_conn_t;
 
 #define NATIVE_BATCH_BYTES 65536 /* events put in one frame, about */
@@ -139,6 +142,9 @@ static int native_peer_allowed(conn_t *c, const Grid__Hello *h) {
   else if (n->cfg.tls_replication && (!c->tls || !tls_sess_peer_verified(c->tls)))
     snprintf(why, sizeof why, "tls_replication = yes: a node links over TLS, to tls_port, "
              "with a certificate signed by tls_ca_cert_file");
+  else if (!n->cfg.tls_replication && n->cfg.cluster_secret[0] &&
+           !auth_secret_ok(n->cfg.cluster_secret, h->password))
+    snprintf(why, sizeof why, "this cluster's nodes show its cluster_secret: this one did not");
   else
     rc = cluster_peer_check(n->cluster, h->client_name ? h->client_name : "", c->ip, why,
                             sizeof why);
@@ -146,6 +152,33 @@ static int native_peer_allowed(conn_t *c, const Grid__Hello *h) {
   LOG_W("net", "\"peer refused\" peer=%s reason=\"%s\"", c->peer, why);
   native_fail(c, rc, why);
   return 0;
+}
+
+/* auth = on: the client logs in with its hello's user and password, or
+ * with its TLS client certificate. 1 when it did; else it was told why. */
+static int native_login(conn_t *c, const Grid__Hello *h) {
+  node_t *n = c->lp->node;
+  auth_principal_t p;
+  char why[256];
+  int rc;
+  const char *cn = c->tls && tls_sess_peer_verified(c->tls) ? tls_sess_peer_cn(c->tls) : "";
+  if (h->password && h->password[0]) {
+    rc = auth_login(n->auth, h->user, h->password, c->ip, &p, why, sizeof why);
+  } else if (cn[0] && (!h->user || !h->user[0] || !strcmp(h->user, cn))) {
+    rc = auth_login_cert(n->auth, cn, c->ip, &p, 1, why, sizeof why);
+  } else {
+    rc = GRID_EAUTH;
+    snprintf(why, sizeof why, "this node requires a login: a user and password (gridctl "
+             "--user U --password P), or the TLS client certificate of a user added with --cert");
+  }
+  if (rc == 0 && !(native_of(c)->who = malloc(sizeof p))) rc = GRID_ENOMEM;
+  if (rc != 0) {
+    native_fail(c, rc, rc == GRID_ENOMEM ? NULL : why);
+    return 0;
+  }
+  *native_of(c)->who = p;
+  LOG_D("auth", "\"logged in\" user=%s peer=%s", p.name, c->peer);
+  return 1;
 }
 
 static void native_on_hello(conn_t *c, const unsigned char *p, size_t len) {
@@ -167,7 +200,10 @@ static void native_on_hello(conn_t *c, const unsigned char *p, size_t len) {
     return;
   }
   if (h->role == GRID__ROLE__ROLE_PEER && !native_peer_allowed(c, h)) return;
+  native_conn_t *nc = native_of(c);
+  if (h->role != GRID__ROLE__ROLE_PEER && auth_required(n->auth) && !native_login(c, h)) return;
   Grid__HelloReply hr = GRID__HELLO_REPLY__INIT;
+  hr.user = nc->who ? nc->who->name : "";
   hr.node_id = n->node_id;
   hr.version = FRAME_PROTOCOL_VERSION;
   hr.features = 0;
@@ -177,7 +213,7 @@ static void native_on_hello(conn_t *c, const unsigned char *p, size_t len) {
     return;
   }
   c->handshaken = 1;
-  native_conn_t *nc = native_of(c);
+  frame_buf_set_frame_max(&c->in, (size_t)n->cfg.frame_bytes_max);
   nc->peer_role = h->role == GRID__ROLE__ROLE_PEER;
   if (nc->peer_role)
     snprintf(nc->peer_id, sizeof nc->peer_id, "%s", h->client_name ? h->client_name : "");
@@ -575,6 +611,22 @@ static int native_on_request(conn_t *c, const unsigned char *p, size_t len) {
     native_fail(c, GRID_EPROTO, "a request frame does not decode as a Request");
     return 0;
   }
+  native_conn_t *nc = native_of(c);
+  if (nc->who) { /* the user's roles allow it, or it is answered with why not */
+    char why[256];
+    int rc = auth_allow(lp->node->auth, nc->who, rq, NULL, why, sizeof why);
+    if (rc == GRID_EAUTH) {
+      native_fail(c, rc, why);
+      return 0;
+    }
+    if (rc != 0) {
+      Grid__Reply rp = GRID__REPLY__INIT;
+      rp.id = rq->id;
+      ops_reply_error(&rp, rc, why, &lp->arena);
+      if (native_send(c, &rp.base) != 0) conn_close(c);
+      return 0;
+    }
+  }
   if (op_has(rq->op, OP_STREAM)) {
     native_stream_request(c, rq);
     return 0;
@@ -634,6 +686,10 @@ static void native_input(conn_t *c) {
 
 static int native_open(conn_t *c) {
   c->fe = calloc(1, sizeof(native_conn_t));
+  /* Until its hello, a connection is a stranger's: a small frame at most
+   * (frame_bytes_max once it said who it is). */
+  if (c->fe && auth_required(c->lp->node->auth))
+    frame_buf_set_frame_max(&c->in, (size_t)c->lp->node->cfg.unauthenticated_bytes_max);
   return c->fe ? 0 : GRID_ENOMEM;
 }
 
@@ -641,6 +697,7 @@ static void native_free(conn_t *c) {
   native_conn_t *nc = native_of(c);
   for (size_t i = 0; i < nc->nsubs; i++) stream_close(nc->subs[i]);
   free(nc->subs);
+  free(nc->who);
   free(c->fe);
   c->fe = NULL;
 }

@@ -25,6 +25,7 @@
 #include "pubsub.h"
 #include "stream.h"
 #include "tls.h"
+#include "auth.h"
 
 /* The housekeeping thread: the TTL sweep, bounded to sweep_entries_per_tick
  * entries every sweep_interval_ms, off the event loops. */
@@ -413,6 +414,21 @@ static int node_open_tls(node_t *n, char *err, size_t err_len) {
   return rc;
 }
 
+/* The users and roles (auth.h). A single node keeps its users in memory:
+ * with auth on, requirepass is how anyone logs in first. */
+static int node_open_auth(node_t *n, char *err, size_t err_len) {
+  if (n->cfg.auth && !n->cfg.requirepass[0] && !n->cfg.zk[0]) {
+    snprintf(err, err_len, "auth = on needs requirepass on a single node: the password of "
+             "user \"default\" (admin), who adds the others (gridctl user add)");
+    return GRID_ECONFIG;
+  }
+  if (!(n->auth = auth_new(&n->cfg))) {
+    snprintf(err, err_len, "out of memory");
+    return GRID_ENOMEM;
+  }
+  return 0;
+}
+
 int node_tls_reload(node_t *n, char *err, size_t err_len) {
   tls_settings_t s;
   node_tls_settings(&n->cfg, &s);
@@ -468,6 +484,7 @@ int node_start(const config_t *cfg, node_t **out, char *err, size_t err_len) {
   if (!n) return rc;
   rc = node_open_disk(n, err, err_len);
   if (rc == 0) rc = node_open_tls(n, err, err_len);
+  if (rc == 0) rc = node_open_auth(n, err, err_len);
   if (rc == 0 && n->cfg.zk[0]) rc = node_new_cluster(n, err, err_len);
   if (rc == 0 && n->cfg.listen) {
     rc = node_start_loops(n, err, err_len);
@@ -512,5 +529,6 @@ void node_stop(node_t *n) {
   pubsub_free(n->pubsub);
   tls_ctx_free(n->tls_server);
   tls_ctx_free(n->tls_client);
+  auth_free(n->auth);
   free(n);
 }

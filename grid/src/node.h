@@ -29,6 +29,7 @@ typedef struct node {
                                       NULL without TLS */
   struct tls_ctx *tls_client;      /* links to other nodes over TLS
                                       (tls_replication); NULL: plain */
+  struct auth *auth;               /* users and roles (auth.h) */
   cluster_t *cluster;              /* NULL for a single node (no zk) */
   struct disk *disk;               /* data_dir's RocksDB (disk.h); NULL
                                       without a data_dir */

@@ -1,10 +1,12 @@
 #include "ops.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 
+#include "auth.h"
 #include "clock.h"
 #include "coll.h"
 #include "disk.h"
@@ -669,6 +671,28 @@ static void ops_list_caches(node_t *n, Grid__Reply *rp, arena_t *a) {
   rp->n_caches = count;
 }
 
+/* USER on a single node: its users are in its memory. (route.c sends a
+ * cluster's through ZooKeeper.) */
+static void ops_user(node_t *n, const Grid__Request *rq, Grid__Reply *rp, arena_t *a) {
+  if (rq->user_action == GRID__USER_ACTION__USER_LIST) {
+    auth_list(n->auth, rp, a);
+    return;
+  }
+  unsigned char *cur = NULL, *next = NULL;
+  size_t cur_len = 0, next_len = 0;
+  char why[256] = "";
+  /* One change at a time: the stored list is read, changed and put back. */
+  static pthread_mutex_t ops_user_lock = PTHREAD_MUTEX_INITIALIZER;
+  pthread_mutex_lock(&ops_user_lock);
+  int rc = auth_get_stored(n->auth, &cur, &cur_len);
+  if (rc == 0) rc = auth_change(cur, cur_len, rq, &next, &next_len, why, sizeof why);
+  if (rc == 0) rc = auth_set_stored(n->auth, next, next_len);
+  pthread_mutex_unlock(&ops_user_lock);
+  free(cur);
+  free(next);
+  if (rc != 0) ops_reply_error(rp, rc, why[0] ? why : NULL, a);
+}
+
 static void ops_stats(node_t *n, Grid__Reply *rp, arena_t *a) {
   Grid__Stats *st = arena_alloc(a, sizeof *st);
   if (!st) {
@@ -1224,6 +1248,7 @@ void ops_execute_rec(node_t *n, store_view_t *view, const Grid__Request *rq,
     case GRID__OP__ACCEPT_LOSS:
       ops_reply_error(rp, GRID_EINVAL, "a single node has no other node to lose", a);
       return;
+    case GRID__OP__USER: ops_user(n, rq, rp, a); return;
     case GRID__OP__STATS: ops_stats(n, rp, a); return;
     case GRID__OP__PMAP: {
       /* A single node: no map, no cluster. (route.c answers in a cluster.) */

@@ -350,6 +350,7 @@ static void peer_send_hello(peer_t *p) {
   h.version = FRAME_PROTOCOL_VERSION;
   h.role = GRID__ROLE__ROLE_PEER;
   h.client_name = n->node_id;
+  if (!n->cfg.tls_replication && n->cfg.cluster_secret[0]) h.password = n->cfg.cluster_secret;
   unsigned char *mem;
   size_t len;
   if (peer_frame(&h.base, &mem, &len) != 0 || peer_write_raw(p, mem, len) != 0) {

@@ -13,6 +13,7 @@
 
 #include <errno.h>
 
+#include "auth.h"
 #include "clock.h"
 #include "coll.h"
 #include "grid_types.h"
@@ -31,6 +32,7 @@
 #include "store.h"
 
 #define RESP_ERROR_LINE_BYTES_MAX 512 /* an error line of our own words */
+#define RESP_UNAUTH_ARGS_MAX 10       /* a command's arguments before AUTH, as Redis */
 #define RESP_QUOTED_BYTES_MAX 128     /* a client's bytes quoted in an error, as Redis */
 #define RESP_MSG_KEEP_BYTES 65536     /* a subscriber's message buffer kept past this: freed */
 
@@ -111,6 +113,10 @@ struct resp_conn {
                                 on (WATCH's reads: EXEC needs them;
                                 SELECT making its database): nothing
                                 more is parsed until they are answered */
+  auth_principal_t *who;     /* auth = on: the user logged in (AUTH,
+                                HELLO AUTH, a TLS client certificate);
+                                NULL: not yet */
+  int cert_tried;            /* the certificate's user was looked for */
 };
 
 static resp_conn_t *resp_of(const conn_t *c) { return c->fe; }
@@ -129,6 +135,7 @@ static void resp_unwatch(resp_conn_t *r);
 
 void resp_conn_free(resp_conn_t *r) {
   if (!r) return;
+  free(r->who);
   resp_tx_free(r->tx);
   resp_unwatch(r);
   free(r->watch);
@@ -1218,26 +1225,115 @@ static void cmd_client(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int a
   s->done = 1;
 }
 
-/* HELLO's version and options, when given. NULL, or the error's words
- * (static, or in line). */
+/* AUTH user password (user NULL: "default"), as Redis answers it. NULL
+ * when it logged in, else the error's words (static, or in line). */
+static const char *resp_login(conn_t *c, const resp_arg_t *user, const resp_arg_t *pass,
+                              char *line, size_t size) {
+  node_t *n = c->lp->node;
+  resp_conn_t *r = resp_of(c);
+  char u[AUTH_NAME_MAX + 1], p[AUTH_PASSWORD_BYTES_MAX + 1];
+  snprintf(u, sizeof u, "%.*s", user ? (int)(user->len < AUTH_NAME_MAX ? user->len : AUTH_NAME_MAX) : 7,
+           user ? user->p : "default");
+  if (!auth_required(n->auth)) {
+    /* As Redis with no password: the default user takes any. */
+    if (!user)
+      return "ERR AUTH <password> called without any password configured for the default "
+             "user. Are you sure your configuration is correct?";
+    return strcmp(u, "default") ? "WRONGPASS invalid username-password pair or user is disabled."
+                                : NULL;
+  }
+  if (pass->len > AUTH_PASSWORD_BYTES_MAX || memchr(pass->p, 0, pass->len))
+    return "WRONGPASS invalid username-password pair or user is disabled.";
+  snprintf(p, sizeof p, "%.*s", (int)pass->len, pass->p);
+  auth_principal_t who;
+  char why[200];
+  int rc = auth_login(n->auth, u, p, c->ip, &who, why, sizeof why);
+  if (rc == 0 && !r->who && !(r->who = malloc(sizeof who))) rc = GRID_ENOMEM;
+  if (rc != 0) {
+    snprintf(line, size, "WRONGPASS %s", why);
+    return rc == GRID_ENOMEM ? "ERR out of memory" : line;
+  }
+  *r->who = who;
+  if (!c->handshaken) {
+    /* Logged in: the node's own bounds from now on. */
+    c->handshaken = 1;
+    frame_buf_set_limit(&c->in, (size_t)n->cfg.resp_command_bytes_max + CONN_RBUF_BYTES);
+  }
+  return NULL;
+}
+
+/* HELLO's version and options, when given: AUTH logs in first, then
+ * SETNAME, as Redis. NULL, or the error's words (static, or in line). */
 static const char *hello_check(conn_t *c, resp_arg_t *argv, int argc, char *line, size_t size) {
-  if (argc < 2) return NULL;
-  int64_t ver;
-  if (arg_i64(&argv[1], &ver) != 0) return "ERR Protocol version is not an integer or out of range";
-  if (ver != 2 && ver != 3) return "NOPROTO unsupported protocol version";
+  const resp_arg_t *user = NULL, *pass = NULL, *name = NULL;
+  if (argc >= 2) {
+    int64_t ver;
+    if (arg_i64(&argv[1], &ver) != 0) return "ERR Protocol version is not an integer or out of range";
+    if (ver != 2 && ver != 3) return "NOPROTO unsupported protocol version";
+  }
   for (int i = 2; i < argc; i++) {
     if (arg_is(&argv[i], "setname") && i + 1 < argc) {
-      snprintf(resp_of(c)->name, sizeof resp_of(c)->name, "%.*s", (int)argv[i + 1].len, argv[i + 1].p);
-      i++;
+      name = &argv[++i];
     } else if (arg_is(&argv[i], "auth") && i + 2 < argc) {
-      i += 2; /* no users yet: every client is let in */
+      user = &argv[i + 1];
+      pass = &argv[i + 2];
+      i += 2;
     } else {
       snprintf(line, size, "ERR Syntax error in HELLO option '%.*s'", arg_quoted_len(&argv[i]),
                argv[i].p);
       return line;
     }
   }
+  if (user) {
+    const char *why = resp_login(c, user, pass, line, size);
+    if (why) return why;
+  }
+  if (auth_required(c->lp->node->auth) && !resp_of(c)->who)
+    return "NOAUTH HELLO must be called with the client already authenticated, otherwise the "
+           "HELLO AUTH <user> <pass> option can be used to authenticate the client and "
+           "select the RESP protocol version at the same time";
+  if (name)
+    snprintf(resp_of(c)->name, sizeof resp_of(c)->name, "%.*s", (int)name->len, name->p);
   return NULL;
+}
+
+/* AUTH [user] password. */
+static void cmd_auth(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                     resp_slot_t *s) {
+  (void)cmd;
+  char line[RESP_ERROR_LINE_BYTES_MAX];
+  if (argc > 3) {
+    slot_error(s, "ERR syntax error");
+    return;
+  }
+  const char *why = resp_login(c, argc == 3 ? &argv[1] : NULL, &argv[argc - 1], line, sizeof line);
+  if (why) {
+    slot_error(s, why);
+    return;
+  }
+  slot_ok(s);
+  s->done = 1;
+}
+
+/* ACL WHOAMI (and ACL USERS, for an admin). */
+static void cmd_acl(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                    resp_slot_t *s) {
+  (void)cmd;
+  resp_conn_t *r = resp_of(c);
+  char line[RESP_ERROR_LINE_BYTES_MAX];
+  if (arg_is(&argv[1], "whoami") && argc == 2) {
+    const char *name = r->who ? r->who->name : "default";
+    slot_bulk(s, name, strlen(name));
+    s->done = 1;
+    return;
+  }
+  if (arg_is(&argv[1], "whoami")) {
+    slot_error(s, "ERR wrong number of arguments for 'acl|whoami' command");
+    return;
+  }
+  snprintf(line, sizeof line, "ERR unknown subcommand '%.*s'. Try ACL HELP.",
+           arg_quoted_len(&argv[1]), argv[1].p);
+  slot_error(s, line);
 }
 
 static void cmd_hello(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
@@ -1692,6 +1788,11 @@ static void cmd_reset(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int ar
   resp_tx_free(r->tx);
   r->tx = NULL;
   resp_unwatch(r);
+  /* As Redis: back to the default user, who needs a password when auth is
+   * on. */
+  free(r->who);
+  r->who = NULL;
+  r->cert_tried = 0;
   r->resp3 = 0;
   strcpy(r->cache, "default");
   r->name[0] = '\0';
@@ -3174,6 +3275,8 @@ static const resp_cmd_t resp_cmds[] = {
     {"time", 1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_time, NULL, NULL, 0},
     {"client", -2, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_client, NULL, NULL, 0},
     {"hello", -1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_hello, NULL, NULL, 0},
+    {"auth", -2, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_auth, NULL, NULL, 0},
+    {"acl", -2, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_acl, NULL, NULL, 0},
     {"info", -1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_info, NULL, NULL, 0},
     {"command", -1, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_command, NULL, NULL, 0},
     {"subscribe", -2, 0, RESP_LOCAL, RESP_KEYS_NONE, cmd_subscribe, NULL, NULL, 0},
@@ -3334,6 +3437,86 @@ static int resp_cmd_subscribed(const resp_cmd_t *cmd) {
          cmd->run == cmd_quit || cmd->run == cmd_reset;
 }
 
+/* auth = on: whether the connection's user may run cmd, else the slot
+ * has Redis's error (NOAUTH, NOPERM) and the refusal is logged. A TLS
+ * client certificate naming a user logs it in at its first command. */
+static int resp_cmd_authorized(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int argc,
+                               resp_slot_t *s) {
+  node_t *n = c->lp->node;
+  resp_conn_t *r = resp_of(c);
+  if (!r->who && !r->cert_tried) {
+    r->cert_tried = 1;
+    const char *cn = c->tls && tls_sess_peer_verified(c->tls) ? tls_sess_peer_cn(c->tls) : "";
+    auth_principal_t who;
+    char why[200];
+    if (cn[0] && auth_login_cert(n->auth, cn, c->ip, &who, 0, why, sizeof why) == 0 &&
+        (r->who = malloc(sizeof who))) {
+      *r->who = who;
+      c->handshaken = 1;
+      frame_buf_set_limit(&c->in, (size_t)n->cfg.resp_command_bytes_max + CONN_RBUF_BYTES);
+    }
+  }
+  if (cmd->run == cmd_auth || cmd->run == cmd_hello || cmd->run == cmd_quit ||
+      cmd->run == cmd_reset)
+    return 1;
+  if (!r->who) {
+    slot_error(s, "NOAUTH Authentication required.");
+    return 0;
+  }
+  /* The role the command needs, on the connection's database ("*": on
+   * any cache, for channels). */
+  int level = AUTH_READ;
+  const char *cache = r->cache;
+  if (cmd->op == RESP_LOCAL) {
+    if (cmd->run == cmd_publish) {
+      level = AUTH_WRITE;
+      cache = "*";
+    } else if (cmd->run == cmd_subscribe || cmd->run == cmd_pubsub) {
+      cache = "*";
+    } else if (cmd->run == cmd_config && argc > 1 && arg_is(&argv[1], "set")) {
+      level = AUTH_ADMIN;
+      cache = NULL;
+    } else {
+      level = 0;
+    }
+  } else if (cmd->run == cmd_select || cmd->run == cmd_exec) {
+    level = 0; /* EXEC's commands were checked as they were queued */
+  } else if (cmd->run == cmd_walk && cmd->sub == WALK_FLUSH) {
+    level = strcmp(cmd->name, "flushall") ? AUTH_WRITE : AUTH_ADMIN;
+    if (level == AUTH_ADMIN) cache = NULL;
+  } else if (cmd->op == GRID__OP__COLL) {
+    level = coll_cmd_writes(cmd->sub) ? AUTH_WRITE : AUTH_READ;
+  } else if (op_is_write(cmd->op)) {
+    level = AUTH_WRITE;
+  }
+  int scoped = 0;
+  char why[256];
+  int rc = auth_allow_level(n->auth, r->who, level, cache, &scoped, why, sizeof why);
+  if (rc == 0) return 1;
+  LOG_W("auth", "\"command refused\" user=%s peer=%s command=%s reason=\"%s\"", r->who->name,
+        c->peer, cmd->name, why);
+  if (rc == GRID_EAUTH) {
+    char line[RESP_ERROR_LINE_BYTES_MAX];
+    snprintf(line, sizeof line, "NOAUTH %s", why);
+    slot_error(s, line);
+    free(r->who);
+    r->who = NULL;
+    return 0;
+  }
+  char line[RESP_ERROR_LINE_BYTES_MAX];
+  if (cache && !strcmp(cache, "*"))
+    snprintf(line, sizeof line, "NOPERM this user has no permissions to access one of the "
+             "channels used as arguments");
+  else if (scoped)
+    snprintf(line, sizeof line, "NOPERM this user has no permissions to access one of the keys "
+             "used as arguments");
+  else
+    snprintf(line, sizeof line, "NOPERM this user has no permissions to run the '%s' command",
+             cmd->name);
+  slot_error(s, line);
+  return 0;
+}
+
 static void resp_run(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *s) {
   resp_tx_t *tx = resp_of(c)->tx;
   const resp_cmd_t *cmd = resp_cmd_find(&argv[0]);
@@ -3356,6 +3539,11 @@ static void resp_run(conn_t *c, resp_arg_t *argv, int argc, resp_slot_t *s) {
       resp_unwatch(resp_of(c));
     }
     slot_error(s, line);
+    if (tx) tx->dirty = 1;
+    return;
+  }
+  if (auth_required(c->lp->node->auth) && !resp_cmd_authorized(c, cmd, argv, argc, s)) {
+    atomic_fetch_add_explicit(&c->lp->node->resp_rejected, 1, memory_order_relaxed);
     if (tx) tx->dirty = 1;
     return;
   }
@@ -3430,8 +3618,13 @@ static int resp_input_may_go_on(conn_t *c, size_t off) {
 void resp_input(conn_t *c) {
   resp_conn_t *r = resp_of(c);
   node_t *n = c->lp->node;
-  const resp_parse_limits_t limits = {n->cfg.resp_args_max, (size_t)n->cfg.resp_command_bytes_max,
-                                      RESP_PARSE_INLINE_BYTES_MAX};
+  /* Until it logs in, a connection's commands are small (as Redis's
+   * unauthenticated bounds). */
+  int stranger = auth_required(n->auth) && !r->who;
+  const resp_parse_limits_t limits = {
+      stranger ? RESP_UNAUTH_ARGS_MAX : n->cfg.resp_args_max,
+      (size_t)(stranger ? n->cfg.unauthenticated_bytes_max : n->cfg.resp_command_bytes_max),
+      RESP_PARSE_INLINE_BYTES_MAX};
   if (r->parsing) return;
   r->parsing = 1;
   size_t off = 0;
@@ -3496,9 +3689,14 @@ static int resp_open(conn_t *c) {
   c->fe = r;
   r->conn = c;
   pubsub_client_init(&r->ps, c->lp, resp_deliver);
-  /* No handshake: commands at once, each within resp_command_bytes_max. */
-  c->handshaken = 1;
-  frame_buf_set_limit(&c->in, (size_t)n->cfg.resp_command_bytes_max + CONN_RBUF_BYTES);
+  /* No handshake: commands at once, each within resp_command_bytes_max.
+   * With auth on, a stranger's until AUTH: within handshake_timeout_ms,
+   * each command within unauthenticated_bytes_max. */
+  int stranger = auth_required(n->auth);
+  c->handshaken = !stranger;
+  frame_buf_set_limit(&c->in, (size_t)(stranger ? n->cfg.unauthenticated_bytes_max
+                                                 : n->cfg.resp_command_bytes_max) +
+                                  CONN_RBUF_BYTES);
   return 0;
 }
 

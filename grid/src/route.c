@@ -437,6 +437,30 @@ static void route_cache_op(loop_t *lp, Grid__Request *rq, sink_t *sink) {
   }
 }
 
+/* USER in a cluster: a change through the cluster thread to ZooKeeper's
+ * users znode; LIST from this node's copy of it. */
+static void route_user(loop_t *lp, Grid__Request *rq, sink_t *sink) {
+  node_t *n = lp->node;
+  if (rq->user_action == GRID__USER_ACTION__USER_LIST) {
+    Grid__Reply rp = GRID__REPLY__INIT;
+    ops_execute(n, &lp->view, rq, &rp, &lp->arena);
+    sink_deliver(lp, sink, &rp);
+    return;
+  }
+  route_cache_job_t *j = malloc(sizeof *j);
+  if (!j) {
+    sink_error(lp, sink, rq->id, GRID_ENOMEM, NULL);
+    return;
+  }
+  j->sink = sink;
+  j->id = rq->id;
+  int rc = cluster_user_change(n->cluster, rq, lp->index, route_cache_done, j);
+  if (rc != 0) {
+    free(j);
+    sink_error(lp, sink, rq->id, rc, NULL);
+  }
+}
+
 /* PMAP: the map this node acts on, and what it knows of the cluster. */
 static void route_pmap(loop_t *lp, Grid__Request *rq, sink_t *sink) {
   node_t *n = lp->node;
@@ -568,6 +592,9 @@ void route_run(loop_t *lp, Grid__Request *rq, const route_from_t *from, sink_t *
       return;
     case GRID__OP__CREATE_CACHE: case GRID__OP__DROP_CACHE: case GRID__OP__ACCEPT_LOSS:
       route_cache_op(lp, rq, sink);
+      return;
+    case GRID__OP__USER:
+      route_user(lp, rq, sink);
       return;
     default:
       break;
