@@ -93,6 +93,7 @@ struct cluster {
   int64_t last_connected_ms;
   int64_t last_resync_ms;
   int users_version;          /* of the users znode last read; -2: never */
+  int refused_logged;         /* ZooKeeper refused the credentials: said */
   char root[CLUSTER_PATH_MAX];
   char election_path[CLUSTER_PATH_MAX];
   /* Coordinator: nodes of the map gone from ZooKeeper, kept in the next
@@ -226,6 +227,11 @@ static int cluster_register(cluster_t *c) {
   char path[CLUSTER_PATH_MAX];
   const char *dirs[] = {"nodes",   "election", "caches",     "ready", CLUSTER_MAP_CHUNKS,
                         "leaving", CLUSTER_ACCEPT_LOSS};
+  /* /grid is every cluster's parent: open, so that clusters with other
+   * credentials live beside this one; /grid/<cluster> and all below are
+   * this cluster's (zk_auth). */
+  int rc0 = zk_create(c->zk, "/grid", NULL, 0, ZK_PERSISTENT | ZK_OPEN, NULL, 0);
+  if (rc0 != 0 && rc0 != GRID_EEXIST) return rc0;
   for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
     cluster_path(c, path, dirs[i], NULL);
     int rc = zk_ensure_path(c->zk, path);
@@ -1576,12 +1582,29 @@ static void cluster_renew_lease(cluster_t *c, int64_t now) {
   }
 }
 
+/* ZooKeeper refused this node's credentials for the cluster's znodes: it
+ * cannot take part, and says so once, then the node stops (gridd exits
+ * with an error). */
+static void cluster_refused_credentials(cluster_t *c) {
+  node_t *n = c->node;
+  char why[768];
+  snprintf(why, sizeof why, "ZooKeeper refused access to %s: its znodes are protected and "
+           "zk_auth %s; set zk_auth to the cluster's \"user:password\" on every node", c->root,
+           n->cfg.zk_auth[0] ? "is not the credentials they were made with" : "is not set");
+  if (!c->refused_logged) LOG_E("cluster", "\"cannot join\" reason=\"%s\"", why);
+  c->refused_logged = 1;
+  c->register_after_ms = clock_mono_ms() + CLUSTER_REFUSED_RETRY_MS;
+  void (*fatal)(const char *) = atomic_load(&n->on_fatal);
+  if (fatal) fatal(why);
+}
+
 /* The ZooKeeper session: opened, renewed, registered. 1 when it is up and
  * this node is registered, so the tick may go on. */
 static int cluster_tick_session(cluster_t *c, int64_t now) {
   node_t *n = c->node;
   if (!c->zk) {
-    if (zk_open(n->cfg.zk, (int)n->cfg.zk_session_timeout_ms, cluster_wake, c, &c->zk) != 0) {
+    if (zk_open(n->cfg.zk, (int)n->cfg.zk_session_timeout_ms, cluster_wake, c, n->cfg.zk_auth,
+                &c->zk) != 0) {
       c->zk = NULL;
       return 0;
     }
@@ -1618,6 +1641,7 @@ static int cluster_tick_session(cluster_t *c, int64_t now) {
       /* Refused (the cluster is full): asked again every few seconds, not
        * every tick. */
       if (rc == GRID_ELIMIT) c->register_after_ms = now + CLUSTER_REFUSED_RETRY_MS;
+      else if (rc == GRID_EAUTH) cluster_refused_credentials(c);
       else LOG_W("cluster", "\"cannot register with ZooKeeper\" error=%s", grid_err_name(rc));
       return 0;
     }

@@ -3,6 +3,7 @@
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,6 +67,14 @@ static void usage(FILE *f) {
 }
 
 #define GRIDD_LEAVE_GRACE_MS 500
+
+/* The node cannot go on: say why, and stop with an error status. */
+static _Atomic int gridd_fatal;
+static void gridd_on_fatal(const char *why) {
+  if (atomic_exchange(&gridd_fatal, 1)) return;
+  fprintf(stderr, "gridd: %s\n", why);
+  kill(getpid(), SIGTERM);
+}
 
 /* A leave asked by gridctl is done: stop the way a signal would. */
 static void gridd_on_left(void *arg) {
@@ -243,6 +252,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   node->on_left = gridd_on_left;
+  atomic_store(&node->on_fatal, gridd_on_fatal);
   int sig = 0;
   while (sigwait(&set, &sig) == 0 && sig == SIGHUP) {
     /* New connections take the files as they are now; open ones keep
@@ -259,5 +269,5 @@ int main(int argc, char **argv) {
   if (node->cluster) gridd_leave_cluster(node, &set);
   node_stop(node);
   LOG_I("node", "\"stopped\"");
-  return GRIDD_EXIT_OK;
+  return atomic_load(&gridd_fatal) ? 1 : GRIDD_EXIT_OK;
 }

@@ -68,6 +68,10 @@ typedef struct node {
   pthread_cond_t cron_cond;
   int cron_stop;
   void (*on_left)(void *arg);      /* gridd: once a graceful leave is done */
+  /* gridd: the node cannot go on (ZooKeeper refused its credentials):
+   * why, in words; the process stops with an error. NULL: it keeps
+   * trying. Set after the node started, read by its cluster thread. */
+  void (*_Atomic on_fatal)(const char *why);
 } node_t;
 
 /* Starts a node from cfg (copied; config_finish() is applied). On success

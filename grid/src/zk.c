@@ -13,6 +13,7 @@ struct zk {
   zhandle_t *zh;
   zk_event_cb cb;
   void *arg;
+  struct ACL_vector *acl;    /* of the znodes it makes (but ZK_OPEN ones) */
 };
 
 static int zk_err(int zrc) {
@@ -23,7 +24,7 @@ static int zk_err(int zrc) {
     case ZBADVERSION: return GRID_EVERSION;
     case ZNOTEMPTY: return GRID_EEXIST;
     case ZBADARGUMENTS: return GRID_EINVAL;
-    case ZNOAUTH: case ZAUTHFAILED: return GRID_ECLUSTER;
+    case ZNOAUTH: case ZAUTHFAILED: return GRID_EAUTH;
     default: return GRID_ECLUSTER; /* connection loss, session expired, ... */
   }
 }
@@ -41,17 +42,34 @@ static void zk_watcher(zhandle_t *zh, int type, int state, const char *path,
 /* The C client logs to stderr at INFO by default: keep its warnings. */
 static void zk_log_quiet(void) { zoo_set_debug_level(ZOO_LOG_LEVEL_WARN); }
 
-int zk_open(const char *hosts, int session_timeout_ms, zk_event_cb cb,
-            void *arg, zk_t **out) {
+static void zk_auth_done(int rc, const void *data) {
+  (void)data;
+  if (rc != ZOK)
+    LOG_E("zk", "\"ZooKeeper refused zk_auth's credentials\" error=\"%s\"", zerror(rc));
+}
+
+int zk_open(const char *hosts, int session_timeout_ms, zk_event_cb cb, void *arg,
+            const char *auth, zk_t **out) {
   zk_t *z = calloc(1, sizeof *z);
   if (!z) return GRID_ENOMEM;
   z->cb = cb;
   z->arg = arg;
+  /* With credentials, what this node makes is theirs alone (digest ACL:
+   * every node of the cluster has the same); without, open to all. */
+  z->acl = auth && *auth ? &ZOO_CREATOR_ALL_ACL : &ZOO_OPEN_ACL_UNSAFE;
   /* Once per process (several nodes may start at once in one process). */
   static pthread_once_t log_once = PTHREAD_ONCE_INIT;
   pthread_once(&log_once, zk_log_quiet);
   z->zh = zookeeper_init(hosts, zk_watcher, session_timeout_ms, NULL, z, 0);
   if (!z->zh) {
+    free(z);
+    return GRID_ECLUSTER;
+  }
+  /* Sent before any request of the session (and again after a reconnect,
+   * by the client library). */
+  if (auth && *auth &&
+      zoo_add_auth(z->zh, "digest", auth, (int)strlen(auth), zk_auth_done, NULL) != ZOK) {
+    zookeeper_close(z->zh);
     free(z);
     return GRID_ECLUSTER;
   }
@@ -101,7 +119,8 @@ int zk_create(zk_t *z, const char *path, const void *data, size_t len,
   if (flags & ZK_EPHEMERAL) mode |= ZOO_EPHEMERAL;
   if (flags & ZK_SEQUENTIAL) mode |= ZOO_SEQUENCE;
   char dummy[8];
-  int rc = zoo_create(z->zh, path, data, data ? (int)len : -1, &ZOO_OPEN_ACL_UNSAFE,
+  struct ACL_vector *acl = flags & ZK_OPEN ? &ZOO_OPEN_ACL_UNSAFE : z->acl;
+  int rc = zoo_create(z->zh, path, data, data ? (int)len : -1, acl,
                       mode, created ? created : dummy,
                       created ? (int)created_len : (int)sizeof dummy);
   return zk_err(rc);

@@ -19,9 +19,11 @@ typedef struct zk zk_t;
 typedef void (*zk_event_cb)(void *arg);
 
 /* Starts a session with hosts ("h1:p1,h2:p2"); the session is usable once
- * zk_connected() says so. */
-int zk_open(const char *hosts, int session_timeout_ms, zk_event_cb cb,
-            void *arg, zk_t **out);
+ * zk_connected() says so. auth ("user:password", or NULL): ZooKeeper digest
+ * credentials; the znodes made are then readable and writable with them
+ * alone, and a znode they do not open answers GRID_EAUTH. */
+int zk_open(const char *hosts, int session_timeout_ms, zk_event_cb cb, void *arg,
+            const char *auth, zk_t **out);
 void zk_close(zk_t *z);
 int zk_connected(zk_t *z);
 /* The session has expired: it cannot come back; open a new one. */
@@ -36,7 +38,8 @@ int zk_session_timeout_ms(zk_t *z);
 typedef void (*zk_ping_cb)(void *arg, int rc);
 int zk_ping(zk_t *z, zk_ping_cb done, void *arg);
 
-enum { ZK_PERSISTENT = 0, ZK_EPHEMERAL = 1, ZK_SEQUENTIAL = 2 };
+enum { ZK_PERSISTENT = 0, ZK_EPHEMERAL = 1, ZK_SEQUENTIAL = 2,
+       ZK_OPEN = 4 /* open to all whatever the credentials (a shared parent) */ };
 
 /* Creates path and its missing parents (persistent, empty). */
 int zk_ensure_path(zk_t *z, const char *path);
