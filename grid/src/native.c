@@ -620,6 +620,8 @@ static int native_on_request(conn_t *c, const unsigned char *p, size_t len) {
       return 0;
     }
     if (rc != 0) {
+      LOG_W("auth", "\"request refused\" user=%s peer=%s op=%s reason=\"%s\"", nc->who->name,
+            c->peer, op_name(rq->op), why);
       Grid__Reply rp = GRID__REPLY__INIT;
       rp.id = rq->id;
       ops_reply_error(&rp, rc, why, &lp->arena);

@@ -45,6 +45,7 @@ cert node_wrongname ca node1 30 "DNS:elsewhere.example"
 cert client ca alice 30
 cert client_expired ca alice -1
 cert client_other other mallory 30
+cert client_bob ca bob 30
 cp "$c/node.crt" "$c/live.crt"
 cp "$c/node.key" "$c/live.key"
 
@@ -195,6 +196,28 @@ if echo | openssl s_client -connect "127.0.0.1:$(tport)" -tls1_2 -CAfile "$c/ca.
 fi
 grep -qi "protocol version\|no protocols available\|alert" "$dir/s_client.log" ||
   fail "no protocol words from openssl: $(tail -3 "$dir/s_client.log")"
+stop
+
+# Users identified by their client certificate (auth = on): the common
+# name is the user's name; a certificate naming no such user is refused.
+rm -f "$dir/tport" "$dir/trport"
+"$GRIDD" --port 0 --port-file "$dir/port" --set tls_port=0 --set tls_port_file="$dir/tport" \
+  --set tls_resp_port=0 --set tls_resp_port_file="$dir/trport" \
+  --set tls_cert_file="$c/node.crt" --set tls_key_file="$c/node.key" \
+  --set tls_ca_cert_file="$c/ca.crt" --set requirepass=s3cret 2>>"$dir/gridd.log" &
+pid=$!
+for _ in $(seq 1 1000); do [ -s "$dir/tport" ] && [ -s "$dir/trport" ] && break; sleep 0.02; done
+[ -s "$dir/trport" ] || fail "the auth node did not start"
+GRID_PASSWORD=s3cret ctl create-cache certs
+GRID_PASSWORD=s3cret ctl put certs k v
+GRID_PASSWORD=s3cret ctl user add alice --cert --role read:certs
+[ "$(ctl get certs k)" = "v" ] || fail "alice by her certificate"
+refused_ctl "no write role on cache" "" --server "grids://127.0.0.1:$(tport)" \
+  --cacert "$c/ca.crt" --cert "$c/client.crt" --key "$c/client.key" put certs k v2
+[ "$(rcli_tls ACL WHOAMI)" = "alice" ] || fail "redis-cli --tls as alice: $(rcli_tls ACL WHOAMI)"
+refused_ctl "no user logs in with the TLS client certificate of \"bob\"" "login failed" \
+  --server "grids://127.0.0.1:$(tport)" --cacert "$c/ca.crt" \
+  --cert "$c/client_bob.crt" --key "$c/client_bob.key" get certs k
 stop
 
 # Settings that cannot work stop gridd at start, with words.
