@@ -301,6 +301,8 @@ typedef struct bench_cfg {
   int keys_led;          /* only keys the handle's own node leads */
   uint64_t near_bytes;   /* a near cache of this many bytes per handle */
   int replicated;        /* embedded: a cache made here is replicated */
+  const char *cacert, *cert, *key; /* grids:// */
+  const char *user, *password;     /* nodes with auth = on */
 } bench_cfg_t;
 
 static void usage(FILE *f) {
@@ -311,7 +313,8 @@ static void usage(FILE *f) {
     "protocol server (gridd --resp-port, redis-server) with the same workload.\n"
     "\n"
     "target\n"
-    "  --uri URI            grid://HOST:PORT (a running node), embedded: (a node in\n"
+    "  --uri URI            grid://HOST:PORT (a running node; grids:// over TLS, with\n"
+    "                       --cacert F, --cert F, --key F), embedded: (a node in\n"
     "                       this process, called from the worker threads directly), or\n"
     "                       redis://HOST:PORT (RESP mode: GET/SET over one TCP\n"
     "                       connection per thread; gridd's --resp-port or redis-server)\n"
@@ -326,6 +329,7 @@ static void usage(FILE *f) {
     "                       embedded member): reads of other nodes' keys kept here\n"
     "  --keys-led           only the keys whose partition the handle's own node leads\n"
     "                       now (grid_key_owner): an embedded member's local reads\n"
+    "  --user U --password P  log in (nodes with auth = on)\n"
     "  --timeout-ms N       deadline of every call (default 5000); redis://: the\n"
     "                       socket timeout, after which the connection is reopened\n"
     "workload\n"
@@ -447,7 +451,8 @@ static void parse_args(int argc, char **argv, bench_cfg_t *c) {
   enum {
     O_URI = 1000, O_OP, O_GET_RATIO, O_KEYS, O_VALUE_BYTES, O_KEYSPACE, O_CACHE, O_THREADS,
     O_PIPELINE, O_RATE, O_DURATION, O_WARMUP, O_REQUESTS, O_TIMEOUT, O_SPIN, O_NO_PRELOAD, O_JSON,
-    O_QUIET, O_HELP, O_VERSION, O_CONFIG, O_KEYS_LED, O_NEAR, O_CACHE_MODE
+    O_QUIET, O_HELP, O_VERSION, O_CONFIG, O_KEYS_LED, O_NEAR, O_CACHE_MODE, O_CACERT, O_CERT,
+    O_KEY, O_USER, O_PASSWORD
   };
   static const struct option opts[] = {
       {"uri", required_argument, 0, O_URI},
@@ -472,6 +477,11 @@ static void parse_args(int argc, char **argv, bench_cfg_t *c) {
       {"keys-led", no_argument, 0, O_KEYS_LED},
       {"near-cache-bytes", required_argument, 0, O_NEAR},
       {"cache-mode", required_argument, 0, O_CACHE_MODE},
+      {"cacert", required_argument, 0, O_CACERT},
+      {"cert", required_argument, 0, O_CERT},
+      {"key", required_argument, 0, O_KEY},
+      {"user", required_argument, 0, O_USER},
+      {"password", required_argument, 0, O_PASSWORD},
       {"help", no_argument, 0, O_HELP},
       {"version", no_argument, 0, O_VERSION},
       {0, 0, 0, 0},
@@ -536,6 +546,11 @@ static void parse_args(int argc, char **argv, bench_cfg_t *c) {
         else usage_error("--cache-mode wants partitioned or replicated, not \"%s\"", optarg);
         break;
       case O_NEAR: c->near_bytes = parse_u64_in("--near-cache-bytes", optarg, 1, UINT64_MAX); break;
+      case O_CACERT: c->cacert = optarg; break;
+      case O_CERT: c->cert = optarg; break;
+      case O_KEY: c->key = optarg; break;
+      case O_USER: c->user = optarg; break;
+      case O_PASSWORD: c->password = optarg; break;
       case O_HELP: usage(stdout); exit(0);
       case O_VERSION: printf("gridbench %s\n", GRID_VERSION_STRING); exit(0);
       case ':':
@@ -552,10 +567,12 @@ static void parse_args(int argc, char **argv, bench_cfg_t *c) {
   } else if (strncmp(c->uri, "redis://", 8) == 0) {
     c->resp = 1;
     parse_redis_uri(c);
-  } else if (strncmp(c->uri, "grid://", 7) != 0) {
-    usage_error("--uri wants grid://HOST:PORT, embedded: or redis://HOST:PORT, not \"%s\"",
-                c->uri);
+  } else if (strncmp(c->uri, "grid://", 7) != 0 && strncmp(c->uri, "grids://", 8) != 0) {
+    usage_error("--uri wants grid://HOST:PORT, grids://HOST:PORT, embedded: or "
+                "redis://HOST:PORT, not \"%s\"", c->uri);
   }
+  if ((c->cacert || c->cert || c->key) && strncmp(c->uri, "grids://", 8) != 0)
+    usage_error("--cacert, --cert and --key are for grids:// (TLS)");
   if (c->op == OP_MULTI && !c->resp) usage_error("--op multi needs redis:// (MULTI / EXEC)");
   if (c->get_ratio_set && c->op != OP_MIX)
     usage_error("--get-ratio only applies to --op mix");
@@ -1897,10 +1914,13 @@ static int open_handle(const bench_cfg_t *c, uint32_t idx, grid_t **out) {
   snprintf(name, sizeof name, "gridbench-%u", idx);
   grid_options_t o = {.timeout_ms = c->timeout_ms, .client_name = name,
                       .config_path = c->embedded ? c->config : NULL,
-                      .near_cache_bytes = c->near_bytes};
+                      .near_cache_bytes = c->near_bytes, .tls_ca_file = c->cacert,
+                      .tls_cert_file = c->cert, .tls_key_file = c->key, .user = c->user,
+                      .password = c->password};
   int rc = grid_open(c->uri, &o, out);
   if (rc != 0)
-    fprintf(stderr, "gridbench: cannot open %s: %s\n", c->uri, grid_strerror(rc));
+    fprintf(stderr, "gridbench: cannot open %s: %s (%s)\n", c->uri, grid_strerror(rc),
+            grid_last_error());
   return rc;
 }
 

@@ -98,9 +98,9 @@ static int auth_user_from(const Grid__User *u, auth_user_t *out) {
       (u->hash.len && u->hash.len != AUTH_HASH_BYTES) || u->n_roles > AUTH_GRANTS_MAX)
     return GRID_EPROTO;
   snprintf(out->name, sizeof out->name, "%s", u->name);
-  memcpy(out->salt, u->salt.data, u->salt.len);
+  if (u->salt.len) memcpy(out->salt, u->salt.data, u->salt.len);
   out->salt_len = u->salt.len;
-  memcpy(out->hash, u->hash.data, u->hash.len);
+  if (u->hash.len) memcpy(out->hash, u->hash.data, u->hash.len);
   out->hash_len = u->hash.len;
   out->iterations = u->iterations;
   out->cert = u->cert;
@@ -242,7 +242,8 @@ int auth_change(const void *in, size_t in_len, const Grid__Request *rq, unsigned
     return GRID_EINVAL;
   }
   char password[AUTH_PASSWORD_BYTES_MAX + 1];
-  if (rq->value.len > AUTH_PASSWORD_BYTES_MAX || memchr(rq->value.data, 0, rq->value.len)) {
+  if (rq->value.len > AUTH_PASSWORD_BYTES_MAX ||
+      (rq->value.len && memchr(rq->value.data, 0, rq->value.len))) {
     snprintf(why, why_len, "a password is at most %d bytes, without NUL",
              AUTH_PASSWORD_BYTES_MAX);
     return GRID_EINVAL;

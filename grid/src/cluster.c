@@ -1,9 +1,14 @@
 #include "cluster.h"
 #include "auth.h"
 #include "disk.h"
+#include "tls.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -27,6 +32,7 @@
 #define CLUSTER_REPORTS_MAX 65536   /* fill / demote reports kept */
 #define CLUSTER_MAP_LISTENERS_MAX 4 /* cluster_on_map registrations */
 #define CLUSTER_REFUSED_RETRY_MS 5000 /* a node refused at join asks again */
+#define CLUSTER_PROBE_MS 1000         /* a new member's TLS certificate, checked */
 /* The map's znodes. Named anew when the map's stored form changed (it was
  * one "pmap" znode): a cluster restarted on this version starts a map of
  * its own instead of failing to read an older one. */
@@ -107,6 +113,17 @@ struct cluster {
     int warned;               /* its grace is over, and the log said so */
   } departed[PMAP_NODES_MAX];
   size_t ndeparted;
+  /* Coordinator with tls_replication: the members whose certificate was
+   * checked (their TLS port answered with one the cluster's CA signed,
+   * naming their host), or refused (checked again after a while). Only
+   * trusted members get copies. */
+  struct cluster_trust {
+    char id[PMAP_ID_MAX];
+    uint64_t incarnation;
+    int trusted;
+    int64_t checked_ms;
+  } trust[PMAP_NODES_MAX];
+  size_t ntrust;
   /* Coordinator: the nodes whose loss the operator accepted (read from
    * ZooKeeper each pass): no longer waited for. */
   char (*accepted)[PMAP_ID_MAX];
@@ -1124,6 +1141,113 @@ static int cluster_node_holds_disk_copies(const pmap_t *m, size_t i) {
   return 0;
 }
 
+/* The certificate a member shows on its TLS port, checked as a link to it
+ * would (signed by the cluster's CA, naming its host), within
+ * CLUSTER_PROBE_MS: 0, or an error with why. */
+static int cluster_probe_tls(cluster_t *c, const pmap_node_t *nd, char *why, size_t why_len) {
+  char host[PMAP_ADDR_MAX];
+  const char *colon = strrchr(nd->tls_addr, ':');
+  if (!colon) {
+    snprintf(why, why_len, "it has no tls_port (tls_replication needs one on every node)");
+    return GRID_EADDR;
+  }
+  size_t hl = (size_t)(colon - nd->tls_addr);
+  const char *h = nd->tls_addr;
+  if (h[0] == '[' && hl >= 2) {
+    h++;
+    hl -= 2;
+  }
+  snprintf(host, sizeof host, "%.*s", (int)hl, h);
+  struct sockaddr_storage ss;
+  memset(&ss, 0, sizeof ss);
+  int port = atoi(colon + 1);
+  socklen_t sl;
+  if (inet_pton(AF_INET, host, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
+    ss.ss_family = AF_INET;
+    ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)port);
+    sl = sizeof(struct sockaddr_in);
+  } else if (inet_pton(AF_INET6, host, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
+    ss.ss_family = AF_INET6;
+    ((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)port);
+    sl = sizeof(struct sockaddr_in6);
+  } else {
+    snprintf(why, why_len, "its TLS address %s is not an IP address and port", nd->tls_addr);
+    return GRID_EADDR;
+  }
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    snprintf(why, why_len, "no socket: %s", strerror(errno));
+    return GRID_ECONN;
+  }
+  int64_t deadline = clock_mono_ms() + CLUSTER_PROBE_MS;
+  tls_sess_t *s = NULL;
+  int rc = GRID_ECONN;
+  snprintf(why, why_len, "its TLS port %s does not answer", nd->tls_addr);
+  if (connect(fd, (struct sockaddr *)&ss, sl) != 0 && errno != EINPROGRESS) goto out;
+  s = tls_sess_new(c->node->tls_client, host);
+  if (!s) goto out;
+  for (;;) {
+    int hs = tls_sess_handshake(s);
+    size_t k;
+    unsigned char buf[16640];
+    while ((k = tls_sess_take(s, buf, sizeof buf)) > 0)
+      if (send(fd, buf, k, MSG_NOSIGNAL) != (ssize_t)k) goto out;
+    if (hs == 1) {
+      rc = 0;
+      goto out;
+    }
+    if (hs == TLS_FAILED) {
+      snprintf(why, why_len, "its TLS certificate was refused: %s", tls_sess_error(s));
+      rc = GRID_ETLS;
+      goto out;
+    }
+    int64_t left = deadline - clock_mono_ms();
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    if (left <= 0 || poll(&pfd, 1, (int)left) <= 0) goto out;
+    ssize_t got = recv(fd, buf, sizeof buf, 0);
+    if (got <= 0 || tls_sess_feed(s, buf, (size_t)got) != 0) goto out;
+  }
+out:
+  tls_sess_free(s);
+  close(fd);
+  return rc;
+}
+
+/* Whether member nd may hold copies: always without tls_replication; with
+ * it, once its certificate was checked (cluster_probe_tls; a refusal is
+ * logged once and checked again every CLUSTER_REFUSED_RETRY_MS). */
+static int cluster_trusted(cluster_t *c, const pmap_node_t *nd) {
+  node_t *n = c->node;
+  if (!n->tls_client || !strcmp(nd->id, n->node_id)) return 1;
+  struct cluster_trust *t = NULL;
+  for (size_t i = 0; i < c->ntrust && !t; i++)
+    if (!strcmp(c->trust[i].id, nd->id)) t = &c->trust[i];
+  int64_t now = clock_mono_ms();
+  if (t && t->incarnation == nd->incarnation &&
+      (t->trusted || now - t->checked_ms < CLUSTER_REFUSED_RETRY_MS))
+    return t->trusted;
+  if (!t) {
+    if (c->ntrust == PMAP_NODES_MAX) { /* the oldest entry goes */
+      memmove(&c->trust[0], &c->trust[1], (PMAP_NODES_MAX - 1) * sizeof c->trust[0]);
+      c->ntrust--;
+    }
+    t = &c->trust[c->ntrust++];
+    memset(t, 0, sizeof *t);
+  }
+  int was_refused = t->incarnation == nd->incarnation && t->checked_ms && !t->trusted;
+  snprintf(t->id, sizeof t->id, "%s", nd->id);
+  t->incarnation = nd->incarnation;
+  t->checked_ms = now;
+  char why[320];
+  t->trusted = cluster_probe_tls(c, nd, why, sizeof why) == 0;
+  if (!t->trusted && !was_refused)
+    LOG_W("cluster", "\"a node is refused: it gets no copies until its TLS certificate is the "
+          "cluster CA's\" node=%s addr=%s reason=\"%s\"", nd->id, nd->tls_addr, why);
+  else if (t->trusted)
+    LOG_I("cluster", "\"a node's TLS certificate is the cluster CA's\" node=%s", nd->id);
+  return t->trusted;
+}
+
 static size_t cluster_map_nodes(cluster_t *c, pmap_node_t *out) {
   int64_t now = clock_mono_ms(), grace = c->node->cfg.lost_grace_ms;
   size_t k = 0;
@@ -1154,7 +1278,8 @@ static size_t cluster_map_nodes(cluster_t *c, pmap_node_t *out) {
           "node=%s grace_ms=%lld", m->id, (long long)grace);
   }
   size_t n = 0;
-  for (size_t i = 0; i < c->nalive && n < PMAP_NODES_MAX; i++) out[n++] = c->alive[i];
+  for (size_t i = 0; i < c->nalive && n < PMAP_NODES_MAX; i++)
+    if (cluster_trusted(c, &c->alive[i])) out[n++] = c->alive[i];
   for (size_t i = 0; i < c->ndeparted && n < PMAP_NODES_MAX; i++) {
     struct cluster_departed *d = &c->departed[i];
     int idx = c->map_version >= 0 ? pmap_node_index(&c->map, d->node.id) : -1;

@@ -422,6 +422,11 @@ static int node_open_auth(node_t *n, char *err, size_t err_len) {
              "user \"default\" (admin), who adds the others (gridctl user add)");
     return GRID_ECONFIG;
   }
+  if (n->cfg.auth && n->cfg.zk[0] && !n->cfg.tls_replication && !n->cfg.cluster_secret[0]) {
+    snprintf(err, err_len, "auth = on in a cluster needs tls_replication = yes or a "
+             "cluster_secret: else a process could pose as a node and skip the logins");
+    return GRID_ECONFIG;
+  }
   if (!(n->auth = auth_new(&n->cfg))) {
     snprintf(err, err_len, "out of memory");
     return GRID_ENOMEM;

@@ -1242,7 +1242,7 @@ static const char *resp_login(conn_t *c, const resp_arg_t *user, const resp_arg_
     return strcmp(u, "default") ? "WRONGPASS invalid username-password pair or user is disabled."
                                 : NULL;
   }
-  if (pass->len > AUTH_PASSWORD_BYTES_MAX || memchr(pass->p, 0, pass->len))
+  if (pass->len > AUTH_PASSWORD_BYTES_MAX || (pass->len && memchr(pass->p, 0, pass->len)))
     return "WRONGPASS invalid username-password pair or user is disabled.";
   snprintf(p, sizeof p, "%.*s", (int)pass->len, pass->p);
   auth_principal_t who;

@@ -17,7 +17,7 @@ holder=""
 cleanup() {
   if [ -n "$holder" ]; then kill "$holder" 2>/dev/null || true; wait "$holder" 2>/dev/null || true; fi
   if [ -n "$pid" ]; then kill -9 "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  rm -rf "$dir"
+  [ -n "${KEEP_DIR:-}" ] || rm -rf "$dir"
 }
 trap cleanup EXIT
 fail() { echo "FAIL: $*"; [ -f "$dir/gridd.log" ] && tail -20 "$dir/gridd.log"; exit 1; }

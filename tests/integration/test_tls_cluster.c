@@ -7,7 +7,9 @@
  *   2. the nodes' links are TLS: a node killed with kill -9 loses nothing,
  *      its backups (filled and kept over those links) lead its partitions;
  *   3. a process that claims to be a node on a plain port is refused with
- *      words that say why, and the others keep serving.
+ *      words that say why; a node whose certificate another CA signed
+ *      joins ZooKeeper but gets no copies (the coordinator checked its
+ *      certificate and says why in its log); the others keep serving.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,26 +46,30 @@ static void make_certs(void) {
            "cd %s && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt "
            "-days 30 -subj '/CN=grid cluster CA' >/dev/null 2>&1 && "
            "echo 'subjectAltName=IP:127.0.0.1' > san.ext && "
-           "for n in node client; do "
+           "openssl req -x509 -newkey rsa:2048 -nodes -keyout other.key -out other.crt "
+           "-days 30 -subj '/CN=another CA' >/dev/null 2>&1 && "
+           "for n in node:ca client:ca rogue:other; do c=${n#*:}; n=${n%%:*}; "
            "openssl req -newkey rsa:2048 -nodes -keyout $n.key -out $n.csr -subj /CN=$n "
-           ">/dev/null 2>&1 && openssl x509 -req -in $n.csr -CA ca.crt -CAkey ca.key "
+           ">/dev/null 2>&1 && openssl x509 -req -in $n.csr -CA $c.crt -CAkey $c.key "
            "-CAcreateserial -out $n.crt -days 30 -extfile san.ext >/dev/null 2>&1 || exit 1; "
            "done",
            certs);
   sh(cmd);
 }
 
-static void start_node(int i) {
+/* Node i, with the certificate called name. */
+static void start_node_as(harness_node_t *hn, int i, const char *name) {
   char tpf[128], cert[128], key[128], ca[128];
   snprintf(tpf, sizeof tpf, "tls_port_file=%s/tport%d", certs, i);
-  snprintf(cert, sizeof cert, "tls_cert_file=%s/node.crt", certs);
-  snprintf(key, sizeof key, "tls_key_file=%s/node.key", certs);
+  snprintf(cert, sizeof cert, "tls_cert_file=%s/%s.crt", certs, name);
+  snprintf(key, sizeof key, "tls_key_file=%s/%s.key", certs, name);
   snprintf(ca, sizeof ca, "tls_ca_cert_file=%s/ca.crt", certs);
   const char *settings[] = {"cluster_min_nodes=1", "zk_session_timeout_ms=1000",
                             "forward_timeout_ms=3000", "loops=2", "tls_port=0", tpf, cert, key,
                             ca, "tls_replication=yes", "tls_auth_clients=optional", "lost_grace_ms=1000",
                             NULL};
-  harness_start_cluster_node(&nodes[i], &zk, "tc", i, settings);
+  harness_start_cluster_node(hn, &zk, "tc", i, settings);
+  if (i >= NODES) return;
   char path[128];
   snprintf(path, sizeof path, "%s/tport%d", certs, i);
   FILE *f = NULL;
@@ -72,6 +78,8 @@ static void start_node(int i) {
   CHECK(fscanf(f, "%d", &tls_ports[i]) == 1);
   fclose(f);
 }
+
+static void start_node(int i) { start_node_as(&nodes[i], i, "node"); }
 
 static grid_t *open_tls(int i) {
   char uri[64], ca[128], cert[128], key[128];
@@ -153,6 +161,28 @@ int main(void) {
   int fd = harness_connect(nodes[0].port);
   CHECK_RC(harness_hello(fd, GRID__ROLE__ROLE_PEER, "tc-1"), GRID_EHANDSHAKE);
   close(fd);
+
+  /* A node whose certificate another CA signed: in ZooKeeper, in no map. */
+  harness_node_t rogue;
+  start_node_as(&rogue, NODES, "rogue");
+  int said = 0;
+  for (int t = 0; t < 300 && !said; t++) {
+    for (int i = 0; i < NODES && !said; i++) {
+      char cmd[512];
+      snprintf(cmd, sizeof cmd, "grep -q 'a node is refused.*node=tc-%d.*certificate verify failed' "
+               "%s/gridd.log", NODES, nodes[i].dir);
+      said = system(cmd) == 0;
+    }
+    if (!said) harness_sleep_ms(50);
+  }
+  CHECK(said);
+  harness_pmap(nodes[0].port, &m);
+  CHECK_EQ(m.nnodes, NODES);
+  pmap_free(&m);
+  g = open_tls(0);
+  check_all(g, "with a rogue node in ZooKeeper");
+  grid_close(g);
+  CHECK_EQ(harness_stop(&rogue), 0);
 
   /* 2. The backups were filled over TLS links: a node killed loses
    * nothing. */
