@@ -27,6 +27,13 @@ struct tls_sess {
   char cn[128];
 };
 
+/* OpenSSL's error queue must be empty before a call whose failure
+ * SSL_get_error reads; emptied only when it is not (clearing costs more
+ * than looking, and it is nearly always empty). */
+static inline void tls_err_clear(void) {
+  if (ERR_peek_error()) ERR_clear_error();
+}
+
 /* The reason of the last OpenSSL error, in its words ("wrong version
  * number", "certificate verify failed"), or dflt. */
 static const char *tls_reason(const char *dflt) {
@@ -103,7 +110,7 @@ static int tls_ctx_build(int is_server, const tls_settings_t *s, SSL_CTX **out, 
       (s->ca_file && *s->ca_file &&
        tls_file_readable("tls_ca_cert_file", s->ca_file, err, err_len)))
     return GRID_ECONFIG;
-  ERR_clear_error();
+  tls_err_clear();
   SSL_CTX *ctx = SSL_CTX_new(is_server ? TLS_server_method() : TLS_client_method());
   if (!ctx) {
     snprintf(err, err_len, "TLS: %s", tls_reason("out of memory"));
@@ -265,7 +272,7 @@ static int tls_sess_failed(tls_sess_t *s, int ssl_err) {
 
 int tls_sess_handshake(tls_sess_t *s) {
   if (s->done) return 1;
-  ERR_clear_error();
+  tls_err_clear();
   int r = SSL_do_handshake(s->ssl);
   if (r == 1) {
     s->done = 1;
@@ -287,7 +294,7 @@ ssize_t tls_sess_read(tls_sess_t *s, void *p, size_t n) {
     int h = tls_sess_handshake(s);
     if (h != 1) return h;
   }
-  ERR_clear_error();
+  tls_err_clear();
   int r = SSL_read(s->ssl, p, n > INT_MAX ? INT_MAX : (int)n);
   if (r > 0) return r;
   int e = SSL_get_error(s->ssl, r);
@@ -302,7 +309,7 @@ int tls_sess_readable(const tls_sess_t *s) {
 
 int tls_sess_write(tls_sess_t *s, const void *p, size_t n) {
   while (n > 0) {
-    ERR_clear_error();
+    tls_err_clear();
     int chunk = n > INT_MAX ? INT_MAX : (int)n;
     int w = SSL_write(s->ssl, p, chunk);
     if (w <= 0) return tls_sess_failed(s, SSL_get_error(s->ssl, w));
@@ -314,7 +321,7 @@ int tls_sess_write(tls_sess_t *s, const void *p, size_t n) {
 
 void tls_sess_close_notify(tls_sess_t *s) {
   if (!s->done) return;
-  ERR_clear_error();
+  tls_err_clear();
   SSL_shutdown(s->ssl);
 }
 

@@ -313,6 +313,7 @@ static void conn_tls_pump(conn_t *c) {
       if (n > 0) {
         c->in.len += (size_t)n;
         got = 1;
+        if (!tls_sess_readable(c->tls)) break; /* no read that would find nothing */
         continue;
       }
       if (n == TLS_AGAIN) break;

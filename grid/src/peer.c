@@ -287,6 +287,7 @@ static void peer_tls_read(peer_t *p, const unsigned char *b, size_t n) {
       if (r > 0) {
         p->rbuf.len += (size_t)r;
         got = 1;
+        if (!tls_sess_readable(p->tls)) break;
         continue;
       }
       if (r == TLS_AGAIN) break;
