@@ -35,6 +35,7 @@ ZK_JAR = "/usr/share/java/zookeeper.jar"
 NODES = 3
 CACHE = "faults"
 GRID_PORT = 7000           # every node listens on it, each in its namespace
+GRID_TLS_PORT = 7001       # --tls-links: the nodes' links to each other
 ZK_PORT = 2181
 SESSION_MS = 1000          # zk_session_timeout_ms of the nodes
 FORWARD_TIMEOUT_MS = 2000
@@ -205,7 +206,37 @@ class Cluster:
         if self.args.persistence:
             # The node's disk outlives its restarts within the schedule.
             cmd += ["--set", "data_dir=" + os.path.join(self.out, host + "-data")]
+        if self.args.tls_links:
+            # Links between nodes over TLS (clients stay on the plain port).
+            c = self.make_certs()
+            cmd += ["--set", "tls_port=%d" % GRID_TLS_PORT, "--set", "tls_replication=yes",
+                    "--set", "tls_cert_file=" + c + "/node.crt",
+                    "--set", "tls_key_file=" + c + "/node.key",
+                    "--set", "tls_ca_cert_file=" + c + "/ca.crt",
+                    "--set", "tls_auth_clients=optional"]
         self.spawn(host, host, cmd, os.path.join(self.out, host + ".log"))
+
+    def make_certs(self):
+        """A CA and one certificate naming every node's address (openssl CLI),
+        made once per schedule; returns their directory."""
+        c = os.path.join(self.out, "certs")
+        if os.path.exists(os.path.join(c, "node.crt")):
+            return c
+        os.makedirs(c, exist_ok=True)
+        san = ",".join("IP:" + self.addr["n%d" % i] for i in range(1, NODES + 1))
+        with open(os.path.join(c, "san.ext"), "w") as f:
+            f.write("subjectAltName=" + san + "\n")
+        steps = [
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
+             "-out", "ca.crt", "-days", "2", "-subj", "/CN=faults CA"],
+            ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "node.key",
+             "-out", "node.csr", "-subj", "/CN=faults node"],
+            ["openssl", "x509", "-req", "-in", "node.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+             "-CAcreateserial", "-out", "node.crt", "-days", "2", "-extfile", "san.ext"],
+        ]
+        for s in steps:
+            subprocess.run(s, cwd=c, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return c
 
     def wait_listening(self, i):
         deadline = time.monotonic() + NODE_START_S
@@ -568,6 +599,9 @@ def main():
     ap.add_argument("--persistence", action="store_true",
                     help="the cache is persistent (fsync always), each node with a data_dir that "
                          "outlives its restarts: kill -9 and restarts catch up from disk")
+    ap.add_argument("--tls-links", action="store_true",
+                    help="the nodes link to each other over TLS (tls_replication), with "
+                         "certificates made per schedule")
     ap.add_argument("--out", default="/tmp/grid-faults", help="output directory: one seed-S folder per schedule (default %(default)s)")
     ap.add_argument("--faults", default=",".join(Nemesis.KINDS),
                     help="fault kinds the nemesis picks from, comma-separated (default %(default)s)")
