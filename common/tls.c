@@ -334,6 +334,15 @@ size_t tls_sess_take(tls_sess_t *s, void *p, size_t n) {
 
 const char *tls_sess_error(const tls_sess_t *s) { return s->err; }
 const char *tls_sess_peer_cn(const tls_sess_t *s) { return s->cn; }
+int tls_sess_peer_names(const tls_sess_t *s, const char *host) {
+  X509 *cert = tls_sess_peer_verified(s) ? SSL_get0_peer_certificate(s->ssl) : NULL;
+  if (!cert || !host || !*host) return 0;
+  unsigned char ip[16];
+  if (inet_pton(AF_INET, host, ip) == 1 || inet_pton(AF_INET6, host, ip) == 1)
+    return X509_check_ip_asc(cert, host, 0) == 1;
+  return X509_check_host(cert, host, 0, 0, NULL) == 1;
+}
+
 int tls_sess_peer_verified(const tls_sess_t *s) {
   return s->done && SSL_get0_peer_certificate(s->ssl) &&
          SSL_get_verify_result(s->ssl) == X509_V_OK;

@@ -90,6 +90,8 @@ size_t tls_sess_take(tls_sess_t *s, void *p, size_t n);
 const char *tls_sess_error(const tls_sess_t *s);
 /* Whether the peer showed a certificate that the CA verified. */
 int tls_sess_peer_verified(const tls_sess_t *s);
+/* Whether that certificate names host (a host name or an IP address). */
+int tls_sess_peer_names(const tls_sess_t *s, const char *host);
 /* The peer's certificate subject common name, verified; "" if none. */
 const char *tls_sess_peer_cn(const tls_sess_t *s);
 /* The protocol version and cipher agreed, for logs ("TLSv1.3",

@@ -367,8 +367,25 @@ void auth_list(auth_t *a, Grid__Reply *rp, arena_t *ar) {
 
 /* ---- logins ---------------------------------------------------------------- */
 
+/* The key failures are counted under: the address, or an IPv6 address's
+ * /64 (one host may have a whole one to rotate through). */
+static void auth_failures_key(const char *ip, char *key, size_t len) {
+  snprintf(key, len, "%s", ip);
+  if (!strchr(ip, ':') || strchr(ip, '.')) return; /* IPv4 (or IPv4-mapped) */
+  int colons = 0;
+  for (char *p = key; *p; p++) {
+    if (*p == ':' && ++colons == 4) {
+      *p = '\0';
+      return;
+    }
+    if (*p == ':' && p[1] == ':') return; /* "::" within the prefix: as it is */
+  }
+}
+
 /* The failures of ip (made when need be; the oldest is reused), lock held. */
-static auth_failures_t *auth_failures_of(auth_t *a, const char *ip, int make) {
+static auth_failures_t *auth_failures_of(auth_t *a, const char *ip_in, int make) {
+  char ip[48];
+  auth_failures_key(ip_in, ip, sizeof ip);
   auth_failures_t *oldest = &a->failures[0];
   for (size_t i = 0; i < AUTH_THROTTLE_ADDRS_MAX; i++) {
     auth_failures_t *f = &a->failures[i];
@@ -398,6 +415,10 @@ static void auth_failed(auth_t *a, const char *user, const char *ip, const char 
   int64_t now = clock_mono_ms();
   pthread_mutex_lock(&a->flock);
   auth_failures_t *f = auth_failures_of(a, ip, 1);
+  /* Failures are forgotten after AUTH_FAILURES_FORGET_MS without one (a
+   * success in between does not wipe them: it would let guesses go on
+   * between logins of the guesser's own). */
+  if (f->last_ms && now - f->last_ms > AUTH_FAILURES_FORGET_MS) f->count = 0;
   f->count++;
   f->last_ms = now;
   int64_t lockout = 0;
@@ -414,16 +435,10 @@ static void auth_failed(auth_t *a, const char *user, const char *ip, const char 
         ip, how, count, (long long)lockout);
 }
 
-static void auth_succeeded(auth_t *a, const char *ip) {
-  pthread_mutex_lock(&a->flock);
-  auth_failures_t *f = auth_failures_of(a, ip, 0);
-  if (f) memset(f, 0, sizeof *f);
-  pthread_mutex_unlock(&a->flock);
-}
-
-static void auth_principal_of(const auth_t *a, const auth_user_t *u, auth_principal_t *p) {
+/* p from u, as of the users' epoch (read under the same lock as u). */
+static void auth_principal_of(const auth_user_t *u, uint64_t epoch, auth_principal_t *p) {
   snprintf(p->name, sizeof p->name, "%s", u->name);
-  p->epoch = atomic_load(&a->epoch);
+  p->epoch = epoch;
   p->ngrants = u->ngrants;
   memcpy(p->grants, u->grants, u->ngrants * sizeof *p->grants);
 }
@@ -438,18 +453,25 @@ int auth_login(auth_t *a, const char *user, const char *password, const char *ip
   auth_user_t copy;
   int found = u && u->hash_len;
   if (found) copy = *u;
+  /* The roles are as of this epoch: a change while the hash runs moves it,
+   * and the connection reads its user again at its first request. */
+  uint64_t epoch = atomic_load(&a->epoch);
   pthread_rwlock_unlock(&a->lock);
+  if (!found) { /* the same work as for a user that exists: no timing tells */
+    memset(&copy, 0, sizeof copy);
+    copy.salt_len = AUTH_SALT_BYTES;
+    copy.iterations = AUTH_ITERATIONS;
+  }
   unsigned char h[AUTH_HASH_BYTES];
-  int ok = found && password && strlen(password) <= AUTH_PASSWORD_BYTES_MAX &&
+  int ok = password && strlen(password) <= AUTH_PASSWORD_BYTES_MAX &&
            auth_hash(password, copy.salt, copy.salt_len, copy.iterations, h) == 0 &&
-           CRYPTO_memcmp(h, copy.hash, AUTH_HASH_BYTES) == 0;
+           CRYPTO_memcmp(h, copy.hash, AUTH_HASH_BYTES) == 0 && found;
   if (!ok) {
     auth_failed(a, user, ip, "password");
     snprintf(why, why_len, "invalid username-password pair or user is disabled.");
     return GRID_EAUTH;
   }
-  auth_succeeded(a, ip);
-  auth_principal_of(a, &copy, p);
+  auth_principal_of(&copy, epoch, p);
   return 0;
 }
 
@@ -459,7 +481,7 @@ int auth_login_cert(auth_t *a, const char *cn, const char *ip, auth_principal_t 
   pthread_rwlock_rdlock(&a->lock);
   const auth_user_t *u = cn && *cn ? auth_find(a, cn) : NULL;
   int ok = u && u->cert;
-  if (ok) auth_principal_of(a, u, p);
+  if (ok) auth_principal_of(u, atomic_load(&a->epoch), p);
   pthread_rwlock_unlock(&a->lock);
   if (!ok) {
     if (counted) auth_failed(a, cn ? cn : "", ip, "certificate");
@@ -467,7 +489,6 @@ int auth_login_cert(auth_t *a, const char *cn, const char *ip, auth_principal_t 
              cn ? cn : "");
     return GRID_EAUTH;
   }
-  auth_succeeded(a, ip);
   return 0;
 }
 
@@ -484,7 +505,7 @@ static int auth_refresh(auth_t *a, auth_principal_t *p, char *why, size_t why_le
   if (p->epoch == e) return 0;
   pthread_rwlock_rdlock(&a->lock);
   const auth_user_t *u = auth_find(a, p->name);
-  if (u) auth_principal_of(a, u, p);
+  if (u) auth_principal_of(u, atomic_load(&a->epoch), p);
   pthread_rwlock_unlock(&a->lock);
   if (u) return 0;
   snprintf(why, why_len, "user \"%s\" no longer exists", p->name);
@@ -514,10 +535,10 @@ int auth_allow_level(auth_t *a, auth_principal_t *p, int level, const char *cach
   return GRID_ENOPERM;
 }
 
-/* What rq needs: the role and the cache (NULL: every cache). -1: never
- * from a client. */
-static int auth_need(const Grid__Request *rq, const char **cache) {
-  *cache = rq->cache && rq->cache[0] ? rq->cache : "default";
+/* What rq needs: the role and the cache (NULL: every cache; own: the one
+ * it runs on). -1: never from a client. */
+static int auth_need(const Grid__Request *rq, const char *own, const char **cache) {
+  *cache = own;
   switch (rq->op) {
     case GRID__OP__PING: case GRID__OP__STATS: case GRID__OP__PMAP: case GRID__OP__LIST_CACHES:
       return 0;
@@ -544,22 +565,29 @@ static int auth_need(const Grid__Request *rq, const char **cache) {
   return AUTH_ADMIN;
 }
 
-int auth_allow(auth_t *a, auth_principal_t *p, const Grid__Request *rq, int *scoped, char *why,
-               size_t why_len) {
-  if (rq->op == GRID__OP__EXEC) { /* each step, and WATCH's reads */
+/* auth_allow for rq, whose cache is within (a step of EXEC without a
+ * cache of its own runs on the EXEC's). */
+static int auth_allow_in(auth_t *a, auth_principal_t *p, const Grid__Request *rq,
+                         const char *within, int *scoped, char *why, size_t why_len) {
+  const char *own = rq->cache && rq->cache[0] ? rq->cache : within;
+  if (rq->op == GRID__OP__EXEC) { /* each step where it runs, and WATCH's reads */
     for (size_t i = 0; i < rq->n_steps; i++) {
-      int rc = auth_allow(a, p, rq->steps[i], scoped, why, why_len);
+      int rc = auth_allow_in(a, p, rq->steps[i], own, scoped, why, why_len);
       if (rc != 0) return rc;
     }
-    const char *cache = rq->cache && rq->cache[0] ? rq->cache : "default";
-    return rq->n_watch ? auth_allow_level(a, p, AUTH_READ, cache, scoped, why, why_len)
+    return rq->n_watch ? auth_allow_level(a, p, AUTH_READ, own, scoped, why, why_len)
                        : auth_refresh(a, p, why, why_len);
   }
   const char *cache;
-  int level = auth_need(rq, &cache);
+  int level = auth_need(rq, own, &cache);
   if (level < 0) {
     snprintf(why, why_len, "%s is an operation between nodes", op_name(rq->op));
     return GRID_ENOPERM;
   }
   return auth_allow_level(a, p, level, cache, scoped, why, why_len);
+}
+
+int auth_allow(auth_t *a, auth_principal_t *p, const Grid__Request *rq, int *scoped, char *why,
+               size_t why_len) {
+  return auth_allow_in(a, p, rq, "default", scoped, why, why_len);
 }

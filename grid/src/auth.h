@@ -16,10 +16,12 @@
  * their next request (a deleted user's connection is refused from then).
  *
  * Failed logins are logged with the peer's address and counted per
- * address: past auth_failures_max, the address is refused without a
- * password check for auth_lockout_ms, doubled at each further failure (at
- * most AUTH_LOCKOUT_MS_MAX), so guessing is slow and costs the node
- * nothing.
+ * address (an IPv6 address's /64): past auth_failures_max, the address is
+ * refused without a password check for auth_lockout_ms, doubled at each
+ * further failure (at most AUTH_LOCKOUT_MS_MAX), so guessing is slow and
+ * costs the node nothing; the count is forgotten after
+ * AUTH_FAILURES_FORGET_MS without a failure. A login of a user that does
+ * not exist costs the same hash as one that does.
  */
 #ifndef GRID_AUTH_H
 #define GRID_AUTH_H
@@ -38,6 +40,7 @@
 #define AUTH_ITERATIONS 10000      /* PBKDF2's, for new passwords */
 #define AUTH_THROTTLE_ADDRS_MAX 4096 /* addresses whose failures are counted */
 #define AUTH_LOCKOUT_MS_MAX 60000
+#define AUTH_FAILURES_FORGET_MS 600000 /* failures of an address forgotten after this quiet */
 
 enum { AUTH_READ = 1, AUTH_WRITE = 2, AUTH_ADMIN = 3 };
 

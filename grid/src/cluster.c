@@ -1183,15 +1183,36 @@ static int cluster_probe_tls(cluster_t *c, const pmap_node_t *nd, char *why, siz
   tls_sess_t *s = NULL;
   int rc = GRID_ECONN;
   snprintf(why, why_len, "its TLS port %s does not answer", nd->tls_addr);
-  if (connect(fd, (struct sockaddr *)&ss, sl) != 0 && errno != EINPROGRESS) goto out;
+  if (connect(fd, (struct sockaddr *)&ss, sl) != 0) {
+    /* Non-blocking: connected once writable, with no error pending. */
+    struct pollfd wp = {.fd = fd, .events = POLLOUT};
+    int err = 0;
+    socklen_t el = sizeof err;
+    if (errno != EINPROGRESS || poll(&wp, 1, CLUSTER_PROBE_MS) != 1 ||
+        getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0 || err != 0)
+      goto out;
+  }
   s = tls_sess_new(c->node->tls_client, host);
   if (!s) goto out;
   for (;;) {
     int hs = tls_sess_handshake(s);
     size_t k;
     unsigned char buf[16640];
-    while ((k = tls_sess_take(s, buf, sizeof buf)) > 0)
-      if (send(fd, buf, k, MSG_NOSIGNAL) != (ssize_t)k) goto out;
+    while ((k = tls_sess_take(s, buf, sizeof buf)) > 0) {
+      for (size_t off = 0; off < k;) {
+        ssize_t w = send(fd, buf + off, k - off, MSG_NOSIGNAL);
+        if (w > 0) {
+          off += (size_t)w;
+          continue;
+        }
+        struct pollfd wp = {.fd = fd, .events = POLLOUT};
+        int64_t left = deadline - clock_mono_ms();
+        if (w < 0 && (errno == EAGAIN || errno == EINTR) && left > 0 &&
+            poll(&wp, 1, (int)left) >= 0)
+          continue;
+        goto out;
+      }
+    }
     if (hs == 1) {
       rc = 0;
       goto out;
@@ -1549,6 +1570,10 @@ static void cluster_done_on_loop(loop_t *lp, void *arg) {
 /* The job's answer goes to its loop; the task is in the job, so this
  * cannot fail. */
 static void cluster_job_finish(cluster_t *c, cluster_job_t *j) {
+  if (j->status == GRID_EAUTH) { /* ZooKeeper's NOAUTH: the node's, not the client's */
+    j->status = GRID_ECLUSTER;
+    snprintf(j->detail, sizeof j->detail, "ZooKeeper refused this node's credentials (zk_auth)");
+  }
   j->task = (loop_task_t){.fn = cluster_done_on_loop, .arg = j};
   loops_post(c->node->loops, j->loop_index, &j->task);
 }
@@ -2021,8 +2046,8 @@ static int cluster_addr_matches(const char *addr, const char *ip) {
   return fam == AF_INET && memcmp(b, mapped, 12) == 0 && memcmp(a, b + 12, 4) == 0;
 }
 
-int cluster_peer_check(cluster_t *c, const char *node_id, const char *ip, char *why,
-                       size_t why_len) {
+int cluster_peer_check(cluster_t *c, const char *node_id, const char *ip, char *addr_out,
+                       size_t addr_len, char *why, size_t why_len) {
   if (strcmp(node_id, c->node->node_id) == 0) {
     snprintf(why, why_len, "a node does not link to itself (node id %.64s)", node_id);
     return GRID_EHANDSHAKE;
@@ -2054,6 +2079,7 @@ int cluster_peer_check(cluster_t *c, const char *node_id, const char *ip, char *
              addr, ip);
     return GRID_EHANDSHAKE;
   }
+  if (addr_out) snprintf(addr_out, addr_len, "%s", addr);
   return 0;
 }
 

@@ -112,9 +112,10 @@ int cluster_accepts(cluster_t *c, const char *cache, uint32_t p, uint64_t epoch,
 /* Whether a connection from ip that said hello as node_id (role PEER) is
  * a member of this cluster: in this node's newest map or alive in
  * ZooKeeper, and, when its advertised host is an IP address, connecting
- * from it. 0, or GRID_EHANDSHAKE with words in why. */
-int cluster_peer_check(cluster_t *c, const char *node_id, const char *ip, char *why,
-                       size_t why_len);
+ * from it. 0 (addr_out, when given, gets the address it advertises), or
+ * GRID_EHANDSHAKE with words in why. */
+int cluster_peer_check(cluster_t *c, const char *node_id, const char *ip, char *addr_out,
+                       size_t addr_len, char *why, size_t why_len);
 /* The epoch of the newest map this node has read (0: none). */
 uint64_t cluster_newest_epoch(cluster_t *c);
 

@@ -374,6 +374,12 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     conn_close(c);
     return;
   }
+  if (c->tls && !c->tls_dead && !tls_sess_handshake_done(c->tls)) {
+    /* Even when refused (connections_max): the handshake goes on, so the
+     * client reads why. */
+    if (nread > 0) conn_tls_read(c, (const unsigned char *)buf->base, (size_t)nread);
+    return;
+  }
   if (c->closing) {
     c->in.len = 0; /* a failed connection's input is dropped */
     return;

@@ -135,7 +135,7 @@ static void native_pending_fn(loop_t *lp, sink_t *s, const Grid__Reply *rp) {
  * bypass every client check. */
 static int native_peer_allowed(conn_t *c, const Grid__Hello *h) {
   node_t *n = c->lp->node;
-  char why[256];
+  char why[256], addr[PMAP_ADDR_MAX] = "";
   int rc = GRID_EHANDSHAKE;
   if (!n->cluster)
     snprintf(why, sizeof why, "this node is not in a cluster: it has no peers");
@@ -146,8 +146,27 @@ static int native_peer_allowed(conn_t *c, const Grid__Hello *h) {
            !auth_secret_ok(n->cfg.cluster_secret, h->password))
     snprintf(why, sizeof why, "this cluster's nodes show its cluster_secret: this one did not");
   else
-    rc = cluster_peer_check(n->cluster, h->client_name ? h->client_name : "", c->ip, why,
-                            sizeof why);
+    rc = cluster_peer_check(n->cluster, h->client_name ? h->client_name : "", c->ip, addr,
+                            sizeof addr, why, sizeof why);
+  if (rc == 0 && n->cfg.tls_replication) {
+    /* The certificate is the node's own: it names the host the node
+     * advertises, as the one others check when they link to it (a client's
+     * certificate from the same CA does not). */
+    char host[PMAP_ADDR_MAX];
+    const char *colon = strrchr(addr, ':');
+    size_t hl = colon ? (size_t)(colon - addr) : strlen(addr);
+    const char *hp = addr;
+    if (hp[0] == '[' && hl >= 2) {
+      hp++;
+      hl -= 2;
+    }
+    snprintf(host, sizeof host, "%.*s", (int)hl, hp);
+    if (!tls_sess_peer_names(c->tls, host)) {
+      rc = GRID_EHANDSHAKE;
+      snprintf(why, sizeof why, "its TLS certificate does not name the host it advertises (%s)",
+               host);
+    }
+  }
   if (rc == 0) return 1;
   LOG_W("net", "\"peer refused\" peer=%s reason=\"%s\"", c->peer, why);
   native_fail(c, rc, why);

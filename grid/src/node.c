@@ -410,8 +410,19 @@ static int node_open_tls(node_t *n, char *err, size_t err_len) {
   char why[384];
   int rc = serve ? tls_ctx_new(1, &s, &n->tls_server, why, sizeof why) : 0;
   if (rc == 0 && c->tls_replication) rc = tls_ctx_new(0, &s, &n->tls_client, why, sizeof why);
-  if (rc != 0) snprintf(err, err_len, "TLS: %s", why);
-  return rc;
+  if (rc != 0) {
+    snprintf(err, err_len, "TLS: %s", why);
+    return rc;
+  }
+  if (!c->tls_ca_cert_file[0] && (c->tls_replication || strcmp(c->tls_auth_clients, "no"))) {
+    /* Else the system's CA store would vouch for clients and nodes: any
+     * publicly trusted certificate would do. */
+    snprintf(err, err_len, "TLS: certificates of %s are checked against tls_ca_cert_file: set "
+             "it to the CA that signs them (or tls_auth_clients = no)",
+             c->tls_replication ? "other nodes" : "clients");
+    return GRID_ECONFIG;
+  }
+  return 0;
 }
 
 /* The users and roles (auth.h). A single node keeps its users in memory:
@@ -427,6 +438,11 @@ static int node_open_auth(node_t *n, char *err, size_t err_len) {
              "cluster_secret: else a process could pose as a node and skip the logins");
     return GRID_ECONFIG;
   }
+  if (n->cfg.auth && n->cfg.zk[0] && !n->cfg.zk_auth[0]) {
+    snprintf(err, err_len, "auth = on in a cluster needs zk_auth: the users live in "
+             "ZooKeeper, and without credentials anyone who reaches it could add one");
+    return GRID_ECONFIG;
+  }
   if (!(n->auth = auth_new(&n->cfg))) {
     snprintf(err, err_len, "out of memory");
     return GRID_ENOMEM;
@@ -438,8 +454,15 @@ int node_tls_reload(node_t *n, char *err, size_t err_len) {
   tls_settings_t s;
   node_tls_settings(&n->cfg, &s);
   char why[384];
-  int rc = 0;
-  if (n->tls_server) rc = tls_ctx_reload(n->tls_server, &s, why, sizeof why);
+  /* Both contexts are built first: a file that does not load changes
+   * neither. */
+  tls_ctx_t *check = NULL;
+  int rc = n->tls_server ? tls_ctx_new(1, &s, &check, why, sizeof why) : 0;
+  tls_ctx_free(check);
+  check = NULL;
+  if (rc == 0 && n->tls_client) rc = tls_ctx_new(0, &s, &check, why, sizeof why);
+  tls_ctx_free(check);
+  if (rc == 0 && n->tls_server) rc = tls_ctx_reload(n->tls_server, &s, why, sizeof why);
   if (rc == 0 && n->tls_client) rc = tls_ctx_reload(n->tls_client, &s, why, sizeof why);
   if (rc != 0) snprintf(err, err_len, "TLS: %s", why);
   return rc;

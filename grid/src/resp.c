@@ -284,6 +284,13 @@ static void slot_status_error(resp_slot_t *s, int status, const char *message) {
     case GRID_EMEMLIMIT:
       slot_printf(s, "-OOM command not allowed when used memory > 'maxmemory'.\r\n");
       break;
+    case GRID_ENOPERM:
+      slot_printf(s, "-NOPERM this user has no permissions to access one of the keys used as "
+                  "arguments\r\n");
+      break;
+    case GRID_EAUTH:
+      slot_printf(s, "-NOAUTH Authentication required.\r\n");
+      break;
     default: {
       char words[300];
       snprintf(words, sizeof words, "%s", message && *message ? message : grid_strerror(status));
@@ -511,6 +518,20 @@ static void resp_job_submit(resp_job_t *job, size_t index, Grid__Request *rq) {
   node_t *n = lp->node;
   job->pending++;
   if (!rq->cache || !*rq->cache) rq->cache = resp_of(c)->cache;
+  if (resp_of(c)->who) {
+    /* Every request is checked where it goes (the command was, on the
+     * database it was sent on; a step of EXEC runs on the database a SELECT
+     * queued before it chose). */
+    char why[200];
+    int rc = auth_allow(n->auth, resp_of(c)->who, rq, NULL, why, sizeof why);
+    if (rc != 0) {
+      LOG_W("auth", "\"request refused\" user=%s peer=%s op=%s reason=\"%s\"",
+            resp_of(c)->who->name, c->peer, op_name(rq->op), why);
+      job->pending--;
+      resp_job_error(job, rc, why);
+      return;
+    }
+  }
   if (job->in_exec) { /* a step of EXEC's request, sent with the others */
     if (resp_exec_add_step(job->in_exec, job, index, rq) != 0) {
       job->pending--;
@@ -1225,6 +1246,21 @@ static void cmd_client(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int a
   s->done = 1;
 }
 
+/* The connection is no longer logged in (RESET, or its user is gone): with
+ * auth on it is a stranger again, with a stranger's bounds and
+ * handshake_timeout_ms from now. */
+static void resp_logout(conn_t *c) {
+  resp_conn_t *r = resp_of(c);
+  node_t *n = c->lp->node;
+  free(r->who);
+  r->who = NULL;
+  r->cert_tried = 0;
+  if (!auth_required(n->auth)) return;
+  c->handshaken = 0;
+  c->accepted_ms = clock_mono_ms();
+  frame_buf_set_limit(&c->in, (size_t)n->cfg.unauthenticated_bytes_max + CONN_RBUF_BYTES);
+}
+
 /* AUTH user password (user NULL: "default"), as Redis answers it. NULL
  * when it logged in, else the error's words (static, or in line). */
 static const char *resp_login(conn_t *c, const resp_arg_t *user, const resp_arg_t *pass,
@@ -1790,9 +1826,7 @@ static void cmd_reset(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int ar
   resp_unwatch(r);
   /* As Redis: back to the default user, who needs a password when auth is
    * on. */
-  free(r->who);
-  r->who = NULL;
-  r->cert_tried = 0;
+  resp_logout(c);
   r->resp3 = 0;
   strcpy(r->cache, "default");
   r->name[0] = '\0';
@@ -3499,8 +3533,7 @@ static int resp_cmd_authorized(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *arg
     char line[RESP_ERROR_LINE_BYTES_MAX];
     snprintf(line, sizeof line, "NOAUTH %s", why);
     slot_error(s, line);
-    free(r->who);
-    r->who = NULL;
+    resp_logout(c);
     return 0;
   }
   char line[RESP_ERROR_LINE_BYTES_MAX];

@@ -11,7 +11,8 @@
  *   4. ZooKeeper without the credentials reads and writes nothing of the
  *      cluster; a node with other credentials stops at once with words;
  *   5. a process that claims to be a node without the cluster_secret is
- *      refused;
+ *      refused; an EXEC whose steps name no cache runs on the EXEC's, and
+ *      is checked there;
  *   6. failed logins from an address are refused for a while past
  *      auth_failures_max, then logins work again;
  * and all along, a writer's handle is served with nothing lost.
@@ -79,6 +80,47 @@ static void check_writer(grid_t *w, int upto) {
     snprintf(val, sizeof val, "v%d", k);
     CHECK_RC(get_s(w, "things", key, val), 0);
   }
+}
+
+/* On a raw connection to node i, logged in as user: an EXEC on cache
+ * `cache` of one PUT step that names no cache of its own. Its status. */
+static int raw_exec_put(int i, const char *user, const char *password, const char *cache) {
+  int fd = harness_connect(nodes[i].port);
+  Grid__Hello h = GRID__HELLO__INIT;
+  h.magic = 0x47524944u;
+  h.version = 1;
+  h.client_name = "raw";
+  h.user = (char *)user;
+  h.password = (char *)password;
+  harness_send_frame(fd, &h.base);
+  unsigned char buf[4096];
+  ssize_t n = harness_read_frame(fd, buf, sizeof buf, 5000);
+  CHECK(n >= 0);
+  Grid__HelloReply *hr = grid__hello_reply__unpack(NULL, (size_t)n, buf);
+  CHECK(hr && hr->status == 0);
+  grid__hello_reply__free_unpacked(hr, NULL);
+  Grid__Request step = GRID__REQUEST__INIT;
+  step.op = GRID__OP__PUT;
+  step.key.data = (uint8_t *)"sneaky";
+  step.key.len = 6;
+  step.value.data = (uint8_t *)"x";
+  step.value.len = 1;
+  Grid__Request *steps[] = {&step};
+  Grid__Request rq = GRID__REQUEST__INIT;
+  rq.op = GRID__OP__EXEC;
+  rq.id = 1 << 12;
+  rq.cache = (char *)cache;
+  rq.steps = steps;
+  rq.n_steps = 1;
+  harness_send_frame(fd, &rq.base);
+  n = harness_read_frame(fd, buf, sizeof buf, 5000);
+  CHECK(n >= 0);
+  Grid__Reply *rp = grid__reply__unpack(NULL, (size_t)n, buf);
+  CHECK(rp != NULL);
+  int status = rp->status;
+  grid__reply__free_unpacked(rp, NULL);
+  close(fd);
+  return status;
 }
 
 /* A gridd with these settings must exit with an error within 30 s, its
@@ -202,6 +244,17 @@ int main(void) {
   int fd = harness_connect(nodes[0].port);
   CHECK_RC(harness_hello(fd, GRID__ROLE__ROLE_PEER, "sc-1"), GRID_EHANDSHAKE);
   close(fd);
+  /* An EXEC's steps are checked on the cache they run on: the EXEC's. */
+  const char *write_default[] = {"write:default"};
+  CHECK_RC(grid_user_add(admin, "dw", "dw-pw", write_default, 1, false), 0);
+  rc = GRID_EAUTH;
+  for (int t = 0; t < 100 && rc == GRID_EAUTH; t++) {
+    rc = login_rc(0, "dw", "dw-pw");
+    if (rc) harness_sleep_ms(50);
+  }
+  CHECK_RC(rc, 0);
+  CHECK_RC(raw_exec_put(0, "dw", "dw-pw", "things"), GRID_ENOPERM);
+  CHECK_RC(get_s(w, "things", "sneaky", NULL), GRID_ENOTFOUND);
 
   /* 6. Failed logins: past auth_failures_max the address waits, then may
    * log in again. */

@@ -231,4 +231,6 @@ refused "unknown protocol \"SSLv3\"" --set tls_port=0 --set tls_cert_file="$c/no
   --set tls_key_file="$c/node.key" --set tls_protocols=SSLv3
 refused "port = -1 leaves no native listener" --set port=-1
 refused "tls_replication = yes needs tls_port" --set tls_replication=yes
+refused "certificates of clients are checked against tls_ca_cert_file" --set tls_port=0 \
+  --set tls_cert_file="$c/node.crt" --set tls_key_file="$c/node.key"
 echo "test_tls: ok"
