@@ -399,8 +399,8 @@ static int route_cache_cfg(const node_t *n, const Grid__CacheConfig *m, store_ca
   return ok ? 0 : GRID_EINVAL;
 }
 
-/* CREATE_CACHE, DROP_CACHE, ACCEPT_LOSS: through the cluster thread to
- * ZooKeeper. */
+/* CREATE_CACHE, DROP_CACHE, ACCEPT_LOSS, USER's changes (ZooKeeper's users
+ * znode): through the cluster thread to ZooKeeper. */
 static void route_cache_op(loop_t *lp, Grid__Request *rq, sink_t *sink) {
   node_t *n = lp->node;
   store_cache_cfg_t cfg;
@@ -427,34 +427,12 @@ static void route_cache_op(loop_t *lp, Grid__Request *rq, sink_t *sink) {
            rq->key.data ? (const char *)rq->key.data : "");
   int rc = rq->op == GRID__OP__ACCEPT_LOSS
                ? cluster_accept_loss(n->cluster, node_id, lp->index, route_cache_done, j)
+           : rq->op == GRID__OP__USER
+               ? cluster_user_change(n->cluster, rq, lp->index, route_cache_done, j)
            : rq->op == GRID__OP__CREATE_CACHE
                ? cluster_cache_create(n->cluster, &cfg, lp->index, route_cache_done, j)
                : cluster_cache_drop(n->cluster, rq->cache ? rq->cache : "", lp->index,
                                     route_cache_done, j);
-  if (rc != 0) {
-    free(j);
-    sink_error(lp, sink, rq->id, rc, NULL);
-  }
-}
-
-/* USER in a cluster: a change through the cluster thread to ZooKeeper's
- * users znode; LIST from this node's copy of it. */
-static void route_user(loop_t *lp, Grid__Request *rq, sink_t *sink) {
-  node_t *n = lp->node;
-  if (rq->user_action == GRID__USER_ACTION__USER_LIST) {
-    Grid__Reply rp = GRID__REPLY__INIT;
-    ops_execute(n, &lp->view, rq, &rp, &lp->arena);
-    sink_deliver(lp, sink, &rp);
-    return;
-  }
-  route_cache_job_t *j = malloc(sizeof *j);
-  if (!j) {
-    sink_error(lp, sink, rq->id, GRID_ENOMEM, NULL);
-    return;
-  }
-  j->sink = sink;
-  j->id = rq->id;
-  int rc = cluster_user_change(n->cluster, rq, lp->index, route_cache_done, j);
   if (rc != 0) {
     free(j);
     sink_error(lp, sink, rq->id, rc, NULL);
@@ -594,8 +572,11 @@ void route_run(loop_t *lp, Grid__Request *rq, const route_from_t *from, sink_t *
       route_cache_op(lp, rq, sink);
       return;
     case GRID__OP__USER:
-      route_user(lp, rq, sink);
-      return;
+      if (rq->user_action != GRID__USER_ACTION__USER_LIST) {
+        route_cache_op(lp, rq, sink);
+        return;
+      }
+      break; /* LIST: this node's copy of the users, below */
     default:
       break;
   }
