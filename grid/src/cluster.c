@@ -2083,6 +2083,13 @@ int cluster_peer_check(cluster_t *c, const char *node_id, const char *ip, char *
   return 0;
 }
 
+int cluster_map_copy(cluster_t *c, struct pmap *out) {
+  pthread_rwlock_rdlock(&c->map_lock);
+  int rc = pmap_copy(out, &c->map);
+  pthread_rwlock_unlock(&c->map_lock);
+  return rc;
+}
+
 uint64_t cluster_newest_epoch(cluster_t *c) {
   pthread_rwlock_rdlock(&c->map_lock);
   uint64_t e = c->map.epoch;

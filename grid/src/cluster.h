@@ -28,6 +28,8 @@
 #include "grid.pb-c.h"
 #include "store.h"
 
+struct pmap;
+
 typedef struct node node_t;
 typedef struct cluster cluster_t;
 typedef struct loop loop_t;
@@ -119,6 +121,9 @@ int cluster_peer_check(cluster_t *c, const char *node_id, const char *ip, char *
 /* The epoch of the newest map this node has read (0: none). */
 uint64_t cluster_newest_epoch(cluster_t *c);
 
+/* A copy of the map this node acts on (epoch 0: none yet), for readers
+ * off the loops (/metrics); the caller pmap_free()s it. 0 or GRID_ENOMEM. */
+int cluster_map_copy(cluster_t *c, struct pmap *out);
 /* Fills st (strings point into memory the caller frees with
  * cluster_status_free). */
 void cluster_status(cluster_t *c, Grid__ClusterStatus *st);

@@ -96,6 +96,11 @@ static const config_key_t config_keys[] = {
     CFG_N(unauthenticated_bytes_max, CFG_SIZE, 64, (int64_t)1 << 30),
     CFG_S(cluster_secret),
     CFG_S(zk_auth),
+    CFG_N(http_port, CFG_INT, -1, 65535),
+    CFG_S(http_port_file),
+    CFG_N(http_connections_max, CFG_INT, 1, 100000),
+    CFG_N(http_timeout_ms, CFG_INT, 1000, 3600000),
+    CFG_N(http_request_bytes_max, CFG_SIZE, 4096, 1 << 20),
 };
 
 /* Whether value is one of choices ("a|b|c"). */
@@ -158,6 +163,10 @@ void config_defaults(config_t *c) {
   c->auth_failures_max = 5;
   c->auth_lockout_ms = 1000;
   c->unauthenticated_bytes_max = 16384;
+  c->http_port = -1;
+  c->http_connections_max = 64;
+  c->http_timeout_ms = 10000;
+  c->http_request_bytes_max = 32768;
 }
 
 static int config_parse_number(const char *v, int is_size, int64_t *out) {

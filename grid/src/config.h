@@ -123,6 +123,14 @@ typedef struct config {
   char zk_auth[256];              /* "user:password": ZooKeeper digest
                                      credentials; grid's znodes are then
                                      theirs alone */
+  /* Operations (http.c). */
+  int64_t http_port;              /* /metrics, /health, /ready; -1: off,
+                                     0: any free port */
+  char http_port_file[256];
+  int64_t http_connections_max;   /* HTTP connections at once */
+  int64_t http_timeout_ms;        /* an HTTP connection idle this long is
+                                     closed (a slow client) */
+  int64_t http_request_bytes_max; /* an HTTP request's line and headers */
 } config_t;
 
 /* Fills in the defaults of gridd. */

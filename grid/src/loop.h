@@ -16,6 +16,7 @@
 #include <uv.h>
 
 #include "arena.h"
+#include "metrics.h"
 #include "store.h"
 
 typedef struct node node_t;
@@ -83,6 +84,7 @@ struct loop {
   /* conn.c */
   struct conn *conns;          /* open client connections */
   loop_task_t conn_settle_task; /* their replies' wait for the disk */
+  metrics_t metrics;           /* requests served here (metrics.h) */
   int conn_settle_deferred;
   /* loop.c: tasks this loop posts while its writes wait for the disk
    * (replies on their way), posted once one flush covers them all. */

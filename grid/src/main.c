@@ -32,6 +32,10 @@ static void usage(FILE *f) {
           "  --loops N          event loop threads (default: one per core)\n"
           "  --port-file FILE   write the bound port to FILE once listening\n"
           "  --resp-port N      also serve the Redis protocol (RESP2) on port N\n"
+          "  --zk HOSTS         ZooKeeper (\"h1:2181,h2:2181\"): join a cluster\n"
+          "  --cluster NAME     its name (default grid): /grid/NAME in ZooKeeper\n"
+          "  --zone Z           this node's zone: no two copies of a partition in one\n"
+          "  --http-port N      /metrics (Prometheus), /health, /ready on port N\n"
           "  --set KEY=VALUE    any config setting; may be repeated\n"
           "  --print-config     print the settings in effect and exit\n"
           "  --restore NAME     first make snapshot NAME (gridctl snapshot create) the\n"
@@ -89,6 +93,8 @@ static const struct option gridd_options[] = {
     {"bind", required_argument, 0, 'b'},   {"loops", required_argument, 0, 'l'},
     {"port-file", required_argument, 0, 'f'}, {"set", required_argument, 0, 's'},
     {"resp-port", required_argument, 0, 'r'},
+    {"zk", required_argument, 0, 'z'},     {"cluster", required_argument, 0, 'C'},
+    {"zone", required_argument, 0, 'Z'},   {"http-port", required_argument, 0, 'H'},
     {"print-config", no_argument, 0, 'P'}, {"version", no_argument, 0, 'V'},
     {"restore", required_argument, 0, 'R'},
     {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
@@ -142,6 +148,10 @@ static int gridd_apply_flags(int argc, char **argv, config_t *cfg) {
       case 'l': key = "loops"; break;
       case 'f': key = "port_file"; break;
       case 'r': key = "resp_port"; break;
+      case 'z': key = "zk"; break;
+      case 'C': key = "cluster"; break;
+      case 'Z': key = "zone"; break;
+      case 'H': key = "http_port"; break;
       case 's': key = NULL; break;
       default: continue;
     }

@@ -40,6 +40,7 @@ typedef struct native_conn {
   size_t running;              /* requests handed to route, not answered */
   auth_principal_t *who;       /* auth = on: the client's user; NULL for
                                   a node, or without auth */
+  uint64_t started_ns;         /* when the request being served came */
 } native_conn_t;
 
 #define NATIVE_BATCH_BYTES 65536 /* events put in one frame, about */
@@ -114,11 +115,13 @@ typedef struct native_pending {
   sink_t sink;
   conn_t *c;
   uint64_t id;
+  unsigned op;                 /* for the metrics */
+  uint64_t started_ns;
 } native_pending_t;
 
 static void native_pending_fn(loop_t *lp, sink_t *s, const Grid__Reply *rp) {
-  (void)lp;
   native_pending_t *pd = (native_pending_t *)s;
+  metrics_record(&lp->metrics, pd->op, rp->status, clock_mono_ns() - pd->started_ns);
   if (native_of(pd->c) && native_of(pd->c)->running) native_of(pd->c)->running--;
   Grid__Reply r = *rp;
   r.id = pd->id;
@@ -602,6 +605,8 @@ static int native_route(conn_t *c, Grid__Request *rq) {
       sink_init(&pd->sink, native_pending_fn, lp->index);
       pd->c = c;
       pd->id = rq->id;
+      pd->op = (unsigned)rq->op;
+      pd->started_ns = nc->started_ns;
       conn_ref(c);
       from.behind = nc->running > 0;
       nc->running++;
@@ -613,6 +618,7 @@ static int native_route(conn_t *c, Grid__Request *rq) {
   }
   Grid__Reply rp = GRID__REPLY__INIT;
   ops_execute(lp->node, &lp->view, rq, &rp, &lp->arena);
+  metrics_record(&lp->metrics, (unsigned)rq->op, rp.status, clock_mono_ns() - nc->started_ns);
   if (native_send(c, &rp.base) != 0) conn_close(c);
   return 0;
 }
@@ -631,6 +637,7 @@ static int native_on_request(conn_t *c, const unsigned char *p, size_t len) {
     return 0;
   }
   native_conn_t *nc = native_of(c);
+  nc->started_ns = clock_mono_ns();
   if (nc->who) { /* the user's roles allow it, or it is answered with why not */
     char why[256];
     int rc = auth_allow(lp->node->auth, nc->who, rq, NULL, why, sizeof why);
@@ -659,6 +666,7 @@ static int native_on_request(conn_t *c, const unsigned char *p, size_t len) {
   if (lp->node->cluster) return native_route(c, rq);
   Grid__Reply rp = GRID__REPLY__INIT;
   ops_execute(lp->node, &lp->view, rq, &rp, &lp->arena);
+  metrics_record(&lp->metrics, (unsigned)rq->op, rp.status, clock_mono_ns() - nc->started_ns);
   if (native_send(c, &rp.base) != 0) conn_close(c);
   return 0;
 }

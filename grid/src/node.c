@@ -26,6 +26,7 @@
 #include "stream.h"
 #include "tls.h"
 #include "auth.h"
+#include "http.h"
 
 /* The housekeeping thread: the TTL sweep, bounded to sweep_entries_per_tick
  * entries every sweep_interval_ms, off the event loops. */
@@ -468,14 +469,15 @@ int node_tls_reload(node_t *n, char *err, size_t err_len) {
   return rc;
 }
 
-/* port_file, resp_port_file and the TLS ones, for scripts that started the
+/* The port files (native, RESP, TLS, HTTP), for scripts that started the
  * node with port 0. */
 static int node_write_port_files(node_t *n, char *err, size_t err_len) {
-  const char *files[4] = {n->cfg.port_file, n->cfg.resp_port_file, n->cfg.tls_port_file,
-                          n->cfg.tls_resp_port_file};
-  int ports[4] = {n->port, n->resp_port, n->tls_port, n->tls_resp_port};
-  const char *keys[4] = {"port_file", "resp_port_file", "tls_port_file", "tls_resp_port_file"};
-  for (int i = 0; i < 4; i++) {
+  const char *files[5] = {n->cfg.port_file, n->cfg.resp_port_file, n->cfg.tls_port_file,
+                          n->cfg.tls_resp_port_file, n->cfg.http_port_file};
+  int ports[5] = {n->port, n->resp_port, n->tls_port, n->tls_resp_port, n->http_port};
+  const char *keys[5] = {"port_file", "resp_port_file", "tls_port_file", "tls_resp_port_file",
+                         "http_port_file"};
+  for (int i = 0; i < 5; i++) {
     if (!files[i][0]) continue;
     FILE *f = fopen(files[i], "w");
     if (!f || fprintf(f, "%d\n", ports[i]) < 0 || fclose(f) != 0) {
@@ -516,6 +518,7 @@ int node_start(const config_t *cfg, node_t **out, char *err, size_t err_len) {
   if (rc == 0 && n->cfg.zk[0]) rc = node_new_cluster(n, err, err_len);
   if (rc == 0 && n->cfg.listen) {
     rc = node_start_loops(n, err, err_len);
+    if (rc == 0 && n->cfg.http_port >= 0) rc = http_start(n, &n->http, err, err_len);
     if (rc == 0) rc = node_write_port_files(n, err, err_len);
     if (rc == 0)
       LOG_I("node", "\"listening\" node=%s addr=%s:%d resp_port=%d tls_port=%d "
@@ -537,6 +540,8 @@ int node_start(const config_t *cfg, node_t **out, char *err, size_t err_len) {
 int node_port(const node_t *n) { return n->port; }
 
 void node_stop(node_t *n) {
+  http_stop(n->http); /* it reads the loops and the cluster: first */
+  n->http = NULL;
   if (n->cluster) cluster_stop(n->cluster); /* leave first: others take over */
   if (n->loops) {
     loops_stop(n->loops);

@@ -30,6 +30,9 @@ typedef struct node {
   struct tls_ctx *tls_client;      /* links to other nodes over TLS
                                       (tls_replication); NULL: plain */
   struct auth *auth;               /* users and roles (auth.h) */
+  struct http *http;               /* the operations port (http.h); NULL:
+                                      none */
+  int http_port;                   /* its bound port, 0: none */
   cluster_t *cluster;              /* NULL for a single node (no zk) */
   struct disk *disk;               /* data_dir's RocksDB (disk.h); NULL
                                       without a data_dir */

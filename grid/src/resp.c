@@ -419,6 +419,8 @@ struct resp_job {
   int64_t count;            /* DEL / EXISTS / DBSIZE */
   int status;               /* first error */
   char message[200];
+  uint64_t started_ns;      /* for the metrics (0: a step of EXEC's, counted
+                               as EXEC) */
   resp_slot_t *parts;       /* MGET: each key's reply, in order */
   resp_exec_t *in_exec;     /* a queued command run by EXEC: its requests
                                are steps of EXEC's, its reply a part */
@@ -464,6 +466,9 @@ static void cmd_walk(conn_t *c, const resp_cmd_t *cmd, resp_arg_t *argv, int arg
 
 static void resp_job_finish(resp_job_t *job) {
   resp_slot_t *s = job->slot;
+  if (job->started_ns)
+    metrics_record(&job->c->lp->metrics, (unsigned)job->cmd->op, job->status,
+                   clock_mono_ns() - job->started_ns);
   if (job->status) slot_status_error(s, job->status, job->message);
   else if (job->cmd->done) job->cmd->done(job);
   if (job->parts) {
@@ -588,6 +593,7 @@ static resp_job_t *resp_job_start(conn_t *c, const resp_cmd_t *cmd, resp_slot_t 
   job->slot = s;
   job->cmd = cmd;
   job->n = n;
+  job->started_ns = job->in_exec ? 0 : clock_mono_ns();
   job->pending = 1;
   if (!job->embedded && !job->in_exec) {
     conn_ref(c);

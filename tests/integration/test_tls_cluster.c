@@ -59,15 +59,16 @@ static void make_certs(void) {
 
 /* Node i, with the certificate called name. */
 static void start_node_as(harness_node_t *hn, int i, const char *name) {
-  char tpf[128], cert[128], key[128], ca[128];
+  char tpf[128], cert[128], key[128], ca[128], hpf[128];
   snprintf(tpf, sizeof tpf, "tls_port_file=%s/tport%d", certs, i);
+  snprintf(hpf, sizeof hpf, "http_port_file=%s/hport%d", certs, i);
   snprintf(cert, sizeof cert, "tls_cert_file=%s/%s.crt", certs, name);
   snprintf(key, sizeof key, "tls_key_file=%s/%s.key", certs, name);
   snprintf(ca, sizeof ca, "tls_ca_cert_file=%s/ca.crt", certs);
   const char *settings[] = {"cluster_min_nodes=1", "zk_session_timeout_ms=1000",
                             "forward_timeout_ms=3000", "loops=2", "tls_port=0", tpf, cert, key,
                             ca, "tls_replication=yes", "tls_auth_clients=optional", "lost_grace_ms=1000",
-                            NULL};
+                            "http_port=0", hpf, NULL};
   harness_start_cluster_node(hn, &zk, "tc", i, settings);
   if (i >= NODES) return;
   char path[128];
@@ -80,6 +81,20 @@ static void start_node_as(harness_node_t *hn, int i, const char *name) {
 }
 
 static void start_node(int i) { start_node_as(&nodes[i], i, "node"); }
+
+/* A sample of node i's /metrics (curl), or -1 when it has none. */
+static long long metric(int i, const char *sample) {
+  char cmd[512], line[512];
+  snprintf(cmd, sizeof cmd, "curl -s http://127.0.0.1:$(cat %s/hport%d)/metrics", certs, i);
+  FILE *p = popen(cmd, "r");
+  CHECK(p != NULL);
+  long long v = -1;
+  size_t sl = strlen(sample);
+  while (fgets(line, sizeof line, p))
+    if (!strncmp(line, sample, sl) && line[sl] == ' ') v = atoll(line + sl + 1);
+  pclose(p);
+  return v;
+}
 
 static grid_t *open_tls(int i) {
   char uri[64], ca[128], cert[128], key[128];
@@ -137,6 +152,11 @@ int main(void) {
     CHECK(found);
   }
   pmap_free(&m);
+  /* /metrics says the same: every copy in sync, each partition led once. */
+  CHECK_EQ(metric(0, "grid_partition_copies{group=\"p64-b1\",state=\"OWNING\"}"), 128);
+  CHECK_EQ(metric(0, "grid_partition_copies{group=\"p64-b1\",state=\"MOVING\"}"), 0);
+  CHECK_EQ(metric(1, "grid_serving"), 1);
+  CHECK(metric(2, "grid_map_epoch") > 0);
   grid_sub_t *sub;
   CHECK_RC(grid_subscribe(g, CACHE, NULL, &sub), 0);
   for (int k = 0; k < KEYS; k++) {
