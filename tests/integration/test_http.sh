@@ -86,4 +86,7 @@ exec 5<&-
 [ "$got" != "TIMEOUT" ] || fail "a slow client was not closed"
 [ "$(ctl get default k7)" = "v7" ] || fail "the node after the bad input"
 [ "$(curl -s "$url/health")" = "ok" ] || fail "/health after the bad input"
+kill "$pid"
+wait "$pid" || fail "gridd exit status $? on SIGTERM (a sanitizer's report?)"
+pid=""
 echo "test_http: ok"
