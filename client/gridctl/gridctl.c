@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "grid.h"
 
@@ -47,6 +49,10 @@ static void usage(FILE *f) {
           "  stats                              entries, memory, ops served, connections\n"
           "  status [--json]                    cluster: nodes, coordinator, epoch, and\n"
           "                                     per cache partitions owning / moving / lost\n"
+          "  status --watch [--interval-ms N] [--count N]\n"
+          "                                     the same, refreshed in place every N ms\n"
+          "                                     (1000), with a bar per group moving;\n"
+          "                                     --count: stop after N views\n"
           "  watch CACHE [--prefix P] [--affinity A]... [--snapshot] [--keys-only]\n"
           "              [--json] [--count N]   print the cache's changes as they come,\n"
           "                                     one line each (--snapshot: its entries\n"
@@ -500,15 +506,72 @@ static int cmd_watch(grid_t *g, int argc, char **argv) {
   return 0;
 }
 
+/* A bar of width cells, done of them filled. */
+static void print_bar(double fraction, int width) {
+  int done = (int)(fraction * width + 0.5);
+  if (done > width) done = width;
+  putchar('[');
+  for (int i = 0; i < width; i++) putchar(i < done ? '#' : '-');
+  putchar(']');
+}
+
+static void print_status(const grid_cluster_status_t *st, int json, int watch);
+
+/* status [--json] [--watch [--interval-ms N] [--count N]] */
 static int cmd_status(grid_t *g, int argc, char **argv) {
-  int json = argc > 0 && strcmp(argv[0], "--json") == 0;
-  if (argc > (json ? 1 : 0)) {
-    fprintf(stderr, "gridctl: status: unexpected \"%s\" (expected --json)\n", argv[json]);
+  int json = 0, watch = 0;
+  uint64_t interval_ms = 1000, count = 0;
+  for (int i = 0; i < argc; i++) {
+    if (!strcmp(argv[i], "--json")) {
+      json = 1;
+    } else if (!strcmp(argv[i], "--watch")) {
+      watch = 1;
+    } else if (!strcmp(argv[i], "--interval-ms") && i + 1 < argc &&
+               parse_u64(argv[i + 1], &interval_ms) == 0 && interval_ms >= 100 &&
+               interval_ms <= 3600000) {
+      i++;
+    } else if (!strcmp(argv[i], "--count") && i + 1 < argc && parse_u64(argv[i + 1], &count) == 0 &&
+               count > 0) {
+      i++;
+    } else {
+      fprintf(stderr, "gridctl: status: unexpected \"%s\" (expected --json, --watch, "
+              "--interval-ms N (100..3600000), --count N)\n", argv[i]);
+      return EXIT_USAGE;
+    }
+  }
+  if (json && watch) {
+    fprintf(stderr, "gridctl: status: --watch is a terminal view; --json prints once\n");
     return EXIT_USAGE;
   }
-  grid_cluster_status_t *st;
-  int rc = grid_cluster_status(g, &st);
-  if (rc) return fail("status", rc);
+  int tty = isatty(STDOUT_FILENO);
+  for (uint64_t n = 0; !watch || !count || n < count; n++) {
+    grid_cluster_status_t *st;
+    int rc = grid_cluster_status(g, &st);
+    if (rc && !watch) return fail("status", rc);
+    if (watch && tty) printf("\033[H\033[2J"); /* home, clear: the view refreshes in place */
+    if (watch) {
+      time_t now = time(NULL);
+      char when[32];
+      strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", localtime(&now));
+      printf("%s  (every %.1f s; ^C to stop)\n\n", when, interval_ms / 1000.0);
+    }
+    if (rc) {
+      print_error("status", rc); /* a node away for a moment: the view goes on */
+    } else {
+      print_status(st, json, watch);
+      grid_cluster_status_free(st);
+    }
+    fflush(stdout);
+    if (!watch) break;
+    if (!count || n + 1 < count) {
+      struct timespec ts = {(time_t)(interval_ms / 1000), (long)(interval_ms % 1000) * 1000000L};
+      nanosleep(&ts, NULL);
+    }
+  }
+  return 0;
+}
+
+static void print_status(const grid_cluster_status_t *st, int json, int watch) {
   if (json) {
     printf("{\"cluster\":");
     json_str(st->cluster);
@@ -582,7 +645,21 @@ static int cmd_status(grid_t *g, int argc, char **argv) {
       printf("\n%u partitions wait for nodes that are gone (ALIVE NO above): they are served "
              "once those are back, or after gridctl accept-loss NODE\n", waiting);
     /* Caches by name while they fit on a screen; thousands are counted. */
-    if (st->ncaches <= STATUS_CACHES_LISTED) {
+    if (watch) {
+      /* Rebalancing and fills as bars: copies in sync of all copies. */
+      int any = 0;
+      for (size_t i = 0; i < st->ngroups; i++) {
+        const grid_cache_status_t *c = &st->groups[i];
+        uint32_t copies = c->owning + c->moving;
+        if (!c->moving && !c->handoff) continue;
+        if (!any++) printf("\nmoving\n");
+        printf("%-24s ", c->name);
+        print_bar(copies ? (double)c->owning / copies : 1.0, 30);
+        printf(" %5.1f%%  %u copies filling, %u handing off\n",
+               copies ? 100.0 * c->owning / copies : 100.0, c->moving, c->handoff);
+      }
+      if (!any) printf("\nevery copy in sync: nothing moving\n");
+    } else if (st->ncaches <= STATUS_CACHES_LISTED) {
       printf("\n%-24s %s\n", "CACHE", "GROUP");
       for (size_t i = 0; i < st->ncaches; i++)
         printf("%-24s %s\n", st->caches[i].name, st->caches[i].group);
@@ -591,8 +668,6 @@ static int cmd_status(grid_t *g, int argc, char **argv) {
              st->ncaches);
     }
   }
-  grid_cluster_status_free(st);
-  return 0;
 }
 
 int main(int argc, char **argv) {

@@ -167,6 +167,24 @@ int main(void) {
   wait_metric(0, "grid_partition_copies{group=\"p64-b1\",state=\"OWNING\"}", 128);
   wait_metric(0, "grid_partition_copies{group=\"p64-b1\",state=\"MOVING\"}", 0);
   wait_metric(1, "grid_serving", 1);
+  /* gridctl status --watch: two views, one at least saying nothing moves
+   * (the default cache's copies may still be filling at the first). */
+  char watch[512], line[512];
+  snprintf(watch, sizeof watch,
+           "%s --server 127.0.0.1:%d status --watch --interval-ms 100 --count 2", GRIDCTL_PATH,
+           nodes[0].port);
+  FILE *p = popen(watch, "r");
+  CHECK(p != NULL);
+  int views = 0, calm = 0, nodes_listed = 0;
+  while (fgets(line, sizeof line, p)) {
+    views += strstr(line, "(every 0.1 s; ^C to stop)") != NULL;
+    calm += strstr(line, "every copy in sync: nothing moving") != NULL;
+    nodes_listed += !strncmp(line, "tc-", 3);
+  }
+  CHECK_EQ(pclose(p), 0);
+  CHECK_EQ(views, 2);
+  CHECK(calm >= 1);
+  CHECK_EQ(nodes_listed, 2 * NODES);
   CHECK(metric(2, "grid_map_epoch") > 0);
   grid_sub_t *sub;
   CHECK_RC(grid_subscribe(g, CACHE, NULL, &sub), 0);
