@@ -75,11 +75,6 @@ static int tls_parse_protocols(const char *protocols, int *lo, int *hi, char *er
   return 0;
 }
 
-int tls_protocols_valid(const char *protocols, char *err, size_t err_len) {
-  int lo, hi;
-  return tls_parse_protocols(protocols, &lo, &hi, err, err_len);
-}
-
 /* Whether path can be read, with the words when not. */
 static int tls_file_readable(const char *what, const char *path, char *err, size_t err_len) {
   FILE *f = fopen(path, "r");

@@ -51,8 +51,6 @@ int tls_ctx_new(int is_server, const tls_settings_t *s, tls_ctx_t **out, char *e
  * on failure the old one stays and err says why. */
 int tls_ctx_reload(tls_ctx_t *ctx, const tls_settings_t *s, char *err, size_t err_len);
 void tls_ctx_free(tls_ctx_t *ctx);
-/* Whether protocols names TLS versions this build knows ("" is fine). */
-int tls_protocols_valid(const char *protocols, char *err, size_t err_len);
 
 /* A session on ctx. A client session checks that the server's certificate
  * names server_name (a host name or an IP address; NULL: not checked). */
