@@ -244,6 +244,30 @@ int pmap_copy_at(const pmap_group_t *c, uint32_t p, uint32_t i, int *state) {
   return c->owners[at] ? c->owners[at] - 1 : -1;
 }
 
+void pmap_count(const pmap_t *m, const pmap_group_t *g, pmap_counts_t *out,
+                uint32_t *primaries, uint32_t *backups) {
+  memset(out, 0, sizeof *out);
+  for (uint32_t p = 0; p < g->partitions; p++) {
+    for (uint32_t i = 0; i < g->slots; i++) {
+      int state;
+      int owner = pmap_copy_at(g, p, i, &state);
+      if (state == PMAP_LOST) {
+        out->lost++;
+        continue;
+      }
+      int in_sync = state == PMAP_OWNING || state == PMAP_HANDOFF;
+      int leads = i == 0 && in_sync;
+      out->owning += in_sync;
+      out->handoff += state == PMAP_HANDOFF;
+      out->moving += state == PMAP_MOVING;
+      if (owner < 0 || (size_t)owner >= m->nnodes || state == PMAP_NONE) continue;
+      if (leads && m->nodes[owner].absent) out->waiting++;
+      if (leads && primaries) primaries[owner]++;
+      else if (!leads && backups) backups[owner]++;
+    }
+  }
+}
+
 int pmap_primary(const pmap_group_t *c, uint32_t p) {
   int state;
   int idx = pmap_copy_at(c, p, 0, &state);

@@ -214,6 +214,19 @@ int pmap_leader(const pmap_group_t *c, uint32_t p);
 /* Node index and state of copy i of p (state PMAP_NONE: no such copy). */
 int pmap_copy_at(const pmap_group_t *c, uint32_t p, uint32_t i, int *state);
 
+/* A group's copies as gridctl status counts them. */
+typedef struct pmap_counts {
+  uint32_t owning;   /* copies in sync (a primary handing over included) */
+  uint32_t moving;   /* copies being filled */
+  uint32_t handoff;  /* partitions whose primary hands over */
+  uint32_t lost;     /* partitions with no copy left */
+  uint32_t waiting;  /* partitions led only from a node that is gone */
+} pmap_counts_t;
+/* Counts g's copies into *out; primaries[i] and backups[i] (m->nnodes
+ * each; either may be NULL) grow by the copies node i leads and backs. */
+void pmap_count(const pmap_t *m, const pmap_group_t *g, pmap_counts_t *out,
+                uint32_t *primaries, uint32_t *backups);
+
 /* Protobuf encoding (Pmap message, whole: groups with their owners, and
  * the caches), as PMAP replies carry it. Encode returns a malloc'd buffer. */
 int pmap_encode(const pmap_t *m, unsigned char **buf, size_t *len);

@@ -25,11 +25,26 @@ typedef struct metrics {
   _Atomic uint64_t errors[OP_NUMBER_MAX][METRICS_CODES];
   _Atomic uint64_t bucket[OP_NUMBER_MAX][METRICS_BUCKETS]; /* not cumulative */
   _Atomic uint64_t sum_ns[OP_NUMBER_MAX];
+  /* Replication and rebalancing on this loop (repl.c, repl_fill.c): */
+  _Atomic uint64_t repl_pending;      /* writes waiting for their backups
+                                         (a gauge, counted each cron tick) */
+  _Atomic uint64_t fill_entries;      /* entries sent to copies being filled */
+  _Atomic uint64_t fill_bytes;        /* ... their bytes on the wire */
+  _Atomic uint64_t fills;             /* copies this loop fills now (gauge) */
+  _Atomic uint64_t fill_entries_left; /* what those fills have still to send,
+                                         from the partitions' sizes (gauge,
+                                         refreshed once a second) */
+  _Atomic uint64_t fill_bytes_left;   /* ... in entry bytes as the store
+                                         counts them */
 } metrics_t;
 
 static inline void metrics_bump(_Atomic uint64_t *x, uint64_t v) {
   atomic_store_explicit(x, atomic_load_explicit(x, memory_order_relaxed) + v,
                         memory_order_relaxed);
+}
+
+static inline void metrics_set(_Atomic uint64_t *x, uint64_t v) {
+  atomic_store_explicit(x, v, memory_order_relaxed);
 }
 
 /* One request of op answered with status after ns nanoseconds; by the

@@ -841,7 +841,9 @@ void repl_on_map(loop_t *lp) {
 void repl_cron(loop_t *lp, int64_t now_ms) {
   struct repl_loop *rl = lp->repl;
   if (!rl) return;
+  uint64_t pending = 0;
   for (repl_write_t *w = rl->writes; w; w = w->lnext) {
+    pending++;
     if (w->answered || now_ms < w->deadline_ms || !w->reply) continue;
     /* The client hears the outcome is unknown; the write stays in line
      * (applied here) until its backups answer or the map changes. A copy
@@ -860,9 +862,14 @@ void repl_cron(loop_t *lp, int64_t now_ms) {
       repl_backup_missed(lp, w, b);
     }
   }
+  metrics_set(&lp->metrics.repl_pending, pending);
   if (rl->fills_incomplete && lp->pmap) repl_fills_on_map(lp, lp->pmap);
   repl_expire_cron(lp, now_ms);
   for (repl_fill_t *f = rl->fills; f; f = f->next) repl_fill_step(lp, f, now_ms);
+  if (now_ms - rl->fill_metrics_ms >= 1000) {
+    rl->fill_metrics_ms = now_ms;
+    repl_fill_metrics(lp);
+  }
 }
 
 void repl_fail_packed(loop_t *lp, repl_packed_t *pk, int status, const char *why) {

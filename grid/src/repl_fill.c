@@ -99,6 +99,8 @@ static void repl_fill_on_ack(void *arg, int status, const Grid__Reply *rp) {
   } else {
     f->entries += a->entries;
     f->bytes += a->bytes;
+    metrics_bump(&a->lp->metrics.fill_entries, a->entries);
+    metrics_bump(&a->lp->metrics.fill_bytes, a->bytes);
     if (a->last) {
       f->cache_done = 1;
       f->caches++;
@@ -447,3 +449,39 @@ void repl_fills_on_map(loop_t *lp, const pmap_t *m) {
   }
 }
 
+
+/* What the fills in progress have left: each one's partition in every
+ * cache of its group (entries and their bytes, as the store counts them)
+ * less what it sent in this pass. Bounded: past REPL_FILL_METRICS_LOOKUPS
+ * partition sizes, the fills not looked at count as the average of those
+ * that were. */
+void repl_fill_metrics(loop_t *lp) {
+  struct repl_loop *rl = lp->repl;
+  uint64_t fills = 0, looked = 0, lookups = 0, entries_left = 0, bytes_left = 0;
+  for (repl_fill_t *f = rl->fills; f; f = f->next) {
+    if (f->done || f->orphan) continue;
+    fills++;
+    const pmap_group_t *g = lp->pmap ? pmap_find_group(lp->pmap, f->group) : NULL;
+    if (!g || lookups + g->ncaches > REPL_FILL_METRICS_LOOKUPS) continue;
+    uint64_t entries = 0, bytes = 0;
+    for (size_t i = 0; i < g->ncaches; i++) {
+      const char *name = lp->pmap->caches[g->first_cache + i].name;
+      store_cache_t *sc = store_view_find(&lp->view, name, strlen(name));
+      if (!sc) continue;
+      entries += store_part_size(sc, f->p);
+      bytes += store_part_bytes(sc, f->p);
+    }
+    lookups += g->ncaches;
+    looked++;
+    uint64_t left = entries > f->entries ? entries - f->entries : 0;
+    entries_left += left;
+    bytes_left += entries ? (uint64_t)((double)bytes * (double)left / (double)entries) : 0;
+  }
+  if (looked && looked < fills) {
+    entries_left = (uint64_t)((double)entries_left * (double)fills / (double)looked);
+    bytes_left = (uint64_t)((double)bytes_left * (double)fills / (double)looked);
+  }
+  metrics_set(&lp->metrics.fills, fills);
+  metrics_set(&lp->metrics.fill_entries_left, entries_left);
+  metrics_set(&lp->metrics.fill_bytes_left, bytes_left);
+}

@@ -21,6 +21,9 @@
 #define REPL_FILL_CHUNK_ENTRIES 512      /* entries in one FILL message */
 #define REPL_FILL_CHUNK_BYTES (1u << 20) /* ... or about this many bytes */
 #define REPL_FILL_RETRY_MS 500           /* a failed fill starts again after */
+#define REPL_FILL_METRICS_LOOKUPS 4096   /* partition sizes read per second to
+                                            count what fills have left; past
+                                            it the rest is extrapolated */
 
 /* A reply built now, released later (once what it saw is committed). */
 typedef struct repl_packed {
@@ -115,6 +118,7 @@ struct repl_loop {
   int64_t window_ms;             /* fill pacing: this second's bytes */
   uint64_t window_bytes;
   int fills_incomplete;          /* a fill could not be made: look again */
+  int64_t fill_metrics_ms;       /* the fills' metrics were last counted */
   int64_t lease_logged_ms;       /* a lapsed lease was last logged then */
   /* expiry of followed caches (repl_expire.c): where it goes on */
   int64_t expire_at_ms;          /* the next round, not before */
@@ -146,6 +150,8 @@ void repl_run_here(loop_t *lp, const Grid__Request *rq, uint32_t p, sink_t *sink
 /* repl_fill.c */
 repl_fill_t *repl_fill_find(struct repl_loop *rl, const char *group, uint32_t p,
                             const char *node);
+/* Counts what this loop's fills have left to send into its metrics. */
+void repl_fill_metrics(loop_t *lp);
 /* A MOVING copy missed a record: its fill (of the whole group's partition)
  * starts over, and a report that it was filled no longer holds. */
 void repl_fill_restart(loop_t *lp, const char *group, uint32_t p, const char *node);

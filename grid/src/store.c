@@ -36,6 +36,9 @@ typedef struct store_part {
   uint64_t mask;            /* bucket count - 1 */
   _Atomic uint64_t count;   /* entries; read without the lock by size */
   _Atomic uint64_t expiring; /* ... of them with an expiry */
+  _Atomic uint64_t bytes;   /* the entries' memory (their key, value and
+                               overhead, as memory_bytes_max counts them);
+                               changed under the lock, read without it */
   uint64_t counter;         /* update counter: last version's low bits */
   store_part_sync_t sync;   /* replication progress (cluster mode) */
   changes_t *changes;       /* recent changes, NULL until the first */
@@ -166,6 +169,13 @@ static int64_t store_entry_cost(size_t key_len, size_t value_len) {
   return (int64_t)(STORE_ENTRY_OVERHEAD + key_len + value_len + 1);
 }
 
+/* The partition's entry bytes moved by delta. Partition locked: a load and
+ * a store, no locked instruction (readers take it without the lock). */
+static void store_part_bytes_add(store_part_t *p, int64_t delta) {
+  uint64_t cur = atomic_load_explicit(&p->bytes, memory_order_relaxed);
+  atomic_store_explicit(&p->bytes, cur + (uint64_t)delta, memory_order_relaxed);
+}
+
 /* ---- caches ------------------------------------------------------------ */
 
 static int store_name_ok(const char *name) {
@@ -198,6 +208,7 @@ static void store_part_clear(store_t *s, store_part_t *p) {
   }
   atomic_store(&p->count, 0);
   atomic_store(&p->expiring, 0);
+  atomic_store(&p->bytes, 0);
   store_mem_release(s, freed);
 }
 
@@ -510,6 +521,7 @@ static void store_unlink_free(store_t *s, store_part_t *p, store_entry_t **link,
   *link = e->next;
   atomic_fetch_sub_explicit(&p->count, 1, memory_order_relaxed);
   if (e->expire_at_ms) atomic_fetch_sub_explicit(&p->expiring, 1, memory_order_relaxed);
+  store_part_bytes_add(p, -store_entry_cost(e->key_len, e->value_len));
   store_mem_release(s, store_entry_cost(e->key_len, e->value_len));
   free(e);
 }
@@ -635,6 +647,8 @@ static int store_link(store_t *s, store_part_t *p, store_entry_t **link, store_e
      * it was copied, and from here on only e holds it. */
     e->next = old->next;
     *link = e;
+    store_part_bytes_add(p, store_entry_cost(e->key_len, e->value_len) -
+                                store_entry_cost(old->key_len, old->value_len));
     if ((e->expire_at_ms != 0) != (old->expire_at_ms != 0)) {
       if (e->expire_at_ms) atomic_fetch_add_explicit(&p->expiring, 1, memory_order_relaxed);
       else atomic_fetch_sub_explicit(&p->expiring, 1, memory_order_relaxed);
@@ -650,6 +664,7 @@ static int store_link(store_t *s, store_part_t *p, store_entry_t **link, store_e
   *slot = e;
   atomic_fetch_add_explicit(&p->count, 1, memory_order_relaxed);
   if (e->expire_at_ms) atomic_fetch_add_explicit(&p->expiring, 1, memory_order_relaxed);
+  store_part_bytes_add(p, store_entry_cost(e->key_len, e->value_len));
   return 0;
 }
 
@@ -1827,6 +1842,18 @@ uint64_t store_cache_size(const store_cache_t *c) {
   for (uint32_t i = 0; i < c->cfg.partitions; i++)
     n += atomic_load_explicit(&c->parts[i].count, memory_order_relaxed);
   return n;
+}
+
+uint64_t store_cache_bytes(const store_cache_t *c) {
+  uint64_t n = 0;
+  for (uint32_t i = 0; i < c->cfg.partitions; i++)
+    n += atomic_load_explicit(&c->parts[i].bytes, memory_order_relaxed);
+  return n;
+}
+
+uint64_t store_part_bytes(const store_cache_t *c, uint32_t part) {
+  if (part >= c->cfg.partitions) return 0;
+  return atomic_load_explicit(&c->parts[part].bytes, memory_order_relaxed);
 }
 
 uint64_t store_cache_expiring(const store_cache_t *c) {

@@ -435,6 +435,11 @@ uint64_t store_cache_size(const store_cache_t *c);
 uint64_t store_cache_expiring(const store_cache_t *c);
 /* Entries of one partition (0 for a partition out of range). */
 uint64_t store_part_size(const store_cache_t *c, uint32_t part);
+/* The memory of the cache's entries (of one partition): key, value and
+ * per-entry overhead, as memory_bytes_max counts them (bucket arrays and
+ * change histories not included). Read without locks. */
+uint64_t store_cache_bytes(const store_cache_t *c);
+uint64_t store_part_bytes(const store_cache_t *c, uint32_t part);
 uint64_t store_entries(store_t *s);
 int64_t store_memory_bytes(const store_t *s);
 int64_t store_memory_bytes_max(const store_t *s);

@@ -4040,8 +4040,61 @@ static void test_persistent_accept_loss(void) {
   pmap_free(&m3);
 }
 
+/* pmap_count, as gridctl status and /metrics show a group: a first map
+ * in sync, then a node joined (copies MOVING), then one gone. */
+static void test_count(void) {
+  pmap_node_t nodes[3];
+  mknodes(nodes, 3, 1);
+  pmap_cache_def_t defs[1] = {def("cache", P, 1, 0)};
+  pmap_t m1, m2;
+  first_map(nodes, 2, defs, 1, &m1);
+  pmap_counts_t c;
+  uint32_t prim[3] = {0}, back[3] = {0};
+  pmap_count(&m1, cache(&m1, "cache"), &c, prim, back);
+  CHECK_EQ(c.owning, 2 * P); /* every copy in sync */
+  CHECK_EQ(c.moving + c.handoff + c.lost + c.waiting, 0);
+  CHECK_EQ(prim[0] + prim[1], P);
+  CHECK_EQ(back[0] + back[1], P);
+  CHECK(prim[0] > 0 && prim[1] > 0);
+  /* node-3 joins: some copies are being filled on it */
+  step(&m1, nodes, 3, defs, 1, NULL, 0, &m2);
+  memset(prim, 0, sizeof prim);
+  memset(back, 0, sizeof back);
+  pmap_count(&m2, cache(&m2, "cache"), &c, prim, back);
+  CHECK(c.moving > 0);
+  CHECK_EQ(c.lost, 0);
+  unsigned moving = 0, in_sync = 0, handoff = 0;
+  const pmap_group_t *g = cache(&m2, "cache");
+  for (uint32_t p = 0; p < P; p++)
+    for (uint32_t i = 0; i < g->slots; i++) {
+      int st;
+      if (pmap_copy_at(g, p, i, &st) < 0) continue;
+      moving += st == PMAP_MOVING;
+      in_sync += st == PMAP_OWNING || st == PMAP_HANDOFF;
+      handoff += st == PMAP_HANDOFF;
+    }
+  CHECK_EQ(c.moving, moving);
+  CHECK_EQ(c.owning, in_sync);
+  CHECK_EQ(c.handoff, handoff);
+  CHECK_EQ(prim[2], 0); /* a copy being filled leads nothing yet */
+  CHECK(back[2] > 0);   /* ... but is a copy it holds */
+  /* No backup, and node-2 gone: its partitions are lost. */
+  pmap_cache_def_t solo[1] = {def("solo", 64, 0, 0)};
+  pmap_t s1, s2;
+  first_map(nodes, 2, solo, 1, &s1);
+  step(&s1, nodes, 1, solo, 1, NULL, 0, &s2);
+  pmap_count(&s2, cache(&s2, "solo"), &c, NULL, NULL);
+  CHECK(c.lost > 0);
+  CHECK_EQ(c.lost + c.owning, 64);
+  pmap_free(&m1);
+  pmap_free(&m2);
+  pmap_free(&s1);
+  pmap_free(&s2);
+}
+
 int main(int argc, char **argv) {
   const char *only = argc > 1 ? argv[1] : NULL;
+  RUN_ONE(test_count);
   RUN_ONE(test_leads_needs_a_place);
   RUN_ONE(test_ideal_order);
   RUN_ONE(test_ideal_order_independent);

@@ -203,6 +203,12 @@ static void test_put_get_delete(void) {
   free(v);
   CHECK_EQ(store_cache_size(c), 1);
   CHECK_EQ(store_entries(s), 1);
+  /* The cache's bytes: its entry's key, value and overhead. */
+  uint64_t bytes_a = store_cache_bytes(c);
+  CHECK(bytes_a > 1 + 5);
+  store_key_t ka;
+  store_key_init(c, "a", 1, &ka);
+  CHECK_EQ(store_part_bytes(c, ka.part), bytes_a);
 
   /* Overwrite: same count, new value, newer version. */
   store_result_t r2 = {0};
@@ -210,6 +216,7 @@ static void test_put_get_delete(void) {
   CHECK(r2.version > r1.version);
   check_value(c, "a", T0, "world!");
   CHECK_EQ(store_cache_size(c), 1);
+  CHECK_EQ(store_cache_bytes(c), bytes_a + 1); /* one byte longer */
 
   /* Empty value and binary keys / values with NULs inside. */
   CHECK_RC(put(c, "empty", "", 0, T0), 0);
@@ -250,8 +257,10 @@ static void test_put_get_delete(void) {
 
   /* Delete returns the deleted entry's version; a second one finds nothing. */
   store_result_t rd = {0};
+  uint64_t bytes_before = store_cache_bytes(c);
   CHECK_RC(write_op(c, STORE_DELETE, "a", NULL, 0, T0, &rd), 0);
   CHECK_EQ(rd.version, r2.version);
+  CHECK_EQ(bytes_before - store_cache_bytes(c), bytes_a + 1); /* its bytes went */
   check_missing(c, "a", T0);
   CHECK_RC(del(c, "a", T0), GRID_ENOTFOUND);
   CHECK_EQ(store_cache_size(c), 2);
