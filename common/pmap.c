@@ -651,7 +651,7 @@ static int pmap_differs(const pmap_t *cur, const pmap_t *next) {
   for (size_t i = 0; i < next->nnodes; i++) {
     const pmap_node_t *a = &cur->nodes[i], *b = &next->nodes[i];
     if (strcmp(a->id, b->id) != 0 || strcmp(a->addr, b->addr) != 0 ||
-        strcmp(a->tls_addr, b->tls_addr) != 0 ||
+        strcmp(a->tls_addr, b->tls_addr) != 0 || strcmp(a->http_addr, b->http_addr) != 0 ||
         a->leaving != b->leaving || a->incarnation != b->incarnation || a->absent != b->absent ||
         a->disk_id != b->disk_id)
       return 1;
@@ -808,6 +808,7 @@ static int pmap_msg(const pmap_t *m, int with_data, int with_caches, pmap_msg_t 
     n->id = (char *)m->nodes[i].id;
     n->addr = (char *)m->nodes[i].addr;
     n->tls_addr = (char *)m->nodes[i].tls_addr;
+    n->http_addr = (char *)m->nodes[i].http_addr;
     n->zone = (char *)m->nodes[i].zone;
     n->leaving = m->nodes[i].leaving != 0;
     n->incarnation = m->nodes[i].incarnation;
@@ -886,6 +887,7 @@ static int pmap_from_msg(const Grid__Pmap *pm, int with_data, pmap_t *m) {
     snprintf(m->nodes[i].id, PMAP_ID_MAX, "%s", pm->nodes[i]->id);
     snprintf(m->nodes[i].addr, PMAP_ADDR_MAX, "%s", pm->nodes[i]->addr);
     snprintf(m->nodes[i].tls_addr, PMAP_ADDR_MAX, "%s", pm->nodes[i]->tls_addr);
+    snprintf(m->nodes[i].http_addr, PMAP_ADDR_MAX, "%s", pm->nodes[i]->http_addr);
     snprintf(m->nodes[i].zone, PMAP_ZONE_MAX, "%s", pm->nodes[i]->zone);
     m->nodes[i].leaving = pm->nodes[i]->leaving;
     m->nodes[i].incarnation = pm->nodes[i]->incarnation;

@@ -30,6 +30,7 @@ typedef struct pmap_node {
   char id[PMAP_ID_MAX];
   char addr[PMAP_ADDR_MAX];
   char tls_addr[PMAP_ADDR_MAX]; /* its TLS port's host:port; "": none */
+  char http_addr[PMAP_ADDR_MAX];/* its operations port's host:port; "": none */
   char zone[PMAP_ZONE_MAX];
   int leaving;         /* alive, but no longer an ideal owner of anything */
   uint64_t incarnation;/* random per process start; 0: matches any */

@@ -589,6 +589,8 @@ static void print_status(const grid_cluster_status_t *st, int json, int watch) {
       json_str(n->addr);
       printf(",\"zone\":");
       json_str(n->zone);
+      printf(",\"http\":");
+      json_str(n->http_addr);
       printf(",\"alive\":%s,\"primaries\":%u,\"backups\":%u}", n->alive ? "true" : "false",
              n->primaries, n->backups);
     }

@@ -325,6 +325,8 @@ typedef struct grid_node_status {
   bool alive;          /* has a live ZooKeeper session */
   uint32_t primaries;  /* partitions it leads, all caches */
   uint32_t backups;    /* other copies it holds (OWNING or MOVING) */
+  char http_addr[128]; /* its operations port (http_port: /metrics, the
+                          dashboard); "": none */
 } grid_node_status_t;
 
 /* A cache, or a placement group: caches of the same partitions, backups

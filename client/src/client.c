@@ -1094,6 +1094,7 @@ int grid_cluster_status(grid_t *g, grid_cluster_status_t **out) {
     snprintf(ns->id, sizeof ns->id, "%s", pm->nodes[i]->id);
     snprintf(ns->addr, sizeof ns->addr, "%s", pm->nodes[i]->addr);
     snprintf(ns->zone, sizeof ns->zone, "%s", pm->nodes[i]->zone);
+    snprintf(ns->http_addr, sizeof ns->http_addr, "%s", pm->nodes[i]->http_addr);
   }
   for (size_t i = 0; i < nalive; i++) {
     size_t j = 0;
@@ -1103,6 +1104,7 @@ int grid_cluster_status(grid_t *g, grid_cluster_status_t **out) {
       snprintf(ns->id, sizeof ns->id, "%s", cs->alive[i]->id);
       snprintf(ns->addr, sizeof ns->addr, "%s", cs->alive[i]->addr);
       snprintf(ns->zone, sizeof ns->zone, "%s", cs->alive[i]->zone);
+      snprintf(ns->http_addr, sizeof ns->http_addr, "%s", cs->alive[i]->http_addr);
     }
     st->nodes[j].alive = true;
   }

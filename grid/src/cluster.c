@@ -217,6 +217,7 @@ static int cluster_node_data(cluster_t *c, unsigned char *buf, size_t cap, size_
   me.id = n->node_id;
   me.addr = n->advertise;
   me.tls_addr = n->advertise_tls;
+  me.http_addr = n->advertise_http;
   me.zone = n->cfg.zone;
   me.leaving = c->leaving_written || c->leaving; /* read on the cluster thread */
   me.incarnation = n->incarnation;
@@ -382,6 +383,7 @@ static int cluster_read_nodes(cluster_t *c, pmap_node_t *alive, size_t *nalive) 
     snprintf(alive[k].id, PMAP_ID_MAX, "%s", pn->id);
     snprintf(alive[k].addr, PMAP_ADDR_MAX, "%s", pn->addr);
     snprintf(alive[k].tls_addr, PMAP_ADDR_MAX, "%s", pn->tls_addr);
+    snprintf(alive[k].http_addr, PMAP_ADDR_MAX, "%s", pn->http_addr);
     snprintf(alive[k].zone, PMAP_ZONE_MAX, "%s", pn->zone);
     alive[k].leaving = pn->leaving;
     alive[k].incarnation = pn->incarnation;
@@ -2195,6 +2197,7 @@ void cluster_status(cluster_t *c, Grid__ClusterStatus *st) {
     pn->id = strdup(c->alive[i].id);
     pn->addr = strdup(c->alive[i].addr);
     pn->zone = strdup(c->alive[i].zone);
+    pn->http_addr = strdup(c->alive[i].http_addr);
     st->alive[st->n_alive++] = pn;
   }
   pthread_mutex_unlock(&c->lock);
@@ -2207,6 +2210,7 @@ void cluster_status_free(Grid__ClusterStatus *st) {
     free(st->alive[i]->id);
     free(st->alive[i]->addr);
     free(st->alive[i]->zone);
+    free(st->alive[i]->http_addr);
     free(st->alive[i]);
   }
   free(st->alive);

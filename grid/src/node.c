@@ -505,6 +505,9 @@ static int node_join_cluster(node_t *n, char *err, size_t err_len) {
   if (n->tls_port && colon)
     snprintf(n->advertise_tls, sizeof n->advertise_tls, "%.*s:%d", (int)(colon - n->advertise),
              n->advertise, n->tls_port);
+  if (n->http && colon)
+    snprintf(n->advertise_http, sizeof n->advertise_http, "%.*s:%d",
+             (int)(colon - n->advertise), n->advertise, n->http_port);
   return cluster_start(n->cluster, err, err_len);
 }
 

@@ -42,6 +42,7 @@ typedef struct node {
                                       start (its error) */
   char advertise[128];             /* host:port other nodes reach us at */
   char advertise_tls[128];         /* ... at our TLS port; "": none */
+  char advertise_http[128];        /* ... at our http_port; "": none */
   char node_id[64];
   uint64_t incarnation;            /* random per start: a node restarted
                                       under the same id is a new node */
