@@ -72,6 +72,35 @@ for op, b in hist.items():
         sys.exit('histogram of %s: %r' % (op, b))
 PY
 
+# The dashboard's page and its JSON: /api/status holds what gridctl
+# status --json prints; /api/load counts the requests and keeps a history.
+page=$(curl -s "$url/")
+case "$page" in *'<title>grid dashboard</title>'*) ;; *) fail "/ is not the dashboard" ;; esac
+case "$page" in *'src="http'*|*"href=\"http"*) fail "the dashboard loads a file from elsewhere" ;; esac
+curl -s "$url/api/status" > "$dir/api.json"
+ctl status --json > "$dir/ctl.json"
+curl -s -D "$dir/headers" -o "$dir/load.json" "$url/api/load"
+grep -qi '^Access-Control-Allow-Origin: \*' "$dir/headers" || fail "/api/load without CORS"
+ctl get default k1 >/dev/null
+sleep 2.5 # two samples of the node's load
+curl -s "$url/api/load" > "$dir/load2.json"
+python3 - "$dir/api.json" "$dir/ctl.json" "$dir/load.json" "$dir/load2.json" <<'PY' ||
+import json, sys
+api, ctl, l1, l2 = (json.load(open(p)) for p in sys.argv[1:])
+for k, v in ctl.items():
+    if api.get(k) != v:
+        sys.exit('/api/status %s: %r, gridctl: %r' % (k, api.get(k), v))
+if api['serving'] is not True:
+    sys.exit('a single node serves')
+if not l2['requests'] > l1['requests'] >= 50:
+    sys.exit('requests %r then %r' % (l1['requests'], l2['requests']))
+if len(l1['buckets']) != len(l1['le']) + 1 or l1['buckets'] != sorted(l1['buckets']):
+    sys.exit('histogram %r %r' % (l1['le'], l1['buckets']))
+if not l2['history'] or any(len(s) != 4 for s in l2['history']):
+    sys.exit('history %r' % l2['history'])
+PY
+  fail "/api/status or /api/load"
+
 # Bad input: answered in words or closed, and the node goes on.
 [ "$(curl -s -o /dev/null -w '%{http_code}' "$url/nope")" = "404" ] || fail "unknown path"
 [ "$(curl -s -o /dev/null -w '%{http_code}' -X POST "$url/metrics")" = "405" ] || fail "POST"
