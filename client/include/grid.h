@@ -327,6 +327,9 @@ typedef struct grid_node_status {
   uint32_t backups;    /* other copies it holds (OWNING or MOVING) */
   char http_addr[128]; /* its operations port (http_port: /metrics, the
                           dashboard); "": none */
+  bool in_map;         /* the partition map names it (a node that just
+                          joined is alive but not yet in it) */
+  bool leaving;        /* handing its partitions over before it stops */
 } grid_node_status_t;
 
 /* A cache, or a placement group: caches of the same partitions, backups

@@ -1095,6 +1095,8 @@ int grid_cluster_status(grid_t *g, grid_cluster_status_t **out) {
     snprintf(ns->addr, sizeof ns->addr, "%s", pm->nodes[i]->addr);
     snprintf(ns->zone, sizeof ns->zone, "%s", pm->nodes[i]->zone);
     snprintf(ns->http_addr, sizeof ns->http_addr, "%s", pm->nodes[i]->http_addr);
+    ns->in_map = true;
+    ns->leaving = pm->nodes[i]->leaving;
   }
   for (size_t i = 0; i < nalive; i++) {
     size_t j = 0;
@@ -1105,6 +1107,7 @@ int grid_cluster_status(grid_t *g, grid_cluster_status_t **out) {
       snprintf(ns->addr, sizeof ns->addr, "%s", cs->alive[i]->addr);
       snprintf(ns->zone, sizeof ns->zone, "%s", cs->alive[i]->zone);
       snprintf(ns->http_addr, sizeof ns->http_addr, "%s", cs->alive[i]->http_addr);
+      ns->leaving = cs->alive[i]->leaving;
     }
     st->nodes[j].alive = true;
   }

@@ -2198,6 +2198,7 @@ void cluster_status(cluster_t *c, Grid__ClusterStatus *st) {
     pn->addr = strdup(c->alive[i].addr);
     pn->zone = strdup(c->alive[i].zone);
     pn->http_addr = strdup(c->alive[i].http_addr);
+    pn->leaving = c->alive[i].leaving;
     st->alive[st->n_alive++] = pn;
   }
   pthread_mutex_unlock(&c->lock);
