@@ -149,7 +149,7 @@ class Demo:
         argv = [os.path.join(self.args.bin, "foundationd"), "--http-port",
                 str(self.fd_ports.get(name, 0)), "--port-file", pf,
                 "--zk", "127.0.0.1:%d" % self.zk_port, "--cluster", "demo", "--node-id", name,
-                "--drain-ms", "1500",
+                "--drain-ms", "1500", "--leave-timeout-ms", "8000",
                 "--set", "listen=on", "--set", "port=0", "--set", "loops=1",
                 "--set", "zk_session_timeout_ms=1500", "--set", "lost_grace_ms=3000",
                 "--set", "http_port=%d" % self.ops_ports[name]]
@@ -227,6 +227,15 @@ backend connservers
                               "--upstream", "http://127.0.0.1:%d" % self.lb_port])
             self.cs_ports[name] = self.wait_file(pf, name)
 
+    def holder(self, exclude):
+        """The server that said last it holds the singleton (not exclude)."""
+        self.poll_stats()
+        for name, st in sorted(self.stats.items()):
+            p = self.procs.get(name)
+            if st.get("singleton") and name != exclude and p and p.poll() is None:
+                return name
+        return None
+
     def poll_stats(self):
         for name, port in self.fd_ports.items():
             p = self.procs.get(name)
@@ -270,8 +279,10 @@ backend connservers
         self.sim_t0 = time.time()
         self.event("start", "%d devices, %g messages/s each, %d properties" % (
             a.devices, a.rate, a.props))
-        plan = [(0.25, "kill", "fd-1"), (0.45, "restart", "fd-1"), (0.70, "leave", "fd-2")]
-        for frac, what, who in plan:
+        # The server holding the singleton is killed (so the role moves),
+        # restarted; later the one holding it then leaves gracefully.
+        killed = None
+        for frac, what in [(0.25, "kill"), (0.45, "restart"), (0.70, "leave")]:
             while time.time() - self.sim_t0 < frac * a.duration_s:
                 if sim.poll() is not None:
                     raise SystemExit("demo: the simulator stopped early (see %s/devicesim.log)"
@@ -279,13 +290,17 @@ backend connservers
                 self.poll_stats()
                 time.sleep(0.5)
             if what == "kill":
+                who = killed = self.holder(exclude=None) or "fd-1"
                 self.procs[who].kill()
                 self.procs[who].wait()
                 self.event("kill -9", who)
             elif what == "restart":
+                who = killed
                 self.start_foundation(int(who[-1]))
                 self.event("restart", who)
             else:
+                who = self.holder(exclude=killed) or next(
+                    n for n in sorted(self.fd_ports) if n != killed)
                 self.procs[who].send_signal(signal.SIGTERM)
                 self.event("leave", who + " (SIGTERM: a graceful leave)")
         while sim.poll() is None:
@@ -362,8 +377,8 @@ def report(demo, sim_out):
         line("5 s from %s %s" % (what, who), t, t + 5)
         line("5-15 s after %s %s" % (what, who), t + 5, t + 15)
     print("longest time a device saw no acknowledgement: %d ms" % summary["longest_no_ack_ms"])
-    print("DataChange events seen (last count each server reported; fd-1's first life ends "
-          "at its kill):")
+    print("DataChange events seen (the last count each server reported; the killed one's "
+          "first life ends at its kill):")
     for name in sorted(demo.stats):
         st = demo.stats[name]
         print("  %s: %d events, %d requests, singleton now: %s" % (
