@@ -30,6 +30,7 @@
 #include <netinet/in.h>
 #include <jansson.h>
 #include <microhttpd.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -64,7 +65,8 @@ static struct {
 static grid_t *g;
 static thing_store_t *ts;
 static thing_sub_t *sub;
-static thing_singleton_t *single;
+static thing_singleton_t *single; /* under single_lock once HTTP serves */
+static pthread_mutex_t single_lock = PTHREAD_MUTEX_INITIALIZER;
 static char self_id[64];
 static atomic_int leaving, stopping;
 static atomic_ullong events_seen, requests, writes_done, singleton_gains;
@@ -422,18 +424,29 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     return ready(why, sizeof why) ? reply_json(c, 200, json_pack("{s:s}", "status", "ready"))
                                   : reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "%s", why);
   }
-  if (!strcmp(url, "/stats"))
+  if (!strcmp(url, "/stats")) {
+    pthread_mutex_lock(&single_lock);
+    int held = single && thing_singleton_held(single, NULL);
+    pthread_mutex_unlock(&single_lock);
     return reply_json(c, 200, json_pack("{s:s,s:I,s:b,s:I,s:I,s:I}", "server", self_id,
                                         "datachange_events", (json_int_t)events_seen,
-                                        "singleton", single && thing_singleton_held(single, NULL),
+                                        "singleton", held,
                                         "singleton_gains", (json_int_t)singleton_gains,
                                         "requests", (json_int_t)requests, "writes",
                                         (json_int_t)writes_done));
+  }
   char buf[1024], *thing, *kind, *name;
   if (parse_path(url, buf, sizeof buf, &thing, &kind, &name) != 0)
     return reply_error(c, MHD_HTTP_NOT_FOUND, "not found: /Thingworx/Things/{thing}/Properties"
                        "[/{prop}], /Thingworx/Things/{thing}/Services/UpdatePropertyValues, "
                        "/health, /ready, /stats");
+  int put = !strcmp(kind, "Properties") && name && !strcmp(method, "PUT");
+  int update = !strcmp(kind, "Services") && name && !strcmp(name, "UpdatePropertyValues") &&
+               !strcmp(method, "POST");
+  if (!(get && !strcmp(kind, "Properties")) && !put && !update)
+    return reply_error(c, MHD_HTTP_METHOD_NOT_ALLOWED,
+                       "%s %s: GET or PUT Properties, POST Services/UpdatePropertyValues",
+                       method, url);
   json_t *body = NULL;
   if (!get) {
     json_error_t err;
@@ -443,19 +456,9 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
       return reply_error(c, 400, "the body is not a JSON object: %s", err.text);
     }
   }
-  enum MHD_Result ret;
-  if (!strcmp(kind, "Properties") && get) {
-    ret = get_props(c, thing, name);
-  } else if (!strcmp(kind, "Properties") && name && !strcmp(method, "PUT")) {
-    ret = put_prop(c, thing, name, body);
-  } else if (!strcmp(kind, "Services") && name && !strcmp(name, "UpdatePropertyValues") &&
-             !strcmp(method, "POST")) {
-    ret = update_values(c, thing, body);
-  } else {
-    ret = reply_error(c, MHD_HTTP_METHOD_NOT_ALLOWED,
-                      "%s %s: GET or PUT Properties, POST Services/UpdatePropertyValues",
-                      method, url);
-  }
+  enum MHD_Result ret = put      ? put_prop(c, thing, name, body)
+                        : update ? update_values(c, thing, body)
+                                 : get_props(c, thing, name);
   json_decref(body);
   return ret;
 }
@@ -686,8 +689,10 @@ int main(int argc, char **argv) {
   atomic_store(&leaving, 1);
   say("leaving=started drain_ms=%u", opt.drain_ms);
   usleep((useconds_t)opt.drain_ms * 1000);
-  if (single) thing_singleton_stop(single);
+  pthread_mutex_lock(&single_lock);
+  if (single) thing_singleton_stop(single); /* the role moves now, not at the lease's end */
   single = NULL;
+  pthread_mutex_unlock(&single_lock);
   if (!opt.grid_uri && (rc = grid_leave(g)) != 0)
     say("warning=\"the grid node did not leave gracefully: %s\"", thing_strerror(rc));
   /* Until this node holds no copy any more (its partitions are handed
