@@ -73,11 +73,18 @@ static void start_node_as(harness_node_t *hn, int i, const char *name) {
   if (i >= NODES) return;
   char path[128];
   snprintf(path, sizeof path, "%s/tport%d", certs, i);
-  FILE *f = NULL;
-  for (int t = 0; t < 500 && !(f = fopen(path, "r")); t++) harness_sleep_ms(20);
-  CHECK(f != NULL);
-  CHECK(fscanf(f, "%d", &tls_ports[i]) == 1);
-  fclose(f);
+  /* The node creates the file, then writes the port: read until it is
+   * there (found by CI: an empty file read the moment it appeared). */
+  int got = 0;
+  for (int t = 0; t < 500 && !got; t++) {
+    FILE *f = fopen(path, "r");
+    if (f) {
+      got = fscanf(f, "%d", &tls_ports[i]) == 1;
+      fclose(f);
+    }
+    if (!got) harness_sleep_ms(20);
+  }
+  CHECK(got);
 }
 
 static void start_node(int i) { start_node_as(&nodes[i], i, "node"); }
