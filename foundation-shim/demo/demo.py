@@ -98,6 +98,19 @@ class Demo:
             p.kill()
             p.wait()
 
+    def cpu_seconds(self):
+        """CPU time (user + system) of each process still running."""
+        tick = os.sysconf("SC_CLK_TCK")
+        out = {}
+        for name, p in self.procs.items():
+            try:
+                with open("/proc/%d/stat" % p.pid) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                out[name] = (int(fields[11]) + int(fields[12])) / tick
+            except (OSError, IndexError, ValueError):
+                pass
+        return out
+
     def stop_all(self):
         for name in reversed(list(self.procs)):
             self.stop(name, timeout=20)
@@ -305,7 +318,9 @@ backend connservers
                 self.event("leave", who + " (SIGTERM: a graceful leave)")
         while sim.poll() is None:
             self.poll_stats()
+            self.cpu = self.cpu_seconds()  # the simulator's own, just before it ends
             time.sleep(0.5)
+        self.cpu.update({k: v for k, v in self.cpu_seconds().items() if k != "devicesim"})
         self.poll_stats()
         self.say("simulator done")
         return sim_out
@@ -383,6 +398,9 @@ def report(demo, sim_out):
         st = demo.stats[name]
         print("  %s: %d events, %d requests, singleton now: %s" % (
             name, st.get("datachange_events", 0), st.get("requests", 0), st.get("singleton")))
+    cpu = getattr(demo, "cpu", {})
+    print("CPU seconds used (the machine's cores are shared by all of these): " + ", ".join(
+        "%s %.1f" % kv for kv in sorted(cpu.items(), key=lambda kv: -kv[1])))
     print("the singleton:")
     for t, name, what in singleton_timeline(demo):
         print("  %7.1f s  %s %s" % (t, name, what))
