@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "client_int.h"
+#include "clock.h"
 #include "part.h"
 #include "pmap.h"
 #include "tls.h"
@@ -69,18 +70,26 @@ int router_split(const char *addr, char *host, size_t host_len, int *port) {
   return 0;
 }
 
-static int router_connect(router_t *rt, const char *addr, remote_t **out) {
+/* A connection to addr whose handshake completes within timeout_ms. */
+static int router_connect_within(router_t *rt, const char *addr, uint32_t timeout_ms,
+                                 remote_t **out) {
   char host[PMAP_ADDR_MAX];
   int port;
   int rc = router_split(addr, host, sizeof host, &port);
+  grid_options_t o = rt->opts;
+  o.timeout_ms = timeout_ms;
+  if (rc == 0) rc = remote_open(host, port, &o, rt->tls, out);
+  return rc;
+}
+
+static int router_connect(router_t *rt, const char *addr, remote_t **out) {
   /* A node that does not complete a handshake within ROUTER_CONNECT_MS is
    * taken as unreachable for now (the seed connection forwards): a node
    * stopping may still accept connections it will never serve, and
    * waiting a whole call's timeout on it would hold every caller up. */
-  grid_options_t o = rt->opts;
-  if (!o.timeout_ms || o.timeout_ms > ROUTER_CONNECT_MS) o.timeout_ms = ROUTER_CONNECT_MS;
-  if (rc == 0) rc = remote_open(host, port, &o, rt->tls, out);
-  return rc;
+  uint32_t t = rt->opts.timeout_ms;
+  return router_connect_within(rt, addr, !t || t > ROUTER_CONNECT_MS ? ROUTER_CONNECT_MS : t,
+                               out);
 }
 
 /* Where a node of the map is reached: its TLS port's address over TLS. */
@@ -213,7 +222,13 @@ int router_open(const char *list, const grid_options_t *opts, int tls, router_t 
     router_close(rt);
     return GRID_EADDR;
   }
+  /* The seeds the caller named share the open's whole timeout, each its
+   * share of what is left and at least ROUTER_CONNECT_MS (not just that: a
+   * busy node's handshake may take longer, and failing the open for it
+   * was found flaky under TSan in CI). */
   int rc = GRID_ECONN;
+  uint32_t timeout_ms = opts && opts->timeout_ms ? opts->timeout_ms : 5000;
+  int64_t deadline = clock_mono_ms() + timeout_ms;
   for (size_t i = 0; i < rt->nseeds && !rt->any; i++) {
     char host[PMAP_ADDR_MAX];
     int port;
@@ -221,7 +236,14 @@ int router_open(const char *list, const grid_options_t *opts, int tls, router_t 
       rc = GRID_EADDR;
       break;
     }
-    rc = router_connect(rt, rt->seeds[i], &rt->any);
+    int64_t left = deadline - clock_mono_ms();
+    if (left <= 0) {
+      rc = GRID_ETIMEDOUT;
+      break;
+    }
+    int64_t share = left / (int64_t)(rt->nseeds - i);
+    if (share < ROUTER_CONNECT_MS) share = left < ROUTER_CONNECT_MS ? left : ROUTER_CONNECT_MS;
+    rc = router_connect_within(rt, rt->seeds[i], (uint32_t)share, &rt->any);
   }
   if (!rt->any) {
     router_close(rt);
