@@ -533,6 +533,19 @@ static void on_term(int sig) {
   atomic_store(&stopping, 1);
 }
 
+/* A numeric flag's value in [min, max], or a message and exit status 2. */
+static long long num_arg(const char *flag, const char *v, long long min, long long max) {
+  char *end;
+  errno = 0;
+  long long n = strtoll(v, &end, 10);
+  if (errno || end == v || *end || n < min || n > max) {
+    fprintf(stderr, "foundationd: %s %s: expected a number from %lld to %lld\n", flag, v, min,
+            max);
+    exit(2);
+  }
+  return n;
+}
+
 static int add_setting(const char *kv) {
   size_t used = strlen(opt.config);
   if (!strchr(kv, '=') || used + strlen(kv) + 2 >= sizeof opt.config) return -1;
@@ -557,7 +570,7 @@ int main(int argc, char **argv) {
       fprintf(stderr, "foundationd: %s needs a value (--help)\n", a);
       return 2;
     } else if (!strcmp(a, "--http-port")) {
-      opt.port = atoi(v), i++;
+      opt.port = (int)num_arg(a, v, 0, 65535), i++;
     } else if (!strcmp(a, "--bind")) {
       bind_addr = v, i++;
     } else if (!strcmp(a, "--port-file")) {
@@ -573,17 +586,17 @@ int main(int argc, char **argv) {
     } else if (!strcmp(a, "--cache")) {
       opt.cache = v, i++;
     } else if (!strcmp(a, "--threads")) {
-      opt.threads = (unsigned)atoi(v), i++;
+      opt.threads = (unsigned)num_arg(a, v, 1, 256), i++;
     } else if (!strcmp(a, "--body-bytes-max")) {
-      opt.body_bytes_max = (size_t)atoll(v), i++;
+      opt.body_bytes_max = (size_t)num_arg(a, v, 1024, 1ll << 30), i++;
     } else if (!strcmp(a, "--drain-ms")) {
-      opt.drain_ms = (uint32_t)atoi(v), i++;
+      opt.drain_ms = (uint32_t)num_arg(a, v, 0, 600000), i++;
     } else if (!strcmp(a, "--leave-timeout-ms")) {
-      opt.leave_timeout_ms = (uint32_t)atoi(v), i++;
+      opt.leave_timeout_ms = (uint32_t)num_arg(a, v, 0, 3600000), i++;
     } else if (!strcmp(a, "--singleton-lease-ms")) {
-      opt.singleton_lease_ms = (uint32_t)atoi(v), i++;
+      opt.singleton_lease_ms = (uint32_t)num_arg(a, v, 100, 600000), i++;
     } else if (!strcmp(a, "--timeout-ms")) {
-      opt.timeout_ms = (uint32_t)atoi(v), i++;
+      opt.timeout_ms = (uint32_t)num_arg(a, v, 1, 3600000), i++;
     } else if (!strcmp(a, "--set")) {
       if (add_setting(v)) {
         fprintf(stderr, "foundationd: --set %s: expected key=value\n", v);

@@ -21,6 +21,8 @@ fail() { echo "FAIL: $*"; tail -20 "$dir/fd.log" 2>/dev/null; exit 1; }
 
 "$FOUNDATIOND" --help | grep -q "UpdatePropertyValues" || fail "--help"
 "$FOUNDATIOND" --http-port 0 2>/dev/null && fail "started without --zk or --grid"
+"$FOUNDATIOND" --grid grid://127.0.0.1:1 --http-port abc 2>"$dir/err" && fail "--http-port abc"
+grep -q "expected a number" "$dir/err" || fail "words for a bad number: $(cat "$dir/err")"
 
 "$GRIDD" --port 0 --port-file "$dir/gport" 2>"$dir/gridd.log" &
 gpid=$!
